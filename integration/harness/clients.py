@@ -1,0 +1,81 @@
+"""Helpers for driving drivers (psycopg 3, asyncpg) from synchronous tests."""
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+import time
+
+import asyncpg
+import psycopg
+
+
+def run_async(coro, timeout: float = 60):
+    """Run a coroutine to completion with an overall timeout."""
+    async def guarded():
+        return await asyncio.wait_for(coro, timeout)
+    return asyncio.run(guarded())
+
+
+async def aconnect(router, **kwargs) -> asyncpg.Connection:
+    params = router.connect_kwargs(user=kwargs.pop("user", "app"),
+                                   password=kwargs.pop("password", "app-secret"),
+                                   db=kwargs.pop("db", "app"))
+    params.update(kwargs)
+    return await asyncpg.connect(**params)
+
+
+def connect(dsn: str, autocommit: bool = True, **kwargs) -> psycopg.Connection:
+    return psycopg.connect(dsn, autocommit=autocommit, **kwargs)
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """SQLSTATE of a psycopg or asyncpg error, if it carries one."""
+    state = getattr(exc, "sqlstate", None)
+    if state:
+        return state
+    diag = getattr(exc, "diag", None)
+    return getattr(diag, "sqlstate", None) if diag is not None else None
+
+
+class Timer:
+    def __enter__(self):
+        self.start = time.monotonic()
+        return self
+
+    def __exit__(self, *exc):
+        self.elapsed = time.monotonic() - self.start
+
+    @property
+    def so_far(self) -> float:
+        return time.monotonic() - self.start
+
+
+def in_thread(fn, *args, **kwargs) -> threading.Thread:
+    t = threading.Thread(target=fn, args=args, kwargs=kwargs, daemon=True)
+    t.start()
+    return t
+
+
+HOLD_LOCK_SCRIPT = r"""
+import sys, time, psycopg
+dsn, table = sys.argv[1], sys.argv[2]
+conn = psycopg.connect(dsn)
+conn.execute(f"SELECT * FROM {table} WHERE id = 1 FOR UPDATE").fetchall()
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def spawn_lock_holder(dsn: str, table: str) -> subprocess.Popen:
+    """A child Python process that locks row id=1 of `table` inside an open
+    transaction and then sleeps; returns once the lock is held."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK_SCRIPT, dsn, table],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    if line.strip() != "locked":
+        proc.kill()
+        _, err = proc.communicate(timeout=10)
+        raise RuntimeError(f"lock holder failed: {line!r} {err}")
+    return proc

@@ -1,0 +1,123 @@
+//! pgrouter's configuration: load, validate and diff `router.toml` + `users.toml`.
+//!
+//! Both files are edited by hand by DBAs and re-read on every hot reload, so
+//! the one job of this crate is to turn them into a [`Config`] the server can
+//! trust without further checks, or else to say *everything* that is wrong
+//! with them at once, each [`Problem`] with its file, line and key:
+//!
+//! ```text
+//! router.toml:12: general.pool_sise: unknown key "pool_sise"; did you mean "pool_size"?
+//! users.toml:9: users.name: duplicate user "app" for database "app"; first defined on line 1
+//! ```
+//!
+//! That is why the files are walked as TOML documents that keep byte spans
+//! (`toml_edit`) instead of being deserialized with serde, which stops at the
+//! first error. The crate is pure: no I/O beyond reading the two files in
+//! [`load`], no networking, no globals; `pgrouter check`, startup and reload
+//! all call [`load`] and, on reload, [`diff`].
+//!
+//! Keys and defaults follow SPEC §3 and §4. Decisions the spec leaves open:
+//! - `[[databases]]`: `port` defaults to 5432, `role` to "primary", `shard` to 0,
+//!   `database_name` to `name`.
+//! - `[[users]]`: `auth` defaults to "scram"; `[[sharded_tables]]`: `data_type`
+//!   defaults to "bigint".
+//! - `[jwt] public_key_file` defaults to "" (exactly one of it and `jwks_url` is required).
+//! - `listen` accepts port 0 (OS picks; for tests); timeouts that would make no
+//!   sense at 0 (connect, checkout, server idle/lifetime, health check) must be ≥ 1.
+
+mod diff;
+mod keys;
+mod model;
+mod problem;
+mod reader;
+mod router;
+mod suggest;
+mod users;
+mod validate;
+
+use std::path::Path;
+
+pub use diff::{diff, ConfigDiff, UserChange, UserKey, POOL_SETTING_KEYS, RESTART_KEYS};
+pub use model::*;
+pub use problem::Problem;
+
+/// Reads and validates both files. A file that cannot be read is a [`Problem`]
+/// with line 0; the other file is still checked on its own.
+pub fn load(router_path: &Path, users_path: &Path) -> Result<Config, Vec<Problem>> {
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).map_err(|e| Problem {
+            file: path.to_path_buf(),
+            line: 0,
+            key: String::new(),
+            message: format!("cannot read file: {e}"),
+        })
+    };
+    let router = read(router_path);
+    let users = read(users_path);
+    check(router_path, router.as_deref(), users_path, users.as_deref())
+}
+
+/// Validates both files' contents; the paths are used in problems and kept in
+/// the [`Config`]. Problems are sorted router file first, then users file,
+/// each by line.
+pub fn parse(
+    router_path: &Path,
+    router_text: &str,
+    users_path: &Path,
+    users_text: &str,
+) -> Result<Config, Vec<Problem>> {
+    check(router_path, Ok(router_text), users_path, Ok(users_text))
+}
+
+fn check(
+    router_path: &Path,
+    router_text: Result<&str, &Problem>,
+    users_path: &Path,
+    users_text: Result<&str, &Problem>,
+) -> Result<Config, Vec<Problem>> {
+    let mut rsrc = reader::Source::new(router_path, router_text.unwrap_or(""));
+    let mut usrc = reader::Source::new(users_path, users_text.unwrap_or(""));
+    let r = match router_text {
+        Ok(text) => router::read(&mut rsrc, text),
+        Err(p) => {
+            rsrc.problems.push(p.clone());
+            None
+        }
+    };
+    let u = match users_text {
+        Ok(text) => users::read(&mut usrc, text),
+        Err(p) => {
+            usrc.problems.push(p.clone());
+            None
+        }
+    };
+    if let Some(r) = &r {
+        validate::router(&mut rsrc, r);
+    }
+    if let Some(u) = &u {
+        validate::users(&mut usrc, u);
+    }
+    if let (Some(r), Some(u)) = (&r, &u) {
+        validate::cross(&mut rsrc, &mut usrc, r, u);
+    }
+
+    // Stable sorts keep the order of problems found on the same line.
+    let mut problems = rsrc.problems;
+    problems.sort_by_key(|p| p.line);
+    let mut users_problems = usrc.problems;
+    users_problems.sort_by_key(|p| p.line);
+    problems.extend(users_problems);
+
+    match (r, u) {
+        (Some(r), Some(u)) if problems.is_empty() => Ok(Config {
+            general: r.general,
+            jwt: r.jwt,
+            databases: r.databases,
+            sharded_tables: r.sharded_tables,
+            users: u.users,
+            router_path: router_path.to_path_buf(),
+            users_path: users_path.to_path_buf(),
+        }),
+        _ => Err(problems),
+    }
+}

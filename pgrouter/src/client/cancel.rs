@@ -1,0 +1,90 @@
+//! CancelRequest forwarding. Each client gets a (pid, secret) key of the
+//! router's making; the key maps to whichever server the client is using at
+//! that moment, so a cancel reaches the right backend and nobody else's.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use parking_lot::Mutex;
+use rand::Rng;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::protocol::frontend;
+use crate::server::CancelTarget;
+
+/// The server a client is using right now, if any.
+#[derive(Default)]
+pub struct CancelSlot(Mutex<Option<CancelTarget>>);
+
+impl CancelSlot {
+    pub fn set(&self, target: Option<CancelTarget>) {
+        *self.0.lock() = target;
+    }
+}
+
+#[derive(Default)]
+pub struct CancelRegistry {
+    keys: Mutex<HashMap<i32, (i32, Arc<CancelSlot>)>>,
+}
+
+/// A client's registration; dropping it forgets the key.
+pub struct CancelKey {
+    pub pid: i32,
+    pub secret: i32,
+    pub slot: Arc<CancelSlot>,
+    registry: Arc<CancelRegistry>,
+}
+
+impl Drop for CancelKey {
+    fn drop(&mut self) {
+        self.registry.keys.lock().remove(&self.pid);
+    }
+}
+
+impl CancelRegistry {
+    /// Hands out an unused pid and a random secret.
+    pub fn register(self: &Arc<Self>) -> CancelKey {
+        let mut rng = rand::thread_rng();
+        let slot = Arc::new(CancelSlot::default());
+        let mut keys = self.keys.lock();
+        loop {
+            let pid = rng.gen_range(1..i32::MAX);
+            if keys.contains_key(&pid) {
+                continue;
+            }
+            let secret = rng.gen::<i32>();
+            keys.insert(pid, (secret, slot.clone()));
+            return CancelKey { pid, secret, slot, registry: self.clone() };
+        }
+    }
+
+    /// Forwards a cancel for a client key. Wrong keys are ignored silently, as
+    /// PostgreSQL does, so keys cannot be probed.
+    pub async fn cancel(&self, pid: i32, secret: i32) {
+        let target = {
+            let keys = self.keys.lock();
+            match keys.get(&pid) {
+                Some((s, slot)) if *s == secret => slot.0.lock().clone(),
+                _ => None,
+            }
+        };
+        let Some(target) = target else {
+            tracing::debug!(pid, "cancel request for an unknown key or an idle client");
+            return;
+        };
+        if let Err(e) = send_cancel(&target).await {
+            tracing::warn!(server = %target.addr, error = %e, "could not forward a cancel request");
+        }
+    }
+}
+
+/// Sends a CancelRequest to a server backend.
+pub async fn send_cancel(target: &CancelTarget) -> std::io::Result<()> {
+    let mut stream = TcpStream::connect(&*target.addr).await?;
+    let mut out = BytesMut::new();
+    frontend::cancel_request(&mut out, target.pid, target.secret);
+    stream.write_all(&out).await?;
+    stream.shutdown().await
+}

@@ -1,0 +1,50 @@
+//! What happens to a server when its client leaves while holding it.
+//!
+//! A server comes back to the pool only in a known-clean state: outside any
+//! transaction, nothing unread, and (session mode) reset with DISCARD ALL. A
+//! server that is still running something is cancelled and closed instead,
+//! which also makes PostgreSQL roll back and release the client's locks.
+
+use std::time::Duration;
+
+use pgrouter_config::PoolMode;
+
+use super::cancel::send_cancel;
+use super::session::Flow;
+use crate::pool::{Pool, PooledConn};
+
+/// How long a rollback or reset may take before the server is closed instead.
+const RESET_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub fn release_after_session(mut server: PooledConn, flow: Flow, mode: PoolMode) {
+    if flow.is_quiet() && server.tx_status == b'I' && mode == PoolMode::Transaction {
+        Pool::checkin(server);
+        return;
+    }
+    tokio::spawn(async move {
+        if !flow.is_quiet() {
+            // Something may be running: stop it, then close the connection.
+            let target = server.cancel_target();
+            drop(server);
+            let _ = tokio::time::timeout(RESET_TIMEOUT, send_cancel(&target)).await;
+            return;
+        }
+        let reset = async {
+            if server.tx_status != b'I' {
+                server.run_simple("ROLLBACK").await.ok()?.ok()?;
+            }
+            if mode == PoolMode::Session {
+                server.run_simple("DISCARD ALL").await.ok()?.ok()?;
+                let forgotten: Vec<String> = server.router_set.drain().map(|(k, _)| k).collect();
+                for name in forgotten {
+                    server.params.remove(&name);
+                }
+            }
+            Some(())
+        };
+        match tokio::time::timeout(RESET_TIMEOUT, reset).await {
+            Ok(Some(())) if server.tx_status == b'I' => Pool::checkin(server),
+            _ => drop(server),
+        }
+    });
+}

@@ -1,0 +1,39 @@
+//! Reading whole messages from a client during login.
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::error::SessionEnd;
+use crate::net::ClientStream;
+use crate::protocol::backend::{error_response, Severity};
+use crate::protocol::next_frame;
+
+/// Messages during login are small; a bigger one is not a password.
+pub const MAX_LOGIN_MESSAGE: usize = 64 * 1024;
+
+pub async fn read_message(stream: &mut ClientStream, buf: &mut BytesMut) -> Result<(u8, Bytes), SessionEnd> {
+    loop {
+        if let Some(frame) = next_frame(buf, MAX_LOGIN_MESSAGE)? {
+            let mut msg = buf.split_to(frame.total_len).freeze();
+            msg.advance(5);
+            return Ok((frame.tag, msg));
+        }
+        match stream.read_buf(buf).await {
+            Ok(0) => return Err(SessionEnd::ClientGone),
+            Ok(_) => {}
+            Err(e) => return Err(SessionEnd::ClientIo(e)),
+        }
+    }
+}
+
+pub async fn write_all(stream: &mut ClientStream, bytes: &[u8]) -> Result<(), SessionEnd> {
+    stream.write_all(bytes).await.map_err(SessionEnd::ClientIo)
+}
+
+/// Tells the client why it is being disconnected. Best effort: the client
+/// may already be gone.
+pub async fn send_fatal(stream: &mut ClientStream, sqlstate: &str, message: &str) {
+    let mut out = BytesMut::new();
+    error_response(&mut out, Severity::Fatal, sqlstate, message);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), stream.write_all(&out)).await;
+}

@@ -1,0 +1,159 @@
+//! One client connection from first byte to last: the startup packet
+//! (SSL/GSS refusal, cancel requests), login, then the session loop.
+
+pub mod cancel;
+mod cleanup;
+mod error;
+mod io;
+mod login;
+pub mod params;
+mod session;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::AsyncReadExt;
+use tracing::Instrument;
+
+use self::error::SessionEnd;
+use self::io::{send_fatal, write_all};
+use self::params::ClientParams;
+use self::session::Session;
+use crate::net::ClientStream;
+use crate::protocol::backend;
+use crate::protocol::startup::{parse_startup, StartupPacket};
+use crate::state::State;
+
+/// A client that has not finished logging in by then is dropped.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Serves one accepted connection to its end. Never panics on client input.
+pub async fn handle(mut stream: ClientStream, peer: std::net::SocketAddr, state: Arc<State>, id: u64) {
+    let span = tracing::info_span!("client", id, %peer, user = tracing::field::Empty, database = tracing::field::Empty);
+    async move {
+        let mut buf = BytesMut::with_capacity(8 * 1024);
+        let startup = match tokio::time::timeout(LOGIN_TIMEOUT, read_startup(&mut stream, &mut buf, &state)).await {
+            Ok(Ok(Some(params))) => params,
+            Ok(Ok(None)) => return, // a cancel request, already handled
+            Ok(Err(end)) => return report_end(&mut stream, end).await,
+            Err(_) => return send_fatal(&mut stream, "08P01", "pgrouter: login timed out").await,
+        };
+        let make_session = match tokio::time::timeout(LOGIN_TIMEOUT, login(&mut stream, buf, &state, startup)).await {
+            Ok(Ok(make_session)) => make_session,
+            Ok(Err(end)) => return report_end(&mut stream, end).await,
+            Err(_) => return send_fatal(&mut stream, "08P01", "pgrouter: login timed out").await,
+        };
+        let (mut stream, end) = make_session(stream).run().await;
+        report_end(&mut stream, end).await;
+    }
+    .instrument(span)
+    .await
+}
+
+async fn report_end(stream: &mut ClientStream, end: SessionEnd) {
+    match end {
+        SessionEnd::Fatal { sqlstate, message } => {
+            tracing::info!(sqlstate, %message, "closing client");
+            send_fatal(stream, sqlstate, &message).await;
+        }
+        SessionEnd::ClientGone => tracing::debug!("client disconnected"),
+        SessionEnd::ClientIo(e) => tracing::debug!(error = %e, "client i/o error"),
+    }
+}
+
+/// Reads packets until a StartupMessage, answering SSL and GSS encryption
+/// requests with 'N'. Returns `None` after serving a CancelRequest.
+async fn read_startup(
+    stream: &mut ClientStream,
+    buf: &mut BytesMut,
+    state: &State,
+) -> Result<Option<(i32, Vec<(String, String)>)>, SessionEnd> {
+    loop {
+        match parse_startup(buf)? {
+            Some((packet, len)) => {
+                buf.advance(len);
+                match packet {
+                    StartupPacket::Ssl | StartupPacket::GssEnc => write_all(stream, b"N").await?,
+                    StartupPacket::Cancel { pid, secret } => {
+                        state.cancels.cancel(pid, secret).await;
+                        return Ok(None);
+                    }
+                    StartupPacket::Startup { minor, params } => return Ok(Some((minor, params))),
+                }
+            }
+            None => match stream.read_buf(buf).await {
+                Ok(0) => return Err(SessionEnd::ClientGone),
+                Ok(_) => {}
+                Err(e) => return Err(SessionEnd::ClientIo(e)),
+            },
+        }
+    }
+}
+
+/// Authenticates the client and greets it like PostgreSQL does. Returns how
+/// to make the session once it owns the stream (which `login` only borrows,
+/// so that a failure can still be reported on it).
+async fn login(
+    stream: &mut ClientStream,
+    mut buf: BytesMut,
+    state: &Arc<State>,
+    (minor, startup): (i32, Vec<(String, String)>),
+) -> Result<impl FnOnce(ClientStream) -> Session, SessionEnd> {
+    let param = |name: &str| startup.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let user = param("user").ok_or_else(|| SessionEnd::fatal("28000", "no PostgreSQL user name specified in startup packet"))?;
+    let database = param("database").filter(|d| !d.is_empty()).unwrap_or_else(|| user.clone());
+    let span = tracing::Span::current();
+    span.record("user", user.as_str());
+    span.record("database", database.as_str());
+    if param("replication").is_some_and(|v| v != "false" && v != "0" && v != "off") {
+        return Err(SessionEnd::fatal("08P01", "pgrouter does not support replication connections"));
+    }
+    let max_clients = state.config.general.max_clients as usize;
+    if state.clients.load(Ordering::Relaxed) > max_clients {
+        return Err(SessionEnd::fatal("53300", "sorry, too many clients already"));
+    }
+
+    let mut out = BytesMut::new();
+    if minor > 0 {
+        let unknown: Vec<String> = startup.iter().filter(|(k, _)| k.starts_with("_pq_.")).map(|(k, _)| k.clone()).collect();
+        backend::negotiate_protocol_version(&mut out, 0, &unknown);
+        write_all(stream, &out).await?;
+        out.clear();
+    }
+
+    let logged_in = login::authenticate(stream, &mut buf, state, &user, &database).await?;
+    let primary = logged_in.pools.shards.first().and_then(|s| s.primary.clone());
+    let defaults = match primary {
+        Some(pool) => pool.default_params().await.map_err(|e| {
+            SessionEnd::fatal("08006", format!("pgrouter: could not connect to the server: {e}"))
+        })?,
+        None => return Err(SessionEnd::fatal("08006", "pgrouter: the database has no primary server")),
+    };
+    let params = ClientParams::from_startup(&defaults, &startup);
+    let cancel = state.cancels.register();
+
+    backend::authentication_ok(&mut out);
+    let mut names: Vec<&String> = params.values.keys().collect();
+    names.sort();
+    for name in names {
+        if defaults.iter().any(|(k, _)| k == name) {
+            backend::parameter_status(&mut out, name, &params.values[name]);
+        }
+    }
+    backend::backend_key_data(&mut out, cancel.pid, cancel.secret);
+    backend::ready_for_query(&mut out, b'I');
+    write_all(stream, &out).await?;
+    tracing::info!(auth = ?logged_in.user.auth, "client logged in");
+
+    let g = &state.config.general;
+    let max_message = g.max_message_size as usize;
+    let idle_timeout = (g.client_idle_timeout_ms > 0).then(|| Duration::from_millis(g.client_idle_timeout_ms));
+    let shutdown = state.shutdown.clone();
+    let pools = logged_in.pools;
+    Ok(move |stream| {
+        let mode = pools.mode.clone();
+        Session::new(stream, buf, pools, mode, params, cancel, max_message, idle_timeout, shutdown)
+    })
+}

@@ -1,0 +1,228 @@
+//! A client's session parameters and how to bring a server in line with them.
+//!
+//! In transaction mode a client meets many server connections. Each checkout
+//! compares what the client wants (its startup parameters, then every change
+//! the server reported to it) with what that server has, and sends one query
+//! that sets the difference — pipelined with the client's own first message,
+//! so it costs no extra round trip.
+
+use std::collections::HashMap;
+
+use crate::server::ServerConn;
+
+/// Parameters a client cannot set: reported by the server but read-only, or
+/// legitimately different between servers (primary vs replica).
+const NOT_SETTABLE: &[&str] = &[
+    "server_version",
+    "server_encoding",
+    "integer_datetimes",
+    "is_superuser",
+    "session_authorization",
+    "in_hot_standby",
+    "scram_iterations",
+];
+
+/// Startup packet keys that are not run-time parameters.
+const NOT_PARAMETERS: &[&str] = &["user", "database", "options", "replication"];
+
+#[derive(Debug, Default, Clone)]
+pub struct ClientParams {
+    /// What the client believes its session has (what it was told by
+    /// ParameterStatus, plus what it asked for at startup).
+    pub values: HashMap<String, String>,
+}
+
+impl ClientParams {
+    /// The client's view at login: the server defaults overlaid with the
+    /// startup packet's parameters (including `-c name=value` in `options`).
+    pub fn from_startup(defaults: &[(String, String)], startup: &[(String, String)]) -> ClientParams {
+        let mut values: HashMap<String, String> = defaults.iter().cloned().collect();
+        for (k, v) in startup {
+            if k == "options" {
+                for (name, value) in parse_options(v) {
+                    values.insert(name, value);
+                }
+            } else if !NOT_PARAMETERS.contains(&k.as_str()) && !k.starts_with("_pq_.") {
+                values.insert(canonical_name(k, defaults), v.clone());
+            }
+        }
+        ClientParams { values }
+    }
+
+    /// Records a change the server reported while this client held it.
+    pub fn note(&mut self, name: &str, value: &str) {
+        match self.values.get_mut(name) {
+            Some(v) if v == value => {}
+            Some(v) => *v = value.to_string(),
+            None => {
+                self.values.insert(name.to_string(), value.to_string());
+            }
+        }
+    }
+
+    /// The SQL that makes `server` match this client, or `None` when it does.
+    /// Parameters the router set earlier for another client and this client
+    /// did not ask for are RESET, so no client inherits another's settings.
+    pub fn sync_sql(&self, server: &ServerConn) -> Option<String> {
+        let mut resets = String::new();
+        for name in server.router_set.keys() {
+            if !self.values.contains_key(name) {
+                resets.push_str("RESET ");
+                resets.push_str(&quote_ident(name));
+                resets.push_str(";");
+            }
+        }
+        let mut sets = String::new();
+        for (name, value) in &self.values {
+            if NOT_SETTABLE.contains(&name.as_str()) || server.params.get(name) == Some(value) {
+                continue;
+            }
+            sets.push_str(if sets.is_empty() { "SELECT " } else { ", " });
+            sets.push_str("pg_catalog.set_config(");
+            sets.push_str(&quote_literal(name));
+            sets.push_str(", ");
+            sets.push_str(&quote_literal(value));
+            sets.push_str(", false)");
+        }
+        if resets.is_empty() && sets.is_empty() {
+            return None;
+        }
+        Some(resets + &sets)
+    }
+
+    /// Records on `server` what [`sync_sql`] is about to set, for parameters
+    /// the server does not report back by itself.
+    pub fn mark_synced(&self, server: &mut ServerConn) {
+        let reset: Vec<String> =
+            server.router_set.keys().filter(|name| !self.values.contains_key(*name)).cloned().collect();
+        for name in reset {
+            server.router_set.remove(&name);
+            server.params.remove(&name);
+        }
+        for (name, value) in &self.values {
+            if NOT_SETTABLE.contains(&name.as_str()) {
+                continue;
+            }
+            if server.params.get(name) != Some(value) {
+                server.params.insert(name.clone(), value.clone());
+                if !server.router_set.contains_key(name) {
+                    server.router_set.insert(name.clone(), value.clone());
+                }
+            }
+        }
+    }
+}
+
+/// Parameter names are case-insensitive; use the server's spelling when it
+/// reports the parameter (so "timezone" from a client matches "TimeZone").
+fn canonical_name(name: &str, defaults: &[(String, String)]) -> String {
+    defaults
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(k, _)| k.clone())
+        .unwrap_or_else(|| name.to_ascii_lowercase())
+}
+
+/// `-c name=value` and `--name=value` settings from the `options` startup
+/// parameter; backslash escapes a space, as libpq documents.
+pub fn parse_options(options: &str) -> Vec<(String, String)> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(n) = chars.next() {
+                    word.push(n)
+                }
+            }
+            c if c.is_whitespace() => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    let mut out = Vec::new();
+    let mut it = words.into_iter();
+    while let Some(w) = it.next() {
+        let setting = if w == "-c" {
+            it.next()
+        } else if let Some(rest) = w.strip_prefix("--") {
+            Some(rest.to_string())
+        } else if let Some(rest) = w.strip_prefix("-c") {
+            Some(rest.to_string())
+        } else {
+            None
+        };
+        if let Some((k, v)) = setting.as_deref().and_then(|s| s.split_once('=')) {
+            out.push((k.replace('-', "_").to_ascii_lowercase(), v.to_string()));
+        }
+    }
+    out
+}
+
+/// A SQL string literal, safe whatever `standard_conforming_strings` is.
+pub fn quote_literal(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 3);
+    if s.contains('\\') {
+        out.push('E');
+    }
+    out.push('\'');
+    for c in s.chars() {
+        match c {
+            '\'' => out.push_str("''"),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// A SQL identifier in double quotes with embedded quotes doubled.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_are_parsed() {
+        assert_eq!(
+            parse_options("-c search_path=a,b --statement-timeout=5s -cwork_mem=1MB -c x=a\\ b"),
+            vec![
+                ("search_path".into(), "a,b".into()),
+                ("statement_timeout".into(), "5s".into()),
+                ("work_mem".into(), "1MB".into()),
+                ("x".into(), "a b".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(quote_literal("a\\b"), "E'a\\\\b'");
+        assert_eq!(quote_ident("we\"ird name"), "\"we\"\"ird name\"");
+    }
+
+    #[test]
+    fn startup_overlays_defaults() {
+        let defaults = vec![("TimeZone".to_string(), "UTC".to_string()), ("application_name".into(), "".into())];
+        let p = ClientParams::from_startup(
+            &defaults,
+            &[("user".into(), "u".into()), ("timezone".into(), "Europe/Paris".into()), ("options".into(), "-c search_path=s".into())],
+        );
+        assert_eq!(p.values["TimeZone"], "Europe/Paris");
+        assert_eq!(p.values["search_path"], "s");
+        assert_eq!(p.values["application_name"], "");
+        assert!(!p.values.contains_key("user"));
+    }
+}

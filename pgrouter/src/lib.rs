@@ -1,0 +1,14 @@
+//! pgrouter: a PostgreSQL connection pooler and query router.
+//!
+//! The path of one statement: [`net`] accepts the socket, [`client`] logs the
+//! client in and runs its session loop, [`pool`] lends it a [`server`]
+//! connection, and [`protocol`] knows every byte layout on the way.
+
+pub mod auth;
+pub mod client;
+pub mod net;
+pub mod pool;
+pub mod protocol;
+pub mod run;
+pub mod server;
+pub mod state;

@@ -1,0 +1,103 @@
+//! Command line: `pgrouter [--config F] [--users F]`, `pgrouter check ...`,
+//! `pgrouter --version`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use pgrouter_config::LogFormat;
+
+struct Args {
+    check: bool,
+    config: PathBuf,
+    users: PathBuf,
+}
+
+const USAGE: &str = "usage: pgrouter [check] [--config router.toml] [--users users.toml] | --version";
+
+fn parse_args() -> Result<Option<Args>, String> {
+    let mut args = Args { check: false, config: "router.toml".into(), users: "users.toml".into() };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--version" | "-V" => {
+                println!("pgrouter {}", env!("CARGO_PKG_VERSION"));
+                return Ok(None);
+            }
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                return Ok(None);
+            }
+            "check" => args.check = true,
+            "--config" | "-c" => args.config = it.next().ok_or("--config needs a file")?.into(),
+            "--users" | "-u" => args.users = it.next().ok_or("--users needs a file")?.into(),
+            other => {
+                if let Some(v) = other.strip_prefix("--config=") {
+                    args.config = v.into();
+                } else if let Some(v) = other.strip_prefix("--users=") {
+                    args.users = v.into();
+                } else {
+                    return Err(format!("unknown argument \"{other}\"\n{USAGE}"));
+                }
+            }
+        }
+    }
+    Ok(Some(args))
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(Some(a)) => a,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = match pgrouter_config::load(&args.config, &args.users) {
+        Ok(c) => c,
+        Err(problems) => {
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            eprintln!("{} problem(s) found; {}", problems.len(), if args.check { "config is invalid" } else { "not starting" });
+            return ExitCode::from(1);
+        }
+    };
+    if args.check {
+        println!("{} and {} are valid", args.config.display(), args.users.display());
+        return ExitCode::SUCCESS;
+    }
+    init_logging(&config.general.log_format);
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if config.general.workers > 0 {
+        builder.worker_threads(config.general.workers);
+    }
+    let runtime = match builder.build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(pgrouter::run::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(format: &LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

@@ -1,0 +1,235 @@
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::server::{ServerConn, ServerError, ServerTarget};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolSettings {
+    pub size: u32,
+    pub min_size: u32,
+    pub connect_timeout: Duration,
+    pub checkout_timeout: Duration,
+    /// Zero means never.
+    pub idle_timeout: Duration,
+    /// Zero means never.
+    pub lifetime: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("pgrouter: timed out waiting for a server connection")]
+    CheckoutTimeout,
+    #[error(transparent)]
+    Connect(#[from] ServerError),
+}
+
+/// One server address as one user. Checkouts are bounded by a fair (FIFO)
+/// semaphore of `size` permits, so a waiting client is served in arrival order
+/// and an idle connection is never handed to two clients.
+pub struct Pool {
+    /// "user@database/shard/host:port", for logs.
+    pub name: String,
+    pub target: ServerTarget,
+    pub settings: PoolSettings,
+    permits: Arc<Semaphore>,
+    /// Idle connections; the most recently used last (LIFO keeps the rest
+    /// idle long enough to be closed by the idle timeout).
+    idle: Mutex<Vec<ServerConn>>,
+    open: AtomicUsize,
+    waiting: AtomicUsize,
+    /// Parameters a fresh server reports (server_version, encodings, ...),
+    /// sent to clients at login.
+    default_params: Mutex<Option<Arc<Vec<(String, String)>>>>,
+}
+
+/// A server connection checked out of its pool. Give it back with
+/// [`Pool::checkin`]; dropping it instead closes the connection, which is the
+/// safe default when its state is unknown.
+pub struct PooledConn {
+    conn: Option<ServerConn>,
+    pool: Arc<Pool>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Pool {
+    pub fn new(name: String, target: ServerTarget, settings: PoolSettings) -> Arc<Pool> {
+        Arc::new(Pool {
+            name,
+            target,
+            permits: Arc::new(Semaphore::new(settings.size as usize)),
+            settings,
+            idle: Mutex::new(Vec::new()),
+            open: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            default_params: Mutex::new(None),
+        })
+    }
+
+    pub async fn checkout(self: &Arc<Self>) -> Result<PooledConn, PoolError> {
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                self.waiting.fetch_add(1, Ordering::Relaxed);
+                let acquired =
+                    tokio::time::timeout(self.settings.checkout_timeout, self.permits.clone().acquire_owned()).await;
+                self.waiting.fetch_sub(1, Ordering::Relaxed);
+                match acquired {
+                    Ok(Ok(p)) => p,
+                    _ => return Err(PoolError::CheckoutTimeout),
+                }
+            }
+        };
+        while let Some(conn) = self.take_idle() {
+            if self.is_reusable(&conn) {
+                return Ok(PooledConn { conn: Some(conn), pool: self.clone(), _permit: permit });
+            }
+            self.close(conn);
+        }
+        let conn = self.connect().await?;
+        Ok(PooledConn { conn: Some(conn), pool: self.clone(), _permit: permit })
+    }
+
+    /// Opens a new connection counted against this pool.
+    async fn connect(&self) -> Result<ServerConn, ServerError> {
+        let conn = ServerConn::connect(&self.target, self.settings.connect_timeout).await?;
+        self.open.fetch_add(1, Ordering::Relaxed);
+        let mut defaults = self.default_params.lock();
+        if defaults.is_none() {
+            let mut params: Vec<_> = conn.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            params.sort();
+            *defaults = Some(Arc::new(params));
+        }
+        Ok(conn)
+    }
+
+    /// Returns a connection for reuse. Only a connection that is outside any
+    /// transaction and has nothing left to read is kept; anything else is closed.
+    pub fn checkin(mut pooled: PooledConn) {
+        let Some(mut conn) = pooled.conn.take() else { return };
+        let pool = pooled.pool.clone();
+        if conn.tx_status != b'I' || !conn.read_buf.is_empty() {
+            pool.close(conn);
+            return;
+        }
+        conn.last_used = Instant::now();
+        pool.idle.lock().push(conn);
+    }
+
+    /// The parameters a server of this pool reports at login, connecting once
+    /// if no server has been seen yet.
+    pub async fn default_params(self: &Arc<Self>) -> Result<Arc<Vec<(String, String)>>, PoolError> {
+        if let Some(p) = self.default_params.lock().clone() {
+            return Ok(p);
+        }
+        let conn = self.checkout().await?;
+        Pool::checkin(conn);
+        Ok(self.default_params.lock().clone().unwrap_or_default())
+    }
+
+    fn take_idle(&self) -> Option<ServerConn> {
+        self.idle.lock().pop()
+    }
+
+    fn is_reusable(&self, conn: &ServerConn) -> bool {
+        let s = &self.settings;
+        if !s.lifetime.is_zero() && conn.created.elapsed() >= s.lifetime {
+            return false;
+        }
+        if !s.idle_timeout.is_zero() && conn.last_used.elapsed() >= s.idle_timeout {
+            return false;
+        }
+        // A server that closed (or said anything) while idle is dead to us: a
+        // non-blocking read must find nothing to read.
+        let mut probe = [0u8; 1];
+        matches!(conn.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
+    fn close(&self, conn: ServerConn) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+        tokio::spawn(conn.terminate());
+    }
+
+    /// Closes idle connections past their idle timeout or lifetime and opens
+    /// connections up to `min_size`. Called periodically by the maintenance task.
+    pub async fn maintain(self: &Arc<Self>) {
+        let expired: Vec<ServerConn> = {
+            let mut idle = self.idle.lock();
+            let (keep, expired): (Vec<_>, Vec<_>) = idle.drain(..).partition(|c| self.is_reusable(c));
+            *idle = keep;
+            expired
+        };
+        for conn in expired {
+            self.close(conn);
+        }
+        let min = self.settings.min_size.min(self.settings.size) as usize;
+        while self.open.load(Ordering::Relaxed) < min {
+            match self.connect().await {
+                Ok(mut conn) => {
+                    conn.last_used = Instant::now();
+                    self.idle.lock().push(conn);
+                }
+                Err(e) => {
+                    tracing::warn!(pool = %self.name, error = %e, "could not open a min_pool_size connection");
+                    break;
+                }
+            }
+        }
+    }
+
+    pub fn stats(&self) -> PoolStats {
+        let idle = self.idle.lock().len();
+        let open = self.open.load(Ordering::Relaxed);
+        PoolStats {
+            idle,
+            active: open.saturating_sub(idle),
+            waiting: self.waiting.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Closes every idle connection (shutdown).
+    pub fn close_idle(&self) {
+        let drained: Vec<ServerConn> = self.idle.lock().drain(..).collect();
+        for conn in drained {
+            self.close(conn);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PoolStats {
+    pub idle: usize,
+    pub active: usize,
+    pub waiting: usize,
+}
+
+impl std::ops::Deref for PooledConn {
+    type Target = ServerConn;
+    fn deref(&self) -> &ServerConn {
+        self.conn.as_ref().expect("a PooledConn holds its connection until checkin or drop")
+    }
+}
+
+impl std::ops::DerefMut for PooledConn {
+    fn deref_mut(&mut self) -> &mut ServerConn {
+        self.conn.as_mut().expect("a PooledConn holds its connection until checkin or drop")
+    }
+}
+
+impl PooledConn {
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+}
+
+impl Drop for PooledConn {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.pool.open.fetch_sub(1, Ordering::Relaxed);
+            drop(conn);
+        }
+    }
+}

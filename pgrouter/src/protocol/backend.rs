@@ -1,0 +1,217 @@
+//! Backend messages: the ones the router writes to clients itself, and typed
+//! views of the ones it reads from servers.
+
+use bytes::{BufMut, BytesMut};
+
+use super::reader::Reader;
+use super::ProtocolError;
+
+/// Writes a tagged message whose body `f` fills in; the length is patched after.
+pub fn put_message(out: &mut BytesMut, tag: u8, f: impl FnOnce(&mut BytesMut)) {
+    out.put_u8(tag);
+    let len_at = out.len();
+    out.put_i32(0);
+    f(out);
+    let len = (out.len() - len_at) as i32;
+    out[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
+}
+
+pub fn put_cstr(out: &mut BytesMut, s: &str) {
+    out.put_slice(s.as_bytes());
+    out.put_u8(0);
+}
+
+pub fn authentication_ok(out: &mut BytesMut) {
+    put_message(out, b'R', |b| b.put_i32(0));
+}
+
+pub fn authentication_cleartext(out: &mut BytesMut) {
+    put_message(out, b'R', |b| b.put_i32(3));
+}
+
+pub fn authentication_md5(out: &mut BytesMut, salt: [u8; 4]) {
+    put_message(out, b'R', |b| {
+        b.put_i32(5);
+        b.put_slice(&salt);
+    });
+}
+
+pub fn authentication_sasl(out: &mut BytesMut, mechanisms: &[&str]) {
+    put_message(out, b'R', |b| {
+        b.put_i32(10);
+        for m in mechanisms {
+            put_cstr(b, m);
+        }
+        b.put_u8(0);
+    });
+}
+
+pub fn authentication_sasl_continue(out: &mut BytesMut, data: &[u8]) {
+    put_message(out, b'R', |b| {
+        b.put_i32(11);
+        b.put_slice(data);
+    });
+}
+
+pub fn authentication_sasl_final(out: &mut BytesMut, data: &[u8]) {
+    put_message(out, b'R', |b| {
+        b.put_i32(12);
+        b.put_slice(data);
+    });
+}
+
+pub fn parameter_status(out: &mut BytesMut, name: &str, value: &str) {
+    put_message(out, b'S', |b| {
+        put_cstr(b, name);
+        put_cstr(b, value);
+    });
+}
+
+pub fn backend_key_data(out: &mut BytesMut, pid: i32, secret: i32) {
+    put_message(out, b'K', |b| {
+        b.put_i32(pid);
+        b.put_i32(secret);
+    });
+}
+
+pub fn ready_for_query(out: &mut BytesMut, status: u8) {
+    put_message(out, b'Z', |b| b.put_u8(status));
+}
+
+pub fn command_complete(out: &mut BytesMut, tag: &str) {
+    put_message(out, b'C', |b| put_cstr(b, tag));
+}
+
+/// Tells a client that asked for a newer minor protocol version that 3.0 is
+/// what it gets, and which `_pq_.` options were not recognised.
+pub fn negotiate_protocol_version(out: &mut BytesMut, minor: i32, unknown: &[String]) {
+    put_message(out, b'v', |b| {
+        b.put_i32(minor);
+        b.put_i32(unknown.len() as i32);
+        for o in unknown {
+            put_cstr(b, o);
+        }
+    });
+}
+
+/// Severity of an error the router reports itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Fatal,
+}
+
+pub fn error_response(out: &mut BytesMut, severity: Severity, sqlstate: &str, message: &str) {
+    let sev = match severity {
+        Severity::Error => "ERROR",
+        Severity::Fatal => "FATAL",
+    };
+    put_message(out, b'E', |b| {
+        b.put_u8(b'S');
+        put_cstr(b, sev);
+        b.put_u8(b'V');
+        put_cstr(b, sev);
+        b.put_u8(b'C');
+        put_cstr(b, sqlstate);
+        b.put_u8(b'M');
+        put_cstr(b, message);
+        b.put_u8(0);
+    });
+}
+
+/// The fields of an ErrorResponse or NoticeResponse the router cares about.
+#[derive(Debug, Default, Clone)]
+pub struct ErrorFields {
+    pub severity: String,
+    pub code: String,
+    pub message: String,
+}
+
+pub fn parse_error_fields(body: &[u8]) -> Result<ErrorFields, ProtocolError> {
+    let mut r = Reader::new(body);
+    let mut fields = ErrorFields::default();
+    loop {
+        let kind = r.u8()?;
+        if kind == 0 {
+            return Ok(fields);
+        }
+        let value = r.cstr()?;
+        match kind {
+            b'V' => fields.severity = value.to_string(),
+            b'S' if fields.severity.is_empty() => fields.severity = value.to_string(),
+            b'C' => fields.code = value.to_string(),
+            b'M' => fields.message = value.to_string(),
+            _ => {}
+        }
+    }
+}
+
+/// An authentication request from a server.
+#[derive(Debug)]
+pub enum AuthRequest<'a> {
+    Ok,
+    Cleartext,
+    Md5([u8; 4]),
+    Sasl(Vec<&'a str>),
+    SaslContinue(&'a [u8]),
+    SaslFinal(&'a [u8]),
+    Other(i32),
+}
+
+pub fn parse_auth_request(body: &[u8]) -> Result<AuthRequest<'_>, ProtocolError> {
+    let mut r = Reader::new(body);
+    Ok(match r.i32()? {
+        0 => AuthRequest::Ok,
+        3 => AuthRequest::Cleartext,
+        5 => {
+            let s = r.bytes(4)?;
+            AuthRequest::Md5([s[0], s[1], s[2], s[3]])
+        }
+        10 => {
+            let mut mechs = Vec::new();
+            loop {
+                let m = r.cstr()?;
+                if m.is_empty() {
+                    break;
+                }
+                mechs.push(m);
+            }
+            AuthRequest::Sasl(mechs)
+        }
+        11 => AuthRequest::SaslContinue(r.remaining()),
+        12 => AuthRequest::SaslFinal(r.remaining()),
+        other => AuthRequest::Other(other),
+    })
+}
+
+/// A ParameterStatus body: name and value.
+pub fn parse_parameter_status(body: &[u8]) -> Result<(&str, &str), ProtocolError> {
+    let mut r = Reader::new(body);
+    Ok((r.cstr()?, r.cstr()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_response_round_trips() {
+        let mut out = BytesMut::new();
+        error_response(&mut out, Severity::Fatal, "08P01", "bad");
+        assert_eq!(out[0], b'E');
+        let len = i32::from_be_bytes([out[1], out[2], out[3], out[4]]) as usize;
+        assert_eq!(len + 1, out.len());
+        let f = parse_error_fields(&out[5..]).unwrap();
+        assert_eq!((f.severity.as_str(), f.code.as_str(), f.message.as_str()), ("FATAL", "08P01", "bad"));
+    }
+
+    #[test]
+    fn auth_requests_parse() {
+        assert!(matches!(parse_auth_request(&[0, 0, 0, 5, 1, 2, 3, 4]).unwrap(), AuthRequest::Md5([1, 2, 3, 4])));
+        assert!(parse_auth_request(&[0, 0, 0, 5, 1]).is_err());
+        match parse_auth_request(b"\0\0\0\x0aSCRAM-SHA-256\0\0").unwrap() {
+            AuthRequest::Sasl(m) => assert_eq!(m, vec!["SCRAM-SHA-256"]),
+            other => panic!("{other:?}"),
+        }
+    }
+}

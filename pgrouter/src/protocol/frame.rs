@@ -1,0 +1,63 @@
+//! Message framing: a one-byte tag followed by a big-endian length that counts
+//! itself but not the tag.
+
+use super::ProtocolError;
+
+/// Where the first complete message of a buffer lies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frame {
+    pub tag: u8,
+    /// Tag + length + body.
+    pub total_len: usize,
+}
+
+impl Frame {
+    /// The body of this frame inside `buf` (which starts at the frame).
+    pub fn body<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
+        buf.get(5..self.total_len).unwrap_or(&[])
+    }
+}
+
+/// Finds the first message in `buf`. `Ok(None)` means more bytes are needed.
+/// A length below 4 or above `max_len` is a protocol violation, detected from
+/// the header alone so an oversize message is refused before it is buffered.
+pub fn next_frame(buf: &[u8], max_len: usize) -> Result<Option<Frame>, ProtocolError> {
+    let Some(header) = buf.get(..5) else { return Ok(None) };
+    let tag = header[0];
+    let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
+    if len < 4 {
+        return Err(ProtocolError::violation(format!("invalid message length {len}")));
+    }
+    let len = len as usize;
+    if len > max_len {
+        return Err(ProtocolError::violation(format!(
+            "message of {len} bytes exceeds max_message_size ({max_len})"
+        )));
+    }
+    let total_len = len + 1;
+    if buf.len() < total_len {
+        return Ok(None);
+    }
+    Ok(Some(Frame { tag, total_len }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_need_whole_messages() {
+        assert_eq!(next_frame(b"Q\0\0", 100).unwrap(), None);
+        assert_eq!(next_frame(b"Q\0\0\0\x06a", 100).unwrap(), None);
+        let f = next_frame(b"Q\0\0\0\x06a\0rest", 100).unwrap().unwrap();
+        assert_eq!(f, Frame { tag: b'Q', total_len: 7 });
+        assert_eq!(f.body(b"Q\0\0\0\x06a\0rest"), b"a\0");
+    }
+
+    #[test]
+    fn bad_lengths_are_violations() {
+        assert!(next_frame(b"Q\0\0\0\x03", 100).is_err());
+        assert!(next_frame(b"Q\xff\xff\xff\xff", 100).is_err());
+        assert!(next_frame(b"Q\0\0\x10\0", 100).is_err());
+    }
+}

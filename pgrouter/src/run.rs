@@ -1,0 +1,77 @@
+//! The router's life cycle: start listening, keep pools in shape, shut down
+//! gracefully on SIGINT/SIGTERM.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use pgrouter_config::Config;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::state::State;
+
+/// How often idle connections are expired and `min_pool_size` is topped up.
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let listen = config.general.listen.clone();
+    let shutdown_timeout = Duration::from_millis(config.general.shutdown_timeout_ms);
+    let state = State::new(config, shutdown_rx);
+    let listener = TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    tracing::info!(%listen, "pgrouter is accepting clients");
+
+    tokio::spawn(maintain_pools(state.clone()));
+    let accept = tokio::spawn(crate::net::serve(listener, state.clone()));
+
+    wait_for_shutdown_signal().await;
+    tracing::info!(timeout_ms = shutdown_timeout.as_millis() as u64, "shutting down: waiting for open transactions");
+    let _ = shutdown_tx.send(true);
+    let _ = accept.await;
+    let deadline = Instant::now() + shutdown_timeout;
+    while state.clients.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = state.clients.load(Ordering::Relaxed);
+    if left > 0 {
+        tracing::warn!(clients = left, "shutdown timeout reached; closing remaining clients");
+    }
+    for pool in state.cluster.all_pools() {
+        pool.close_idle();
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    tracing::info!("pgrouter stopped");
+    Ok(())
+}
+
+async fn maintain_pools(state: Arc<State>) {
+    let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if *state.shutdown.borrow() {
+            return;
+        }
+        for pool in state.cluster.all_pools() {
+            pool.maintain().await;
+        }
+    }
+}
+
+async fn wait_for_shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM");
+            std::future::pending::<()>().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,169 @@
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::{CancelTarget, MAX_SERVER_MESSAGE};
+use crate::protocol::backend::{parse_error_fields, parse_parameter_status, ErrorFields};
+use crate::protocol::{frontend, next_frame, ProtocolError};
+
+/// Where and as whom to connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTarget {
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    pub user: String,
+    /// Plain password for SCRAM, md5 or cleartext; `None` for trust.
+    pub password: Option<String>,
+}
+
+impl ServerTarget {
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("server connection failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("server connection timed out")]
+    Timeout,
+    #[error("server authentication failed: {0}")]
+    Auth(String),
+    /// PostgreSQL refused us with its own error (e.g. database does not exist).
+    #[error("{}", .0.message)]
+    Postgres(ErrorFields),
+    #[error("server protocol error: {0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("server closed the connection")]
+    Closed,
+}
+
+static NEXT_SERVER_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A logged-in server connection that is idle between uses.
+pub struct ServerConn {
+    pub id: u64,
+    pub stream: TcpStream,
+    /// Bytes read from the server but not yet handled.
+    pub read_buf: BytesMut,
+    pub addr: Arc<str>,
+    pub backend_pid: i32,
+    pub backend_secret: i32,
+    /// Last known value of each run-time parameter: reported by the server
+    /// (ParameterStatus) or set by the router. Diffed against a client's wishes.
+    pub params: HashMap<String, String>,
+    /// Parameters the router SET that the server does not report; a later
+    /// client that did not ask for them gets them RESET.
+    pub router_set: HashMap<String, String>,
+    pub created: Instant,
+    pub last_used: Instant,
+    /// Transaction status of the last ReadyForQuery: b'I', b'T' or b'E'.
+    pub tx_status: u8,
+}
+
+impl ServerConn {
+    pub async fn connect(target: &ServerTarget, timeout: Duration) -> Result<ServerConn, ServerError> {
+        match tokio::time::timeout(timeout, Self::connect_inner(target)).await {
+            Ok(r) => r,
+            Err(_) => Err(ServerError::Timeout),
+        }
+    }
+
+    async fn connect_inner(target: &ServerTarget) -> Result<ServerConn, ServerError> {
+        let addr = target.addr();
+        let stream = TcpStream::connect(&addr).await?;
+        stream.set_nodelay(true)?;
+        let mut conn = ServerConn {
+            id: NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed),
+            stream,
+            read_buf: BytesMut::with_capacity(16 * 1024),
+            addr: addr.into(),
+            backend_pid: 0,
+            backend_secret: 0,
+            params: HashMap::new(),
+            router_set: HashMap::new(),
+            created: Instant::now(),
+            last_used: Instant::now(),
+            tx_status: b'I',
+        };
+        super::login::login(&mut conn, target).await?;
+        Ok(conn)
+    }
+
+    pub fn cancel_target(&self) -> CancelTarget {
+        CancelTarget { addr: self.addr.clone(), pid: self.backend_pid, secret: self.backend_secret }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) -> Result<(), ServerError> {
+        self.stream.write_all(bytes).await?;
+        Ok(())
+    }
+
+    /// Reads one whole message: (tag, body).
+    pub async fn read_message(&mut self) -> Result<(u8, Bytes), ServerError> {
+        loop {
+            if let Some(frame) = next_frame(&self.read_buf, MAX_SERVER_MESSAGE)? {
+                let msg = self.read_buf.split_to(frame.total_len).freeze();
+                return Ok((frame.tag, msg.slice(5..)));
+            }
+            if self.stream.read_buf(&mut self.read_buf).await? == 0 {
+                return Err(ServerError::Closed);
+            }
+        }
+    }
+
+    /// Records what a ParameterStatus message says.
+    pub fn note_parameter_status(&mut self, body: &[u8]) {
+        if let Ok((name, value)) = parse_parameter_status(body) {
+            match self.params.get_mut(name) {
+                Some(v) if v == value => {}
+                Some(v) => *v = value.to_string(),
+                None => {
+                    self.params.insert(name.to_string(), value.to_string());
+                }
+            }
+        }
+    }
+
+    /// Runs a simple query the router needs for itself (rollback, reset,
+    /// health check) and reads up to its ReadyForQuery. Errors from PostgreSQL
+    /// are returned; the connection is then still usable.
+    pub async fn run_simple(&mut self, sql: &str) -> Result<Result<(), ErrorFields>, ServerError> {
+        let mut out = BytesMut::new();
+        frontend::query(&mut out, sql);
+        self.send(&out).await?;
+        self.read_until_ready().await
+    }
+
+    /// Reads and drops messages up to ReadyForQuery, keeping parameter
+    /// changes and the first error.
+    pub async fn read_until_ready(&mut self) -> Result<Result<(), ErrorFields>, ServerError> {
+        let mut result = Ok(());
+        loop {
+            let (tag, body) = self.read_message().await?;
+            match tag {
+                b'Z' => {
+                    self.tx_status = body.first().copied().unwrap_or(b'I');
+                    return Ok(result);
+                }
+                b'S' => self.note_parameter_status(&body),
+                b'E' if result.is_ok() => result = Err(parse_error_fields(&body)?),
+                _ => {}
+            }
+        }
+    }
+
+    /// Says goodbye politely; errors do not matter, the socket closes anyway.
+    pub async fn terminate(mut self) {
+        let mut out = BytesMut::new();
+        frontend::terminate(&mut out);
+        let _ = tokio::time::timeout(Duration::from_millis(200), self.stream.write_all(&out)).await;
+    }
+}
