@@ -89,7 +89,11 @@ impl ConfigDiff {
     /// Changed `[general]` keys that a reload cannot apply (see [`RESTART_KEYS`]);
     /// the server should log them as needing a restart.
     pub fn needs_restart(&self) -> Vec<&'static str> {
-        self.general.iter().copied().filter(|k| RESTART_KEYS.contains(k)).collect()
+        self.general
+            .iter()
+            .copied()
+            .filter(|k| RESTART_KEYS.contains(k))
+            .collect()
     }
 }
 
@@ -110,15 +114,27 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
             d.databases_changed.push(db.to_string());
         }
     }
-    d.databases_removed =
-        old_dbs.iter().filter(|db| !new_dbs.contains(db)).map(|db| db.to_string()).collect();
+    d.databases_removed = old_dbs
+        .iter()
+        .filter(|db| !new_dbs.contains(db))
+        .map(|db| db.to_string())
+        .collect();
 
     for u in &new.users {
         match old.user(&u.name, &u.database) {
             None => d.users_added.push(key(u)),
             Some(o) if !same_user(o, u) => {
-                let pool_size_only = same_user(o, &User { pool_size: o.pool_size, ..u.clone() });
-                d.users_changed.push(UserChange { user: key(u), pool_size_only });
+                let pool_size_only = same_user(
+                    o,
+                    &User {
+                        pool_size: o.pool_size,
+                        ..u.clone()
+                    },
+                );
+                d.users_changed.push(UserChange {
+                    user: key(u),
+                    pool_size_only,
+                });
             }
             Some(_) => {}
         }
@@ -132,11 +148,17 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
 }
 
 fn key(u: &User) -> UserKey {
-    UserKey { name: u.name.clone(), database: u.database.clone() }
+    UserKey {
+        name: u.name.clone(),
+        database: u.database.clone(),
+    }
 }
 
 fn same_user(a: &User, b: &User) -> bool {
-    a == &User { line: a.line, ..b.clone() }
+    a == &User {
+        line: a.line,
+        ..b.clone()
+    }
 }
 
 /// The servers of `db` without line numbers, in a canonical order.
@@ -144,7 +166,15 @@ fn servers(c: &Config, db: &str) -> Vec<(u32, &'static str, String, u16, String)
     let mut v: Vec<_> = c
         .servers_of(db)
         .into_iter()
-        .map(|e| (e.shard, e.role.as_str(), e.host.clone(), e.port, e.database_name.clone()))
+        .map(|e| {
+            (
+                e.shard,
+                e.role.as_str(),
+                e.host.clone(),
+                e.port,
+                e.database_name.clone(),
+            )
+        })
         .collect();
     v.sort();
     v
@@ -162,12 +192,36 @@ fn general_changes(a: &General, b: &General) -> Vec<&'static str> {
         };
     }
     cmp!(
-        listen, workers, pool_mode, default_pool_size, min_pool_size, connect_timeout_ms,
-        checkout_timeout_ms, server_idle_timeout_ms, server_lifetime_ms, client_idle_timeout_ms,
-        shutdown_timeout_ms, max_clients, max_message_size, read_write_split, load_balancing,
-        healthcheck_interval_ms, ban_time_ms, write_functions, parse_cache_size, admin_database,
-        admin_user, admin_password, metrics_listen, hot_reload, tls_certificate, tls_private_key,
-        client_tls, server_tls, server_tls_ca, log_format,
+        listen,
+        workers,
+        pool_mode,
+        default_pool_size,
+        min_pool_size,
+        connect_timeout_ms,
+        checkout_timeout_ms,
+        server_idle_timeout_ms,
+        server_lifetime_ms,
+        client_idle_timeout_ms,
+        shutdown_timeout_ms,
+        max_clients,
+        max_message_size,
+        read_write_split,
+        load_balancing,
+        healthcheck_interval_ms,
+        ban_time_ms,
+        write_functions,
+        parse_cache_size,
+        admin_database,
+        admin_user,
+        admin_password,
+        metrics_listen,
+        hot_reload,
+        tls_certificate,
+        tls_private_key,
+        client_tls,
+        server_tls,
+        server_tls_ca,
+        log_format,
     );
     out
 }

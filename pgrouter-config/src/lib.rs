@@ -6,7 +6,8 @@
 //! with them at once, each [`Problem`] with its file, line and key:
 //!
 //! ```text
-//! router.toml:12: general.pool_sise: unknown key "pool_sise"; did you mean "pool_size"?
+//! router.toml:14: databases.role: second primary for "app" shard 0 (the first is on line 8); ...
+//! users.toml:6: users.pool_sise: unknown key "pool_sise"; did you mean "pool_size"?
 //! users.toml:9: users.name: duplicate user "app" for database "app"; first defined on line 1
 //! ```
 //!

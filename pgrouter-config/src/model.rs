@@ -428,7 +428,9 @@ impl Config {
 
     /// The users.toml entry for (`name`, `db`).
     pub fn user(&self, name: &str, db: &str) -> Option<&User> {
-        self.users.iter().find(|u| u.name == name && u.database == db)
+        self.users
+            .iter()
+            .find(|u| u.name == name && u.database == db)
     }
 
     /// `user.pool_size`, else `[general] default_pool_size`.

@@ -25,7 +25,11 @@ impl<'a> Source<'a> {
     pub fn new(path: &'a Path, text: &str) -> Self {
         let mut line_starts = vec![0];
         line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
-        Source { path, line_starts, problems: Vec::new() }
+        Source {
+            path,
+            line_starts,
+            problems: Vec::new(),
+        }
     }
 
     /// 1-based line of a byte offset.
@@ -36,7 +40,10 @@ impl<'a> Source<'a> {
     /// Byte offset where the line holding `offset` starts.
     pub fn line_start(&self, offset: usize) -> usize {
         let line = self.line_of(offset);
-        self.line_starts.get(line.saturating_sub(1)).copied().unwrap_or(0)
+        self.line_starts
+            .get(line.saturating_sub(1))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// 1-based line where a span starts; 0 when there is no span.
@@ -112,7 +119,11 @@ impl<'t> Section<'t> {
             if known.contains(&key) {
                 continue;
             }
-            let span = self.table.key(key).and_then(|k| k.span()).or_else(|| item.span());
+            let span = self
+                .table
+                .key(key)
+                .and_then(|k| k.span())
+                .or_else(|| item.span());
             let line = src.line_or(span, self.line);
             src.report(line, self.path(key), suggest::unknown_key(key, known, here));
         }
@@ -123,7 +134,11 @@ impl<'t> Section<'t> {
         match item.as_value() {
             Some(v) => Some(v),
             None => {
-                self.report(src, key, format!("expected {expected}, found {}", item_type(item)));
+                self.report(
+                    src,
+                    key,
+                    format!("expected {expected}, found {}", item_type(item)),
+                );
                 None
             }
         }
@@ -135,7 +150,11 @@ impl<'t> Section<'t> {
         match v.as_str() {
             Some(s) => Some(s.to_string()),
             None => {
-                self.report(src, key, format!("expected a string, found {}", value_type(v)));
+                self.report(
+                    src,
+                    key,
+                    format!("expected a string, found {}", value_type(v)),
+                );
                 None
             }
         }
@@ -157,7 +176,11 @@ impl<'t> Section<'t> {
         match v.as_bool() {
             Some(b) => Some(b),
             None => {
-                self.report(src, key, format!("expected true or false, found {}", value_type(v)));
+                self.report(
+                    src,
+                    key,
+                    format!("expected true or false, found {}", value_type(v)),
+                );
                 None
             }
         }
@@ -167,7 +190,11 @@ impl<'t> Section<'t> {
     pub fn integer(&self, src: &mut Source, key: &str, min: i64, max: i64) -> Option<i64> {
         let v = self.value(src, key, "an integer")?;
         let Some(n) = v.as_integer() else {
-            self.report(src, key, format!("expected an integer, found {}", value_type(v)));
+            self.report(
+                src,
+                key,
+                format!("expected an integer, found {}", value_type(v)),
+            );
             return None;
         };
         if n < 0 && min >= 0 {
@@ -186,7 +213,8 @@ impl<'t> Section<'t> {
 
     pub fn u64(&self, src: &mut Source, key: &str, min: u64) -> Option<u64> {
         let min = i64::try_from(min).unwrap_or(i64::MAX);
-        self.integer(src, key, min, i64::MAX).and_then(|n| u64::try_from(n).ok())
+        self.integer(src, key, min, i64::MAX)
+            .and_then(|n| u64::try_from(n).ok())
     }
 
     pub fn u32(&self, src: &mut Source, key: &str, min: u32) -> Option<u32> {
@@ -197,7 +225,8 @@ impl<'t> Section<'t> {
     pub fn usize(&self, src: &mut Source, key: &str, min: usize) -> Option<usize> {
         let min = i64::try_from(min).unwrap_or(i64::MAX);
         let max = i64::try_from(usize::MAX).unwrap_or(i64::MAX);
-        self.integer(src, key, min, max).and_then(|n| usize::try_from(n).ok())
+        self.integer(src, key, min, max)
+            .and_then(|n| usize::try_from(n).ok())
     }
 
     /// One of a fixed set of spellings; a bad one is reported with the list.
@@ -213,7 +242,11 @@ impl<'t> Section<'t> {
             Some(t) => Some(t),
             None => {
                 let list = names.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>();
-                self.report(src, key, format!("\"{s}\" is not one of {}", list.join(", ")));
+                self.report(
+                    src,
+                    key,
+                    format!("\"{s}\" is not one of {}", list.join(", ")),
+                );
                 None
             }
         }
@@ -223,7 +256,11 @@ impl<'t> Section<'t> {
     pub fn strings(&self, src: &mut Source, key: &str) -> Option<Vec<String>> {
         let v = self.value(src, key, "an array of strings")?;
         let Some(array) = v.as_array() else {
-            self.report(src, key, format!("expected an array of strings, found {}", value_type(v)));
+            self.report(
+                src,
+                key,
+                format!("expected an array of strings, found {}", value_type(v)),
+            );
             return None;
         };
         let mut out = Vec::new();
@@ -232,12 +269,20 @@ impl<'t> Section<'t> {
             let line = src.line_or(elem.span(), self.line_of(src, key));
             match elem.as_str() {
                 Some("") => {
-                    src.report(line, self.path(key), format!("element {} must not be empty", i + 1));
+                    src.report(
+                        line,
+                        self.path(key),
+                        format!("element {} must not be empty", i + 1),
+                    );
                     ok = false;
                 }
                 Some(s) => out.push(s.to_string()),
                 None => {
-                    let msg = format!("element {} should be a string, found {}", i + 1, value_type(elem));
+                    let msg = format!(
+                        "element {} should be a string, found {}",
+                        i + 1,
+                        value_type(elem)
+                    );
                     src.report(line, self.path(key), msg);
                     ok = false;
                 }
@@ -265,20 +310,29 @@ pub(crate) fn entries<'t>(
     if let Some(aot) = item.as_array_of_tables() {
         return aot
             .iter()
-            .map(|t| Section { table: t, prefix, line: src.line_or(t.span(), key_line) })
+            .map(|t| Section {
+                table: t,
+                prefix,
+                line: src.line_or(t.span(), key_line),
+            })
             .collect();
     }
     if let Some(array) = item.as_array() {
         let mut out = Vec::new();
         for elem in array.iter() {
             match elem.as_inline_table() {
-                Some(t) => {
-                    out.push(Section { table: t, prefix, line: src.line_or(t.span(), key_line) })
-                }
+                Some(t) => out.push(Section {
+                    table: t,
+                    prefix,
+                    line: src.line_or(t.span(), key_line),
+                }),
                 None => src.report(
                     src.line_or(elem.span(), key_line),
                     prefix,
-                    format!("expected a table ([[{prefix}]]), found {}", value_type(elem)),
+                    format!(
+                        "expected a table ([[{prefix}]]), found {}",
+                        value_type(elem)
+                    ),
                 ),
             }
         }
@@ -287,7 +341,10 @@ pub(crate) fn entries<'t>(
     src.report(
         key_line,
         prefix,
-        format!("expected an array of tables ([[{prefix}]]), found {}", item_type(item)),
+        format!(
+            "expected an array of tables ([[{prefix}]]), found {}",
+            item_type(item)
+        ),
     );
     Vec::new()
 }
@@ -302,15 +359,28 @@ pub(crate) fn table<'t>(
     if let Some(t) = item.as_table() {
         // An implicit table (only `[general.x]` headers or dotted keys) has no
         // header of its own; the line of its first key is the best place.
-        let span = t.span().filter(|s| !s.is_empty()).or_else(|| {
-            t.iter().find_map(|(k, _)| t.key(k).and_then(|k| k.span()))
+        let span = t
+            .span()
+            .filter(|s| !s.is_empty())
+            .or_else(|| t.iter().find_map(|(k, _)| t.key(k).and_then(|k| k.span())));
+        return Some(Section {
+            table: t,
+            prefix,
+            line: src.line_or(span, key_line),
         });
-        return Some(Section { table: t, prefix, line: src.line_or(span, key_line) });
     }
     if let Some(t) = item.as_inline_table() {
-        return Some(Section { table: t, prefix, line: src.line_or(t.span(), key_line) });
+        return Some(Section {
+            table: t,
+            prefix,
+            line: src.line_or(t.span(), key_line),
+        });
     }
-    src.report(key_line, prefix, format!("expected a table ([{prefix}]), found {}", item_type(item)));
+    src.report(
+        key_line,
+        prefix,
+        format!("expected a table ([{prefix}]), found {}", item_type(item)),
+    );
     None
 }
 

@@ -33,7 +33,11 @@ pub(crate) struct RouterLines {
 /// reported), otherwise whatever could be read, with problems in `src`.
 pub(crate) fn read(src: &mut Source, text: &str) -> Option<RouterFile> {
     let doc = parse_toml(src, text)?;
-    let root = Section { table: doc.as_table(), prefix: "", line: 1 };
+    let root = Section {
+        table: doc.as_table(),
+        prefix: "",
+        line: 1,
+    };
     root.check_unknown(src, keys::ROUTER_TOP, "router.toml");
     let mut at = RouterLines::default();
 
@@ -61,15 +65,27 @@ pub(crate) fn read(src: &mut Source, text: &str) -> Option<RouterFile> {
 
     let mut sharded_tables = Vec::new();
     if let Some(item) = doc.get("sharded_tables") {
-        for sec in entries(src, item, root.line_of(src, "sharded_tables"), "sharded_tables") {
+        for sec in entries(
+            src,
+            item,
+            root.line_of(src, "sharded_tables"),
+            "sharded_tables",
+        ) {
             if let Some(t) = sharded_table(src, &sec) {
-                at.sharded_tables.push((sec.line, sec.line_of(src, "database")));
+                at.sharded_tables
+                    .push((sec.line, sec.line_of(src, "database")));
                 sharded_tables.push(t);
             }
         }
     }
 
-    Some(RouterFile { general, jwt, databases, sharded_tables, at })
+    Some(RouterFile {
+        general,
+        jwt,
+        databases,
+        sharded_tables,
+        at,
+    })
 }
 
 /// Parses TOML keeping spans; a syntax error becomes a problem with its line.
@@ -101,8 +117,14 @@ fn general(src: &mut Source, sec: &Section, at: &mut RouterLines) -> General {
         }
     }
     set(&mut g.workers, sec.usize(src, "workers", 0));
-    set(&mut g.pool_mode, sec.choice(src, "pool_mode", PoolMode::NAMES, PoolMode::from_name));
-    set(&mut g.default_pool_size, sec.u32(src, "default_pool_size", 1));
+    set(
+        &mut g.pool_mode,
+        sec.choice(src, "pool_mode", PoolMode::NAMES, PoolMode::from_name),
+    );
+    set(
+        &mut g.default_pool_size,
+        sec.u32(src, "default_pool_size", 1),
+    );
     set(&mut g.min_pool_size, sec.u32(src, "min_pool_size", 0));
     at.min_pool_size = sec.line_of(src, "min_pool_size");
     if g.min_pool_size > g.default_pool_size {
@@ -112,23 +134,60 @@ fn general(src: &mut Source, sec: &Section, at: &mut RouterLines) -> General {
         );
         sec.report(src, "min_pool_size", msg);
     }
-    set(&mut g.connect_timeout_ms, sec.u64(src, "connect_timeout_ms", 1));
-    set(&mut g.checkout_timeout_ms, sec.u64(src, "checkout_timeout_ms", 1));
-    set(&mut g.server_idle_timeout_ms, sec.u64(src, "server_idle_timeout_ms", 1));
-    set(&mut g.server_lifetime_ms, sec.u64(src, "server_lifetime_ms", 1));
-    set(&mut g.client_idle_timeout_ms, sec.u64(src, "client_idle_timeout_ms", 0));
-    set(&mut g.shutdown_timeout_ms, sec.u64(src, "shutdown_timeout_ms", 0));
+    set(
+        &mut g.connect_timeout_ms,
+        sec.u64(src, "connect_timeout_ms", 1),
+    );
+    set(
+        &mut g.checkout_timeout_ms,
+        sec.u64(src, "checkout_timeout_ms", 1),
+    );
+    set(
+        &mut g.server_idle_timeout_ms,
+        sec.u64(src, "server_idle_timeout_ms", 1),
+    );
+    set(
+        &mut g.server_lifetime_ms,
+        sec.u64(src, "server_lifetime_ms", 1),
+    );
+    set(
+        &mut g.client_idle_timeout_ms,
+        sec.u64(src, "client_idle_timeout_ms", 0),
+    );
+    set(
+        &mut g.shutdown_timeout_ms,
+        sec.u64(src, "shutdown_timeout_ms", 0),
+    );
     set(&mut g.max_clients, sec.u32(src, "max_clients", 1));
     set(&mut g.max_message_size, sec.u32(src, "max_message_size", 1));
-    let rw = sec.choice(src, "read_write_split", ReadWriteSplit::NAMES, ReadWriteSplit::from_name);
+    let rw = sec.choice(
+        src,
+        "read_write_split",
+        ReadWriteSplit::NAMES,
+        ReadWriteSplit::from_name,
+    );
     set(&mut g.read_write_split, rw);
-    let lb = sec.choice(src, "load_balancing", LoadBalancing::NAMES, LoadBalancing::from_name);
+    let lb = sec.choice(
+        src,
+        "load_balancing",
+        LoadBalancing::NAMES,
+        LoadBalancing::from_name,
+    );
     set(&mut g.load_balancing, lb);
-    set(&mut g.healthcheck_interval_ms, sec.u64(src, "healthcheck_interval_ms", 1));
+    set(
+        &mut g.healthcheck_interval_ms,
+        sec.u64(src, "healthcheck_interval_ms", 1),
+    );
     set(&mut g.ban_time_ms, sec.u64(src, "ban_time_ms", 0));
     set(&mut g.write_functions, sec.strings(src, "write_functions"));
-    set(&mut g.parse_cache_size, sec.usize(src, "parse_cache_size", 0));
-    set(&mut g.admin_database, sec.non_empty_string(src, "admin_database"));
+    set(
+        &mut g.parse_cache_size,
+        sec.usize(src, "parse_cache_size", 0),
+    );
+    set(
+        &mut g.admin_database,
+        sec.non_empty_string(src, "admin_database"),
+    );
     at.admin_database = sec.line_of(src, "admin_database");
     set(&mut g.admin_user, sec.non_empty_string(src, "admin_user"));
     set(&mut g.admin_password, sec.string(src, "admin_password"));
@@ -136,7 +195,11 @@ fn general(src: &mut Source, sec: &Section, at: &mut RouterLines) -> General {
         match check_listen(&metrics) {
             Ok(()) => g.metrics_listen = metrics,
             Err(_) if metrics.is_empty() => g.metrics_listen = metrics,
-            Err(m) => sec.report(src, "metrics_listen", format!("{m}, or \"\" to turn metrics off")),
+            Err(m) => sec.report(
+                src,
+                "metrics_listen",
+                format!("{m}, or \"\" to turn metrics off"),
+            ),
         }
     }
     set(&mut g.hot_reload, sec.boolean(src, "hot_reload"));
@@ -147,14 +210,23 @@ fn general(src: &mut Source, sec: &Section, at: &mut RouterLines) -> General {
         (true, false) => sec.report(src, "tls_private_key", "tls_certificate must be set too"),
         _ => {}
     }
-    set(&mut g.client_tls, sec.choice(src, "client_tls", ClientTls::NAMES, ClientTls::from_name));
+    set(
+        &mut g.client_tls,
+        sec.choice(src, "client_tls", ClientTls::NAMES, ClientTls::from_name),
+    );
     if g.client_tls == ClientTls::Require && g.tls_certificate.is_empty() {
         let msg = "\"require\" needs tls_certificate and tls_private_key";
         sec.report(src, "client_tls", msg);
     }
-    set(&mut g.server_tls, sec.choice(src, "server_tls", ServerTls::NAMES, ServerTls::from_name));
+    set(
+        &mut g.server_tls,
+        sec.choice(src, "server_tls", ServerTls::NAMES, ServerTls::from_name),
+    );
     set(&mut g.server_tls_ca, sec.string(src, "server_tls_ca"));
-    set(&mut g.log_format, sec.choice(src, "log_format", LogFormat::NAMES, LogFormat::from_name));
+    set(
+        &mut g.log_format,
+        sec.choice(src, "log_format", LogFormat::NAMES, LogFormat::from_name),
+    );
     g
 }
 
@@ -167,22 +239,31 @@ pub(crate) fn check_listen(s: &str) -> Result<(), String> {
         return Err(bad());
     }
     if port.parse::<u16>().is_err() {
-        return Err(format!("port \"{port}\" in \"{s}\" is not a number in 0..=65535"));
+        return Err(format!(
+            "port \"{port}\" in \"{s}\" is not a number in 0..=65535"
+        ));
     }
     if let Some(inner) = host.strip_prefix('[') {
-        let ok = inner.strip_suffix(']').is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok());
+        let ok = inner
+            .strip_suffix(']')
+            .is_some_and(|ip| ip.parse::<std::net::Ipv6Addr>().is_ok());
         if !ok {
-            return Err(format!("\"{host}\" in \"{s}\" is not a bracketed IPv6 address"));
+            return Err(format!(
+                "\"{host}\" in \"{s}\" is not a bracketed IPv6 address"
+            ));
         }
     } else if host.contains(':') {
-        return Err(format!("IPv6 addresses need brackets, e.g. \"[::1]:6432\" (got \"{s}\")"));
+        return Err(format!(
+            "IPv6 addresses need brackets, e.g. \"[::1]:6432\" (got \"{s}\")"
+        ));
     }
     Ok(())
 }
 
 /// JWT algorithms pgrouter can verify with a public key.
-pub(crate) const JWT_ALGORITHMS: &[&str] =
-    &["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"];
+pub(crate) const JWT_ALGORITHMS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
 
 fn jwt(src: &mut Source, sec: &Section, at: &mut RouterLines) -> Jwt {
     sec.check_unknown(src, keys::JWT, "[jwt]");
@@ -196,18 +277,26 @@ fn jwt(src: &mut Source, sec: &Section, at: &mut RouterLines) -> Jwt {
             "jwt",
             "set one of public_key_file or jwks_url: JWT login needs a key to verify tokens",
         ),
-        (false, false) => {
-            sec.report(src, "jwks_url", "set only one of public_key_file and jwks_url, not both")
-        }
+        (false, false) => sec.report(
+            src,
+            "jwks_url",
+            "set only one of public_key_file and jwks_url, not both",
+        ),
         _ => {}
     }
-    if !j.jwks_url.is_empty()
-        && !(j.jwks_url.starts_with("https://") || j.jwks_url.starts_with("http://"))
-    {
-        sec.report(src, "jwks_url", format!("\"{}\" is not an http:// or https:// URL", j.jwks_url));
+    let url = &j.jwks_url;
+    if !(url.is_empty() || url.starts_with("https://") || url.starts_with("http://")) {
+        sec.report(
+            src,
+            "jwks_url",
+            format!("\"{}\" is not an http:// or https:// URL", j.jwks_url),
+        );
     }
     set(&mut j.jwks_cache_ttl_s, sec.u64(src, "jwks_cache_ttl_s", 1));
-    set(&mut j.jwks_min_refresh_interval_s, sec.u64(src, "jwks_min_refresh_interval_s", 0));
+    set(
+        &mut j.jwks_min_refresh_interval_s,
+        sec.u64(src, "jwks_min_refresh_interval_s", 0),
+    );
     if let Some(algs) = sec.strings(src, "algorithms") {
         check_algorithms(src, sec, &algs);
         j.algorithms = algs;
@@ -215,7 +304,10 @@ fn jwt(src: &mut Source, sec: &Section, at: &mut RouterLines) -> Jwt {
     set(&mut j.issuer, sec.string(src, "issuer"));
     set(&mut j.audience, sec.string(src, "audience"));
     set(&mut j.leeway_s, sec.u64(src, "leeway_s", 0));
-    set(&mut j.username_claim, sec.non_empty_string(src, "username_claim"));
+    set(
+        &mut j.username_claim,
+        sec.non_empty_string(src, "username_claim"),
+    );
     set(&mut j.role_claim, sec.non_empty_string(src, "role_claim"));
     set(&mut j.read_only_claim, sec.string(src, "read_only_claim"));
     set(&mut j.connect_as, sec.non_empty_string(src, "connect_as"));
@@ -224,9 +316,18 @@ fn jwt(src: &mut Source, sec: &Section, at: &mut RouterLines) -> Jwt {
     set(&mut j.databases, sec.strings(src, "databases"));
     at.jwt_databases = sec.line_of(src, "databases");
     set(&mut j.auto_provision, sec.boolean(src, "auto_provision"));
-    set(&mut j.auto_provision_read_only, sec.boolean(src, "auto_provision_read_only"));
-    set(&mut j.allow_insecure_transport, sec.boolean(src, "allow_insecure_transport"));
-    set(&mut j.disconnect_on_expiry, sec.boolean(src, "disconnect_on_expiry"));
+    set(
+        &mut j.auto_provision_read_only,
+        sec.boolean(src, "auto_provision_read_only"),
+    );
+    set(
+        &mut j.allow_insecure_transport,
+        sec.boolean(src, "allow_insecure_transport"),
+    );
+    set(
+        &mut j.disconnect_on_expiry,
+        sec.boolean(src, "disconnect_on_expiry"),
+    );
     j
 }
 
@@ -239,7 +340,10 @@ fn check_algorithms(src: &mut Source, sec: &Section, algs: &[String]) {
             let msg = format!("\"{alg}\" is always refused (no signature or a shared secret)");
             sec.report(src, "algorithms", msg);
         } else if !JWT_ALGORITHMS.contains(&alg.as_str()) {
-            let msg = format!("unknown algorithm \"{alg}\"; use one of {}", JWT_ALGORITHMS.join(", "));
+            let msg = format!(
+                "unknown algorithm \"{alg}\"; use one of {}",
+                JWT_ALGORITHMS.join(", ")
+            );
             sec.report(src, "algorithms", msg);
         }
     }
@@ -251,7 +355,9 @@ fn server(src: &mut Source, sec: &Section) -> Option<ServerEntry> {
     sec.check_unknown(src, keys::DATABASES, "[[databases]]");
     let name = required(src, sec, "name");
     let host = required(src, sec, "host");
-    let port = sec.integer(src, "port", 1, 65535).and_then(|p| u16::try_from(p).ok());
+    let port = sec
+        .integer(src, "port", 1, 65535)
+        .and_then(|p| u16::try_from(p).ok());
     let database_name = sec.non_empty_string(src, "database_name");
     let role = sec.choice(src, "role", ServerRole::NAMES, ServerRole::from_name);
     let shard = sec.u32(src, "shard", 0);
@@ -273,7 +379,12 @@ fn sharded_table(src: &mut Source, sec: &Section) -> Option<ShardedTable> {
     let database = required(src, sec, "database");
     let name = sec.non_empty_string(src, "name");
     let column = required(src, sec, "column");
-    let data_type = sec.choice(src, "data_type", ShardKeyType::NAMES, ShardKeyType::from_name);
+    let data_type = sec.choice(
+        src,
+        "data_type",
+        ShardKeyType::NAMES,
+        ShardKeyType::from_name,
+    );
     Some(ShardedTable {
         database: database?,
         name,
@@ -285,7 +396,11 @@ fn sharded_table(src: &mut Source, sec: &Section) -> Option<ShardedTable> {
 /// A required non-empty string; a missing key is reported at the entry's header.
 pub(crate) fn required(src: &mut Source, sec: &Section, key: &str) -> Option<String> {
     if sec.table.get(key).is_none() {
-        src.report(sec.line, sec.path(key), format!("missing required key \"{key}\""));
+        src.report(
+            sec.line,
+            sec.path(key),
+            format!("missing required key \"{key}\""),
+        );
         return None;
     }
     sec.non_empty_string(src, key)

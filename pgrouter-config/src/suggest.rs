@@ -7,7 +7,10 @@ pub(crate) const TABLES: &[(&str, &[&str])] = &[
     ("[general] in router.toml", crate::keys::GENERAL),
     ("[jwt] in router.toml", crate::keys::JWT),
     ("[[databases]] in router.toml", crate::keys::DATABASES),
-    ("[[sharded_tables]] in router.toml", crate::keys::SHARDED_TABLES),
+    (
+        "[[sharded_tables]] in router.toml",
+        crate::keys::SHARDED_TABLES,
+    ),
     ("[[users]] in users.toml", crate::keys::USERS),
     ("router.toml (top level)", crate::keys::ROUTER_TOP),
     ("users.toml (top level)", crate::keys::USERS_TOP),

@@ -21,9 +21,16 @@ pub(crate) struct UserLines {
 /// Parses users.toml; `None` when it is not valid TOML.
 pub(crate) fn read(src: &mut Source, text: &str) -> Option<UsersFile> {
     let doc = parse_toml(src, text)?;
-    let root = Section { table: doc.as_table(), prefix: "", line: 1 };
+    let root = Section {
+        table: doc.as_table(),
+        prefix: "",
+        line: 1,
+    };
     root.check_unknown(src, keys::USERS_TOP, "users.toml");
-    let mut file = UsersFile { users: Vec::new(), at: Vec::new() };
+    let mut file = UsersFile {
+        users: Vec::new(),
+        at: Vec::new(),
+    };
     if let Some(item) = doc.get("users") {
         for sec in entries(src, item, root.line_of(src, "users"), "users") {
             if let Some(user) = user(src, &sec) {
@@ -59,7 +66,12 @@ fn user(src: &mut Source, sec: &Section) -> Option<User> {
 
     if let Some(pw) = &password {
         check_password(src, sec, pw, auth);
-    } else if login && matches!(auth, AuthMethod::Scram | AuthMethod::Md5 | AuthMethod::Plain) {
+    } else if login
+        && matches!(
+            auth,
+            AuthMethod::Scram | AuthMethod::Md5 | AuthMethod::Plain
+        )
+    {
         let msg = format!(
             "no password: auth = \"{auth}\" needs one (or set login = false, or auth = \"jwt\")"
         );
@@ -74,7 +86,9 @@ fn user(src: &mut Source, sec: &Section) -> Option<User> {
 
     let name = name?;
     let server_password = server_password.or_else(|| {
-        password.clone().filter(|pw| password_kind(pw) == PasswordKind::Plain)
+        password
+            .clone()
+            .filter(|pw| password_kind(pw) == PasswordKind::Plain)
     });
     Some(User {
         database: database?,
@@ -118,7 +132,9 @@ fn check_password(src: &mut Source, sec: &Section, pw: &str, auth: AuthMethod) {
 /// iteration count and base64 parts, as `pg_authid.rolpassword` holds it.
 fn scram_secret_well_formed(pw: &str) -> bool {
     let is_b64 = |s: &str| {
-        !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b))
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b))
     };
     let Some(rest) = pw.strip_prefix("SCRAM-SHA-256$") else {
         return false;

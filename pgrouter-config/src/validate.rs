@@ -13,7 +13,11 @@ use crate::users::UsersFile;
 /// Checks within router.toml.
 pub(crate) fn router(src: &mut Source, r: &RouterFile) {
     if r.databases.is_empty() {
-        src.report(0, "databases", "no [[databases]] entries: at least one server is needed");
+        src.report(
+            0,
+            "databases",
+            "no [[databases]] entries: at least one server is needed",
+        );
     }
     let names = logical_names(&r.databases);
     for name in &names {
@@ -32,22 +36,40 @@ pub(crate) fn router(src: &mut Source, r: &RouterFile) {
     for (i, t) in r.sharded_tables.iter().enumerate() {
         let (entry_line, db_line) = r.at.sharded_tables.get(i).copied().unwrap_or_default();
         if !names.contains(&t.database.as_str()) {
-            src.report(db_line, "sharded_tables.database", unknown_database(&t.database, &names));
+            src.report(
+                db_line,
+                "sharded_tables.database",
+                unknown_database(&t.database, &names),
+            );
         }
-        let same = r.sharded_tables[..i]
-            .iter()
-            .position(|o| o.database == t.database && o.name == t.name && (t.name.is_some() || o.column == t.column));
+        let same = r.sharded_tables[..i].iter().position(|o| {
+            o.database == t.database
+                && o.name == t.name
+                && (t.name.is_some() || o.column == t.column)
+        });
         if let Some(j) = same {
             let first = r.at.sharded_tables.get(j).map_or(0, |l| l.0);
-            let what = t.name.as_deref().map_or(format!("column \"{}\"", t.column), |n| format!("table \"{n}\""));
-            let msg = format!("{what} of \"{}\" is already sharded on line {first}", t.database);
+            let what = t
+                .name
+                .as_deref()
+                .map_or(format!("column \"{}\"", t.column), |n| {
+                    format!("table \"{n}\"")
+                });
+            let msg = format!(
+                "{what} of \"{}\" is already sharded on line {first}",
+                t.database
+            );
             src.report(entry_line, "sharded_tables.name", msg);
         }
     }
     if let Some(jwt) = &r.jwt {
         for db in &jwt.databases {
             if !names.contains(&db.as_str()) {
-                src.report(r.at.jwt_databases, "jwt.databases", unknown_database(db, &names));
+                src.report(
+                    r.at.jwt_databases,
+                    "jwt.databases",
+                    unknown_database(db, &names),
+                );
             }
         }
     }
@@ -61,11 +83,19 @@ fn topology(src: &mut Source, name: &str, all: &[ServerEntry]) {
         shards.entry(e.shard).or_default().push(e);
     }
     for (shard, servers) in &shards {
-        let primaries: Vec<&&ServerEntry> =
-            servers.iter().filter(|e| e.role == ServerRole::Primary).collect();
-        let autos = servers.iter().filter(|e| e.role == ServerRole::Auto).count();
+        let primaries: Vec<&&ServerEntry> = servers
+            .iter()
+            .filter(|e| e.role == ServerRole::Primary)
+            .collect();
+        let autos = servers
+            .iter()
+            .filter(|e| e.role == ServerRole::Auto)
+            .count();
         if primaries.is_empty() && autos == 0 {
-            let lines = servers.iter().map(|e| e.line.to_string()).collect::<Vec<_>>();
+            let lines = servers
+                .iter()
+                .map(|e| e.line.to_string())
+                .collect::<Vec<_>>();
             let msg = format!(
                 "\"{name}\" shard {shard} has no primary: set role = \"primary\" (or \"auto\") \
                  on one of its servers (line {})",
@@ -83,17 +113,28 @@ fn topology(src: &mut Source, name: &str, all: &[ServerEntry]) {
         }
     }
     let missing: Vec<u32> = match shards.keys().next_back() {
-        Some(&last) => (0..last).filter(|s| !shards.contains_key(s)).take(11).collect(),
+        Some(&last) => (0..last)
+            .filter(|s| !shards.contains_key(s))
+            .take(11)
+            .collect(),
         None => Vec::new(),
     };
     if let Some(&first_missing) = missing.first() {
-        let next = shards.range(first_missing..).next().map_or(0, |(_, s)| s[0].line);
-        let mut list = missing.iter().take(10).map(u32::to_string).collect::<Vec<_>>();
+        let next = shards
+            .range(first_missing..)
+            .next()
+            .map_or(0, |(_, s)| s[0].line);
+        let mut list = missing
+            .iter()
+            .take(10)
+            .map(u32::to_string)
+            .collect::<Vec<_>>();
         if missing.len() > 10 {
             list.push("...".into());
         }
         let msg = format!(
-            "\"{name}\" has no server for shard {}: shards are numbered 0, 1, 2, ... without gaps",
+            "\"{name}\" has no server for shard{} {}: shards are numbered 0, 1, 2, ... without gaps",
+            if missing.len() > 1 { "s" } else { "" },
             list.join(", ")
         );
         src.report(next, "databases.shard", msg);
@@ -110,7 +151,10 @@ fn duplicate_servers(src: &mut Source, all: &[ServerEntry]) {
                 && o.database_name == e.database_name
         });
         if let Some(first) = first {
-            let msg = format!("same server as line {} (name, host, port, database_name and shard)", first.line);
+            let msg = format!(
+                "same server as line {} (name, host, port, database_name and shard)",
+                first.line
+            );
             src.report(e.line, "databases.host", msg);
         }
     }
@@ -119,7 +163,9 @@ fn duplicate_servers(src: &mut Source, all: &[ServerEntry]) {
 /// Checks within users.toml.
 pub(crate) fn users(src: &mut Source, u: &UsersFile) {
     for (i, user) in u.users.iter().enumerate() {
-        let first = u.users[..i].iter().find(|o| o.name == user.name && o.database == user.database);
+        let first = u.users[..i]
+            .iter()
+            .find(|o| o.name == user.name && o.database == user.database);
         if let Some(first) = first {
             let msg = format!(
                 "duplicate user \"{}\" for database \"{}\"; first defined on line {}",
@@ -135,12 +181,19 @@ pub(crate) fn cross(rsrc: &mut Source, usrc: &mut Source, r: &RouterFile, u: &Us
     let names = logical_names(&r.databases);
     for (user, at) in u.users.iter().zip(&u.at) {
         if !names.contains(&user.database.as_str()) && !r.databases.is_empty() {
-            usrc.report(at.database, "users.database", unknown_database(&user.database, &names));
+            usrc.report(
+                at.database,
+                "users.database",
+                unknown_database(&user.database, &names),
+            );
         }
         if matches!(user.auth, AuthMethod::Jwt | AuthMethod::PasswordOrJwt) {
             match &r.jwt {
                 None => {
-                    let msg = format!("auth = \"{}\" needs a [jwt] section in router.toml", user.auth);
+                    let msg = format!(
+                        "auth = \"{}\" needs a [jwt] section in router.toml",
+                        user.auth
+                    );
                     usrc.report(at.auth, "users.auth", msg);
                 }
                 Some(jwt) if !jwt.applies_to(&user.database) => {
@@ -165,7 +218,11 @@ pub(crate) fn cross(rsrc: &mut Source, usrc: &mut Source, r: &RouterFile, u: &Us
     }
     if let Some(jwt) = &r.jwt {
         for db in names.iter().filter(|db| jwt.applies_to(db)) {
-            if !u.users.iter().any(|x| x.name == jwt.connect_as && x.database == *db) {
+            if !u
+                .users
+                .iter()
+                .any(|x| x.name == jwt.connect_as && x.database == *db)
+            {
                 let msg = format!(
                     "users.toml has no [[users]] entry named \"{}\" for database \"{db}\" \
                      (JWT sessions on \"{db}\" use its server connections)",

@@ -239,7 +239,10 @@ fn full_files_every_key() {
     let other = c.user("app", "other").expect("app@other");
     assert_eq!(other.server_password, None);
     assert_eq!(other.auth, AuthMethod::Md5);
-    assert_eq!(c.user("jwtonly", "app").map(|u| u.auth), Some(AuthMethod::Jwt));
+    assert_eq!(
+        c.user("jwtonly", "app").map(|u| u.auth),
+        Some(AuthMethod::Jwt)
+    );
 
     assert_eq!(c.logical_databases(), vec!["app", "other"]);
     assert_eq!(c.servers_of("app").len(), 3);
@@ -291,27 +294,44 @@ fn defaults() {
     assert_eq!(c.jwt, None);
 
     let d = &c.databases[0];
-    assert_eq!((d.port, d.database_name.as_str(), d.role, d.shard), (5432, "app", ServerRole::Primary, 0));
+    assert_eq!(
+        (d.port, d.database_name.as_str(), d.role, d.shard),
+        (5432, "app", ServerRole::Primary, 0)
+    );
     assert_eq!(d.line, 2);
 
     let u = &c.users[0];
     assert_eq!(u.auth, AuthMethod::Scram);
     assert_eq!(u.server_user, "app");
     assert_eq!(u.server_password.as_deref(), Some("secret"));
-    assert_eq!((u.pool_size, u.pool_mode, u.read_only, u.login), (None, None, false, true));
+    assert_eq!(
+        (u.pool_size, u.pool_mode, u.read_only, u.login),
+        (None, None, false, true)
+    );
 }
 
 #[test]
 fn jwt_defaults() {
     let router = format!("{MIN_ROUTER}\n[jwt]\npublic_key_file = \"jwt.pem\"\n");
-    let users = format!("{MIN_USERS}\n[[users]]\nname = \"authenticator\"\ndatabase = \"app\"\nlogin = false\n");
+    let users = format!(
+        "{MIN_USERS}\n[[users]]\nname = \"authenticator\"\ndatabase = \"app\"\nlogin = false\n"
+    );
     let c = ok(&router, &users);
     let j = c.jwt.expect("jwt");
-    assert_eq!(Jwt { public_key_file: String::new(), ..j.clone() }, Jwt::default());
+    assert_eq!(
+        Jwt {
+            public_key_file: String::new(),
+            ..j.clone()
+        },
+        Jwt::default()
+    );
     assert_eq!(j.jwks_cache_ttl_s, 300);
     assert_eq!(j.jwks_min_refresh_interval_s, 10);
     assert_eq!(j.algorithms, vec!["RS256", "ES256"]);
-    assert_eq!((j.username_claim.as_str(), j.role_claim.as_str()), ("sub", "role"));
+    assert_eq!(
+        (j.username_claim.as_str(), j.role_claim.as_str()),
+        ("sub", "role")
+    );
     assert_eq!(j.connect_as, "authenticator");
     assert!(j.auto_provision && j.auto_provision_read_only && j.disconnect_on_expiry);
     assert!(!j.allow_insecure_transport);
@@ -333,10 +353,19 @@ databases = [ { name = "app", host = "h" } ]
 #[test]
 fn password_kinds() {
     assert_eq!(password_kind("secret"), PasswordKind::Plain);
-    assert_eq!(password_kind("md5e8c6b9c1a3d1b5f0a2c4e6f8a0b2c4d6"), PasswordKind::Md5);
+    assert_eq!(
+        password_kind("md5e8c6b9c1a3d1b5f0a2c4e6f8a0b2c4d6"),
+        PasswordKind::Md5
+    );
     assert_eq!(password_kind("md5short"), PasswordKind::Plain);
-    assert_eq!(password_kind("md5e8c6b9c1a3d1b5f0a2c4e6f8a0b2c4dZ"), PasswordKind::Plain);
-    assert_eq!(password_kind("SCRAM-SHA-256$4096:c2FsdA==$AAAA:BBBB"), PasswordKind::Scram);
+    assert_eq!(
+        password_kind("md5e8c6b9c1a3d1b5f0a2c4e6f8a0b2c4dZ"),
+        PasswordKind::Plain
+    );
+    assert_eq!(
+        password_kind("SCRAM-SHA-256$4096:c2FsdA==$AAAA:BBBB"),
+        PasswordKind::Scram
+    );
 }
 
 #[test]
@@ -382,5 +411,8 @@ fn repo_example_files_are_valid() {
     assert_eq!(ports, vec![15432, 15433]);
     assert!(c.jwt.is_none());
     let app = c.user("app", "app").expect("user app");
-    assert_eq!((app.auth, app.password.as_deref()), (AuthMethod::Scram, Some("app-secret")));
+    assert_eq!(
+        (app.auth, app.password.as_deref()),
+        (AuthMethod::Scram, Some("app-secret"))
+    );
 }

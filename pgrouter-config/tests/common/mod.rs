@@ -19,14 +19,24 @@ password = "secret"
 "#;
 
 pub fn ok(router: &str, users: &str) -> Config {
-    match parse(Path::new("router.toml"), router, Path::new("users.toml"), users) {
+    match parse(
+        Path::new("router.toml"),
+        router,
+        Path::new("users.toml"),
+        users,
+    ) {
         Ok(c) => c,
         Err(ps) => panic!("unexpected problems:\n{}", render(&ps)),
     }
 }
 
 pub fn problems(router: &str, users: &str) -> Vec<Problem> {
-    match parse(Path::new("router.toml"), router, Path::new("users.toml"), users) {
+    match parse(
+        Path::new("router.toml"),
+        router,
+        Path::new("users.toml"),
+        users,
+    ) {
         Ok(_) => panic!("expected problems, config was accepted"),
         Err(ps) => ps,
     }
@@ -47,10 +57,16 @@ pub fn one(ps: &[Problem], file: &str, line: usize, key: &str, needle: &str) -> 
 pub fn has(ps: &[Problem], file: &str, line: usize, key: &str, needle: &str) -> Problem {
     ps.iter()
         .find(|p| {
-            p.file == Path::new(file) && p.line == line && p.key == key && p.message.contains(needle)
+            p.file == Path::new(file)
+                && p.line == line
+                && p.key == key
+                && p.message.contains(needle)
         })
         .cloned()
         .unwrap_or_else(|| {
-            panic!("no problem {file}:{line}: {key}: ...{needle}... among:\n{}", render(ps))
+            panic!(
+                "no problem {file}:{line}: {key}: ...{needle}... among:\n{}",
+                render(ps)
+            )
         })
 }
