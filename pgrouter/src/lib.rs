@@ -9,6 +9,7 @@ pub mod client;
 pub mod net;
 pub mod pool;
 pub mod protocol;
+pub mod router;
 pub mod run;
 pub mod server;
 pub mod state;

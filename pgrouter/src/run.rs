@@ -24,6 +24,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(%listen, "pgrouter is accepting clients");
 
     tokio::spawn(maintain_pools(state.clone()));
+    let interval = Duration::from_millis(state.config.general.healthcheck_interval_ms.max(1));
+    let connect_timeout = Duration::from_millis(state.config.general.connect_timeout_ms);
+    for health in &state.cluster.health {
+        tokio::spawn(health.clone().run_checks(interval, connect_timeout, state.shutdown.clone()));
+    }
     let accept = tokio::spawn(crate::net::serve(listener, state.clone()));
 
     wait_for_shutdown_signal().await;

@@ -8,6 +8,8 @@ use pgrouter_config::Config;
 use tokio::sync::watch;
 
 use crate::client::cancel::CancelRegistry;
+use crate::client::prepared::StatementRegistry;
+use pgrouter_parser::AnalysisCache;
 use crate::pool::Cluster;
 
 pub struct State {
@@ -18,12 +20,19 @@ pub struct State {
     pub shutdown: watch::Receiver<bool>,
     /// Clients connected now (counted from accept to close).
     pub clients: AtomicUsize,
+    /// Every statement's analysis, by text, shared by all clients.
+    pub cache: AnalysisCache,
+    /// Prepared statements de-duplicated across clients.
+    pub statements: StatementRegistry,
 }
 
 impl State {
     pub fn new(config: Config, shutdown: watch::Receiver<bool>) -> Arc<State> {
         let cluster = Cluster::build(&config);
+        let cache = AnalysisCache::new(config.general.parse_cache_size, config.general.write_functions.clone());
         Arc::new(State {
+            cache,
+            statements: StatementRegistry::default(),
             config: Arc::new(config),
             cluster,
             cancels: Arc::new(CancelRegistry::default()),

@@ -15,6 +15,7 @@
 //! non-ASCII spaces or compatibility characters) will not match a secret that
 //! PostgreSQL computed.
 
+pub mod jwt;
 pub mod md5;
 pub mod scram;
 

@@ -10,19 +10,19 @@ use std::time::Duration;
 use pgrouter_config::PoolMode;
 
 use super::cancel::send_cancel;
-use super::session::Flow;
 use crate::pool::{Pool, PooledConn};
 
 /// How long a rollback or reset may take before the server is closed instead.
 const RESET_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub fn release_after_session(mut server: PooledConn, flow: Flow, mode: PoolMode) {
-    if flow.is_quiet() && server.tx_status == b'I' && mode == PoolMode::Transaction {
+/// `quiet`: every request the client sent has been answered.
+pub fn release_after_session(mut server: PooledConn, quiet: bool, mode: PoolMode) {
+    if quiet && server.tx_status == b'I' && mode == PoolMode::Transaction {
         Pool::checkin(server);
         return;
     }
     tokio::spawn(async move {
-        if !flow.is_quiet() {
+        if !quiet {
             // Something may be running: stop it, then close the connection.
             let target = server.cancel_target();
             drop(server);
@@ -35,6 +35,7 @@ pub fn release_after_session(mut server: PooledConn, flow: Flow, mode: PoolMode)
             }
             if mode == PoolMode::Session {
                 server.run_simple("DISCARD ALL").await.ok()?.ok()?;
+                server.statements.clear();
                 let forgotten: Vec<String> = server.router_set.drain().map(|(k, _)| k).collect();
                 for name in forgotten {
                     server.params.remove(&name);

@@ -4,10 +4,15 @@
 pub mod cancel;
 mod cleanup;
 mod error;
+mod expect;
+mod inbound;
 mod io;
 mod login;
+mod outbound;
 pub mod params;
+pub mod prepared;
 mod session;
+mod tracking;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -20,7 +25,7 @@ use tracing::Instrument;
 use self::error::SessionEnd;
 use self::io::{send_fatal, write_all};
 use self::params::ClientParams;
-use self::session::Session;
+use self::session::{Session, SessionSetup};
 use crate::net::ClientStream;
 use crate::protocol::backend;
 use crate::protocol::startup::{parse_startup, StartupPacket};
@@ -124,7 +129,12 @@ async fn login(
     }
 
     let logged_in = login::authenticate(stream, &mut buf, state, &user, &database).await?;
-    let primary = logged_in.pools.shards.first().and_then(|s| s.primary.clone());
+    let primary = logged_in
+        .pools
+        .shards
+        .first()
+        .and_then(|s| s.pick(crate::router::Role::Primary, logged_in.pools.balancing, &[]))
+        .map(|slot| slot.pool.clone());
     let defaults = match primary {
         Some(pool) => pool.default_params().await.map_err(|e| {
             SessionEnd::fatal("08006", format!("pgrouter: could not connect to the server: {e}"))
@@ -147,13 +157,6 @@ async fn login(
     write_all(stream, &out).await?;
     tracing::info!(auth = ?logged_in.user.auth, "client logged in");
 
-    let g = &state.config.general;
-    let max_message = g.max_message_size as usize;
-    let idle_timeout = (g.client_idle_timeout_ms > 0).then(|| Duration::from_millis(g.client_idle_timeout_ms));
-    let shutdown = state.shutdown.clone();
-    let pools = logged_in.pools;
-    Ok(move |stream| {
-        let mode = pools.mode.clone();
-        Session::new(stream, buf, pools, mode, params, cancel, max_message, idle_timeout, shutdown)
-    })
+    let setup = SessionSetup { cbuf: buf, pools: logged_in.pools, params, cancel, state: state.clone() };
+    Ok(move |stream| Session::new(stream, setup))
 }

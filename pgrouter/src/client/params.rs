@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 
+use super::tracking::SetChange;
 use crate::server::ServerConn;
 
 /// Parameters a client cannot set: reported by the server but read-only, or
@@ -30,6 +31,10 @@ pub struct ClientParams {
     /// What the client believes its session has (what it was told by
     /// ParameterStatus, plus what it asked for at startup).
     pub values: HashMap<String, String>,
+    /// The values at login: what RESET returns to.
+    initial: HashMap<String, String>,
+    /// Parameter names as the server spells them (reported ones).
+    known_names: Vec<String>,
 }
 
 impl ClientParams {
@@ -46,7 +51,43 @@ impl ClientParams {
                 values.insert(canonical_name(k, defaults), v.clone());
             }
         }
-        ClientParams { values }
+        let known_names = defaults.iter().map(|(k, _)| k.clone()).collect();
+        ClientParams { initial: values.clone(), values, known_names }
+    }
+
+    /// Applies a SET/RESET that took effect on the server.
+    pub fn apply(&mut self, change: SetChange) {
+        match change {
+            SetChange::Set { name, value } => {
+                let name = self.canonical(&name);
+                self.values.insert(name, value);
+            }
+            SetChange::Reset { name } => {
+                let name = self.canonical(&name);
+                match self.initial.get(&name) {
+                    Some(v) => {
+                        self.values.insert(name, v.clone());
+                    }
+                    None => {
+                        self.values.remove(&name);
+                    }
+                }
+            }
+            SetChange::ResetAll => self.values = self.initial.clone(),
+        }
+    }
+
+    /// The value of a parameter as the client last set it.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.values.get(name).map(String::as_str)
+    }
+
+    fn canonical(&self, name: &str) -> String {
+        self.known_names
+            .iter()
+            .find(|k| k.eq_ignore_ascii_case(name))
+            .cloned()
+            .unwrap_or_else(|| name.to_ascii_lowercase())
     }
 
     /// Records a change the server reported while this client held it.

@@ -1,40 +1,116 @@
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgrouter_config::{Config, PoolMode, ServerRole, User};
+use pgrouter_config::{Config, LoadBalancing, PoolMode, ReadWriteSplit, ServerEntry, User};
 
+use super::health::ServerHealth;
 use super::{Pool, PoolSettings};
+use crate::router::Role;
 use crate::server::ServerTarget;
 
 /// The pools of one user on one logical database, shard by shard.
 pub struct UserPools {
     pub mode: PoolMode,
     pub shards: Vec<ShardPools>,
+    pub balancing: Balancing,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Balancing {
+    pub split: ReadWriteSplit,
+    pub method: LoadBalancing,
+}
+
+/// One server of a shard as seen by one user: that user's pool to it, and
+/// the server's shared health.
+pub struct ServerSlot {
+    pub pool: Arc<Pool>,
+    pub health: Arc<ServerHealth>,
 }
 
 /// One shard: its primary and its replicas.
 pub struct ShardPools {
-    pub primary: Option<Arc<Pool>>,
-    pub replicas: Vec<Arc<Pool>>,
+    pub servers: Vec<ServerSlot>,
+    next: AtomicUsize,
 }
 
-/// Every pool the router runs, keyed by (user, logical database).
+impl ShardPools {
+    /// Chooses a server for `role`. Reads go to healthy replicas (and the
+    /// primary too with `include_primary`), or to the primary when none is
+    /// left. `exclude` skips servers that just failed.
+    pub fn pick(&self, role: Role, balancing: Balancing, exclude: &[usize]) -> Option<&ServerSlot> {
+        let usable = |s: &&ServerSlot| !exclude.contains(&(Arc::as_ptr(&s.pool) as usize));
+        let primary = || self.servers.iter().filter(usable).find(|s| s.health.is_primary());
+        if role == Role::Primary {
+            return primary();
+        }
+        let candidates: Vec<&ServerSlot> = self
+            .servers
+            .iter()
+            .filter(usable)
+            .filter(|s| {
+                if s.health.is_primary() {
+                    balancing.split == ReadWriteSplit::IncludePrimary
+                } else {
+                    !s.health.is_banned()
+                }
+            })
+            .collect();
+        if candidates.is_empty() {
+            return primary();
+        }
+        let i = match balancing.method {
+            LoadBalancing::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed) % candidates.len(),
+            LoadBalancing::Random => rand::random::<usize>() % candidates.len(),
+            LoadBalancing::LeastActive => {
+                return candidates.into_iter().min_by_key(|s| {
+                    let st = s.pool.stats();
+                    st.active + st.waiting
+                })
+            }
+        };
+        candidates.get(i).copied()
+    }
+}
+
+/// Every pool the router runs, keyed by (user, logical database), and the
+/// health of every server.
 #[derive(Default)]
 pub struct Cluster {
     users: HashMap<(String, String), Arc<UserPools>>,
+    pub health: Vec<Arc<ServerHealth>>,
 }
 
 impl Cluster {
     /// One pool per (user, database, shard, server) for every users.toml
     /// entry; pools connect lazily (or up to `min_pool_size` in maintenance).
     pub fn build(config: &Config) -> Cluster {
+        let mut health: HashMap<String, Arc<ServerHealth>> = HashMap::new();
+        let mut health_list = Vec::new();
+        for server in &config.databases {
+            let key = health_key(server);
+            let check_target = config
+                .users
+                .iter()
+                .find(|u| u.database == server.name && (u.server_password.is_some() || u.password.is_none()))
+                .map(|u| target_for(server, u));
+            let h = Arc::new(ServerHealth::new(
+                key.clone(),
+                server.role.clone(),
+                check_target,
+                Duration::from_millis(config.general.ban_time_ms),
+            ));
+            health_list.push(h.clone());
+            health.insert(key, h);
+        }
         let mut users = HashMap::new();
         for user in &config.users {
-            let pools = user_pools(config, user);
+            let pools = user_pools(config, user, &health);
             users.insert((user.name.clone(), user.database.clone()), Arc::new(pools));
         }
-        Cluster { users }
+        Cluster { users, health: health_list }
     }
 
     pub fn pools_for(&self, user: &str, database: &str) -> Option<&Arc<UserPools>> {
@@ -42,14 +118,25 @@ impl Cluster {
     }
 
     pub fn all_pools(&self) -> impl Iterator<Item = &Arc<Pool>> {
-        self.users
-            .values()
-            .flat_map(|u| u.shards.iter())
-            .flat_map(|s| s.primary.iter().chain(s.replicas.iter()))
+        self.users.values().flat_map(|u| u.shards.iter()).flat_map(|s| s.servers.iter().map(|slot| &slot.pool))
     }
 }
 
-fn user_pools(config: &Config, user: &User) -> UserPools {
+fn health_key(server: &ServerEntry) -> String {
+    format!("{}/{}/{}:{}/{}", server.name, server.shard, server.host, server.port, server.database_name)
+}
+
+fn target_for(server: &ServerEntry, user: &User) -> ServerTarget {
+    ServerTarget {
+        host: server.host.clone(),
+        port: server.port,
+        database: server.database_name.clone(),
+        user: user.server_user.clone(),
+        password: user.server_password.clone(),
+    }
+}
+
+fn user_pools(config: &Config, user: &User, health: &HashMap<String, Arc<ServerHealth>>) -> UserPools {
     let g = &config.general;
     let settings = PoolSettings {
         size: config.pool_size_for(user),
@@ -60,22 +147,18 @@ fn user_pools(config: &Config, user: &User) -> UserPools {
         lifetime: Duration::from_millis(g.server_lifetime_ms),
     };
     let shard_count = config.shard_count(&user.database) as usize;
-    let mut shards: Vec<ShardPools> = (0..shard_count).map(|_| ShardPools { primary: None, replicas: Vec::new() }).collect();
+    let mut shards: Vec<ShardPools> =
+        (0..shard_count).map(|_| ShardPools { servers: Vec::new(), next: AtomicUsize::new(0) }).collect();
     for server in config.servers_of(&user.database) {
         let Some(shard) = shards.get_mut(server.shard as usize) else { continue };
-        let target = ServerTarget {
-            host: server.host.clone(),
-            port: server.port,
-            database: server.database_name.clone(),
-            user: user.server_user.clone(),
-            password: user.server_password.clone(),
-        };
+        let Some(h) = health.get(&health_key(server)) else { continue };
+        let target = target_for(server, user);
         let name = format!("{}@{}/{}/{}", user.name, user.database, server.shard, target.addr());
-        let pool = Pool::new(name, target, settings.clone());
-        match server.role {
-            ServerRole::Primary | ServerRole::Auto if shard.primary.is_none() => shard.primary = Some(pool),
-            _ => shard.replicas.push(pool),
-        }
+        shard.servers.push(ServerSlot { pool: Pool::new(name, target, settings.clone()), health: h.clone() });
     }
-    UserPools { mode: config.pool_mode_for(user), shards }
+    UserPools {
+        mode: config.pool_mode_for(user),
+        shards,
+        balancing: Balancing { split: g.read_write_split.clone(), method: g.load_balancing.clone() },
+    }
 }

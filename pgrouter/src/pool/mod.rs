@@ -1,9 +1,12 @@
 //! Server connection pools. A [`Pool`] serves one (user, database, shard,
 //! server); a [`Cluster`] holds every pool of a logical database arranged as
-//! shards × (primary + replicas). Pools know nothing of SQL.
+//! shards × (primary + replicas), with each server's [`ServerHealth`]. Pools
+//! know nothing of SQL.
 
 mod cluster;
+pub mod health;
 mod pool;
 
-pub use cluster::{Cluster, ShardPools, UserPools};
-pub use pool::{Pool, PoolError, PoolSettings, PooledConn};
+pub use cluster::{Balancing, Cluster, ServerSlot, ShardPools, UserPools};
+pub use health::ServerHealth;
+pub use pool::{Pool, PoolError, PoolSettings, PoolStats, PooledConn};

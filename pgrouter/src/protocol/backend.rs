@@ -215,3 +215,11 @@ mod tests {
         }
     }
 }
+
+pub fn parse_complete(out: &mut BytesMut) {
+    put_message(out, b'1', |_| {});
+}
+
+pub fn close_complete(out: &mut BytesMut) {
+    put_message(out, b'3', |_| {});
+}

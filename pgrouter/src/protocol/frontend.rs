@@ -72,3 +72,96 @@ pub fn parse_password(body: &[u8]) -> Result<&str, ProtocolError> {
 pub fn parse_query(body: &[u8]) -> Result<&str, ProtocolError> {
     Reader::new(body).cstr()
 }
+
+/// A Parse message: statement name, SQL text, parameter type OIDs.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ParseMsg<'a> {
+    pub name: &'a str,
+    pub sql: &'a str,
+    pub param_types: Vec<i32>,
+}
+
+pub fn parse_parse(body: &[u8]) -> Result<ParseMsg<'_>, ProtocolError> {
+    let mut r = Reader::new(body);
+    let name = r.cstr()?;
+    let sql = r.cstr()?;
+    let n = r.i16()?;
+    if n < 0 {
+        return Err(ProtocolError::violation("negative parameter count in Parse"));
+    }
+    let mut param_types = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        param_types.push(r.i32()?);
+    }
+    Ok(ParseMsg { name, sql, param_types })
+}
+
+pub fn write_parse(out: &mut BytesMut, name: &str, sql: &str, param_types: &[i32]) {
+    put_message(out, b'P', |b| {
+        put_cstr(b, name);
+        put_cstr(b, sql);
+        b.put_i16(param_types.len() as i16);
+        for t in param_types {
+            b.put_i32(*t);
+        }
+    });
+}
+
+/// The two names at the start of a Bind body; `rest` is everything after
+/// them (formats, parameter values, result formats), passed through untouched.
+pub struct BindNames<'a> {
+    pub portal: &'a str,
+    pub statement: &'a str,
+    pub rest: &'a [u8],
+}
+
+pub fn parse_bind_names(body: &[u8]) -> Result<BindNames<'_>, ProtocolError> {
+    let mut r = Reader::new(body);
+    let portal = r.cstr()?;
+    let statement = r.cstr()?;
+    Ok(BindNames { portal, statement, rest: r.remaining() })
+}
+
+pub fn write_bind(out: &mut BytesMut, portal: &str, statement: &str, rest: &[u8]) {
+    put_message(out, b'B', |b| {
+        put_cstr(b, portal);
+        put_cstr(b, statement);
+        b.put_slice(rest);
+    });
+}
+
+/// Describe and Close both name a statement ('S') or a portal ('P').
+pub fn parse_target(body: &[u8]) -> Result<(u8, &str), ProtocolError> {
+    let mut r = Reader::new(body);
+    let kind = r.u8()?;
+    if kind != b'S' && kind != b'P' {
+        return Err(ProtocolError::violation(format!("invalid Describe/Close target '{}'", kind as char)));
+    }
+    Ok((kind, r.cstr()?))
+}
+
+pub fn write_target(out: &mut BytesMut, tag: u8, kind: u8, name: &str) {
+    put_message(out, tag, |b| {
+        b.put_u8(kind);
+        put_cstr(b, name);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_and_bind_round_trip() {
+        let mut out = BytesMut::new();
+        write_parse(&mut out, "s1", "select $1", &[23]);
+        let p = parse_parse(&out[5..]).unwrap();
+        assert_eq!(p, ParseMsg { name: "s1", sql: "select $1", param_types: vec![23] });
+        out.clear();
+        write_bind(&mut out, "", "s1", b"\0\0\0\0\0\0");
+        let b = parse_bind_names(&out[5..]).unwrap();
+        assert_eq!((b.portal, b.statement, b.rest), ("", "s1", &b"\0\0\0\0\0\0"[..]));
+        assert!(parse_parse(b"x\0y\0\xff\xff").is_err());
+        assert!(parse_target(b"Q\0").is_err());
+    }
+}

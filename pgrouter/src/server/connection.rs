@@ -66,6 +66,8 @@ pub struct ServerConn {
     pub last_used: Instant,
     /// Transaction status of the last ReadyForQuery: b'I', b'T' or b'E'.
     pub tx_status: u8,
+    /// Statements the router prepared here for its clients.
+    pub statements: super::ServerStatements,
 }
 
 impl ServerConn {
@@ -92,6 +94,7 @@ impl ServerConn {
             created: Instant::now(),
             last_used: Instant::now(),
             tx_status: b'I',
+            statements: super::ServerStatements::new(super::STATEMENTS_PER_SERVER),
         };
         super::login::login(&mut conn, target).await?;
         Ok(conn)
@@ -165,5 +168,36 @@ impl ServerConn {
         let mut out = BytesMut::new();
         frontend::terminate(&mut out);
         let _ = tokio::time::timeout(Duration::from_millis(200), self.stream.write_all(&out)).await;
+    }
+}
+
+impl ServerConn {
+    /// Runs a query returning one boolean (health checks).
+    pub async fn query_bool(&mut self, sql: &str) -> Result<bool, ServerError> {
+        let mut out = BytesMut::new();
+        frontend::query(&mut out, sql);
+        self.send(&out).await?;
+        let mut value = None;
+        let mut error = None;
+        loop {
+            let (tag, body) = self.read_message().await?;
+            match tag {
+                b'D' => {
+                    // DataRow: i16 column count, i32 length, then the first column's text.
+                    value = body.get(6..7).map(|b| b == b"t");
+                }
+                b'E' => error = Some(parse_error_fields(&body)?),
+                b'S' => self.note_parameter_status(&body),
+                b'Z' => {
+                    self.tx_status = body.first().copied().unwrap_or(b'I');
+                    break;
+                }
+                _ => {}
+            }
+        }
+        if let Some(e) = error {
+            return Err(ServerError::Postgres(e));
+        }
+        value.ok_or(ServerError::Closed)
     }
 }

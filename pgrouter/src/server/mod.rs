@@ -3,8 +3,14 @@
 
 mod connection;
 mod login;
+mod statements;
 
 pub use connection::{ServerConn, ServerError, ServerTarget};
+pub use statements::ServerStatements;
+
+/// Shared statements kept prepared per server connection before the least
+/// recently used is closed.
+pub const STATEMENTS_PER_SERVER: usize = 1000;
 
 /// How to reach a server's backend to cancel what it is running.
 #[derive(Debug, Clone, PartialEq, Eq)]

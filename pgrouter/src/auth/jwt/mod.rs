@@ -1,0 +1,226 @@
+//! JWT login (SPEC §5 "JWT login"): verifies a token sent as the password
+//! and extracts the username, role and read-only flag.
+//!
+//! Checks, in order (the first failure is reported):
+//! 1. Shape and header: a compact JWS; `alg` must be in the allow-list.
+//!    `none` and HS256/384/512 can never be in it ([`JwtVerifier::new`]
+//!    refuses them), so an HMAC token "signed" with the public key bytes —
+//!    the key-confusion attack — fails as "algorithm".
+//! 2. Key: the PEM key, or the JWKS key named by `kid` (see [`jwks`]); the
+//!    header `alg` must fit the key type (and the JWK's own `alg`).
+//! 3. Signature, then `exp` (always required: a token without `exp` is
+//!    refused as missing claim "exp" — the safer default) and `nbf`, both
+//!    with `leeway_s`, then `iss` (required and equal when `issuer` is set)
+//!    and `aud` (required and containing `audience` when set).
+//! 4. The username claim equals the startup user; the role claim (or the
+//!    username when absent) is in `allowed_roles` when that is non-empty;
+//!    the read-only claim is `true` or `"true"`.
+//!
+//! Signature checks take microseconds and run inline; the only network
+//! I/O (JWKS fetches) is async.
+
+mod error;
+mod fetch;
+mod jwks;
+mod keys;
+mod settings;
+mod verify;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use jsonwebtoken::{Algorithm, Validation};
+
+pub use error::JwtError;
+pub use keys::KeyKind;
+pub use settings::JwtSettings;
+
+use jwks::Jwks;
+use keys::VerifyKey;
+
+/// A verified token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedToken {
+    /// The username claim (equal to the startup user).
+    pub username: String,
+    /// The role claim, or the username when the claim is missing.
+    pub role: String,
+    /// The read-only claim is `true` (boolean, or the string "true").
+    pub read_only: bool,
+    /// `exp` (for `disconnect_on_expiry`).
+    pub expires_at: Option<SystemTime>,
+}
+
+/// Where verification keys come from.
+enum KeySource {
+    Pem(Arc<VerifyKey>),
+    Jwks(Arc<Jwks>),
+}
+
+/// Verifies JWT logins. Send + Sync; share it in an `Arc`. Build a new one
+/// on reload (a JWKS verifier re-fetches its set when built).
+pub struct JwtVerifier {
+    settings: JwtSettings,
+    source: KeySource,
+    /// Allow-list, parsed; never contains HMAC algorithms.
+    algorithms: Vec<Algorithm>,
+    /// A prepared validation per allowed algorithm.
+    validations: Vec<(Algorithm, Validation)>,
+    allowed_roles: HashSet<String>,
+}
+
+impl JwtVerifier {
+    /// Loads the PEM key (RSA, EC P-256/P-384 or Ed25519; the type is
+    /// detected) or prepares the JWKS cache and fetches the JWKS once. A
+    /// failed first fetch is logged, not fatal: later logins retry (at most
+    /// once per `jwks_min_refresh_interval_s`). Errors are configuration
+    /// problems, worded for the operator.
+    pub async fn new(settings: JwtSettings) -> Result<JwtVerifier, String> {
+        let algorithms = parse_algorithms(&settings.algorithms)?;
+        if settings.username_claim.is_empty() {
+            return Err("[jwt] username_claim must not be empty".into());
+        }
+        if settings.leeway_s > verify::MAX_LEEWAY_S {
+            tracing::warn!(
+                leeway_s = settings.leeway_s,
+                "[jwt] leeway_s is larger than a year; using {}",
+                verify::MAX_LEEWAY_S
+            );
+        }
+        let source = match (
+            settings.public_key_file.is_empty(),
+            settings.jwks_url.is_empty(),
+        ) {
+            (false, true) => {
+                let path = &settings.public_key_file;
+                let text = std::fs::read(path)
+                    .map_err(|e| format!("[jwt] public_key_file {path:?}: {e}"))?;
+                let key = keys::from_pem(&text)
+                    .map_err(|e| format!("[jwt] public_key_file {path:?}: {e}"))?;
+                if !algorithms.iter().any(|a| key.kind.supports(*a)) {
+                    return Err(format!(
+                        "[jwt] public_key_file {path:?} is an {} key, but no algorithm in \
+                         algorithms = {:?} can be verified with it",
+                        key.kind.name(),
+                        settings.algorithms
+                    ));
+                }
+                KeySource::Pem(Arc::new(key))
+            }
+            (true, false) => KeySource::Jwks(
+                Jwks::new(
+                    &settings.jwks_url,
+                    settings.jwks_cache_ttl_s,
+                    settings.jwks_min_refresh_interval_s,
+                )
+                .await
+                .map_err(|e| format!("[jwt] {e}"))?,
+            ),
+            _ => return Err("[jwt] set exactly one of public_key_file and jwks_url".into()),
+        };
+        let validations = algorithms
+            .iter()
+            .map(|&a| (a, verify::validation_for(a, &settings)))
+            .collect();
+        let allowed_roles = settings.allowed_roles.iter().cloned().collect();
+        Ok(JwtVerifier {
+            settings,
+            source,
+            algorithms,
+            validations,
+            allowed_roles,
+        })
+    }
+
+    /// Verifies `token` for the startup user `user`.
+    pub async fn verify(&self, token: &str, user: &str) -> Result<VerifiedToken, JwtError> {
+        let header = verify::parse_header(token, &self.algorithms)?;
+        let key = match &self.source {
+            KeySource::Pem(key) => key.clone(),
+            KeySource::Jwks(jwks) => match jwks.key_for(header.kid.as_deref()).await {
+                Ok(key) => key,
+                Err(e) => {
+                    tracing::debug!(kid = ?header.kid, error = ?e, "JWT refused: no key");
+                    return Err(e);
+                }
+            },
+        };
+        if !key.accepts(header.alg) {
+            tracing::debug!(alg = ?header.alg, key = ?key, "JWT refused: alg does not fit the key");
+            return Err(JwtError::Algorithm);
+        }
+        let validation = self
+            .validations
+            .iter()
+            .find(|(a, _)| *a == header.alg)
+            .map(|(_, v)| v)
+            .ok_or(JwtError::Algorithm)?;
+        let claims = verify::decode(token, &key, validation)?;
+        verify::check_claims(&claims, user, &self.settings, &self.allowed_roles)
+    }
+
+    /// (successful, failed) JWKS fetches, for `pgrouter_jwks_fetches_total`;
+    /// (0, 0) with a PEM key.
+    pub fn jwks_fetches(&self) -> (u64, u64) {
+        match &self.source {
+            KeySource::Pem(_) => (0, 0),
+            KeySource::Jwks(jwks) => jwks.fetches(),
+        }
+    }
+
+    /// The settings this verifier was built from (lets a reload tell
+    /// whether a new verifier is needed).
+    pub fn settings(&self) -> &JwtSettings {
+        &self.settings
+    }
+}
+
+impl std::fmt::Debug for JwtVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let source = match &self.source {
+            KeySource::Pem(k) => format!(
+                "pem {:?} ({})",
+                self.settings.public_key_file,
+                k.kind.name()
+            ),
+            KeySource::Jwks(_) => format!("jwks {:?}", self.settings.jwks_url),
+        };
+        f.debug_struct("JwtVerifier")
+            .field("source", &source)
+            .field("algorithms", &self.algorithms)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Parses the allow-list. HMAC algorithms and "none" are configuration
+/// errors: the router verifies with public keys only, and allowing HS* next
+/// to a public key is exactly what the key-confusion attack needs.
+fn parse_algorithms(names: &[String]) -> Result<Vec<Algorithm>, String> {
+    if names.is_empty() {
+        return Err("[jwt] algorithms must not be empty".into());
+    }
+    let mut out = Vec::new();
+    for name in names {
+        let alg = match name.parse::<Algorithm>() {
+            Ok(Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) => {
+                return Err(format!(
+                    "[jwt] algorithms: {name} is refused: HMAC needs a shared secret, and pgrouter \
+                     verifies with public keys only"
+                ))
+            }
+            Ok(alg) => alg,
+            Err(_) if name.eq_ignore_ascii_case("none") => {
+                return Err("[jwt] algorithms: \"none\" is always refused".into())
+            }
+            Err(_) => return Err(format!("[jwt] algorithms: unknown algorithm {name:?}")),
+        };
+        if !out.contains(&alg) {
+            out.push(alg);
+        }
+    }
+    Ok(out)
+}

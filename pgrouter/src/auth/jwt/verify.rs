@@ -1,0 +1,210 @@
+//! The token checks that do not depend on where keys come from: header
+//! pre-checks, signature + time/issuer/audience validation via jsonwebtoken,
+//! and the pgrouter-specific claims (user, role, read-only).
+
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Validation};
+use serde_json::{Map, Value};
+
+use super::error::JwtError;
+use super::keys::VerifyKey;
+use super::settings::JwtSettings;
+use super::VerifiedToken;
+
+/// Tokens longer than this are refused before any decoding work; real JWTs
+/// are well under 8 KiB.
+const MAX_TOKEN_LEN: usize = 16 * 1024;
+/// Larger leeways are clamped: jsonwebtoken computes `now - leeway` in u64,
+/// and a year of skew is already meaningless.
+pub const MAX_LEEWAY_S: u64 = 365 * 24 * 3600;
+
+/// What the verifier reads from the (still unverified) header.
+pub struct Header {
+    pub alg: Algorithm,
+    pub kid: Option<String>,
+}
+
+/// Decodes the header and checks `alg` against the allow-list before any
+/// key is looked up. Done by hand rather than with
+/// `jsonwebtoken::decode_header` because that fails on `"alg": "none"` with
+/// a JSON error, and SPEC wants such a token refused as "algorithm".
+pub fn parse_header(token: &str, allowed: &[Algorithm]) -> Result<Header, JwtError> {
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(JwtError::Malformed("too long".into()));
+    }
+    let parts: Vec<&str> = token.split('.').collect();
+    match parts.len() {
+        3 => {}
+        5 => {
+            return Err(JwtError::Malformed(
+                "encrypted tokens (JWE) are not supported".into(),
+            ))
+        }
+        _ => return Err(JwtError::Malformed("not a JWT".into())),
+    }
+    let raw = URL_SAFE_NO_PAD
+        .decode(parts[0])
+        .map_err(|_| JwtError::Malformed("header is not base64url".into()))?;
+    let header: Map<String, Value> = serde_json::from_slice(&raw)
+        .map_err(|_| JwtError::Malformed("header is not a JSON object".into()))?;
+    if header.contains_key("crit") {
+        // RFC 7515 §4.1.11: unknown critical extensions must be refused, and
+        // we understand none.
+        return Err(JwtError::Malformed("unsupported critical header".into()));
+    }
+    let alg_name = match header.get("alg") {
+        Some(Value::String(s)) => s.as_str(),
+        _ => return Err(JwtError::Malformed("header has no alg".into())),
+    };
+    let alg = match alg_name.parse::<Algorithm>() {
+        Ok(alg) if allowed.contains(&alg) => alg,
+        _ => {
+            tracing::debug!(alg = alg_name, "JWT refused: algorithm not allowed");
+            return Err(JwtError::Algorithm);
+        }
+    };
+    let kid = match header.get("kid") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err(JwtError::Malformed("kid is not a string".into())),
+    };
+    Ok(Header { alg, kid })
+}
+
+/// The jsonwebtoken validation for tokens signed with `alg`. Every default
+/// that matters is set explicitly (see ARCHITECTURE.md): leeway, nbf, which
+/// claims must be present, and `validate_aud = false` when no audience is
+/// configured (otherwise any token carrying `aud` would be refused).
+pub fn validation_for(alg: Algorithm, s: &JwtSettings) -> Validation {
+    let mut v = Validation::new(alg);
+    v.leeway = s.leeway_s.min(MAX_LEEWAY_S);
+    v.validate_exp = true;
+    v.validate_nbf = true;
+    v.reject_tokens_expiring_in_less_than = 0;
+    // exp is always required: a token that never expires cannot be revoked
+    // by waiting, so refusing it is the safer default.
+    let mut required = vec!["exp"];
+    if !s.issuer.is_empty() {
+        v.set_issuer(&[&s.issuer]);
+        required.push("iss");
+    }
+    if s.audience.is_empty() {
+        v.validate_aud = false;
+    } else {
+        v.validate_aud = true;
+        v.set_audience(&[&s.audience]);
+        required.push("aud");
+    }
+    v.set_required_spec_claims(&required);
+    v.sub = None;
+    v
+}
+
+/// Verifies signature, exp/nbf, iss and aud; returns the claims.
+pub fn decode(
+    token: &str,
+    key: &VerifyKey,
+    validation: &Validation,
+) -> Result<Map<String, Value>, JwtError> {
+    match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation) {
+        Ok(data) => Ok(data.claims),
+        Err(e) => {
+            let err = map_error(e.kind());
+            tracing::debug!(error = %e, kid = ?key.kid, "JWT refused: {}", err.reason());
+            Err(err)
+        }
+    }
+}
+
+fn map_error(kind: &ErrorKind) -> JwtError {
+    match kind {
+        ErrorKind::ExpiredSignature => JwtError::Expired,
+        ErrorKind::ImmatureSignature => JwtError::NotYetValid,
+        ErrorKind::InvalidSignature => JwtError::Signature,
+        ErrorKind::InvalidIssuer => JwtError::Issuer,
+        ErrorKind::InvalidAudience => JwtError::Audience,
+        ErrorKind::InvalidSubject => JwtError::UserMismatch,
+        ErrorKind::MissingRequiredClaim(c) => JwtError::MissingClaim(c.clone()),
+        ErrorKind::InvalidClaimFormat(c) => {
+            JwtError::Malformed(format!("claim \"{c}\" is not a NumericDate"))
+        }
+        ErrorKind::InvalidAlgorithm
+        | ErrorKind::InvalidAlgorithmName
+        | ErrorKind::UnsupportedAlgorithm
+        | ErrorKind::MissingAlgorithm => JwtError::Algorithm,
+        // The key cannot verify anything (bad JWK material, key too small
+        // for aws-lc): for the client that is a signature that does not
+        // verify; the log has the detail.
+        ErrorKind::InvalidEcdsaKey
+        | ErrorKind::InvalidEddsaKey
+        | ErrorKind::InvalidRsaKey(_)
+        | ErrorKind::InvalidKeyFormat
+        | ErrorKind::Provider(_) => JwtError::Signature,
+        ErrorKind::Base64(_) => JwtError::Malformed("not base64url".into()),
+        ErrorKind::Json(_) | ErrorKind::Utf8(_) => {
+            JwtError::Malformed("payload is not a JSON object".into())
+        }
+        _ => JwtError::Malformed("not a JWT".into()),
+    }
+}
+
+/// Applies the pgrouter claim rules to already-verified claims.
+pub fn check_claims(
+    claims: &Map<String, Value>,
+    user: &str,
+    s: &JwtSettings,
+    allowed_roles: &HashSet<String>,
+) -> Result<VerifiedToken, JwtError> {
+    let username = match claims.get(&s.username_claim) {
+        Some(Value::String(name)) => name,
+        // Absent, or not a string (e.g. a numeric `sub`): no usable name.
+        _ => return Err(JwtError::MissingClaim(s.username_claim.clone())),
+    };
+    if username != user {
+        tracing::debug!(claim = %s.username_claim, token_user = %username, user, "JWT refused: user does not match");
+        return Err(JwtError::UserMismatch);
+    }
+    let role = if s.role_claim.is_empty() {
+        username.clone()
+    } else {
+        match claims.get(&s.role_claim) {
+            None | Some(Value::Null) => username.clone(),
+            Some(Value::String(role)) if !role.is_empty() => role.clone(),
+            // An empty or non-string role cannot name a PostgreSQL role;
+            // falling back to the username would hide an issuer bug.
+            Some(_) => return Err(JwtError::MissingClaim(s.role_claim.clone())),
+        }
+    };
+    if !allowed_roles.is_empty() && !allowed_roles.contains(&role) {
+        tracing::debug!(role, "JWT refused: role not in allowed_roles");
+        return Err(JwtError::RoleNotAllowed(role));
+    }
+    let read_only = !s.read_only_claim.is_empty()
+        && match claims.get(&s.read_only_claim) {
+            Some(Value::Bool(b)) => *b,
+            Some(Value::String(v)) => v.eq_ignore_ascii_case("true"),
+            _ => false,
+        };
+    let expires_at = claims.get("exp").and_then(numeric_date);
+    Ok(VerifiedToken {
+        username: username.clone(),
+        role,
+        read_only,
+        expires_at,
+    })
+}
+
+/// A NumericDate (seconds since the epoch, possibly fractional) as a time.
+fn numeric_date(v: &Value) -> Option<SystemTime> {
+    let secs = v.as_u64().or_else(|| {
+        v.as_f64()
+            .filter(|f| f.is_finite() && *f >= 0.0 && *f < u64::MAX as f64)
+            .map(|f| f.round() as u64)
+    })?;
+    UNIX_EPOCH.checked_add(Duration::from_secs(secs))
+}

@@ -1,0 +1,280 @@
+//! The answers a server still owes, in order.
+//!
+//! When the router rewrites a client's extended-protocol stream it sends some
+//! messages the client did not (a Parse of a statement this server lacks, a
+//! Close to evict one), and skips some the client did send (a Parse the server
+//! already has, a Close of a shared statement). Their answers must be dropped
+//! or made up at exactly the right place in the reply stream. This queue holds
+//! one entry per message sent (or answered by the router), and says for each
+//! server message whether it goes to the client.
+
+use std::collections::VecDeque;
+
+/// The kind of message an answer belongs to; each ends with a known message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// `Some(id)` when the Parse prepares the shared statement `id`.
+    Parse(Option<u64>),
+    Bind,
+    DescribeStatement,
+    DescribePortal,
+    Execute,
+    Close,
+    Sync,
+    Query,
+    FunctionCall,
+}
+
+impl Reply {
+    /// True when `tag` is the last message of this reply.
+    fn ends_with(self, tag: u8) -> bool {
+        match self {
+            Reply::Parse(_) => tag == b'1',
+            Reply::Bind => tag == b'2',
+            Reply::DescribeStatement | Reply::DescribePortal => tag == b'T' || tag == b'n',
+            Reply::Execute => matches!(tag, b'C' | b'I' | b's'),
+            Reply::Close => tag == b'3',
+            Reply::Sync | Reply::Query | Reply::FunctionCall => tag == b'Z',
+        }
+    }
+
+    /// Extended-protocol messages after an error are skipped by the server
+    /// up to the next Sync.
+    fn is_extended(self) -> bool {
+        !matches!(self, Reply::Sync | Reply::Query | Reply::FunctionCall)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Entry {
+    /// The client sent it; the server's answer goes to the client.
+    Forward(Reply),
+    /// The router sent it; the answer is dropped.
+    Swallow(Reply),
+    /// The router did not send the client's message and answers it itself
+    /// with this message tag ('1' ParseComplete or '3' CloseComplete).
+    Synthesize(u8),
+}
+
+/// What to do with one server message.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Verdict {
+    pub forward: bool,
+    /// Router-made messages to send to the client before this one.
+    pub synthesize_before: Vec<u8>,
+    /// Router-made messages to send right after this one.
+    pub synthesize_after: Vec<u8>,
+    /// A shared statement whose Parse failed: the server does not have it.
+    pub failed_parse: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+pub struct Expectations {
+    queue: VecDeque<Entry>,
+    /// Swallow and Synthesize entries queued; zero lets the relay take its
+    /// fast path (every message forwarded verbatim).
+    special: usize,
+    /// The server hit an error in an extended batch and ignores everything up
+    /// to the next Sync it receives.
+    server_skipping: bool,
+}
+
+impl Expectations {
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Nothing will be dropped or made up: relay verbatim.
+    pub fn is_plain(&self) -> bool {
+        self.special == 0
+    }
+
+    /// True while the server ignores extended messages after an error.
+    pub fn server_skipping(&self) -> bool {
+        self.server_skipping
+    }
+
+    pub fn forward(&mut self, reply: Reply) {
+        if reply == Reply::Sync {
+            self.server_skipping = false;
+        }
+        self.queue.push_back(Entry::Forward(reply));
+    }
+
+    pub fn swallow(&mut self, reply: Reply) {
+        self.special += 1;
+        self.queue.push_back(Entry::Swallow(reply));
+    }
+
+    /// Queues a router-made answer. Returns it at once (to send now) when
+    /// nothing is in flight ahead of it; nothing when the server is skipping
+    /// (PostgreSQL would not answer either).
+    pub fn synthesize(&mut self, tag: u8) -> Option<u8> {
+        if self.server_skipping {
+            return None;
+        }
+        if self.queue.is_empty() {
+            return Some(tag);
+        }
+        self.special += 1;
+        self.queue.push_back(Entry::Synthesize(tag));
+        None
+    }
+
+    /// Router-made answers now at the head of the queue, to send right away.
+    pub fn take_ready_synthesized(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        while let Some(Entry::Synthesize(tag)) = self.queue.front().copied() {
+            self.queue.pop_front();
+            self.special -= 1;
+            out.push(tag);
+        }
+        out
+    }
+
+    /// Decides the fate of one server message and advances the queue.
+    pub fn on_server_message(&mut self, tag: u8) -> Verdict {
+        let mut verdict = Verdict { synthesize_before: self.take_ready_synthesized(), ..Verdict::default() };
+        let Some(&head) = self.queue.front() else {
+            verdict.forward = true; // unsolicited (e.g. a FATAL before close)
+            return verdict;
+        };
+        let (reply, swallowing) = match head {
+            Entry::Forward(r) => (r, false),
+            Entry::Swallow(r) => (r, true),
+            Entry::Synthesize(_) => unreachable!("synthesized entries were taken above"),
+        };
+        // Asynchronous messages belong to no request.
+        if matches!(tag, b'N' | b'A' | b'S') {
+            verdict.forward = !swallowing;
+            return verdict;
+        }
+        if tag == b'E' && reply.is_extended() {
+            self.pop_head();
+            if let Reply::Parse(id) = reply {
+                verdict.failed_parse = id;
+            }
+            self.skip_to_sync(&mut verdict);
+            verdict.synthesize_after = self.take_ready_synthesized();
+            // An error the client would have got from its own message had the
+            // router not rewritten the stream: it must see it.
+            verdict.forward = !swallowing || matches!(reply, Reply::Parse(_) | Reply::Bind | Reply::DescribeStatement);
+            return verdict;
+        }
+        verdict.forward = !swallowing || (tag == b'E' && reply != Reply::Query && reply != Reply::Close);
+        if reply.ends_with(tag) {
+            self.pop_head();
+            verdict.synthesize_after = self.take_ready_synthesized();
+        }
+        verdict
+    }
+
+    fn pop_head(&mut self) {
+        if let Some(Entry::Swallow(_) | Entry::Synthesize(_)) = self.queue.pop_front() {
+            self.special -= 1;
+        }
+    }
+
+    /// After an extended-protocol error the server skips to the next Sync:
+    /// those entries get no answer (and made-up answers are not sent).
+    fn skip_to_sync(&mut self, verdict: &mut Verdict) {
+        loop {
+            match self.queue.front().copied() {
+                None => {
+                    self.server_skipping = true;
+                    return;
+                }
+                Some(Entry::Forward(Reply::Sync)) => return,
+                Some(entry) => {
+                    if let Entry::Forward(Reply::Parse(Some(id))) | Entry::Swallow(Reply::Parse(Some(id))) = entry {
+                        // Only the first failed parse is reported; later ones never ran.
+                        verdict.failed_parse.get_or_insert(id);
+                    }
+                    self.pop_head();
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_batches_forward_everything() {
+        let mut e = Expectations::default();
+        for r in [Reply::Parse(None), Reply::Bind, Reply::Execute, Reply::Sync] {
+            e.forward(r);
+        }
+        assert!(e.is_plain());
+        for tag in [b'1', b'2', b'D', b'D', b'C'] {
+            assert!(e.on_server_message(tag).forward);
+        }
+        assert!(!e.is_empty());
+        assert!(e.on_server_message(b'Z').forward);
+        assert!(e.is_empty());
+    }
+
+    #[test]
+    fn injected_parse_is_swallowed_and_skipped_parse_is_made_up() {
+        let mut e = Expectations::default();
+        // Client: Parse s1 (server already has it) -> made up now.
+        assert_eq!(e.synthesize(b'1'), Some(b'1'));
+        // Client: Bind s2 needs an injected Parse first.
+        e.swallow(Reply::Parse(Some(7)));
+        e.forward(Reply::Bind);
+        e.forward(Reply::Execute);
+        // Client: Close s2 -> made up, but only after Execute's answer.
+        assert_eq!(e.synthesize(b'3'), None);
+        e.forward(Reply::Sync);
+        assert!(!e.on_server_message(b'1').forward);
+        assert!(e.on_server_message(b'2').forward);
+        let v = e.on_server_message(b'C');
+        assert!(v.forward);
+        assert_eq!(v.synthesize_after, vec![b'3']);
+        let v = e.on_server_message(b'Z');
+        assert!(v.forward && v.synthesize_before.is_empty());
+        assert!(e.is_empty() && e.is_plain());
+    }
+
+    #[test]
+    fn error_skips_to_sync_and_drops_made_up_answers() {
+        let mut e = Expectations::default();
+        e.forward(Reply::Parse(Some(3)));
+        e.forward(Reply::Bind);
+        assert_eq!(e.synthesize(b'3'), None);
+        e.forward(Reply::Sync);
+        let v = e.on_server_message(b'E');
+        assert!(v.forward);
+        assert_eq!(v.failed_parse, Some(3));
+        let v = e.on_server_message(b'Z');
+        assert!(v.forward && v.synthesize_before.is_empty());
+        assert!(e.is_empty() && e.is_plain());
+    }
+
+    #[test]
+    fn error_before_the_sync_arrives_marks_skipping() {
+        let mut e = Expectations::default();
+        e.forward(Reply::Parse(None));
+        assert!(e.on_server_message(b'E').forward);
+        assert!(e.server_skipping());
+        assert_eq!(e.synthesize(b'1'), None);
+        e.forward(Reply::Sync);
+        assert!(!e.server_skipping());
+        assert!(e.on_server_message(b'Z').forward);
+        assert!(e.is_empty());
+    }
+
+    #[test]
+    fn simple_query_errors_do_not_skip() {
+        let mut e = Expectations::default();
+        e.swallow(Reply::Query);
+        e.forward(Reply::Query);
+        assert!(!e.on_server_message(b'E').forward);
+        assert!(!e.on_server_message(b'Z').forward);
+        assert!(e.on_server_message(b'E').forward);
+        assert!(e.on_server_message(b'Z').forward);
+        assert!(e.is_empty());
+    }
+}

@@ -1,0 +1,103 @@
+//! Server to client: relay answers in order, drop the answers to the
+//! router's own messages, insert the answers the router makes up, and keep
+//! the session's bookkeeping (transaction status, parameters, SET outcomes).
+
+use bytes::Buf;
+
+use super::error::SessionEnd;
+use super::session::Session;
+use crate::protocol::backend::{self, parse_error_fields, parse_parameter_status};
+use crate::protocol::next_frame;
+use crate::server::MAX_SERVER_MESSAGE;
+
+impl Session {
+    /// Handles every complete message the held server has sent. When all of
+    /// them go to the client unchanged (the usual case) they are written
+    /// straight from the read buffer in one write; otherwise the relay
+    /// switches to copying into `to_client` from the first exception on.
+    pub(super) async fn handle_server_messages(&mut self) -> Result<(), SessionEnd> {
+        let Some(held) = self.server.as_mut() else { return Ok(()) };
+        let mut pos = 0; // bytes of read_buf handled
+        let mut verbatim = true; // everything up to `pos` is forwarded as is
+        loop {
+            let buf = &held.conn.read_buf;
+            let Some(frame) = next_frame(buf.get(pos..).unwrap_or(&[]), MAX_SERVER_MESSAGE)
+                .map_err(|_| SessionEnd::fatal("08P01", "pgrouter: malformed message from the server"))?
+            else {
+                break;
+            };
+            let tag = frame.tag;
+            let msg_range = pos..pos + frame.total_len;
+            let body_range = pos + 5..pos + frame.total_len;
+            let verdict = self.expect.on_server_message(tag);
+
+            // Bookkeeping first; it needs only the body.
+            let body = &held.conn.read_buf[body_range.clone()];
+            match tag {
+                b'Z' => {
+                    let status = body.first().copied().unwrap_or(b'I');
+                    held.conn.tx_status = status;
+                    if !self.sets.is_idle() {
+                        for change in self.sets.on_ready(status) {
+                            self.params.apply(change);
+                        }
+                    }
+                    if self.expect.is_empty() && !self.unsynced {
+                        self.in_tx = status != b'I';
+                    }
+                }
+                b'S' => {
+                    if let Ok((name, value)) = parse_parameter_status(body) {
+                        let (name, value) = (name.to_string(), value.to_string());
+                        self.params.note(&name, &value);
+                        held.conn.params.insert(name, value);
+                    }
+                }
+                b'E' => {
+                    self.sets.on_error();
+                    if !verdict.forward {
+                        if let Ok(f) = parse_error_fields(body) {
+                            tracing::warn!(code = %f.code, error = %f.message, "a query of the router's failed");
+                        }
+                    }
+                }
+                b'C' if !self.sets.is_idle() => self.sets.on_command_complete(body),
+                _ => {}
+            }
+            if let Some(id) = verdict.failed_parse {
+                held.conn.statements.remove(id);
+            }
+
+            let plain = verdict.forward && verdict.synthesize_before.is_empty() && verdict.synthesize_after.is_empty();
+            if verbatim && !plain {
+                verbatim = false;
+                self.to_client.extend_from_slice(&held.conn.read_buf[..pos]);
+            }
+            if !verbatim {
+                for t in &verdict.synthesize_before {
+                    backend::put_message(&mut self.to_client, *t, |_| {});
+                }
+                if verdict.forward {
+                    self.to_client.extend_from_slice(&held.conn.read_buf[msg_range]);
+                }
+                for t in &verdict.synthesize_after {
+                    backend::put_message(&mut self.to_client, *t, |_| {});
+                }
+            }
+            pos += frame.total_len;
+        }
+        if pos > 0 {
+            let result = if verbatim {
+                use tokio::io::AsyncWriteExt;
+                self.client.write_all(&held.conn.read_buf[..pos]).await
+            } else {
+                Ok(())
+            };
+            held.conn.read_buf.advance(pos);
+            result.map_err(SessionEnd::ClientIo)?;
+        }
+        self.flush_client().await?;
+        self.release_if_done();
+        Ok(())
+    }
+}

@@ -1,0 +1,547 @@
+//! Client to server: route each unit of work, check out a server, and
+//! forward the client's messages — rewriting prepared-statement names and
+//! preparing statements the server lacks — while recording what answers the
+//! server owes in [`Expectations`].
+
+use std::sync::Arc;
+
+use bytes::Buf;
+use pgrouter_config::PoolMode;
+use pgrouter_parser::{Analysis, DiscardKind, ResetTarget, SetKind, StatementKind};
+
+use super::error::SessionEnd;
+use super::expect::Reply;
+use super::prepared::{SharedStatement, SqlPrepared};
+use super::session::{Held, Session};
+use super::tracking::SetChange;
+use crate::pool::PoolError;
+use crate::protocol::backend::{self, Severity};
+use crate::protocol::frontend::{self, parse_bind_names, parse_parse, parse_query, parse_target};
+use crate::protocol::next_frame;
+use crate::router::{self, Role, Route, SessionRouting};
+use crate::server::ServerError;
+
+impl Session {
+    /// Forwards every complete client message in the buffer, checking out a
+    /// server first when one is needed. Stops early (`blocked`) when the next
+    /// unit of work needs a different server than the one still held.
+    pub(super) async fn handle_client_messages(&mut self) -> Result<(), SessionEnd> {
+        while let Some(frame) = next_frame(&self.cbuf, self.max_message)? {
+            let tag = frame.tag;
+            if tag == b'X' {
+                self.flush_server().await?;
+                return Err(SessionEnd::ClientGone);
+            }
+            if self.server.is_none() {
+                if self.skip_to_sync || matches!(tag, b'S' | b'H' | b'd' | b'c' | b'f') {
+                    self.cbuf.advance(frame.total_len);
+                    self.answer_without_server(tag);
+                    continue;
+                }
+                if self.try_answer_locally(frame.total_len)? || self.try_prepare_locally()? {
+                    continue;
+                }
+                let route = self.route_next_batch();
+                if let Err(e) = self.attach(route).await {
+                    self.cbuf.advance(frame.total_len);
+                    self.refuse_after_checkout_error(tag, e);
+                    continue;
+                }
+            } else if self.needs_other_server(tag) {
+                self.blocked = true;
+                break;
+            }
+            let msg = self.cbuf.split_to(frame.total_len);
+            self.forward_message(tag, &msg)?;
+        }
+        self.flush_server().await?;
+        self.flush_client().await
+    }
+
+    /// A message that needs no server while none is held: Sync gets its
+    /// ReadyForQuery from the router; Flush and stray COPY data are dropped.
+    fn answer_without_server(&mut self, tag: u8) {
+        if tag == b'S' || (self.skip_to_sync && tag == b'Q') {
+            self.skip_to_sync = false;
+            backend::ready_for_query(&mut self.to_client, b'I');
+        }
+    }
+
+    /// Statements that only change the client's own state are answered by
+    /// the router when no server is held: DEALLOCATE and DISCARD ALL (which
+    /// must not touch the shared server's statements).
+    fn try_answer_locally(&mut self, len: usize) -> Result<bool, SessionEnd> {
+        if self.cbuf.first() != Some(&b'Q') {
+            return Ok(false);
+        }
+        let analysis = {
+            let sql = parse_query(self.cbuf.get(5..len).unwrap_or(&[]))?;
+            self.state.cache.analyze(sql)
+        };
+        let [statement] = analysis.statements.as_slice() else { return Ok(false) };
+        let tag = match &statement.kind {
+            StatementKind::Deallocate { name: Some(name) } => {
+                if self.sql_prepared.remove(name).is_none() {
+                    return Ok(false); // let PostgreSQL report the unknown name
+                }
+                "DEALLOCATE"
+            }
+            StatementKind::Deallocate { name: None } => {
+                self.sql_prepared.clear();
+                "DEALLOCATE ALL"
+            }
+            StatementKind::Discard(DiscardKind::All) if self.mode == PoolMode::Transaction => {
+                self.sql_prepared.clear();
+                self.statements.clear();
+                self.params.apply(SetChange::ResetAll);
+                "DISCARD ALL"
+            }
+            _ => return Ok(false),
+        };
+        self.cbuf.advance(len);
+        backend::command_complete(&mut self.to_client, tag);
+        backend::ready_for_query(&mut self.to_client, b'I');
+        Ok(true)
+    }
+
+    /// A batch of named Parse messages and its Sync (what `PQprepare` sends)
+    /// needs no server: the statements are recorded for the client, answered
+    /// here, and prepared on a server when a Bind first needs them. Holding a
+    /// server for it would stall clients that prepare inside their
+    /// transactions while every server is busy (pgbench -M prepared).
+    /// Statements pg_query cannot parse still go to a server, so PostgreSQL
+    /// reports their errors where the client expects them.
+    fn try_prepare_locally(&mut self) -> Result<bool, SessionEnd> {
+        let mut at = 0;
+        let mut parses = Vec::new();
+        loop {
+            let Some(frame) = next_frame(self.cbuf.get(at..).unwrap_or(&[]), self.max_message)? else {
+                return Ok(false); // the batch has not arrived whole
+            };
+            let body = frame.body(&self.cbuf[at..]);
+            at += frame.total_len;
+            match frame.tag {
+                b'P' => {
+                    let p = parse_parse(body)?;
+                    if p.name.is_empty() {
+                        return Ok(false);
+                    }
+                    let analysis = self.state.cache.analyze(p.sql);
+                    if analysis.parse_error.is_some() {
+                        return Ok(false);
+                    }
+                    parses.push((p.name.to_string(), p.sql.to_string(), p.param_types, analysis));
+                }
+                b'H' => {}
+                b'S' if !parses.is_empty() => break,
+                _ => return Ok(false),
+            }
+        }
+        for (name, sql, types, analysis) in parses {
+            let stmt = self.state.statements.intern(&sql, &types, analysis);
+            self.statements.insert(name, stmt);
+            backend::parse_complete(&mut self.to_client);
+        }
+        backend::ready_for_query(&mut self.to_client, b'I');
+        self.cbuf.advance(at);
+        Ok(true)
+    }
+
+    fn session_routing(&self) -> SessionRouting {
+        SessionRouting::from_params(|k| self.params.get(k).map(str::to_string))
+    }
+
+    /// Routes the unit of work at the front of the buffer. An extended batch
+    /// runs as one implicit transaction up to its Sync, so it goes to the
+    /// primary if any statement in it (as far as it has arrived) needs to.
+    fn route_next_batch(&self) -> Route {
+        let session = self.session_routing();
+        if self.mode == PoolMode::Session {
+            let role = match session.role_override {
+                Some(pgrouter_parser::RoleHint::Replica) => Role::Replica,
+                _ if session.default_read_only => Role::Replica,
+                _ => Role::Primary,
+            };
+            return Route { shard: session.shard_override.unwrap_or(0) as usize, role };
+        }
+        let mut route: Option<Route> = None;
+        let mut unnamed = self.unnamed.clone();
+        let mut at = 0;
+        while let Ok(Some(frame)) = next_frame(self.cbuf.get(at..).unwrap_or(&[]), self.max_message) {
+            let body = frame.body(&self.cbuf[at..]);
+            at += frame.total_len;
+            let analysis = match frame.tag {
+                b'Q' => parse_query(body).ok().map(|sql| self.query_analysis(sql)),
+                b'P' => parse_parse(body).ok().map(|p| {
+                    let a = self.state.cache.analyze(p.sql);
+                    if p.name.is_empty() {
+                        unnamed = Some(a.clone());
+                    }
+                    a
+                }),
+                b'B' => parse_bind_names(body).ok().and_then(|b| self.statement_analysis(b.statement, &unnamed)),
+                b'F' => return Route { shard: 0, role: Role::Primary },
+                _ => None,
+            };
+            if let Some(a) = analysis {
+                let r = router::route(&a, &session);
+                route = Some(match route {
+                    None => r,
+                    Some(first) if r.role == Role::Primary => Route { role: Role::Primary, ..first },
+                    Some(first) => first,
+                });
+            }
+            if matches!(frame.tag, b'Q' | b'S') {
+                break;
+            }
+        }
+        route.unwrap_or(Route { shard: session.shard_override.unwrap_or(0) as usize, role: Role::Primary })
+    }
+
+    /// The analysis that decides a simple query's route: for a lone
+    /// `EXECUTE name`, the prepared statement's.
+    fn query_analysis(&self, sql: &str) -> Arc<Analysis> {
+        let analysis = self.state.cache.analyze(sql);
+        if let [s] = analysis.statements.as_slice() {
+            if let StatementKind::Execute { name } = &s.kind {
+                if let Some(p) = self.sql_prepared.get(name) {
+                    return p.analysis.clone();
+                }
+            }
+        }
+        analysis
+    }
+
+    fn statement_analysis(&self, name: &str, unnamed: &Option<Arc<Analysis>>) -> Option<Arc<Analysis>> {
+        if name.is_empty() {
+            unnamed.clone()
+        } else {
+            self.statements.get(name).map(|s| s.analysis.clone())
+        }
+    }
+
+    /// A server is held but not inside a transaction (its last answers are
+    /// still coming): a new unit of work that needs the primary, or another
+    /// shard, must wait for it to be released.
+    fn needs_other_server(&self, tag: u8) -> bool {
+        let Some(held) = &self.server else { return false };
+        if self.mode == PoolMode::Session || self.in_tx || self.unsynced || held.conn.tx_status != b'I' {
+            return false;
+        }
+        if !matches!(tag, b'Q' | b'P' | b'B' | b'F') {
+            return false;
+        }
+        let route = self.route_next_batch();
+        route.shard != held.shard || (route.role == Role::Primary && !held.is_primary)
+    }
+
+    /// Checks out a server for `route`. A replica that cannot be reached is
+    /// banned and the next candidate is tried: nothing was sent yet, so the
+    /// client does not notice.
+    async fn attach(&mut self, route: Route) -> Result<(), PoolError> {
+        let pools = self.pools.clone();
+        let shard = pools
+            .shards
+            .get(route.shard)
+            .ok_or_else(|| PoolError::Connect(ServerError::Auth(format!("shard {} does not exist", route.shard))))?;
+        let mut tried = Vec::new();
+        let (conn, is_primary) = loop {
+            let Some(slot) = shard.pick(route.role, pools.balancing, &tried) else {
+                return Err(PoolError::Connect(ServerError::Auth("no server is available".into())));
+            };
+            match slot.pool.checkout().await {
+                Ok(conn) => break (conn, slot.health.is_primary()),
+                Err(PoolError::Connect(e)) if !slot.health.is_primary() => {
+                    slot.health.ban(&format!("connect failed: {e}"));
+                    tried.push(Arc::as_ptr(&slot.pool) as usize);
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        self.cancel.slot.set(Some(conn.cancel_target()));
+        let mut held = Held { conn, is_primary, shard: route.shard };
+        if let Some(sql) = self.params.sync_sql(&held.conn) {
+            frontend::query(&mut self.to_server, &sql);
+            self.params.mark_synced(&mut held.conn);
+            self.expect.swallow(Reply::Query);
+        }
+        self.server = Some(held);
+        Ok(())
+    }
+
+    /// The client's statement cannot run: tell it why, in the protocol's
+    /// terms (a simple query ends with ReadyForQuery; an extended batch is
+    /// skipped up to its Sync, as PostgreSQL does after an error).
+    fn refuse_after_checkout_error(&mut self, tag: u8, e: PoolError) {
+        let (code, message) = match &e {
+            PoolError::CheckoutTimeout => ("57014", e.to_string()),
+            PoolError::Connect(ServerError::Postgres(fields)) => {
+                (known_code(&fields.code), format!("pgrouter: server refused the connection: {}", fields.message))
+            }
+            PoolError::Connect(other) => ("08006", format!("pgrouter: could not connect to the server: {other}")),
+        };
+        tracing::warn!(error = %message, "could not get a server connection");
+        backend::error_response(&mut self.to_client, Severity::Error, code, &message);
+        if tag == b'Q' || tag == b'F' {
+            backend::ready_for_query(&mut self.to_client, b'I');
+        } else {
+            self.skip_to_sync = true;
+        }
+    }
+
+    /// Sends what was queued for the server.
+    async fn flush_server(&mut self) -> Result<(), SessionEnd> {
+        if self.to_server.is_empty() {
+            return Ok(());
+        }
+        let Some(held) = self.server.as_mut() else {
+            self.to_server.clear();
+            return Ok(());
+        };
+        use tokio::io::AsyncWriteExt;
+        let result = held.conn.stream.write_all(&self.to_server).await;
+        self.to_server.clear();
+        result.map_err(|_| self.server_lost())
+    }
+
+    /// Queues one client message for the held server, rewritten as needed.
+    fn forward_message(&mut self, tag: u8, msg: &[u8]) -> Result<(), SessionEnd> {
+        let body = msg.get(5..).unwrap_or(&[]);
+        let skipping = self.expect.server_skipping();
+        match tag {
+            b'Q' => self.forward_query(msg)?,
+            b'P' => {
+                self.unsynced = true;
+                let p = parse_parse(body)?;
+                let analysis = self.state.cache.analyze(p.sql);
+                self.predict_tx(&analysis);
+                if p.name.is_empty() {
+                    self.unnamed = Some(analysis);
+                    self.to_server.extend_from_slice(msg);
+                    if !skipping {
+                        self.expect.forward(Reply::Parse(None));
+                    }
+                } else {
+                    let stmt = self.state.statements.intern(p.sql, &p.param_types, analysis);
+                    self.statements.insert(p.name.to_string(), stmt.clone());
+                    if !skipping {
+                        self.prepare_on_server(&stmt, true);
+                    }
+                }
+            }
+            b'B' => {
+                self.unsynced = true;
+                let b = parse_bind_names(body)?;
+                let stmt = if b.statement.is_empty() { None } else { self.statements.get(b.statement).cloned() };
+                self.last_bound = match &stmt {
+                    Some(s) => Some(s.analysis.clone()),
+                    None if b.statement.is_empty() => self.unnamed.clone(),
+                    None => None,
+                };
+                match stmt {
+                    Some(stmt) => {
+                        if !skipping {
+                            self.prepare_on_server(&stmt, false);
+                        }
+                        frontend::write_bind(&mut self.to_server, b.portal, &stmt.server_name, b.rest);
+                    }
+                    None => self.to_server.extend_from_slice(msg),
+                }
+                if !skipping {
+                    self.expect.forward(Reply::Bind);
+                }
+            }
+            b'D' | b'C' => {
+                self.unsynced = true;
+                let (kind, name) = parse_target(body)?;
+                let stmt = if kind == b'S' && !name.is_empty() { self.statements.get(name).cloned() } else { None };
+                match (tag, stmt) {
+                    (b'C', Some(_)) => {
+                        // Shared statements stay on the server for other clients.
+                        self.statements.remove(name);
+                        if let Some(t) = self.expect.synthesize(b'3') {
+                            backend::put_message(&mut self.to_client, t, |_| {});
+                        }
+                        return Ok(());
+                    }
+                    (b'D', Some(stmt)) => {
+                        if !skipping {
+                            self.prepare_on_server(&stmt, false);
+                        }
+                        frontend::write_target(&mut self.to_server, b'D', b'S', &stmt.server_name);
+                    }
+                    _ => self.to_server.extend_from_slice(msg),
+                }
+                if !skipping {
+                    self.expect.forward(match (tag, kind) {
+                        (b'C', _) => Reply::Close,
+                        (_, b'S') => Reply::DescribeStatement,
+                        _ => Reply::DescribePortal,
+                    });
+                }
+            }
+            b'E' => {
+                self.unsynced = true;
+                if let Some(a) = self.last_bound.take() {
+                    self.track_session_changes(&a);
+                }
+                self.to_server.extend_from_slice(msg);
+                if !skipping {
+                    self.expect.forward(Reply::Execute);
+                }
+            }
+            b'S' => {
+                self.unsynced = false;
+                self.to_server.extend_from_slice(msg);
+                self.expect.forward(Reply::Sync);
+            }
+            b'F' => {
+                self.to_server.extend_from_slice(msg);
+                self.expect.forward(Reply::FunctionCall);
+            }
+            b'H' | b'd' | b'c' | b'f' => self.to_server.extend_from_slice(msg),
+            other => {
+                return Err(SessionEnd::fatal("08P01", format!("invalid frontend message type {}", other)));
+            }
+        }
+        Ok(())
+    }
+
+    /// A simple query: track what it changes in the session, make sure the
+    /// statements it EXECUTEs exist on this server, then send it.
+    fn forward_query(&mut self, msg: &[u8]) -> Result<(), SessionEnd> {
+        let sql = parse_query(msg.get(5..).unwrap_or(&[]))?;
+        let analysis = self.state.cache.analyze(sql);
+        self.predict_tx(&analysis);
+        self.track_session_changes(&analysis);
+        let single = analysis.statements.len() == 1;
+        let mut inject = String::new();
+        for s in &analysis.statements {
+            match &s.kind {
+                StatementKind::Prepare { name } => {
+                    let held = self.server.as_mut().expect("a server is held when forwarding");
+                    if held.conn.statements.sql_prepared.contains_key(name) {
+                        inject.push_str(&format!("DEALLOCATE {};", super::params::quote_ident(name)));
+                    }
+                    if single {
+                        let text: Arc<str> = sql.into();
+                        held.conn.statements.sql_prepared.insert(name.clone(), text.clone());
+                        self.sql_prepared.insert(name.clone(), SqlPrepared { prepare_sql: text, analysis: analysis.clone() });
+                    } else {
+                        held.conn.statements.sql_prepared.remove(name);
+                    }
+                }
+                StatementKind::Execute { name } => {
+                    let Some(p) = self.sql_prepared.get(name) else { continue };
+                    let held = self.server.as_mut().expect("a server is held when forwarding");
+                    let on_server = held.conn.statements.sql_prepared.get(name);
+                    if on_server.map(|t| &**t) != Some(&*p.prepare_sql) {
+                        if on_server.is_some() {
+                            inject.push_str(&format!("DEALLOCATE {};", super::params::quote_ident(name)));
+                        }
+                        inject.push_str(&p.prepare_sql);
+                        inject.push(';');
+                        held.conn.statements.sql_prepared.insert(name.clone(), p.prepare_sql.clone());
+                    }
+                }
+                StatementKind::Deallocate { name } => {
+                    let held = self.server.as_mut().expect("a server is held when forwarding");
+                    match name {
+                        Some(n) => {
+                            self.sql_prepared.remove(n);
+                            held.conn.statements.sql_prepared.remove(n);
+                        }
+                        None => {
+                            self.sql_prepared.clear();
+                            held.conn.statements.clear();
+                        }
+                    }
+                }
+                StatementKind::Discard(DiscardKind::All) => {
+                    self.sql_prepared.clear();
+                    self.statements.clear();
+                    let held = self.server.as_mut().expect("a server is held when forwarding");
+                    held.conn.statements.clear();
+                    held.conn.router_set.clear();
+                }
+                _ => {}
+            }
+        }
+        if !inject.is_empty() {
+            frontend::query(&mut self.to_server, &inject);
+            self.expect.swallow(Reply::Query);
+        }
+        self.to_server.extend_from_slice(msg);
+        self.expect.forward(Reply::Query);
+        Ok(())
+    }
+
+    /// Makes sure the held server has `stmt` prepared. For the client's own
+    /// Parse, the server's ParseComplete answers it (or the router makes one
+    /// up when the server already has it); for a Bind or Describe, the
+    /// router's Parse is swallowed.
+    fn prepare_on_server(&mut self, stmt: &SharedStatement, client_parse: bool) {
+        let held = self.server.as_mut().expect("a server is held when forwarding");
+        if held.conn.statements.touch(stmt.id) {
+            if client_parse {
+                if let Some(t) = self.expect.synthesize(b'1') {
+                    backend::put_message(&mut self.to_client, t, |_| {});
+                }
+            }
+            return;
+        }
+        let evicted = held.conn.statements.insert(stmt.id);
+        frontend::write_parse(&mut self.to_server, &stmt.server_name, &stmt.sql, &stmt.param_types);
+        if client_parse {
+            self.expect.forward(Reply::Parse(Some(stmt.id)));
+        } else {
+            self.expect.swallow(Reply::Parse(Some(stmt.id)));
+        }
+        if let Some(old) = evicted {
+            frontend::write_target(&mut self.to_server, b'C', b'S', &format!("pgrouter_{old}"));
+            self.expect.swallow(Reply::Close);
+        }
+    }
+
+    /// Keeps the predicted transaction state current as statements are sent.
+    fn predict_tx(&mut self, analysis: &Analysis) {
+        if let Some(open) = router::transaction_effect(analysis) {
+            self.in_tx = open;
+        }
+    }
+
+    /// Session-level SET/RESET statements become pending changes; they take
+    /// effect for the session when their transaction ends well.
+    fn track_session_changes(&mut self, analysis: &Analysis) {
+        for s in &analysis.statements {
+            let change = match &s.kind {
+                StatementKind::Set(set) if !set.local => match (&set.kind, &set.value) {
+                    (SetKind::Value | SetKind::TimeZone, Some(v)) => {
+                        SetChange::Set { name: set.name.clone(), value: v.clone() }
+                    }
+                    (SetKind::Default, _) | (SetKind::Value | SetKind::TimeZone, None) => {
+                        SetChange::Reset { name: set.name.clone() }
+                    }
+                    _ => continue,
+                },
+                StatementKind::Reset(ResetTarget::Name(name)) => SetChange::Reset { name: name.clone() },
+                StatementKind::Reset(ResetTarget::All) | StatementKind::Discard(DiscardKind::All) => SetChange::ResetAll,
+                _ => continue,
+            };
+            self.sets.sent(change);
+        }
+    }
+}
+
+/// Keeps PostgreSQL's SQLSTATE for common login failures of the server;
+/// anything else is reported as a connection failure.
+fn known_code(code: &str) -> &'static str {
+    match code {
+        "3D000" => "3D000",
+        "28P01" => "28P01",
+        "28000" => "28000",
+        "53300" => "53300",
+        "57P03" => "57P03",
+        _ => "08006",
+    }
+}

@@ -1,0 +1,101 @@
+//! Session-level SET/RESET tracking for transaction mode.
+//!
+//! A SET is transactional in PostgreSQL: it is undone when its transaction
+//! rolls back, and a failed statement undoes its implicit transaction. So a
+//! change only becomes part of the client's session once the server reports
+//! the transaction ended well: ReadyForQuery 'I' after a COMMIT (explicit
+//! block) or after an error-free implicit transaction.
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SetChange {
+    Set { name: String, value: String },
+    Reset { name: String },
+    ResetAll,
+}
+
+#[derive(Debug, Default)]
+pub struct SetTracker {
+    pending: Vec<SetChange>,
+    saw_error: bool,
+    explicit_tx: bool,
+    rolled_back: bool,
+}
+
+impl SetTracker {
+    /// A session-level change was sent to the server.
+    pub fn sent(&mut self, change: SetChange) {
+        self.pending.push(change);
+    }
+
+    /// True when nothing is waiting for its transaction's outcome; the relay
+    /// then skips the bookkeeping below.
+    pub fn is_idle(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    pub fn on_error(&mut self) {
+        self.saw_error = true;
+    }
+
+    /// CommandComplete: remembers whether a transaction block ended in ROLLBACK
+    /// (COMMIT of a failed block also reports "ROLLBACK").
+    pub fn on_command_complete(&mut self, tag: &[u8]) {
+        self.rolled_back = tag.starts_with(b"ROLLBACK");
+    }
+
+    /// ReadyForQuery: returns the changes that took effect, if the
+    /// transaction they belong to is over.
+    pub fn on_ready(&mut self, status: u8) -> Vec<SetChange> {
+        if status != b'I' {
+            self.explicit_tx = true;
+            return Vec::new();
+        }
+        let kept = if self.explicit_tx { !self.rolled_back } else { !self.saw_error };
+        let changes = std::mem::take(&mut self.pending);
+        self.saw_error = false;
+        self.explicit_tx = false;
+        self.rolled_back = false;
+        if kept {
+            changes
+        } else {
+            Vec::new()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(v: &str) -> SetChange {
+        SetChange::Set { name: "search_path".into(), value: v.into() }
+    }
+
+    #[test]
+    fn autocommit_set_applies_unless_it_failed() {
+        let mut t = SetTracker::default();
+        t.sent(set("a"));
+        t.on_command_complete(b"SET");
+        assert_eq!(t.on_ready(b'I'), vec![set("a")]);
+        t.sent(set("b"));
+        t.on_error();
+        assert!(t.on_ready(b'I').is_empty());
+        assert!(t.is_idle());
+    }
+
+    #[test]
+    fn transaction_outcome_decides() {
+        let mut t = SetTracker::default();
+        t.sent(set("a"));
+        assert!(t.on_ready(b'T').is_empty());
+        t.on_command_complete(b"COMMIT");
+        assert_eq!(t.on_ready(b'I'), vec![set("a")]);
+
+        t.sent(set("b"));
+        assert!(t.on_ready(b'T').is_empty());
+        t.on_error();
+        assert!(t.on_ready(b'E').is_empty());
+        t.on_command_complete(b"ROLLBACK");
+        assert!(t.on_ready(b'I').is_empty());
+    }
+}

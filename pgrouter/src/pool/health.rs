@@ -1,0 +1,117 @@
+//! Server health: periodic checks, bans, and which server is the primary.
+//!
+//! One [`ServerHealth`] per server of a logical database, shared by every
+//! user's pool of that server. A replica that fails a check or a connect is
+//! banned for `ban_time_ms`; reads then go to the other servers. With
+//! `role = "auto"`, each check asks `pg_is_in_recovery()`, so a promotion is
+//! followed without a reload.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use pgrouter_config::ServerRole;
+
+use crate::server::{ServerConn, ServerTarget};
+
+pub struct ServerHealth {
+    /// "host:port/database", for logs.
+    pub name: String,
+    pub configured: ServerRole,
+    /// Credentials the health check logs in with.
+    pub check_target: Option<ServerTarget>,
+    is_primary: AtomicBool,
+    banned_until: Mutex<Option<Instant>>,
+    ban_time: Duration,
+    pub bans: AtomicU64,
+}
+
+impl ServerHealth {
+    pub fn new(name: String, configured: ServerRole, check_target: Option<ServerTarget>, ban_time: Duration) -> Self {
+        ServerHealth {
+            name,
+            // "auto" servers count as primary until a check says otherwise, so
+            // writes have somewhere to go from the first second.
+            is_primary: AtomicBool::new(configured != ServerRole::Replica),
+            configured,
+            check_target,
+            banned_until: Mutex::new(None),
+            ban_time,
+            bans: AtomicU64::new(0),
+        }
+    }
+
+    pub fn is_primary(&self) -> bool {
+        self.is_primary.load(Ordering::Relaxed)
+    }
+
+    pub fn is_banned(&self) -> bool {
+        let mut banned = self.banned_until.lock();
+        match *banned {
+            Some(until) if Instant::now() < until => true,
+            Some(_) => {
+                *banned = None;
+                tracing::info!(server = %self.name, "ban expired; server is used again");
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Leaves a replica out for `ban_time`. Primaries are never banned:
+    /// writes have nowhere else to go, so their clients see the errors.
+    pub fn ban(&self, reason: &str) {
+        if self.is_primary() || self.ban_time.is_zero() {
+            return;
+        }
+        let mut banned = self.banned_until.lock();
+        if banned.is_none() {
+            self.bans.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(server = %self.name, reason, ban_ms = self.ban_time.as_millis() as u64, "banning server");
+        }
+        *banned = Some(Instant::now() + self.ban_time);
+    }
+
+    fn set_primary(&self, primary: bool) {
+        if self.is_primary.swap(primary, Ordering::Relaxed) != primary {
+            tracing::warn!(server = %self.name, primary, "server role changed");
+        }
+    }
+
+    /// Checks the server every `interval` until `stop` says so.
+    pub async fn run_checks(self: Arc<Self>, interval: Duration, connect_timeout: Duration, stop: tokio::sync::watch::Receiver<bool>) {
+        let Some(target) = self.check_target.clone() else { return };
+        let mut conn: Option<ServerConn> = None;
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if *stop.borrow() {
+                return;
+            }
+            let check = async {
+                if conn.is_none() {
+                    conn = Some(ServerConn::connect(&target, connect_timeout).await.map_err(|e| e.to_string())?);
+                }
+                let c = conn.as_mut().ok_or("no connection")?;
+                c.query_bool("SELECT pg_catalog.pg_is_in_recovery()").await.map_err(|e| e.to_string())
+            };
+            match tokio::time::timeout(connect_timeout + interval, check).await {
+                Ok(Ok(in_recovery)) => {
+                    if self.configured == ServerRole::Auto {
+                        self.set_primary(!in_recovery);
+                    }
+                }
+                Ok(Err(e)) => {
+                    conn = None;
+                    self.ban(&format!("health check failed: {e}"));
+                }
+                Err(_) => {
+                    conn = None;
+                    self.ban("health check timed out");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! Where a statement goes. Every routing decision lives here, as a pure
+//! function of the statement's [`Analysis`] and the session's routing state,
+//! so it can be tested as a table of statements and expected routes.
+
+use pgrouter_parser::{Analysis, RoleHint, StatementKind, TxEffect};
+
+/// The kind of server a statement needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Primary,
+    Replica,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub shard: usize,
+    pub role: Role,
+}
+
+/// The parts of a session that steer routing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionRouting {
+    /// `SET pgrouter.role = 'primary' | 'replica'`.
+    pub role_override: Option<RoleHint>,
+    /// `SET pgrouter.shard = N`.
+    pub shard_override: Option<u32>,
+    /// The session has `default_transaction_read_only = on`.
+    pub default_read_only: bool,
+}
+
+impl SessionRouting {
+    /// Reads the routing settings out of the client's session parameters.
+    pub fn from_params(get: impl Fn(&str) -> Option<String>) -> SessionRouting {
+        let role_override = get("pgrouter.role").and_then(|v| match v.trim().to_ascii_lowercase().as_str() {
+            "primary" => Some(RoleHint::Primary),
+            "replica" => Some(RoleHint::Replica),
+            _ => None,
+        });
+        let shard_override = get("pgrouter.shard").and_then(|v| v.trim().parse().ok());
+        let default_read_only = get("default_transaction_read_only").is_some_and(|v| is_on(&v));
+        SessionRouting { role_override, shard_override, default_read_only }
+    }
+}
+
+/// PostgreSQL's spellings of a true boolean setting.
+pub fn is_on(v: &str) -> bool {
+    matches!(v.trim().to_ascii_lowercase().as_str(), "on" | "true" | "yes" | "1" | "t" | "y")
+}
+
+/// Decides the route of a statement that starts a unit of work (outside a
+/// transaction the session already holds a server for).
+pub fn route(analysis: &Analysis, session: &SessionRouting) -> Route {
+    let shard = analysis.hint.shard.or(session.shard_override).unwrap_or(0) as usize;
+    let role = if let Some(hint) = analysis.hint.role {
+        from_hint(hint)
+    } else if let Some(hint) = session.role_override {
+        from_hint(hint)
+    } else if analysis.parse_error.is_some() || analysis.is_write {
+        Role::Primary
+    } else {
+        match analysis.statements.first().map(|s| &s.kind) {
+            Some(StatementKind::Transaction(TxEffect::Begin { read_only })) => match read_only {
+                Some(true) => Role::Replica,
+                Some(false) => Role::Primary,
+                None if session.default_read_only => Role::Replica,
+                None => Role::Primary,
+            },
+            // Two-phase commit statements act on the primary's prepared transactions.
+            Some(StatementKind::Transaction(
+                TxEffect::CommitPrepared | TxEffect::RollbackPrepared | TxEffect::PrepareTransaction,
+            )) => Role::Primary,
+            _ => Role::Replica,
+        }
+    };
+    Route { shard, role }
+}
+
+fn from_hint(h: RoleHint) -> Role {
+    match h {
+        RoleHint::Primary => Role::Primary,
+        RoleHint::Replica => Role::Replica,
+    }
+}
+
+/// Whether a statement opens or closes a transaction block, for predicting
+/// the transaction state before the server's ReadyForQuery arrives.
+pub fn transaction_effect(analysis: &Analysis) -> Option<bool> {
+    let mut effect = None;
+    for s in &analysis.statements {
+        if let StatementKind::Transaction(t) = &s.kind {
+            match t {
+                TxEffect::Begin { .. } => effect = Some(true),
+                TxEffect::Commit | TxEffect::Rollback | TxEffect::PrepareTransaction => effect = Some(false),
+                _ => {}
+            }
+        }
+    }
+    effect
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,78 @@
+//! The routing table: statement (+ session state) -> route.
+
+use super::*;
+use pgrouter_parser::analyze;
+
+fn role_of(sql: &str, session: SessionRouting) -> Role {
+    route(&analyze(sql, &["my_write_fn".to_string()]), &session).role
+}
+
+#[test]
+fn reads_and_writes() {
+    use Role::*;
+    let s = SessionRouting::default();
+    let table: &[(&str, Role)] = &[
+        ("SELECT 1", Replica),
+        ("select * from t where id = 5", Replica),
+        ("SHOW search_path", Replica),
+        ("INSERT INTO t VALUES (1)", Primary),
+        ("UPDATE t SET a = 1", Primary),
+        ("DELETE FROM t", Primary),
+        ("CREATE TABLE x (a int)", Primary),
+        ("SELECT * FROM t FOR UPDATE", Primary),
+        ("SELECT * FROM t FOR SHARE", Primary),
+        ("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d", Primary),
+        ("SELECT nextval('s')", Primary),
+        ("SELECT pg_advisory_lock(1)", Primary),
+        ("SELECT my_write_fn(1)", Primary),
+        ("SELECT 1; INSERT INTO t VALUES (1)", Primary),
+        ("COPY t FROM STDIN", Primary),
+        ("COPY t TO STDOUT", Replica),
+        ("SELEC 1", Primary),
+        ("BEGIN", Primary),
+        ("BEGIN READ ONLY", Replica),
+        ("START TRANSACTION READ ONLY", Replica),
+        ("BEGIN READ WRITE", Primary),
+        ("BEGIN READ ONLY; INSERT INTO t VALUES (1); COMMIT", Primary),
+        ("/* pgrouter: role=primary */ SELECT 1", Primary),
+        ("SELECT 1 /* pgrouter: role=primary */", Primary),
+        ("/* pgrouter: role=replica */ INSERT INTO t VALUES (1)", Replica),
+        ("COMMIT PREPARED 'x'", Primary),
+    ];
+    for (sql, want) in table {
+        assert_eq!(role_of(sql, s), *want, "{sql}");
+    }
+}
+
+#[test]
+fn session_settings_steer() {
+    let ro = SessionRouting { default_read_only: true, ..Default::default() };
+    assert_eq!(role_of("BEGIN", ro), Role::Replica);
+    assert_eq!(role_of("BEGIN READ WRITE", ro), Role::Primary);
+    let primary = SessionRouting { role_override: Some(RoleHint::Primary), ..Default::default() };
+    assert_eq!(role_of("SELECT 1", primary), Role::Primary);
+    assert_eq!(role_of("/* pgrouter: role=replica */ SELECT 1", primary), Role::Replica);
+    let shard = SessionRouting { shard_override: Some(2), ..Default::default() };
+    assert_eq!(route(&analyze("SELECT 1", &[]), &shard).shard, 2);
+    assert_eq!(route(&analyze("/* pgrouter: shard=1 */ SELECT 1", &[]), &shard).shard, 1);
+}
+
+#[test]
+fn session_routing_from_params() {
+    let get = |k: &str| match k {
+        "pgrouter.role" => Some("Primary".to_string()),
+        "pgrouter.shard" => Some("3".to_string()),
+        "default_transaction_read_only" => Some("on".to_string()),
+        _ => None,
+    };
+    let s = SessionRouting::from_params(get);
+    assert_eq!(s, SessionRouting { role_override: Some(RoleHint::Primary), shard_override: Some(3), default_read_only: true });
+}
+
+#[test]
+fn transaction_effects() {
+    assert_eq!(transaction_effect(&analyze("BEGIN", &[])), Some(true));
+    assert_eq!(transaction_effect(&analyze("COMMIT", &[])), Some(false));
+    assert_eq!(transaction_effect(&analyze("BEGIN; SELECT 1; COMMIT", &[])), Some(false));
+    assert_eq!(transaction_effect(&analyze("SELECT 1", &[])), None);
+}
