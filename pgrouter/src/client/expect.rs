@@ -85,6 +85,7 @@ impl Expectations {
     }
 
     /// Nothing will be dropped or made up: relay verbatim.
+    #[cfg(test)]
     pub fn is_plain(&self) -> bool {
         self.special == 0
     }
@@ -130,6 +131,15 @@ impl Expectations {
             out.push(tag);
         }
         out
+    }
+
+    /// ReadyForQuery messages the client still expects (one per Sync, Query
+    /// or FunctionCall it sent), for answering them when the server is lost.
+    pub fn outstanding_ready(&self) -> usize {
+        self.queue
+            .iter()
+            .filter(|e| matches!(e, Entry::Forward(Reply::Sync | Reply::Query | Reply::FunctionCall)))
+            .count()
     }
 
     /// Decides the fate of one server message and advances the queue.

@@ -29,6 +29,12 @@ impl Session {
             let tag = frame.tag;
             let msg_range = pos..pos + frame.total_len;
             let body_range = pos + 5..pos + frame.total_len;
+            if tag == b'E' && self.replay.is_some() && is_fatal(&held.conn.read_buf[pos + 5..pos + frame.total_len]) {
+                // The server is going away before answering a replayable
+                // read: keep quiet, the replay on another server answers.
+                held.conn.read_buf.truncate(pos);
+                break;
+            }
             let verdict = self.expect.on_server_message(tag);
 
             // Bookkeeping first; it needs only the body.
@@ -68,6 +74,9 @@ impl Session {
                 held.conn.statements.remove(id);
             }
 
+            if verdict.forward {
+                self.replay = None; // the client has seen an answer: no replay now
+            }
             let plain = verdict.forward && verdict.synthesize_before.is_empty() && verdict.synthesize_after.is_empty();
             if verbatim && !plain {
                 verbatim = false;
@@ -100,4 +109,9 @@ impl Session {
         self.release_if_done();
         Ok(())
     }
+}
+
+/// A FATAL or PANIC error: the server closes the connection after it.
+fn is_fatal(body: &[u8]) -> bool {
+    parse_error_fields(body).is_ok_and(|f| f.severity == "FATAL" || f.severity == "PANIC")
 }

@@ -11,6 +11,7 @@ mod login;
 mod outbound;
 pub mod params;
 pub mod prepared;
+mod recovery;
 mod session;
 mod tracking;
 

@@ -12,6 +12,7 @@ use pgrouter_parser::{Analysis, DiscardKind, ResetTarget, SetKind, StatementKind
 use super::error::SessionEnd;
 use super::expect::Reply;
 use super::prepared::{SharedStatement, SqlPrepared};
+use super::recovery::Replay;
 use super::session::{Held, Session};
 use super::tracking::SetChange;
 use crate::pool::PoolError;
@@ -42,17 +43,24 @@ impl Session {
                     continue;
                 }
                 let route = self.route_next_batch();
-                if let Err(e) = self.attach(route).await {
+                if let Err(e) = self.attach(route, &[]).await {
                     self.cbuf.advance(frame.total_len);
                     self.refuse_after_checkout_error(tag, e);
                     continue;
                 }
+                let replayable = route.role == Role::Replica && !self.in_tx && self.mode == PoolMode::Transaction;
+                self.replay = replayable.then(Replay::default);
             } else if self.needs_other_server(tag) {
                 self.blocked = true;
                 break;
             }
-            let msg = self.cbuf.split_to(frame.total_len);
+            let msg = self.cbuf.split_to(frame.total_len).freeze();
             self.forward_message(tag, &msg)?;
+            if let Some(replay) = self.replay.as_mut() {
+                if self.in_tx || !replay.keep(tag, &msg) {
+                    self.replay = None;
+                }
+            }
         }
         self.flush_server().await?;
         self.flush_client().await
@@ -238,19 +246,19 @@ impl Session {
     /// Checks out a server for `route`. A replica that cannot be reached is
     /// banned and the next candidate is tried: nothing was sent yet, so the
     /// client does not notice.
-    async fn attach(&mut self, route: Route) -> Result<(), PoolError> {
+    pub(super) async fn attach(&mut self, route: Route, exclude: &[usize]) -> Result<(), PoolError> {
         let pools = self.pools.clone();
         let shard = pools
             .shards
             .get(route.shard)
             .ok_or_else(|| PoolError::Connect(ServerError::Auth(format!("shard {} does not exist", route.shard))))?;
-        let mut tried = Vec::new();
-        let (conn, is_primary) = loop {
+        let mut tried = exclude.to_vec();
+        let (conn, slot) = loop {
             let Some(slot) = shard.pick(route.role, pools.balancing, &tried) else {
                 return Err(PoolError::Connect(ServerError::Auth("no server is available".into())));
             };
             match slot.pool.checkout().await {
-                Ok(conn) => break (conn, slot.health.is_primary()),
+                Ok(conn) => break (conn, slot),
                 Err(PoolError::Connect(e)) if !slot.health.is_primary() => {
                     slot.health.ban(&format!("connect failed: {e}"));
                     tried.push(Arc::as_ptr(&slot.pool) as usize);
@@ -259,7 +267,13 @@ impl Session {
             }
         };
         self.cancel.slot.set(Some(conn.cancel_target()));
-        let mut held = Held { conn, is_primary, shard: route.shard };
+        let mut held = Held {
+            conn,
+            is_primary: slot.health.is_primary(),
+            shard: route.shard,
+            health: slot.health.clone(),
+            pool_id: Arc::as_ptr(&slot.pool) as usize,
+        };
         if let Some(sql) = self.params.sync_sql(&held.conn) {
             frontend::query(&mut self.to_server, &sql);
             self.params.mark_synced(&mut held.conn);
@@ -301,11 +315,14 @@ impl Session {
         use tokio::io::AsyncWriteExt;
         let result = held.conn.stream.write_all(&self.to_server).await;
         self.to_server.clear();
-        result.map_err(|_| self.server_lost())
+        if result.is_err() {
+            self.recover_server_loss().await?;
+        }
+        Ok(())
     }
 
     /// Queues one client message for the held server, rewritten as needed.
-    fn forward_message(&mut self, tag: u8, msg: &[u8]) -> Result<(), SessionEnd> {
+    pub(super) fn forward_message(&mut self, tag: u8, msg: &[u8]) -> Result<(), SessionEnd> {
         let body = msg.get(5..).unwrap_or(&[]);
         let skipping = self.expect.server_skipping();
         match tag {

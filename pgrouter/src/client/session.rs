@@ -23,9 +23,10 @@ use super::error::SessionEnd;
 use super::expect::Expectations;
 use super::params::ClientParams;
 use super::prepared::{SharedStatement, SqlPrepared};
+use super::recovery::Replay;
 use super::tracking::SetTracker;
 use crate::net::ClientStream;
-use crate::pool::{Pool, PooledConn, UserPools};
+use crate::pool::{Pool, PooledConn, ServerHealth, UserPools};
 use crate::state::State;
 
 /// The server a session holds, and what it is.
@@ -33,6 +34,9 @@ pub(super) struct Held {
     pub conn: PooledConn,
     pub is_primary: bool,
     pub shard: usize,
+    pub health: Arc<ServerHealth>,
+    /// Identifies the pool, to leave it out when retrying elsewhere.
+    pub pool_id: usize,
 }
 
 /// Everything a session needs from login.
@@ -80,6 +84,10 @@ pub struct Session {
     /// Analysis of the statement bound by the last Bind, for SET tracking at Execute.
     pub(super) last_bound: Option<Arc<Analysis>>,
 
+    /// The request to replay elsewhere if the held replica fails before
+    /// answering (see `recovery.rs`).
+    pub(super) replay: Option<Replay>,
+
     pub(super) to_server: BytesMut,
     pub(super) to_client: BytesMut,
 }
@@ -117,6 +125,7 @@ impl Session {
             sql_prepared: HashMap::new(),
             unnamed: None,
             last_bound: None,
+            replay: None,
             to_server: BytesMut::new(),
             to_client: BytesMut::new(),
         }
@@ -147,7 +156,11 @@ impl Session {
                 Event::Client(Ok(0)) => return SessionEnd::ClientGone,
                 Event::Client(Ok(_)) => {}
                 Event::Client(Err(e)) => return SessionEnd::ClientIo(e),
-                Event::Server(Ok(0)) | Event::Server(Err(_)) => return self.server_lost(),
+                Event::Server(Ok(0)) | Event::Server(Err(_)) => {
+                    if let Err(end) = self.recover_server_loss().await {
+                        return end;
+                    }
+                }
                 Event::Server(Ok(_)) => {
                     if let Err(end) = self.handle_server_messages().await {
                         return end;
@@ -214,22 +227,9 @@ impl Session {
             self.cancel.slot.set(None);
             self.in_tx = false;
             self.blocked = false;
+            self.replay = None;
             Pool::checkin(held.conn);
         }
-    }
-
-    /// The server closed or failed under us: the client is told, the server
-    /// is discarded (by dropping it), and nobody else is affected.
-    pub(super) fn server_lost(&mut self) -> SessionEnd {
-        if let Some(held) = self.server.take() {
-            tracing::warn!(server = %held.conn.addr, pid = held.conn.backend_pid, "server connection lost");
-        }
-        self.cancel.slot.set(None);
-        SessionEnd::fatal("08006", "pgrouter: the server connection was lost")
-    }
-
-    pub(super) async fn write_client(&mut self, bytes: &[u8]) -> Result<(), SessionEnd> {
-        self.client.write_all(bytes).await.map_err(SessionEnd::ClientIo)
     }
 
     /// Sends what was queued for the client (router-made answers).

@@ -1,0 +1,97 @@
+//! When the held server fails mid-request.
+//!
+//! A read outside a transaction that has not yet sent a byte to the client
+//! is replayed once on another server (the failed replica is banned), so a
+//! replica dying under a read load costs the client nothing. Otherwise the
+//! client's outstanding requests fail with 08006 and, outside a transaction,
+//! the session goes on with another server; inside one, the transaction is
+//! gone and the session ends with a FATAL.
+
+use bytes::Bytes;
+use tokio::io::AsyncWriteExt;
+
+use super::error::SessionEnd;
+use super::expect::Expectations;
+use super::session::Session;
+use crate::protocol::backend::{self, Severity};
+use crate::router::{Role, Route};
+
+/// Requests bigger than this are not kept for a replay.
+pub(super) const MAX_REPLAY_BYTES: usize = 1 << 20;
+
+/// Client messages sent to a replica since checkout, kept until the first
+/// answer reaches the client.
+#[derive(Default)]
+pub(super) struct Replay {
+    pub messages: Vec<(u8, Bytes)>,
+    pub bytes: usize,
+}
+
+impl Replay {
+    /// Keeps a message; false when the request grew too big to keep.
+    pub fn keep(&mut self, tag: u8, msg: &Bytes) -> bool {
+        self.bytes += msg.len();
+        self.messages.push((tag, msg.clone()));
+        self.bytes <= MAX_REPLAY_BYTES
+    }
+}
+
+impl Session {
+    pub(super) async fn recover_server_loss(&mut self) -> Result<(), SessionEnd> {
+        let Some(held) = self.server.take() else { return Ok(()) };
+        self.cancel.slot.set(None);
+        let in_tx = self.in_tx || held.conn.tx_status != b'I';
+        tracing::warn!(server = %held.conn.addr, pid = held.conn.backend_pid, in_tx, "server connection lost");
+        let replay = self.replay.take();
+        if !held.is_primary {
+            held.health.ban("connection lost mid-request");
+        }
+        let failed_pool = held.pool_id;
+        let shard = held.shard;
+        drop(held);
+        self.expect = Expectations::default();
+        self.to_server.clear();
+
+        if let (Some(replay), false) = (replay, in_tx) {
+            let unsynced = self.unsynced;
+            self.unsynced = false;
+            if self.attach(Route { shard, role: Role::Replica }, &[failed_pool]).await.is_ok() {
+                tracing::info!("replaying the request on another server");
+                for (tag, msg) in &replay.messages {
+                    self.forward_message(*tag, msg)?;
+                }
+                let sent = match self.server.as_mut() {
+                    Some(h) => h.conn.stream.write_all(&self.to_server).await.is_ok(),
+                    None => false,
+                };
+                self.to_server.clear();
+                if sent {
+                    return Ok(());
+                }
+                self.server = None;
+                self.cancel.slot.set(None);
+            }
+            self.unsynced = unsynced;
+        }
+        if in_tx {
+            return Err(SessionEnd::fatal("08006", "pgrouter: the server connection was lost during a transaction"));
+        }
+        let owed = std::mem::take(&mut self.expect).outstanding_ready();
+        backend::error_response(
+            &mut self.to_client,
+            Severity::Error,
+            "08006",
+            "pgrouter: the server connection was lost; the request failed",
+        );
+        for _ in 0..owed.max(if self.unsynced { 0 } else { 1 }) {
+            backend::ready_for_query(&mut self.to_client, b'I');
+        }
+        if self.unsynced {
+            self.unsynced = false;
+            self.skip_to_sync = true;
+        }
+        self.in_tx = false;
+        self.blocked = false;
+        self.flush_client().await
+    }
+}
