@@ -38,6 +38,7 @@ use jsonwebtoken::{Algorithm, Validation};
 pub use error::JwtError;
 pub use keys::KeyKind;
 pub use settings::JwtSettings;
+pub use verify::looks_like_jwt;
 
 use jwks::Jwks;
 use keys::VerifyKey;

@@ -76,6 +76,27 @@ pub fn parse_header(token: &str, allowed: &[Algorithm]) -> Result<Header, JwtErr
     Ok(Header { alg, kid })
 }
 
+/// Whether a password has the shape of a JWT: three base64url segments
+/// whose first decodes to a JSON object with an `alg`. For `auth =
+/// "password_or_jwt"`: decide which check applies without verifying
+/// anything (an ordinary password essentially never has this shape).
+pub fn looks_like_jwt(password: &str) -> bool {
+    let mut parts = password.split('.');
+    let (Some(header), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    if password.len() > MAX_TOKEN_LEN {
+        return false;
+    }
+    URL_SAFE_NO_PAD
+        .decode(header)
+        .ok()
+        .and_then(|raw| serde_json::from_slice::<Map<String, Value>>(&raw).ok())
+        .is_some_and(|h| h.get("alg").is_some_and(Value::is_string))
+}
+
 /// The jsonwebtoken validation for tokens signed with `alg`. Every default
 /// that matters is set explicitly (see ARCHITECTURE.md): leeway, nbf, which
 /// claims must be present, and `validate_aud = false` when no audience is

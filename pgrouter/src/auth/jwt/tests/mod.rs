@@ -123,13 +123,17 @@ pub async fn try_pem_verifier(
     public_pem: &str,
     tweak: impl FnOnce(&mut JwtSettings),
 ) -> Result<JwtVerifier, String> {
+    let path = temp_file(public_pem);
     let mut s = JwtSettings {
-        public_key_file: temp_file(public_pem).to_string_lossy().into_owned(),
+        public_key_file: path.to_string_lossy().into_owned(),
         algorithms: all_algs(),
         ..JwtSettings::default()
     };
     tweak(&mut s);
-    JwtVerifier::new(s).await
+    // The key is read at construction; the file is not needed afterwards.
+    let v = JwtVerifier::new(s).await;
+    let _ = std::fs::remove_file(path);
+    v
 }
 
 /// The JWK (public parts) for a public key PEM, with `kid` and optional `alg`.

@@ -227,3 +227,23 @@ async fn malformed_tokens() {
     // Signature checked before the payload is parsed.
     assert_eq!(v.verify(&not_json, "alice").await, Err(JwtError::Signature));
 }
+
+#[test]
+fn looks_like_jwt_tells_tokens_from_passwords() {
+    assert!(super::super::looks_like_jwt(&rs256(&base_claims())));
+    let none = format!("{}.{}.", b64(br#"{"alg":"none"}"#), b64(b"{}"));
+    assert!(
+        super::super::looks_like_jwt(&none),
+        "refused later, but it is a JWT"
+    );
+    for password in [
+        "secret",
+        "a.b.c",
+        "hunter2.hunter2.hunter2",
+        "",
+        "...",
+        "x.y.z.w",
+    ] {
+        assert!(!super::super::looks_like_jwt(password), "{password}");
+    }
+}
