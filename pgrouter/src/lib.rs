@@ -8,6 +8,7 @@ pub mod auth;
 pub mod client;
 pub mod net;
 pub mod pool;
+pub mod preflight;
 pub mod protocol;
 pub mod router;
 pub mod run;

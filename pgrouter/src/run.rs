@@ -19,7 +19,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let listen = config.general.listen.clone();
     let shutdown_timeout = Duration::from_millis(config.general.shutdown_timeout_ms);
-    let state = State::new(config, shutdown_rx);
+    let jwt = match &config.jwt {
+        Some(j) => Some(Arc::new(
+            crate::auth::jwt::JwtVerifier::new(j.into()).await.map_err(|e| anyhow::anyhow!("[jwt]: {e}"))?,
+        )),
+        None => None,
+    };
+    let state = State::new(config, jwt, shutdown_rx);
+    let findings = crate::preflight::run(&state).await;
+    if !findings.errors.is_empty() {
+        anyhow::bail!("preflight found {} problem(s) with the [jwt] set-up (see above)", findings.errors.len());
+    }
     let listener = TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     tracing::info!(%listen, "pgrouter is accepting clients");
 

@@ -10,6 +10,8 @@
 
 use std::collections::VecDeque;
 
+use bytes::Bytes;
+
 /// The kind of message an answer belongs to; each ends with a known message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reply {
@@ -45,15 +47,19 @@ impl Reply {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Entry {
     /// The client sent it; the server's answer goes to the client.
     Forward(Reply),
     /// The router sent it; the answer is dropped.
     Swallow(Reply),
     /// The router did not send the client's message and answers it itself
-    /// with this message tag ('1' ParseComplete or '3' CloseComplete).
-    Synthesize(u8),
+    /// with these bytes (ParseComplete, CloseComplete, or a whole answer).
+    Synthesize(Bytes),
+    /// The router sent it and the client's work depends on it (SET ROLE of
+    /// a JWT session, a refusal raised through the server): the answer is
+    /// dropped, but an error goes to the client.
+    Guard(Reply),
 }
 
 /// What to do with one server message.
@@ -61,11 +67,15 @@ enum Entry {
 pub struct Verdict {
     pub forward: bool,
     /// Router-made messages to send to the client before this one.
-    pub synthesize_before: Vec<u8>,
+    pub synthesize_before: Vec<Bytes>,
     /// Router-made messages to send right after this one.
-    pub synthesize_after: Vec<u8>,
+    pub synthesize_after: Vec<Bytes>,
     /// A shared statement whose Parse failed: the server does not have it.
     pub failed_parse: Option<u64>,
+    /// A guard failed before a simple query the server now ignores while it
+    /// waits for a Sync: the router must send one, whose ReadyForQuery
+    /// answers the client's query.
+    pub inject_sync: bool,
 }
 
 #[derive(Debug, Default)]
@@ -107,28 +117,34 @@ impl Expectations {
         self.queue.push_back(Entry::Swallow(reply));
     }
 
+    pub fn guard(&mut self, reply: Reply) {
+        self.special += 1;
+        self.queue.push_back(Entry::Guard(reply));
+    }
+
     /// Queues a router-made answer. Returns it at once (to send now) when
     /// nothing is in flight ahead of it; nothing when the server is skipping
     /// (PostgreSQL would not answer either).
-    pub fn synthesize(&mut self, tag: u8) -> Option<u8> {
+    pub fn synthesize(&mut self, answer: Bytes) -> Option<Bytes> {
         if self.server_skipping {
             return None;
         }
         if self.queue.is_empty() {
-            return Some(tag);
+            return Some(answer);
         }
         self.special += 1;
-        self.queue.push_back(Entry::Synthesize(tag));
+        self.queue.push_back(Entry::Synthesize(answer));
         None
     }
 
     /// Router-made answers now at the head of the queue, to send right away.
-    pub fn take_ready_synthesized(&mut self) -> Vec<u8> {
+    pub fn take_ready_synthesized(&mut self) -> Vec<Bytes> {
         let mut out = Vec::new();
-        while let Some(Entry::Synthesize(tag)) = self.queue.front().copied() {
-            self.queue.pop_front();
-            self.special -= 1;
-            out.push(tag);
+        while let Some(Entry::Synthesize(_)) = self.queue.front() {
+            if let Some(Entry::Synthesize(answer)) = self.queue.pop_front() {
+                self.special -= 1;
+                out.push(answer);
+            }
         }
         out
     }
@@ -145,13 +161,14 @@ impl Expectations {
     /// Decides the fate of one server message and advances the queue.
     pub fn on_server_message(&mut self, tag: u8) -> Verdict {
         let mut verdict = Verdict { synthesize_before: self.take_ready_synthesized(), ..Verdict::default() };
-        let Some(&head) = self.queue.front() else {
+        let Some(head) = self.queue.front().cloned() else {
             verdict.forward = true; // unsolicited (e.g. a FATAL before close)
             return verdict;
         };
-        let (reply, swallowing) = match head {
-            Entry::Forward(r) => (r, false),
-            Entry::Swallow(r) => (r, true),
+        let (reply, swallowing, guard) = match head {
+            Entry::Forward(r) => (r, false, false),
+            Entry::Swallow(r) => (r, true, false),
+            Entry::Guard(r) => (r, true, true),
             Entry::Synthesize(_) => unreachable!("synthesized entries were taken above"),
         };
         // Asynchronous messages belong to no request.
@@ -168,10 +185,11 @@ impl Expectations {
             verdict.synthesize_after = self.take_ready_synthesized();
             // An error the client would have got from its own message had the
             // router not rewritten the stream: it must see it.
-            verdict.forward = !swallowing || matches!(reply, Reply::Parse(_) | Reply::Bind | Reply::DescribeStatement);
+            verdict.forward =
+                !swallowing || guard || matches!(reply, Reply::Parse(_) | Reply::Bind | Reply::DescribeStatement);
             return verdict;
         }
-        verdict.forward = !swallowing || (tag == b'E' && reply != Reply::Query && reply != Reply::Close);
+        verdict.forward = !swallowing || (tag == b'E' && (guard || (reply != Reply::Query && reply != Reply::Close)));
         if reply.ends_with(tag) {
             self.pop_head();
             verdict.synthesize_after = self.take_ready_synthesized();
@@ -180,7 +198,7 @@ impl Expectations {
     }
 
     fn pop_head(&mut self) {
-        if let Some(Entry::Swallow(_) | Entry::Synthesize(_)) = self.queue.pop_front() {
+        if let Some(Entry::Swallow(_) | Entry::Synthesize(_) | Entry::Guard(_)) = self.queue.pop_front() {
             self.special -= 1;
         }
     }
@@ -188,15 +206,27 @@ impl Expectations {
     /// After an extended-protocol error the server skips to the next Sync:
     /// those entries get no answer (and made-up answers are not sent).
     fn skip_to_sync(&mut self, verdict: &mut Verdict) {
+        let mut skipped_simple = false;
         loop {
-            match self.queue.front().copied() {
+            match self.queue.front().cloned() {
+                None if skipped_simple => {
+                    verdict.inject_sync = true;
+                    return;
+                }
                 None => {
                     self.server_skipping = true;
                     return;
                 }
+                Some(Entry::Forward(Reply::Query | Reply::FunctionCall)) => {
+                    skipped_simple = true;
+                    self.pop_head();
+                }
                 Some(Entry::Forward(Reply::Sync)) => return,
                 Some(entry) => {
-                    if let Entry::Forward(Reply::Parse(Some(id))) | Entry::Swallow(Reply::Parse(Some(id))) = entry {
+                    if let Entry::Forward(Reply::Parse(Some(id)))
+                    | Entry::Swallow(Reply::Parse(Some(id)))
+                    | Entry::Guard(Reply::Parse(Some(id))) = entry
+                    {
                         // Only the first failed parse is reported; later ones never ran.
                         verdict.failed_parse.get_or_insert(id);
                     }
@@ -207,9 +237,18 @@ impl Expectations {
     }
 }
 
+/// ParseComplete, as the router makes it up.
+pub const PARSE_COMPLETE: &[u8] = b"1\0\0\0\x04";
+/// CloseComplete, as the router makes it up.
+pub const CLOSE_COMPLETE: &[u8] = b"3\0\0\0\x04";
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn made(tag: u8) -> Bytes {
+        Bytes::from(vec![tag, 0, 0, 0, 4])
+    }
 
     #[test]
     fn plain_batches_forward_everything() {
@@ -230,19 +269,19 @@ mod tests {
     fn injected_parse_is_swallowed_and_skipped_parse_is_made_up() {
         let mut e = Expectations::default();
         // Client: Parse s1 (server already has it) -> made up now.
-        assert_eq!(e.synthesize(b'1'), Some(b'1'));
+        assert_eq!(e.synthesize(made(b'1')), Some(made(b'1')));
         // Client: Bind s2 needs an injected Parse first.
         e.swallow(Reply::Parse(Some(7)));
         e.forward(Reply::Bind);
         e.forward(Reply::Execute);
         // Client: Close s2 -> made up, but only after Execute's answer.
-        assert_eq!(e.synthesize(b'3'), None);
+        assert_eq!(e.synthesize(made(b'3')), None);
         e.forward(Reply::Sync);
         assert!(!e.on_server_message(b'1').forward);
         assert!(e.on_server_message(b'2').forward);
         let v = e.on_server_message(b'C');
         assert!(v.forward);
-        assert_eq!(v.synthesize_after, vec![b'3']);
+        assert_eq!(v.synthesize_after, vec![made(b'3')]);
         let v = e.on_server_message(b'Z');
         assert!(v.forward && v.synthesize_before.is_empty());
         assert!(e.is_empty() && e.is_plain());
@@ -253,7 +292,7 @@ mod tests {
         let mut e = Expectations::default();
         e.forward(Reply::Parse(Some(3)));
         e.forward(Reply::Bind);
-        assert_eq!(e.synthesize(b'3'), None);
+        assert_eq!(e.synthesize(made(b'3')), None);
         e.forward(Reply::Sync);
         let v = e.on_server_message(b'E');
         assert!(v.forward);
@@ -269,9 +308,41 @@ mod tests {
         e.forward(Reply::Parse(None));
         assert!(e.on_server_message(b'E').forward);
         assert!(e.server_skipping());
-        assert_eq!(e.synthesize(b'1'), None);
+        assert_eq!(e.synthesize(made(b'1')), None);
         e.forward(Reply::Sync);
         assert!(!e.server_skipping());
+        assert!(e.on_server_message(b'Z').forward);
+        assert!(e.is_empty());
+    }
+
+    #[test]
+    fn failed_guard_reaches_the_client_and_gets_a_sync_for_a_simple_query() {
+        let mut e = Expectations::default();
+        e.swallow(Reply::Parse(None));
+        e.swallow(Reply::Bind);
+        e.guard(Reply::Execute);
+        e.forward(Reply::Query);
+        assert!(!e.on_server_message(b'1').forward);
+        assert!(!e.on_server_message(b'2').forward);
+        let v = e.on_server_message(b'E');
+        assert!(v.forward && v.inject_sync);
+        e.forward(Reply::Sync);
+        assert!(e.on_server_message(b'Z').forward);
+        assert!(e.is_empty() && e.is_plain());
+    }
+
+    #[test]
+    fn passed_guard_is_silent() {
+        let mut e = Expectations::default();
+        e.swallow(Reply::Parse(None));
+        e.swallow(Reply::Bind);
+        e.guard(Reply::Execute);
+        e.forward(Reply::Parse(None));
+        e.forward(Reply::Sync);
+        for tag in [b'1', b'2', b'C'] {
+            assert!(!e.on_server_message(tag).forward);
+        }
+        assert!(e.on_server_message(b'1').forward);
         assert!(e.on_server_message(b'Z').forward);
         assert!(e.is_empty());
     }

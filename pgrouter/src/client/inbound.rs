@@ -6,7 +6,9 @@ use bytes::Buf;
 
 use super::error::SessionEnd;
 use super::session::Session;
-use crate::protocol::backend::{self, parse_error_fields, parse_parameter_status};
+use super::expect::Reply;
+use crate::protocol::backend::{parse_error_fields, parse_parameter_status};
+use crate::protocol::frontend;
 use crate::protocol::next_frame;
 use crate::server::MAX_SERVER_MESSAGE;
 
@@ -73,6 +75,10 @@ impl Session {
             if let Some(id) = verdict.failed_parse {
                 held.conn.statements.remove(id);
             }
+            if verdict.inject_sync {
+                frontend::sync(&mut self.to_server);
+                self.expect.forward(Reply::Sync);
+            }
 
             if verdict.forward {
                 self.replay = None; // the client has seen an answer: no replay now
@@ -83,14 +89,14 @@ impl Session {
                 self.to_client.extend_from_slice(&held.conn.read_buf[..pos]);
             }
             if !verbatim {
-                for t in &verdict.synthesize_before {
-                    backend::put_message(&mut self.to_client, *t, |_| {});
+                for made in &verdict.synthesize_before {
+                    self.to_client.extend_from_slice(made);
                 }
                 if verdict.forward {
                     self.to_client.extend_from_slice(&held.conn.read_buf[msg_range]);
                 }
-                for t in &verdict.synthesize_after {
-                    backend::put_message(&mut self.to_client, *t, |_| {});
+                for made in &verdict.synthesize_after {
+                    self.to_client.extend_from_slice(made);
                 }
             }
             pos += frame.total_len;
@@ -106,6 +112,15 @@ impl Session {
             result.map_err(SessionEnd::ClientIo)?;
         }
         self.flush_client().await?;
+        if !self.to_server.is_empty() {
+            let held = self.server.as_mut().expect("held while relaying");
+            use tokio::io::AsyncWriteExt;
+            let r = held.conn.stream.write_all(&self.to_server).await;
+            self.to_server.clear();
+            if r.is_err() {
+                return self.recover_server_loss().await;
+            }
+        }
         self.release_if_done();
         Ok(())
     }

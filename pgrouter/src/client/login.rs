@@ -1,6 +1,8 @@
-//! Who the client is: find its users.toml entry and check its password with
-//! the method that entry names (SCRAM-SHA-256, md5 or cleartext).
+//! Who the client is: find its users.toml entry (or, for JWT logins, the
+//! `connect_as` entry whose pools it will use) and check its password or
+//! token with the method the entry names.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -9,6 +11,7 @@ use rand::Rng;
 
 use super::error::SessionEnd;
 use super::io::{read_message, write_all};
+use crate::auth::jwt::looks_like_jwt;
 use crate::auth::md5::verify_md5;
 use crate::auth::scram::ScramServer;
 use crate::auth::{verify_cleartext, StoredPassword};
@@ -16,14 +19,25 @@ use crate::net::ClientStream;
 use crate::pool::UserPools;
 use crate::protocol::backend;
 use crate::protocol::frontend::{parse_password, parse_sasl_initial};
+use crate::router::{JwtIdentity, Policy};
 use crate::state::State;
 
 pub struct LoggedIn {
-    pub user: User,
+    /// The users.toml entry whose pools serve the session (the connect_as
+    /// entry for JWT sessions).
+    pub pools_user: String,
     pub pools: Arc<UserPools>,
+    pub policy: Policy,
+    pub method: &'static str,
 }
 
-/// Resolves the user and database, then runs the password exchange.
+/// How the client is reaching us, for deciding whether a JWT may be sent.
+pub struct Transport {
+    pub peer: SocketAddr,
+    pub tls: bool,
+}
+
+/// Resolves the user and database, then runs the password or token exchange.
 /// Sends nothing on success (the caller sends AuthenticationOk and the rest).
 pub async fn authenticate(
     stream: &mut ClientStream,
@@ -31,37 +45,111 @@ pub async fn authenticate(
     state: &State,
     user_name: &str,
     database: &str,
+    transport: &Transport,
 ) -> Result<LoggedIn, SessionEnd> {
     let config = &state.config;
     if !config.logical_databases().contains(&database) {
         return Err(SessionEnd::fatal("3D000", format!("database \"{database}\" does not exist")));
     }
-    let Some(user) = config.user(user_name, database) else {
-        return Err(SessionEnd::fatal("28000", format!("role \"{user_name}\" does not exist for database \"{database}\"")));
-    };
-    if !user.login {
-        return Err(SessionEnd::fatal("28000", format!("user \"{user_name}\" cannot log in directly")));
+    let entry = config.user(user_name, database);
+    let jwt_enabled = config.jwt.is_some() && state.jwt.is_some();
+    match entry {
+        Some(user) if !user.login => {
+            Err(SessionEnd::fatal("28000", format!("user \"{user_name}\" cannot log in directly")))
+        }
+        Some(user) if user.auth == AuthMethod::Jwt => {
+            let token = cleartext_exchange(stream, buf).await?;
+            jwt_login(state, Some(user), user_name, database, &token, transport).await
+        }
+        Some(user) if user.auth == AuthMethod::PasswordOrJwt => {
+            let secret = cleartext_exchange(stream, buf).await?;
+            if jwt_enabled && looks_like_jwt(&secret) {
+                jwt_login(state, Some(user), user_name, database, &secret, transport).await
+            } else {
+                let stored = StoredPassword::parse(user.password.as_deref().unwrap_or(""));
+                let ok = user.password.is_some() && verify_cleartext(&stored, &user.name, &secret);
+                password_result(state, user, ok, "password")
+            }
+        }
+        Some(user) => {
+            let stored = StoredPassword::parse(user.password.as_deref().unwrap_or(""));
+            let (ok, method) = match (&user.auth, &stored) {
+                // A stored md5 hash cannot answer SCRAM; PostgreSQL falls back to md5 too.
+                (AuthMethod::Scram, StoredPassword::Md5(_)) | (AuthMethod::Md5, _) => {
+                    (md5_exchange(stream, buf, user, &stored).await?, "md5")
+                }
+                (AuthMethod::Scram, _) => (scram_exchange(stream, buf, &stored).await?, "scram-sha-256"),
+                _ => {
+                    let secret = cleartext_exchange(stream, buf).await?;
+                    (verify_cleartext(&stored, &user.name, &secret), "password")
+                }
+            };
+            password_result(state, user, ok && user.password.is_some(), method)
+        }
+        None if jwt_enabled && config.jwt.as_ref().is_some_and(|j| j.auto_provision) => {
+            let token = cleartext_exchange(stream, buf).await?;
+            jwt_login(state, None, user_name, database, &token, transport).await
+        }
+        None => Err(SessionEnd::fatal("28000", format!("role \"{user_name}\" does not exist for database \"{database}\""))),
+    }
+}
+
+fn password_result(state: &State, user: &User, ok: bool, method: &'static str) -> Result<LoggedIn, SessionEnd> {
+    if !ok {
+        tracing::warn!(user = %user.name, database = %user.database, method, "password authentication failed");
+        return Err(SessionEnd::fatal("28P01", format!("password authentication failed for user \"{}\"", user.name)));
     }
     let pools = state
         .cluster
-        .pools_for(user_name, database)
+        .pools_for(&user.name, &user.database)
         .cloned()
-        .ok_or_else(|| SessionEnd::fatal("28000", format!("no pools for user \"{user_name}\"")))?;
-    let stored = StoredPassword::parse(user.password.as_deref().unwrap_or(""));
-    let ok = match (&user.auth, &stored) {
-        // A stored md5 hash cannot answer SCRAM; PostgreSQL falls back to md5 too.
-        (AuthMethod::Scram, StoredPassword::Md5(_)) | (AuthMethod::Md5, _) => md5_exchange(stream, buf, user, &stored).await?,
-        (AuthMethod::Scram, _) => scram_exchange(stream, buf, &stored).await?,
-        (AuthMethod::Plain | AuthMethod::PasswordOrJwt, _) => cleartext_exchange(stream, buf, user, &stored).await?,
-        (AuthMethod::Jwt, _) => {
-            return Err(SessionEnd::fatal("28P01", "JWT login is not available yet in this build"));
+        .ok_or_else(|| SessionEnd::fatal("28000", format!("no pools for user \"{}\"", user.name)))?;
+    Ok(LoggedIn { pools_user: user.name.clone(), pools, policy: Policy { jwt: None, read_only: user.read_only }, method })
+}
+
+/// Verifies a token and maps it to the connect_as pools and a policy.
+async fn jwt_login(
+    state: &State,
+    entry: Option<&User>,
+    user_name: &str,
+    database: &str,
+    token: &str,
+    transport: &Transport,
+) -> Result<LoggedIn, SessionEnd> {
+    let (Some(cfg), Some(verifier)) = (state.config.jwt.as_ref(), state.jwt.as_ref()) else {
+        return Err(SessionEnd::fatal("28000", "JWT login is not configured"));
+    };
+    if !cfg.databases.is_empty() && !cfg.databases.iter().any(|d| d == database) {
+        return Err(SessionEnd::fatal("28000", format!("JWT login is not allowed for database \"{database}\"")));
+    }
+    if !transport.tls && !transport.peer.ip().is_loopback() && !cfg.allow_insecure_transport {
+        return Err(SessionEnd::fatal(
+            "28000",
+            "JWT login requires TLS (or a loopback connection, or allow_insecure_transport = true)",
+        ));
+    }
+    let verified = match verifier.verify(token, user_name).await {
+        Ok(v) => v,
+        Err(e) => {
+            state.metrics_jwt_login(e.reason());
+            tracing::warn!(user = user_name, database, cause = %e, "JWT authentication failed");
+            return Err(SessionEnd::fatal("28P01", format!("JWT authentication failed: {e}")));
         }
     };
-    if !ok || user.password.is_none() {
-        tracing::warn!(user = user_name, database, "password authentication failed");
-        return Err(SessionEnd::fatal("28P01", format!("password authentication failed for user \"{user_name}\"")));
-    }
-    Ok(LoggedIn { user: user.clone(), pools })
+    state.metrics_jwt_login("ok");
+    let pools = state
+        .cluster
+        .pools_for(&cfg.connect_as, database)
+        .cloned()
+        .ok_or_else(|| SessionEnd::fatal("28000", format!("connect_as user \"{}\" has no entry for database \"{database}\"", cfg.connect_as)))?;
+    let read_only = verified.read_only
+        || entry.is_some_and(|u| u.read_only)
+        || (entry.is_none() && cfg.auto_provision_read_only);
+    let policy = Policy {
+        jwt: Some(JwtIdentity { username: verified.username, role: verified.role, expires_at: verified.expires_at }),
+        read_only,
+    };
+    Ok(LoggedIn { pools_user: cfg.connect_as.clone(), pools, policy, method: "jwt" })
 }
 
 async fn read_password_message(stream: &mut ClientStream, buf: &mut BytesMut) -> Result<bytes::Bytes, SessionEnd> {
@@ -72,18 +160,13 @@ async fn read_password_message(stream: &mut ClientStream, buf: &mut BytesMut) ->
     Ok(body)
 }
 
-async fn cleartext_exchange(
-    stream: &mut ClientStream,
-    buf: &mut BytesMut,
-    user: &User,
-    stored: &StoredPassword,
-) -> Result<bool, SessionEnd> {
+/// Asks for a cleartext password (or token) and returns it.
+async fn cleartext_exchange(stream: &mut ClientStream, buf: &mut BytesMut) -> Result<String, SessionEnd> {
     let mut out = BytesMut::new();
     backend::authentication_cleartext(&mut out);
     write_all(stream, &out).await?;
     let body = read_password_message(stream, buf).await?;
-    let password = parse_password(&body)?;
-    Ok(verify_cleartext(stored, &user.name, password))
+    Ok(parse_password(&body)?.to_string())
 }
 
 async fn md5_exchange(

@@ -46,7 +46,8 @@ pub async fn handle(mut stream: ClientStream, peer: std::net::SocketAddr, state:
             Ok(Err(end)) => return report_end(&mut stream, end).await,
             Err(_) => return send_fatal(&mut stream, "08P01", "pgrouter: login timed out").await,
         };
-        let make_session = match tokio::time::timeout(LOGIN_TIMEOUT, login(&mut stream, buf, &state, startup)).await {
+        let transport = login::Transport { peer, tls: false };
+        let make_session = match tokio::time::timeout(LOGIN_TIMEOUT, login(&mut stream, buf, &state, startup, transport)).await {
             Ok(Ok(make_session)) => make_session,
             Ok(Err(end)) => return report_end(&mut stream, end).await,
             Err(_) => return send_fatal(&mut stream, "08P01", "pgrouter: login timed out").await,
@@ -106,6 +107,7 @@ async fn login(
     mut buf: BytesMut,
     state: &Arc<State>,
     (minor, startup): (i32, Vec<(String, String)>),
+    transport: login::Transport,
 ) -> Result<impl FnOnce(ClientStream) -> Session, SessionEnd> {
     let param = |name: &str| startup.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     let user = param("user").ok_or_else(|| SessionEnd::fatal("28000", "no PostgreSQL user name specified in startup packet"))?;
@@ -129,7 +131,7 @@ async fn login(
         out.clear();
     }
 
-    let logged_in = login::authenticate(stream, &mut buf, state, &user, &database).await?;
+    let logged_in = login::authenticate(stream, &mut buf, state, &user, &database, &transport).await?;
     let primary = logged_in
         .pools
         .shards
@@ -142,7 +144,12 @@ async fn login(
         })?,
         None => return Err(SessionEnd::fatal("08006", "pgrouter: the database has no primary server")),
     };
-    let params = ClientParams::from_startup(&defaults, &startup);
+    let mut params = ClientParams::from_startup(&defaults, &startup);
+    if logged_in.policy.read_only {
+        // Defence in depth: if a read-only session must use the primary (no
+        // healthy replica), its transactions are read-only there too.
+        params.pin("default_transaction_read_only", "on");
+    }
     let cancel = state.cancels.register();
 
     backend::authentication_ok(&mut out);
@@ -156,8 +163,21 @@ async fn login(
     backend::backend_key_data(&mut out, cancel.pid, cancel.secret);
     backend::ready_for_query(&mut out, b'I');
     write_all(stream, &out).await?;
-    tracing::info!(auth = ?logged_in.user.auth, "client logged in");
+    tracing::info!(
+        method = logged_in.method,
+        pools_user = %logged_in.pools_user,
+        role = logged_in.policy.jwt.as_ref().map(|j| j.role.as_str()),
+        read_only = logged_in.policy.read_only,
+        "client logged in"
+    );
 
-    let setup = SessionSetup { cbuf: buf, pools: logged_in.pools, params, cancel, state: state.clone() };
+    let setup = SessionSetup {
+        cbuf: buf,
+        pools: logged_in.pools,
+        params,
+        cancel,
+        state: state.clone(),
+        policy: logged_in.policy,
+    };
     Ok(move |stream| Session::new(stream, setup))
 }

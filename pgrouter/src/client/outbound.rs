@@ -5,12 +5,12 @@
 
 use std::sync::Arc;
 
-use bytes::Buf;
+use bytes::{Buf, Bytes, BytesMut};
 use pgrouter_config::PoolMode;
 use pgrouter_parser::{Analysis, DiscardKind, ResetTarget, SetKind, StatementKind};
 
 use super::error::SessionEnd;
-use super::expect::Reply;
+use super::expect::{Reply, CLOSE_COMPLETE, PARSE_COMPLETE};
 use super::prepared::{SharedStatement, SqlPrepared};
 use super::recovery::Replay;
 use super::session::{Held, Session};
@@ -19,7 +19,7 @@ use crate::pool::PoolError;
 use crate::protocol::backend::{self, Severity};
 use crate::protocol::frontend::{self, parse_bind_names, parse_parse, parse_query, parse_target};
 use crate::protocol::next_frame;
-use crate::router::{self, Role, Route, SessionRouting};
+use crate::router::{self, Refusal, Role, Route, SessionRouting};
 use crate::server::ServerError;
 
 impl Session {
@@ -33,13 +33,25 @@ impl Session {
                 self.flush_server().await?;
                 return Err(SessionEnd::ClientGone);
             }
-            if self.server.is_none() {
-                if self.skip_to_sync || matches!(tag, b'S' | b'H' | b'd' | b'c' | b'f') {
-                    self.cbuf.advance(frame.total_len);
-                    self.answer_without_server(tag);
+            if self.server.is_none() && (self.skip_to_sync || matches!(tag, b'S' | b'H' | b'd' | b'c' | b'f')) {
+                self.cbuf.advance(frame.total_len);
+                self.answer_without_server(tag);
+                continue;
+            }
+            if let Err(refusal) = self.check_policy(tag, frame.total_len)? {
+                self.refuse(tag, frame.total_len, refusal);
+                continue;
+            }
+            if self.batch_start && !self.in_tx {
+                self.check_token_expiry()?;
+            }
+            if self.server.is_none() || (self.is_quiet() && !self.in_tx) {
+                if self.try_answer_locally(frame.total_len)? {
                     continue;
                 }
-                if self.try_answer_locally(frame.total_len)? || self.try_prepare_locally()? {
+            }
+            if self.server.is_none() {
+                if self.try_prepare_locally()? {
                     continue;
                 }
                 let route = self.route_next_batch();
@@ -66,6 +78,86 @@ impl Session {
         self.flush_client().await
     }
 
+    /// The session's policy (JWT role, read-only) applied to a Query or Parse.
+    fn check_policy(&self, tag: u8, len: usize) -> Result<Result<(), Refusal>, SessionEnd> {
+        if self.policy.jwt.is_none() && !self.policy.read_only {
+            return Ok(Ok(()));
+        }
+        let body = self.cbuf.get(5..len).unwrap_or(&[]);
+        let analysis = match tag {
+            b'Q' => self.query_analysis(parse_query(body)?),
+            b'P' => self.state.cache.analyze(parse_parse(body)?.sql),
+            _ => return Ok(Ok(())),
+        };
+        Ok(self.policy.check(&analysis))
+    }
+
+    /// A refused statement never reaches a server as written. With no
+    /// server held the router answers; with one held (a transaction or a
+    /// batch in progress) the refusal is raised through the server, so the
+    /// transaction and the batch fail exactly as if PostgreSQL had refused it.
+    fn refuse(&mut self, tag: u8, len: usize, refusal: Refusal) {
+        tracing::warn!(sqlstate = refusal.sqlstate, reason = %refusal.message, "statement refused");
+        self.cbuf.advance(len);
+        if self.server.is_none() {
+            backend::error_response(&mut self.to_client, Severity::Error, refusal.sqlstate, &refusal.message);
+            if tag == b'Q' {
+                backend::ready_for_query(&mut self.to_client, b'I');
+            } else {
+                self.skip_to_sync = true;
+            }
+            return;
+        }
+        let raise = format!(
+            "DO $pgrouter$BEGIN RAISE EXCEPTION USING ERRCODE = '{}', MESSAGE = {}; END$pgrouter$",
+            refusal.sqlstate,
+            super::params::quote_literal(&refusal.message)
+        );
+        self.inject_role_guard_if_due(tag);
+        if tag == b'Q' {
+            frontend::query(&mut self.to_server, &raise);
+            self.expect.forward(Reply::Query);
+            self.batch_start = true;
+        } else {
+            self.unsynced = true;
+            frontend::write_parse(&mut self.to_server, "", &raise, &[]);
+            frontend::bind_execute_unnamed(&mut self.to_server);
+            self.expect.swallow(Reply::Parse(None));
+            self.expect.swallow(Reply::Bind);
+            self.expect.guard(Reply::Execute);
+        }
+    }
+
+    /// `disconnect_on_expiry`: a JWT session whose token has expired ends at
+    /// its next transaction boundary.
+    fn check_token_expiry(&self) -> Result<(), SessionEnd> {
+        let Some(jwt) = &self.policy.jwt else { return Ok(()) };
+        let disconnect = self.state.config.jwt.as_ref().is_some_and(|j| j.disconnect_on_expiry);
+        if disconnect && jwt.expires_at.is_some_and(|t| t <= std::time::SystemTime::now()) {
+            return Err(SessionEnd::fatal("28P01", "pgrouter: the session's JWT has expired; log in again with a new token"));
+        }
+        Ok(())
+    }
+
+    /// JWT sessions: every unit of work outside a transaction block starts
+    /// with `SET ROLE` of the token's role, pipelined ahead of the client's
+    /// messages without a Sync. If it fails, PostgreSQL skips the client's
+    /// messages up to the Sync, so nothing ever runs under another role — and
+    /// no earlier client's role (or a RESET ROLE inside a function) carries over.
+    fn inject_role_guard_if_due(&mut self, tag: u8) {
+        if !self.batch_start || self.in_tx || matches!(tag, b'S' | b'H' | b'd' | b'c' | b'f') {
+            return;
+        }
+        self.batch_start = false;
+        let Some(jwt) = &self.policy.jwt else { return };
+        let sql = format!("SET ROLE {}", super::params::quote_ident(&jwt.role));
+        frontend::write_parse(&mut self.to_server, "", &sql, &[]);
+        frontend::bind_execute_unnamed(&mut self.to_server);
+        self.expect.swallow(Reply::Parse(None));
+        self.expect.swallow(Reply::Bind);
+        self.expect.guard(Reply::Execute);
+    }
+
     /// A message that needs no server while none is held: Sync gets its
     /// ReadyForQuery from the router; Flush and stray COPY data are dropped.
     fn answer_without_server(&mut self, tag: u8) {
@@ -87,6 +179,7 @@ impl Session {
             self.state.cache.analyze(sql)
         };
         let [statement] = analysis.statements.as_slice() else { return Ok(false) };
+        let jwt = self.policy.jwt.is_some();
         let tag = match &statement.kind {
             StatementKind::Deallocate { name: Some(name) } => {
                 if self.sql_prepared.remove(name).is_none() {
@@ -98,17 +191,32 @@ impl Session {
                 self.sql_prepared.clear();
                 "DEALLOCATE ALL"
             }
-            StatementKind::Discard(DiscardKind::All) if self.mode == PoolMode::Transaction => {
+            // The shared server keeps its statements and (for JWT sessions)
+            // its role: the router resets the client's own state instead.
+            StatementKind::Discard(DiscardKind::All) if self.mode == PoolMode::Transaction || jwt => {
                 self.sql_prepared.clear();
                 self.statements.clear();
                 self.params.apply(SetChange::ResetAll);
                 "DISCARD ALL"
             }
+            StatementKind::Reset(ResetTarget::All) if jwt => {
+                self.params.apply(SetChange::ResetAll);
+                "RESET"
+            }
             _ => return Ok(false),
         };
         self.cbuf.advance(len);
-        backend::command_complete(&mut self.to_client, tag);
-        backend::ready_for_query(&mut self.to_client, b'I');
+        let status = match &self.server {
+            Some(held) if !self.in_tx => held.conn.tx_status,
+            Some(_) => b'T',
+            None => b'I',
+        };
+        let mut answer = BytesMut::new();
+        backend::command_complete(&mut answer, tag);
+        backend::ready_for_query(&mut answer, status);
+        if let Some(made) = self.expect.synthesize(answer.freeze()) {
+            self.to_client.extend_from_slice(&made);
+        }
         Ok(true)
     }
 
@@ -135,7 +243,7 @@ impl Session {
                         return Ok(false);
                     }
                     let analysis = self.state.cache.analyze(p.sql);
-                    if analysis.parse_error.is_some() {
+                    if analysis.parse_error.is_some() || self.policy.check(&analysis).is_err() {
                         return Ok(false);
                     }
                     parses.push((p.name.to_string(), p.sql.to_string(), p.param_types, analysis));
@@ -163,6 +271,14 @@ impl Session {
     /// runs as one implicit transaction up to its Sync, so it goes to the
     /// primary if any statement in it (as far as it has arrived) needs to.
     fn route_next_batch(&self) -> Route {
+        let route = self.route_by_statements();
+        if self.policy.read_only {
+            return Route { role: Role::Replica, ..route };
+        }
+        route
+    }
+
+    fn route_by_statements(&self) -> Route {
         let session = self.session_routing();
         if self.mode == PoolMode::Session {
             let role = match session.role_override {
@@ -280,6 +396,7 @@ impl Session {
             self.expect.swallow(Reply::Query);
         }
         self.server = Some(held);
+        self.batch_start = true;
         Ok(())
     }
 
@@ -323,6 +440,7 @@ impl Session {
 
     /// Queues one client message for the held server, rewritten as needed.
     pub(super) fn forward_message(&mut self, tag: u8, msg: &[u8]) -> Result<(), SessionEnd> {
+        self.inject_role_guard_if_due(tag);
         let body = msg.get(5..).unwrap_or(&[]);
         let skipping = self.expect.server_skipping();
         match tag {
@@ -376,8 +494,8 @@ impl Session {
                     (b'C', Some(_)) => {
                         // Shared statements stay on the server for other clients.
                         self.statements.remove(name);
-                        if let Some(t) = self.expect.synthesize(b'3') {
-                            backend::put_message(&mut self.to_client, t, |_| {});
+                        if let Some(made) = self.expect.synthesize(Bytes::from_static(CLOSE_COMPLETE)) {
+                            self.to_client.extend_from_slice(&made);
                         }
                         return Ok(());
                     }
@@ -409,6 +527,7 @@ impl Session {
             }
             b'S' => {
                 self.unsynced = false;
+                self.batch_start = true;
                 self.to_server.extend_from_slice(msg);
                 self.expect.forward(Reply::Sync);
             }
@@ -490,6 +609,7 @@ impl Session {
         }
         self.to_server.extend_from_slice(msg);
         self.expect.forward(Reply::Query);
+        self.batch_start = true;
         Ok(())
     }
 
@@ -501,8 +621,8 @@ impl Session {
         let held = self.server.as_mut().expect("a server is held when forwarding");
         if held.conn.statements.touch(stmt.id) {
             if client_parse {
-                if let Some(t) = self.expect.synthesize(b'1') {
-                    backend::put_message(&mut self.to_client, t, |_| {});
+                if let Some(made) = self.expect.synthesize(Bytes::from_static(PARSE_COMPLETE)) {
+                    self.to_client.extend_from_slice(&made);
                 }
             }
             return;
@@ -536,6 +656,10 @@ impl Session {
                     (SetKind::Value | SetKind::TimeZone, Some(v)) => {
                         SetChange::Set { name: set.name.clone(), value: v.clone() }
                     }
+                    (SetKind::Role, Some(v)) if !v.eq_ignore_ascii_case("none") => {
+                        SetChange::Set { name: "role".into(), value: v.clone() }
+                    }
+                    (SetKind::Role, _) => SetChange::Reset { name: "role".into() },
                     (SetKind::Default, _) | (SetKind::Value | SetKind::TimeZone, None) => {
                         SetChange::Reset { name: set.name.clone() }
                     }

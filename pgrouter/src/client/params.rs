@@ -77,6 +77,12 @@ impl ClientParams {
         }
     }
 
+    /// Fixes a parameter for the whole session (RESET returns to it too).
+    pub fn pin(&mut self, name: &str, value: &str) {
+        self.values.insert(name.to_string(), value.to_string());
+        self.initial.insert(name.to_string(), value.to_string());
+    }
+
     /// The value of a parameter as the client last set it.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.values.get(name).map(String::as_str)

@@ -27,6 +27,7 @@ use super::recovery::Replay;
 use super::tracking::SetTracker;
 use crate::net::ClientStream;
 use crate::pool::{Pool, PooledConn, ServerHealth, UserPools};
+use crate::router::Policy;
 use crate::state::State;
 
 /// The server a session holds, and what it is.
@@ -46,6 +47,7 @@ pub struct SessionSetup {
     pub params: ClientParams,
     pub cancel: CancelKey,
     pub state: Arc<State>,
+    pub policy: Policy,
 }
 
 pub struct Session {
@@ -56,6 +58,7 @@ pub struct Session {
     pub(super) params: ClientParams,
     pub(super) cancel: CancelKey,
     pub(super) state: Arc<State>,
+    pub(super) policy: Policy,
     pub(super) max_message: usize,
     idle_timeout: Option<Duration>,
     shutdown: watch::Receiver<bool>,
@@ -74,6 +77,9 @@ pub struct Session {
     pub(super) blocked: bool,
     /// A checkout failed mid-batch: drop client messages up to the next Sync.
     pub(super) skip_to_sync: bool,
+    /// The next message forwarded starts a new unit of work (after a Sync or
+    /// a Query, or on a fresh checkout).
+    pub(super) batch_start: bool,
 
     /// The client's named statements (protocol level).
     pub(super) statements: HashMap<String, Arc<SharedStatement>>,
@@ -113,6 +119,7 @@ impl Session {
             idle_timeout: (g.client_idle_timeout_ms > 0).then(|| Duration::from_millis(g.client_idle_timeout_ms)),
             shutdown: setup.state.shutdown.clone(),
             state: setup.state,
+            policy: setup.policy,
             shutdown_seen: false,
             server: None,
             expect: Expectations::default(),
@@ -121,6 +128,7 @@ impl Session {
             sets: SetTracker::default(),
             blocked: false,
             skip_to_sync: false,
+            batch_start: true,
             statements: HashMap::new(),
             sql_prepared: HashMap::new(),
             unnamed: None,

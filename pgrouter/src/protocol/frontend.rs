@@ -43,6 +43,26 @@ pub fn query(out: &mut BytesMut, sql: &str) {
     put_message(out, b'Q', |b| put_cstr(b, sql));
 }
 
+pub fn sync(out: &mut BytesMut) {
+    put_message(out, b'S', |_| {});
+}
+
+/// Bind of the unnamed statement to the unnamed portal with no parameters,
+/// then Execute of it: the router's own one-off statements.
+pub fn bind_execute_unnamed(out: &mut BytesMut) {
+    put_message(out, b'B', |b| {
+        b.put_u8(0);
+        b.put_u8(0);
+        b.put_i16(0);
+        b.put_i16(0);
+        b.put_i16(0);
+    });
+    put_message(out, b'E', |b| {
+        b.put_u8(0);
+        b.put_i32(0);
+    });
+}
+
 pub fn terminate(out: &mut BytesMut) {
     put_message(out, b'X', |_| {});
 }

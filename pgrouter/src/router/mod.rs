@@ -2,6 +2,10 @@
 //! function of the statement's [`Analysis`] and the session's routing state,
 //! so it can be tested as a table of statements and expected routes.
 
+mod policy;
+
+pub use policy::{JwtIdentity, Policy, Refusal};
+
 use pgrouter_parser::{Analysis, RoleHint, StatementKind, TxEffect};
 
 /// The kind of server a statement needs.

@@ -201,3 +201,47 @@ impl ServerConn {
         value.ok_or(ServerError::Closed)
     }
 }
+
+impl ServerConn {
+    /// Runs a query and returns its rows as text (NULL as None). For the
+    /// router's own checks, not for client traffic.
+    pub async fn query_rows(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, ServerError> {
+        let mut out = BytesMut::new();
+        frontend::query(&mut out, sql);
+        self.send(&out).await?;
+        let mut rows = Vec::new();
+        let mut error = None;
+        loop {
+            let (tag, body) = self.read_message().await?;
+            match tag {
+                b'D' => rows.push(parse_data_row(&body)?),
+                b'E' => error = Some(parse_error_fields(&body)?),
+                b'S' => self.note_parameter_status(&body),
+                b'Z' => {
+                    self.tx_status = body.first().copied().unwrap_or(b'I');
+                    break;
+                }
+                _ => {}
+            }
+        }
+        match error {
+            Some(e) => Err(ServerError::Postgres(e)),
+            None => Ok(rows),
+        }
+    }
+}
+
+fn parse_data_row(body: &[u8]) -> Result<Vec<Option<String>>, ProtocolError> {
+    let mut r = crate::protocol::reader::Reader::new(body);
+    let n = r.i16()?;
+    let mut row = Vec::with_capacity(n.max(0) as usize);
+    for _ in 0..n {
+        let len = r.i32()?;
+        if len < 0 {
+            row.push(None);
+        } else {
+            row.push(Some(String::from_utf8_lossy(r.bytes(len as usize)?).into_owned()));
+        }
+    }
+    Ok(row)
+}

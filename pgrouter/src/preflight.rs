@@ -1,0 +1,94 @@
+//! Start-up checks of the JWT set-up against the real servers: the
+//! `connect_as` user logs in to every primary, every role in `allowed_roles`
+//! exists and is granted to it, and a superuser or INHERIT `connect_as` is
+//! flagged. Problems are reported together, naming user, role and server.
+
+use std::time::Duration;
+
+use crate::client::params::quote_literal;
+use crate::server::ServerConn;
+use crate::state::State;
+
+/// What the preflight found: errors make the set-up unusable; warnings are
+/// risky but allowed.
+#[derive(Debug, Default)]
+pub struct Findings {
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+pub async fn run(state: &State) -> Findings {
+    let mut findings = Findings::default();
+    let Some(jwt) = &state.config.jwt else { return findings };
+    let timeout = Duration::from_millis(state.config.general.connect_timeout_ms);
+    for db in state.config.logical_databases() {
+        if !jwt.databases.is_empty() && !jwt.databases.iter().any(|d| d == db) {
+            continue;
+        }
+        let Some(pools) = state.cluster.pools_for(&jwt.connect_as, db) else {
+            findings.errors.push(format!("[jwt] connect_as \"{}\" has no users.toml entry for database \"{db}\"", jwt.connect_as));
+            continue;
+        };
+        for shard in &pools.shards {
+            for slot in shard.servers.iter().filter(|s| s.health.is_primary()) {
+                let target = &slot.pool.target;
+                let server = target.addr();
+                let mut conn = match ServerConn::connect(target, timeout).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        findings.errors.push(format!(
+                            "connect_as \"{}\" cannot log in to {server} (database \"{}\"): {e}",
+                            target.user, target.database
+                        ));
+                        continue;
+                    }
+                };
+                check_connect_as(&mut conn, &target.user, &server, &jwt.allowed_roles, &mut findings).await;
+                conn.terminate().await;
+            }
+        }
+    }
+    for w in &findings.warnings {
+        tracing::warn!("preflight: {w}");
+    }
+    for e in &findings.errors {
+        tracing::error!("preflight: {e}");
+    }
+    findings
+}
+
+async fn check_connect_as(conn: &mut ServerConn, user: &str, server: &str, roles: &[String], findings: &mut Findings) {
+    match conn.query_rows("SELECT rolsuper::text, rolinherit::text FROM pg_catalog.pg_roles WHERE rolname = current_user").await {
+        Ok(rows) => {
+            if let Some(row) = rows.first() {
+                if row.first().and_then(|v| v.as_deref()) == Some("true") {
+                    findings.warnings.push(format!(
+                        "connect_as \"{user}\" is a superuser on {server}: a JWT session could regain superuser rights through a function that runs RESET ROLE"
+                    ));
+                }
+                if row.get(1).and_then(|v| v.as_deref()) == Some("true") {
+                    findings.warnings.push(format!(
+                        "connect_as \"{user}\" has INHERIT on {server}: it holds the privileges of every role granted to it; NOINHERIT is safer"
+                    ));
+                }
+            }
+        }
+        Err(e) => findings.errors.push(format!("cannot inspect connect_as \"{user}\" on {server}: {e}")),
+    }
+    for role in roles {
+        let sql = format!(
+            "SELECT pg_catalog.pg_has_role(current_user, oid, 'MEMBER')::text FROM pg_catalog.pg_roles WHERE rolname = {}",
+            quote_literal(role)
+        );
+        match conn.query_rows(&sql).await {
+            Ok(rows) => match rows.first().and_then(|r| r.first()).and_then(|v| v.as_deref()) {
+                None => findings.errors.push(format!("allowed role \"{role}\" does not exist on {server}")),
+                Some("true") => {}
+                Some(_) => findings.errors.push(format!(
+                    "allowed role \"{role}\" is not granted to connect_as \"{user}\" on {server} (GRANT \"{role}\" TO \"{user}\")"
+                )),
+            },
+            Err(e) => findings.errors.push(format!("cannot check allowed role \"{role}\" on {server}: {e}")),
+        }
+    }
+}
