@@ -4,8 +4,10 @@
 //! client in and runs its session loop, [`pool`] lends it a [`server`]
 //! connection, and [`protocol`] knows every byte layout on the way.
 
+pub mod admin;
 pub mod auth;
 pub mod client;
+pub mod metrics;
 pub mod net;
 pub mod pool;
 pub mod preflight;

@@ -7,6 +7,7 @@ use bytes::Buf;
 use super::error::SessionEnd;
 use super::session::Session;
 use super::expect::Reply;
+use super::tracking::SetChange;
 use crate::protocol::backend::{parse_error_fields, parse_parameter_status};
 use crate::protocol::frontend;
 use crate::protocol::next_frame;
@@ -47,6 +48,7 @@ impl Session {
                     held.conn.tx_status = status;
                     if !self.sets.is_idle() {
                         for change in self.sets.on_ready(status) {
+                            note_change_on_server(&mut held.conn, &self.params, &change);
                             self.params.apply(change);
                         }
                     }
@@ -57,6 +59,9 @@ impl Session {
                 b'S' => {
                     if let Ok((name, value)) = parse_parameter_status(body) {
                         let (name, value) = (name.to_string(), value.to_string());
+                        if held.conn.params.get(&name) != Some(&value) {
+                            held.conn.params_fingerprint = 0;
+                        }
                         self.params.note(&name, &value);
                         held.conn.params.insert(name, value);
                     }
@@ -129,4 +134,29 @@ impl Session {
 /// A FATAL or PANIC error: the server closes the connection after it.
 fn is_fatal(body: &[u8]) -> bool {
     parse_error_fields(body).is_ok_and(|f| f.severity == "FATAL" || f.severity == "PANIC")
+}
+
+/// A session change the client made on this server: later clients of the
+/// server must not inherit it, so the server's bookkeeping learns of it (a
+/// SET is RESET for the next client that did not ask for it).
+fn note_change_on_server(server: &mut crate::server::ServerConn, params: &super::params::ClientParams, change: &SetChange) {
+    server.params_fingerprint = 0;
+    match change {
+        SetChange::Set { name, value } => {
+            let name = params.canonical(name);
+            server.params.insert(name.clone(), value.clone());
+            server.router_set.insert(name, value.clone());
+        }
+        SetChange::Reset { name } => {
+            let name = params.canonical(name);
+            server.router_set.remove(&name);
+            server.params.remove(&name);
+        }
+        SetChange::ResetAll => {
+            let names: Vec<String> = server.router_set.drain().map(|(k, _)| k).collect();
+            for name in names {
+                server.params.remove(&name);
+            }
+        }
+    }
 }

@@ -263,8 +263,15 @@ impl Session {
         Ok(true)
     }
 
+    /// The session's routing settings, recomputed only when its parameters change.
     fn session_routing(&self) -> SessionRouting {
-        SessionRouting::from_params(|k| self.params.get(k).map(str::to_string))
+        let (version, cached) = self.routing_cache.get();
+        if version == self.params.version() {
+            return cached;
+        }
+        let routing = SessionRouting::from_params(|k| self.params.get(k).map(str::to_string));
+        self.routing_cache.set((self.params.version(), routing));
+        routing
     }
 
     /// Routes the unit of work at the front of the buffer. An extended batch

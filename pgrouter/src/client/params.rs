@@ -35,6 +35,10 @@ pub struct ClientParams {
     initial: HashMap<String, String>,
     /// Parameter names as the server spells them (reported ones).
     known_names: Vec<String>,
+    /// Bumped on every change; lets callers cache what they derive.
+    version: u64,
+    /// Hash of the settable values, recomputed after a change (0 = stale).
+    fingerprint: std::cell::Cell<u64>,
 }
 
 impl ClientParams {
@@ -52,11 +56,12 @@ impl ClientParams {
             }
         }
         let known_names = defaults.iter().map(|(k, _)| k.clone()).collect();
-        ClientParams { initial: values.clone(), values, known_names }
+        ClientParams { initial: values.clone(), values, known_names, version: 1, fingerprint: Default::default() }
     }
 
     /// Applies a SET/RESET that took effect on the server.
     pub fn apply(&mut self, change: SetChange) {
+        self.changed();
         match change {
             SetChange::Set { name, value } => {
                 let name = self.canonical(&name);
@@ -79,6 +84,7 @@ impl ClientParams {
 
     /// Fixes a parameter for the whole session (RESET returns to it too).
     pub fn pin(&mut self, name: &str, value: &str) {
+        self.changed();
         self.values.insert(name.to_string(), value.to_string());
         self.initial.insert(name.to_string(), value.to_string());
     }
@@ -88,7 +94,7 @@ impl ClientParams {
         self.values.get(name).map(String::as_str)
     }
 
-    fn canonical(&self, name: &str) -> String {
+    pub fn canonical(&self, name: &str) -> String {
         self.known_names
             .iter()
             .find(|k| k.eq_ignore_ascii_case(name))
@@ -99,18 +105,52 @@ impl ClientParams {
     /// Records a change the server reported while this client held it.
     pub fn note(&mut self, name: &str, value: &str) {
         match self.values.get_mut(name) {
-            Some(v) if v == value => {}
+            Some(v) if v == value => return,
             Some(v) => *v = value.to_string(),
             None => {
                 self.values.insert(name.to_string(), value.to_string());
             }
         }
+        self.changed();
+    }
+
+    fn changed(&mut self) {
+        self.version += 1;
+        self.fingerprint.set(0);
+    }
+
+    /// Changes whenever any value changes.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// A hash of every settable value. A server whose own fingerprint equals
+    /// it was last brought in line with exactly these values and has not
+    /// changed since, so the diff can be skipped — the common case, since
+    /// most clients of a pool share the same settings.
+    pub fn fingerprint(&self) -> u64 {
+        let cached = self.fingerprint.get();
+        if cached != 0 {
+            return cached;
+        }
+        use std::hash::{Hash, Hasher};
+        let mut pairs: Vec<(&String, &String)> =
+            self.values.iter().filter(|(k, _)| !NOT_SETTABLE.contains(&k.as_str())).collect();
+        pairs.sort();
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        pairs.hash(&mut h);
+        let f = h.finish().max(1);
+        self.fingerprint.set(f);
+        f
     }
 
     /// The SQL that makes `server` match this client, or `None` when it does.
     /// Parameters the router set earlier for another client and this client
     /// did not ask for are RESET, so no client inherits another's settings.
     pub fn sync_sql(&self, server: &ServerConn) -> Option<String> {
+        if server.params_fingerprint == self.fingerprint() {
+            return None;
+        }
         let mut resets = String::new();
         for name in server.router_set.keys() {
             if !self.values.contains_key(name) {
@@ -140,6 +180,7 @@ impl ClientParams {
     /// Records on `server` what [`sync_sql`] is about to set, for parameters
     /// the server does not report back by itself.
     pub fn mark_synced(&self, server: &mut ServerConn) {
+        server.params_fingerprint = self.fingerprint();
         let reset: Vec<String> =
             server.router_set.keys().filter(|name| !self.values.contains_key(*name)).cloned().collect();
         for name in reset {

@@ -96,6 +96,8 @@ pub struct Session {
 
     pub(super) to_server: BytesMut,
     pub(super) to_client: BytesMut,
+    /// (params version, routing settings derived from it).
+    pub(super) routing_cache: std::cell::Cell<(u64, crate::router::SessionRouting)>,
 }
 
 enum Event {
@@ -136,6 +138,7 @@ impl Session {
             replay: None,
             to_server: BytesMut::new(),
             to_client: BytesMut::new(),
+            routing_cache: Default::default(),
         }
     }
 

@@ -68,6 +68,9 @@ pub struct ServerConn {
     pub tx_status: u8,
     /// Statements the router prepared here for its clients.
     pub statements: super::ServerStatements,
+    /// The client parameter fingerprint this server was last synced to;
+    /// 0 when anything may have changed since (see `ClientParams::fingerprint`).
+    pub params_fingerprint: u64,
 }
 
 impl ServerConn {
@@ -95,6 +98,7 @@ impl ServerConn {
             last_used: Instant::now(),
             tx_status: b'I',
             statements: super::ServerStatements::new(super::STATEMENTS_PER_SERVER),
+            params_fingerprint: 0,
         };
         super::login::login(&mut conn, target).await?;
         Ok(conn)
