@@ -13,7 +13,7 @@ Environment:
   PGROUTER_BIN          use this binary instead of <target>/release/pgrouter
   PGROUTER_KEEP_TMP=1   keep the temporary directory (data dirs, logs)
   PGROUTER_SUITE_BUDGET_S  after this many seconds the remaining tests fail at
-                        once instead of running (default 1200), so a hung
+                        once instead of running (default 900), so a hung
                         router cannot stretch a CI run for hours
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ from harness.pg import PgCluster  # noqa: E402
 from harness.router import RouterFactory  # noqa: E402
 
 _SUITE_START = time.monotonic()
-_BUDGET = float(os.environ.get("PGROUTER_SUITE_BUDGET_S", "1200"))
+_BUDGET = float(os.environ.get("PGROUTER_SUITE_BUDGET_S", "900"))
 
 
 @pytest.fixture(autouse=True)

@@ -7,13 +7,14 @@
 # integration/requirements.txt changed, and cargo rebuilds only what changed.
 #
 #   bash scripts/setup.sh              # everything
-#   bash scripts/setup.sh --no-build   # packages + venv only
+#   bash scripts/setup.sh --no-build   # packages + venv only (or PGROUTER_NO_BUILD=1)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 BUILD=1
+[ "${PGROUTER_NO_BUILD:-0}" = "1" ] && BUILD=0
 for arg in "$@"; do
     case "$arg" in
         --no-build) BUILD=0 ;;

@@ -27,6 +27,10 @@ async def aconnect(router, **kwargs) -> asyncpg.Connection:
 
 
 def connect(dsn: str, autocommit: bool = True, **kwargs) -> psycopg.Connection:
+    """psycopg connection. Server-side prepared statements are off by default
+    (`prepare_threshold=None`): named statements that outlive a transaction
+    need the router's prepared-statement support, which tests opt into."""
+    kwargs.setdefault("prepare_threshold", None)
     return psycopg.connect(dsn, autocommit=autocommit, **kwargs)
 
 

@@ -141,8 +141,9 @@ class PgServer:
     def dsn(self, user: str = APP_USER, password: str | None = APP_PASSWORD, db: str = APP_DB,
             **extra) -> str:
         """A TCP conninfo for this server (goes through pg_hba host rules)."""
+        params = {"connect_timeout": 10, **extra}
         return conninfo(host=self.host, port=self.port, dbname=db, user=user,
-                        password=password, connect_timeout=10, **extra)
+                        password=password, **params)
 
     def superuser_dsn(self, db: str = "postgres") -> str:
         return conninfo(host=str(self.sockdir), port=self.port, dbname=db, user="postgres",
@@ -179,6 +180,16 @@ class PgServer:
             {"u": user, "d": db}, db="postgres")
         keys = ("pid", "user", "db", "state", "query", "application_name")
         return [dict(zip(keys, r)) for r in rows]
+
+    def pool_backends(self, user: str | None = None, db: str | None = None) -> list[dict]:
+        """Client backends except a router's health-check connection (a
+        connection whose last statement was the `pg_is_in_recovery()` probe,
+        or whose application_name says healthcheck): the server connections
+        that pools hand to clients."""
+        def is_probe(b):
+            return ("pg_is_in_recovery()" in (b["query"] or "") and b["state"] == "idle") or \
+                "health" in (b["application_name"] or "").lower()
+        return [b for b in self.backends(user, db) if not is_probe(b)]
 
     def in_recovery(self) -> bool:
         return bool(self.scalar("SELECT pg_is_in_recovery()", db="postgres"))

@@ -174,8 +174,9 @@ class Router:
     def dsn(self, user: str = APP_USER, password: str | None = APP_PASSWORD, db: str = APP_DB,
             **extra) -> str:
         """libpq conninfo for a client of this router."""
+        params = {"connect_timeout": 10, **extra}
         return conninfo(host="127.0.0.1", port=self.port, dbname=db, user=user,
-                        password=password, connect_timeout=10, **extra)
+                        password=password, **params)
 
     def connect_kwargs(self, user: str = APP_USER, password: str | None = APP_PASSWORD,
                        db: str = APP_DB) -> dict:
@@ -188,6 +189,32 @@ class Router:
         env.update({"PGHOST": "127.0.0.1", "PGPORT": str(self.port), "PGUSER": user,
                     "PGPASSWORD": password, "PGDATABASE": db, "PGCONNECT_TIMEOUT": "10"})
         return env
+
+
+class DirectTarget:
+    """Stands in for a router when PGROUTER_DIRECT=1: clients talk to the
+    primary itself. Only for checking what a test expects against PostgreSQL's
+    own behaviour while writing tests; router-only checks fail in this mode."""
+
+    def __init__(self, primary):
+        self.primary = primary
+        self.port = primary.port
+        self.pid = -1
+        self.stop_requested = False
+        self.proc = None
+
+    def alive(self) -> bool:
+        return True
+
+    def log(self) -> str:
+        return ""
+
+    dsn = Router.dsn
+    connect_kwargs = Router.connect_kwargs
+    psql_env = Router.psql_env
+
+    def __getattr__(self, name):
+        raise RuntimeError(f"PGROUTER_DIRECT=1: a direct connection has no {name!r}")
 
 
 class RouterFactory:
@@ -221,6 +248,8 @@ class RouterFactory:
               env: dict | None = None, wait: bool = True, **sections) -> Router:
         """Start a router. `general` overrides keys of [general]; `users` replaces
         the default users list (just `app`, SCRAM, password app-secret)."""
+        if os.environ.get("PGROUTER_DIRECT") == "1":
+            return DirectTarget(self.cluster.primary)
         cfg = self.config(general, with_replica, databases, **sections)
         port = int(cfg["general"]["listen"].rsplit(":", 1)[1])
         users_doc = {"users": copy.deepcopy(users) if users is not None else [app_user()]}

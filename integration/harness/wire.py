@@ -70,6 +70,67 @@ def terminate_message() -> bytes:
     return message(b"X")
 
 
+# Extended query protocol (text formats only).
+def parse_message(sql: str, name: str = "", param_types: tuple[int, ...] = ()) -> bytes:
+    body = name.encode() + b"\0" + sql.encode() + b"\0" + struct.pack("!h", len(param_types))
+    body += b"".join(struct.pack("!i", oid) for oid in param_types)
+    return message(b"P", body)
+
+
+def bind_message(params: list[str | None] = (), portal: str = "", statement: str = "") -> bytes:
+    body = portal.encode() + b"\0" + statement.encode() + b"\0" + struct.pack("!h", 0)
+    body += struct.pack("!h", len(params))
+    for p in params:
+        if p is None:
+            body += struct.pack("!i", -1)
+        else:
+            data = p.encode()
+            body += struct.pack("!i", len(data)) + data
+    body += struct.pack("!h", 0)
+    return message(b"B", body)
+
+
+def describe_message(kind: bytes = b"P", name: str = "") -> bytes:
+    return message(b"D", kind + name.encode() + b"\0")
+
+
+def execute_message(portal: str = "", max_rows: int = 0) -> bytes:
+    return message(b"E", portal.encode() + b"\0" + struct.pack("!i", max_rows))
+
+
+def close_message(kind: bytes = b"S", name: str = "") -> bytes:
+    return message(b"C", kind + name.encode() + b"\0")
+
+
+def sync_message() -> bytes:
+    return message(b"S")
+
+
+def flush_message() -> bytes:
+    return message(b"H")
+
+
+def extended_query(sql: str, params: list[str | None] = ()) -> bytes:
+    """Parse/Bind/Describe/Execute of an unnamed statement, without Sync."""
+    return (parse_message(sql) + bind_message(list(params)) + describe_message()
+            + execute_message())
+
+
+def data_row_values(body: bytes) -> list[str | None]:
+    (n,) = struct.unpack("!h", body[:2])
+    pos = 2
+    row: list[str | None] = []
+    for _ in range(n):
+        (ln,) = struct.unpack("!i", body[pos:pos + 4])
+        pos += 4
+        if ln < 0:
+            row.append(None)
+        else:
+            row.append(body[pos:pos + ln].decode())
+            pos += ln
+    return row
+
+
 def parse_error_fields(body: bytes) -> dict[str, str]:
     fields: dict[str, str] = {}
     i = 0
@@ -233,6 +294,20 @@ class RawConn:
         self.send(query_message(sql))
         return self.read_results()
 
+    def read_batches(self, n: int, timeout: float = 30.0) -> list[list[Msg]]:
+        """Read the responses to `n` Syncs: one list of messages per
+        ReadyForQuery (the ReadyForQuery included)."""
+        self.sock.settimeout(timeout)
+        batches: list[list[Msg]] = []
+        current: list[Msg] = []
+        while len(batches) < n:
+            m = self.read_msg()
+            current.append(m)
+            if m.kind == b"Z":
+                batches.append(current)
+                current = []
+        return batches
+
     def read_results(self):
         rows: list[list[str | None]] = []
         tags: list[str] = []
@@ -242,18 +317,7 @@ class RawConn:
             m = self.read_msg()
             msgs.append(m)
             if m.kind == b"D":
-                (n,) = struct.unpack("!h", m.body[:2])
-                pos = 2
-                row: list[str | None] = []
-                for _ in range(n):
-                    (ln,) = struct.unpack("!i", m.body[pos:pos + 4])
-                    pos += 4
-                    if ln < 0:
-                        row.append(None)
-                    else:
-                        row.append(m.body[pos:pos + ln].decode())
-                        pos += ln
-                rows.append(row)
+                rows.append(data_row_values(m.body))
             elif m.kind == b"C":
                 tags.append(m.body.rstrip(b"\0").decode())
             elif m.kind == b"E":

@@ -49,7 +49,7 @@ impl ClientParams {
         for (k, v) in startup {
             if k == "options" {
                 for (name, value) in parse_options(v) {
-                    values.insert(name, value);
+                    values.insert(canonical_name(&name, defaults), value);
                 }
             } else if !NOT_PARAMETERS.contains(&k.as_str()) && !k.starts_with("_pq_.") {
                 values.insert(canonical_name(k, defaults), v.clone());
@@ -310,6 +310,9 @@ mod tests {
         );
         assert_eq!(p.values["TimeZone"], "Europe/Paris");
         assert_eq!(p.values["search_path"], "s");
+        let p = ClientParams::from_startup(&defaults, &[("options".into(), "-c TimeZone=Asia/Tokyo".into())]);
+        assert_eq!(p.values["TimeZone"], "Asia/Tokyo");
+        assert!(!p.values.contains_key("timezone"));
         assert_eq!(p.values["application_name"], "");
         assert!(!p.values.contains_key("user"));
     }

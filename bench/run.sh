@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Benchmark pgrouter against a direct connection and PgBouncer (see bench/README.md).
+#   bash bench/run.sh                                  # 3 rounds × 15 s (+3 s warm-up)
+#   bash bench/run.sh --rounds 5 --duration 20
+#   bash bench/run.sh --workloads select-simple --rounds 1 --duration 5   # quick look
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+bash scripts/setup.sh >&2
+exec "$ROOT/.venv/bin/python" "$ROOT/bench/bench.py" "$@"

@@ -1,0 +1,166 @@
+"""`pgrouter check` and `pgrouter --version`: no servers needed, no connections made."""
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from harness.router import router_binary
+from harness.util import free_port
+
+GOOD_ROUTER = """\
+[general]
+listen = "127.0.0.1:{listen}"
+pool_mode = "transaction"
+default_pool_size = 10
+checkout_timeout_ms = 5000
+metrics_listen = ""
+hot_reload = false
+
+[[databases]]
+name = "app"
+host = "127.0.0.1"
+port = {port}
+database_name = "app"
+role = "primary"
+"""
+
+GOOD_USERS = """\
+[[users]]
+name = "app"
+database = "app"
+password = "app-secret"
+auth = "scram"
+pool_size = 5
+"""
+
+
+def write(dirpath: Path, router_text: str, users_text: str) -> tuple[Path, Path]:
+    r = dirpath / "router.toml"
+    u = dirpath / "users.toml"
+    r.write_text(router_text)
+    u.write_text(users_text)
+    return r, u
+
+
+def check(r: Path, u: Path, cwd: Path | None = None) -> tuple[int, str]:
+    proc = subprocess.run([str(router_binary()), "check", "--config", str(r), "--users", str(u)],
+                          capture_output=True, text=True, timeout=30, cwd=cwd)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def good_router(port=None) -> str:
+    # A port nothing listens on: `check` must not connect anywhere.
+    return GOOD_ROUTER.format(listen=free_port(), port=port or free_port())
+
+
+def line_of(text: str, needle: str) -> int:
+    for i, line in enumerate(text.splitlines(), 1):
+        if needle in line:
+            return i
+    raise AssertionError(f"{needle!r} not in text")
+
+
+def assert_reported(output: str, path: Path, line: int, key: str):
+    """Some output line names `file:line` and the key."""
+    pattern = re.compile(re.escape(path.name) + r":" + str(line) + r"\b")
+    hits = [ln for ln in output.splitlines() if pattern.search(ln) and key in ln]
+    assert hits, (f"expected a line with {path.name}:{line} and {key!r} in:\n{output}")
+
+
+def test_version():
+    proc = subprocess.run([str(router_binary()), "--version"], capture_output=True, text=True,
+                          timeout=10)
+    assert proc.returncode == 0
+    assert re.search(r"pgrouter\s+\d+\.\d+\.\d+", proc.stdout + proc.stderr), proc.stdout
+
+
+def test_good_config_exits_0(tmp_path):
+    r, u = write(tmp_path, good_router(), GOOD_USERS)
+    code, out = check(r, u)
+    assert code == 0, out
+
+
+def test_good_config_default_paths(tmp_path):
+    write(tmp_path, good_router(), GOOD_USERS)
+    proc = subprocess.run([str(router_binary()), "check"], capture_output=True, text=True,
+                          timeout=30, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_unknown_key(tmp_path):
+    text = good_router().replace('pool_mode = "transaction"', 'pool_mode = "transaction"\nlisen_addr = "x"')
+    r, u = write(tmp_path, text, GOOD_USERS)
+    code, out = check(r, u)
+    assert code == 1, out
+    assert_reported(out, r, line_of(text, "lisen_addr"), "lisen_addr")
+
+
+@pytest.mark.parametrize("old,new,key", [
+    ('pool_mode = "transaction"', 'pool_mode = "sideways"', "pool_mode"),
+    ("default_pool_size = 10", 'default_pool_size = "ten"', "default_pool_size"),
+    ('role = "primary"', 'role = "boss"', "role"),
+    ('listen = "127.0.0.1:', 'listen = "not an address:', "listen"),
+])
+def test_bad_value(tmp_path, old, new, key):
+    text = good_router()
+    assert old in text
+    text = text.replace(old, new)
+    r, u = write(tmp_path, text, GOOD_USERS)
+    code, out = check(r, u)
+    assert code == 1, out
+    assert_reported(out, r, line_of(text, new.split("=")[0].strip() + " ="), key)
+
+
+def test_user_for_unknown_database(tmp_path):
+    users = GOOD_USERS.replace('database = "app"', 'database = "nope"')
+    r, u = write(tmp_path, good_router(), users)
+    code, out = check(r, u)
+    assert code == 1, out
+    assert_reported(out, u, line_of(users, 'database = "nope"'), "database")
+
+
+def test_bad_auth_method(tmp_path):
+    users = GOOD_USERS.replace('auth = "scram"', 'auth = "telepathy"')
+    r, u = write(tmp_path, good_router(), users)
+    code, out = check(r, u)
+    assert code == 1, out
+    assert_reported(out, u, line_of(users, "telepathy"), "auth")
+
+
+def test_every_problem_reported(tmp_path):
+    text = good_router().replace('pool_mode = "transaction"', 'pool_mode = "sideways"\nbogus_key = 1')
+    users = GOOD_USERS.replace('database = "app"', 'database = "nope"')
+    r, u = write(tmp_path, text, users)
+    code, out = check(r, u)
+    assert code == 1, out
+    assert_reported(out, r, line_of(text, "pool_mode ="), "pool_mode")
+    assert_reported(out, r, line_of(text, "bogus_key"), "bogus_key")
+    assert_reported(out, u, line_of(users, 'database = "nope"'), "database")
+
+
+def test_toml_syntax_error(tmp_path):
+    text = good_router().replace("default_pool_size = 10", "default_pool_size = = 10")
+    r, u = write(tmp_path, text, GOOD_USERS)
+    code, out = check(r, u)
+    assert code == 1, out
+    assert re.search(re.escape(r.name) + r":" + str(line_of(text, "= = 10")) + r"\b", out), out
+
+
+def test_missing_file(tmp_path):
+    r, u = write(tmp_path, good_router(), GOOD_USERS)
+    missing = tmp_path / "absent-users.toml"
+    code, out = check(r, missing)
+    assert code == 1, out
+    assert missing.name in out
+
+
+def test_run_with_bad_config_exits_nonzero(tmp_path):
+    text = good_router().replace('pool_mode = "transaction"', 'pool_mode = "sideways"')
+    r, u = write(tmp_path, text, GOOD_USERS)
+    proc = subprocess.run([str(router_binary()), "--config", str(r), "--users", str(u)],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode != 0
+    assert "pool_mode" in proc.stdout + proc.stderr

@@ -1,0 +1,135 @@
+"""COPY both ways through the router, checked against the primary itself."""
+from __future__ import annotations
+
+import hashlib
+
+import psycopg
+import pytest
+
+from harness.clients import aconnect, connect, run_async
+
+N = 100_000
+
+
+def row_text(i: int) -> str:
+    return f"row {i} \u00e9\u00e8 {'x' * (i % 37)}"
+
+
+def checksum_sql(table: str) -> str:
+    return (f"SELECT count(*), coalesce(sum(id), 0), "
+            f"md5(coalesce(string_agg(id::text || ':' || val, ',' ORDER BY id), '')) FROM {table}")
+
+
+def expected_checksum(ids) -> tuple:
+    ids = sorted(ids)
+    joined = ",".join(f"{i}:{row_text(i)}" for i in ids)
+    return (len(ids), sum(ids), hashlib.md5(joined.encode()).hexdigest())
+
+
+def create(primary, table):
+    primary.sql(f"CREATE TABLE {table} (id int primary key, val text not null)")
+    primary.sql(f"ALTER TABLE {table} OWNER TO app")
+
+
+def test_copy_from_stdin_100k(router, primary, table):
+    create(primary, table)
+    with connect(router.dsn()) as conn:
+        with conn.cursor() as cur:
+            with cur.copy(f"COPY {table} (id, val) FROM STDIN") as copy:
+                for i in range(1, N + 1):
+                    copy.write_row((i, row_text(i)))
+            assert cur.rowcount == N
+        via_router = conn.execute(checksum_sql(table)).fetchone()
+    direct = tuple(primary.sql(checksum_sql(table))[0])
+    assert direct == expected_checksum(range(1, N + 1))
+    assert tuple(via_router) == direct
+
+
+def test_copy_to_stdout_100k(router, primary, table):
+    create(primary, table)
+    primary.sql(f"INSERT INTO {table} SELECT g, 'row ' || g || ' éè ' || repeat('x', g % 37) "
+                f"FROM generate_series(1, {N}) g")
+    query = f"COPY (SELECT id, val FROM {table} ORDER BY id) TO STDOUT"
+
+    def copy_out(dsn: str) -> tuple[int, str]:
+        h = hashlib.md5()
+        lines = 0
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            with conn.cursor() as cur:
+                with cur.copy(query) as copy:
+                    for block in copy:
+                        h.update(block)
+                        lines += bytes(block).count(b"\n")
+        return lines, h.hexdigest()
+
+    via_router = copy_out(router.dsn())
+    direct = copy_out(primary.dsn())
+    assert direct[0] == N
+    assert via_router == direct
+    expected = "".join(f"{i}\t{row_text(i)}\n" for i in range(1, N + 1)).encode()
+    assert direct[1] == hashlib.md5(expected).hexdigest()
+
+
+def test_copy_binary_roundtrip_asyncpg(router, primary, table):
+    create(primary, table)
+
+    async def main():
+        conn = await aconnect(router, statement_cache_size=0)
+        try:
+            await conn.copy_records_to_table(
+                table, records=[(i, row_text(i)) for i in range(1, 20001)], columns=["id", "val"])
+            out = []
+
+            async def sink(chunk):
+                out.append(chunk)
+            await conn.copy_from_query(f"SELECT id FROM {table} ORDER BY id", output=sink,
+                                       format="csv")
+            return b"".join(out)
+        finally:
+            await conn.close()
+    data = run_async(main())
+    assert data.split() == [str(i).encode() for i in range(1, 20001)]
+    assert tuple(primary.sql(checksum_sql(table))[0]) == expected_checksum(range(1, 20001))
+
+
+class ClientAbort(Exception):
+    pass
+
+
+def test_copy_error_midway_keeps_connection(router, primary, table):
+    create(primary, table)
+    with connect(router.dsn()) as conn:
+        with pytest.raises(psycopg.errors.InvalidTextRepresentation):
+            with conn.cursor() as cur:
+                with cur.copy(f"COPY {table} (id, val) FROM STDIN") as copy:
+                    for i in range(1, 1000):
+                        copy.write(f"{i}\tok\n")
+                    copy.write("not-a-number\tbad\n")
+                    for i in range(1000, 2000):
+                        copy.write(f"{i}\tok\n")
+        assert conn.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,)
+        # The client aborts a COPY itself: psycopg sends CopyFail.
+        with pytest.raises(ClientAbort):
+            with conn.cursor() as cur:
+                with cur.copy(f"COPY {table} (id, val) FROM STDIN") as copy:
+                    copy.write("1\tok\n")
+                    raise ClientAbort("client gave up")
+        assert conn.execute("SELECT 'usable'").fetchone() == ("usable",)
+    assert primary.scalar(f"SELECT count(*) FROM {table}") == 0
+
+
+def test_copy_inside_transaction(router, primary, table):
+    create(primary, table)
+    with connect(router.dsn(), autocommit=False) as conn:
+        with conn.cursor() as cur:
+            with cur.copy(f"COPY {table} FROM STDIN") as copy:
+                for i in range(1, 101):
+                    copy.write_row((i, row_text(i)))
+            cur.execute(f"UPDATE {table} SET val = 'changed' WHERE id <= 10")
+        conn.rollback()
+        with conn.cursor() as cur:
+            with cur.copy(f"COPY {table} FROM STDIN") as copy:
+                for i in range(1, 51):
+                    copy.write_row((i, row_text(i)))
+        conn.commit()
+    assert tuple(primary.sql(checksum_sql(table))[0]) == expected_checksum(range(1, 51))

@@ -1,0 +1,219 @@
+"""The wire protocol at the byte level: special requests, malformed input,
+oversize messages. A bad connection ends alone; the router never dies."""
+from __future__ import annotations
+
+import os
+import random
+import socket
+import struct
+import threading
+import time
+
+import psycopg
+import pytest
+
+from harness import wire
+from harness.clients import connect
+
+SMALL_MAX = 1024 * 1024  # max_message_size for these tests
+
+
+@pytest.fixture
+def small_router(routers):
+    # One server connection: a bystander always gets the very server
+    # connection a misbehaving client used, so nothing can leak unseen.
+    return routers.start(general={"max_message_size": SMALL_MAX, "default_pool_size": 1})
+
+
+def assert_ended_with_08P01_or_closed(conn: wire.RawConn, timeout: float = 10):
+    """The router answers a protocol violation with ErrorResponse 08P01 and
+    closes, or just closes. Any other error code is wrong."""
+    msgs = conn.read_until_eof(timeout)
+    errors = wire.errors_in(msgs)
+    for e in errors:
+        assert e.get("C") == "08P01", f"expected SQLSTATE 08P01, got {e}"
+    assert all(m.kind in (b"E", b"N") for m in msgs), [m.kind for m in msgs]
+    return errors
+
+
+def assert_others_fine(router, bystander: psycopg.Connection):
+    assert bystander.execute("SELECT 'bystander ok'").fetchone() == ("bystander ok",)
+    with connect(router.dsn()) as conn:
+        assert conn.execute("SELECT 'new client ok'").fetchone() == ("new client ok",)
+    assert router.alive()
+
+
+def test_ssl_request_answered_n(router):
+    conn = wire.RawConn.open(router.port)
+    conn.send(wire.special_request(wire.SSL_REQUEST))
+    assert conn.read_byte() == b"N"
+    # Then a normal startup on the same socket.
+    conn.startup("app", "app", "app-secret")
+    assert conn.simple_query("SELECT 1")[0] == [["1"]]
+    conn.close()
+
+
+def test_gssenc_request_answered_n(router):
+    conn = wire.RawConn.open(router.port)
+    conn.send(wire.special_request(wire.GSSENC_REQUEST))
+    assert conn.read_byte() == b"N"
+    conn.startup("app", "app", "app-secret")
+    assert conn.simple_query("SELECT 2")[0] == [["2"]]
+    conn.close()
+
+
+def test_libpq_sslmode_prefer_and_disable(router):
+    for mode in ("prefer", "disable"):
+        with psycopg.connect(router.dsn(sslmode=mode), autocommit=True) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
+def test_garbage_before_startup(small_router, seed):
+    router = small_router
+    bystander = connect(router.dsn())
+    try:
+        rnd = random.Random(seed)
+        junk = bytes(rnd.getrandbits(8) for _ in range(4096))
+        conn = wire.RawConn.open(router.port)
+        try:
+            conn.send(junk)
+        except OSError:
+            pass  # the router may already have hung up
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        assert_ended_with_08P01_or_closed(conn)
+        conn.close()
+        assert_others_fine(router, bystander)
+    finally:
+        bystander.close()
+
+
+@pytest.mark.parametrize("payload", [
+    pytest.param(struct.pack("!i", 3) + b"\x00" * 16, id="length-below-minimum"),
+    pytest.param(struct.pack("!ii", 8, 12345678), id="unknown-protocol-code"),
+    pytest.param(struct.pack("!ii", 9, wire.PROTOCOL_V3) + b"\x00", id="startup-without-user"),
+    pytest.param(struct.pack("!ii", 20, wire.PROTOCOL_V3) + b"user\x00app", id="unterminated-params"),
+])
+def test_malformed_startup(small_router, payload):
+    conn = wire.RawConn.open(small_router.port)
+    conn.send(payload)
+    try:
+        conn.sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    msgs = conn.read_until_eof(10)
+    errors = wire.errors_in(msgs)
+    # A startup packet without a user may be refused as a protocol violation
+    # or as an authorization problem, as PostgreSQL does (28000); an unknown
+    # protocol version as PostgreSQL does (0A000).
+    for e in errors:
+        assert e.get("C") in ("08P01", "28000", "0A000"), e
+    assert small_router.alive()
+
+
+@pytest.mark.parametrize("kind", ["unknown-type", "bad-length", "random-after-login"])
+def test_garbage_after_login(small_router, kind):
+    router = small_router
+    bystander = connect(router.dsn())
+    try:
+        conn = wire.connect(router.port, "app", "app", "app-secret")
+        if kind == "unknown-type":
+            conn.send(wire.message(b"\xfe", b"hello"))
+        elif kind == "bad-length":
+            conn.send(b"Q" + struct.pack("!i", 2) + b"SELECT 1\x00")
+        else:
+            rnd = random.Random(99)
+            conn.send(bytes(rnd.getrandbits(8) for _ in range(2048)))
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        assert_ended_with_08P01_or_closed(conn)
+        conn.close()
+        assert_others_fine(router, bystander)
+    finally:
+        bystander.close()
+
+
+def test_oversize_message_after_login(small_router):
+    router = small_router
+    bystander = connect(router.dsn())
+    try:
+        conn = wire.connect(router.port, "app", "app", "app-secret")
+        sql = b"SELECT '" + b"x" * (2 * SMALL_MAX) + b"'\x00"
+        data = b"Q" + struct.pack("!i", len(sql) + 4) + sql
+
+        def send_all():
+            try:
+                conn.sock.sendall(data)
+            except OSError:
+                pass  # the router may hang up before reading all of it
+        sender = threading.Thread(target=send_all, daemon=True)
+        sender.start()
+        errors = assert_ended_with_08P01_or_closed(conn)
+        sender.join(10)
+        conn.close()
+        assert errors, "expected an ErrorResponse with 08P01 before the close"
+        assert_others_fine(router, bystander)
+    finally:
+        bystander.close()
+
+
+def test_oversize_length_only(small_router):
+    """A length field far above max_message_size is refused without waiting
+    for (or allocating) the announced bytes."""
+    router = small_router
+    conn = wire.connect(router.port, "app", "app", "app-secret")
+    start = time.monotonic()
+    conn.send(b"Q" + struct.pack("!i", 0x7FFFFFF0) + b"SELECT 1")
+    errors = assert_ended_with_08P01_or_closed(conn, timeout=10)
+    assert time.monotonic() - start < 5
+    assert errors and errors[0]["C"] == "08P01"
+    conn.close()
+    assert router.alive()
+
+
+def test_message_below_limit_is_fine(small_router):
+    with connect(small_router.dsn()) as conn:
+        value = "y" * (SMALL_MAX // 2)
+        assert conn.execute("SELECT length(%s::text)", (value,)).fetchone() == (len(value),)
+
+
+def test_oversize_startup_packet(small_router):
+    conn = wire.RawConn.open(small_router.port)
+    params = {"user": "app", "database": "app", "application_name": "z" * (SMALL_MAX + 10)}
+    try:
+        conn.send(wire.startup_message(params))
+    except OSError:
+        pass
+    try:
+        conn.sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    assert_ended_with_08P01_or_closed(conn)
+    assert small_router.alive()
+
+
+def test_many_bad_connections_router_survives(small_router):
+    router = small_router
+    for i in range(50):
+        s = socket.create_connection(("127.0.0.1", router.port), timeout=5)
+        s.sendall(os.urandom(64 + i))
+        s.close()
+    time.sleep(0.5)
+    with connect(router.dsn()) as conn:
+        assert conn.execute("SELECT 'survived'").fetchone() == ("survived",)
+    assert router.alive()
+
+
+def test_terminate_message_closes_cleanly(router, primary):
+    conn = wire.connect(router.port, "app", "app", "app-secret")
+    conn.simple_query("SELECT 1")
+    conn.send(wire.terminate_message())
+    assert conn.read_until_eof(5) == []
+    conn.close()
+    with connect(router.dsn()) as c:
+        assert c.execute("SELECT 1").fetchone() == (1,)

@@ -1,0 +1,98 @@
+"""Graceful shutdown on SIGTERM / SIGINT."""
+from __future__ import annotations
+
+import signal
+import time
+
+import psycopg
+import pytest
+
+from harness.clients import connect
+from harness.util import port_open, wait_until
+
+
+def make_table(primary, table):
+    primary.sql(f"CREATE TABLE {table} (id int primary key)")
+    primary.sql(f"ALTER TABLE {table} OWNER TO app")
+
+
+def new_connection_refused(router) -> bool:
+    try:
+        with psycopg.connect(router.dsn(connect_timeout=3), autocommit=True) as c:
+            c.execute("SELECT 1")
+    except psycopg.OperationalError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_open_transaction_can_commit_during_shutdown(routers, primary, table, sig):
+    make_table(primary, table)
+    router = routers.start(general={"shutdown_timeout_ms": 10000})
+    conn = connect(router.dsn(), autocommit=False)
+    try:
+        conn.execute(f"INSERT INTO {table} VALUES (1)")
+        router.stop_requested = True
+        router.signal(sig)
+        time.sleep(0.5)
+        assert router.alive(), "router exited while a transaction was open"
+        assert new_connection_refused(router)
+        conn.execute(f"INSERT INTO {table} VALUES (2)")
+        conn.commit()
+    finally:
+        conn.close()
+    assert primary.scalar(f"SELECT array_agg(id ORDER BY id) FROM {table}") == [1, 2]
+    # With no transaction left it exits well before the timeout.
+    code = router.wait(8)
+    assert code is not None, "router still running after its last transaction ended"
+    assert not port_open(router.port)
+
+
+def test_shutdown_timeout_ends_stuck_transaction(routers, primary, table):
+    make_table(primary, table)
+    router = routers.start(general={"shutdown_timeout_ms": 2000})
+    conn = connect(router.dsn(), autocommit=False)
+    try:
+        conn.execute(f"INSERT INTO {table} VALUES (1)")
+        start = time.monotonic()
+        router.terminate()
+        code = router.wait(15)
+        took = time.monotonic() - start
+        assert code is not None, "router did not exit after shutdown_timeout_ms"
+        assert 1.5 <= took < 10, took
+        with pytest.raises(psycopg.OperationalError):
+            conn.execute("SELECT 1")
+    finally:
+        conn.close()
+    # The unfinished transaction was rolled back on the server.
+    wait_until(lambda: primary.scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND state LIKE 'idle in transaction%'",
+        db="postgres") == 0, 10, what="server transaction to end")
+    assert primary.scalar(f"SELECT count(*) FROM {table}") == 0
+
+
+def test_idle_clients_do_not_delay_shutdown(routers):
+    router = routers.start(general={"shutdown_timeout_ms": 20000})
+    idle = [connect(router.dsn()) for _ in range(5)]
+    try:
+        for c in idle:
+            c.execute("SELECT 1")
+        start = time.monotonic()
+        router.terminate()
+        code = router.wait(10)
+        assert code is not None, "idle clients kept the router alive"
+        assert time.monotonic() - start < 10
+        for c in idle:
+            with pytest.raises(psycopg.OperationalError):
+                c.execute("SELECT 1")
+    finally:
+        for c in idle:
+            c.close()
+
+
+def test_exit_code_zero_on_clean_shutdown(routers):
+    router = routers.start()
+    with connect(router.dsn()) as c:
+        c.execute("SELECT 1")
+    router.terminate()
+    assert router.wait(10) == 0
