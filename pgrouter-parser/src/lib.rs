@@ -1,1 +1,64 @@
-pub fn placeholder() {}
+//! What a SQL statement is, for pgrouter's routing: kind, read or write,
+//! transaction effect, SET details, tables, hints and role-escalation
+//! attempts — computed with pg_query (PostgreSQL's own parser) and cached.
+//!
+//! The crate is pure: no I/O, no async, no globals. The router owns an
+//! [`AnalysisCache`] and calls [`AnalysisCache::analyze`] for every statement;
+//! [`analyze`] is the uncached function underneath.
+//!
+//! # Writes
+//! A statement must run on the primary when it is INSERT/UPDATE/DELETE/MERGE,
+//! any DDL (CREATE/ALTER/DROP/TRUNCATE/GRANT/REVOKE/COMMENT/..., CREATE TABLE
+//! AS, REFRESH MATERIALIZED VIEW, CLUSTER, REINDEX), `SELECT ... FOR UPDATE /
+//! NO KEY UPDATE / SHARE / KEY SHARE` (at any depth), a statement with a
+//! data-modifying CTE, `SELECT INTO`, a call of a write function anywhere in
+//! it (see below), COPY FROM, CALL, DO, LOCK, VACUUM, ANALYZE, EXPLAIN ANALYZE
+//! of a write, PREPARE of a write, LISTEN/UNLISTEN/NOTIFY (notifications live
+//! on the primary), CHECKPOINT, LOAD, or anything pg_query cannot parse.
+//! A statement too deeply nested for a full analysis (pg_query hands its tree
+//! to Rust only up to ~45 nested operators) is a write unless pg_query's
+//! C-side summary shows a plain read.
+//!
+//! Reads: SELECT, VALUES, TABLE, SHOW, EXPLAIN (without ANALYZE, or of a
+//! read), DECLARE/FETCH/MOVE/CLOSE of a read, `EXECUTE name` (the router
+//! routes it by the PREPARE it saw). SET/RESET/DISCARD/DEALLOCATE and
+//! transaction control are not writes: the router handles them itself.
+//!
+//! Write functions: `nextval`, `setval`, every `pg_advisory*lock*` and
+//! `pg_try_advisory_*`, every `lo_*` (and `loread`/`lowrite`),
+//! `txid_current`, `pg_current_xact_id`, `pg_notify`, the replication-slot,
+//! WAL and restore-point functions, plus the configured `write_functions`;
+//! names compare without regard to case, in any schema.
+//!
+//! # Pieces
+//! - [`analysis`](crate::Analysis): the result types.
+//! - `classify`: the statement-type match; `walk`: a complete tree walk
+//!   (through the tree's serde derive) for what a statement contains;
+//!   `functions`, `set`, `hint`: the rules for calls, SET and hints;
+//!   `fallback`: statements too deeply nested for pg_query's Rust decoder.
+//! - `lexer` + [`normalize_key`]: the literal-insensitive cache key.
+//! - [`AnalysisCache`]: the bounded concurrent cache.
+
+#![warn(missing_docs)]
+
+mod analysis;
+mod cache;
+mod classify;
+mod fallback;
+mod functions;
+mod hint;
+mod lexer;
+mod normalize;
+mod set;
+mod walk;
+
+#[cfg(test)]
+mod fuzz_tests;
+
+pub use analysis::{
+    Analysis, DiscardKind, Escalation, Hint, ResetTarget, RoleHint, SetKind, SetStatement, StatementInfo,
+    StatementKind, TxEffect,
+};
+pub use cache::AnalysisCache;
+pub use classify::analyze;
+pub use normalize::normalize_key;

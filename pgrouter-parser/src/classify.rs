@@ -1,0 +1,280 @@
+//! From pg_query's tree to an [`Analysis`]: one match on the statement type
+//! for what the statement *is*, and one [`walk`] for what it contains.
+
+use crate::analysis::*;
+use crate::walk::{walk, Facts};
+use crate::{fallback, hint, set};
+use pg_query::protobuf::{a_const::Val, node::Node as N, ObjectType, RawStmt, TransactionStmtKind};
+use pg_query::protobuf::{DiscardMode, DropStmt, ExplainStmt, TransactionStmt};
+use pg_query::Node;
+
+/// Analyses one query string: statement kinds, read/write, tables, hints and
+/// escalation attempts. `write_functions` are the configured extra function
+/// names that make a statement a write (the built-ins are always on).
+///
+/// Never panics and never fails: text PostgreSQL's grammar rejects comes
+/// back with `parse_error` set and `is_write` true, so the router sends it to
+/// the primary and PostgreSQL reports the error. Text that is only too deeply
+/// nested for a full analysis is not a parse error (PostgreSQL may well run
+/// it): see the `fallback` module.
+pub fn analyze(sql: &str, write_functions: &[String]) -> Analysis {
+    let mut analysis = match parse(sql) {
+        Parsed::Tree(result) => {
+            let mut a = Analysis::default();
+            add_tree(&result.protobuf.stmts, write_functions, &mut a);
+            a
+        }
+        Parsed::TooDeep => fallback::too_deep(sql, write_functions),
+        Parsed::Error(message) => failed(message),
+    };
+    analysis.hint = hint::extract(sql);
+    if analysis.hint != Hint::default() {
+        analysis.literal_sensitive = true;
+    }
+    analysis
+}
+
+/// The analysis of text that could not be parsed: primary, unchanged.
+pub(crate) fn failed(message: String) -> Analysis {
+    Analysis { is_write: true, parse_error: Some(message), literal_sensitive: true, ..Analysis::default() }
+}
+
+/// What pg_query made of a text.
+pub(crate) enum Parsed {
+    Tree(pg_query::ParseResult),
+    /// Valid as far as pg_query can tell, but nested too deeply for the
+    /// tree to reach Rust: prost refuses trees deeper than 100 messages
+    /// (about 45 nested operators), and libpg_query stops at its own stack
+    /// limit, which may be below the server's.
+    TooDeep,
+    Error(String),
+}
+
+pub(crate) fn parse(sql: &str) -> Parsed {
+    // pg_query is C plus generated Rust; a panic in it must not end a client
+    // task (nor, with panic=abort, the router).
+    match std::panic::catch_unwind(|| pg_query::parse(sql, 0)) {
+        Ok(Ok(result)) => Parsed::Tree(result),
+        Ok(Err(pg_query::Error::Decode(_))) => Parsed::TooDeep,
+        Ok(Err(pg_query::Error::Parse(m))) if m.contains("stack depth limit exceeded") => Parsed::TooDeep,
+        Ok(Err(e)) => Parsed::Error(e.to_string()),
+        Err(_) => Parsed::Error("pg_query panicked while parsing this statement".to_string()),
+    }
+}
+
+/// Classifies the statements of a parsed text into `a`.
+pub(crate) fn add_tree(stmts: &[RawStmt], write_functions: &[String], a: &mut Analysis) {
+    for raw in stmts {
+        let Some(node) = raw.stmt.as_ref().and_then(|s| s.node.as_ref()) else {
+            continue;
+        };
+        let info = statement(node, write_functions, a);
+        a.is_write |= info.is_write;
+        a.statements.push(info);
+    }
+}
+
+/// Classifies one statement, adding its tables and flags to `a`.
+fn statement(node: &N, write_functions: &[String], a: &mut Analysis) -> StatementInfo {
+    // Walks the statement and folds what it found into `a`.
+    let look = |a: &mut Analysis| -> Facts {
+        let facts = walk(node, write_functions);
+        for t in &facts.tables {
+            let is_cte = !t.contains('.') && facts.ctes.iter().any(|c| c == t);
+            if !is_cte && !a.tables.contains(t) {
+                a.tables.push(t.clone());
+            }
+        }
+        a.escalation.set_config_sensitive |= facts.set_config_sensitive;
+        a.literal_sensitive |= facts.set_config;
+        for s in &facts.settings {
+            set::flag_nested(s, &mut a.escalation);
+        }
+        facts
+    };
+    let (kind, is_write) = match node {
+        N::SelectStmt(_) => (StatementKind::Select, look(a).writes()),
+        N::InsertStmt(_) => {
+            look(a);
+            (StatementKind::Insert, true)
+        }
+        N::UpdateStmt(_) => {
+            look(a);
+            (StatementKind::Update, true)
+        }
+        N::DeleteStmt(_) => {
+            look(a);
+            (StatementKind::Delete, true)
+        }
+        N::MergeStmt(_) => {
+            look(a);
+            (StatementKind::Merge, true)
+        }
+        N::ExplainStmt(e) => {
+            let analyze = explain_analyze(e, a);
+            // EXPLAIN ANALYZE EXECUTE runs a prepared statement this
+            // analysis cannot see: count it as a write.
+            let executes = matches!(e.query.as_ref().and_then(|q| q.node.as_ref()), Some(N::ExecuteStmt(_)));
+            let inner = look(a).writes() || executes;
+            (StatementKind::Explain { analyze }, analyze && inner)
+        }
+        N::CopyStmt(c) => {
+            let inner = look(a).writes();
+            (StatementKind::Copy { from_stdin_or_file: c.is_from }, c.is_from || inner)
+        }
+        N::CallStmt(_) => {
+            look(a);
+            (StatementKind::Call, true)
+        }
+        N::DoStmt(_) => {
+            a.escalation.do_block = true;
+            (StatementKind::Do, true)
+        }
+        N::LockStmt(_) => {
+            look(a);
+            (StatementKind::Lock, true)
+        }
+        N::VacuumStmt(v) => {
+            look(a);
+            (if v.is_vacuumcmd { StatementKind::Vacuum } else { StatementKind::Analyze }, true)
+        }
+        N::TransactionStmt(t) => (StatementKind::Transaction(transaction(t, a)), false),
+        N::VariableSetStmt(v) => {
+            a.literal_sensitive = true;
+            (set::classify(v, &mut a.escalation), false)
+        }
+        N::VariableShowStmt(_) => (StatementKind::Show, false),
+        // The prepared query's classification: the router routes EXECUTE by it.
+        N::PrepareStmt(p) => (StatementKind::Prepare { name: p.name.clone() }, look(a).writes()),
+        // Parameters can call functions too: `EXECUTE p(nextval('s'))`.
+        N::ExecuteStmt(e) => (StatementKind::Execute { name: e.name.clone() }, look(a).write_function),
+        N::DeallocateStmt(d) => {
+            let name = (!d.isall).then(|| d.name.clone());
+            (StatementKind::Deallocate { name }, false)
+        }
+        // Notifications are delivered by the server that ran LISTEN and
+        // sent by the one that ran NOTIFY: both must be the primary.
+        N::ListenStmt(l) => (StatementKind::Listen { channel: l.conditionname.clone() }, true),
+        N::UnlistenStmt(u) => {
+            let channel = (!u.conditionname.is_empty()).then(|| u.conditionname.clone());
+            (StatementKind::Unlisten { channel }, true)
+        }
+        N::NotifyStmt(n) => (StatementKind::Notify { channel: n.conditionname.clone() }, true),
+        N::DiscardStmt(d) => (StatementKind::Discard(discard(d.target)), false),
+        N::DeclareCursorStmt(_) => (StatementKind::DeclareCursor, look(a).writes()),
+        N::FetchStmt(_) => (StatementKind::Fetch, false),
+        N::ClosePortalStmt(_) => (StatementKind::ClosePortal, false),
+        N::ConstraintsSetStmt(_) => (StatementKind::Other, false),
+        N::CheckPointStmt(_) | N::LoadStmt(_) => (StatementKind::Other, true),
+        N::DropStmt(d) => {
+            look(a);
+            dropped_tables(d, a);
+            (StatementKind::Ddl, true)
+        }
+        // CREATE/ALTER/DROP/GRANT/..., CREATE TABLE AS, REFRESH, CLUSTER, REINDEX.
+        _ => {
+            look(a);
+            (StatementKind::Ddl, true)
+        }
+    };
+    StatementInfo { kind, is_write }
+}
+
+/// EXPLAIN runs the statement only with ANALYZE. An option value
+/// (`ANALYZE off`, `ANALYZE 0`) may be a literal, so then the analysis is
+/// literal-sensitive.
+fn explain_analyze(e: &ExplainStmt, a: &mut Analysis) -> bool {
+    let mut analyze = false;
+    for opt in &e.options {
+        let Some(N::DefElem(d)) = &opt.node else {
+            continue;
+        };
+        if !d.defname.eq_ignore_ascii_case("analyze") {
+            continue;
+        }
+        analyze = match d.arg.as_ref().and_then(|n| n.node.as_ref()) {
+            None => true,
+            Some(value) => {
+                a.literal_sensitive = true;
+                match value {
+                    N::String(s) => !matches!(s.sval.to_ascii_lowercase().as_str(), "false" | "off" | "0"),
+                    N::Integer(i) => i.ival != 0,
+                    N::Boolean(b) => b.boolval,
+                    _ => true,
+                }
+            }
+        };
+    }
+    analyze
+}
+
+fn transaction(t: &TransactionStmt, a: &mut Analysis) -> TxEffect {
+    use TransactionStmtKind as K;
+    match K::try_from(t.kind).unwrap_or(K::Undefined) {
+        K::TransStmtBegin | K::TransStmtStart => {
+            let read_only = t.options.iter().find_map(|o| match &o.node {
+                Some(N::DefElem(d)) if d.defname == "transaction_read_only" => {
+                    match d.arg.as_ref().and_then(|n| n.node.as_ref()) {
+                        Some(N::AConst(c)) => match &c.val {
+                            Some(Val::Ival(i)) => Some(i.ival != 0),
+                            _ => None,
+                        },
+                        _ => None,
+                    }
+                }
+                _ => None,
+            });
+            if read_only == Some(false) {
+                a.escalation.read_only_change = true;
+            }
+            TxEffect::Begin { read_only }
+        }
+        K::TransStmtCommit => TxEffect::Commit,
+        K::TransStmtRollback | K::Undefined => TxEffect::Rollback,
+        K::TransStmtSavepoint => TxEffect::Savepoint,
+        K::TransStmtRelease => TxEffect::Release,
+        K::TransStmtRollbackTo => TxEffect::RollbackTo,
+        K::TransStmtPrepare => TxEffect::PrepareTransaction,
+        K::TransStmtCommitPrepared => TxEffect::CommitPrepared,
+        K::TransStmtRollbackPrepared => TxEffect::RollbackPrepared,
+    }
+}
+
+fn discard(target: i32) -> DiscardKind {
+    match DiscardMode::try_from(target) {
+        Ok(DiscardMode::DiscardPlans) => DiscardKind::Plans,
+        Ok(DiscardMode::DiscardSequences) => DiscardKind::Sequences,
+        Ok(DiscardMode::DiscardTemp) => DiscardKind::Temp,
+        _ => DiscardKind::All,
+    }
+}
+
+/// DROP TABLE/VIEW names its objects as name lists, not RangeVars.
+fn dropped_tables(d: &DropStmt, a: &mut Analysis) {
+    let table_like = matches!(
+        ObjectType::try_from(d.remove_type),
+        Ok(ObjectType::ObjectTable
+            | ObjectType::ObjectView
+            | ObjectType::ObjectMatview
+            | ObjectType::ObjectForeignTable)
+    );
+    if !table_like {
+        return;
+    }
+    for obj in &d.objects {
+        let Some(N::List(list)) = &obj.node else {
+            continue;
+        };
+        let name = list.items.iter().filter_map(string_of).collect::<Vec<_>>().join(".");
+        if !name.is_empty() && !a.tables.contains(&name) {
+            a.tables.push(name);
+        }
+    }
+}
+
+fn string_of(n: &Node) -> Option<&str> {
+    match &n.node {
+        Some(N::String(s)) => Some(s.sval.as_str()),
+        _ => None,
+    }
+}

@@ -1,0 +1,128 @@
+//! Function calls that decide routing: functions that write (so a SELECT
+//! calling them must run on the primary) and `set_config`, which can change
+//! the role or read-only state like a SET.
+//!
+//! Names are compared without regard to ASCII case and, for the built-ins,
+//! whatever schema the call names: a function that shadows a built-in's name
+//! is treated like the built-in, which at worst sends a read to the primary.
+
+/// Built-in functions that write, or that only work on the primary.
+const WRITE_EXACT: &[&str] = &[
+    "nextval",
+    "setval",
+    "txid_current",
+    "pg_current_xact_id",
+    "pg_notify",
+    "lowrite",
+    "loread",
+    "pg_logical_emit_message",
+    "pg_create_restore_point",
+    "pg_switch_wal",
+    "pg_create_logical_replication_slot",
+    "pg_create_physical_replication_slot",
+    "pg_drop_replication_slot",
+    "pg_copy_logical_replication_slot",
+    "pg_copy_physical_replication_slot",
+    "pg_replication_origin_create",
+    "pg_replication_origin_drop",
+];
+
+/// Whether a call of `name` (the parts of a possibly qualified name, as
+/// pg_query gives them) writes: a built-in write function — `nextval`,
+/// `setval`, every `pg_advisory*lock*` and `pg_try_advisory_*` (locks are
+/// taken on the server that runs the call, so they must all be taken on the
+/// primary), every large-object `lo_*`, `txid_current`, `pg_current_xact_id`,
+/// ... — or one of the configured `write_functions`.
+///
+/// A configured name may be qualified (`audit.log_event`): it then matches a
+/// call qualified with the same schema, and any unqualified call of
+/// `log_event` (which search_path may resolve to it).
+pub(crate) fn is_write_function(name: &[String], configured: &[String]) -> bool {
+    let Some(last) = name.last() else {
+        return false;
+    };
+    let lower = last.to_ascii_lowercase();
+    let builtin = WRITE_EXACT.contains(&lower.as_str())
+        || lower.starts_with("lo_")
+        || lower.starts_with("pg_try_advisory_")
+        || (lower.starts_with("pg_advisory") && lower.contains("lock"));
+    if builtin {
+        return true;
+    }
+    let call_schema = (name.len() >= 2).then(|| name[name.len() - 2].as_str());
+    configured.iter().any(|entry| {
+        let entry = entry.trim();
+        let (schema, func) = match entry.rsplit_once('.') {
+            Some((s, f)) => (Some(s), f),
+            None => (None, entry),
+        };
+        func.eq_ignore_ascii_case(last)
+            && match (schema, call_schema) {
+                (Some(s), Some(c)) => s.eq_ignore_ascii_case(c),
+                _ => true,
+            }
+    })
+}
+
+/// Whether `name` is `set_config` in any schema and any case.
+pub(crate) fn is_set_config(name: &[String]) -> bool {
+    name.last().is_some_and(|n| n.eq_ignore_ascii_case("set_config"))
+}
+
+/// Settings that decide who the session is or whether it may write: a JWT
+/// session must not change them, by SET or by `set_config`.
+pub(crate) fn is_guarded_setting(setting: &str) -> bool {
+    ["role", "session_authorization", "default_transaction_read_only", "transaction_read_only"]
+        .iter()
+        .any(|g| g.eq_ignore_ascii_case(setting.trim()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> Vec<String> {
+        s.split('.').map(str::to_string).collect()
+    }
+
+    #[test]
+    fn builtins() {
+        for f in [
+            "nextval",
+            "pg_catalog.nextval",
+            "SETVAL",
+            "pg_advisory_lock",
+            "pg_advisory_xact_lock_shared",
+            "pg_advisory_unlock_all",
+            "pg_try_advisory_lock",
+            "lo_import",
+            "lo_from_bytea",
+            "txid_current",
+            "pg_current_xact_id",
+        ] {
+            assert!(is_write_function(&n(f), &[]), "{f}");
+        }
+        for f in ["now", "lower", "txid_current_if_assigned", "pg_advisory", "count", "log"] {
+            assert!(!is_write_function(&n(f), &[]), "{f}");
+        }
+    }
+
+    #[test]
+    fn configured() {
+        let cfg = vec!["my_write_fn".to_string(), "Audit.Log_Event".to_string()];
+        assert!(is_write_function(&n("my_write_fn"), &cfg));
+        assert!(is_write_function(&n("public.MY_WRITE_FN"), &cfg));
+        assert!(is_write_function(&n("audit.log_event"), &cfg));
+        assert!(is_write_function(&n("log_event"), &cfg));
+        assert!(!is_write_function(&n("other.log_event"), &cfg));
+        assert!(!is_write_function(&n("my_read_fn"), &cfg));
+    }
+
+    #[test]
+    fn guarded() {
+        assert!(is_guarded_setting("ROLE"));
+        assert!(is_guarded_setting("transaction_read_only"));
+        assert!(!is_guarded_setting("search_path"));
+        assert!(is_set_config(&n("PUBLIC.Set_Config")));
+    }
+}
