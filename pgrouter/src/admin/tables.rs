@@ -147,7 +147,7 @@ pub fn stats(mut stats: Vec<DbStats>) -> ResultSet {
     for s in stats {
         // Counts and bytes per second since start; times per event.
         let secs = s.period.as_secs().max(1);
-        let per = |total: u64, n: u64| if n == 0 { 0 } else { total / n };
+        let per = |total: u64, n: u64| total.checked_div(n).unwrap_or(0);
         set.push(vec![
             s.database.into(),
             s.total_xact_count.into(),

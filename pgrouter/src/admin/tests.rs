@@ -7,7 +7,9 @@ use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::*;
-use crate::metrics::snapshot::{ClientSnapshot, ConfigRow, DbStats, PoolLabels, PoolSnapshot, ReloadStatus, ServerSnapshot};
+use crate::metrics::snapshot::{
+    ClientSnapshot, ConfigRow, DbStats, PoolLabels, PoolSnapshot, ReloadStatus, ServerSnapshot,
+};
 use crate::protocol::backend::parse_error_fields;
 use crate::protocol::frontend;
 use crate::protocol::reader::Reader;
@@ -248,8 +250,20 @@ async fn show_pools_is_a_table() {
     assert_eq!(msgs.len(), 4, "{msgs:?}");
     let cols = columns(&msgs[0]);
     for c in [
-        "database", "user", "shard", "role", "host", "port", "cl_active", "cl_waiting", "sv_active", "sv_idle", "sv_used",
-        "pool_size", "maxwait_ms", "pool_mode",
+        "database",
+        "user",
+        "shard",
+        "role",
+        "host",
+        "port",
+        "cl_active",
+        "cl_waiting",
+        "sv_active",
+        "sv_idle",
+        "sv_used",
+        "pool_size",
+        "maxwait_ms",
+        "pool_mode",
     ] {
         assert!(cols.contains(&c), "missing {c}");
     }
@@ -272,7 +286,20 @@ async fn show_clients_servers_stats_version_help() {
     let (_, msgs) = session(Arc::default(), &queries(&["show clients"])).await;
     assert_eq!(
         columns(&msgs[0]),
-        ["id", "user", "database", "addr", "state", "auth", "connect_time", "read_only", "role", "tls", "application_name", "server"]
+        [
+            "id",
+            "user",
+            "database",
+            "addr",
+            "state",
+            "auth",
+            "connect_time",
+            "read_only",
+            "role",
+            "tls",
+            "application_name",
+            "server"
+        ]
     );
     assert_eq!(cell(&msgs, "connect_time"), Some("1970-01-01 00:00:00 UTC"));
     assert_eq!(cell(&msgs, "read_only"), Some("t"));
@@ -321,26 +348,32 @@ async fn show_config_masks_secrets_and_reports_the_last_reload() {
 #[tokio::test]
 async fn reload_pause_resume_shutdown() {
     let ctx = Arc::new(Fake::default());
-    let (end, msgs) = session(ctx.clone(), &queries(&["reload", "PAUSE", "pause \"app\"", "resume app", "pause nope"])).await;
+    let (end, msgs) =
+        session(ctx.clone(), &queries(&["reload", "PAUSE", "pause \"app\"", "resume app", "pause nope"])).await;
     assert_eq!(end, AdminEnd::Quit);
     assert_eq!(ctx.reloads.load(Ordering::Relaxed), 1);
     assert_eq!(*ctx.paused.lock(), ["pause *", "pause app", "resume app"]);
     assert_eq!(msgs[0], Msg::Notice("1 pool resized".into()));
     assert_eq!(&msgs[1..3], [Msg::Complete("RELOAD".into()), Msg::Ready(b'I')]);
-    assert_eq!(&msgs[3..9], [
-        Msg::Complete("PAUSE".into()),
-        Msg::Ready(b'I'),
-        Msg::Complete("PAUSE".into()),
-        Msg::Ready(b'I'),
-        Msg::Complete("RESUME".into()),
-        Msg::Ready(b'I')
-    ]);
+    assert_eq!(
+        &msgs[3..9],
+        [
+            Msg::Complete("PAUSE".into()),
+            Msg::Ready(b'I'),
+            Msg::Complete("PAUSE".into()),
+            Msg::Ready(b'I'),
+            Msg::Complete("RESUME".into()),
+            Msg::Ready(b'I')
+        ]
+    );
     assert!(matches!(&msgs[9], Msg::Error { code, message, .. } if code == "55000" && message.contains("nope")));
     assert_eq!(msgs[10], Msg::Ready(b'I'));
 
     ctx.reload_fails.store(true, Ordering::Relaxed);
     let (_, msgs) = session(ctx.clone(), &queries(&["RELOAD"])).await;
-    assert!(matches!(&msgs[0], Msg::Error { code, message, severity } if code == "F0000" && severity == "ERROR" && message.contains("poolsize") && message.contains("unchanged")));
+    assert!(
+        matches!(&msgs[0], Msg::Error { code, message, severity } if code == "F0000" && severity == "ERROR" && message.contains("poolsize") && message.contains("unchanged"))
+    );
     assert_eq!(msgs[1], Msg::Ready(b'I'));
 
     // SHUTDOWN answers, then ends the loop even with more input pending.
@@ -356,7 +389,18 @@ async fn unknown_commands_list_the_commands_and_the_session_goes_on() {
     assert_eq!(end, AdminEnd::Quit);
     let Msg::Error { severity, code, message } = &msgs[0] else { panic!("{msgs:?}") };
     assert_eq!((severity.as_str(), code.as_str()), ("ERROR", "42601"));
-    for c in ["SHOW POOLS", "SHOW CLIENTS", "SHOW SERVERS", "SHOW STATS", "SHOW CONFIG", "SHOW VERSION", "RELOAD", "PAUSE", "RESUME", "SHUTDOWN"] {
+    for c in [
+        "SHOW POOLS",
+        "SHOW CLIENTS",
+        "SHOW SERVERS",
+        "SHOW STATS",
+        "SHOW CONFIG",
+        "SHOW VERSION",
+        "RELOAD",
+        "PAUSE",
+        "RESUME",
+        "SHUTDOWN",
+    ] {
         assert!(message.contains(c), "{message} lacks {c}");
     }
     assert!(message.contains("select 1"));
@@ -369,7 +413,11 @@ async fn unknown_commands_list_the_commands_and_the_session_goes_on() {
 #[tokio::test]
 async fn several_statements_empty_queries_and_pipelined_input() {
     // Two results, one ReadyForQuery; an error stops the rest of the string.
-    let (_, msgs) = session(Arc::default(), &queries(&["show version; SHOW HELP", "show version; bogus; show pools", " ; -- nothing"])).await;
+    let (_, msgs) = session(
+        Arc::default(),
+        &queries(&["show version; SHOW HELP", "show version; bogus; show pools", " ; -- nothing"]),
+    )
+    .await;
     let tags: Vec<&Msg> = msgs.iter().filter(|m| !matches!(m, Msg::Data(_) | Msg::Row(_))).collect();
     assert_eq!(tags[0], &Msg::Complete("SHOW".into()));
     assert_eq!(tags[1], &Msg::Complete("SHOW".into()));
@@ -429,7 +477,7 @@ async fn garbage_and_oversize_input_end_with_08p01() {
     // Oversize: refused from the header, before the body is buffered.
     assert_protocol_error(&[b'Q', 0x7f, 0xff, 0xff, 0xff]).await;
     assert_protocol_error(&[b'Q', 0, 0x20, 0, 0]).await; // 2 MiB
-    // Bad lengths, unknown tags, malformed bodies.
+                                                         // Bad lengths, unknown tags, malformed bodies.
     assert_protocol_error(&[b'Q', 0, 0, 0, 2]).await;
     assert_protocol_error(&[b'Q', 0xff, 0xff, 0xff, 0xff]).await;
     assert_protocol_error(&[0, 0, 0, 0, 4]).await;

@@ -155,7 +155,7 @@ impl HistogramSnapshot {
     /// The value at quantile `q` (0..=1) in µs; 0 when empty.
     pub fn quantile_us(&self, q: f64) -> u64 {
         match self.merged.as_ref() {
-            Some(h) if h.len() > 0 => h.value_at_quantile(q),
+            Some(h) if !h.is_empty() => h.value_at_quantile(q),
             _ => 0,
         }
     }

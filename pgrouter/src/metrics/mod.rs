@@ -191,9 +191,9 @@ impl Metrics {
         let period = self.started.elapsed().unwrap_or_default();
         let mut by_db: BTreeMap<String, (DbStats, Vec<HistogramSnapshot>)> = BTreeMap::new();
         for p in self.pool_list() {
-            let (s, hists) = by_db
-                .entry(p.labels.database.clone())
-                .or_insert_with(|| (DbStats { database: p.labels.database.clone(), period, ..DbStats::default() }, vec![]));
+            let (s, hists) = by_db.entry(p.labels.database.clone()).or_insert_with(|| {
+                (DbStats { database: p.labels.database.clone(), period, ..DbStats::default() }, vec![])
+            });
             let q = p.query_time.snapshot();
             let w = p.checkout_wait.snapshot();
             s.total_query_count += p.queries.load(Ordering::Relaxed);

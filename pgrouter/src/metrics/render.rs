@@ -39,11 +39,14 @@ pub fn render(metrics: &Metrics, source: &dyn MetricsSource) -> String {
     out.sample("pgrouter_start_time_seconds", &[], unix_seconds(metrics.started));
 
     // Per-pool counters, from the pools that ever counted anything.
-    let counters: [(&str, &str, fn(&super::PoolMetrics) -> u64); 4] = [
+    type Counter = (&'static str, &'static str, fn(&super::PoolMetrics) -> u64);
+    let counters: [Counter; 4] = [
         ("pgrouter_queries_total", "Statements answered, per pool.", |p| p.queries.load(Ordering::Relaxed)),
-        ("pgrouter_transactions_total", "Transactions completed (a statement outside a transaction counts as one), per pool.", |p| {
-            p.transactions.load(Ordering::Relaxed)
-        }),
+        (
+            "pgrouter_transactions_total",
+            "Transactions completed (a statement outside a transaction counts as one), per pool.",
+            |p| p.transactions.load(Ordering::Relaxed),
+        ),
         ("pgrouter_bytes_received_total", "Bytes received from clients and forwarded to the pool's server.", |p| {
             p.bytes_received.load(Ordering::Relaxed)
         }),
@@ -145,7 +148,11 @@ pub fn render(metrics: &Metrics, source: &dyn MetricsSource) -> String {
     out.results("pgrouter_logins_total", metrics.logins.snapshot(), &["ok"]);
 
     let last = metrics.last_reload();
-    out.family("pgrouter_last_reload_successful", "gauge", "1 if the last reload attempt succeeded (or none was made), else 0.");
+    out.family(
+        "pgrouter_last_reload_successful",
+        "gauge",
+        "1 if the last reload attempt succeeded (or none was made), else 0.",
+    );
     out.sample("pgrouter_last_reload_successful", &[], u8::from(last.as_ref().is_none_or(|r| r.ok)));
     out.family("pgrouter_last_reload_timestamp_seconds", "gauge", "When the last reload was attempted (0 = never).");
     out.sample("pgrouter_last_reload_timestamp_seconds", &[], last.as_ref().map_or(0.0, |r| unix_seconds(r.at)));

@@ -128,7 +128,9 @@ fn parse_exposition(text: &str) -> Result<Vec<Sample>, String> {
             return Err(err("family without HELP"));
         }
         let ok_name = match kind.as_str() {
-            "histogram" => [format!("{family}_bucket"), format!("{family}_sum"), format!("{family}_count")].contains(&name),
+            "histogram" => {
+                [format!("{family}_bucket"), format!("{family}_sum"), format!("{family}_count")].contains(&name)
+            }
             _ => name == family,
         };
         if !ok_name {
@@ -217,7 +219,8 @@ fn parse_sample(line: &str) -> Result<(String, BTreeMap<String, String>, f64), S
 fn check_histograms(samples: &[Sample], types: &HashMap<String, String>) -> Result<(), String> {
     // (family, labels without le) -> (buckets in order, sum, count)
     type Key = (String, BTreeMap<String, String>);
-    let mut groups: BTreeMap<Key, (Vec<(f64, f64)>, Option<f64>, Option<f64>)> = BTreeMap::new();
+    type Group = (Vec<(f64, f64)>, Option<f64>, Option<f64>);
+    let mut groups: BTreeMap<Key, Group> = BTreeMap::new();
     for s in samples.iter().filter(|s| types[&s.family] == "histogram") {
         let mut labels = s.labels.clone();
         let le = labels.remove("le");
@@ -293,7 +296,8 @@ fn render_parses_and_counts_match() {
     let m = recorded_metrics();
     let text = render(&m, &fake_source());
     let samples = parse_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    let pool = [("database", "app"), ("user", "app"), ("shard", "0"), ("role", "primary"), ("server", "127.0.0.1:5432")];
+    let pool =
+        [("database", "app"), ("user", "app"), ("shard", "0"), ("role", "primary"), ("server", "127.0.0.1:5432")];
     assert_eq!(value(&samples, "pgrouter_queries_total", &pool), Some(10.0));
     assert_eq!(value(&samples, "pgrouter_queries_total", &[("database", "other")]), Some(1.0));
     assert_eq!(value(&samples, "pgrouter_transactions_total", &pool), Some(2.0));
@@ -308,7 +312,10 @@ fn render_parses_and_counts_match() {
     assert_eq!(value(&samples, "pgrouter_checkout_wait_seconds_count", &pool), Some(10.0));
     let replica_le = [("role", "replica"), ("le", "60")];
     assert_eq!(value(&samples, "pgrouter_query_duration_seconds_bucket", &replica_le), Some(0.0));
-    assert_eq!(value(&samples, "pgrouter_query_duration_seconds_bucket", &[("role", "replica"), ("le", "+Inf")]), Some(1.0));
+    assert_eq!(
+        value(&samples, "pgrouter_query_duration_seconds_bucket", &[("role", "replica"), ("le", "+Inf")]),
+        Some(1.0)
+    );
 
     assert_eq!(value(&samples, "pgrouter_clients", &[("state", "active")]), Some(2.0));
     assert_eq!(value(&samples, "pgrouter_clients", &[("state", "waiting")]), Some(1.0));
@@ -317,7 +324,10 @@ fn render_parses_and_counts_match() {
     idle.push(("state", "idle"));
     assert_eq!(value(&samples, "pgrouter_servers", &idle), Some(3.0));
     assert_eq!(value(&samples, "pgrouter_pool_maxwait_seconds", &pool), Some(1.5));
-    assert_eq!(value(&samples, "pgrouter_server_banned", &[("database", "we\"ird\\db\n"), ("server", "[::1]:5433")]), Some(1.0));
+    assert_eq!(
+        value(&samples, "pgrouter_server_banned", &[("database", "we\"ird\\db\n"), ("server", "[::1]:5433")]),
+        Some(1.0)
+    );
     assert_eq!(value(&samples, "pgrouter_errors_total", &[("sqlstate_class", "23")]), Some(2.0));
     assert_eq!(value(&samples, "pgrouter_errors_total", &[("sqlstate_class", "42")]), Some(1.0));
     assert_eq!(value(&samples, "pgrouter_errors_total", &[("sqlstate_class", "unknown")]), Some(1.0));
@@ -370,7 +380,10 @@ fn empty_metrics_render_and_parse() {
 fn the_checker_rejects_bad_expositions() {
     assert!(parse_exposition("x 1\n").is_err()); // no HELP/TYPE
     assert!(parse_exposition("# HELP a_total h\n# TYPE a_total counter\na_total{x=\"1} 2\n").is_err());
-    assert!(parse_exposition("# HELP h h\n# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 1\nh_sum 1\nh_count 1\n").is_err());
+    assert!(parse_exposition(
+        "# HELP h h\n# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 1\nh_sum 1\nh_count 1\n"
+    )
+    .is_err());
     assert!(parse_exposition("# HELP h h\n# TYPE h histogram\nh_bucket{le=\"+Inf\"} 2\nh_sum 1\nh_count 1\n").is_err());
     assert!(parse_exposition("# HELP a h\n# TYPE a gauge\na 1\n# HELP b h\n# TYPE b gauge\nb 1\n# HELP a h\n").is_err());
     assert!(parse_exposition("# HELP a h\n# TYPE a gauge\na{x=\"\\q\"} 1\n").is_err());
@@ -481,4 +494,12 @@ async fn http_endpoint_serves_metrics() {
 
     tx.send(true).unwrap();
     tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap();
+}
+
+/// Prints a sample exposition (for checking with other parsers):
+/// `cargo test -p pgrouter --lib print_sample_exposition -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn print_sample_exposition() {
+    println!("{}", render(&recorded_metrics(), &fake_source()));
 }
