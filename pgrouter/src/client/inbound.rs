@@ -40,13 +40,16 @@ impl Session {
             }
             let verdict = self.expect.on_server_message(tag);
 
-            // Bookkeeping first; it needs only the body.
+            // Bookkeeping first; it needs only the body. Messages answering the
+            // router's own queries only update the server's state: SET outcomes
+            // and the transaction prediction belong to the client's requests.
             let body = &held.conn.read_buf[body_range.clone()];
+            let clients = verdict.forward;
             match tag {
                 b'Z' => {
                     let status = body.first().copied().unwrap_or(b'I');
                     held.conn.tx_status = status;
-                    if !self.sets.is_idle() {
+                    if clients && !self.sets.is_idle() {
                         for change in self.sets.on_ready(status) {
                             note_change_on_server(&mut held.conn, &self.params, &change);
                             self.params.apply(change);
@@ -67,14 +70,13 @@ impl Session {
                     }
                 }
                 b'E' => {
-                    self.sets.on_error();
-                    if !verdict.forward {
-                        if let Ok(f) = parse_error_fields(body) {
-                            tracing::warn!(code = %f.code, error = %f.message, "a query of the router's failed");
-                        }
+                    if clients {
+                        self.sets.on_error();
+                    } else if let Ok(f) = parse_error_fields(body) {
+                        tracing::warn!(code = %f.code, error = %f.message, "a query of the router's failed");
                     }
                 }
-                b'C' if !self.sets.is_idle() => self.sets.on_command_complete(body),
+                b'C' if clients && !self.sets.is_idle() => self.sets.on_command_complete(body),
                 _ => {}
             }
             if let Some(id) = verdict.failed_parse {
@@ -148,13 +150,17 @@ fn note_change_on_server(server: &mut crate::server::ServerConn, params: &super:
             server.router_set.insert(name, value.clone());
         }
         SetChange::Reset { name } => {
+            // A reported parameter's new value came in a ParameterStatus;
+            // any other is back at a default the router does not know.
             let name = params.canonical(name);
             server.router_set.remove(&name);
-            server.params.remove(&name);
+            if !params.is_reported(&name) {
+                server.params.remove(&name);
+            }
         }
         SetChange::ResetAll => {
             let names: Vec<String> = server.router_set.drain().map(|(k, _)| k).collect();
-            for name in names {
+            for name in names.into_iter().filter(|n| !params.is_reported(n)) {
                 server.params.remove(&name);
             }
         }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
 use pgrouter_config::PoolMode;
-use pgrouter_parser::{Analysis, DiscardKind, ResetTarget, SetKind, StatementKind};
+use pgrouter_parser::{Analysis, DiscardKind, ResetTarget, SetKind, StatementKind, TxEffect};
 
 use super::error::SessionEnd;
 use super::expect::{Reply, CLOSE_COMPLETE, PARSE_COMPLETE};
@@ -398,6 +398,7 @@ impl Session {
             pool_id: Arc::as_ptr(&slot.pool) as usize,
         };
         if let Some(sql) = self.params.sync_sql(&held.conn) {
+            tracing::debug!(%sql, server = held.conn.id, "bringing session parameters in line");
             frontend::query(&mut self.to_server, &sql);
             self.params.mark_synced(&mut held.conn);
             self.expect.swallow(Reply::Query);
@@ -674,6 +675,18 @@ impl Session {
                 },
                 StatementKind::Reset(ResetTarget::Name(name)) => SetChange::Reset { name: name.clone() },
                 StatementKind::Reset(ResetTarget::All) | StatementKind::Discard(DiscardKind::All) => SetChange::ResetAll,
+                StatementKind::Transaction(TxEffect::Savepoint) if self.in_tx => {
+                    self.sets.savepoint();
+                    continue;
+                }
+                StatementKind::Transaction(TxEffect::RollbackTo) => {
+                    self.sets.rollback_to_savepoint();
+                    continue;
+                }
+                StatementKind::Transaction(TxEffect::Release) => {
+                    self.sets.release_savepoint();
+                    continue;
+                }
                 _ => continue,
             };
             self.sets.sent(change);

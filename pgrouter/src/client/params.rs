@@ -94,6 +94,11 @@ impl ClientParams {
         self.values.get(name).map(String::as_str)
     }
 
+    /// The server reports this parameter's changes (ParameterStatus).
+    pub fn is_reported(&self, name: &str) -> bool {
+        self.known_names.iter().any(|k| k == name)
+    }
+
     pub fn canonical(&self, name: &str) -> String {
         self.known_names
             .iter()

@@ -13,9 +13,16 @@ pub enum SetChange {
     ResetAll,
 }
 
+/// A pending change, or the point a SAVEPOINT marks among them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Pending {
+    Change(SetChange),
+    Savepoint,
+}
+
 #[derive(Debug, Default)]
 pub struct SetTracker {
-    pending: Vec<SetChange>,
+    pending: Vec<Pending>,
     saw_error: bool,
     explicit_tx: bool,
     rolled_back: bool,
@@ -24,7 +31,28 @@ pub struct SetTracker {
 impl SetTracker {
     /// A session-level change was sent to the server.
     pub fn sent(&mut self, change: SetChange) {
-        self.pending.push(change);
+        self.pending.push(Pending::Change(change));
+    }
+
+    /// SAVEPOINT: later changes can be rolled back to here.
+    pub fn savepoint(&mut self) {
+        self.pending.push(Pending::Savepoint);
+    }
+
+    /// ROLLBACK TO SAVEPOINT: drops the changes made since the latest
+    /// savepoint (which stays). Savepoint names are matched by nesting order.
+    pub fn rollback_to_savepoint(&mut self) {
+        match self.pending.iter().rposition(|p| *p == Pending::Savepoint) {
+            Some(at) => self.pending.truncate(at + 1),
+            None => self.pending.clear(),
+        }
+    }
+
+    /// RELEASE SAVEPOINT: its changes now belong to the enclosing level.
+    pub fn release_savepoint(&mut self) {
+        if let Some(at) = self.pending.iter().rposition(|p| *p == Pending::Savepoint) {
+            self.pending.remove(at);
+        }
     }
 
     /// True when nothing is waiting for its transaction's outcome; the relay
@@ -51,7 +79,13 @@ impl SetTracker {
             return Vec::new();
         }
         let kept = if self.explicit_tx { !self.rolled_back } else { !self.saw_error };
-        let changes = std::mem::take(&mut self.pending);
+        let changes: Vec<SetChange> = std::mem::take(&mut self.pending)
+            .into_iter()
+            .filter_map(|p| match p {
+                Pending::Change(c) => Some(c),
+                Pending::Savepoint => None,
+            })
+            .collect();
         self.saw_error = false;
         self.explicit_tx = false;
         self.rolled_back = false;
@@ -81,6 +115,21 @@ mod tests {
         t.on_error();
         assert!(t.on_ready(b'I').is_empty());
         assert!(t.is_idle());
+    }
+
+    #[test]
+    fn savepoints_scope_changes() {
+        let mut t = SetTracker::default();
+        t.sent(set("a"));
+        t.savepoint();
+        t.sent(set("b"));
+        t.rollback_to_savepoint();
+        t.savepoint();
+        t.sent(set("c"));
+        t.release_savepoint();
+        assert!(t.on_ready(b'T').is_empty());
+        t.on_command_complete(b"COMMIT");
+        assert_eq!(t.on_ready(b'I'), vec![set("a"), set("c")]);
     }
 
     #[test]

@@ -1,0 +1,230 @@
+//! The byte streams to clients and servers: plain TCP or TLS over it.
+//!
+//! Both implement `AsyncRead + AsyncWrite + Unpin`, so the session code reads
+//! and writes them like the `TcpStream`s they replace. One difference is
+//! hidden here: a TLS stream may accept bytes into its record buffer without
+//! handing them to the socket (when the socket is full), and the session code
+//! never flushes. `WriteThrough` makes a TLS write complete only once its
+//! records are in the socket, as a TCP write does, so a `write_all` followed
+//! by a read cannot leave the peer waiting for bytes still in our buffer.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// A client's connection: plain, or TLS after an SSLRequest.
+pub enum ClientStream {
+    Plain(TcpStream),
+    Tls(Box<WriteThrough<tokio_rustls::server::TlsStream<TcpStream>>>),
+    /// Only while the TCP stream is being handed to the TLS handshake (and
+    /// after a failed one): every read and write fails.
+    Detached,
+}
+
+/// A server connection: plain, or TLS after the server accepted our
+/// SSLRequest.
+pub enum ServerStream {
+    Plain(TcpStream),
+    Tls(Box<WriteThrough<tokio_rustls::client::TlsStream<TcpStream>>>),
+}
+
+impl ClientStream {
+    pub fn is_tls(&self) -> bool {
+        matches!(self, ClientStream::Tls(_))
+    }
+}
+
+impl From<TcpStream> for ClientStream {
+    fn from(s: TcpStream) -> Self {
+        ClientStream::Plain(s)
+    }
+}
+
+impl ServerStream {
+    pub fn is_tls(&self) -> bool {
+        matches!(self, ServerStream::Tls(_))
+    }
+
+    /// Non-blocking liveness probe for an idle connection: true when the
+    /// socket has nothing to read (the server neither closed it nor said
+    /// anything). A byte that is there is consumed, so a connection that fails
+    /// the probe must be closed, not used.
+    ///
+    /// For TLS the raw socket is probed, under the TLS layer: a server that
+    /// closed shows as readable (a close_notify alert or EOF), which is what
+    /// matters. Plaintext the TLS layer has already read off the socket and
+    /// buffered is not seen; the server has no reason to send any to an idle
+    /// connection, and the session notices it at the next read anyway.
+    pub fn is_idle_and_open(&self) -> bool {
+        let tcp = match self {
+            ServerStream::Plain(s) => s,
+            ServerStream::Tls(s) => s.inner.get_ref().0,
+        };
+        let mut probe = [0u8; 1];
+        matches!(tcp.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+}
+
+impl From<TcpStream> for ServerStream {
+    fn from(s: TcpStream) -> Self {
+        ServerStream::Plain(s)
+    }
+}
+
+/// A TLS stream whose writes complete only when their records reached the
+/// socket (see the module comment).
+pub struct WriteThrough<S> {
+    inner: S,
+    /// Bytes the TLS layer took in an earlier `poll_write` that returned
+    /// `Pending` while its records were still being written; reported by the
+    /// next `poll_write` (which callers make with the same bytes again).
+    accepted: usize,
+}
+
+impl<S> WriteThrough<S> {
+    pub fn new(inner: S) -> Self {
+        WriteThrough { inner, accepted: 0 }
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WriteThrough<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WriteThrough<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if this.accepted == 0 {
+            this.accepted = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
+        }
+        let flushed = ready!(Pin::new(&mut this.inner).poll_flush(cx));
+        let n = std::mem::take(&mut this.accepted);
+        Poll::Ready(flushed.map(|()| n))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+fn detached() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "connection is detached from its socket")
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ClientStream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+            ClientStream::Detached => Poll::Ready(Err(detached())),
+        }
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            ClientStream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+            ClientStream::Detached => Poll::Ready(Err(detached())),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            ClientStream::Tls(s) => {
+                let buf = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &**b);
+                Pin::new(&mut **s).poll_write(cx, buf)
+            }
+            ClientStream::Detached => Poll::Ready(Err(detached())),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        matches!(self, ClientStream::Plain(s) if s.is_write_vectored())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            ClientStream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+            ClientStream::Detached => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            ClientStream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+            ClientStream::Detached => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl AsyncRead for ServerStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ServerStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ServerStream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ServerStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ServerStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            ServerStream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ServerStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            ServerStream::Tls(s) => {
+                let buf = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &**b);
+                Pin::new(&mut **s).poll_write(cx, buf)
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        matches!(self, ServerStream::Plain(s) if s.is_write_vectored())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ServerStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            ServerStream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ServerStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            ServerStream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+        }
+    }
+}
