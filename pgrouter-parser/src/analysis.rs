@@ -36,6 +36,10 @@ pub struct Analysis {
     /// Such an analysis is never shared with another text that differs only
     /// in literals (see [`crate::normalize_key`]).
     pub literal_sensitive: bool,
+    /// Some `set_config()` call anywhere: it may change any session setting
+    /// behind the router's back, so the server connection must be reset
+    /// before another client uses it.
+    pub calls_set_config: bool,
 }
 
 /// One statement of a query string.

@@ -87,6 +87,7 @@ fn statement(node: &N, write_functions: &[String], a: &mut Analysis) -> Statemen
         }
         a.escalation.set_config_sensitive |= facts.set_config_sensitive;
         a.literal_sensitive |= facts.set_config;
+        a.calls_set_config |= facts.set_config;
         for s in &facts.settings {
             set::flag_nested(s, &mut a.escalation);
         }

@@ -57,7 +57,9 @@ fn deep_statement(sql: &str, write_functions: &[String], a: &mut Analysis) {
     let Some(summary) = summary else {
         // Beyond libpg_query's stack limit: only the first keyword is known.
         let kind = kind_of(first_keyword(&tokens), sql, &tokens);
-        a.escalation.set_config_sensitive |= calls_set_config(sql, &tokens);
+        let calls = calls_set_config(sql, &tokens);
+        a.escalation.set_config_sensitive |= calls;
+        a.calls_set_config |= calls;
         push(a, kind, true);
         return;
     };
@@ -68,6 +70,7 @@ fn deep_statement(sql: &str, write_functions: &[String], a: &mut Analysis) {
         writes |= functions::is_write_function(&name, write_functions);
         // The first argument is not known here.
         a.escalation.set_config_sensitive |= functions::is_set_config(&name);
+        a.calls_set_config |= functions::is_set_config(&name);
     }
     for t in &summary.protobuf.tables {
         writes |= t.context == Context::Dml as i32;

@@ -27,6 +27,7 @@ use self::error::SessionEnd;
 use self::io::{send_fatal, write_all};
 use self::params::ClientParams;
 use self::session::{Session, SessionSetup};
+use crate::net::tls::ClientTlsSetup;
 use crate::net::ClientStream;
 use crate::protocol::backend;
 use crate::protocol::startup::{parse_startup, StartupPacket};
@@ -36,17 +37,23 @@ use crate::state::State;
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves one accepted connection to its end. Never panics on client input.
-pub async fn handle(mut stream: ClientStream, peer: std::net::SocketAddr, state: Arc<State>, id: u64) {
+pub async fn handle(
+    mut stream: ClientStream,
+    peer: std::net::SocketAddr,
+    state: Arc<State>,
+    id: u64,
+    tls: ClientTlsSetup,
+) {
     let span = tracing::info_span!("client", id, %peer, user = tracing::field::Empty, database = tracing::field::Empty);
     async move {
         let mut buf = BytesMut::with_capacity(8 * 1024);
-        let startup = match tokio::time::timeout(LOGIN_TIMEOUT, read_startup(&mut stream, &mut buf, &state)).await {
+        let startup = match tokio::time::timeout(LOGIN_TIMEOUT, read_startup(&mut stream, &mut buf, &state, &tls)).await {
             Ok(Ok(Some(params))) => params,
             Ok(Ok(None)) => return, // a cancel request, already handled
             Ok(Err(end)) => return report_end(&mut stream, end).await,
             Err(_) => return send_fatal(&mut stream, "08P01", "pgrouter: login timed out").await,
         };
-        let transport = login::Transport { peer, tls: false };
+        let transport = login::Transport { peer, tls: stream.is_tls() };
         let make_session = match tokio::time::timeout(LOGIN_TIMEOUT, login(&mut stream, buf, &state, startup, transport)).await {
             Ok(Ok(make_session)) => make_session,
             Ok(Err(end)) => return report_end(&mut stream, end).await,
@@ -70,22 +77,47 @@ async fn report_end(stream: &mut ClientStream, end: SessionEnd) {
     }
 }
 
-/// Reads packets until a StartupMessage, answering SSL and GSS encryption
-/// requests with 'N'. Returns `None` after serving a CancelRequest.
+/// Reads packets until a StartupMessage. An SSLRequest is answered 'S' and
+/// TLS started (the stream becomes a TLS stream) when a certificate is
+/// configured and `client_tls` allows it, 'N' otherwise; GSS encryption
+/// requests get 'N'. Returns `None` after serving a CancelRequest.
 async fn read_startup(
     stream: &mut ClientStream,
     buf: &mut BytesMut,
     state: &State,
+    tls: &ClientTlsSetup,
 ) -> Result<Option<(i32, Vec<(String, String)>)>, SessionEnd> {
     loop {
         match parse_startup(buf)? {
             Some((packet, len)) => {
                 buf.advance(len);
                 match packet {
-                    StartupPacket::Ssl | StartupPacket::GssEnc => write_all(stream, b"N").await?,
+                    StartupPacket::Ssl if stream.is_tls() => {
+                        return Err(SessionEnd::fatal("08P01", "pgrouter: SSLRequest received after TLS was established"));
+                    }
+                    StartupPacket::Ssl => match tls.acceptor() {
+                        Some(config) => {
+                            // Bytes sent after the SSLRequest but before the
+                            // handshake would be taken as coming over TLS:
+                            // refuse them (CVE-2021-23214).
+                            if !buf.is_empty() {
+                                return Err(SessionEnd::fatal("08P01", "received unencrypted data after SSL request"));
+                            }
+                            write_all(stream, b"S").await?;
+                            if let Err(e) = crate::net::tls::accept_client(stream, config.clone()).await {
+                                tracing::info!(error = %e, "TLS handshake with the client failed");
+                                return Err(SessionEnd::ClientIo(e));
+                            }
+                        }
+                        None => write_all(stream, b"N").await?,
+                    },
+                    StartupPacket::GssEnc => write_all(stream, b"N").await?,
                     StartupPacket::Cancel { pid, secret } => {
                         state.cancels.cancel(pid, secret).await;
                         return Ok(None);
+                    }
+                    StartupPacket::Startup { .. } if tls.required() && !stream.is_tls() => {
+                        return Err(SessionEnd::fatal("28000", "pgrouter: TLS is required (client_tls = require)"));
                     }
                     StartupPacket::Startup { minor, params } => return Ok(Some((minor, params))),
                 }

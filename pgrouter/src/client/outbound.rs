@@ -397,7 +397,15 @@ impl Session {
             health: slot.health.clone(),
             pool_id: Arc::as_ptr(&slot.pool) as usize,
         };
-        if let Some(sql) = self.params.sync_sql(&held.conn) {
+        let reset = if held.conn.needs_reset {
+            held.conn.forget_session_state();
+            "RESET ALL;"
+        } else {
+            ""
+        };
+        let sync = self.params.sync_sql(&held.conn);
+        if !reset.is_empty() || sync.is_some() {
+            let sql = format!("{reset}{}", sync.unwrap_or_default());
             tracing::debug!(%sql, server = held.conn.id, "bringing session parameters in line");
             frontend::query(&mut self.to_server, &sql);
             self.params.mark_synced(&mut held.conn);
@@ -458,6 +466,7 @@ impl Session {
                 let p = parse_parse(body)?;
                 let analysis = self.state.cache.analyze(p.sql);
                 self.predict_tx(&analysis);
+                self.note_untracked_changes(&analysis);
                 if p.name.is_empty() {
                     self.unnamed = Some(analysis);
                     self.to_server.extend_from_slice(msg);
@@ -483,6 +492,7 @@ impl Session {
                 };
                 match stmt {
                     Some(stmt) => {
+                        self.note_untracked_changes(&stmt.analysis);
                         if !skipping {
                             self.prepare_on_server(&stmt, false);
                         }
@@ -557,6 +567,7 @@ impl Session {
         let sql = parse_query(msg.get(5..).unwrap_or(&[]))?;
         let analysis = self.state.cache.analyze(sql);
         self.predict_tx(&analysis);
+        self.note_untracked_changes(&analysis);
         self.track_session_changes(&analysis);
         let single = analysis.statements.len() == 1;
         let mut inject = String::new();
@@ -564,7 +575,22 @@ impl Session {
             match &s.kind {
                 StatementKind::Prepare { name } => {
                     let held = self.server.as_mut().expect("a server is held when forwarding");
-                    if held.conn.statements.sql_prepared.contains_key(name) {
+                    let on_server = held.conn.statements.sql_prepared.get(name).cloned();
+                    if let Some(mine) = self.sql_prepared.get(name) {
+                        // The client already has this name: make sure the
+                        // server has the client's statement, so PostgreSQL
+                        // reports the duplicate (42P05) as it would.
+                        if on_server.as_deref() != Some(&*mine.prepare_sql) {
+                            if on_server.is_some() {
+                                inject.push_str(&format!("DEALLOCATE {};", super::params::quote_ident(name)));
+                            }
+                            inject.push_str(&mine.prepare_sql);
+                            inject.push(';');
+                            held.conn.statements.sql_prepared.insert(name.clone(), mine.prepare_sql.clone());
+                        }
+                        continue;
+                    }
+                    if on_server.is_some() {
                         inject.push_str(&format!("DEALLOCATE {};", super::params::quote_ident(name)));
                     }
                     if single {
@@ -576,10 +602,18 @@ impl Session {
                     }
                 }
                 StatementKind::Execute { name } => {
-                    let Some(p) = self.sql_prepared.get(name) else { continue };
                     let held = self.server.as_mut().expect("a server is held when forwarding");
-                    let on_server = held.conn.statements.sql_prepared.get(name);
-                    if on_server.map(|t| &**t) != Some(&*p.prepare_sql) {
+                    let on_server = held.conn.statements.sql_prepared.get(name).cloned();
+                    let Some(p) = self.sql_prepared.get(name) else {
+                        // Not this client's: another client's statement of
+                        // that name must not run; PostgreSQL reports 26000.
+                        if on_server.is_some() {
+                            inject.push_str(&format!("DEALLOCATE {};", super::params::quote_ident(name)));
+                            held.conn.statements.sql_prepared.remove(name);
+                        }
+                        continue;
+                    };
+                    if on_server.as_deref() != Some(&*p.prepare_sql) {
                         if on_server.is_some() {
                             inject.push_str(&format!("DEALLOCATE {};", super::params::quote_ident(name)));
                         }
@@ -645,6 +679,16 @@ impl Session {
         if let Some(old) = evicted {
             frontend::write_target(&mut self.to_server, b'C', b'S', &format!("pgrouter_{old}"));
             self.expect.swallow(Reply::Close);
+        }
+    }
+
+    /// `set_config()` can change any setting; the router cannot tell which,
+    /// so the server is reset before its next client.
+    fn note_untracked_changes(&mut self, analysis: &Analysis) {
+        if analysis.calls_set_config {
+            if let Some(held) = self.server.as_mut() {
+                held.conn.needs_reset = true;
+            }
         }
     }
 

@@ -3,12 +3,31 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 
+use super::tls::{ClientTlsHandle, ClientTlsSetup};
+use super::ClientStream;
 use crate::state::State;
 
 static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
 
-/// Accepts clients until shutdown starts; each client runs in its own task.
+/// Accepts clients until shutdown starts, with the client TLS set-up loaded
+/// from `state.config.general` now. A certificate that cannot be loaded is
+/// logged and TLS is then not offered (`client_tls = require` refuses every
+/// client); callers that want startup to fail instead load it themselves
+/// and use [`serve_with_tls`].
 pub async fn serve(listener: TcpListener, state: Arc<State>) {
+    let setup = match ClientTlsSetup::from_general(&state.config.general) {
+        Ok(setup) => setup,
+        Err(e) => {
+            tracing::error!(error = %e, "client TLS is not available");
+            ClientTlsSetup { mode: state.config.general.client_tls, config: None }
+        }
+    };
+    serve_with_tls(listener, state, ClientTlsHandle::new(setup)).await
+}
+
+/// Accepts clients until shutdown starts; each client runs in its own task
+/// with the TLS set-up current when it was accepted.
+pub async fn serve_with_tls(listener: TcpListener, state: Arc<State>, tls: Arc<ClientTlsHandle>) {
     let mut shutdown = state.shutdown.clone();
     loop {
         let accepted = tokio::select! {
@@ -26,10 +45,11 @@ pub async fn serve(listener: TcpListener, state: Arc<State>) {
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
+        let tls = tls.current();
         state.clients.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             let id = NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed);
-            crate::client::handle(stream, peer, state.clone(), id).await;
+            crate::client::handle(ClientStream::Plain(stream), peer, state.clone(), id, tls).await;
             state.clients.fetch_sub(1, Ordering::Relaxed);
         });
     }

@@ -1,8 +1,9 @@
-//! Sockets: the listener that accepts clients and the stream type they use.
+//! Sockets: the listener that accepts clients, the stream types clients and
+//! servers are reached through (plain TCP or TLS), and the TLS set-up.
 
 mod listener;
+mod stream;
+pub mod tls;
 
-pub use listener::serve;
-
-/// A client's connection. A plain TCP stream until TLS arrives.
-pub type ClientStream = tokio::net::TcpStream;
+pub use listener::{serve, serve_with_tls};
+pub use stream::{ClientStream, ServerStream, WriteThrough};

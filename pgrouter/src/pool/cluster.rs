@@ -95,7 +95,7 @@ impl Cluster {
                 .users
                 .iter()
                 .find(|u| u.database == server.name && (u.server_password.is_some() || u.password.is_none()))
-                .map(|u| target_for(server, u));
+                .map(|u| target_for(server, u, &config.general));
             let h = Arc::new(ServerHealth::new(
                 key.clone(),
                 server.role.clone(),
@@ -126,13 +126,14 @@ fn health_key(server: &ServerEntry) -> String {
     format!("{}/{}/{}:{}/{}", server.name, server.shard, server.host, server.port, server.database_name)
 }
 
-fn target_for(server: &ServerEntry, user: &User) -> ServerTarget {
+fn target_for(server: &ServerEntry, user: &User, general: &pgrouter_config::General) -> ServerTarget {
     ServerTarget {
         host: server.host.clone(),
         port: server.port,
         database: server.database_name.clone(),
         user: user.server_user.clone(),
         password: user.server_password.clone(),
+        tls: crate::net::tls::ServerTlsPolicy::from_general(general),
     }
 }
 
@@ -152,7 +153,7 @@ fn user_pools(config: &Config, user: &User, health: &HashMap<String, Arc<ServerH
     for server in config.servers_of(&user.database) {
         let Some(shard) = shards.get_mut(server.shard as usize) else { continue };
         let Some(h) = health.get(&health_key(server)) else { continue };
-        let target = target_for(server, user);
+        let target = target_for(server, user, g);
         let name = format!("{}@{}/{}/{}", user.name, user.database, server.shard, target.addr());
         shard.servers.push(ServerSlot { pool: Pool::new(name, target, settings.clone()), health: h.clone() });
     }

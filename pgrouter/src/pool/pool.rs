@@ -144,8 +144,7 @@ impl Pool {
         }
         // A server that closed (or said anything) while idle is dead to us: a
         // non-blocking read must find nothing to read.
-        let mut probe = [0u8; 1];
-        matches!(conn.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        conn.stream.is_idle_and_open()
     }
 
     fn close(&self, conn: ServerConn) {

@@ -8,6 +8,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::{CancelTarget, MAX_SERVER_MESSAGE};
+use crate::net::tls::{ServerTlsError, ServerTlsPolicy};
+use crate::net::ServerStream;
 use crate::protocol::backend::{parse_error_fields, parse_parameter_status, ErrorFields};
 use crate::protocol::{frontend, next_frame, ProtocolError};
 
@@ -20,6 +22,8 @@ pub struct ServerTarget {
     pub user: String,
     /// Plain password for SCRAM, md5 or cleartext; `None` for trust.
     pub password: Option<String>,
+    /// `server_tls` and `server_tls_ca`.
+    pub tls: ServerTlsPolicy,
 }
 
 impl ServerTarget {
@@ -34,6 +38,8 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
     #[error("server connection timed out")]
     Timeout,
+    #[error("server TLS: {0}")]
+    Tls(#[from] ServerTlsError),
     #[error("server authentication failed: {0}")]
     Auth(String),
     /// PostgreSQL refused us with its own error (e.g. database does not exist).
@@ -50,7 +56,7 @@ static NEXT_SERVER_ID: AtomicU64 = AtomicU64::new(1);
 /// A logged-in server connection that is idle between uses.
 pub struct ServerConn {
     pub id: u64,
-    pub stream: TcpStream,
+    pub stream: ServerStream,
     /// Bytes read from the server but not yet handled.
     pub read_buf: BytesMut,
     pub addr: Arc<str>,
@@ -71,6 +77,11 @@ pub struct ServerConn {
     /// The client parameter fingerprint this server was last synced to;
     /// 0 when anything may have changed since (see `ClientParams::fingerprint`).
     pub params_fingerprint: u64,
+    /// The parameters reported at login: what RESET ALL returns to.
+    pub startup_params: HashMap<String, String>,
+    /// A client changed settings in a way the router cannot follow (a
+    /// `set_config()` call): RESET ALL before the next client.
+    pub needs_reset: bool,
 }
 
 impl ServerConn {
@@ -83,8 +94,9 @@ impl ServerConn {
 
     async fn connect_inner(target: &ServerTarget) -> Result<ServerConn, ServerError> {
         let addr = target.addr();
-        let stream = TcpStream::connect(&addr).await?;
-        stream.set_nodelay(true)?;
+        let tcp = TcpStream::connect(&addr).await?;
+        tcp.set_nodelay(true)?;
+        let stream = crate::net::tls::connect_server(tcp, &target.host, &target.tls).await?;
         let mut conn = ServerConn {
             id: NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed),
             stream,
@@ -99,8 +111,11 @@ impl ServerConn {
             tx_status: b'I',
             statements: super::ServerStatements::new(super::STATEMENTS_PER_SERVER),
             params_fingerprint: 0,
+            startup_params: HashMap::new(),
+            needs_reset: false,
         };
         super::login::login(&mut conn, target).await?;
+        conn.startup_params = conn.params.clone();
         Ok(conn)
     }
 
@@ -165,6 +180,14 @@ impl ServerConn {
                 _ => {}
             }
         }
+    }
+
+    /// Forgets everything set on this connection, for after RESET ALL.
+    pub fn forget_session_state(&mut self) {
+        self.params = self.startup_params.clone();
+        self.router_set.clear();
+        self.params_fingerprint = 0;
+        self.needs_reset = false;
     }
 
     /// Says goodbye politely; errors do not matter, the socket closes anyway.

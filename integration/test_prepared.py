@@ -1,0 +1,311 @@
+"""Prepared statements in transaction mode (SPEC §5 "Pooling and protocol",
+issue 3 item 6): protocol-level named statements (asyncpg's statement cache,
+psycopg with prepare_threshold=0), SQL PREPARE/EXECUTE/DEALLOCATE, pgbench
+-M prepared, and unnamed statements in pipelines — with more clients than
+server connections, and with a replica so statements are prepared lazily on
+both servers."""
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import threading
+
+import asyncpg
+import psycopg
+import pytest
+
+from harness.clients import aconnect, connect, run_async
+from harness.pg import pg_tool
+from harness.routes import WHERE, Places, wait_replayed, where
+
+
+@pytest.fixture(scope="module")
+def ptable(cluster):
+    with cluster.primary.connect("app") as conn:
+        conn.execute("SET ROLE app")
+        conn.execute("CREATE TABLE IF NOT EXISTS ps_t (id int PRIMARY KEY, v int NOT NULL)")
+        conn.execute("TRUNCATE ps_t")
+        conn.execute("INSERT INTO ps_t SELECT g, g * 10 FROM generate_series(1, 100) g")
+        conn.execute("CREATE TABLE IF NOT EXISTS ps_log (client int, n int, v int)")
+        conn.execute("TRUNCATE ps_log")
+    wait_replayed(cluster)
+    return "ps_t"
+
+
+# ---------------------------------------------------------------- asyncpg --
+def test_asyncpg_50_clients_pool_2(routers, ptable, cluster):
+    """asyncpg with its default statement cache (named statements, reused
+    across transactions): 50 concurrent clients over pool_size 2, prepared
+    reads outside transactions and writes inside them."""
+    router = routers.start(general={"default_pool_size": 2, "checkout_timeout_ms": 20000},
+                           with_replica=True)
+    places = Places(cluster)
+    rounds = 10
+
+    async def client(i: int):
+        conn = await aconnect(router)  # statement_cache_size defaults to 100
+        try:
+            seen = set()
+            for n in range(rounds):
+                k = (i * 7 + n) % 100 + 1
+                row = await conn.fetchrow(f"SELECT v, $1::int AS k, {WHERE} FROM ps_t WHERE id = $1", k)
+                assert (row["v"], row["k"]) == (k * 10, k), (i, n, row)
+                seen.add(places.row(tuple(row)))
+                # An explicit prepared statement object, reused.
+                stmt = await conn.prepare("SELECT $1::int * $2::int")
+                assert await stmt.fetchval(i, n) == i * n
+                async with conn.transaction():
+                    await conn.execute("INSERT INTO ps_log VALUES ($1, $2, $3)", i, n, k)
+                    v = await conn.fetchval("SELECT v FROM ps_t WHERE id = $1", k)
+                    assert v == k * 10
+                    total = await conn.fetchval("SELECT count(*) FROM ps_log WHERE client = $1", i)
+                    assert total == n + 1, (i, n, total)
+            return seen
+        finally:
+            await conn.close()
+
+    async def main():
+        return await asyncio.gather(*(client(i) for i in range(50)))
+
+    seen = run_async(main(), timeout=100)
+    assert all(s == {"replica"} for s in seen), seen
+    assert cluster.primary.scalar("SELECT count(*) FROM ps_log WHERE client < 50") == 50 * rounds
+
+
+def test_asyncpg_prepared_statement_reused_on_other_server_connections(routers, ptable, primary):
+    """One client's prepared statement, used after another client took its
+    server connection, and after the server connection it was prepared on
+    is gone."""
+    router = routers.start(general={"default_pool_size": 1})
+
+    async def main():
+        a = await aconnect(router)
+        b = await aconnect(router)
+        try:
+            stmt = await a.prepare("SELECT v FROM ps_t WHERE id = $1")
+            assert await stmt.fetchval(3) == 30
+            # b prepares a different statement under (likely) the same asyncpg name.
+            assert await b.fetchval("SELECT v + 1 FROM ps_t WHERE id = $1", 3) == 31
+            assert await stmt.fetchval(4) == 40
+            assert await b.fetchval("SELECT v + 1 FROM ps_t WHERE id = $1", 4) == 41
+            # The server connection dies: the router prepares again on a new one.
+            pid = await b.fetchval("SELECT pg_backend_pid()")
+            assert primary.kill_backend(pid)
+            await asyncio.sleep(0.2)
+            for attempt in range(2):
+                try:
+                    assert await stmt.fetchval(5) == 50
+                    break
+                except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    # Only the request that met the dead backend may fail (08xxx / 57P01).
+                    assert attempt == 0 and getattr(exc, "sqlstate", "08")[:2] in ("08", "57"), exc
+            assert await stmt.fetchval(6) == 60
+        finally:
+            await a.close()
+            await b.close()
+    run_async(main())
+
+
+# ---------------------------------------------------------------- psycopg --
+def test_psycopg_prepare_threshold_0(routers, ptable, cluster):
+    """psycopg prepares every statement (named) with prepare_threshold=0:
+    4 threads over pool_size 1, in and out of transactions."""
+    router = routers.start(general={"default_pool_size": 1, "checkout_timeout_ms": 20000},
+                           with_replica=True)
+    errors = []
+
+    def worker(i: int):
+        try:
+            with connect(router.dsn(), prepare_threshold=0) as conn:
+                for n in range(25):
+                    k = (i * 13 + n) % 100 + 1
+                    assert conn.execute("SELECT v FROM ps_t WHERE id = %s", (k,)).fetchone() == (k * 10,)
+                    assert conn.execute("SELECT %s::int + %s::int", (i, n)).fetchone() == (i + n,)
+                    with conn.transaction():
+                        conn.execute("INSERT INTO ps_log VALUES (%s, %s, %s)", (1000 + i, n, k))
+                        assert conn.execute("SELECT v FROM ps_t WHERE id = %s", (k,)).fetchone() == (k * 10,)
+                # psycopg really prepared them.
+                assert conn.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()[0] >= 0
+        except Exception as exc:  # noqa: BLE001
+            errors.append((i, repr(exc)))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert cluster.primary.scalar("SELECT count(*) FROM ps_log WHERE client >= 1000 AND client < 1004") \
+        == 4 * 25
+
+
+def test_psycopg_explicit_prepare_and_rollback(routers, ptable):
+    """A prepared statement that errors, a rolled-back transaction, then
+    reuse: the statement stays usable."""
+    router = routers.start(general={"default_pool_size": 1})
+    with connect(router.dsn(), prepare_threshold=0) as a, connect(router.dsn(), prepare_threshold=0) as b:
+        q = "SELECT 100 / %s::int"
+        assert a.execute(q, (5,)).fetchone() == (20,)
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            a.execute(q, (0,))
+        assert b.execute(q, (4,)).fetchone() == (25,)
+        a.execute("BEGIN")
+        assert a.execute(q, (2,)).fetchone() == (50,)
+        a.execute("ROLLBACK")
+        assert a.execute(q, (10,)).fetchone() == (10,)
+        assert b.execute(q, (1,)).fetchone() == (100,)
+
+
+def test_unnamed_statements_in_pipeline(routers, ptable, cluster):
+    """psycopg pipelines of unnamed Parse/Bind/Execute (prepare_threshold=None):
+    several clients at once over a small pool, read pipelines and write
+    pipelines (a mixed one is in test_routing), in and out of transactions."""
+    router = routers.start(general={"default_pool_size": 2, "checkout_timeout_ms": 20000},
+                           with_replica=True)
+    errors = []
+
+    def worker(i: int):
+        try:
+            with connect(router.dsn()) as conn:
+                for n in range(5):
+                    with conn.pipeline():
+                        curs = [conn.execute("SELECT %s::int * 2, %s::text", (j, f"c{i}")) for j in range(20)]
+                        after = conn.execute("SELECT v FROM ps_t WHERE id = %s", (n + 1,))
+                    for j, cur in enumerate(curs):
+                        assert cur.fetchone() == (j * 2, f"c{i}"), (i, n, j)
+                    assert after.fetchone() == ((n + 1) * 10,)
+                    with conn.pipeline():
+                        ins = [conn.execute("INSERT INTO ps_log VALUES (%s, %s, %s) RETURNING v",
+                                            (2000 + i, n, i * n + j)) for j in range(3)]
+                    assert [c.fetchone() for c in ins] == [(i * n + j,) for j in range(3)]
+                # Reads and a write in a transaction.
+                with conn.transaction(), conn.pipeline():
+                    curs = [conn.execute("SELECT %s::int", (j,)) for j in range(10)]
+                    ins = conn.execute("INSERT INTO ps_log VALUES (%s, 99, 0) RETURNING client", (2000 + i,))
+                assert [c.fetchone()[0] for c in curs] == list(range(10))
+                assert ins.fetchone() == (2000 + i,)
+        except Exception as exc:  # noqa: BLE001
+            errors.append((i, repr(exc)))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert cluster.primary.scalar("SELECT count(*) FROM ps_log WHERE client >= 2000 AND client < 2006") \
+        == 6 * (5 * 3 + 1)
+
+
+# ------------------------------------------------------------ SQL PREPARE --
+def test_sql_prepare_execute_deallocate(routers, ptable):
+    """PREPARE/EXECUTE/DEALLOCATE across transactions with pool_size 1 and a
+    second client interleaving — with a clashing statement name."""
+    router = routers.start(general={"default_pool_size": 1})
+    with connect(router.dsn()) as a, connect(router.dsn()) as b:
+        a.execute("PREPARE p1 (int) AS SELECT v FROM ps_t WHERE id = $1")
+        a.execute("PREPARE p2 AS SELECT 'a-two'")
+        b.execute("PREPARE p1 (int) AS SELECT $1 * 1000")   # same name, other text: b's own
+        for k in (1, 2, 3):
+            assert a.execute(f"EXECUTE p1({k})").fetchone() == (k * 10,)
+            assert b.execute(f"EXECUTE p1({k})").fetchone() == (k * 1000,)
+        a.execute("BEGIN")
+        assert a.execute("EXECUTE p1(7)").fetchone() == (70,)
+        assert a.execute("EXECUTE p2").fetchone() == ("a-two",)
+        a.execute("COMMIT")
+        assert a.execute("EXECUTE p1(4)").fetchone() == (40,)
+        # DEALLOCATE.
+        a.execute("DEALLOCATE p1")
+        with pytest.raises(psycopg.errors.InvalidSqlStatementName):
+            a.execute("EXECUTE p1(1)")
+        assert a.execute("EXECUTE p2").fetchone() == ("a-two",)
+        assert b.execute("EXECUTE p1(2)").fetchone() == (2000,)
+        # Re-PREPARE under a freed name with a new text.
+        a.execute("PREPARE p1 AS SELECT 'new p1'")
+        b.execute("SELECT 1")
+        assert a.execute("EXECUTE p1").fetchone() == ("new p1",)
+        a.execute("DEALLOCATE ALL")
+        for name in ("p1", "p2"):
+            with pytest.raises(psycopg.errors.InvalidSqlStatementName):
+                a.execute(f"EXECUTE {name}")
+        assert b.execute("EXECUTE p1(3)").fetchone() == (3000,)
+        # A PREPARE inside a rolled-back transaction does not exist afterwards.
+        a.execute("BEGIN")
+        a.execute("PREPARE p3 AS SELECT 3")
+        a.execute("ROLLBACK")
+        with pytest.raises(psycopg.errors.InvalidSqlStatementName):
+            a.execute("EXECUTE p3")
+
+
+def test_sql_prepare_duplicate_name(routers, ptable):
+    """PREPARE of a name the client already prepared fails with 42P05, as on
+    PostgreSQL, and the first statement stays — also when another client
+    used the server connection in between."""
+    router = routers.start(general={"default_pool_size": 1})
+    with connect(router.dsn()) as a, connect(router.dsn()) as b:
+        a.execute("PREPARE dup (int) AS SELECT $1 * 10")
+        b.execute("SELECT 1")
+        with pytest.raises(psycopg.errors.DuplicatePreparedStatement):
+            a.execute("PREPARE dup (int) AS SELECT 0")
+        assert a.execute("EXECUTE dup(4)").fetchone() == (40,)
+
+
+def test_sql_prepared_statement_private_to_its_client(routers, ptable):
+    """Another client on the same server connection can neither EXECUTE nor
+    see a client's SQL-prepared statement (as with its own connection)."""
+    router = routers.start(general={"default_pool_size": 1})
+    with connect(router.dsn()) as a, connect(router.dsn()) as b:
+        a.execute("PREPARE secret_p AS SELECT 'a-secret'")
+        assert a.execute("EXECUTE secret_p").fetchone() == ("a-secret",)
+        assert b.execute("SELECT name FROM pg_prepared_statements").fetchall() == []
+        with pytest.raises(psycopg.errors.InvalidSqlStatementName):
+            b.execute("EXECUTE secret_p")
+
+
+def test_sql_prepare_on_replica_and_primary(routers, ptable, cluster):
+    """A SQL-prepared read executes on the replica, a prepared write on the
+    primary: the router prepares them where it runs them."""
+    router = routers.start(general={"default_pool_size": 1}, with_replica=True)
+    places = Places(cluster)
+    with connect(router.dsn()) as a:
+        a.execute(f"PREPARE rd (int) AS SELECT v, {WHERE} FROM ps_t WHERE id = $1")
+        a.execute(f"PREPARE wr (int) AS UPDATE ps_t SET v = v WHERE id = $1 RETURNING v, {WHERE}")
+        row = where(a, "EXECUTE rd(9)")
+        assert row[0] == 90 and places.row(row) == "replica"
+        row = where(a, "EXECUTE wr(9)")
+        assert row[0] == 90 and places.row(row) == "primary"
+
+
+# ---------------------------------------------------------------- pgbench --
+def _pgbench_init(primary):
+    if not primary.scalar("SELECT to_regclass('public.pgbench_accounts') IS NOT NULL"):
+        out = subprocess.run([pg_tool("pgbench"), "-i", "-s", "1", "-q", "-h", str(primary.sockdir),
+                              "-p", str(primary.port), "-U", "app", "app"],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+
+
+def _pgbench(router, *args) -> tuple[int, int, str]:
+    cmd = [pg_tool("pgbench"), "-n", "-c", "10", "-j", "2", "-T", "5", "-M", "prepared",
+           "-h", "127.0.0.1", "-p", str(router.port), "-U", "app", *args, "app"]
+    out = subprocess.run(cmd, env=router.psql_env(), capture_output=True, text=True, timeout=60)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text
+    processed = re.search(r"number of transactions actually processed: (\d+)", text)
+    failed = re.search(r"number of failed transactions: (\d+)", text)
+    assert processed and failed, text
+    return int(processed.group(1)), int(failed.group(1)), text
+
+
+@pytest.mark.parametrize("mode", ["select-only", "tpcb"])
+def test_pgbench_prepared(routers, cluster, mode):
+    _pgbench_init(cluster.primary)
+    wait_replayed(cluster)
+    router = routers.start(general={"default_pool_size": 2, "checkout_timeout_ms": 20000},
+                           with_replica=True)
+    args = ["-S"] if mode == "select-only" else []
+    processed, failed, text = _pgbench(router, *args)
+    assert failed == 0, text
+    assert processed > 100, text
+    print(f"pgbench -M prepared {mode}: {processed} transactions")
