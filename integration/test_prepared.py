@@ -230,12 +230,13 @@ def test_sql_prepare_execute_deallocate(routers, ptable):
             with pytest.raises(psycopg.errors.InvalidSqlStatementName):
                 a.execute(f"EXECUTE {name}")
         assert b.execute("EXECUTE p1(3)").fetchone() == (3000,)
-        # A PREPARE inside a rolled-back transaction does not exist afterwards.
+        # PREPARE is not transactional in PostgreSQL: a statement prepared in a
+        # rolled-back transaction still exists afterwards, through the router too.
         a.execute("BEGIN")
         a.execute("PREPARE p3 AS SELECT 3")
         a.execute("ROLLBACK")
-        with pytest.raises(psycopg.errors.InvalidSqlStatementName):
-            a.execute("EXECUTE p3")
+        b.execute("SELECT 1")
+        assert a.execute("EXECUTE p3").fetchone() == (3,)
 
 
 def test_sql_prepare_duplicate_name(routers, ptable):

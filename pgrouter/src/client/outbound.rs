@@ -397,12 +397,28 @@ impl Session {
             health: slot.health.clone(),
             pool_id: Arc::as_ptr(&slot.pool) as usize,
         };
-        let reset = if held.conn.needs_reset {
+        let mut reset = if held.conn.needs_reset {
             held.conn.forget_session_state();
-            "RESET ALL;"
+            "RESET ALL;".to_string()
         } else {
-            ""
+            String::new()
         };
+        // Another client's SQL-level prepared statements are not visible to
+        // this one, as on a connection of its own.
+        if !held.conn.statements.sql_prepared.is_empty() {
+            let foreign: Vec<String> = held
+                .conn
+                .statements
+                .sql_prepared
+                .iter()
+                .filter(|(name, text)| self.sql_prepared.get(*name).map(|p| &*p.prepare_sql) != Some(&***text))
+                .map(|(name, _)| name.clone())
+                .collect();
+            for name in foreign {
+                reset.push_str(&format!("DEALLOCATE {};", super::params::quote_ident(&name)));
+                held.conn.statements.sql_prepared.remove(&name);
+            }
+        }
         let sync = self.params.sync_sql(&held.conn);
         if !reset.is_empty() || sync.is_some() {
             let sql = format!("{reset}{}", sync.unwrap_or_default());
@@ -467,6 +483,9 @@ impl Session {
                 let analysis = self.state.cache.analyze(p.sql);
                 self.predict_tx(&analysis);
                 self.note_untracked_changes(&analysis);
+                if !skipping {
+                    self.inject_fixups_extended(&analysis, p.sql);
+                }
                 if p.name.is_empty() {
                     self.unnamed = Some(analysis);
                     self.to_server.extend_from_slice(msg);
@@ -493,6 +512,9 @@ impl Session {
                 match stmt {
                     Some(stmt) => {
                         self.note_untracked_changes(&stmt.analysis);
+                        if !skipping {
+                            self.inject_fixups_extended(&stmt.analysis, &stmt.sql);
+                        }
                         if !skipping {
                             self.prepare_on_server(&stmt, false);
                         }
@@ -569,90 +591,122 @@ impl Session {
         self.predict_tx(&analysis);
         self.note_untracked_changes(&analysis);
         self.track_session_changes(&analysis);
-        let single = analysis.statements.len() == 1;
-        let mut inject = String::new();
-        for s in &analysis.statements {
-            match &s.kind {
-                StatementKind::Prepare { name } => {
-                    let held = self.server.as_mut().expect("a server is held when forwarding");
-                    let on_server = held.conn.statements.sql_prepared.get(name).cloned();
-                    if let Some(mine) = self.sql_prepared.get(name) {
-                        // The client already has this name: make sure the
-                        // server has the client's statement, so PostgreSQL
-                        // reports the duplicate (42P05) as it would.
-                        if on_server.as_deref() != Some(&*mine.prepare_sql) {
-                            if on_server.is_some() {
-                                inject.push_str(&format!("DEALLOCATE {};", super::params::quote_ident(name)));
-                            }
-                            inject.push_str(&mine.prepare_sql);
-                            inject.push(';');
-                            held.conn.statements.sql_prepared.insert(name.clone(), mine.prepare_sql.clone());
-                        }
-                        continue;
-                    }
-                    if on_server.is_some() {
-                        inject.push_str(&format!("DEALLOCATE {};", super::params::quote_ident(name)));
-                    }
-                    if single {
-                        let text: Arc<str> = sql.into();
-                        held.conn.statements.sql_prepared.insert(name.clone(), text.clone());
-                        self.sql_prepared.insert(name.clone(), SqlPrepared { prepare_sql: text, analysis: analysis.clone() });
-                    } else {
-                        held.conn.statements.sql_prepared.remove(name);
-                    }
-                }
-                StatementKind::Execute { name } => {
-                    let held = self.server.as_mut().expect("a server is held when forwarding");
-                    let on_server = held.conn.statements.sql_prepared.get(name).cloned();
-                    let Some(p) = self.sql_prepared.get(name) else {
-                        // Not this client's: another client's statement of
-                        // that name must not run; PostgreSQL reports 26000.
-                        if on_server.is_some() {
-                            inject.push_str(&format!("DEALLOCATE {};", super::params::quote_ident(name)));
-                            held.conn.statements.sql_prepared.remove(name);
-                        }
-                        continue;
-                    };
-                    if on_server.as_deref() != Some(&*p.prepare_sql) {
-                        if on_server.is_some() {
-                            inject.push_str(&format!("DEALLOCATE {};", super::params::quote_ident(name)));
-                        }
-                        inject.push_str(&p.prepare_sql);
-                        inject.push(';');
-                        held.conn.statements.sql_prepared.insert(name.clone(), p.prepare_sql.clone());
-                    }
-                }
-                StatementKind::Deallocate { name } => {
-                    let held = self.server.as_mut().expect("a server is held when forwarding");
-                    match name {
-                        Some(n) => {
-                            self.sql_prepared.remove(n);
-                            held.conn.statements.sql_prepared.remove(n);
-                        }
-                        None => {
-                            self.sql_prepared.clear();
-                            held.conn.statements.clear();
-                        }
-                    }
-                }
-                StatementKind::Discard(DiscardKind::All) => {
-                    self.sql_prepared.clear();
-                    self.statements.clear();
-                    let held = self.server.as_mut().expect("a server is held when forwarding");
-                    held.conn.statements.clear();
-                    held.conn.router_set.clear();
-                }
-                _ => {}
-            }
-        }
-        if !inject.is_empty() {
-            frontend::query(&mut self.to_server, &inject);
+        let fixups = self.sql_prepared_fixups(&analysis, sql);
+        if !fixups.is_empty() {
+            frontend::query(&mut self.to_server, &fixups.join(";"));
             self.expect.swallow(Reply::Query);
         }
         self.to_server.extend_from_slice(msg);
         self.expect.forward(Reply::Query);
         self.batch_start = true;
         Ok(())
+    }
+
+    /// The same fixups for SQL sent through Parse: run as unnamed extended
+    /// statements ahead of the client's own Parse, answers dropped.
+    fn inject_fixups_extended(&mut self, analysis: &Analysis, sql: &str) {
+        for statement in self.sql_prepared_fixups(analysis, sql) {
+            frontend::write_parse(&mut self.to_server, "", &statement, &[]);
+            frontend::bind_execute_unnamed(&mut self.to_server);
+            self.expect.swallow(Reply::Parse(None));
+            self.expect.swallow(Reply::Bind);
+            self.expect.swallow(Reply::Execute);
+        }
+    }
+
+    /// SQL-level prepared statements keep the client's names on the server,
+    /// so the router keeps each server's set in line with the client's:
+    /// re-creates the client's statement where it is missing or different,
+    /// removes another client's statement of the same name before an EXECUTE
+    /// (PostgreSQL then reports 26000 as it would), and lets a duplicate
+    /// PREPARE fail with 42P05. Returns statements to run first.
+    fn sql_prepared_fixups(&mut self, analysis: &Analysis, sql: &str) -> Vec<String> {
+        let mut inject = Vec::new();
+        if !analysis.statements.iter().any(|s| {
+            matches!(
+                s.kind,
+                StatementKind::Prepare { .. }
+                    | StatementKind::Execute { .. }
+                    | StatementKind::Deallocate { .. }
+                    | StatementKind::Discard(DiscardKind::All)
+            )
+        }) {
+            return inject;
+        }
+        let single = analysis.statements.len() == 1;
+        let Some(held) = self.server.as_mut() else { return inject };
+        let server = &mut held.conn.statements;
+        let deallocate = |name: &str| format!("DEALLOCATE {}", super::params::quote_ident(name));
+        let mut discarded = false;
+        for s in &analysis.statements {
+            match &s.kind {
+                StatementKind::Prepare { name } => {
+                    let on_server = server.sql_prepared.get(name).cloned();
+                    if let Some(mine) = self.sql_prepared.get(name) {
+                        // The client already has this name: make sure the
+                        // server has the client's statement, so PostgreSQL
+                        // reports the duplicate (42P05) as it would.
+                        if on_server.as_deref() != Some(&*mine.prepare_sql) {
+                            if on_server.is_some() {
+                                inject.push(deallocate(name));
+                            }
+                            inject.push(mine.prepare_sql.to_string());
+                            server.sql_prepared.insert(name.clone(), mine.prepare_sql.clone());
+                        }
+                        continue;
+                    }
+                    if on_server.is_some() {
+                        inject.push(deallocate(name));
+                    }
+                    if single {
+                        let text: Arc<str> = sql.into();
+                        server.sql_prepared.insert(name.clone(), text.clone());
+                        self.sql_prepared.insert(name.clone(), SqlPrepared { prepare_sql: text, analysis: Arc::new(analysis.clone()) });
+                    } else {
+                        server.sql_prepared.remove(name);
+                    }
+                }
+                StatementKind::Execute { name } => {
+                    let on_server = server.sql_prepared.get(name).cloned();
+                    let Some(p) = self.sql_prepared.get(name) else {
+                        // Not this client's: another client's statement of
+                        // that name must not run; PostgreSQL reports 26000.
+                        if on_server.is_some() {
+                            inject.push(deallocate(name));
+                            server.sql_prepared.remove(name);
+                        }
+                        continue;
+                    };
+                    if on_server.as_deref() != Some(&*p.prepare_sql) {
+                        if on_server.is_some() {
+                            inject.push(deallocate(name));
+                        }
+                        inject.push(p.prepare_sql.to_string());
+                        server.sql_prepared.insert(name.clone(), p.prepare_sql.clone());
+                    }
+                }
+                StatementKind::Deallocate { name: Some(n) } => {
+                    self.sql_prepared.remove(n);
+                    server.sql_prepared.remove(n);
+                }
+                StatementKind::Deallocate { name: None } => {
+                    self.sql_prepared.clear();
+                    server.clear();
+                }
+                StatementKind::Discard(DiscardKind::All) => {
+                    self.sql_prepared.clear();
+                    self.statements.clear();
+                    server.clear();
+                    discarded = true;
+                }
+                _ => {}
+            }
+        }
+        if discarded {
+            held.conn.router_set.clear();
+            held.conn.params_fingerprint = 0;
+        }
+        inject
     }
 
     /// Makes sure the held server has `stmt` prepared. For the client's own
