@@ -76,6 +76,8 @@ pub struct Verdict {
     /// waits for a Sync: the router must send one, whose ReadyForQuery
     /// answers the client's query.
     pub inject_sync: bool,
+    /// The error is a guard's: the client's request behind it must not run.
+    pub guard_failed: bool,
 }
 
 #[derive(Debug, Default)]
@@ -113,6 +115,9 @@ impl Expectations {
     }
 
     pub fn swallow(&mut self, reply: Reply) {
+        if reply == Reply::Sync {
+            self.server_skipping = false;
+        }
         self.special += 1;
         self.queue.push_back(Entry::Swallow(reply));
     }
@@ -187,6 +192,7 @@ impl Expectations {
             // router not rewritten the stream: it must see it.
             verdict.forward =
                 !swallowing || guard || matches!(reply, Reply::Parse(_) | Reply::Bind | Reply::DescribeStatement);
+            verdict.guard_failed = guard;
             return verdict;
         }
         verdict.forward = !swallowing || (tag == b'E' && (guard || (reply != Reply::Query && reply != Reply::Close)));
@@ -221,7 +227,7 @@ impl Expectations {
                     skipped_simple = true;
                     self.pop_head();
                 }
-                Some(Entry::Forward(Reply::Sync)) => return,
+                Some(Entry::Forward(Reply::Sync) | Entry::Swallow(Reply::Sync)) => return,
                 Some(entry) => {
                     if let Entry::Forward(Reply::Parse(Some(id)))
                     | Entry::Swallow(Reply::Parse(Some(id)))
@@ -344,6 +350,22 @@ mod tests {
         }
         assert!(e.on_server_message(b'1').forward);
         assert!(e.on_server_message(b'Z').forward);
+        assert!(e.is_empty());
+    }
+
+    #[test]
+    fn failed_synced_guard_stops_at_its_own_sync() {
+        let mut e = Expectations::default();
+        e.swallow(Reply::Parse(None));
+        e.swallow(Reply::Bind);
+        e.guard(Reply::Execute);
+        e.swallow(Reply::Sync);
+        assert!(!e.on_server_message(b'1').forward);
+        assert!(!e.on_server_message(b'2').forward);
+        let v = e.on_server_message(b'E');
+        assert!(v.forward && v.guard_failed && !v.inject_sync);
+        assert!(!e.server_skipping());
+        assert!(!e.on_server_message(b'Z').forward);
         assert!(e.is_empty());
     }
 

@@ -82,6 +82,9 @@ impl Session {
             if let Some(id) = verdict.failed_parse {
                 held.conn.statements.remove(id);
             }
+            if verdict.guard_failed {
+                self.guard = super::session::GuardState::Failed;
+            }
             if verdict.inject_sync {
                 frontend::sync(&mut self.to_server);
                 self.expect.forward(Reply::Sync);
@@ -117,6 +120,12 @@ impl Session {
             };
             held.conn.read_buf.advance(pos);
             result.map_err(SessionEnd::ClientIo)?;
+        }
+        if self.guard == super::session::GuardState::Waiting && self.expect.is_empty() {
+            self.guard = super::session::GuardState::Passed;
+            self.blocked = false;
+        } else if self.guard == super::session::GuardState::Failed && self.expect.is_empty() {
+            self.blocked = false;
         }
         self.flush_client().await?;
         if !self.to_server.is_empty() {

@@ -13,7 +13,7 @@ use super::error::SessionEnd;
 use super::expect::{Reply, CLOSE_COMPLETE, PARSE_COMPLETE};
 use super::prepared::{SharedStatement, SqlPrepared};
 use super::recovery::Replay;
-use super::session::{Held, Session};
+use super::session::{GuardState, Held, Session};
 use super::tracking::SetChange;
 use crate::pool::PoolError;
 use crate::protocol::backend::{self, Severity};
@@ -21,6 +21,10 @@ use crate::protocol::frontend::{self, parse_bind_names, parse_parse, parse_query
 use crate::protocol::next_frame;
 use crate::router::{self, Refusal, Role, Route, SessionRouting};
 use crate::server::ServerError;
+
+/// How much of an unfinished extended batch is buffered before routing it
+/// anyway.
+const MAX_LOOKAHEAD: usize = 1 << 20;
 
 impl Session {
     /// Forwards every complete client message in the buffer, checking out a
@@ -33,10 +37,29 @@ impl Session {
                 self.flush_server().await?;
                 return Err(SessionEnd::ClientGone);
             }
-            if self.server.is_none() && (self.skip_to_sync || matches!(tag, b'S' | b'H' | b'd' | b'c' | b'f')) {
+            if self.skip_to_sync || (self.server.is_none() && matches!(tag, b'S' | b'H' | b'd' | b'c' | b'f')) {
                 self.cbuf.advance(frame.total_len);
                 self.answer_without_server(tag);
                 continue;
+            }
+            match self.guard {
+                GuardState::Waiting => {
+                    self.blocked = true;
+                    break;
+                }
+                GuardState::Failed => {
+                    // The role could not be set: the held request never runs.
+                    self.guard = GuardState::Idle;
+                    self.cbuf.advance(frame.total_len);
+                    if tag == b'Q' {
+                        let status = self.server.as_ref().map_or(b'I', |h| h.conn.tx_status);
+                        backend::ready_for_query(&mut self.to_client, status);
+                    } else {
+                        self.skip_to_sync = true;
+                    }
+                    continue;
+                }
+                GuardState::Passed | GuardState::Idle => {}
             }
             if let Err(refusal) = self.check_policy(tag, frame.total_len)? {
                 self.refuse(tag, frame.total_len, refusal);
@@ -54,6 +77,9 @@ impl Session {
                 if self.try_prepare_locally()? {
                     continue;
                 }
+                if !self.batch_has_arrived(tag) {
+                    break; // route the batch once its Sync (or Flush) is here
+                }
                 let route = self.route_next_batch();
                 if let Err(e) = self.attach(route, &[]).await {
                     self.cbuf.advance(frame.total_len);
@@ -65,6 +91,13 @@ impl Session {
             } else if self.needs_other_server(tag) {
                 self.blocked = true;
                 break;
+            }
+            if self.guard == GuardState::Idle && self.needs_guard_round_trip(tag, frame.total_len)? {
+                self.inject_role_guard_synced();
+                break;
+            }
+            if self.guard == GuardState::Passed {
+                self.guard = GuardState::Idle;
             }
             let msg = self.cbuf.split_to(frame.total_len).freeze();
             self.forward_message(tag, &msg)?;
@@ -132,8 +165,9 @@ impl Session {
     /// its next transaction boundary.
     fn check_token_expiry(&self) -> Result<(), SessionEnd> {
         let Some(jwt) = &self.policy.jwt else { return Ok(()) };
-        let disconnect = self.state.config.jwt.as_ref().is_some_and(|j| j.disconnect_on_expiry);
-        if disconnect && jwt.expires_at.is_some_and(|t| t <= std::time::SystemTime::now()) {
+        let Some(cfg) = self.state.config.jwt.as_ref() else { return Ok(()) };
+        let leeway = std::time::Duration::from_secs(cfg.leeway_s);
+        if cfg.disconnect_on_expiry && jwt.expires_at.is_some_and(|t| t + leeway <= std::time::SystemTime::now()) {
             return Err(SessionEnd::fatal("28P01", "pgrouter: the session's JWT has expired; log in again with a new token"));
         }
         Ok(())
@@ -163,14 +197,71 @@ impl Session {
     fn answer_without_server(&mut self, tag: u8) {
         if tag == b'S' || (self.skip_to_sync && tag == b'Q') {
             self.skip_to_sync = false;
-            backend::ready_for_query(&mut self.to_client, b'I');
+            let status = match &self.server {
+                Some(held) if self.is_quiet() => held.conn.tx_status,
+                Some(_) if self.in_tx => b'T',
+                _ => b'I',
+            };
+            backend::ready_for_query(&mut self.to_client, status);
         }
+    }
+
+    /// An extended batch is routed as a whole (one implicit transaction up
+    /// to its Sync): wait until its Sync or a Flush has arrived, unless it
+    /// is already large.
+    fn batch_has_arrived(&self, tag: u8) -> bool {
+        if !matches!(tag, b'P' | b'B' | b'D' | b'E' | b'C') || self.cbuf.len() > MAX_LOOKAHEAD {
+            return true;
+        }
+        let mut at = 0;
+        while let Ok(Some(frame)) = next_frame(self.cbuf.get(at..).unwrap_or(&[]), self.max_message) {
+            if matches!(frame.tag, b'S' | b'H') {
+                return true;
+            }
+            at += frame.total_len;
+        }
+        false
+    }
+
+    /// JWT sessions: statements PostgreSQL refuses to run in a pipeline or
+    /// transaction block (VACUUM, CREATE INDEX CONCURRENTLY, ...) cannot
+    /// share an implicit transaction with the pipelined SET ROLE, so for them
+    /// the role is set in its own transaction first, and the statement is
+    /// sent only once that succeeded.
+    fn needs_guard_round_trip(&self, tag: u8, len: usize) -> Result<bool, SessionEnd> {
+        if self.policy.jwt.is_none() || !self.batch_start || self.in_tx || !matches!(tag, b'Q' | b'P') {
+            return Ok(false);
+        }
+        let body = self.cbuf.get(5..len).unwrap_or(&[]);
+        let sql = if tag == b'Q' { parse_query(body)? } else { parse_parse(body)?.sql };
+        let analysis = self.state.cache.analyze(sql);
+        Ok(router::runs_outside_transactions(&analysis, sql))
+    }
+
+    /// Sets the role in a transaction of its own and holds the client's
+    /// request until the answer is in (see `needs_guard_round_trip`).
+    fn inject_role_guard_synced(&mut self) {
+        let Some(jwt) = &self.policy.jwt else { return };
+        let sql = format!("SET ROLE {}", super::params::quote_ident(&jwt.role));
+        frontend::write_parse(&mut self.to_server, "", &sql, &[]);
+        frontend::bind_execute_unnamed(&mut self.to_server);
+        frontend::sync(&mut self.to_server);
+        self.expect.swallow(Reply::Parse(None));
+        self.expect.swallow(Reply::Bind);
+        self.expect.guard(Reply::Execute);
+        self.expect.swallow(Reply::Sync);
+        self.batch_start = false;
+        self.guard = GuardState::Waiting;
+        self.blocked = true;
     }
 
     /// Statements that only change the client's own state are answered by
     /// the router when no server is held: DEALLOCATE and DISCARD ALL (which
     /// must not touch the shared server's statements).
     fn try_answer_locally(&mut self, len: usize) -> Result<bool, SessionEnd> {
+        if self.cbuf.first() == Some(&b'P') {
+            return self.try_answer_batch_locally();
+        }
         if self.cbuf.first() != Some(&b'Q') {
             return Ok(false);
         }
@@ -217,6 +308,55 @@ impl Session {
         if let Some(made) = self.expect.synthesize(answer.freeze()) {
             self.to_client.extend_from_slice(&made);
         }
+        Ok(true)
+    }
+
+    /// The extended-protocol form of a JWT session's `DISCARD ALL` / `RESET
+    /// ALL` (what Npgsql sends on connection reuse): an unnamed Parse, Bind,
+    /// optional Describe, Execute, Sync — answered by the router, which
+    /// resets the client's own state and keeps its role.
+    fn try_answer_batch_locally(&mut self) -> Result<bool, SessionEnd> {
+        if self.policy.jwt.is_none() {
+            return Ok(false);
+        }
+        let Some(frame) = next_frame(&self.cbuf, self.max_message)? else { return Ok(false) };
+        let p = parse_parse(frame.body(&self.cbuf))?;
+        if !p.name.is_empty() {
+            return Ok(false);
+        }
+        let analysis = self.state.cache.analyze(p.sql);
+        let tag = match analysis.statements.as_slice() {
+            [s] if matches!(s.kind, StatementKind::Discard(DiscardKind::All)) => "DISCARD ALL",
+            [s] if matches!(s.kind, StatementKind::Reset(ResetTarget::All)) => "RESET",
+            _ => return Ok(false),
+        };
+        let mut answer = BytesMut::new();
+        backend::parse_complete(&mut answer);
+        let mut at = frame.total_len;
+        loop {
+            let Some(f) = next_frame(self.cbuf.get(at..).unwrap_or(&[]), self.max_message)? else {
+                return Ok(false); // wait for the rest of the batch
+            };
+            at += f.total_len;
+            match f.tag {
+                b'B' => backend::put_message(&mut answer, b'2', |_| {}),
+                b'D' => backend::put_message(&mut answer, b'n', |_| {}),
+                b'E' => backend::command_complete(&mut answer, tag),
+                b'H' => {}
+                b'S' => break,
+                _ => return Ok(false),
+            }
+        }
+        if !self.is_quiet() || self.in_tx {
+            return Ok(false);
+        }
+        self.sql_prepared.clear();
+        self.statements.clear();
+        self.params.apply(SetChange::ResetAll);
+        let status = self.server.as_ref().map_or(b'I', |h| h.conn.tx_status);
+        backend::ready_for_query(&mut answer, status);
+        self.to_client.extend_from_slice(&answer);
+        self.cbuf.advance(at);
         Ok(true)
     }
 

@@ -40,6 +40,17 @@ pub(super) struct Held {
     pub pool_id: usize,
 }
 
+/// A JWT session's role set in a round trip of its own (see
+/// `outbound::needs_guard_round_trip`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum GuardState {
+    Idle,
+    /// Sent; the client's request waits in the buffer.
+    Waiting,
+    Passed,
+    Failed,
+}
+
 /// Everything a session needs from login.
 pub struct SessionSetup {
     pub cbuf: BytesMut,
@@ -80,6 +91,7 @@ pub struct Session {
     /// The next message forwarded starts a new unit of work (after a Sync or
     /// a Query, or on a fresh checkout).
     pub(super) batch_start: bool,
+    pub(super) guard: GuardState,
 
     /// The client's named statements (protocol level).
     pub(super) statements: HashMap<String, Arc<SharedStatement>>,
@@ -131,6 +143,7 @@ impl Session {
             blocked: false,
             skip_to_sync: false,
             batch_start: true,
+            guard: GuardState::Idle,
             statements: HashMap::new(),
             sql_prepared: HashMap::new(),
             unnamed: None,
@@ -227,7 +240,7 @@ impl Session {
     /// Transaction mode: the server goes back to its pool as soon as the
     /// client's transaction is over and nothing is in flight.
     pub(super) fn release_if_done(&mut self) {
-        if self.mode != PoolMode::Transaction || !self.at_boundary() {
+        if self.mode != PoolMode::Transaction || !self.at_boundary() || self.guard != GuardState::Idle {
             return;
         }
         if let Some(held) = self.server.take() {

@@ -104,3 +104,17 @@ pub fn transaction_effect(analysis: &Analysis) -> Option<bool> {
 
 #[cfg(test)]
 mod tests;
+
+/// Statements PostgreSQL refuses inside a transaction block or a pipeline.
+pub fn runs_outside_transactions(analysis: &Analysis, sql: &str) -> bool {
+    analysis.statements.iter().any(|s| match &s.kind {
+        StatementKind::Vacuum => true,
+        StatementKind::Ddl | StatementKind::Other => {
+            let upper = sql.to_ascii_uppercase();
+            ["CONCURRENTLY", "DATABASE", "TABLESPACE", "ALTER SYSTEM", "SUBSCRIPTION", "REINDEX SYSTEM"]
+                .iter()
+                .any(|w| upper.contains(w))
+        }
+        _ => false,
+    })
+}
