@@ -4,18 +4,26 @@
 #     (127.0.0.1:15433, made with pg_basebackup -R) under ./demo/pg/
 #   - role `app` (password app-secret, SCRAM) owning database `app`, with a
 #     small table `items`
-#   - an RSA key pair for JWT login (demo/jwt.pem, demo/jwt-private.pem) and a
-#     sample token (demo/jwt.token)
+#   - role `report` (password report-secret, SELECT on items): a read-only
+#     login in users.toml
+#   - for JWT login: `authenticator` (LOGIN NOINHERIT, password
+#     authenticator-secret, the [jwt] connect_as user) and the NOLOGIN roles
+#     `app_reader` (SELECT on items) and `app_writer` (SELECT, INSERT, UPDATE,
+#     DELETE), both granted to authenticator
+#   - an RSA key pair (demo/jwt.pem, demo/jwt-private.pem) and two sample
+#     tokens valid for a day: demo/jwt-alice.token (sub=alice, role=app_writer)
+#     and demo/jwt-bob.token (sub=bob, role=app_reader, read_only=true)
 #   - pgrouter on 127.0.0.1:6432 with ./example.router.toml and ./users.toml,
-#     logging to demo/pgrouter.log
+#     run from the repository root, logging to demo/pgrouter.log
 #
 #   bash scripts/quickstart.sh          # set up (or reuse) and start everything
 #   bash scripts/quickstart.sh stop     # stop the router and both servers
 #   bash scripts/quickstart.sh status   # what is running
 #   bash scripts/quickstart.sh clean    # stop and delete ./demo
 #
-# Re-running start reuses the clusters and restarts the router (so a freshly
-# built binary or an edited config is picked up).
+# Re-running start reuses the clusters (roles and grants are brought up to
+# date, fresh tokens are signed) and restarts the router, so a freshly built
+# binary or an edited config is picked up.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -164,11 +172,22 @@ EOF
     fi
     start_pg "$PRIMARY" "$PGROOT/primary.log" "$PRIMARY_PORT"
 
-    say "ensuring role app, database app, table items"
+    say "ensuring roles (app, report, authenticator, app_reader, app_writer), database app, table items"
+    # Roles are created only when missing; their attributes, passwords and
+    # grants are (re)applied on every run.
     psql_su -d postgres <<'EOF'
-SELECT 'CREATE ROLE app LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'app')\gexec
+SET client_min_messages = warning;
 SET password_encryption = 'scram-sha-256';
+SELECT format('CREATE ROLE %I', r) FROM unnest(ARRAY['app', 'report', 'authenticator', 'app_reader', 'app_writer']) AS r
+WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = r)\gexec
 ALTER ROLE app LOGIN PASSWORD 'app-secret';
+ALTER ROLE report LOGIN PASSWORD 'report-secret';
+-- The [jwt] connect_as user: NOINHERIT, so it holds no table rights of its
+-- own; JWT sessions get them through SET ROLE app_reader / app_writer.
+ALTER ROLE authenticator LOGIN NOINHERIT NOSUPERUSER PASSWORD 'authenticator-secret';
+ALTER ROLE app_reader NOLOGIN;
+ALTER ROLE app_writer NOLOGIN;
+GRANT app_reader, app_writer TO authenticator;
 SELECT 'CREATE DATABASE app OWNER app' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'app')\gexec
 EOF
     psql_su -d app <<'EOF'
@@ -178,6 +197,9 @@ SET ROLE app;
 CREATE TABLE IF NOT EXISTS items (id int PRIMARY KEY, name text NOT NULL, price numeric(10, 2) NOT NULL);
 INSERT INTO items VALUES (1, 'apple', 0.50), (2, 'bread', 2.20), (3, 'cheese', 7.90), (4, 'dates', 4.10)
 ON CONFLICT (id) DO NOTHING;
+GRANT USAGE ON SCHEMA public TO report, app_reader, app_writer;
+GRANT SELECT ON items TO report, app_reader;
+GRANT SELECT, INSERT, UPDATE, DELETE ON items TO app_writer;
 EOF
 }
 
@@ -219,9 +241,15 @@ if not private_path.exists() or not public_path.exists():
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
 private_key = private_path.read_bytes()
 now = int(time.time())
-token = jwt.encode({"sub": "app", "role": "app", "iat": now, "exp": now + 86400},
-                   private_key, algorithm="RS256")
-(demo / "jwt.token").write_text(token + "\n")
+samples = {
+    "alice": {"sub": "alice", "role": "app_writer"},
+    "bob": {"sub": "bob", "role": "app_reader", "read_only": True},
+}
+for name, claims in samples.items():
+    token = jwt.encode({**claims, "iat": now, "exp": now + 86400}, private_key, algorithm="RS256")
+    (demo / f"jwt-{name}.token").write_text(token + "\n")
+# The single sample token of earlier versions of this script.
+(demo / "jwt.token").unlink(missing_ok=True)
 EOF
 }
 
@@ -267,26 +295,42 @@ start() {
     make_jwt
     start_router
 
-    local check
+    local check who alice bob
     check="$("$PGBIN/psql" -X -At "host=$ROUTER_HOST port=$ROUTER_PORT dbname=app user=app password=app-secret connect_timeout=5" \
         -c "SELECT count(*) FROM items" 2>&1)" || die "a query through the router failed: $check"
+    alice="$(cat "$DEMO/jwt-alice.token")"
+    bob="$(cat "$DEMO/jwt-bob.token")"
+    who="$(PGPASSWORD="$alice" "$PGBIN/psql" -X -At "host=$ROUTER_HOST port=$ROUTER_PORT dbname=app user=alice connect_timeout=5" \
+        -c "SELECT current_user" 2>&1)" || die "a JWT login through the router failed: $who"
+    [ "$who" = app_writer ] || die "alice's JWT session runs as \"$who\", expected app_writer"
 
+    local r="host=$ROUTER_HOST port=$ROUTER_PORT dbname=app"
     cat <<EOF
 
 pgrouter is running on $ROUTER_HOST:$ROUTER_PORT (the items table has $check rows).
+Reads go to the replica ($REPLICA_PORT), writes and transactions to the primary
+($PRIMARY_PORT): inet_server_port() shows which server answered.
 
-Through the router (transaction pooling):
-  psql "host=$ROUTER_HOST port=$ROUTER_PORT dbname=app user=app password=app-secret"
+Password logins (SCRAM-SHA-256):
+  psql "$r user=app password=app-secret"
+  psql "$r user=report password=report-secret" -c "select current_user, inet_server_port(), count(*) from items"
+
+JWT logins: the token is the password (RS256, signed with demo/jwt-private.pem,
+valid for 1 day; also in demo/jwt-alice.token and demo/jwt-bob.token).
+
+# alice: role app_writer (users.toml entry, auth = "jwt"): reads on the replica, writes on the primary
+PGPASSWORD=$alice psql "$r user=alice" -c "select current_user, session_user, inet_server_port()"
+
+PGPASSWORD=$alice psql "$r user=alice" -c "insert into items values (5, 'eggs', 3.20) on conflict (id) do update set price = excluded.price returning *, inet_server_port()"
+
+# bob: role app_reader, read_only=true (no users.toml entry: auto-provisioned): reads work, writes get SQLSTATE 25006
+PGPASSWORD=$bob psql "$r user=bob" -c "select current_user, inet_server_port(), count(*) from items"
+
+PGPASSWORD=$bob psql "$r user=bob" -v VERBOSITY=verbose -c "insert into items values (6, 'figs', 1.10)"
 
 Directly, for comparison:
   psql "host=127.0.0.1 port=$PRIMARY_PORT dbname=app user=app password=app-secret"   # primary
   psql "host=127.0.0.1 port=$REPLICA_PORT dbname=app user=app password=app-secret"   # replica (read-only)
-
-A sample JWT (RS256, sub=app, role=app, valid for 1 day; key pair demo/jwt.pem + demo/jwt-private.pem):
-  $(cat "$DEMO/jwt.token")
-JWT login is not implemented in the router yet: this token does not log in today.
-Once it is, it will be used as the password:
-  psql "host=$ROUTER_HOST port=$ROUTER_PORT dbname=app user=app password=\$(cat demo/jwt.token)"
 
 Router log:  demo/pgrouter.log
 Stop:        bash scripts/quickstart.sh stop
@@ -298,6 +342,6 @@ case "${1:-start}" in
     stop) stop_router; stop_clusters ;;
     status) status ;;
     clean) stop_router; stop_clusters; rm -rf "$DEMO" "$PGROOT"; say "removed demo/" ;;
-    -h|--help|help) sed -n '2,20p' "$0" ;;
+    -h|--help|help) sed -n '2,26p' "$0" ;;
     *) die "unknown command '$1' (start | stop | status | clean)" ;;
 esac
