@@ -3,7 +3,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgrouter_config::{Config, LoadBalancing, PoolMode, ReadWriteSplit, ServerEntry, User};
+use pgrouter_config::{AuthMethod, Config, LoadBalancing, PoolMode, ReadWriteSplit, ServerEntry, User};
 
 use super::health::ServerHealth;
 use super::{Pool, PoolSettings};
@@ -91,10 +91,15 @@ impl Cluster {
         let mut health_list = Vec::new();
         for server in &config.databases {
             let key = health_key(server);
-            let check_target = config
-                .users
-                .iter()
-                .find(|u| u.database == server.name && (u.server_password.is_some() || u.password.is_none()))
+            // Health checks log in with server credentials that exist: an
+            // entry with a server password first, else one without any
+            // password (trust); JWT-only entries have no server credentials.
+            let of_db = || config.users.iter().filter(|u| u.database == server.name);
+            let check_target = of_db()
+                .find(|u| u.server_password.is_some())
+                .or_else(|| {
+                    of_db().find(|u| u.password.is_none() && !matches!(u.auth, AuthMethod::Jwt | AuthMethod::PasswordOrJwt))
+                })
                 .map(|u| target_for(server, u, &config.general));
             let h = Arc::new(ServerHealth::new(
                 key.clone(),
