@@ -409,7 +409,9 @@ fn repo_example_files_are_valid() {
     assert_eq!(c.logical_databases(), vec!["app"]);
     let ports: Vec<u16> = c.servers_of("app").iter().map(|s| s.port).collect();
     assert_eq!(ports, vec![15432, 15433]);
-    assert!(c.jwt.is_none());
+    let jwt = c.jwt.as_ref().expect("the demo enables JWT login");
+    assert_eq!(jwt.connect_as, "authenticator");
+    assert!(c.user("authenticator", "app").is_some_and(|u| !u.login));
     let app = c.user("app", "app").expect("user app");
     assert_eq!(
         (app.auth, app.password.as_deref()),

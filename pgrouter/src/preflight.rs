@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::client::params::quote_literal;
 use crate::server::ServerConn;
-use crate::state::State;
+use crate::state::Runtime;
 
 /// What the preflight found: errors make the set-up unusable; warnings are
 /// risky but allowed.
@@ -17,15 +17,18 @@ pub struct Findings {
     pub warnings: Vec<String>,
 }
 
-pub async fn run(state: &State) -> Findings {
+/// Checks `rt` (at start-up, or a reload's candidate before it is put in
+/// force). An unreachable server is only a warning: it must not block a
+/// start or a reload, and its sessions will see errors until it is back.
+pub async fn run(rt: &Runtime) -> Findings {
     let mut findings = Findings::default();
-    let Some(jwt) = &state.config.jwt else { return findings };
-    let timeout = Duration::from_millis(state.config.general.connect_timeout_ms);
-    for db in state.config.logical_databases() {
+    let Some(jwt) = &rt.config.jwt else { return findings };
+    let timeout = Duration::from_millis(rt.config.general.connect_timeout_ms);
+    for db in rt.config.logical_databases() {
         if !jwt.databases.is_empty() && !jwt.databases.iter().any(|d| d == db) {
             continue;
         }
-        let Some(pools) = state.cluster.pools_for(&jwt.connect_as, db) else {
+        let Some(pools) = rt.cluster.pools_for(&jwt.connect_as, db) else {
             findings.errors.push(format!("[jwt] connect_as \"{}\" has no users.toml entry for database \"{db}\"", jwt.connect_as));
             continue;
         };
@@ -36,7 +39,7 @@ pub async fn run(state: &State) -> Findings {
                 let mut conn = match ServerConn::connect(target, timeout).await {
                     Ok(c) => c,
                     Err(e) => {
-                        findings.errors.push(format!(
+                        findings.warnings.push(format!(
                             "connect_as \"{}\" cannot log in to {server} (database \"{}\"): {e}",
                             target.user, target.database
                         ));

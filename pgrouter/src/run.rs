@@ -25,23 +25,37 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )),
         None => None,
     };
-    let state = State::new(config, jwt, shutdown_rx);
-    let findings = crate::preflight::run(&state).await;
+    let metrics_listen = config.general.metrics_listen.clone();
+    let hot_reload = config.general.hot_reload;
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let state = State::new(config, jwt, metrics.clone(), shutdown_rx);
+    let findings = crate::preflight::run(&state.rt()).await;
     if !findings.errors.is_empty() {
         anyhow::bail!("preflight found {} problem(s) with the [jwt] set-up (see above)", findings.errors.len());
     }
     let listener = TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    if !metrics_listen.is_empty() {
+        let l = crate::metrics::bind(&metrics_listen)
+            .await
+            .with_context(|| format!("cannot listen on metrics_listen {metrics_listen}"))?;
+        let source = Arc::new(crate::ops::Ops { state: state.clone() });
+        tokio::spawn(crate::metrics::serve_listener(l, metrics.clone(), source, state.shutdown.clone()));
+        tracing::info!(%metrics_listen, "Prometheus metrics at /metrics");
+    }
     tracing::info!(%listen, "pgrouter is accepting clients");
 
     tokio::spawn(maintain_pools(state.clone()));
-    let interval = Duration::from_millis(state.config.general.healthcheck_interval_ms.max(1));
-    let connect_timeout = Duration::from_millis(state.config.general.connect_timeout_ms);
-    for health in &state.cluster.health {
-        tokio::spawn(health.clone().run_checks(interval, connect_timeout, state.shutdown.clone()));
+    tokio::spawn(check_health(state.clone()));
+    tokio::spawn(crate::reload::on_sighup(state.clone()));
+    if hot_reload {
+        tokio::spawn(crate::reload::watch_files(state.clone()));
     }
     let accept = tokio::spawn(crate::net::serve(listener, state.clone()));
 
-    wait_for_shutdown_signal().await;
+    tokio::select! {
+        _ = wait_for_shutdown_signal() => {}
+        _ = state.shutdown_request.notified() => tracing::info!("SHUTDOWN from the admin console"),
+    }
     tracing::info!(timeout_ms = shutdown_timeout.as_millis() as u64, "shutting down: waiting for open transactions");
     let _ = shutdown_tx.send(true);
     let _ = accept.await;
@@ -53,7 +67,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if left > 0 {
         tracing::warn!(clients = left, "shutdown timeout reached; closing remaining clients");
     }
-    for pool in state.cluster.all_pools() {
+    for pool in state.rt().cluster.all_pools() {
         pool.close_idle();
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -69,8 +83,26 @@ async fn maintain_pools(state: Arc<State>) {
         if *state.shutdown.borrow() {
             return;
         }
-        for pool in state.cluster.all_pools() {
+        let rt = state.rt();
+        for pool in rt.cluster.all_pools() {
             pool.maintain().await;
+        }
+    }
+}
+
+/// Checks every server of the runtime in force every
+/// `healthcheck_interval_ms` (the interval is re-read after a reload).
+async fn check_health(state: Arc<State>) {
+    loop {
+        let rt = state.rt();
+        let interval = Duration::from_millis(rt.config.general.healthcheck_interval_ms.max(1));
+        let timeout = Duration::from_millis(rt.config.general.connect_timeout_ms);
+        tokio::time::sleep(interval).await;
+        if *state.shutdown.borrow() {
+            return;
+        }
+        for health in &rt.cluster.health {
+            tokio::spawn(health.clone().check_once(timeout));
         }
     }
 }

@@ -1,54 +1,117 @@
-//! What every client task shares: the config in force, the pools, the cancel
-//! keys, the shutdown signal and the client count.
+//! What every client task shares.
+//!
+//! The parts a reload replaces (config, pools, JWT verifier, analysis cache)
+//! form one [`Runtime`], swapped atomically with arc-swap: a session keeps
+//! the runtime it has until its next transaction boundary, then picks up the
+//! new one. Everything that must outlive a reload (cancel keys, statistics,
+//! the prepared-statement registry, the client count) lives in [`State`].
 
-use std::sync::atomic::AtomicUsize;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use pgrouter_config::Config;
+use pgrouter_parser::AnalysisCache;
 use tokio::sync::watch;
 
 use crate::auth::jwt::JwtVerifier;
 use crate::client::cancel::CancelRegistry;
 use crate::client::prepared::StatementRegistry;
-use pgrouter_parser::AnalysisCache;
+use crate::metrics::Metrics;
 use crate::pool::Cluster;
 
-pub struct State {
+/// The configuration in force and everything built from it.
+pub struct Runtime {
     pub config: Arc<Config>,
     pub cluster: Cluster,
+    /// Verifies JWT logins; `None` without a `[jwt]` section.
+    pub jwt: Option<Arc<JwtVerifier>>,
+    /// Every statement's analysis, by text, shared by all clients.
+    pub cache: Arc<AnalysisCache>,
+    /// Increases with every successful reload.
+    pub generation: u64,
+}
+
+pub struct State {
+    pub runtime: ArcSwap<Runtime>,
     pub cancels: Arc<CancelRegistry>,
     /// Becomes true when the router starts shutting down.
     pub shutdown: watch::Receiver<bool>,
+    /// Asks the router to shut down (admin SHUTDOWN).
+    pub shutdown_request: tokio::sync::Notify,
     /// Clients connected now (counted from accept to close).
     pub clients: AtomicUsize,
-    /// Every statement's analysis, by text, shared by all clients.
-    pub cache: AnalysisCache,
     /// Prepared statements de-duplicated across clients.
     pub statements: StatementRegistry,
-    /// Verifies JWT logins; `None` without a `[jwt]` section.
-    pub jwt: Option<Arc<JwtVerifier>>,
+    pub metrics: Arc<Metrics>,
+    /// One reload at a time.
+    pub reload_lock: tokio::sync::Mutex<()>,
+    generation: AtomicU64,
+    pub router_path: PathBuf,
+    pub users_path: PathBuf,
+    /// Logical databases paused by the admin console.
+    pub paused: parking_lot::Mutex<std::collections::HashSet<String>>,
+    pub resumed: tokio::sync::Notify,
+    /// Connected clients, for SHOW CLIENTS and the metrics.
+    pub registry: Arc<crate::client::registry::ClientRegistry>,
 }
 
 impl State {
-    pub fn new(config: Config, jwt: Option<Arc<JwtVerifier>>, shutdown: watch::Receiver<bool>) -> Arc<State> {
-        let cluster = Cluster::build(&config);
-        let cache = AnalysisCache::new(config.general.parse_cache_size, config.general.write_functions.clone());
+    pub fn new(
+        config: Config,
+        jwt: Option<Arc<JwtVerifier>>,
+        metrics: Arc<Metrics>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Arc<State> {
+        let cluster = Cluster::build(&config, None, &metrics);
+        let cache = Arc::new(AnalysisCache::new(config.general.parse_cache_size, config.general.write_functions.clone()));
+        let router_path = config.router_path.clone();
+        let users_path = config.users_path.clone();
+        let runtime = Runtime { config: Arc::new(config), cluster, jwt, cache, generation: 1 };
         Arc::new(State {
-            cache,
-            statements: StatementRegistry::default(),
-            jwt,
-            config: Arc::new(config),
-            cluster,
+            runtime: ArcSwap::from_pointee(runtime),
             cancels: Arc::new(CancelRegistry::default()),
             shutdown,
+            shutdown_request: tokio::sync::Notify::new(),
             clients: AtomicUsize::new(0),
+            statements: StatementRegistry::default(),
+            metrics,
+            reload_lock: tokio::sync::Mutex::new(()),
+            generation: AtomicU64::new(1),
+            router_path,
+            users_path,
+            paused: Default::default(),
+            resumed: tokio::sync::Notify::new(),
+            registry: Default::default(),
         })
     }
-}
 
-impl State {
+    /// The runtime in force now.
+    pub fn rt(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// Cheap check whether a session's runtime is still current.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Puts a new runtime in force.
+    pub fn install(&self, mut runtime: Runtime) {
+        let generation = self.generation.load(Ordering::Acquire) + 1;
+        runtime.generation = generation;
+        self.runtime.store(Arc::new(runtime));
+        self.generation.store(generation, Ordering::Release);
+    }
+
     /// Counts a JWT login by result ("ok" or the refusal's cause word).
     pub fn metrics_jwt_login(&self, result: &'static str) {
-        tracing::debug!(result, "jwt login");
+        self.metrics.record_jwt_login(result);
+    }
+
+    pub fn is_paused(&self, database: &str) -> bool {
+        let paused = self.paused.lock();
+        !paused.is_empty() && (paused.contains(database) || paused.contains("*"))
     }
 }

@@ -49,6 +49,11 @@ impl Session {
                 b'Z' => {
                     let status = body.first().copied().unwrap_or(b'I');
                     held.conn.tx_status = status;
+                    if clients {
+                        if let Some(started) = self.request_started.take() {
+                            held.conn.pool().metrics.record_query(started.elapsed());
+                        }
+                    }
                     if clients && !self.sets.is_idle() {
                         for change in self.sets.on_ready(status) {
                             note_change_on_server(&mut held.conn, &self.params, &change);
@@ -72,6 +77,9 @@ impl Session {
                 b'E' => {
                     if clients {
                         self.sets.on_error();
+                        if let Ok(f) = parse_error_fields(body) {
+                            self.state.metrics.record_error(&f.code);
+                        }
                     } else if let Ok(f) = parse_error_fields(body) {
                         tracing::warn!(code = %f.code, error = %f.message, "a query of the router's failed");
                     }
@@ -114,6 +122,7 @@ impl Session {
         if pos > 0 {
             let result = if verbatim {
                 use tokio::io::AsyncWriteExt;
+                held.conn.pool().metrics.add_bytes_sent(pos as u64);
                 self.client.write_all(&held.conn.read_buf[..pos]).await
             } else {
                 Ok(())

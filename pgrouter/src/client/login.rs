@@ -20,7 +20,7 @@ use crate::pool::UserPools;
 use crate::protocol::backend;
 use crate::protocol::frontend::{parse_password, parse_sasl_initial};
 use crate::router::{JwtIdentity, Policy};
-use crate::state::State;
+use crate::state::{Runtime, State};
 
 pub struct LoggedIn {
     /// The users.toml entry whose pools serve the session (the connect_as
@@ -47,28 +47,29 @@ pub async fn authenticate(
     database: &str,
     transport: &Transport,
 ) -> Result<LoggedIn, SessionEnd> {
-    let config = &state.config;
+    let rt = state.rt();
+    let config = &rt.config;
     if !config.logical_databases().contains(&database) {
         return Err(SessionEnd::fatal("3D000", format!("database \"{database}\" does not exist")));
     }
     let entry = config.user(user_name, database);
-    let jwt_enabled = config.jwt.is_some() && state.jwt.is_some();
+    let jwt_enabled = config.jwt.is_some() && rt.jwt.is_some();
     match entry {
         Some(user) if !user.login => {
             Err(SessionEnd::fatal("28000", format!("user \"{user_name}\" cannot log in directly")))
         }
         Some(user) if user.auth == AuthMethod::Jwt => {
             let token = cleartext_exchange(stream, buf).await?;
-            jwt_login(state, Some(user), user_name, database, &token, transport).await
+            jwt_login(state, &rt, Some(user), user_name, database, &token, transport).await
         }
         Some(user) if user.auth == AuthMethod::PasswordOrJwt => {
             let secret = cleartext_exchange(stream, buf).await?;
             if jwt_enabled && looks_like_jwt(&secret) {
-                jwt_login(state, Some(user), user_name, database, &secret, transport).await
+                jwt_login(state, &rt, Some(user), user_name, database, &secret, transport).await
             } else {
                 let stored = StoredPassword::parse(user.password.as_deref().unwrap_or(""));
                 let ok = user.password.is_some() && verify_cleartext(&stored, &user.name, &secret);
-                password_result(state, user, ok, "password")
+                password_result(&rt, user, ok, "password")
             }
         }
         Some(user) => {
@@ -84,22 +85,22 @@ pub async fn authenticate(
                     (verify_cleartext(&stored, &user.name, &secret), "password")
                 }
             };
-            password_result(state, user, ok && user.password.is_some(), method)
+            password_result(&rt, user, ok && user.password.is_some(), method)
         }
         None if jwt_enabled && config.jwt.as_ref().is_some_and(|j| j.auto_provision) => {
             let token = cleartext_exchange(stream, buf).await?;
-            jwt_login(state, None, user_name, database, &token, transport).await
+            jwt_login(state, &rt, None, user_name, database, &token, transport).await
         }
         None => Err(SessionEnd::fatal("28000", format!("role \"{user_name}\" does not exist for database \"{database}\""))),
     }
 }
 
-fn password_result(state: &State, user: &User, ok: bool, method: &'static str) -> Result<LoggedIn, SessionEnd> {
+fn password_result(rt: &Runtime, user: &User, ok: bool, method: &'static str) -> Result<LoggedIn, SessionEnd> {
     if !ok {
         tracing::warn!(user = %user.name, database = %user.database, method, "password authentication failed");
         return Err(SessionEnd::fatal("28P01", format!("password authentication failed for user \"{}\"", user.name)));
     }
-    let pools = state
+    let pools = rt
         .cluster
         .pools_for(&user.name, &user.database)
         .cloned()
@@ -110,13 +111,14 @@ fn password_result(state: &State, user: &User, ok: bool, method: &'static str) -
 /// Verifies a token and maps it to the connect_as pools and a policy.
 async fn jwt_login(
     state: &State,
+    rt: &Runtime,
     entry: Option<&User>,
     user_name: &str,
     database: &str,
     token: &str,
     transport: &Transport,
 ) -> Result<LoggedIn, SessionEnd> {
-    let (Some(cfg), Some(verifier)) = (state.config.jwt.as_ref(), state.jwt.as_ref()) else {
+    let (Some(cfg), Some(verifier)) = (rt.config.jwt.as_ref(), rt.jwt.as_ref()) else {
         return Err(SessionEnd::fatal("28000", "JWT login is not configured"));
     };
     if !cfg.databases.is_empty() && !cfg.databases.iter().any(|d| d == database) {
@@ -137,7 +139,7 @@ async fn jwt_login(
         }
     };
     state.metrics_jwt_login("ok");
-    let pools = state
+    let pools = rt
         .cluster
         .pools_for(&cfg.connect_as, database)
         .cloned()
@@ -184,7 +186,7 @@ async fn md5_exchange(
     Ok(verify_md5(stored, &user.name, salt, response))
 }
 
-async fn scram_exchange(stream: &mut ClientStream, buf: &mut BytesMut, stored: &StoredPassword) -> Result<bool, SessionEnd> {
+pub(super) async fn scram_exchange(stream: &mut ClientStream, buf: &mut BytesMut, stored: &StoredPassword) -> Result<bool, SessionEnd> {
     let mut server = match stored {
         StoredPassword::Scram(secret) => ScramServer::new(secret.clone()),
         StoredPassword::Plain(p) => ScramServer::from_plain(p),

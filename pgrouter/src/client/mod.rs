@@ -2,6 +2,7 @@
 //! (SSL/GSS refusal, cancel requests), login, then the session loop.
 
 pub mod cancel;
+mod admin_login;
 mod cleanup;
 mod error;
 mod expect;
@@ -12,6 +13,7 @@ mod outbound;
 pub mod params;
 pub mod prepared;
 mod recovery;
+pub mod registry;
 mod session;
 mod tracking;
 
@@ -54,16 +56,43 @@ pub async fn handle(
             Err(_) => return send_fatal(&mut stream, "08P01", "pgrouter: login timed out").await,
         };
         let transport = login::Transport { peer, tls: stream.is_tls() };
-        let make_session = match tokio::time::timeout(LOGIN_TIMEOUT, login(&mut stream, buf, &state, startup, transport)).await {
-            Ok(Ok(make_session)) => make_session,
-            Ok(Err(end)) => return report_end(&mut stream, end).await,
-            Err(_) => return send_fatal(&mut stream, "08P01", "pgrouter: login timed out").await,
-        };
+        let admin_db = state.rt().config.general.admin_database.clone();
+        if startup.1.iter().any(|(k, v)| k == "database" && *v == admin_db) {
+            return admin_login::serve(stream, buf, state, startup.1, transport).await;
+        }
+        let make_session =
+            match tokio::time::timeout(LOGIN_TIMEOUT, login(&mut stream, buf, &state, startup, transport, id)).await {
+                Ok(Ok(make_session)) => {
+                    state.metrics.record_login("ok");
+                    make_session
+                }
+                Ok(Err(end)) => {
+                    state.metrics.record_login(login_result(&end));
+                    return report_end(&mut stream, end).await;
+                }
+                Err(_) => {
+                    state.metrics.record_login("error");
+                    return send_fatal(&mut stream, "08P01", "pgrouter: login timed out").await;
+                }
+            };
         let (mut stream, end) = make_session(stream).run().await;
         report_end(&mut stream, end).await;
     }
     .instrument(span)
     .await
+}
+
+/// The login result label for a failed login (metrics).
+fn login_result(end: &SessionEnd) -> &'static str {
+    match end {
+        SessionEnd::Fatal { sqlstate: "28P01", message } if message.starts_with("JWT") => "bad_token",
+        SessionEnd::Fatal { sqlstate: "28P01", .. } => "bad_password",
+        SessionEnd::Fatal { sqlstate: "28000", .. } => "unknown_user",
+        SessionEnd::Fatal { sqlstate: "3D000", .. } => "unknown_database",
+        SessionEnd::Fatal { sqlstate: "53300", .. } => "too_many_clients",
+        SessionEnd::Fatal { .. } => "refused",
+        _ => "error",
+    }
 }
 
 async fn report_end(stream: &mut ClientStream, end: SessionEnd) {
@@ -140,6 +169,7 @@ async fn login(
     state: &Arc<State>,
     (minor, startup): (i32, Vec<(String, String)>),
     transport: login::Transport,
+    id: u64,
 ) -> Result<impl FnOnce(ClientStream) -> Session, SessionEnd> {
     let param = |name: &str| startup.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     let user = param("user").ok_or_else(|| SessionEnd::fatal("28000", "no PostgreSQL user name specified in startup packet"))?;
@@ -150,7 +180,7 @@ async fn login(
     if param("replication").is_some_and(|v| v != "false" && v != "0" && v != "off") {
         return Err(SessionEnd::fatal("08P01", "pgrouter does not support replication connections"));
     }
-    let max_clients = state.config.general.max_clients as usize;
+    let max_clients = state.rt().config.general.max_clients as usize;
     if state.clients.load(Ordering::Relaxed) > max_clients {
         return Err(SessionEnd::fatal("53300", "sorry, too many clients already"));
     }
@@ -203,13 +233,28 @@ async fn login(
         "client logged in"
     );
 
+    let registered = state.registry.register(registry::ClientInfo::new(
+        id,
+        user.clone(),
+        database.clone(),
+        transport.peer.to_string(),
+        logged_in.method,
+        logged_in.policy.read_only,
+        logged_in.policy.jwt.as_ref().map(|j| j.role.clone()),
+        transport.tls,
+        params.get("application_name").unwrap_or("").to_string(),
+    ));
     let setup = SessionSetup {
         cbuf: buf,
         pools: logged_in.pools,
+        pools_user: logged_in.pools_user,
+        database,
         params,
         cancel,
+        rt: state.rt(),
         state: state.clone(),
         policy: logged_in.policy,
+        registered,
     };
     Ok(move |stream| Session::new(stream, setup))
 }

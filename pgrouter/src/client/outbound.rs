@@ -13,6 +13,7 @@ use super::error::SessionEnd;
 use super::expect::{Reply, CLOSE_COMPLETE, PARSE_COMPLETE};
 use super::prepared::{SharedStatement, SqlPrepared};
 use super::recovery::Replay;
+use super::registry::ClientState;
 use super::session::{GuardState, Held, Session};
 use super::tracking::SetChange;
 use crate::pool::PoolError;
@@ -21,6 +22,45 @@ use crate::protocol::frontend::{self, parse_bind_names, parse_parse, parse_query
 use crate::protocol::next_frame;
 use crate::router::{self, Refusal, Role, Route, SessionRouting};
 use crate::server::ServerError;
+
+impl Session {
+    /// After a reload, a session moves to the new runtime at its next
+    /// transaction boundary: same user and database, new pools. If its user
+    /// or database was removed, the session ends here with a clear FATAL.
+    fn refresh_runtime(&mut self) -> Result<(), SessionEnd> {
+        if self.state.generation() == self.rt.generation {
+            return Ok(());
+        }
+        let rt = self.state.rt();
+        match rt.cluster.pools_for(&self.pools_user, &self.database) {
+            Some(pools) => {
+                self.pools = pools.clone();
+                self.rt = rt;
+                Ok(())
+            }
+            None => Err(SessionEnd::fatal(
+                "08006",
+                format!(
+                    "pgrouter: user \"{}\" or database \"{}\" was removed from the configuration",
+                    self.pools_user, self.database
+                ),
+            )),
+        }
+    }
+
+    /// Admin PAUSE: new transactions wait until RESUME.
+    async fn wait_while_paused(&mut self) -> Result<(), SessionEnd> {
+        while self.state.is_paused(&self.database) {
+            let resumed = self.state.resumed.notified();
+            if !self.state.is_paused(&self.database) {
+                break;
+            }
+            self.registered.info.set_state(ClientState::Waiting);
+            resumed.await;
+        }
+        Ok(())
+    }
+}
 
 /// How much of an unfinished extended batch is buffered before routing it
 /// anyway.
@@ -80,6 +120,8 @@ impl Session {
                 if !self.batch_has_arrived(tag) {
                     break; // route the batch once its Sync (or Flush) is here
                 }
+                self.refresh_runtime()?;
+                self.wait_while_paused().await?;
                 let route = self.route_next_batch();
                 if let Err(e) = self.attach(route, &[]).await {
                     self.cbuf.advance(frame.total_len);
@@ -119,7 +161,7 @@ impl Session {
         let body = self.cbuf.get(5..len).unwrap_or(&[]);
         let analysis = match tag {
             b'Q' => self.query_analysis(parse_query(body)?),
-            b'P' => self.state.cache.analyze(parse_parse(body)?.sql),
+            b'P' => self.rt.cache.analyze(parse_parse(body)?.sql),
             _ => return Ok(Ok(())),
         };
         Ok(self.policy.check(&analysis))
@@ -165,7 +207,7 @@ impl Session {
     /// its next transaction boundary.
     fn check_token_expiry(&self) -> Result<(), SessionEnd> {
         let Some(jwt) = &self.policy.jwt else { return Ok(()) };
-        let Some(cfg) = self.state.config.jwt.as_ref() else { return Ok(()) };
+        let Some(cfg) = self.rt.config.jwt.as_ref() else { return Ok(()) };
         let leeway = std::time::Duration::from_secs(cfg.leeway_s);
         if cfg.disconnect_on_expiry && jwt.expires_at.is_some_and(|t| t + leeway <= std::time::SystemTime::now()) {
             return Err(SessionEnd::fatal("28P01", "pgrouter: the session's JWT has expired; log in again with a new token"));
@@ -234,7 +276,7 @@ impl Session {
         }
         let body = self.cbuf.get(5..len).unwrap_or(&[]);
         let sql = if tag == b'Q' { parse_query(body)? } else { parse_parse(body)?.sql };
-        let analysis = self.state.cache.analyze(sql);
+        let analysis = self.rt.cache.analyze(sql);
         Ok(router::runs_outside_transactions(&analysis, sql))
     }
 
@@ -267,7 +309,7 @@ impl Session {
         }
         let analysis = {
             let sql = parse_query(self.cbuf.get(5..len).unwrap_or(&[]))?;
-            self.state.cache.analyze(sql)
+            self.rt.cache.analyze(sql)
         };
         let [statement] = analysis.statements.as_slice() else { return Ok(false) };
         let jwt = self.policy.jwt.is_some();
@@ -324,7 +366,7 @@ impl Session {
         if !p.name.is_empty() {
             return Ok(false);
         }
-        let analysis = self.state.cache.analyze(p.sql);
+        let analysis = self.rt.cache.analyze(p.sql);
         let tag = match analysis.statements.as_slice() {
             [s] if matches!(s.kind, StatementKind::Discard(DiscardKind::All)) => "DISCARD ALL",
             [s] if matches!(s.kind, StatementKind::Reset(ResetTarget::All)) => "RESET",
@@ -382,7 +424,7 @@ impl Session {
                     if p.name.is_empty() {
                         return Ok(false);
                     }
-                    let analysis = self.state.cache.analyze(p.sql);
+                    let analysis = self.rt.cache.analyze(p.sql);
                     if analysis.parse_error.is_some() || self.policy.check(&analysis).is_err() {
                         return Ok(false);
                     }
@@ -444,7 +486,7 @@ impl Session {
             let analysis = match frame.tag {
                 b'Q' => parse_query(body).ok().map(|sql| self.query_analysis(sql)),
                 b'P' => parse_parse(body).ok().map(|p| {
-                    let a = self.state.cache.analyze(p.sql);
+                    let a = self.rt.cache.analyze(p.sql);
                     if p.name.is_empty() {
                         unnamed = Some(a.clone());
                     }
@@ -472,7 +514,7 @@ impl Session {
     /// The analysis that decides a simple query's route: for a lone
     /// `EXECUTE name`, the prepared statement's.
     fn query_analysis(&self, sql: &str) -> Arc<Analysis> {
-        let analysis = self.state.cache.analyze(sql);
+        let analysis = self.rt.cache.analyze(sql);
         if let [s] = analysis.statements.as_slice() {
             if let StatementKind::Execute { name } = &s.kind {
                 if let Some(p) = self.sql_prepared.get(name) {
@@ -516,8 +558,10 @@ impl Session {
             .get(route.shard)
             .ok_or_else(|| PoolError::Connect(ServerError::Auth(format!("shard {} does not exist", route.shard))))?;
         let mut tried = exclude.to_vec();
+        self.registered.info.set_state(ClientState::Waiting);
         let (conn, slot) = loop {
             let Some(slot) = shard.pick(route.role, pools.balancing, &tried) else {
+                self.registered.info.set_state(ClientState::Idle);
                 return Err(PoolError::Connect(ServerError::Auth("no server is available".into())));
             };
             match slot.pool.checkout().await {
@@ -526,9 +570,15 @@ impl Session {
                     slot.health.ban(&format!("connect failed: {e}"));
                     tried.push(Arc::as_ptr(&slot.pool) as usize);
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    self.registered.info.set_state(ClientState::Idle);
+                    return Err(e);
+                }
             }
         };
+        self.registered.info.set_state(ClientState::Active);
+        self.registered.info.set_server(Some((conn.addr.to_string(), conn.backend_pid)));
+        self.state.metrics.record_routed(route.role);
         self.cancel.slot.set(Some(conn.cancel_target()));
         let mut held = Held {
             conn,
@@ -536,6 +586,7 @@ impl Session {
             shard: route.shard,
             health: slot.health.clone(),
             pool_id: Arc::as_ptr(&slot.pool) as usize,
+            attached_at: std::time::Instant::now(),
         };
         let mut reset = if held.conn.needs_reset {
             held.conn.forget_session_state();
@@ -602,6 +653,10 @@ impl Session {
             return Ok(());
         };
         use tokio::io::AsyncWriteExt;
+        held.conn.pool().metrics.add_bytes_received(self.to_server.len() as u64);
+        if self.request_started.is_none() {
+            self.request_started = Some(std::time::Instant::now());
+        }
         let result = held.conn.stream.write_all(&self.to_server).await;
         self.to_server.clear();
         if result.is_err() {
@@ -620,7 +675,7 @@ impl Session {
             b'P' => {
                 self.unsynced = true;
                 let p = parse_parse(body)?;
-                let analysis = self.state.cache.analyze(p.sql);
+                let analysis = self.rt.cache.analyze(p.sql);
                 self.predict_tx(&analysis);
                 self.note_untracked_changes(&analysis);
                 if !skipping {
@@ -727,7 +782,7 @@ impl Session {
     /// statements it EXECUTEs exist on this server, then send it.
     fn forward_query(&mut self, msg: &[u8]) -> Result<(), SessionEnd> {
         let sql = parse_query(msg.get(5..).unwrap_or(&[]))?;
-        let analysis = self.state.cache.analyze(sql);
+        let analysis = self.rt.cache.analyze(sql);
         self.predict_tx(&analysis);
         self.note_untracked_changes(&analysis);
         self.track_session_changes(&analysis);

@@ -28,7 +28,8 @@ use super::tracking::SetTracker;
 use crate::net::ClientStream;
 use crate::pool::{Pool, PooledConn, ServerHealth, UserPools};
 use crate::router::Policy;
-use crate::state::State;
+use crate::state::{Runtime, State};
+use super::registry::{ClientState, Registered};
 
 /// The server a session holds, and what it is.
 pub(super) struct Held {
@@ -38,6 +39,7 @@ pub(super) struct Held {
     pub health: Arc<ServerHealth>,
     /// Identifies the pool, to leave it out when retrying elsewhere.
     pub pool_id: usize,
+    pub attached_at: std::time::Instant,
 }
 
 /// A JWT session's role set in a round trip of its own (see
@@ -55,6 +57,11 @@ pub(super) enum GuardState {
 pub struct SessionSetup {
     pub cbuf: BytesMut,
     pub pools: Arc<UserPools>,
+    /// The users.toml entry whose pools serve the session.
+    pub pools_user: String,
+    pub database: String,
+    pub rt: Arc<Runtime>,
+    pub registered: Registered,
     pub params: ClientParams,
     pub cancel: CancelKey,
     pub state: Arc<State>,
@@ -65,6 +72,14 @@ pub struct Session {
     pub(super) client: ClientStream,
     pub(super) cbuf: BytesMut,
     pub(super) pools: Arc<UserPools>,
+    pub(super) pools_user: String,
+    pub(super) database: String,
+    /// The runtime (config, pools, cache) this session uses; replaced at a
+    /// transaction boundary after a reload.
+    pub(super) rt: Arc<Runtime>,
+    pub(super) registered: Registered,
+    /// When the request now in flight was sent (query duration metric).
+    pub(super) request_started: Option<std::time::Instant>,
     pub(super) mode: PoolMode,
     pub(super) params: ClientParams,
     pub(super) cancel: CancelKey,
@@ -121,18 +136,23 @@ enum Event {
 
 impl Session {
     pub fn new(client: ClientStream, setup: SessionSetup) -> Session {
-        let g = &setup.state.config.general;
+        let g = &setup.rt.config.general;
         Session {
             client,
             cbuf: setup.cbuf,
             mode: setup.pools.mode.clone(),
             pools: setup.pools,
+            pools_user: setup.pools_user,
+            database: setup.database,
+            registered: setup.registered,
+            request_started: None,
             params: setup.params,
             cancel: setup.cancel,
             max_message: g.max_message_size as usize,
             idle_timeout: (g.client_idle_timeout_ms > 0).then(|| Duration::from_millis(g.client_idle_timeout_ms)),
             shutdown: setup.state.shutdown.clone(),
             state: setup.state,
+            rt: setup.rt,
             policy: setup.policy,
             shutdown_seen: false,
             server: None,
@@ -161,6 +181,7 @@ impl Session {
         let end = self.serve().await;
         if let Some(held) = self.server.take() {
             self.cancel.slot.set(None);
+            self.registered.info.set_state(ClientState::Idle);
             release_after_session(held.conn, self.expect.is_empty() && !self.unsynced, self.mode.clone());
         }
         (self.client, end)
@@ -252,6 +273,9 @@ impl Session {
             self.in_tx = false;
             self.blocked = false;
             self.replay = None;
+            held.conn.pool().metrics.record_transaction(held.attached_at.elapsed());
+            self.registered.info.set_state(ClientState::Idle);
+            self.registered.info.set_server(None);
             Pool::checkin(held.conn);
         }
     }

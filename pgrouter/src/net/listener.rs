@@ -10,16 +10,17 @@ use crate::state::State;
 static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Accepts clients until shutdown starts, with the client TLS set-up loaded
-/// from `state.config.general` now. A certificate that cannot be loaded is
+/// now from the config in force. A certificate that cannot be loaded is
 /// logged and TLS is then not offered (`client_tls = require` refuses every
 /// client); callers that want startup to fail instead load it themselves
 /// and use [`serve_with_tls`].
 pub async fn serve(listener: TcpListener, state: Arc<State>) {
-    let setup = match ClientTlsSetup::from_general(&state.config.general) {
+    let config = state.runtime.load().config.clone();
+    let setup = match ClientTlsSetup::from_general(&config.general) {
         Ok(setup) => setup,
         Err(e) => {
             tracing::error!(error = %e, "client TLS is not available");
-            ClientTlsSetup { mode: state.config.general.client_tls, config: None }
+            ClientTlsSetup { mode: config.general.client_tls, config: None }
         }
     };
     serve_with_tls(listener, state, ClientTlsHandle::new(setup)).await

@@ -7,6 +7,8 @@ use pgrouter_config::{AuthMethod, Config, LoadBalancing, PoolMode, ReadWriteSpli
 
 use super::health::ServerHealth;
 use super::{Pool, PoolSettings};
+use crate::metrics::snapshot::PoolLabels;
+use crate::metrics::Metrics;
 use crate::router::Role;
 use crate::server::ServerTarget;
 
@@ -86,7 +88,11 @@ pub struct Cluster {
 impl Cluster {
     /// One pool per (user, database, shard, server) for every users.toml
     /// entry; pools connect lazily (or up to `min_pool_size` in maintenance).
-    pub fn build(config: &Config) -> Cluster {
+    /// On a reload, `previous` lends its pools and health records: a pool
+    /// whose server and settings did not change is kept with its
+    /// connections (resized in place when only its size changed), so a
+    /// reload costs the clients nothing.
+    pub fn build(config: &Config, previous: Option<&Cluster>, metrics: &Arc<Metrics>) -> Cluster {
         let mut health: HashMap<String, Arc<ServerHealth>> = HashMap::new();
         let mut health_list = Vec::new();
         for server in &config.databases {
@@ -101,21 +107,34 @@ impl Cluster {
                     of_db().find(|u| u.password.is_none() && !matches!(u.auth, AuthMethod::Jwt | AuthMethod::PasswordOrJwt))
                 })
                 .map(|u| target_for(server, u, &config.general));
-            let h = Arc::new(ServerHealth::new(
-                key.clone(),
-                server.role.clone(),
-                check_target,
-                Duration::from_millis(config.general.ban_time_ms),
-            ));
+            let ban_time = Duration::from_millis(config.general.ban_time_ms);
+            let reused = previous.and_then(|p| p.health.iter().find(|h| h.name == key)).filter(|h| {
+                h.configured == server.role && h.check_target == check_target && h.ban_time == ban_time
+            });
+            let h = match reused {
+                Some(h) => h.clone(),
+                None => Arc::new(ServerHealth::new(key.clone(), server.role.clone(), check_target, ban_time, metrics.clone())),
+            };
             health_list.push(h.clone());
             health.insert(key, h);
         }
         let mut users = HashMap::new();
         for user in &config.users {
-            let pools = user_pools(config, user, &health);
+            let pools = user_pools(config, user, &health, previous, metrics);
             users.insert((user.name.clone(), user.database.clone()), Arc::new(pools));
         }
         Cluster { users, health: health_list }
+    }
+
+    /// A pool of the previous cluster for the same user, database and server.
+    fn find_pool(&self, user: &str, database: &str, target: &ServerTarget) -> Option<&Arc<Pool>> {
+        let pools = self.users.get(&(user.to_string(), database.to_string()))?;
+        pools.shards.iter().flat_map(|s| s.servers.iter()).map(|s| &s.pool).find(|p| p.target == *target)
+    }
+
+    /// Every (user, database) pair served.
+    pub fn entries(&self) -> impl Iterator<Item = (&(String, String), &Arc<UserPools>)> {
+        self.users.iter()
     }
 
     pub fn pools_for(&self, user: &str, database: &str) -> Option<&Arc<UserPools>> {
@@ -142,7 +161,13 @@ fn target_for(server: &ServerEntry, user: &User, general: &pgrouter_config::Gene
     }
 }
 
-fn user_pools(config: &Config, user: &User, health: &HashMap<String, Arc<ServerHealth>>) -> UserPools {
+fn user_pools(
+    config: &Config,
+    user: &User,
+    health: &HashMap<String, Arc<ServerHealth>>,
+    previous: Option<&Cluster>,
+    metrics: &Arc<Metrics>,
+) -> UserPools {
     let g = &config.general;
     let settings = PoolSettings {
         size: config.pool_size_for(user),
@@ -159,8 +184,28 @@ fn user_pools(config: &Config, user: &User, health: &HashMap<String, Arc<ServerH
         let Some(shard) = shards.get_mut(server.shard as usize) else { continue };
         let Some(h) = health.get(&health_key(server)) else { continue };
         let target = target_for(server, user, g);
-        let name = format!("{}@{}/{}/{}", user.name, user.database, server.shard, target.addr());
-        shard.servers.push(ServerSlot { pool: Pool::new(name, target, settings.clone()), health: h.clone() });
+        let kept = previous
+            .and_then(|p| p.find_pool(&user.name, &user.database, &target))
+            .filter(|p| p.settings_except_size() == settings.without_size());
+        let pool = match kept {
+            Some(pool) => {
+                pool.resize(settings.size);
+                pool.clone()
+            }
+            None => {
+                let name = format!("{}@{}/{}/{}", user.name, user.database, server.shard, target.addr());
+                let labels = PoolLabels {
+                    database: user.database.clone(),
+                    user: user.name.clone(),
+                    shard: server.shard,
+                    role: server.role.clone().as_str().to_string(),
+                    host: server.host.clone(),
+                    port: server.port,
+                };
+                Pool::new(name, target, settings.clone(), metrics.pool(&labels), labels)
+            }
+        };
+        shard.servers.push(ServerSlot { pool, health: h.clone() });
     }
     UserPools {
         mode: config.pool_mode_for(user),

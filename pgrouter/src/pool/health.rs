@@ -23,12 +23,21 @@ pub struct ServerHealth {
     pub check_target: Option<ServerTarget>,
     is_primary: AtomicBool,
     banned_until: Mutex<Option<Instant>>,
-    ban_time: Duration,
+    pub ban_time: Duration,
     pub bans: AtomicU64,
+    metrics: Arc<crate::metrics::Metrics>,
+    /// The health check's own connection, kept between checks.
+    conn: tokio::sync::Mutex<Option<ServerConn>>,
 }
 
 impl ServerHealth {
-    pub fn new(name: String, configured: ServerRole, check_target: Option<ServerTarget>, ban_time: Duration) -> Self {
+    pub fn new(
+        name: String,
+        configured: ServerRole,
+        check_target: Option<ServerTarget>,
+        ban_time: Duration,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
         ServerHealth {
             name,
             // "auto" servers count as primary until a check says otherwise, so
@@ -39,6 +48,8 @@ impl ServerHealth {
             banned_until: Mutex::new(None),
             ban_time,
             bans: AtomicU64::new(0),
+            metrics,
+            conn: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -68,6 +79,9 @@ impl ServerHealth {
         let mut banned = self.banned_until.lock();
         if banned.is_none() {
             self.bans.fetch_add(1, Ordering::Relaxed);
+            if let Some(t) = &self.check_target {
+                self.metrics.record_ban(&crate::metrics::snapshot::server_label(&t.host, t.port));
+            }
             tracing::warn!(server = %self.name, reason, ban_ms = self.ban_time.as_millis() as u64, "banning server");
         }
         *banned = Some(Instant::now() + self.ban_time);
@@ -79,38 +93,31 @@ impl ServerHealth {
         }
     }
 
-    /// Checks the server every `interval` until `stop` says so.
-    pub async fn run_checks(self: Arc<Self>, interval: Duration, connect_timeout: Duration, stop: tokio::sync::watch::Receiver<bool>) {
+    /// One health check. A check still running from the last round is not
+    /// doubled up.
+    pub async fn check_once(self: Arc<Self>, timeout: Duration) {
         let Some(target) = self.check_target.clone() else { return };
-        let mut conn: Option<ServerConn> = None;
-        let mut tick = tokio::time::interval(interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            if *stop.borrow() {
-                return;
+        let Ok(mut conn) = self.conn.try_lock() else { return };
+        let check = async {
+            if conn.is_none() {
+                *conn = Some(ServerConn::connect(&target, timeout).await.map_err(|e| e.to_string())?);
             }
-            let check = async {
-                if conn.is_none() {
-                    conn = Some(ServerConn::connect(&target, connect_timeout).await.map_err(|e| e.to_string())?);
+            let c = conn.as_mut().ok_or("no connection")?;
+            c.query_bool("SELECT pg_catalog.pg_is_in_recovery()").await.map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(timeout * 2, check).await {
+            Ok(Ok(in_recovery)) => {
+                if self.configured == ServerRole::Auto {
+                    self.set_primary(!in_recovery);
                 }
-                let c = conn.as_mut().ok_or("no connection")?;
-                c.query_bool("SELECT pg_catalog.pg_is_in_recovery()").await.map_err(|e| e.to_string())
-            };
-            match tokio::time::timeout(connect_timeout + interval, check).await {
-                Ok(Ok(in_recovery)) => {
-                    if self.configured == ServerRole::Auto {
-                        self.set_primary(!in_recovery);
-                    }
-                }
-                Ok(Err(e)) => {
-                    conn = None;
-                    self.ban(&format!("health check failed: {e}"));
-                }
-                Err(_) => {
-                    conn = None;
-                    self.ban("health check timed out");
-                }
+            }
+            Ok(Err(e)) => {
+                *conn = None;
+                self.ban(&format!("health check failed: {e}"));
+            }
+            Err(_) => {
+                *conn = None;
+                self.ban("health check timed out");
             }
         }
     }

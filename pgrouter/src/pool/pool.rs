@@ -5,6 +5,8 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::metrics::snapshot::PoolLabels;
+use crate::metrics::PoolMetrics;
 use crate::server::{ServerConn, ServerError, ServerTarget};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +19,13 @@ pub struct PoolSettings {
     pub idle_timeout: Duration,
     /// Zero means never.
     pub lifetime: Duration,
+}
+
+impl PoolSettings {
+    /// Everything but the size: what must match for a reload to keep a pool.
+    pub fn without_size(&self) -> PoolSettings {
+        PoolSettings { size: 0, ..self.clone() }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +44,12 @@ pub struct Pool {
     pub name: String,
     pub target: ServerTarget,
     pub settings: PoolSettings,
+    /// The size in force (a reload may change it in place).
+    size: std::sync::atomic::AtomicU32,
+    pub metrics: Arc<PoolMetrics>,
+    pub labels: PoolLabels,
+    /// When the longest-waiting client started waiting (for maxwait).
+    oldest_wait: Mutex<Option<Instant>>,
     permits: Arc<Semaphore>,
     /// Idle connections; the most recently used last (LIFO keeps the rest
     /// idle long enough to be closed by the idle timeout).
@@ -56,10 +71,20 @@ pub struct PooledConn {
 }
 
 impl Pool {
-    pub fn new(name: String, target: ServerTarget, settings: PoolSettings) -> Arc<Pool> {
+    pub fn new(
+        name: String,
+        target: ServerTarget,
+        settings: PoolSettings,
+        metrics: Arc<PoolMetrics>,
+        labels: PoolLabels,
+    ) -> Arc<Pool> {
         Arc::new(Pool {
             name,
             target,
+            size: std::sync::atomic::AtomicU32::new(settings.size),
+            metrics,
+            labels,
+            oldest_wait: Mutex::new(None),
             permits: Arc::new(Semaphore::new(settings.size as usize)),
             settings,
             idle: Mutex::new(Vec::new()),
@@ -71,12 +96,21 @@ impl Pool {
 
     pub async fn checkout(self: &Arc<Self>) -> Result<PooledConn, PoolError> {
         let permit = match self.permits.clone().try_acquire_owned() {
-            Ok(p) => p,
+            Ok(p) => {
+                self.metrics.record_checkout_wait(Duration::ZERO);
+                p
+            }
             Err(_) => {
-                self.waiting.fetch_add(1, Ordering::Relaxed);
+                let started = Instant::now();
+                if self.waiting.fetch_add(1, Ordering::Relaxed) == 0 {
+                    *self.oldest_wait.lock() = Some(started);
+                }
                 let acquired =
                     tokio::time::timeout(self.settings.checkout_timeout, self.permits.clone().acquire_owned()).await;
-                self.waiting.fetch_sub(1, Ordering::Relaxed);
+                if self.waiting.fetch_sub(1, Ordering::Relaxed) == 1 {
+                    *self.oldest_wait.lock() = None;
+                }
+                self.metrics.record_checkout_wait(started.elapsed());
                 match acquired {
                     Ok(Ok(p)) => p,
                     _ => return Err(PoolError::CheckoutTimeout),
@@ -164,7 +198,17 @@ impl Pool {
         for conn in expired {
             self.close(conn);
         }
-        let min = self.settings.min_size.min(self.settings.size) as usize;
+        // A pool that shrank closes its extra idle connections.
+        let excess: Vec<ServerConn> = {
+            let mut idle = self.idle.lock();
+            let open = self.open.load(Ordering::Relaxed);
+            let extra = open.saturating_sub(self.size() as usize).min(idle.len());
+            idle.drain(..extra).collect()
+        };
+        for conn in excess {
+            self.close(conn);
+        }
+        let min = self.settings.min_size.min(self.size()) as usize;
         while self.open.load(Ordering::Relaxed) < min {
             match self.connect().await {
                 Ok(mut conn) => {
@@ -177,6 +221,52 @@ impl Pool {
                 }
             }
         }
+    }
+
+    /// Settings other than the size (see [`PoolSettings::without_size`]).
+    pub fn settings_except_size(&self) -> PoolSettings {
+        self.settings.without_size()
+    }
+
+    pub fn size(&self) -> u32 {
+        self.size.load(Ordering::Relaxed)
+    }
+
+    /// Changes the pool's size in place (reload): more permits at once, or
+    /// fewer as checked-out connections come back.
+    pub fn resize(self: &Arc<Self>, new_size: u32) {
+        let old = self.size.swap(new_size, Ordering::Relaxed);
+        if new_size > old {
+            self.permits.add_permits((new_size - old) as usize);
+        } else if new_size < old {
+            let permits = self.permits.clone();
+            tokio::spawn(async move {
+                if let Ok(p) = permits.acquire_many_owned(old - new_size).await {
+                    p.forget();
+                }
+            });
+        }
+    }
+
+    /// (backend pid, connected at, last used, tls) of each idle connection.
+    pub fn idle_snapshot(&self) -> Vec<(i32, std::time::SystemTime, std::time::SystemTime, bool)> {
+        let now_sys = std::time::SystemTime::now();
+        let now = Instant::now();
+        self.idle
+            .lock()
+            .iter()
+            .map(|c| (c.backend_pid, now_sys - (now - c.created), now_sys - (now - c.last_used), false))
+            .collect()
+    }
+
+    /// Connections checked out now.
+    pub fn checked_out(&self) -> usize {
+        (self.size() as usize).saturating_sub(self.permits.available_permits())
+    }
+
+    /// How long the longest-waiting client has waited.
+    pub fn max_wait(&self) -> Duration {
+        self.oldest_wait.lock().map(|t| t.elapsed()).unwrap_or_default()
     }
 
     pub fn stats(&self) -> PoolStats {

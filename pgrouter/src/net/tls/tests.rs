@@ -79,7 +79,13 @@ fn server_ca_errors_are_named_and_policies_compare_by_value() {
 /// handshake on 'S' (through the same code clients get), then hands over the
 /// stream.
 async fn fake_server(answer: u8) -> (std::net::SocketAddr, tokio::task::JoinHandle<io::Result<ClientStream>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    fake_server_with(answer, TcpListener::bind("127.0.0.1:0").await.unwrap())
+}
+
+fn fake_server_with(
+    answer: u8,
+    listener: TcpListener,
+) -> (std::net::SocketAddr, tokio::task::JoinHandle<io::Result<ClientStream>>) {
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
         let (mut tcp, _) = listener.accept().await?;
@@ -113,6 +119,11 @@ async fn verify_full_checks_the_chain_and_the_host_name() {
     let mut got = [0u8; 4];
     server.read_exact(&mut got).await.unwrap();
     assert_eq!(&got, b"ping");
+    // Reading the answer also takes in what the server's TLS sent after the
+    // handshake (session tickets), as the login exchange does.
+    server.write_all(b"pong").await.unwrap();
+    client.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"pong");
     assert!(client.is_idle_and_open());
     server.write_all(b"x").await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -146,16 +157,23 @@ async fn a_server_without_tls_is_fine_for_prefer_only() {
 }
 
 /// A `write_all` followed by a read must not leave the tail of what was
-/// written in the TLS buffer: the peer would wait for it forever.
+/// written in the TLS buffer, or the peer waits for it forever. Small socket
+/// buffers make the socket full while the TLS layer still holds records.
 #[tokio::test]
 async fn tls_writes_reach_the_socket_before_they_complete() {
-    const SIZE: usize = 8 << 20;
-    let (addr, server) = fake_server(b'S').await;
-    let mut client = connect(addr, "localhost", ServerTls::Require, "").await.unwrap();
+    const SIZE: usize = 48 * 1024; // under rustls' 64 KiB send buffer: one write takes it all
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_send_buffer_size(4096).unwrap(); // inherited by the accepted socket
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let (addr, server) = fake_server_with(b'S', socket.listen(8).unwrap());
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(addr).await.unwrap();
+    let policy = ServerTlsPolicy { mode: ServerTls::Require, ca: String::new() };
+    let mut client = connect_server(tcp, "localhost", &policy).await.unwrap();
     let mut server = server.await.unwrap().unwrap();
     let writer = tokio::spawn(async move {
-        let big = vec![7u8; SIZE];
-        server.write_all(&big).await.unwrap();
+        server.write_all(&vec![7u8; SIZE]).await.unwrap();
         // Like the session code: write, then wait for the peer (no flush).
         let mut ack = [0u8; 1];
         server.read_exact(&mut ack).await.unwrap();
@@ -167,6 +185,6 @@ async fn tls_writes_reach_the_socket_before_they_complete() {
         client.read_exact(&mut got).await.unwrap();
         client.write_all(b"k").await.unwrap();
     };
-    tokio::time::timeout(Duration::from_secs(20), reader).await.expect("the whole write arrives");
+    tokio::time::timeout(Duration::from_secs(10), reader).await.expect("the whole write arrives");
     tokio::time::timeout(Duration::from_secs(5), writer).await.unwrap().unwrap();
 }

@@ -1,0 +1,118 @@
+//! Connected clients, for SHOW CLIENTS, SHOW SERVERS and the metrics. Each
+//! client registers once at login; its state is a few atomics the session
+//! updates at transaction boundaries, so the hot path takes no lock.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use parking_lot::Mutex;
+
+/// What a client is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ClientState {
+    Idle = 0,
+    /// Holds a server.
+    Active = 1,
+    /// Waiting for a server.
+    Waiting = 2,
+}
+
+pub struct ClientInfo {
+    pub id: u64,
+    pub user: String,
+    pub database: String,
+    pub addr: String,
+    pub auth: &'static str,
+    pub connect_time: SystemTime,
+    pub read_only: bool,
+    pub role: Option<String>,
+    pub tls: bool,
+    pub application_name: String,
+    state: AtomicU8,
+    /// The server held now: (host:port, backend pid).
+    server: Mutex<Option<(String, i32)>>,
+}
+
+impl ClientInfo {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: u64,
+        user: String,
+        database: String,
+        addr: String,
+        auth: &'static str,
+        read_only: bool,
+        role: Option<String>,
+        tls: bool,
+        application_name: String,
+    ) -> ClientInfo {
+        ClientInfo {
+            id,
+            user,
+            database,
+            addr,
+            auth,
+            connect_time: SystemTime::now(),
+            read_only,
+            role,
+            tls,
+            application_name,
+            state: AtomicU8::new(ClientState::Idle as u8),
+            server: Mutex::new(None),
+        }
+    }
+
+    pub fn state(&self) -> ClientState {
+        match self.state.load(Ordering::Relaxed) {
+            1 => ClientState::Active,
+            2 => ClientState::Waiting,
+            _ => ClientState::Idle,
+        }
+    }
+
+    pub fn set_state(&self, state: ClientState) {
+        self.state.store(state as u8, Ordering::Relaxed);
+    }
+
+    pub fn set_server(&self, server: Option<(String, i32)>) {
+        *self.server.lock() = server;
+    }
+
+    pub fn server(&self) -> Option<(String, i32)> {
+        self.server.lock().clone()
+    }
+}
+
+#[derive(Default)]
+pub struct ClientRegistry {
+    clients: Mutex<HashMap<u64, Arc<ClientInfo>>>,
+}
+
+/// A registration; dropping it removes the client.
+pub struct Registered {
+    pub info: Arc<ClientInfo>,
+    registry: Arc<ClientRegistry>,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.registry.clients.lock().remove(&self.info.id);
+    }
+}
+
+impl ClientRegistry {
+    pub fn register(self: &Arc<Self>, info: ClientInfo) -> Registered {
+        let info = Arc::new(info);
+        self.clients.lock().insert(info.id, info.clone());
+        Registered { info, registry: self.clone() }
+    }
+
+    pub fn all(&self) -> Vec<Arc<ClientInfo>> {
+        let mut v: Vec<_> = self.clients.lock().values().cloned().collect();
+        v.sort_by_key(|c| c.id);
+        v
+    }
+}

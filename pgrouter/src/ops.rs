@@ -1,0 +1,266 @@
+//! What the admin console and the metrics endpoint see of the running
+//! router: snapshots of pools, clients and servers, the effective config,
+//! and the RELOAD / PAUSE / RESUME / SHUTDOWN actions.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::admin::{AdminContext, BoxFuture};
+use crate::client::registry::ClientState;
+use crate::metrics::snapshot::{ClientCounts, ClientSnapshot, ConfigRow, DbStats, PoolSnapshot, ReloadStatus, ServerSnapshot};
+use crate::metrics::MetricsSource;
+use crate::state::State;
+
+pub struct Ops {
+    pub state: Arc<State>,
+}
+
+impl Ops {
+    fn pool_snapshots(&self) -> Vec<PoolSnapshot> {
+        let rt = self.state.rt();
+        let clients = self.state.registry.all();
+        let mut out = Vec::new();
+        for ((user, database), pools) in rt.cluster.entries() {
+            for shard in &pools.shards {
+                for slot in &shard.servers {
+                    let pool = &slot.pool;
+                    let stats = pool.stats();
+                    let active = pool.checked_out() as u64;
+                    let on_pool = |c: &&Arc<crate::client::registry::ClientInfo>| {
+                        c.server().is_some_and(|(addr, _)| addr == pool.target.addr())
+                            && c.database == *database
+                    };
+                    let _ = user;
+                    out.push(PoolSnapshot {
+                        labels: pool.labels.clone(),
+                        pool_mode: pools.mode.clone().as_str().to_string(),
+                        cl_active: clients.iter().filter(on_pool).count() as u64,
+                        cl_waiting: stats.waiting as u64,
+                        sv_active: active,
+                        sv_idle: stats.idle as u64,
+                        sv_used: (stats.active as u64).saturating_sub(active),
+                        pool_size: pool.size() as u64,
+                        maxwait_ms: pool.max_wait().as_millis() as u64,
+                        paused: self.state.is_paused(database),
+                        banned: slot.health.is_banned(),
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| {
+            (&a.labels.database, &a.labels.user, a.labels.shard, &a.labels.host, a.labels.port).cmp(&(
+                &b.labels.database,
+                &b.labels.user,
+                b.labels.shard,
+                &b.labels.host,
+                b.labels.port,
+            ))
+        });
+        out
+    }
+}
+
+impl MetricsSource for Ops {
+    fn pools(&self) -> Vec<PoolSnapshot> {
+        self.pool_snapshots()
+    }
+
+    fn clients(&self) -> ClientCounts {
+        let mut counts = ClientCounts::default();
+        for c in self.state.registry.all() {
+            match c.state() {
+                ClientState::Active => counts.active += 1,
+                ClientState::Waiting => counts.waiting += 1,
+                ClientState::Idle => counts.idle += 1,
+            }
+        }
+        counts
+    }
+
+    fn parse_cache(&self) -> (u64, u64) {
+        let rt = self.state.rt();
+        (rt.cache.hits(), rt.cache.misses())
+    }
+
+    fn jwks_fetches(&self) -> (u64, u64) {
+        self.state.rt().jwt.as_ref().map(|j| j.jwks_fetches()).unwrap_or((0, 0))
+    }
+}
+
+impl AdminContext for Ops {
+    fn pools(&self) -> Vec<PoolSnapshot> {
+        self.pool_snapshots()
+    }
+
+    fn clients(&self) -> Vec<ClientSnapshot> {
+        self.state
+            .registry
+            .all()
+            .into_iter()
+            .map(|c| ClientSnapshot {
+                id: c.id,
+                user: c.user.clone(),
+                database: c.database.clone(),
+                addr: c.addr.clone(),
+                state: match c.state() {
+                    ClientState::Active => "active",
+                    ClientState::Waiting => "waiting",
+                    ClientState::Idle => "idle",
+                }
+                .to_string(),
+                auth: c.auth.to_string(),
+                connect_time: c.connect_time,
+                read_only: c.read_only,
+                role: c.role.clone().unwrap_or_default(),
+                tls: c.tls,
+                application_name: c.application_name.clone(),
+                server: c.server().map(|(addr, pid)| format!("{addr} pid {pid}")),
+            })
+            .collect()
+    }
+
+    fn servers(&self) -> Vec<ServerSnapshot> {
+        let rt = self.state.rt();
+        let clients = self.state.registry.all();
+        let mut out = Vec::new();
+        for (_, pools) in rt.cluster.entries() {
+            for slot in pools.shards.iter().flat_map(|s| s.servers.iter()) {
+                for info in slot.pool.idle_snapshot() {
+                    out.push(ServerSnapshot {
+                        pool: slot.pool.labels.clone(),
+                        backend_pid: info.0,
+                        state: "idle".into(),
+                        connect_time: info.1,
+                        last_used: Some(info.2),
+                        client_id: None,
+                        tls: info.3,
+                    });
+                }
+                for c in &clients {
+                    if let Some((addr, pid)) = c.server() {
+                        if addr == slot.pool.target.addr() && c.database == slot.pool.labels.database {
+                            out.push(ServerSnapshot {
+                                pool: slot.pool.labels.clone(),
+                                backend_pid: pid,
+                                state: "active".into(),
+                                connect_time: c.connect_time,
+                                last_used: None,
+                                client_id: Some(c.id),
+                                tls: false,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn stats(&self) -> Vec<DbStats> {
+        self.state.metrics.db_stats()
+    }
+
+    fn config(&self) -> Vec<ConfigRow> {
+        let rt = self.state.rt();
+        let g = &rt.config.general;
+        let file = rt.config.router_path.display().to_string();
+        let d = pgrouter_config::General::default();
+        let mut rows = Vec::new();
+        let mut row = |key: &str, value: String, default: String| {
+            let source = if value == default { "default".to_string() } else { file.clone() };
+            rows.push(ConfigRow { key: key.to_string(), value, source });
+        };
+        row("listen", g.listen.clone(), d.listen.clone());
+        row("workers", g.workers.to_string(), d.workers.to_string());
+        row("pool_mode", g.pool_mode.clone().as_str().into(), d.pool_mode.clone().as_str().into());
+        row("default_pool_size", g.default_pool_size.to_string(), d.default_pool_size.to_string());
+        row("min_pool_size", g.min_pool_size.to_string(), d.min_pool_size.to_string());
+        row("connect_timeout_ms", g.connect_timeout_ms.to_string(), d.connect_timeout_ms.to_string());
+        row("checkout_timeout_ms", g.checkout_timeout_ms.to_string(), d.checkout_timeout_ms.to_string());
+        row("server_idle_timeout_ms", g.server_idle_timeout_ms.to_string(), d.server_idle_timeout_ms.to_string());
+        row("server_lifetime_ms", g.server_lifetime_ms.to_string(), d.server_lifetime_ms.to_string());
+        row("client_idle_timeout_ms", g.client_idle_timeout_ms.to_string(), d.client_idle_timeout_ms.to_string());
+        row("shutdown_timeout_ms", g.shutdown_timeout_ms.to_string(), d.shutdown_timeout_ms.to_string());
+        row("max_clients", g.max_clients.to_string(), d.max_clients.to_string());
+        row("max_message_size", g.max_message_size.to_string(), d.max_message_size.to_string());
+        row("read_write_split", g.read_write_split.clone().as_str().into(), d.read_write_split.clone().as_str().into());
+        row("load_balancing", g.load_balancing.clone().as_str().into(), d.load_balancing.clone().as_str().into());
+        row("healthcheck_interval_ms", g.healthcheck_interval_ms.to_string(), d.healthcheck_interval_ms.to_string());
+        row("ban_time_ms", g.ban_time_ms.to_string(), d.ban_time_ms.to_string());
+        row("write_functions", g.write_functions.join(","), d.write_functions.join(","));
+        row("parse_cache_size", g.parse_cache_size.to_string(), d.parse_cache_size.to_string());
+        row("admin_database", g.admin_database.clone(), d.admin_database.clone());
+        row("admin_user", g.admin_user.clone(), d.admin_user.clone());
+        row("admin_password", g.admin_password.clone(), d.admin_password.clone());
+        row("metrics_listen", g.metrics_listen.clone(), d.metrics_listen.clone());
+        row("hot_reload", g.hot_reload.to_string(), d.hot_reload.to_string());
+        row("tls_certificate", g.tls_certificate.clone(), d.tls_certificate.clone());
+        row("tls_private_key", g.tls_private_key.clone(), d.tls_private_key.clone());
+        row("client_tls", g.client_tls.clone().as_str().into(), d.client_tls.clone().as_str().into());
+        row("server_tls", g.server_tls.clone().as_str().into(), d.server_tls.clone().as_str().into());
+        row("server_tls_ca", g.server_tls_ca.clone(), d.server_tls_ca.clone());
+        row("log_format", g.log_format.clone().as_str().into(), d.log_format.clone().as_str().into());
+        rows.push(ConfigRow {
+            key: "databases".into(),
+            value: rt.config.logical_databases().join(","),
+            source: file.clone(),
+        });
+        rows.push(ConfigRow {
+            key: "users".into(),
+            value: rt.config.users.len().to_string(),
+            source: rt.config.users_path.display().to_string(),
+        });
+        rows
+    }
+
+    fn last_reload(&self) -> Option<ReloadStatus> {
+        self.state.metrics.last_reload()
+    }
+
+    fn reload(&self) -> BoxFuture<'_, Result<String, String>> {
+        Box::pin(async move { crate::reload::reload(&self.state, "admin RELOAD").await })
+    }
+
+    fn pause<'a>(&'a self, database: Option<&'a str>) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            let key = database.unwrap_or("*").to_string();
+            if let Some(db) = database {
+                if !self.state.rt().config.logical_databases().contains(&db) {
+                    return Err(format!("no such database \"{db}\""));
+                }
+            }
+            self.state.paused.lock().insert(key);
+            // Wait for transactions in progress to finish.
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(self.state.rt().config.general.shutdown_timeout_ms);
+            loop {
+                let busy = self.state.registry.all().iter().any(|c| {
+                    c.state() == ClientState::Active && database.is_none_or(|db| c.database == db)
+                });
+                if !busy {
+                    return Ok(());
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err("timed out waiting for transactions to finish; new ones stay paused".into());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    }
+
+    fn resume(&self, database: Option<&str>) -> Result<(), String> {
+        let mut paused = self.state.paused.lock();
+        match database {
+            Some(db) => {
+                paused.remove(db);
+            }
+            None => paused.clear(),
+        }
+        drop(paused);
+        self.state.resumed.notify_waiters();
+        Ok(())
+    }
+
+    fn shutdown(&self) {
+        self.state.shutdown_request.notify_one();
+    }
+}

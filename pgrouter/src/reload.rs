@@ -1,0 +1,144 @@
+//! Hot reload: SIGHUP, the admin console's RELOAD, and (with `hot_reload`)
+//! a change to either file.
+//!
+//! The new pair of files is fully validated and preflighted before anything
+//! changes; a bad edit is logged with file, line and key, counted, and the
+//! running configuration stays. A good edit is built into a new [`Runtime`]
+//! that reuses every pool whose server and settings did not change (their
+//! connections stay open; a size change is applied in place), then swapped
+//! in atomically. Sessions move to it at their next transaction boundary.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pgrouter_config::diff;
+use pgrouter_parser::AnalysisCache;
+
+use crate::auth::jwt::JwtVerifier;
+use crate::pool::Cluster;
+use crate::state::{Runtime, State};
+
+/// Reloads both files. `Ok` says what changed; `Err` why nothing did.
+pub async fn reload(state: &Arc<State>, trigger: &str) -> Result<String, String> {
+    let _one_at_a_time = state.reload_lock.lock().await;
+    let result = try_reload(state).await;
+    match &result {
+        Ok(summary) => tracing::info!(trigger, %summary, "configuration reloaded"),
+        Err(e) => tracing::error!(trigger, "configuration NOT reloaded; the running configuration stays:\n{e}"),
+    }
+    state.metrics.record_reload(result.is_ok(), result.as_ref().unwrap_or_else(|e| e));
+    result
+}
+
+async fn try_reload(state: &Arc<State>) -> Result<String, String> {
+    let new = pgrouter_config::load(&state.router_path, &state.users_path)
+        .map_err(|problems| problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))?;
+    let old = state.rt();
+    let changes = diff(&old.config, &new);
+    if changes.is_empty() {
+        return Ok("no changes".into());
+    }
+    let jwt = match (&new.jwt, changes.jwt_changed) {
+        (None, _) => None,
+        (Some(_), false) => old.jwt.clone(),
+        (Some(j), true) => Some(Arc::new(JwtVerifier::new(j.into()).await.map_err(|e| format!("[jwt]: {e}"))?)),
+    };
+    let cache = if new.general.write_functions == old.config.general.write_functions
+        && new.general.parse_cache_size == old.config.general.parse_cache_size
+    {
+        old.cache.clone()
+    } else {
+        Arc::new(AnalysisCache::new(new.general.parse_cache_size, new.general.write_functions.clone()))
+    };
+    let cluster = Cluster::build(&new, Some(&old.cluster), &state.metrics);
+    let candidate = Runtime { config: Arc::new(new), cluster, jwt, cache, generation: 0 };
+    let findings = crate::preflight::run(&candidate).await;
+    if !findings.errors.is_empty() {
+        return Err(format!("preflight: {}", findings.errors.join("; ")));
+    }
+    let restart = changes.needs_restart();
+    if !restart.is_empty() {
+        tracing::warn!(keys = ?restart, "these settings take effect only after a restart");
+    }
+    let summary = format!("{changes:?}");
+    state.install(candidate);
+    Ok(summary)
+}
+
+/// Reloads on SIGHUP until shutdown.
+pub async fn on_sighup(state: Arc<State>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGHUP");
+            return;
+        }
+    };
+    while hup.recv().await.is_some() {
+        let _ = reload(&state, "SIGHUP").await;
+    }
+}
+
+/// With `hot_reload = true`: watches the directories of both files and
+/// reloads shortly after a change settles. Watching directories (not files)
+/// sees editors that save by writing a new file and renaming it, and
+/// Kubernetes ConfigMap volumes, which swap a `..data` symlink.
+pub async fn watch_files(state: Arc<State>) {
+    use notify::{EventKind, RecursiveMode, Watcher};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let names: Vec<PathBuf> = [&state.router_path, &state.users_path]
+        .iter()
+        .filter_map(|p| p.file_name().map(PathBuf::from))
+        .collect();
+    let handler = move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        if !matches!(event.kind, EventKind::Modify(_) | EventKind::Create(_) | EventKind::Remove(_)) {
+            return;
+        }
+        let relevant = event.paths.iter().any(|p| {
+            p.file_name().is_some_and(|n| names.iter().any(|w| w.as_os_str() == n) || n == "..data")
+        });
+        if relevant {
+            let _ = tx.send(());
+        }
+    };
+    let mut watcher = match notify::recommended_watcher(handler) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch the configuration files; SIGHUP and RELOAD still work");
+            return;
+        }
+    };
+    let mut dirs: Vec<PathBuf> = [&state.router_path, &state.users_path].iter().map(|p| dir_of(p)).collect();
+    dirs.dedup();
+    for dir in &dirs {
+        if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+            tracing::error!(dir = %dir.display(), error = %e, "cannot watch directory");
+        }
+    }
+    let mut shutdown = state.shutdown.clone();
+    loop {
+        tokio::select! {
+            got = rx.recv() => if got.is_none() { return },
+            _ = shutdown.changed() => return,
+        }
+        // Debounce: editors write in several steps.
+        loop {
+            match tokio::time::timeout(Duration::from_millis(300), rx.recv()).await {
+                Ok(Some(())) => continue,
+                Ok(None) => return,
+                Err(_) => break,
+            }
+        }
+        let _ = reload(&state, "file change").await;
+    }
+}
+
+fn dir_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
