@@ -36,7 +36,7 @@ async fn try_reload(state: &Arc<State>) -> Result<String, String> {
         .map_err(|problems| problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))?;
     let old = state.rt();
     let changes = diff(&old.config, &new);
-    if changes.is_empty() {
+    if changes.is_empty() && !tls_files_present(&new) {
         return Ok("no changes".into());
     }
     let jwt = match (&new.jwt, changes.jwt_changed) {
@@ -51,6 +51,14 @@ async fn try_reload(state: &Arc<State>) -> Result<String, String> {
     } else {
         Arc::new(AnalysisCache::new(new.general.parse_cache_size, new.general.write_functions.clone()))
     };
+    // Certificates are re-read on every reload (they may have been renewed
+    // under the same names); a file that does not load is a bad edit.
+    let tls = crate::net::tls::ClientTlsSetup::from_general(&new.general).map_err(|e| format!("TLS: {e}"))?;
+    if new.general.server_tls == pgrouter_config::ServerTls::VerifyFull {
+        crate::net::tls::forget_client_configs();
+        crate::net::tls::client_config(&crate::net::tls::ServerTlsPolicy::from_general(&new.general))
+            .map_err(|e| format!("server TLS: {e}"))?;
+    }
     let cluster = Cluster::build(&new, Some(&old.cluster), &state.metrics);
     let candidate = Runtime { config: Arc::new(new), cluster, jwt, cache, generation: 0 };
     let findings = crate::preflight::run(&candidate).await;
@@ -62,6 +70,7 @@ async fn try_reload(state: &Arc<State>) -> Result<String, String> {
         tracing::warn!(keys = ?restart, "these settings take effect only after a restart");
     }
     let summary = format!("{changes:?}");
+    state.tls.replace(tls);
     state.install(candidate);
     Ok(summary)
 }
@@ -141,4 +150,10 @@ fn dir_of(path: &Path) -> PathBuf {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     }
+}
+
+/// With a certificate configured, a reload with no config change still
+/// re-reads it (certificate renewal keeps the file names).
+fn tls_files_present(config: &pgrouter_config::Config) -> bool {
+    !config.general.tls_certificate.is_empty()
 }

@@ -28,7 +28,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics_listen = config.general.metrics_listen.clone();
     let hot_reload = config.general.hot_reload;
     let metrics = Arc::new(crate::metrics::Metrics::new());
-    let state = State::new(config, jwt, metrics.clone(), shutdown_rx);
+    let tls = crate::net::tls::ClientTlsSetup::from_general(&config.general).map_err(anyhow::Error::msg)?;
+    let state = State::new(config, jwt, metrics.clone(), crate::net::tls::ClientTlsHandle::new(tls), shutdown_rx);
     let findings = crate::preflight::run(&state.rt()).await;
     if !findings.errors.is_empty() {
         anyhow::bail!("preflight found {} problem(s) with the [jwt] set-up (see above)", findings.errors.len());
@@ -50,7 +51,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if hot_reload {
         tokio::spawn(crate::reload::watch_files(state.clone()));
     }
-    let accept = tokio::spawn(crate::net::serve(listener, state.clone()));
+    let accept = tokio::spawn(crate::net::serve_with_tls(listener, state.clone(), state.tls.clone()));
 
     tokio::select! {
         _ = wait_for_shutdown_signal() => {}

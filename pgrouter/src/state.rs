@@ -53,6 +53,8 @@ pub struct State {
     /// Logical databases paused by the admin console.
     pub paused: parking_lot::Mutex<std::collections::HashSet<String>>,
     pub resumed: tokio::sync::Notify,
+    /// Client TLS (certificate and mode); replaced by a reload.
+    pub tls: Arc<crate::net::tls::ClientTlsHandle>,
     /// Connected clients, for SHOW CLIENTS and the metrics.
     pub registry: Arc<crate::client::registry::ClientRegistry>,
 }
@@ -62,6 +64,7 @@ impl State {
         config: Config,
         jwt: Option<Arc<JwtVerifier>>,
         metrics: Arc<Metrics>,
+        tls: Arc<crate::net::tls::ClientTlsHandle>,
         shutdown: watch::Receiver<bool>,
     ) -> Arc<State> {
         let cluster = Cluster::build(&config, None, &metrics);
@@ -84,6 +87,7 @@ impl State {
             paused: Default::default(),
             resumed: tokio::sync::Notify::new(),
             registry: Default::default(),
+            tls,
         })
     }
 

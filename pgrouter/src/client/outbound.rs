@@ -24,6 +24,20 @@ use crate::router::{self, Refusal, Role, Route, SessionRouting};
 use crate::server::ServerError;
 
 impl Session {
+    /// The analysis of `sql`, remembering the last one: a message is looked
+    /// at several times on its way (policy, routing, forwarding), and a
+    /// string compare is cheaper than even a cache hit that must normalise.
+    pub(super) fn analyze(&self, sql: &str) -> Arc<Analysis> {
+        if let Some((last_sql, analysis)) = &*self.last_analysis.borrow() {
+            if last_sql == sql {
+                return analysis.clone();
+            }
+        }
+        let analysis = self.rt.cache.analyze(sql);
+        *self.last_analysis.borrow_mut() = Some((sql.to_string(), analysis.clone()));
+        analysis
+    }
+
     /// After a reload, a session moves to the new runtime at its next
     /// transaction boundary: same user and database, new pools. If its user
     /// or database was removed, the session ends here with a clear FATAL.
@@ -161,7 +175,7 @@ impl Session {
         let body = self.cbuf.get(5..len).unwrap_or(&[]);
         let analysis = match tag {
             b'Q' => self.query_analysis(parse_query(body)?),
-            b'P' => self.rt.cache.analyze(parse_parse(body)?.sql),
+            b'P' => self.analyze(parse_parse(body)?.sql),
             _ => return Ok(Ok(())),
         };
         Ok(self.policy.check(&analysis))
@@ -276,7 +290,7 @@ impl Session {
         }
         let body = self.cbuf.get(5..len).unwrap_or(&[]);
         let sql = if tag == b'Q' { parse_query(body)? } else { parse_parse(body)?.sql };
-        let analysis = self.rt.cache.analyze(sql);
+        let analysis = self.analyze(sql);
         Ok(router::runs_outside_transactions(&analysis, sql))
     }
 
@@ -309,7 +323,7 @@ impl Session {
         }
         let analysis = {
             let sql = parse_query(self.cbuf.get(5..len).unwrap_or(&[]))?;
-            self.rt.cache.analyze(sql)
+            self.analyze(sql)
         };
         let [statement] = analysis.statements.as_slice() else { return Ok(false) };
         let jwt = self.policy.jwt.is_some();
@@ -366,7 +380,7 @@ impl Session {
         if !p.name.is_empty() {
             return Ok(false);
         }
-        let analysis = self.rt.cache.analyze(p.sql);
+        let analysis = self.analyze(p.sql);
         let tag = match analysis.statements.as_slice() {
             [s] if matches!(s.kind, StatementKind::Discard(DiscardKind::All)) => "DISCARD ALL",
             [s] if matches!(s.kind, StatementKind::Reset(ResetTarget::All)) => "RESET",
@@ -424,7 +438,7 @@ impl Session {
                     if p.name.is_empty() {
                         return Ok(false);
                     }
-                    let analysis = self.rt.cache.analyze(p.sql);
+                    let analysis = self.analyze(p.sql);
                     if analysis.parse_error.is_some() || self.policy.check(&analysis).is_err() {
                         return Ok(false);
                     }
@@ -486,7 +500,7 @@ impl Session {
             let analysis = match frame.tag {
                 b'Q' => parse_query(body).ok().map(|sql| self.query_analysis(sql)),
                 b'P' => parse_parse(body).ok().map(|p| {
-                    let a = self.rt.cache.analyze(p.sql);
+                    let a = self.analyze(p.sql);
                     if p.name.is_empty() {
                         unnamed = Some(a.clone());
                     }
@@ -514,7 +528,7 @@ impl Session {
     /// The analysis that decides a simple query's route: for a lone
     /// `EXECUTE name`, the prepared statement's.
     fn query_analysis(&self, sql: &str) -> Arc<Analysis> {
-        let analysis = self.rt.cache.analyze(sql);
+        let analysis = self.analyze(sql);
         if let [s] = analysis.statements.as_slice() {
             if let StatementKind::Execute { name } = &s.kind {
                 if let Some(p) = self.sql_prepared.get(name) {
@@ -577,7 +591,7 @@ impl Session {
             }
         };
         self.registered.info.set_state(ClientState::Active);
-        self.registered.info.set_server(Some((conn.addr.to_string(), conn.backend_pid)));
+        self.registered.info.set_server(Some((conn.addr.clone(), conn.backend_pid)));
         self.state.metrics.record_routed(route.role);
         self.cancel.slot.set(Some(conn.cancel_target()));
         let mut held = Held {
@@ -675,7 +689,7 @@ impl Session {
             b'P' => {
                 self.unsynced = true;
                 let p = parse_parse(body)?;
-                let analysis = self.rt.cache.analyze(p.sql);
+                let analysis = self.analyze(p.sql);
                 self.predict_tx(&analysis);
                 self.note_untracked_changes(&analysis);
                 if !skipping {
@@ -782,7 +796,7 @@ impl Session {
     /// statements it EXECUTEs exist on this server, then send it.
     fn forward_query(&mut self, msg: &[u8]) -> Result<(), SessionEnd> {
         let sql = parse_query(msg.get(5..).unwrap_or(&[]))?;
-        let analysis = self.rt.cache.analyze(sql);
+        let analysis = self.analyze(sql);
         self.predict_tx(&analysis);
         self.note_untracked_changes(&analysis);
         self.track_session_changes(&analysis);

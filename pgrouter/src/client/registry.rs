@@ -33,7 +33,7 @@ pub struct ClientInfo {
     pub application_name: String,
     state: AtomicU8,
     /// The server held now: (host:port, backend pid).
-    server: Mutex<Option<(String, i32)>>,
+    server: Mutex<Option<(Arc<str>, i32)>>,
 }
 
 impl ClientInfo {
@@ -77,12 +77,12 @@ impl ClientInfo {
         self.state.store(state as u8, Ordering::Relaxed);
     }
 
-    pub fn set_server(&self, server: Option<(String, i32)>) {
+    pub fn set_server(&self, server: Option<(Arc<str>, i32)>) {
         *self.server.lock() = server;
     }
 
     pub fn server(&self) -> Option<(String, i32)> {
-        self.server.lock().clone()
+        self.server.lock().as_ref().map(|(a, p)| (a.to_string(), *p))
     }
 }
 

@@ -123,6 +123,8 @@ pub struct Session {
 
     pub(super) to_server: BytesMut,
     pub(super) to_client: BytesMut,
+    /// The last statement analysed and its analysis (see `Session::analyze`).
+    pub(super) last_analysis: std::cell::RefCell<Option<(String, Arc<Analysis>)>>,
     /// (params version, routing settings derived from it).
     pub(super) routing_cache: std::cell::Cell<(u64, crate::router::SessionRouting)>,
 }
@@ -172,6 +174,7 @@ impl Session {
             to_server: BytesMut::new(),
             to_client: BytesMut::new(),
             routing_cache: Default::default(),
+            last_analysis: Default::default(),
         }
     }
 
