@@ -201,31 +201,11 @@ impl ServerConn {
 impl ServerConn {
     /// Runs a query returning one boolean (health checks).
     pub async fn query_bool(&mut self, sql: &str) -> Result<bool, ServerError> {
-        let mut out = BytesMut::new();
-        frontend::query(&mut out, sql);
-        self.send(&out).await?;
-        let mut value = None;
-        let mut error = None;
-        loop {
-            let (tag, body) = self.read_message().await?;
-            match tag {
-                b'D' => {
-                    // DataRow: i16 column count, i32 length, then the first column's text.
-                    value = body.get(6..7).map(|b| b == b"t");
-                }
-                b'E' => error = Some(parse_error_fields(&body)?),
-                b'S' => self.note_parameter_status(&body),
-                b'Z' => {
-                    self.tx_status = body.first().copied().unwrap_or(b'I');
-                    break;
-                }
-                _ => {}
-            }
+        let rows = self.query_rows(sql).await?;
+        match rows.first().and_then(|r| r.first()).and_then(|v| v.as_deref()) {
+            Some(v) => Ok(v == "t" || v == "true"),
+            None => Err(ServerError::Closed),
         }
-        if let Some(e) = error {
-            return Err(ServerError::Postgres(e));
-        }
-        value.ok_or(ServerError::Closed)
     }
 }
 
