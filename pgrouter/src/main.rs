@@ -64,6 +64,13 @@ fn main() -> ExitCode {
         }
     };
     if args.check {
+        // The certificate files are part of the configuration: a router that
+        // would refuse to start must not be reported valid.
+        if let Err(e) = pgrouter::net::tls::ClientTlsSetup::from_general(&config.general) {
+            eprintln!("{}: tls_certificate / tls_private_key: {e}", args.config.display());
+            eprintln!("1 problem(s) found; config is invalid");
+            return ExitCode::from(1);
+        }
         println!("{} and {} are valid", args.config.display(), args.users.display());
         return ExitCode::SUCCESS;
     }

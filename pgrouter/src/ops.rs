@@ -146,7 +146,7 @@ impl AdminContext for Ops {
                                 connect_time: c.connect_time,
                                 last_used: None,
                                 client_id: Some(c.id),
-                                tls: false,
+                                tls: c.server_tls(),
                             });
                         }
                     }

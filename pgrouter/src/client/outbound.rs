@@ -591,7 +591,7 @@ impl Session {
             }
         };
         self.registered.info.set_state(ClientState::Active);
-        self.registered.info.set_server(Some((conn.addr.clone(), conn.backend_pid)));
+        self.registered.info.set_server(Some((conn.addr.clone(), conn.backend_pid, conn.stream.is_tls())));
         self.state.metrics.record_routed(route.role);
         self.cancel.slot.set(Some(conn.cancel_target()));
         let mut held = Held {

@@ -32,8 +32,8 @@ pub struct ClientInfo {
     pub tls: bool,
     pub application_name: String,
     state: AtomicU8,
-    /// The server held now: (host:port, backend pid).
-    server: Mutex<Option<(Arc<str>, i32)>>,
+    /// The server held now: (host:port, backend pid, TLS).
+    server: Mutex<Option<(Arc<str>, i32, bool)>>,
 }
 
 impl ClientInfo {
@@ -77,12 +77,17 @@ impl ClientInfo {
         self.state.store(state as u8, Ordering::Relaxed);
     }
 
-    pub fn set_server(&self, server: Option<(Arc<str>, i32)>) {
+    pub fn set_server(&self, server: Option<(Arc<str>, i32, bool)>) {
         *self.server.lock() = server;
     }
 
     pub fn server(&self) -> Option<(String, i32)> {
-        self.server.lock().as_ref().map(|(a, p)| (a.to_string(), *p))
+        self.server.lock().as_ref().map(|(a, p, _)| (a.to_string(), *p))
+    }
+
+    /// Whether the server held now is reached over TLS.
+    pub fn server_tls(&self) -> bool {
+        self.server.lock().as_ref().is_some_and(|(_, _, tls)| *tls)
     }
 }
 

@@ -255,7 +255,7 @@ impl Pool {
         self.idle
             .lock()
             .iter()
-            .map(|c| (c.backend_pid, now_sys - (now - c.created), now_sys - (now - c.last_used), false))
+            .map(|c| (c.backend_pid, now_sys - (now - c.created), now_sys - (now - c.last_used), c.stream.is_tls()))
             .collect()
     }
 
