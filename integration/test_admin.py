@@ -1,0 +1,386 @@
+"""The admin console (SPEC §5 "Operations", issue 5 item 2; docs/operations.md)
+driven through the real psql binary: SHOW POOLS / CLIENTS / SERVERS / STATS /
+CONFIG / VERSION, RELOAD, PAUSE, RESUME, SHUTDOWN, errors."""
+from __future__ import annotations
+
+import copy
+import re
+import subprocess
+import threading
+import time
+
+import psycopg
+import pytest
+
+from harness import tomlw, wire
+from harness.clients import Timer, connect, in_thread, sqlstate
+from harness.ops import (ADMIN_DB, ADMIN_PASSWORD, ADMIN_USER, admin_columns, admin_general,
+                         admin_rows, config_map, pools, psql_admin, reload_marks, wait_reload,
+                         write_in_place)
+from harness.pg import APP_DB, APP_USER
+from harness.router import app_user, router_binary
+from harness.util import port_open, wait_until
+
+COMMANDS = ["SHOW POOLS", "SHOW CLIENTS", "SHOW SERVERS", "SHOW STATS", "SHOW CONFIG",
+            "SHOW VERSION", "RELOAD", "PAUSE", "RESUME", "SHUTDOWN"]
+POOL_COLUMNS = ["database", "user", "shard", "role", "host", "port", "cl_active", "cl_waiting",
+                "sv_active", "sv_idle", "pool_size", "maxwait_ms"]
+TIME_RE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$")
+
+
+@pytest.fixture
+def admin_router(routers):
+    return routers.start(general=admin_general(default_pool_size=4), with_replica=True)
+
+
+def ok(out: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert out.returncode == 0, f"psql failed ({out.returncode}):\n{out.stderr}\n{out.stdout}"
+    return out
+
+
+# --------------------------------------------------------------------- SHOW --
+def test_show_pools(admin_router, primary, replica):
+    r = admin_router
+    # The psql table output works (header, separator, rows).
+    table = ok(psql_admin(r, "SHOW POOLS")).stdout
+    header = table.splitlines()[0]
+    for col in POOL_COLUMNS:
+        assert re.search(rf"\b{col}\b", header), (col, header)
+    assert "(2 rows)" in table, table
+
+    cols = admin_columns(r, "SHOW POOLS")
+    assert cols[:len(POOL_COLUMNS)] == POOL_COLUMNS or set(POOL_COLUMNS) <= set(cols), cols
+    holder = connect(r.dsn(), autocommit=False)
+    try:
+        holder.execute("SELECT 1")  # transaction open: one server connection checked out
+        rows = {row["role"]: row for row in admin_rows(r, "SHOW POOLS")}
+        assert set(rows) == {"primary", "replica"}
+        p = rows["primary"]
+        assert (p["database"], p["user"], p["shard"]) == (APP_DB, APP_USER, "0")
+        assert (p["host"], int(p["port"])) == ("127.0.0.1", primary.port)
+        assert int(rows["replica"]["port"]) == replica.port
+        assert int(p["cl_active"]) == 1 and int(p["sv_active"]) == 1, p
+        assert int(p["cl_waiting"]) == 0 and int(p["maxwait_ms"]) == 0, p
+        assert int(p["pool_size"]) == 4
+        assert int(p["sv_idle"]) >= 0
+    finally:
+        holder.rollback()
+        holder.close()
+    p = {row["role"]: row for row in admin_rows(r, "SHOW POOLS")}["primary"]
+    assert (int(p["cl_active"]), int(p["sv_active"])) == (0, 0), p
+    assert int(p["sv_idle"]) >= 1, p
+
+
+def test_show_pools_counts_waiting_clients(routers):
+    r = routers.start(general=admin_general(checkout_timeout_ms=10000), users=[app_user(pool_size=1)])
+    holder = connect(r.dsn(), autocommit=False)
+    holder.execute("SELECT 1")
+    done = threading.Event()
+
+    def waiter():
+        with connect(r.dsn()) as c:
+            c.execute("SELECT 1")
+        done.set()
+    th = in_thread(waiter)
+    try:
+        wait_until(lambda: int(pools(r)[0]["cl_waiting"]) == 1, 5, what="cl_waiting = 1")
+        time.sleep(0.3)
+        p = pools(r)[0]
+        assert int(p["maxwait_ms"]) >= 200, p
+        assert int(p["cl_active"]) == 1 and int(p["sv_active"]) == 1, p
+    finally:
+        holder.rollback()
+        holder.close()
+        th.join(10)
+    assert done.is_set()
+
+
+def test_show_clients(admin_router, primary):
+    r = admin_router
+    c = connect(r.dsn(application_name="admin-test-client"), autocommit=False)
+    try:
+        pid = c.execute("SELECT pg_backend_pid()").fetchone()[0]  # in a transaction
+        rows = admin_rows(r, "SHOW CLIENTS")
+        mine = [row for row in rows if row["application_name"] == "admin-test-client"]
+        assert len(mine) == 1, rows
+        row = mine[0]
+        assert (row["user"], row["database"]) == (APP_USER, APP_DB)
+        assert row["addr"].startswith("127.0.0.1:"), row
+        assert row["state"] == "active", row
+        assert row["auth"].startswith("scram"), row
+        assert TIME_RE.match(row["connect_time"]), row
+        assert row["tls"] == "f" and row["read_only"] == "f", row
+        # docs/operations.md: `host:port`; the router may add the backend pid.
+        assert row["server"] in (f"127.0.0.1:{primary.port}", f"127.0.0.1:{primary.port} pid {pid}"), row
+        assert int(row["id"]) > 0
+        c.rollback()
+        row = [x for x in admin_rows(r, "SHOW CLIENTS") if x["id"] == row["id"]][0]
+        assert row["state"] == "idle" and row["server"] is None, row
+    finally:
+        c.close()
+    wait_until(lambda: not [x for x in admin_rows(r, "SHOW CLIENTS")
+                            if x["application_name"] == "admin-test-client"], 5,
+               what="the closed client to leave SHOW CLIENTS")
+
+
+def test_show_servers(admin_router, primary):
+    r = admin_router
+    a = connect(r.dsn(), autocommit=False)
+    b = connect(r.dsn(), autocommit=False)
+    try:
+        pids = {a.execute("SELECT pg_backend_pid()").fetchone()[0],
+                b.execute("SELECT pg_backend_pid()").fetchone()[0]}
+        rows = [x for x in admin_rows(r, "SHOW SERVERS") if x["role"] == "primary"]
+        active = {int(x["backend_pid"]): x for x in rows if x["state"] == "active"}
+        assert set(active) == pids, rows
+        clients = {x["id"] for x in admin_rows(r, "SHOW CLIENTS")}
+        for x in active.values():
+            assert x["pool"] == f"{APP_USER}@{APP_DB}/0", x
+            assert (x["host"], int(x["port"])) == ("127.0.0.1", primary.port)
+            assert x["client_id"] in clients, (x, clients)
+            assert TIME_RE.match(x["connect_time"]), x
+        # Every pid the router reports exists on the primary.
+        on_server = {b_["pid"] for b_ in primary.backends(user=APP_USER, db=APP_DB)}
+        assert {int(x["backend_pid"]) for x in rows} <= on_server
+    finally:
+        a.rollback()
+        b.rollback()
+        a.close()
+        b.close()
+    rows = [x for x in admin_rows(r, "SHOW SERVERS") if int(x["backend_pid"]) in pids]
+    assert rows and all(x["state"] == "idle" and x["client_id"] is None for x in rows), rows
+
+
+def test_show_stats(admin_router):
+    r = admin_router
+    before = {x["database"]: x for x in admin_rows(r, "SHOW STATS")}.get(APP_DB)
+    base_x = int(before["total_xact_count"]) if before else 0
+    base_q = int(before["total_query_count"]) if before else 0
+    with connect(r.dsn()) as c:
+        for i in range(7):
+            c.execute("SELECT %s::int", (i,))
+        for i in range(3):
+            with c.transaction():
+                c.execute("SELECT pg_sleep(0.01)")
+                c.execute("SELECT 1")
+    rows = {x["database"]: x for x in admin_rows(r, "SHOW STATS")}
+    s = rows[APP_DB]
+    for col in ("total_xact_count", "total_query_count", "total_received", "total_sent",
+                "total_xact_time_us", "total_query_time_us", "total_wait_time_us",
+                "avg_xact_count", "avg_query_count", "avg_recv", "avg_sent", "avg_xact_time_us",
+                "avg_query_time_us", "avg_wait_time_us"):
+        assert col in s and int(s[col]) >= 0, (col, s)
+    assert int(s["total_xact_count"]) - base_x == 10, s
+    # 7 single statements + 3 x (BEGIN, two statements, COMMIT)
+    assert int(s["total_query_count"]) - base_q == 19, s
+    assert int(s["total_received"]) > 0 and int(s["total_sent"]) > 0
+    assert int(s["total_query_time_us"]) >= 3 * 10_000, s
+    assert int(s["total_xact_time_us"]) >= int(s["total_query_time_us"]) * 0.5, s
+
+
+def test_show_config(routers):
+    r = routers.start(general=admin_general(default_pool_size=6))
+    conf = config_map(r)
+    assert conf["default_pool_size"][0] == "6"
+    assert conf["default_pool_size"][1].endswith("router.toml"), conf["default_pool_size"]
+    assert conf["checkout_timeout_ms"][0] == "5000"
+    assert conf["parse_cache_size"][1] == "default"
+    assert conf["admin_password"][0] == "********"
+    assert ADMIN_PASSWORD not in ok(psql_admin(r, "SHOW CONFIG")).stdout
+    assert conf["last_reload"] == ("none", "reload")
+
+    assert ok(psql_admin(r, "RELOAD"))
+    conf = config_map(r)
+    assert conf["last_reload"][0] == "ok"
+    assert TIME_RE.match(conf["last_reload_time"][0]), conf["last_reload_time"]
+    assert "last_reload_message" in conf
+
+    cfg = copy.deepcopy(r.config)
+    text = tomlw.dumps(cfg).replace("[general]\n", "[general]\nmax_clientz = 5\n")
+    write_in_place(r.config_path, text)
+    out = psql_admin(r, "RELOAD")
+    assert out.returncode != 0
+    conf = config_map(r)
+    assert conf["last_reload"][0] == "error"
+    assert "router.toml:2" in conf["last_reload_message"][0], conf["last_reload_message"]
+    assert "max_clientz" in conf["last_reload_message"][0]
+    assert conf["default_pool_size"][0] == "6"
+
+
+def test_show_version(admin_router):
+    out = ok(psql_admin(admin_router, "SHOW VERSION", "-At")).stdout.strip()
+    binary = subprocess.run([str(router_binary()), "--version"], capture_output=True, text=True,
+                            timeout=10).stdout.strip()
+    version = binary.split()[-1]
+    assert out == f"pgrouter {version}", (out, binary)
+
+
+def test_show_help_and_case_insensitivity(admin_router):
+    out = ok(psql_admin(admin_router, "show help")).stdout
+    for cmd in COMMANDS:
+        assert cmd in out, (cmd, out)
+    # Lower case, trailing semicolon, several commands in one string.
+    out = ok(psql_admin(admin_router, "show version; SHOW pools;", "-At")).stdout
+    assert out.startswith("pgrouter "), out
+    assert f"{APP_DB}|{APP_USER}|0|primary" in out, out
+
+
+# -------------------------------------------------------------------- errors --
+def test_unknown_command_lists_commands_and_session_continues(admin_router):
+    r = admin_router
+    out = psql_admin(r, None, "-At", stdin="FROBNICATE;\nSHOW VERSION;\nSHOW FOO;\nSELECT 1;\nSHOW VERSION;\n")
+    assert "ERROR:  42601" in out.stderr, out.stderr
+    assert "ERROR:  0A000" in out.stderr, out.stderr
+    first = out.stderr.split("ERROR:", 2)[1]
+    for cmd in COMMANDS:
+        assert cmd in first, (cmd, first)
+    # The session went on after each error.
+    assert out.stdout.count("pgrouter ") == 2, out.stdout
+
+
+def test_wrong_admin_password_and_wrong_user(admin_router):
+    r = admin_router
+    out = psql_admin(r, "SHOW VERSION", password="not-the-password")
+    assert out.returncode == 2, out
+    assert "password authentication failed" in out.stderr, out.stderr
+    with pytest.raises(wire.ServerError) as err:
+        wire.connect(r.port, ADMIN_USER, ADMIN_DB, "not-the-password")
+    assert err.value.sqlstate == "28P01", err.value
+    # An ordinary user cannot open the admin console.
+    with pytest.raises(wire.ServerError) as err:
+        wire.connect(r.port, APP_USER, ADMIN_DB, "app-secret")
+    assert err.value.sqlstate in ("28P01", "28000"), err.value
+    # The right password works over the raw protocol too (SCRAM).
+    conn = wire.connect(r.port, ADMIN_USER, ADMIN_DB, ADMIN_PASSWORD)
+    try:
+        rows, _tags, _msgs = conn.simple_query("SHOW VERSION")
+        assert rows[0][0].startswith("pgrouter ")
+    finally:
+        conn.close()
+
+
+def test_extended_protocol_is_refused_politely(admin_router):
+    with pytest.raises(psycopg.Error) as err:
+        with psycopg.connect(admin_router.dsn(user=ADMIN_USER, password=ADMIN_PASSWORD, db=ADMIN_DB),
+                             autocommit=True) as c:
+            c.execute("SHOW POOLS WHERE %s", (1,))
+    assert "simple query protocol" in str(err.value), str(err.value)
+
+
+# -------------------------------------------------------------------- RELOAD --
+def test_reload_command(routers):
+    r = routers.start(general=admin_general())
+    r.write_files(users={"users": [app_user(),
+                                   {"name": "md5user", "database": APP_DB, "password": "md5-secret",
+                                    "auth": "scram"}]})
+    before = reload_marks(r)
+    out = ok(psql_admin(r, "RELOAD"))
+    assert out.stdout.strip() == "RELOAD", out.stdout
+    assert "NOTICE:" in out.stderr, out.stderr
+    assert wait_reload(r, before) == "ok"
+    with connect(r.dsn(user="md5user", password="md5-secret")) as c:
+        assert c.execute("SELECT current_user").fetchone() == ("md5user",)
+    # A bad edit: ERROR F0000 naming file and key; nothing changes.
+    write_in_place(r.config_path, tomlw.dumps(r.config).replace("[general]\n", "[general]\nfoo_bar = 1\n"))
+    out = psql_admin(r, "RELOAD")
+    assert out.returncode == 1
+    assert "ERROR:  F0000" in out.stderr, out.stderr
+    assert "router.toml:2" in out.stderr and "foo_bar" in out.stderr, out.stderr
+    assert "unchanged" in out.stderr
+    with connect(r.dsn()) as c:
+        assert c.execute("SELECT 1").fetchone() == (1,)
+
+
+# ------------------------------------------------------------- PAUSE/RESUME --
+def test_pause_waits_for_open_transactions_and_holds_new_ones(routers, primary, table):
+    primary.sql(f"CREATE TABLE {table} (id int)")
+    primary.sql(f"ALTER TABLE {table} OWNER TO app")
+    r = routers.start(general=admin_general(checkout_timeout_ms=3000))
+    in_tx = connect(r.dsn(), autocommit=False)
+    idle = connect(r.dsn())
+    idle.execute("SELECT 1")
+    in_tx.execute(f"INSERT INTO {table} VALUES (1)")
+    pause_result = {}
+
+    def pause():
+        with Timer() as t:
+            pause_result["out"] = psql_admin(r, "PAUSE app")
+        pause_result["done_at"] = time.monotonic()
+    try:
+        th = in_thread(pause)
+        time.sleep(1.0)
+        assert "out" not in pause_result, "PAUSE returned while a transaction was open"
+        # The open transaction may go on and finish.
+        in_tx.execute(f"INSERT INTO {table} VALUES (2)")
+        committed_at = time.monotonic()
+        in_tx.commit()
+        th.join(10)
+        assert "out" in pause_result, "PAUSE did not return after the transaction ended"
+        ok(pause_result["out"])
+        assert pause_result["out"].stdout.strip() == "PAUSE"
+        assert pause_result["done_at"] >= committed_at
+        assert all(p["paused"] == "t" for p in pools(r, database=APP_DB))
+
+        # New transactions wait (longer than checkout_timeout_ms, without error) until RESUME.
+        served = {}
+
+        def new_tx(name, conn):
+            try:
+                served[name] = (conn.execute("SELECT 'ran'").fetchone(), time.monotonic())
+            except Exception as exc:  # noqa: BLE001
+                served[name] = (exc, time.monotonic())
+        threads = [in_thread(new_tx, "idle", idle)]
+        fresh = connect(r.dsn())  # logging in works while paused
+        threads.append(in_thread(new_tx, "fresh", fresh))
+        time.sleep(3.5)
+        assert served == {}, f"transactions ran while paused: {served}"
+        assert len([c for c in admin_rows(r, "SHOW CLIENTS") if c["state"] == "waiting"]) == 2
+        resumed_at = time.monotonic()
+        out = ok(psql_admin(r, "RESUME app"))
+        assert out.stdout.strip() == "RESUME"
+        for t in threads:
+            t.join(10)
+        for name in ("idle", "fresh"):
+            row, at = served[name]
+            assert row == ("ran",), (name, row)
+            assert at >= resumed_at and at - resumed_at < 2, (name, at - resumed_at)
+        assert all(p["paused"] == "f" for p in pools(r, database=APP_DB))
+        fresh.close()
+    finally:
+        in_tx.close()
+        idle.close()
+    assert primary.scalar(f"SELECT count(*) FROM {table}") == 2
+
+
+def test_pause_all_and_resume_all_and_unknown_database(routers):
+    r = routers.start(general=admin_general())
+    out = psql_admin(r, "PAUSE nosuchdb")
+    assert out.returncode == 1 and "ERROR:  55000" in out.stderr, out.stderr
+    ok(psql_admin(r, "PAUSE"))
+    assert all(p["paused"] == "t" for p in pools(r))
+    with connect(r.dsn()) as c:
+        result = {}
+        th = in_thread(lambda: result.setdefault("row", c.execute("SELECT 5").fetchone()))
+        time.sleep(0.8)
+        assert result == {}
+        ok(psql_admin(r, "RESUME"))
+        th.join(5)
+        assert result == {"row": (5,)}
+    assert all(p["paused"] == "f" for p in pools(r))
+    # RESUME of a database that is not paused is harmless.
+    ok(psql_admin(r, "RESUME app"))
+
+
+# ------------------------------------------------------------------ SHUTDOWN --
+def test_shutdown_command_stops_the_router(routers):
+    r = routers.start(general=admin_general())
+    client = connect(r.dsn())
+    client.execute("SELECT 1")
+    r.stop_requested = True  # the router exits on purpose
+    out = psql_admin(r, "SHUTDOWN")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "SHUTDOWN", out.stdout
+    code = r.wait(10)
+    assert code == 0, f"exit code {code}\n{r.log()}"
+    assert not port_open(r.port)
+    client.close()
