@@ -2,14 +2,27 @@
 """Compare pgrouter with a direct connection and with PgBouncer using pgbench.
 
 Starts its own PostgreSQL 15 primary + streaming replica (the integration
-harness), initialises pgbench data, starts PgBouncer (transaction pooling,
-`-d`) and pgrouter (transaction pooling, started with `setsid`), both with a
-pool of 20 and the same client auth method, then runs every workload against
-every target, interleaved and in rotating order, for several rounds.
+harness) and initialises pgbench data, then runs one or more *scenarios*
+(`--scenario`), each with its own proxies:
 
-Before each run, directly on the primary: CHECKPOINT, VACUUM of
-pgbench_branches / pgbench_tellers, TRUNCATE pgbench_history. Each run is a
-few seconds of unrecorded warm-up, then the measured pgbench run, wrapped in
+- `baseline` (the default): PgBouncer and pgrouter both in front of the
+  primary, compared with a direct connection to the primary.
+- `routing` (issue 3): pgrouter with primary + replica (routing on, every
+  statement analysed), PgBouncer pointed at the replica, "direct" = the replica
+  for `-S` workloads and the primary for TPC-B.
+- `jwt` (issue 4): one pgrouter with `[jwt]`; the same workload as a JWT user
+  (token as password, SET ROLE pipelined into every transaction) and as a
+  password user.
+- `reload` (issue 5): one pgrouter; the same workload with a SIGHUP every
+  second (router.toml really changed each time) and without.
+- `tls` (issue 5): pgrouter and PgBouncer, both requiring client TLS, with
+  `sslmode=require` clients.
+
+Every scenario runs every workload against every target, interleaved and in
+rotating order, for several rounds. Before each run, directly on the primary:
+CHECKPOINT, VACUUM of pgbench_branches / pgbench_tellers, TRUNCATE
+pgbench_history (then wait until the replica replayed it). Each run is a few
+seconds of unrecorded warm-up, then the measured pgbench run, wrapped in
 `timeout` so a stalled pooler shows up as ~0 tps instead of a hang. The CPU
 time (utime + stime from /proc/PID/stat) each proxy used during the measured
 run, divided by the transactions pgbench reports, is the CPU per transaction.
@@ -19,59 +32,108 @@ See bench/README.md for how to read the output.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import shlex
 import shutil
+import signal
+import socket
 import statistics
+import struct
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "integration"))
 
 from harness import tomlw  # noqa: E402
-from harness.pg import IS_ROOT, PgCluster, as_pg_user, chown_to_pg, pg_tool  # noqa: E402
+from harness.pg import PgCluster, as_pg_user, chown_to_pg, pg_tool  # noqa: E402
 from harness.router import router_binary  # noqa: E402
 from harness.util import free_port, port_open, tail, wait_until  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+APP_USER, APP_PASSWORD, APP_DB = "app", "app-secret", "app"
 
 WORKLOADS = {
     # name: (pgbench arguments, protocol mode)
     "select-simple": (["-S"], "simple"),
     "select-extended": (["-S"], "extended"),
     "select-prepared": (["-S"], "prepared"),
+    "select-connect": (["-S", "-C"], "extended"),   # a new connection (login) per transaction
     "tpcb-simple": ([], "simple"),
     "tpcb-extended": ([], "extended"),
+    "tpcb-prepared": ([], "prepared"),
 }
-DEFAULT_WORKLOADS = "select-simple,select-extended,select-prepared,tpcb-simple"
+
+SCENARIOS = ("baseline", "routing", "jwt", "reload", "tls")
+SCENARIO_WORKLOADS = {
+    "baseline": "select-simple,select-extended,select-prepared,tpcb-simple",
+    "routing": "select-simple,select-extended,select-prepared,tpcb-prepared",
+    "jwt": "select-extended,select-prepared,select-connect",
+    "reload": "select-extended",
+    "tls": "select-extended",
+}
+
+
+def is_read_only(workload: str) -> bool:
+    return workload.startswith("select-")
 
 
 @dataclass
 class Run:
+    scenario: str
     workload: str
     target: str
     round: int
+    server: str = ""
     tps: float = 0.0
     processed: int = 0
     failed: int = 0
     cpu_s: float | None = None
     cpu_us_per_txn: float | None = None
+    server_logins: int | None = None   # sessions PostgreSQL saw start during the measured run
     timed_out: bool = False
     exit_code: int = 0
     note: str = ""
+    extra: str = ""
+    cmd: str = ""
 
 
 @dataclass
 class Target:
     name: str
-    port: int
-    pid_fn: object = None  # () -> pid of the proxy process, or None for direct
-    skip_modes: set = field(default_factory=set)
+    port_fn: Callable[[str], int]             # workload -> port
+    server_fn: Callable[[str], str]           # workload -> what it talks to (for the tables)
+    pid_fn: Callable[[], int] | None = None   # the proxy's pid; None for direct
+    skip: Callable[[str], str] | None = None  # workload -> reason to skip, or ""
+    user: str = APP_USER
+    password: str = APP_PASSWORD
+    password_label: str = APP_PASSWORD        # what the command line shows for PGPASSWORD
+    sslmode: str = "disable"
+    # A context manager wrapped around the measured run; what it yields is a
+    # callable returning a note for the run (e.g. how many reloads happened).
+    during: Callable[[], contextlib.AbstractContextManager] | None = None
+
+
+@dataclass
+class Scenario:
+    name: str
+    title: str
+    workloads: list[str]
+    targets: dict[str, Target]
+    comparisons: list[tuple[str, str]]        # (subject, baseline) target pairs
+    stop: list[Callable[[], None]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    unavailable: str = ""                     # set when the scenario cannot run
 
 
 def proc_cpu_seconds(pid: int) -> float:
@@ -86,19 +148,64 @@ def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def run_checked(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, **kw)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+def sslrequest_answer(port: int) -> bytes:
+    """Send an SSLRequest; return the server's one-byte answer (b'S', b'N' or b'')."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(struct.pack("!ii", 8, 80877103))
+        try:
+            return s.recv(1)
+        except OSError:
+            return b""
+
+
+def tls_session_info(port: int, user: str, password: str) -> str:
+    """What psql's \\conninfo says about TLS for a `sslmode=require` client."""
+    env = dict(os.environ, PGPASSWORD=password, PGSSLMODE="require", PGCONNECT_TIMEOUT="10")
+    out = subprocess.run([pg_tool("psql"), "-X", "-h", "127.0.0.1", "-p", str(port), "-U", user,
+                          "-d", APP_DB, "-c", "\\conninfo"], env=env, capture_output=True,
+                         text=True, timeout=30)
+    m = re.search(r"SSL connection \(([^)]*)\)", out.stdout)
+    return m.group(1) if m else f"no TLS reported: {(out.stdout + out.stderr).strip()[:200]}"
+
+
+def session_identity(port: int, user: str, password: str) -> str:
+    """current_user / session_user of one session (checks a JWT login's role)."""
+    env = dict(os.environ, PGPASSWORD=password, PGSSLMODE="disable", PGCONNECT_TIMEOUT="10")
+    out = subprocess.run([pg_tool("psql"), "-X", "-At", "-h", "127.0.0.1", "-p", str(port), "-U",
+                          user, "-d", APP_DB, "-c",
+                          "SELECT current_user || ' / ' || session_user"],
+                         env=env, capture_output=True, text=True, timeout=30)
+    return out.stdout.strip() or out.stderr.strip()[:200]
+
+
 # ----------------------------------------------------------------- proxies --
 class PgBouncer:
-    def __init__(self, workdir: Path, primary_port: int, pool_size: int, auth: str):
+    def __init__(self, workdir: Path, backend_port: int, pool_size: int, auth: str,
+                 tls: tuple[Path, Path] | None = None):
+        workdir.mkdir(parents=True, exist_ok=True)
+        chown_to_pg(workdir)
         self.workdir = workdir
         self.port = free_port()
         self.ini = workdir / "pgbouncer.ini"
         self.pidfile = workdir / "pgbouncer.pid"
         self.logfile = workdir / "pgbouncer.log"
         auth_type = {"scram": "scram-sha-256", "md5": "md5"}[auth]
-        (workdir / "userlist.txt").write_text('"app" "app-secret"\n')
+        (workdir / "userlist.txt").write_text(f'"{APP_USER}" "{APP_PASSWORD}"\n')
+        tls_lines = ""
+        if tls:
+            cert, key = tls
+            tls_lines = (f"client_tls_sslmode = require\nclient_tls_cert_file = {cert}\n"
+                         f"client_tls_key_file = {key}\n")
         self.ini.write_text(f"""\
 [databases]
-app = host=127.0.0.1 port={primary_port} dbname=app
+{APP_DB} = host=127.0.0.1 port={backend_port} dbname={APP_DB}
 
 [pgbouncer]
 listen_addr = 127.0.0.1
@@ -114,8 +221,8 @@ pidfile = {self.pidfile}
 log_connections = 0
 log_disconnections = 0
 ignore_startup_parameters = extra_float_digits
-""")
-        for p in (workdir, self.ini, workdir / "userlist.txt"):
+{tls_lines}""")
+        for p in (self.ini, workdir / "userlist.txt"):
             chown_to_pg(p)
 
     def start(self) -> None:
@@ -130,32 +237,39 @@ ignore_startup_parameters = extra_float_digits
 
     def stop(self) -> None:
         try:
-            os.kill(self.pid(), 15)
+            os.kill(self.pid(), signal.SIGTERM)
         except (OSError, ValueError):
             pass
 
 
 class PgRouter:
-    def __init__(self, workdir: Path, primary_port: int, replica_port: int | None, pool_size: int,
-                 auth: str, with_replica: bool):
+    def __init__(self, workdir: Path, databases: list[dict], users: list[dict], pool_size: int,
+                 general: dict | None = None, jwt: dict | None = None):
+        workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
         self.port = free_port()
         self.logfile = workdir / "pgrouter.log"
-        dbs = [{"name": "app", "host": "127.0.0.1", "port": primary_port, "database_name": "app",
-                "role": "primary"}]
-        if with_replica and replica_port:
-            dbs.append({"name": "app", "host": "127.0.0.1", "port": replica_port,
-                        "database_name": "app", "role": "replica"})
         self.config = workdir / "router.toml"
         self.users = workdir / "users.toml"
-        self.config.write_text(tomlw.dumps({
-            "general": {"listen": f"127.0.0.1:{self.port}", "pool_mode": "transaction",
+        self.general = {"listen": f"127.0.0.1:{self.port}", "pool_mode": "transaction",
                         "default_pool_size": pool_size, "max_clients": 2000,
-                        "metrics_listen": "", "hot_reload": False},
-            "databases": dbs}))
-        self.users.write_text(tomlw.dumps({"users": [
-            {"name": "app", "database": "app", "password": "app-secret", "auth": auth}]}))
+                        "metrics_listen": "", "hot_reload": False, "server_tls": "disable"}
+        self.general.update(general or {})
+        self.databases = databases
+        self.jwt = jwt
+        self.write_config()
+        self.users.write_text(tomlw.dumps({"users": users}))
         self.proc: subprocess.Popen | None = None
+
+    def write_config(self, **general_overrides) -> None:
+        """(Re)write router.toml atomically (write + rename)."""
+        doc = {"general": {**self.general, **general_overrides}}
+        if self.jwt:
+            doc["jwt"] = self.jwt
+        doc["databases"] = self.databases
+        tmp = self.config.with_suffix(".toml.tmp")
+        tmp.write_text(tomlw.dumps(doc))
+        os.replace(tmp, self.config)
 
     def start(self) -> None:
         env = dict(os.environ)
@@ -171,6 +285,7 @@ class PgRouter:
             wait_until(lambda: port_open(self.port) or self.proc.poll() is not None, 20,
                        what="pgrouter to listen")
         except TimeoutError:
+            self.stop()
             raise RuntimeError(f"pgrouter did not start:\n{tail(self.logfile)}") from None
         if self.proc.poll() is not None:
             raise RuntimeError(f"pgrouter exited:\n{tail(self.logfile)}")
@@ -187,28 +302,80 @@ class PgRouter:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
 
+    def log_tail(self, n: int = 4000) -> str:
+        return tail(self.logfile, n)
+
+
+def binary_info() -> str:
+    """Path, modification time and sha256 prefix of the pgrouter binary (the
+    lead may rebuild it while a benchmark runs: each scenario records which
+    build its pgrouter was started from)."""
+    import hashlib
+    path = router_binary()
+    st = path.stat()
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    return (f"{path} built {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(st.st_mtime))}, "
+            f"sha256 {digest}")
+
+
+def metric(port: int, name: str, labels: str = "") -> float | None:
+    """One sample from pgrouter's Prometheus endpoint, e.g.
+    metric(p, 'pgrouter_reloads_total', 'result="ok"')."""
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(name) and (not labels or labels in line):
+            rest = line[len(name):]
+            if rest[:1] in ("{", " "):
+                try:
+                    return float(line.rsplit(" ", 1)[1])
+                except ValueError:
+                    return None
+    return None
+
 
 # ------------------------------------------------------------------ pgbench --
-def prepare_primary(cluster: PgCluster) -> None:
-    with cluster.primary.connect("app") as conn:
+def prepare(cluster) -> None:
+    with cluster.primary.connect(APP_DB) as conn:
         conn.execute("CHECKPOINT")
         conn.execute("VACUUM pgbench_branches")
         conn.execute("VACUUM pgbench_tellers")
         conn.execute("TRUNCATE pgbench_history")
+    cluster.wait_replayed(60)
 
 
-def pgbench(port: int, workload: str, duration: int, clients: int, jobs: int) -> tuple[int, str, bool]:
+def server_sessions(cluster) -> int:
+    """Sessions established to database app so far, primary + replica
+    (pg_stat_database.sessions; a backend reports its login with its next
+    stats flush, so this lags by up to a second or so)."""
+    total = 0
+    for server in (cluster.primary, cluster.replica):
+        total += int(server.scalar("SELECT coalesce(sum(sessions), 0) FROM pg_stat_database "
+                                   "WHERE datname = %s", (APP_DB,), db="postgres"))
+    return total
+
+
+def pgbench(target: Target, workload: str, duration: int, clients: int,
+            jobs: int) -> tuple[int, str, bool, str]:
     args, mode = WORKLOADS[workload]
-    cmd = ["timeout", "-k", "5", str(duration + 30), pg_tool("pgbench"), "-n",
-           "-c", str(clients), "-j", str(jobs), "-T", str(duration), "-M", mode, *args,
-           "-h", "127.0.0.1", "-p", str(port), "-U", "app", "app"]
-    env = dict(os.environ, PGPASSWORD="app-secret", PGCONNECT_TIMEOUT="10")
+    port = target.port_fn(workload)
+    bench_cmd = [pg_tool("pgbench"), "-n", "-c", str(clients), "-j", str(jobs), "-T", str(duration),
+                 "-M", mode, *args, "-h", "127.0.0.1", "-p", str(port), "-U", target.user, APP_DB]
+    cmd = ["timeout", "-k", "5", str(duration + 30), *bench_cmd]
+    env = dict(os.environ, PGPASSWORD=target.password, PGCONNECT_TIMEOUT="10",
+               PGSSLMODE=target.sslmode)
+    shown = (f"PGPASSWORD={target.password_label} PGSSLMODE={target.sslmode} "
+             + " ".join(shlex.quote(c) for c in ["pgbench", *bench_cmd[1:]]))
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    return proc.returncode, proc.stdout + proc.stderr, proc.returncode == 124
+    return proc.returncode, proc.stdout + proc.stderr, proc.returncode == 124, shown
 
 
 def parse_pgbench(text: str) -> tuple[float, int, int]:
-    tps = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", text)
+    tps = re.search(r"tps = ([0-9.]+) \((?:without|excluding) initial connection time\)", text)
+    if not tps:  # pgbench -C reports only tps including connection time
+        tps = re.search(r"tps = ([0-9.]+)", text)
     processed = re.search(r"number of transactions actually processed: (\d+)", text)
     failed = re.search(r"number of failed transactions: (\d+)", text)
     return (float(tps.group(1)) if tps else 0.0,
@@ -216,19 +383,27 @@ def parse_pgbench(text: str) -> tuple[float, int, int]:
             int(failed.group(1)) if failed else 0)
 
 
-def one_run(cluster, target: Target, workload: str, rnd: int, args) -> Run:
-    run = Run(workload, target.name, rnd)
-    _, mode = WORKLOADS[workload]
-    if mode in target.skip_modes:
-        run.note = "skipped"
+def one_run(cluster, scenario: str, target: Target, workload: str, rnd: int, args) -> Run:
+    run = Run(scenario, workload, target.name, rnd, server=target.server_fn(workload))
+    reason = target.skip(workload) if target.skip else ""
+    if reason:
+        run.note = "skipped: " + reason
         return run
-    prepare_primary(cluster)
+    prepare(cluster)
     if args.warmup > 0:
-        pgbench(target.port, workload, args.warmup, args.clients, args.jobs)
+        pgbench(target, workload, args.warmup, args.clients, args.jobs)
     pid = target.pid_fn() if target.pid_fn else None
-    cpu0 = proc_cpu_seconds(pid) if pid else None
-    code, text, timed_out = pgbench(target.port, workload, args.duration, args.clients, args.jobs)
-    cpu1 = proc_cpu_seconds(pid) if pid else None
+    during = target.during() if target.during else contextlib.nullcontext(None)
+    sessions0 = server_sessions(cluster)
+    with during as note_fn:
+        cpu0 = proc_cpu_seconds(pid) if pid else None
+        code, text, timed_out, run.cmd = pgbench(target, workload, args.duration, args.clients,
+                                                 args.jobs)
+        cpu1 = proc_cpu_seconds(pid) if pid else None
+    time.sleep(1.0)  # let backends flush their session counts
+    run.server_logins = server_sessions(cluster) - sessions0
+    if note_fn:
+        run.extra = note_fn()
     run.tps, run.processed, run.failed = parse_pgbench(text)
     run.exit_code, run.timed_out = code, timed_out
     if pid:
@@ -236,9 +411,284 @@ def one_run(cluster, target: Target, workload: str, rnd: int, args) -> Run:
         if run.processed:
             run.cpu_us_per_txn = run.cpu_s / run.processed * 1e6
     if code != 0:
-        lines = [ln for ln in text.splitlines() if "error" in ln.lower() or "abort" in ln.lower()]
+        lines = [ln for ln in text.splitlines() if "error" in ln.lower() or "abort" in ln.lower()
+                 or "fatal" in ln.lower()]
         run.note = ("TIMEOUT " if timed_out else f"exit {code} ") + (lines[0][:120] if lines else "")
     return run
+
+
+# ----------------------------------------------------------------- reloads --
+class Reloader:
+    """While active: every `interval` s, rewrite router.toml with
+    default_pool_size alternating between `size + 1` and `size`, then SIGHUP.
+    Counts the signals sent and (when the metrics endpoint is on) the
+    successful and failed reloads pgrouter reports."""
+
+    def __init__(self, router: PgRouter, size: int, interval: float, metrics_port: int | None):
+        self.router, self.size, self.interval, self.metrics_port = router, size, interval, metrics_port
+
+    @contextlib.contextmanager
+    def active(self):
+        stop = threading.Event()
+        sent = [0]
+        state = {"size": self.size}
+
+        def loop():
+            while not stop.wait(self.interval):
+                state["size"] = self.size + 1 if state["size"] == self.size else self.size
+                self.router.write_config(default_pool_size=state["size"])
+                os.kill(self.router.pid(), signal.SIGHUP)
+                sent[0] += 1
+
+        def counts():
+            if not self.metrics_port:
+                return None, None
+            return (metric(self.metrics_port, "pgrouter_reloads_total", 'result="ok"'),
+                    metric(self.metrics_port, "pgrouter_reloads_total", 'result="error"'))
+
+        ok0, err0 = counts()
+        thread = threading.Thread(target=loop, daemon=True)
+        thread.start()
+        result = {}
+        try:
+            yield lambda: result.get("note", "")
+        finally:
+            stop.set()
+            thread.join()
+            if state["size"] != self.size:  # leave the router on the original size
+                self.router.write_config(default_pool_size=self.size)
+                os.kill(self.router.pid(), signal.SIGHUP)
+                sent[0] += 1
+            time.sleep(0.5)
+            ok1, err1 = counts()
+            note = f"SIGHUPs {sent[0]}"
+            if ok0 is not None and ok1 is not None:
+                note += f", reloads ok {ok1 - ok0:.0f}"
+            if err0 is not None and err1 is not None:
+                note += f", failed {err1 - err0:.0f}"
+            result["note"] = note
+
+
+# --------------------------------------------------------------- scenarios --
+def router_databases(cluster, with_replica: bool) -> list[dict]:
+    dbs = [{"name": APP_DB, "host": "127.0.0.1", "port": cluster.primary.port,
+            "database_name": APP_DB, "role": "primary"}]
+    if with_replica:
+        dbs.append({"name": APP_DB, "host": "127.0.0.1", "port": cluster.replica.port,
+                    "database_name": APP_DB, "role": "replica"})
+    return dbs
+
+
+def app_user(auth: str) -> dict:
+    return {"name": APP_USER, "database": APP_DB, "password": APP_PASSWORD, "auth": auth}
+
+
+def const(v):
+    return lambda _w: v
+
+
+def scenario_baseline(cluster, workdir: Path, args) -> Scenario:
+    p = cluster.primary
+    names = [t for t in (args.targets or "direct,pgbouncer,pgrouter").split(",") if t]
+    scn = Scenario("baseline", "pgrouter and PgBouncer in front of the primary"
+                   + (" (pgrouter also has the replica)" if args.router_with_replica else ""),
+                   [], {}, [("pgrouter", "direct"), ("pgrouter", "pgbouncer")])
+    for name in names:
+        if name == "direct":
+            scn.targets["direct"] = Target("direct", const(p.port), const(f"primary:{p.port}"))
+        elif name == "pgbouncer":
+            b = PgBouncer(workdir / "pgbouncer", p.port, args.pool_size, args.auth)
+            b.start()
+            scn.stop.append(b.stop)
+            # PgBouncer 1.18 has no protocol-level prepared statements.
+            scn.targets["pgbouncer"] = Target(
+                "pgbouncer", const(b.port), const(f"primary:{p.port}"), b.pid,
+                lambda w: "PgBouncer 1.18: no prepared statements" if WORKLOADS[w][1] == "prepared" else "")
+        elif name == "pgrouter":
+            r = PgRouter(workdir / "pgrouter", router_databases(cluster, args.router_with_replica),
+                         [app_user(args.auth)], args.pool_size)
+            r.start()
+            scn.stop.append(r.stop)
+            where = "primary+replica" if args.router_with_replica else f"primary:{p.port}"
+            scn.targets["pgrouter"] = Target("pgrouter", const(r.port), const(where), r.pid)
+    return scn
+
+
+def scenario_routing(cluster, workdir: Path, args) -> Scenario:
+    p, rep = cluster.primary, cluster.replica
+    scn = Scenario(
+        "routing", "routing on: pgrouter with primary + replica; PgBouncer -> replica; "
+        "direct -> replica for -S, primary for TPC-B", [], {},
+        [("pgrouter", "pgbouncer"), ("pgrouter", "direct")])
+
+    def direct_port(w):
+        return rep.port if is_read_only(w) else p.port
+
+    def direct_label(w):
+        return f"replica:{rep.port}" if is_read_only(w) else f"primary:{p.port}"
+
+    scn.targets["direct"] = Target("direct", direct_port, direct_label)
+    b = PgBouncer(workdir / "pgbouncer", rep.port, args.pool_size, args.auth)
+    b.start()
+    scn.stop.append(b.stop)
+
+    def bouncer_skip(w):
+        if WORKLOADS[w][1] == "prepared":
+            return "PgBouncer 1.18: no prepared statements"
+        if not is_read_only(w):
+            return "PgBouncer points at the replica (read-only)"
+        return ""
+
+    scn.targets["pgbouncer"] = Target("pgbouncer", const(b.port), const(f"replica:{rep.port}"),
+                                      b.pid, bouncer_skip)
+    r = PgRouter(workdir / "pgrouter", router_databases(cluster, True), [app_user(args.auth)],
+                 args.pool_size)
+    r.start()
+    scn.stop.append(r.stop)
+    scn.targets["pgrouter"] = Target("pgrouter", const(r.port), const("primary+replica"), r.pid)
+    return scn
+
+
+JWT_ROLE = "bench_reader"
+JWT_USER = "bench_jwt"
+AUTHENTICATOR = "authenticator"
+AUTHENTICATOR_PASSWORD = "authenticator-secret"
+JWT_ISSUER = "https://issuer.bench.pgrouter"
+JWT_AUDIENCE = "pgrouter-bench"
+
+
+def jwt_setup(cluster, workdir: Path) -> tuple[Path, str]:
+    """Roles on the primary (as superuser), an RSA key pair from openssl and a
+    token from PyJWT. Returns (public key PEM path, token)."""
+    def qlit(s):
+        return "'" + s.replace("'", "''") + "'"
+
+    with cluster.primary.connect("postgres") as conn:
+        for name, opts in ((AUTHENTICATOR, f"LOGIN NOINHERIT PASSWORD {qlit(AUTHENTICATOR_PASSWORD)}"),
+                           (JWT_ROLE, "NOLOGIN")):
+            conn.execute(f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = "
+                         f"{qlit(name)}) THEN CREATE ROLE {name} {opts}; END IF; END $$")
+        conn.execute(f"GRANT {JWT_ROLE} TO {AUTHENTICATOR}")
+        conn.execute(f"GRANT CONNECT ON DATABASE {APP_DB} TO {AUTHENTICATOR}")
+    with cluster.primary.connect(APP_DB) as conn:
+        conn.execute(f"GRANT USAGE ON SCHEMA public TO {JWT_ROLE}")
+        conn.execute("GRANT SELECT ON pgbench_accounts, pgbench_branches, pgbench_tellers, "
+                     f"pgbench_history TO {JWT_ROLE}")
+    cluster.wait_replayed(60)
+
+    priv, pub = workdir / "jwt_private.pem", workdir / "jwt_public.pem"
+    run_checked(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
+                 "-out", str(priv)])
+    run_checked(["openssl", "pkey", "-in", str(priv), "-pubout", "-out", str(pub)])
+    import jwt  # PyJWT, from the venv (scripts/setup.sh installs it)
+    now = int(time.time())
+    token = jwt.encode({"sub": JWT_USER, "role": JWT_ROLE, "iss": JWT_ISSUER, "aud": JWT_AUDIENCE,
+                        "iat": now, "nbf": now - 60, "exp": now + 86400},
+                       priv.read_bytes(), algorithm="RS256")
+    return pub, token
+
+
+def scenario_jwt(cluster, workdir: Path, args) -> Scenario:
+    workdir.mkdir(parents=True, exist_ok=True)
+    pub, token = jwt_setup(cluster, workdir)
+    users = [app_user(args.auth),
+             {"name": AUTHENTICATOR, "database": APP_DB, "server_password": AUTHENTICATOR_PASSWORD,
+              "login": False},
+             {"name": JWT_USER, "database": APP_DB, "auth": "jwt"}]
+    jwt_section = {"public_key_file": str(pub), "algorithms": ["RS256"], "issuer": JWT_ISSUER,
+                   "audience": JWT_AUDIENCE, "username_claim": "sub", "role_claim": "role",
+                   "connect_as": AUTHENTICATOR, "allowed_roles": [JWT_ROLE],
+                   "auto_provision": False}
+    r = PgRouter(workdir / "pgrouter", router_databases(cluster, True), users, args.pool_size,
+                 jwt=jwt_section)
+    r.start()
+    scn = Scenario(
+        "jwt", f"one pgrouter (primary + replica) with [jwt]: JWT user {JWT_USER!r} (RS256 token as "
+        f"password, role {JWT_ROLE!r} via connect_as {AUTHENTICATOR!r}) vs password user "
+        f"{APP_USER!r} ({args.auth})", [], {}, [("pgrouter-jwt", "pgrouter-password")], [r.stop])
+    scn.targets["pgrouter-password"] = Target("pgrouter-password", const(r.port),
+                                              const(f"as {APP_USER}"), r.pid)
+    scn.targets["pgrouter-jwt"] = Target("pgrouter-jwt", const(r.port), const(f"as {JWT_ROLE}"),
+                                         r.pid, user=JWT_USER, password=token,
+                                         password_label="<RS256 JWT>")
+    scn.notes.append(f"check: a JWT session runs as (current_user / session_user) "
+                     f"{session_identity(r.port, JWT_USER, token)}; a password session as "
+                     f"{session_identity(r.port, APP_USER, APP_PASSWORD)}")
+    scn.notes.append(f"JWT token ({len(token)} bytes) claims: sub={JWT_USER} role={JWT_ROLE} "
+                     f"iss={JWT_ISSUER} aud={JWT_AUDIENCE}, exp = now + 1 day; sent over "
+                     "plain TCP from loopback")
+    return scn
+
+
+def scenario_reload(cluster, workdir: Path, args) -> Scenario:
+    metrics_port = free_port()
+    r = PgRouter(workdir / "pgrouter", router_databases(cluster, True), [app_user(args.auth)],
+                 args.pool_size, general={"metrics_listen": f"127.0.0.1:{metrics_port}"})
+    r.start()
+    reloader = Reloader(r, args.pool_size, args.reload_interval, metrics_port)
+    scn = Scenario(
+        "reload", f"one pgrouter (primary + replica); pgrouter-reload: every "
+        f"{args.reload_interval:g} s router.toml rewritten with default_pool_size alternating "
+        f"{args.pool_size + 1}/{args.pool_size}, then SIGHUP", [], {},
+        [("pgrouter-reload", "pgrouter")], [r.stop])
+    scn.targets["pgrouter"] = Target("pgrouter", const(r.port), const("primary+replica"), r.pid)
+    scn.targets["pgrouter-reload"] = Target("pgrouter-reload", const(r.port),
+                                            const("primary+replica"), r.pid,
+                                            during=reloader.active)
+    return scn
+
+
+def scenario_tls(cluster, workdir: Path, args) -> Scenario:
+    rep = cluster.replica
+    scn = Scenario("tls", "client TLS required by both proxies, pgbench sslmode=require; "
+                   "pgrouter with primary + replica, PgBouncer -> replica", [], {},
+                   [("pgrouter-tls", "pgbouncer-tls")])
+    example = (ROOT / "example.router.toml").read_text()
+    if "tls_certificate" not in example:
+        scn.unavailable = "example.router.toml has no tls_certificate: TLS not implemented yet"
+        return scn
+    certdir = workdir / "certs"
+    certdir.mkdir(parents=True, exist_ok=True)
+    chown_to_pg(workdir)
+    chown_to_pg(certdir)
+    cert, key = certdir / "server.crt", certdir / "server.key"
+    run_checked(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                 "-out", str(cert), "-days", "3", "-subj", "/CN=localhost",
+                 "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+    for f in (cert, key):
+        chown_to_pg(f)
+        os.chmod(f, 0o600)
+    r = PgRouter(workdir / "pgrouter", router_databases(cluster, True), [app_user(args.auth)],
+                 args.pool_size, general={"tls_certificate": str(cert), "tls_private_key": str(key),
+                                          "client_tls": "require"})
+    try:
+        r.start()
+    except RuntimeError as exc:
+        scn.unavailable = f"pgrouter did not start with tls_certificate/tls_private_key: {exc}"
+        return scn
+    scn.stop.append(r.stop)
+    answer = sslrequest_answer(r.port)
+    if answer != b"S":
+        scn.unavailable = f"pgrouter answers SSLRequest with {answer!r}, not b'S': TLS not there yet"
+        return scn
+    b = PgBouncer(workdir / "pgbouncer", rep.port, args.pool_size, args.auth, tls=(cert, key))
+    b.start()
+    scn.stop.append(b.stop)
+    scn.targets["pgbouncer-tls"] = Target("pgbouncer-tls", const(b.port), const(f"replica:{rep.port}"),
+                                          b.pid, sslmode="require")
+    scn.targets["pgrouter-tls"] = Target("pgrouter-tls", const(r.port), const("primary+replica"),
+                                         r.pid, sslmode="require")
+    for name, port in (("pgbouncer-tls", b.port), ("pgrouter-tls", r.port)):
+        try:
+            scn.notes.append(f"{name}: sslmode=require negotiates {tls_session_info(port, APP_USER, APP_PASSWORD)}")
+        except Exception as exc:  # noqa: BLE001 - informative only
+            scn.notes.append(f"{name}: could not read the TLS session ({exc})")
+    scn.notes.append("certificate: self-signed RSA 2048 from openssl req -x509, same for both")
+    return scn
+
+
+BUILDERS = {"baseline": scenario_baseline, "routing": scenario_routing, "jwt": scenario_jwt,
+            "reload": scenario_reload, "tls": scenario_tls}
 
 
 # ------------------------------------------------------------------ report --
@@ -251,58 +701,77 @@ def fmt(v, spec=".0f", none="-"):
     return none if v is None else format(v, spec)
 
 
-def report(runs: list[Run], targets: list[str], workloads: list[str], rounds: int) -> str:
-    out = []
+def report(scn: Scenario, runs: list[Run], rounds: int) -> str:
+    out = [f"", f"=== scenario {scn.name}: {scn.title}"]
+    out += [f"    {n}" for n in scn.notes]
     by = {(r.workload, r.target, r.round): r for r in runs}
+    targets = list(scn.targets)
     out.append("")
-    out.append("Medians over rounds (tps = pgbench tps without connection time; "
-               "cpu = proxy utime+stime per transaction)")
-    header = f"{'workload':<17} {'target':<10} {'tps':>9} {'cpu µs/txn':>11} {'failed':>7}  "
-    header += f"{'vs direct':>9} {'vs pgbouncer':>12}"
+    out.append(f"Medians over {rounds} rounds (tps = pgbench tps without connection time; "
+               "cpu = proxy utime+stime per transaction; failed = sum over rounds; srv logins = "
+               "sessions PostgreSQL saw start during the run, median)")
+    header = (f"{'workload':<16} {'target':<18} {'server':<16} {'tps':>8} {'cpu µs/txn':>11} "
+              f"{'failed':>7} {'srv logins':>10}")
     out.append(header)
     out.append("-" * len(header))
-    for w in workloads:
+    for w in scn.workloads:
         for t in targets:
             rs = [by.get((w, t, i)) for i in range(rounds)]
-            rs = [r for r in rs if r is not None and r.note != "skipped"]
+            rs = [r for r in rs if r is not None]
             if not rs:
-                out.append(f"{w:<17} {t:<10} {'n/a':>9}")
                 continue
-            ratios_d, ratios_b = [], []
-            for i in range(rounds):
-                r, d, b = by.get((w, t, i)), by.get((w, "direct", i)), by.get((w, "pgbouncer", i))
-                if r and d and d.tps and d.note != "skipped":
-                    ratios_d.append(r.tps / d.tps)
-                if r and b and b.tps and b.note != "skipped":
-                    ratios_b.append(r.tps / b.tps)
+            if all(r.note.startswith("skipped") for r in rs):
+                out.append(f"{w:<16} {t:<18} {rs[0].server:<16} {'n/a':>8}  ({rs[0].note})")
+                continue
             failed = sum(r.failed for r in rs)
-            notes = {r.note for r in rs if r.note}
-            line = (f"{w:<17} {t:<10} {fmt(med([r.tps for r in rs])):>9} "
-                    f"{fmt(med([r.cpu_us_per_txn for r in rs]), '.1f'):>11} {failed:>7}  "
-                    f"{fmt(med(ratios_d), '.2f') if t != 'direct' else '':>9} "
-                    f"{fmt(med(ratios_b), '.2f') if t not in ('pgbouncer', 'direct') else '':>12}")
-            if notes:
-                line += "  ! " + "; ".join(sorted(notes))[:100]
+            line = (f"{w:<16} {t:<18} {rs[0].server:<16} {fmt(med([r.tps for r in rs])):>8} "
+                    f"{fmt(med([r.cpu_us_per_txn for r in rs]), '.1f'):>11} {failed:>7} "
+                    f"{fmt(med([r.server_logins for r in rs])):>10}")
+            if any(r.note for r in rs):
+                line += "  ! " + "; ".join(sorted({r.note for r in rs if r.note}))[:110]
             out.append(line)
+            extras = [f"r{r.round + 1}: {r.extra}" for r in rs if r.extra]
+            if extras:
+                out.append(f"{'':<16} {'':<18}   " + "   ".join(extras))
     out.append("")
-    out.append("Per-round tps ratios of pgrouter (round: vs direct / vs pgbouncer)")
-    for w in workloads:
-        parts = []
-        for i in range(rounds):
-            r, d, b = by.get((w, "pgrouter", i)), by.get((w, "direct", i)), by.get((w, "pgbouncer", i))
-            if not r or r.note == "skipped":
+    out.append("Ratios of A to B (median of per-round ratios, then each round): "
+               "tps A÷B, cpu µs/txn A÷B and A−B")
+    header = (f"{'workload':<16} {'A ÷ B':<38} {'tps':>5}  {'per round':<20} {'cpu':>5} "
+              f"{'cpu A−B':>8}  {'per round (cpu A−B µs)':<24}")
+    out.append(header)
+    out.append("-" * len(header))
+    for w in scn.workloads:
+        for a, b in scn.comparisons:
+            tr, cr, cd = [], [], []
+            for i in range(rounds):
+                ra, rb = by.get((w, a, i)), by.get((w, b, i))
+                if not ra or not rb or ra.note.startswith("skipped") or rb.note.startswith("skipped"):
+                    continue
+                tr.append(ra.tps / rb.tps if rb.tps else None)
+                if ra.cpu_us_per_txn is not None and rb.cpu_us_per_txn:
+                    cr.append(ra.cpu_us_per_txn / rb.cpu_us_per_txn)
+                    cd.append(ra.cpu_us_per_txn - rb.cpu_us_per_txn)
+            if not tr:
                 continue
-            vd = r.tps / d.tps if d and d.tps else None
-            vb = r.tps / b.tps if b and b.tps and b.note != "skipped" else None
-            parts.append(f"r{i + 1}: {fmt(vd, '.2f')} / {fmt(vb, '.2f')}")
-        if parts:
-            out.append(f"  {w:<17} " + "   ".join(parts))
+            per_round = " ".join(fmt(x, ".2f") for x in tr)
+            per_cpu = " ".join(fmt(x, "+.1f") for x in cd) if cd else ""
+            out.append(f"{w:<16} {a + ' ÷ ' + b:<38} {fmt(med(tr), '.2f'):>5}  {per_round:<20} "
+                       f"{fmt(med(cr), '.2f'):>5} {fmt(med(cd), '+.1f'):>8}  {per_cpu:<24}")
+    out.append("")
+    out.append("Command lines (as run; -T is the measured duration, the warm-up uses -T --warmup)")
+    seen = set()
+    for r in runs:
+        if r.cmd and (r.workload, r.target) not in seen:
+            seen.add((r.workload, r.target))
+            out.append(f"  [{r.workload} / {r.target}] {r.cmd}")
     return "\n".join(out)
 
 
 # -------------------------------------------------------------------- main --
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--scenario", default="baseline",
+                    help=f"comma list from {','.join(SCENARIOS)}, or 'all' (every one but baseline)")
     ap.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", 3)))
     ap.add_argument("--duration", type=int, default=int(os.environ.get("BENCH_DURATION", 15)),
                     help="seconds per measured run")
@@ -313,84 +782,110 @@ def main() -> int:
     ap.add_argument("--pool-size", type=int, default=20)
     ap.add_argument("--scale", type=int, default=10, help="pgbench -i scale")
     ap.add_argument("--auth", choices=["scram", "md5"], default="scram",
-                    help="client auth method for both proxies")
-    ap.add_argument("--workloads", default=DEFAULT_WORKLOADS,
-                    help=f"comma list from {','.join(WORKLOADS)}")
-    ap.add_argument("--targets", default="direct,pgbouncer,pgrouter")
+                    help="client auth method for both proxies (password users)")
+    ap.add_argument("--workloads", default=None,
+                    help=f"comma list from {','.join(WORKLOADS)}; overrides every scenario's "
+                         "default workloads")
+    ap.add_argument("--targets", default=None,
+                    help="baseline: which of direct,pgbouncer,pgrouter (default all); other "
+                         "scenarios: keep only these of the scenario's targets")
     ap.add_argument("--router-with-replica", action="store_true",
-                    help="also give pgrouter the replica (reads may then go there)")
+                    help="baseline only: also give pgrouter the replica (reads may then go there)")
+    ap.add_argument("--reload-interval", type=float, default=1.0,
+                    help="reload scenario: seconds between SIGHUPs")
     ap.add_argument("--json", help="also write every run as JSON to this file")
     ap.add_argument("--keep", action="store_true", help="keep the cluster directory")
     args = ap.parse_args()
 
-    workloads = [w for w in args.workloads.split(",") if w]
-    for w in workloads:
-        if w not in WORKLOADS:
-            ap.error(f"unknown workload {w}")
-    target_names = [t for t in args.targets.split(",") if t]
+    scenarios = [s for s in args.scenario.split(",") if s]
+    if scenarios == ["all"]:
+        scenarios = [s for s in SCENARIOS if s != "baseline"]
+    for s in scenarios:
+        if s not in SCENARIOS:
+            ap.error(f"unknown scenario {s}")
+    if args.workloads:
+        for w in args.workloads.split(","):
+            if w and w not in WORKLOADS:
+                ap.error(f"unknown workload {w}")
 
     log(f"starting PostgreSQL primary + replica (shared_buffers 512MB), scale {args.scale}")
     cluster = PgCluster(with_replica=True, shared_buffers="512MB", max_connections=300,
                         prefix="pgrouter-bench-")
     cluster.start()
-    bouncer = router = None
-    runs: list[Run] = []
+    all_runs: list[Run] = []
+    reports: list[str] = []
     try:
         p = cluster.primary
         out = subprocess.run(as_pg_user([pg_tool("pgbench"), "-i", "-q", "-s", str(args.scale),
-                                         "-h", str(p.sockdir), "-p", str(p.port), "-U", "app", "app"]),
+                                         "-h", str(p.sockdir), "-p", str(p.port), "-U", APP_USER,
+                                         APP_DB]),
                              capture_output=True, text=True, timeout=1200, cwd=cluster.tmpdir)
         if out.returncode != 0:
             raise RuntimeError(out.stderr)
         cluster.wait_replayed(120)
 
-        workdir = cluster.tmpdir / "proxies"
-        workdir.mkdir()
-        chown_to_pg(workdir)
-        targets: dict[str, Target] = {"direct": Target("direct", p.port)}
-        if "pgbouncer" in target_names:
-            bouncer = PgBouncer(workdir, p.port, args.pool_size, args.auth)
-            bouncer.start()
-            # PgBouncer 1.18 has no protocol-level prepared statements.
-            targets["pgbouncer"] = Target("pgbouncer", bouncer.port, bouncer.pid, {"prepared"})
-        if "pgrouter" in target_names:
-            rdir = cluster.tmpdir / "router"
-            rdir.mkdir()
-            router = PgRouter(rdir, p.port, cluster.replica.port if cluster.replica else None,
-                              args.pool_size, args.auth, args.router_with_replica)
-            router.start()
-            targets["pgrouter"] = Target("pgrouter", router.port, router.pid)
-        order = [t for t in target_names if t in targets]
-        per_run = args.warmup + args.duration + 2
-        total = per_run * len(order) * len(workloads) * args.rounds
-        log(f"targets {order}; workloads {workloads}; {args.rounds} rounds × {args.duration}s "
-            f"(+{args.warmup}s warm-up); about {total // 60} min")
+        for sname in scenarios:
+            workdir = cluster.tmpdir / f"scenario-{sname}"
+            workdir.mkdir()
+            chown_to_pg(workdir)
+            scn = None
+            try:
+                scn = BUILDERS[sname](cluster, workdir, args)
+                if any(t.startswith("pgrouter") for t in scn.targets):
+                    scn.notes.append("pgrouter binary: " + binary_info())
+                scn.workloads = [w for w in (args.workloads or SCENARIO_WORKLOADS[sname]).split(",") if w]
+                if args.targets and sname != "baseline":
+                    keep = set(args.targets.split(","))
+                    scn.targets = {k: v for k, v in scn.targets.items() if k in keep}
+                if scn.unavailable:
+                    log(f"scenario {sname}: NOT RUN: {scn.unavailable}")
+                    reports.append(f"\n=== scenario {sname}: NOT RUN: {scn.unavailable}")
+                    continue
+                runs = run_scenario(cluster, scn, args)
+                all_runs += runs
+                text = report(scn, runs, args.rounds)
+                print(text, flush=True)
+                reports.append(text)
+            finally:
+                if scn:
+                    for stop in scn.stop:
+                        stop()
 
-        for rnd in range(args.rounds):
-            for w in workloads:
-                shift = (rnd + workloads.index(w)) % len(order)
-                rotated = order[shift:] + order[:shift]
-                for t in rotated:
-                    run = one_run(cluster, targets[t], w, rnd, args)
-                    runs.append(run)
-                    if run.note == "skipped":
-                        continue
-                    log(f"round {rnd + 1} {w:<16} {t:<10} tps {run.tps:9.0f}  "
-                        f"cpu/txn {fmt(run.cpu_us_per_txn, '.1f'):>6} µs  failed {run.failed}"
-                        + (f"  ! {run.note}" if run.note else ""))
-        print(report(runs, order, workloads, args.rounds))
+        if len(reports) > 1:
+            print("\n\n########## all scenarios ##########")
+            print("\n".join(reports))
         if args.json:
-            Path(args.json).write_text(json.dumps([asdict(r) for r in runs], indent=1))
+            Path(args.json).write_text(json.dumps([asdict(r) for r in all_runs], indent=1))
             log(f"wrote {args.json}")
     finally:
-        if router:
-            router.stop()
-        if bouncer:
-            bouncer.stop()
         cluster.teardown(keep_dir=args.keep)
         if args.keep:
             log(f"kept {cluster.tmpdir}")
     return 0
+
+
+def run_scenario(cluster, scn: Scenario, args) -> list[Run]:
+    order = list(scn.targets)
+    per_run = args.warmup + args.duration + 2
+    n_runs = sum(1 for w in scn.workloads for t in scn.targets.values()
+                 if not (t.skip and t.skip(w)))
+    log(f"scenario {scn.name}: targets {order}; workloads {scn.workloads}; {args.rounds} rounds × "
+        f"{args.duration}s (+{args.warmup}s warm-up); about {per_run * n_runs * args.rounds // 60 + 1} min")
+    runs: list[Run] = []
+    for rnd in range(args.rounds):
+        for wi, w in enumerate(scn.workloads):
+            shift = (rnd + wi) % len(order)
+            for t in order[shift:] + order[:shift]:
+                run = one_run(cluster, scn.name, scn.targets[t], w, rnd, args)
+                runs.append(run)
+                if run.note.startswith("skipped"):
+                    continue
+                log(f"{scn.name} round {rnd + 1} {w:<16} {t:<18} tps {run.tps:9.0f}  "
+                    f"cpu/txn {fmt(run.cpu_us_per_txn, '.1f'):>6} µs  failed {run.failed}  "
+                    f"srv logins {run.server_logins}"
+                    + (f"  [{run.extra}]" if run.extra else "")
+                    + (f"  ! {run.note}" if run.note else ""))
+    return runs
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from harness import tomlw, wire
-from harness.clients import Timer, connect, in_thread, sqlstate
+from harness.clients import connect, in_thread
 from harness.ops import (ADMIN_DB, ADMIN_PASSWORD, ADMIN_USER, admin_columns, admin_general,
                          admin_rows, config_map, pools, psql_admin, reload_marks, wait_reload,
                          write_in_place)
@@ -303,8 +303,7 @@ def test_pause_waits_for_open_transactions_and_holds_new_ones(routers, primary, 
     pause_result = {}
 
     def pause():
-        with Timer() as t:
-            pause_result["out"] = psql_admin(r, "PAUSE app")
+        pause_result["out"] = psql_admin(r, "PAUSE app")
         pause_result["done_at"] = time.monotonic()
     try:
         th = in_thread(pause)

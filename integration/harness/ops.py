@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import re
 import subprocess
 import time
 import urllib.error
@@ -99,8 +98,15 @@ class Scrape:
         self.samples = [s for f in self.families.values() for s in f.samples]
 
     def find(self, name: str, **labels) -> list:
+        """Samples called `name` whose labels include `labels` (`le` is
+        compared as a number: le="1" matches le="1.0")."""
+        def match(s, k, v):
+            got = s.labels.get(k)
+            if k == "le" and got is not None:
+                return float(got) == float(v)
+            return got == str(v)
         return [s for s in self.samples if s.name == name
-                and all(s.labels.get(k) == str(v) for k, v in labels.items())]
+                and all(match(s, k, v) for k, v in labels.items())]
 
     def value(self, name: str, **labels) -> float:
         """Sum of the samples called `name` whose labels include `labels`
@@ -211,9 +217,6 @@ def set_router_docs(router, config: dict | None = None, users: dict | None = Non
     if users is not None:
         router.users = users
     return tomlw.dumps(router.config), tomlw.dumps(router.users)
-
-
-_SUFFIX = re.compile(r"[^0-9A-Za-z_]")
 
 
 class ConfigMapDir:

@@ -73,6 +73,13 @@ impl AnalysisCache {
         analysis
     }
 
+    /// Counts a lookup the caller answered from its own memo of this cache's
+    /// answer (the router remembers a session's last statement), so the
+    /// hit counter still counts every repeated statement.
+    pub fn note_hit(&self) {
+        self.hits.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Lookups answered from the cache (for `pgrouter_parse_cache_hits_total`).
     pub fn hits(&self) -> u64 {
         self.hits.load(Ordering::Relaxed)

@@ -52,7 +52,7 @@ pub async fn handle(
         let startup = match tokio::time::timeout(LOGIN_TIMEOUT, read_startup(&mut stream, &mut buf, &state, &tls)).await {
             Ok(Ok(Some(params))) => params,
             Ok(Ok(None)) => return, // a cancel request, already handled
-            Ok(Err(end)) => return report_end(&mut stream, end).await,
+            Ok(Err(end)) => return report_end(&mut stream, end, &state).await,
             Err(_) => return send_fatal(&mut stream, "08P01", "pgrouter: login timed out").await,
         };
         let transport = login::Transport { peer, tls: stream.is_tls() };
@@ -68,7 +68,7 @@ pub async fn handle(
                 }
                 Ok(Err(end)) => {
                     state.metrics.record_login(login_result(&end));
-                    return report_end(&mut stream, end).await;
+                    return report_end(&mut stream, end, &state).await;
                 }
                 Err(_) => {
                     state.metrics.record_login("error");
@@ -76,7 +76,7 @@ pub async fn handle(
                 }
             };
         let (mut stream, end) = make_session(stream).run().await;
-        report_end(&mut stream, end).await;
+        report_end(&mut stream, end, &state).await;
     }
     .instrument(span)
     .await
@@ -95,9 +95,10 @@ fn login_result(end: &SessionEnd) -> &'static str {
     }
 }
 
-async fn report_end(stream: &mut ClientStream, end: SessionEnd) {
+async fn report_end(stream: &mut ClientStream, end: SessionEnd, state: &State) {
     match end {
         SessionEnd::Fatal { sqlstate, message } => {
+            state.metrics.record_error(sqlstate);
             tracing::info!(sqlstate, %message, "closing client");
             send_fatal(stream, sqlstate, &message).await;
         }

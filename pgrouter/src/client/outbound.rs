@@ -28,13 +28,19 @@ impl Session {
     /// at several times on its way (policy, routing, forwarding), and a
     /// string compare is cheaper than even a cache hit that must normalise.
     pub(super) fn analyze(&self, sql: &str) -> Arc<Analysis> {
-        if let Some((last_sql, analysis)) = &*self.last_analysis.borrow() {
+        let message = self.message_seq.get();
+        if let Some((last_sql, analysis, counted_for)) = &mut *self.last_analysis.borrow_mut() {
             if last_sql == sql {
+                // One cache hit per client message, however often it is looked at.
+                if *counted_for != message {
+                    *counted_for = message;
+                    self.rt.cache.note_hit();
+                }
                 return analysis.clone();
             }
         }
         let analysis = self.rt.cache.analyze(sql);
-        *self.last_analysis.borrow_mut() = Some((sql.to_string(), analysis.clone()));
+        *self.last_analysis.borrow_mut() = Some((sql.to_string(), analysis.clone(), message));
         analysis
     }
 
@@ -87,6 +93,7 @@ impl Session {
     pub(super) async fn handle_client_messages(&mut self) -> Result<(), SessionEnd> {
         while let Some(frame) = next_frame(&self.cbuf, self.max_message)? {
             let tag = frame.tag;
+            self.message_seq.set(self.message_seq.get().wrapping_add(1));
             if tag == b'X' {
                 self.flush_server().await?;
                 return Err(SessionEnd::ClientGone);
@@ -189,6 +196,7 @@ impl Session {
         tracing::warn!(sqlstate = refusal.sqlstate, reason = %refusal.message, "statement refused");
         self.cbuf.advance(len);
         if self.server.is_none() {
+            self.state.metrics.record_error(refusal.sqlstate);
             backend::error_response(&mut self.to_client, Severity::Error, refusal.sqlstate, &refusal.message);
             if tag == b'Q' {
                 backend::ready_for_query(&mut self.to_client, b'I');
@@ -592,7 +600,7 @@ impl Session {
         };
         self.registered.info.set_state(ClientState::Active);
         self.registered.info.set_server(Some((conn.addr.clone(), conn.backend_pid, conn.stream.is_tls())));
-        self.state.metrics.record_routed(route.role);
+        self.state.metrics.record_routed(if slot.health.is_primary() { Role::Primary } else { Role::Replica });
         self.cancel.slot.set(Some(conn.cancel_target()));
         let mut held = Held {
             conn,
@@ -649,6 +657,7 @@ impl Session {
             PoolError::Connect(other) => ("08006", format!("pgrouter: could not connect to the server: {other}")),
         };
         tracing::warn!(error = %message, "could not get a server connection");
+        self.state.metrics.record_error(code);
         backend::error_response(&mut self.to_client, Severity::Error, code, &message);
         if tag == b'Q' || tag == b'F' {
             backend::ready_for_query(&mut self.to_client, b'I');

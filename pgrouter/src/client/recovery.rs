@@ -76,6 +76,7 @@ impl Session {
         if in_tx {
             return Err(SessionEnd::fatal("08006", "pgrouter: the server connection was lost during a transaction"));
         }
+        self.state.metrics.record_error("08006");
         let owed = std::mem::take(&mut self.expect).outstanding_ready();
         backend::error_response(
             &mut self.to_client,

@@ -124,7 +124,9 @@ pub struct Session {
     pub(super) to_server: BytesMut,
     pub(super) to_client: BytesMut,
     /// The last statement analysed and its analysis (see `Session::analyze`).
-    pub(super) last_analysis: std::cell::RefCell<Option<(String, Arc<Analysis>)>>,
+    pub(super) last_analysis: std::cell::RefCell<Option<(String, Arc<Analysis>, u64)>>,
+    /// Counts client messages taken from the buffer (for the memo's hit count).
+    pub(super) message_seq: std::cell::Cell<u64>,
     /// (params version, routing settings derived from it).
     pub(super) routing_cache: std::cell::Cell<(u64, crate::router::SessionRouting)>,
 }
@@ -175,6 +177,7 @@ impl Session {
             to_client: BytesMut::new(),
             routing_cache: Default::default(),
             last_analysis: Default::default(),
+            message_seq: Default::default(),
         }
     }
 
