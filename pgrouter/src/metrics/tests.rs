@@ -495,11 +495,3 @@ async fn http_endpoint_serves_metrics() {
     tx.send(true).unwrap();
     tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap();
 }
-
-/// Prints a sample exposition (for checking with other parsers):
-/// `cargo test -p pgrouter --lib print_sample_exposition -- --ignored --nocapture`.
-#[test]
-#[ignore]
-fn print_sample_exposition() {
-    println!("{}", render(&recorded_metrics(), &fake_source()));
-}
