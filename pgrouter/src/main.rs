@@ -12,10 +12,15 @@ struct Args {
     users: PathBuf,
 }
 
-const USAGE: &str = "usage: pgrouter [check] [--config router.toml] [--users users.toml] | --version";
+const USAGE: &str =
+    "usage: pgrouter [check] [--config router.toml] [--users users.toml] | --version";
 
 fn parse_args() -> Result<Option<Args>, String> {
-    let mut args = Args { check: false, config: "router.toml".into(), users: "users.toml".into() };
+    let mut args = Args {
+        check: false,
+        config: "router.toml".into(),
+        users: "users.toml".into(),
+    };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -59,7 +64,15 @@ fn main() -> ExitCode {
             for p in &problems {
                 eprintln!("{p}");
             }
-            eprintln!("{} problem(s) found; {}", problems.len(), if args.check { "config is invalid" } else { "not starting" });
+            eprintln!(
+                "{} problem(s) found; {}",
+                problems.len(),
+                if args.check {
+                    "config is invalid"
+                } else {
+                    "not starting"
+                }
+            );
             return ExitCode::from(1);
         }
     };
@@ -67,11 +80,18 @@ fn main() -> ExitCode {
         // The certificate files are part of the configuration: a router that
         // would refuse to start must not be reported valid.
         if let Err(e) = pgrouter::net::tls::ClientTlsSetup::from_general(&config.general) {
-            eprintln!("{}: tls_certificate / tls_private_key: {e}", args.config.display());
+            eprintln!(
+                "{}: tls_certificate / tls_private_key: {e}",
+                args.config.display()
+            );
             eprintln!("1 problem(s) found; config is invalid");
             return ExitCode::from(1);
         }
-        println!("{} and {} are valid", args.config.display(), args.users.display());
+        println!(
+            "{} and {} are valid",
+            args.config.display(),
+            args.users.display()
+        );
         return ExitCode::SUCCESS;
     }
     init_logging(&config.general.log_format);
@@ -97,7 +117,8 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: &LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use crate::admin::{AdminContext, BoxFuture};
 use crate::client::registry::ClientState;
-use crate::metrics::snapshot::{ClientCounts, ClientSnapshot, ConfigRow, DbStats, PoolSnapshot, ReloadStatus, ServerSnapshot};
+use crate::metrics::snapshot::{
+    ClientCounts, ClientSnapshot, ConfigRow, DbStats, PoolSnapshot, ReloadStatus, ServerSnapshot,
+};
 use crate::metrics::MetricsSource;
 use crate::state::State;
 
@@ -27,7 +29,8 @@ impl Ops {
                     let stats = pool.stats();
                     let active = pool.checked_out() as u64;
                     let on_pool = |c: &&Arc<crate::client::registry::ClientInfo>| {
-                        c.server().is_some_and(|(addr, _)| addr == pool.target.addr())
+                        c.server()
+                            .is_some_and(|(addr, _)| addr == pool.target.addr())
                             && c.database == *database
                     };
                     let _ = user;
@@ -48,13 +51,20 @@ impl Ops {
             }
         }
         out.sort_by(|a, b| {
-            (&a.labels.database, &a.labels.user, a.labels.shard, &a.labels.host, a.labels.port).cmp(&(
-                &b.labels.database,
-                &b.labels.user,
-                b.labels.shard,
-                &b.labels.host,
-                b.labels.port,
-            ))
+            (
+                &a.labels.database,
+                &a.labels.user,
+                a.labels.shard,
+                &a.labels.host,
+                a.labels.port,
+            )
+                .cmp(&(
+                    &b.labels.database,
+                    &b.labels.user,
+                    b.labels.shard,
+                    &b.labels.host,
+                    b.labels.port,
+                ))
         });
         out
     }
@@ -83,7 +93,12 @@ impl MetricsSource for Ops {
     }
 
     fn jwks_fetches(&self) -> (u64, u64) {
-        self.state.rt().jwt.as_ref().map(|j| j.jwks_fetches()).unwrap_or((0, 0))
+        self.state
+            .rt()
+            .jwt
+            .as_ref()
+            .map(|j| j.jwks_fetches())
+            .unwrap_or((0, 0))
     }
 }
 
@@ -138,7 +153,9 @@ impl AdminContext for Ops {
                 }
                 for c in &clients {
                     if let Some((addr, pid)) = c.server() {
-                        if addr == slot.pool.target.addr() && c.database == slot.pool.labels.database {
+                        if addr == slot.pool.target.addr()
+                            && c.database == slot.pool.labels.database
+                        {
                             out.push(ServerSnapshot {
                                 pool: slot.pool.labels.clone(),
                                 backend_pid: pid,
@@ -167,39 +184,155 @@ impl AdminContext for Ops {
         let d = pgrouter_config::General::default();
         let mut rows = Vec::new();
         let mut row = |key: &str, value: String, default: String| {
-            let source = if value == default { "default".to_string() } else { file.clone() };
-            rows.push(ConfigRow { key: key.to_string(), value, source });
+            let source = if value == default {
+                "default".to_string()
+            } else {
+                file.clone()
+            };
+            rows.push(ConfigRow {
+                key: key.to_string(),
+                value,
+                source,
+            });
         };
         row("listen", g.listen.clone(), d.listen.clone());
         row("workers", g.workers.to_string(), d.workers.to_string());
-        row("pool_mode", g.pool_mode.clone().as_str().into(), d.pool_mode.clone().as_str().into());
-        row("default_pool_size", g.default_pool_size.to_string(), d.default_pool_size.to_string());
-        row("min_pool_size", g.min_pool_size.to_string(), d.min_pool_size.to_string());
-        row("connect_timeout_ms", g.connect_timeout_ms.to_string(), d.connect_timeout_ms.to_string());
-        row("checkout_timeout_ms", g.checkout_timeout_ms.to_string(), d.checkout_timeout_ms.to_string());
-        row("server_idle_timeout_ms", g.server_idle_timeout_ms.to_string(), d.server_idle_timeout_ms.to_string());
-        row("server_lifetime_ms", g.server_lifetime_ms.to_string(), d.server_lifetime_ms.to_string());
-        row("client_idle_timeout_ms", g.client_idle_timeout_ms.to_string(), d.client_idle_timeout_ms.to_string());
-        row("shutdown_timeout_ms", g.shutdown_timeout_ms.to_string(), d.shutdown_timeout_ms.to_string());
-        row("max_clients", g.max_clients.to_string(), d.max_clients.to_string());
-        row("max_message_size", g.max_message_size.to_string(), d.max_message_size.to_string());
-        row("read_write_split", g.read_write_split.clone().as_str().into(), d.read_write_split.clone().as_str().into());
-        row("load_balancing", g.load_balancing.clone().as_str().into(), d.load_balancing.clone().as_str().into());
-        row("healthcheck_interval_ms", g.healthcheck_interval_ms.to_string(), d.healthcheck_interval_ms.to_string());
-        row("ban_time_ms", g.ban_time_ms.to_string(), d.ban_time_ms.to_string());
-        row("write_functions", g.write_functions.join(","), d.write_functions.join(","));
-        row("parse_cache_size", g.parse_cache_size.to_string(), d.parse_cache_size.to_string());
-        row("admin_database", g.admin_database.clone(), d.admin_database.clone());
+        row(
+            "pool_mode",
+            g.pool_mode.clone().as_str().into(),
+            d.pool_mode.clone().as_str().into(),
+        );
+        row(
+            "default_pool_size",
+            g.default_pool_size.to_string(),
+            d.default_pool_size.to_string(),
+        );
+        row(
+            "min_pool_size",
+            g.min_pool_size.to_string(),
+            d.min_pool_size.to_string(),
+        );
+        row(
+            "connect_timeout_ms",
+            g.connect_timeout_ms.to_string(),
+            d.connect_timeout_ms.to_string(),
+        );
+        row(
+            "checkout_timeout_ms",
+            g.checkout_timeout_ms.to_string(),
+            d.checkout_timeout_ms.to_string(),
+        );
+        row(
+            "server_idle_timeout_ms",
+            g.server_idle_timeout_ms.to_string(),
+            d.server_idle_timeout_ms.to_string(),
+        );
+        row(
+            "server_lifetime_ms",
+            g.server_lifetime_ms.to_string(),
+            d.server_lifetime_ms.to_string(),
+        );
+        row(
+            "client_idle_timeout_ms",
+            g.client_idle_timeout_ms.to_string(),
+            d.client_idle_timeout_ms.to_string(),
+        );
+        row(
+            "shutdown_timeout_ms",
+            g.shutdown_timeout_ms.to_string(),
+            d.shutdown_timeout_ms.to_string(),
+        );
+        row(
+            "max_clients",
+            g.max_clients.to_string(),
+            d.max_clients.to_string(),
+        );
+        row(
+            "max_message_size",
+            g.max_message_size.to_string(),
+            d.max_message_size.to_string(),
+        );
+        row(
+            "read_write_split",
+            g.read_write_split.clone().as_str().into(),
+            d.read_write_split.clone().as_str().into(),
+        );
+        row(
+            "load_balancing",
+            g.load_balancing.clone().as_str().into(),
+            d.load_balancing.clone().as_str().into(),
+        );
+        row(
+            "healthcheck_interval_ms",
+            g.healthcheck_interval_ms.to_string(),
+            d.healthcheck_interval_ms.to_string(),
+        );
+        row(
+            "ban_time_ms",
+            g.ban_time_ms.to_string(),
+            d.ban_time_ms.to_string(),
+        );
+        row(
+            "write_functions",
+            g.write_functions.join(","),
+            d.write_functions.join(","),
+        );
+        row(
+            "parse_cache_size",
+            g.parse_cache_size.to_string(),
+            d.parse_cache_size.to_string(),
+        );
+        row(
+            "admin_database",
+            g.admin_database.clone(),
+            d.admin_database.clone(),
+        );
         row("admin_user", g.admin_user.clone(), d.admin_user.clone());
-        row("admin_password", g.admin_password.clone(), d.admin_password.clone());
-        row("metrics_listen", g.metrics_listen.clone(), d.metrics_listen.clone());
-        row("hot_reload", g.hot_reload.to_string(), d.hot_reload.to_string());
-        row("tls_certificate", g.tls_certificate.clone(), d.tls_certificate.clone());
-        row("tls_private_key", g.tls_private_key.clone(), d.tls_private_key.clone());
-        row("client_tls", g.client_tls.clone().as_str().into(), d.client_tls.clone().as_str().into());
-        row("server_tls", g.server_tls.clone().as_str().into(), d.server_tls.clone().as_str().into());
-        row("server_tls_ca", g.server_tls_ca.clone(), d.server_tls_ca.clone());
-        row("log_format", g.log_format.clone().as_str().into(), d.log_format.clone().as_str().into());
+        row(
+            "admin_password",
+            g.admin_password.clone(),
+            d.admin_password.clone(),
+        );
+        row(
+            "metrics_listen",
+            g.metrics_listen.clone(),
+            d.metrics_listen.clone(),
+        );
+        row(
+            "hot_reload",
+            g.hot_reload.to_string(),
+            d.hot_reload.to_string(),
+        );
+        row(
+            "tls_certificate",
+            g.tls_certificate.clone(),
+            d.tls_certificate.clone(),
+        );
+        row(
+            "tls_private_key",
+            g.tls_private_key.clone(),
+            d.tls_private_key.clone(),
+        );
+        row(
+            "client_tls",
+            g.client_tls.clone().as_str().into(),
+            d.client_tls.clone().as_str().into(),
+        );
+        row(
+            "server_tls",
+            g.server_tls.clone().as_str().into(),
+            d.server_tls.clone().as_str().into(),
+        );
+        row(
+            "server_tls_ca",
+            g.server_tls_ca.clone(),
+            d.server_tls_ca.clone(),
+        );
+        row(
+            "log_format",
+            g.log_format.clone().as_str().into(),
+            d.log_format.clone().as_str().into(),
+        );
         rows.push(ConfigRow {
             key: "databases".into(),
             value: rt.config.logical_databases().join(","),
@@ -231,7 +364,8 @@ impl AdminContext for Ops {
             }
             self.state.paused.lock().insert(key);
             // Wait for transactions in progress to finish.
-            let deadline = tokio::time::Instant::now() + Duration::from_millis(self.state.rt().config.general.shutdown_timeout_ms);
+            let deadline = tokio::time::Instant::now()
+                + Duration::from_millis(self.state.rt().config.general.shutdown_timeout_ms);
             loop {
                 let busy = self.state.registry.all().iter().any(|c| {
                     c.state() == ClientState::Active && database.is_none_or(|db| c.database == db)
@@ -240,7 +374,9 @@ impl AdminContext for Ops {
                     return Ok(());
                 }
                 if tokio::time::Instant::now() >= deadline {
-                    return Err("timed out waiting for transactions to finish; new ones stay paused".into());
+                    return Err(
+                        "timed out waiting for transactions to finish; new ones stay paused".into(),
+                    );
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }

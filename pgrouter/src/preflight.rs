@@ -22,14 +22,19 @@ pub struct Findings {
 /// start or a reload, and its sessions will see errors until it is back.
 pub async fn run(rt: &Runtime) -> Findings {
     let mut findings = Findings::default();
-    let Some(jwt) = &rt.config.jwt else { return findings };
+    let Some(jwt) = &rt.config.jwt else {
+        return findings;
+    };
     let timeout = Duration::from_millis(rt.config.general.connect_timeout_ms);
     for db in rt.config.logical_databases() {
         if !jwt.databases.is_empty() && !jwt.databases.iter().any(|d| d == db) {
             continue;
         }
         let Some(pools) = rt.cluster.pools_for(&jwt.connect_as, db) else {
-            findings.errors.push(format!("[jwt] connect_as \"{}\" has no users.toml entry for database \"{db}\"", jwt.connect_as));
+            findings.errors.push(format!(
+                "[jwt] connect_as \"{}\" has no users.toml entry for database \"{db}\"",
+                jwt.connect_as
+            ));
             continue;
         };
         for shard in &pools.shards {
@@ -46,7 +51,14 @@ pub async fn run(rt: &Runtime) -> Findings {
                         continue;
                     }
                 };
-                check_connect_as(&mut conn, &target.user, &server, &jwt.allowed_roles, &mut findings).await;
+                check_connect_as(
+                    &mut conn,
+                    &target.user,
+                    &server,
+                    &jwt.allowed_roles,
+                    &mut findings,
+                )
+                .await;
                 conn.terminate().await;
             }
         }
@@ -60,7 +72,13 @@ pub async fn run(rt: &Runtime) -> Findings {
     findings
 }
 
-async fn check_connect_as(conn: &mut ServerConn, user: &str, server: &str, roles: &[String], findings: &mut Findings) {
+async fn check_connect_as(
+    conn: &mut ServerConn,
+    user: &str,
+    server: &str,
+    roles: &[String],
+    findings: &mut Findings,
+) {
     match conn.query_rows("SELECT rolsuper::text, rolinherit::text FROM pg_catalog.pg_roles WHERE rolname = current_user").await {
         Ok(rows) => {
             if let Some(row) = rows.first() {

@@ -25,15 +25,25 @@ pub async fn reload(state: &Arc<State>, trigger: &str) -> Result<String, String>
     let result = try_reload(state).await;
     match &result {
         Ok(summary) => tracing::info!(trigger, %summary, "configuration reloaded"),
-        Err(e) => tracing::error!(trigger, "configuration NOT reloaded; the running configuration stays:\n{e}"),
+        Err(e) => tracing::error!(
+            trigger,
+            "configuration NOT reloaded; the running configuration stays:\n{e}"
+        ),
     }
-    state.metrics.record_reload(result.is_ok(), result.as_ref().unwrap_or_else(|e| e));
+    state
+        .metrics
+        .record_reload(result.is_ok(), result.as_ref().unwrap_or_else(|e| e));
     result
 }
 
 async fn try_reload(state: &Arc<State>) -> Result<String, String> {
-    let new = pgrouter_config::load(&state.router_path, &state.users_path)
-        .map_err(|problems| problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))?;
+    let new = pgrouter_config::load(&state.router_path, &state.users_path).map_err(|problems| {
+        problems
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    })?;
     let old = state.rt();
     let changes = diff(&old.config, &new);
     if changes.is_empty() && !tls_files_present(&new) {
@@ -42,25 +52,41 @@ async fn try_reload(state: &Arc<State>) -> Result<String, String> {
     let jwt = match (&new.jwt, changes.jwt_changed) {
         (None, _) => None,
         (Some(_), false) => old.jwt.clone(),
-        (Some(j), true) => Some(Arc::new(JwtVerifier::new(j.into()).await.map_err(|e| format!("[jwt]: {e}"))?)),
+        (Some(j), true) => Some(Arc::new(
+            JwtVerifier::new(j.into())
+                .await
+                .map_err(|e| format!("[jwt]: {e}"))?,
+        )),
     };
     let cache = if new.general.write_functions == old.config.general.write_functions
         && new.general.parse_cache_size == old.config.general.parse_cache_size
     {
         old.cache.clone()
     } else {
-        Arc::new(AnalysisCache::new(new.general.parse_cache_size, new.general.write_functions.clone()))
+        Arc::new(AnalysisCache::new(
+            new.general.parse_cache_size,
+            new.general.write_functions.clone(),
+        ))
     };
     // Certificates are re-read on every reload (they may have been renewed
     // under the same names); a file that does not load is a bad edit.
-    let tls = crate::net::tls::ClientTlsSetup::from_general(&new.general).map_err(|e| format!("TLS: {e}"))?;
+    let tls = crate::net::tls::ClientTlsSetup::from_general(&new.general)
+        .map_err(|e| format!("TLS: {e}"))?;
     if new.general.server_tls == pgrouter_config::ServerTls::VerifyFull {
         crate::net::tls::forget_client_configs();
-        crate::net::tls::client_config(&crate::net::tls::ServerTlsPolicy::from_general(&new.general))
-            .map_err(|e| format!("server TLS: {e}"))?;
+        crate::net::tls::client_config(&crate::net::tls::ServerTlsPolicy::from_general(
+            &new.general,
+        ))
+        .map_err(|e| format!("server TLS: {e}"))?;
     }
     let cluster = Cluster::build(&new, Some(&old.cluster), &state.metrics);
-    let candidate = Runtime { config: Arc::new(new), cluster, jwt, cache, generation: 0 };
+    let candidate = Runtime {
+        config: Arc::new(new),
+        cluster,
+        jwt,
+        cache,
+        generation: 0,
+    };
     let findings = crate::preflight::run(&candidate).await;
     if !findings.errors.is_empty() {
         return Err(format!("preflight: {}", findings.errors.join("; ")));
@@ -103,11 +129,15 @@ pub async fn watch_files(state: Arc<State>) {
         .collect();
     let handler = move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
-        if !matches!(event.kind, EventKind::Modify(_) | EventKind::Create(_) | EventKind::Remove(_)) {
+        if !matches!(
+            event.kind,
+            EventKind::Modify(_) | EventKind::Create(_) | EventKind::Remove(_)
+        ) {
             return;
         }
         let relevant = event.paths.iter().any(|p| {
-            p.file_name().is_some_and(|n| names.iter().any(|w| w.as_os_str() == n) || n == "..data")
+            p.file_name()
+                .is_some_and(|n| names.iter().any(|w| w.as_os_str() == n) || n == "..data")
         });
         if relevant {
             let _ = tx.send(());
@@ -120,7 +150,10 @@ pub async fn watch_files(state: Arc<State>) {
             return;
         }
     };
-    let mut dirs: Vec<PathBuf> = [&state.router_path, &state.users_path].iter().map(|p| dir_of(p)).collect();
+    let mut dirs: Vec<PathBuf> = [&state.router_path, &state.users_path]
+        .iter()
+        .map(|p| dir_of(p))
+        .collect();
     dirs.dedup();
     for dir in &dirs {
         if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {

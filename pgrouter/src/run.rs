@@ -21,26 +21,47 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown_timeout = Duration::from_millis(config.general.shutdown_timeout_ms);
     let jwt = match &config.jwt {
         Some(j) => Some(Arc::new(
-            crate::auth::jwt::JwtVerifier::new(j.into()).await.map_err(|e| anyhow::anyhow!("[jwt]: {e}"))?,
+            crate::auth::jwt::JwtVerifier::new(j.into())
+                .await
+                .map_err(|e| anyhow::anyhow!("[jwt]: {e}"))?,
         )),
         None => None,
     };
     let metrics_listen = config.general.metrics_listen.clone();
     let hot_reload = config.general.hot_reload;
     let metrics = Arc::new(crate::metrics::Metrics::new());
-    let tls = crate::net::tls::ClientTlsSetup::from_general(&config.general).map_err(anyhow::Error::msg)?;
-    let state = State::new(config, jwt, metrics.clone(), crate::net::tls::ClientTlsHandle::new(tls), shutdown_rx);
+    let tls = crate::net::tls::ClientTlsSetup::from_general(&config.general)
+        .map_err(anyhow::Error::msg)?;
+    let state = State::new(
+        config,
+        jwt,
+        metrics.clone(),
+        crate::net::tls::ClientTlsHandle::new(tls),
+        shutdown_rx,
+    );
     let findings = crate::preflight::run(&state.rt()).await;
     if !findings.errors.is_empty() {
-        anyhow::bail!("preflight found {} problem(s) with the [jwt] set-up (see above)", findings.errors.len());
+        anyhow::bail!(
+            "preflight found {} problem(s) with the [jwt] set-up (see above)",
+            findings.errors.len()
+        );
     }
-    let listener = TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
     if !metrics_listen.is_empty() {
         let l = crate::metrics::bind(&metrics_listen)
             .await
             .with_context(|| format!("cannot listen on metrics_listen {metrics_listen}"))?;
-        let source = Arc::new(crate::ops::Ops { state: state.clone() });
-        tokio::spawn(crate::metrics::serve_listener(l, metrics.clone(), source, state.shutdown.clone()));
+        let source = Arc::new(crate::ops::Ops {
+            state: state.clone(),
+        });
+        tokio::spawn(crate::metrics::serve_listener(
+            l,
+            metrics.clone(),
+            source,
+            state.shutdown.clone(),
+        ));
         tracing::info!(%metrics_listen, "Prometheus metrics at /metrics");
     }
     tracing::info!(%listen, "pgrouter is accepting clients");
@@ -51,13 +72,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if hot_reload {
         tokio::spawn(crate::reload::watch_files(state.clone()));
     }
-    let accept = tokio::spawn(crate::net::serve_with_tls(listener, state.clone(), state.tls.clone()));
+    let accept = tokio::spawn(crate::net::serve_with_tls(
+        listener,
+        state.clone(),
+        state.tls.clone(),
+    ));
 
     tokio::select! {
         _ = wait_for_shutdown_signal() => {}
         _ = state.shutdown_request.notified() => tracing::info!("SHUTDOWN from the admin console"),
     }
-    tracing::info!(timeout_ms = shutdown_timeout.as_millis() as u64, "shutting down: waiting for open transactions");
+    tracing::info!(
+        timeout_ms = shutdown_timeout.as_millis() as u64,
+        "shutting down: waiting for open transactions"
+    );
     let _ = shutdown_tx.send(true);
     let _ = accept.await;
     let deadline = Instant::now() + shutdown_timeout;
@@ -66,7 +94,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let left = state.clients.load(Ordering::Relaxed);
     if left > 0 {
-        tracing::warn!(clients = left, "shutdown timeout reached; closing remaining clients");
+        tracing::warn!(
+            clients = left,
+            "shutdown timeout reached; closing remaining clients"
+        );
     }
     for pool in state.rt().cluster.all_pools() {
         pool.close_idle();

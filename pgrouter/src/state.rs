@@ -68,10 +68,19 @@ impl State {
         shutdown: watch::Receiver<bool>,
     ) -> Arc<State> {
         let cluster = Cluster::build(&config, None, &metrics);
-        let cache = Arc::new(AnalysisCache::new(config.general.parse_cache_size, config.general.write_functions.clone()));
+        let cache = Arc::new(AnalysisCache::new(
+            config.general.parse_cache_size,
+            config.general.write_functions.clone(),
+        ));
         let router_path = config.router_path.clone();
         let users_path = config.users_path.clone();
-        let runtime = Runtime { config: Arc::new(config), cluster, jwt, cache, generation: 1 };
+        let runtime = Runtime {
+            config: Arc::new(config),
+            cluster,
+            jwt,
+            cache,
+            generation: 1,
+        };
         Arc::new(State {
             runtime: ArcSwap::from_pointee(runtime),
             cancels: Arc::new(CancelRegistry::default()),

@@ -4,22 +4,38 @@
 
 /// What the console understands, for help texts and error messages.
 pub const COMMANDS: &[(&str, &str)] = &[
-    ("SHOW POOLS", "one row per pool: clients, servers, size, max wait"),
+    (
+        "SHOW POOLS",
+        "one row per pool: clients, servers, size, max wait",
+    ),
     ("SHOW CLIENTS", "one row per connected client"),
     ("SHOW SERVERS", "one row per open server connection"),
     ("SHOW STATS", "totals and averages per database since start"),
-    ("SHOW CONFIG", "effective settings, where each came from, last reload result"),
+    (
+        "SHOW CONFIG",
+        "effective settings, where each came from, last reload result",
+    ),
     ("SHOW VERSION", "the pgrouter version"),
     ("SHOW HELP", "this list"),
-    ("RELOAD", "re-read router.toml and users.toml and apply them if valid"),
-    ("PAUSE [db]", "let open transactions finish, then hold new ones (one database or all)"),
+    (
+        "RELOAD",
+        "re-read router.toml and users.toml and apply them if valid",
+    ),
+    (
+        "PAUSE [db]",
+        "let open transactions finish, then hold new ones (one database or all)",
+    ),
     ("RESUME [db]", "undo PAUSE"),
     ("SHUTDOWN", "shut the router down gracefully"),
 ];
 
 /// "SHOW POOLS, SHOW CLIENTS, ..., SHUTDOWN".
 pub fn command_list() -> String {
-    COMMANDS.iter().map(|(c, _)| *c).collect::<Vec<_>>().join(", ")
+    COMMANDS
+        .iter()
+        .map(|(c, _)| *c)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +135,10 @@ pub fn parse(statement: &str) -> Result<Command, ParseError> {
         if rest.is_empty() {
             Ok(cmd)
         } else {
-            Err(syntax(format!("{} takes no arguments", first.to_ascii_uppercase())))
+            Err(syntax(format!(
+                "{} takes no arguments",
+                first.to_ascii_uppercase()
+            )))
         }
     };
     match first.to_ascii_uppercase().as_str() {
@@ -147,12 +166,18 @@ pub fn parse(statement: &str) -> Result<Command, ParseError> {
         "PAUSE" => Ok(Command::Pause(database_arg(rest)?)),
         "RESUME" => Ok(Command::Resume(database_arg(rest)?)),
         "SET" => Ok(Command::Set),
-        _ => Err(syntax(format!("unknown command \"{}\"", printable(statement)))),
+        _ => Err(syntax(format!(
+            "unknown command \"{}\"",
+            printable(statement)
+        ))),
     }
 }
 
 fn syntax(message: String) -> ParseError {
-    ParseError { sqlstate: "42601", message }
+    ParseError {
+        sqlstate: "42601",
+        message,
+    }
 }
 
 /// An optional database name: a bare word, or a double-quoted identifier
@@ -171,14 +196,21 @@ fn database_arg(rest: &str) -> Result<Option<String>, ParseError> {
         return Ok(Some(inner.replace("\"\"", "\"")));
     }
     if rest.split_whitespace().count() != 1 || rest.contains(['\'', '"']) {
-        return Err(syntax(format!("expected one database name, got \"{}\"", printable(rest))));
+        return Err(syntax(format!(
+            "expected one database name, got \"{}\"",
+            printable(rest)
+        )));
     }
     Ok(Some(rest.to_string()))
 }
 
 /// Echoes user input in an error: at most 60 characters, no control chars.
 fn printable(s: &str) -> String {
-    let mut out: String = s.chars().take(60).map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let mut out: String = s
+        .chars()
+        .take(60)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
     if s.chars().count() > 60 {
         out.push_str("...");
     }
@@ -192,20 +224,38 @@ mod tests {
     #[test]
     fn splits_statements_outside_quotes_and_comments() {
         assert_eq!(split_statements("show pools;"), ["show pools"]);
-        assert_eq!(split_statements(" SHOW POOLS ; show stats;;"), ["SHOW POOLS", "show stats"]);
-        assert_eq!(split_statements("pause \"a;b\"; resume"), ["pause \"a;b\"", "resume"]);
-        assert_eq!(split_statements("-- hi; there\nshow version /* ; */"), ["show version"]);
+        assert_eq!(
+            split_statements(" SHOW POOLS ; show stats;;"),
+            ["SHOW POOLS", "show stats"]
+        );
+        assert_eq!(
+            split_statements("pause \"a;b\"; resume"),
+            ["pause \"a;b\"", "resume"]
+        );
+        assert_eq!(
+            split_statements("-- hi; there\nshow version /* ; */"),
+            ["show version"]
+        );
         assert!(split_statements("  ;  ; -- x").is_empty());
     }
 
     #[test]
     fn parses_commands() {
         assert_eq!(parse("show pools").unwrap(), Command::Show(Show::Pools));
-        assert_eq!(parse("SHOW   Clients").unwrap(), Command::Show(Show::Clients));
+        assert_eq!(
+            parse("SHOW   Clients").unwrap(),
+            Command::Show(Show::Clients)
+        );
         assert_eq!(parse("reload").unwrap(), Command::Reload);
         assert_eq!(parse("PAUSE").unwrap(), Command::Pause(None));
-        assert_eq!(parse("pause app").unwrap(), Command::Pause(Some("app".into())));
-        assert_eq!(parse("resume \"My \"\"db\"\"\"").unwrap(), Command::Resume(Some("My \"db\"".into())));
+        assert_eq!(
+            parse("pause app").unwrap(),
+            Command::Pause(Some("app".into()))
+        );
+        assert_eq!(
+            parse("resume \"My \"\"db\"\"\"").unwrap(),
+            Command::Resume(Some("My \"db\"".into()))
+        );
         assert_eq!(parse("set client_encoding = 'UTF8'").unwrap(), Command::Set);
         assert_eq!(parse("shutdown").unwrap(), Command::Shutdown);
     }

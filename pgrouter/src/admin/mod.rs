@@ -19,7 +19,9 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use self::command::{command_list, parse, split_statements, Command, Show};
-use crate::metrics::snapshot::{ClientSnapshot, ConfigRow, DbStats, PoolSnapshot, ReloadStatus, ServerSnapshot};
+use crate::metrics::snapshot::{
+    ClientSnapshot, ConfigRow, DbStats, PoolSnapshot, ReloadStatus, ServerSnapshot,
+};
 use crate::protocol::backend::{command_complete, error_response, ready_for_query, Severity};
 use crate::protocol::frontend::parse_query;
 use crate::protocol::next_frame;
@@ -116,7 +118,12 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
             b'P' | b'B' | b'D' | b'E' | b'C' => {
                 if !skipping_to_sync {
                     skipping_to_sync = true;
-                    wire::error(&mut out, "0A000", "admin console supports the simple query protocol only", None);
+                    wire::error(
+                        &mut out,
+                        "0A000",
+                        "admin console supports the simple query protocol only",
+                        None,
+                    );
                     send(stream, &mut out).await?;
                 }
             }
@@ -127,7 +134,12 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 send(stream, &mut out).await?;
             }
             b'F' => {
-                wire::error(&mut out, "0A000", "admin console supports the simple query protocol only", None);
+                wire::error(
+                    &mut out,
+                    "0A000",
+                    "admin console supports the simple query protocol only",
+                    None,
+                );
                 ready_for_query(&mut out, b'I');
                 send(stream, &mut out).await?;
             }
@@ -172,8 +184,17 @@ async fn simple_query(sql: &str, ctx: &dyn AdminContext, out: &mut BytesMut) -> 
         let command = match parse(statement) {
             Ok(c) => c,
             Err(e) => {
-                let message = format!("pgrouter admin: {}; commands: {}", e.message, command_list());
-                wire::error(out, e.sqlstate, &message, Some("SHOW HELP describes each command."));
+                let message = format!(
+                    "pgrouter admin: {}; commands: {}",
+                    e.message,
+                    command_list()
+                );
+                wire::error(
+                    out,
+                    e.sqlstate,
+                    &message,
+                    Some("SHOW HELP describes each command."),
+                );
                 return None;
             }
         };

@@ -180,14 +180,30 @@ fn is_secret(key: &str) -> bool {
 pub fn config(rows: Vec<ConfigRow>, last_reload: Option<ReloadStatus>) -> ResultSet {
     let mut set = ResultSet::new(&[("key", Text), ("value", Text), ("source", Text)]);
     for r in rows {
-        let value = if is_secret(&r.key) && !r.value.is_empty() { "********".to_string() } else { r.value };
+        let value = if is_secret(&r.key) && !r.value.is_empty() {
+            "********".to_string()
+        } else {
+            r.value
+        };
         set.push(vec![r.key.into(), value.into(), r.source.into()]);
     }
     match last_reload {
         Some(r) => {
-            set.push(vec!["last_reload".into(), (if r.ok { "ok" } else { "error" }).into(), "reload".into()]);
-            set.push(vec!["last_reload_time".into(), format_utc(r.at).into(), "reload".into()]);
-            set.push(vec!["last_reload_message".into(), r.message.into(), "reload".into()]);
+            set.push(vec![
+                "last_reload".into(),
+                (if r.ok { "ok" } else { "error" }).into(),
+                "reload".into(),
+            ]);
+            set.push(vec![
+                "last_reload_time".into(),
+                format_utc(r.at).into(),
+                "reload".into(),
+            ]);
+            set.push(vec![
+                "last_reload_message".into(),
+                r.message.into(),
+                "reload".into(),
+            ]);
         }
         None => set.push(vec!["last_reload".into(), "none".into(), "reload".into()]),
     }
@@ -196,7 +212,10 @@ pub fn config(rows: Vec<ConfigRow>, last_reload: Option<ReloadStatus>) -> Result
 
 pub fn version() -> ResultSet {
     let mut set = ResultSet::new(&[("version", Text)]);
-    set.push(vec![Cell::Text(format!("pgrouter {}", env!("CARGO_PKG_VERSION")))]);
+    set.push(vec![Cell::Text(format!(
+        "pgrouter {}",
+        env!("CARGO_PKG_VERSION")
+    ))]);
     set
 }
 

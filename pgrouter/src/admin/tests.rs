@@ -98,13 +98,29 @@ impl AdminContext for Fake {
     }
     fn config(&self) -> Vec<ConfigRow> {
         vec![
-            ConfigRow { key: "general.listen".into(), value: "127.0.0.1:6432".into(), source: "router.toml".into() },
-            ConfigRow { key: "general.admin_password".into(), value: "hunter2".into(), source: "router.toml".into() },
-            ConfigRow { key: "general.pool_mode".into(), value: "transaction".into(), source: "default".into() },
+            ConfigRow {
+                key: "general.listen".into(),
+                value: "127.0.0.1:6432".into(),
+                source: "router.toml".into(),
+            },
+            ConfigRow {
+                key: "general.admin_password".into(),
+                value: "hunter2".into(),
+                source: "router.toml".into(),
+            },
+            ConfigRow {
+                key: "general.pool_mode".into(),
+                value: "transaction".into(),
+                source: "default".into(),
+            },
         ]
     }
     fn last_reload(&self) -> Option<ReloadStatus> {
-        Some(ReloadStatus { ok: false, at: at(3600), message: "router.toml:4: unknown key `poolsize`".into() })
+        Some(ReloadStatus {
+            ok: false,
+            at: at(3600),
+            message: "router.toml:4: unknown key `poolsize`".into(),
+        })
     }
     fn reload(&self) -> BoxFuture<'_, Result<String, String>> {
         Box::pin(async move {
@@ -121,14 +137,18 @@ impl AdminContext for Fake {
             match database {
                 Some("nope") => Err("unknown database \"nope\"".into()),
                 db => {
-                    self.paused.lock().push(format!("pause {}", db.unwrap_or("*")));
+                    self.paused
+                        .lock()
+                        .push(format!("pause {}", db.unwrap_or("*")));
                     Ok(())
                 }
             }
         })
     }
     fn resume(&self, database: Option<&str>) -> Result<(), String> {
-        self.paused.lock().push(format!("resume {}", database.unwrap_or("*")));
+        self.paused
+            .lock()
+            .push(format!("resume {}", database.unwrap_or("*")));
         Ok(())
     }
     fn shutdown(&self) {
@@ -143,7 +163,11 @@ enum Msg {
     Data(Vec<Option<String>>),
     Complete(String),
     Ready(u8),
-    Error { severity: String, code: String, message: String },
+    Error {
+        severity: String,
+        code: String,
+        message: String,
+    },
     Notice(String),
     Empty,
 }
@@ -151,7 +175,9 @@ enum Msg {
 fn decode(mut bytes: &[u8]) -> Vec<Msg> {
     let mut msgs = Vec::new();
     while !bytes.is_empty() {
-        let frame = crate::protocol::next_frame(bytes, usize::MAX).unwrap().expect("whole messages");
+        let frame = crate::protocol::next_frame(bytes, usize::MAX)
+            .unwrap()
+            .expect("whole messages");
         let body = frame.body(bytes);
         let mut r = Reader::new(body);
         msgs.push(match frame.tag {
@@ -162,7 +188,8 @@ fn decode(mut bytes: &[u8]) -> Vec<Msg> {
                         let name = r.cstr().unwrap().to_string();
                         let (_table, _col) = (r.i32().unwrap(), r.i16().unwrap());
                         let oid = r.i32().unwrap();
-                        let (_size, _modifier, format) = (r.i16().unwrap(), r.i32().unwrap(), r.i16().unwrap());
+                        let (_size, _modifier, format) =
+                            (r.i16().unwrap(), r.i32().unwrap(), r.i16().unwrap());
                         assert_eq!(format, 0);
                         (name, oid)
                     })
@@ -175,7 +202,9 @@ fn decode(mut bytes: &[u8]) -> Vec<Msg> {
                 let cells = (0..n)
                     .map(|_| match r.i32().unwrap() {
                         -1 => None,
-                        len => Some(String::from_utf8(r.bytes(len as usize).unwrap().to_vec()).unwrap()),
+                        len => Some(
+                            String::from_utf8(r.bytes(len as usize).unwrap().to_vec()).unwrap(),
+                        ),
                     })
                     .collect();
                 assert!(r.is_empty());
@@ -186,7 +215,11 @@ fn decode(mut bytes: &[u8]) -> Vec<Msg> {
             b'I' => Msg::Empty,
             b'E' => {
                 let f = parse_error_fields(body).unwrap();
-                Msg::Error { severity: f.severity, code: f.code, message: f.message }
+                Msg::Error {
+                    severity: f.severity,
+                    code: f.code,
+                    message: f.message,
+                }
             }
             b'N' => Msg::Notice(parse_error_fields(body).unwrap().message),
             other => panic!("unexpected message {}", other as char),
@@ -198,7 +231,12 @@ fn decode(mut bytes: &[u8]) -> Vec<Msg> {
 
 /// Runs a console on an in-memory stream: sends `input`, then (if `close`)
 /// closes the client's write side; returns how it ended and what it sent.
-async fn session_with(ctx: Arc<Fake>, initial: &[u8], input: &[u8], close: bool) -> (AdminEnd, Vec<Msg>) {
+async fn session_with(
+    ctx: Arc<Fake>,
+    initial: &[u8],
+    input: &[u8],
+    close: bool,
+) -> (AdminEnd, Vec<Msg>) {
     let (mut client, mut server) = tokio::io::duplex(4 << 20);
     let initial = BytesMut::from(initial);
     let task = tokio::spawn(async move {
@@ -211,7 +249,10 @@ async fn session_with(ctx: Arc<Fake>, initial: &[u8], input: &[u8], close: bool)
         client.shutdown().await.unwrap();
     }
     let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut out)).await.expect("console hangs").unwrap();
+    tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut out))
+        .await
+        .expect("console hangs")
+        .unwrap();
     let end = task.await.expect("console panicked").expect("i/o error");
     (end, decode(&out))
 }
@@ -237,9 +278,16 @@ fn columns(msg: &Msg) -> Vec<&str> {
 
 /// The cell of `column` in a result's first row.
 fn cell<'a>(msgs: &'a [Msg], column: &str) -> Option<&'a str> {
-    let Msg::Row(cols) = &msgs[0] else { panic!("{msgs:?}") };
-    let i = cols.iter().position(|(n, _)| n == column).unwrap_or_else(|| panic!("no column {column}"));
-    let Msg::Data(cells) = &msgs[1] else { panic!("{msgs:?}") };
+    let Msg::Row(cols) = &msgs[0] else {
+        panic!("{msgs:?}")
+    };
+    let i = cols
+        .iter()
+        .position(|(n, _)| n == column)
+        .unwrap_or_else(|| panic!("no column {column}"));
+    let Msg::Data(cells) = &msgs[1] else {
+        panic!("{msgs:?}")
+    };
     cells[i].as_deref()
 }
 
@@ -267,7 +315,9 @@ async fn show_pools_is_a_table() {
     ] {
         assert!(cols.contains(&c), "missing {c}");
     }
-    let Msg::Row(typed) = &msgs[0] else { unreachable!() };
+    let Msg::Row(typed) = &msgs[0] else {
+        unreachable!()
+    };
     assert!(typed.iter().any(|(n, oid)| n == "database" && *oid == 25));
     assert!(typed.iter().any(|(n, oid)| n == "cl_active" && *oid == 20));
     assert_eq!(cell(&msgs, "user"), Some("authenticator"));
@@ -324,7 +374,10 @@ async fn show_clients_servers_stats_version_help() {
     assert!(columns(&msgs[0]).contains(&"total_wait_time_us"));
 
     let (_, msgs) = session(Arc::default(), &queries(&["show version"])).await;
-    assert_eq!(cell(&msgs, "version"), Some(concat!("pgrouter ", env!("CARGO_PKG_VERSION"))));
+    assert_eq!(
+        cell(&msgs, "version"),
+        Some(concat!("pgrouter ", env!("CARGO_PKG_VERSION")))
+    );
 
     let (_, msgs) = session(Arc::default(), &queries(&["show help"])).await;
     let rows = msgs.iter().filter(|m| matches!(m, Msg::Data(_))).count();
@@ -335,26 +388,60 @@ async fn show_clients_servers_stats_version_help() {
 async fn show_config_masks_secrets_and_reports_the_last_reload() {
     let (_, msgs) = session(Arc::default(), &queries(&["SHOW CONFIG"])).await;
     assert_eq!(columns(&msgs[0]), ["key", "value", "source"]);
-    let rows: Vec<Vec<Option<String>>> =
-        msgs.iter().filter_map(|m| if let Msg::Data(c) = m { Some(c.clone()) } else { None }).collect();
-    let get = |k: &str| rows.iter().find(|r| r[0].as_deref() == Some(k)).unwrap_or_else(|| panic!("{k}")).clone();
-    assert_eq!(get("general.admin_password")[1].as_deref(), Some("********"));
+    let rows: Vec<Vec<Option<String>>> = msgs
+        .iter()
+        .filter_map(|m| {
+            if let Msg::Data(c) = m {
+                Some(c.clone())
+            } else {
+                None
+            }
+        })
+        .collect();
+    let get = |k: &str| {
+        rows.iter()
+            .find(|r| r[0].as_deref() == Some(k))
+            .unwrap_or_else(|| panic!("{k}"))
+            .clone()
+    };
+    assert_eq!(
+        get("general.admin_password")[1].as_deref(),
+        Some("********")
+    );
     assert_eq!(get("general.pool_mode")[2].as_deref(), Some("default"));
     assert_eq!(get("last_reload")[1].as_deref(), Some("error"));
-    assert_eq!(get("last_reload_time")[1].as_deref(), Some("1970-01-01 01:00:00 UTC"));
-    assert!(get("last_reload_message")[1].as_deref().unwrap().contains("poolsize"));
+    assert_eq!(
+        get("last_reload_time")[1].as_deref(),
+        Some("1970-01-01 01:00:00 UTC")
+    );
+    assert!(get("last_reload_message")[1]
+        .as_deref()
+        .unwrap()
+        .contains("poolsize"));
 }
 
 #[tokio::test]
 async fn reload_pause_resume_shutdown() {
     let ctx = Arc::new(Fake::default());
-    let (end, msgs) =
-        session(ctx.clone(), &queries(&["reload", "PAUSE", "pause \"app\"", "resume app", "pause nope"])).await;
+    let (end, msgs) = session(
+        ctx.clone(),
+        &queries(&[
+            "reload",
+            "PAUSE",
+            "pause \"app\"",
+            "resume app",
+            "pause nope",
+        ]),
+    )
+    .await;
     assert_eq!(end, AdminEnd::Quit);
     assert_eq!(ctx.reloads.load(Ordering::Relaxed), 1);
     assert_eq!(*ctx.paused.lock(), ["pause *", "pause app", "resume app"]);
     assert_eq!(msgs[0], Msg::Notice("1 pool resized".into()));
-    assert_eq!(&msgs[1..3], [Msg::Complete("RELOAD".into()), Msg::Ready(b'I')]);
+    assert_eq!(
+        &msgs[1..3],
+        [Msg::Complete("RELOAD".into()), Msg::Ready(b'I')]
+    );
     assert_eq!(
         &msgs[3..9],
         [
@@ -366,7 +453,9 @@ async fn reload_pause_resume_shutdown() {
             Msg::Ready(b'I')
         ]
     );
-    assert!(matches!(&msgs[9], Msg::Error { code, message, .. } if code == "55000" && message.contains("nope")));
+    assert!(
+        matches!(&msgs[9], Msg::Error { code, message, .. } if code == "55000" && message.contains("nope"))
+    );
     assert_eq!(msgs[10], Msg::Ready(b'I'));
 
     ctx.reload_fails.store(true, Ordering::Relaxed);
@@ -377,7 +466,13 @@ async fn reload_pause_resume_shutdown() {
     assert_eq!(msgs[1], Msg::Ready(b'I'));
 
     // SHUTDOWN answers, then ends the loop even with more input pending.
-    let (end, msgs) = session_with(ctx.clone(), &[], &queries(&["shutdown;", "show pools"]), false).await;
+    let (end, msgs) = session_with(
+        ctx.clone(),
+        &[],
+        &queries(&["shutdown;", "show pools"]),
+        false,
+    )
+    .await;
     assert_eq!(end, AdminEnd::Shutdown);
     assert_eq!(ctx.shutdowns.load(Ordering::Relaxed), 1);
     assert_eq!(msgs, [Msg::Complete("SHUTDOWN".into()), Msg::Ready(b'I')]);
@@ -385,9 +480,20 @@ async fn reload_pause_resume_shutdown() {
 
 #[tokio::test]
 async fn unknown_commands_list_the_commands_and_the_session_goes_on() {
-    let (end, msgs) = session(Arc::default(), &queries(&["select 1", "show tables", "show version"])).await;
+    let (end, msgs) = session(
+        Arc::default(),
+        &queries(&["select 1", "show tables", "show version"]),
+    )
+    .await;
     assert_eq!(end, AdminEnd::Quit);
-    let Msg::Error { severity, code, message } = &msgs[0] else { panic!("{msgs:?}") };
+    let Msg::Error {
+        severity,
+        code,
+        message,
+    } = &msgs[0]
+    else {
+        panic!("{msgs:?}")
+    };
     assert_eq!((severity.as_str(), code.as_str()), ("ERROR", "42601"));
     for c in [
         "SHOW POOLS",
@@ -415,10 +521,17 @@ async fn several_statements_empty_queries_and_pipelined_input() {
     // Two results, one ReadyForQuery; an error stops the rest of the string.
     let (_, msgs) = session(
         Arc::default(),
-        &queries(&["show version; SHOW HELP", "show version; bogus; show pools", " ; -- nothing"]),
+        &queries(&[
+            "show version; SHOW HELP",
+            "show version; bogus; show pools",
+            " ; -- nothing",
+        ]),
     )
     .await;
-    let tags: Vec<&Msg> = msgs.iter().filter(|m| !matches!(m, Msg::Data(_) | Msg::Row(_))).collect();
+    let tags: Vec<&Msg> = msgs
+        .iter()
+        .filter(|m| !matches!(m, Msg::Data(_) | Msg::Row(_)))
+        .collect();
     assert_eq!(tags[0], &Msg::Complete("SHOW".into()));
     assert_eq!(tags[1], &Msg::Complete("SHOW".into()));
     assert_eq!(tags[2], &Msg::Ready(b'I'));
@@ -428,7 +541,13 @@ async fn several_statements_empty_queries_and_pipelined_input() {
     assert_eq!(&tags[6..], [&Msg::Empty, &Msg::Ready(b'I')]);
 
     // Bytes read before the console started are served first.
-    let (end, msgs) = session_with(Arc::default(), &queries(&["show version"]), &[b'X', 0, 0, 0, 4], false).await;
+    let (end, msgs) = session_with(
+        Arc::default(),
+        &queries(&["show version"]),
+        &[b'X', 0, 0, 0, 4],
+        false,
+    )
+    .await;
     assert_eq!(end, AdminEnd::Quit);
     assert_eq!(msgs.len(), 4);
 }
@@ -446,7 +565,9 @@ async fn extended_protocol_gets_one_error_per_sync() {
     input.put_slice(&queries(&["show version"]));
     let (end, msgs) = session(Arc::default(), &input).await;
     assert_eq!(end, AdminEnd::Quit);
-    let Msg::Error { code, message, .. } = &msgs[0] else { panic!("{msgs:?}") };
+    let Msg::Error { code, message, .. } = &msgs[0] else {
+        panic!("{msgs:?}")
+    };
     assert_eq!(code, "0A000");
     assert!(message.contains("simple query protocol only"));
     assert_eq!(&msgs[1..3], [Msg::Ready(b'I'), Msg::Ready(b'I')]);
@@ -468,7 +589,9 @@ async fn terminate_and_eof_end_quietly() {
 async fn assert_protocol_error(input: &[u8]) {
     let (end, msgs) = session_with(Arc::default(), &[], input, false).await;
     assert_eq!(end, AdminEnd::ProtocolError, "{input:?}");
-    let Some(Msg::Error { severity, code, .. }) = msgs.last() else { panic!("{msgs:?}") };
+    let Some(Msg::Error { severity, code, .. }) = msgs.last() else {
+        panic!("{msgs:?}")
+    };
     assert_eq!((severity.as_str(), code.as_str()), ("FATAL", "08P01"));
 }
 

@@ -103,7 +103,10 @@ pub struct ResultSet {
 
 impl ResultSet {
     pub fn new(columns: &[(&'static str, ColumnType)]) -> ResultSet {
-        ResultSet { columns: columns.to_vec(), rows: Vec::new() }
+        ResultSet {
+            columns: columns.to_vec(),
+            rows: Vec::new(),
+        }
     }
 
     pub fn push(&mut self, row: Vec<Cell>) {
@@ -161,7 +164,12 @@ pub fn empty_query_response(out: &mut BytesMut) {
 
 pub fn notice(out: &mut BytesMut, message: &str) {
     put_message(out, b'N', |b| {
-        for (field, value) in [(b'S', "NOTICE"), (b'V', "NOTICE"), (b'C', "00000"), (b'M', message)] {
+        for (field, value) in [
+            (b'S', "NOTICE"),
+            (b'V', "NOTICE"),
+            (b'C', "00000"),
+            (b'M', message),
+        ] {
             b.put_u8(field);
             put_cstr(b, value);
         }
@@ -172,7 +180,12 @@ pub fn notice(out: &mut BytesMut, message: &str) {
 /// An ERROR (the session goes on) with an optional hint.
 pub fn error(out: &mut BytesMut, sqlstate: &str, message: &str, hint: Option<&str>) {
     put_message(out, b'E', |b| {
-        for (field, value) in [(b'S', "ERROR"), (b'V', "ERROR"), (b'C', sqlstate), (b'M', message)] {
+        for (field, value) in [
+            (b'S', "ERROR"),
+            (b'V', "ERROR"),
+            (b'C', sqlstate),
+            (b'M', message),
+        ] {
             b.put_u8(field);
             put_cstr(b, value);
         }

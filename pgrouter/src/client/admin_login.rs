@@ -21,13 +21,22 @@ pub async fn serve(
     startup: Vec<(String, String)>,
     transport: Transport,
 ) {
-    let user = startup.iter().find(|(k, _)| k == "user").map(|(_, v)| v.clone()).unwrap_or_default();
+    let user = startup
+        .iter()
+        .find(|(k, _)| k == "user")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
     let rt = state.rt();
     let g = &rt.config.general;
     if user != g.admin_user {
         tracing::warn!(user, peer = %transport.peer, "admin console login refused: not the admin user");
         state.metrics.record_login("unknown_user");
-        return send_fatal(&mut stream, "28000", &format!("role \"{user}\" may not use the admin console")).await;
+        return send_fatal(
+            &mut stream,
+            "28000",
+            &format!("role \"{user}\" may not use the admin console"),
+        )
+        .await;
     }
     let stored = StoredPassword::parse(&g.admin_password);
     match scram_exchange(&mut stream, &mut buf, &stored).await {
@@ -35,9 +44,16 @@ pub async fn serve(
         Ok(false) => {
             tracing::warn!(user, peer = %transport.peer, "admin console login failed");
             state.metrics.record_login("bad_password");
-            return send_fatal(&mut stream, "28P01", &format!("password authentication failed for user \"{user}\"")).await;
+            return send_fatal(
+                &mut stream,
+                "28P01",
+                &format!("password authentication failed for user \"{user}\""),
+            )
+            .await;
         }
-        Err(SessionEnd::Fatal { sqlstate, message }) => return send_fatal(&mut stream, sqlstate, &message).await,
+        Err(SessionEnd::Fatal { sqlstate, message }) => {
+            return send_fatal(&mut stream, sqlstate, &message).await
+        }
         Err(_) => return,
     }
     state.metrics.record_login("ok");
@@ -45,7 +61,10 @@ pub async fn serve(
     let mut out = BytesMut::new();
     backend::authentication_ok(&mut out);
     for (k, v) in [
-        ("server_version", concat!("15.0 (pgrouter ", env!("CARGO_PKG_VERSION"), ")")),
+        (
+            "server_version",
+            concat!("15.0 (pgrouter ", env!("CARGO_PKG_VERSION"), ")"),
+        ),
         ("server_encoding", "UTF8"),
         ("client_encoding", "UTF8"),
         ("DateStyle", "ISO, MDY"),
@@ -60,7 +79,9 @@ pub async fn serve(
     if write_all(&mut stream, &out).await.is_err() {
         return;
     }
-    let ops = Ops { state: state.clone() };
+    let ops = Ops {
+        state: state.clone(),
+    };
     match crate::admin::run(&mut stream, buf, &ops).await {
         Ok(end) => tracing::info!(?end, "admin console session ended"),
         Err(e) => tracing::debug!(error = %e, "admin console i/o error"),

@@ -56,7 +56,12 @@ impl CancelRegistry {
             }
             let secret = rng.gen::<i32>();
             keys.insert(pid, (secret, slot.clone()));
-            return CancelKey { pid, secret, slot, registry: self.clone() };
+            return CancelKey {
+                pid,
+                secret,
+                slot,
+                registry: self.clone(),
+            };
         }
     }
 

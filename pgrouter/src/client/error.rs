@@ -9,7 +9,10 @@ pub enum SessionEnd {
     ClientGone,
     /// The router ends the session and tells the client why with a FATAL.
     #[error("{message}")]
-    Fatal { sqlstate: &'static str, message: String },
+    Fatal {
+        sqlstate: &'static str,
+        message: String,
+    },
     /// The client's socket failed; nobody to tell.
     #[error("client i/o error: {0}")]
     ClientIo(std::io::Error),
@@ -17,12 +20,18 @@ pub enum SessionEnd {
 
 impl SessionEnd {
     pub fn fatal(sqlstate: &'static str, message: impl Into<String>) -> Self {
-        SessionEnd::Fatal { sqlstate, message: message.into() }
+        SessionEnd::Fatal {
+            sqlstate,
+            message: message.into(),
+        }
     }
 }
 
 impl From<ProtocolError> for SessionEnd {
     fn from(e: ProtocolError) -> Self {
-        SessionEnd::Fatal { sqlstate: e.sqlstate, message: e.message }
+        SessionEnd::Fatal {
+            sqlstate: e.sqlstate,
+            message: e.message,
+        }
     }
 }

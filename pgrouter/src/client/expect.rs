@@ -159,13 +159,21 @@ impl Expectations {
     pub fn outstanding_ready(&self) -> usize {
         self.queue
             .iter()
-            .filter(|e| matches!(e, Entry::Forward(Reply::Sync | Reply::Query | Reply::FunctionCall)))
+            .filter(|e| {
+                matches!(
+                    e,
+                    Entry::Forward(Reply::Sync | Reply::Query | Reply::FunctionCall)
+                )
+            })
             .count()
     }
 
     /// Decides the fate of one server message and advances the queue.
     pub fn on_server_message(&mut self, tag: u8) -> Verdict {
-        let mut verdict = Verdict { synthesize_before: self.take_ready_synthesized(), ..Verdict::default() };
+        let mut verdict = Verdict {
+            synthesize_before: self.take_ready_synthesized(),
+            ..Verdict::default()
+        };
         let Some(head) = self.queue.front().cloned() else {
             verdict.forward = true; // unsolicited (e.g. a FATAL before close)
             return verdict;
@@ -190,12 +198,17 @@ impl Expectations {
             verdict.synthesize_after = self.take_ready_synthesized();
             // An error the client would have got from its own message had the
             // router not rewritten the stream: it must see it.
-            verdict.forward =
-                !swallowing || guard || matches!(reply, Reply::Parse(_) | Reply::Bind | Reply::DescribeStatement);
+            verdict.forward = !swallowing
+                || guard
+                || matches!(
+                    reply,
+                    Reply::Parse(_) | Reply::Bind | Reply::DescribeStatement
+                );
             verdict.guard_failed = guard;
             return verdict;
         }
-        verdict.forward = !swallowing || (tag == b'E' && (guard || (reply != Reply::Query && reply != Reply::Close)));
+        verdict.forward = !swallowing
+            || (tag == b'E' && (guard || (reply != Reply::Query && reply != Reply::Close)));
         if reply.ends_with(tag) {
             self.pop_head();
             verdict.synthesize_after = self.take_ready_synthesized();
@@ -204,7 +217,9 @@ impl Expectations {
     }
 
     fn pop_head(&mut self) {
-        if let Some(Entry::Swallow(_) | Entry::Synthesize(_) | Entry::Guard(_)) = self.queue.pop_front() {
+        if let Some(Entry::Swallow(_) | Entry::Synthesize(_) | Entry::Guard(_)) =
+            self.queue.pop_front()
+        {
             self.special -= 1;
         }
     }

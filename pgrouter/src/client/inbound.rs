@@ -5,8 +5,8 @@
 use bytes::Buf;
 
 use super::error::SessionEnd;
-use super::session::Session;
 use super::expect::Reply;
+use super::session::Session;
 use super::tracking::SetChange;
 use crate::protocol::backend::{parse_error_fields, parse_parameter_status};
 use crate::protocol::frontend;
@@ -19,20 +19,27 @@ impl Session {
     /// straight from the read buffer in one write; otherwise the relay
     /// switches to copying into `to_client` from the first exception on.
     pub(super) async fn handle_server_messages(&mut self) -> Result<(), SessionEnd> {
-        let Some(held) = self.server.as_mut() else { return Ok(()) };
+        let Some(held) = self.server.as_mut() else {
+            return Ok(());
+        };
         let mut pos = 0; // bytes of read_buf handled
         let mut verbatim = true; // everything up to `pos` is forwarded as is
         loop {
             let buf = &held.conn.read_buf;
             let Some(frame) = next_frame(buf.get(pos..).unwrap_or(&[]), MAX_SERVER_MESSAGE)
-                .map_err(|_| SessionEnd::fatal("08P01", "pgrouter: malformed message from the server"))?
+                .map_err(|_| {
+                    SessionEnd::fatal("08P01", "pgrouter: malformed message from the server")
+                })?
             else {
                 break;
             };
             let tag = frame.tag;
             let msg_range = pos..pos + frame.total_len;
             let body_range = pos + 5..pos + frame.total_len;
-            if tag == b'E' && self.replay.is_some() && is_fatal(&held.conn.read_buf[pos + 5..pos + frame.total_len]) {
+            if tag == b'E'
+                && self.replay.is_some()
+                && is_fatal(&held.conn.read_buf[pos + 5..pos + frame.total_len])
+            {
                 // The server is going away before answering a replayable
                 // read: keep quiet, the replay on another server answers.
                 held.conn.read_buf.truncate(pos);
@@ -101,7 +108,9 @@ impl Session {
             if verdict.forward {
                 self.replay = None; // the client has seen an answer: no replay now
             }
-            let plain = verdict.forward && verdict.synthesize_before.is_empty() && verdict.synthesize_after.is_empty();
+            let plain = verdict.forward
+                && verdict.synthesize_before.is_empty()
+                && verdict.synthesize_after.is_empty();
             if verbatim && !plain {
                 verbatim = false;
                 self.to_client.extend_from_slice(&held.conn.read_buf[..pos]);
@@ -111,7 +120,8 @@ impl Session {
                     self.to_client.extend_from_slice(made);
                 }
                 if verdict.forward {
-                    self.to_client.extend_from_slice(&held.conn.read_buf[msg_range]);
+                    self.to_client
+                        .extend_from_slice(&held.conn.read_buf[msg_range]);
                 }
                 for made in &verdict.synthesize_after {
                     self.to_client.extend_from_slice(made);
@@ -159,7 +169,11 @@ fn is_fatal(body: &[u8]) -> bool {
 /// A session change the client made on this server: later clients of the
 /// server must not inherit it, so the server's bookkeeping learns of it (a
 /// SET is RESET for the next client that did not ask for it).
-fn note_change_on_server(server: &mut crate::server::ServerConn, params: &super::params::ClientParams, change: &SetChange) {
+fn note_change_on_server(
+    server: &mut crate::server::ServerConn,
+    params: &super::params::ClientParams,
+    change: &SetChange,
+) {
     server.params_fingerprint = 0;
     match change {
         SetChange::Set { name, value } => {

@@ -11,7 +11,10 @@ use crate::protocol::next_frame;
 /// Messages during login are small; a bigger one is not a password.
 pub const MAX_LOGIN_MESSAGE: usize = 64 * 1024;
 
-pub async fn read_message(stream: &mut ClientStream, buf: &mut BytesMut) -> Result<(u8, Bytes), SessionEnd> {
+pub async fn read_message(
+    stream: &mut ClientStream,
+    buf: &mut BytesMut,
+) -> Result<(u8, Bytes), SessionEnd> {
     loop {
         if let Some(frame) = next_frame(buf, MAX_LOGIN_MESSAGE)? {
             let mut msg = buf.split_to(frame.total_len).freeze();

@@ -50,22 +50,44 @@ pub async fn authenticate(
     let rt = state.rt();
     let config = &rt.config;
     if !config.logical_databases().contains(&database) {
-        return Err(SessionEnd::fatal("3D000", format!("database \"{database}\" does not exist")));
+        return Err(SessionEnd::fatal(
+            "3D000",
+            format!("database \"{database}\" does not exist"),
+        ));
     }
     let entry = config.user(user_name, database);
     let jwt_enabled = config.jwt.is_some() && rt.jwt.is_some();
     match entry {
-        Some(user) if !user.login => {
-            Err(SessionEnd::fatal("28000", format!("user \"{user_name}\" cannot log in directly")))
-        }
+        Some(user) if !user.login => Err(SessionEnd::fatal(
+            "28000",
+            format!("user \"{user_name}\" cannot log in directly"),
+        )),
         Some(user) if user.auth == AuthMethod::Jwt => {
             let token = cleartext_exchange(stream, buf).await?;
-            jwt_login(state, &rt, Some(user), user_name, database, &token, transport).await
+            jwt_login(
+                state,
+                &rt,
+                Some(user),
+                user_name,
+                database,
+                &token,
+                transport,
+            )
+            .await
         }
         Some(user) if user.auth == AuthMethod::PasswordOrJwt => {
             let secret = cleartext_exchange(stream, buf).await?;
             if jwt_enabled && looks_like_jwt(&secret) {
-                jwt_login(state, &rt, Some(user), user_name, database, &secret, transport).await
+                jwt_login(
+                    state,
+                    &rt,
+                    Some(user),
+                    user_name,
+                    database,
+                    &secret,
+                    transport,
+                )
+                .await
             } else {
                 let stored = StoredPassword::parse(user.password.as_deref().unwrap_or(""));
                 let ok = user.password.is_some() && verify_cleartext(&stored, &user.name, &secret);
@@ -79,7 +101,9 @@ pub async fn authenticate(
                 (AuthMethod::Scram, StoredPassword::Md5(_)) | (AuthMethod::Md5, _) => {
                     (md5_exchange(stream, buf, user, &stored).await?, "md5")
                 }
-                (AuthMethod::Scram, _) => (scram_exchange(stream, buf, &stored).await?, "scram-sha-256"),
+                (AuthMethod::Scram, _) => {
+                    (scram_exchange(stream, buf, &stored).await?, "scram-sha-256")
+                }
                 _ => {
                     let secret = cleartext_exchange(stream, buf).await?;
                     (verify_cleartext(&stored, &user.name, &secret), "password")
@@ -91,21 +115,42 @@ pub async fn authenticate(
             let token = cleartext_exchange(stream, buf).await?;
             jwt_login(state, &rt, None, user_name, database, &token, transport).await
         }
-        None => Err(SessionEnd::fatal("28000", format!("role \"{user_name}\" does not exist for database \"{database}\""))),
+        None => Err(SessionEnd::fatal(
+            "28000",
+            format!("role \"{user_name}\" does not exist for database \"{database}\""),
+        )),
     }
 }
 
-fn password_result(rt: &Runtime, user: &User, ok: bool, method: &'static str) -> Result<LoggedIn, SessionEnd> {
+fn password_result(
+    rt: &Runtime,
+    user: &User,
+    ok: bool,
+    method: &'static str,
+) -> Result<LoggedIn, SessionEnd> {
     if !ok {
         tracing::warn!(user = %user.name, database = %user.database, method, "password authentication failed");
-        return Err(SessionEnd::fatal("28P01", format!("password authentication failed for user \"{}\"", user.name)));
+        return Err(SessionEnd::fatal(
+            "28P01",
+            format!("password authentication failed for user \"{}\"", user.name),
+        ));
     }
     let pools = rt
         .cluster
         .pools_for(&user.name, &user.database)
         .cloned()
-        .ok_or_else(|| SessionEnd::fatal("28000", format!("no pools for user \"{}\"", user.name)))?;
-    Ok(LoggedIn { pools_user: user.name.clone(), pools, policy: Policy { jwt: None, read_only: user.read_only }, method })
+        .ok_or_else(|| {
+            SessionEnd::fatal("28000", format!("no pools for user \"{}\"", user.name))
+        })?;
+    Ok(LoggedIn {
+        pools_user: user.name.clone(),
+        pools,
+        policy: Policy {
+            jwt: None,
+            read_only: user.read_only,
+        },
+        method,
+    })
 }
 
 /// Verifies a token and maps it to the connect_as pools and a policy.
@@ -122,7 +167,10 @@ async fn jwt_login(
         return Err(SessionEnd::fatal("28000", "JWT login is not configured"));
     };
     if !cfg.databases.is_empty() && !cfg.databases.iter().any(|d| d == database) {
-        return Err(SessionEnd::fatal("28000", format!("JWT login is not allowed for database \"{database}\"")));
+        return Err(SessionEnd::fatal(
+            "28000",
+            format!("JWT login is not allowed for database \"{database}\""),
+        ));
     }
     if !transport.tls && !transport.peer.ip().is_loopback() && !cfg.allow_insecure_transport {
         return Err(SessionEnd::fatal(
@@ -135,7 +183,10 @@ async fn jwt_login(
         Err(e) => {
             state.metrics_jwt_login(e.reason());
             tracing::warn!(user = user_name, database, cause = %e, "JWT authentication failed");
-            return Err(SessionEnd::fatal("28P01", format!("JWT authentication failed: {e}")));
+            return Err(SessionEnd::fatal(
+                "28P01",
+                format!("JWT authentication failed: {e}"),
+            ));
         }
     };
     state.metrics_jwt_login("ok");
@@ -143,27 +194,53 @@ async fn jwt_login(
         .cluster
         .pools_for(&cfg.connect_as, database)
         .cloned()
-        .ok_or_else(|| SessionEnd::fatal("28000", format!("connect_as user \"{}\" has no entry for database \"{database}\"", cfg.connect_as)))?;
+        .ok_or_else(|| {
+            SessionEnd::fatal(
+                "28000",
+                format!(
+                    "connect_as user \"{}\" has no entry for database \"{database}\"",
+                    cfg.connect_as
+                ),
+            )
+        })?;
     let read_only = verified.read_only
         || entry.is_some_and(|u| u.read_only)
         || (entry.is_none() && cfg.auto_provision_read_only);
     let policy = Policy {
-        jwt: Some(JwtIdentity { username: verified.username, role: verified.role, expires_at: verified.expires_at }),
+        jwt: Some(JwtIdentity {
+            username: verified.username,
+            role: verified.role,
+            expires_at: verified.expires_at,
+        }),
         read_only,
     };
-    Ok(LoggedIn { pools_user: cfg.connect_as.clone(), pools, policy, method: "jwt" })
+    Ok(LoggedIn {
+        pools_user: cfg.connect_as.clone(),
+        pools,
+        policy,
+        method: "jwt",
+    })
 }
 
-async fn read_password_message(stream: &mut ClientStream, buf: &mut BytesMut) -> Result<bytes::Bytes, SessionEnd> {
+async fn read_password_message(
+    stream: &mut ClientStream,
+    buf: &mut BytesMut,
+) -> Result<bytes::Bytes, SessionEnd> {
     let (tag, body) = read_message(stream, buf).await?;
     if tag != b'p' {
-        return Err(SessionEnd::fatal("08P01", format!("expected a password message, got '{}'", tag as char)));
+        return Err(SessionEnd::fatal(
+            "08P01",
+            format!("expected a password message, got '{}'", tag as char),
+        ));
     }
     Ok(body)
 }
 
 /// Asks for a cleartext password (or token) and returns it.
-async fn cleartext_exchange(stream: &mut ClientStream, buf: &mut BytesMut) -> Result<String, SessionEnd> {
+async fn cleartext_exchange(
+    stream: &mut ClientStream,
+    buf: &mut BytesMut,
+) -> Result<String, SessionEnd> {
     let mut out = BytesMut::new();
     backend::authentication_cleartext(&mut out);
     write_all(stream, &out).await?;
@@ -186,7 +263,11 @@ async fn md5_exchange(
     Ok(verify_md5(stored, &user.name, salt, response))
 }
 
-pub(super) async fn scram_exchange(stream: &mut ClientStream, buf: &mut BytesMut, stored: &StoredPassword) -> Result<bool, SessionEnd> {
+pub(super) async fn scram_exchange(
+    stream: &mut ClientStream,
+    buf: &mut BytesMut,
+    stored: &StoredPassword,
+) -> Result<bool, SessionEnd> {
     let mut server = match stored {
         StoredPassword::Scram(secret) => ScramServer::new(secret.clone()),
         StoredPassword::Plain(p) => ScramServer::from_plain(p),
@@ -199,9 +280,14 @@ pub(super) async fn scram_exchange(stream: &mut ClientStream, buf: &mut BytesMut
     let body = read_password_message(stream, buf).await?;
     let (mechanism, data) = parse_sasl_initial(&body)?;
     if mechanism != "SCRAM-SHA-256" {
-        return Err(SessionEnd::fatal("28000", format!("unsupported SASL mechanism \"{mechanism}\"")));
+        return Err(SessionEnd::fatal(
+            "28000",
+            format!("unsupported SASL mechanism \"{mechanism}\""),
+        ));
     }
-    let server_first = server.server_first(data).map_err(|e| SessionEnd::fatal("08P01", e.to_string()))?;
+    let server_first = server
+        .server_first(data)
+        .map_err(|e| SessionEnd::fatal("08P01", e.to_string()))?;
     out.clear();
     backend::authentication_sasl_continue(&mut out, server_first.as_bytes());
     write_all(stream, &out).await?;

@@ -1,8 +1,8 @@
 //! One client connection from first byte to last: the startup packet
 //! (SSL/GSS refusal, cancel requests), login, then the session loop.
 
-pub mod cancel;
 mod admin_login;
+pub mod cancel;
 mod cleanup;
 mod error;
 mod expect;
@@ -49,32 +49,48 @@ pub async fn handle(
     let span = tracing::info_span!("client", id, %peer, user = tracing::field::Empty, database = tracing::field::Empty);
     async move {
         let mut buf = BytesMut::with_capacity(8 * 1024);
-        let startup = match tokio::time::timeout(LOGIN_TIMEOUT, read_startup(&mut stream, &mut buf, &state, &tls)).await {
+        let startup = match tokio::time::timeout(
+            LOGIN_TIMEOUT,
+            read_startup(&mut stream, &mut buf, &state, &tls),
+        )
+        .await
+        {
             Ok(Ok(Some(params))) => params,
             Ok(Ok(None)) => return, // a cancel request, already handled
             Ok(Err(end)) => return report_end(&mut stream, end, &state).await,
             Err(_) => return send_fatal(&mut stream, "08P01", "pgrouter: login timed out").await,
         };
-        let transport = login::Transport { peer, tls: stream.is_tls() };
+        let transport = login::Transport {
+            peer,
+            tls: stream.is_tls(),
+        };
         let admin_db = state.rt().config.general.admin_database.clone();
-        if startup.1.iter().any(|(k, v)| k == "database" && *v == admin_db) {
+        if startup
+            .1
+            .iter()
+            .any(|(k, v)| k == "database" && *v == admin_db)
+        {
             return admin_login::serve(stream, buf, state, startup.1, transport).await;
         }
-        let make_session =
-            match tokio::time::timeout(LOGIN_TIMEOUT, login(&mut stream, buf, &state, startup, transport, id)).await {
-                Ok(Ok(make_session)) => {
-                    state.metrics.record_login("ok");
-                    make_session
-                }
-                Ok(Err(end)) => {
-                    state.metrics.record_login(login_result(&end));
-                    return report_end(&mut stream, end, &state).await;
-                }
-                Err(_) => {
-                    state.metrics.record_login("error");
-                    return send_fatal(&mut stream, "08P01", "pgrouter: login timed out").await;
-                }
-            };
+        let make_session = match tokio::time::timeout(
+            LOGIN_TIMEOUT,
+            login(&mut stream, buf, &state, startup, transport, id),
+        )
+        .await
+        {
+            Ok(Ok(make_session)) => {
+                state.metrics.record_login("ok");
+                make_session
+            }
+            Ok(Err(end)) => {
+                state.metrics.record_login(login_result(&end));
+                return report_end(&mut stream, end, &state).await;
+            }
+            Err(_) => {
+                state.metrics.record_login("error");
+                return send_fatal(&mut stream, "08P01", "pgrouter: login timed out").await;
+            }
+        };
         let (mut stream, end) = make_session(stream).run().await;
         report_end(&mut stream, end, &state).await;
     }
@@ -85,11 +101,22 @@ pub async fn handle(
 /// The login result label for a failed login (metrics).
 fn login_result(end: &SessionEnd) -> &'static str {
     match end {
-        SessionEnd::Fatal { sqlstate: "28P01", message } if message.starts_with("JWT") => "bad_token",
-        SessionEnd::Fatal { sqlstate: "28P01", .. } => "bad_password",
-        SessionEnd::Fatal { sqlstate: "28000", .. } => "unknown_user",
-        SessionEnd::Fatal { sqlstate: "3D000", .. } => "unknown_database",
-        SessionEnd::Fatal { sqlstate: "53300", .. } => "too_many_clients",
+        SessionEnd::Fatal {
+            sqlstate: "28P01",
+            message,
+        } if message.starts_with("JWT") => "bad_token",
+        SessionEnd::Fatal {
+            sqlstate: "28P01", ..
+        } => "bad_password",
+        SessionEnd::Fatal {
+            sqlstate: "28000", ..
+        } => "unknown_user",
+        SessionEnd::Fatal {
+            sqlstate: "3D000", ..
+        } => "unknown_database",
+        SessionEnd::Fatal {
+            sqlstate: "53300", ..
+        } => "too_many_clients",
         SessionEnd::Fatal { .. } => "refused",
         _ => "error",
     }
@@ -123,7 +150,10 @@ async fn read_startup(
                 buf.advance(len);
                 match packet {
                     StartupPacket::Ssl if stream.is_tls() => {
-                        return Err(SessionEnd::fatal("08P01", "pgrouter: SSLRequest received after TLS was established"));
+                        return Err(SessionEnd::fatal(
+                            "08P01",
+                            "pgrouter: SSLRequest received after TLS was established",
+                        ));
                     }
                     StartupPacket::Ssl => match tls.acceptor() {
                         Some(config) => {
@@ -131,10 +161,15 @@ async fn read_startup(
                             // handshake would be taken as coming over TLS:
                             // refuse them (CVE-2021-23214).
                             if !buf.is_empty() {
-                                return Err(SessionEnd::fatal("08P01", "received unencrypted data after SSL request"));
+                                return Err(SessionEnd::fatal(
+                                    "08P01",
+                                    "received unencrypted data after SSL request",
+                                ));
                             }
                             write_all(stream, b"S").await?;
-                            if let Err(e) = crate::net::tls::accept_client(stream, config.clone()).await {
+                            if let Err(e) =
+                                crate::net::tls::accept_client(stream, config.clone()).await
+                            {
                                 tracing::info!(error = %e, "TLS handshake with the client failed");
                                 return Err(SessionEnd::ClientIo(e));
                             }
@@ -147,7 +182,10 @@ async fn read_startup(
                         return Ok(None);
                     }
                     StartupPacket::Startup { .. } if tls.required() && !stream.is_tls() => {
-                        return Err(SessionEnd::fatal("28000", "pgrouter: TLS is required (client_tls = require)"));
+                        return Err(SessionEnd::fatal(
+                            "28000",
+                            "pgrouter: TLS is required (client_tls = require)",
+                        ));
                     }
                     StartupPacket::Startup { minor, params } => return Ok(Some((minor, params))),
                 }
@@ -172,29 +210,52 @@ async fn login(
     transport: login::Transport,
     id: u64,
 ) -> Result<impl FnOnce(ClientStream) -> Session, SessionEnd> {
-    let param = |name: &str| startup.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
-    let user = param("user").ok_or_else(|| SessionEnd::fatal("28000", "no PostgreSQL user name specified in startup packet"))?;
-    let database = param("database").filter(|d| !d.is_empty()).unwrap_or_else(|| user.clone());
+    let param = |name: &str| {
+        startup
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let user = param("user").ok_or_else(|| {
+        SessionEnd::fatal(
+            "28000",
+            "no PostgreSQL user name specified in startup packet",
+        )
+    })?;
+    let database = param("database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| user.clone());
     let span = tracing::Span::current();
     span.record("user", user.as_str());
     span.record("database", database.as_str());
     if param("replication").is_some_and(|v| v != "false" && v != "0" && v != "off") {
-        return Err(SessionEnd::fatal("08P01", "pgrouter does not support replication connections"));
+        return Err(SessionEnd::fatal(
+            "08P01",
+            "pgrouter does not support replication connections",
+        ));
     }
     let max_clients = state.rt().config.general.max_clients as usize;
     if state.clients.load(Ordering::Relaxed) > max_clients {
-        return Err(SessionEnd::fatal("53300", "sorry, too many clients already"));
+        return Err(SessionEnd::fatal(
+            "53300",
+            "sorry, too many clients already",
+        ));
     }
 
     let mut out = BytesMut::new();
     if minor > 0 {
-        let unknown: Vec<String> = startup.iter().filter(|(k, _)| k.starts_with("_pq_.")).map(|(k, _)| k.clone()).collect();
+        let unknown: Vec<String> = startup
+            .iter()
+            .filter(|(k, _)| k.starts_with("_pq_."))
+            .map(|(k, _)| k.clone())
+            .collect();
         backend::negotiate_protocol_version(&mut out, 0, &unknown);
         write_all(stream, &out).await?;
         out.clear();
     }
 
-    let logged_in = login::authenticate(stream, &mut buf, state, &user, &database, &transport).await?;
+    let logged_in =
+        login::authenticate(stream, &mut buf, state, &user, &database, &transport).await?;
     let primary = logged_in
         .pools
         .shards
@@ -203,9 +264,17 @@ async fn login(
         .map(|slot| slot.pool.clone());
     let defaults = match primary {
         Some(pool) => pool.default_params().await.map_err(|e| {
-            SessionEnd::fatal("08006", format!("pgrouter: could not connect to the server: {e}"))
+            SessionEnd::fatal(
+                "08006",
+                format!("pgrouter: could not connect to the server: {e}"),
+            )
         })?,
-        None => return Err(SessionEnd::fatal("08006", "pgrouter: the database has no primary server")),
+        None => {
+            return Err(SessionEnd::fatal(
+                "08006",
+                "pgrouter: the database has no primary server",
+            ))
+        }
     };
     let mut params = ClientParams::from_startup(&defaults, &startup);
     if logged_in.policy.read_only {

@@ -98,7 +98,9 @@ impl Session {
                 self.flush_server().await?;
                 return Err(SessionEnd::ClientGone);
             }
-            if self.skip_to_sync || (self.server.is_none() && matches!(tag, b'S' | b'H' | b'd' | b'c' | b'f')) {
+            if self.skip_to_sync
+                || (self.server.is_none() && matches!(tag, b'S' | b'H' | b'd' | b'c' | b'f'))
+            {
                 self.cbuf.advance(frame.total_len);
                 self.answer_without_server(tag);
                 continue;
@@ -149,13 +151,17 @@ impl Session {
                     self.refuse_after_checkout_error(tag, e);
                     continue;
                 }
-                let replayable = route.role == Role::Replica && !self.in_tx && self.mode == PoolMode::Transaction;
+                let replayable = route.role == Role::Replica
+                    && !self.in_tx
+                    && self.mode == PoolMode::Transaction;
                 self.replay = replayable.then(Replay::default);
             } else if self.needs_other_server(tag) {
                 self.blocked = true;
                 break;
             }
-            if self.guard == GuardState::Idle && self.needs_guard_round_trip(tag, frame.total_len)? {
+            if self.guard == GuardState::Idle
+                && self.needs_guard_round_trip(tag, frame.total_len)?
+            {
                 self.inject_role_guard_synced();
                 break;
             }
@@ -197,7 +203,12 @@ impl Session {
         self.cbuf.advance(len);
         if self.server.is_none() {
             self.state.metrics.record_error(refusal.sqlstate);
-            backend::error_response(&mut self.to_client, Severity::Error, refusal.sqlstate, &refusal.message);
+            backend::error_response(
+                &mut self.to_client,
+                Severity::Error,
+                refusal.sqlstate,
+                &refusal.message,
+            );
             if tag == b'Q' {
                 backend::ready_for_query(&mut self.to_client, b'I');
             } else {
@@ -228,11 +239,22 @@ impl Session {
     /// `disconnect_on_expiry`: a JWT session whose token has expired ends at
     /// its next transaction boundary.
     fn check_token_expiry(&self) -> Result<(), SessionEnd> {
-        let Some(jwt) = &self.policy.jwt else { return Ok(()) };
-        let Some(cfg) = self.rt.config.jwt.as_ref() else { return Ok(()) };
+        let Some(jwt) = &self.policy.jwt else {
+            return Ok(());
+        };
+        let Some(cfg) = self.rt.config.jwt.as_ref() else {
+            return Ok(());
+        };
         let leeway = std::time::Duration::from_secs(cfg.leeway_s);
-        if cfg.disconnect_on_expiry && jwt.expires_at.is_some_and(|t| t + leeway <= std::time::SystemTime::now()) {
-            return Err(SessionEnd::fatal("28P01", "pgrouter: the session's JWT has expired; log in again with a new token"));
+        if cfg.disconnect_on_expiry
+            && jwt
+                .expires_at
+                .is_some_and(|t| t + leeway <= std::time::SystemTime::now())
+        {
+            return Err(SessionEnd::fatal(
+                "28P01",
+                "pgrouter: the session's JWT has expired; log in again with a new token",
+            ));
         }
         Ok(())
     }
@@ -278,7 +300,8 @@ impl Session {
             return true;
         }
         let mut at = 0;
-        while let Ok(Some(frame)) = next_frame(self.cbuf.get(at..).unwrap_or(&[]), self.max_message) {
+        while let Ok(Some(frame)) = next_frame(self.cbuf.get(at..).unwrap_or(&[]), self.max_message)
+        {
             if matches!(frame.tag, b'S' | b'H') {
                 return true;
             }
@@ -293,11 +316,19 @@ impl Session {
     /// the role is set in its own transaction first, and the statement is
     /// sent only once that succeeded.
     fn needs_guard_round_trip(&self, tag: u8, len: usize) -> Result<bool, SessionEnd> {
-        if self.policy.jwt.is_none() || !self.batch_start || self.in_tx || !matches!(tag, b'Q' | b'P') {
+        if self.policy.jwt.is_none()
+            || !self.batch_start
+            || self.in_tx
+            || !matches!(tag, b'Q' | b'P')
+        {
             return Ok(false);
         }
         let body = self.cbuf.get(5..len).unwrap_or(&[]);
-        let sql = if tag == b'Q' { parse_query(body)? } else { parse_parse(body)?.sql };
+        let sql = if tag == b'Q' {
+            parse_query(body)?
+        } else {
+            parse_parse(body)?.sql
+        };
         let analysis = self.analyze(sql);
         Ok(router::runs_outside_transactions(&analysis, sql))
     }
@@ -333,7 +364,9 @@ impl Session {
             let sql = parse_query(self.cbuf.get(5..len).unwrap_or(&[]))?;
             self.analyze(sql)
         };
-        let [statement] = analysis.statements.as_slice() else { return Ok(false) };
+        let [statement] = analysis.statements.as_slice() else {
+            return Ok(false);
+        };
         let jwt = self.policy.jwt.is_some();
         let tag = match &statement.kind {
             StatementKind::Deallocate { name: Some(name) } => {
@@ -348,7 +381,9 @@ impl Session {
             }
             // The shared server keeps its statements and (for JWT sessions)
             // its role: the router resets the client's own state instead.
-            StatementKind::Discard(DiscardKind::All) if self.mode == PoolMode::Transaction || jwt => {
+            StatementKind::Discard(DiscardKind::All)
+                if self.mode == PoolMode::Transaction || jwt =>
+            {
                 self.sql_prepared.clear();
                 self.statements.clear();
                 self.params.apply(SetChange::ResetAll);
@@ -383,7 +418,9 @@ impl Session {
         if self.policy.jwt.is_none() {
             return Ok(false);
         }
-        let Some(frame) = next_frame(&self.cbuf, self.max_message)? else { return Ok(false) };
+        let Some(frame) = next_frame(&self.cbuf, self.max_message)? else {
+            return Ok(false);
+        };
         let p = parse_parse(frame.body(&self.cbuf))?;
         if !p.name.is_empty() {
             return Ok(false);
@@ -435,7 +472,8 @@ impl Session {
         let mut at = 0;
         let mut parses = Vec::new();
         loop {
-            let Some(frame) = next_frame(self.cbuf.get(at..).unwrap_or(&[]), self.max_message)? else {
+            let Some(frame) = next_frame(self.cbuf.get(at..).unwrap_or(&[]), self.max_message)?
+            else {
                 return Ok(false); // the batch has not arrived whole
             };
             let body = frame.body(&self.cbuf[at..]);
@@ -450,7 +488,12 @@ impl Session {
                     if analysis.parse_error.is_some() || self.policy.check(&analysis).is_err() {
                         return Ok(false);
                     }
-                    parses.push((p.name.to_string(), p.sql.to_string(), p.param_types, analysis));
+                    parses.push((
+                        p.name.to_string(),
+                        p.sql.to_string(),
+                        p.param_types,
+                        analysis,
+                    ));
                 }
                 b'H' => {}
                 b'S' if !parses.is_empty() => break,
@@ -484,7 +527,10 @@ impl Session {
     fn route_next_batch(&self) -> Route {
         let route = self.route_by_statements();
         if self.policy.read_only {
-            return Route { role: Role::Replica, ..route };
+            return Route {
+                role: Role::Replica,
+                ..route
+            };
         }
         route
     }
@@ -497,12 +543,16 @@ impl Session {
                 _ if session.default_read_only => Role::Replica,
                 _ => Role::Primary,
             };
-            return Route { shard: session.shard_override.unwrap_or(0) as usize, role };
+            return Route {
+                shard: session.shard_override.unwrap_or(0) as usize,
+                role,
+            };
         }
         let mut route: Option<Route> = None;
         let mut unnamed = self.unnamed.clone();
         let mut at = 0;
-        while let Ok(Some(frame)) = next_frame(self.cbuf.get(at..).unwrap_or(&[]), self.max_message) {
+        while let Ok(Some(frame)) = next_frame(self.cbuf.get(at..).unwrap_or(&[]), self.max_message)
+        {
             let body = frame.body(&self.cbuf[at..]);
             at += frame.total_len;
             let analysis = match frame.tag {
@@ -514,15 +564,25 @@ impl Session {
                     }
                     a
                 }),
-                b'B' => parse_bind_names(body).ok().and_then(|b| self.statement_analysis(b.statement, &unnamed)),
-                b'F' => return Route { shard: 0, role: Role::Primary },
+                b'B' => parse_bind_names(body)
+                    .ok()
+                    .and_then(|b| self.statement_analysis(b.statement, &unnamed)),
+                b'F' => {
+                    return Route {
+                        shard: 0,
+                        role: Role::Primary,
+                    }
+                }
                 _ => None,
             };
             if let Some(a) = analysis {
                 let r = router::route(&a, &session);
                 route = Some(match route {
                     None => r,
-                    Some(first) if r.role == Role::Primary => Route { role: Role::Primary, ..first },
+                    Some(first) if r.role == Role::Primary => Route {
+                        role: Role::Primary,
+                        ..first
+                    },
                     Some(first) => first,
                 });
             }
@@ -530,7 +590,10 @@ impl Session {
                 break;
             }
         }
-        route.unwrap_or(Route { shard: session.shard_override.unwrap_or(0) as usize, role: Role::Primary })
+        route.unwrap_or(Route {
+            shard: session.shard_override.unwrap_or(0) as usize,
+            role: Role::Primary,
+        })
     }
 
     /// The analysis that decides a simple query's route: for a lone
@@ -547,7 +610,11 @@ impl Session {
         analysis
     }
 
-    fn statement_analysis(&self, name: &str, unnamed: &Option<Arc<Analysis>>) -> Option<Arc<Analysis>> {
+    fn statement_analysis(
+        &self,
+        name: &str,
+        unnamed: &Option<Arc<Analysis>>,
+    ) -> Option<Arc<Analysis>> {
         if name.is_empty() {
             unnamed.clone()
         } else {
@@ -559,8 +626,14 @@ impl Session {
     /// still coming): a new unit of work that needs the primary, or another
     /// shard, must wait for it to be released.
     fn needs_other_server(&self, tag: u8) -> bool {
-        let Some(held) = &self.server else { return false };
-        if self.mode == PoolMode::Session || self.in_tx || self.unsynced || held.conn.tx_status != b'I' {
+        let Some(held) = &self.server else {
+            return false;
+        };
+        if self.mode == PoolMode::Session
+            || self.in_tx
+            || self.unsynced
+            || held.conn.tx_status != b'I'
+        {
             return false;
         }
         if !matches!(tag, b'Q' | b'P' | b'B' | b'F') {
@@ -573,18 +646,26 @@ impl Session {
     /// Checks out a server for `route`. A replica that cannot be reached is
     /// banned and the next candidate is tried: nothing was sent yet, so the
     /// client does not notice.
-    pub(super) async fn attach(&mut self, route: Route, exclude: &[usize]) -> Result<(), PoolError> {
+    pub(super) async fn attach(
+        &mut self,
+        route: Route,
+        exclude: &[usize],
+    ) -> Result<(), PoolError> {
         let pools = self.pools.clone();
-        let shard = pools
-            .shards
-            .get(route.shard)
-            .ok_or_else(|| PoolError::Connect(ServerError::Auth(format!("shard {} does not exist", route.shard))))?;
+        let shard = pools.shards.get(route.shard).ok_or_else(|| {
+            PoolError::Connect(ServerError::Auth(format!(
+                "shard {} does not exist",
+                route.shard
+            )))
+        })?;
         let mut tried = exclude.to_vec();
         self.registered.info.set_state(ClientState::Waiting);
         let (conn, slot) = loop {
             let Some(slot) = shard.pick(route.role, pools.balancing, &tried) else {
                 self.registered.info.set_state(ClientState::Idle);
-                return Err(PoolError::Connect(ServerError::Auth("no server is available".into())));
+                return Err(PoolError::Connect(ServerError::Auth(
+                    "no server is available".into(),
+                )));
             };
             match slot.pool.checkout().await {
                 Ok(conn) => break (conn, slot),
@@ -599,8 +680,18 @@ impl Session {
             }
         };
         self.registered.info.set_state(ClientState::Active);
-        self.registered.info.set_server(Some((conn.addr.clone(), conn.backend_pid, conn.stream.is_tls())));
-        self.state.metrics.record_routed(if slot.health.is_primary() { Role::Primary } else { Role::Replica });
+        self.registered.info.set_server(Some((
+            conn.addr.clone(),
+            conn.backend_pid,
+            conn.stream.is_tls(),
+        )));
+        self.state
+            .metrics
+            .record_routed(if slot.health.is_primary() {
+                Role::Primary
+            } else {
+                Role::Replica
+            });
         self.cancel.slot.set(Some(conn.cancel_target()));
         let mut held = Held {
             conn,
@@ -624,11 +715,16 @@ impl Session {
                 .statements
                 .sql_prepared
                 .iter()
-                .filter(|(name, text)| self.sql_prepared.get(*name).map(|p| &*p.prepare_sql) != Some(&***text))
+                .filter(|(name, text)| {
+                    self.sql_prepared.get(*name).map(|p| &*p.prepare_sql) != Some(&***text)
+                })
                 .map(|(name, _)| name.clone())
                 .collect();
             for name in foreign {
-                reset.push_str(&format!("DEALLOCATE {};", super::params::quote_ident(&name)));
+                reset.push_str(&format!(
+                    "DEALLOCATE {};",
+                    super::params::quote_ident(&name)
+                ));
                 held.conn.statements.sql_prepared.remove(&name);
             }
         }
@@ -651,10 +747,17 @@ impl Session {
     fn refuse_after_checkout_error(&mut self, tag: u8, e: PoolError) {
         let (code, message) = match &e {
             PoolError::CheckoutTimeout => ("57014", e.to_string()),
-            PoolError::Connect(ServerError::Postgres(fields)) => {
-                (known_code(&fields.code), format!("pgrouter: server refused the connection: {}", fields.message))
-            }
-            PoolError::Connect(other) => ("08006", format!("pgrouter: could not connect to the server: {other}")),
+            PoolError::Connect(ServerError::Postgres(fields)) => (
+                known_code(&fields.code),
+                format!(
+                    "pgrouter: server refused the connection: {}",
+                    fields.message
+                ),
+            ),
+            PoolError::Connect(other) => (
+                "08006",
+                format!("pgrouter: could not connect to the server: {other}"),
+            ),
         };
         tracing::warn!(error = %message, "could not get a server connection");
         self.state.metrics.record_error(code);
@@ -676,7 +779,10 @@ impl Session {
             return Ok(());
         };
         use tokio::io::AsyncWriteExt;
-        held.conn.pool().metrics.add_bytes_received(self.to_server.len() as u64);
+        held.conn
+            .pool()
+            .metrics
+            .add_bytes_received(self.to_server.len() as u64);
         if self.request_started.is_none() {
             self.request_started = Some(std::time::Instant::now());
         }
@@ -711,7 +817,10 @@ impl Session {
                         self.expect.forward(Reply::Parse(None));
                     }
                 } else {
-                    let stmt = self.state.statements.intern(p.sql, &p.param_types, analysis);
+                    let stmt = self
+                        .state
+                        .statements
+                        .intern(p.sql, &p.param_types, analysis);
                     self.statements.insert(p.name.to_string(), stmt.clone());
                     if !skipping {
                         self.prepare_on_server(&stmt, true);
@@ -721,7 +830,11 @@ impl Session {
             b'B' => {
                 self.unsynced = true;
                 let b = parse_bind_names(body)?;
-                let stmt = if b.statement.is_empty() { None } else { self.statements.get(b.statement).cloned() };
+                let stmt = if b.statement.is_empty() {
+                    None
+                } else {
+                    self.statements.get(b.statement).cloned()
+                };
                 self.last_bound = match &stmt {
                     Some(s) => Some(s.analysis.clone()),
                     None if b.statement.is_empty() => self.unnamed.clone(),
@@ -736,7 +849,12 @@ impl Session {
                         if !skipping {
                             self.prepare_on_server(&stmt, false);
                         }
-                        frontend::write_bind(&mut self.to_server, b.portal, &stmt.server_name, b.rest);
+                        frontend::write_bind(
+                            &mut self.to_server,
+                            b.portal,
+                            &stmt.server_name,
+                            b.rest,
+                        );
                     }
                     None => self.to_server.extend_from_slice(msg),
                 }
@@ -747,12 +865,18 @@ impl Session {
             b'D' | b'C' => {
                 self.unsynced = true;
                 let (kind, name) = parse_target(body)?;
-                let stmt = if kind == b'S' && !name.is_empty() { self.statements.get(name).cloned() } else { None };
+                let stmt = if kind == b'S' && !name.is_empty() {
+                    self.statements.get(name).cloned()
+                } else {
+                    None
+                };
                 match (tag, stmt) {
                     (b'C', Some(_)) => {
                         // Shared statements stay on the server for other clients.
                         self.statements.remove(name);
-                        if let Some(made) = self.expect.synthesize(Bytes::from_static(CLOSE_COMPLETE)) {
+                        if let Some(made) =
+                            self.expect.synthesize(Bytes::from_static(CLOSE_COMPLETE))
+                        {
                             self.to_client.extend_from_slice(&made);
                         }
                         return Ok(());
@@ -795,7 +919,10 @@ impl Session {
             }
             b'H' | b'd' | b'c' | b'f' => self.to_server.extend_from_slice(msg),
             other => {
-                return Err(SessionEnd::fatal("08P01", format!("invalid frontend message type {}", other)));
+                return Err(SessionEnd::fatal(
+                    "08P01",
+                    format!("invalid frontend message type {}", other),
+                ));
             }
         }
         Ok(())
@@ -852,7 +979,9 @@ impl Session {
             return inject;
         }
         let single = analysis.statements.len() == 1;
-        let Some(held) = self.server.as_mut() else { return inject };
+        let Some(held) = self.server.as_mut() else {
+            return inject;
+        };
         let server = &mut held.conn.statements;
         let deallocate = |name: &str| format!("DEALLOCATE {}", super::params::quote_ident(name));
         let mut discarded = false;
@@ -869,7 +998,9 @@ impl Session {
                                 inject.push(deallocate(name));
                             }
                             inject.push(mine.prepare_sql.to_string());
-                            server.sql_prepared.insert(name.clone(), mine.prepare_sql.clone());
+                            server
+                                .sql_prepared
+                                .insert(name.clone(), mine.prepare_sql.clone());
                         }
                         continue;
                     }
@@ -879,7 +1010,13 @@ impl Session {
                     if single {
                         let text: Arc<str> = sql.into();
                         server.sql_prepared.insert(name.clone(), text.clone());
-                        self.sql_prepared.insert(name.clone(), SqlPrepared { prepare_sql: text, analysis: Arc::new(analysis.clone()) });
+                        self.sql_prepared.insert(
+                            name.clone(),
+                            SqlPrepared {
+                                prepare_sql: text,
+                                analysis: Arc::new(analysis.clone()),
+                            },
+                        );
                     } else {
                         server.sql_prepared.remove(name);
                     }
@@ -900,7 +1037,9 @@ impl Session {
                             inject.push(deallocate(name));
                         }
                         inject.push(p.prepare_sql.to_string());
-                        server.sql_prepared.insert(name.clone(), p.prepare_sql.clone());
+                        server
+                            .sql_prepared
+                            .insert(name.clone(), p.prepare_sql.clone());
                     }
                 }
                 StatementKind::Deallocate { name: Some(n) } => {
@@ -932,7 +1071,10 @@ impl Session {
     /// up when the server already has it); for a Bind or Describe, the
     /// router's Parse is swallowed.
     fn prepare_on_server(&mut self, stmt: &SharedStatement, client_parse: bool) {
-        let held = self.server.as_mut().expect("a server is held when forwarding");
+        let held = self
+            .server
+            .as_mut()
+            .expect("a server is held when forwarding");
         if held.conn.statements.touch(stmt.id) {
             if client_parse {
                 if let Some(made) = self.expect.synthesize(Bytes::from_static(PARSE_COMPLETE)) {
@@ -942,7 +1084,12 @@ impl Session {
             return;
         }
         let evicted = held.conn.statements.insert(stmt.id);
-        frontend::write_parse(&mut self.to_server, &stmt.server_name, &stmt.sql, &stmt.param_types);
+        frontend::write_parse(
+            &mut self.to_server,
+            &stmt.server_name,
+            &stmt.sql,
+            &stmt.param_types,
+        );
         if client_parse {
             self.expect.forward(Reply::Parse(Some(stmt.id)));
         } else {
@@ -977,20 +1124,29 @@ impl Session {
         for s in &analysis.statements {
             let change = match &s.kind {
                 StatementKind::Set(set) if !set.local => match (&set.kind, &set.value) {
-                    (SetKind::Value | SetKind::TimeZone, Some(v)) => {
-                        SetChange::Set { name: set.name.clone(), value: v.clone() }
-                    }
-                    (SetKind::Role, Some(v)) if !v.eq_ignore_ascii_case("none") => {
-                        SetChange::Set { name: "role".into(), value: v.clone() }
-                    }
-                    (SetKind::Role, _) => SetChange::Reset { name: "role".into() },
+                    (SetKind::Value | SetKind::TimeZone, Some(v)) => SetChange::Set {
+                        name: set.name.clone(),
+                        value: v.clone(),
+                    },
+                    (SetKind::Role, Some(v)) if !v.eq_ignore_ascii_case("none") => SetChange::Set {
+                        name: "role".into(),
+                        value: v.clone(),
+                    },
+                    (SetKind::Role, _) => SetChange::Reset {
+                        name: "role".into(),
+                    },
                     (SetKind::Default, _) | (SetKind::Value | SetKind::TimeZone, None) => {
-                        SetChange::Reset { name: set.name.clone() }
+                        SetChange::Reset {
+                            name: set.name.clone(),
+                        }
                     }
                     _ => continue,
                 },
-                StatementKind::Reset(ResetTarget::Name(name)) => SetChange::Reset { name: name.clone() },
-                StatementKind::Reset(ResetTarget::All) | StatementKind::Discard(DiscardKind::All) => SetChange::ResetAll,
+                StatementKind::Reset(ResetTarget::Name(name)) => {
+                    SetChange::Reset { name: name.clone() }
+                }
+                StatementKind::Reset(ResetTarget::All)
+                | StatementKind::Discard(DiscardKind::All) => SetChange::ResetAll,
                 StatementKind::Transaction(TxEffect::Savepoint) if self.in_tx => {
                     self.sets.savepoint();
                     continue;

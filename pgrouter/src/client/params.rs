@@ -44,7 +44,10 @@ pub struct ClientParams {
 impl ClientParams {
     /// The client's view at login: the server defaults overlaid with the
     /// startup packet's parameters (including `-c name=value` in `options`).
-    pub fn from_startup(defaults: &[(String, String)], startup: &[(String, String)]) -> ClientParams {
+    pub fn from_startup(
+        defaults: &[(String, String)],
+        startup: &[(String, String)],
+    ) -> ClientParams {
         let mut values: HashMap<String, String> = defaults.iter().cloned().collect();
         for (k, v) in startup {
             if k == "options" {
@@ -56,7 +59,13 @@ impl ClientParams {
             }
         }
         let known_names = defaults.iter().map(|(k, _)| k.clone()).collect();
-        ClientParams { initial: values.clone(), values, known_names, version: 1, fingerprint: Default::default() }
+        ClientParams {
+            initial: values.clone(),
+            values,
+            known_names,
+            version: 1,
+            fingerprint: Default::default(),
+        }
     }
 
     /// Applies a SET/RESET that took effect on the server.
@@ -139,8 +148,11 @@ impl ClientParams {
             return cached;
         }
         use std::hash::{Hash, Hasher};
-        let mut pairs: Vec<(&String, &String)> =
-            self.values.iter().filter(|(k, _)| !NOT_SETTABLE.contains(&k.as_str())).collect();
+        let mut pairs: Vec<(&String, &String)> = self
+            .values
+            .iter()
+            .filter(|(k, _)| !NOT_SETTABLE.contains(&k.as_str()))
+            .collect();
         pairs.sort();
         let mut h = std::collections::hash_map::DefaultHasher::new();
         pairs.hash(&mut h);
@@ -186,8 +198,12 @@ impl ClientParams {
     /// the server does not report back by itself.
     pub fn mark_synced(&self, server: &mut ServerConn) {
         server.params_fingerprint = self.fingerprint();
-        let reset: Vec<String> =
-            server.router_set.keys().filter(|name| !self.values.contains_key(*name)).cloned().collect();
+        let reset: Vec<String> = server
+            .router_set
+            .keys()
+            .filter(|name| !self.values.contains_key(*name))
+            .cloned()
+            .collect();
         for name in reset {
             server.router_set.remove(&name);
             server.params.remove(&name);
@@ -308,14 +324,24 @@ mod tests {
 
     #[test]
     fn startup_overlays_defaults() {
-        let defaults = vec![("TimeZone".to_string(), "UTC".to_string()), ("application_name".into(), "".into())];
+        let defaults = vec![
+            ("TimeZone".to_string(), "UTC".to_string()),
+            ("application_name".into(), "".into()),
+        ];
         let p = ClientParams::from_startup(
             &defaults,
-            &[("user".into(), "u".into()), ("timezone".into(), "Europe/Paris".into()), ("options".into(), "-c search_path=s".into())],
+            &[
+                ("user".into(), "u".into()),
+                ("timezone".into(), "Europe/Paris".into()),
+                ("options".into(), "-c search_path=s".into()),
+            ],
         );
         assert_eq!(p.values["TimeZone"], "Europe/Paris");
         assert_eq!(p.values["search_path"], "s");
-        let p = ClientParams::from_startup(&defaults, &[("options".into(), "-c TimeZone=Asia/Tokyo".into())]);
+        let p = ClientParams::from_startup(
+            &defaults,
+            &[("options".into(), "-c TimeZone=Asia/Tokyo".into())],
+        );
         assert_eq!(p.values["TimeZone"], "Asia/Tokyo");
         assert!(!p.values.contains_key("timezone"));
         assert_eq!(p.values["application_name"], "");

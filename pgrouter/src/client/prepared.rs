@@ -34,7 +34,12 @@ pub struct StatementRegistry {
 }
 
 impl StatementRegistry {
-    pub fn intern(&self, sql: &str, param_types: &[i32], analysis: Arc<Analysis>) -> Arc<SharedStatement> {
+    pub fn intern(
+        &self,
+        sql: &str,
+        param_types: &[i32],
+        analysis: Arc<Analysis>,
+    ) -> Arc<SharedStatement> {
         let mut map = self.by_text.lock();
         let key = (sql.to_string(), param_types.to_vec());
         if let Some(existing) = map.get(&key).and_then(Weak::upgrade) {

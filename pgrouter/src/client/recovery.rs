@@ -38,7 +38,9 @@ impl Replay {
 
 impl Session {
     pub(super) async fn recover_server_loss(&mut self) -> Result<(), SessionEnd> {
-        let Some(held) = self.server.take() else { return Ok(()) };
+        let Some(held) = self.server.take() else {
+            return Ok(());
+        };
         self.cancel.slot.set(None);
         let in_tx = self.in_tx || held.conn.tx_status != b'I';
         tracing::warn!(server = %held.conn.addr, pid = held.conn.backend_pid, in_tx, "server connection lost");
@@ -55,7 +57,17 @@ impl Session {
         if let (Some(replay), false) = (replay, in_tx) {
             let unsynced = self.unsynced;
             self.unsynced = false;
-            if self.attach(Route { shard, role: Role::Replica }, &[failed_pool]).await.is_ok() {
+            if self
+                .attach(
+                    Route {
+                        shard,
+                        role: Role::Replica,
+                    },
+                    &[failed_pool],
+                )
+                .await
+                .is_ok()
+            {
                 tracing::info!("replaying the request on another server");
                 for (tag, msg) in &replay.messages {
                     self.forward_message(*tag, msg)?;
@@ -74,7 +86,10 @@ impl Session {
             self.unsynced = unsynced;
         }
         if in_tx {
-            return Err(SessionEnd::fatal("08006", "pgrouter: the server connection was lost during a transaction"));
+            return Err(SessionEnd::fatal(
+                "08006",
+                "pgrouter: the server connection was lost during a transaction",
+            ));
         }
         self.state.metrics.record_error("08006");
         let owed = std::mem::take(&mut self.expect).outstanding_ready();

@@ -82,7 +82,10 @@ impl ClientInfo {
     }
 
     pub fn server(&self) -> Option<(String, i32)> {
-        self.server.lock().as_ref().map(|(a, p, _)| (a.to_string(), *p))
+        self.server
+            .lock()
+            .as_ref()
+            .map(|(a, p, _)| (a.to_string(), *p))
     }
 
     /// Whether the server held now is reached over TLS.
@@ -112,7 +115,10 @@ impl ClientRegistry {
     pub fn register(self: &Arc<Self>, info: ClientInfo) -> Registered {
         let info = Arc::new(info);
         self.clients.lock().insert(info.id, info.clone());
-        Registered { info, registry: self.clone() }
+        Registered {
+            info,
+            registry: self.clone(),
+        }
     }
 
     pub fn all(&self) -> Vec<Arc<ClientInfo>> {

@@ -24,12 +24,12 @@ use super::expect::Expectations;
 use super::params::ClientParams;
 use super::prepared::{SharedStatement, SqlPrepared};
 use super::recovery::Replay;
+use super::registry::{ClientState, Registered};
 use super::tracking::SetTracker;
 use crate::net::ClientStream;
 use crate::pool::{Pool, PooledConn, ServerHealth, UserPools};
 use crate::router::Policy;
 use crate::state::{Runtime, State};
-use super::registry::{ClientState, Registered};
 
 /// The server a session holds, and what it is.
 pub(super) struct Held {
@@ -153,7 +153,8 @@ impl Session {
             params: setup.params,
             cancel: setup.cancel,
             max_message: g.max_message_size as usize,
-            idle_timeout: (g.client_idle_timeout_ms > 0).then(|| Duration::from_millis(g.client_idle_timeout_ms)),
+            idle_timeout: (g.client_idle_timeout_ms > 0)
+                .then(|| Duration::from_millis(g.client_idle_timeout_ms)),
             shutdown: setup.state.shutdown.clone(),
             state: setup.state,
             rt: setup.rt,
@@ -188,7 +189,11 @@ impl Session {
         if let Some(held) = self.server.take() {
             self.cancel.slot.set(None);
             self.registered.info.set_state(ClientState::Idle);
-            release_after_session(held.conn, self.expect.is_empty() && !self.unsynced, self.mode.clone());
+            release_after_session(
+                held.conn,
+                self.expect.is_empty() && !self.unsynced,
+                self.mode.clone(),
+            );
         }
         (self.client, end)
     }
@@ -219,7 +224,10 @@ impl Session {
                 }
                 Event::Shutdown => self.shutdown_seen = true,
                 Event::IdleTimeout => {
-                    return SessionEnd::fatal("57P05", "terminating connection due to client_idle_timeout")
+                    return SessionEnd::fatal(
+                        "57P05",
+                        "terminating connection due to client_idle_timeout",
+                    )
                 }
             }
             if *self.shutdown.borrow() && self.at_boundary() {
@@ -267,7 +275,10 @@ impl Session {
     /// Transaction mode: the server goes back to its pool as soon as the
     /// client's transaction is over and nothing is in flight.
     pub(super) fn release_if_done(&mut self) {
-        if self.mode != PoolMode::Transaction || !self.at_boundary() || self.guard != GuardState::Idle {
+        if self.mode != PoolMode::Transaction
+            || !self.at_boundary()
+            || self.guard != GuardState::Idle
+        {
             return;
         }
         if let Some(held) = self.server.take() {
@@ -279,7 +290,10 @@ impl Session {
             self.in_tx = false;
             self.blocked = false;
             self.replay = None;
-            held.conn.pool().metrics.record_transaction(held.attached_at.elapsed());
+            held.conn
+                .pool()
+                .metrics
+                .record_transaction(held.attached_at.elapsed());
             self.registered.info.set_state(ClientState::Idle);
             self.registered.info.set_server(None);
             Pool::checkin(held.conn);

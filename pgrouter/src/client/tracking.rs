@@ -78,7 +78,11 @@ impl SetTracker {
             self.explicit_tx = true;
             return Vec::new();
         }
-        let kept = if self.explicit_tx { !self.rolled_back } else { !self.saw_error };
+        let kept = if self.explicit_tx {
+            !self.rolled_back
+        } else {
+            !self.saw_error
+        };
         let changes: Vec<SetChange> = std::mem::take(&mut self.pending)
             .into_iter()
             .filter_map(|p| match p {
@@ -102,7 +106,10 @@ mod tests {
     use super::*;
 
     fn set(v: &str) -> SetChange {
-        SetChange::Set { name: "search_path".into(), value: v.into() }
+        SetChange::Set {
+            name: "search_path".into(),
+            value: v.into(),
+        }
     }
 
     #[test]

@@ -66,12 +66,17 @@ pub struct HistogramSnapshot {
 impl ShardedHistogram {
     pub fn new(shards: usize) -> ShardedHistogram {
         let shards = shards.clamp(1, 64);
-        ShardedHistogram { shards: (0..shards).map(|_| Mutex::new(None)).collect(), sum_us: AtomicU64::new(0) }
+        ShardedHistogram {
+            shards: (0..shards).map(|_| Mutex::new(None)).collect(),
+            sum_us: AtomicU64::new(0),
+        }
     }
 
     /// One shard per core, at most 8.
     pub fn for_this_machine() -> ShardedHistogram {
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         ShardedHistogram::new(cores.min(8))
     }
 
@@ -87,11 +92,16 @@ impl ShardedHistogram {
         // Our own shard first; if another thread holds it, any free one.
         for k in 0..n {
             if let Some(mut shard) = self.shards[(home + k) % n].try_lock() {
-                shard.get_or_insert_with(new_histogram).saturating_record(us.clamp(1, HIGHEST_US));
+                shard
+                    .get_or_insert_with(new_histogram)
+                    .saturating_record(us.clamp(1, HIGHEST_US));
                 return;
             }
         }
-        self.shards[home].lock().get_or_insert_with(new_histogram).saturating_record(us.clamp(1, HIGHEST_US));
+        self.shards[home]
+            .lock()
+            .get_or_insert_with(new_histogram)
+            .saturating_record(us.clamp(1, HIGHEST_US));
     }
 
     /// Merges the shards. Values below 1 µs are counted as 1 µs.
@@ -131,7 +141,12 @@ impl HistogramSnapshot {
                 buckets[i] += buckets[i - 1];
             }
         }
-        HistogramSnapshot { buckets, count, sum_us, merged }
+        HistogramSnapshot {
+            buckets,
+            count,
+            sum_us,
+            merged,
+        }
     }
 
     /// Merges several snapshots (one database's pools).
@@ -173,7 +188,10 @@ mod tests {
         }
         let s = h.snapshot();
         assert_eq!(s.count, 8);
-        assert_eq!(s.sum_us, 50 + 100 + 101 + 900 + 1_000 + 2_000 + 70_000_000 + 10_000_000_000);
+        assert_eq!(
+            s.sum_us,
+            50 + 100 + 101 + 900 + 1_000 + 2_000 + 70_000_000 + 10_000_000_000
+        );
         // le=0.0001 holds 50 and 100; le=0.00025 adds 101.
         assert_eq!(s.buckets[0], 2);
         assert_eq!(s.buckets[1], 3);
@@ -190,7 +208,10 @@ mod tests {
         let a = ShardedHistogram::new(1);
         let b = ShardedHistogram::new(2);
         let empty = a.snapshot();
-        assert_eq!((empty.count, empty.sum_us, empty.quantile_us(0.99)), (0, 0, 0));
+        assert_eq!(
+            (empty.count, empty.sum_us, empty.quantile_us(0.99)),
+            (0, 0, 0)
+        );
         assert!(empty.buckets.iter().all(|&c| c == 0));
         b.record(Duration::from_millis(3));
         a.record(Duration::from_nanos(10)); // counted as 1 µs, sum gets 0

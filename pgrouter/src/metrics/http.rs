@@ -129,7 +129,9 @@ fn find_head_end(buf: &[u8]) -> Option<usize> {
 }
 
 fn respond(head: &[u8], metrics: &Metrics, source: &dyn MetricsSource) -> Vec<u8> {
-    let Ok(head) = std::str::from_utf8(head) else { return simple(400, "Bad Request") };
+    let Ok(head) = std::str::from_utf8(head) else {
+        return simple(400, "Bad Request");
+    };
     let line = head.lines().next().unwrap_or("");
     let mut parts = line.split_ascii_whitespace();
     let (Some(method), Some(target), version) = (parts.next(), parts.next(), parts.next()) else {

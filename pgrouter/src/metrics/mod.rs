@@ -29,7 +29,8 @@ use self::histogram::{HistogramSnapshot, ShardedHistogram};
 pub use self::http::{bind, serve, serve_listener};
 pub use self::render::{render, MetricsSource, CONTENT_TYPE};
 pub use self::snapshot::{
-    ClientCounts, ClientSnapshot, ConfigRow, DbStats, PoolLabels, PoolSnapshot, ReloadStatus, ServerSnapshot,
+    ClientCounts, ClientSnapshot, ConfigRow, DbStats, PoolLabels, PoolSnapshot, ReloadStatus,
+    ServerSnapshot,
 };
 use crate::router::Role;
 
@@ -179,7 +180,11 @@ impl Metrics {
     /// the files were refused (shown by `SHOW CONFIG`).
     pub fn record_reload(&self, ok: bool, message: impl Into<String>) {
         self.reloads.add(if ok { "ok" } else { "error" });
-        *self.last_reload.lock() = Some(ReloadStatus { ok, at: SystemTime::now(), message: message.into() });
+        *self.last_reload.lock() = Some(ReloadStatus {
+            ok,
+            at: SystemTime::now(),
+            message: message.into(),
+        });
     }
 
     pub fn last_reload(&self) -> Option<ReloadStatus> {
@@ -192,7 +197,14 @@ impl Metrics {
         let mut by_db: BTreeMap<String, (DbStats, Vec<HistogramSnapshot>)> = BTreeMap::new();
         for p in self.pool_list() {
             let (s, hists) = by_db.entry(p.labels.database.clone()).or_insert_with(|| {
-                (DbStats { database: p.labels.database.clone(), period, ..DbStats::default() }, vec![])
+                (
+                    DbStats {
+                        database: p.labels.database.clone(),
+                        period,
+                        ..DbStats::default()
+                    },
+                    vec![],
+                )
             });
             let q = p.query_time.snapshot();
             let w = p.checkout_wait.snapshot();
@@ -254,7 +266,8 @@ impl PoolMetrics {
     /// a statement outside a transaction is a transaction too.
     pub fn record_transaction(&self, duration: Duration) {
         self.transactions.fetch_add(1, Ordering::Relaxed);
-        self.xact_time_us.fetch_add(micros(duration), Ordering::Relaxed);
+        self.xact_time_us
+            .fetch_add(micros(duration), Ordering::Relaxed);
     }
 
     /// One checkout from this pool and how long the client waited for it
@@ -297,7 +310,10 @@ fn class_digit(c: u8) -> Option<usize> {
 
 fn error_slot(sqlstate: &str) -> usize {
     let b = sqlstate.as_bytes();
-    match (b.first().copied().and_then(class_digit), b.get(1).copied().and_then(class_digit)) {
+    match (
+        b.first().copied().and_then(class_digit),
+        b.get(1).copied().and_then(class_digit),
+    ) {
         (Some(a), Some(c)) => a * 36 + c,
         _ => ERROR_SLOTS - 1,
     }

@@ -33,26 +33,50 @@ pub fn render(metrics: &Metrics, source: &dyn MetricsSource) -> String {
     let mut snaps = source.pools();
     snaps.sort_by(|a, b| a.labels.cmp(&b.labels));
 
-    out.family("pgrouter_build_info", "gauge", "pgrouter version, always 1.");
-    out.sample("pgrouter_build_info", &[("version", env!("CARGO_PKG_VERSION"))], 1);
-    out.family("pgrouter_start_time_seconds", "gauge", "When the router started, in seconds since the Unix epoch.");
-    out.sample("pgrouter_start_time_seconds", &[], unix_seconds(metrics.started));
+    out.family(
+        "pgrouter_build_info",
+        "gauge",
+        "pgrouter version, always 1.",
+    );
+    out.sample(
+        "pgrouter_build_info",
+        &[("version", env!("CARGO_PKG_VERSION"))],
+        1,
+    );
+    out.family(
+        "pgrouter_start_time_seconds",
+        "gauge",
+        "When the router started, in seconds since the Unix epoch.",
+    );
+    out.sample(
+        "pgrouter_start_time_seconds",
+        &[],
+        unix_seconds(metrics.started),
+    );
 
     // Per-pool counters, from the pools that ever counted anything.
     type Counter = (&'static str, &'static str, fn(&super::PoolMetrics) -> u64);
     let counters: [Counter; 4] = [
-        ("pgrouter_queries_total", "Statements answered, per pool.", |p| p.queries.load(Ordering::Relaxed)),
+        (
+            "pgrouter_queries_total",
+            "Statements answered, per pool.",
+            |p| p.queries.load(Ordering::Relaxed),
+        ),
         (
             "pgrouter_transactions_total",
             "Transactions completed (a statement outside a transaction counts as one), per pool.",
             |p| p.transactions.load(Ordering::Relaxed),
         ),
-        ("pgrouter_bytes_received_total", "Bytes received from clients and forwarded to the pool's server.", |p| {
-            p.bytes_received.load(Ordering::Relaxed)
-        }),
-        ("pgrouter_bytes_sent_total", "Bytes of the pool's server answers sent to clients.", |p| {
-            p.bytes_sent.load(Ordering::Relaxed)
-        }),
+        (
+            "pgrouter_bytes_received_total",
+            "Bytes received from clients and forwarded to the pool's server.",
+            |p| p.bytes_received.load(Ordering::Relaxed),
+        ),
+        (
+            "pgrouter_bytes_sent_total",
+            "Bytes of the pool's server answers sent to clients.",
+            |p| p.bytes_sent.load(Ordering::Relaxed),
+        ),
     ];
     for (name, help, get) in counters {
         out.family(name, "counter", help);
@@ -67,7 +91,11 @@ pub fn render(metrics: &Metrics, source: &dyn MetricsSource) -> String {
         "Statement latency from sending it to the server to its completion, per pool.",
     );
     for p in &pools {
-        out.histogram("pgrouter_query_duration_seconds", &p.labels, &p.query_time.snapshot());
+        out.histogram(
+            "pgrouter_query_duration_seconds",
+            &p.labels,
+            &p.query_time.snapshot(),
+        );
     }
     out.family(
         "pgrouter_checkout_wait_seconds",
@@ -75,7 +103,11 @@ pub fn render(metrics: &Metrics, source: &dyn MetricsSource) -> String {
         "Time clients waited for a server connection from the pool.",
     );
     for p in &pools {
-        out.histogram("pgrouter_checkout_wait_seconds", &p.labels, &p.checkout_wait.snapshot());
+        out.histogram(
+            "pgrouter_checkout_wait_seconds",
+            &p.labels,
+            &p.checkout_wait.snapshot(),
+        );
     }
 
     // Gauges from the pools in force now.
@@ -85,66 +117,176 @@ pub fn render(metrics: &Metrics, source: &dyn MetricsSource) -> String {
     out.sample("pgrouter_clients", &[("state", "waiting")], clients.waiting);
     out.sample("pgrouter_clients", &[("state", "idle")], clients.idle);
 
-    out.family("pgrouter_pool_clients", "gauge", "Clients served by (active) or waiting for (waiting) a pool.");
+    out.family(
+        "pgrouter_pool_clients",
+        "gauge",
+        "Clients served by (active) or waiting for (waiting) a pool.",
+    );
     for s in &snaps {
-        out.pool_sample("pgrouter_pool_clients", &s.labels, &[("state", "active")], s.cl_active);
-        out.pool_sample("pgrouter_pool_clients", &s.labels, &[("state", "waiting")], s.cl_waiting);
+        out.pool_sample(
+            "pgrouter_pool_clients",
+            &s.labels,
+            &[("state", "active")],
+            s.cl_active,
+        );
+        out.pool_sample(
+            "pgrouter_pool_clients",
+            &s.labels,
+            &[("state", "waiting")],
+            s.cl_waiting,
+        );
     }
-    out.family("pgrouter_servers", "gauge", "Server connections by state, per pool.");
+    out.family(
+        "pgrouter_servers",
+        "gauge",
+        "Server connections by state, per pool.",
+    );
     for s in &snaps {
-        out.pool_sample("pgrouter_servers", &s.labels, &[("state", "active")], s.sv_active);
-        out.pool_sample("pgrouter_servers", &s.labels, &[("state", "idle")], s.sv_idle);
-        out.pool_sample("pgrouter_servers", &s.labels, &[("state", "used")], s.sv_used);
+        out.pool_sample(
+            "pgrouter_servers",
+            &s.labels,
+            &[("state", "active")],
+            s.sv_active,
+        );
+        out.pool_sample(
+            "pgrouter_servers",
+            &s.labels,
+            &[("state", "idle")],
+            s.sv_idle,
+        );
+        out.pool_sample(
+            "pgrouter_servers",
+            &s.labels,
+            &[("state", "used")],
+            s.sv_used,
+        );
     }
-    out.family("pgrouter_pool_size", "gauge", "Configured maximum server connections, per pool.");
+    out.family(
+        "pgrouter_pool_size",
+        "gauge",
+        "Configured maximum server connections, per pool.",
+    );
     for s in &snaps {
         out.pool_sample("pgrouter_pool_size", &s.labels, &[], s.pool_size);
     }
-    out.family("pgrouter_pool_maxwait_seconds", "gauge", "How long the oldest waiting client has waited, per pool.");
+    out.family(
+        "pgrouter_pool_maxwait_seconds",
+        "gauge",
+        "How long the oldest waiting client has waited, per pool.",
+    );
     for s in &snaps {
-        out.pool_sample("pgrouter_pool_maxwait_seconds", &s.labels, &[], s.maxwait_ms as f64 / 1000.0);
+        out.pool_sample(
+            "pgrouter_pool_maxwait_seconds",
+            &s.labels,
+            &[],
+            s.maxwait_ms as f64 / 1000.0,
+        );
     }
-    out.family("pgrouter_pool_paused", "gauge", "1 while the pool is paused by the admin PAUSE command.");
+    out.family(
+        "pgrouter_pool_paused",
+        "gauge",
+        "1 while the pool is paused by the admin PAUSE command.",
+    );
     for s in &snaps {
         out.pool_sample("pgrouter_pool_paused", &s.labels, &[], u8::from(s.paused));
     }
-    out.family("pgrouter_server_banned", "gauge", "1 while the pool's server is banned by health checks.");
+    out.family(
+        "pgrouter_server_banned",
+        "gauge",
+        "1 while the pool's server is banned by health checks.",
+    );
     for s in &snaps {
         out.pool_sample("pgrouter_server_banned", &s.labels, &[], u8::from(s.banned));
     }
 
-    out.family("pgrouter_errors_total", "counter", "Errors sent to clients, by SQLSTATE class (first two characters).");
+    out.family(
+        "pgrouter_errors_total",
+        "counter",
+        "Errors sent to clients, by SQLSTATE class (first two characters).",
+    );
     for (class, n) in metrics.error_counts() {
         out.sample("pgrouter_errors_total", &[("sqlstate_class", &class)], n);
     }
 
     let (hits, misses) = source.parse_cache();
-    out.family("pgrouter_parse_cache_hits_total", "counter", "Statement analyses answered from the parse cache.");
+    out.family(
+        "pgrouter_parse_cache_hits_total",
+        "counter",
+        "Statement analyses answered from the parse cache.",
+    );
     out.sample("pgrouter_parse_cache_hits_total", &[], hits);
-    out.family("pgrouter_parse_cache_misses_total", "counter", "Statements that had to be parsed.");
+    out.family(
+        "pgrouter_parse_cache_misses_total",
+        "counter",
+        "Statements that had to be parsed.",
+    );
     out.sample("pgrouter_parse_cache_misses_total", &[], misses);
 
-    out.family("pgrouter_routed_total", "counter", "Statements and transactions routed, by server role.");
-    out.sample("pgrouter_routed_total", &[("role", "primary")], metrics.routed_primary.load(Ordering::Relaxed));
-    out.sample("pgrouter_routed_total", &[("role", "replica")], metrics.routed_replica.load(Ordering::Relaxed));
+    out.family(
+        "pgrouter_routed_total",
+        "counter",
+        "Statements and transactions routed, by server role.",
+    );
+    out.sample(
+        "pgrouter_routed_total",
+        &[("role", "primary")],
+        metrics.routed_primary.load(Ordering::Relaxed),
+    );
+    out.sample(
+        "pgrouter_routed_total",
+        &[("role", "replica")],
+        metrics.routed_replica.load(Ordering::Relaxed),
+    );
 
-    out.family("pgrouter_bans_total", "counter", "Times a server was banned by health checks.");
+    out.family(
+        "pgrouter_bans_total",
+        "counter",
+        "Times a server was banned by health checks.",
+    );
     for (server, n) in metrics.bans.lock().clone() {
         out.sample("pgrouter_bans_total", &[("server", &server)], n);
     }
 
-    out.family("pgrouter_jwt_logins_total", "counter", "JWT login attempts by result (ok or the refusal's cause).");
-    out.results("pgrouter_jwt_logins_total", metrics.jwt_logins.snapshot(), &[]);
+    out.family(
+        "pgrouter_jwt_logins_total",
+        "counter",
+        "JWT login attempts by result (ok or the refusal's cause).",
+    );
+    out.results(
+        "pgrouter_jwt_logins_total",
+        metrics.jwt_logins.snapshot(),
+        &[],
+    );
 
     let (fetch_ok, fetch_err) = source.jwks_fetches();
-    out.family("pgrouter_jwks_fetches_total", "counter", "JWKS fetches by result.");
+    out.family(
+        "pgrouter_jwks_fetches_total",
+        "counter",
+        "JWKS fetches by result.",
+    );
     out.sample("pgrouter_jwks_fetches_total", &[("result", "ok")], fetch_ok);
-    out.sample("pgrouter_jwks_fetches_total", &[("result", "error")], fetch_err);
+    out.sample(
+        "pgrouter_jwks_fetches_total",
+        &[("result", "error")],
+        fetch_err,
+    );
 
-    out.family("pgrouter_reloads_total", "counter", "Configuration reload attempts by result.");
-    out.results("pgrouter_reloads_total", metrics.reloads.snapshot(), &["ok", "error"]);
+    out.family(
+        "pgrouter_reloads_total",
+        "counter",
+        "Configuration reload attempts by result.",
+    );
+    out.results(
+        "pgrouter_reloads_total",
+        metrics.reloads.snapshot(),
+        &["ok", "error"],
+    );
 
-    out.family("pgrouter_logins_total", "counter", "Client login attempts by result.");
+    out.family(
+        "pgrouter_logins_total",
+        "counter",
+        "Client login attempts by result.",
+    );
     out.results("pgrouter_logins_total", metrics.logins.snapshot(), &["ok"]);
 
     let last = metrics.last_reload();
@@ -153,9 +295,21 @@ pub fn render(metrics: &Metrics, source: &dyn MetricsSource) -> String {
         "gauge",
         "1 if the last reload attempt succeeded (or none was made), else 0.",
     );
-    out.sample("pgrouter_last_reload_successful", &[], u8::from(last.as_ref().is_none_or(|r| r.ok)));
-    out.family("pgrouter_last_reload_timestamp_seconds", "gauge", "When the last reload was attempted (0 = never).");
-    out.sample("pgrouter_last_reload_timestamp_seconds", &[], last.as_ref().map_or(0.0, |r| unix_seconds(r.at)));
+    out.sample(
+        "pgrouter_last_reload_successful",
+        &[],
+        u8::from(last.as_ref().is_none_or(|r| r.ok)),
+    );
+    out.family(
+        "pgrouter_last_reload_timestamp_seconds",
+        "gauge",
+        "When the last reload was attempted (0 = never).",
+    );
+    out.sample(
+        "pgrouter_last_reload_timestamp_seconds",
+        &[],
+        last.as_ref().map_or(0.0, |r| unix_seconds(r.at)),
+    );
 
     out.text
 }
@@ -189,7 +343,13 @@ impl Exposition {
         let _ = writeln!(self.text, " {value}");
     }
 
-    fn pool_sample(&mut self, name: &str, pool: &PoolLabels, extra: &[(&str, &str)], value: impl Display) {
+    fn pool_sample(
+        &mut self,
+        name: &str,
+        pool: &PoolLabels,
+        extra: &[(&str, &str)],
+        value: impl Display,
+    ) {
         let shard = pool.shard.to_string();
         let server = pool.server();
         let mut labels: Vec<(&str, &str)> = vec![
@@ -214,7 +374,12 @@ impl Exposition {
     }
 
     /// Counts by result word, with `always` shown even at zero.
-    fn results(&mut self, name: &str, mut counts: BTreeMap<&'static str, u64>, always: &[&'static str]) {
+    fn results(
+        &mut self,
+        name: &str,
+        mut counts: BTreeMap<&'static str, u64>,
+        always: &[&'static str],
+    ) {
         for r in always {
             counts.entry(r).or_insert(0);
         }

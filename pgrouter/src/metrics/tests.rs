@@ -17,7 +17,11 @@ impl MetricsSource for FakeSource {
         self.pools.clone()
     }
     fn clients(&self) -> ClientCounts {
-        ClientCounts { active: 2, waiting: 1, idle: 7 }
+        ClientCounts {
+            active: 2,
+            waiting: 1,
+            idle: 7,
+        }
     }
     fn parse_cache(&self) -> (u64, u64) {
         (40, 2)
@@ -55,7 +59,10 @@ fn fake_source() -> FakeSource {
                 banned: false,
             },
             PoolSnapshot {
-                labels: PoolLabels { host: "::1".into(), ..labels("we\"ird\\db\n", "replica", 5433) },
+                labels: PoolLabels {
+                    host: "::1".into(),
+                    ..labels("we\"ird\\db\n", "replica", 5433)
+                },
                 pool_mode: "session".into(),
                 banned: true,
                 ..PoolSnapshot::default()
@@ -90,7 +97,11 @@ fn parse_exposition(text: &str) -> Result<Vec<Sample>, String> {
         }
         if let Some(rest) = line.strip_prefix("# ") {
             let mut parts = rest.splitn(3, ' ');
-            let (kw, name, arg) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            let (kw, name, arg) = (
+                parts.next().unwrap_or(""),
+                parts.next().unwrap_or(""),
+                parts.next().unwrap_or(""),
+            );
             if !valid_name(name) {
                 return Err(err("bad family name"));
             }
@@ -122,15 +133,22 @@ fn parse_exposition(text: &str) -> Result<Vec<Sample>, String> {
             continue;
         }
         let (name, labels, value) = parse_sample(line).map_err(|m| err(&m))?;
-        let family = current.clone().ok_or_else(|| err("sample before any family"))?;
-        let kind = types.get(&family).ok_or_else(|| err("sample before TYPE"))?;
+        let family = current
+            .clone()
+            .ok_or_else(|| err("sample before any family"))?;
+        let kind = types
+            .get(&family)
+            .ok_or_else(|| err("sample before TYPE"))?;
         if !helps.contains(&family) {
             return Err(err("family without HELP"));
         }
         let ok_name = match kind.as_str() {
-            "histogram" => {
-                [format!("{family}_bucket"), format!("{family}_sum"), format!("{family}_count")].contains(&name)
-            }
+            "histogram" => [
+                format!("{family}_bucket"),
+                format!("{family}_sum"),
+                format!("{family}_count"),
+            ]
+            .contains(&name),
             _ => name == family,
         };
         if !ok_name {
@@ -142,7 +160,12 @@ fn parse_exposition(text: &str) -> Result<Vec<Sample>, String> {
         if kind == "counter" && (value < 0.0 || !name.ends_with("_total")) {
             return Err(err("counter negative or not _total"));
         }
-        samples.push(Sample { family, name, labels, value });
+        samples.push(Sample {
+            family,
+            name,
+            labels,
+            value,
+        });
     }
     check_histograms(&samples, &types)?;
     Ok(samples)
@@ -227,7 +250,11 @@ fn check_histograms(samples: &[Sample], types: &HashMap<String, String>) -> Resu
         let g = groups.entry((s.family.clone(), labels)).or_default();
         if s.name.ends_with("_bucket") {
             let le = le.ok_or("bucket without le")?;
-            let bound = if le == "+Inf" { f64::INFINITY } else { le.parse::<f64>().map_err(|_| "bad le")? };
+            let bound = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse::<f64>().map_err(|_| "bad le")?
+            };
             g.0.push((bound, s.value));
         } else if s.name.ends_with("_sum") {
             g.1 = Some(s.value);
@@ -237,8 +264,14 @@ fn check_histograms(samples: &[Sample], types: &HashMap<String, String>) -> Resu
     }
     for ((family, labels), (buckets, sum, count)) in groups {
         let what = format!("{family}{labels:?}");
-        let (sum, count) = (sum.ok_or(format!("{what}: no _sum"))?, count.ok_or(format!("{what}: no _count"))?);
-        if buckets.windows(2).any(|w| w[0].0 >= w[1].0 || w[0].1 > w[1].1) {
+        let (sum, count) = (
+            sum.ok_or(format!("{what}: no _sum"))?,
+            count.ok_or(format!("{what}: no _count"))?,
+        );
+        if buckets
+            .windows(2)
+            .any(|w| w[0].0 >= w[1].0 || w[0].1 > w[1].1)
+        {
             return Err(format!("{what}: buckets not increasing and cumulative"));
         }
         match buckets.last() {
@@ -255,7 +288,12 @@ fn check_histograms(samples: &[Sample], types: &HashMap<String, String>) -> Resu
 fn value(samples: &[Sample], name: &str, want: &[(&str, &str)]) -> Option<f64> {
     samples
         .iter()
-        .find(|s| s.name == name && want.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
+        .find(|s| {
+            s.name == name
+                && want
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
         .map(|s| s.value)
 }
 
@@ -296,51 +334,171 @@ fn render_parses_and_counts_match() {
     let m = recorded_metrics();
     let text = render(&m, &fake_source());
     let samples = parse_exposition(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    let pool =
-        [("database", "app"), ("user", "app"), ("shard", "0"), ("role", "primary"), ("server", "127.0.0.1:5432")];
+    let pool = [
+        ("database", "app"),
+        ("user", "app"),
+        ("shard", "0"),
+        ("role", "primary"),
+        ("server", "127.0.0.1:5432"),
+    ];
     assert_eq!(value(&samples, "pgrouter_queries_total", &pool), Some(10.0));
-    assert_eq!(value(&samples, "pgrouter_queries_total", &[("database", "other")]), Some(1.0));
-    assert_eq!(value(&samples, "pgrouter_transactions_total", &pool), Some(2.0));
-    assert_eq!(value(&samples, "pgrouter_bytes_received_total", &pool), Some(100.0));
-    assert_eq!(value(&samples, "pgrouter_bytes_sent_total", &pool), Some(1000.0));
-    assert_eq!(value(&samples, "pgrouter_query_duration_seconds_count", &pool), Some(10.0));
+    assert_eq!(
+        value(&samples, "pgrouter_queries_total", &[("database", "other")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&samples, "pgrouter_transactions_total", &pool),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(&samples, "pgrouter_bytes_received_total", &pool),
+        Some(100.0)
+    );
+    assert_eq!(
+        value(&samples, "pgrouter_bytes_sent_total", &pool),
+        Some(1000.0)
+    );
+    assert_eq!(
+        value(&samples, "pgrouter_query_duration_seconds_count", &pool),
+        Some(10.0)
+    );
     let sum = value(&samples, "pgrouter_query_duration_seconds_sum", &pool).unwrap();
     assert!((sum - 0.0065).abs() < 1e-9, "{sum}");
     let mut le = pool.to_vec();
     le.push(("le", "0.0005"));
-    assert_eq!(value(&samples, "pgrouter_query_duration_seconds_bucket", &le), Some(4.0)); // 200..=500 µs
-    assert_eq!(value(&samples, "pgrouter_checkout_wait_seconds_count", &pool), Some(10.0));
-    let replica_le = [("role", "replica"), ("le", "60")];
-    assert_eq!(value(&samples, "pgrouter_query_duration_seconds_bucket", &replica_le), Some(0.0));
     assert_eq!(
-        value(&samples, "pgrouter_query_duration_seconds_bucket", &[("role", "replica"), ("le", "+Inf")]),
+        value(&samples, "pgrouter_query_duration_seconds_bucket", &le),
+        Some(4.0)
+    ); // 200..=500 µs
+    assert_eq!(
+        value(&samples, "pgrouter_checkout_wait_seconds_count", &pool),
+        Some(10.0)
+    );
+    let replica_le = [("role", "replica"), ("le", "60")];
+    assert_eq!(
+        value(
+            &samples,
+            "pgrouter_query_duration_seconds_bucket",
+            &replica_le
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "pgrouter_query_duration_seconds_bucket",
+            &[("role", "replica"), ("le", "+Inf")]
+        ),
         Some(1.0)
     );
 
-    assert_eq!(value(&samples, "pgrouter_clients", &[("state", "active")]), Some(2.0));
-    assert_eq!(value(&samples, "pgrouter_clients", &[("state", "waiting")]), Some(1.0));
-    assert_eq!(value(&samples, "pgrouter_clients", &[("state", "idle")]), Some(7.0));
+    assert_eq!(
+        value(&samples, "pgrouter_clients", &[("state", "active")]),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(&samples, "pgrouter_clients", &[("state", "waiting")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&samples, "pgrouter_clients", &[("state", "idle")]),
+        Some(7.0)
+    );
     let mut idle = pool.to_vec();
     idle.push(("state", "idle"));
     assert_eq!(value(&samples, "pgrouter_servers", &idle), Some(3.0));
-    assert_eq!(value(&samples, "pgrouter_pool_maxwait_seconds", &pool), Some(1.5));
     assert_eq!(
-        value(&samples, "pgrouter_server_banned", &[("database", "we\"ird\\db\n"), ("server", "[::1]:5433")]),
+        value(&samples, "pgrouter_pool_maxwait_seconds", &pool),
+        Some(1.5)
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "pgrouter_server_banned",
+            &[("database", "we\"ird\\db\n"), ("server", "[::1]:5433")]
+        ),
         Some(1.0)
     );
-    assert_eq!(value(&samples, "pgrouter_errors_total", &[("sqlstate_class", "23")]), Some(2.0));
-    assert_eq!(value(&samples, "pgrouter_errors_total", &[("sqlstate_class", "42")]), Some(1.0));
-    assert_eq!(value(&samples, "pgrouter_errors_total", &[("sqlstate_class", "unknown")]), Some(1.0));
-    assert_eq!(value(&samples, "pgrouter_parse_cache_hits_total", &[]), Some(40.0));
-    assert_eq!(value(&samples, "pgrouter_parse_cache_misses_total", &[]), Some(2.0));
-    assert_eq!(value(&samples, "pgrouter_routed_total", &[("role", "replica")]), Some(2.0));
-    assert_eq!(value(&samples, "pgrouter_bans_total", &[("server", "127.0.0.1:5433")]), Some(1.0));
-    assert_eq!(value(&samples, "pgrouter_jwt_logins_total", &[("result", "expired")]), Some(1.0));
-    assert_eq!(value(&samples, "pgrouter_jwks_fetches_total", &[("result", "error")]), Some(1.0));
-    assert_eq!(value(&samples, "pgrouter_reloads_total", &[("result", "error")]), Some(1.0));
-    assert_eq!(value(&samples, "pgrouter_reloads_total", &[("result", "ok")]), Some(0.0));
-    assert_eq!(value(&samples, "pgrouter_logins_total", &[("result", "bad_password")]), Some(1.0));
-    assert_eq!(value(&samples, "pgrouter_last_reload_successful", &[]), Some(0.0));
+    assert_eq!(
+        value(
+            &samples,
+            "pgrouter_errors_total",
+            &[("sqlstate_class", "23")]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "pgrouter_errors_total",
+            &[("sqlstate_class", "42")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "pgrouter_errors_total",
+            &[("sqlstate_class", "unknown")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&samples, "pgrouter_parse_cache_hits_total", &[]),
+        Some(40.0)
+    );
+    assert_eq!(
+        value(&samples, "pgrouter_parse_cache_misses_total", &[]),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(&samples, "pgrouter_routed_total", &[("role", "replica")]),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "pgrouter_bans_total",
+            &[("server", "127.0.0.1:5433")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "pgrouter_jwt_logins_total",
+            &[("result", "expired")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "pgrouter_jwks_fetches_total",
+            &[("result", "error")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&samples, "pgrouter_reloads_total", &[("result", "error")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&samples, "pgrouter_reloads_total", &[("result", "ok")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "pgrouter_logins_total",
+            &[("result", "bad_password")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&samples, "pgrouter_last_reload_successful", &[]),
+        Some(0.0)
+    );
     assert!(value(&samples, "pgrouter_last_reload_timestamp_seconds", &[]).unwrap() > 1e9);
 
     // Every metric the spec names is declared.
@@ -379,13 +537,21 @@ fn empty_metrics_render_and_parse() {
 #[test]
 fn the_checker_rejects_bad_expositions() {
     assert!(parse_exposition("x 1\n").is_err()); // no HELP/TYPE
-    assert!(parse_exposition("# HELP a_total h\n# TYPE a_total counter\na_total{x=\"1} 2\n").is_err());
+    assert!(
+        parse_exposition("# HELP a_total h\n# TYPE a_total counter\na_total{x=\"1} 2\n").is_err()
+    );
     assert!(parse_exposition(
         "# HELP h h\n# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 1\nh_sum 1\nh_count 1\n"
     )
     .is_err());
-    assert!(parse_exposition("# HELP h h\n# TYPE h histogram\nh_bucket{le=\"+Inf\"} 2\nh_sum 1\nh_count 1\n").is_err());
-    assert!(parse_exposition("# HELP a h\n# TYPE a gauge\na 1\n# HELP b h\n# TYPE b gauge\nb 1\n# HELP a h\n").is_err());
+    assert!(parse_exposition(
+        "# HELP h h\n# TYPE h histogram\nh_bucket{le=\"+Inf\"} 2\nh_sum 1\nh_count 1\n"
+    )
+    .is_err());
+    assert!(parse_exposition(
+        "# HELP a h\n# TYPE a gauge\na 1\n# HELP b h\n# TYPE b gauge\nb 1\n# HELP a h\n"
+    )
+    .is_err());
     assert!(parse_exposition("# HELP a h\n# TYPE a gauge\na{x=\"\\q\"} 1\n").is_err());
 }
 
@@ -397,7 +563,13 @@ fn stats_survive_pool_rebuilds_and_sum_per_database() {
     assert_eq!(again.queries(), 10);
     again.record_query(Duration::from_millis(1));
     let stats = m.db_stats();
-    assert_eq!(stats.iter().map(|s| s.database.as_str()).collect::<Vec<_>>(), ["app", "other"]);
+    assert_eq!(
+        stats
+            .iter()
+            .map(|s| s.database.as_str())
+            .collect::<Vec<_>>(),
+        ["app", "other"]
+    );
     let app = &stats[0];
     assert_eq!(app.total_query_count, 12);
     assert_eq!(app.total_xact_count, 3);
@@ -406,7 +578,11 @@ fn stats_survive_pool_rebuilds_and_sum_per_database() {
     assert_eq!(app.total_wait_count, 11);
     assert_eq!(app.total_wait_time_us, 20_000);
     assert_eq!((app.total_received, app.total_sent), (100, 1000));
-    assert!((600..=710).contains(&app.query_time_p50_us), "{}", app.query_time_p50_us);
+    assert!(
+        (600..=710).contains(&app.query_time_p50_us),
+        "{}",
+        app.query_time_p50_us
+    );
     assert!(app.query_time_p99_us >= 1_000);
 }
 
@@ -447,7 +623,10 @@ async fn http_get(addr: std::net::SocketAddr, request: &[u8]) -> String {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
     s.write_all(request).await.unwrap();
     let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .unwrap()
+        .unwrap();
     String::from_utf8(out).unwrap()
 }
 
@@ -460,25 +639,64 @@ async fn http_endpoint_serves_metrics() {
     let (tx, rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(serve_listener(listener, metrics.clone(), source, rx));
 
-    let resp = http_get(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n").await;
+    let resp = http_get(
+        addr,
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n",
+    )
+    .await;
     let (head, body) = resp.split_once("\r\n\r\n").unwrap();
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
-    assert!(head.contains("Content-Type: text/plain; version=0.0.4"), "{head}");
-    let len: usize = head.lines().find_map(|l| l.strip_prefix("Content-Length: ")).unwrap().parse().unwrap();
+    assert!(
+        head.contains("Content-Type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .unwrap()
+        .parse()
+        .unwrap();
     assert_eq!(len, body.len());
     let samples = parse_exposition(body).unwrap();
-    assert_eq!(value(&samples, "pgrouter_queries_total", &[("database", "app"), ("role", "primary")]), Some(10.0));
+    assert_eq!(
+        value(
+            &samples,
+            "pgrouter_queries_total",
+            &[("database", "app"), ("role", "primary")]
+        ),
+        Some(10.0)
+    );
 
     // Query strings are fine; HEAD has no body.
-    assert!(http_get(addr, b"GET /metrics?x=1 HTTP/1.0\r\n\r\n").await.starts_with("HTTP/1.1 200"));
+    assert!(http_get(addr, b"GET /metrics?x=1 HTTP/1.0\r\n\r\n")
+        .await
+        .starts_with("HTTP/1.1 200"));
     let head_only = http_get(addr, b"HEAD /metrics HTTP/1.1\r\n\r\n").await;
-    assert!(head_only.starts_with("HTTP/1.1 200") && head_only.ends_with("\r\n\r\n"), "{head_only}");
+    assert!(
+        head_only.starts_with("HTTP/1.1 200") && head_only.ends_with("\r\n\r\n"),
+        "{head_only}"
+    );
     // Anything else.
-    assert!(http_get(addr, b"GET / HTTP/1.1\r\n\r\n").await.starts_with("HTTP/1.1 404"));
-    assert!(http_get(addr, b"GET /metricsx HTTP/1.1\r\n\r\n").await.starts_with("HTTP/1.1 404"));
-    assert!(http_get(addr, b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n").await.starts_with("HTTP/1.1 405"));
-    assert!(http_get(addr, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n").await.starts_with("HTTP/1.1 400"));
-    assert!(http_get(addr, b"GET /metrics SPDY/3 extra\r\n\r\n").await.starts_with("HTTP/1.1 400"));
+    assert!(http_get(addr, b"GET / HTTP/1.1\r\n\r\n")
+        .await
+        .starts_with("HTTP/1.1 404"));
+    assert!(http_get(addr, b"GET /metricsx HTTP/1.1\r\n\r\n")
+        .await
+        .starts_with("HTTP/1.1 404"));
+    assert!(
+        http_get(addr, b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+            .await
+            .starts_with("HTTP/1.1 405")
+    );
+    assert!(http_get(
+        addr,
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n"
+    )
+    .await
+    .starts_with("HTTP/1.1 400"));
+    assert!(http_get(addr, b"GET /metrics SPDY/3 extra\r\n\r\n")
+        .await
+        .starts_with("HTTP/1.1 400"));
     let huge = vec![b'A'; 64 * 1024];
     let resp = {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -487,11 +705,19 @@ async fn http_endpoint_serves_metrics() {
         let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
         String::from_utf8_lossy(&out).into_owned()
     };
-    assert!(resp.is_empty() || resp.starts_with("HTTP/1.1 431"), "{resp}");
+    assert!(
+        resp.is_empty() || resp.starts_with("HTTP/1.1 431"),
+        "{resp}"
+    );
     // A client that connects and leaves does not stop the server.
     drop(tokio::net::TcpStream::connect(addr).await.unwrap());
-    assert!(http_get(addr, b"GET /metrics HTTP/1.1\r\n\r\n").await.starts_with("HTTP/1.1 200"));
+    assert!(http_get(addr, b"GET /metrics HTTP/1.1\r\n\r\n")
+        .await
+        .starts_with("HTTP/1.1 200"));
 
     tx.send(true).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), server).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap();
 }

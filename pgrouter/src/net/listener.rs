@@ -20,7 +20,10 @@ pub async fn serve(listener: TcpListener, state: Arc<State>) {
         Ok(setup) => setup,
         Err(e) => {
             tracing::error!(error = %e, "client TLS is not available");
-            ClientTlsSetup { mode: config.general.client_tls, config: None }
+            ClientTlsSetup {
+                mode: config.general.client_tls,
+                config: None,
+            }
         }
     };
     serve_with_tls(listener, state, ClientTlsHandle::new(setup)).await

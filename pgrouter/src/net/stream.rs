@@ -95,13 +95,21 @@ impl<S> WriteThrough<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for WriteThrough<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for WriteThrough<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         if this.accepted == 0 {
             this.accepted = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
@@ -121,11 +129,18 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteThrough<S> {
 }
 
 fn detached() -> io::Error {
-    io::Error::new(io::ErrorKind::NotConnected, "connection is detached from its socket")
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "connection is detached from its socket",
+    )
 }
 
 impl AsyncRead for ClientStream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             ClientStream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
@@ -135,7 +150,11 @@ impl AsyncRead for ClientStream {
 }
 
 impl AsyncWrite for ClientStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             ClientStream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
@@ -151,7 +170,10 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             ClientStream::Tls(s) => {
-                let buf = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &**b);
+                let buf = bufs
+                    .iter()
+                    .find(|b| !b.is_empty())
+                    .map_or(&[][..], |b| &**b);
                 Pin::new(&mut **s).poll_write(cx, buf)
             }
             ClientStream::Detached => Poll::Ready(Err(detached())),
@@ -180,7 +202,11 @@ impl AsyncWrite for ClientStream {
 }
 
 impl AsyncRead for ServerStream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             ServerStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             ServerStream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
@@ -189,7 +215,11 @@ impl AsyncRead for ServerStream {
 }
 
 impl AsyncWrite for ServerStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             ServerStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             ServerStream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
@@ -204,7 +234,10 @@ impl AsyncWrite for ServerStream {
         match self.get_mut() {
             ServerStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             ServerStream::Tls(s) => {
-                let buf = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &**b);
+                let buf = bufs
+                    .iter()
+                    .find(|b| !b.is_empty())
+                    .map_or(&[][..], |b| &**b);
                 Pin::new(&mut **s).poll_write(cx, buf)
             }
         }

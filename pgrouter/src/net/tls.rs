@@ -35,7 +35,9 @@ const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
 
 fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
-    PROVIDER.get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider())).clone()
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .clone()
 }
 
 fn read_file(key: &str, path: &str) -> Result<Vec<u8>, String> {
@@ -48,7 +50,9 @@ fn read_certificates(key: &str, path: &str) -> Result<Vec<CertificateDer<'static
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("{key} \"{path}\": not a valid PEM file: {e}"))?;
     if certs.is_empty() {
-        return Err(format!("{key} \"{path}\": no certificate (BEGIN CERTIFICATE) found"));
+        return Err(format!(
+            "{key} \"{path}\": no certificate (BEGIN CERTIFICATE) found"
+        ));
     }
     Ok(certs)
 }
@@ -59,7 +63,10 @@ fn read_certificates(key: &str, path: &str) -> Result<Vec<CertificateDer<'static
 /// Reads the certificate chain (leaf first) and its private key (PKCS#8,
 /// PKCS#1 RSA or SEC1 EC, PEM) and builds the configuration client
 /// handshakes use. Errors name the file at fault.
-pub fn load_server_config(cert_path: &str, key_path: &str) -> Result<Arc<rustls::ServerConfig>, String> {
+pub fn load_server_config(
+    cert_path: &str,
+    key_path: &str,
+) -> Result<Arc<rustls::ServerConfig>, String> {
     let certs = read_certificates("tls_certificate", cert_path)?;
     let key_pem = read_file("tls_private_key", key_path)?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
@@ -73,7 +80,9 @@ pub fn load_server_config(cert_path: &str, key_path: &str) -> Result<Arc<rustls:
         .map_err(|e| format!("TLS set-up failed: {e}"))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| format!("tls_certificate \"{cert_path}\" with tls_private_key \"{key_path}\": {e}"))?;
+        .map_err(|e| {
+            format!("tls_certificate \"{cert_path}\" with tls_private_key \"{key_path}\": {e}")
+        })?;
     config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
     Ok(Arc::new(config))
 }
@@ -89,7 +98,10 @@ pub struct ClientTlsSetup {
 impl ClientTlsSetup {
     /// No certificate: every SSLRequest is answered 'N'.
     pub fn disabled() -> Self {
-        ClientTlsSetup { mode: ClientTls::Disable, config: None }
+        ClientTlsSetup {
+            mode: ClientTls::Disable,
+            config: None,
+        }
     }
 
     /// Loads `tls_certificate`/`tls_private_key` when both are set.
@@ -97,9 +109,15 @@ impl ClientTlsSetup {
         let config = if general.tls_certificate.is_empty() || general.tls_private_key.is_empty() {
             None
         } else {
-            Some(load_server_config(&general.tls_certificate, &general.tls_private_key)?)
+            Some(load_server_config(
+                &general.tls_certificate,
+                &general.tls_private_key,
+            )?)
         };
-        Ok(ClientTlsSetup { mode: general.client_tls, config })
+        Ok(ClientTlsSetup {
+            mode: general.client_tls,
+            config,
+        })
     }
 
     /// The configuration to answer an SSLRequest with 'S' and handshake, or
@@ -138,7 +156,10 @@ impl ClientTlsHandle {
 /// Runs the server side of the TLS handshake on a plain client stream (after
 /// 'S' was sent) and leaves the TLS stream in its place. On failure the
 /// stream is left detached: nothing more can be said to the client.
-pub async fn accept_client(stream: &mut ClientStream, config: Arc<rustls::ServerConfig>) -> io::Result<()> {
+pub async fn accept_client(
+    stream: &mut ClientStream,
+    config: Arc<rustls::ServerConfig>,
+) -> io::Result<()> {
     let tcp = match std::mem::replace(stream, ClientStream::Detached) {
         ClientStream::Plain(tcp) => tcp,
         other => {
@@ -165,11 +186,17 @@ pub struct ServerTlsPolicy {
 
 impl ServerTlsPolicy {
     pub fn from_general(general: &General) -> Self {
-        ServerTlsPolicy { mode: general.server_tls, ca: general.server_tls_ca.clone() }
+        ServerTlsPolicy {
+            mode: general.server_tls,
+            ca: general.server_tls_ca.clone(),
+        }
     }
 
     pub fn disabled() -> Self {
-        ServerTlsPolicy { mode: ServerTls::Disable, ca: String::new() }
+        ServerTlsPolicy {
+            mode: ServerTls::Disable,
+            ca: String::new(),
+        }
     }
 
     /// The key client configurations are cached under: the CA matters only
@@ -199,18 +226,28 @@ fn client_config_cache() -> &'static ClientConfigCache {
 /// path) and shared by every server connection. Errors name the CA file.
 pub fn client_config(policy: &ServerTlsPolicy) -> Result<Arc<rustls::ClientConfig>, String> {
     let key = policy.cache_key();
-    if let Some(config) = client_config_cache().lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+    if let Some(config) = client_config_cache()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&key)
+    {
         return Ok(config.clone());
     }
     let config = build_client_config(policy)?;
-    client_config_cache().lock().unwrap_or_else(|e| e.into_inner()).insert(key, config.clone());
+    client_config_cache()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key, config.clone());
     Ok(config)
 }
 
 /// Drops the cached client configurations so the next server connection
 /// re-reads `server_tls_ca` (call on reload). Open connections are unaffected.
 pub fn forget_client_configs() {
-    client_config_cache().lock().unwrap_or_else(|e| e.into_inner()).clear();
+    client_config_cache()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clear();
 }
 
 fn build_client_config(policy: &ServerTlsPolicy) -> Result<Arc<rustls::ClientConfig>, String> {
@@ -230,9 +267,12 @@ fn build_client_config(policy: &ServerTlsPolicy) -> Result<Arc<rustls::ClientCon
             }
         } else {
             for cert in read_certificates("server_tls_ca", &policy.ca)? {
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("server_tls_ca \"{}\": unusable CA certificate: {e}", policy.ca))?;
+                roots.add(cert).map_err(|e| {
+                    format!(
+                        "server_tls_ca \"{}\": unusable CA certificate: {e}",
+                        policy.ca
+                    )
+                })?;
             }
         }
         builder.with_root_certificates(roots).with_no_client_auth()
@@ -270,7 +310,12 @@ impl ServerCertVerifier for NoCertificateCheck {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -279,7 +324,12 @@ impl ServerCertVerifier for NoCertificateCheck {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -320,7 +370,9 @@ pub async fn connect_server(
     let config = client_config(policy).map_err(ServerTlsError::Setup)?;
     let name = match ServerName::try_from(host.to_string()) {
         Ok(name) => name,
-        Err(_) if policy.mode != ServerTls::VerifyFull => ServerName::IpAddress(Ipv4Addr::UNSPECIFIED.into()),
+        Err(_) if policy.mode != ServerTls::VerifyFull => {
+            ServerName::IpAddress(Ipv4Addr::UNSPECIFIED.into())
+        }
         Err(_) => return Err(ServerTlsError::BadHostName(host.to_string())),
     };
     tcp.write_all(&SSL_REQUEST).await?;

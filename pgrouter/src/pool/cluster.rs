@@ -3,7 +3,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgrouter_config::{AuthMethod, Config, LoadBalancing, PoolMode, ReadWriteSplit, ServerEntry, User};
+use pgrouter_config::{
+    AuthMethod, Config, LoadBalancing, PoolMode, ReadWriteSplit, ServerEntry, User,
+};
 
 use super::health::ServerHealth;
 use super::{Pool, PoolSettings};
@@ -44,7 +46,12 @@ impl ShardPools {
     /// left. `exclude` skips servers that just failed.
     pub fn pick(&self, role: Role, balancing: Balancing, exclude: &[usize]) -> Option<&ServerSlot> {
         let usable = |s: &&ServerSlot| !exclude.contains(&(Arc::as_ptr(&s.pool) as usize));
-        let primary = || self.servers.iter().filter(usable).find(|s| s.health.is_primary());
+        let primary = || {
+            self.servers
+                .iter()
+                .filter(usable)
+                .find(|s| s.health.is_primary())
+        };
         if role == Role::Primary {
             return primary();
         }
@@ -64,7 +71,9 @@ impl ShardPools {
             return primary();
         }
         let i = match balancing.method {
-            LoadBalancing::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed) % candidates.len(),
+            LoadBalancing::RoundRobin => {
+                self.next.fetch_add(1, Ordering::Relaxed) % candidates.len()
+            }
             LoadBalancing::Random => rand::random::<usize>() % candidates.len(),
             LoadBalancing::LeastActive => {
                 return candidates.into_iter().min_by_key(|s| {
@@ -104,16 +113,29 @@ impl Cluster {
             let check_target = of_db()
                 .find(|u| u.server_password.is_some())
                 .or_else(|| {
-                    of_db().find(|u| u.password.is_none() && !matches!(u.auth, AuthMethod::Jwt | AuthMethod::PasswordOrJwt))
+                    of_db().find(|u| {
+                        u.password.is_none()
+                            && !matches!(u.auth, AuthMethod::Jwt | AuthMethod::PasswordOrJwt)
+                    })
                 })
                 .map(|u| target_for(server, u, &config.general));
             let ban_time = Duration::from_millis(config.general.ban_time_ms);
-            let reused = previous.and_then(|p| p.health.iter().find(|h| h.name == key)).filter(|h| {
-                h.configured == server.role && h.check_target == check_target && h.ban_time == ban_time
-            });
+            let reused = previous
+                .and_then(|p| p.health.iter().find(|h| h.name == key))
+                .filter(|h| {
+                    h.configured == server.role
+                        && h.check_target == check_target
+                        && h.ban_time == ban_time
+                });
             let h = match reused {
                 Some(h) => h.clone(),
-                None => Arc::new(ServerHealth::new(key.clone(), server.role.clone(), check_target, ban_time, metrics.clone())),
+                None => Arc::new(ServerHealth::new(
+                    key.clone(),
+                    server.role.clone(),
+                    check_target,
+                    ban_time,
+                    metrics.clone(),
+                )),
             };
             health_list.push(h.clone());
             health.insert(key, h);
@@ -123,13 +145,21 @@ impl Cluster {
             let pools = user_pools(config, user, &health, previous, metrics);
             users.insert((user.name.clone(), user.database.clone()), Arc::new(pools));
         }
-        Cluster { users, health: health_list }
+        Cluster {
+            users,
+            health: health_list,
+        }
     }
 
     /// A pool of the previous cluster for the same user, database and server.
     fn find_pool(&self, user: &str, database: &str, target: &ServerTarget) -> Option<&Arc<Pool>> {
         let pools = self.users.get(&(user.to_string(), database.to_string()))?;
-        pools.shards.iter().flat_map(|s| s.servers.iter()).map(|s| &s.pool).find(|p| p.target == *target)
+        pools
+            .shards
+            .iter()
+            .flat_map(|s| s.servers.iter())
+            .map(|s| &s.pool)
+            .find(|p| p.target == *target)
     }
 
     /// Every (user, database) pair served.
@@ -142,15 +172,25 @@ impl Cluster {
     }
 
     pub fn all_pools(&self) -> impl Iterator<Item = &Arc<Pool>> {
-        self.users.values().flat_map(|u| u.shards.iter()).flat_map(|s| s.servers.iter().map(|slot| &slot.pool))
+        self.users
+            .values()
+            .flat_map(|u| u.shards.iter())
+            .flat_map(|s| s.servers.iter().map(|slot| &slot.pool))
     }
 }
 
 fn health_key(server: &ServerEntry) -> String {
-    format!("{}/{}/{}:{}/{}", server.name, server.shard, server.host, server.port, server.database_name)
+    format!(
+        "{}/{}/{}:{}/{}",
+        server.name, server.shard, server.host, server.port, server.database_name
+    )
 }
 
-fn target_for(server: &ServerEntry, user: &User, general: &pgrouter_config::General) -> ServerTarget {
+fn target_for(
+    server: &ServerEntry,
+    user: &User,
+    general: &pgrouter_config::General,
+) -> ServerTarget {
     ServerTarget {
         host: server.host.clone(),
         port: server.port,
@@ -178,11 +218,19 @@ fn user_pools(
         lifetime: Duration::from_millis(g.server_lifetime_ms),
     };
     let shard_count = config.shard_count(&user.database) as usize;
-    let mut shards: Vec<ShardPools> =
-        (0..shard_count).map(|_| ShardPools { servers: Vec::new(), next: AtomicUsize::new(0) }).collect();
+    let mut shards: Vec<ShardPools> = (0..shard_count)
+        .map(|_| ShardPools {
+            servers: Vec::new(),
+            next: AtomicUsize::new(0),
+        })
+        .collect();
     for server in config.servers_of(&user.database) {
-        let Some(shard) = shards.get_mut(server.shard as usize) else { continue };
-        let Some(h) = health.get(&health_key(server)) else { continue };
+        let Some(shard) = shards.get_mut(server.shard as usize) else {
+            continue;
+        };
+        let Some(h) = health.get(&health_key(server)) else {
+            continue;
+        };
         let target = target_for(server, user, g);
         let kept = previous
             .and_then(|p| p.find_pool(&user.name, &user.database, &target))
@@ -193,7 +241,13 @@ fn user_pools(
                 pool.clone()
             }
             None => {
-                let name = format!("{}@{}/{}/{}", user.name, user.database, server.shard, target.addr());
+                let name = format!(
+                    "{}@{}/{}/{}",
+                    user.name,
+                    user.database,
+                    server.shard,
+                    target.addr()
+                );
                 let labels = PoolLabels {
                     database: user.database.clone(),
                     user: user.name.clone(),
@@ -202,14 +256,26 @@ fn user_pools(
                     host: server.host.clone(),
                     port: server.port,
                 };
-                Pool::new(name, target, settings.clone(), metrics.pool(&labels), labels)
+                Pool::new(
+                    name,
+                    target,
+                    settings.clone(),
+                    metrics.pool(&labels),
+                    labels,
+                )
             }
         };
-        shard.servers.push(ServerSlot { pool, health: h.clone() });
+        shard.servers.push(ServerSlot {
+            pool,
+            health: h.clone(),
+        });
     }
     UserPools {
         mode: config.pool_mode_for(user),
         shards,
-        balancing: Balancing { split: g.read_write_split.clone(), method: g.load_balancing.clone() },
+        balancing: Balancing {
+            split: g.read_write_split.clone(),
+            method: g.load_balancing.clone(),
+        },
     }
 }

@@ -80,7 +80,8 @@ impl ServerHealth {
         if banned.is_none() {
             self.bans.fetch_add(1, Ordering::Relaxed);
             if let Some(t) = &self.check_target {
-                self.metrics.record_ban(&crate::metrics::snapshot::server_label(&t.host, t.port));
+                self.metrics
+                    .record_ban(&crate::metrics::snapshot::server_label(&t.host, t.port));
             }
             tracing::warn!(server = %self.name, reason, ban_ms = self.ban_time.as_millis() as u64, "banning server");
         }
@@ -96,14 +97,24 @@ impl ServerHealth {
     /// One health check. A check still running from the last round is not
     /// doubled up.
     pub async fn check_once(self: Arc<Self>, timeout: Duration) {
-        let Some(target) = self.check_target.clone() else { return };
-        let Ok(mut conn) = self.conn.try_lock() else { return };
+        let Some(target) = self.check_target.clone() else {
+            return;
+        };
+        let Ok(mut conn) = self.conn.try_lock() else {
+            return;
+        };
         let check = async {
             if conn.is_none() {
-                *conn = Some(ServerConn::connect(&target, timeout).await.map_err(|e| e.to_string())?);
+                *conn = Some(
+                    ServerConn::connect(&target, timeout)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                );
             }
             let c = conn.as_mut().ok_or("no connection")?;
-            c.query_bool("SELECT pg_catalog.pg_is_in_recovery()").await.map_err(|e| e.to_string())
+            c.query_bool("SELECT pg_catalog.pg_is_in_recovery()")
+                .await
+                .map_err(|e| e.to_string())
         };
         match tokio::time::timeout(timeout * 2, check).await {
             Ok(Ok(in_recovery)) => {

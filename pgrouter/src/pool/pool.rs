@@ -24,7 +24,10 @@ pub struct PoolSettings {
 impl PoolSettings {
     /// Everything but the size: what must match for a reload to keep a pool.
     pub fn without_size(&self) -> PoolSettings {
-        PoolSettings { size: 0, ..self.clone() }
+        PoolSettings {
+            size: 0,
+            ..self.clone()
+        }
     }
 }
 
@@ -105,8 +108,11 @@ impl Pool {
                 if self.waiting.fetch_add(1, Ordering::Relaxed) == 0 {
                     *self.oldest_wait.lock() = Some(started);
                 }
-                let acquired =
-                    tokio::time::timeout(self.settings.checkout_timeout, self.permits.clone().acquire_owned()).await;
+                let acquired = tokio::time::timeout(
+                    self.settings.checkout_timeout,
+                    self.permits.clone().acquire_owned(),
+                )
+                .await;
                 if self.waiting.fetch_sub(1, Ordering::Relaxed) == 1 {
                     *self.oldest_wait.lock() = None;
                 }
@@ -119,12 +125,20 @@ impl Pool {
         };
         while let Some(conn) = self.take_idle() {
             if self.is_reusable(&conn) {
-                return Ok(PooledConn { conn: Some(conn), pool: self.clone(), _permit: permit });
+                return Ok(PooledConn {
+                    conn: Some(conn),
+                    pool: self.clone(),
+                    _permit: permit,
+                });
             }
             self.close(conn);
         }
         let conn = self.connect().await?;
-        Ok(PooledConn { conn: Some(conn), pool: self.clone(), _permit: permit })
+        Ok(PooledConn {
+            conn: Some(conn),
+            pool: self.clone(),
+            _permit: permit,
+        })
     }
 
     /// Opens a new connection counted against this pool.
@@ -133,7 +147,11 @@ impl Pool {
         self.open.fetch_add(1, Ordering::Relaxed);
         let mut defaults = self.default_params.lock();
         if defaults.is_none() {
-            let mut params: Vec<_> = conn.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            let mut params: Vec<_> = conn
+                .params
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
             params.sort();
             *defaults = Some(Arc::new(params));
         }
@@ -143,7 +161,9 @@ impl Pool {
     /// Returns a connection for reuse. Only a connection that is outside any
     /// transaction and has nothing left to read is kept; anything else is closed.
     pub fn checkin(mut pooled: PooledConn) {
-        let Some(mut conn) = pooled.conn.take() else { return };
+        let Some(mut conn) = pooled.conn.take() else {
+            return;
+        };
         let pool = pooled.pool.clone();
         if conn.tx_status != b'I' || !conn.read_buf.is_empty() {
             pool.close(conn);
@@ -191,7 +211,8 @@ impl Pool {
     pub async fn maintain(self: &Arc<Self>) {
         let expired: Vec<ServerConn> = {
             let mut idle = self.idle.lock();
-            let (keep, expired): (Vec<_>, Vec<_>) = idle.drain(..).partition(|c| self.is_reusable(c));
+            let (keep, expired): (Vec<_>, Vec<_>) =
+                idle.drain(..).partition(|c| self.is_reusable(c));
             *idle = keep;
             expired
         };
@@ -255,7 +276,14 @@ impl Pool {
         self.idle
             .lock()
             .iter()
-            .map(|c| (c.backend_pid, now_sys - (now - c.created), now_sys - (now - c.last_used), c.stream.is_tls()))
+            .map(|c| {
+                (
+                    c.backend_pid,
+                    now_sys - (now - c.created),
+                    now_sys - (now - c.last_used),
+                    c.stream.is_tls(),
+                )
+            })
             .collect()
     }
 
@@ -266,7 +294,10 @@ impl Pool {
 
     /// How long the longest-waiting client has waited.
     pub fn max_wait(&self) -> Duration {
-        self.oldest_wait.lock().map(|t| t.elapsed()).unwrap_or_default()
+        self.oldest_wait
+            .lock()
+            .map(|t| t.elapsed())
+            .unwrap_or_default()
     }
 
     pub fn stats(&self) -> PoolStats {
@@ -298,13 +329,17 @@ pub struct PoolStats {
 impl std::ops::Deref for PooledConn {
     type Target = ServerConn;
     fn deref(&self) -> &ServerConn {
-        self.conn.as_ref().expect("a PooledConn holds its connection until checkin or drop")
+        self.conn
+            .as_ref()
+            .expect("a PooledConn holds its connection until checkin or drop")
     }
 }
 
 impl std::ops::DerefMut for PooledConn {
     fn deref_mut(&mut self) -> &mut ServerConn {
-        self.conn.as_mut().expect("a PooledConn holds its connection until checkin or drop")
+        self.conn
+            .as_mut()
+            .expect("a PooledConn holds its connection until checkin or drop")
     }
 }
 

@@ -202,12 +202,18 @@ mod tests {
         let len = i32::from_be_bytes([out[1], out[2], out[3], out[4]]) as usize;
         assert_eq!(len + 1, out.len());
         let f = parse_error_fields(&out[5..]).unwrap();
-        assert_eq!((f.severity.as_str(), f.code.as_str(), f.message.as_str()), ("FATAL", "08P01", "bad"));
+        assert_eq!(
+            (f.severity.as_str(), f.code.as_str(), f.message.as_str()),
+            ("FATAL", "08P01", "bad")
+        );
     }
 
     #[test]
     fn auth_requests_parse() {
-        assert!(matches!(parse_auth_request(&[0, 0, 0, 5, 1, 2, 3, 4]).unwrap(), AuthRequest::Md5([1, 2, 3, 4])));
+        assert!(matches!(
+            parse_auth_request(&[0, 0, 0, 5, 1, 2, 3, 4]).unwrap(),
+            AuthRequest::Md5([1, 2, 3, 4])
+        ));
         assert!(parse_auth_request(&[0, 0, 0, 5, 1]).is_err());
         match parse_auth_request(b"\0\0\0\x0aSCRAM-SHA-256\0\0").unwrap() {
             AuthRequest::Sasl(m) => assert_eq!(m, vec!["SCRAM-SHA-256"]),

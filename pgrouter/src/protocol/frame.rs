@@ -22,11 +22,15 @@ impl Frame {
 /// A length below 4 or above `max_len` is a protocol violation, detected from
 /// the header alone so an oversize message is refused before it is buffered.
 pub fn next_frame(buf: &[u8], max_len: usize) -> Result<Option<Frame>, ProtocolError> {
-    let Some(header) = buf.get(..5) else { return Ok(None) };
+    let Some(header) = buf.get(..5) else {
+        return Ok(None);
+    };
     let tag = header[0];
     let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
     if len < 4 {
-        return Err(ProtocolError::violation(format!("invalid message length {len}")));
+        return Err(ProtocolError::violation(format!(
+            "invalid message length {len}"
+        )));
     }
     let len = len as usize;
     if len > max_len {
@@ -50,7 +54,13 @@ mod tests {
         assert_eq!(next_frame(b"Q\0\0", 100).unwrap(), None);
         assert_eq!(next_frame(b"Q\0\0\0\x06a", 100).unwrap(), None);
         let f = next_frame(b"Q\0\0\0\x06a\0rest", 100).unwrap().unwrap();
-        assert_eq!(f, Frame { tag: b'Q', total_len: 7 });
+        assert_eq!(
+            f,
+            Frame {
+                tag: b'Q',
+                total_len: 7
+            }
+        );
         assert_eq!(f.body(b"Q\0\0\0\x06a\0rest"), b"a\0");
     }
 

@@ -79,7 +79,11 @@ pub fn parse_sasl_initial(body: &[u8]) -> Result<(&str, &[u8]), ProtocolError> {
     let mut r = Reader::new(body);
     let mech = r.cstr()?;
     let len = r.i32()?;
-    let data = if len < 0 { &[][..] } else { r.bytes(len as usize)? };
+    let data = if len < 0 {
+        &[][..]
+    } else {
+        r.bytes(len as usize)?
+    };
     Ok((mech, data))
 }
 
@@ -107,13 +111,19 @@ pub fn parse_parse(body: &[u8]) -> Result<ParseMsg<'_>, ProtocolError> {
     let sql = r.cstr()?;
     let n = r.i16()?;
     if n < 0 {
-        return Err(ProtocolError::violation("negative parameter count in Parse"));
+        return Err(ProtocolError::violation(
+            "negative parameter count in Parse",
+        ));
     }
     let mut param_types = Vec::with_capacity(n as usize);
     for _ in 0..n {
         param_types.push(r.i32()?);
     }
-    Ok(ParseMsg { name, sql, param_types })
+    Ok(ParseMsg {
+        name,
+        sql,
+        param_types,
+    })
 }
 
 pub fn write_parse(out: &mut BytesMut, name: &str, sql: &str, param_types: &[i32]) {
@@ -139,7 +149,11 @@ pub fn parse_bind_names(body: &[u8]) -> Result<BindNames<'_>, ProtocolError> {
     let mut r = Reader::new(body);
     let portal = r.cstr()?;
     let statement = r.cstr()?;
-    Ok(BindNames { portal, statement, rest: r.remaining() })
+    Ok(BindNames {
+        portal,
+        statement,
+        rest: r.remaining(),
+    })
 }
 
 pub fn write_bind(out: &mut BytesMut, portal: &str, statement: &str, rest: &[u8]) {
@@ -155,7 +169,10 @@ pub fn parse_target(body: &[u8]) -> Result<(u8, &str), ProtocolError> {
     let mut r = Reader::new(body);
     let kind = r.u8()?;
     if kind != b'S' && kind != b'P' {
-        return Err(ProtocolError::violation(format!("invalid Describe/Close target '{}'", kind as char)));
+        return Err(ProtocolError::violation(format!(
+            "invalid Describe/Close target '{}'",
+            kind as char
+        )));
     }
     Ok((kind, r.cstr()?))
 }
@@ -176,11 +193,21 @@ mod tests {
         let mut out = BytesMut::new();
         write_parse(&mut out, "s1", "select $1", &[23]);
         let p = parse_parse(&out[5..]).unwrap();
-        assert_eq!(p, ParseMsg { name: "s1", sql: "select $1", param_types: vec![23] });
+        assert_eq!(
+            p,
+            ParseMsg {
+                name: "s1",
+                sql: "select $1",
+                param_types: vec![23]
+            }
+        );
         out.clear();
         write_bind(&mut out, "", "s1", b"\0\0\0\0\0\0");
         let b = parse_bind_names(&out[5..]).unwrap();
-        assert_eq!((b.portal, b.statement, b.rest), ("", "s1", &b"\0\0\0\0\0\0"[..]));
+        assert_eq!(
+            (b.portal, b.statement, b.rest),
+            ("", "s1", &b"\0\0\0\0\0\0"[..])
+        );
         assert!(parse_parse(b"x\0y\0\xff\xff").is_err());
         assert!(parse_target(b"Q\0").is_err());
     }

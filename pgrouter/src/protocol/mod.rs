@@ -23,6 +23,9 @@ pub struct ProtocolError {
 
 impl ProtocolError {
     pub fn violation(message: impl Into<String>) -> Self {
-        ProtocolError { sqlstate: "08P01", message: message.into() }
+        ProtocolError {
+            sqlstate: "08P01",
+            message: message.into(),
+        }
     }
 }

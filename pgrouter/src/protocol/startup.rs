@@ -15,25 +15,40 @@ pub const MAX_STARTUP_LEN: usize = 10_000;
 pub enum StartupPacket {
     Ssl,
     GssEnc,
-    Cancel { pid: i32, secret: i32 },
-    Startup { minor: i32, params: Vec<(String, String)> },
+    Cancel {
+        pid: i32,
+        secret: i32,
+    },
+    Startup {
+        minor: i32,
+        params: Vec<(String, String)>,
+    },
 }
 
 /// Reads the first packet if `buf` holds it whole: `Ok(Some((packet, len)))`.
 pub fn parse_startup(buf: &[u8]) -> Result<Option<(StartupPacket, usize)>, ProtocolError> {
-    let Some(head) = buf.get(..4) else { return Ok(None) };
+    let Some(head) = buf.get(..4) else {
+        return Ok(None);
+    };
     let len = i32::from_be_bytes([head[0], head[1], head[2], head[3]]);
     if !(8..=MAX_STARTUP_LEN as i32).contains(&len) {
-        return Err(ProtocolError::violation(format!("invalid startup packet length {len}")));
+        return Err(ProtocolError::violation(format!(
+            "invalid startup packet length {len}"
+        )));
     }
     let len = len as usize;
-    let Some(packet) = buf.get(4..len) else { return Ok(None) };
+    let Some(packet) = buf.get(4..len) else {
+        return Ok(None);
+    };
     let mut r = Reader::new(packet);
     let code = r.i32()?;
     let parsed = match code {
         SSL_REQUEST => StartupPacket::Ssl,
         GSSENC_REQUEST => StartupPacket::GssEnc,
-        CANCEL_REQUEST => StartupPacket::Cancel { pid: r.i32()?, secret: r.i32()? },
+        CANCEL_REQUEST => StartupPacket::Cancel {
+            pid: r.i32()?,
+            secret: r.i32()?,
+        },
         code if code >> 16 == 3 => {
             let mut params = Vec::new();
             loop {
@@ -44,7 +59,10 @@ pub fn parse_startup(buf: &[u8]) -> Result<Option<(StartupPacket, usize)>, Proto
                 let v = r.cstr()?;
                 params.push((k.to_string(), v.to_string()));
             }
-            StartupPacket::Startup { minor: code & 0xffff, params }
+            StartupPacket::Startup {
+                minor: code & 0xffff,
+                params,
+            }
         }
         other => {
             return Err(ProtocolError {
@@ -74,7 +92,10 @@ mod tests {
         assert_eq!(n, b.len());
         assert_eq!(
             p,
-            StartupPacket::Startup { minor: 0, params: vec![("user".into(), "u".into()), ("database".into(), "d".into())] }
+            StartupPacket::Startup {
+                minor: 0,
+                params: vec![("user".into(), "u".into()), ("database".into(), "d".into())]
+            }
         );
         let ssl = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
         assert_eq!(parse_startup(&ssl).unwrap().unwrap().0, StartupPacket::Ssl);

@@ -35,20 +35,28 @@ pub struct SessionRouting {
 impl SessionRouting {
     /// Reads the routing settings out of the client's session parameters.
     pub fn from_params(get: impl Fn(&str) -> Option<String>) -> SessionRouting {
-        let role_override = get("pgrouter.role").and_then(|v| match v.trim().to_ascii_lowercase().as_str() {
-            "primary" => Some(RoleHint::Primary),
-            "replica" => Some(RoleHint::Replica),
-            _ => None,
-        });
+        let role_override =
+            get("pgrouter.role").and_then(|v| match v.trim().to_ascii_lowercase().as_str() {
+                "primary" => Some(RoleHint::Primary),
+                "replica" => Some(RoleHint::Replica),
+                _ => None,
+            });
         let shard_override = get("pgrouter.shard").and_then(|v| v.trim().parse().ok());
         let default_read_only = get("default_transaction_read_only").is_some_and(|v| is_on(&v));
-        SessionRouting { role_override, shard_override, default_read_only }
+        SessionRouting {
+            role_override,
+            shard_override,
+            default_read_only,
+        }
     }
 }
 
 /// PostgreSQL's spellings of a true boolean setting.
 pub fn is_on(v: &str) -> bool {
-    matches!(v.trim().to_ascii_lowercase().as_str(), "on" | "true" | "yes" | "1" | "t" | "y")
+    matches!(
+        v.trim().to_ascii_lowercase().as_str(),
+        "on" | "true" | "yes" | "1" | "t" | "y"
+    )
 }
 
 /// Decides the route of a statement that starts a unit of work (outside a
@@ -71,7 +79,9 @@ pub fn route(analysis: &Analysis, session: &SessionRouting) -> Route {
             },
             // Two-phase commit statements act on the primary's prepared transactions.
             Some(StatementKind::Transaction(
-                TxEffect::CommitPrepared | TxEffect::RollbackPrepared | TxEffect::PrepareTransaction,
+                TxEffect::CommitPrepared
+                | TxEffect::RollbackPrepared
+                | TxEffect::PrepareTransaction,
             )) => Role::Primary,
             _ => Role::Replica,
         }
@@ -94,7 +104,9 @@ pub fn transaction_effect(analysis: &Analysis) -> Option<bool> {
         if let StatementKind::Transaction(t) = &s.kind {
             match t {
                 TxEffect::Begin { .. } => effect = Some(true),
-                TxEffect::Commit | TxEffect::Rollback | TxEffect::PrepareTransaction => effect = Some(false),
+                TxEffect::Commit | TxEffect::Rollback | TxEffect::PrepareTransaction => {
+                    effect = Some(false)
+                }
                 _ => {}
             }
         }
@@ -111,9 +123,16 @@ pub fn runs_outside_transactions(analysis: &Analysis, sql: &str) -> bool {
         StatementKind::Vacuum => true,
         StatementKind::Ddl | StatementKind::Other => {
             let upper = sql.to_ascii_uppercase();
-            ["CONCURRENTLY", "DATABASE", "TABLESPACE", "ALTER SYSTEM", "SUBSCRIPTION", "REINDEX SYSTEM"]
-                .iter()
-                .any(|w| upper.contains(w))
+            [
+                "CONCURRENTLY",
+                "DATABASE",
+                "TABLESPACE",
+                "ALTER SYSTEM",
+                "SUBSCRIPTION",
+                "REINDEX SYSTEM",
+            ]
+            .iter()
+            .any(|w| upper.contains(w))
         }
         _ => false,
     })

@@ -4,7 +4,9 @@
 
 use std::time::SystemTime;
 
-use pgrouter_parser::{Analysis, DiscardKind, ResetTarget, RoleHint, SetKind, StatementKind, TxEffect};
+use pgrouter_parser::{
+    Analysis, DiscardKind, ResetTarget, RoleHint, SetKind, StatementKind, TxEffect,
+};
 
 /// The identity a verified token gave a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,7 +31,10 @@ pub struct Refusal {
 }
 
 fn refuse(sqlstate: &'static str, message: impl Into<String>) -> Refusal {
-    Refusal { sqlstate, message: message.into() }
+    Refusal {
+        sqlstate,
+        message: message.into(),
+    }
 }
 
 const READ_ONLY: &str = "25006";
@@ -50,10 +55,16 @@ impl Policy {
     fn check_jwt(&self, analysis: &Analysis) -> Result<(), Refusal> {
         let e = &analysis.escalation;
         if e.set_role {
-            return Err(refuse(PRIVILEGE, "pgrouter: a JWT session cannot change its role"));
+            return Err(refuse(
+                PRIVILEGE,
+                "pgrouter: a JWT session cannot change its role",
+            ));
         }
         if e.session_authorization {
-            return Err(refuse(PRIVILEGE, "pgrouter: a JWT session cannot change its session authorization"));
+            return Err(refuse(
+                PRIVILEGE,
+                "pgrouter: a JWT session cannot change its session authorization",
+            ));
         }
         if e.set_config_sensitive {
             return Err(refuse(
@@ -62,20 +73,36 @@ impl Policy {
             ));
         }
         if e.do_block {
-            return Err(refuse(PRIVILEGE, "pgrouter: DO blocks are not allowed in JWT sessions"));
+            return Err(refuse(
+                PRIVILEGE,
+                "pgrouter: DO blocks are not allowed in JWT sessions",
+            ));
         }
         for s in &analysis.statements {
             match &s.kind {
-                StatementKind::Set(set) if is_read_only_setting(&set.name) || set.kind == SetKind::SessionCharacteristics => {
-                    return Err(refuse(PRIVILEGE, "pgrouter: a JWT session cannot change its read-only settings"));
+                StatementKind::Set(set)
+                    if is_read_only_setting(&set.name)
+                        || set.kind == SetKind::SessionCharacteristics =>
+                {
+                    return Err(refuse(
+                        PRIVILEGE,
+                        "pgrouter: a JWT session cannot change its read-only settings",
+                    ));
                 }
                 StatementKind::Reset(ResetTarget::Name(n)) if is_read_only_setting(n) => {
-                    return Err(refuse(PRIVILEGE, "pgrouter: a JWT session cannot change its read-only settings"));
+                    return Err(refuse(
+                        PRIVILEGE,
+                        "pgrouter: a JWT session cannot change its read-only settings",
+                    ));
                 }
-                StatementKind::Reset(ResetTarget::All) | StatementKind::Discard(DiscardKind::All)
+                StatementKind::Reset(ResetTarget::All)
+                | StatementKind::Discard(DiscardKind::All)
                     if analysis.statements.len() > 1 =>
                 {
-                    return Err(refuse(PRIVILEGE, "pgrouter: in a JWT session RESET ALL and DISCARD ALL must be sent alone"));
+                    return Err(refuse(
+                        PRIVILEGE,
+                        "pgrouter: in a JWT session RESET ALL and DISCARD ALL must be sent alone",
+                    ));
                 }
                 _ => {}
             }
@@ -85,29 +112,60 @@ impl Policy {
 
     fn check_read_only(&self, analysis: &Analysis) -> Result<(), Refusal> {
         if analysis.hint.role == Some(RoleHint::Primary) {
-            return Err(refuse(READ_ONLY, "pgrouter: a read-only session cannot be routed to the primary"));
+            return Err(refuse(
+                READ_ONLY,
+                "pgrouter: a read-only session cannot be routed to the primary",
+            ));
         }
         for s in &analysis.statements {
             match &s.kind {
-                StatementKind::Transaction(TxEffect::Begin { read_only: Some(false) }) => {
-                    return Err(refuse(READ_ONLY, "pgrouter: a read-only session cannot start a read-write transaction"));
+                StatementKind::Transaction(TxEffect::Begin {
+                    read_only: Some(false),
+                }) => {
+                    return Err(refuse(
+                        READ_ONLY,
+                        "pgrouter: a read-only session cannot start a read-write transaction",
+                    ));
                 }
-                StatementKind::Set(set) if set.kind == SetKind::TransactionCharacteristics || set.kind == SetKind::SessionCharacteristics => {
-                    if set.value.as_deref().is_some_and(|v| v.to_ascii_uppercase().contains("READ WRITE")) {
-                        return Err(refuse(READ_ONLY, "pgrouter: a read-only session cannot start a read-write transaction"));
+                StatementKind::Set(set)
+                    if set.kind == SetKind::TransactionCharacteristics
+                        || set.kind == SetKind::SessionCharacteristics =>
+                {
+                    if set
+                        .value
+                        .as_deref()
+                        .is_some_and(|v| v.to_ascii_uppercase().contains("READ WRITE"))
+                    {
+                        return Err(refuse(
+                            READ_ONLY,
+                            "pgrouter: a read-only session cannot start a read-write transaction",
+                        ));
                     }
                 }
                 StatementKind::Set(set) if is_read_only_setting(&set.name) => {
                     if !set.value.as_deref().is_some_and(crate::router::is_on) {
-                        return Err(refuse(READ_ONLY, "pgrouter: a read-only session cannot turn read-only mode off"));
+                        return Err(refuse(
+                            READ_ONLY,
+                            "pgrouter: a read-only session cannot turn read-only mode off",
+                        ));
                     }
                 }
                 StatementKind::Reset(ResetTarget::Name(n)) if is_read_only_setting(n) => {
-                    return Err(refuse(READ_ONLY, "pgrouter: a read-only session cannot turn read-only mode off"));
+                    return Err(refuse(
+                        READ_ONLY,
+                        "pgrouter: a read-only session cannot turn read-only mode off",
+                    ));
                 }
                 StatementKind::Set(set) if set.name == "pgrouter.role" => {
-                    if set.value.as_deref().is_some_and(|v| v.trim().eq_ignore_ascii_case("primary")) {
-                        return Err(refuse(PRIVILEGE, "pgrouter: a read-only session cannot be routed to the primary"));
+                    if set
+                        .value
+                        .as_deref()
+                        .is_some_and(|v| v.trim().eq_ignore_ascii_case("primary"))
+                    {
+                        return Err(refuse(
+                            PRIVILEGE,
+                            "pgrouter: a read-only session cannot be routed to the primary",
+                        ));
                     }
                 }
                 _ => {}
@@ -115,7 +173,10 @@ impl Policy {
             // A statement pg_query could not parse runs nothing; PostgreSQL
             // reports the syntax error from a replica.
             if s.is_write && analysis.parse_error.is_none() {
-                return Err(refuse(READ_ONLY, "pgrouter: cannot execute a write in a read-only session"));
+                return Err(refuse(
+                    READ_ONLY,
+                    "pgrouter: cannot execute a write in a read-only session",
+                ));
             }
         }
         Ok(())
@@ -133,7 +194,11 @@ mod tests {
 
     fn jwt(read_only: bool) -> Policy {
         Policy {
-            jwt: Some(JwtIdentity { username: "u".into(), role: "r".into(), expires_at: None }),
+            jwt: Some(JwtIdentity {
+                username: "u".into(),
+                role: "r".into(),
+                expires_at: None,
+            }),
             read_only,
         }
     }
@@ -168,14 +233,24 @@ mod tests {
         ] {
             assert_eq!(code(&p, sql), Some(PRIVILEGE), "{sql}");
         }
-        for sql in ["SELECT 1", "SET search_path = a", "BEGIN READ WRITE", "RESET ALL", "DISCARD ALL", "INSERT INTO t VALUES (1)"] {
+        for sql in [
+            "SELECT 1",
+            "SET search_path = a",
+            "BEGIN READ WRITE",
+            "RESET ALL",
+            "DISCARD ALL",
+            "INSERT INTO t VALUES (1)",
+        ] {
             assert_eq!(code(&p, sql), None, "{sql}");
         }
     }
 
     #[test]
     fn read_only_sessions_cannot_write() {
-        let p = Policy { jwt: None, read_only: true };
+        let p = Policy {
+            jwt: None,
+            read_only: true,
+        };
         for sql in [
             "INSERT INTO t VALUES (1)",
             "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
@@ -192,7 +267,14 @@ mod tests {
             assert!(code(&p, sql).is_some(), "{sql}");
         }
         assert_eq!(code(&p, "SET pgrouter.role = 'primary'"), Some(PRIVILEGE));
-        for sql in ["SELECT 1", "BEGIN", "BEGIN READ ONLY", "SET default_transaction_read_only = on", "SELEC 1", "SHOW x"] {
+        for sql in [
+            "SELECT 1",
+            "BEGIN",
+            "BEGIN READ ONLY",
+            "SET default_transaction_read_only = on",
+            "SELEC 1",
+            "SHOW x",
+        ] {
             assert_eq!(code(&p, sql), None, "{sql}");
         }
     }

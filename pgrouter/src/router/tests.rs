@@ -21,7 +21,10 @@ fn reads_and_writes() {
         ("CREATE TABLE x (a int)", Primary),
         ("SELECT * FROM t FOR UPDATE", Primary),
         ("SELECT * FROM t FOR SHARE", Primary),
-        ("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d", Primary),
+        (
+            "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
+            Primary,
+        ),
         ("SELECT nextval('s')", Primary),
         ("SELECT pg_advisory_lock(1)", Primary),
         ("SELECT my_write_fn(1)", Primary),
@@ -36,7 +39,10 @@ fn reads_and_writes() {
         ("BEGIN READ ONLY; INSERT INTO t VALUES (1); COMMIT", Primary),
         ("/* pgrouter: role=primary */ SELECT 1", Primary),
         ("SELECT 1 /* pgrouter: role=primary */", Primary),
-        ("/* pgrouter: role=replica */ INSERT INTO t VALUES (1)", Replica),
+        (
+            "/* pgrouter: role=replica */ INSERT INTO t VALUES (1)",
+            Replica,
+        ),
         ("COMMIT PREPARED 'x'", Primary),
     ];
     for (sql, want) in table {
@@ -46,15 +52,30 @@ fn reads_and_writes() {
 
 #[test]
 fn session_settings_steer() {
-    let ro = SessionRouting { default_read_only: true, ..Default::default() };
+    let ro = SessionRouting {
+        default_read_only: true,
+        ..Default::default()
+    };
     assert_eq!(role_of("BEGIN", ro), Role::Replica);
     assert_eq!(role_of("BEGIN READ WRITE", ro), Role::Primary);
-    let primary = SessionRouting { role_override: Some(RoleHint::Primary), ..Default::default() };
+    let primary = SessionRouting {
+        role_override: Some(RoleHint::Primary),
+        ..Default::default()
+    };
     assert_eq!(role_of("SELECT 1", primary), Role::Primary);
-    assert_eq!(role_of("/* pgrouter: role=replica */ SELECT 1", primary), Role::Replica);
-    let shard = SessionRouting { shard_override: Some(2), ..Default::default() };
+    assert_eq!(
+        role_of("/* pgrouter: role=replica */ SELECT 1", primary),
+        Role::Replica
+    );
+    let shard = SessionRouting {
+        shard_override: Some(2),
+        ..Default::default()
+    };
     assert_eq!(route(&analyze("SELECT 1", &[]), &shard).shard, 2);
-    assert_eq!(route(&analyze("/* pgrouter: shard=1 */ SELECT 1", &[]), &shard).shard, 1);
+    assert_eq!(
+        route(&analyze("/* pgrouter: shard=1 */ SELECT 1", &[]), &shard).shard,
+        1
+    );
 }
 
 #[test]
@@ -66,13 +87,23 @@ fn session_routing_from_params() {
         _ => None,
     };
     let s = SessionRouting::from_params(get);
-    assert_eq!(s, SessionRouting { role_override: Some(RoleHint::Primary), shard_override: Some(3), default_read_only: true });
+    assert_eq!(
+        s,
+        SessionRouting {
+            role_override: Some(RoleHint::Primary),
+            shard_override: Some(3),
+            default_read_only: true
+        }
+    );
 }
 
 #[test]
 fn transaction_effects() {
     assert_eq!(transaction_effect(&analyze("BEGIN", &[])), Some(true));
     assert_eq!(transaction_effect(&analyze("COMMIT", &[])), Some(false));
-    assert_eq!(transaction_effect(&analyze("BEGIN; SELECT 1; COMMIT", &[])), Some(false));
+    assert_eq!(
+        transaction_effect(&analyze("BEGIN; SELECT 1; COMMIT", &[])),
+        Some(false)
+    );
     assert_eq!(transaction_effect(&analyze("SELECT 1", &[])), None);
 }

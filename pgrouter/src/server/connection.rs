@@ -85,7 +85,10 @@ pub struct ServerConn {
 }
 
 impl ServerConn {
-    pub async fn connect(target: &ServerTarget, timeout: Duration) -> Result<ServerConn, ServerError> {
+    pub async fn connect(
+        target: &ServerTarget,
+        timeout: Duration,
+    ) -> Result<ServerConn, ServerError> {
         match tokio::time::timeout(timeout, Self::connect_inner(target)).await {
             Ok(r) => r,
             Err(_) => Err(ServerError::Timeout),
@@ -120,7 +123,11 @@ impl ServerConn {
     }
 
     pub fn cancel_target(&self) -> CancelTarget {
-        CancelTarget { addr: self.addr.clone(), pid: self.backend_pid, secret: self.backend_secret }
+        CancelTarget {
+            addr: self.addr.clone(),
+            pid: self.backend_pid,
+            secret: self.backend_secret,
+        }
     }
 
     pub async fn send(&mut self, bytes: &[u8]) -> Result<(), ServerError> {
@@ -202,7 +209,11 @@ impl ServerConn {
     /// Runs a query returning one boolean (health checks).
     pub async fn query_bool(&mut self, sql: &str) -> Result<bool, ServerError> {
         let rows = self.query_rows(sql).await?;
-        match rows.first().and_then(|r| r.first()).and_then(|v| v.as_deref()) {
+        match rows
+            .first()
+            .and_then(|r| r.first())
+            .and_then(|v| v.as_deref())
+        {
             Some(v) => Ok(v == "t" || v == "true"),
             None => Err(ServerError::Closed),
         }
@@ -247,7 +258,9 @@ fn parse_data_row(body: &[u8]) -> Result<Vec<Option<String>>, ProtocolError> {
         if len < 0 {
             row.push(None);
         } else {
-            row.push(Some(String::from_utf8_lossy(r.bytes(len as usize)?).into_owned()));
+            row.push(Some(
+                String::from_utf8_lossy(r.bytes(len as usize)?).into_owned(),
+            ));
         }
     }
     Ok(row)

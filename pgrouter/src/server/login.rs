@@ -13,7 +13,10 @@ use crate::protocol::reader::Reader;
 
 pub(super) async fn login(conn: &mut ServerConn, target: &ServerTarget) -> Result<(), ServerError> {
     let mut out = BytesMut::new();
-    frontend::startup_message(&mut out, &[("user", &target.user), ("database", &target.database)]);
+    frontend::startup_message(
+        &mut out,
+        &[("user", &target.user), ("database", &target.database)],
+    );
     conn.send(&out).await?;
     let mut scram: Option<ScramClient> = None;
     loop {
@@ -30,32 +33,51 @@ pub(super) async fn login(conn: &mut ServerConn, target: &ServerTarget) -> Resul
                 AuthRequest::Md5(salt) => {
                     let password = password_of(target)?;
                     out.clear();
-                    frontend::password_message(&mut out, &md5_response(&target.user, password, salt));
+                    frontend::password_message(
+                        &mut out,
+                        &md5_response(&target.user, password, salt),
+                    );
                     conn.send(&out).await?;
                 }
                 AuthRequest::Sasl(mechanisms) => {
                     if !mechanisms.contains(&"SCRAM-SHA-256") {
-                        return Err(ServerError::Auth(format!("unsupported SASL mechanisms {mechanisms:?}")));
+                        return Err(ServerError::Auth(format!(
+                            "unsupported SASL mechanisms {mechanisms:?}"
+                        )));
                     }
                     let client = ScramClient::new(password_of(target)?);
                     out.clear();
-                    frontend::sasl_initial_response(&mut out, "SCRAM-SHA-256", client.client_first().as_bytes());
+                    frontend::sasl_initial_response(
+                        &mut out,
+                        "SCRAM-SHA-256",
+                        client.client_first().as_bytes(),
+                    );
                     conn.send(&out).await?;
                     scram = Some(client);
                 }
                 AuthRequest::SaslContinue(data) => {
-                    let client = scram.as_mut().ok_or_else(|| ServerError::Auth("unexpected SASL continue".into()))?;
-                    let reply = client.client_final(data).map_err(|e| ServerError::Auth(e.to_string()))?;
+                    let client = scram
+                        .as_mut()
+                        .ok_or_else(|| ServerError::Auth("unexpected SASL continue".into()))?;
+                    let reply = client
+                        .client_final(data)
+                        .map_err(|e| ServerError::Auth(e.to_string()))?;
                     out.clear();
                     frontend::sasl_response(&mut out, reply.as_bytes());
                     conn.send(&out).await?;
                 }
                 AuthRequest::SaslFinal(data) => {
-                    let client = scram.as_ref().ok_or_else(|| ServerError::Auth("unexpected SASL final".into()))?;
-                    client.verify_server_final(data).map_err(|e| ServerError::Auth(e.to_string()))?;
+                    let client = scram
+                        .as_ref()
+                        .ok_or_else(|| ServerError::Auth("unexpected SASL final".into()))?;
+                    client
+                        .verify_server_final(data)
+                        .map_err(|e| ServerError::Auth(e.to_string()))?;
                 }
                 AuthRequest::Other(code) => {
-                    return Err(ServerError::Auth(format!("unsupported authentication request {code}")))
+                    return Err(ServerError::Auth(format!(
+                        "unsupported authentication request {code}"
+                    )))
                 }
             },
             b'S' => conn.note_parameter_status(&body),
@@ -75,8 +97,10 @@ pub(super) async fn login(conn: &mut ServerConn, target: &ServerTarget) -> Resul
 }
 
 fn password_of(target: &ServerTarget) -> Result<&str, ServerError> {
-    target
-        .password
-        .as_deref()
-        .ok_or_else(|| ServerError::Auth(format!("server asks for a password for user \"{}\" but none is configured", target.user)))
+    target.password.as_deref().ok_or_else(|| {
+        ServerError::Auth(format!(
+            "server asks for a password for user \"{}\" but none is configured",
+            target.user
+        ))
+    })
 }

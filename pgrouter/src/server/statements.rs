@@ -18,7 +18,12 @@ pub struct ServerStatements {
 
 impl ServerStatements {
     pub fn new(capacity: usize) -> Self {
-        ServerStatements { last_use: HashMap::new(), tick: 0, capacity: capacity.max(1), sql_prepared: HashMap::new() }
+        ServerStatements {
+            last_use: HashMap::new(),
+            tick: 0,
+            capacity: capacity.max(1),
+            sql_prepared: HashMap::new(),
+        }
     }
 
     /// True if prepared there; marks it used.
