@@ -5,11 +5,15 @@ isolation, auto-provisioning, token expiry, start-up preflight."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import struct
 import subprocess
+import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -21,6 +25,7 @@ from harness.jwt_setup import (AUTHENTICATOR, TABLE, UNGRANTED_ROLE, WEIRD_ROLE,
                                authenticator_user, jwt_db, keys, login_error,
                                start_jwt_router, whoami)
 from harness.jwt_tokens import SigningKey, claims
+from harness.netns import netns  # noqa: F401  (pytest fixture)
 from harness.pg import pg_tool
 from harness.routes import WHERE, Places, where
 from harness.util import wait_until
@@ -487,47 +492,52 @@ def test_jwks_cache_ttl_refreshes_in_background(routers, jwt_db, jwks):
 
 
 # -------------------------------------------------------------- transport --
-def non_loopback_ipv4() -> str | None:
-    import socket
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect(("192.0.2.254", 9))   # no packet is sent for UDP connect
-            ip = s.getsockname()[0]
-    except OSError:
-        return None
-    return None if ip.startswith("127.") else ip
+# The raw wire client, run inside the test host's namespace (wire.RawConn
+# itself would connect from the pytest process, i.e. from this machine): logs
+# in with the token as the password and prints, as JSON, either the error
+# fields or the row of `SELECT current_user, session_user`.
+REMOTE_LOGIN = r"""
+import json, sys
+from harness import wire
+host, port, user, password = sys.argv[1:]
+conn = wire.RawConn.open(int(port), host=host)
+try:
+    conn.startup(user, "app", password)
+    print(json.dumps({"row": conn.simple_query("SELECT current_user, session_user")[0][0]}))
+except wire.ServerError as exc:
+    print(json.dumps({"error": exc.fields}))
+finally:
+    conn.close()
+"""
+
+
+def remote_login(netns, port: int, user: str, password: str) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent))
+    out = netns.run([sys.executable, "-c", REMOTE_LOGIN, netns.host_ip, str(port), user, password],
+                    env=env)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
 
 
 @pytest.mark.parametrize("allow", [False, True])
-def test_jwt_over_plain_tcp_from_non_loopback(routers, jwt_db, keys, allow):
+def test_jwt_over_plain_tcp_from_non_loopback(routers, jwt_db, keys, netns, allow):
     """Without TLS, a JWT (a bearer credential) is only accepted from loopback
-    unless allow_insecure_transport = true."""
-    ip = non_loopback_ipv4()
-    if ip is None:
-        pytest.skip("this machine has no non-loopback IPv4 address to connect from")
+    unless allow_insecure_transport = true. The non-loopback client is a test
+    host in a network namespace (harness/netns.py), connecting to 198.18.0.1."""
     from harness.util import free_port
     port = free_port()
     router = start_jwt_router(routers, keys["rsa"], general={"listen": f"0.0.0.0:{port}"},
                               jwt={"allow_insecure_transport": allow})
     u = uname()
     tok = token(keys["rsa"], u, "web_user")
+    got = remote_login(netns, port, u, tok)
     if allow:
-        with connect(router.dsn(user=u, password=tok).replace("host='127.0.0.1'", f"host='{ip}'")) as c:
-            assert whoami(c) == ("web_user", AUTHENTICATOR)
+        assert got == {"row": ["web_user", AUTHENTICATOR]}, got
     else:
-        conn = wire.RawConn.open(port, host=ip)
-        try:
-            conn.send(wire.startup_message({"user": u, "database": "app"}))
-            m = conn.read_msg()
-            if m.kind == b"R":  # asked for the password: send it, expect a refusal
-                conn.send(wire.message(b"p", tok.encode() + b"\0"))
-                m = conn.read_msg()
-            assert m.kind == b"E", m
-            fields = wire.parse_error_fields(m.body)
-            assert fields.get("C", "").startswith("28"), fields
-            assert "TLS" in fields.get("M", ""), fields
-        finally:
-            conn.close()
-        # Loopback still works.
-        with connect(router.dsn(user=u, password=tok)) as c:
-            assert whoami(c)[0] == "web_user"
+        fields = got.get("error")
+        assert fields, got
+        assert fields.get("C", "").startswith("28"), fields
+        assert "TLS" in fields.get("M", ""), fields
+    # Loopback still works.
+    with connect(router.dsn(user=u, password=tok)) as c:
+        assert whoami(c) == ("web_user", AUTHENTICATOR)

@@ -38,7 +38,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # ---------------------------------------------------------------- packages --
-APT_PACKAGES=(postgresql-15 postgresql-client-15 libclang-dev clang pgbouncer)
+# iproute2: `ip netns`, for the integration tests' test hosts (harness/netns.py).
+APT_PACKAGES=(postgresql-15 postgresql-client-15 libclang-dev clang pgbouncer iproute2)
 
 is_installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"
