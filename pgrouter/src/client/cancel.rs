@@ -87,9 +87,15 @@ impl CancelRegistry {
 
 /// Sends a CancelRequest to a server backend.
 pub async fn send_cancel(target: &CancelTarget) -> std::io::Result<()> {
-    let mut stream = TcpStream::connect(&*target.addr).await?;
     let mut out = BytesMut::new();
     frontend::cancel_request(&mut out, target.pid, target.secret);
+    // A server reached over a Unix-domain socket has its path as address.
+    if target.addr.starts_with('/') {
+        let mut stream = tokio::net::UnixStream::connect(&*target.addr).await?;
+        stream.write_all(&out).await?;
+        return stream.shutdown().await;
+    }
+    let mut stream = TcpStream::connect(&*target.addr).await?;
     stream.write_all(&out).await?;
     stream.shutdown().await
 }

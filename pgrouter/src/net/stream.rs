@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 
 /// A client's connection: plain, or TLS after an SSLRequest.
 pub enum ClientStream {
@@ -25,10 +25,11 @@ pub enum ClientStream {
 }
 
 /// A server connection: plain, or TLS after the server accepted our
-/// SSLRequest.
+/// SSLRequest, or a Unix-domain socket (never TLS).
 pub enum ServerStream {
     Plain(TcpStream),
     Tls(Box<WriteThrough<tokio_rustls::client::TlsStream<TcpStream>>>),
+    Unix(UnixStream),
 }
 
 impl ClientStream {
@@ -59,12 +60,13 @@ impl ServerStream {
     /// buffered is not seen; the server has no reason to send any to an idle
     /// connection, and the session notices it at the next read anyway.
     pub fn is_idle_and_open(&self) -> bool {
-        let tcp = match self {
-            ServerStream::Plain(s) => s,
-            ServerStream::Tls(s) => s.inner.get_ref().0,
-        };
         let mut probe = [0u8; 1];
-        matches!(tcp.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        let read = match self {
+            ServerStream::Plain(s) => s.try_read(&mut probe),
+            ServerStream::Tls(s) => s.inner.get_ref().0.try_read(&mut probe),
+            ServerStream::Unix(s) => s.try_read(&mut probe),
+        };
+        matches!(read, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 }
 
@@ -210,6 +212,7 @@ impl AsyncRead for ServerStream {
         match self.get_mut() {
             ServerStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             ServerStream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+            ServerStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -223,6 +226,7 @@ impl AsyncWrite for ServerStream {
         match self.get_mut() {
             ServerStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             ServerStream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+            ServerStream::Unix(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -233,6 +237,7 @@ impl AsyncWrite for ServerStream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             ServerStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            ServerStream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             ServerStream::Tls(s) => {
                 let buf = bufs
                     .iter()
@@ -244,13 +249,18 @@ impl AsyncWrite for ServerStream {
     }
 
     fn is_write_vectored(&self) -> bool {
-        matches!(self, ServerStream::Plain(s) if s.is_write_vectored())
+        match self {
+            ServerStream::Plain(s) => s.is_write_vectored(),
+            ServerStream::Unix(s) => s.is_write_vectored(),
+            ServerStream::Tls(_) => false,
+        }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             ServerStream::Plain(s) => Pin::new(s).poll_flush(cx),
             ServerStream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+            ServerStream::Unix(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -258,6 +268,7 @@ impl AsyncWrite for ServerStream {
         match self.get_mut() {
             ServerStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             ServerStream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+            ServerStream::Unix(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
