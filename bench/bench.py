@@ -188,7 +188,7 @@ def session_identity(port: int, user: str, password: str) -> str:
 # ----------------------------------------------------------------- proxies --
 class PgBouncer:
     def __init__(self, workdir: Path, backend_port: int, pool_size: int, auth: str,
-                 tls: tuple[Path, Path] | None = None):
+                 tls: tuple[Path, Path] | None = None, backend_host: str = "127.0.0.1"):
         workdir.mkdir(parents=True, exist_ok=True)
         chown_to_pg(workdir)
         self.workdir = workdir
@@ -205,7 +205,7 @@ class PgBouncer:
                          f"client_tls_key_file = {key}\n")
         self.ini.write_text(f"""\
 [databases]
-{APP_DB} = host=127.0.0.1 port={backend_port} dbname={APP_DB}
+{APP_DB} = host={backend_host} port={backend_port} dbname={APP_DB}
 
 [pgbouncer]
 listen_addr = 127.0.0.1
@@ -470,11 +470,17 @@ class Reloader:
 
 
 # --------------------------------------------------------------- scenarios --
-def router_databases(cluster, with_replica: bool) -> list[dict]:
-    dbs = [{"name": APP_DB, "host": "127.0.0.1", "port": cluster.primary.port,
+def server_host(cluster, args) -> str:
+    """How both proxies reach PostgreSQL (`--server-socket`): TCP over
+    loopback, or the servers' Unix-domain socket directory."""
+    return str(cluster.sockdir) if args.server_socket == "unix" else "127.0.0.1"
+
+
+def router_databases(cluster, with_replica: bool, host: str = "127.0.0.1") -> list[dict]:
+    dbs = [{"name": APP_DB, "host": host, "port": cluster.primary.port,
             "database_name": APP_DB, "role": "primary"}]
     if with_replica:
-        dbs.append({"name": APP_DB, "host": "127.0.0.1", "port": cluster.replica.port,
+        dbs.append({"name": APP_DB, "host": host, "port": cluster.replica.port,
                     "database_name": APP_DB, "role": "replica"})
     return dbs
 
@@ -497,7 +503,8 @@ def scenario_baseline(cluster, workdir: Path, args) -> Scenario:
         if name == "direct":
             scn.targets["direct"] = Target("direct", const(p.port), const(f"primary:{p.port}"))
         elif name == "pgbouncer":
-            b = PgBouncer(workdir / "pgbouncer", p.port, args.pool_size, args.auth)
+            b = PgBouncer(workdir / "pgbouncer", p.port, args.pool_size, args.auth,
+                          backend_host=server_host(cluster, args))
             b.start()
             scn.stop.append(b.stop)
             # PgBouncer 1.18 has no protocol-level prepared statements.
@@ -505,7 +512,8 @@ def scenario_baseline(cluster, workdir: Path, args) -> Scenario:
                 "pgbouncer", const(b.port), const(f"primary:{p.port}"), b.pid,
                 lambda w: "PgBouncer 1.18: no prepared statements" if WORKLOADS[w][1] == "prepared" else "")
         elif name == "pgrouter":
-            r = PgRouter(workdir / "pgrouter", router_databases(cluster, args.router_with_replica),
+            dbs = router_databases(cluster, args.router_with_replica, server_host(cluster, args))
+            r = PgRouter(workdir / "pgrouter", dbs,
                          [app_user(args.auth)], args.pool_size)
             r.start()
             scn.stop.append(r.stop)
@@ -528,7 +536,8 @@ def scenario_routing(cluster, workdir: Path, args) -> Scenario:
         return f"replica:{rep.port}" if is_read_only(w) else f"primary:{p.port}"
 
     scn.targets["direct"] = Target("direct", direct_port, direct_label)
-    b = PgBouncer(workdir / "pgbouncer", rep.port, args.pool_size, args.auth)
+    b = PgBouncer(workdir / "pgbouncer", rep.port, args.pool_size, args.auth,
+                  backend_host=server_host(cluster, args))
     b.start()
     scn.stop.append(b.stop)
 
@@ -541,7 +550,8 @@ def scenario_routing(cluster, workdir: Path, args) -> Scenario:
 
     scn.targets["pgbouncer"] = Target("pgbouncer", const(b.port), const(f"replica:{rep.port}"),
                                       b.pid, bouncer_skip)
-    r = PgRouter(workdir / "pgrouter", router_databases(cluster, True), [app_user(args.auth)],
+    dbs = router_databases(cluster, True, server_host(cluster, args))
+    r = PgRouter(workdir / "pgrouter", dbs, [app_user(args.auth)],
                  args.pool_size)
     r.start()
     scn.stop.append(r.stop)
@@ -599,7 +609,8 @@ def scenario_jwt(cluster, workdir: Path, args) -> Scenario:
                    "audience": JWT_AUDIENCE, "username_claim": "sub", "role_claim": "role",
                    "connect_as": AUTHENTICATOR, "allowed_roles": [JWT_ROLE],
                    "auto_provision": False}
-    r = PgRouter(workdir / "pgrouter", router_databases(cluster, True), users, args.pool_size,
+    dbs = router_databases(cluster, True, server_host(cluster, args))
+    r = PgRouter(workdir / "pgrouter", dbs, users, args.pool_size,
                  jwt=jwt_section)
     r.start()
     scn = Scenario(
@@ -622,7 +633,8 @@ def scenario_jwt(cluster, workdir: Path, args) -> Scenario:
 
 def scenario_reload(cluster, workdir: Path, args) -> Scenario:
     metrics_port = free_port()
-    r = PgRouter(workdir / "pgrouter", router_databases(cluster, True), [app_user(args.auth)],
+    dbs = router_databases(cluster, True, server_host(cluster, args))
+    r = PgRouter(workdir / "pgrouter", dbs, [app_user(args.auth)],
                  args.pool_size, general={"metrics_listen": f"127.0.0.1:{metrics_port}"})
     r.start()
     reloader = Reloader(r, args.pool_size, args.reload_interval, metrics_port)
@@ -658,7 +670,8 @@ def scenario_tls(cluster, workdir: Path, args) -> Scenario:
     for f in (cert, key):
         chown_to_pg(f)
         os.chmod(f, 0o600)
-    r = PgRouter(workdir / "pgrouter", router_databases(cluster, True), [app_user(args.auth)],
+    dbs = router_databases(cluster, True, server_host(cluster, args))
+    r = PgRouter(workdir / "pgrouter", dbs, [app_user(args.auth)],
                  args.pool_size, general={"tls_certificate": str(cert), "tls_private_key": str(key),
                                           "client_tls": "require"})
     try:
@@ -671,7 +684,8 @@ def scenario_tls(cluster, workdir: Path, args) -> Scenario:
     if answer != b"S":
         scn.unavailable = f"pgrouter answers SSLRequest with {answer!r}, not b'S': TLS not there yet"
         return scn
-    b = PgBouncer(workdir / "pgbouncer", rep.port, args.pool_size, args.auth, tls=(cert, key))
+    b = PgBouncer(workdir / "pgbouncer", rep.port, args.pool_size, args.auth, tls=(cert, key),
+                  backend_host=server_host(cluster, args))
     b.start()
     scn.stop.append(b.stop)
     scn.targets["pgbouncer-tls"] = Target("pgbouncer-tls", const(b.port), const(f"replica:{rep.port}"),
@@ -778,6 +792,9 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=int(os.environ.get("BENCH_WARMUP", 3)),
                     help="seconds of unrecorded warm-up before each run")
     ap.add_argument("--clients", type=int, default=50)
+    ap.add_argument("--server-socket", choices=["tcp", "unix"], default="tcp",
+                    help="how both proxies connect to PostgreSQL: TCP over loopback (default) "
+                         "or the Unix-domain socket; clients and direct runs always use TCP")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--pool-size", type=int, default=20)
     ap.add_argument("--scale", type=int, default=10, help="pgbench -i scale")
@@ -833,6 +850,8 @@ def main() -> int:
                 scn = BUILDERS[sname](cluster, workdir, args)
                 if any(t.startswith("pgrouter") for t in scn.targets):
                     scn.notes.append("pgrouter binary: " + binary_info())
+                scn.notes.append(f"proxies reach PostgreSQL over {args.server_socket} "
+                                 f"({server_host(cluster, args)}); clients and direct use TCP")
                 scn.workloads = [w for w in (args.workloads or SCENARIO_WORKLOADS[sname]).split(",") if w]
                 if args.targets and sname != "baseline":
                     keep = set(args.targets.split(","))

@@ -87,6 +87,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "shutting down: waiting for open transactions"
     );
     let _ = shutdown_tx.send(true);
+    state.session_shutdown.fire();
     let _ = accept.await;
     let deadline = Instant::now() + shutdown_timeout;
     while state.clients.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {

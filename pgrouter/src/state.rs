@@ -38,6 +38,8 @@ pub struct State {
     pub cancels: Arc<CancelRegistry>,
     /// Becomes true when the router starts shutting down.
     pub shutdown: watch::Receiver<bool>,
+    /// The same news for client sessions, each with a channel of its own.
+    pub session_shutdown: Arc<crate::client::shutdown::ShutdownFanout>,
     /// Asks the router to shut down (admin SHUTDOWN).
     pub shutdown_request: tokio::sync::Notify,
     /// Clients connected now (counted from accept to close).
@@ -85,6 +87,7 @@ impl State {
             runtime: ArcSwap::from_pointee(runtime),
             cancels: Arc::new(CancelRegistry::default()),
             shutdown,
+            session_shutdown: Default::default(),
             shutdown_request: tokio::sync::Notify::new(),
             clients: AtomicUsize::new(0),
             statements: StatementRegistry::default(),

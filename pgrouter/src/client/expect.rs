@@ -145,6 +145,9 @@ impl Expectations {
     /// Router-made answers now at the head of the queue, to send right away.
     pub fn take_ready_synthesized(&mut self) -> Vec<Bytes> {
         let mut out = Vec::new();
+        if self.special == 0 {
+            return out; // no Synthesize entry queued (the usual case)
+        }
         while let Some(Entry::Synthesize(_)) = self.queue.front() {
             if let Some(Entry::Synthesize(answer)) = self.queue.pop_front() {
                 self.special -= 1;

@@ -58,7 +58,11 @@ impl Session {
                     held.conn.tx_status = status;
                     if clients {
                         if let Some(started) = self.request_started.take() {
-                            held.conn.pool().metrics.record_query(started.elapsed());
+                            // One clock read serves the query duration, the
+                            // transaction duration and the pool's last use.
+                            let now = std::time::Instant::now();
+                            held.last_answer = now;
+                            held.conn.pool().metrics.record_query(now - started);
                         }
                     }
                     if clients && !self.sets.is_idle() {

@@ -15,6 +15,7 @@ pub mod prepared;
 mod recovery;
 pub mod registry;
 mod session;
+pub mod shutdown;
 mod tracking;
 
 use std::sync::atomic::Ordering;

@@ -679,6 +679,7 @@ impl Session {
                 }
             }
         };
+        let now = std::time::Instant::now();
         self.registered.info.set_state(ClientState::Active);
         self.registered.info.set_server(Some((
             conn.addr.clone(),
@@ -699,8 +700,11 @@ impl Session {
             shard: route.shard,
             health: slot.health.clone(),
             pool_id: Arc::as_ptr(&slot.pool) as usize,
-            attached_at: std::time::Instant::now(),
+            attached_at: now,
+            last_answer: now,
         };
+        // The request about to be sent starts now (saves a clock read).
+        self.request_started.get_or_insert(now);
         let mut reset = if held.conn.needs_reset {
             held.conn.forget_session_state();
             "RESET ALL;".to_string()

@@ -15,7 +15,6 @@ use bytes::BytesMut;
 use pgrouter_config::PoolMode;
 use pgrouter_parser::Analysis;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::watch;
 
 use super::cancel::CancelKey;
 use super::cleanup::release_after_session;
@@ -40,6 +39,8 @@ pub(super) struct Held {
     /// Identifies the pool, to leave it out when retrying elsewhere.
     pub pool_id: usize,
     pub attached_at: std::time::Instant,
+    /// When the server's last answer to the client's request arrived.
+    pub last_answer: std::time::Instant,
 }
 
 /// A JWT session's role set in a round trip of its own (see
@@ -87,7 +88,7 @@ pub struct Session {
     pub(super) policy: Policy,
     pub(super) max_message: usize,
     idle_timeout: Option<Duration>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: super::shutdown::ShutdownListener,
     shutdown_seen: bool,
 
     pub(super) server: Option<Held>,
@@ -109,7 +110,7 @@ pub struct Session {
     pub(super) guard: GuardState,
 
     /// The client's named statements (protocol level).
-    pub(super) statements: HashMap<String, Arc<SharedStatement>>,
+    pub(super) statements: ahash::AHashMap<String, Arc<SharedStatement>>,
     /// The client's SQL-level PREPAREd statements.
     pub(super) sql_prepared: HashMap<String, SqlPrepared>,
     /// Analysis of the last unnamed Parse, for routing the Bind after it.
@@ -155,7 +156,7 @@ impl Session {
             max_message: g.max_message_size as usize,
             idle_timeout: (g.client_idle_timeout_ms > 0)
                 .then(|| Duration::from_millis(g.client_idle_timeout_ms)),
-            shutdown: setup.state.shutdown.clone(),
+            shutdown: setup.state.session_shutdown.subscribe(),
             state: setup.state,
             rt: setup.rt,
             policy: setup.policy,
@@ -169,7 +170,7 @@ impl Session {
             skip_to_sync: false,
             batch_start: true,
             guard: GuardState::Idle,
-            statements: HashMap::new(),
+            statements: ahash::AHashMap::new(),
             sql_prepared: HashMap::new(),
             unnamed: None,
             last_bound: None,
@@ -205,7 +206,7 @@ impl Session {
                     return end;
                 }
             }
-            if self.server.is_none() && *self.shutdown.borrow() {
+            if self.server.is_none() && self.shutdown.is_fired() {
                 return SessionEnd::fatal("57P01", "pgrouter is shutting down");
             }
             match self.wait().await {
@@ -230,7 +231,7 @@ impl Session {
                     )
                 }
             }
-            if *self.shutdown.borrow() && self.at_boundary() {
+            if self.shutdown.is_fired() && self.at_boundary() {
                 return SessionEnd::fatal("57P01", "pgrouter is shutting down");
             }
         }
@@ -258,14 +259,14 @@ impl Session {
                 tokio::select! {
                     r = self.client.read_buf(&mut self.cbuf), if !blocked => Event::Client(r),
                     r = server.stream.read_buf(&mut server.read_buf) => Event::Server(r),
-                    _ = self.shutdown.changed(), if watch_shutdown => Event::Shutdown,
+                    _ = &mut self.shutdown, if watch_shutdown => Event::Shutdown,
                 }
             }
             None => {
                 let idle = self.idle_timeout;
                 tokio::select! {
                     r = self.client.read_buf(&mut self.cbuf) => Event::Client(r),
-                    _ = self.shutdown.changed(), if watch_shutdown => Event::Shutdown,
+                    _ = &mut self.shutdown, if watch_shutdown => Event::Shutdown,
                     _ = sleep_or_forever(idle) => Event::IdleTimeout,
                 }
             }
@@ -293,10 +294,10 @@ impl Session {
             held.conn
                 .pool()
                 .metrics
-                .record_transaction(held.attached_at.elapsed());
+                .record_transaction(held.last_answer.saturating_duration_since(held.attached_at));
             self.registered.info.set_state(ClientState::Idle);
             self.registered.info.set_server(None);
-            Pool::checkin(held.conn);
+            Pool::checkin_at(held.conn, held.last_answer);
         }
     }
 

@@ -56,7 +56,9 @@ pub struct Pool {
     permits: Arc<Semaphore>,
     /// Idle connections; the most recently used last (LIFO keeps the rest
     /// idle long enough to be closed by the idle timeout).
-    idle: Mutex<Vec<ServerConn>>,
+    /// Boxed: a connection changes hands (pool, client, pool) every
+    /// transaction, and moving a pointer is cheaper than moving the struct.
+    idle: Mutex<Vec<Box<ServerConn>>>,
     open: AtomicUsize,
     waiting: AtomicUsize,
     /// Parameters a fresh server reports (server_version, encodings, ...),
@@ -68,7 +70,7 @@ pub struct Pool {
 /// [`Pool::checkin`]; dropping it instead closes the connection, which is the
 /// safe default when its state is unknown.
 pub struct PooledConn {
-    conn: Option<ServerConn>,
+    conn: Option<Box<ServerConn>>,
     pool: Arc<Pool>,
     _permit: OwnedSemaphorePermit,
 }
@@ -142,8 +144,9 @@ impl Pool {
     }
 
     /// Opens a new connection counted against this pool.
-    async fn connect(&self) -> Result<ServerConn, ServerError> {
-        let conn = ServerConn::connect(&self.target, self.settings.connect_timeout).await?;
+    async fn connect(&self) -> Result<Box<ServerConn>, ServerError> {
+        let conn =
+            Box::new(ServerConn::connect(&self.target, self.settings.connect_timeout).await?);
         self.open.fetch_add(1, Ordering::Relaxed);
         let mut defaults = self.default_params.lock();
         if defaults.is_none() {
@@ -160,7 +163,13 @@ impl Pool {
 
     /// Returns a connection for reuse. Only a connection that is outside any
     /// transaction and has nothing left to read is kept; anything else is closed.
-    pub fn checkin(mut pooled: PooledConn) {
+    pub fn checkin(pooled: PooledConn) {
+        Pool::checkin_at(pooled, Instant::now());
+    }
+
+    /// [`Pool::checkin`] with the time of the connection's last use, for a
+    /// caller that has just read the clock.
+    pub fn checkin_at(mut pooled: PooledConn, last_used: Instant) {
         let Some(mut conn) = pooled.conn.take() else {
             return;
         };
@@ -169,7 +178,7 @@ impl Pool {
             pool.close(conn);
             return;
         }
-        conn.last_used = Instant::now();
+        conn.last_used = last_used;
         pool.idle.lock().push(conn);
     }
 
@@ -184,32 +193,37 @@ impl Pool {
         Ok(self.default_params.lock().clone().unwrap_or_default())
     }
 
-    fn take_idle(&self) -> Option<ServerConn> {
+    fn take_idle(&self) -> Option<Box<ServerConn>> {
         self.idle.lock().pop()
     }
 
     fn is_reusable(&self, conn: &ServerConn) -> bool {
         let s = &self.settings;
-        if !s.lifetime.is_zero() && conn.created.elapsed() >= s.lifetime {
-            return false;
-        }
-        if !s.idle_timeout.is_zero() && conn.last_used.elapsed() >= s.idle_timeout {
-            return false;
+        if !s.lifetime.is_zero() || !s.idle_timeout.is_zero() {
+            let now = Instant::now();
+            if !s.lifetime.is_zero() && now.saturating_duration_since(conn.created) >= s.lifetime {
+                return false;
+            }
+            if !s.idle_timeout.is_zero()
+                && now.saturating_duration_since(conn.last_used) >= s.idle_timeout
+            {
+                return false;
+            }
         }
         // A server that closed (or said anything) while idle is dead to us: a
         // non-blocking read must find nothing to read.
         conn.stream.is_idle_and_open()
     }
 
-    fn close(&self, conn: ServerConn) {
+    fn close(&self, conn: Box<ServerConn>) {
         self.open.fetch_sub(1, Ordering::Relaxed);
-        tokio::spawn(conn.terminate());
+        tokio::spawn((*conn).terminate());
     }
 
     /// Closes idle connections past their idle timeout or lifetime and opens
     /// connections up to `min_size`. Called periodically by the maintenance task.
     pub async fn maintain(self: &Arc<Self>) {
-        let expired: Vec<ServerConn> = {
+        let expired: Vec<Box<ServerConn>> = {
             let mut idle = self.idle.lock();
             let (keep, expired): (Vec<_>, Vec<_>) =
                 idle.drain(..).partition(|c| self.is_reusable(c));
@@ -220,7 +234,7 @@ impl Pool {
             self.close(conn);
         }
         // A pool that shrank closes its extra idle connections.
-        let excess: Vec<ServerConn> = {
+        let excess: Vec<Box<ServerConn>> = {
             let mut idle = self.idle.lock();
             let open = self.open.load(Ordering::Relaxed);
             let extra = open.saturating_sub(self.size() as usize).min(idle.len());
@@ -312,7 +326,7 @@ impl Pool {
 
     /// Closes every idle connection (shutdown).
     pub fn close_idle(&self) {
-        let drained: Vec<ServerConn> = self.idle.lock().drain(..).collect();
+        let drained: Vec<Box<ServerConn>> = self.idle.lock().drain(..).collect();
         for conn in drained {
             self.close(conn);
         }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 /// every statement any client ever used.
 #[derive(Debug)]
 pub struct ServerStatements {
-    last_use: HashMap<u64, u64>,
+    last_use: ahash::AHashMap<u64, u64>,
     tick: u64,
     capacity: usize,
     /// SQL-level `PREPARE name AS ...` statements by name, with the PREPARE
@@ -19,7 +19,7 @@ pub struct ServerStatements {
 impl ServerStatements {
     pub fn new(capacity: usize) -> Self {
         ServerStatements {
-            last_use: HashMap::new(),
+            last_use: ahash::AHashMap::new(),
             tick: 0,
             capacity: capacity.max(1),
             sql_prepared: HashMap::new(),
