@@ -46,10 +46,12 @@ impl<'a> Reader<'a> {
 
     /// A NUL-terminated string, which must be UTF-8.
     pub fn cstr(&mut self) -> Result<&'a str, ProtocolError> {
-        let end = self
-            .buf
-            .iter()
-            .position(|&b| b == 0)
+        if let Some((0, rest)) = self.buf.split_first() {
+            // The empty name (unnamed statement or portal): the common case.
+            self.buf = rest;
+            return Ok("");
+        }
+        let end = memchr::memchr(0, self.buf)
             .ok_or_else(|| ProtocolError::violation("unterminated string in message"))?;
         let s = std::str::from_utf8(&self.buf[..end])
             .map_err(|_| ProtocolError::violation("invalid UTF-8 in message"))?;
@@ -74,5 +76,11 @@ mod tests {
         assert!(r.i32().is_err());
         assert!(Reader::new(b"abc").cstr().is_err());
         assert!(Reader::new(b"\xff\0").cstr().is_err());
+        // Empty strings (unnamed statements and portals) take a shortcut.
+        let mut r = Reader::new(b"\0x\0\0");
+        assert_eq!(r.cstr().unwrap(), "");
+        assert_eq!(r.cstr().unwrap(), "x");
+        assert_eq!(r.cstr().unwrap(), "");
+        assert!(r.cstr().is_err());
     }
 }
