@@ -110,7 +110,8 @@ impl Session {
             }
 
             if verdict.forward {
-                self.replay = None; // the client has seen an answer: no replay now
+                // The client has seen an answer: no replay now.
+                super::recovery::stop_replay(&mut self.replay, &mut self.replay_spare);
             }
             let plain = verdict.forward
                 && verdict.synthesize_before.is_empty()

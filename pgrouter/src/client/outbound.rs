@@ -12,7 +12,6 @@ use pgrouter_parser::{Analysis, DiscardKind, ResetTarget, SetKind, StatementKind
 use super::error::SessionEnd;
 use super::expect::{Reply, CLOSE_COMPLETE, PARSE_COMPLETE};
 use super::prepared::{SharedStatement, SqlPrepared};
-use super::recovery::Replay;
 use super::registry::ClientState;
 use super::session::{GuardState, Held, Session};
 use super::tracking::SetChange;
@@ -154,7 +153,11 @@ impl Session {
                 let replayable = route.role == Role::Replica
                     && !self.in_tx
                     && self.mode == PoolMode::Transaction;
-                self.replay = replayable.then(Replay::default);
+                if replayable {
+                    self.start_replay();
+                } else {
+                    self.stop_replay();
+                }
             } else if self.needs_other_server(tag) {
                 self.blocked = true;
                 break;
@@ -168,12 +171,20 @@ impl Session {
             if self.guard == GuardState::Passed {
                 self.guard = GuardState::Idle;
             }
-            let msg = self.cbuf.split_to(frame.total_len).freeze();
-            self.forward_message(tag, &msg)?;
-            if let Some(replay) = self.replay.as_mut() {
-                if self.in_tx || !replay.keep(tag, &msg) {
-                    self.replay = None;
-                }
+            // The message is read in place: the buffer is set aside while
+            // it is forwarded (nothing on that path reads `cbuf`).
+            let cbuf = std::mem::take(&mut self.cbuf);
+            let msg = cbuf.get(..frame.total_len).unwrap_or(&[]);
+            let forwarded = self.forward_message(tag, msg);
+            let keep = match self.replay.as_mut() {
+                Some(replay) => !self.in_tx && replay.keep(msg),
+                None => true,
+            };
+            self.cbuf = cbuf;
+            self.cbuf.advance(frame.total_len);
+            forwarded?;
+            if !keep {
+                self.stop_replay();
             }
         }
         self.flush_server().await?;

@@ -7,7 +7,7 @@
 //! the session goes on with another server; inside one, the transaction is
 //! gone and the session ends with a FATAL.
 
-use bytes::Bytes;
+use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
 use super::error::SessionEnd;
@@ -20,19 +20,53 @@ use crate::router::{Role, Route};
 pub(super) const MAX_REPLAY_BYTES: usize = 1 << 20;
 
 /// Client messages sent to a replica since checkout, kept until the first
-/// answer reaches the client.
+/// answer reaches the client: whole frames back to back, in a buffer the
+/// session reuses from one request to the next.
 #[derive(Default)]
 pub(super) struct Replay {
-    pub messages: Vec<(u8, Bytes)>,
-    pub bytes: usize,
+    frames: BytesMut,
 }
 
 impl Replay {
     /// Keeps a message; false when the request grew too big to keep.
-    pub fn keep(&mut self, tag: u8, msg: &Bytes) -> bool {
-        self.bytes += msg.len();
-        self.messages.push((tag, msg.clone()));
-        self.bytes <= MAX_REPLAY_BYTES
+    pub fn keep(&mut self, msg: &[u8]) -> bool {
+        if self.frames.len() + msg.len() > MAX_REPLAY_BYTES {
+            return false;
+        }
+        self.frames.extend_from_slice(msg);
+        true
+    }
+
+    /// The kept messages as (tag, whole message).
+    fn messages(&self) -> impl Iterator<Item = (u8, &[u8])> {
+        let mut rest = &self.frames[..];
+        std::iter::from_fn(move || {
+            let frame = crate::protocol::next_frame(rest, usize::MAX).ok()??;
+            let (msg, tail) = rest.split_at(frame.total_len);
+            rest = tail;
+            Some((frame.tag, msg))
+        })
+    }
+}
+
+impl Session {
+    /// Starts keeping the request about to be sent (a replica read).
+    pub(super) fn start_replay(&mut self) {
+        let mut frames = std::mem::take(&mut self.replay_spare);
+        frames.clear();
+        self.replay = Some(Replay { frames });
+    }
+
+    /// Stops keeping it, saving the buffer for the next request.
+    pub(super) fn stop_replay(&mut self) {
+        stop_replay(&mut self.replay, &mut self.replay_spare);
+    }
+}
+
+/// [`Session::stop_replay`] for callers holding a borrow of another field.
+pub(super) fn stop_replay(replay: &mut Option<Replay>, spare: &mut BytesMut) {
+    if let Some(replay) = replay.take() {
+        *spare = replay.frames;
     }
 }
 
@@ -69,8 +103,8 @@ impl Session {
                 .is_ok()
             {
                 tracing::info!("replaying the request on another server");
-                for (tag, msg) in &replay.messages {
-                    self.forward_message(*tag, msg)?;
+                for (tag, msg) in replay.messages() {
+                    self.forward_message(tag, msg)?;
                 }
                 let sent = match self.server.as_mut() {
                     Some(h) => h.conn.stream.write_all(&self.to_server).await.is_ok(),

@@ -121,6 +121,8 @@ pub struct Session {
     /// The request to replay elsewhere if the held replica fails before
     /// answering (see `recovery.rs`).
     pub(super) replay: Option<Replay>,
+    /// The buffer of the last replay, kept for the next one.
+    pub(super) replay_spare: BytesMut,
 
     pub(super) to_server: BytesMut,
     pub(super) to_client: BytesMut,
@@ -175,6 +177,7 @@ impl Session {
             unnamed: None,
             last_bound: None,
             replay: None,
+            replay_spare: BytesMut::new(),
             to_server: BytesMut::new(),
             to_client: BytesMut::new(),
             routing_cache: Default::default(),
@@ -290,7 +293,7 @@ impl Session {
             self.cancel.slot.set(None);
             self.in_tx = false;
             self.blocked = false;
-            self.replay = None;
+            self.stop_replay();
             held.conn
                 .pool()
                 .metrics
