@@ -243,6 +243,10 @@ ignore_startup_parameters = extra_float_digits
 
 
 class PgRouter:
+    # `workers` of every pgrouter the run starts (--router-workers; 0 = the
+    # config default, one per core).
+    workers = 0
+
     def __init__(self, workdir: Path, databases: list[dict], users: list[dict], pool_size: int,
                  general: dict | None = None, jwt: dict | None = None):
         workdir.mkdir(parents=True, exist_ok=True)
@@ -253,7 +257,8 @@ class PgRouter:
         self.users = workdir / "users.toml"
         self.general = {"listen": f"127.0.0.1:{self.port}", "pool_mode": "transaction",
                         "default_pool_size": pool_size, "max_clients": 2000,
-                        "metrics_listen": "", "hot_reload": False, "server_tls": "disable"}
+                        "metrics_listen": "", "hot_reload": False, "server_tls": "disable",
+                        "workers": PgRouter.workers}
         self.general.update(general or {})
         self.databases = databases
         self.jwt = jwt
@@ -792,6 +797,9 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=int(os.environ.get("BENCH_WARMUP", 3)),
                     help="seconds of unrecorded warm-up before each run")
     ap.add_argument("--clients", type=int, default=50)
+    ap.add_argument("--router-workers", type=int, default=0,
+                    help="pgrouter's `workers` (0 = its default, one per core; 1 = a single "
+                         "thread, like PgBouncer)")
     ap.add_argument("--server-socket", choices=["tcp", "unix"], default="tcp",
                     help="how both proxies connect to PostgreSQL: TCP over loopback (default) "
                          "or the Unix-domain socket; clients and direct runs always use TCP")
@@ -813,6 +821,7 @@ def main() -> int:
     ap.add_argument("--json", help="also write every run as JSON to this file")
     ap.add_argument("--keep", action="store_true", help="keep the cluster directory")
     args = ap.parse_args()
+    PgRouter.workers = args.router_workers
 
     scenarios = [s for s in args.scenario.split(",") if s]
     if scenarios == ["all"]:
@@ -850,6 +859,7 @@ def main() -> int:
                 scn = BUILDERS[sname](cluster, workdir, args)
                 if any(t.startswith("pgrouter") for t in scn.targets):
                     scn.notes.append("pgrouter binary: " + binary_info())
+                scn.notes.append(f"pgrouter workers = {args.router_workers} (0 = one per core)")
                 scn.notes.append(f"proxies reach PostgreSQL over {args.server_socket} "
                                  f"({server_host(cluster, args)}); clients and direct use TCP")
                 scn.workloads = [w for w in (args.workloads or SCENARIO_WORKLOADS[sname]).split(",") if w]

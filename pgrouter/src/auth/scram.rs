@@ -182,22 +182,43 @@ pub struct ScramServer {
     state: ServerState,
 }
 
+/// Secrets already derived from configured cleartext passwords, keyed by the
+/// password's SHA-256, so that the PBKDF2 (milliseconds of CPU, on the thread
+/// that also serves other clients) runs once per password instead of once
+/// per login. PostgreSQL, too, keeps one salted secret per role; like its
+/// `pg_authid`, this cache lives only in the server's memory. Cleared when
+/// it reaches [`PLAIN_SECRETS_MAX`] entries, so edited configs cannot grow it.
+static PLAIN_SECRETS: std::sync::LazyLock<
+    parking_lot::Mutex<std::collections::HashMap<[u8; 32], ScramSecret>>,
+> = std::sync::LazyLock::new(Default::default);
+const PLAIN_SECRETS_MAX: usize = 4096;
+
+fn secret_for_plain(password: &str) -> ScramSecret {
+    let key: [u8; 32] = Sha256::digest(password.as_bytes()).into();
+    if let Some(secret) = PLAIN_SECRETS.lock().get(&key) {
+        return secret.clone();
+    }
+    let mut salt = [0u8; SALT_LEN];
+    rand::thread_rng().fill_bytes(&mut salt);
+    let secret = ScramSecret::from_password(password, &salt, DEFAULT_ITERATIONS);
+    let mut cache = PLAIN_SECRETS.lock();
+    if cache.len() >= PLAIN_SECRETS_MAX {
+        cache.clear();
+    }
+    cache.entry(key).or_insert(secret).clone()
+}
+
 impl ScramServer {
     /// Starts an exchange against `secret` with a fresh random server nonce.
     pub fn new(secret: ScramSecret) -> Self {
         Self::with_nonce(secret, random_nonce())
     }
 
-    /// For users whose cleartext password is configured: derives a secret
-    /// with a random salt and [`DEFAULT_ITERATIONS`] (costs one PBKDF2).
+    /// For users whose cleartext password is configured: a secret with a
+    /// random salt and [`DEFAULT_ITERATIONS`], derived once per password (see
+    /// [`secret_for_plain`]).
     pub fn from_plain(password: &str) -> Self {
-        let mut salt = [0u8; SALT_LEN];
-        rand::thread_rng().fill_bytes(&mut salt);
-        Self::new(ScramSecret::from_password(
-            password,
-            &salt,
-            DEFAULT_ITERATIONS,
-        ))
+        Self::new(secret_for_plain(password))
     }
 
     fn with_nonce(secret: ScramSecret, server_nonce: String) -> Self {
@@ -428,6 +449,19 @@ mod tests {
         ));
         // Non-ASCII passwords are raw UTF-8 on both sides.
         exchange(&mut ScramServer::from_plain("pässwörd✓"), "pässwörd✓").unwrap();
+    }
+
+    #[test]
+    fn plain_passwords_are_derived_once() {
+        let a = secret_for_plain("derived-once");
+        assert_eq!(secret_for_plain("derived-once").salt, a.salt);
+        assert_ne!(secret_for_plain("derived-twice").salt, a.salt);
+        exchange(&mut ScramServer::from_plain("derived-once"), "derived-once").unwrap();
+        assert!(exchange(
+            &mut ScramServer::from_plain("derived-once"),
+            "derived-twice"
+        )
+        .is_err());
     }
 
     #[test]
