@@ -91,11 +91,16 @@ pub async fn send_cancel(target: &CancelTarget) -> std::io::Result<()> {
     frontend::cancel_request(&mut out, target.pid, target.secret);
     // A server reached over a Unix-domain socket has its path as address.
     if target.addr.starts_with('/') {
-        let mut stream = tokio::net::UnixStream::connect(&*target.addr).await?;
-        stream.write_all(&out).await?;
-        return stream.shutdown().await;
+        send_all(tokio::net::UnixStream::connect(&*target.addr).await?, &out).await
+    } else {
+        send_all(TcpStream::connect(&*target.addr).await?, &out).await
     }
-    let mut stream = TcpStream::connect(&*target.addr).await?;
-    stream.write_all(&out).await?;
+}
+
+async fn send_all<S: tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    stream.write_all(bytes).await?;
     stream.shutdown().await
 }

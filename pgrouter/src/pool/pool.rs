@@ -199,16 +199,13 @@ impl Pool {
 
     fn is_reusable(&self, conn: &ServerConn) -> bool {
         let s = &self.settings;
-        if !s.lifetime.is_zero() || !s.idle_timeout.is_zero() {
-            let now = Instant::now();
-            if !s.lifetime.is_zero() && now.saturating_duration_since(conn.created) >= s.lifetime {
-                return false;
-            }
-            if !s.idle_timeout.is_zero()
-                && now.saturating_duration_since(conn.last_used) >= s.idle_timeout
-            {
-                return false;
-            }
+        let now = Instant::now();
+        // A zero limit means never.
+        let past = |since: Instant, limit: Duration| {
+            !limit.is_zero() && now.saturating_duration_since(since) >= limit
+        };
+        if past(conn.created, s.lifetime) || past(conn.last_used, s.idle_timeout) {
+            return false;
         }
         // A server that closed (or said anything) while idle is dead to us: a
         // non-blocking read must find nothing to read.

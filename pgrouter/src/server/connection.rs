@@ -40,14 +40,10 @@ impl ServerTarget {
     /// `<host>/.s.PGSQL.<port>`. On the same machine it costs the server and
     /// the router less per message than TCP over loopback.
     pub fn unix_socket(&self) -> Option<String> {
-        unix_socket_path(&self.host, self.port)
+        self.host
+            .starts_with('/')
+            .then(|| format!("{}/.s.PGSQL.{}", self.host.trim_end_matches('/'), self.port))
     }
-}
-
-/// The socket file for a `host` that is a directory (absolute path).
-pub fn unix_socket_path(host: &str, port: u16) -> Option<String> {
-    host.starts_with('/')
-        .then(|| format!("{}/.s.PGSQL.{port}", host.trim_end_matches('/')))
 }
 
 #[derive(Debug, thiserror::Error)]
