@@ -242,6 +242,50 @@ ignore_startup_parameters = extra_float_digits
             pass
 
 
+class TcpRelay:
+    """HAProxy in TCP mode, one thread, one server connection per client: a
+    proxy hop with no protocol logic and no pooling. What it costs against a
+    direct connection is the floor for any proxy on this machine (two more
+    socket hops and wake-ups per request), whatever it does with the bytes."""
+
+    def __init__(self, workdir: Path, backend_port: int, backend_host: str = "127.0.0.1"):
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = workdir
+        self.port = free_port()
+        self.cfg = workdir / "haproxy.cfg"
+        self.pidfile = workdir / "haproxy.pid"
+        backend = (f"{backend_host}/.s.PGSQL.{backend_port}" if backend_host.startswith("/")
+                   else f"{backend_host}:{backend_port}")
+        self.cfg.write_text(f"""\
+global
+    maxconn 4000
+    nbthread 1
+defaults
+    mode tcp
+    timeout connect 10s
+    timeout client 1h
+    timeout server 1h
+listen relay
+    bind 127.0.0.1:{self.port}
+    server backend {backend}
+""")
+
+    def start(self) -> None:
+        binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
+        subprocess.run([binary, "-D", "-f", str(self.cfg), "-p", str(self.pidfile)], check=True,
+                       cwd=self.workdir, timeout=30)
+        wait_until(lambda: port_open(self.port), 15, what="haproxy to listen")
+
+    def pid(self) -> int:
+        return int(self.pidfile.read_text().split()[0])
+
+    def stop(self) -> None:
+        try:
+            os.kill(self.pid(), signal.SIGTERM)
+        except (OSError, ValueError):
+            pass
+
+
 class PgRouter:
     # `workers` of every pgrouter the run starts (--router-workers; 0 = the
     # config default, one per core).
@@ -531,8 +575,10 @@ def scenario_routing(cluster, workdir: Path, args) -> Scenario:
     p, rep = cluster.primary, cluster.replica
     scn = Scenario(
         "routing", "routing on: pgrouter with primary + replica; PgBouncer -> replica; "
-        "direct -> replica for -S, primary for TPC-B", [], {},
-        [("pgrouter", "pgbouncer"), ("pgrouter", "direct")])
+        "relay (HAProxy TCP, no pooling) -> replica; direct -> replica for -S, primary for TPC-B",
+        [], {},
+        [("pgrouter", "pgbouncer"), ("pgrouter", "direct"), ("relay", "direct"),
+         ("pgrouter", "relay")])
 
     def direct_port(w):
         return rep.port if is_read_only(w) else p.port
@@ -555,6 +601,15 @@ def scenario_routing(cluster, workdir: Path, args) -> Scenario:
 
     scn.targets["pgbouncer"] = Target("pgbouncer", const(b.port), const(f"replica:{rep.port}"),
                                       b.pid, bouncer_skip)
+    relay = TcpRelay(workdir / "relay", rep.port, server_host(cluster, args))
+    relay.start()
+    scn.stop.append(relay.stop)
+
+    def relay_skip(w):
+        return "" if is_read_only(w) else "the relay points at the replica (read-only)"
+
+    scn.targets["relay"] = Target("relay", const(relay.port), const(f"replica:{rep.port}"),
+                                  relay.pid, relay_skip)
     dbs = router_databases(cluster, True, server_host(cluster, args))
     r = PgRouter(workdir / "pgrouter", dbs, [app_user(args.auth)],
                  args.pool_size)

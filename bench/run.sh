@@ -6,5 +6,6 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-bash scripts/setup.sh >&2
+# haproxy: the routing scenario's "relay" target (a proxy hop with no logic).
+PGROUTER_EXTRA_PACKAGES="haproxy" bash scripts/setup.sh >&2
 exec "$ROOT/.venv/bin/python" "$ROOT/bench/bench.py" "$@"

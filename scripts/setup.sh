@@ -40,6 +40,9 @@ fi
 # ---------------------------------------------------------------- packages --
 # iproute2: `ip netns`, for the integration tests' test hosts (harness/netns.py).
 APT_PACKAGES=(postgresql-15 postgresql-client-15 libclang-dev clang pgbouncer iproute2)
+# More for a caller that needs them (bench/run.sh: haproxy).
+read -r -a EXTRA_PACKAGES <<<"${PGROUTER_EXTRA_PACKAGES:-}"
+APT_PACKAGES+=("${EXTRA_PACKAGES[@]}")
 
 is_installed() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"
