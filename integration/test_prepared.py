@@ -264,6 +264,40 @@ def test_sql_prepared_statement_private_to_its_client(routers, ptable):
             b.execute("EXECUTE secret_p")
 
 
+def test_sql_prepare_in_a_multi_statement_string(routers, ptable):
+    """A PREPARE sent among other statements in one simple query is the
+    client's like any other: EXECUTE works later on a server connection that
+    never saw it (the router prepares it there), DEALLOCATE removes it."""
+    router = routers.start(general={"default_pool_size": 2})
+
+    async def main():
+        a = await aconnect(router)
+        b = await aconnect(router)
+        c = await aconnect(router)
+        try:
+            # b holds one server; a's string runs on the other one.
+            await b.execute("BEGIN")
+            b_pid = await b.fetchval("SELECT pg_backend_pid()")
+            await a.execute("SELECT 1; PREPARE mp (int) AS SELECT $1 * 7, pg_backend_pid(); "
+                            "SELECT 2")
+            # c takes a's server; b gives its own back: a must use b's, which
+            # has never seen the PREPARE.
+            await c.execute("BEGIN")
+            assert await c.fetchval("SELECT pg_backend_pid()") != b_pid
+            await b.execute("COMMIT")
+            row = await a.fetchrow("EXECUTE mp(6)")
+            assert tuple(row) == (42, b_pid)
+            await a.execute("DEALLOCATE mp; SELECT 1")
+            with pytest.raises(asyncpg.InvalidSQLStatementNameError):
+                await a.fetchrow("EXECUTE mp(1)")
+            await c.execute("COMMIT")
+        finally:
+            for conn in (a, b, c):
+                await conn.close()
+
+    run_async(main())
+
+
 def test_sql_prepare_on_replica_and_primary(routers, ptable, cluster):
     """A SQL-prepared read executes on the replica, a prepared write on the
     primary: the router prepares them where it runs them."""

@@ -62,3 +62,11 @@ pub use analysis::{
 pub use cache::AnalysisCache;
 pub use classify::analyze;
 pub use normalize::normalize_key;
+
+/// The text of each statement of a query string, as PostgreSQL's parser
+/// splits it (one per entry of [`Analysis::statements`]); `None` when the
+/// string does not parse. For the rare strings where the router needs one
+/// statement's own text (a PREPARE among others).
+pub fn split_statements(sql: &str) -> Option<Vec<&str>> {
+    pg_query::split_with_parser(sql).ok()
+}

@@ -993,14 +993,14 @@ impl Session {
         }) {
             return inject;
         }
-        let single = analysis.statements.len() == 1;
+        let mut prepare_texts = self.prepare_texts(analysis, sql);
         let Some(held) = self.server.as_mut() else {
             return inject;
         };
         let server = &mut held.conn.statements;
         let deallocate = |name: &str| format!("DEALLOCATE {}", super::params::quote_ident(name));
         let mut discarded = false;
-        for s in &analysis.statements {
+        for (index, s) in analysis.statements.iter().enumerate() {
             match &s.kind {
                 StatementKind::Prepare { name } => {
                     let on_server = server.sql_prepared.get(name).cloned();
@@ -1022,18 +1022,16 @@ impl Session {
                     if on_server.is_some() {
                         inject.push(deallocate(name));
                     }
-                    if single {
-                        let text: Arc<str> = sql.into();
-                        server.sql_prepared.insert(name.clone(), text.clone());
-                        self.sql_prepared.insert(
-                            name.clone(),
-                            SqlPrepared {
-                                prepare_sql: text,
-                                analysis: Arc::new(analysis.clone()),
-                            },
-                        );
-                    } else {
-                        server.sql_prepared.remove(name);
+                    match prepare_texts.get_mut(index).and_then(Option::take) {
+                        Some(prepared) => {
+                            server
+                                .sql_prepared
+                                .insert(name.clone(), prepared.prepare_sql.clone());
+                            self.sql_prepared.insert(name.clone(), prepared);
+                        }
+                        None => {
+                            server.sql_prepared.remove(name);
+                        }
                     }
                 }
                 StatementKind::Execute { name } => {
@@ -1079,6 +1077,39 @@ impl Session {
             held.conn.params_fingerprint = 0;
         }
         inject
+    }
+
+    /// For each PREPARE in the string (by statement index), its own text and
+    /// analysis: the whole string when it is the only statement, else its
+    /// share as PostgreSQL's parser splits the string.
+    fn prepare_texts(&self, analysis: &Analysis, sql: &str) -> Vec<Option<SqlPrepared>> {
+        let is_prepare = |s: &pgrouter_parser::StatementInfo| {
+            matches!(s.kind, StatementKind::Prepare { .. })
+        };
+        if !analysis.statements.iter().any(is_prepare) {
+            return Vec::new();
+        }
+        if analysis.statements.len() == 1 {
+            return vec![Some(SqlPrepared {
+                prepare_sql: sql.into(),
+                analysis: Arc::new(analysis.clone()),
+            })];
+        }
+        let parts = pgrouter_parser::split_statements(sql).unwrap_or_default();
+        if parts.len() != analysis.statements.len() {
+            return Vec::new(); // not tracked; the server's copy is forgotten
+        }
+        analysis
+            .statements
+            .iter()
+            .zip(parts)
+            .map(|(s, text)| {
+                is_prepare(s).then(|| SqlPrepared {
+                    prepare_sql: text.trim().into(),
+                    analysis: self.analyze(text),
+                })
+            })
+            .collect()
     }
 
     /// Makes sure the held server has `stmt` prepared. For the client's own
