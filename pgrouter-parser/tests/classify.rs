@@ -470,3 +470,14 @@ fn huge_expression_on_a_small_stack() {
         .unwrap();
     handle.join().unwrap();
 }
+
+#[test]
+/// The router takes a PREPARE's own text from a multi-statement string: one
+/// part per analysed statement, in order, semicolons inside literals kept.
+fn split_statements_matches_the_analysis() {
+    let sql = "SELECT 1; PREPARE p (int) AS SELECT ';' || $1 ;\n  SELECT 3";
+    let parts: Vec<&str> = split_statements(sql).unwrap().into_iter().map(str::trim).collect();
+    assert_eq!(parts, ["SELECT 1", "PREPARE p (int) AS SELECT ';' || $1", "SELECT 3"]);
+    assert_eq!(parts.len(), an(sql).statements.len());
+    assert_eq!(split_statements("SELEC 1"), None);
+}
