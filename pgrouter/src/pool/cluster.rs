@@ -46,11 +46,14 @@ impl ShardPools {
     /// left. `exclude` skips servers that just failed.
     pub fn pick(&self, role: Role, balancing: Balancing, exclude: &[usize]) -> Option<&ServerSlot> {
         let usable = |s: &&ServerSlot| !exclude.contains(&(Arc::as_ptr(&s.pool) as usize));
+        // Several may claim it after a failover (see `health.rs`): the
+        // strongest claim wins, the first listed among equals.
         let primary = || {
             self.servers
                 .iter()
                 .filter(usable)
-                .find(|s| s.health.is_primary())
+                .filter(|s| s.health.is_primary())
+                .min_by_key(|s| std::cmp::Reverse(s.health.primary_rank()))
         };
         if role == Role::Primary {
             return primary();

@@ -5,6 +5,13 @@
 //! banned for `ban_time_ms`; reads then go to the other servers. With
 //! `role = "auto"`, each check asks `pg_is_in_recovery()`, so a promotion is
 //! followed without a reload.
+//!
+//! After a failover two servers can both claim to be the primary for a while:
+//! the old one, unreachable (its last role is all the router knows) or back up
+//! without having been turned into a replica, and the promoted one. Writes go
+//! to a reachable one first, and among those to the one promoted last (see
+//! [`ServerHealth::primary_rank`]), so they follow the promotion instead of
+//! staying with the server listed first.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,6 +22,9 @@ use pgrouter_config::ServerRole;
 
 use crate::server::{ServerConn, ServerTarget};
 
+/// Router-wide count of servers seen becoming primary (orders promotions).
+static PROMOTIONS: AtomicU64 = AtomicU64::new(0);
+
 pub struct ServerHealth {
     /// "host:port/database", for logs.
     pub name: String,
@@ -22,6 +32,11 @@ pub struct ServerHealth {
     /// Credentials the health check logs in with.
     pub check_target: Option<ServerTarget>,
     is_primary: AtomicBool,
+    /// When it last became primary: a [`PROMOTIONS`] number; 0 = primary
+    /// (or assumed so) since the router started.
+    primary_since: AtomicU64,
+    /// The last health check succeeded (true until one fails).
+    reachable: AtomicBool,
     banned_until: Mutex<Option<Instant>>,
     pub ban_time: Duration,
     pub bans: AtomicU64,
@@ -43,6 +58,8 @@ impl ServerHealth {
             // "auto" servers count as primary until a check says otherwise, so
             // writes have somewhere to go from the first second.
             is_primary: AtomicBool::new(configured != ServerRole::Replica),
+            primary_since: AtomicU64::new(0),
+            reachable: AtomicBool::new(true),
             configured,
             check_target,
             banned_until: Mutex::new(None),
@@ -88,8 +105,22 @@ impl ServerHealth {
         *banned = Some(Instant::now() + self.ban_time);
     }
 
+    /// How strongly this server is the primary when several say they are:
+    /// reachable ones first, then the one promoted last. Compare only among
+    /// servers for which [`is_primary`](Self::is_primary) holds.
+    pub fn primary_rank(&self) -> (bool, u64) {
+        (
+            self.reachable.load(Ordering::Relaxed),
+            self.primary_since.load(Ordering::Relaxed),
+        )
+    }
+
     fn set_primary(&self, primary: bool) {
         if self.is_primary.swap(primary, Ordering::Relaxed) != primary {
+            if primary {
+                let n = PROMOTIONS.fetch_add(1, Ordering::Relaxed) + 1;
+                self.primary_since.store(n, Ordering::Relaxed);
+            }
             tracing::warn!(server = %self.name, primary, "server role changed");
         }
     }
@@ -116,7 +147,10 @@ impl ServerHealth {
                 .await
                 .map_err(|e| e.to_string())
         };
-        match tokio::time::timeout(timeout * 2, check).await {
+        let result = tokio::time::timeout(timeout * 2, check).await;
+        self.reachable
+            .store(matches!(result, Ok(Ok(_))), Ordering::Relaxed);
+        match result {
             Ok(Ok(in_recovery)) => {
                 if self.configured == ServerRole::Auto {
                     self.set_primary(!in_recovery);

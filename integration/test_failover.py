@@ -1,0 +1,73 @@
+"""Failover with `role = "auto"` (SPEC §5 "Routing", issue 3 item 4), on a
+primary + streaming replica of the test's own: the router learns each
+server's role from `pg_is_in_recovery()`, and when the primary goes away and
+the replica is promoted, writes follow the promotion without a reload — also
+when the old primary comes back still believing it is the primary."""
+from __future__ import annotations
+
+import time
+
+import psycopg
+import pytest
+
+from harness.clients import connect
+from harness.pg import PgCluster, pg_tool, run_pg
+from harness.util import wait_until
+
+FAST_HEALTH = {"healthcheck_interval_ms": 200, "ban_time_ms": 500, "default_pool_size": 4}
+
+
+@pytest.fixture
+def own_cluster():
+    c = PgCluster(with_replica=True, prefix="pgrouter-failover-").start()
+    try:
+        yield c
+    finally:
+        c.teardown()
+
+
+def server_port(router, sql: str):
+    """The port of the server that ran `sql` (which must return it), or None
+    when the statement failed."""
+    try:
+        with connect(router.dsn()) as conn:
+            return conn.execute(sql).fetchone()[0]
+    except psycopg.Error:
+        return None
+
+
+def test_role_auto_follows_a_promotion(routers, own_cluster):
+    c = own_cluster
+    # The primary is listed first: before the fix a write kept going to it
+    # after the promotion, since it was the first server still marked primary.
+    dbs = [{"name": "app", "host": "127.0.0.1", "port": s.port, "database_name": "app",
+            "role": "auto"} for s in (c.primary, c.replica)]
+    router = routers.start(general=FAST_HEALTH, databases=dbs)
+    read = "SELECT inet_server_port()"
+    write = "INSERT INTO fo_t VALUES (1) RETURNING inet_server_port()"
+
+    # Roles learned from the checks: reads to the replica, writes to the primary.
+    wait_until(lambda: server_port(router, read) == c.replica.port, 20,
+               what="reads on the replica once the checks ran")
+    with connect(router.dsn()) as conn:
+        conn.execute("CREATE TABLE fo_t (id int)")
+    assert server_port(router, write) == c.primary.port
+
+    # Failover: the primary stops, the replica is promoted.
+    c.primary.stop(mode="fast", check=True)
+    run_pg([pg_tool("pg_ctl"), "promote", "-w", "-D", str(c.replica.datadir)], cwd=c.tmpdir)
+    wait_until(lambda: server_port(router, write) == c.replica.port, 20,
+               what="writes on the promoted server")
+    # No replica is left: reads go to the new primary too.
+    assert server_port(router, read) == c.replica.port
+
+    # The old primary comes back without being turned into a replica (two
+    # servers now say they are the primary): writes stay with the promoted one.
+    c.primary.start()
+    assert c.primary.scalar("SELECT NOT pg_is_in_recovery()", db="postgres")
+    for _ in range(10):  # over several health-check rounds
+        assert server_port(router, write) == c.replica.port
+        time.sleep(0.1)
+    # Every write since the failover is on the promoted server (the row from
+    # before it was replicated there).
+    assert c.replica.scalar("SELECT count(*) FROM fo_t") == 1 + 1 + 10
