@@ -15,6 +15,7 @@ import asyncpg
 import psycopg
 import pytest
 
+from harness import wire
 from harness.clients import aconnect, connect, run_async
 from harness.pg import pg_tool
 from harness.routes import WHERE, Places, wait_replayed, where
@@ -196,6 +197,41 @@ def test_unnamed_statements_in_pipeline(routers, ptable, cluster):
     assert errors == []
     assert cluster.primary.scalar("SELECT count(*) FROM ps_log WHERE client >= 2000 AND client < 2006") \
         == 6 * (5 * 3 + 1)
+
+
+def test_statements_beyond_the_per_server_limit(routers, ptable):
+    """More named statements than a server connection keeps (1000): the least
+    recently used are closed on the server, which then holds exactly the
+    limit, and one of them used again is prepared again without the client
+    noticing. (The router answers a Parse itself and prepares the statement
+    on a server when it is first bound there.)"""
+    router = routers.start(general={"default_pool_size": 1})
+    n = 1010
+    conn = wire.RawConn.open(router.port)
+    try:
+        conn.startup("app", "app", "app-secret")
+        conn.send(b"".join(wire.parse_message(f"SELECT {i} + $1::int", name=f"s{i}")
+                           for i in range(n)) + wire.sync_message())
+        (answers,) = conn.read_batches(1)
+        assert [m.kind for m in answers] == [b"1"] * n + [b"Z"]
+        conn.send(b"".join(wire.bind_message(["1"], statement=f"s{i}") + wire.execute_message()
+                           for i in range(n)) + wire.sync_message())
+        (answers,) = conn.read_batches(1)
+        assert [m.kind for m in answers] == [b"2", b"D", b"C"] * n + [b"Z"]
+        assert wire.data_row_values(answers[-3].body) == [str(n)]
+        rows, _, _ = conn.simple_query("SELECT count(*) FROM pg_prepared_statements")
+        assert rows == [["1000"]]
+        # s0 was the first to go; s1009 is still there.
+        for name, want in (("s0", "5"), ("s1009", "1014")):
+            conn.send(wire.bind_message(["5"], statement=name) + wire.execute_message()
+                      + wire.sync_message())
+            (answers,) = conn.read_batches(1)
+            assert [m.kind for m in answers] == [b"2", b"D", b"C", b"Z"]
+            assert wire.data_row_values(answers[1].body) == [want]
+        rows, _, _ = conn.simple_query("SELECT count(*) FROM pg_prepared_statements")
+        assert rows == [["1000"]]
+    finally:
+        conn.close()
 
 
 # ------------------------------------------------------------ SQL PREPARE --
