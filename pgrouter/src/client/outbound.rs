@@ -663,20 +663,19 @@ impl Session {
         exclude: &[usize],
     ) -> Result<(), PoolError> {
         let pools = self.pools.clone();
-        let shard = pools.shards.get(route.shard).ok_or_else(|| {
-            PoolError::Connect(ServerError::Auth(format!(
-                "shard {} does not exist",
-                route.shard
-            )))
-        })?;
+        let shard = pools
+            .shards
+            .get(route.shard)
+            .ok_or(PoolError::NoSuchShard {
+                shard: route.shard,
+                shards: pools.shards.len(),
+            })?;
         let mut tried = exclude.to_vec();
         self.registered.info.set_state(ClientState::Waiting);
         let (conn, slot) = loop {
             let Some(slot) = shard.pick(route.role, pools.balancing, &tried) else {
                 self.registered.info.set_state(ClientState::Idle);
-                return Err(PoolError::Connect(ServerError::Auth(
-                    "no server is available".into(),
-                )));
+                return Err(PoolError::NoServer);
             };
             match slot.pool.checkout().await {
                 Ok(conn) => break (conn, slot),
@@ -762,6 +761,9 @@ impl Session {
     fn refuse_after_checkout_error(&mut self, tag: u8, e: PoolError) {
         let (code, message) = match &e {
             PoolError::CheckoutTimeout => ("57014", e.to_string()),
+            // The value of the client's hint or setting is out of range.
+            PoolError::NoSuchShard { .. } => ("22023", e.to_string()),
+            PoolError::NoServer => ("08006", e.to_string()),
             PoolError::Connect(ServerError::Postgres(fields)) => (
                 known_code(&fields.code),
                 format!(

@@ -37,6 +37,12 @@ pub enum PoolError {
     CheckoutTimeout,
     #[error(transparent)]
     Connect(#[from] ServerError),
+    /// A hint or `SET pgrouter.shard` named a shard the database lacks.
+    #[error("pgrouter: shard {shard} does not exist (the database has {shards} shard(s), numbered from 0)")]
+    NoSuchShard { shard: usize, shards: usize },
+    /// Every server that could take the statement is left out.
+    #[error("pgrouter: no server is available for this statement")]
+    NoServer,
 }
 
 /// One server address as one user. Checkouts are bounded by a fair (FIFO)

@@ -6,7 +6,7 @@ mod policy;
 
 pub use policy::{JwtIdentity, Policy, Refusal};
 
-use pgrouter_parser::{Analysis, RoleHint, StatementKind, TxEffect};
+use pgrouter_parser::{Analysis, ResetTarget, RoleHint, StatementKind, TxEffect};
 
 /// The kind of server a statement needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +62,14 @@ pub fn is_on(v: &str) -> bool {
 /// Decides the route of a statement that starts a unit of work (outside a
 /// transaction the session already holds a server for).
 pub fn route(analysis: &Analysis, session: &SessionRouting) -> Route {
-    let shard = analysis.hint.shard.or(session.shard_override).unwrap_or(0) as usize;
+    let shard = match analysis.hint.shard {
+        Some(shard) => shard,
+        // The router's own settings must be changeable whatever they say
+        // now (e.g. after `SET pgrouter.shard` named a shard that does not
+        // exist): they run on shard 0, where they change nothing.
+        None if only_router_settings(analysis) => 0,
+        None => session.shard_override.unwrap_or(0),
+    } as usize;
     let role = if let Some(hint) = analysis.hint.role {
         from_hint(hint)
     } else if let Some(hint) = session.role_override {
@@ -87,6 +94,17 @@ pub fn route(analysis: &Analysis, session: &SessionRouting) -> Route {
         }
     };
     Route { shard, role }
+}
+
+/// Every statement is a SET or RESET of a `pgrouter.*` setting, or RESET ALL.
+fn only_router_settings(analysis: &Analysis) -> bool {
+    !analysis.statements.is_empty()
+        && analysis.statements.iter().all(|s| match &s.kind {
+            StatementKind::Set(set) => set.name.starts_with("pgrouter."),
+            StatementKind::Reset(ResetTarget::Name(name)) => name.starts_with("pgrouter."),
+            StatementKind::Reset(ResetTarget::All) => true,
+            _ => false,
+        })
 }
 
 fn from_hint(h: RoleHint) -> Role {

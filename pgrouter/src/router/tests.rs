@@ -76,6 +76,19 @@ fn session_settings_steer() {
         route(&analyze("/* pgrouter: shard=1 */ SELECT 1", &[]), &shard).shard,
         1
     );
+    // The router's own settings can always be changed back (shard 0).
+    for sql in [
+        "RESET pgrouter.shard",
+        "SET pgrouter.shard = 0",
+        "SET pgrouter.role = 'primary'; RESET pgrouter.shard",
+        "RESET ALL",
+    ] {
+        assert_eq!(route(&analyze(sql, &[]), &shard).shard, 0, "{sql}");
+    }
+    assert_eq!(
+        route(&analyze("SET search_path = public", &[]), &shard).shard,
+        2
+    );
 }
 
 #[test]
