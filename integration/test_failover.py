@@ -71,3 +71,17 @@ def test_role_auto_follows_a_promotion(routers, own_cluster):
     # Every write since the failover is on the promoted server (the row from
     # before it was replicated there).
     assert c.replica.scalar("SELECT count(*) FROM fo_t") == 1 + 1 + 10
+
+
+def test_role_auto_known_before_the_first_client(routers, cluster):
+    """The roles of `auto` servers are checked before the router accepts
+    anyone: with the replica listed first and no periodic check due for a
+    minute, the very first write still goes to the primary and the first
+    read to the replica."""
+    dbs = [{"name": "app", "host": "127.0.0.1", "port": s.port, "database_name": "app",
+            "role": "auto"} for s in (cluster.replica, cluster.primary)]
+    router = routers.start(general={"healthcheck_interval_ms": 60_000}, databases=dbs)
+    # txid_current() makes the statement a write.
+    assert server_port(router, "SELECT inet_server_port() FROM (SELECT txid_current()) t") \
+        == cluster.primary.port
+    assert server_port(router, "SELECT inet_server_port()") == cluster.replica.port

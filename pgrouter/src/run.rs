@@ -66,6 +66,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!(%listen, "pgrouter is accepting clients");
 
+    learn_auto_roles(&state).await;
     tokio::spawn(maintain_pools(state.clone()));
     tokio::spawn(check_health(state.clone()));
     tokio::spawn(crate::reload::on_sighup(state.clone()));
@@ -120,6 +121,24 @@ async fn maintain_pools(state: Arc<State>) {
         for pool in rt.cluster.all_pools() {
             pool.maintain().await;
         }
+    }
+}
+
+/// Checks the `role = "auto"` servers once before the first client comes:
+/// until a check says otherwise they count as primaries, and writes would
+/// go to the first one listed, replica or not.
+async fn learn_auto_roles(state: &Arc<State>) {
+    let rt = state.rt();
+    let timeout = Duration::from_millis(rt.config.general.connect_timeout_ms);
+    let checks: Vec<_> = rt
+        .cluster
+        .health
+        .iter()
+        .filter(|h| h.configured == pgrouter_config::ServerRole::Auto)
+        .map(|h| tokio::spawn(h.clone().check_once(timeout)))
+        .collect();
+    for check in checks {
+        let _ = check.await;
     }
 }
 
