@@ -5,6 +5,7 @@ the replica is promoted, writes follow the promotion without a reload — also
 when the old primary comes back still believing it is the primary."""
 from __future__ import annotations
 
+import copy
 import time
 
 import psycopg
@@ -85,3 +86,23 @@ def test_role_auto_known_before_the_first_client(routers, cluster):
     assert server_port(router, "SELECT inet_server_port() FROM (SELECT txid_current()) t") \
         == cluster.primary.port
     assert server_port(router, "SELECT inet_server_port()") == cluster.replica.port
+
+
+def test_role_auto_servers_added_by_a_reload_are_checked_at_once(routers, cluster):
+    """Servers a reload adds with `role = "auto"` get their roles checked
+    before clients are routed with the new config (the periodic check is a
+    minute away here)."""
+    router = routers.start(general={"healthcheck_interval_ms": 60_000})
+    cfg = copy.deepcopy(router.config)
+    cfg["databases"] = [{"name": "app", "host": "127.0.0.1", "port": s.port,
+                         "database_name": "app", "role": "auto"}
+                        for s in (cluster.replica, cluster.primary)]
+    router.write_files(config=cfg)
+    router.reload()
+    read = "SELECT inet_server_port()"
+    write = "SELECT inet_server_port() FROM (SELECT txid_current()) t"
+    # Before the reload there is no replica (reads on the primary); after it,
+    # reads on the replica and writes on the primary.
+    wait_until(lambda: server_port(router, read) == cluster.replica.port, 10,
+               what="the reload applied")
+    assert server_port(router, write) == cluster.primary.port

@@ -91,6 +91,15 @@ async fn try_reload(state: &Arc<State>) -> Result<String, String> {
     if !findings.errors.is_empty() {
         return Err(format!("preflight: {}", findings.errors.join("; ")));
     }
+    // Servers new to this config with `role = "auto"`: learn their roles
+    // before clients are routed with it.
+    let new_servers = candidate
+        .cluster
+        .health
+        .iter()
+        .filter(|h| !old.cluster.health.iter().any(|o| Arc::ptr_eq(o, h)));
+    let timeout = std::time::Duration::from_millis(candidate.config.general.connect_timeout_ms);
+    crate::pool::check_auto_roles(new_servers, timeout).await;
     let restart = changes.needs_restart();
     if !restart.is_empty() {
         tracing::warn!(keys = ?restart, "these settings take effect only after a restart");

@@ -124,22 +124,12 @@ async fn maintain_pools(state: Arc<State>) {
     }
 }
 
-/// Checks the `role = "auto"` servers once before the first client comes:
-/// until a check says otherwise they count as primaries, and writes would
-/// go to the first one listed, replica or not.
+/// Checks the `role = "auto"` servers once before the first client comes
+/// (see [`crate::pool::check_auto_roles`]).
 async fn learn_auto_roles(state: &Arc<State>) {
     let rt = state.rt();
     let timeout = Duration::from_millis(rt.config.general.connect_timeout_ms);
-    let checks: Vec<_> = rt
-        .cluster
-        .health
-        .iter()
-        .filter(|h| h.configured == pgrouter_config::ServerRole::Auto)
-        .map(|h| tokio::spawn(h.clone().check_once(timeout)))
-        .collect();
-    for check in checks {
-        let _ = check.await;
-    }
+    crate::pool::check_auto_roles(rt.cluster.health.iter(), timeout).await;
 }
 
 /// Checks every server of the runtime in force every

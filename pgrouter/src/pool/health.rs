@@ -22,6 +22,30 @@ use pgrouter_config::ServerRole;
 
 use crate::server::{ServerConn, ServerTarget};
 
+/// The longest startup or a reload waits for the first checks of `auto`
+/// servers; an unreachable one must not hold either up for long.
+const FIRST_CHECK_WAIT: Duration = Duration::from_secs(2);
+
+/// Asks the `role = "auto"` servers among `servers` for their role now:
+/// until a check says otherwise they count as primaries, and writes would go
+/// to the first one listed, replica or not. Waits at most
+/// [`FIRST_CHECK_WAIT`]; checks still running then finish in the background.
+pub async fn check_auto_roles<'a>(
+    servers: impl Iterator<Item = &'a Arc<ServerHealth>>,
+    timeout: Duration,
+) {
+    let checks: Vec<_> = servers
+        .filter(|h| h.configured == ServerRole::Auto)
+        .map(|h| tokio::spawn(h.clone().check_once(timeout)))
+        .collect();
+    let _ = tokio::time::timeout(FIRST_CHECK_WAIT, async {
+        for check in checks {
+            let _ = check.await;
+        }
+    })
+    .await;
+}
+
 /// Router-wide count of servers seen becoming primary (orders promotions).
 static PROMOTIONS: AtomicU64 = AtomicU64::new(0);
 

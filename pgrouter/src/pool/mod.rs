@@ -8,5 +8,5 @@ pub mod health;
 mod pool;
 
 pub use cluster::{Balancing, Cluster, ServerSlot, ShardPools, UserPools};
-pub use health::ServerHealth;
+pub use health::{check_auto_roles, ServerHealth};
 pub use pool::{Pool, PoolError, PoolSettings, PoolStats, PooledConn};
