@@ -20,11 +20,8 @@ FAST_HEALTH = {"healthcheck_interval_ms": 200, "ban_time_ms": 500, "default_pool
 
 @pytest.fixture
 def own_cluster():
-    c = PgCluster(with_replica=True, prefix="pgrouter-failover-").start()
-    try:
+    with PgCluster(with_replica=True, prefix="pgrouter-failover-") as c:
         yield c
-    finally:
-        c.teardown()
 
 
 def server_port(router, sql: str):

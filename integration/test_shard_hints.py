@@ -16,11 +16,8 @@ PORT = "SELECT inet_server_port()"
 
 @pytest.fixture(scope="module")
 def shard1():
-    c = PgCluster(with_replica=False, prefix="pgrouter-shard1-").start()
-    try:
+    with PgCluster(with_replica=False, prefix="pgrouter-shard1-") as c:
         yield c
-    finally:
-        c.teardown()
 
 
 @pytest.fixture
