@@ -64,9 +64,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ));
         tracing::info!(%metrics_listen, "Prometheus metrics at /metrics");
     }
+    learn_auto_roles(&state).await;
     tracing::info!(%listen, "pgrouter is accepting clients");
 
-    learn_auto_roles(&state).await;
     tokio::spawn(maintain_pools(state.clone()));
     tokio::spawn(check_health(state.clone()));
     tokio::spawn(crate::reload::on_sighup(state.clone()));
