@@ -1085,9 +1085,8 @@ impl Session {
     /// analysis: the whole string when it is the only statement, else its
     /// share as PostgreSQL's parser splits the string.
     fn prepare_texts(&self, analysis: &Analysis, sql: &str) -> Vec<Option<SqlPrepared>> {
-        let is_prepare = |s: &pgrouter_parser::StatementInfo| {
-            matches!(s.kind, StatementKind::Prepare { .. })
-        };
+        let is_prepare =
+            |s: &pgrouter_parser::StatementInfo| matches!(s.kind, StatementKind::Prepare { .. });
         if !analysis.statements.iter().any(is_prepare) {
             return Vec::new();
         }

@@ -67,8 +67,11 @@ pub fn route(analysis: &Analysis, session: &SessionRouting) -> Route {
         // The router's own settings must be changeable whatever they say
         // now (e.g. after `SET pgrouter.shard` named a shard that does not
         // exist): they run on shard 0, where they change nothing.
-        None if only_router_settings(analysis) => 0,
-        None => session.shard_override.unwrap_or(0),
+        None => match session.shard_override {
+            Some(_) if only_router_settings(analysis) => 0,
+            Some(shard) => shard,
+            None => 0,
+        },
     } as usize;
     let role = if let Some(hint) = analysis.hint.role {
         from_hint(hint)
