@@ -186,3 +186,41 @@ fn character_soup_against_the_scanner() {
     eprintln!("{both} of {iterations} texts tokenized by both");
     assert!(both as u64 > iterations / 10, "only {both} texts tokenized by both");
 }
+
+/// The one-pass key ([`crate::normalize_fast`]) is the tokenizer's key, or
+/// the tokenizer's refusal, on every text it does not leave to the tokenizer:
+/// generated statements and character soup rich in what it does handle.
+#[test]
+fn fast_key_is_the_tokenizer_key() {
+    use crate::normalize::tokenized_key;
+    use crate::normalize_fast::{fast_key, Fast};
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+    let iterations = env("PGROUTER_FUZZ_ITERS").unwrap_or(3000);
+    let mut r = Rng(env("PGROUTER_FUZZ_SEED").unwrap_or(0x51_7cc1_b727) | 1);
+    let alphabet: Vec<char> =
+        "'''\"$eEbBxXuUnN&&0129999._- -\n\r\t*/+;:=<>()[],\\tq_é@!?%^|~#{}\u{1}\0".chars().collect();
+    let (mut keys, mut refusals) = (0, 0);
+    let mut check = |sql: &str| match fast_key(sql) {
+        Fast::Unsure => {}
+        Fast::Key(key) => {
+            keys += 1;
+            assert_eq!(Some(key), tokenized_key(sql), "{sql:?}");
+        }
+        Fast::Refuse => {
+            refusals += 1;
+            assert_eq!(None, tokenized_key(sql), "{sql:?}");
+        }
+    };
+    for _ in 0..iterations {
+        let len = 1 + r.below(24);
+        let soup: String = (0..len).map(|_| alphabet[r.below(alphabet.len())]).collect();
+        check(&soup);
+        let mut pieces = vec![Piece::Text("SELECT ".to_string())];
+        expr(&mut r, 0, &mut pieces);
+        pieces.push(Piece::Text(r.pick(TAILS).to_string()));
+        check(&render(&pieces, &mut r));
+    }
+    eprintln!("{keys} keys and {refusals} refusals made by the fast pass");
+    assert!(keys as u64 > iterations / 4, "only {keys} keys");
+    assert!(refusals as u64 > iterations / 20, "only {refusals} refusals");
+}

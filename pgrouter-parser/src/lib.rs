@@ -49,6 +49,7 @@ mod functions;
 mod hint;
 mod lexer;
 mod normalize;
+mod normalize_fast;
 mod set;
 mod walk;
 

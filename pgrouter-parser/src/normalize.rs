@@ -8,13 +8,14 @@
 //! (see [`crate::Analysis::literal_sensitive`]).
 
 use crate::lexer::{Lexer, Tok};
+use crate::normalize_fast::{fast_key, Fast};
 
 /// Placeholders. Control characters never appear outside literals in text
 /// PostgreSQL accepts (the lexer rejects them), so a placeholder can never be
 /// confused with text that was kept.
-const INT: char = '\u{1}';
-const NUM: char = '\u{2}';
-const STR: char = '\u{3}';
+pub(crate) const INT: char = '\u{1}';
+pub(crate) const NUM: char = '\u{2}';
+pub(crate) const STR: char = '\u{3}';
 const BITS: char = '\u{4}';
 
 /// Returns a cache key that is equal for two texts exactly when they are the
@@ -39,8 +40,18 @@ const BITS: char = '\u{4}';
 /// text does not tokenize or holds a NUL (PostgreSQL rejects it anyway).
 ///
 /// A fast hand-written pass (no pg_query call): it runs on every statement
-/// that misses the cache by exact text.
+/// that misses the cache by exact text. Ordinary texts take a faster path
+/// still ([`fast_key`]); the tokenizer handles everything else.
 pub fn normalize_key(sql: &str) -> Option<String> {
+    match fast_key(sql) {
+        Fast::Key(key) => Some(key),
+        Fast::Refuse => None,
+        Fast::Unsure => tokenized_key(sql),
+    }
+}
+
+/// The key built from the tokenizer's tokens (every text).
+pub(crate) fn tokenized_key(sql: &str) -> Option<String> {
     // pg_query cannot take a NUL (and the protocol cannot carry one).
     if sql.as_bytes().contains(&0) {
         return None;

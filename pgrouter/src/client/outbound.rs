@@ -19,6 +19,8 @@ use crate::pool::PoolError;
 use crate::protocol::backend::{self, Severity};
 use crate::protocol::frontend::{self, parse_bind_names, parse_parse, parse_query, parse_target};
 use crate::protocol::next_frame;
+use crate::protocol::reader::Reader;
+use crate::protocol::ProtocolError;
 use crate::router::{self, Refusal, Role, Route, SessionRouting};
 use crate::server::ServerError;
 
@@ -27,20 +29,63 @@ impl Session {
     /// at several times on its way (policy, routing, forwarding), and a
     /// string compare is cheaper than even a cache hit that must normalise.
     pub(super) fn analyze(&self, sql: &str) -> Arc<Analysis> {
-        let message = self.message_seq.get();
-        if let Some((last_sql, analysis, counted_for)) = &mut *self.last_analysis.borrow_mut() {
-            if last_sql == sql {
-                // One cache hit per client message, however often it is looked at.
-                if *counted_for != message {
-                    *counted_for = message;
-                    self.rt.cache.note_hit();
-                }
-                return analysis.clone();
-            }
+        if let Some(analysis) = self.remembered_analysis(sql.as_bytes(), false) {
+            return analysis;
         }
         let analysis = self.rt.cache.analyze(sql);
+        let message = self.message_seq.get();
         *self.last_analysis.borrow_mut() = Some((sql.to_string(), analysis.clone(), message));
         analysis
+    }
+
+    /// The analysis of a simple Query's text.
+    pub(super) fn analyze_query(&self, body: &[u8]) -> Result<Arc<Analysis>, ProtocolError> {
+        self.analyze_cstr(body)
+    }
+
+    /// The analysis of a Parse message's text.
+    pub(super) fn analyze_parse(&self, body: &[u8]) -> Result<Arc<Analysis>, ProtocolError> {
+        let mut r = Reader::new(body);
+        r.cstr()?; // the statement name
+        self.analyze_cstr(r.remaining())
+    }
+
+    /// The analysis of the NUL-terminated SQL text at the start of `at`.
+    /// A message is looked at up to three times (answer locally? route,
+    /// forward): the bytes are compared with the last text analysed before
+    /// anything else, and the last text was valid UTF-8 without a NUL, so
+    /// equal bytes followed by a NUL need neither a search for the NUL nor a
+    /// second UTF-8 check.
+    fn analyze_cstr(&self, at: &[u8]) -> Result<Arc<Analysis>, ProtocolError> {
+        if let Some(analysis) = self.remembered_analysis(at, true) {
+            return Ok(analysis);
+        }
+        Ok(self.analyze(Reader::new(at).cstr()?))
+    }
+
+    /// The last analysis when `at` starts with its text followed by a NUL
+    /// (`nul_terminated`) or is exactly its text.
+    fn remembered_analysis(&self, at: &[u8], nul_terminated: bool) -> Option<Arc<Analysis>> {
+        let message = self.message_seq.get();
+        let mut last = self.last_analysis.borrow_mut();
+        let (last_sql, analysis, counted_for) = last.as_mut()?;
+        let text = last_sql.as_bytes();
+        let end = at.get(text.len());
+        let same = at.starts_with(text)
+            && if nul_terminated {
+                end == Some(&0)
+            } else {
+                end.is_none()
+            };
+        if !same {
+            return None;
+        }
+        // One cache hit per client message, however often it is looked at.
+        if *counted_for != message {
+            *counted_for = message;
+            self.rt.cache.note_hit();
+        }
+        Some(analysis.clone())
     }
 
     /// After a reload, a session moves to the new runtime at its next
@@ -198,8 +243,8 @@ impl Session {
         }
         let body = self.cbuf.get(5..len).unwrap_or(&[]);
         let analysis = match tag {
-            b'Q' => self.query_analysis(parse_query(body)?),
-            b'P' => self.analyze(parse_parse(body)?.sql),
+            b'Q' => self.query_analysis(self.analyze_query(body)?),
+            b'P' => self.analyze_parse(body)?,
             _ => return Ok(Ok(())),
         };
         Ok(self.policy.check(&analysis))
@@ -371,10 +416,7 @@ impl Session {
         if self.cbuf.first() != Some(&b'Q') {
             return Ok(false);
         }
-        let analysis = {
-            let sql = parse_query(self.cbuf.get(5..len).unwrap_or(&[]))?;
-            self.analyze(sql)
-        };
+        let analysis = self.analyze_query(self.cbuf.get(5..len).unwrap_or(&[]))?;
         let [statement] = analysis.statements.as_slice() else {
             return Ok(false);
         };
@@ -491,10 +533,10 @@ impl Session {
             at += frame.total_len;
             match frame.tag {
                 b'P' => {
-                    let p = parse_parse(body)?;
-                    if p.name.is_empty() {
-                        return Ok(false);
+                    if body.first() == Some(&0) {
+                        return Ok(false); // the unnamed statement
                     }
+                    let p = parse_parse(body)?;
                     let analysis = self.analyze(p.sql);
                     if analysis.parse_error.is_some() || self.policy.check(&analysis).is_err() {
                         return Ok(false);
@@ -567,13 +609,14 @@ impl Session {
             let body = frame.body(&self.cbuf[at..]);
             at += frame.total_len;
             let analysis = match frame.tag {
-                b'Q' => parse_query(body).ok().map(|sql| self.query_analysis(sql)),
-                b'P' => parse_parse(body).ok().map(|p| {
-                    let a = self.analyze(p.sql);
-                    if p.name.is_empty() {
-                        unnamed = Some(a.clone());
+                b'Q' => self
+                    .analyze_query(body)
+                    .ok()
+                    .map(|a| self.query_analysis(a)),
+                b'P' => self.analyze_parse(body).ok().inspect(|a| {
+                    if body.first() == Some(&0) {
+                        unnamed = Some(a.clone()); // the unnamed statement
                     }
-                    a
                 }),
                 b'B' => parse_bind_names(body)
                     .ok()
@@ -609,8 +652,7 @@ impl Session {
 
     /// The analysis that decides a simple query's route: for a lone
     /// `EXECUTE name`, the prepared statement's.
-    fn query_analysis(&self, sql: &str) -> Arc<Analysis> {
-        let analysis = self.analyze(sql);
+    fn query_analysis(&self, analysis: Arc<Analysis>) -> Arc<Analysis> {
         if let [s] = analysis.statements.as_slice() {
             if let StatementKind::Execute { name } = &s.kind {
                 if let Some(p) = self.sql_prepared.get(name) {
@@ -820,27 +862,37 @@ impl Session {
             b'Q' => self.forward_query(msg)?,
             b'P' => {
                 self.unsynced = true;
-                let p = parse_parse(body)?;
-                let analysis = self.analyze(p.sql);
+                let analysis = self.analyze_parse(body)?;
                 self.predict_tx(&analysis);
                 self.note_untracked_changes(&analysis);
-                if !skipping {
+                // The common case (unnamed, no SQL PREPARE/EXECUTE) does not
+                // read the message further.
+                let unnamed = body.first() == Some(&0);
+                let p = if unnamed && !touches_sql_prepared(&analysis) {
+                    None
+                } else {
+                    Some(parse_parse(body)?)
+                };
+                if let (Some(p), false) = (&p, skipping) {
                     self.inject_fixups_extended(&analysis, p.sql);
                 }
-                if p.name.is_empty() {
-                    self.unnamed = Some(analysis);
-                    self.to_server.extend_from_slice(msg);
-                    if !skipping {
-                        self.expect.forward(Reply::Parse(None));
+                match p.filter(|p| !p.name.is_empty()) {
+                    Some(p) => {
+                        let stmt = self
+                            .state
+                            .statements
+                            .intern(p.sql, &p.param_types, analysis);
+                        self.statements.insert(p.name.to_string(), stmt.clone());
+                        if !skipping {
+                            self.prepare_on_server(&stmt, true);
+                        }
                     }
-                } else {
-                    let stmt = self
-                        .state
-                        .statements
-                        .intern(p.sql, &p.param_types, analysis);
-                    self.statements.insert(p.name.to_string(), stmt.clone());
-                    if !skipping {
-                        self.prepare_on_server(&stmt, true);
+                    None => {
+                        self.unnamed = Some(analysis);
+                        self.to_server.extend_from_slice(msg);
+                        if !skipping {
+                            self.expect.forward(Reply::Parse(None));
+                        }
                     }
                 }
             }
@@ -948,12 +1000,16 @@ impl Session {
     /// A simple query: track what it changes in the session, make sure the
     /// statements it EXECUTEs exist on this server, then send it.
     fn forward_query(&mut self, msg: &[u8]) -> Result<(), SessionEnd> {
-        let sql = parse_query(msg.get(5..).unwrap_or(&[]))?;
-        let analysis = self.analyze(sql);
+        let body = msg.get(5..).unwrap_or(&[]);
+        let analysis = self.analyze_query(body)?;
         self.predict_tx(&analysis);
         self.note_untracked_changes(&analysis);
         self.track_session_changes(&analysis);
-        let fixups = self.sql_prepared_fixups(&analysis, sql);
+        let fixups = if touches_sql_prepared(&analysis) {
+            self.sql_prepared_fixups(&analysis, parse_query(body)?)
+        } else {
+            Vec::new()
+        };
         if !fixups.is_empty() {
             frontend::query(&mut self.to_server, &fixups.join(";"));
             self.expect.swallow(Reply::Query);
@@ -984,15 +1040,7 @@ impl Session {
     /// PREPARE fail with 42P05. Returns statements to run first.
     fn sql_prepared_fixups(&mut self, analysis: &Analysis, sql: &str) -> Vec<String> {
         let mut inject = Vec::new();
-        if !analysis.statements.iter().any(|s| {
-            matches!(
-                s.kind,
-                StatementKind::Prepare { .. }
-                    | StatementKind::Execute { .. }
-                    | StatementKind::Deallocate { .. }
-                    | StatementKind::Discard(DiscardKind::All)
-            )
-        }) {
+        if !touches_sql_prepared(analysis) {
             return inject;
         }
         let mut prepare_texts = self.prepare_texts(analysis, sql);
@@ -1215,6 +1263,20 @@ impl Session {
 
 /// Keeps PostgreSQL's SQLSTATE for common login failures of the server;
 /// anything else is reported as a connection failure.
+/// Whether a statement of `analysis` creates, runs or drops SQL prepared
+/// statements (the only ones [`Session::sql_prepared_fixups`] looks at).
+fn touches_sql_prepared(analysis: &Analysis) -> bool {
+    analysis.statements.iter().any(|s| {
+        matches!(
+            s.kind,
+            StatementKind::Prepare { .. }
+                | StatementKind::Execute { .. }
+                | StatementKind::Deallocate { .. }
+                | StatementKind::Discard(DiscardKind::All)
+        )
+    })
+}
+
 fn known_code(code: &str) -> &'static str {
     match code {
         "3D000" => "3D000",
