@@ -173,6 +173,19 @@ impl Expectations {
 
     /// Decides the fate of one server message and advances the queue.
     pub fn on_server_message(&mut self, tag: u8) -> Verdict {
+        if self.special == 0 && tag != b'E' {
+            // Only Forward entries queued (the usual case): the message goes
+            // to the client, and ends its request if it is the last answer.
+            if let Some(Entry::Forward(reply)) = self.queue.front() {
+                if !matches!(tag, b'N' | b'A' | b'S') && reply.ends_with(tag) {
+                    self.queue.pop_front();
+                }
+            }
+            return Verdict {
+                forward: true,
+                ..Verdict::default()
+            };
+        }
         let mut verdict = Verdict {
             synthesize_before: self.take_ready_synthesized(),
             ..Verdict::default()

@@ -259,15 +259,21 @@ impl Session {
         match self.server.as_mut() {
             Some(held) => {
                 let server = &mut *held.conn;
+                // `biased`: no random start (it costs a random number per
+                // wait), and the server first: while a request is out its
+                // answer is what wakes the session, and the client need not
+                // be polled (and re-registered) again to find that out.
                 tokio::select! {
-                    r = self.client.read_buf(&mut self.cbuf), if !blocked => Event::Client(r),
+                    biased;
                     r = server.stream.read_buf(&mut server.read_buf) => Event::Server(r),
+                    r = self.client.read_buf(&mut self.cbuf), if !blocked => Event::Client(r),
                     _ = &mut self.shutdown, if watch_shutdown => Event::Shutdown,
                 }
             }
             None => {
                 let idle = self.idle_timeout;
                 tokio::select! {
+                    biased;
                     r = self.client.read_buf(&mut self.cbuf) => Event::Client(r),
                     _ = &mut self.shutdown, if watch_shutdown => Event::Shutdown,
                     _ = sleep_or_forever(idle) => Event::IdleTimeout,

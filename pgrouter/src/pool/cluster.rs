@@ -58,34 +58,31 @@ impl ShardPools {
         if role == Role::Primary {
             return primary();
         }
-        let candidates: Vec<&ServerSlot> = self
-            .servers
-            .iter()
-            .filter(usable)
-            .filter(|s| {
-                if s.health.is_primary() {
+        // Counted, then indexed: no list is built on this per-transaction path.
+        let is_candidate = |s: &&ServerSlot| {
+            usable(s)
+                && if s.health.is_primary() {
                     balancing.split == ReadWriteSplit::IncludePrimary
                 } else {
                     !s.health.is_banned()
                 }
-            })
-            .collect();
-        if candidates.is_empty() {
+        };
+        let candidates = || self.servers.iter().filter(is_candidate);
+        let count = candidates().count();
+        if count == 0 {
             return primary();
         }
         let i = match balancing.method {
-            LoadBalancing::RoundRobin => {
-                self.next.fetch_add(1, Ordering::Relaxed) % candidates.len()
-            }
-            LoadBalancing::Random => rand::random::<usize>() % candidates.len(),
+            LoadBalancing::RoundRobin => self.next.fetch_add(1, Ordering::Relaxed) % count,
+            LoadBalancing::Random => rand::random::<usize>() % count,
             LoadBalancing::LeastActive => {
-                return candidates.into_iter().min_by_key(|s| {
+                return candidates().min_by_key(|s| {
                     let st = s.pool.stats();
                     st.active + st.waiting
                 })
             }
         };
-        candidates.get(i).copied()
+        candidates().nth(i)
     }
 }
 
