@@ -7,6 +7,7 @@ Every route is proven by the server itself: probes return
 """
 from __future__ import annotations
 
+import copy
 import threading
 import time
 import uuid
@@ -14,7 +15,10 @@ import uuid
 import psycopg
 import pytest
 
+from harness import wire
 from harness.clients import aconnect, connect, run_async
+from harness.ops import reload_marks, wait_reload
+from harness.pg import APP_DB, APP_PASSWORD, APP_USER
 from harness.routes import WHERE, Places, last_rows, replica_stopped, wait_replayed, where
 from harness.util import wait_until
 
@@ -128,6 +132,37 @@ def test_write_statements_go_to_primary(routers, objects, places, cluster):
     finally:
         cluster.primary.sql(f"DROP TABLE IF EXISTS {sel_into}")
     assert wrong == [], "\n".join(wrong)
+
+
+def test_reloaded_write_functions_apply_to_open_sessions(routers, objects, places):
+    """Each session remembers the statements it analysed (the last text, and
+    templates of statements that differ only in literals, as pgbench -M
+    simple sends them). A reload that names a new write function drops
+    those memories: the very statements sent again on the same connection
+    now go to the primary. Simple protocol, so the literals are in the text."""
+    router = split_router(routers)
+    conn = wire.RawConn.open(router.port)
+    conn.startup(APP_USER, APP_DB, APP_PASSWORD)
+
+    def place(sql: str) -> str:
+        rows, _, _ = conn.simple_query(sql)
+        port, in_recovery = rows[-1][-2:]
+        return places.of(int(port), in_recovery == "t")
+
+    try:
+        reads = [f"SELECT rt_reader() + {n}, {WHERE}" for n in (1, 2, 3)]
+        assert [place(sql) for sql in reads] == ["replica"] * 3
+        cfg = copy.deepcopy(router.config)
+        cfg["general"]["write_functions"] = ["rt_writer", "rt_reader"]
+        before = reload_marks(router)
+        router.write_files(config=cfg)
+        router.reload()
+        assert wait_reload(router, before) == "ok"
+        # The last text again, then new literals in the same statement.
+        again = [reads[-1], f"SELECT rt_reader() + 4, {WHERE}", f"SELECT rt_reader() + 5, {WHERE}"]
+        assert [place(sql) for sql in again] == ["primary"] * 3
+    finally:
+        conn.close()
 
 
 def test_utility_writes_go_to_primary(routers, objects, cluster):

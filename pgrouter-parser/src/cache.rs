@@ -47,19 +47,44 @@ impl AnalysisCache {
     /// text, then by literal-insensitive key; otherwise it is computed and
     /// stored (under the normalized key too when it does not depend on literals).
     pub fn analyze(&self, sql: &str) -> Arc<Analysis> {
+        self.analyze_preferring(sql, &mut Lookup::default())
+    }
+
+    /// [`Self::analyze`] for a caller that keeps `order` between calls (one
+    /// per client session): after a text was found by its normalized key,
+    /// that key is tried first next time. A client that inlines literals
+    /// sends a text never seen before with every statement, and its exact-text
+    /// lookup would miss every time. Either order gives the same analysis.
+    pub fn analyze_preferring(&self, sql: &str, order: &mut Lookup) -> Arc<Analysis> {
         let Some(map) = &self.map else {
             self.misses.fetch_add(1, Ordering::Relaxed);
             return Arc::new(analyze(sql, &self.write_functions));
         };
+        let by_key = |key: &Option<String>| {
+            let text = key.as_deref()?;
+            map.get(&KeyRef { normalized: true, text })
+        };
+        let mut normalized = None;
+        if *order == Lookup::NormalizedFirst {
+            let key = normalize_key(sql);
+            if let Some(found) = by_key(&key) {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                return found;
+            }
+            normalized = Some(key);
+        }
         if let Some(found) = map.get(&KeyRef { normalized: false, text: sql }) {
+            *order = Lookup::ExactFirst;
             self.hits.fetch_add(1, Ordering::Relaxed);
             return found;
         }
-        let normalized = normalize_key(sql);
-        if let Some(n) = &normalized {
-            if let Some(found) = map.get(&KeyRef { normalized: true, text: n }) {
+        let tried = normalized.is_some();
+        let normalized = normalized.unwrap_or_else(|| normalize_key(sql));
+        if !tried {
+            if let Some(found) = by_key(&normalized) {
                 // Not stored under this exact text: pgbench-style texts are
                 // each seen once, and would only push useful entries out.
+                *order = Lookup::NormalizedFirst;
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 return found;
             }
@@ -109,6 +134,16 @@ impl std::fmt::Debug for AnalysisCache {
             .field("misses", &self.misses())
             .finish()
     }
+}
+
+/// Which key [`AnalysisCache::analyze_preferring`] tries first.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Lookup {
+    /// The exact text (drivers that send the same text again).
+    #[default]
+    ExactFirst,
+    /// The normalized key (drivers that inline literals).
+    NormalizedFirst,
 }
 
 /// A stored key. Exact texts and normalized keys live in one map but never

@@ -224,3 +224,59 @@ fn fast_key_is_the_tokenizer_key() {
     assert!(keys as u64 > iterations / 4, "only {keys} keys");
     assert!(refusals as u64 > iterations / 20, "only {refusals} refusals");
 }
+
+/// A text that matches another's [`crate::Template`] has that text's
+/// normalised key: on generated statements (made of what templates handle)
+/// with other literal values, and on the same texts with one byte changed.
+#[test]
+fn template_matches_mean_equal_keys() {
+    use crate::Template;
+    const WORDS: &[&str] = &["a", "t.b", "x1", "_u", "éa", "=", "+", "-", "<=", ",", "(", ")", "||", "::text", ";"];
+    const SEPS: &[&str] = &[" ", " ", "  ", "\n", "", "\t"];
+    const INTS: &[&str] = &["0", "7", "42", "2147483647", "2147483648", "99999999999"];
+    const STRS: &[&str] = &["'x'", "''", "'it''s'", "'é'", "'--'", "'/*'", "'$1'"];
+    let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+    let iterations = env("PGROUTER_FUZZ_ITERS").unwrap_or(3000);
+    let mut r = Rng(env("PGROUTER_FUZZ_SEED").unwrap_or(0x7e_3b1a_5c09) | 1);
+    let mutations: &[u8] = b"'09 .x_$\"-/e;(";
+    let (mut matched, mut templates) = (0, 0);
+    for _ in 0..iterations {
+        // None: a literal slot (integer or string), filled anew per rendering.
+        let mut shape: Vec<Option<&str>> = vec![Some("SELECT ")];
+        for _ in 0..3 + r.below(8) {
+            match r.below(3) {
+                0 => shape.push(None),
+                _ => shape.push(Some(r.pick(WORDS))),
+            }
+            shape.push(Some(r.pick(SEPS)));
+        }
+        let strings = r.below(2) == 0;
+        let mut render = |r: &mut Rng| -> String {
+            let lit = |r: &mut Rng| if strings { r.pick(STRS) } else { r.pick(INTS) };
+            shape.iter().map(|p| p.unwrap_or_else(|| lit(r))).collect()
+        };
+        let first = render(&mut r);
+        let Some(template) = Template::new(&first) else {
+            continue;
+        };
+        templates += 1;
+        for _ in 0..4 {
+            let mut text = render(&mut r).into_bytes();
+            if r.below(2) == 0 {
+                let at = r.below(text.len());
+                text[at] = mutations[r.below(mutations.len())];
+            }
+            let mut at = text.clone();
+            at.push(0);
+            if let Some(len) = template.match_cstr(&at) {
+                assert_eq!(len, text.len());
+                let text = std::str::from_utf8(&text).expect("a match is valid UTF-8");
+                assert_eq!(normalize_key(text), normalize_key(&first), "\n{first:?}\n{text:?}");
+                matched += 1;
+            }
+        }
+    }
+    eprintln!("{templates} templates, {matched} matches");
+    assert!(templates as u64 > iterations / 3, "only {templates} templates");
+    assert!(matched > templates, "only {matched} matches");
+}

@@ -51,6 +51,7 @@ mod lexer;
 mod normalize;
 mod normalize_fast;
 mod set;
+mod template;
 mod walk;
 
 #[cfg(test)]
@@ -60,9 +61,10 @@ pub use analysis::{
     Analysis, DiscardKind, Escalation, Hint, ResetTarget, RoleHint, SetKind, SetStatement, StatementInfo,
     StatementKind, TxEffect,
 };
-pub use cache::AnalysisCache;
+pub use cache::{AnalysisCache, Lookup};
 pub use classify::analyze;
 pub use normalize::normalize_key;
+pub use template::Template;
 
 /// The text of each statement of a query string, as PostgreSQL's parser
 /// splits it (one per entry of [`Analysis::statements`]); `None` when the

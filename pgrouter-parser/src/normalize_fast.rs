@@ -29,6 +29,12 @@ pub(crate) enum Fast {
 /// than a single space between tokens are edited. So the text is copied in
 /// runs, up to each edit, rather than token by token.
 pub(crate) fn fast_key(sql: &str) -> Fast {
+    fast_key_with(sql, |_| {})
+}
+
+/// [`fast_key`], telling `on_literal` where each literal is and which
+/// placeholder stands for it (for [`crate::Template`]).
+pub(crate) fn fast_key_with(sql: &str, mut on_literal: impl FnMut(Literal)) -> Fast {
     let b = sql.as_bytes();
     let mut out = String::with_capacity(b.len());
     let mut i = 0;
@@ -66,18 +72,13 @@ pub(crate) fn fast_key(sql: &str) -> Fast {
         match c {
             b'\'' => {
                 // Plain strings: a doubled quote stands for itself, no escapes.
-                let mut j = i + 1;
-                loop {
-                    match b.get(j) {
-                        None | Some(0) => return Fast::Refuse, // unterminated / NUL
-                        Some(b'\'') if b.get(j + 1) == Some(&b'\'') => j += 2,
-                        Some(b'\'') => break,
-                        Some(_) => j += 1,
-                    }
-                }
+                let Some(end) = plain_string_end(b, i) else {
+                    return Fast::Refuse; // unterminated, or a NUL
+                };
                 out.push_str(&sql[copied..i]);
                 out.push(STR);
-                i = j + 1;
+                on_literal(Literal { start: i, end, placeholder: STR });
+                i = end;
                 copied = i;
             }
             b'0'..=b'9' => {
@@ -90,7 +91,9 @@ pub(crate) fn fast_key(sql: &str) -> Fast {
                     return Fast::Unsure;
                 }
                 out.push_str(&sql[copied..start]);
-                out.push(if fits_i32(&b[start..i]) { INT } else { NUM });
+                let placeholder = int_placeholder(&b[start..i]);
+                out.push(placeholder);
+                on_literal(Literal { start, end: i, placeholder });
                 copied = i;
             }
             // String prefixes (`E'`, `B'`, `X'`, `U&'`, `U&"`).
@@ -148,6 +151,38 @@ static CLASSES: [u8; 256] = {
 
 fn class(c: u8) -> u8 {
     CLASSES[c as usize]
+}
+
+/// Where a literal is, and the placeholder the key has for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Literal {
+    pub start: usize,
+    pub end: usize,
+    pub placeholder: char,
+}
+
+/// The placeholder of a run of decimal digits: INT for an ICONST, NUM for
+/// a number too large for int32 (an FCONST).
+pub(crate) fn int_placeholder(digits: &[u8]) -> char {
+    if fits_i32(digits) {
+        INT
+    } else {
+        NUM
+    }
+}
+
+/// The end (exclusive) of a plain `'...'` string starting at `start`, or
+/// None when it is unterminated or holds a NUL.
+pub(crate) fn plain_string_end(b: &[u8], start: usize) -> Option<usize> {
+    let mut j = start + 1;
+    loop {
+        match b.get(j) {
+            None | Some(0) => return None,
+            Some(b'\'') if b.get(j + 1) == Some(&b'\'') => j += 2,
+            Some(b'\'') => return Some(j + 1),
+            Some(_) => j += 1,
+        }
+    }
 }
 
 /// Decimal digits that PostgreSQL reads as an ICONST (fits in int32).

@@ -322,3 +322,31 @@ fn shared_between_threads() {
     assert_eq!(cache.hits() + cache.misses(), 800);
     assert!(cache.misses() <= 4);
 }
+
+/// A session that inlines literals asks by normalized key first; the order
+/// follows what answered last, and never changes an answer.
+#[test]
+fn lookup_order_follows_the_client() {
+    let cache = AnalysisCache::new(1000, vec![]);
+    let mut order = Lookup::default();
+    let first = cache.analyze_preferring("SELECT abalance FROM pgbench_accounts WHERE aid = 1;", &mut order);
+    assert_eq!(order, Lookup::ExactFirst, "a miss leaves the order alone");
+    cache.analyze_preferring("SELECT abalance FROM pgbench_accounts WHERE aid = 2;", &mut order);
+    assert_eq!(order, Lookup::NormalizedFirst);
+    for aid in 3..50 {
+        let a =
+            cache.analyze_preferring(&format!("SELECT abalance FROM pgbench_accounts WHERE aid = {aid};"), &mut order);
+        assert!(Arc::ptr_eq(&a, &first));
+        assert_eq!(order, Lookup::NormalizedFirst);
+    }
+    assert_eq!((cache.hits(), cache.misses()), (48, 1));
+
+    // Literal-sensitive statements are not stored by normalized key: asked
+    // that way first, they are still found (or analysed) by their own text.
+    for value in ["1000", "2000", "1000"] {
+        let a = cache.analyze_preferring(&format!("SET statement_timeout = {value}"), &mut order);
+        assert_eq!(set_value(&a).as_deref(), Some(value));
+    }
+    assert_eq!(order, Lookup::ExactFirst, "the repeated SET was found by its text");
+    assert_eq!((cache.hits(), cache.misses()), (49, 3));
+}

@@ -9,6 +9,7 @@ mod expect;
 mod inbound;
 mod io;
 mod login;
+mod memo;
 mod outbound;
 pub mod params;
 pub mod prepared;

@@ -19,75 +19,10 @@ use crate::pool::PoolError;
 use crate::protocol::backend::{self, Severity};
 use crate::protocol::frontend::{self, parse_bind_names, parse_parse, parse_query, parse_target};
 use crate::protocol::next_frame;
-use crate::protocol::reader::Reader;
-use crate::protocol::ProtocolError;
 use crate::router::{self, Refusal, Role, Route, SessionRouting};
 use crate::server::ServerError;
 
 impl Session {
-    /// The analysis of `sql`, remembering the last one: a message is looked
-    /// at several times on its way (policy, routing, forwarding), and a
-    /// string compare is cheaper than even a cache hit that must normalise.
-    pub(super) fn analyze(&self, sql: &str) -> Arc<Analysis> {
-        if let Some(analysis) = self.remembered_analysis(sql.as_bytes(), false) {
-            return analysis;
-        }
-        let analysis = self.rt.cache.analyze(sql);
-        let message = self.message_seq.get();
-        *self.last_analysis.borrow_mut() = Some((sql.to_string(), analysis.clone(), message));
-        analysis
-    }
-
-    /// The analysis of a simple Query's text.
-    pub(super) fn analyze_query(&self, body: &[u8]) -> Result<Arc<Analysis>, ProtocolError> {
-        self.analyze_cstr(body)
-    }
-
-    /// The analysis of a Parse message's text.
-    pub(super) fn analyze_parse(&self, body: &[u8]) -> Result<Arc<Analysis>, ProtocolError> {
-        let mut r = Reader::new(body);
-        r.cstr()?; // the statement name
-        self.analyze_cstr(r.remaining())
-    }
-
-    /// The analysis of the NUL-terminated SQL text at the start of `at`.
-    /// A message is looked at up to three times (answer locally? route,
-    /// forward): the bytes are compared with the last text analysed before
-    /// anything else, and the last text was valid UTF-8 without a NUL, so
-    /// equal bytes followed by a NUL need neither a search for the NUL nor a
-    /// second UTF-8 check.
-    fn analyze_cstr(&self, at: &[u8]) -> Result<Arc<Analysis>, ProtocolError> {
-        if let Some(analysis) = self.remembered_analysis(at, true) {
-            return Ok(analysis);
-        }
-        Ok(self.analyze(Reader::new(at).cstr()?))
-    }
-
-    /// The last analysis when `at` starts with its text followed by a NUL
-    /// (`nul_terminated`) or is exactly its text.
-    fn remembered_analysis(&self, at: &[u8], nul_terminated: bool) -> Option<Arc<Analysis>> {
-        let message = self.message_seq.get();
-        let mut last = self.last_analysis.borrow_mut();
-        let (last_sql, analysis, counted_for) = last.as_mut()?;
-        let text = last_sql.as_bytes();
-        let end = at.get(text.len());
-        let same = at.starts_with(text)
-            && if nul_terminated {
-                end == Some(&0)
-            } else {
-                end.is_none()
-            };
-        if !same {
-            return None;
-        }
-        // One cache hit per client message, however often it is looked at.
-        if *counted_for != message {
-            *counted_for = message;
-            self.rt.cache.note_hit();
-        }
-        Some(analysis.clone())
-    }
-
     /// After a reload, a session moves to the new runtime at its next
     /// transaction boundary: same user and database, new pools. If its user
     /// or database was removed, the session ends here with a clear FATAL.
@@ -100,6 +35,8 @@ impl Session {
             Some(pools) => {
                 self.pools = pools.clone();
                 self.rt = rt;
+                // Analyses depend on the configuration (`write_functions`).
+                self.memo.borrow_mut().clear();
                 Ok(())
             }
             None => Err(SessionEnd::fatal(

@@ -126,8 +126,8 @@ pub struct Session {
 
     pub(super) to_server: BytesMut,
     pub(super) to_client: BytesMut,
-    /// The last statement analysed and its analysis (see `Session::analyze`).
-    pub(super) last_analysis: std::cell::RefCell<Option<(String, Arc<Analysis>, u64)>>,
+    /// The last statement analysed and its analysis (see `memo.rs`).
+    pub(super) memo: super::memo::Memo,
     /// Counts client messages taken from the buffer (for the memo's hit count).
     pub(super) message_seq: std::cell::Cell<u64>,
     /// (params version, routing settings derived from it).
@@ -181,7 +181,7 @@ impl Session {
             to_server: BytesMut::new(),
             to_client: BytesMut::new(),
             routing_cache: Default::default(),
-            last_analysis: Default::default(),
+            memo: Default::default(),
             message_seq: Default::default(),
         }
     }
