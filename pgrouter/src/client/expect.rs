@@ -171,16 +171,25 @@ impl Expectations {
             .count()
     }
 
+    /// The usual case, decided without a [`Verdict`]: true when only
+    /// Forward entries are queued and `tag` is not an error, so the message
+    /// simply goes to the client (the queue advanced past it); false when
+    /// [`Self::on_server_message`] must decide.
+    pub fn pass(&mut self, tag: u8) -> bool {
+        if self.special != 0 || tag == b'E' {
+            return false;
+        }
+        if let Some(Entry::Forward(reply)) = self.queue.front() {
+            if !matches!(tag, b'N' | b'A' | b'S') && reply.ends_with(tag) {
+                self.queue.pop_front();
+            }
+        }
+        true
+    }
+
     /// Decides the fate of one server message and advances the queue.
     pub fn on_server_message(&mut self, tag: u8) -> Verdict {
-        if self.special == 0 && tag != b'E' {
-            // Only Forward entries queued (the usual case): the message goes
-            // to the client, and ends its request if it is the last answer.
-            if let Some(Entry::Forward(reply)) = self.queue.front() {
-                if !matches!(tag, b'N' | b'A' | b'S') && reply.ends_with(tag) {
-                    self.queue.pop_front();
-                }
-            }
+        if self.pass(tag) {
             return Verdict {
                 forward: true,
                 ..Verdict::default()

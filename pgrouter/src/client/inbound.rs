@@ -45,13 +45,17 @@ impl Session {
                 held.conn.read_buf.truncate(pos);
                 break;
             }
-            let verdict = self.expect.on_server_message(tag);
+            // None: the usual case, forwarded as is (see `Expectations::pass`).
+            let verdict = match self.expect.pass(tag) {
+                true => None,
+                false => Some(self.expect.on_server_message(tag)),
+            };
 
             // Bookkeeping first; it needs only the body. Messages answering the
             // router's own queries only update the server's state: SET outcomes
             // and the transaction prediction belong to the client's requests.
             let body = &held.conn.read_buf[body_range.clone()];
-            let clients = verdict.forward;
+            let clients = verdict.as_ref().is_none_or(|v| v.forward);
             match tag {
                 b'Z' => {
                     let status = body.first().copied().unwrap_or(b'I');
@@ -98,38 +102,45 @@ impl Session {
                 b'C' if clients && !self.sets.is_idle() => self.sets.on_command_complete(body),
                 _ => {}
             }
-            if let Some(id) = verdict.failed_parse {
-                held.conn.statements.remove(id);
-            }
-            if verdict.guard_failed {
-                self.guard = super::session::GuardState::Failed;
-            }
-            if verdict.inject_sync {
-                frontend::sync(&mut self.to_server);
-                self.expect.forward(Reply::Sync);
-            }
-
-            if verdict.forward {
+            if clients {
                 // The client has seen an answer: no replay now.
                 super::recovery::stop_replay(&mut self.replay, &mut self.replay_spare);
             }
-            let plain = verdict.forward
-                && verdict.synthesize_before.is_empty()
-                && verdict.synthesize_after.is_empty();
-            if verbatim && !plain {
-                verbatim = false;
-                self.to_client.extend_from_slice(&held.conn.read_buf[..pos]);
-            }
-            if !verbatim {
-                for made in &verdict.synthesize_before {
-                    self.to_client.extend_from_slice(made);
-                }
-                if verdict.forward {
-                    self.to_client
-                        .extend_from_slice(&held.conn.read_buf[msg_range]);
-                }
-                for made in &verdict.synthesize_after {
-                    self.to_client.extend_from_slice(made);
+            match verdict {
+                None if verbatim => {}
+                None => self
+                    .to_client
+                    .extend_from_slice(&held.conn.read_buf[msg_range]),
+                Some(verdict) => {
+                    if let Some(id) = verdict.failed_parse {
+                        held.conn.statements.remove(id);
+                    }
+                    if verdict.guard_failed {
+                        self.guard = super::session::GuardState::Failed;
+                    }
+                    if verdict.inject_sync {
+                        frontend::sync(&mut self.to_server);
+                        self.expect.forward(Reply::Sync);
+                    }
+                    let plain = verdict.forward
+                        && verdict.synthesize_before.is_empty()
+                        && verdict.synthesize_after.is_empty();
+                    if verbatim && !plain {
+                        verbatim = false;
+                        self.to_client.extend_from_slice(&held.conn.read_buf[..pos]);
+                    }
+                    if !verbatim {
+                        for made in &verdict.synthesize_before {
+                            self.to_client.extend_from_slice(made);
+                        }
+                        if verdict.forward {
+                            self.to_client
+                                .extend_from_slice(&held.conn.read_buf[msg_range]);
+                        }
+                        for made in &verdict.synthesize_after {
+                            self.to_client.extend_from_slice(made);
+                        }
+                    }
                 }
             }
             pos += frame.total_len;

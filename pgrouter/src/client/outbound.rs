@@ -174,10 +174,17 @@ impl Session {
     }
 
     /// The session's policy (JWT role, read-only) applied to a Query or Parse.
+    /// Inline: for most sessions there is no policy, and this runs for every
+    /// client message.
+    #[inline]
     fn check_policy(&self, tag: u8, len: usize) -> Result<Result<(), Refusal>, SessionEnd> {
         if self.policy.jwt.is_none() && !self.policy.read_only {
             return Ok(Ok(()));
         }
+        self.check_policy_now(tag, len)
+    }
+
+    fn check_policy_now(&self, tag: u8, len: usize) -> Result<Result<(), Refusal>, SessionEnd> {
         let body = self.cbuf.get(5..len).unwrap_or(&[]);
         let analysis = match tag {
             b'Q' => self.query_analysis(self.analyze_query(body)?),
@@ -257,11 +264,18 @@ impl Session {
     /// messages without a Sync. If it fails, PostgreSQL skips the client's
     /// messages up to the Sync, so nothing ever runs under another role — and
     /// no earlier client's role (or a RESET ROLE inside a function) carries over.
+    #[inline]
     fn inject_role_guard_if_due(&mut self, tag: u8) {
         if !self.batch_start || self.in_tx || matches!(tag, b'S' | b'H' | b'd' | b'c' | b'f') {
             return;
         }
         self.batch_start = false;
+        if self.policy.jwt.is_some() {
+            self.inject_role_guard();
+        }
+    }
+
+    fn inject_role_guard(&mut self) {
         let Some(jwt) = &self.policy.jwt else { return };
         let sql = format!("SET ROLE {}", super::params::quote_ident(&jwt.role));
         frontend::write_parse(&mut self.to_server, "", &sql, &[]);
@@ -308,6 +322,7 @@ impl Session {
     /// share an implicit transaction with the pipelined SET ROLE, so for them
     /// the role is set in its own transaction first, and the statement is
     /// sent only once that succeeded.
+    #[inline]
     fn needs_guard_round_trip(&self, tag: u8, len: usize) -> Result<bool, SessionEnd> {
         if self.policy.jwt.is_none()
             || !self.batch_start
@@ -316,6 +331,10 @@ impl Session {
         {
             return Ok(false);
         }
+        self.statement_needs_guard_round_trip(tag, len)
+    }
+
+    fn statement_needs_guard_round_trip(&self, tag: u8, len: usize) -> Result<bool, SessionEnd> {
         let body = self.cbuf.get(5..len).unwrap_or(&[]);
         let sql = if tag == b'Q' {
             parse_query(body)?
