@@ -121,12 +121,11 @@ impl Session {
                 if self.try_prepare_locally()? {
                     continue;
                 }
-                if !self.batch_has_arrived(tag) {
-                    break; // route the batch once its Sync (or Flush) is here
-                }
                 self.refresh_runtime()?;
                 self.wait_while_paused().await?;
-                let route = self.route_next_batch();
+                let Some(route) = self.route_arrived_batch(tag) else {
+                    break; // route the batch once its Sync (or Flush) is here
+                };
                 if let Err(e) = self.attach(route, &[]).await {
                     self.cbuf.advance(frame.total_len);
                     self.refuse_after_checkout_error(tag, e);
@@ -534,17 +533,33 @@ impl Session {
     /// runs as one implicit transaction up to its Sync, so it goes to the
     /// primary if any statement in it (as far as it has arrived) needs to.
     fn route_next_batch(&self) -> Route {
-        let route = self.route_by_statements();
-        if self.policy.read_only {
-            return Route {
-                role: Role::Replica,
-                ..route
-            };
-        }
-        route
+        self.route_batch().0
     }
 
-    fn route_by_statements(&self) -> Route {
+    /// The route of the batch at the front of the buffer once it has
+    /// arrived (see [`Self::batch_has_arrived`]): one scan of the buffer
+    /// usually answers both.
+    fn route_arrived_batch(&self, tag: u8) -> Option<Route> {
+        let (route, ended) = self.route_batch();
+        (ended || self.batch_has_arrived(tag)).then_some(route)
+    }
+
+    /// The route, and whether the scan saw the batch's Sync or a Flush.
+    fn route_batch(&self) -> (Route, bool) {
+        let (route, ended) = self.route_by_statements();
+        if self.policy.read_only {
+            return (
+                Route {
+                    role: Role::Replica,
+                    ..route
+                },
+                ended,
+            );
+        }
+        (route, ended)
+    }
+
+    fn route_by_statements(&self) -> (Route, bool) {
         let session = self.session_routing();
         if self.mode == PoolMode::Session {
             let role = match session.role_override {
@@ -552,11 +567,13 @@ impl Session {
                 _ if session.default_read_only => Role::Replica,
                 _ => Role::Primary,
             };
-            return Route {
+            let route = Route {
                 shard: session.shard_override.unwrap_or(0) as usize,
                 role,
             };
+            return (route, false);
         }
+        let mut ended = false;
         let mut route: Option<Route> = None;
         let mut unnamed = self.unnamed.clone();
         let mut at = 0;
@@ -578,10 +595,15 @@ impl Session {
                     .ok()
                     .and_then(|b| self.statement_analysis(b.statement, &unnamed)),
                 b'F' => {
-                    return Route {
+                    let route = Route {
                         shard: 0,
                         role: Role::Primary,
-                    }
+                    };
+                    return (route, false);
+                }
+                b'S' | b'H' => {
+                    ended = true;
+                    None
                 }
                 _ => None,
             };
@@ -600,10 +622,11 @@ impl Session {
                 break;
             }
         }
-        route.unwrap_or(Route {
+        let route = route.unwrap_or(Route {
             shard: session.shard_override.unwrap_or(0) as usize,
             role: Role::Primary,
-        })
+        });
+        (route, ended)
     }
 
     /// The analysis that decides a simple query's route: for a lone
