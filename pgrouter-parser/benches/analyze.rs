@@ -1,9 +1,10 @@
 //! Cost of a statement's analysis: cold (pg_query parse + walk) and from the
 //! cache (by exact text, and by literal-insensitive key as pgbench `-M simple`
-//! needs). Run: `cargo bench -p pgrouter-parser`.
+//! needs, with the lookup order a session keeps, and by a session's template).
+//! Run: `cargo bench -p pgrouter-parser`.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use pgrouter_parser::{analyze, normalize_key, AnalysisCache};
+use pgrouter_parser::{analyze, normalize_key, AnalysisCache, Lookup, Template};
 use std::hint::black_box;
 
 const POINT: &str = "SELECT abalance FROM pgbench_accounts WHERE aid = 48213;";
@@ -70,7 +71,25 @@ fn benches(c: &mut Criterion) {
             cache.analyze(black_box(&texts[i]))
         })
     });
+    let mut order = Lookup::NormalizedFirst;
+    c.bench_function("cache hit: normalized key first (a session's order)", |b| {
+        b.iter(|| {
+            i = (i + 1) % texts.len();
+            cache.analyze_preferring(black_box(&texts[i]), &mut order)
+        })
+    });
     c.bench_function("normalize_key: point select", |b| b.iter(|| normalize_key(black_box(POINT))));
+
+    // What a session does first with such a text: match its templates (the
+    // text as it arrives, NUL-terminated in the message).
+    let template = Template::new(POINT).expect("a template");
+    let messages: Vec<Vec<u8>> = texts.iter().map(|t| [t.as_bytes(), b"\0"].concat()).collect();
+    c.bench_function("template match (pgbench -M simple)", |b| {
+        b.iter(|| {
+            i = (i + 1) % messages.len();
+            template.match_cstr(black_box(&messages[i]))
+        })
+    });
 }
 
 criterion_group!(analysis, benches);

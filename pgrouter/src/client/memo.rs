@@ -20,9 +20,10 @@ use crate::protocol::ProtocolError;
 
 /// Texts longer than this are not kept in the memo's buffer after use.
 const KEEP_TEXT_BYTES: usize = 64 * 1024;
-/// Templates kept per session, and the longest text made one.
+/// Templates kept per session, and the longest text made one (at most
+/// 8 KiB per session).
 const TEMPLATES: usize = 8;
-const TEMPLATE_TEXT_BYTES: usize = 4096;
+const TEMPLATE_TEXT_BYTES: usize = 1024;
 
 #[derive(Default)]
 pub(super) struct AnalysisMemo {
