@@ -46,10 +46,7 @@ impl Session {
                 break;
             }
             // None: the usual case, forwarded as is (see `Expectations::pass`).
-            let verdict = match self.expect.pass(tag) {
-                true => None,
-                false => Some(self.expect.on_server_message(tag)),
-            };
+            let verdict = (!self.expect.pass(tag)).then(|| self.expect.on_server_message(tag));
 
             // Bookkeeping first; it needs only the body. Messages answering the
             // router's own queries only update the server's state: SET outcomes

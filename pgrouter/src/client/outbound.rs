@@ -546,15 +546,9 @@ impl Session {
 
     /// The route, and whether the scan saw the batch's Sync or a Flush.
     fn route_batch(&self) -> (Route, bool) {
-        let (route, ended) = self.route_by_statements();
+        let (mut route, ended) = self.route_by_statements();
         if self.policy.read_only {
-            return (
-                Route {
-                    role: Role::Replica,
-                    ..route
-                },
-                ended,
-            );
+            route.role = Role::Replica;
         }
         (route, ended)
     }
@@ -1240,8 +1234,6 @@ impl Session {
     }
 }
 
-/// Keeps PostgreSQL's SQLSTATE for common login failures of the server;
-/// anything else is reported as a connection failure.
 /// Whether a statement of `analysis` creates, runs or drops SQL prepared
 /// statements (the only ones [`Session::sql_prepared_fixups`] looks at).
 fn touches_sql_prepared(analysis: &Analysis) -> bool {
@@ -1256,6 +1248,8 @@ fn touches_sql_prepared(analysis: &Analysis) -> bool {
     })
 }
 
+/// Keeps PostgreSQL's SQLSTATE for common login failures of the server;
+/// anything else is reported as a connection failure.
 fn known_code(code: &str) -> &'static str {
     match code {
         "3D000" => "3D000",
