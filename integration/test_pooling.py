@@ -10,7 +10,10 @@ import pytest
 
 from harness import wire
 from harness.clients import Timer, connect
+from harness.pg import APP_DB, APP_PASSWORD, APP_USER
+from harness.ops import admin_general, admin_rows
 from harness.router import app_user
+from harness.util import wait_until
 
 CHECKOUT_MSG = "timed out waiting for a server connection"
 
@@ -48,6 +51,39 @@ def test_waiting_client_served_when_connection_frees(routers):
     finally:
         committer.join(10)
         holder.close()
+
+
+def test_clients_leaving_the_queue_lose_no_connection(routers):
+    """Clients that hang up while waiting for a server leave the queue; a
+    connection freed at that moment goes to the next waiter, so the pool
+    keeps all its capacity (pool_size 1: one lost lease would stall everyone)."""
+    router = routers.start(general=admin_general(default_pool_size=1, checkout_timeout_ms=10000))
+    holder = connect(router.dsn(), autocommit=False)
+    holder.execute("SELECT 1")  # the pool's only connection is taken
+    leavers = []
+    try:
+        for _ in range(5):
+            raw = wire.RawConn.open(router.port)
+            raw.startup(APP_USER, APP_DB, APP_PASSWORD)
+            raw.send(wire.query_message("SELECT 'left'"))
+            leavers.append(raw)
+        wait_until(lambda: int(pool_row(router)["cl_waiting"]) == 5, 5, what="5 waiting")
+        for i, raw in enumerate(leavers):
+            raw.close(reset=i % 2 == 0)
+        holder.commit()  # frees the connection while the leavers' sessions end
+        for _ in range(3):
+            with connect(router.dsn()) as c, Timer() as t:
+                assert c.execute("SELECT 'served'").fetchone() == ("served",)
+            assert t.elapsed < 5, t.elapsed
+        wait_until(lambda: int(pool_row(router)["cl_waiting"]) == 0, 5, what="queue empty")
+    finally:
+        holder.close()
+
+
+def pool_row(router) -> dict:
+    """The SHOW POOLS row of the router's only pool."""
+    [row] = admin_rows(router, "SHOW POOLS")
+    return row
 
 
 def test_user_pool_size_overrides_default(routers, primary):

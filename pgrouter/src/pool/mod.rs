@@ -6,6 +6,7 @@
 mod cluster;
 pub mod health;
 mod pool;
+mod queue;
 
 pub use cluster::{Balancing, Cluster, ServerSlot, ShardPools, UserPools};
 pub use health::{check_auto_roles, ServerHealth};

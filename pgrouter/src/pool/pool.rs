@@ -3,7 +3,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::oneshot;
+
+use super::queue::{Grant, Slots, Waiter};
 
 use crate::metrics::snapshot::PoolLabels;
 use crate::metrics::PoolMetrics;
@@ -45,9 +47,9 @@ pub enum PoolError {
     NoServer,
 }
 
-/// One server address as one user. Checkouts are bounded by a fair (FIFO)
-/// semaphore of `size` permits, so a waiting client is served in arrival order
-/// and an idle connection is never handed to two clients.
+/// One server address as one user. At most `size` checkouts are outstanding;
+/// clients beyond that wait in arrival order, and a returned connection goes
+/// straight to the longest-waiting one (see `queue.rs`).
 pub struct Pool {
     /// "user@database/shard/host:port", for logs.
     pub name: String,
@@ -57,16 +59,11 @@ pub struct Pool {
     size: std::sync::atomic::AtomicU32,
     pub metrics: Arc<PoolMetrics>,
     pub labels: PoolLabels,
-    /// When the longest-waiting client started waiting (for maxwait).
-    oldest_wait: Mutex<Option<Instant>>,
-    permits: Arc<Semaphore>,
-    /// Idle connections; the most recently used last (LIFO keeps the rest
-    /// idle long enough to be closed by the idle timeout).
-    /// Boxed: a connection changes hands (pool, client, pool) every
-    /// transaction, and moving a pointer is cheaper than moving the struct.
-    idle: Mutex<Vec<Box<ServerConn>>>,
+    /// Idle connections, leases and waiters. Connections are boxed: one
+    /// changes hands (pool, client, pool) every transaction, and moving a
+    /// pointer is cheaper than moving the struct.
+    slots: Mutex<Slots>,
     open: AtomicUsize,
-    waiting: AtomicUsize,
     /// Parameters a fresh server reports (server_version, encodings, ...),
     /// sent to clients at login.
     default_params: Mutex<Option<Arc<Vec<(String, String)>>>>,
@@ -78,7 +75,8 @@ pub struct Pool {
 pub struct PooledConn {
     conn: Option<Box<ServerConn>>,
     pool: Arc<Pool>,
-    _permit: OwnedSemaphorePermit,
+    /// Holds one of the pool's leases (released on checkin or drop).
+    leased: bool,
 }
 
 impl Pool {
@@ -95,58 +93,121 @@ impl Pool {
             size: std::sync::atomic::AtomicU32::new(settings.size),
             metrics,
             labels,
-            oldest_wait: Mutex::new(None),
-            permits: Arc::new(Semaphore::new(settings.size as usize)),
             settings,
-            idle: Mutex::new(Vec::new()),
+            slots: Mutex::new(Slots::default()),
             open: AtomicUsize::new(0),
-            waiting: AtomicUsize::new(0),
             default_params: Mutex::new(None),
         })
     }
 
     pub async fn checkout(self: &Arc<Self>) -> Result<PooledConn, PoolError> {
-        let permit = match self.permits.clone().try_acquire_owned() {
-            Ok(p) => {
-                self.metrics.record_checkout_wait(Duration::ZERO);
-                p
-            }
-            Err(_) => {
-                let started = Instant::now();
-                if self.waiting.fetch_add(1, Ordering::Relaxed) == 0 {
-                    *self.oldest_wait.lock() = Some(started);
-                }
-                let acquired = tokio::time::timeout(
-                    self.settings.checkout_timeout,
-                    self.permits.clone().acquire_owned(),
-                )
-                .await;
-                if self.waiting.fetch_sub(1, Ordering::Relaxed) == 1 {
-                    *self.oldest_wait.lock() = None;
-                }
-                self.metrics.record_checkout_wait(started.elapsed());
-                match acquired {
-                    Ok(Ok(p)) => p,
-                    _ => return Err(PoolError::CheckoutTimeout),
-                }
+        let waiting = {
+            let mut slots = self.slots.lock();
+            if slots.waiters.is_empty() && slots.leased < self.size() as usize {
+                slots.leased += 1;
+                None
+            } else {
+                Some(self.enqueue(&mut slots))
             }
         };
-        while let Some(conn) = self.take_idle() {
+        let mut lease = PooledConn {
+            conn: None,
+            pool: self.clone(),
+            leased: true,
+        };
+        match waiting {
+            None => {
+                self.metrics.record_checkout_wait(Duration::ZERO);
+                lease.conn = self.take_reusable_idle();
+            }
+            Some((id, started, rx)) => {
+                let granted = WaitingClient {
+                    pool: self,
+                    id,
+                    rx: Some(rx),
+                }
+                .granted()
+                .await;
+                self.metrics.record_checkout_wait(started.elapsed());
+                match granted {
+                    Some(Grant::Conn(conn)) => lease.conn = Some(conn),
+                    Some(Grant::Open) => lease.conn = self.take_reusable_idle(),
+                    None => {
+                        lease.leased = false; // the lease was never granted
+                        return Err(PoolError::CheckoutTimeout);
+                    }
+                }
+            }
+        }
+        if lease.conn.is_none() {
+            lease.conn = Some(self.connect().await?);
+        }
+        Ok(lease)
+    }
+
+    /// Queues a client for the next lease and makes sure the expiry task
+    /// runs. Returns the entry's id, when it started waiting, and where the
+    /// grant will arrive.
+    fn enqueue(self: &Arc<Self>, slots: &mut Slots) -> (u64, Instant, oneshot::Receiver<Grant>) {
+        let (tx, rx) = oneshot::channel();
+        let since = Instant::now();
+        let id = slots.next_waiter_id;
+        slots.next_waiter_id += 1;
+        slots.waiters.push_back(Waiter {
+            id,
+            since,
+            grant: tx,
+        });
+        if !slots.expiry_running {
+            slots.expiry_running = true;
+            self.spawn_expiry();
+        }
+        (id, since, rx)
+    }
+
+    /// One task per pool with waiters: sleeps until the oldest waiter's
+    /// deadline and drops the entries past theirs (their clients get
+    /// `CheckoutTimeout`). Waiters join at the back with the same timeout,
+    /// so the front always has the earliest deadline. Ends when the queue is
+    /// empty; the next waiter starts it again (both under the pool's lock).
+    fn spawn_expiry(self: &Arc<Self>) {
+        let pool = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let deadline = {
+                    let Some(pool) = pool.upgrade() else { return };
+                    let timeout = pool.settings.checkout_timeout;
+                    let now = Instant::now();
+                    let mut slots = pool.slots.lock();
+                    while slots
+                        .waiters
+                        .front()
+                        .is_some_and(|w| deadline(w.since, timeout) <= now)
+                    {
+                        slots.waiters.pop_front();
+                    }
+                    match slots.waiters.front() {
+                        Some(oldest) => deadline(oldest.since, timeout),
+                        None => {
+                            slots.expiry_running = false;
+                            return;
+                        }
+                    }
+                };
+                tokio::time::sleep_until(deadline.into()).await;
+            }
+        });
+    }
+
+    /// An idle connection fit for reuse, closing the unfit ones found first.
+    fn take_reusable_idle(&self) -> Option<Box<ServerConn>> {
+        loop {
+            let conn = self.slots.lock().idle.pop()?;
             if self.is_reusable(&conn) {
-                return Ok(PooledConn {
-                    conn: Some(conn),
-                    pool: self.clone(),
-                    _permit: permit,
-                });
+                return Some(conn);
             }
             self.close(conn);
         }
-        let conn = self.connect().await?;
-        Ok(PooledConn {
-            conn: Some(conn),
-            pool: self.clone(),
-            _permit: permit,
-        })
     }
 
     /// Opens a new connection counted against this pool.
@@ -180,12 +241,38 @@ impl Pool {
             return;
         };
         let pool = pooled.pool.clone();
-        if conn.tx_status != b'I' || !conn.read_buf.is_empty() {
+        let s = &pool.settings;
+        let expired = !s.lifetime.is_zero()
+            && conn
+                .created
+                .checked_add(s.lifetime)
+                .is_some_and(|end| last_used >= end);
+        if expired || conn.tx_status != b'I' || !conn.read_buf.is_empty() {
             pool.close(conn);
-            return;
+            return; // dropping `pooled` passes its lease on
         }
         conn.last_used = last_used;
-        pool.idle.lock().push(conn);
+        pooled.leased = false;
+        pool.release(Some(conn));
+    }
+
+    /// Ends a lease: it passes (with `conn`, if any) to the oldest waiter,
+    /// unless a reload shrank the pool below the leases outstanding; a
+    /// connection nobody takes goes idle.
+    fn release(&self, conn: Option<Box<ServerConn>>) {
+        let mut slots = self.slots.lock();
+        let conn = if slots.leased <= self.size() as usize {
+            match slots.hand_over(conn) {
+                Ok(()) => return,
+                Err(conn) => conn,
+            }
+        } else {
+            conn
+        };
+        slots.leased -= 1;
+        if let Some(conn) = conn {
+            slots.idle.push(conn);
+        }
     }
 
     /// The parameters a server of this pool reports at login, connecting once
@@ -197,10 +284,6 @@ impl Pool {
         let conn = self.checkout().await?;
         Pool::checkin(conn);
         Ok(self.default_params.lock().clone().unwrap_or_default())
-    }
-
-    fn take_idle(&self) -> Option<Box<ServerConn>> {
-        self.idle.lock().pop()
     }
 
     fn is_reusable(&self, conn: &ServerConn) -> bool {
@@ -227,10 +310,10 @@ impl Pool {
     /// connections up to `min_size`. Called periodically by the maintenance task.
     pub async fn maintain(self: &Arc<Self>) {
         let expired: Vec<Box<ServerConn>> = {
-            let mut idle = self.idle.lock();
+            let mut slots = self.slots.lock();
             let (keep, expired): (Vec<_>, Vec<_>) =
-                idle.drain(..).partition(|c| self.is_reusable(c));
-            *idle = keep;
+                slots.idle.drain(..).partition(|c| self.is_reusable(c));
+            slots.idle = keep;
             expired
         };
         for conn in expired {
@@ -238,10 +321,12 @@ impl Pool {
         }
         // A pool that shrank closes its extra idle connections.
         let excess: Vec<Box<ServerConn>> = {
-            let mut idle = self.idle.lock();
+            let mut slots = self.slots.lock();
             let open = self.open.load(Ordering::Relaxed);
-            let extra = open.saturating_sub(self.size() as usize).min(idle.len());
-            idle.drain(..extra).collect()
+            let extra = open
+                .saturating_sub(self.size() as usize)
+                .min(slots.idle.len());
+            slots.idle.drain(..extra).collect()
         };
         for conn in excess {
             self.close(conn);
@@ -251,7 +336,7 @@ impl Pool {
             match self.connect().await {
                 Ok(mut conn) => {
                     conn.last_used = Instant::now();
-                    self.idle.lock().push(conn);
+                    self.slots.lock().idle.push(conn);
                 }
                 Err(e) => {
                     tracing::warn!(pool = %self.name, error = %e, "could not open a min_pool_size connection");
@@ -270,19 +355,17 @@ impl Pool {
         self.size.load(Ordering::Relaxed)
     }
 
-    /// Changes the pool's size in place (reload): more permits at once, or
-    /// fewer as checked-out connections come back.
+    /// Changes the pool's size in place (reload). Added capacity goes to
+    /// waiting clients at once; removed capacity is taken back as
+    /// checked-out connections return (see [`Pool::release`]).
     pub fn resize(self: &Arc<Self>, new_size: u32) {
-        let old = self.size.swap(new_size, Ordering::Relaxed);
-        if new_size > old {
-            self.permits.add_permits((new_size - old) as usize);
-        } else if new_size < old {
-            let permits = self.permits.clone();
-            tokio::spawn(async move {
-                if let Ok(p) = permits.acquire_many_owned(old - new_size).await {
-                    p.forget();
-                }
-            });
+        self.size.store(new_size, Ordering::Relaxed);
+        let mut slots = self.slots.lock();
+        while slots.leased < new_size as usize && !slots.waiters.is_empty() {
+            slots.leased += 1;
+            if slots.hand_over(None).is_err() {
+                slots.leased -= 1;
+            }
         }
     }
 
@@ -290,8 +373,9 @@ impl Pool {
     pub fn idle_snapshot(&self) -> Vec<(i32, std::time::SystemTime, std::time::SystemTime, bool)> {
         let now_sys = std::time::SystemTime::now();
         let now = Instant::now();
-        self.idle
+        self.slots
             .lock()
+            .idle
             .iter()
             .map(|c| {
                 (
@@ -306,34 +390,45 @@ impl Pool {
 
     /// Connections checked out now.
     pub fn checked_out(&self) -> usize {
-        (self.size() as usize).saturating_sub(self.permits.available_permits())
+        self.slots.lock().leased
     }
 
     /// How long the longest-waiting client has waited.
     pub fn max_wait(&self) -> Duration {
-        self.oldest_wait
-            .lock()
-            .map(|t| t.elapsed())
+        let slots = self.slots.lock();
+        slots
+            .waiters
+            .front()
+            .map(|w| w.since.elapsed())
             .unwrap_or_default()
     }
 
     pub fn stats(&self) -> PoolStats {
-        let idle = self.idle.lock().len();
+        let slots = self.slots.lock();
         let open = self.open.load(Ordering::Relaxed);
         PoolStats {
-            idle,
-            active: open.saturating_sub(idle),
-            waiting: self.waiting.load(Ordering::Relaxed),
+            idle: slots.idle.len(),
+            active: open.saturating_sub(slots.idle.len()),
+            waiting: slots.waiters.len(),
         }
     }
 
     /// Closes every idle connection (shutdown).
     pub fn close_idle(&self) {
-        let drained: Vec<Box<ServerConn>> = self.idle.lock().drain(..).collect();
+        let drained: Vec<Box<ServerConn>> = self.slots.lock().idle.drain(..).collect();
         for conn in drained {
             self.close(conn);
         }
     }
+}
+
+/// When a wait that began at `since` times out (a timeout too large to add
+/// is as good as forever: a century).
+fn deadline(since: Instant, timeout: Duration) -> Instant {
+    since
+        .checked_add(timeout)
+        .or_else(|| since.checked_add(Duration::from_secs(100 * 365 * 86_400)))
+        .unwrap_or(since)
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -371,6 +466,45 @@ impl Drop for PooledConn {
         if let Some(conn) = self.conn.take() {
             self.pool.open.fetch_sub(1, Ordering::Relaxed);
             drop(conn);
+        }
+        if self.leased {
+            self.pool.release(None);
+        }
+    }
+}
+
+/// A client in a pool's queue. Dropped before its grant arrives (its
+/// session's task ended), it leaves the queue, and a grant that did arrive
+/// meanwhile is passed on, so no lease is lost.
+struct WaitingClient<'a> {
+    pool: &'a Arc<Pool>,
+    id: u64,
+    rx: Option<oneshot::Receiver<Grant>>,
+}
+
+impl WaitingClient<'_> {
+    /// The grant, or None when the wait timed out.
+    async fn granted(mut self) -> Option<Grant> {
+        let rx = self.rx.as_mut().expect("a waiting client has its receiver");
+        let granted = rx.await.ok();
+        self.rx = None;
+        granted
+    }
+}
+
+impl Drop for WaitingClient<'_> {
+    fn drop(&mut self) {
+        let Some(mut rx) = self.rx.take() else {
+            return;
+        };
+        if self.pool.slots.lock().remove_waiter(self.id) {
+            return;
+        }
+        rx.close();
+        match rx.try_recv() {
+            Ok(Grant::Conn(conn)) => self.pool.release(Some(conn)),
+            Ok(Grant::Open) => self.pool.release(None),
+            Err(_) => {}
         }
     }
 }
