@@ -38,6 +38,7 @@ impl ShutdownFanout {
         }
         ShutdownListener {
             rx,
+            registered: false,
             id,
             fanout: self.clone(),
         }
@@ -61,6 +62,9 @@ impl ShutdownFanout {
 /// (poll it again only if it has not completed), and `is_fired` for checks.
 pub struct ShutdownListener {
     rx: oneshot::Receiver<()>,
+    /// The receiver has been polled once: it holds the session task's
+    /// waker, and the fanout's flag tells whether polling it again is useful.
+    registered: bool,
     id: u64,
     fanout: Arc<ShutdownFanout>,
 }
@@ -74,7 +78,14 @@ impl ShutdownListener {
 impl Future for ShutdownListener {
     type Output = ();
 
+    /// A session's waits poll this twice or more per transaction; after the
+    /// first poll a flag check is enough (a session always runs in the same
+    /// task, so the waker the receiver holds stays the right one).
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.registered && !self.fanout.is_fired() {
+            return Poll::Pending;
+        }
+        self.registered = true;
         // Sent or dropped: either way the router is shutting down.
         Pin::new(&mut self.rx).poll(cx).map(|_| ())
     }
