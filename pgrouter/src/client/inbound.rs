@@ -54,7 +54,9 @@ impl Session {
             let body = &held.conn.read_buf[body_range.clone()];
             let clients = verdict.as_ref().is_none_or(|v| v.forward);
             match tag {
+                b'G' | b'W' if clients => self.copy_in = true,
                 b'Z' => {
+                    self.copy_in = false;
                     let status = body.first().copied().unwrap_or(b'I');
                     held.conn.tx_status = status;
                     if clients {

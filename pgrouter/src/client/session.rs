@@ -98,6 +98,9 @@ pub struct Session {
     /// A transaction block is open, as predicted from the statements sent
     /// (ReadyForQuery confirms it later).
     pub(super) in_tx: bool,
+    /// The server asked for COPY data (CopyInResponse or CopyBothResponse)
+    /// and has not ended the command yet.
+    pub(super) copy_in: bool,
     pub(super) sets: SetTracker,
     /// The next client message needs another server than the one held: stop
     /// reading the client until the held one is released.
@@ -167,6 +170,7 @@ impl Session {
             expect: Expectations::default(),
             unsynced: false,
             in_tx: false,
+            copy_in: false,
             sets: SetTracker::default(),
             blocked: false,
             skip_to_sync: false,
@@ -255,7 +259,12 @@ impl Session {
 
     async fn wait(&mut self) -> Event {
         let watch_shutdown = !self.shutdown_seen;
-        let blocked = self.blocked;
+        // While the server owes the answer to a complete request (a Query,
+        // or a batch up to its Sync) and wants no COPY data, nothing the
+        // client sends could be forwarded before that answer: the client is
+        // read when the answer has been relayed (saves a poll and a waker
+        // registration per request; pipelined requests wait in the socket).
+        let blocked = self.blocked || (!self.expect.is_empty() && !self.unsynced && !self.copy_in);
         match self.server.as_mut() {
             Some(held) => {
                 let server = &mut *held.conn;

@@ -440,6 +440,7 @@ pub struct PoolStats {
 
 impl std::ops::Deref for PooledConn {
     type Target = ServerConn;
+    #[inline]
     fn deref(&self) -> &ServerConn {
         self.conn
             .as_ref()
@@ -448,6 +449,7 @@ impl std::ops::Deref for PooledConn {
 }
 
 impl std::ops::DerefMut for PooledConn {
+    #[inline]
     fn deref_mut(&mut self) -> &mut ServerConn {
         self.conn
             .as_mut()
