@@ -7,6 +7,8 @@ mod cluster;
 pub mod health;
 mod pool;
 mod queue;
+#[cfg(test)]
+mod tests;
 
 pub use cluster::{Balancing, Cluster, ServerSlot, ShardPools, UserPools};
 pub use health::{check_auto_roles, ServerHealth};

@@ -110,15 +110,10 @@ impl Pool {
                 Some(self.enqueue(&mut slots))
             }
         };
-        let mut lease = PooledConn {
-            conn: None,
-            pool: self.clone(),
-            leased: true,
-        };
-        match waiting {
+        let granted = match waiting {
             None => {
                 self.metrics.record_checkout_wait(Duration::ZERO);
-                lease.conn = self.take_reusable_idle();
+                Grant::Open
             }
             Some((id, started, rx)) => {
                 let granted = WaitingClient {
@@ -129,16 +124,20 @@ impl Pool {
                 .granted()
                 .await;
                 self.metrics.record_checkout_wait(started.elapsed());
-                match granted {
-                    Some(Grant::Conn(conn)) => lease.conn = Some(conn),
-                    Some(Grant::Open) => lease.conn = self.take_reusable_idle(),
-                    None => {
-                        lease.leased = false; // the lease was never granted
-                        return Err(PoolError::CheckoutTimeout);
-                    }
-                }
+                granted.ok_or(PoolError::CheckoutTimeout)?
             }
-        }
+        };
+        // The lease is this client's from here on (no await since it was
+        // granted): dropping the PooledConn gives it back.
+        let mut lease = PooledConn {
+            conn: None,
+            pool: self.clone(),
+            leased: true,
+        };
+        lease.conn = match granted {
+            Grant::Conn(conn) => Some(conn),
+            Grant::Open => self.take_reusable_idle(),
+        };
         if lease.conn.is_none() {
             lease.conn = Some(self.connect().await?);
         }
