@@ -240,12 +240,7 @@ impl Pool {
             return;
         };
         let pool = pooled.pool.clone();
-        let s = &pool.settings;
-        let expired = !s.lifetime.is_zero()
-            && conn
-                .created
-                .checked_add(s.lifetime)
-                .is_some_and(|end| last_used >= end);
+        let expired = past(conn.created, pool.settings.lifetime, last_used);
         if expired || conn.tx_status != b'I' || !conn.read_buf.is_empty() {
             pool.close(conn);
             return; // dropping `pooled` passes its lease on
@@ -288,11 +283,7 @@ impl Pool {
     fn is_reusable(&self, conn: &ServerConn) -> bool {
         let s = &self.settings;
         let now = Instant::now();
-        // A zero limit means never.
-        let past = |since: Instant, limit: Duration| {
-            !limit.is_zero() && now.saturating_duration_since(since) >= limit
-        };
-        if past(conn.created, s.lifetime) || past(conn.last_used, s.idle_timeout) {
+        if past(conn.created, s.lifetime, now) || past(conn.last_used, s.idle_timeout, now) {
             return false;
         }
         // A server that closed (or said anything) while idle is dead to us: a
@@ -357,7 +348,7 @@ impl Pool {
     /// Changes the pool's size in place (reload). Added capacity goes to
     /// waiting clients at once; removed capacity is taken back as
     /// checked-out connections return (see [`Pool::release`]).
-    pub fn resize(self: &Arc<Self>, new_size: u32) {
+    pub fn resize(&self, new_size: u32) {
         self.size.store(new_size, Ordering::Relaxed);
         let mut slots = self.slots.lock();
         while slots.leased < new_size as usize && !slots.waiters.is_empty() {
@@ -419,6 +410,11 @@ impl Pool {
             self.close(conn);
         }
     }
+}
+
+/// Whether `limit` has run out at `now` since `since`; a zero limit never does.
+fn past(since: Instant, limit: Duration, now: Instant) -> bool {
+    !limit.is_zero() && now.saturating_duration_since(since) >= limit
 }
 
 /// When a wait that began at `since` times out (a timeout too large to add
