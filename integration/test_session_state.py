@@ -281,6 +281,77 @@ def test_set_config_session_does_not_leak(routers):
         assert b.execute("SHOW statement_timeout").fetchone() == (default,)
 
 
+def test_set_config_session_is_carried_like_set(routers, schema):
+    """`SELECT set_config(name, value, false)` that certainly runs (the
+    pg_dump preamble form) is tracked like SET: the client keeps it after
+    another client used the server connection, and that client never sees
+    it. Both protocols: one statement (extended) and a multi-statement string
+    (simple Query)."""
+    router = routers.start(general={"default_pool_size": 1})
+    with connect(router.dsn()) as a, connect(router.dsn()) as b:
+        default_timeout = b.execute("SHOW statement_timeout").fetchone()[0]
+        assert a.execute("SELECT pg_catalog.set_config('search_path', 'ss_schema, public', false)"
+                         ).fetchone() == ("ss_schema, public",)
+        a.execute("SELECT 1; SELECT set_config('statement_timeout', '77s', false), "
+                  "set_config('myapp.tenant', 't42', false)")
+        for _ in range(3):
+            with pytest.raises(psycopg.errors.UndefinedTable):
+                b.execute("SELECT count(*) FROM ss_t")
+            row = b.execute("SELECT current_setting('statement_timeout'), "
+                            "coalesce(current_setting('myapp.tenant', true), '')").fetchone()
+            assert row == (default_timeout, "")
+            assert a.execute("SELECT count(*) >= 0 FROM ss_t").fetchone() == (True,)
+            row = a.execute("SELECT current_setting('statement_timeout'), "
+                            "current_setting('myapp.tenant')").fetchone()
+            assert row == ("77s", "t42")
+        # pg_dump's empty search_path is an empty list, not '""' (the value
+        # is replayed through set_config, as it was given).
+        a.execute("SELECT pg_catalog.set_config('search_path', '', false)")
+        b.execute("SELECT 1")
+        assert a.execute("SHOW search_path").fetchone() == ("",)
+        # Rolled back: not kept.
+        a.execute("BEGIN")
+        a.execute("SELECT set_config('statement_timeout', '88s', false)")
+        a.execute("ROLLBACK")
+        b.execute("SELECT 1")
+        assert a.execute("SHOW statement_timeout").fetchone() == ("77s",)
+        # RESET ALL undoes it like a SET.
+        a.execute("RESET ALL")
+        b.execute("SELECT 1")
+        assert a.execute("SHOW statement_timeout").fetchone() == (default_timeout,)
+
+
+def test_uncertain_set_config_never_leaks(routers):
+    """A set_config call the router cannot follow (under a condition, in a
+    subquery, PREPAREd and EXECUTEd) is not carried, but the server
+    connection is reset before another client gets it."""
+    router = routers.start(general={"default_pool_size": 1})
+    with connect(router.dsn()) as a, connect(router.dsn()) as b:
+        default = b.execute("SHOW statement_timeout").fetchone()[0]
+        a.execute("SELECT set_config('statement_timeout', '61s', false) WHERE 1 = 1")
+        assert b.execute("SHOW statement_timeout").fetchone() == (default,)
+        a.execute("SELECT (SELECT set_config('statement_timeout', '62s', false))")
+        assert b.execute("SHOW statement_timeout").fetchone() == (default,)
+        a.execute("PREPARE sc AS SELECT set_config('statement_timeout', '63s', false)")
+        b.execute("SELECT 1")
+        assert a.execute("EXECUTE sc").fetchone() == ("63s",)
+        assert b.execute("SHOW statement_timeout").fetchone() == (default,)
+
+
+def test_set_config_follows_client_to_primary_and_replica(routers, schema, cluster):
+    places = Places(cluster)
+    router = routers.start(general={"default_pool_size": 2}, with_replica=True)
+    with connect(router.dsn()) as a:
+        a.execute("SELECT set_config('TimeZone', 'Pacific/Auckland', false), "
+                  "set_config('search_path', 'ss_schema, public', false)")
+        for _ in range(3):
+            row = where(a, f"SELECT current_setting('TimeZone'), {WHERE}")
+            assert places.row(row) == "replica" and row[0] == "Pacific/Auckland"
+            row = where(a, f"INSERT INTO ss_t (tz) VALUES (current_setting('TimeZone')) "
+                           f"RETURNING tz, {WHERE}")
+            assert places.row(row) == "primary" and row[0] == "Pacific/Auckland"
+
+
 def test_many_clients_own_settings(routers, cluster):
     """12 clients over a pool of 2 (primary + replica), each with its own
     TimeZone and application_name, interleaving reads and transactions."""

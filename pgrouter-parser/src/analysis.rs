@@ -40,6 +40,21 @@ pub struct Analysis {
     /// behind the router's back, so the server connection must be reset
     /// before another client uses it.
     pub calls_set_config: bool,
+    /// `set_config(name, value, false)` calls known to run, in order (see
+    /// the `set_config` module): the router tracks them like `SET`. Calls
+    /// it cannot be sure of leave `calls_set_config` set instead.
+    pub session_settings: Vec<SessionSetting>,
+}
+
+/// A session-level `set_config` call whose effect is known from the text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSetting {
+    /// Index of the statement in [`Analysis::statements`].
+    pub statement: usize,
+    /// The setting's name, lower case.
+    pub name: String,
+    /// The value, as `set_config` receives it.
+    pub value: String,
 }
 
 /// One statement of a query string.

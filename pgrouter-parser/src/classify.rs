@@ -3,7 +3,7 @@
 
 use crate::analysis::*;
 use crate::walk::{walk, Facts};
-use crate::{fallback, hint, set};
+use crate::{fallback, hint, set, set_config};
 use pg_query::protobuf::{a_const::Val, node::Node as N, ObjectType, RawStmt, TransactionStmtKind};
 use pg_query::protobuf::{DiscardMode, DropStmt, ExplainStmt, TransactionStmt};
 use pg_query::Node;
@@ -94,7 +94,18 @@ fn statement(node: &N, write_functions: &[String], a: &mut Analysis) -> Statemen
         facts
     };
     let (kind, is_write) = match node {
-        N::SelectStmt(_) => (StatementKind::Select, look(a).writes()),
+        N::SelectStmt(select) => {
+            let unknown_before = a.calls_set_config;
+            let facts = look(a);
+            if facts.set_config_calls > 0 && !facts.set_config_sensitive {
+                let statement = a.statements.len();
+                if let Some(known) = set_config::certain_settings(select, facts.set_config_calls, statement) {
+                    a.session_settings.extend(known);
+                    a.calls_set_config = unknown_before;
+                }
+            }
+            (StatementKind::Select, facts.writes())
+        }
         N::InsertStmt(_) => {
             look(a);
             (StatementKind::Insert, true)

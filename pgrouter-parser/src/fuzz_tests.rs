@@ -251,7 +251,7 @@ fn template_matches_mean_equal_keys() {
             shape.push(Some(r.pick(SEPS)));
         }
         let strings = r.below(2) == 0;
-        let mut render = |r: &mut Rng| -> String {
+        let render = |r: &mut Rng| -> String {
             let lit = |r: &mut Rng| if strings { r.pick(STRS) } else { r.pick(INTS) };
             shape.iter().map(|p| p.unwrap_or_else(|| lit(r))).collect()
         };

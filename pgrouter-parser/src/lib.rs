@@ -51,6 +51,7 @@ mod lexer;
 mod normalize;
 mod normalize_fast;
 mod set;
+mod set_config;
 mod template;
 mod walk;
 
@@ -58,8 +59,8 @@ mod walk;
 mod fuzz_tests;
 
 pub use analysis::{
-    Analysis, DiscardKind, Escalation, Hint, ResetTarget, RoleHint, SetKind, SetStatement, StatementInfo,
-    StatementKind, TxEffect,
+    Analysis, DiscardKind, Escalation, Hint, ResetTarget, RoleHint, SessionSetting, SetKind, SetStatement,
+    StatementInfo, StatementKind, TxEffect,
 };
 pub use cache::{AnalysisCache, Lookup};
 pub use classify::analyze;

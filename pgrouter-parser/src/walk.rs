@@ -31,8 +31,11 @@ pub(crate) struct Facts {
     pub into: bool,
     /// A call of a write function.
     pub write_function: bool,
-    /// Some call of `set_config`.
+    /// Some call of `set_config` (or an UPDATE of `pg_settings`, which
+    /// PostgreSQL turns into one).
     pub set_config: bool,
+    /// How many `set_config` calls the statement has, wherever they are.
+    pub set_config_calls: usize,
     /// A `set_config` call whose first argument is a guarded setting or not a literal.
     pub set_config_sensitive: bool,
     /// Setting names of VariableSetStmt nodes (function `SET` clauses, `ALTER ... SET`).
@@ -168,6 +171,7 @@ impl<'w> State<'w> {
             Frame::Func { name, arg } => {
                 if functions::is_set_config(&name) {
                     self.facts.set_config = true;
+                    self.facts.set_config_calls += 1;
                     let sensitive = match &arg {
                         Arg::Literal(s) => functions::is_guarded_setting(s),
                         Arg::OtherLiteral => false,
@@ -183,6 +187,7 @@ impl<'w> State<'w> {
                 let name = parts.iter().filter(|p| !p.is_empty()).cloned().collect::<Vec<_>>().join(".");
                 // pg_settings has a rule that turns an UPDATE into set_config().
                 if self.update_target && parts[2] == "pg_settings" && matches!(parts[1].as_str(), "" | "pg_catalog") {
+                    self.facts.set_config = true;
                     self.facts.set_config_sensitive = true;
                 }
                 if !name.is_empty() {

@@ -1169,10 +1169,21 @@ impl Session {
         }
     }
 
-    /// `set_config()` can change any setting; the router cannot tell which,
-    /// so the server is reset before its next client.
+    /// A `set_config()` call the router cannot follow (see
+    /// `Analysis::session_settings` for those it can) may change any
+    /// setting, so the server is reset before its next client.
+    /// That includes SQL `EXECUTE` of a statement PREPAREd with such a call.
     fn note_untracked_changes(&mut self, analysis: &Analysis) {
-        if analysis.calls_set_config {
+        let executes_unknown = || {
+            analysis.statements.iter().any(|s| match &s.kind {
+                StatementKind::Execute { name } => self
+                    .sql_prepared
+                    .get(name)
+                    .is_some_and(|p| p.analysis.calls_set_config),
+                _ => false,
+            })
+        };
+        if analysis.calls_set_config || executes_unknown() {
             if let Some(held) = self.server.as_mut() {
                 held.conn.needs_reset = true;
             }
@@ -1188,8 +1199,19 @@ impl Session {
 
     /// Session-level SET/RESET statements become pending changes; they take
     /// effect for the session when their transaction ends well.
+    /// `set_config(name, value, false)` calls known to run count as `SET`.
     fn track_session_changes(&mut self, analysis: &Analysis) {
-        for s in &analysis.statements {
+        for (i, s) in analysis.statements.iter().enumerate() {
+            for setting in analysis
+                .session_settings
+                .iter()
+                .filter(|c| c.statement == i)
+            {
+                self.sets.sent(SetChange::Set {
+                    name: setting.name.clone(),
+                    value: setting.value.clone(),
+                });
+            }
             let change = match &s.kind {
                 StatementKind::Set(set) if !set.local => match (&set.kind, &set.value) {
                     (SetKind::Value | SetKind::TimeZone, Some(v)) => SetChange::Set {
