@@ -336,6 +336,11 @@ def test_uncertain_set_config_never_leaks(routers):
         b.execute("SELECT 1")
         assert a.execute("EXECUTE sc").fetchone() == ("63s",)
         assert b.execute("SHOW statement_timeout").fetchone() == (default,)
+        # A reported setting comes back in ParameterStatus: carried anyway.
+        b_app = b.execute("SHOW application_name").fetchone()[0]
+        a.execute("SELECT set_config('application_name', 'via_fn', false) WHERE 1 = 1")
+        assert b.execute("SHOW application_name").fetchone() == (b_app,)
+        assert a.execute("SHOW application_name").fetchone() == ("via_fn",)
 
 
 def test_set_config_follows_client_to_primary_and_replica(routers, schema, cluster):
