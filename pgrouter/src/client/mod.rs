@@ -8,6 +8,7 @@ mod error;
 mod expect;
 mod inbound;
 mod io;
+mod local_answers;
 mod login;
 mod memo;
 mod outbound;
@@ -16,7 +17,9 @@ pub mod prepared;
 mod recovery;
 pub mod registry;
 mod session;
+mod session_changes;
 pub mod shutdown;
+mod sql_prepared;
 mod tracking;
 
 use std::sync::atomic::Ordering;

@@ -1,0 +1,174 @@
+//! Requests the router answers itself, without a server: `DEALLOCATE`,
+//! `DISCARD ALL` and `RESET ALL` when no server is held (also a JWT
+//! session's extended-protocol form of them), and batches of named Parse
+//! messages, which are prepared on a server only when a Bind needs them.
+
+use bytes::{Buf, BytesMut};
+use pgrouter_config::PoolMode;
+use pgrouter_parser::{DiscardKind, ResetTarget, StatementKind};
+
+use super::error::SessionEnd;
+use super::session::Session;
+use super::tracking::SetChange;
+use crate::protocol::backend;
+use crate::protocol::frontend::parse_parse;
+use crate::protocol::next_frame;
+
+impl Session {
+    /// Statements that only change the client's own state are answered by
+    /// the router when no server is held: DEALLOCATE and DISCARD ALL (which
+    /// must not touch the shared server's statements).
+    pub(super) fn try_answer_locally(&mut self, len: usize) -> Result<bool, SessionEnd> {
+        if self.cbuf.first() == Some(&b'P') {
+            return self.try_answer_batch_locally();
+        }
+        if self.cbuf.first() != Some(&b'Q') {
+            return Ok(false);
+        }
+        let analysis = self.analyze_query(self.cbuf.get(5..len).unwrap_or(&[]))?;
+        let [statement] = analysis.statements.as_slice() else {
+            return Ok(false);
+        };
+        let jwt = self.policy.jwt.is_some();
+        let tag = match &statement.kind {
+            StatementKind::Deallocate { name: Some(name) } => {
+                if self.sql_prepared.remove(name).is_none() {
+                    return Ok(false); // let PostgreSQL report the unknown name
+                }
+                "DEALLOCATE"
+            }
+            StatementKind::Deallocate { name: None } => {
+                self.sql_prepared.clear();
+                "DEALLOCATE ALL"
+            }
+            // The shared server keeps its statements and (for JWT sessions)
+            // its role: the router resets the client's own state instead.
+            StatementKind::Discard(DiscardKind::All)
+                if self.mode == PoolMode::Transaction || jwt =>
+            {
+                self.sql_prepared.clear();
+                self.statements.clear();
+                self.params.apply(SetChange::ResetAll);
+                "DISCARD ALL"
+            }
+            StatementKind::Reset(ResetTarget::All) if jwt => {
+                self.params.apply(SetChange::ResetAll);
+                "RESET"
+            }
+            _ => return Ok(false),
+        };
+        self.cbuf.advance(len);
+        let status = match &self.server {
+            Some(held) if !self.in_tx => held.conn.tx_status,
+            Some(_) => b'T',
+            None => b'I',
+        };
+        let mut answer = BytesMut::new();
+        backend::command_complete(&mut answer, tag);
+        backend::ready_for_query(&mut answer, status);
+        if let Some(made) = self.expect.synthesize(answer.freeze()) {
+            self.to_client.extend_from_slice(&made);
+        }
+        Ok(true)
+    }
+
+    /// The extended-protocol form of a JWT session's `DISCARD ALL` / `RESET
+    /// ALL` (what Npgsql sends on connection reuse): an unnamed Parse, Bind,
+    /// optional Describe, Execute, Sync — answered by the router, which
+    /// resets the client's own state and keeps its role.
+    pub(super) fn try_answer_batch_locally(&mut self) -> Result<bool, SessionEnd> {
+        if self.policy.jwt.is_none() {
+            return Ok(false);
+        }
+        let Some(frame) = next_frame(&self.cbuf, self.max_message)? else {
+            return Ok(false);
+        };
+        let p = parse_parse(frame.body(&self.cbuf))?;
+        if !p.name.is_empty() {
+            return Ok(false);
+        }
+        let analysis = self.analyze(p.sql);
+        let tag = match analysis.statements.as_slice() {
+            [s] if matches!(s.kind, StatementKind::Discard(DiscardKind::All)) => "DISCARD ALL",
+            [s] if matches!(s.kind, StatementKind::Reset(ResetTarget::All)) => "RESET",
+            _ => return Ok(false),
+        };
+        let mut answer = BytesMut::new();
+        backend::parse_complete(&mut answer);
+        let mut at = frame.total_len;
+        loop {
+            let Some(f) = next_frame(self.cbuf.get(at..).unwrap_or(&[]), self.max_message)? else {
+                return Ok(false); // wait for the rest of the batch
+            };
+            at += f.total_len;
+            match f.tag {
+                b'B' => backend::put_message(&mut answer, b'2', |_| {}),
+                b'D' => backend::put_message(&mut answer, b'n', |_| {}),
+                b'E' => backend::command_complete(&mut answer, tag),
+                b'H' => {}
+                b'S' => break,
+                _ => return Ok(false),
+            }
+        }
+        if !self.is_quiet() || self.in_tx {
+            return Ok(false);
+        }
+        self.sql_prepared.clear();
+        self.statements.clear();
+        self.params.apply(SetChange::ResetAll);
+        let status = self.server.as_ref().map_or(b'I', |h| h.conn.tx_status);
+        backend::ready_for_query(&mut answer, status);
+        self.to_client.extend_from_slice(&answer);
+        self.cbuf.advance(at);
+        Ok(true)
+    }
+
+    /// A batch of named Parse messages and its Sync (what `PQprepare` sends)
+    /// needs no server: the statements are recorded for the client, answered
+    /// here, and prepared on a server when a Bind first needs them. Holding a
+    /// server for it would stall clients that prepare inside their
+    /// transactions while every server is busy (pgbench -M prepared).
+    /// Statements pg_query cannot parse still go to a server, so PostgreSQL
+    /// reports their errors where the client expects them.
+    pub(super) fn try_prepare_locally(&mut self) -> Result<bool, SessionEnd> {
+        let mut at = 0;
+        let mut parses = Vec::new();
+        loop {
+            let Some(frame) = next_frame(self.cbuf.get(at..).unwrap_or(&[]), self.max_message)?
+            else {
+                return Ok(false); // the batch has not arrived whole
+            };
+            let body = frame.body(&self.cbuf[at..]);
+            at += frame.total_len;
+            match frame.tag {
+                b'P' => {
+                    if body.first() == Some(&0) {
+                        return Ok(false); // the unnamed statement
+                    }
+                    let p = parse_parse(body)?;
+                    let analysis = self.analyze(p.sql);
+                    if analysis.parse_error.is_some() || self.policy.check(&analysis).is_err() {
+                        return Ok(false);
+                    }
+                    parses.push((
+                        p.name.to_string(),
+                        p.sql.to_string(),
+                        p.param_types,
+                        analysis,
+                    ));
+                }
+                b'H' => {}
+                b'S' if !parses.is_empty() => break,
+                _ => return Ok(false),
+            }
+        }
+        for (name, sql, types, analysis) in parses {
+            let stmt = self.state.statements.intern(&sql, &types, analysis);
+            self.statements.insert(name, stmt);
+            backend::parse_complete(&mut self.to_client);
+        }
+        backend::ready_for_query(&mut self.to_client, b'I');
+        self.cbuf.advance(at);
+        Ok(true)
+    }
+}

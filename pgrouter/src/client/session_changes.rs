@@ -1,0 +1,98 @@
+//! What a statement changes in the client's session, noted as it is sent:
+//! the predicted transaction state, session-level SET/RESET (and plain
+//! `set_config` calls) as pending changes, and changes the router cannot
+//! follow, which get the server connection reset.
+
+use pgrouter_parser::{Analysis, DiscardKind, ResetTarget, SetKind, StatementKind, TxEffect};
+
+use super::session::Session;
+use super::tracking::SetChange;
+use crate::router;
+
+impl Session {
+    /// A `set_config()` call the router cannot follow (see
+    /// `Analysis::session_settings` for those it can) may change any
+    /// setting, so the server is reset before its next client.
+    /// That includes SQL `EXECUTE` of a statement PREPAREd with such a call.
+    pub(super) fn note_untracked_changes(&mut self, analysis: &Analysis) {
+        let executes_unknown = || {
+            analysis.statements.iter().any(|s| match &s.kind {
+                StatementKind::Execute { name } => self
+                    .sql_prepared
+                    .get(name)
+                    .is_some_and(|p| p.analysis.calls_set_config),
+                _ => false,
+            })
+        };
+        if analysis.calls_set_config || executes_unknown() {
+            if let Some(held) = self.server.as_mut() {
+                held.conn.needs_reset = true;
+            }
+        }
+    }
+
+    /// Keeps the predicted transaction state current as statements are sent.
+    pub(super) fn predict_tx(&mut self, analysis: &Analysis) {
+        if let Some(open) = router::transaction_effect(analysis) {
+            self.in_tx = open;
+        }
+    }
+
+    /// Session-level SET/RESET statements become pending changes; they take
+    /// effect for the session when their transaction ends well.
+    /// `set_config(name, value, false)` calls known to run count as `SET`.
+    pub(super) fn track_session_changes(&mut self, analysis: &Analysis) {
+        for (i, s) in analysis.statements.iter().enumerate() {
+            for setting in analysis
+                .session_settings
+                .iter()
+                .filter(|c| c.statement == i)
+            {
+                self.sets.sent(SetChange::Set {
+                    name: setting.name.clone(),
+                    value: setting.value.clone(),
+                });
+            }
+            let change = match &s.kind {
+                StatementKind::Set(set) if !set.local => match (&set.kind, &set.value) {
+                    (SetKind::Value | SetKind::TimeZone, Some(v)) => SetChange::Set {
+                        name: set.name.clone(),
+                        value: v.clone(),
+                    },
+                    (SetKind::Role, Some(v)) if !v.eq_ignore_ascii_case("none") => SetChange::Set {
+                        name: "role".into(),
+                        value: v.clone(),
+                    },
+                    (SetKind::Role, _) => SetChange::Reset {
+                        name: "role".into(),
+                    },
+                    (SetKind::Default, _) | (SetKind::Value | SetKind::TimeZone, None) => {
+                        SetChange::Reset {
+                            name: set.name.clone(),
+                        }
+                    }
+                    _ => continue,
+                },
+                StatementKind::Reset(ResetTarget::Name(name)) => {
+                    SetChange::Reset { name: name.clone() }
+                }
+                StatementKind::Reset(ResetTarget::All)
+                | StatementKind::Discard(DiscardKind::All) => SetChange::ResetAll,
+                StatementKind::Transaction(TxEffect::Savepoint) if self.in_tx => {
+                    self.sets.savepoint();
+                    continue;
+                }
+                StatementKind::Transaction(TxEffect::RollbackTo) => {
+                    self.sets.rollback_to_savepoint();
+                    continue;
+                }
+                StatementKind::Transaction(TxEffect::Release) => {
+                    self.sets.release_savepoint();
+                    continue;
+                }
+                _ => continue,
+            };
+            self.sets.sent(change);
+        }
+    }
+}
