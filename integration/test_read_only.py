@@ -251,6 +251,21 @@ def test_read_only_cannot_be_switched_off(ro_router, keys, places, kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_set_config_of_router_settings_does_not_steer(ro_router, keys, places, kind):
+    """`set_config('pgrouter.role', 'primary', false)` only sets a custom
+    setting on the server: unlike `SET pgrouter.role` (refused above) it is
+    not tracked as a router setting, so reads stay on the replica, also
+    after the client moves to another server connection."""
+    with connect(dsn_for(ro_router, keys, kind)) as conn:
+        conn.execute("SELECT set_config('pgrouter.role', 'primary', false)")
+        for _ in range(3):
+            assert places.row(where(conn)) == "replica"
+            with pytest.raises(psycopg.Error) as err:
+                conn.execute(f"INSERT INTO {TABLE} (note) VALUES ('set_config')")
+            assert err.value.sqlstate == "25006"
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_reset_all_and_discard_all_keep_read_only(ro_router, keys, places, kind):
     with connect(dsn_for(ro_router, keys, kind)) as conn:
         for sql, tag in (("RESET ALL", "RESET"), ("DISCARD ALL", "DISCARD ALL")):

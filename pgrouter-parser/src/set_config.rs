@@ -8,7 +8,8 @@
 //! LIMIT, set operation or CTE, where the call is an entry of its own with a
 //! string literal name (not a guarded setting such as `role`), a string
 //! literal value and a literal `false`. Any other call (in a subquery, under
-//! a condition, with computed arguments, or `is_local` not literally false)
+//! a condition, with computed arguments, `is_local` not literally false, or
+//! a `pgrouter.*` setting)
 //! stays unknown, and the router resets the server connection after it
 //! instead (see `Analysis::calls_set_config`).
 
@@ -70,7 +71,16 @@ fn session_call(f: &FuncCall) -> Option<(String, String)> {
     }
     let setting = string_literal(&f.args[0])?.to_ascii_lowercase();
     let value = string_literal(&f.args[1])?;
-    if is_guarded_setting(&setting) || setting.trim() != setting || setting.is_empty() || !is_false(&f.args[2]) {
+    // `pgrouter.*` settings steer routing: only `SET` may change them, where
+    // the session's policy sees it (a read-only session may not ask for the
+    // primary).
+    let steers_routing = setting.starts_with("pgrouter.");
+    if is_guarded_setting(&setting)
+        || steers_routing
+        || setting.trim() != setting
+        || setting.is_empty()
+        || !is_false(&f.args[2])
+    {
         return None;
     }
     Some((setting, value))
@@ -150,6 +160,7 @@ mod tests {
             "SELECT set_config('work_mem', '8MB', false) UNION ALL SELECT '1'",
             "SELECT myschema.set_config('work_mem', '8MB', false)",
             "SELECT set_config('role', 'admin', false)",
+            "SELECT set_config('pgrouter.role', 'primary', false)",
             "SELECT set_config('work_mem', '8MB', false), set_config('work_mem', '9MB', 1 = 2)",
             "UPDATE pg_settings SET setting = '8MB' WHERE name = 'work_mem'",
         ] {
