@@ -252,10 +252,9 @@ def test_read_only_cannot_be_switched_off(ro_router, keys, places, kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_set_config_of_router_settings_does_not_steer(ro_router, keys, places, kind):
-    """`set_config('pgrouter.role', 'primary', false)` only sets a custom
-    setting on the server: unlike `SET pgrouter.role` (refused above) it is
-    not tracked as a router setting, so reads stay on the replica, also
-    after the client moves to another server connection."""
+    """`set_config('pgrouter.role', 'primary', false)` is not refused like
+    `SET pgrouter.role = 'primary'` (it only sets a custom setting on the
+    server), and the session stays read-only on the replica."""
     with connect(dsn_for(ro_router, keys, kind)) as conn:
         conn.execute("SELECT set_config('pgrouter.role', 'primary', false)")
         for _ in range(3):

@@ -351,6 +351,20 @@ def test_uncertain_set_config_never_leaks(routers):
         assert a.execute("SHOW application_name").fetchone() == ("via_fn",)
 
 
+def test_set_config_of_router_settings_is_not_a_router_setting(routers, cluster):
+    """Only `SET pgrouter.role` steers routing (where the session's policy
+    checks it); `set_config('pgrouter.role', ...)` just sets a custom
+    setting on the server, and reads stay on the replica."""
+    places = Places(cluster)
+    router = routers.start(general={"default_pool_size": 2}, with_replica=True)
+    with connect(router.dsn()) as a:
+        a.execute("SELECT set_config('pgrouter.role', 'primary', false)")
+        for _ in range(3):
+            assert places.row(where(a)) == "replica"
+        a.execute("SET pgrouter.role = 'primary'")
+        assert places.row(where(a)) == "primary"
+
+
 def test_many_clients_own_settings(routers, cluster):
     """12 clients over a pool of 2 (primary + replica), each with its own
     TimeZone and application_name, interleaving reads and transactions."""
