@@ -15,14 +15,16 @@ impl Session {
     /// setting, so the server is reset before its next client.
     /// That includes SQL `EXECUTE` of a statement PREPAREd with such a call.
     pub(super) fn note_untracked_changes(&mut self, analysis: &Analysis) {
+        // Most clients have no SQL-level prepared statements: no scan then.
         let executes_unknown = || {
-            analysis.statements.iter().any(|s| match &s.kind {
-                StatementKind::Execute { name } => self
-                    .sql_prepared
-                    .get(name)
-                    .is_some_and(|p| p.analysis.calls_set_config),
-                _ => false,
-            })
+            !self.sql_prepared.is_empty()
+                && analysis.statements.iter().any(|s| match &s.kind {
+                    StatementKind::Execute { name } => self
+                        .sql_prepared
+                        .get(name)
+                        .is_some_and(|p| p.analysis.calls_set_config),
+                    _ => false,
+                })
         };
         if analysis.calls_set_config || executes_unknown() {
             if let Some(held) = self.server.as_mut() {
