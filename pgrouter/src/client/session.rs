@@ -44,7 +44,7 @@ pub(super) struct Held {
 }
 
 /// A JWT session's role set in a round trip of its own (see
-/// `outbound::needs_guard_round_trip`).
+/// `policy_guard::needs_guard_round_trip`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum GuardState {
     Idle,

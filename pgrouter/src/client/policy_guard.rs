@@ -1,0 +1,181 @@
+//! The session's policy on the wire: statements a JWT or read-only session
+//! may not run are refused (by the router, or through the server when one
+//! is held so that the transaction fails as PostgreSQL would fail it), an
+//! expired token ends the session, and every unit of work of a JWT session
+//! starts with `SET ROLE` of the token's role.
+
+use bytes::Buf;
+
+use super::error::SessionEnd;
+use super::expect::Reply;
+use super::params::{quote_ident, quote_literal};
+use super::session::{GuardState, Session};
+use crate::protocol::backend::{self, Severity};
+use crate::protocol::frontend::{self, parse_parse, parse_query};
+use crate::router::{self, Refusal};
+
+impl Session {
+    /// The session's policy (JWT role, read-only) applied to a Query or Parse.
+    /// Inline: for most sessions there is no policy, and this runs for every
+    /// client message.
+    #[inline]
+    pub(super) fn check_policy(
+        &self,
+        tag: u8,
+        len: usize,
+    ) -> Result<Result<(), Refusal>, SessionEnd> {
+        if self.policy.jwt.is_none() && !self.policy.read_only {
+            return Ok(Ok(()));
+        }
+        self.check_policy_now(tag, len)
+    }
+
+    fn check_policy_now(&self, tag: u8, len: usize) -> Result<Result<(), Refusal>, SessionEnd> {
+        let body = self.cbuf.get(5..len).unwrap_or(&[]);
+        let analysis = match tag {
+            b'Q' => self.query_analysis(self.analyze_query(body)?),
+            b'P' => self.analyze_parse(body)?,
+            _ => return Ok(Ok(())),
+        };
+        Ok(self.policy.check(&analysis))
+    }
+
+    /// A refused statement never reaches a server as written. With no
+    /// server held the router answers; with one held (a transaction or a
+    /// batch in progress) the refusal is raised through the server, so the
+    /// transaction and the batch fail exactly as if PostgreSQL had refused it.
+    pub(super) fn refuse(&mut self, tag: u8, len: usize, refusal: Refusal) {
+        tracing::warn!(sqlstate = refusal.sqlstate, reason = %refusal.message, "statement refused");
+        self.cbuf.advance(len);
+        if self.server.is_none() {
+            self.state.metrics.record_error(refusal.sqlstate);
+            backend::error_response(
+                &mut self.to_client,
+                Severity::Error,
+                refusal.sqlstate,
+                &refusal.message,
+            );
+            if tag == b'Q' {
+                backend::ready_for_query(&mut self.to_client, b'I');
+            } else {
+                self.skip_to_sync = true;
+            }
+            return;
+        }
+        let raise = format!(
+            "DO $pgrouter$BEGIN RAISE EXCEPTION USING ERRCODE = '{}', MESSAGE = {}; END$pgrouter$",
+            refusal.sqlstate,
+            quote_literal(&refusal.message)
+        );
+        self.inject_role_guard_if_due(tag);
+        if tag == b'Q' {
+            frontend::query(&mut self.to_server, &raise);
+            self.expect.forward(Reply::Query);
+            self.batch_start = true;
+        } else {
+            self.unsynced = true;
+            self.pipeline_guarded(&raise);
+        }
+    }
+
+    /// `disconnect_on_expiry`: a JWT session whose token has expired ends at
+    /// its next transaction boundary.
+    pub(super) fn check_token_expiry(&self) -> Result<(), SessionEnd> {
+        let Some(jwt) = &self.policy.jwt else {
+            return Ok(());
+        };
+        let Some(cfg) = self.rt.config.jwt.as_ref() else {
+            return Ok(());
+        };
+        let leeway = std::time::Duration::from_secs(cfg.leeway_s);
+        if cfg.disconnect_on_expiry
+            && jwt
+                .expires_at
+                .is_some_and(|t| t + leeway <= std::time::SystemTime::now())
+        {
+            return Err(SessionEnd::fatal(
+                "28P01",
+                "pgrouter: the session's JWT has expired; log in again with a new token",
+            ));
+        }
+        Ok(())
+    }
+
+    /// JWT sessions: every unit of work outside a transaction block starts
+    /// with `SET ROLE` of the token's role, pipelined ahead of the client's
+    /// messages without a Sync. If it fails, PostgreSQL skips the client's
+    /// messages up to the Sync, so nothing ever runs under another role — and
+    /// no earlier client's role (or a RESET ROLE inside a function) carries over.
+    #[inline]
+    pub(super) fn inject_role_guard_if_due(&mut self, tag: u8) {
+        if !self.batch_start || self.in_tx || matches!(tag, b'S' | b'H' | b'd' | b'c' | b'f') {
+            return;
+        }
+        self.batch_start = false;
+        self.inject_role_guard();
+    }
+
+    /// Pipelines `SET ROLE` of the token's role; false for a session
+    /// without a token.
+    fn inject_role_guard(&mut self) -> bool {
+        let Some(jwt) = &self.policy.jwt else {
+            return false;
+        };
+        let sql = format!("SET ROLE {}", quote_ident(&jwt.role));
+        self.pipeline_guarded(&sql);
+        true
+    }
+
+    /// Pipelines `sql` as an unnamed Parse/Bind/Execute without a Sync. The
+    /// client never sees its ParseComplete and BindComplete; its Execute is
+    /// a guard: should it fail, the error reaches the client and PostgreSQL
+    /// skips the client's own messages up to their Sync.
+    fn pipeline_guarded(&mut self, sql: &str) {
+        frontend::write_parse(&mut self.to_server, "", sql, &[]);
+        frontend::bind_execute_unnamed(&mut self.to_server);
+        self.expect.swallow(Reply::Parse(None));
+        self.expect.swallow(Reply::Bind);
+        self.expect.guard(Reply::Execute);
+    }
+
+    /// JWT sessions: statements PostgreSQL refuses to run in a pipeline or
+    /// transaction block (VACUUM, CREATE INDEX CONCURRENTLY, ...) cannot
+    /// share an implicit transaction with the pipelined SET ROLE, so for them
+    /// the role is set in its own transaction first, and the statement is
+    /// sent only once that succeeded.
+    #[inline]
+    pub(super) fn needs_guard_round_trip(&self, tag: u8, len: usize) -> Result<bool, SessionEnd> {
+        if self.policy.jwt.is_none()
+            || !self.batch_start
+            || self.in_tx
+            || !matches!(tag, b'Q' | b'P')
+        {
+            return Ok(false);
+        }
+        self.statement_needs_guard_round_trip(tag, len)
+    }
+
+    fn statement_needs_guard_round_trip(&self, tag: u8, len: usize) -> Result<bool, SessionEnd> {
+        let body = self.cbuf.get(5..len).unwrap_or(&[]);
+        let sql = if tag == b'Q' {
+            parse_query(body)?
+        } else {
+            parse_parse(body)?.sql
+        };
+        let analysis = self.analyze(sql);
+        Ok(router::runs_outside_transactions(&analysis, sql))
+    }
+
+    /// Sets the role in a transaction of its own and holds the client's
+    /// request until the answer is in (see `needs_guard_round_trip`).
+    pub(super) fn inject_role_guard_synced(&mut self) {
+        if !self.inject_role_guard() {
+            return;
+        }
+        frontend::sync(&mut self.to_server);
+        self.expect.swallow(Reply::Sync);
+        self.batch_start = false;
+        self.guard = GuardState::Waiting;
+        self.blocked = true;
+    }
+}

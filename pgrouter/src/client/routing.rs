@@ -1,0 +1,189 @@
+//! Where the unit of work at the front of the client's buffer goes: an
+//! extended batch is routed as a whole once it has arrived, a session's
+//! `pgrouter.*` settings and read-only policy apply, and a held server that
+//! does not fit the next unit of work has to be released first.
+
+use std::sync::Arc;
+
+use pgrouter_config::PoolMode;
+use pgrouter_parser::{Analysis, StatementKind};
+
+use super::session::Session;
+use crate::protocol::frontend::parse_bind_names;
+use crate::protocol::next_frame;
+use crate::router::{self, Role, Route, SessionRouting};
+
+/// How much of an unfinished extended batch is buffered before routing it
+/// anyway.
+const MAX_LOOKAHEAD: usize = 1 << 20;
+
+impl Session {
+    /// An extended batch is routed as a whole (one implicit transaction up
+    /// to its Sync): wait until its Sync or a Flush has arrived, unless it
+    /// is already large.
+    fn batch_has_arrived(&self, tag: u8) -> bool {
+        if !matches!(tag, b'P' | b'B' | b'D' | b'E' | b'C') || self.cbuf.len() > MAX_LOOKAHEAD {
+            return true;
+        }
+        let mut at = 0;
+        while let Ok(Some(frame)) = next_frame(self.cbuf.get(at..).unwrap_or(&[]), self.max_message)
+        {
+            if matches!(frame.tag, b'S' | b'H') {
+                return true;
+            }
+            at += frame.total_len;
+        }
+        false
+    }
+
+    /// The session's routing settings, recomputed only when its parameters change.
+    fn session_routing(&self) -> SessionRouting {
+        let (version, cached) = self.routing_cache.get();
+        if version == self.params.version() {
+            return cached;
+        }
+        let routing = SessionRouting::from_params(|k| self.params.get(k).map(str::to_string));
+        self.routing_cache.set((self.params.version(), routing));
+        routing
+    }
+
+    /// Routes the unit of work at the front of the buffer. An extended batch
+    /// runs as one implicit transaction up to its Sync, so it goes to the
+    /// primary if any statement in it (as far as it has arrived) needs to.
+    fn route_next_batch(&self) -> Route {
+        self.route_batch().0
+    }
+
+    /// The route of the batch at the front of the buffer once it has
+    /// arrived (see [`Self::batch_has_arrived`]): one scan of the buffer
+    /// usually answers both.
+    pub(super) fn route_arrived_batch(&self, tag: u8) -> Option<Route> {
+        let (route, ended) = self.route_batch();
+        (ended || self.batch_has_arrived(tag)).then_some(route)
+    }
+
+    /// The route, and whether the scan saw the batch's Sync or a Flush.
+    fn route_batch(&self) -> (Route, bool) {
+        let (mut route, ended) = self.route_by_statements();
+        if self.policy.read_only {
+            route.role = Role::Replica;
+        }
+        (route, ended)
+    }
+
+    fn route_by_statements(&self) -> (Route, bool) {
+        let session = self.session_routing();
+        if self.mode == PoolMode::Session {
+            let role = match session.role_override {
+                Some(pgrouter_parser::RoleHint::Replica) => Role::Replica,
+                _ if session.default_read_only => Role::Replica,
+                _ => Role::Primary,
+            };
+            let route = Route {
+                shard: session.shard_override.unwrap_or(0) as usize,
+                role,
+            };
+            return (route, false);
+        }
+        let mut ended = false;
+        let mut route: Option<Route> = None;
+        let mut unnamed = self.unnamed.clone();
+        let mut at = 0;
+        while let Ok(Some(frame)) = next_frame(self.cbuf.get(at..).unwrap_or(&[]), self.max_message)
+        {
+            let body = frame.body(&self.cbuf[at..]);
+            at += frame.total_len;
+            let analysis = match frame.tag {
+                b'Q' => self
+                    .analyze_query(body)
+                    .ok()
+                    .map(|a| self.query_analysis(a)),
+                b'P' => self.analyze_parse(body).ok().inspect(|a| {
+                    if body.first() == Some(&0) {
+                        unnamed = Some(a.clone()); // the unnamed statement
+                    }
+                }),
+                b'B' => parse_bind_names(body)
+                    .ok()
+                    .and_then(|b| self.statement_analysis(b.statement, &unnamed)),
+                b'F' => {
+                    let route = Route {
+                        shard: 0,
+                        role: Role::Primary,
+                    };
+                    return (route, false);
+                }
+                b'S' | b'H' => {
+                    ended = true;
+                    None
+                }
+                _ => None,
+            };
+            if let Some(a) = analysis {
+                let r = router::route(&a, &session);
+                route = Some(match route {
+                    None => r,
+                    Some(first) if r.role == Role::Primary => Route {
+                        role: Role::Primary,
+                        ..first
+                    },
+                    Some(first) => first,
+                });
+            }
+            if matches!(frame.tag, b'Q' | b'S') {
+                break;
+            }
+        }
+        let route = route.unwrap_or(Route {
+            shard: session.shard_override.unwrap_or(0) as usize,
+            role: Role::Primary,
+        });
+        (route, ended)
+    }
+
+    /// The analysis that decides a simple query's route: for a lone
+    /// `EXECUTE name`, the prepared statement's.
+    pub(super) fn query_analysis(&self, analysis: Arc<Analysis>) -> Arc<Analysis> {
+        if let [s] = analysis.statements.as_slice() {
+            if let StatementKind::Execute { name } = &s.kind {
+                if let Some(p) = self.sql_prepared.get(name) {
+                    return p.analysis.clone();
+                }
+            }
+        }
+        analysis
+    }
+
+    fn statement_analysis(
+        &self,
+        name: &str,
+        unnamed: &Option<Arc<Analysis>>,
+    ) -> Option<Arc<Analysis>> {
+        if name.is_empty() {
+            unnamed.clone()
+        } else {
+            self.statements.get(name).map(|s| s.analysis.clone())
+        }
+    }
+
+    /// A server is held but not inside a transaction (its last answers are
+    /// still coming): a new unit of work that needs the primary, or another
+    /// shard, must wait for it to be released.
+    pub(super) fn needs_other_server(&self, tag: u8) -> bool {
+        let Some(held) = &self.server else {
+            return false;
+        };
+        if self.mode == PoolMode::Session
+            || self.in_tx
+            || self.unsynced
+            || held.conn.tx_status != b'I'
+        {
+            return false;
+        }
+        if !matches!(tag, b'Q' | b'P' | b'B' | b'F') {
+            return false;
+        }
+        let route = self.route_next_batch();
+        route.shard != held.shard || (route.role == Role::Primary && !held.is_primary)
+    }
+}
