@@ -36,7 +36,7 @@ impl Ops {
                     let _ = user;
                     out.push(PoolSnapshot {
                         labels: pool.labels.clone(),
-                        pool_mode: pools.mode.clone().as_str().to_string(),
+                        pool_mode: pools.mode.as_str().to_string(),
                         cl_active: clients.iter().filter(on_pool).count() as u64,
                         cl_waiting: stats.waiting as u64,
                         sv_active: active,
@@ -199,8 +199,8 @@ impl AdminContext for Ops {
         row("workers", g.workers.to_string(), d.workers.to_string());
         row(
             "pool_mode",
-            g.pool_mode.clone().as_str().into(),
-            d.pool_mode.clone().as_str().into(),
+            g.pool_mode.as_str().into(),
+            d.pool_mode.as_str().into(),
         );
         row(
             "default_pool_size",
@@ -254,13 +254,13 @@ impl AdminContext for Ops {
         );
         row(
             "read_write_split",
-            g.read_write_split.clone().as_str().into(),
-            d.read_write_split.clone().as_str().into(),
+            g.read_write_split.as_str().into(),
+            d.read_write_split.as_str().into(),
         );
         row(
             "load_balancing",
-            g.load_balancing.clone().as_str().into(),
-            d.load_balancing.clone().as_str().into(),
+            g.load_balancing.as_str().into(),
+            d.load_balancing.as_str().into(),
         );
         row(
             "healthcheck_interval_ms",
@@ -315,13 +315,13 @@ impl AdminContext for Ops {
         );
         row(
             "client_tls",
-            g.client_tls.clone().as_str().into(),
-            d.client_tls.clone().as_str().into(),
+            g.client_tls.as_str().into(),
+            d.client_tls.as_str().into(),
         );
         row(
             "server_tls",
-            g.server_tls.clone().as_str().into(),
-            d.server_tls.clone().as_str().into(),
+            g.server_tls.as_str().into(),
+            d.server_tls.as_str().into(),
         );
         row(
             "server_tls_ca",
@@ -330,8 +330,8 @@ impl AdminContext for Ops {
         );
         row(
             "log_format",
-            g.log_format.clone().as_str().into(),
-            d.log_format.clone().as_str().into(),
+            g.log_format.as_str().into(),
+            d.log_format.as_str().into(),
         );
         rows.push(ConfigRow {
             key: "databases".into(),

@@ -107,10 +107,10 @@ impl Session {
             if self.batch_start && !self.in_tx {
                 self.check_token_expiry()?;
             }
-            if self.server.is_none() || (self.is_quiet() && !self.in_tx) {
-                if self.try_answer_locally(frame.total_len)? {
-                    continue;
-                }
+            if (self.server.is_none() || (self.is_quiet() && !self.in_tx))
+                && self.try_answer_locally(frame.total_len)?
+            {
+                continue;
             }
             if self.server.is_none() {
                 if self.try_prepare_locally()? {

@@ -173,7 +173,7 @@ impl ClientParams {
             if !self.values.contains_key(name) {
                 resets.push_str("RESET ");
                 resets.push_str(&quote_ident(name));
-                resets.push_str(";");
+                resets.push(';');
             }
         }
         let mut sets = String::new();
@@ -263,10 +263,8 @@ pub fn parse_options(options: &str) -> Vec<(String, String)> {
             it.next()
         } else if let Some(rest) = w.strip_prefix("--") {
             Some(rest.to_string())
-        } else if let Some(rest) = w.strip_prefix("-c") {
-            Some(rest.to_string())
         } else {
-            None
+            w.strip_prefix("-c").map(|rest| rest.to_string())
         };
         if let Some((k, v)) = setting.as_deref().and_then(|s| s.split_once('=')) {
             out.push((k.replace('-', "_").to_ascii_lowercase(), v.to_string()));

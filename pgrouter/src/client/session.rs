@@ -150,7 +150,7 @@ impl Session {
         Session {
             client,
             cbuf: setup.cbuf,
-            mode: setup.pools.mode.clone(),
+            mode: setup.pools.mode,
             pools: setup.pools,
             pools_user: setup.pools_user,
             database: setup.database,
@@ -200,7 +200,7 @@ impl Session {
             release_after_session(
                 held.conn,
                 self.expect.is_empty() && !self.unsynced,
-                self.mode.clone(),
+                self.mode,
             );
         }
         (self.client, end)

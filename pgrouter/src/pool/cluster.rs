@@ -131,7 +131,7 @@ impl Cluster {
                 Some(h) => h.clone(),
                 None => Arc::new(ServerHealth::new(
                     key.clone(),
-                    server.role.clone(),
+                    server.role,
                     check_target,
                     ban_time,
                     metrics.clone(),
@@ -252,7 +252,7 @@ fn user_pools(
                     database: user.database.clone(),
                     user: user.name.clone(),
                     shard: server.shard,
-                    role: server.role.clone().as_str().to_string(),
+                    role: server.role.as_str().to_string(),
                     host: server.host.clone(),
                     port: server.port,
                 };
@@ -274,8 +274,8 @@ fn user_pools(
         mode: config.pool_mode_for(user),
         shards,
         balancing: Balancing {
-            split: g.read_write_split.clone(),
-            method: g.load_balancing.clone(),
+            split: g.read_write_split,
+            method: g.load_balancing,
         },
     }
 }

@@ -190,6 +190,14 @@ pub fn parse_parameter_status(body: &[u8]) -> Result<(&str, &str), ProtocolError
     Ok((r.cstr()?, r.cstr()?))
 }
 
+pub fn parse_complete(out: &mut BytesMut) {
+    put_message(out, b'1', |_| {});
+}
+
+pub fn close_complete(out: &mut BytesMut) {
+    put_message(out, b'3', |_| {});
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,12 +228,4 @@ mod tests {
             other => panic!("{other:?}"),
         }
     }
-}
-
-pub fn parse_complete(out: &mut BytesMut) {
-    put_message(out, b'1', |_| {});
-}
-
-pub fn close_complete(out: &mut BytesMut) {
-    put_message(out, b'3', |_| {});
 }
