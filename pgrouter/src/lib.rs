@@ -18,3 +18,4 @@ pub mod router;
 pub mod run;
 pub mod server;
 pub mod state;
+pub mod worker;

@@ -95,19 +95,21 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(&config.general.log_format);
-    // One worker: everything on this thread, like PgBouncer. Cheaper than a
-    // one-worker multi-thread runtime (no hand-offs between the worker and
-    // the thread driving the I/O); measured about 4 µs less CPU per
-    // transaction on a 2-core machine shared with PostgreSQL.
-    let mut builder = if config.general.workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
+    // The accepting thread runs a single-threaded runtime. With one worker
+    // it serves the clients too, like PgBouncer's one process; with more,
+    // each worker thread runs its own (see `worker.rs`).
+    let workers = match config.general.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
     };
-    builder.enable_all();
-    if config.general.workers > 1 {
-        builder.worker_threads(config.general.workers);
+    if workers > 1 {
+        if let Err(e) = pgrouter::worker::start(workers) {
+            eprintln!("cannot start {workers} worker threads: {e}");
+            return ExitCode::from(1);
+        }
     }
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_all();
     let runtime = match builder.build() {
         Ok(r) => r,
         Err(e) => {

@@ -3,6 +3,7 @@
 //! the session's bookkeeping (transaction status, parameters, SET outcomes).
 
 use bytes::Buf;
+use pgrouter_config::PoolMode;
 
 use super::error::SessionEnd;
 use super::expect::Reply;
@@ -76,6 +77,10 @@ impl Session {
                     }
                     if self.expect.is_empty() && !self.unsynced {
                         self.in_tx = status != b'I';
+                        if status == b'I' && self.mode == PoolMode::Transaction && !held.tx_counted
+                        {
+                            held.record_transaction();
+                        }
                     }
                 }
                 b'S' => {

@@ -239,6 +239,7 @@ impl Session {
             pool_id: Arc::as_ptr(&slot.pool) as usize,
             attached_at: now,
             last_answer: now,
+            tx_counted: false,
         };
         // The request about to be sent starts now (saves a clock read).
         self.request_started.get_or_insert(now);

@@ -41,6 +41,19 @@ pub(super) struct Held {
     pub attached_at: std::time::Instant,
     /// When the server's last answer to the client's request arrived.
     pub last_answer: std::time::Instant,
+    /// The transaction that ends this lease is counted already (at its
+    /// ReadyForQuery, before the answer reaches the client, so a client
+    /// that reads the metrics next sees it).
+    pub tx_counted: bool,
+}
+
+impl Held {
+    /// Counts the transaction of this lease in its pool's metrics.
+    pub fn record_transaction(&mut self) {
+        self.tx_counted = true;
+        let took = self.last_answer.saturating_duration_since(self.attached_at);
+        self.conn.pool().metrics.record_transaction(took);
+    }
 }
 
 /// A JWT session's role set in a round trip of its own (see
@@ -300,7 +313,7 @@ impl Session {
         {
             return;
         }
-        if let Some(held) = self.server.take() {
+        if let Some(mut held) = self.server.take() {
             if !held.conn.read_buf.is_empty() {
                 self.server = Some(held);
                 return;
@@ -309,10 +322,9 @@ impl Session {
             self.in_tx = false;
             self.blocked = false;
             self.stop_replay();
-            held.conn
-                .pool()
-                .metrics
-                .record_transaction(held.last_answer.saturating_duration_since(held.attached_at));
+            if !held.tx_counted {
+                held.record_transaction();
+            }
             self.registered.info.set_state(ClientState::Idle);
             self.registered.info.set_server(None);
             Pool::checkin_at(held.conn, held.last_answer);

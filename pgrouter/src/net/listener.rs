@@ -1,7 +1,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use super::tls::{ClientTlsHandle, ClientTlsSetup};
 use super::ClientStream;
@@ -51,11 +51,36 @@ pub async fn serve_with_tls(listener: TcpListener, state: Arc<State>, tls: Arc<C
         let state = state.clone();
         let tls = tls.current();
         state.clients.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(async move {
-            let id = NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed);
-            crate::client::handle(ClientStream::Plain(stream), peer, state.clone(), id, tls).await;
-            state.clients.fetch_sub(1, Ordering::Relaxed);
+        let id = NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed);
+        let Some(worker) = crate::worker::next() else {
+            tokio::spawn(serve_client(stream, peer, state, id, tls));
+            continue;
+        };
+        // The socket moves to the worker's event loop: taken off this one
+        // here, registered with the worker's when its task starts there.
+        let moved = stream.into_std();
+        worker.spawn(async move {
+            match moved.and_then(TcpStream::from_std) {
+                Ok(stream) => serve_client(stream, peer, state, id, tls).await,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot hand a client to a worker");
+                    state.clients.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
         });
     }
     tracing::info!("stopped accepting new clients");
+}
+
+/// One client from its first byte to its last, counted in `state.clients`
+/// (incremented when it was accepted).
+async fn serve_client(
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    state: Arc<State>,
+    id: u64,
+    tls: ClientTlsSetup,
+) {
+    crate::client::handle(ClientStream::Plain(stream), peer, state.clone(), id, tls).await;
+    state.clients.fetch_sub(1, Ordering::Relaxed);
 }

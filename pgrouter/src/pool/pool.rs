@@ -50,6 +50,12 @@ pub enum PoolError {
 /// One server address as one user. At most `size` checkouts are outstanding;
 /// clients beyond that wait in arrival order, and a returned connection goes
 /// straight to the longest-waiting one (see `queue.rs`).
+///
+/// With several worker threads a pool of at least that many connections is
+/// split into one part per worker, the size shared out among them (20 over
+/// 2 workers: 10 each). A client checks out from its own worker's part, so
+/// the server connections it uses belong to its own thread's event loop
+/// (see `worker.rs`). A smaller pool is one part that every worker uses.
 pub struct Pool {
     /// "user@database/shard/host:port", for logs.
     pub name: String,
@@ -59,14 +65,47 @@ pub struct Pool {
     size: std::sync::atomic::AtomicU32,
     pub metrics: Arc<PoolMetrics>,
     pub labels: PoolLabels,
+    /// One per worker, or one in all (see above).
+    parts: Box<[Part]>,
+    /// Taken (before any part's lock) by a client that finds its part full
+    /// and by a release that finds nobody waiting in its part, so that a
+    /// client never queues while a lease goes idle in another part.
+    coord: Mutex<()>,
+    /// Parameters a fresh server reports (server_version, encodings, ...),
+    /// sent to clients at login.
+    default_params: Mutex<Option<Arc<Vec<(String, String)>>>>,
+}
+
+/// A worker's share of a pool.
+struct Part {
     /// Idle connections, leases and waiters. Connections are boxed: one
     /// changes hands (pool, client, pool) every transaction, and moving a
     /// pointer is cheaper than moving the struct.
     slots: Mutex<Slots>,
+    /// Connections open, idle or not.
     open: AtomicUsize,
-    /// Parameters a fresh server reports (server_version, encodings, ...),
-    /// sent to clients at login.
-    default_params: Mutex<Option<Arc<Vec<(String, String)>>>>,
+    /// This part's share of the pool's size.
+    size: AtomicUsize,
+}
+
+impl Part {
+    /// Takes a lease if the part has room and nobody waits for it.
+    fn take_lease(&self) -> bool {
+        let mut slots = self.slots.lock();
+        let room = slots.waiters.is_empty() && slots.leased < self.size.load(Ordering::Relaxed);
+        if room {
+            slots.leased += 1;
+        }
+        room
+    }
+}
+
+/// Part `k`'s share of `total` over `parts` parts: an even split, the
+/// remainder to the first parts (a pool a reload shrank below its number of
+/// parts leaves the last ones without a share).
+fn share(total: u32, parts: usize, k: usize) -> usize {
+    let (total, parts) = (total as usize, parts.max(1));
+    total / parts + usize::from(k < total % parts)
 }
 
 /// A server connection checked out of its pool. Give it back with
@@ -75,6 +114,8 @@ pub struct Pool {
 pub struct PooledConn {
     conn: Option<Box<ServerConn>>,
     pool: Arc<Pool>,
+    /// The pool's part it came from, and goes back to.
+    part: usize,
     /// Holds one of the pool's leases (released on checkin or drop).
     leased: bool,
 }
@@ -87,6 +128,19 @@ impl Pool {
         metrics: Arc<PoolMetrics>,
         labels: PoolLabels,
     ) -> Arc<Pool> {
+        let workers = crate::worker::count();
+        let count = if settings.size as usize >= workers {
+            workers
+        } else {
+            1
+        };
+        let parts = (0..count)
+            .map(|k| Part {
+                slots: Mutex::new(Slots::default()),
+                open: AtomicUsize::new(0),
+                size: AtomicUsize::new(share(settings.size, count, k)),
+            })
+            .collect();
         Arc::new(Pool {
             name,
             target,
@@ -94,30 +148,53 @@ impl Pool {
             metrics,
             labels,
             settings,
-            slots: Mutex::new(Slots::default()),
-            open: AtomicUsize::new(0),
+            parts,
+            coord: Mutex::new(()),
             default_params: Mutex::new(None),
         })
     }
 
+    /// The part the current thread's clients use.
+    /// A pool shrunk below its number of parts leaves the last parts with
+    /// no share: their workers' clients use the first parts.
+    #[inline]
+    fn my_part(&self) -> usize {
+        match self.parts.len() {
+            1 => 0,
+            n => crate::worker::index() % (self.size() as usize).clamp(1, n),
+        }
+    }
+
+    fn part(&self, k: usize) -> &Part {
+        &self.parts[k]
+    }
+
     pub async fn checkout(self: &Arc<Self>) -> Result<PooledConn, PoolError> {
-        let waiting = {
-            let mut slots = self.slots.lock();
-            if slots.waiters.is_empty() && slots.leased < self.size() as usize {
-                slots.leased += 1;
-                None
+        let k = self.my_part();
+        let part = self.part(k);
+        let waiting = if part.take_lease() {
+            Ok(k)
+        } else {
+            // Full: under the pool's coordination lock, look again, then
+            // borrow another part's spare lease or queue up.
+            let _coord = self.coord.lock();
+            if part.take_lease() {
+                Ok(k)
+            } else if let Some(j) = self.borrow_lease(k) {
+                Ok(j)
             } else {
-                Some(self.enqueue(&mut slots))
+                Err(self.enqueue(k, &mut part.slots.lock()))
             }
         };
         let granted = match waiting {
-            None => {
+            Ok(j) => {
                 self.metrics.record_checkout_wait(Duration::ZERO);
-                Grant::Open
+                Grant::Open(j)
             }
-            Some((id, started, rx)) => {
+            Err((id, started, rx)) => {
                 let granted = WaitingClient {
                     pool: self,
+                    part: k,
                     id,
                     rx: Some(rx),
                 }
@@ -129,25 +206,45 @@ impl Pool {
         };
         // The lease is this client's from here on (no await since it was
         // granted): dropping the PooledConn gives it back.
+        let (conn, k) = match granted {
+            Grant::Conn(conn, k) => (Some(conn), k),
+            Grant::Open(k) => (None, k),
+        };
         let mut lease = PooledConn {
-            conn: None,
+            conn,
             pool: self.clone(),
+            part: k,
             leased: true,
         };
-        lease.conn = match granted {
-            Grant::Conn(conn) => Some(conn),
-            Grant::Open => self.take_reusable_idle(),
-        };
         if lease.conn.is_none() {
-            lease.conn = Some(self.connect().await?);
+            lease.conn = self.take_reusable_idle(k);
+        }
+        if lease.conn.is_none() {
+            lease.conn = Some(self.connect(k).await?);
         }
         Ok(lease)
+    }
+
+    /// A lease of another part that has capacity to spare and nobody
+    /// waiting, for a client whose own part is full: no client waits while
+    /// the pool as a whole has room. Its connection may belong to the other
+    /// worker's event loop, which costs wake-ups between threads but is
+    /// otherwise the same.
+    /// Called under `coord`.
+    fn borrow_lease(&self, mine: usize) -> Option<usize> {
+        (0..self.parts.len())
+            .filter(|&j| j != mine)
+            .find(|&j| self.part(j).take_lease())
     }
 
     /// Queues a client for the next lease and makes sure the expiry task
     /// runs. Returns the entry's id, when it started waiting, and where the
     /// grant will arrive.
-    fn enqueue(self: &Arc<Self>, slots: &mut Slots) -> (u64, Instant, oneshot::Receiver<Grant>) {
+    fn enqueue(
+        self: &Arc<Self>,
+        k: usize,
+        slots: &mut Slots,
+    ) -> (u64, Instant, oneshot::Receiver<Grant>) {
         let (tx, rx) = oneshot::channel();
         let since = Instant::now();
         let id = slots.next_waiter_id;
@@ -159,7 +256,7 @@ impl Pool {
         });
         if !slots.expiry_running {
             slots.expiry_running = true;
-            self.spawn_expiry();
+            self.spawn_expiry(k);
         }
         (id, since, rx)
     }
@@ -169,7 +266,7 @@ impl Pool {
     /// `CheckoutTimeout`). Waiters join at the back with the same timeout,
     /// so the front always has the earliest deadline. Ends when the queue is
     /// empty; the next waiter starts it again (both under the pool's lock).
-    fn spawn_expiry(self: &Arc<Self>) {
+    fn spawn_expiry(self: &Arc<Self>, k: usize) {
         let pool = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
@@ -177,7 +274,7 @@ impl Pool {
                     let Some(pool) = pool.upgrade() else { return };
                     let timeout = pool.settings.checkout_timeout;
                     let now = Instant::now();
-                    let mut slots = pool.slots.lock();
+                    let mut slots = pool.part(k).slots.lock();
                     while slots
                         .waiters
                         .front()
@@ -199,21 +296,22 @@ impl Pool {
     }
 
     /// An idle connection fit for reuse, closing the unfit ones found first.
-    fn take_reusable_idle(&self) -> Option<Box<ServerConn>> {
+    fn take_reusable_idle(&self, k: usize) -> Option<Box<ServerConn>> {
         loop {
-            let conn = self.slots.lock().idle.pop()?;
+            let conn = self.part(k).slots.lock().idle.pop()?;
             if self.is_reusable(&conn) {
                 return Some(conn);
             }
-            self.close(conn);
+            self.close(k, conn);
         }
     }
 
-    /// Opens a new connection counted against this pool.
-    async fn connect(&self) -> Result<Box<ServerConn>, ServerError> {
+    /// Opens a new connection counted against part `k`, on the current
+    /// thread's event loop.
+    async fn connect(&self, k: usize) -> Result<Box<ServerConn>, ServerError> {
         let conn =
             Box::new(ServerConn::connect(&self.target, self.settings.connect_timeout).await?);
-        self.open.fetch_add(1, Ordering::Relaxed);
+        self.part(k).open.fetch_add(1, Ordering::Relaxed);
         let mut defaults = self.default_params.lock();
         if defaults.is_none() {
             let mut params: Vec<_> = conn
@@ -241,32 +339,59 @@ impl Pool {
         };
         let pool = pooled.pool.clone();
         let expired = past(conn.created, pool.settings.lifetime, last_used);
+        let k = pooled.part;
         if expired || conn.tx_status != b'I' || !conn.read_buf.is_empty() {
-            pool.close(conn);
+            pool.close(k, conn);
             return; // dropping `pooled` passes its lease on
         }
         conn.last_used = last_used;
         pooled.leased = false;
-        pool.release(Some(conn));
+        pool.release(k, Some(conn));
     }
 
     /// Ends a lease: it passes (with `conn`, if any) to the oldest waiter,
     /// unless a reload shrank the pool below the leases outstanding; a
     /// connection nobody takes goes idle.
-    fn release(&self, conn: Option<Box<ServerConn>>) {
-        let mut slots = self.slots.lock();
-        let conn = if slots.leased <= self.size() as usize {
-            match slots.hand_over(conn) {
-                Ok(()) => return,
-                Err(conn) => conn,
-            }
-        } else {
-            conn
-        };
-        slots.leased -= 1;
-        if let Some(conn) = conn {
-            slots.idle.push(conn);
+    fn release(&self, k: usize, conn: Option<Box<ServerConn>>) {
+        let part = self.part(k);
+        let mut slots = part.slots.lock();
+        if slots.leased > part.size.load(Ordering::Relaxed) {
+            slots.put_back(conn);
+            return;
         }
+        let Err(conn) = slots.hand_over(conn, k) else {
+            return;
+        };
+        if self.parts.len() == 1 {
+            slots.put_back(conn);
+            return;
+        }
+        // Nobody waits in this part: under the coordination lock (which
+        // every client that queues holds), a client waiting in another part
+        // gets this part's lease (see `borrow_lease`).
+        drop(slots);
+        let _coord = self.coord.lock();
+        let Err(conn) = part.slots.lock().hand_over(conn, k) else {
+            return;
+        };
+        if let Err(conn) = self.hand_to_other_part(k, conn) {
+            part.slots.lock().put_back(conn);
+        }
+    }
+
+    /// Passes part `k`'s lease to a client waiting in another part.
+    fn hand_to_other_part(
+        &self,
+        k: usize,
+        mut conn: Option<Box<ServerConn>>,
+    ) -> Result<(), Option<Box<ServerConn>>> {
+        for j in (0..self.parts.len()).filter(|&j| j != k) {
+            match self.part(j).slots.lock().hand_over(conn, k) {
+                Ok(()) => return Ok(()),
+                Err(back) => conn = back,
+            }
+        }
+        Err(conn)
     }
 
     /// The parameters a server of this pool reports at login, connecting once
@@ -291,42 +416,57 @@ impl Pool {
         conn.stream.is_idle_and_open()
     }
 
-    fn close(&self, conn: Box<ServerConn>) {
-        self.open.fetch_sub(1, Ordering::Relaxed);
+    fn close(&self, k: usize, conn: Box<ServerConn>) {
+        self.part(k).open.fetch_sub(1, Ordering::Relaxed);
         tokio::spawn((*conn).terminate());
     }
 
     /// Closes idle connections past their idle timeout or lifetime and opens
     /// connections up to `min_size`. Called periodically by the maintenance task.
     pub async fn maintain(self: &Arc<Self>) {
+        for k in 0..self.parts.len() {
+            self.maintain_part(k).await;
+        }
+    }
+
+    async fn maintain_part(self: &Arc<Self>, k: usize) {
+        let part = self.part(k);
         let expired: Vec<Box<ServerConn>> = {
-            let mut slots = self.slots.lock();
+            let mut slots = part.slots.lock();
             let (keep, expired): (Vec<_>, Vec<_>) =
                 slots.idle.drain(..).partition(|c| self.is_reusable(c));
             slots.idle = keep;
             expired
         };
         for conn in expired {
-            self.close(conn);
+            self.close(k, conn);
         }
         // A pool that shrank closes its extra idle connections.
         let excess: Vec<Box<ServerConn>> = {
-            let mut slots = self.slots.lock();
-            let open = self.open.load(Ordering::Relaxed);
+            let mut slots = part.slots.lock();
+            let open = part.open.load(Ordering::Relaxed);
             let extra = open
-                .saturating_sub(self.size() as usize)
+                .saturating_sub(part.size.load(Ordering::Relaxed))
                 .min(slots.idle.len());
             slots.idle.drain(..extra).collect()
         };
         for conn in excess {
-            self.close(conn);
+            self.close(k, conn);
         }
-        let min = self.settings.min_size.min(self.size()) as usize;
-        while self.open.load(Ordering::Relaxed) < min {
-            match self.connect().await {
-                Ok(mut conn) => {
+        let min = share(self.settings.min_size, self.parts.len(), k)
+            .min(part.size.load(Ordering::Relaxed));
+        while part.open.load(Ordering::Relaxed) < min {
+            // Opened on the worker whose clients use this part.
+            let pool = self.clone();
+            let opened = crate::worker::spawn_on(k, async move { pool.connect(k).await }).await;
+            match opened {
+                Ok(Ok(mut conn)) => {
                     conn.last_used = Instant::now();
-                    self.slots.lock().idle.push(conn);
+                    part.slots.lock().idle.push(conn);
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(pool = %self.name, error = %e, "could not open a min_pool_size connection");
+                    break;
                 }
                 Err(e) => {
                     tracing::warn!(pool = %self.name, error = %e, "could not open a min_pool_size connection");
@@ -345,16 +485,31 @@ impl Pool {
         self.size.load(Ordering::Relaxed)
     }
 
-    /// Changes the pool's size in place (reload). Added capacity goes to
-    /// waiting clients at once; removed capacity is taken back as
-    /// checked-out connections return (see [`Pool::release`]).
+    /// Changes the pool's size in place (reload), shared out among its
+    /// parts as at creation. Added capacity goes to waiting clients at once;
+    /// removed capacity is taken back as checked-out connections return
+    /// (see [`Pool::release`]).
     pub fn resize(&self, new_size: u32) {
         self.size.store(new_size, Ordering::Relaxed);
-        let mut slots = self.slots.lock();
-        while slots.leased < new_size as usize && !slots.waiters.is_empty() {
-            slots.leased += 1;
-            if slots.hand_over(None).is_err() {
-                slots.leased -= 1;
+        for (k, part) in self.parts.iter().enumerate() {
+            let size = share(new_size, self.parts.len(), k);
+            part.size.store(size, Ordering::Relaxed);
+            let mut slots = part.slots.lock();
+            while slots.leased < size && !slots.waiters.is_empty() {
+                slots.leased += 1;
+                if slots.hand_over(None, k).is_err() {
+                    slots.leased -= 1;
+                }
+            }
+        }
+        // Capacity left over in one part serves the clients waiting in another.
+        let _coord = self.coord.lock();
+        for (k, part) in self.parts.iter().enumerate() {
+            while part.take_lease() {
+                if self.hand_to_other_part(k, None).is_err() {
+                    part.slots.lock().leased -= 1;
+                    break;
+                }
             }
         }
     }
@@ -363,51 +518,53 @@ impl Pool {
     pub fn idle_snapshot(&self) -> Vec<(i32, std::time::SystemTime, std::time::SystemTime, bool)> {
         let now_sys = std::time::SystemTime::now();
         let now = Instant::now();
-        self.slots
-            .lock()
-            .idle
-            .iter()
-            .map(|c| {
+        let mut out = Vec::new();
+        for part in self.parts.iter() {
+            out.extend(part.slots.lock().idle.iter().map(|c| {
                 (
                     c.backend_pid,
                     now_sys - (now - c.created),
                     now_sys - (now - c.last_used),
                     c.stream.is_tls(),
                 )
-            })
-            .collect()
+            }));
+        }
+        out
     }
 
     /// Connections checked out now.
     pub fn checked_out(&self) -> usize {
-        self.slots.lock().leased
+        self.parts.iter().map(|p| p.slots.lock().leased).sum()
     }
 
     /// How long the longest-waiting client has waited.
     pub fn max_wait(&self) -> Duration {
-        let slots = self.slots.lock();
-        slots
-            .waiters
-            .front()
-            .map(|w| w.since.elapsed())
+        self.parts
+            .iter()
+            .filter_map(|p| p.slots.lock().waiters.front().map(|w| w.since.elapsed()))
+            .max()
             .unwrap_or_default()
     }
 
     pub fn stats(&self) -> PoolStats {
-        let slots = self.slots.lock();
-        let open = self.open.load(Ordering::Relaxed);
-        PoolStats {
-            idle: slots.idle.len(),
-            active: open.saturating_sub(slots.idle.len()),
-            waiting: slots.waiters.len(),
+        let mut stats = PoolStats::default();
+        for part in self.parts.iter() {
+            let slots = part.slots.lock();
+            let open = part.open.load(Ordering::Relaxed);
+            stats.idle += slots.idle.len();
+            stats.active += open.saturating_sub(slots.idle.len());
+            stats.waiting += slots.waiters.len();
         }
+        stats
     }
 
     /// Closes every idle connection (shutdown).
     pub fn close_idle(&self) {
-        let drained: Vec<Box<ServerConn>> = self.slots.lock().idle.drain(..).collect();
-        for conn in drained {
-            self.close(conn);
+        for (k, part) in self.parts.iter().enumerate() {
+            let drained: Vec<Box<ServerConn>> = part.slots.lock().idle.drain(..).collect();
+            for conn in drained {
+                self.close(k, conn);
+            }
         }
     }
 }
@@ -461,11 +618,14 @@ impl PooledConn {
 impl Drop for PooledConn {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
-            self.pool.open.fetch_sub(1, Ordering::Relaxed);
+            self.pool
+                .part(self.part)
+                .open
+                .fetch_sub(1, Ordering::Relaxed);
             drop(conn);
         }
         if self.leased {
-            self.pool.release(None);
+            self.pool.release(self.part, None);
         }
     }
 }
@@ -475,6 +635,7 @@ impl Drop for PooledConn {
 /// meanwhile is passed on, so no lease is lost.
 struct WaitingClient<'a> {
     pool: &'a Arc<Pool>,
+    part: usize,
     id: u64,
     rx: Option<oneshot::Receiver<Grant>>,
 }
@@ -494,13 +655,19 @@ impl Drop for WaitingClient<'_> {
         let Some(mut rx) = self.rx.take() else {
             return;
         };
-        if self.pool.slots.lock().remove_waiter(self.id) {
+        if self
+            .pool
+            .part(self.part)
+            .slots
+            .lock()
+            .remove_waiter(self.id)
+        {
             return;
         }
         rx.close();
         match rx.try_recv() {
-            Ok(Grant::Conn(conn)) => self.pool.release(Some(conn)),
-            Ok(Grant::Open) => self.pool.release(None),
+            Ok(Grant::Conn(conn, k)) => self.pool.release(k, Some(conn)),
+            Ok(Grant::Open(k)) => self.pool.release(k, None),
             Err(_) => {}
         }
     }

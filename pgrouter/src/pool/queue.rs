@@ -17,10 +17,12 @@ use tokio::sync::oneshot;
 use crate::server::ServerConn;
 
 /// What a waiting client is given: a connection, or the right to open one
-/// (a lease whose connection was closed, or capacity added by a reload).
+/// (a lease whose connection was closed, or capacity added by a reload),
+/// with the pool part whose lease it is (another worker's part when that
+/// one had capacity to spare).
 pub(super) enum Grant {
-    Conn(Box<ServerConn>),
-    Open,
+    Conn(Box<ServerConn>, usize),
+    Open(usize),
 }
 
 pub(super) struct Waiter {
@@ -47,25 +49,35 @@ pub(super) struct Slots {
 }
 
 impl Slots {
-    /// Passes a lease (with `conn`, or the right to open one) to the oldest
-    /// client still waiting. Gives `conn` back when nobody took it.
+    /// Passes a lease of part `part` (with `conn`, or the right to open
+    /// one) to the oldest client still waiting. Gives `conn` back when
+    /// nobody took it.
     pub fn hand_over(
         &mut self,
         mut conn: Option<Box<ServerConn>>,
+        part: usize,
     ) -> Result<(), Option<Box<ServerConn>>> {
         while let Some(waiter) = self.waiters.pop_front() {
             let grant = match conn.take() {
-                Some(c) => Grant::Conn(c),
-                None => Grant::Open,
+                Some(c) => Grant::Conn(c, part),
+                None => Grant::Open(part),
             };
             match waiter.grant.send(grant) {
                 Ok(()) => return Ok(()),
                 // That client stopped waiting: try the next one.
-                Err(Grant::Conn(c)) => conn = Some(c),
-                Err(Grant::Open) => {}
+                Err(Grant::Conn(c, _)) => conn = Some(c),
+                Err(Grant::Open(_)) => {}
             }
         }
         Err(conn)
+    }
+
+    /// Ends a lease nobody took: its connection, if any, goes idle.
+    pub fn put_back(&mut self, conn: Option<Box<ServerConn>>) {
+        self.leased -= 1;
+        if let Some(conn) = conn {
+            self.idle.push(conn);
+        }
     }
 
     /// Takes a client out of the queue; false if it was no longer there
