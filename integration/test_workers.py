@@ -1,0 +1,89 @@
+"""`workers = N`: N threads, each with its own event loop, clients dealt out
+to them in turn, and every pool split into one part per worker.
+
+Splitting must not change what a pool of size N means: no client waits
+while the pool has room in some worker's part, and a connection given back
+in one part serves a client waiting in another.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.clients import Timer, connect, in_thread
+from harness.ops import admin_general, pools
+from harness.pg import APP_DB, APP_USER
+from harness.router import app_user
+from harness.util import wait_until
+
+TWO_WORKERS = {"workers": 2, "checkout_timeout_ms": 4000}
+
+
+def thread_names(pid: int) -> list[str]:
+    return sorted((p / "comm").read_text().strip() for p in Path(f"/proc/{pid}/task").iterdir())
+
+
+def test_two_workers_start_two_event_loop_threads(routers):
+    router = routers.start(general=TWO_WORKERS)
+    names = thread_names(router.pid)
+    assert names.count("pgrouter-worker") == 2, names  # comm is cut at 15 bytes
+    assert "tokio-rt-worker" not in names, names
+    with connect(router.dsn()) as c:
+        assert c.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_split_pool_lends_and_hands_over_between_workers(routers, primary):
+    """Pool 2 over 2 workers: one lease per worker. Clients are dealt out in
+    turn, so c1 and c3 share a worker and c2 has the other one."""
+    router = routers.start(general=admin_general(**TWO_WORKERS), users=[app_user(pool_size=2)])
+    c1, c2, c3 = (connect(router.dsn(), autocommit=False) for _ in range(3))
+    try:
+        c1.execute("SELECT 1")  # holds its worker's lease
+        # c3's part is full: it borrows the other part's spare lease at once
+        # (with a per-worker pool it would wait and time out after 4 s).
+        with Timer() as t:
+            assert c3.execute("SELECT 3").fetchone() == (3,)
+        assert t.elapsed < 2.0, t.elapsed
+        assert len(primary.pool_backends(user=APP_USER, db=APP_DB)) == 2
+        # Both leases are out: c2 waits in its own part...
+        result = {}
+
+        def c2_query():
+            with Timer() as t2:
+                result["row"] = c2.execute("SELECT 2").fetchone()
+            result["t"] = t2.elapsed
+        th = in_thread(c2_query)
+        wait_until(lambda: int(pools(router)[0]["cl_waiting"]) == 1, 5, what="c2 to wait")
+        # ...and gets the lease c1 gives back in the other part, while c3
+        # still holds its own.
+        c1.rollback()
+        th.join(3)
+        assert result.get("row") == (2,), f"c2 was not served from the other part ({result})"
+        assert len(primary.pool_backends(user=APP_USER, db=APP_DB)) == 2
+    finally:
+        for c in (c1, c2, c3):
+            c.rollback()
+            c.close()
+
+
+def test_many_clients_over_a_small_split_pool(routers, primary):
+    """Transactions of 20 clients over a pool of 3 on 2 workers all complete,
+    and never with more than 3 server connections."""
+    router = routers.start(general=TWO_WORKERS, users=[app_user(pool_size=3)])
+    errors = []
+    peak = []
+
+    def client(i):
+        try:
+            with connect(router.dsn(), autocommit=False) as c:
+                for k in range(20):
+                    assert c.execute("SELECT %s::int", (i * 100 + k,)).fetchone() == (i * 100 + k,)
+                    c.commit()
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(repr(e))
+    threads = [in_thread(client, i) for i in range(20)]
+    while any(t.is_alive() for t in threads):
+        peak.append(len(primary.pool_backends(user=APP_USER, db=APP_DB)))
+        for t in threads:
+            t.join(0.05)
+    assert errors == []
+    assert max(peak, default=0) <= 3, peak
