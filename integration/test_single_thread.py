@@ -1,6 +1,6 @@
 """`workers = 1`: the whole router on one thread (a current-thread runtime,
-like PgBouncer's single process). The same behaviour as the default
-multi-threaded runtime, under load, with prepared statements, routing,
+like PgBouncer's single process). The same behaviour as the default (one
+worker thread per core, pools split among them), under load, with prepared statements, routing,
 cancel, logins with SCRAM, and graceful shutdown.
 """
 from __future__ import annotations
@@ -22,10 +22,10 @@ ONE_THREAD = {"workers": 1, "healthcheck_interval_ms": 200}
 
 
 def runtime_threads(pid: int) -> list[str]:
-    """Names of the router's threads that run tasks (the multi-threaded
-    runtime names its workers tokio-rt-worker)."""
+    """Names of the router's threads that run client tasks: its workers
+    (pgrouter-worker-N, cut to 15 bytes) or a tokio work-stealing runtime's."""
     names = [(p / "comm").read_text().strip() for p in Path(f"/proc/{pid}/task").iterdir()]
-    return [n for n in names if n == "tokio-rt-worker"]
+    return [n for n in names if n in ("pgrouter-worker", "tokio-rt-worker")]
 
 
 def test_one_thread_serves_many_clients_with_prepared_statements(routers, cluster):

@@ -1,9 +1,10 @@
 """`workers = N`: N threads, each with its own event loop, clients dealt out
 to them in turn, and every pool split into one part per worker.
 
-Splitting must not change what a pool of size N means: no client waits
-while the pool has room in some worker's part, and a connection given back
-in one part serves a client waiting in another.
+Splitting must not change what a pool of size N means. A client waits in
+its worker's part for at most 50 ms while another part has room; then it
+borrows that part's lease. That includes a connection given back in another
+part.
 """
 from __future__ import annotations
 
@@ -38,8 +39,8 @@ def test_split_pool_lends_and_hands_over_between_workers(routers, primary):
     c1, c2, c3 = (connect(router.dsn(), autocommit=False) for _ in range(3))
     try:
         c1.execute("SELECT 1")  # holds its worker's lease
-        # c3's part is full: it borrows the other part's spare lease at once
-        # (with a per-worker pool it would wait and time out after 4 s).
+        # c3's part is full: after 50 ms it borrows the other part's spare
+        # lease (without lending it would wait and time out after 4 s).
         with Timer() as t:
             assert c3.execute("SELECT 3").fetchone() == (3,)
         assert t.elapsed < 2.0, t.elapsed
@@ -53,7 +54,7 @@ def test_split_pool_lends_and_hands_over_between_workers(routers, primary):
             result["t"] = t2.elapsed
         th = in_thread(c2_query)
         wait_until(lambda: int(pools(router)[0]["cl_waiting"]) == 1, 5, what="c2 to wait")
-        # ...and gets the lease c1 gives back in the other part, while c3
+        # ...and borrows the lease c1 gives back in the other part, while c3
         # still holds its own.
         c1.rollback()
         th.join(3)

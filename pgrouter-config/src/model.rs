@@ -157,7 +157,8 @@ pub struct Config {
 pub struct General {
     /// `host:port` clients connect to. Port 0 is accepted (any free port; tests).
     pub listen: String,
-    /// Tokio worker threads; 0 = one per core (the server resolves it).
+    /// Worker threads, each with its own event loop and its part of every
+    /// pool; 0 = one per core (the server resolves it).
     pub workers: usize,
     pub pool_mode: PoolMode,
     /// Server connections per pool; at least 1.

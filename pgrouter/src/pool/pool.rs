@@ -67,14 +67,17 @@ pub struct Pool {
     pub labels: PoolLabels,
     /// One per worker, or one in all (see above).
     parts: Box<[Part]>,
-    /// Taken (before any part's lock) by a client that finds its part full
-    /// and by a release that finds nobody waiting in its part, so that a
-    /// client never queues while a lease goes idle in another part.
+    /// One lending between parts at a time (lending and a reload's
+    /// resizing), so that two never trade the same leases back and forth.
     coord: Mutex<()>,
     /// Parameters a fresh server reports (server_version, encodings, ...),
     /// sent to clients at login.
     default_params: Mutex<Option<Arc<Vec<(String, String)>>>>,
 }
+
+/// How long a client of a split pool waits in its own part before it may
+/// borrow another part's spare lease (see `Pool::lend_to_waiters`).
+const LEND_AFTER: Duration = Duration::from_millis(50);
 
 /// A worker's share of a pool.
 struct Part {
@@ -172,18 +175,13 @@ impl Pool {
     pub async fn checkout(self: &Arc<Self>) -> Result<PooledConn, PoolError> {
         let k = self.my_part();
         let part = self.part(k);
-        let waiting = if part.take_lease() {
-            Ok(k)
-        } else {
-            // Full: under the pool's coordination lock, look again, then
-            // borrow another part's spare lease or queue up.
-            let _coord = self.coord.lock();
-            if part.take_lease() {
+        let waiting = {
+            let mut slots = part.slots.lock();
+            if slots.waiters.is_empty() && slots.leased < part.size.load(Ordering::Relaxed) {
+                slots.leased += 1;
                 Ok(k)
-            } else if let Some(j) = self.borrow_lease(k) {
-                Ok(j)
             } else {
-                Err(self.enqueue(k, &mut part.slots.lock()))
+                Err(self.enqueue(k, &mut slots))
             }
         };
         let granted = match waiting {
@@ -225,16 +223,28 @@ impl Pool {
         Ok(lease)
     }
 
-    /// A lease of another part that has capacity to spare and nobody
-    /// waiting, for a client whose own part is full: no client waits while
-    /// the pool as a whole has room. Its connection may belong to the other
-    /// worker's event loop, which costs wake-ups between threads but is
-    /// otherwise the same.
-    /// Called under `coord`.
-    fn borrow_lease(&self, mine: usize) -> Option<usize> {
-        (0..self.parts.len())
-            .filter(|&j| j != mine)
-            .find(|&j| self.part(j).take_lease())
+    /// Clients of part `k` that have waited `LEND_AFTER` get the spare
+    /// leases of other parts (ones with room and nobody waiting), so no
+    /// client waits long while the pool as a whole has room. Such a lent
+    /// connection may belong to the other worker's event loop, which costs
+    /// wake-ups between threads but is otherwise the same. Not done at once:
+    /// under load a part's own leases come back within moments, and lending
+    /// them back and forth cost more than the wait.
+    fn lend_to_waiters(&self, k: usize) {
+        let _coord = self.coord.lock();
+        let mine = self.part(k);
+        for j in (0..self.parts.len()).filter(|&j| j != k) {
+            loop {
+                let waited = mine.slots.lock().waiters.front().map(|w| w.since.elapsed());
+                if !waited.is_some_and(|w| w >= LEND_AFTER) || !self.part(j).take_lease() {
+                    break;
+                }
+                if mine.slots.lock().hand_over(None, j).is_err() {
+                    self.part(j).slots.lock().put_back(None);
+                    break;
+                }
+            }
+        }
     }
 
     /// Queues a client for the next lease and makes sure the expiry task
@@ -261,36 +271,49 @@ impl Pool {
         (id, since, rx)
     }
 
-    /// One task per pool with waiters: sleeps until the oldest waiter's
-    /// deadline and drops the entries past theirs (their clients get
-    /// `CheckoutTimeout`). Waiters join at the back with the same timeout,
-    /// so the front always has the earliest deadline. Ends when the queue is
-    /// empty; the next waiter starts it again (both under the pool's lock).
+    /// One task per pool part with waiters: sleeps until the oldest
+    /// waiter's deadline and drops the entries past theirs (their clients
+    /// get `CheckoutTimeout`). Waiters join at the back with the same
+    /// timeout, so the front always has the earliest deadline. In a split
+    /// pool it also wakes every `LEND_AFTER` to lend other parts' spare
+    /// leases to clients that waited that long. Ends when the queue is
+    /// empty; the next waiter starts it again (both under the part's lock).
     fn spawn_expiry(self: &Arc<Self>, k: usize) {
         let pool = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
-                let deadline = {
+                let wake = {
                     let Some(pool) = pool.upgrade() else { return };
                     let timeout = pool.settings.checkout_timeout;
                     let now = Instant::now();
-                    let mut slots = pool.part(k).slots.lock();
-                    while slots
-                        .waiters
-                        .front()
-                        .is_some_and(|w| deadline(w.since, timeout) <= now)
-                    {
-                        slots.waiters.pop_front();
-                    }
-                    match slots.waiters.front() {
-                        Some(oldest) => deadline(oldest.since, timeout),
-                        None => {
-                            slots.expiry_running = false;
-                            return;
+                    let oldest = {
+                        let mut slots = pool.part(k).slots.lock();
+                        while slots
+                            .waiters
+                            .front()
+                            .is_some_and(|w| deadline(w.since, timeout) <= now)
+                        {
+                            slots.waiters.pop_front();
                         }
+                        match slots.waiters.front() {
+                            Some(oldest) => oldest.since,
+                            None => {
+                                slots.expiry_running = false;
+                                return;
+                            }
+                        }
+                    };
+                    if pool.parts.len() == 1 {
+                        deadline(oldest, timeout)
+                    } else {
+                        if now.saturating_duration_since(oldest) >= LEND_AFTER {
+                            pool.lend_to_waiters(k);
+                        }
+                        let lend_check = (oldest + LEND_AFTER).max(now + LEND_AFTER);
+                        deadline(oldest, timeout).min(lend_check)
                     }
                 };
-                tokio::time::sleep_until(deadline.into()).await;
+                tokio::time::sleep_until(wake.into()).await;
             }
         });
     }
@@ -359,23 +382,10 @@ impl Pool {
             slots.put_back(conn);
             return;
         }
-        let Err(conn) = slots.hand_over(conn, k) else {
-            return;
-        };
-        if self.parts.len() == 1 {
+        // Nobody waits in this part: the lease goes idle here (another
+        // part's long waiters may borrow it, see `lend_to_waiters`).
+        if let Err(conn) = slots.hand_over(conn, k) {
             slots.put_back(conn);
-            return;
-        }
-        // Nobody waits in this part: under the coordination lock (which
-        // every client that queues holds), a client waiting in another part
-        // gets this part's lease (see `borrow_lease`).
-        drop(slots);
-        let _coord = self.coord.lock();
-        let Err(conn) = part.slots.lock().hand_over(conn, k) else {
-            return;
-        };
-        if let Err(conn) = self.hand_to_other_part(k, conn) {
-            part.slots.lock().put_back(conn);
         }
     }
 
@@ -670,5 +680,30 @@ impl Drop for WaitingClient<'_> {
             Ok(Grant::Open(k)) => self.pool.release(k, None),
             Err(_) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod share_tests {
+    use super::share;
+
+    #[test]
+    fn parts_share_the_whole_size_evenly() {
+        for total in 0..40u32 {
+            for parts in 1..5usize {
+                let shares: Vec<usize> = (0..parts).map(|k| share(total, parts, k)).collect();
+                assert_eq!(
+                    shares.iter().sum::<usize>(),
+                    total as usize,
+                    "{total} over {parts}"
+                );
+                let (min, max) = (shares.iter().min(), shares.iter().max());
+                assert!(max.zip(min).is_some_and(|(a, b)| a - b <= 1), "{shares:?}");
+            }
+        }
+        assert_eq!((share(20, 2, 0), share(20, 2, 1)), (10, 10));
+        assert_eq!((share(3, 2, 0), share(3, 2, 1)), (2, 1));
+        // Shrunk below its number of parts: the last part has no share.
+        assert_eq!((share(1, 2, 0), share(1, 2, 1)), (1, 0));
     }
 }
