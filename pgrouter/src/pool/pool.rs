@@ -92,10 +92,15 @@ struct Part {
 }
 
 impl Part {
-    /// Takes a lease if the part has room and nobody waits for it.
+    /// Room for one more lease, and nobody queued ahead for it.
+    fn has_room(&self, slots: &Slots) -> bool {
+        slots.waiters.is_empty() && slots.leased < self.size.load(Ordering::Relaxed)
+    }
+
+    /// Takes a lease if the part has room.
     fn take_lease(&self) -> bool {
         let mut slots = self.slots.lock();
-        let room = slots.waiters.is_empty() && slots.leased < self.size.load(Ordering::Relaxed);
+        let room = self.has_room(&slots);
         if room {
             slots.leased += 1;
         }
@@ -177,7 +182,7 @@ impl Pool {
         let part = self.part(k);
         let waiting = {
             let mut slots = part.slots.lock();
-            if slots.waiters.is_empty() && slots.leased < part.size.load(Ordering::Relaxed) {
+            if part.has_room(&slots) {
                 slots.leased += 1;
                 Ok(k)
             } else {
@@ -389,7 +394,8 @@ impl Pool {
         }
     }
 
-    /// Passes part `k`'s lease to a client waiting in another part.
+    /// Passes part `k`'s lease to a client waiting in another part (a
+    /// reload that grew part `k`).
     fn hand_to_other_part(
         &self,
         k: usize,
