@@ -1,14 +1,17 @@
 """`workers = N`: N threads, each with its own event loop, clients dealt out
 to them in turn, and every pool split into one part per worker.
 
-Splitting must not change what a pool of size N means. A client waits in
-its worker's part for at most 50 ms while another part has room; then it
-borrows that part's lease. That includes a connection given back in another
+Splitting must not change what a pool of size N means. A client whose
+part is full borrows at once from a part with more than its own clients
+need (room never opened, or a connection idle for 10 ms); from any part
+with room after 50 ms. That includes a connection given back in another
 part.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
+
 
 from harness.clients import Timer, connect, in_thread
 from harness.ops import admin_general, pools
@@ -39,8 +42,8 @@ def test_split_pool_lends_and_hands_over_between_workers(routers, primary):
     c1, c2, c3 = (connect(router.dsn(), autocommit=False) for _ in range(3))
     try:
         c1.execute("SELECT 1")  # holds its worker's lease
-        # c3's part is full: after 50 ms it borrows the other part's spare
-        # lease (without lending it would wait and time out after 4 s).
+        # c3's part is full: it borrows the other part's unopened lease
+        # (without lending it would wait and time out after 4 s).
         with Timer() as t:
             assert c3.execute("SELECT 3").fetchone() == (3,)
         assert t.elapsed < 2.0, t.elapsed
@@ -88,3 +91,36 @@ def test_many_clients_over_a_small_split_pool(routers, primary):
             t.join(0.05)
     assert errors == []
     assert max(peak, default=0) <= 3, peak
+
+
+# Shorter than the 50 ms after which any room is lent: only lending at once
+# can serve a client in time.
+IMPATIENT = {"workers": 2, "checkout_timeout_ms": 25}
+
+
+def test_spare_room_is_lent_at_once(routers, primary):
+    """Pool 2 over 2 workers, a 25 ms checkout timeout. c1 and c3 share a
+    worker, c2 has the other. The other part's lease is spare when it was
+    never opened, and when its connection has been idle for 10 ms: c3
+    borrows it at once both times, instead of timing out."""
+    router = routers.start(general=admin_general(**IMPATIENT), users=[app_user(pool_size=2)])
+    c1, c2, c3 = (connect(router.dsn(), autocommit=False) for _ in range(3))
+    try:
+        c1.execute("SELECT 1")  # holds its worker's lease
+        # The other part never opened its room.
+        assert c3.execute("SELECT inet_server_port()").fetchone()[0] is not None
+        c3.rollback()  # the borrowed connection goes back to the other part
+        assert len(primary.pool_backends(user=APP_USER, db=APP_DB)) == 2
+        # Now the other part has an idle connection; once it has been idle
+        # for 10 ms it is spare again.
+        time.sleep(0.1)
+        assert c3.execute("SELECT 3").fetchone() == (3,)
+        c3.rollback()
+        # The lent lease went back to its own part: c2 still gets it.
+        assert c2.execute("SELECT 2").fetchone() == (2,)
+        assert len(primary.pool_backends(user=APP_USER, db=APP_DB)) == 2
+    finally:
+        for c in (c1, c2, c3):
+            c.rollback()
+            c.close()
+

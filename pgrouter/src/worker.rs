@@ -22,8 +22,8 @@ use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
 thread_local! {
-    /// This thread's worker number; 0 on every other thread.
-    static INDEX: Cell<usize> = const { Cell::new(0) };
+    /// This thread's worker number; None on every other thread.
+    static INDEX: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
 /// The workers' runtimes, once started.
@@ -39,6 +39,12 @@ pub fn count() -> usize {
 
 /// The worker running the current thread (0 outside the workers).
 pub fn index() -> usize {
+    current().unwrap_or(0)
+}
+
+/// The worker running the current thread; None outside the workers (the
+/// accepting thread, or every thread without worker threads).
+pub fn current() -> Option<usize> {
     INDEX.with(Cell::get)
 }
 
@@ -52,7 +58,7 @@ pub fn start(n: usize) -> std::io::Result<()> {
         std::thread::Builder::new()
             .name(format!("pgrouter-worker-{i}"))
             .spawn(move || {
-                INDEX.with(|c| c.set(i));
+                INDEX.with(|c| c.set(Some(i)));
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build();

@@ -76,8 +76,18 @@ pub struct Pool {
 }
 
 /// How long a client of a split pool waits in its own part before it may
-/// borrow another part's spare lease (see `Pool::lend_to_waiters`).
+/// borrow any lease another part has room for (see `Pool::lend_to_waiters`).
 const LEND_AFTER: Duration = Duration::from_millis(50);
+
+/// A part whose least recently used idle connection has not been used for
+/// this long (or whose room was never opened) has more than its own clients
+/// need: it lends at once. Under load every connection of a part is back in
+/// use within a transaction's time, far below this.
+const SPARE_AFTER: Duration = Duration::from_millis(10);
+
+/// How often a split pool's expiry task lends to clients still waiting
+/// (either rule above may have come true meanwhile).
+const LEND_CHECK_EVERY: Duration = Duration::from_millis(10);
 
 /// A worker's share of a pool.
 struct Part {
@@ -97,10 +107,18 @@ impl Part {
         slots.waiters.is_empty() && slots.leased < self.size.load(Ordering::Relaxed)
     }
 
-    /// Takes a lease if the part has room.
-    fn take_lease(&self) -> bool {
+    /// Takes a lease if the part has room; with `spare_only`, only if its
+    /// own clients do not need it either: its least recently used idle
+    /// connection has been idle for `SPARE_AFTER`, or it has none (the room
+    /// was never opened).
+    fn take_lease(&self, spare_only: bool) -> bool {
         let mut slots = self.slots.lock();
-        let room = self.has_room(&slots);
+        let room = self.has_room(&slots)
+            && (!spare_only
+                || slots
+                    .idle
+                    .first()
+                    .is_none_or(|c| c.last_used.elapsed() >= SPARE_AFTER));
         if room {
             slots.leased += 1;
         }
@@ -180,15 +198,22 @@ impl Pool {
     pub async fn checkout(self: &Arc<Self>) -> Result<PooledConn, PoolError> {
         let k = self.my_part();
         let part = self.part(k);
-        let waiting = {
+        let (waiting, first_waiter) = {
             let mut slots = part.slots.lock();
             if part.has_room(&slots) {
                 slots.leased += 1;
-                Ok(k)
+                (Ok(k), false)
             } else {
-                Err(self.enqueue(k, &mut slots))
+                (Err(self.enqueue(k, &mut slots)), slots.waiters.len() == 1)
             }
         };
+        // Only a client that starts a queue asks the other parts: behind
+        // others, it is served when they are (or by the expiry task's
+        // lending), and under load the queues are seldom empty, so the
+        // other parts' locks are seldom touched.
+        if first_waiter && self.parts.len() > 1 {
+            self.lend_to_waiters(k);
+        }
         let granted = match waiting {
             Ok(j) => {
                 self.metrics.record_checkout_wait(Duration::ZERO);
@@ -228,20 +253,23 @@ impl Pool {
         Ok(lease)
     }
 
-    /// Clients of part `k` that have waited `LEND_AFTER` get the spare
-    /// leases of other parts (ones with room and nobody waiting), so no
-    /// client waits long while the pool as a whole has room. Such a lent
-    /// connection may belong to the other worker's event loop, which costs
-    /// wake-ups between threads but is otherwise the same. Not done at once:
-    /// under load a part's own leases come back within moments, and lending
-    /// them back and forth cost more than the wait.
+    /// Lends other parts' leases to the clients waiting in part `k`, so no
+    /// client waits long while the pool as a whole has room. A part lends
+    /// at once what its own clients do not need (see `Part::take_lease`);
+    /// any room it has (and nobody waiting) goes to a client that waited
+    /// `LEND_AFTER`. Lending every momentary room at once was measured:
+    /// under load the leases went back and forth between the workers and
+    /// cost more than the wait. A lent connection belongs to the other
+    /// worker's event loop, which costs wake-ups between threads while it
+    /// is lent but is otherwise the same.
     fn lend_to_waiters(&self, k: usize) {
         let _coord = self.coord.lock();
         let mine = self.part(k);
         for j in (0..self.parts.len()).filter(|&j| j != k) {
             loop {
                 let waited = mine.slots.lock().waiters.front().map(|w| w.since.elapsed());
-                if !waited.is_some_and(|w| w >= LEND_AFTER) || !self.part(j).take_lease() {
+                let Some(waited) = waited else { break };
+                if !self.part(j).take_lease(waited < LEND_AFTER) {
                     break;
                 }
                 if mine.slots.lock().hand_over(None, j).is_err() {
@@ -280,8 +308,8 @@ impl Pool {
     /// waiter's deadline and drops the entries past theirs (their clients
     /// get `CheckoutTimeout`). Waiters join at the back with the same
     /// timeout, so the front always has the earliest deadline. In a split
-    /// pool it also wakes every `LEND_AFTER` to lend other parts' spare
-    /// leases to clients that waited that long. Ends when the queue is
+    /// pool it also wakes every `LEND_CHECK_EVERY` to lend the waiters other
+    /// parts' leases (see `Pool::lend_to_waiters`). Ends when the queue is
     /// empty; the next waiter starts it again (both under the part's lock).
     fn spawn_expiry(self: &Arc<Self>, k: usize) {
         let pool = Arc::downgrade(self);
@@ -311,11 +339,8 @@ impl Pool {
                     if pool.parts.len() == 1 {
                         deadline(oldest, timeout)
                     } else {
-                        if now.saturating_duration_since(oldest) >= LEND_AFTER {
-                            pool.lend_to_waiters(k);
-                        }
-                        let lend_check = (oldest + LEND_AFTER).max(now + LEND_AFTER);
-                        deadline(oldest, timeout).min(lend_check)
+                        pool.lend_to_waiters(k);
+                        deadline(oldest, timeout).min(now + LEND_CHECK_EVERY)
                     }
                 };
                 tokio::time::sleep_until(wake.into()).await;
@@ -334,11 +359,28 @@ impl Pool {
         }
     }
 
-    /// Opens a new connection counted against part `k`, on the current
-    /// thread's event loop.
+    /// Opens a new connection counted against part `k`, on the event loop
+    /// of the worker whose clients use that part: a client that borrowed
+    /// the lease uses it across threads this once, the part's own clients
+    /// from then on without. (A pool of one part opens on any worker.)
     async fn connect(&self, k: usize) -> Result<Box<ServerConn>, ServerError> {
-        let conn =
-            Box::new(ServerConn::connect(&self.target, self.settings.connect_timeout).await?);
+        let timeout = self.settings.connect_timeout;
+        let here = match crate::worker::current() {
+            Some(w) => self.parts.len() == 1 || w == k,
+            None => crate::worker::count() == 1,
+        };
+        let conn = if here {
+            ServerConn::connect(&self.target, timeout).await?
+        } else {
+            let target = self.target.clone();
+            crate::worker::spawn_on(
+                k,
+                async move { ServerConn::connect(&target, timeout).await },
+            )
+            .await
+            .map_err(|e| ServerError::Io(std::io::Error::other(e)))??
+        };
+        let conn = Box::new(conn);
         self.part(k).open.fetch_add(1, Ordering::Relaxed);
         let mut defaults = self.default_params.lock();
         if defaults.is_none() {
@@ -472,17 +514,10 @@ impl Pool {
         let min = share(self.settings.min_size, self.parts.len(), k)
             .min(part.size.load(Ordering::Relaxed));
         while part.open.load(Ordering::Relaxed) < min {
-            // Opened on the worker whose clients use this part.
-            let pool = self.clone();
-            let opened = crate::worker::spawn_on(k, async move { pool.connect(k).await }).await;
-            match opened {
-                Ok(Ok(mut conn)) => {
+            match self.connect(k).await {
+                Ok(mut conn) => {
                     conn.last_used = Instant::now();
                     part.slots.lock().idle.push(conn);
-                }
-                Ok(Err(e)) => {
-                    tracing::warn!(pool = %self.name, error = %e, "could not open a min_pool_size connection");
-                    break;
                 }
                 Err(e) => {
                     tracing::warn!(pool = %self.name, error = %e, "could not open a min_pool_size connection");
@@ -521,7 +556,7 @@ impl Pool {
         // Capacity left over in one part serves the clients waiting in another.
         let _coord = self.coord.lock();
         for (k, part) in self.parts.iter().enumerate() {
-            while part.take_lease() {
+            while part.take_lease(false) {
                 if self.hand_to_other_part(k, None).is_err() {
                     part.slots.lock().leased -= 1;
                     break;
