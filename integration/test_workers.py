@@ -1,5 +1,6 @@
-"""`workers = N`: N threads, each with its own event loop, clients dealt out
-to them in turn, and every pool split into one part per worker.
+"""`workers = N`: N threads, each with its own event loop, each new client
+dealt to the one with the fewest clients, and every pool split into one part
+per worker.
 
 Splitting must not change what a pool of size N means. A client whose
 part is full borrows at once from a part with more than its own clients
@@ -14,7 +15,7 @@ from pathlib import Path
 
 
 from harness.clients import Timer, connect, in_thread
-from harness.ops import admin_general, pools
+from harness.ops import admin_general, admin_rows, pools
 from harness.pg import APP_DB, APP_USER
 from harness.router import app_user
 from harness.util import wait_until
@@ -36,8 +37,9 @@ def test_two_workers_start_two_event_loop_threads(routers):
 
 
 def test_split_pool_lends_and_hands_over_between_workers(routers, primary):
-    """Pool 2 over 2 workers: one lease per worker. Clients are dealt out in
-    turn, so c1 and c3 share a worker and c2 has the other one."""
+    """Pool 2 over 2 workers: one lease per worker. Each client goes to the
+    worker with fewer clients, in turn on a tie, so c1 and c3 share a worker
+    and c2 has the other one."""
     router = routers.start(general=admin_general(**TWO_WORKERS), users=[app_user(pool_size=2)])
     c1, c2, c3 = (connect(router.dsn(), autocommit=False) for _ in range(3))
     try:
@@ -124,3 +126,35 @@ def test_spare_room_is_lent_at_once(routers, primary):
             c.rollback()
             c.close()
 
+
+
+def workers_of_clients(router) -> dict[str, int]:
+    """application_name -> worker, for the clients of these tests."""
+    return {r["application_name"]: int(r["worker"]) for r in admin_rows(router, "SHOW CLIENTS")
+            if r["application_name"].startswith("c")}
+
+
+def test_new_clients_go_to_the_worker_with_fewest(routers):
+    """Six clients are dealt out three and three. After the three of one
+    worker leave, the next two both go to that worker (turns alone would put
+    one of them on the busier worker). The admin sessions that look this up
+    are clients too, hence the margin of three."""
+    router = routers.start(general=admin_general(**TWO_WORKERS))
+    first = {f"c{i}": connect(router.dsn(), application_name=f"c{i}") for i in range(6)}
+    later = []
+    try:
+        on = workers_of_clients(router)
+        assert sorted(on.values()) == [0, 0, 0, 1, 1, 1], on
+        emptied = on["c0"]
+        for name, worker in on.items():
+            if worker == emptied:
+                first.pop(name).close()
+        wait_until(lambda: len(workers_of_clients(router)) == 3, 5, what="three clients to leave")
+        later = [connect(router.dsn(), application_name=f"c{i}") for i in (6, 7)]
+        on = workers_of_clients(router)
+        assert on["c6"] == emptied and on["c7"] == emptied, on
+        for c in later:
+            assert c.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        for c in [*first.values(), *later]:
+            c.close()

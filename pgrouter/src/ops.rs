@@ -130,6 +130,7 @@ impl AdminContext for Ops {
                 tls: c.tls,
                 application_name: c.application_name.clone(),
                 server: c.server().map(|(addr, pid)| format!("{addr} pid {pid}")),
+                worker: c.worker,
             })
             .collect()
     }

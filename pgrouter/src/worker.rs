@@ -1,7 +1,8 @@
 //! Worker threads, one event loop each.
 //!
 //! With `workers = N` (N > 1), N threads each run a single-threaded tokio
-//! runtime, and the accepting thread deals clients out to them in turn. Each
+//! runtime, and the accepting thread deals each new client to the worker
+//! with the fewest clients (in turn when they have as many). Each
 //! pool is split into one part per worker (see [`crate::pool::Pool`]), so a
 //! client's server connections are registered with its own thread's event
 //! loop. A message then goes from client to server and back without waking
@@ -26,10 +27,29 @@ thread_local! {
     static INDEX: Cell<Option<usize>> = const { Cell::new(None) };
 }
 
-/// The workers' runtimes, once started.
-static WORKERS: OnceLock<Vec<Handle>> = OnceLock::new();
-/// Which worker gets the next client.
+/// The workers, once started.
+static WORKERS: OnceLock<Vec<Worker>> = OnceLock::new();
+/// Where the search for the least busy worker starts: it moves on with
+/// every client, so workers with as many clients take turns.
 static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+struct Worker {
+    runtime: Handle,
+    /// Clients dealt to this worker and not yet gone.
+    clients: AtomicUsize,
+}
+
+/// A client's place on a worker: counts it there until dropped (when the
+/// client's task ends).
+pub struct Seat(usize);
+
+impl Drop for Seat {
+    fn drop(&mut self) {
+        if let Some(worker) = WORKERS.get().and_then(|w| w.get(self.0)) {
+            worker.clients.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
 
 /// How many parts a pool is split into: the number of workers (1 without
 /// worker threads).
@@ -75,19 +95,29 @@ pub fn start(n: usize) -> std::io::Result<()> {
         let handle = rx
             .recv()
             .map_err(|_| std::io::Error::other("a worker thread ended at start"))??;
-        handles.push(handle);
+        handles.push(Worker {
+            runtime: handle,
+            clients: AtomicUsize::new(0),
+        });
     }
     WORKERS
         .set(handles)
         .map_err(|_| std::io::Error::other("workers already started"))
 }
 
-/// The worker that takes the next client, round-robin; None without
-/// worker threads (the client runs where it was accepted).
-pub fn next() -> Option<&'static Handle> {
+/// The worker that takes the next client: the one with the fewest clients,
+/// so that clients that left one worker more than another do not leave it
+/// idle while the other is busy (its pool part lends only what it does not
+/// need). None without worker threads (the client runs where it was
+/// accepted). Called by the accepting thread only.
+pub fn next() -> Option<(&'static Handle, Seat)> {
     let workers = WORKERS.get()?;
-    let i = NEXT.fetch_add(1, Ordering::Relaxed) % workers.len();
-    workers.get(i)
+    let start = NEXT.fetch_add(1, Ordering::Relaxed);
+    let i = (0..workers.len())
+        .map(|k| (start + k) % workers.len())
+        .min_by_key(|&i| workers[i].clients.load(Ordering::Relaxed))?;
+    workers[i].clients.fetch_add(1, Ordering::Relaxed);
+    Some((&workers[i].runtime, Seat(i)))
 }
 
 /// Runs `future` on worker `i`, so that sockets it opens belong to that
@@ -98,7 +128,7 @@ where
     F::Output: Send + 'static,
 {
     match WORKERS.get().and_then(|w| w.get(i)) {
-        Some(handle) => handle.spawn(future),
+        Some(worker) => worker.runtime.spawn(future),
         None => tokio::spawn(future),
     }
 }

@@ -66,6 +66,7 @@ pub fn clients(mut clients: Vec<ClientSnapshot>) -> ResultSet {
         ("tls", Bool),
         ("application_name", Text),
         ("server", Text),
+        ("worker", Int8),
     ]);
     for c in clients {
         set.push(vec![
@@ -81,6 +82,7 @@ pub fn clients(mut clients: Vec<ClientSnapshot>) -> ResultSet {
             c.tls.into(),
             c.application_name.into(),
             c.server.into(),
+            (c.worker as i64).into(),
         ]);
     }
     set

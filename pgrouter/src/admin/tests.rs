@@ -67,6 +67,7 @@ impl AdminContext for Fake {
             tls: true,
             application_name: "psql".into(),
             server: None,
+            worker: 1,
         }]
     }
     fn servers(&self) -> Vec<ServerSnapshot> {
@@ -348,10 +349,12 @@ async fn show_clients_servers_stats_version_help() {
             "role",
             "tls",
             "application_name",
-            "server"
+            "server",
+            "worker"
         ]
     );
     assert_eq!(cell(&msgs, "connect_time"), Some("1970-01-01 00:00:00 UTC"));
+    assert_eq!(cell(&msgs, "worker"), Some("1"));
     assert_eq!(cell(&msgs, "read_only"), Some("t"));
     assert_eq!(cell(&msgs, "server"), None);
     assert_eq!(cell(&msgs, "auth"), Some("jwt"));

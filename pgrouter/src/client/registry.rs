@@ -31,6 +31,8 @@ pub struct ClientInfo {
     pub role: Option<String>,
     pub tls: bool,
     pub application_name: String,
+    /// The worker thread its session runs on (0 without worker threads).
+    pub worker: usize,
     state: AtomicU8,
     /// The server held now: (host:port, backend pid, TLS).
     server: Mutex<Option<(Arc<str>, i32, bool)>>,
@@ -60,6 +62,7 @@ impl ClientInfo {
             role,
             tls,
             application_name,
+            worker: crate::worker::index(),
             state: AtomicU8::new(ClientState::Idle as u8),
             server: Mutex::new(None),
         }

@@ -100,6 +100,8 @@ pub struct ClientSnapshot {
     pub application_name: String,
     /// The server it holds now (`host:port`), if any.
     pub server: Option<String>,
+    /// The worker thread its session runs on.
+    pub worker: usize,
 }
 
 /// One open server connection.

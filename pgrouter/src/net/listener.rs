@@ -52,7 +52,7 @@ pub async fn serve_with_tls(listener: TcpListener, state: Arc<State>, tls: Arc<C
         let tls = tls.current();
         state.clients.fetch_add(1, Ordering::Relaxed);
         let id = NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed);
-        let Some(worker) = crate::worker::next() else {
+        let Some((worker, seat)) = crate::worker::next() else {
             tokio::spawn(serve_client(stream, peer, state, id, tls));
             continue;
         };
@@ -60,6 +60,7 @@ pub async fn serve_with_tls(listener: TcpListener, state: Arc<State>, tls: Arc<C
         // here, registered with the worker's when its task starts there.
         let moved = stream.into_std();
         worker.spawn(async move {
+            let _seat = seat;
             match moved.and_then(TcpStream::from_std) {
                 Ok(stream) => serve_client(stream, peer, state, id, tls).await,
                 Err(e) => {
