@@ -225,3 +225,32 @@ def test_server_connections_killed_while_idle(routers, primary):
         for _ in range(6):
             assert conn.execute("SELECT 1").fetchone() == (1,)
     assert router.alive()
+
+
+def test_pipelined_syncs_all_answered_when_the_server_dies(routers, primary):
+    """Three Syncs pipelined; the server dies while the second batch runs:
+    every Sync still gets its ReadyForQuery (issue 15 item 5: the owed count
+    was taken from an already reset queue, one came and the client hung)."""
+    router = routers.start(general={"default_pool_size": 2})
+    conn = wire.RawConn.open(router.port)
+    try:
+        conn.startup("app", "app", "app-secret")
+        sync = wire.sync_message()
+        conn.send(wire.extended_query("SELECT pg_backend_pid()") + sync
+                  + wire.extended_query("SELECT pg_sleep(30)") + sync
+                  + wire.extended_query("SELECT 3") + sync)
+        first = conn.read_batches(1, timeout=10)[0]
+        pid = int(next(wire.data_row_values(m.body)[0] for m in first if m.kind == b"D"))
+        wait_until(lambda: any("pg_sleep(30)" in (b["query"] or "") and b["state"] == "active"
+                               for b in primary.backends(user="app")), 5, what="sleep running")
+        assert primary.kill_backend(pid)
+        rest = conn.read_batches(2, timeout=10)
+        assert [b[-1].kind for b in rest] == [b"Z", b"Z"]
+        errors = [wire.parse_error_fields(m.body) for b in rest for m in b if m.kind == b"E"]
+        assert errors, "the lost request must be reported"
+        # The session goes on with another server connection.
+        rows, _tags, _ = conn.simple_query("SELECT 42")
+        assert rows == [["42"]]
+    finally:
+        conn.close()
+    assert router.alive()

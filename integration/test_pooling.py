@@ -274,3 +274,40 @@ def test_max_clients_53300(routers):
     with connect(router.dsn()) as c:
         assert c.execute("SELECT 2").fetchone() == (2,)
     a.close()
+
+
+def test_pool_size_is_a_hard_limit_health_checks_included(routers, primary):
+    """100 clients over pool_size = 10 with health checks every 100 ms:
+    PostgreSQL never sees more than 10 connections of that user (issue 15
+    item 4: the health check used to keep an 11th of its own)."""
+    router = routers.start(general={"default_pool_size": 10, "healthcheck_interval_ms": 100,
+                                    "checkout_timeout_ms": 30000})
+    stop = threading.Event()
+    errors: list[str] = []
+    peak = [0]
+
+    def sample():
+        while not stop.is_set():
+            peak[0] = max(peak[0], len(primary.backends(user=APP_USER, db=APP_DB)))
+            time.sleep(0.05)
+
+    def client():
+        try:
+            with connect(router.dsn()) as conn:
+                for _ in range(10):
+                    conn.execute("SELECT pg_sleep(0.01)")
+        except Exception as exc:  # noqa: BLE001
+            errors.append(repr(exc))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(100)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    time.sleep(0.3)  # a few more health checks with every client gone
+    stop.set()
+    sampler.join(5)
+    assert errors == []
+    assert 0 < peak[0] <= 10, f"{peak[0]} backends of {APP_USER} seen"

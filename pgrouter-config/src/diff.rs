@@ -222,6 +222,14 @@ fn general_changes(a: &General, b: &General) -> Vec<&'static str> {
         server_tls,
         server_tls_ca,
         log_format,
+        session_state,
+        client_login_timeout_ms,
+        idle_transaction_timeout_ms,
+        query_timeout_ms,
+        max_db_connections,
+        max_user_connections,
+        max_replica_lag_ms,
+        read_your_writes,
     );
     out
 }

@@ -36,6 +36,15 @@ pub(crate) const GENERAL: &[&str] = &[
     "server_tls",
     "server_tls_ca",
     "log_format",
+    // Session state, limits and timeouts, replica lag (SPEC §3).
+    "session_state",
+    "client_login_timeout_ms",
+    "idle_transaction_timeout_ms",
+    "query_timeout_ms",
+    "max_db_connections",
+    "max_user_connections",
+    "max_replica_lag_ms",
+    "read_your_writes",
 ];
 
 pub(crate) const JWT: &[&str] = &[

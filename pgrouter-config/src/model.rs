@@ -49,6 +49,17 @@ string_enum!(
 );
 
 string_enum!(
+    /// What transaction mode does with session state it cannot carry
+    /// between server connections (temp tables, LISTEN, advisory locks, ...).
+    SessionStateMode {
+        /// The client keeps its server connection while the state exists.
+        Pin = "pin",
+        /// Statements creating such state are refused with 0A000.
+        Refuse = "refuse",
+    }
+);
+
+string_enum!(
     /// Where reads go when a logical database has replicas.
     ReadWriteSplit {
         /// Replicas only; the primary only when no replica is healthy.
@@ -208,6 +219,22 @@ pub struct General {
     /// PEM CA bundle for `verify-full`; "" = system roots.
     pub server_tls_ca: String,
     pub log_format: LogFormat,
+    /// Transaction mode: pin or refuse session state (see [`SessionStateMode`]).
+    pub session_state: SessionStateMode,
+    /// A client that has not finished logging in by then is closed; 0 = never.
+    pub client_login_timeout_ms: u64,
+    /// A client idle inside a transaction this long is closed (25P03); 0 = never.
+    pub idle_transaction_timeout_ms: u64,
+    /// A statement running longer is cancelled (57014); 0 = never.
+    pub query_timeout_ms: u64,
+    /// Server connections per (database, server) across all pools; 0 = no cap.
+    pub max_db_connections: u32,
+    /// Server connections per (user, server) across all pools; 0 = no cap.
+    pub max_user_connections: u32,
+    /// Replicas further behind take no reads; 0 = no limit.
+    pub max_replica_lag_ms: u64,
+    /// After a session commits a write, its reads go only where that commit is visible.
+    pub read_your_writes: bool,
 }
 
 impl Default for General {
@@ -244,6 +271,14 @@ impl Default for General {
             server_tls: ServerTls::Prefer,
             server_tls_ca: String::new(),
             log_format: LogFormat::Text,
+            session_state: SessionStateMode::Pin,
+            client_login_timeout_ms: 60_000,
+            idle_transaction_timeout_ms: 0,
+            query_timeout_ms: 0,
+            max_db_connections: 0,
+            max_user_connections: 0,
+            max_replica_lag_ms: 0,
+            read_your_writes: false,
         }
     }
 }

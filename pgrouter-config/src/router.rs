@@ -227,6 +227,38 @@ fn general(src: &mut Source, sec: &Section, at: &mut RouterLines) -> General {
         &mut g.log_format,
         sec.choice(src, "log_format", LogFormat::NAMES, LogFormat::from_name),
     );
+    let session_state = sec.choice(
+        src,
+        "session_state",
+        SessionStateMode::NAMES,
+        SessionStateMode::from_name,
+    );
+    set(&mut g.session_state, session_state);
+    set(
+        &mut g.client_login_timeout_ms,
+        sec.u64(src, "client_login_timeout_ms", 0),
+    );
+    set(
+        &mut g.idle_transaction_timeout_ms,
+        sec.u64(src, "idle_transaction_timeout_ms", 0),
+    );
+    set(&mut g.query_timeout_ms, sec.u64(src, "query_timeout_ms", 0));
+    set(
+        &mut g.max_db_connections,
+        sec.u32(src, "max_db_connections", 0),
+    );
+    set(
+        &mut g.max_user_connections,
+        sec.u32(src, "max_user_connections", 0),
+    );
+    set(
+        &mut g.max_replica_lag_ms,
+        sec.u64(src, "max_replica_lag_ms", 0),
+    );
+    set(
+        &mut g.read_your_writes,
+        sec.boolean(src, "read_your_writes"),
+    );
     g
 }
 

@@ -44,6 +44,9 @@ pub struct Analysis {
     /// the `set_config` module): the router tracks them like `SET`. Calls
     /// it cannot be sure of leave `calls_set_config` set instead.
     pub session_settings: Vec<SessionSetting>,
+    /// Session-scoped state the string creates or ends that the router
+    /// cannot carry to another server connection (see `session_state`).
+    pub session_state: crate::SessionStateChange,
 }
 
 /// A session-level `set_config` call whose effect is known from the text.

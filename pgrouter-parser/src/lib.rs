@@ -50,6 +50,7 @@ mod hint;
 mod lexer;
 mod normalize;
 mod normalize_fast;
+mod session_state;
 mod set;
 mod set_config;
 mod template;
@@ -65,6 +66,7 @@ pub use analysis::{
 pub use cache::{AnalysisCache, Lookup};
 pub use classify::analyze;
 pub use normalize::normalize_key;
+pub use session_state::{SessionState, SessionStateChange};
 pub use template::Template;
 
 /// The text of each statement of a query string, as PostgreSQL's parser

@@ -40,6 +40,8 @@ pub(crate) struct Facts {
     pub set_config_sensitive: bool,
     /// Setting names of VariableSetStmt nodes (function `SET` clauses, `ALTER ... SET`).
     pub settings: Vec<String>,
+    /// Session state created or ended by the function calls in it.
+    pub session_state: crate::session_state::SessionStateChange,
 }
 
 impl Facts {
@@ -182,6 +184,9 @@ impl<'w> State<'w> {
                 if functions::is_write_function(&name, self.write_functions) {
                     self.facts.write_function = true;
                 }
+                let session = crate::session_state::of_function(&name);
+                self.facts.session_state.creates |= session.creates;
+                self.facts.session_state.ends |= session.ends;
             }
             Frame::RangeVar { parts } => {
                 let name = parts.iter().filter(|p| !p.is_empty()).cloned().collect::<Vec<_>>().join(".");

@@ -76,8 +76,19 @@ impl MetricsSource for Ops {
     }
 
     fn clients(&self) -> ClientCounts {
-        let mut counts = ClientCounts::default();
+        let mut counts = ClientCounts {
+            pinned: pgrouter_parser::SessionState::kinds()
+                .map(|(_, name)| (name, 0))
+                .collect(),
+            ..ClientCounts::default()
+        };
         for c in self.state.registry.all() {
+            let held = c.pinned();
+            for (i, (kind, _)) in pgrouter_parser::SessionState::kinds().enumerate() {
+                if held.intersects(kind) {
+                    counts.pinned[i].1 += 1;
+                }
+            }
             match c.state() {
                 ClientState::Active => counts.active += 1,
                 ClientState::Waiting => counts.waiting += 1,
@@ -131,6 +142,10 @@ impl AdminContext for Ops {
                 application_name: c.application_name.clone(),
                 server: c.server().map(|(addr, pid)| format!("{addr} pid {pid}")),
                 worker: c.worker,
+                pinned: {
+                    let held = c.pinned();
+                    (!held.is_empty()).then(|| held.names().collect::<Vec<_>>().join(", "))
+                },
             })
             .collect()
     }

@@ -67,6 +67,7 @@ pub fn clients(mut clients: Vec<ClientSnapshot>) -> ResultSet {
         ("application_name", Text),
         ("server", Text),
         ("worker", Int8),
+        ("pinned", Text),
     ]);
     for c in clients {
         set.push(vec![
@@ -83,6 +84,7 @@ pub fn clients(mut clients: Vec<ClientSnapshot>) -> ResultSet {
             c.application_name.into(),
             c.server.into(),
             (c.worker as i64).into(),
+            c.pinned.into(),
         ]);
     }
     set

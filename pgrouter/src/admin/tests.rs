@@ -68,6 +68,7 @@ impl AdminContext for Fake {
             application_name: "psql".into(),
             server: None,
             worker: 1,
+            pinned: Some("temp, listen".into()),
         }]
     }
     fn servers(&self) -> Vec<ServerSnapshot> {
@@ -350,11 +351,13 @@ async fn show_clients_servers_stats_version_help() {
             "tls",
             "application_name",
             "server",
-            "worker"
+            "worker",
+            "pinned"
         ]
     );
     assert_eq!(cell(&msgs, "connect_time"), Some("1970-01-01 00:00:00 UTC"));
     assert_eq!(cell(&msgs, "worker"), Some("1"));
+    assert_eq!(cell(&msgs, "pinned"), Some("temp, listen"));
     assert_eq!(cell(&msgs, "read_only"), Some("t"));
     assert_eq!(cell(&msgs, "server"), None);
     assert_eq!(cell(&msgs, "auth"), Some("jwt"));

@@ -15,9 +15,12 @@ use crate::pool::{Pool, PooledConn};
 /// How long a rollback or reset may take before the server is closed instead.
 const RESET_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// `quiet`: every request the client sent has been answered.
-pub fn release_after_session(mut server: PooledConn, quiet: bool, mode: PoolMode) {
-    if quiet && server.tx_status == b'I' && mode == PoolMode::Transaction {
+/// `quiet`: every request the client sent has been answered. `pinned`: the
+/// client left session state on the server (temp tables, locks, LISTEN, ...;
+/// see `pinning.rs`), which `DISCARD ALL` removes before another client
+/// gets the connection.
+pub fn release_after_session(mut server: PooledConn, quiet: bool, mode: PoolMode, pinned: bool) {
+    if quiet && server.tx_status == b'I' && mode == PoolMode::Transaction && !pinned {
         Pool::checkin(server);
         return;
     }
@@ -33,8 +36,12 @@ pub fn release_after_session(mut server: PooledConn, quiet: bool, mode: PoolMode
             if server.tx_status != b'I' {
                 server.run_simple("ROLLBACK").await.ok()?.ok()?;
             }
-            if mode == PoolMode::Session {
+            if mode == PoolMode::Session || pinned {
                 server.run_simple("DISCARD ALL").await.ok()?.ok()?;
+                // DISCARD ALL resets the session authorization, and the
+                // role with it; RESET ROLE makes sure of the latter.
+                server.run_simple("RESET ROLE").await.ok()?.ok()?;
+                server.needs_reset = false;
                 server.statements.clear();
                 let forgotten: Vec<String> = server.router_set.drain().map(|(k, _)| k).collect();
                 for name in forgotten {

@@ -69,6 +69,9 @@ impl Session {
                             held.conn.pool().metrics.record_query(now - started);
                         }
                     }
+                    if clients {
+                        self.pins.on_ready(status);
+                    }
                     if clients && !self.sets.is_idle() {
                         for change in self.sets.on_ready(status) {
                             note_change_on_server(&mut held.conn, &self.params, &change);
@@ -96,6 +99,7 @@ impl Session {
                 b'E' => {
                     if clients {
                         self.sets.on_error();
+                        self.pins.on_error();
                         if let Ok(f) = parse_error_fields(body) {
                             self.state.metrics.record_error(&f.code);
                         }
@@ -103,7 +107,12 @@ impl Session {
                         tracing::warn!(code = %f.code, error = %f.message, "a query of the router's failed");
                     }
                 }
-                b'C' if clients && !self.sets.is_idle() => self.sets.on_command_complete(body),
+                b'C' if clients => {
+                    if !self.sets.is_idle() {
+                        self.sets.on_command_complete(body);
+                    }
+                    self.pins.on_command_complete(body);
+                }
                 _ => {}
             }
             if clients {

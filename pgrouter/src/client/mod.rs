@@ -13,6 +13,7 @@ mod login;
 mod memo;
 mod outbound;
 pub mod params;
+pub mod pinning;
 mod policy_guard;
 pub mod prepared;
 mod recovery;

@@ -245,7 +245,8 @@ impl Session {
         self.request_started.get_or_insert(now);
         let mut reset = if held.conn.needs_reset {
             held.conn.forget_session_state();
-            "RESET ALL;".to_string()
+            // RESET ALL leaves the role and the session authorization alone.
+            "RESET ALL;RESET SESSION AUTHORIZATION;RESET ROLE;".to_string()
         } else {
             String::new()
         };
@@ -456,6 +457,7 @@ impl Session {
                 self.unsynced = true;
                 if let Some(a) = self.last_bound.take() {
                     self.track_session_changes(&a);
+                    self.note_session_state(&a);
                 }
                 self.to_server.extend_from_slice(msg);
                 if !skipping {
@@ -491,6 +493,7 @@ impl Session {
         self.predict_tx(&analysis);
         self.note_untracked_changes(&analysis);
         self.track_session_changes(&analysis);
+        self.note_session_state(&analysis);
         let fixups = if touches_sql_prepared(&analysis) {
             self.sql_prepared_fixups(&analysis, parse_query(body)?)
         } else {

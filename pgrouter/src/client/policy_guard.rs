@@ -24,7 +24,7 @@ impl Session {
         tag: u8,
         len: usize,
     ) -> Result<Result<(), Refusal>, SessionEnd> {
-        if self.policy.jwt.is_none() && !self.policy.read_only {
+        if self.policy.jwt.is_none() && !self.policy.read_only && !self.refuse_session_state {
             return Ok(Ok(()));
         }
         self.check_policy_now(tag, len)
@@ -37,7 +37,20 @@ impl Session {
             b'P' => self.analyze_parse(body)?,
             _ => return Ok(Ok(())),
         };
-        Ok(self.policy.check(&analysis))
+        if let Err(refusal) = self.policy.check(&analysis) {
+            return Ok(Err(refusal));
+        }
+        if self.refuse_session_state && !analysis.session_state.creates.is_empty() {
+            let kinds: Vec<&str> = analysis.session_state.creates.names().collect();
+            return Ok(Err(Refusal {
+                sqlstate: "0A000",
+                message: format!(
+                    "pgrouter: session state ({}) is not supported in transaction pooling mode (session_state = \"refuse\")",
+                    kinds.join(", ")
+                ),
+            }));
+        }
+        Ok(Ok(()))
     }
 
     /// A refused statement never reaches a server as written. With no

@@ -11,7 +11,6 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
 use super::error::SessionEnd;
-use super::expect::Expectations;
 use super::session::Session;
 use crate::protocol::backend::{self, Severity};
 use crate::router::{Role, Route};
@@ -83,9 +82,15 @@ impl Session {
             held.health.ban("connection lost mid-request");
         }
         let failed_pool = held.pool_id;
+        // Whatever session state the client had there is gone with it.
+        self.pins.forget();
+        self.registered.info.set_pinned(Default::default());
         let shard = held.shard;
         drop(held);
-        self.expect = Expectations::default();
+        // ReadyForQuery messages the lost server owed the client (one per
+        // Sync or Query sent), counted before the queue is reset: each one
+        // the client waits for must come, or a pipelining client hangs.
+        let owed = std::mem::take(&mut self.expect).outstanding_ready();
         self.to_server.clear();
 
         if let (Some(replay), false) = (replay, in_tx) {
@@ -126,7 +131,8 @@ impl Session {
             ));
         }
         self.state.metrics.record_error("08006");
-        let owed = std::mem::take(&mut self.expect).outstanding_ready();
+        // Requests sent while attempting the replay are owed too.
+        let owed = owed.max(std::mem::take(&mut self.expect).outstanding_ready());
         backend::error_response(
             &mut self.to_client,
             Severity::Error,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use parking_lot::Mutex;
+use pgrouter_parser::SessionState;
 
 /// What a client is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +35,9 @@ pub struct ClientInfo {
     /// The worker thread its session runs on (0 without worker threads).
     pub worker: usize,
     state: AtomicU8,
+    /// Why the client is pinned to its server connection: the bits of a
+    /// [`SessionState`] (see `pinning.rs`); 0 when it is not.
+    pinned: AtomicU8,
     /// The server held now: (host:port, backend pid, TLS).
     server: Mutex<Option<(Arc<str>, i32, bool)>>,
 }
@@ -64,6 +68,7 @@ impl ClientInfo {
             application_name,
             worker: crate::worker::index(),
             state: AtomicU8::new(ClientState::Idle as u8),
+            pinned: AtomicU8::new(0),
             server: Mutex::new(None),
         }
     }
@@ -78,6 +83,15 @@ impl ClientInfo {
 
     pub fn set_state(&self, state: ClientState) {
         self.state.store(state as u8, Ordering::Relaxed);
+    }
+
+    pub fn set_pinned(&self, held: SessionState) {
+        self.pinned.store(held.bits(), Ordering::Relaxed);
+    }
+
+    /// The session state that pins the client (empty when not pinned).
+    pub fn pinned(&self) -> SessionState {
+        SessionState::from_bits(self.pinned.load(Ordering::Relaxed))
     }
 
     pub fn set_server(&self, server: Option<(Arc<str>, i32, bool)>) {

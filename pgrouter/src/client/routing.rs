@@ -174,6 +174,7 @@ impl Session {
             return false;
         };
         if self.mode == PoolMode::Session
+            || self.pins.is_pinned()
             || self.in_tx
             || self.unsynced
             || held.conn.tx_status != b'I'

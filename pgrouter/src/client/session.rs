@@ -124,6 +124,12 @@ pub struct Session {
     /// a Query, or on a fresh checkout).
     pub(super) batch_start: bool,
     pub(super) guard: GuardState,
+    /// Session state that ties the client to its server connection
+    /// (transaction mode; see `pinning.rs`).
+    pub(super) pins: super::pinning::Pins,
+    /// `session_state = "refuse"` in transaction mode: statements creating
+    /// such state are refused with 0A000 instead of pinning.
+    pub(super) refuse_session_state: bool,
 
     /// The client's named statements (protocol level).
     pub(super) statements: ahash::AHashMap<String, Arc<SharedStatement>>,
@@ -160,6 +166,11 @@ enum Event {
 impl Session {
     pub fn new(client: ClientStream, setup: SessionSetup) -> Session {
         let g = &setup.rt.config.general;
+        let refuse_session_state = setup.pools.mode == PoolMode::Transaction
+            && g.session_state == pgrouter_config::SessionStateMode::Refuse;
+        let idle_timeout =
+            (g.client_idle_timeout_ms > 0).then(|| Duration::from_millis(g.client_idle_timeout_ms));
+        let max_message = g.max_message_size as usize;
         Session {
             client,
             cbuf: setup.cbuf,
@@ -171,9 +182,8 @@ impl Session {
             request_started: None,
             params: setup.params,
             cancel: setup.cancel,
-            max_message: g.max_message_size as usize,
-            idle_timeout: (g.client_idle_timeout_ms > 0)
-                .then(|| Duration::from_millis(g.client_idle_timeout_ms)),
+            max_message,
+            idle_timeout,
             shutdown: setup.state.session_shutdown.subscribe(),
             state: setup.state,
             rt: setup.rt,
@@ -189,6 +199,8 @@ impl Session {
             skip_to_sync: false,
             batch_start: true,
             guard: GuardState::Idle,
+            pins: Default::default(),
+            refuse_session_state,
             statements: ahash::AHashMap::new(),
             sql_prepared: HashMap::new(),
             unnamed: None,
@@ -214,6 +226,7 @@ impl Session {
                 held.conn,
                 self.expect.is_empty() && !self.unsynced,
                 self.mode,
+                self.pins.is_pinned(),
             );
         }
         (self.client, end)
@@ -313,6 +326,11 @@ impl Session {
         {
             return;
         }
+        if self.pins.is_pinned() {
+            // Kept: the client's session state lives on this connection.
+            self.registered.info.set_pinned(self.pins.held());
+            return;
+        }
         if let Some(mut held) = self.server.take() {
             if !held.conn.read_buf.is_empty() {
                 self.server = Some(held);
@@ -327,6 +345,7 @@ impl Session {
             }
             self.registered.info.set_state(ClientState::Idle);
             self.registered.info.set_server(None);
+            self.registered.info.set_pinned(Default::default());
             Pool::checkin_at(held.conn, held.last_answer);
         }
     }

@@ -33,6 +33,23 @@ impl Session {
         }
     }
 
+    /// Session state the statement creates or ends (transaction mode): see
+    /// `pinning.rs`. A lone SQL `EXECUTE` counts as its prepared statement.
+    pub(super) fn note_session_state(&mut self, analysis: &std::sync::Arc<Analysis>) {
+        if self.mode != pgrouter_config::PoolMode::Transaction {
+            return;
+        }
+        let mut change = analysis.session_state;
+        if !self.sql_prepared.is_empty() {
+            let executed = self.query_analysis(analysis.clone());
+            change.creates |= executed.session_state.creates;
+            change.ends |= executed.session_state.ends;
+        }
+        if !change.creates.is_empty() || !change.ends.is_empty() {
+            self.pins.sent(change);
+        }
+    }
+
     /// Keeps the predicted transaction state current as statements are sent.
     pub(super) fn predict_tx(&mut self, analysis: &Analysis) {
         if let Some(open) = router::transaction_effect(analysis) {

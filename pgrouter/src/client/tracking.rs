@@ -56,9 +56,11 @@ impl SetTracker {
     }
 
     /// True when nothing is waiting for its transaction's outcome; the relay
-    /// then skips the bookkeeping below.
+    /// then skips the bookkeeping below. An error seen with nothing pending
+    /// still counts: it must be forgotten at the next ReadyForQuery 'I', or
+    /// it would discard the next transaction's changes.
     pub fn is_idle(&self) -> bool {
-        self.pending.is_empty()
+        self.pending.is_empty() && !self.saw_error && !self.explicit_tx && !self.rolled_back
     }
 
     pub fn on_error(&mut self) {
@@ -122,6 +124,33 @@ mod tests {
         t.on_error();
         assert!(t.on_ready(b'I').is_empty());
         assert!(t.is_idle());
+    }
+
+    /// `SELECT 1/0` alone, then `SET` in the next implicit transaction: the
+    /// error belongs to the first transaction and must not undo the SET.
+    #[test]
+    fn an_error_with_nothing_pending_does_not_undo_the_next_set() {
+        let mut t = SetTracker::default();
+        t.on_error();
+        assert!(!t.is_idle(), "the error must reach the next ReadyForQuery");
+        assert!(t.on_ready(b'I').is_empty());
+        assert!(t.is_idle());
+        t.sent(set("a"));
+        t.on_command_complete(b"SET");
+        assert_eq!(t.on_ready(b'I'), vec![set("a")]);
+    }
+
+    /// A failed explicit block with nothing pending, then a SET: kept.
+    #[test]
+    fn a_rolled_back_block_does_not_undo_the_next_set() {
+        let mut t = SetTracker::default();
+        t.on_error();
+        assert!(t.on_ready(b'E').is_empty());
+        t.on_command_complete(b"ROLLBACK");
+        assert!(t.on_ready(b'I').is_empty());
+        assert!(t.is_idle());
+        t.sent(set("b"));
+        assert_eq!(t.on_ready(b'I'), vec![set("b")]);
     }
 
     #[test]

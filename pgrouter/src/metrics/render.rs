@@ -116,6 +116,14 @@ pub fn render(metrics: &Metrics, source: &dyn MetricsSource) -> String {
     out.sample("pgrouter_clients", &[("state", "active")], clients.active);
     out.sample("pgrouter_clients", &[("state", "waiting")], clients.waiting);
     out.sample("pgrouter_clients", &[("state", "idle")], clients.idle);
+    out.family(
+        "pgrouter_pinned_clients",
+        "gauge",
+        "Clients pinned to their server connection by session state, per reason.",
+    );
+    for (reason, n) in &clients.pinned {
+        out.sample("pgrouter_pinned_clients", &[("reason", reason)], *n);
+    }
 
     out.family(
         "pgrouter_pool_clients",

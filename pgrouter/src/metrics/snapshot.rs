@@ -68,7 +68,7 @@ pub struct PoolSnapshot {
 }
 
 /// Clients by state, router-wide.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClientCounts {
     /// In a transaction (holding or using a server connection).
     pub active: u64,
@@ -76,6 +76,9 @@ pub struct ClientCounts {
     pub waiting: u64,
     /// Logged in, between transactions.
     pub idle: u64,
+    /// Clients pinned to their server connection, per reason (a client
+    /// pinned for two reasons counts under both).
+    pub pinned: Vec<(&'static str, u64)>,
 }
 
 /// One connected client.
@@ -102,6 +105,8 @@ pub struct ClientSnapshot {
     pub server: Option<String>,
     /// The worker thread its session runs on.
     pub worker: usize,
+    /// Why it is pinned to its server connection (`temp, listen`), if it is.
+    pub pinned: Option<String>,
 }
 
 /// One open server connection.

@@ -21,6 +21,7 @@ impl MetricsSource for FakeSource {
             active: 2,
             waiting: 1,
             idle: 7,
+            pinned: vec![("temp", 1), ("listen", 0)],
         }
     }
     fn parse_cache(&self) -> (u64, u64) {
@@ -404,6 +405,14 @@ fn render_parses_and_counts_match() {
         value(&samples, "pgrouter_clients", &[("state", "idle")]),
         Some(7.0)
     );
+    assert_eq!(
+        value(&samples, "pgrouter_pinned_clients", &[("reason", "temp")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&samples, "pgrouter_pinned_clients", &[("reason", "listen")]),
+        Some(0.0)
+    );
     let mut idle = pool.to_vec();
     idle.push(("state", "idle"));
     assert_eq!(value(&samples, "pgrouter_servers", &idle), Some(3.0));
@@ -508,6 +517,7 @@ fn render_parses_and_counts_match() {
         "pgrouter_bytes_received_total",
         "pgrouter_bytes_sent_total",
         "pgrouter_clients",
+        "pgrouter_pinned_clients",
         "pgrouter_servers",
         "pgrouter_errors_total",
         "pgrouter_query_duration_seconds",

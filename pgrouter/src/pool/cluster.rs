@@ -265,6 +265,9 @@ fn user_pools(
                 )
             }
         };
+        if h.check_target.as_ref() == Some(&pool.target) {
+            h.set_check_pool(&pool);
+        }
         shard.servers.push(ServerSlot {
             pool,
             health: h.clone(),

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use pgrouter_config::ServerRole;
 
+use super::Pool;
 use crate::server::{ServerConn, ServerTarget};
 
 /// The longest startup or a reload waits for the first checks of `auto`
@@ -65,8 +66,14 @@ pub struct ServerHealth {
     pub ban_time: Duration,
     pub bans: AtomicU64,
     metrics: Arc<crate::metrics::Metrics>,
-    /// The health check's own connection, kept between checks.
+    /// The health check's own connection, kept between checks, used only
+    /// when no pool of `check_target` exists (see `check_pool`).
     conn: tokio::sync::Mutex<Option<ServerConn>>,
+    /// The pool of `check_target` on this server: checks borrow one of its
+    /// connections, so they count against its `pool_size` (PostgreSQL never
+    /// sees more connections of that user than the pool allows). Set by
+    /// every cluster build, since a reload may replace the pool.
+    check_pool: Mutex<std::sync::Weak<Pool>>,
 }
 
 impl ServerHealth {
@@ -91,7 +98,13 @@ impl ServerHealth {
             bans: AtomicU64::new(0),
             metrics,
             conn: tokio::sync::Mutex::new(None),
+            check_pool: Mutex::new(std::sync::Weak::new()),
         }
+    }
+
+    /// The pool health checks borrow their connection from.
+    pub fn set_check_pool(&self, pool: &Arc<Pool>) {
+        *self.check_pool.lock() = Arc::downgrade(pool);
     }
 
     pub fn is_primary(&self) -> bool {
@@ -158,6 +171,27 @@ impl ServerHealth {
         let Ok(mut conn) = self.conn.try_lock() else {
             return;
         };
+        let pool = self.check_pool.lock().upgrade();
+        if let Some(pool) = pool {
+            *conn = None;
+            // Every lease taken means clients are using the server: no
+            // check this round (it would have to wait, or exceed the size).
+            let Some(lease) = pool.try_checkout().await else {
+                return;
+            };
+            let check = async {
+                let mut lease = lease.map_err(|e| e.to_string())?;
+                let r = lease
+                    .query_bool("SELECT pg_catalog.pg_is_in_recovery()")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Pool::checkin(lease);
+                Ok::<bool, String>(r)
+            };
+            let result = tokio::time::timeout(timeout * 2, check).await;
+            self.record_check(result);
+            return;
+        }
         let check = async {
             if conn.is_none() {
                 *conn = Some(
@@ -172,6 +206,14 @@ impl ServerHealth {
                 .map_err(|e| e.to_string())
         };
         let result = tokio::time::timeout(timeout * 2, check).await;
+        if !matches!(result, Ok(Ok(_))) {
+            *conn = None;
+        }
+        self.record_check(result);
+    }
+
+    /// Acts on a check's outcome: role of an `auto` server, ban on failure.
+    fn record_check(&self, result: Result<Result<bool, String>, tokio::time::error::Elapsed>) {
         self.reachable
             .store(matches!(result, Ok(Ok(_))), Ordering::Relaxed);
         match result {
@@ -180,14 +222,8 @@ impl ServerHealth {
                     self.set_primary(!in_recovery);
                 }
             }
-            Ok(Err(e)) => {
-                *conn = None;
-                self.ban(&format!("health check failed: {e}"));
-            }
-            Err(_) => {
-                *conn = None;
-                self.ban("health check timed out");
-            }
+            Ok(Err(e)) => self.ban(&format!("health check failed: {e}")),
+            Err(_) => self.ban("health check timed out"),
         }
     }
 }

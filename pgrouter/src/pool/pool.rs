@@ -253,6 +253,37 @@ impl Pool {
         Ok(lease)
     }
 
+    /// A lease only if one is free right now, without queueing: for the
+    /// router's own work (health checks), which must count against the
+    /// pool's size like any client (so `pool_size` is what PostgreSQL sees)
+    /// but must never make a client wait. `None`: every lease is taken.
+    pub async fn try_checkout(self: &Arc<Self>) -> Option<Result<PooledConn, PoolError>> {
+        let mine = self.my_part();
+        let order = std::iter::once(mine).chain((0..self.parts.len()).filter(|&j| j != mine));
+        let k = order.into_iter().find(|&j| {
+            let part = self.part(j);
+            let mut slots = part.slots.lock();
+            let room = part.has_room(&slots);
+            if room {
+                slots.leased += 1;
+            }
+            room
+        })?;
+        let mut lease = PooledConn {
+            conn: self.take_reusable_idle(k),
+            pool: self.clone(),
+            part: k,
+            leased: true,
+        };
+        if lease.conn.is_none() {
+            match self.connect(k).await {
+                Ok(conn) => lease.conn = Some(conn),
+                Err(e) => return Some(Err(e.into())),
+            }
+        }
+        Some(Ok(lease))
+    }
+
     /// Lends other parts' leases to the clients waiting in part `k`, so no
     /// client waits long while the pool as a whole has room. A part lends
     /// at once what its own clients do not need (see `Part::take_lease`);

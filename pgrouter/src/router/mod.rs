@@ -77,7 +77,12 @@ pub fn route(analysis: &Analysis, session: &SessionRouting) -> Route {
         from_hint(hint)
     } else if let Some(hint) = session.role_override {
         from_hint(hint)
-    } else if analysis.parse_error.is_some() || analysis.is_write {
+    } else if analysis.parse_error.is_some()
+        || analysis.is_write
+        || !analysis.session_state.creates.is_empty()
+    {
+        // Session state pins the client to this connection (transaction
+        // mode), which must then take its writes too.
         Role::Primary
     } else {
         match analysis.statements.first().map(|s| &s.kind) {

@@ -1,0 +1,199 @@
+"""No session state crosses from one client to another (SPEC §5 "Pooling and
+protocol", issue 16). For each kind of session state the router cannot carry
+between server connections, client A creates it (transaction mode: A is
+pinned to its server connection meanwhile) and leaves; client B, given the
+very same server connection (pool of one), must not see it. Plus the SET
+tracking after errors, and `session_state = "refuse"`."""
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from harness.clients import connect, sqlstate
+from harness.ops import admin_general, admin_rows, scrape
+from harness.pg import APP_DB, APP_USER
+from harness.router import app_user
+
+SU, SU_PASSWORD = "leak_su", "su-secret"
+
+
+@pytest.fixture(scope="module")
+def roles(cluster):
+    """A superuser that may SET SESSION AUTHORIZATION, a role to become, and
+    pg_monitor for `app` (SET ROLE)."""
+    with cluster.primary.connect("postgres") as conn:
+        conn.execute(f"DROP ROLE IF EXISTS {SU}")
+        conn.execute(f"CREATE ROLE {SU} SUPERUSER LOGIN PASSWORD '{SU_PASSWORD}'")
+        conn.execute("DROP ROLE IF EXISTS leak_target")
+        conn.execute("CREATE ROLE leak_target NOLOGIN")
+        conn.execute(f"GRANT pg_monitor TO {APP_USER}")
+    yield
+    with cluster.primary.connect("postgres") as conn:
+        conn.execute(f"REVOKE pg_monitor FROM {APP_USER}")
+
+
+def one_connection_router(routers, **general):
+    gen = {"default_pool_size": 1, "checkout_timeout_ms": 10000}
+    gen.update(general)
+    return routers.start(general=admin_general(metrics=True, **gen),
+                         users=[app_user(), app_user(name=SU, password=SU_PASSWORD)])
+
+
+def backend(conn) -> int:
+    return conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+
+
+def pinned(router, user=APP_USER) -> list:
+    return [r["pinned"] for r in admin_rows(router, "SHOW CLIENTS") if r["user"] == user]
+
+
+def test_temp_table_pins_then_is_discarded(routers, roles):
+    router = one_connection_router(routers)
+    with connect(router.dsn()) as a:
+        a.execute("CREATE TEMP TABLE secret_tmp AS SELECT 'a-data'::text AS v")
+        pid = backend(a)
+        # Later transactions of A still see it: A is pinned to its connection.
+        assert a.execute("SELECT v FROM secret_tmp").fetchone() == ("a-data",)
+        assert backend(a) == pid
+        assert pinned(router) == ["temp"]
+    with connect(router.dsn()) as b:
+        assert backend(b) == pid, "pool of one: B gets A's connection"
+        with pytest.raises(psycopg.errors.UndefinedTable):
+            b.execute("SELECT v FROM secret_tmp")
+        assert b.execute("SELECT count(*) FROM pg_class WHERE relpersistence = 't'").fetchone() == (0,)
+
+
+def test_listen_and_advisory_lock_do_not_survive_the_client(routers, roles, primary):
+    router = one_connection_router(routers)
+    with connect(router.dsn()) as a:
+        a.execute("LISTEN leak_channel")
+        a.execute("SELECT pg_advisory_lock(4242)")
+        pid = backend(a)
+        assert pinned(router) == ["listen, advisory_lock"]
+    # The lock is free again at once (B must not wait for it, nor anyone else).
+    with primary.connect(APP_DB) as direct:
+        assert direct.execute("SELECT pg_try_advisory_lock(4242)").fetchone() == (True,)
+        direct.execute("SELECT pg_advisory_unlock(4242)")
+    with connect(router.dsn()) as b:
+        assert backend(b) == pid
+        assert b.execute("SELECT count(*) FROM pg_listening_channels()").fetchone() == (0,)
+        assert b.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                         "AND pid = pg_backend_pid()").fetchone() == (0,)
+
+
+def test_hold_cursor_and_sequence_state(routers, roles, primary):
+    with primary.connect(APP_DB) as direct:
+        direct.execute("CREATE SEQUENCE IF NOT EXISTS leak_seq")
+        direct.execute(f"GRANT USAGE, SELECT ON SEQUENCE leak_seq TO {APP_USER}")
+    router = one_connection_router(routers)
+    with connect(router.dsn()) as a:
+        n = a.execute("SELECT nextval('leak_seq')").fetchone()[0]
+        # currval in a later transaction works: same connection.
+        assert a.execute("SELECT currval('leak_seq')").fetchone() == (n,)
+        a.execute("DECLARE leak_cur CURSOR WITH HOLD FOR SELECT g FROM generate_series(1, 3) g")
+        assert a.execute("FETCH 1 FROM leak_cur").fetchone() == (1,)
+        assert a.execute("FETCH 1 FROM leak_cur").fetchone() == (2,)
+        pid = backend(a)
+    with connect(router.dsn()) as b:
+        assert backend(b) == pid
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
+            b.execute("SELECT currval('leak_seq')")
+    with connect(router.dsn()) as b:
+        with pytest.raises(psycopg.errors.InvalidCursorName):
+            b.execute("FETCH 1 FROM leak_cur")
+
+
+def test_session_authorization_and_do_blocks_do_not_leak(routers, roles):
+    router = one_connection_router(routers)
+    with connect(router.dsn(user=SU, password=SU_PASSWORD)) as a:
+        a.execute("SET SESSION AUTHORIZATION leak_target")
+        assert a.execute("SELECT session_user").fetchone() == ("leak_target",)
+        assert a.execute("SELECT session_user").fetchone() == ("leak_target",), "pinned"
+        pid = backend(a)
+    with connect(router.dsn(user=SU, password=SU_PASSWORD)) as b:
+        assert backend(b) == pid
+        assert b.execute("SELECT session_user, current_user").fetchone() == (SU, SU)
+    with connect(router.dsn()) as a:
+        a.execute("DO $$BEGIN EXECUTE 'SET ROLE pg_monitor'; END$$")
+        assert a.execute("SELECT current_user").fetchone() == ("pg_monitor",)
+        assert pinned(router) == ["do"]
+        pid = backend(a)
+    with connect(router.dsn()) as b:
+        assert backend(b) == pid
+        assert b.execute("SELECT current_user").fetchone() == (APP_USER,)
+
+
+def test_set_config_role_in_a_complex_select_does_not_leak(routers, roles):
+    router = one_connection_router(routers)
+    with connect(router.dsn()) as a:
+        a.execute("SELECT set_config('role', 'pg_monitor', false) FROM generate_series(1, 1)")
+        pid = backend(a)
+    with connect(router.dsn()) as b:
+        assert backend(b) == pid
+        assert b.execute("SELECT current_user").fetchone() == (APP_USER,)
+
+
+def test_unlisten_ends_the_pin(routers, roles):
+    router = one_connection_router(routers)
+    with connect(router.dsn()) as a, connect(router.dsn()) as other:
+        a.execute("LISTEN ch1")
+        assert pinned(router)[0] == "listen"
+        # The pinned client holds the only connection: another client waits...
+        a.execute("UNLISTEN *")
+        assert pinned(router) == [None, None]
+        # ... and once A is unpinned both share the connection again.
+        assert other.execute("SELECT 1").fetchone() == (1,)
+        assert a.execute("SELECT 2").fetchone() == (2,)
+
+
+def test_pinned_clients_metric(routers, roles):
+    router = one_connection_router(routers)
+    with connect(router.dsn()) as a:
+        a.execute("CREATE TEMP TABLE t_metric (a int)")
+        now = scrape(router)
+        assert now.one("pgrouter_pinned_clients", reason="temp") == 1
+        assert now.one("pgrouter_pinned_clients", reason="listen") == 0
+    assert scrape(router).one("pgrouter_pinned_clients", reason="temp") == 0
+
+
+def test_first_set_after_an_error_is_kept(routers, roles):
+    """Issue 16, leak 2: `SET ROLE x; SELECT 1/0; RESET ROLE` left every later
+    statement running as x; `SELECT 1/0; SET work_mem` was not carried and
+    leaked to the next client of that connection."""
+    router = routers.start(general={"default_pool_size": 2})
+    with connect(router.dsn()) as a, connect(router.dsn()) as hog:
+        a.execute("SET ROLE pg_monitor")
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            a.execute("SELECT 1/0")
+        a.execute("RESET ROLE")
+        for _ in range(4):
+            assert a.execute("SELECT current_user").fetchone() == (APP_USER,)
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            a.execute("SELECT 1/0")
+        a.execute("SET work_mem = '99kB'")
+        # Both connections of the pool: A's setting follows A to each.
+        hog.execute("BEGIN")
+        hog.execute("SELECT 1")
+        assert a.execute("SHOW work_mem").fetchone() == ("99kB",)
+        hog.execute("COMMIT")
+        a.execute("BEGIN")
+        assert a.execute("SHOW work_mem").fetchone() == ("99kB",)
+        assert hog.execute("SHOW work_mem").fetchone() == ("4MB",)
+        a.execute("COMMIT")
+    with connect(router.dsn()) as b:
+        for _ in range(4):
+            assert b.execute("SHOW work_mem").fetchone() == ("4MB",)
+
+
+def test_refuse_mode_answers_0A000(routers, roles):
+    router = routers.start(general={"session_state": "refuse", "default_pool_size": 2})
+    with connect(router.dsn()) as conn:
+        for sql in ["CREATE TEMP TABLE t_refused (a int)", "LISTEN ch", "SELECT pg_advisory_lock(7)",
+                    "DECLARE c CURSOR WITH HOLD FOR SELECT 1"]:
+            with pytest.raises(psycopg.errors.FeatureNotSupported) as err:
+                conn.execute(sql)
+            assert sqlstate(err.value) == "0A000"
+            assert "session_state" in str(err.value)
+        # The session goes on, and nothing is pinned.
+        assert conn.execute("SELECT pg_advisory_xact_lock(7), 1").fetchone()[1] == 1
+        assert conn.execute("CREATE TABLE IF NOT EXISTS t_not_temp (a int)") is not None

@@ -1,0 +1,245 @@
+//! Session-scoped state a statement creates (or ends) on its server
+//! connection that the router cannot carry to another connection: temporary
+//! objects, `LISTEN`, session advisory locks, `WITH HOLD` cursors,
+//! `SET SESSION AUTHORIZATION`, sequence state (`currval` after `nextval`)
+//! and whatever a `DO` block did. In transaction mode the router pins a
+//! client that holds such state to its server connection (or refuses the
+//! statement), and resets the connection before another client gets it.
+//!
+//! Only what the text shows is known: a function that creates a temp table
+//! inside its body is not seen (nor by any pooler); `DO` is taken to create
+//! state of unknown kind.
+
+use pg_query::protobuf::node::Node as N;
+use pg_query::protobuf::RangeVar;
+
+/// A set of kinds of session state (a small bit set).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct SessionState(u8);
+
+impl SessionState {
+    /// No session state.
+    pub const NONE: SessionState = SessionState(0);
+    /// Temporary tables, views or sequences.
+    pub const TEMP: SessionState = SessionState(1);
+    /// `LISTEN`.
+    pub const LISTEN: SessionState = SessionState(1 << 1);
+    /// Session-level advisory locks (`pg_advisory_lock`, not the `_xact_` ones).
+    pub const ADVISORY_LOCK: SessionState = SessionState(1 << 2);
+    /// Cursors declared `WITH HOLD` outlive their transaction.
+    pub const HOLD_CURSOR: SessionState = SessionState(1 << 3);
+    /// `SET SESSION AUTHORIZATION`.
+    pub const SESSION_AUTHORIZATION: SessionState = SessionState(1 << 4);
+    /// `nextval`/`setval`: `currval`/`lastval` need the same connection.
+    pub const SEQUENCE: SessionState = SessionState(1 << 5);
+    /// A `DO` block: it may have done any of the above.
+    pub const DO_BLOCK: SessionState = SessionState(1 << 6);
+    /// Every kind.
+    pub const ALL: SessionState = SessionState(0x7f);
+
+    const NAMES: [(SessionState, &'static str); 7] = [
+        (Self::TEMP, "temp"),
+        (Self::LISTEN, "listen"),
+        (Self::ADVISORY_LOCK, "advisory_lock"),
+        (Self::HOLD_CURSOR, "hold_cursor"),
+        (Self::SESSION_AUTHORIZATION, "session_authorization"),
+        (Self::SEQUENCE, "sequence"),
+        (Self::DO_BLOCK, "do"),
+    ];
+
+    /// The set as bits (to keep in an atomic).
+    pub fn bits(self) -> u8 {
+        self.0
+    }
+
+    /// The set from [`Self::bits`]; unknown bits are dropped.
+    pub fn from_bits(bits: u8) -> SessionState {
+        SessionState(bits & Self::ALL.0)
+    }
+
+    /// No kind is in the set.
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Kinds in both sets.
+    pub fn intersects(self, other: SessionState) -> bool {
+        self.0 & other.0 != 0
+    }
+
+    /// This set without `other`'s kinds.
+    pub fn without(self, other: SessionState) -> SessionState {
+        SessionState(self.0 & !other.0)
+    }
+
+    /// Every kind with its name, in a fixed order.
+    pub fn kinds() -> impl Iterator<Item = (SessionState, &'static str)> {
+        Self::NAMES.into_iter()
+    }
+
+    /// The name of each kind in the set (as `SHOW CLIENTS` and the metrics show them).
+    pub fn names(self) -> impl Iterator<Item = &'static str> {
+        Self::NAMES.into_iter().filter(move |(k, _)| self.intersects(*k)).map(|(_, n)| n)
+    }
+}
+
+impl std::ops::BitOr for SessionState {
+    type Output = SessionState;
+    fn bitor(self, rhs: SessionState) -> SessionState {
+        SessionState(self.0 | rhs.0)
+    }
+}
+
+impl std::ops::BitOrAssign for SessionState {
+    fn bitor_assign(&mut self, rhs: SessionState) {
+        self.0 |= rhs.0;
+    }
+}
+
+/// What a query string does to session state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionStateChange {
+    /// Kinds of state the string may create.
+    pub creates: SessionState,
+    /// Kinds of state it ends for good (`DISCARD`, `UNLISTEN *`,
+    /// `pg_advisory_unlock_all()`, `CLOSE ALL`, `RESET SESSION AUTHORIZATION`).
+    pub ends: SessionState,
+}
+
+/// `CURSOR_OPT_HOLD` of PostgreSQL's parsenodes.h.
+const CURSOR_OPT_HOLD: i32 = 0x0020;
+
+/// The session state one statement creates and ends, by its kind. Function
+/// calls anywhere in it are added by [`of_function`] during the walk.
+pub(crate) fn of_statement(node: &N) -> SessionStateChange {
+    let mut c = SessionStateChange::default();
+    match node {
+        N::CreateStmt(s) => c.creates |= temp_if(s.relation.as_ref()),
+        N::ViewStmt(s) => c.creates |= temp_if(s.view.as_ref()),
+        N::CreateSeqStmt(s) => c.creates |= temp_if(s.sequence.as_ref()),
+        N::CreateTableAsStmt(s) => c.creates |= temp_if(s.into.as_ref().and_then(|i| i.rel.as_ref())),
+        N::SelectStmt(s) => c.creates |= temp_if(s.into_clause.as_ref().and_then(|i| i.rel.as_ref())),
+        N::ListenStmt(_) => c.creates |= SessionState::LISTEN,
+        N::UnlistenStmt(u) if u.conditionname.is_empty() => c.ends |= SessionState::LISTEN,
+        N::DeclareCursorStmt(d) if d.options & CURSOR_OPT_HOLD != 0 => c.creates |= SessionState::HOLD_CURSOR,
+        N::ClosePortalStmt(p) if p.portalname.is_empty() => c.ends |= SessionState::HOLD_CURSOR,
+        N::DoStmt(_) => c.creates |= SessionState::DO_BLOCK,
+        N::VariableSetStmt(v) if v.name.eq_ignore_ascii_case("session_authorization") => {
+            // SET SESSION AUTHORIZATION x has a value; DEFAULT and RESET have none.
+            if v.args.is_empty() {
+                c.ends |= SessionState::SESSION_AUTHORIZATION;
+            } else {
+                c.creates |= SessionState::SESSION_AUTHORIZATION;
+            }
+        }
+        N::DiscardStmt(d) => {
+            use pg_query::protobuf::DiscardMode as M;
+            c.ends |= match M::try_from(d.target) {
+                Ok(M::DiscardTemp) => SessionState::TEMP,
+                Ok(M::DiscardSequences) => SessionState::SEQUENCE,
+                Ok(M::DiscardPlans) => SessionState::NONE,
+                _ => SessionState::ALL,
+            };
+        }
+        _ => {}
+    }
+    c
+}
+
+/// `pg_temp.x` or `CREATE TEMP ...`.
+fn temp_if(rel: Option<&RangeVar>) -> SessionState {
+    match rel {
+        Some(r) if r.relpersistence == "t" || r.schemaname.eq_ignore_ascii_case("pg_temp") => SessionState::TEMP,
+        _ => SessionState::NONE,
+    }
+}
+
+/// The session state a call of `name` (parts of a possibly qualified name)
+/// creates or ends.
+pub(crate) fn of_function(name: &[String]) -> SessionStateChange {
+    let mut c = SessionStateChange::default();
+    let Some(last) = name.last() else {
+        return c;
+    };
+    match last.to_ascii_lowercase().as_str() {
+        "pg_advisory_lock" | "pg_advisory_lock_shared" | "pg_try_advisory_lock" | "pg_try_advisory_lock_shared" => {
+            c.creates |= SessionState::ADVISORY_LOCK
+        }
+        "pg_advisory_unlock_all" => c.ends |= SessionState::ADVISORY_LOCK,
+        "nextval" | "setval" => c.creates |= SessionState::SEQUENCE,
+        _ => {}
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analyze;
+
+    fn change(sql: &str) -> SessionStateChange {
+        analyze(sql, &[]).session_state
+    }
+
+    #[test]
+    fn creating_statements() {
+        for (sql, kind) in [
+            ("CREATE TEMP TABLE t (a int)", SessionState::TEMP),
+            ("create temporary table t as select 1", SessionState::TEMP),
+            ("CREATE TABLE pg_temp.t (a int)", SessionState::TEMP),
+            ("CREATE TEMP VIEW v AS SELECT 1", SessionState::TEMP),
+            ("CREATE TEMP SEQUENCE s", SessionState::TEMP),
+            ("SELECT 1 INTO TEMP t", SessionState::TEMP),
+            ("LISTEN ch", SessionState::LISTEN),
+            ("SELECT pg_advisory_lock(1)", SessionState::ADVISORY_LOCK),
+            ("SELECT pg_catalog.PG_TRY_ADVISORY_LOCK_SHARED(1, 2)", SessionState::ADVISORY_LOCK),
+            ("DECLARE c CURSOR WITH HOLD FOR SELECT 1", SessionState::HOLD_CURSOR),
+            ("SET SESSION AUTHORIZATION alice", SessionState::SESSION_AUTHORIZATION),
+            ("SELECT nextval('s')", SessionState::SEQUENCE),
+            ("INSERT INTO t VALUES (nextval('s'))", SessionState::SEQUENCE),
+            ("DO $$BEGIN NULL; END$$", SessionState::DO_BLOCK),
+        ] {
+            assert_eq!(change(sql).creates, kind, "{sql}");
+        }
+    }
+
+    #[test]
+    fn statements_without_session_state() {
+        for sql in [
+            "CREATE TABLE t (a int)",
+            "CREATE UNLOGGED TABLE t (a int)",
+            "SELECT pg_advisory_xact_lock(1)",
+            "DECLARE c CURSOR FOR SELECT 1",
+            "SELECT currval('s')",
+            "SET search_path = x",
+            "SELECT 1",
+        ] {
+            assert!(change(sql).creates.is_empty(), "{sql}");
+        }
+    }
+
+    #[test]
+    fn ending_statements() {
+        for (sql, kind) in [
+            ("DISCARD ALL", SessionState::ALL),
+            ("DISCARD TEMP", SessionState::TEMP),
+            ("DISCARD SEQUENCES", SessionState::SEQUENCE),
+            ("UNLISTEN *", SessionState::LISTEN),
+            ("SELECT pg_advisory_unlock_all()", SessionState::ADVISORY_LOCK),
+            ("CLOSE ALL", SessionState::HOLD_CURSOR),
+            ("RESET SESSION AUTHORIZATION", SessionState::SESSION_AUTHORIZATION),
+            ("SET SESSION AUTHORIZATION DEFAULT", SessionState::SESSION_AUTHORIZATION),
+        ] {
+            assert_eq!(change(sql).ends, kind, "{sql}");
+        }
+        assert!(change("UNLISTEN ch").ends.is_empty());
+        assert!(change("CLOSE c").ends.is_empty());
+    }
+
+    #[test]
+    fn names_of_a_set() {
+        let s = SessionState::TEMP | SessionState::LISTEN;
+        assert_eq!(s.names().collect::<Vec<_>>(), vec!["temp", "listen"]);
+        assert!(s.without(SessionState::TEMP) == SessionState::LISTEN);
+    }
+}
