@@ -43,8 +43,22 @@ use crate::protocol::backend;
 use crate::protocol::startup::{parse_startup, StartupPacket};
 use crate::state::State;
 
-/// A client that has not finished logging in by then is dropped.
-const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The login deadline for `client_login_timeout_ms` (0 = never: a year).
+/// One deadline covers everything before the session starts (startup
+/// packet, TLS, authentication, remote token checks), so a client cannot
+/// stretch its login by taking each step slowly, and stalled logins never
+/// hold a `max_clients` slot for longer than this.
+fn login_deadline(state: &State) -> tokio::time::Instant {
+    let ms = state.rt().config.general.client_login_timeout_ms;
+    let timeout = if ms == 0 {
+        Duration::from_secs(365 * 24 * 3600)
+    } else {
+        Duration::from_millis(ms)
+    };
+    tokio::time::Instant::now() + timeout
+}
+
+const LOGIN_TIMED_OUT: &str = "pgrouter: login timed out (client_login_timeout_ms)";
 
 /// Serves one accepted connection to its end. Never panics on client input.
 pub async fn handle(
@@ -57,8 +71,9 @@ pub async fn handle(
     let span = tracing::info_span!("client", id, %peer, user = tracing::field::Empty, database = tracing::field::Empty);
     async move {
         let mut buf = BytesMut::with_capacity(8 * 1024);
-        let startup = match tokio::time::timeout(
-            LOGIN_TIMEOUT,
+        let deadline = login_deadline(&state);
+        let startup = match tokio::time::timeout_at(
+            deadline,
             read_startup(&mut stream, &mut buf, &state, &tls),
         )
         .await
@@ -66,7 +81,7 @@ pub async fn handle(
             Ok(Ok(Some(params))) => params,
             Ok(Ok(None)) => return, // a cancel request, already handled
             Ok(Err(end)) => return report_end(&mut stream, end, &state).await,
-            Err(_) => return send_fatal(&mut stream, "08P01", "pgrouter: login timed out").await,
+            Err(_) => return send_fatal(&mut stream, "08P01", LOGIN_TIMED_OUT).await,
         };
         let transport = login::Transport {
             peer,
@@ -80,8 +95,8 @@ pub async fn handle(
         {
             return admin_login::serve(stream, buf, state, startup.1, transport).await;
         }
-        let make_session = match tokio::time::timeout(
-            LOGIN_TIMEOUT,
+        let make_session = match tokio::time::timeout_at(
+            deadline,
             login(&mut stream, buf, &state, startup, transport, id),
         )
         .await
@@ -96,7 +111,7 @@ pub async fn handle(
             }
             Err(_) => {
                 state.metrics.record_login("error");
-                return send_fatal(&mut stream, "08P01", "pgrouter: login timed out").await;
+                return send_fatal(&mut stream, "08P01", LOGIN_TIMED_OUT).await;
             }
         };
         let (mut stream, end) = make_session(stream).run().await;

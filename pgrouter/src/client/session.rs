@@ -101,6 +101,14 @@ pub struct Session {
     pub(super) policy: Policy,
     pub(super) max_message: usize,
     idle_timeout: Option<Duration>,
+    /// `idle_transaction_timeout_ms`: a client idle inside a transaction
+    /// this long is closed (25P03).
+    idle_tx_timeout: Option<Duration>,
+    /// `query_timeout_ms`: a request the server has not answered by then
+    /// is cancelled on the server (it answers 57014).
+    query_timeout: Option<Duration>,
+    /// The request now in flight was cancelled for `query_timeout`.
+    pub(super) query_cancelled: bool,
     shutdown: super::shutdown::ShutdownListener,
     shutdown_seen: bool,
 
@@ -161,6 +169,10 @@ enum Event {
     Server(std::io::Result<usize>),
     Shutdown,
     IdleTimeout,
+    /// The client sat idle inside a transaction too long.
+    IdleInTransaction,
+    /// The server has not answered the request in flight in time.
+    QueryTimeout,
 }
 
 impl Session {
@@ -171,6 +183,9 @@ impl Session {
         let idle_timeout =
             (g.client_idle_timeout_ms > 0).then(|| Duration::from_millis(g.client_idle_timeout_ms));
         let max_message = g.max_message_size as usize;
+        let millis = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
+        let idle_tx_timeout = millis(g.idle_transaction_timeout_ms);
+        let query_timeout = millis(g.query_timeout_ms);
         Session {
             client,
             cbuf: setup.cbuf,
@@ -184,6 +199,9 @@ impl Session {
             cancel: setup.cancel,
             max_message,
             idle_timeout,
+            idle_tx_timeout,
+            query_timeout,
+            query_cancelled: false,
             shutdown: setup.state.session_shutdown.subscribe(),
             state: setup.state,
             rt: setup.rt,
@@ -263,6 +281,13 @@ impl Session {
                         "terminating connection due to client_idle_timeout",
                     )
                 }
+                Event::IdleInTransaction => {
+                    return SessionEnd::fatal(
+                        "25P03",
+                        "pgrouter: terminating connection due to idle-in-transaction timeout (idle_transaction_timeout_ms)",
+                    )
+                }
+                Event::QueryTimeout => self.cancel_for_timeout(),
             }
             if self.shutdown.is_fired() && self.at_boundary() {
                 return SessionEnd::fatal("57P01", "pgrouter is shutting down");
@@ -291,6 +316,7 @@ impl Session {
         // read when the answer has been relayed (saves a poll and a waker
         // registration per request; pipelined requests wait in the socket).
         let blocked = self.blocked || (!self.expect.is_empty() && !self.unsynced && !self.copy_in);
+        let deadline = self.server_deadline();
         match self.server.as_mut() {
             Some(held) => {
                 let server = &mut *held.conn;
@@ -303,6 +329,7 @@ impl Session {
                     r = server.stream.read_buf(&mut server.read_buf) => Event::Server(r),
                     r = self.client.read_buf(&mut self.cbuf), if !blocked => Event::Client(r),
                     _ = &mut self.shutdown, if watch_shutdown => Event::Shutdown,
+                    event = sleep_until_or_forever(deadline) => event,
                 }
             }
             None => {
@@ -358,6 +385,51 @@ impl Session {
         let r = self.client.write_all(&self.to_client).await;
         self.to_client.clear();
         r.map_err(SessionEnd::ClientIo)
+    }
+}
+
+impl Session {
+    /// The next timeout while a server is held, and what it means: the
+    /// query timeout while the server owes an answer, the idle-in-transaction
+    /// timeout while the client owes the next statement of its transaction.
+    fn server_deadline(&self) -> Option<(std::time::Instant, Event)> {
+        if self.idle_tx_timeout.is_none() && self.query_timeout.is_none() {
+            return None;
+        }
+        let held = self.server.as_ref()?;
+        if !self.expect.is_empty() {
+            let (timeout, started) = (self.query_timeout?, self.request_started?);
+            if self.query_cancelled || self.copy_in {
+                return None;
+            }
+            return Some((started + timeout, Event::QueryTimeout));
+        }
+        let idle_tx = self.idle_tx_timeout?;
+        let in_tx = self.in_tx || held.conn.tx_status != b'I';
+        (in_tx && !self.unsynced).then(|| (held.last_answer + idle_tx, Event::IdleInTransaction))
+    }
+
+    /// `query_timeout_ms` ran out: the server is asked to cancel the
+    /// request (it answers 57014, which reaches the client as usual).
+    fn cancel_for_timeout(&mut self) {
+        self.query_cancelled = true;
+        if let Some(held) = &self.server {
+            tracing::info!(server = %held.conn.addr, "query_timeout_ms reached: cancelling the request");
+            let target = held.conn.cancel_target();
+            tokio::spawn(async move {
+                let _ = super::cancel::send_cancel(&target).await;
+            });
+        }
+    }
+}
+
+async fn sleep_until_or_forever(deadline: Option<(std::time::Instant, Event)>) -> Event {
+    match deadline {
+        Some((at, event)) => {
+            tokio::time::sleep_until(at.into()).await;
+            event
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -216,6 +216,7 @@ fn user_pools(
         checkout_timeout: Duration::from_millis(g.checkout_timeout_ms),
         idle_timeout: Duration::from_millis(g.server_idle_timeout_ms),
         lifetime: Duration::from_millis(g.server_lifetime_ms),
+        login_backoff: Duration::from_millis(g.ban_time_ms),
     };
     let shard_count = config.shard_count(&user.database) as usize;
     let mut shards: Vec<ShardPools> = (0..shard_count)

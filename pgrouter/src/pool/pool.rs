@@ -21,6 +21,11 @@ pub struct PoolSettings {
     pub idle_timeout: Duration,
     /// Zero means never.
     pub lifetime: Duration,
+    /// After the server refuses a login (wrong password, unknown role or
+    /// database), new connections are not attempted for this long: waiting
+    /// clients get the server's error at once (`ban_time_ms`; zero = no
+    /// back-off).
+    pub login_backoff: Duration,
 }
 
 impl PoolSettings {
@@ -73,6 +78,9 @@ pub struct Pool {
     /// Parameters a fresh server reports (server_version, encodings, ...),
     /// sent to clients at login.
     default_params: Mutex<Option<Arc<Vec<(String, String)>>>>,
+    /// The server's last login refusal and until when it stands (see
+    /// `PoolSettings::login_backoff`).
+    refused: Mutex<Option<(Instant, crate::protocol::backend::ErrorFields)>>,
 }
 
 /// How long a client of a split pool waits in its own part before it may
@@ -177,6 +185,7 @@ impl Pool {
             parts,
             coord: Mutex::new(()),
             default_params: Mutex::new(None),
+            refused: Mutex::new(None),
         })
     }
 
@@ -395,6 +404,57 @@ impl Pool {
     /// the lease uses it across threads this once, the part's own clients
     /// from then on without. (A pool of one part opens on any worker.)
     async fn connect(&self, k: usize) -> Result<Box<ServerConn>, ServerError> {
+        if let Some(fields) = self.refusal_standing() {
+            return Err(ServerError::Postgres(fields));
+        }
+        let result = self.open(k).await;
+        self.note_login_outcome(&result);
+        result
+    }
+
+    /// The server's login refusal, while the back-off after it lasts.
+    fn refusal_standing(&self) -> Option<crate::protocol::backend::ErrorFields> {
+        let mut refused = self.refused.lock();
+        match &*refused {
+            Some((until, fields)) if Instant::now() < *until => Some(fields.clone()),
+            Some(_) => {
+                *refused = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// A refused login starts the back-off (so 200 clients arriving while
+    /// the router's server password is wrong cost the server one failed
+    /// login per `ban_time_ms`, not 200); a successful one ends it.
+    fn note_login_outcome(&self, result: &Result<Box<ServerConn>, ServerError>) {
+        let refusal = match result {
+            Ok(_) => {
+                *self.refused.lock() = None;
+                return;
+            }
+            Err(ServerError::Postgres(f))
+                if matches!(f.code.as_str(), "28P01" | "28000" | "3D000") =>
+            {
+                f.clone()
+            }
+            Err(ServerError::Auth(message)) => crate::protocol::backend::ErrorFields {
+                severity: "FATAL".into(),
+                code: "28P01".into(),
+                message: message.clone(),
+            },
+            Err(_) => return,
+        };
+        if self.settings.login_backoff.is_zero() {
+            return;
+        }
+        tracing::warn!(pool = %self.name, error = %refusal.message, backoff_ms = self.settings.login_backoff.as_millis() as u64, "server refused the login; backing off");
+        *self.refused.lock() = Some((Instant::now() + self.settings.login_backoff, refusal));
+    }
+
+    /// Opens the connection (see [`Self::connect`]).
+    async fn open(&self, k: usize) -> Result<Box<ServerConn>, ServerError> {
         let timeout = self.settings.connect_timeout;
         let here = match crate::worker::current() {
             Some(w) => self.parts.len() == 1 || w == k,

@@ -54,6 +54,7 @@ fn pool_of_one(port: u16, checkout_timeout: Duration) -> Arc<Pool> {
         checkout_timeout,
         idle_timeout: Duration::ZERO,
         lifetime: Duration::ZERO,
+        login_backoff: Duration::ZERO,
     };
     let metrics = Metrics::new().pool(&labels);
     Pool::new("test".into(), target, settings, metrics, labels)

@@ -1,0 +1,136 @@
+"""Limits and timeouts operators rely on (SPEC §5 "Limits and timeouts",
+issue 19 item 4): `client_login_timeout_ms`, `idle_transaction_timeout_ms`,
+`query_timeout_ms`, and the back-off after a server refuses the router's
+logins."""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import psycopg
+import pytest
+
+from harness import wire
+from harness.clients import Timer, connect, sqlstate
+from harness.pg import APP_DB, APP_USER
+from harness.router import app_user
+from harness.util import wait_until
+
+
+def closed_by_peer(sock: socket.socket, timeout: float) -> bool:
+    """Reads until the router closes the connection (True) or `timeout` passes."""
+    sock.settimeout(timeout)
+    try:
+        while True:
+            if not sock.recv(65536):
+                return True
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except socket.timeout:
+        return False
+
+
+def test_stalled_logins_are_closed_and_free_their_slots(routers):
+    router = routers.start(general={"client_login_timeout_ms": 1000, "max_clients": 4})
+    stalled = []
+    for i in range(4):
+        s = socket.create_connection(("127.0.0.1", router.port))
+        if i % 2:
+            # A startup packet, then silence when the password is asked for.
+            s.sendall(wire.startup_message({"user": APP_USER, "database": APP_DB}))
+        stalled.append(s)
+    time.sleep(0.2)
+    # Every slot is taken by a stalled login: a real client is refused ...
+    with pytest.raises(psycopg.OperationalError) as err:
+        connect(router.dsn())
+    assert "too many clients" in str(err.value)
+    # ... until the router closes the stalled ones.
+    with Timer() as timer:
+        assert all(closed_by_peer(s, 5) for s in stalled)
+    assert timer.elapsed < 3, f"stalled logins closed after {timer.elapsed:.1f}s"
+    for s in stalled:
+        s.close()
+    with connect(router.dsn()) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_logins_within_the_timeout_are_untouched(routers):
+    router = routers.start(general={"client_login_timeout_ms": 2000})
+    with connect(router.dsn()) as conn:
+        time.sleep(2.5)  # the session lasts longer than the login timeout
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_idle_in_transaction_timeout_closes_the_client_and_frees_its_locks(routers, primary, table):
+    primary.sql(f"CREATE TABLE {table} (id int PRIMARY KEY, v int)")
+    primary.sql(f"INSERT INTO {table} VALUES (1, 1)")
+    primary.sql(f"GRANT ALL ON {table} TO {APP_USER}")
+    router = routers.start(general={"idle_transaction_timeout_ms": 500, "default_pool_size": 1})
+    conn = connect(router.dsn(), autocommit=False)
+    conn.execute(f"SELECT v FROM {table} WHERE id = 1 FOR UPDATE")
+    time.sleep(1.5)
+    with pytest.raises(psycopg.Error) as err:
+        conn.execute("SELECT 1")
+    assert sqlstate(err.value) == "25P03"
+    assert "idle-in-transaction" in str(err.value)
+    conn.close()
+    # Its row lock is gone, and the pool's only connection serves others.
+    with connect(router.dsn()) as other:
+        other.execute("SET lock_timeout = '2s'")
+        other.execute(f"UPDATE {table} SET v = v WHERE id = 1")
+    # A client busy in its transaction is not cut off.
+    with connect(router.dsn(), autocommit=False) as busy:
+        for _ in range(4):
+            busy.execute("SELECT pg_sleep(0.3)")
+        busy.commit()
+
+
+def test_query_timeout_cancels_the_statement(routers, primary):
+    router = routers.start(general={"query_timeout_ms": 1500})
+    with connect(router.dsn()) as conn:
+        with Timer() as timer, pytest.raises(psycopg.errors.QueryCanceled) as err:
+            conn.execute("SELECT pg_sleep(10)")
+        assert sqlstate(err.value) == "57014"
+        assert 1.4 < timer.elapsed < 5
+        # The session goes on; statements shorter than the timeout run.
+        for _ in range(3):
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    wait_until(lambda: not any("pg_sleep(10)" in (b["query"] or "") and b["state"] == "active"
+                               for b in primary.backends(user=APP_USER)), 5,
+               what="the cancelled sleep gone from the server")
+
+
+def test_a_refused_server_login_is_not_retried_by_every_client(routers, primary):
+    """200 clients while the router's server password is wrong: the server
+    sees at most a pool's worth of failed logins per ban_time_ms, and every
+    client gets the server's error."""
+    log = primary.logfile
+    before = log.read_text(errors="replace").count(f'password authentication failed for user "{APP_USER}"')
+    router = routers.start(general={"default_pool_size": 2, "ban_time_ms": 60000},
+                           users=[app_user(server_password="wrong-password")])
+    codes: list[str | None] = []
+    lock = threading.Lock()
+
+    def client():
+        try:
+            with connect(router.dsn()) as conn:
+                conn.execute("SELECT 1")
+            code = "ok"
+        except psycopg.Error as exc:
+            # At login psycopg keeps the message only, not the SQLSTATE.
+            code = sqlstate(exc) or ("28P01" if "password authentication failed" in str(exc)
+                                     else str(exc))
+        with lock:
+            codes.append(code)
+
+    threads = [threading.Thread(target=client) for _ in range(200)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(codes) == 200
+    assert set(codes) == {"28P01"}, set(codes)
+    time.sleep(0.5)
+    after = log.read_text(errors="replace").count(f'password authentication failed for user "{APP_USER}"')
+    assert after - before <= 2, f"{after - before} failed logins reached the server"
