@@ -16,6 +16,7 @@ pub mod params;
 pub mod pinning;
 mod policy_guard;
 pub mod prepared;
+mod read_your_writes;
 mod recovery;
 pub mod registry;
 mod routing;
@@ -283,7 +284,14 @@ async fn login(
         .pools
         .shards
         .first()
-        .and_then(|s| s.pick(crate::router::Role::Primary, logged_in.pools.balancing, &[]))
+        .and_then(|s| {
+            s.pick(
+                crate::router::Role::Primary,
+                logged_in.pools.balancing,
+                &[],
+                Default::default(),
+            )
+        })
         .map(|slot| slot.pool.clone());
     let defaults = match primary {
         Some(pool) => pool.default_params().await.map_err(|e| {

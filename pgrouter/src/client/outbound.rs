@@ -199,8 +199,15 @@ impl Session {
             })?;
         let mut tried = exclude.to_vec();
         self.registered.info.set_state(ClientState::Waiting);
+        let g = &self.rt.config.general;
+        let limits = if route.role == Role::Replica {
+            let ryw = g.read_your_writes.then_some(&mut self.ryw);
+            super::read_your_writes::read_limits(g.max_replica_lag_ms, ryw, route.shard, shard)
+        } else {
+            Default::default()
+        };
         let (conn, slot) = loop {
-            let Some(slot) = shard.pick(route.role, pools.balancing, &tried) else {
+            let Some(slot) = shard.pick(route.role, pools.balancing, &tried, limits) else {
                 self.registered.info.set_state(ClientState::Idle);
                 return Err(PoolError::NoServer);
             };
@@ -237,6 +244,7 @@ impl Session {
             shard: route.shard,
             health: slot.health.clone(),
             pool_id: Arc::as_ptr(&slot.pool) as usize,
+            for_writes: route.role == Role::Primary,
             attached_at: now,
             last_answer: now,
             tx_counted: false,

@@ -38,6 +38,8 @@ pub(super) struct Held {
     pub health: Arc<ServerHealth>,
     /// Identifies the pool, to leave it out when retrying elsewhere.
     pub pool_id: usize,
+    /// Routed to the primary (a write, or a transaction that may write).
+    pub for_writes: bool,
     pub attached_at: std::time::Instant,
     /// When the server's last answer to the client's request arrived.
     pub last_answer: std::time::Instant,
@@ -135,6 +137,8 @@ pub struct Session {
     /// Session state that ties the client to its server connection
     /// (transaction mode; see `pinning.rs`).
     pub(super) pins: super::pinning::Pins,
+    /// Where the session's writes are (`read_your_writes`).
+    pub(super) ryw: super::read_your_writes::ReadYourWrites,
     /// `session_state = "refuse"` in transaction mode: statements creating
     /// such state are refused with 0A000 instead of pinning.
     pub(super) refuse_session_state: bool,
@@ -218,6 +222,7 @@ impl Session {
             batch_start: true,
             guard: GuardState::Idle,
             pins: Default::default(),
+            ryw: Default::default(),
             refuse_session_state,
             statements: ahash::AHashMap::new(),
             sql_prepared: HashMap::new(),
@@ -369,6 +374,9 @@ impl Session {
             self.stop_replay();
             if !held.tx_counted {
                 held.record_transaction();
+            }
+            if held.for_writes && self.rt.config.general.read_your_writes {
+                self.ryw.wrote(held.shard, held.last_answer);
             }
             self.registered.info.set_state(ClientState::Idle);
             self.registered.info.set_server(None);

@@ -34,6 +34,26 @@ pub struct ServerSlot {
     pub health: Arc<ServerHealth>,
 }
 
+/// Which replicas may take a read (SPEC §5 Routing: replica lag).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadLimits {
+    /// `max_replica_lag_ms`: replicas further behind by their last health
+    /// check are left out; 0 = no limit.
+    pub max_lag_ms: u64,
+    /// Read-your-writes: only replicas that have replayed this WAL position
+    /// (`u64::MAX`: none qualifies yet, the read goes to the primary).
+    pub min_lsn: Option<u64>,
+}
+
+impl ReadLimits {
+    fn allow(&self, health: &ServerHealth) -> bool {
+        (self.max_lag_ms == 0 || health.lag_ms() <= self.max_lag_ms)
+            && self
+                .min_lsn
+                .is_none_or(|min| health.lsn().is_some_and(|lsn| lsn >= min))
+    }
+}
+
 /// One shard: its primary and its replicas.
 pub struct ShardPools {
     pub servers: Vec<ServerSlot>,
@@ -44,7 +64,13 @@ impl ShardPools {
     /// Chooses a server for `role`. Reads go to healthy replicas (and the
     /// primary too with `include_primary`), or to the primary when none is
     /// left. `exclude` skips servers that just failed.
-    pub fn pick(&self, role: Role, balancing: Balancing, exclude: &[usize]) -> Option<&ServerSlot> {
+    pub fn pick(
+        &self,
+        role: Role,
+        balancing: Balancing,
+        exclude: &[usize],
+        limits: ReadLimits,
+    ) -> Option<&ServerSlot> {
         let usable = |s: &&ServerSlot| !exclude.contains(&(Arc::as_ptr(&s.pool) as usize));
         // Several may claim it after a failover (see `health.rs`): the
         // strongest claim wins, the first listed among equals.
@@ -64,7 +90,7 @@ impl ShardPools {
                 && if s.health.is_primary() {
                     balancing.split == ReadWriteSplit::IncludePrimary
                 } else {
-                    !s.health.is_banned()
+                    !s.health.is_banned() && limits.allow(&s.health)
                 }
         };
         let candidates = || self.servers.iter().filter(is_candidate);

@@ -74,6 +74,70 @@ pub struct ServerHealth {
     /// sees more connections of that user than the pool allows). Set by
     /// every cluster build, since a reload may replace the pool.
     check_pool: Mutex<std::sync::Weak<Pool>>,
+    /// The last check's WAL position: the replay LSN of a replica, the
+    /// current LSN of a primary (0 = not known yet).
+    lsn: AtomicU64,
+    /// When the check that measured `lsn` started (read-your-writes: a
+    /// primary LSN measured after a commit is at least that commit's).
+    lsn_at: Mutex<Option<Instant>>,
+    /// A replica's replay lag in ms by the last check (0 for a primary).
+    lag_ms: AtomicU64,
+}
+
+/// What a health check learns about a server.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CheckResult {
+    pub in_recovery: bool,
+    /// Replay LSN (replica) or current WAL LSN (primary).
+    pub lsn: Option<u64>,
+    /// Replay lag in ms (replica); 0 when it has replayed all it received.
+    pub lag_ms: u64,
+}
+
+/// The health check: role, WAL position and replay lag in one round trip.
+/// A replica that has replayed everything it received counts as not lagging
+/// (an idle primary writes nothing, so the last replay time grows old without
+/// any lag); otherwise its lag is the age of the last transaction it replayed.
+pub const CHECK_SQL: &str = "SELECT pg_catalog.pg_is_in_recovery(), \
+     CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_replay_lsn() \
+     ELSE pg_catalog.pg_current_wal_lsn() END::text, \
+     CASE WHEN NOT pg_catalog.pg_is_in_recovery() \
+       OR pg_catalog.pg_last_wal_receive_lsn() <= pg_catalog.pg_last_wal_replay_lsn() THEN 0 \
+     ELSE COALESCE(floor(extract(epoch FROM now() - pg_catalog.pg_last_xact_replay_timestamp()) * 1000), 0) END::int8";
+
+/// Parses PostgreSQL's `pg_lsn` text form `X/Y` (two hex numbers).
+pub fn parse_lsn(s: &str) -> Option<u64> {
+    let (hi, lo) = s.split_once('/')?;
+    let hi = u64::from_str_radix(hi, 16).ok()?;
+    let lo = u64::from_str_radix(lo, 16).ok()?;
+    (hi <= u32::MAX as u64 && lo <= u32::MAX as u64).then_some((hi << 32) | lo)
+}
+
+/// Reads a [`CHECK_SQL`] answer.
+fn read_check(rows: &[Vec<Option<String>>]) -> Option<CheckResult> {
+    let row = rows.first()?;
+    let in_recovery = matches!(row.first()?.as_deref(), Some("t" | "true"));
+    let lsn = row.get(1)?.as_deref().and_then(parse_lsn);
+    let lag_ms = row
+        .get(2)?
+        .as_deref()
+        .and_then(|v| v.parse::<i64>().ok())
+        .unwrap_or(0)
+        .max(0) as u64;
+    Some(CheckResult {
+        in_recovery,
+        lsn,
+        lag_ms,
+    })
+}
+
+/// Runs the check on `conn`.
+async fn run_check(conn: &mut ServerConn) -> Result<CheckResult, String> {
+    let rows = conn
+        .query_rows(CHECK_SQL)
+        .await
+        .map_err(|e| e.to_string())?;
+    read_check(&rows).ok_or_else(|| "unexpected health check answer".to_string())
 }
 
 impl ServerHealth {
@@ -99,12 +163,35 @@ impl ServerHealth {
             metrics,
             conn: tokio::sync::Mutex::new(None),
             check_pool: Mutex::new(std::sync::Weak::new()),
+            lsn: AtomicU64::new(0),
+            lsn_at: Mutex::new(None),
+            lag_ms: AtomicU64::new(0),
         }
     }
 
     /// The pool health checks borrow their connection from.
     pub fn set_check_pool(&self, pool: &Arc<Pool>) {
         *self.check_pool.lock() = Arc::downgrade(pool);
+    }
+
+    /// Replay lag in ms by the last check (0 when unknown or a primary).
+    pub fn lag_ms(&self) -> u64 {
+        self.lag_ms.load(Ordering::Relaxed)
+    }
+
+    /// The WAL position by the last check, if one measured it.
+    pub fn lsn(&self) -> Option<u64> {
+        match self.lsn.load(Ordering::Relaxed) {
+            0 => None,
+            lsn => Some(lsn),
+        }
+    }
+
+    /// The WAL position measured by a check that started after `since`:
+    /// for a primary, at least the LSN of every commit made before `since`.
+    pub fn lsn_measured_after(&self, since: Instant) -> Option<u64> {
+        let at = (*self.lsn_at.lock())?;
+        (at > since).then(|| self.lsn()).flatten()
     }
 
     pub fn is_primary(&self) -> bool {
@@ -179,19 +266,18 @@ impl ServerHealth {
             let Some(lease) = pool.try_checkout().await else {
                 return;
             };
+            let started = Instant::now();
             let check = async {
                 let mut lease = lease.map_err(|e| e.to_string())?;
-                let r = lease
-                    .query_bool("SELECT pg_catalog.pg_is_in_recovery()")
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let r = run_check(&mut lease).await?;
                 Pool::checkin(lease);
-                Ok::<bool, String>(r)
+                Ok::<CheckResult, String>(r)
             };
             let result = tokio::time::timeout(timeout * 2, check).await;
-            self.record_check(result);
+            self.record_check(result, started);
             return;
         }
+        let started = Instant::now();
         let check = async {
             if conn.is_none() {
                 *conn = Some(
@@ -201,26 +287,35 @@ impl ServerHealth {
                 );
             }
             let c = conn.as_mut().ok_or("no connection")?;
-            c.query_bool("SELECT pg_catalog.pg_is_in_recovery()")
-                .await
-                .map_err(|e| e.to_string())
+            run_check(c).await
         };
         let result = tokio::time::timeout(timeout * 2, check).await;
         if !matches!(result, Ok(Ok(_))) {
             *conn = None;
         }
-        self.record_check(result);
+        self.record_check(result, started);
     }
 
-    /// Acts on a check's outcome: role of an `auto` server, ban on failure.
-    fn record_check(&self, result: Result<Result<bool, String>, tokio::time::error::Elapsed>) {
+    /// Acts on a check's outcome: role of an `auto` server, WAL position and
+    /// lag, ban on failure.
+    fn record_check(
+        &self,
+        result: Result<Result<CheckResult, String>, tokio::time::error::Elapsed>,
+        started: Instant,
+    ) {
         self.reachable
             .store(matches!(result, Ok(Ok(_))), Ordering::Relaxed);
         match result {
-            Ok(Ok(in_recovery)) => {
+            Ok(Ok(check)) => {
                 if self.configured == ServerRole::Auto {
-                    self.set_primary(!in_recovery);
+                    self.set_primary(!check.in_recovery);
                 }
+                if let Some(lsn) = check.lsn {
+                    self.lsn.store(lsn, Ordering::Relaxed);
+                    *self.lsn_at.lock() = Some(started);
+                }
+                let lag = if check.in_recovery { check.lag_ms } else { 0 };
+                self.lag_ms.store(lag, Ordering::Relaxed);
             }
             Ok(Err(e)) => self.ban(&format!("health check failed: {e}")),
             Err(_) => self.ban("health check timed out"),

@@ -231,21 +231,6 @@ impl ServerConn {
 }
 
 impl ServerConn {
-    /// Runs a query returning one boolean (health checks).
-    pub async fn query_bool(&mut self, sql: &str) -> Result<bool, ServerError> {
-        let rows = self.query_rows(sql).await?;
-        match rows
-            .first()
-            .and_then(|r| r.first())
-            .and_then(|v| v.as_deref())
-        {
-            Some(v) => Ok(v == "t" || v == "true"),
-            None => Err(ServerError::Closed),
-        }
-    }
-}
-
-impl ServerConn {
     /// Runs a query and returns its rows as text (NULL as None). For the
     /// router's own checks, not for client traffic.
     pub async fn query_rows(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, ServerError> {
