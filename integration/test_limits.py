@@ -134,3 +134,46 @@ def test_a_refused_server_login_is_not_retried_by_every_client(routers, primary)
     time.sleep(0.5)
     after = log.read_text(errors="replace").count(f'password authentication failed for user "{APP_USER}"')
     assert after - before <= 2, f"{after - before} failed logins reached the server"
+
+
+def test_max_db_and_user_connections_cap_across_pools(routers, primary):
+    """Two users.toml entries for the same server user (two pools of 5):
+    max_user_connections = 3 keeps PostgreSQL at 3 connections of that user
+    whatever the pools want; idle connections of one pool make room for the
+    other. max_db_connections likewise per database."""
+    for cap in ("max_user_connections", "max_db_connections"):
+        router = routers.start(general={cap: 3, "default_pool_size": 5,
+                                        "checkout_timeout_ms": 20000},
+                               users=[app_user(),
+                                      app_user(name="app2", password="app2-secret",
+                                               server_user=APP_USER, server_password="app-secret")])
+        stop = threading.Event()
+        peak = [0]
+        errors: list[str] = []
+
+        def sample():
+            while not stop.is_set():
+                peak[0] = max(peak[0], len(primary.backends(user=APP_USER, db=APP_DB)))
+                time.sleep(0.02)
+
+        def client(user, password):
+            try:
+                with connect(router.dsn(user=user, password=password)) as conn:
+                    for _ in range(5):
+                        conn.execute("SELECT pg_sleep(0.02)")
+            except Exception as exc:  # noqa: BLE001
+                errors.append(repr(exc))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        threads = [threading.Thread(target=client, args=u) for u in
+                   [(APP_USER, "app-secret"), ("app2", "app2-secret")] * 8]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        stop.set()
+        sampler.join(5)
+        assert errors == [], cap
+        assert 0 < peak[0] <= 3, f"{cap}: {peak[0]} connections on the server"
+        router.stop()

@@ -301,6 +301,12 @@ impl Session {
             // The value of the client's hint or setting is out of range.
             PoolError::NoSuchShard { .. } => ("22023", e.to_string()),
             PoolError::NoServer => ("08006", e.to_string()),
+            PoolError::Connect(ServerError::CapReached(cap)) => (
+                "57014",
+                format!(
+                    "pgrouter: timed out waiting for a server connection ({cap} is at max_db_connections / max_user_connections)"
+                ),
+            ),
             PoolError::Connect(ServerError::Postgres(fields)) => (
                 known_code(&fields.code),
                 format!(

@@ -118,6 +118,9 @@ impl ShardPools {
 pub struct Cluster {
     users: HashMap<(String, String), Arc<UserPools>>,
     pub health: Vec<Arc<ServerHealth>>,
+    /// `max_db_connections` / `max_user_connections` caps by what they cap
+    /// (kept across reloads, so connections already open stay counted).
+    caps: HashMap<String, Arc<super::ConnectionCap>>,
 }
 
 impl Cluster {
@@ -167,13 +170,22 @@ impl Cluster {
             health.insert(key, h);
         }
         let mut users = HashMap::new();
+        let mut caps = HashMap::new();
         for user in &config.users {
             let pools = user_pools(config, user, &health, previous, metrics);
+            for pool in pools
+                .shards
+                .iter()
+                .flat_map(|s| s.servers.iter().map(|s| &s.pool))
+            {
+                pool.set_caps(caps_of(pool, config, previous, &mut caps));
+            }
             users.insert((user.name.clone(), user.database.clone()), Arc::new(pools));
         }
         Cluster {
             users,
             health: health_list,
+            caps,
         }
     }
 
@@ -203,6 +215,46 @@ impl Cluster {
             .flat_map(|u| u.shards.iter())
             .flat_map(|s| s.servers.iter().map(|slot| &slot.pool))
     }
+}
+
+/// The caps `pool` is under, made (or taken from the previous cluster) as
+/// needed: per database and server, and per server user and server.
+fn caps_of(
+    pool: &Arc<Pool>,
+    config: &Config,
+    previous: Option<&Cluster>,
+    caps: &mut HashMap<String, Arc<super::ConnectionCap>>,
+) -> Vec<Arc<super::ConnectionCap>> {
+    let g = &config.general;
+    let t = &pool.target;
+    let wanted = [
+        (
+            g.max_db_connections,
+            format!("database {} on {}", t.database, t.addr()),
+        ),
+        (
+            g.max_user_connections,
+            format!("user {} on {}", t.user, t.addr()),
+        ),
+    ];
+    let mut out = Vec::new();
+    for (max, key) in wanted {
+        if max == 0 {
+            continue;
+        }
+        let cap = caps
+            .entry(key.clone())
+            .or_insert_with(|| {
+                previous
+                    .and_then(|p| p.caps.get(&key).cloned())
+                    .unwrap_or_else(|| super::ConnectionCap::new(key.clone(), max as usize))
+            })
+            .clone();
+        cap.set_max(max as usize);
+        cap.add_pool(pool);
+        out.push(cap);
+    }
+    out
 }
 
 fn health_key(server: &ServerEntry) -> String {

@@ -3,6 +3,7 @@
 //! shards × (primary + replicas), with each server's [`ServerHealth`]. Pools
 //! know nothing of SQL.
 
+mod cap;
 mod cluster;
 pub mod health;
 mod pool;
@@ -10,6 +11,7 @@ mod queue;
 #[cfg(test)]
 mod tests;
 
+pub use cap::{CapPermit, ConnectionCap};
 pub use cluster::{Balancing, Cluster, ReadLimits, ServerSlot, ShardPools, UserPools};
 pub use health::{check_auto_roles, ServerHealth};
 pub use pool::{Pool, PoolError, PoolSettings, PoolStats, PooledConn};

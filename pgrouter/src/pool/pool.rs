@@ -81,6 +81,8 @@ pub struct Pool {
     /// The server's last login refusal and until when it stands (see
     /// `PoolSettings::login_backoff`).
     refused: Mutex<Option<(Instant, crate::protocol::backend::ErrorFields)>>,
+    /// Caps shared with other pools (see `cap.rs`); set by each cluster build.
+    caps: Mutex<Vec<Arc<super::ConnectionCap>>>,
 }
 
 /// How long a client of a split pool waits in its own part before it may
@@ -186,6 +188,7 @@ impl Pool {
             coord: Mutex::new(()),
             default_params: Mutex::new(None),
             refused: Mutex::new(None),
+            caps: Mutex::new(Vec::new()),
         })
     }
 
@@ -407,9 +410,43 @@ impl Pool {
         if let Some(fields) = self.refusal_standing() {
             return Err(ServerError::Postgres(fields));
         }
+        let caps = self.caps.lock().clone();
+        let mut permits = Vec::with_capacity(caps.len());
+        for cap in caps {
+            match cap.acquire(self.settings.checkout_timeout).await {
+                Some(permit) => permits.push(permit),
+                None => {
+                    tracing::warn!(pool = %self.name, cap = %cap.name, "server connection cap reached");
+                    return Err(ServerError::CapReached(cap.name.clone()));
+                }
+            }
+        }
         let result = self.open(k).await;
         self.note_login_outcome(&result);
-        result
+        let mut conn = result?;
+        conn.permits = permits;
+        Ok(conn)
+    }
+
+    /// Puts the pool under these caps (replacing any earlier ones).
+    pub fn set_caps(&self, caps: Vec<Arc<super::ConnectionCap>>) {
+        *self.caps.lock() = caps;
+    }
+
+    /// Closes one idle connection, if the pool has one: a cap shared with
+    /// another pool needs the room. True if one was closed.
+    pub fn close_one_idle(&self) -> bool {
+        for (k, part) in self.parts.iter().enumerate() {
+            let conn = part.slots.lock().idle.pop();
+            if let Some(mut conn) = conn {
+                // Its shares of the caps are given back now, not when the
+                // terminating task ends.
+                conn.permits.clear();
+                self.close(k, conn);
+                return true;
+            }
+        }
+        false
     }
 
     /// The server's login refusal, while the back-off after it lasts.

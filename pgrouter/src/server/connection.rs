@@ -63,6 +63,9 @@ pub enum ServerError {
     Protocol(#[from] ProtocolError),
     #[error("server closed the connection")]
     Closed,
+    /// `max_db_connections` or `max_user_connections` left no room in time.
+    #[error("no server connection available: {0} reached its connection cap")]
+    CapReached(String),
 }
 
 static NEXT_SERVER_ID: AtomicU64 = AtomicU64::new(1);
@@ -96,6 +99,9 @@ pub struct ServerConn {
     /// A client changed settings in a way the router cannot follow (a
     /// `set_config()` call): RESET ALL before the next client.
     pub needs_reset: bool,
+    /// Shares of `max_db_connections` / `max_user_connections` this
+    /// connection holds; given back when it is dropped.
+    pub permits: Vec<crate::pool::CapPermit>,
 }
 
 impl ServerConn {
@@ -141,6 +147,7 @@ impl ServerConn {
             params_fingerprint: 0,
             startup_params: HashMap::new(),
             needs_reset: false,
+            permits: Vec::new(),
         };
         super::login::login(&mut conn, target).await?;
         conn.startup_params = conn.params.clone();
