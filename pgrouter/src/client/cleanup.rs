@@ -41,12 +41,11 @@ pub fn release_after_session(mut server: PooledConn, quiet: bool, mode: PoolMode
                 // DISCARD ALL resets the session authorization, and the
                 // role with it; RESET ROLE makes sure of the latter.
                 server.run_simple("RESET ROLE").await.ok()?.ok()?;
-                server.needs_reset = false;
                 server.statements.clear();
-                let forgotten: Vec<String> = server.router_set.drain().map(|(k, _)| k).collect();
-                for name in forgotten {
-                    server.params.remove(&name);
-                }
+                // Every setting is back at the server's login value, and no
+                // client's parameters are in force any more (the next one's
+                // must be sent even if they look like the last one's).
+                server.forget_session_state();
             }
             Some(())
         };

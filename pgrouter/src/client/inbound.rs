@@ -75,8 +75,20 @@ impl Session {
                     }
                     if clients && !self.sets.is_idle() {
                         for change in self.sets.on_ready(status) {
+                            // The server went back to its own default, not
+                            // to the client's startup value: set that again
+                            // before the client's next statement.
+                            let to_startup = match &change {
+                                SetChange::Reset { name } => self.params.has_initial(name),
+                                SetChange::ResetAll => true,
+                                SetChange::Set { .. } => false,
+                            };
                             note_change_on_server(&mut held.conn, &self.params, &change);
                             self.params.apply(change);
+                            if to_startup {
+                                held.conn.params_fingerprint = 0;
+                                self.resync_params = true;
+                            }
                         }
                     }
                     if self.expect.is_empty() && !self.unsynced {

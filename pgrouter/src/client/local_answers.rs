@@ -30,7 +30,13 @@ impl Session {
             return Ok(false);
         };
         let jwt = self.policy.jwt.is_some();
+        // Session mode: the client's statements live on its own server
+        // connection, where DEALLOCATE must really run.
+        // A held server (session mode, or a pinned client) has the client's
+        // statements: DEALLOCATE runs there, as the client expects.
+        let on_held_server = self.server.is_some();
         let tag = match &statement.kind {
+            StatementKind::Deallocate { .. } if on_held_server => return Ok(false),
             StatementKind::Deallocate { name: Some(name) } => {
                 if self.sql_prepared.remove(name).is_none() {
                     return Ok(false); // let PostgreSQL report the unknown name
@@ -43,8 +49,10 @@ impl Session {
             }
             // The shared server keeps its statements and (for JWT sessions)
             // its role: the router resets the client's own state instead.
+            // A pinned client's session state lives on its connection: its
+            // DISCARD ALL must run there (and unpins it).
             StatementKind::Discard(DiscardKind::All)
-                if self.mode == PoolMode::Transaction || jwt =>
+                if (self.mode == PoolMode::Transaction && !self.pins.is_pinned()) || jwt =>
             {
                 self.sql_prepared.clear();
                 self.statements.clear();

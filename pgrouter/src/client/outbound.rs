@@ -147,6 +147,9 @@ impl Session {
             if self.guard == GuardState::Passed {
                 self.guard = GuardState::Idle;
             }
+            if self.resync_params && self.batch_start && !self.unsynced {
+                self.resync_held_params();
+            }
             // The message is read in place: the buffer is set aside while
             // it is forwarded (nothing on that path reads `cbuf`).
             let cbuf = std::mem::take(&mut self.cbuf);
@@ -288,8 +291,26 @@ impl Session {
             self.expect.swallow(Reply::Query);
         }
         self.server = Some(held);
+        self.resync_params = false;
+        self.unnamed_here = false;
         self.batch_start = true;
         Ok(())
+    }
+
+    /// Brings the held server's parameters in line with the client's (after
+    /// a RESET took the server to its own defaults), ahead of the client's
+    /// next statement; the answer is swallowed.
+    fn resync_held_params(&mut self) {
+        self.resync_params = false;
+        let Some(held) = self.server.as_mut() else {
+            return;
+        };
+        if let Some(sql) = self.params.sync_sql(&held.conn) {
+            frontend::query(&mut self.to_server, &sql);
+            self.params.mark_synced(&mut held.conn);
+            self.expect.swallow(Reply::Query);
+            self.unnamed_here = false;
+        }
     }
 
     /// The client's statement cannot run: tell it why, in the protocol's
@@ -394,6 +415,9 @@ impl Session {
                         if !skipping {
                             self.expect.forward(Reply::Parse(None));
                         }
+                        self.unnamed_parse.clear();
+                        self.unnamed_parse.extend_from_slice(msg);
+                        self.unnamed_here = true;
                     }
                 }
             }
@@ -426,7 +450,12 @@ impl Session {
                             b.rest,
                         );
                     }
-                    None => self.to_server.extend_from_slice(msg),
+                    None => {
+                        if b.statement.is_empty() && !skipping {
+                            self.parse_unnamed_here();
+                        }
+                        self.to_server.extend_from_slice(msg)
+                    }
                 }
                 if !skipping {
                     self.expect.forward(Reply::Bind);
@@ -457,7 +486,12 @@ impl Session {
                         }
                         frontend::write_target(&mut self.to_server, b'D', b'S', &stmt.server_name);
                     }
-                    _ => self.to_server.extend_from_slice(msg),
+                    _ => {
+                        if tag == b'D' && kind == b'S' && name.is_empty() && !skipping {
+                            self.parse_unnamed_here();
+                        }
+                        self.to_server.extend_from_slice(msg)
+                    }
                 }
                 if !skipping {
                     self.expect.forward(match (tag, kind) {
@@ -520,7 +554,22 @@ impl Session {
         self.to_server.extend_from_slice(msg);
         self.expect.forward(Reply::Query);
         self.batch_start = true;
+        // A simple query destroys the server's unnamed statement.
+        self.unnamed_here = false;
         Ok(())
+    }
+
+    /// The client's unnamed statement, parsed in an earlier unit of work, is
+    /// used again (psql's `\gdesc`: Parse + Sync, then Describe + Sync): the
+    /// server held now may be another one, or a simple query may have
+    /// destroyed it since, so the router parses it again (answer swallowed).
+    fn parse_unnamed_here(&mut self) {
+        if self.unnamed_here || self.unnamed_parse.is_empty() {
+            return;
+        }
+        self.to_server.extend_from_slice(&self.unnamed_parse);
+        self.expect.swallow(Reply::Parse(None));
+        self.unnamed_here = true;
     }
 
     /// Makes sure the held server has `stmt` prepared. For the client's own

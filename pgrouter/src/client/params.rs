@@ -91,6 +91,12 @@ impl ClientParams {
         }
     }
 
+    /// The client has its own value to return to on `RESET name` (a startup
+    /// parameter), other than the server's default.
+    pub fn has_initial(&self, name: &str) -> bool {
+        self.initial.contains_key(&self.canonical(name))
+    }
+
     /// Fixes a parameter for the whole session (RESET returns to it too).
     pub fn pin(&mut self, name: &str, value: &str) {
         self.changed();

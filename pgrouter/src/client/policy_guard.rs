@@ -145,6 +145,8 @@ impl Session {
     /// skips the client's own messages up to their Sync.
     fn pipeline_guarded(&mut self, sql: &str) {
         frontend::write_parse(&mut self.to_server, "", sql, &[]);
+        // That replaced the server's unnamed statement.
+        self.unnamed_here = false;
         frontend::bind_execute_unnamed(&mut self.to_server);
         self.expect.swallow(Reply::Parse(None));
         self.expect.swallow(Reply::Bind);

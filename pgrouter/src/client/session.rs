@@ -139,6 +139,9 @@ pub struct Session {
     pub(super) pins: super::pinning::Pins,
     /// Where the session's writes are (`read_your_writes`).
     pub(super) ryw: super::read_your_writes::ReadYourWrites,
+    /// A RESET sent the held server back to its own defaults: the client's
+    /// startup values are set again before its next statement.
+    pub(super) resync_params: bool,
     /// `session_state = "refuse"` in transaction mode: statements creating
     /// such state are refused with 0A000 instead of pinning.
     pub(super) refuse_session_state: bool,
@@ -149,6 +152,11 @@ pub struct Session {
     pub(super) sql_prepared: HashMap<String, SqlPrepared>,
     /// Analysis of the last unnamed Parse, for routing the Bind after it.
     pub(super) unnamed: Option<Arc<Analysis>>,
+    /// The client's last unnamed Parse message, to parse it again on another
+    /// server connection (see `outbound::parse_unnamed_here`).
+    pub(super) unnamed_parse: BytesMut,
+    /// The server held now has that unnamed statement.
+    pub(super) unnamed_here: bool,
     /// Analysis of the statement bound by the last Bind, for SET tracking at Execute.
     pub(super) last_bound: Option<Arc<Analysis>>,
 
@@ -223,10 +231,13 @@ impl Session {
             guard: GuardState::Idle,
             pins: Default::default(),
             ryw: Default::default(),
+            resync_params: false,
             refuse_session_state,
             statements: ahash::AHashMap::new(),
             sql_prepared: HashMap::new(),
             unnamed: None,
+            unnamed_parse: BytesMut::new(),
+            unnamed_here: false,
             last_bound: None,
             replay: None,
             replay_spare: BytesMut::new(),

@@ -115,8 +115,9 @@ impl Session {
             }
         }
         if discarded {
-            held.conn.router_set.clear();
-            held.conn.params_fingerprint = 0;
+            // DISCARD ALL takes every setting back to the server's login
+            // value (reported ones arrive again in ParameterStatus).
+            held.conn.forget_session_state();
         }
         inject
     }
