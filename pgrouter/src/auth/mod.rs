@@ -17,6 +17,7 @@
 
 pub mod jwt;
 pub mod md5;
+pub mod pass_through;
 pub mod scram;
 
 pub use scram::{ScramClient, ScramSecret, ScramServer};

@@ -197,6 +197,7 @@ fn target_for(
         database: server.database_name.clone(),
         user: user.server_user.clone(),
         password: user.server_password.clone(),
+        pass_through: None,
         tls: crate::net::tls::ServerTlsPolicy::from_general(general),
     }
 }
