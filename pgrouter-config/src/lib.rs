@@ -102,7 +102,11 @@ fn check(
     }
     if let (Some(r), Some(u)) = (&r, &u) {
         validate::cross(&mut rsrc, &mut usrc, r, u);
-        let names = r.databases.iter().map(|d| d.name.as_str()).collect::<Vec<_>>();
+        let names = r
+            .databases
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect::<Vec<_>>();
         login_checks::cross(
             &mut rsrc,
             r.auth_query.as_ref(),

@@ -123,9 +123,10 @@ pub(crate) fn read_jit(src: &mut Source, sec: &Section, at: &mut LoginCheckLines
     let mut j = Jit::default();
     match sec.non_empty_string(src, "api_url") {
         Some(url) if url.starts_with("https://") || url.starts_with("http://") => {
-            if url.split_once("://").is_some_and(|(_, rest)| {
-                rest.split(['/', '?']).next().unwrap_or("").is_empty()
-            }) {
+            if url
+                .split_once("://")
+                .is_some_and(|(_, rest)| rest.split(['/', '?']).next().unwrap_or("").is_empty())
+            {
                 sec.report(src, "api_url", format!("\"{url}\" has no host"));
             }
             j.api_url = url;

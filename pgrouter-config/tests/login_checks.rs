@@ -26,7 +26,8 @@ fn absent_sections_are_none() {
 
 #[test]
 fn empty_sections_take_the_defaults() {
-    let router = format!("{MIN_ROUTER}[auth_query]\n[jit]\napi_url = \"http://127.0.0.1:9/check\"\n");
+    let router =
+        format!("{MIN_ROUTER}[auth_query]\n[jit]\napi_url = \"http://127.0.0.1:9/check\"\n");
     let c = ok(&router, &users_with_lookup());
     assert_eq!(c.auth_query, Some(AuthQuery::default()));
     let aq = c.auth_query.unwrap();
@@ -107,13 +108,31 @@ databases = ["nope"]
 "#
     );
     let ps = problems(&router, &users_with_lookup());
-    has(&ps, "router.toml", 7, "auth_query.user", "must not be empty");
+    has(
+        &ps,
+        "router.toml",
+        7,
+        "auth_query.user",
+        "must not be empty",
+    );
     has(&ps, "router.toml", 8, "auth_query.query", "$1");
     has(&ps, "router.toml", 9, "auth_query.cache_ttl_s", "negative");
-    has(&ps, "router.toml", 12, "jit.api_url", "not an http:// or https:// URL");
+    has(
+        &ps,
+        "router.toml",
+        12,
+        "jit.api_url",
+        "not an http:// or https:// URL",
+    );
     has(&ps, "router.toml", 13, "jit.timeout_ms", "at least 1");
     has(&ps, "router.toml", 14, "jit.token_prefixes", "element 2");
-    has(&ps, "router.toml", 15, "jit.databases", "unknown logical database \"nope\"");
+    has(
+        &ps,
+        "router.toml",
+        15,
+        "jit.databases",
+        "unknown logical database \"nope\"",
+    );
     assert_eq!(ps.len(), 7, "{}", render(&ps));
 }
 
@@ -150,10 +169,7 @@ fn auth_query_user_must_be_in_users_toml() {
 #[test]
 fn changing_either_section_is_a_change() {
     let base = ok(MIN_ROUTER, &users_with_lookup());
-    let with = ok(
-        &format!("{MIN_ROUTER}[auth_query]\n"),
-        &users_with_lookup(),
-    );
+    let with = ok(&format!("{MIN_ROUTER}[auth_query]\n"), &users_with_lookup());
     let d = pgrouter_config::diff(&base, &with);
     assert!(d.login_checks_changed);
     assert!(!d.is_empty());

@@ -536,7 +536,9 @@ mod tests {
 
         let mut server = ScramServer::new(secret.clone());
         let mut client = ScramClient::from_keys(Some(keys.clone()), None);
-        let first = server.server_first(client.client_first().as_bytes()).unwrap();
+        let first = server
+            .server_first(client.client_first().as_bytes())
+            .unwrap();
         let fin = client.client_final(first.as_bytes()).unwrap();
         let server_final = server.server_final(fin.as_bytes()).unwrap();
         client.verify_server_final(server_final.as_bytes()).unwrap();
@@ -550,14 +552,18 @@ mod tests {
         let other = ScramSecret::from_password("pass-through", b"other-salt", 4096);
         let mut server = ScramServer::new(other.clone());
         let mut client = ScramClient::from_keys(Some(keys.clone()), None);
-        let first = server.server_first(client.client_first().as_bytes()).unwrap();
+        let first = server
+            .server_first(client.client_first().as_bytes())
+            .unwrap();
         assert!(matches!(
             client.client_final(first.as_bytes()),
             Err(AuthError::Unsupported(_))
         ));
         let mut server = ScramServer::new(other);
         let mut client = ScramClient::from_keys(Some(keys), Some("pass-through"));
-        let first = server.server_first(client.client_first().as_bytes()).unwrap();
+        let first = server
+            .server_first(client.client_first().as_bytes())
+            .unwrap();
         let fin = client.client_final(first.as_bytes()).unwrap();
         server.server_final(fin.as_bytes()).unwrap();
     }

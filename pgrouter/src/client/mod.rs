@@ -10,6 +10,7 @@ mod inbound;
 mod io;
 mod local_answers;
 mod login;
+mod login_checks;
 mod memo;
 mod outbound;
 pub mod params;

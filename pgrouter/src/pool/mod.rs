@@ -10,6 +10,6 @@ mod queue;
 #[cfg(test)]
 mod tests;
 
-pub use cluster::{Balancing, Cluster, ServerSlot, ShardPools, UserPools};
+pub use cluster::{learnt_pools_name, Balancing, Cluster, ServerSlot, ShardPools, UserPools};
 pub use health::{check_auto_roles, ServerHealth};
 pub use pool::{Pool, PoolError, PoolSettings, PoolStats, PooledConn};

@@ -144,7 +144,11 @@ fn cleartext_of<'a>(
 }
 
 /// The md5 answer from the stored hash, or from a password or token.
-fn md5_of(target: &ServerTarget, learnt: &PassThrough, salt: [u8; 4]) -> Result<String, ServerError> {
+fn md5_of(
+    target: &ServerTarget,
+    learnt: &PassThrough,
+    salt: [u8; 4],
+) -> Result<String, ServerError> {
     if let Some(hash) = &learnt.md5_hash {
         return Ok(md5_response_from_hash(hash, salt));
     }
