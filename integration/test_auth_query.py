@@ -254,3 +254,28 @@ def test_sessions_of_learnt_users_survive_a_reload(aq_cluster, aq_routers):
         for _ in range(3):
             assert c.execute("SELECT session_user::text").fetchone() == (name,)
     assert who_am_i(r, name, pw) == (name, name)
+
+
+# ------------------------------------------------------------ config check --
+def test_pgrouter_check_reports_both_sections(tmp_path):
+    from harness.router import router_binary
+    router = tmp_path / "router.toml"
+    users = tmp_path / "users.toml"
+    router.write_text(
+        '[general]\nlisten = "127.0.0.1:0"\n\n'
+        '[[databases]]\nname = "app"\nhost = "127.0.0.1"\n\n'
+        '[auth_query]\nuser = "nobody"\nquery = "SELECT 1"\nttl = 5\n\n'
+        '[jit]\napi_url = "ftp://x"\ntimeout_ms = 0\n')
+    users.write_text('[[users]]\nname = "app"\ndatabase = "app"\npassword = "pw"\n')
+    proc = subprocess.run([str(router_binary()), "check", "--config", str(router),
+                           "--users", str(users)], capture_output=True, text=True, timeout=30)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    for expected in [
+        f"{router}:9: auth_query.user: users.toml has no [[users]] entry named \"nobody\"",
+        f"{router}:10: auth_query.query: must take the user name as the parameter $1",
+        f"{router}:11: auth_query.ttl: unknown key \"ttl\"",
+        f"{router}:14: jit.api_url: \"ftp://x\" is not an http:// or https:// URL",
+        f"{router}:15: jit.timeout_ms: must be at least 1",
+    ]:
+        assert expected in out, f"{expected!r} not in:\n{out}"
