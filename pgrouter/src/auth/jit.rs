@@ -106,6 +106,12 @@ impl JitClient {
                 Err(_) => builder.with_webpki_roots().with_no_client_auth(),
             }
         };
+        // No Nagle: a request is small and waits for its answer, so a
+        // delayed ACK would add tens of milliseconds to every login.
+        let mut tcp = HttpConnector::new();
+        tcp.enforce_http(false);
+        tcp.set_nodelay(true);
+        tcp.set_connect_timeout(Some(Duration::from_millis(cfg.timeout_ms)));
         let connector = HttpsConnectorBuilder::new().with_tls_config(tls);
         let connector = if https {
             connector.https_only()
@@ -113,7 +119,7 @@ impl JitClient {
             connector.https_or_http()
         }
         .enable_http1()
-        .build();
+        .wrap_connector(tcp);
         // Idle connections are kept a little: a login storm reuses them.
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
