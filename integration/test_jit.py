@@ -159,7 +159,9 @@ def test_revoked_token_is_refused_at_the_next_login_while_an_open_session_goes_o
         assert "token not granted" in err.message and "rejected by the JIT API" in err.message
         for _ in range(3):
             assert open_session.execute("SELECT session_user::text").fetchone() == (role,)
-    assert scrape(r).value("pgrouter_jit_checks_total", result="rejected") == 1
+    m = scrape(r)
+    assert m.value("pgrouter_jit_checks_total", result="rejected") == 1
+    assert m.value("pgrouter_logins_total", result="bad_token") == 1
 
 
 def test_token_granted_for_another_role_is_refused(jit_cluster, api, jit_routers):
