@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 import time
 import uuid
+from pathlib import Path
 
 import asyncpg
 import psycopg
@@ -29,6 +32,7 @@ from harness.jwt_tokens import SigningKey, b64url, b64url_json, claims
 from harness.login_checks import LOOKUP_QUERY, LoginChecksCluster, lookup_user_entry
 from harness.ops import admin_general, admin_rows, scrape
 from harness.pam import PamService
+from harness.netns import netns  # noqa: F401  (pytest fixture)
 from harness.pg import APP_DB
 from harness.router import RouterFactory, app_user
 
@@ -332,3 +336,48 @@ def test_a_burst_of_token_logins_one_api_call_each_and_pool_bounded(jit_cluster,
     pam_logins = [s for s in jit_cluster.pam.seen() if s["user"] == role]
     assert 1 <= len(pam_logins) <= 10, len(pam_logins)
     assert len(jit_cluster.primary.backends(user=role)) <= 10
+
+
+# ---------------------------------------------------------------- transport --
+REMOTE_LOGIN = r"""
+import json, sys
+from harness import wire
+host, port, user, password = sys.argv[1:]
+conn = wire.RawConn.open(int(port), host=host)
+try:
+    conn.startup(user, "app", password)
+    print(json.dumps({"row": conn.simple_query("SELECT session_user")[0][0]}))
+except wire.ServerError as exc:
+    print(json.dumps({"error": exc.fields}))
+finally:
+    conn.close()
+"""
+
+
+def test_no_cleartext_over_plain_tcp_from_another_host(jit_cluster, api, jit_routers, netns):
+    """A client on another host without TLS is asked for SCRAM as if there were
+    no [jit]: its token never travels in cleartext and never reaches the API,
+    and its password logins work as usual. (The other host is a network
+    namespace, harness/netns.py.)"""
+    from harness.util import free_port
+    port = free_port()
+    r = jit_routers.start(
+        general=admin_general(listen=f"0.0.0.0:{port}"),
+        users=[app_user(), lookup_user_entry()], databases=socket_db(jit_cluster),
+        jit={"api_url": api.url}, auth_query={"user": "pgrouter_auth", "query": LOOKUP_QUERY})
+    role, tok = jit_role(jit_cluster), token()
+    api.grant(tok, role)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent))
+
+    def remote(user, password):
+        out = netns.run([sys.executable, "-c", REMOTE_LOGIN, netns.host_ip, str(port), user,
+                         password], env=env)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    got = remote(role, tok)
+    assert got.get("error", {}).get("C") == "28P01", got
+    assert router_calls(api, tok) == []
+    assert remote("app", "app-secret") == {"row": ["app"]}
+    # From loopback the same token is accepted.
+    assert session_user(r, role, tok) == role
