@@ -381,3 +381,43 @@ def test_no_cleartext_over_plain_tcp_from_another_host(jit_cluster, api, jit_rou
     assert remote("app", "app-secret") == {"row": ["app"]}
     # From loopback the same token is accepted.
     assert session_user(r, role, tok) == role
+
+
+# --------------------------------------------------------- configuration --
+def test_jit_added_by_a_reload_and_limited_to_its_databases(jit_cluster, api, jit_routers):
+    from harness.ops import reload_marks, wait_reload
+    r = jit_routers.start(general=admin_general(), users=[app_user(), lookup_user_entry()],
+                          databases=socket_db(jit_cluster),
+                          auth_query={"user": "pgrouter_auth", "query": LOOKUP_QUERY})
+    role, tok = jit_role(jit_cluster), token()
+    api.grant(tok, role)
+    assert refusal(r, role, tok).sqlstate == "28P01"  # no [jit] yet: just a wrong password
+    assert router_calls(api, tok) == []
+
+    def reload_with(jit):
+        marks = reload_marks(r)
+        r.write_files(config=dict(r.config, jit=jit))
+        r.reload()
+        wait_reload(r, marks)
+
+    reload_with({"api_url": api.url, "databases": ["app"]})
+    assert session_user(r, role, tok) == role
+    assert len(router_calls(api, tok)) == 1
+    # [jit] for other databases only: app is back to plain password logins.
+    other = {"name": "other", "host": str(jit_cluster.sockdir), "port": jit_cluster.primary.port,
+             "database_name": APP_DB, "role": "primary"}
+    marks = reload_marks(r)
+    r.write_files(config=dict(r.config, databases=socket_db(jit_cluster) + [other],
+                              jit={"api_url": api.url, "databases": ["other"]}))
+    r.reload()
+    wait_reload(r, marks)
+    assert refusal(r, role, tok).sqlstate == "28P01"
+    assert len(router_calls(api, tok)) == 1
+
+
+def test_unreadable_api_ca_stops_the_start(jit_cluster, api, jit_routers, tmp_path):
+    with pytest.raises(RuntimeError) as info:
+        start(jit_routers, jit_cluster, "https://127.0.0.1:9/check",
+              jit={"api_ca": str(tmp_path / "missing.pem")})
+    assert "[jit]: api_ca" in str(info.value) and "missing.pem" in str(info.value)
+    jit_routers.routers[-1].stop_requested = True  # exiting was the point
