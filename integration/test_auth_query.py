@@ -279,3 +279,27 @@ def test_pgrouter_check_reports_both_sections(tmp_path):
         f"{router}:15: jit.timeout_ms: must be at least 1",
     ]:
         assert expected in out, f"{expected!r} not in:\n{out}"
+
+
+# ----------------------------------------------------------- with [jwt] --
+def test_with_jwt_auto_provision_passwords_go_to_auth_query_and_jwts_to_jwt(aq_cluster,
+                                                                         aq_routers):
+    from harness.jwt_setup import authenticator_user, ensure_roles, jwt_section
+    from harness.jwt_tokens import SigningKey, claims
+    ensure_roles(aq_cluster)
+    key = SigningKey("rsa")
+    pem = aq_routers.base_dir / "jwt.pem"
+    key.write_public_pem(pem)
+    r = aq_routers.start(
+        general=admin_general(), users=[app_user(), lookup_user_entry(), authenticator_user()],
+        auth_query={"user": "pgrouter_auth", "query": LOOKUP_QUERY},
+        jwt=jwt_section(public_key_file=str(pem)))
+    name, pw = aq_cluster.make_role("scram")
+    with connect(r.dsn(user=name, password=pw)) as c:
+        assert c.execute("SELECT session_user::text").fetchone() == (name,)
+        auth = {x["user"]: x["auth"] for x in admin_rows(r, "SHOW CLIENTS")}
+    assert auth[name] == "auth_query/password"
+    assert sqlstate(login_error(r, name, "wrong")) == "28P01"
+    jwt = key.sign(claims("jwt_person", role="web_user"))
+    with connect(r.dsn(user="jwt_person", password=jwt)) as c:
+        assert c.execute("SELECT current_user::text").fetchone() == ("web_user",)

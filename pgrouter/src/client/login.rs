@@ -72,9 +72,9 @@ pub async fn authenticate(
     let jwt_enabled = config.jwt.is_some() && rt.jwt.is_some();
     // With [jit], clients are asked for a cleartext password (a token or a
     // password), but only where nobody can read it on the way.
-    let jit_here = rt.jit.is_some()
-        && config.jit.as_ref().is_some_and(|j| j.applies_to(database))
-        && (transport.tls || transport.peer.ip().is_loopback());
+    let secure = transport.tls || transport.peer.ip().is_loopback();
+    let jit_here =
+        rt.jit.is_some() && config.jit.as_ref().is_some_and(|j| j.applies_to(database)) && secure;
     match entry {
         Some(user) if !user.login => Err(SessionEnd::fatal(
             "28000",
@@ -162,9 +162,26 @@ pub async fn authenticate(
                 None => login_checks::auth_query_cleartext(&who, &secret).await,
             }
         }
-        None if jwt_enabled && config.jwt.as_ref().is_some_and(|j| j.auto_provision) => {
-            let token = cleartext_exchange(stream, buf).await?;
-            jwt_login(state, &rt, None, user_name, database, &token, transport).await
+        // With [auth_query] too, a password that is not a JWT is checked
+        // against PostgreSQL's; a client that could not send a JWT safely
+        // (plain TCP from another host) is asked for SCRAM instead, below.
+        None if jwt_enabled
+            && config.jwt.as_ref().is_some_and(|j| j.auto_provision)
+            && (config.auth_query.is_none() || secure) =>
+        {
+            let secret = cleartext_exchange(stream, buf).await?;
+            if config.auth_query.is_some() && !looks_like_jwt(&secret) {
+                let who = Who {
+                    state,
+                    rt: &rt,
+                    entry: None,
+                    user: user_name,
+                    database,
+                    transport,
+                };
+                return login_checks::auth_query_cleartext(&who, &secret).await;
+            }
+            jwt_login(state, &rt, None, user_name, database, &secret, transport).await
         }
         None if config.auth_query.is_some() => {
             let who = Who {
