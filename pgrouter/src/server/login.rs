@@ -51,6 +51,14 @@ pub(super) async fn login(conn: &mut ServerConn, target: &ServerTarget) -> Resul
                         )));
                     }
                     let client = match &learnt {
+                        Some(l) if l.scram.is_none() && l.cleartext().is_none() => {
+                            return Err(ServerError::Auth(format!(
+                                "server asks SCRAM-SHA-256 for user \"{}\", but its client logged \
+                                 in with md5 (the lookup found an md5 hash: use md5 in \
+                                 pg_hba.conf for this user)",
+                                target.user
+                            )))
+                        }
                         Some(l) => ScramClient::from_keys(
                             l.scram.clone(),
                             l.password.as_deref().or(l.token.as_deref()),
