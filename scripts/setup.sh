@@ -39,7 +39,11 @@ fi
 
 # ---------------------------------------------------------------- packages --
 # iproute2: `ip netns`, for the integration tests' test hosts (harness/netns.py).
-APT_PACKAGES=(postgresql-15 postgresql-client-15 libclang-dev clang pgbouncer iproute2)
+# libpam-modules (pam_exec.so) and Debian's python3: PostgreSQL checks JIT
+# tokens through PAM in the [jit] tests (harness/pam.py runs a python3 script
+# as the postgres user, which cannot use a python under /root).
+APT_PACKAGES=(postgresql-15 postgresql-client-15 libclang-dev clang pgbouncer iproute2
+              libpam-modules python3)
 # More for a caller that needs them (bench/run.sh: haproxy).
 read -r -a EXTRA_PACKAGES <<<"${PGROUTER_EXTRA_PACKAGES:-}"
 APT_PACKAGES+=("${EXTRA_PACKAGES[@]}")

@@ -52,6 +52,8 @@ pub struct ConfigDiff {
     pub jwt_changed: bool,
     /// Any `[[sharded_tables]]` entry added, removed or changed.
     pub sharded_tables_changed: bool,
+    /// `[auth_query]` or `[jit]` added, removed or changed.
+    pub login_checks_changed: bool,
     /// Logical databases only in the new config.
     pub databases_added: Vec<String>,
     /// Logical databases only in the old config: their pools drain.
@@ -78,6 +80,7 @@ impl ConfigDiff {
             && self.general.iter().all(|k| POOL_SETTING_KEYS.contains(k))
             && !self.jwt_changed
             && !self.sharded_tables_changed
+            && !self.login_checks_changed
             && self.databases_added.is_empty()
             && self.databases_removed.is_empty()
             && self.databases_changed.is_empty()
@@ -103,6 +106,7 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
         general: general_changes(&old.general, &new.general),
         jwt_changed: old.jwt != new.jwt,
         sharded_tables_changed: old.sharded_tables != new.sharded_tables,
+        login_checks_changed: old.auth_query != new.auth_query || old.jit != new.jit,
         ..ConfigDiff::default()
     };
     let old_dbs = old.logical_databases();

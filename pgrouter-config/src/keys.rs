@@ -1,7 +1,14 @@
 //! The accepted keys of every table. One list per table drives both
 //! unknown-key detection and the "did you mean" suggestions.
 
-pub(crate) const ROUTER_TOP: &[&str] = &["general", "jwt", "databases", "sharded_tables"];
+pub(crate) const ROUTER_TOP: &[&str] = &[
+    "general",
+    "jwt",
+    "databases",
+    "sharded_tables",
+    "auth_query",
+    "jit",
+];
 
 pub(crate) const USERS_TOP: &[&str] = &["users"];
 

@@ -28,6 +28,7 @@
 
 mod diff;
 mod keys;
+mod login_checks;
 mod model;
 mod problem;
 mod reader;
@@ -39,6 +40,7 @@ mod validate;
 use std::path::Path;
 
 pub use diff::{diff, ConfigDiff, UserChange, UserKey, POOL_SETTING_KEYS, RESTART_KEYS};
+pub use login_checks::{AuthQuery, Jit, DEFAULT_AUTH_QUERY};
 pub use model::*;
 pub use problem::Problem;
 
@@ -100,6 +102,19 @@ fn check(
     }
     if let (Some(r), Some(u)) = (&r, &u) {
         validate::cross(&mut rsrc, &mut usrc, r, u);
+        let names = r
+            .databases
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect::<Vec<_>>();
+        login_checks::cross(
+            &mut rsrc,
+            r.auth_query.as_ref(),
+            r.jit.as_ref(),
+            &r.login_checks_at,
+            &names,
+            u,
+        );
     }
 
     // Stable sorts keep the order of problems found on the same line.
@@ -116,6 +131,8 @@ fn check(
             databases: r.databases,
             sharded_tables: r.sharded_tables,
             users: u.users,
+            auth_query: r.auth_query,
+            jit: r.jit,
             router_path: router_path.to_path_buf(),
             users_path: users_path.to_path_buf(),
         }),

@@ -157,6 +157,10 @@ pub struct Config {
     pub databases: Vec<ServerEntry>,
     pub sharded_tables: Vec<ShardedTable>,
     pub users: Vec<User>,
+    /// `Some` when `[auth_query]` is present.
+    pub auth_query: Option<crate::AuthQuery>,
+    /// `Some` when `[jit]` is present.
+    pub jit: Option<crate::Jit>,
     /// Where the config came from, so reload can read the same files again.
     pub router_path: PathBuf,
     pub users_path: PathBuf,

@@ -5,6 +5,7 @@
 use toml_edit::Document;
 
 use crate::keys;
+use crate::login_checks::{read_auth_query, read_jit, AuthQuery, Jit, LoginCheckLines};
 use crate::model::*;
 use crate::reader::{entries, set, table, Section, Source};
 
@@ -16,6 +17,9 @@ pub(crate) struct RouterFile {
     pub databases: Vec<ServerEntry>,
     pub sharded_tables: Vec<ShardedTable>,
     pub at: RouterLines,
+    pub auth_query: Option<AuthQuery>,
+    pub jit: Option<Jit>,
+    pub login_checks_at: LoginCheckLines,
 }
 
 #[derive(Default)]
@@ -79,12 +83,25 @@ pub(crate) fn read(src: &mut Source, text: &str) -> Option<RouterFile> {
         }
     }
 
+    let mut login_checks_at = LoginCheckLines::default();
+    let auth_query = doc.get("auth_query").and_then(|item| {
+        let sec = table(src, item, root.line_of(src, "auth_query"), "auth_query")?;
+        Some(read_auth_query(src, &sec, &mut login_checks_at))
+    });
+    let jit = doc.get("jit").and_then(|item| {
+        let sec = table(src, item, root.line_of(src, "jit"), "jit")?;
+        Some(read_jit(src, &sec, &mut login_checks_at))
+    });
+
     Some(RouterFile {
         general,
         jwt,
         databases,
         sharded_tables,
         at,
+        auth_query,
+        jit,
+        login_checks_at,
     })
 }
 

@@ -11,6 +11,11 @@ pub(crate) const TABLES: &[(&str, &[&str])] = &[
         "[[sharded_tables]] in router.toml",
         crate::keys::SHARDED_TABLES,
     ),
+    (
+        "[auth_query] in router.toml",
+        crate::login_checks::AUTH_QUERY_KEYS,
+    ),
+    ("[jit] in router.toml", crate::login_checks::JIT_KEYS),
     ("[[users]] in users.toml", crate::keys::USERS),
     ("router.toml (top level)", crate::keys::ROUTER_TOP),
     ("users.toml (top level)", crate::keys::USERS_TOP),

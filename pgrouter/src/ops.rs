@@ -22,7 +22,7 @@ impl Ops {
         let rt = self.state.rt();
         let clients = self.state.registry.all();
         let mut out = Vec::new();
-        for ((user, database), pools) in rt.cluster.entries() {
+        for ((user, database), pools) in &rt.cluster.entries() {
             for shard in &pools.shards {
                 for slot in &shard.servers {
                     let pool = &slot.pool;
@@ -154,7 +154,7 @@ impl AdminContext for Ops {
         let rt = self.state.rt();
         let clients = self.state.registry.all();
         let mut out = Vec::new();
-        for (_, pools) in rt.cluster.entries() {
+        for (_, pools) in &rt.cluster.entries() {
             for slot in pools.shards.iter().flat_map(|s| s.servers.iter()) {
                 for info in slot.pool.idle_snapshot() {
                     out.push(ServerSnapshot {

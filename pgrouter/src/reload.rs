@@ -58,6 +58,13 @@ async fn try_reload(state: &Arc<State>) -> Result<String, String> {
                 .map_err(|e| format!("[jwt]: {e}"))?,
         )),
     };
+    let jit = match (&new.jit, changes.login_checks_changed) {
+        (None, _) => None,
+        (Some(_), false) => old.jit.clone(),
+        (Some(j), true) => Some(Arc::new(
+            crate::auth::jit::JitClient::new(j).map_err(|e| format!("[jit]: {e}"))?,
+        )),
+    };
     let cache = if new.general.write_functions == old.config.general.write_functions
         && new.general.parse_cache_size == old.config.general.parse_cache_size
     {
@@ -84,6 +91,7 @@ async fn try_reload(state: &Arc<State>) -> Result<String, String> {
         config: Arc::new(new),
         cluster,
         jwt,
+        jit,
         cache,
         generation: 0,
     };

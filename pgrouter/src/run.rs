@@ -27,6 +27,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )),
         None => None,
     };
+    if let Some(j) = &config.jit {
+        crate::auth::jit::JitClient::new(j).map_err(|e| anyhow::anyhow!("[jit]: {e}"))?;
+    }
     let metrics_listen = config.general.metrics_listen.clone();
     let hot_reload = config.general.hot_reload;
     let metrics = Arc::new(crate::metrics::Metrics::new());

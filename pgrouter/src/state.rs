@@ -27,6 +27,8 @@ pub struct Runtime {
     pub cluster: Cluster,
     /// Verifies JWT logins; `None` without a `[jwt]` section.
     pub jwt: Option<Arc<JwtVerifier>>,
+    /// Asks the JIT API about tokens; `None` without a `[jit]` section.
+    pub jit: Option<Arc<crate::auth::jit::JitClient>>,
     /// Every statement's analysis, by text, shared by all clients.
     pub cache: Arc<AnalysisCache>,
     /// Increases with every successful reload.
@@ -59,6 +61,8 @@ pub struct State {
     pub tls: Arc<crate::net::tls::ClientTlsHandle>,
     /// Connected clients, for SHOW CLIENTS and the metrics.
     pub registry: Arc<crate::client::registry::ClientRegistry>,
+    /// Secrets found by `[auth_query]` (kept across reloads).
+    pub secrets: crate::auth::auth_query::SecretCache,
 }
 
 impl State {
@@ -74,11 +78,13 @@ impl State {
             config.general.parse_cache_size,
             config.general.write_functions.clone(),
         ));
+        let jit = jit_client(&config);
         let router_path = config.router_path.clone();
         let users_path = config.users_path.clone();
         let runtime = Runtime {
             config: Arc::new(config),
             cluster,
+            jit,
             jwt,
             cache,
             generation: 1,
@@ -99,6 +105,7 @@ impl State {
             paused: Default::default(),
             resumed: tokio::sync::Notify::new(),
             registry: Default::default(),
+            secrets: Default::default(),
             tls,
         })
     }
@@ -129,5 +136,18 @@ impl State {
     pub fn is_paused(&self, database: &str) -> bool {
         let paused = self.paused.lock();
         !paused.is_empty() && (paused.contains(database) || paused.contains("*"))
+    }
+}
+
+/// The JIT API client for `config`'s `[jit]`. Start-up checks the section
+/// first (`run.rs`), so an error here is only logged.
+fn jit_client(config: &Config) -> Option<Arc<crate::auth::jit::JitClient>> {
+    let jit = config.jit.as_ref()?;
+    match crate::auth::jit::JitClient::new(jit) {
+        Ok(c) => Some(Arc::new(c)),
+        Err(e) => {
+            tracing::error!("[jit]: {e}");
+            None
+        }
     }
 }

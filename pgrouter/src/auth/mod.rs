@@ -1,8 +1,10 @@
 //! Authentication primitives: SCRAM-SHA-256 (both sides), MD5 and cleartext.
 //!
-//! Everything here is pure computation on byte strings; the protocol code
+//! The primitives are pure computation on byte strings; the protocol code
 //! (reading `SASLInitialResponse`, sending `AuthenticationSASLContinue`, ...)
-//! lives elsewhere. Every parser accepts arbitrary bytes from the network and
+//! lives elsewhere. The submodules that do I/O are the checks that ask
+//! someone else: `jwt` (JWKS fetch), `auth_query` (PostgreSQL's stored
+//! secret) and `jit` (the token API). Every parser accepts arbitrary bytes from the network and
 //! reports problems as [`AuthError`] instead of panicking.
 //!
 //! ## Password normalisation
@@ -15,8 +17,11 @@
 //! non-ASCII spaces or compatibility characters) will not match a secret that
 //! PostgreSQL computed.
 
+pub mod auth_query;
+pub mod jit;
 pub mod jwt;
 pub mod md5;
+pub mod pass_through;
 pub mod scram;
 
 pub use scram::{ScramClient, ScramSecret, ScramServer};

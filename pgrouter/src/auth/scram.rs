@@ -96,6 +96,41 @@ impl std::fmt::Debug for ScramSecret {
     }
 }
 
+/// What the router needs to answer a server's SCRAM challenge for a user
+/// whose password it never saw (auth_query pass-through): the ClientKey
+/// recovered from the client's proof, and the secret's ServerKey, salt and
+/// iteration count. Valid for any server that stores the same secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ScramKeys {
+    pub client_key: [u8; 32],
+    pub server_key: [u8; 32],
+    pub salt: Vec<u8>,
+    pub iterations: u32,
+}
+
+impl ScramKeys {
+    /// Keys from a cleartext password and an existing secret's salt and
+    /// iteration count (they match the secret only if the password does).
+    pub fn from_password(password: &str, secret: &ScramSecret) -> Self {
+        let keys = Keys::derive(password, &secret.salt, secret.iterations);
+        ScramKeys {
+            client_key: keys.client,
+            server_key: keys.server,
+            salt: secret.salt.clone(),
+            iterations: secret.iterations,
+        }
+    }
+}
+
+impl std::fmt::Debug for ScramKeys {
+    /// Redacted: the ClientKey is as good as the password for logging in.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScramKeys")
+            .field("iterations", &self.iterations)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The three keys of RFC 5802 section 3.
 struct Keys {
     client: [u8; 32],
@@ -180,6 +215,8 @@ pub struct ScramServer {
     secret: ScramSecret,
     server_nonce: String,
     state: ServerState,
+    /// Set when the client's proof checked out (see [`Self::recovered_keys`]).
+    client_key: Option<[u8; 32]>,
 }
 
 /// Secrets already derived from configured cleartext passwords, keyed by the
@@ -226,6 +263,7 @@ impl ScramServer {
             secret,
             server_nonce,
             state: ServerState::Initial,
+            client_key: None,
         }
     }
 
@@ -323,14 +361,33 @@ impl ScramServer {
         if !ct_eq(&Sha256::digest(client_key), &self.secret.stored_key) {
             return Err(AuthError::BadPassword);
         }
+        self.client_key = Some(client_key);
         let server_signature = hmac(&self.secret.server_key, auth_message.as_bytes());
         Ok(format!("v={}", B64.encode(server_signature)))
+    }
+
+    /// After a successful [`Self::server_final`]: the keys that let the
+    /// router log in to a server as this client. ClientProof XOR
+    /// ClientSignature is the ClientKey, which a correct proof reveals to
+    /// whoever holds the StoredKey; with the secret's ServerKey that is all
+    /// a SCRAM client needs (the password itself is never known).
+    pub fn recovered_keys(&self) -> Option<ScramKeys> {
+        self.client_key.map(|client_key| ScramKeys {
+            client_key,
+            server_key: self.secret.server_key,
+            salt: self.secret.salt.clone(),
+            iterations: self.secret.iterations,
+        })
     }
 }
 
 /// Client side (the router logging in to a PostgreSQL server).
 pub struct ScramClient {
-    password: String,
+    /// A password to derive the keys from; used when `keys` is absent or
+    /// was made for another salt.
+    password: Option<String>,
+    /// Keys recovered from a client's login (auth_query pass-through).
+    keys: Option<ScramKeys>,
     client_first_bare: String,
     nonce: String,
     /// Set by `client_final`; `None` before it or after a failed attempt.
@@ -344,11 +401,22 @@ impl ScramClient {
         Self::with_user_and_nonce(password, "", random_nonce())
     }
 
+    /// Starts an exchange answered from recovered keys (see [`ScramKeys`]),
+    /// falling back to `password` when the server's salt or iteration count
+    /// is not the one the keys were made for.
+    pub fn from_keys(keys: Option<ScramKeys>, password: Option<&str>) -> Self {
+        let mut client = Self::with_user_and_nonce("", "", random_nonce());
+        client.password = password.map(str::to_owned);
+        client.keys = keys;
+        client
+    }
+
     /// `user` is escaped per RFC 5802 (`=` -> `=3D`, `,` -> `=2C`).
     fn with_user_and_nonce(password: &str, user: &str, nonce: String) -> Self {
         let user = user.replace('=', "=3D").replace(',', "=2C");
         ScramClient {
-            password: password.to_owned(),
+            password: Some(password.to_owned()),
+            keys: None,
             client_first_bare: format!("n={user},r={nonce}"),
             nonce,
             server_signature: None,
@@ -392,7 +460,22 @@ impl ScramClient {
             .filter(|&n| n <= MAX_ITERATIONS)
             .ok_or(AuthError::Malformed("invalid iteration count"))?;
 
-        let keys = Keys::derive(&self.password, &salt, iterations);
+        let keys = match (&self.keys, &self.password) {
+            (Some(k), _) if k.salt == salt && k.iterations == iterations => Keys {
+                client: k.client_key,
+                stored: Sha256::digest(k.client_key).into(),
+                server: k.server_key,
+            },
+            (_, Some(password)) => Keys::derive(password, &salt, iterations),
+            (Some(_), None) => {
+                return Err(AuthError::Unsupported(
+                    "the server's SCRAM salt or iteration count differs from the secret the \
+                     client logged in with (the password differs on this server)"
+                        .into(),
+                ))
+            }
+            (None, None) => return Err(AuthError::Unsupported("no password".into())),
+        };
         let without_proof = format!("c=biws,r={nonce}"); // biws = base64("n,,")
         let auth_message = format!("{},{text},{without_proof}", self.client_first_bare);
         let proof = xor32(&keys.client, &hmac(&keys.stored, auth_message.as_bytes()));
@@ -438,6 +521,51 @@ mod tests {
         let fin = client.client_final(first.as_bytes())?;
         let server_final = server.server_final(fin.as_bytes())?;
         client.verify_server_final(server_final.as_bytes())
+    }
+
+    /// The router verifies a client against a secret only, then logs in to a
+    /// "server" holding the same secret with the recovered keys.
+    #[test]
+    fn pass_through_with_recovered_keys() {
+        let secret = ScramSecret::from_password("pass-through", b"salt-of-server", 4096);
+        let mut router = ScramServer::new(secret.clone());
+        assert!(router.recovered_keys().is_none());
+        exchange(&mut router, "pass-through").unwrap();
+        let keys = router.recovered_keys().unwrap();
+        assert_eq!(keys, ScramKeys::from_password("pass-through", &secret));
+
+        let mut server = ScramServer::new(secret.clone());
+        let mut client = ScramClient::from_keys(Some(keys.clone()), None);
+        let first = server
+            .server_first(client.client_first().as_bytes())
+            .unwrap();
+        let fin = client.client_final(first.as_bytes()).unwrap();
+        let server_final = server.server_final(fin.as_bytes()).unwrap();
+        client.verify_server_final(server_final.as_bytes()).unwrap();
+
+        // A failed client proof recovers nothing.
+        let mut router = ScramServer::new(secret.clone());
+        assert!(exchange(&mut router, "wrong").is_err());
+        assert!(router.recovered_keys().is_none());
+
+        // Another salt on the server: keys cannot answer, a password can.
+        let other = ScramSecret::from_password("pass-through", b"other-salt", 4096);
+        let mut server = ScramServer::new(other.clone());
+        let mut client = ScramClient::from_keys(Some(keys.clone()), None);
+        let first = server
+            .server_first(client.client_first().as_bytes())
+            .unwrap();
+        assert!(matches!(
+            client.client_final(first.as_bytes()),
+            Err(AuthError::Unsupported(_))
+        ));
+        let mut server = ScramServer::new(other);
+        let mut client = ScramClient::from_keys(Some(keys), Some("pass-through"));
+        let first = server
+            .server_first(client.client_first().as_bytes())
+            .unwrap();
+        let fin = client.client_final(first.as_bytes()).unwrap();
+        server.server_final(fin.as_bytes()).unwrap();
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Who the client is: find its users.toml entry (or, for JWT logins, the
 //! `connect_as` entry whose pools it will use) and check its password or
-//! token with the method the entry names.
+//! token with the method the entry names. Users with no entry, and tokens
+//! for the JIT API, are checked in `login_checks.rs`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use rand::Rng;
 
 use super::error::SessionEnd;
 use super::io::{read_message, write_all};
+use super::login_checks;
 use crate::auth::jwt::looks_like_jwt;
 use crate::auth::md5::verify_md5;
 use crate::auth::scram::ScramServer;
@@ -21,6 +23,17 @@ use crate::protocol::backend;
 use crate::protocol::frontend::{parse_password, parse_sasl_initial};
 use crate::router::{JwtIdentity, Policy};
 use crate::state::{Runtime, State};
+
+/// Who is logging in, where, and with which runtime: what every check needs.
+pub(super) struct Who<'a> {
+    pub state: &'a State,
+    pub rt: &'a Arc<Runtime>,
+    /// The users.toml entry, if any.
+    pub entry: Option<&'a User>,
+    pub user: &'a str,
+    pub database: &'a str,
+    pub transport: &'a Transport,
+}
 
 pub struct LoggedIn {
     /// The users.toml entry whose pools serve the session (the connect_as
@@ -57,11 +70,33 @@ pub async fn authenticate(
     }
     let entry = config.user(user_name, database);
     let jwt_enabled = config.jwt.is_some() && rt.jwt.is_some();
+    // With [jit], clients are asked for a cleartext password (a token or a
+    // password), but only where nobody can read it on the way.
+    let secure = transport.tls || transport.peer.ip().is_loopback();
+    let jit_here =
+        rt.jit.is_some() && config.jit.as_ref().is_some_and(|j| j.applies_to(database)) && secure;
     match entry {
         Some(user) if !user.login => Err(SessionEnd::fatal(
             "28000",
             format!("user \"{user_name}\" cannot log in directly"),
         )),
+        Some(user) if jit_here && user.auth != AuthMethod::Jwt => {
+            let secret = cleartext_exchange(stream, buf).await?;
+            let who = Who {
+                state,
+                rt: &rt,
+                entry: Some(user),
+                user: user_name,
+                database,
+                transport,
+            };
+            if let Some(route) = login_checks::token_route(&who, &secret) {
+                return login_checks::token_login(&who, route, &secret).await;
+            }
+            let stored = StoredPassword::parse(user.password.as_deref().unwrap_or(""));
+            let ok = user.password.is_some() && verify_cleartext(&stored, &user.name, &secret);
+            password_result(&rt, user, ok, "password")
+        }
         Some(user) if user.auth == AuthMethod::Jwt => {
             let token = cleartext_exchange(stream, buf).await?;
             jwt_login(
@@ -99,7 +134,8 @@ pub async fn authenticate(
             let (ok, method) = match (&user.auth, &stored) {
                 // A stored md5 hash cannot answer SCRAM; PostgreSQL falls back to md5 too.
                 (AuthMethod::Scram, StoredPassword::Md5(_)) | (AuthMethod::Md5, _) => {
-                    (md5_exchange(stream, buf, user, &stored).await?, "md5")
+                    let (salt, response) = md5_exchange(stream, buf).await?;
+                    (verify_md5(&stored, &user.name, salt, &response), "md5")
                 }
                 (AuthMethod::Scram, _) => {
                     (scram_exchange(stream, buf, &stored).await?, "scram-sha-256")
@@ -111,9 +147,52 @@ pub async fn authenticate(
             };
             password_result(&rt, user, ok && user.password.is_some(), method)
         }
-        None if jwt_enabled && config.jwt.as_ref().is_some_and(|j| j.auto_provision) => {
-            let token = cleartext_exchange(stream, buf).await?;
-            jwt_login(state, &rt, None, user_name, database, &token, transport).await
+        None if jit_here => {
+            let secret = cleartext_exchange(stream, buf).await?;
+            let who = Who {
+                state,
+                rt: &rt,
+                entry: None,
+                user: user_name,
+                database,
+                transport,
+            };
+            match login_checks::token_route(&who, &secret) {
+                Some(route) => login_checks::token_login(&who, route, &secret).await,
+                None => login_checks::auth_query_cleartext(&who, &secret).await,
+            }
+        }
+        // With [auth_query] too, a password that is not a JWT is checked
+        // against PostgreSQL's; a client that could not send a JWT safely
+        // (plain TCP from another host) is asked for SCRAM instead, below.
+        None if jwt_enabled
+            && config.jwt.as_ref().is_some_and(|j| j.auto_provision)
+            && (config.auth_query.is_none() || secure) =>
+        {
+            let secret = cleartext_exchange(stream, buf).await?;
+            if config.auth_query.is_some() && !looks_like_jwt(&secret) {
+                let who = Who {
+                    state,
+                    rt: &rt,
+                    entry: None,
+                    user: user_name,
+                    database,
+                    transport,
+                };
+                return login_checks::auth_query_cleartext(&who, &secret).await;
+            }
+            jwt_login(state, &rt, None, user_name, database, &secret, transport).await
+        }
+        None if config.auth_query.is_some() => {
+            let who = Who {
+                state,
+                rt: &rt,
+                entry: None,
+                user: user_name,
+                database,
+                transport,
+            };
+            login_checks::auth_query_login(&who, stream, buf).await
         }
         None => Err(SessionEnd::fatal(
             "28000",
@@ -138,7 +217,6 @@ fn password_result(
     let pools = rt
         .cluster
         .pools_for(&user.name, &user.database)
-        .cloned()
         .ok_or_else(|| {
             SessionEnd::fatal("28000", format!("no pools for user \"{}\"", user.name))
         })?;
@@ -154,7 +232,7 @@ fn password_result(
 }
 
 /// Verifies a token and maps it to the connect_as pools and a policy.
-async fn jwt_login(
+pub(super) async fn jwt_login(
     state: &State,
     rt: &Runtime,
     entry: Option<&User>,
@@ -193,7 +271,6 @@ async fn jwt_login(
     let pools = rt
         .cluster
         .pools_for(&cfg.connect_as, database)
-        .cloned()
         .ok_or_else(|| {
             SessionEnd::fatal(
                 "28000",
@@ -222,7 +299,7 @@ async fn jwt_login(
     })
 }
 
-async fn read_password_message(
+pub(super) async fn read_password_message(
     stream: &mut ClientStream,
     buf: &mut BytesMut,
 ) -> Result<bytes::Bytes, SessionEnd> {
@@ -237,7 +314,7 @@ async fn read_password_message(
 }
 
 /// Asks for a cleartext password (or token) and returns it.
-async fn cleartext_exchange(
+pub(super) async fn cleartext_exchange(
     stream: &mut ClientStream,
     buf: &mut BytesMut,
 ) -> Result<String, SessionEnd> {
@@ -248,19 +325,18 @@ async fn cleartext_exchange(
     Ok(parse_password(&body)?.to_string())
 }
 
-async fn md5_exchange(
+/// Asks for an md5 answer; returns the salt sent and the client's answer,
+/// for the caller to verify (possibly twice, see `login_checks.rs`).
+pub(super) async fn md5_exchange(
     stream: &mut ClientStream,
     buf: &mut BytesMut,
-    user: &User,
-    stored: &StoredPassword,
-) -> Result<bool, SessionEnd> {
+) -> Result<([u8; 4], String), SessionEnd> {
     let salt: [u8; 4] = rand::thread_rng().gen();
     let mut out = BytesMut::new();
     backend::authentication_md5(&mut out, salt);
     write_all(stream, &out).await?;
     let body = read_password_message(stream, buf).await?;
-    let response = parse_password(&body)?;
-    Ok(verify_md5(stored, &user.name, salt, response))
+    Ok((salt, parse_password(&body)?.to_string()))
 }
 
 pub(super) async fn scram_exchange(
@@ -268,11 +344,21 @@ pub(super) async fn scram_exchange(
     buf: &mut BytesMut,
     stored: &StoredPassword,
 ) -> Result<bool, SessionEnd> {
-    let mut server = match stored {
+    let server = match stored {
         StoredPassword::Scram(secret) => ScramServer::new(secret.clone()),
         StoredPassword::Plain(p) => ScramServer::from_plain(p),
         StoredPassword::Md5(_) => return Ok(false),
     };
+    Ok(scram_exchange_with(stream, buf, server).await?.is_some())
+}
+
+/// Runs the SCRAM exchange against `server`'s secret; on success returns
+/// the server, whose [`ScramServer::recovered_keys`] the caller may want.
+pub(super) async fn scram_exchange_with(
+    stream: &mut ClientStream,
+    buf: &mut BytesMut,
+    mut server: ScramServer,
+) -> Result<Option<ScramServer>, SessionEnd> {
     let mut out = BytesMut::new();
     backend::authentication_sasl(&mut out, &["SCRAM-SHA-256"]);
     write_all(stream, &out).await?;
@@ -298,9 +384,9 @@ pub(super) async fn scram_exchange(
             out.clear();
             backend::authentication_sasl_final(&mut out, server_final.as_bytes());
             write_all(stream, &out).await?;
-            Ok(true)
+            Ok(Some(server))
         }
-        Err(crate::auth::AuthError::BadPassword) => Ok(false),
+        Err(crate::auth::AuthError::BadPassword) => Ok(None),
         Err(e) => Err(SessionEnd::fatal("08P01", e.to_string())),
     }
 }

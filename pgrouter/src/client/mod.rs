@@ -10,6 +10,7 @@ mod inbound;
 mod io;
 mod local_answers;
 mod login;
+mod login_checks;
 mod memo;
 mod outbound;
 pub mod params;
@@ -128,7 +129,12 @@ fn login_result(end: &SessionEnd) -> &'static str {
         SessionEnd::Fatal {
             sqlstate: "28P01",
             message,
-        } if message.starts_with("JWT") => "bad_token",
+        } if message.starts_with("JWT")
+            || message.starts_with("pgrouter: token not granted")
+            || message.starts_with("pgrouter: JIT API") =>
+        {
+            "bad_token"
+        }
         SessionEnd::Fatal {
             sqlstate: "28P01", ..
         } => "bad_password",

@@ -13,6 +13,7 @@
 
 pub mod histogram;
 mod http;
+pub mod login_checks;
 mod render;
 pub mod snapshot;
 #[cfg(test)]
@@ -49,6 +50,8 @@ pub struct Metrics {
     logins: ResultCounts,
     reloads: ResultCounts,
     last_reload: Mutex<Option<ReloadStatus>>,
+    /// `[auth_query]` lookups and `[jit]` API calls.
+    pub login_checks: login_checks::LoginCheckMetrics,
 }
 
 /// Counters of one pool. Get it once with [`Metrics::pool`] and keep the
@@ -98,6 +101,7 @@ impl Metrics {
             logins: ResultCounts::default(),
             reloads: ResultCounts::default(),
             last_reload: Mutex::new(None),
+            login_checks: Default::default(),
         }
     }
 

@@ -297,6 +297,8 @@ pub fn render(metrics: &Metrics, source: &dyn MetricsSource) -> String {
     );
     out.results("pgrouter_logins_total", metrics.logins.snapshot(), &["ok"]);
 
+    render_login_checks(&mut out, &metrics.login_checks);
+
     let last = metrics.last_reload();
     out.family(
         "pgrouter_last_reload_successful",
@@ -320,6 +322,57 @@ pub fn render(metrics: &Metrics, source: &dyn MetricsSource) -> String {
     );
 
     out.text
+}
+
+fn render_login_checks(out: &mut Exposition, m: &super::login_checks::LoginCheckMetrics) {
+    out.family(
+        "pgrouter_auth_query_lookups_total",
+        "counter",
+        "[auth_query] lookups run on the server, by result (found, not_found, error).",
+    );
+    out.results(
+        "pgrouter_auth_query_lookups_total",
+        m.lookups.snapshot(),
+        &["found", "not_found", "error"],
+    );
+    out.family(
+        "pgrouter_auth_query_cache_hits_total",
+        "counter",
+        "[auth_query] logins answered from the secret cache without a lookup.",
+    );
+    out.sample(
+        "pgrouter_auth_query_cache_hits_total",
+        &[],
+        m.lookup_cache_hits.load(Ordering::Relaxed),
+    );
+    out.family(
+        "pgrouter_auth_query_lookup_duration_seconds",
+        "histogram",
+        "Time an [auth_query] lookup took (checkout of the lookup connection included).",
+    );
+    out.plain_histogram(
+        "pgrouter_auth_query_lookup_duration_seconds",
+        &m.lookup_time.snapshot(),
+    );
+    out.family(
+        "pgrouter_jit_checks_total",
+        "counter",
+        "[jit] API calls by result (granted, not_granted, rejected, unavailable).",
+    );
+    out.results(
+        "pgrouter_jit_checks_total",
+        m.jit_checks.snapshot(),
+        &["granted", "not_granted", "rejected", "unavailable"],
+    );
+    out.family(
+        "pgrouter_jit_check_duration_seconds",
+        "histogram",
+        "Time a [jit] API call took, until its answer or the timeout.",
+    );
+    out.plain_histogram(
+        "pgrouter_jit_check_duration_seconds",
+        &m.jit_time.snapshot(),
+    );
 }
 
 #[derive(Default)]
@@ -379,6 +432,17 @@ impl Exposition {
         self.pool_sample(&bucket, pool, &[("le", "+Inf")], h.count);
         self.pool_sample(&format!("{name}_sum"), pool, &[], h.sum_us as f64 / 1e6);
         self.pool_sample(&format!("{name}_count"), pool, &[], h.count);
+    }
+
+    /// A histogram with no labels besides `le`.
+    fn plain_histogram(&mut self, name: &str, h: &HistogramSnapshot) {
+        let bucket = format!("{name}_bucket");
+        for ((le, _), n) in BUCKETS.iter().zip(&h.buckets) {
+            self.sample(&bucket, &[("le", le)], n);
+        }
+        self.sample(&bucket, &[("le", "+Inf")], h.count);
+        self.sample(&format!("{name}_sum"), &[], h.sum_us as f64 / 1e6);
+        self.sample(&format!("{name}_count"), &[], h.count);
     }
 
     /// Counts by result word, with `always` shown even at zero.

@@ -44,7 +44,10 @@ fn read_file(key: &str, path: &str) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("{key} \"{path}\": cannot read: {e}"))
 }
 
-fn read_certificates(key: &str, path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+pub(crate) fn read_certificates(
+    key: &str,
+    path: &str,
+) -> Result<Vec<CertificateDer<'static>>, String> {
     let pem = read_file(key, path)?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()

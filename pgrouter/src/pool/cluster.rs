@@ -9,6 +9,7 @@ use pgrouter_config::{
 
 use super::health::ServerHealth;
 use super::{Pool, PoolSettings};
+use crate::auth::pass_through::{CredentialSlot, PassThrough};
 use crate::metrics::snapshot::PoolLabels;
 use crate::metrics::Metrics;
 use crate::router::Role;
@@ -16,6 +17,8 @@ use crate::server::ServerTarget;
 
 /// The pools of one user on one logical database, shard by shard.
 pub struct UserPools {
+    /// The role its server connections log in as.
+    pub server_user: String,
     pub mode: PoolMode,
     pub shards: Vec<ShardPools>,
     pub balancing: Balancing,
@@ -121,6 +124,26 @@ pub struct Cluster {
     /// `max_db_connections` / `max_user_connections` caps by what they cap
     /// (kept across reloads, so connections already open stay counted).
     caps: HashMap<String, Arc<super::ConnectionCap>>,
+    /// Pools made at login for users the files do not give credentials
+    /// for: auth_query users and JIT token logins. Keyed like `users`, by
+    /// [`learnt_pools_name`]; kept across reloads.
+    learnt: parking_lot::Mutex<HashMap<(String, String), LearntPools>>,
+}
+
+/// The pools of one learnt user, and the credentials they log in with.
+struct LearntPools {
+    pools: Arc<UserPools>,
+    credential: Arc<CredentialSlot>,
+}
+
+/// The name learnt pools go by (in SHOW POOLS, metrics, and sessions'
+/// `pools_user`): the user's own name, or `"<name> (jit)"` for JIT logins of
+/// a user that also has a users.toml entry (whose pools keep the name).
+pub fn learnt_pools_name(config: &Config, user: &str, database: &str) -> String {
+    match config.user(user, database) {
+        Some(_) => format!("{user} (jit)"),
+        None => user.to_string(),
+    }
 }
 
 impl Cluster {
@@ -172,7 +195,7 @@ impl Cluster {
         let mut users = HashMap::new();
         let mut caps = HashMap::new();
         for user in &config.users {
-            let pools = user_pools(config, user, &health, previous, metrics);
+            let pools = user_pools(config, user, &health, previous, metrics, None);
             for pool in pools
                 .shards
                 .iter()
@@ -182,38 +205,132 @@ impl Cluster {
             }
             users.insert((user.name.clone(), user.database.clone()), Arc::new(pools));
         }
+        let mut learnt = HashMap::new();
+        let learning = config.auth_query.is_some() || config.jit.is_some();
+        let databases = config.logical_databases();
+        // Copied out first: reusing their pools locks the previous map again.
+        let carried: Vec<_> = previous
+            .map(|p| {
+                p.learnt
+                    .lock()
+                    .iter()
+                    .map(|(k, l)| (k.clone(), l.pools.server_user.clone(), l.credential.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for ((name, db), server_user, credential) in carried {
+            let key = (name, db);
+            if !learning || !databases.contains(&key.1.as_str()) || users.contains_key(&key) {
+                continue;
+            }
+            let user = learnt_user(&key.0, &key.1, &server_user);
+            let pools = user_pools(config, &user, &health, previous, metrics, Some(&credential));
+            let pools = Arc::new(pools);
+            learnt.insert(key, LearntPools { pools, credential });
+        }
         Cluster {
             users,
             health: health_list,
             caps,
+            learnt: parking_lot::Mutex::new(learnt),
         }
     }
 
-    /// A pool of the previous cluster for the same user, database and server.
-    fn find_pool(&self, user: &str, database: &str, target: &ServerTarget) -> Option<&Arc<Pool>> {
-        let pools = self.users.get(&(user.to_string(), database.to_string()))?;
-        pools
-            .shards
+    /// The pools of a user who just logged in with credentials the files
+    /// do not have (`[auth_query]`, `[jit]`), made at the first login, sized
+    /// by `default_pool_size`. `credential` (what this login proved) becomes
+    /// what new server connections of these pools log in with.
+    pub fn learnt_pools(
+        &self,
+        config: &Config,
+        metrics: &Arc<Metrics>,
+        name: &str,
+        server_user: &str,
+        database: &str,
+        credential: PassThrough,
+    ) -> Arc<UserPools> {
+        let mut learnt = self.learnt.lock();
+        let key = (name.to_string(), database.to_string());
+        if let Some(l) = learnt.get(&key) {
+            l.credential.update(credential);
+            return l.pools.clone();
+        }
+        let slot = Arc::new(CredentialSlot::default());
+        slot.update(credential);
+        let health: HashMap<String, Arc<ServerHealth>> = self
+            .health
             .iter()
-            .flat_map(|s| s.servers.iter())
-            .map(|s| &s.pool)
-            .find(|p| p.target == *target)
+            .map(|h| (h.name.clone(), h.clone()))
+            .collect();
+        let user = learnt_user(name, database, server_user);
+        let pools = Arc::new(user_pools(
+            config,
+            &user,
+            &health,
+            None,
+            metrics,
+            Some(&slot),
+        ));
+        learnt.insert(
+            key,
+            LearntPools {
+                pools: pools.clone(),
+                credential: slot,
+            },
+        );
+        pools
     }
 
-    /// Every (user, database) pair served.
-    pub fn entries(&self) -> impl Iterator<Item = (&(String, String), &Arc<UserPools>)> {
-        self.users.iter()
+    /// A pool of the previous cluster for the same user, database and server.
+    fn find_pool(&self, user: &str, database: &str, target: &ServerTarget) -> Option<Arc<Pool>> {
+        let key = (user.to_string(), database.to_string());
+        let find = |pools: &UserPools| {
+            pools
+                .shards
+                .iter()
+                .flat_map(|s| s.servers.iter())
+                .map(|s| &s.pool)
+                .find(|p| p.target == *target)
+                .cloned()
+        };
+        match self.users.get(&key) {
+            Some(pools) => find(pools),
+            None => self.learnt.lock().get(&key).and_then(|l| find(&l.pools)),
+        }
     }
 
-    pub fn pools_for(&self, user: &str, database: &str) -> Option<&Arc<UserPools>> {
-        self.users.get(&(user.to_string(), database.to_string()))
+    /// Every (user, database) pair served, learnt users included.
+    pub fn entries(&self) -> Vec<((String, String), Arc<UserPools>)> {
+        let mut out: Vec<_> = self
+            .users
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        out.extend(
+            self.learnt
+                .lock()
+                .iter()
+                .map(|(k, l)| (k.clone(), l.pools.clone())),
+        );
+        out
     }
 
-    pub fn all_pools(&self) -> impl Iterator<Item = &Arc<Pool>> {
-        self.users
-            .values()
-            .flat_map(|u| u.shards.iter())
-            .flat_map(|s| s.servers.iter().map(|slot| &slot.pool))
+    /// The pools of a users.toml entry, else of a learnt user (by its
+    /// [`learnt_pools_name`]).
+    pub fn pools_for(&self, user: &str, database: &str) -> Option<Arc<UserPools>> {
+        let key = (user.to_string(), database.to_string());
+        match self.users.get(&key) {
+            Some(pools) => Some(pools.clone()),
+            None => self.learnt.lock().get(&key).map(|l| l.pools.clone()),
+        }
+    }
+
+    pub fn all_pools(&self) -> Vec<Arc<Pool>> {
+        self.entries()
+            .iter()
+            .flat_map(|(_, u)| u.shards.iter())
+            .flat_map(|s| s.servers.iter().map(|slot| slot.pool.clone()))
+            .collect()
     }
 }
 
@@ -264,6 +381,24 @@ fn health_key(server: &ServerEntry) -> String {
     )
 }
 
+/// A stand-in users.toml entry for a learnt user: no password in the files,
+/// every setting from `[general]`.
+fn learnt_user(name: &str, database: &str, server_user: &str) -> User {
+    User {
+        name: name.to_string(),
+        database: database.to_string(),
+        password: None,
+        auth: AuthMethod::Scram,
+        server_user: server_user.to_string(),
+        server_password: None,
+        pool_size: None,
+        pool_mode: None,
+        read_only: false,
+        login: true,
+        line: 0,
+    }
+}
+
 fn target_for(
     server: &ServerEntry,
     user: &User,
@@ -275,6 +410,7 @@ fn target_for(
         database: server.database_name.clone(),
         user: user.server_user.clone(),
         password: user.server_password.clone(),
+        pass_through: None,
         tls: crate::net::tls::ServerTlsPolicy::from_general(general),
     }
 }
@@ -285,6 +421,7 @@ fn user_pools(
     health: &HashMap<String, Arc<ServerHealth>>,
     previous: Option<&Cluster>,
     metrics: &Arc<Metrics>,
+    learnt: Option<&Arc<CredentialSlot>>,
 ) -> UserPools {
     let g = &config.general;
     let settings = PoolSettings {
@@ -310,14 +447,15 @@ fn user_pools(
         let Some(h) = health.get(&health_key(server)) else {
             continue;
         };
-        let target = target_for(server, user, g);
+        let mut target = target_for(server, user, g);
+        target.pass_through = learnt.cloned();
         let kept = previous
             .and_then(|p| p.find_pool(&user.name, &user.database, &target))
             .filter(|p| p.settings_except_size() == settings.without_size());
         let pool = match kept {
             Some(pool) => {
                 pool.resize(settings.size);
-                pool.clone()
+                pool
             }
             None => {
                 let name = format!(
@@ -353,6 +491,7 @@ fn user_pools(
         });
     }
     UserPools {
+        server_user: user.server_user.clone(),
         mode: config.pool_mode_for(user),
         shards,
         balancing: Balancing {

@@ -42,6 +42,7 @@ fn pool_of_one(port: u16, checkout_timeout: Duration) -> Arc<Pool> {
         database: "app".into(),
         user: "app".into(),
         password: None,
+        pass_through: None,
         tls: ServerTlsPolicy {
             mode: pgrouter_config::ServerTls::Disable,
             ca: String::new(),

@@ -22,6 +22,10 @@ pub struct ServerTarget {
     pub user: String,
     /// Plain password for SCRAM, md5 or cleartext; `None` for trust.
     pub password: Option<String>,
+    /// For users with no users.toml entry (auth_query) or logged in with a
+    /// JIT token: what their clients' logins let the router present instead
+    /// of `password` (see [`crate::auth::pass_through`]).
+    pub pass_through: Option<Arc<crate::auth::pass_through::CredentialSlot>>,
     /// `server_tls` and `server_tls_ca`.
     pub tls: ServerTlsPolicy,
 }

@@ -5,7 +5,8 @@
 use bytes::BytesMut;
 
 use super::connection::{ServerConn, ServerError, ServerTarget};
-use crate::auth::md5::md5_response;
+use crate::auth::md5::{md5_response, md5_response_from_hash};
+use crate::auth::pass_through::PassThrough;
 use crate::auth::scram::ScramClient;
 use crate::protocol::backend::{parse_auth_request, parse_error_fields, AuthRequest};
 use crate::protocol::frontend;
@@ -18,6 +19,7 @@ pub(super) async fn login(conn: &mut ServerConn, target: &ServerTarget) -> Resul
         &[("user", &target.user), ("database", &target.database)],
     );
     conn.send(&out).await?;
+    let learnt = target.pass_through.as_ref().map(|slot| slot.get());
     let mut scram: Option<ScramClient> = None;
     loop {
         let (tag, body) = conn.read_message().await?;
@@ -25,18 +27,21 @@ pub(super) async fn login(conn: &mut ServerConn, target: &ServerTarget) -> Resul
             b'R' => match parse_auth_request(&body)? {
                 AuthRequest::Ok => {}
                 AuthRequest::Cleartext => {
-                    let password = password_of(target)?;
+                    let password = match &learnt {
+                        Some(learnt) => cleartext_of(conn, target, learnt)?,
+                        None => password_of(target)?,
+                    };
                     out.clear();
                     frontend::password_message(&mut out, password);
                     conn.send(&out).await?;
                 }
                 AuthRequest::Md5(salt) => {
-                    let password = password_of(target)?;
+                    let response = match &learnt {
+                        Some(learnt) => md5_of(target, learnt, salt)?,
+                        None => md5_response(&target.user, password_of(target)?, salt),
+                    };
                     out.clear();
-                    frontend::password_message(
-                        &mut out,
-                        &md5_response(&target.user, password, salt),
-                    );
+                    frontend::password_message(&mut out, &response);
                     conn.send(&out).await?;
                 }
                 AuthRequest::Sasl(mechanisms) => {
@@ -45,7 +50,21 @@ pub(super) async fn login(conn: &mut ServerConn, target: &ServerTarget) -> Resul
                             "unsupported SASL mechanisms {mechanisms:?}"
                         )));
                     }
-                    let client = ScramClient::new(password_of(target)?);
+                    let client = match &learnt {
+                        Some(l) if l.scram.is_none() && l.cleartext().is_none() => {
+                            return Err(ServerError::Auth(format!(
+                                "server asks SCRAM-SHA-256 for user \"{}\", but its client logged \
+                                 in with md5 (the lookup found an md5 hash: use md5 in \
+                                 pg_hba.conf for this user)",
+                                target.user
+                            )))
+                        }
+                        Some(l) => ScramClient::from_keys(
+                            l.scram.clone(),
+                            l.password.as_deref().or(l.token.as_deref()),
+                        ),
+                        None => ScramClient::new(password_of(target)?),
+                    };
                     out.clear();
                     frontend::sasl_initial_response(
                         &mut out,
@@ -103,4 +122,50 @@ fn password_of(target: &ServerTarget) -> Result<&str, ServerError> {
             target.user
         ))
     })
+}
+
+/// A password or token in cleartext, for users whose credentials came from
+/// their clients' logins: only where it cannot be read on the way (TLS or a
+/// Unix-domain socket), since it is the user's real secret.
+fn cleartext_of<'a>(
+    conn: &ServerConn,
+    target: &ServerTarget,
+    learnt: &'a PassThrough,
+) -> Result<&'a str, ServerError> {
+    let Some(secret) = learnt.cleartext() else {
+        return Err(ServerError::Auth(format!(
+            "server asks a cleartext password for user \"{}\", but the router only has the \
+             SCRAM keys or md5 hash from the client's login (use scram-sha-256 or md5 in \
+             pg_hba.conf for this user)",
+            target.user
+        )));
+    };
+    if !conn.stream.is_tls() && target.unix_socket().is_none() {
+        return Err(ServerError::Auth(format!(
+            "server asks a cleartext password for user \"{}\" over an unencrypted TCP \
+             connection; the router sends passwords and tokens of logged-in clients in \
+             cleartext only over TLS or a Unix-domain socket",
+            target.user
+        )));
+    }
+    Ok(secret)
+}
+
+/// The md5 answer from the stored hash, or from a password or token.
+fn md5_of(
+    target: &ServerTarget,
+    learnt: &PassThrough,
+    salt: [u8; 4],
+) -> Result<String, ServerError> {
+    if let Some(hash) = &learnt.md5_hash {
+        return Ok(md5_response_from_hash(hash, salt));
+    }
+    match learnt.password.as_deref().or(learnt.token.as_deref()) {
+        Some(p) => Ok(md5_response(&target.user, p, salt)),
+        None => Err(ServerError::Auth(format!(
+            "server asks md5 for user \"{}\", but its client logged in with SCRAM (PostgreSQL \
+             stores a SCRAM secret: use scram-sha-256 in pg_hba.conf for this user)",
+            target.user
+        ))),
+    }
 }

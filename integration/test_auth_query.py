@@ -1,0 +1,305 @@
+"""`[auth_query]` (SPEC §5 "Logins checked against the database", issue 18):
+roles that exist only in PostgreSQL log in through the router with the
+password PostgreSQL stores, and the router logs in to the server as them
+without ever knowing the password (SCRAM keys recovered from the client's
+proof; the stored md5 hash for md5 roles).
+
+The server is a LoginChecksCluster (harness/login_checks.py): md5 roles are
+checked with `md5` in pg_hba.conf, every other role with scram-sha-256 over
+TCP, and the lookup runs through the README's SECURITY DEFINER function as
+the non-superuser `pgrouter_auth`.
+"""
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+
+import asyncpg
+import psycopg
+import pytest
+
+from harness.clients import connect, run_async, sqlstate
+from harness.login_checks import LOOKUP_QUERY, LoginChecksCluster, lookup_user_entry
+from harness.ops import admin_general, admin_rows, full_log, pools, scrape
+from harness.pg import APP_DB, pg_tool
+from harness.router import RouterFactory, app_user
+
+
+@pytest.fixture(scope="module")
+def aq_cluster():
+    c = LoginChecksCluster().start()
+    try:
+        yield c
+    finally:
+        c.teardown()
+
+
+@pytest.fixture
+def aq_routers(aq_cluster, request):
+    base = aq_cluster.tmpdir / "routers" / f"{request.node.name[:50]}-{uuid.uuid4().hex[:6]}"
+    base.mkdir(parents=True)
+    factory = RouterFactory(aq_cluster, base)
+    yield factory
+    problems = factory.finish()
+    if problems:
+        pytest.fail("\n\n".join(problems), pytrace=False)
+
+
+def start(aq_routers, cache_ttl_s: int = 60, query: str = LOOKUP_QUERY, **general):
+    return aq_routers.start(
+        general=admin_general(metrics=True, **general),
+        users=[app_user(), lookup_user_entry()],
+        auth_query={"user": "pgrouter_auth", "query": query, "cache_ttl_s": cache_ttl_s})
+
+
+def lookups(router, result: str = "found") -> float:
+    return scrape(router).value("pgrouter_auth_query_lookups_total", result=result)
+
+
+def who_am_i(router, user: str, password: str) -> tuple[str, str]:
+    with connect(router.dsn(user=user, password=password)) as c:
+        return c.execute("SELECT session_user::text, current_user::text").fetchone()
+
+
+def login_error(router, user: str, password: str) -> Exception:
+    """The error of a login with asyncpg (which reports the SQLSTATE of a
+    FATAL at login, unlike libpq); fails the test if the login works."""
+    async def main():
+        try:
+            conn = await asyncpg.connect(**router.connect_kwargs(user=user, password=password))
+        except Exception as exc:  # noqa: BLE001
+            return exc
+        await conn.close()
+        return None
+    exc = run_async(main())
+    assert exc is not None, f"login as {user} with password {password!r} was accepted"
+    return exc
+
+
+# ------------------------------------------------------------- logging in --
+def test_scram_role_known_only_to_postgres_logs_in_with_every_client(aq_cluster, aq_routers):
+    r = start(aq_routers)
+    name, pw = aq_cluster.make_role("scram")
+    # psycopg (libpq)
+    assert who_am_i(r, name, pw) == (name, name)
+    # asyncpg (its own SCRAM implementation)
+    async def via_asyncpg():
+        conn = await asyncpg.connect(**r.connect_kwargs(user=name, password=pw))
+        try:
+            return await conn.fetchval("SELECT session_user::text")
+        finally:
+            await conn.close()
+    assert run_async(via_asyncpg()) == name
+    # psql
+    out = subprocess.run([pg_tool("psql"), "-X", "-At", "-c", "SELECT session_user"],
+                         env=r.psql_env(user=name, password=pw), capture_output=True, text=True,
+                         timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == name
+    # The server-side backends run as that user (the pool keeps them open).
+    assert aq_cluster.primary.backends(user=name), "no server connection of the role"
+    # One lookup served all three logins (cache_ttl_s = 60).
+    assert lookups(r) == 1
+    # Its pool is sized by default_pool_size.
+    (pool,) = pools(r, user=name)
+    assert pool["pool_size"] == "10"
+
+
+def test_md5_role_logs_in_and_the_router_answers_md5_from_the_stored_hash(aq_cluster, aq_routers):
+    r = start(aq_routers)
+    name, pw = aq_cluster.make_role("md5")
+    stored = aq_cluster.primary.scalar(
+        "SELECT rolpassword FROM pg_authid WHERE rolname = %s", (name,), db="postgres")
+    assert stored.startswith("md5")
+    with connect(r.dsn(user=name, password=pw)) as c:
+        assert c.execute("SELECT session_user::text").fetchone()[0] == name
+        auth = [x["auth"] for x in admin_rows(r, "SHOW CLIENTS") if x["user"] == name]
+        assert auth == ["auth_query/md5"]
+
+
+def test_show_clients_names_the_method(aq_cluster, aq_routers):
+    r = start(aq_routers)
+    name, pw = aq_cluster.make_role("scram")
+    with connect(r.dsn(user=name, password=pw)), connect(r.dsn()):
+        auth = {x["user"]: x["auth"] for x in admin_rows(r, "SHOW CLIENTS")}
+    assert auth[name] == "auth_query/scram-sha-256"
+    assert auth["app"] == "scram-sha-256"
+
+
+def test_users_toml_entries_do_not_use_the_lookup(aq_routers):
+    r = start(aq_routers)
+    assert who_am_i(r, "app", "app-secret") == ("app", "app")
+    assert lookups(r) == 0 and lookups(r, "not_found") == 0
+    # The lookup user has login = false: it cannot come in through the router.
+    err = login_error(r, "pgrouter_auth", "lookup-secret")
+    assert sqlstate(err) == "28000"
+
+
+# -------------------------------------------------------------- refusals --
+def test_wrong_password_and_unknown_user_get_the_same_answer(aq_cluster, aq_routers):
+    r = start(aq_routers)
+    name, pw = aq_cluster.make_role("scram")
+    wrong = login_error(r, name, pw + "x")
+    ghost = f"ghost_{uuid.uuid4().hex[:6]}"
+    unknown = login_error(r, ghost, "whatever")
+    assert sqlstate(wrong) == sqlstate(unknown) == "28P01"
+    assert str(wrong).replace(name, "U") == str(unknown).replace(ghost, "U")
+    assert "password authentication failed" in str(wrong)
+    log = full_log(r)
+    assert "wrong password" in log and "unknown user" in log
+    md5name, md5pw = aq_cluster.make_role("md5")
+    assert sqlstate(login_error(r, md5name, "nope")) == "28P01"
+    # The right password still works after the failures.
+    assert who_am_i(r, name, pw) == (name, name)
+
+
+def test_a_role_that_may_not_log_in_is_refused(aq_cluster, aq_routers):
+    r = start(aq_routers)
+    name, pw = aq_cluster.make_role("scram")
+    aq_cluster.primary.sql(f"ALTER ROLE {name} NOLOGIN", db="postgres")
+    assert sqlstate(login_error(r, name, pw)) == "28P01"
+
+
+def test_lookup_failure_names_auth_query(aq_routers):
+    r = start(aq_routers, query="SELECT rolname, rolpassword FROM no_such_function($1)")
+    err = login_error(r, "someone", "pw")
+    assert sqlstate(err) == "28000"
+    assert "auth_query" in str(err) and "no_such_function" in str(err)
+    assert lookups(r, "error") >= 1
+
+
+def test_unreachable_server_for_the_lookup_is_08006(aq_cluster, aq_routers):
+    dead = {"name": APP_DB, "host": "127.0.0.1", "port": 1, "database_name": APP_DB,
+            "role": "primary"}
+    r = aq_routers.start(general=admin_general(connect_timeout_ms=500),
+                         users=[app_user(), lookup_user_entry()], databases=[dead],
+                         auth_query={"user": "pgrouter_auth", "query": LOOKUP_QUERY})
+    err = login_error(r, "someone", "pw")
+    assert sqlstate(err) == "08006", err
+    assert "auth_query" in str(err)
+
+
+# -------------------------------------------------------- password change --
+def test_changed_password_works_after_the_ttl(aq_cluster, aq_routers):
+    r = start(aq_routers, cache_ttl_s=1)
+    name, old = aq_cluster.make_role("scram")
+    assert who_am_i(r, name, old) == (name, name)
+    new = old + "-new"
+    aq_cluster.set_password(name, new)
+    time.sleep(1.3)
+    assert who_am_i(r, name, new) == (name, name)
+    assert sqlstate(login_error(r, name, old)) == "28P01"
+    assert lookups(r) >= 2
+
+
+def test_changed_password_works_before_the_ttl_once_the_cached_secret_fails(aq_cluster,
+                                                                             aq_routers):
+    r = start(aq_routers, cache_ttl_s=3600)
+    # md5: the client's answer is checked again against the re-fetched hash,
+    # so the very first login with the new password works.
+    name, old = aq_cluster.make_role("md5")
+    assert who_am_i(r, name, old) == (name, name)
+    aq_cluster.set_password(name, "md5-new-password", kind="md5")
+    time.sleep(1.1)  # re-fetches after a failure are at least 1 s apart
+    assert who_am_i(r, name, "md5-new-password") == (name, name)
+    # SCRAM: the failed exchange used the old salt and cannot be replayed, but
+    # it re-fetched the secret, so the next attempt works (long before the TTL).
+    name, old = aq_cluster.make_role("scram")
+    assert who_am_i(r, name, old) == (name, name)
+    aq_cluster.set_password(name, "scram-new-password")
+    time.sleep(1.1)
+    try:
+        first = who_am_i(r, name, "scram-new-password")
+    except psycopg.OperationalError as exc:
+        assert "password authentication failed" in str(exc)
+        first = who_am_i(r, name, "scram-new-password")
+    assert first == (name, name)
+
+
+# ------------------------------------------------------------- one lookup --
+def test_a_burst_of_first_logins_runs_one_lookup(aq_cluster, aq_routers):
+    r = start(aq_routers, max_clients=500)
+    name, pw = aq_cluster.make_role("scram")
+    before = lookups(r)
+
+    async def burst():
+        async def one():
+            conn = await asyncpg.connect(**r.connect_kwargs(user=name, password=pw))
+            try:
+                return await conn.fetchval("SELECT session_user::text")
+            finally:
+                await conn.close()
+        import asyncio
+        return await asyncio.gather(*(one() for _ in range(100)))
+
+    assert run_async(burst(), timeout=120) == [name] * 100
+    assert lookups(r) - before == 1
+    # The server never had more connections of the role than the pool allows.
+    assert len(aq_cluster.primary.backends(user=name)) <= 10
+
+
+def test_sessions_of_learnt_users_survive_a_reload(aq_cluster, aq_routers):
+    from harness.ops import reload_marks, wait_reload
+    r = start(aq_routers)
+    name, pw = aq_cluster.make_role("scram")
+    with connect(r.dsn(user=name, password=pw)) as c:
+        assert c.execute("SELECT 1").fetchone() == (1,)
+        marks = reload_marks(r)
+        cfg = dict(r.config)
+        cfg["general"] = dict(cfg["general"], checkout_timeout_ms=6000)
+        r.write_files(config=cfg)
+        r.reload()
+        wait_reload(r, marks)
+        for _ in range(3):
+            assert c.execute("SELECT session_user::text").fetchone() == (name,)
+    assert who_am_i(r, name, pw) == (name, name)
+
+
+# ------------------------------------------------------------ config check --
+def test_pgrouter_check_reports_both_sections(tmp_path):
+    from harness.router import router_binary
+    router = tmp_path / "router.toml"
+    users = tmp_path / "users.toml"
+    router.write_text(
+        '[general]\nlisten = "127.0.0.1:0"\n\n'
+        '[[databases]]\nname = "app"\nhost = "127.0.0.1"\n\n'
+        '[auth_query]\nuser = "nobody"\nquery = "SELECT 1"\nttl = 5\n\n'
+        '[jit]\napi_url = "ftp://x"\ntimeout_ms = 0\n')
+    users.write_text('[[users]]\nname = "app"\ndatabase = "app"\npassword = "pw"\n')
+    proc = subprocess.run([str(router_binary()), "check", "--config", str(router),
+                           "--users", str(users)], capture_output=True, text=True, timeout=30)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    for expected in [
+        f"{router}:9: auth_query.user: users.toml has no [[users]] entry named \"nobody\"",
+        f"{router}:10: auth_query.query: must take the user name as the parameter $1",
+        f"{router}:11: auth_query.ttl: unknown key \"ttl\"",
+        f"{router}:14: jit.api_url: \"ftp://x\" is not an http:// or https:// URL",
+        f"{router}:15: jit.timeout_ms: must be at least 1",
+    ]:
+        assert expected in out, f"{expected!r} not in:\n{out}"
+
+
+# ----------------------------------------------------------- with [jwt] --
+def test_with_jwt_auto_provision_passwords_go_to_auth_query_and_jwts_to_jwt(aq_cluster,
+                                                                         aq_routers):
+    from harness.jwt_setup import authenticator_user, ensure_roles, jwt_section
+    from harness.jwt_tokens import SigningKey, claims
+    ensure_roles(aq_cluster)
+    key = SigningKey("rsa")
+    pem = aq_routers.base_dir / "jwt.pem"
+    key.write_public_pem(pem)
+    r = aq_routers.start(
+        general=admin_general(), users=[app_user(), lookup_user_entry(), authenticator_user()],
+        auth_query={"user": "pgrouter_auth", "query": LOOKUP_QUERY},
+        jwt=jwt_section(public_key_file=str(pem)))
+    name, pw = aq_cluster.make_role("scram")
+    with connect(r.dsn(user=name, password=pw)) as c:
+        assert c.execute("SELECT session_user::text").fetchone() == (name,)
+        auth = {x["user"]: x["auth"] for x in admin_rows(r, "SHOW CLIENTS")}
+    assert auth[name] == "auth_query/password"
+    assert sqlstate(login_error(r, name, "wrong")) == "28P01"
+    jwt = key.sign(claims("jwt_person", role="web_user"))
+    with connect(r.dsn(user="jwt_person", password=jwt)) as c:
+        assert c.execute("SELECT current_user::text").fetchone() == ("web_user",)

@@ -1,0 +1,423 @@
+"""`[jit]` just-in-time access (SPEC §5 "remote token checks", issue 18):
+tokens checked by a remote API at every login (Supavisor's contract), then
+passed on to PostgreSQL, which checks them again through PAM.
+
+Set-up (module scope): a mock JIT API (harness/jit_api.py), a PAM service in
+/etc/pam.d whose pam_exec script asks the same API (harness/pam.py), and a
+PostgreSQL server whose pg_hba.conf uses `pam` for members of `jit_users`
+(harness/login_checks.py). The router reaches the server through its Unix
+socket: PAM needs the token in cleartext, which the router sends only over
+a socket or TLS.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+import psycopg
+import pytest
+
+from harness import wire
+from harness.certs import CertAuthority
+from harness.clients import connect, run_async
+from harness.jit_api import JitApi
+from harness.jwt_setup import AUTHENTICATOR, authenticator_user, ensure_roles, jwt_section
+from harness.jwt_tokens import SigningKey, b64url, b64url_json, claims
+from harness.login_checks import LOOKUP_QUERY, LoginChecksCluster, lookup_user_entry
+from harness.ops import admin_general, admin_rows, scrape
+from harness.pam import PamService
+from harness.netns import netns  # noqa: F401  (pytest fixture)
+from harness.pg import APP_DB
+from harness.router import RouterFactory, app_user
+
+
+@pytest.fixture(scope="module")
+def api():
+    a = JitApi().start()
+    yield a
+    a.stop()
+
+
+@pytest.fixture(scope="module")
+def jit_cluster(api):
+    c = LoginChecksCluster()
+    pam = PamService(c.tmpdir, api.url).install()
+    c.pam_service = pam.name
+    c.pam = pam
+    try:
+        c.start()
+        ensure_roles(c)  # authenticator & web roles, for the [jwt] + [jit] test
+        yield c
+    finally:
+        c.teardown()
+        pam.remove()
+
+
+@pytest.fixture
+def jit_routers(jit_cluster, api, request):
+    api.mode = "ok"
+    api.delay_s = 0.0
+    base = jit_cluster.tmpdir / "routers" / f"{request.node.name[:50]}-{uuid.uuid4().hex[:6]}"
+    base.mkdir(parents=True)
+    factory = RouterFactory(jit_cluster, base)
+    yield factory
+    problems = factory.finish()
+    if problems:
+        pytest.fail("\n\n".join(problems), pytrace=False)
+
+
+def socket_db(cluster) -> list[dict]:
+    return [{"name": APP_DB, "host": str(cluster.sockdir), "port": cluster.primary.port,
+             "database_name": APP_DB, "role": "primary"}]
+
+
+def start(routers, cluster, api_url: str, jit: dict | None = None, users=None, **sections):
+    section = {"api_url": api_url, "timeout_ms": 2000, "token_prefixes": ["sbp_"]}
+    section.update(jit or {})
+    return routers.start(
+        general=admin_general(metrics=True),
+        users=users if users is not None else [app_user(), lookup_user_entry()],
+        databases=socket_db(cluster), jit=section,
+        auth_query={"user": "pgrouter_auth", "query": LOOKUP_QUERY}, **sections)
+
+
+def jit_role(cluster) -> str:
+    name, _pw = cluster.make_role("scram", prefix="jit", groups=("jit_users",))
+    return name
+
+
+def token() -> str:
+    return f"sbp_{uuid.uuid4().hex}"
+
+
+def jwt_shaped() -> str:
+    """Looks like a JWT (three base64url parts, a header with `alg`); signed by nobody."""
+    return ".".join([b64url_json({"alg": "RS256", "typ": "JWT"}),
+                     b64url_json({"sub": uuid.uuid4().hex}), b64url(uuid.uuid4().bytes)])
+
+
+def session_user(router, user: str, password: str) -> str:
+    with connect(router.dsn(user=user, password=password)) as c:
+        return c.execute("SELECT session_user::text").fetchone()[0]
+
+
+def refusal(router, user: str, password: str) -> wire.ServerError:
+    try:
+        conn = wire.connect(router.port, user, APP_DB, password)
+    except wire.ServerError as exc:
+        return exc
+    conn.close()
+    raise AssertionError(f"login as {user!r} was accepted")
+
+
+def router_calls(api, tok: str) -> list:
+    return [c for c in api.calls_from("router") if c.token == tok]
+
+
+# ---------------------------------------------------------------- granted --
+def test_granted_token_logs_in_and_postgres_checks_it_again(jit_cluster, api, jit_routers):
+    r = start(jit_routers, jit_cluster, api.url)
+    role, tok = jit_role(jit_cluster), token()
+    api.grant(tok, role)
+    with connect(r.dsn(user=role, password=tok)) as c:
+        assert c.execute("SELECT session_user::text").fetchone() == (role,)
+        auth = [x["auth"] for x in admin_rows(r, "SHOW CLIENTS") if x["user"] == role]
+        assert auth == ["jit"]
+    (call,) = router_calls(api, tok)
+    assert call.body["role"] == role
+    assert call.body["rhost"] == "127.0.0.1"
+    assert call.body["_content_type"] == "application/json"
+    # PostgreSQL's PAM check saw the same token for that role, and granted it.
+    assert {"user": role, "token": tok, "ok": True} in jit_cluster.pam.seen()
+    m = scrape(r)
+    assert m.value("pgrouter_jit_checks_total", result="granted") == 1
+    assert m.value("pgrouter_jit_check_duration_seconds_count") == 1
+
+
+def test_tokens_are_checked_at_every_login(jit_cluster, api, jit_routers):
+    r = start(jit_routers, jit_cluster, api.url)
+    role, tok = jit_role(jit_cluster), token()
+    api.grant(tok, role)
+    for _ in range(3):
+        assert session_user(r, role, tok) == role
+    assert len(router_calls(api, tok)) == 3
+
+
+# ---------------------------------------------------------------- refused --
+def test_revoked_token_is_refused_at_the_next_login_while_an_open_session_goes_on(
+        jit_cluster, api, jit_routers):
+    r = start(jit_routers, jit_cluster, api.url)
+    role, tok = jit_role(jit_cluster), token()
+    api.grant(tok, role)
+    with connect(r.dsn(user=role, password=tok)) as open_session:
+        assert open_session.execute("SELECT 1").fetchone() == (1,)
+        api.revoke(tok)
+        err = refusal(r, role, tok)
+        assert err.sqlstate == "28P01"
+        assert "token not granted" in err.message and "rejected by the JIT API" in err.message
+        for _ in range(3):
+            assert open_session.execute("SELECT session_user::text").fetchone() == (role,)
+    m = scrape(r)
+    assert m.value("pgrouter_jit_checks_total", result="rejected") == 1
+    assert m.value("pgrouter_logins_total", result="bad_token") == 1
+
+
+def test_token_granted_for_another_role_is_refused(jit_cluster, api, jit_routers):
+    r = start(jit_routers, jit_cluster, api.url)
+    role, other, tok = jit_role(jit_cluster), jit_role(jit_cluster), token()
+    api.grant(tok, other)
+    err = refusal(r, role, tok)
+    assert err.sqlstate == "28P01"
+    assert "token not granted" in err.message and other in err.message
+    assert scrape(r).value("pgrouter_jit_checks_total", result="not_granted") == 1
+
+
+def test_unknown_token_is_refused(jit_cluster, api, jit_routers):
+    r = start(jit_routers, jit_cluster, api.url)
+    role = jit_role(jit_cluster)
+    err = refusal(r, role, token())
+    assert err.sqlstate == "28P01" and "token not granted" in err.message
+
+
+# ------------------------------------------------------------ API failing --
+def test_api_down_refuses_within_the_timeout_and_password_logins_still_work(
+        jit_cluster, api, jit_routers):
+    r = start(jit_routers, jit_cluster, api.url, jit={"timeout_ms": 300})
+    role, tok = jit_role(jit_cluster), token()
+    api.grant(tok, role)
+    api.mode = "slow"
+    api.delay_s = 5.0
+    started = time.monotonic()
+    err = refusal(r, role, tok)
+    took = time.monotonic() - started
+    assert err.sqlstate == "28P01"
+    assert "JIT API unavailable: timeout" in err.message
+    assert took < 2.0, took
+
+    # While token logins hang on the API, password logins do not wait for it.
+    async def both():
+        async def token_login():
+            try:
+                await asyncpg.connect(**r.connect_kwargs(user=role, password=tok))
+            except Exception as exc:  # noqa: BLE001
+                return exc
+        async def password_login():
+            t0 = time.monotonic()
+            conn = await asyncpg.connect(**r.connect_kwargs())
+            await conn.close()
+            return time.monotonic() - t0
+        results = await asyncio.gather(*(token_login() for _ in range(20)), password_login())
+        return results[:-1], results[-1]
+    refused, password_took = run_async(both())
+    assert all(isinstance(e, asyncpg.InvalidPasswordError) for e in refused), refused
+    assert password_took < 1.0, password_took
+
+    api.mode = "down"
+    api.delay_s = 0.0
+    err = refusal(r, role, tok)
+    assert "JIT API unavailable: HTTP status 500" in err.message
+    api.mode = "garbage"
+    assert "JIT API unavailable" in refusal(r, role, tok).message
+    api.mode = "ok"
+    assert session_user(r, role, tok) == role
+    assert scrape(r).value("pgrouter_jit_checks_total", result="unavailable") >= 23
+
+
+def test_unreachable_api(jit_cluster, api, jit_routers):
+    from harness.util import free_port
+    r = start(jit_routers, jit_cluster, f"http://127.0.0.1:{free_port()}/check")
+    role = jit_role(jit_cluster)
+    err = refusal(r, role, token())
+    assert err.sqlstate == "28P01" and "JIT API unavailable" in err.message
+    assert session_user(r, "app", "app-secret") == "app"
+
+
+# --------------------------------------------------------------- passwords --
+def test_other_passwords_are_users_toml_or_auth_query(jit_cluster, api, jit_routers):
+    r = start(jit_routers, jit_cluster, api.url)
+    before = len(api.calls_from("router"))
+    assert session_user(r, "app", "app-secret") == "app"
+    name, pw = jit_cluster.make_role("scram")
+    with connect(r.dsn(user=name, password=pw)) as c:
+        assert c.execute("SELECT session_user::text").fetchone() == (name,)
+        auth = {x["user"]: x["auth"] for x in admin_rows(r, "SHOW CLIENTS")}
+    assert auth[name] == "auth_query/password"
+    assert refusal(r, "app", "wrong").sqlstate == "28P01"
+    assert refusal(r, name, "wrong").sqlstate == "28P01"
+    assert len(api.calls_from("router")) == before  # passwords never go to the API
+
+
+# ------------------------------------------------------------ JWT-shaped --
+def test_jwt_shaped_token_goes_to_the_api_without_a_jwt_section(jit_cluster, api, jit_routers):
+    r = start(jit_routers, jit_cluster, api.url)
+    role, tok = jit_role(jit_cluster), jwt_shaped()
+    api.grant(tok, role)
+    assert session_user(r, role, tok) == role
+    assert len(router_calls(api, tok)) == 1
+
+
+def test_with_jwt_and_jit_a_jwt_goes_to_jwt_and_a_prefixed_token_to_the_api(
+        jit_cluster, api, jit_routers):
+    key = SigningKey("rsa")
+    pem = jit_routers.base_dir / "jwt.pem"
+    key.write_public_pem(pem)
+    r = start(jit_routers, jit_cluster, api.url,
+              users=[app_user(), lookup_user_entry(), authenticator_user()],
+              jwt=jwt_section(public_key_file=str(pem)))
+    # A JWT of a user with no entry (auto_provision): verified by [jwt], the
+    # API is not asked.
+    jwt = key.sign(claims("jwt_person", role="web_user"))
+    api.grant(jwt, "jwt_person")
+    with connect(r.dsn(user="jwt_person", password=jwt)) as c:
+        assert c.execute("SELECT current_user::text").fetchone() == ("web_user",)
+        auth = {x["user"]: x["auth"] for x in admin_rows(r, "SHOW CLIENTS")}
+    assert auth["jwt_person"] == "jwt"
+    assert router_calls(api, jwt) == []
+    # A prefixed token still goes to the JIT API.
+    role, tok = jit_role(jit_cluster), token()
+    api.grant(tok, role)
+    assert session_user(r, role, tok) == role
+    assert len(router_calls(api, tok)) == 1
+
+
+# ------------------------------------------------------------------ https --
+def test_https_api_with_a_private_ca(jit_cluster, api, jit_routers, tmp_path):
+    ca = CertAuthority.create(tmp_path / "ca", "jit test CA")
+    leaf = ca.issue(tmp_path / "api", "jit api", dns=["localhost"], ips=["127.0.0.1"])
+    secure = JitApi(tls=(leaf.cert_path, leaf.key_path)).start()
+    try:
+        role, tok = jit_role(jit_cluster), token()
+        secure.grant(tok, role)
+        api.grant(tok, role)  # PostgreSQL's PAM script asks the http one
+        r = start(jit_routers, jit_cluster, secure.url, jit={"api_ca": str(ca.cert_path)})
+        assert session_user(r, role, tok) == role
+        assert len(secure.calls_from("router")) == 1
+        # PostgreSQL really checks: a token the router's API grants but the
+        # one PAM asks does not is refused by the server.
+        role2, tok2 = jit_role(jit_cluster), token()
+        secure.grant(tok2, role2)
+        err = refusal(r, role2, tok2)
+        assert err.sqlstate == "08006", err
+        assert {"user": role2, "token": tok2, "ok": False} in jit_cluster.pam.seen()
+        # Without the CA the API's certificate is not trusted.
+        r2 = start(jit_routers, jit_cluster, secure.url)
+        err = refusal(r2, role, tok)
+        assert "JIT API unavailable" in err.message
+        assert "certificate" in err.message.lower() or "issuer" in err.message.lower()
+    finally:
+        secure.stop()
+
+
+# ----------------------------------------------------------------- storms --
+def test_a_burst_of_token_logins_one_api_call_each_and_pool_bounded(jit_cluster, api,
+                                                                      jit_routers):
+    r = start(jit_routers, jit_cluster, api.url)
+    role, tok = jit_role(jit_cluster), token()
+    api.grant(tok, role)
+
+    async def burst():
+        async def one():
+            conn = await asyncpg.connect(**r.connect_kwargs(user=role, password=tok))
+            try:
+                return await conn.fetchval("SELECT session_user::text")
+            finally:
+                await conn.close()
+        return await asyncio.gather(*(one() for _ in range(200)))
+
+    assert run_async(burst(), timeout=120) == [role] * 200
+    assert len(router_calls(api, tok)) == 200
+    # The server saw at most a pool's worth of PAM logins for the role.
+    pam_logins = [s for s in jit_cluster.pam.seen() if s["user"] == role]
+    assert 1 <= len(pam_logins) <= 10, len(pam_logins)
+    assert len(jit_cluster.primary.backends(user=role)) <= 10
+
+
+# ---------------------------------------------------------------- transport --
+REMOTE_LOGIN = r"""
+import json, sys
+from harness import wire
+host, port, user, password = sys.argv[1:]
+conn = wire.RawConn.open(int(port), host=host)
+try:
+    conn.startup(user, "app", password)
+    print(json.dumps({"row": conn.simple_query("SELECT session_user")[0][0]}))
+except wire.ServerError as exc:
+    print(json.dumps({"error": exc.fields}))
+finally:
+    conn.close()
+"""
+
+
+def test_no_cleartext_over_plain_tcp_from_another_host(jit_cluster, api, jit_routers, netns):
+    """A client on another host without TLS is asked for SCRAM as if there were
+    no [jit]: its token never travels in cleartext and never reaches the API,
+    and its password logins work as usual. (The other host is a network
+    namespace, harness/netns.py.)"""
+    from harness.util import free_port
+    port = free_port()
+    r = jit_routers.start(
+        general=admin_general(listen=f"0.0.0.0:{port}"),
+        users=[app_user(), lookup_user_entry()], databases=socket_db(jit_cluster),
+        jit={"api_url": api.url}, auth_query={"user": "pgrouter_auth", "query": LOOKUP_QUERY})
+    role, tok = jit_role(jit_cluster), token()
+    api.grant(tok, role)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent))
+
+    def remote(user, password):
+        out = netns.run([sys.executable, "-c", REMOTE_LOGIN, netns.host_ip, str(port), user,
+                         password], env=env)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    got = remote(role, tok)
+    assert got.get("error", {}).get("C") == "28P01", got
+    assert router_calls(api, tok) == []
+    assert remote("app", "app-secret") == {"row": ["app"]}
+    # From loopback the same token is accepted.
+    assert session_user(r, role, tok) == role
+
+
+# --------------------------------------------------------- configuration --
+def test_jit_added_by_a_reload_and_limited_to_its_databases(jit_cluster, api, jit_routers):
+    from harness.ops import reload_marks, wait_reload
+    r = jit_routers.start(general=admin_general(), users=[app_user(), lookup_user_entry()],
+                          databases=socket_db(jit_cluster),
+                          auth_query={"user": "pgrouter_auth", "query": LOOKUP_QUERY})
+    role, tok = jit_role(jit_cluster), token()
+    api.grant(tok, role)
+    assert refusal(r, role, tok).sqlstate == "28P01"  # no [jit] yet: just a wrong password
+    assert router_calls(api, tok) == []
+
+    def reload_with(jit):
+        marks = reload_marks(r)
+        r.write_files(config=dict(r.config, jit=jit))
+        r.reload()
+        wait_reload(r, marks)
+
+    reload_with({"api_url": api.url, "databases": ["app"]})
+    assert session_user(r, role, tok) == role
+    assert len(router_calls(api, tok)) == 1
+    # [jit] for other databases only: app is back to plain password logins.
+    other = {"name": "other", "host": str(jit_cluster.sockdir), "port": jit_cluster.primary.port,
+             "database_name": APP_DB, "role": "primary"}
+    marks = reload_marks(r)
+    r.write_files(config=dict(r.config, databases=socket_db(jit_cluster) + [other],
+                              jit={"api_url": api.url, "databases": ["other"]}))
+    r.reload()
+    wait_reload(r, marks)
+    assert refusal(r, role, tok).sqlstate == "28P01"
+    assert len(router_calls(api, tok)) == 1
+
+
+def test_unreadable_api_ca_stops_the_start(jit_cluster, api, jit_routers, tmp_path):
+    with pytest.raises(RuntimeError) as info:
+        start(jit_routers, jit_cluster, "https://127.0.0.1:9/check",
+              jit={"api_ca": str(tmp_path / "missing.pem")})
+    assert "[jit]: api_ca" in str(info.value) and "missing.pem" in str(info.value)
+    jit_routers.routers[-1].stop_requested = True  # exiting was the point

@@ -1,0 +1,206 @@
+//! `[auth_query]`: the password PostgreSQL stores for a user with no
+//! users.toml entry, looked up through the pools of the `user` entry on the
+//! primary of shard 0, and kept for `cache_ttl_s`.
+//!
+//! A burst of logins of the same user runs one lookup: each (database,
+//! user) has an async lock, the first login in fetches while holding it and
+//! those queued behind it take its answer, even with `cache_ttl_s = 0` (an
+//! answer fetched after a login started waiting is fresh enough for it).
+//! Failures are answered the same way, so a server that is down costs one
+//! connect timeout per burst, not one per login.
+
+mod lookup;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pgrouter_config::AuthQuery;
+
+use super::StoredPassword;
+use crate::metrics::Metrics;
+use crate::router::Role;
+use crate::state::Runtime;
+use lookup::{fetch_secret, FetchError};
+
+/// A cached secret is fetched again after a failed login only when it is at
+/// least this old: a user who just changed the password logs in at the next
+/// attempt, while a client guessing passwords costs at most one lookup a second.
+const REFETCH_AFTER_FAILURE: Duration = Duration::from_secs(1);
+/// Above this many cached users, expired entries are dropped.
+const MAX_ENTRIES: usize = 10_000;
+
+/// Why there is no answer. The message always names auth_query, so that a
+/// client (and the log) can tell it from a wrong password.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LookupError {
+    #[error(
+        "auth_query: users.toml has no entry \"{user}\" for database \"{database}\" to run the lookup with"
+    )]
+    NoLookupUser { user: String, database: String },
+    #[error("auth_query: the database has no primary server for the lookup")]
+    NoPrimary,
+    #[error("auth_query: could not reach the server for the lookup: {0}")]
+    Unreachable(String),
+    #[error("auth_query: the lookup failed: {0}")]
+    Query(String),
+}
+
+impl LookupError {
+    /// 08006 when the server could not be reached, 28000 when the set-up is
+    /// wrong (no lookup user, the query fails).
+    pub fn sqlstate(&self) -> &'static str {
+        match self {
+            LookupError::NoPrimary | LookupError::Unreachable(_) => "08006",
+            LookupError::NoLookupUser { .. } | LookupError::Query(_) => "28000",
+        }
+    }
+}
+
+/// A lookup's answer: the stored secret, or `None` for a user that does not
+/// exist, may not log in, or has no password.
+pub type Answer = Result<Option<StoredPassword>, LookupError>;
+
+struct Cached {
+    answer: Answer,
+    fetched: Instant,
+    /// The query that produced it: a reload that changes the query makes
+    /// every entry stale.
+    query: String,
+}
+
+type Entry = Arc<tokio::sync::Mutex<Option<Cached>>>;
+
+/// Secrets found by auth_query, per (logical database, user). Lives as long
+/// as the process, across reloads.
+#[derive(Default)]
+pub struct SecretCache {
+    entries: parking_lot::Mutex<HashMap<(String, String), Entry>>,
+}
+
+/// How fresh an answer must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Within `cache_ttl_s`.
+    Cached,
+    /// The cached secret just failed a login: fetch again unless it is
+    /// younger than [`REFETCH_AFTER_FAILURE`].
+    AfterFailure,
+}
+
+impl SecretCache {
+    /// The secret of `user` on logical database `database`, from the cache
+    /// or from the server.
+    pub async fn secret(
+        &self,
+        rt: &Runtime,
+        cfg: &AuthQuery,
+        metrics: &Metrics,
+        database: &str,
+        user: &str,
+        need: Need,
+    ) -> Answer {
+        let started = Instant::now();
+        let entry = self.entry(database, user);
+        let mut slot = entry.lock().await;
+        if let Some(c) = slot.as_ref().filter(|c| c.query == cfg.query) {
+            let age = c.fetched.elapsed();
+            // A failure is only shared with the logins that waited for it.
+            let fresh = c.fetched >= started
+                || match (&c.answer, need) {
+                    (Err(_), _) => false,
+                    (Ok(_), Need::Cached) => age < Duration::from_secs(cfg.cache_ttl_s),
+                    (Ok(_), Need::AfterFailure) => age < REFETCH_AFTER_FAILURE,
+                };
+            if fresh {
+                metrics.login_checks.record_lookup_cache_hit();
+                return c.answer.clone();
+            }
+        }
+        let answer = run_lookup(rt, cfg, metrics, database, user).await;
+        *slot = Some(Cached {
+            answer: answer.clone(),
+            fetched: Instant::now(),
+            query: cfg.query.clone(),
+        });
+        answer
+    }
+
+    fn entry(&self, database: &str, user: &str) -> Entry {
+        let mut entries = self.entries.lock();
+        let key = (database.to_string(), user.to_string());
+        if let Some(e) = entries.get(&key) {
+            return e.clone();
+        }
+        if entries.len() >= MAX_ENTRIES {
+            // Drop what nobody is using and is not known to be fresh; an
+            // entry being fetched is locked and stays.
+            entries.retain(|_, e| {
+                Arc::strong_count(e) > 1
+                    || e.try_lock().map_or(true, |c| {
+                        c.as_ref()
+                            .is_some_and(|c| c.fetched.elapsed() < REFETCH_AFTER_FAILURE)
+                    })
+            });
+        }
+        entries.entry(key).or_default().clone()
+    }
+}
+
+/// One lookup on the primary of shard 0, with a connection of the lookup
+/// user's pool there.
+async fn run_lookup(
+    rt: &Runtime,
+    cfg: &AuthQuery,
+    metrics: &Metrics,
+    database: &str,
+    user: &str,
+) -> Answer {
+    let started = Instant::now();
+    let answer = lookup_on_primary(rt, cfg, database, user).await;
+    let result = match &answer {
+        Ok(Some(_)) => "found",
+        Ok(None) => "not_found",
+        Err(_) => "error",
+    };
+    metrics
+        .login_checks
+        .record_lookup(result, started.elapsed());
+    match &answer {
+        Ok(_) => tracing::debug!(database, user, result, "auth_query lookup"),
+        Err(e) => tracing::error!(database, user, error = %e, "auth_query lookup failed"),
+    }
+    answer
+}
+
+async fn lookup_on_primary(rt: &Runtime, cfg: &AuthQuery, database: &str, user: &str) -> Answer {
+    let pools =
+        rt.cluster
+            .pools_for(&cfg.user, database)
+            .ok_or_else(|| LookupError::NoLookupUser {
+                user: cfg.user.clone(),
+                database: database.to_string(),
+            })?;
+    let slot = pools
+        .shards
+        .first()
+        .and_then(|s| s.pick(Role::Primary, pools.balancing, &[], Default::default()))
+        .ok_or(LookupError::NoPrimary)?;
+    let mut conn = slot
+        .pool
+        .checkout()
+        .await
+        .map_err(|e| LookupError::Unreachable(e.to_string()))?;
+    match fetch_secret(&mut conn, &cfg.query, user).await {
+        Ok(secret) => {
+            crate::pool::Pool::checkin(conn);
+            Ok(secret.map(|s| StoredPassword::parse(&s)))
+        }
+        Err(FetchError::Query(e)) => {
+            crate::pool::Pool::checkin(conn);
+            Err(LookupError::Query(e))
+        }
+        // Dropping the connection closes it.
+        Err(FetchError::Broken(e)) => Err(LookupError::Unreachable(e.to_string())),
+    }
+}
