@@ -75,6 +75,23 @@ impl Session {
                     }
                     if clients && !self.sets.is_idle() {
                         for change in self.sets.on_ready(status) {
+                            // A reported setting is carried as the server
+                            // reported it: `SET datestyle TO ymd` changes
+                            // only the order ("ISO, YMD"), which the literal
+                            // alone would lose on another connection.
+                            let change = match change {
+                                SetChange::Set { name, value } => {
+                                    let canonical = self.params.canonical(&name);
+                                    let value = match held.conn.params.get(&canonical) {
+                                        Some(reported) if self.params.is_reported(&canonical) => {
+                                            reported.clone()
+                                        }
+                                        _ => value,
+                                    };
+                                    SetChange::Set { name, value }
+                                }
+                                other => other,
+                            };
                             // The server went back to its own default, not
                             // to the client's startup value: set that again
                             // before the client's next statement.
