@@ -50,7 +50,8 @@ pub struct ConfigDiff {
     pub general: Vec<&'static str>,
     /// `[jwt]` added, removed or changed.
     pub jwt_changed: bool,
-    /// Any `[[sharded_tables]]` entry added, removed or changed.
+    /// Any `[[sharded_tables]]` or `[[reference_tables]]` entry, or a
+    /// `[general]` sharding key, added, removed or changed.
     pub sharded_tables_changed: bool,
     /// Logical databases only in the new config.
     pub databases_added: Vec<String>,
@@ -102,7 +103,9 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     let mut d = ConfigDiff {
         general: general_changes(&old.general, &new.general),
         jwt_changed: old.jwt != new.jwt,
-        sharded_tables_changed: old.sharded_tables != new.sharded_tables,
+        sharded_tables_changed: old.sharded_tables != new.sharded_tables
+            || old.reference_tables != new.reference_tables
+            || old.sharding != new.sharding,
         ..ConfigDiff::default()
     };
     let old_dbs = old.logical_databases();

@@ -1,7 +1,13 @@
 //! The accepted keys of every table. One list per table drives both
 //! unknown-key detection and the "did you mean" suggestions.
 
-pub(crate) const ROUTER_TOP: &[&str] = &["general", "jwt", "databases", "sharded_tables"];
+pub(crate) const ROUTER_TOP: &[&str] = &[
+    "general",
+    "jwt",
+    "databases",
+    "sharded_tables",
+    "reference_tables",
+];
 
 pub(crate) const USERS_TOP: &[&str] = &["users"];
 
@@ -36,6 +42,10 @@ pub(crate) const GENERAL: &[&str] = &[
     "server_tls",
     "server_tls_ca",
     "log_format",
+    // Sharding (read in sharding.rs).
+    "cross_shard",
+    "two_phase_commit",
+    "coordinator_database",
 ];
 
 pub(crate) const JWT: &[&str] = &[
@@ -61,7 +71,7 @@ pub(crate) const JWT: &[&str] = &[
 
 pub(crate) const DATABASES: &[&str] = &["name", "host", "port", "database_name", "role", "shard"];
 
-pub(crate) const SHARDED_TABLES: &[&str] = &["database", "name", "column", "data_type"];
+pub(crate) const SHARDED_TABLES: &[&str] = crate::sharding::SHARDED_TABLES;
 
 pub(crate) const USERS: &[&str] = &[
     "name",

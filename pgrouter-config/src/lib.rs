@@ -32,6 +32,7 @@ mod model;
 mod problem;
 mod reader;
 mod router;
+mod sharding;
 mod suggest;
 mod users;
 mod validate;
@@ -41,6 +42,7 @@ use std::path::Path;
 pub use diff::{diff, ConfigDiff, UserChange, UserKey, POOL_SETTING_KEYS, RESTART_KEYS};
 pub use model::*;
 pub use problem::Problem;
+pub use sharding::shard_count_changes;
 
 /// Reads and validates both files. A file that cannot be read is a [`Problem`]
 /// with line 0; the other file is still checked on its own.
@@ -115,6 +117,8 @@ fn check(
             jwt: r.jwt,
             databases: r.databases,
             sharded_tables: r.sharded_tables,
+            reference_tables: r.reference_tables,
+            sharding: r.sharding,
             users: u.users,
             router_path: router_path.to_path_buf(),
             users_path: users_path.to_path_buf(),

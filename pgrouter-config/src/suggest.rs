@@ -11,6 +11,10 @@ pub(crate) const TABLES: &[(&str, &[&str])] = &[
         "[[sharded_tables]] in router.toml",
         crate::keys::SHARDED_TABLES,
     ),
+    (
+        "[[reference_tables]] in router.toml",
+        crate::sharding::REFERENCE_TABLES,
+    ),
     ("[[users]] in users.toml", crate::keys::USERS),
     ("router.toml (top level)", crate::keys::ROUTER_TOP),
     ("users.toml (top level)", crate::keys::USERS_TOP),
