@@ -44,6 +44,10 @@ pub struct Analysis {
     /// the `set_config` module): the router tracks them like `SET`. Calls
     /// it cannot be sure of leave `calls_set_config` set instead.
     pub session_settings: Vec<SessionSetting>,
+    /// Where each statement's shard keys are (see [`crate::shard`]), one
+    /// entry per statement. Empty when the text was not fully analysed
+    /// (a parse error, or too deeply nested): then no key can be found.
+    pub keys: Vec<crate::shard::StatementKeys>,
 }
 
 /// A session-level `set_config` call whose effect is known from the text.

@@ -52,6 +52,9 @@ mod normalize;
 mod normalize_fast;
 mod set;
 mod set_config;
+// Field and variant names of the sharding facts say what they are; the types carry the docs.
+#[allow(missing_docs)]
+pub mod shard;
 mod template;
 mod walk;
 
