@@ -85,7 +85,9 @@ async fn try_reload(state: &Arc<State>) -> Result<String, String> {
         .map_err(|e| format!("server TLS: {e}"))?;
     }
     let cluster = Cluster::build(&new, Some(&old.cluster), &state.metrics);
+    let shard_maps = crate::router::ShardMaps::build(&new);
     let candidate = Runtime {
+        shard_maps,
         config: Arc::new(new),
         cluster,
         jwt,

@@ -31,6 +31,8 @@ pub struct Runtime {
     pub cache: Arc<AnalysisCache>,
     /// Increases with every successful reload.
     pub generation: u64,
+    /// Each sharded logical database's tables and placements.
+    pub shard_maps: crate::router::ShardMaps,
 }
 
 pub struct State {
@@ -76,7 +78,9 @@ impl State {
         ));
         let router_path = config.router_path.clone();
         let users_path = config.users_path.clone();
+        let shard_maps = crate::router::ShardMaps::build(&config);
         let runtime = Runtime {
+            shard_maps,
             config: Arc::new(config),
             cluster,
             jwt,

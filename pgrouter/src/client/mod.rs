@@ -20,6 +20,7 @@ pub mod registry;
 mod routing;
 mod session;
 mod session_changes;
+mod shard_routing;
 pub mod shutdown;
 mod sql_prepared;
 mod tracking;

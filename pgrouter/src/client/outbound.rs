@@ -118,8 +118,13 @@ impl Session {
                 }
                 self.refresh_runtime()?;
                 self.wait_while_paused().await?;
-                let Some(route) = self.route_arrived_batch(tag) else {
-                    break; // route the batch once its Sync (or Flush) is here
+                let route = match self.route_arrived_batch(tag) {
+                    None => break, // route the batch once its Sync (or Flush) is here
+                    Some(Ok(route)) => route,
+                    Some(Err(refusal)) => {
+                        self.refuse(tag, frame.total_len, refusal);
+                        continue;
+                    }
                 };
                 if let Err(e) = self.attach(route, &[]).await {
                     self.cbuf.advance(frame.total_len);

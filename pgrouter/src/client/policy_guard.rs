@@ -25,7 +25,7 @@ impl Session {
         len: usize,
     ) -> Result<Result<(), Refusal>, SessionEnd> {
         if self.policy.jwt.is_none() && !self.policy.read_only {
-            return Ok(Ok(()));
+            return Ok(self.held_shard_refusal(tag, len).map_or(Ok(()), Err));
         }
         self.check_policy_now(tag, len)
     }
@@ -33,11 +33,14 @@ impl Session {
     fn check_policy_now(&self, tag: u8, len: usize) -> Result<Result<(), Refusal>, SessionEnd> {
         let body = self.cbuf.get(5..len).unwrap_or(&[]);
         let analysis = match tag {
-            b'Q' => self.query_analysis(self.analyze_query(body)?),
-            b'P' => self.analyze_parse(body)?,
-            _ => return Ok(Ok(())),
+            b'Q' => Some(self.query_analysis(self.analyze_query(body)?)),
+            b'P' => Some(self.analyze_parse(body)?),
+            _ => None,
         };
-        Ok(self.policy.check(&analysis))
+        if let Some(Err(refusal)) = analysis.map(|a| self.policy.check(&a)) {
+            return Ok(Err(refusal));
+        }
+        Ok(self.held_shard_refusal(tag, len).map_or(Ok(()), Err))
     }
 
     /// A refused statement never reaches a server as written. With no

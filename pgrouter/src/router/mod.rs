@@ -2,9 +2,15 @@
 //! function of the statement's [`Analysis`] and the session's routing state,
 //! so it can be tested as a table of statements and expected routes.
 
+mod bind;
 mod policy;
+mod shard_map;
+mod shard_plan;
 
+pub use bind::BindParams;
 pub use policy::{JwtIdentity, Policy, Refusal};
+pub use shard_map::{ShardMap, ShardMaps};
+pub use shard_plan::{plan as plan_shard, ShardChoice, Values};
 
 use pgrouter_parser::{Analysis, ResetTarget, RoleHint, StatementKind, TxEffect};
 
