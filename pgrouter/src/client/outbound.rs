@@ -459,6 +459,7 @@ impl Session {
             }
             b'E' => {
                 self.unsynced = true;
+                self.executed_unsynced = true;
                 if let Some(a) = self.last_bound.take() {
                     self.track_session_changes(&a);
                 }
@@ -469,6 +470,7 @@ impl Session {
             }
             b'S' => {
                 self.unsynced = false;
+                self.executed_unsynced = false;
                 self.batch_start = true;
                 self.to_server.extend_from_slice(msg);
                 self.expect.forward(Reply::Sync);

@@ -102,12 +102,16 @@ impl Session {
                     }
                     Ok(self.query_analysis(a))
                 }),
-                b'P' => self.analyze_parse(body).ok().inspect(|a| {
-                    if body.first() == Some(&0) {
-                        unnamed = Some(a.clone()); // the unnamed statement
-                        unnamed_parse = parse_parse(body).ok().map(|p| (p.sql, p.param_types));
-                    }
-                }).map(Ok),
+                b'P' => self
+                    .analyze_parse(body)
+                    .ok()
+                    .inspect(|a| {
+                        if body.first() == Some(&0) {
+                            unnamed = Some(a.clone()); // the unnamed statement
+                            unnamed_parse = parse_parse(body).ok().map(|p| (p.sql, p.param_types));
+                        }
+                    })
+                    .map(Ok),
                 b'B' => parse_bind_names(body).ok().and_then(|b| {
                     let a = self.statement_analysis(b.statement, &unnamed)?;
                     if let Err(refusal) = keyed.add(self.plan_bind(&a, &b, &unnamed_parse)) {
@@ -186,16 +190,15 @@ impl Session {
     /// A server is held but not inside a transaction (its last answers are
     /// still coming): a new unit of work that needs the primary, or another
     /// shard, must wait for it to be released.
-    pub(super) fn needs_other_server(&self, tag: u8) -> bool {
+    pub(super) fn needs_other_server(&mut self, tag: u8) -> bool {
         let Some(held) = &self.server else {
             return false;
         };
-        if self.mode == PoolMode::Session
-            || self.in_tx
-            || self.unsynced
-            || held.conn.tx_status != b'I'
-        {
+        if self.mode == PoolMode::Session || self.in_tx || held.conn.tx_status != b'I' {
             return false;
+        }
+        if self.unsynced {
+            return tag == b'B' && self.bind_moves_batch();
         }
         if !matches!(tag, b'Q' | b'P' | b'B' | b'F') {
             return false;
@@ -205,6 +208,38 @@ impl Session {
             return true;
         };
         route.shard != held.shard || (route.role == Role::Primary && !held.is_primary)
+    }
+}
+
+impl Session {
+    /// A batch that so far only prepared and described (asyncpg sends
+    /// Parse, Describe, Flush, and its Bind later) was routed without
+    /// knowing its keys. When its Bind needs another shard, it is closed
+    /// with a Sync of the router's own (nothing ran in it), the server is
+    /// released, and the Bind starts a batch of its own on the right shard
+    /// (the statement is prepared there on demand).
+    fn bind_moves_batch(&mut self) -> bool {
+        if self.executed_unsynced
+            || !self.expect.is_empty()
+            || self.rt.shard_maps.get(&self.database).is_none()
+        {
+            return false;
+        }
+        let Some(held) = &self.server else {
+            return false;
+        };
+        let moves = match self.route_next_batch() {
+            Ok(route) => {
+                route.shard != held.shard || (route.role == Role::Primary && !held.is_primary)
+            }
+            Err(_) => true, // the refusal is answered once the server is released
+        };
+        if moves {
+            crate::protocol::frontend::sync(&mut self.to_server);
+            self.expect.swallow(super::expect::Reply::Sync);
+            self.unsynced = false;
+        }
+        moves
     }
 }
 

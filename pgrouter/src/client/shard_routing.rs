@@ -33,7 +33,9 @@ impl Session {
         // `EXECUTE name(...)` of a SQL-level PREPARE: its values are in the
         // EXECUTE's text, where the prepared statement's keys are not.
         let prepared = self.query_analysis(analysis.clone());
-        if !Arc::ptr_eq(&prepared, analysis) && prepared.tables.iter().any(|t| map.table(t).is_some()) {
+        if !Arc::ptr_eq(&prepared, analysis)
+            && prepared.tables.iter().any(|t| map.table(t).is_some())
+        {
             return Err(Refusal {
                 sqlstate: "0A000",
                 message: "pgrouter: EXECUTE of a SQL-level prepared statement on a sharded table is not \
@@ -42,7 +44,12 @@ impl Session {
                     .into(),
             });
         }
-        router::plan_shard(analysis, &Values::Text(sql), map, self.sharding_key(analysis))
+        router::plan_shard(
+            analysis,
+            &Values::Text(sql),
+            map,
+            self.sharding_key(analysis),
+        )
     }
 
     /// The shard a Bind's execution needs. `unnamed` is the unnamed Parse of
@@ -62,13 +69,19 @@ impl Session {
         let Some(params) = BindParams::parse(bind.rest) else {
             return Ok(None); // malformed: the server reports it
         };
-        let named = (!bind.statement.is_empty()).then(|| self.statements.get(bind.statement)).flatten();
+        let named = (!bind.statement.is_empty())
+            .then(|| self.statements.get(bind.statement))
+            .flatten();
         let (sql, types): (&str, &[i32]) = match (named, unnamed) {
             (Some(s), _) => (&s.sql, &s.param_types),
             (None, Some((sql, types))) => (sql, types),
             (None, None) => ("", &[]),
         };
-        let values = Values::Bind { sql, params: &params, param_types: types };
+        let values = Values::Bind {
+            sql,
+            params: &params,
+            param_types: types,
+        };
         router::plan_shard(analysis, &values, map, self.sharding_key(analysis))
     }
 

@@ -28,7 +28,11 @@ impl<'a> BindParams<'a> {
         for _ in 0..nvalues.max(0) {
             let len = take(4)?;
             let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
-            values.push(if len < 0 { None } else { Some(take(len as usize)?) });
+            values.push(if len < 0 {
+                None
+            } else {
+                Some(take(len as usize)?)
+            });
         }
         Some(BindParams { formats, values })
     }

@@ -138,17 +138,28 @@ fn placement(t: &pgrouter_config::ShardedTable, shards: usize) -> Placement {
     };
     let default = t.default_shard.map(|d| d as usize);
     match t.mapping {
-        ShardMapping::Hash => Placement { key_type, shards, mapping: Mapping::Hash },
+        ShardMapping::Hash => Placement {
+            key_type,
+            shards,
+            mapping: Mapping::Hash,
+        },
         ShardMapping::List => {
-            let rules: Vec<(Vec<String>, usize)> =
-                t.rules.iter().map(|r| (r.values.clone(), r.shard as usize)).collect();
+            let rules: Vec<(Vec<String>, usize)> = t
+                .rules
+                .iter()
+                .map(|r| (r.values.clone(), r.shard as usize))
+                .collect();
             Placement::list(key_type, shards, &rules, default)
         }
         ShardMapping::Range => Placement {
             key_type,
             shards,
             mapping: Mapping::Range {
-                rules: t.rules.iter().map(|r| (r.from, r.to, r.shard as usize)).collect(),
+                rules: t
+                    .rules
+                    .iter()
+                    .map(|r| (r.from, r.to, r.shard as usize))
+                    .collect(),
                 default,
             },
         },

@@ -11,8 +11,9 @@
 use std::collections::BTreeSet;
 
 use pgrouter_parser::shard::{
-    literal_values, oid_type, parse_binary, parse_binary_array, parse_text, parse_text_array, Column, Cond,
-    Filter, KeyError, KeyType, KeyValue, Literal, Placement, Relation, Scope, StatementKeys, ValueRef,
+    literal_values, oid_type, parse_binary, parse_binary_array, parse_text, parse_text_array,
+    Column, Cond, Filter, KeyError, KeyType, KeyValue, Literal, Placement, Relation, Scope,
+    StatementKeys, ValueRef,
 };
 use pgrouter_parser::{Analysis, StatementKind};
 
@@ -27,7 +28,11 @@ pub enum Values<'a> {
     /// A simple query: the literals are in `sql`.
     Text(&'a str),
     /// An extended-protocol execution: the statement's text and its Bind.
-    Bind { sql: &'a str, params: &'a BindParams<'a>, param_types: &'a [i32] },
+    Bind {
+        sql: &'a str,
+        params: &'a BindParams<'a>,
+        param_types: &'a [i32],
+    },
 }
 
 /// Where a statement on a sharded database goes.
@@ -46,17 +51,33 @@ pub fn plan(
     map: &ShardMap,
     sharding_key: Option<&str>,
 ) -> Result<Option<ShardChoice>, Refusal> {
-    let sharded: Vec<&str> = analysis.tables.iter().map(String::as_str).filter(|t| map.table(t).is_some()).collect();
-    let reference: Vec<&str> = analysis.tables.iter().map(String::as_str).filter(|t| map.is_reference(t)).collect();
+    let sharded: Vec<&str> = analysis
+        .tables
+        .iter()
+        .map(String::as_str)
+        .filter(|t| map.table(t).is_some())
+        .collect();
+    let reference: Vec<&str> = analysis
+        .tables
+        .iter()
+        .map(String::as_str)
+        .filter(|t| map.is_reference(t))
+        .collect();
     refuse_reference_writes(analysis, map, &reference)?;
     if let Some(key) = sharding_key {
-        let placement = sharded.first().and_then(|t| map.table(t)).map(|t| &t.placement);
+        let placement = sharded
+            .first()
+            .and_then(|t| map.table(t))
+            .map(|t| &t.placement);
         let Some(placement) = placement.or(map.default_placement()) else {
             return Ok(None);
         };
         let value = parse_text(placement.key_type, key).map_err(key_error)?;
         let shard = placement.shard_of(&value).map_err(key_error)?;
-        return Ok(Some(ShardChoice { shard, reason: format!("pgrouter.sharding_key = {value}") }));
+        return Ok(Some(ShardChoice {
+            shard,
+            reason: format!("pgrouter.sharding_key = {value}"),
+        }));
     }
     let has_nameless = map.tables.iter().any(|t| t.name.is_none());
     if sharded.is_empty() && !has_nameless {
@@ -71,7 +92,14 @@ pub fn plan(
         }
         return Ok(None);
     }
-    let mut p = Planner { map, values, literals: None, shards: BTreeSet::new(), touched: false, reasons: Vec::new() };
+    let mut p = Planner {
+        map,
+        values,
+        literals: None,
+        shards: BTreeSet::new(),
+        touched: false,
+        reasons: Vec::new(),
+    };
     for (s, keys) in analysis.statements.iter().zip(&analysis.keys) {
         p.statement(&s.kind, keys, &sharded)?;
     }
@@ -79,25 +107,42 @@ pub fn plan(
         return Ok(None);
     }
     match p.shards.len() {
-        0 => Ok(Some(ShardChoice { shard: 0, reason: "no row can match (contradictory keys)".into() })),
-        1 => Ok(Some(ShardChoice { shard: *p.shards.first().unwrap_or(&0), reason: p.reasons.join(", ") })),
-        n => Err(several_shards(&format!("the statement's shard keys are on {n} shards"), map)),
+        0 => Ok(Some(ShardChoice {
+            shard: 0,
+            reason: "no row can match (contradictory keys)".into(),
+        })),
+        1 => Ok(Some(ShardChoice {
+            shard: *p.shards.first().unwrap_or(&0),
+            reason: p.reasons.join(", "),
+        })),
+        n => Err(several_shards(
+            &format!("the statement's shard keys are on {n} shards"),
+            map,
+        )),
     }
 }
 
-fn refuse_reference_writes(analysis: &Analysis, map: &ShardMap, reference: &[&str]) -> Result<(), Refusal> {
+fn refuse_reference_writes(
+    analysis: &Analysis,
+    map: &ShardMap,
+    reference: &[&str],
+) -> Result<(), Refusal> {
     if reference.is_empty() {
         return Ok(());
     }
     for (i, s) in analysis.statements.iter().enumerate() {
         let keys = analysis.keys.get(i);
         let target = match &s.kind {
-            StatementKind::Insert => keys.and_then(|k| k.insert.as_ref()).map(|r| qualified(&r.relation)),
+            StatementKind::Insert => keys
+                .and_then(|k| k.insert.as_ref())
+                .map(|r| qualified(&r.relation)),
             StatementKind::Update | StatementKind::Delete => keys
                 .and_then(|k| k.scopes.first())
                 .and_then(|sc| sc.relations.first())
                 .map(qualified),
-            StatementKind::Select | StatementKind::Explain { analyze: false } | StatementKind::Show => None,
+            StatementKind::Select
+            | StatementKind::Explain { analyze: false }
+            | StatementKind::Show => None,
             _ if s.is_write => reference.first().map(|t| t.to_string()),
             _ => None,
         };
@@ -129,7 +174,12 @@ struct Planner<'a> {
 }
 
 impl<'a> Planner<'a> {
-    fn statement(&mut self, kind: &StatementKind, keys: &StatementKeys, sharded: &[&str]) -> Result<(), Refusal> {
+    fn statement(
+        &mut self,
+        kind: &StatementKind,
+        keys: &StatementKeys,
+        sharded: &[&str],
+    ) -> Result<(), Refusal> {
         if let Some(t) = keys.unplaced.iter().find(|t| self.map.table(t).is_some()) {
             return Err(unsupported(format!(
                 "pgrouter: sharded table \"{t}\" is used where the router cannot find its shard key \
@@ -138,7 +188,9 @@ impl<'a> Planner<'a> {
             )));
         }
         match kind {
-            StatementKind::Copy { from_stdin_or_file: true } if !sharded.is_empty() => {
+            StatementKind::Copy {
+                from_stdin_or_file: true,
+            } if !sharded.is_empty() => {
                 return Err(unsupported(format!(
                     "pgrouter: COPY into sharded table \"{}\" needs every shard; not supported yet; \
                      HINT: COPY into each shard with /* pgrouter: shard=N */ and rows of that shard",
@@ -146,7 +198,9 @@ impl<'a> Planner<'a> {
                 )));
             }
             StatementKind::Insert => {
-                let Some(rows) = &keys.insert else { return Ok(()) };
+                let Some(rows) = &keys.insert else {
+                    return Ok(());
+                };
                 if let Some(table) = self.insert_table(rows) {
                     self.touched = true;
                     if rows.from_query {
@@ -194,11 +248,18 @@ impl<'a> Planner<'a> {
     /// The sharded-table entry of an INSERT's target.
     fn insert_table(&self, rows: &pgrouter_parser::shard::InsertRows) -> Option<&'a ShardedTable> {
         let map: &'a ShardMap = self.map;
-        map.relation(&rows.relation)
-            .or_else(|| map.tables.iter().find(|t| t.name.is_none() && rows.columns.contains(&t.column)))
+        map.relation(&rows.relation).or_else(|| {
+            map.tables
+                .iter()
+                .find(|t| t.name.is_none() && rows.columns.contains(&t.column))
+        })
     }
 
-    fn insert_rows(&mut self, rows: &pgrouter_parser::shard::InsertRows, table: &ShardedTable) -> Result<(), Refusal> {
+    fn insert_rows(
+        &mut self,
+        rows: &pgrouter_parser::shard::InsertRows,
+        table: &ShardedTable,
+    ) -> Result<(), Refusal> {
         let name = &rows.relation.name;
         if rows.columns.is_empty() {
             return Err(unsupported(format!(
@@ -224,20 +285,28 @@ impl<'a> Planner<'a> {
             for value in self.values_of(v, table.placement.key_type, false)? {
                 let shard = table.placement.shard_of(&value).map_err(key_error)?;
                 if shards.is_empty() {
-                    self.reasons.push(format!("{}.{} = {value}", name, table.column));
+                    self.reasons
+                        .push(format!("{}.{} = {value}", name, table.column));
                 }
                 shards.insert(shard);
             }
         }
         if shards.len() > 1 {
-            return Err(several_shards(&format!("this multi-row INSERT has rows for {} shards", shards.len()), self.map));
+            return Err(several_shards(
+                &format!("this multi-row INSERT has rows for {} shards", shards.len()),
+                self.map,
+            ));
         }
         self.shards.extend(shards);
         Ok(())
     }
 
     /// The shards one query level needs; None when it reads no sharded table.
-    fn scope(&mut self, scope: &Scope, kind: &StatementKind) -> Result<Option<BTreeSet<usize>>, Refusal> {
+    fn scope(
+        &mut self,
+        scope: &Scope,
+        kind: &StatementKind,
+    ) -> Result<Option<BTreeSet<usize>>, Refusal> {
         let rels: Vec<(usize, &'a ShardedTable)> = scope
             .relations
             .iter()
@@ -254,7 +323,10 @@ impl<'a> Planner<'a> {
         top_level_links(&scope.filter, &mut links);
         links.extend(scope.links.iter().map(|(a, b)| (a, b)));
         for (a, b) in links {
-            let (Some(x), Some(y)) = (self.resolve(scope, &rels, a), self.resolve(scope, &rels, b)) else { continue };
+            let (Some(x), Some(y)) = (self.resolve(scope, &rels, a), self.resolve(scope, &rels, b))
+            else {
+                continue;
+            };
             if rels[x].1.placement == rels[y].1.placement {
                 let (cx, cy) = (find(&mut class, x), find(&mut class, y));
                 class[cx] = cy;
@@ -265,7 +337,9 @@ impl<'a> Planner<'a> {
             if find(&mut class, root) != root {
                 continue;
             }
-            let members: Vec<usize> = (0..rels.len()).filter(|&m| find(&mut class, m) == root).collect();
+            let members: Vec<usize> = (0..rels.len())
+                .filter(|&m| find(&mut class, m) == root)
+                .collect();
             let placement = rels[root].1.placement.clone();
             match self.eval(&scope.filter, scope, &rels, &members, &placement)? {
                 Some(set) => out.extend(set),
@@ -299,7 +373,9 @@ impl<'a> Planner<'a> {
             return None;
         }
         let nameless: Vec<&ShardedTable> = map.tables.iter().filter(|t| t.name.is_none()).collect();
-        nameless.into_iter().find(|t| mentions(&scope.filter, r, &t.column, scope.relations.len() == 1))
+        nameless
+            .into_iter()
+            .find(|t| mentions(&scope.filter, r, &t.column, scope.relations.len() == 1))
     }
 
     /// The relation (index into `rels`) a column names, if it is that relation's key.
@@ -308,7 +384,10 @@ impl<'a> Planner<'a> {
             .iter()
             .enumerate()
             .filter(|(_, (i, t))| {
-                t.column == c.name && c.qualifier.as_deref().is_none_or(|q| scope.relations[*i].is_named(q))
+                t.column == c.name
+                    && c.qualifier
+                        .as_deref()
+                        .is_none_or(|q| scope.relations[*i].is_named(q))
             })
             .map(|(k, _)| k)
             .collect();
@@ -330,7 +409,10 @@ impl<'a> Planner<'a> {
         Ok(match filter {
             Filter::Unknown | Filter::Cond(Cond::Columns(..)) => None,
             Filter::Cond(Cond::Values { column, values }) => {
-                let Some(r) = self.resolve(scope, rels, column).filter(|r| members.contains(r)) else {
+                let Some(r) = self
+                    .resolve(scope, rels, column)
+                    .filter(|r| members.contains(r))
+                else {
                     return Ok(None);
                 };
                 let mut set = BTreeSet::new();
@@ -343,7 +425,10 @@ impl<'a> Planner<'a> {
                 Some(set)
             }
             Filter::Cond(Cond::Array { column, array }) => {
-                let Some(r) = self.resolve(scope, rels, column).filter(|r| members.contains(r)) else {
+                let Some(r) = self
+                    .resolve(scope, rels, column)
+                    .filter(|r| members.contains(r))
+                else {
                     return Ok(None);
                 };
                 let mut set = BTreeSet::new();
@@ -380,15 +465,28 @@ impl<'a> Planner<'a> {
 
     fn note(&mut self, r: &Relation, column: &str, value: &KeyValue) {
         if self.reasons.len() < 4 {
-            self.reasons.push(format!("{}.{column} = {value}", r.alias.as_deref().unwrap_or(&r.name)));
+            self.reasons.push(format!(
+                "{}.{column} = {value}",
+                r.alias.as_deref().unwrap_or(&r.name)
+            ));
         }
     }
 
     /// An UPDATE that sets the shard key must keep the row on its shard.
-    fn check_key_update(&mut self, keys: &StatementKeys, current: Option<&BTreeSet<usize>>) -> Result<(), Refusal> {
-        let Some(scope) = keys.scopes.first() else { return Ok(()) };
-        let Some(target) = scope.relations.first() else { return Ok(()) };
-        let Some(table) = self.table_of(scope, target) else { return Ok(()) };
+    fn check_key_update(
+        &mut self,
+        keys: &StatementKeys,
+        current: Option<&BTreeSet<usize>>,
+    ) -> Result<(), Refusal> {
+        let Some(scope) = keys.scopes.first() else {
+            return Ok(());
+        };
+        let Some(target) = scope.relations.first() else {
+            return Ok(());
+        };
+        let Some(table) = self.table_of(scope, target) else {
+            return Ok(());
+        };
         for (column, value) in &keys.assignments {
             if *column != table.column {
                 continue;
@@ -415,7 +513,12 @@ impl<'a> Planner<'a> {
     }
 
     /// The key values a [`ValueRef`] stands for in this execution.
-    fn values_of(&mut self, v: &ValueRef, ty: KeyType, array: bool) -> Result<Vec<KeyValue>, Refusal> {
+    fn values_of(
+        &mut self,
+        v: &ValueRef,
+        ty: KeyType,
+        array: bool,
+    ) -> Result<Vec<KeyValue>, Refusal> {
         let from_literal = |lit: &Literal, negate: bool| -> Result<Vec<KeyValue>, Refusal> {
             if array {
                 return parse_text_array(ty, &lit.text).map_err(key_error);
@@ -443,7 +546,12 @@ impl<'a> Planner<'a> {
                 }
             }
             ValueRef::Param { number, cast } => {
-                let Values::Bind { params, param_types, .. } = self.values else {
+                let Values::Bind {
+                    params,
+                    param_types,
+                    ..
+                } = self.values
+                else {
                     return Err(unsupported(format!(
                         "pgrouter: the shard key is parameter ${number}, whose value the router does not see here \
                          (SQL-level PREPARE/EXECUTE); HINT: use the extended protocol or a literal"
@@ -455,10 +563,14 @@ impl<'a> Planner<'a> {
                         message: format!("pgrouter: Bind has no value for parameter ${number}"),
                     });
                 };
-                let Some(bytes) = bytes else { return Ok(vec![KeyValue::Null]) };
+                let Some(bytes) = bytes else {
+                    return Ok(vec![KeyValue::Null]);
+                };
                 if format == 0 {
-                    let text = std::str::from_utf8(bytes)
-                        .map_err(|_| Refusal { sqlstate: "22021", message: "pgrouter: invalid UTF-8 in a parameter".into() })?;
+                    let text = std::str::from_utf8(bytes).map_err(|_| Refusal {
+                        sqlstate: "22021",
+                        message: "pgrouter: invalid UTF-8 in a parameter".into(),
+                    })?;
                     return if array {
                         parse_text_array(ty, text).map_err(key_error)
                     } else {
@@ -479,7 +591,9 @@ impl<'a> Planner<'a> {
                 } else {
                     cast.unwrap_or(ty)
                 };
-                parse_binary(ty, sent, bytes).map(|v| vec![v]).map_err(key_error)
+                parse_binary(ty, sent, bytes)
+                    .map(|v| vec![v])
+                    .map_err(key_error)
             }
         }
     }
@@ -489,11 +603,17 @@ impl<'a> Planner<'a> {
 fn literal_value(lit: &Literal, negate: bool, ty: KeyType) -> Result<KeyValue, Refusal> {
     if !lit.numeric {
         if negate {
-            return Err(unsupported("pgrouter: a negated string as a shard key is not supported"));
+            return Err(unsupported(
+                "pgrouter: a negated string as a shard key is not supported",
+            ));
         }
         return parse_text(ty, &lit.text).map_err(key_error);
     }
-    let text = if negate { format!("-{}", lit.text) } else { lit.text.clone() };
+    let text = if negate {
+        format!("-{}", lit.text)
+    } else {
+        lit.text.clone()
+    };
     if ty.is_integer() && text.contains(['.', 'e', 'E']) {
         return Err(unsupported(format!(
             "pgrouter: the shard key is compared with the non-integer number {text}; HINT: write an integer"
@@ -505,12 +625,15 @@ fn literal_value(lit: &Literal, negate: bool, ty: KeyType) -> Result<KeyValue, R
 /// Whether `filter` mentions `column` of relation `r` (qualified by its
 /// name or alias, or unqualified when `r` is alone in its scope).
 fn mentions(filter: &Filter, r: &Relation, column: &str, alone: bool) -> bool {
-    let names = |c: &Column| c.name == column && c.qualifier.as_deref().map_or(alone, |q| r.is_named(q));
+    let names =
+        |c: &Column| c.name == column && c.qualifier.as_deref().map_or(alone, |q| r.is_named(q));
     match filter {
         Filter::Unknown => false,
         Filter::Cond(Cond::Values { column: c, .. } | Cond::Array { column: c, .. }) => names(c),
         Filter::Cond(Cond::Columns(a, b)) => names(a) || names(b),
-        Filter::And(parts) | Filter::Or(parts) => parts.iter().any(|p| mentions(p, r, column, alone)),
+        Filter::And(parts) | Filter::Or(parts) => {
+            parts.iter().any(|p| mentions(p, r, column, alone))
+        }
     }
 }
 
@@ -531,11 +654,18 @@ fn find(class: &mut [usize], mut x: usize) -> usize {
 }
 
 fn unsupported(message: impl Into<String>) -> Refusal {
-    Refusal { sqlstate: UNSUPPORTED, message: message.into() }
+    Refusal {
+        sqlstate: UNSUPPORTED,
+        message: message.into(),
+    }
 }
 
 fn several_shards(what: &str, map: &ShardMap) -> Refusal {
-    let policy = if map.refuse_cross_shard { " (cross_shard = \"refuse\")" } else { "" };
+    let policy = if map.refuse_cross_shard {
+        " (cross_shard = \"refuse\")"
+    } else {
+        ""
+    };
     unsupported(format!(
         "pgrouter: {what}; statements on several shards are not supported yet{policy}; \
          HINT: cross-shard statements are not supported yet: split it per shard key"
@@ -543,5 +673,8 @@ fn several_shards(what: &str, map: &ShardMap) -> Refusal {
 }
 
 fn key_error(e: KeyError) -> Refusal {
-    Refusal { sqlstate: e.sqlstate, message: e.message }
+    Refusal {
+        sqlstate: e.sqlstate,
+        message: e.message,
+    }
 }
