@@ -298,3 +298,25 @@ def test_cross_shard_refuse_setting(routers, shards):
         msg = refused(conn, "SELECT * FROM sh_orders WHERE customer_id IN (1, 2)")
         assert 'cross_shard = "refuse"' in msg
         conn.execute("SELECT * FROM sh_orders WHERE customer_id = 1")
+
+
+def test_explain_route_answers_without_running(srouter, shards):
+    k = 9
+    shard = hash_shard(shards[0], "sh_hp_int8", 3, k)
+    with connect(srouter.dsn()) as conn:
+        cur = psycopg.ClientCursor(conn)  # the simple query protocol
+        cur.execute(f"EXPLAIN (ROUTE) INSERT INTO sh_orders (customer_id, note) VALUES ({k}, 'never')")
+        assert [d.name for d in cur.description] == ["shard", "role", "server", "reason"]
+        rows = cur.fetchall()
+        assert rows == [(shard, "primary", f"127.0.0.1:{shards[shard].port}", f"sh_orders.customer_id = {k}")]
+        cur.execute(f"EXPLAIN (ROUTE) SELECT * FROM sh_orders o WHERE o.customer_id = {k}")
+        assert cur.fetchall() == [(shard, "replica", f"127.0.0.1:{shards[shard].port}", f"o.customer_id = {k}")]
+        cur.execute("EXPLAIN (ROUTE) SELECT 1")
+        assert cur.fetchall() == [(0, "replica", f"127.0.0.1:{shards[0].port}", "no sharded table: shard 0")]
+        cur.execute("/* pgrouter: shard=2 */ EXPLAIN (ROUTE) SELECT * FROM sh_orders")
+        assert cur.fetchall()[0][0:2] == (2, "replica")
+        with pytest.raises(psycopg.Error) as err:
+            cur.execute("EXPLAIN (ROUTE) SELECT * FROM sh_orders")
+        assert sqlstate(err.value) == "0A000"
+        # Nothing ran.
+        assert conn.execute(f"SELECT count(*) FROM sh_orders WHERE customer_id = {k}").fetchone()[0] == 0

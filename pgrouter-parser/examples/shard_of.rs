@@ -32,10 +32,8 @@ fn main() {
         let value = if line == "\\N" {
             KeyValue::Null
         } else {
-            let bytes: Vec<u8> = (0..line.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&line[i..i + 2], 16).expect("hex"))
-                .collect();
+            let bytes: Vec<u8> =
+                (0..line.len()).step_by(2).map(|i| u8::from_str_radix(&line[i..i + 2], 16).expect("hex")).collect();
             let text = String::from_utf8(bytes).expect("utf-8");
             parse_text(ty, &text).unwrap_or_else(|e| panic!("{text:?}: {}", e.message))
         };

@@ -144,6 +144,18 @@ fn statement(node: &N, write_functions: &[String], a: &mut Analysis) -> Statemen
             // analysis cannot see: count it as a write.
             let executes = matches!(e.query.as_ref().and_then(|q| q.node.as_ref()), Some(N::ExecuteStmt(_)));
             let inner = look(a).writes() || executes;
+            let route = e
+                .options
+                .iter()
+                .any(|o| matches!(&o.node, Some(N::DefElem(d)) if d.defname.eq_ignore_ascii_case("route")));
+            if route {
+                let inner_kind_writes = match e.query.as_ref().and_then(|q| q.node.as_ref()) {
+                    Some(N::SelectStmt(_)) => inner,
+                    Some(_) => true,
+                    None => inner,
+                };
+                a.explain_route = Some(inner_kind_writes);
+            }
             (StatementKind::Explain { analyze }, analyze && inner)
         }
         N::CopyStmt(c) => {

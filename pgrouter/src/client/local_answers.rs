@@ -29,6 +29,10 @@ impl Session {
         let [statement] = analysis.statements.as_slice() else {
             return Ok(false);
         };
+        if let Some(writes) = analysis.explain_route {
+            self.answer_explain_route(len, &analysis, writes);
+            return Ok(true);
+        }
         let jwt = self.policy.jwt.is_some();
         let tag = match &statement.kind {
             StatementKind::Deallocate { name: Some(name) } => {

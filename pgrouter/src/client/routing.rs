@@ -37,7 +37,7 @@ impl Session {
     }
 
     /// The session's routing settings, recomputed only when its parameters change.
-    fn session_routing(&self) -> SessionRouting {
+    pub(super) fn session_routing(&self) -> SessionRouting {
         let (version, cached) = self.routing_cache.get();
         if version == self.params.version() {
             return cached;

@@ -174,3 +174,94 @@ impl Session {
         }
     }
 }
+
+impl Session {
+    /// `EXPLAIN (ROUTE) statement` (simple protocol, outside a transaction):
+    /// answered by the router without running anything — one row with the
+    /// shard, role, server and the reason — or the error the statement
+    /// itself would get from the router.
+    pub(super) fn answer_explain_route(
+        &mut self,
+        len: usize,
+        analysis: &Arc<Analysis>,
+        writes: bool,
+    ) {
+        use crate::admin::wire::{Cell, ColumnType, ResultSet};
+        use crate::protocol::backend::{self, Severity};
+        use crate::router::Role;
+        use bytes::Buf;
+
+        let body = self.cbuf.get(5..len).unwrap_or(&[]).to_vec();
+        let session = self.session_routing();
+        let planned = self.plan_query(analysis, &body);
+        let mut answer = bytes::BytesMut::new();
+        let route = planned.and_then(|choice| {
+            let (shard, reason) = match (choice, analysis.hint.shard, session.shard_override) {
+                (Some(c), _, _) => (c.shard, c.reason),
+                (None, Some(s), _) => (s as usize, format!("hint shard={s}")),
+                (None, None, Some(s)) => (s as usize, format!("SET pgrouter.shard = {s}")),
+                (None, None, None) => (0, "no sharded table: shard 0".to_string()),
+            };
+            let role = match analysis.hint.role.or(session.role_override) {
+                _ if self.policy.read_only => Role::Replica,
+                Some(pgrouter_parser::RoleHint::Primary) => Role::Primary,
+                Some(pgrouter_parser::RoleHint::Replica) => Role::Replica,
+                None if writes => Role::Primary,
+                None => Role::Replica,
+            };
+            let slot = self.pools.shards.get(shard).ok_or_else(|| Refusal {
+                sqlstate: "22023",
+                message: format!(
+                    "pgrouter: shard {shard} does not exist ({} shards)",
+                    self.pools.shards.len()
+                ),
+            })?;
+            let server = slot
+                .pick(role, self.pools.balancing, &[])
+                .map(|s| format!("{}:{}", s.pool.target.host, s.pool.target.port))
+                .unwrap_or_else(|| "none available".into());
+            Ok((shard, role, server, reason))
+        });
+        match route {
+            Ok((shard, role, server, reason)) => {
+                let mut rs = ResultSet::new(&[
+                    ("shard", ColumnType::Int8),
+                    ("role", ColumnType::Text),
+                    ("server", ColumnType::Text),
+                    ("reason", ColumnType::Text),
+                ]);
+                let role = if role == Role::Primary {
+                    "primary"
+                } else {
+                    "replica"
+                };
+                rs.push(vec![
+                    Cell::Int(shard as i64),
+                    role.into(),
+                    server.into(),
+                    reason.into(),
+                ]);
+                rs.write(&mut answer, "EXPLAIN");
+            }
+            Err(refusal) => {
+                self.state.metrics.record_error(refusal.sqlstate);
+                backend::error_response(
+                    &mut answer,
+                    Severity::Error,
+                    refusal.sqlstate,
+                    &refusal.message,
+                );
+            }
+        }
+        self.cbuf.advance(len);
+        let status = match &self.server {
+            Some(held) if !self.in_tx => held.conn.tx_status,
+            Some(_) => b'T',
+            None => b'I',
+        };
+        backend::ready_for_query(&mut answer, status);
+        if let Some(made) = self.expect.synthesize(answer.freeze()) {
+            self.to_client.extend_from_slice(&made);
+        }
+    }
+}

@@ -180,6 +180,13 @@ impl<'a> Planner<'a> {
         keys: &StatementKeys,
         sharded: &[&str],
     ) -> Result<(), Refusal> {
+        // EXPLAIN (ANALYZE) runs its statement: an explained INSERT or
+        // UPDATE is planned as one.
+        let kind = match kind {
+            StatementKind::Explain { .. } if keys.insert.is_some() => &StatementKind::Insert,
+            StatementKind::Explain { .. } if !keys.assignments.is_empty() => &StatementKind::Update,
+            other => other,
+        };
         if let Some(t) = keys.unplaced.iter().find(|t| self.map.table(t).is_some()) {
             return Err(unsupported(format!(
                 "pgrouter: sharded table \"{t}\" is used where the router cannot find its shard key \
