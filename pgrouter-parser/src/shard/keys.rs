@@ -156,7 +156,7 @@ impl Extract<'_> {
                     self.relation(r, &mut scope);
                 }
                 for f in &u.from_clause {
-                    self.from_item(f, &mut scope);
+                    self.table_expr(f, &mut scope);
                 }
                 scope.filter = self.filter(u.where_clause.as_deref());
                 for t in &u.target_list {
@@ -174,7 +174,7 @@ impl Extract<'_> {
                     self.relation(r, &mut scope);
                 }
                 for f in &d.using_clause {
-                    self.from_item(f, &mut scope);
+                    self.table_expr(f, &mut scope);
                 }
                 scope.filter = self.filter(d.where_clause.as_deref());
                 self.keys.scopes.insert(0, scope);
@@ -226,7 +226,7 @@ impl Extract<'_> {
         self.keys.scopes.push(Scope::default());
         let mut scope = Scope::default();
         for f in &s.from_clause {
-            self.from_item(f, &mut scope);
+            self.table_expr(f, &mut scope);
         }
         let filter = self.filter(s.where_clause.as_deref());
         scope.filter = and(std::mem::take(&mut scope.filter), filter);
@@ -293,12 +293,12 @@ impl Extract<'_> {
         scope.relations.push(rel);
     }
 
-    fn from_item(&mut self, node: &pg_query::protobuf::Node, scope: &mut Scope) {
+    fn table_expr(&mut self, node: &pg_query::protobuf::Node, scope: &mut Scope) {
         match &node.node {
             Some(N::RangeVar(r)) => self.relation(r, scope),
             Some(N::JoinExpr(j)) => {
                 for side in [&j.larg, &j.rarg].into_iter().flatten() {
-                    self.from_item(side, scope);
+                    self.table_expr(side, scope);
                 }
                 let quals = self.filter(j.quals.as_deref());
                 if JoinType::try_from(j.jointype) == Ok(JoinType::JoinInner) {

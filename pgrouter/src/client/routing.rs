@@ -97,9 +97,7 @@ impl Session {
             at += frame.total_len;
             let analysis = match frame.tag {
                 b'Q' => self.analyze_query(body).ok().map(|a| {
-                    if let Err(refusal) = keyed.add(self.plan_query(&a, body)) {
-                        return Err(refusal);
-                    }
+                    keyed.add(self.plan_query(&a, body))?;
                     Ok(self.query_analysis(a))
                 }),
                 b'P' => self

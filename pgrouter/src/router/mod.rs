@@ -144,6 +144,9 @@ pub fn transaction_effect(analysis: &Analysis) -> Option<bool> {
 #[cfg(test)]
 mod tests;
 
+#[cfg(test)]
+mod shard_tests;
+
 /// Statements PostgreSQL refuses inside a transaction block or a pipeline.
 pub fn runs_outside_transactions(analysis: &Analysis, sql: &str) -> bool {
     analysis.statements.iter().any(|s| match &s.kind {

@@ -228,7 +228,13 @@ impl<'a> Planner<'a> {
             | StatementKind::DeclareCursor => {}
             // PREPARE runs nothing: its EXECUTE is what needs a shard.
             StatementKind::Prepare { .. } => return Ok(()),
-            _ if !sharded.is_empty() => {
+            StatementKind::Ddl
+            | StatementKind::Vacuum
+            | StatementKind::Analyze
+            | StatementKind::Lock
+            | StatementKind::Merge
+                if !sharded.is_empty() =>
+            {
                 return Err(unsupported(format!(
                     "pgrouter: this statement on sharded table \"{}\" needs every shard; statements on several \
                      shards are not supported yet; HINT: run it on each shard with /* pgrouter: shard=N */",
