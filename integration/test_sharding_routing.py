@@ -338,3 +338,40 @@ def test_reload_cannot_change_the_shard_count(srouter, shards):
         conn.execute(f"INSERT INTO sh_orders (customer_id, note) VALUES ({k}, 'r')")
         assert conn.execute(f"SELECT {PORT} FROM sh_orders WHERE customer_id = {k}").fetchone()[0] \
             == shards[2].port
+
+
+def test_read_only_sessions_per_shard(routers, shards):
+    from harness.router import app_user
+    dbs = [{"name": "app", "host": "127.0.0.1", "port": s.port, "database_name": "app", "role": "primary",
+            "shard": i} for i, s in enumerate(shards)]
+    r = routers.start(databases=dbs, sharded_tables=SHARDED, users=[{**app_user(), "read_only": True}])
+    k = next(k for k in range(1, 50) if hash_shard(shards[0], "sh_hp_int8", 3, k) == 1)
+    with connect(r.dsn()) as conn:
+        # No replicas: reads run on the key's shard primary, read-only.
+        row = conn.execute(f"SELECT {PORT}, current_setting('transaction_read_only') FROM sh_orders "
+                           f"WHERE customer_id = %s UNION ALL SELECT {PORT}, 'x' LIMIT 1", (k,)).fetchone()
+        assert row[0] == shards[1].port
+        refused(conn, "INSERT INTO sh_orders (customer_id) VALUES (%s)", (k,), code="25006")
+        refused(conn, "SELECT * FROM sh_orders")  # still 0A000 without a key
+
+
+def test_batches_spanning_shards_are_refused(srouter, shards):
+    a = next(k for k in range(1, 50) if hash_shard(shards[0], "sh_hp_int8", 3, k) == 0)
+    b = next(k for k in range(1, 50) if hash_shard(shards[0], "sh_hp_int8", 3, k) == 1)
+
+    async def go():
+        conn = await aconnect(srouter)
+        try:
+            await conn.executemany("INSERT INTO sh_orders (customer_id, note) VALUES ($1, 'm')", [(a,), (a,)])
+            try:
+                await conn.executemany("INSERT INTO sh_orders (customer_id, note) VALUES ($1, 'm')", [(a,), (b,)])
+            except Exception as exc:  # noqa: BLE001 - the SQLSTATE is checked
+                return getattr(exc, "sqlstate", None)
+            return "no error"
+        finally:
+            await conn.close()
+    assert run_async(go()) == "0A000"
+    with shards[0].connect(APP_DB) as conn:
+        assert conn.execute("SELECT count(*) FROM sh_orders WHERE note = 'm'").fetchone()[0] == 2
+    with shards[1].connect(APP_DB) as conn:
+        assert conn.execute("SELECT count(*) FROM sh_orders WHERE note = 'm'").fetchone()[0] == 0
