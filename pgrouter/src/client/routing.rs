@@ -173,7 +173,7 @@ impl Session {
         analysis
     }
 
-    fn statement_analysis(
+    pub(super) fn statement_analysis(
         &self,
         name: &str,
         unnamed: &Option<Arc<Analysis>>,

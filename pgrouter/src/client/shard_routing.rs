@@ -147,11 +147,18 @@ impl Session {
             }
             b'B' => {
                 let b = parse_bind_names(body).ok()?;
-                if b.statement.is_empty() {
-                    return None; // checked with its Parse
+                let analysis = self.statement_analysis(b.statement, &self.unnamed)?;
+                match self.plan_bind(&analysis, &b, &None) {
+                    // The unnamed statement's text was checked with its Parse
+                    // (this Bind's literals are that text's, not seen here).
+                    Err(r)
+                        if b.statement.is_empty()
+                            && r.message.starts_with(router::UNREADABLE_LITERAL) =>
+                    {
+                        return None;
+                    }
+                    planned => planned,
                 }
-                let analysis = self.statements.get(b.statement)?.analysis.clone();
-                self.plan_bind(&analysis, &b, &None)
             }
             _ => return None,
         };

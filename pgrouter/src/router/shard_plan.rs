@@ -23,6 +23,10 @@ use super::Refusal;
 
 const UNSUPPORTED: &str = "0A000";
 
+/// How the refusal starts when a key is a literal of a text the router does
+/// not have (an unnamed statement parsed in an earlier batch).
+pub const UNREADABLE_LITERAL: &str = "pgrouter: cannot read the shard key literal";
+
 /// The values of one execution.
 pub enum Values<'a> {
     /// A simple query: the literals are in `sql`.
@@ -552,10 +556,10 @@ impl<'a> Planner<'a> {
                         let lit = lit.clone();
                         from_literal(&lit, *negate)
                     }
-                    _ => Err(unsupported(
-                        "pgrouter: cannot read the shard key literal of this statement; HINT: write it as a plain \
-                         '...' string or number, or add /* pgrouter: shard=N */",
-                    )),
+                    _ => Err(unsupported(format!(
+                        "{UNREADABLE_LITERAL} of this statement; HINT: write it as a plain '...' string or \
+                         number, or add /* pgrouter: shard=N */"
+                    ))),
                 }
             }
             ValueRef::Param { number, cast } => {
