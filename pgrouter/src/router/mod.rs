@@ -6,6 +6,7 @@ mod bind;
 mod policy;
 mod shard_map;
 mod shard_plan;
+mod shard_values;
 
 pub use bind::BindParams;
 pub use policy::{JwtIdentity, Policy, Refusal};

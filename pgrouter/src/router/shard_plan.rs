@@ -11,9 +11,8 @@
 use std::collections::BTreeSet;
 
 use pgrouter_parser::shard::{
-    literal_values, oid_type, parse_binary, parse_binary_array, parse_text, parse_text_array,
-    Column, Cond, Filter, KeyError, KeyType, KeyValue, Literal, Placement, Relation, Scope,
-    StatementKeys, ValueRef,
+    literal_values, parse_text, parse_text_array, Column, Cond, Filter, KeyError, KeyType,
+    KeyValue, Literal, Placement, Relation, Scope, StatementKeys, ValueRef,
 };
 use pgrouter_parser::{Analysis, StatementKind};
 
@@ -540,7 +539,7 @@ impl<'a> Planner<'a> {
             if array {
                 return parse_text_array(ty, &lit.text).map_err(key_error);
             }
-            literal_value(lit, negate, ty).map(|v| vec![v])
+            super::shard_values::literal_value(lit, negate, ty).map(|v| vec![v])
         };
         match v {
             ValueRef::Null => Ok(vec![KeyValue::Null]),
@@ -563,80 +562,10 @@ impl<'a> Planner<'a> {
                 }
             }
             ValueRef::Param { number, cast } => {
-                let Values::Bind {
-                    params,
-                    param_types,
-                    ..
-                } = self.values
-                else {
-                    return Err(unsupported(format!(
-                        "pgrouter: the shard key is parameter ${number}, whose value the router does not see here \
-                         (SQL-level PREPARE/EXECUTE); HINT: use the extended protocol or a literal"
-                    )));
-                };
-                let Some((format, bytes)) = params.get(*number) else {
-                    return Err(Refusal {
-                        sqlstate: "08P01",
-                        message: format!("pgrouter: Bind has no value for parameter ${number}"),
-                    });
-                };
-                let Some(bytes) = bytes else {
-                    return Ok(vec![KeyValue::Null]);
-                };
-                if format == 0 {
-                    let text = std::str::from_utf8(bytes).map_err(|_| Refusal {
-                        sqlstate: "22021",
-                        message: "pgrouter: invalid UTF-8 in a parameter".into(),
-                    })?;
-                    return if array {
-                        parse_text_array(ty, text).map_err(key_error)
-                    } else {
-                        parse_text(ty, text).map(|v| vec![v]).map_err(key_error)
-                    };
-                }
-                if array {
-                    return parse_binary_array(ty, bytes).map_err(key_error);
-                }
-                let declared = param_types.get(number - 1).copied().unwrap_or(0) as u32;
-                let sent = if declared != 0 {
-                    oid_type(declared).ok_or_else(|| {
-                        unsupported(format!(
-                            "pgrouter: the shard key parameter ${number} is sent in binary as type oid {declared}, \
-                             which the router cannot read; HINT: send it in text format"
-                        ))
-                    })?
-                } else {
-                    cast.unwrap_or(ty)
-                };
-                parse_binary(ty, sent, bytes)
-                    .map(|v| vec![v])
-                    .map_err(key_error)
+                super::shard_values::param_values(self.values, *number, *cast, ty, array)
             }
         }
     }
-}
-
-/// A literal token's value for a key of type `ty`.
-fn literal_value(lit: &Literal, negate: bool, ty: KeyType) -> Result<KeyValue, Refusal> {
-    if !lit.numeric {
-        if negate {
-            return Err(unsupported(
-                "pgrouter: a negated string as a shard key is not supported",
-            ));
-        }
-        return parse_text(ty, &lit.text).map_err(key_error);
-    }
-    let text = if negate {
-        format!("-{}", lit.text)
-    } else {
-        lit.text.clone()
-    };
-    if ty.is_integer() && text.contains(['.', 'e', 'E']) {
-        return Err(unsupported(format!(
-            "pgrouter: the shard key is compared with the non-integer number {text}; HINT: write an integer"
-        )));
-    }
-    parse_text(ty, &text).map_err(key_error)
 }
 
 /// Whether `filter` mentions `column` of relation `r` (qualified by its
@@ -670,7 +599,7 @@ fn find(class: &mut [usize], mut x: usize) -> usize {
     x
 }
 
-fn unsupported(message: impl Into<String>) -> Refusal {
+pub(super) fn unsupported(message: impl Into<String>) -> Refusal {
     Refusal {
         sqlstate: UNSUPPORTED,
         message: message.into(),
@@ -689,7 +618,7 @@ fn several_shards(what: &str, map: &ShardMap) -> Refusal {
     ))
 }
 
-fn key_error(e: KeyError) -> Refusal {
+pub(super) fn key_error(e: KeyError) -> Refusal {
     Refusal {
         sqlstate: e.sqlstate,
         message: e.message,
