@@ -375,3 +375,31 @@ def test_batches_spanning_shards_are_refused(srouter, shards):
         assert conn.execute("SELECT count(*) FROM sh_orders WHERE note = 'm'").fetchone()[0] == 2
     with shards[1].connect(APP_DB) as conn:
         assert conn.execute("SELECT count(*) FROM sh_orders WHERE note = 'm'").fetchone()[0] == 0
+
+
+def test_null_keys_and_array_literals(srouter, shards):
+    with connect(srouter.dsn()) as conn:
+        conn.execute("INSERT INTO sh_orders (customer_id, note) VALUES (NULL, 'null key')")
+        assert conn.execute(f"SELECT {PORT}, note FROM sh_orders WHERE customer_id IS NULL").fetchall() \
+            == [(shards[0].port, "null key")]
+        k = 11
+        want = port_of(shards, hash_shard(shards[0], "sh_hp_int8", 3, k))
+        conn.execute(f"INSERT INTO sh_orders (customer_id, note) VALUES ({k}, 'arr')")
+        assert conn.execute(f"SELECT {PORT} FROM sh_orders WHERE customer_id = ANY('{{{k},{k}}}')"
+                            ).fetchone()[0] == want
+        assert conn.execute(f"SELECT {PORT} FROM sh_orders WHERE customer_id = ANY(ARRAY[{k}])").fetchone()[0] \
+            == want
+
+
+def test_session_mode_stays_on_its_shard(routers, shards):
+    from harness.router import app_user
+    dbs = [{"name": "app", "host": "127.0.0.1", "port": s.port, "database_name": "app", "role": "primary",
+            "shard": i} for i, s in enumerate(shards)]
+    r = routers.start(databases=dbs, sharded_tables=SHARDED, users=[{**app_user(), "pool_mode": "session"}])
+    a = next(k for k in range(1, 50) if hash_shard(shards[0], "sh_hp_int8", 3, k) == 0)
+    b = next(k for k in range(1, 50) if hash_shard(shards[0], "sh_hp_int8", 3, k) == 1)
+    with connect(r.dsn()) as conn:
+        assert conn.execute(f"SELECT {PORT} FROM sh_orders WHERE customer_id = {a} UNION ALL SELECT {PORT}"
+                            ).fetchone()[0] == shards[0].port
+        msg = refused(conn, f"SELECT * FROM sh_orders WHERE customer_id = {b}")
+        assert "this session runs on shard 0" in msg
