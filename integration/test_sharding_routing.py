@@ -318,6 +318,15 @@ def test_explain_route_answers_without_running(srouter, shards):
         with pytest.raises(psycopg.Error) as err:
             cur.execute("EXPLAIN (ROUTE) SELECT * FROM sh_orders")
         assert sqlstate(err.value) == "0A000"
+        # The extended protocol too (psycopg's default), binary results included.
+        for binary in (False, True):
+            got = conn.cursor(binary=binary).execute(
+                f"EXPLAIN (ROUTE) DELETE FROM sh_orders WHERE customer_id = {k}").fetchall()
+            assert got == [(shard, "primary", f"127.0.0.1:{shards[shard].port}", f"sh_orders.customer_id = {k}")]
+        with pytest.raises(psycopg.Error) as err:
+            conn.execute("EXPLAIN (ROUTE) UPDATE sh_orders SET note = 'x'")
+        assert sqlstate(err.value) == "0A000"
+        assert conn.execute("SELECT 1").fetchone()[0] == 1
         # Nothing ran.
         assert conn.execute(f"SELECT count(*) FROM sh_orders WHERE customer_id = {k}").fetchone()[0] == 0
 

@@ -20,6 +20,9 @@ impl Session {
     /// must not touch the shared server's statements).
     pub(super) fn try_answer_locally(&mut self, len: usize) -> Result<bool, SessionEnd> {
         if self.cbuf.first() == Some(&b'P') {
+            if self.try_answer_explain_route_batch()? {
+                return Ok(true);
+            }
             return self.try_answer_batch_locally();
         }
         if self.cbuf.first() != Some(&b'Q') {

@@ -6,6 +6,7 @@ pub mod cancel;
 mod cleanup;
 mod error;
 mod expect;
+mod explain_route;
 mod inbound;
 mod io;
 mod local_answers;
