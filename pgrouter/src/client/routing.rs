@@ -106,7 +106,11 @@ impl Session {
                     .inspect(|a| {
                         if body.first() == Some(&0) {
                             unnamed = Some(a.clone()); // the unnamed statement
-                            unnamed_parse = parse_parse(body).ok().map(|p| (p.sql, p.param_types));
+                                                       // Its text and types, for the Bind's keys (sharded databases only).
+                            if self.rt.shard_maps.get(&self.database).is_some() {
+                                unnamed_parse =
+                                    parse_parse(body).ok().map(|p| (p.sql, p.param_types));
+                            }
                         }
                     })
                     .map(Ok),
