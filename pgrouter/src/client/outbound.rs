@@ -285,6 +285,7 @@ impl Session {
         }
         self.server = Some(held);
         self.batch_start = true;
+        self.executed_unsynced = false;
         Ok(())
     }
 

@@ -108,12 +108,17 @@ impl Session {
     }
 
     /// With a server held for a transaction (or for the whole session in
-    /// session mode): a statement whose keys need another shard than the
-    /// held one is refused. Checked at a Query, at an unnamed Parse (with
-    /// the Bind that follows it in the buffer) and at a named Bind.
+    /// session mode, or for an extended batch that cannot move any more): a
+    /// statement whose keys need another shard than the held one is refused.
+    /// Checked at a Query, at an unnamed Parse (with the Bind that follows it
+    /// in the buffer) and at a Bind.
     pub(super) fn held_shard_refusal(&self, tag: u8, len: usize) -> Option<Refusal> {
         let held = self.server.as_ref()?;
-        if !(self.in_tx || self.mode == PoolMode::Session) {
+        // Mid-batch, a Bind that cannot move the batch (something ran in it
+        // already, or answers are still due) must fit the held shard too;
+        // otherwise `bind_moves_batch` moves it.
+        let mid_batch = self.unsynced && (self.executed_unsynced || !self.expect.is_empty());
+        if !(self.in_tx || self.mode == PoolMode::Session || mid_batch) {
             return None;
         }
         self.rt.shard_maps.get(&self.database)?;
@@ -171,7 +176,13 @@ impl Session {
                      a transaction on several shards needs two-phase commit, which is not supported yet; \
                      HINT: SET pgrouter.sharding_key to the key before BEGIN, or send the statement outside \
                      the transaction",
-                    if self.in_tx { "transaction" } else { "session" },
+                    if self.in_tx {
+                        "transaction"
+                    } else if self.mode == PoolMode::Session {
+                        "session"
+                    } else {
+                        "batch"
+                    },
                     held.shard,
                     choice.reason,
                     choice.shard
