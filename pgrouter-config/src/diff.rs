@@ -50,7 +50,8 @@ pub struct ConfigDiff {
     pub general: Vec<&'static str>,
     /// `[jwt]` added, removed or changed.
     pub jwt_changed: bool,
-    /// Any `[[sharded_tables]]` entry added, removed or changed.
+    /// Any `[[sharded_tables]]` or `[[reference_tables]]` entry, or a
+    /// `[general]` sharding key, added, removed or changed.
     pub sharded_tables_changed: bool,
     /// `[auth_query]` or `[jit]` added, removed or changed.
     pub login_checks_changed: bool,
@@ -105,7 +106,9 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     let mut d = ConfigDiff {
         general: general_changes(&old.general, &new.general),
         jwt_changed: old.jwt != new.jwt,
-        sharded_tables_changed: old.sharded_tables != new.sharded_tables,
+        sharded_tables_changed: old.sharded_tables != new.sharded_tables
+            || old.reference_tables != new.reference_tables
+            || old.sharding != new.sharding,
         login_checks_changed: old.auth_query != new.auth_query || old.jit != new.jit,
         ..ConfigDiff::default()
     };

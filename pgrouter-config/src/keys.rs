@@ -8,6 +8,7 @@ pub(crate) const ROUTER_TOP: &[&str] = &[
     "sharded_tables",
     "auth_query",
     "jit",
+    "reference_tables",
 ];
 
 pub(crate) const USERS_TOP: &[&str] = &["users"];
@@ -52,6 +53,10 @@ pub(crate) const GENERAL: &[&str] = &[
     "max_user_connections",
     "max_replica_lag_ms",
     "read_your_writes",
+    // Sharding (read in sharding.rs).
+    "cross_shard",
+    "two_phase_commit",
+    "coordinator_database",
 ];
 
 pub(crate) const JWT: &[&str] = &[
@@ -77,7 +82,7 @@ pub(crate) const JWT: &[&str] = &[
 
 pub(crate) const DATABASES: &[&str] = &["name", "host", "port", "database_name", "role", "shard"];
 
-pub(crate) const SHARDED_TABLES: &[&str] = &["database", "name", "column", "data_type"];
+pub(crate) const SHARDED_TABLES: &[&str] = crate::sharding::SHARDED_TABLES;
 
 pub(crate) const USERS: &[&str] = &[
     "name",

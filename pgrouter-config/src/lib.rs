@@ -33,6 +33,7 @@ mod model;
 mod problem;
 mod reader;
 mod router;
+mod sharding;
 mod suggest;
 mod users;
 mod validate;
@@ -43,6 +44,7 @@ pub use diff::{diff, ConfigDiff, UserChange, UserKey, POOL_SETTING_KEYS, RESTART
 pub use login_checks::{AuthQuery, Jit, DEFAULT_AUTH_QUERY};
 pub use model::*;
 pub use problem::Problem;
+pub use sharding::shard_count_changes;
 
 /// Reads and validates both files. A file that cannot be read is a [`Problem`]
 /// with line 0; the other file is still checked on its own.
@@ -130,6 +132,8 @@ fn check(
             jwt: r.jwt,
             databases: r.databases,
             sharded_tables: r.sharded_tables,
+            reference_tables: r.reference_tables,
+            sharding: r.sharding,
             users: u.users,
             auth_query: r.auth_query,
             jit: r.jit,

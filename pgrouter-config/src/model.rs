@@ -140,12 +140,74 @@ string_enum!(
 string_enum!(
     /// PostgreSQL type of a shard key column; decides the hash function.
     ShardKeyType {
-        Bigint = "bigint",
+        Smallint = "smallint",
         Integer = "integer",
+        Bigint = "bigint",
         Text = "text",
+        Varchar = "varchar",
         Uuid = "uuid",
     }
 );
+
+string_enum!(
+    /// How a sharded table's key value picks its shard.
+    ShardMapping {
+        /// PostgreSQL's `PARTITION BY HASH` with modulus = number of shards.
+        Hash = "hash",
+        /// `[[sharded_tables.rules]]` with `values`.
+        List = "list",
+        /// `[[sharded_tables.rules]]` with `from` (inclusive) / `to` (exclusive).
+        Range = "range",
+    }
+);
+
+string_enum!(
+    /// `[general] cross_shard`: what a statement needing several shards gets.
+    CrossShard {
+        /// Run it on every shard needed (where the router can answer exactly).
+        Allow = "allow",
+        /// Refuse it with 0A000.
+        Refuse = "refuse",
+    }
+);
+
+impl ShardKeyType {
+    /// smallint, integer or bigint.
+    pub fn is_integer(self) -> bool {
+        matches!(self, Self::Smallint | Self::Integer | Self::Bigint)
+    }
+
+    /// Whether an integer is a value of this (integer) type; true for the others.
+    pub fn fits(self, v: i64) -> bool {
+        match self {
+            Self::Smallint => i16::try_from(v).is_ok(),
+            Self::Integer => i32::try_from(v).is_ok(),
+            _ => true,
+        }
+    }
+
+    /// A light check of a configured key value (list rules): integers for the
+    /// integer types, 32 hex digits for uuid. The router reads values with
+    /// PostgreSQL's exact input rules; this catches typos at load time.
+    pub fn check_text(self, text: &str) -> Result<(), String> {
+        if self.is_integer() {
+            let v: i64 = text
+                .trim()
+                .parse()
+                .map_err(|_| format!("invalid input syntax for type {self}: \"{text}\""))?;
+            if !self.fits(v) {
+                return Err(format!("value \"{text}\" is out of range for type {self}"));
+            }
+        } else if self == Self::Uuid {
+            let t = text.trim_start_matches('{').trim_end_matches('}');
+            let hex: String = t.chars().filter(|c| *c != '-').collect();
+            if hex.len() != 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(format!("invalid input syntax for type uuid: \"{text}\""));
+            }
+        }
+        Ok(())
+    }
+}
 
 /// The whole configuration: `router.toml` + `users.toml`, defaults applied, validated.
 #[derive(Debug, Clone, PartialEq)]
@@ -156,6 +218,10 @@ pub struct Config {
     /// One entry per server, in file order. Entries sharing `name` form a logical database.
     pub databases: Vec<ServerEntry>,
     pub sharded_tables: Vec<ShardedTable>,
+    /// `[[reference_tables]]`: tables copied whole on every shard.
+    pub reference_tables: Vec<ReferenceTables>,
+    /// The `[general]` sharding keys.
+    pub sharding: Sharding,
     pub users: Vec<User>,
     /// `Some` when `[auth_query]` is present.
     pub auth_query: Option<crate::AuthQuery>,
@@ -381,9 +447,58 @@ pub struct ShardedTable {
     pub database: String,
     /// Table name; `None` = any table that has `column`.
     pub name: Option<String>,
+    /// Schema; `None` (`""` in the file) = the table in any schema.
+    pub schema: Option<String>,
     pub column: String,
     /// Defaults to `bigint`.
     pub data_type: ShardKeyType,
+    /// Defaults to `hash`.
+    pub mapping: ShardMapping,
+    /// list/range: the shard of a value no rule covers; `None` (-1) = refuse (22023).
+    pub default_shard: Option<u32>,
+    /// list/range rules, in order (the first match wins); empty for hash.
+    pub rules: Vec<ShardRule>,
+}
+
+/// One `[[sharded_tables.rules]]` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShardRule {
+    /// list: the key values (as text) that live on `shard`.
+    pub values: Vec<String>,
+    /// range: inclusive lower bound; `None` = unbounded.
+    pub from: Option<i64>,
+    /// range: exclusive upper bound; `None` = unbounded.
+    pub to: Option<i64>,
+    pub shard: u32,
+}
+
+/// One `[[reference_tables]]` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReferenceTables {
+    pub database: String,
+    /// Table names, optionally `schema.table`.
+    pub names: Vec<String>,
+}
+
+/// The `[general]` sharding keys (kept apart from [`General`], which is
+/// about pools and logins).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sharding {
+    pub cross_shard: CrossShard,
+    pub two_phase_commit: bool,
+    /// Database on shard 0's primary for the 2PC decision table; "" = that shard's `database_name`.
+    pub coordinator_database: String,
+}
+
+impl Default for Sharding {
+    /// SPEC §3 defaults.
+    fn default() -> Self {
+        Sharding {
+            cross_shard: CrossShard::Allow,
+            two_phase_commit: true,
+            coordinator_database: String::new(),
+        }
+    }
 }
 
 /// One `[[users]]` entry of users.toml.

@@ -16,6 +16,8 @@ pub(crate) struct RouterFile {
     pub jwt: Option<Jwt>,
     pub databases: Vec<ServerEntry>,
     pub sharded_tables: Vec<ShardedTable>,
+    pub reference_tables: Vec<ReferenceTables>,
+    pub sharding: Sharding,
     pub at: RouterLines,
     pub auth_query: Option<AuthQuery>,
     pub jit: Option<Jit>,
@@ -31,6 +33,10 @@ pub(crate) struct RouterLines {
     pub jwt_databases: usize,
     /// Per `sharded_tables` entry (same index): (entry line, `database` line).
     pub sharded_tables: Vec<(usize, usize)>,
+    /// Per `sharded_tables` entry: lines of its keys (see `sharding.rs`).
+    pub sharded: Vec<crate::sharding::ShardedLines>,
+    /// Per `reference_tables` entry: the line of its `database`.
+    pub reference_tables: Vec<usize>,
 }
 
 /// Parses router.toml; `None` when it is not valid TOML (the syntax error is
@@ -45,9 +51,13 @@ pub(crate) fn read(src: &mut Source, text: &str) -> Option<RouterFile> {
     root.check_unknown(src, keys::ROUTER_TOP, "router.toml");
     let mut at = RouterLines::default();
 
+    let mut sharding = Sharding::default();
     let general = match doc.get("general") {
         Some(item) => match table(src, item, root.line_of(src, "general"), "general") {
-            Some(sec) => general(src, &sec, &mut at),
+            Some(sec) => {
+                sharding = crate::sharding::general(src, &sec);
+                general(src, &sec, &mut at)
+            }
             None => General::default(),
         },
         None => General::default(),
@@ -75,9 +85,9 @@ pub(crate) fn read(src: &mut Source, text: &str) -> Option<RouterFile> {
             root.line_of(src, "sharded_tables"),
             "sharded_tables",
         ) {
-            if let Some(t) = sharded_table(src, &sec) {
-                at.sharded_tables
-                    .push((sec.line, sec.line_of(src, "database")));
+            if let Some((t, lines)) = crate::sharding::sharded_table(src, &sec) {
+                at.sharded_tables.push((lines.entry, lines.database));
+                at.sharded.push(lines);
                 sharded_tables.push(t);
             }
         }
@@ -92,12 +102,24 @@ pub(crate) fn read(src: &mut Source, text: &str) -> Option<RouterFile> {
         let sec = table(src, item, root.line_of(src, "jit"), "jit")?;
         Some(read_jit(src, &sec, &mut login_checks_at))
     });
+    let mut reference_tables = Vec::new();
+    if let Some(item) = doc.get("reference_tables") {
+        let line = root.line_of(src, "reference_tables");
+        for sec in entries(src, item, line, "reference_tables") {
+            if let Some((r, line)) = crate::sharding::reference_tables(src, &sec) {
+                at.reference_tables.push(line);
+                reference_tables.push(r);
+            }
+        }
+    }
 
     Some(RouterFile {
         general,
         jwt,
         databases,
         sharded_tables,
+        reference_tables,
+        sharding,
         at,
         auth_query,
         jit,
@@ -419,26 +441,6 @@ fn server(src: &mut Source, sec: &Section) -> Option<ServerEntry> {
         role: role.unwrap_or(ServerRole::Primary),
         shard: shard.unwrap_or(0),
         line: sec.line,
-    })
-}
-
-/// One `[[sharded_tables]]` entry; `None` when `database` is unusable.
-fn sharded_table(src: &mut Source, sec: &Section) -> Option<ShardedTable> {
-    sec.check_unknown(src, keys::SHARDED_TABLES, "[[sharded_tables]]");
-    let database = required(src, sec, "database");
-    let name = sec.non_empty_string(src, "name");
-    let column = required(src, sec, "column");
-    let data_type = sec.choice(
-        src,
-        "data_type",
-        ShardKeyType::NAMES,
-        ShardKeyType::from_name,
-    );
-    Some(ShardedTable {
-        database: database?,
-        name,
-        column: column.unwrap_or_default(),
-        data_type: data_type.unwrap_or(ShardKeyType::Bigint),
     })
 }
 

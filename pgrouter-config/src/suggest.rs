@@ -16,6 +16,10 @@ pub(crate) const TABLES: &[(&str, &[&str])] = &[
         crate::login_checks::AUTH_QUERY_KEYS,
     ),
     ("[jit] in router.toml", crate::login_checks::JIT_KEYS),
+    (
+        "[[reference_tables]] in router.toml",
+        crate::sharding::REFERENCE_TABLES,
+    ),
     ("[[users]] in users.toml", crate::keys::USERS),
     ("router.toml (top level)", crate::keys::ROUTER_TOP),
     ("users.toml (top level)", crate::keys::USERS_TOP),

@@ -45,6 +45,7 @@ pub(crate) fn router(src: &mut Source, r: &RouterFile) {
         let same = r.sharded_tables[..i].iter().position(|o| {
             o.database == t.database
                 && o.name == t.name
+                && o.schema == t.schema
                 && (t.name.is_some() || o.column == t.column)
         });
         if let Some(j) = same {
@@ -62,6 +63,29 @@ pub(crate) fn router(src: &mut Source, r: &RouterFile) {
             src.report(entry_line, "sharded_tables.name", msg);
         }
     }
+    for (i, refs) in r.reference_tables.iter().enumerate() {
+        if !names.contains(&refs.database.as_str()) {
+            let line = r.at.reference_tables.get(i).copied().unwrap_or_default();
+            src.report(
+                line,
+                "reference_tables.database",
+                unknown_database(&refs.database, &names),
+            );
+        }
+    }
+    let tables: Vec<_> = r
+        .sharded_tables
+        .iter()
+        .cloned()
+        .zip(r.at.sharded.iter().cloned())
+        .collect();
+    let refs: Vec<_> = r
+        .reference_tables
+        .iter()
+        .cloned()
+        .zip(r.at.reference_tables.iter().copied())
+        .collect();
+    crate::sharding::check(src, &r.databases, &tables, &refs);
     if let Some(jwt) = &r.jwt {
         for db in &jwt.databases {
             if !names.contains(&db.as_str()) {

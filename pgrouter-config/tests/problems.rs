@@ -262,7 +262,7 @@ data_type = "int8"
         R,
         12,
         "sharded_tables.data_type",
-        "\"bigint\", \"integer\", \"text\", \"uuid\"",
+        "\"smallint\", \"integer\", \"bigint\", \"text\", \"varchar\", \"uuid\"",
     );
     has(
         &ps,

@@ -203,14 +203,22 @@ fn full_files_every_key() {
             ShardedTable {
                 database: "app".into(),
                 name: Some("orders".into()),
+                schema: None,
                 column: "customer_id".into(),
                 data_type: ShardKeyType::Integer,
+                mapping: ShardMapping::Hash,
+                default_shard: None,
+                rules: vec![],
             },
             ShardedTable {
                 database: "app".into(),
                 name: None,
+                schema: None,
                 column: "tenant".into(),
                 data_type: ShardKeyType::Uuid,
+                mapping: ShardMapping::Hash,
+                default_shard: None,
+                rules: vec![],
             },
         ]
     );

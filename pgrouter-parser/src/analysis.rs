@@ -47,6 +47,14 @@ pub struct Analysis {
     /// Session-scoped state the string creates or ends that the router
     /// cannot carry to another server connection (see `session_state`).
     pub session_state: crate::SessionStateChange,
+    /// Where each statement's shard keys are (see [`crate::shard`]), one
+    /// entry per statement. Empty when the text was not fully analysed
+    /// (a parse error, or too deeply nested): then no key can be found.
+    pub keys: Vec<crate::shard::StatementKeys>,
+    /// `EXPLAIN (ROUTE) statement`, which the router answers itself (PostgreSQL
+    /// has no such option): `Some(w)`, where `w` says the explained
+    /// statement is a write.
+    pub explain_route: Option<bool>,
 }
 
 /// A session-level `set_config` call whose effect is known from the text.

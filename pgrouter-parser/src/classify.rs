@@ -22,6 +22,7 @@ pub fn analyze(sql: &str, write_functions: &[String]) -> Analysis {
         Parsed::Tree(result) => {
             let mut a = Analysis::default();
             add_tree(&result.protobuf.stmts, write_functions, &mut a);
+            add_keys(&result.protobuf.stmts, sql, &mut a);
             a
         }
         Parsed::TooDeep => fallback::too_deep(sql, write_functions),
@@ -71,6 +72,21 @@ pub(crate) fn add_tree(stmts: &[RawStmt], write_functions: &[String], a: &mut An
         let info = statement(node, write_functions, a);
         a.is_write |= info.is_write;
         a.statements.push(info);
+    }
+}
+
+/// Finds where each statement's shard keys are (see [`crate::shard`]).
+/// The literals are located only when some statement names a table.
+fn add_keys(stmts: &[RawStmt], sql: &str, a: &mut Analysis) {
+    let starts = if a.tables.is_empty() { Vec::new() } else { crate::shard::literal_starts(sql) };
+    for raw in stmts {
+        let Some(node) = raw.stmt.as_ref().and_then(|s| s.node.as_ref()) else {
+            continue;
+        };
+        let (keys, sensitive) =
+            if a.tables.is_empty() { Default::default() } else { crate::shard::statement_keys(node, sql, &starts) };
+        a.literal_sensitive |= sensitive;
+        a.keys.push(keys);
     }
 }
 
@@ -133,6 +149,18 @@ fn statement(node: &N, write_functions: &[String], a: &mut Analysis) -> Statemen
             // analysis cannot see: count it as a write.
             let executes = matches!(e.query.as_ref().and_then(|q| q.node.as_ref()), Some(N::ExecuteStmt(_)));
             let inner = look(a).writes() || executes;
+            let route = e
+                .options
+                .iter()
+                .any(|o| matches!(&o.node, Some(N::DefElem(d)) if d.defname.eq_ignore_ascii_case("route")));
+            if route {
+                let inner_kind_writes = match e.query.as_ref().and_then(|q| q.node.as_ref()) {
+                    Some(N::SelectStmt(_)) => inner,
+                    Some(_) => true,
+                    None => inner,
+                };
+                a.explain_route = Some(inner_kind_writes);
+            }
             (StatementKind::Explain { analyze }, analyze && inner)
         }
         N::CopyStmt(c) => {

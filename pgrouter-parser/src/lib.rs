@@ -53,6 +53,9 @@ mod normalize_fast;
 mod session_state;
 mod set;
 mod set_config;
+// Field and variant names of the sharding facts say what they are; the types carry the docs.
+#[allow(missing_docs)]
+pub mod shard;
 mod template;
 mod walk;
 

@@ -45,6 +45,11 @@ async fn try_reload(state: &Arc<State>) -> Result<String, String> {
             .join("\n")
     })?;
     let old = state.rt();
+    let refused = pgrouter_config::shard_count_changes(&old.config, &new);
+    if !refused.is_empty() {
+        let lines: Vec<String> = refused.iter().map(|p| p.to_string()).collect();
+        return Err(lines.join("\n"));
+    }
     let changes = diff(&old.config, &new);
     if changes.is_empty() && !tls_files_present(&new) {
         return Ok("no changes".into());
@@ -87,7 +92,9 @@ async fn try_reload(state: &Arc<State>) -> Result<String, String> {
         .map_err(|e| format!("server TLS: {e}"))?;
     }
     let cluster = Cluster::build(&new, Some(&old.cluster), &state.metrics);
+    let shard_maps = crate::router::ShardMaps::build(&new);
     let candidate = Runtime {
+        shard_maps,
         config: Arc::new(new),
         cluster,
         jwt,

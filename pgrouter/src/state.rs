@@ -33,6 +33,8 @@ pub struct Runtime {
     pub cache: Arc<AnalysisCache>,
     /// Increases with every successful reload.
     pub generation: u64,
+    /// Each sharded logical database's tables and placements.
+    pub shard_maps: crate::router::ShardMaps,
 }
 
 pub struct State {
@@ -81,7 +83,9 @@ impl State {
         let jit = jit_client(&config);
         let router_path = config.router_path.clone();
         let users_path = config.users_path.clone();
+        let shard_maps = crate::router::ShardMaps::build(&config);
         let runtime = Runtime {
+            shard_maps,
             config: Arc::new(config),
             cluster,
             jit,

@@ -20,6 +20,9 @@ impl Session {
     /// must not touch the shared server's statements).
     pub(super) fn try_answer_locally(&mut self, len: usize) -> Result<bool, SessionEnd> {
         if self.cbuf.first() == Some(&b'P') {
+            if self.try_answer_explain_route_batch()? {
+                return Ok(true);
+            }
             return self.try_answer_batch_locally();
         }
         if self.cbuf.first() != Some(&b'Q') {
@@ -29,6 +32,10 @@ impl Session {
         let [statement] = analysis.statements.as_slice() else {
             return Ok(false);
         };
+        if let Some(writes) = analysis.explain_route {
+            self.answer_explain_route(len, &analysis, writes);
+            return Ok(true);
+        }
         let jwt = self.policy.jwt.is_some();
         // Session mode: the client's statements live on its own server
         // connection, where DEALLOCATE must really run.

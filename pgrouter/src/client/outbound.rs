@@ -118,8 +118,13 @@ impl Session {
                 }
                 self.refresh_runtime()?;
                 self.wait_while_paused().await?;
-                let Some(route) = self.route_arrived_batch(tag) else {
-                    break; // route the batch once its Sync (or Flush) is here
+                let route = match self.route_arrived_batch(tag) {
+                    None => break, // route the batch once its Sync (or Flush) is here
+                    Some(Ok(route)) => route,
+                    Some(Err(refusal)) => {
+                        self.refuse(tag, frame.total_len, refusal);
+                        continue;
+                    }
                 };
                 if let Err(e) = self.attach(route, &[]).await {
                     self.cbuf.advance(frame.total_len);
@@ -294,6 +299,7 @@ impl Session {
         self.resync_params = false;
         self.unnamed_here = false;
         self.batch_start = true;
+        self.executed_unsynced = false;
         Ok(())
     }
 
@@ -503,6 +509,7 @@ impl Session {
             }
             b'E' => {
                 self.unsynced = true;
+                self.executed_unsynced = true;
                 if let Some(a) = self.last_bound.take() {
                     self.track_session_changes(&a);
                     self.note_session_state(&a);
@@ -514,6 +521,7 @@ impl Session {
             }
             b'S' => {
                 self.unsynced = false;
+                self.executed_unsynced = false;
                 self.batch_start = true;
                 self.to_server.extend_from_slice(msg);
                 self.expect.forward(Reply::Sync);

@@ -25,7 +25,7 @@ impl Session {
         len: usize,
     ) -> Result<Result<(), Refusal>, SessionEnd> {
         if self.policy.jwt.is_none() && !self.policy.read_only && !self.refuse_session_state {
-            return Ok(Ok(()));
+            return Ok(self.held_shard_refusal(tag, len).map_or(Ok(()), Err));
         }
         self.check_policy_now(tag, len)
     }
@@ -33,24 +33,26 @@ impl Session {
     fn check_policy_now(&self, tag: u8, len: usize) -> Result<Result<(), Refusal>, SessionEnd> {
         let body = self.cbuf.get(5..len).unwrap_or(&[]);
         let analysis = match tag {
-            b'Q' => self.query_analysis(self.analyze_query(body)?),
-            b'P' => self.analyze_parse(body)?,
-            _ => return Ok(Ok(())),
+            b'Q' => Some(self.query_analysis(self.analyze_query(body)?)),
+            b'P' => Some(self.analyze_parse(body)?),
+            _ => None,
         };
-        if let Err(refusal) = self.policy.check(&analysis) {
+        if let Some(Err(refusal)) = analysis.as_ref().map(|a| self.policy.check(a)) {
             return Ok(Err(refusal));
         }
-        if self.refuse_session_state && !analysis.session_state.creates.is_empty() {
-            let kinds: Vec<&str> = analysis.session_state.creates.names().collect();
-            return Ok(Err(Refusal {
-                sqlstate: "0A000",
-                message: format!(
-                    "pgrouter: session state ({}) is not supported in transaction pooling mode (session_state = \"refuse\")",
-                    kinds.join(", ")
-                ),
-            }));
+        if let Some(a) = analysis.as_ref() {
+            if self.refuse_session_state && !a.session_state.creates.is_empty() {
+                let kinds: Vec<&str> = a.session_state.creates.names().collect();
+                return Ok(Err(Refusal {
+                    sqlstate: "0A000",
+                    message: format!(
+                        "pgrouter: session state ({}) is not supported in transaction pooling mode (session_state = \"refuse\")",
+                        kinds.join(", ")
+                    ),
+                }));
+            }
         }
-        Ok(Ok(()))
+        Ok(self.held_shard_refusal(tag, len).map_or(Ok(()), Err))
     }
 
     /// A refused statement never reaches a server as written. With no

@@ -9,9 +9,9 @@ use pgrouter_config::PoolMode;
 use pgrouter_parser::{Analysis, StatementKind};
 
 use super::session::Session;
-use crate::protocol::frontend::parse_bind_names;
+use crate::protocol::frontend::{parse_bind_names, parse_parse};
 use crate::protocol::next_frame;
-use crate::router::{self, Role, Route, SessionRouting};
+use crate::router::{self, Refusal, Role, Route, SessionRouting, ShardChoice};
 
 /// How much of an unfinished extended batch is buffered before routing it
 /// anyway.
@@ -37,7 +37,7 @@ impl Session {
     }
 
     /// The session's routing settings, recomputed only when its parameters change.
-    fn session_routing(&self) -> SessionRouting {
+    pub(super) fn session_routing(&self) -> SessionRouting {
         let (version, cached) = self.routing_cache.get();
         if version == self.params.version() {
             return cached;
@@ -50,28 +50,28 @@ impl Session {
     /// Routes the unit of work at the front of the buffer. An extended batch
     /// runs as one implicit transaction up to its Sync, so it goes to the
     /// primary if any statement in it (as far as it has arrived) needs to.
-    fn route_next_batch(&self) -> Route {
+    fn route_next_batch(&self) -> Result<Route, Refusal> {
         self.route_batch().0
     }
 
     /// The route of the batch at the front of the buffer once it has
     /// arrived (see [`Self::batch_has_arrived`]): one scan of the buffer
     /// usually answers both.
-    pub(super) fn route_arrived_batch(&self, tag: u8) -> Option<Route> {
+    pub(super) fn route_arrived_batch(&self, tag: u8) -> Option<Result<Route, Refusal>> {
         let (route, ended) = self.route_batch();
         (ended || self.batch_has_arrived(tag)).then_some(route)
     }
 
     /// The route, and whether the scan saw the batch's Sync or a Flush.
-    fn route_batch(&self) -> (Route, bool) {
+    fn route_batch(&self) -> (Result<Route, Refusal>, bool) {
         let (mut route, ended) = self.route_by_statements();
-        if self.policy.read_only {
+        if let (Ok(route), true) = (&mut route, self.policy.read_only) {
             route.role = Role::Replica;
         }
         (route, ended)
     }
 
-    fn route_by_statements(&self) -> (Route, bool) {
+    fn route_by_statements(&self) -> (Result<Route, Refusal>, bool) {
         let session = self.session_routing();
         if self.mode == PoolMode::Session {
             let role = match session.role_override {
@@ -83,41 +83,61 @@ impl Session {
                 shard: session.shard_override.unwrap_or(0) as usize,
                 role,
             };
-            return (route, false);
+            return (Ok(route), false);
         }
         let mut ended = false;
         let mut route: Option<Route> = None;
         let mut unnamed = self.unnamed.clone();
+        let mut keyed = KeyedShard::default();
+        let mut unnamed_parse: Option<(&str, Vec<i32>)> = None;
         let mut at = 0;
         while let Ok(Some(frame)) = next_frame(self.cbuf.get(at..).unwrap_or(&[]), self.max_message)
         {
             let body = frame.body(&self.cbuf[at..]);
             at += frame.total_len;
             let analysis = match frame.tag {
-                b'Q' => self
-                    .analyze_query(body)
-                    .ok()
-                    .map(|a| self.query_analysis(a)),
-                b'P' => self.analyze_parse(body).ok().inspect(|a| {
-                    if body.first() == Some(&0) {
-                        unnamed = Some(a.clone()); // the unnamed statement
-                    }
+                b'Q' => self.analyze_query(body).ok().map(|a| {
+                    keyed.add(self.plan_query(&a, body))?;
+                    Ok(self.query_analysis(a))
                 }),
-                b'B' => parse_bind_names(body)
+                b'P' => self
+                    .analyze_parse(body)
                     .ok()
-                    .and_then(|b| self.statement_analysis(b.statement, &unnamed)),
+                    .inspect(|a| {
+                        if body.first() == Some(&0) {
+                            unnamed = Some(a.clone()); // the unnamed statement
+                                                       // Its text and types, for the Bind's keys (sharded databases only).
+                            if self.rt.shard_maps.get(&self.database).is_some() {
+                                unnamed_parse =
+                                    parse_parse(body).ok().map(|p| (p.sql, p.param_types));
+                            }
+                        }
+                    })
+                    .map(Ok),
+                b'B' => parse_bind_names(body).ok().and_then(|b| {
+                    let a = self.statement_analysis(b.statement, &unnamed)?;
+                    if let Err(refusal) = keyed.add(self.plan_bind(&a, &b, &unnamed_parse)) {
+                        return Some(Err(refusal));
+                    }
+                    Some(Ok(a))
+                }),
                 b'F' => {
                     let route = Route {
                         shard: 0,
                         role: Role::Primary,
                     };
-                    return (route, false);
+                    return (Ok(route), false);
                 }
                 b'S' | b'H' => {
                     ended = true;
                     None
                 }
                 _ => None,
+            };
+            let analysis = match analysis {
+                Some(Err(refusal)) => return (Err(refusal), true),
+                Some(Ok(a)) => Some(a),
+                None => None,
             };
             if let Some(a) = analysis {
                 let r = router::route(&a, &session);
@@ -134,11 +154,14 @@ impl Session {
                 break;
             }
         }
-        let route = route.unwrap_or(Route {
+        let mut route = route.unwrap_or(Route {
             shard: session.shard_override.unwrap_or(0) as usize,
             role: Role::Primary,
         });
-        (route, ended)
+        if let Some(choice) = keyed.choice {
+            route.shard = choice.shard;
+        }
+        (Ok(route), ended)
     }
 
     /// The analysis that decides a simple query's route: for a lone
@@ -154,7 +177,7 @@ impl Session {
         analysis
     }
 
-    fn statement_analysis(
+    pub(super) fn statement_analysis(
         &self,
         name: &str,
         unnamed: &Option<Arc<Analysis>>,
@@ -169,22 +192,85 @@ impl Session {
     /// A server is held but not inside a transaction (its last answers are
     /// still coming): a new unit of work that needs the primary, or another
     /// shard, must wait for it to be released.
-    pub(super) fn needs_other_server(&self, tag: u8) -> bool {
+    pub(super) fn needs_other_server(&mut self, tag: u8) -> bool {
         let Some(held) = &self.server else {
             return false;
         };
         if self.mode == PoolMode::Session
             || self.pins.is_pinned()
             || self.in_tx
-            || self.unsynced
             || held.conn.tx_status != b'I'
         {
             return false;
         }
+        if self.unsynced {
+            return tag == b'B' && self.bind_moves_batch();
+        }
         if !matches!(tag, b'Q' | b'P' | b'B' | b'F') {
             return false;
         }
-        let route = self.route_next_batch();
+        // A refusal is answered once the held server is released.
+        let Ok(route) = self.route_next_batch() else {
+            return true;
+        };
         route.shard != held.shard || (route.role == Role::Primary && !held.is_primary)
+    }
+}
+
+impl Session {
+    /// A batch that so far only prepared and described (asyncpg sends
+    /// Parse, Describe, Flush, and its Bind later) was routed without
+    /// knowing its keys. When its Bind needs another shard, it is closed
+    /// with a Sync of the router's own (nothing ran in it), the server is
+    /// released, and the Bind starts a batch of its own on the right shard
+    /// (the statement is prepared there on demand).
+    fn bind_moves_batch(&mut self) -> bool {
+        if self.executed_unsynced
+            || !self.expect.is_empty()
+            || self.rt.shard_maps.get(&self.database).is_none()
+        {
+            return false;
+        }
+        let Some(held) = &self.server else {
+            return false;
+        };
+        let moves = match self.route_next_batch() {
+            Ok(route) => {
+                route.shard != held.shard || (route.role == Role::Primary && !held.is_primary)
+            }
+            Err(_) => true, // the refusal is answered once the server is released
+        };
+        if moves {
+            crate::protocol::frontend::sync(&mut self.to_server);
+            self.expect.swallow(super::expect::Reply::Sync);
+            self.unsynced = false;
+        }
+        moves
+    }
+}
+
+/// The one shard the statements of a batch need by their keys.
+#[derive(Default)]
+struct KeyedShard {
+    choice: Option<ShardChoice>,
+}
+
+impl KeyedShard {
+    fn add(&mut self, planned: Result<Option<ShardChoice>, Refusal>) -> Result<(), Refusal> {
+        let Some(next) = planned? else { return Ok(()) };
+        match &self.choice {
+            Some(first) if first.shard != next.shard => Err(Refusal {
+                sqlstate: "0A000",
+                message: format!(
+                    "pgrouter: statements of one batch need shards {} and {}; statements on several shards \
+                     are not supported yet; HINT: send them separately",
+                    first.shard, next.shard
+                ),
+            }),
+            _ => {
+                self.choice = Some(next);
+                Ok(())
+            }
+        }
     }
 }

@@ -118,6 +118,9 @@ pub struct Session {
     pub(super) expect: Expectations,
     /// An extended-protocol message was sent since the last Sync.
     pub(super) unsynced: bool,
+    /// An Execute was sent since the last Sync (a batch that only prepared
+    /// and described may still move to another shard at its Bind).
+    pub(super) executed_unsynced: bool,
     /// A transaction block is open, as predicted from the statements sent
     /// (ReadyForQuery confirms it later).
     pub(super) in_tx: bool,
@@ -222,6 +225,7 @@ impl Session {
             server: None,
             expect: Expectations::default(),
             unsynced: false,
+            executed_unsynced: false,
             in_tx: false,
             copy_in: false,
             sets: SetTracker::default(),

@@ -2,9 +2,16 @@
 //! function of the statement's [`Analysis`] and the session's routing state,
 //! so it can be tested as a table of statements and expected routes.
 
+mod bind;
 mod policy;
+mod shard_map;
+mod shard_plan;
+mod shard_values;
 
+pub use bind::BindParams;
 pub use policy::{JwtIdentity, Policy, Refusal};
+pub use shard_map::{ShardMap, ShardMaps};
+pub use shard_plan::{plan as plan_shard, ShardChoice, Values, UNREADABLE_LITERAL};
 
 use pgrouter_parser::{Analysis, ResetTarget, RoleHint, StatementKind, TxEffect};
 
@@ -142,6 +149,9 @@ pub fn transaction_effect(analysis: &Analysis) -> Option<bool> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod shard_tests;
 
 /// Statements PostgreSQL refuses inside a transaction block or a pipeline.
 pub fn runs_outside_transactions(analysis: &Analysis, sql: &str) -> bool {

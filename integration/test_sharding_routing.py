@@ -1,0 +1,414 @@
+"""Routing by shard key (SPEC §5 "Sharding", issue 17, first half) against
+three real PostgreSQL primaries: the session cluster's primary is shard 0,
+two PostgreSQL servers of this module's own are shards 1 and 2.
+
+Rows must land where PostgreSQL's own PARTITION BY HASH puts them (checked
+with satisfies_hash_partition() on every shard), point statements must run
+on exactly the shard their key names — simple and extended protocol, text
+and binary parameters, asyncpg prepared statements — and everything that
+would need several shards is refused with 0A000 rather than answered from
+one shard."""
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+import pytest
+
+from harness.clients import aconnect, connect, run_async, sqlstate
+from harness.pg import APP_DB, PgCluster
+
+PORT = "inet_server_port()"
+
+TABLES = """
+DROP TABLE IF EXISTS sh_orders, sh_users, sh_devices, sh_regions, sh_countries, sh_items;
+CREATE TABLE sh_orders (customer_id bigint, note text);
+CREATE TABLE sh_items (customer_id bigint, item text);
+CREATE TABLE sh_users (name text, age int);
+CREATE TABLE sh_devices (id uuid, label text);
+CREATE TABLE sh_regions (region varchar, v int);
+CREATE TABLE sh_countries (code text);
+GRANT ALL ON sh_orders, sh_users, sh_devices, sh_regions, sh_countries, sh_items TO app;
+-- Ground truth for placement: PostgreSQL's own hash partitioning.
+DROP TABLE IF EXISTS sh_hp_int8, sh_hp_text, sh_hp_uuid;
+CREATE TABLE sh_hp_int8 (k bigint) PARTITION BY HASH (k);
+CREATE TABLE sh_hp_text (k text) PARTITION BY HASH (k);
+CREATE TABLE sh_hp_uuid (k uuid) PARTITION BY HASH (k);
+"""
+
+
+@pytest.fixture(scope="module")
+def shards(cluster):
+    with PgCluster(with_replica=False, prefix="pgrouter-shard1-") as s1, \
+            PgCluster(with_replica=False, prefix="pgrouter-shard2-") as s2:
+        servers = [cluster.primary, s1.primary, s2.primary]
+        for s in servers:
+            with s.connect(APP_DB) as conn:
+                conn.execute(TABLES)
+        yield servers
+        with cluster.primary.connect(APP_DB) as conn:
+            conn.execute("DROP TABLE IF EXISTS sh_orders, sh_users, sh_devices, sh_regions, sh_countries, "
+                         "sh_items, sh_hp_int8, sh_hp_text, sh_hp_uuid")
+
+
+SHARDED = [
+    {"database": "app", "name": "sh_orders", "column": "customer_id", "data_type": "bigint"},
+    {"database": "app", "name": "sh_items", "column": "customer_id", "data_type": "bigint"},
+    {"database": "app", "name": "sh_users", "column": "name", "data_type": "text"},
+    {"database": "app", "name": "sh_devices", "column": "id", "data_type": "uuid"},
+    {"database": "app", "name": "sh_regions", "column": "region", "data_type": "varchar", "mapping": "list",
+     "rules": [{"values": ["eu", "uk"], "shard": 1}, {"values": ["us"], "shard": 2}]},
+]
+
+
+def start_router(routers, shards, general=None):
+    dbs = [{"name": "app", "host": "127.0.0.1", "port": s.port, "database_name": "app", "role": "primary",
+            "shard": i} for i, s in enumerate(shards)]
+    return routers.start(databases=dbs, general=general or {}, sharded_tables=SHARDED,
+                         reference_tables=[{"database": "app", "names": ["sh_countries"]}])
+
+
+@pytest.fixture
+def srouter(routers, shards):
+    r = start_router(routers, shards)
+    yield r
+    for s in shards:
+        with s.connect(APP_DB) as conn:
+            conn.execute("TRUNCATE sh_orders, sh_users, sh_devices, sh_regions, sh_countries, sh_items")
+
+
+def hash_shard(server, table: str, n: int, value) -> int:
+    """The remainder PostgreSQL's hash partitioning gives `value` among n."""
+    cast = {"sh_hp_int8": "bigint", "sh_hp_text": "text", "sh_hp_uuid": "uuid"}[table]
+    with server.connect(APP_DB) as conn:
+        for r in range(n):
+            if conn.execute(f"SELECT satisfies_hash_partition('{table}'::regclass, %s, %s, %s::{cast})",
+                            (n, r, value)).fetchone()[0]:
+                return r
+    raise AssertionError("no remainder")
+
+
+def port_of(shards, i):
+    return shards[i].port
+
+
+def refused(conn, sql, params=None, code="0A000"):
+    with pytest.raises(psycopg.Error) as err:
+        conn.execute(sql, params)
+    assert sqlstate(err.value) == code, str(err.value)
+    return str(err.value)
+
+
+def test_rows_land_where_postgresql_hash_puts_them(srouter, shards):
+    with connect(srouter.dsn()) as conn:
+        for k in range(1, 61):
+            conn.execute(f"INSERT INTO sh_orders (customer_id, note) VALUES ({k}, 'n{k}')")
+        for name in ["a", "b", "c", "d", "e", "f", "", "grüße", "日本"]:
+            conn.execute("INSERT INTO sh_users (name, age) VALUES (%s, 1)", (name,))
+        for _ in range(30):
+            conn.execute("INSERT INTO sh_devices (id, label) VALUES (%s, 'x')", (uuid.uuid4(),))
+    counts = []
+    for i, s in enumerate(shards):
+        with s.connect(APP_DB) as conn:
+            for table, hp, col in [("sh_orders", "sh_hp_int8", "customer_id"), ("sh_users", "sh_hp_text", "name"),
+                                   ("sh_devices", "sh_hp_uuid", "id")]:
+                bad = conn.execute(f"SELECT count(*) FROM {table} WHERE NOT satisfies_hash_partition("
+                                   f"'{hp}'::regclass, 3, {i}, {col})").fetchone()[0]
+                assert bad == 0, f"{table} rows on shard {i} that PostgreSQL would place elsewhere"
+            counts.append(conn.execute("SELECT count(*) FROM sh_orders").fetchone()[0])
+    assert sum(counts) == 60 and all(c > 0 for c in counts), counts  # really spread
+
+
+def test_point_statements_run_on_the_keys_shard(srouter, shards):
+    with connect(srouter.dsn()) as conn:
+        for k in [1, 2, 3, 7, 100, -5]:
+            want = port_of(shards, hash_shard(shards[0], "sh_hp_int8", 3, k))
+            conn.execute(f"INSERT INTO sh_orders (customer_id, note) VALUES ({k}, 'p')")
+            got = conn.execute(f"SELECT {PORT}, note FROM public.sh_orders WHERE customer_id = {k}").fetchall()
+            assert got == [(want, "p")]
+            # Key on the right, alias, AND with other terms, IN of one shard.
+            assert conn.execute(f"SELECT {PORT} FROM sh_orders x WHERE note = 'p' AND {k} = x.customer_id"
+                                ).fetchone()[0] == want
+            assert conn.execute(f"SELECT {PORT} FROM sh_orders WHERE customer_id IN ({k}, {k})").fetchone()[0] \
+                == want
+            assert conn.execute(f"UPDATE sh_orders SET note = 'u' WHERE customer_id = {k} RETURNING {PORT}"
+                                ).fetchone()[0] == want
+            assert conn.execute(f"DELETE FROM sh_orders WHERE customer_id = {k} RETURNING {PORT}"
+                                ).fetchone()[0] == want
+
+
+def test_extended_protocol_text_and_binary_parameters(srouter, shards):
+    with connect(srouter.dsn()) as conn:
+        for binary in (False, True):
+            for k in [4, 5, 6, 2**40]:
+                want = port_of(shards, hash_shard(shards[0], "sh_hp_int8", 3, k))
+                cur = conn.cursor(binary=binary)
+                cur.execute("INSERT INTO sh_orders (customer_id, note) VALUES (%s, %s)", (k, "e"))
+                cur.execute(f"SELECT {PORT} FROM sh_orders WHERE customer_id = %s", (k,))
+                assert cur.fetchone()[0] == want
+                # = ANY of an array parameter whose keys share one shard.
+                cur.execute(f"SELECT {PORT}, count(*) FROM sh_orders WHERE customer_id = ANY(%s) GROUP BY 1",
+                            ([k, k],))
+                assert cur.fetchall() == [(want, 1)]
+                cur.execute("DELETE FROM sh_orders WHERE customer_id = %s", (k,))
+            for name in ["a", "b", "zz"]:
+                want = port_of(shards, hash_shard(shards[0], "sh_hp_text", 3, name))
+                cur = conn.cursor(binary=binary)
+                cur.execute("INSERT INTO sh_users (name, age) VALUES (%s, 1)", (name,))
+                cur.execute(f"SELECT {PORT} FROM sh_users WHERE name = %s", (name,))
+                assert cur.fetchone()[0] == want
+            u = uuid.UUID("550e8400-e29b-41d4-a716-446655440000")
+            want = port_of(shards, hash_shard(shards[0], "sh_hp_uuid", 3, u))
+            cur = conn.cursor(binary=binary)
+            cur.execute("INSERT INTO sh_devices (id, label) VALUES (%s, 'd')", (u,))
+            cur.execute(f"SELECT {PORT} FROM sh_devices WHERE id = %s", (u,))
+            assert cur.fetchone()[0] == want
+
+
+def test_asyncpg_prepared_statements_route_by_each_execution(srouter, shards):
+    async def go():
+        conn = await aconnect(srouter)
+        try:
+            stmt = await conn.prepare(f"SELECT {PORT} FROM sh_orders WHERE customer_id = $1 OR $1 IS NULL LIMIT 1")
+            ins = await conn.prepare("INSERT INTO sh_orders (customer_id, note) VALUES ($1, $2)")
+            seen = {}
+            for k in range(1, 13):
+                await ins.fetch(k, "a")
+                seen[k] = await conn.fetchval(f"SELECT {PORT} FROM sh_orders WHERE customer_id = $1", k)
+            return seen
+        finally:
+            await conn.close()
+    seen = run_async(go())
+    for k, port in seen.items():
+        assert port == port_of(shards, hash_shard(shards[0], "sh_hp_int8", 3, k)), k
+    assert len(set(seen.values())) == 3
+
+
+def test_statements_needing_several_shards_are_refused(srouter, shards):
+    with connect(srouter.dsn()) as conn:
+        a, b = 1, 2
+        assert hash_shard(shards[0], "sh_hp_int8", 3, a) != hash_shard(shards[0], "sh_hp_int8", 3, b)
+        msg = refused(conn, "SELECT * FROM sh_orders")
+        assert "sh_orders" in msg and "add the shard key" in msg
+        refused(conn, "SELECT count(*) FROM sh_orders WHERE note = 'x'")
+        refused(conn, f"SELECT * FROM sh_orders WHERE customer_id IN ({a}, {b})")
+        refused(conn, f"SELECT * FROM sh_orders WHERE customer_id = {a} OR customer_id = {b}")
+        refused(conn, f"SELECT * FROM sh_orders WHERE customer_id = {a} OR note = 'x'")
+        refused(conn, "SELECT * FROM sh_orders WHERE customer_id = ANY(%s)", ([a, b],))
+        msg = refused(conn, f"INSERT INTO sh_orders (customer_id) VALUES ({a}), ({b})")
+        assert "cross-shard statements are not supported yet" in msg
+        refused(conn, "UPDATE sh_orders SET note = 'x'")
+        refused(conn, "DELETE FROM sh_orders")
+        refused(conn, f"UPDATE sh_orders SET customer_id = {b} WHERE customer_id = {a}")
+        refused(conn, "INSERT INTO sh_orders VALUES (1, 'no column list')")
+        refused(conn, "INSERT INTO sh_orders (note) VALUES ('no key')")
+        refused(conn, "INSERT INTO sh_orders (customer_id) SELECT 1")
+        refused(conn, "CREATE INDEX ON sh_orders (note)")
+        refused(conn, "TRUNCATE sh_orders")
+        refused(conn, "INSERT INTO sh_countries VALUES ('fr')")
+        refused(conn, f"SELECT (SELECT count(*) FROM sh_orders), {PORT}")
+        with pytest.raises(psycopg.Error) as err:
+            with conn.cursor().copy("COPY sh_orders FROM STDIN") as copy:
+                copy.write_row((1, "x"))
+        assert sqlstate(err.value) == "0A000"
+        # The session goes on, and a key-preserving UPDATE is fine.
+        conn.execute(f"INSERT INTO sh_orders (customer_id, note) VALUES ({a}, 'k')")
+        assert conn.execute(f"UPDATE sh_orders SET customer_id = {a}, note = 'm' WHERE customer_id = {a}"
+                            ).rowcount == 1
+
+
+def test_joins_and_reference_tables(srouter, shards):
+    with connect(srouter.dsn()) as conn:
+        k = 7
+        want = port_of(shards, hash_shard(shards[0], "sh_hp_int8", 3, k))
+        conn.execute(f"INSERT INTO sh_orders (customer_id, note) VALUES ({k}, 'o')")
+        conn.execute(f"INSERT INTO sh_items (customer_id, item) VALUES ({k}, 'i')")
+        row = conn.execute(f"SELECT o.note, i.item, {PORT} FROM sh_orders o JOIN sh_items i "
+                           f"ON i.customer_id = o.customer_id WHERE o.customer_id = {k}").fetchone()
+        assert row == ("o", "i", want)
+        # Joined but not on the key: both tables need their own key.
+        refused(conn, f"SELECT * FROM sh_orders o JOIN sh_items i ON i.item = o.note WHERE o.customer_id = {k}")
+        # Reference tables: reads go to one shard, alone or joined with a keyed table.
+        assert conn.execute("SELECT count(*) FROM sh_countries").fetchone()[0] == 0
+        assert conn.execute(f"SELECT {PORT} FROM sh_orders o, sh_countries c WHERE o.customer_id = {k} "
+                            f"UNION ALL SELECT {PORT} LIMIT 1").fetchone()[0] == want
+
+
+def test_bad_key_values_get_postgresqls_errors(srouter, shards):
+    with connect(srouter.dsn()) as conn:
+        msg = refused(conn, "SELECT * FROM sh_orders WHERE customer_id = 'x'", code="22P02")
+        assert 'invalid input syntax for type bigint: "x"' in msg
+        msg = refused(conn, "SELECT * FROM sh_orders WHERE customer_id = '9223372036854775808'", code="22003")
+        assert "out of range for type bigint" in msg
+        refused(conn, "SELECT * FROM sh_devices WHERE id = 'nope'", code="22P02")
+        refused(conn, "SELECT * FROM sh_orders WHERE customer_id = %s", ("y",), code="22P02")
+        msg = refused(conn, "INSERT INTO sh_regions (region, v) VALUES ('jp', 1)", code="22023")
+        assert "'jp'" in msg
+        conn.execute("INSERT INTO sh_regions (region, v) VALUES ('uk', 1), ('eu', 2)")
+        conn.execute("INSERT INTO sh_regions (region, v) VALUES ('us', 3)")
+        assert conn.execute(f"SELECT {PORT} FROM sh_regions WHERE region = 'uk'").fetchone()[0] == shards[1].port
+        assert conn.execute(f"SELECT {PORT} FROM sh_regions WHERE region = 'us'").fetchone()[0] == shards[2].port
+
+
+def test_hints_and_sharding_key_setting(srouter, shards):
+    with connect(srouter.dsn()) as conn:
+        assert conn.execute(f"/* pgrouter: shard=2 */ SELECT {PORT} FROM sh_orders LIMIT 1").fetchall() == []
+        assert conn.execute(f"/* pgrouter: shard=2 */ SELECT {PORT}").fetchone()[0] == shards[2].port
+        conn.execute("SET pgrouter.shard = 1")
+        assert conn.execute(f"SELECT {PORT} FROM sh_orders WHERE customer_id = 1 UNION ALL SELECT {PORT}"
+                            ).fetchone()[0] == shards[1].port
+        conn.execute("RESET pgrouter.shard")
+        k = 5
+        want = port_of(shards, hash_shard(shards[0], "sh_hp_int8", 3, k))
+        conn.execute(f"SET pgrouter.sharding_key = '{k}'")
+        assert conn.execute(f"SELECT {PORT}").fetchone()[0] == want
+        # A transaction started under the key stays on its shard.
+        conn.execute("BEGIN")
+        conn.execute(f"INSERT INTO sh_orders (customer_id, note) VALUES ({k}, 't')")
+        assert conn.execute(f"SELECT {PORT} FROM sh_orders WHERE customer_id = {k}").fetchone()[0] == want
+        conn.execute("COMMIT")
+        conn.execute("SET pgrouter.sharding_key = 'nope'")
+        refused(conn, f"SELECT {PORT}", code="22P02")
+        conn.execute("RESET pgrouter.sharding_key")
+        assert conn.execute(f"SELECT {PORT}").fetchone()[0] == shards[0].port  # no table: shard 0
+
+
+def test_transaction_cannot_move_to_another_shard(srouter, shards):
+    a = next(k for k in range(1, 50) if hash_shard(shards[0], "sh_hp_int8", 3, k) == 0)
+    b = next(k for k in range(1, 50) if hash_shard(shards[0], "sh_hp_int8", 3, k) == 1)
+    with connect(srouter.dsn()) as conn:
+        conn.execute("BEGIN")
+        conn.execute(f"INSERT INTO sh_orders (customer_id, note) VALUES ({a}, 'x')")
+        msg = refused(conn, f"INSERT INTO sh_orders (customer_id, note) VALUES ({b}, 'y')")
+        assert "two-phase commit" in msg
+        conn.execute("ROLLBACK")
+        assert conn.execute(f"SELECT count(*) FROM sh_orders WHERE customer_id = {a}").fetchone()[0] == 0
+    # psycopg's default (non-autocommit) transactions, with parameters.
+    with connect(srouter.dsn(), autocommit=False) as conn:
+        conn.execute("INSERT INTO sh_orders (customer_id, note) VALUES (%s, 'z')", (a,))
+        with pytest.raises(psycopg.Error) as err:
+            conn.execute("SELECT * FROM sh_orders WHERE customer_id = %s", (b,))
+        assert sqlstate(err.value) == "0A000"
+        conn.rollback()
+
+
+def test_cross_shard_refuse_setting(routers, shards):
+    r = start_router(routers, shards, general={"cross_shard": "refuse"})
+    with connect(r.dsn()) as conn:
+        msg = refused(conn, "SELECT * FROM sh_orders WHERE customer_id IN (1, 2)")
+        assert 'cross_shard = "refuse"' in msg
+        conn.execute("SELECT * FROM sh_orders WHERE customer_id = 1")
+
+
+def test_explain_route_answers_without_running(srouter, shards):
+    k = 9
+    shard = hash_shard(shards[0], "sh_hp_int8", 3, k)
+    with connect(srouter.dsn()) as conn:
+        cur = psycopg.ClientCursor(conn)  # the simple query protocol
+        cur.execute(f"EXPLAIN (ROUTE) INSERT INTO sh_orders (customer_id, note) VALUES ({k}, 'never')")
+        assert [d.name for d in cur.description] == ["shard", "role", "server", "reason"]
+        rows = cur.fetchall()
+        assert rows == [(shard, "primary", f"127.0.0.1:{shards[shard].port}", f"sh_orders.customer_id = {k}")]
+        cur.execute(f"EXPLAIN (ROUTE) SELECT * FROM sh_orders o WHERE o.customer_id = {k}")
+        assert cur.fetchall() == [(shard, "replica", f"127.0.0.1:{shards[shard].port}", f"o.customer_id = {k}")]
+        cur.execute("EXPLAIN (ROUTE) SELECT 1")
+        assert cur.fetchall() == [(0, "replica", f"127.0.0.1:{shards[0].port}", "no sharded table: shard 0")]
+        cur.execute("/* pgrouter: shard=2 */ EXPLAIN (ROUTE) SELECT * FROM sh_orders")
+        assert cur.fetchall()[0][0:2] == (2, "replica")
+        with pytest.raises(psycopg.Error) as err:
+            cur.execute("EXPLAIN (ROUTE) SELECT * FROM sh_orders")
+        assert sqlstate(err.value) == "0A000"
+        # The extended protocol too (psycopg's default), binary results included.
+        for binary in (False, True):
+            got = conn.cursor(binary=binary).execute(
+                f"EXPLAIN (ROUTE) DELETE FROM sh_orders WHERE customer_id = {k}").fetchall()
+            assert got == [(shard, "primary", f"127.0.0.1:{shards[shard].port}", f"sh_orders.customer_id = {k}")]
+        with pytest.raises(psycopg.Error) as err:
+            conn.execute("EXPLAIN (ROUTE) UPDATE sh_orders SET note = 'x'")
+        assert sqlstate(err.value) == "0A000"
+        assert conn.execute("SELECT 1").fetchone()[0] == 1
+        # Nothing ran.
+        assert conn.execute(f"SELECT count(*) FROM sh_orders WHERE customer_id = {k}").fetchone()[0] == 0
+
+
+def test_reload_cannot_change_the_shard_count(srouter, shards):
+    from harness.ops import reload_error_text, reload_marks, wait_reload
+    cfg = dict(srouter.config)
+    cfg["databases"] = cfg["databases"] + [{**cfg["databases"][0], "shard": 3}]
+    srouter.write_files(config=cfg)
+    before = reload_marks(srouter)
+    srouter.reload()
+    assert wait_reload(srouter, before) == "error"
+    text = reload_error_text(srouter, before[1])
+    assert "router.toml:" in text and "databases.shard" in text and "from 3 to 4" in text, text
+    # Still routing over three shards.
+    k = next(k for k in range(1, 50) if hash_shard(shards[0], "sh_hp_int8", 3, k) == 2)
+    with connect(srouter.dsn()) as conn:
+        conn.execute(f"INSERT INTO sh_orders (customer_id, note) VALUES ({k}, 'r')")
+        assert conn.execute(f"SELECT {PORT} FROM sh_orders WHERE customer_id = {k}").fetchone()[0] \
+            == shards[2].port
+
+
+def test_read_only_sessions_per_shard(routers, shards):
+    from harness.router import app_user
+    dbs = [{"name": "app", "host": "127.0.0.1", "port": s.port, "database_name": "app", "role": "primary",
+            "shard": i} for i, s in enumerate(shards)]
+    r = routers.start(databases=dbs, sharded_tables=SHARDED, users=[{**app_user(), "read_only": True}])
+    k = next(k for k in range(1, 50) if hash_shard(shards[0], "sh_hp_int8", 3, k) == 1)
+    with connect(r.dsn()) as conn:
+        # No replicas: reads run on the key's shard primary, read-only.
+        row = conn.execute(f"SELECT {PORT}, current_setting('transaction_read_only') FROM sh_orders "
+                           f"WHERE customer_id = %s UNION ALL SELECT {PORT}, 'x' LIMIT 1", (k,)).fetchone()
+        assert row[0] == shards[1].port
+        refused(conn, "INSERT INTO sh_orders (customer_id) VALUES (%s)", (k,), code="25006")
+        refused(conn, "SELECT * FROM sh_orders")  # still 0A000 without a key
+
+
+def test_batches_spanning_shards_are_refused(srouter, shards):
+    a = next(k for k in range(1, 50) if hash_shard(shards[0], "sh_hp_int8", 3, k) == 0)
+    b = next(k for k in range(1, 50) if hash_shard(shards[0], "sh_hp_int8", 3, k) == 1)
+
+    async def go():
+        conn = await aconnect(srouter)
+        try:
+            await conn.executemany("INSERT INTO sh_orders (customer_id, note) VALUES ($1, 'm')", [(a,), (a,)])
+            try:
+                await conn.executemany("INSERT INTO sh_orders (customer_id, note) VALUES ($1, 'm')", [(a,), (b,)])
+            except Exception as exc:  # noqa: BLE001 - the SQLSTATE is checked
+                return getattr(exc, "sqlstate", None)
+            return "no error"
+        finally:
+            await conn.close()
+    assert run_async(go()) == "0A000"
+    with shards[0].connect(APP_DB) as conn:
+        assert conn.execute("SELECT count(*) FROM sh_orders WHERE note = 'm'").fetchone()[0] == 2
+    with shards[1].connect(APP_DB) as conn:
+        assert conn.execute("SELECT count(*) FROM sh_orders WHERE note = 'm'").fetchone()[0] == 0
+
+
+def test_null_keys_and_array_literals(srouter, shards):
+    with connect(srouter.dsn()) as conn:
+        conn.execute("INSERT INTO sh_orders (customer_id, note) VALUES (NULL, 'null key')")
+        assert conn.execute(f"SELECT {PORT}, note FROM sh_orders WHERE customer_id IS NULL").fetchall() \
+            == [(shards[0].port, "null key")]
+        k = 11
+        want = port_of(shards, hash_shard(shards[0], "sh_hp_int8", 3, k))
+        conn.execute(f"INSERT INTO sh_orders (customer_id, note) VALUES ({k}, 'arr')")
+        assert conn.execute(f"SELECT {PORT} FROM sh_orders WHERE customer_id = ANY('{{{k},{k}}}')"
+                            ).fetchone()[0] == want
+        assert conn.execute(f"SELECT {PORT} FROM sh_orders WHERE customer_id = ANY(ARRAY[{k}])").fetchone()[0] \
+            == want
+
+
+def test_session_mode_stays_on_its_shard(routers, shards):
+    from harness.router import app_user
+    dbs = [{"name": "app", "host": "127.0.0.1", "port": s.port, "database_name": "app", "role": "primary",
+            "shard": i} for i, s in enumerate(shards)]
+    r = routers.start(databases=dbs, sharded_tables=SHARDED, users=[{**app_user(), "pool_mode": "session"}])
+    a = next(k for k in range(1, 50) if hash_shard(shards[0], "sh_hp_int8", 3, k) == 0)
+    b = next(k for k in range(1, 50) if hash_shard(shards[0], "sh_hp_int8", 3, k) == 1)
+    with connect(r.dsn()) as conn:
+        assert conn.execute(f"SELECT {PORT} FROM sh_orders WHERE customer_id = {a} UNION ALL SELECT {PORT}"
+                            ).fetchone()[0] == shards[0].port
+        msg = refused(conn, f"SELECT * FROM sh_orders WHERE customer_id = {b}")
+        assert "this session runs on shard 0" in msg

@@ -1,0 +1,164 @@
+//! `EXPLAIN (ROUTE) <statement>`: the router says where a statement would
+//! go — shard, role, server and why — without running anything. PostgreSQL
+//! has no such option, so the router answers it, in the simple query
+//! protocol and as an extended-protocol batch (Parse, Bind, Describe,
+//! Execute, Sync: what psycopg sends), outside a transaction.
+
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+use pgrouter_parser::{Analysis, RoleHint};
+
+use super::error::SessionEnd;
+use super::session::Session;
+use crate::admin::wire::{data_row, row_description, Cell, ColumnType, ResultSet};
+use crate::protocol::backend::{self, Severity};
+use crate::protocol::frontend::parse_parse;
+use crate::protocol::next_frame;
+use crate::router::{Refusal, Role};
+
+const COLUMNS: &[(&str, ColumnType)] = &[
+    ("shard", ColumnType::Int8),
+    ("role", ColumnType::Text),
+    ("server", ColumnType::Text),
+    ("reason", ColumnType::Text),
+];
+
+impl Session {
+    /// The one row of the answer, or the refusal the statement would get.
+    fn explain_route_row(
+        &self,
+        analysis: &Arc<Analysis>,
+        sql: &str,
+        writes: bool,
+    ) -> Result<Vec<Cell>, Refusal> {
+        let session = self.session_routing();
+        let mut body = sql.as_bytes().to_vec();
+        body.push(0);
+        let choice = self.plan_query(analysis, &body)?;
+        let (shard, reason) = match (choice, analysis.hint.shard, session.shard_override) {
+            (Some(c), _, _) => (c.shard, c.reason),
+            (None, Some(s), _) => (s as usize, format!("hint shard={s}")),
+            (None, None, Some(s)) => (s as usize, format!("SET pgrouter.shard = {s}")),
+            (None, None, None) => (0, "no sharded table: shard 0".to_string()),
+        };
+        let role = match analysis.hint.role.or(session.role_override) {
+            _ if self.policy.read_only => Role::Replica,
+            Some(RoleHint::Primary) => Role::Primary,
+            Some(RoleHint::Replica) => Role::Replica,
+            None if writes => Role::Primary,
+            None => Role::Replica,
+        };
+        let slot = self.pools.shards.get(shard).ok_or_else(|| Refusal {
+            sqlstate: "22023",
+            message: format!(
+                "pgrouter: shard {shard} does not exist ({} shards)",
+                self.pools.shards.len()
+            ),
+        })?;
+        let server = slot
+            .pick(role, self.pools.balancing, &[], Default::default())
+            .map(|s| format!("{}:{}", s.pool.target.host, s.pool.target.port))
+            .unwrap_or_else(|| "none available".into());
+        let role = if role == Role::Primary {
+            "primary"
+        } else {
+            "replica"
+        };
+        Ok(vec![
+            Cell::Int(shard as i64),
+            role.into(),
+            server.into(),
+            reason.into(),
+        ])
+    }
+
+    /// The simple-protocol form: the Query at the front of the buffer.
+    pub(super) fn answer_explain_route(
+        &mut self,
+        len: usize,
+        analysis: &Arc<Analysis>,
+        writes: bool,
+    ) {
+        let body = self.cbuf.get(5..len).unwrap_or(&[]);
+        let sql = std::str::from_utf8(body.strip_suffix(&[0]).unwrap_or(body))
+            .unwrap_or("")
+            .to_string();
+        let mut answer = BytesMut::new();
+        match self.explain_route_row(analysis, &sql, writes) {
+            Ok(row) => {
+                let mut rs = ResultSet::new(COLUMNS);
+                rs.push(row);
+                rs.write(&mut answer, "EXPLAIN");
+            }
+            Err(refusal) => self.refusal_into(&mut answer, &refusal),
+        }
+        self.cbuf.advance(len);
+        backend::ready_for_query(&mut answer, self.idle_status());
+        if let Some(made) = self.expect.synthesize(answer.freeze()) {
+            self.to_client.extend_from_slice(&made);
+        }
+    }
+
+    /// The extended-protocol form: an unnamed Parse of `EXPLAIN (ROUTE)`,
+    /// then Bind, Describe, Execute and Sync (Flush ignored). `Ok(false)`
+    /// when the buffer does not start with such a batch (or it has not
+    /// arrived whole yet).
+    pub(super) fn try_answer_explain_route_batch(&mut self) -> Result<bool, SessionEnd> {
+        let Some(frame) = next_frame(&self.cbuf, self.max_message)? else {
+            return Ok(false);
+        };
+        let p = parse_parse(frame.body(&self.cbuf))?;
+        if !p.name.is_empty() {
+            return Ok(false);
+        }
+        let analysis = self.analyze(p.sql);
+        let Some(writes) = analysis.explain_route else {
+            return Ok(false);
+        };
+        if !self.is_quiet() || self.in_tx {
+            return Ok(false);
+        }
+        let row = self.explain_route_row(&analysis, p.sql, writes);
+        let mut answer = BytesMut::new();
+        let mut at = frame.total_len;
+        match &row {
+            Ok(_) => backend::parse_complete(&mut answer),
+            Err(refusal) => self.refusal_into(&mut answer, refusal),
+        }
+        loop {
+            let Some(f) = next_frame(self.cbuf.get(at..).unwrap_or(&[]), self.max_message)? else {
+                return Ok(false); // wait for the rest of the batch
+            };
+            at += f.total_len;
+            match (f.tag, &row) {
+                (b'S', _) => break,
+                (_, Err(_)) | (b'H', _) => {}
+                (b'B', Ok(_)) => backend::put_message(&mut answer, b'2', |_| {}),
+                (b'D', Ok(_)) => row_description(&mut answer, COLUMNS),
+                (b'E', Ok(cells)) => {
+                    data_row(&mut answer, cells);
+                    backend::command_complete(&mut answer, "EXPLAIN");
+                }
+                _ => return Ok(false),
+            }
+        }
+        backend::ready_for_query(&mut answer, self.idle_status());
+        self.to_client.extend_from_slice(&answer);
+        self.cbuf.advance(at);
+        Ok(true)
+    }
+
+    fn refusal_into(&self, answer: &mut BytesMut, refusal: &Refusal) {
+        self.state.metrics.record_error(refusal.sqlstate);
+        backend::error_response(answer, Severity::Error, refusal.sqlstate, &refusal.message);
+    }
+
+    fn idle_status(&self) -> u8 {
+        match &self.server {
+            Some(held) if !self.in_tx => held.conn.tx_status,
+            Some(_) => b'T',
+            None => b'I',
+        }
+    }
+}

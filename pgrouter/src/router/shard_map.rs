@@ -1,0 +1,167 @@
+//! The shard map of each logical database, built once per configuration:
+//! its sharded tables with their key column and [`Placement`], its
+//! reference tables, and whether cross-shard statements are refused.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use pgrouter_config::{Config, CrossShard, ShardKeyType, ShardMapping};
+use pgrouter_parser::shard::{KeyType, Mapping, Placement, Relation};
+
+/// Shard maps by logical database; a database without sharded or
+/// reference tables has none (its statements route as before).
+#[derive(Debug, Default)]
+pub struct ShardMaps {
+    by_database: HashMap<String, Arc<ShardMap>>,
+}
+
+impl ShardMaps {
+    pub fn build(config: &Config) -> ShardMaps {
+        let mut by_database = HashMap::new();
+        for db in config.logical_databases() {
+            if let Some(map) = ShardMap::build(config, db) {
+                by_database.insert(db.to_string(), Arc::new(map));
+            }
+        }
+        ShardMaps { by_database }
+    }
+
+    pub fn get(&self, database: &str) -> Option<&Arc<ShardMap>> {
+        if self.by_database.is_empty() {
+            return None; // the common case costs no hashing
+        }
+        self.by_database.get(database)
+    }
+}
+
+/// One logical database's sharding.
+#[derive(Debug)]
+pub struct ShardMap {
+    pub shards: usize,
+    pub tables: Vec<ShardedTable>,
+    /// `(schema, name)` of the reference tables; schema `None` = any.
+    pub reference: Vec<(Option<String>, String)>,
+    pub refuse_cross_shard: bool,
+}
+
+/// A sharded table (or, with no name, any table that has the key column).
+#[derive(Debug)]
+pub struct ShardedTable {
+    pub schema: Option<String>,
+    pub name: Option<String>,
+    pub column: String,
+    pub placement: Arc<Placement>,
+}
+
+impl ShardMap {
+    fn build(config: &Config, db: &str) -> Option<ShardMap> {
+        let shards = config.shard_count(db) as usize;
+        let tables: Vec<ShardedTable> = config
+            .sharded_tables
+            .iter()
+            .filter(|t| t.database == db)
+            .map(|t| ShardedTable {
+                schema: t.schema.clone(),
+                name: t.name.clone(),
+                column: t.column.clone(),
+                placement: Arc::new(placement(t, shards)),
+            })
+            .collect();
+        let reference: Vec<(Option<String>, String)> = config
+            .reference_tables
+            .iter()
+            .filter(|r| r.database == db)
+            .flat_map(|r| r.names.iter())
+            .map(|n| match n.split_once('.') {
+                Some((schema, name)) => (Some(schema.to_string()), name.to_string()),
+                None => (None, n.clone()),
+            })
+            .collect();
+        if tables.is_empty() && reference.is_empty() {
+            return None;
+        }
+        Some(ShardMap {
+            shards,
+            tables,
+            reference,
+            refuse_cross_shard: config.sharding.cross_shard == CrossShard::Refuse,
+        })
+    }
+
+    /// The sharded-table entry of a table named in a statement (`schema.name`
+    /// or `name`, as [`pgrouter_parser::Analysis::tables`] spells it).
+    pub fn table(&self, qualified: &str) -> Option<&ShardedTable> {
+        let (schema, name) = split(qualified);
+        self.tables.iter().find(|t| {
+            t.name.as_deref() == Some(name) && (t.schema.is_none() || t.schema.as_deref() == schema)
+        })
+    }
+
+    /// The entry of a relation in a scope (a name-less entry applies to a
+    /// relation only through its column, see [`Self::key_of`]).
+    pub fn relation(&self, r: &Relation) -> Option<&ShardedTable> {
+        self.tables.iter().find(|t| {
+            t.name.as_deref() == Some(r.name.as_str())
+                && (t.schema.is_none() || t.schema.as_deref() == r.schema.as_deref())
+        })
+    }
+
+    pub fn is_reference(&self, qualified: &str) -> bool {
+        let (schema, name) = split(qualified);
+        self.reference
+            .iter()
+            .any(|(s, n)| n == name && (s.is_none() || s.as_deref() == schema))
+    }
+
+    /// The placement `SET pgrouter.sharding_key` uses: that of the first
+    /// sharded table the statement names, else the database's first.
+    pub fn default_placement(&self) -> Option<&Arc<Placement>> {
+        self.tables.first().map(|t| &t.placement)
+    }
+}
+
+/// `schema.name` → (Some(schema), name); the last two parts of longer names.
+fn split(qualified: &str) -> (Option<&str>, &str) {
+    let mut parts = qualified.rsplitn(3, '.');
+    let name = parts.next().unwrap_or(qualified);
+    (parts.next(), name)
+}
+
+fn placement(t: &pgrouter_config::ShardedTable, shards: usize) -> Placement {
+    let key_type = match t.data_type {
+        ShardKeyType::Smallint => KeyType::Smallint,
+        ShardKeyType::Integer => KeyType::Integer,
+        ShardKeyType::Bigint => KeyType::Bigint,
+        ShardKeyType::Text => KeyType::Text,
+        ShardKeyType::Varchar => KeyType::Varchar,
+        ShardKeyType::Uuid => KeyType::Uuid,
+    };
+    let default = t.default_shard.map(|d| d as usize);
+    match t.mapping {
+        ShardMapping::Hash => Placement {
+            key_type,
+            shards,
+            mapping: Mapping::Hash,
+        },
+        ShardMapping::List => {
+            let rules: Vec<(Vec<String>, usize)> = t
+                .rules
+                .iter()
+                .map(|r| (r.values.clone(), r.shard as usize))
+                .collect();
+            Placement::list(key_type, shards, &rules, default)
+        }
+        ShardMapping::Range => Placement {
+            key_type,
+            shards,
+            mapping: Mapping::Range {
+                rules: t
+                    .rules
+                    .iter()
+                    .map(|r| (r.from, r.to, r.shard as usize))
+                    .collect(),
+                default,
+            },
+        },
+    }
+}

@@ -1,0 +1,626 @@
+//! Which shard a statement on a sharded database needs: the shard map
+//! applied to the statement's key facts (from the cached analysis) and to
+//! this execution's values (the text's literals, the Bind's parameters).
+//!
+//! The rule is SPEC §5's: exactly the one shard the keys name, or a clear
+//! refusal. Until statements can run on several shards, anything needing
+//! more than one — no key, keys on several shards, writes to reference
+//! tables, DDL on sharded tables, COPY into them — is refused with 0A000
+//! naming what is unsupported; bad key values get PostgreSQL's own errors.
+
+use std::collections::BTreeSet;
+
+use pgrouter_parser::shard::{
+    literal_values, parse_text, parse_text_array, Column, Cond, Filter, KeyError, KeyType,
+    KeyValue, Literal, Placement, Relation, Scope, StatementKeys, ValueRef,
+};
+use pgrouter_parser::{Analysis, StatementKind};
+
+use super::bind::BindParams;
+use super::shard_map::{ShardMap, ShardedTable};
+use super::Refusal;
+
+const UNSUPPORTED: &str = "0A000";
+
+/// How the refusal starts when a key is a literal of a text the router does
+/// not have (an unnamed statement parsed in an earlier batch).
+pub const UNREADABLE_LITERAL: &str = "pgrouter: cannot read the shard key literal";
+
+/// The values of one execution.
+pub enum Values<'a> {
+    /// A simple query: the literals are in `sql`.
+    Text(&'a str),
+    /// An extended-protocol execution: the statement's text and its Bind.
+    Bind {
+        sql: &'a str,
+        params: &'a BindParams<'a>,
+        param_types: &'a [i32],
+    },
+}
+
+/// Where a statement on a sharded database goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardChoice {
+    pub shard: usize,
+    /// Why, for EXPLAIN (ROUTE): the key and value, or "sharding_key".
+    pub reason: String,
+}
+
+/// The shard the statement needs, `None` when it touches no sharded or
+/// reference table (it routes as before: shard 0 or a hint).
+pub fn plan(
+    analysis: &Analysis,
+    values: &Values,
+    map: &ShardMap,
+    sharding_key: Option<&str>,
+) -> Result<Option<ShardChoice>, Refusal> {
+    let sharded: Vec<&str> = analysis
+        .tables
+        .iter()
+        .map(String::as_str)
+        .filter(|t| map.table(t).is_some())
+        .collect();
+    let reference: Vec<&str> = analysis
+        .tables
+        .iter()
+        .map(String::as_str)
+        .filter(|t| map.is_reference(t))
+        .collect();
+    refuse_reference_writes(analysis, map, &reference)?;
+    if let Some(key) = sharding_key {
+        let placement = sharded
+            .first()
+            .and_then(|t| map.table(t))
+            .map(|t| &t.placement);
+        let Some(placement) = placement.or(map.default_placement()) else {
+            return Ok(None);
+        };
+        let value = parse_text(placement.key_type, key).map_err(key_error)?;
+        let shard = placement.shard_of(&value).map_err(key_error)?;
+        return Ok(Some(ShardChoice {
+            shard,
+            reason: format!("pgrouter.sharding_key = {value}"),
+        }));
+    }
+    let has_nameless = map.tables.iter().any(|t| t.name.is_none());
+    if sharded.is_empty() && !has_nameless {
+        return Ok(None);
+    }
+    if analysis.keys.len() != analysis.statements.len() {
+        if let Some(t) = sharded.first() {
+            return Err(unsupported(format!(
+                "pgrouter: cannot find the shard key of this statement on sharded table \"{t}\" \
+                 (too deeply nested to analyse); HINT: add /* pgrouter: shard=N */"
+            )));
+        }
+        return Ok(None);
+    }
+    let mut p = Planner {
+        map,
+        values,
+        literals: None,
+        shards: BTreeSet::new(),
+        touched: false,
+        reasons: Vec::new(),
+    };
+    for (s, keys) in analysis.statements.iter().zip(&analysis.keys) {
+        p.statement(&s.kind, keys, &sharded)?;
+    }
+    if !p.touched {
+        return Ok(None);
+    }
+    match p.shards.len() {
+        0 => Ok(Some(ShardChoice {
+            shard: 0,
+            reason: "no row can match (contradictory keys)".into(),
+        })),
+        1 => Ok(Some(ShardChoice {
+            shard: *p.shards.first().unwrap_or(&0),
+            reason: p.reasons.join(", "),
+        })),
+        n => Err(several_shards(
+            &format!("the statement's shard keys are on {n} shards"),
+            map,
+        )),
+    }
+}
+
+fn refuse_reference_writes(
+    analysis: &Analysis,
+    map: &ShardMap,
+    reference: &[&str],
+) -> Result<(), Refusal> {
+    if reference.is_empty() {
+        return Ok(());
+    }
+    for (i, s) in analysis.statements.iter().enumerate() {
+        let keys = analysis.keys.get(i);
+        let target = match &s.kind {
+            StatementKind::Insert => keys
+                .and_then(|k| k.insert.as_ref())
+                .map(|r| qualified(&r.relation)),
+            StatementKind::Update | StatementKind::Delete => keys
+                .and_then(|k| k.scopes.first())
+                .and_then(|sc| sc.relations.first())
+                .map(qualified),
+            StatementKind::Select
+            | StatementKind::Explain { analyze: false }
+            | StatementKind::Show => None,
+            _ if s.is_write => reference.first().map(|t| t.to_string()),
+            _ => None,
+        };
+        if let Some(t) = target.filter(|t| map.is_reference(t)) {
+            return Err(unsupported(format!(
+                "pgrouter: writing reference table \"{t}\" needs every shard, and statements on several shards \
+                 are not supported yet; HINT: write each shard with /* pgrouter: shard=N */"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn qualified(r: &Relation) -> String {
+    match &r.schema {
+        Some(s) => format!("{s}.{}", r.name),
+        None => r.name.clone(),
+    }
+}
+
+struct Planner<'a> {
+    map: &'a ShardMap,
+    values: &'a Values<'a>,
+    literals: Option<Vec<Option<Literal>>>,
+    shards: BTreeSet<usize>,
+    /// A sharded table was involved.
+    touched: bool,
+    reasons: Vec<String>,
+}
+
+impl<'a> Planner<'a> {
+    fn statement(
+        &mut self,
+        kind: &StatementKind,
+        keys: &StatementKeys,
+        sharded: &[&str],
+    ) -> Result<(), Refusal> {
+        // EXPLAIN (ANALYZE) runs its statement: an explained INSERT or
+        // UPDATE is planned as one.
+        let kind = match kind {
+            StatementKind::Explain { .. } if keys.insert.is_some() => &StatementKind::Insert,
+            StatementKind::Explain { .. } if !keys.assignments.is_empty() => &StatementKind::Update,
+            other => other,
+        };
+        if let Some(t) = keys.unplaced.iter().find(|t| self.map.table(t).is_some()) {
+            return Err(unsupported(format!(
+                "pgrouter: sharded table \"{t}\" is used where the router cannot find its shard key \
+                 (e.g. a subquery in the select list); cross-shard statements are not supported yet; \
+                 HINT: add /* pgrouter: shard=N */"
+            )));
+        }
+        match kind {
+            StatementKind::Copy {
+                from_stdin_or_file: true,
+            } if !sharded.is_empty() => {
+                return Err(unsupported(format!(
+                    "pgrouter: COPY into sharded table \"{}\" needs every shard; not supported yet; \
+                     HINT: COPY into each shard with /* pgrouter: shard=N */ and rows of that shard",
+                    sharded[0]
+                )));
+            }
+            StatementKind::Insert => {
+                let Some(rows) = &keys.insert else {
+                    return Ok(());
+                };
+                if let Some(table) = self.insert_table(rows) {
+                    self.touched = true;
+                    if rows.from_query {
+                        return Err(unsupported(format!(
+                            "pgrouter: INSERT ... SELECT into sharded table \"{}\" is not supported yet; \
+                             HINT: insert VALUES with the shard key",
+                            rows.relation.name
+                        )));
+                    }
+                    self.insert_rows(rows, table)?;
+                }
+            }
+            StatementKind::Select
+            | StatementKind::Update
+            | StatementKind::Delete
+            | StatementKind::Explain { .. }
+            | StatementKind::Copy { .. }
+            | StatementKind::DeclareCursor => {}
+            // PREPARE runs nothing: its EXECUTE is what needs a shard.
+            StatementKind::Prepare { .. } => return Ok(()),
+            StatementKind::Ddl
+            | StatementKind::Vacuum
+            | StatementKind::Analyze
+            | StatementKind::Lock
+            | StatementKind::Merge
+                if !sharded.is_empty() =>
+            {
+                return Err(unsupported(format!(
+                    "pgrouter: this statement on sharded table \"{}\" needs every shard; statements on several \
+                     shards are not supported yet; HINT: run it on each shard with /* pgrouter: shard=N */",
+                    sharded[0]
+                )));
+            }
+            _ => return Ok(()),
+        }
+        let mut first: Option<BTreeSet<usize>> = None;
+        for (i, scope) in keys.scopes.iter().enumerate() {
+            if let Some(set) = self.scope(scope, kind)? {
+                if i == 0 {
+                    first = Some(set.clone());
+                }
+                self.shards.extend(set);
+            }
+        }
+        if matches!(kind, StatementKind::Update) {
+            self.check_key_update(keys, first.as_ref())?;
+        }
+        Ok(())
+    }
+
+    /// The sharded-table entry of an INSERT's target.
+    fn insert_table(&self, rows: &pgrouter_parser::shard::InsertRows) -> Option<&'a ShardedTable> {
+        let map: &'a ShardMap = self.map;
+        map.relation(&rows.relation).or_else(|| {
+            map.tables
+                .iter()
+                .find(|t| t.name.is_none() && rows.columns.contains(&t.column))
+        })
+    }
+
+    fn insert_rows(
+        &mut self,
+        rows: &pgrouter_parser::shard::InsertRows,
+        table: &ShardedTable,
+    ) -> Result<(), Refusal> {
+        let name = &rows.relation.name;
+        if rows.columns.is_empty() {
+            return Err(unsupported(format!(
+                "pgrouter: INSERT into sharded table \"{name}\" without a column list: the router cannot tell \
+                 which value is the shard key \"{}\"; HINT: name the columns",
+                table.column
+            )));
+        }
+        let Some(at) = rows.columns.iter().position(|c| *c == table.column) else {
+            return Err(unsupported(format!(
+                "pgrouter: INSERT into sharded table \"{name}\" must give its shard key \"{}\"; HINT: add the shard key",
+                table.column
+            )));
+        };
+        let mut shards = BTreeSet::new();
+        for row in &rows.rows {
+            let Some(Some(v)) = row.get(at) else {
+                return Err(unsupported(format!(
+                    "pgrouter: the shard key \"{}\" of an INSERT into \"{name}\" must be a constant or a parameter",
+                    table.column
+                )));
+            };
+            for value in self.values_of(v, table.placement.key_type, false)? {
+                let shard = table.placement.shard_of(&value).map_err(key_error)?;
+                if shards.is_empty() {
+                    self.reasons
+                        .push(format!("{}.{} = {value}", name, table.column));
+                }
+                shards.insert(shard);
+            }
+        }
+        if shards.len() > 1 {
+            return Err(several_shards(
+                &format!("this multi-row INSERT has rows for {} shards", shards.len()),
+                self.map,
+            ));
+        }
+        self.shards.extend(shards);
+        Ok(())
+    }
+
+    /// The shards one query level needs; None when it reads no sharded table.
+    fn scope(
+        &mut self,
+        scope: &Scope,
+        kind: &StatementKind,
+    ) -> Result<Option<BTreeSet<usize>>, Refusal> {
+        let rels: Vec<(usize, &'a ShardedTable)> = scope
+            .relations
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| self.table_of(scope, r).map(|t| (i, t)))
+            .collect();
+        if rels.is_empty() {
+            return Ok(None);
+        }
+        self.touched = true;
+        // Classes of co-located relations: equated on their keys, same placement.
+        let mut class: Vec<usize> = (0..rels.len()).collect();
+        let mut links = Vec::new();
+        top_level_links(&scope.filter, &mut links);
+        links.extend(scope.links.iter().map(|(a, b)| (a, b)));
+        for (a, b) in links {
+            let (Some(x), Some(y)) = (self.resolve(scope, &rels, a), self.resolve(scope, &rels, b))
+            else {
+                continue;
+            };
+            if rels[x].1.placement == rels[y].1.placement {
+                let (cx, cy) = (find(&mut class, x), find(&mut class, y));
+                class[cx] = cy;
+            }
+        }
+        let mut out = BTreeSet::new();
+        for root in 0..rels.len() {
+            if find(&mut class, root) != root {
+                continue;
+            }
+            let members: Vec<usize> = (0..rels.len())
+                .filter(|&m| find(&mut class, m) == root)
+                .collect();
+            let placement = rels[root].1.placement.clone();
+            match self.eval(&scope.filter, scope, &rels, &members, &placement)? {
+                Some(set) => out.extend(set),
+                None => {
+                    let (i, t) = rels[root];
+                    let r = &scope.relations[i];
+                    let what = match kind {
+                        StatementKind::Update => "UPDATE",
+                        StatementKind::Delete => "DELETE",
+                        _ => "a read",
+                    };
+                    return Err(unsupported(format!(
+                        "pgrouter: {what} of sharded table \"{}\" without its shard key \"{}\" needs every shard; \
+                         cross-shard statements are not supported yet; HINT: add the shard key (WHERE {} = ...)",
+                        r.name, t.column, t.column
+                    )));
+                }
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// The sharded-table entry of a relation of `scope`: by name, else a
+    /// name-less entry whose column the scope mentions for it.
+    fn table_of(&self, scope: &Scope, r: &Relation) -> Option<&'a ShardedTable> {
+        let map: &'a ShardMap = self.map;
+        if let Some(t) = map.relation(r) {
+            return Some(t);
+        }
+        if map.table(&qualified(r)).is_some() || map.is_reference(&qualified(r)) {
+            return None;
+        }
+        let nameless: Vec<&ShardedTable> = map.tables.iter().filter(|t| t.name.is_none()).collect();
+        nameless
+            .into_iter()
+            .find(|t| mentions(&scope.filter, r, &t.column, scope.relations.len() == 1))
+    }
+
+    /// The relation (index into `rels`) a column names, if it is that relation's key.
+    fn resolve(&self, scope: &Scope, rels: &[(usize, &ShardedTable)], c: &Column) -> Option<usize> {
+        let matching: Vec<usize> = rels
+            .iter()
+            .enumerate()
+            .filter(|(_, (i, t))| {
+                t.column == c.name
+                    && c.qualifier
+                        .as_deref()
+                        .is_none_or(|q| scope.relations[*i].is_named(q))
+            })
+            .map(|(k, _)| k)
+            .collect();
+        match matching.as_slice() {
+            [one] => Some(*one),
+            _ => None,
+        }
+    }
+
+    /// The shards `filter` allows for the class `members`; None = any.
+    fn eval(
+        &mut self,
+        filter: &Filter,
+        scope: &Scope,
+        rels: &[(usize, &ShardedTable)],
+        members: &[usize],
+        placement: &Placement,
+    ) -> Result<Option<BTreeSet<usize>>, Refusal> {
+        Ok(match filter {
+            Filter::Unknown | Filter::Cond(Cond::Columns(..)) => None,
+            Filter::Cond(Cond::Values { column, values }) => {
+                let Some(r) = self
+                    .resolve(scope, rels, column)
+                    .filter(|r| members.contains(r))
+                else {
+                    return Ok(None);
+                };
+                let mut set = BTreeSet::new();
+                for v in values {
+                    for value in self.values_of(v, placement.key_type, false)? {
+                        set.insert(placement.shard_of(&value).map_err(key_error)?);
+                        self.note(&scope.relations[rels[r].0], &rels[r].1.column, &value);
+                    }
+                }
+                Some(set)
+            }
+            Filter::Cond(Cond::Array { column, array }) => {
+                let Some(r) = self
+                    .resolve(scope, rels, column)
+                    .filter(|r| members.contains(r))
+                else {
+                    return Ok(None);
+                };
+                let mut set = BTreeSet::new();
+                for value in self.values_of(array, placement.key_type, true)? {
+                    set.insert(placement.shard_of(&value).map_err(key_error)?);
+                    self.note(&scope.relations[rels[r].0], &rels[r].1.column, &value);
+                }
+                Some(set)
+            }
+            Filter::And(parts) => {
+                let mut acc: Option<BTreeSet<usize>> = None;
+                for part in parts {
+                    if let Some(set) = self.eval(part, scope, rels, members, placement)? {
+                        acc = Some(match acc {
+                            None => set,
+                            Some(a) => a.intersection(&set).copied().collect(),
+                        });
+                    }
+                }
+                acc
+            }
+            Filter::Or(parts) => {
+                let mut acc = BTreeSet::new();
+                for part in parts {
+                    match self.eval(part, scope, rels, members, placement)? {
+                        Some(set) => acc.extend(set),
+                        None => return Ok(None),
+                    }
+                }
+                Some(acc)
+            }
+        })
+    }
+
+    fn note(&mut self, r: &Relation, column: &str, value: &KeyValue) {
+        if self.reasons.len() < 4 {
+            self.reasons.push(format!(
+                "{}.{column} = {value}",
+                r.alias.as_deref().unwrap_or(&r.name)
+            ));
+        }
+    }
+
+    /// An UPDATE that sets the shard key must keep the row on its shard.
+    fn check_key_update(
+        &mut self,
+        keys: &StatementKeys,
+        current: Option<&BTreeSet<usize>>,
+    ) -> Result<(), Refusal> {
+        let Some(scope) = keys.scopes.first() else {
+            return Ok(());
+        };
+        let Some(target) = scope.relations.first() else {
+            return Ok(());
+        };
+        let Some(table) = self.table_of(scope, target) else {
+            return Ok(());
+        };
+        for (column, value) in &keys.assignments {
+            if *column != table.column {
+                continue;
+            }
+            let Some(v) = value else {
+                return Err(unsupported(format!(
+                    "pgrouter: UPDATE of shard key \"{column}\" of \"{}\" to an expression is not supported \
+                     (the row could move to another shard); HINT: set it to a constant or a parameter",
+                    target.name
+                )));
+            };
+            for value in self.values_of(v, table.placement.key_type, false)? {
+                let shard = table.placement.shard_of(&value).map_err(key_error)?;
+                if current.is_some_and(|c| c.iter().any(|&s| s != shard)) {
+                    return Err(unsupported(format!(
+                        "pgrouter: UPDATE moving a row of \"{}\" to another shard ({column} = {value} is on \
+                         shard {shard}) is not supported; HINT: DELETE it and INSERT it again",
+                        target.name
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The key values a [`ValueRef`] stands for in this execution.
+    fn values_of(
+        &mut self,
+        v: &ValueRef,
+        ty: KeyType,
+        array: bool,
+    ) -> Result<Vec<KeyValue>, Refusal> {
+        let from_literal = |lit: &Literal, negate: bool| -> Result<Vec<KeyValue>, Refusal> {
+            if array {
+                return parse_text_array(ty, &lit.text).map_err(key_error);
+            }
+            super::shard_values::literal_value(lit, negate, ty).map(|v| vec![v])
+        };
+        match v {
+            ValueRef::Null => Ok(vec![KeyValue::Null]),
+            ValueRef::Const(lit) => from_literal(lit, false),
+            ValueRef::Literal { index, negate } => {
+                let sql = match self.values {
+                    Values::Text(sql) => sql,
+                    Values::Bind { sql, .. } => sql,
+                };
+                let literals = self.literals.get_or_insert_with(|| literal_values(sql));
+                match literals.get(*index) {
+                    Some(Some(lit)) => {
+                        let lit = lit.clone();
+                        from_literal(&lit, *negate)
+                    }
+                    _ => Err(unsupported(format!(
+                        "{UNREADABLE_LITERAL} of this statement; HINT: write it as a plain '...' string or \
+                         number, or add /* pgrouter: shard=N */"
+                    ))),
+                }
+            }
+            ValueRef::Param { number, cast } => {
+                super::shard_values::param_values(self.values, *number, *cast, ty, array)
+            }
+        }
+    }
+}
+
+/// Whether `filter` mentions `column` of relation `r` (qualified by its
+/// name or alias, or unqualified when `r` is alone in its scope).
+fn mentions(filter: &Filter, r: &Relation, column: &str, alone: bool) -> bool {
+    let names =
+        |c: &Column| c.name == column && c.qualifier.as_deref().map_or(alone, |q| r.is_named(q));
+    match filter {
+        Filter::Unknown => false,
+        Filter::Cond(Cond::Values { column: c, .. } | Cond::Array { column: c, .. }) => names(c),
+        Filter::Cond(Cond::Columns(a, b)) => names(a) || names(b),
+        Filter::And(parts) | Filter::Or(parts) => {
+            parts.iter().any(|p| mentions(p, r, column, alone))
+        }
+    }
+}
+
+fn top_level_links<'f>(f: &'f Filter, out: &mut Vec<(&'f Column, &'f Column)>) {
+    match f {
+        Filter::Cond(Cond::Columns(a, b)) => out.push((a, b)),
+        Filter::And(parts) => parts.iter().for_each(|p| top_level_links(p, out)),
+        _ => {}
+    }
+}
+
+fn find(class: &mut [usize], mut x: usize) -> usize {
+    while class[x] != x {
+        class[x] = class[class[x]];
+        x = class[x];
+    }
+    x
+}
+
+pub(super) fn unsupported(message: impl Into<String>) -> Refusal {
+    Refusal {
+        sqlstate: UNSUPPORTED,
+        message: message.into(),
+    }
+}
+
+fn several_shards(what: &str, map: &ShardMap) -> Refusal {
+    let policy = if map.refuse_cross_shard {
+        " (cross_shard = \"refuse\")"
+    } else {
+        ""
+    };
+    unsupported(format!(
+        "pgrouter: {what}; statements on several shards are not supported yet{policy}; \
+         HINT: cross-shard statements are not supported yet: split it per shard key"
+    ))
+}
+
+pub(super) fn key_error(e: KeyError) -> Refusal {
+    Refusal {
+        sqlstate: e.sqlstate,
+        message: e.message,
+    }
+}
