@@ -32,7 +32,7 @@ from harness.pg import PgCluster  # noqa: E402
 from harness.router import RouterFactory  # noqa: E402
 
 _SUITE_START = time.monotonic()
-_BUDGET = float(os.environ.get("PGROUTER_SUITE_BUDGET_S", "900"))
+_BUDGET = float(os.environ.get("PGROUTER_SUITE_BUDGET_S", "1200"))
 
 
 @pytest.fixture(autouse=True)

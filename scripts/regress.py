@@ -38,14 +38,44 @@ SU, SU_PASSWORD = "postgres", "regress-su"
 
 # Tests whose result through the router differs from a direct run by the
 # nature of pooling, each with its reason (also in README "Transparency").
+REUSED_BACKEND = "a pooled server connection is a reused backend"
 KNOWN = {
-    "session": {},
-    "transaction": {},
+    "session": {
+        "stats": f"{REUSED_BACKEND}: its statistics counters include earlier clients' work",
+        "guc": f"{REUSED_BACKEND}: plpgsql is already loaded, so the test's custom "
+               "plpgsql.* setting is refused at once instead of removed by LOAD",
+        "temp": f"{REUSED_BACKEND}: its temporary schema already exists, so "
+                "current_schema() creates none and PREPARE TRANSACTION is allowed",
+    },
+    "transaction": {
+        "stats": f"{REUSED_BACKEND}: its statistics counters include earlier clients' work",
+        "guc": f"{REUSED_BACKEND}: plpgsql already loaded (see session mode)",
+        "temp": f"{REUSED_BACKEND}: temporary schema already exists (see session mode)",
+        "prepare": "SQL PREPAREd statements are prepared on each server connection "
+                   "when first EXECUTEd there, so pg_prepared_statements shows those "
+                   "of the connection serving the query",
+    },
 }
 
 
 def log(msg: str) -> None:
     print(f"[regress] {msg}", file=sys.stderr, flush=True)
+
+
+DEB_SRC = Path("/etc/apt/sources.list.d/pgrouter-deb-src.sources")
+
+
+def enable_deb_src() -> None:
+    """Debian's source packages: the same mirrors as the binary ones, with
+    Types: deb-src (a fresh Debian 12 machine has none configured)."""
+    if DEB_SRC.exists():
+        return
+    binary = Path("/etc/apt/sources.list.d/debian.sources")
+    text = binary.read_text() if binary.exists() else (
+        "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm bookworm-updates\n"
+        "Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n")
+    DEB_SRC.write_text(re.sub(r"^Types:\s*deb\s*$", "Types: deb-src", text, flags=re.M))
+    subprocess.run(["apt-get", "update", "-q"], check=True, capture_output=True)
 
 
 def source_dir(cache: Path) -> Path:
@@ -56,6 +86,10 @@ def source_dir(cache: Path) -> Path:
         return found[-1].parents[3]
     versions = subprocess.run(["apt-cache", "showsrc", f"postgresql-{PG_MAJOR}"], capture_output=True,
                               text=True).stdout
+    if "Version:" not in versions:
+        enable_deb_src()
+        versions = subprocess.run(["apt-cache", "showsrc", f"postgresql-{PG_MAJOR}"],
+                                  capture_output=True, text=True).stdout
     for version in sorted(set(re.findall(r"^Version: (\S+)", versions, re.M)), reverse=True):
         r = subprocess.run(["apt-get", "source", "-q", "--download-only",
                             f"postgresql-{PG_MAJOR}={version}"], cwd=cache, capture_output=True, text=True)

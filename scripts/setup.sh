@@ -43,7 +43,9 @@ fi
 # tokens through PAM in the [jit] tests (harness/pam.py runs a python3 script
 # as the postgres user, which cannot use a python under /root).
 APT_PACKAGES=(postgresql-15 postgresql-client-15 libclang-dev clang pgbouncer iproute2
-              libpam-modules python3)
+              libpam-modules python3
+              # scripts/regress.py builds regress.so against the server headers.
+              postgresql-server-dev-15)
 # More for a caller that needs them (bench/run.sh: haproxy).
 read -r -a EXTRA_PACKAGES <<<"${PGROUTER_EXTRA_PACKAGES:-}"
 APT_PACKAGES+=("${EXTRA_PACKAGES[@]}")
