@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from harness import wire
-from harness.clients import Timer, connect, sqlstate
+from harness.clients import BackendPeak, Timer, connect, run_clients, sqlstate
 from harness.pg import APP_DB, APP_USER
 from harness.router import app_user
 from harness.util import wait_until
@@ -147,33 +147,13 @@ def test_max_db_and_user_connections_cap_across_pools(routers, primary):
                                users=[app_user(),
                                       app_user(name="app2", password="app2-secret",
                                                server_user=APP_USER, server_password="app-secret")])
-        stop = threading.Event()
-        peak = [0]
-        errors: list[str] = []
-
-        def sample():
-            while not stop.is_set():
-                peak[0] = max(peak[0], len(primary.backends(user=APP_USER, db=APP_DB)))
-                time.sleep(0.02)
-
         def client(user, password):
-            try:
-                with connect(router.dsn(user=user, password=password)) as conn:
-                    for _ in range(5):
-                        conn.execute("SELECT pg_sleep(0.02)")
-            except Exception as exc:  # noqa: BLE001
-                errors.append(repr(exc))
+            with connect(router.dsn(user=user, password=password)) as conn:
+                for _ in range(5):
+                    conn.execute("SELECT pg_sleep(0.02)")
 
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        threads = [threading.Thread(target=client, args=u) for u in
-                   [(APP_USER, "app-secret"), ("app2", "app2-secret")] * 8]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-        stop.set()
-        sampler.join(5)
+        with BackendPeak(primary, APP_USER, APP_DB) as seen:
+            errors = run_clients(client, [(APP_USER, "app-secret"), ("app2", "app2-secret")] * 8)
         assert errors == [], cap
-        assert 0 < peak[0] <= 3, f"{cap}: {peak[0]} connections on the server"
+        assert 0 < seen.peak <= 3, f"{cap}: {seen.peak} connections on the server"
         router.stop()

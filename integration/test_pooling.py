@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from harness import wire
-from harness.clients import Timer, connect
+from harness.clients import BackendPeak, Timer, connect, run_clients
 from harness.pg import APP_DB, APP_PASSWORD, APP_USER
 from harness.ops import admin_general, admin_rows
 from harness.router import app_user
@@ -282,32 +282,14 @@ def test_pool_size_is_a_hard_limit_health_checks_included(routers, primary):
     item 4: the health check used to keep an 11th of its own)."""
     router = routers.start(general={"default_pool_size": 10, "healthcheck_interval_ms": 100,
                                     "checkout_timeout_ms": 30000})
-    stop = threading.Event()
-    errors: list[str] = []
-    peak = [0]
-
-    def sample():
-        while not stop.is_set():
-            peak[0] = max(peak[0], len(primary.backends(user=APP_USER, db=APP_DB)))
-            time.sleep(0.05)
 
     def client():
-        try:
-            with connect(router.dsn()) as conn:
-                for _ in range(10):
-                    conn.execute("SELECT pg_sleep(0.01)")
-        except Exception as exc:  # noqa: BLE001
-            errors.append(repr(exc))
+        with connect(router.dsn()) as conn:
+            for _ in range(10):
+                conn.execute("SELECT pg_sleep(0.01)")
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(100)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    time.sleep(0.3)  # a few more health checks with every client gone
-    stop.set()
-    sampler.join(5)
+    with BackendPeak(primary, APP_USER, APP_DB, interval=0.05) as seen:
+        errors = run_clients(client, [()] * 100)
+        time.sleep(0.3)  # a few more health checks with every client gone
     assert errors == []
-    assert 0 < peak[0] <= 10, f"{peak[0]} backends of {APP_USER} seen"
+    assert 0 < seen.peak <= 10, f"{seen.peak} backends of {APP_USER} seen"

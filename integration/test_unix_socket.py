@@ -33,7 +33,7 @@ def unix_databases(cluster, with_replica: bool) -> list[dict]:
     return dbs
 
 
-def test_reads_and_writes_over_unix_sockets(routers, cluster):
+def test_reads_and_writes_over_unix_sockets(routers, cluster, table):
     router = routers.start(databases=unix_databases(cluster, True),
                            general=admin_general(healthcheck_interval_ms=200))
     p, r = cluster.primary.port, cluster.replica.port
@@ -41,10 +41,11 @@ def test_reads_and_writes_over_unix_sockets(routers, cluster):
         # A read: the replica, over its socket.
         assert conn.execute(PROBE).fetchone() == (True, r, True)
         # A write: the primary, over its socket.
-        conn.execute("CREATE TEMP TABLE ux_t (v int)")
-        conn.execute("INSERT INTO ux_t VALUES (1)")
+        # (Not a temp table: that would pin the client to the primary.)
+        conn.execute(f"CREATE TABLE {table} (v int)")
+        conn.execute(f"INSERT INTO {table} VALUES (1)")
         with conn.transaction():
-            conn.execute("INSERT INTO ux_t VALUES (2)")
+            conn.execute(f"INSERT INTO {table} VALUES (2)")
             assert conn.execute(PROBE).fetchone() == (True, p, False)
         # Extended protocol with a parameter.
         assert conn.execute(PROBE + " WHERE %s = 1", (1,)).fetchone() == (True, r, True)

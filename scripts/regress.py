@@ -153,6 +153,47 @@ def run_suite(regress: Path, libs: Path, port: int, outdir: Path, env: dict) -> 
     return results
 
 
+def diff_of(diffs: Path, test: str, max_lines: int = 60) -> str:
+    """The start of one test's part of pg_regress's regression.diffs."""
+    try:
+        text = diffs.read_text(errors="replace")
+    except OSError:
+        return "(no regression.diffs)"
+    parts = re.split(r"(?m)^(?=diff )", text)
+    mine = [p for p in parts if p.startswith("diff ") and f"/{test}.out" in p.splitlines()[0]]
+    lines = "".join(mine).splitlines()[:max_lines]
+    return "\n".join("    " + line for line in lines)
+
+
+def run_mode(factory, cluster, suite, lib, work, env, mode, direct, suffix) -> set[str]:
+    """One run through a router in `mode`; prints every difference from the
+    direct run and returns the tests whose difference is not known."""
+    dbs = [{"name": db, "host": "127.0.0.1", "port": cluster.primary.port,
+            "database_name": db, "role": "primary"} for db in ("regression", "postgres")]
+    users = [{"name": SU, "database": db, "password": SU_PASSWORD, "auth": "scram"}
+             for db in ("regression", "postgres")]
+    router = factory.start(general={"pool_mode": mode, "default_pool_size": 25,
+                                    "checkout_timeout_ms": 60000},
+                           users=users, databases=dbs)
+    log(f"{mode} mode through pgrouter on port {router.port}")
+    clean_server(cluster)
+    outdir = work / f"{mode}{suffix}"
+    got = run_suite(suite, lib, router.port, outdir, env)
+    router.stop()
+    differ = sorted(t for t in direct if got.get(t) != direct[t])
+    ok = sum(1 for v in got.values() if v == "ok")
+    log(f"{mode}: {ok}/{len(got)} ok; {len(differ)} differ from the direct run")
+    unknown = set()
+    for t in differ:
+        known = KNOWN.get(mode, {}).get(t)
+        note = f"known: {known}" if known else "NOT KNOWN"
+        print(f"{mode}: {t}: {direct[t]} directly, {got.get(t)} through pgrouter ({note})")
+        if known is None:
+            unknown.add(t)
+            print(diff_of(outdir / "regression.diffs", t))
+    return unknown
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--modes", default="session,transaction")
@@ -179,25 +220,16 @@ def main() -> int:
         factory = RouterFactory(cluster, work / "routers")
         try:
             for mode in args.modes.split(","):
-                dbs = [{"name": db, "host": "127.0.0.1", "port": cluster.primary.port,
-                        "database_name": db, "role": "primary"} for db in ("regression", "postgres")]
-                users = [{"name": SU, "database": db, "password": SU_PASSWORD, "auth": "scram"}
-                         for db in ("regression", "postgres")]
-                router = factory.start(general={"pool_mode": mode, "default_pool_size": 25,
-                                                "checkout_timeout_ms": 60000},
-                                       users=users, databases=dbs)
-                log(f"{mode} mode through pgrouter on port {router.port}")
-                clean_server(cluster)
-                got = run_suite(suite, lib, router.port, work / mode, env)
-                router.stop()
-                differ = sorted(t for t in direct if got.get(t) != direct[t])
-                ok = sum(1 for v in got.values() if v == "ok")
-                log(f"{mode}: {ok}/{len(got)} ok; {len(differ)} differ from the direct run")
-                for t in differ:
-                    known = KNOWN.get(mode, {}).get(t)
-                    note = f"known: {known}" if known else "NOT KNOWN"
-                    print(f"{mode}: {t}: {direct[t]} directly, {got.get(t)} through pgrouter ({note})")
-                    failures += known is None
+                unknown = run_mode(factory, cluster, suite, lib, work, env, mode, direct, "")
+                if unknown:
+                    # Tests of one parallel group share the pool: a difference
+                    # that does not come back in a second run is reported as
+                    # flaky; one that does fails the run.
+                    log(f"{mode}: {sorted(unknown)} differ; running the {mode} mode again")
+                    again = run_mode(factory, cluster, suite, lib, work, env, mode, direct, "-again")
+                    for t in sorted(unknown - again):
+                        print(f"{mode}: {t}: differed in one run of two (flaky; see the diff above)")
+                    failures += len(unknown & again)
         finally:
             factory.finish()
     if args.keep:

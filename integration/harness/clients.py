@@ -83,3 +83,46 @@ def spawn_lock_holder(dsn: str, table: str) -> subprocess.Popen:
         _, err = proc.communicate(timeout=10)
         raise RuntimeError(f"lock holder failed: {line!r} {err}")
     return proc
+
+
+class BackendPeak:
+    """Samples how many backends of `user` on `db` the server has, every
+    `interval` seconds while the block runs; `peak` is the most seen."""
+
+    def __init__(self, server, user: str, db: str, interval: float = 0.02):
+        self.server, self.user, self.db, self.interval = server, user, db, interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, len(self.server.backends(user=self.user, db=self.db)))
+            time.sleep(self.interval)
+
+    def __enter__(self) -> "BackendPeak":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(5)
+
+
+def run_clients(target, args_list) -> list[str]:
+    """Runs `target(*args)` in one thread per entry of `args_list`, waits for
+    all; returns the errors they raised, as text."""
+    errors: list[str] = []
+
+    def wrapped(*args):
+        try:
+            target(*args)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=wrapped, args=a, daemon=True) for a in args_list]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return errors

@@ -119,6 +119,14 @@ pub(crate) fn of_statement(node: &N) -> SessionStateChange {
         N::CreateSeqStmt(s) => c.creates |= temp_if(s.sequence.as_ref()),
         N::CreateTableAsStmt(s) => c.creates |= temp_if(s.into.as_ref().and_then(|i| i.rel.as_ref())),
         N::SelectStmt(s) => c.creates |= temp_if(s.into_clause.as_ref().and_then(|i| i.rel.as_ref())),
+        // Other objects created in the temporary schema by name.
+        N::CreateStatsStmt(s) => c.creates |= temp_name_if(&s.defnames),
+        N::CreateFunctionStmt(s) => c.creates |= temp_name_if(&s.funcname),
+        N::DefineStmt(s) => c.creates |= temp_name_if(&s.defnames),
+        N::CreateDomainStmt(s) => c.creates |= temp_name_if(&s.domainname),
+        N::CreateEnumStmt(s) => c.creates |= temp_name_if(&s.type_name),
+        N::CreateRangeStmt(s) => c.creates |= temp_name_if(&s.type_name),
+        N::CompositeTypeStmt(s) => c.creates |= temp_if(s.typevar.as_ref()),
         N::ListenStmt(_) => c.creates |= SessionState::LISTEN,
         N::UnlistenStmt(u) if u.conditionname.is_empty() => c.ends |= SessionState::LISTEN,
         N::DeclareCursorStmt(d) if d.options & CURSOR_OPT_HOLD != 0 => c.creates |= SessionState::HOLD_CURSOR,
@@ -150,6 +158,18 @@ pub(crate) fn of_statement(node: &N) -> SessionStateChange {
 fn temp_if(rel: Option<&RangeVar>) -> SessionState {
     match rel {
         Some(r) if r.relpersistence == "t" || r.schemaname.eq_ignore_ascii_case("pg_temp") => SessionState::TEMP,
+        _ => SessionState::NONE,
+    }
+}
+
+/// A qualified name (`pg_temp.x`) in the temporary schema.
+fn temp_name_if(name: &[pg_query::Node]) -> SessionState {
+    let schema = match name {
+        [schema, _] | [_, schema, _] => schema,
+        _ => return SessionState::NONE,
+    };
+    match &schema.node {
+        Some(N::String(s)) if s.sval.eq_ignore_ascii_case("pg_temp") => SessionState::TEMP,
         _ => SessionState::NONE,
     }
 }
@@ -190,6 +210,11 @@ mod tests {
             ("CREATE TEMP VIEW v AS SELECT 1", SessionState::TEMP),
             ("CREATE TEMP SEQUENCE s", SessionState::TEMP),
             ("SELECT 1 INTO TEMP t", SessionState::TEMP),
+            ("CREATE STATISTICS pg_temp.s ON a, b FROM t", SessionState::TEMP),
+            ("CREATE FUNCTION pg_temp.f() RETURNS int LANGUAGE sql AS 'SELECT 1'", SessionState::TEMP),
+            ("CREATE TYPE pg_temp.e AS ENUM ('a')", SessionState::TEMP),
+            ("CREATE DOMAIN pg_temp.d AS int", SessionState::TEMP),
+            ("CREATE TYPE pg_temp.c AS (a int)", SessionState::TEMP),
             ("LISTEN ch", SessionState::LISTEN),
             ("SELECT pg_advisory_lock(1)", SessionState::ADVISORY_LOCK),
             ("SELECT pg_catalog.PG_TRY_ADVISORY_LOCK_SHARED(1, 2)", SessionState::ADVISORY_LOCK),
@@ -208,6 +233,8 @@ mod tests {
         for sql in [
             "CREATE TABLE t (a int)",
             "CREATE UNLOGGED TABLE t (a int)",
+            "CREATE FUNCTION public.f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+            "CREATE STATISTICS s ON a, b FROM t",
             "SELECT pg_advisory_xact_lock(1)",
             "DECLARE c CURSOR FOR SELECT 1",
             "SELECT currval('s')",
