@@ -54,6 +54,9 @@ KNOWN = {
         "prepare": "SQL PREPAREd statements are prepared on each server connection "
                    "when first EXECUTEd there, so pg_prepared_statements shows those "
                    "of the connection serving the query",
+        "partition_prune": "a SQL PREPAREd statement EXECUTEd from inside a PL/pgSQL "
+                           "function (dynamic SQL) is invisible to the router, which prepares "
+                           "such statements on a connection when it sees their EXECUTE",
     },
 }
 
