@@ -35,8 +35,9 @@ fi
 
 banner "fuzz targets, ${PGROUTER_FUZZ_SECONDS:-20} s each"
 # scripts/fuzz.sh: builds the cargo-afl targets and runs each briefly from the
-# committed seeds; a crash fails the run. PGROUTER_NO_FUZZ=1 skips it.
-if [ "${PGROUTER_NO_FUZZ:-0}" != "1" ] && ! bash scripts/fuzz.sh --seconds "${PGROUTER_FUZZ_SECONDS:-20}"; then
+# committed seeds, two at a time (nothing else runs meanwhile); a crash fails
+# the run. PGROUTER_NO_FUZZ=1 skips it.
+if [ "${PGROUTER_NO_FUZZ:-0}" != "1" ] && ! bash scripts/fuzz.sh --jobs 2 --seconds "${PGROUTER_FUZZ_SECONDS:-20}"; then
     echo "test.sh: fuzzing failed" >&2
     status=1
 fi
