@@ -6,20 +6,22 @@
 //! - server: client-first and client-final from the input, against a
 //!   secret whose password the input does not know;
 //! - client: server-first and server-final from the input (iteration counts
-//!   above 4096 are skipped: the client allows up to 10 million, seconds of
-//!   PBKDF2, which the fuzzer would only report as hangs);
+//!   above 16 are skipped: the client allows up to 10 million, seconds of
+//!   PBKDF2 that the fuzzer would only report as hangs, and even PostgreSQL's
+//!   4096 cost milliseconds, a hundred times the rest of an execution);
 //! - tamper: an honest exchange whose client-final the input changes in
 //!   place: the server must refuse anything but the honest bytes, and the
 //!   honest client must accept the honest server-final;
 //! - stored passwords and secrets (`users.toml` values): parse, and a parsed
-//!   secret prints back to itself.
+//!   secret prints back to itself; a password checked against them (secrets
+//!   of more than 16 iterations are not checked, as above).
 
 use pgrouter::auth::{verify_cleartext, ScramClient, ScramSecret, ScramServer, StoredPassword};
 use pgrouter_fuzz::Pieces;
 
 const PASSWORD: &str = "pencil";
 /// PBKDF2 rounds the client may be asked for here (see the module comment).
-const MAX_FUZZ_ITERATIONS: u64 = 4096;
+const MAX_FUZZ_ITERATIONS: u64 = 16;
 
 fn main() {
     afl::fuzz_nohook!(|data: &[u8]| check(data));
