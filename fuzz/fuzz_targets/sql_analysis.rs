@@ -273,13 +273,8 @@ fn other_digits(lit: &str, way: usize) -> String {
         .chars()
         .map(|c| {
             if c.is_ascii_hexdigit() && (radix || c.is_ascii_digit()) {
-                let d = if way == 0 {
-                    '1'
-                } else if first {
-                    '1'
-                } else {
-                    '0'
-                };
+                // Way 0: all ones; way 1: a one, then zeros.
+                let d = if way == 0 || first { '1' } else { '0' };
                 first = false;
                 d
             } else {
