@@ -144,5 +144,9 @@ if [ "$BUILD" -eq 1 ]; then
         exit 1
     fi
     log "binary: $TARGET_DIR/release/pgrouter"
+    # cargo-afl and the AFL++ it builds, for scripts/fuzz.sh (PGROUTER_NO_FUZZ=1 skips).
+    if [ "${PGROUTER_NO_FUZZ:-0}" != "1" ]; then
+        bash scripts/fuzz.sh --install-only
+    fi
 fi
 log "done"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The one test command: set-up (packages, venv, release build), the Rust tests,
-# then the pytest integration suite against real PostgreSQL servers.
+# a short run of every fuzz target, then the pytest integration suite against
+# real PostgreSQL servers.
 #
 #   bash scripts/test.sh                 # everything
 #   bash scripts/test.sh -k copy         # extra arguments go to pytest
@@ -29,6 +30,15 @@ status=0
 banner "cargo test --release --workspace"
 if ! cargo test --release --workspace --no-fail-fast; then
     echo "test.sh: cargo test failed" >&2
+    status=1
+fi
+
+banner "fuzz targets, ${PGROUTER_FUZZ_SECONDS:-20} s each"
+# scripts/fuzz.sh: builds the cargo-afl targets and runs each briefly from the
+# committed seeds, two at a time (nothing else runs meanwhile); a crash fails
+# the run. PGROUTER_NO_FUZZ=1 skips it.
+if [ "${PGROUTER_NO_FUZZ:-0}" != "1" ] && ! bash scripts/fuzz.sh --jobs 2 --seconds "${PGROUTER_FUZZ_SECONDS:-20}"; then
+    echo "test.sh: fuzzing failed" >&2
     status=1
 fi
 

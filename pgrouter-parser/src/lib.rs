@@ -79,3 +79,7 @@ pub use template::Template;
 pub fn split_statements(sql: &str) -> Option<Vec<&str>> {
     pg_query::split_with_parser(sql).ok()
 }
+
+/// Entry points for the fuzz targets in `fuzz/`; not part of the API.
+#[doc(hidden)]
+pub mod fuzz_api;

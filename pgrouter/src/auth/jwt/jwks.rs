@@ -31,7 +31,7 @@ use super::keys::{self, VerifyKey};
 
 /// One successfully fetched key set.
 #[derive(Default)]
-struct KeySet {
+pub(super) struct KeySet {
     by_kid: HashMap<String, Arc<VerifyKey>>,
     all: Vec<Arc<VerifyKey>>,
     /// None until the first successful fetch.
@@ -205,7 +205,7 @@ impl Jwks {
 /// Parses a JWKS document. Keys that cannot be used are skipped (and
 /// logged); a set with no usable key at all is an error, so a broken
 /// document never replaces good keys.
-fn parse_set(body: &[u8]) -> Result<KeySet, String> {
+pub(super) fn parse_set(body: &[u8]) -> Result<KeySet, String> {
     let doc: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
     let entries = doc

@@ -21,6 +21,8 @@
 
 mod error;
 mod fetch;
+#[doc(hidden)]
+pub mod fuzz;
 mod jwks;
 mod keys;
 mod settings;
