@@ -380,3 +380,32 @@ def test_pgbench_prepared(routers, cluster, mode):
     assert failed == 0, text
     assert processed > 100, text
     print(f"pgbench -M prepared {mode}: {processed} transactions")
+
+
+@pytest.mark.parametrize("sql, columns", [
+    ("SELECT 1 AS a, 'x'::text AS b", ["a", "b"]),
+    ("EXECUTE gdesc_p", ["first", "second"]),
+])
+def test_unnamed_statement_described_in_a_later_transaction(routers, sql, columns):
+    """psql's `\\gdesc`: Parse of the unnamed statement + Sync, then Describe
+    + Sync. Meanwhile another client used the only server connection (its
+    simple query destroyed the unnamed statement): the router parses it
+    again, with the SQL prepared statement it EXECUTEs."""
+    router = routers.start(general={"default_pool_size": 1})
+    conn = wire.RawConn.open(router.port)
+    try:
+        conn.startup("app", "app", "app-secret")
+        conn.simple_query("PREPARE gdesc_p AS SELECT 1 AS first, 2 AS second")
+        conn.send(wire.parse_message(sql) + wire.sync_message())
+        assert [m.kind for m in conn.read_batches(1)[0]] == [b"1", b"Z"]
+        with connect(router.dsn()) as other:
+            other.execute("SELECT 42")
+        conn.send(wire.describe_message(b"S", "") + wire.sync_message())
+        batch = conn.read_batches(1)[0]
+        kinds = [m.kind for m in batch]
+        assert kinds == [b"t", b"T", b"Z"], kinds
+        described = next(m for m in batch if m.kind == b"T")
+        for column in columns:
+            assert column.encode() + b"\0" in described.body
+    finally:
+        conn.close()

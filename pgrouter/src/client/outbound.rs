@@ -575,7 +575,19 @@ impl Session {
         if self.unnamed_here || self.unnamed_parse.is_empty() {
             return;
         }
-        self.to_server.extend_from_slice(&self.unnamed_parse);
+        let parse = std::mem::take(&mut self.unnamed_parse);
+        // `EXECUTE name` as the unnamed statement (psql's `EXECUTE p \gdesc`)
+        // needs the SQL prepared statement on this server first.
+        if let (Some(analysis), Ok(p)) = (
+            self.unnamed.clone(),
+            parse_parse(parse.get(5..).unwrap_or(&[])),
+        ) {
+            if touches_sql_prepared(&analysis) {
+                self.inject_fixups_extended(&analysis, p.sql);
+            }
+        }
+        self.to_server.extend_from_slice(&parse);
+        self.unnamed_parse = parse;
         self.expect.swallow(Reply::Parse(None));
         self.unnamed_here = true;
     }
