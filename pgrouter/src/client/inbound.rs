@@ -135,6 +135,12 @@ impl Session {
                         }
                     } else if let Ok(f) = parse_error_fields(body) {
                         tracing::warn!(code = %f.code, error = %f.message, "a query of the router's failed");
+                        // What it set may not be in force (a failed
+                        // set_config list sets nothing): the bookkeeping of
+                        // this connection can no longer be trusted, so it is
+                        // reset and synced again before its next use.
+                        held.conn.params_fingerprint = 0;
+                        held.conn.needs_reset = true;
                     }
                 }
                 b'C' if clients => {
