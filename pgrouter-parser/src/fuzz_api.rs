@@ -7,56 +7,16 @@
 //! keys of the one-pass and the tokenizer paths, the literals a template
 //! would take as holes.
 
-use crate::lexer::{Lexer, Tok};
+use crate::lexer::Lexer;
 use crate::normalize_fast::{fast_key_with, Fast};
 
-/// A token kind of the crate's lexer (see `lexer::Tok`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenKind {
-    /// A run of whitespace.
-    Space,
-    /// One `--` or `/* */` comment.
-    Comment,
-    /// A character string constant (`'..'`, `E'..'`, `U&'..'`, dollar quoted).
-    Str,
-    /// A bit string constant (`B'..'`, `X'..'`).
-    BitStr,
-    /// An integer constant that fits in 32 bits.
-    Int,
-    /// Any other numeric constant.
-    Num,
-    /// An unquoted identifier or keyword.
-    Ident,
-    /// A quoted identifier.
-    QuotedIdent,
-    /// `$1`.
-    Param,
-    /// One byte of an operator or punctuation.
-    Other,
-}
+/// A token kind of the crate's lexer.
+pub use crate::lexer::Tok as TokenKind;
 
 /// The lexer's tokens of `sql` as `(kind, start, end)` byte ranges, or None
 /// when it refuses the text.
 pub fn tokens(sql: &str) -> Option<Vec<(TokenKind, usize, usize)>> {
-    Lexer::new(sql)
-        .map(|t| {
-            t.ok().map(|(tok, start, end)| {
-                let kind = match tok {
-                    Tok::Space => TokenKind::Space,
-                    Tok::Comment => TokenKind::Comment,
-                    Tok::Str => TokenKind::Str,
-                    Tok::BitStr => TokenKind::BitStr,
-                    Tok::Int => TokenKind::Int,
-                    Tok::Num => TokenKind::Num,
-                    Tok::Ident => TokenKind::Ident,
-                    Tok::QuotedIdent => TokenKind::QuotedIdent,
-                    Tok::Param => TokenKind::Param,
-                    Tok::Other => TokenKind::Other,
-                };
-                (kind, start, end)
-            })
-        })
-        .collect()
+    Lexer::new(sql).map(Result::ok).collect()
 }
 
 /// What the one-pass key (`normalize_fast`) made of a text.

@@ -11,7 +11,7 @@
 /// ([`Tok::Other`]); joining them back gives the same text, which is all the
 /// callers need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Tok {
+pub enum Tok {
     /// A run of whitespace.
     Space,
     /// One `-- ...` or (possibly nested) `/* ... */` comment.

@@ -170,7 +170,7 @@ impl JitClient {
         };
         let resp = match self.client.request(req).await {
             Ok(r) => r,
-            Err(e) => return Verdict::Unavailable(describe(e)),
+            Err(e) => return Verdict::Unavailable(super::describe_http_error(e)),
         };
         let status = resp.status();
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
@@ -201,18 +201,6 @@ fn decide(body: &[u8], role: &str) -> Verdict {
         Some(granted) => Verdict::NotGranted(granted.to_string()),
         None => Verdict::Unavailable("the answer has no user_role.role".into()),
     }
-}
-
-/// hyper-util's error Display is terse; the causes say what failed.
-fn describe(e: hyper_util::client::legacy::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

@@ -124,6 +124,20 @@ pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
+/// hyper-util's error Display is terse ("client error (Connect)"); the
+/// chain of causes says e.g. "connection refused" or "invalid peer
+/// certificate: UnknownIssuer" (JWKS fetches and JIT API calls).
+pub(crate) fn describe_http_error(e: hyper_util::client::legacy::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

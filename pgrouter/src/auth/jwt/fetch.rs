@@ -112,7 +112,11 @@ impl Fetcher {
             )
             .body(Empty::new())
             .map_err(|e| e.to_string())?;
-        let resp = self.client.request(req).await.map_err(describe)?;
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(crate::auth::describe_http_error)?;
         let status = resp.status();
         if status != StatusCode::OK {
             return Err(format!("HTTP status {status}"));
@@ -123,18 +127,4 @@ impl Fetcher {
             .map_err(|e| format!("reading the body: {e}"))?;
         Ok(body.to_bytes())
     }
-}
-
-/// hyper-util's error Display is terse ("client error (Connect)"); append
-/// the chain of causes so the log says e.g. "connection refused" or
-/// "invalid peer certificate: UnknownIssuer".
-fn describe(e: hyper_util::client::legacy::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
