@@ -14,13 +14,21 @@ use tokio::net::TcpStream;
 use crate::protocol::frontend;
 use crate::server::CancelTarget;
 
-/// The server a client is using right now, if any.
+/// The servers a client is using right now: none, one, or one per shard
+/// of a statement on several shards.
 #[derive(Default)]
-pub struct CancelSlot(Mutex<Option<CancelTarget>>);
+pub struct CancelSlot(Mutex<Vec<CancelTarget>>);
 
 impl CancelSlot {
     pub fn set(&self, target: Option<CancelTarget>) {
-        *self.0.lock() = target;
+        let mut targets = self.0.lock();
+        targets.clear();
+        targets.extend(target);
+    }
+
+    /// Every leg of a statement on several shards.
+    pub fn set_many(&self, targets: Vec<CancelTarget>) {
+        *self.0.lock() = targets;
     }
 }
 
@@ -68,19 +76,20 @@ impl CancelRegistry {
     /// Forwards a cancel for a client key. Wrong keys are ignored silently, as
     /// PostgreSQL does, so keys cannot be probed.
     pub async fn cancel(&self, pid: i32, secret: i32) {
-        let target = {
+        let targets = {
             let keys = self.keys.lock();
             match keys.get(&pid) {
                 Some((s, slot)) if *s == secret => slot.0.lock().clone(),
-                _ => None,
+                _ => Vec::new(),
             }
         };
-        let Some(target) = target else {
+        if targets.is_empty() {
             tracing::debug!(pid, "cancel request for an unknown key or an idle client");
-            return;
-        };
-        if let Err(e) = send_cancel(&target).await {
-            tracing::warn!(server = %target.addr, error = %e, "could not forward a cancel request");
+        }
+        for target in targets {
+            if let Err(e) = send_cancel(&target).await {
+                tracing::warn!(server = %target.addr, error = %e, "could not forward a cancel request");
+            }
         }
     }
 }

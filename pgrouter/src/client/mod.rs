@@ -25,6 +25,7 @@ mod routing;
 mod session;
 mod session_changes;
 mod shard_routing;
+mod shards;
 pub mod shutdown;
 mod sql_prepared;
 mod tracking;

@@ -12,6 +12,7 @@ use super::error::SessionEnd;
 use super::expect::{Reply, CLOSE_COMPLETE, PARSE_COMPLETE};
 use super::prepared::SharedStatement;
 use super::registry::ClientState;
+use super::routing::Routed;
 use super::session::{GuardState, Held, Session};
 use super::sql_prepared::touches_sql_prepared;
 use crate::pool::PoolError;
@@ -120,7 +121,16 @@ impl Session {
                 self.wait_while_paused().await?;
                 let route = match self.route_arrived_batch(tag) {
                     None => break, // route the batch once its Sync (or Flush) is here
-                    Some(Ok(route)) => route,
+                    Some(Ok(Routed::One(route))) => {
+                        if self.rt.shard_maps.get(&self.database).is_some() {
+                            self.state.metrics.record_shards(1);
+                        }
+                        route
+                    }
+                    Some(Ok(Routed::Many(route, choice))) => {
+                        self.run_on_shards(tag, route.role, choice).await?;
+                        continue;
+                    }
                     Some(Err(refusal)) => {
                         self.refuse(tag, frame.total_len, refusal);
                         continue;

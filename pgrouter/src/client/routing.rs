@@ -50,28 +50,30 @@ impl Session {
     /// Routes the unit of work at the front of the buffer. An extended batch
     /// runs as one implicit transaction up to its Sync, so it goes to the
     /// primary if any statement in it (as far as it has arrived) needs to.
-    fn route_next_batch(&self) -> Result<Route, Refusal> {
+    fn route_next_batch(&self) -> Result<Routed, Refusal> {
         self.route_batch().0
     }
 
     /// The route of the batch at the front of the buffer once it has
     /// arrived (see [`Self::batch_has_arrived`]): one scan of the buffer
     /// usually answers both.
-    pub(super) fn route_arrived_batch(&self, tag: u8) -> Option<Result<Route, Refusal>> {
+    pub(super) fn route_arrived_batch(&self, tag: u8) -> Option<Result<Routed, Refusal>> {
         let (route, ended) = self.route_batch();
         (ended || self.batch_has_arrived(tag)).then_some(route)
     }
 
     /// The route, and whether the scan saw the batch's Sync or a Flush.
-    fn route_batch(&self) -> (Result<Route, Refusal>, bool) {
-        let (mut route, ended) = self.route_by_statements();
-        if let (Ok(route), true) = (&mut route, self.policy.read_only) {
+    fn route_batch(&self) -> (Result<Routed, Refusal>, bool) {
+        let (mut routed, ended) = self.route_by_statements();
+        if let (Ok(Routed::One(route) | Routed::Many(route, _)), true) =
+            (&mut routed, self.policy.read_only)
+        {
             route.role = Role::Replica;
         }
-        (route, ended)
+        (routed, ended)
     }
 
-    fn route_by_statements(&self) -> (Result<Route, Refusal>, bool) {
+    fn route_by_statements(&self) -> (Result<Routed, Refusal>, bool) {
         let session = self.session_routing();
         if self.mode == PoolMode::Session {
             let role = match session.role_override {
@@ -83,7 +85,7 @@ impl Session {
                 shard: session.shard_override.unwrap_or(0) as usize,
                 role,
             };
-            return (Ok(route), false);
+            return (Ok(Routed::One(route)), false);
         }
         let mut ended = false;
         let mut route: Option<Route> = None;
@@ -126,7 +128,7 @@ impl Session {
                         shard: 0,
                         role: Role::Primary,
                     };
-                    return (Ok(route), false);
+                    return (Ok(Routed::One(route)), false);
                 }
                 b'S' | b'H' => {
                     ended = true;
@@ -158,10 +160,17 @@ impl Session {
             shard: session.shard_override.unwrap_or(0) as usize,
             role: Role::Primary,
         });
-        if let Some(choice) = keyed.choice {
-            route.shard = choice.shard;
+        match keyed.choice {
+            Some(choice) if choice.many.is_some() => {
+                route.shard = choice.shard;
+                (Ok(Routed::Many(route, choice)), ended)
+            }
+            Some(choice) => {
+                route.shard = choice.shard;
+                (Ok(Routed::One(route)), ended)
+            }
+            None => (Ok(Routed::One(route)), ended),
         }
-        (Ok(route), ended)
     }
 
     /// The analysis that decides a simple query's route: for a lone
@@ -210,8 +219,8 @@ impl Session {
             return false;
         }
         // A refusal is answered once the held server is released.
-        let Ok(route) = self.route_next_batch() else {
-            return true;
+        let Ok(Routed::One(route)) = self.route_next_batch() else {
+            return true; // a refusal, or several shards: answered once released
         };
         route.shard != held.shard || (route.role == Role::Primary && !held.is_primary)
     }
@@ -235,10 +244,12 @@ impl Session {
             return false;
         };
         let moves = match self.route_next_batch() {
-            Ok(route) => {
+            Ok(Routed::One(route)) => {
                 route.shard != held.shard || (route.role == Role::Primary && !held.is_primary)
             }
-            Err(_) => true, // the refusal is answered once the server is released
+            // A refusal is answered once the server is released; a
+            // statement on several shards runs on legs of its own.
+            Ok(Routed::Many(..)) | Err(_) => true,
         };
         if moves {
             crate::protocol::frontend::sync(&mut self.to_server);
@@ -247,6 +258,13 @@ impl Session {
         }
         moves
     }
+}
+
+/// Where a unit of work goes: one server, or legs on several shards.
+pub(super) enum Routed {
+    One(Route),
+    /// The role (and lowest shard), and the shards with how they combine.
+    Many(Route, ShardChoice),
 }
 
 /// The one shard the statements of a batch need by their keys.
@@ -259,14 +277,18 @@ impl KeyedShard {
     fn add(&mut self, planned: Result<Option<ShardChoice>, Refusal>) -> Result<(), Refusal> {
         let Some(next) = planned? else { return Ok(()) };
         match &self.choice {
-            Some(first) if first.shard != next.shard => Err(Refusal {
-                sqlstate: "0A000",
-                message: format!(
-                    "pgrouter: statements of one batch need shards {} and {}; statements on several shards \
-                     are not supported yet; HINT: send them separately",
-                    first.shard, next.shard
-                ),
-            }),
+            Some(first)
+                if first.shard != next.shard || first.many.is_some() || next.many.is_some() =>
+            {
+                Err(Refusal {
+                    sqlstate: "0A000",
+                    message: format!(
+                        "pgrouter: statements of one batch (up to its Sync) need different shards ({} and {}); \
+                         a batch on several shards must be one statement; HINT: Sync after each statement",
+                        first.reason, next.reason
+                    ),
+                })
+            }
             _ => {
                 self.choice = Some(next);
                 Ok(())

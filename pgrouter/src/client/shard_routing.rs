@@ -169,6 +169,14 @@ impl Session {
         };
         match planned {
             Err(refusal) => Some(refusal),
+            Ok(Some(choice)) if choice.many.is_some() => Some(Refusal {
+                sqlstate: "0A000",
+                message: format!(
+                    "pgrouter: this statement needs several shards ({}), which is not supported inside a \
+                     transaction block yet; HINT: run it outside the transaction (it is atomic on its own)",
+                    choice.reason
+                ),
+            }),
             Ok(Some(choice)) if choice.shard != held.shard => Some(Refusal {
                 sqlstate: "0A000",
                 message: format!(

@@ -35,6 +35,9 @@ pub use self::snapshot::{
 };
 use crate::router::Role;
 
+/// `pgrouter_sharded_statements_total{shards}` counts 1..=15 and "16+".
+const SHARD_SLOTS: usize = 16;
+
 /// 36 × 36 SQLSTATE classes (`0-9A-Z` twice) plus one slot for malformed codes.
 const ERROR_SLOTS: usize = 36 * 36 + 1;
 
@@ -45,6 +48,9 @@ pub struct Metrics {
     errors: Box<[AtomicU64]>,
     routed_primary: AtomicU64,
     routed_replica: AtomicU64,
+    /// Statements on sharded databases by how many shards they needed:
+    /// index 0 = one shard, 1 = two, ..., the last = 16 or more.
+    by_shards: [AtomicU64; SHARD_SLOTS],
     bans: Mutex<BTreeMap<String, u64>>,
     jwt_logins: ResultCounts,
     logins: ResultCounts,
@@ -96,6 +102,7 @@ impl Metrics {
             errors: (0..ERROR_SLOTS).map(|_| AtomicU64::new(0)).collect(),
             routed_primary: AtomicU64::new(0),
             routed_replica: AtomicU64::new(0),
+            by_shards: Default::default(),
             bans: Mutex::new(BTreeMap::new()),
             jwt_logins: ResultCounts::default(),
             logins: ResultCounts::default(),
@@ -145,6 +152,12 @@ impl Metrics {
     /// the SQLSTATE's class (its first two characters).
     pub fn record_error(&self, sqlstate: &str) {
         self.errors[error_slot(sqlstate)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A statement on a sharded database that needed `shards` shards.
+    pub fn record_shards(&self, shards: usize) {
+        let slot = shards.clamp(1, SHARD_SLOTS) - 1;
+        self.by_shards[slot].fetch_add(1, Ordering::Relaxed);
     }
 
     /// A statement (or transaction) routed to a server of `role`.

@@ -247,6 +247,23 @@ pub fn render(metrics: &Metrics, source: &dyn MetricsSource) -> String {
     );
 
     out.family(
+        "pgrouter_sharded_statements_total",
+        "counter",
+        "Statements on sharded databases, by how many shards they needed (16 = 16 or more).",
+    );
+    for (i, n) in metrics.by_shards.iter().enumerate() {
+        let n = n.load(Ordering::Relaxed);
+        if n > 0 {
+            let shards = (i + 1).to_string();
+            out.sample(
+                "pgrouter_sharded_statements_total",
+                &[("shards", &shards)],
+                n,
+            );
+        }
+    }
+
+    out.family(
         "pgrouter_bans_total",
         "counter",
         "Times a server was banned by health checks.",

@@ -11,7 +11,7 @@ mod shard_values;
 pub use bind::BindParams;
 pub use policy::{JwtIdentity, Policy, Refusal};
 pub use shard_map::{ShardMap, ShardMaps};
-pub use shard_plan::{plan as plan_shard, ShardChoice, Values, UNREADABLE_LITERAL};
+pub use shard_plan::{plan as plan_shard, Many, ManyKind, ShardChoice, Values, UNREADABLE_LITERAL};
 
 use pgrouter_parser::{Analysis, ResetTarget, RoleHint, StatementKind, TxEffect};
 

@@ -41,9 +41,51 @@ pub enum Values<'a> {
 /// Where a statement on a sharded database goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardChoice {
+    /// The shard (the lowest of them when the statement needs several).
     pub shard: usize,
     /// Why, for EXPLAIN (ROUTE): the key and value, or "sharding_key".
     pub reason: String,
+    /// The statement needs several shards: which, and how it runs there.
+    pub many: Option<Many>,
+}
+
+/// A statement that runs on several shards.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Many {
+    /// Ascending (server connections are taken in this order).
+    pub shards: Vec<usize>,
+    pub kind: ManyKind,
+}
+
+/// How a statement on several shards runs and how its answers combine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManyKind {
+    /// A SELECT: run everywhere needed, results merged (`fanout::merge`).
+    Read,
+    /// A keyless UPDATE/DELETE on each shard: rows and tags summed,
+    /// atomic under 2PC.
+    Write,
+    /// A write to reference tables: the same rows change on every shard
+    /// (atomic under 2PC); the client sees one shard's answer.
+    Replicate,
+    /// DDL and maintenance: the same statement on every shard's primary.
+    Ddl,
+    /// A multi-row INSERT whose rows belong to several shards: split.
+    InsertSplit,
+    /// COPY ... FROM STDIN into a sharded table: rows split by key.
+    CopyIn,
+    /// COPY ... TO STDOUT of a sharded table: the shards concatenated.
+    CopyOut,
+}
+
+impl ShardChoice {
+    pub fn one(shard: usize, reason: impl Into<String>) -> ShardChoice {
+        ShardChoice {
+            shard,
+            reason: reason.into(),
+            many: None,
+        }
+    }
 }
 
 /// The shard the statement needs, `None` when it touches no sharded or
@@ -66,7 +108,13 @@ pub fn plan(
         .map(String::as_str)
         .filter(|t| map.is_reference(t))
         .collect();
-    refuse_reference_writes(analysis, map, &reference)?;
+    if let Some(kind) = everywhere(analysis, map, &sharded, &reference)? {
+        let why = match kind {
+            ManyKind::Ddl => "DDL runs on every shard",
+            _ => "writes a reference table: every shard",
+        };
+        return many(map, (0..map.shards).collect(), kind, why.into());
+    }
     if let Some(key) = sharding_key {
         let placement = sharded
             .first()
@@ -77,10 +125,10 @@ pub fn plan(
         };
         let value = parse_text(placement.key_type, key).map_err(key_error)?;
         let shard = placement.shard_of(&value).map_err(key_error)?;
-        return Ok(Some(ShardChoice {
+        return Ok(Some(ShardChoice::one(
             shard,
-            reason: format!("pgrouter.sharding_key = {value}"),
-        }));
+            format!("pgrouter.sharding_key = {value}"),
+        )));
     }
     let has_nameless = map.tables.iter().any(|t| t.name.is_none());
     if sharded.is_empty() && !has_nameless {
@@ -101,6 +149,8 @@ pub fn plan(
         literals: None,
         shards: BTreeSet::new(),
         touched: false,
+        keyless: None,
+        kind: None,
         reasons: Vec::new(),
     };
     for (s, keys) in analysis.statements.iter().zip(&analysis.keys) {
@@ -109,54 +159,115 @@ pub fn plan(
     if !p.touched {
         return Ok(None);
     }
+    if let Some(why) = p.keyless.take() {
+        let kind = p.kind.unwrap_or(ManyKind::Read);
+        return many(map, (0..map.shards).collect(), kind, why);
+    }
     match p.shards.len() {
-        0 => Ok(Some(ShardChoice {
-            shard: 0,
-            reason: "no row can match (contradictory keys)".into(),
-        })),
-        1 => Ok(Some(ShardChoice {
-            shard: *p.shards.first().unwrap_or(&0),
-            reason: p.reasons.join(", "),
-        })),
-        n => Err(several_shards(
-            &format!("the statement's shard keys are on {n} shards"),
-            map,
-        )),
+        0 => Ok(Some(ShardChoice::one(
+            0,
+            "no row can match (contradictory keys)",
+        ))),
+        1 => Ok(Some(ShardChoice::one(
+            *p.shards.first().unwrap_or(&0),
+            p.reasons.join(", "),
+        ))),
+        n => {
+            let kind = p.kind.unwrap_or(ManyKind::Read);
+            let why = format!("the shard keys are on {n} shards: {}", p.reasons.join(", "));
+            many(map, p.shards.into_iter().collect(), kind, why)
+        }
     }
 }
 
-fn refuse_reference_writes(
+/// A statement on several shards, unless `cross_shard = "refuse"`. Only
+/// one statement per query string may need several shards (their answers
+/// could not be told apart), unless every statement runs everywhere alike.
+fn many(
+    map: &ShardMap,
+    shards: Vec<usize>,
+    kind: ManyKind,
+    reason: String,
+) -> Result<Option<ShardChoice>, Refusal> {
+    if map.refuse_cross_shard {
+        return Err(unsupported(format!(
+            "pgrouter: this statement needs {} shards ({reason}) and cross_shard = \"refuse\"; \
+             HINT: add the shard key, or /* pgrouter: shard=N */",
+            shards.len()
+        )));
+    }
+    Ok(Some(ShardChoice {
+        shard: shards.first().copied().unwrap_or(0),
+        reason,
+        many: Some(Many { shards, kind }),
+    }))
+}
+
+/// Statements that run on every shard alike: DDL (any table: every table
+/// not sharded lives on every shard alike) and maintenance of sharded or
+/// reference tables, and writes to reference tables. `None` when the
+/// string holds anything else (then its keys decide, and a mix is refused).
+fn everywhere(
     analysis: &Analysis,
     map: &ShardMap,
+    sharded: &[&str],
     reference: &[&str],
-) -> Result<(), Refusal> {
-    if reference.is_empty() {
-        return Ok(());
-    }
+) -> Result<Option<ManyKind>, Refusal> {
+    let mut kind = None;
+    let mut other = false;
     for (i, s) in analysis.statements.iter().enumerate() {
         let keys = analysis.keys.get(i);
-        let target = match &s.kind {
-            StatementKind::Insert => keys
-                .and_then(|k| k.insert.as_ref())
-                .map(|r| qualified(&r.relation)),
-            StatementKind::Update | StatementKind::Delete => keys
-                .and_then(|k| k.scopes.first())
-                .and_then(|sc| sc.relations.first())
-                .map(qualified),
-            StatementKind::Select
-            | StatementKind::Explain { analyze: false }
-            | StatementKind::Show => None,
-            _ if s.is_write => reference.first().map(|t| t.to_string()),
+        let this = match &s.kind {
+            StatementKind::Ddl => Some(ManyKind::Ddl),
+            StatementKind::Vacuum | StatementKind::Analyze
+                if !sharded.is_empty() || !reference.is_empty() || analysis.tables.is_empty() =>
+            {
+                Some(ManyKind::Ddl)
+            }
+            StatementKind::Insert | StatementKind::Update | StatementKind::Delete => {
+                let target = match &s.kind {
+                    StatementKind::Insert => keys
+                        .and_then(|k| k.insert.as_ref())
+                        .map(|r| qualified(&r.relation)),
+                    _ => keys
+                        .and_then(|k| k.scopes.first())
+                        .and_then(|sc| sc.relations.first())
+                        .map(qualified),
+                };
+                target
+                    .filter(|t| map.is_reference(t))
+                    .map(|_| ManyKind::Replicate)
+            }
+            StatementKind::Set(_) | StatementKind::Reset(_) | StatementKind::Show => continue,
+            StatementKind::Select | StatementKind::Explain { analyze: false } => None,
+            _ if s.is_write && !reference.is_empty() => {
+                return Err(unsupported(format!(
+                    "pgrouter: this statement writes reference table \"{}\" in a way the router cannot \
+                     run on every shard; HINT: use INSERT, UPDATE or DELETE",
+                    reference[0]
+                )))
+            }
             _ => None,
         };
-        if let Some(t) = target.filter(|t| map.is_reference(t)) {
-            return Err(unsupported(format!(
-                "pgrouter: writing reference table \"{t}\" needs every shard, and statements on several shards \
-                 are not supported yet; HINT: write each shard with /* pgrouter: shard=N */"
-            )));
+        match this {
+            Some(k) => {
+                kind = Some(if kind == Some(ManyKind::Ddl) {
+                    ManyKind::Ddl
+                } else {
+                    k
+                })
+            }
+            None => other = true,
         }
     }
-    Ok(())
+    match (kind, other) {
+        (Some(k), false) => Ok(Some(k)),
+        (Some(_), true) => Err(unsupported(
+            "pgrouter: this query string mixes statements that run on every shard (DDL, reference-table \
+             writes) with others; HINT: send them separately",
+        )),
+        (None, _) => Ok(None),
+    }
 }
 
 fn qualified(r: &Relation) -> String {
@@ -173,6 +284,11 @@ struct Planner<'a> {
     shards: BTreeSet<usize>,
     /// A sharded table was involved.
     touched: bool,
+    /// Some sharded table is read or written without its key: every shard
+    /// is needed (why, for EXPLAIN (ROUTE)).
+    keyless: Option<String>,
+    /// How the statement runs should it need several shards.
+    kind: Option<ManyKind>,
     reasons: Vec<String>,
 }
 
@@ -201,11 +317,13 @@ impl<'a> Planner<'a> {
             StatementKind::Copy {
                 from_stdin_or_file: true,
             } if !sharded.is_empty() => {
-                return Err(unsupported(format!(
-                    "pgrouter: COPY into sharded table \"{}\" needs every shard; not supported yet; \
-                     HINT: COPY into each shard with /* pgrouter: shard=N */ and rows of that shard",
+                self.touched = true;
+                self.kind = Some(ManyKind::CopyIn);
+                self.keyless = Some(format!(
+                    "COPY into \"{}\" splits its rows by key",
                     sharded[0]
-                )));
+                ));
+                return Ok(());
             }
             StatementKind::Insert => {
                 let Some(rows) = &keys.insert else {
@@ -224,23 +342,16 @@ impl<'a> Planner<'a> {
                 }
             }
             StatementKind::Select
-            | StatementKind::Update
-            | StatementKind::Delete
             | StatementKind::Explain { .. }
-            | StatementKind::Copy { .. }
-            | StatementKind::DeclareCursor => {}
+            | StatementKind::DeclareCursor => self.kind = Some(ManyKind::Read),
+            StatementKind::Update | StatementKind::Delete => self.kind = Some(ManyKind::Write),
+            StatementKind::Copy { .. } => self.kind = Some(ManyKind::CopyOut),
             // PREPARE runs nothing: its EXECUTE is what needs a shard.
             StatementKind::Prepare { .. } => return Ok(()),
-            StatementKind::Ddl
-            | StatementKind::Vacuum
-            | StatementKind::Analyze
-            | StatementKind::Lock
-            | StatementKind::Merge
-                if !sharded.is_empty() =>
-            {
+            StatementKind::Lock | StatementKind::Merge if !sharded.is_empty() => {
                 return Err(unsupported(format!(
-                    "pgrouter: this statement on sharded table \"{}\" needs every shard; statements on several \
-                     shards are not supported yet; HINT: run it on each shard with /* pgrouter: shard=N */",
+                    "pgrouter: LOCK and MERGE on sharded table \"{}\" across shards are not supported; \
+                     HINT: run it on each shard with /* pgrouter: shard=N */",
                     sharded[0]
                 )));
             }
@@ -248,7 +359,8 @@ impl<'a> Planner<'a> {
         }
         let mut first: Option<BTreeSet<usize>> = None;
         for (i, scope) in keys.scopes.iter().enumerate() {
-            if let Some(set) = self.scope(scope, kind)? {
+            let nested_ok = keys.scopes.len() == 1;
+            if let Some(set) = self.scope(scope, kind, nested_ok)? {
                 if i == 0 {
                     first = Some(set.clone());
                 }
@@ -308,10 +420,7 @@ impl<'a> Planner<'a> {
             }
         }
         if shards.len() > 1 {
-            return Err(several_shards(
-                &format!("this multi-row INSERT has rows for {} shards", shards.len()),
-                self.map,
-            ));
+            self.kind = Some(ManyKind::InsertSplit);
         }
         self.shards.extend(shards);
         Ok(())
@@ -322,6 +431,7 @@ impl<'a> Planner<'a> {
         &mut self,
         scope: &Scope,
         kind: &StatementKind,
+        nested_ok: bool,
     ) -> Result<Option<BTreeSet<usize>>, Refusal> {
         let rels: Vec<(usize, &'a ShardedTable)> = scope
             .relations
@@ -349,6 +459,9 @@ impl<'a> Planner<'a> {
             }
         }
         let mut out = BTreeSet::new();
+        let roots = (0..rels.len())
+            .filter(|&r| find(&mut class, r) == r)
+            .count();
         for root in 0..rels.len() {
             if find(&mut class, root) != root {
                 continue;
@@ -362,16 +475,31 @@ impl<'a> Planner<'a> {
                 None => {
                     let (i, t) = rels[root];
                     let r = &scope.relations[i];
-                    let what = match kind {
-                        StatementKind::Update => "UPDATE",
-                        StatementKind::Delete => "DELETE",
-                        _ => "a read",
-                    };
-                    return Err(unsupported(format!(
-                        "pgrouter: {what} of sharded table \"{}\" without its shard key \"{}\" needs every shard; \
-                         cross-shard statements are not supported yet; HINT: add the shard key (WHERE {} = ...)",
-                        r.name, t.column, t.column
-                    )));
+                    if roots > 1 {
+                        return Err(unsupported(format!(
+                            "pgrouter: a join of sharded tables that are not equated on their shard keys, \
+                             without the key of \"{}\", would need rows of several shards at once; \
+                             HINT: join on the shard keys, or add the shard key (WHERE {} = ...)",
+                            r.name, t.column
+                        )));
+                    }
+                    if !nested_ok && matches!(kind, StatementKind::Update | StatementKind::Delete) {
+                        return Err(unsupported(format!(
+                            "pgrouter: an UPDATE or DELETE with a subquery on sharded table \"{}\" without its \
+                             shard key would need rows of several shards at once; HINT: add the shard key \
+                             (WHERE {} = ...)",
+                            r.name, t.column
+                        )));
+                    }
+                    if self.keyless.is_none() {
+                        self.keyless = Some(format!(
+                            "no shard key for \"{}\" ({}): every shard",
+                            r.name, t.column
+                        ));
+                    }
+                    for s in 0..self.map.shards {
+                        out.insert(s);
+                    }
                 }
             }
         }
@@ -604,18 +732,6 @@ pub(super) fn unsupported(message: impl Into<String>) -> Refusal {
         sqlstate: UNSUPPORTED,
         message: message.into(),
     }
-}
-
-fn several_shards(what: &str, map: &ShardMap) -> Refusal {
-    let policy = if map.refuse_cross_shard {
-        " (cross_shard = \"refuse\")"
-    } else {
-        ""
-    };
-    unsupported(format!(
-        "pgrouter: {what}; statements on several shards are not supported yet{policy}; \
-         HINT: cross-shard statements are not supported yet: split it per shard key"
-    ))
 }
 
 pub(super) fn key_error(e: KeyError) -> Refusal {

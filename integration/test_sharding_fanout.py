@@ -1,0 +1,219 @@
+"""Statements on several shards (SPEC §5 "Sharding", issue 17): reads merged
+from every shard, DDL and reference-table writes on every shard, keyless
+UPDATE/DELETE with summed tags — all-or-nothing — against three real
+PostgreSQL primaries. Ground truth for every read is the same query on one
+unsharded copy of the data (`fo_all` on a server of its own)."""
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from harness.clients import aconnect, connect, run_async, sqlstate
+from harness.ops import admin_general, http_get, metrics_port
+from harness.pg import APP_DB, PgCluster
+
+PORT = "inet_server_port()"
+
+SHARDED = [
+    {"database": "app", "name": "fo_orders", "column": "customer_id", "data_type": "bigint"},
+    {"database": "app", "name": "fo_lines", "column": "customer_id", "data_type": "bigint"},
+]
+
+
+@pytest.fixture(scope="module")
+def shards(cluster):
+    with PgCluster(with_replica=False, prefix="pgrouter-fo1-") as s1, \
+            PgCluster(with_replica=False, prefix="pgrouter-fo2-") as s2, \
+            PgCluster(with_replica=False, prefix="pgrouter-fo-truth-") as truth:
+        servers = [cluster.primary, s1.primary, s2.primary]
+        for s in servers:
+            with s.connect(APP_DB) as conn:
+                conn.execute("DROP TABLE IF EXISTS fo_orders, fo_lines, fo_countries, fo_made")
+                conn.execute("GRANT CREATE ON SCHEMA public TO app")
+        yield servers, truth.primary
+        with cluster.primary.connect(APP_DB) as conn:
+            conn.execute("DROP TABLE IF EXISTS fo_orders, fo_lines, fo_countries, fo_made")
+
+
+@pytest.fixture
+def srouter(routers, shards):
+    servers, _ = shards
+    dbs = [{"name": "app", "host": "127.0.0.1", "port": s.port, "database_name": "app", "role": "primary",
+            "shard": i} for i, s in enumerate(servers)]
+    r = routers.start(databases=dbs, sharded_tables=SHARDED, general=admin_general(metrics=True),
+                      reference_tables=[{"database": "app", "names": ["fo_countries"]}])
+    yield r
+    for s in servers:
+        with s.connect(APP_DB) as conn:
+            conn.execute("DROP TABLE IF EXISTS fo_orders, fo_lines, fo_countries, fo_made")
+
+
+CREATE = ("CREATE TABLE fo_orders (customer_id bigint NOT NULL, id int NOT NULL, amount numeric, "
+          "note text, PRIMARY KEY (customer_id, id))")
+
+
+def tables_everywhere(servers) -> list[bool]:
+    out = []
+    for s in servers:
+        with s.connect(APP_DB) as conn:
+            out.append(conn.execute("SELECT to_regclass('fo_orders') IS NOT NULL").fetchone()[0])
+    return out
+
+
+def load(conn, n=60):
+    for k in range(1, n + 1):
+        conn.execute(f"INSERT INTO fo_orders (customer_id, id, amount, note) VALUES ({k}, {k % 7}, {k * 1.5}, 'n{k % 5}')")
+
+
+def per_shard_counts(servers, table="fo_orders") -> list[int]:
+    counts = []
+    for s in servers:
+        with s.connect(APP_DB) as conn:
+            counts.append(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+    return counts
+
+
+def test_ddl_runs_on_every_shard_simple_and_extended(srouter, shards):
+    servers, _ = shards
+    with connect(srouter.dsn()) as conn:
+        # psycopg sends a statement without parameters as a simple query...
+        conn.execute(CREATE)
+        assert tables_everywhere(servers) == [True, True, True]
+        cur = conn.execute("DROP TABLE fo_orders")
+        assert cur.statusmessage == "DROP TABLE"
+        assert tables_everywhere(servers) == [False, False, False]
+    async def extended():
+        c = await aconnect(srouter)
+        try:
+            # ... asyncpg sends everything through the extended protocol.
+            assert await c.execute(CREATE) == "CREATE TABLE"
+        finally:
+            await c.close()
+    run_async(extended())
+    assert tables_everywhere(servers) == [True, True, True]
+
+
+def test_keyless_read_returns_every_shards_rows(srouter, shards):
+    servers, _ = shards
+    with connect(srouter.dsn()) as conn:
+        conn.execute(CREATE)
+        load(conn)
+        counts = per_shard_counts(servers)
+        assert sum(counts) == 60 and all(c > 0 for c in counts), counts
+        rows = conn.execute("SELECT customer_id, note FROM fo_orders").fetchall()
+        assert sorted(rows) == [(k, f"n{k % 5}") for k in range(1, 61)]
+        cur = conn.execute("SELECT customer_id FROM fo_orders WHERE note = %s", ("n1",))
+        assert sorted(r[0] for r in cur.fetchall()) == [k for k in range(1, 61) if k % 5 == 1]
+        assert cur.rowcount == 12
+        # IN over several shards: exactly those rows, from their shards.
+        rows = conn.execute(f"SELECT customer_id, {PORT} FROM fo_orders WHERE customer_id IN (1, 2, 3, 4)"
+                            ).fetchall()
+        assert sorted(r[0] for r in rows) == [1, 2, 3, 4]
+        assert len({r[1] for r in rows}) > 1
+        # Binary results through the extended protocol.
+        with conn.cursor(binary=True) as bc:
+            bc.execute("SELECT customer_id, amount FROM fo_orders WHERE customer_id = ANY(%s)", ([5, 6, 7],))
+            assert sorted(bc.fetchall()) == [(5, 7.5), (6, 9.0), (7, 10.5)] or \
+                sorted((a, float(b)) for a, b in bc.fetchall()) == [(5, 7.5), (6, 9.0), (7, 10.5)]
+        # Nothing matches anywhere: an empty result with its columns.
+        cur = conn.execute("SELECT customer_id FROM fo_orders WHERE note = 'none'")
+        assert cur.fetchall() == [] and cur.description[0].name == "customer_id"
+
+
+def test_asyncpg_prepared_fanout(srouter, shards):
+    with connect(srouter.dsn()) as conn:
+        conn.execute(CREATE)
+        load(conn)
+    async def go():
+        c = await aconnect(srouter)
+        try:
+            stmt = await c.prepare("SELECT customer_id FROM fo_orders WHERE note = $1")
+            for note in ["n0", "n1", "n2"]:
+                got = sorted(r[0] for r in await stmt.fetch(note))
+                assert got == [k for k in range(1, 61) if f"n{k % 5}" == note]
+            return True
+        finally:
+            await c.close()
+    assert run_async(go())
+
+
+def test_keyless_update_and_delete_sum_their_tags(srouter, shards):
+    servers, _ = shards
+    with connect(srouter.dsn()) as conn:
+        conn.execute(CREATE)
+        load(conn)
+        cur = conn.execute("UPDATE fo_orders SET note = 'x' WHERE id = %s", (3,))
+        assert cur.rowcount == sum(1 for k in range(1, 61) if k % 7 == 3)
+        cur = conn.execute("UPDATE fo_orders SET amount = amount + 1 WHERE id = 4 RETURNING customer_id")
+        assert sorted(r[0] for r in cur.fetchall()) == [k for k in range(1, 61) if k % 7 == 4]
+        cur = conn.execute("DELETE FROM fo_orders WHERE id = 0")
+        assert cur.rowcount == sum(1 for k in range(1, 61) if k % 7 == 0)
+        assert sum(per_shard_counts(servers)) == 60 - cur.rowcount
+
+
+def test_a_failure_on_one_shard_rolls_back_every_shard(srouter, shards):
+    servers, _ = shards
+    with connect(srouter.dsn()) as conn:
+        conn.execute(CREATE)
+        load(conn)
+        conn.execute("ALTER TABLE fo_orders ADD CONSTRAINT small CHECK (amount < 1000)")
+        # Only one row breaks the constraint; every shard must stay as it was.
+        big = 59
+        with pytest.raises(psycopg.Error) as err:
+            conn.execute(f"UPDATE fo_orders SET amount = CASE WHEN customer_id = {big} THEN 5000 ELSE 0 END")
+        assert sqlstate(err.value) == "23514"
+        assert conn.execute("SELECT count(*) FROM fo_orders WHERE amount = 0 AND customer_id = 1").fetchone()[0] == 0
+        for s in servers:
+            with s.connect(APP_DB) as c:
+                assert c.execute("SELECT count(*) FROM pg_prepared_xacts").fetchone()[0] == 0
+                assert c.execute("SELECT count(*) FROM fo_orders WHERE amount = 0").fetchone()[0] == 0
+        # DDL that fails on one shard only is undone on the others.
+        with servers[2].connect(APP_DB) as c:
+            c.execute("CREATE TABLE fo_made (a int)")
+        with pytest.raises(psycopg.Error) as err:
+            conn.execute("CREATE TABLE fo_made (a int)")
+        assert sqlstate(err.value) == "42P07"
+        with servers[0].connect(APP_DB) as c:
+            assert c.execute("SELECT to_regclass('fo_made')").fetchone()[0] is None
+
+
+def test_reference_tables_are_written_everywhere_and_read_once(srouter, shards):
+    servers, _ = shards
+    with connect(srouter.dsn()) as conn:
+        conn.execute("CREATE TABLE fo_countries (code text PRIMARY KEY, name text)")
+        cur = conn.execute("INSERT INTO fo_countries VALUES ('fr', 'France'), ('de', 'Germany') RETURNING code")
+        assert cur.rowcount == 2 and sorted(r[0] for r in cur.fetchall()) == ["de", "fr"]
+        assert per_shard_counts(servers, "fo_countries") == [2, 2, 2]
+        cur = conn.execute("UPDATE fo_countries SET name = upper(name) WHERE code = %s", ("fr",))
+        assert cur.rowcount == 1
+        assert conn.execute("SELECT count(*) FROM fo_countries").fetchone()[0] == 2
+        for s in servers:
+            with s.connect(APP_DB) as c:
+                assert c.execute("SELECT name FROM fo_countries WHERE code = 'fr'").fetchone()[0] == "FRANCE"
+
+
+def test_statements_outside_transactions_run_shard_by_shard(srouter, shards):
+    servers, _ = shards
+    with connect(srouter.dsn()) as conn:
+        conn.execute(CREATE)
+        conn.execute("CREATE INDEX CONCURRENTLY fo_note ON fo_orders (note)")
+        for s in servers:
+            with s.connect(APP_DB) as c:
+                assert c.execute("SELECT to_regclass('fo_note') IS NOT NULL").fetchone()[0]
+        with servers[1].connect(APP_DB) as c:
+            c.execute("CREATE INDEX fo_amount ON fo_orders (amount)")
+        with pytest.raises(psycopg.Error) as err:
+            conn.execute("CREATE INDEX CONCURRENTLY fo_amount ON fo_orders (amount)")
+        assert sqlstate(err.value) == "42P07"
+        assert "failed on shard(s) 1" in str(err.value) and "succeeded on shard(s) 0, 2" in str(err.value)
+
+
+def test_metrics_count_statements_by_shards(srouter, shards):
+    with connect(srouter.dsn()) as conn:
+        conn.execute(CREATE)
+        conn.execute("SELECT * FROM fo_orders").fetchall()
+        conn.execute("SELECT * FROM fo_orders WHERE customer_id = 1").fetchall()
+    text = http_get(metrics_port(srouter))[2]
+    text = text.decode() if isinstance(text, bytes) else text
+    assert 'pgrouter_sharded_statements_total{shards="3"}' in text
+    assert 'pgrouter_sharded_statements_total{shards="1"}' in text

@@ -1,0 +1,184 @@
+//! Server connections for a statement on several shards ("legs"): taken in
+//! ascending shard order (two clients never each hold a shard the other
+//! waits for), each brought in line with the session first — the reset a
+//! previous client left owed, the client's parameters, a JWT session's
+//! role — and given back, or discarded when their state is unknown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::task::Poll;
+
+use tokio::io::AsyncReadExt;
+
+use super::super::params::quote_ident;
+use super::super::session::Session;
+use super::ShardError;
+use crate::pool::{Pool, PoolError, PooledConn};
+use crate::router::Role;
+use crate::server::ServerConn;
+
+/// One shard's server connection for the statement in progress.
+pub(in crate::client) struct Leg {
+    pub shard: usize,
+    pub conn: PooledConn,
+    /// Its ReadyForQuery has arrived for the request in flight.
+    pub ready: bool,
+    /// A cancel was sent to it: it may hit the next request on this
+    /// connection, so the connection is closed rather than reused.
+    pub cancelled: bool,
+}
+
+impl Session {
+    /// Checks out one connection per shard in `shards` (ascending), for
+    /// `role`, each set up for this session.
+    pub(super) async fn take_legs(
+        &mut self,
+        shards: &[usize],
+        role: Role,
+    ) -> Result<Vec<Leg>, ShardError> {
+        let mut legs: Vec<Leg> = Vec::with_capacity(shards.len());
+        for &shard in shards {
+            match self.take_leg(shard, role).await {
+                Ok(leg) => legs.push(leg),
+                Err(e) => {
+                    give_back(legs);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(legs)
+    }
+
+    async fn take_leg(&mut self, shard: usize, role: Role) -> Result<Leg, ShardError> {
+        let pools = self.pools.clone();
+        let shard_pools = pools.shards.get(shard).ok_or_else(|| {
+            ShardError::from_pool(PoolError::NoSuchShard {
+                shard,
+                shards: pools.shards.len(),
+            })
+        })?;
+        let mut tried = Vec::new();
+        let g = &self.rt.config.general;
+        let limits = if role == Role::Replica {
+            let ryw = g.read_your_writes.then_some(&mut self.ryw);
+            super::super::read_your_writes::read_limits(
+                g.max_replica_lag_ms,
+                ryw,
+                shard,
+                shard_pools,
+            )
+        } else {
+            Default::default()
+        };
+        let mut conn = loop {
+            let Some(slot) = shard_pools.pick(role, pools.balancing, &tried, limits) else {
+                return Err(ShardError::from_pool(PoolError::NoServer));
+            };
+            match slot.pool.checkout().await {
+                Ok(conn) => {
+                    self.state
+                        .metrics
+                        .record_routed(if slot.health.is_primary() {
+                            Role::Primary
+                        } else {
+                            Role::Replica
+                        });
+                    break conn;
+                }
+                Err(PoolError::Connect(e)) if !slot.health.is_primary() => {
+                    slot.health.ban(&format!("connect failed: {e}"));
+                    tried.push(Arc::as_ptr(&slot.pool) as usize);
+                }
+                Err(e) => return Err(ShardError::from_pool(e)),
+            }
+        };
+        let sql = self.leg_prologue(&mut conn);
+        if !sql.is_empty() {
+            match conn.run_simple(&sql).await {
+                Ok(Ok(())) => {}
+                Ok(Err(fields)) => {
+                    conn.needs_reset = true;
+                    Pool::checkin(conn);
+                    return Err(ShardError::from_fields(shard, fields));
+                }
+                Err(e) => return Err(ShardError::lost(shard, &e)),
+            }
+        }
+        Ok(Leg {
+            shard,
+            conn,
+            ready: true,
+            cancelled: false,
+        })
+    }
+
+    /// What a connection needs before this session's statement: the reset
+    /// a previous client left owed, this client's parameters, its role.
+    fn leg_prologue(&self, conn: &mut ServerConn) -> String {
+        let mut sql = String::new();
+        if conn.needs_reset {
+            conn.forget_session_state();
+            sql.push_str("RESET ALL;RESET SESSION AUTHORIZATION;RESET ROLE;");
+        }
+        if let Some(sync) = self.params.sync_sql(conn) {
+            sql.push_str(&sync);
+            self.params.mark_synced(conn);
+        }
+        if let Some(jwt) = &self.policy.jwt {
+            sql.push_str(&format!("SET ROLE {};", quote_ident(&jwt.role)));
+        }
+        sql
+    }
+}
+
+/// Gives legs back to their pools: those outside a transaction with
+/// nothing owed are reused, the others are closed.
+pub(super) fn give_back(legs: Vec<Leg>) {
+    for leg in legs {
+        if leg.ready && !leg.cancelled && leg.conn.tx_status == b'I' && leg.conn.read_buf.is_empty()
+        {
+            Pool::checkin(leg.conn);
+        } else {
+            drop(leg.conn);
+        }
+    }
+}
+
+/// Waits until one of the legs picked by `wanted` has more bytes in its
+/// read buffer. `Err(i)`: leg `i` closed or failed.
+pub(super) async fn fill_any(legs: &mut [Leg], wanted: &[bool]) -> Result<(), usize> {
+    std::future::poll_fn(|cx| {
+        for (i, leg) in legs.iter_mut().enumerate() {
+            if !wanted.get(i).copied().unwrap_or(false) {
+                continue;
+            }
+            let server = &mut *leg.conn;
+            server.read_buf.reserve(16 * 1024);
+            let read = std::pin::pin!(server.stream.read_buf(&mut server.read_buf));
+            match read.poll(cx) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Err(i)),
+                Poll::Ready(Ok(_)) => return Poll::Ready(Ok(())),
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// Cancels what the legs not yet answered are running (after another leg
+/// failed: their work is rolled back anyway).
+pub(super) fn cancel_unfinished(legs: &mut [Leg]) {
+    for leg in legs.iter_mut().filter(|l| !l.ready && !l.cancelled) {
+        leg.cancelled = true;
+        let target = leg.conn.cancel_target();
+        tokio::spawn(async move {
+            let _ = super::super::cancel::send_cancel(&target).await;
+        });
+    }
+}
+
+/// Where the client's own CancelRequest goes while legs are out.
+pub(super) fn cancel_targets(legs: &[Leg]) -> Vec<crate::server::CancelTarget> {
+    legs.iter().map(|l| l.conn.cancel_target()).collect()
+}

@@ -1,0 +1,216 @@
+//! The unit of work a statement on several shards is: a simple Query, or
+//! an extended batch of one statement (`[Parse] Bind [Describe portal]
+//! Execute Sync`, what psycopg, asyncpg and libpq send). Each leg gets the
+//! same shape of request with the shard's SQL; the client gets the answers
+//! its own messages ask for, once.
+
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes, BytesMut};
+use pgrouter_parser::Analysis;
+
+use super::ShardError;
+use crate::client::error::SessionEnd;
+use crate::client::session::Session;
+use crate::protocol::frontend::{self, parse_bind_names, parse_parse, parse_query, parse_target};
+use crate::protocol::{backend, next_frame};
+
+/// What [`Session::take_unit`] found.
+pub(super) enum Taken {
+    Unit(Unit),
+    /// A batch of another shape: nothing taken (it is refused whole).
+    Refused(ShardError),
+    /// Taken, but it cannot run.
+    Failed(ShardError),
+}
+
+pub(super) struct Unit {
+    pub sql: String,
+    pub analysis: Arc<Analysis>,
+    /// None for a simple Query.
+    pub extended: Option<Extended>,
+}
+
+pub(super) struct Extended {
+    /// The batch had a Parse (it gets its ParseComplete).
+    pub parsed: bool,
+    /// The client asked for the portal's RowDescription.
+    pub describe: bool,
+    pub param_types: Vec<i32>,
+    /// The Bind after its portal and statement names: parameter formats,
+    /// values, result formats.
+    pub bind_rest: Bytes,
+    /// The Execute's row limit (0 = all).
+    pub max_rows: i32,
+}
+
+impl Unit {
+    /// The request for one leg, running `sql` (the shard's version of the
+    /// statement) with the client's parameters.
+    pub fn request(&self, sql: &str, out: &mut BytesMut) {
+        match &self.extended {
+            None => frontend::query(out, sql),
+            Some(e) => {
+                frontend::write_parse(out, "", sql, &e.param_types);
+                frontend::write_bind(out, "", "", &e.bind_rest);
+                frontend::write_target(out, b'D', b'P', "");
+                backend::put_message(out, b'E', |b| {
+                    b.extend_from_slice(&[0]);
+                    b.extend_from_slice(&0i32.to_be_bytes());
+                });
+                frontend::sync(out);
+            }
+        }
+    }
+
+    /// The answers owed before the results: ParseComplete, BindComplete.
+    pub fn preamble(&self, out: &mut BytesMut) {
+        if let Some(e) = &self.extended {
+            if e.parsed {
+                backend::parse_complete(out);
+            }
+            backend::put_message(out, b'2', |_| {});
+        }
+    }
+
+    /// Whether a leg's RowDescription/NoData reaches the client.
+    pub fn describes(&self) -> bool {
+        self.extended.as_ref().is_none_or(|e| e.describe)
+    }
+}
+
+impl Session {
+    /// Takes the unit of work at the front of the client's buffer.
+    pub(super) fn take_unit(&mut self, tag: u8) -> Result<Taken, SessionEnd> {
+        let Some(frame) = next_frame(&self.cbuf, self.max_message)? else {
+            return Ok(Taken::Refused(unsupported_shape()));
+        };
+        if tag == b'Q' {
+            let msg = self.cbuf.split_to(frame.total_len).freeze();
+            let body = &msg[5..];
+            let analysis = self.query_analysis(self.analyze_query(body)?);
+            let sql = parse_query(body)?.to_string();
+            return Ok(Taken::Unit(Unit {
+                sql,
+                analysis,
+                extended: None,
+            }));
+        }
+        // The batch, up to its Sync.
+        let mut at = 0;
+        let mut frames = Vec::new();
+        loop {
+            let Some(f) = next_frame(self.cbuf.get(at..).unwrap_or(&[]), self.max_message)? else {
+                return Ok(Taken::Refused(unsupported_shape()));
+            };
+            if f.tag == b'D' && parse_target(f.body(&self.cbuf[at..]))?.0 != b'P' {
+                return Ok(Taken::Refused(unsupported_shape()));
+            }
+            frames.push((f.tag, at, f.total_len));
+            at += f.total_len;
+            if f.tag == b'S' {
+                break;
+            }
+        }
+        let shape: Vec<u8> = frames.iter().map(|f| f.0).collect();
+        let ok = matches!(
+            shape.as_slice(),
+            [b'P', b'B', b'E', b'S']
+                | [b'P', b'B', b'D', b'E', b'S']
+                | [b'B', b'E', b'S']
+                | [b'B', b'D', b'E', b'S']
+        );
+        if !ok {
+            return Ok(Taken::Refused(unsupported_shape()));
+        }
+        let batch = self.cbuf.split_to(at).freeze();
+        let mut parsed = false;
+        let mut describe = false;
+        let mut max_rows = 0;
+        let mut bind = None;
+        for &(tag, start, len) in &frames {
+            let body = &batch[start + 5..start + len];
+            match tag {
+                b'P' => {
+                    parsed = true;
+                    let p = parse_parse(body)?;
+                    let analysis = self.analyze(p.sql);
+                    if p.name.is_empty() {
+                        self.unnamed = Some(analysis);
+                        self.unnamed_parse.clear();
+                        self.unnamed_parse
+                            .extend_from_slice(&batch[start..start + len]);
+                        self.unnamed_here = false;
+                    } else {
+                        let stmt = self
+                            .state
+                            .statements
+                            .intern(p.sql, &p.param_types, analysis);
+                        self.statements.insert(p.name.to_string(), stmt);
+                    }
+                }
+                b'B' => bind = Some((start, len)),
+                b'D' => describe = true,
+                b'E' => {
+                    let mut r = body;
+                    if let Some(nul) = r.iter().position(|&b| b == 0) {
+                        r.advance(nul + 1);
+                    }
+                    max_rows = r
+                        .get(..4)
+                        .map_or(0, |b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+                }
+                _ => {}
+            }
+        }
+        let Some((start, len)) = bind else {
+            return Ok(Taken::Failed(unsupported_shape()));
+        };
+        let b = parse_bind_names(&batch[start + 5..start + len])?;
+        let (sql, param_types, analysis) = if b.statement.is_empty() {
+            let Ok(p) = parse_parse(self.unnamed_parse.get(5..).unwrap_or(&[])) else {
+                return Ok(Taken::Failed(ShardError::router(
+                    "26000",
+                    "unnamed prepared statement does not exist",
+                )));
+            };
+            let Some(analysis) = self.unnamed.clone() else {
+                return Ok(Taken::Failed(unsupported_shape()));
+            };
+            (p.sql.to_string(), p.param_types, analysis)
+        } else {
+            let Some(stmt) = self.statements.get(b.statement) else {
+                return Ok(Taken::Failed(ShardError::router(
+                    "26000",
+                    format!("prepared statement \"{}\" does not exist", b.statement),
+                )));
+            };
+            (
+                stmt.sql.to_string(),
+                stmt.param_types.clone(),
+                stmt.analysis.clone(),
+            )
+        };
+        let rest_at = b.rest.as_ptr() as usize - batch.as_ptr() as usize;
+        let bind_rest = batch.slice(rest_at..start + len);
+        Ok(Taken::Unit(Unit {
+            sql,
+            analysis,
+            extended: Some(Extended {
+                parsed,
+                describe,
+                param_types,
+                bind_rest,
+                max_rows,
+            }),
+        }))
+    }
+}
+
+fn unsupported_shape() -> ShardError {
+    ShardError::router(
+        "0A000",
+        "pgrouter: an extended-protocol batch on several shards must be one statement: \
+         [Parse] Bind [Describe portal] Execute Sync; HINT: add the shard key, or Sync after each statement",
+    )
+}

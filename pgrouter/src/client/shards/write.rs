@@ -1,0 +1,304 @@
+//! Writes and DDL on several shards. The statement runs on every shard in
+//! a transaction block of its own; only when every shard succeeded are they
+//! committed together (two-phase commit when configured), otherwise all
+//! are rolled back — never a statement done on some shards only. What
+//! PostgreSQL cannot run in a transaction block (`CREATE INDEX
+//! CONCURRENTLY`, `VACUUM`) runs shard by shard, and a failure names the
+//! shards it failed on.
+
+use bytes::{Bytes, BytesMut};
+use pgrouter_parser::StatementKind;
+
+use super::legs::{cancel_targets, cancel_unfinished, fill_any, give_back, Leg};
+use super::unit::Unit;
+use super::{next_message, put_tag, split_tag, ShardError};
+use crate::client::error::SessionEnd;
+use crate::client::session::Session;
+use crate::protocol::backend::{self, parse_error_fields};
+use crate::protocol::frontend;
+use crate::router::{self, ManyKind, Role};
+
+/// One leg's answer to a request: its messages up to ReadyForQuery.
+pub(super) type Answer = Vec<(u8, Bytes)>;
+
+impl Session {
+    pub(super) async fn write_on_shards(
+        &mut self,
+        unit: &Unit,
+        kind: ManyKind,
+        shards: &[usize],
+    ) -> Result<(), ShardError> {
+        let analysis = &unit.analysis;
+        if analysis
+            .statements
+            .iter()
+            .any(|s| matches!(s.kind, StatementKind::Transaction(_)))
+        {
+            return Err(ShardError::router(
+                "0A000",
+                "pgrouter: a query string that needs several shards cannot hold BEGIN/COMMIT; \
+                 HINT: send the transaction's statements one by one",
+            ));
+        }
+        let in_turn = router::runs_outside_transactions(analysis, &unit.sql);
+        let mut legs = self.take_legs(shards, Role::Primary).await?;
+        self.cancel.slot.set_many(cancel_targets(&legs));
+        let result = if in_turn {
+            self.each_shard_in_turn(&mut legs, unit).await
+        } else {
+            self.all_shards_at_once(&mut legs, unit, kind).await
+        };
+        self.cancel.slot.set(None);
+        give_back(legs);
+        result.unwrap_or_else(|end| Err(ShardError::router("08006", format!("pgrouter: {end:?}"))))
+    }
+
+    /// One transaction block per shard, committed together.
+    async fn all_shards_at_once(
+        &mut self,
+        legs: &mut [Leg],
+        unit: &Unit,
+        kind: ManyKind,
+    ) -> Result<Result<(), ShardError>, SessionEnd> {
+        let mut request = BytesMut::new();
+        frontend::query(&mut request, "BEGIN");
+        unit.request(&unit.sql, &mut request);
+        let mut answers = match self.ask_all(legs, &request, 2).await? {
+            Ok(a) => a,
+            Err(e) => {
+                self.roll_back(legs).await;
+                return Ok(Err(e));
+            }
+        };
+        let failed = answers
+            .iter()
+            .flat_map(|a| a.iter())
+            .find(|(tag, _)| *tag == b'E')
+            .map(|(_, body)| ShardError::Server(body.clone()));
+        if let Some(e) = failed.or_else(|| {
+            legs.iter().any(|l| l.conn.tx_status != b'T').then(|| {
+                ShardError::router("XX000", "pgrouter: a shard ended the transaction early")
+            })
+        }) {
+            self.roll_back(legs).await;
+            return Ok(Err(e));
+        }
+        if let Err(e) = self.commit_legs(legs).await {
+            return Ok(Err(e));
+        }
+        for answer in &mut answers {
+            // BEGIN's own answer.
+            if let Some(at) = answer.iter().position(|(t, _)| *t == b'Z') {
+                answer.drain(..=at);
+            }
+        }
+        for answer in &mut answers {
+            answer.retain(|(t, _)| {
+                !matches!(t, b'1' | b'2') && (unit.describes() || !matches!(t, b'T' | b'n'))
+            });
+        }
+        unit.preamble(&mut self.to_client);
+        match kind {
+            ManyKind::Write => merge_answers(&answers, &mut self.to_client),
+            _ => relay_answer(&answers[0], &mut self.to_client),
+        }
+        Ok(Ok(()))
+    }
+
+    /// Shard after shard, for statements that cannot run in a transaction
+    /// block: a failure names the shards it failed on and those it did not.
+    async fn each_shard_in_turn(
+        &mut self,
+        legs: &mut [Leg],
+        unit: &Unit,
+    ) -> Result<Result<(), ShardError>, SessionEnd> {
+        let mut request = BytesMut::new();
+        unit.request(&unit.sql, &mut request);
+        let mut first_answer = None;
+        let mut failed: Vec<(usize, Bytes)> = Vec::new();
+        let mut done = Vec::new();
+        for i in 0..legs.len() {
+            let shard = legs[i].shard;
+            let answer = match self.ask_all(&mut legs[i..=i], &request, 1).await? {
+                Ok(mut a) => a.remove(0),
+                Err(e) => return Ok(Err(e)),
+            };
+            match answer.iter().find(|(t, _)| *t == b'E') {
+                Some((_, body)) => failed.push((shard, body.clone())),
+                None => done.push(shard),
+            }
+            first_answer.get_or_insert(answer);
+        }
+        if failed.is_empty() {
+            let mut answer = first_answer.unwrap_or_default();
+            answer.retain(|(t, _)| {
+                !matches!(t, b'1' | b'2') && (unit.describes() || !matches!(t, b'T' | b'n'))
+            });
+            unit.preamble(&mut self.to_client);
+            relay_answer(&answer, &mut self.to_client);
+            return Ok(Ok(()));
+        }
+        let fields = parse_error_fields(&failed[0].1).unwrap_or_default();
+        let shards = |v: &[usize]| {
+            v.iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let failed_on: Vec<usize> = failed.iter().map(|f| f.0).collect();
+        let message = format!(
+            "pgrouter: failed on shard(s) {} ({}); succeeded on shard(s) {}",
+            shards(&failed_on),
+            fields.message,
+            if done.is_empty() {
+                "none".to_string()
+            } else {
+                shards(&done)
+            }
+        );
+        let code: &'static str = super::known_code(&fields.code);
+        Ok(Err(ShardError::router(code, message)))
+    }
+
+    /// Sends `request` to every leg and reads each one's answers up to its
+    /// `readies`-th ReadyForQuery, concurrently.
+    pub(super) async fn ask_all(
+        &mut self,
+        legs: &mut [Leg],
+        request: &[u8],
+        readies: usize,
+    ) -> Result<Result<Vec<Answer>, ShardError>, SessionEnd> {
+        for leg in legs.iter_mut() {
+            leg.ready = false;
+            if let Err(e) = leg.conn.send(request).await {
+                leg.ready = true;
+                leg.conn.tx_status = b'E';
+                return Ok(Err(ShardError::lost(leg.shard, &e)));
+            }
+        }
+        let mut answers: Vec<Answer> = vec![Vec::new(); legs.len()];
+        let mut seen = vec![0usize; legs.len()];
+        loop {
+            for (i, leg) in legs.iter_mut().enumerate() {
+                while !leg.ready {
+                    let Some((tag, body)) = next_message(leg)? else {
+                        break;
+                    };
+                    match tag {
+                        b'S' => leg.conn.note_parameter_status(&body),
+                        b'Z' => {
+                            leg.conn.tx_status = body.first().copied().unwrap_or(b'I');
+                            seen[i] += 1;
+                            leg.ready = seen[i] == readies;
+                        }
+                        _ => {}
+                    }
+                    answers[i].push((tag, body));
+                }
+            }
+            if legs.iter().all(|l| l.ready) {
+                return Ok(Ok(answers));
+            }
+            let wanted: Vec<bool> = legs.iter().map(|l| !l.ready).collect();
+            if let Err(i) = fill_any(legs, &wanted).await {
+                legs[i].ready = true;
+                legs[i].conn.tx_status = b'E';
+                let e = ShardError::lost(legs[i].shard, &"connection closed");
+                cancel_unfinished(legs);
+                return Ok(Err(e));
+            }
+        }
+    }
+
+    /// Rolls back every leg still in a transaction block.
+    async fn roll_back(&mut self, legs: &mut [Leg]) {
+        for leg in legs.iter_mut() {
+            if leg.ready && leg.conn.tx_status != b'I' && !leg.cancelled {
+                if leg.conn.run_simple("ROLLBACK").await.is_err() {
+                    leg.conn.tx_status = b'E';
+                }
+            }
+        }
+    }
+
+    /// Commits every leg: with `two_phase_commit` (and more than one leg)
+    /// through two-phase commit, else one after the other.
+    async fn commit_legs(&mut self, legs: &mut [Leg]) -> Result<(), ShardError> {
+        for (n, leg) in legs.iter_mut().enumerate() {
+            match leg.conn.run_simple("COMMIT").await {
+                Ok(Ok(())) => {}
+                Ok(Err(fields)) if n == 0 => {
+                    return Err(ShardError::router(
+                        super::known_code(&fields.code),
+                        fields.message,
+                    ))
+                }
+                Ok(Err(fields)) => {
+                    tracing::error!(shard = leg.shard, error = %fields.message, "COMMIT failed after other shards committed");
+                    return Err(ShardError::router(
+                        "XX000",
+                        format!("pgrouter: COMMIT failed on shard {} after earlier shards committed: {}", leg.shard, fields.message),
+                    ));
+                }
+                Err(e) => return Err(ShardError::lost(leg.shard, &e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One shard's answer as the client's (DDL and reference-table writes run
+/// alike everywhere: one answer tells it).
+fn relay_answer(answer: &Answer, out: &mut BytesMut) {
+    for (tag, body) in answer {
+        if !matches!(tag, b'Z' | b'S') {
+            backend::put_message(out, *tag, |b| b.extend_from_slice(body));
+        }
+    }
+}
+
+/// Every shard's rows, statement by statement, under the first shard's
+/// RowDescription, with counts summed (`UPDATE 7` = 3 + 4).
+fn merge_answers(answers: &[Answer], out: &mut BytesMut) {
+    let results: Vec<Vec<&[(u8, Bytes)]>> = answers
+        .iter()
+        .map(|a| {
+            a.split_inclusive(|(t, _)| matches!(t, b'C' | b'I'))
+                .filter(|part| part.iter().any(|(t, _)| matches!(t, b'C' | b'I')))
+                .collect()
+        })
+        .collect();
+    let Some(first) = results.first() else { return };
+    for (k, part) in first.iter().enumerate() {
+        for (tag, body) in part.iter() {
+            if matches!(tag, b'T' | b'N') {
+                backend::put_message(out, *tag, |b| b.extend_from_slice(body));
+            }
+        }
+        let mut total = 0u64;
+        let mut head: Option<&[u8]> = None;
+        for leg in &results {
+            for (tag, body) in leg.get(k).map(|p| p.iter()).into_iter().flatten() {
+                match tag {
+                    b'D' => backend::put_message(out, b'D', |b| b.extend_from_slice(body)),
+                    b'C' => {
+                        let (h, n) = split_tag(body);
+                        head.get_or_insert(h);
+                        total += n.unwrap_or(0);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        match head {
+            Some(h) => put_tag(
+                out,
+                h,
+                split_tag(part.last().map_or(&[][..], |p| &p.1))
+                    .1
+                    .map(|_| total),
+            ),
+            None => backend::put_message(out, b'I', |_| {}),
+        }
+    }
+}
