@@ -57,6 +57,7 @@ mod set_config;
 #[allow(missing_docs)]
 pub mod shard;
 mod template;
+pub mod union_gate;
 mod walk;
 
 #[cfg(test)]

@@ -25,19 +25,48 @@ const COLUMNS: &[(&str, ColumnType)] = &[
 ];
 
 impl Session {
-    /// The one row of the answer, or the refusal the statement would get.
-    fn explain_route_row(
+    /// The rows of the answer (one per shard), or the refusal the
+    /// statement would get.
+    fn explain_route_rows(
         &self,
         analysis: &Arc<Analysis>,
         sql: &str,
         writes: bool,
-    ) -> Result<Vec<Cell>, Refusal> {
-        let session = self.session_routing();
+    ) -> Result<Vec<Vec<Cell>>, Refusal> {
         let mut body = sql.as_bytes().to_vec();
         body.push(0);
         let choice = self.plan_query(analysis, &body)?;
+        match choice {
+            Some(c) if c.many.is_some() => {
+                let many = c.many.clone().unwrap_or_else(|| unreachable!());
+                let writes = writes
+                    || !matches!(
+                        many.kind,
+                        crate::router::ManyKind::Read | crate::router::ManyKind::CopyOut
+                    );
+                many.shards
+                    .iter()
+                    .map(|&s| self.explain_route_row(Some((s, c.reason.clone())), analysis, writes))
+                    .collect()
+            }
+            c => Ok(vec![self.explain_route_row(
+                c.map(|c| (c.shard, c.reason)),
+                analysis,
+                writes,
+            )?]),
+        }
+    }
+
+    /// One row: the shard, its role and server, and why.
+    fn explain_route_row(
+        &self,
+        choice: Option<(usize, String)>,
+        analysis: &Arc<Analysis>,
+        writes: bool,
+    ) -> Result<Vec<Cell>, Refusal> {
+        let session = self.session_routing();
         let (shard, reason) = match (choice, analysis.hint.shard, session.shard_override) {
-            (Some(c), _, _) => (c.shard, c.reason),
+            (Some(c), _, _) => c,
             (None, Some(s), _) => (s as usize, format!("hint shard={s}")),
             (None, None, Some(s)) => (s as usize, format!("SET pgrouter.shard = {s}")),
             (None, None, None) => (0, "no sharded table: shard 0".to_string()),
@@ -85,10 +114,12 @@ impl Session {
             .unwrap_or("")
             .to_string();
         let mut answer = BytesMut::new();
-        match self.explain_route_row(analysis, &sql, writes) {
-            Ok(row) => {
+        match self.explain_route_rows(analysis, &sql, writes) {
+            Ok(rows) => {
                 let mut rs = ResultSet::new(COLUMNS);
-                rs.push(row);
+                for row in rows {
+                    rs.push(row);
+                }
                 rs.write(&mut answer, "EXPLAIN");
             }
             Err(refusal) => self.refusal_into(&mut answer, &refusal),
@@ -119,7 +150,7 @@ impl Session {
         if !self.is_quiet() || self.in_tx {
             return Ok(false);
         }
-        let row = self.explain_route_row(&analysis, p.sql, writes);
+        let row = self.explain_route_rows(&analysis, p.sql, writes);
         let mut answer = BytesMut::new();
         let mut at = frame.total_len;
         match &row {
@@ -136,8 +167,10 @@ impl Session {
                 (_, Err(_)) | (b'H', _) => {}
                 (b'B', Ok(_)) => backend::put_message(&mut answer, b'2', |_| {}),
                 (b'D', Ok(_)) => row_description(&mut answer, COLUMNS),
-                (b'E', Ok(cells)) => {
-                    data_row(&mut answer, cells);
+                (b'E', Ok(rows)) => {
+                    for cells in rows {
+                        data_row(&mut answer, cells);
+                    }
                     backend::command_complete(&mut answer, "EXPLAIN");
                 }
                 _ => return Ok(false),

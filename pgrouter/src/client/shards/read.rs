@@ -28,6 +28,16 @@ impl Session {
                  HINT: send the statements one by one",
             ));
         }
+        if let Err(what) = pgrouter_parser::union_gate::plain_union(&unit.sql) {
+            return Err(ShardError::router(
+                "0A000",
+                format!(
+                    "pgrouter: a read on {} shards with {what} is not supported yet (only rows put together \
+                     are); HINT: add the shard key (WHERE key = ...)",
+                    shards.len()
+                ),
+            ));
+        }
         let mut merge: Box<dyn RowMerge + Send> = Box::new(Union::new(shards.len()));
         let mut request = bytes::BytesMut::new();
         unit.request(&unit.sql, &mut request);
