@@ -217,3 +217,116 @@ def test_metrics_count_statements_by_shards(srouter, shards):
     text = text.decode() if isinstance(text, bytes) else text
     assert 'pgrouter_sharded_statements_total{shards="3"}' in text
     assert 'pgrouter_sharded_statements_total{shards="1"}' in text
+
+
+def keys_on_distinct_shards(servers, n=3):
+    """One bigint key per shard, found through the router's own placement."""
+    found = {}
+    for s_i, s in enumerate(servers):
+        with s.connect(APP_DB) as c:
+            for k in range(1, 200):
+                if c.execute("SELECT count(*) FROM fo_orders WHERE customer_id = %s", (k,)).fetchone()[0]:
+                    found.setdefault(s_i, k)
+    return [found[i] for i in range(n)]
+
+
+def test_transactions_span_shards_and_commit_together(srouter, shards):
+    servers, _ = shards
+    with connect(srouter.dsn()) as conn:
+        conn.execute(CREATE)
+        load(conn, 30)
+        a, b, c = keys_on_distinct_shards(servers)
+        conn.execute("DELETE FROM fo_orders")
+    # psycopg's own transactions (a bare BEGIN first), committed.
+    with connect(srouter.dsn(), autocommit=False) as conn:
+        conn.execute("INSERT INTO fo_orders (customer_id, id, note) VALUES (%s, 1, 'tx')", (a,))
+        conn.execute("INSERT INTO fo_orders (customer_id, id, note) VALUES (%s, 1, 'tx')", (b,))
+        # The transaction reads its own writes, on every shard.
+        assert sorted(r[0] for r in conn.execute("SELECT customer_id FROM fo_orders").fetchall()) == sorted([a, b])
+        conn.execute(f"UPDATE fo_orders SET amount = 1 WHERE note = 'tx'")
+        conn.commit()
+        conn.execute("INSERT INTO fo_orders (customer_id, id, note) VALUES (%s, 2, 'gone')", (a,))
+        conn.execute("INSERT INTO fo_orders (customer_id, id, note) VALUES (%s, 2, 'gone')", (c,))
+        conn.rollback()
+    assert per_shard_counts(servers) == [1 if k in (a, b) else 0 for k in (a, b, c)]
+    with connect(srouter.dsn()) as conn:
+        rows = conn.execute("SELECT customer_id, amount FROM fo_orders").fetchall()
+        assert sorted((k, int(v)) for k, v in rows) == sorted([(a, 1), (b, 1)])
+    for s in servers:
+        with s.connect(APP_DB) as conn:
+            assert conn.execute("SELECT count(*) FROM pg_prepared_xacts").fetchone()[0] == 0
+
+
+def test_a_failed_statement_fails_the_whole_transaction(srouter, shards):
+    servers, _ = shards
+    with connect(srouter.dsn()) as conn:
+        conn.execute(CREATE)
+        load(conn, 30)
+        a, b, c = keys_on_distinct_shards(servers)
+        conn.execute("DELETE FROM fo_orders")
+        conn.execute("INSERT INTO fo_orders (customer_id, id) VALUES (%s, 1)", (b,))
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO fo_orders (customer_id, id) VALUES (%s, 7)", (a,))
+        with pytest.raises(psycopg.Error) as err:
+            conn.execute("INSERT INTO fo_orders (customer_id, id) VALUES (%s, 1)", (b,))
+        assert sqlstate(err.value) == "23505"
+        # Any shard now answers as PostgreSQL does in a failed transaction.
+        for k in (a, c):
+            with pytest.raises(psycopg.Error) as err:
+                conn.execute("SELECT * FROM fo_orders WHERE customer_id = %s", (k,))
+            assert sqlstate(err.value) == "25P02"
+        assert conn.execute("COMMIT").statusmessage == "ROLLBACK"
+        assert conn.execute("SELECT count(*) FROM fo_orders WHERE customer_id = %s", (a,)).fetchone()[0] == 0
+
+
+def test_savepoints_and_isolation_reach_every_leg(srouter, shards):
+    servers, _ = shards
+    with connect(srouter.dsn()) as conn:
+        conn.execute(CREATE)
+        load(conn, 30)
+        a, b, c = keys_on_distinct_shards(servers)
+        conn.execute("DELETE FROM fo_orders")
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        conn.execute("INSERT INTO fo_orders (customer_id, id) VALUES (%s, 1)", (a,))
+        conn.execute("SAVEPOINT s1")
+        conn.execute("INSERT INTO fo_orders (customer_id, id) VALUES (%s, 1)", (b,))
+        # A shard joining after the savepoint gets it too.
+        iso = conn.execute("SELECT current_setting('transaction_isolation') FROM fo_orders "
+                           "WHERE customer_id = %s UNION ALL SELECT current_setting('transaction_isolation')",
+                           (c,)).fetchall()
+        assert iso == [("repeatable read",)]
+        conn.execute("INSERT INTO fo_orders (customer_id, id) VALUES (%s, 1)", (c,))
+        conn.execute("ROLLBACK TO SAVEPOINT s1")
+        conn.execute("INSERT INTO fo_orders (customer_id, id) VALUES (%s, 2)", (c,))
+        conn.execute("COMMIT")
+        got = sorted(conn.execute("SELECT customer_id, id FROM fo_orders").fetchall())
+        assert got == sorted([(a, 1), (c, 2)])
+
+
+def test_asyncpg_transaction_over_shards(srouter, shards):
+    servers, _ = shards
+    with connect(srouter.dsn()) as conn:
+        conn.execute(CREATE)
+        load(conn, 30)
+        a, b, c = keys_on_distinct_shards(servers)
+        conn.execute("DELETE FROM fo_orders")
+    async def go():
+        con = await aconnect(srouter)
+        try:
+            ins = await con.prepare("INSERT INTO fo_orders (customer_id, id, note) VALUES ($1, $2, $3)")
+            async with con.transaction():
+                for k in (a, b, c):
+                    await ins.fetch(k, 5, "async")
+                # A read of every shard inside the transaction sees its rows.
+                assert len(await con.fetch("SELECT id FROM fo_orders WHERE note = $1", "async")) == 3
+            try:
+                async with con.transaction():
+                    await ins.fetch(a, 6, "never")
+                    await ins.fetch(b, 6, "never")
+                    raise RuntimeError("abort")
+            except RuntimeError:
+                pass
+            return sorted(r[0] for r in await con.fetch("SELECT customer_id FROM fo_orders"))
+        finally:
+            await con.close()
+    assert run_async(go()) == sorted([a, b, c])

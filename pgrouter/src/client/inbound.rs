@@ -209,6 +209,10 @@ impl Session {
             held.conn.read_buf.advance(pos);
             result.map_err(SessionEnd::ClientIo)?;
         }
+        if self.wait_quiet && self.is_quiet() {
+            self.wait_quiet = false;
+            self.blocked = false;
+        }
         if self.guard == super::session::GuardState::Waiting && self.expect.is_empty() {
             self.guard = super::session::GuardState::Passed;
             self.blocked = false;

@@ -14,6 +14,7 @@ use super::prepared::SharedStatement;
 use super::registry::ClientState;
 use super::routing::Routed;
 use super::session::{GuardState, Held, Session};
+use super::shards::TxStep;
 use super::sql_prepared::touches_sql_prepared;
 use crate::pool::PoolError;
 use crate::protocol::backend::{self, Severity};
@@ -121,7 +122,7 @@ impl Session {
                 self.wait_while_paused().await?;
                 let route = match self.route_arrived_batch(tag) {
                     None => break, // route the batch once its Sync (or Flush) is here
-                    Some(Ok(Routed::One(route))) => {
+                    Some(Ok(Routed::One(route) | Routed::Keyed(route))) => {
                         if self.rt.shard_maps.get(&self.database).is_some() {
                             self.state.metrics.record_shards(1);
                         }
@@ -148,6 +149,17 @@ impl Session {
                     self.start_replay();
                 } else {
                     self.stop_replay();
+                }
+            } else if self.in_tx && self.rt.shard_maps.get(&self.database).is_some() {
+                match self.step_in_sharded_tx(tag, frame.total_len).await? {
+                    TxStep::Forward => {}
+                    TxStep::Answered => continue,
+                    TxStep::NeedMore => break,
+                    TxStep::Wait => {
+                        self.blocked = true;
+                        self.wait_quiet = true;
+                        break;
+                    }
                 }
             } else if self.needs_other_server(tag) {
                 self.blocked = true;

@@ -148,6 +148,9 @@ impl Session {
         }
         self.in_tx = false;
         self.blocked = false;
+        // The transaction's other shards are rolled back with it (their
+        // connections close).
+        self.tx_legs = None;
         self.flush_client().await
     }
 }

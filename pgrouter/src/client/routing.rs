@@ -65,7 +65,7 @@ impl Session {
     /// The route, and whether the scan saw the batch's Sync or a Flush.
     fn route_batch(&self) -> (Result<Routed, Refusal>, bool) {
         let (mut routed, ended) = self.route_by_statements();
-        if let (Ok(Routed::One(route) | Routed::Many(route, _)), true) =
+        if let (Ok(Routed::One(route) | Routed::Keyed(route) | Routed::Many(route, _)), true) =
             (&mut routed, self.policy.read_only)
         {
             route.role = Role::Replica;
@@ -167,7 +167,7 @@ impl Session {
             }
             Some(choice) => {
                 route.shard = choice.shard;
-                (Ok(Routed::One(route)), ended)
+                (Ok(Routed::Keyed(route)), ended)
             }
             None => (Ok(Routed::One(route)), ended),
         }
@@ -219,7 +219,7 @@ impl Session {
             return false;
         }
         // A refusal is answered once the held server is released.
-        let Ok(Routed::One(route)) = self.route_next_batch() else {
+        let Ok(Routed::One(route) | Routed::Keyed(route)) = self.route_next_batch() else {
             return true; // a refusal, or several shards: answered once released
         };
         route.shard != held.shard || (route.role == Role::Primary && !held.is_primary)
@@ -244,7 +244,7 @@ impl Session {
             return false;
         };
         let moves = match self.route_next_batch() {
-            Ok(Routed::One(route)) => {
+            Ok(Routed::One(route) | Routed::Keyed(route)) => {
                 route.shard != held.shard || (route.role == Role::Primary && !held.is_primary)
             }
             // A refusal is answered once the server is released; a
@@ -263,6 +263,8 @@ impl Session {
 /// Where a unit of work goes: one server, or legs on several shards.
 pub(super) enum Routed {
     One(Route),
+    /// One server, on the shard the statement's shard keys name.
+    Keyed(Route),
     /// The role (and lowest shard), and the shards with how they combine.
     Many(Route, ShardChoice),
 }

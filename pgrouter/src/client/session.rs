@@ -115,6 +115,14 @@ pub struct Session {
     shutdown_seen: bool,
 
     pub(super) server: Option<Held>,
+    /// A transaction on several shards: its legs other than `server`.
+    pub(super) tx_legs: Option<super::shards::TxLegs>,
+    /// SAVEPOINTs sent in the transaction of the held server (identified
+    /// by its `attached_at`), for legs that join it later.
+    pub(super) tx_savepoints: (Option<std::time::Instant>, Vec<String>),
+    /// Blocked until every answer due has arrived (then the next unit of
+    /// a transaction on several shards may move to another leg).
+    pub(super) wait_quiet: bool,
     pub(super) expect: Expectations,
     /// An extended-protocol message was sent since the last Sync.
     pub(super) unsynced: bool,
@@ -223,6 +231,9 @@ impl Session {
             policy: setup.policy,
             shutdown_seen: false,
             server: None,
+            tx_legs: None,
+            tx_savepoints: (None, Vec::new()),
+            wait_quiet: false,
             expect: Expectations::default(),
             unsynced: false,
             executed_unsynced: false,

@@ -121,6 +121,11 @@ impl Session {
         if !(self.in_tx || self.mode == PoolMode::Session || mid_batch) {
             return None;
         }
+        // A transaction moves between shards' legs at its statements'
+        // boundaries (`shards::tx_legs`).
+        if self.in_tx && self.mode == PoolMode::Transaction && !mid_batch {
+            return None;
+        }
         self.rt.shard_maps.get(&self.database)?;
         let body = self.cbuf.get(5..len)?;
         let planned = match tag {

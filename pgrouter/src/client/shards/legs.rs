@@ -11,16 +11,16 @@ use std::task::Poll;
 use tokio::io::AsyncReadExt;
 
 use super::super::params::quote_ident;
-use super::super::session::Session;
+use super::super::session::{Held, Session};
 use super::ShardError;
-use crate::pool::{Pool, PoolError, PooledConn};
+use crate::pool::{Pool, PoolError};
 use crate::router::Role;
 use crate::server::ServerConn;
 
 /// One shard's server connection for the statement in progress.
 pub(in crate::client) struct Leg {
     pub shard: usize,
-    pub conn: PooledConn,
+    pub held: Held,
     /// Its ReadyForQuery has arrived for the request in flight.
     pub ready: bool,
     /// A cancel was sent to it: it may hit the next request on this
@@ -70,7 +70,7 @@ impl Session {
         } else {
             Default::default()
         };
-        let mut conn = loop {
+        let (mut conn, slot) = loop {
             let Some(slot) = shard_pools.pick(role, pools.balancing, &tried, limits) else {
                 return Err(ShardError::from_pool(PoolError::NoServer));
             };
@@ -83,7 +83,7 @@ impl Session {
                         } else {
                             Role::Replica
                         });
-                    break conn;
+                    break (conn, slot);
                 }
                 Err(PoolError::Connect(e)) if !slot.health.is_primary() => {
                     slot.health.ban(&format!("connect failed: {e}"));
@@ -104,9 +104,21 @@ impl Session {
                 Err(e) => return Err(ShardError::lost(shard, &e)),
             }
         }
+        let now = std::time::Instant::now();
+        let held = Held {
+            conn,
+            is_primary: slot.health.is_primary(),
+            shard,
+            health: slot.health.clone(),
+            pool_id: Arc::as_ptr(&slot.pool) as usize,
+            for_writes: role == Role::Primary,
+            attached_at: now,
+            last_answer: now,
+            tx_counted: false,
+        };
         Ok(Leg {
             shard,
-            conn,
+            held,
             ready: true,
             cancelled: false,
         })
@@ -135,11 +147,11 @@ impl Session {
 /// nothing owed are reused, the others are closed.
 pub(super) fn give_back(legs: Vec<Leg>) {
     for leg in legs {
-        if leg.ready && !leg.cancelled && leg.conn.tx_status == b'I' && leg.conn.read_buf.is_empty()
-        {
-            Pool::checkin(leg.conn);
+        let conn = leg.held.conn;
+        if leg.ready && !leg.cancelled && conn.tx_status == b'I' && conn.read_buf.is_empty() {
+            Pool::checkin(conn);
         } else {
-            drop(leg.conn);
+            drop(conn);
         }
     }
 }
@@ -152,7 +164,7 @@ pub(super) async fn fill_any(legs: &mut [Leg], wanted: &[bool]) -> Result<(), us
             if !wanted.get(i).copied().unwrap_or(false) {
                 continue;
             }
-            let server = &mut *leg.conn;
+            let server = &mut *leg.held.conn;
             server.read_buf.reserve(16 * 1024);
             let read = std::pin::pin!(server.stream.read_buf(&mut server.read_buf));
             match read.poll(cx) {
@@ -171,7 +183,7 @@ pub(super) async fn fill_any(legs: &mut [Leg], wanted: &[bool]) -> Result<(), us
 pub(super) fn cancel_unfinished(legs: &mut [Leg]) {
     for leg in legs.iter_mut().filter(|l| !l.ready && !l.cancelled) {
         leg.cancelled = true;
-        let target = leg.conn.cancel_target();
+        let target = leg.held.conn.cancel_target();
         tokio::spawn(async move {
             let _ = super::super::cancel::send_cancel(&target).await;
         });
@@ -180,5 +192,5 @@ pub(super) fn cancel_unfinished(legs: &mut [Leg]) {
 
 /// Where the client's own CancelRequest goes while legs are out.
 pub(super) fn cancel_targets(legs: &[Leg]) -> Vec<crate::server::CancelTarget> {
-    legs.iter().map(|l| l.conn.cancel_target()).collect()
+    legs.iter().map(|l| l.held.conn.cancel_target()).collect()
 }

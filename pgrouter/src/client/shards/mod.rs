@@ -11,6 +11,7 @@
 
 mod legs;
 mod read;
+mod tx_legs;
 mod union;
 mod unit;
 mod write;
@@ -27,6 +28,7 @@ use crate::router::{ManyKind, Refusal, Role, ShardChoice};
 use crate::server::ServerError;
 
 pub(in crate::client) use legs::Leg;
+pub(in crate::client) use tx_legs::{TxLegs, TxStep};
 
 /// Why a statement on several shards failed: a server's own error
 /// (forwarded as it was sent) or the router's.
@@ -212,10 +214,10 @@ fn put_tag(out: &mut bytes::BytesMut, head: &[u8], count: Option<u64>) {
 
 /// Takes the next whole message of a leg's read buffer.
 fn next_message(leg: &mut Leg) -> Result<Option<(u8, Bytes)>, SessionEnd> {
-    let Some(frame) = crate::protocol::next_frame(&leg.conn.read_buf, 1 << 30)? else {
+    let Some(frame) = crate::protocol::next_frame(&leg.held.conn.read_buf, 1 << 30)? else {
         return Ok(None);
     };
-    let mut msg = leg.conn.read_buf.split_to(frame.total_len).freeze();
+    let mut msg = leg.held.conn.read_buf.split_to(frame.total_len).freeze();
     msg.advance(5);
     Ok(Some((frame.tag, msg)))
 }

@@ -28,6 +28,21 @@ impl Session {
                  HINT: send the statements one by one",
             ));
         }
+        let mut legs = self.take_legs(shards, role).await?;
+        self.cancel.slot.set_many(cancel_targets(&legs));
+        let result = self.read_with_legs(unit, &mut legs).await;
+        self.cancel.slot.set(None);
+        give_back(legs);
+        result
+    }
+
+    /// The read on legs already taken (in a transaction: its legs).
+    pub(super) async fn read_with_legs(
+        &mut self,
+        unit: &Unit,
+        legs: &mut [Leg],
+    ) -> Result<(), ShardError> {
+        let shards = legs;
         if let Err(what) = pgrouter_parser::union_gate::plain_union(&unit.sql) {
             return Err(ShardError::router(
                 "0A000",
@@ -38,17 +53,14 @@ impl Session {
                 ),
             ));
         }
-        let mut merge: Box<dyn RowMerge + Send> = Box::new(Union::new(shards.len()));
+        let legs = shards;
+        let mut merge: Box<dyn RowMerge + Send> = Box::new(Union::new(legs.len()));
         let mut request = bytes::BytesMut::new();
         unit.request(&unit.sql, &mut request);
-        let mut legs = self.take_legs(shards, role).await?;
-        self.cancel.slot.set_many(cancel_targets(&legs));
         unit.preamble(&mut self.to_client);
         let result = self
-            .run_read(&mut legs, &request, unit.describes(), merge.as_mut())
+            .run_read(legs, &request, unit.describes(), merge.as_mut())
             .await;
-        self.cancel.slot.set(None);
-        give_back(legs);
         match result {
             Ok(r) => r,
             Err(end) => Err(ShardError::router("08006", format!("pgrouter: {end:?}"))),
@@ -68,7 +80,7 @@ impl Session {
         let mut scratch = bytes::BytesMut::new();
         for leg in legs.iter_mut() {
             leg.ready = false;
-            if let Err(e) = leg.conn.send(request).await {
+            if let Err(e) = leg.held.conn.send(request).await {
                 leg.ready = true;
                 return Ok(Err(ShardError::lost(leg.shard, &e)));
             }
@@ -85,14 +97,14 @@ impl Session {
                     match tag {
                         b'Z' => {
                             legs[i].ready = true;
-                            legs[i].conn.tx_status = body.first().copied().unwrap_or(b'I');
+                            legs[i].held.conn.tx_status = body.first().copied().unwrap_or(b'I');
                         }
                         b'E' => {
                             if failure.is_none() {
                                 failure = Some(ShardError::Server(body));
                             }
                         }
-                        b'S' => legs[i].conn.note_parameter_status(&body),
+                        b'S' => legs[i].held.conn.note_parameter_status(&body),
                         b'N' if i == 0 => {
                             crate::protocol::backend::put_message(&mut self.to_client, b'N', |b| {
                                 b.extend_from_slice(&body)
@@ -132,7 +144,7 @@ impl Session {
                 .collect();
             if let Err(i) = fill_any(legs, &wanted).await {
                 legs[i].ready = true;
-                legs[i].conn.tx_status = b'E'; // unusable: closed at give-back
+                legs[i].held.conn.tx_status = b'E'; // unusable: closed at give-back
                 failure
                     .get_or_insert_with(|| ShardError::lost(legs[i].shard, &"connection closed"));
             }

@@ -76,14 +76,15 @@ impl Session {
             .find(|(tag, _)| *tag == b'E')
             .map(|(_, body)| ShardError::Server(body.clone()));
         if let Some(e) = failed.or_else(|| {
-            legs.iter().any(|l| l.conn.tx_status != b'T').then(|| {
+            legs.iter().any(|l| l.held.conn.tx_status != b'T').then(|| {
                 ShardError::router("XX000", "pgrouter: a shard ended the transaction early")
             })
         }) {
             self.roll_back(legs).await;
             return Ok(Err(e));
         }
-        if let Err(e) = self.commit_legs(legs).await {
+        let all: Vec<usize> = (0..legs.len()).collect();
+        if let Err(e) = self.commit_written(legs, &all).await {
             return Ok(Err(e));
         }
         for answer in &mut answers {
@@ -170,9 +171,9 @@ impl Session {
     ) -> Result<Result<Vec<Answer>, ShardError>, SessionEnd> {
         for leg in legs.iter_mut() {
             leg.ready = false;
-            if let Err(e) = leg.conn.send(request).await {
+            if let Err(e) = leg.held.conn.send(request).await {
                 leg.ready = true;
-                leg.conn.tx_status = b'E';
+                leg.held.conn.tx_status = b'E';
                 return Ok(Err(ShardError::lost(leg.shard, &e)));
             }
         }
@@ -185,9 +186,9 @@ impl Session {
                         break;
                     };
                     match tag {
-                        b'S' => leg.conn.note_parameter_status(&body),
+                        b'S' => leg.held.conn.note_parameter_status(&body),
                         b'Z' => {
-                            leg.conn.tx_status = body.first().copied().unwrap_or(b'I');
+                            leg.held.conn.tx_status = body.first().copied().unwrap_or(b'I');
                             seen[i] += 1;
                             leg.ready = seen[i] == readies;
                         }
@@ -202,7 +203,7 @@ impl Session {
             let wanted: Vec<bool> = legs.iter().map(|l| !l.ready).collect();
             if let Err(i) = fill_any(legs, &wanted).await {
                 legs[i].ready = true;
-                legs[i].conn.tx_status = b'E';
+                legs[i].held.conn.tx_status = b'E';
                 let e = ShardError::lost(legs[i].shard, &"connection closed");
                 cancel_unfinished(legs);
                 return Ok(Err(e));
@@ -211,21 +212,27 @@ impl Session {
     }
 
     /// Rolls back every leg still in a transaction block.
-    async fn roll_back(&mut self, legs: &mut [Leg]) {
+    pub(super) async fn roll_back(&mut self, legs: &mut [Leg]) {
         for leg in legs.iter_mut() {
-            if leg.ready && leg.conn.tx_status != b'I' && !leg.cancelled {
-                if leg.conn.run_simple("ROLLBACK").await.is_err() {
-                    leg.conn.tx_status = b'E';
+            if leg.ready && leg.held.conn.tx_status != b'I' && !leg.cancelled {
+                if leg.held.conn.run_simple("ROLLBACK").await.is_err() {
+                    leg.held.conn.tx_status = b'E';
                 }
             }
         }
     }
 
-    /// Commits every leg: with `two_phase_commit` (and more than one leg)
-    /// through two-phase commit, else one after the other.
-    async fn commit_legs(&mut self, legs: &mut [Leg]) -> Result<(), ShardError> {
-        for (n, leg) in legs.iter_mut().enumerate() {
-            match leg.conn.run_simple("COMMIT").await {
+    /// Commits the legs `which` (indexes into `legs`), all inside a
+    /// transaction block that went well: with `two_phase_commit` and more
+    /// than one of them through two-phase commit, else one after the other.
+    pub(super) async fn commit_written(
+        &mut self,
+        legs: &mut [Leg],
+        which: &[usize],
+    ) -> Result<(), ShardError> {
+        for (n, &i) in which.iter().enumerate() {
+            let leg = &mut legs[i];
+            match leg.held.conn.run_simple("COMMIT").await {
                 Ok(Ok(())) => {}
                 Ok(Err(fields)) if n == 0 => {
                     return Err(ShardError::router(
@@ -237,11 +244,51 @@ impl Session {
                     tracing::error!(shard = leg.shard, error = %fields.message, "COMMIT failed after other shards committed");
                     return Err(ShardError::router(
                         "XX000",
-                        format!("pgrouter: COMMIT failed on shard {} after earlier shards committed: {}", leg.shard, fields.message),
+                        format!(
+                            "pgrouter: COMMIT failed on shard {} after earlier shards committed: {}",
+                            leg.shard, fields.message
+                        ),
                     ));
                 }
                 Err(e) => return Err(ShardError::lost(leg.shard, &e)),
             }
+        }
+        Ok(())
+    }
+
+    /// A statement on several legs of an open transaction: the same
+    /// statement on each, answers summed or one shard's (DDL, reference
+    /// tables). A failure leaves the transaction failed, as in PostgreSQL.
+    pub(super) async fn write_with_legs_in_tx(
+        &mut self,
+        unit: &Unit,
+        kind: ManyKind,
+        legs: &mut [Leg],
+    ) -> Result<(), ShardError> {
+        let mut request = BytesMut::new();
+        unit.request(&unit.sql, &mut request);
+        let mut answers = match self.ask_all(legs, &request, 1).await {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => return Err(e),
+            Err(end) => return Err(ShardError::router("08006", format!("pgrouter: {end:?}"))),
+        };
+        if let Some(e) = answers
+            .iter()
+            .flat_map(|a| a.iter())
+            .find(|(tag, _)| *tag == b'E')
+            .map(|(_, body)| ShardError::Server(body.clone()))
+        {
+            return Err(e);
+        }
+        for answer in &mut answers {
+            answer.retain(|(t, _)| {
+                !matches!(t, b'1' | b'2') && (unit.describes() || !matches!(t, b'T' | b'n'))
+            });
+        }
+        unit.preamble(&mut self.to_client);
+        match kind {
+            ManyKind::Write => merge_answers(&answers, &mut self.to_client),
+            _ => relay_answer(&answers[0], &mut self.to_client),
         }
         Ok(())
     }

@@ -1,0 +1,597 @@
+//! A transaction on several shards. It starts as any transaction, on the
+//! one server the session holds; when a statement needs another shard, the
+//! held server becomes the first of the transaction's legs and the session
+//! moves between legs statement by statement: a statement with a key runs
+//! on its shard's leg through the usual forwarding (prepared statements,
+//! SET tracking and all), a statement needing several shards runs on all
+//! of them (`read.rs`, `write.rs`). Every leg joins in the same isolation
+//! level and access mode, and with the transaction's savepoints, so
+//! `ROLLBACK TO SAVEPOINT` means the same everywhere. COMMIT commits the
+//! legs together: two-phase commit across the legs that wrote (when more
+//! than one did), a plain COMMIT for the others. Once any leg failed, the
+//! transaction is failed everywhere, as in PostgreSQL.
+
+use std::sync::Arc;
+
+use pgrouter_config::PoolMode;
+use pgrouter_parser::{Analysis, StatementKind, TxEffect};
+
+use super::legs::{cancel_targets, Leg};
+use super::unit::{Taken, Unit};
+use super::ShardError;
+use crate::client::error::SessionEnd;
+use crate::client::routing::Routed;
+use crate::client::session::Session;
+use crate::protocol::backend;
+use crate::protocol::frontend::{parse_bind_names, parse_query};
+use crate::router::{ManyKind, Role, ShardChoice};
+
+/// The legs of a transaction on several shards other than the one held
+/// now (`Session::server`), in shard order.
+pub(in crate::client) struct TxLegs {
+    pub parked: Vec<Leg>,
+    /// How a leg joining later begins: the first leg's isolation level
+    /// and access mode, then the transaction's savepoints.
+    pub begin: String,
+}
+
+/// What the session does with the unit of work at the front of its buffer.
+pub(in crate::client) enum TxStep {
+    /// Forward it to the held server as usual.
+    Forward,
+    /// Answered here (queued for the client).
+    Answered,
+    /// Answers to earlier requests are still due: wait for them first.
+    Wait,
+    /// The batch has not arrived whole yet.
+    NeedMore,
+}
+
+impl Session {
+    /// Inside a transaction on a sharded database (transaction pooling):
+    /// whether the next unit of work stays on the held server, moves to
+    /// another shard's leg, or runs on several.
+    pub(in crate::client) async fn step_in_sharded_tx(
+        &mut self,
+        tag: u8,
+        len: usize,
+    ) -> Result<TxStep, SessionEnd> {
+        if self.mode != PoolMode::Transaction
+            || !matches!(tag, b'Q' | b'P' | b'B')
+            || self.rt.shard_maps.get(&self.database).is_none()
+        {
+            return Ok(TxStep::Forward);
+        }
+        if self.unsynced {
+            // A batch that only prepared and described so far (asyncpg:
+            // Parse, Describe, Flush, then its Bind) may still move: it is
+            // closed with a Sync of the router's own first.
+            if tag != b'B' || self.executed_unsynced || !self.expect.is_empty() {
+                return Ok(TxStep::Forward);
+            }
+            let held_shard = self.server.as_ref().map(|h| h.shard);
+            let moves = match self.route_arrived_batch(tag) {
+                None => return Ok(TxStep::NeedMore),
+                Some(Ok(Routed::Keyed(r))) => Some(r.shard) != held_shard,
+                Some(Ok(Routed::Many(..))) => true,
+                Some(_) => false,
+            };
+            if !moves {
+                return Ok(TxStep::Forward);
+            }
+            crate::protocol::frontend::sync(&mut self.to_server);
+            self.expect.swallow(crate::client::expect::Reply::Sync);
+            self.unsynced = false;
+            return Ok(TxStep::Wait);
+        }
+        let Some(analysis) = self.peek_analysis(tag, len) else {
+            return Ok(TxStep::Forward);
+        };
+        let effect = tx_effect(&analysis);
+        if self.tx_legs.is_none() {
+            if effect == Some(TxEffect::Savepoint) && tag == b'Q' {
+                self.note_savepoint(len);
+            }
+            if effect.is_some() {
+                return Ok(TxStep::Forward);
+            }
+        }
+        let Some(routed) = self.route_arrived_batch(tag) else {
+            return Ok(TxStep::NeedMore);
+        };
+        let routed = match routed {
+            Ok(r) => r,
+            Err(refusal) => {
+                // Raised through the held server: the transaction fails
+                // as PostgreSQL would fail it.
+                self.refuse(tag, len, refusal);
+                return Ok(TxStep::Answered);
+            }
+        };
+        let held_shard = self.server.as_ref().map(|h| h.shard);
+        let wanted = match &routed {
+            Routed::Keyed(route) if Some(route.shard) != held_shard => Some(route.shard),
+            Routed::Many(..) => None,
+            _ if self.tx_legs.is_some() && effect.is_some() => None,
+            _ => {
+                // A failed leg answers everything but the transaction's end.
+                if let Some(failed) = self.failed_parked_leg() {
+                    if !self.is_quiet() {
+                        return Ok(TxStep::Wait);
+                    }
+                    let _ = self.swap_to(failed).await?;
+                }
+                return Ok(TxStep::Forward);
+            }
+        };
+        if !self.is_quiet() {
+            return Ok(TxStep::Wait);
+        }
+        if self
+            .server
+            .as_ref()
+            .is_some_and(|h| h.conn.tx_status == b'E')
+        {
+            return Ok(TxStep::Forward); // PostgreSQL answers 25P02
+        }
+        if self.tx_legs.is_none() {
+            if let Err(e) = self.enter_legs_mode().await {
+                self.answer_unit_error(tag, len, e);
+                return Ok(TxStep::Answered);
+            }
+        }
+        if let Some(shard) = wanted {
+            if let Err(e) = self.swap_to(shard).await? {
+                self.answer_unit_error(tag, len, e);
+                return Ok(TxStep::Answered);
+            }
+            return Ok(TxStep::Forward);
+        }
+        match (routed, effect) {
+            (Routed::Many(route, choice), _) => self.many_in_tx(tag, route.role, choice).await?,
+            (_, Some(effect)) => self.end_or_mark(tag, effect).await?,
+            _ => {}
+        }
+        Ok(TxStep::Answered)
+    }
+
+    /// The analysis of the unit at the front of the buffer.
+    fn peek_analysis(&self, tag: u8, len: usize) -> Option<Arc<Analysis>> {
+        let body = self.cbuf.get(5..len)?;
+        match tag {
+            b'Q' => self
+                .analyze_query(body)
+                .ok()
+                .map(|a| self.query_analysis(a)),
+            b'P' => self.analyze_parse(body).ok(),
+            b'B' => {
+                let b = parse_bind_names(body).ok()?;
+                self.statement_analysis(b.statement, &self.unnamed)
+            }
+            _ => None,
+        }
+    }
+
+    /// Remembers a SAVEPOINT sent on the held server (legs joining later
+    /// get it too).
+    fn note_savepoint(&mut self, len: usize) {
+        let Some(held) = self.server.as_ref() else {
+            return;
+        };
+        if self.tx_savepoints.0 != Some(held.attached_at) {
+            self.tx_savepoints = (Some(held.attached_at), Vec::new());
+        }
+        if let Ok(sql) = parse_query(self.cbuf.get(5..len).unwrap_or(&[])) {
+            self.tx_savepoints.1.push(sql.to_string());
+        }
+    }
+
+    /// The held server becomes the transaction's first leg.
+    async fn enter_legs_mode(&mut self) -> Result<(), ShardError> {
+        let held = self
+            .server
+            .as_mut()
+            .ok_or_else(|| ShardError::router("XX000", "no server"))?;
+        let rows = held
+            .conn
+            .query_rows(
+                "SELECT current_setting('transaction_isolation'), current_setting('transaction_read_only')",
+            )
+            .await
+            .map_err(|e| ShardError::lost(held.shard, &e))?;
+        let (iso, ro) = match rows.first().map(|r| r.as_slice()) {
+            Some([Some(iso), Some(ro)]) => (iso.to_uppercase(), ro == "on"),
+            _ => ("READ COMMITTED".to_string(), false),
+        };
+        let mut begin = format!(
+            "BEGIN ISOLATION LEVEL {iso} {};",
+            if ro { "READ ONLY" } else { "READ WRITE" }
+        );
+        if self.tx_savepoints.0 == Some(held.attached_at) {
+            for sp in &self.tx_savepoints.1 {
+                begin.push_str(sp.trim_end_matches(';'));
+                begin.push(';');
+            }
+        }
+        self.tx_savepoints = (None, Vec::new());
+        self.tx_legs = Some(TxLegs {
+            parked: Vec::new(),
+            begin,
+        });
+        Ok(())
+    }
+
+    /// A parked leg whose transaction failed.
+    fn failed_parked_leg(&self) -> Option<usize> {
+        let legs = self.tx_legs.as_ref()?;
+        legs.parked
+            .iter()
+            .find(|l| l.held.conn.tx_status == b'E')
+            .map(|l| l.shard)
+    }
+
+    /// Makes `shard`'s leg the held server, joining it to the transaction
+    /// first if it is new.
+    async fn swap_to(&mut self, shard: usize) -> Result<Result<(), ShardError>, SessionEnd> {
+        let role = self.tx_role();
+        let leg = match self.take_parked(shard) {
+            Some(leg) => leg,
+            None => match self.join_leg(shard, role).await {
+                Ok(leg) => leg,
+                Err(e) => return Ok(Err(e)),
+            },
+        };
+        if let Some(current) = self.server.take() {
+            self.park(Leg {
+                shard: current.shard,
+                held: current,
+                ready: true,
+                cancelled: false,
+            });
+        }
+        self.cancel.slot.set(Some(leg.held.conn.cancel_target()));
+        self.registered.info.set_server(Some((
+            leg.held.conn.addr.clone(),
+            leg.held.conn.backend_pid,
+            leg.held.conn.stream.is_tls(),
+        )));
+        self.server = Some(leg.held);
+        self.unnamed_here = false;
+        self.batch_start = true;
+        self.executed_unsynced = false;
+        Ok(Ok(()))
+    }
+
+    fn tx_role(&self) -> Role {
+        let primary = self.server.as_ref().map_or(true, |h| h.is_primary);
+        if primary {
+            Role::Primary
+        } else {
+            Role::Replica
+        }
+    }
+
+    fn take_parked(&mut self, shard: usize) -> Option<Leg> {
+        let legs = self.tx_legs.as_mut()?;
+        let at = legs.parked.iter().position(|l| l.shard == shard)?;
+        Some(legs.parked.remove(at))
+    }
+
+    fn park(&mut self, leg: Leg) {
+        if let Some(legs) = self.tx_legs.as_mut() {
+            let at = legs.parked.partition_point(|l| l.shard < leg.shard);
+            legs.parked.insert(at, leg);
+        }
+    }
+
+    /// A new leg, in the transaction's isolation level and savepoints.
+    async fn join_leg(&mut self, shard: usize, role: Role) -> Result<Leg, ShardError> {
+        let begin = self
+            .tx_legs
+            .as_ref()
+            .map(|l| l.begin.clone())
+            .unwrap_or_else(|| "BEGIN".into());
+        let mut legs = self.take_legs(&[shard], role).await?;
+        let mut leg = legs.remove(0);
+        match leg.held.conn.run_simple(&begin).await {
+            Ok(Ok(())) => Ok(leg),
+            Ok(Err(fields)) => {
+                leg.held.conn.tx_status = b'E';
+                super::legs::give_back(vec![leg]);
+                Err(ShardError::from_fields(shard, fields))
+            }
+            Err(e) => Err(ShardError::lost(shard, &e)),
+        }
+    }
+
+    /// Every leg of the transaction, the held one first taken out.
+    fn all_legs(&mut self) -> Vec<Leg> {
+        let mut legs = self
+            .tx_legs
+            .as_mut()
+            .map(|l| std::mem::take(&mut l.parked))
+            .unwrap_or_default();
+        if let Some(held) = self.server.take() {
+            let at = legs.partition_point(|l| l.shard < held.shard);
+            legs.insert(
+                at,
+                Leg {
+                    shard: held.shard,
+                    held,
+                    ready: true,
+                    cancelled: false,
+                },
+            );
+        }
+        legs
+    }
+
+    /// A statement needing several shards inside the transaction.
+    async fn many_in_tx(
+        &mut self,
+        tag: u8,
+        role: Role,
+        choice: ShardChoice,
+    ) -> Result<(), SessionEnd> {
+        let Some(many) = choice.many.clone() else {
+            return Ok(());
+        };
+        let unit = match self.take_unit(tag)? {
+            Taken::Unit(u) => u,
+            Taken::Refused(e) | Taken::Failed(e) => {
+                self.skip_unit(tag);
+                return self.answer_in_tx(Err(e), None);
+            }
+        };
+        if !matches!(
+            many.kind,
+            ManyKind::Read | ManyKind::Write | ManyKind::Replicate | ManyKind::Ddl
+        ) || crate::router::runs_outside_transactions(&unit.analysis, &unit.sql)
+        {
+            let e = ShardError::router(
+                "0A000",
+                format!(
+                    "pgrouter: this statement on {} shards cannot run inside a transaction block (yet); \
+                     HINT: run it outside the transaction",
+                    many.shards.len()
+                ),
+            );
+            return self.answer_in_tx(Err(e), Some(&unit));
+        }
+        let _ = role;
+        self.state.metrics.record_shards(many.shards.len());
+        // Join the shards not in the transaction yet, in shard order.
+        let current = self.server.as_ref().map(|h| h.shard);
+        let mut legs = self.all_legs();
+        let role = if legs.iter().all(|l| l.held.is_primary) {
+            Role::Primary
+        } else {
+            Role::Replica
+        };
+        for &shard in &many.shards {
+            if legs.iter().any(|l| l.shard == shard) {
+                continue;
+            }
+            match self.join_leg(shard, role).await {
+                Ok(leg) => {
+                    let at = legs.partition_point(|l| l.shard < shard);
+                    legs.insert(at, leg);
+                }
+                Err(e) => {
+                    self.restore_legs(legs, current);
+                    return self.answer_in_tx(Err(e), Some(&unit));
+                }
+            }
+        }
+        self.cancel.slot.set_many(cancel_targets(&legs));
+        let (mut used, rest): (Vec<Leg>, Vec<Leg>) = legs
+            .into_iter()
+            .partition(|l| many.shards.contains(&l.shard));
+        let result = match many.kind {
+            ManyKind::Read => self.read_with_legs(&unit, &mut used).await,
+            kind => self.write_with_legs_in_tx(&unit, kind, &mut used).await,
+        };
+        let mut legs = rest;
+        legs.extend(used);
+        legs.sort_by_key(|l| l.shard);
+        self.restore_legs(legs, current);
+        self.answer_in_tx(result.map(|_| ()), Some(&unit))
+    }
+
+    /// Puts legs back: `current` held again, the others parked.
+    fn restore_legs(&mut self, legs: Vec<Leg>, current: Option<usize>) {
+        for leg in legs {
+            if Some(leg.shard) == current && self.server.is_none() {
+                self.cancel.slot.set(Some(leg.held.conn.cancel_target()));
+                self.server = Some(leg.held);
+            } else {
+                self.park(leg);
+            }
+        }
+    }
+
+    /// Queues an answer inside the transaction: the error (if any) and a
+    /// ReadyForQuery saying whether the transaction failed.
+    fn answer_in_tx(
+        &mut self,
+        result: Result<(), ShardError>,
+        unit: Option<&Unit>,
+    ) -> Result<(), SessionEnd> {
+        if let Err(e) = result {
+            if let Some(unit) = unit.filter(|u| u.extended.is_some()) {
+                let _ = unit; // ParseComplete/BindComplete were not sent
+            }
+            self.state.metrics.record_error(&e.sqlstate());
+            e.write(&mut self.to_client);
+        }
+        let failed = self
+            .server
+            .as_ref()
+            .is_some_and(|h| h.conn.tx_status == b'E')
+            || self.failed_parked_leg().is_some();
+        backend::ready_for_query(&mut self.to_client, if failed { b'E' } else { b'T' });
+        Ok(())
+    }
+
+    /// Drops a refused unit from the buffer (a Query, or a batch to its Sync).
+    fn skip_unit(&mut self, tag: u8) {
+        use bytes::Buf;
+        let mut at = 0;
+        while let Ok(Some(f)) =
+            crate::protocol::next_frame(self.cbuf.get(at..).unwrap_or(&[]), self.max_message)
+        {
+            at += f.total_len;
+            if tag == b'Q' || f.tag == b'S' {
+                break;
+            }
+        }
+        self.cbuf.advance(at);
+    }
+
+    /// An error for the unit at the front of the buffer, which is dropped.
+    fn answer_unit_error(&mut self, tag: u8, _len: usize, e: ShardError) {
+        self.skip_unit(tag);
+        self.state.metrics.record_error(&e.sqlstate());
+        e.write(&mut self.to_client);
+        let status = self.server.as_ref().map_or(b'I', |h| h.conn.tx_status);
+        backend::ready_for_query(&mut self.to_client, status);
+    }
+
+    /// COMMIT, ROLLBACK and savepoints of a transaction with several legs.
+    async fn end_or_mark(&mut self, tag: u8, effect: TxEffect) -> Result<(), SessionEnd> {
+        let unit = match self.take_unit(tag)? {
+            Taken::Unit(u) => u,
+            Taken::Refused(e) | Taken::Failed(e) => {
+                self.skip_unit(tag);
+                return self.answer_in_tx(Err(e), None);
+            }
+        };
+        let sql = unit.sql.trim().to_ascii_uppercase();
+        match effect {
+            TxEffect::Commit if sql.contains("CHAIN") && !sql.contains("NO CHAIN") => {
+                self.answer_in_tx(Err(ShardError::router("0A000", "pgrouter: COMMIT AND CHAIN of a transaction on several shards is not supported")), Some(&unit))
+            }
+            TxEffect::Commit | TxEffect::Rollback => {
+                let mut legs = self.all_legs();
+                self.tx_legs = None;
+                let result = if effect == TxEffect::Commit {
+                    self.commit_tx_legs(&mut legs).await
+                } else {
+                    self.roll_back(&mut legs).await;
+                    Ok("ROLLBACK")
+                };
+                super::legs::give_back(legs);
+                self.leave_transaction();
+                match result {
+                    Ok(tag) => {
+                        unit.preamble(&mut self.to_client);
+                        backend::command_complete(&mut self.to_client, tag);
+                    }
+                    Err(e) => {
+                        self.state.metrics.record_error(&e.sqlstate());
+                        e.write(&mut self.to_client);
+                    }
+                }
+                backend::ready_for_query(&mut self.to_client, b'I');
+                Ok(())
+            }
+            TxEffect::Savepoint | TxEffect::Release | TxEffect::RollbackTo => {
+                let current = self.server.as_ref().map(|h| h.shard);
+                let mut legs = self.all_legs();
+                let mut request = bytes::BytesMut::new();
+                unit.request(&unit.sql, &mut request);
+                let result = match self.ask_all(&mut legs, &request, 1).await? {
+                    Ok(answers) => {
+                        let failed = answers.iter().flatten().find(|(t, _)| *t == b'E').map(|(_, b)| ShardError::Server(b.clone()));
+                        match failed {
+                            Some(e) => Err(e),
+                            None => {
+                                let mut first = answers.into_iter().next().unwrap_or_default();
+                                first.retain(|(t, _)| !matches!(t, b'1' | b'2' | b'T' | b'n' | b'Z' | b'S'));
+                                unit.preamble(&mut self.to_client);
+                                for (t, b) in first {
+                                    backend::put_message(&mut self.to_client, t, |o| o.extend_from_slice(&b));
+                                }
+                                Ok(())
+                            }
+                        }
+                    }
+                    Err(e) => Err(e),
+                };
+                if effect == TxEffect::Savepoint && result.is_ok() {
+                    if let Some(l) = self.tx_legs.as_mut() {
+                        l.begin.push_str(unit.sql.trim_end().trim_end_matches(';'));
+                        l.begin.push(';');
+                    }
+                }
+                self.restore_legs(legs, current);
+                self.answer_in_tx(result, Some(&unit))
+            }
+            _ => self.answer_in_tx(
+                Err(ShardError::router(
+                    "0A000",
+                    "pgrouter: PREPARE TRANSACTION and COMMIT/ROLLBACK PREPARED inside a transaction on several \
+                     shards are not supported (the router commits such transactions with two-phase commit itself)",
+                )),
+                Some(&unit),
+            ),
+        }
+    }
+
+    /// Commits a transaction's legs: those that wrote together (two-phase
+    /// when more than one did), the others plainly. A failed transaction is
+    /// rolled back ("ROLLBACK", as PostgreSQL answers COMMIT then).
+    async fn commit_tx_legs(&mut self, legs: &mut [Leg]) -> Result<&'static str, ShardError> {
+        if legs.iter().any(|l| l.held.conn.tx_status != b'T') {
+            self.roll_back(legs).await;
+            return Ok("ROLLBACK");
+        }
+        let mut wrote = Vec::new();
+        for (i, leg) in legs.iter_mut().enumerate() {
+            let rows = leg
+                .held
+                .conn
+                .query_rows("SELECT pg_current_xact_id_if_assigned() IS NOT NULL")
+                .await
+                .map_err(|e| ShardError::lost(leg.shard, &e))?;
+            if rows
+                .first()
+                .and_then(|r| r.first())
+                .and_then(|v| v.as_deref())
+                == Some("t")
+            {
+                wrote.push(i);
+            }
+        }
+        // The legs that only read can commit first: they change nothing.
+        for (i, leg) in legs.iter_mut().enumerate() {
+            if !wrote.contains(&i) {
+                let _ = leg.held.conn.run_simple("COMMIT").await;
+            }
+        }
+        self.commit_written(legs, &wrote).await.map(|_| "COMMIT")
+    }
+
+    /// The transaction is over: nothing held, nothing pending.
+    fn leave_transaction(&mut self) {
+        self.in_tx = false;
+        self.blocked = false;
+        self.server = None;
+        self.cancel.slot.set(None);
+        self.registered
+            .info
+            .set_state(crate::client::registry::ClientState::Idle);
+        self.registered.info.set_server(None);
+    }
+}
+
+/// The one transaction-control effect of a unit, if it is one.
+fn tx_effect(analysis: &Analysis) -> Option<TxEffect> {
+    match analysis.statements.as_slice() {
+        [s] => match &s.kind {
+            StatementKind::Transaction(t) => Some(t.clone()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
