@@ -263,25 +263,6 @@ def test_hints_and_sharding_key_setting(srouter, shards):
         assert conn.execute(f"SELECT {PORT}").fetchone()[0] == shards[0].port  # no table: shard 0
 
 
-def test_transaction_cannot_move_to_another_shard(srouter, shards):
-    a = next(k for k in range(1, 50) if hash_shard(shards[0], "sh_hp_int8", 3, k) == 0)
-    b = next(k for k in range(1, 50) if hash_shard(shards[0], "sh_hp_int8", 3, k) == 1)
-    with connect(srouter.dsn()) as conn:
-        conn.execute("BEGIN")
-        conn.execute(f"INSERT INTO sh_orders (customer_id, note) VALUES ({a}, 'x')")
-        msg = refused(conn, f"INSERT INTO sh_orders (customer_id, note) VALUES ({b}, 'y')")
-        assert "two-phase commit" in msg
-        conn.execute("ROLLBACK")
-        assert conn.execute(f"SELECT count(*) FROM sh_orders WHERE customer_id = {a}").fetchone()[0] == 0
-    # psycopg's default (non-autocommit) transactions, with parameters.
-    with connect(srouter.dsn(), autocommit=False) as conn:
-        conn.execute("INSERT INTO sh_orders (customer_id, note) VALUES (%s, 'z')", (a,))
-        with pytest.raises(psycopg.Error) as err:
-            conn.execute("SELECT * FROM sh_orders WHERE customer_id = %s", (b,))
-        assert sqlstate(err.value) == "0A000"
-        conn.rollback()
-
-
 def test_cross_shard_refuse_setting(routers, shards):
     r = start_router(routers, shards, general={"cross_shard": "refuse"})
     with connect(r.dsn()) as conn:
