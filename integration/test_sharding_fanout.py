@@ -330,3 +330,28 @@ def test_asyncpg_transaction_over_shards(srouter, shards):
         finally:
             await con.close()
     assert run_async(go()) == sorted([a, b, c])
+
+
+def test_a_transaction_on_one_shard_holds_only_that_shard(srouter, shards):
+    """A bare BEGIN names no shard: the transaction's first statement picks it."""
+    servers, _ = shards
+    with connect(srouter.dsn()) as conn:
+        conn.execute(CREATE)
+        load(conn, 30)
+        a, b, c = keys_on_distinct_shards(servers)
+    def in_tx_backends(server):
+        with server.connect(APP_DB) as c:
+            return c.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' "
+                             "AND state LIKE 'idle in transaction%'").fetchone()[0]
+    with connect(srouter.dsn(), autocommit=False) as conn:
+        assert conn.execute("SELECT note FROM fo_orders WHERE customer_id = %s", (c,)).fetchone()[0] == f"n{c % 5}"
+        conn.execute("UPDATE fo_orders SET note = 'one' WHERE customer_id = %s", (c,))
+        assert [in_tx_backends(s) for s in servers] == [0, 0, 1]
+        conn.commit()
+        # BEGIN then COMMIT with nothing between: nothing to hold at all.
+        conn.execute("SELECT 1 WHERE false")
+        conn.rollback()
+    with connect(srouter.dsn()) as conn:
+        conn.execute("BEGIN")
+        assert conn.execute("COMMIT").statusmessage == "COMMIT"
+        assert conn.execute("SELECT note FROM fo_orders WHERE customer_id = %s", (c,)).fetchone()[0] == "one"

@@ -191,6 +191,7 @@ impl Session {
         match &self.server {
             Some(held) if !self.in_tx => held.conn.tx_status,
             Some(_) => b'T',
+            None if self.deferred_begin.is_some() => b'T',
             None => b'I',
         }
     }

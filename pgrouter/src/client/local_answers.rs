@@ -182,7 +182,12 @@ impl Session {
             self.statements.insert(name, stmt);
             backend::parse_complete(&mut self.to_client);
         }
-        backend::ready_for_query(&mut self.to_client, b'I');
+        let status = if self.deferred_begin.is_some() {
+            b'T'
+        } else {
+            b'I'
+        };
+        backend::ready_for_query(&mut self.to_client, status);
         self.cbuf.advance(at);
         Ok(true)
     }

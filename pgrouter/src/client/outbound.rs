@@ -14,7 +14,7 @@ use super::prepared::SharedStatement;
 use super::registry::ClientState;
 use super::routing::Routed;
 use super::session::{GuardState, Held, Session};
-use super::shards::TxStep;
+use super::shards::{Deferred, TxStep};
 use super::sql_prepared::touches_sql_prepared;
 use crate::pool::PoolError;
 use crate::protocol::backend::{self, Severity};
@@ -120,6 +120,11 @@ impl Session {
                 }
                 self.refresh_runtime()?;
                 self.wait_while_paused().await?;
+                match self.deferred_begin_step(tag, frame.total_len).await? {
+                    Deferred::No => {}
+                    Deferred::Answered | Deferred::Attached => continue,
+                    Deferred::NeedMore => break,
+                }
                 let route = match self.route_arrived_batch(tag) {
                     None => break, // route the batch once its Sync (or Flush) is here
                     Some(Ok(Routed::One(route) | Routed::Keyed(route))) => {
@@ -205,6 +210,7 @@ impl Session {
             let status = match &self.server {
                 Some(held) if self.is_quiet() => held.conn.tx_status,
                 Some(_) if self.in_tx => b'T',
+                None if self.deferred_begin.is_some() => b'T',
                 _ => b'I',
             };
             backend::ready_for_query(&mut self.to_client, status);

@@ -71,7 +71,12 @@ impl Session {
                 &refusal.message,
             );
             if tag == b'Q' {
-                backend::ready_for_query(&mut self.to_client, b'I');
+                let status = if self.deferred_begin.is_some() {
+                    b'T'
+                } else {
+                    b'I'
+                };
+                backend::ready_for_query(&mut self.to_client, status);
             } else {
                 self.skip_to_sync = true;
             }

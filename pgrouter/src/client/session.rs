@@ -123,6 +123,9 @@ pub struct Session {
     /// Blocked until every answer due has arrived (then the next unit of
     /// a transaction on several shards may move to another leg).
     pub(super) wait_quiet: bool,
+    /// A bare BEGIN answered without a server (sharded databases): sent
+    /// ahead of the next unit of work, on the shard that unit needs.
+    pub(super) deferred_begin: Option<String>,
     pub(super) expect: Expectations,
     /// An extended-protocol message was sent since the last Sync.
     pub(super) unsynced: bool,
@@ -234,6 +237,7 @@ impl Session {
             tx_legs: None,
             tx_savepoints: (None, Vec::new()),
             wait_quiet: false,
+            deferred_begin: None,
             expect: Expectations::default(),
             unsynced: false,
             executed_unsynced: false,

@@ -9,6 +9,7 @@
 //! - statements that cannot run in a transaction block (`CREATE INDEX
 //!   CONCURRENTLY`, `VACUUM`): shard by shard, naming the shards that failed.
 
+mod deferred_begin;
 mod legs;
 mod read;
 mod tx_legs;
@@ -27,6 +28,7 @@ use crate::protocol::backend::{self, ErrorFields, Severity};
 use crate::router::{ManyKind, Refusal, Role, ShardChoice};
 use crate::server::ServerError;
 
+pub(in crate::client) use deferred_begin::Deferred;
 pub(in crate::client) use legs::Leg;
 pub(in crate::client) use tx_legs::{TxLegs, TxStep};
 
