@@ -120,6 +120,7 @@ impl Session {
                 }
                 self.refresh_runtime()?;
                 self.wait_while_paused().await?;
+                self.learn_insert_columns(tag, frame.total_len).await;
                 match self.deferred_begin_step(tag, frame.total_len).await? {
                     Deferred::No => {}
                     Deferred::Answered | Deferred::Attached => continue,

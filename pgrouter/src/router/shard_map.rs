@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use pgrouter_config::{Config, CrossShard, ShardKeyType, ShardMapping};
 use pgrouter_parser::shard::{KeyType, Mapping, Placement, Relation};
@@ -42,7 +43,15 @@ pub struct ShardMap {
     /// `(schema, name)` of the reference tables; schema `None` = any.
     pub reference: Vec<(Option<String>, String)>,
     pub refuse_cross_shard: bool,
+    /// Column lists of sharded tables, learnt from shard 0's catalog for
+    /// INSERTs without a column list (see [`Self::known_columns`]).
+    columns: parking_lot::Mutex<HashMap<String, (Instant, Arc<Vec<String>>)>>,
 }
+
+/// How long a learnt column list is trusted: a table changed behind the
+/// router's back is seen again this soon (DDL through the router forgets
+/// them at once).
+const COLUMNS_TTL: Duration = Duration::from_secs(10);
 
 /// A sharded table (or, with no name, any table that has the key column).
 #[derive(Debug)]
@@ -85,6 +94,7 @@ impl ShardMap {
             tables,
             reference,
             refuse_cross_shard: config.sharding.cross_shard == CrossShard::Refuse,
+            columns: Default::default(),
         })
     }
 
@@ -106,6 +116,24 @@ impl ShardMap {
         })
     }
 
+    /// The columns of `r` in table order, if learnt recently.
+    pub fn known_columns(&self, r: &Relation) -> Option<Arc<Vec<String>>> {
+        let columns = self.columns.lock();
+        let (at, list) = columns.get(&relation_key(r))?;
+        (at.elapsed() < COLUMNS_TTL).then(|| list.clone())
+    }
+
+    pub fn learn_columns(&self, r: &Relation, list: Vec<String>) {
+        self.columns
+            .lock()
+            .insert(relation_key(r), (Instant::now(), Arc::new(list)));
+    }
+
+    /// After DDL: column lists may have changed.
+    pub fn forget_columns(&self) {
+        self.columns.lock().clear();
+    }
+
     pub fn is_reference(&self, qualified: &str) -> bool {
         let (schema, name) = split(qualified);
         self.reference
@@ -117,6 +145,13 @@ impl ShardMap {
     /// sharded table the statement names, else the database's first.
     pub fn default_placement(&self) -> Option<&Arc<Placement>> {
         self.tables.first().map(|t| &t.placement)
+    }
+}
+
+fn relation_key(r: &Relation) -> String {
+    match &r.schema {
+        Some(s) => format!("{s}.{}", r.name),
+        None => r.name.clone(),
     }
 }
 

@@ -389,14 +389,23 @@ impl<'a> Planner<'a> {
         table: &ShardedTable,
     ) -> Result<(), Refusal> {
         let name = &rows.relation.name;
-        if rows.columns.is_empty() {
-            return Err(unsupported(format!(
-                "pgrouter: INSERT into sharded table \"{name}\" without a column list: the router cannot tell \
-                 which value is the shard key \"{}\"; HINT: name the columns",
-                table.column
-            )));
-        }
-        let Some(at) = rows.columns.iter().position(|c| *c == table.column) else {
+        let learnt;
+        let columns: &[String] = if rows.columns.is_empty() {
+            learnt = self.map.known_columns(&rows.relation);
+            match &learnt {
+                Some(list) => list,
+                None => {
+                    return Err(unsupported(format!(
+                        "pgrouter: INSERT into sharded table \"{name}\" without a column list: the router cannot \
+                         tell which value is the shard key \"{}\"; HINT: name the columns",
+                        table.column
+                    )))
+                }
+            }
+        } else {
+            &rows.columns
+        };
+        let Some(at) = columns.iter().position(|c| *c == table.column) else {
             return Err(unsupported(format!(
                 "pgrouter: INSERT into sharded table \"{name}\" must give its shard key \"{}\"; HINT: add the shard key",
                 table.column

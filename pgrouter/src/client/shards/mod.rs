@@ -9,6 +9,7 @@
 //! - statements that cannot run in a transaction block (`CREATE INDEX
 //!   CONCURRENTLY`, `VACUUM`): shard by shard, naming the shards that failed.
 
+mod columns;
 mod deferred_begin;
 mod legs;
 mod read;

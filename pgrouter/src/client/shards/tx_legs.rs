@@ -84,6 +84,7 @@ impl Session {
             self.unsynced = false;
             return Ok(TxStep::Wait);
         }
+        self.learn_insert_columns(tag, len).await;
         let Some(analysis) = self.peek_analysis(tag, len) else {
             return Ok(TxStep::Forward);
         };
@@ -156,7 +157,7 @@ impl Session {
     }
 
     /// The analysis of the unit at the front of the buffer.
-    fn peek_analysis(&self, tag: u8, len: usize) -> Option<Arc<Analysis>> {
+    pub(in crate::client) fn peek_analysis(&self, tag: u8, len: usize) -> Option<Arc<Analysis>> {
         let body = self.cbuf.get(5..len)?;
         match tag {
             b'Q' => self

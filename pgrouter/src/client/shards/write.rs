@@ -40,6 +40,11 @@ impl Session {
                  HINT: send the transaction's statements one by one",
             ));
         }
+        if kind == ManyKind::Ddl {
+            if let Some(map) = self.rt.shard_maps.get(&self.database) {
+                map.forget_columns();
+            }
+        }
         let in_turn = router::runs_outside_transactions(analysis, &unit.sql);
         let mut legs = self.take_legs(shards, Role::Primary).await?;
         self.cancel.slot.set_many(cancel_targets(&legs));
@@ -265,6 +270,11 @@ impl Session {
         kind: ManyKind,
         legs: &mut [Leg],
     ) -> Result<(), ShardError> {
+        if kind == ManyKind::Ddl {
+            if let Some(map) = self.rt.shard_maps.get(&self.database) {
+                map.forget_columns();
+            }
+        }
         let mut request = BytesMut::new();
         unit.request(&unit.sql, &mut request);
         let mut answers = match self.ask_all(legs, &request, 1).await {
