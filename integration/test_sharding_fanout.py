@@ -355,3 +355,53 @@ def test_a_transaction_on_one_shard_holds_only_that_shard(srouter, shards):
         conn.execute("BEGIN")
         assert conn.execute("COMMIT").statusmessage == "COMMIT"
         assert conn.execute("SELECT note FROM fo_orders WHERE customer_id = %s", (c,)).fetchone()[0] == "one"
+
+
+def test_jwt_sessions_run_under_their_role_on_every_shard(routers, shards):
+    """Each shard's connection of a JWT session runs under the token's role:
+    reads of several shards, writes of several shards, and transactions that
+    move between shards (a role left on a pooled connection by an earlier
+    session must never be used)."""
+    from harness.jwt_setup import ensure_roles, start_jwt_router
+    from harness.jwt_tokens import SigningKey, claims
+
+    class OneServer:
+        def __init__(self, primary):
+            self.primary, self.replica = primary, None
+
+    servers, _ = shards
+    for s in servers:
+        ensure_roles(OneServer(s))
+        with s.connect(APP_DB) as c:
+            c.execute(CREATE.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS"))
+            c.execute("GRANT SELECT, INSERT, UPDATE, DELETE ON fo_orders TO web_user, web_reader")
+    key = SigningKey("rsa")
+    dbs = [{"name": "app", "host": "127.0.0.1", "port": s.port, "database_name": "app", "role": "primary",
+            "shard": i} for i, s in enumerate(servers)]
+    r = start_jwt_router(routers, key, databases=dbs, sharded_tables=SHARDED, auth_pool_size=2)
+    try:
+        def session(role, read_only=False):
+            extra = {"read_only": True} if read_only else {}
+            return connect(r.dsn(user="alice", password=key.sign(claims("alice", role, **extra))))
+        with session("web_user") as conn:
+            for k in range(1, 31):
+                conn.execute("INSERT INTO fo_orders (customer_id, id, note) VALUES (%s, 1, current_user)", (k,))
+            assert {row[0] for row in conn.execute("SELECT note FROM fo_orders").fetchall()} == {"web_user"}
+            cur = conn.execute("UPDATE fo_orders SET note = current_user || '!' RETURNING note")
+            assert cur.rowcount == 30 and {row[0] for row in cur.fetchall()} == {"web_user!"}
+            conn.execute("BEGIN")
+            for k in (1, 2, 3, 4):
+                conn.execute("UPDATE fo_orders SET note = current_user WHERE customer_id = %s", (k,))
+            conn.execute("COMMIT")
+        # Another role on the same pooled connections sees only its grants.
+        with session("web_admin") as conn:
+            with pytest.raises(psycopg.Error) as err:
+                conn.execute("SELECT note FROM fo_orders").fetchall()
+            assert sqlstate(err.value) == "42501"
+        with session("web_reader") as conn:
+            rows = conn.execute("SELECT current_user, note FROM fo_orders").fetchall()
+            assert {row[0] for row in rows} == {"web_reader"} and len(rows) == 30
+    finally:
+        for s in servers:
+            with s.connect(APP_DB) as c:
+                c.execute("DROP TABLE IF EXISTS fo_orders")
