@@ -405,3 +405,55 @@ def test_jwt_sessions_run_under_their_role_on_every_shard(routers, shards):
         for s in servers:
             with s.connect(APP_DB) as c:
                 c.execute("DROP TABLE IF EXISTS fo_orders")
+
+
+def test_session_settings_reach_every_shard(srouter, shards):
+    with connect(srouter.dsn()) as conn:
+        conn.execute(CREATE)
+        load(conn, 30)
+        conn.execute("SET application_name = 'fanout-app'")
+        conn.execute("SET search_path = public, pg_catalog")
+        rows = conn.execute("SELECT current_setting('application_name'), current_setting('search_path') "
+                            "FROM fo_orders").fetchall()
+        assert set(rows) == {("fanout-app", "public, pg_catalog")} and len(rows) == 30
+        conn.execute("BEGIN")
+        conn.execute("SET LOCAL application_name = 'in-tx'")
+        conn.execute("ROLLBACK")
+        rows = conn.execute("SELECT current_setting('application_name') FROM fo_orders").fetchall()
+        assert set(rows) == {("fanout-app",)}
+
+
+def test_executemany_pipelines_run_each_row_on_its_shard(srouter, shards):
+    servers, _ = shards
+    with connect(srouter.dsn()) as conn:
+        conn.execute(CREATE)
+        # psycopg: one pipeline (Parse, Bind/Execute per row, one Sync).
+        conn.cursor().executemany("INSERT INTO fo_orders (customer_id, id, note) VALUES (%s, %s, %s)",
+                                  [(k, 1, "many") for k in range(1, 41)])
+        counts = per_shard_counts(servers)
+        assert sum(counts) == 40 and all(c > 0 for c in counts), counts
+        # RETURNING rows come back in the order of the rows sent.
+        cur = conn.cursor()
+        cur.executemany("UPDATE fo_orders SET id = 2 WHERE customer_id = %s RETURNING customer_id",
+                        [(k,) for k in (5, 1, 9, 2)], returning=True)
+        got = []
+        while True:
+            got.append(cur.fetchone()[0])
+            if not cur.nextset():
+                break
+        assert got == [5, 1, 9, 2]
+        # One failing row: the whole batch is rolled back on every shard.
+        with pytest.raises(psycopg.Error) as err:
+            conn.cursor().executemany("INSERT INTO fo_orders (customer_id, id, note) VALUES (%s, %s, %s)",
+                                      [(100, 1, "x"), (101, 1, "x"), (3, 1, "dup"), (102, 1, "x")])
+        assert sqlstate(err.value) == "23505"
+        assert sum(per_shard_counts(servers)) == 40
+    async def go():
+        c = await aconnect(srouter)
+        try:
+            await c.executemany("INSERT INTO fo_orders (customer_id, id, note) VALUES ($1, $2, $3)",
+                                [(k, 3, "asyncpg") for k in range(200, 230)])
+            return len(await c.fetch("SELECT 1 FROM fo_orders WHERE note = 'asyncpg'"))
+        finally:
+            await c.close()
+    assert run_async(go()) == 30

@@ -76,6 +76,14 @@ impl Session {
                 self.flush_server().await?;
                 return Err(SessionEnd::ClientGone);
             }
+            if self.pipeline.is_some() {
+                // A batch on several shards: its next part, once it is here.
+                if !self.batch_has_arrived(tag) {
+                    break;
+                }
+                self.pipeline_step(crate::router::Role::Primary).await?;
+                continue;
+            }
             if self.skip_to_sync
                 || (self.server.is_none() && matches!(tag, b'S' | b'H' | b'd' | b'c' | b'f'))
             {
@@ -135,8 +143,10 @@ impl Session {
                         route
                     }
                     Some(Ok(Routed::Many(route, choice))) => {
-                        self.run_on_shards(tag, route.role, choice).await?;
-                        continue;
+                        if self.run_on_shards(tag, route.role, choice).await? {
+                            continue;
+                        }
+                        break; // the rest of the batch is still coming
                     }
                     Some(Err(refusal)) => {
                         self.refuse(tag, frame.total_len, refusal);

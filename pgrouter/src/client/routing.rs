@@ -21,7 +21,7 @@ impl Session {
     /// An extended batch is routed as a whole (one implicit transaction up
     /// to its Sync): wait until its Sync or a Flush has arrived, unless it
     /// is already large.
-    fn batch_has_arrived(&self, tag: u8) -> bool {
+    pub(super) fn batch_has_arrived(&self, tag: u8) -> bool {
         if !matches!(tag, b'P' | b'B' | b'D' | b'E' | b'C') || self.cbuf.len() > MAX_LOOKAHEAD {
             return true;
         }
@@ -278,23 +278,47 @@ struct KeyedShard {
 impl KeyedShard {
     fn add(&mut self, planned: Result<Option<ShardChoice>, Refusal>) -> Result<(), Refusal> {
         let Some(next) = planned? else { return Ok(()) };
-        match &self.choice {
-            Some(first)
-                if first.shard != next.shard || first.many.is_some() || next.many.is_some() =>
-            {
-                Err(Refusal {
-                    sqlstate: "0A000",
-                    message: format!(
-                        "pgrouter: statements of one batch (up to its Sync) need different shards ({} and {}); \
-                         a batch on several shards must be one statement; HINT: Sync after each statement",
-                        first.reason, next.reason
-                    ),
-                })
-            }
-            _ => {
-                self.choice = Some(next);
-                Ok(())
-            }
+        let Some(first) = self.choice.take() else {
+            self.choice = Some(next);
+            return Ok(());
+        };
+        let pipeline = |c: &ShardChoice| {
+            c.many
+                .as_ref()
+                .is_some_and(|m| m.kind == crate::router::ManyKind::Pipeline)
+        };
+        let several = |c: &ShardChoice| c.many.is_some() && !pipeline(c);
+        if several(&first) || several(&next) {
+            return Err(Refusal {
+                sqlstate: "0A000",
+                message: format!(
+                    "pgrouter: a statement of this batch (up to its Sync) needs several shards ({}); such a \
+                     statement must be alone in its batch; HINT: Sync after each statement",
+                    if several(&first) { &first.reason } else { &next.reason }
+                ),
+            });
         }
+        if first.shard == next.shard && !pipeline(&first) {
+            self.choice = Some(first);
+            return Ok(());
+        }
+        // Statements of one batch on different shards: a pipeline.
+        let mut shards: Vec<usize> = first
+            .many
+            .as_ref()
+            .map_or_else(|| vec![first.shard], |m| m.shards.clone());
+        if !shards.contains(&next.shard) {
+            shards.push(next.shard);
+            shards.sort_unstable();
+        }
+        self.choice = Some(ShardChoice {
+            shard: shards[0],
+            reason: format!("a batch of statements on shards {shards:?}"),
+            many: Some(crate::router::Many {
+                shards,
+                kind: crate::router::ManyKind::Pipeline,
+            }),
+        });
+        Ok(())
     }
 }

@@ -126,6 +126,8 @@ pub struct Session {
     /// A bare BEGIN answered without a server (sharded databases): sent
     /// ahead of the next unit of work, on the shard that unit needs.
     pub(super) deferred_begin: Option<String>,
+    /// A batch on several shards between its first part and its Sync.
+    pub(super) pipeline: Option<super::shards::Pipeline>,
     pub(super) expect: Expectations,
     /// An extended-protocol message was sent since the last Sync.
     pub(super) unsynced: bool,
@@ -238,6 +240,7 @@ impl Session {
             tx_savepoints: (None, Vec::new()),
             wait_quiet: false,
             deferred_begin: None,
+            pipeline: None,
             expect: Expectations::default(),
             unsynced: false,
             executed_unsynced: false,

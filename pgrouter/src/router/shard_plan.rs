@@ -76,6 +76,10 @@ pub enum ManyKind {
     CopyIn,
     /// COPY ... TO STDOUT of a sharded table: the shards concatenated.
     CopyOut,
+    /// An extended-protocol batch (a pipeline, `executemany`) whose
+    /// statements each need one shard, not all the same: each runs on its
+    /// shard, the batch is one transaction.
+    Pipeline,
 }
 
 impl ShardChoice {

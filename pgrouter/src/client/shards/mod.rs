@@ -12,6 +12,7 @@
 mod columns;
 mod deferred_begin;
 mod legs;
+mod pipeline;
 mod read;
 mod tx_legs;
 mod union;
@@ -31,6 +32,7 @@ use crate::server::ServerError;
 
 pub(in crate::client) use deferred_begin::Deferred;
 pub(in crate::client) use legs::Leg;
+pub(in crate::client) use pipeline::Pipeline;
 pub(in crate::client) use tx_legs::{TxLegs, TxStep};
 
 /// Why a statement on several shards failed: a server's own error
@@ -88,7 +90,7 @@ impl ShardError {
         }
     }
 
-    fn parts(&self) -> (&'static str, String) {
+    pub(super) fn parts(&self) -> (&'static str, String) {
         match self {
             ShardError::Server(body) => {
                 let f = backend::parse_error_fields(body).unwrap_or_default();
@@ -111,15 +113,20 @@ impl ShardError {
 impl Session {
     /// Runs the unit of work at the front of the client's buffer — a Query,
     /// or an extended batch up to its Sync — on the shards `choice` names.
+    /// False: the batch's Sync has not arrived yet (nothing was taken).
     pub(super) async fn run_on_shards(
         &mut self,
         tag: u8,
         role: Role,
         choice: ShardChoice,
-    ) -> Result<(), SessionEnd> {
+    ) -> Result<bool, SessionEnd> {
         let Some(many) = choice.many.clone() else {
-            return Ok(());
+            return Ok(true);
         };
+        if many.kind == ManyKind::Pipeline {
+            self.pipeline_step(role).await?;
+            return self.flush_client().await.map(|_| true);
+        }
         let unit = match self.take_unit(tag)? {
             Taken::Unit(unit) => unit,
             Taken::Refused(e) => {
@@ -127,13 +134,13 @@ impl Session {
                     .map_or(0, |f| f.total_len);
                 let (sqlstate, message) = e.parts();
                 self.refuse(tag, len, Refusal { sqlstate, message });
-                return self.flush_client().await;
+                return self.flush_client().await.map(|_| true);
             }
             Taken::Failed(e) => {
                 self.state.metrics.record_error(&e.sqlstate());
                 e.write(&mut self.to_client);
                 backend::ready_for_query(&mut self.to_client, b'I');
-                return self.flush_client().await;
+                return self.flush_client().await.map(|_| true);
             }
         };
         if unit.extended.as_ref().is_some_and(|e| e.max_rows != 0) {
@@ -146,7 +153,7 @@ impl Session {
             )
             .write(&mut self.to_client);
             backend::ready_for_query(&mut self.to_client, b'I');
-            return self.flush_client().await;
+            return self.flush_client().await.map(|_| true);
         }
         self.state.metrics.record_shards(many.shards.len());
         let result = match many.kind {
@@ -154,7 +161,7 @@ impl Session {
             ManyKind::Ddl | ManyKind::Replicate | ManyKind::Write => {
                 self.write_on_shards(&unit, many.kind, &many.shards).await
             }
-            ManyKind::InsertSplit | ManyKind::CopyIn | ManyKind::CopyOut => Err(ShardError::router(
+            ManyKind::InsertSplit | ManyKind::CopyIn | ManyKind::CopyOut | ManyKind::Pipeline => Err(ShardError::router(
                 "0A000",
                 format!(
                     "pgrouter: this statement needs {} shards ({}): not supported yet; HINT: send the rows \
@@ -172,7 +179,7 @@ impl Session {
         self.registered
             .info
             .set_state(super::registry::ClientState::Idle);
-        self.flush_client().await
+        self.flush_client().await.map(|_| true)
     }
 }
 

@@ -174,7 +174,19 @@ impl Session {
         request: &[u8],
         readies: usize,
     ) -> Result<Result<Vec<Answer>, ShardError>, SessionEnd> {
-        for leg in legs.iter_mut() {
+        let requests = vec![request; legs.len()];
+        self.ask_each(legs, &requests, readies).await
+    }
+
+    /// Sends each leg its own request and reads each one's answers up to
+    /// its `readies`-th ReadyForQuery, concurrently.
+    pub(super) async fn ask_each(
+        &mut self,
+        legs: &mut [Leg],
+        requests: &[&[u8]],
+        readies: usize,
+    ) -> Result<Result<Vec<Answer>, ShardError>, SessionEnd> {
+        for (leg, request) in legs.iter_mut().zip(requests) {
             leg.ready = false;
             if let Err(e) = leg.held.conn.send(request).await {
                 leg.ready = true;

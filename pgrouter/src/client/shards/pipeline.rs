@@ -1,0 +1,432 @@
+//! An extended-protocol batch whose statements need different shards — a
+//! pipeline, or a driver's `executemany` (psycopg, asyncpg): Parse, then
+//! Bind/Execute per row, Flushes along the way, one Sync. Each statement
+//! runs on its shard's leg, in the batch's order on that leg; the client
+//! gets every answer in the order of its own messages, up to the first
+//! error (after which PostgreSQL skips the rest of the batch too). Each
+//! part up to a Flush runs as soon as it is there (a client may wait for
+//! its answers before sending more). The batch is one implicit
+//! transaction: at its Sync the legs commit together (two-phase commit
+//! when configured) or all roll back.
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use super::legs::{cancel_targets, give_back, Leg};
+use super::ShardError;
+use crate::client::error::SessionEnd;
+use crate::client::session::Session;
+use crate::protocol::frontend::{self, parse_bind_names, parse_parse, parse_target, BindNames};
+use crate::protocol::{backend, next_frame};
+use crate::router::Role;
+
+/// One Bind of the batch and what the client asked of it.
+struct Step {
+    shard: usize,
+    sql: String,
+    types: Vec<i32>,
+    bind_rest: Bytes,
+    describe: bool,
+    execute: bool,
+}
+
+/// A pipeline between its first part and its Sync: the legs it runs on,
+/// each inside its transaction block.
+pub(in crate::client) struct Pipeline {
+    legs: Vec<Leg>,
+    role: Role,
+    /// A statement failed: the rest up to the Sync is skipped.
+    failed: Option<Bytes>,
+}
+
+/// What [`Session::take_pipeline`] found; the bool: the part ended with
+/// the batch's Sync.
+enum Taken {
+    Steps(Vec<Message>, Vec<Step>, bool),
+    /// Taken, but it cannot run: the batch fails.
+    Failed(ShardError, bool),
+}
+
+/// The client's messages in order: a Parse, or a step (index into steps).
+enum Message {
+    Parse,
+    Step(usize),
+}
+
+impl Session {
+    /// Runs the part of a pipeline at the front of the client's buffer (up
+    /// to a Flush or its Sync) and queues the answers. At the Sync the
+    /// legs commit or roll back and the ReadyForQuery is queued.
+    pub(in crate::client) async fn pipeline_step(&mut self, role: Role) -> Result<(), SessionEnd> {
+        let mut pipe = self.pipeline.take().unwrap_or(Pipeline {
+            legs: Vec::new(),
+            role,
+            failed: None,
+        });
+        let (order, steps, synced) = match self.take_pipeline()? {
+            Taken::Steps(order, steps, synced) => (order, steps, synced),
+            Taken::Failed(e, synced) => {
+                if pipe.failed.is_none() {
+                    self.state.metrics.record_error(&e.sqlstate());
+                    e.write(&mut self.to_client);
+                    pipe.failed = Some(Bytes::new());
+                }
+                (Vec::new(), Vec::new(), synced)
+            }
+        };
+        if pipe.failed.is_none() && !steps.is_empty() {
+            self.state.metrics.record_shards(pipe.legs.len().max(1));
+            if let Err(e) = self.run_pipeline_part(&mut pipe, &order, &steps).await? {
+                self.state.metrics.record_error(&e.sqlstate());
+                e.write(&mut self.to_client);
+                pipe.failed = Some(Bytes::new());
+            }
+        }
+        if !synced {
+            self.pipeline = Some(pipe);
+            return Ok(());
+        }
+        let mut legs = std::mem::take(&mut pipe.legs);
+        // Each leg ran its part up to a Flush: its Sync ends the extended
+        // batch (a leg that failed skips everything until then).
+        for leg in legs.iter_mut() {
+            let mut sync = BytesMut::new();
+            frontend::sync(&mut sync);
+            let synced = match leg.held.conn.send(&sync).await {
+                Ok(()) => leg.held.conn.read_until_ready().await.is_ok(),
+                Err(_) => false,
+            };
+            if !synced {
+                leg.held.conn.tx_status = b'E';
+                leg.cancelled = true; // closed at give-back
+                pipe.failed.get_or_insert_with(Bytes::new);
+            }
+        }
+        if pipe.failed.is_some() {
+            self.roll_back(&mut legs).await;
+        } else {
+            let all: Vec<usize> = (0..legs.len()).collect();
+            if let Err(e) = self.commit_written(&mut legs, &all).await {
+                self.state.metrics.record_error(&e.sqlstate());
+                e.write(&mut self.to_client);
+            }
+        }
+        self.cancel.slot.set(None);
+        give_back(legs);
+        backend::ready_for_query(&mut self.to_client, b'I');
+        Ok(())
+    }
+
+    /// One part: each step on its shard's leg (joining new shards in the
+    /// transaction first), answers relayed in the client's order.
+    async fn run_pipeline_part(
+        &mut self,
+        pipe: &mut Pipeline,
+        order: &[Message],
+        steps: &[Step],
+    ) -> Result<Result<(), ShardError>, SessionEnd> {
+        for step in steps {
+            if pipe.legs.iter().any(|l| l.shard == step.shard) {
+                continue;
+            }
+            let mut leg = match self.take_legs(&[step.shard], pipe.role).await {
+                Ok(mut legs) => legs.remove(0),
+                Err(e) => return Ok(Err(e)),
+            };
+            match leg.held.conn.run_simple("BEGIN").await {
+                Ok(Ok(())) => {}
+                Ok(Err(f)) => {
+                    give_back(vec![leg]);
+                    return Ok(Err(ShardError::from_fields(step.shard, f)));
+                }
+                Err(e) => return Ok(Err(ShardError::lost(step.shard, &e))),
+            }
+            let at = pipe.legs.partition_point(|l| l.shard < leg.shard);
+            leg.ready = true;
+            pipe.legs.insert(at, leg);
+        }
+        self.cancel.slot.set_many(cancel_targets(&pipe.legs));
+        let legs = &mut pipe.legs;
+        let mut requests: Vec<BytesMut> = legs.iter().map(|_| BytesMut::new()).collect();
+        let mut expected = vec![0usize; legs.len()];
+        for step in steps {
+            let i = legs.iter().position(|l| l.shard == step.shard).unwrap_or(0);
+            let r = &mut requests[i];
+            frontend::write_parse(r, "", &step.sql, &step.types);
+            frontend::write_bind(r, "", "", &step.bind_rest);
+            expected[i] += 2;
+            if step.describe {
+                frontend::write_target(r, b'D', b'P', "");
+                expected[i] += 1;
+            }
+            if step.execute {
+                backend::put_message(r, b'E', |b| {
+                    b.extend_from_slice(&[0]);
+                    b.extend_from_slice(&0i32.to_be_bytes());
+                });
+                expected[i] += 1;
+            }
+        }
+        for r in requests.iter_mut() {
+            backend::put_message(r, b'H', |_| {});
+        }
+        let mut queues: Vec<std::collections::VecDeque<(u8, Bytes)>> = Vec::new();
+        for (i, leg) in legs.iter_mut().enumerate() {
+            if expected[i] == 0 {
+                queues.push(Default::default());
+                continue;
+            }
+            if let Err(e) = leg.held.conn.send(&requests[i]).await {
+                leg.held.conn.tx_status = b'E';
+                return Ok(Err(ShardError::lost(leg.shard, &e)));
+            }
+            queues.push(Default::default());
+        }
+        // Each leg's replies: until all expected arrived, or an error (the
+        // leg then skips to the Sync and sends nothing more).
+        for (i, leg) in legs.iter_mut().enumerate() {
+            let mut got = 0;
+            while got < expected[i] {
+                let (tag, body) = match leg.held.conn.read_message().await {
+                    Ok(m) => m,
+                    Err(e) => {
+                        leg.held.conn.tx_status = b'E';
+                        return Ok(Err(ShardError::lost(leg.shard, &e)));
+                    }
+                };
+                match tag {
+                    b'1' | b'2' | b'T' | b'n' | b'C' | b'I' | b's' => got += 1,
+                    b'E' => got = expected[i],
+                    b'S' => {
+                        leg.held.conn.note_parameter_status(&body);
+                        continue;
+                    }
+                    _ => {}
+                }
+                queues[i].push_back((tag, body));
+            }
+        }
+        for q in queues.iter_mut() {
+            q.retain(|(t, _)| *t != b'1');
+        }
+        let mut failed: Option<Bytes> = None;
+        'messages: for m in order {
+            let step_no = match m {
+                Message::Parse => {
+                    backend::parse_complete(&mut self.to_client);
+                    continue;
+                }
+                Message::Step(s) => *s,
+            };
+            let step = &steps[step_no];
+            let i = legs.iter().position(|l| l.shard == step.shard).unwrap_or(0);
+            let q = &mut queues[i];
+            // BindComplete, then the description asked for, then rows and tag.
+            let wanted = 1 + usize::from(step.describe) + usize::from(step.execute);
+            let mut done = 0;
+            while done < wanted {
+                let Some((tag, body)) = q.pop_front() else {
+                    break 'messages;
+                };
+                match tag {
+                    b'E' => {
+                        failed = Some(body);
+                        break 'messages;
+                    }
+                    b'N' | b'D' => backend::put_message(&mut self.to_client, tag, |b| {
+                        b.extend_from_slice(&body)
+                    }),
+                    _ => {
+                        backend::put_message(&mut self.to_client, tag, |b| {
+                            b.extend_from_slice(&body)
+                        });
+                        done += 1;
+                    }
+                }
+            }
+        }
+        if failed.is_none() {
+            failed = queues
+                .iter()
+                .flatten()
+                .find(|(t, _)| *t == b'E')
+                .map(|(_, b)| b.clone());
+        }
+        Ok(failed.map_or(Ok(()), |body| Err(ShardError::Server(body))))
+    }
+
+    /// Takes the batch up to its next Flush or Sync: `[Parse] (Bind
+    /// [Describe portal] Execute)+` in any interleaving of Parses, each Bind
+    /// placed by its own keys.
+    fn take_pipeline(&mut self) -> Result<Taken, SessionEnd> {
+        let mut at = 0;
+        let mut frames = Vec::new();
+        let mut bad = None;
+        loop {
+            let Some(f) = next_frame(self.cbuf.get(at..).unwrap_or(&[]), self.max_message)? else {
+                break; // a part that arrived without its Flush (a large one)
+            };
+            let body = f.body(&self.cbuf[at..]);
+            let ok = match f.tag {
+                b'P' | b'B' | b'E' | b'S' | b'H' => true,
+                b'D' => parse_target(body)?.0 == b'P',
+                _ => false,
+            };
+            frames.push((f.tag, at, f.total_len));
+            at += f.total_len;
+            if !ok && bad.is_none() {
+                bad = Some(f.tag);
+            }
+            if matches!(f.tag, b'S' | b'H') {
+                break;
+            }
+        }
+        let synced = frames.last().is_some_and(|f| f.0 == b'S');
+        if let Some(tag) = bad {
+            // The whole batch fails, as PostgreSQL's would at that message.
+            let _ = self.cbuf.split_to(at);
+            return Ok(Taken::Failed(
+                unsupported(&format!("message '{}'", tag as char)),
+                synced,
+            ));
+        }
+        let batch = self.cbuf.split_to(at).freeze();
+        let mut order = Vec::new();
+        let mut steps: Vec<Step> = Vec::new();
+        // The unnamed statement as of each point of the batch.
+        let mut unnamed: Option<(String, Vec<i32>)> =
+            parse_parse(self.unnamed_parse.get(5..).unwrap_or(&[]))
+                .ok()
+                .map(|p| (p.sql.to_string(), p.param_types));
+        for &(tag, start, len) in &frames {
+            let body = &batch[start + 5..start + len];
+            match tag {
+                b'P' => {
+                    let p = parse_parse(body)?;
+                    let analysis = self.analyze(p.sql);
+                    if p.name.is_empty() {
+                        self.unnamed = Some(analysis);
+                        self.unnamed_parse.clear();
+                        self.unnamed_parse
+                            .extend_from_slice(&batch[start..start + len]);
+                        self.unnamed_here = false;
+                        unnamed = Some((p.sql.to_string(), p.param_types.clone()));
+                    } else {
+                        let stmt = self
+                            .state
+                            .statements
+                            .intern(p.sql, &p.param_types, analysis);
+                        self.statements.insert(p.name.to_string(), stmt);
+                    }
+                    order.push(Message::Parse);
+                }
+                b'B' => {
+                    let b = parse_bind_names(body)?;
+                    let (sql, types) = match self.bound(&b, &unnamed) {
+                        Ok(st) => st,
+                        Err(e) => return Ok(Taken::Failed(e, synced)),
+                    };
+                    let shard = match self.step_shard(&b, &sql, &types) {
+                        Ok(s) => s,
+                        Err(e) => return Ok(Taken::Failed(e, synced)),
+                    };
+                    let rest_at = b.rest.as_ptr() as usize - batch.as_ptr() as usize;
+                    steps.push(Step {
+                        shard,
+                        sql,
+                        types,
+                        bind_rest: batch.slice(rest_at..start + len),
+                        describe: false,
+                        execute: false,
+                    });
+                    order.push(Message::Step(steps.len() - 1));
+                }
+                b'D' => match steps.last_mut() {
+                    Some(s) if !s.execute => s.describe = true,
+                    _ => {
+                        return Ok(Taken::Failed(
+                            unsupported("Describe or Execute out of place"),
+                            synced,
+                        ))
+                    }
+                },
+                b'E' => {
+                    let mut r = body;
+                    if let Some(nul) = r.iter().position(|&b| b == 0) {
+                        r.advance(nul + 1);
+                    }
+                    let max_rows = r
+                        .get(..4)
+                        .map_or(0, |b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+                    match steps.last_mut() {
+                        Some(s) if !s.execute && max_rows == 0 => s.execute = true,
+                        _ => {
+                            return Ok(Taken::Failed(
+                                unsupported("Describe or Execute out of place"),
+                                synced,
+                            ))
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(Taken::Steps(order, steps, synced))
+    }
+
+    /// The text and parameter types of the statement a Bind names.
+    fn bound(
+        &self,
+        b: &BindNames,
+        unnamed: &Option<(String, Vec<i32>)>,
+    ) -> Result<(String, Vec<i32>), ShardError> {
+        if b.statement.is_empty() {
+            return unnamed.clone().ok_or_else(|| {
+                ShardError::router("26000", "unnamed prepared statement does not exist")
+            });
+        }
+        self.statements
+            .get(b.statement)
+            .map(|s| (s.sql.clone(), s.param_types.clone()))
+            .ok_or_else(|| {
+                ShardError::router(
+                    "26000",
+                    format!("prepared statement \"{}\" does not exist", b.statement),
+                )
+            })
+    }
+
+    /// The one shard a step needs: by its keys, else the session's shard
+    /// (a hint, `SET pgrouter.shard`) or shard 0.
+    fn step_shard(&self, b: &BindNames, sql: &str, types: &[i32]) -> Result<usize, ShardError> {
+        let analysis = self.analyze(sql);
+        let unnamed = Some((sql, types.to_vec()));
+        match self.plan_bind(&analysis, b, &unnamed) {
+            Ok(Some(choice)) if choice.many.is_none() => Ok(choice.shard),
+            Ok(Some(choice)) => Err(ShardError::router(
+                "0A000",
+                format!(
+                    "pgrouter: a statement of this batch needs several shards ({}); such a statement must be \
+                     alone in its batch; HINT: Sync after each statement",
+                    choice.reason
+                ),
+            )),
+            Ok(None) => Ok(analysis
+                .hint
+                .shard
+                .map(|s| s as usize)
+                .or(self.session_routing().shard_override.map(|s| s as usize))
+                .unwrap_or(0)),
+            Err(r) => Err(ShardError::router(r.sqlstate, r.message)),
+        }
+    }
+}
+
+fn unsupported(seen: &str) -> ShardError {
+    ShardError::router(
+        "0A000",
+        format!(
+            "pgrouter: a batch of statements on several shards may hold only Parse, Bind, Describe (portal), \
+             Execute (all rows) and end with Sync (saw {seen}); HINT: Sync after each statement"
+        ),
+    )
+}
