@@ -1,0 +1,473 @@
+//! `COPY table FROM STDIN` split per shard: the client's CopyData stream
+//! is cut into rows exactly as PostgreSQL would cut it, each row's shard
+//! key is read (text/CSV de-escaped, binary as sent) and placed, and the
+//! row's bytes go unchanged to that shard's output. Header lines (text and
+//! CSV `HEADER`, `HEADER MATCH`) and the binary file header go to every
+//! shard, because each server expects them; every shard gets its own binary
+//! trailer at the end.
+//!
+//! Pure and streaming: no I/O, and memory beyond what [`CopySplitter::take`]
+//! has not collected yet is one unfinished row. Malformed data gets
+//! PostgreSQL's error (22P04 and its message, with the line number of the
+//! whole stream as context), so a mix that no single shard could notice —
+//! line-end styles, for instance — is still refused as one server would.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use pgrouter_parser::copy::{CopyFormat, CopyHeader, CopyInfo};
+use pgrouter_parser::shard::{parse_binary, parse_text, KeyError, KeyType, KeyValue, Placement};
+
+use super::copy_binary::{BinaryReader, Item, TRAILER};
+use super::copy_text::{csv_fields, text_fields, Field, TextReader};
+
+/// Places one row's raw key field: de-escaped text / dequoted CSV bytes,
+/// or the binary field's bytes; `None` for NULL.
+pub type PlaceKey = Box<dyn Fn(Option<&[u8]>) -> Result<usize, KeyError> + Send>;
+
+/// Why the COPY data cannot be split: the error the client gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopySplitError {
+    pub sqlstate: &'static str,
+    pub message: String,
+    pub hint: Option<String>,
+    /// Where, as PostgreSQL's CONTEXT says it: `COPY t, line 3: "..."`.
+    pub context: String,
+}
+
+const BAD_COPY_FORMAT: &str = "22P04";
+
+/// The splitter of one COPY FROM STDIN.
+pub struct CopySplitter {
+    reader: Reader,
+    sink: Sink,
+    /// Text/CSV: the `\.` marker was read; the rest of the data is ignored.
+    ended: bool,
+    finished: bool,
+    failed: Option<CopySplitError>,
+}
+
+/// How rows are placed, and the outputs they go to.
+struct Sink {
+    format: CopyFormat,
+    delimiter: u8,
+    quote: u8,
+    escape: u8,
+    null: Vec<u8>,
+    default: Option<Vec<u8>>,
+    key_column: usize,
+    key_name: String,
+    columns: Option<Vec<String>>,
+    expected: Option<usize>,
+    force_null: bool,
+    force_not_null: bool,
+    header_pending: bool,
+    table: String,
+    place: PlaceKey,
+    out: Vec<BytesMut>,
+    rows: u64,
+}
+
+enum Reader {
+    Text(TextReader),
+    Binary(BinaryReader),
+}
+
+impl CopySplitter {
+    /// A splitter for `info`'s data over `shards` outputs; the key is field
+    /// `key_column` of each row (its index in `info.columns` when listed).
+    pub fn new(info: &CopyInfo, key_column: usize, shards: usize, place: PlaceKey) -> CopySplitter {
+        let key_name = info
+            .columns
+            .as_ref()
+            .and_then(|c| c.get(key_column))
+            .cloned()
+            .unwrap_or_else(|| format!("#{}", key_column + 1));
+        let reader = match info.format {
+            CopyFormat::Binary => Reader::Binary(BinaryReader::new()),
+            f => Reader::Text(TextReader::new(
+                f == CopyFormat::Csv,
+                info.quote,
+                info.escape,
+            )),
+        };
+        let mut sink = Sink {
+            format: info.format,
+            delimiter: info.delimiter,
+            quote: info.quote,
+            escape: info.escape,
+            null: info.null.clone(),
+            default: info.default.clone(),
+            key_column,
+            key_name: String::new(),
+            columns: info.columns.clone(),
+            expected: info.columns.as_ref().map(Vec::len),
+            force_null: false,
+            force_not_null: false,
+            header_pending: info.header != CopyHeader::Absent && info.format != CopyFormat::Binary,
+            table: info.table.clone(),
+            place,
+            out: (0..shards).map(|_| BytesMut::new()).collect(),
+            rows: 0,
+        };
+        sink.set_key_name(info, key_name);
+        CopySplitter {
+            reader,
+            sink,
+            ended: false,
+            finished: false,
+            failed: None,
+        }
+    }
+
+    /// A splitter placing keys with a sharded table's [`Placement`]: text
+    /// keys must be UTF-8 (the client encoding of a UTF8 database), binary
+    /// keys in the key type's binary format.
+    pub fn for_placement(
+        info: &CopyInfo,
+        key_column: usize,
+        placement: Arc<Placement>,
+    ) -> CopySplitter {
+        let binary = info.format == CopyFormat::Binary;
+        let shards = placement.shards;
+        let place: PlaceKey = Box::new(move |raw| {
+            let ty = placement.key_type;
+            let value = match raw {
+                None => KeyValue::Null,
+                Some(bytes) if binary => {
+                    binary_width(ty, bytes.len(), key_column)?;
+                    parse_binary(ty, ty, bytes)?
+                }
+                Some(bytes) => {
+                    let text = std::str::from_utf8(bytes).map_err(|_| KeyError {
+                        sqlstate: "22021",
+                        message: "invalid byte sequence for encoding \"UTF8\" in the shard key"
+                            .into(),
+                    })?;
+                    parse_text(ty, text)?
+                }
+            };
+            placement.shard_of(&value)
+        });
+        CopySplitter::new(info, key_column, shards, place)
+    }
+
+    /// The number of fields every row must have, when `info.columns` does
+    /// not say (COPY without a column list: the table's column count).
+    pub fn with_column_count(mut self, count: usize) -> CopySplitter {
+        self.sink.expected = Some(count);
+        self
+    }
+
+    /// The key column's name, for messages and `FORCE_NULL`/`FORCE_NOT_NULL`
+    /// when `info.columns` does not name it.
+    pub fn with_key_name(mut self, info: &CopyInfo, name: &str) -> CopySplitter {
+        self.sink.set_key_name(info, name.to_string());
+        self
+    }
+
+    /// One CopyData payload from the client (rows may span payloads; a
+    /// payload may hold many rows).
+    pub fn feed(&mut self, data: &[u8]) -> Result<(), CopySplitError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        if self.ended || data.is_empty() {
+            return Ok(());
+        }
+        match &mut self.reader {
+            Reader::Text(r) => r.buf.extend_from_slice(data),
+            Reader::Binary(r) => r.buf.extend_from_slice(data),
+        }
+        self.run(false)
+    }
+
+    /// CopyDone: the rest is split (an unterminated last line is a row, as
+    /// PostgreSQL accepts it) and binary outputs get their trailer.
+    pub fn finish(&mut self) -> Result<(), CopySplitError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        if self.finished {
+            return Ok(());
+        }
+        self.run(true)?;
+        self.finished = true;
+        if matches!(self.reader, Reader::Binary(_)) {
+            for out in &mut self.sink.out {
+                out.extend_from_slice(&TRAILER);
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes ready for shard `shard` (to send in CopyData messages), taken out.
+    pub fn take(&mut self, shard: usize) -> BytesMut {
+        self.sink
+            .out
+            .get_mut(shard)
+            .map(BytesMut::split)
+            .unwrap_or_default()
+    }
+
+    /// Bytes waiting in all outputs (for back-pressure).
+    pub fn buffered(&self) -> usize {
+        self.sink.out.iter().map(BytesMut::len).sum()
+    }
+
+    /// Data rows split so far (header lines not counted).
+    pub fn rows(&self) -> u64 {
+        self.sink.rows
+    }
+
+    fn run(&mut self, eof: bool) -> Result<(), CopySplitError> {
+        let result = match &mut self.reader {
+            Reader::Text(r) => self.sink.run_text(r, eof, &mut self.ended),
+            Reader::Binary(r) => self.sink.run_binary(r, eof),
+        };
+        if let Err(e) = &result {
+            self.failed = Some(e.clone());
+        }
+        result
+    }
+}
+
+impl Sink {
+    fn set_key_name(&mut self, info: &CopyInfo, name: String) {
+        self.force_null = info.format == CopyFormat::Csv && info.force_null.contains(&name);
+        self.force_not_null = info.format == CopyFormat::Csv && info.force_not_null.contains(&name);
+        self.key_name = name;
+    }
+
+    fn run_text(
+        &mut self,
+        r: &mut TextReader,
+        eof: bool,
+        ended: &mut bool,
+    ) -> Result<(), CopySplitError> {
+        loop {
+            let line = match r.next_line(eof) {
+                Ok(Some(line)) => line,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    return Err(CopySplitError {
+                        sqlstate: BAD_COPY_FORMAT,
+                        message: e.message.into(),
+                        hint: e.hint.map(str::to_string),
+                        context: format!("COPY {}, line {}", self.table, r.line_no),
+                    })
+                }
+            };
+            let raw = &r.buf[..line.consumed];
+            if self.header_pending {
+                self.header_pending = false;
+                for out in &mut self.out {
+                    out.extend_from_slice(raw);
+                }
+            } else if !(line.end_of_data && line.len == 0) {
+                let shard = self.row_shard(&r.buf[..line.len], r.line_no)?;
+                let shard = self.checked(shard, r.line_no)?;
+                self.out[shard].extend_from_slice(raw);
+                self.rows += 1;
+            }
+            r.consume(&line);
+            if line.end_of_data {
+                // PostgreSQL ignores whatever follows the marker.
+                *ended = true;
+                r.buf.clear();
+                return Ok(());
+            }
+        }
+    }
+
+    /// The shard of one text or CSV line.
+    fn row_shard(&self, line: &[u8], line_no: u64) -> Result<usize, CopySplitError> {
+        let bad = |message: String| CopySplitError {
+            sqlstate: BAD_COPY_FORMAT,
+            message,
+            hint: None,
+            context: format!(
+                "COPY {}, line {line_no}: \"{}\"",
+                self.table,
+                printable(line)
+            ),
+        };
+        let fields = if self.format == CopyFormat::Csv {
+            csv_fields(
+                line,
+                self.delimiter,
+                self.quote,
+                self.escape,
+                &self.null,
+                self.key_column,
+            )
+            .map_err(|m| bad(m.into()))?
+        } else {
+            text_fields(line, self.delimiter, &self.null, self.key_column)
+        };
+        if let Some(n) = self.expected {
+            if fields.count > n {
+                return Err(bad("extra data after last expected column".into()));
+            }
+            if fields.count < n {
+                let missing = self
+                    .columns
+                    .as_ref()
+                    .and_then(|c| c.get(fields.count))
+                    .map_or_else(
+                        || {
+                            if fields.count == self.key_column {
+                                self.key_name.clone()
+                            } else {
+                                format!("#{}", fields.count + 1)
+                            }
+                        },
+                        Clone::clone,
+                    );
+                return Err(bad(format!("missing data for column \"{missing}\"")));
+            }
+        }
+        let Some(key) = fields.key else {
+            return Err(bad(format!(
+                "missing data for column \"{}\"",
+                self.key_name
+            )));
+        };
+        let quoted_ok = self.format != CopyFormat::Csv || !fields.key_quoted;
+        if self.default.as_deref() == Some(fields.key_raw.as_slice()) && quoted_ok {
+            return Err(CopySplitError {
+                sqlstate: "0A000",
+                message: format!(
+                    "pgrouter: the shard key \"{}\" of a COPY row is the DEFAULT marker; the router cannot place it",
+                    self.key_name
+                ),
+                hint: Some("give the shard key's value in every row".into()),
+                context: format!("COPY {}, line {line_no}", self.table),
+            });
+        }
+        let key = match key {
+            Field::Null if self.force_not_null => Some(self.null.clone()),
+            Field::Null => None,
+            Field::Value(v) if self.force_null && v == self.null => None,
+            Field::Value(v) => Some(v),
+        };
+        (self.place)(key.as_deref()).map_err(|e| CopySplitError {
+            sqlstate: e.sqlstate,
+            message: e.message,
+            hint: None,
+            context: match &key {
+                Some(v) => format!(
+                    "COPY {}, line {line_no}, column {}: \"{}\"",
+                    self.table,
+                    self.key_name,
+                    printable(v)
+                ),
+                None => format!(
+                    "COPY {}, line {line_no}, column {}: null input",
+                    self.table, self.key_name
+                ),
+            },
+        })
+    }
+
+    fn run_binary(&mut self, r: &mut BinaryReader, eof: bool) -> Result<(), CopySplitError> {
+        loop {
+            let item = match r.next(eof, self.expected, self.key_column) {
+                Ok(Some(item)) => item,
+                Ok(None) => return Ok(()),
+                Err(message) => {
+                    return Err(CopySplitError {
+                        sqlstate: BAD_COPY_FORMAT,
+                        message,
+                        hint: None,
+                        context: format!("COPY {}, line {}", self.table, r.tuple_no),
+                    })
+                }
+            };
+            match &item {
+                Item::Header(n) => {
+                    for out in &mut self.out {
+                        out.extend_from_slice(&r.buf[..*n]);
+                    }
+                }
+                Item::Tuple { len, key, .. } => {
+                    let raw = key.map(|(s, e)| &r.buf[s..e]);
+                    let shard = (self.place)(raw).map_err(|e| CopySplitError {
+                        sqlstate: e.sqlstate,
+                        message: e.message,
+                        hint: None,
+                        context: format!(
+                            "COPY {}, line {}, column {}",
+                            self.table, r.tuple_no, self.key_name
+                        ),
+                    })?;
+                    let shard = self.checked(shard, r.tuple_no)?;
+                    self.out[shard].extend_from_slice(&r.buf[..*len]);
+                    self.rows += 1;
+                }
+                Item::Trailer => {}
+            }
+            r.consume(&item);
+        }
+    }
+}
+
+impl Sink {
+    /// A shard index the placement gave, refused when there is no such output.
+    fn checked(&self, shard: usize, line_no: u64) -> Result<usize, CopySplitError> {
+        if shard < self.out.len() {
+            return Ok(shard);
+        }
+        Err(CopySplitError {
+            sqlstate: "22023",
+            message: format!(
+                "pgrouter: shard {shard} does not exist ({} shards)",
+                self.out.len()
+            ),
+            hint: None,
+            context: format!("COPY {}, line {line_no}", self.table),
+        })
+    }
+}
+
+/// A binary key field must be exactly its type's width, as the type's
+/// receive function requires (PostgreSQL's errors for short and long data).
+fn binary_width(ty: KeyType, len: usize, key_column: usize) -> Result<(), KeyError> {
+    let width = match ty {
+        KeyType::Smallint => 2,
+        KeyType::Integer => 4,
+        KeyType::Bigint => 8,
+        KeyType::Uuid => 16,
+        KeyType::Text | KeyType::Varchar => return Ok(()),
+    };
+    if len < width {
+        return Err(KeyError {
+            sqlstate: "08P01",
+            message: "insufficient data left in message".into(),
+        });
+    }
+    if len > width {
+        return Err(KeyError {
+            sqlstate: "22P03",
+            message: format!(
+                "incorrect binary data format in binary field {}",
+                key_column + 1
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Data for an error context, cut as PostgreSQL cuts it (100 bytes, then "...").
+fn printable(bytes: &[u8]) -> String {
+    const MAX: usize = 100;
+    let text = String::from_utf8_lossy(bytes);
+    if text.len() <= MAX {
+        return text.into_owned();
+    }
+    let mut cut = MAX;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}...", &text[..cut])
+}
