@@ -39,8 +39,30 @@ pub(super) struct BinaryReader {
     counted: bool,
 }
 
-/// A malformed stream: PostgreSQL's message (SQLSTATE 22P04).
-pub(super) type BinaryError = String;
+/// A malformed stream: PostgreSQL's message (SQLSTATE 22P04) and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct BinaryError {
+    pub message: String,
+    pub at: Where,
+}
+
+/// Where a binary error is, for the error's context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Where {
+    /// The file header (PostgreSQL gives no context).
+    Header,
+    /// The current tuple.
+    Tuple,
+    /// Field `n` (0-based) of the current tuple.
+    Field(usize),
+}
+
+fn fail(message: impl Into<String>, at: Where) -> BinaryError {
+    BinaryError {
+        message: message.into(),
+        at,
+    }
+}
 
 impl BinaryReader {
     pub fn new() -> BinaryReader {
@@ -51,6 +73,11 @@ impl BinaryReader {
             tuple_no: 0,
             counted: false,
         }
+    }
+
+    /// No header has been read: the client sent no data (yet).
+    pub fn has_header(&self) -> bool {
+        self.header_done
     }
 
     pub fn consume(&mut self, item: &Item) {
@@ -86,7 +113,7 @@ impl BinaryReader {
             return if b.is_empty() {
                 Ok(None)
             } else {
-                Err("received copy data after EOF marker".into())
+                Err(fail("received copy data after EOF marker", Where::Tuple))
             };
         }
         // PostgreSQL reads a tuple's count as one: fewer than 2 bytes at the
@@ -104,35 +131,44 @@ impl BinaryReader {
         }
         if let Some(n) = expected {
             if usize::try_from(fields).ok() != Some(n) {
-                return Err(format!("row field count is {fields}, expected {n}"));
+                return Err(fail(
+                    format!("row field count is {fields}, expected {n}"),
+                    Where::Tuple,
+                ));
             }
         } else if fields < 0 || fields as usize <= key {
-            return Err(format!(
-                "row field count is {fields}, expected at least {}",
-                key + 1
-            ));
+            let message = format!("row field count is {fields}, expected at least {}", key + 1);
+            return Err(fail(message, Where::Tuple));
         }
         let mut at = 2;
         let mut key_range = None;
         for i in 0..fields as usize {
             let Some(len) = b.get(at..at + 4) else {
-                return if eof { Err(unexpected_eof()) } else { Ok(None) };
+                return if eof {
+                    Err(unexpected_eof(i))
+                } else {
+                    Ok(None)
+                };
             };
             let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
             at += 4;
             if len < -1 {
-                return Err("invalid field size".into());
+                return Err(fail("invalid field size", Where::Field(i)));
             }
             if len >= 0 {
                 let end = at + len as usize;
                 if i == key {
                     key_range = Some((at, end));
                 }
+                if end > b.len() {
+                    return if eof {
+                        Err(unexpected_eof(i))
+                    } else {
+                        Ok(None)
+                    };
+                }
                 at = end;
             }
-        }
-        if at > b.len() {
-            return if eof { Err(unexpected_eof()) } else { Ok(None) };
         }
         Ok(Some(Item::Tuple {
             len: at,
@@ -142,8 +178,8 @@ impl BinaryReader {
     }
 }
 
-fn unexpected_eof() -> BinaryError {
-    "unexpected EOF in COPY data".into()
+fn unexpected_eof(field: usize) -> BinaryError {
+    fail("unexpected EOF in COPY data", Where::Field(field))
 }
 
 /// The header at the start of `b`, checked as PostgreSQL checks it.
@@ -151,14 +187,18 @@ fn header(b: &[u8], eof: bool) -> Result<Option<Item>, BinaryError> {
     // Incomplete: wait for more, or at the end PostgreSQL's message for the missing part.
     let short = |message: &str| -> Result<Option<Item>, BinaryError> {
         if eof {
-            Err(message.to_string())
+            Err(fail(message, Where::Header))
         } else {
             Ok(None)
         }
     };
+    // No data at all is an empty COPY to PostgreSQL, not a missing header.
+    if b.is_empty() && eof {
+        return Ok(None);
+    }
     let n = b.len().min(SIGNATURE.len());
     if b[..n] != SIGNATURE[..n] {
-        return Err("COPY file signature not recognized".into());
+        return Err(fail("COPY file signature not recognized", Where::Header));
     }
     if b.len() < 11 {
         return short("COPY file signature not recognized");
@@ -168,17 +208,23 @@ fn header(b: &[u8], eof: bool) -> Result<Option<Item>, BinaryError> {
     };
     let flags = u32::from_be_bytes([flags[0], flags[1], flags[2], flags[3]]);
     if flags & (1 << 16) != 0 {
-        return Err("invalid COPY file header (WITH OIDS)".into());
+        return Err(fail("invalid COPY file header (WITH OIDS)", Where::Header));
     }
     if (flags & !(1 << 16)) >> 16 != 0 {
-        return Err("unrecognized critical flags in COPY file header".into());
+        return Err(fail(
+            "unrecognized critical flags in COPY file header",
+            Where::Header,
+        ));
     }
     let Some(ext) = b.get(15..19) else {
         return short("invalid COPY file header (missing length)");
     };
     let ext = i32::from_be_bytes([ext[0], ext[1], ext[2], ext[3]]);
     if ext < 0 {
-        return Err("invalid COPY file header (wrong length)".into());
+        return Err(fail(
+            "invalid COPY file header (wrong length)",
+            Where::Header,
+        ));
     }
     let total = 19 + ext as usize;
     if b.len() < total {

@@ -18,7 +18,7 @@ use bytes::BytesMut;
 use pgrouter_parser::copy::{CopyFormat, CopyHeader, CopyInfo};
 use pgrouter_parser::shard::{parse_binary, parse_text, KeyError, KeyType, KeyValue, Placement};
 
-use super::copy_binary::{BinaryReader, Item, TRAILER};
+use super::copy_binary::{BinaryReader, Item, Where, TRAILER};
 use super::copy_text::{csv_fields, text_fields, Field, TextReader};
 
 /// Places one row's raw key field: de-escaped text / dequoted CSV bytes,
@@ -31,8 +31,9 @@ pub struct CopySplitError {
     pub sqlstate: &'static str,
     pub message: String,
     pub hint: Option<String>,
-    /// Where, as PostgreSQL's CONTEXT says it: `COPY t, line 3: "..."`.
-    pub context: String,
+    /// Where, as PostgreSQL's CONTEXT says it: `COPY t, line 3: "..."`
+    /// (none for a bad binary file header, as PostgreSQL).
+    pub context: Option<String>,
 }
 
 const BAD_COPY_FORMAT: &str = "22P04";
@@ -193,7 +194,9 @@ impl CopySplitter {
         }
         self.run(true)?;
         self.finished = true;
-        if matches!(self.reader, Reader::Binary(_)) {
+        // Every shard that got a binary header gets a trailer (no data at
+        // all is an empty COPY: nothing to send).
+        if matches!(&self.reader, Reader::Binary(r) if r.has_header()) {
             for out in &mut self.sink.out {
                 out.extend_from_slice(&TRAILER);
             }
@@ -254,7 +257,7 @@ impl Sink {
                         sqlstate: BAD_COPY_FORMAT,
                         message: e.message.into(),
                         hint: e.hint.map(str::to_string),
-                        context: format!("COPY {}, line {}", self.table, r.line_no),
+                        context: Some(format!("COPY {}, line {}", self.table, r.line_no)),
                     })
                 }
             };
@@ -286,11 +289,11 @@ impl Sink {
             sqlstate: BAD_COPY_FORMAT,
             message,
             hint: None,
-            context: format!(
+            context: Some(format!(
                 "COPY {}, line {line_no}: \"{}\"",
                 self.table,
                 printable(line)
-            ),
+            )),
         };
         let fields = if self.format == CopyFormat::Csv {
             csv_fields(
@@ -342,7 +345,7 @@ impl Sink {
                     self.key_name
                 ),
                 hint: Some("give the shard key's value in every row".into()),
-                context: format!("COPY {}, line {line_no}", self.table),
+                context: Some(format!("COPY {}, line {line_no}", self.table)),
             });
         }
         let key = match key {
@@ -355,7 +358,7 @@ impl Sink {
             sqlstate: e.sqlstate,
             message: e.message,
             hint: None,
-            context: match &key {
+            context: Some(match &key {
                 Some(v) => format!(
                     "COPY {}, line {line_no}, column {}: \"{}\"",
                     self.table,
@@ -366,7 +369,7 @@ impl Sink {
                     "COPY {}, line {line_no}, column {}: null input",
                     self.table, self.key_name
                 ),
-            },
+            }),
         })
     }
 
@@ -375,13 +378,21 @@ impl Sink {
             let item = match r.next(eof, self.expected, self.key_column) {
                 Ok(Some(item)) => item,
                 Ok(None) => return Ok(()),
-                Err(message) => {
+                Err(e) => {
+                    let line = format!("COPY {}, line {}", self.table, r.tuple_no);
                     return Err(CopySplitError {
                         sqlstate: BAD_COPY_FORMAT,
-                        message,
+                        message: e.message,
                         hint: None,
-                        context: format!("COPY {}, line {}", self.table, r.tuple_no),
-                    })
+                        context: match e.at {
+                            Where::Header => None,
+                            Where::Tuple => Some(line),
+                            Where::Field(i) => Some(match self.column_name(i) {
+                                Some(name) => format!("{line}, column {name}"),
+                                None => line,
+                            }),
+                        },
+                    });
                 }
             };
             match &item {
@@ -396,10 +407,10 @@ impl Sink {
                         sqlstate: e.sqlstate,
                         message: e.message,
                         hint: None,
-                        context: format!(
+                        context: Some(format!(
                             "COPY {}, line {}, column {}",
                             self.table, r.tuple_no, self.key_name
-                        ),
+                        )),
                     })?;
                     let shard = self.checked(shard, r.tuple_no)?;
                     self.out[shard].extend_from_slice(&r.buf[..*len]);
@@ -413,6 +424,14 @@ impl Sink {
 }
 
 impl Sink {
+    /// The name of field `i` of a row, when known.
+    fn column_name(&self, i: usize) -> Option<&str> {
+        match &self.columns {
+            Some(c) => c.get(i).map(String::as_str),
+            None => (i == self.key_column).then_some(self.key_name.as_str()),
+        }
+    }
+
     /// A shard index the placement gave, refused when there is no such output.
     fn checked(&self, shard: usize, line_no: u64) -> Result<usize, CopySplitError> {
         if shard < self.out.len() {
@@ -425,7 +444,7 @@ impl Sink {
                 self.out.len()
             ),
             hint: None,
-            context: format!("COPY {}, line {line_no}", self.table),
+            context: Some(format!("COPY {}, line {line_no}", self.table)),
         })
     }
 }

@@ -74,7 +74,7 @@ fn outputs(parts: [&str; 4]) -> Vec<Vec<u8>> {
 
 fn error(result: Result<Vec<Vec<u8>>, CopySplitError>) -> (&'static str, String, String) {
     let e = result.unwrap_err();
-    (e.sqlstate, e.message, e.context)
+    (e.sqlstate, e.message, e.context.unwrap_or_default())
 }
 
 #[test]
@@ -305,7 +305,13 @@ fn binary_tuples_header_and_trailers() {
 fn binary_errors_are_postgres_errors() {
     let sql = "COPY t (k, v) FROM STDIN (FORMAT binary)";
     let msg = |data: &[u8]| error(split_every_way(sql, data)).1;
-    assert_eq!(msg(b""), "COPY file signature not recognized");
+    // No data at all is an empty COPY, as PostgreSQL takes it: nothing for any shard.
+    assert_eq!(
+        split_every_way(sql, b"").unwrap(),
+        vec![Vec::<u8>::new(); 4]
+    );
+    assert_eq!(msg(b"P"), "COPY file signature not recognized");
+    assert_eq!(error(split_every_way(sql, b"P")).2, "");
     assert_eq!(
         msg(b"PGCOPY\n\xff\r\n\x01"),
         "COPY file signature not recognized"
@@ -326,7 +332,11 @@ fn binary_errors_are_postgres_errors() {
     oids[12] = 1;
     assert_eq!(msg(&oids), "invalid COPY file header (WITH OIDS)");
     let full = binary(&[(Some(1), "abc")], false);
-    assert_eq!(msg(&full[..full.len() - 1]), "unexpected EOF in COPY data");
+    let e = error(split_every_way(sql, &full[..full.len() - 1]));
+    assert_eq!(
+        (e.1.as_str(), e.2.as_str()),
+        ("unexpected EOF in COPY data", "COPY t, line 1, column v")
+    );
     let mut after = binary(&[(Some(1), "a")], true);
     after.push(0);
     assert_eq!(msg(&after), "received copy data after EOF marker");
