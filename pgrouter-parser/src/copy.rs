@@ -444,7 +444,7 @@ mod tests {
         assert!(c.force_null.contains("k"));
         assert_eq!(ok("COPY t FROM STDIN (HEADER 1)").header, CopyHeader::Skip);
         assert_eq!(ok("COPY t FROM STDIN (HEADER 'on')").header, CopyHeader::Skip);
-        assert_eq!(ok("COPY t FROM STDIN (FORMAT csv, FORCE_NULL *)").force_null.contains("x"), true);
+        assert!(ok("COPY t FROM STDIN (FORMAT csv, FORCE_NULL *)").force_null.contains("x"));
         assert_eq!(ok("COPY BINARY t FROM STDIN").format, CopyFormat::Binary);
     }
 

@@ -131,8 +131,20 @@ impl CopySplitter {
     ) -> CopySplitter {
         let binary = info.format == CopyFormat::Binary;
         let shards = placement.shards;
+        let foreign = info.encoding.clone().filter(|e| !is_utf8(e));
         let place: PlaceKey = Box::new(move |raw| {
             let ty = placement.key_type;
+            if let (Some(encoding), Some(bytes)) = (&foreign, raw) {
+                if !bytes.is_ascii() {
+                    return Err(KeyError {
+                        sqlstate: "0A000",
+                        message: format!(
+                            "pgrouter: a non-ASCII shard key in COPY ENCODING '{encoding}' cannot be placed (keys are \
+                             hashed as UTF-8); HINT: send the data in UTF8"
+                        ),
+                    });
+                }
+            }
             let value = match raw {
                 None => KeyValue::Null,
                 Some(bytes) if binary => {
@@ -447,6 +459,13 @@ impl Sink {
             context: Some(format!("COPY {}, line {line_no}", self.table)),
         })
     }
+}
+
+/// Whether an encoding name is PostgreSQL's UTF8 (names compare without
+/// case and punctuation, as PostgreSQL compares them).
+fn is_utf8(name: &str) -> bool {
+    let key: String = name.chars().filter(char::is_ascii_alphanumeric).collect();
+    key.eq_ignore_ascii_case("utf8") || key.eq_ignore_ascii_case("unicode")
 }
 
 /// A binary key field must be exactly its type's width, as the type's

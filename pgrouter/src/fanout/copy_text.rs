@@ -485,8 +485,11 @@ pub(super) fn csv_fields(
 mod tests {
     use super::*;
 
-    /// Every line of `input` fed at once, as (content, consumed, end) or the error.
-    fn lines(csv: bool, input: &[u8]) -> Result<Vec<(Vec<u8>, usize, bool)>, &'static str> {
+    /// A line as (content, bytes consumed, ended by `\.`).
+    type Read = (Vec<u8>, usize, bool);
+
+    /// Every line of `input` fed at once, or the error.
+    fn lines(csv: bool, input: &[u8]) -> Result<Vec<Read>, &'static str> {
         let mut r = TextReader::new(csv, b'"', b'"');
         r.buf.extend_from_slice(input);
         let mut out = Vec::new();
@@ -500,7 +503,7 @@ mod tests {
         Ok(out)
     }
 
-    fn l(content: &str, consumed: usize) -> (Vec<u8>, usize, bool) {
+    fn l(content: &str, consumed: usize) -> Read {
         (content.as_bytes().to_vec(), consumed, false)
     }
 
