@@ -349,7 +349,7 @@ impl Sink {
             )));
         };
         let quoted_ok = self.format != CopyFormat::Csv || !fields.key_quoted;
-        if self.default.as_deref() == Some(fields.key_raw.as_slice()) && quoted_ok {
+        if self.default.as_deref() == Some(&line[fields.key_raw.clone()]) && quoted_ok {
             return Err(CopySplitError {
                 sqlstate: "0A000",
                 message: format!(

@@ -113,6 +113,10 @@ impl TextReader {
         };
         let mut i = self.scan;
         loop {
+            // Text format: only line ends and backslashes matter; jump to the next.
+            if !self.csv {
+                i = memchr::memchr3(b'\n', b'\r', b'\\', &b[i.min(n)..]).map_or(n, |at| i + at);
+            }
             // The state before this byte, restored when it needs bytes not yet here.
             let saved = (self.in_quote, self.last_was_esc, self.line_no);
             macro_rules! need_more {
@@ -310,8 +314,8 @@ pub(super) enum Field {
 pub(super) struct Fields {
     pub count: usize,
     pub key: Option<Field>,
-    /// The key field's raw bytes (for the DEFAULT marker and messages).
-    pub key_raw: Vec<u8>,
+    /// The key field's raw bytes in the line (for the DEFAULT marker).
+    pub key_raw: std::ops::Range<usize>,
     /// CSV: the key field had quotes.
     pub key_quoted: bool,
 }
@@ -322,7 +326,7 @@ pub(super) fn text_fields(line: &[u8], delimiter: u8, null: &[u8], key: usize) -
     let mut fields = Fields {
         count: 0,
         key: None,
-        key_raw: Vec::new(),
+        key_raw: 0..0,
         key_quoted: false,
     };
     let mut i = 0;
@@ -334,7 +338,7 @@ pub(super) fn text_fields(line: &[u8], delimiter: u8, null: &[u8], key: usize) -
         let end = i.min(line.len());
         if fields.count == key {
             let raw = &line[start..end];
-            fields.key_raw = raw.to_vec();
+            fields.key_raw = start..end;
             fields.key = Some(if raw == null {
                 Field::Null
             } else {
@@ -419,12 +423,14 @@ pub(super) fn csv_fields(
     let mut fields = Fields {
         count: 0,
         key: None,
-        key_raw: Vec::new(),
+        key_raw: 0..0,
         key_quoted: false,
     };
     let mut i = 0;
     loop {
         let start = i;
+        // Only the key field's value is built.
+        let collect = fields.count == key;
         let mut value = Vec::new();
         let mut saw_quote = false;
         let mut found_delim = false;
@@ -441,7 +447,9 @@ pub(super) fn csv_fields(
                     saw_quote = true;
                     break;
                 }
-                value.push(c);
+                if collect {
+                    value.push(c);
+                }
             }
             // Inside quotes.
             loop {
@@ -452,7 +460,9 @@ pub(super) fn csv_fields(
                 if c == escape {
                     if let Some(&next) = line.get(i) {
                         if next == escape || next == quote {
-                            value.push(next);
+                            if collect {
+                                value.push(next);
+                            }
                             i += 1;
                             continue;
                         }
@@ -461,12 +471,15 @@ pub(super) fn csv_fields(
                 if c == quote {
                     break;
                 }
-                value.push(c);
+                if collect {
+                    value.push(c);
+                }
             }
         }
-        if fields.count == key {
-            let raw = &line[start..if found_delim { i - 1 } else { i }];
-            fields.key_raw = raw.to_vec();
+        if collect {
+            let end = if found_delim { i - 1 } else { i };
+            let raw = &line[start..end];
+            fields.key_raw = start..end;
             fields.key_quoted = saw_quote;
             fields.key = Some(if !saw_quote && raw == null {
                 Field::Null
