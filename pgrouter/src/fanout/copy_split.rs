@@ -28,6 +28,7 @@ pub type PlaceKey = Box<dyn Fn(Option<&[u8]>) -> Result<usize, KeyError> + Send>
 /// Why the COPY data cannot be split: the error the client gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CopySplitError {
+    /// 22P04 for malformed data; the key's own error (22P02, 22003, 22023...).
     pub sqlstate: &'static str,
     pub message: String,
     pub hint: Option<String>,
@@ -184,6 +185,14 @@ impl CopySplitter {
     pub fn feed(&mut self, data: &[u8]) -> Result<(), CopySplitError> {
         if let Some(e) = &self.failed {
             return Err(e.clone());
+        }
+        if self.finished {
+            return Err(CopySplitError {
+                sqlstate: "08P01",
+                message: "pgrouter: COPY data after the end of the COPY".into(),
+                hint: None,
+                context: None,
+            });
         }
         if self.ended || data.is_empty() {
             return Ok(());
