@@ -46,6 +46,21 @@ pub fn rebind(rest: &[u8], params: &[usize]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// The parameter types for a part's Parse: original type `params[k - 1]`
+/// for new `$k` (0, "let the server infer", where none was declared).
+///
+/// Why types matter: inference can differ for a part (`$1 + 1` alone infers
+/// integer where the whole statement made `$1` bigint from its column), and
+/// a binary-format value must match. Pass the types the server described
+/// for the whole statement (its ParameterDescription) when the client
+/// declared none.
+pub fn part_types(param_types: &[i32], params: &[usize]) -> Vec<i32> {
+    params
+        .iter()
+        .map(|&p| param_types.get(p).copied().unwrap_or(0))
+        .collect()
+}
+
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
@@ -106,6 +121,12 @@ mod tests {
         );
         let none = bind(&[], &[Some(b"1"), Some(b"2")], &[0, 1]);
         assert_eq!(rebind(&none, &[]).unwrap(), bind(&[], &[], &[0, 1]));
+    }
+
+    #[test]
+    fn types_follow_their_parameters() {
+        assert_eq!(part_types(&[20, 25, 23], &[2, 0, 5]), vec![23, 20, 0]);
+        assert_eq!(part_types(&[], &[1]), vec![0]);
     }
 
     #[test]
