@@ -44,13 +44,23 @@ pub fn insert_row_shards(
              DEFAULT VALUES) is not supported here; HINT: insert VALUES with the shard key \"{column}\""
         )));
     }
-    if rows.columns.is_empty() {
-        return Err(unsupported(format!(
-            "pgrouter: INSERT into sharded table \"{name}\" without a column list: the router cannot tell \
-             which value is the shard key \"{column}\"; HINT: name the columns"
-        )));
-    }
-    let Some(at) = rows.columns.iter().position(|c| c == column) else {
+    // Without a column list, the table's columns as learnt from the catalog.
+    let learnt;
+    let columns: &[String] = if rows.columns.is_empty() {
+        learnt = map.known_columns(&rows.relation);
+        match &learnt {
+            Some(list) => list,
+            None => {
+                return Err(unsupported(format!(
+                    "pgrouter: INSERT into sharded table \"{name}\" without a column list: the router cannot \
+                     tell which value is the shard key \"{column}\"; HINT: name the columns"
+                )))
+            }
+        }
+    } else {
+        &rows.columns
+    };
+    let Some(at) = columns.iter().position(|c| c == column) else {
         return Err(unsupported(format!(
             "pgrouter: INSERT into sharded table \"{name}\" must give its shard key \"{column}\"; \
              HINT: add the shard key"
@@ -114,38 +124,62 @@ fn row_value(
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
     use std::sync::Arc;
 
     use pgrouter_parser::analyze;
-    use pgrouter_parser::shard::{Mapping, Placement};
 
     use super::*;
     use crate::router::bind::BindParams;
+    use crate::router::ShardMaps;
 
-    fn map() -> ShardMap {
-        let table = |name: Option<&str>, column: &str, key_type| ShardedTable {
-            schema: None,
-            name: name.map(str::to_string),
-            column: column.into(),
-            placement: Arc::new(Placement {
-                key_type,
-                shards: 4,
-                mapping: Mapping::Hash,
-            }),
-        };
-        ShardMap {
-            shards: 4,
-            tables: vec![
-                table(Some("orders"), "cid", KeyType::Bigint),
-                table(None, "tenant", KeyType::Text),
-            ],
-            reference: vec![],
-            refuse_cross_shard: false,
+    /// Four shards; `orders` by bigint `cid`, any table with a text `tenant` column.
+    fn map() -> Arc<ShardMap> {
+        let mut router = String::new();
+        for shard in 0..4 {
+            router.push_str(&format!(
+                "[[databases]]\nname = \"app\"\nhost = \"127.0.0.1\"\nport = {}\nshard = {shard}\n\n",
+                5432 + shard
+            ));
         }
+        router.push_str(
+            "[[sharded_tables]]\ndatabase = \"app\"\nname = \"orders\"\ncolumn = \"cid\"\ndata_type = \"bigint\"\n\n\
+             [[sharded_tables]]\ndatabase = \"app\"\ncolumn = \"tenant\"\ndata_type = \"text\"\n",
+        );
+        let users = "[[users]]\nname = \"app\"\ndatabase = \"app\"\npassword = \"x\"\n";
+        let config = pgrouter_config::parse(
+            Path::new("router.toml"),
+            &router,
+            Path::new("users.toml"),
+            users,
+        )
+        .unwrap_or_else(|p| panic!("{p:?}"));
+        ShardMaps::build(&config).get("app").unwrap().clone()
     }
 
     fn text(sql: &str) -> Result<Option<Vec<usize>>, Refusal> {
         insert_row_shards(&analyze(sql, &[]), &Values::Text(sql), &map())
+    }
+
+    #[test]
+    fn without_a_column_list_the_learnt_columns_say_where_the_key_is() {
+        let sql = "INSERT INTO orders VALUES ('a', 1), ('b', 2)";
+        let m = map();
+        assert_eq!(
+            insert_row_shards(&analyze(sql, &[]), &Values::Text(sql), &m)
+                .unwrap_err()
+                .sqlstate,
+            "0A000"
+        );
+        let a = analyze(sql, &[]);
+        m.learn_columns(
+            &a.keys[0].insert.as_ref().unwrap().relation,
+            vec!["note".into(), "cid".into()],
+        );
+        assert_eq!(
+            insert_row_shards(&a, &Values::Text(sql), &m).unwrap(),
+            Some(vec![0, 2])
+        );
     }
 
     #[test]
