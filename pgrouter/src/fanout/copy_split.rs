@@ -166,8 +166,23 @@ impl CopySplitter {
         CopySplitter::new(info, key_column, shards, place)
     }
 
-    /// The number of fields every row must have, when `info.columns` does
-    /// not say (COPY without a column list: the table's column count).
+    /// The row layout when `info.columns` is not given (COPY without a
+    /// column list): the table's columns in order, as learnt from the
+    /// catalog. Rows must have that many fields; names are used in
+    /// messages and for `FORCE_NULL`/`FORCE_NOT_NULL` on the key.
+    pub fn with_columns(mut self, info: &CopyInfo, columns: &[String]) -> CopySplitter {
+        if info.columns.is_none() {
+            self.sink.expected = Some(columns.len());
+            self.sink.columns = Some(columns.to_vec());
+            if let Some(name) = columns.get(self.sink.key_column) {
+                self.sink.set_key_name(info, name.clone());
+            }
+        }
+        self
+    }
+
+    /// The number of fields every row must have, when neither `info.columns`
+    /// nor [`Self::with_columns`] says.
     pub fn with_column_count(mut self, count: usize) -> CopySplitter {
         self.sink.expected = Some(count);
         self

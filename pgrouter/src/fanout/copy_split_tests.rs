@@ -22,7 +22,7 @@ fn placement(key_type: KeyType) -> Arc<Placement> {
 
 fn splitter(sql: &str, key: &str) -> CopySplitter {
     let info = copy_options(sql).unwrap();
-    let at = super::copy_options::key_column(&info, key).unwrap();
+    let at = super::copy_options::key_column(&info, key, None).unwrap();
     CopySplitter::for_placement(&info, at, placement(KeyType::Bigint))
 }
 
@@ -538,4 +538,24 @@ fn random_streams_match_an_oracle() {
         let got: Vec<Vec<u8>> = (0..4).map(|i| s.take(i).to_vec()).collect();
         assert_eq!(got, expected, "{:?}", String::from_utf8_lossy(&data));
     }
+}
+
+#[test]
+fn without_a_column_list_the_learnt_columns_give_the_layout() {
+    let info = copy_options("COPY t FROM STDIN (FORMAT csv, FORCE_NULL (k), NULL 'NA')").unwrap();
+    let columns = ["v".to_string(), "k".into()];
+    let at = super::copy_options::key_column(&info, "k", Some(&columns)).unwrap();
+    let mut s = CopySplitter::for_placement(&info, at, placement(KeyType::Bigint))
+        .with_columns(&info, &columns);
+    s.feed(b"a,2\nb,\"NA\"\n").unwrap();
+    assert_eq!(s.take(2).as_ref(), b"a,2\n");
+    assert_eq!(s.take(0).as_ref(), b"b,\"NA\"\n");
+    let e = s.feed(b"c\n").unwrap_err();
+    assert_eq!(
+        (e.message.as_str(), e.context.as_deref()),
+        (
+            "missing data for column \"k\"",
+            Some("COPY t, line 3: \"c\"")
+        )
+    );
 }
