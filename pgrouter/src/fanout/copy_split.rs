@@ -124,7 +124,9 @@ impl CopySplitter {
 
     /// A splitter placing keys with a sharded table's [`Placement`]: text
     /// keys must be UTF-8 (the client encoding of a UTF8 database), binary
-    /// keys in the key type's binary format.
+    /// keys in the key type's binary format. With `info.encoding` naming
+    /// another encoding only ASCII keys are placed (others 0A000); a caller
+    /// whose session `client_encoding` is not UTF8 sets `info.encoding` to it.
     pub fn for_placement(
         info: &CopyInfo,
         key_column: usize,
