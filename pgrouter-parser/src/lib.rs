@@ -44,6 +44,8 @@
 mod analysis;
 mod cache;
 mod classify;
+/// COPY statements' table, columns and data format, for splitting COPY rows per shard.
+pub mod copy;
 mod fallback;
 mod functions;
 mod hint;

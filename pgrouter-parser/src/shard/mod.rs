@@ -9,11 +9,13 @@
 //! literals of the text at hand for each execution.
 
 mod hash;
+mod insert_split;
 mod keys;
 mod literals;
 mod placement;
 mod value;
 
+pub use insert_split::{split_insert, InsertPart, InsertTemplate, Unsupported};
 pub use keys::{Column, Cond, Filter, InsertRows, Relation, Scope, StatementKeys, ValueRef};
 pub use literals::{literal_values, Literal};
 pub use placement::{Mapping, Placement};

@@ -3,13 +3,17 @@
 //! so it can be tested as a table of statements and expected routes.
 
 mod bind;
+mod insert_rows;
 mod policy;
+mod rebind;
 mod shard_map;
 mod shard_plan;
 mod shard_values;
 
 pub use bind::BindParams;
+pub use insert_rows::insert_row_shards;
 pub use policy::{JwtIdentity, Policy, Refusal};
+pub use rebind::{part_types, rebind};
 pub use shard_map::{ShardMap, ShardMaps};
 pub use shard_plan::{plan as plan_shard, Many, ManyKind, ShardChoice, Values, UNREADABLE_LITERAL};
 
