@@ -23,6 +23,8 @@ mod output;
 mod row;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_sort;
 mod types;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -229,7 +231,8 @@ impl Merger {
 
     /// Shards to read from before more can be drained.
     pub fn wanted(&self) -> Vec<usize> {
-        if self.is_done() || self.limit_met() {
+        // After LIMIT is met only a RowDescription is still needed (LIMIT 0).
+        if self.is_done() || (self.limit_met() && self.layout.is_some()) {
             return Vec::new();
         }
         let sorted = self.sorted() && self.layout.is_some();
