@@ -24,6 +24,8 @@ mod row;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_agg;
+#[cfg(test)]
 mod tests_sort;
 mod types;
 
