@@ -27,6 +27,8 @@ mod tests;
 mod tests_agg;
 #[cfg(test)]
 mod tests_sort;
+#[cfg(test)]
+mod tests_values;
 mod types;
 
 use std::collections::{HashMap, HashSet, VecDeque};

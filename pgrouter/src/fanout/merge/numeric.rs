@@ -60,6 +60,10 @@ impl Dec {
     /// The magnitude's digits at scale `s` (>= self.scale).
     fn at_scale(&self, s: u32) -> Vec<u8> {
         let mut d = self.digits.clone();
+        if d.is_empty() {
+            // Zero stays without digits: lengths compare magnitudes.
+            return d;
+        }
         d.extend(std::iter::repeat_n(0, (s - self.scale) as usize));
         d
     }
@@ -306,8 +310,9 @@ impl Numeric {
         };
         match self {
             Numeric::NaN => head(0, 0, NUMERIC_NAN, 0),
-            Numeric::Inf => head(0, 0, NUMERIC_PINF, 0),
-            Numeric::NegInf => head(0, 0, NUMERIC_NINF, 0),
+            // PostgreSQL 15 sends a display scale of 32 with the infinities.
+            Numeric::Inf => head(0, 0, NUMERIC_PINF, 0x20),
+            Numeric::NegInf => head(0, 0, NUMERIC_NINF, 0x20),
             Numeric::Fin(d) => {
                 let (groups, weight) = d.groups();
                 let sign = if d.neg { NUMERIC_NEG } else { NUMERIC_POS };

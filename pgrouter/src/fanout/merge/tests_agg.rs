@@ -155,6 +155,24 @@ fn avg_reproduces_postgres_division_scale() {
         avg_text(NUMERIC, &[("7", "4"), ("6", "3")]),
         "1.8571428571428571"
     );
+    // PG 15: 0, 0 = 0.00000000000000000000; 12345678.5, 1 = 6172839.750000000000;
+    // -0.00005, 0.00002, 0 = -0.000010000000000000000000
+    assert_eq!(
+        avg_text(INT8, &[("0", "1"), ("0", "1")]),
+        "0.00000000000000000000"
+    );
+    assert_eq!(
+        avg_text(NUMERIC, &[("0.000", "1"), ("0", "1")]),
+        "0.00000000000000000000"
+    );
+    assert_eq!(
+        avg_text(NUMERIC, &[("12345678.5", "1"), ("1", "1")]),
+        "6172839.750000000000"
+    );
+    assert_eq!(
+        avg_text(NUMERIC, &[("-0.00005", "1"), ("0.00002", "2")]),
+        "-0.000010000000000000000000"
+    );
     // NaN anywhere is NaN; a shard without rows does not count.
     assert_eq!(avg_text(NUMERIC, &[("NaN", "1"), ("1", "1")]), "NaN");
     assert_eq!(
