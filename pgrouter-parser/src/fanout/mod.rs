@@ -37,7 +37,12 @@ pub struct Unsupported(pub String);
 
 impl Unsupported {
     pub(crate) fn new(what: &str, hint: &str) -> Unsupported {
-        Unsupported(format!("{what} is not supported across shards (hint: {hint})"))
+        Unsupported(format!("not supported across shards: {what}{HINT}{hint}"))
+    }
+
+    /// The message and the hint apart, for an ErrorResponse's M and H fields.
+    pub fn parts(&self) -> (&str, &str) {
+        self.0.split_once(HINT).unwrap_or((&self.0, ""))
     }
 }
 
@@ -48,6 +53,8 @@ impl std::fmt::Display for Unsupported {
 }
 
 impl std::error::Error for Unsupported {}
+
+const HINT: &str = "; hint: ";
 
 /// The hint for what only one shard can answer.
 pub(crate) const ONE_SHARD: &str = "add the shard key to the WHERE clause so that one shard answers";

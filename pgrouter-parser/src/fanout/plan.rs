@@ -308,15 +308,12 @@ impl Planner {
 
     /// `ORDER BY 2` / `GROUP BY 2`.
     fn position(&self, pos: i32, clause: &str) -> Result<Col, Unsupported> {
-        let i = usize::try_from(pos - 1).ok().filter(|&i| i < self.targets.len());
-        match i {
-            Some(i) if self.star_at.is_none_or(|s| i < s) => Ok(Col::Visible(i)),
-            // Out of range: the shards report PostgreSQL's own error.
-            None => Ok(Col::Visible(usize::MAX)),
-            Some(_) => {
-                Err(Unsupported::new(&format!("{clause} position after * in the select list"), "list the columns"))
-            }
+        let i = usize::try_from(pos - 1).unwrap_or(usize::MAX);
+        if self.star_at.is_some_and(|s| i >= s) && i != usize::MAX {
+            return Err(Unsupported::new(&format!("{clause} position after * in the select list"), "list the columns"));
         }
+        // Out of range: the shards report PostgreSQL's own error first.
+        Ok(Col::Visible(if i < self.targets.len() { i } else { usize::MAX }))
     }
 
     fn sort_key(&mut self, sort: &pb::SortBy, distinct: bool) -> Result<SortKey, Unsupported> {
