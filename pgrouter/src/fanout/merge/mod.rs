@@ -29,6 +29,8 @@ mod tests_agg;
 mod tests_sort;
 #[cfg(test)]
 mod tests_values;
+#[cfg(test)]
+mod tests_pg;
 mod types;
 
 use std::collections::{HashMap, HashSet, VecDeque};
