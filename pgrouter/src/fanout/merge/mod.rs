@@ -26,11 +26,11 @@ mod tests;
 #[cfg(test)]
 mod tests_agg;
 #[cfg(test)]
+mod tests_pg;
+#[cfg(test)]
 mod tests_sort;
 #[cfg(test)]
 mod tests_values;
-#[cfg(test)]
-mod tests_pg;
 mod types;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -208,6 +208,15 @@ impl Merger {
                         "a shard sent rows without a RowDescription".into(),
                     ));
                 };
+                if self.spec.aggregate.is_none()
+                    && self.spec.order_by.is_empty()
+                    && !self.spec.distinct
+                    && layout.hidden == 0
+                {
+                    // Plain union: the row goes out as it came.
+                    row::check(body, layout.types.len())?;
+                    return self.emit_body(body);
+                }
                 let row = Row::parse(body, layout.types.len())?;
                 if self.spec.aggregate.is_some() {
                     self.accumulate(&row)

@@ -190,6 +190,17 @@ impl Merger {
         Ok(())
     }
 
+    /// A plain union's row, unchanged (OFFSET and LIMIT still apply).
+    pub(super) fn emit_body(&mut self, body: &[u8]) -> Result<(), MergeError> {
+        if self.skipped < self.offset {
+            self.skipped += 1;
+        } else if !self.limit_met() {
+            row::write_body(body, &mut self.pending);
+            self.sent += 1;
+        }
+        Ok(())
+    }
+
     /// Emits heads while every unfinished shard has one (k-way merge).
     pub(super) fn merge_heads(&mut self) -> Result<(), MergeError> {
         while !self.limit_met() {
@@ -281,6 +292,7 @@ impl Merger {
                     values: &values,
                     types: &layout.types,
                     resolve: &resolve,
+                    text_orders_by_bytes: self.ctx.text_orders_by_bytes,
                 };
                 if having::eval(p, &g)? != Some(true) {
                     continue;

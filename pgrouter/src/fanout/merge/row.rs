@@ -137,6 +137,31 @@ impl Row {
     }
 }
 
+/// Checks a DataRow body's shape without keeping anything (the plain
+/// union passes bodies through unchanged).
+pub fn check(body: &[u8], expect: usize) -> Result<(), MergeError> {
+    let bad = || malformed("DataRow");
+    let count =
+        u16::from_be_bytes(body.get(..2).ok_or_else(bad)?.try_into().expect("2 bytes")) as usize;
+    if count != expect {
+        return Err(bad());
+    }
+    let mut at = 2usize;
+    for _ in 0..count {
+        let len = i32::from_be_bytes(
+            body.get(at..at + 4)
+                .ok_or_else(bad)?
+                .try_into()
+                .expect("4 bytes"),
+        );
+        at += 4 + len.max(0) as usize;
+    }
+    if at != body.len() {
+        return Err(bad());
+    }
+    Ok(())
+}
+
 /// A DataRow message with this body.
 pub fn write_body(body: &[u8], out: &mut BytesMut) {
     out.put_u8(b'D');

@@ -410,3 +410,17 @@ fn distinct_on_aggregated_rows() {
     assert_eq!(out, [["1"], ["2"]]);
     let _ = BytesMut::new();
 }
+
+#[test]
+fn having_orders_text_only_by_bytes() {
+    let sp = spec("SELECT g FROM t GROUP BY g HAVING g > 'b'");
+    let s = || vec![text_shard(&[("g", TEXT)], &[&["a"], &["c"]])];
+    assert_eq!(run(sp.clone(), CTX, &s()).unwrap_err().sqlstate, "0A000");
+    let ctx = super::MergeContext {
+        text_orders_by_bytes: true,
+        ..CTX
+    };
+    assert_eq!(run(sp, ctx, &s()).unwrap().text(), [["c"]]);
+    let sp = spec("SELECT g FROM t GROUP BY g HAVING g <> 'a'");
+    assert_eq!(run(sp, CTX, &s()).unwrap().text(), [["c"]]);
+}

@@ -10,17 +10,29 @@ use pgrouter_parser::fanout::plan_read;
 use super::row::{Description, Row};
 use super::{MergeContext, Merger};
 
-const CTX: MergeContext = MergeContext { text_orders_by_bytes: true, datestyle_iso: true, send_row_description: true };
+const CTX: MergeContext = MergeContext {
+    text_orders_by_bytes: true,
+    datestyle_iso: true,
+    send_row_description: true,
+};
 
 fn hex(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
 }
 
 fn messages(v: &serde_json::Value) -> Vec<(u8, Vec<u8>)> {
     v.as_array()
         .unwrap()
         .iter()
-        .map(|m| (m[0].as_str().unwrap().as_bytes()[0], hex(m[1].as_str().unwrap())))
+        .map(|m| {
+            (
+                m[0].as_str().unwrap().as_bytes()[0],
+                hex(m[1].as_str().unwrap()),
+            )
+        })
         .collect()
 }
 
@@ -36,12 +48,22 @@ fn answer(msgs: &[(u8, Vec<u8>)]) -> Answer {
                 cols = d
                     .fields
                     .iter()
-                    .map(|(raw, ty)| (raw[..raw.iter().position(|&b| b == 0).unwrap()].to_vec(), ty.oid, ty.binary))
+                    .map(|(raw, ty)| {
+                        (
+                            raw[..raw.iter().position(|&b| b == 0).unwrap()].to_vec(),
+                            ty.oid,
+                            ty.binary,
+                        )
+                    })
                     .collect();
             }
             b'D' => {
                 let r = Row::parse(body, u16::from_be_bytes([body[0], body[1]]) as usize).unwrap();
-                rows.push((0..r.cols.len()).map(|i| r.get(i).map(<[u8]>::to_vec)).collect());
+                rows.push(
+                    (0..r.cols.len())
+                        .map(|i| r.get(i).map(<[u8]>::to_vec))
+                        .collect(),
+                );
             }
             b'C' => tag = String::from_utf8(body[..body.len() - 1].to_vec()).unwrap(),
             other => panic!("unexpected {}", *other as char),
@@ -52,15 +74,25 @@ fn answer(msgs: &[(u8, Vec<u8>)]) -> Answer {
 
 #[test]
 fn merged_shards_answer_like_one_postgres() {
-    let cases: serde_json::Value = serde_json::from_str(include_str!("fixtures/pg15.json")).unwrap();
+    let cases: serde_json::Value =
+        serde_json::from_str(include_str!("fixtures/pg15.json")).unwrap();
     let cases = cases.as_array().unwrap();
     assert!(cases.len() >= 40);
     for case in cases {
         let sql = case["sql"].as_str().unwrap();
         let label = format!("{sql} (binary: {})", case["binary"]);
         let plan = plan_read(sql).unwrap();
-        assert_eq!(plan.shard_sql, case["shard_sql"].as_str().unwrap(), "fixtures are stale: run make.py");
-        let shards: Vec<_> = case["shards"].as_array().unwrap().iter().map(messages).collect();
+        assert_eq!(
+            plan.shard_sql,
+            case["shard_sql"].as_str().unwrap(),
+            "fixtures are stale: run make.py"
+        );
+        let shards: Vec<_> = case["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(messages)
+            .collect();
         // Interleave the shards one message at a time, as the executor might.
         let mut m = Merger::new(plan.merge, shards.len(), CTX);
         let mut out = BytesMut::new();
@@ -73,8 +105,10 @@ fn merged_shards_answer_like_one_postgres() {
             };
             let (tag, body) = &shards[s][next[s]];
             next[s] += 1;
-            m.feed(s, *tag, body).unwrap_or_else(|e| panic!("{label}: {e:?}"));
-            m.drain(&mut out).unwrap_or_else(|e| panic!("{label}: {e:?}"));
+            m.feed(s, *tag, body)
+                .unwrap_or_else(|e| panic!("{label}: {e:?}"));
+            m.drain(&mut out)
+                .unwrap_or_else(|e| panic!("{label}: {e:?}"));
         }
         assert!(m.is_done(), "{label}");
         let mut got = Vec::new();
@@ -93,7 +127,9 @@ fn merged_shards_answer_like_one_postgres() {
         assert_eq!(got.1.len(), want.1.len(), "{label}: row count");
         for (i, (g, w)) in got.1.iter().zip(&want.1).enumerate() {
             let show = |r: &Vec<Option<Vec<u8>>>| {
-                r.iter().map(|v| v.as_ref().map(|v| String::from_utf8_lossy(v).into_owned())).collect::<Vec<_>>()
+                r.iter()
+                    .map(|v| v.as_ref().map(|v| String::from_utf8_lossy(v).into_owned()))
+                    .collect::<Vec<_>>()
             };
             assert_eq!(g, w, "{label}: row {i}: {:?} vs {:?}", show(g), show(w));
         }
