@@ -124,11 +124,13 @@ pub(crate) fn scan(sql: &str) -> Inside {
         let word = &sql[t.start as usize..t.end as usize];
         match t.token {
             x if x == Token::Select as i32 => inside.selects += 1,
-            x if x == Token::Over as i32 && next != Some(Token::Ascii44 as i32) => {
-                // `over(` / `over w` after a call; a column named "over" is followed by `,` or nothing.
-                if i > 0 && tokens[i - 1].token == Token::Ascii41 as i32 {
-                    inside.window = true;
-                }
+            // `f(...) OVER (...)` / `f(...) OVER w`; `(x) over` alone is an alias.
+            x if x == Token::Over as i32
+                && i > 0
+                && tokens[i - 1].token == Token::Ascii41 as i32
+                && matches!(next, Some(n) if n == Token::Ascii40 as i32 || n == Token::Ident as i32) =>
+            {
+                inside.window = true;
             }
             _ if next == Some(Token::Ascii40 as i32) => {
                 let name = match word.strip_prefix('"').and_then(|w| w.strip_suffix('"')) {

@@ -70,11 +70,18 @@ pub fn check(
         Role::Agg(Agg::BoolOr) => refuse("bool_or"),
         Role::Agg(Agg::Avg { sum, count }) => {
             let (s, c) = (types.get(resolve(*sum)), types.get(resolve(*count)));
-            let ok = match (t.oid, s.map(|s| s.oid), c.map(|c| c.oid)) {
-                (types::NUMERIC, Some(types::INT8 | types::NUMERIC), Some(types::INT8)) => true,
-                (types::FLOAT8, Some(types::FLOAT4 | types::FLOAT8), Some(types::INT8)) => true,
-                _ => false,
-            };
+            let ok = matches!(
+                (t.oid, s.map(|s| s.oid), c.map(|c| c.oid)),
+                (
+                    types::NUMERIC,
+                    Some(types::INT8 | types::NUMERIC),
+                    Some(types::INT8)
+                ) | (
+                    types::FLOAT8,
+                    Some(types::FLOAT4 | types::FLOAT8),
+                    Some(types::INT8)
+                )
+            );
             if ok {
                 Ok(())
             } else {

@@ -252,7 +252,7 @@ impl Merger {
         }
         let sorted = self.sorted() && self.layout.is_some();
         (0..self.complete.len())
-            .filter(|&i| !self.complete[i] && !(sorted && !self.queues[i].is_empty()))
+            .filter(|&i| !self.complete[i] && (!sorted || self.queues[i].is_empty()))
             .collect()
     }
 

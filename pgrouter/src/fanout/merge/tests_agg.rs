@@ -354,7 +354,7 @@ fn having_with_parameters_and_limit_on_groups() {
         "SELECT g, count(*) FROM t GROUP BY g HAVING count(*) > $1 ORDER BY g LIMIT $2 OFFSET 1",
     );
     let sp = sp
-        .resolve_params(&|n| Some(if n == 1 { "1" } else { "1" }.into()))
+        .resolve_params(&|n| Some(if n == 1 { "1" } else { "5" }.into()))
         .unwrap();
     let cols = [("g", TEXT), ("count", INT8)];
     let s0 = text_shard(&cols, &[&["a", "1"], &["b", "2"], &["c", "1"]]);
@@ -364,7 +364,7 @@ fn having_with_parameters_and_limit_on_groups() {
         ..CTX
     };
     let out = run(sp, ctx, &[s0, s1]).unwrap();
-    assert_eq!(out.text(), [["b", "2"]]);
+    assert_eq!(out.text(), [["b", "2"], ["c", "6"]]);
 }
 
 #[test]

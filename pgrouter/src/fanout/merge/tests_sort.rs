@@ -11,10 +11,7 @@ fn sorted_ids(sql: &str, oid: u32, shards: &[&[&str]]) -> Vec<String> {
         .map(|rows| {
             text_shard(
                 &[("x", oid)],
-                &rows
-                    .iter()
-                    .map(|r| std::slice::from_ref(r))
-                    .collect::<Vec<_>>(),
+                &rows.iter().map(std::slice::from_ref).collect::<Vec<_>>(),
             )
         })
         .collect();
@@ -249,9 +246,9 @@ fn parameters_must_be_resolved_and_negative_limits_fail_like_postgres() {
     let s = || vec![text_shard(&[("x", INT4)], &[&["1"], &["2"], &["3"]])];
     assert_eq!(run(sp.clone(), CTX, &s()).unwrap_err().sqlstate, "XX000");
     let resolved = sp
-        .resolve_params(&|n| Some(if n == 1 { "1" } else { "1" }.to_string()))
+        .resolve_params(&|n| Some(if n == 1 { "2" } else { "1" }.to_string()))
         .unwrap();
-    assert_eq!(run(resolved, CTX, &s()).unwrap().text(), [["2"]]);
+    assert_eq!(run(resolved, CTX, &s()).unwrap().text(), [["2"], ["3"]]);
     let resolved = sp
         .resolve_params(&|n| (n == 1).then(|| "-1".to_string()))
         .unwrap();
