@@ -101,6 +101,8 @@ struct Target {
     name: Option<String>,
     agg: Option<AggFn>,
     collate_c: bool,
+    /// The expression (None for `*`).
+    val: Option<pb::Node>,
 }
 
 pub(super) struct Planner {
@@ -128,7 +130,7 @@ impl Planner {
                 if matches!(c.fields.last().and_then(|f| f.node.as_ref()), Some(N::AStar(_))));
             if is_star {
                 star_at.get_or_insert(i);
-                targets.push(Target { key: String::new(), name: None, agg: None, collate_c: false });
+                targets.push(Target { key: String::new(), name: None, agg: None, collate_c: false, val: None });
                 continue;
             }
             let Some(val) = val else { return Err(Unsupported::new("an empty select-list item", ONE_SHARD)) };
@@ -148,7 +150,7 @@ impl Planner {
                     "select the aggregate itself",
                 ));
             }
-            targets.push(Target { key, name: exprs::output_name(rt), agg, collate_c });
+            targets.push(Target { key, name: exprs::output_name(rt), agg, collate_c, val: Some(val.clone()) });
         }
         let grouped =
             targets.iter().any(|t| t.agg.is_some()) || !s.group_clause.is_empty() || s.having_clause.is_some();
@@ -341,6 +343,15 @@ impl Planner {
         } else if let Some(i) = exprs::bare_name(inner).and_then(|name| self.named(name)) {
             collate_c |= self.targets[i].collate_c;
             Col::Visible(i)
+        } else if let Some(i) = exprs::bare_name(inner).and_then(|name| self.named_after_star(name)) {
+            // An output column after `*`: its position is unknown, so its
+            // expression is repeated as a hidden column.
+            collate_c |= self.targets[i].collate_c;
+            let val = self.targets[i].val.clone().expect("not a star");
+            if distinct {
+                return Err(Unsupported::new("SELECT DISTINCT *, ... ORDER BY a later column", "list the columns"));
+            }
+            self.hidden_col(val, Role::Group)?
         } else if self.grouped {
             let (col, c) = self.value_col(node)?;
             collate_c |= c;
@@ -363,6 +374,12 @@ impl Planner {
             }
         };
         Ok(SortKey { column, descending, nulls_first, collate_c })
+    }
+
+    /// An output column after the first `*` named `name`.
+    fn named_after_star(&self, name: &str) -> Option<usize> {
+        let start = self.star_at?;
+        (start..self.targets.len()).find(|&i| self.targets[i].name.as_deref() == Some(name))
     }
 
     /// The select-list item an ORDER BY name means (output names first, as

@@ -69,6 +69,12 @@ fn select_star_appends_hidden_columns_after_the_star() {
     assert_eq!((p.merge.visible, p.merge.hidden), (None, 1));
     assert_eq!((p.merge.limit, p.merge.offset), (Some(Count::Const(10)), Some(Count::Const(5))));
     assert_eq!(p.merge.order_by, [asc(Col::Hidden(0))]);
+    let p = plan("SELECT *, total * 2 AS double FROM orders ORDER BY double DESC");
+    assert_eq!(
+        p.shard_sql,
+        "SELECT *, total * 2 AS double, total * 2 AS pgrouter_hidden_1 FROM orders ORDER BY double DESC"
+    );
+    assert_eq!(p.merge.order_by[0].column, Col::Hidden(0));
     let p = plan("SELECT id, * FROM orders ORDER BY 1");
     assert_eq!(p.merge.order_by, [asc(Col::Visible(0))]);
 }
