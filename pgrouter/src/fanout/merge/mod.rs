@@ -86,6 +86,33 @@ impl std::fmt::Display for MergeError {
 
 impl std::error::Error for MergeError {}
 
+/// The result-column format codes to Bind on the shards for the client's
+/// codes: none or one code applies to every column already; per-column
+/// codes get text codes appended for the `hidden` columns (the merger
+/// reads either format).
+pub fn shard_result_formats(client: &[i16], hidden: usize) -> Vec<i16> {
+    let mut codes = client.to_vec();
+    if codes.len() > 1 {
+        codes.extend(std::iter::repeat_n(0, hidden));
+    }
+    codes
+}
+
+/// The client's RowDescription for a shard's one (a Describe of the
+/// statement or portal answered from one shard): the hidden columns cut.
+pub fn client_row_description(
+    body: &[u8],
+    hidden: usize,
+    out: &mut BytesMut,
+) -> Result<(), MergeError> {
+    let desc = Description::parse(body)?;
+    let visible = desc.fields.len().checked_sub(hidden).ok_or_else(|| {
+        MergeError::internal("the shard's result does not have the planned columns".into())
+    })?;
+    desc.write(visible, out);
+    Ok(())
+}
+
 /// The columns, resolved from the first RowDescription.
 struct Layout {
     desc: Description,

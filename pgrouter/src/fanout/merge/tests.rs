@@ -264,3 +264,16 @@ fn wanted_names_only_shards_without_a_head_row() {
     assert!(m.is_done());
     assert_eq!(decode(&out).text(), [["1"], ["2"]]);
 }
+
+#[test]
+fn describe_and_bind_helpers_account_for_hidden_columns() {
+    assert_eq!(super::shard_result_formats(&[], 2), Vec::<i16>::new());
+    assert_eq!(super::shard_result_formats(&[1], 2), [1]);
+    assert_eq!(super::shard_result_formats(&[1, 0], 2), [1, 0, 0, 0]);
+    let mut out = BytesMut::new();
+    super::client_row_description(&desc(&[("a", INT4, true), ("h", INT8, false)]), 1, &mut out)
+        .unwrap();
+    let got = decode(&out);
+    assert_eq!(got.columns, ["a"]);
+    assert!(super::client_row_description(&desc(&[("a", INT4, true)]), 2, &mut out).is_err());
+}
