@@ -7,7 +7,7 @@ use pgrouter_parser::fanout::{Agg, Role};
 use super::numeric::{Dec, Numeric};
 use super::row::Row;
 use super::types::{self, key, ColType, Key};
-use super::{floatfmt, MergeError};
+use super::{datetime, floatfmt, MergeError};
 
 /// The running state of one column of one group.
 #[derive(Debug, Clone)]
@@ -19,6 +19,8 @@ pub enum Acc {
     SumNum(Option<Numeric>),
     SumF4(Option<f32>),
     SumF8(Option<f64>),
+    /// interval: (months, days, µs), added field by field like `interval_pl`.
+    SumIv(Option<(i32, i32, i64)>),
     Best {
         best: Option<(Key, Vec<u8>)>,
         max: bool,
@@ -56,7 +58,7 @@ pub fn check(
         Role::Agg(Agg::Sum)
             if matches!(
                 t.oid,
-                types::INT8 | types::NUMERIC | types::FLOAT4 | types::FLOAT8
+                types::INT8 | types::NUMERIC | types::FLOAT4 | types::FLOAT8 | types::INTERVAL
             ) =>
         {
             Ok(())
@@ -100,6 +102,7 @@ impl Acc {
                 types::INT8 => Acc::SumInt(None),
                 types::NUMERIC => Acc::SumNum(None),
                 types::FLOAT4 => Acc::SumF4(None),
+                types::INTERVAL => Acc::SumIv(None),
                 _ => Acc::SumF8(None),
             },
             Role::Agg(Agg::Min { .. }) => Acc::Best {
@@ -171,6 +174,25 @@ impl Acc {
             Acc::SumF8(s) => {
                 if let Some(Key::Float(x)) = v.map(k).transpose()? {
                     *s = Some(s.unwrap_or(0.0) + x.0);
+                }
+            }
+            Acc::SumIv(s) => {
+                if let Some(b) = v {
+                    let x = interval_parts(t, b)?;
+                    *s = Some(match s {
+                        None => x,
+                        Some(a) => (|| {
+                            Some((
+                                a.0.checked_add(x.0)?,
+                                a.1.checked_add(x.1)?,
+                                a.2.checked_add(x.2)?,
+                            ))
+                        })()
+                        .ok_or_else(|| MergeError {
+                            sqlstate: "22008",
+                            message: "interval out of range".into(),
+                        })?,
+                    });
                 }
             }
             Acc::Best { best, max } => {
@@ -254,6 +276,16 @@ impl Acc {
                 }
             }),
             Acc::SumF8(s) => s.map(|s| float8(s, t)),
+            Acc::SumIv(s) => s.map(|(months, days, micros)| {
+                if t.binary {
+                    let mut b = micros.to_be_bytes().to_vec();
+                    b.extend_from_slice(&days.to_be_bytes());
+                    b.extend_from_slice(&months.to_be_bytes());
+                    b
+                } else {
+                    datetime::interval_text(months, days, micros).into_bytes()
+                }
+            }),
             Acc::Best { best, .. } => best.as_ref().map(|b| b.1.clone()),
             Acc::Bool { acc, .. } => acc.map(|b| {
                 if t.binary {
@@ -279,6 +311,28 @@ impl Acc {
             }
         }
     }
+}
+
+/// An interval value as (months, days, µs).
+fn interval_parts(t: ColType, b: &[u8]) -> Result<(i32, i32, i64), MergeError> {
+    let bad = || {
+        MergeError::unsupported(
+            "an interval across shards that is not in IntervalStyle postgres".into(),
+        )
+    };
+    if t.binary {
+        let b: [u8; 16] = b
+            .try_into()
+            .map_err(|_| MergeError::internal("a shard sent a malformed interval".into()))?;
+        let micros = i64::from_be_bytes(b[..8].try_into().expect("8 bytes"));
+        let days = i32::from_be_bytes(b[8..12].try_into().expect("4 bytes"));
+        let months = i32::from_be_bytes(b[12..].try_into().expect("4 bytes"));
+        return Ok((months, days, micros));
+    }
+    std::str::from_utf8(b)
+        .ok()
+        .and_then(datetime::interval_parts)
+        .ok_or_else(bad)
 }
 
 fn bigint_range() -> MergeError {

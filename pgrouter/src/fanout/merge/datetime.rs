@@ -121,8 +121,14 @@ pub fn timetz(s: &str) -> Option<(i64, i32)> {
 /// An interval (IntervalStyle postgres: `1 year 2 mons -3 days +04:05:06.5`)
 /// as PostgreSQL compares it: months of 30 days, days of 24 hours, in µs.
 pub fn interval(s: &str) -> Option<i128> {
-    let (mut months, mut days, mut micros) = (0i128, 0i128, 0i128);
-    let mut words = s.split(' ').peekable();
+    let (months, days, micros) = interval_parts(s)?;
+    Some(interval_binary(micros, days, months))
+}
+
+/// An interval's text (IntervalStyle postgres) as (months, days, µs).
+pub fn interval_parts(s: &str) -> Option<(i32, i32, i64)> {
+    let (mut months, mut days, mut micros) = (0i64, 0i64, 0i64);
+    let mut words = s.split(' ');
     while let Some(w) = words.next() {
         if w.contains(':') {
             let (neg, t) = match w.as_bytes().first() {
@@ -130,19 +136,66 @@ pub fn interval(s: &str) -> Option<i128> {
                 Some(b'+') => (false, &w[1..]),
                 _ => (false, w),
             };
-            let v = time_part(t)? as i128;
-            micros += if neg { -v } else { v };
+            let v = time_part(t)?;
+            micros = micros.checked_add(if neg { -v } else { v })?;
             continue;
         }
-        let n: i128 = w.parse().ok()?;
+        let n: i64 = w.parse().ok()?;
         match words.next()? {
-            "year" | "years" => months += 12 * n,
-            "mon" | "mons" => months += n,
-            "day" | "days" => days += n,
+            "year" | "years" => months = months.checked_add(n.checked_mul(12)?)?,
+            "mon" | "mons" => months = months.checked_add(n)?,
+            "day" | "days" => days = days.checked_add(n)?,
             _ => return None,
         }
     }
-    Some((months * 30 + days) * USECS_PER_DAY as i128 + micros)
+    Some((months.try_into().ok()?, days.try_into().ok()?, micros))
+}
+
+/// PostgreSQL's interval output in IntervalStyle postgres (`EncodeInterval`).
+pub fn interval_text(months: i32, days: i32, micros: i64) -> String {
+    let mut out = String::new();
+    let (mut is_zero, mut is_before) = (true, false);
+    for (value, unit) in [
+        ((months / 12) as i64, "year"),
+        ((months % 12) as i64, "mon"),
+        (days as i64, "day"),
+    ] {
+        if value == 0 {
+            continue;
+        }
+        let space = if is_zero { "" } else { " " };
+        let plus = if is_before && value > 0 { "+" } else { "" };
+        let plural = if value != 1 { "s" } else { "" };
+        out.push_str(&format!("{space}{plus}{value} {unit}{plural}"));
+        is_before = value < 0;
+        is_zero = false;
+    }
+    const HOUR: i64 = 3_600_000_000;
+    let (hour, min) = (micros / HOUR, (micros % HOUR) / 60_000_000);
+    let (sec, fsec) = ((micros % 60_000_000) / 1_000_000, micros % 1_000_000);
+    if is_zero || micros != 0 {
+        let minus = micros < 0;
+        out.push_str(&format!(
+            "{}{}{:02}:{:02}:{:02}",
+            if is_zero { "" } else { " " },
+            if minus {
+                "-"
+            } else if is_before {
+                "+"
+            } else {
+                ""
+            },
+            hour.unsigned_abs(),
+            min.unsigned_abs(),
+            sec.unsigned_abs()
+        ));
+        if fsec != 0 {
+            let frac = format!("{:06}", fsec.unsigned_abs());
+            out.push('.');
+            out.push_str(frac.trim_end_matches('0'));
+        }
+    }
+    out
 }
 
 /// The binary interval (µs, days, months) compared the same way.

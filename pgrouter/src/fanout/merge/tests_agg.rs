@@ -389,13 +389,32 @@ fn min_max_of_text_need_byte_order_and_sum_of_text_is_refused() {
     )
     .unwrap();
     assert_eq!(out.text(), [["b"]]);
-    let cols = [("sum", INTERVAL)];
-    let s = vec![text_shard(&cols, &[&["1 day"]])];
+    let cols = [("sum", TEXT)];
+    let s = vec![text_shard(&cols, &[&["x"]])];
     let err = run(spec("SELECT sum(d) FROM t"), CTX, &s).unwrap_err();
     assert!(
-        err.sqlstate == "0A000" && err.message.contains("interval"),
+        err.sqlstate == "0A000" && err.message.contains("sum() of type text"),
         "{}",
         err.message
+    );
+    let cols = [("avg", INTERVAL), ("h1", INTERVAL), ("h2", INT8)];
+    let s = vec![text_shard(&cols, &[&["1 day", "1 day", "1"]])];
+    let err = run(spec("SELECT avg(d) FROM t"), CTX, &s).unwrap_err();
+    assert!(
+        err.sqlstate == "0A000" && err.message.contains("avg() of type interval"),
+        "{}",
+        err.message
+    );
+    let cols = [("sum", INTERVAL)];
+    let s = vec![
+        text_shard(&cols, &[&["2147483647 mons"]]),
+        text_shard(&cols, &[&["1 mon"]]),
+    ];
+    assert_eq!(
+        run(spec("SELECT sum(d) FROM t"), CTX, &s)
+            .unwrap_err()
+            .sqlstate,
+        "22008"
     );
 }
 

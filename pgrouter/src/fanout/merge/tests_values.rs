@@ -190,3 +190,32 @@ fn numeric_binary_round_trips_random_values() {
         assert_eq!(n.add(&b).add(&minus_b).canonical(), n.canonical(), "{text}");
     }
 }
+
+#[test]
+fn interval_text_round_trips_like_postgres() {
+    // PG 15 output (IntervalStyle postgres) and interval_send fields.
+    for (text, months, days, micros) in [
+        (
+            "1 year 2 mons -3 days +04:05:06.5",
+            14,
+            -3,
+            14_706_500_000i64,
+        ),
+        ("-1 days +02:00:00", 0, -1, 7_200_000_000),
+        ("00:00:00", 0, 0, 0),
+        ("-00:00:01", 0, 0, -1_000_000),
+        ("100:00:00", 0, 0, 360_000_000_000),
+        ("1 day", 0, 1, 0),
+        ("-1 years -1 mons", -13, 0, 0),
+        ("1 mon -1 days -00:00:00.000001", 1, -1, -1),
+        ("2 years 1 mon 1 day 00:00:01", 25, 1, 1_000_000),
+        ("-00:00:00.5", 0, 0, -500_000),
+    ] {
+        assert_eq!(datetime::interval_text(months, days, micros), text);
+        assert_eq!(
+            datetime::interval_parts(text),
+            Some((months, days, micros)),
+            "{text}"
+        );
+    }
+}
