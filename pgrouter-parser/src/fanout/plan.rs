@@ -199,6 +199,13 @@ impl Planner {
             let Some(N::SortBy(sort)) = &item.node else { continue };
             order_by.push(self.sort_key(sort, distinct)?);
         }
+        if distinct && order_by.iter().any(|k| matches!(k.column, Col::Hidden(_))) {
+            // PostgreSQL refuses it; the shards, running without DISTINCT, would not.
+            return Err(Unsupported::new(
+                "SELECT DISTINCT with ORDER BY expressions not in the select list",
+                "add the ORDER BY expressions to the select list",
+            ));
+        }
         let (limit, offset) = super::limit::plan(s, self.grouped)?;
         if self.grouped {
             // Partial groups of different shards must all reach the merger.

@@ -272,6 +272,7 @@ fn refusals_name_the_feature_and_give_a_hint() {
     refused("SELECT a FROM t ORDER BY a USING >", "USING");
     refused("SELECT a FROM t LIMIT 2 + 3", "LIMIT with an expression");
     refused("SELECT DISTINCT a FROM t ORDER BY b", "DISTINCT");
+    refused("SELECT DISTINCT g FROM t GROUP BY g, h ORDER BY h", "DISTINCT");
     refused("SELECT *, count(*) FROM t GROUP BY id", "SELECT *");
     refused("SELECT * FROM t ORDER BY 2", "position after *");
     refused("SELECT g FROM t GROUP BY g HAVING count(*) ~ 'x'", "operator ~");
