@@ -19,8 +19,10 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
+/// A field of digits; at most 10 of them, so the arithmetic below, all
+/// checked, never sees absurd values.
 fn num(s: &str) -> Option<i64> {
-    (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+    (!s.is_empty() && s.len() <= 10 && s.bytes().all(|b| b.is_ascii_digit()))
         .then(|| s.parse().ok())
         .flatten()
 }
@@ -29,6 +31,9 @@ fn num(s: &str) -> Option<i64> {
 fn date_part(s: &str, bc: bool) -> Option<i64> {
     let mut it = s.splitn(3, '-');
     let (y, m, d) = (num(it.next()?)?, num(it.next()?)?, num(it.next()?)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
     let y = if bc { 1 - y } else { y };
     Some(days_from_civil(y, m, d) - PG_EPOCH_DAYS)
 }
@@ -44,7 +49,10 @@ fn time_part(s: &str) -> Option<i64> {
         let f = num(frac)?;
         micros = f * 10i64.pow(6u32.checked_sub(frac.len() as u32)?);
     }
-    Some(((h * 60 + m) * 60 + sec) * 1_000_000 + micros)
+    h.checked_mul(3600)?
+        .checked_add(m * 60 + sec)?
+        .checked_mul(1_000_000)?
+        .checked_add(micros)
 }
 
 /// `+HH[:MM[:SS]]` / `-HH...` as seconds east of UTC.
@@ -57,7 +65,11 @@ fn offset_part(s: &str) -> Option<i64> {
     let mut secs = 0;
     let mut unit = 3600;
     for part in rest.split(':') {
-        secs += num(part)? * unit;
+        let v = num(part)?;
+        if unit == 0 || v > 99 {
+            return None;
+        }
+        secs += v * unit;
         unit /= 60;
     }
     Some(sign * secs)
@@ -102,7 +114,9 @@ pub fn timestamp(s: &str, tz: bool) -> Option<i64> {
     } else {
         (rest, 0)
     };
-    Some(days * USECS_PER_DAY + time_part(t)? - offset * 1_000_000)
+    days.checked_mul(USECS_PER_DAY)?
+        .checked_add(time_part(t)?)?
+        .checked_sub(offset * 1_000_000)
 }
 
 /// A time as microseconds.
@@ -115,7 +129,10 @@ pub fn time(s: &str) -> Option<i64> {
 pub fn timetz(s: &str) -> Option<(i64, i32)> {
     let at = s.rfind(['+', '-'])?;
     let zone = -offset_part(&s[at..])?;
-    Some((time_part(&s[..at])? + zone * 1_000_000, zone as i32))
+    Some((
+        time_part(&s[..at])?.checked_add(zone * 1_000_000)?,
+        zone as i32,
+    ))
 }
 
 /// An interval (IntervalStyle postgres: `1 year 2 mons -3 days +04:05:06.5`)

@@ -306,3 +306,32 @@ fn empty_query_everywhere_is_one_empty_query_response() {
     let out = run(spec("SELECT x FROM t"), CTX, &[s(), s()]).unwrap();
     assert!(out.empty && out.tag.is_none());
 }
+
+#[test]
+fn random_messages_never_panic_the_merger() {
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    let specs = [
+        spec("SELECT a FROM t ORDER BY b DESC LIMIT 3"),
+        spec("SELECT g, count(*), avg(x), min(y) FROM t GROUP BY g HAVING sum(x) > 2"),
+        spec("SELECT DISTINCT a, b FROM t"),
+        spec("SELECT * FROM t"),
+    ];
+    let d2 = desc(&[("a", INT4, false), ("b", NUMERIC, true)]);
+    for _ in 0..3000 {
+        let sp = specs[rng.gen_range(0..specs.len())].clone();
+        let mut m = super::Merger::new(sp, 2, CTX);
+        let mut out = bytes::BytesMut::new();
+        for _ in 0..rng.gen_range(0..8) {
+            let tag = [b'T', b'D', b'C', b'I', b'X'][rng.gen_range(0..5)];
+            let body: Vec<u8> = match (tag, rng.gen_bool(0.5)) {
+                (b'T', true) => d2.clone(),
+                (b'D', true) => row(&[Some(b"1"), Some(&[0, 0, 0, 0, 0, 0, 0, 0])]),
+                _ => (0..rng.gen_range(0..24)).map(|_| rng.gen()).collect(),
+            };
+            let _ = m.feed(rng.gen_range(0..3), tag, &body);
+            let _ = m.drain(&mut out);
+            let _ = (m.wanted(), m.is_done());
+        }
+    }
+}

@@ -219,3 +219,60 @@ fn interval_text_round_trips_like_postgres() {
         );
     }
 }
+
+#[test]
+fn garbage_from_a_shard_is_an_error_never_a_panic() {
+    use super::types::{key, ColType};
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    let alphabet = b"0123456789-+:. BCinftyaNdsmonyear@e\x00\xff";
+    let oids = [
+        16, 17, 18, 19, 20, 21, 23, 25, 26, 700, 701, 1042, 1043, 1082, 1083, 1114, 1184, 1186,
+        1266, 1700, 2950,
+    ];
+    for _ in 0..20000 {
+        let len = rng.gen_range(0..40);
+        let bytes: Vec<u8> = if rng.gen_bool(0.5) {
+            (0..len)
+                .map(|_| alphabet[rng.gen_range(0..alphabet.len())])
+                .collect()
+        } else {
+            (0..len).map(|_| rng.gen()).collect()
+        };
+        for &oid in &oids {
+            let _ = key(
+                ColType {
+                    oid,
+                    binary: rng.gen_bool(0.5),
+                },
+                &bytes,
+                true,
+            );
+        }
+        let s = String::from_utf8_lossy(&bytes);
+        let _ = (
+            datetime::date(&s),
+            datetime::timestamp(&s, true),
+            datetime::timetz(&s),
+            datetime::interval(&s),
+        );
+        let _ = (Numeric::parse_text(&s), Numeric::parse_binary(&bytes));
+        let _ = super::row::Description::parse(&bytes);
+        let _ = super::row::Row::parse(&bytes, rng.gen_range(0..4));
+        let _ = super::row::check(&bytes, rng.gen_range(0..4));
+    }
+    for s in [
+        "99999999999999999:00:00",
+        "9999999999999999999-01-01",
+        "1-99999999999999-01",
+        "00:00:00.1234567",
+        "+99999999999",
+    ] {
+        let _ = (
+            datetime::date(s),
+            datetime::timestamp(&format!("2000-01-01 {s}"), true),
+            datetime::interval(s),
+        );
+        let _ = datetime::timetz(&format!("10:00:00{s}"));
+    }
+}

@@ -231,7 +231,7 @@ pub fn key(t: ColType, b: &[u8], datestyle_iso: bool) -> Result<Key, MergeError>
                 let b: [u8; 12] = be(t, b)?;
                 let time = i64::from_be_bytes(b[..8].try_into().expect("8 bytes"));
                 let zone = i32::from_be_bytes(b[8..].try_into().expect("4 bytes"));
-                Key::Time(time + zone as i64 * 1_000_000, zone)
+                Key::Time(time.saturating_add(zone as i64 * 1_000_000), zone)
             }
             INTERVAL => {
                 let b: [u8; 16] = be(t, b)?;
