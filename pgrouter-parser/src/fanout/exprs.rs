@@ -264,7 +264,10 @@ pub(crate) fn position(node: &pb::Node) -> Option<i32> {
     }
 }
 
-/// `expr COLLATE "C"` (or `"POSIX"`): the collation orders text by bytes.
+/// Collations that order UTF-8 text by its bytes (code point order).
+const BYTE_ORDERED: &[&str] = &["C", "POSIX", "C.utf8", "C.UTF-8", "ucs_basic"];
+
+/// `expr COLLATE "C"` (or another of [`BYTE_ORDERED`]): text orders by bytes.
 pub(crate) fn collate_c(node: &pb::Node) -> bool {
     match node.node.as_ref() {
         Some(N::CollateClause(c)) => {
@@ -276,7 +279,10 @@ pub(crate) fn collate_c(node: &pb::Node) -> bool {
                     _ => None,
                 })
                 .collect();
-            matches!(names.as_slice(), ["C"] | ["POSIX"] | ["pg_catalog", "C"] | ["pg_catalog", "POSIX"])
+            match names.as_slice() {
+                [name] | ["pg_catalog", name] => BYTE_ORDERED.contains(name),
+                _ => false,
+            }
         }
         _ => false,
     }

@@ -58,6 +58,10 @@ fn nulls_and_collation_are_recorded() {
     );
     let p = plan("SELECT name COLLATE \"C\" AS n FROM t ORDER BY n");
     assert!(p.merge.order_by[0].collate_c);
+    for c in ["POSIX", "C.utf8", "ucs_basic", "pg_catalog.\"C\""] {
+        let c = if c.contains('.') && c.starts_with("pg") { c.to_string() } else { format!("\"{c}\"") };
+        assert!(plan(&format!("SELECT name FROM t ORDER BY name COLLATE {c}")).merge.order_by[0].collate_c, "{c}");
+    }
     let p = plan("SELECT name FROM t ORDER BY name COLLATE \"de_DE\"");
     assert!(!p.merge.order_by[0].collate_c);
 }
