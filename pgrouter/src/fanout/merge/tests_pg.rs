@@ -77,7 +77,7 @@ fn merged_shards_answer_like_one_postgres() {
     let cases: serde_json::Value =
         serde_json::from_str(include_str!("fixtures/pg15.json")).unwrap();
     let cases = cases.as_array().unwrap();
-    assert!(cases.len() >= 40);
+    assert!(cases.len() >= 60);
     for case in cases {
         let sql = case["sql"].as_str().unwrap();
         let label = format!("{sql} (binary: {})", case["binary"]);
@@ -94,7 +94,17 @@ fn merged_shards_answer_like_one_postgres() {
             .map(messages)
             .collect();
         // Interleave the shards one message at a time, as the executor might.
-        let mut m = Merger::new(plan.merge, shards.len(), CTX);
+        let params: Vec<String> = case["params"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap().to_string())
+            .collect();
+        let merge = plan
+            .merge
+            .resolve_params(&|n| params.get(n - 1).cloned())
+            .unwrap();
+        let mut m = Merger::new(merge, shards.len(), CTX);
         let mut out = BytesMut::new();
         let mut next = vec![0; shards.len()];
         while !m.is_done() {
