@@ -13,6 +13,22 @@
 //!
 //! LIMIT counts merged rows; once met, [`Merger::is_done`] tells the
 //! executor to stop reading the others.
+//!
+//! # The executor's side
+//! 1. `pgrouter_parser::fanout::plan_read(sql)`: the shard SQL and the
+//!    [`MergeSpec`] (cacheable per statement text); an `Unsupported` is a
+//!    0A000 error (`Unsupported::parts` gives message and hint).
+//! 2. Per execution, [`MergeSpec::resolve_params`] with the Bind's values
+//!    as text (`MergeSpec::params` lists the numbers it needs).
+//! 3. Every shard gets the shard SQL with the client's parameters and
+//!    [`shard_result_formats`]; every shard must send a RowDescription
+//!    (Describe the portal), the merger needs the column types.
+//!    A client's Describe is answered with [`client_row_description`].
+//! 4. Feed each shard's 'T', 'D', 'C' and 'I' to [`Merger::feed`], read
+//!    next from [`Merger::wanted`] shards, [`Merger::drain`] into the
+//!    client's buffer; ErrorResponse and ReadyForQuery stay the
+//!    executor's. Once [`Merger::is_done`], cancel or drain the rest.
+//!    A [`MergeError`] ends the statement with its SQLSTATE.
 
 mod agg;
 mod datetime;
