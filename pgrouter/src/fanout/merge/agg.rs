@@ -168,12 +168,22 @@ impl Acc {
             }
             Acc::SumF4(s) => {
                 if let Some(Key::Float(x)) = v.map(k).transpose()? {
-                    *s = Some(s.unwrap_or(0.0) + x.0 as f32);
+                    let (a, b) = (s.unwrap_or(0.0), x.0 as f32);
+                    *s = Some(float_add(
+                        a,
+                        b,
+                        (a + b).is_infinite() && a.is_finite() && b.is_finite(),
+                    )?);
                 }
             }
             Acc::SumF8(s) => {
                 if let Some(Key::Float(x)) = v.map(k).transpose()? {
-                    *s = Some(s.unwrap_or(0.0) + x.0);
+                    let (a, b) = (s.unwrap_or(0.0), x.0);
+                    *s = Some(float_add(
+                        a,
+                        b,
+                        (a + b).is_infinite() && a.is_finite() && b.is_finite(),
+                    )?);
                 }
             }
             Acc::SumIv(s) => {
@@ -333,6 +343,17 @@ fn interval_parts(t: ColType, b: &[u8]) -> Result<(i32, i32, i64), MergeError> {
         .ok()
         .and_then(datetime::interval_parts)
         .ok_or_else(bad)
+}
+
+/// `a + b`, or PostgreSQL's error when finite values overflowed.
+fn float_add<F: std::ops::Add<Output = F>>(a: F, b: F, overflowed: bool) -> Result<F, MergeError> {
+    if overflowed {
+        return Err(MergeError {
+            sqlstate: "22003",
+            message: "value out of range: overflow".into(),
+        });
+    }
+    Ok(a + b)
 }
 
 fn bigint_range() -> MergeError {

@@ -443,3 +443,15 @@ fn having_orders_text_only_by_bytes() {
     let sp = spec("SELECT g FROM t GROUP BY g HAVING g <> 'a'");
     assert_eq!(run(sp, CTX, &s()).unwrap().text(), [["c"]]);
 }
+
+#[test]
+fn float_sum_overflow_is_an_error_like_postgres() {
+    let sp = spec("SELECT sum(x) FROM t");
+    let s = || text_shard(&[("sum", FLOAT8)], &[&["1e+308"]]);
+    assert_eq!(
+        run(sp.clone(), CTX, &[s(), s()]).unwrap_err().sqlstate,
+        "22003"
+    );
+    let inf = text_shard(&[("sum", FLOAT8)], &[&["Infinity"]]);
+    assert_eq!(run(sp, CTX, &[s(), inf]).unwrap().text(), [["Infinity"]]);
+}
