@@ -258,11 +258,14 @@ impl Acc {
                             v.map(k).transpose()?
                         };
                         if let Some(Key::Float(x)) = part {
-                            *sx += if st.oid == types::FLOAT8 {
+                            let add = if st.oid == types::FLOAT8 {
                                 x.0
                             } else {
                                 x.0 * n as f64
                             };
+                            let over =
+                                (*sx + add).is_infinite() && sx.is_finite() && add.is_finite();
+                            *sx = float_add(*sx, add, over)?;
                         }
                     }
                 }
