@@ -287,16 +287,24 @@ impl Merger {
         }
     }
 
-    /// Shards to read from before more can be drained.
+    /// Shards to read from before more can be drained: for ORDER BY the
+    /// unfinished shards without a head row, otherwise every unfinished one.
     pub fn wanted(&self) -> Vec<usize> {
+        (0..self.complete.len())
+            .filter(|&i| self.wants(i))
+            .collect()
+    }
+
+    /// Whether shard `shard` is one of [`Merger::wanted`] (no allocation).
+    pub fn wants(&self, shard: usize) -> bool {
         // After LIMIT is met only a RowDescription is still needed (LIMIT 0).
         if self.is_done() || (self.limit_met() && self.layout.is_some()) {
-            return Vec::new();
+            return false;
         }
         let sorted = self.sorted() && self.layout.is_some();
-        (0..self.complete.len())
-            .filter(|&i| !self.complete[i] && (!sorted || self.queues[i].is_empty()))
-            .collect()
+        shard < self.complete.len()
+            && !self.complete[shard]
+            && (!sorted || self.queues[shard].is_empty())
     }
 
     /// The LIMIT is met or every shard completed, and the CommandComplete
