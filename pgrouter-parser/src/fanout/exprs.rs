@@ -108,7 +108,8 @@ pub(crate) struct Inside {
     pub aggregates: Vec<String>,
     /// An `OVER` clause: a window function.
     pub window: bool,
-    /// How many `SELECT`s: more than the statement's own are subqueries.
+    /// How many `SELECT`s and `VALUES`: more than the statement's own
+    /// SELECT are subqueries.
     pub selects: usize,
 }
 
@@ -123,7 +124,8 @@ pub(crate) fn scan(sql: &str) -> Inside {
         let next = tokens.get(i + 1).map(|n| n.token);
         let word = &sql[t.start as usize..t.end as usize];
         match t.token {
-            x if x == Token::Select as i32 => inside.selects += 1,
+            // `(VALUES ...)` is a query too.
+            x if x == Token::Select as i32 || x == Token::Values as i32 => inside.selects += 1,
             // `f(...) OVER (...)` / `f(...) OVER w`; `(x) over` alone is an alias.
             x if x == Token::Over as i32
                 && i > 0

@@ -84,6 +84,16 @@ fn refuse_shape(s: &pb::SelectStmt, sql: &str) -> Result<(), Unsupported> {
     Ok(())
 }
 
+/// `*`, `t.*` or `(expr).*`: several columns, how many only the shards know.
+fn expands_to_columns(val: &pb::Node) -> bool {
+    let last_is_star = |fields: &[pb::Node]| matches!(fields.last().and_then(|f| f.node.as_ref()), Some(N::AStar(_)));
+    match &val.node {
+        Some(N::ColumnRef(c)) => last_is_star(&c.fields),
+        Some(N::AIndirection(a)) => last_is_star(&a.indirection),
+        _ => false,
+    }
+}
+
 fn has_subselect(node: &pb::Node) -> bool {
     match &node.node {
         Some(N::RangeSubselect(_)) => true,
@@ -126,8 +136,7 @@ impl Planner {
                 return Err(Unsupported::new("a select-list item the router cannot read", ONE_SHARD));
             };
             let val = rt.val.as_deref();
-            let is_star = matches!(val.and_then(|v| v.node.as_ref()), Some(N::ColumnRef(c))
-                if matches!(c.fields.last().and_then(|f| f.node.as_ref()), Some(N::AStar(_))));
+            let is_star = val.is_some_and(expands_to_columns);
             if is_star {
                 star_at.get_or_insert(i);
                 targets.push(Target { key: String::new(), name: None, agg: None, collate_c: false, val: None });

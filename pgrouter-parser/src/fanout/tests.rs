@@ -79,6 +79,8 @@ fn select_star_appends_hidden_columns_after_the_star() {
         "SELECT *, total * 2 AS double, total * 2 AS pgrouter_hidden_1 FROM orders ORDER BY double DESC"
     );
     assert_eq!(p.merge.order_by[0].column, Col::Hidden(0));
+    let p = plan("SELECT id, (f(x)).* FROM orders ORDER BY id");
+    assert_eq!((p.merge.visible, p.merge.order_by[0].column), (None, Col::Visible(0)));
     let p = plan("SELECT id, * FROM orders ORDER BY 1");
     assert_eq!(p.merge.order_by, [asc(Col::Visible(0))]);
 }
@@ -269,6 +271,7 @@ fn refusals_name_the_feature_and_give_a_hint() {
     refused("SELECT (SELECT max(b) FROM u) FROM t", "subqueries");
     refused("SELECT a FROM t WHERE a IN (SELECT a FROM u)", "subqueries");
     refused("SELECT * FROM (SELECT a FROM t) s", "subqueries");
+    refused("SELECT * FROM t WHERE (a, b) IN (VALUES (1, 2))", "subqueries");
     refused("WITH c AS (SELECT a FROM t) SELECT * FROM c", "WITH");
     refused("SELECT g, count(*) FROM t GROUP BY ROLLUP (g)", "GROUPING SETS");
     refused("SELECT g, count(*) FROM t GROUP BY GROUPING SETS ((g), ())", "GROUPING SETS");
