@@ -221,6 +221,31 @@ pub(crate) fn aggregate(call: &pb::FuncCall) -> Result<Option<AggFn>, Unsupporte
     Ok(Some(agg))
 }
 
+/// The mergeable aggregate at the top of an expression: a call, or
+/// `count(...)` cast to an integer type or numeric (ORMs write
+/// `count(*)::int`; partial counts are exact, so the cast of the total is).
+pub(crate) fn top_aggregate(node: &pb::Node) -> Result<Option<AggFn>, Unsupported> {
+    match &node.node {
+        Some(N::FuncCall(f)) => aggregate(f),
+        Some(N::TypeCast(c)) => {
+            let Some(pb::Node { node: Some(N::FuncCall(f)) }) = c.arg.as_deref() else { return Ok(None) };
+            let Some(t) = &c.type_name else { return Ok(None) };
+            let name = match t.names.last().and_then(|n| n.node.as_ref()) {
+                Some(N::String(s)) => s.sval.as_str(),
+                _ => "",
+            };
+            let plain = t.typmods.is_empty() && t.array_bounds.is_empty() && !t.setof;
+            match aggregate(f)? {
+                Some(AggFn::Count) if plain && matches!(name, "int2" | "int4" | "int8" | "numeric") => {
+                    Ok(Some(AggFn::Count))
+                }
+                _ => Ok(None),
+            }
+        }
+        _ => Ok(None),
+    }
+}
+
 pub(crate) fn window() -> Unsupported {
     Unsupported::new("window functions", "add the shard key to the WHERE clause so that one shard answers")
 }

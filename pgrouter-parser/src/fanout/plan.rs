@@ -146,7 +146,7 @@ impl Planner {
             let key = exprs::text(val)?;
             let (agg, collate_c) = match &val.node {
                 Some(N::FuncCall(f)) => (exprs::aggregate(f)?, f.args.first().is_some_and(exprs::collate_c)),
-                _ => (None, exprs::collate_c(val)),
+                _ => (exprs::top_aggregate(val)?, exprs::collate_c(val)),
             };
             let inside = exprs::scan(&key);
             if inside.window {
@@ -273,10 +273,7 @@ impl Planner {
             Some(N::CollateClause(c)) if exprs::collate_c(node) => (c.arg.as_deref().unwrap_or(node), true),
             _ => (node, false),
         };
-        let agg = match &inner.node {
-            Some(N::FuncCall(f)) => exprs::aggregate(f)?,
-            _ => None,
-        };
+        let agg = exprs::top_aggregate(inner)?;
         let inside = exprs::scan(&key);
         if inside.window {
             return Err(exprs::window());

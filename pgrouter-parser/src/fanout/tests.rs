@@ -132,6 +132,17 @@ fn aggregates_without_group_by() {
 }
 
 #[test]
+fn count_cast_to_an_integer_type_is_still_a_count() {
+    let p = plan("SELECT count(*)::int, count(x)::bigint, count(*)::numeric FROM t ORDER BY count(*)::int");
+    let a = p.merge.aggregate.unwrap();
+    assert_eq!(a.columns, [Role::Agg(Agg::Count), Role::Agg(Agg::Count), Role::Agg(Agg::Count)]);
+    assert_eq!(p.merge.order_by[0].column, Col::Visible(0));
+    refused("SELECT sum(x)::int FROM t", "aggregate inside an expression");
+    refused("SELECT count(*)::numeric(5,1) FROM t", "aggregate inside an expression");
+    refused("SELECT max(x)::text FROM t", "aggregate inside an expression");
+}
+
+#[test]
 fn group_by_keys_visible_or_hidden() {
     let p = plan("SELECT a + 1, count(*) FROM t GROUP BY a");
     assert_eq!(p.shard_sql, "SELECT a + 1, count(*), a AS pgrouter_hidden_1 FROM t GROUP BY a");

@@ -53,7 +53,14 @@ pub fn check(
     };
     match role {
         Role::Group => Ok(()),
-        Role::Agg(Agg::Count) if t.oid == types::INT8 => Ok(()),
+        Role::Agg(Agg::Count)
+            if matches!(
+                t.oid,
+                types::INT8 | types::INT4 | types::INT2 | types::NUMERIC
+            ) =>
+        {
+            Ok(())
+        }
         Role::Agg(Agg::Count) => refuse("count"),
         Role::Agg(Agg::Sum)
             if matches!(
@@ -141,9 +148,13 @@ impl Acc {
                 }
             }
             Acc::Count(n) => {
-                if let Some(Key::Int(c)) = v.map(k).transpose()? {
-                    *n = n.checked_add(c).ok_or_else(bigint_range)?;
-                }
+                let c = match v.map(k).transpose()? {
+                    Some(Key::Int(c)) => c,
+                    // count(...)::numeric: an integral numeric.
+                    Some(Key::Numeric(c)) => c.0.to_text().parse().map_err(|_| bigint_range())?,
+                    _ => 0,
+                };
+                *n = n.checked_add(c).ok_or_else(bigint_range)?;
             }
             Acc::SumInt(s) => {
                 if let Some(Key::Int(x)) = v.map(k).transpose()? {
@@ -275,10 +286,10 @@ impl Acc {
     }
 
     /// The merged value of column `i`, given the group's other accumulators.
-    pub fn finish(&self, t: ColType, group: &[Acc]) -> Option<Vec<u8>> {
-        match self {
+    pub fn finish(&self, t: ColType, group: &[Acc]) -> Result<Option<Vec<u8>>, MergeError> {
+        Ok(match self {
             Acc::First(v) => v.clone().flatten(),
-            Acc::Count(n) => Some(int8(*n, t)),
+            Acc::Count(n) => Some(count_value(*n, t)?),
             Acc::SumInt(s) => s.map(|s| int8(s, t)),
             Acc::SumNum(s) => s.as_ref().map(|s| numeric(s, t)),
             Acc::SumF4(s) => s.map(|s| {
@@ -310,19 +321,19 @@ impl Acc {
             Acc::Avg { sum, count, sx } => {
                 let n = match group[*count] {
                     Acc::Count(n) if n > 0 => n,
-                    _ => return None,
+                    _ => return Ok(None),
                 };
                 if t.oid == types::FLOAT8 {
-                    return Some(float8(sx / n as f64, t));
+                    return Ok(Some(float8(sx / n as f64, t)));
                 }
                 let total = match &group[*sum] {
                     Acc::SumInt(Some(s)) => Numeric::Fin(Dec::from_i64(*s)),
                     Acc::SumNum(Some(s)) => s.clone(),
-                    _ => return None,
+                    _ => return Ok(None),
                 };
                 Some(numeric(&total.div_count(n), t))
             }
-        }
+        })
     }
 }
 
@@ -357,6 +368,35 @@ fn float_add<F: std::ops::Add<Output = F>>(a: F, b: F, overflowed: bool) -> Resu
         });
     }
     Ok(a + b)
+}
+
+/// A merged count in its column's type (`count(*)::int` and friends),
+/// with PostgreSQL's error when the cast of the total overflows.
+fn count_value(n: i64, t: ColType) -> Result<Vec<u8>, MergeError> {
+    let range = |what: &str| MergeError {
+        sqlstate: "22003",
+        message: format!("{what} out of range"),
+    };
+    Ok(match t.oid {
+        types::INT4 => {
+            let v = i32::try_from(n).map_err(|_| range("integer"))?;
+            if t.binary {
+                v.to_be_bytes().to_vec()
+            } else {
+                v.to_string().into_bytes()
+            }
+        }
+        types::INT2 => {
+            let v = i16::try_from(n).map_err(|_| range("smallint"))?;
+            if t.binary {
+                v.to_be_bytes().to_vec()
+            } else {
+                v.to_string().into_bytes()
+            }
+        }
+        types::NUMERIC => numeric(&Numeric::Fin(Dec::from_i64(n)), t),
+        _ => int8(n, t),
+    })
 }
 
 fn bigint_range() -> MergeError {

@@ -286,7 +286,7 @@ impl Merger {
                 .iter()
                 .enumerate()
                 .map(|(i, acc)| acc.finish(layout.types[i], &accs))
-                .collect();
+                .collect::<Result<_, _>>()?;
             if let Some(p) = &a.having {
                 let g = having::Group {
                     values: &values,

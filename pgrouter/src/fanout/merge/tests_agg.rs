@@ -455,3 +455,20 @@ fn float_sum_overflow_is_an_error_like_postgres() {
     let inf = text_shard(&[("sum", FLOAT8)], &[&["Infinity"]]);
     assert_eq!(run(sp, CTX, &[s(), inf]).unwrap().text(), [["Infinity"]]);
 }
+
+#[test]
+fn count_cast_totals_keep_the_cast_type_and_its_range() {
+    let sp = spec("SELECT count(*)::smallint FROM t");
+    let s = |n: &str| text_shard(&[("count", INT2)], &[&[n]]);
+    assert_eq!(
+        run(sp.clone(), CTX, &[s("20000"), s("12000")])
+            .unwrap()
+            .text(),
+        [["32000"]]
+    );
+    let err = run(sp, CTX, &[s("20000"), s("20000")]).unwrap_err();
+    assert_eq!(
+        (err.sqlstate, err.message.as_str()),
+        ("22003", "smallint out of range")
+    );
+}
