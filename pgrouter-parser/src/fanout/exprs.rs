@@ -221,11 +221,19 @@ pub(crate) fn aggregate(call: &pb::FuncCall) -> Result<Option<AggFn>, Unsupporte
     Ok(Some(agg))
 }
 
-/// The mergeable aggregate at the top of an expression: a call, or
+/// The mergeable aggregate at the top of an expression: a call;
 /// `count(...)` cast to an integer type or numeric (ORMs write
-/// `count(*)::int`; partial counts are exact, so the cast of the total is).
+/// `count(*)::int`; partial counts are exact, so the cast of the total is);
+/// `coalesce(sum(x), 0)` / `coalesce(count(x), 0)`, a sum of the partials
+/// (a shard without rows adds its 0, and no rows at all give 0).
 pub(crate) fn top_aggregate(node: &pb::Node) -> Result<Option<AggFn>, Unsupported> {
     match &node.node {
+        Some(N::CoalesceExpr(c)) if c.args.len() == 2 && is_zero(&c.args[1]) => match &c.args[0].node {
+            Some(N::FuncCall(f)) => {
+                Ok(aggregate(f)?.filter(|a| matches!(a, AggFn::Sum | AggFn::Count)).map(|_| AggFn::Sum))
+            }
+            _ => Ok(None),
+        },
         Some(N::FuncCall(f)) => aggregate(f),
         Some(N::TypeCast(c)) => {
             let Some(pb::Node { node: Some(N::FuncCall(f)) }) = c.arg.as_deref() else { return Ok(None) };
@@ -243,6 +251,20 @@ pub(crate) fn top_aggregate(node: &pb::Node) -> Result<Option<AggFn>, Unsupporte
             }
         }
         _ => Ok(None),
+    }
+}
+
+/// The constant 0 (`0`, `0.0`).
+fn is_zero(node: &pb::Node) -> bool {
+    match &node.node {
+        Some(N::AConst(c)) => match &c.val {
+            Some(pb::a_const::Val::Ival(i)) => i.ival == 0,
+            Some(pb::a_const::Val::Fval(f)) => {
+                f.fval.trim_end_matches('0').trim_end_matches('.').chars().all(|c| c == '0')
+            }
+            _ => false,
+        },
+        _ => false,
     }
 }
 

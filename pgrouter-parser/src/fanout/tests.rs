@@ -143,6 +143,12 @@ fn count_cast_to_an_integer_type_is_still_a_count() {
 }
 
 #[test]
+fn coalesce_of_a_sum_or_count_with_zero_is_a_sum() {
+    let p = plan("SELECT coalesce(sum(x), 0), COALESCE(count(y), 0.00) FROM t");
+    assert_eq!(p.merge.aggregate.unwrap().columns, [Role::Agg(Agg::Sum), Role::Agg(Agg::Sum)]);
+}
+
+#[test]
 fn group_by_keys_visible_or_hidden() {
     let p = plan("SELECT a + 1, count(*) FROM t GROUP BY a");
     assert_eq!(p.shard_sql, "SELECT a + 1, count(*), a AS pgrouter_hidden_1 FROM t GROUP BY a");
@@ -273,7 +279,8 @@ fn refusals_name_the_feature_and_give_a_hint() {
     refused("SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY x) FROM t", "percentile_cont");
     refused("SELECT stddev(x) FROM t", "stddev");
     refused("SELECT count(*) + 1 FROM t", "aggregate inside an expression");
-    refused("SELECT coalesce(sum(x), 0) FROM t", "aggregate inside an expression");
+    refused("SELECT coalesce(sum(x), 1) FROM t", "aggregate inside an expression");
+    refused("SELECT coalesce(max(x), 0) FROM t", "aggregate inside an expression");
     refused("SELECT g FROM t GROUP BY g HAVING sum(x) / count(*) > 2", "aggregate inside an expression");
     refused("SELECT DISTINCT ON (a) a, b FROM t", "DISTINCT ON");
     refused("SELECT a FROM t UNION SELECT a FROM u", "UNION");
