@@ -10,6 +10,25 @@
 //! merger strips. LIMIT/OFFSET become `LIMIT limit + offset` on each shard.
 //! Whatever cannot be merged exactly is refused with an [`Unsupported`]
 //! message for a 0A000 error.
+//!
+//! Merged: plain rows; ORDER BY any expressions (by output name, alias,
+//! position or expression; ASC/DESC, NULLS FIRST/LAST, `COLLATE "C"`
+//! recorded); LIMIT/OFFSET as constants or `$n`; DISTINCT; `count`,
+//! `sum`, `min`, `max`, `avg`, `bool_and`/`every`, `bool_or` at the top of
+//! a select-list item (also `count(...)::int`-style casts and
+//! `coalesce(sum(x), 0)`), GROUP BY expressions, HAVING comparisons of
+//! aggregates and grouping expressions with constants or `$n` (AND, OR,
+//! NOT, BETWEEN, IN, IS NULL). `SELECT *` (and `t.*`, `(f()).*`) with the
+//! row forms.
+//!
+//! Refused: window functions, DISTINCT ON, UNION/INTERSECT/EXCEPT, WITH,
+//! subqueries anywhere, VALUES, SELECT INTO, FOR UPDATE/SHARE, GROUPING
+//! SETS/ROLLUP/CUBE, aggregates with DISTINCT/FILTER/ORDER BY/WITHIN GROUP,
+//! PostgreSQL's other aggregates by name, aggregates inside expressions,
+//! ORDER BY ... USING, FETCH ... WITH TIES, LIMIT/OFFSET expressions,
+//! `*` with aggregates, ORDER BY a position after `*`. User-defined
+//! aggregates cannot be told from functions without the catalog: they
+//! would be taken for plain functions.
 
 mod exprs;
 mod having;
