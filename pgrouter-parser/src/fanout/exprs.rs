@@ -111,6 +111,8 @@ pub(crate) struct Inside {
     /// How many `SELECT`s and `VALUES`: more than the statement's own
     /// SELECT are subqueries.
     pub selects: usize,
+    /// Names of the other calls (identifiers followed by `(`).
+    pub calls: Vec<String>,
 }
 
 /// Scans `sql` (an expression's or a whole statement's text).
@@ -148,6 +150,8 @@ pub(crate) fn scan(sql: &str) -> Inside {
                     && (MERGEABLE.contains(&name.as_str()) || OTHER_AGGREGATES.contains(&name.as_str()))
                 {
                     inside.aggregates.push(name);
+                } else if t.token == Token::Ident as i32 && !inside.calls.contains(&name) {
+                    inside.calls.push(name);
                 }
             }
             _ => {}

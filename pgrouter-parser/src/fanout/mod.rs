@@ -47,6 +47,11 @@ pub struct ReadPlan {
     /// What every shard runs (parameters `$n` as in the original).
     pub shard_sql: String,
     pub merge: MergeSpec,
+    /// The functions the statement calls that the planner took for plain
+    /// functions (lower-case names, unqualified). A user-defined aggregate
+    /// looks just like one: if any of these names is an aggregate in the
+    /// database (`pg_aggregate`), the plan is wrong and must be refused.
+    pub functions: Vec<String>,
 }
 
 /// Why a statement cannot be answered across shards: the whole message of

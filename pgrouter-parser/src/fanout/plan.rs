@@ -36,7 +36,7 @@ pub fn plan_read(sql: &str) -> Result<ReadPlan, Unsupported> {
     let shard_sql = std::panic::catch_unwind(|| pg_query::deparse(&tree, Default::default()))
         .map_err(|_| Unsupported::new("a statement the router cannot rewrite", ONE_SHARD))?
         .map_err(|e| Unsupported::new(&format!("a statement the router cannot rewrite ({e})"), ONE_SHARD))?;
-    Ok(ReadPlan { shard_sql, merge })
+    Ok(ReadPlan { shard_sql, merge, functions: exprs::scan(sql).calls })
 }
 
 /// Refuses what no merge can make exact, before looking closer.

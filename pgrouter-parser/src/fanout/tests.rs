@@ -312,6 +312,10 @@ fn quoted_names_and_columns_named_like_keywords_are_not_calls() {
     assert!(plan("SELECT \"count\", over FROM t ORDER BY 1").merge.aggregate.is_none());
     let p = plan("SELECT pg_catalog.count(*) FROM t");
     assert_eq!(p.merge.aggregate.unwrap().columns, [Role::Agg(Agg::Count)]);
-    // A function of another schema named like an aggregate is a plain call.
-    assert!(plan("SELECT myschema.max(a) FROM t").merge.aggregate.is_none());
+    // A function of another schema named like an aggregate is a plain call,
+    // listed for the executor's check against pg_aggregate.
+    let p = plan("SELECT myschema.max(a), \"MyAgg\"(b), lower(c) FROM t WHERE f(x) > 0 ORDER BY g(y)");
+    assert!(p.merge.aggregate.is_none());
+    assert_eq!(p.functions, ["max", "MyAgg", "lower", "f", "g"]);
+    assert!(plan("SELECT count(*), coalesce(sum(x), 0) FROM t").functions.is_empty());
 }
