@@ -58,6 +58,9 @@ mod set_config;
 // Field and variant names of the sharding facts say what they are; the types carry the docs.
 #[allow(missing_docs)]
 pub mod shard;
+// Field and variant names of the merge spec say what they are; the types carry the docs.
+#[allow(missing_docs)]
+pub mod fanout;
 mod template;
 pub mod union_gate;
 mod walk;

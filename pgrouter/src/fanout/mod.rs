@@ -1,4 +1,6 @@
-//! Statements that need several shards, as pure parts without I/O: COPY
+//! Statements that need several shards, as pure parts without I/O (the
+//! executor that drives them is `client::shards`): reads merged from the
+//! shards (the plan comes from `pgrouter_parser::fanout::plan_read`), COPY
 //! FROM STDIN split per shard, COPY TO STDOUT joined from the shards.
 
 mod copy_binary;
@@ -8,3 +10,4 @@ pub mod copy_split;
 #[cfg(test)]
 mod copy_split_tests;
 mod copy_text;
+pub mod merge;

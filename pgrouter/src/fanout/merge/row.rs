@@ -1,0 +1,190 @@
+//! The two message bodies the merger reads: RowDescription (column types
+//! and formats, rewritten without the hidden columns) and DataRow (a row
+//! kept as its body plus where each value is, so nothing is copied twice).
+
+use bytes::{BufMut, BytesMut};
+
+use super::types::ColType;
+use super::MergeError;
+
+fn malformed(what: &str) -> MergeError {
+    MergeError::internal(format!("a shard sent a malformed {what}"))
+}
+
+/// A RowDescription: each field's raw bytes (to write back) and type.
+#[derive(Debug, Clone)]
+pub struct Description {
+    pub fields: Vec<(Vec<u8>, ColType)>,
+}
+
+impl Description {
+    pub fn parse(body: &[u8]) -> Result<Description, MergeError> {
+        let bad = || malformed("RowDescription");
+        let count = u16::from_be_bytes(body.get(..2).ok_or_else(bad)?.try_into().expect("2 bytes"));
+        let mut at = 2;
+        let mut fields = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let name_end =
+                at + memchr::memchr(0, body.get(at..).ok_or_else(bad)?).ok_or_else(bad)?;
+            let end = name_end + 1 + 18;
+            let field = body.get(at..end).ok_or_else(bad)?;
+            let fixed = &body[name_end + 1..end];
+            let oid = u32::from_be_bytes(fixed[6..10].try_into().expect("4 bytes"));
+            let format = i16::from_be_bytes(fixed[16..18].try_into().expect("2 bytes"));
+            fields.push((
+                field.to_vec(),
+                ColType {
+                    oid,
+                    binary: format == 1,
+                },
+            ));
+            at = end;
+        }
+        if at != body.len() {
+            return Err(bad());
+        }
+        Ok(Description { fields })
+    }
+
+    /// Same columns, types and formats (names may differ: they do not).
+    pub fn agrees(&self, other: &Description) -> bool {
+        self.fields.len() == other.fields.len()
+            && self
+                .fields
+                .iter()
+                .zip(&other.fields)
+                .all(|(a, b)| a.1 == b.1)
+    }
+
+    pub fn types(&self) -> Vec<ColType> {
+        self.fields.iter().map(|f| f.1).collect()
+    }
+
+    /// The client's RowDescription: the first `visible` fields.
+    pub fn write(&self, visible: usize, out: &mut BytesMut) {
+        let len: usize = self.fields[..visible].iter().map(|f| f.0.len()).sum();
+        out.put_u8(b'T');
+        out.put_i32((4 + 2 + len) as i32);
+        out.put_u16(visible as u16);
+        for f in &self.fields[..visible] {
+            out.put_slice(&f.0);
+        }
+    }
+}
+
+/// One DataRow: its body and where each value's length word is (the
+/// value follows it; a negative length is NULL).
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub body: Vec<u8>,
+    pub cols: Vec<(u32, i32)>,
+}
+
+impl Row {
+    pub fn parse(body: &[u8], expect: usize) -> Result<Row, MergeError> {
+        let bad = || malformed("DataRow");
+        let count = u16::from_be_bytes(body.get(..2).ok_or_else(bad)?.try_into().expect("2 bytes"))
+            as usize;
+        if count != expect {
+            return Err(MergeError::internal(format!(
+                "a shard sent a row of {count} columns where its RowDescription had {expect}"
+            )));
+        }
+        let mut cols = Vec::with_capacity(count);
+        let mut at = 2usize;
+        for _ in 0..count {
+            let len = i32::from_be_bytes(
+                body.get(at..at + 4)
+                    .ok_or_else(bad)?
+                    .try_into()
+                    .expect("4 bytes"),
+            );
+            cols.push((at as u32, len));
+            at += 4;
+            if len >= 0 {
+                at = at
+                    .checked_add(len as usize)
+                    .filter(|&e| e <= body.len())
+                    .ok_or_else(bad)?;
+            }
+        }
+        if at != body.len() {
+            return Err(bad());
+        }
+        Ok(Row {
+            body: body.to_vec(),
+            cols,
+        })
+    }
+
+    pub fn get(&self, i: usize) -> Option<&[u8]> {
+        let (at, len) = self.cols[i];
+        let at = at as usize + 4;
+        (len >= 0).then(|| &self.body[at..at + len as usize])
+    }
+
+    /// Writes a DataRow of the first `visible` values.
+    pub fn write(&self, visible: usize, out: &mut BytesMut) {
+        if visible == self.cols.len() {
+            write_body(&self.body, out);
+            return;
+        }
+        let end = self.cols[visible].0 as usize;
+        out.put_u8(b'D');
+        out.put_i32((4 + end) as i32);
+        out.put_u16(visible as u16);
+        out.put_slice(&self.body[2..end]);
+    }
+}
+
+/// Checks a DataRow body's shape without keeping anything (the plain
+/// union passes bodies through unchanged).
+pub fn check(body: &[u8], expect: usize) -> Result<(), MergeError> {
+    let bad = || malformed("DataRow");
+    let count =
+        u16::from_be_bytes(body.get(..2).ok_or_else(bad)?.try_into().expect("2 bytes")) as usize;
+    if count != expect {
+        return Err(bad());
+    }
+    let mut at = 2usize;
+    for _ in 0..count {
+        let len = i32::from_be_bytes(
+            body.get(at..at + 4)
+                .ok_or_else(bad)?
+                .try_into()
+                .expect("4 bytes"),
+        );
+        at += 4 + len.max(0) as usize;
+    }
+    if at != body.len() {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+/// A DataRow message with this body.
+pub fn write_body(body: &[u8], out: &mut BytesMut) {
+    out.put_u8(b'D');
+    out.put_i32((4 + body.len()) as i32);
+    out.put_slice(body);
+}
+
+/// A DataRow message of these values.
+pub fn write_values(values: &[Option<Vec<u8>>], out: &mut BytesMut) {
+    let len: usize = values
+        .iter()
+        .map(|v| 4 + v.as_ref().map_or(0, |v| v.len()))
+        .sum();
+    out.put_u8(b'D');
+    out.put_i32((4 + 2 + len) as i32);
+    out.put_u16(values.len() as u16);
+    for v in values {
+        match v {
+            Some(v) => {
+                out.put_i32(v.len() as i32);
+                out.put_slice(v);
+            }
+            None => out.put_i32(-1),
+        }
+    }
+}
