@@ -18,4 +18,5 @@ pub mod router;
 pub mod run;
 pub mod server;
 pub mod state;
+pub mod twophase;
 pub mod worker;

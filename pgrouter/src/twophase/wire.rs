@@ -1,0 +1,77 @@
+//! The few statements two-phase commit sends, run on a server connection
+//! with the answer the caller needs: the command tag (PREPARE TRANSACTION
+//! answers `ROLLBACK` when the transaction had failed), the error, or rows.
+
+use bytes::BytesMut;
+
+use crate::protocol::backend::{parse_error_fields, ErrorFields};
+use crate::protocol::frontend;
+use crate::server::{ServerConn, ServerError};
+
+/// What a connection's `tx_status` is set to when it failed mid-statement:
+/// anything but `b'I'` makes the pool close it instead of reusing it.
+pub const BROKEN: u8 = b'E';
+
+/// The answer to one simple-query statement.
+#[derive(Debug)]
+pub struct Reply {
+    /// The last CommandComplete tag ("" if none).
+    pub tag: String,
+    pub error: Option<ErrorFields>,
+}
+
+/// Runs `sql` (one statement) and reads up to ReadyForQuery. An I/O or
+/// protocol failure leaves the connection marked [`BROKEN`]: whether the
+/// server ran the statement is then unknown.
+pub async fn run(conn: &mut ServerConn, sql: &str) -> Result<Reply, ServerError> {
+    let r = run_inner(conn, sql).await;
+    if r.is_err() {
+        conn.tx_status = BROKEN;
+    }
+    r
+}
+
+async fn run_inner(conn: &mut ServerConn, sql: &str) -> Result<Reply, ServerError> {
+    let mut out = BytesMut::new();
+    frontend::query(&mut out, sql);
+    conn.send(&out).await?;
+    let mut reply = Reply {
+        tag: String::new(),
+        error: None,
+    };
+    loop {
+        let (tag, body) = conn.read_message().await?;
+        match tag {
+            b'C' => {
+                let end = body.iter().position(|&b| b == 0).unwrap_or(body.len());
+                reply.tag = String::from_utf8_lossy(&body[..end]).into_owned();
+            }
+            b'E' if reply.error.is_none() => reply.error = Some(parse_error_fields(&body)?),
+            b'S' => conn.note_parameter_status(&body),
+            b'Z' => {
+                conn.tx_status = body.first().copied().unwrap_or(b'I');
+                return Ok(reply);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Runs a query for its rows (text, NULL as None); a PostgreSQL error is
+/// `ServerError::Postgres`. Marks the connection [`BROKEN`] on I/O failure.
+pub async fn rows(
+    conn: &mut ServerConn,
+    sql: &str,
+) -> Result<Vec<Vec<Option<String>>>, ServerError> {
+    let r = conn.query_rows(sql).await;
+    if matches!(r, Err(ref e) if !matches!(e, ServerError::Postgres(_))) {
+        conn.tx_status = BROKEN;
+    }
+    r
+}
+
+/// Whether a connection can still be used (no failure seen, outside a
+/// transaction, nothing unread).
+pub fn reusable(conn: &ServerConn) -> bool {
+    conn.tx_status == b'I' && conn.read_buf.is_empty()
+}
