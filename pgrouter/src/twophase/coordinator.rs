@@ -158,8 +158,10 @@ impl Coordinator {
         }
         let (coordinator, boot) = match self.ids().await {
             Ok(ids) => ids.clone(),
-            Err(e) => {
+            Err(mut e) => {
                 undo(legs, &Progress { prepared: 0 }, "").await;
+                e.message
+                    .push_str("; the transaction was rolled back on every shard");
                 return Err(e);
             }
         };

@@ -18,6 +18,7 @@ pub mod decide;
 pub mod gid;
 mod hooks;
 mod recovery;
+pub mod selftest;
 mod store;
 mod wire;
 

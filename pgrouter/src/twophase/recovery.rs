@@ -260,7 +260,7 @@ impl Recovery {
                 return false;
             }
         }
-        tracing::info!(database = db, shard, gid = %p.gid, owner = %p.owner, "2PC recovery: {word} an in-doubt transaction");
+        tracing::info!(database = db, shard, gid = %p.gid, owner = %p.owner, outcome = word, "2PC recovery: finished an in-doubt transaction");
         self.metrics.twophase.record_recovered(word);
         true
     }
