@@ -188,6 +188,10 @@ fn coordinator_user<'c>(config: &'c Config, db: &str) -> Option<&'c User> {
         .or_else(|| of_db().find(has_server_login))
 }
 
+/// A pass stuck on a server that stopped answering is abandoned after
+/// this (its connections are dropped) and tried again at the next interval.
+const PASS_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Recovery for every sharded database, at start-up and then every
 /// [`RECOVERY_INTERVAL`] (with the runtime in force at each pass). Runs on
 /// the accepting thread, like the health checks.
@@ -204,10 +208,90 @@ pub async fn run_recovery(state: Arc<State>) {
                     tracing::warn!(database = c.database(), error = %e, "two-phase commit not ready yet");
                 }
             }
-            c.recovery().pass(&rt.config, &rt.cluster).await;
+            c.recovery()
+                .pass_within(&rt.config, &rt.cluster, PASS_TIMEOUT)
+                .await;
         }
         first = false;
         drop(rt);
         tokio::time::sleep(RECOVERY_INTERVAL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::coordinator_user;
+
+    const ROUTER: &str = r#"
+[[databases]]
+name = "app"
+host = "h0"
+shard = 0
+
+[[databases]]
+name = "app"
+host = "h1"
+shard = 1
+"#;
+
+    fn config(router_extra: &str, users: &str) -> pgrouter_config::Config {
+        let router = format!("{router_extra}\n{ROUTER}");
+        match pgrouter_config::parse(
+            Path::new("router.toml"),
+            &router,
+            Path::new("users.toml"),
+            users,
+        ) {
+            Ok(c) => c,
+            Err(p) => panic!("{p:?}"),
+        }
+    }
+
+    const USERS: &str = r#"
+[[users]]
+name = "hashed"
+database = "app"
+auth = "md5"
+password = "md5a3556571e93b0d20722ba62be61e8c2d"
+
+[[users]]
+name = "first"
+database = "app"
+password = "secret"
+
+[[users]]
+name = "authenticator"
+database = "app"
+password = "s2"
+login = false
+"#;
+
+    #[test]
+    fn coordinator_logs_in_with_server_credentials() {
+        let c = config("", USERS);
+        let u = coordinator_user(&c, "app").map(|u| u.name.as_str());
+        assert_eq!(
+            u,
+            Some("first"),
+            "the first entry with a server password (an md5 secret is none)"
+        );
+    }
+
+    #[test]
+    fn jwt_connect_as_is_preferred() {
+        let jwt = "[jwt]\npublic_key_file = \"k.pem\"\nconnect_as = \"authenticator\"\n";
+        let c = config(jwt, USERS);
+        let u = coordinator_user(&c, "app").map(|u| u.name.as_str());
+        assert_eq!(u, Some("authenticator"));
+    }
+
+    #[test]
+    fn no_server_credentials_no_coordinator() {
+        let users = "[[users]]\nname = \"jwtonly\"\ndatabase = \"app\"\nauth = \"jwt\"\n";
+        let jwt = "[jwt]\npublic_key_file = \"k.pem\"\nconnect_as = \"jwtonly\"\n";
+        let c = config(jwt, users);
+        assert!(coordinator_user(&c, "app").is_none());
     }
 }

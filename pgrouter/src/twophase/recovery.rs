@@ -92,6 +92,19 @@ impl Recovery {
         self.finished.lock().push(gid);
     }
 
+    /// [`Self::pass`], abandoned after `limit`: then every connection of the
+    /// pass is dropped (one may be waiting for an answer).
+    pub async fn pass_within(&self, config: &Config, cluster: &Cluster, limit: Duration) -> usize {
+        match tokio::time::timeout(limit, self.pass(config, cluster)).await {
+            Ok(n) => n,
+            Err(_) => {
+                tracing::warn!(database = %self.database, "2PC recovery: pass timed out; retrying with new connections");
+                self.conns.lock().await.iter_mut().for_each(|c| *c = None);
+                0
+            }
+        }
+    }
+
     /// One pass (see the module doc). `config` and `cluster` are the
     /// runtime's, for the owners' own logins. Returns how many prepared
     /// transactions were finished.
