@@ -55,6 +55,20 @@ def test_commit_writes_on_every_shard_and_leaves_nothing_prepared(routers, fresh
     wait_until(lambda: not records(shards[0]), 15, what="the finished commit's record deleted")
 
 
+def test_one_shard_commits_in_one_phase(routers, fresh):
+    shards = fresh
+    r = start(routers, shards)
+    coordinator_id(shards[0])
+    time.sleep(0.5)  # the router's own start-up boot is taken
+    boots = shards[0].sql("SELECT boots FROM pgrouter_2pc_meta")[0][0]
+    code, out = commit_tool(r, [(1, insert("one"))])
+    assert code == 0 and out.strip().endswith("COMMIT"), out
+    assert notes(shards[1]) == {"one"} and notes(shards[0]) == set()
+    assert not records(shards[0]), "no decision record for a single-shard transaction"
+    after = shards[0].sql("SELECT boots FROM pgrouter_2pc_meta")[0][0]
+    assert after == boots, "the one-phase path never asked the coordinator for a boot number"
+
+
 def test_a_shard_refusing_prepare_rolls_back_every_shard(routers, fresh):
     shards = fresh
     shards[1].sql("ALTER TABLE tp_items ADD CONSTRAINT tp_unique UNIQUE (note) DEFERRABLE INITIALLY DEFERRED")

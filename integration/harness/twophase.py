@@ -55,7 +55,8 @@ def coordinator_id(shard0) -> str:
         rows = shard0.sql("SELECT to_regclass('public.pgrouter_2pc_meta') IS NOT NULL")
         if not rows[0][0]:
             return None
-        return shard0.sql("SELECT coordinator_id, boots FROM pgrouter_2pc_meta")[0]
+        row = shard0.sql("SELECT coordinator_id, boots FROM pgrouter_2pc_meta")[0]
+        return row if row[1] >= 1 else None
     cid, boots = wait_until(read, 20, what="pgrouter_2pc_meta made at start-up")
     assert len(cid) == 12 and int(cid, 16) >= 0
     assert boots >= 1

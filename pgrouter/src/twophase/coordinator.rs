@@ -64,8 +64,8 @@ pub struct Coordinator {
 
 /// Which legs got how far, for undoing a failed commit.
 struct Progress {
-    /// Legs `..prepared` are prepared.
-    prepared: usize,
+    /// Per leg (in leg order): whether it is prepared. Missing = not.
+    prepared: Vec<bool>,
 }
 
 impl Coordinator {
@@ -127,13 +127,19 @@ impl Coordinator {
     /// `owner` is the role the transaction ran as (kept in the record for
     /// people; recovery reads the owner from `pg_prepared_xacts`).
     ///
-    /// Steps, in shard order: PREPARE TRANSACTION on each leg (one fails:
-    /// ROLLBACK on the legs not prepared, ROLLBACK PREPARED on the others,
-    /// and the shard's own error is returned); the `commit` record, durable
-    /// before anything commits (cannot be written: everything is rolled
-    /// back, 58000); COMMIT PREPARED on each leg. Once the record is durable
-    /// the transaction is committed: a COMMIT PREPARED that fails (a
-    /// connection died) is logged and left to recovery, and this returns Ok.
+    /// Legs are sorted by shard. One leg: a plain COMMIT, nothing else
+    /// (single-shard transactions pay nothing for 2PC). Several: PREPARE
+    /// TRANSACTION on every leg at once (one fails: ROLLBACK PREPARED on
+    /// the prepared ones, and the error of the first failing shard in shard
+    /// order is returned as that shard gave it); the `commit` record,
+    /// durable before anything commits (cannot be written: everything is
+    /// rolled back, 58000); COMMIT PREPARED on every leg at once. Once the
+    /// record is durable the transaction is committed: a COMMIT PREPARED
+    /// that fails (a connection died) is logged and left to recovery, and
+    /// this returns Ok.
+    ///
+    /// If the future is dropped half-way, the legs' connections are in an
+    /// unknown state (close them); recovery settles the transaction.
     ///
     /// Afterwards every leg is outside any transaction (`tx_status` 'I'),
     /// or its connection failed and it has `tx_status` [`wire::BROKEN`]
@@ -147,10 +153,31 @@ impl Coordinator {
         owner: &str,
     ) -> Result<(), CommitError> {
         legs.sort_by_key(|(shard, _)| *shard);
+        if let [(_, conn)] = legs {
+            // One shard written: the plain one-phase commit, nothing extra.
+            return match wire::run(conn, "COMMIT").await {
+                Ok(r) => r.error.map_or(Ok(()), |e| Err(e.into())),
+                Err(e) => Err(CommitError::new(
+                    "08006",
+                    format!("connection lost during COMMIT ({e}); whether it committed is unknown"),
+                )),
+            };
+        }
+        if legs.is_empty() {
+            return Ok(());
+        }
         if let Some((shard, conn)) = legs.iter().find(|(_, c)| c.tx_status != b'T') {
             let state = conn.tx_status as char;
             let shard = *shard;
-            undo(legs, &Progress { prepared: 0 }, "").await;
+            undo(
+                legs,
+                &Progress {
+                    prepared: Vec::new(),
+                },
+                "",
+                owner,
+            )
+            .await;
             return Err(CommitError::new(
                 "25000",
                 format!("cannot commit on several shards: shard {shard} is not inside a healthy transaction block (status '{state}')"),
@@ -159,7 +186,15 @@ impl Coordinator {
         let (coordinator, boot) = match self.ids().await {
             Ok(ids) => ids.clone(),
             Err(mut e) => {
-                undo(legs, &Progress { prepared: 0 }, "").await;
+                undo(
+                    legs,
+                    &Progress {
+                        prepared: Vec::new(),
+                    },
+                    "",
+                    owner,
+                )
+                .await;
                 e.message
                     .push_str("; the transaction was rolled back on every shard");
                 return Err(e);
@@ -191,11 +226,18 @@ impl Coordinator {
         gid: &str,
         started: Instant,
     ) -> Result<(), CommitError> {
-        let mut progress = Progress { prepared: 0 };
         let prepare = format!("PREPARE TRANSACTION {}", quote_literal(gid));
-        for i in 0..legs.len() {
-            let (shard, conn) = (legs[i].0, &mut *legs[i].1);
-            let failure = match wire::run(conn, &prepare).await {
+        let futures = legs
+            .iter_mut()
+            .map(|(_, conn)| Box::pin(wire::run(conn, &prepare)) as wire::LegFuture<'_>)
+            .collect();
+        let results = wire::on_every_leg(futures).await;
+        let mut progress = Progress {
+            prepared: Vec::with_capacity(legs.len()),
+        };
+        let mut failure = None;
+        for ((shard, _), result) in legs.iter().zip(results) {
+            let error = match result {
                 Ok(r) if r.error.is_none() && r.tag == "PREPARE TRANSACTION" => None,
                 Ok(r) => Some(match r.error {
                     Some(e) => CommitError::from(e),
@@ -209,15 +251,17 @@ impl Coordinator {
                     format!("connection to shard {shard} failed during PREPARE TRANSACTION ({e}); the transaction was rolled back"),
                 )),
             };
-            if let Some(err) = failure {
-                undo(legs, &progress, gid).await;
-                return Err(err);
-            }
-            progress.prepared = i + 1;
+            progress.prepared.push(error.is_none());
+            // The first shard's error in shard order is the one reported.
+            failure = failure.or(error);
+        }
+        if let Some(err) = failure {
+            undo(legs, &progress, gid, owner).await;
+            return Err(err);
         }
         self.hooks.pause_before_record().await;
         if started.elapsed() > MAX_PREPARE_PHASE {
-            undo(legs, &progress, gid).await;
+            undo(legs, &progress, gid, owner).await;
             return Err(CommitError::new(
                 "57014",
                 format!("two-phase commit gave up: preparing took longer than {} s; the transaction was rolled back", MAX_PREPARE_PHASE.as_secs()),
@@ -232,16 +276,18 @@ impl Coordinator {
             Ok(Recorded::Commit) => true,
             Ok(Recorded::AbortedBefore) => false,
             Err(StoreError::NotDone(m)) => {
-                undo(legs, &progress, gid).await;
+                undo(legs, &progress, gid, owner).await;
                 return Err(CommitError::new(
                     "58000",
                     format!("two-phase commit could not write its decision record in {} ({m}); the transaction was rolled back on every shard", self.store.describe()),
                 ));
             }
-            Err(StoreError::Unknown(m)) => self.settle_unknown(legs, &progress, gid, &m).await?,
+            Err(StoreError::Unknown(m)) => {
+                self.settle_unknown(legs, &progress, gid, owner, &m).await?
+            }
         };
         if !committed {
-            undo(legs, &progress, gid).await;
+            undo(legs, &progress, gid, owner).await;
             return Err(CommitError::new(
                 "40001",
                 format!("two-phase commit {gid} was rolled back by recovery (it took longer than the grace period between PREPARE and its decision record); retry the transaction"),
@@ -249,9 +295,16 @@ impl Coordinator {
         }
         self.hooks.pause_before_commit_prepared().await;
         let commit = format!("COMMIT PREPARED {}", quote_literal(gid));
+        let futures = legs
+            .iter_mut()
+            .map(|(_, conn)| {
+                Box::pin(wire::finish_on_leg(conn, &commit, owner)) as wire::LegFuture<'_>
+            })
+            .collect();
+        let results = wire::on_every_leg(futures).await;
         let mut all_done = true;
-        for (shard, conn) in legs.iter_mut() {
-            match wire::run(conn, &commit).await {
+        for ((shard, _), result) in legs.iter().zip(results) {
+            match result {
                 Ok(r) => match r.error {
                     None => {}
                     // Another instance's recovery finished it (the record says commit).
@@ -283,12 +336,13 @@ impl Coordinator {
         legs: &mut [(usize, &mut ServerConn)],
         progress: &Progress,
         gid: &str,
+        owner: &str,
         why: &str,
     ) -> Result<bool, CommitError> {
         match self.store.claim_abort(gid).await {
             Ok(Record::Commit) => Ok(true),
             Ok(_) => {
-                undo(legs, progress, gid).await;
+                undo(legs, progress, gid, owner).await;
                 Err(CommitError::new(
                     "58000",
                     format!("two-phase commit lost its connection to the decision record ({why}); the transaction was rolled back on every shard"),
@@ -306,17 +360,17 @@ impl Coordinator {
 /// legs, ROLLBACK on the others still in a transaction. A failure is only
 /// logged: a prepared transaction with no record is rolled back by
 /// recovery after the grace period.
-async fn undo(legs: &mut [(usize, &mut ServerConn)], progress: &Progress, gid: &str) {
+async fn undo(legs: &mut [(usize, &mut ServerConn)], progress: &Progress, gid: &str, owner: &str) {
     let rollback_prepared = format!("ROLLBACK PREPARED {}", quote_literal(gid));
     for (i, (shard, conn)) in legs.iter_mut().enumerate() {
-        let sql = if i < progress.prepared {
+        let sql = if progress.prepared.get(i).copied().unwrap_or(false) {
             rollback_prepared.as_str()
         } else if conn.tx_status == b'T' {
             "ROLLBACK"
         } else {
             continue;
         };
-        match wire::run(conn, sql).await {
+        match wire::finish_on_leg(conn, sql, owner).await {
             Ok(r) => {
                 if let Some(e) = r.error {
                     tracing::warn!(gid, shard = *shard, error = %e.message, "{sql} failed; recovery will roll back");

@@ -57,6 +57,33 @@ async fn run_inner(conn: &mut ServerConn, sql: &str) -> Result<Reply, ServerErro
     }
 }
 
+/// Runs COMMIT/ROLLBACK PREPARED on a leg. If the role now in force may not
+/// finish it (42501: a role set only for the transaction was undone by
+/// PREPARE), it runs again as `owner` (`SET ROLE`, then `RESET ROLE` back
+/// to the session's own role).
+pub async fn finish_on_leg(
+    conn: &mut ServerConn,
+    sql: &str,
+    owner: &str,
+) -> Result<Reply, ServerError> {
+    let reply = run(conn, sql).await?;
+    let denied = reply.error.as_ref().is_some_and(|e| e.code == "42501");
+    if !denied || owner.is_empty() {
+        return Ok(reply);
+    }
+    let set = format!("SET ROLE {}", crate::client::params::quote_ident(owner));
+    let switched = run(conn, &set).await?;
+    if switched.error.is_some() {
+        return Ok(reply);
+    }
+    let again = run(conn, sql).await;
+    let reset = run(conn, "RESET ROLE").await;
+    if !matches!(reset, Ok(ref r) if r.error.is_none()) {
+        conn.tx_status = BROKEN;
+    }
+    again
+}
+
 /// Runs a query for its rows (text, NULL as None); a PostgreSQL error is
 /// `ServerError::Postgres`. Marks the connection [`BROKEN`] on I/O failure.
 pub async fn rows(
@@ -74,4 +101,34 @@ pub async fn rows(
 /// transaction, nothing unread).
 pub fn reusable(conn: &ServerConn) -> bool {
     conn.tx_status == b'I' && conn.read_buf.is_empty()
+}
+
+/// A statement's future on one leg.
+pub type LegFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Reply, ServerError>> + Send + 'a>>;
+
+/// Runs one future per leg at once (the shards work in parallel: each
+/// PREPARE and COMMIT PREPARED waits for its own WAL flush) and returns the
+/// results in leg order.
+pub async fn on_every_leg<'a>(mut futures: Vec<LegFuture<'a>>) -> Vec<Result<Reply, ServerError>> {
+    use std::task::Poll;
+    let mut out: Vec<Option<Result<Reply, ServerError>>> = futures.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, slot) in futures.iter_mut().zip(out.iter_mut()) {
+            if slot.is_none() {
+                match f.as_mut().poll(cx) {
+                    Poll::Ready(r) => *slot = Some(r),
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
 }
