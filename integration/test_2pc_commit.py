@@ -10,6 +10,7 @@ before or after the decision record — is finished by another router instance
 within 30 s according to the record."""
 from __future__ import annotations
 
+import re
 import signal
 import time
 
@@ -159,3 +160,22 @@ def test_crash_before_the_record_is_rolled_back_by_another_instance(routers, fre
     assert took >= GRACE_S - 3, "a transaction with no record waits out the grace period"
     assert notes(shards[0]) == set() and notes(shards[1]) == set(), "rolled back on every shard"
     assert records(shards[0]).get(gid) == "abort", "the abort is recorded, so no late commit can win"
+
+
+def test_a_committer_slower_than_the_grace_period_loses_to_recovery(routers, fresh):
+    """The decision table is the one arbiter: a router's recovery claims the
+    abort of a transaction prepared > 10 s ago with no record; the slow
+    committer's INSERT of `commit` then fails, it rolls back every shard,
+    and its client gets 40001. Never half committed."""
+    shards = fresh
+    r = start(routers, shards)
+    proc = commit_tool(r, [(0, insert("s0")), (1, insert("s1"))],
+                       env={"PGROUTER_TEST_2PC_PAUSE_BEFORE_RECORD_MS": "16000"}, wait=False)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 3, out
+    assert "ERROR 40001" in out and "rolled back by recovery" in out, out
+    assert notes(shards[0]) == set() and notes(shards[1]) == set()
+    assert not any(prepared(s) for s in shards)
+    gid = re.search(r"ERROR 40001 two-phase commit (pgrouter_\S+) was", out).group(1)
+    assert records(shards[0]).get(gid) == "abort"
+    assert "outcome=\"rolled_back\"" in r.log()

@@ -372,7 +372,8 @@ async fn undo(legs: &mut [(usize, &mut ServerConn)], progress: &Progress, gid: &
         };
         match wire::finish_on_leg(conn, sql, owner).await {
             Ok(r) => {
-                if let Some(e) = r.error {
+                // 42704: recovery rolled it back already (its abort won).
+                if let Some(e) = r.error.filter(|e| e.code != "42704") {
                     tracing::warn!(gid, shard = *shard, error = %e.message, "{sql} failed; recovery will roll back");
                 }
             }

@@ -4,8 +4,9 @@
 //! counter; see `gid.rs`). Both are created when first needed.
 //!
 //! Connections log in as the sharded database's coordinator user (see
-//! `Coordinator`) and are kept in a small idle list: a commit costs one
-//! round trip here, not a login.
+//! `Coordinator`) and are kept in small idle lists, one per worker thread
+//! (and one for the accepting thread): a commit costs one round trip here,
+//! not a login, and a connection stays with the event loop it was opened on.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,8 +20,8 @@ use crate::protocol::backend::ErrorFields;
 use crate::router::Role;
 use crate::server::{ServerConn, ServerError, ServerTarget};
 
-/// Idle connections kept for the next commit.
-const IDLE_KEPT: usize = 4;
+/// Idle connections kept per thread for the next commit.
+const IDLE_KEPT: usize = 2;
 
 /// Created in one implicit transaction, under an advisory lock so that
 /// routers starting together do not trip over each other's CREATE.
@@ -82,7 +83,8 @@ pub struct DecisionStore {
     /// `coordinator_database`; "" = shard 0's own database.
     database: String,
     timeout: Duration,
-    idle: parking_lot::Mutex<Vec<ServerConn>>,
+    /// Per worker, then one for every other thread (see [`Self::idle`]).
+    idle: Vec<parking_lot::Mutex<Vec<ServerConn>>>,
     schema_ready: AtomicBool,
 }
 
@@ -92,7 +94,9 @@ impl DecisionStore {
             pools,
             database,
             timeout,
-            idle: parking_lot::Mutex::new(Vec::new()),
+            idle: (0..=crate::worker::count())
+                .map(|_| parking_lot::Mutex::new(Vec::new()))
+                .collect(),
             schema_ready: AtomicBool::new(false),
         }
     }
@@ -126,8 +130,14 @@ impl DecisionStore {
         }
     }
 
+    /// The current thread's idle list.
+    fn idle(&self) -> Option<&parking_lot::Mutex<Vec<ServerConn>>> {
+        let i = crate::worker::current().unwrap_or(self.idle.len() - 1);
+        self.idle.get(i)
+    }
+
     async fn take(&self) -> Result<ServerConn, StoreError> {
-        if let Some(conn) = self.idle.lock().pop() {
+        if let Some(conn) = self.idle().and_then(|l| l.lock().pop()) {
             return Ok(conn);
         }
         let target = self.target()?;
@@ -150,9 +160,11 @@ impl DecisionStore {
     }
 
     fn give_back(&self, conn: ServerConn) {
-        let mut idle = self.idle.lock();
-        if wire::reusable(&conn) && idle.len() < IDLE_KEPT {
-            idle.push(conn);
+        if let Some(list) = self.idle() {
+            let mut idle = list.lock();
+            if wire::reusable(&conn) && idle.len() < IDLE_KEPT {
+                idle.push(conn);
+            }
         }
     }
 
