@@ -61,8 +61,14 @@ def test_recovery_finishes_in_doubt_transactions_by_the_record(routers, fresh):
     prepare(shards[1], foreign, foreign)
     prepare(shards[1], not_ours, not_ours)
     prepared_at = time.monotonic()
-    shards[0].sql("INSERT INTO pgrouter_2pc_decisions (gid, outcome) VALUES (%s, 'commit'), "
-                  "(%s, 'commit'), (%s, 'commit')", (decided[0], decided[1], as_plain))
+    shards[0].sql("INSERT INTO pgrouter_2pc_decisions (gid, outcome, database) VALUES "
+                  "(%s, 'commit', 'app'), (%s, 'commit', 'app'), (%s, 'commit', 'app')",
+                  (decided[0], decided[1], as_plain))
+    # A record of another logical database sharing the table (its shards are
+    # elsewhere): this database's recovery cannot know it is finished.
+    stranger = f"pgrouter_{cid}_999998_1_elsewhere"
+    shards[0].sql("INSERT INTO pgrouter_2pc_decisions (gid, outcome, database) "
+                  "VALUES (%s, 'commit', 'other_db')", (stranger,))
 
     # Two instances at once: any instance recovers, and racing each other is harmless.
     a = start(routers, shards, metrics=True)
@@ -86,7 +92,7 @@ def test_recovery_finishes_in_doubt_transactions_by_the_record(routers, fresh):
 
     # Finished commits' records are deleted; the abort claimed for the
     # undecided one stays (so a late committer could never commit it).
-    wait_until(lambda: records(shards[0]) == {undecided: "abort"}, 15,
+    wait_until(lambda: records(shards[0]) == {undecided: "abort", stranger: "commit"}, 15,
                what="records of finished transactions deleted")
 
     logs = a.log() + b.log()

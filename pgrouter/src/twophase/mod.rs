@@ -116,6 +116,7 @@ impl Coordinators {
             };
             let store = Arc::new(store::DecisionStore::new(
                 pools.clone(),
+                db.to_string(),
                 config.sharding.coordinator_database.clone(),
                 timeout,
             ));

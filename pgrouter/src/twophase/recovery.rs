@@ -8,8 +8,10 @@
 //!    in that shard's database (`pg_prepared_xacts`);
 //! 3. act on each as [`decide`] says: COMMIT PREPARED, ROLLBACK PREPARED,
 //!    claim an abort, or wait;
-//! 4. when every shard was scanned, delete the records whose transactions
-//!    are prepared nowhere any more (and the ids commits finished here).
+//! 4. when every shard was scanned, delete the records this database wrote
+//!    whose transactions are prepared nowhere any more (and the ids commits
+//!    finished here). Records of another logical database sharing the
+//!    table are left to it: it alone sees all the shards they concern.
 //!
 //! COMMIT/ROLLBACK PREPARED must come from the role that prepared (or a
 //! superuser): the pass runs as the coordinator user and does `SET ROLE
@@ -123,10 +125,14 @@ impl Recovery {
         if let Err(e) = self.store.delete(&done).await {
             tracing::debug!(database = db, error = %e, "2PC recovery: records of finished commits not deleted yet");
         }
-        let records: HashMap<String, (Record, Duration)> = match self.store.read_all().await {
+        // (record, age, whether this database wrote it)
+        let records: HashMap<String, (Record, Duration, bool)> = match self.store.read_all().await {
             Ok(rows) => rows
                 .into_iter()
-                .map(|r| (r.gid, (r.record, r.age)))
+                .map(|r| {
+                    let ours = r.database == self.database;
+                    (r.gid, (r.record, r.age, ours))
+                })
                 .collect(),
             Err(e) => {
                 tracing::warn!(database = db, error = %e, "2PC recovery: cannot read the decision records");
@@ -167,8 +173,12 @@ impl Recovery {
         if all_scanned {
             let gone: Vec<String> = records
                 .iter()
-                .filter(|(gid, (record, age))| {
-                    record_done(*record, *age, still_prepared.contains(*gid))
+                // Another logical database may share this decision table
+                // but have other shards: only the writer's database has
+                // looked at all the shards of its transactions.
+                .filter(|(gid, (record, age, ours))| {
+                    *ours
+                        && record_done(*record, *age, still_prepared.contains(*gid))
                         && !self.shared.is_in_flight(gid)
                 })
                 .map(|(gid, _)| gid.clone())

@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS public.pgrouter_2pc_decisions (
     shards int[] NOT NULL DEFAULT '{}',
     owner text NOT NULL DEFAULT '',
     instance text NOT NULL DEFAULT '',
+    database text NOT NULL DEFAULT '',
     created timestamptz NOT NULL DEFAULT now())";
 
 /// Whether both tables exist (checked before creating: CREATE ... IF NOT
@@ -74,12 +75,17 @@ pub struct DecisionRow {
     pub gid: String,
     pub record: Record,
     pub age: Duration,
+    /// The logical database whose router wrote it: only that database's
+    /// recovery, which sees all its shards, may decide it is finished.
+    pub database: String,
 }
 
 pub struct DecisionStore {
     /// The coordinator user's pools: shard 0's current primary is found
     /// through them, so the store follows a failover.
     pools: Arc<UserPools>,
+    /// The logical database whose coordinator this is (stored in records).
+    logical: String,
     /// `coordinator_database`; "" = shard 0's own database.
     database: String,
     timeout: Duration,
@@ -89,9 +95,15 @@ pub struct DecisionStore {
 }
 
 impl DecisionStore {
-    pub fn new(pools: Arc<UserPools>, database: String, timeout: Duration) -> DecisionStore {
+    pub fn new(
+        pools: Arc<UserPools>,
+        logical: String,
+        database: String,
+        timeout: Duration,
+    ) -> DecisionStore {
         DecisionStore {
             pools,
+            logical,
             database,
             timeout,
             idle: (0..=crate::worker::count())
@@ -268,12 +280,13 @@ impl DecisionStore {
     ) -> Result<Recorded, StoreError> {
         let shard_list: Vec<String> = shards.iter().map(|s| s.to_string()).collect();
         let sql = format!(
-            "INSERT INTO public.pgrouter_2pc_decisions (gid, outcome, shards, owner, instance) \
-             VALUES ({}, 'commit', '{{{}}}', {}, {})",
+            "INSERT INTO public.pgrouter_2pc_decisions (gid, outcome, shards, owner, instance, database) \
+             VALUES ({}, 'commit', '{{{}}}', {}, {}, {})",
             quote_literal(gid),
             shard_list.join(","),
             quote_literal(owner),
-            quote_literal(instance)
+            quote_literal(instance),
+            quote_literal(&self.logical)
         );
         let mut conn = self.open(true).await?;
         let r = match wire::run(&mut conn, &sql).await {
@@ -292,9 +305,10 @@ impl DecisionStore {
     /// record that is there (the arbiter's answer; see `decide.rs`).
     pub async fn claim_abort(&self, gid: &str) -> Result<Record, StoreError> {
         let insert = format!(
-            "INSERT INTO public.pgrouter_2pc_decisions (gid, outcome) VALUES ({}, 'abort') \
+            "INSERT INTO public.pgrouter_2pc_decisions (gid, outcome, database) VALUES ({}, 'abort', {}) \
              ON CONFLICT (gid) DO NOTHING",
-            quote_literal(gid)
+            quote_literal(gid),
+            quote_literal(&self.logical)
         );
         let select = format!(
             "SELECT outcome FROM public.pgrouter_2pc_decisions WHERE gid = {}",
@@ -330,8 +344,8 @@ impl DecisionStore {
             }
             wire::rows(
                 &mut conn,
-                "SELECT gid, outcome, (extract(epoch FROM now() - created) * 1000)::bigint::text \
-                 FROM public.pgrouter_2pc_decisions",
+                "SELECT gid, outcome, (extract(epoch FROM now() - created) * 1000)::bigint::text, \
+                 database FROM public.pgrouter_2pc_decisions",
             )
             .await
             .map_err(not_done)
@@ -345,10 +359,12 @@ impl DecisionStore {
                 let gid = r.next().flatten()?;
                 let record = Record::from_outcome(r.next().flatten()?.as_str());
                 let ms: u64 = r.next().flatten()?.parse().unwrap_or(0);
+                let database = r.next().flatten()?;
                 Some(DecisionRow {
                     gid,
                     record,
                     age: Duration::from_millis(ms),
+                    database,
                 })
             })
             .collect())
