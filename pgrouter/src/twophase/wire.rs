@@ -104,15 +104,15 @@ pub fn reusable(conn: &ServerConn) -> bool {
 }
 
 /// A statement's future on one leg.
-pub type LegFuture<'a> =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Reply, ServerError>> + Send + 'a>>;
+pub type LegFuture<'a, T = Result<Reply, ServerError>> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 /// Runs one future per leg at once (the shards work in parallel: each
 /// PREPARE and COMMIT PREPARED waits for its own WAL flush) and returns the
 /// results in leg order.
-pub async fn on_every_leg<'a>(mut futures: Vec<LegFuture<'a>>) -> Vec<Result<Reply, ServerError>> {
+pub async fn on_every_leg<T>(mut futures: Vec<LegFuture<'_, T>>) -> Vec<T> {
     use std::task::Poll;
-    let mut out: Vec<Option<Result<Reply, ServerError>>> = futures.iter().map(|_| None).collect();
+    let mut out: Vec<Option<T>> = futures.iter().map(|_| None).collect();
     std::future::poll_fn(|cx| {
         let mut pending = false;
         for (f, slot) in futures.iter_mut().zip(out.iter_mut()) {
@@ -131,4 +131,31 @@ pub async fn on_every_leg<'a>(mut futures: Vec<LegFuture<'a>>) -> Vec<Result<Rep
     })
     .await;
     out.into_iter().flatten().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn legs_run_at_once_and_answer_in_leg_order() {
+        // Leg 0 can only finish after leg 1 has run: one after the other
+        // would never end.
+        let (tx, rx) = tokio::sync::oneshot::channel::<u32>();
+        let first: LegFuture<'_, u32> = Box::pin(async move { rx.await.unwrap_or(0) + 1 });
+        let second: LegFuture<'_, u32> = Box::pin(async move {
+            let _ = tx.send(10);
+            20
+        });
+        let both = on_every_leg(vec![first, second]);
+        let answers = tokio::time::timeout(Duration::from_secs(10), both).await;
+        assert_eq!(answers.ok(), Some(vec![11, 20]));
+    }
+
+    #[tokio::test]
+    async fn no_legs_no_answers() {
+        assert!(on_every_leg::<u8>(Vec::new()).await.is_empty());
+    }
 }
