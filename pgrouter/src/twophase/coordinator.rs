@@ -169,15 +169,7 @@ impl Coordinator {
         if let Some((shard, conn)) = legs.iter().find(|(_, c)| c.tx_status != b'T') {
             let state = conn.tx_status as char;
             let shard = *shard;
-            undo(
-                legs,
-                &Progress {
-                    prepared: Vec::new(),
-                },
-                "",
-                owner,
-            )
-            .await;
+            rollback_open(legs).await;
             return Err(CommitError::new(
                 "25000",
                 format!("cannot commit on several shards: shard {shard} is not inside a healthy transaction block (status '{state}')"),
@@ -186,15 +178,7 @@ impl Coordinator {
         let (coordinator, boot) = match self.ids().await {
             Ok(ids) => ids.clone(),
             Err(mut e) => {
-                undo(
-                    legs,
-                    &Progress {
-                        prepared: Vec::new(),
-                    },
-                    "",
-                    owner,
-                )
-                .await;
+                rollback_open(legs).await;
                 e.message
                     .push_str("; the transaction was rolled back on every shard");
                 return Err(e);
@@ -352,6 +336,18 @@ impl Coordinator {
                 "08007",
                 format!("transaction resolution unknown: the decision record of {gid} could not be confirmed ({why}; then {e}); recovery will commit or roll it back on every shard alike"),
             )),
+        }
+    }
+}
+
+/// Rolls back every leg still in a transaction block, healthy or failed
+/// (before anything was prepared; no leg has failed under us yet).
+async fn rollback_open(legs: &mut [(usize, &mut ServerConn)]) {
+    for (shard, conn) in legs.iter_mut() {
+        if matches!(conn.tx_status, b'T' | b'E') {
+            if let Err(e) = wire::run(conn, "ROLLBACK").await {
+                tracing::warn!(shard = *shard, error = %e, "ROLLBACK failed (connection lost)");
+            }
         }
     }
 }
