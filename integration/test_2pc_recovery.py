@@ -50,7 +50,8 @@ def test_recovery_finishes_in_doubt_transactions_by_the_record(routers, fresh):
     # router has, so only recovery can own these ids.
     decided = [f"pgrouter_{cid}_999999_{n}_crashed:6432" for n in (1, 2)]
     undecided = f"pgrouter_{cid}_999999_3_crashed:6432"
-    as_plain = f"pgrouter_{cid}_999999_4_crashed:6432"  # decided, owned by another role
+    as_plain = f"pgrouter_{cid}_999999_4_crashed:6432"  # decided, owned by another login role
+    as_role = f"pgrouter_{cid}_999999_5_crashed:6432"  # decided, owned by a role granted to app
     foreign = "pgrouter_0123456789ab_1_1_other-coordinator"
     not_ours = "someone_else_42"
     for gid in decided + [undecided]:
@@ -58,12 +59,13 @@ def test_recovery_finishes_in_doubt_transactions_by_the_record(routers, fresh):
             prepare(s, gid, gid)
     for s in shards:
         prepare(s, as_plain, as_plain, user="plainuser", password="plain-secret")
+        prepare(s, as_role, as_role, role="tp_role")
     prepare(shards[1], foreign, foreign)
     prepare(shards[1], not_ours, not_ours)
     prepared_at = time.monotonic()
     shards[0].sql("INSERT INTO pgrouter_2pc_decisions (gid, outcome, database) VALUES "
-                  "(%s, 'commit', 'app'), (%s, 'commit', 'app'), (%s, 'commit', 'app')",
-                  (decided[0], decided[1], as_plain))
+                  "(%s, 'commit', 'app'), (%s, 'commit', 'app'), (%s, 'commit', 'app'), "
+                  "(%s, 'commit', 'app')", (decided[0], decided[1], as_plain, as_role))
     # A record of another logical database sharing the table (its shards are
     # elsewhere): this database's recovery cannot know it is finished.
     stranger = f"pgrouter_{cid}_999998_1_elsewhere"
@@ -77,7 +79,7 @@ def test_recovery_finishes_in_doubt_transactions_by_the_record(routers, fresh):
 
     def decided_done():
         left = set().union(*(prepared(s, ours) for s in shards))
-        return not (left & set(decided + [as_plain])) and left
+        return not (left & set(decided + [as_plain, as_role])) and left
     left = wait_until(decided_done, 20, what="decided transactions committed")
     if time.monotonic() - prepared_at < GRACE_S - 2:
         assert left == {undecided}, "an undecided transaction younger than the grace period is left alone"
@@ -86,7 +88,7 @@ def test_recovery_finishes_in_doubt_transactions_by_the_record(routers, fresh):
                what="pg_prepared_xacts drained of this coordinator's transactions")
     assert time.monotonic() - prepared_at < 30 + 5
     for s in shards:
-        assert notes(s) == set(decided + [as_plain]), f"shard on port {s.port}: all-or-nothing"
+        assert notes(s) == set(decided + [as_plain, as_role]), f"shard on port {s.port}: all-or-nothing"
         assert prepared(s, "%") >= ({foreign, not_ours} if s is shards[1] else set())
     assert prepared(shards[1], "%") == {foreign, not_ours}, "other coordinators' ids are not touched"
 
@@ -100,7 +102,7 @@ def test_recovery_finishes_in_doubt_transactions_by_the_record(routers, fresh):
     assert 'outcome="committed"' in logs and 'outcome="rolled_back"' in logs
     committed = sum(scrape(r).value("pgrouter_2pc_recovered_total", result="committed") for r in (a, b))
     rolled = sum(scrape(r).value("pgrouter_2pc_recovered_total", result="rolled_back") for r in (a, b))
-    assert committed == 6, "3 decided transactions x 2 shards, each finished by exactly one instance"
+    assert committed == 8, "4 decided transactions x 2 shards, each finished by exactly one instance"
     assert rolled == 2
 
 

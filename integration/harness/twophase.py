@@ -20,8 +20,11 @@ PLAIN = {"name": "plainuser", "database": APP_DB, "password": "plain-secret", "a
 
 def make_tables(servers):
     for s in servers:
+        # A role granted to app that cannot log in: what a JWT session's role is.
+        s.sql("DO $$ BEGIN CREATE ROLE tp_role NOLOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$;"
+              "GRANT tp_role TO app")
         s.sql(f"DROP TABLE IF EXISTS {TABLE}; CREATE TABLE {TABLE} (note text);"
-              f"GRANT ALL ON {TABLE} TO app, plainuser")
+              f"GRANT ALL ON {TABLE} TO app, plainuser, tp_role")
 
 
 def clean(servers):
@@ -63,9 +66,12 @@ def coordinator_id(shard0) -> str:
     return cid
 
 
-def prepare(server, gid, note, user=APP_USER, password=APP_PASSWORD):
-    """One shard's half of a multi-shard transaction, left prepared."""
+def prepare(server, gid, note, user=APP_USER, password=APP_PASSWORD, role=None):
+    """One shard's half of a multi-shard transaction, left prepared (as
+    `role` when given: the prepared transaction's owner)."""
     with psycopg.connect(server.dsn(user=user, password=password), autocommit=True) as conn:
+        if role:
+            conn.execute(f"SET ROLE {role}")
         conn.execute("BEGIN")
         conn.execute(f"INSERT INTO {TABLE} (note) VALUES (%s)", (note,))
         conn.execute(f"PREPARE TRANSACTION '{gid}'")
