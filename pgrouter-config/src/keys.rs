@@ -57,6 +57,7 @@ pub(crate) const GENERAL: &[&str] = &[
     "cross_shard",
     "two_phase_commit",
     "coordinator_database",
+    "instance_id",
 ];
 
 pub(crate) const JWT: &[&str] = &[

@@ -488,6 +488,21 @@ pub struct Sharding {
     pub two_phase_commit: bool,
     /// Database on shard 0's primary for the 2PC decision table; "" = that shard's `database_name`.
     pub coordinator_database: String,
+    /// Names this router in the ids of its two-phase transactions (shown in
+    /// `pg_prepared_xacts`); "" = host name and listen port (the server
+    /// resolves it). Validated: at most [`INSTANCE_ID_MAX`] characters of
+    /// `A-Z a-z 0-9 . _ : -`.
+    pub instance_id: String,
+}
+
+/// Longest `[general] instance_id`: keeps a transaction id well inside
+/// PostgreSQL's 200-byte limit for `PREPARE TRANSACTION` ids.
+pub const INSTANCE_ID_MAX: usize = 63;
+
+/// Whether `c` may appear in an instance id: characters that need no quoting
+/// in a transaction id and read well in logs.
+pub fn instance_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')
 }
 
 impl Default for Sharding {
@@ -497,6 +512,7 @@ impl Default for Sharding {
             cross_shard: CrossShard::Allow,
             two_phase_commit: true,
             coordinator_database: String::new(),
+            instance_id: String::new(),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The sharding keys of `router.toml` (SPEC §3, §5 "Sharding"): each
 //! `[[sharded_tables]]` entry with its `rules`, `[[reference_tables]]`, and
-//! the `[general]` keys `cross_shard`, `two_phase_commit` and
-//! `coordinator_database`.
+//! the `[general]` keys `cross_shard`, `two_phase_commit`,
+//! `coordinator_database` and `instance_id`.
 //!
 //! Kept in a file of its own so the rest of the reader stays about pools and
 //! logins. Checks that need the databases (a rule's shard must exist) are in
@@ -51,7 +51,29 @@ pub(crate) fn general(src: &mut Source, sec: &Section) -> Sharding {
     if let Some(v) = sec.string(src, "coordinator_database") {
         s.coordinator_database = v;
     }
+    if let Some(v) = sec.string(src, "instance_id") {
+        match check_instance_id(&v) {
+            Ok(()) => s.instance_id = v,
+            Err(m) => sec.report(src, "instance_id", m),
+        }
+    }
     s
+}
+
+/// `instance_id` goes into `PREPARE TRANSACTION` ids: short, and only
+/// characters that need no quoting and survive logs unchanged.
+fn check_instance_id(v: &str) -> Result<(), String> {
+    if v.chars().count() > INSTANCE_ID_MAX {
+        return Err(format!(
+            "\"{v}\" is longer than {INSTANCE_ID_MAX} characters"
+        ));
+    }
+    if let Some(bad) = v.chars().find(|c| !instance_id_char(*c)) {
+        return Err(format!(
+            "\"{v}\" contains {bad:?}; use letters, digits, '.', '_', ':' and '-' (or \"\" for host name and listen port)"
+        ));
+    }
+    Ok(())
 }
 
 /// One `[[sharded_tables]]` entry; `None` when `database` is unusable.

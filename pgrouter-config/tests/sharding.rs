@@ -27,6 +27,7 @@ fn every_key_accepted() {
 cross_shard = "refuse"
 two_phase_commit = false
 coordinator_database = "coord"
+instance_id = "router-a.eu:6432"
 {TWO_SHARDS}
 [[sharded_tables]]
 database = "app"
@@ -70,6 +71,7 @@ names = ["countries", "public.currencies"]
     assert_eq!(c.sharding.cross_shard, CrossShard::Refuse);
     assert!(!c.sharding.two_phase_commit);
     assert_eq!(c.sharding.coordinator_database, "coord");
+    assert_eq!(c.sharding.instance_id, "router-a.eu:6432");
     let t = &c.sharded_tables;
     assert_eq!(t[0].schema.as_deref(), Some("shop"));
     assert_eq!(t[0].data_type, ShardKeyType::Smallint);
@@ -103,6 +105,7 @@ fn defaults() {
     assert_eq!(c.sharding.cross_shard, CrossShard::Allow);
     assert!(c.sharding.two_phase_commit);
     assert_eq!(c.sharding.coordinator_database, "");
+    assert_eq!(c.sharding.instance_id, "");
     assert!(c.reference_tables.is_empty());
 }
 
@@ -307,4 +310,24 @@ fn reload_cannot_change_the_shard_count_of_a_sharded_database() {
     let plain_old = ok(TWO_SHARDS, MIN_USERS);
     let plain_new = ok(&three.replace(sharded, ""), MIN_USERS);
     assert!(shard_count_changes(&plain_old, &plain_new).is_empty());
+}
+
+#[test]
+fn instance_id_mistakes_reported() {
+    let router = format!("[general]\ninstance_id = \"a b\"\n{TWO_SHARDS}");
+    let ps = problems(&router, MIN_USERS);
+    has(&ps, R, 2, "general.instance_id", "contains ' '");
+    let long = "x".repeat(64);
+    let router = format!("[general]\ninstance_id = \"{long}\"\n{TWO_SHARDS}");
+    let ps = problems(&router, MIN_USERS);
+    has(
+        &ps,
+        R,
+        2,
+        "general.instance_id",
+        "longer than 63 characters",
+    );
+    let router = format!("[general]\ninstance_id = 7\n{TWO_SHARDS}");
+    let ps = problems(&router, MIN_USERS);
+    has(&ps, R, 2, "general.instance_id", "expected a string");
 }

@@ -19,4 +19,5 @@ pub mod router;
 pub mod run;
 pub mod server;
 pub mod state;
+pub mod twophase;
 pub mod worker;

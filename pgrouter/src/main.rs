@@ -50,6 +50,9 @@ fn parse_args() -> Result<Option<Args>, String> {
 }
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("test-2pc-commit") {
+        return test_2pc_commit(std::env::args().skip(2).collect());
+    }
     let args = match parse_args() {
         Ok(Some(a)) => a,
         Ok(None) => return ExitCode::SUCCESS,
@@ -137,5 +140,69 @@ fn init_logging(format: &LogFormat) {
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
+    }
+}
+
+/// `pgrouter test-2pc-commit --config F --users F <database> <user>
+/// <shard>:<sql> ...`: a test hook (see `twophase/selftest.rs`).
+fn test_2pc_commit(argv: Vec<String>) -> ExitCode {
+    let mut config_path = PathBuf::from("router.toml");
+    let mut users_path = PathBuf::from("users.toml");
+    let mut rest = Vec::new();
+    let mut it = argv.into_iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--config" => config_path = it.next().unwrap_or_default().into(),
+            "--users" => users_path = it.next().unwrap_or_default().into(),
+            _ => rest.push(a),
+        }
+    }
+    let mut statements = Vec::new();
+    for s in rest.iter().skip(2) {
+        match s
+            .split_once(':')
+            .and_then(|(k, sql)| Some((k.parse().ok()?, sql.to_string())))
+        {
+            Some(st) => statements.push(st),
+            None => {
+                eprintln!("expected <shard>:<sql>, got \"{s}\"");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let (Some(database), Some(user)) = (rest.first(), rest.get(1)) else {
+        eprintln!("usage: pgrouter test-2pc-commit [--config F] [--users F] <database> <user> <shard>:<sql> ...");
+        return ExitCode::from(2);
+    };
+    let config = match pgrouter_config::load(&config_path, &users_path) {
+        Ok(c) => c,
+        Err(problems) => {
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            return ExitCode::from(1);
+        }
+    };
+    init_logging(&config.general.log_format);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let run = pgrouter::twophase::selftest::run(config, database, user, &statements);
+    match runtime.block_on(run) {
+        Ok(()) => {
+            println!("COMMIT");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("ERROR {} {}", e.sqlstate, e.message);
+            ExitCode::from(3)
+        }
     }
 }

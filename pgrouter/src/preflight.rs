@@ -1,4 +1,5 @@
-//! Start-up checks of the JWT set-up against the real servers: the
+//! Start-up checks against the real servers: shard primaries that cannot
+//! take two-phase commits (see `twophase::checks`), and the JWT set-up: the
 //! `connect_as` user logs in to every primary, every role in `allowed_roles`
 //! exists and is granted to it, and a superuser or INHERIT `connect_as` is
 //! flagged. Problems are reported together, naming user, role and server.
@@ -22,8 +23,24 @@ pub struct Findings {
 /// start or a reload, and its sessions will see errors until it is back.
 pub async fn run(rt: &Runtime) -> Findings {
     let mut findings = Findings::default();
+    findings
+        .warnings
+        .extend(crate::twophase::prepared_transactions_findings(rt).await);
+    check_jwt(rt, &mut findings).await;
+    for w in &findings.warnings {
+        tracing::warn!("preflight: {w}");
+    }
+    for e in &findings.errors {
+        tracing::error!("preflight: {e}");
+    }
+    findings
+}
+
+/// The `[jwt]` set-up: `connect_as` logs in to every primary and holds
+/// every allowed role.
+async fn check_jwt(rt: &Runtime, findings: &mut Findings) {
     let Some(jwt) = &rt.config.jwt else {
-        return findings;
+        return;
     };
     let timeout = Duration::from_millis(rt.config.general.connect_timeout_ms);
     for db in rt.config.logical_databases() {
@@ -56,20 +73,13 @@ pub async fn run(rt: &Runtime) -> Findings {
                     &target.user,
                     &server,
                     &jwt.allowed_roles,
-                    &mut findings,
+                    findings,
                 )
                 .await;
                 conn.terminate().await;
             }
         }
     }
-    for w in &findings.warnings {
-        tracing::warn!("preflight: {w}");
-    }
-    for e in &findings.errors {
-        tracing::error!("preflight: {e}");
-    }
-    findings
 }
 
 async fn check_connect_as(

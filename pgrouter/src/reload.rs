@@ -93,8 +93,11 @@ async fn try_reload(state: &Arc<State>) -> Result<String, String> {
     }
     let cluster = Cluster::build(&new, Some(&old.cluster), &state.metrics);
     let shard_maps = crate::router::ShardMaps::build(&new);
+    let twophase =
+        crate::twophase::Coordinators::build(&new, &cluster, &state.metrics, Some(&old.twophase));
     let candidate = Runtime {
         shard_maps,
+        twophase,
         config: Arc::new(new),
         cluster,
         jwt,

@@ -72,6 +72,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     tokio::spawn(maintain_pools(state.clone()));
     tokio::spawn(check_health(state.clone()));
+    tokio::spawn(crate::twophase::run_recovery(state.clone()));
     tokio::spawn(crate::reload::on_sighup(state.clone()));
     if hot_reload {
         tokio::spawn(crate::reload::watch_files(state.clone()));

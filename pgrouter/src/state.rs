@@ -35,6 +35,8 @@ pub struct Runtime {
     pub generation: u64,
     /// Each sharded logical database's tables and placements.
     pub shard_maps: crate::router::ShardMaps,
+    /// Two-phase commit coordinators of the databases with several shards.
+    pub twophase: crate::twophase::Coordinators,
 }
 
 pub struct State {
@@ -84,8 +86,10 @@ impl State {
         let router_path = config.router_path.clone();
         let users_path = config.users_path.clone();
         let shard_maps = crate::router::ShardMaps::build(&config);
+        let twophase = crate::twophase::Coordinators::build(&config, &cluster, &metrics, None);
         let runtime = Runtime {
             shard_maps,
+            twophase,
             config: Arc::new(config),
             cluster,
             jit,

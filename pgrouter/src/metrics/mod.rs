@@ -18,6 +18,7 @@ mod render;
 pub mod snapshot;
 #[cfg(test)]
 mod tests;
+pub mod twophase;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,6 +59,8 @@ pub struct Metrics {
     last_reload: Mutex<Option<ReloadStatus>>,
     /// `[auth_query]` lookups and `[jit]` API calls.
     pub login_checks: login_checks::LoginCheckMetrics,
+    /// Two-phase commits and recovery.
+    pub twophase: twophase::TwoPhaseMetrics,
 }
 
 /// Counters of one pool. Get it once with [`Metrics::pool`] and keep the
@@ -109,6 +112,7 @@ impl Metrics {
             reloads: ResultCounts::default(),
             last_reload: Mutex::new(None),
             login_checks: Default::default(),
+            twophase: Default::default(),
         }
     }
 

@@ -316,6 +316,27 @@ pub fn render(metrics: &Metrics, source: &dyn MetricsSource) -> String {
 
     render_login_checks(&mut out, &metrics.login_checks);
 
+    out.family(
+        "pgrouter_2pc_commits_total",
+        "counter",
+        "Two-phase commits of transactions writing on several shards, by result (committed, rolled_back, in_doubt).",
+    );
+    out.results(
+        "pgrouter_2pc_commits_total",
+        metrics.twophase.commits.snapshot(),
+        &["committed", "rolled_back"],
+    );
+    out.family(
+        "pgrouter_2pc_recovered_total",
+        "counter",
+        "In-doubt prepared transactions finished by recovery, by result (committed, rolled_back).",
+    );
+    out.results(
+        "pgrouter_2pc_recovered_total",
+        metrics.twophase.recovered.snapshot(),
+        &["committed", "rolled_back"],
+    );
+
     let last = metrics.last_reload();
     out.family(
         "pgrouter_last_reload_successful",
