@@ -50,6 +50,7 @@ class Ledger:
     reads_ok: list = field(default_factory=list)    # (time, server port)
     bad_reads: list = field(default_factory=list)   # sums that were not the total
     read_errors: list = field(default_factory=list)  # (time, error name)
+    slow_reads: list = field(default_factory=list)  # (started, seconds) of reads over 1 s
     longest: tuple = (0.0, 0.0, "")                 # (seconds, started at, what)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -289,6 +290,10 @@ class Workload:
                 time.sleep(0.05)
             finally:
                 self.ledger.attempt_took(started, "read")
+                took = time.monotonic() - started
+                if took > 1.0:
+                    with self.ledger.lock:
+                        self.ledger.slow_reads.append((started, took))
             time.sleep(0.01)
         if conn is not None:
             conn.close()
