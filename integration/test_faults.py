@@ -56,6 +56,12 @@ STOP_DEADLINE_S = 15.0
 MAX_RECOVERY_S = 10.0
 
 
+@pytest.fixture(autouse=True)
+def _stop_workloads():
+    yield
+    Workload.stop_all()
+
+
 @pytest.fixture(scope="module")
 def fault_cluster():
     with PgCluster(with_replica=True, prefix="pgrouter-faults-",

@@ -187,13 +187,25 @@ class Workload:
             self.threads.append(threading.Thread(target=self._reader, args=(i,),
                                                  name=f"reader-{i}", daemon=True))
 
+    # Started workloads not yet stopped (see `stop_all`).
+    _running: set = set()
+
     def start(self) -> "Workload":
+        Workload._running.add(self)
         for t in self.threads:
             t.start()
         return self
 
+    @classmethod
+    def stop_all(cls) -> None:
+        """Stops every workload still running: a test that failed half-way
+        must not leave clients hammering the next test's servers."""
+        for load in list(cls._running):
+            load.stop()
+
     def stop(self) -> None:
         self._stop.set()
+        Workload._running.discard(self)
 
     def finish(self, deadline: float = 20.0) -> list[str]:
         """Stops the clients; the names of those still running after `deadline` s."""
