@@ -39,10 +39,12 @@ fi
 
 # ---------------------------------------------------------------- packages --
 # iproute2: `ip netns`, for the integration tests' test hosts (harness/netns.py).
+# nftables: packet loss and partitions in test_faults.py (harness/faults.py;
+# the kernel here has no netem for `tc`).
 # libpam-modules (pam_exec.so) and Debian's python3: PostgreSQL checks JIT
 # tokens through PAM in the [jit] tests (harness/pam.py runs a python3 script
 # as the postgres user, which cannot use a python under /root).
-APT_PACKAGES=(postgresql-15 postgresql-client-15 libclang-dev clang pgbouncer iproute2
+APT_PACKAGES=(postgresql-15 postgresql-client-15 libclang-dev clang pgbouncer iproute2 nftables
               libpam-modules python3
               # scripts/regress.py builds regress.so against the server headers.
               postgresql-server-dev-15)

@@ -71,7 +71,7 @@ impl Session {
                     }
                     if clients {
                         self.pins.on_ready(status);
-                        self.query_cancelled = false;
+                        self.query_cancelled = None;
                     }
                     if clients && !self.sets.is_idle() {
                         for change in self.sets.on_ready(status) {

@@ -75,6 +75,10 @@ impl Session {
             return Ok(());
         };
         self.cancel.slot.set(None);
+        // The failed request's clock stops here: a replay (or the next
+        // request) is timed afresh by `query_timeout_ms`.
+        self.request_started = None;
+        self.query_cancelled = None;
         let in_tx = self.in_tx || held.conn.tx_status != b'I';
         tracing::warn!(server = %held.conn.addr, pid = held.conn.backend_pid, in_tx, "server connection lost");
         let replay = self.replay.take();

@@ -109,8 +109,11 @@ pub struct Session {
     /// `query_timeout_ms`: a request the server has not answered by then
     /// is cancelled on the server (it answers 57014).
     query_timeout: Option<Duration>,
-    /// The request now in flight was cancelled for `query_timeout`.
-    pub(super) query_cancelled: bool,
+    /// When the request now in flight was cancelled for `query_timeout`.
+    /// A server that has not answered another `query_timeout` later (frozen,
+    /// or cut off by the network: the cancel cannot reach it either) is
+    /// given up on like a lost connection, so the client is not held.
+    pub(super) query_cancelled: Option<std::time::Instant>,
     shutdown: super::shutdown::ShutdownListener,
     shutdown_seen: bool,
 
@@ -201,6 +204,8 @@ enum Event {
     IdleInTransaction,
     /// The server has not answered the request in flight in time.
     QueryTimeout,
+    /// Nor the cancel sent for it: the server is unresponsive.
+    ServerUnresponsive,
 }
 
 impl Session {
@@ -229,7 +234,7 @@ impl Session {
             idle_timeout,
             idle_tx_timeout,
             query_timeout,
-            query_cancelled: false,
+            query_cancelled: None,
             shutdown: setup.state.session_shutdown.subscribe(),
             state: setup.state,
             rt: setup.rt,
@@ -326,6 +331,15 @@ impl Session {
                     )
                 }
                 Event::QueryTimeout => self.cancel_for_timeout(),
+                Event::ServerUnresponsive => {
+                    tracing::warn!(
+                        "the server answered neither a request nor its cancel within query_timeout_ms: closing its connection"
+                    );
+                    self.query_cancelled = None;
+                    if let Err(end) = self.recover_server_loss().await {
+                        return end;
+                    }
+                }
             }
             if self.shutdown.is_fired() && self.at_boundary() {
                 return SessionEnd::fatal("57P01", "pgrouter is shutting down");
@@ -440,10 +454,13 @@ impl Session {
         let held = self.server.as_ref()?;
         if !self.expect.is_empty() {
             let (timeout, started) = (self.query_timeout?, self.request_started?);
-            if self.query_cancelled || self.copy_in {
+            if self.copy_in {
                 return None;
             }
-            return Some((started + timeout, Event::QueryTimeout));
+            return Some(match self.query_cancelled {
+                None => (started + timeout, Event::QueryTimeout),
+                Some(cancelled) => (cancelled + timeout, Event::ServerUnresponsive),
+            });
         }
         let idle_tx = self.idle_tx_timeout?;
         let in_tx = self.in_tx || held.conn.tx_status != b'I';
@@ -453,7 +470,7 @@ impl Session {
     /// `query_timeout_ms` ran out: the server is asked to cancel the
     /// request (it answers 57014, which reaches the client as usual).
     fn cancel_for_timeout(&mut self) {
-        self.query_cancelled = true;
+        self.query_cancelled = Some(std::time::Instant::now());
         if let Some(held) = &self.server {
             tracing::info!(server = %held.conn.addr, "query_timeout_ms reached: cancelling the request");
             let target = held.conn.cancel_target();
