@@ -365,7 +365,7 @@ start_router() {
     stop_router
     [ -f "$ROOT/example.router.toml" ] || die "example.router.toml is missing from the repository root"
     [ -f "$ROOT/users.toml" ] || die "users.toml is missing from the repository root"
-    [ -x "$ROUTER_BIN" ] || die "$ROUTER_BIN is missing (scripts/setup.sh builds it)"
+    [ -x "$ROUTER_BIN" ] || die "$ROUTER_BIN is missing (scripts/setup.sh builds it; PGROUTER_BIN names another binary)"
     if port_open "$ROUTER_PORT"; then
         die "port $ROUTER_PORT is in use by something else; stop it first"
     fi
