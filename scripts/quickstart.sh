@@ -466,6 +466,9 @@ psql "$s" -c "SELECT * FROM orders WHERE customer_id IN (1, 2, 3)"
 # a reference-table write reaches every shard; its reads go to one
 psql "$s" -c "INSERT INTO countries VALUES ('it', 'Italy') ON CONFLICT DO NOTHING" -c "SELECT * FROM countries"
 
+# a JWT session (bob: app_reader, read-only) on several shards runs as its role on each
+PGPASSWORD=$bob psql "host=$ROUTER_HOST port=$ROUTER_PORT dbname=shop user=bob" -c "SELECT current_user, customer_id, amount FROM orders WHERE customer_id IN (1, 2, 3)"
+
 # where the rows live: each shard directly
 for port in $PRIMARY_PORT $SHARD1_PORT $SHARD2_PORT; do psql "host=127.0.0.1 port=\$port dbname=shop user=app password=app-secret" -c "SELECT inet_server_port() AS server, * FROM orders"; done
 
