@@ -414,9 +414,47 @@ fn repo_example_files_are_valid() {
         Ok(c) => c,
         Err(ps) => panic!("{}", render(&ps)),
     };
-    assert_eq!(c.logical_databases(), vec!["app"]);
+    assert_eq!(c.logical_databases(), vec!["app", "shop"]);
     let ports: Vec<u16> = c.servers_of("app").iter().map(|s| s.port).collect();
     assert_eq!(ports, vec![15432, 15433]);
+    // The quickstart's sharded database: shard 0 is the app primary (and its
+    // replica), shards 1 and 2 are the two extra primaries.
+    let shop: Vec<(u16, u32, ServerRole)> = c
+        .servers_of("shop")
+        .iter()
+        .map(|s| (s.port, s.shard, s.role))
+        .collect();
+    assert_eq!(
+        shop,
+        vec![
+            (15432, 0, ServerRole::Primary),
+            (15433, 0, ServerRole::Replica),
+            (15434, 1, ServerRole::Primary),
+            (15435, 2, ServerRole::Primary),
+        ]
+    );
+    assert_eq!(
+        c.sharded_tables,
+        vec![ShardedTable {
+            database: "shop".into(),
+            name: Some("orders".into()),
+            schema: None,
+            column: "customer_id".into(),
+            data_type: ShardKeyType::Bigint,
+            mapping: ShardMapping::Hash,
+            default_shard: None,
+            rules: vec![],
+        }]
+    );
+    assert_eq!(
+        c.reference_tables,
+        vec![ReferenceTables {
+            database: "shop".into(),
+            names: vec!["countries".into()],
+        }]
+    );
+    assert!(c.user("app", "shop").is_some());
+    assert!(c.user("authenticator", "shop").is_some_and(|u| !u.login));
     let jwt = c.jwt.as_ref().expect("the demo enables JWT login");
     assert_eq!(jwt.connect_as, "authenticator");
     assert!(c.user("authenticator", "app").is_some_and(|u| !u.login));

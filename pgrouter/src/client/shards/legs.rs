@@ -133,7 +133,10 @@ impl Session {
             sql.push_str("RESET ALL;RESET SESSION AUTHORIZATION;RESET ROLE;");
         }
         if let Some(sync) = self.params.sync_sql(conn) {
+            // sync_sql ends without a `;` (it is sent alone elsewhere): the
+            // SET ROLE below must be a statement of its own.
             sql.push_str(&sync);
+            sql.push(';');
             self.params.mark_synced(conn);
         }
         if let Some(jwt) = &self.policy.jwt {
