@@ -45,7 +45,7 @@ pub struct ShardMap {
     pub refuse_cross_shard: bool,
     /// Column lists of sharded tables, learnt from shard 0's catalog for
     /// INSERTs without a column list (see [`Self::known_columns`]).
-    columns: parking_lot::Mutex<HashMap<String, (Instant, Arc<Vec<String>>)>>,
+    pub(super) columns: parking_lot::Mutex<HashMap<String, (Instant, Arc<Vec<String>>)>>,
 }
 
 /// How long a learnt column list is trusted: a table changed behind the

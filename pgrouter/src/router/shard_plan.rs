@@ -310,6 +310,22 @@ impl<'a> Planner<'a> {
             StatementKind::Explain { .. } if !keys.assignments.is_empty() => &StatementKind::Update,
             other => other,
         };
+        // COPY of a whole sharded table: every shard, rows split or joined.
+        if let StatementKind::Copy { from_stdin_or_file } = kind {
+            if keys.scopes.is_empty() && !sharded.is_empty() {
+                self.touched = true;
+                self.kind = Some(if *from_stdin_or_file {
+                    ManyKind::CopyIn
+                } else {
+                    ManyKind::CopyOut
+                });
+                self.keyless = Some(format!(
+                    "COPY of \"{}\" reads or writes every shard",
+                    sharded[0]
+                ));
+                return Ok(());
+            }
+        }
         if let Some(t) = keys.unplaced.iter().find(|t| self.map.table(t).is_some()) {
             return Err(unsupported(format!(
                 "pgrouter: sharded table \"{t}\" is used where the router cannot find its shard key \
