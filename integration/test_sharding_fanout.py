@@ -457,3 +457,102 @@ def test_executemany_pipelines_run_each_row_on_its_shard(srouter, shards):
         finally:
             await c.close()
     assert run_async(go()) == 30
+
+
+MERGE_QUERIES = [
+    "SELECT count(*) FROM fo_orders",
+    "SELECT count(*), count(amount), sum(amount), min(amount), max(amount), avg(amount) FROM fo_orders",
+    "SELECT sum(id), avg(id), min(note), max(note), bool_and(id > 0), bool_or(id > 5) FROM fo_orders",
+    "SELECT note, count(*), sum(amount), avg(id) FROM fo_orders GROUP BY note ORDER BY note COLLATE \"C\"",
+    "SELECT id, count(*) FROM fo_orders GROUP BY id HAVING count(*) > 8 ORDER BY id",
+    "SELECT id % 3 AS r, max(amount) FROM fo_orders GROUP BY id % 3 ORDER BY 1",
+    "SELECT customer_id, amount FROM fo_orders ORDER BY amount DESC NULLS LAST, customer_id LIMIT 7",
+    "SELECT customer_id FROM fo_orders ORDER BY amount NULLS FIRST, customer_id LIMIT 5 OFFSET 3",
+    "SELECT customer_id FROM fo_orders ORDER BY id DESC, customer_id DESC",
+    "SELECT customer_id, note FROM fo_orders ORDER BY note COLLATE \"C\" DESC, customer_id LIMIT 10",
+    "SELECT DISTINCT id FROM fo_orders ORDER BY id",
+    "SELECT DISTINCT note FROM fo_orders",
+    # The test clusters' collation is C: text orders by bytes without COLLATE.
+    "SELECT customer_id, note FROM fo_orders ORDER BY note NULLS FIRST, customer_id LIMIT 9",
+    "SELECT customer_id FROM fo_orders WHERE customer_id IN (3, 4, 5, 6) ORDER BY customer_id",
+    "SELECT count(*) FROM fo_orders WHERE note = 'nothing'",
+    "SELECT max(amount) FROM fo_orders WHERE note = 'nothing'",
+]
+
+
+def load_both(router_conn, truth_conn, n=120):
+    truth_conn.execute("DROP TABLE IF EXISTS fo_orders")
+    truth_conn.execute(CREATE)
+    for k in range(1, n + 1):
+        amount = None if k % 11 == 0 else round(k * 1.25, 2)
+        row = (k, k % 9, amount, f"n{k % 6}" if k % 13 else None)
+        for c in (router_conn, truth_conn):
+            c.execute("INSERT INTO fo_orders (customer_id, id, amount, note) VALUES (%s, %s, %s, %s)", row)
+
+
+def test_merged_reads_equal_one_servers_answer(srouter, shards):
+    """Every query answered across three shards exactly as one PostgreSQL
+    holding all the rows answers it (text and binary results)."""
+    servers, truth = shards
+    with connect(srouter.dsn()) as conn, truth.connect(APP_DB) as t:
+        conn.execute(CREATE)
+        load_both(conn, t)
+        assert all(c > 0 for c in per_shard_counts(servers))
+        for sql in MERGE_QUERIES:
+            want = t.execute(sql).fetchall()
+            got = conn.execute(sql).fetchall()
+            if "ORDER BY" in sql:
+                assert got == want, sql
+            else:
+                assert sorted(got, key=repr) == sorted(want, key=repr), sql
+            with conn.cursor(binary=True) as bc, t.cursor(binary=True) as tc:
+                bgot, bwant = bc.execute(sql).fetchall(), tc.execute(sql).fetchall()
+                key = (lambda r: r) if "ORDER BY" in sql else (lambda r: sorted(r, key=repr))
+                assert key(bgot) == key(bwant), f"binary: {sql}"
+        # Parameters in LIMIT/OFFSET and HAVING (extended protocol).
+        sql = "SELECT customer_id FROM fo_orders ORDER BY customer_id DESC LIMIT %s OFFSET %s"
+        assert conn.execute(sql, (4, 2)).fetchall() == t.execute(sql, (4, 2)).fetchall()
+        sql = "SELECT id FROM fo_orders GROUP BY id HAVING count(*) >= %s ORDER BY id"
+        assert conn.execute(sql, (13,)).fetchall() == t.execute(sql, (13,)).fetchall()
+
+
+def test_reads_a_merge_cannot_answer_are_refused(srouter, shards):
+    with connect(srouter.dsn()) as conn:
+        conn.execute(CREATE)
+        load(conn, 10)
+        for sql in ["SELECT count(DISTINCT note) FROM fo_orders",
+                    "SELECT customer_id, rank() OVER (ORDER BY amount) FROM fo_orders",
+                    "SELECT * FROM fo_orders WHERE amount > (SELECT avg(amount) FROM fo_orders)",
+                    "SELECT string_agg(note, ',') FROM fo_orders",
+                    "SELECT DISTINCT ON (note) customer_id FROM fo_orders",
+                    "SELECT * FROM fo_orders FOR UPDATE"]:
+            with pytest.raises(psycopg.Error) as err:
+                conn.execute(sql).fetchall()
+            assert sqlstate(err.value) == "0A000", sql
+            assert "shard" in str(err.value), sql
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_asyncpg_merged_reads(srouter, shards):
+    servers, truth = shards
+    with connect(srouter.dsn()) as conn, truth.connect(APP_DB) as t:
+        conn.execute(CREATE)
+        load_both(conn, t, 60)
+        want = t.execute("SELECT note, count(*), avg(amount) FROM fo_orders GROUP BY note "
+                         "ORDER BY note COLLATE \"C\" NULLS FIRST").fetchall()
+        want_top = t.execute("SELECT customer_id FROM fo_orders ORDER BY amount DESC NULLS LAST, customer_id "
+                             "LIMIT 5").fetchall()
+    async def go():
+        c = await aconnect(srouter)
+        try:
+            rows = await c.fetch("SELECT note, count(*), avg(amount) FROM fo_orders GROUP BY note "
+                                 "ORDER BY note COLLATE \"C\" NULLS FIRST")
+            stmt = await c.prepare("SELECT customer_id FROM fo_orders ORDER BY amount DESC NULLS LAST, "
+                                   "customer_id LIMIT $1")
+            top = await stmt.fetch(5)
+            return [tuple(r) for r in rows], [tuple(r) for r in top]
+        finally:
+            await c.close()
+    rows, top = run_async(go())
+    assert rows == [tuple(r) for r in want]
+    assert top == [tuple(r) for r in want_top]

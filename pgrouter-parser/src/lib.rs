@@ -62,7 +62,6 @@ pub mod shard;
 #[allow(missing_docs)]
 pub mod fanout;
 mod template;
-pub mod union_gate;
 mod walk;
 
 #[cfg(test)]

@@ -46,6 +46,17 @@ pub struct ShardMap {
     /// Column lists of sharded tables, learnt from shard 0's catalog for
     /// INSERTs without a column list (see [`Self::known_columns`]).
     pub(super) columns: parking_lot::Mutex<HashMap<String, (Instant, Arc<Vec<String>>)>>,
+    /// Facts of the database a merge depends on, learnt from shard 0 once:
+    /// whether its collation orders text by bytes, and which function
+    /// names are aggregates (user-defined ones look like plain calls).
+    pub(super) facts: parking_lot::Mutex<DatabaseFacts>,
+}
+
+/// See [`ShardMap::facts`].
+#[derive(Debug, Default, Clone)]
+pub struct DatabaseFacts {
+    pub text_orders_by_bytes: Option<bool>,
+    pub aggregates: HashMap<String, bool>,
 }
 
 /// How long a learnt column list is trusted: a table changed behind the
@@ -95,6 +106,7 @@ impl ShardMap {
             reference,
             refuse_cross_shard: config.sharding.cross_shard == CrossShard::Refuse,
             columns: Default::default(),
+            facts: Default::default(),
         })
     }
 
@@ -129,9 +141,24 @@ impl ShardMap {
             .insert(relation_key(r), (Instant::now(), Arc::new(list)));
     }
 
-    /// After DDL: column lists may have changed.
+    /// After DDL: column lists (and aggregates) may have changed.
     pub fn forget_columns(&self) {
         self.columns.lock().clear();
+        self.facts.lock().aggregates.clear();
+    }
+
+    pub fn facts(&self) -> DatabaseFacts {
+        self.facts.lock().clone()
+    }
+
+    pub fn learn_facts(&self, text_orders_by_bytes: Option<bool>, aggregates: &[(String, bool)]) {
+        let mut facts = self.facts.lock();
+        if text_orders_by_bytes.is_some() {
+            facts.text_orders_by_bytes = text_orders_by_bytes;
+        }
+        for (name, is_agg) in aggregates {
+            facts.aggregates.insert(name.clone(), *is_agg);
+        }
     }
 
     pub fn is_reference(&self, qualified: &str) -> bool {

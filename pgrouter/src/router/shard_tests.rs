@@ -45,6 +45,7 @@ fn map() -> ShardMap {
         reference: vec![(None, "countries".into())],
         refuse_cross_shard: false,
         columns: Default::default(),
+        facts: Default::default(),
     }
 }
 

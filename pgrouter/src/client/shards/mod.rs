@@ -15,7 +15,6 @@ mod legs;
 mod pipeline;
 mod read;
 mod tx_legs;
-mod union;
 mod unit;
 mod write;
 

@@ -1,15 +1,20 @@
 //! A read on several shards: the statement runs on every shard at once and
-//! the answers are merged while they stream in. Only the shards whose next
-//! row the merge needs are read, so memory stays bounded by what is in
-//! flight, and once a LIMIT is met the rest is read and dropped.
+//! the answers are merged while they stream in (`fanout::merge`). Only the
+//! shards whose next row the merge needs are read, so memory stays bounded
+//! by what is in flight, and once a LIMIT is met the rest is read and
+//! dropped. What a merge cannot answer exactly is refused with 0A000
+//! before anything runs (`pgrouter_parser::fanout::plan_read`).
+
+use bytes::{Bytes, BytesMut};
+use pgrouter_parser::fanout::{plan_read, ReadPlan};
 
 use super::legs::{cancel_targets, cancel_unfinished, fill_any, give_back, Leg};
-use super::union::{RowMerge, Union};
 use super::unit::Unit;
 use super::{next_message, ShardError};
 use crate::client::error::SessionEnd;
 use crate::client::session::Session;
-use crate::router::Role;
+use crate::fanout::merge::{shard_result_formats, MergeContext, Merger};
+use crate::router::{BindParams, Role};
 
 /// The client's buffered answer is sent once it is this large.
 const FLUSH_AT: usize = 64 * 1024;
@@ -21,16 +26,10 @@ impl Session {
         role: Role,
         shards: &[usize],
     ) -> Result<(), ShardError> {
-        if unit.analysis.statements.len() != 1 {
-            return Err(ShardError::router(
-                "0A000",
-                "pgrouter: a query string with several statements cannot read several shards; \
-                 HINT: send the statements one by one",
-            ));
-        }
+        let plan = read_plan(unit)?;
         let mut legs = self.take_legs(shards, role).await?;
         self.cancel.slot.set_many(cancel_targets(&legs));
-        let result = self.read_with_legs(unit, &mut legs).await;
+        let result = self.read_with_legs_planned(unit, plan, &mut legs).await;
         self.cancel.slot.set(None);
         give_back(legs);
         result
@@ -42,47 +41,146 @@ impl Session {
         unit: &Unit,
         legs: &mut [Leg],
     ) -> Result<(), ShardError> {
-        let shards = legs;
-        if let Err(what) = pgrouter_parser::union_gate::plain_union(&unit.sql) {
-            return Err(ShardError::router(
-                "0A000",
-                format!(
-                    "pgrouter: a read on {} shards with {what} is not supported yet (only rows put together \
-                     are); HINT: add the shard key (WHERE key = ...)",
-                    shards.len()
-                ),
-            ));
+        let plan = read_plan(unit)?;
+        self.read_with_legs_planned(unit, plan, legs).await
+    }
+
+    async fn read_with_legs_planned(
+        &mut self,
+        unit: &Unit,
+        plan: ReadPlan,
+        legs: &mut [Leg],
+    ) -> Result<(), ShardError> {
+        let ctx = self.merge_context(unit, &plan, legs).await?;
+        let spec = match &unit.extended {
+            None => plan.merge.clone(),
+            Some(e) => {
+                let params = BindParams::parse(&e.bind_rest);
+                plan.merge
+                    .resolve_params(&|n| params.as_ref().and_then(|p| param_text(p, n)))
+                    .map_err(|(sqlstate, message)| ShardError::router(sqlstate, message))?
+            }
+        };
+        let hidden = spec.hidden;
+        let mut merger = Merger::new(spec, legs.len(), ctx);
+        let mut request = BytesMut::new();
+        match &unit.extended {
+            None => unit.request(&plan.shard_sql, &mut request),
+            Some(e) => {
+                let rest = with_result_formats(&e.bind_rest, hidden).ok_or_else(|| {
+                    ShardError::router("08P01", "pgrouter: malformed Bind message")
+                })?;
+                unit.request_with_bind(&plan.shard_sql, &rest, &mut request)
+            }
         }
-        let legs = shards;
-        let mut merge: Box<dyn RowMerge + Send> = Box::new(Union::new(legs.len()));
-        let mut request = bytes::BytesMut::new();
-        unit.request(&unit.sql, &mut request);
         unit.preamble(&mut self.to_client);
-        let result = self
-            .run_read(legs, &request, unit.describes(), merge.as_mut())
-            .await;
-        match result {
+        match self.run_read(legs, &request, &mut merger).await {
             Ok(r) => r,
             Err(end) => Err(ShardError::router("08006", format!("pgrouter: {end:?}"))),
         }
     }
 
-    /// Sends `request` to every leg and relays the merged answer (without
-    /// its RowDescription unless `describe`).
+    /// What the merge needs to know of the session and the database: the
+    /// collation (learnt once per database) and DateStyle; and whether a
+    /// function the statement calls is in fact an aggregate.
+    async fn merge_context(
+        &mut self,
+        unit: &Unit,
+        plan: &ReadPlan,
+        legs: &mut [Leg],
+    ) -> Result<MergeContext, ShardError> {
+        let map = self.rt.shard_maps.get(&self.database).cloned();
+        let facts = map.as_ref().map(|m| m.facts()).unwrap_or_default();
+        let unknown: Vec<&String> = plan
+            .functions
+            .iter()
+            .filter(|f| !facts.aggregates.contains_key(*f))
+            .collect();
+        let mut text_bytes = facts.text_orders_by_bytes;
+        if text_bytes.is_none() || !unknown.is_empty() {
+            let names: Vec<String> = unknown
+                .iter()
+                .map(|f| super::super::params::quote_literal(f))
+                .collect();
+            let sql = format!(
+                "SELECT (SELECT datcollate IN ('C', 'POSIX') OR datcollate ILIKE 'C.%' FROM pg_database \
+                 WHERE datname = current_database())::text, \
+                 (SELECT string_agg(DISTINCT proname, ',') FROM pg_proc WHERE prokind = 'a' \
+                 AND proname = ANY(ARRAY[{}]::text[]))",
+                names.join(",")
+            );
+            let leg = legs
+                .first_mut()
+                .ok_or_else(|| ShardError::router("XX000", "no shard"))?;
+            let rows = leg
+                .held
+                .conn
+                .query_rows(&sql)
+                .await
+                .map_err(|e| ShardError::lost(leg.shard, &e))?;
+            let row = rows.into_iter().next().unwrap_or_default();
+            text_bytes = Some(row.first().cloned().flatten().as_deref() == Some("true"));
+            let aggs: Vec<String> = row
+                .get(1)
+                .cloned()
+                .flatten()
+                .map(|s| s.split(',').map(str::to_string).collect())
+                .unwrap_or_default();
+            let learnt: Vec<(String, bool)> = unknown
+                .iter()
+                .map(|f| ((*f).clone(), aggs.contains(f)))
+                .collect();
+            if let Some(m) = &map {
+                m.learn_facts(text_bytes, &learnt);
+            }
+        }
+        let facts = map.as_ref().map(|m| m.facts()).unwrap_or_default();
+        if let Some(f) = plan
+            .functions
+            .iter()
+            .find(|f| facts.aggregates.get(*f) == Some(&true))
+        {
+            return Err(ShardError::router(
+                "0A000",
+                format!(
+                    "pgrouter: aggregate {f}() cannot be merged across shards; HINT: add the shard key \
+                     (WHERE key = ...)"
+                ),
+            ));
+        }
+        let datestyle = self
+            .params
+            .get("DateStyle")
+            .or_else(|| {
+                legs.first()
+                    .and_then(|l| l.held.conn.params.get("DateStyle").map(String::as_str))
+            })
+            .unwrap_or("ISO");
+        Ok(MergeContext {
+            text_orders_by_bytes: text_bytes.unwrap_or(false),
+            datestyle_iso: datestyle
+                .trim_start()
+                .to_ascii_uppercase()
+                .starts_with("ISO"),
+            send_row_description: unit.describes(),
+        })
+    }
+
+    /// Sends `request` to every leg and relays the merged answer.
     async fn run_read(
         &mut self,
         legs: &mut [Leg],
         request: &[u8],
-        describe: bool,
-        merge: &mut (dyn RowMerge + Send),
+        merge: &mut Merger,
     ) -> Result<Result<(), ShardError>, SessionEnd> {
-        let mut described = describe;
-        let mut scratch = bytes::BytesMut::new();
-        for leg in legs.iter_mut() {
-            leg.ready = false;
-            if let Err(e) = leg.held.conn.send(request).await {
-                leg.ready = true;
-                return Ok(Err(ShardError::lost(leg.shard, &e)));
+        for i in 0..legs.len() {
+            legs[i].ready = false;
+            if let Err(e) = legs[i].held.conn.send(request).await {
+                legs[i].ready = true;
+                legs[i].held.conn.tx_status = b'E';
+                let shard = legs[i].shard;
+                cancel_unfinished(legs);
+                return Ok(Err(ShardError::lost(shard, &e)));
             }
         }
         let mut failure: Option<ShardError> = None;
@@ -111,8 +209,8 @@ impl Session {
                             })
                         }
                         b'T' | b'D' | b'C' | b'I' if failure.is_none() && !merge.is_done() => {
-                            if let Err((sqlstate, message)) = merge.feed(i, tag, &body) {
-                                failure = Some(ShardError::router(sqlstate, message));
+                            if let Err(e) = merge.feed(i, tag, &body) {
+                                failure = Some(ShardError::router(e.sqlstate, e.message));
                             }
                         }
                         _ => {}
@@ -121,13 +219,11 @@ impl Session {
             }
             if failure.is_some() {
                 cancel_unfinished(legs);
-            } else if described {
-                merge.drain(&mut self.to_client);
             } else {
-                merge.drain(&mut scratch);
-                described = strip_description(&mut scratch);
-                self.to_client.extend_from_slice(&scratch);
-                scratch.clear();
+                if let Err(e) = merge.drain(&mut self.to_client) {
+                    failure = Some(ShardError::router(e.sqlstate, e.message));
+                    cancel_unfinished(legs);
+                }
                 if self.to_client.len() >= FLUSH_AT {
                     self.flush_client().await?;
                 }
@@ -153,15 +249,79 @@ impl Session {
     }
 }
 
-/// Drops a leading RowDescription from `buf` (the client did not describe
-/// the portal); true once it was seen (or rows show there is none).
-fn strip_description(buf: &mut bytes::BytesMut) -> bool {
-    match crate::protocol::next_frame(buf, usize::MAX >> 1) {
-        Ok(Some(f)) if f.tag == b'T' => {
-            let _ = buf.split_to(f.total_len);
-            true
-        }
-        Ok(Some(_)) => true,
-        _ => false,
+/// The merge plan of a read, or the 0A000 saying why there is none.
+fn read_plan(unit: &Unit) -> Result<ReadPlan, ShardError> {
+    if unit.analysis.statements.len() != 1 {
+        return Err(ShardError::router(
+            "0A000",
+            "pgrouter: a query string with several statements cannot read several shards; \
+             HINT: send the statements one by one",
+        ));
+    }
+    plan_read(&unit.sql).map_err(|u| ShardError::router("0A000", format!("pgrouter: {}", u.0)))
+}
+
+/// Parameter `$n` as text, for LIMIT/OFFSET/HAVING values (binary
+/// integers read as PostgreSQL sends them).
+fn param_text(params: &BindParams, n: usize) -> Option<String> {
+    let (format, value) = params.get(n)?;
+    let value = value?;
+    if format == 0 {
+        return Some(String::from_utf8_lossy(value).into_owned());
+    }
+    Some(match value.len() {
+        2 => i16::from_be_bytes([value[0], value[1]]).to_string(),
+        4 => i32::from_be_bytes(value.try_into().ok()?).to_string(),
+        8 => i64::from_be_bytes(value.try_into().ok()?).to_string(),
+        _ => return None,
+    })
+}
+
+/// The rest of a Bind with result-format codes for the hidden columns
+/// (when the client gave one code per column).
+fn with_result_formats(rest: &[u8], hidden: usize) -> Option<Bytes> {
+    let mut at = 0;
+    let count = |b: &[u8], at: usize| -> Option<usize> {
+        Some(i16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]) as usize)
+    };
+    let nformats = count(rest, at)?;
+    at += 2 + 2 * nformats;
+    let nvalues = count(rest, at)?;
+    at += 2;
+    for _ in 0..nvalues {
+        let len = i32::from_be_bytes(rest.get(at..at + 4)?.try_into().ok()?);
+        at += 4 + len.max(0) as usize;
+    }
+    let nresults = count(rest, at)?;
+    let codes: Vec<i16> = (0..nresults)
+        .map(|i| count(rest, at + 2 + 2 * i).map(|c| c as i16))
+        .collect::<Option<_>>()?;
+    let codes = shard_result_formats(&codes, hidden);
+    let mut out = BytesMut::with_capacity(rest.len() + 2 * hidden);
+    out.extend_from_slice(rest.get(..at)?);
+    out.extend_from_slice(&(codes.len() as i16).to_be_bytes());
+    for c in codes {
+        out.extend_from_slice(&c.to_be_bytes());
+    }
+    Some(out.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_result_formats;
+
+    #[test]
+    fn hidden_columns_get_text_result_codes() {
+        // 0 param formats, 1 value "7", 2 result codes (binary, text).
+        let mut rest = vec![0, 0, 0, 1, 0, 0, 0, 1, b'7', 0, 2, 0, 1, 0, 0];
+        let got = with_result_formats(&rest, 2).unwrap();
+        assert_eq!(
+            &got[..],
+            &[0, 0, 0, 1, 0, 0, 0, 1, b'7', 0, 4, 0, 1, 0, 0, 0, 0, 0, 0][..]
+        );
+        // One code for all columns stays one code.
+        rest.truncate(9);
+        rest.extend_from_slice(&[0, 1, 0, 1]);
+        assert_eq!(&with_result_formats(&rest, 2).unwrap()[..], &rest[..]);
     }
 }

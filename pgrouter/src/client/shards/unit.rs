@@ -48,11 +48,18 @@ impl Unit {
     /// The request for one leg, running `sql` (the shard's version of the
     /// statement) with the client's parameters.
     pub fn request(&self, sql: &str, out: &mut BytesMut) {
+        let rest = self.extended.as_ref().map_or(&[][..], |e| &e.bind_rest[..]);
+        self.request_with_bind(sql, rest, out)
+    }
+
+    /// Like [`Self::request`] with another Bind body (result formats for
+    /// hidden columns, or a part's parameters).
+    pub fn request_with_bind(&self, sql: &str, bind_rest: &[u8], out: &mut BytesMut) {
         match &self.extended {
             None => frontend::query(out, sql),
             Some(e) => {
                 frontend::write_parse(out, "", sql, &e.param_types);
-                frontend::write_bind(out, "", "", &e.bind_rest);
+                frontend::write_bind(out, "", "", bind_rest);
                 frontend::write_target(out, b'D', b'P', "");
                 backend::put_message(out, b'E', |b| {
                     b.extend_from_slice(&[0]);
