@@ -369,9 +369,14 @@ def test_jwt_sessions_run_under_their_role_on_every_shard(routers, shards):
         def __init__(self, primary):
             self.primary, self.replica = primary, None
 
+    from harness.twophase import fresh_decision_tables
+
     servers, _ = shards
     for s in servers:
         ensure_roles(OneServer(s))
+    # Made by `app`'s routers: this one's two-phase commits run as authenticator.
+    fresh_decision_tables(servers[0], "authenticator")
+    for s in servers:
         with s.connect(APP_DB) as c:
             c.execute(CREATE.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS"))
             c.execute("GRANT SELECT, INSERT, UPDATE, DELETE ON fo_orders TO web_user, web_reader")
@@ -402,9 +407,11 @@ def test_jwt_sessions_run_under_their_role_on_every_shard(routers, shards):
             rows = conn.execute("SELECT current_user, note FROM fo_orders").fetchall()
             assert {row[0] for row in rows} == {"web_reader"} and len(rows) == 30
     finally:
+        r.stop()  # its 2PC recovery would make the decision tables again
         for s in servers:
             with s.connect(APP_DB) as c:
                 c.execute("DROP TABLE IF EXISTS fo_orders")
+        fresh_decision_tables(servers[0])
 
 
 def test_session_settings_reach_every_shard(srouter, shards):
@@ -556,3 +563,53 @@ def test_asyncpg_merged_reads(srouter, shards):
     rows, top = run_async(go())
     assert rows == [tuple(r) for r in want]
     assert top == [tuple(r) for r in want_top]
+
+
+def test_router_killed_between_prepare_and_commit_is_finished_by_another(routers, shards):
+    """A client's transaction on three shards; the router is SIGKILLed after
+    PREPARE TRANSACTION is visible on every shard and its commit record is
+    written, before COMMIT PREPARED. A second router instance finishes it
+    within 30 s: nothing stays prepared, and the rows are on every shard."""
+    import signal
+    import threading
+    import time
+
+    from harness.twophase import prepared, wait_drained
+    from harness.util import wait_until
+
+    servers, _ = shards
+    dbs = [{"name": "app", "host": "127.0.0.1", "port": s.port, "database_name": "app", "role": "primary",
+            "shard": i} for i, s in enumerate(servers)]
+    first = routers.start(databases=dbs, sharded_tables=SHARDED, env={"PGROUTER_TEST_2PC_PAUSE_MS": "60000"})
+    with connect(first.dsn()) as conn:
+        conn.execute(CREATE)
+        load(conn, 30)
+    errors = []
+
+    def client():
+        try:
+            with connect(first.dsn()) as c:
+                c.execute("UPDATE fo_orders SET note = 'crash'")
+        except Exception as e:  # the router dies under it
+            errors.append(e)
+    t = threading.Thread(target=client, daemon=True)
+    t.start()
+    try:
+        wait_until(lambda: all(prepared(s) for s in servers), 20, what="prepared on every shard")
+        time.sleep(0.3)
+    finally:
+        first.signal(signal.SIGKILL)
+        first.proc.wait(timeout=10)
+        first.stop_requested = True  # killed on purpose
+    t.join(10)
+    assert errors, "the client saw its connection end"
+    killed = time.monotonic()
+    second = routers.start(databases=dbs, sharded_tables=SHARDED)
+    wait_drained(servers, timeout=30)
+    assert time.monotonic() - killed < 30
+    with connect(second.dsn()) as conn:
+        notes = conn.execute("SELECT DISTINCT note FROM fo_orders").fetchall()
+        assert notes == [("crash",)], "committed on every shard"
+    for s in servers:
+        with s.connect(APP_DB) as c:
+            assert c.execute("SELECT count(*) FROM pg_prepared_xacts").fetchone()[0] == 0

@@ -42,9 +42,15 @@ def shards(jwt_db):
 
 @pytest.fixture
 def jrouter(routers, shards, keys):  # noqa: F811
+    from harness.twophase import fresh_decision_tables
     dbs = [{"name": "app", "host": "127.0.0.1", "port": s.port, "database_name": "app", "role": "primary",
             "shard": i} for i, s in enumerate(shards)]
-    return start_jwt_router(routers, keys["rsa"], databases=dbs, sharded_tables=SHARDED)
+    # Writes on several shards commit with 2PC as the connect_as user.
+    fresh_decision_tables(shards[0], "authenticator")
+    r = start_jwt_router(routers, keys["rsa"], databases=dbs, sharded_tables=SHARDED)
+    yield r
+    r.stop()
+    fresh_decision_tables(shards[0])
 
 
 def per_shard(servers, sql: str) -> list:

@@ -39,6 +39,16 @@ def drop_all(shard0):
     shard0.sql(f"DROP TABLE IF EXISTS {TABLE}, pgrouter_2pc_decisions, pgrouter_2pc_meta")
 
 
+def fresh_decision_tables(shard0, coordinator_user=None):
+    """Drops the 2PC decision tables so that the next router's coordinator
+    user makes its own (they belong to whoever made them: a JWT router
+    commits as `[jwt] connect_as`, others as `app`); lets
+    `coordinator_user` create them in schema public."""
+    shard0.sql("DROP TABLE IF EXISTS pgrouter_2pc_decisions, pgrouter_2pc_meta")
+    if coordinator_user:
+        shard0.sql(f'GRANT CREATE ON SCHEMA public TO "{coordinator_user}"')
+
+
 def databases(shards):
     return [{"name": APP_DB, "host": "127.0.0.1", "port": s.port, "database_name": APP_DB,
              "role": "primary", "shard": i} for i, s in enumerate(shards)]

@@ -247,6 +247,39 @@ impl Session {
         legs: &mut [Leg],
         which: &[usize],
     ) -> Result<(), ShardError> {
+        if which.len() > 1 && self.rt.config.sharding.two_phase_commit {
+            let coordinator = self
+                .rt
+                .twophase
+                .coordinator(&self.database)
+                .map_err(|e| {
+                    ShardError::router(
+                        super::known_code(&e.sqlstate),
+                        format!("pgrouter: {}", e.message),
+                    )
+                })?
+                .clone();
+            let owner = match &self.policy.jwt {
+                Some(jwt) => jwt.role.clone(),
+                None => legs[which[0]]
+                    .held
+                    .conn
+                    .params
+                    .get("session_authorization")
+                    .cloned()
+                    .unwrap_or_else(|| self.pools_user.clone()),
+            };
+            let mut parts: Vec<(usize, &mut crate::server::ServerConn)> = legs
+                .iter_mut()
+                .enumerate()
+                .filter(|(i, _)| which.contains(i))
+                .map(|(_, l)| (l.shard, &mut *l.held.conn))
+                .collect();
+            return coordinator
+                .commit(&mut parts, &owner)
+                .await
+                .map_err(|e| ShardError::router(super::known_code(&e.sqlstate), e.message));
+        }
         for (n, &i) in which.iter().enumerate() {
             let leg = &mut legs[i];
             match leg.held.conn.run_simple("COMMIT").await {
