@@ -613,3 +613,45 @@ def test_router_killed_between_prepare_and_commit_is_finished_by_another(routers
     for s in servers:
         with s.connect(APP_DB) as c:
             assert c.execute("SELECT count(*) FROM pg_prepared_xacts").fetchone()[0] == 0
+            c.execute("DROP TABLE fo_orders")
+
+
+def test_multi_row_insert_is_split_by_shard(srouter, shards):
+    servers, truth = shards
+    with connect(srouter.dsn()) as conn:
+        conn.execute(CREATE)
+        cur = conn.execute("INSERT INTO fo_orders (customer_id, id, note) VALUES "
+                           + ", ".join(f"({k}, 1, 'v{k}')" for k in range(1, 31)) + " RETURNING customer_id")
+        assert cur.statusmessage == "INSERT 0 30"
+        assert sorted(r[0] for r in cur.fetchall()) == list(range(1, 31))
+        counts = per_shard_counts(servers)
+        assert sum(counts) == 30 and all(c > 0 for c in counts), counts
+        # Extended protocol with parameters (renumbered per shard), and no column list.
+        rows = [(k, 2, f"p{k}") for k in range(31, 41)]
+        cur = conn.execute("INSERT INTO fo_orders VALUES " + ", ".join(["(%s, %s, NULL, %s)"] * len(rows)),
+                           [v for r in rows for v in r])
+        assert cur.rowcount == 10
+        for k in (31, 35, 40):
+            assert conn.execute("SELECT note FROM fo_orders WHERE customer_id = %s", (k,)).fetchone() == (f"p{k}",)
+        # A row failing on one shard: none of the rows anywhere.
+        with pytest.raises(psycopg.Error) as err:
+            conn.execute("INSERT INTO fo_orders (customer_id, id) VALUES (100, 1), (101, 1), (5, 1), (102, 1)")
+        assert sqlstate(err.value) == "23505"
+        assert conn.execute("SELECT count(*) FROM fo_orders").fetchone() == (40,)
+        # Inside a transaction on several shards.
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO fo_orders (customer_id, id) VALUES (200, 1), (201, 1), (202, 1)")
+        conn.execute("ROLLBACK")
+        assert conn.execute("SELECT count(*) FROM fo_orders").fetchone() == (40,)
+    async def go():
+        c = await aconnect(srouter)
+        try:
+            stmt = await c.prepare("INSERT INTO fo_orders (customer_id, id, note) VALUES ($1, 3, $2), ($3, 3, $4) "
+                                   "RETURNING customer_id, note")
+            out = []
+            for a, b in [(300, 301), (302, 303), (304, 305)]:
+                out += [tuple(r) for r in await stmt.fetch(a, f"a{a}", b, f"a{b}")]
+            return sorted(out)
+        finally:
+            await c.close()
+    assert run_async(go()) == [(k, f"a{k}") for k in range(300, 306)]

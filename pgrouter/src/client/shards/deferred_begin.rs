@@ -77,9 +77,14 @@ impl Session {
                 }
             }
         }
+        let mut many = false;
         let route = match self.route_arrived_batch(tag) {
             None => return Ok(Deferred::NeedMore),
-            Some(Ok(Routed::One(r) | Routed::Keyed(r) | Routed::Many(r, _))) => r,
+            Some(Ok(Routed::One(r) | Routed::Keyed(r))) => r,
+            Some(Ok(Routed::Many(r, _))) => {
+                many = true;
+                r
+            }
             // Refused through the server, inside the transaction.
             Some(Err(_)) => Route {
                 shard: 0,
@@ -121,6 +126,12 @@ impl Session {
         self.expect.swallow(Reply::Parse(None));
         self.expect.swallow(Reply::Bind);
         self.expect.swallow(Reply::Execute);
+        if many {
+            // The statement runs on legs of the transaction, not through
+            // this server: its BEGIN needs a Sync of its own to be answered.
+            frontend::sync(&mut self.to_server);
+            self.expect.swallow(Reply::Sync);
+        }
         self.in_tx = true;
         Ok(Deferred::Attached)
     }

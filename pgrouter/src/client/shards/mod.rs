@@ -11,6 +11,7 @@
 
 mod columns;
 mod deferred_begin;
+mod insert_split;
 mod legs;
 mod pipeline;
 mod read;
@@ -160,7 +161,8 @@ impl Session {
             ManyKind::Ddl | ManyKind::Replicate | ManyKind::Write => {
                 self.write_on_shards(&unit, many.kind, &many.shards).await
             }
-            ManyKind::InsertSplit | ManyKind::CopyIn | ManyKind::CopyOut | ManyKind::Pipeline => Err(ShardError::router(
+            ManyKind::InsertSplit => self.insert_on_shards(&unit).await,
+            ManyKind::CopyIn | ManyKind::CopyOut | ManyKind::Pipeline => Err(ShardError::router(
                 "0A000",
                 format!(
                     "pgrouter: this statement needs {} shards ({}): not supported yet; HINT: send the rows \

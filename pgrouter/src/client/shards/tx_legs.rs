@@ -346,7 +346,11 @@ impl Session {
         };
         if !matches!(
             many.kind,
-            ManyKind::Read | ManyKind::Write | ManyKind::Replicate | ManyKind::Ddl
+            ManyKind::Read
+                | ManyKind::Write
+                | ManyKind::Replicate
+                | ManyKind::Ddl
+                | ManyKind::InsertSplit
         ) || crate::router::runs_outside_transactions(&unit.analysis, &unit.sql)
         {
             let e = ShardError::router(
@@ -390,6 +394,7 @@ impl Session {
             .partition(|l| many.shards.contains(&l.shard));
         let result = match many.kind {
             ManyKind::Read => self.read_with_legs(&unit, &mut used).await,
+            ManyKind::InsertSplit => self.insert_with_legs_in_tx(&unit, &mut used).await,
             kind => self.write_with_legs_in_tx(&unit, kind, &mut used).await,
         };
         let mut legs = rest;

@@ -361,7 +361,7 @@ fn relay_answer(answer: &Answer, out: &mut BytesMut) {
 
 /// Every shard's rows, statement by statement, under the first shard's
 /// RowDescription, with counts summed (`UPDATE 7` = 3 + 4).
-fn merge_answers(answers: &[Answer], out: &mut BytesMut) {
+pub(super) fn merge_answers(answers: &[Answer], out: &mut BytesMut) {
     let results: Vec<Vec<&[(u8, Bytes)]>> = answers
         .iter()
         .map(|a| {
