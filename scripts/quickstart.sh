@@ -452,7 +452,7 @@ shard 2 = $SHARD2_PORT. orders is split by customer_id (PostgreSQL's hash partit
 modulus 3); countries ($countries rows) is whole on every shard.
 
 # rows go to the shard of their customer_id (1 -> shard 2, 2 -> shard 0, 3 -> shard 1)
-psql "$s" -c "INSERT INTO orders (customer_id, id, amount, note) VALUES (1, 1, 10.00, 'first')" -c "INSERT INTO orders (customer_id, id, amount) VALUES (2, 1, 20.00)" -c "INSERT INTO orders (customer_id, id, amount) VALUES (3, 1, 30.00)"
+psql "$s" -c "INSERT INTO orders (customer_id, id, amount, note) VALUES (1, 1, 10.00, 'first'), (2, 1, 20.00, NULL), (3, 1, 30.00, NULL)"
 
 # which shard a statement goes to, and why (nothing is run)
 psql "$s" -c "EXPLAIN (ROUTE) SELECT * FROM orders WHERE customer_id = 2"
