@@ -13,7 +13,7 @@ use super::write::merge_answers;
 use super::ShardError;
 use crate::client::error::SessionEnd;
 use crate::client::session::Session;
-use crate::protocol::{backend, frontend};
+use crate::protocol::frontend;
 use crate::router::{self, part_types, rebind, BindParams, Role, Values};
 
 /// One shard's part: its request (without BEGIN).
@@ -95,10 +95,7 @@ impl Session {
                     );
                     frontend::write_bind(&mut request, "", "", &rest);
                     frontend::write_target(&mut request, b'D', b'P', "");
-                    backend::put_message(&mut request, b'E', |b| {
-                        b.extend_from_slice(&[0]);
-                        b.extend_from_slice(&0i32.to_be_bytes());
-                    });
+                    super::unit::execute_all(&mut request);
                     frontend::sync(&mut request);
                 }
             }
@@ -173,9 +170,7 @@ impl Session {
             }
         }
         for answer in &mut answers {
-            answer.retain(|(t, _)| {
-                !matches!(t, b'1' | b'2') && (unit.describes() || !matches!(t, b'T' | b'n'))
-            });
+            unit.client_part(answer);
         }
         unit.preamble(&mut self.to_client);
         merge_answers(&answers, &mut self.to_client);

@@ -9,7 +9,7 @@
 //! transaction: at its Sync the legs commit together (two-phase commit
 //! when configured) or all roll back.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
 use super::legs::{cancel_targets, give_back, Leg};
 use super::ShardError;
@@ -159,10 +159,7 @@ impl Session {
                 expected[i] += 1;
             }
             if step.execute {
-                backend::put_message(r, b'E', |b| {
-                    b.extend_from_slice(&[0]);
-                    b.extend_from_slice(&0i32.to_be_bytes());
-                });
+                super::unit::execute_all(r);
                 expected[i] += 1;
             }
         }
@@ -350,13 +347,7 @@ impl Session {
                     }
                 },
                 b'E' => {
-                    let mut r = body;
-                    if let Some(nul) = r.iter().position(|&b| b == 0) {
-                        r.advance(nul + 1);
-                    }
-                    let max_rows = r
-                        .get(..4)
-                        .map_or(0, |b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+                    let max_rows = super::unit::execute_max_rows(body);
                     match steps.last_mut() {
                         Some(s) if !s.execute && max_rows == 0 => s.execute = true,
                         _ => {

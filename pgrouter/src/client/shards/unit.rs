@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use pgrouter_parser::Analysis;
 
 use super::ShardError;
@@ -61,10 +61,7 @@ impl Unit {
                 frontend::write_parse(out, "", sql, &e.param_types);
                 frontend::write_bind(out, "", "", bind_rest);
                 frontend::write_target(out, b'D', b'P', "");
-                backend::put_message(out, b'E', |b| {
-                    b.extend_from_slice(&[0]);
-                    b.extend_from_slice(&0i32.to_be_bytes());
-                });
+                execute_all(out);
                 frontend::sync(out);
             }
         }
@@ -158,15 +155,7 @@ impl Session {
                 }
                 b'B' => bind = Some((start, len)),
                 b'D' => describe = true,
-                b'E' => {
-                    let mut r = body;
-                    if let Some(nul) = r.iter().position(|&b| b == 0) {
-                        r.advance(nul + 1);
-                    }
-                    max_rows = r
-                        .get(..4)
-                        .map_or(0, |b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]));
-                }
+                b'E' => max_rows = execute_max_rows(body),
                 _ => {}
             }
         }
@@ -211,6 +200,34 @@ impl Session {
                 max_rows,
             }),
         }))
+    }
+}
+
+/// An Execute of the unnamed portal for all its rows.
+pub(super) fn execute_all(out: &mut BytesMut) {
+    backend::put_message(out, b'E', |b| {
+        b.extend_from_slice(&[0]);
+        b.extend_from_slice(&0i32.to_be_bytes());
+    });
+}
+
+/// The row limit of an Execute message (0 = all rows).
+pub(super) fn execute_max_rows(body: &[u8]) -> i32 {
+    let rows = body
+        .iter()
+        .position(|&b| b == 0)
+        .and_then(|nul| body.get(nul + 1..nul + 5));
+    rows.map_or(0, |b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+impl Unit {
+    /// Keeps of one leg's answer what reaches the client: not the Parse and
+    /// Bind completions (the preamble says them once), nor the description
+    /// unless the client asked for it.
+    pub fn client_part(&self, answer: &mut super::write::Answer) {
+        let describes = self.describes();
+        answer
+            .retain(|(t, _)| !matches!(t, b'1' | b'2') && (describes || !matches!(t, b'T' | b'n')));
     }
 }
 

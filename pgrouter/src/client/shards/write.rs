@@ -99,9 +99,7 @@ impl Session {
             }
         }
         for answer in &mut answers {
-            answer.retain(|(t, _)| {
-                !matches!(t, b'1' | b'2') && (unit.describes() || !matches!(t, b'T' | b'n'))
-            });
+            unit.client_part(answer);
         }
         unit.preamble(&mut self.to_client);
         match kind {
@@ -137,9 +135,7 @@ impl Session {
         }
         if failed.is_empty() {
             let mut answer = first_answer.unwrap_or_default();
-            answer.retain(|(t, _)| {
-                !matches!(t, b'1' | b'2') && (unit.describes() || !matches!(t, b'T' | b'n'))
-            });
+            unit.client_part(&mut answer);
             unit.preamble(&mut self.to_client);
             relay_answer(&answer, &mut self.to_client);
             return Ok(Ok(()));
@@ -336,9 +332,7 @@ impl Session {
             return Err(e);
         }
         for answer in &mut answers {
-            answer.retain(|(t, _)| {
-                !matches!(t, b'1' | b'2') && (unit.describes() || !matches!(t, b'T' | b'n'))
-            });
+            unit.client_part(answer);
         }
         unit.preamble(&mut self.to_client);
         match kind {
