@@ -655,3 +655,44 @@ def test_multi_row_insert_is_split_by_shard(srouter, shards):
         finally:
             await c.close()
     assert run_async(go()) == [(k, f"a{k}") for k in range(300, 306)]
+
+
+def test_copy_from_stdin_splits_rows_by_key(srouter, shards):
+    servers, _ = shards
+    with connect(srouter.dsn()) as conn:
+        conn.execute(CREATE)
+        with conn.cursor().copy("COPY fo_orders (customer_id, id, note) FROM STDIN") as copy:
+            for k in range(1, 41):
+                copy.write_row((k, 1, f"tab\\there {k}" if k % 7 == 0 else f"c{k}"))
+        counts = per_shard_counts(servers)
+        assert sum(counts) == 40 and all(c > 0 for c in counts), counts
+        # CSV with a header, quoted delimiters and an embedded newline.
+        data = "customer_id,id,note\n" + "".join(f'{k},2,"x, ""y""\nz{k}"\n' for k in range(41, 61))
+        with conn.cursor().copy("COPY fo_orders (customer_id, id, note) FROM STDIN (FORMAT csv, HEADER)") as copy:
+            copy.write(data)
+        assert conn.execute("SELECT note FROM fo_orders WHERE customer_id = 50").fetchone() == ('x, "y"\nz50',)
+        # Binary, through psycopg's binary copy.
+        with conn.cursor().copy("COPY fo_orders (customer_id, id) FROM STDIN (FORMAT binary)") as copy:
+            copy.set_types(["int8", "int4"])
+            for k in range(61, 71):
+                copy.write_row((k, 3))
+        assert conn.execute("SELECT count(*) FROM fo_orders").fetchone() == (70,)
+        # Every row where PostgreSQL's own hash partitioning puts it.
+        for i, s in enumerate(servers):
+            with s.connect(APP_DB) as c:
+                c.execute("CREATE TABLE IF NOT EXISTS fo_hp (k bigint) PARTITION BY HASH (k)")
+                bad = c.execute("SELECT count(*) FROM fo_orders o WHERE NOT satisfies_hash_partition("
+                                "'fo_hp'::regclass, 3, %s, o.customer_id)", (i,)).fetchone()[0]
+                c.execute("DROP TABLE fo_hp")
+                assert bad == 0
+        # Without a column list: the table's columns, learnt from shard 0.
+        with conn.cursor().copy("COPY fo_orders FROM STDIN") as copy:
+            copy.write_row((71, 4, 1.5, "no list"))
+        assert conn.execute("SELECT note FROM fo_orders WHERE customer_id = 71").fetchone() == ("no list",)
+        conn.execute("DELETE FROM fo_orders WHERE customer_id = 71")
+        # A bad key: nothing copied anywhere, the session goes on.
+        with pytest.raises(psycopg.Error) as err:
+            with conn.cursor().copy("COPY fo_orders (customer_id, id) FROM STDIN") as copy:
+                copy.write("100\t1\nnot-a-number\t1\n")
+        assert sqlstate(err.value) == "22P02"
+        assert conn.execute("SELECT count(*) FROM fo_orders").fetchone() == (70,)

@@ -21,13 +21,32 @@ impl Session {
         let Some(analysis) = self.peek_analysis(tag, len) else {
             return;
         };
-        for keys in &analysis.keys {
-            let Some(insert) = &keys.insert else { continue };
-            let r = &insert.relation;
-            if !insert.columns.is_empty()
-                || map.relation(r).is_none()
-                || map.known_columns(r).is_some()
-            {
+        // INSERTs without a column list, and COPY of a whole sharded table
+        // (without one, its rows follow the table's columns too).
+        let mut wanted: Vec<pgrouter_parser::shard::Relation> = analysis
+            .keys
+            .iter()
+            .filter_map(|k| k.insert.as_ref())
+            .filter(|i| i.columns.is_empty())
+            .map(|i| i.relation.clone())
+            .collect();
+        if let [s] = analysis.statements.as_slice() {
+            if matches!(s.kind, pgrouter_parser::StatementKind::Copy { .. }) {
+                for t in &analysis.tables {
+                    let (schema, name) = match t.rsplit_once('.') {
+                        Some((s, n)) => (Some(s.to_string()), n.to_string()),
+                        None => (None, t.clone()),
+                    };
+                    wanted.push(pgrouter_parser::shard::Relation {
+                        schema,
+                        name,
+                        alias: None,
+                    });
+                }
+            }
+        }
+        for r in &wanted {
+            if map.relation(r).is_none() || map.known_columns(r).is_some() {
                 continue;
             }
             let name = match &r.schema {

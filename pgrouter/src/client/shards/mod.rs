@@ -10,6 +10,7 @@
 //!   CONCURRENTLY`, `VACUUM`): shard by shard, naming the shards that failed.
 
 mod columns;
+mod copy_in;
 mod deferred_begin;
 mod insert_split;
 mod legs;
@@ -162,6 +163,7 @@ impl Session {
                 self.write_on_shards(&unit, many.kind, &many.shards).await
             }
             ManyKind::InsertSplit => self.insert_on_shards(&unit).await,
+            ManyKind::CopyIn if unit.extended.is_none() => self.copy_in_on_shards(&unit, &many.shards).await,
             ManyKind::CopyIn | ManyKind::CopyOut | ManyKind::Pipeline => Err(ShardError::router(
                 "0A000",
                 format!(

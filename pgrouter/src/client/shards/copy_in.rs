@@ -1,0 +1,259 @@
+//! `COPY table FROM STDIN` into a sharded table: every shard's primary
+//! runs the COPY in a transaction block of its own; the client's rows are
+//! split by their shard key as they stream in (`fanout::copy_split`: text,
+//! CSV with quotes, embedded newlines and HEADER, binary), each shard gets
+//! its rows, and at CopyDone the shards commit together (two-phase commit)
+//! with `COPY n` the total — or all roll back.
+
+use bytes::BytesMut;
+use tokio::io::AsyncReadExt;
+
+use super::legs::{cancel_targets, give_back, Leg};
+use super::unit::Unit;
+use super::ShardError;
+use crate::client::error::SessionEnd;
+use crate::client::session::Session;
+use crate::fanout::copy_options::{copy_options, key_column};
+use crate::fanout::copy_split::CopySplitter;
+use crate::protocol::{backend, frontend, next_frame};
+use crate::router::Role;
+
+impl Session {
+    pub(super) async fn copy_in_on_shards(
+        &mut self,
+        unit: &Unit,
+        shards: &[usize],
+    ) -> Result<(), ShardError> {
+        let mut splitter = self.copy_splitter(unit)?;
+        let mut legs = self.take_legs(shards, Role::Primary).await?;
+        self.cancel.slot.set_many(cancel_targets(&legs));
+        let result = match self.copy_in(unit, &mut legs, &mut splitter).await {
+            Ok(r) => r,
+            Err(end) => {
+                give_back(legs);
+                return Err(ShardError::router("08006", format!("pgrouter: {end:?}")));
+            }
+        };
+        self.cancel.slot.set(None);
+        give_back(legs);
+        result
+    }
+
+    /// The splitter for this COPY: its options, the key's field, the
+    /// placement of its table.
+    fn copy_splitter(&self, unit: &Unit) -> Result<CopySplitter, ShardError> {
+        let map = self
+            .rt
+            .shard_maps
+            .get(&self.database)
+            .ok_or_else(|| ShardError::router("XX000", "pgrouter: not a sharded database"))?;
+        let err =
+            |e: crate::fanout::copy_options::CopyError| ShardError::router(e.sqlstate, e.message);
+        let mut info = copy_options(&unit.sql).map_err(err)?;
+        if info.encoding.is_none() {
+            info.encoding = self.params.get("client_encoding").map(str::to_string);
+        }
+        let relation = pgrouter_parser::shard::Relation {
+            schema: info.schema.clone(),
+            name: info.table.clone(),
+            alias: None,
+        };
+        let table = map.relation(&relation).ok_or_else(|| {
+            ShardError::router(
+                "0A000",
+                format!("pgrouter: \"{}\" is not a sharded table", info.table),
+            )
+        })?;
+        let learnt = map.known_columns(&relation);
+        let key = key_column(
+            &info,
+            &table.column,
+            learnt.as_deref().map(|v| v.as_slice()),
+        )
+        .map_err(err)?;
+        let mut splitter = CopySplitter::for_placement(&info, key, table.placement.clone());
+        if let Some(columns) = learnt.as_deref() {
+            splitter = splitter.with_columns(&info, columns);
+        }
+        Ok(splitter)
+    }
+
+    async fn copy_in(
+        &mut self,
+        unit: &Unit,
+        legs: &mut [Leg],
+        splitter: &mut CopySplitter,
+    ) -> Result<Result<(), ShardError>, SessionEnd> {
+        // Every shard in its transaction block, waiting for data.
+        let mut request = BytesMut::new();
+        frontend::query(&mut request, "BEGIN");
+        frontend::query(&mut request, &unit.sql);
+        let mut copy_response = None;
+        for leg in legs.iter_mut() {
+            if let Err(e) = leg.held.conn.send(&request).await {
+                leg.held.conn.tx_status = b'E';
+                return Ok(Err(ShardError::lost(leg.shard, &e)));
+            }
+        }
+        for leg in legs.iter_mut() {
+            loop {
+                let (tag, body) = match leg.held.conn.read_message().await {
+                    Ok(m) => m,
+                    Err(e) => {
+                        leg.held.conn.tx_status = b'E';
+                        return Ok(Err(ShardError::lost(leg.shard, &e)));
+                    }
+                };
+                match tag {
+                    b'G' => {
+                        copy_response.get_or_insert(body);
+                        break;
+                    }
+                    b'E' => {
+                        let _ = leg.held.conn.read_until_ready().await;
+                        self.roll_back(legs).await;
+                        return Ok(Err(ShardError::Server(body)));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let body = copy_response.unwrap_or_default();
+        backend::put_message(&mut self.to_client, b'G', |b| b.extend_from_slice(&body));
+        self.flush_client().await?;
+        // The client's data, split as it comes.
+        let failure = loop {
+            let frame = match next_frame(&self.cbuf, self.max_message)? {
+                Some(f) => f,
+                None => {
+                    if self
+                        .client
+                        .read_buf(&mut self.cbuf)
+                        .await
+                        .map_err(SessionEnd::ClientIo)?
+                        == 0
+                    {
+                        return Err(SessionEnd::ClientGone);
+                    }
+                    continue;
+                }
+            };
+            let msg = self.cbuf.split_to(frame.total_len).freeze();
+            let body = &msg[5..];
+            match frame.tag {
+                b'd' => {
+                    if let Err(e) = splitter.feed(body) {
+                        break Some(split_error(e));
+                    }
+                }
+                b'c' => {
+                    if let Err(e) = splitter.finish() {
+                        break Some(split_error(e));
+                    }
+                    self.send_rows(legs, splitter).await?;
+                    break None;
+                }
+                b'f' => {
+                    let reason = String::from_utf8_lossy(body.strip_suffix(&[0]).unwrap_or(body))
+                        .into_owned();
+                    break Some(ShardError::router(
+                        "57014",
+                        format!("COPY from stdin failed: {reason}"),
+                    ));
+                }
+                b'H' | b'S' => {}
+                other => {
+                    break Some(ShardError::router(
+                        "08P01",
+                        format!("unexpected message type 0x{other:02X} during COPY from stdin"),
+                    ))
+                }
+            }
+            if splitter.buffered() > 64 * 1024 {
+                self.send_rows(legs, splitter).await?;
+            }
+        };
+        // End the COPY everywhere: done, or failed.
+        let mut end = BytesMut::new();
+        match &failure {
+            None => backend::put_message(&mut end, b'c', |_| {}),
+            Some(_) => backend::put_message(&mut end, b'f', |b| {
+                b.extend_from_slice(b"pgrouter: COPY failed\0");
+            }),
+        }
+        let mut total = 0u64;
+        let mut server_error = None;
+        for leg in legs.iter_mut() {
+            if leg.held.conn.send(&end).await.is_err() {
+                leg.held.conn.tx_status = b'E';
+                continue;
+            }
+            loop {
+                match leg.held.conn.read_message().await {
+                    Ok((b'C', body)) => total += super::split_tag(&body).1.unwrap_or(0),
+                    Ok((b'E', body)) => {
+                        server_error.get_or_insert(body);
+                    }
+                    Ok((b'Z', body)) => {
+                        leg.held.conn.tx_status = body.first().copied().unwrap_or(b'E');
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(_) => {
+                        leg.held.conn.tx_status = b'E';
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(e) = failure {
+            self.roll_back(legs).await;
+            return Ok(Err(e));
+        }
+        if let Some(body) = server_error {
+            self.roll_back(legs).await;
+            return Ok(Err(ShardError::Server(body)));
+        }
+        if legs.iter().any(|l| l.held.conn.tx_status != b'T') {
+            self.roll_back(legs).await;
+            return Ok(Err(ShardError::router(
+                "08006",
+                "pgrouter: a shard failed during COPY",
+            )));
+        }
+        let all: Vec<usize> = (0..legs.len()).collect();
+        if let Err(e) = self.commit_written(legs, &all).await {
+            return Ok(Err(e));
+        }
+        backend::command_complete(&mut self.to_client, &format!("COPY {total}"));
+        Ok(Ok(()))
+    }
+
+    /// Sends each shard the rows split for it so far.
+    async fn send_rows(
+        &mut self,
+        legs: &mut [Leg],
+        splitter: &mut CopySplitter,
+    ) -> Result<(), SessionEnd> {
+        for (i, leg) in legs.iter_mut().enumerate() {
+            let rows = splitter.take(i);
+            if rows.is_empty() {
+                continue;
+            }
+            let mut out = BytesMut::with_capacity(rows.len() + 5);
+            backend::put_message(&mut out, b'd', |b| b.extend_from_slice(&rows));
+            if leg.held.conn.send(&out).await.is_err() {
+                leg.held.conn.tx_status = b'E';
+            }
+        }
+        Ok(())
+    }
+}
+
+fn split_error(e: crate::fanout::copy_split::CopySplitError) -> ShardError {
+    let mut message = e.message;
+    if let Some(context) = e.context {
+        message.push_str(&format!(" (CONTEXT: {context})"));
+    }
+    ShardError::router(e.sqlstate, message)
+}
