@@ -696,3 +696,25 @@ def test_copy_from_stdin_splits_rows_by_key(srouter, shards):
                 copy.write("100\t1\nnot-a-number\t1\n")
         assert sqlstate(err.value) == "22P02"
         assert conn.execute("SELECT count(*) FROM fo_orders").fetchone() == (70,)
+
+
+def test_copy_to_stdout_joins_every_shard(srouter, shards):
+    with connect(srouter.dsn()) as conn:
+        conn.execute(CREATE)
+        load(conn, 30)
+        for opts, parse in [("", lambda line: int(line.split("\t")[0])),
+                            ("(FORMAT csv, HEADER)", lambda line: int(line.split(",")[0]))]:
+            data = b""
+            with conn.cursor().copy(f"COPY fo_orders (customer_id, note) TO STDOUT {opts}") as copy:
+                for chunk in copy:
+                    data += bytes(chunk)
+            lines = data.decode().splitlines()
+            if "HEADER" in opts:
+                assert lines[0] == "customer_id,note" and "customer_id,note" not in lines[1:]
+                lines = lines[1:]
+            assert sorted(parse(line) for line in lines) == list(range(1, 31)), opts
+        # Binary: one header, one trailer, every row, read back by psycopg.
+        with conn.cursor().copy("COPY fo_orders (customer_id, id) TO STDOUT (FORMAT binary)") as copy:
+            copy.set_types(["int8", "int4"])
+            rows = list(copy.rows())
+        assert sorted(r[0] for r in rows) == list(range(1, 31))

@@ -11,6 +11,7 @@
 
 mod columns;
 mod copy_in;
+mod copy_out;
 mod deferred_begin;
 mod insert_split;
 mod legs;
@@ -164,6 +165,9 @@ impl Session {
             }
             ManyKind::InsertSplit => self.insert_on_shards(&unit).await,
             ManyKind::CopyIn if unit.extended.is_none() => self.copy_in_on_shards(&unit, &many.shards).await,
+            ManyKind::CopyOut if unit.extended.is_none() => {
+                self.copy_out_on_shards(&unit, role, &many.shards).await
+            }
             ManyKind::CopyIn | ManyKind::CopyOut | ManyKind::Pipeline => Err(ShardError::router(
                 "0A000",
                 format!(

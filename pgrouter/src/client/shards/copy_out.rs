@@ -1,0 +1,115 @@
+//! `COPY table TO STDOUT` of a sharded table: every shard's rows, shard
+//! after shard, as one COPY (`fanout::copy_out` keeps one header and one
+//! binary trailer); the tag is `COPY n` with the total.
+
+use bytes::BytesMut;
+
+use super::legs::{cancel_targets, cancel_unfinished, give_back, Leg};
+use super::unit::Unit;
+use super::ShardError;
+use crate::client::error::SessionEnd;
+use crate::client::session::Session;
+use crate::fanout::copy_options::copy_options;
+use crate::fanout::copy_out::CopyOutJoiner;
+use crate::protocol::{backend, frontend};
+use crate::router::Role;
+
+impl Session {
+    pub(super) async fn copy_out_on_shards(
+        &mut self,
+        unit: &Unit,
+        role: Role,
+        shards: &[usize],
+    ) -> Result<(), ShardError> {
+        let info =
+            copy_options(&unit.sql).map_err(|e| ShardError::router(e.sqlstate, e.message))?;
+        let mut joiner = CopyOutJoiner::new(&info, shards.len());
+        let mut legs = self.take_legs(shards, role).await?;
+        self.cancel.slot.set_many(cancel_targets(&legs));
+        let result = match self.copy_out(unit, &mut legs, &mut joiner).await {
+            Ok(r) => r,
+            Err(end) => Err(ShardError::router("08006", format!("pgrouter: {end:?}"))),
+        };
+        if result.is_err() {
+            cancel_unfinished(&mut legs);
+        }
+        self.cancel.slot.set(None);
+        give_back(legs);
+        result
+    }
+
+    async fn copy_out(
+        &mut self,
+        unit: &Unit,
+        legs: &mut [Leg],
+        joiner: &mut CopyOutJoiner,
+    ) -> Result<Result<(), ShardError>, SessionEnd> {
+        let mut request = BytesMut::new();
+        frontend::query(&mut request, &unit.sql);
+        for leg in legs.iter_mut() {
+            leg.ready = false;
+            if let Err(e) = leg.held.conn.send(&request).await {
+                leg.held.conn.tx_status = b'E';
+                return Ok(Err(ShardError::lost(leg.shard, &e)));
+            }
+        }
+        let mut started = false;
+        let mut total = 0u64;
+        for i in 0..legs.len() {
+            loop {
+                let (tag, body) = match legs[i].held.conn.read_message().await {
+                    Ok(m) => m,
+                    Err(e) => {
+                        legs[i].held.conn.tx_status = b'E';
+                        legs[i].ready = true;
+                        return Ok(Err(ShardError::lost(legs[i].shard, &e)));
+                    }
+                };
+                match tag {
+                    b'H' if !started => {
+                        started = true;
+                        backend::put_message(&mut self.to_client, b'H', |b| {
+                            b.extend_from_slice(&body)
+                        });
+                    }
+                    b'd' => match joiner.shard_data(i, &body) {
+                        Ok(out) if !out.is_empty() => {
+                            backend::put_message(&mut self.to_client, b'd', |b| {
+                                b.extend_from_slice(&out)
+                            })
+                        }
+                        Ok(_) => {}
+                        Err(e) => return Ok(Err(ShardError::router("08P01", e.message))),
+                    },
+                    b'c' => {
+                        if let Err(e) = joiner.shard_done(i) {
+                            return Ok(Err(ShardError::router("08P01", e.message)));
+                        }
+                    }
+                    b'C' => total += super::split_tag(&body).1.unwrap_or(0),
+                    b'E' => {
+                        let _ = legs[i].held.conn.read_until_ready().await;
+                        legs[i].ready = true;
+                        return Ok(Err(ShardError::Server(body)));
+                    }
+                    b'Z' => {
+                        legs[i].ready = true;
+                        legs[i].held.conn.tx_status = body.first().copied().unwrap_or(b'I');
+                        break;
+                    }
+                    _ => {}
+                }
+                if self.to_client.len() >= 64 * 1024 {
+                    self.flush_client().await?;
+                }
+            }
+        }
+        let tail = joiner.finish();
+        if !tail.is_empty() {
+            backend::put_message(&mut self.to_client, b'd', |b| b.extend_from_slice(&tail));
+        }
+        backend::put_message(&mut self.to_client, b'c', |_| {});
+        backend::command_complete(&mut self.to_client, &format!("COPY {total}"));
+        Ok(Ok(()))
+    }
+}
