@@ -277,6 +277,11 @@ def test_a_failed_statement_fails_the_whole_transaction(srouter, shards):
             assert sqlstate(err.value) == "25P02"
         assert conn.execute("COMMIT").statusmessage == "ROLLBACK"
         assert conn.execute("SELECT count(*) FROM fo_orders WHERE customer_id = %s", (a,)).fetchone()[0] == 0
+        # Every leg ended with the transaction: none is left in it.
+        for s in servers:
+            with s.connect(APP_DB) as c:
+                assert c.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = 'app' "
+                                 "AND state LIKE 'idle in transaction%'").fetchone()[0] == 0
 
 
 def test_savepoints_and_isolation_reach_every_leg(srouter, shards):
@@ -718,3 +723,66 @@ def test_copy_to_stdout_joins_every_shard(srouter, shards):
             copy.set_types(["int8", "int4"])
             rows = list(copy.rows())
         assert sorted(r[0] for r in rows) == list(range(1, 31))
+
+
+def test_copy_and_executemany_inside_a_transaction(srouter, shards):
+    """psycopg's default (not autocommit) sends BEGIN before the first
+    statement: COPY and executemany then run inside that transaction, on
+    every shard they need, and commit or roll back with it."""
+    servers, _ = shards
+    with connect(srouter.dsn()) as setup:
+        setup.execute(CREATE)
+    with connect(srouter.dsn(), autocommit=False) as conn:
+        with conn.cursor().copy("COPY fo_orders (customer_id, id, note) FROM STDIN") as copy:
+            for k in range(1, 31):
+                copy.write_row((k, 1, "tx"))
+        # The transaction sees its own rows; nobody else does yet.
+        assert conn.execute("SELECT count(*) FROM fo_orders").fetchone() == (30,)
+        assert sum(per_shard_counts(servers)) == 0
+        conn.cursor().executemany("INSERT INTO fo_orders (customer_id, id, note) VALUES (%s, %s, %s)",
+                                  [(k, 2, "many") for k in range(31, 51)])
+        data = b""
+        with conn.cursor().copy("COPY fo_orders (customer_id) TO STDOUT") as copy:
+            for chunk in copy:
+                data += bytes(chunk)
+        assert sorted(int(x) for x in data.decode().split()) == list(range(1, 51))
+        conn.commit()
+        counts = per_shard_counts(servers)
+        assert sum(counts) == 50 and all(c > 0 for c in counts), counts
+        # Rolled back: nothing stays anywhere.
+        with conn.cursor().copy("COPY fo_orders (customer_id, id) FROM STDIN") as copy:
+            for k in range(100, 120):
+                copy.write_row((k, 1))
+        conn.cursor().executemany("INSERT INTO fo_orders (customer_id, id) VALUES (%s, %s)",
+                                  [(k, 2) for k in range(120, 130)])
+        conn.rollback()
+        assert sum(per_shard_counts(servers)) == 50
+        # A bad row fails the transaction, as PostgreSQL fails it.
+        conn.execute("INSERT INTO fo_orders (customer_id, id) VALUES (200, 1)")
+        with pytest.raises(psycopg.Error) as err:
+            with conn.cursor().copy("COPY fo_orders (customer_id, id) FROM STDIN") as copy:
+                copy.write("201\t1\nnot-a-number\t1\n")
+        assert sqlstate(err.value) == "22P02"
+        with pytest.raises(psycopg.Error) as err:
+            conn.execute("SELECT count(*) FROM fo_orders")
+        assert sqlstate(err.value) == "25P02"
+        conn.rollback()
+        # A failing executemany row fails it too; the session goes on.
+        with pytest.raises(psycopg.Error) as err:
+            conn.cursor().executemany("INSERT INTO fo_orders (customer_id, id) VALUES (%s, %s)",
+                                      [(300, 1), (301, 1), (5, 1), (302, 1)])
+        assert sqlstate(err.value) == "23505"
+        conn.rollback()
+        assert conn.execute("SELECT count(*) FROM fo_orders").fetchone() == (50,)
+        conn.commit()
+        # executemany first in its transaction: psycopg's BEGIN goes in the
+        # same pipeline; the rows stay uncommitted until COMMIT.
+        conn.cursor().executemany("INSERT INTO fo_orders (customer_id, id) VALUES (%s, %s)",
+                                  [(k, 5) for k in range(400, 420)])
+        assert sum(per_shard_counts(servers)) == 50
+        assert conn.execute("SELECT count(*) FROM fo_orders").fetchone() == (70,)
+        conn.rollback()
+        conn.cursor().executemany("INSERT INTO fo_orders (customer_id, id) VALUES (%s, %s)",
+                                  [(k, 5) for k in range(400, 420)])
+        conn.commit()
+    assert sum(per_shard_counts(servers)) == 70

@@ -3,7 +3,9 @@
 //! split by their shard key as they stream in (`fanout::copy_split`: text,
 //! CSV with quotes, embedded newlines and HEADER, binary), each shard gets
 //! its rows, and at CopyDone the shards commit together (two-phase commit)
-//! with `COPY n` the total — or all roll back.
+//! with `COPY n` the total — or all roll back. Inside the client's
+//! transaction block the COPY runs on the transaction's legs instead and
+//! commits (or fails) with the transaction.
 
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
@@ -27,7 +29,7 @@ impl Session {
         let mut splitter = self.copy_splitter(unit)?;
         let mut legs = self.take_legs(shards, Role::Primary).await?;
         self.cancel.slot.set_many(cancel_targets(&legs));
-        let result = match self.copy_in(unit, &mut legs, &mut splitter).await {
+        let result = match self.copy_in(unit, &mut legs, &mut splitter, false).await {
             Ok(r) => r,
             Err(end) => {
                 give_back(legs);
@@ -78,47 +80,42 @@ impl Session {
         Ok(splitter)
     }
 
+    /// COPY FROM STDIN on the legs of the client's transaction block:
+    /// nothing committed here, a failure fails the transaction.
+    pub(super) async fn copy_in_with_legs_in_tx(
+        &mut self,
+        unit: &Unit,
+        legs: &mut [Leg],
+    ) -> Result<(), ShardError> {
+        let mut splitter = self.copy_splitter(unit)?;
+        match self.copy_in(unit, legs, &mut splitter, true).await {
+            Ok(r) => r,
+            Err(end) => Err(ShardError::router("08006", format!("pgrouter: {end:?}"))),
+        }
+    }
+
     async fn copy_in(
         &mut self,
         unit: &Unit,
         legs: &mut [Leg],
         splitter: &mut CopySplitter,
+        in_tx: bool,
     ) -> Result<Result<(), ShardError>, SessionEnd> {
-        // Every shard in its transaction block, waiting for data.
+        // Every shard in a transaction block, waiting for data.
         let mut request = BytesMut::new();
-        frontend::query(&mut request, "BEGIN");
+        if !in_tx {
+            frontend::query(&mut request, "BEGIN");
+        }
         frontend::query(&mut request, &unit.sql);
-        let mut copy_response = None;
-        for leg in legs.iter_mut() {
-            if let Err(e) = leg.held.conn.send(&request).await {
-                leg.held.conn.tx_status = b'E';
-                return Ok(Err(ShardError::lost(leg.shard, &e)));
-            }
-        }
-        for leg in legs.iter_mut() {
-            loop {
-                let (tag, body) = match leg.held.conn.read_message().await {
-                    Ok(m) => m,
-                    Err(e) => {
-                        leg.held.conn.tx_status = b'E';
-                        return Ok(Err(ShardError::lost(leg.shard, &e)));
-                    }
-                };
-                match tag {
-                    b'G' => {
-                        copy_response.get_or_insert(body);
-                        break;
-                    }
-                    b'E' => {
-                        let _ = leg.held.conn.read_until_ready().await;
-                        self.roll_back(legs).await;
-                        return Ok(Err(ShardError::Server(body)));
-                    }
-                    _ => {}
+        let body = match start_copy(legs, &request).await {
+            Ok(body) => body,
+            Err(e) => {
+                if !in_tx {
+                    self.roll_back(legs).await;
                 }
+                return Ok(Err(e));
             }
-        }
-        let body = copy_response.unwrap_or_default();
+        };
         backend::put_message(&mut self.to_client, b'G', |b| b.extend_from_slice(&body));
         self.flush_client().await?;
         // The client's data, split as it comes.
@@ -206,24 +203,24 @@ impl Session {
                 }
             }
         }
+        let failure = failure
+            .or(server_error.map(ShardError::Server))
+            .or_else(|| {
+                legs.iter()
+                    .any(|l| l.held.conn.tx_status != b'T')
+                    .then(|| ShardError::router("08006", "pgrouter: a shard failed during COPY"))
+            });
         if let Some(e) = failure {
-            self.roll_back(legs).await;
+            if !in_tx {
+                self.roll_back(legs).await;
+            }
             return Ok(Err(e));
         }
-        if let Some(body) = server_error {
-            self.roll_back(legs).await;
-            return Ok(Err(ShardError::Server(body)));
-        }
-        if legs.iter().any(|l| l.held.conn.tx_status != b'T') {
-            self.roll_back(legs).await;
-            return Ok(Err(ShardError::router(
-                "08006",
-                "pgrouter: a shard failed during COPY",
-            )));
-        }
-        let all: Vec<usize> = (0..legs.len()).collect();
-        if let Err(e) = self.commit_written(legs, &all).await {
-            return Ok(Err(e));
+        if !in_tx {
+            let all: Vec<usize> = (0..legs.len()).collect();
+            if let Err(e) = self.commit_written(legs, &all).await {
+                return Ok(Err(e));
+            }
         }
         backend::command_complete(&mut self.to_client, &format!("COPY {total}"));
         Ok(Ok(()))
@@ -248,6 +245,71 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// Sends every leg the COPY (after a BEGIN outside a transaction) and
+/// waits until each is ready for data: the CopyInResponse to relay, or
+/// the first error — every leg then out of COPY again (a CopyFail ends
+/// those that started) and its transaction block failed.
+async fn start_copy(legs: &mut [Leg], request: &[u8]) -> Result<bytes::Bytes, ShardError> {
+    for leg in legs.iter_mut() {
+        leg.ready = false;
+        if let Err(e) = leg.held.conn.send(request).await {
+            leg.held.conn.tx_status = b'E';
+            leg.cancelled = true; // closed at give-back
+            return Err(ShardError::lost(leg.shard, &e));
+        }
+    }
+    let mut response = None;
+    let mut failure = None;
+    for leg in legs.iter_mut() {
+        loop {
+            let (tag, body) = match leg.held.conn.read_message().await {
+                Ok(m) => m,
+                Err(e) => {
+                    leg.held.conn.tx_status = b'E';
+                    leg.cancelled = true;
+                    failure.get_or_insert(ShardError::lost(leg.shard, &e));
+                    break;
+                }
+            };
+            match tag {
+                b'G' => {
+                    response.get_or_insert(body);
+                    break;
+                }
+                b'E' => {
+                    failure.get_or_insert(ShardError::Server(body));
+                    if leg.held.conn.read_until_ready().await.is_err() {
+                        leg.cancelled = true;
+                    }
+                    leg.ready = true;
+                    break;
+                }
+                _ => {}
+            }
+        }
+    }
+    let Some(failure) = failure else {
+        for leg in legs.iter_mut() {
+            leg.ready = true;
+        }
+        return Ok(response.unwrap_or_default());
+    };
+    // The legs in COPY leave it with an error of their own.
+    let mut fail = BytesMut::new();
+    backend::put_message(&mut fail, b'f', |b| {
+        b.extend_from_slice(b"pgrouter: COPY failed\0")
+    });
+    for leg in legs.iter_mut().filter(|l| !l.ready && !l.cancelled) {
+        let ended = match leg.held.conn.send(&fail).await {
+            Ok(()) => leg.held.conn.read_until_ready().await.is_ok(),
+            Err(_) => false,
+        };
+        leg.cancelled |= !ended;
+        leg.ready = true;
+    }
+    Err(failure)
 }
 
 fn split_error(e: crate::fanout::copy_split::CopySplitError) -> ShardError {

@@ -4,7 +4,7 @@
 
 use bytes::BytesMut;
 
-use super::legs::{cancel_targets, cancel_unfinished, give_back, Leg};
+use super::legs::{cancel_targets, cancel_unfinished, drain_unfinished, give_back, Leg};
 use super::unit::Unit;
 use super::ShardError;
 use crate::client::error::SessionEnd;
@@ -35,6 +35,28 @@ impl Session {
         }
         self.cancel.slot.set(None);
         give_back(legs);
+        result
+    }
+
+    /// COPY TO STDOUT on the legs of the client's transaction block (it
+    /// sees the transaction's own writes); a failure fails the transaction
+    /// and leaves every leg ready for its ROLLBACK.
+    pub(super) async fn copy_out_with_legs_in_tx(
+        &mut self,
+        unit: &Unit,
+        legs: &mut [Leg],
+    ) -> Result<(), ShardError> {
+        let info =
+            copy_options(&unit.sql).map_err(|e| ShardError::router(e.sqlstate, e.message))?;
+        let mut joiner = CopyOutJoiner::new(&info, legs.len());
+        let result = match self.copy_out(unit, legs, &mut joiner).await {
+            Ok(r) => r,
+            Err(end) => Err(ShardError::router("08006", format!("pgrouter: {end:?}"))),
+        };
+        if result.is_err() {
+            cancel_unfinished(legs);
+            drain_unfinished(legs).await;
+        }
         result
     }
 

@@ -193,6 +193,19 @@ pub(super) fn cancel_unfinished(legs: &mut [Leg]) {
     }
 }
 
+/// Reads what the legs not yet answered still send, up to their
+/// ReadyForQuery, so that they can go on in their transaction (a leg
+/// that cannot is closed at give-back).
+pub(super) async fn drain_unfinished(legs: &mut [Leg]) {
+    for leg in legs.iter_mut().filter(|l| !l.ready) {
+        if leg.held.conn.read_until_ready().await.is_err() {
+            leg.held.conn.tx_status = b'E';
+            leg.cancelled = true;
+        }
+        leg.ready = true;
+    }
+}
+
 /// Where the client's own CancelRequest goes while legs are out.
 pub(super) fn cancel_targets(legs: &[Leg]) -> Vec<crate::server::CancelTarget> {
     legs.iter().map(|l| l.held.conn.cancel_target()).collect()

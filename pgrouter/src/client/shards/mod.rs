@@ -168,7 +168,8 @@ impl Session {
             ManyKind::CopyOut if unit.extended.is_none() => {
                 self.copy_out_on_shards(&unit, role, &many.shards).await
             }
-            ManyKind::CopyIn | ManyKind::CopyOut | ManyKind::Pipeline => Err(ShardError::router(
+            ManyKind::CopyIn | ManyKind::CopyOut => Err(extended_copy_refusal(many.shards.len())),
+            ManyKind::Pipeline => Err(ShardError::router(
                 "0A000",
                 format!(
                     "pgrouter: this statement needs {} shards ({}): not supported yet; HINT: send the rows \
@@ -188,6 +189,19 @@ impl Session {
             .set_state(super::registry::ClientState::Idle);
         self.flush_client().await.map(|_| true)
     }
+}
+
+/// COPY of a sharded table sent through the extended query protocol: the
+/// rows are split only for a COPY sent as a simple Query (as psql,
+/// psycopg, asyncpg, pgx and JDBC's CopyManager send it).
+fn extended_copy_refusal(shards: usize) -> ShardError {
+    ShardError::router(
+        "0A000",
+        format!(
+            "pgrouter: COPY on {shards} shards through the extended query protocol is not supported; \
+             HINT: send the COPY as a simple Query"
+        ),
+    )
 }
 
 /// A server's SQLSTATE as a static string (the common ones; else XX000).

@@ -36,6 +36,21 @@ pub(in crate::client) struct Pipeline {
     role: Role,
     /// A statement failed: the rest up to the Sync is skipped.
     failed: Option<Bytes>,
+    /// Inside the client's transaction block: the legs are the
+    /// transaction's (`Some(shard held before)`); its Sync commits nothing.
+    in_tx: Option<Option<usize>>,
+}
+
+impl Pipeline {
+    /// A pipeline inside a transaction on several shards, on its legs.
+    pub(super) fn in_tx(legs: Vec<Leg>, role: Role, held: Option<usize>) -> Pipeline {
+        Pipeline {
+            legs,
+            role,
+            failed: None,
+            in_tx: Some(held),
+        }
+    }
 }
 
 /// What [`Session::take_pipeline`] found; the bool: the part ended with
@@ -61,6 +76,7 @@ impl Session {
             legs: Vec::new(),
             role,
             failed: None,
+            in_tx: None,
         });
         let (order, steps, synced) = match self.take_pipeline()? {
             Taken::Steps(order, steps, synced) => (order, steps, synced),
@@ -101,6 +117,11 @@ impl Session {
                 pipe.failed.get_or_insert_with(Bytes::new);
             }
         }
+        if let Some(held) = pipe.in_tx {
+            // The transaction goes on (failed if a statement failed).
+            self.restore_legs(legs, held);
+            return self.answer_in_tx(Ok(()), None);
+        }
         if pipe.failed.is_some() {
             self.roll_back(&mut legs).await;
         } else {
@@ -128,17 +149,27 @@ impl Session {
             if pipe.legs.iter().any(|l| l.shard == step.shard) {
                 continue;
             }
-            let mut leg = match self.take_legs(&[step.shard], pipe.role).await {
-                Ok(mut legs) => legs.remove(0),
-                Err(e) => return Ok(Err(e)),
-            };
-            match leg.held.conn.run_simple("BEGIN").await {
-                Ok(Ok(())) => {}
-                Ok(Err(f)) => {
-                    give_back(vec![leg]);
-                    return Ok(Err(ShardError::from_fields(step.shard, f)));
+            let mut leg = if pipe.in_tx.is_some() {
+                // A shard new to the client's transaction joins it.
+                match self.join_leg(step.shard, pipe.role).await {
+                    Ok(leg) => leg,
+                    Err(e) => return Ok(Err(e)),
                 }
-                Err(e) => return Ok(Err(ShardError::lost(step.shard, &e))),
+            } else {
+                match self.take_legs(&[step.shard], pipe.role).await {
+                    Ok(mut legs) => legs.remove(0),
+                    Err(e) => return Ok(Err(e)),
+                }
+            };
+            if pipe.in_tx.is_none() {
+                match leg.held.conn.run_simple("BEGIN").await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(f)) => {
+                        give_back(vec![leg]);
+                        return Ok(Err(ShardError::from_fields(step.shard, f)));
+                    }
+                    Err(e) => return Ok(Err(ShardError::lost(step.shard, &e))),
+                }
             }
             let at = pipe.legs.partition_point(|l| l.shard < leg.shard);
             leg.ready = true;

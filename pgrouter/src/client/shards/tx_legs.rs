@@ -128,10 +128,12 @@ impl Session {
         if !self.is_quiet() {
             return Ok(TxStep::Wait);
         }
-        if self
-            .server
-            .as_ref()
-            .is_some_and(|h| h.conn.tx_status == b'E')
+        let ends_legs = self.tx_legs.is_some() && effect.is_some();
+        if !ends_legs
+            && self
+                .server
+                .as_ref()
+                .is_some_and(|h| h.conn.tx_status == b'E')
         {
             return Ok(TxStep::Forward); // PostgreSQL answers 25P02
         }
@@ -286,7 +288,7 @@ impl Session {
     }
 
     /// A new leg, in the transaction's isolation level and savepoints.
-    async fn join_leg(&mut self, shard: usize, role: Role) -> Result<Leg, ShardError> {
+    pub(super) async fn join_leg(&mut self, shard: usize, role: Role) -> Result<Leg, ShardError> {
         let begin = self
             .tx_legs
             .as_ref()
@@ -337,6 +339,19 @@ impl Session {
         let Some(many) = choice.many.clone() else {
             return Ok(());
         };
+        if many.kind == ManyKind::Pipeline {
+            // Statements on different shards in one batch: each on its
+            // shard's leg of the transaction (joining new ones).
+            let held = self.server.as_ref().map(|h| h.shard);
+            let legs = self.all_legs();
+            let role = if legs.iter().all(|l| l.held.is_primary) {
+                Role::Primary
+            } else {
+                Role::Replica
+            };
+            self.pipeline = Some(super::Pipeline::in_tx(legs, role, held));
+            return self.pipeline_step(role).await;
+        }
         let unit = match self.take_unit(tag)? {
             Taken::Unit(u) => u,
             Taken::Refused(e) | Taken::Failed(e) => {
@@ -344,6 +359,13 @@ impl Session {
                 return self.answer_in_tx(Err(e), None);
             }
         };
+        let copy = matches!(many.kind, ManyKind::CopyIn | ManyKind::CopyOut);
+        if copy && unit.extended.is_some() {
+            return self.answer_in_tx(
+                Err(super::extended_copy_refusal(many.shards.len())),
+                Some(&unit),
+            );
+        }
         if !matches!(
             many.kind,
             ManyKind::Read
@@ -351,6 +373,8 @@ impl Session {
                 | ManyKind::Replicate
                 | ManyKind::Ddl
                 | ManyKind::InsertSplit
+                | ManyKind::CopyIn
+                | ManyKind::CopyOut
         ) || crate::router::runs_outside_transactions(&unit.analysis, &unit.sql)
         {
             let e = ShardError::router(
@@ -395,6 +419,8 @@ impl Session {
         let result = match many.kind {
             ManyKind::Read => self.read_with_legs(&unit, &mut used).await,
             ManyKind::InsertSplit => self.insert_with_legs_in_tx(&unit, &mut used).await,
+            ManyKind::CopyIn => self.copy_in_with_legs_in_tx(&unit, &mut used).await,
+            ManyKind::CopyOut => self.copy_out_with_legs_in_tx(&unit, &mut used).await,
             kind => self.write_with_legs_in_tx(&unit, kind, &mut used).await,
         };
         let mut legs = rest;
@@ -405,7 +431,7 @@ impl Session {
     }
 
     /// Puts legs back: `current` held again, the others parked.
-    fn restore_legs(&mut self, legs: Vec<Leg>, current: Option<usize>) {
+    pub(super) fn restore_legs(&mut self, legs: Vec<Leg>, current: Option<usize>) {
         for leg in legs {
             if Some(leg.shard) == current && self.server.is_none() {
                 self.cancel.slot.set(Some(leg.held.conn.cancel_target()));
@@ -418,7 +444,7 @@ impl Session {
 
     /// Queues an answer inside the transaction: the error (if any) and a
     /// ReadyForQuery saying whether the transaction failed.
-    fn answer_in_tx(
+    pub(super) fn answer_in_tx(
         &mut self,
         result: Result<(), ShardError>,
         unit: Option<&Unit>,
