@@ -110,6 +110,34 @@ pub fn verify_cleartext(stored: &StoredPassword, user: &str, password: &str) -> 
     }
 }
 
+/// [`verify_cleartext`] without stalling the event loop: a SCRAM secret's
+/// key derivation runs on tokio's blocking pool.
+pub async fn verify_cleartext_off_loop(
+    stored: &StoredPassword,
+    user: &str,
+    password: &str,
+) -> bool {
+    if !matches!(stored, StoredPassword::Scram(_)) {
+        return verify_cleartext(stored, user, password);
+    }
+    let (stored, user, password) = (stored.clone(), user.to_string(), password.to_string());
+    derive_off_loop(move || verify_cleartext(&stored, &user, &password)).await
+}
+
+/// Runs a key derivation (thousands of HMAC rounds: milliseconds of CPU)
+/// on tokio's blocking pool, so that one login does not stall the other
+/// clients served by the same worker's event loop.
+pub async fn derive_off_loop<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => value,
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            // Only when the runtime shuts down, and the login with it.
+            Err(e) => panic!("key derivation task lost: {e}"),
+        },
+    }
+}
+
 /// Constant-time equality for secrets. Lengths are not secret (proofs and
 /// hashes have fixed sizes), so a length mismatch returns early.
 pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
@@ -141,6 +169,25 @@ pub(crate) fn describe_http_error(e: hyper_util::client::legacy::Error) -> Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn key_derivation_runs_beside_the_event_loop() {
+        let loop_thread = std::thread::current().id();
+        let (thread, ok) = derive_off_loop(|| {
+            let secret = ScramSecret::from_password("secret", b"salt", 4096);
+            let stored = StoredPassword::Scram(secret);
+            (
+                std::thread::current().id(),
+                verify_cleartext(&stored, "u", "secret"),
+            )
+        })
+        .await;
+        assert_ne!(thread, loop_thread);
+        assert!(ok);
+        let stored = StoredPassword::Scram(ScramSecret::from_password("secret", b"salt", 16));
+        assert!(verify_cleartext_off_loop(&stored, "u", "secret").await);
+        assert!(!verify_cleartext_off_loop(&stored, "u", "Secret").await);
+    }
 
     #[test]
     fn ct_eq_basics() {

@@ -15,9 +15,9 @@
 //! step ends the exchange: calling the next step afterwards is an error.
 //!
 //! Key derivation costs `iterations` HMAC rounds (4096 by default, a few
-//! milliseconds); callers on an async runtime may want `spawn_blocking` for
-//! [`ScramServer::from_plain`], [`ScramClient::client_final`] and
-//! [`ScramSecret::from_password`].
+//! milliseconds); the router runs [`ScramServer::from_plain`],
+//! [`ScramClient::client_final`] and [`ScramSecret::from_password`] through
+//! [`crate::auth::derive_off_loop`], on tokio's blocking pool.
 
 use base64::{engine::general_purpose::STANDARD as B64, Engine as _};
 use hmac::{Hmac, Mac};

@@ -16,7 +16,7 @@ use super::login_checks;
 use crate::auth::jwt::looks_like_jwt;
 use crate::auth::md5::verify_md5;
 use crate::auth::scram::ScramServer;
-use crate::auth::{verify_cleartext, StoredPassword};
+use crate::auth::{verify_cleartext_off_loop, StoredPassword};
 use crate::net::ClientStream;
 use crate::pool::UserPools;
 use crate::protocol::backend;
@@ -94,7 +94,8 @@ pub async fn authenticate(
                 return login_checks::token_login(&who, route, &secret).await;
             }
             let stored = StoredPassword::parse(user.password.as_deref().unwrap_or(""));
-            let ok = user.password.is_some() && verify_cleartext(&stored, &user.name, &secret);
+            let ok = user.password.is_some()
+                && verify_cleartext_off_loop(&stored, &user.name, &secret).await;
             password_result(&rt, user, ok, "password")
         }
         Some(user) if user.auth == AuthMethod::Jwt => {
@@ -125,7 +126,8 @@ pub async fn authenticate(
                 .await
             } else {
                 let stored = StoredPassword::parse(user.password.as_deref().unwrap_or(""));
-                let ok = user.password.is_some() && verify_cleartext(&stored, &user.name, &secret);
+                let ok = user.password.is_some()
+                    && verify_cleartext_off_loop(&stored, &user.name, &secret).await;
                 password_result(&rt, user, ok, "password")
             }
         }
@@ -142,7 +144,10 @@ pub async fn authenticate(
                 }
                 _ => {
                     let secret = cleartext_exchange(stream, buf).await?;
-                    (verify_cleartext(&stored, &user.name, &secret), "password")
+                    (
+                        verify_cleartext_off_loop(&stored, &user.name, &secret).await,
+                        "password",
+                    )
                 }
             };
             password_result(&rt, user, ok && user.password.is_some(), method)
@@ -346,7 +351,10 @@ pub(super) async fn scram_exchange(
 ) -> Result<bool, SessionEnd> {
     let server = match stored {
         StoredPassword::Scram(secret) => ScramServer::new(secret.clone()),
-        StoredPassword::Plain(p) => ScramServer::from_plain(p),
+        StoredPassword::Plain(p) => {
+            let p = p.clone();
+            crate::auth::derive_off_loop(move || ScramServer::from_plain(&p)).await
+        }
         StoredPassword::Md5(_) => return Ok(false),
     };
     Ok(scram_exchange_with(stream, buf, server).await?.is_some())

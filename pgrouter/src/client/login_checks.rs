@@ -25,7 +25,7 @@ use crate::auth::jwt::looks_like_jwt;
 use crate::auth::md5::verify_md5;
 use crate::auth::pass_through::PassThrough;
 use crate::auth::scram::{ScramKeys, ScramSecret, ScramServer, DEFAULT_ITERATIONS};
-use crate::auth::{verify_cleartext, StoredPassword};
+use crate::auth::{verify_cleartext_off_loop, StoredPassword};
 use crate::net::ClientStream;
 use crate::pool::learnt_pools_name;
 use crate::router::Policy;
@@ -168,7 +168,10 @@ pub(super) async fn auth_query_login(
             }
         }
         Some(StoredPassword::Plain(password)) => {
-            match scram_exchange_with(stream, buf, ScramServer::from_plain(&password)).await? {
+            let plain = password.clone();
+            let server =
+                crate::auth::derive_off_loop(move || ScramServer::from_plain(&plain)).await;
+            match scram_exchange_with(stream, buf, server).await? {
                 Some(_) => {
                     let credential = PassThrough {
                         password: Some(password),
@@ -218,13 +221,15 @@ pub(super) async fn auth_query_cleartext(
         ));
     }
     let mut stored = lookup(who, Need::Cached).await?;
-    let matches = |s: &Option<StoredPassword>| {
-        s.as_ref()
-            .is_some_and(|s| verify_cleartext(s, who.user, password))
-    };
-    if !matches(&stored) {
+    async fn matches(s: &Option<StoredPassword>, user: &str, password: &str) -> bool {
+        match s {
+            Some(s) => verify_cleartext_off_loop(s, user, password).await,
+            None => false,
+        }
+    }
+    if !matches(&stored, who.user, password).await {
         stored = lookup(who, Need::AfterFailure).await?;
-        if !matches(&stored) {
+        if !matches(&stored, who.user, password).await {
             let why = if stored.is_some() {
                 "wrong password"
             } else {
@@ -239,7 +244,10 @@ pub(super) async fn auth_query_cleartext(
     };
     match stored {
         Some(StoredPassword::Scram(secret)) => {
-            credential.scram = Some(ScramKeys::from_password(password, &secret));
+            let plain = password.to_string();
+            let keys =
+                crate::auth::derive_off_loop(move || ScramKeys::from_password(&plain, &secret));
+            credential.scram = Some(keys.await);
         }
         Some(StoredPassword::Md5(hash)) => credential.md5_hash = Some(hash),
         _ => {}

@@ -75,12 +75,19 @@ pub(super) async fn login(conn: &mut ServerConn, target: &ServerTarget) -> Resul
                     scram = Some(client);
                 }
                 AuthRequest::SaslContinue(data) => {
-                    let client = scram
-                        .as_mut()
+                    let mut client = scram
+                        .take()
                         .ok_or_else(|| ServerError::Auth("unexpected SASL continue".into()))?;
-                    let reply = client
-                        .client_final(data)
-                        .map_err(|e| ServerError::Auth(e.to_string()))?;
+                    // The password's key derivation (PBKDF2) runs off the
+                    // event loop: other clients of this worker go on.
+                    let data = data.to_vec();
+                    let (client, reply) = crate::auth::derive_off_loop(move || {
+                        let reply = client.client_final(&data);
+                        (client, reply)
+                    })
+                    .await;
+                    scram = Some(client);
+                    let reply = reply.map_err(|e| ServerError::Auth(e.to_string()))?;
                     out.clear();
                     frontend::sasl_response(&mut out, reply.as_bytes());
                     conn.send(&out).await?;
