@@ -10,7 +10,7 @@
 //!   only analyses that do not depend on a literal are stored there.
 
 use crate::analysis::Analysis;
-use crate::classify::analyze;
+use crate::analyze::analyze;
 use crate::normalize::normalize_key;
 use quick_cache::{sync::Cache, Equivalent, Weighter};
 use std::hash::{Hash, Hasher};

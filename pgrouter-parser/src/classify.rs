@@ -1,67 +1,13 @@
 //! From pg_query's tree to an [`Analysis`]: one match on the statement type
-//! for what the statement *is*, and one [`walk`] for what it contains.
+//! for what the statement *is*, and one [`walk`] for what it contains. The
+//! entry point that picks this or the fallback is `analyze.rs`.
 
 use crate::analysis::*;
 use crate::walk::{walk, Facts};
-use crate::{fallback, hint, set, set_config};
+use crate::{set, set_config};
 use pg_query::protobuf::{a_const::Val, node::Node as N, ObjectType, RawStmt, TransactionStmtKind};
 use pg_query::protobuf::{DiscardMode, DropStmt, ExplainStmt, TransactionStmt};
 use pg_query::Node;
-
-/// Analyses one query string: statement kinds, read/write, tables, hints and
-/// escalation attempts. `write_functions` are the configured extra function
-/// names that make a statement a write (the built-ins are always on).
-///
-/// Never panics and never fails: text PostgreSQL's grammar rejects comes
-/// back with `parse_error` set and `is_write` true, so the router sends it to
-/// the primary and PostgreSQL reports the error. Text that is only too deeply
-/// nested for a full analysis is not a parse error (PostgreSQL may well run
-/// it): see the `fallback` module.
-pub fn analyze(sql: &str, write_functions: &[String]) -> Analysis {
-    let mut analysis = match parse(sql) {
-        Parsed::Tree(result) => {
-            let mut a = Analysis::default();
-            add_tree(&result.protobuf.stmts, write_functions, &mut a);
-            add_keys(&result.protobuf.stmts, sql, &mut a);
-            a
-        }
-        Parsed::TooDeep => fallback::too_deep(sql, write_functions),
-        Parsed::Error(message) => failed(message),
-    };
-    analysis.hint = hint::extract(sql);
-    if analysis.hint != Hint::default() {
-        analysis.literal_sensitive = true;
-    }
-    analysis
-}
-
-/// The analysis of text that could not be parsed: primary, unchanged.
-pub(crate) fn failed(message: String) -> Analysis {
-    Analysis { is_write: true, parse_error: Some(message), literal_sensitive: true, ..Analysis::default() }
-}
-
-/// What pg_query made of a text.
-pub(crate) enum Parsed {
-    Tree(pg_query::ParseResult),
-    /// Valid as far as pg_query can tell, but nested too deeply for the
-    /// tree to reach Rust: prost refuses trees deeper than 100 messages
-    /// (about 45 nested operators), and libpg_query stops at its own stack
-    /// limit, which may be below the server's.
-    TooDeep,
-    Error(String),
-}
-
-pub(crate) fn parse(sql: &str) -> Parsed {
-    // pg_query is C plus generated Rust; a panic in it must not end a client
-    // task (nor, with panic=abort, the router).
-    match std::panic::catch_unwind(|| pg_query::parse(sql, 0)) {
-        Ok(Ok(result)) => Parsed::Tree(result),
-        Ok(Err(pg_query::Error::Decode(_))) => Parsed::TooDeep,
-        Ok(Err(pg_query::Error::Parse(m))) if m.contains("stack depth limit exceeded") => Parsed::TooDeep,
-        Ok(Err(e)) => Parsed::Error(e.to_string()),
-        Err(_) => Parsed::Error("pg_query panicked while parsing this statement".to_string()),
-    }
-}
 
 /// Classifies the statements of a parsed text into `a`.
 pub(crate) fn add_tree(stmts: &[RawStmt], write_functions: &[String], a: &mut Analysis) {
@@ -77,7 +23,7 @@ pub(crate) fn add_tree(stmts: &[RawStmt], write_functions: &[String], a: &mut An
 
 /// Finds where each statement's shard keys are (see [`crate::shard`]).
 /// The literals are located only when some statement names a table.
-fn add_keys(stmts: &[RawStmt], sql: &str, a: &mut Analysis) {
+pub(crate) fn add_keys(stmts: &[RawStmt], sql: &str, a: &mut Analysis) {
     let starts = if a.tables.is_empty() { Vec::new() } else { crate::shard::literal_starts(sql) };
     for raw in stmts {
         let Some(node) = raw.stmt.as_ref().and_then(|s| s.node.as_ref()) else {

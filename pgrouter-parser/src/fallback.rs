@@ -19,8 +19,9 @@
 //! because it is approximate.
 
 use crate::analysis::{Analysis, StatementInfo, StatementKind};
-use crate::classify::{add_tree, failed, parse, Parsed};
+use crate::classify::add_tree;
 use crate::functions;
+use crate::parse::{failed, parse, Parsed};
 use pg_query::protobuf::summary_result::Context;
 use pg_query::protobuf::{ScanToken, Token};
 

@@ -42,6 +42,7 @@
 #![warn(missing_docs)]
 
 mod analysis;
+mod analyze;
 mod cache;
 mod classify;
 /// COPY statements' table, columns and data format, for splitting COPY rows per shard.
@@ -52,6 +53,8 @@ mod hint;
 mod lexer;
 mod normalize;
 mod normalize_fast;
+mod parse;
+mod placeholders;
 mod session_state;
 mod set;
 mod set_config;
@@ -71,8 +74,8 @@ pub use analysis::{
     Analysis, DiscardKind, Escalation, Hint, ResetTarget, RoleHint, SessionSetting, SetKind, SetStatement,
     StatementInfo, StatementKind, TxEffect,
 };
+pub use analyze::analyze;
 pub use cache::{AnalysisCache, Lookup};
-pub use classify::analyze;
 pub use normalize::normalize_key;
 pub use session_state::{SessionState, SessionStateChange};
 pub use template::Template;

@@ -10,13 +10,7 @@
 use crate::lexer::{Lexer, Tok};
 use crate::normalize_fast::{fast_key, Fast};
 
-/// Placeholders. Control characters never appear outside literals in text
-/// PostgreSQL accepts (the lexer rejects them), so a placeholder can never be
-/// confused with text that was kept.
-pub(crate) const INT: char = '\u{1}';
-pub(crate) const NUM: char = '\u{2}';
-pub(crate) const STR: char = '\u{3}';
-const BITS: char = '\u{4}';
+use crate::placeholders::{BITS, INT, NUM, STR};
 
 /// Returns a cache key that is equal for two texts exactly when they are the
 /// same sequence of tokens apart from the values of literals, or None when

@@ -10,7 +10,7 @@
 //! `.5`), leaving the text to the tokenizer. Its keys are the tokenizer's keys
 //! byte for byte (checked on generated texts in `fuzz_tests`).
 
-use crate::normalize::{INT, NUM, STR};
+use crate::placeholders::{INT, NUM, STR};
 
 /// What the fast pass made of a text.
 #[derive(Debug, PartialEq, Eq)]

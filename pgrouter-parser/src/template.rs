@@ -15,8 +15,8 @@
 //! literal of the same kind: an integer that fits in 32 bits, a larger one,
 //! or a plain string.
 
-use crate::normalize::STR;
 use crate::normalize_fast::{fast_key_with, int_placeholder, plain_string_end, Fast, Literal};
+use crate::placeholders::STR;
 
 /// See the module comment.
 #[derive(Debug, Clone)]

@@ -1,11 +1,9 @@
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::{CancelTarget, MAX_SERVER_MESSAGE};
 use crate::net::tls::{ServerTlsError, ServerTlsPolicy};
@@ -72,8 +70,6 @@ pub enum ServerError {
     CapReached(String),
 }
 
-static NEXT_SERVER_ID: AtomicU64 = AtomicU64::new(1);
-
 /// A logged-in server connection that is idle between uses.
 pub struct ServerConn {
     pub id: u64,
@@ -109,55 +105,6 @@ pub struct ServerConn {
 }
 
 impl ServerConn {
-    pub async fn connect(
-        target: &ServerTarget,
-        timeout: Duration,
-    ) -> Result<ServerConn, ServerError> {
-        match tokio::time::timeout(timeout, Self::connect_inner(target)).await {
-            Ok(r) => r,
-            Err(_) => Err(ServerError::Timeout),
-        }
-    }
-
-    async fn connect_inner(target: &ServerTarget) -> Result<ServerConn, ServerError> {
-        let addr = target.addr();
-        // TLS is never used over a Unix-domain socket (as in libpq): the
-        // bytes do not leave the machine.
-        let named = |e: std::io::Error| std::io::Error::new(e.kind(), format!("{addr}: {e}"));
-        let stream = if target.unix_socket().is_some() {
-            ServerStream::Unix(
-                tokio::net::UnixStream::connect(&addr)
-                    .await
-                    .map_err(named)?,
-            )
-        } else {
-            let tcp = TcpStream::connect(&addr).await.map_err(named)?;
-            tcp.set_nodelay(true)?;
-            crate::net::tls::connect_server(tcp, &target.host, &target.tls).await?
-        };
-        let mut conn = ServerConn {
-            id: NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed),
-            stream,
-            read_buf: BytesMut::with_capacity(16 * 1024),
-            addr: addr.into(),
-            backend_pid: 0,
-            backend_secret: 0,
-            params: HashMap::new(),
-            router_set: HashMap::new(),
-            created: Instant::now(),
-            last_used: Instant::now(),
-            tx_status: b'I',
-            statements: super::ServerStatements::new(super::STATEMENTS_PER_SERVER),
-            params_fingerprint: 0,
-            startup_params: HashMap::new(),
-            needs_reset: false,
-            permits: Vec::new(),
-        };
-        super::login::login(&mut conn, target).await?;
-        conn.startup_params = conn.params.clone();
-        Ok(conn)
-    }
-
     pub fn cancel_target(&self) -> CancelTarget {
         CancelTarget {
             addr: self.addr.clone(),

@@ -3,6 +3,7 @@
 
 mod connection;
 mod login;
+mod open;
 mod statements;
 
 pub use connection::{ServerConn, ServerError, ServerTarget};

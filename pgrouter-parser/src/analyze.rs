@@ -1,0 +1,36 @@
+//! The analysis of a query string: pg_query's tree classified
+//! (`classify`), or — for text nested too deeply for the tree — the
+//! fallback's reading (`fallback`), or the record of a parse error; then
+//! the routing hints in its comments.
+
+use crate::analysis::{Analysis, Hint};
+use crate::classify::{add_keys, add_tree};
+use crate::parse::{failed, parse, Parsed};
+use crate::{fallback, hint};
+
+/// Analyses one query string: statement kinds, read/write, tables, hints and
+/// escalation attempts. `write_functions` are the configured extra function
+/// names that make a statement a write (the built-ins are always on).
+///
+/// Never panics and never fails: text PostgreSQL's grammar rejects comes
+/// back with `parse_error` set and `is_write` true, so the router sends it to
+/// the primary and PostgreSQL reports the error. Text that is only too deeply
+/// nested for a full analysis is not a parse error (PostgreSQL may well run
+/// it): see the `fallback` module.
+pub fn analyze(sql: &str, write_functions: &[String]) -> Analysis {
+    let mut analysis = match parse(sql) {
+        Parsed::Tree(result) => {
+            let mut a = Analysis::default();
+            add_tree(&result.protobuf.stmts, write_functions, &mut a);
+            add_keys(&result.protobuf.stmts, sql, &mut a);
+            a
+        }
+        Parsed::TooDeep => fallback::too_deep(sql, write_functions),
+        Parsed::Error(message) => failed(message),
+    };
+    analysis.hint = hint::extract(sql);
+    if analysis.hint != Hint::default() {
+        analysis.literal_sensitive = true;
+    }
+    analysis
+}
