@@ -284,12 +284,13 @@ def test_explain_route_answers_without_running(srouter, shards):
         assert [d.name for d in cur.description] == ["shard", "role", "server", "reason"]
         rows = cur.fetchall()
         assert rows == [(shard, "primary", f"127.0.0.1:{shards[shard].port}", f"sh_orders.customer_id = {k}")]
+        # No shard has a replica here: reads run on the primaries, and say so.
         cur.execute(f"EXPLAIN (ROUTE) SELECT * FROM sh_orders o WHERE o.customer_id = {k}")
-        assert cur.fetchall() == [(shard, "replica", f"127.0.0.1:{shards[shard].port}", f"o.customer_id = {k}")]
+        assert cur.fetchall() == [(shard, "primary", f"127.0.0.1:{shards[shard].port}", f"o.customer_id = {k}")]
         cur.execute("EXPLAIN (ROUTE) SELECT 1")
-        assert cur.fetchall() == [(0, "replica", f"127.0.0.1:{shards[0].port}", "no sharded table: shard 0")]
+        assert cur.fetchall() == [(0, "primary", f"127.0.0.1:{shards[0].port}", "no sharded table: shard 0")]
         cur.execute("/* pgrouter: shard=2 */ EXPLAIN (ROUTE) SELECT * FROM sh_orders")
-        assert cur.fetchall()[0][0:2] == (2, "replica")
+        assert cur.fetchall()[0][0:2] == (2, "primary")
         cur.execute("EXPLAIN (ROUTE) SELECT * FROM sh_orders")
         assert [r[0] for r in cur.fetchall()] == [0, 1, 2]
         # The extended protocol too (psycopg's default), binary results included.
@@ -302,6 +303,20 @@ def test_explain_route_answers_without_running(srouter, shards):
         assert conn.execute("SELECT 1").fetchone()[0] == 1
         # Nothing ran.
         assert conn.execute(f"SELECT count(*) FROM sh_orders WHERE customer_id = {k}").fetchone()[0] == 0
+
+
+def test_explain_route_names_the_replica_a_read_would_use(routers, shards, cluster):
+    dbs = [{"name": "app", "host": "127.0.0.1", "port": s.port, "database_name": "app", "role": "primary",
+            "shard": i} for i, s in enumerate(shards)]
+    dbs.append({"name": "app", "host": "127.0.0.1", "port": cluster.replica.port, "database_name": "app",
+                "role": "replica", "shard": 0})
+    r = routers.start(databases=dbs, sharded_tables=SHARDED)
+    with connect(r.dsn()) as conn:
+        got = conn.execute("EXPLAIN (ROUTE) SELECT * FROM sh_orders").fetchall()
+        assert [(row[0], row[1], row[2]) for row in got] == [
+            (0, "replica", f"127.0.0.1:{cluster.replica.port}"),
+            (1, "primary", f"127.0.0.1:{shards[1].port}"),
+            (2, "primary", f"127.0.0.1:{shards[2].port}")]
 
 
 def test_reload_cannot_change_the_shard_count(srouter, shards):

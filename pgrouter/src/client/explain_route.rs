@@ -85,14 +85,17 @@ impl Session {
                 self.pools.shards.len()
             ),
         })?;
-        let server = slot
-            .pick(role, self.pools.balancing, &[], Default::default())
+        let picked = slot.pick(role, self.pools.balancing, &[], Default::default());
+        let server = picked
             .map(|s| format!("{}:{}", s.pool.target.host, s.pool.target.port))
             .unwrap_or_else(|| "none available".into());
-        let role = if role == Role::Primary {
-            "primary"
-        } else {
-            "replica"
+        // A read falls back to the primary where no replica is up: the
+        // label names the server the statement would run on.
+        let role = match picked {
+            Some(s) if s.health.is_primary() => "primary",
+            Some(_) => "replica",
+            None if role == Role::Primary => "primary",
+            None => "replica",
         };
         Ok(vec![
             Cell::Int(shard as i64),
