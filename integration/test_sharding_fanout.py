@@ -356,6 +356,13 @@ def test_a_transaction_on_one_shard_holds_only_that_shard(srouter, shards):
         # BEGIN then COMMIT with nothing between: nothing to hold at all.
         conn.execute("SELECT 1 WHERE false")
         conn.rollback()
+        # psycopg's pipeline mode sends its BEGIN in the extended protocol,
+        # Synced on its own: deferred alike.
+        with conn.pipeline():
+            conn.execute("UPDATE fo_orders SET note = 'piped' WHERE customer_id = %s", (b,))
+            conn.execute("UPDATE fo_orders SET note = 'piped' WHERE customer_id = %s", (b,))
+        assert [in_tx_backends(s) for s in servers] == [0, 1, 0]
+        conn.commit()
     with connect(srouter.dsn()) as conn:
         conn.execute("BEGIN")
         assert conn.execute("COMMIT").statusmessage == "COMMIT"

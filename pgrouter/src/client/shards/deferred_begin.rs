@@ -39,6 +39,9 @@ impl Session {
             return Ok(Deferred::No);
         }
         let Some(begin) = self.deferred_begin.clone() else {
+            if tag == b'P' && !self.pins.is_pinned() {
+                return self.defer_extended_begin();
+            }
             if tag != b'Q' || self.pins.is_pinned() {
                 return Ok(Deferred::No);
             }
@@ -134,6 +137,68 @@ impl Session {
         }
         self.in_tx = true;
         Ok(Deferred::Attached)
+    }
+
+    /// The extended form of a lone BEGIN, as psycopg sends it in pipeline
+    /// mode: `Parse("BEGIN") Bind [Describe portal] Execute Sync` on the
+    /// unnamed statement and portal, answered here and deferred like the
+    /// simple one.
+    fn defer_extended_begin(&mut self) -> Result<Deferred, SessionEnd> {
+        let mut frames = Vec::new();
+        let mut at = 0;
+        while let Some(f) = next_frame(self.cbuf.get(at..).unwrap_or(&[]), self.max_message)? {
+            frames.push((f.tag, at + 5, at + f.total_len));
+            at += f.total_len;
+            if f.tag == b'S' || frames.len() > 4 {
+                break;
+            }
+        }
+        let tags: Vec<u8> = frames.iter().map(|f| f.0).collect();
+        let describe = match tags.as_slice() {
+            [b'P', b'B', b'E', b'S'] => false,
+            [b'P', b'B', b'D', b'E', b'S'] => true,
+            _ => return Ok(Deferred::No),
+        };
+        let body = |i: usize| &self.cbuf[frames[i].1..frames[i].2];
+        let parse = frontend::parse_parse(body(0))?;
+        let bind = frontend::parse_bind_names(body(1))?;
+        // No parameters: format-code count and parameter count both zero.
+        let no_params = bind.rest.get(..4) == Some(&[0, 0, 0, 0][..]);
+        let describes_portal = !describe || body(2).first() == Some(&b'P');
+        if !parse.name.is_empty()
+            || !bind.statement.is_empty()
+            || !bind.portal.is_empty()
+            || !parse.param_types.is_empty()
+            || !no_params
+            || !describes_portal
+        {
+            return Ok(Deferred::No);
+        }
+        let sql = parse.sql.to_string();
+        let analysis = self.analyze(&sql);
+        let lone_begin = matches!(
+            analysis.statements.as_slice(),
+            [s] if matches!(s.kind, StatementKind::Transaction(TxEffect::Begin { .. }))
+        ) && analysis.hint.shard.is_none();
+        if !lone_begin {
+            return Ok(Deferred::No);
+        }
+        // The unnamed statement is the BEGIN now, as on a server.
+        self.unnamed = Some(analysis);
+        self.unnamed_parse.clear();
+        self.unnamed_parse
+            .extend_from_slice(&self.cbuf[frames[0].1 - 5..frames[0].2]);
+        self.unnamed_here = false;
+        self.skip_query(at);
+        self.deferred_begin = Some(sql);
+        backend::parse_complete(&mut self.to_client);
+        backend::put_message(&mut self.to_client, b'2', |_| {});
+        if describe {
+            backend::put_message(&mut self.to_client, b'n', |_| {});
+        }
+        backend::command_complete(&mut self.to_client, "BEGIN");
+        backend::ready_for_query(&mut self.to_client, b'T');
+        Ok(Deferred::Answered)
     }
 
     fn skip_query(&mut self, len: usize) {
