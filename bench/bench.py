@@ -292,9 +292,10 @@ class PgRouter:
     workers = 0
 
     def __init__(self, workdir: Path, databases: list[dict], users: list[dict], pool_size: int,
-                 general: dict | None = None, jwt: dict | None = None):
+                 general: dict | None = None, jwt: dict | None = None, binary: Path | None = None):
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
+        self.binary = binary
         self.port = free_port()
         self.logfile = workdir / "pgrouter.log"
         self.config = workdir / "router.toml"
@@ -327,7 +328,7 @@ class PgRouter:
         # setsid: its own session, hence its own CPU autogroup, like a daemon
         # (see shared BENCHMARKING notes: a plain child measures ~13 % slower).
         self.proc = subprocess.Popen(
-            ["setsid", str(router_binary()), "--config", str(self.config), "--users", str(self.users)],
+            ["setsid", str(self.binary or router_binary()), "--config", str(self.config), "--users", str(self.users)],
             stdin=subprocess.DEVNULL, stdout=log_f, stderr=log_f, env=env, cwd=self.workdir)
         log_f.close()
         try:
@@ -568,6 +569,16 @@ def scenario_baseline(cluster, workdir: Path, args) -> Scenario:
             scn.stop.append(r.stop)
             where = "primary+replica" if args.router_with_replica else f"primary:{p.port}"
             scn.targets["pgrouter"] = Target("pgrouter", const(r.port), const(where), r.pid)
+            if args.compare_bin:
+                # Another build of pgrouter (e.g. an older commit), same
+                # configuration: did a change cost anything?
+                base = PgRouter(workdir / "pgrouter-base", dbs, [app_user(args.auth)],
+                                args.pool_size, binary=Path(args.compare_bin))
+                base.start()
+                scn.stop.append(base.stop)
+                scn.targets["pgrouter-base"] = Target("pgrouter-base", const(base.port), const(where),
+                                                      base.pid)
+                scn.comparisons.append(("pgrouter", "pgrouter-base"))
     return scn
 
 
@@ -873,6 +884,10 @@ def main() -> int:
                     help="baseline only: also give pgrouter the replica (reads may then go there)")
     ap.add_argument("--reload-interval", type=float, default=1.0,
                     help="reload scenario: seconds between SIGHUPs")
+    ap.add_argument("--compare-bin", default=None,
+                    help="baseline: also run this pgrouter binary (e.g. a build of an older commit) "
+                         "as target pgrouter-base, with the same configuration, and report "
+                         "pgrouter / pgrouter-base")
     ap.add_argument("--json", help="also write every run as JSON to this file")
     ap.add_argument("--keep", action="store_true", help="keep the cluster directory")
     args = ap.parse_args()
