@@ -730,6 +730,25 @@ def test_copy_to_stdout_joins_every_shard(srouter, shards):
             copy.set_types(["int8", "int4"])
             rows = list(copy.rows())
         assert sorted(r[0] for r in rows) == list(range(1, 31))
+        # COPY (query): a plain union of rows is joined alike.
+        data = b""
+        with conn.cursor().copy("COPY (SELECT customer_id, upper(note) FROM fo_orders WHERE id < 3) "
+                                "TO STDOUT (FORMAT csv, HEADER)") as copy:
+            for chunk in copy:
+                data += bytes(chunk)
+        lines = data.decode().splitlines()
+        want = [(k, f"N{k % 5}") for k in range(1, 31) if k % 7 < 3]
+        assert lines[0] == "customer_id,upper"
+        assert sorted((int(a), b) for a, b in (line.split(",") for line in lines[1:])) == want
+        # ... but not an order, a limit or an aggregate, which joining cannot keep.
+        for query in ["SELECT customer_id FROM fo_orders ORDER BY customer_id",
+                      "SELECT count(*) FROM fo_orders", "SELECT customer_id FROM fo_orders LIMIT 3"]:
+            with pytest.raises(psycopg.Error) as err:
+                with conn.cursor().copy(f"COPY ({query}) TO STDOUT") as copy:
+                    for _ in copy:
+                        pass
+            assert sqlstate(err.value) == "0A000", query
+        assert conn.execute("SELECT count(*) FROM fo_orders").fetchone() == (30,)
 
 
 def test_copy_and_executemany_inside_a_transaction(srouter, shards):

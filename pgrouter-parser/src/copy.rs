@@ -45,6 +45,8 @@ pub struct CopyInfo {
     pub force_null: ForceColumns,
     /// COPY FROM ... WHERE: rows are filtered by each server (fine per shard).
     pub has_where: bool,
+    /// `COPY (query) TO STDOUT`: the query, deparsed (`table` is empty).
+    pub query: Option<String>,
 }
 
 /// The data format of a COPY.
@@ -122,7 +124,7 @@ pub fn copy_options(sql: &str) -> Result<CopyInfo, CopyError> {
 
 fn from_tree(copy: &pb::CopyStmt) -> Result<CopyInfo, CopyError> {
     let Some(rel) = &copy.relation else {
-        return Err(err(UNSUPPORTED, "pgrouter: COPY (query) is not split per shard"));
+        return query_copy(copy);
     };
     if copy.is_program || !copy.filename.is_empty() {
         return Err(err(
@@ -148,6 +150,29 @@ fn from_tree(copy: &pb::CopyStmt) -> Result<CopyInfo, CopyError> {
         has_where: copy.where_clause.is_some(),
         ..info
     })
+}
+
+/// `COPY (query) TO STDOUT`: its options and the query's text.
+fn query_copy(copy: &pb::CopyStmt) -> Result<CopyInfo, CopyError> {
+    let query = match copy.query.as_deref() {
+        Some(q) if !copy.is_from && !copy.is_program && copy.filename.is_empty() => q,
+        _ => return Err(err(UNSUPPORTED, "pgrouter: COPY (query) is not split per shard")),
+    };
+    let tree = pb::ParseResult {
+        version: 0,
+        stmts: vec![pb::RawStmt { stmt: Some(Box::new(query.clone())), stmt_location: 0, stmt_len: 0 }],
+    };
+    let text = std::panic::catch_unwind(|| pg_query::deparse(&tree, Default::default()))
+        .ok()
+        .and_then(Result::ok)
+        .ok_or_else(|| err(UNSUPPORTED, "pgrouter: this COPY (query) cannot be read"))?;
+    let mut o = Options::default();
+    for node in &copy.options {
+        if let Some(N::DefElem(d)) = &node.node {
+            o.set(d, false)?;
+        }
+    }
+    Ok(CopyInfo { query: Some(text), ..o.resolve(false)? })
 }
 
 /// The options as given, each at most once.
@@ -312,6 +337,7 @@ impl Options {
             force_not_null: self.force_not_null.unwrap_or_default(),
             force_null: self.force_null.unwrap_or_default(),
             has_where: false,
+            query: None,
         })
     }
 }
@@ -506,8 +532,12 @@ mod tests {
 
     #[test]
     fn what_the_router_cannot_split() {
+        assert_eq!(
+            ok("COPY (SELECT a, b FROM t WHERE a > 1) TO STDOUT (FORMAT csv, HEADER)").query.as_deref(),
+            Some("SELECT a, b FROM t WHERE a > 1")
+        );
         for sql in [
-            "COPY (SELECT 1) TO STDOUT",
+            "COPY (SELECT 1) TO '/tmp/x'",
             "COPY t FROM '/tmp/x'",
             "COPY t FROM PROGRAM 'cat'",
             "COPY t FROM STDIN (ENCODING 'SJIS')",

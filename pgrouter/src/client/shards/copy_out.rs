@@ -13,6 +13,8 @@ use crate::fanout::copy_options::copy_options;
 use crate::fanout::copy_out::CopyOutJoiner;
 use crate::protocol::{backend, frontend};
 use crate::router::Role;
+use pgrouter_parser::copy::CopyInfo;
+use pgrouter_parser::fanout::plan_read;
 
 impl Session {
     pub(super) async fn copy_out_on_shards(
@@ -25,6 +27,10 @@ impl Session {
             copy_options(&unit.sql).map_err(|e| ShardError::router(e.sqlstate, e.message))?;
         let mut joiner = CopyOutJoiner::new(&info, shards.len());
         let mut legs = self.take_legs(shards, role).await?;
+        if let Err(e) = self.check_query_copy(unit, &info, &mut legs).await {
+            give_back(legs);
+            return Err(e);
+        }
         self.cancel.slot.set_many(cancel_targets(&legs));
         let result = match self.copy_out(unit, &mut legs, &mut joiner).await {
             Ok(r) => r,
@@ -49,6 +55,7 @@ impl Session {
         let info =
             copy_options(&unit.sql).map_err(|e| ShardError::router(e.sqlstate, e.message))?;
         let mut joiner = CopyOutJoiner::new(&info, legs.len());
+        self.check_query_copy(unit, &info, legs).await?;
         let result = match self.copy_out(unit, legs, &mut joiner).await {
             Ok(r) => r,
             Err(end) => Err(ShardError::router("08006", format!("pgrouter: {end:?}"))),
@@ -58,6 +65,38 @@ impl Session {
             drain_unfinished(legs).await;
         }
         result
+    }
+
+    /// `COPY (query) TO STDOUT` joins the shards' outputs one after the
+    /// other: exact only for a plain union of rows.
+    async fn check_query_copy(
+        &mut self,
+        unit: &Unit,
+        info: &CopyInfo,
+        legs: &mut [Leg],
+    ) -> Result<(), ShardError> {
+        let Some(query) = &info.query else {
+            return Ok(());
+        };
+        let plan = plan_read(query)
+            .map_err(|u| ShardError::router("0A000", format!("pgrouter: {}", u.0)))?;
+        let m = &plan.merge;
+        if !m.order_by.is_empty()
+            || m.limit.is_some()
+            || m.offset.is_some()
+            || m.distinct
+            || m.aggregate.is_some()
+            || m.hidden > 0
+        {
+            return Err(ShardError::router(
+                "0A000",
+                "pgrouter: COPY (query) on several shards joins their rows as they come: ORDER BY, \
+                 LIMIT/OFFSET, DISTINCT and aggregates are not supported in it; HINT: run the query \
+                 as a SELECT, or add the shard key",
+            ));
+        }
+        // A user-defined aggregate looks like a plain function call.
+        self.merge_context(unit, &plan, legs).await.map(|_| ())
     }
 
     async fn copy_out(

@@ -83,7 +83,7 @@ impl Session {
     /// What the merge needs to know of the session and the database: the
     /// collation (learnt once per database) and DateStyle; and whether a
     /// function the statement calls is in fact an aggregate.
-    async fn merge_context(
+    pub(super) async fn merge_context(
         &mut self,
         unit: &Unit,
         plan: &ReadPlan,
