@@ -210,17 +210,8 @@ impl Session {
                     .any(|l| l.held.conn.tx_status != b'T')
                     .then(|| ShardError::router("08006", "pgrouter: a shard failed during COPY"))
             });
-        if let Some(e) = failure {
-            if !in_tx {
-                self.roll_back(legs).await;
-            }
+        if let Err(e) = self.end_legs_statement(legs, in_tx, failure).await {
             return Ok(Err(e));
-        }
-        if !in_tx {
-            let all: Vec<usize> = (0..legs.len()).collect();
-            if let Err(e) = self.commit_written(legs, &all).await {
-                return Ok(Err(e));
-            }
         }
         backend::command_complete(&mut self.to_client, &format!("COPY {total}"));
         Ok(Ok(()))

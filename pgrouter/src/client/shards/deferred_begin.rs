@@ -184,11 +184,8 @@ impl Session {
             return Ok(Deferred::No);
         }
         // The unnamed statement is the BEGIN now, as on a server.
-        self.unnamed = Some(analysis);
-        self.unnamed_parse.clear();
-        self.unnamed_parse
-            .extend_from_slice(&self.cbuf[frames[0].1 - 5..frames[0].2]);
-        self.unnamed_here = false;
+        let parse_msg = self.cbuf[frames[0].1 - 5..frames[0].2].to_vec();
+        self.note_parse(&parse_msg)?;
         self.skip_query(at);
         self.deferred_begin = Some(sql);
         backend::parse_complete(&mut self.to_client);

@@ -152,17 +152,10 @@ impl Session {
             .flatten()
             .find(|(t, _)| *t == b'E')
             .map(|(_, body)| ShardError::Server(body.clone()));
-        if let Some(e) = failed {
-            if !in_tx {
-                self.roll_back(legs).await;
-            }
+        if let Err(e) = self.end_legs_statement(legs, in_tx, failed).await {
             return Ok(Err(e));
         }
         if !in_tx {
-            let all: Vec<usize> = (0..legs.len()).collect();
-            if let Err(e) = self.commit_written(legs, &all).await {
-                return Ok(Err(e));
-            }
             for answer in &mut answers {
                 if let Some(at) = answer.iter().position(|(t, _)| *t == b'Z') {
                     answer.drain(..=at); // BEGIN's

@@ -330,21 +330,10 @@ impl Session {
             match tag {
                 b'P' => {
                     let p = parse_parse(body)?;
-                    let analysis = self.analyze(p.sql);
                     if p.name.is_empty() {
-                        self.unnamed = Some(analysis);
-                        self.unnamed_parse.clear();
-                        self.unnamed_parse
-                            .extend_from_slice(&batch[start..start + len]);
-                        self.unnamed_here = false;
                         unnamed = Some((p.sql.to_string(), p.param_types.clone()));
-                    } else {
-                        let stmt = self
-                            .state
-                            .statements
-                            .intern(p.sql, &p.param_types, analysis);
-                        self.statements.insert(p.name.to_string(), stmt);
                     }
+                    self.note_parse(&batch[start..start + len])?;
                     order.push(Message::Parse);
                 }
                 b'B' => {

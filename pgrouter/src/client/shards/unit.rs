@@ -84,6 +84,27 @@ impl Unit {
 }
 
 impl Session {
+    /// Records a Parse the router answers itself (the statement runs on
+    /// legs it prepares there): the unnamed statement, or a named one in
+    /// the session's statements, as a server would keep it.
+    pub(super) fn note_parse(&mut self, msg: &[u8]) -> Result<(), SessionEnd> {
+        let p = parse_parse(msg.get(5..).unwrap_or(&[]))?;
+        let analysis = self.analyze(p.sql);
+        if p.name.is_empty() {
+            self.unnamed = Some(analysis);
+            self.unnamed_parse.clear();
+            self.unnamed_parse.extend_from_slice(msg);
+            self.unnamed_here = false;
+        } else {
+            let stmt = self
+                .state
+                .statements
+                .intern(p.sql, &p.param_types, analysis);
+            self.statements.insert(p.name.to_string(), stmt);
+        }
+        Ok(())
+    }
+
     /// Takes the unit of work at the front of the client's buffer.
     pub(super) fn take_unit(&mut self, tag: u8) -> Result<Taken, SessionEnd> {
         let Some(frame) = next_frame(&self.cbuf, self.max_message)? else {
@@ -137,21 +158,7 @@ impl Session {
             match tag {
                 b'P' => {
                     parsed = true;
-                    let p = parse_parse(body)?;
-                    let analysis = self.analyze(p.sql);
-                    if p.name.is_empty() {
-                        self.unnamed = Some(analysis);
-                        self.unnamed_parse.clear();
-                        self.unnamed_parse
-                            .extend_from_slice(&batch[start..start + len]);
-                        self.unnamed_here = false;
-                    } else {
-                        let stmt = self
-                            .state
-                            .statements
-                            .intern(p.sql, &p.param_types, analysis);
-                        self.statements.insert(p.name.to_string(), stmt);
-                    }
+                    self.note_parse(&batch[start..start + len])?;
                 }
                 b'B' => bind = Some((start, len)),
                 b'D' => describe = true,

@@ -224,6 +224,30 @@ impl Session {
         }
     }
 
+    /// Ends a statement that wrote on `legs`: outside the client's
+    /// transaction block the legs commit together (or all roll back on
+    /// `failure`); inside it they stay open for the client's COMMIT.
+    pub(super) async fn end_legs_statement(
+        &mut self,
+        legs: &mut [Leg],
+        in_tx: bool,
+        failure: Option<ShardError>,
+    ) -> Result<(), ShardError> {
+        match failure {
+            Some(e) => {
+                if !in_tx {
+                    self.roll_back(legs).await;
+                }
+                Err(e)
+            }
+            None if in_tx => Ok(()),
+            None => {
+                let all: Vec<usize> = (0..legs.len()).collect();
+                self.commit_written(legs, &all).await
+            }
+        }
+    }
+
     /// Rolls back every leg still in a transaction block.
     pub(super) async fn roll_back(&mut self, legs: &mut [Leg]) {
         for leg in legs.iter_mut() {

@@ -5,32 +5,22 @@
 
 /// float8 text.
 pub fn float8(v: f64) -> String {
-    if v.is_nan() {
-        return "NaN".into();
-    }
-    if v.is_infinite() {
-        return if v > 0.0 {
-            "Infinity".into()
-        } else {
-            "-Infinity".into()
-        };
-    }
-    layout(&format!("{v:e}"), 15)
+    special(v.is_nan(), v.is_infinite(), v > 0.0).unwrap_or_else(|| layout(&format!("{v:e}"), 15))
 }
 
 /// float4 text.
 pub fn float4(v: f32) -> String {
-    if v.is_nan() {
-        return "NaN".into();
+    special(v.is_nan(), v.is_infinite(), v > 0.0).unwrap_or_else(|| layout(&format!("{v:e}"), 6))
+}
+
+/// NaN and the infinities, spelt as PostgreSQL spells them.
+fn special(nan: bool, infinite: bool, positive: bool) -> Option<String> {
+    match (nan, infinite, positive) {
+        (true, _, _) => Some("NaN".into()),
+        (_, true, true) => Some("Infinity".into()),
+        (_, true, false) => Some("-Infinity".into()),
+        _ => None,
     }
-    if v.is_infinite() {
-        return if v > 0.0 {
-            "Infinity".into()
-        } else {
-            "-Infinity".into()
-        };
-    }
-    layout(&format!("{v:e}"), 6)
 }
 
 /// Lays out Rust's shortest `d.ddde<exp>` the way PostgreSQL does.
