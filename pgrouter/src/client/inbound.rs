@@ -153,7 +153,7 @@ impl Session {
             }
             if clients {
                 // The client has seen an answer: no replay now.
-                super::recovery::stop_replay(&mut self.replay, &mut self.replay_spare);
+                super::replay_buffer::stop_replay(&mut self.replay, &mut self.replay_spare);
             }
             match verdict {
                 None if verbatim => {}

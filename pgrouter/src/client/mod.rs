@@ -2,6 +2,7 @@
 //! (SSL/GSS refusal, cancel requests), login, then the session loop.
 
 mod admin_login;
+mod analysis;
 pub mod cancel;
 mod cleanup;
 mod error;
@@ -9,6 +10,7 @@ mod expect;
 mod explain_route;
 mod inbound;
 mod io;
+mod lease;
 mod local_answers;
 mod login;
 mod login_checks;
@@ -21,6 +23,7 @@ pub mod prepared;
 mod read_your_writes;
 mod recovery;
 pub mod registry;
+mod replay_buffer;
 mod routing;
 mod session;
 mod session_changes;

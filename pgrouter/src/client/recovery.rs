@@ -7,65 +7,25 @@
 //! the session goes on with another server; inside one, the transaction is
 //! gone and the session ends with a FATAL.
 
-use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 
 use super::error::SessionEnd;
+use super::replay_buffer::Replay;
 use super::session::Session;
 use crate::protocol::backend::{self, Severity};
 use crate::router::{Role, Route};
-
-/// Requests bigger than this are not kept for a replay.
-pub(super) const MAX_REPLAY_BYTES: usize = 1 << 20;
-
-/// Client messages sent to a replica since checkout, kept until the first
-/// answer reaches the client: whole frames back to back, in a buffer the
-/// session reuses from one request to the next.
-#[derive(Default)]
-pub(super) struct Replay {
-    frames: BytesMut,
-}
-
-impl Replay {
-    /// Keeps a message; false when the request grew too big to keep.
-    pub fn keep(&mut self, msg: &[u8]) -> bool {
-        if self.frames.len() + msg.len() > MAX_REPLAY_BYTES {
-            return false;
-        }
-        self.frames.extend_from_slice(msg);
-        true
-    }
-
-    /// The kept messages as (tag, whole message).
-    fn messages(&self) -> impl Iterator<Item = (u8, &[u8])> {
-        let mut rest = &self.frames[..];
-        std::iter::from_fn(move || {
-            let frame = crate::protocol::next_frame(rest, usize::MAX).ok()??;
-            let (msg, tail) = rest.split_at(frame.total_len);
-            rest = tail;
-            Some((frame.tag, msg))
-        })
-    }
-}
 
 impl Session {
     /// Starts keeping the request about to be sent (a replica read).
     pub(super) fn start_replay(&mut self) {
         let mut frames = std::mem::take(&mut self.replay_spare);
         frames.clear();
-        self.replay = Some(Replay { frames });
+        self.replay = Some(Replay::in_buffer(frames));
     }
 
     /// Stops keeping it, saving the buffer for the next request.
     pub(super) fn stop_replay(&mut self) {
-        stop_replay(&mut self.replay, &mut self.replay_spare);
-    }
-}
-
-/// [`Session::stop_replay`] for callers holding a borrow of another field.
-pub(super) fn stop_replay(replay: &mut Option<Replay>, spare: &mut BytesMut) {
-    if let Some(replay) = replay.take() {
-        *spare = replay.frames;
+        super::replay_buffer::stop_replay(&mut self.replay, &mut self.replay_spare);
     }
 }
 

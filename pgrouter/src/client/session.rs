@@ -22,41 +22,15 @@ use super::error::SessionEnd;
 use super::expect::Expectations;
 use super::params::ClientParams;
 use super::prepared::{SharedStatement, SqlPrepared};
-use super::recovery::Replay;
 use super::registry::{ClientState, Registered};
+use super::replay_buffer::Replay;
 use super::tracking::SetTracker;
 use crate::net::ClientStream;
-use crate::pool::{Pool, PooledConn, ServerHealth, UserPools};
+use crate::pool::{Pool, UserPools};
 use crate::router::Policy;
 use crate::state::{Runtime, State};
 
-/// The server a session holds, and what it is.
-pub(super) struct Held {
-    pub conn: PooledConn,
-    pub is_primary: bool,
-    pub shard: usize,
-    pub health: Arc<ServerHealth>,
-    /// Identifies the pool, to leave it out when retrying elsewhere.
-    pub pool_id: usize,
-    /// Routed to the primary (a write, or a transaction that may write).
-    pub for_writes: bool,
-    pub attached_at: std::time::Instant,
-    /// When the server's last answer to the client's request arrived.
-    pub last_answer: std::time::Instant,
-    /// The transaction that ends this lease is counted already (at its
-    /// ReadyForQuery, before the answer reaches the client, so a client
-    /// that reads the metrics next sees it).
-    pub tx_counted: bool,
-}
-
-impl Held {
-    /// Counts the transaction of this lease in its pool's metrics.
-    pub fn record_transaction(&mut self) {
-        self.tx_counted = true;
-        let took = self.last_answer.saturating_duration_since(self.attached_at);
-        self.conn.pool().metrics.record_transaction(took);
-    }
-}
+pub(super) use super::lease::Held;
 
 /// A JWT session's role set in a round trip of its own (see
 /// `policy_guard::needs_guard_round_trip`).
@@ -119,7 +93,7 @@ pub struct Session {
 
     pub(super) server: Option<Held>,
     /// A transaction on several shards: its legs other than `server`.
-    pub(super) tx_legs: Option<super::shards::TxLegs>,
+    pub(super) tx_legs: Option<super::shards::held::TxLegs>,
     /// SAVEPOINTs sent in the transaction of the held server (identified
     /// by its `attached_at`), for legs that join it later.
     pub(super) tx_savepoints: (Option<std::time::Instant>, Vec<String>),
@@ -130,7 +104,7 @@ pub struct Session {
     /// ahead of the next unit of work, on the shard that unit needs.
     pub(super) deferred_begin: Option<String>,
     /// A batch on several shards between its first part and its Sync.
-    pub(super) pipeline: Option<super::shards::Pipeline>,
+    pub(super) pipeline: Option<super::shards::held::Pipeline>,
     pub(super) expect: Expectations,
     /// An extended-protocol message was sent since the last Sync.
     pub(super) unsynced: bool,

@@ -10,7 +10,8 @@
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 
-use super::legs::{cancel_targets, give_back, Leg};
+use super::held::Leg;
+use super::legs::{cancel_targets, give_back};
 use super::unit::Unit;
 use super::ShardError;
 use crate::client::error::SessionEnd;

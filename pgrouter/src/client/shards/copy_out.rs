@@ -4,7 +4,8 @@
 
 use bytes::BytesMut;
 
-use super::legs::{cancel_targets, cancel_unfinished, drain_unfinished, give_back, Leg};
+use super::held::Leg;
+use super::legs::{cancel_targets, cancel_unfinished, drain_unfinished, give_back};
 use super::unit::Unit;
 use super::ShardError;
 use crate::client::error::SessionEnd;

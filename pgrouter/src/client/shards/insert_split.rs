@@ -7,7 +7,8 @@
 use bytes::BytesMut;
 use pgrouter_parser::shard::split_insert;
 
-use super::legs::{cancel_targets, give_back, Leg};
+use super::held::Leg;
+use super::legs::{cancel_targets, give_back};
 use super::unit::Unit;
 use super::write::merge_answers;
 use super::ShardError;

@@ -10,23 +10,14 @@ use std::task::Poll;
 
 use tokio::io::AsyncReadExt;
 
+use super::super::lease::Held;
 use super::super::params::quote_ident;
-use super::super::session::{Held, Session};
+use super::super::session::Session;
+use super::held::Leg;
 use super::ShardError;
 use crate::pool::{Pool, PoolError};
 use crate::router::Role;
 use crate::server::ServerConn;
-
-/// One shard's server connection for the statement in progress.
-pub(in crate::client) struct Leg {
-    pub shard: usize,
-    pub held: Held,
-    /// Its ReadyForQuery has arrived for the request in flight.
-    pub ready: bool,
-    /// A cancel was sent to it: it may hit the next request on this
-    /// connection, so the connection is closed rather than reused.
-    pub cancelled: bool,
-}
 
 impl Session {
     /// Checks out one connection per shard in `shards` (ascending), for

@@ -13,6 +13,7 @@ mod columns;
 mod copy_in;
 mod copy_out;
 mod deferred_begin;
+pub(in crate::client) mod held;
 mod insert_split;
 mod legs;
 mod pipeline;
@@ -33,9 +34,9 @@ use crate::router::{ManyKind, Refusal, Role, ShardChoice};
 use crate::server::ServerError;
 
 pub(in crate::client) use deferred_begin::Deferred;
-pub(in crate::client) use legs::Leg;
-pub(in crate::client) use pipeline::Pipeline;
-pub(in crate::client) use tx_legs::{TxLegs, TxStep};
+pub(in crate::client) use held::Leg;
+pub(in crate::client) use held::Pipeline;
+pub(in crate::client) use tx_legs::TxStep;
 
 /// Why a statement on several shards failed: a server's own error
 /// (forwarded as it was sent) or the router's.

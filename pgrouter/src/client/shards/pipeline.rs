@@ -11,7 +11,8 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::legs::{cancel_targets, give_back, Leg};
+use super::held::Pipeline;
+use super::legs::{cancel_targets, give_back};
 use super::ShardError;
 use crate::client::error::SessionEnd;
 use crate::client::session::Session;
@@ -27,30 +28,6 @@ struct Step {
     bind_rest: Bytes,
     describe: bool,
     execute: bool,
-}
-
-/// A pipeline between its first part and its Sync: the legs it runs on,
-/// each inside its transaction block.
-pub(in crate::client) struct Pipeline {
-    legs: Vec<Leg>,
-    role: Role,
-    /// A statement failed: the rest up to the Sync is skipped.
-    failed: Option<Bytes>,
-    /// Inside the client's transaction block: the legs are the
-    /// transaction's (`Some(shard held before)`); its Sync commits nothing.
-    in_tx: Option<Option<usize>>,
-}
-
-impl Pipeline {
-    /// A pipeline inside a transaction on several shards, on its legs.
-    pub(super) fn in_tx(legs: Vec<Leg>, role: Role, held: Option<usize>) -> Pipeline {
-        Pipeline {
-            legs,
-            role,
-            failed: None,
-            in_tx: Some(held),
-        }
-    }
 }
 
 /// What [`Session::take_pipeline`] found; the bool: the part ended with

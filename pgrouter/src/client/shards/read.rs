@@ -8,7 +8,8 @@
 use bytes::{Bytes, BytesMut};
 use pgrouter_parser::fanout::{plan_read, ReadPlan};
 
-use super::legs::{cancel_targets, cancel_unfinished, fill_any, give_back, Leg};
+use super::held::Leg;
+use super::legs::{cancel_targets, cancel_unfinished, fill_any, give_back};
 use super::unit::Unit;
 use super::{next_message, ShardError};
 use crate::client::error::SessionEnd;

@@ -16,7 +16,8 @@ use std::sync::Arc;
 use pgrouter_config::PoolMode;
 use pgrouter_parser::{Analysis, StatementKind, TxEffect};
 
-use super::legs::{cancel_targets, Leg};
+use super::held::{Leg, TxLegs};
+use super::legs::cancel_targets;
 use super::unit::{Taken, Unit};
 use super::ShardError;
 use crate::client::error::SessionEnd;
@@ -25,15 +26,6 @@ use crate::client::session::Session;
 use crate::protocol::backend;
 use crate::protocol::frontend::{parse_bind_names, parse_query};
 use crate::router::{ManyKind, Role, ShardChoice};
-
-/// The legs of a transaction on several shards other than the one held
-/// now (`Session::server`), in shard order.
-pub(in crate::client) struct TxLegs {
-    pub parked: Vec<Leg>,
-    /// How a leg joining later begins: the first leg's isolation level
-    /// and access mode, then the transaction's savepoints.
-    pub begin: String,
-}
 
 /// What the session does with the unit of work at the front of its buffer.
 pub(in crate::client) enum TxStep {

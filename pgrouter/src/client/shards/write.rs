@@ -9,7 +9,8 @@
 use bytes::{Bytes, BytesMut};
 use pgrouter_parser::StatementKind;
 
-use super::legs::{cancel_targets, cancel_unfinished, fill_any, give_back, Leg};
+use super::held::Leg;
+use super::legs::{cancel_targets, cancel_unfinished, fill_any, give_back};
 use super::unit::Unit;
 use super::{next_message, put_tag, split_tag, ShardError};
 use crate::client::error::SessionEnd;

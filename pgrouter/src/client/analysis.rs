@@ -1,0 +1,96 @@
+//! The session's analysis of the SQL in client messages: from its memo of
+//! the last text (`memo.rs`) or from the shared analysis cache.
+
+use std::sync::Arc;
+
+use pgrouter_parser::{Analysis, Lookup};
+
+use super::session::Session;
+use crate::protocol::reader::Reader;
+use crate::protocol::ProtocolError;
+
+impl Session {
+    /// The analysis of `sql`, from the memo or the shared cache.
+    pub(super) fn analyze(&self, sql: &str) -> Arc<Analysis> {
+        match self.remembered_analysis(sql.as_bytes(), false) {
+            Some(analysis) => analysis,
+            None => self.analyze_anew(sql),
+        }
+    }
+
+    /// The analysis of a simple Query's text.
+    pub(super) fn analyze_query(&self, body: &[u8]) -> Result<Arc<Analysis>, ProtocolError> {
+        self.analyze_cstr(body)
+    }
+
+    /// The analysis of a Parse message's text.
+    pub(super) fn analyze_parse(&self, body: &[u8]) -> Result<Arc<Analysis>, ProtocolError> {
+        let mut r = Reader::new(body);
+        r.cstr()?; // the statement name
+        self.analyze_cstr(r.remaining())
+    }
+
+    /// The analysis of the NUL-terminated SQL text at the start of `at`.
+    /// The bytes are compared with the memo before anything else: its text
+    /// was valid UTF-8 without a NUL, so equal bytes followed by a NUL need
+    /// neither a search for the NUL nor a second UTF-8 check. Then with the
+    /// templates, which check the bytes they do not know.
+    fn analyze_cstr(&self, at: &[u8]) -> Result<Arc<Analysis>, ProtocolError> {
+        if let Some(analysis) = self.remembered_analysis(at, true) {
+            return Ok(analysis);
+        }
+        if let Some(analysis) = self.templated_analysis(at) {
+            return Ok(analysis);
+        }
+        Ok(self.analyze_anew(Reader::new(at).cstr()?))
+    }
+
+    /// The analysis of a template the text at the start of `at` fits.
+    fn templated_analysis(&self, at: &[u8]) -> Option<Arc<Analysis>> {
+        let mut memo = self.memo.borrow_mut();
+        let (len, analysis) = memo
+            .templates
+            .iter()
+            .find_map(|(t, analysis)| Some((t.match_cstr(at)?, analysis.clone())))?;
+        memo.remember(&at[..len], &analysis, self.message_seq.get());
+        self.rt.cache.note_hit();
+        Some(analysis)
+    }
+
+    /// Asks the shared cache and remembers the answer.
+    fn analyze_anew(&self, sql: &str) -> Arc<Analysis> {
+        let mut memo = self.memo.borrow_mut();
+        let analysis = self.rt.cache.analyze_preferring(sql, &mut memo.order);
+        if memo.order == Lookup::NormalizedFirst {
+            memo.add_template(sql, &analysis);
+        }
+        memo.remember(sql.as_bytes(), &analysis, self.message_seq.get());
+        analysis
+    }
+
+    /// The memo's analysis when `at` starts with its text followed by a NUL
+    /// (`nul_terminated`) or is exactly its text.
+    fn remembered_analysis(&self, at: &[u8], nul_terminated: bool) -> Option<Arc<Analysis>> {
+        let message = self.message_seq.get();
+        let mut memo = self.memo.borrow_mut();
+        let memo = &mut *memo;
+        let analysis = memo.analysis.as_ref()?;
+        let text = &memo.text[..];
+        let end = at.get(text.len());
+        let same = at.starts_with(text)
+            && if nul_terminated {
+                end == Some(&0)
+            } else {
+                end.is_none()
+            };
+        if !same {
+            return None;
+        }
+        // One cache hit per client message, however often it is looked at.
+        if memo.counted_for != message {
+            memo.counted_for = message;
+            self.rt.cache.note_hit();
+        }
+        Some(analysis.clone())
+    }
+}
