@@ -127,7 +127,18 @@ pub async fn verify_cleartext_off_loop(
 /// Runs a key derivation (thousands of HMAC rounds: milliseconds of CPU)
 /// on tokio's blocking pool, so that one login does not stall the other
 /// clients served by the same worker's event loop.
+///
+/// At most one derivation per core runs at a time: a burst of logins
+/// queues (fairly) instead of starting a thread each, all of which would
+/// finish late together and time out together.
 pub async fn derive_off_loop<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    static DERIVATIONS: std::sync::LazyLock<tokio::sync::Semaphore> =
+        std::sync::LazyLock::new(|| {
+            let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+            tokio::sync::Semaphore::new(cores)
+        });
+    // The semaphore is never closed, so acquiring cannot fail.
+    let _permit = DERIVATIONS.acquire().await.ok();
     match tokio::task::spawn_blocking(work).await {
         Ok(value) => value,
         Err(e) => match e.try_into_panic() {

@@ -132,6 +132,7 @@ impl std::fmt::Debug for ScramKeys {
 }
 
 /// The three keys of RFC 5802 section 3.
+#[derive(Clone)]
 struct Keys {
     client: [u8; 32],
     stored: [u8; 32],
@@ -235,6 +236,11 @@ fn secret_for_plain(password: &str) -> ScramSecret {
     if let Some(secret) = PLAIN_SECRETS.lock().get(&key) {
         return secret.clone();
     }
+    // Concurrent first logins with one password derive its secret once.
+    let _one_at_a_time = DERIVING.lock();
+    if let Some(secret) = PLAIN_SECRETS.lock().get(&key) {
+        return secret.clone();
+    }
     let mut salt = [0u8; SALT_LEN];
     rand::thread_rng().fill_bytes(&mut salt);
     let secret = ScramSecret::from_password(password, &salt, DEFAULT_ITERATIONS);
@@ -245,7 +251,53 @@ fn secret_for_plain(password: &str) -> ScramSecret {
     cache.entry(key).or_insert(secret).clone()
 }
 
+/// Held while a cache's missing entry is derived (see [`secret_for_plain`]
+/// and [`derived_keys`]), so that logins arriving together derive it once.
+static DERIVING: parking_lot::Mutex<()> = parking_lot::const_mutex(());
+
+/// Keys derived from the passwords the router itself presents to servers,
+/// keyed by the SHA-256 of password, salt and iteration count: a server
+/// keeps one salt per role, so each new server connection would otherwise
+/// run the same PBKDF2 again. Cleared at [`PLAIN_SECRETS_MAX`] entries.
+static CLIENT_KEYS: std::sync::LazyLock<
+    parking_lot::Mutex<std::collections::HashMap<[u8; 32], Keys>>,
+> = std::sync::LazyLock::new(Default::default);
+
+fn client_keys_key(password: &str, salt: &[u8], iterations: u32) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(password.as_bytes());
+    h.update([0]);
+    h.update(salt);
+    h.update(iterations.to_be_bytes());
+    h.finalize().into()
+}
+
+fn derived_keys(password: &str, salt: &[u8], iterations: u32) -> Keys {
+    let key = client_keys_key(password, salt, iterations);
+    if let Some(keys) = CLIENT_KEYS.lock().get(&key) {
+        return keys.clone();
+    }
+    let _one_at_a_time = DERIVING.lock();
+    if let Some(keys) = CLIENT_KEYS.lock().get(&key) {
+        return keys.clone();
+    }
+    let keys = Keys::derive(password, salt, iterations);
+    let mut cache = CLIENT_KEYS.lock();
+    if cache.len() >= PLAIN_SECRETS_MAX {
+        cache.clear();
+    }
+    cache.entry(key).or_insert(keys).clone()
+}
+
 impl ScramServer {
+    /// [`Self::from_plain`] when the password's secret is derived already
+    /// (no key derivation: fine on the event loop).
+    pub fn from_plain_if_derived(password: &str) -> Option<Self> {
+        let key: [u8; 32] = Sha256::digest(password.as_bytes()).into();
+        let secret = PLAIN_SECRETS.lock().get(&key).cloned()?;
+        Some(Self::new(secret))
+    }
+
     /// Starts an exchange against `secret` with a fresh random server nonce.
     pub fn new(secret: ScramSecret) -> Self {
         Self::with_nonce(secret, random_nonce())
@@ -466,7 +518,7 @@ impl ScramClient {
                 stored: Sha256::digest(k.client_key).into(),
                 server: k.server_key,
             },
-            (_, Some(password)) => Keys::derive(password, &salt, iterations),
+            (_, Some(password)) => derived_keys(password, &salt, iterations),
             (Some(_), None) => {
                 return Err(AuthError::Unsupported(
                     "the server's SCRAM salt or iteration count differs from the secret the \
@@ -512,6 +564,31 @@ impl ScramClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_for_the_routers_own_passwords_are_derived_once() {
+        let fresh = Keys::derive("pw-cache-test", b"salt-1", 64);
+        let first = derived_keys("pw-cache-test", b"salt-1", 64);
+        assert_eq!(first.client, fresh.client);
+        assert_eq!(first.server, fresh.server);
+        let key = client_keys_key("pw-cache-test", b"salt-1", 64);
+        assert!(
+            CLIENT_KEYS.lock().contains_key(&key),
+            "kept for the next connection"
+        );
+        let again = derived_keys("pw-cache-test", b"salt-1", 64);
+        assert_eq!(again.stored, fresh.stored);
+        // Another salt is another entry, with other keys.
+        let other = derived_keys("pw-cache-test", b"salt-2", 64);
+        assert_ne!(other.client, fresh.client);
+    }
+
+    #[test]
+    fn a_plain_password_secret_is_known_once_derived() {
+        assert!(ScramServer::from_plain_if_derived("plain-cache-test").is_none());
+        let _ = ScramServer::from_plain("plain-cache-test");
+        assert!(ScramServer::from_plain_if_derived("plain-cache-test").is_some());
+    }
 
     /// Runs a full exchange; returns the server's verdict and, on success,
     /// whether the client accepted the server signature.

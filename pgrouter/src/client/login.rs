@@ -351,10 +351,13 @@ pub(super) async fn scram_exchange(
 ) -> Result<bool, SessionEnd> {
     let server = match stored {
         StoredPassword::Scram(secret) => ScramServer::new(secret.clone()),
-        StoredPassword::Plain(p) => {
-            let p = p.clone();
-            crate::auth::derive_off_loop(move || ScramServer::from_plain(&p)).await
-        }
+        StoredPassword::Plain(p) => match ScramServer::from_plain_if_derived(p) {
+            Some(server) => server,
+            None => {
+                let p = p.clone();
+                crate::auth::derive_off_loop(move || ScramServer::from_plain(&p)).await
+            }
+        },
         StoredPassword::Md5(_) => return Ok(false),
     };
     Ok(scram_exchange_with(stream, buf, server).await?.is_some())

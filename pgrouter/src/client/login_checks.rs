@@ -168,9 +168,13 @@ pub(super) async fn auth_query_login(
             }
         }
         Some(StoredPassword::Plain(password)) => {
-            let plain = password.clone();
-            let server =
-                crate::auth::derive_off_loop(move || ScramServer::from_plain(&plain)).await;
+            let server = match ScramServer::from_plain_if_derived(&password) {
+                Some(server) => server,
+                None => {
+                    let plain = password.clone();
+                    crate::auth::derive_off_loop(move || ScramServer::from_plain(&plain)).await
+                }
+            };
             match scram_exchange_with(stream, buf, server).await? {
                 Some(_) => {
                     let credential = PassThrough {
