@@ -164,11 +164,22 @@ impl Session {
                     if let Some(id) = verdict.failed_parse {
                         held.conn.statements.remove(id);
                     }
+                    if verdict.guard_failed.is_some() || !verdict.guards_skipped.is_empty() {
+                        super::replay::undo_replay(
+                            &mut held.conn,
+                            &mut self.params,
+                            &mut self.sync_undo,
+                            verdict.guard_failed.as_ref(),
+                            &verdict.guards_skipped,
+                        );
+                    }
                     // Only a guard sent on its own round trip holds the
                     // client's request back; a pipelined one (a refusal
                     // raised through the server) failed the client's batch
                     // already, and the next request must run.
-                    if verdict.guard_failed && self.guard == super::session::GuardState::Waiting {
+                    if verdict.guard_failed.is_some()
+                        && self.guard == super::session::GuardState::Waiting
+                    {
                         self.guard = super::session::GuardState::Failed;
                     }
                     if verdict.inject_sync {

@@ -21,6 +21,7 @@ pub mod prepared;
 mod read_your_writes;
 mod recovery;
 pub mod registry;
+mod replay;
 mod routing;
 mod session;
 mod session_changes;

@@ -161,6 +161,9 @@ pub struct Session {
     /// A RESET sent the held server back to its own defaults: the client's
     /// startup values are set again before its next statement.
     pub(super) resync_params: bool,
+    /// The held server's parameter bookkeeping before the last settings
+    /// replay, to go back to should it fail (see `replay.rs`).
+    pub(super) sync_undo: Option<super::replay::SyncUndo>,
     /// `session_state = "refuse"` in transaction mode: statements creating
     /// such state are refused with 0A000 instead of pinning.
     pub(super) refuse_session_state: bool,
@@ -259,6 +262,7 @@ impl Session {
             pins: Default::default(),
             ryw: Default::default(),
             resync_params: false,
+            sync_undo: None,
             refuse_session_state,
             statements: ahash::AHashMap::new(),
             sql_prepared: HashMap::new(),

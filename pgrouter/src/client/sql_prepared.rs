@@ -6,21 +6,23 @@ use std::sync::Arc;
 
 use pgrouter_parser::{Analysis, DiscardKind, StatementKind};
 
-use super::expect::Reply;
+use super::expect::GuardFor;
 use super::prepared::SqlPrepared;
 use super::session::Session;
-use crate::protocol::frontend;
 
 impl Session {
-    /// The same fixups for SQL sent through Parse: run as unnamed extended
-    /// statements ahead of the client's own Parse, answers dropped.
-    pub(super) fn inject_fixups_extended(&mut self, analysis: &Analysis, sql: &str) {
-        for statement in self.sql_prepared_fixups(analysis, sql) {
-            frontend::write_parse(&mut self.to_server, "", &statement, &[]);
-            frontend::bind_execute_unnamed(&mut self.to_server);
-            self.expect.swallow(Reply::Parse(None));
-            self.expect.swallow(Reply::Bind);
-            self.expect.swallow(Reply::Execute);
+    /// Runs the fixups a statement needs (see [`Self::sql_prepared_fixups`])
+    /// ahead of it, as guards: should one fail, its error is the client's
+    /// statement's (see `replay.rs`). `boundary`: nothing of the client's is
+    /// in the server's current transaction, so the fixups commit on their own.
+    pub(super) fn inject_fixups(&mut self, analysis: &Analysis, sql: &str, boundary: bool) {
+        let fixups = self.sql_prepared_fixups(analysis, sql);
+        if fixups.is_empty() {
+            return;
+        }
+        self.replay_sql_prepared(fixups);
+        if boundary {
+            self.commit_replay();
         }
     }
 
@@ -29,8 +31,13 @@ impl Session {
     /// re-creates the client's statement where it is missing or different,
     /// removes another client's statement of the same name before an EXECUTE
     /// (PostgreSQL then reports 26000 as it would), and lets a duplicate
-    /// PREPARE fail with 42P05. Returns statements to run first.
-    pub(super) fn sql_prepared_fixups(&mut self, analysis: &Analysis, sql: &str) -> Vec<String> {
+    /// PREPARE fail with 42P05. Returns statements to run first, each with
+    /// what it changes on the server (to take back should it not run).
+    pub(super) fn sql_prepared_fixups(
+        &mut self,
+        analysis: &Analysis,
+        sql: &str,
+    ) -> Vec<(String, GuardFor)> {
         let mut inject = Vec::new();
         if !touches_sql_prepared(analysis) {
             return inject;
@@ -41,6 +48,10 @@ impl Session {
         };
         let server = &mut held.conn.statements;
         let deallocate = |name: &str| format!("DEALLOCATE {}", super::params::quote_ident(name));
+        let undo = |name: &str, before: &Option<Arc<str>>| GuardFor::SqlPrepared {
+            name: name.into(),
+            before: before.clone(),
+        };
         let mut discarded = false;
         for (index, s) in analysis.statements.iter().enumerate() {
             match &s.kind {
@@ -52,9 +63,9 @@ impl Session {
                         // reports the duplicate (42P05) as it would.
                         if on_server.as_deref() != Some(&*mine.prepare_sql) {
                             if on_server.is_some() {
-                                inject.push(deallocate(name));
+                                inject.push((deallocate(name), undo(name, &on_server)));
                             }
-                            inject.push(mine.prepare_sql.to_string());
+                            inject.push((mine.prepare_sql.to_string(), undo(name, &on_server)));
                             server
                                 .sql_prepared
                                 .insert(name.clone(), mine.prepare_sql.clone());
@@ -62,7 +73,7 @@ impl Session {
                         continue;
                     }
                     if on_server.is_some() {
-                        inject.push(deallocate(name));
+                        inject.push((deallocate(name), undo(name, &on_server)));
                     }
                     match prepare_texts.get_mut(index).and_then(Option::take) {
                         Some(prepared) => {
@@ -82,16 +93,16 @@ impl Session {
                         // Not this client's: another client's statement of
                         // that name must not run; PostgreSQL reports 26000.
                         if on_server.is_some() {
-                            inject.push(deallocate(name));
+                            inject.push((deallocate(name), undo(name, &on_server)));
                             server.sql_prepared.remove(name);
                         }
                         continue;
                     };
                     if on_server.as_deref() != Some(&*p.prepare_sql) {
                         if on_server.is_some() {
-                            inject.push(deallocate(name));
+                            inject.push((deallocate(name), undo(name, &on_server)));
                         }
-                        inject.push(p.prepare_sql.to_string());
+                        inject.push((p.prepare_sql.to_string(), undo(name, &on_server)));
                         server
                             .sql_prepared
                             .insert(name.clone(), p.prepare_sql.clone());
