@@ -245,3 +245,18 @@ def test_set_replay_failure_asyncpg(routers, primary, ts_config):
         finally:
             await a.close()
     run_async(main())
+
+
+def test_client_told_of_its_setting_after_a_replay(routers):
+    """The settings replay and the client's own SET share one answer: the
+    server reports only values that differ from the last it reported, maybe
+    to another client. The client is told of its SET all the same."""
+    router = routers.start(general={"default_pool_size": 1})
+    with connect(router.dsn()) as b:
+        b.execute("SET TimeZone = 'UTC'")  # the connection reports UTC to b
+        assert b.info.parameter_status("TimeZone") == "UTC"
+    with connect(router.dsn()) as a:
+        assert a.info.parameter_status("TimeZone") != "UTC"
+        a.execute("SET TimeZone = 'UTC'")
+        assert a.info.parameter_status("TimeZone") == "UTC"
+        assert a.execute("SELECT current_setting('TimeZone')").fetchone() == ("UTC",)

@@ -54,6 +54,8 @@ impl Session {
             // and the transaction prediction belong to the client's requests.
             let body = &held.conn.read_buf[body_range.clone()];
             let clients = verdict.as_ref().is_none_or(|v| v.forward);
+            // ParameterStatus the router owes the client before this message.
+            let mut announce = bytes::BytesMut::new();
             match tag {
                 b'G' | b'W' if clients => self.copy_in = true,
                 b'Z' => {
@@ -73,6 +75,10 @@ impl Session {
                         self.pins.on_ready(status);
                         self.query_cancelled = None;
                     }
+                    // The first answer after a settings replay: the server
+                    // reports what changed since its last report, which may
+                    // have been to another client (see `replay.rs`).
+                    let replayed = clients && std::mem::take(&mut self.settings_replayed);
                     if clients && !self.sets.is_idle() {
                         for change in self.sets.on_ready(status) {
                             // A reported setting is carried as the server
@@ -82,7 +88,7 @@ impl Session {
                             let change = match change {
                                 SetChange::Set { name, value } => {
                                     let canonical = self.params.canonical(&name);
-                                    let value = match held.conn.params.get(&canonical) {
+                                    let value = match held.conn.reported.get(&canonical) {
                                         Some(reported) if self.params.is_reported(&canonical) => {
                                             reported.clone()
                                         }
@@ -101,7 +107,21 @@ impl Session {
                                 SetChange::Set { .. } => false,
                             };
                             note_change_on_server(&mut held.conn, &self.params, &change);
+                            let names = if replayed {
+                                reported_names(&self.params, &change)
+                            } else {
+                                Vec::new()
+                            };
                             self.params.apply(change);
+                            for name in names {
+                                if let Some(value) = self.params.get(&name) {
+                                    crate::protocol::backend::parameter_status(
+                                        &mut announce,
+                                        &name,
+                                        value,
+                                    );
+                                }
+                            }
                             if to_startup {
                                 held.conn.params_fingerprint = 0;
                                 self.resync_params = true;
@@ -123,6 +143,7 @@ impl Session {
                             held.conn.params_fingerprint = 0;
                         }
                         self.params.note(&name, &value);
+                        held.conn.reported.insert(name.clone(), value.clone());
                         held.conn.params.insert(name, value);
                     }
                 }
@@ -154,6 +175,13 @@ impl Session {
             if clients {
                 // The client has seen an answer: no replay now.
                 super::recovery::stop_replay(&mut self.replay, &mut self.replay_spare);
+            }
+            if !announce.is_empty() {
+                if verbatim {
+                    verbatim = false;
+                    self.to_client.extend_from_slice(&held.conn.read_buf[..pos]);
+                }
+                self.to_client.extend_from_slice(&announce);
             }
             match verdict {
                 None if verbatim => {}
@@ -242,6 +270,22 @@ impl Session {
         }
         self.release_if_done();
         Ok(())
+    }
+}
+
+/// Reported parameters a committed SET/RESET changed in the client's
+/// session: after a settings replay the server may not report them to the
+/// client (it had reported that value already, to an earlier client), so the
+/// router does.
+fn reported_names(params: &super::params::ClientParams, change: &SetChange) -> Vec<String> {
+    let name = match change {
+        SetChange::Set { name, .. } | SetChange::Reset { name } => params.canonical(name),
+        SetChange::ResetAll => return params.reported_names(),
+    };
+    if params.is_reported(&name) {
+        vec![name]
+    } else {
+        Vec::new()
     }
 }
 

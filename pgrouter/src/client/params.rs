@@ -114,6 +114,15 @@ impl ClientParams {
         self.known_names.iter().any(|k| k == name)
     }
 
+    /// Every parameter the server reports that a client may set.
+    pub fn reported_names(&self) -> Vec<String> {
+        self.known_names
+            .iter()
+            .filter(|k| !NOT_SETTABLE.contains(&k.as_str()))
+            .cloned()
+            .collect()
+    }
+
     pub fn canonical(&self, name: &str) -> String {
         self.known_names
             .iter()

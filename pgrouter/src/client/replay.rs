@@ -61,6 +61,7 @@ impl Session {
             fingerprint: held.conn.params_fingerprint,
         });
         self.params.mark_synced(&mut held.conn);
+        self.settings_replayed = true;
         for step in steps {
             let sql = step.sql();
             self.pipeline_guard_for(&sql, GuardFor::Setting(step.name.into()));

@@ -164,6 +164,8 @@ pub struct Session {
     /// The held server's parameter bookkeeping before the last settings
     /// replay, to go back to should it fail (see `replay.rs`).
     pub(super) sync_undo: Option<super::replay::SyncUndo>,
+    /// Settings were replayed since the server's last answer to the client.
+    pub(super) settings_replayed: bool,
     /// `session_state = "refuse"` in transaction mode: statements creating
     /// such state are refused with 0A000 instead of pinning.
     pub(super) refuse_session_state: bool,
@@ -263,6 +265,7 @@ impl Session {
             ryw: Default::default(),
             resync_params: false,
             sync_undo: None,
+            settings_replayed: false,
             refuse_session_state,
             statements: ahash::AHashMap::new(),
             sql_prepared: HashMap::new(),
