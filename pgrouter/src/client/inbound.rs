@@ -268,6 +268,9 @@ impl Session {
                 return self.recover_server_loss().await;
             }
         }
+        if !self.pins.to_check().is_empty() {
+            self.check_pins().await?;
+        }
         self.release_if_done();
         Ok(())
     }
