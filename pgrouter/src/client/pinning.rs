@@ -161,7 +161,11 @@ impl Session {
         }
         let checked = columns.iter().fold(SessionState::NONE, |a, k| a | *k);
         self.pins.checked(checked, still_there);
-        tracing::debug!(?checked, ?still_there, "asked the server what session state is left");
+        tracing::debug!(
+            ?checked,
+            ?still_there,
+            "asked the server what session state is left"
+        );
         self.registered.info.set_pinned(self.pins.held());
         Ok(())
     }
@@ -200,8 +204,10 @@ const CHECKS: [(SessionState, &str); 4] = [
 /// holds, and the kinds it checks (in column order); `None` when none of
 /// them can be checked.
 pub fn check_sql(kinds: SessionState) -> Option<(String, Vec<SessionState>)> {
-    let checked: Vec<&(SessionState, &str)> =
-        CHECKS.iter().filter(|(k, _)| kinds.intersects(*k)).collect();
+    let checked: Vec<&(SessionState, &str)> = CHECKS
+        .iter()
+        .filter(|(k, _)| kinds.intersects(*k))
+        .collect();
     if checked.is_empty() {
         return None;
     }
