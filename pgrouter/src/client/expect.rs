@@ -435,6 +435,40 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_replay_names_what_failed_and_what_never_ran() {
+        let setting = |n: &str| GuardFor::Setting(n.into());
+        let prepared = GuardFor::SqlPrepared {
+            name: "s".into(),
+            before: None,
+        };
+        let mut e = Expectations::default();
+        for purpose in [setting("a"), setting("b"), prepared.clone()] {
+            e.swallow(Reply::Parse(None));
+            e.swallow(Reply::Bind);
+            e.guard(Reply::Execute, purpose);
+        }
+        // The replay's own COMMIT, then the client's query.
+        e.swallow(Reply::Parse(None));
+        e.swallow(Reply::Bind);
+        e.swallow(Reply::Execute);
+        e.forward(Reply::Query);
+        for tag in [b'1', b'2', b'D', b'C', b'1', b'2'] {
+            assert!(!e.on_server_message(tag).forward);
+        }
+        let v = e.on_server_message(b'E');
+        assert!(v.forward, "the client sees the replay's error");
+        assert_eq!(v.guard_failed, Some(setting("b")));
+        assert_eq!(v.guards_skipped, vec![prepared]);
+        assert!(
+            v.inject_sync,
+            "the client's query was skipped: a Sync answers it"
+        );
+        e.forward(Reply::Sync);
+        assert!(e.on_server_message(b'Z').forward);
+        assert!(e.is_empty() && e.is_plain());
+    }
+
+    #[test]
     fn simple_query_errors_do_not_skip() {
         let mut e = Expectations::default();
         e.swallow(Reply::Query);

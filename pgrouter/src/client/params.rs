@@ -401,6 +401,26 @@ mod tests {
     }
 
     #[test]
+    fn a_refused_setting_goes_back_to_its_login_value_then_away() {
+        let defaults = vec![("TimeZone".to_string(), "UTC".to_string())];
+        let mut p = ClientParams::from_startup(
+            &defaults,
+            &[("options".into(), "-c default_text_search_config=a".into())],
+        );
+        p.apply(SetChange::Set {
+            name: "default_text_search_config".into(),
+            value: "b".into(),
+        });
+        let before = p.fingerprint();
+        p.drop_failed("default_text_search_config");
+        assert_eq!(p.get("default_text_search_config"), Some("a"));
+        assert_ne!(p.fingerprint(), before);
+        p.drop_failed("default_text_search_config");
+        assert_eq!(p.get("default_text_search_config"), None);
+        assert!(!p.has_initial("default_text_search_config"));
+    }
+
+    #[test]
     fn startup_overlays_defaults() {
         let defaults = vec![
             ("TimeZone".to_string(), "UTC".to_string()),
