@@ -260,3 +260,23 @@ def test_client_told_of_its_setting_after_a_replay(routers):
         a.execute("SET TimeZone = 'UTC'")
         assert a.info.parameter_status("TimeZone") == "UTC"
         assert a.execute("SELECT current_setting('TimeZone')").fetchone() == ("UTC",)
+
+
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_statements_that_refuse_pipelines_run_after_a_replay(routers, table, protocol):
+    """The replay ahead of a statement commits on its own, so VACUUM (which
+    refuses to run in a pipeline or a transaction block) still runs."""
+    table("replay_vacuum_t")
+    router = routers.start(general={"default_pool_size": 1})
+    cursor = psycopg.ClientCursor if protocol == "simple" else psycopg.Cursor
+    with connect(router.dsn()) as other:
+        other.execute("SET work_mem = '88kB'")
+    with connect(router.dsn(), cursor_factory=cursor, application_name="replay_vac") as a:
+        a.execute("SET work_mem = '99kB'")
+        a.execute("PREPARE replay_v AS SELECT a FROM replay_vacuum_t")
+        with connect(router.dsn()) as other:
+            other.execute("SET work_mem = '77kB'")  # the connection changes hands
+            assert other.execute("SHOW work_mem").fetchone() == ("77kB",)
+        a.execute("VACUUM replay_vacuum_t")  # settings replayed first
+        assert a.execute("SHOW work_mem").fetchone() == ("99kB",)
+        assert a.execute("EXECUTE replay_v").fetchone() == (1,)
