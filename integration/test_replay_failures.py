@@ -280,3 +280,23 @@ def test_statements_that_refuse_pipelines_run_after_a_replay(routers, table, pro
         a.execute("VACUUM replay_vacuum_t")  # settings replayed first
         assert a.execute("SHOW work_mem").fetchone() == ("99kB",)
         assert a.execute("EXECUTE replay_v").fetchone() == (1,)
+
+
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_a_failed_prepare_is_not_replayed(routers, table, protocol):
+    """A PREPARE that failed created nothing: EXECUTE on another connection
+    says so (26000), and a corrected PREPARE of that name is the one used."""
+    table("replay_fixed_t")
+    router = two_connection_router(routers)
+    cursor = psycopg.ClientCursor if protocol == "simple" else psycopg.Cursor
+    with connect(router.dsn(), cursor_factory=cursor) as a:
+        with pytest.raises(psycopg.errors.UndefinedTable):
+            a.execute("PREPARE replay_fix AS SELECT a FROM replay_fixed_typo")
+        hog = Hog(router, backend(a))
+        with pytest.raises(psycopg.errors.InvalidSqlStatementName):
+            a.execute("EXECUTE replay_fix")
+        a.execute("PREPARE replay_fix AS SELECT a FROM replay_fixed_t")
+        hog.release()
+        hog = Hog(router, backend(a))
+        assert a.execute("EXECUTE replay_fix").fetchone() == (1,)
+        hog.release()

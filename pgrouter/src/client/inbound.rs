@@ -74,6 +74,9 @@ impl Session {
                     if clients {
                         self.pins.on_ready(status);
                         self.query_cancelled = None;
+                        if !self.pending_prepares.is_empty() {
+                            self.pending_prepares.on_ready();
+                        }
                     }
                     // The first answer after a settings replay: the server
                     // reports what changed since its last report, which may
@@ -154,6 +157,13 @@ impl Session {
                         if let Ok(f) = parse_error_fields(body) {
                             self.state.metrics.record_error(&f.code);
                         }
+                        if !self.pending_prepares.is_empty() {
+                            // PREPAREs of the failed request did not happen.
+                            for name in self.pending_prepares.on_error() {
+                                self.sql_prepared.remove(&name);
+                                held.conn.statements.sql_prepared.remove(&name);
+                            }
+                        }
                     } else if let Ok(f) = parse_error_fields(body) {
                         tracing::warn!(code = %f.code, error = %f.message, "a query of the router's failed");
                         // What it set may not be in force (a failed
@@ -169,6 +179,9 @@ impl Session {
                         self.sets.on_command_complete(body);
                     }
                     self.pins.on_command_complete(body);
+                    if !self.pending_prepares.is_empty() {
+                        self.pending_prepares.on_command_complete(body);
+                    }
                 }
                 _ => {}
             }

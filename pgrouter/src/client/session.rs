@@ -174,6 +174,8 @@ pub struct Session {
     pub(super) statements: ahash::AHashMap<String, Arc<SharedStatement>>,
     /// The client's SQL-level PREPAREd statements.
     pub(super) sql_prepared: HashMap<String, SqlPrepared>,
+    /// The client's PREPAREs not answered yet.
+    pub(super) pending_prepares: super::sql_prepared::PendingPrepares,
     /// Analysis of the last unnamed Parse, for routing the Bind after it.
     pub(super) unnamed: Option<Arc<Analysis>>,
     /// The client's last unnamed Parse message, to parse it again on another
@@ -269,6 +271,7 @@ impl Session {
             refuse_session_state,
             statements: ahash::AHashMap::new(),
             sql_prepared: HashMap::new(),
+            pending_prepares: Default::default(),
             unnamed: None,
             unnamed_parse: BytesMut::new(),
             unnamed_here: false,

@@ -81,6 +81,8 @@ impl Session {
                                 .sql_prepared
                                 .insert(name.clone(), prepared.prepare_sql.clone());
                             self.sql_prepared.insert(name.clone(), prepared);
+                            self.pending_prepares
+                                .sent(name, self.expect.outstanding_ready());
                         }
                         None => {
                             server.sql_prepared.remove(name);
@@ -166,6 +168,64 @@ impl Session {
     }
 }
 
+/// The client's own `PREPARE`s not yet answered. A PREPARE that fails (or
+/// is skipped after an earlier error of its request) creates nothing, as
+/// in PostgreSQL: the router forgets it, so that a later `EXECUTE` gets
+/// 26000 and a corrected `PREPARE` of the same name runs, instead of the
+/// failed text being replayed.
+#[derive(Debug, Default)]
+pub(super) struct PendingPrepares {
+    /// (number of the request it is part of, name), in the order sent.
+    queue: std::collections::VecDeque<(u64, String)>,
+    /// Requests answered (ReadyForQuery messages the client got).
+    answered: u64,
+}
+
+impl PendingPrepares {
+    /// A PREPARE of `name` is sent; `owed`: ReadyForQuery messages the
+    /// client awaits for requests sent before this one.
+    pub fn sent(&mut self, name: &str, owed: usize) {
+        let request = self.answered + owed as u64 + 1;
+        self.queue.push_back((request, name.to_string()));
+    }
+
+    /// CommandComplete of the client's request: a `PREPARE` tag confirms
+    /// the oldest one.
+    pub fn on_command_complete(&mut self, tag: &[u8]) {
+        if !self.queue.is_empty() && tag.starts_with(b"PREPARE") {
+            self.queue.pop_front();
+        }
+    }
+
+    /// An error answers the current request: its PREPAREs not confirmed
+    /// yet did not happen. Returns their names.
+    pub fn on_error(&mut self) -> Vec<String> {
+        let current = self.answered + 1;
+        let mut failed = Vec::new();
+        while let Some((request, _)) = self.queue.front() {
+            if *request != current {
+                break;
+            }
+            if let Some((_, name)) = self.queue.pop_front() {
+                failed.push(name);
+            }
+        }
+        failed
+    }
+
+    /// ReadyForQuery: the current request is over.
+    pub fn on_ready(&mut self) {
+        self.answered += 1;
+        while self.queue.front().is_some_and(|(r, _)| *r <= self.answered) {
+            self.queue.pop_front();
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+}
+
 /// Whether a statement of `analysis` creates, runs or drops SQL prepared
 /// statements (the only ones [`Session::sql_prepared_fixups`] looks at).
 pub(super) fn touches_sql_prepared(analysis: &Analysis) -> bool {
@@ -178,4 +238,36 @@ pub(super) fn touches_sql_prepared(analysis: &Analysis) -> bool {
                 | StatementKind::Discard(DiscardKind::All)
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PendingPrepares;
+
+    #[test]
+    fn a_failed_prepare_is_forgotten_a_confirmed_one_kept() {
+        let mut p = PendingPrepares::default();
+        // "PREPARE a ...; SELECT 1/0": a is confirmed before the error.
+        p.sent("a", 0);
+        p.on_command_complete(b"PREPARE");
+        assert!(p.on_error().is_empty());
+        p.on_ready();
+        // "PREPARE b AS <error>".
+        p.sent("b", 0);
+        assert_eq!(p.on_error(), vec!["b".to_string()]);
+        p.on_ready();
+        assert!(p.is_empty());
+    }
+
+    #[test]
+    fn an_error_of_an_earlier_request_spares_later_prepares() {
+        let mut p = PendingPrepares::default();
+        // Two queries in flight: "SELECT 1/0", then "PREPARE c ...".
+        p.sent("c", 1);
+        assert!(p.on_error().is_empty(), "the error is the first request's");
+        p.on_ready();
+        p.on_command_complete(b"PREPARE");
+        p.on_ready();
+        assert!(p.is_empty());
+    }
 }
