@@ -2,9 +2,10 @@
 //!
 //! In transaction mode a client meets many server connections. Each checkout
 //! compares what the client wants (its startup parameters, then every change
-//! the server reported to it) with what that server has, and sends one query
-//! that sets the difference — pipelined with the client's own first message,
-//! so it costs no extra round trip.
+//! the server reported to it) with what that server has, and sets the
+//! difference — one statement per parameter, pipelined ahead of the client's
+//! own first message, so it costs no extra round trip; should the server
+//! refuse one, the client gets that error (see `replay.rs`).
 
 use std::collections::HashMap;
 
