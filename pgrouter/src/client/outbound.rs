@@ -298,13 +298,15 @@ impl Session {
         };
         // The request about to be sent starts now (saves a clock read).
         self.request_started.get_or_insert(now);
-        let mut reset = if held.conn.needs_reset {
+        // The connection's hygiene, each query on its own (a simple query of
+        // several statements is one transaction: a DEALLOCATE that failed
+        // would take the RESETs before it back).
+        let mut reset: Vec<String> = Vec::new();
+        if held.conn.needs_reset {
             held.conn.forget_session_state();
             // RESET ALL leaves the role and the session authorization alone.
-            "RESET ALL;RESET SESSION AUTHORIZATION;RESET ROLE;".to_string()
-        } else {
-            String::new()
-        };
+            reset.push("RESET ALL;RESET SESSION AUTHORIZATION;RESET ROLE".to_string());
+        }
         // Another client's SQL-level prepared statements are not visible to
         // this one, as on a connection of its own.
         if !held.conn.statements.sql_prepared.is_empty() {
@@ -319,16 +321,13 @@ impl Session {
                 .map(|(name, _)| name.clone())
                 .collect();
             for name in foreign {
-                reset.push_str(&format!(
-                    "DEALLOCATE {};",
-                    super::params::quote_ident(&name)
-                ));
+                reset.push(format!("DEALLOCATE {}", super::params::quote_ident(&name)));
                 held.conn.statements.sql_prepared.remove(&name);
             }
         }
-        if !reset.is_empty() {
-            tracing::debug!(sql = %reset, server = held.conn.id, "resetting the connection");
-            frontend::query(&mut self.to_server, &reset);
+        for sql in &reset {
+            tracing::debug!(%sql, server = held.conn.id, "resetting the connection");
+            frontend::query(&mut self.to_server, sql);
             self.expect.swallow(Reply::Query);
         }
         self.server = Some(held);
