@@ -200,3 +200,24 @@ def test_refuse_mode_answers_0A000(routers, roles):
         # The session goes on, and nothing is pinned.
         assert conn.execute("SELECT pg_advisory_xact_lock(7), 1").fetchone()[1] == 1
         assert conn.execute("CREATE TABLE IF NOT EXISTS t_not_temp (a int)") is not None
+
+
+def test_a_failed_deallocate_does_not_undo_the_reset(routers, roles, primary):
+    """Before a client's first statement the router resets what the last
+    client left that it could not follow (an untracked set_config) and drops
+    that client's SQL prepared statements. A DEALLOCATE that fails (the
+    statement was deallocated behind the router's back, by dynamic SQL in a
+    function) must not take the RESET back with it."""
+    with primary.connect(APP_DB) as direct:
+        direct.execute("CREATE OR REPLACE FUNCTION leak_dealloc(name text) RETURNS void "
+                       "LANGUAGE plpgsql AS $$BEGIN EXECUTE format('DEALLOCATE %I', name); END$$")
+    router = one_connection_router(routers)
+    with connect(router.dsn()) as a:
+        a.execute("PREPARE leak_ps AS SELECT 1")
+        a.execute("SELECT leak_dealloc('leak_ps')")
+        # Last: the router resets the connection before its next client.
+        pid = a.execute("SELECT pg_backend_pid(), set_config('work_mem', '64kB', false) "
+                        "FROM generate_series(1, 1)").fetchone()[0]
+    with connect(router.dsn()) as b:
+        # B's first statement: the one the reset runs ahead of.
+        assert b.execute("SELECT current_setting('work_mem'), pg_backend_pid()").fetchone() == ("4MB", pid)

@@ -53,13 +53,10 @@ fn statement(node: &N, write_functions: &[String], a: &mut Analysis) -> Statemen
         for s in &facts.settings {
             set::flag_nested(s, &mut a.escalation);
         }
-        a.session_state.creates |= facts.session_state.creates;
-        a.session_state.ends |= facts.session_state.ends;
+        a.session_state.merge(facts.session_state);
         facts
     };
-    let own = crate::session_state::of_statement(node);
-    a.session_state.creates |= own.creates;
-    a.session_state.ends |= own.ends;
+    a.session_state.merge(crate::session_state::of_statement(node));
     let (kind, is_write) = match node {
         N::SelectStmt(select) => {
             let unknown_before = a.calls_set_config;

@@ -67,6 +67,11 @@ impl SessionState {
         self.0 & other.0 != 0
     }
 
+    /// The kinds in both sets.
+    pub fn intersection(self, other: SessionState) -> SessionState {
+        SessionState(self.0 & other.0)
+    }
+
     /// This set without `other`'s kinds.
     pub fn without(self, other: SessionState) -> SessionState {
         SessionState(self.0 & !other.0)
@@ -104,6 +109,27 @@ pub struct SessionStateChange {
     /// Kinds of state it ends for good (`DISCARD`, `UNLISTEN *`,
     /// `pg_advisory_unlock_all()`, `CLOSE ALL`, `RESET SESSION AUTHORIZATION`).
     pub ends: SessionState,
+    /// Kinds of state it may end, or not, depending on what else the
+    /// session holds: a `DROP` (of the last temporary object?), `UNLISTEN
+    /// ch` (of the last channel?), `pg_advisory_unlock()` (of the last hold
+    /// of the last lock? locks are re-entrant), `CLOSE c` (of the last WITH
+    /// HOLD cursor?), an `ON COMMIT DROP` temp table. Only the server knows:
+    /// the router asks it once the transaction is over.
+    pub may_end: SessionState,
+}
+
+impl SessionStateChange {
+    /// Adds what another statement (or call) of the string does.
+    pub fn merge(&mut self, other: SessionStateChange) {
+        self.creates |= other.creates;
+        self.ends |= other.ends;
+        self.may_end |= other.may_end;
+    }
+
+    /// Nothing created, ended or maybe ended.
+    pub fn is_empty(&self) -> bool {
+        self.creates.is_empty() && self.ends.is_empty() && self.may_end.is_empty()
+    }
 }
 
 /// `CURSOR_OPT_HOLD` of PostgreSQL's parsenodes.h.
@@ -114,10 +140,23 @@ const CURSOR_OPT_HOLD: i32 = 0x0020;
 pub(crate) fn of_statement(node: &N) -> SessionStateChange {
     let mut c = SessionStateChange::default();
     match node {
-        N::CreateStmt(s) => c.creates |= temp_if(s.relation.as_ref()),
+        N::CreateStmt(s) => {
+            c.creates |= temp_if(s.relation.as_ref());
+            if s.oncommit == pg_query::protobuf::OnCommitAction::OncommitDrop as i32 {
+                c.may_end |= c.creates;
+            }
+        }
+        N::CreateTableAsStmt(s) => {
+            let into = s.into.as_ref();
+            c.creates |= temp_if(into.and_then(|i| i.rel.as_ref()));
+            if into.is_some_and(|i| i.on_commit == pg_query::protobuf::OnCommitAction::OncommitDrop as i32) {
+                c.may_end |= c.creates;
+            }
+        }
+        // Any DROP may drop the session's last temporary object.
+        N::DropStmt(_) => c.may_end |= SessionState::TEMP,
         N::ViewStmt(s) => c.creates |= temp_if(s.view.as_ref()),
         N::CreateSeqStmt(s) => c.creates |= temp_if(s.sequence.as_ref()),
-        N::CreateTableAsStmt(s) => c.creates |= temp_if(s.into.as_ref().and_then(|i| i.rel.as_ref())),
         N::SelectStmt(s) => c.creates |= temp_if(s.into_clause.as_ref().and_then(|i| i.rel.as_ref())),
         // Other objects created in the temporary schema by name.
         N::CreateStatsStmt(s) => c.creates |= temp_name_if(&s.defnames),
@@ -129,8 +168,10 @@ pub(crate) fn of_statement(node: &N) -> SessionStateChange {
         N::CompositeTypeStmt(s) => c.creates |= temp_if(s.typevar.as_ref()),
         N::ListenStmt(_) => c.creates |= SessionState::LISTEN,
         N::UnlistenStmt(u) if u.conditionname.is_empty() => c.ends |= SessionState::LISTEN,
+        N::UnlistenStmt(_) => c.may_end |= SessionState::LISTEN,
         N::DeclareCursorStmt(d) if d.options & CURSOR_OPT_HOLD != 0 => c.creates |= SessionState::HOLD_CURSOR,
         N::ClosePortalStmt(p) if p.portalname.is_empty() => c.ends |= SessionState::HOLD_CURSOR,
+        N::ClosePortalStmt(_) => c.may_end |= SessionState::HOLD_CURSOR,
         N::DoStmt(_) => c.creates |= SessionState::DO_BLOCK,
         N::VariableSetStmt(v) if v.name.eq_ignore_ascii_case("session_authorization") => {
             // SET SESSION AUTHORIZATION x has a value; DEFAULT and RESET have none.
@@ -186,6 +227,7 @@ pub(crate) fn of_function(name: &[String]) -> SessionStateChange {
             c.creates |= SessionState::ADVISORY_LOCK
         }
         "pg_advisory_unlock_all" => c.ends |= SessionState::ADVISORY_LOCK,
+        "pg_advisory_unlock" | "pg_advisory_unlock_shared" => c.may_end |= SessionState::ADVISORY_LOCK,
         "nextval" | "setval" => c.creates |= SessionState::SEQUENCE,
         _ => {}
     }
@@ -261,6 +303,27 @@ mod tests {
         }
         assert!(change("UNLISTEN ch").ends.is_empty());
         assert!(change("CLOSE c").ends.is_empty());
+    }
+
+    #[test]
+    fn statements_that_may_end_state() {
+        for (sql, kind) in [
+            ("DROP TABLE t", SessionState::TEMP),
+            ("DROP VIEW IF EXISTS v, w", SessionState::TEMP),
+            ("DROP SEQUENCE s", SessionState::TEMP),
+            ("DROP FUNCTION pg_temp.f()", SessionState::TEMP),
+            ("CREATE TEMP TABLE t (a int) ON COMMIT DROP", SessionState::TEMP),
+            ("CREATE TEMP TABLE t ON COMMIT DROP AS SELECT 1", SessionState::TEMP),
+            ("UNLISTEN ch", SessionState::LISTEN),
+            ("CLOSE c", SessionState::HOLD_CURSOR),
+            ("SELECT pg_advisory_unlock(1)", SessionState::ADVISORY_LOCK),
+            ("SELECT pg_advisory_unlock_shared(1, 2)", SessionState::ADVISORY_LOCK),
+        ] {
+            assert_eq!(change(sql).may_end, kind, "{sql}");
+        }
+        assert!(change("CREATE TEMP TABLE t (a int)").may_end.is_empty());
+        assert!(change("UNLISTEN *").may_end.is_empty());
+        assert!(change("SELECT pg_advisory_unlock_all()").may_end.is_empty());
     }
 
     #[test]

@@ -184,9 +184,7 @@ impl<'w> State<'w> {
                 if functions::is_write_function(&name, self.write_functions) {
                     self.facts.write_function = true;
                 }
-                let session = crate::session_state::of_function(&name);
-                self.facts.session_state.creates |= session.creates;
-                self.facts.session_state.ends |= session.ends;
+                self.facts.session_state.merge(crate::session_state::of_function(&name));
             }
             Frame::RangeVar { parts } => {
                 let name = parts.iter().filter(|p| !p.is_empty()).cloned().collect::<Vec<_>>().join(".");

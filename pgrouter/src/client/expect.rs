@@ -9,6 +9,7 @@
 //! server message whether it goes to the client.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -57,9 +58,27 @@ enum Entry {
     /// with these bytes (ParseComplete, CloseComplete, or a whole answer).
     Synthesize(Bytes),
     /// The router sent it and the client's work depends on it (SET ROLE of
-    /// a JWT session, a refusal raised through the server): the answer is
-    /// dropped, but an error goes to the client.
-    Guard(Reply),
+    /// a JWT session, a refusal raised through the server, the replay of the
+    /// client's settings or SQL prepared statements): the answer is dropped,
+    /// but an error goes to the client.
+    Guard(Reply, GuardFor),
+}
+
+/// What a guarded message of the router's is for: when it fails, or is
+/// skipped because something before it failed, the router's bookkeeping of
+/// what it did must be taken back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuardFor {
+    /// The session's policy (the JWT role, a refusal): nothing to take back.
+    Policy,
+    /// Carries the client's setting `name` to this server connection.
+    Setting(Arc<str>),
+    /// Re-creates (or drops) the SQL prepared statement `name` on this
+    /// server connection, which had `before` under that name.
+    SqlPrepared {
+        name: Arc<str>,
+        before: Option<Arc<str>>,
+    },
 }
 
 /// What to do with one server message.
@@ -77,7 +96,9 @@ pub struct Verdict {
     /// answers the client's query.
     pub inject_sync: bool,
     /// The error is a guard's: the client's request behind it must not run.
-    pub guard_failed: bool,
+    pub guard_failed: Option<GuardFor>,
+    /// Guards that did not run: the server skipped them after the error.
+    pub guards_skipped: Vec<GuardFor>,
 }
 
 #[derive(Debug, Default)]
@@ -122,9 +143,9 @@ impl Expectations {
         self.queue.push_back(Entry::Swallow(reply));
     }
 
-    pub fn guard(&mut self, reply: Reply) {
+    pub fn guard(&mut self, reply: Reply, purpose: GuardFor) {
         self.special += 1;
-        self.queue.push_back(Entry::Guard(reply));
+        self.queue.push_back(Entry::Guard(reply, purpose));
     }
 
     /// Queues a router-made answer. Returns it at once (to send now) when
@@ -204,9 +225,9 @@ impl Expectations {
             return verdict;
         };
         let (reply, swallowing, guard) = match head {
-            Entry::Forward(r) => (r, false, false),
-            Entry::Swallow(r) => (r, true, false),
-            Entry::Guard(r) => (r, true, true),
+            Entry::Forward(r) => (r, false, None),
+            Entry::Swallow(r) => (r, true, None),
+            Entry::Guard(r, purpose) => (r, true, Some(purpose)),
             Entry::Synthesize(_) => unreachable!("synthesized entries were taken above"),
         };
         // Asynchronous messages belong to no request.
@@ -224,7 +245,7 @@ impl Expectations {
             // An error the client would have got from its own message had the
             // router not rewritten the stream: it must see it.
             verdict.forward = !swallowing
-                || guard
+                || guard.is_some()
                 || matches!(
                     reply,
                     Reply::Parse(_) | Reply::Bind | Reply::DescribeStatement
@@ -233,7 +254,8 @@ impl Expectations {
             return verdict;
         }
         verdict.forward = !swallowing
-            || (tag == b'E' && (guard || (reply != Reply::Query && reply != Reply::Close)));
+            || (tag == b'E'
+                && (guard.is_some() || (reply != Reply::Query && reply != Reply::Close)));
         if reply.ends_with(tag) {
             self.pop_head();
             verdict.synthesize_after = self.take_ready_synthesized();
@@ -242,7 +264,7 @@ impl Expectations {
     }
 
     fn pop_head(&mut self) {
-        if let Some(Entry::Swallow(_) | Entry::Synthesize(_) | Entry::Guard(_)) =
+        if let Some(Entry::Swallow(_) | Entry::Synthesize(_) | Entry::Guard(..)) =
             self.queue.pop_front()
         {
             self.special -= 1;
@@ -269,9 +291,12 @@ impl Expectations {
                 }
                 Some(Entry::Forward(Reply::Sync) | Entry::Swallow(Reply::Sync)) => return,
                 Some(entry) => {
+                    if let Entry::Guard(_, purpose) = &entry {
+                        verdict.guards_skipped.push(purpose.clone());
+                    }
                     if let Entry::Forward(Reply::Parse(Some(id)))
                     | Entry::Swallow(Reply::Parse(Some(id)))
-                    | Entry::Guard(Reply::Parse(Some(id))) = entry
+                    | Entry::Guard(Reply::Parse(Some(id)), _) = entry
                     {
                         // Only the first failed parse is reported; later ones never ran.
                         verdict.failed_parse.get_or_insert(id);
@@ -366,7 +391,7 @@ mod tests {
         let mut e = Expectations::default();
         e.swallow(Reply::Parse(None));
         e.swallow(Reply::Bind);
-        e.guard(Reply::Execute);
+        e.guard(Reply::Execute, GuardFor::Policy);
         e.forward(Reply::Query);
         assert!(!e.on_server_message(b'1').forward);
         assert!(!e.on_server_message(b'2').forward);
@@ -382,7 +407,7 @@ mod tests {
         let mut e = Expectations::default();
         e.swallow(Reply::Parse(None));
         e.swallow(Reply::Bind);
-        e.guard(Reply::Execute);
+        e.guard(Reply::Execute, GuardFor::Policy);
         e.forward(Reply::Parse(None));
         e.forward(Reply::Sync);
         for tag in [b'1', b'2', b'C'] {
@@ -398,15 +423,49 @@ mod tests {
         let mut e = Expectations::default();
         e.swallow(Reply::Parse(None));
         e.swallow(Reply::Bind);
-        e.guard(Reply::Execute);
+        e.guard(Reply::Execute, GuardFor::Policy);
         e.swallow(Reply::Sync);
         assert!(!e.on_server_message(b'1').forward);
         assert!(!e.on_server_message(b'2').forward);
         let v = e.on_server_message(b'E');
-        assert!(v.forward && v.guard_failed && !v.inject_sync);
+        assert!(v.forward && v.guard_failed == Some(GuardFor::Policy) && !v.inject_sync);
         assert!(!e.server_skipping());
         assert!(!e.on_server_message(b'Z').forward);
         assert!(e.is_empty());
+    }
+
+    #[test]
+    fn a_failed_replay_names_what_failed_and_what_never_ran() {
+        let setting = |n: &str| GuardFor::Setting(n.into());
+        let prepared = GuardFor::SqlPrepared {
+            name: "s".into(),
+            before: None,
+        };
+        let mut e = Expectations::default();
+        for purpose in [setting("a"), setting("b"), prepared.clone()] {
+            e.swallow(Reply::Parse(None));
+            e.swallow(Reply::Bind);
+            e.guard(Reply::Execute, purpose);
+        }
+        // The replay's own COMMIT, then the client's query.
+        e.swallow(Reply::Parse(None));
+        e.swallow(Reply::Bind);
+        e.swallow(Reply::Execute);
+        e.forward(Reply::Query);
+        for tag in [b'1', b'2', b'D', b'C', b'1', b'2'] {
+            assert!(!e.on_server_message(tag).forward);
+        }
+        let v = e.on_server_message(b'E');
+        assert!(v.forward, "the client sees the replay's error");
+        assert_eq!(v.guard_failed, Some(setting("b")));
+        assert_eq!(v.guards_skipped, vec![prepared]);
+        assert!(
+            v.inject_sync,
+            "the client's query was skipped: a Sync answers it"
+        );
+        e.forward(Reply::Sync);
+        assert!(e.on_server_message(b'Z').forward);
+        assert!(e.is_empty() && e.is_plain());
     }
 
     #[test]

@@ -54,6 +54,8 @@ impl Session {
             // and the transaction prediction belong to the client's requests.
             let body = &held.conn.read_buf[body_range.clone()];
             let clients = verdict.as_ref().is_none_or(|v| v.forward);
+            // ParameterStatus the router owes the client before this message.
+            let mut announce = bytes::BytesMut::new();
             match tag {
                 b'G' | b'W' if clients => self.copy_in = true,
                 b'Z' => {
@@ -72,7 +74,14 @@ impl Session {
                     if clients {
                         self.pins.on_ready(status);
                         self.query_cancelled = None;
+                        if !self.pending_prepares.is_empty() {
+                            self.pending_prepares.on_ready();
+                        }
                     }
+                    // The first answer after a settings replay: the server
+                    // reports what changed since its last report, which may
+                    // have been to another client (see `replay.rs`).
+                    let replayed = clients && std::mem::take(&mut self.settings_replayed);
                     if clients && !self.sets.is_idle() {
                         for change in self.sets.on_ready(status) {
                             // A reported setting is carried as the server
@@ -82,7 +91,7 @@ impl Session {
                             let change = match change {
                                 SetChange::Set { name, value } => {
                                     let canonical = self.params.canonical(&name);
-                                    let value = match held.conn.params.get(&canonical) {
+                                    let value = match held.conn.reported.get(&canonical) {
                                         Some(reported) if self.params.is_reported(&canonical) => {
                                             reported.clone()
                                         }
@@ -101,7 +110,21 @@ impl Session {
                                 SetChange::Set { .. } => false,
                             };
                             note_change_on_server(&mut held.conn, &self.params, &change);
+                            let names = if replayed {
+                                reported_names(&self.params, &change)
+                            } else {
+                                Vec::new()
+                            };
                             self.params.apply(change);
+                            for name in names {
+                                if let Some(value) = self.params.get(&name) {
+                                    crate::protocol::backend::parameter_status(
+                                        &mut announce,
+                                        &name,
+                                        value,
+                                    );
+                                }
+                            }
                             if to_startup {
                                 held.conn.params_fingerprint = 0;
                                 self.resync_params = true;
@@ -123,6 +146,7 @@ impl Session {
                             held.conn.params_fingerprint = 0;
                         }
                         self.params.note(&name, &value);
+                        held.conn.reported.insert(name.clone(), value.clone());
                         held.conn.params.insert(name, value);
                     }
                 }
@@ -132,6 +156,13 @@ impl Session {
                         self.pins.on_error();
                         if let Ok(f) = parse_error_fields(body) {
                             self.state.metrics.record_error(&f.code);
+                        }
+                        if !self.pending_prepares.is_empty() {
+                            // PREPAREs of the failed request did not happen.
+                            for name in self.pending_prepares.on_error() {
+                                self.sql_prepared.remove(&name);
+                                held.conn.statements.sql_prepared.remove(&name);
+                            }
                         }
                     } else if let Ok(f) = parse_error_fields(body) {
                         tracing::warn!(code = %f.code, error = %f.message, "a query of the router's failed");
@@ -148,12 +179,22 @@ impl Session {
                         self.sets.on_command_complete(body);
                     }
                     self.pins.on_command_complete(body);
+                    if !self.pending_prepares.is_empty() {
+                        self.pending_prepares.on_command_complete(body);
+                    }
                 }
                 _ => {}
             }
             if clients {
                 // The client has seen an answer: no replay now.
                 super::replay_buffer::stop_replay(&mut self.replay, &mut self.replay_spare);
+            }
+            if !announce.is_empty() {
+                if verbatim {
+                    verbatim = false;
+                    self.to_client.extend_from_slice(&held.conn.read_buf[..pos]);
+                }
+                self.to_client.extend_from_slice(&announce);
             }
             match verdict {
                 None if verbatim => {}
@@ -164,11 +205,22 @@ impl Session {
                     if let Some(id) = verdict.failed_parse {
                         held.conn.statements.remove(id);
                     }
+                    if verdict.guard_failed.is_some() || !verdict.guards_skipped.is_empty() {
+                        super::replay::undo_replay(
+                            &mut held.conn,
+                            &mut self.params,
+                            &mut self.sync_undo,
+                            verdict.guard_failed.as_ref(),
+                            &verdict.guards_skipped,
+                        );
+                    }
                     // Only a guard sent on its own round trip holds the
                     // client's request back; a pipelined one (a refusal
                     // raised through the server) failed the client's batch
                     // already, and the next request must run.
-                    if verdict.guard_failed && self.guard == super::session::GuardState::Waiting {
+                    if verdict.guard_failed.is_some()
+                        && self.guard == super::session::GuardState::Waiting
+                    {
                         self.guard = super::session::GuardState::Failed;
                     }
                     if verdict.inject_sync {
@@ -229,8 +281,27 @@ impl Session {
                 return self.recover_server_loss().await;
             }
         }
+        if !self.pins.to_check().is_empty() {
+            self.check_pins().await?;
+        }
         self.release_if_done();
         Ok(())
+    }
+}
+
+/// Reported parameters a committed SET/RESET changed in the client's
+/// session: after a settings replay the server may not report them to the
+/// client (it had reported that value already, to an earlier client), so the
+/// router does.
+fn reported_names(params: &super::params::ClientParams, change: &SetChange) -> Vec<String> {
+    let name = match change {
+        SetChange::Set { name, .. } | SetChange::Reset { name } => params.canonical(name),
+        SetChange::ResetAll => return params.reported_names(),
+    };
+    if params.is_reported(&name) {
+        vec![name]
+    } else {
+        Vec::new()
     }
 }
 

@@ -23,6 +23,7 @@ pub mod prepared;
 mod read_your_writes;
 mod recovery;
 pub mod registry;
+mod replay;
 mod replay_buffer;
 mod routing;
 mod session;

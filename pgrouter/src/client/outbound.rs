@@ -298,13 +298,15 @@ impl Session {
         };
         // The request about to be sent starts now (saves a clock read).
         self.request_started.get_or_insert(now);
-        let mut reset = if held.conn.needs_reset {
+        // The connection's hygiene, each query on its own (a simple query of
+        // several statements is one transaction: a DEALLOCATE that failed
+        // would take the RESETs before it back).
+        let mut reset: Vec<String> = Vec::new();
+        if held.conn.needs_reset {
             held.conn.forget_session_state();
             // RESET ALL leaves the role and the session authorization alone.
-            "RESET ALL;RESET SESSION AUTHORIZATION;RESET ROLE;".to_string()
-        } else {
-            String::new()
-        };
+            reset.push("RESET ALL;RESET SESSION AUTHORIZATION;RESET ROLE".to_string());
+        }
         // Another client's SQL-level prepared statements are not visible to
         // this one, as on a connection of its own.
         if !held.conn.statements.sql_prepared.is_empty() {
@@ -319,22 +321,21 @@ impl Session {
                 .map(|(name, _)| name.clone())
                 .collect();
             for name in foreign {
-                reset.push_str(&format!(
-                    "DEALLOCATE {};",
-                    super::params::quote_ident(&name)
-                ));
+                reset.push(format!("DEALLOCATE {}", super::params::quote_ident(&name)));
                 held.conn.statements.sql_prepared.remove(&name);
             }
         }
-        let sync = self.params.sync_sql(&held.conn);
-        if !reset.is_empty() || sync.is_some() {
-            let sql = format!("{reset}{}", sync.unwrap_or_default());
-            tracing::debug!(%sql, server = held.conn.id, "bringing session parameters in line");
-            frontend::query(&mut self.to_server, &sql);
-            self.params.mark_synced(&mut held.conn);
+        for sql in &reset {
+            tracing::debug!(%sql, server = held.conn.id, "resetting the connection");
+            frontend::query(&mut self.to_server, sql);
             self.expect.swallow(Reply::Query);
         }
         self.server = Some(held);
+        self.sync_undo = None;
+        // Between transactions: the settings replay commits on its own.
+        if self.replay_settings() {
+            self.commit_replay();
+        }
         self.resync_params = false;
         self.unnamed_here = false;
         self.batch_start = true;
@@ -344,16 +345,13 @@ impl Session {
 
     /// Brings the held server's parameters in line with the client's (after
     /// a RESET took the server to its own defaults), ahead of the client's
-    /// next statement; the answer is swallowed.
+    /// next statement (see `replay.rs`).
     fn resync_held_params(&mut self) {
         self.resync_params = false;
-        let Some(held) = self.server.as_mut() else {
-            return;
-        };
-        if let Some(sql) = self.params.sync_sql(&held.conn) {
-            frontend::query(&mut self.to_server, &sql);
-            self.params.mark_synced(&mut held.conn);
-            self.expect.swallow(Reply::Query);
+        if self.replay_settings() {
+            if !self.in_tx {
+                self.commit_replay();
+            }
             self.unnamed_here = false;
         }
     }
@@ -425,8 +423,11 @@ impl Session {
         self.inject_role_guard_if_due(tag);
         let body = msg.get(5..).unwrap_or(&[]);
         let skipping = self.expect.server_skipping();
+        // Nothing of the client's is in the server's current transaction: a
+        // replay the message needs can commit on its own (see `replay.rs`).
+        let boundary = !self.unsynced && !self.in_tx;
         match tag {
-            b'Q' => self.forward_query(msg)?,
+            b'Q' => self.forward_query(msg, boundary)?,
             b'P' => {
                 self.unsynced = true;
                 let analysis = self.analyze_parse(body)?;
@@ -441,7 +442,7 @@ impl Session {
                     Some(parse_parse(body)?)
                 };
                 if let (Some(p), false) = (&p, skipping) {
-                    self.inject_fixups_extended(&analysis, p.sql);
+                    self.inject_fixups(&analysis, p.sql, boundary);
                 }
                 match p.filter(|p| !p.name.is_empty()) {
                     Some(p) => {
@@ -483,7 +484,7 @@ impl Session {
                     Some(stmt) => {
                         self.note_untracked_changes(&stmt.analysis);
                         if !skipping {
-                            self.inject_fixups_extended(&stmt.analysis, &stmt.sql);
+                            self.inject_fixups(&stmt.analysis, &stmt.sql, boundary);
                         }
                         if !skipping {
                             self.prepare_on_server(&stmt, false);
@@ -497,7 +498,7 @@ impl Session {
                     }
                     None => {
                         if b.statement.is_empty() && !skipping {
-                            self.parse_unnamed_here();
+                            self.parse_unnamed_here(boundary);
                         }
                         self.to_server.extend_from_slice(msg)
                     }
@@ -533,7 +534,7 @@ impl Session {
                     }
                     _ => {
                         if tag == b'D' && kind == b'S' && name.is_empty() && !skipping {
-                            self.parse_unnamed_here();
+                            self.parse_unnamed_here(boundary);
                         }
                         self.to_server.extend_from_slice(msg)
                     }
@@ -582,21 +583,15 @@ impl Session {
 
     /// A simple query: track what it changes in the session, make sure the
     /// statements it EXECUTEs exist on this server, then send it.
-    fn forward_query(&mut self, msg: &[u8]) -> Result<(), SessionEnd> {
+    fn forward_query(&mut self, msg: &[u8], boundary: bool) -> Result<(), SessionEnd> {
         let body = msg.get(5..).unwrap_or(&[]);
         let analysis = self.analyze_query(body)?;
         self.predict_tx(&analysis);
         self.note_untracked_changes(&analysis);
         self.track_session_changes(&analysis);
         self.note_session_state(&analysis);
-        let fixups = if touches_sql_prepared(&analysis) {
-            self.sql_prepared_fixups(&analysis, parse_query(body)?)
-        } else {
-            Vec::new()
-        };
-        if !fixups.is_empty() {
-            frontend::query(&mut self.to_server, &fixups.join(";"));
-            self.expect.swallow(Reply::Query);
+        if touches_sql_prepared(&analysis) {
+            self.inject_fixups(&analysis, parse_query(body)?, boundary);
         }
         self.to_server.extend_from_slice(msg);
         self.expect.forward(Reply::Query);
@@ -610,7 +605,7 @@ impl Session {
     /// used again (psql's `\gdesc`: Parse + Sync, then Describe + Sync): the
     /// server held now may be another one, or a simple query may have
     /// destroyed it since, so the router parses it again (answer swallowed).
-    fn parse_unnamed_here(&mut self) {
+    fn parse_unnamed_here(&mut self, boundary: bool) {
         if self.unnamed_here || self.unnamed_parse.is_empty() {
             return;
         }
@@ -622,7 +617,7 @@ impl Session {
             parse_parse(parse.get(5..).unwrap_or(&[])),
         ) {
             if touches_sql_prepared(&analysis) {
-                self.inject_fixups_extended(&analysis, p.sql);
+                self.inject_fixups(&analysis, p.sql, boundary);
             }
         }
         self.to_server.extend_from_slice(&parse);

@@ -2,9 +2,10 @@
 //!
 //! In transaction mode a client meets many server connections. Each checkout
 //! compares what the client wants (its startup parameters, then every change
-//! the server reported to it) with what that server has, and sends one query
-//! that sets the difference — pipelined with the client's own first message,
-//! so it costs no extra round trip.
+//! the server reported to it) with what that server has, and sets the
+//! difference — one statement per parameter, pipelined ahead of the client's
+//! own first message, so it costs no extra round trip; should the server
+//! refuse one, the client gets that error (see `replay.rs`).
 
 use std::collections::HashMap;
 
@@ -114,6 +115,15 @@ impl ClientParams {
         self.known_names.iter().any(|k| k == name)
     }
 
+    /// Every parameter the server reports that a client may set.
+    pub fn reported_names(&self) -> Vec<String> {
+        self.known_names
+            .iter()
+            .filter(|k| !NOT_SETTABLE.contains(&k.as_str()))
+            .cloned()
+            .collect()
+    }
+
     pub fn canonical(&self, name: &str) -> String {
         self.known_names
             .iter()
@@ -171,33 +181,69 @@ impl ClientParams {
     /// Parameters the router set earlier for another client and this client
     /// did not ask for are RESET, so no client inherits another's settings.
     pub fn sync_sql(&self, server: &ServerConn) -> Option<String> {
+        let steps = self.sync_steps(server)?;
+        let mut resets = String::new();
+        let mut sets = String::new();
+        for step in &steps {
+            match &step.value {
+                None => {
+                    resets.push_str("RESET ");
+                    resets.push_str(&quote_ident(&step.name));
+                    resets.push(';');
+                }
+                Some(value) => {
+                    sets.push_str(if sets.is_empty() { "SELECT " } else { ", " });
+                    push_set_config(&mut sets, &step.name, value);
+                }
+            }
+        }
+        Some(resets + &sets)
+    }
+
+    /// [`Self::sync_sql`] one parameter at a time, each step a statement of
+    /// its own: when one fails the router knows which setting it could not
+    /// carry (see `replay.rs`).
+    pub fn sync_steps(&self, server: &ServerConn) -> Option<Vec<SyncStep>> {
         if server.params_fingerprint == self.fingerprint() {
             return None;
         }
-        let mut resets = String::new();
+        let mut steps = Vec::new();
         for name in server.router_set.keys() {
             if !self.values.contains_key(name) {
-                resets.push_str("RESET ");
-                resets.push_str(&quote_ident(name));
-                resets.push(';');
+                steps.push(SyncStep {
+                    name: name.clone(),
+                    value: None,
+                });
             }
         }
-        let mut sets = String::new();
         for (name, value) in &self.values {
             if NOT_SETTABLE.contains(&name.as_str()) || server.params.get(name) == Some(value) {
                 continue;
             }
-            sets.push_str(if sets.is_empty() { "SELECT " } else { ", " });
-            sets.push_str("pg_catalog.set_config(");
-            sets.push_str(&quote_literal(name));
-            sets.push_str(", ");
-            sets.push_str(&quote_literal(value));
-            sets.push_str(", false)");
+            steps.push(SyncStep {
+                name: name.clone(),
+                value: Some(value.clone()),
+            });
         }
-        if resets.is_empty() && sets.is_empty() {
-            return None;
+        (!steps.is_empty()).then_some(steps)
+    }
+
+    /// A setting the router could not carry to another server connection
+    /// (the server refused it there, the client was told so): the session
+    /// goes on with the value it had at login, or with the server's default
+    /// when even that is refused now.
+    pub fn drop_failed(&mut self, name: &str) {
+        self.changed();
+        let initial = self.initial.get(name).cloned();
+        match initial {
+            Some(v) if self.values.get(name) != Some(&v) => {
+                self.values.insert(name.to_string(), v);
+            }
+            _ => {
+                self.values.remove(name);
+                self.initial.remove(name);
+            }
         }
-        Some(resets + &sets)
     }
 
     /// Records on `server` what [`sync_sql`] is about to set, for parameters
@@ -226,6 +272,35 @@ impl ClientParams {
             }
         }
     }
+}
+
+/// One parameter to bring in line: `Some(value)` to set, `None` to RESET.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncStep {
+    pub name: String,
+    pub value: Option<String>,
+}
+
+impl SyncStep {
+    /// The statement that does it.
+    pub fn sql(&self) -> String {
+        match &self.value {
+            None => format!("RESET {}", quote_ident(&self.name)),
+            Some(value) => {
+                let mut sql = String::from("SELECT ");
+                push_set_config(&mut sql, &self.name, value);
+                sql
+            }
+        }
+    }
+}
+
+fn push_set_config(sql: &mut String, name: &str, value: &str) {
+    sql.push_str("pg_catalog.set_config(");
+    sql.push_str(&quote_literal(name));
+    sql.push_str(", ");
+    sql.push_str(&quote_literal(value));
+    sql.push_str(", false)");
 }
 
 /// Parameter names are case-insensitive; use the server's spelling when it
@@ -324,6 +399,26 @@ mod tests {
         assert_eq!(quote_literal("it's"), "'it''s'");
         assert_eq!(quote_literal("a\\b"), "E'a\\\\b'");
         assert_eq!(quote_ident("we\"ird name"), "\"we\"\"ird name\"");
+    }
+
+    #[test]
+    fn a_refused_setting_goes_back_to_its_login_value_then_away() {
+        let defaults = vec![("TimeZone".to_string(), "UTC".to_string())];
+        let mut p = ClientParams::from_startup(
+            &defaults,
+            &[("options".into(), "-c default_text_search_config=a".into())],
+        );
+        p.apply(SetChange::Set {
+            name: "default_text_search_config".into(),
+            value: "b".into(),
+        });
+        let before = p.fingerprint();
+        p.drop_failed("default_text_search_config");
+        assert_eq!(p.get("default_text_search_config"), Some("a"));
+        assert_ne!(p.fingerprint(), before);
+        p.drop_failed("default_text_search_config");
+        assert_eq!(p.get("default_text_search_config"), None);
+        assert!(!p.has_initial("default_text_search_config"));
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use bytes::Buf;
 
 use super::error::SessionEnd;
-use super::expect::Reply;
+use super::expect::{GuardFor, Reply};
 use super::params::{quote_ident, quote_literal};
 use super::session::{GuardState, Session};
 use crate::protocol::backend::{self, Severity};
@@ -151,13 +151,20 @@ impl Session {
     /// a guard: should it fail, the error reaches the client and PostgreSQL
     /// skips the client's own messages up to their Sync.
     fn pipeline_guarded(&mut self, sql: &str) {
+        self.pipeline_guard_for(sql, GuardFor::Policy);
+    }
+
+    /// [`Self::pipeline_guarded`] for any purpose: the router's replay of
+    /// the client's settings and SQL prepared statements uses it too, so
+    /// that their failure is the client's statement's error.
+    pub(super) fn pipeline_guard_for(&mut self, sql: &str, purpose: GuardFor) {
         frontend::write_parse(&mut self.to_server, "", sql, &[]);
         // That replaced the server's unnamed statement.
         self.unnamed_here = false;
         frontend::bind_execute_unnamed(&mut self.to_server);
         self.expect.swallow(Reply::Parse(None));
         self.expect.swallow(Reply::Bind);
-        self.expect.guard(Reply::Execute);
+        self.expect.guard(Reply::Execute, purpose);
     }
 
     /// JWT sessions: statements PostgreSQL refuses to run in a pipeline or

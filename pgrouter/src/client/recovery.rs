@@ -55,6 +55,8 @@ impl Session {
         // Sync or Query sent), counted before the queue is reset: each one
         // the client waits for must come, or a pipelining client hangs.
         let owed = std::mem::take(&mut self.expect).outstanding_ready();
+        // Requests are numbered anew (see `PendingPrepares`).
+        self.pending_prepares = Default::default();
         self.to_server.clear();
 
         if let (Some(replay), false) = (replay, in_tx) {

@@ -135,6 +135,11 @@ pub struct Session {
     /// A RESET sent the held server back to its own defaults: the client's
     /// startup values are set again before its next statement.
     pub(super) resync_params: bool,
+    /// The held server's parameter bookkeeping before the last settings
+    /// replay, to go back to should it fail (see `replay.rs`).
+    pub(super) sync_undo: Option<super::replay::SyncUndo>,
+    /// Settings were replayed since the server's last answer to the client.
+    pub(super) settings_replayed: bool,
     /// `session_state = "refuse"` in transaction mode: statements creating
     /// such state are refused with 0A000 instead of pinning.
     pub(super) refuse_session_state: bool,
@@ -143,6 +148,8 @@ pub struct Session {
     pub(super) statements: ahash::AHashMap<String, Arc<SharedStatement>>,
     /// The client's SQL-level PREPAREd statements.
     pub(super) sql_prepared: HashMap<String, SqlPrepared>,
+    /// The client's PREPAREs not answered yet.
+    pub(super) pending_prepares: super::sql_prepared::PendingPrepares,
     /// Analysis of the last unnamed Parse, for routing the Bind after it.
     pub(super) unnamed: Option<Arc<Analysis>>,
     /// The client's last unnamed Parse message, to parse it again on another
@@ -233,9 +240,12 @@ impl Session {
             pins: Default::default(),
             ryw: Default::default(),
             resync_params: false,
+            sync_undo: None,
+            settings_replayed: false,
             refuse_session_state,
             statements: ahash::AHashMap::new(),
             sql_prepared: HashMap::new(),
+            pending_prepares: Default::default(),
             unnamed: None,
             unnamed_parse: BytesMut::new(),
             unnamed_here: false,

@@ -42,10 +42,9 @@ impl Session {
         let mut change = analysis.session_state;
         if !self.sql_prepared.is_empty() {
             let executed = self.query_analysis(analysis.clone());
-            change.creates |= executed.session_state.creates;
-            change.ends |= executed.session_state.ends;
+            change.merge(executed.session_state);
         }
-        if !change.creates.is_empty() || !change.ends.is_empty() {
+        if !change.is_empty() {
             self.pins.sent(change);
         }
     }

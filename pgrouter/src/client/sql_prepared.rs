@@ -6,21 +6,23 @@ use std::sync::Arc;
 
 use pgrouter_parser::{Analysis, DiscardKind, StatementKind};
 
-use super::expect::Reply;
+use super::expect::GuardFor;
 use super::prepared::SqlPrepared;
 use super::session::Session;
-use crate::protocol::frontend;
 
 impl Session {
-    /// The same fixups for SQL sent through Parse: run as unnamed extended
-    /// statements ahead of the client's own Parse, answers dropped.
-    pub(super) fn inject_fixups_extended(&mut self, analysis: &Analysis, sql: &str) {
-        for statement in self.sql_prepared_fixups(analysis, sql) {
-            frontend::write_parse(&mut self.to_server, "", &statement, &[]);
-            frontend::bind_execute_unnamed(&mut self.to_server);
-            self.expect.swallow(Reply::Parse(None));
-            self.expect.swallow(Reply::Bind);
-            self.expect.swallow(Reply::Execute);
+    /// Runs the fixups a statement needs (see [`Self::sql_prepared_fixups`])
+    /// ahead of it, as guards: should one fail, its error is the client's
+    /// statement's (see `replay.rs`). `boundary`: nothing of the client's is
+    /// in the server's current transaction, so the fixups commit on their own.
+    pub(super) fn inject_fixups(&mut self, analysis: &Analysis, sql: &str, boundary: bool) {
+        let fixups = self.sql_prepared_fixups(analysis, sql);
+        if fixups.is_empty() {
+            return;
+        }
+        self.replay_sql_prepared(fixups);
+        if boundary {
+            self.commit_replay();
         }
     }
 
@@ -29,8 +31,13 @@ impl Session {
     /// re-creates the client's statement where it is missing or different,
     /// removes another client's statement of the same name before an EXECUTE
     /// (PostgreSQL then reports 26000 as it would), and lets a duplicate
-    /// PREPARE fail with 42P05. Returns statements to run first.
-    pub(super) fn sql_prepared_fixups(&mut self, analysis: &Analysis, sql: &str) -> Vec<String> {
+    /// PREPARE fail with 42P05. Returns statements to run first, each with
+    /// what it changes on the server (to take back should it not run).
+    pub(super) fn sql_prepared_fixups(
+        &mut self,
+        analysis: &Analysis,
+        sql: &str,
+    ) -> Vec<(String, GuardFor)> {
         let mut inject = Vec::new();
         if !touches_sql_prepared(analysis) {
             return inject;
@@ -41,6 +48,10 @@ impl Session {
         };
         let server = &mut held.conn.statements;
         let deallocate = |name: &str| format!("DEALLOCATE {}", super::params::quote_ident(name));
+        let undo = |name: &str, before: &Option<Arc<str>>| GuardFor::SqlPrepared {
+            name: name.into(),
+            before: before.clone(),
+        };
         let mut discarded = false;
         for (index, s) in analysis.statements.iter().enumerate() {
             match &s.kind {
@@ -52,9 +63,9 @@ impl Session {
                         // reports the duplicate (42P05) as it would.
                         if on_server.as_deref() != Some(&*mine.prepare_sql) {
                             if on_server.is_some() {
-                                inject.push(deallocate(name));
+                                inject.push((deallocate(name), undo(name, &on_server)));
                             }
-                            inject.push(mine.prepare_sql.to_string());
+                            inject.push((mine.prepare_sql.to_string(), undo(name, &on_server)));
                             server
                                 .sql_prepared
                                 .insert(name.clone(), mine.prepare_sql.clone());
@@ -62,7 +73,7 @@ impl Session {
                         continue;
                     }
                     if on_server.is_some() {
-                        inject.push(deallocate(name));
+                        inject.push((deallocate(name), undo(name, &on_server)));
                     }
                     match prepare_texts.get_mut(index).and_then(Option::take) {
                         Some(prepared) => {
@@ -70,6 +81,8 @@ impl Session {
                                 .sql_prepared
                                 .insert(name.clone(), prepared.prepare_sql.clone());
                             self.sql_prepared.insert(name.clone(), prepared);
+                            self.pending_prepares
+                                .sent(name, self.expect.outstanding_ready());
                         }
                         None => {
                             server.sql_prepared.remove(name);
@@ -82,16 +95,16 @@ impl Session {
                         // Not this client's: another client's statement of
                         // that name must not run; PostgreSQL reports 26000.
                         if on_server.is_some() {
-                            inject.push(deallocate(name));
+                            inject.push((deallocate(name), undo(name, &on_server)));
                             server.sql_prepared.remove(name);
                         }
                         continue;
                     };
                     if on_server.as_deref() != Some(&*p.prepare_sql) {
                         if on_server.is_some() {
-                            inject.push(deallocate(name));
+                            inject.push((deallocate(name), undo(name, &on_server)));
                         }
-                        inject.push(p.prepare_sql.to_string());
+                        inject.push((p.prepare_sql.to_string(), undo(name, &on_server)));
                         server
                             .sql_prepared
                             .insert(name.clone(), p.prepare_sql.clone());
@@ -155,6 +168,64 @@ impl Session {
     }
 }
 
+/// The client's own `PREPARE`s not yet answered. A PREPARE that fails (or
+/// is skipped after an earlier error of its request) creates nothing, as
+/// in PostgreSQL: the router forgets it, so that a later `EXECUTE` gets
+/// 26000 and a corrected `PREPARE` of the same name runs, instead of the
+/// failed text being replayed.
+#[derive(Debug, Default)]
+pub(super) struct PendingPrepares {
+    /// (number of the request it is part of, name), in the order sent.
+    queue: std::collections::VecDeque<(u64, String)>,
+    /// Requests answered (ReadyForQuery messages the client got).
+    answered: u64,
+}
+
+impl PendingPrepares {
+    /// A PREPARE of `name` is sent; `owed`: ReadyForQuery messages the
+    /// client awaits for requests sent before this one.
+    pub fn sent(&mut self, name: &str, owed: usize) {
+        let request = self.answered + owed as u64 + 1;
+        self.queue.push_back((request, name.to_string()));
+    }
+
+    /// CommandComplete of the client's request: a `PREPARE` tag confirms
+    /// the oldest one.
+    pub fn on_command_complete(&mut self, tag: &[u8]) {
+        if !self.queue.is_empty() && tag.starts_with(b"PREPARE") {
+            self.queue.pop_front();
+        }
+    }
+
+    /// An error answers the current request: its PREPAREs not confirmed
+    /// yet did not happen. Returns their names.
+    pub fn on_error(&mut self) -> Vec<String> {
+        let current = self.answered + 1;
+        let mut failed = Vec::new();
+        while let Some((request, _)) = self.queue.front() {
+            if *request != current {
+                break;
+            }
+            if let Some((_, name)) = self.queue.pop_front() {
+                failed.push(name);
+            }
+        }
+        failed
+    }
+
+    /// ReadyForQuery: the current request is over.
+    pub fn on_ready(&mut self) {
+        self.answered += 1;
+        while self.queue.front().is_some_and(|(r, _)| *r <= self.answered) {
+            self.queue.pop_front();
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+}
+
 /// Whether a statement of `analysis` creates, runs or drops SQL prepared
 /// statements (the only ones [`Session::sql_prepared_fixups`] looks at).
 pub(super) fn touches_sql_prepared(analysis: &Analysis) -> bool {
@@ -167,4 +238,36 @@ pub(super) fn touches_sql_prepared(analysis: &Analysis) -> bool {
                 | StatementKind::Discard(DiscardKind::All)
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PendingPrepares;
+
+    #[test]
+    fn a_failed_prepare_is_forgotten_a_confirmed_one_kept() {
+        let mut p = PendingPrepares::default();
+        // "PREPARE a ...; SELECT 1/0": a is confirmed before the error.
+        p.sent("a", 0);
+        p.on_command_complete(b"PREPARE");
+        assert!(p.on_error().is_empty());
+        p.on_ready();
+        // "PREPARE b AS <error>".
+        p.sent("b", 0);
+        assert_eq!(p.on_error(), vec!["b".to_string()]);
+        p.on_ready();
+        assert!(p.is_empty());
+    }
+
+    #[test]
+    fn an_error_of_an_earlier_request_spares_later_prepares() {
+        let mut p = PendingPrepares::default();
+        // Two queries in flight: "SELECT 1/0", then "PREPARE c ...".
+        p.sent("c", 1);
+        assert!(p.on_error().is_empty(), "the error is the first request's");
+        p.on_ready();
+        p.on_command_complete(b"PREPARE");
+        p.on_ready();
+        assert!(p.is_empty());
+    }
 }

@@ -82,6 +82,12 @@ pub struct ServerConn {
     /// Last known value of each run-time parameter: reported by the server
     /// (ParameterStatus) or set by the router. Diffed against a client's wishes.
     pub params: HashMap<String, String>,
+    /// The last value the server reported of each reported parameter
+    /// (ParameterStatus). PostgreSQL reports a change only at ReadyForQuery
+    /// and only when the value differs from the last one it reported, so
+    /// after a pipelined settings replay (see `client/replay.rs`) this, not
+    /// `params`, is what the server has for a SET that brought no report.
+    pub reported: HashMap<String, String>,
     /// Parameters the router SET that the server does not report; a later
     /// client that did not ask for them gets them RESET.
     pub router_set: HashMap<String, String>,
@@ -134,6 +140,7 @@ impl ServerConn {
     /// Records what a ParameterStatus message says.
     pub fn note_parameter_status(&mut self, body: &[u8]) {
         if let Ok((name, value)) = parse_parameter_status(body) {
+            self.reported.insert(name.to_string(), value.to_string());
             match self.params.get_mut(name) {
                 Some(v) if v == value => {}
                 Some(v) => *v = value.to_string(),

@@ -50,6 +50,7 @@ impl ServerConn {
             backend_pid: 0,
             backend_secret: 0,
             params: HashMap::new(),
+            reported: HashMap::new(),
             router_set: HashMap::new(),
             created: Instant::now(),
             last_used: Instant::now(),
@@ -62,6 +63,7 @@ impl ServerConn {
         };
         super::login::login(&mut conn, target).await?;
         conn.startup_params = conn.params.clone();
+        conn.reported = conn.params.clone();
         Ok(conn)
     }
 }
