@@ -297,7 +297,8 @@ class PgRouter:
     workers = 0
 
     def __init__(self, workdir: Path, databases: list[dict], users: list[dict], pool_size: int,
-                 general: dict | None = None, jwt: dict | None = None, binary: Path | None = None):
+                 general: dict | None = None, jwt: dict | None = None, binary: Path | None = None,
+                 sections: dict | None = None):
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
         self.binary = binary
@@ -312,6 +313,8 @@ class PgRouter:
         self.general.update(general or {})
         self.databases = databases
         self.jwt = jwt
+        # Other top-level tables, e.g. {"sharded_tables": [...]}.
+        self.sections = sections or {}
         self.write_config()
         self.users.write_text(tomlw.dumps({"users": users}))
         self.proc: subprocess.Popen | None = None
@@ -322,6 +325,7 @@ class PgRouter:
         if self.jwt:
             doc["jwt"] = self.jwt
         doc["databases"] = self.databases
+        doc.update(self.sections)
         tmp = self.config.with_suffix(".toml.tmp")
         tmp.write_text(tomlw.dumps(doc))
         os.replace(tmp, self.config)
