@@ -169,13 +169,13 @@ def shard_rows(server, shard: int, shards: int, table: str, key_type: str, total
             conn.execute(f"CREATE TEMP TABLE placement (k {key_type}) PARTITION BY HASH (k)")
             where = (f"WHERE satisfies_hash_partition('placement'::regclass, {shards}, {shard}, "
                      f"k::{key_type})")
-        conn.execute(f"INSERT INTO {table} SELECT {columns} FROM generate_series(1, {total}) k {where}")
+        conn.execute(f"INSERT INTO {table} SELECT {columns} FROM generate_series(1::{key_type}, {total}) k {where}")
         conn.execute(f"VACUUM ANALYZE {table}")
         conn.execute(f"GRANT ALL ON {table} TO {APP_USER}")
 
 
 ACCOUNT_COLS = "k, 0, ''"
-BIG_COLS = "k, ((k * 7919) % 1000003)::int, substr(md5(k::text), 1, 12)"
+BIG_COLS = "k, ((k::bigint * 7919) % 1000003)::int, substr(md5(k::text), 1, 12)"
 CREATE = {
     "bench_accounts": "CREATE TABLE bench_accounts (aid int PRIMARY KEY, abalance int NOT NULL, "
                       "filler char(84))",
@@ -220,15 +220,18 @@ def load(servers, args) -> dict:
     return counts
 
 
-def routers(workdir: Path, servers, pool_size: int, name: str) -> tuple[PgRouter, PgRouter]:
+def routers(workdir: Path, servers, pool_size: int, name: str,
+            sharded_pool_size: int | None = None) -> tuple[PgRouter, PgRouter]:
     """The 2-shard router and the unsharded one (shard 0's server, the
-    whole copy), configured alike otherwise."""
+    whole copy), configured alike otherwise (`sharded_pool_size`: another
+    pool size per shard for the sharded one)."""
     users = [{"name": APP_USER, "database": APP_DB, "password": APP_PASSWORD, "auth": "scram"}]
     sharded = PgRouter(workdir / f"{name}-sharded",
                        [{"name": APP_DB, "host": "127.0.0.1", "port": s.port,
                          "database_name": APP_DB, "role": "primary", "shard": i}
                         for i, s in enumerate(servers)],
-                       users, pool_size, sections={"sharded_tables": SHARDED_TABLES})
+                       users, sharded_pool_size or pool_size,
+                       sections={"sharded_tables": SHARDED_TABLES})
     unsharded = PgRouter(workdir / f"{name}-unsharded",
                          [{"name": APP_DB, "host": "127.0.0.1", "port": servers[0].port,
                            "database_name": WHOLE_DB, "role": "primary"}],
@@ -291,7 +294,8 @@ def point_benchmark(servers, targets: dict, workdir: Path, args) -> list[dict]:
 
 def point_report(runs: list[dict], args) -> list[str]:
     out = ["", "(a) point reads/writes by key: 2-shard config vs unsharded config "
-           f"(pgbench -c {args.clients} -j {args.jobs}, pool {args.pool_size} per server, "
+           f"(pgbench -c {args.clients} -j {args.jobs}, pool per server: unsharded "
+           f"{args.pool_size}, sharded {args.sharded_pool_size or args.pool_size}, "
            f"{args.rounds} rounds × {args.duration} s, medians)",
            f"{'workload':<15} {'target':<10} {'tps':>8} {'cpu µs/txn':>11} {'failed':>7}"]
     workloads = [w for w in args.point_workloads.split(",") if w]
@@ -488,6 +492,9 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--pool-size", type=int, default=20, help="pool size per server")
+    ap.add_argument("--sharded-pool-size", type=int, default=None,
+                    help="(a, b) the sharded router's pool size per shard (default --pool-size; "
+                         "half of it gives both routers the same number of server connections)")
     ap.add_argument("--accounts", type=int, default=100_000, help="(a) rows of bench_accounts")
     ap.add_argument("--point-workloads", default="read-simple,read-extended,read-prepared,write-extended",
                     help=f"(a) comma list from {','.join(POINT_WORKLOADS)}")
@@ -524,7 +531,8 @@ def main() -> int:
         workdir = clusters[0].tmpdir / "bench"
         workdir.mkdir()
         if not args.skip_point or not args.skip_fanout:
-            sharded, unsharded = routers(workdir, servers, args.pool_size, "main")
+            sharded, unsharded = routers(workdir, servers, args.pool_size, "main",
+                                         args.sharded_pool_size)
             try:
                 if not args.skip_point:
                     runs = point_benchmark(servers, {"sharded": sharded, "unsharded": unsharded},
