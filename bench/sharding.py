@@ -81,6 +81,7 @@ def worker_main(dsn: str) -> int:
     """One client connection. Reads statements (JSON lines) on stdin, runs
     each in chunked-rows mode and answers a JSON line: monotonic start and
     end, rows, the first value, CPU seconds this process spent, error."""
+    import psycopg
     from psycopg import pq
 
     conn = pq.PGconn.connect(dsn.encode())
@@ -93,7 +94,10 @@ def worker_main(dsn: str) -> int:
         cpu0 = time.process_time()
         t0 = time.monotonic()
         conn.send_query(sql.encode())
-        conn.set_chunked_rows_mode(10000)
+        try:
+            conn.set_chunked_rows_mode(10000)
+        except (AttributeError, psycopg.NotSupportedError):  # libpq < 17
+            conn.set_single_row_mode()
         rows, first, error = 0, None, None
         while (res := conn.get_result()) is not None:
             if res.status in (pq.ExecStatus.TUPLES_CHUNK, pq.ExecStatus.TUPLES_OK,
