@@ -17,6 +17,8 @@ harness) and initialises pgbench data, then runs one or more *scenarios*
   second (router.toml really changed each time) and without.
 - `tls` (issue 5): pgrouter and PgBouncer, both requiring client TLS, with
   `sslmode=require` clients.
+- `ryw` (issue 19): two pgrouters with primary + replica, alike but for
+  `read_your_writes` (false / true), on read-only workloads.
 
 Every scenario runs every workload against every target, interleaved and in
 rotating order, for several rounds. Before each run, directly on the primary:
@@ -74,13 +76,16 @@ WORKLOADS = {
     "tpcb-prepared": ([], "prepared"),
 }
 
-SCENARIOS = ("baseline", "routing", "jwt", "reload", "tls")
+SCENARIOS = ("baseline", "routing", "jwt", "reload", "tls", "ryw")
+# `--scenario all`: the issue 3/4/5 scenarios (ryw is run on its own).
+ALL_SCENARIOS = ("routing", "jwt", "reload", "tls")
 SCENARIO_WORKLOADS = {
     "baseline": "select-simple,select-extended,select-prepared,tpcb-simple",
     "routing": "select-simple,select-extended,select-prepared,tpcb-prepared",
     "jwt": "select-extended,select-prepared,select-connect",
     "reload": "select-extended",
     "tls": "select-extended",
+    "ryw": "select-simple,select-extended,select-prepared",
 }
 
 
@@ -292,7 +297,8 @@ class PgRouter:
     workers = 0
 
     def __init__(self, workdir: Path, databases: list[dict], users: list[dict], pool_size: int,
-                 general: dict | None = None, jwt: dict | None = None, binary: Path | None = None):
+                 general: dict | None = None, jwt: dict | None = None, binary: Path | None = None,
+                 sections: dict | None = None):
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
         self.binary = binary
@@ -307,6 +313,8 @@ class PgRouter:
         self.general.update(general or {})
         self.databases = databases
         self.jwt = jwt
+        # Other top-level tables, e.g. {"sharded_tables": [...]}.
+        self.sections = sections or {}
         self.write_config()
         self.users.write_text(tomlw.dumps({"users": users}))
         self.proc: subprocess.Popen | None = None
@@ -317,6 +325,7 @@ class PgRouter:
         if self.jwt:
             doc["jwt"] = self.jwt
         doc["databases"] = self.databases
+        doc.update(self.sections)
         tmp = self.config.with_suffix(".toml.tmp")
         tmp.write_text(tomlw.dumps(doc))
         os.replace(tmp, self.config)
@@ -721,6 +730,46 @@ def scenario_reload(cluster, workdir: Path, args) -> Scenario:
     return scn
 
 
+def xact_counts(cluster) -> tuple[int, int]:
+    """Transactions committed so far in database app: (primary, replica)."""
+    return tuple(int(s.scalar("SELECT xact_commit FROM pg_stat_database WHERE datname = %s",
+                              (APP_DB,), db="postgres"))
+                 for s in (cluster.primary, cluster.replica))
+
+
+@contextlib.contextmanager
+def replica_share(cluster):
+    """While active: counts the transactions each server committed; the note
+    says which share ran on the replica (reads with and without
+    read_your_writes must go to the same place for a like-for-like ratio)."""
+    p0, r0 = xact_counts(cluster)
+    result = {}
+    try:
+        yield lambda: result.get("note", "")
+    finally:
+        time.sleep(0.6)  # backends flush their statistics about every 0.5 s
+        p1, r1 = xact_counts(cluster)
+        total = (p1 - p0) + (r1 - r0)
+        result["note"] = f"replica {100 * (r1 - r0) / total:.0f} %" if total else "no transactions"
+
+
+def scenario_ryw(cluster, workdir: Path, args) -> Scenario:
+    """Issue 19: what `read_your_writes = true` costs on a read-only load:
+    two pgrouters with primary + replica, alike but for that key."""
+    dbs = router_databases(cluster, True, server_host(cluster, args))
+    scn = Scenario("ryw", "two pgrouters (primary + replica), read_your_writes = false "
+                   "(pgrouter) and true (pgrouter-ryw); reads go to the replica in both",
+                   [], {}, [("pgrouter-ryw", "pgrouter")])
+    for name, ryw in (("pgrouter", False), ("pgrouter-ryw", True)):
+        r = PgRouter(workdir / name, dbs, [app_user(args.auth)], args.pool_size,
+                     general={"read_your_writes": ryw})
+        r.start()
+        scn.stop.append(r.stop)
+        scn.targets[name] = Target(name, const(r.port), const("primary+replica"), r.pid,
+                                   during=lambda: replica_share(cluster))
+    return scn
+
+
 def scenario_tls(cluster, workdir: Path, args) -> Scenario:
     rep = cluster.replica
     scn = Scenario("tls", "client TLS required by both proxies, pgbench sslmode=require; "
@@ -773,7 +822,7 @@ def scenario_tls(cluster, workdir: Path, args) -> Scenario:
 
 
 BUILDERS = {"baseline": scenario_baseline, "routing": scenario_routing, "jwt": scenario_jwt,
-            "reload": scenario_reload, "tls": scenario_tls}
+            "reload": scenario_reload, "tls": scenario_tls, "ryw": scenario_ryw}
 
 
 # ------------------------------------------------------------------ report --
@@ -856,7 +905,8 @@ def report(scn: Scenario, runs: list[Run], rounds: int) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scenario", default="baseline",
-                    help=f"comma list from {','.join(SCENARIOS)}, or 'all' (every one but baseline)")
+                    help=f"comma list from {','.join(SCENARIOS)}, or 'all' "
+                         f"({','.join(ALL_SCENARIOS)})")
     ap.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", 3)))
     ap.add_argument("--duration", type=int, default=int(os.environ.get("BENCH_DURATION", 15)),
                     help="seconds per measured run")
@@ -895,7 +945,7 @@ def main() -> int:
 
     scenarios = [s for s in args.scenario.split(",") if s]
     if scenarios == ["all"]:
-        scenarios = [s for s in SCENARIOS if s != "baseline"]
+        scenarios = list(ALL_SCENARIOS)
     for s in scenarios:
         if s not in SCENARIOS:
             ap.error(f"unknown scenario {s}")

@@ -15,7 +15,7 @@ use crate::router::{self, Refusal, Role, Route, SessionRouting, ShardChoice};
 
 /// How much of an unfinished extended batch is buffered before routing it
 /// anyway.
-const MAX_LOOKAHEAD: usize = 1 << 20;
+pub(super) const MAX_LOOKAHEAD: usize = 1 << 20;
 
 impl Session {
     /// An extended batch is routed as a whole (one implicit transaction up

@@ -76,6 +76,16 @@ impl Session {
             self.unsynced = false;
             return Ok(TxStep::Wait);
         }
+        if tag == b'P' {
+            match self.batch_only_prepares() {
+                None => return Ok(TxStep::NeedMore),
+                // Nothing runs (libpq's PQprepare: Parse, Sync): the held
+                // server prepares it; a later Bind moves it as it needs,
+                // even for a COMMIT or SAVEPOINT of several legs.
+                Some(true) => return Ok(TxStep::Forward),
+                Some(false) => {}
+            }
+        }
         self.learn_insert_columns(tag, len).await;
         let Some(analysis) = self.peek_analysis(tag, len) else {
             return Ok(TxStep::Forward);
@@ -148,6 +158,27 @@ impl Session {
             _ => {}
         }
         Ok(TxStep::Answered)
+    }
+
+    /// Whether the batch at the front of the buffer only prepares and
+    /// describes statements (no Bind or Execute before its Sync or Flush);
+    /// None while it has not arrived whole (a batch longer than the
+    /// router looks ahead counts as one that runs something).
+    fn batch_only_prepares(&self) -> Option<bool> {
+        if self.cbuf.len() > crate::client::routing::MAX_LOOKAHEAD {
+            return Some(false);
+        }
+        let mut at = 0;
+        while let Ok(Some(frame)) =
+            crate::protocol::next_frame(self.cbuf.get(at..).unwrap_or(&[]), self.max_message)
+        {
+            match frame.tag {
+                b'B' | b'E' => return Some(false),
+                b'S' | b'H' => return Some(true),
+                _ => at += frame.total_len,
+            }
+        }
+        None
     }
 
     /// The analysis of the unit at the front of the buffer.

@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""The router's own instructions per transaction, counted by valgrind's
+callgrind: repeatable on a noisy machine where CPU time is not (see
+bench/README.md, "Instructions per transaction").
+
+Each router runs under `valgrind --tool=callgrind`. For every config and
+protocol mode: a short unrecorded pgbench run, then two counted runs of
+`-c 10 -t 500` and `-c 10 -t 1500` (counters zeroed before and dumped after
+each with `callgrind_control`); the difference of the two counts divided by
+the 10,000 transactions between them is the user-space cost of one
+transaction, without the logins and anything else fixed. Kernel time (most
+of a proxy's CPU, see "What limits a proxy's tps") is not counted.
+
+Comparisons:
+- `sharding` (issue 17): the point-read script of bench/sharding.py through
+  the 2-shard router vs the unsharded one;
+- `ryw` (issue 19): pgbench -S through two routers with primary + replica,
+  read_your_writes off vs on.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "integration"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench import PgRouter, app_user, parse_pgbench, router_databases  # noqa: E402
+from harness.pg import APP_DB, APP_PASSWORD, APP_USER, PgCluster, as_pg_user, pg_tool  # noqa: E402
+from harness.router import router_binary  # noqa: E402
+
+import sharding  # noqa: E402
+
+CLIENTS = 10
+COUNTS = (500, 1500)
+
+
+def wrap_in_callgrind(outdir: Path) -> None:
+    """Makes every router this process starts run under callgrind."""
+    real = router_binary()
+    wrapper = outdir / "pgrouter-under-callgrind"
+    wrapper.write_text(f"#!/bin/sh\nexec valgrind --tool=callgrind "
+                       f"--callgrind-out-file={outdir}/callgrind.%p.out {real} \"$@\"\n")
+    wrapper.chmod(0o755)
+    os.environ["PGROUTER_BIN"] = str(wrapper)
+
+
+def dumped_total(outdir: Path, pid: int, label: str) -> int:
+    """The instruction count of the dump named `label` of process `pid`."""
+    for f in outdir.glob(f"callgrind.{pid}.out.*"):
+        text = f.read_text(errors="replace")
+        if f"Trigger: dump {label}\n" in text:
+            return int(re.search(r"^summary: (\d+)", text, re.M).group(1))
+    raise RuntimeError(f"no callgrind dump {label} of pid {pid} in {outdir}")
+
+
+def per_transaction(router: PgRouter, pgbench_args: list[str], label: str, outdir: Path) -> float:
+    env = dict(os.environ, PGPASSWORD=APP_PASSWORD, PGSSLMODE="disable")
+    base = [pg_tool("pgbench"), "-n", "-c", str(CLIENTS), "-j", "2", *pgbench_args,
+            "-h", "127.0.0.1", "-p", str(router.port), "-U", APP_USER, APP_DB]
+    subprocess.run([*base[:2], "-t", "50", *base[2:]], env=env, capture_output=True, timeout=300)
+    totals = []
+    for n in COUNTS:
+        subprocess.run(["callgrind_control", "-z", str(router.pid())], capture_output=True, check=True)
+        out = subprocess.run([*base[:2], "-t", str(n), *base[2:]], env=env, capture_output=True,
+                             text=True, timeout=600)
+        _, processed, failed = parse_pgbench(out.stdout + out.stderr)
+        if out.returncode != 0 or failed or processed != n * CLIENTS:
+            raise RuntimeError(f"pgbench failed ({label}):\n{out.stdout}{out.stderr}")
+        subprocess.run(["callgrind_control", "-d", f"{label}-{n}", str(router.pid())],
+                       capture_output=True, check=True)
+        time.sleep(0.5)
+        totals.append(dumped_total(outdir, router.pid(), f"{label}-{n}"))
+    return (totals[1] - totals[0]) / ((COUNTS[1] - COUNTS[0]) * CLIENTS)
+
+
+def compare_sharding(outdir: Path, modes: list[str]) -> list[str]:
+    clusters = [PgCluster(with_replica=False, shared_buffers="256MB", max_connections=300,
+                          prefix=f"pgrouter-cg{i}-") for i in range(2)]
+    lines = []
+    try:
+        sharding.in_parallel(*[c.start for c in clusters])
+        servers = [c.primary for c in clusters]
+        sharding.load(servers, argparse.Namespace(skip_fanout=True, skip_rss=True, accounts=100_000,
+                                                  rows_per_shard=0, rss_rows=0))
+        workdir = clusters[0].tmpdir / "cg"
+        workdir.mkdir()
+        script = workdir / "point-read.sql"
+        script.write_text(sharding.POINT_SCRIPTS["read"].format(n=100_000))
+        sharded, unsharded = sharding.routers(workdir, servers, 20, "cg")
+        try:
+            for mode in modes:
+                got = {name: per_transaction(r, ["-M", mode, "-f", str(script)], f"{name}-{mode}", outdir)
+                       for name, r in (("sharded", sharded), ("unsharded", unsharded))}
+                lines.append(f"point-read -M {mode:<9} sharded {got['sharded']:8.0f}  unsharded "
+                             f"{got['unsharded']:8.0f}  ratio {got['sharded'] / got['unsharded']:.2f}")
+        finally:
+            sharded.stop()
+            unsharded.stop()
+    finally:
+        for c in clusters:
+            c.teardown()
+    return lines
+
+
+def compare_ryw(outdir: Path, modes: list[str]) -> list[str]:
+    cluster = PgCluster(with_replica=True, shared_buffers="256MB", max_connections=300,
+                        prefix="pgrouter-cgryw-").start()
+    lines = []
+    try:
+        p = cluster.primary
+        subprocess.run(as_pg_user([pg_tool("pgbench"), "-i", "-q", "-s", "1", "-h", str(p.sockdir),
+                                   "-p", str(p.port), "-U", APP_USER, APP_DB]),
+                       capture_output=True, cwd=cluster.tmpdir, check=True, timeout=300)
+        cluster.wait_replayed(60)
+        workdir = cluster.tmpdir / "cg"
+        workdir.mkdir()
+        routers = {}
+        try:
+            for name, ryw in (("off", False), ("on", True)):
+                r = PgRouter(workdir / name, router_databases(cluster, True), [app_user("scram")], 20,
+                             general={"read_your_writes": ryw})
+                r.start()
+                routers[name] = r
+            for mode in modes:
+                got = {name: per_transaction(r, ["-S", "-M", mode], f"ryw-{name}-{mode}", outdir)
+                       for name, r in routers.items()}
+                lines.append(f"-S -M {mode:<9} read_your_writes off {got['off']:8.0f}  on "
+                             f"{got['on']:8.0f}  ratio {got['on'] / got['off']:.2f}")
+        finally:
+            for r in routers.values():
+                r.stop()
+    finally:
+        cluster.teardown()
+    return lines
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--compare", default="sharding,ryw", help="comma list from sharding,ryw")
+    ap.add_argument("--modes", default="simple,extended,prepared")
+    args = ap.parse_args()
+    modes = [m for m in args.modes.split(",") if m]
+    outdir = Path(tempfile.mkdtemp(prefix="pgrouter-callgrind-"))
+    wrap_in_callgrind(outdir)
+    lines = [f"user-space instructions per transaction (callgrind, pgbench -c {CLIENTS}, "
+             f"-t {COUNTS[1]} minus -t {COUNTS[0]}); dumps in {outdir}"]
+    for what in args.compare.split(","):
+        lines += {"sharding": compare_sharding, "ryw": compare_ryw}[what](outdir, modes)
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
