@@ -174,6 +174,8 @@ pub struct Session {
     pub(super) message_seq: std::cell::Cell<u64>,
     /// (params version, routing settings derived from it).
     pub(super) routing_cache: std::cell::Cell<(u64, crate::router::SessionRouting)>,
+    /// The last shard plan and its inputs (see `shard_routing.rs`).
+    pub(super) plan_memo: super::shard_routing::PlanMemo,
 }
 
 enum Event {
@@ -255,6 +257,7 @@ impl Session {
             to_server: BytesMut::new(),
             to_client: BytesMut::new(),
             routing_cache: Default::default(),
+            plan_memo: Default::default(),
             memo: Default::default(),
             message_seq: Default::default(),
         }

@@ -5,6 +5,7 @@
 //! key needs another shard is refused (0A000) rather than run where its
 //! rows are not.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use pgrouter_config::PoolMode;
@@ -16,6 +17,84 @@ use crate::protocol::next_frame;
 use crate::router::{self, BindParams, Refusal, ShardChoice, Values};
 
 type Planned = Result<Option<ShardChoice>, Refusal>;
+
+/// The last shard plan and what it was made from. A batch is planned when
+/// it is routed, and its Bind again when the policy guard checks it
+/// against the held shard; planning is a pure function of the statement's
+/// analysis, the shard map, the session's `pgrouter.sharding_key` and the
+/// values, so equal inputs (a byte compare) reuse the plan exactly.
+#[derive(Default)]
+pub(super) struct PlanMemo(RefCell<Option<Memoized>>);
+
+struct Memoized {
+    // Kept alive (not just their addresses), so identity is exact.
+    analysis: Arc<Analysis>,
+    map: Arc<crate::router::ShardMap>,
+    sharding_key: Option<String>,
+    /// 'Q' with the query text, or 'B' with the statement's text, its
+    /// parameter types and the Bind's parameters.
+    kind: u8,
+    sql: String,
+    types: Vec<i32>,
+    bind: Vec<u8>,
+    planned: Planned,
+}
+
+impl Memoized {
+    fn matches(&self, inputs: &PlanInputs) -> bool {
+        Arc::ptr_eq(&self.analysis, inputs.analysis)
+            && Arc::ptr_eq(&self.map, inputs.map)
+            && self.kind == inputs.kind
+            && self.sharding_key.as_deref() == inputs.sharding_key
+            && self.sql == inputs.sql
+            && self.types == inputs.types
+            && self.bind == inputs.bind
+    }
+}
+
+/// What a plan is made from, borrowed.
+struct PlanInputs<'a> {
+    analysis: &'a Arc<Analysis>,
+    map: &'a Arc<crate::router::ShardMap>,
+    sharding_key: Option<&'a str>,
+    kind: u8,
+    sql: &'a str,
+    types: &'a [i32],
+    bind: &'a [u8],
+}
+
+impl PlanMemo {
+    /// The plan for `inputs`: the remembered one when they are the same.
+    fn plan(&self, inputs: PlanInputs, plan: impl FnOnce() -> Planned) -> Planned {
+        if let Some(m) = self.0.borrow().as_ref().filter(|m| m.matches(&inputs)) {
+            return m.planned.clone();
+        }
+        let planned = plan();
+        let mut slot = self.0.borrow_mut();
+        let m = slot.get_or_insert_with(|| Memoized {
+            analysis: inputs.analysis.clone(),
+            map: inputs.map.clone(),
+            sharding_key: None,
+            kind: 0,
+            sql: String::new(),
+            types: Vec::new(),
+            bind: Vec::new(),
+            planned: Ok(None),
+        });
+        m.analysis = inputs.analysis.clone();
+        m.map = inputs.map.clone();
+        m.kind = inputs.kind;
+        m.sharding_key = inputs.sharding_key.map(str::to_string);
+        m.sql.clear();
+        m.sql.push_str(inputs.sql);
+        m.types.clear();
+        m.types.extend_from_slice(inputs.types);
+        m.bind.clear();
+        m.bind.extend_from_slice(inputs.bind);
+        m.planned = planned.clone();
+        planned
+    }
+}
 
 impl Session {
     /// The shard a simple query's keys need (`None`: no sharded table, or
@@ -44,12 +123,19 @@ impl Session {
                     .into(),
             });
         }
-        router::plan_shard(
+        let key = self.sharding_key(analysis);
+        let inputs = PlanInputs {
             analysis,
-            &Values::Text(sql),
             map,
-            self.sharding_key(analysis),
-        )
+            sharding_key: key,
+            kind: b'Q',
+            sql,
+            types: &[],
+            bind: &[],
+        };
+        self.plan_memo.plan(inputs, || {
+            router::plan_shard(analysis, &Values::Text(sql), map, key)
+        })
     }
 
     /// The shard a Bind's execution needs. `unnamed` is the unnamed Parse of
@@ -77,12 +163,24 @@ impl Session {
             (None, Some((sql, types))) => (sql, types),
             (None, None) => ("", &[]),
         };
-        let values = Values::Bind {
+        let key = self.sharding_key(analysis);
+        let inputs = PlanInputs {
+            analysis,
+            map,
+            sharding_key: key,
+            kind: b'B',
             sql,
-            params: &params,
-            param_types: types,
+            types,
+            bind: bind.rest,
         };
-        router::plan_shard(analysis, &values, map, self.sharding_key(analysis))
+        self.plan_memo.plan(inputs, || {
+            let values = Values::Bind {
+                sql,
+                params: &params,
+                param_types: types,
+            };
+            router::plan_shard(analysis, &values, map, key)
+        })
     }
 
     /// A hint comment or `SET pgrouter.shard` overrides the keys.

@@ -13,12 +13,13 @@ use pgrouter_parser::shard::{KeyType, Mapping, Placement, Relation};
 /// reference tables has none (its statements route as before).
 #[derive(Debug, Default)]
 pub struct ShardMaps {
-    by_database: HashMap<String, Arc<ShardMap>>,
+    /// ahash: looked up several times per client message.
+    by_database: ahash::AHashMap<String, Arc<ShardMap>>,
 }
 
 impl ShardMaps {
     pub fn build(config: &Config) -> ShardMaps {
-        let mut by_database = HashMap::new();
+        let mut by_database = ahash::AHashMap::new();
         for db in config.logical_databases() {
             if let Some(map) = ShardMap::build(config, db) {
                 by_database.insert(db.to_string(), Arc::new(map));
