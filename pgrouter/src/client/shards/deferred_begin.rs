@@ -144,6 +144,24 @@ impl Session {
     /// unnamed statement and portal, answered here and deferred like the
     /// simple one.
     fn defer_extended_begin(&mut self) -> Result<Deferred, SessionEnd> {
+        // Most batches are not a BEGIN: a look at the unnamed Parse's text
+        // tells before any scan (a BEGIN after a comment is not deferred,
+        // which costs a leg, never correctness).
+        let looks_like_begin = |body: &[u8]| {
+            let Some(sql) = body.strip_prefix(&[0u8][..]) else {
+                return false;
+            };
+            let start = sql
+                .iter()
+                .position(|b| !b.is_ascii_whitespace())
+                .unwrap_or(sql.len());
+            let word = &sql[start..sql.len().min(start + 5)];
+            word.eq_ignore_ascii_case(b"begin") || word.eq_ignore_ascii_case(b"start")
+        };
+        match next_frame(&self.cbuf, self.max_message)? {
+            Some(f) if looks_like_begin(f.body(&self.cbuf)) => {}
+            _ => return Ok(Deferred::No),
+        }
         let mut frames = Vec::new();
         let mut at = 0;
         while let Some(f) = next_frame(self.cbuf.get(at..).unwrap_or(&[]), self.max_message)? {
