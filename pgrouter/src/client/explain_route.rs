@@ -35,7 +35,7 @@ impl Session {
     ) -> Result<Vec<Vec<Cell>>, Refusal> {
         let mut body = sql.as_bytes().to_vec();
         body.push(0);
-        let choice = self.plan_query(analysis, &body)?;
+        let choice = self.plan_query_as(analysis, &body, true)?;
         match choice {
             Some(c) if c.many.is_some() => {
                 let many = c.many.clone().unwrap_or_else(|| unreachable!());

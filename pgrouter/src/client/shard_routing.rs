@@ -34,6 +34,7 @@ struct Memoized {
     /// 'Q' with the query text, or 'B' with the statement's text, its
     /// parameter types and the Bind's parameters.
     kind: u8,
+    explain: bool,
     sql: String,
     types: Vec<i32>,
     bind: Vec<u8>,
@@ -45,6 +46,7 @@ impl Memoized {
         Arc::ptr_eq(&self.analysis, inputs.analysis)
             && Arc::ptr_eq(&self.map, inputs.map)
             && self.kind == inputs.kind
+            && self.explain == inputs.explain
             && self.sharding_key.as_deref() == inputs.sharding_key
             && self.sql == inputs.sql
             && self.types == inputs.types
@@ -58,6 +60,7 @@ struct PlanInputs<'a> {
     map: &'a Arc<crate::router::ShardMap>,
     sharding_key: Option<&'a str>,
     kind: u8,
+    explain: bool,
     sql: &'a str,
     types: &'a [i32],
     bind: &'a [u8],
@@ -76,6 +79,7 @@ impl PlanMemo {
             map: inputs.map.clone(),
             sharding_key: None,
             kind: 0,
+            explain: false,
             sql: String::new(),
             types: Vec::new(),
             bind: Vec::new(),
@@ -84,6 +88,7 @@ impl PlanMemo {
         m.analysis = inputs.analysis.clone();
         m.map = inputs.map.clone();
         m.kind = inputs.kind;
+        m.explain = inputs.explain;
         m.sharding_key = inputs.sharding_key.map(str::to_string);
         m.sql.clear();
         m.sql.push_str(inputs.sql);
@@ -100,6 +105,17 @@ impl Session {
     /// The shard a simple query's keys need (`None`: no sharded table, or
     /// a hint or `SET pgrouter.shard` decides).
     pub(super) fn plan_query(&self, analysis: &Arc<Analysis>, body: &[u8]) -> Planned {
+        self.plan_query_as(analysis, body, false)
+    }
+
+    /// [`Self::plan_query`], with the reason spelt out when `explain`
+    /// (EXPLAIN (ROUTE), error messages).
+    pub(super) fn plan_query_as(
+        &self,
+        analysis: &Arc<Analysis>,
+        body: &[u8],
+        explain: bool,
+    ) -> Planned {
         let Some(map) = self.rt.shard_maps.get(&self.database) else {
             return Ok(None);
         };
@@ -129,12 +145,13 @@ impl Session {
             map,
             sharding_key: key,
             kind: b'Q',
+            explain,
             sql,
             types: &[],
             bind: &[],
         };
         self.plan_memo.plan(inputs, || {
-            router::plan_shard(analysis, &Values::Text(sql), map, key)
+            router::plan_shard(analysis, &Values::Text(sql), map, key, explain)
         })
     }
 
@@ -145,6 +162,17 @@ impl Session {
         analysis: &Arc<Analysis>,
         bind: &BindNames,
         unnamed: &Option<(&str, Vec<i32>)>,
+    ) -> Planned {
+        self.plan_bind_as(analysis, bind, unnamed, false)
+    }
+
+    /// [`Self::plan_bind`], with the reason spelt out when `explain`.
+    pub(super) fn plan_bind_as(
+        &self,
+        analysis: &Arc<Analysis>,
+        bind: &BindNames,
+        unnamed: &Option<(&str, Vec<i32>)>,
+        explain: bool,
     ) -> Planned {
         let Some(map) = self.rt.shard_maps.get(&self.database) else {
             return Ok(None);
@@ -169,6 +197,7 @@ impl Session {
             map,
             sharding_key: key,
             kind: b'B',
+            explain,
             sql,
             types,
             bind: bind.rest,
@@ -179,7 +208,7 @@ impl Session {
                 params: &params,
                 param_types: types,
             };
-            router::plan_shard(analysis, &values, map, key)
+            router::plan_shard(analysis, &values, map, key, explain)
         })
     }
 
@@ -225,50 +254,13 @@ impl Session {
             return None;
         }
         self.rt.shard_maps.get(&self.database)?;
-        let body = self.cbuf.get(5..len)?;
-        let planned = match tag {
-            b'Q' => {
-                let analysis = self.analyze_query(body).ok()?;
-                self.plan_query(&analysis, body)
-            }
-            b'P' if body.first() == Some(&0) => {
-                let analysis = self.analyze_parse(body).ok()?;
-                let p = parse_parse(body).ok()?;
-                let unnamed = Some((p.sql, p.param_types));
-                let mut at = len;
-                loop {
-                    let frame = next_frame(self.cbuf.get(at..)?, self.max_message).ok()??;
-                    let fbody = frame.body(&self.cbuf[at..]);
-                    at += frame.total_len;
-                    match frame.tag {
-                        b'B' => {
-                            let b = parse_bind_names(fbody).ok()?;
-                            if !b.statement.is_empty() {
-                                return None;
-                            }
-                            break self.plan_bind(&analysis, &b, &unnamed);
-                        }
-                        b'S' | b'P' => return None,
-                        _ => {}
-                    }
-                }
-            }
-            b'B' => {
-                let b = parse_bind_names(body).ok()?;
-                let analysis = self.statement_analysis(b.statement, &self.unnamed)?;
-                match self.plan_bind(&analysis, &b, &None) {
-                    // The unnamed statement's text was checked with its Parse
-                    // (this Bind's literals are that text's, not seen here).
-                    Err(r)
-                        if b.statement.is_empty()
-                            && r.message.starts_with(router::UNREADABLE_LITERAL) =>
-                    {
-                        return None;
-                    }
-                    planned => planned,
-                }
-            }
-            _ => return None,
+        let planned = self.held_batch_plan(tag, len, false)?;
+        // The refusals name the keys: planned again, spelt out (rare).
+        let reason = || {
+            self.held_batch_plan(tag, len, true)
+                .and_then(|p| p.ok().flatten())
+                .map(|c| c.reason)
+                .unwrap_or_default()
         };
         match planned {
             Err(refusal) => Some(refusal),
@@ -277,7 +269,7 @@ impl Session {
                 message: format!(
                     "pgrouter: this statement needs several shards ({}), which is not supported inside a \
                      transaction block yet; HINT: run it outside the transaction (it is atomic on its own)",
-                    choice.reason
+                    reason()
                 ),
             }),
             Ok(Some(choice)) if choice.shard != held.shard => Some(Refusal {
@@ -295,11 +287,62 @@ impl Session {
                         "batch"
                     },
                     held.shard,
-                    choice.reason,
+                    reason(),
                     choice.shard
                 ),
             }),
             Ok(_) => None,
         }
+    }
+
+    /// The plan of the unit at the front of the buffer as the policy guard
+    /// checks it (a Query, an unnamed Parse with its Bind, or a Bind).
+    fn held_batch_plan(&self, tag: u8, len: usize, explain: bool) -> Option<Planned> {
+        let body = self.cbuf.get(5..len)?;
+        let planned = match tag {
+            b'Q' => {
+                let analysis = self.analyze_query(body).ok()?;
+                self.plan_query_as(&analysis, body, explain)
+            }
+            b'P' if body.first() == Some(&0) => {
+                let analysis = self.analyze_parse(body).ok()?;
+                let p = parse_parse(body).ok()?;
+                let unnamed = Some((p.sql, p.param_types));
+                let mut at = len;
+                loop {
+                    let frame = next_frame(self.cbuf.get(at..)?, self.max_message).ok()??;
+                    let fbody = frame.body(&self.cbuf[at..]);
+                    at += frame.total_len;
+                    match frame.tag {
+                        b'B' => {
+                            let b = parse_bind_names(fbody).ok()?;
+                            if !b.statement.is_empty() {
+                                return None;
+                            }
+                            break self.plan_bind_as(&analysis, &b, &unnamed, explain);
+                        }
+                        b'S' | b'P' => return None,
+                        _ => {}
+                    }
+                }
+            }
+            b'B' => {
+                let b = parse_bind_names(body).ok()?;
+                let analysis = self.statement_analysis(b.statement, &self.unnamed)?;
+                match self.plan_bind_as(&analysis, &b, &None, explain) {
+                    // The unnamed statement's text was checked with its Parse
+                    // (this Bind's literals are that text's, not seen here).
+                    Err(r)
+                        if b.statement.is_empty()
+                            && r.message.starts_with(router::UNREADABLE_LITERAL) =>
+                    {
+                        return None;
+                    }
+                    planned => planned,
+                }
+            }
+            _ => return None,
+        };
+        Some(planned)
     }
 }

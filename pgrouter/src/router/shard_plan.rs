@@ -99,6 +99,7 @@ pub fn plan(
     values: &Values,
     map: &ShardMap,
     sharding_key: Option<&str>,
+    explain: bool,
 ) -> Result<Option<ShardChoice>, Refusal> {
     let sharded: Vec<&str> = analysis
         .tables
@@ -129,10 +130,12 @@ pub fn plan(
         };
         let value = parse_text(placement.key_type, key).map_err(key_error)?;
         let shard = placement.shard_of(&value).map_err(key_error)?;
-        return Ok(Some(ShardChoice::one(
-            shard,
-            format!("pgrouter.sharding_key = {value}"),
-        )));
+        let why = if explain {
+            format!("pgrouter.sharding_key = {value}")
+        } else {
+            String::new()
+        };
+        return Ok(Some(ShardChoice::one(shard, why)));
     }
     let has_nameless = map.tables.iter().any(|t| t.name.is_none());
     if sharded.is_empty() && !has_nameless {
@@ -156,6 +159,7 @@ pub fn plan(
         keyless: None,
         kind: None,
         reasons: Vec::new(),
+        explain,
     };
     for (s, keys) in analysis.statements.iter().zip(&analysis.keys) {
         p.statement(&s.kind, keys, &sharded)?;
@@ -178,7 +182,11 @@ pub fn plan(
         ))),
         n => {
             let kind = p.kind.unwrap_or(ManyKind::Read);
-            let why = format!("the shard keys are on {n} shards: {}", p.reasons.join(", "));
+            let why = if p.reasons.is_empty() {
+                format!("the shard keys are on {n} shards")
+            } else {
+                format!("the shard keys are on {n} shards: {}", p.reasons.join(", "))
+            };
             many(map, p.shards.into_iter().collect(), kind, why)
         }
     }
@@ -294,6 +302,9 @@ struct Planner<'a> {
     /// How the statement runs should it need several shards.
     kind: Option<ManyKind>,
     reasons: Vec<String>,
+    /// Whether to spell out the keys in `reasons`: only EXPLAIN (ROUTE) and
+    /// error messages read them, and a point query should not pay for it.
+    explain: bool,
 }
 
 impl<'a> Planner<'a> {
@@ -441,7 +452,7 @@ impl<'a> Planner<'a> {
             };
             for value in self.values_of(v, table.placement.key_type, false)? {
                 let shard = table.placement.shard_of(&value).map_err(key_error)?;
-                if shards.is_empty() {
+                if shards.is_empty() && self.explain {
                     self.reasons
                         .push(format!("{}.{} = {value}", name, table.column));
                 }
@@ -637,7 +648,7 @@ impl<'a> Planner<'a> {
     }
 
     fn note(&mut self, r: &Relation, column: &str, value: &KeyValue) {
-        if self.reasons.len() < 4 {
+        if self.explain && self.reasons.len() < 4 {
             self.reasons.push(format!(
                 "{}.{column} = {value}",
                 r.alias.as_deref().unwrap_or(&r.name)

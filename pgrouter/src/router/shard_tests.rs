@@ -62,7 +62,7 @@ fn apart() -> (i64, i64) {
 
 fn run(sql: &str) -> Result<Option<usize>, &'static str> {
     let a = analyze(sql, &[]);
-    plan(&a, &Values::Text(sql), &map(), None)
+    plan(&a, &Values::Text(sql), &map(), None, true)
         .map(|c| c.map(|c| c.shard))
         .map_err(|r| r.sqlstate)
 }
@@ -114,7 +114,7 @@ fn simple_protocol_table() {
 /// The shards and the way a statement on several shards runs.
 fn many(sql: &str) -> (Vec<usize>, ManyKind) {
     let a = analyze(sql, &[]);
-    let m = plan(&a, &Values::Text(sql), &map(), None)
+    let m = plan(&a, &Values::Text(sql), &map(), None, true)
         .unwrap_or_else(|r| panic!("{sql}: {}", r.message))
         .and_then(|c| c.many)
         .unwrap_or_else(|| panic!("{sql}: one shard"));
@@ -216,7 +216,7 @@ fn literal_variants_share_the_analysis_but_not_the_shard() {
     for k in [a, b, a] {
         let sql = format!("SELECT * FROM orders WHERE cid = {k}");
         let analysis = cache.analyze(&sql);
-        let got = plan(&analysis, &Values::Text(&sql), &map(), None)
+        let got = plan(&analysis, &Values::Text(&sql), &map(), None, true)
             .unwrap()
             .unwrap();
         assert_eq!(got.shard, shard(k), "{sql}");
@@ -250,7 +250,7 @@ fn run_bind(sql: &str, rest: &[u8], types: &[i32]) -> Result<Option<usize>, &'st
         params: &params,
         param_types: types,
     };
-    plan(&a, &values, &map(), None)
+    plan(&a, &values, &map(), None, true)
         .map(|c| c.map(|c| c.shard))
         .map_err(|r| r.sqlstate)
 }
@@ -318,10 +318,10 @@ fn bind_parameters_text_and_binary() {
 fn sharding_key_setting() {
     let sql = "SELECT 1";
     let a = analyze(sql, &[]);
-    let got = plan(&a, &Values::Text(sql), &map(), Some("7"))
+    let got = plan(&a, &Values::Text(sql), &map(), Some("7"), true)
         .unwrap()
         .unwrap();
     assert_eq!(got.shard, shard(7));
-    let e = plan(&a, &Values::Text(sql), &map(), Some("seven")).unwrap_err();
+    let e = plan(&a, &Values::Text(sql), &map(), Some("seven"), true).unwrap_err();
     assert_eq!(e.sqlstate, "22P02");
 }
