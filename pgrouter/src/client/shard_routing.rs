@@ -329,7 +329,16 @@ impl Session {
             b'B' => {
                 let b = parse_bind_names(body).ok()?;
                 let analysis = self.statement_analysis(b.statement, &self.unnamed)?;
-                match self.plan_bind_as(&analysis, &b, &None, explain) {
+                // The unnamed statement's text and types, as routing saw
+                // them (so its plan is reused).
+                let unnamed = if b.statement.is_empty() {
+                    parse_parse(self.unnamed_parse.get(5..).unwrap_or(&[]))
+                        .ok()
+                        .map(|p| (p.sql, p.param_types))
+                } else {
+                    None
+                };
+                match self.plan_bind_as(&analysis, &b, &unnamed, explain) {
                     // The unnamed statement's text was checked with its Parse
                     // (this Bind's literals are that text's, not seen here).
                     Err(r)
