@@ -17,7 +17,8 @@
 //! transaction that created state but failed or rolled back, leave the
 //! answer to the server: once the transaction is over, the router asks it
 //! what the session still holds ([`check_sql`]) — exact where counting by
-//! parsing would not be.
+//! parsing would not be. When the last of it is gone, the connection is
+//! cleaned before it goes back to the pool ([`Session::clean_after_pin`]).
 
 use pgrouter_parser::{SessionState, SessionStateChange};
 
