@@ -186,3 +186,27 @@ def test_several_reasons_end_one_by_one(router):
         a.execute("SELECT pg_advisory_unlock(6170)")
         assert pinned(router) is None
         assert others_can_run(router)
+
+
+def test_the_connection_is_cleaned_when_the_pin_ends(router, primary):
+    """Once a client's pinned state is gone its connection goes back to the
+    pool, cleaned as if the client had left: state the router cannot see
+    (lastval after an INSERT that took a serial default) must not reach the
+    next client. The client's own settings and prepared statements go on."""
+    with primary.connect("app") as direct:
+        direct.execute("DROP TABLE IF EXISTS pin_serial")
+        direct.execute("SET ROLE app")
+        direct.execute("CREATE TABLE pin_serial (id serial, v int)")
+    with connect(router.dsn()) as a:
+        a.execute("SET work_mem = '99kB'")
+        a.execute("PREPARE pin_ps AS SELECT 41 + 1")
+        a.execute("CREATE TEMP TABLE pin_clean (a int)")
+        a.execute("INSERT INTO pin_serial (v) VALUES (1)")  # nextval unseen by the router
+        assert a.execute("SELECT lastval()").fetchone() == (1,), "pinned: same connection"
+        a.execute("DROP TABLE pin_clean")
+        assert pinned(router) is None
+        with connect(router.dsn()) as b:
+            with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
+                b.execute("SELECT lastval()")
+        assert a.execute("SHOW work_mem").fetchone() == ("99kB",)
+        assert a.execute("EXECUTE pin_ps").fetchone() == (42,)

@@ -154,7 +154,7 @@ pub(crate) fn of_statement(node: &N) -> SessionStateChange {
             }
         }
         // Any DROP may drop the session's last temporary object.
-        N::DropStmt(_) => c.may_end |= SessionState::TEMP,
+        N::DropStmt(_) | N::DropOwnedStmt(_) => c.may_end |= SessionState::TEMP,
         N::ViewStmt(s) => c.creates |= temp_if(s.view.as_ref()),
         N::CreateSeqStmt(s) => c.creates |= temp_if(s.sequence.as_ref()),
         N::SelectStmt(s) => c.creates |= temp_if(s.into_clause.as_ref().and_then(|i| i.rel.as_ref())),
@@ -312,6 +312,7 @@ mod tests {
             ("DROP VIEW IF EXISTS v, w", SessionState::TEMP),
             ("DROP SEQUENCE s", SessionState::TEMP),
             ("DROP FUNCTION pg_temp.f()", SessionState::TEMP),
+            ("DROP OWNED BY CURRENT_USER", SessionState::TEMP),
             ("CREATE TEMP TABLE t (a int) ON COMMIT DROP", SessionState::TEMP),
             ("CREATE TEMP TABLE t ON COMMIT DROP AS SELECT 1", SessionState::TEMP),
             ("UNLISTEN ch", SessionState::LISTEN),

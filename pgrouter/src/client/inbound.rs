@@ -284,6 +284,9 @@ impl Session {
         if !self.pins.to_check().is_empty() {
             self.check_pins().await?;
         }
+        if self.pins.is_unpinned() {
+            self.clean_after_pin().await?;
+        }
         self.release_if_done();
         Ok(())
     }

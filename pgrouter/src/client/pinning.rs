@@ -17,7 +17,8 @@
 //! transaction that created state but failed or rolled back, leave the
 //! answer to the server: once the transaction is over, the router asks it
 //! what the session still holds ([`check_sql`]) — exact where counting by
-//! parsing would not be.
+//! parsing would not be. When the last of it is gone, the connection is
+//! cleaned before it goes back to the pool ([`Session::clean_after_pin`]).
 
 use pgrouter_parser::{SessionState, SessionStateChange};
 
@@ -45,11 +46,17 @@ pub struct Pins {
     /// An error, or a rollback, since the server was last outside a
     /// transaction: what was created meanwhile may be gone.
     undone: bool,
+    /// The last of the state is gone: the connection is to be cleaned
+    /// before it goes back to the pool (see [`Session::clean_after_pin`]).
+    unpinned: bool,
 }
 
 impl Pins {
     /// A statement with these effects was sent.
     pub fn sent(&mut self, change: SessionStateChange) {
+        if !change.creates.is_empty() {
+            self.unpinned = false; // pinned again: nothing to clean
+        }
         self.held |= change.creates;
         self.fresh |= change.creates;
         self.ending |= change.ends;
@@ -87,7 +94,7 @@ impl Pins {
             return;
         }
         if !self.failed && !self.rolled_back {
-            self.held = self.held.without(self.ending);
+            self.set_held(self.held.without(self.ending));
         }
         self.ending = SessionState::NONE;
         self.failed = false;
@@ -102,8 +109,24 @@ impl Pins {
 
     /// The server's answer: of the kinds checked, those still there.
     pub fn checked(&mut self, checked: SessionState, still_there: SessionState) {
-        self.held = self.held.without(checked.without(still_there));
+        self.set_held(self.held.without(checked.without(still_there)));
         self.unsure = SessionState::NONE;
+    }
+
+    fn set_held(&mut self, held: SessionState) {
+        self.unpinned |= !self.held.is_empty() && held.is_empty();
+        self.held = held;
+    }
+
+    /// The client was pinned and is no longer: its connection is cleaned
+    /// once (true once, then false).
+    pub fn take_unpinned(&mut self) -> bool {
+        std::mem::take(&mut self.unpinned) && self.held.is_empty()
+    }
+
+    /// See [`Self::take_unpinned`], without taking it.
+    pub fn is_unpinned(&self) -> bool {
+        self.unpinned
     }
 
     /// The server connection is gone, and its state with it.
@@ -149,7 +172,10 @@ impl Session {
                 self.pins.checked(kinds, kinds);
                 return Ok(());
             }
-            Ok(Err(_)) | Err(_) => return self.recover_server_loss().await,
+            Ok(Err(_)) | Err(_) => {
+                self.drop_idle_server();
+                return Ok(());
+            }
         };
         let row = rows.first().map(Vec::as_slice).unwrap_or(&[]);
         let mut still_there = SessionState::NONE;
@@ -168,6 +194,66 @@ impl Session {
         );
         self.registered.info.set_pinned(self.pins.held());
         Ok(())
+    }
+
+    /// The client's last pinned state is gone: before its connection goes
+    /// back to the pool it is cleaned as if the client had left (`DISCARD
+    /// ALL`, `RESET ROLE`), so that state the router cannot see — `lastval`
+    /// after an INSERT that took a serial default, anything a function did —
+    /// does not reach the next client either. The client's own settings and
+    /// prepared statements are replayed as on any other connection.
+    pub(super) async fn clean_after_pin(&mut self) -> Result<(), SessionEnd> {
+        if !self.pins.is_unpinned() || !self.at_boundary() || self.guard != GuardState::Idle {
+            return Ok(());
+        }
+        let Some(held) = self.server.as_mut() else {
+            return Ok(());
+        };
+        if !held.conn.read_buf.is_empty() || !self.pins.take_unpinned() {
+            return Ok(());
+        }
+        for sql in ["DISCARD ALL", "RESET ROLE"] {
+            match tokio::time::timeout(CHECK_TIMEOUT, held.conn.query_rows(sql)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(ServerError::Postgres(e))) => {
+                    // Not clean: the client stays pinned (its connection is
+                    // reset when it leaves).
+                    tracing::warn!(code = %e.code, error = %e.message, "could not clean a connection after its client's pin ended; the client stays pinned");
+                    self.pins.sent(SessionStateChange {
+                        creates: SessionState::DO_BLOCK,
+                        ..Default::default()
+                    });
+                    self.registered.info.set_pinned(self.pins.held());
+                    return Ok(());
+                }
+                Ok(Err(_)) | Err(_) => {
+                    self.drop_idle_server();
+                    return Ok(());
+                }
+            }
+        }
+        held.conn.statements.clear();
+        held.conn.forget_session_state();
+        self.unnamed_here = false;
+        Ok(())
+    }
+
+    /// The held connection failed while nothing of the client's was in
+    /// flight: it is dropped without a word to the client, whose next
+    /// statement gets another one.
+    fn drop_idle_server(&mut self) {
+        if let Some(held) = self.server.take() {
+            tracing::warn!(server = %held.conn.addr, pid = held.conn.backend_pid, "server connection lost between transactions");
+            self.cancel.slot.set(None);
+            self.pins.forget();
+            self.registered.info.set_pinned(Default::default());
+            self.registered.info.set_server(None);
+            self.registered
+                .info
+                .set_state(super::registry::ClientState::Idle);
+            self.in_tx = false;
+            self.blocked = false;
+        }
     }
 }
 
@@ -340,6 +426,26 @@ mod tests {
         assert!(sql.starts_with("SELECT pg_catalog.pg_my_temp_schema()"));
         assert!(sql.contains("pg_listening_channels"));
         assert!(check_sql(SessionState::DO_BLOCK | SessionState::SEQUENCE).is_none());
+    }
+
+    #[test]
+    fn the_end_of_the_last_state_asks_for_a_clean_once() {
+        let mut p = Pins::default();
+        assert!(!p.take_unpinned(), "never pinned: nothing to clean");
+        p.sent(creates(SessionState::TEMP | SessionState::LISTEN));
+        p.on_ready(b'I');
+        p.sent(may_end(SessionState::TEMP));
+        p.checked(SessionState::TEMP, SessionState::NONE);
+        assert!(!p.take_unpinned(), "still listening");
+        p.sent(ends(SessionState::LISTEN));
+        p.on_ready(b'I');
+        assert!(p.take_unpinned());
+        assert!(!p.take_unpinned(), "once");
+        p.sent(creates(SessionState::LISTEN));
+        p.sent(ends(SessionState::LISTEN));
+        p.on_ready(b'I');
+        p.sent(creates(SessionState::TEMP));
+        assert!(!p.take_unpinned(), "pinned again before the clean");
     }
 
     #[test]

@@ -19,6 +19,18 @@
 //! router recorded about the connection is taken back; a setting the server
 //! refused is dropped from the session (`ClientParams::drop_failed`), so the
 //! client's next statement runs.
+//!
+//! Protocol-level prepared statements need no guard: the router's Parse of
+//! one the connection lacks (`outbound::prepare_on_server`) already has its
+//! error passed to the client, and the server skips the client's Bind after
+//! it (see `Expectations::on_server_message`).
+//!
+//! The settings replay shares its ReadyForQuery with the client's statement,
+//! and PostgreSQL reports a parameter (ParameterStatus) only there and only
+//! when it differs from the last value it reported — perhaps to another
+//! client. So the value of a reported setting is taken from the server's
+//! last report (`ServerConn::reported`), and the client is told of its own
+//! SET by the router when the server does not tell it (`inbound.rs`).
 
 use std::collections::HashMap;
 
