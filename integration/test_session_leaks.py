@@ -221,3 +221,31 @@ def test_a_failed_deallocate_does_not_undo_the_reset(routers, roles, primary):
     with connect(router.dsn()) as b:
         # B's first statement: the one the reset runs ahead of.
         assert b.execute("SELECT current_setting('work_mem'), pg_backend_pid()").fetchone() == ("4MB", pid)
+
+
+def test_a_serial_default_leaves_no_sequence_state_for_the_next_client(routers, roles, primary):
+    """An INSERT that takes a serial default calls nextval unseen by the
+    router (no pin): the next client must still not read lastval/currval."""
+    with primary.connect(APP_DB) as direct:
+        direct.execute("DROP TABLE IF EXISTS leak_serial")
+        direct.execute("CREATE TABLE leak_serial (id serial PRIMARY KEY, note text)")
+        direct.execute(f"GRANT ALL ON leak_serial, leak_serial_id_seq TO {APP_USER}")
+    router = one_connection_router(routers)
+    with connect(router.dsn()) as a:
+        a.execute("INSERT INTO leak_serial (note) VALUES ('a')")
+        assert pinned(router) == [None]  # not pinned: the router did not see a nextval
+        pid = backend(a)
+    for protocol in ("simple", "extended"):
+        with connect(router.dsn()) as b:
+            assert backend(b) == pid
+            cur = psycopg.ClientCursor(b) if protocol == "simple" else b.cursor()
+            with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
+                cur.execute("SELECT lastval()")
+            with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
+                cur.execute("SELECT currval('leak_serial_id_seq')")
+    # The same client keeps its own, as on a connection of its own.
+    with connect(router.dsn()) as a:
+        a.execute("INSERT INTO leak_serial (note) VALUES ('again')")
+        assert a.execute("SELECT lastval()").fetchone()[0] == 2
+    with primary.connect(APP_DB) as direct:
+        direct.execute("DROP TABLE leak_serial")

@@ -302,10 +302,23 @@ impl Session {
         // several statements is one transaction: a DEALLOCATE that failed
         // would take the RESETs before it back).
         let mut reset: Vec<String> = Vec::new();
-        if held.conn.needs_reset {
+        let resetting = held.conn.needs_reset;
+        if resetting {
             held.conn.forget_session_state();
             // RESET ALL leaves the role and the session authorization alone.
-            reset.push("RESET ALL;RESET SESSION AUTHORIZATION;RESET ROLE".to_string());
+            reset.push(
+                "RESET ALL;RESET SESSION AUTHORIZATION;RESET ROLE;DISCARD SEQUENCES".to_string(),
+            );
+        }
+        // Sequence state another client's writes may have left (`lastval`,
+        // `currval` after a serial default) is not this client's to read.
+        let me = self.registered.info.id;
+        if held.conn.last_client != me {
+            if held.conn.wrote && !resetting {
+                reset.push("DISCARD SEQUENCES".to_string());
+            }
+            held.conn.wrote = false;
+            held.conn.last_client = me;
         }
         // Another client's SQL-level prepared statements are not visible to
         // this one, as on a connection of its own.

@@ -39,6 +39,11 @@ impl Session {
         if self.mode != pgrouter_config::PoolMode::Transaction {
             return;
         }
+        if analysis.is_write {
+            if let Some(held) = self.server.as_mut() {
+                held.conn.wrote = true;
+            }
+        }
         let mut change = analysis.session_state;
         if !self.sql_prepared.is_empty() {
             let executed = self.query_analysis(analysis.clone());

@@ -105,6 +105,12 @@ pub struct ServerConn {
     /// A client changed settings in a way the router cannot follow (a
     /// `set_config()` call): RESET ALL before the next client.
     pub needs_reset: bool,
+    /// The client that used this connection last (its id) and whether it
+    /// wrote: an INSERT may have called `nextval` through a column default,
+    /// leaving `currval`/`lastval` for the next client to read, so another
+    /// client gets the connection after `DISCARD SEQUENCES`.
+    pub last_client: u64,
+    pub wrote: bool,
     /// Shares of `max_db_connections` / `max_user_connections` this
     /// connection holds; given back when it is dropped.
     pub permits: Vec<crate::pool::CapPermit>,

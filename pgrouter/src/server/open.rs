@@ -59,6 +59,8 @@ impl ServerConn {
             params_fingerprint: 0,
             startup_params: HashMap::new(),
             needs_reset: false,
+            last_client: 0,
+            wrote: false,
             permits: Vec::new(),
         };
         super::login::login(&mut conn, target).await?;

@@ -123,6 +123,14 @@ impl Session {
             conn.forget_session_state();
             sql.push_str("RESET ALL;RESET SESSION AUTHORIZATION;RESET ROLE;");
         }
+        // As at any checkout (`outbound.rs`): another client's sequence
+        // state goes. A leg may write, so it counts as written.
+        let me = self.registered.info.id;
+        if conn.last_client != me && conn.wrote {
+            sql.push_str("DISCARD SEQUENCES;");
+        }
+        conn.last_client = me;
+        conn.wrote = true;
         if let Some(sync) = self.params.sync_sql(conn) {
             // sync_sql ends without a `;` (it is sent alone elsewhere): the
             // SET ROLE below must be a statement of its own.
