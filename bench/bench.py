@@ -191,6 +191,31 @@ def session_identity(port: int, user: str, password: str) -> str:
 
 
 # ----------------------------------------------------------------- proxies --
+def pgbouncer_binary() -> str:
+    """$PGBOUNCER_BIN, else PgBouncer 1.25 built by bench/build_pgbouncer.sh,
+    else the system's (Debian 12: 1.18)."""
+    built = "/opt/pgbouncer-1.25/bin/pgbouncer"
+    return (os.environ.get("PGBOUNCER_BIN") or (built if os.path.exists(built) else None)
+            or shutil.which("pgbouncer") or "/usr/sbin/pgbouncer")
+
+
+def pgbouncer_version() -> tuple[int, int]:
+    """(major, minor) of pgbouncer_binary(), (0, 0) if unknown."""
+    try:
+        out = subprocess.run([pgbouncer_binary(), "--version"], capture_output=True, text=True,
+                             timeout=10).stdout
+        m = re.search(r"PgBouncer (\d+)\.(\d+)", out)
+        return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+    except (OSError, subprocess.SubprocessError):
+        return (0, 0)
+
+
+def pgbouncer_keeps_prepared() -> bool:
+    """PgBouncer 1.21+ keeps protocol-level prepared statements in
+    transaction mode (max_prepared_statements)."""
+    return pgbouncer_version() >= (1, 21)
+
+
 class PgBouncer:
     def __init__(self, workdir: Path, backend_port: int, pool_size: int, auth: str,
                  tls: tuple[Path, Path] | None = None, backend_host: str = "127.0.0.1"):
@@ -226,12 +251,13 @@ pidfile = {self.pidfile}
 log_connections = 0
 log_disconnections = 0
 ignore_startup_parameters = extra_float_digits
+{"max_prepared_statements = 200" if pgbouncer_keeps_prepared() else ""}
 {tls_lines}""")
         for p in (self.ini, workdir / "userlist.txt"):
             chown_to_pg(p)
 
     def start(self) -> None:
-        binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+        binary = pgbouncer_binary()
         # PgBouncer refuses to run as root; -d daemonizes it (its own session).
         subprocess.run(as_pg_user([binary, "-d", str(self.ini)]), check=True, cwd=self.workdir,
                        timeout=30)
@@ -566,10 +592,13 @@ def scenario_baseline(cluster, workdir: Path, args) -> Scenario:
                           backend_host=server_host(cluster, args))
             b.start()
             scn.stop.append(b.stop)
-            # PgBouncer 1.18 has no protocol-level prepared statements.
+            scn.notes.append("PgBouncer: %s (%d.%d)" % (pgbouncer_binary(), *pgbouncer_version()))
+            # PgBouncer before 1.21 has no protocol-level prepared statements.
+            keeps = pgbouncer_keeps_prepared()
             scn.targets["pgbouncer"] = Target(
                 "pgbouncer", const(b.port), const(f"primary:{p.port}"), b.pid,
-                lambda w: "PgBouncer 1.18: no prepared statements" if WORKLOADS[w][1] == "prepared" else "")
+                lambda w: "" if keeps or WORKLOADS[w][1] != "prepared"
+                else "PgBouncer < 1.21: no prepared statements")
         elif name == "pgrouter":
             dbs = router_databases(cluster, args.router_with_replica, server_host(cluster, args))
             r = PgRouter(workdir / "pgrouter", dbs,
@@ -613,8 +642,8 @@ def scenario_routing(cluster, workdir: Path, args) -> Scenario:
     scn.stop.append(b.stop)
 
     def bouncer_skip(w):
-        if WORKLOADS[w][1] == "prepared":
-            return "PgBouncer 1.18: no prepared statements"
+        if WORKLOADS[w][1] == "prepared" and not pgbouncer_keeps_prepared():
+            return "PgBouncer < 1.21: no prepared statements"
         if not is_read_only(w):
             return "PgBouncer points at the replica (read-only)"
         return ""

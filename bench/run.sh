@@ -8,4 +8,6 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 # haproxy: the routing scenario's "relay" target (a proxy hop with no logic).
 PGROUTER_EXTRA_PACKAGES="haproxy" bash scripts/setup.sh >&2
+# PgBouncer 1.25 from the peers' source (see bench/README.md), once.
+bash "$ROOT/bench/build_pgbouncer.sh"
 exec "$ROOT/.venv/bin/python" "$ROOT/bench/bench.py" "$@"
