@@ -220,6 +220,9 @@ impl Session {
     /// `SET pgrouter.sharding_key`, for statements other than the router's
     /// own settings (which must stay changeable whatever the key says).
     fn sharding_key(&self, analysis: &Analysis) -> Option<&str> {
+        if !self.session_routing().has_sharding_key {
+            return None; // no lookup by name on every statement
+        }
         let key = self.params.get("pgrouter.sharding_key")?;
         let settings_only = analysis.statements.iter().all(|s| {
             matches!(

@@ -41,6 +41,8 @@ pub struct SessionRouting {
     pub shard_override: Option<u32>,
     /// The session has `default_transaction_read_only = on`.
     pub default_read_only: bool,
+    /// `SET pgrouter.sharding_key` is in force (its value is read only then).
+    pub has_sharding_key: bool,
 }
 
 impl SessionRouting {
@@ -58,6 +60,7 @@ impl SessionRouting {
             role_override,
             shard_override,
             default_read_only,
+            has_sharding_key: get("pgrouter.sharding_key").is_some(),
         }
     }
 }

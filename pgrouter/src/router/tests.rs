@@ -105,7 +105,8 @@ fn session_routing_from_params() {
         SessionRouting {
             role_override: Some(RoleHint::Primary),
             shard_override: Some(3),
-            default_read_only: true
+            default_read_only: true,
+            has_sharding_key: false,
         }
     );
 }
