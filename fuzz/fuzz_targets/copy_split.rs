@@ -10,7 +10,8 @@
 //!   byte of the input, each in exactly one shard's output (the header
 //!   line or binary file header goes to every shard, once each; every shard
 //!   gets its own binary trailer at the end); what is never handed out is
-//!   only the end-of-data marker `\.` and what follows it, the binary
+//!   only the end-of-data marker `\.` and what follows it (or what
+//!   follows a row that `\.` ends), the binary
 //!   trailer, or a last byte too short to be a binary tuple count;
 //! - memory: the splitter never holds more input than it has not handed out
 //!   ([`CopySplitter::pending`]);
@@ -330,8 +331,13 @@ fn split_bytewise(setup: &Setup, copy: &[u8]) -> Split {
             "binary data left unsplit: {rest:?}"
         );
     } else {
+        // PostgreSQL ignores what follows the end marker `\.`: the marker
+        // line itself (nothing on it before `\.`), or a row the marker ends.
+        let marker_row = [&b"\\."[..], b"\\.\n", b"\\.\r", b"\\.\r\n"]
+            .iter()
+            .any(|end| rebuilt.ends_with(end));
         assert!(
-            rest.is_empty() || rest.starts_with(b"\\."),
+            rest.is_empty() || rest.starts_with(b"\\.") || marker_row,
             "text data left unsplit that is not after an end marker: {:?}",
             String::from_utf8_lossy(rest)
         );
