@@ -208,10 +208,13 @@ fn data_row(values: &[Option<Vec<u8>>]) -> Vec<u8> {
 
 /// One shard's generated rows, with the integer sort keys the oracle reads.
 struct Generated {
-    rows: Vec<(Vec<Option<i64>>, Vec<Option<Vec<u8>>>)>,
+    rows: Vec<(Vec<Option<i64>>, Values)>,
 }
 
 type Stream = Vec<(u8, Vec<u8>)>;
+
+/// One DataRow's values (`None` is NULL).
+type Values = Vec<Option<Vec<u8>>>;
 
 /// PostgreSQL's order of one key: DESC reverses values, NULLS FIRST/LAST
 /// places NULL regardless of direction.
