@@ -3,11 +3,11 @@
 # (cargo-afl + AFL++; see fuzz/README.md for the targets and what each checks).
 #
 #   bash scripts/fuzz.sh                      # every target 20 s (what CI runs)
-#   bash scripts/fuzz.sh --minutes 12         # every target 12 min: the hour-long run
+#   bash scripts/fuzz.sh --minutes 9          # every target 9 min: the hour-long run (7 targets)
 #   bash scripts/fuzz.sh --seconds 60 sql_analysis scram   # some targets only
 #   bash scripts/fuzz.sh --build-only         # install cargo-afl, build the targets
 #   bash scripts/fuzz.sh --install-only       # install cargo-afl only (scripts/setup.sh)
-#   bash scripts/fuzz.sh --jobs 2 --minutes 24  # two targets at a time (one per core)
+#   bash scripts/fuzz.sh --jobs 2 --minutes 17  # two targets at a time (one per core)
 #
 # Installs cargo-afl (which builds AFL++ from its crate) when missing, builds
 # the targets instrumented in fuzz/target, then runs afl-fuzz on each target,
@@ -32,7 +32,7 @@ if [ -d "$HOME/.cargo/bin" ]; then
 fi
 
 CARGO_AFL_VERSION=0.18.2
-ALL_TARGETS=(sql_analysis protocol scram config jwt)
+ALL_TARGETS=(sql_analysis protocol scram config jwt copy_split fanout_merge)
 SECONDS_EACH=20
 JOBS=1
 BUILD_ONLY=0

@@ -559,3 +559,21 @@ fn without_a_column_list_the_learnt_columns_give_the_layout() {
         )
     );
 }
+
+#[test]
+fn only_an_unfinished_row_is_held_back() {
+    let mut s = splitter("COPY t (k, v) FROM STDIN", "k");
+    s.feed(b"1\ta\n2\tb").unwrap();
+    assert_eq!(s.pending(), 3, "the unfinished row \"2\\tb\"");
+    s.feed(b"c\n3\t").unwrap();
+    assert_eq!(s.pending(), 2);
+    s.feed(b"x\n\\.\nafter").unwrap();
+    assert_eq!(s.pending(), 0, "what follows the end marker is dropped");
+    let mut b = splitter("COPY t (k, v) FROM STDIN (FORMAT binary)", "k");
+    b.feed(b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0\0\x02").unwrap();
+    assert_eq!(
+        b.pending(),
+        2,
+        "a tuple's field count, its fields still to come"
+    );
+}

@@ -99,6 +99,10 @@ impl Row {
                     .try_into()
                     .expect("4 bytes"),
             );
+            // -1 is NULL; no other negative length is a value.
+            if len < -1 {
+                return Err(bad());
+            }
             cols.push((at as u32, len));
             at += 4;
             if len >= 0 {
@@ -154,6 +158,10 @@ pub fn check(body: &[u8], expect: usize) -> Result<(), MergeError> {
                 .try_into()
                 .expect("4 bytes"),
         );
+        // -1 is NULL; another negative length would reach the client.
+        if len < -1 {
+            return Err(bad());
+        }
         at += 4 + len.max(0) as usize;
     }
     if at != body.len() {

@@ -277,3 +277,29 @@ fn describe_and_bind_helpers_account_for_hidden_columns() {
     assert_eq!(got.columns, ["a"]);
     assert!(super::client_row_description(&desc(&[("a", INT4, true)]), 2, &mut out).is_err());
 }
+
+/// Found by the `fanout_merge` fuzz target: a value length below -1 (only
+/// -1, NULL, is negative) was passed through to the client in a plain
+/// union and read as NULL elsewhere.
+#[test]
+fn a_negative_value_length_other_than_null_is_a_malformed_row() {
+    let d = desc(&[("id", INT4, false)]);
+    let bad = [0, 1, 0xca, 0xe3, 0x02, 0x00];
+    for sql in [
+        "SELECT id FROM t",
+        "SELECT id FROM t ORDER BY id",
+        "SELECT DISTINCT id FROM t",
+    ] {
+        let s0 = shard(&d, &[trow(&["1"]), bad.to_vec()], 2);
+        let e = run(spec(sql), CTX, &[s0]).unwrap_err();
+        assert_eq!(
+            (e.sqlstate, e.message.as_str()),
+            ("XX000", "a shard sent a malformed DataRow"),
+            "{sql}"
+        );
+    }
+    // NULL itself still is one.
+    let s0 = shard(&d, &[row(&[None])], 1);
+    let out = run(spec("SELECT id FROM t"), CTX, &[s0]).unwrap();
+    assert_eq!(out.rows, [[None]]);
+}
