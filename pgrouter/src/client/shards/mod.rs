@@ -65,13 +65,13 @@ impl ShardError {
         ShardError::router(sqlstate, format!("pgrouter: {e}"))
     }
 
+    /// An error of the router's own work on a leg (its prologue, its
+    /// BEGIN): the server's SQLSTATE where it is a common one.
     fn from_fields(shard: usize, f: ErrorFields) -> ShardError {
-        let code: &'static str = match f.code.as_str() {
-            "42501" => "42501",
-            "22023" => "22023",
-            _ => "XX000",
-        };
-        ShardError::router(code, format!("pgrouter: shard {shard}: {}", f.message))
+        ShardError::router(
+            known_code(&f.code),
+            format!("pgrouter: shard {shard}: {}", f.message),
+        )
     }
 
     fn lost(shard: usize, e: &dyn std::fmt::Display) -> ShardError {
@@ -210,7 +210,7 @@ fn known_code(code: &str) -> &'static str {
     const CODES: &[&str] = &[
         "0A000", "22P02", "22003", "22023", "23505", "23503", "23502", "23514", "25P02", "40001",
         "40P01", "42501", "42601", "42703", "42P01", "42P07", "42710", "55000", "57014", "58000",
-        "25000", "08006", "08007", "22P04", "08P01",
+        "25000", "08006", "08007", "22P04", "08P01", "42704", "3F000",
     ];
     CODES
         .iter()
