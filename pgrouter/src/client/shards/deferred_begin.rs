@@ -47,11 +47,7 @@ impl Session {
             }
             let body = self.cbuf.get(5..len).unwrap_or(&[]);
             let analysis = self.analyze_query(body)?;
-            let lone_begin = matches!(
-                analysis.statements.as_slice(),
-                [s] if matches!(s.kind, StatementKind::Transaction(TxEffect::Begin { .. }))
-            ) && analysis.hint.shard.is_none();
-            if !lone_begin {
+            if !is_lone_begin(&analysis) {
                 return Ok(Deferred::No);
             }
             let sql = crate::protocol::frontend::parse_query(body)?.to_string();
@@ -193,12 +189,7 @@ impl Session {
             return Ok(Deferred::No);
         }
         let sql = parse.sql.to_string();
-        let analysis = self.analyze(&sql);
-        let lone_begin = matches!(
-            analysis.statements.as_slice(),
-            [s] if matches!(s.kind, StatementKind::Transaction(TxEffect::Begin { .. }))
-        ) && analysis.hint.shard.is_none();
-        if !lone_begin {
+        if !is_lone_begin(&self.analyze(&sql)) {
             return Ok(Deferred::No);
         }
         // The unnamed statement is the BEGIN now, as on a server.
@@ -220,4 +211,12 @@ impl Session {
         use bytes::Buf;
         self.cbuf.advance(len);
     }
+}
+
+/// A text that is one BEGIN / START TRANSACTION and names no shard.
+fn is_lone_begin(analysis: &pgrouter_parser::Analysis) -> bool {
+    matches!(
+        analysis.statements.as_slice(),
+        [s] if matches!(s.kind, StatementKind::Transaction(TxEffect::Begin { .. }))
+    ) && analysis.hint.shard.is_none()
 }
