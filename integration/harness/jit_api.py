@@ -29,6 +29,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 
+class _DeepBacklogServer(ThreadingHTTPServer):
+    """socketserver listens with a backlog of 5: a burst of 200 logins (each
+    one API call) overflows it, the kernel drops SYNs, and the retransmit
+    (1 s, then 3 s) outlasts the router's `timeout_ms` on a loaded machine.
+    A real API sits behind a load balancer with a deep queue."""
+    request_queue_size = 1024
+
+
 @dataclass
 class Call:
     token: str
@@ -113,7 +121,7 @@ class JitApi:
             def log_message(self, *args):  # quiet
                 pass
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = _DeepBacklogServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         if self.tls is not None:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
