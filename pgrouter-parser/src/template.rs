@@ -17,6 +17,7 @@
 
 use crate::normalize_fast::{fast_key_with, int_placeholder, plain_string_end, Fast, Literal};
 use crate::placeholders::STR;
+use crate::shard::literal_spans;
 
 /// See the module comment.
 #[derive(Debug, Clone)]
@@ -31,9 +32,29 @@ impl Template {
     pub fn new(sql: &str) -> Option<Template> {
         let mut literals = Vec::new();
         match fast_key_with(sql, |literal| literals.push(literal)) {
-            Fast::Key(_) if !literals.is_empty() => Some(Template { text: sql.as_bytes().into(), literals }),
-            _ => None,
+            Fast::Key(_) if !literals.is_empty() => {}
+            _ => return None,
         }
+        // The holes are the literals the analysis numbers (its shard keys
+        // say "the n-th literal"), so a matched text's spans can stand in
+        // for lexing it again. Checked once per template.
+        let spans: Vec<(usize, usize)> = literals.iter().map(|l| (l.start, l.end)).collect();
+        if spans != literal_spans(sql) {
+            return None;
+        }
+        Some(Template { text: sql.as_bytes().into(), literals })
+    }
+
+    /// Where the template's own literals are (byte ranges of its text).
+    pub fn spans(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.literals.iter().map(|l| (l.start, l.end))
+    }
+
+    /// [`Self::match_cstr`], also giving where each literal of the matched
+    /// text is (byte ranges, numbered as the analysis numbers literals).
+    pub fn match_cstr_spans(&self, at: &[u8], spans: &mut Vec<(usize, usize)>) -> Option<usize> {
+        spans.clear();
+        self.matching(at, |start, end| spans.push((start, end)))
     }
 
     /// When `at` starts with a text that has the template's normalised key
@@ -41,6 +62,10 @@ impl Template {
     /// UTF-8: the bytes outside the holes are the template's, and the
     /// literals in them are checked.
     pub fn match_cstr(&self, at: &[u8]) -> Option<usize> {
+        self.matching(at, |_, _| {})
+    }
+
+    fn matching(&self, at: &[u8], mut on_literal: impl FnMut(usize, usize)) -> Option<usize> {
         let old = &self.text[..];
         let (mut o, mut n) = (0, 0);
         for literal in &self.literals {
@@ -49,7 +74,9 @@ impl Template {
                 return None;
             }
             n += fixed.len();
+            let start = n;
             n = literal_end(at, n, literal.placeholder)?;
+            on_literal(start, n);
             o = literal.end;
         }
         let rest = &old[o..];
@@ -124,6 +151,17 @@ mod tests {
         }
         assert!(Template::new("SELECT 1 -- c").is_none(), "comments are not handled");
         assert!(Template::new("SELECT a FROM t").is_none(), "no literal");
+    }
+
+    #[test]
+    fn spans_of_a_matched_text_are_its_literals() {
+        let t = Template::new("SELECT * FROM t WHERE id = 48213 AND s = 'it''s'").unwrap();
+        let text = "SELECT * FROM t WHERE id = 7 AND s = 'x'\0";
+        let mut spans = Vec::new();
+        assert_eq!(t.match_cstr_spans(text.as_bytes(), &mut spans), Some(text.len() - 1));
+        let got: Vec<&str> = spans.iter().map(|&(a, b)| &text[a..b]).collect();
+        assert_eq!(got, ["7", "'x'"]);
+        assert_eq!(t.spans().count(), 2);
     }
 
     #[test]

@@ -37,15 +37,55 @@ pub fn literal_values(sql: &str) -> Vec<Option<Literal>> {
     out
 }
 
+/// `literal_values(sql).get(index)`, without decoding the other literals:
+/// the point-query path reads one key per execution. The whole text is
+/// still lexed, so a text that does not tokenize gives `None` here too.
+pub fn literal_value_at(sql: &str, index: usize) -> Option<Literal> {
+    let mut found = None;
+    let mut n = 0;
+    for token in Lexer::new(sql) {
+        let Ok((tok, start, end)) = token else {
+            return None;
+        };
+        if !matches!(tok, Tok::Str | Tok::BitStr | Tok::Int | Tok::Num) {
+            continue;
+        }
+        if n == index {
+            let text = &sql[start..end];
+            found = match tok {
+                Tok::Str => decode_string(text).map(|text| Literal { text, numeric: false }),
+                Tok::Int | Tok::Num => decode_number(text).map(|text| Literal { text, numeric: true }),
+                _ => None,
+            };
+        }
+        n += 1;
+    }
+    found
+}
+
+/// The value of one literal token (its text as written), as
+/// [`literal_values`] reads it: a string or a number.
+pub fn literal_of_token(token: &str) -> Option<Literal> {
+    match token.as_bytes().first()? {
+        b'0'..=b'9' | b'.' => decode_number(token).map(|text| Literal { text, numeric: true }),
+        _ => decode_string(token).map(|text| Literal { text, numeric: false }),
+    }
+}
+
 /// Byte offsets where each literal starts, numbered as [`literal_values`].
 pub(crate) fn literal_starts(sql: &str) -> Vec<usize> {
+    literal_spans(sql).into_iter().map(|(start, _)| start).collect()
+}
+
+/// Byte ranges of the literal tokens, numbered as [`literal_values`].
+pub(crate) fn literal_spans(sql: &str) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     for token in Lexer::new(sql) {
-        let Ok((tok, start, _)) = token else {
+        let Ok((tok, start, end)) = token else {
             return Vec::new();
         };
         if matches!(tok, Tok::Str | Tok::BitStr | Tok::Int | Tok::Num) {
-            out.push(start);
+            out.push((start, end));
         }
     }
     out
@@ -174,5 +214,33 @@ mod tests {
         assert_eq!(values("SELECT a FROM t WHERE id = $1 -- 'not a literal'"), vec![]);
         assert_eq!(values("SELECT E'\\x41\\101\\u00e9'"), vec![s("AAé")]);
         assert_eq!(literal_starts("SELECT 'a', 5"), vec![7, 12]);
+    }
+
+    fn token_texts(sql: &str) -> Vec<String> {
+        Lexer::new(sql)
+            .map_while(Result::ok)
+            .filter(|(tok, _, _)| matches!(tok, Tok::Str | Tok::BitStr | Tok::Int | Tok::Num))
+            .map(|(_, a, b)| sql[a..b].to_string())
+            .collect()
+    }
+
+    #[test]
+    fn one_literal_read_alone_is_the_same_as_all_of_them() {
+        for sql in [
+            "SELECT 'it''s', E'a\\nb', $$x'y$$, 42, 1_000, 0x1F, 1.5e3, B'101', U&'d\\0061'",
+            "SELECT a FROM t WHERE id = $1 AND b = 'x' -- 'not a literal'",
+            "SELECT 'unterminated",
+            "",
+        ] {
+            let all = literal_values(sql);
+            for i in 0..all.len() + 2 {
+                assert_eq!(literal_value_at(sql, i), all.get(i).cloned().flatten(), "{sql} #{i}");
+            }
+            for (token, want) in token_texts(sql).into_iter().zip(all) {
+                if !token.starts_with(['b', 'B', 'x', 'X']) {
+                    assert_eq!(literal_of_token(&token), want, "{token}");
+                }
+            }
+        }
     }
 }

@@ -17,11 +17,11 @@ mod value;
 
 pub use insert_split::{split_insert, InsertPart, InsertTemplate, Unsupported};
 pub use keys::{Column, Cond, Filter, InsertRows, Relation, Scope, StatementKeys, ValueRef};
-pub use literals::{literal_values, Literal};
+pub use literals::{literal_of_token, literal_value_at, literal_values, Literal};
 pub use placement::{Mapping, Placement};
 pub use value::{
     oid_type, parse_binary, parse_binary_array, parse_text, parse_text_array, type_name, KeyError, KeyType, KeyValue,
 };
 
 pub(crate) use keys::statement_keys;
-pub(crate) use literals::literal_starts;
+pub(crate) use literals::{literal_spans, literal_starts};

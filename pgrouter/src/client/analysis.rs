@@ -48,11 +48,12 @@ impl Session {
     /// The analysis of a template the text at the start of `at` fits.
     fn templated_analysis(&self, at: &[u8]) -> Option<Arc<Analysis>> {
         let mut memo = self.memo.borrow_mut();
-        let (len, analysis) = memo
-            .templates
-            .iter()
-            .find_map(|(t, analysis)| Some((t.match_cstr(at)?, analysis.clone())))?;
+        let mut spans = memo.literal_spans.take().unwrap_or_default();
+        let (len, analysis) = memo.templates.iter().find_map(|(t, analysis)| {
+            Some((t.match_cstr_spans(at, &mut spans)?, analysis.clone()))
+        })?;
         memo.remember(&at[..len], &analysis, self.message_seq.get());
+        memo.literal_spans = Some(spans);
         self.rt.cache.note_hit();
         Some(analysis)
     }
@@ -61,10 +62,10 @@ impl Session {
     fn analyze_anew(&self, sql: &str) -> Arc<Analysis> {
         let mut memo = self.memo.borrow_mut();
         let analysis = self.rt.cache.analyze_preferring(sql, &mut memo.order);
+        memo.remember(sql.as_bytes(), &analysis, self.message_seq.get());
         if memo.order == Lookup::NormalizedFirst {
             memo.add_template(sql, &analysis);
         }
-        memo.remember(sql.as_bytes(), &analysis, self.message_seq.get());
         analysis
     }
 

@@ -33,6 +33,9 @@ pub(super) struct AnalysisMemo {
     /// next one replaced is `next_template`.
     pub(super) templates: Vec<(Template, Arc<Analysis>)>,
     next_template: usize,
+    /// Where the literals of `text` are, when a template gave them (the
+    /// shard planner reads a key literal there instead of lexing the text).
+    pub(super) literal_spans: Option<Vec<(usize, usize)>>,
 }
 
 impl AnalysisMemo {
@@ -49,6 +52,18 @@ impl AnalysisMemo {
         self.text.extend_from_slice(text);
         self.analysis = Some(analysis.clone());
         self.counted_for = message;
+        self.literal_spans = None;
+    }
+
+    /// The `index`-th literal token of `sql`, when `sql` is the remembered
+    /// text and a template gave its literals' places. `None`: not known
+    /// here (lex the text).
+    pub(super) fn literal_token<'s>(&self, sql: &'s str, index: usize) -> Option<Option<&'s str>> {
+        let spans = self.literal_spans.as_ref()?;
+        if self.text != sql.as_bytes() {
+            return None;
+        }
+        Some(spans.get(index).and_then(|&(a, b)| sql.get(a..b)))
     }
 
     /// Keeps a template of `sql`, whose analysis came from its normalized key.
@@ -59,6 +74,9 @@ impl AnalysisMemo {
         let Some(template) = Template::new(sql) else {
             return;
         };
+        if self.text == sql.as_bytes() {
+            self.literal_spans = Some(template.spans().collect());
+        }
         if self.templates.len() < TEMPLATES {
             self.templates.push((template, analysis.clone()));
         } else {

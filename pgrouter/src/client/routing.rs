@@ -9,7 +9,8 @@ use pgrouter_config::PoolMode;
 use pgrouter_parser::{Analysis, StatementKind};
 
 use super::session::Session;
-use crate::protocol::frontend::{parse_bind_names, parse_parse};
+use super::shard_routing::UnnamedText;
+use crate::protocol::frontend::parse_bind_names;
 use crate::protocol::next_frame;
 use crate::router::{self, Refusal, Role, Route, SessionRouting, ShardChoice};
 
@@ -91,7 +92,7 @@ impl Session {
         let mut route: Option<Route> = None;
         let mut unnamed = self.unnamed.clone();
         let mut keyed = KeyedShard::default();
-        let mut unnamed_parse: Option<(&str, Vec<i32>)> = None;
+        let mut unnamed_parse = UnnamedText::None;
         let mut at = 0;
         while let Ok(Some(frame)) = next_frame(self.cbuf.get(at..).unwrap_or(&[]), self.max_message)
         {
@@ -108,11 +109,8 @@ impl Session {
                     .inspect(|a| {
                         if body.first() == Some(&0) {
                             unnamed = Some(a.clone()); // the unnamed statement
-                                                       // Its text and types, for the Bind's keys (sharded databases only).
-                            if self.rt.shard_maps.get(&self.database).is_some() {
-                                unnamed_parse =
-                                    parse_parse(body).ok().map(|p| (p.sql, p.param_types));
-                            }
+                            // Its text and types, for the Bind's keys (read if needed).
+                            unnamed_parse = UnnamedText::parse(body);
                         }
                     })
                     .map(Ok),

@@ -5,7 +5,7 @@
 //! key needs another shard is refused (0A000) rather than run where its
 //! rows are not.
 
-use std::cell::RefCell;
+use std::cell::{OnceCell, RefCell};
 use std::sync::Arc;
 
 use pgrouter_config::PoolMode;
@@ -14,7 +14,9 @@ use pgrouter_parser::{Analysis, StatementKind};
 use super::session::Session;
 use crate::protocol::frontend::{parse_bind_names, parse_parse, parse_query, BindNames};
 use crate::protocol::next_frame;
-use crate::router::{self, BindParams, Refusal, ShardChoice, Values};
+use crate::router::{
+    self, BindParams, PointPlan, PointValues, Refusal, ShardChoice, ShardMap, Values,
+};
 
 type Planned = Result<Option<ShardChoice>, Refusal>;
 
@@ -24,7 +26,52 @@ type Planned = Result<Option<ShardChoice>, Refusal>;
 /// analysis, the shard map, the session's `pgrouter.sharding_key` and the
 /// values, so equal inputs (a byte compare) reuse the plan exactly.
 #[derive(Default)]
-pub(super) struct PlanMemo(RefCell<Option<Memoized>>);
+pub(super) struct PlanMemo {
+    last: RefCell<Option<Memoized>>,
+    points: PointPlans,
+}
+
+/// Point plans ([`router::PointPlan`]) of the statements this session ran
+/// lately, by analysis and shard map (both kept alive, so identity is
+/// exact); `None` for a statement that is not a point statement.
+#[derive(Default)]
+struct PointPlans(RefCell<Vec<PointEntry>>);
+
+struct PointEntry {
+    analysis: Arc<Analysis>,
+    map: Arc<ShardMap>,
+    plan: Option<Arc<PointPlan>>,
+}
+
+/// How many statements' point plans a session keeps: a loop of a few
+/// statements hits; a session of many distinct ones replaces round-robin.
+const POINT_PLANS: usize = 16;
+
+impl PointPlans {
+    fn get(&self, analysis: &Arc<Analysis>, map: &Arc<ShardMap>) -> Option<Arc<PointPlan>> {
+        let mut entries = self.0.borrow_mut();
+        if let Some(e) = entries
+            .iter()
+            .find(|e| Arc::ptr_eq(&e.analysis, analysis) && Arc::ptr_eq(&e.map, map))
+        {
+            return e.plan.clone();
+        }
+        let plan = router::compile_point(analysis, map).map(Arc::new);
+        let entry = PointEntry {
+            analysis: analysis.clone(),
+            map: map.clone(),
+            plan: plan.clone(),
+        };
+        if entries.len() < POINT_PLANS {
+            entries.push(entry);
+        } else {
+            // Round-robin: the slot after the newest (kept first).
+            entries.rotate_right(1);
+            entries[0] = entry;
+        }
+        plan
+    }
+}
 
 struct Memoized {
     // Kept alive (not just their addresses), so identity is exact.
@@ -66,14 +113,40 @@ struct PlanInputs<'a> {
     bind: &'a [u8],
 }
 
+/// The unnamed statement's text and declared types for a Bind's keys: a
+/// Parse body read only if the key needs them (a literal key, a binary
+/// parameter), or a text already read.
+pub(super) enum UnnamedText<'a> {
+    None,
+    Parse(&'a [u8], OnceCell<Option<(&'a str, Vec<i32>)>>),
+    Read(&'a str, &'a [i32]),
+}
+
+impl<'a> UnnamedText<'a> {
+    pub(super) fn parse(body: &'a [u8]) -> UnnamedText<'a> {
+        UnnamedText::Parse(body, OnceCell::new())
+    }
+
+    fn get(&self) -> Option<(&str, &[i32])> {
+        match self {
+            UnnamedText::None => None,
+            UnnamedText::Read(sql, types) => Some((sql, types)),
+            UnnamedText::Parse(body, parsed) => parsed
+                .get_or_init(|| parse_parse(body).ok().map(|p| (p.sql, p.param_types)))
+                .as_ref()
+                .map(|(sql, types)| (*sql, types.as_slice())),
+        }
+    }
+}
+
 impl PlanMemo {
     /// The plan for `inputs`: the remembered one when they are the same.
     fn plan(&self, inputs: PlanInputs, plan: impl FnOnce() -> Planned) -> Planned {
-        if let Some(m) = self.0.borrow().as_ref().filter(|m| m.matches(&inputs)) {
+        if let Some(m) = self.last.borrow().as_ref().filter(|m| m.matches(&inputs)) {
             return m.planned.clone();
         }
         let planned = plan();
-        let mut slot = self.0.borrow_mut();
+        let mut slot = self.last.borrow_mut();
         let m = slot.get_or_insert_with(|| Memoized {
             analysis: inputs.analysis.clone(),
             map: inputs.map.clone(),
@@ -140,6 +213,11 @@ impl Session {
             });
         }
         let key = self.sharding_key(analysis);
+        let known = |index| self.memo.borrow().literal_token(sql, index);
+        let text = PointValues::Text { sql, known: &known };
+        if let Some(shard) = self.point_shard(analysis, map, key, explain, &text) {
+            return Ok(Some(ShardChoice::one(shard, String::new())));
+        }
         let inputs = PlanInputs {
             analysis,
             map,
@@ -161,7 +239,7 @@ impl Session {
         &self,
         analysis: &Arc<Analysis>,
         bind: &BindNames,
-        unnamed: &Option<(&str, Vec<i32>)>,
+        unnamed: &UnnamedText,
     ) -> Planned {
         self.plan_bind_as(analysis, bind, unnamed, false)
     }
@@ -171,7 +249,7 @@ impl Session {
         &self,
         analysis: &Arc<Analysis>,
         bind: &BindNames,
-        unnamed: &Option<(&str, Vec<i32>)>,
+        unnamed: &UnnamedText,
         explain: bool,
     ) -> Planned {
         let Some(map) = self.rt.shard_maps.get(&self.database) else {
@@ -180,18 +258,27 @@ impl Session {
         if self.shard_hinted(analysis) {
             return Ok(None);
         }
+        let statement = || -> (&str, &[i32]) {
+            let named = (!bind.statement.is_empty())
+                .then(|| self.statements.get(bind.statement))
+                .flatten();
+            match named {
+                Some(s) => (&s.sql, &s.param_types),
+                None => unnamed.get().unwrap_or(("", &[])),
+            }
+        };
+        let key = self.sharding_key(analysis);
+        let point = PointValues::Bind {
+            rest: bind.rest,
+            statement: &statement,
+        };
+        if let Some(shard) = self.point_shard(analysis, map, key, explain, &point) {
+            return Ok(Some(ShardChoice::one(shard, String::new())));
+        }
         let Some(params) = BindParams::parse(bind.rest) else {
             return Ok(None); // malformed: the server reports it
         };
-        let named = (!bind.statement.is_empty())
-            .then(|| self.statements.get(bind.statement))
-            .flatten();
-        let (sql, types): (&str, &[i32]) = match (named, unnamed) {
-            (Some(s), _) => (&s.sql, &s.param_types),
-            (None, Some((sql, types))) => (sql, types),
-            (None, None) => ("", &[]),
-        };
-        let key = self.sharding_key(analysis);
+        let (sql, types) = statement();
         let inputs = PlanInputs {
             analysis,
             map,
@@ -212,9 +299,25 @@ impl Session {
         })
     }
 
+    /// The shard of a point statement's key value (see
+    /// [`router::PointPlan`]); `None`: the general planner decides.
+    fn point_shard(
+        &self,
+        analysis: &Arc<Analysis>,
+        map: &Arc<ShardMap>,
+        sharding_key: Option<&str>,
+        explain: bool,
+        values: &PointValues,
+    ) -> Option<usize> {
+        if explain || sharding_key.is_some() {
+            return None;
+        }
+        self.plan_memo.points.get(analysis, map)?.shard(values)
+    }
+
     /// A hint comment or `SET pgrouter.shard` overrides the keys.
     fn shard_hinted(&self, analysis: &Analysis) -> bool {
-        analysis.hint.shard.is_some() || self.params.get("pgrouter.shard").is_some()
+        analysis.hint.shard.is_some() || self.session_routing().has_shard_setting
     }
 
     /// `SET pgrouter.sharding_key`, for statements other than the router's
@@ -309,8 +412,7 @@ impl Session {
             }
             b'P' if body.first() == Some(&0) => {
                 let analysis = self.analyze_parse(body).ok()?;
-                let p = parse_parse(body).ok()?;
-                let unnamed = Some((p.sql, p.param_types));
+                let unnamed = UnnamedText::parse(body);
                 let mut at = len;
                 loop {
                     let frame = next_frame(self.cbuf.get(at..)?, self.max_message).ok()??;
@@ -335,11 +437,9 @@ impl Session {
                 // The unnamed statement's text and types, as routing saw
                 // them (so its plan is reused).
                 let unnamed = if b.statement.is_empty() {
-                    parse_parse(self.unnamed_parse.get(5..).unwrap_or(&[]))
-                        .ok()
-                        .map(|p| (p.sql, p.param_types))
+                    UnnamedText::parse(self.unnamed_parse.get(5..).unwrap_or(&[]))
                 } else {
-                    None
+                    UnnamedText::None
                 };
                 match self.plan_bind_as(&analysis, &b, &unnamed, explain) {
                     // The unnamed statement's text was checked with its Parse

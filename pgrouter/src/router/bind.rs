@@ -37,6 +37,41 @@ impl<'a> BindParams<'a> {
         Some(BindParams { formats, values })
     }
 
+    /// [`Self::get`] straight from the Bind's bytes, without collecting
+    /// the other parameters (the point-query path reads one key).
+    pub fn value_at(rest: &'a [u8], number: usize) -> Option<(i16, Option<&'a [u8]>)> {
+        let i = number.checked_sub(1)?;
+        let i16_at = |at: usize| rest.get(at..at + 2).map(|b| i16::from_be_bytes([b[0], b[1]]));
+        let nformats = i16_at(0)?.max(0) as usize;
+        let format = match nformats {
+            0 => 0,
+            1 => i16_at(2)?,
+            _ if i < nformats => i16_at(2 + 2 * i)?,
+            _ => return None,
+        };
+        let mut at = 2 + 2 * nformats;
+        let nvalues = i16_at(at)?.max(0) as usize;
+        at += 2;
+        let mut value = None;
+        for k in 0..nvalues {
+            let len = rest.get(at..at + 4)?;
+            let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+            at += 4;
+            let this = if len < 0 {
+                None
+            } else {
+                let end = at.checked_add(len as usize)?;
+                let bytes = rest.get(at..end)?;
+                at = end;
+                Some(bytes)
+            };
+            if k == i {
+                value = Some(this);
+            }
+        }
+        value.map(|v| (format, v))
+    }
+
     /// Parameter `$number` (1-based): its format code (0 text, 1 binary)
     /// and its bytes (None for NULL); None when the Bind has no such parameter.
     pub fn get(&self, number: usize) -> Option<(i16, Option<&'a [u8]>)> {
@@ -71,5 +106,12 @@ mod tests {
         assert_eq!(p.get(3), None);
         assert_eq!(p.get(0), None);
         assert!(BindParams::parse(&b[..7]).is_none());
+        // One value read alone is what the whole parse gives, truncated too.
+        for cut in 0..=b.len() {
+            for number in 0..4 {
+                let whole = BindParams::parse(&b[..cut]).and_then(|p| p.get(number));
+                assert_eq!(BindParams::value_at(&b[..cut], number), whole, "cut {cut} ${number}");
+            }
+        }
     }
 }

@@ -8,6 +8,7 @@ mod policy;
 mod rebind;
 mod shard_map;
 mod shard_plan;
+mod shard_point;
 mod shard_values;
 
 pub use bind::BindParams;
@@ -15,6 +16,7 @@ pub use insert_rows::insert_row_shards;
 pub use policy::{JwtIdentity, Policy, Refusal};
 pub use rebind::{part_types, rebind};
 pub use shard_map::{ShardMap, ShardMaps};
+pub use shard_point::{compile as compile_point, PointPlan, PointValues};
 pub use shard_plan::{plan as plan_shard, Many, ManyKind, ShardChoice, Values, UNREADABLE_LITERAL};
 
 use pgrouter_parser::{Analysis, ResetTarget, RoleHint, StatementKind, TxEffect};
@@ -43,6 +45,9 @@ pub struct SessionRouting {
     pub default_read_only: bool,
     /// `SET pgrouter.sharding_key` is in force (its value is read only then).
     pub has_sharding_key: bool,
+    /// `SET pgrouter.shard` is in force, whatever its value (a value that
+    /// names no shard still overrides the keys, and is refused later).
+    pub has_shard_setting: bool,
 }
 
 impl SessionRouting {
@@ -61,6 +66,7 @@ impl SessionRouting {
             shard_override,
             default_read_only,
             has_sharding_key: get("pgrouter.sharding_key").is_some(),
+            has_shard_setting: get("pgrouter.shard").is_some(),
         }
     }
 }

@@ -18,7 +18,7 @@ fn placement() -> Arc<Placement> {
     })
 }
 
-fn map() -> ShardMap {
+pub(super) fn map() -> ShardMap {
     let p = placement();
     let table = |name: &str, column: &str| ShardedTable {
         schema: None,
@@ -224,7 +224,7 @@ fn literal_variants_share_the_analysis_but_not_the_shard() {
     assert_eq!(cache.misses(), 1, "one analysis for every literal variant");
 }
 
-fn bind(values: &[Option<&[u8]>], format: i16) -> Vec<u8> {
+pub(super) fn bind(values: &[Option<&[u8]>], format: i16) -> Vec<u8> {
     let mut b = Vec::new();
     b.extend_from_slice(&1i16.to_be_bytes());
     b.extend_from_slice(&format.to_be_bytes());

@@ -62,10 +62,7 @@ pub(super) fn param_values(
         return Ok(vec![KeyValue::Null]);
     };
     if format == 0 {
-        let text = std::str::from_utf8(bytes).map_err(|_| Refusal {
-            sqlstate: "22021",
-            message: "pgrouter: invalid UTF-8 in a parameter".into(),
-        })?;
+        let text = std::str::from_utf8(bytes).map_err(|_| invalid_utf8())?;
         return if array {
             parse_text_array(ty, text).map_err(key_error)
         } else {
@@ -75,7 +72,38 @@ pub(super) fn param_values(
     if array {
         return parse_binary_array(ty, bytes).map_err(key_error);
     }
-    let declared = param_types.get(number - 1).copied().unwrap_or(0) as u32;
+    let declared = param_types.get(number - 1).copied().unwrap_or(0);
+    binary_param_value(bytes, declared, number, cast, ty).map(|v| vec![v])
+}
+
+/// One parameter's value for the key, as [`param_values`] reads a
+/// non-array one: `declared` is the Parse's type for it (0: none).
+pub(super) fn param_value(
+    format: i16,
+    bytes: Option<&[u8]>,
+    declared: i32,
+    number: usize,
+    cast: Option<KeyType>,
+    ty: KeyType,
+) -> Result<KeyValue, Refusal> {
+    let Some(bytes) = bytes else {
+        return Ok(KeyValue::Null);
+    };
+    if format == 0 {
+        let text = std::str::from_utf8(bytes).map_err(|_| invalid_utf8())?;
+        return parse_text(ty, text).map_err(key_error);
+    }
+    binary_param_value(bytes, declared, number, cast, ty)
+}
+
+fn binary_param_value(
+    bytes: &[u8],
+    declared: i32,
+    number: usize,
+    cast: Option<KeyType>,
+    ty: KeyType,
+) -> Result<KeyValue, Refusal> {
+    let declared = declared as u32;
     let sent = if declared != 0 {
         oid_type(declared).ok_or_else(|| {
             unsupported(format!(
@@ -86,7 +114,12 @@ pub(super) fn param_values(
     } else {
         cast.unwrap_or(ty)
     };
-    parse_binary(ty, sent, bytes)
-        .map(|v| vec![v])
-        .map_err(key_error)
+    parse_binary(ty, sent, bytes).map_err(key_error)
+}
+
+fn invalid_utf8() -> Refusal {
+    Refusal {
+        sqlstate: "22021",
+        message: "pgrouter: invalid UTF-8 in a parameter".into(),
+    }
 }

@@ -107,6 +107,7 @@ fn session_routing_from_params() {
             shard_override: Some(3),
             default_read_only: true,
             has_sharding_key: false,
+            has_shard_setting: true,
         }
     );
 }

@@ -16,6 +16,7 @@ use super::legs::{cancel_targets, give_back};
 use super::ShardError;
 use crate::client::error::SessionEnd;
 use crate::client::session::Session;
+use crate::client::shard_routing::UnnamedText;
 use crate::protocol::frontend::{self, parse_bind_names, parse_parse, parse_target, BindNames};
 use crate::protocol::{backend, next_frame};
 use crate::router::Role;
@@ -387,8 +388,7 @@ impl Session {
     /// (a hint, `SET pgrouter.shard`) or shard 0.
     fn step_shard(&self, b: &BindNames, sql: &str, types: &[i32]) -> Result<usize, ShardError> {
         let analysis = self.analyze(sql);
-        let unnamed = Some((sql, types.to_vec()));
-        match self.plan_bind(&analysis, b, &unnamed) {
+        match self.plan_bind(&analysis, b, &UnnamedText::Read(sql, types)) {
             Ok(Some(choice)) if choice.many.is_none() => Ok(choice.shard),
             Ok(Some(choice)) => Err(ShardError::router(
                 "0A000",
