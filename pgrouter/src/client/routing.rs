@@ -109,7 +109,7 @@ impl Session {
                     .inspect(|a| {
                         if body.first() == Some(&0) {
                             unnamed = Some(a.clone()); // the unnamed statement
-                            // Its text and types, for the Bind's keys (read if needed).
+                                                       // Its text and types, for the Bind's keys (read if needed).
                             unnamed_parse = UnnamedText::parse(body);
                         }
                     })

@@ -41,7 +41,10 @@ impl<'a> BindParams<'a> {
     /// the other parameters (the point-query path reads one key).
     pub fn value_at(rest: &'a [u8], number: usize) -> Option<(i16, Option<&'a [u8]>)> {
         let i = number.checked_sub(1)?;
-        let i16_at = |at: usize| rest.get(at..at + 2).map(|b| i16::from_be_bytes([b[0], b[1]]));
+        let i16_at = |at: usize| {
+            rest.get(at..at + 2)
+                .map(|b| i16::from_be_bytes([b[0], b[1]]))
+        };
         let nformats = i16_at(0)?.max(0) as usize;
         let format = match nformats {
             0 => 0,
@@ -110,7 +113,11 @@ mod tests {
         for cut in 0..=b.len() {
             for number in 0..4 {
                 let whole = BindParams::parse(&b[..cut]).and_then(|p| p.get(number));
-                assert_eq!(BindParams::value_at(&b[..cut], number), whole, "cut {cut} ${number}");
+                assert_eq!(
+                    BindParams::value_at(&b[..cut], number),
+                    whole,
+                    "cut {cut} ${number}"
+                );
             }
         }
     }

@@ -19,7 +19,8 @@
 use std::sync::Arc;
 
 use pgrouter_parser::shard::{
-    literal_of_token, literal_value_at, Column, Cond, Filter, Placement, Relation, Scope, StatementKeys, ValueRef,
+    literal_of_token, literal_value_at, parse_text, Column, Cond, Filter, Placement, Relation,
+    Scope, StatementKeys, ValueRef,
 };
 use pgrouter_parser::{Analysis, StatementKind};
 
@@ -68,11 +69,19 @@ impl PointPlan {
         let ty = self.placement.key_type;
         let value = match (self.value, values) {
             (KeyAt::Literal { index, negate }, PointValues::Text { sql, known }) => {
-                let literal = match known(index) {
-                    Some(token) => literal_of_token(token?)?,
-                    None => literal_value_at(sql, index)?,
-                };
-                literal_value(&literal, negate, ty).ok()?
+                match known(index) {
+                    // Plain digits for an integer key: what reading the
+                    // literal and then the number gives, without copies.
+                    Some(Some(token))
+                        if !negate
+                            && ty.is_integer()
+                            && token.bytes().all(|b| b.is_ascii_digit()) =>
+                    {
+                        parse_text(ty, token).ok()?
+                    }
+                    Some(token) => literal_value(&literal_of_token(token?)?, negate, ty).ok()?,
+                    None => literal_value(&literal_value_at(sql, index)?, negate, ty).ok()?,
+                }
             }
             (KeyAt::Literal { index, negate }, PointValues::Bind { statement, .. }) => {
                 let (sql, _) = statement();
@@ -218,10 +227,12 @@ impl KeyColumn<'_> {
     /// AND with exactly one such part and no other part about the key.
     fn point<'f>(&self, filter: &'f Filter) -> Option<&'f ValueRef> {
         match filter {
-            Filter::Cond(Cond::Values { column, values }) if self.names(column) => match values.as_slice() {
-                [one] => Some(one),
-                _ => None,
-            },
+            Filter::Cond(Cond::Values { column, values }) if self.names(column) => {
+                match values.as_slice() {
+                    [one] => Some(one),
+                    _ => None,
+                }
+            }
             Filter::And(parts) => {
                 let mut found = None;
                 for part in parts.iter().filter(|p| !self.inert(p)) {
@@ -241,7 +252,9 @@ impl KeyColumn<'_> {
     fn inert(&self, filter: &Filter) -> bool {
         match filter {
             Filter::Unknown | Filter::Cond(Cond::Columns(..)) => true,
-            Filter::Cond(Cond::Values { column, .. } | Cond::Array { column, .. }) => !self.names(column),
+            Filter::Cond(Cond::Values { column, .. } | Cond::Array { column, .. }) => {
+                !self.names(column)
+            }
             Filter::And(parts) | Filter::Or(parts) => parts.iter().all(|p| self.inert(p)),
         }
     }

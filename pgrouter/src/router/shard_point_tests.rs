@@ -40,7 +40,18 @@ const GENERAL: &[&str] = &[
 ];
 
 const LITERALS: &[&str] = &[
-    "1", "2", "3", "42", "-17", "'5'", "9223372036854775807", "'x'", "1.5", "'abc'", "NULL", "0x10",
+    "1",
+    "2",
+    "3",
+    "42",
+    "-17",
+    "'5'",
+    "9223372036854775807",
+    "'x'",
+    "1.5",
+    "'abc'",
+    "NULL",
+    "0x10",
     "99999999999999999999",
 ];
 
@@ -53,7 +64,11 @@ fn general(sql: &str, values: &Values) -> Result<Option<(usize, bool)>, &'static
 #[test]
 fn literals_agree_with_the_general_planner() {
     let m = map();
-    for (template, must) in POINTS.iter().map(|t| (t, true)).chain(GENERAL.iter().map(|t| (t, false))) {
+    for (template, must) in POINTS
+        .iter()
+        .map(|t| (t, true))
+        .chain(GENERAL.iter().map(|t| (t, false)))
+    {
         let compiled = compile(&analyze(&template.replace("{v}", "1"), &[]), &m);
         assert_eq!(compiled.is_some(), must, "{template}");
         for lit in LITERALS {
@@ -61,15 +76,29 @@ fn literals_agree_with_the_general_planner() {
             let Some(point) = compile(&analyze(&sql, &[]), &m) else {
                 continue;
             };
-            let lexed = point.shard(&PointValues::Text { sql: &sql, known: &|_| None });
+            let lexed = point.shard(&PointValues::Text {
+                sql: &sql,
+                known: &|_| None,
+            });
             if let Some(shard) = lexed {
-                assert_eq!(general(&sql, &Values::Text(&sql)), Ok(Some((shard, false))), "{sql}");
+                assert_eq!(
+                    general(&sql, &Values::Text(&sql)),
+                    Ok(Some((shard, false))),
+                    "{sql}"
+                );
             }
             // The same read from a template's spans of the text.
             if let Some(template) = pgrouter_parser::Template::new(&sql) {
                 let spans: Vec<(usize, usize)> = template.spans().collect();
                 let known = |i: usize| Some(spans.get(i).map(|&(a, b)| &sql[a..b]));
-                assert_eq!(point.shard(&PointValues::Text { sql: &sql, known: &known }), lexed, "{sql}");
+                assert_eq!(
+                    point.shard(&PointValues::Text {
+                        sql: &sql,
+                        known: &known
+                    }),
+                    lexed,
+                    "{sql}"
+                );
             }
         }
     }
@@ -99,15 +128,37 @@ fn parameters_agree_with_the_general_planner() {
         let Some(point) = point else { continue };
         for (format, values) in [(0, &text), (1, &binary)] {
             for v in values {
-                for types in [&[][..], &[20][..], &[23][..], &[21][..], &[25][..], &[1700][..]] {
-                    for rest in [bind(&[Some(v)], format), bind(&[None], format), bind(&[], format)] {
+                for types in [
+                    &[][..],
+                    &[20][..],
+                    &[23][..],
+                    &[21][..],
+                    &[25][..],
+                    &[1700][..],
+                ] {
+                    for rest in [
+                        bind(&[Some(v)], format),
+                        bind(&[None], format),
+                        bind(&[], format),
+                    ] {
                         let statement = || (sql.as_str(), types);
-                        let got = point.shard(&PointValues::Bind { rest: &rest, statement: &statement });
+                        let got = point.shard(&PointValues::Bind {
+                            rest: &rest,
+                            statement: &statement,
+                        });
                         let Some(shard) = got else { continue };
                         answered += 1;
                         let params = BindParams::parse(&rest).unwrap();
-                        let values = Values::Bind { sql: &sql, params: &params, param_types: types };
-                        assert_eq!(general(&sql, &values), Ok(Some((shard, false))), "{sql} {v:?} {types:?}");
+                        let values = Values::Bind {
+                            sql: &sql,
+                            params: &params,
+                            param_types: types,
+                        };
+                        assert_eq!(
+                            general(&sql, &values),
+                            Ok(Some((shard, false))),
+                            "{sql} {v:?} {types:?}"
+                        );
                     }
                 }
             }
