@@ -55,15 +55,25 @@ impl AnalysisMemo {
         self.literal_spans = None;
     }
 
-    /// The `index`-th literal token of `sql`, when `sql` is the remembered
-    /// text and a template gave its literals' places. `None`: not known
-    /// here (lex the text).
-    pub(super) fn literal_token<'s>(&self, sql: &'s str, index: usize) -> Option<Option<&'s str>> {
+    /// The `index`-th literal token of the NUL-terminated text at the
+    /// start of `cstr`, when it is the remembered text and a template gave
+    /// its literals' places. `None`: not known here (lex the text).
+    pub(super) fn literal_token<'s>(
+        &self,
+        cstr: &'s [u8],
+        index: usize,
+    ) -> Option<Option<&'s str>> {
         let spans = self.literal_spans.as_ref()?;
-        if self.text != sql.as_bytes() {
+        if !cstr.starts_with(&self.text) || cstr.get(self.text.len()) != Some(&0) {
             return None;
         }
-        Some(spans.get(index).and_then(|&(a, b)| sql.get(a..b)))
+        // The remembered text is valid UTF-8 and a token's bounds are
+        // character bounds, so this check cannot fail; it is a few bytes.
+        Some(
+            spans
+                .get(index)
+                .and_then(|&(a, b)| std::str::from_utf8(cstr.get(a..b)?).ok()),
+        )
     }
 
     /// Keeps a template of `sql`, whose analysis came from its normalized key.

@@ -134,7 +134,7 @@ impl Session {
                     Deferred::Answered | Deferred::Attached => continue,
                     Deferred::NeedMore => break,
                 }
-                let route = match self.route_arrived_batch(tag) {
+                let route = match self.route_learning_columns(tag).await {
                     None => break, // route the batch once its Sync (or Flush) is here
                     Some(Ok(Routed::One(route) | Routed::Keyed(route))) => {
                         if self.rt.shard_maps.get(&self.database).is_some() {

@@ -147,6 +147,12 @@ impl PlanMemo {
         }
         let planned = plan();
         let mut slot = self.last.borrow_mut();
+        if planned.is_err() {
+            // Refusals are rare, and some depend on what the router has
+            // learnt since (a table's columns): planned afresh each time.
+            *slot = None;
+            return planned;
+        }
         let m = slot.get_or_insert_with(|| Memoized {
             analysis: inputs.analysis.clone(),
             map: inputs.map.clone(),
@@ -195,9 +201,6 @@ impl Session {
         if self.shard_hinted(analysis) {
             return Ok(None);
         }
-        let Ok(sql) = parse_query(body) else {
-            return Ok(None);
-        };
         // `EXECUTE name(...)` of a SQL-level PREPARE: its values are in the
         // EXECUTE's text, where the prepared statement's keys are not.
         let prepared = self.query_analysis(analysis.clone());
@@ -213,11 +216,17 @@ impl Session {
             });
         }
         let key = self.sharding_key(analysis);
-        let known = |index| self.memo.borrow().literal_token(sql, index);
-        let text = PointValues::Text { sql, known: &known };
+        let known = |index| self.memo.borrow().literal_token(body, index);
+        let text = PointValues::Text {
+            sql: &|| parse_query(body).ok(),
+            known: &known,
+        };
         if let Some(shard) = self.point_shard(analysis, map, key, explain, &text) {
             return Ok(Some(ShardChoice::one(shard, String::new())));
         }
+        let Ok(sql) = parse_query(body) else {
+            return Ok(None);
+        };
         let inputs = PlanInputs {
             analysis,
             map,
@@ -346,6 +355,11 @@ impl Session {
     /// Checked at a Query, at an unnamed Parse (with the Bind that follows it
     /// in the buffer) and at a Bind.
     pub(super) fn held_shard_refusal(&self, tag: u8, len: usize) -> Option<Refusal> {
+        // Only these carry statements or their values (checked first: this
+        // runs for every client message).
+        if !matches!(tag, b'Q' | b'P' | b'B') {
+            return None;
+        }
         let held = self.server.as_ref()?;
         // Mid-batch, a Bind that cannot move the batch (something ran in it
         // already, or answers are still due) must fit the held shard too;

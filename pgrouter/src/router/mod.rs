@@ -16,7 +16,9 @@ pub use insert_rows::insert_row_shards;
 pub use policy::{JwtIdentity, Policy, Refusal};
 pub use rebind::{part_types, rebind};
 pub use shard_map::{ShardMap, ShardMaps};
-pub use shard_plan::{plan as plan_shard, Many, ManyKind, ShardChoice, Values, UNREADABLE_LITERAL};
+pub use shard_plan::{
+    plan as plan_shard, Many, ManyKind, ShardChoice, Values, COLUMNS_UNKNOWN, UNREADABLE_LITERAL,
+};
 pub use shard_point::{compile as compile_point, PointPlan, PointValues};
 
 use pgrouter_parser::{Analysis, ResetTarget, RoleHint, StatementKind, TxEffect};

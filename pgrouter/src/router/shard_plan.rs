@@ -22,6 +22,12 @@ use super::Refusal;
 
 const UNSUPPORTED: &str = "0A000";
 
+/// In the refusal of an INSERT without a column list into a sharded table
+/// whose columns the router has not learnt (yet): the session learns them
+/// from shard 0 and routes the statement again.
+pub const COLUMNS_UNKNOWN: &str =
+    "without a column list: the router cannot tell which value is the shard key";
+
 /// How the refusal starts when a key is a literal of a text the router does
 /// not have (an unnamed statement parsed in an earlier batch).
 pub const UNREADABLE_LITERAL: &str = "pgrouter: cannot read the shard key literal";
@@ -427,8 +433,7 @@ impl<'a> Planner<'a> {
                 Some(list) => list,
                 None => {
                     return Err(unsupported(format!(
-                        "pgrouter: INSERT into sharded table \"{name}\" without a column list: the router cannot \
-                         tell which value is the shard key \"{}\"; HINT: name the columns",
+                        "pgrouter: INSERT into sharded table \"{name}\" {COLUMNS_UNKNOWN} \"{}\"; HINT: name the columns",
                         table.column
                     )))
                 }

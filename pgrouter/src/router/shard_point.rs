@@ -51,7 +51,7 @@ pub enum PointValues<'a> {
     /// A simple query's text, and where its literals are when the caller
     /// knows (`known(n)`: the n-th literal token; `None`: lex the text).
     Text {
-        sql: &'a str,
+        sql: &'a dyn Fn() -> Option<&'a str>,
         known: &'a dyn Fn(usize) -> Option<Option<&'a str>>,
     },
     /// A Bind: its parameters (`rest` of the Bind body), and the statement's
@@ -80,7 +80,7 @@ impl PointPlan {
                         parse_text(ty, token).ok()?
                     }
                     Some(token) => literal_value(&literal_of_token(token?)?, negate, ty).ok()?,
-                    None => literal_value(&literal_value_at(sql, index)?, negate, ty).ok()?,
+                    None => literal_value(&literal_value_at(sql()?, index)?, negate, ty).ok()?,
                 }
             }
             (KeyAt::Literal { index, negate }, PointValues::Bind { statement, .. }) => {

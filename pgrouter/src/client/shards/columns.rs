@@ -2,48 +2,93 @@
 //! key depends on the table's column order, learnt from shard 0's catalog
 //! (every shard has the table alike) before the statement is routed.
 
+use std::sync::Arc;
+
+use pgrouter_parser::shard::Relation;
+use pgrouter_parser::{Analysis, StatementKind};
+
 use super::super::params::{quote_ident, quote_literal};
+use crate::client::routing::Routed;
 use crate::client::session::Session;
 use crate::pool::Pool;
-use crate::router::Role;
+use crate::protocol::frontend::parse_bind_names;
+use crate::protocol::next_frame;
+use crate::router::{self, Refusal, Role};
 
 impl Session {
-    /// Learns the column lists of sharded tables the next unit of work
-    /// inserts into without naming columns (a failure leaves the planner to
-    /// refuse the INSERT, asking for a column list).
+    /// Learns the column lists of sharded tables a simple Query inserts
+    /// into or copies without naming columns (a failure leaves the planner
+    /// to refuse the statement, asking for a column list). Extended-protocol
+    /// statements learn them only when the planner asks
+    /// ([`Self::route_learning_columns`]): looking at every Bind would cost
+    /// every point query a statement lookup.
     pub(in crate::client) async fn learn_insert_columns(&mut self, tag: u8, len: usize) {
-        let Some(map) = self.rt.shard_maps.get(&self.database).cloned() else {
-            return;
-        };
-        if !matches!(tag, b'Q' | b'P' | b'B') {
+        if tag != b'Q' || self.rt.shard_maps.get(&self.database).is_none() {
             return;
         }
         let Some(analysis) = self.peek_analysis(tag, len) else {
             return;
         };
-        // INSERTs without a column list, and COPY of a whole sharded table
-        // (without one, its rows follow the table's columns too).
-        let mut wanted: Vec<pgrouter_parser::shard::Relation> = analysis
-            .keys
-            .iter()
-            .filter_map(|k| k.insert.as_ref())
-            .filter(|i| i.columns.is_empty())
-            .map(|i| i.relation.clone())
-            .collect();
-        if let [s] = analysis.statements.as_slice() {
-            if matches!(s.kind, pgrouter_parser::StatementKind::Copy { .. }) {
-                for t in &analysis.tables {
-                    let (schema, name) = match t.rsplit_once('.') {
-                        Some((s, n)) => (Some(s.to_string()), n.to_string()),
-                        None => (None, t.clone()),
-                    };
-                    wanted.push(pgrouter_parser::shard::Relation {
-                        schema,
-                        name,
-                        alias: None,
-                    });
-                }
+        if !columns_wanted(&analysis).is_empty() {
+            self.learn_columns_for(&[analysis]).await;
+        }
+    }
+
+    /// [`Self::route_arrived_batch`], learning the columns of tables the
+    /// batch inserts into without a column list when the planner needs
+    /// them, and routing it again.
+    pub(in crate::client) async fn route_learning_columns(
+        &mut self,
+        tag: u8,
+    ) -> Option<Result<Routed, Refusal>> {
+        let routed = self.route_arrived_batch(tag);
+        match &routed {
+            Some(Err(r)) if r.message.contains(router::COLUMNS_UNKNOWN) => {}
+            _ => return routed,
+        }
+        let analyses = self.batch_analyses();
+        self.learn_columns_for(&analyses).await;
+        self.route_arrived_batch(tag)
+    }
+
+    /// The analyses of the statements of the batch at the front of the
+    /// buffer (up to its Sync, or its Query).
+    fn batch_analyses(&self) -> Vec<Arc<Analysis>> {
+        let mut out = Vec::new();
+        let mut unnamed = self.unnamed.clone();
+        let mut at = 0;
+        while let Ok(Some(frame)) = next_frame(self.cbuf.get(at..).unwrap_or(&[]), self.max_message)
+        {
+            let body = frame.body(&self.cbuf[at..]);
+            at += frame.total_len;
+            let analysis = match frame.tag {
+                b'Q' => self.analyze_query(body).ok(),
+                b'P' => self.analyze_parse(body).ok().inspect(|a| {
+                    if body.first() == Some(&0) {
+                        unnamed = Some(a.clone());
+                    }
+                }),
+                b'B' => parse_bind_names(body)
+                    .ok()
+                    .and_then(|b| self.statement_analysis(b.statement, &unnamed)),
+                _ => None,
+            };
+            out.extend(analysis);
+            if matches!(frame.tag, b'Q' | b'S') {
+                break;
             }
+        }
+        out
+    }
+
+    /// Learns the columns `analyses` need and the router does not know.
+    async fn learn_columns_for(&mut self, analyses: &[Arc<Analysis>]) {
+        let Some(map) = self.rt.shard_maps.get(&self.database).cloned() else {
+            return;
+        };
+        let mut wanted = Vec::new();
+        for analysis in analyses {
+            wanted.extend(columns_wanted(analysis));
         }
         for r in &wanted {
             if map.relation(r).is_none() || map.known_columns(r).is_some() {
@@ -83,4 +128,33 @@ impl Session {
             }
         }
     }
+}
+
+/// Tables whose column order decides where `analysis`'s rows go: INSERTs
+/// without a column list, and COPY of a whole table (without one, its rows
+/// follow the table's columns too).
+fn columns_wanted(analysis: &Analysis) -> Vec<Relation> {
+    let mut wanted: Vec<Relation> = analysis
+        .keys
+        .iter()
+        .filter_map(|k| k.insert.as_ref())
+        .filter(|i| i.columns.is_empty())
+        .map(|i| i.relation.clone())
+        .collect();
+    if let [s] = analysis.statements.as_slice() {
+        if matches!(s.kind, StatementKind::Copy { .. }) {
+            for t in &analysis.tables {
+                let (schema, name) = match t.rsplit_once('.') {
+                    Some((s, n)) => (Some(s.to_string()), n.to_string()),
+                    None => (None, t.clone()),
+                };
+                wanted.push(Relation {
+                    schema,
+                    name,
+                    alias: None,
+                });
+            }
+        }
+    }
+    wanted
 }

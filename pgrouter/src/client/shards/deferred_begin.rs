@@ -77,7 +77,7 @@ impl Session {
             }
         }
         let mut many = false;
-        let route = match self.route_arrived_batch(tag) {
+        let route = match self.route_learning_columns(tag).await {
             None => return Ok(Deferred::NeedMore),
             Some(Ok(Routed::One(r) | Routed::Keyed(r))) => r,
             Some(Ok(Routed::Many(r, _))) => {

@@ -62,7 +62,7 @@ impl Session {
                 return Ok(TxStep::Forward);
             }
             let held_shard = self.server.as_ref().map(|h| h.shard);
-            let moves = match self.route_arrived_batch(tag) {
+            let moves = match self.route_learning_columns(tag).await {
                 None => return Ok(TxStep::NeedMore),
                 Some(Ok(Routed::Keyed(r))) => Some(r.shard) != held_shard,
                 Some(Ok(Routed::Many(..))) => true,
@@ -99,7 +99,7 @@ impl Session {
                 return Ok(TxStep::Forward);
             }
         }
-        let Some(routed) = self.route_arrived_batch(tag) else {
+        let Some(routed) = self.route_learning_columns(tag).await else {
             return Ok(TxStep::NeedMore);
         };
         let routed = match routed {
