@@ -28,7 +28,8 @@ def router_binary() -> Path:
     """The pgrouter binary: $PGROUTER_BIN, else <target>/release/pgrouter, built if missing."""
     env_bin = os.environ.get("PGROUTER_BIN")
     if env_bin:
-        path = Path(env_bin)
+        # Absolute: routers are started from their own working directories.
+        path = Path(env_bin).resolve()
         if not path.exists():
             raise FileNotFoundError(f"PGROUTER_BIN={env_bin} does not exist")
         return path
