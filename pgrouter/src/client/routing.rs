@@ -94,10 +94,12 @@ impl Session {
         let mut keyed = KeyedShard::default();
         let mut unnamed_parse = UnnamedText::None;
         let mut at = 0;
+        let mut last_tag = 0;
         while let Ok(Some(frame)) = next_frame(self.cbuf.get(at..).unwrap_or(&[]), self.max_message)
         {
             let body = frame.body(&self.cbuf[at..]);
             at += frame.total_len;
+            last_tag = frame.tag;
             let analysis = match frame.tag {
                 b'Q' => self.analyze_query(body).ok().map(|a| {
                     keyed.add(self.plan_query(&a, body))?;
@@ -158,6 +160,9 @@ impl Session {
             shard: session.shard_override.unwrap_or(0) as usize,
             role: Role::Primary,
         });
+        // The scan saw the batch whole (up to its Sync, or the Query):
+        // every statement in it was planned, none needs another shard.
+        let whole = matches!(last_tag, b'Q' | b'S');
         match keyed.choice {
             Some(choice) if choice.many.is_some() => {
                 route.shard = choice.shard;
@@ -165,9 +170,17 @@ impl Session {
             }
             Some(choice) => {
                 route.shard = choice.shard;
+                if whole {
+                    self.vet_batch(at, route.shard);
+                }
                 (Ok(Routed::Keyed(route)), ended)
             }
-            None => (Ok(Routed::One(route)), ended),
+            None => {
+                if whole {
+                    self.vet_batch(at, route.shard);
+                }
+                (Ok(Routed::One(route)), ended)
+            }
         }
     }
 

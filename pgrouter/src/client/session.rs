@@ -176,6 +176,14 @@ pub struct Session {
     pub(super) routing_cache: std::cell::Cell<(u64, crate::router::SessionRouting)>,
     /// The last shard plan and its inputs (see `shard_routing.rs`).
     pub(super) plan_memo: super::shard_routing::PlanMemo,
+    /// Bytes of client messages read so far, the buffer's own included:
+    /// `client_bytes_in - cbuf.len()` is where in the client's stream the
+    /// front of the buffer is, however messages were taken from it. Every
+    /// read into `cbuf` adds to it (`note_client_read`).
+    pub(super) client_bytes_in: u64,
+    /// The batch the routing planned whole (see `shard_routing.rs`,
+    /// `VettedBatch`).
+    pub(super) vetted: std::cell::Cell<Option<super::shard_routing::VettedBatch>>,
 }
 
 enum Event {
@@ -202,6 +210,7 @@ impl Session {
         let millis = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
         let idle_tx_timeout = millis(g.idle_transaction_timeout_ms);
         let query_timeout = millis(g.query_timeout_ms);
+        let client_bytes_in = setup.cbuf.len() as u64;
         Session {
             client,
             cbuf: setup.cbuf,
@@ -258,6 +267,8 @@ impl Session {
             to_client: BytesMut::new(),
             routing_cache: Default::default(),
             plan_memo: Default::default(),
+            client_bytes_in,
+            vetted: Default::default(),
             memo: Default::default(),
             message_seq: Default::default(),
         }
@@ -292,7 +303,7 @@ impl Session {
             }
             match self.wait().await {
                 Event::Client(Ok(0)) => return SessionEnd::ClientGone,
-                Event::Client(Ok(_)) => {}
+                Event::Client(Ok(n)) => self.note_client_read(n),
                 Event::Client(Err(e)) => return SessionEnd::ClientIo(e),
                 Event::Server(Ok(0)) | Event::Server(Err(_)) => {
                     if let Err(end) = self.recover_server_loss().await {

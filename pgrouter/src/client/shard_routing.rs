@@ -180,7 +180,58 @@ impl PlanMemo {
     }
 }
 
+/// A batch the routing planned whole, up to and including its Sync (or a
+/// Query), and found to fit one shard: where it ends in the client's stream,
+/// that shard, and what its plans depended on. The policy guard does not
+/// plan its statements a second time as they are forwarded (an extended
+/// batch's Bind arrives "mid-batch", after its Parse went out): their plans
+/// are the routing's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct VettedBatch {
+    end: u64,
+    shard: usize,
+    params_version: u64,
+    /// The shard map's address (identity while the batch is forwarded: a
+    /// reload is taken only between units of work).
+    map: usize,
+}
+
 impl Session {
+    /// Counts bytes read into the client buffer (see `client_bytes_in`).
+    pub(super) fn note_client_read(&mut self, n: usize) {
+        self.client_bytes_in += n as u64;
+    }
+
+    /// Where the front of the client buffer is in the client's stream.
+    fn front_offset(&self) -> u64 {
+        self.client_bytes_in - self.cbuf.len() as u64
+    }
+
+    /// Remembers that the first `scanned` bytes of the buffer, a whole batch,
+    /// were planned by the routing and fit `shard`.
+    pub(super) fn vet_batch(&self, scanned: usize, shard: usize) {
+        let Some(map) = self.rt.shard_maps.get(&self.database) else {
+            return;
+        };
+        self.vetted.set(Some(VettedBatch {
+            end: self.front_offset() + scanned as u64,
+            shard,
+            params_version: self.params.version(),
+            map: Arc::as_ptr(map) as usize,
+        }));
+    }
+
+    /// Whether the unit at the front (`len` bytes) lies in the batch the
+    /// routing planned for `shard`, with nothing its plans depend on changed.
+    fn in_vetted_batch(&self, len: usize, shard: usize, map: &Arc<ShardMap>) -> bool {
+        self.vetted.get().is_some_and(|v| {
+            v.shard == shard
+                && v.map == Arc::as_ptr(map) as usize
+                && v.params_version == self.params.version()
+                && self.front_offset() + len as u64 <= v.end
+        })
+    }
+
     /// The shard a simple query's keys need (`None`: no sharded table, or
     /// a hint or `SET pgrouter.shard` decides).
     pub(super) fn plan_query(&self, analysis: &Arc<Analysis>, body: &[u8]) -> Planned {
@@ -373,7 +424,10 @@ impl Session {
         if self.in_tx && self.mode == PoolMode::Transaction && !mid_batch {
             return None;
         }
-        self.rt.shard_maps.get(&self.database)?;
+        let map = self.rt.shard_maps.get(&self.database)?;
+        if self.in_vetted_batch(len, held.shard, map) {
+            return None;
+        }
         let planned = self.held_batch_plan(tag, len, false)?;
         // The refusals name the keys: planned again, spelt out (rare).
         let reason = || {

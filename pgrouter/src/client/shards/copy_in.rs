@@ -124,15 +124,15 @@ impl Session {
             let frame = match next_frame(&self.cbuf, self.max_message)? {
                 Some(f) => f,
                 None => {
-                    if self
+                    let n = self
                         .client
                         .read_buf(&mut self.cbuf)
                         .await
-                        .map_err(SessionEnd::ClientIo)?
-                        == 0
-                    {
+                        .map_err(SessionEnd::ClientIo)?;
+                    if n == 0 {
                         return Err(SessionEnd::ClientGone);
                     }
+                    self.note_client_read(n);
                     continue;
                 }
             };
