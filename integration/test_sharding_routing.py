@@ -15,8 +15,9 @@ import uuid
 import psycopg
 import pytest
 
+from harness import wire
 from harness.clients import aconnect, connect, run_async, sqlstate
-from harness.pg import APP_DB, PgCluster
+from harness.pg import APP_DB, APP_PASSWORD, APP_USER, PgCluster
 
 PORT = "inet_server_port()"
 
@@ -398,3 +399,38 @@ def test_session_mode_stays_on_its_shard(routers, shards):
                             ).fetchone()[0] == shards[0].port
         msg = refused(conn, f"SELECT * FROM sh_orders WHERE customer_id = {b}")
         assert "this session runs on shard 0" in msg
+
+
+def test_a_bind_sent_after_its_batch_was_routed_is_checked_against_the_held_shard(srouter, shards):
+    """The routing plans the part of an extended batch that has arrived; a
+    Bind sent later in the same batch (after a Flush, once the first rows
+    are back) must fit the shard the batch already runs on — the policy
+    guard plans it then, and refuses one whose key is on another shard
+    (the batch is one implicit transaction: its first INSERT is undone).
+    A whole batch (up to its Sync) on one shard is planned once."""
+    a = next(k for k in range(1, 50) if hash_shard(shards[0], "sh_hp_int8", 3, k) == 0)
+    b = next(k for k in range(1, 50) if hash_shard(shards[0], "sh_hp_int8", 3, k) == 1)
+    insert = "INSERT INTO sh_orders (customer_id, note) VALUES ($1, 'g')"
+    conn = wire.RawConn.open(srouter.port)
+    try:
+        conn.startup(APP_USER, APP_DB, APP_PASSWORD)
+        conn.send(wire.parse_message(insert) + wire.bind_message([str(a)]) + wire.execute_message()
+                  + wire.flush_message())
+        assert [conn.read_msg().kind for _ in range(3)] == [b"1", b"2", b"C"]
+        conn.send(wire.bind_message([str(b)]) + wire.execute_message() + wire.sync_message())
+        with pytest.raises(wire.ServerError) as err:
+            conn.read_results()
+        assert err.value.sqlstate == "0A000", err.value.message
+        assert "is on shard 1" in err.value.message, err.value.message
+        # A whole batch on one shard: both rows there.
+        conn.send(wire.parse_message(insert) + wire.bind_message([str(a)]) + wire.execute_message()
+                  + wire.bind_message([str(a)]) + wire.execute_message() + wire.sync_message())
+        _, tags, _ = conn.read_results()
+        assert tags == ["INSERT 0 1", "INSERT 0 1"]
+    finally:
+        conn.close()
+    counts = []
+    for s in shards:
+        with s.connect(APP_DB) as c:
+            counts.append(c.execute("SELECT count(*) FROM sh_orders WHERE note = 'g'").fetchone()[0])
+    assert counts == [2, 0, 0], counts
