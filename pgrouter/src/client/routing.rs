@@ -110,8 +110,9 @@ impl Session {
                     .ok()
                     .inspect(|a| {
                         if body.first() == Some(&0) {
-                            unnamed = Some(a.clone()); // the unnamed statement
-                                                       // Its text and types, for the Bind's keys (read if needed).
+                            // The unnamed statement, and its text and types
+                            // for the Bind's keys (read only if needed).
+                            unnamed = Some(a.clone());
                             unnamed_parse = UnnamedText::parse(body);
                         }
                     })

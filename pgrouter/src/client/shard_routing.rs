@@ -44,7 +44,7 @@ struct PointEntry {
 }
 
 /// How many statements' point plans a session keeps: a loop of a few
-/// statements hits; a session of many distinct ones replaces round-robin.
+/// statements hits; past that, the oldest entry is replaced.
 const POINT_PLANS: usize = 16;
 
 impl PointPlans {
@@ -65,7 +65,8 @@ impl PointPlans {
         if entries.len() < POINT_PLANS {
             entries.push(entry);
         } else {
-            // Round-robin: the slot after the newest (kept first).
+            // Newest first: the oldest (last) moves to the front and is
+            // overwritten.
             entries.rotate_right(1);
             entries[0] = entry;
         }
