@@ -15,7 +15,10 @@ Comparisons:
 - `sharding` (issue 17): the point-read script of bench/sharding.py through
   the 2-shard router vs the unsharded one;
 - `ryw` (issue 19): pgbench -S through two routers with primary + replica,
-  read_your_writes off vs on.
+  read_your_writes off vs on;
+- `baseline` (issue 15): pgbench -S and TPC-B through pgrouter (one worker,
+  primary only) and through PgBouncer 1.25 (also under callgrind, same pool
+  and auth) — the user-space share of the per-transaction CPU bar.
 """
 from __future__ import annotations
 
@@ -32,7 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "integration"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench import PgRouter, app_user, parse_pgbench, router_databases  # noqa: E402
+from bench import (PgBouncer, PgRouter, app_user, parse_pgbench, pgbouncer_binary,  # noqa: E402
+                   router_databases)
 from harness.pg import APP_DB, APP_PASSWORD, APP_USER, PgCluster, as_pg_user, pg_tool  # noqa: E402
 from harness.router import router_binary  # noqa: E402
 
@@ -52,6 +56,18 @@ def wrap_in_callgrind(outdir: Path) -> None:
     os.environ["PGROUTER_BIN"] = str(wrapper)
 
 
+def wrap_pgbouncer_in_callgrind(outdir: Path) -> None:
+    """Makes PgBouncer run under callgrind too (as the postgres OS user, so
+    the dump directory is opened to it). Its `-d` fork stays under valgrind."""
+    real = pgbouncer_binary()
+    wrapper = outdir / "pgbouncer-under-callgrind"
+    wrapper.write_text(f"#!/bin/sh\nexec valgrind --tool=callgrind "
+                       f"--callgrind-out-file={outdir}/callgrind.%p.out {real} \"$@\"\n")
+    wrapper.chmod(0o755)
+    outdir.chmod(0o777)
+    os.environ["PGBOUNCER_BIN"] = str(wrapper)
+
+
 def dumped_total(outdir: Path, pid: int, label: str) -> int:
     """The instruction count of the dump named `label` of process `pid`."""
     for f in outdir.glob(f"callgrind.{pid}.out.*"):
@@ -61,23 +77,52 @@ def dumped_total(outdir: Path, pid: int, label: str) -> int:
     raise RuntimeError(f"no callgrind dump {label} of pid {pid} in {outdir}")
 
 
-def per_transaction(router: PgRouter, pgbench_args: list[str], label: str, outdir: Path) -> float:
+def run_pgbench(port: int, pgbench_args: list[str], n: int, label: str, check: bool = True) -> None:
     env = dict(os.environ, PGPASSWORD=APP_PASSWORD, PGSSLMODE="disable")
-    base = [pg_tool("pgbench"), "-n", "-c", str(CLIENTS), "-j", "2", *pgbench_args,
-            "-h", "127.0.0.1", "-p", str(router.port), "-U", APP_USER, APP_DB]
-    subprocess.run([*base[:2], "-t", "50", *base[2:]], env=env, capture_output=True, timeout=300)
+    cmd = [pg_tool("pgbench"), "-n", "-t", str(n), "-c", str(CLIENTS), "-j", "2", *pgbench_args,
+           "-h", "127.0.0.1", "-p", str(port), "-U", APP_USER, APP_DB]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    if not check:
+        return
+    _, processed, failed = parse_pgbench(out.stdout + out.stderr)
+    if out.returncode != 0 or failed or processed != n * CLIENTS:
+        raise RuntimeError(f"pgbench failed ({label}):\n{out.stdout}{out.stderr}")
+
+
+def per_transaction(router: PgRouter, pgbench_args: list[str], label: str, outdir: Path) -> float:
+    run_pgbench(router.port, pgbench_args, 50, label, check=False)
     totals = []
     for n in COUNTS:
         subprocess.run(["callgrind_control", "-z", str(router.pid())], capture_output=True, check=True)
-        out = subprocess.run([*base[:2], "-t", str(n), *base[2:]], env=env, capture_output=True,
-                             text=True, timeout=600)
-        _, processed, failed = parse_pgbench(out.stdout + out.stderr)
-        if out.returncode != 0 or failed or processed != n * CLIENTS:
-            raise RuntimeError(f"pgbench failed ({label}):\n{out.stdout}{out.stderr}")
+        run_pgbench(router.port, pgbench_args, n, label)
         subprocess.run(["callgrind_control", "-d", f"{label}-{n}", str(router.pid())],
                        capture_output=True, check=True)
         time.sleep(0.5)
         totals.append(dumped_total(outdir, router.pid(), f"{label}-{n}"))
+    return (totals[1] - totals[0]) / ((COUNTS[1] - COUNTS[0]) * CLIENTS)
+
+
+def per_transaction_restarting(start, pgbench_args: list[str], label: str, outdir: Path) -> float:
+    """Like `per_transaction`, for a proxy `callgrind_control` cannot reach
+    (PgBouncer, daemonized as another user, sleeps where vgdb cannot wake
+    it): a fresh process per count, counted whole at its exit. Its start-up,
+    logins and warm-up are the same in both and cancel out."""
+    totals = []
+    for n in COUNTS:
+        proxy = start(f"{label}-{n}")
+        try:
+            run_pgbench(proxy.port, pgbench_args, 50, label, check=False)
+            time.sleep(3)
+            run_pgbench(proxy.port, pgbench_args, n, label)
+            pid = proxy.pid()
+        finally:
+            proxy.stop()
+        final = outdir / f"callgrind.{pid}.out"
+        for _ in range(120):
+            if final.exists() and re.search(r"^totals: \d+", final.read_text(errors="replace"), re.M):
+                break
+            time.sleep(0.5)
+        totals.append(int(re.search(r"^totals: (\d+)", final.read_text(errors="replace"), re.M).group(1)))
     return (totals[1] - totals[0]) / ((COUNTS[1] - COUNTS[0]) * CLIENTS)
 
 
@@ -107,6 +152,49 @@ def compare_sharding(outdir: Path, modes: list[str]) -> list[str]:
     finally:
         for c in clusters:
             c.teardown()
+    return lines
+
+
+def compare_baseline(outdir: Path, modes: list[str]) -> list[str]:
+    cluster = PgCluster(with_replica=False, shared_buffers="256MB", max_connections=300,
+                        prefix="pgrouter-cgbase-").start()
+    lines = []
+    try:
+        p = cluster.primary
+        subprocess.run(as_pg_user([pg_tool("pgbench"), "-i", "-q", "-s", "1", "-h", str(p.sockdir),
+                                   "-p", str(p.port), "-U", APP_USER, APP_DB]),
+                       capture_output=True, cwd=cluster.tmpdir, check=True, timeout=300)
+        workdir = cluster.tmpdir / "cg"
+        workdir.mkdir()
+        workdir.chmod(0o777)
+        wrap_pgbouncer_in_callgrind(outdir)
+        router = PgRouter(workdir / "pgrouter", router_databases(cluster, False),
+                          [app_user("scram")], 20, general={"workers": 1})
+
+        def bouncer(name: str) -> PgBouncer:
+            b = PgBouncer(workdir / name, p.port, 20, "scram")
+            # Every run opens the whole pool (its janitor tops it up while
+            # the warm-up runs): a server login is a PBKDF2 of ~10 M
+            # instructions, and a run that opened a few more would count
+            # them as per-transaction work.
+            b.ini.write_text(b.ini.read_text() + "min_pool_size = 20\n")
+            b.start()
+            return b
+
+        try:
+            router.start()
+            time.sleep(2)
+            for workload, args in (("-S", ["-S"]), ("TPC-B", [])):
+                for mode in modes:
+                    a = [*args, "-M", mode]
+                    ours = per_transaction(router, a, f"base-pgrouter-{workload}-{mode}", outdir)
+                    theirs = per_transaction_restarting(bouncer, a, f"base-pgbouncer-{workload}-{mode}", outdir)
+                    lines.append(f"{workload:<5} -M {mode:<9} pgrouter {ours:8.0f}  pgbouncer "
+                                 f"{theirs:8.0f}  ratio {ours / theirs:.2f}")
+        finally:
+            router.stop()
+    finally:
+        cluster.teardown()
     return lines
 
 
@@ -144,7 +232,7 @@ def compare_ryw(outdir: Path, modes: list[str]) -> list[str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--compare", default="sharding,ryw", help="comma list from sharding,ryw")
+    ap.add_argument("--compare", default="sharding,ryw", help="comma list from sharding,ryw,baseline")
     ap.add_argument("--modes", default="simple,extended,prepared")
     args = ap.parse_args()
     modes = [m for m in args.modes.split(",") if m]
@@ -153,7 +241,8 @@ def main() -> int:
     lines = [f"user-space instructions per transaction (callgrind, pgbench -c {CLIENTS}, "
              f"-t {COUNTS[1]} minus -t {COUNTS[0]}); dumps in {outdir}"]
     for what in args.compare.split(","):
-        lines += {"sharding": compare_sharding, "ryw": compare_ryw}[what](outdir, modes)
+        lines += {"sharding": compare_sharding, "ryw": compare_ryw,
+                  "baseline": compare_baseline}[what](outdir, modes)
     print("\n".join(lines))
     return 0
 

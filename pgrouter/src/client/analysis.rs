@@ -39,19 +39,28 @@ impl Session {
         if let Some(analysis) = self.remembered_analysis(at, true) {
             return Ok(analysis);
         }
+        if let Some(analysis) = self.exact_analysis(at) {
+            return Ok(analysis);
+        }
         if let Some(analysis) = self.templated_analysis(at) {
             return Ok(analysis);
         }
         Ok(self.analyze_anew(Reader::new(at).cstr()?))
     }
 
+    /// The analysis of a text the session found by its exact key before.
+    fn exact_analysis(&self, at: &[u8]) -> Option<Arc<Analysis>> {
+        let mut memo = self.memo.borrow_mut();
+        let (len, analysis) = memo.exact_match(at)?;
+        memo.remember(&at[..len], &analysis, self.message_seq.get());
+        self.rt.cache.note_hit();
+        Some(analysis)
+    }
+
     /// The analysis of a template the text at the start of `at` fits.
     fn templated_analysis(&self, at: &[u8]) -> Option<Arc<Analysis>> {
         let mut memo = self.memo.borrow_mut();
-        let mut spans = memo.literal_spans.take().unwrap_or_default();
-        let (len, analysis) = memo.templates.iter().find_map(|(t, analysis)| {
-            Some((t.match_cstr_spans(at, &mut spans)?, analysis.clone()))
-        })?;
+        let (len, analysis, spans) = memo.template_match(at)?;
         memo.remember(&at[..len], &analysis, self.message_seq.get());
         memo.literal_spans = Some(spans);
         self.rt.cache.note_hit();
@@ -65,6 +74,8 @@ impl Session {
         memo.remember(sql.as_bytes(), &analysis, self.message_seq.get());
         if memo.order == Lookup::NormalizedFirst {
             memo.add_template(sql, &analysis);
+        } else {
+            memo.add_exact(sql, &analysis);
         }
         analysis
     }

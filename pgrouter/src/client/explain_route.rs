@@ -142,17 +142,20 @@ impl Session {
         let Some(frame) = next_frame(&self.cbuf, self.max_message)? else {
             return Ok(false);
         };
-        let p = parse_parse(frame.body(&self.cbuf))?;
-        if !p.name.is_empty() {
+        let body = frame.body(&self.cbuf);
+        // Only the unnamed statement; its text is read whole only for an
+        // EXPLAIN (ROUTE) (this runs for every Parse at a batch's start).
+        if body.first() != Some(&0) {
             return Ok(false);
         }
-        let analysis = self.analyze(p.sql);
+        let analysis = self.analyze_parse(body)?;
         let Some(writes) = analysis.explain_route else {
             return Ok(false);
         };
         if !self.is_quiet() || self.in_tx {
             return Ok(false);
         }
+        let p = parse_parse(body)?;
         let row = self.explain_route_rows(&analysis, p.sql, writes);
         let mut answer = BytesMut::new();
         let mut at = frame.total_len;
