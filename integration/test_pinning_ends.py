@@ -162,6 +162,41 @@ def test_session_authorization_pins_until_reset(router):
         assert others_can_run(router)
 
 
+def test_session_authorization_back_to_the_login_user_ends_the_pin(router):
+    """`SET SESSION AUTHORIZATION <own login user>` leaves nothing to carry:
+    the server is asked, at the transaction's end, whose session it is."""
+    with connect(router.dsn(user=SU, password=SU_PASSWORD)) as a:
+        a.execute("SET SESSION AUTHORIZATION pin_end_target")
+        assert pinned(router, SU) == "session_authorization"
+        a.execute(f"SET SESSION AUTHORIZATION {SU}")
+        assert pinned(router, SU) is None
+        assert a.execute("SELECT session_user, current_user").fetchone() == (SU, SU)
+        assert others_can_run(router)
+    # A client that is not a superuser may name itself, and only itself.
+    with connect(router.dsn()) as b:
+        b.execute(f"SET SESSION AUTHORIZATION {APP_USER}")
+        assert pinned(router) is None
+        assert others_can_run(router)
+        # Rolled back: the pin taken by the SET ends with the check too.
+        b.execute("BEGIN")
+        b.execute(f"SET SESSION AUTHORIZATION {APP_USER}")
+        b.execute("ROLLBACK")
+        assert pinned(router) is None
+
+
+def test_session_authorization_resets_the_role_it_replaces(router):
+    """PostgreSQL: SET SESSION AUTHORIZATION logically resets SET ROLE to
+    NONE. The router's record of the client's role follows, so the client's
+    next connection does not get the old role back."""
+    with connect(router.dsn(user=SU, password=SU_PASSWORD)) as a:
+        a.execute("SET ROLE pin_end_target")
+        a.execute(f"SET SESSION AUTHORIZATION {SU}")
+        assert a.execute("SELECT current_user").fetchone() == (SU,)
+        assert pinned(router, SU) is None
+        assert others_can_run(router)  # the one connection changed hands
+        assert a.execute("SELECT current_user, session_user").fetchone() == (SU, SU)
+
+
 def test_do_block_pins_until_discard_all(router):
     with connect(router.dsn()) as a:
         a.execute("DO $$BEGIN PERFORM 1; END$$")

@@ -175,10 +175,13 @@ pub(crate) fn of_statement(node: &N) -> SessionStateChange {
         N::DoStmt(_) => c.creates |= SessionState::DO_BLOCK,
         N::VariableSetStmt(v) if v.name.eq_ignore_ascii_case("session_authorization") => {
             // SET SESSION AUTHORIZATION x has a value; DEFAULT and RESET have none.
+            // x may be the login user, which leaves nothing to carry: the
+            // server is asked at the transaction's end.
             if v.args.is_empty() {
                 c.ends |= SessionState::SESSION_AUTHORIZATION;
             } else {
                 c.creates |= SessionState::SESSION_AUTHORIZATION;
+                c.may_end |= SessionState::SESSION_AUTHORIZATION;
             }
         }
         N::DiscardStmt(d) => {
@@ -319,6 +322,7 @@ mod tests {
             ("CLOSE c", SessionState::HOLD_CURSOR),
             ("SELECT pg_advisory_unlock(1)", SessionState::ADVISORY_LOCK),
             ("SELECT pg_advisory_unlock_shared(1, 2)", SessionState::ADVISORY_LOCK),
+            ("SET SESSION AUTHORIZATION alice", SessionState::SESSION_AUTHORIZATION),
         ] {
             assert_eq!(change(sql).may_end, kind, "{sql}");
         }

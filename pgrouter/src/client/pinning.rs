@@ -260,8 +260,11 @@ impl Session {
 /// What the server is asked for each kind that can be checked, one boolean
 /// column each (true: the session still holds some of it). Outside a
 /// transaction only session-level advisory locks and WITH HOLD cursors are
-/// left, so the catalogs answer exactly.
-const CHECKS: [(SessionState, &str); 4] = [
+/// left, so the catalogs answer exactly. The session is someone else's
+/// while its user is not the one that logged in (`pg_stat_activity` keeps
+/// the login user; `session_user` is a keyword, not a function a client
+/// could shadow).
+const CHECKS: [(SessionState, &str); 5] = [
     (
         SessionState::TEMP,
         "pg_catalog.pg_my_temp_schema() <> 0 AND (\
@@ -283,6 +286,11 @@ const CHECKS: [(SessionState, &str); 4] = [
     (
         SessionState::HOLD_CURSOR,
         "EXISTS (SELECT FROM pg_catalog.pg_cursors WHERE is_holdable)",
+    ),
+    (
+        SessionState::SESSION_AUTHORIZATION,
+        "session_user IS DISTINCT FROM (SELECT usename FROM pg_catalog.pg_stat_activity \
+         WHERE pid = pg_catalog.pg_backend_pid())",
     ),
 ];
 

@@ -86,7 +86,9 @@ impl Session {
                         name: "role".into(),
                         value: v.clone(),
                     },
-                    (SetKind::Role, _) => SetChange::Reset {
+                    // PostgreSQL: a new session user has no SET ROLE of
+                    // the old one (its `role` reads "none" again).
+                    (SetKind::Role | SetKind::SessionAuthorization, _) => SetChange::Reset {
                         name: "role".into(),
                     },
                     (SetKind::Default, _) | (SetKind::Value | SetKind::TimeZone, None) => {
