@@ -35,6 +35,7 @@ impl Session {
         match rt.cluster.pools_for(&self.pools_user, &self.database) {
             Some(pools) => {
                 self.pools = pools.clone();
+                self.shard_map = rt.shard_maps.get(&self.database).cloned();
                 self.rt = rt;
                 // Analyses depend on the configuration (`write_functions`).
                 self.memo.borrow_mut().clear();
@@ -137,7 +138,7 @@ impl Session {
                 let route = match self.route_learning_columns(tag).await {
                     None => break, // route the batch once its Sync (or Flush) is here
                     Some(Ok(Routed::One(route) | Routed::Keyed(route))) => {
-                        if self.rt.shard_maps.get(&self.database).is_some() {
+                        if self.shard_map.as_ref().is_some() {
                             self.state.metrics.record_shards(1);
                         }
                         route
@@ -166,7 +167,7 @@ impl Session {
                 } else {
                     self.stop_replay();
                 }
-            } else if self.in_tx && self.rt.shard_maps.get(&self.database).is_some() {
+            } else if self.in_tx && self.shard_map.as_ref().is_some() {
                 match self.step_in_sharded_tx(tag, frame.total_len).await? {
                     TxStep::Forward => {}
                     TxStep::Answered => continue,

@@ -248,7 +248,7 @@ impl Session {
     fn bind_moves_batch(&mut self) -> bool {
         if self.executed_unsynced
             || !self.expect.is_empty()
-            || self.rt.shard_maps.get(&self.database).is_none()
+            || self.shard_map.as_ref().is_none()
         {
             return false;
         }

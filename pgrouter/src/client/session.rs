@@ -184,6 +184,9 @@ pub struct Session {
     /// The batch the routing planned whole (see `shard_routing.rs`,
     /// `VettedBatch`).
     pub(super) vetted: std::cell::Cell<Option<super::shard_routing::VettedBatch>>,
+    /// The database's shard map in `rt` (None: not sharded), looked up once
+    /// per runtime instead of by name for every message.
+    pub(super) shard_map: Option<Arc<crate::router::ShardMap>>,
 }
 
 enum Event {
@@ -211,6 +214,7 @@ impl Session {
         let idle_tx_timeout = millis(g.idle_transaction_timeout_ms);
         let query_timeout = millis(g.query_timeout_ms);
         let client_bytes_in = setup.cbuf.len() as u64;
+        let shard_map = setup.rt.shard_maps.get(&setup.database).cloned();
         Session {
             client,
             cbuf: setup.cbuf,
@@ -269,6 +273,7 @@ impl Session {
             plan_memo: Default::default(),
             client_bytes_in,
             vetted: Default::default(),
+            shard_map,
             memo: Default::default(),
             message_seq: Default::default(),
         }

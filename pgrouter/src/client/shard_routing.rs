@@ -211,7 +211,7 @@ impl Session {
     /// Remembers that the first `scanned` bytes of the buffer, a whole batch,
     /// were planned by the routing and fit `shard`.
     pub(super) fn vet_batch(&self, scanned: usize, shard: usize) {
-        let Some(map) = self.rt.shard_maps.get(&self.database) else {
+        let Some(map) = self.shard_map.as_ref() else {
             return;
         };
         self.vetted.set(Some(VettedBatch {
@@ -247,7 +247,7 @@ impl Session {
         body: &[u8],
         explain: bool,
     ) -> Planned {
-        let Some(map) = self.rt.shard_maps.get(&self.database) else {
+        let Some(map) = self.shard_map.as_ref() else {
             return Ok(None);
         };
         if self.shard_hinted(analysis) {
@@ -313,7 +313,7 @@ impl Session {
         unnamed: &UnnamedText,
         explain: bool,
     ) -> Planned {
-        let Some(map) = self.rt.shard_maps.get(&self.database) else {
+        let Some(map) = self.shard_map.as_ref() else {
             return Ok(None);
         };
         if self.shard_hinted(analysis) {
@@ -425,7 +425,7 @@ impl Session {
         if self.in_tx && self.mode == PoolMode::Transaction && !mid_batch {
             return None;
         }
-        let map = self.rt.shard_maps.get(&self.database)?;
+        let map = self.shard_map.as_ref()?;
         if self.in_vetted_batch(len, held.shard, map) {
             return None;
         }

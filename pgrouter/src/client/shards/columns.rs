@@ -23,7 +23,7 @@ impl Session {
     /// ([`Self::route_learning_columns`]): looking at every Bind would cost
     /// every point query a statement lookup.
     pub(in crate::client) async fn learn_insert_columns(&mut self, tag: u8, len: usize) {
-        if tag != b'Q' || self.rt.shard_maps.get(&self.database).is_none() {
+        if tag != b'Q' || self.shard_map.as_ref().is_none() {
             return;
         }
         let Some(analysis) = self.peek_analysis(tag, len) else {
@@ -83,7 +83,7 @@ impl Session {
 
     /// Learns the columns `analyses` need and the router does not know.
     async fn learn_columns_for(&mut self, analyses: &[Arc<Analysis>]) {
-        let Some(map) = self.rt.shard_maps.get(&self.database).cloned() else {
+        let Some(map) = self.shard_map.as_ref().cloned() else {
             return;
         };
         let mut wanted = Vec::new();

@@ -46,9 +46,8 @@ impl Session {
     /// placement of its table.
     fn copy_splitter(&self, unit: &Unit) -> Result<CopySplitter, ShardError> {
         let map = self
-            .rt
-            .shard_maps
-            .get(&self.database)
+            .shard_map
+            .as_ref()
             .ok_or_else(|| ShardError::router("XX000", "pgrouter: not a sharded database"))?;
         let err =
             |e: crate::fanout::copy_options::CopyError| ShardError::router(e.sqlstate, e.message);

@@ -35,7 +35,7 @@ impl Session {
         tag: u8,
         len: usize,
     ) -> Result<Deferred, SessionEnd> {
-        if self.mode != PoolMode::Transaction || self.rt.shard_maps.get(&self.database).is_none() {
+        if self.mode != PoolMode::Transaction || self.shard_map.as_ref().is_none() {
             return Ok(Deferred::No);
         }
         let Some(begin) = self.deferred_begin.clone() else {

@@ -50,9 +50,8 @@ impl Session {
     /// Each shard's INSERT: its rows, its parameters.
     fn insert_parts(&self, unit: &Unit) -> Result<Vec<Part>, ShardError> {
         let map = self
-            .rt
-            .shard_maps
-            .get(&self.database)
+            .shard_map
+            .as_ref()
             .ok_or_else(|| ShardError::router("XX000", "pgrouter: not a sharded database"))?;
         let bind_params = unit
             .extended

@@ -90,7 +90,7 @@ impl Session {
         plan: &ReadPlan,
         legs: &mut [Leg],
     ) -> Result<MergeContext, ShardError> {
-        let map = self.rt.shard_maps.get(&self.database).cloned();
+        let map = self.shard_map.as_ref().cloned();
         let facts = map.as_ref().map(|m| m.facts()).unwrap_or_default();
         let unknown: Vec<&String> = plan
             .functions

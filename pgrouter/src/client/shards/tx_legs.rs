@@ -50,7 +50,7 @@ impl Session {
     ) -> Result<TxStep, SessionEnd> {
         if self.mode != PoolMode::Transaction
             || !matches!(tag, b'Q' | b'P' | b'B')
-            || self.rt.shard_maps.get(&self.database).is_none()
+            || self.shard_map.as_ref().is_none()
         {
             return Ok(TxStep::Forward);
         }

@@ -42,7 +42,7 @@ impl Session {
             ));
         }
         if kind == ManyKind::Ddl {
-            if let Some(map) = self.rt.shard_maps.get(&self.database) {
+            if let Some(map) = self.shard_map.as_ref() {
                 map.forget_columns();
             }
         }
@@ -337,7 +337,7 @@ impl Session {
         legs: &mut [Leg],
     ) -> Result<(), ShardError> {
         if kind == ManyKind::Ddl {
-            if let Some(map) = self.rt.shard_maps.get(&self.database) {
+            if let Some(map) = self.shard_map.as_ref() {
                 map.forget_columns();
             }
         }
