@@ -20,7 +20,8 @@ pub use keys::{Column, Cond, Filter, InsertRows, Relation, Scope, StatementKeys,
 pub use literals::{literal_of_token, literal_value_at, literal_values, Literal};
 pub use placement::{Mapping, Placement};
 pub use value::{
-    oid_type, parse_binary, parse_binary_array, parse_text, parse_text_array, type_name, KeyError, KeyType, KeyValue,
+    oid_type, parse_binary, parse_binary_array, parse_plain_digits, parse_text, parse_text_array, type_name, KeyError,
+    KeyType, KeyValue,
 };
 
 pub(crate) use keys::statement_keys;

@@ -102,6 +102,26 @@ pub fn parse_text(ty: KeyType, text: &str) -> Result<KeyValue, KeyError> {
     }
 }
 
+/// An integer key written as plain decimal digits (what a literal in a
+/// statement usually is), read without [`parse_text`]'s trimming and
+/// checks. `None` when it is not plain digits, has more than 18 of them, or
+/// is out of the type's range: [`parse_text`] then gives the value or
+/// PostgreSQL's error.
+pub fn parse_plain_digits(ty: KeyType, digits: &str) -> Option<KeyValue> {
+    let bytes = digits.as_bytes();
+    if !ty.is_integer() || bytes.is_empty() || bytes.len() > 18 {
+        return None;
+    }
+    let mut v: i64 = 0;
+    for &d in bytes {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        v = v * 10 + i64::from(d - b'0'); // at most 18 digits: no overflow
+    }
+    (v <= ty.range().1).then_some(KeyValue::Int(v))
+}
+
 /// `int2in`/`int4in`/`int8in`: optional surrounding whitespace, an optional
 /// sign, decimal digits.
 fn parse_int(ty: KeyType, text: &str) -> Result<i64, KeyError> {
@@ -309,6 +329,33 @@ pub fn type_name(name: &str) -> Option<KeyType> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_digits_read_as_parse_text_reads_them() {
+        for ty in [KeyType::Smallint, KeyType::Integer, KeyType::Bigint] {
+            for text in [
+                "0",
+                "7",
+                "00042",
+                "32767",
+                "32768",
+                "2147483647",
+                "2147483648",
+                "999999999999999999",
+                "9223372036854775807",
+            ] {
+                match parse_plain_digits(ty, text) {
+                    Some(v) => assert_eq!(Ok(v), parse_text(ty, text), "{ty:?} {text}"),
+                    // Left to parse_text: beyond 18 digits or the type's range.
+                    None => assert!(text.len() > 18 || parse_text(ty, text).is_err(), "{ty:?} {text}"),
+                }
+            }
+            for not_plain in ["", "-1", "+1", " 1", "1 ", "1.0", "1e3", "x"] {
+                assert_eq!(parse_plain_digits(ty, not_plain), None, "{not_plain:?}");
+            }
+        }
+        assert_eq!(parse_plain_digits(KeyType::Text, "1"), None);
+    }
 
     #[test]
     fn integers_as_postgresql_reads_them() {

@@ -107,7 +107,8 @@ impl AnalysisMemo {
         if self.exact.len() == TEMPLATES {
             self.exact.pop();
         }
-        self.exact.insert(0, (sql.as_bytes().into(), analysis.clone()));
+        self.exact
+            .insert(0, (sql.as_bytes().into(), analysis.clone()));
     }
 
     /// The analysis of the exact text at the start of `at` (followed by a
@@ -183,7 +184,11 @@ mod tests {
         // Nine shapes (the SELECT is the same either way; added twice here).
         assert_eq!(memo.templates.len(), 10);
         for round in 0..3 {
-            let delta = if round % 2 == 0 { -(round + 17) } else { round + 17 };
+            let delta = if round % 2 == 0 {
+                -(round + 17)
+            } else {
+                round + 17
+            };
             for sql in tpcb(delta, 1000 + round as u32) {
                 let found = memo.template_match(&cstr(&sql));
                 assert_eq!(found.map(|(len, _, _)| len), Some(sql.len()), "{sql}");
@@ -233,13 +238,22 @@ mod tests {
             memo.add_exact(&text(i), &analysis(i));
         }
         assert_eq!(memo.exact.len(), TEMPLATES);
-        assert!(memo.exact_match(&cstr(&text(0))).is_none(), "the oldest was replaced");
+        assert!(
+            memo.exact_match(&cstr(&text(0))).is_none(),
+            "the oldest was replaced"
+        );
         let (len, a) = memo.exact_match(&cstr(&text(5))).expect("kept");
         assert_eq!((len, a.statements.capacity()), (text(5).len(), 5));
-        assert_eq!(memo.exact[0].1.statements.capacity(), 5, "moved to the front");
+        assert_eq!(
+            memo.exact[0].1.statements.capacity(),
+            5,
+            "moved to the front"
+        );
         // Only the whole text followed by its NUL.
         assert!(memo.exact_match(text(5).as_bytes()).is_none());
-        assert!(memo.exact_match(&cstr(&format!("{} AND b = 1", text(5)))).is_none());
+        assert!(memo
+            .exact_match(&cstr(&format!("{} AND b = 1", text(5))))
+            .is_none());
         assert!(memo.exact_match(&cstr(&text(5)[..10])).is_none());
     }
 }

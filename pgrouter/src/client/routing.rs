@@ -246,10 +246,7 @@ impl Session {
     /// released, and the Bind starts a batch of its own on the right shard
     /// (the statement is prepared there on demand).
     fn bind_moves_batch(&mut self) -> bool {
-        if self.executed_unsynced
-            || !self.expect.is_empty()
-            || self.shard_map.as_ref().is_none()
-        {
+        if self.executed_unsynced || !self.expect.is_empty() || self.shard_map.as_ref().is_none() {
             return false;
         }
         let Some(held) = &self.server else {

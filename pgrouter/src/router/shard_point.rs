@@ -19,8 +19,8 @@
 use std::sync::Arc;
 
 use pgrouter_parser::shard::{
-    literal_of_token, literal_value_at, parse_text, Column, Cond, Filter, Placement, Relation,
-    Scope, StatementKeys, ValueRef,
+    literal_of_token, literal_value_at, parse_plain_digits, parse_text, Column, Cond, Filter,
+    Placement, Relation, Scope, StatementKeys, ValueRef,
 };
 use pgrouter_parser::{Analysis, StatementKind};
 
@@ -77,7 +77,10 @@ impl PointPlan {
                             && ty.is_integer()
                             && token.bytes().all(|b| b.is_ascii_digit()) =>
                     {
-                        parse_text(ty, token).ok()?
+                        match parse_plain_digits(ty, token) {
+                            Some(value) => value,
+                            None => parse_text(ty, token).ok()?,
+                        }
                     }
                     Some(token) => literal_value(&literal_of_token(token?)?, negate, ty).ok()?,
                     None => literal_value(&literal_value_at(sql()?, index)?, negate, ty).ok()?,

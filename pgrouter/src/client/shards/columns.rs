@@ -29,7 +29,7 @@ impl Session {
         let Some(analysis) = self.peek_analysis(tag, len) else {
             return;
         };
-        if !columns_wanted(&analysis).is_empty() {
+        if wants_columns(&analysis) {
             self.learn_columns_for(&[analysis]).await;
         }
     }
@@ -133,6 +133,19 @@ impl Session {
 /// Tables whose column order decides where `analysis`'s rows go: INSERTs
 /// without a column list, and COPY of a whole table (without one, its rows
 /// follow the table's columns too).
+/// Whether [`columns_wanted`] has any, without building the list (asked
+/// for every simple query on a sharded database).
+fn wants_columns(analysis: &Analysis) -> bool {
+    let inserts_without_columns = analysis
+        .keys
+        .iter()
+        .filter_map(|k| k.insert.as_ref())
+        .any(|i| i.columns.is_empty());
+    let copies = matches!(analysis.statements.as_slice(),
+        [s] if matches!(s.kind, StatementKind::Copy { .. }) && !analysis.tables.is_empty());
+    inserts_without_columns || copies
+}
+
 fn columns_wanted(analysis: &Analysis) -> Vec<Relation> {
     let mut wanted: Vec<Relation> = analysis
         .keys
