@@ -250,6 +250,12 @@ impl Session {
             }
             pos += frame.total_len;
         }
+        let at_boundary = self.expect.is_empty() && !self.unsynced && held.conn.tx_status == b'I';
+        if self.pins.is_pinned() && self.pins.to_check().is_empty() && at_boundary {
+            // Known before the client reads its answer: SHOW CLIENTS and
+            // the metric it may ask for next already say so.
+            self.registered.info.set_pinned(self.pins.held());
+        }
         if pos > 0 {
             let result = if verbatim {
                 use tokio::io::AsyncWriteExt;
