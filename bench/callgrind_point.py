@@ -157,15 +157,22 @@ def compare_sharding(outdir: Path, modes: list[str]) -> list[str]:
     return lines
 
 
+def pgbench_cluster(with_replica: bool, prefix: str) -> PgCluster:
+    """A started cluster with pgbench's tables (scale 1)."""
+    cluster = PgCluster(with_replica=with_replica, shared_buffers="256MB", max_connections=300,
+                        prefix=prefix).start()
+    p = cluster.primary
+    subprocess.run(as_pg_user([pg_tool("pgbench"), "-i", "-q", "-s", "1", "-h", str(p.sockdir),
+                               "-p", str(p.port), "-U", APP_USER, APP_DB]),
+                   capture_output=True, cwd=cluster.tmpdir, check=True, timeout=300)
+    return cluster
+
+
 def compare_baseline(outdir: Path, modes: list[str]) -> list[str]:
-    cluster = PgCluster(with_replica=False, shared_buffers="256MB", max_connections=300,
-                        prefix="pgrouter-cgbase-").start()
+    cluster = pgbench_cluster(False, "pgrouter-cgbase-")
     lines = []
     try:
         p = cluster.primary
-        subprocess.run(as_pg_user([pg_tool("pgbench"), "-i", "-q", "-s", "1", "-h", str(p.sockdir),
-                                   "-p", str(p.port), "-U", APP_USER, APP_DB]),
-                       capture_output=True, cwd=cluster.tmpdir, check=True, timeout=300)
         workdir = cluster.tmpdir / "cg"
         workdir.mkdir()
         workdir.chmod(0o777)
@@ -201,14 +208,9 @@ def compare_baseline(outdir: Path, modes: list[str]) -> list[str]:
 
 
 def compare_ryw(outdir: Path, modes: list[str]) -> list[str]:
-    cluster = PgCluster(with_replica=True, shared_buffers="256MB", max_connections=300,
-                        prefix="pgrouter-cgryw-").start()
+    cluster = pgbench_cluster(True, "pgrouter-cgryw-")
     lines = []
     try:
-        p = cluster.primary
-        subprocess.run(as_pg_user([pg_tool("pgbench"), "-i", "-q", "-s", "1", "-h", str(p.sockdir),
-                                   "-p", str(p.port), "-U", APP_USER, APP_DB]),
-                       capture_output=True, cwd=cluster.tmpdir, check=True, timeout=300)
         cluster.wait_replayed(60)
         workdir = cluster.tmpdir / "cg"
         workdir.mkdir()
