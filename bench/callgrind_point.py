@@ -12,7 +12,8 @@ transaction, without the logins and anything else fixed. Kernel time (most
 of a proxy's CPU, see "What limits a proxy's tps") is not counted.
 
 Comparisons:
-- `sharding` (issue 17): the point-read script of bench/sharding.py through
+- `sharding` (issue 17): the point-read (and with `--points read,write`
+  the point-write) script of bench/sharding.py through
   the 2-shard router vs the unsharded one;
 - `ryw` (issue 19): pgbench -S through two routers with primary + replica,
   read_your_writes off vs on;
@@ -128,7 +129,7 @@ def per_transaction_restarting(start, pgbench_args: list[str], label: str, outdi
     return (totals[1] - totals[0]) / ((COUNTS[1] - COUNTS[0]) * CLIENTS)
 
 
-def compare_sharding(outdir: Path, modes: list[str]) -> list[str]:
+def compare_sharding(outdir: Path, modes: list[str], point_kinds: list[str]) -> list[str]:
     clusters = [PgCluster(with_replica=False, shared_buffers="256MB", max_connections=300,
                           prefix=f"pgrouter-cg{i}-") for i in range(2)]
     lines = []
@@ -139,14 +140,15 @@ def compare_sharding(outdir: Path, modes: list[str]) -> list[str]:
                                                   rows_per_shard=0, rss_rows=0))
         workdir = clusters[0].tmpdir / "cg"
         workdir.mkdir()
-        script = workdir / "point-read.sql"
-        script.write_text(sharding.POINT_SCRIPTS["read"].format(n=100_000))
         sharded, unsharded = sharding.routers(workdir, servers, 20, "cg")
         try:
-            for mode in modes:
-                got = {name: per_transaction(r, ["-M", mode, "-f", str(script)], f"{name}-{mode}", outdir)
+            for kind, mode in ((k, m) for k in point_kinds for m in modes):
+                script = workdir / f"point-{kind}.sql"
+                script.write_text(sharding.POINT_SCRIPTS[kind].format(n=100_000))
+                got = {name: per_transaction(r, ["-M", mode, "-f", str(script)],
+                                             f"{name}-{kind}-{mode}", outdir)
                        for name, r in (("sharded", sharded), ("unsharded", unsharded))}
-                lines.append(f"point-read -M {mode:<9} sharded {got['sharded']:8.0f}  unsharded "
+                lines.append(f"point-{kind:<5} -M {mode:<9} sharded {got['sharded']:8.0f}  unsharded "
                              f"{got['unsharded']:8.0f}  ratio {got['sharded'] / got['unsharded']:.2f}")
         finally:
             sharded.stop()
@@ -238,6 +240,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--compare", default="sharding,ryw", help="comma list from sharding,ryw,baseline")
     ap.add_argument("--modes", default="simple,extended,prepared")
+    ap.add_argument("--points", default="read", help="sharding: comma list from read,write "
+                    "(bench/sharding.py's point scripts)")
     args = ap.parse_args()
     modes = [m for m in args.modes.split(",") if m]
     outdir = Path(tempfile.mkdtemp(prefix="pgrouter-callgrind-"))
@@ -245,8 +249,10 @@ def main() -> int:
     lines = [f"user-space instructions per transaction (callgrind, pgbench -c {CLIENTS}, "
              f"-t {COUNTS[1]} minus -t {COUNTS[0]}); dumps in {outdir}"]
     for what in args.compare.split(","):
-        lines += {"sharding": compare_sharding, "ryw": compare_ryw,
-                  "baseline": compare_baseline}[what](outdir, modes)
+        if what == "sharding":
+            lines += compare_sharding(outdir, modes, [k for k in args.points.split(",") if k])
+        else:
+            lines += {"ryw": compare_ryw, "baseline": compare_baseline}[what](outdir, modes)
     print("\n".join(lines))
     return 0
 
