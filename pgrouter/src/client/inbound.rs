@@ -137,6 +137,15 @@ impl Session {
                         {
                             held.record_transaction();
                         }
+                        if status == b'I'
+                            && self.pins.is_pinned()
+                            && self.pins.to_check().is_empty()
+                        {
+                            // Known before the client reads this answer:
+                            // SHOW CLIENTS and the metric it may ask for
+                            // next already say so.
+                            self.registered.info.set_pinned(self.pins.held());
+                        }
                     }
                 }
                 b'S' => {
@@ -249,12 +258,6 @@ impl Session {
                 }
             }
             pos += frame.total_len;
-        }
-        let at_boundary = self.expect.is_empty() && !self.unsynced && held.conn.tx_status == b'I';
-        if self.pins.is_pinned() && self.pins.to_check().is_empty() && at_boundary {
-            // Known before the client reads its answer: SHOW CLIENTS and
-            // the metric it may ask for next already say so.
-            self.registered.info.set_pinned(self.pins.held());
         }
         if pos > 0 {
             let result = if verbatim {

@@ -93,10 +93,7 @@ impl AnalysisMemo {
         if self.text == sql.as_bytes() {
             self.literal_spans = Some(template.spans().collect());
         }
-        if self.templates.len() == TEMPLATES {
-            self.templates.pop();
-        }
-        self.templates.insert(0, (template, analysis.clone()));
+        keep_in_front(&mut self.templates, (template, analysis.clone()));
     }
 
     /// Keeps `sql`, whose analysis came from its exact text.
@@ -104,11 +101,7 @@ impl AnalysisMemo {
         if sql.len() > TEMPLATE_TEXT_BYTES {
             return;
         }
-        if self.exact.len() == TEMPLATES {
-            self.exact.pop();
-        }
-        self.exact
-            .insert(0, (sql.as_bytes().into(), analysis.clone()));
+        keep_in_front(&mut self.exact, (sql.as_bytes().into(), analysis.clone()));
     }
 
     /// The analysis of the exact text at the start of `at` (followed by a
@@ -118,7 +111,7 @@ impl AnalysisMemo {
             .exact
             .iter()
             .position(|(text, _)| at.starts_with(text) && at.get(text.len()) == Some(&0))?;
-        self.exact[..=index].rotate_right(1);
+        move_to_front(&mut self.exact, index);
         let (text, analysis) = &self.exact[0];
         Some((text.len(), analysis.clone()))
     }
@@ -137,12 +130,26 @@ impl AnalysisMemo {
             .iter()
             .enumerate()
             .find_map(|(index, (t, _))| Some((index, t.match_cstr_spans(at, &mut spans)?)))?;
-        self.templates[..=index].rotate_right(1);
+        move_to_front(&mut self.templates, index);
         Some((len, self.templates[0].1.clone(), spans))
     }
 }
 
 pub(super) type Memo = RefCell<AnalysisMemo>;
+
+/// Adds `item` as the most recently used of at most `TEMPLATES`, dropping
+/// the one unused longest (the last).
+fn keep_in_front<T>(list: &mut Vec<T>, item: T) {
+    if list.len() == TEMPLATES {
+        list.pop();
+    }
+    list.insert(0, item);
+}
+
+/// The entry at `index` was used: it becomes the first.
+fn move_to_front<T>(list: &mut [T], index: usize) {
+    list[..=index].rotate_right(1);
+}
 
 #[cfg(test)]
 mod tests {
