@@ -152,7 +152,7 @@ impl Session {
         let Some(writes) = analysis.explain_route else {
             return Ok(false);
         };
-        if !self.is_quiet() || self.in_tx {
+        if !self.is_quiet() || self.flow.in_tx() {
             return Ok(false);
         }
         let p = parse_parse(body)?;
@@ -195,7 +195,7 @@ impl Session {
 
     fn idle_status(&self) -> u8 {
         match &self.server {
-            Some(held) if !self.in_tx => held.conn.tx_status,
+            Some(held) if !self.flow.in_tx() => held.conn.tx_status,
             Some(_) => b'T',
             None if self.deferred_begin.is_some() => b'T',
             None => b'I',

@@ -57,10 +57,10 @@ impl Session {
             // ParameterStatus the router owes the client before this message.
             let mut announce = bytes::BytesMut::new();
             match tag {
-                b'G' | b'W' if clients => self.copy_in = true,
+                b'G' | b'W' if clients => self.flow.copy_started(),
                 b'Z' => {
-                    self.copy_in = false;
                     let status = body.first().copied().unwrap_or(b'I');
+                    let whole_request = self.flow.ready_for_query(status, !self.expect.is_empty());
                     held.conn.tx_status = status;
                     if clients {
                         if let Some(started) = self.request_started.take() {
@@ -131,8 +131,7 @@ impl Session {
                             }
                         }
                     }
-                    if self.expect.is_empty() && !self.unsynced {
-                        self.in_tx = status != b'I';
+                    if whole_request {
                         if status == b'I' && self.mode == PoolMode::Transaction && !held.tx_counted
                         {
                             held.record_transaction();
@@ -227,10 +226,8 @@ impl Session {
                     // client's request back; a pipelined one (a refusal
                     // raised through the server) failed the client's batch
                     // already, and the next request must run.
-                    if verdict.guard_failed.is_some()
-                        && self.guard == super::session::GuardState::Waiting
-                    {
-                        self.guard = super::session::GuardState::Failed;
+                    if verdict.guard_failed.is_some() {
+                        self.flow.guard_refused();
                     }
                     if verdict.inject_sync {
                         frontend::sync(&mut self.to_server);
@@ -270,16 +267,8 @@ impl Session {
             held.conn.read_buf.advance(pos);
             result.map_err(SessionEnd::ClientIo)?;
         }
-        if self.wait_quiet && self.is_quiet() {
-            self.wait_quiet = false;
-            self.blocked = false;
-        }
-        if self.guard == super::session::GuardState::Waiting && self.expect.is_empty() {
-            self.guard = super::session::GuardState::Passed;
-            self.blocked = false;
-        } else if self.guard == super::session::GuardState::Failed && self.expect.is_empty() {
-            self.blocked = false;
-        }
+        let quiet = self.is_quiet();
+        self.flow.answers_relayed(!self.expect.is_empty(), quiet);
         self.flush_client().await?;
         if !self.to_server.is_empty() {
             let held = self.server.as_mut().expect("held while relaying");

@@ -74,7 +74,7 @@ impl Session {
         };
         self.cbuf.advance(len);
         let status = match &self.server {
-            Some(held) if !self.in_tx => held.conn.tx_status,
+            Some(held) if !self.flow.in_tx() => held.conn.tx_status,
             Some(_) => b'T',
             None => b'I',
         };
@@ -125,7 +125,7 @@ impl Session {
                 _ => return Ok(false),
             }
         }
-        if !self.is_quiet() || self.in_tx {
+        if !self.is_quiet() || self.flow.in_tx() {
             return Ok(false);
         }
         self.sql_prepared.clear();

@@ -8,6 +8,7 @@ mod cleanup;
 mod error;
 mod expect;
 mod explain_route;
+mod flow;
 mod inbound;
 mod io;
 mod lease;

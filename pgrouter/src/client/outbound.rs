@@ -10,6 +10,7 @@ use pgrouter_config::PoolMode;
 
 use super::error::SessionEnd;
 use super::expect::{Reply, CLOSE_COMPLETE, PARSE_COMPLETE};
+use super::flow::GuardGate;
 use super::prepared::SharedStatement;
 use super::registry::ClientState;
 use super::routing::Routed;
@@ -85,40 +86,34 @@ impl Session {
                 self.pipeline_step(crate::router::Role::Primary).await?;
                 continue;
             }
-            if self.skip_to_sync
+            if self.flow.skip_to_sync()
                 || (self.server.is_none() && matches!(tag, b'S' | b'H' | b'd' | b'c' | b'f'))
             {
                 self.cbuf.advance(frame.total_len);
                 self.answer_without_server(tag);
                 continue;
             }
-            match self.guard {
-                GuardState::Waiting => {
-                    self.blocked = true;
-                    break;
-                }
-                GuardState::Failed => {
+            match self.flow.guard_gate(tag) {
+                GuardGate::Hold => break,
+                GuardGate::Drop { answer_query } => {
                     // The role could not be set: the held request never runs.
-                    self.guard = GuardState::Idle;
                     self.cbuf.advance(frame.total_len);
-                    if tag == b'Q' {
+                    if answer_query {
                         let status = self.server.as_ref().map_or(b'I', |h| h.conn.tx_status);
                         backend::ready_for_query(&mut self.to_client, status);
-                    } else {
-                        self.skip_to_sync = true;
                     }
                     continue;
                 }
-                GuardState::Passed | GuardState::Idle => {}
+                GuardGate::Pass => {}
             }
             if let Err(refusal) = self.check_policy(tag, frame.total_len)? {
                 self.refuse(tag, frame.total_len, refusal);
                 continue;
             }
-            if self.batch_start && !self.in_tx {
+            if self.flow.batch_start() && !self.flow.in_tx() {
                 self.check_token_expiry()?;
             }
-            if (self.server.is_none() || (self.is_quiet() && !self.in_tx))
+            if (self.server.is_none() || (self.is_quiet() && !self.flow.in_tx()))
                 && self.try_answer_locally(frame.total_len)?
             {
                 continue;
@@ -160,38 +155,35 @@ impl Session {
                     continue;
                 }
                 let replayable = route.role == Role::Replica
-                    && !self.in_tx
+                    && !self.flow.in_tx()
                     && self.mode == PoolMode::Transaction;
                 if replayable {
                     self.start_replay();
                 } else {
                     self.stop_replay();
                 }
-            } else if self.in_tx && self.shard_map.as_ref().is_some() {
+            } else if self.flow.in_tx() && self.shard_map.as_ref().is_some() {
                 match self.step_in_sharded_tx(tag, frame.total_len).await? {
                     TxStep::Forward => {}
                     TxStep::Answered => continue,
                     TxStep::NeedMore => break,
                     TxStep::Wait => {
-                        self.blocked = true;
-                        self.wait_quiet = true;
+                        self.flow.wait_until_quiet();
                         break;
                     }
                 }
             } else if self.needs_other_server(tag) {
-                self.blocked = true;
+                self.flow.wait_for_release();
                 break;
             }
-            if self.guard == GuardState::Idle
+            if self.flow.guard() == GuardState::Idle
                 && self.needs_guard_round_trip(tag, frame.total_len)?
             {
                 self.inject_role_guard_synced();
                 break;
             }
-            if self.guard == GuardState::Passed {
-                self.guard = GuardState::Idle;
-            }
-            if self.resync_params && self.batch_start && !self.unsynced {
+            self.flow.guard_used();
+            if self.resync_params && self.flow.batch_start() && !self.flow.unsynced() {
                 self.resync_held_params();
             }
             // The message is read in place: the buffer is set aside while
@@ -200,7 +192,7 @@ impl Session {
             let msg = cbuf.get(..frame.total_len).unwrap_or(&[]);
             let forwarded = self.forward_message(tag, msg);
             let keep = match self.replay.as_mut() {
-                Some(replay) => !self.in_tx && replay.keep(msg),
+                Some(replay) => !self.flow.in_tx() && replay.keep(msg),
                 None => true,
             };
             self.cbuf = cbuf;
@@ -217,11 +209,11 @@ impl Session {
     /// A message that needs no server while none is held: Sync gets its
     /// ReadyForQuery from the router; Flush and stray COPY data are dropped.
     fn answer_without_server(&mut self, tag: u8) {
-        if tag == b'S' || (self.skip_to_sync && tag == b'Q') {
-            self.skip_to_sync = false;
+        if tag == b'S' || (self.flow.skip_to_sync() && tag == b'Q') {
+            self.flow.sync_answered_here();
             let status = match &self.server {
                 Some(held) if self.is_quiet() => held.conn.tx_status,
-                Some(_) if self.in_tx => b'T',
+                Some(_) if self.flow.in_tx() => b'T',
                 None if self.deferred_begin.is_some() => b'T',
                 _ => b'I',
             };
@@ -352,8 +344,7 @@ impl Session {
         }
         self.resync_params = false;
         self.unnamed_here = false;
-        self.batch_start = true;
-        self.executed_unsynced = false;
+        self.flow.attached();
         Ok(())
     }
 
@@ -363,7 +354,7 @@ impl Session {
     fn resync_held_params(&mut self) {
         self.resync_params = false;
         if self.replay_settings() {
-            if !self.in_tx {
+            if !self.flow.in_tx() {
                 self.commit_replay();
             }
             self.unnamed_here = false;
@@ -403,7 +394,7 @@ impl Session {
         if tag == b'Q' || tag == b'F' {
             backend::ready_for_query(&mut self.to_client, b'I');
         } else {
-            self.skip_to_sync = true;
+            self.flow.batch_failed();
         }
     }
 
@@ -439,11 +430,11 @@ impl Session {
         let skipping = self.expect.server_skipping();
         // Nothing of the client's is in the server's current transaction: a
         // replay the message needs can commit on its own (see `replay.rs`).
-        let boundary = !self.unsynced && !self.in_tx;
+        let boundary = self.flow.at_unit_boundary();
         match tag {
             b'Q' => self.forward_query(msg, boundary)?,
             b'P' => {
-                self.unsynced = true;
+                self.flow.extended_sent();
                 let analysis = self.analyze_parse(body)?;
                 self.predict_tx(&analysis);
                 self.note_untracked_changes(&analysis);
@@ -482,7 +473,7 @@ impl Session {
                 }
             }
             b'B' => {
-                self.unsynced = true;
+                self.flow.extended_sent();
                 let b = parse_bind_names(body)?;
                 let stmt = if b.statement.is_empty() {
                     None
@@ -522,7 +513,7 @@ impl Session {
                 }
             }
             b'D' | b'C' => {
-                self.unsynced = true;
+                self.flow.extended_sent();
                 let (kind, name) = parse_target(body)?;
                 let stmt = if kind == b'S' && !name.is_empty() {
                     self.statements.get(name).cloned()
@@ -562,8 +553,7 @@ impl Session {
                 }
             }
             b'E' => {
-                self.unsynced = true;
-                self.executed_unsynced = true;
+                self.flow.execute_sent();
                 if let Some(a) = self.last_bound.take() {
                     self.track_session_changes(&a);
                     self.note_session_state(&a);
@@ -574,9 +564,7 @@ impl Session {
                 }
             }
             b'S' => {
-                self.unsynced = false;
-                self.executed_unsynced = false;
-                self.batch_start = true;
+                self.flow.sync_sent();
                 self.to_server.extend_from_slice(msg);
                 self.expect.forward(Reply::Sync);
             }
@@ -609,7 +597,7 @@ impl Session {
         }
         self.to_server.extend_from_slice(msg);
         self.expect.forward(Reply::Query);
-        self.batch_start = true;
+        self.flow.query_sent();
         // A simple query destroys the server's unnamed statement.
         self.unnamed_here = false;
         Ok(())

@@ -151,7 +151,7 @@ impl Session {
     /// client's next request waits meanwhile (one short query).
     pub(super) async fn check_pins(&mut self) -> Result<(), SessionEnd> {
         let kinds = self.pins.to_check();
-        if kinds.is_empty() || !self.at_boundary() || self.guard != GuardState::Idle {
+        if kinds.is_empty() || !self.at_boundary() || self.flow.guard() != GuardState::Idle {
             return Ok(());
         }
         let Some(held) = self.server.as_mut() else {
@@ -203,7 +203,8 @@ impl Session {
     /// does not reach the next client either. The client's own settings and
     /// prepared statements are replayed as on any other connection.
     pub(super) async fn clean_after_pin(&mut self) -> Result<(), SessionEnd> {
-        if !self.pins.is_unpinned() || !self.at_boundary() || self.guard != GuardState::Idle {
+        if !self.pins.is_unpinned() || !self.at_boundary() || self.flow.guard() != GuardState::Idle
+        {
             return Ok(());
         }
         let Some(held) = self.server.as_mut() else {
@@ -251,8 +252,7 @@ impl Session {
             self.registered
                 .info
                 .set_state(super::registry::ClientState::Idle);
-            self.in_tx = false;
-            self.blocked = false;
+            self.flow.server_released();
         }
     }
 }

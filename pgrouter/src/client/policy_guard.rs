@@ -9,7 +9,7 @@ use bytes::Buf;
 use super::error::SessionEnd;
 use super::expect::{GuardFor, Reply};
 use super::params::{quote_ident, quote_literal};
-use super::session::{GuardState, Session};
+use super::session::Session;
 use crate::protocol::backend::{self, Severity};
 use crate::protocol::frontend::{self, parse_parse, parse_query};
 use crate::router::{self, Refusal};
@@ -78,7 +78,7 @@ impl Session {
                 };
                 backend::ready_for_query(&mut self.to_client, status);
             } else {
-                self.skip_to_sync = true;
+                self.flow.batch_failed();
             }
             return;
         }
@@ -91,9 +91,9 @@ impl Session {
         if tag == b'Q' {
             frontend::query(&mut self.to_server, &raise);
             self.expect.forward(Reply::Query);
-            self.batch_start = true;
+            self.flow.query_sent();
         } else {
-            self.unsynced = true;
+            self.flow.extended_sent();
             self.pipeline_guarded(&raise);
         }
     }
@@ -128,10 +128,13 @@ impl Session {
     /// no earlier client's role (or a RESET ROLE inside a function) carries over.
     #[inline]
     pub(super) fn inject_role_guard_if_due(&mut self, tag: u8) {
-        if !self.batch_start || self.in_tx || matches!(tag, b'S' | b'H' | b'd' | b'c' | b'f') {
+        if !self.flow.batch_start()
+            || self.flow.in_tx()
+            || matches!(tag, b'S' | b'H' | b'd' | b'c' | b'f')
+        {
             return;
         }
-        self.batch_start = false;
+        self.flow.role_guard_pipelined();
         self.inject_role_guard();
     }
 
@@ -175,8 +178,8 @@ impl Session {
     #[inline]
     pub(super) fn needs_guard_round_trip(&self, tag: u8, len: usize) -> Result<bool, SessionEnd> {
         if self.policy.jwt.is_none()
-            || !self.batch_start
-            || self.in_tx
+            || !self.flow.batch_start()
+            || self.flow.in_tx()
             || !matches!(tag, b'Q' | b'P')
         {
             return Ok(false);
@@ -203,8 +206,6 @@ impl Session {
         }
         frontend::sync(&mut self.to_server);
         self.expect.swallow(Reply::Sync);
-        self.batch_start = false;
-        self.guard = GuardState::Waiting;
-        self.blocked = true;
+        self.flow.role_guard_sent_alone();
     }
 }

@@ -39,7 +39,7 @@ impl Session {
         // request) is timed afresh by `query_timeout_ms`.
         self.request_started = None;
         self.query_cancelled = None;
-        let in_tx = self.in_tx || held.conn.tx_status != b'I';
+        let in_tx = self.flow.in_tx() || held.conn.tx_status != b'I';
         tracing::warn!(server = %held.conn.addr, pid = held.conn.backend_pid, in_tx, "server connection lost");
         let replay = self.replay.take();
         if !held.is_primary {
@@ -60,8 +60,7 @@ impl Session {
         self.to_server.clear();
 
         if let (Some(replay), false) = (replay, in_tx) {
-            let unsynced = self.unsynced;
-            self.unsynced = false;
+            let unsynced = self.flow.replay_started();
             if self
                 .attach(
                     Route {
@@ -88,7 +87,7 @@ impl Session {
                 self.server = None;
                 self.cancel.slot.set(None);
             }
-            self.unsynced = unsynced;
+            self.flow.replay_failed(unsynced);
         }
         if in_tx {
             return Err(SessionEnd::fatal(
@@ -105,15 +104,10 @@ impl Session {
             "08006",
             "pgrouter: the server connection was lost; the request failed",
         );
-        for _ in 0..owed.max(if self.unsynced { 0 } else { 1 }) {
+        for _ in 0..owed.max(if self.flow.unsynced() { 0 } else { 1 }) {
             backend::ready_for_query(&mut self.to_client, b'I');
         }
-        if self.unsynced {
-            self.unsynced = false;
-            self.skip_to_sync = true;
-        }
-        self.in_tx = false;
-        self.blocked = false;
+        self.flow.server_lost();
         // The transaction's other shards are rolled back with it (their
         // connections close).
         self.tx_legs = None;

@@ -219,12 +219,12 @@ impl Session {
         };
         if self.mode == PoolMode::Session
             || self.pins.is_pinned()
-            || self.in_tx
+            || self.flow.in_tx()
             || held.conn.tx_status != b'I'
         {
             return false;
         }
-        if self.unsynced {
+        if self.flow.unsynced() {
             return tag == b'B' && self.bind_moves_batch();
         }
         if !matches!(tag, b'Q' | b'P' | b'B' | b'F') {
@@ -246,7 +246,10 @@ impl Session {
     /// released, and the Bind starts a batch of its own on the right shard
     /// (the statement is prepared there on demand).
     fn bind_moves_batch(&mut self) -> bool {
-        if self.executed_unsynced || !self.expect.is_empty() || self.shard_map.as_ref().is_none() {
+        if self.flow.executed_unsynced()
+            || !self.expect.is_empty()
+            || self.shard_map.as_ref().is_none()
+        {
             return false;
         }
         let Some(held) = &self.server else {
@@ -263,7 +266,7 @@ impl Session {
         if moves {
             crate::protocol::frontend::sync(&mut self.to_server);
             self.expect.swallow(super::expect::Reply::Sync);
-            self.unsynced = false;
+            self.flow.batch_closed_by_router();
         }
         moves
     }

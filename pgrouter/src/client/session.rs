@@ -30,18 +30,8 @@ use crate::pool::{Pool, UserPools};
 use crate::router::Policy;
 use crate::state::{Runtime, State};
 
+pub(super) use super::flow::GuardState;
 pub(super) use super::lease::Held;
-
-/// A JWT session's role set in a round trip of its own (see
-/// `policy_guard::needs_guard_round_trip`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum GuardState {
-    Idle,
-    /// Sent; the client's request waits in the buffer.
-    Waiting,
-    Passed,
-    Failed,
-}
 
 /// Everything a session needs from login.
 pub struct SessionSetup {
@@ -97,36 +87,15 @@ pub struct Session {
     /// SAVEPOINTs sent in the transaction of the held server (identified
     /// by its `attached_at`), for legs that join it later.
     pub(super) tx_savepoints: (Option<std::time::Instant>, Vec<String>),
-    /// Blocked until every answer due has arrived (then the next unit of
-    /// a transaction on several shards may move to another leg).
-    pub(super) wait_quiet: bool,
     /// A bare BEGIN answered without a server (sharded databases): sent
     /// ahead of the next unit of work, on the shard that unit needs.
     pub(super) deferred_begin: Option<String>,
     /// A batch on several shards between its first part and its Sync.
     pub(super) pipeline: Option<super::shards::held::Pipeline>,
     pub(super) expect: Expectations,
-    /// An extended-protocol message was sent since the last Sync.
-    pub(super) unsynced: bool,
-    /// An Execute was sent since the last Sync (a batch that only prepared
-    /// and described may still move to another shard at its Bind).
-    pub(super) executed_unsynced: bool,
-    /// A transaction block is open, as predicted from the statements sent
-    /// (ReadyForQuery confirms it later).
-    pub(super) in_tx: bool,
-    /// The server asked for COPY data (CopyInResponse or CopyBothResponse)
-    /// and has not ended the command yet.
-    pub(super) copy_in: bool,
     pub(super) sets: SetTracker,
-    /// The next client message needs another server than the one held: stop
-    /// reading the client until the held one is released.
-    pub(super) blocked: bool,
-    /// A checkout failed mid-batch: drop client messages up to the next Sync.
-    pub(super) skip_to_sync: bool,
-    /// The next message forwarded starts a new unit of work (after a Sync or
-    /// a Query, or on a fresh checkout).
-    pub(super) batch_start: bool,
-    pub(super) guard: GuardState,
+    /// Where the conversation stands (see `flow.rs`).
+    pub(super) flow: super::flow::Flow,
     /// Session state that ties the client to its server connection
     /// (transaction mode; see `pinning.rs`).
     pub(super) pins: super::pinning::Pins,
@@ -239,19 +208,11 @@ impl Session {
             server: None,
             tx_legs: None,
             tx_savepoints: (None, Vec::new()),
-            wait_quiet: false,
             deferred_begin: None,
             pipeline: None,
             expect: Expectations::default(),
-            unsynced: false,
-            executed_unsynced: false,
-            in_tx: false,
-            copy_in: false,
             sets: SetTracker::default(),
-            blocked: false,
-            skip_to_sync: false,
-            batch_start: true,
-            guard: GuardState::Idle,
+            flow: Default::default(),
             pins: Default::default(),
             ryw: Default::default(),
             resync_params: false,
@@ -288,7 +249,7 @@ impl Session {
             self.registered.info.set_state(ClientState::Idle);
             release_after_session(
                 held.conn,
-                self.expect.is_empty() && !self.unsynced,
+                self.expect.is_empty() && !self.flow.unsynced(),
                 self.mode,
                 self.pins.is_pinned(),
             );
@@ -298,7 +259,7 @@ impl Session {
 
     async fn serve(&mut self) -> SessionEnd {
         loop {
-            if !self.blocked {
+            if !self.flow.blocked() {
                 if let Err(end) = self.handle_client_messages().await {
                     return end;
                 }
@@ -360,17 +321,15 @@ impl Session {
 
     /// Every request answered and no extended batch open.
     pub(super) fn is_quiet(&self) -> bool {
-        self.expect.is_empty() && !self.unsynced
+        self.expect.is_empty() && !self.flow.unsynced()
     }
 
     async fn wait(&mut self) -> Event {
         let watch_shutdown = !self.shutdown_seen;
-        // While the server owes the answer to a complete request (a Query,
-        // or a batch up to its Sync) and wants no COPY data, nothing the
-        // client sends could be forwarded before that answer: the client is
-        // read when the answer has been relayed (saves a poll and a waker
-        // registration per request; pipelined requests wait in the socket).
-        let blocked = self.blocked || (!self.expect.is_empty() && !self.unsynced && !self.copy_in);
+        // Not read while a complete request awaits its answer (see
+        // `Flow::reads_client`): the client is read when the answer has been
+        // relayed (saves a poll and a waker registration per request).
+        let blocked = !self.flow.reads_client(!self.expect.is_empty());
         let deadline = self.server_deadline();
         match self.server.as_mut() {
             Some(held) => {
@@ -404,7 +363,7 @@ impl Session {
     pub(super) fn release_if_done(&mut self) {
         if self.mode != PoolMode::Transaction
             || !self.at_boundary()
-            || self.guard != GuardState::Idle
+            || self.flow.guard() != GuardState::Idle
         {
             return;
         }
@@ -419,8 +378,7 @@ impl Session {
                 return;
             }
             self.cancel.slot.set(None);
-            self.in_tx = false;
-            self.blocked = false;
+            self.flow.server_released();
             self.stop_replay();
             if !held.tx_counted {
                 held.record_transaction();
@@ -457,7 +415,7 @@ impl Session {
         let held = self.server.as_ref()?;
         if !self.expect.is_empty() {
             let (timeout, started) = (self.query_timeout?, self.request_started?);
-            if self.copy_in {
+            if self.flow.copy_in() {
                 return None;
             }
             return Some(match self.query_cancelled {
@@ -466,8 +424,9 @@ impl Session {
             });
         }
         let idle_tx = self.idle_tx_timeout?;
-        let in_tx = self.in_tx || held.conn.tx_status != b'I';
-        (in_tx && !self.unsynced).then(|| (held.last_answer + idle_tx, Event::IdleInTransaction))
+        let in_tx = self.flow.in_tx() || held.conn.tx_status != b'I';
+        (in_tx && !self.flow.unsynced())
+            .then(|| (held.last_answer + idle_tx, Event::IdleInTransaction))
     }
 
     /// `query_timeout_ms` ran out: the server is asked to cancel the

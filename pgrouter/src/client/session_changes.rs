@@ -57,7 +57,7 @@ impl Session {
     /// Keeps the predicted transaction state current as statements are sent.
     pub(super) fn predict_tx(&mut self, analysis: &Analysis) {
         if let Some(open) = router::transaction_effect(analysis) {
-            self.in_tx = open;
+            self.flow.predict_tx(open);
         }
     }
 
@@ -103,7 +103,7 @@ impl Session {
                 }
                 StatementKind::Reset(ResetTarget::All)
                 | StatementKind::Discard(DiscardKind::All) => SetChange::ResetAll,
-                StatementKind::Transaction(TxEffect::Savepoint) if self.in_tx => {
+                StatementKind::Transaction(TxEffect::Savepoint) if self.flow.in_tx() => {
                     self.sets.savepoint();
                     continue;
                 }

@@ -416,13 +416,14 @@ impl Session {
         // Mid-batch, a Bind that cannot move the batch (something ran in it
         // already, or answers are still due) must fit the held shard too;
         // otherwise `bind_moves_batch` moves it.
-        let mid_batch = self.unsynced && (self.executed_unsynced || !self.expect.is_empty());
-        if !(self.in_tx || self.mode == PoolMode::Session || mid_batch) {
+        let mid_batch =
+            self.flow.unsynced() && (self.flow.executed_unsynced() || !self.expect.is_empty());
+        if !(self.flow.in_tx() || self.mode == PoolMode::Session || mid_batch) {
             return None;
         }
         // A transaction moves between shards' legs at its statements'
         // boundaries (`shards::tx_legs`).
-        if self.in_tx && self.mode == PoolMode::Transaction && !mid_batch {
+        if self.flow.in_tx() && self.mode == PoolMode::Transaction && !mid_batch {
             return None;
         }
         let map = self.shard_map.as_ref()?;
@@ -454,7 +455,7 @@ impl Session {
                      a transaction on several shards needs two-phase commit, which is not supported yet; \
                      HINT: SET pgrouter.sharding_key to the key before BEGIN, or send the statement outside \
                      the transaction",
-                    if self.in_tx {
+                    if self.flow.in_tx() {
                         "transaction"
                     } else if self.mode == PoolMode::Session {
                         "session"

@@ -131,7 +131,7 @@ impl Session {
             frontend::sync(&mut self.to_server);
             self.expect.swallow(Reply::Sync);
         }
-        self.in_tx = true;
+        self.flow.predict_tx(true);
         Ok(Deferred::Attached)
     }
 

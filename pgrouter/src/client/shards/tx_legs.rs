@@ -54,11 +54,11 @@ impl Session {
         {
             return Ok(TxStep::Forward);
         }
-        if self.unsynced {
+        if self.flow.unsynced() {
             // A batch that only prepared and described so far (asyncpg:
             // Parse, Describe, Flush, then its Bind) may still move: it is
             // closed with a Sync of the router's own first.
-            if tag != b'B' || self.executed_unsynced || !self.expect.is_empty() {
+            if tag != b'B' || self.flow.executed_unsynced() || !self.expect.is_empty() {
                 return Ok(TxStep::Forward);
             }
             let held_shard = self.server.as_ref().map(|h| h.shard);
@@ -73,7 +73,7 @@ impl Session {
             }
             crate::protocol::frontend::sync(&mut self.to_server);
             self.expect.swallow(crate::client::expect::Reply::Sync);
-            self.unsynced = false;
+            self.flow.batch_closed_by_router();
             return Ok(TxStep::Wait);
         }
         if tag == b'P' {
@@ -283,8 +283,7 @@ impl Session {
         )));
         self.server = Some(leg.held);
         self.unnamed_here = false;
-        self.batch_start = true;
-        self.executed_unsynced = false;
+        self.flow.attached();
         Ok(Ok(()))
     }
 
@@ -629,8 +628,7 @@ impl Session {
 
     /// The transaction is over: nothing held, nothing pending.
     fn leave_transaction(&mut self) {
-        self.in_tx = false;
-        self.blocked = false;
+        self.flow.server_released();
         self.server = None;
         self.cancel.slot.set(None);
         self.registered
