@@ -1,10 +1,33 @@
 //! One client connection from first byte to last: the startup packet
 //! (SSL/GSS refusal, cancel requests), login, then the session loop.
+//!
+//! A client message's way through the session, file by file:
+//! 1. `session.rs` — `Session::serve` waits (`wait`) for the client or the
+//!    held server and dispatches; `release_if_done` gives the server back.
+//! 2. `outbound.rs` — `handle_client_messages` takes each message from the
+//!    buffer. `flow.rs` says where the conversation stands (batch open,
+//!    transaction, COPY, skipping to Sync, role guard pending);
+//!    `decoded.rs` gives a Query's or Parse's analysis, decoded once for
+//!    every step that asks.
+//! 3. The steps, in order: `policy_guard.rs` (`check_policy`: JWT role,
+//!    read-only, the held shard), `local_answers.rs` (what the router
+//!    answers itself), `routing.rs` (`route_learning_columns` →
+//!    `route_batch`: which server or shards), `outbound.rs` (`attach`:
+//!    checkout and the connection's hygiene), `policy_guard.rs` (the role
+//!    guard), then `outbound.rs` `forward_message`, which records the
+//!    answers owed in `expect.rs`.
+//! 4. `inbound.rs` — `handle_server_messages` relays the server's answers,
+//!    asking `expect.rs` which are the client's and which the router's own,
+//!    and updates the flow, settings (`tracking.rs`) and pins (`pinning.rs`).
+//!
+//! Statements on several shards leave this path at `routing.rs` for
+//! `shards/` (legs, fan-out reads, split writes, two-phase commit).
 
 mod admin_login;
 mod analysis;
 pub mod cancel;
 mod cleanup;
+mod decoded;
 mod error;
 mod expect;
 mod explain_route;
