@@ -148,7 +148,7 @@ impl Session {
         if body.first() != Some(&0) {
             return Ok(false);
         }
-        let analysis = self.message_analysis(0, b'P', frame.total_len)?;
+        let analysis = self.analyze_parse(body)?;
         let Some(writes) = analysis.explain_route else {
             return Ok(false);
         };

@@ -28,7 +28,7 @@ impl Session {
         if self.cbuf.first() != Some(&b'Q') {
             return Ok(false);
         }
-        let analysis = self.message_analysis(0, b'Q', len)?;
+        let analysis = self.analyze_query(self.cbuf.get(5..len).unwrap_or(&[]))?;
         let [statement] = analysis.statements.as_slice() else {
             return Ok(false);
         };

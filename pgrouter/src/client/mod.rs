@@ -6,9 +6,9 @@
 //!    held server and dispatches; `release_if_done` gives the server back.
 //! 2. `outbound.rs` — `handle_client_messages` takes each message from the
 //!    buffer. `flow.rs` says where the conversation stands (batch open,
-//!    transaction, COPY, skipping to Sync, role guard pending);
-//!    `decoded.rs` gives a Query's or Parse's analysis, decoded once for
-//!    every step that asks.
+//!    transaction, COPY, skipping to Sync, role guard pending); a Query's
+//!    or Parse's analysis comes from `analysis.rs` (the session's memo of
+//!    the last text and of recent ones, `memo.rs`, then the shared cache).
 //! 3. The steps, in order: `policy_guard.rs` (`check_policy`: JWT role,
 //!    read-only, the held shard), `local_answers.rs` (what the router
 //!    answers itself), `routing.rs` (`route_learning_columns` →
@@ -27,7 +27,6 @@ mod admin_login;
 mod analysis;
 pub mod cancel;
 mod cleanup;
-mod decoded;
 mod error;
 mod expect;
 mod explain_route;

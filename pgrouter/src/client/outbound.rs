@@ -40,7 +40,6 @@ impl Session {
                 self.rt = rt;
                 // Analyses depend on the configuration (`write_functions`).
                 self.memo.borrow_mut().clear();
-                self.decoded.borrow_mut().clear();
                 Ok(())
             }
             None => Err(SessionEnd::fatal(
@@ -189,13 +188,9 @@ impl Session {
             }
             // The message is read in place: the buffer is set aside while
             // it is forwarded (nothing on that path reads `cbuf`).
-            let decoded = match tag {
-                b'Q' | b'P' => self.message_analysis(0, tag, frame.total_len).ok(),
-                _ => None,
-            };
             let cbuf = std::mem::take(&mut self.cbuf);
             let msg = cbuf.get(..frame.total_len).unwrap_or(&[]);
-            let forwarded = self.forward_message(tag, msg, decoded);
+            let forwarded = self.forward_message(tag, msg);
             let keep = match self.replay.as_mut() {
                 Some(replay) => !self.flow.in_tx() && replay.keep(msg),
                 None => true,
@@ -429,14 +424,7 @@ impl Session {
     }
 
     /// Queues one client message for the held server, rewritten as needed.
-    /// `decoded`: the analysis of a Query's or Parse's SQL when the caller
-    /// has it (see `decoded.rs`); found here otherwise.
-    pub(super) fn forward_message(
-        &mut self,
-        tag: u8,
-        msg: &[u8],
-        decoded: Option<Arc<pgrouter_parser::Analysis>>,
-    ) -> Result<(), SessionEnd> {
+    pub(super) fn forward_message(&mut self, tag: u8, msg: &[u8]) -> Result<(), SessionEnd> {
         self.inject_role_guard_if_due(tag);
         let body = msg.get(5..).unwrap_or(&[]);
         let skipping = self.expect.server_skipping();
@@ -444,13 +432,10 @@ impl Session {
         // replay the message needs can commit on its own (see `replay.rs`).
         let boundary = self.flow.at_unit_boundary();
         match tag {
-            b'Q' => self.forward_query(msg, boundary, decoded)?,
+            b'Q' => self.forward_query(msg, boundary)?,
             b'P' => {
                 self.flow.extended_sent();
-                let analysis = match decoded {
-                    Some(analysis) => analysis,
-                    None => self.analyze_parse(body)?,
-                };
+                let analysis = self.analyze_parse(body)?;
                 self.predict_tx(&analysis);
                 self.note_untracked_changes(&analysis);
                 // The common case (unnamed, no SQL PREPARE/EXECUTE) does not
@@ -600,17 +585,9 @@ impl Session {
 
     /// A simple query: track what it changes in the session, make sure the
     /// statements it EXECUTEs exist on this server, then send it.
-    fn forward_query(
-        &mut self,
-        msg: &[u8],
-        boundary: bool,
-        decoded: Option<Arc<pgrouter_parser::Analysis>>,
-    ) -> Result<(), SessionEnd> {
+    fn forward_query(&mut self, msg: &[u8], boundary: bool) -> Result<(), SessionEnd> {
         let body = msg.get(5..).unwrap_or(&[]);
-        let analysis = match decoded {
-            Some(analysis) => analysis,
-            None => self.analyze_query(body)?,
-        };
+        let analysis = self.analyze_query(body)?;
         self.predict_tx(&analysis);
         self.note_untracked_changes(&analysis);
         self.track_session_changes(&analysis);

@@ -31,9 +31,10 @@ impl Session {
     }
 
     fn check_policy_now(&self, tag: u8, len: usize) -> Result<Result<(), Refusal>, SessionEnd> {
+        let body = self.cbuf.get(5..len).unwrap_or(&[]);
         let analysis = match tag {
-            b'Q' => Some(self.query_analysis(self.message_analysis(0, tag, len)?)),
-            b'P' => Some(self.message_analysis(0, tag, len)?),
+            b'Q' => Some(self.query_analysis(self.analyze_query(body)?)),
+            b'P' => Some(self.analyze_parse(body)?),
             _ => None,
         };
         if let Some(Err(refusal)) = analysis.as_ref().map(|a| self.policy.check(a)) {
@@ -193,7 +194,7 @@ impl Session {
         } else {
             parse_parse(body)?.sql
         };
-        let analysis = self.message_analysis(0, tag, len)?;
+        let analysis = self.analyze(sql);
         Ok(router::runs_outside_transactions(&analysis, sql))
     }
 

@@ -74,7 +74,7 @@ impl Session {
             {
                 tracing::info!("replaying the request on another server");
                 for (tag, msg) in replay.messages() {
-                    self.forward_message(tag, msg, None)?;
+                    self.forward_message(tag, msg)?;
                 }
                 let sent = match self.server.as_mut() {
                     Some(h) => h.conn.stream.write_all(&self.to_server).await.is_ok(),

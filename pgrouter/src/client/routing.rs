@@ -98,19 +98,15 @@ impl Session {
         while let Ok(Some(frame)) = next_frame(self.cbuf.get(at..).unwrap_or(&[]), self.max_message)
         {
             let body = frame.body(&self.cbuf[at..]);
-            let start = at;
             at += frame.total_len;
             last_tag = frame.tag;
             let analysis = match frame.tag {
-                b'Q' => self
-                    .message_analysis(start, b'Q', frame.total_len)
-                    .ok()
-                    .map(|a| {
-                        keyed.add(self.plan_query(&a, body))?;
-                        Ok(self.query_analysis(a))
-                    }),
+                b'Q' => self.analyze_query(body).ok().map(|a| {
+                    keyed.add(self.plan_query(&a, body))?;
+                    Ok(self.query_analysis(a))
+                }),
                 b'P' => self
-                    .message_analysis(start, b'P', frame.total_len)
+                    .analyze_parse(body)
                     .ok()
                     .inspect(|a| {
                         if body.first() == Some(&0) {

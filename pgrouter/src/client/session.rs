@@ -139,9 +139,6 @@ pub struct Session {
     pub(super) to_client: BytesMut,
     /// The last statement analysed and its analysis (see `memo.rs`).
     pub(super) memo: super::memo::Memo,
-    /// The analyses of the Query and Parse messages in `cbuf`, each
-    /// decoded once (see `decoded.rs`).
-    pub(super) decoded: std::cell::RefCell<super::decoded::DecodedMessages>,
     /// Counts client messages taken from the buffer (for the memo's hit count).
     pub(super) message_seq: std::cell::Cell<u64>,
     /// (params version, routing settings derived from it).
@@ -239,7 +236,6 @@ impl Session {
             vetted: Default::default(),
             shard_map,
             memo: Default::default(),
-            decoded: Default::default(),
             message_seq: Default::default(),
         }
     }

@@ -204,7 +204,7 @@ impl Session {
     }
 
     /// Where the front of the client buffer is in the client's stream.
-    pub(super) fn front_offset(&self) -> u64 {
+    fn front_offset(&self) -> u64 {
         self.client_bytes_in - self.cbuf.len() as u64
     }
 
@@ -477,11 +477,11 @@ impl Session {
         let body = self.cbuf.get(5..len)?;
         let planned = match tag {
             b'Q' => {
-                let analysis = self.message_analysis(0, b'Q', len).ok()?;
+                let analysis = self.analyze_query(body).ok()?;
                 self.plan_query_as(&analysis, body, explain)
             }
             b'P' if body.first() == Some(&0) => {
-                let analysis = self.message_analysis(0, b'P', len).ok()?;
+                let analysis = self.analyze_parse(body).ok()?;
                 let unnamed = UnnamedText::parse(body);
                 let mut at = len;
                 loop {

@@ -186,10 +186,10 @@ impl Session {
         let body = self.cbuf.get(5..len)?;
         match tag {
             b'Q' => self
-                .message_analysis(0, tag, len)
+                .analyze_query(body)
                 .ok()
                 .map(|a| self.query_analysis(a)),
-            b'P' => self.message_analysis(0, tag, len).ok(),
+            b'P' => self.analyze_parse(body).ok(),
             b'B' => {
                 let b = parse_bind_names(body).ok()?;
                 self.statement_analysis(b.statement, &self.unnamed)
