@@ -189,6 +189,23 @@ impl Session {
             let mut progressed = false;
             for i in 0..legs.len() {
                 while !legs[i].ready && (failure.is_some() || merge.is_done() || merge.wants(i)) {
+                    // The merger's messages are read in place (a fan-out
+                    // can relay millions of rows: no `Bytes` per row).
+                    if failure.is_none() && !merge.is_done() {
+                        match feed_in_place(&mut legs[i], i, merge)? {
+                            InPlace::Fed => {
+                                progressed = true;
+                                continue;
+                            }
+                            InPlace::Failed(e) => {
+                                progressed = true;
+                                failure = Some(ShardError::router(e.sqlstate, e.message));
+                                continue;
+                            }
+                            InPlace::NotThere => break,
+                            InPlace::Other => {}
+                        }
+                    }
                     let Some((tag, body)) = next_message(&mut legs[i])? else {
                         break;
                     };
@@ -248,6 +265,36 @@ impl Session {
         }
         Ok(failure.map_or(Ok(()), Err))
     }
+}
+
+/// What [`feed_in_place`] did with a leg's next message.
+enum InPlace {
+    /// A RowDescription, DataRow, CommandComplete or EmptyQueryResponse
+    /// went to the merger.
+    Fed,
+    Failed(crate::fanout::merge::MergeError),
+    /// No whole message is buffered.
+    NotThere,
+    /// Another message: read it as usual.
+    Other,
+}
+
+/// Feeds the leg's next message to the merger straight from its read
+/// buffer when it is one the merger takes.
+fn feed_in_place(leg: &mut Leg, i: usize, merge: &mut Merger) -> Result<InPlace, SessionEnd> {
+    let buf = &leg.held.conn.read_buf;
+    let Some(frame) = crate::protocol::next_frame(buf, 1 << 30)? else {
+        return Ok(InPlace::NotThere);
+    };
+    if !matches!(frame.tag, b'T' | b'D' | b'C' | b'I') {
+        return Ok(InPlace::Other);
+    }
+    let fed = merge.feed(i, frame.tag, &buf[5..frame.total_len]);
+    bytes::Buf::advance(&mut leg.held.conn.read_buf, frame.total_len);
+    Ok(match fed {
+        Ok(()) => InPlace::Fed,
+        Err(e) => InPlace::Failed(e),
+    })
 }
 
 /// The merge plan of a read, or the 0A000 saying why there is none.
