@@ -27,12 +27,12 @@ pub(super) enum GuardState {
 pub(super) enum Phase {
     /// The server asked for COPY data and has not ended the command.
     CopyIn,
-    /// A batch failed (a refusal or a failed checkout): the client's
-    /// messages are dropped up to its next Sync (or simple Query).
-    SkippingToSync,
     /// A complete request (a Query, or a batch up to its Sync) is out and
     /// not yet answered: nothing the client sends can go before the answer.
     WaitingForAnswers,
+    /// A batch failed (a refusal or a failed checkout): the client's
+    /// messages are dropped up to its next Sync (or simple Query).
+    SkippingToSync,
     /// An extended-protocol batch is open (no Sync yet).
     InBatch,
     /// Inside a transaction block the server reported as failed.
@@ -139,10 +139,10 @@ impl Flow {
     pub(super) fn phase(&self, answers_due: bool) -> Phase {
         if self.copy_in {
             Phase::CopyIn
-        } else if self.skip_to_sync {
-            Phase::SkippingToSync
         } else if answers_due && !self.unsynced {
             Phase::WaitingForAnswers
+        } else if self.skip_to_sync {
+            Phase::SkippingToSync
         } else if self.unsynced {
             Phase::InBatch
         } else if self.in_tx && self.tx_failed {

@@ -95,6 +95,17 @@ fn copy_in_lasts_until_the_commands_ready_for_query_and_the_client_is_read_meanw
 }
 
 #[test]
+fn answers_still_due_keep_the_client_unread_while_a_batch_is_skipped() {
+    let mut flow = Flow::default();
+    send(&mut flow, b"Q");
+    flow.batch_failed();
+    assert_eq!(flow.phase(true), Phase::WaitingForAnswers);
+    assert!(!flow.reads_client(true));
+    assert_eq!(flow.phase(false), Phase::SkippingToSync);
+    assert!(flow.reads_client(false));
+}
+
+#[test]
 fn a_failed_batch_is_skipped_to_its_sync_answered_by_the_router() {
     let mut flow = Flow::default();
     send(&mut flow, b"P");
