@@ -167,7 +167,7 @@ pub(super) async fn fill_any(legs: &mut [Leg], wanted: &[bool]) -> Result<(), us
                 continue;
             }
             let server = &mut *leg.held.conn;
-            server.read_buf.reserve(16 * 1024);
+            server.read_buf.reserve(64 * 1024);
             let read = std::pin::pin!(server.stream.read_buf(&mut server.read_buf));
             match read.poll(cx) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Err(i)),

@@ -192,7 +192,7 @@ impl Session {
                     // The merger's messages are read in place (a fan-out
                     // can relay millions of rows: no `Bytes` per row).
                     if failure.is_none() && !merge.is_done() {
-                        match feed_in_place(&mut legs[i], i, merge)? {
+                        match feed_in_place(&mut legs[i], i, merge, &mut self.to_client)? {
                             InPlace::Fed => {
                                 progressed = true;
                                 continue;
@@ -279,9 +279,23 @@ enum InPlace {
     Other,
 }
 
-/// Feeds the leg's next message to the merger straight from its read
-/// buffer when it is one the merger takes.
-fn feed_in_place(leg: &mut Leg, i: usize, merge: &mut Merger) -> Result<InPlace, SessionEnd> {
+/// Feeds the leg's next messages to the merger straight from its read
+/// buffer when they are ones the merger takes: a run of rows a plain union
+/// passes through goes to `out` at once, another message one at a time.
+fn feed_in_place(
+    leg: &mut Leg,
+    i: usize,
+    merge: &mut Merger,
+    out: &mut BytesMut,
+) -> Result<InPlace, SessionEnd> {
+    let rows = merge.feed_rows(i, &leg.held.conn.read_buf, out);
+    bytes::Buf::advance(&mut leg.held.conn.read_buf, rows.taken);
+    if let Some(e) = rows.error {
+        return Ok(InPlace::Failed(e));
+    }
+    if rows.taken > 0 {
+        return Ok(InPlace::Fed);
+    }
     let buf = &leg.held.conn.read_buf;
     let Some(frame) = crate::protocol::next_frame(buf, 1 << 30)? else {
         return Ok(InPlace::NotThere);

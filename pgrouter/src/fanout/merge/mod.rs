@@ -26,8 +26,9 @@
 //!    A client's Describe is answered with [`client_row_description`].
 //! 4. Feed each shard's 'T', 'D', 'C' and 'I' to [`Merger::feed`], read
 //!    next from [`Merger::wanted`] shards, [`Merger::drain`] into the
-//!    client's buffer; ErrorResponse and ReadyForQuery stay the
-//!    executor's. Once [`Merger::is_done`], cancel or drain the rest.
+//!    client's buffer ([`Merger::feed_rows`] takes a plain union's runs
+//!    of DataRows straight from a read buffer); ErrorResponse and
+//!    ReadyForQuery stay the executor's. Once [`Merger::is_done`], cancel or drain the rest.
 //!    A [`MergeError`] ends the statement with its SQLSTATE.
 
 mod agg;
@@ -36,11 +37,14 @@ mod floatfmt;
 mod having;
 mod numeric;
 mod output;
+mod pass_through;
 mod row;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_agg;
+#[cfg(test)]
+mod tests_pass_through;
 #[cfg(test)]
 mod tests_pg;
 #[cfg(test)]
@@ -55,6 +59,7 @@ use bytes::BytesMut;
 use pgrouter_parser::fanout::{Col, Count, MergeSpec, SortKey};
 
 use agg::Acc;
+pub use pass_through::RowsFed;
 use row::{Description, Row};
 use types::{ColType, Key};
 
