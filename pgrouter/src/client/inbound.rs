@@ -230,7 +230,7 @@ impl Session {
                         self.flow.guard_refused();
                     }
                     if verdict.inject_sync {
-                        frontend::sync(&mut self.to_server);
+                        frontend::sync(&mut held.conn.write_buf);
                         self.expect.forward(Reply::Sync);
                     }
                     let plain = verdict.forward
@@ -270,14 +270,9 @@ impl Session {
         let quiet = self.is_quiet();
         self.flow.answers_relayed(!self.expect.is_empty(), quiet);
         self.flush_client().await?;
-        if !self.to_server.is_empty() {
-            let held = self.server.as_mut().expect("held while relaying");
-            use tokio::io::AsyncWriteExt;
-            let r = held.conn.stream.write_all(&self.to_server).await;
-            self.to_server.clear();
-            if r.is_err() {
-                return self.recover_server_loss().await;
-            }
+        let held = self.server.as_mut().expect("held while relaying");
+        if held.flush().await.is_err() {
+            return self.recover_server_loss().await;
         }
         if !self.pins.to_check().is_empty() {
             self.check_pins().await?;

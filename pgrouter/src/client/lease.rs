@@ -25,6 +25,23 @@ pub(super) struct Held {
 }
 
 impl Held {
+    /// Sends the messages queued for the server (`conn.write_buf`) in one
+    /// write, counted in the pool's metrics: the one way a session writes
+    /// to the server it holds. The queue is empty afterwards, sent or not
+    /// (a failed write loses the connection).
+    pub async fn flush(&mut self) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let queued = self.conn.write_buf.len();
+        if queued == 0 {
+            return Ok(());
+        }
+        self.conn.pool().metrics.add_bytes_received(queued as u64);
+        let conn = &mut *self.conn;
+        let sent = conn.stream.write_all(&conn.write_buf).await;
+        conn.write_buf.clear();
+        sent
+    }
+
     /// Counts the transaction of this lease in its pool's metrics.
     pub fn record_transaction(&mut self) {
         self.tx_counted = true;

@@ -14,8 +14,10 @@
 //!    answers itself), `routing.rs` (`route_learning_columns` →
 //!    `route_batch`: which server or shards), `outbound.rs` (`attach`:
 //!    checkout and the connection's hygiene), `policy_guard.rs` (the role
-//!    guard), then `outbound.rs` `forward_message`, which records the
-//!    answers owed in `expect.rs`.
+//!    guard), then `outbound.rs` `forward_message`, which queues the
+//!    message on the held connection (`Session::to_server`) and records
+//!    the answers owed in `expect.rs`; `lease.rs` `Held::flush` is the one
+//!    write to the server.
 //! 4. `inbound.rs` — `handle_server_messages` relays the server's answers,
 //!    asking `expect.rs` which are the client's and which the router's own,
 //!    and updates the flow, settings (`tracking.rs`) and pins (`pinning.rs`).

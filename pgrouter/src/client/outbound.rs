@@ -331,9 +331,19 @@ impl Session {
                 held.conn.statements.sql_prepared.remove(&name);
             }
         }
+        // Nothing another client queued travels with the connection, and
+        // nothing is queued for a server before one is held.
+        held.conn.write_buf.clear();
+        if !self.unsent.is_empty() {
+            tracing::warn!(
+                bytes = self.unsent.len(),
+                "dropped messages queued with no server held"
+            );
+            self.unsent.clear();
+        }
         for sql in &reset {
             tracing::debug!(%sql, server = held.conn.id, "resetting the connection");
-            frontend::query(&mut self.to_server, sql);
+            frontend::query(&mut held.conn.write_buf, sql);
             self.expect.swallow(Reply::Query);
         }
         self.server = Some(held);
@@ -400,24 +410,17 @@ impl Session {
 
     /// Sends what was queued for the server.
     async fn flush_server(&mut self) -> Result<(), SessionEnd> {
-        if self.to_server.is_empty() {
-            return Ok(());
-        }
         let Some(held) = self.server.as_mut() else {
-            self.to_server.clear();
+            self.unsent.clear();
             return Ok(());
         };
-        use tokio::io::AsyncWriteExt;
-        held.conn
-            .pool()
-            .metrics
-            .add_bytes_received(self.to_server.len() as u64);
+        if held.conn.write_buf.is_empty() {
+            return Ok(());
+        }
         if self.request_started.is_none() {
             self.request_started = Some(std::time::Instant::now());
         }
-        let result = held.conn.stream.write_all(&self.to_server).await;
-        self.to_server.clear();
-        if result.is_err() {
+        if held.flush().await.is_err() {
             self.recover_server_loss().await?;
         }
         Ok(())
@@ -462,7 +465,7 @@ impl Session {
                     }
                     None => {
                         self.unnamed = Some(analysis);
-                        self.to_server.extend_from_slice(msg);
+                        self.to_server().extend_from_slice(msg);
                         if !skipping {
                             self.expect.forward(Reply::Parse(None));
                         }
@@ -494,18 +497,13 @@ impl Session {
                         if !skipping {
                             self.prepare_on_server(&stmt, false);
                         }
-                        frontend::write_bind(
-                            &mut self.to_server,
-                            b.portal,
-                            &stmt.server_name,
-                            b.rest,
-                        );
+                        frontend::write_bind(self.to_server(), b.portal, &stmt.server_name, b.rest);
                     }
                     None => {
                         if b.statement.is_empty() && !skipping {
                             self.parse_unnamed_here(boundary);
                         }
-                        self.to_server.extend_from_slice(msg)
+                        self.to_server().extend_from_slice(msg)
                     }
                 }
                 if !skipping {
@@ -535,13 +533,13 @@ impl Session {
                         if !skipping {
                             self.prepare_on_server(&stmt, false);
                         }
-                        frontend::write_target(&mut self.to_server, b'D', b'S', &stmt.server_name);
+                        frontend::write_target(self.to_server(), b'D', b'S', &stmt.server_name);
                     }
                     _ => {
                         if tag == b'D' && kind == b'S' && name.is_empty() && !skipping {
                             self.parse_unnamed_here(boundary);
                         }
-                        self.to_server.extend_from_slice(msg)
+                        self.to_server().extend_from_slice(msg)
                     }
                 }
                 if !skipping {
@@ -558,21 +556,21 @@ impl Session {
                     self.track_session_changes(&a);
                     self.note_session_state(&a);
                 }
-                self.to_server.extend_from_slice(msg);
+                self.to_server().extend_from_slice(msg);
                 if !skipping {
                     self.expect.forward(Reply::Execute);
                 }
             }
             b'S' => {
                 self.flow.sync_sent();
-                self.to_server.extend_from_slice(msg);
+                self.to_server().extend_from_slice(msg);
                 self.expect.forward(Reply::Sync);
             }
             b'F' => {
-                self.to_server.extend_from_slice(msg);
+                self.to_server().extend_from_slice(msg);
                 self.expect.forward(Reply::FunctionCall);
             }
-            b'H' | b'd' | b'c' | b'f' => self.to_server.extend_from_slice(msg),
+            b'H' | b'd' | b'c' | b'f' => self.to_server().extend_from_slice(msg),
             other => {
                 return Err(SessionEnd::fatal(
                     "08P01",
@@ -595,7 +593,7 @@ impl Session {
         if touches_sql_prepared(&analysis) {
             self.inject_fixups(&analysis, parse_query(body)?, boundary);
         }
-        self.to_server.extend_from_slice(msg);
+        self.to_server().extend_from_slice(msg);
         self.expect.forward(Reply::Query);
         self.flow.query_sent();
         // A simple query destroys the server's unnamed statement.
@@ -622,7 +620,7 @@ impl Session {
                 self.inject_fixups(&analysis, p.sql, boundary);
             }
         }
-        self.to_server.extend_from_slice(&parse);
+        self.to_server().extend_from_slice(&parse);
         self.unnamed_parse = parse;
         self.expect.swallow(Reply::Parse(None));
         self.unnamed_here = true;
@@ -647,7 +645,7 @@ impl Session {
         }
         let evicted = held.conn.statements.insert(stmt.id);
         frontend::write_parse(
-            &mut self.to_server,
+            self.to_server(),
             &stmt.server_name,
             &stmt.sql,
             &stmt.param_types,
@@ -658,7 +656,7 @@ impl Session {
             self.expect.swallow(Reply::Parse(Some(stmt.id)));
         }
         if let Some(old) = evicted {
-            frontend::write_target(&mut self.to_server, b'C', b'S', &format!("pgrouter_{old}"));
+            frontend::write_target(self.to_server(), b'C', b'S', &format!("pgrouter_{old}"));
             self.expect.swallow(Reply::Close);
         }
     }

@@ -89,7 +89,7 @@ impl Session {
         );
         self.inject_role_guard_if_due(tag);
         if tag == b'Q' {
-            frontend::query(&mut self.to_server, &raise);
+            frontend::query(self.to_server(), &raise);
             self.expect.forward(Reply::Query);
             self.flow.query_sent();
         } else {
@@ -161,10 +161,10 @@ impl Session {
     /// the client's settings and SQL prepared statements uses it too, so
     /// that their failure is the client's statement's error.
     pub(super) fn pipeline_guard_for(&mut self, sql: &str, purpose: GuardFor) {
-        frontend::write_parse(&mut self.to_server, "", sql, &[]);
+        frontend::write_parse(self.to_server(), "", sql, &[]);
         // That replaced the server's unnamed statement.
         self.unnamed_here = false;
-        frontend::bind_execute_unnamed(&mut self.to_server);
+        frontend::bind_execute_unnamed(self.to_server());
         self.expect.swallow(Reply::Parse(None));
         self.expect.swallow(Reply::Bind);
         self.expect.guard(Reply::Execute, purpose);
@@ -204,7 +204,7 @@ impl Session {
         if !self.inject_role_guard() {
             return;
         }
-        frontend::sync(&mut self.to_server);
+        frontend::sync(self.to_server());
         self.expect.swallow(Reply::Sync);
         self.flow.role_guard_sent_alone();
     }

@@ -7,8 +7,6 @@
 //! the session goes on with another server; inside one, the transaction is
 //! gone and the session ends with a FATAL.
 
-use tokio::io::AsyncWriteExt;
-
 use super::error::SessionEnd;
 use super::replay_buffer::Replay;
 use super::session::Session;
@@ -57,7 +55,7 @@ impl Session {
         let owed = std::mem::take(&mut self.expect).outstanding_ready();
         // Requests are numbered anew (see `PendingPrepares`).
         self.pending_prepares = Default::default();
-        self.to_server.clear();
+        self.unsent.clear();
 
         if let (Some(replay), false) = (replay, in_tx) {
             let unsynced = self.flow.replay_started();
@@ -77,10 +75,9 @@ impl Session {
                     self.forward_message(tag, msg)?;
                 }
                 let sent = match self.server.as_mut() {
-                    Some(h) => h.conn.stream.write_all(&self.to_server).await.is_ok(),
+                    Some(h) => h.flush().await.is_ok(),
                     None => false,
                 };
-                self.to_server.clear();
                 if sent {
                     return Ok(());
                 }

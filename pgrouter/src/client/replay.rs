@@ -95,8 +95,8 @@ impl Session {
     /// of its answer). Skipped by the server, like the client's messages,
     /// when a guard before it failed.
     pub(super) fn commit_replay(&mut self) {
-        frontend::write_parse(&mut self.to_server, "", "COMMIT", &[]);
-        frontend::bind_execute_unnamed(&mut self.to_server);
+        frontend::write_parse(self.to_server(), "", "COMMIT", &[]);
+        frontend::bind_execute_unnamed(self.to_server());
         self.expect.swallow(Reply::Parse(None));
         self.expect.swallow(Reply::Bind);
         self.expect.swallow(Reply::Execute);

@@ -264,7 +264,7 @@ impl Session {
             Ok(Routed::Many(..)) | Err(_) => true,
         };
         if moves {
-            crate::protocol::frontend::sync(&mut self.to_server);
+            crate::protocol::frontend::sync(self.to_server());
             self.expect.swallow(super::expect::Reply::Sync);
             self.flow.batch_closed_by_router();
         }

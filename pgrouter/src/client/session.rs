@@ -135,7 +135,9 @@ pub struct Session {
     /// The buffer of the last replay, kept for the next one.
     pub(super) replay_spare: BytesMut,
 
-    pub(super) to_server: BytesMut,
+    /// Where messages meant for a server go while none is held: dropped at
+    /// the next flush, as nothing can be sent (see `Session::to_server`).
+    pub(super) unsent: BytesMut,
     pub(super) to_client: BytesMut,
     /// The last statement analysed and its analysis (see `memo.rs`).
     pub(super) memo: super::memo::Memo,
@@ -228,7 +230,7 @@ impl Session {
             last_bound: None,
             replay: None,
             replay_spare: BytesMut::new(),
-            to_server: BytesMut::new(),
+            unsent: BytesMut::new(),
             to_client: BytesMut::new(),
             routing_cache: Default::default(),
             plan_memo: Default::default(),
@@ -320,6 +322,16 @@ impl Session {
     }
 
     /// Every request answered and no extended batch open.
+    /// The queue of messages for the held server (its connection's
+    /// `write_buf`, sent by `Held::flush`). With no server held, a scratch
+    /// buffer dropped at the next flush: nothing can be sent.
+    pub(super) fn to_server(&mut self) -> &mut BytesMut {
+        match self.server.as_mut() {
+            Some(held) => &mut held.conn.write_buf,
+            None => &mut self.unsent,
+        }
+    }
+
     pub(super) fn is_quiet(&self) -> bool {
         self.expect.is_empty() && !self.flow.unsynced()
     }
@@ -373,6 +385,9 @@ impl Session {
             return;
         }
         if let Some(mut held) = self.server.take() {
+            // Released only once what was queued is sent (a connection
+            // given back with unsent bytes is closed, see `Pool::checkin_at`).
+            debug_assert!(held.conn.write_buf.is_empty());
             if !held.conn.read_buf.is_empty() {
                 self.server = Some(held);
                 return;

@@ -538,7 +538,10 @@ impl Pool {
         let pool = pooled.pool.clone();
         let expired = past(conn.created, pool.settings.lifetime, last_used);
         let k = pooled.part;
-        if expired || conn.tx_status != b'I' || !conn.read_buf.is_empty() {
+        // Bytes left unread or unsent: what the server was asked and
+        // answered is not known, so the connection is not reused.
+        let in_flight = !conn.read_buf.is_empty() || !conn.write_buf.is_empty();
+        if expired || conn.tx_status != b'I' || in_flight {
             pool.close(k, conn);
             return; // dropping `pooled` passes its lease on
         }

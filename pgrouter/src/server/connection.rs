@@ -76,6 +76,10 @@ pub struct ServerConn {
     pub stream: ServerStream,
     /// Bytes read from the server but not yet handled.
     pub read_buf: BytesMut,
+    /// Messages queued for the server by the session holding it, sent in
+    /// one write at its next flush (`client::lease::Held::flush`). Kept
+    /// with the connection: its capacity serves every client that uses it.
+    pub write_buf: BytesMut,
     pub addr: Arc<str>,
     pub backend_pid: i32,
     pub backend_secret: i32,
@@ -125,8 +129,19 @@ impl ServerConn {
         }
     }
 
+    /// Writes `bytes` to the server, after whatever is queued in
+    /// `write_buf` (sent with it and cleared).
     pub async fn send(&mut self, bytes: &[u8]) -> Result<(), ServerError> {
-        self.stream.write_all(bytes).await?;
+        if self.write_buf.is_empty() {
+            self.stream.write_all(bytes).await?;
+            return Ok(());
+        }
+        // What was queued for this connection (e.g. a client's Flush before
+        // the session took it as a shard leg) goes first, in order.
+        self.write_buf.extend_from_slice(bytes);
+        let sent = self.stream.write_all(&self.write_buf).await;
+        self.write_buf.clear();
+        sent?;
         Ok(())
     }
 

@@ -46,6 +46,7 @@ impl ServerConn {
             id: NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed),
             stream,
             read_buf: BytesMut::with_capacity(16 * 1024),
+            write_buf: BytesMut::new(),
             addr: addr.into(),
             backend_pid: 0,
             backend_secret: 0,

@@ -119,8 +119,8 @@ impl Session {
         // transaction), then the BEGIN, pipelined without a Sync: should
         // either fail, PostgreSQL skips the client's messages with it.
         self.inject_role_guard_if_due(tag);
-        frontend::write_parse(&mut self.to_server, "", &begin, &[]);
-        frontend::bind_execute_unnamed(&mut self.to_server);
+        frontend::write_parse(self.to_server(), "", &begin, &[]);
+        frontend::bind_execute_unnamed(self.to_server());
         self.unnamed_here = false;
         self.expect.swallow(Reply::Parse(None));
         self.expect.swallow(Reply::Bind);
@@ -128,7 +128,7 @@ impl Session {
         if many {
             // The statement runs on legs of the transaction, not through
             // this server: its BEGIN needs a Sync of its own to be answered.
-            frontend::sync(&mut self.to_server);
+            frontend::sync(self.to_server());
             self.expect.swallow(Reply::Sync);
         }
         self.flow.predict_tx(true);

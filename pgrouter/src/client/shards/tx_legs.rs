@@ -71,7 +71,7 @@ impl Session {
             if !moves {
                 return Ok(TxStep::Forward);
             }
-            crate::protocol::frontend::sync(&mut self.to_server);
+            crate::protocol::frontend::sync(self.to_server());
             self.expect.swallow(crate::client::expect::Reply::Sync);
             self.flow.batch_closed_by_router();
             return Ok(TxStep::Wait);
