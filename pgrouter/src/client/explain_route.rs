@@ -129,7 +129,7 @@ impl Session {
         }
         self.cbuf.advance(len);
         backend::ready_for_query(&mut answer, self.idle_status());
-        if let Some(made) = self.expect.synthesize(answer.freeze()) {
+        if let Some(made) = self.expect().synthesize(answer.freeze()) {
             self.to_client.extend_from_slice(&made);
         }
     }

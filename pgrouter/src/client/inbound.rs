@@ -47,7 +47,7 @@ impl Session {
                 break;
             }
             // None: the usual case, forwarded as is (see `Expectations::pass`).
-            let verdict = (!self.expect.pass(tag)).then(|| self.expect.on_server_message(tag));
+            let verdict = (!held.expect.pass(tag)).then(|| held.expect.on_server_message(tag));
 
             // Bookkeeping first; it needs only the body. Messages answering the
             // router's own queries only update the server's state: SET outcomes
@@ -60,7 +60,7 @@ impl Session {
                 b'G' | b'W' if clients => self.flow.copy_started(),
                 b'Z' => {
                     let status = body.first().copied().unwrap_or(b'I');
-                    let whole_request = self.flow.ready_for_query(status, !self.expect.is_empty());
+                    let whole_request = self.flow.ready_for_query(status, !held.expect.is_empty());
                     held.conn.tx_status = status;
                     if clients {
                         if let Some(started) = self.request_started.take() {
@@ -81,7 +81,7 @@ impl Session {
                     // The first answer after a settings replay: the server
                     // reports what changed since its last report, which may
                     // have been to another client (see `replay.rs`).
-                    let replayed = clients && std::mem::take(&mut self.settings_replayed);
+                    let replayed = clients && std::mem::take(&mut held.settings_replayed);
                     if clients && !self.sets.is_idle() {
                         for change in self.sets.on_ready(status) {
                             // A reported setting is carried as the server
@@ -127,7 +127,7 @@ impl Session {
                             }
                             if to_startup {
                                 held.conn.params_fingerprint = 0;
-                                self.resync_params = true;
+                                held.resync_params = true;
                             }
                         }
                     }
@@ -217,7 +217,7 @@ impl Session {
                         super::replay::undo_replay(
                             &mut held.conn,
                             &mut self.params,
-                            &mut self.sync_undo,
+                            &mut held.sync_undo,
                             verdict.guard_failed.as_ref(),
                             &verdict.guards_skipped,
                         );
@@ -231,7 +231,7 @@ impl Session {
                     }
                     if verdict.inject_sync {
                         frontend::sync(&mut held.conn.write_buf);
-                        self.expect.forward(Reply::Sync);
+                        held.expect.forward(Reply::Sync);
                     }
                     let plain = verdict.forward
                         && verdict.synthesize_before.is_empty()
@@ -268,7 +268,7 @@ impl Session {
             result.map_err(SessionEnd::ClientIo)?;
         }
         let quiet = self.is_quiet();
-        self.flow.answers_relayed(!self.expect.is_empty(), quiet);
+        self.flow.answers_relayed(self.answers_due(), quiet);
         self.flush_client().await?;
         let held = self.server.as_mut().expect("held while relaying");
         if held.flush().await.is_err() {

@@ -3,7 +3,11 @@
 
 use std::sync::Arc;
 
-use crate::pool::{PooledConn, ServerHealth};
+use std::time::Instant;
+
+use super::expect::Expectations;
+use super::replay::SyncUndo;
+use crate::pool::{PooledConn, ServerHealth, ServerSlot};
 
 /// The server a session holds, and what it is.
 pub(super) struct Held {
@@ -22,9 +26,48 @@ pub(super) struct Held {
     /// ReadyForQuery, before the answer reaches the client, so a client
     /// that reads the metrics next sees it).
     pub tx_counted: bool,
+    /// The answers this server owes for what was sent to it, in order:
+    /// each one the client's, the router's own, or one to make up.
+    pub expect: Expectations,
+    /// Its parameter bookkeeping before the last settings replay, to go
+    /// back to should the replay fail (see `replay.rs`).
+    pub sync_undo: Option<SyncUndo>,
+    /// Settings were replayed here since its last answer to the client.
+    pub settings_replayed: bool,
+    /// A RESET took it back to its own defaults: the client's startup
+    /// values are set again before the client's next statement.
+    pub resync_params: bool,
 }
 
 impl Held {
+    /// A lease of `conn`, taken from `slot` at `now` for a statement on
+    /// `shard`, with `expect` (empty) as its answer queue.
+    pub fn new(
+        conn: PooledConn,
+        slot: &ServerSlot,
+        shard: usize,
+        for_writes: bool,
+        now: Instant,
+        expect: Expectations,
+    ) -> Held {
+        debug_assert!(expect.is_empty());
+        Held {
+            conn,
+            is_primary: slot.health.is_primary(),
+            shard,
+            health: slot.health.clone(),
+            pool_id: Arc::as_ptr(&slot.pool) as usize,
+            for_writes,
+            attached_at: now,
+            last_answer: now,
+            tx_counted: false,
+            expect,
+            sync_undo: None,
+            settings_replayed: false,
+            resync_params: false,
+        }
+    }
+
     /// Sends the messages queued for the server (`conn.write_buf`) in one
     /// write, counted in the pool's metrics: the one way a session writes
     /// to the server it holds. The queue is empty afterwards, sent or not

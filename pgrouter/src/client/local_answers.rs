@@ -81,7 +81,7 @@ impl Session {
         let mut answer = BytesMut::new();
         backend::command_complete(&mut answer, tag);
         backend::ready_for_query(&mut answer, status);
-        if let Some(made) = self.expect.synthesize(answer.freeze()) {
+        if let Some(made) = self.expect().synthesize(answer.freeze()) {
             self.to_client.extend_from_slice(&made);
         }
         Ok(true)

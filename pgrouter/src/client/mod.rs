@@ -36,6 +36,8 @@ mod flow;
 mod inbound;
 mod io;
 mod lease;
+#[cfg(test)]
+mod lease_tests;
 mod local_answers;
 mod login;
 mod login_checks;

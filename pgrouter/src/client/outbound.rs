@@ -183,7 +183,8 @@ impl Session {
                 break;
             }
             self.flow.guard_used();
-            if self.resync_params && self.flow.batch_start() && !self.flow.unsynced() {
+            let resync = self.server.as_ref().is_some_and(|h| h.resync_params);
+            if resync && self.flow.batch_start() && !self.flow.unsynced() {
                 self.resync_held_params();
             }
             // The message is read in place: the buffer is set aside while
@@ -278,17 +279,14 @@ impl Session {
                 Role::Replica
             });
         self.cancel.slot.set(Some(conn.cancel_target()));
-        let mut held = Held {
+        let mut held = Held::new(
             conn,
-            is_primary: slot.health.is_primary(),
-            shard: route.shard,
-            health: slot.health.clone(),
-            pool_id: Arc::as_ptr(&slot.pool) as usize,
-            for_writes: route.role == Role::Primary,
-            attached_at: now,
-            last_answer: now,
-            tx_counted: false,
-        };
+            &slot,
+            route.shard,
+            route.role == Role::Primary,
+            now,
+            std::mem::take(&mut self.spare_expect),
+        );
         // The request about to be sent starts now (saves a clock read).
         self.request_started.get_or_insert(now);
         // The connection's hygiene, each query on its own (a simple query of
@@ -334,25 +332,24 @@ impl Session {
         // Nothing another client queued travels with the connection, and
         // nothing is queued for a server before one is held.
         held.conn.write_buf.clear();
-        if !self.unsent.is_empty() {
+        if !self.unsent.is_empty() || !self.unsent_expect.is_empty() {
             tracing::warn!(
                 bytes = self.unsent.len(),
                 "dropped messages queued with no server held"
             );
             self.unsent.clear();
+            self.unsent_expect = Default::default();
         }
         for sql in &reset {
             tracing::debug!(%sql, server = held.conn.id, "resetting the connection");
             frontend::query(&mut held.conn.write_buf, sql);
-            self.expect.swallow(Reply::Query);
+            held.expect.swallow(Reply::Query);
         }
         self.server = Some(held);
-        self.sync_undo = None;
         // Between transactions: the settings replay commits on its own.
         if self.replay_settings() {
             self.commit_replay();
         }
-        self.resync_params = false;
         self.unnamed_here = false;
         self.flow.attached();
         Ok(())
@@ -362,7 +359,9 @@ impl Session {
     /// a RESET took the server to its own defaults), ahead of the client's
     /// next statement (see `replay.rs`).
     fn resync_held_params(&mut self) {
-        self.resync_params = false;
+        if let Some(held) = self.server.as_mut() {
+            held.resync_params = false;
+        }
         if self.replay_settings() {
             if !self.flow.in_tx() {
                 self.commit_replay();
@@ -412,6 +411,7 @@ impl Session {
     async fn flush_server(&mut self) -> Result<(), SessionEnd> {
         let Some(held) = self.server.as_mut() else {
             self.unsent.clear();
+            self.unsent_expect = Default::default();
             return Ok(());
         };
         if held.conn.write_buf.is_empty() {
@@ -430,7 +430,7 @@ impl Session {
     pub(super) fn forward_message(&mut self, tag: u8, msg: &[u8]) -> Result<(), SessionEnd> {
         self.inject_role_guard_if_due(tag);
         let body = msg.get(5..).unwrap_or(&[]);
-        let skipping = self.expect.server_skipping();
+        let skipping = self.expect().server_skipping();
         // Nothing of the client's is in the server's current transaction: a
         // replay the message needs can commit on its own (see `replay.rs`).
         let boundary = self.flow.at_unit_boundary();
@@ -467,7 +467,7 @@ impl Session {
                         self.unnamed = Some(analysis);
                         self.to_server().extend_from_slice(msg);
                         if !skipping {
-                            self.expect.forward(Reply::Parse(None));
+                            self.expect().forward(Reply::Parse(None));
                         }
                         self.unnamed_parse.clear();
                         self.unnamed_parse.extend_from_slice(msg);
@@ -507,7 +507,7 @@ impl Session {
                     }
                 }
                 if !skipping {
-                    self.expect.forward(Reply::Bind);
+                    self.expect().forward(Reply::Bind);
                 }
             }
             b'D' | b'C' => {
@@ -523,7 +523,7 @@ impl Session {
                         // Shared statements stay on the server for other clients.
                         self.statements.remove(name);
                         if let Some(made) =
-                            self.expect.synthesize(Bytes::from_static(CLOSE_COMPLETE))
+                            self.expect().synthesize(Bytes::from_static(CLOSE_COMPLETE))
                         {
                             self.to_client.extend_from_slice(&made);
                         }
@@ -543,7 +543,7 @@ impl Session {
                     }
                 }
                 if !skipping {
-                    self.expect.forward(match (tag, kind) {
+                    self.expect().forward(match (tag, kind) {
                         (b'C', _) => Reply::Close,
                         (_, b'S') => Reply::DescribeStatement,
                         _ => Reply::DescribePortal,
@@ -558,17 +558,17 @@ impl Session {
                 }
                 self.to_server().extend_from_slice(msg);
                 if !skipping {
-                    self.expect.forward(Reply::Execute);
+                    self.expect().forward(Reply::Execute);
                 }
             }
             b'S' => {
                 self.flow.sync_sent();
                 self.to_server().extend_from_slice(msg);
-                self.expect.forward(Reply::Sync);
+                self.expect().forward(Reply::Sync);
             }
             b'F' => {
                 self.to_server().extend_from_slice(msg);
-                self.expect.forward(Reply::FunctionCall);
+                self.expect().forward(Reply::FunctionCall);
             }
             b'H' | b'd' | b'c' | b'f' => self.to_server().extend_from_slice(msg),
             other => {
@@ -594,7 +594,7 @@ impl Session {
             self.inject_fixups(&analysis, parse_query(body)?, boundary);
         }
         self.to_server().extend_from_slice(msg);
-        self.expect.forward(Reply::Query);
+        self.expect().forward(Reply::Query);
         self.flow.query_sent();
         // A simple query destroys the server's unnamed statement.
         self.unnamed_here = false;
@@ -622,7 +622,7 @@ impl Session {
         }
         self.to_server().extend_from_slice(&parse);
         self.unnamed_parse = parse;
-        self.expect.swallow(Reply::Parse(None));
+        self.expect().swallow(Reply::Parse(None));
         self.unnamed_here = true;
     }
 
@@ -637,7 +637,7 @@ impl Session {
             .expect("a server is held when forwarding");
         if held.conn.statements.touch(stmt.id) {
             if client_parse {
-                if let Some(made) = self.expect.synthesize(Bytes::from_static(PARSE_COMPLETE)) {
+                if let Some(made) = self.expect().synthesize(Bytes::from_static(PARSE_COMPLETE)) {
                     self.to_client.extend_from_slice(&made);
                 }
             }
@@ -651,13 +651,13 @@ impl Session {
             &stmt.param_types,
         );
         if client_parse {
-            self.expect.forward(Reply::Parse(Some(stmt.id)));
+            self.expect().forward(Reply::Parse(Some(stmt.id)));
         } else {
-            self.expect.swallow(Reply::Parse(Some(stmt.id)));
+            self.expect().swallow(Reply::Parse(Some(stmt.id)));
         }
         if let Some(old) = evicted {
             frontend::write_target(self.to_server(), b'C', b'S', &format!("pgrouter_{old}"));
-            self.expect.swallow(Reply::Close);
+            self.expect().swallow(Reply::Close);
         }
     }
 }

@@ -90,7 +90,7 @@ impl Session {
         self.inject_role_guard_if_due(tag);
         if tag == b'Q' {
             frontend::query(self.to_server(), &raise);
-            self.expect.forward(Reply::Query);
+            self.expect().forward(Reply::Query);
             self.flow.query_sent();
         } else {
             self.flow.extended_sent();
@@ -165,9 +165,9 @@ impl Session {
         // That replaced the server's unnamed statement.
         self.unnamed_here = false;
         frontend::bind_execute_unnamed(self.to_server());
-        self.expect.swallow(Reply::Parse(None));
-        self.expect.swallow(Reply::Bind);
-        self.expect.guard(Reply::Execute, purpose);
+        self.expect().swallow(Reply::Parse(None));
+        self.expect().swallow(Reply::Bind);
+        self.expect().guard(Reply::Execute, purpose);
     }
 
     /// JWT sessions: statements PostgreSQL refuses to run in a pipeline or
@@ -205,7 +205,7 @@ impl Session {
             return;
         }
         frontend::sync(self.to_server());
-        self.expect.swallow(Reply::Sync);
+        self.expect().swallow(Reply::Sync);
         self.flow.role_guard_sent_alone();
     }
 }

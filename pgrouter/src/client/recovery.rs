@@ -48,14 +48,15 @@ impl Session {
         self.pins.forget();
         self.registered.info.set_pinned(Default::default());
         let shard = held.shard;
-        drop(held);
         // ReadyForQuery messages the lost server owed the client (one per
-        // Sync or Query sent), counted before the queue is reset: each one
-        // the client waits for must come, or a pipelining client hangs.
-        let owed = std::mem::take(&mut self.expect).outstanding_ready();
+        // Sync or Query sent), counted before its queue goes with it: each
+        // one the client waits for must come, or a pipelining client hangs.
+        let mut owed = held.expect.outstanding_ready();
+        drop(held);
         // Requests are numbered anew (see `PendingPrepares`).
         self.pending_prepares = Default::default();
         self.unsent.clear();
+        self.unsent_expect = Default::default();
 
         if let (Some(replay), false) = (replay, in_tx) {
             let unsynced = self.flow.replay_started();
@@ -81,7 +82,10 @@ impl Session {
                 if sent {
                     return Ok(());
                 }
-                self.server = None;
+                // Requests sent in the attempt are owed too.
+                if let Some(failed) = self.server.take() {
+                    owed = owed.max(failed.expect.outstanding_ready());
+                }
                 self.cancel.slot.set(None);
             }
             self.flow.replay_failed(unsynced);
@@ -93,8 +97,6 @@ impl Session {
             ));
         }
         self.state.metrics.record_error("08006");
-        // Requests sent while attempting the replay are owed too.
-        let owed = owed.max(std::mem::take(&mut self.expect).outstanding_ready());
         backend::error_response(
             &mut self.to_client,
             Severity::Error,

@@ -67,13 +67,13 @@ impl Session {
             server = held.conn.id,
             "bringing session parameters in line"
         );
-        self.sync_undo = Some(SyncUndo {
+        held.sync_undo = Some(SyncUndo {
             params: held.conn.params.clone(),
             router_set: held.conn.router_set.clone(),
             fingerprint: held.conn.params_fingerprint,
         });
         self.params.mark_synced(&mut held.conn);
-        self.settings_replayed = true;
+        held.settings_replayed = true;
         for step in steps {
             let sql = step.sql();
             self.pipeline_guard_for(&sql, GuardFor::Setting(step.name.into()));
@@ -97,9 +97,9 @@ impl Session {
     pub(super) fn commit_replay(&mut self) {
         frontend::write_parse(self.to_server(), "", "COMMIT", &[]);
         frontend::bind_execute_unnamed(self.to_server());
-        self.expect.swallow(Reply::Parse(None));
-        self.expect.swallow(Reply::Bind);
-        self.expect.swallow(Reply::Execute);
+        self.expect().swallow(Reply::Parse(None));
+        self.expect().swallow(Reply::Bind);
+        self.expect().swallow(Reply::Execute);
     }
 }
 

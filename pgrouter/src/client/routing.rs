@@ -246,9 +246,7 @@ impl Session {
     /// released, and the Bind starts a batch of its own on the right shard
     /// (the statement is prepared there on demand).
     fn bind_moves_batch(&mut self) -> bool {
-        if self.flow.executed_unsynced()
-            || !self.expect.is_empty()
-            || self.shard_map.as_ref().is_none()
+        if self.flow.executed_unsynced() || self.answers_due() || self.shard_map.as_ref().is_none()
         {
             return false;
         }
@@ -265,7 +263,7 @@ impl Session {
         };
         if moves {
             crate::protocol::frontend::sync(self.to_server());
-            self.expect.swallow(super::expect::Reply::Sync);
+            self.expect().swallow(super::expect::Reply::Sync);
             self.flow.batch_closed_by_router();
         }
         moves

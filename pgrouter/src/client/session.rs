@@ -92,7 +92,12 @@ pub struct Session {
     pub(super) deferred_begin: Option<String>,
     /// A batch on several shards between its first part and its Sync.
     pub(super) pipeline: Option<super::shards::held::Pipeline>,
-    pub(super) expect: Expectations,
+    /// The held server's answers owed while none is held: always empty
+    /// (see `Session::expect`).
+    pub(super) unsent_expect: Expectations,
+    /// An emptied answer queue kept for the next server held (its
+    /// allocation reused).
+    pub(super) spare_expect: Expectations,
     pub(super) sets: SetTracker,
     /// Where the conversation stands (see `flow.rs`).
     pub(super) flow: super::flow::Flow,
@@ -101,14 +106,6 @@ pub struct Session {
     pub(super) pins: super::pinning::Pins,
     /// Where the session's writes are (`read_your_writes`).
     pub(super) ryw: super::read_your_writes::ReadYourWrites,
-    /// A RESET sent the held server back to its own defaults: the client's
-    /// startup values are set again before its next statement.
-    pub(super) resync_params: bool,
-    /// The held server's parameter bookkeeping before the last settings
-    /// replay, to go back to should it fail (see `replay.rs`).
-    pub(super) sync_undo: Option<super::replay::SyncUndo>,
-    /// Settings were replayed since the server's last answer to the client.
-    pub(super) settings_replayed: bool,
     /// `session_state = "refuse"` in transaction mode: statements creating
     /// such state are refused with 0A000 instead of pinning.
     pub(super) refuse_session_state: bool,
@@ -212,14 +209,12 @@ impl Session {
             tx_savepoints: (None, Vec::new()),
             deferred_begin: None,
             pipeline: None,
-            expect: Expectations::default(),
+            unsent_expect: Expectations::default(),
+            spare_expect: Expectations::default(),
             sets: SetTracker::default(),
             flow: Default::default(),
             pins: Default::default(),
             ryw: Default::default(),
-            resync_params: false,
-            sync_undo: None,
-            settings_replayed: false,
             refuse_session_state,
             statements: ahash::AHashMap::new(),
             sql_prepared: HashMap::new(),
@@ -251,7 +246,7 @@ impl Session {
             self.registered.info.set_state(ClientState::Idle);
             release_after_session(
                 held.conn,
-                self.expect.is_empty() && !self.flow.unsynced(),
+                !self.answers_due() && !self.flow.unsynced(),
                 self.mode,
                 self.pins.is_pinned(),
             );
@@ -332,8 +327,22 @@ impl Session {
         }
     }
 
+    /// The answers the held server owes (`Held::expect`). With no server
+    /// held, a queue for what is dropped with `unsent`.
+    pub(super) fn expect(&mut self) -> &mut Expectations {
+        match self.server.as_mut() {
+            Some(held) => &mut held.expect,
+            None => &mut self.unsent_expect,
+        }
+    }
+
+    /// The held server owes answers to requests sent to it.
+    pub(super) fn answers_due(&self) -> bool {
+        self.server.as_ref().is_some_and(|h| !h.expect.is_empty())
+    }
+
     pub(super) fn is_quiet(&self) -> bool {
-        self.expect.is_empty() && !self.flow.unsynced()
+        !self.answers_due() && !self.flow.unsynced()
     }
 
     async fn wait(&mut self) -> Event {
@@ -341,7 +350,7 @@ impl Session {
         // Not read while a complete request awaits its answer (see
         // `Flow::reads_client`): the client is read when the answer has been
         // relayed (saves a poll and a waker registration per request).
-        let blocked = !self.flow.reads_client(!self.expect.is_empty());
+        let blocked = !self.flow.reads_client(self.answers_due());
         let deadline = self.server_deadline();
         match self.server.as_mut() {
             Some(held) => {
@@ -404,6 +413,8 @@ impl Session {
             self.registered.info.set_state(ClientState::Idle);
             self.registered.info.set_server(None);
             self.registered.info.set_pinned(Default::default());
+            // Empty here (at a boundary): kept for the next server.
+            self.spare_expect = std::mem::take(&mut held.expect);
             Pool::checkin_at(held.conn, held.last_answer);
         }
     }
@@ -428,7 +439,7 @@ impl Session {
             return None;
         }
         let held = self.server.as_ref()?;
-        if !self.expect.is_empty() {
+        if self.answers_due() {
             let (timeout, started) = (self.query_timeout?, self.request_started?);
             if self.flow.copy_in() {
                 return None;

@@ -417,7 +417,7 @@ impl Session {
         // already, or answers are still due) must fit the held shard too;
         // otherwise `bind_moves_batch` moves it.
         let mid_batch =
-            self.flow.unsynced() && (self.flow.executed_unsynced() || !self.expect.is_empty());
+            self.flow.unsynced() && (self.flow.executed_unsynced() || self.answers_due());
         if !(self.flow.in_tx() || self.mode == PoolMode::Session || mid_batch) {
             return None;
         }

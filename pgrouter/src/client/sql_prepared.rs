@@ -82,7 +82,7 @@ impl Session {
                                 .insert(name.clone(), prepared.prepare_sql.clone());
                             self.sql_prepared.insert(name.clone(), prepared);
                             self.pending_prepares
-                                .sent(name, self.expect.outstanding_ready());
+                                .sent(name, held.expect.outstanding_ready());
                         }
                         None => {
                             server.sql_prepared.remove(name);

@@ -298,6 +298,12 @@ impl PoolMetrics {
     }
 
     /// Bytes received from the client and forwarded to this pool's server.
+    /// Bytes the pool's servers were sent so far.
+    #[cfg(test)]
+    pub fn bytes_received(&self) -> u64 {
+        self.bytes_received.load(Ordering::Relaxed)
+    }
+
     pub fn add_bytes_received(&self, n: u64) {
         self.bytes_received.fetch_add(n, Ordering::Relaxed);
     }

@@ -9,6 +9,8 @@ pub mod health;
 mod pool;
 mod queue;
 #[cfg(test)]
+pub(crate) mod test_support;
+#[cfg(test)]
 mod tests;
 
 pub use cap::{CapPermit, ConnectionCap};

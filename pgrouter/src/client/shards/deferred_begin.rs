@@ -122,14 +122,14 @@ impl Session {
         frontend::write_parse(self.to_server(), "", &begin, &[]);
         frontend::bind_execute_unnamed(self.to_server());
         self.unnamed_here = false;
-        self.expect.swallow(Reply::Parse(None));
-        self.expect.swallow(Reply::Bind);
-        self.expect.swallow(Reply::Execute);
+        self.expect().swallow(Reply::Parse(None));
+        self.expect().swallow(Reply::Bind);
+        self.expect().swallow(Reply::Execute);
         if many {
             // The statement runs on legs of the transaction, not through
             // this server: its BEGIN needs a Sync of its own to be answered.
             frontend::sync(self.to_server());
-            self.expect.swallow(Reply::Sync);
+            self.expect().swallow(Reply::Sync);
         }
         self.flow.predict_tx(true);
         Ok(Deferred::Attached)

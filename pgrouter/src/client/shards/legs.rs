@@ -96,17 +96,14 @@ impl Session {
             }
         }
         let now = std::time::Instant::now();
-        let held = Held {
+        let held = Held::new(
             conn,
-            is_primary: slot.health.is_primary(),
+            &slot,
             shard,
-            health: slot.health.clone(),
-            pool_id: Arc::as_ptr(&slot.pool) as usize,
-            for_writes: role == Role::Primary,
-            attached_at: now,
-            last_answer: now,
-            tx_counted: false,
-        };
+            role == Role::Primary,
+            now,
+            Default::default(),
+        );
         Ok(Leg {
             shard,
             held,

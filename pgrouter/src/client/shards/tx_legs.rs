@@ -58,7 +58,7 @@ impl Session {
             // A batch that only prepared and described so far (asyncpg:
             // Parse, Describe, Flush, then its Bind) may still move: it is
             // closed with a Sync of the router's own first.
-            if tag != b'B' || self.flow.executed_unsynced() || !self.expect.is_empty() {
+            if tag != b'B' || self.flow.executed_unsynced() || self.answers_due() {
                 return Ok(TxStep::Forward);
             }
             let held_shard = self.server.as_ref().map(|h| h.shard);
@@ -72,7 +72,7 @@ impl Session {
                 return Ok(TxStep::Forward);
             }
             crate::protocol::frontend::sync(self.to_server());
-            self.expect.swallow(crate::client::expect::Reply::Sync);
+            self.expect().swallow(crate::client::expect::Reply::Sync);
             self.flow.batch_closed_by_router();
             return Ok(TxStep::Wait);
         }
@@ -268,6 +268,8 @@ impl Session {
             },
         };
         if let Some(current) = self.server.take() {
+            // Parked only between units of work: it owes nothing.
+            debug_assert!(current.expect.is_empty());
             self.park(Leg {
                 shard: current.shard,
                 held: current,
@@ -337,6 +339,7 @@ impl Session {
             .map(|l| std::mem::take(&mut l.parked))
             .unwrap_or_default();
         if let Some(held) = self.server.take() {
+            debug_assert!(held.expect.is_empty());
             let at = legs.partition_point(|l| l.shard < held.shard);
             legs.insert(
                 at,
