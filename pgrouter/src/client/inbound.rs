@@ -271,7 +271,7 @@ impl Session {
         self.flow.answers_relayed(self.answers_due(), quiet);
         self.flush_client().await?;
         let held = self.server.as_mut().expect("held while relaying");
-        if held.flush().await.is_err() {
+        if !held.conn.write_buf.is_empty() && held.flush().await.is_err() {
             return self.recover_server_loss().await;
         }
         if !self.pins.to_check().is_empty() {

@@ -1,5 +1,9 @@
 //! The server connection a session holds (a lease from its pool), and what
-//! the session knows of it.
+//! belongs to that connection alone: the answers it owes (`expect`), its
+//! settings-replay bookkeeping, and the one write path (`Held::flush`, of
+//! the connection's own queue, `ServerConn::write_buf`). A transaction on
+//! several shards parks and swaps whole `Held`s, so each server's state
+//! travels with it.
 
 use std::sync::Arc;
 
@@ -31,7 +35,8 @@ pub(super) struct Held {
     pub expect: Expectations,
     /// Its parameter bookkeeping before the last settings replay, to go
     /// back to should the replay fail (see `replay.rs`).
-    pub sync_undo: Option<SyncUndo>,
+    /// (Boxed: rarely there, and `Held` is moved on every attach.)
+    pub sync_undo: Option<Box<SyncUndo>>,
     /// Settings were replayed here since its last answer to the client.
     pub settings_replayed: bool,
     /// A RESET took it back to its own defaults: the client's startup

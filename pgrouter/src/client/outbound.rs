@@ -411,7 +411,9 @@ impl Session {
     async fn flush_server(&mut self) -> Result<(), SessionEnd> {
         let Some(held) = self.server.as_mut() else {
             self.unsent.clear();
-            self.unsent_expect = Default::default();
+            if !self.unsent_expect.is_empty() {
+                self.unsent_expect = Default::default();
+            }
             return Ok(());
         };
         if held.conn.write_buf.is_empty() {
@@ -465,10 +467,7 @@ impl Session {
                     }
                     None => {
                         self.unnamed = Some(analysis);
-                        self.to_server().extend_from_slice(msg);
-                        if !skipping {
-                            self.expect().forward(Reply::Parse(None));
-                        }
+                        self.queue_for_server(msg, (!skipping).then_some(Reply::Parse(None)));
                         self.unnamed_parse.clear();
                         self.unnamed_parse.extend_from_slice(msg);
                         self.unnamed_here = true;
@@ -556,21 +555,14 @@ impl Session {
                     self.track_session_changes(&a);
                     self.note_session_state(&a);
                 }
-                self.to_server().extend_from_slice(msg);
-                if !skipping {
-                    self.expect().forward(Reply::Execute);
-                }
+                self.queue_for_server(msg, (!skipping).then_some(Reply::Execute));
             }
             b'S' => {
                 self.flow.sync_sent();
-                self.to_server().extend_from_slice(msg);
-                self.expect().forward(Reply::Sync);
+                self.queue_for_server(msg, Some(Reply::Sync));
             }
-            b'F' => {
-                self.to_server().extend_from_slice(msg);
-                self.expect().forward(Reply::FunctionCall);
-            }
-            b'H' | b'd' | b'c' | b'f' => self.to_server().extend_from_slice(msg),
+            b'F' => self.queue_for_server(msg, Some(Reply::FunctionCall)),
+            b'H' | b'd' | b'c' | b'f' => self.queue_for_server(msg, None),
             other => {
                 return Err(SessionEnd::fatal(
                     "08P01",

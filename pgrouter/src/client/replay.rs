@@ -67,11 +67,11 @@ impl Session {
             server = held.conn.id,
             "bringing session parameters in line"
         );
-        held.sync_undo = Some(SyncUndo {
+        held.sync_undo = Some(Box::new(SyncUndo {
             params: held.conn.params.clone(),
             router_set: held.conn.router_set.clone(),
             fingerprint: held.conn.params_fingerprint,
-        });
+        }));
         self.params.mark_synced(&mut held.conn);
         held.settings_replayed = true;
         for step in steps {
@@ -109,7 +109,7 @@ impl Session {
 pub(super) fn undo_replay(
     conn: &mut ServerConn,
     params: &mut ClientParams,
-    sync_undo: &mut Option<SyncUndo>,
+    sync_undo: &mut Option<Box<SyncUndo>>,
     failed: Option<&GuardFor>,
     skipped: &[GuardFor],
 ) {

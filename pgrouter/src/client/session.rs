@@ -336,6 +336,21 @@ impl Session {
         }
     }
 
+    /// Queues a client's `msg` for the held server and the answer it owes
+    /// (`owed`): one look-up of the held server for both (a forwarded
+    /// message's usual path).
+    #[inline]
+    pub(super) fn queue_for_server(&mut self, msg: &[u8], owed: Option<super::expect::Reply>) {
+        let (out, expect) = match self.server.as_mut() {
+            Some(held) => (&mut held.conn.write_buf, &mut held.expect),
+            None => (&mut self.unsent, &mut self.unsent_expect),
+        };
+        out.extend_from_slice(msg);
+        if let Some(reply) = owed {
+            expect.forward(reply);
+        }
+    }
+
     /// The held server owes answers to requests sent to it.
     pub(super) fn answers_due(&self) -> bool {
         self.server.as_ref().is_some_and(|h| !h.expect.is_empty())
@@ -414,7 +429,7 @@ impl Session {
             self.registered.info.set_server(None);
             self.registered.info.set_pinned(Default::default());
             // Empty here (at a boundary): kept for the next server.
-            self.spare_expect = std::mem::take(&mut held.expect);
+            std::mem::swap(&mut self.spare_expect, &mut held.expect);
             Pool::checkin_at(held.conn, held.last_answer);
         }
     }
