@@ -332,13 +332,8 @@ impl Session {
         // Nothing another client queued travels with the connection, and
         // nothing is queued for a server before one is held.
         held.conn.write_buf.clear();
-        if !self.unsent.is_empty() || !self.unsent_expect.is_empty() {
-            tracing::warn!(
-                bytes = self.unsent.len(),
-                "dropped messages queued with no server held"
-            );
-            self.unsent.clear();
-            self.unsent_expect = Default::default();
+        if self.drop_unsent() {
+            tracing::warn!("dropped messages queued with no server held");
         }
         for sql in &reset {
             tracing::debug!(%sql, server = held.conn.id, "resetting the connection");
@@ -410,10 +405,7 @@ impl Session {
     /// Sends what was queued for the server.
     async fn flush_server(&mut self) -> Result<(), SessionEnd> {
         let Some(held) = self.server.as_mut() else {
-            self.unsent.clear();
-            if !self.unsent_expect.is_empty() {
-                self.unsent_expect = Default::default();
-            }
+            self.drop_unsent();
             return Ok(());
         };
         if held.conn.write_buf.is_empty() {

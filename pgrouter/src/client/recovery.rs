@@ -55,8 +55,7 @@ impl Session {
         drop(held);
         // Requests are numbered anew (see `PendingPrepares`).
         self.pending_prepares = Default::default();
-        self.unsent.clear();
-        self.unsent_expect = Default::default();
+        self.drop_unsent();
 
         if let (Some(replay), false) = (replay, in_tx) {
             let unsynced = self.flow.replay_started();

@@ -92,8 +92,8 @@ pub struct Session {
     pub(super) deferred_begin: Option<String>,
     /// A batch on several shards between its first part and its Sync.
     pub(super) pipeline: Option<super::shards::held::Pipeline>,
-    /// The held server's answers owed while none is held: always empty
-    /// (see `Session::expect`).
+    /// Answers recorded while no server is held: dropped with `unsent`
+    /// (see `Session::expect`, `Session::drop_unsent`).
     pub(super) unsent_expect: Expectations,
     /// An emptied answer queue kept for the next server held (its
     /// allocation reused).
@@ -334,6 +334,17 @@ impl Session {
             Some(held) => &mut held.expect,
             None => &mut self.unsent_expect,
         }
+    }
+
+    /// Drops what was queued while no server was held (nothing can send
+    /// it); returns whether there was anything.
+    pub(super) fn drop_unsent(&mut self) -> bool {
+        if self.unsent.is_empty() && self.unsent_expect.is_empty() {
+            return false;
+        }
+        self.unsent.clear();
+        self.unsent_expect = Default::default();
+        true
     }
 
     /// Queues a client's `msg` for the held server and the answer it owes
