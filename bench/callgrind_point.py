@@ -50,14 +50,21 @@ CLIENTS = 10
 COUNTS = (500, 1500)
 
 
-def wrap_in_callgrind(outdir: Path) -> None:
-    """Makes every router this process starts run under callgrind."""
-    real = router_binary()
-    wrapper = outdir / "pgrouter-under-callgrind"
+def callgrind_wrapper(outdir: Path, real: Path, name: str) -> Path:
+    """A script that runs `real` under callgrind, dumping into `outdir`."""
+    wrapper = outdir / name
     wrapper.write_text(f"#!/bin/sh\nexec valgrind --tool=callgrind "
                        f"--callgrind-out-file={outdir}/callgrind.%p.out {real} \"$@\"\n")
     wrapper.chmod(0o755)
-    os.environ["PGROUTER_BIN"] = str(wrapper)
+    return wrapper
+
+
+def wrap_in_callgrind(outdir: Path) -> Path:
+    """Makes every router this process starts run under callgrind; returns
+    the binary it wraps."""
+    real = router_binary()
+    os.environ["PGROUTER_BIN"] = str(callgrind_wrapper(outdir, real, "pgrouter-under-callgrind"))
+    return real
 
 
 def wrap_pgbouncer_in_callgrind(outdir: Path) -> None:
@@ -209,6 +216,67 @@ def compare_baseline(outdir: Path, modes: list[str]) -> list[str]:
     return lines
 
 
+def kernel_counts(router: PgRouter, pgbench_args: list[str], label: str) -> dict[str, float]:
+    """System calls, context switches and CPU time (task-clock, ms) of the
+    router per transaction, counted by `perf stat` on its process (not under
+    callgrind) around a `-t 1500` run: the kernel share that callgrind does
+    not see. Counts, not timings: a syscall more per transaction shows."""
+    run_pgbench(router.port, pgbench_args, 50, label, check=False)
+    events = "raw_syscalls:sys_enter,context-switches,task-clock"
+    perf = subprocess.Popen(["perf", "stat", "-x", ",", "-e", events, "-p", str(router.pid())],
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)
+    run_pgbench(router.port, pgbench_args, COUNTS[1], label)
+    perf.send_signal(2)
+    _, err = perf.communicate(timeout=30)
+    counts = {}
+    for line in err.splitlines():
+        fields = line.split(",")
+        if len(fields) > 2 and fields[0].replace(".", "").isdigit():
+            counts[fields[2]] = float(fields[0]) / (COUNTS[1] * CLIENTS)
+    return counts
+
+
+def compare_binary(outdir: Path, modes: list[str], this_bin: Path, base_bin: Path, pool: int) -> list[str]:
+    """Issue 16: this build against another (`--compare-bin`, e.g. the same
+    source without a feature), TPC-B with 10 clients over a pool of `pool`
+    (a connection changes clients on most transactions), one worker, primary
+    only: user-space instructions (callgrind) and kernel counts (perf stat)
+    per transaction, both routers of one run."""
+    cluster = pgbench_cluster(False, "pgrouter-cgbin-")
+    lines = []
+    try:
+        workdir = cluster.tmpdir / "cg"
+        workdir.mkdir()
+        sockdir = str(cluster.sockdir)
+        real = {"this": this_bin, "base": base_bin.resolve()}
+        bins = {name: callgrind_wrapper(outdir, b, f"{name}-under-callgrind") for name, b in real.items()}
+        for mode in modes:
+            got = {}
+            for name in ("this", "base"):
+                for kind, binary in (("callgrind", bins[name]), ("perf", real[name])):
+                    r = PgRouter(workdir / f"{name}-{kind}-{mode}", router_databases(cluster, False, sockdir),
+                                 [app_user("scram")], pool, general={"workers": 1}, binary=binary)
+                    r.start()
+                    try:
+                        time.sleep(1)
+                        label = f"bin-{name}-{mode}"
+                        if kind == "callgrind":
+                            got[name, "instr"] = per_transaction(r, ["-M", mode], label, outdir)
+                        else:
+                            got.update({(name, k): v for k, v in kernel_counts(r, ["-M", mode], label).items()})
+                    finally:
+                        r.stop()
+            for key in ("instr", "raw_syscalls:sys_enter", "context-switches", "task-clock"):
+                a, b = got.get(("this", key)), got.get(("base", key))
+                if a is None or b is None:
+                    continue
+                lines.append(f"TPC-B -M {mode:<9} {key:<24} this {a:10.3f}  base {b:10.3f}  ratio {a / b:.3f}")
+    finally:
+        cluster.teardown()
+    return lines
+
+
 def compare_ryw(outdir: Path, modes: list[str]) -> list[str]:
     cluster = pgbench_cluster(True, "pgrouter-cgryw-")
     lines = []
@@ -238,19 +306,23 @@ def compare_ryw(outdir: Path, modes: list[str]) -> list[str]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--compare", default="sharding,ryw", help="comma list from sharding,ryw,baseline")
+    ap.add_argument("--compare", default="sharding,ryw", help="comma list from sharding,ryw,baseline,binary")
     ap.add_argument("--modes", default="simple,extended,prepared")
+    ap.add_argument("--compare-bin", type=Path, help="binary: the other pgrouter build")
+    ap.add_argument("--pool", type=int, default=5, help="binary: pool size (10 clients)")
     ap.add_argument("--points", default="read", help="sharding: comma list from read,write "
                     "(bench/sharding.py's point scripts)")
     args = ap.parse_args()
     modes = [m for m in args.modes.split(",") if m]
     outdir = Path(tempfile.mkdtemp(prefix="pgrouter-callgrind-"))
-    wrap_in_callgrind(outdir)
+    this_bin = wrap_in_callgrind(outdir)
     lines = [f"user-space instructions per transaction (callgrind, pgbench -c {CLIENTS}, "
              f"-t {COUNTS[1]} minus -t {COUNTS[0]}); dumps in {outdir}"]
     for what in args.compare.split(","):
         if what == "sharding":
             lines += compare_sharding(outdir, modes, [k for k in args.points.split(",") if k])
+        elif what == "binary":
+            lines += compare_binary(outdir, modes, this_bin, args.compare_bin, args.pool)
         else:
             lines += {"ryw": compare_ryw, "baseline": compare_baseline}[what](outdir, modes)
     print("\n".join(lines))

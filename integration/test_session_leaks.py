@@ -253,3 +253,37 @@ def test_a_serial_default_leaves_no_sequence_state_for_the_next_client(routers, 
         assert a.execute("SELECT lastval()").fetchone()[0] == 2
     with primary.connect(APP_DB) as direct:
         direct.execute("DROP TABLE leak_serial")
+
+
+def test_sequence_state_is_discarded_before_any_first_statement(routers, roles, primary):
+    """The DISCARD SEQUENCES owed after another client's writes is pipelined
+    with the next client's first statement where PostgreSQL allows it: it
+    must still run before a statement bound to a named prepared statement,
+    and must not break one PostgreSQL refuses inside a pipeline (VACUUM)."""
+    with primary.connect(APP_DB) as direct:
+        direct.execute("DROP TABLE IF EXISTS leak_serial2")
+        direct.execute("CREATE TABLE leak_serial2 (id serial PRIMARY KEY, note text)")
+        direct.execute(f"GRANT ALL ON leak_serial2, leak_serial2_id_seq TO {APP_USER}")
+    router = one_connection_router(routers)
+    with connect(router.dsn()) as b, connect(router.dsn()) as a:
+        # B prepares a statement (named, server-side) in a unit of its own.
+        lastval = "SELECT lastval()"
+        a.execute("INSERT INTO leak_serial2 (note) VALUES ('a')")
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
+            b.execute(lastval, prepare=True)
+        for _ in range(2):
+            # A writes (a serial default), then B's first message on the
+            # connection is a Bind of its prepared statement.
+            a.execute("INSERT INTO leak_serial2 (note) VALUES ('a')")
+            with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
+                b.execute(lastval, prepare=True)
+        # A writes, then B's first statement is VACUUM (refused in a
+        # pipeline): it runs, and the sequence state is gone all the same.
+        a.execute("INSERT INTO leak_serial2 (note) VALUES ('a')")
+        b.autocommit = True
+        b.execute("VACUUM leak_serial2")
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
+            b.execute("SELECT currval('leak_serial2_id_seq')")
+        assert a.execute("SELECT count(*) FROM leak_serial2").fetchone() == (4,)
+    with primary.connect(APP_DB) as direct:
+        direct.execute("DROP TABLE leak_serial2")

@@ -208,6 +208,29 @@ impl Expectations {
         true
     }
 
+    /// The second most usual case, decided without a [`Verdict`]: true
+    /// when `tag` (not an error) answers a message of the router's own at
+    /// the head of the queue and is simply dropped (the queue advanced past
+    /// it); false when [`Self::on_server_message`] must decide. Nothing
+    /// router-made may wait right behind the answer's end.
+    pub fn drop_quietly(&mut self, tag: u8) -> bool {
+        if tag == b'E' {
+            return false;
+        }
+        let reply = match self.queue.front() {
+            Some(Entry::Swallow(r) | Entry::Guard(r, _)) => *r,
+            _ => return false,
+        };
+        if matches!(tag, b'N' | b'A' | b'S') || !reply.ends_with(tag) {
+            return true;
+        }
+        if let Some(Entry::Synthesize(_)) = self.queue.get(1) {
+            return false;
+        }
+        self.pop_head();
+        true
+    }
+
     /// Decides the fate of one server message and advances the queue.
     pub fn on_server_message(&mut self, tag: u8) -> Verdict {
         if self.pass(tag) {
@@ -319,6 +342,44 @@ mod tests {
 
     fn made(tag: u8) -> Bytes {
         Bytes::from(vec![tag, 0, 0, 0, 4])
+    }
+
+    /// `drop_quietly` decides exactly what `on_server_message` would for
+    /// the answers of the router's own messages, and leaves the rest to it.
+    #[test]
+    fn own_answers_are_dropped_quietly_as_on_server_message_would() {
+        let build = || {
+            let mut e = Expectations::default();
+            e.swallow(Reply::Parse(None));
+            e.swallow(Reply::Bind);
+            e.guard(Reply::Execute, GuardFor::Policy);
+            e.forward(Reply::Query);
+            e
+        };
+        let (mut quiet, mut full) = (build(), build());
+        for tag in [b'1', b'2', b'N', b'C'] {
+            assert!(!quiet.pass(tag));
+            assert!(quiet.drop_quietly(tag), "{}", tag as char);
+            assert!(!full.on_server_message(tag).forward);
+        }
+        assert!(quiet.is_plain() && full.is_plain());
+        for tag in [b'T', b'D', b'C', b'Z'] {
+            assert!(quiet.pass(tag));
+            assert!(full.on_server_message(tag).forward);
+        }
+        assert!(quiet.is_empty() && full.is_empty());
+
+        // An error, or something made up right behind: the full decision.
+        let mut e = build();
+        assert!(!e.drop_quietly(b'E'));
+        let mut e = Expectations::default();
+        e.swallow(Reply::Query);
+        assert!(e.synthesize(made(b'1')).is_none());
+        assert!(e.drop_quietly(b'C'));
+        assert!(!e.drop_quietly(b'Z'));
+        let v = e.on_server_message(b'Z');
+        assert!(!v.forward);
+        assert_eq!(v.synthesize_after, vec![made(b'1')]);
     }
 
     #[test]

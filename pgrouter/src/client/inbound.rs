@@ -24,7 +24,11 @@ impl Session {
             return Ok(());
         };
         let mut pos = 0; // bytes of read_buf handled
-        let mut verbatim = true; // everything up to `pos` is forwarded as is
+                         // Everything in `start..pos` is forwarded as is. Answers dropped
+                         // ahead of the first forwarded one (those of the router's own
+                         // queries at checkout) only move `start`: no copy.
+        let mut start = 0;
+        let mut verbatim = true;
         loop {
             let buf = &held.conn.read_buf;
             let Some(frame) = next_frame(buf.get(pos..).unwrap_or(&[]), MAX_SERVER_MESSAGE)
@@ -46,14 +50,23 @@ impl Session {
                 held.conn.read_buf.truncate(pos);
                 break;
             }
-            // None: the usual case, forwarded as is (see `Expectations::pass`).
-            let verdict = (!held.expect.pass(tag)).then(|| held.expect.on_server_message(tag));
+            // None: the usual case, forwarded as is (see `Expectations::pass`);
+            // `dropped`: the answer to a message of the router's own.
+            let mut dropped = false;
+            let verdict = if held.expect.pass(tag) {
+                None
+            } else if held.expect.drop_quietly(tag) {
+                dropped = true;
+                None
+            } else {
+                Some(held.expect.on_server_message(tag))
+            };
 
             // Bookkeeping first; it needs only the body. Messages answering the
             // router's own queries only update the server's state: SET outcomes
             // and the transaction prediction belong to the client's requests.
             let body = &held.conn.read_buf[body_range.clone()];
-            let clients = verdict.as_ref().is_none_or(|v| v.forward);
+            let clients = !dropped && verdict.as_ref().is_none_or(|v| v.forward);
             // ParameterStatus the router owes the client before this message.
             let mut announce = bytes::BytesMut::new();
             match tag {
@@ -200,11 +213,21 @@ impl Session {
             if !announce.is_empty() {
                 if verbatim {
                     verbatim = false;
-                    self.to_client.extend_from_slice(&held.conn.read_buf[..pos]);
+                    self.to_client
+                        .extend_from_slice(&held.conn.read_buf[start..pos]);
                 }
                 self.to_client.extend_from_slice(&announce);
             }
             match verdict {
+                None if dropped => {
+                    if verbatim && pos == start {
+                        start = pos + frame.total_len;
+                    } else if verbatim {
+                        verbatim = false;
+                        self.to_client
+                            .extend_from_slice(&held.conn.read_buf[start..pos]);
+                    }
+                }
                 None if verbatim => {}
                 None => self
                     .to_client
@@ -233,12 +256,15 @@ impl Session {
                         frontend::sync(&mut held.conn.write_buf);
                         held.expect.forward(Reply::Sync);
                     }
-                    let plain = verdict.forward
-                        && verdict.synthesize_before.is_empty()
-                        && verdict.synthesize_after.is_empty();
-                    if verbatim && !plain {
+                    let made_up = !verdict.synthesize_before.is_empty()
+                        || !verdict.synthesize_after.is_empty();
+                    let plain = verdict.forward && !made_up;
+                    if verbatim && !verdict.forward && !made_up && pos == start {
+                        start = pos + frame.total_len;
+                    } else if verbatim && !plain {
                         verbatim = false;
-                        self.to_client.extend_from_slice(&held.conn.read_buf[..pos]);
+                        self.to_client
+                            .extend_from_slice(&held.conn.read_buf[start..pos]);
                     }
                     if !verbatim {
                         for made in &verdict.synthesize_before {
@@ -257,10 +283,13 @@ impl Session {
             pos += frame.total_len;
         }
         if pos > 0 {
-            let result = if verbatim {
+            let result = if verbatim && pos > start {
                 use tokio::io::AsyncWriteExt;
-                held.conn.pool().metrics.add_bytes_sent(pos as u64);
-                self.client.write_all(&held.conn.read_buf[..pos]).await
+                held.conn
+                    .pool()
+                    .metrics
+                    .add_bytes_sent((pos - start) as u64);
+                self.client.write_all(&held.conn.read_buf[start..pos]).await
             } else {
                 Ok(())
             };

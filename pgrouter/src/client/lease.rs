@@ -90,6 +90,14 @@ impl Held {
         sent
     }
 
+    /// Queues a simple query of the router's own (connection hygiene at
+    /// checkout) whose answer the client never sees.
+    pub fn queue_own_query(&mut self, sql: &str) {
+        tracing::debug!(%sql, server = self.conn.id, "resetting the connection");
+        crate::protocol::frontend::query(&mut self.conn.write_buf, sql);
+        self.expect.swallow(super::expect::Reply::Query);
+    }
+
     /// Counts the transaction of this lease in its pool's metrics.
     pub fn record_transaction(&mut self) {
         self.tx_counted = true;

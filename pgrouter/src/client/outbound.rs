@@ -9,7 +9,7 @@ use bytes::{Buf, Bytes};
 use pgrouter_config::PoolMode;
 
 use super::error::SessionEnd;
-use super::expect::{Reply, CLOSE_COMPLETE, PARSE_COMPLETE};
+use super::expect::{GuardFor, Reply, CLOSE_COMPLETE, PARSE_COMPLETE};
 use super::flow::GuardGate;
 use super::prepared::SharedStatement;
 use super::registry::ClientState;
@@ -23,6 +23,12 @@ use crate::protocol::frontend::{self, parse_bind_names, parse_parse, parse_query
 use crate::protocol::next_frame;
 use crate::router::{Role, Route};
 use crate::server::ServerError;
+
+/// `DISCARD SEQUENCES` as the unnamed Parse, Bind and Execute (no Sync)
+/// that `Session::pipeline_guard_for` would write, made once.
+pub(super) const DISCARD_SEQUENCES_PIPELINED: &[u8] = b"P\0\0\0\x19\0DISCARD SEQUENCES\0\0\0\
+B\0\0\0\x0c\0\0\0\0\0\0\0\0\
+E\0\0\0\x09\0\0\0\0\0";
 
 impl Session {
     /// After a reload, a session moves to the new runtime at its next
@@ -289,27 +295,33 @@ impl Session {
         );
         // The request about to be sent starts now (saves a clock read).
         self.request_started.get_or_insert(now);
+        // Nothing another client queued travels with the connection, and
+        // nothing is queued for a server before one is held.
+        held.conn.write_buf.clear();
+        if self.drop_unsent() {
+            tracing::warn!("dropped messages queued with no server held");
+        }
         // The connection's hygiene, each query on its own (a simple query of
         // several statements is one transaction: a DEALLOCATE that failed
-        // would take the RESETs before it back).
-        let mut reset: Vec<String> = Vec::new();
-        let resetting = held.conn.needs_reset;
-        if resetting {
-            held.conn.forget_session_state();
-            // RESET ALL leaves the role and the session authorization alone.
-            reset.push(
-                "RESET ALL;RESET SESSION AUTHORIZATION;RESET ROLE;DISCARD SEQUENCES".to_string(),
-            );
-        }
+        // would take the RESETs before it back). Written straight into the
+        // connection's queue: this runs at most checkouts.
         // Sequence state another client's writes may have left (`lastval`,
-        // `currval` after a serial default) is not this client's to read.
+        // `currval` after a serial default) is not this client's to read:
+        // it is discarded before this client's first statement (see
+        // `discard_sequences`), pipelined with it where it can be.
         let me = self.registered.info.id;
         if held.conn.last_client != me {
-            if held.conn.wrote && !resetting {
-                reset.push("DISCARD SEQUENCES".to_string());
-            }
+            held.conn.discard_due |= held.conn.wrote;
             held.conn.wrote = false;
             held.conn.last_client = me;
+        }
+        if held.conn.needs_reset {
+            held.conn.forget_session_state();
+            held.conn.discard_due = false;
+            // RESET ALL leaves the role and the session authorization alone.
+            held.queue_own_query(
+                "RESET ALL;RESET SESSION AUTHORIZATION;RESET ROLE;DISCARD SEQUENCES",
+            );
         }
         // Another client's SQL-level prepared statements are not visible to
         // this one, as on a connection of its own.
@@ -325,20 +337,9 @@ impl Session {
                 .map(|(name, _)| name.clone())
                 .collect();
             for name in foreign {
-                reset.push(format!("DEALLOCATE {}", super::params::quote_ident(&name)));
+                held.queue_own_query(&format!("DEALLOCATE {}", super::params::quote_ident(&name)));
                 held.conn.statements.sql_prepared.remove(&name);
             }
-        }
-        // Nothing another client queued travels with the connection, and
-        // nothing is queued for a server before one is held.
-        held.conn.write_buf.clear();
-        if self.drop_unsent() {
-            tracing::warn!("dropped messages queued with no server held");
-        }
-        for sql in &reset {
-            tracing::debug!(%sql, server = held.conn.id, "resetting the connection");
-            frontend::query(&mut held.conn.write_buf, sql);
-            held.expect.swallow(Reply::Query);
         }
         self.server = Some(held);
         // Between transactions: the settings replay commits on its own.
@@ -347,6 +348,56 @@ impl Session {
         }
         self.unnamed_here = false;
         self.flow.attached();
+        Ok(())
+    }
+
+    /// Runs `DISCARD SEQUENCES` ahead of the client's first statement on a
+    /// connection another client wrote on. At the start of a unit of work
+    /// it is pipelined into the client's own implicit transaction (no Sync:
+    /// the server sends no ReadyForQuery, makes no flush and starts no
+    /// transaction of its own for it), its failure the error of the
+    /// client's statement. Statements PostgreSQL refuses in a pipeline, and
+    /// anything else, get it as a simple query of its own before them.
+    fn discard_sequences(&mut self, tag: u8, body: &[u8]) -> Result<(), SessionEnd> {
+        let at_start = self.flow.batch_start() && !self.flow.in_tx();
+        use crate::router::{may_run_outside_transactions, runs_outside_transactions};
+        // The analysis is the one the message's forwarding reads next (its
+        // memo); the text is read only for statements that may need it.
+        let pipelined = at_start
+            && match tag {
+                b'Q' => {
+                    let analysis = self.analyze_query(body)?;
+                    !may_run_outside_transactions(&analysis)
+                        || !runs_outside_transactions(&analysis, parse_query(body)?)
+                }
+                b'P' => {
+                    let analysis = self.analyze_parse(body)?;
+                    !may_run_outside_transactions(&analysis)
+                        || !runs_outside_transactions(&analysis, parse_parse(body)?.sql)
+                }
+                b'B' => {
+                    let b = parse_bind_names(body)?;
+                    self.statements
+                        .get(b.statement)
+                        .filter(|_| !b.statement.is_empty())
+                        .is_some_and(|s| !runs_outside_transactions(&s.analysis, &s.sql))
+                }
+                _ => false,
+            };
+        if pipelined {
+            self.to_server()
+                .extend_from_slice(DISCARD_SEQUENCES_PIPELINED);
+            self.unnamed_here = false; // the unnamed statement is replaced
+            self.expect().swallow(Reply::Parse(None));
+            self.expect().swallow(Reply::Bind);
+            self.expect().guard(Reply::Execute, GuardFor::Policy);
+        }
+        if let Some(held) = self.server.as_mut() {
+            if !pipelined {
+                held.queue_own_query("DISCARD SEQUENCES");
+            }
+            held.conn.discard_due = false;
+        }
         Ok(())
     }
 
@@ -422,8 +473,13 @@ impl Session {
 
     /// Queues one client message for the held server, rewritten as needed.
     pub(super) fn forward_message(&mut self, tag: u8, msg: &[u8]) -> Result<(), SessionEnd> {
-        self.inject_role_guard_if_due(tag);
         let body = msg.get(5..).unwrap_or(&[]);
+        if self.server.as_ref().is_some_and(|h| h.conn.discard_due)
+            && !matches!(tag, b'S' | b'H' | b'd' | b'c' | b'f')
+        {
+            self.discard_sequences(tag, body)?;
+        }
+        self.inject_role_guard_if_due(tag);
         let skipping = self.expect().server_skipping();
         // Nothing of the client's is in the server's current transaction: a
         // replay the message needs can commit on its own (see `replay.rs`).

@@ -21,7 +21,7 @@ pub use shard_plan::{
 };
 pub use shard_point::{compile as compile_point, PointPlan, PointValues};
 
-use pgrouter_parser::{Analysis, ResetTarget, RoleHint, StatementKind, TxEffect};
+use pgrouter_parser::{Analysis, DiscardKind, ResetTarget, RoleHint, StatementKind, TxEffect};
 
 /// The kind of server a statement needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,22 +168,51 @@ mod tests;
 #[cfg(test)]
 mod shard_tests;
 
-/// Statements PostgreSQL refuses inside a transaction block or a pipeline.
+/// False when [`runs_outside_transactions`] is false whatever the text:
+/// the text need not be read.
+pub fn may_run_outside_transactions(analysis: &Analysis) -> bool {
+    analysis.statements.iter().any(|s| {
+        matches!(
+            s.kind,
+            StatementKind::Vacuum
+                | StatementKind::Discard(DiscardKind::All)
+                | StatementKind::Transaction(TxEffect::CommitPrepared | TxEffect::RollbackPrepared)
+                | StatementKind::Ddl
+                | StatementKind::Other
+        )
+    })
+}
+
+/// Statements PostgreSQL refuses inside a transaction block or a pipeline
+/// (`PreventInTransactionBlock`): the router sends nothing of its own in
+/// their implicit transaction.
 pub fn runs_outside_transactions(analysis: &Analysis, sql: &str) -> bool {
     analysis.statements.iter().any(|s| match &s.kind {
-        StatementKind::Vacuum => true,
+        StatementKind::Vacuum
+        | StatementKind::Discard(DiscardKind::All)
+        | StatementKind::Transaction(TxEffect::CommitPrepared | TxEffect::RollbackPrepared) => true,
         StatementKind::Ddl | StatementKind::Other => {
             let upper = sql.to_ascii_uppercase();
-            [
+            let words = [
                 "CONCURRENTLY",
                 "DATABASE",
                 "TABLESPACE",
                 "ALTER SYSTEM",
                 "SUBSCRIPTION",
                 "REINDEX SYSTEM",
-            ]
-            .iter()
-            .any(|w| upper.contains(w))
+                "REINDEX SCHEMA",
+            ];
+            // CLUSTER without a table clusters every table, each in a
+            // transaction of its own.
+            let cluster_words: Vec<&str> = upper
+                .trim_end_matches([';', ' ', '\n', '\t', '\r'])
+                .split_whitespace()
+                .collect();
+            let bare_cluster = matches!(
+                cluster_words.as_slice(),
+                ["CLUSTER"] | ["CLUSTER", "VERBOSE" | "(VERBOSE)"]
+            );
+            bare_cluster || words.iter().any(|w| upper.contains(w))
         }
         _ => false,
     })

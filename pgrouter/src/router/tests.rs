@@ -122,3 +122,40 @@ fn transaction_effects() {
     );
     assert_eq!(transaction_effect(&analyze("SELECT 1", &[])), None);
 }
+
+/// What the router must not pipeline its own statements ahead of (SET ROLE
+/// of a JWT session, DISCARD SEQUENCES at a change of client).
+#[test]
+fn statements_refused_in_a_pipeline() {
+    let outside = |sql: &str| {
+        let analysis = analyze(sql, &[]);
+        let outside = runs_outside_transactions(&analysis, sql);
+        assert!(!outside || may_run_outside_transactions(&analysis), "{sql}");
+        outside
+    };
+    for sql in [
+        "VACUUM t",
+        "CREATE INDEX CONCURRENTLY i ON t (a)",
+        "CREATE DATABASE d",
+        "ALTER SYSTEM SET work_mem = '1MB'",
+        "REINDEX SCHEMA public",
+        "DISCARD ALL",
+        "COMMIT PREPARED 'x'",
+        "ROLLBACK PREPARED 'x'",
+        "CLUSTER",
+        "cluster verbose;",
+    ] {
+        assert!(outside(sql), "{sql}");
+    }
+    for sql in [
+        "SELECT 1",
+        "BEGIN",
+        "INSERT INTO t VALUES (1)",
+        "CLUSTER t USING i",
+        "DISCARD SEQUENCES",
+        "PREPARE TRANSACTION 'x'",
+        "CREATE INDEX i ON t (a)",
+    ] {
+        assert!(!outside(sql), "{sql}");
+    }
+}

@@ -115,6 +115,11 @@ pub struct ServerConn {
     /// client gets the connection after `DISCARD SEQUENCES`.
     pub last_client: u64,
     pub wrote: bool,
+    /// `DISCARD SEQUENCES` is owed before the next statement on this
+    /// connection (its client changed after writes). Kept on the
+    /// connection, not the lease, so that a client that leaves before
+    /// sending a statement passes the debt on.
+    pub discard_due: bool,
     /// Shares of `max_db_connections` / `max_user_connections` this
     /// connection holds; given back when it is dropped.
     pub permits: Vec<crate::pool::CapPermit>,

@@ -62,6 +62,7 @@ impl ServerConn {
             needs_reset: false,
             last_client: 0,
             wrote: false,
+            discard_due: false,
             permits: Vec::new(),
         };
         super::login::login(&mut conn, target).await?;

@@ -123,9 +123,10 @@ impl Session {
         // As at any checkout (`outbound.rs`): another client's sequence
         // state goes. A leg may write, so it counts as written.
         let me = self.registered.info.id;
-        if conn.last_client != me && conn.wrote {
+        if conn.discard_due || (conn.last_client != me && conn.wrote) {
             sql.push_str("DISCARD SEQUENCES;");
         }
+        conn.discard_due = false;
         conn.last_client = me;
         conn.wrote = true;
         if let Some(sync) = self.params.sync_sql(conn) {
@@ -155,26 +156,33 @@ pub(super) fn give_back(legs: Vec<Leg>) {
     }
 }
 
+/// Polls the legs picked by `wanted` for more bytes in their read
+/// buffers: ready when one got some. `Err(i)`: leg `i` closed or failed.
+pub(super) fn poll_fill_any(
+    cx: &mut std::task::Context<'_>,
+    legs: &mut [Leg],
+    wanted: &[bool],
+) -> Poll<Result<(), usize>> {
+    for (i, leg) in legs.iter_mut().enumerate() {
+        if !wanted.get(i).copied().unwrap_or(false) {
+            continue;
+        }
+        let server = &mut *leg.held.conn;
+        server.read_buf.reserve(64 * 1024);
+        let read = std::pin::pin!(server.stream.read_buf(&mut server.read_buf));
+        match read.poll(cx) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Err(i)),
+            Poll::Ready(Ok(_)) => return Poll::Ready(Ok(())),
+            Poll::Pending => {}
+        }
+    }
+    Poll::Pending
+}
+
 /// Waits until one of the legs picked by `wanted` has more bytes in its
 /// read buffer. `Err(i)`: leg `i` closed or failed.
 pub(super) async fn fill_any(legs: &mut [Leg], wanted: &[bool]) -> Result<(), usize> {
-    std::future::poll_fn(|cx| {
-        for (i, leg) in legs.iter_mut().enumerate() {
-            if !wanted.get(i).copied().unwrap_or(false) {
-                continue;
-            }
-            let server = &mut *leg.held.conn;
-            server.read_buf.reserve(64 * 1024);
-            let read = std::pin::pin!(server.stream.read_buf(&mut server.read_buf));
-            match read.poll(cx) {
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Err(i)),
-                Poll::Ready(Ok(_)) => return Poll::Ready(Ok(())),
-                Poll::Pending => {}
-            }
-        }
-        Poll::Pending
-    })
-    .await
+    std::future::poll_fn(|cx| poll_fill_any(cx, legs, wanted)).await
 }
 
 /// Cancels what the legs not yet answered are running (after another leg

@@ -9,7 +9,7 @@ use bytes::{Bytes, BytesMut};
 use pgrouter_parser::fanout::{plan_read, ReadPlan};
 
 use super::held::Leg;
-use super::legs::{cancel_targets, cancel_unfinished, fill_any, give_back};
+use super::legs::{cancel_targets, cancel_unfinished, give_back, poll_fill_any};
 use super::unit::Unit;
 use super::{next_message, ShardError};
 use crate::client::error::SessionEnd;
@@ -19,6 +19,10 @@ use crate::router::{BindParams, Role};
 
 /// The client's buffered answer is sent once it is this large.
 const FLUSH_AT: usize = 64 * 1024;
+/// Merged output held for a client that reads slower than the shards send,
+/// before the shards are no longer read (their sockets then fill and they
+/// wait): bounds the router's memory per fan-out.
+const CLIENT_BACKLOG: usize = 1024 * 1024;
 
 impl Session {
     pub(super) async fn read_on_shards(
@@ -242,9 +246,6 @@ impl Session {
                     failure = Some(ShardError::router(e.sqlstate, e.message));
                     cancel_unfinished(legs);
                 }
-                if self.to_client.len() >= FLUSH_AT {
-                    self.flush_client().await?;
-                }
             }
             if legs.iter().all(|l| l.ready) {
                 break;
@@ -256,15 +257,79 @@ impl Session {
             let wanted: Vec<bool> = (0..legs.len())
                 .map(|i| !legs[i].ready && (draining || merge.wants(i)))
                 .collect();
-            if let Err(i) = fill_any(legs, &wanted).await {
-                legs[i].ready = true;
-                legs[i].held.conn.tx_status = b'E'; // unusable: closed at give-back
-                failure
-                    .get_or_insert_with(|| ShardError::lost(legs[i].shard, &"connection closed"));
+            match relay_wait(&mut self.client, &mut self.to_client, legs, &wanted).await {
+                Ok(()) => {}
+                Err(Waited::ClientLost(e)) => return Err(SessionEnd::ClientIo(e)),
+                Err(Waited::LegLost(i)) => {
+                    legs[i].ready = true;
+                    legs[i].held.conn.tx_status = b'E'; // unusable: closed at give-back
+                    failure.get_or_insert_with(|| {
+                        ShardError::lost(legs[i].shard, &"connection closed")
+                    });
+                }
             }
         }
         Ok(failure.map_or(Ok(()), Err))
     }
+}
+
+/// Why [`relay_wait`] stopped waiting early.
+enum Waited {
+    ClientLost(std::io::Error),
+    /// Leg `i` closed or failed.
+    LegLost(usize),
+}
+
+/// Waits until the client took some of the merged output or a wanted leg
+/// sent more. The client is written to while the shards are read: a
+/// client slower than the shards for a moment does not stop them (their
+/// output waits here, up to [`CLIENT_BACKLOG`]), and the shards do not wait
+/// for a write of the whole output. Output under [`FLUSH_AT`] waits for
+/// more (the rest goes at the end of the statement).
+async fn relay_wait(
+    client: &mut crate::net::ClientStream,
+    out: &mut BytesMut,
+    legs: &mut [Leg],
+    wanted: &[bool],
+) -> Result<(), Waited> {
+    use tokio::io::AsyncWrite;
+    std::future::poll_fn(|cx| {
+        let mut wrote = false;
+        if out.len() >= FLUSH_AT {
+            while !out.is_empty() {
+                match std::pin::Pin::new(&mut *client).poll_write(cx, out) {
+                    std::task::Poll::Ready(Ok(0)) => {
+                        return std::task::Poll::Ready(Err(Waited::ClientLost(
+                            std::io::ErrorKind::WriteZero.into(),
+                        )))
+                    }
+                    std::task::Poll::Ready(Ok(n)) => {
+                        bytes::Buf::advance(out, n);
+                        wrote = true;
+                    }
+                    std::task::Poll::Ready(Err(e)) => {
+                        return std::task::Poll::Ready(Err(Waited::ClientLost(e)))
+                    }
+                    std::task::Poll::Pending => break,
+                }
+            }
+        }
+        if out.len() < CLIENT_BACKLOG {
+            match poll_fill_any(cx, legs, wanted) {
+                std::task::Poll::Ready(Err(i)) => {
+                    return std::task::Poll::Ready(Err(Waited::LegLost(i)))
+                }
+                std::task::Poll::Ready(Ok(())) => return std::task::Poll::Ready(Ok(())),
+                std::task::Poll::Pending => {}
+            }
+        }
+        if wrote {
+            std::task::Poll::Ready(Ok(()))
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await
 }
 
 /// What [`feed_in_place`] did with a leg's next message.
