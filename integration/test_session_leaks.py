@@ -284,6 +284,32 @@ def test_sequence_state_is_discarded_before_any_first_statement(routers, roles, 
         b.execute("VACUUM leak_serial2")
         with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
             b.execute("SELECT currval('leak_serial2_id_seq')")
-        assert a.execute("SELECT count(*) FROM leak_serial2").fetchone() == (4,)
+        # A writes, then B's transaction sets its isolation level after
+        # BEGIN (PostgreSQL refuses that once the transaction took a
+        # snapshot: the discard must not come before it), then reads.
+        for begin in ("BEGIN", "BEGIN ISOLATION LEVEL SERIALIZABLE"):
+            a.execute("INSERT INTO leak_serial2 (note) VALUES ('a')")
+            b.execute(begin)
+            if begin == "BEGIN":
+                b.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            assert b.execute("SHOW transaction_isolation").fetchone()[0] in (
+                "repeatable read", "serializable")
+            with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
+                b.execute("SELECT lastval()")
+            b.execute("ROLLBACK")
+        # The same in one pipeline (no Sync between BEGIN and the read): the
+        # discard goes in front of the read, in the middle of the batch.
+        a.execute("INSERT INTO leak_serial2 (note) VALUES ('a')")
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
+            with b.pipeline():
+                b.execute("BEGIN")
+                b.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                b.execute("SELECT lastval()")
+        b.execute("ROLLBACK")
+        # The same in one simple query: the discard runs before it, alone.
+        a.execute("INSERT INTO leak_serial2 (note) VALUES ('a')")
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
+            psycopg.ClientCursor(b).execute("SHOW work_mem; SELECT lastval()")
+        assert a.execute("SELECT count(*) FROM leak_serial2").fetchone() == (8,)
     with primary.connect(APP_DB) as direct:
         direct.execute("DROP TABLE leak_serial2")

@@ -71,6 +71,9 @@ enum Entry {
 pub enum GuardFor {
     /// The session's policy (the JWT role, a refusal): nothing to take back.
     Policy,
+    /// `DISCARD SEQUENCES` owed on this connection: still owed if it did not
+    /// run.
+    Sequences,
     /// Carries the client's setting `name` to this server connection.
     Setting(Arc<str>),
     /// Re-creates (or drops) the SQL prepared statement `name` on this

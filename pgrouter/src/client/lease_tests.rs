@@ -132,12 +132,3 @@ async fn a_connection_given_back_with_unsent_bytes_is_not_lent_again() {
         "closed: what the server was asked is unknown"
     );
 }
-
-/// The made-once pipelined `DISCARD SEQUENCES` is what the writers make.
-#[test]
-fn discard_sequences_bytes_match_the_writers() {
-    let mut made = bytes::BytesMut::new();
-    crate::protocol::frontend::write_parse(&mut made, "", "DISCARD SEQUENCES", &[]);
-    crate::protocol::frontend::bind_execute_unnamed(&mut made);
-    assert_eq!(&made[..], super::outbound::DISCARD_SEQUENCES_PIPELINED);
-}

@@ -129,6 +129,13 @@ pub(super) fn undo_replay(
             conn.needs_reset = true;
         }
     }
+    if failed
+        .into_iter()
+        .chain(skipped)
+        .any(|g| matches!(g, GuardFor::Sequences))
+    {
+        conn.discard_due = true;
+    }
     // Guards after the failed one never ran: the server still has what it
     // had under those names.
     for g in skipped {
@@ -150,6 +157,6 @@ pub(super) fn undo_replay(
         Some(GuardFor::SqlPrepared { name, .. }) => {
             conn.statements.sql_prepared.remove(&**name);
         }
-        Some(GuardFor::Policy) | None => {}
+        Some(GuardFor::Policy | GuardFor::Sequences) | None => {}
     }
 }

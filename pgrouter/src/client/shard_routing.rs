@@ -412,6 +412,7 @@ impl Session {
         if !matches!(tag, b'Q' | b'P' | b'B') {
             return None;
         }
+        let map = self.shard_map.as_ref()?;
         let held = self.server.as_ref()?;
         // Mid-batch, a Bind that cannot move the batch (something ran in it
         // already, or answers are still due) must fit the held shard too;
@@ -426,7 +427,6 @@ impl Session {
         if self.flow.in_tx() && self.mode == PoolMode::Transaction && !mid_batch {
             return None;
         }
-        let map = self.shard_map.as_ref()?;
         if self.in_vetted_batch(len, held.shard, map) {
             return None;
         }

@@ -63,6 +63,14 @@ pub fn bind_execute_unnamed(out: &mut BytesMut) {
     });
 }
 
+/// Execute of `portal`, all rows.
+pub fn write_execute(out: &mut BytesMut, portal: &str) {
+    put_message(out, b'E', |b| {
+        put_cstr(b, portal);
+        b.put_i32(0);
+    });
+}
+
 pub fn terminate(out: &mut BytesMut) {
     put_message(out, b'X', |_| {});
 }
