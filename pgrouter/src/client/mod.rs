@@ -53,6 +53,7 @@ pub mod registry;
 mod replay;
 mod replay_buffer;
 mod routing;
+mod sequence_discard;
 mod session;
 mod session_changes;
 mod shard_routing;
