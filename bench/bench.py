@@ -607,11 +607,13 @@ def scenario_baseline(cluster, workdir: Path, args) -> Scenario:
             scn.stop.append(r.stop)
             where = "primary+replica" if args.router_with_replica else f"primary:{p.port}"
             scn.targets["pgrouter"] = Target("pgrouter", const(r.port), const(where), r.pid)
-            if args.compare_bin:
-                # Another build of pgrouter (e.g. an older commit), same
-                # configuration: did a change cost anything?
+            if args.compare_bin or args.compare_workers:
+                # Another build of pgrouter (e.g. an older commit), or the
+                # same build with another `workers`: did a change cost anything?
                 base = PgRouter(workdir / "pgrouter-base", dbs, [app_user(args.auth)],
-                                args.pool_size, binary=Path(args.compare_bin))
+                                args.pool_size,
+                                general={"workers": args.compare_workers} if args.compare_workers else None,
+                                binary=Path(args.compare_bin) if args.compare_bin else None)
                 base.start()
                 scn.stop.append(base.stop)
                 scn.targets["pgrouter-base"] = Target("pgrouter-base", const(base.port), const(where),
@@ -963,6 +965,9 @@ def main() -> int:
                     help="baseline only: also give pgrouter the replica (reads may then go there)")
     ap.add_argument("--reload-interval", type=float, default=1.0,
                     help="reload scenario: seconds between SIGHUPs")
+    ap.add_argument("--compare-workers", type=int, default=0,
+                    help="also run a second pgrouter (this build, or --compare-bin) with this many "
+                         "workers, reported as pgrouter-base")
     ap.add_argument("--compare-bin", default=None,
                     help="baseline: also run this pgrouter binary (e.g. a build of an older commit) "
                          "as target pgrouter-base, with the same configuration, and report "

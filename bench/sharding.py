@@ -408,7 +408,7 @@ def fanout_report(runs: list[dict], counts: dict, args) -> list[str]:
                    f"{med([r['wall'] for r in rr.values()]) * 1000:>10.1f} "
                    f"{med([r['wall'] for r in dd.values()]) * 1000:>10.1f} {fmt(m, '.2f'):>6}  "
                    f"{' '.join(fmt(x, '.2f') for x in ratios):<32} "
-                   f"{med([r['router_cpu'] for r in rr.values()]):>10.2f} "
+                   f"{med([r['router_cpu'] for r in rr.values()]):>10.3f} "
                    f"{med([r['client_cpu'] for r in rr.values()]):>7.2f}/"
                    f"{med([r['client_cpu'] for r in dd.values()]):<7.2f}  "
                    + ("pass" if m is not None and m <= 1.10 else "FAIL"))

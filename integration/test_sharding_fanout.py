@@ -10,7 +10,8 @@ import pytest
 
 from harness.clients import aconnect, connect, run_async, sqlstate
 from harness.ops import admin_general, http_get, metrics_port
-from harness.pg import APP_DB, PgCluster
+from harness import wire
+from harness.pg import APP_DB, APP_PASSWORD, APP_USER, PgCluster
 
 PORT = "inet_server_port()"
 
@@ -812,3 +813,112 @@ def test_copy_and_executemany_inside_a_transaction(srouter, shards):
                                   [(k, 5) for k in range(400, 420)])
         conn.commit()
     assert sum(per_shard_counts(servers)) == 70
+
+
+def test_asyncpg_fetchrow_and_fetchval_over_shards(srouter, shards):
+    """asyncpg's fetchrow and fetchval execute with a row limit of 1. A
+    merged read answers as PostgreSQL does: that many rows, then
+    PortalSuspended; in and outside a transaction, prepared or not."""
+    servers, truth = shards
+    order = "SELECT customer_id, amount FROM fo_orders ORDER BY amount DESC NULLS LAST, customer_id"
+    with connect(srouter.dsn()) as conn, truth.connect(APP_DB) as t:
+        conn.execute(CREATE)
+        load_both(conn, t, 60)
+        assert all(c > 0 for c in per_shard_counts(servers))
+        want_count = t.execute("SELECT count(*) FROM fo_orders").fetchone()[0]
+        want_max = t.execute("SELECT max(amount) FROM fo_orders").fetchone()[0]
+        want_first = t.execute(order).fetchone()
+        keys_with_id_3 = {r[0] for r in t.execute("SELECT customer_id FROM fo_orders WHERE id = 3")}
+        want_groups = t.execute("SELECT id, count(*) FROM fo_orders GROUP BY id ORDER BY id").fetchall()
+
+    async def reads(c):
+        stmt = await c.prepare(order)
+        return (await c.fetchval("SELECT count(*) FROM fo_orders"),
+                await c.fetchval("SELECT max(amount) FROM fo_orders"),
+                tuple(await c.fetchrow(order)),
+                tuple(await stmt.fetchrow()),
+                (await c.fetchrow("SELECT customer_id FROM fo_orders WHERE id = 3"))[0],
+                tuple(await c.fetchrow("SELECT id, count(*) FROM fo_orders GROUP BY id ORDER BY id")),
+                await c.fetchval("SELECT customer_id FROM fo_orders WHERE id = -1"))
+
+    async def go():
+        c = await aconnect(srouter)
+        try:
+            outside = await reads(c)
+            async with c.transaction():
+                inside = await reads(c)
+                # Still usable in the same transaction afterwards.
+                after = await c.fetchval("SELECT count(*) FROM fo_orders")
+            return outside, inside, after
+        finally:
+            await c.close()
+    outside, inside, after = run_async(go())
+    for got in (outside, inside):
+        count, top, first, first_prepared, key, group, none = got
+        assert (count, top, first, first_prepared) == (want_count, want_max, tuple(want_first),
+                                                         tuple(want_first))
+        assert key in keys_with_id_3
+        assert group == tuple(want_groups[0])
+        assert none is None
+    assert after == want_count
+
+
+def test_execute_row_limits_answer_as_one_server_does(srouter, shards):
+    """Execute with a row limit on the unnamed portal, in the wire protocol,
+    compared message by message with one PostgreSQL holding all the rows:
+    the first rows then PortalSuspended (also when exactly that many rows
+    exist), or every row then CommandComplete when fewer. What cannot be
+    answered exactly is refused with 0A000: continuing a suspended portal
+    inside a transaction, and a named portal (a cursor) read in parts."""
+    servers, truth = shards
+    with connect(srouter.dsn()) as conn, truth.connect(APP_DB) as t:
+        conn.execute(CREATE)
+        load_both(conn, t, 60)
+        t.execute("GRANT SELECT ON fo_orders TO app")
+    ordered = "SELECT customer_id, amount FROM fo_orders ORDER BY customer_id"
+    count = "SELECT count(*) FROM fo_orders"
+
+    def exchange(port: int, sql: str, max_rows: int) -> list[tuple[bytes, list | None]]:
+        c = wire.connect(port, APP_USER, APP_DB, APP_PASSWORD)
+        try:
+            c.send(wire.parse_message(sql) + wire.bind_message() + wire.execute_message("", max_rows)
+                   + wire.sync_message())
+            [batch] = c.read_batches(1)
+            return [(m.kind, wire.data_row_values(m.body) if m.kind == b"D" else None)
+                    for m in batch if m.kind not in (b"1", b"2")]
+        finally:
+            c.close()
+
+    for sql, max_rows in [(ordered, 2), (ordered, 60), (ordered, 61), (ordered, 1000), (count, 1)]:
+        want = exchange(truth.port, sql, max_rows)
+        got = exchange(srouter.port, sql, max_rows)
+        assert got == want, (sql, max_rows)
+        assert want[-2][0] == (b"s" if max_rows <= 60 and sql == ordered or sql == count else b"C")
+
+    c = wire.connect(srouter.port, APP_USER, APP_DB, APP_PASSWORD)
+    try:
+        c.simple_query("BEGIN")
+        c.send(wire.parse_message(ordered) + wire.bind_message() + wire.execute_message("", 3)
+               + wire.sync_message())
+        [first] = c.read_batches(1)
+        assert [m.kind for m in first if m.kind in b"DsC"] == [b"D", b"D", b"D", b"s"]
+        # The rest of that portal: the shards ran theirs to the end.
+        c.send(wire.execute_message("", 0) + wire.sync_message())
+        [rest] = c.read_batches(1)
+        [err] = wire.errors_in(rest)
+        assert err["C"] == "0A000" and "shards" in err["M"], err
+        assert rest[-1].body == b"E"
+        c.simple_query("ROLLBACK")
+        # A named portal read in parts (a cursor).
+        c.simple_query("BEGIN")
+        c.send(wire.parse_message(ordered) + wire.bind_message(portal="cur") + wire.execute_message("cur", 5)
+               + wire.sync_message())
+        [named] = c.read_batches(1)
+        [err] = wire.errors_in(named)
+        assert err["C"] == "0A000" and "cursor" in err["M"], err
+        c.simple_query("ROLLBACK")
+        # A new Bind starts a new portal: read whole, as usual.
+        rows, tags, _ = c.simple_query(ordered)
+        assert len(rows) == 60 and tags == ["SELECT 60"]
+    finally:
+        c.close()

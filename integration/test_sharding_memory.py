@@ -8,6 +8,7 @@ that buffered it, or read the shards ahead of a stalled client, would pass
 64 MiB."""
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ import psycopg
 import pytest
 from psycopg import pq
 
+from harness.clients import aconnect, run_async
 from harness.pg import APP_DB, PgCluster
 
 ROWS_PER_SHARD = 750_000
@@ -126,3 +128,48 @@ def test_rss_stays_bounded_while_a_stalled_client_streams_a_cross_shard_order_by
     hwm = vm_kib(router.pid, "VmHWM") * 1024
     assert hwm < LIMIT_BYTES, f"router peak RSS {hwm / 2**20:.1f} MiB (sampled {peak[0] / 1024:.1f} MiB)"
     print(f"{rows} rows: router VmHWM {hwm / 2**20:.1f} MiB, sampled peak {peak[0] / 1024:.1f} MiB")
+
+
+def test_server_connections_answer_small_requests_after_a_large_cross_shard_result(routers, shards):
+    """While a fan-out streams a large result, each leg's socket wakes the
+    router only for 64 KiB at a time (`SO_RCVLOWAT`, `net/low_water.rs`).
+    The mark must be lowered for the tail of the result, and before anything
+    else reads those connections: the next statement of the same
+    transaction (on legs the transaction keeps), and the next client (a pool
+    of one connection per shard hands it the same ones). A mark left raised
+    leaves a small answer unread: each step here would time out."""
+    dbs = [{"name": "app", "host": "127.0.0.1", "port": s.port, "database_name": "app",
+            "role": "primary", "shard": i} for i, s in enumerate(shards)]
+    router = routers.start(general={"default_pool_size": 1}, databases=dbs, sharded_tables=SHARDED)
+    big_sql = "SELECT id, note FROM mem_rows WHERE id % 10 = 0"
+    expected = sum(s.scalar("SELECT count(*) FROM mem_rows WHERE id % 10 = 0") for s in shards)
+    # Several MiB from each shard: well past the 512 KiB after which the
+    # mark is raised.
+    per_shard = [s.scalar("SELECT sum(19 + octet_length(id::text) + octet_length(note)) "
+                          "FROM mem_rows WHERE id % 10 = 0") for s in shards]
+    assert min(per_shard) > 4 * 1024 * 1024, per_shard
+
+    async def at_once(awaitable):
+        return await asyncio.wait_for(awaitable, 10)
+
+    async def scenario():
+        first = await aconnect(router)
+        try:
+            async with first.transaction():
+                rows = await at_once(first.fetch(big_sql))
+                assert len(rows) == expected
+                assert await at_once(first.fetchval("SELECT id FROM mem_rows WHERE id = 2")) == 2
+                assert await at_once(first.fetchval(
+                    "SELECT count(*) FROM mem_rows WHERE id <= 10")) == 10
+                rows = await at_once(first.fetch(big_sql + " ORDER BY id"))
+                assert [r["id"] for r in rows[:3]] == [10, 20, 30]
+            assert len(await at_once(first.fetch(big_sql))) == expected
+        finally:
+            await first.close()
+        second = await aconnect(router)
+        try:
+            assert await at_once(second.fetchval("SELECT count(*) FROM mem_rows WHERE id <= 10")) == 10
+            assert await at_once(second.fetchval("SELECT note FROM mem_rows WHERE id = 3")) is not None
+        finally:
+            await second.close()
+    run_async(scenario(), timeout=100)

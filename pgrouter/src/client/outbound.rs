@@ -467,6 +467,7 @@ impl Session {
             }
             b'B' => {
                 self.flow.extended_sent();
+                self.unnamed_portal_suspended_on_shards = false;
                 let b = parse_bind_names(body)?;
                 let stmt = if b.statement.is_empty() {
                     None

@@ -123,6 +123,11 @@ pub struct Session {
     pub(super) unnamed_parse: BytesMut,
     /// The server held now has that unnamed statement.
     pub(super) unnamed_here: bool,
+    /// A merged read on several shards answered the unnamed portal's
+    /// Execute with PortalSuspended: until the next Bind, an Execute that
+    /// continues that portal is refused (the shards' portals ran to the
+    /// end; see `shards/read.rs`).
+    pub(super) unnamed_portal_suspended_on_shards: bool,
     /// Analysis of the statement bound by the last Bind, for SET tracking at Execute.
     pub(super) last_bound: Option<Arc<Analysis>>,
 
@@ -221,6 +226,7 @@ impl Session {
             pending_prepares: Default::default(),
             unnamed: None,
             unnamed_parse: BytesMut::new(),
+            unnamed_portal_suspended_on_shards: false,
             unnamed_here: false,
             last_bound: None,
             replay: None,

@@ -410,7 +410,11 @@ impl Session {
         // Only these carry statements or their values (checked first: this
         // runs for every client message).
         if !matches!(tag, b'Q' | b'P' | b'B') {
-            return None;
+            let continues = tag == b'E'
+                && self.unnamed_portal_suspended_on_shards
+                && self.flow.in_tx()
+                && self.cbuf.get(5) == Some(&0);
+            return continues.then(continued_portal_refusal);
         }
         let map = self.shard_map.as_ref()?;
         let held = self.server.as_ref()?;
@@ -526,5 +530,18 @@ impl Session {
             _ => return None,
         };
         Some(planned)
+    }
+}
+
+/// An Execute that would continue the unnamed portal a merged read on
+/// several shards left suspended (asyncpg's `fetchrow` asked for one row of
+/// more): the shards ran it to the end, so the rest cannot be read.
+fn continued_portal_refusal() -> Refusal {
+    Refusal {
+        sqlstate: "0A000",
+        message: "pgrouter: reading the rest of a result on several shards in parts (another Execute \
+                  of a portal suspended after its row limit) is not supported; HINT: fetch all rows \
+                  at once, or add the shard key"
+            .to_string(),
     }
 }

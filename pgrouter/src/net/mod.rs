@@ -2,6 +2,7 @@
 //! servers are reached through (plain TCP or TLS), and the TLS set-up.
 
 mod listener;
+pub mod low_water;
 mod stream;
 pub mod tls;
 

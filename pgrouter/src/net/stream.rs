@@ -68,6 +68,17 @@ impl ServerStream {
         };
         matches!(read, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
+
+    /// Sets `SO_RCVLOWAT` on the TCP socket (under TLS too); see
+    /// `net/low_water.rs`. A Unix-domain socket is readable whatever the
+    /// mark: nothing is set, and `Unsupported` says so.
+    pub fn set_receive_low_water(&self, bytes: i32) -> io::Result<()> {
+        match self {
+            ServerStream::Plain(s) => super::low_water::set(s, bytes),
+            ServerStream::Tls(s) => super::low_water::set(s.inner.get_ref().0, bytes),
+            ServerStream::Unix(_) => Err(io::ErrorKind::Unsupported.into()),
+        }
+    }
 }
 
 impl From<TcpStream> for ServerStream {

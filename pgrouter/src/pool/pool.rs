@@ -541,7 +541,11 @@ impl Pool {
         // Bytes left unread or unsent: what the server was asked and
         // answered is not known, so the connection is not reused.
         let in_flight = !conn.read_buf.is_empty() || !conn.write_buf.is_empty();
-        if expired || conn.tx_status != b'I' || in_flight {
+        // A fan-out that ended early may leave its socket's SO_RCVLOWAT
+        // raised (`net/low_water.rs`): the next client's small answers
+        // would never wake it.
+        let stuck = conn.low_water.lower(&conn.stream).is_err();
+        if expired || conn.tx_status != b'I' || in_flight || stuck {
             pool.close(k, conn);
             return; // dropping `pooled` passes its lease on
         }

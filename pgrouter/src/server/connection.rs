@@ -123,6 +123,9 @@ pub struct ServerConn {
     /// Shares of `max_db_connections` / `max_user_connections` this
     /// connection holds; given back when it is dropped.
     pub permits: Vec<crate::pool::CapPermit>,
+    /// `SO_RCVLOWAT` raised while a fan-out streams from here
+    /// (`net/low_water.rs`); lowered before anyone else reads.
+    pub low_water: crate::net::low_water::LowWater,
 }
 
 impl ServerConn {

@@ -64,6 +64,7 @@ impl ServerConn {
             wrote: false,
             discard_due: false,
             permits: Vec::new(),
+            low_water: Default::default(),
         };
         super::login::login(&mut conn, target).await?;
         conn.startup_params = conn.params.clone();

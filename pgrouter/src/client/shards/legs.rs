@@ -157,22 +157,23 @@ pub(super) fn give_back(legs: Vec<Leg>) {
 }
 
 /// Polls the legs picked by `wanted` for more bytes in their read
-/// buffers: ready when one got some. `Err(i)`: leg `i` closed or failed.
+/// buffers: ready with (leg, bytes read) when one got some. `Err(i)`: leg
+/// `i` closed or failed.
 pub(super) fn poll_fill_any(
     cx: &mut std::task::Context<'_>,
     legs: &mut [Leg],
     wanted: &[bool],
-) -> Poll<Result<(), usize>> {
+) -> Poll<Result<(usize, usize), usize>> {
     for (i, leg) in legs.iter_mut().enumerate() {
         if !wanted.get(i).copied().unwrap_or(false) {
             continue;
         }
         let server = &mut *leg.held.conn;
-        server.read_buf.reserve(64 * 1024);
+        server.read_buf.reserve(128 * 1024);
         let read = std::pin::pin!(server.stream.read_buf(&mut server.read_buf));
         match read.poll(cx) {
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Err(i)),
-            Poll::Ready(Ok(_)) => return Poll::Ready(Ok(())),
+            Poll::Ready(Ok(n)) => return Poll::Ready(Ok((i, n))),
             Poll::Pending => {}
         }
     }
@@ -182,7 +183,20 @@ pub(super) fn poll_fill_any(
 /// Waits until one of the legs picked by `wanted` has more bytes in its
 /// read buffer. `Err(i)`: leg `i` closed or failed.
 pub(super) async fn fill_any(legs: &mut [Leg], wanted: &[bool]) -> Result<(), usize> {
-    std::future::poll_fn(|cx| poll_fill_any(cx, legs, wanted)).await
+    std::future::poll_fn(|cx| poll_fill_any(cx, legs, wanted))
+        .await
+        .map(|_| ())
+}
+
+/// Lowers the receive mark of every leg a streaming fan-out raised
+/// (`net/low_water.rs`); a leg whose socket refuses is closed at give-back.
+pub(super) fn lower_low_water(legs: &mut [Leg]) {
+    for leg in legs.iter_mut() {
+        let server = &mut *leg.held.conn;
+        if server.low_water.lower(&server.stream).is_err() {
+            server.tx_status = b'E';
+        }
+    }
 }
 
 /// Cancels what the legs not yet answered are running (after another leg

@@ -22,7 +22,7 @@ mod tx_legs;
 mod unit;
 mod write;
 
-use unit::Taken;
+use unit::{Taken, Unit};
 
 use bytes::{Buf, Bytes};
 
@@ -146,15 +146,9 @@ impl Session {
                 return self.flush_client().await.map(|_| true);
             }
         };
-        if unit.extended.as_ref().is_some_and(|e| e.max_rows != 0) {
-            // A portal read in parts (a cursor) cannot be merged.
+        if let Some(e) = row_limit_refusal(&unit, many.kind) {
             self.state.metrics.record_error("0A000");
-            ShardError::router(
-                "0A000",
-                "pgrouter: fetching a result on several shards in parts (Execute with a row limit, \
-                 cursors) is not supported; HINT: add the shard key",
-            )
-            .write(&mut self.to_client);
+            e.write(&mut self.to_client);
             backend::ready_for_query(&mut self.to_client, b'I');
             return self.flush_client().await.map(|_| true);
         }
@@ -190,6 +184,29 @@ impl Session {
             .set_state(super::registry::ClientState::Idle);
         self.flush_client().await.map(|_| true)
     }
+}
+
+/// An Execute with a row limit on the unnamed portal (asyncpg's
+/// `fetchrow`/`fetchval` ask for one row) is answered on a merged read as
+/// PostgreSQL answers it: that many rows, then PortalSuspended. A named
+/// portal read in parts (a cursor: asyncpg's `cursor()`, JDBC's fetch
+/// size) would need the merge kept open between Executes, and a write's
+/// RETURNING rows are not cut so: both are refused.
+fn row_limit_refusal(unit: &Unit, kind: ManyKind) -> Option<ShardError> {
+    let e = unit.extended.as_ref().filter(|e| e.max_rows > 0)?;
+    let what = if kind != ManyKind::Read {
+        "a write on several shards executed with a row limit"
+    } else if e.named_portal {
+        "reading a result on several shards in parts (a cursor: Execute of a named portal with a row limit)"
+    } else {
+        return None;
+    };
+    Some(ShardError::router(
+        "0A000",
+        format!(
+            "pgrouter: {what} is not supported; HINT: fetch all rows at once, or add the shard key"
+        ),
+    ))
 }
 
 /// COPY of a sharded table sent through the extended query protocol: the

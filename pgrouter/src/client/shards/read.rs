@@ -9,7 +9,7 @@ use bytes::{Bytes, BytesMut};
 use pgrouter_parser::fanout::{plan_read, ReadPlan};
 
 use super::held::Leg;
-use super::legs::{cancel_targets, cancel_unfinished, give_back, poll_fill_any};
+use super::legs::{cancel_targets, cancel_unfinished, give_back, lower_low_water, poll_fill_any};
 use super::unit::Unit;
 use super::{next_message, ShardError};
 use crate::client::error::SessionEnd;
@@ -23,6 +23,9 @@ const FLUSH_AT: usize = 64 * 1024;
 /// before the shards are no longer read (their sockets then fill and they
 /// wait): bounds the router's memory per fan-out.
 const CLIENT_BACKLOG: usize = 1024 * 1024;
+/// How long a leg streaming with a raised receive mark may send nothing
+/// before the mark is lowered (see [`relay_wait`]).
+const TAIL_WAIT: std::time::Duration = std::time::Duration::from_millis(1);
 
 impl Session {
     pub(super) async fn read_on_shards(
@@ -67,7 +70,11 @@ impl Session {
             }
         };
         let hidden = spec.hidden;
-        let mut merger = Merger::new(spec, legs.len(), ctx);
+        let portal_rows = unit
+            .extended
+            .as_ref()
+            .map_or(0, |e| e.max_rows.max(0) as u64);
+        let mut merger = Merger::new(spec, legs.len(), ctx).with_portal_rows(portal_rows);
         let mut request = BytesMut::new();
         match &unit.extended {
             None => unit.request(&plan.shard_sql, &mut request),
@@ -79,10 +86,12 @@ impl Session {
             }
         }
         unit.preamble(&mut self.to_client);
-        match self.run_read(legs, &request, &mut merger).await {
+        let result = match self.run_read(legs, &request, &mut merger).await {
             Ok(r) => r,
             Err(end) => Err(ShardError::router("08006", format!("pgrouter: {end:?}"))),
-        }
+        };
+        self.unnamed_portal_suspended_on_shards = merger.suspended();
+        result
     }
 
     /// What the merge needs to know of the session and the database: the
@@ -171,8 +180,21 @@ impl Session {
         })
     }
 
-    /// Sends `request` to every leg and relays the merged answer.
+    /// Sends `request` to every leg and relays the merged answer. The legs'
+    /// receive marks a large result raised are lowered again on every way
+    /// out, before anything else reads these connections.
     async fn run_read(
+        &mut self,
+        legs: &mut [Leg],
+        request: &[u8],
+        merge: &mut Merger,
+    ) -> Result<Result<(), ShardError>, SessionEnd> {
+        let relayed = self.relay_read(legs, request, merge).await;
+        lower_low_water(legs);
+        relayed
+    }
+
+    async fn relay_read(
         &mut self,
         legs: &mut [Leg],
         request: &[u8],
@@ -286,47 +308,72 @@ enum Waited {
 /// output waits here, up to [`CLIENT_BACKLOG`]), and the shards do not wait
 /// for a write of the whole output. Output under [`FLUSH_AT`] waits for
 /// more (the rest goes at the end of the statement).
+///
+/// A leg that streams a large result has its receive mark raised
+/// (`net/low_water.rs`), so that the router is woken once per several of
+/// the server's sends; when such a leg has sent nothing for [`TAIL_WAIT`]
+/// (the end of its result, or a pause) its mark is lowered, which wakes
+/// the read if bytes are already waiting.
 async fn relay_wait(
     client: &mut crate::net::ClientStream,
     out: &mut BytesMut,
     legs: &mut [Leg],
     wanted: &[bool],
 ) -> Result<(), Waited> {
+    use std::future::Future;
+    use std::task::Poll;
     use tokio::io::AsyncWrite;
+    let raised = |legs: &[Leg]| {
+        legs.iter()
+            .zip(wanted)
+            .any(|(l, &w)| w && l.held.conn.low_water.is_raised())
+    };
+    let mut tail = raised(legs).then(|| Box::pin(tokio::time::sleep(TAIL_WAIT)));
     std::future::poll_fn(|cx| {
         let mut wrote = false;
         if out.len() >= FLUSH_AT {
             while !out.is_empty() {
                 match std::pin::Pin::new(&mut *client).poll_write(cx, out) {
-                    std::task::Poll::Ready(Ok(0)) => {
-                        return std::task::Poll::Ready(Err(Waited::ClientLost(
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(Waited::ClientLost(
                             std::io::ErrorKind::WriteZero.into(),
                         )))
                     }
-                    std::task::Poll::Ready(Ok(n)) => {
+                    Poll::Ready(Ok(n)) => {
                         bytes::Buf::advance(out, n);
                         wrote = true;
                     }
-                    std::task::Poll::Ready(Err(e)) => {
-                        return std::task::Poll::Ready(Err(Waited::ClientLost(e)))
-                    }
-                    std::task::Poll::Pending => break,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Waited::ClientLost(e))),
+                    Poll::Pending => break,
                 }
             }
         }
         if out.len() < CLIENT_BACKLOG {
             match poll_fill_any(cx, legs, wanted) {
-                std::task::Poll::Ready(Err(i)) => {
-                    return std::task::Poll::Ready(Err(Waited::LegLost(i)))
+                Poll::Ready(Err(i)) => return Poll::Ready(Err(Waited::LegLost(i))),
+                Poll::Ready(Ok((i, n))) => {
+                    let server = &mut *legs[i].held.conn;
+                    server.low_water.streamed(&server.stream, n);
+                    return Poll::Ready(Ok(()));
                 }
-                std::task::Poll::Ready(Ok(())) => return std::task::Poll::Ready(Ok(())),
-                std::task::Poll::Pending => {}
+                Poll::Pending => {}
+            }
+            if let Some(timer) = tail.as_mut() {
+                if timer.as_mut().poll(cx).is_ready() {
+                    for i in (0..legs.len()).filter(|&i| wanted[i]) {
+                        let server = &mut *legs[i].held.conn;
+                        if server.low_water.lower(&server.stream).is_err() {
+                            return Poll::Ready(Err(Waited::LegLost(i)));
+                        }
+                    }
+                    return Poll::Ready(Ok(()));
+                }
             }
         }
         if wrote {
-            std::task::Poll::Ready(Ok(()))
+            Poll::Ready(Ok(()))
         } else {
-            std::task::Poll::Pending
+            Poll::Pending
         }
     })
     .await

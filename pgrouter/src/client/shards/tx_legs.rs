@@ -384,6 +384,9 @@ impl Session {
                 return self.answer_in_tx(Err(e), None);
             }
         };
+        if let Some(e) = super::row_limit_refusal(&unit, many.kind) {
+            return self.answer_in_tx(Err(e), Some(&unit));
+        }
         let copy = matches!(many.kind, ManyKind::CopyIn | ManyKind::CopyOut);
         if copy && unit.extended.is_some() {
             return self.answer_in_tx(

@@ -42,6 +42,9 @@ pub(super) struct Extended {
     pub bind_rest: Bytes,
     /// The Execute's row limit (0 = all).
     pub max_rows: i32,
+    /// The Execute names a portal (a cursor a client reads in parts), not
+    /// the unnamed one.
+    pub named_portal: bool,
 }
 
 impl Unit {
@@ -152,6 +155,7 @@ impl Session {
         let mut parsed = false;
         let mut describe = false;
         let mut max_rows = 0;
+        let mut named_portal = false;
         let mut bind = None;
         for &(tag, start, len) in &frames {
             let body = &batch[start + 5..start + len];
@@ -162,13 +166,17 @@ impl Session {
                 }
                 b'B' => bind = Some((start, len)),
                 b'D' => describe = true,
-                b'E' => max_rows = execute_max_rows(body),
+                b'E' => {
+                    max_rows = execute_max_rows(body);
+                    named_portal = body.first().is_some_and(|&b| b != 0);
+                }
                 _ => {}
             }
         }
         let Some((start, len)) = bind else {
             return Ok(Taken::Failed(unsupported_shape()));
         };
+        self.unnamed_portal_suspended_on_shards = false;
         let b = parse_bind_names(&batch[start + 5..start + len])?;
         let (sql, param_types, analysis) = if b.statement.is_empty() {
             let Ok(p) = parse_parse(self.unnamed_parse.get(5..).unwrap_or(&[])) else {
@@ -205,6 +213,7 @@ impl Session {
                 param_types,
                 bind_rest,
                 max_rows,
+                named_portal,
             }),
         }))
     }

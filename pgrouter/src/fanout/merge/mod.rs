@@ -48,6 +48,8 @@ mod tests_pass_through;
 #[cfg(test)]
 mod tests_pg;
 #[cfg(test)]
+mod tests_portal_rows;
+#[cfg(test)]
 mod tests_sort;
 #[cfg(test)]
 mod tests_values;
@@ -175,6 +177,9 @@ pub struct Merger {
     seen: HashSet<Vec<Option<Key>>>,
     pending: BytesMut,
     limit: Option<u64>,
+    /// The client's Execute row limit (0 = all rows): when this many rows
+    /// went out, the answer ends in PortalSuspended, as PostgreSQL's does.
+    portal_rows: Option<u64>,
     offset: u64,
     skipped: u64,
     sent: u64,
@@ -223,12 +228,22 @@ impl Merger {
             seen: HashSet::new(),
             pending: BytesMut::new(),
             limit,
+            portal_rows: None,
             offset,
             skipped: 0,
             sent: 0,
             finished: false,
             failure,
         }
+    }
+
+    /// An Execute that asked for at most `rows` rows (`rows` > 0): the
+    /// merge stops there and ends in PortalSuspended instead of
+    /// CommandComplete when that many went out (PostgreSQL does so even
+    /// when no row is left).
+    pub fn with_portal_rows(mut self, rows: u64) -> Merger {
+        self.portal_rows = (rows > 0).then_some(rows);
+        self
     }
 
     fn sorted(&self) -> bool {
@@ -319,7 +334,16 @@ impl Merger {
     }
 
     fn limit_met(&self) -> bool {
-        self.limit.is_some_and(|l| self.sent >= l)
+        self.limit.is_some_and(|l| self.sent >= l) || self.portal_full()
+    }
+
+    /// The answer ended in PortalSuspended (see [`Merger::with_portal_rows`]).
+    pub fn suspended(&self) -> bool {
+        self.finished && self.portal_full()
+    }
+
+    fn portal_full(&self) -> bool {
+        self.portal_rows.is_some_and(|n| self.sent >= n)
     }
 
     fn all_complete(&self) -> bool {
@@ -355,6 +379,8 @@ impl Merger {
                 && !self.empty_query.is_empty()
             {
                 crate::protocol::backend::put_message(out, b'I', |_| {});
+            } else if self.portal_full() {
+                crate::protocol::backend::put_message(out, b's', |_| {});
             } else {
                 crate::protocol::backend::command_complete(out, &format!("SELECT {}", self.sent));
             }

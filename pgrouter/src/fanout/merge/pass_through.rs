@@ -35,7 +35,12 @@ impl Merger {
         let Some(columns) = self.passes_rows_through(shard) else {
             return fed;
         };
-        let room = self.limit.map_or(u64::MAX, |l| l.saturating_sub(self.sent));
+        let room = self
+            .limit
+            .into_iter()
+            .chain(self.portal_rows)
+            .min()
+            .map_or(u64::MAX, |l| l.saturating_sub(self.sent));
         let mut rows = 0u64;
         while rows < room {
             let Some(header) = buf.get(fed.taken..fed.taken + 5) else {

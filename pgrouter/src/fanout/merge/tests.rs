@@ -62,6 +62,8 @@ pub(super) struct Out {
     pub rows: Vec<Vec<Option<Vec<u8>>>>,
     pub tag: Option<String>,
     pub empty: bool,
+    /// Ended in PortalSuspended (an Execute's row limit was met).
+    pub suspended: bool,
 }
 
 impl Out {
@@ -120,6 +122,10 @@ pub(super) fn decode(buf: &[u8]) -> Out {
                 out.tag = Some(String::from_utf8_lossy(&body[..body.len() - 1]).into());
             }
             b'I' => out.empty = true,
+            b's' => {
+                assert!(out.tag.is_none() && !out.suspended, "one end");
+                out.suspended = true;
+            }
             other => panic!("unexpected message {}", other as char),
         }
     }
