@@ -564,3 +564,36 @@ def test_server_tls_disable_passes_the_refusal_on(tls_routers):
     text = error_text(err.value)
     assert "pg_hba.conf" in text or "no encryption" in text, text
     assert router.alive()
+
+
+def test_server_tls_legs_stream_a_large_cross_shard_result(tls_routers, tls_cluster):
+    """A fan-out over TLS server connections: while a large result streams,
+    the legs' TCP sockets (under TLS) wake the router only for 64 KiB at a
+    time (`net/low_water.rs`), with decrypted bytes possibly held in the TLS
+    layer. The whole result arrives, and small statements after it (same
+    transaction, next client on the same connections) are answered. Both
+    "shards" are the one TLS cluster, so every row comes twice."""
+    tls_cluster.primary.sql("CREATE TABLE tls_big (id bigint NOT NULL, note text)")
+    tls_cluster.primary.sql("INSERT INTO tls_big SELECT k, repeat(md5(k::text), 3) "
+                            "FROM generate_series(1, 60000) k")
+    tls_cluster.primary.sql("GRANT SELECT ON tls_big TO app")
+    port = tls_cluster.primary.port
+    dbs = [{"name": "app", "host": "127.0.0.1", "port": port, "database_name": "app",
+            "role": "primary", "shard": i} for i in range(2)]
+    router = tls_routers.start(general={"server_tls": "require", "default_pool_size": 1}, databases=dbs,
+                               sharded_tables=[{"database": "app", "name": "tls_big", "column": "id",
+                                                "data_type": "bigint"}])
+    try:
+        with connect(router.dsn(), autocommit=False) as conn:
+            rows = conn.execute("SELECT id, note FROM tls_big").fetchall()
+            assert len(rows) == 120000 and len({r[0] for r in rows}) == 60000
+            assert conn.execute("SELECT note FROM tls_big WHERE id = 7").fetchone()[0].startswith(
+                "8f14e45f")
+            assert conn.execute("SELECT count(*) FROM tls_big WHERE id <= 10").fetchone() == (20,)
+            conn.commit()
+        with connect(router.dsn()) as conn:
+            assert conn.execute("SELECT count(*) FROM tls_big WHERE id <= 3").fetchone() == (6,)
+            assert conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone() \
+                == (True,)
+    finally:
+        tls_cluster.primary.sql("DROP TABLE tls_big")
