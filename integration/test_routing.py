@@ -84,6 +84,34 @@ def test_asyncpg_reads_and_writes(routers, objects, places):
     run_async(main())
 
 
+def test_asyncpg_simple_query_after_prepare_goes_to_the_primary(routers, objects, places, cluster):
+    """asyncpg's `prepare()` sends Parse, Describe and Flush, no Sync; a
+    read prepared so runs its batch on a replica. A simple Query next (what
+    `execute()` without arguments and the COPY of `copy_records_to_table`
+    send) ends that batch on PostgreSQL, and a write must reach the primary,
+    not the replica the batch was on."""
+    router = split_router(routers)
+
+    async def main():
+        conn = await aconnect(router)
+        try:
+            stmt = await conn.prepare(f"SELECT v, {WHERE} FROM rt_t WHERE id = $1")
+            assert await conn.execute("UPDATE rt_t SET v = v + 0 WHERE id = 2") == "UPDATE 1"
+            await conn.prepare("SELECT v FROM rt_t")
+            tag = await conn.execute(
+                "INSERT INTO rt_t VALUES (7001, 1), (7002, 2) ON CONFLICT (id) DO NOTHING")
+            assert tag.startswith("INSERT 0"), tag
+            await conn.prepare("SELECT v FROM rt_t")
+            await conn.copy_records_to_table("rt_t", records=[(7003, 3)], columns=["id", "v"])
+            # The prepared read still runs (on a replica).
+            assert places.row(tuple(await stmt.fetchrow(1))[1:]) == "replica"
+        finally:
+            await conn.close()
+    run_async(main())
+    assert cluster.primary.sql("SELECT count(*) FROM rt_t WHERE id IN (7001, 7002, 7003)")[0][0] == 3
+    cluster.primary.sql("DELETE FROM rt_t WHERE id > 7000")
+
+
 # ----------------------------------------------------------------- writes --
 def test_write_statements_go_to_primary(routers, objects, places, cluster):
     router = split_router(routers)

@@ -922,3 +922,34 @@ def test_execute_row_limits_answer_as_one_server_does(srouter, shards):
         assert len(rows) == 60 and tags == ["SELECT 60"]
     finally:
         c.close()
+
+
+def test_asyncpg_copy_records_and_queries_after_prepare_split_by_key(srouter, shards):
+    """asyncpg's `copy_records_to_table` prepares a keyless SELECT of the
+    table (Parse, Describe, Flush: no Sync), then sends its binary COPY as a
+    simple Query; `execute()` without arguments after a `prepare()` does
+    the same with an INSERT. Each row must land on its key's shard, not on
+    the shard the prepared batch was routed to."""
+    servers, _ = shards
+    with connect(srouter.dsn()) as conn:
+        conn.execute(CREATE)
+
+    async def go():
+        c = await aconnect(srouter)
+        try:
+            tag = await c.copy_records_to_table(
+                "fo_orders", records=[(k, k % 7, k * 1.5, f"r{k}") for k in range(1, 41)],
+                columns=["customer_id", "id", "amount", "note"])
+            await c.prepare("SELECT customer_id FROM fo_orders")
+            ins = await c.execute("INSERT INTO fo_orders VALUES " + ", ".join(
+                f"({k}, 1, 1, 'x')" for k in range(41, 61)))
+            found = [await c.fetchval("SELECT count(*) FROM fo_orders WHERE customer_id = $1", k)
+                     for k in range(1, 61)]
+            return tag, ins, found
+        finally:
+            await c.close()
+    tag, ins, found = run_async(go())
+    assert (tag, ins) == ("COPY 40", "INSERT 0 20")
+    assert found == [1] * 60  # each key found on the shard its key names
+    counts = per_shard_counts(servers)
+    assert sum(counts) == 60 and all(c > 0 for c in counts), counts

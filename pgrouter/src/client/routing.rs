@@ -225,7 +225,7 @@ impl Session {
             return false;
         }
         if self.flow.unsynced() {
-            return tag == b'B' && self.bind_moves_batch();
+            return matches!(tag, b'B' | b'Q') && self.unsynced_batch_moves(tag);
         }
         if !matches!(tag, b'Q' | b'P' | b'B' | b'F') {
             return false;
@@ -239,14 +239,20 @@ impl Session {
 }
 
 impl Session {
-    /// A batch that so far only prepared and described (asyncpg sends
-    /// Parse, Describe, Flush, and its Bind later) was routed without
-    /// knowing its keys. When its Bind needs another shard, it is closed
-    /// with a Sync of the router's own (nothing ran in it), the server is
-    /// released, and the Bind starts a batch of its own on the right shard
-    /// (the statement is prepared there on demand).
-    fn bind_moves_batch(&mut self) -> bool {
-        if self.flow.executed_unsynced() || self.answers_due() || self.shard_map.as_ref().is_none()
+    /// A batch that so far only prepared and described (asyncpg's
+    /// `prepare()` sends Parse, Describe, Flush, and its Bind later) was
+    /// routed without knowing its keys. When its Bind needs another shard,
+    /// or a simple Query comes next (asyncpg's `copy_records_to_table`
+    /// prepares, then sends its COPY as a Query; so does `execute()` without
+    /// arguments after a `prepare()`) and needs another shard, several
+    /// shards or the primary, the batch is closed with a Sync of the
+    /// router's own (nothing ran in it; PostgreSQL ends it at the Query
+    /// anyway), the server is released, and the message starts a unit of
+    /// its own where it belongs (a statement is prepared there on demand).
+    fn unsynced_batch_moves(&mut self, tag: u8) -> bool {
+        if self.flow.executed_unsynced()
+            || self.answers_due()
+            || (tag == b'B' && self.shard_map.as_ref().is_none())
         {
             return false;
         }

@@ -420,7 +420,7 @@ impl Session {
         let held = self.server.as_ref()?;
         // Mid-batch, a Bind that cannot move the batch (something ran in it
         // already, or answers are still due) must fit the held shard too;
-        // otherwise `bind_moves_batch` moves it.
+        // otherwise `unsynced_batch_moves` moves it.
         let mid_batch =
             self.flow.unsynced() && (self.flow.executed_unsynced() || self.answers_due());
         if !(self.flow.in_tx() || self.mode == PoolMode::Session || mid_batch) {
