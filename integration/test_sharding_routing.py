@@ -306,6 +306,37 @@ def test_explain_route_answers_without_running(srouter, shards):
         assert conn.execute(f"SELECT count(*) FROM sh_orders WHERE customer_id = {k}").fetchone()[0] == 0
 
 
+def test_explain_route_through_asyncpg_named_statements(srouter, shards):
+    """asyncpg prepares every statement by name (Parse, Describe, Flush),
+    then Binds and Executes it: the router answers both batches, again on
+    the statement cache's second run, and the name does not outlive a
+    Parse of other text under it."""
+    k = 9
+    shard = hash_shard(shards[0], "sh_hp_int8", 3, k)
+    want = [(shard, "primary", f"127.0.0.1:{shards[shard].port}", f"sh_orders.customer_id = {k}")]
+
+    async def go():
+        c = await aconnect(srouter)
+        try:
+            sql = f"EXPLAIN (ROUTE) SELECT * FROM sh_orders WHERE customer_id = {k}"
+            first = [tuple(r) for r in await c.fetch(sql)]
+            again = [tuple(r) for r in await c.fetch(sql)]  # the cached statement
+            row = tuple(await c.fetchrow("EXPLAIN (ROUTE) UPDATE sh_orders SET note = 'x'"))
+            stmt = await c.prepare("EXPLAIN (ROUTE) SELECT 1")
+            one = [tuple(r) for r in await stmt.fetch()]
+            cols = [a.name for a in stmt.get_attributes()]
+            plain = await c.fetchval("SELECT count(*) FROM sh_orders WHERE customer_id = $1", k)
+            return first, again, row, one, cols, plain
+        finally:
+            await c.close()
+    first, again, row, one, cols, plain = run_async(go())
+    assert first == again == want
+    assert row[:2] == (0, "primary")
+    assert one == [(0, "primary", f"127.0.0.1:{shards[0].port}", "no sharded table: shard 0")]
+    assert cols == ["shard", "role", "server", "reason"]
+    assert plain == 0
+
+
 def test_explain_route_names_the_replica_a_read_would_use(routers, shards, cluster):
     dbs = [{"name": "app", "host": "127.0.0.1", "port": s.port, "database_name": "app", "role": "primary",
             "shard": i} for i, s in enumerate(shards)]

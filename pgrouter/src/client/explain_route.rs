@@ -188,17 +188,122 @@ impl Session {
         Ok(true)
     }
 
+    /// The answer's RowDescription, saying which columns come in binary.
+    pub(super) fn explain_route_description(&self, answer: &mut BytesMut, formats: &[i16]) {
+        let mut described = BytesMut::new();
+        row_description(&mut described, COLUMNS);
+        // The last two bytes of each field are its format code (text, 0).
+        let mut at = 7; // tag, length, field count
+        for i in 0..COLUMNS.len() {
+            at += described[at..].iter().position(|&b| b == 0).unwrap_or(0) + 1 + 16;
+            described[at..at + 2].copy_from_slice(&format_of(formats, i).to_be_bytes());
+            at += 2;
+        }
+        answer.extend_from_slice(&described);
+    }
+
+    /// What an Execute of `EXPLAIN (ROUTE) <sql>` gets: its rows (in the
+    /// formats the Bind asked for) and CommandComplete, or the refusal the
+    /// statement would get.
+    pub(super) fn explain_route_execute(
+        &self,
+        analysis: &Arc<Analysis>,
+        sql: &str,
+        writes: bool,
+        formats: &[i16],
+        answer: &mut BytesMut,
+    ) {
+        match self.explain_route_rows(analysis, sql, writes) {
+            Ok(rows) => {
+                for cells in rows {
+                    backend::put_message(answer, b'D', |b| {
+                        b.extend_from_slice(&(cells.len() as i16).to_be_bytes());
+                        for (i, cell) in cells.iter().enumerate() {
+                            let value = match cell {
+                                Cell::Int(n) if format_of(formats, i) == 1 => {
+                                    n.to_be_bytes().to_vec()
+                                }
+                                Cell::Int(n) => n.to_string().into_bytes(),
+                                Cell::Text(t) => t.as_bytes().to_vec(),
+                                Cell::Bool(v) => vec![u8::from(*v)],
+                                Cell::Null => {
+                                    b.extend_from_slice(&(-1i32).to_be_bytes());
+                                    continue;
+                                }
+                            };
+                            b.extend_from_slice(&(value.len() as i32).to_be_bytes());
+                            b.extend_from_slice(&value);
+                        }
+                    });
+                }
+                backend::command_complete(answer, "EXPLAIN");
+            }
+            Err(refusal) => self.refusal_into(answer, &refusal),
+        }
+    }
+
     fn refusal_into(&self, answer: &mut BytesMut, refusal: &Refusal) {
         self.state.metrics.record_error(refusal.sqlstate);
         backend::error_response(answer, Severity::Error, refusal.sqlstate, &refusal.message);
     }
 
-    fn idle_status(&self) -> u8 {
+    pub(super) fn idle_status(&self) -> u8 {
         match &self.server {
             Some(held) if !self.flow.in_tx() => held.conn.tx_status,
             Some(_) => b'T',
             None if self.deferred_begin.is_some() => b'T',
             None => b'I',
         }
+    }
+}
+
+/// Column `i`'s format under a Bind's result format codes: none = all
+/// text, one = all columns, else one per column.
+fn format_of(formats: &[i16], i: usize) -> i16 {
+    match formats {
+        [] => 0,
+        [f] => *f,
+        many => many.get(i).copied().unwrap_or(0),
+    }
+}
+
+/// The result format codes at the end of a Bind, after its names
+/// (`parse_bind_names(..).rest`); None when the message is malformed.
+pub(super) fn bind_result_formats(rest: &[u8]) -> Option<Vec<i16>> {
+    let i16_at = |b: &[u8], at: usize| b.get(at..at + 2).map(|x| i16::from_be_bytes([x[0], x[1]]));
+    let n = i16_at(rest, 0)?.max(0) as usize;
+    let mut at = 2 + 2 * n;
+    let params = i16_at(rest, at)?.max(0) as usize;
+    at += 2;
+    for _ in 0..params {
+        let len = rest
+            .get(at..at + 4)
+            .map(|x| i32::from_be_bytes([x[0], x[1], x[2], x[3]]))?;
+        at += 4 + len.max(0) as usize;
+    }
+    let results = i16_at(rest, at)?.max(0) as usize;
+    (0..results).map(|k| i16_at(rest, at + 2 + 2 * k)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{bind_result_formats, format_of};
+
+    #[test]
+    fn result_formats_are_read_after_the_parameters() {
+        // 1 parameter format (binary), 2 values ("ab", NULL), 2 result formats.
+        let mut rest = vec![
+            0, 1, 0, 1, 0, 2, 0, 0, 0, 2, b'a', b'b', 0xff, 0xff, 0xff, 0xff,
+        ];
+        rest.extend_from_slice(&[0, 2, 0, 1, 0, 0]);
+        assert_eq!(bind_result_formats(&rest), Some(vec![1, 0]));
+        assert_eq!(bind_result_formats(&[0, 0, 0, 0, 0, 0]), Some(vec![]));
+        assert_eq!(bind_result_formats(&[0, 0, 0, 1, 0, 0, 0, 9]), None);
+    }
+
+    #[test]
+    fn one_format_applies_to_every_column() {
+        assert_eq!((format_of(&[], 3), format_of(&[1], 3)), (0, 1));
+        assert_eq!((format_of(&[1, 0], 0), format_of(&[1, 0], 1)), (1, 0));
     }
 }

@@ -19,8 +19,11 @@ impl Session {
     /// the router when no server is held: DEALLOCATE and DISCARD ALL (which
     /// must not touch the shared server's statements).
     pub(super) fn try_answer_locally(&mut self, len: usize) -> Result<bool, SessionEnd> {
+        if self.cbuf.first() == Some(&b'B') {
+            return self.try_execute_explain_route();
+        }
         if self.cbuf.first() == Some(&b'P') {
-            if self.try_answer_explain_route_batch()? {
+            if self.try_answer_explain_route_batch()? || self.try_prepare_explain_route()? {
                 return Ok(true);
             }
             return self.try_answer_batch_locally();
@@ -63,6 +66,7 @@ impl Session {
             {
                 self.sql_prepared.clear();
                 self.statements.clear();
+                self.local_explains.clear();
                 self.params.apply(SetChange::ResetAll);
                 "DISCARD ALL"
             }
@@ -130,6 +134,7 @@ impl Session {
         }
         self.sql_prepared.clear();
         self.statements.clear();
+        self.local_explains.clear();
         self.params.apply(SetChange::ResetAll);
         let status = self.server.as_ref().map_or(b'I', |h| h.conn.tx_status);
         backend::ready_for_query(&mut answer, status);
@@ -179,6 +184,7 @@ impl Session {
         }
         for (name, sql, types, analysis) in parses {
             let stmt = self.state.statements.intern(&sql, &types, analysis);
+            self.local_explains.remove(&name);
             self.statements.insert(name, stmt);
             backend::parse_complete(&mut self.to_client);
         }

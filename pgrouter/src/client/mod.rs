@@ -32,6 +32,7 @@ mod cleanup;
 mod error;
 mod expect;
 mod explain_route;
+mod explain_route_prepared;
 mod flow;
 mod inbound;
 mod io;

@@ -451,6 +451,7 @@ impl Session {
                             .state
                             .statements
                             .intern(p.sql, &p.param_types, analysis);
+                        self.local_explains.remove(p.name);
                         self.statements.insert(p.name.to_string(), stmt.clone());
                         if !skipping {
                             self.prepare_on_server(&stmt, true);

@@ -114,6 +114,9 @@ pub struct Session {
     pub(super) statements: ahash::AHashMap<String, Arc<SharedStatement>>,
     /// The client's SQL-level PREPAREd statements.
     pub(super) sql_prepared: HashMap<String, SqlPrepared>,
+    /// Named statements of `EXPLAIN (ROUTE) ...` the router answers itself
+    /// (name → text; see `explain_route_prepared.rs`).
+    pub(super) local_explains: HashMap<String, String>,
     /// The client's PREPAREs not answered yet.
     pub(super) pending_prepares: super::sql_prepared::PendingPrepares,
     /// Analysis of the last unnamed Parse, for routing the Bind after it.
@@ -222,6 +225,7 @@ impl Session {
             ryw: Default::default(),
             refuse_session_state,
             statements: ahash::AHashMap::new(),
+            local_explains: HashMap::new(),
             sql_prepared: HashMap::new(),
             pending_prepares: Default::default(),
             unnamed: None,

@@ -121,6 +121,7 @@ impl Session {
                 StatementKind::Discard(DiscardKind::All) => {
                     self.sql_prepared.clear();
                     self.statements.clear();
+                    self.local_explains.clear();
                     server.clear();
                     discarded = true;
                 }

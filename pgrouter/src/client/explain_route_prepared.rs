@@ -1,0 +1,113 @@
+//! `EXPLAIN (ROUTE)` prepared as a named statement, as asyncpg sends every
+//! statement: Parse, Describe statement and Flush first, then Bind,
+//! Execute and Sync. PostgreSQL has no ROUTE option, so the statement is
+//! never prepared on a server: the router answers both batches and
+//! remembers the name until it is parsed again or the client's statements
+//! are discarded. Only statements without parameters (`$n`): their route
+//! is known from the text alone.
+
+use bytes::{Buf, BytesMut};
+
+use super::error::SessionEnd;
+use super::session::Session;
+use crate::protocol::backend;
+use crate::protocol::frontend::{parse_bind_names, parse_parse};
+use crate::protocol::next_frame;
+
+impl Session {
+    /// A named Parse of `EXPLAIN (ROUTE) ...` at the front of the buffer,
+    /// with Describe of that statement, up to a Flush or Sync. `Ok(false)`
+    /// when the buffer holds anything else (or not all of it yet).
+    pub(super) fn try_prepare_explain_route(&mut self) -> Result<bool, SessionEnd> {
+        let Some(frame) = next_frame(&self.cbuf, self.max_message)? else {
+            return Ok(false);
+        };
+        let body = frame.body(&self.cbuf);
+        if body.first().is_none_or(|&b| b == 0) {
+            return Ok(false); // the unnamed statement: `try_answer_explain_route_batch`
+        }
+        let analysis = self.analyze_parse(body)?;
+        if analysis.explain_route.is_none() || !self.is_quiet() || self.flow.in_tx() {
+            return Ok(false);
+        }
+        let p = parse_parse(body)?;
+        if p.sql.contains('$') {
+            return Ok(false);
+        }
+        let (name, sql) = (p.name.to_string(), p.sql.to_string());
+        let mut answer = BytesMut::new();
+        backend::parse_complete(&mut answer);
+        let mut at = frame.total_len;
+        let synced = loop {
+            let Some(f) = next_frame(self.cbuf.get(at..).unwrap_or(&[]), self.max_message)? else {
+                return Ok(false); // wait for the rest of the batch
+            };
+            let body = f.body(&self.cbuf[at..]);
+            at += f.total_len;
+            match f.tag {
+                b'D' if body.first() == Some(&b'S')
+                    && body[1..].strip_suffix(&[0]) == Some(name.as_bytes()) =>
+                {
+                    backend::put_message(&mut answer, b't', |b| {
+                        b.extend_from_slice(&0u16.to_be_bytes())
+                    });
+                    self.explain_route_description(&mut answer, &[]);
+                }
+                b'H' => break false,
+                b'S' => break true,
+                _ => return Ok(false),
+            }
+        };
+        if synced {
+            backend::ready_for_query(&mut answer, self.idle_status());
+        }
+        self.statements.remove(&name);
+        self.local_explains.insert(name, sql);
+        self.to_client.extend_from_slice(&answer);
+        self.cbuf.advance(at);
+        Ok(true)
+    }
+
+    /// A Bind of a statement [`Self::try_prepare_explain_route`] answered,
+    /// with Describe portal, Execute and Sync (Flush ignored).
+    pub(super) fn try_execute_explain_route(&mut self) -> Result<bool, SessionEnd> {
+        if self.local_explains.is_empty() || self.flow.in_tx() || !self.is_quiet() {
+            return Ok(false);
+        }
+        let Some(frame) = next_frame(&self.cbuf, self.max_message)? else {
+            return Ok(false);
+        };
+        if frame.tag != b'B' {
+            return Ok(false);
+        }
+        let b = parse_bind_names(frame.body(&self.cbuf))?;
+        let Some(sql) = self.local_explains.get(b.statement).cloned() else {
+            return Ok(false);
+        };
+        let Some(formats) = super::explain_route::bind_result_formats(b.rest) else {
+            return Ok(false); // malformed: PostgreSQL's error, via the usual path
+        };
+        let analysis = self.analyze(&sql);
+        let writes = analysis.explain_route.unwrap_or(false);
+        let mut answer = BytesMut::new();
+        backend::put_message(&mut answer, b'2', |_| {});
+        let mut at = frame.total_len;
+        loop {
+            let Some(f) = next_frame(self.cbuf.get(at..).unwrap_or(&[]), self.max_message)? else {
+                return Ok(false); // wait for the rest of the batch
+            };
+            at += f.total_len;
+            match f.tag {
+                b'D' => self.explain_route_description(&mut answer, &formats),
+                b'E' => self.explain_route_execute(&analysis, &sql, writes, &formats, &mut answer),
+                b'H' => {}
+                b'S' => break,
+                _ => return Ok(false),
+            }
+        }
+        backend::ready_for_query(&mut answer, self.idle_status());
+        self.to_client.extend_from_slice(&answer);
+        self.cbuf.advance(at);
+        Ok(true)
+    }
+}
