@@ -91,17 +91,14 @@ impl Session {
         let writes = analysis.explain_route.unwrap_or(false);
         let mut answer = BytesMut::new();
         backend::put_message(&mut answer, b'2', |_| {});
-        let mut at = frame.total_len;
-        loop {
-            let Some(f) = next_frame(self.cbuf.get(at..).unwrap_or(&[]), self.max_message)? else {
-                return Ok(false); // wait for the rest of the batch
-            };
-            at += f.total_len;
-            match f.tag {
+        let Some((tags, at)) = self.batch_to_sync(frame.total_len)? else {
+            return Ok(false); // wait for the rest of the batch
+        };
+        for tag in tags {
+            match tag {
                 b'D' => self.explain_route_description(&mut answer, &formats),
                 b'E' => self.explain_route_execute(&analysis, &sql, writes, &formats, &mut answer),
-                b'H' => {}
-                b'S' => break,
+                b'H' | b'S' => {}
                 _ => return Ok(false),
             }
         }

@@ -114,18 +114,15 @@ impl Session {
         };
         let mut answer = BytesMut::new();
         backend::parse_complete(&mut answer);
-        let mut at = frame.total_len;
-        loop {
-            let Some(f) = next_frame(self.cbuf.get(at..).unwrap_or(&[]), self.max_message)? else {
-                return Ok(false); // wait for the rest of the batch
-            };
-            at += f.total_len;
-            match f.tag {
+        let Some((tags, at)) = self.batch_to_sync(frame.total_len)? else {
+            return Ok(false); // wait for the rest of the batch
+        };
+        for f in tags {
+            match f {
                 b'B' => backend::put_message(&mut answer, b'2', |_| {}),
                 b'D' => backend::put_message(&mut answer, b'n', |_| {}),
                 b'E' => backend::command_complete(&mut answer, tag),
-                b'H' => {}
-                b'S' => break,
+                b'H' | b'S' => {}
                 _ => return Ok(false),
             }
         }
@@ -141,6 +138,26 @@ impl Session {
         self.to_client.extend_from_slice(&answer);
         self.cbuf.advance(at);
         Ok(true)
+    }
+
+    /// The tags of the messages from `from` in the buffer up to its Sync
+    /// (included), and where the batch ends; None until the Sync is here.
+    pub(super) fn batch_to_sync(
+        &self,
+        from: usize,
+    ) -> Result<Option<(Vec<u8>, usize)>, SessionEnd> {
+        let mut tags = Vec::new();
+        let mut at = from;
+        loop {
+            let Some(f) = next_frame(self.cbuf.get(at..).unwrap_or(&[]), self.max_message)? else {
+                return Ok(None);
+            };
+            at += f.total_len;
+            tags.push(f.tag);
+            if f.tag == b'S' {
+                return Ok(Some((tags, at)));
+            }
+        }
     }
 
     /// A batch of named Parse messages and its Sync (what `PQprepare` sends)
