@@ -125,16 +125,26 @@ impl ResultSet {
 }
 
 pub fn row_description(out: &mut BytesMut, columns: &[(&str, ColumnType)]) {
+    row_description_in(out, columns, |_| 0);
+}
+
+/// A RowDescription whose column `i` comes in format `format_of(i)` (0
+/// text, 1 binary), as a Bind's result format codes ask.
+pub fn row_description_in(
+    out: &mut BytesMut,
+    columns: &[(&str, ColumnType)],
+    format_of: impl Fn(usize) -> i16,
+) {
     put_message(out, b'T', |b| {
         b.put_i16(columns.len() as i16);
-        for (name, ty) in columns {
+        for (i, (name, ty)) in columns.iter().enumerate() {
             put_cstr(b, name);
             b.put_i32(0); // table OID
             b.put_i16(0); // column number
             b.put_i32(ty.oid());
             b.put_i16(ty.size());
             b.put_i32(-1); // type modifier
-            b.put_i16(0); // text format
+            b.put_i16(format_of(i));
         }
     });
 }

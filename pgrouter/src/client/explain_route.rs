@@ -11,9 +11,9 @@ use pgrouter_parser::{Analysis, RoleHint};
 
 use super::error::SessionEnd;
 use super::session::Session;
-use crate::admin::wire::{data_row, row_description, Cell, ColumnType, ResultSet};
+use crate::admin::wire::{row_description_in, Cell, ColumnType, ResultSet};
 use crate::protocol::backend::{self, Severity};
-use crate::protocol::frontend::parse_parse;
+use crate::protocol::frontend::{parse_bind_names, parse_parse};
 use crate::protocol::next_frame;
 use crate::router::{Refusal, Role};
 
@@ -163,22 +163,26 @@ impl Session {
             Ok(_) => backend::parse_complete(&mut answer),
             Err(refusal) => self.refusal_into(&mut answer, refusal),
         }
+        let mut formats = Vec::new();
         loop {
             let Some(f) = next_frame(self.cbuf.get(at..).unwrap_or(&[]), self.max_message)? else {
                 return Ok(false); // wait for the rest of the batch
             };
+            let body = f.body(&self.cbuf[at..]);
             at += f.total_len;
             match (f.tag, &row) {
                 (b'S', _) => break,
                 (_, Err(_)) | (b'H', _) => {}
-                (b'B', Ok(_)) => backend::put_message(&mut answer, b'2', |_| {}),
-                (b'D', Ok(_)) => row_description(&mut answer, COLUMNS),
-                (b'E', Ok(rows)) => {
-                    for cells in rows {
-                        data_row(&mut answer, cells);
-                    }
-                    backend::command_complete(&mut answer, "EXPLAIN");
+                (b'B', Ok(_)) => {
+                    let b = parse_bind_names(body)?;
+                    let Some(asked) = bind_result_formats(b.rest) else {
+                        return Ok(false); // malformed: PostgreSQL's error, via the usual path
+                    };
+                    formats = asked;
+                    backend::put_message(&mut answer, b'2', |_| {});
                 }
+                (b'D', Ok(_)) => self.explain_route_description(&mut answer, &formats),
+                (b'E', Ok(rows)) => data_rows(&mut answer, rows, &formats),
                 _ => return Ok(false),
             }
         }
@@ -190,21 +194,11 @@ impl Session {
 
     /// The answer's RowDescription, saying which columns come in binary.
     pub(super) fn explain_route_description(&self, answer: &mut BytesMut, formats: &[i16]) {
-        let mut described = BytesMut::new();
-        row_description(&mut described, COLUMNS);
-        // The last two bytes of each field are its format code (text, 0).
-        let mut at = 7; // tag, length, field count
-        for i in 0..COLUMNS.len() {
-            at += described[at..].iter().position(|&b| b == 0).unwrap_or(0) + 1 + 16;
-            described[at..at + 2].copy_from_slice(&format_of(formats, i).to_be_bytes());
-            at += 2;
-        }
-        answer.extend_from_slice(&described);
+        row_description_in(answer, COLUMNS, |i| format_of(formats, i));
     }
 
-    /// What an Execute of `EXPLAIN (ROUTE) <sql>` gets: its rows (in the
-    /// formats the Bind asked for) and CommandComplete, or the refusal the
-    /// statement would get.
+    /// What an Execute of `EXPLAIN (ROUTE) <sql>` gets: its rows and
+    /// CommandComplete, or the refusal the statement would get.
     pub(super) fn explain_route_execute(
         &self,
         analysis: &Arc<Analysis>,
@@ -214,30 +208,7 @@ impl Session {
         answer: &mut BytesMut,
     ) {
         match self.explain_route_rows(analysis, sql, writes) {
-            Ok(rows) => {
-                for cells in rows {
-                    backend::put_message(answer, b'D', |b| {
-                        b.extend_from_slice(&(cells.len() as i16).to_be_bytes());
-                        for (i, cell) in cells.iter().enumerate() {
-                            let value = match cell {
-                                Cell::Int(n) if format_of(formats, i) == 1 => {
-                                    n.to_be_bytes().to_vec()
-                                }
-                                Cell::Int(n) => n.to_string().into_bytes(),
-                                Cell::Text(t) => t.as_bytes().to_vec(),
-                                Cell::Bool(v) => vec![u8::from(*v)],
-                                Cell::Null => {
-                                    b.extend_from_slice(&(-1i32).to_be_bytes());
-                                    continue;
-                                }
-                            };
-                            b.extend_from_slice(&(value.len() as i32).to_be_bytes());
-                            b.extend_from_slice(&value);
-                        }
-                    });
-                }
-                backend::command_complete(answer, "EXPLAIN");
-            }
+            Ok(rows) => data_rows(answer, &rows, formats),
             Err(refusal) => self.refusal_into(answer, &refusal),
         }
     }
@@ -255,6 +226,38 @@ impl Session {
             None => b'I',
         }
     }
+}
+
+/// The rows, in the formats the Bind asked for (`shard` is int8; the text
+/// columns are the same bytes either way), and CommandComplete.
+fn data_rows(answer: &mut BytesMut, rows: &[Vec<Cell>], formats: &[i16]) {
+    for cells in rows {
+        backend::put_message(answer, b'D', |b| {
+            b.extend_from_slice(&(cells.len() as i16).to_be_bytes());
+            for (i, cell) in cells.iter().enumerate() {
+                let value = match cell {
+                    Cell::Int(n) if format_of(formats, i) == 1 => n.to_be_bytes().to_vec(),
+                    Cell::Int(n) => n.to_string().into_bytes(),
+                    Cell::Text(t) => t.as_bytes().to_vec(),
+                    Cell::Bool(v) if format_of(formats, i) == 1 => vec![u8::from(*v)],
+                    Cell::Bool(v) => {
+                        if *v {
+                            b"t".to_vec()
+                        } else {
+                            b"f".to_vec()
+                        }
+                    }
+                    Cell::Null => {
+                        b.extend_from_slice(&(-1i32).to_be_bytes());
+                        continue;
+                    }
+                };
+                b.extend_from_slice(&(value.len() as i32).to_be_bytes());
+                b.extend_from_slice(&value);
+            }
+        });
+    }
+    backend::command_complete(answer, "EXPLAIN");
 }
 
 /// Column `i`'s format under a Bind's result format codes: none = all

@@ -323,12 +323,11 @@ async fn relay_wait(
     use std::future::Future;
     use std::task::Poll;
     use tokio::io::AsyncWrite;
-    let raised = |legs: &[Leg]| {
-        legs.iter()
-            .zip(wanted)
-            .any(|(l, &w)| w && l.held.conn.low_water.is_raised())
-    };
-    let mut tail = raised(legs).then(|| Box::pin(tokio::time::sleep(TAIL_WAIT)));
+    let raised = legs
+        .iter()
+        .zip(wanted)
+        .any(|(l, &w)| w && l.held.conn.low_water.is_raised());
+    let mut tail = raised.then(|| Box::pin(tokio::time::sleep(TAIL_WAIT)));
     std::future::poll_fn(|cx| {
         let mut wrote = false;
         if out.len() >= FLUSH_AT {
