@@ -63,7 +63,7 @@ def test_session_setting_and_transactions(sharded_router, cluster, shard1):
         assert port(PORT) == cluster.replica.port
 
 
-def test_a_shard_that_does_not_exist(sharded_router, cluster):
+def test_a_shard_that_does_not_exist(sharded_router, cluster, shard1):
     """22023 naming the shard and how many there are; the session goes on."""
     with connect(sharded_router.dsn()) as conn:
         with pytest.raises(psycopg.Error) as err:
@@ -78,3 +78,17 @@ def test_a_shard_that_does_not_exist(sharded_router, cluster):
         assert sqlstate(err.value) == "22023"
         conn.execute("RESET pgrouter.shard")
         assert conn.execute(PORT).fetchone()[0] == cluster.replica.port
+        # A value that is not a shard number names no shard either: the
+        # statement is refused, never run on another shard.
+        for bad in ("-1", "two", "99999999999999999999", "1.5"):
+            with pytest.raises(psycopg.Error) as err:
+                conn.execute(f"/* pgrouter: shard={bad} */ {PORT}")
+            assert sqlstate(err.value) == "22023", bad
+            assert "not a shard number" in str(err.value)
+            conn.execute(f"SET pgrouter.shard = '{bad}'")
+            with pytest.raises(psycopg.Error) as err:
+                conn.execute(PORT)
+            assert sqlstate(err.value) == "22023", bad
+            conn.execute("RESET pgrouter.shard")
+        # Blanks around `=` are allowed.
+        assert conn.execute(f"/* pgrouter: shard = 1 */ {PORT}").fetchone()[0] == shard1.primary.port

@@ -212,6 +212,87 @@ def test_statements_that_cannot_be_answered_exactly_are_refused(srouter, shards)
                             ).rowcount == 1
 
 
+def test_upserts_and_data_modifying_with_keep_rows_on_their_shard(srouter, shards):
+    """INSERT ... ON CONFLICT DO UPDATE may not move a row's key to another
+    shard; an INSERT inside WITH runs on its key's shard; a data-modifying
+    WITH that would need several shards is refused with 0A000."""
+    a, b = 7, 7000
+    sa, sb = (hash_shard(shards[0], "sh_hp_int8", 3, k) for k in (a, b))
+    assert sa != sb
+    for s in shards:
+        with s.connect(APP_DB) as conn:
+            conn.execute("CREATE UNIQUE INDEX IF NOT EXISTS sh_orders_key ON sh_orders (customer_id)")
+    try:
+        with connect(srouter.dsn()) as conn:
+            conn.execute(f"INSERT INTO sh_orders (customer_id, note) VALUES ({a}, 'a')")
+            upsert = f"INSERT INTO sh_orders (customer_id, note) VALUES ({a}, 'b') ON CONFLICT (customer_id) DO UPDATE "
+            msg = refused(conn, upsert + f"SET customer_id = {b}")
+            assert "another shard" in msg
+            refused(conn, upsert + "SET customer_id = excluded.customer_id + 1")
+            refused(conn, upsert + "SET customer_id = %s", (b,))
+            # Same shard, the excluded row's own key, or other columns: fine.
+            conn.execute(upsert + "SET customer_id = excluded.customer_id, note = excluded.note")
+            conn.execute(upsert + f"SET customer_id = {a}, note = 'c'")
+            conn.execute(upsert + "SET note = %s", ("d",))
+            rows = shards[sa].connect(APP_DB).execute("SELECT customer_id, note FROM sh_orders").fetchall()
+            assert rows == [(a, "d")]
+
+            k = 21
+            sk = hash_shard(shards[0], "sh_hp_int8", 3, k)
+            cur = conn.execute(f"WITH w AS (INSERT INTO sh_orders (customer_id, note) VALUES ({k}, 'cte') "
+                               f"RETURNING *) SELECT customer_id, {PORT} FROM w")
+            assert cur.fetchall() == [(k, shards[sk].port)]
+            assert conn.execute(f"SELECT note FROM sh_orders WHERE customer_id = {k}").fetchall() == [("cte",)]
+            # The same without a column list (the columns are learnt).
+            conn.execute(f"WITH w AS (INSERT INTO sh_items VALUES ({k}, 'cte')) SELECT 1")
+            assert conn.execute(f"SELECT {PORT} FROM sh_items WHERE customer_id = {k}").fetchone()[0] == \
+                shards[sk].port
+            # Rows for two shards, a keyless write, a key moved, a reference
+            # table written: no exact single-shard run exists.
+            refused(conn, f"WITH w AS (INSERT INTO sh_orders (customer_id, note) VALUES ({a}, 'x'), ({b}, 'y') "
+                          "RETURNING *) SELECT * FROM w")
+            refused(conn, f"WITH w AS (INSERT INTO sh_items (customer_id, item) VALUES ({b}, 'x')) "
+                          f"INSERT INTO sh_orders (customer_id, note) VALUES ({a}, 'y')")
+            refused(conn, "WITH d AS (DELETE FROM sh_orders WHERE note = 'x' RETURNING *) SELECT count(*) FROM d")
+            refused(conn, f"WITH u AS (UPDATE sh_orders SET customer_id = {b} WHERE customer_id = {a} "
+                          "RETURNING *) SELECT * FROM u")
+            refused(conn, f"WITH c AS (INSERT INTO sh_countries VALUES ('fr')) "
+                          f"SELECT * FROM sh_orders WHERE customer_id = {a}")
+            # One shard: fine.
+            got = conn.execute(f"WITH u AS (UPDATE sh_orders SET note = 'e' WHERE customer_id = {a} RETURNING *) "
+                               f"SELECT note, {PORT} FROM u").fetchall()
+            assert got == [("e", shards[sa].port)]
+            counts = [s.connect(APP_DB).execute("SELECT count(*) FROM sh_orders").fetchone()[0] for s in shards]
+            assert sum(counts) == 2, counts
+    finally:
+        for s in shards:
+            with s.connect(APP_DB) as conn:
+                conn.execute("DROP INDEX IF EXISTS sh_orders_key")
+
+
+def test_a_join_not_on_the_keys_with_keys_on_two_shards_is_refused(srouter, shards):
+    """Tables not equated on their keys meet only where one shard holds the
+    rows of both: keys on two shards cannot be joined exactly."""
+    a, c = 1, 3
+    sa, sc = (hash_shard(shards[0], "sh_hp_int8", 3, k) for k in (a, c))
+    assert sa != sc
+    with connect(srouter.dsn()) as conn:
+        conn.execute(f"INSERT INTO sh_orders (customer_id, note) VALUES ({a}, 'o{a}')")
+        conn.execute(f"INSERT INTO sh_items (customer_id, item) VALUES ({c}, 'i{c}')")
+        for q in (f"SELECT o.note, i.item FROM sh_orders o, sh_items i WHERE o.customer_id = {a} "
+                  f"AND i.customer_id = {c}",
+                  f"SELECT o.note, i.item FROM sh_orders o JOIN sh_items i ON true WHERE o.customer_id = {a} "
+                  f"AND i.customer_id = {c}",
+                  f"SELECT o.note FROM sh_orders o, sh_items i WHERE o.customer_id IN ({a}, {c}) "
+                  f"AND i.customer_id = {a}"):
+            assert "not equated on their shard keys" in refused(conn, q)
+            assert "not equated" in refused(conn, "EXPLAIN (ROUTE) " + q)
+        # Keys on one shard: that shard holds both rows.
+        conn.execute(f"INSERT INTO sh_items (customer_id, item) VALUES ({a}, 'i{a}')")
+        assert conn.execute(f"SELECT o.note, i.item FROM sh_orders o, sh_items i WHERE o.customer_id = {a} "
+                            f"AND i.customer_id = {a}").fetchall() == [(f"o{a}", f"i{a}")]
+
+
 def test_joins_and_reference_tables(srouter, shards):
     with connect(srouter.dsn()) as conn:
         k = 7
@@ -290,6 +371,13 @@ def test_explain_route_answers_without_running(srouter, shards):
         assert cur.fetchall() == [(shard, "primary", f"127.0.0.1:{shards[shard].port}", f"o.customer_id = {k}")]
         cur.execute("EXPLAIN (ROUTE) SELECT 1")
         assert cur.fetchall() == [(0, "primary", f"127.0.0.1:{shards[0].port}", "no sharded table: shard 0")]
+        # Without a column list the key's place is learnt from the table
+        # first, as for the INSERT itself (simple, then extended protocol).
+        where = (shard, "primary", f"127.0.0.1:{shards[shard].port}")
+        cur.execute(f"EXPLAIN (ROUTE) INSERT INTO sh_orders VALUES ({k}, 'never')")
+        assert cur.fetchall() == [(*where, f"sh_orders.customer_id = {k}")]
+        assert conn.execute(f"EXPLAIN (ROUTE) INSERT INTO sh_items VALUES ({k}, 'never')").fetchall() == \
+            [(*where, f"sh_items.customer_id = {k}")]
         cur.execute("/* pgrouter: shard=2 */ EXPLAIN (ROUTE) SELECT * FROM sh_orders")
         assert cur.fetchall()[0][0:2] == (2, "primary")
         cur.execute("EXPLAIN (ROUTE) SELECT * FROM sh_orders")

@@ -50,6 +50,7 @@ pub mod copy;
 mod fallback;
 mod functions;
 mod hint;
+pub use hint::{shard_number, NO_SUCH_SHARD};
 mod lexer;
 mod normalize;
 mod normalize_fast;

@@ -28,8 +28,22 @@ pub struct StatementKeys {
     pub scopes: Vec<Scope>,
     /// INSERT: the target and its rows.
     pub insert: Option<InsertRows>,
-    /// UPDATE: `SET column = value` (None: not a plain value).
+    /// UPDATE: `SET column = value` (None: not a plain value); INSERT:
+    /// the same of its `ON CONFLICT ... DO UPDATE SET` (where
+    /// `excluded.column` of the same column, which keeps the inserted
+    /// row's value, is left out).
     pub assignments: Vec<(String, Option<ValueRef>)>,
+    /// An INSERT, UPDATE or DELETE inside a WITH clause (a data-modifying
+    /// CTE): the statement writes wherever it runs, so it must run on one
+    /// shard. Their scopes are among `scopes` (after the statement's own).
+    pub nested_writes: bool,
+    /// The INSERTs inside WITH clauses: targets and rows.
+    pub nested_inserts: Vec<InsertRows>,
+    /// The `SET column = value` of UPDATEs inside WITH clauses, with
+    /// their target.
+    pub nested_assignments: Vec<(Relation, String, Option<ValueRef>)>,
+    /// The tables the writes inside WITH clauses change.
+    pub nested_targets: Vec<Relation>,
     /// Tables of the statement that are in no scope: their keys cannot be
     /// found (qualified as written, like [`crate::Analysis::tables`]).
     pub unplaced: Vec<String>,
@@ -121,7 +135,8 @@ pub struct InsertRows {
 /// The keys of one statement; the bool is true when a literal had to be
 /// stored inline (the analysis then depends on literals).
 pub(crate) fn statement_keys(node: &N, sql: &str, starts: &[usize]) -> (StatementKeys, bool) {
-    let mut x = Extract { sql, starts, keys: StatementKeys::default(), placed: Vec::new(), sensitive: false };
+    let mut x =
+        Extract { sql, starts, keys: StatementKeys::default(), placed: Vec::new(), sensitive: false, cte_depth: 0 };
     x.statement(node);
     let all = crate::walk::walk(node, &[]).tables;
     let mut placed = std::mem::take(&mut x.placed);
@@ -143,6 +158,8 @@ struct Extract<'a> {
     /// Names of the relations put in scopes, as the walk names them.
     placed: Vec<String>,
     sensitive: bool,
+    /// How many WITH clauses the walk is inside.
+    cte_depth: usize,
 }
 
 impl Extract<'_> {
@@ -159,13 +176,20 @@ impl Extract<'_> {
                     self.table_expr(f, &mut scope);
                 }
                 scope.filter = self.filter(u.where_clause.as_deref());
+                let target = scope.relations.first().cloned();
                 for t in &u.target_list {
                     if let Some(N::ResTarget(rt)) = &t.node {
                         let value = rt.val.as_deref().and_then(|v| self.value(v));
-                        self.keys.assignments.push((rt.name.clone(), value));
+                        match (&target, self.cte_depth) {
+                            (_, 0) => self.keys.assignments.push((rt.name.clone(), value)),
+                            (Some(target), _) => {
+                                self.keys.nested_assignments.push((target.clone(), rt.name.clone(), value))
+                            }
+                            (None, _) => {}
+                        }
                     }
                 }
-                self.keys.scopes.insert(0, scope);
+                self.own_scope(scope);
                 self.with(u.with_clause.as_ref());
             }
             N::DeleteStmt(d) => {
@@ -177,7 +201,7 @@ impl Extract<'_> {
                     self.table_expr(f, &mut scope);
                 }
                 scope.filter = self.filter(d.where_clause.as_deref());
-                self.keys.scopes.insert(0, scope);
+                self.own_scope(scope);
                 self.with(d.with_clause.as_ref());
             }
             N::CopyStmt(c) => {
@@ -204,14 +228,31 @@ impl Extract<'_> {
         }
     }
 
+    /// The scope of an UPDATE or DELETE: the statement's own goes first
+    /// (its target is the first relation); one inside a WITH clause goes
+    /// after the others.
+    fn own_scope(&mut self, scope: Scope) {
+        if self.cte_depth == 0 {
+            self.keys.scopes.insert(0, scope);
+        } else {
+            self.keys.nested_targets.extend(scope.relations.first().cloned());
+            self.keys.scopes.push(scope);
+        }
+    }
+
     fn with(&mut self, with: Option<&pb::WithClause>) {
+        self.cte_depth += 1;
         for cte in with.map(|w| w.ctes.as_slice()).unwrap_or_default() {
             if let Some(N::CommonTableExpr(c)) = &cte.node {
                 if let Some(q) = c.ctequery.as_deref().and_then(|q| q.node.as_ref()) {
+                    if matches!(q, N::InsertStmt(_) | N::UpdateStmt(_) | N::DeleteStmt(_) | N::MergeStmt(_)) {
+                        self.keys.nested_writes = true;
+                    }
                     self.statement(q);
                 }
             }
         }
+        self.cte_depth -= 1;
     }
 
     /// A SELECT adds its own scope (set operations: one per arm).
@@ -267,7 +308,28 @@ impl Extract<'_> {
             }
             None => {} // DEFAULT VALUES
         }
-        self.keys.insert = Some(InsertRows { relation, columns, rows, from_query });
+        if let Some(conflict) = &i.on_conflict_clause {
+            for t in &conflict.target_list {
+                let Some(N::ResTarget(rt)) = &t.node else { continue };
+                let Some(val) = rt.val.as_deref() else { continue };
+                if column(val).is_some_and(|c| c.qualifier.as_deref() == Some("excluded") && c.name == rt.name) {
+                    continue; // the inserted row's own value: the row stays where it is
+                }
+                let value = self.value(val);
+                if self.cte_depth == 0 {
+                    self.keys.assignments.push((rt.name.clone(), value));
+                } else {
+                    self.keys.nested_assignments.push((relation.clone(), rt.name.clone(), value));
+                }
+            }
+        }
+        let rows = InsertRows { relation, columns, rows, from_query };
+        if self.cte_depth == 0 {
+            self.keys.insert = Some(rows);
+        } else {
+            self.keys.nested_targets.push(rows.relation.clone());
+            self.keys.nested_inserts.push(rows);
+        }
     }
 
     fn relation_of(&mut self, r: &pb::RangeVar) -> Relation {

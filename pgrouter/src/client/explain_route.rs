@@ -80,10 +80,11 @@ impl Session {
         };
         let slot = self.pools.shards.get(shard).ok_or_else(|| Refusal {
             sqlstate: "22023",
-            message: format!(
-                "pgrouter: shard {shard} does not exist ({} shards)",
-                self.pools.shards.len()
-            ),
+            message: crate::pool::PoolError::NoSuchShard {
+                shard,
+                shards: self.pools.shards.len(),
+            }
+            .to_string(),
         })?;
         let picked = slot.pick(role, self.pools.balancing, &[], Default::default());
         let server = picked
@@ -152,9 +153,10 @@ impl Session {
         let Some(writes) = analysis.explain_route else {
             return Ok(false);
         };
-        if !self.is_quiet() || self.flow.in_tx() {
+        if !self.is_quiet() || self.flow.in_tx() || self.explain_needs_columns(&analysis) {
             return Ok(false);
         }
+        let body = frame.body(&self.cbuf);
         let p = parse_parse(body)?;
         let row = self.explain_route_rows(&analysis, p.sql, writes);
         let mut answer = BytesMut::new();
@@ -190,6 +192,18 @@ impl Session {
         self.to_client.extend_from_slice(&answer);
         self.cbuf.advance(at);
         Ok(true)
+    }
+
+    /// An `EXPLAIN (ROUTE)` of an INSERT without a column list into a
+    /// sharded table whose columns are not known: not answered yet (the
+    /// caller learns them, an await, and asks again; the second time it is
+    /// answered, learnt or not).
+    pub(super) fn explain_needs_columns(&mut self, analysis: &Arc<Analysis>) -> bool {
+        if self.explain_wants_columns.take().is_some() || !self.columns_unknown(analysis) {
+            return false;
+        }
+        self.explain_wants_columns = Some(analysis.clone());
+        true
     }
 
     /// The answer's RowDescription, saying which columns come in binary.

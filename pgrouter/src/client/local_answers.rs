@@ -36,6 +36,9 @@ impl Session {
             return Ok(false);
         };
         if let Some(writes) = analysis.explain_route {
+            if self.explain_needs_columns(&analysis) {
+                return Ok(false);
+            }
             self.answer_explain_route(len, &analysis, writes);
             return Ok(true);
         }

@@ -118,6 +118,12 @@ impl Session {
             {
                 continue;
             }
+            if let Some(analysis) = self.explain_wants_columns.clone() {
+                self.learn_columns_for(&[analysis]).await;
+                if self.try_answer_locally(frame.total_len)? {
+                    continue;
+                }
+            }
             if self.server.is_none() {
                 if self.try_prepare_locally()? {
                     continue;

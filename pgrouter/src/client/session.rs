@@ -131,6 +131,10 @@ pub struct Session {
     /// continues that portal is refused (the shards' portals ran to the
     /// end; see `shards/read.rs`).
     pub(super) unnamed_portal_suspended_on_shards: bool,
+    /// An `EXPLAIN (ROUTE)` of an INSERT without a column list into a
+    /// sharded table whose columns are not known yet: learnt, then the
+    /// EXPLAIN is answered (see `learn_columns_for_explain`).
+    pub(super) explain_wants_columns: Option<Arc<Analysis>>,
     /// Analysis of the statement bound by the last Bind, for SET tracking at Execute.
     pub(super) last_bound: Option<Arc<Analysis>>,
 
@@ -231,6 +235,7 @@ impl Session {
             unnamed: None,
             unnamed_parse: BytesMut::new(),
             unnamed_portal_suspended_on_shards: false,
+            explain_wants_columns: None,
             unnamed_here: false,
             last_bound: None,
             replay: None,

@@ -44,12 +44,24 @@ pub enum PoolError {
     CheckoutTimeout,
     #[error(transparent)]
     Connect(#[from] ServerError),
-    /// A hint or `SET pgrouter.shard` named a shard the database lacks.
-    #[error("pgrouter: shard {shard} does not exist (the database has {shards} shard(s), numbered from 0)")]
+    /// A hint or `SET pgrouter.shard` named a shard the database lacks
+    /// (`shard` is [`pgrouter_parser::NO_SUCH_SHARD`] when the value was
+    /// not a shard number at all).
+    #[error("pgrouter: shard {} does not exist (the database has {shards} shard(s), numbered from 0)", shard_name(*shard))]
     NoSuchShard { shard: usize, shards: usize },
     /// Every server that could take the statement is left out.
     #[error("pgrouter: no server is available for this statement")]
     NoServer,
+}
+
+/// How an error names a shard: its number, or what a value that was not
+/// a shard number stands for.
+fn shard_name(shard: usize) -> String {
+    if shard == pgrouter_parser::NO_SUCH_SHARD as usize {
+        "named by the hint or pgrouter.shard (not a shard number)".into()
+    } else {
+        shard.to_string()
+    }
 }
 
 /// One server address as one user. At most `size` checkouts are outstanding;

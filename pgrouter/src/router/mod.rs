@@ -61,7 +61,9 @@ impl SessionRouting {
                 "replica" => Some(RoleHint::Replica),
                 _ => None,
             });
-        let shard_override = get("pgrouter.shard").and_then(|v| v.trim().parse().ok());
+        // A value that is not a shard number names no shard: refused with
+        // 22023 at the next statement, like a number past the last shard.
+        let shard_override = get("pgrouter.shard").map(|v| pgrouter_parser::shard_number(&v));
         let default_read_only = get("default_transaction_read_only").is_some_and(|v| is_on(&v));
         SessionRouting {
             role_override,

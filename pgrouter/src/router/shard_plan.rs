@@ -235,6 +235,17 @@ fn everywhere(
     let mut other = false;
     for (i, s) in analysis.statements.iter().enumerate() {
         let keys = analysis.keys.get(i);
+        if let Some(r) = keys
+            .into_iter()
+            .flat_map(|k| &k.nested_targets)
+            .find(|r| map.is_reference(&qualified(r)))
+        {
+            return Err(unsupported(format!(
+                "pgrouter: a write to reference table \"{}\" inside WITH is not supported (it must change \
+                 every shard alike); HINT: send the write on its own",
+                r.name
+            )));
+        }
         let this = match &s.kind {
             StatementKind::Ddl => Some(ManyKind::Ddl),
             StatementKind::Vacuum | StatementKind::Analyze
@@ -252,9 +263,14 @@ fn everywhere(
                         .and_then(|sc| sc.relations.first())
                         .map(qualified),
                 };
-                target
-                    .filter(|t| map.is_reference(t))
-                    .map(|_| ManyKind::Replicate)
+                let replicate = target.filter(|t| map.is_reference(t));
+                if let (Some(t), true) = (&replicate, keys.is_some_and(|k| k.nested_writes)) {
+                    return Err(unsupported(format!(
+                        "pgrouter: a write to reference table \"{t}\" with a data-modifying WITH is not \
+                         supported (it would run on every shard); HINT: send the statements separately"
+                    )));
+                }
+                replicate.map(|_| ManyKind::Replicate)
             }
             StatementKind::Set(_) | StatementKind::Reset(_) | StatementKind::Show => continue,
             StatementKind::Select | StatementKind::Explain { analyze: false } => None,
@@ -314,7 +330,84 @@ struct Planner<'a> {
 }
 
 impl<'a> Planner<'a> {
+    /// Plans one statement of the query string. A statement with an
+    /// INSERT, UPDATE or DELETE inside a WITH clause writes wherever it
+    /// runs, and its parts read each other's rows: it must resolve to one
+    /// shard.
     fn statement(
+        &mut self,
+        kind: &StatementKind,
+        keys: &StatementKeys,
+        sharded: &[&str],
+    ) -> Result<(), Refusal> {
+        let others = std::mem::take(&mut self.shards);
+        let keyless_before = self.keyless.is_some();
+        let planned = self.statement_alone(kind, keys, sharded);
+        let mine = std::mem::replace(&mut self.shards, others);
+        planned?;
+        if keys.nested_writes && !matches!(kind, StatementKind::Prepare { .. }) {
+            self.nested_writes(keys, &mine, keyless_before)?;
+        }
+        self.shards.extend(mine);
+        Ok(())
+    }
+
+    /// The rules for a data-modifying WITH: its INSERTs' rows and its
+    /// UPDATEs' key assignments on the statement's one shard (`mine`).
+    fn nested_writes(
+        &mut self,
+        keys: &StatementKeys,
+        mine: &BTreeSet<usize>,
+        keyless_before: bool,
+    ) -> Result<(), Refusal> {
+        let mut shards = mine.clone();
+        let saved = std::mem::take(&mut self.shards);
+        for rows in &keys.nested_inserts {
+            let Some(table) = self.insert_table(rows) else {
+                continue;
+            };
+            self.touched = true;
+            if rows.from_query {
+                self.shards = saved;
+                return Err(unsupported(format!(
+                    "pgrouter: INSERT ... SELECT into sharded table \"{}\" is not supported yet; \
+                     HINT: insert VALUES with the shard key",
+                    rows.relation.name
+                )));
+            }
+            let planned = self.insert_rows(rows, table);
+            shards.extend(std::mem::take(&mut self.shards));
+            if let Err(e) = planned {
+                self.shards = saved;
+                return Err(e);
+            }
+        }
+        self.shards = saved;
+        let keyless = !keyless_before && self.keyless.is_some();
+        if keyless || shards.len() > 1 {
+            return Err(unsupported(
+                "pgrouter: a data-modifying WITH (INSERT, UPDATE or DELETE inside WITH) on sharded tables \
+                 must run on one shard, and this one needs several; HINT: add the shard key of every \
+                 sharded table it touches, or send the statements separately",
+            ));
+        }
+        for (target, column, value) in &keys.nested_assignments {
+            if let Some(table) = self.map.relation(target) {
+                self.check_key_assignment(
+                    table,
+                    &target.name,
+                    column,
+                    value.as_ref(),
+                    Some(&shards),
+                )?;
+            }
+        }
+        // Its rows count for the statement: the shard it runs on.
+        self.shards.extend(shards);
+        Ok(())
+    }
+
+    fn statement_alone(
         &mut self,
         kind: &StatementKind,
         keys: &StatementKeys,
@@ -376,6 +469,18 @@ impl<'a> Planner<'a> {
                         )));
                     }
                     self.insert_rows(rows, table)?;
+                    // ON CONFLICT ... DO UPDATE SET key = ...: the row
+                    // updated is on the shard its inserted twin went to.
+                    let current = self.shards.clone();
+                    for (column, value) in &keys.assignments {
+                        self.check_key_assignment(
+                            table,
+                            &rows.relation.name,
+                            column,
+                            value.as_ref(),
+                            Some(&current),
+                        )?;
+                    }
                 }
             }
             StatementKind::Select
@@ -548,6 +653,15 @@ impl<'a> Planner<'a> {
                 }
             }
         }
+        if roots > 1 && out.len() > 1 {
+            // Tables not equated on their keys meet only on a shard that
+            // holds the rows of both: one shard, or no exact answer.
+            return Err(unsupported(format!(
+                "pgrouter: a join of sharded tables that are not equated on their shard keys needs rows \
+                 of {} shards at once; HINT: join on the shard keys, or give keys on one shard",
+                out.len()
+            )));
+        }
         Ok(Some(out))
     }
 
@@ -677,25 +791,37 @@ impl<'a> Planner<'a> {
             return Ok(());
         };
         for (column, value) in &keys.assignments {
-            if *column != table.column {
-                continue;
-            }
-            let Some(v) = value else {
+            self.check_key_assignment(table, &target.name, column, value.as_ref(), current)?;
+        }
+        Ok(())
+    }
+
+    /// `SET column = value` on a row of `table` now on one of `current`:
+    /// when `column` is the shard key, the value must keep it there.
+    fn check_key_assignment(
+        &mut self,
+        table: &ShardedTable,
+        target: &str,
+        column: &str,
+        value: Option<&ValueRef>,
+        current: Option<&BTreeSet<usize>>,
+    ) -> Result<(), Refusal> {
+        if column != table.column {
+            return Ok(());
+        }
+        let Some(v) = value else {
+            return Err(unsupported(format!(
+                "pgrouter: UPDATE of shard key \"{column}\" of \"{target}\" to an expression is not supported \
+                 (the row could move to another shard); HINT: set it to a constant or a parameter"
+            )));
+        };
+        for value in self.values_of(v, table.placement.key_type, false)? {
+            let shard = table.placement.shard_of(&value).map_err(key_error)?;
+            if current.is_some_and(|c| c.iter().any(|&s| s != shard)) {
                 return Err(unsupported(format!(
-                    "pgrouter: UPDATE of shard key \"{column}\" of \"{}\" to an expression is not supported \
-                     (the row could move to another shard); HINT: set it to a constant or a parameter",
-                    target.name
+                    "pgrouter: UPDATE moving a row of \"{target}\" to another shard ({column} = {value} is on \
+                     shard {shard}) is not supported; HINT: DELETE it and INSERT it again"
                 )));
-            };
-            for value in self.values_of(v, table.placement.key_type, false)? {
-                let shard = table.placement.shard_of(&value).map_err(key_error)?;
-                if current.is_some_and(|c| c.iter().any(|&s| s != shard)) {
-                    return Err(unsupported(format!(
-                        "pgrouter: UPDATE moving a row of \"{}\" to another shard ({column} = {value} is on \
-                         shard {shard}) is not supported; HINT: DELETE it and INSERT it again",
-                        target.name
-                    )));
-                }
             }
         }
         Ok(())

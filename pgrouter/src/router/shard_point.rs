@@ -114,7 +114,7 @@ pub fn compile(analysis: &Analysis, map: &ShardMap) -> Option<PointPlan> {
     let ([statement], [keys]) = (analysis.statements.as_slice(), analysis.keys.as_slice()) else {
         return None;
     };
-    if !keys.unplaced.is_empty() || analysis.hint.shard.is_some() {
+    if !keys.unplaced.is_empty() || keys.nested_writes || analysis.hint.shard.is_some() {
         return None;
     }
     let (table, value) = match statement.kind {
@@ -156,6 +156,10 @@ fn one_row_insert<'m, 'k>(
         return None;
     };
     let table = sharded_target(map, &rows.relation)?;
+    // ON CONFLICT ... DO UPDATE SET key = ...: the general planner checks it.
+    if keys.assignments.iter().any(|(c, _)| *c == table.column) {
+        return None;
+    }
     let at = rows.columns.iter().position(|c| *c == table.column)?;
     Some((table, row.get(at)?.as_ref()?))
 }

@@ -102,6 +102,24 @@ fn simple_protocol_table() {
         (format!("UPDATE orders SET cid = {b} WHERE cid = {a}"), Err("0A000")),
         (format!("UPDATE orders SET cid = cid + 1 WHERE cid = {a}"), Err("0A000")),
         ("SELECT * FROM orders WHERE cid = 1.5".into(), Err("0A000")),
+        // Tables not equated on their keys, keys on two shards.
+        (format!("SELECT * FROM orders o, items i WHERE o.cid = {a} AND i.cid = {b}"), Err("0A000")),
+        (format!("SELECT * FROM orders o, items i WHERE o.cid = {a} AND i.cid = {same}"), Ok(Some(shard(a)))),
+        // ON CONFLICT ... DO UPDATE SET key: kept on the inserted row's shard.
+        (format!("INSERT INTO orders (cid) VALUES ({a}) ON CONFLICT (cid) DO UPDATE SET cid = {b}"), Err("0A000")),
+        (format!("INSERT INTO orders (cid) VALUES ({a}) ON CONFLICT (cid) DO UPDATE SET cid = excluded.cid + 1"), Err("0A000")),
+        (format!("INSERT INTO orders (cid) VALUES ({a}) ON CONFLICT (cid) DO UPDATE SET cid = {same}"), Ok(Some(shard(a)))),
+        (format!("INSERT INTO orders (cid) VALUES ({a}) ON CONFLICT (cid) DO UPDATE SET cid = excluded.cid, note = 'n'"), Ok(Some(shard(a)))),
+        // Writes inside WITH: on their keys' one shard, or refused.
+        (format!("WITH w AS (INSERT INTO orders (cid) VALUES ({b}) RETURNING *) SELECT * FROM w"), Ok(Some(shard(b)))),
+        (format!("WITH w AS (INSERT INTO items (cid) VALUES ({b})) INSERT INTO orders (cid) VALUES ({same})"), Err("0A000")),
+        (format!("WITH w AS (INSERT INTO items (cid) VALUES ({a})) INSERT INTO orders (cid) VALUES ({same})"), Ok(Some(shard(a)))),
+        (format!("WITH w AS (INSERT INTO orders (cid) VALUES ({a}), ({b})) SELECT 1"), Err("0A000")),
+        ("WITH d AS (DELETE FROM orders RETURNING *) SELECT count(*) FROM d".into(), Err("0A000")),
+        (format!("WITH u AS (UPDATE orders SET cid = {b} WHERE cid = {a} RETURNING *) SELECT * FROM u"), Err("0A000")),
+        (format!("WITH u AS (UPDATE orders SET note = 'x' WHERE cid = {a} RETURNING *) SELECT * FROM u"), Ok(Some(shard(a)))),
+        ("WITH c AS (INSERT INTO countries VALUES ('fr')) SELECT 1".into(), Err("0A000")),
+        (format!("WITH w AS (INSERT INTO orders (cid) VALUES ({a})) INSERT INTO countries VALUES ('fr')"), Err("0A000")),
         // PostgreSQL's own errors for bad keys.
         ("SELECT * FROM orders WHERE cid = 'x'".into(), Err("22P02")),
         ("SELECT * FROM orders WHERE cid = 99999999999999999999".into(), Err("22003")),

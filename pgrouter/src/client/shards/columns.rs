@@ -81,8 +81,20 @@ impl Session {
         out
     }
 
+    /// Whether `analysis` inserts into (or copies) a sharded table without
+    /// a column list whose columns the router does not know yet.
+    pub(in crate::client) fn columns_unknown(&self, analysis: &Analysis) -> bool {
+        let Some(map) = self.shard_map.as_ref() else {
+            return false;
+        };
+        wants_columns(analysis)
+            && columns_wanted(analysis)
+                .iter()
+                .any(|r| map.relation(r).is_some() && map.known_columns(r).is_none())
+    }
+
     /// Learns the columns `analyses` need and the router does not know.
-    async fn learn_columns_for(&mut self, analyses: &[Arc<Analysis>]) {
+    pub(in crate::client) async fn learn_columns_for(&mut self, analyses: &[Arc<Analysis>]) {
         let Some(map) = self.shard_map.as_ref().cloned() else {
             return;
         };
@@ -139,7 +151,7 @@ fn wants_columns(analysis: &Analysis) -> bool {
     let inserts_without_columns = analysis
         .keys
         .iter()
-        .filter_map(|k| k.insert.as_ref())
+        .flat_map(|k| k.insert.iter().chain(&k.nested_inserts))
         .any(|i| i.columns.is_empty());
     let copies = matches!(analysis.statements.as_slice(),
         [s] if matches!(s.kind, StatementKind::Copy { .. }) && !analysis.tables.is_empty());
@@ -150,7 +162,7 @@ fn columns_wanted(analysis: &Analysis) -> Vec<Relation> {
     let mut wanted: Vec<Relation> = analysis
         .keys
         .iter()
-        .filter_map(|k| k.insert.as_ref())
+        .flat_map(|k| k.insert.iter().chain(&k.nested_inserts))
         .filter(|i| i.columns.is_empty())
         .map(|i| i.relation.clone())
         .collect();
