@@ -52,6 +52,10 @@ pub struct ShardedHistogram {
     shards: Box<[Mutex<Option<Histogram<u64>>>]>,
     /// Exact sum of the recorded values in µs (hdrhistogram keeps no sum).
     sum_us: AtomicU64,
+    /// Values of at most 1 µs (recorded as 1 µs), counted apart: a
+    /// checkout that found a connection free waits 0, and is most
+    /// checkouts; an atomic add is a fraction of a histogram's record.
+    lowest: AtomicU64,
 }
 
 /// A merged, point-in-time copy.
@@ -69,6 +73,7 @@ impl ShardedHistogram {
         ShardedHistogram {
             shards: (0..shards).map(|_| Mutex::new(None)).collect(),
             sum_us: AtomicU64::new(0),
+            lowest: AtomicU64::new(0),
         }
     }
 
@@ -86,6 +91,11 @@ impl ShardedHistogram {
     }
 
     pub fn record_us(&self, us: u64) {
+        if us <= 1 {
+            self.sum_us.fetch_add(us, Ordering::Relaxed);
+            self.lowest.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         self.sum_us.fetch_add(us, Ordering::Relaxed);
         let n = self.shards.len();
         let home = THREAD_INDEX.try_with(|i| *i).unwrap_or(0) % n;
@@ -117,6 +127,10 @@ impl ShardedHistogram {
                     None => merged = Some(h.clone()),
                 }
             }
+        }
+        let lowest = self.lowest.load(Ordering::Relaxed);
+        if lowest > 0 {
+            let _ = merged.get_or_insert_with(new_histogram).record_n(1, lowest);
         }
         HistogramSnapshot::from_merged(merged, self.sum_us.load(Ordering::Relaxed))
     }
@@ -201,6 +215,26 @@ mod tests {
         assert!(s.buckets.windows(2).all(|w| w[0] <= w[1]));
         let p50 = s.quantile_us(0.5);
         assert!((900..=1_010).contains(&p50), "{p50}");
+    }
+
+    #[test]
+    fn lowest_values_counted_apart_show_in_buckets_and_quantiles() {
+        let h = ShardedHistogram::new(2);
+        for _ in 0..90 {
+            h.record_us(0);
+        }
+        h.record_us(1);
+        for _ in 0..9 {
+            h.record_us(5_000);
+        }
+        let s = h.snapshot();
+        assert_eq!((s.count, s.sum_us), (100, 1 + 9 * 5_000));
+        assert_eq!(s.buckets[0], 91); // le=0.0001
+        assert_eq!(s.buckets[5], 100); // le=0.005
+        assert_eq!(s.quantile_us(0.5), 1);
+        assert!((4_950..=5_050).contains(&s.quantile_us(0.99)));
+        // Taken twice, the count is the same (the snapshot adds, never moves).
+        assert_eq!(h.snapshot().count, 100);
     }
 
     #[test]
