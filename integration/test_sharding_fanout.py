@@ -5,6 +5,8 @@ PostgreSQL primaries. Ground truth for every read is the same query on one
 unsharded copy of the data (`fo_all` on a server of its own)."""
 from __future__ import annotations
 
+import time
+
 import psycopg
 import pytest
 
@@ -283,6 +285,119 @@ def test_a_failed_statement_fails_the_whole_transaction(srouter, shards):
             with s.connect(APP_DB) as c:
                 assert c.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = 'app' "
                                  "AND state LIKE 'idle in transaction%'").fetchone()[0] == 0
+
+
+def test_a_refused_statement_fails_the_transaction_and_a_nested_begin_warns(srouter, shards):
+    """A statement the router refuses inside a transaction on several shards
+    fails it as any error fails a PostgreSQL transaction (nothing written
+    before it commits); a redundant BEGIN gets PostgreSQL's warning."""
+    servers, _ = shards
+    with connect(srouter.dsn()) as conn:
+        conn.execute(CREATE)
+        load(conn, 30)
+        a, b, c = keys_on_distinct_shards(servers)
+        conn.execute("DELETE FROM fo_orders")
+        notices = []
+        conn.add_notice_handler(lambda d: notices.append((d.sqlstate, d.severity_nonlocalized)))
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO fo_orders (customer_id, id) VALUES (%s, 1)", (a,))
+        conn.execute("INSERT INTO fo_orders (customer_id, id) VALUES (%s, 1)", (b,))
+        assert conn.execute("BEGIN").statusmessage == "BEGIN"
+        assert notices == [("25001", "WARNING")]
+        with pytest.raises(psycopg.Error) as err:
+            conn.execute("SELECT customer_id, row_number() OVER () FROM fo_orders")
+        assert sqlstate(err.value) == "0A000"
+        for k in (a, c):
+            with pytest.raises(psycopg.Error) as err:
+                conn.execute("SELECT * FROM fo_orders WHERE customer_id = %s", (k,))
+            assert sqlstate(err.value) == "25P02"
+        assert conn.execute("COMMIT").statusmessage == "ROLLBACK"
+        assert per_shard_counts(servers) == [0, 0, 0]
+        # Rolled back to a savepoint before the refusal, the transaction goes on.
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO fo_orders (customer_id, id) VALUES (%s, 2)", (a,))
+        conn.execute("INSERT INTO fo_orders (customer_id, id) VALUES (%s, 2)", (b,))
+        conn.execute("SAVEPOINT s")
+        with pytest.raises(psycopg.Error):
+            conn.execute("SELECT customer_id, row_number() OVER () FROM fo_orders")
+        conn.execute("ROLLBACK TO SAVEPOINT s")
+        assert conn.execute("COMMIT").statusmessage == "COMMIT"
+        assert sorted(per_shard_counts(servers)) == [0, 1, 1]
+
+
+def test_settings_made_inside_a_transaction_hold_on_every_shard(srouter, shards):
+    """SET and SET LOCAL inside a transaction apply to its statements on
+    every shard, those joining later included, as on one PostgreSQL."""
+    servers, _ = shards
+    with connect(srouter.dsn()) as conn:
+        conn.execute(CREATE)
+        conn.execute("CREATE SCHEMA IF NOT EXISTS fo_tenant")
+        conn.execute("CREATE TABLE fo_tenant.fo_orders (customer_id bigint, id int)")
+        load(conn, 30)
+        a, b, c = keys_on_distinct_shards(servers)
+        conn.execute("DELETE FROM fo_orders")
+        try:
+            for set_sql in ("SET LOCAL search_path = fo_tenant", "SET search_path = fo_tenant"):
+                conn.execute("RESET search_path")
+                conn.execute("BEGIN")
+                conn.execute(set_sql)  # before a second shard joins
+                conn.execute("INSERT INTO fo_orders (customer_id, id) VALUES (%s, 1)", (a,))
+                conn.execute("INSERT INTO fo_orders (customer_id, id) VALUES (%s, 1)", (b,))
+                conn.execute("RESET search_path")
+                conn.execute(set_sql)  # with two legs: on both, and on the third joining
+                conn.execute("INSERT INTO fo_orders (customer_id, id) VALUES (%s, 2)", (a,))
+                conn.execute("INSERT INTO fo_orders (customer_id, id) VALUES (%s, 2)", (c,))
+                conn.execute("COMMIT")
+            assert per_shard_counts(servers) == [0, 0, 0]  # nothing in public
+            tenant = sorted(conn.execute("SELECT customer_id, id FROM fo_tenant.fo_orders").fetchall())
+            assert tenant == sorted([(a, 1), (b, 1), (a, 2), (c, 2)] * 2)
+            # SET (not LOCAL) outlives its transaction, SET LOCAL does not.
+            assert conn.execute("SHOW search_path").fetchone()[0] == "fo_tenant"
+            conn.execute("BEGIN")
+            conn.execute("SELECT * FROM fo_orders WHERE customer_id = %s", (a,))
+            conn.execute("SET LOCAL statement_timeout = '50ms'")
+            with pytest.raises(psycopg.Error) as err:
+                conn.execute("SELECT pg_sleep(1), customer_id FROM fo_orders WHERE customer_id = %s", (b,))
+            assert sqlstate(err.value) == "57014"
+            conn.execute("ROLLBACK")
+        finally:
+            conn.execute("RESET search_path")
+            conn.execute("DROP SCHEMA fo_tenant CASCADE")
+
+
+def test_a_batch_refused_inside_a_transaction_is_answered_whatever_its_pace(srouter, shards):
+    """An extended batch inside a transaction whose statements need several
+    shards is refused whole with 0A000, also when its messages arrive one by
+    one (as a pipelining driver sends them); it used to hang."""
+    servers, _ = shards
+    with connect(srouter.dsn()) as conn:
+        conn.execute(CREATE)
+        load(conn, 30)
+        a, b, c = keys_on_distinct_shards(servers)
+        conn.execute("DELETE FROM fo_orders")
+
+    def unit(sql, params):
+        return [wire.parse_message(sql), wire.bind_message(params), wire.describe_message(b"P"),
+                wire.execute_message()]
+    insert = "INSERT INTO fo_orders (customer_id, id) VALUES ($1, 1)"
+    msgs = unit(insert, [str(a)]) + unit("SELECT count(*) FROM fo_orders", []) + unit(insert, [str(c)]) \
+        + [wire.sync_message()]
+    for gap in (0, 0.02):
+        w = wire.connect(srouter.port, APP_USER, APP_DB, APP_PASSWORD)
+        try:
+            w.simple_query("BEGIN")
+            if gap == 0:
+                w.send(b"".join(msgs))
+            else:
+                for m in msgs:
+                    w.send(m)
+                    time.sleep(gap)
+            batch = w.read_batches(1, timeout=10)[0]
+            assert [e.get("C") for e in wire.errors_in(batch)] == ["0A000"], gap
+            assert batch[-1].kind == b"Z"
+        finally:
+            w.close()
+    assert per_shard_counts(servers) == [0, 0, 0]
 
 
 def test_savepoints_and_isolation_reach_every_leg(srouter, shards):

@@ -82,11 +82,7 @@ impl Session {
             }
             return;
         }
-        let raise = format!(
-            "DO $pgrouter$BEGIN RAISE EXCEPTION USING ERRCODE = '{}', MESSAGE = {}; END$pgrouter$",
-            refusal.sqlstate,
-            quote_literal(&refusal.message)
-        );
+        let raise = raise_sql(refusal.sqlstate, &refusal.message);
         self.inject_role_guard_if_due(tag);
         if tag == b'Q' {
             frontend::query(self.to_server(), &raise);
@@ -208,4 +204,14 @@ impl Session {
         self.expect().swallow(Reply::Sync);
         self.flow.role_guard_sent_alone();
     }
+}
+
+/// A statement that fails on the server with the router's refusal: the
+/// server's transaction then fails as PostgreSQL fails one at an error.
+pub(super) fn raise_sql(sqlstate: &str, message: &str) -> String {
+    format!(
+        "DO $pgrouter$BEGIN RAISE EXCEPTION USING ERRCODE = '{}', MESSAGE = {}; END$pgrouter$",
+        sqlstate,
+        quote_literal(message)
+    )
 }

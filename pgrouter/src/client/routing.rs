@@ -138,7 +138,13 @@ impl Session {
                 _ => None,
             };
             let analysis = match analysis {
-                Some(Err(refusal)) => return (Err(refusal), true),
+                // Refused once the batch has arrived (see
+                // `route_arrived_batch`): refused whole, as one unit, rather
+                // than its first statements run and the rest refused.
+                Some(Err(refusal)) => {
+                    let ended = self.batch_has_arrived(frame.tag);
+                    return (Err(refusal), ended);
+                }
                 Some(Ok(a)) => Some(a),
                 None => None,
             };

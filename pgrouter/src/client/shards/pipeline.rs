@@ -98,7 +98,7 @@ impl Session {
         if let Some(held) = pipe.in_tx {
             // The transaction goes on (failed if a statement failed).
             self.restore_legs(legs, held);
-            return self.answer_in_tx(Ok(()), None);
+            return self.answer_in_tx(Ok(()), None).await;
         }
         if pipe.failed.is_some() {
             self.roll_back(&mut legs).await;

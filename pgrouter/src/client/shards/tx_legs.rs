@@ -91,8 +91,12 @@ impl Session {
             return Ok(TxStep::Forward);
         };
         let effect = tx_effect(&analysis);
+        // A SET (LOCAL) inside the transaction holds on every shard of it,
+        // as on one PostgreSQL: sent to every leg, and replayed on legs
+        // that join later, like a savepoint.
+        let setting = tag == b'Q' && is_setting(&analysis);
         if self.tx_legs.is_none() {
-            if effect == Some(TxEffect::Savepoint) && tag == b'Q' {
+            if (effect == Some(TxEffect::Savepoint) || setting) && tag == b'Q' {
                 self.note_savepoint(len);
             }
             if effect.is_some() {
@@ -115,7 +119,10 @@ impl Session {
         let wanted = match &routed {
             Routed::Keyed(route) if Some(route.shard) != held_shard => Some(route.shard),
             Routed::Many(..) => None,
-            _ if self.tx_legs.is_some() && effect.is_some() => None,
+            // A BEGIN inside the transaction: the held leg answers it as
+            // PostgreSQL does (WARNING 25001, or 25P02 once failed).
+            _ if self.tx_legs.is_some() && effect.is_some() && !is_begin(effect.as_ref()) => None,
+            _ if self.tx_legs.is_some() && setting => None,
             _ => {
                 // A failed leg answers everything but the transaction's end.
                 if let Some(failed) = self.failed_parked_leg() {
@@ -130,7 +137,7 @@ impl Session {
         if !self.is_quiet() {
             return Ok(TxStep::Wait);
         }
-        let ends_legs = self.tx_legs.is_some() && effect.is_some();
+        let ends_legs = self.tx_legs.is_some() && effect.is_some() && !is_begin(effect.as_ref());
         if !ends_legs
             && self
                 .server
@@ -141,13 +148,13 @@ impl Session {
         }
         if self.tx_legs.is_none() {
             if let Err(e) = self.enter_legs_mode().await {
-                self.answer_unit_error(tag, len, e);
+                self.answer_unit_error(tag, len, e).await;
                 return Ok(TxStep::Answered);
             }
         }
         if let Some(shard) = wanted {
             if let Err(e) = self.swap_to(shard).await? {
-                self.answer_unit_error(tag, len, e);
+                self.answer_unit_error(tag, len, e).await;
                 return Ok(TxStep::Answered);
             }
             return Ok(TxStep::Forward);
@@ -155,6 +162,19 @@ impl Session {
         match (routed, effect) {
             (Routed::Many(route, choice), _) => self.many_in_tx(tag, route.role, choice).await?,
             (_, Some(effect)) => self.end_or_mark(tag, effect).await?,
+            _ if setting => {
+                let unit = match self.take_unit(tag)? {
+                    Taken::Unit(u) => u,
+                    Taken::Refused(e) | Taken::Failed(e) => {
+                        self.skip_unit(tag);
+                        return self
+                            .answer_in_tx(Err(e), None)
+                            .await
+                            .map(|_| TxStep::Answered);
+                    }
+                };
+                self.on_every_leg(unit, true).await?;
+            }
             _ => {}
         }
         Ok(TxStep::Answered)
@@ -381,18 +401,20 @@ impl Session {
             Taken::Unit(u) => u,
             Taken::Refused(e) | Taken::Failed(e) => {
                 self.skip_unit(tag);
-                return self.answer_in_tx(Err(e), None);
+                return self.answer_in_tx(Err(e), None).await;
             }
         };
         if let Some(e) = super::row_limit_refusal(&unit, many.kind) {
-            return self.answer_in_tx(Err(e), Some(&unit));
+            return self.answer_in_tx(Err(e), Some(&unit)).await;
         }
         let copy = matches!(many.kind, ManyKind::CopyIn | ManyKind::CopyOut);
         if copy && unit.extended.is_some() {
-            return self.answer_in_tx(
-                Err(super::extended_copy_refusal(many.shards.len())),
-                Some(&unit),
-            );
+            return self
+                .answer_in_tx(
+                    Err(super::extended_copy_refusal(many.shards.len())),
+                    Some(&unit),
+                )
+                .await;
         }
         if !matches!(
             many.kind,
@@ -413,7 +435,7 @@ impl Session {
                     many.shards.len()
                 ),
             );
-            return self.answer_in_tx(Err(e), Some(&unit));
+            return self.answer_in_tx(Err(e), Some(&unit)).await;
         }
         let _ = role;
         self.state.metrics.record_shards(many.shards.len());
@@ -436,7 +458,7 @@ impl Session {
                 }
                 Err(e) => {
                     self.restore_legs(legs, current);
-                    return self.answer_in_tx(Err(e), Some(&unit));
+                    return self.answer_in_tx(Err(e), Some(&unit)).await;
                 }
             }
         }
@@ -455,7 +477,7 @@ impl Session {
         legs.extend(used);
         legs.sort_by_key(|l| l.shard);
         self.restore_legs(legs, current);
-        self.answer_in_tx(result.map(|_| ()), Some(&unit))
+        self.answer_in_tx(result.map(|_| ()), Some(&unit)).await
     }
 
     /// Puts legs back: `current` held again, the others parked.
@@ -471,12 +493,16 @@ impl Session {
     }
 
     /// Queues an answer inside the transaction: the error (if any) and a
-    /// ReadyForQuery saying whether the transaction failed.
-    pub(super) fn answer_in_tx(
+    /// ReadyForQuery saying whether the transaction failed. An error fails
+    /// the transaction, as any error fails a PostgreSQL transaction.
+    pub(super) async fn answer_in_tx(
         &mut self,
         result: Result<(), ShardError>,
         unit: Option<&Unit>,
     ) -> Result<(), SessionEnd> {
+        if let Err(e) = &result {
+            self.fail_transaction(e).await;
+        }
         if let Err(e) = result {
             if let Some(unit) = unit.filter(|u| u.extended.is_some()) {
                 let _ = unit; // ParseComplete/BindComplete were not sent
@@ -491,6 +517,40 @@ impl Session {
             || self.failed_parked_leg().is_some();
         backend::ready_for_query(&mut self.to_client, if failed { b'E' } else { b'T' });
         Ok(())
+    }
+
+    /// The router's own refusal (a statement it cannot run exactly, a
+    /// shard it cannot reach) is raised on one leg of the transaction, so
+    /// that the transaction is failed there as PostgreSQL would fail it:
+    /// later statements get 25P02 and COMMIT answers ROLLBACK, and nothing
+    /// written before the refusal commits. A server's own error failed its
+    /// leg already.
+    async fn fail_transaction(&mut self, e: &ShardError) {
+        let ShardError::Router { sqlstate, message } = e else {
+            return;
+        };
+        let failed = self
+            .server
+            .as_ref()
+            .is_some_and(|h| h.conn.tx_status == b'E')
+            || self.failed_parked_leg().is_some();
+        if failed || !self.is_quiet() {
+            return;
+        }
+        let raise = crate::client::policy_guard::raise_sql(sqlstate, message);
+        let current = self.server.as_ref().map(|h| h.shard);
+        let mut legs = self.all_legs();
+        // A leg between statements (nothing unread or unsent).
+        let idle = legs.iter_mut().find(|l| {
+            let c = &l.held.conn;
+            c.tx_status == b'T' && c.read_buf.is_empty() && c.write_buf.is_empty()
+        });
+        if let Some(leg) = idle {
+            // An I/O error loses the leg; its transaction is gone either way.
+            let _ = leg.held.conn.run_simple(&raise).await;
+            leg.held.conn.tx_status = b'E';
+        }
+        self.restore_legs(legs, current);
     }
 
     /// Drops a refused unit from the buffer (a Query, or a batch to its Sync).
@@ -508,8 +568,10 @@ impl Session {
         self.cbuf.advance(at);
     }
 
-    /// An error for the unit at the front of the buffer, which is dropped.
-    fn answer_unit_error(&mut self, tag: u8, _len: usize, e: ShardError) {
+    /// An error for the unit at the front of the buffer, which is dropped;
+    /// it fails the transaction.
+    async fn answer_unit_error(&mut self, tag: u8, _len: usize, e: ShardError) {
+        self.fail_transaction(&e).await;
         self.skip_unit(tag);
         self.state.metrics.record_error(&e.sqlstate());
         e.write(&mut self.to_client);
@@ -523,13 +585,13 @@ impl Session {
             Taken::Unit(u) => u,
             Taken::Refused(e) | Taken::Failed(e) => {
                 self.skip_unit(tag);
-                return self.answer_in_tx(Err(e), None);
+                return self.answer_in_tx(Err(e), None).await;
             }
         };
         let sql = unit.sql.trim().to_ascii_uppercase();
         match effect {
             TxEffect::Commit if sql.contains("CHAIN") && !sql.contains("NO CHAIN") => {
-                self.answer_in_tx(Err(ShardError::router("0A000", "pgrouter: COMMIT AND CHAIN of a transaction on several shards is not supported")), Some(&unit))
+                self.answer_in_tx(Err(ShardError::router("0A000", "pgrouter: COMMIT AND CHAIN of a transaction on several shards is not supported")), Some(&unit)).await
             }
             TxEffect::Commit | TxEffect::Rollback => {
                 let mut legs = self.all_legs();
@@ -556,36 +618,7 @@ impl Session {
                 Ok(())
             }
             TxEffect::Savepoint | TxEffect::Release | TxEffect::RollbackTo => {
-                let current = self.server.as_ref().map(|h| h.shard);
-                let mut legs = self.all_legs();
-                let mut request = bytes::BytesMut::new();
-                unit.request(&unit.sql, &mut request);
-                let result = match self.ask_all(&mut legs, &request, 1).await? {
-                    Ok(answers) => {
-                        let failed = answers.iter().flatten().find(|(t, _)| *t == b'E').map(|(_, b)| ShardError::Server(b.clone()));
-                        match failed {
-                            Some(e) => Err(e),
-                            None => {
-                                let mut first = answers.into_iter().next().unwrap_or_default();
-                                first.retain(|(t, _)| !matches!(t, b'1' | b'2' | b'T' | b'n' | b'Z' | b'S'));
-                                unit.preamble(&mut self.to_client);
-                                for (t, b) in first {
-                                    backend::put_message(&mut self.to_client, t, |o| o.extend_from_slice(&b));
-                                }
-                                Ok(())
-                            }
-                        }
-                    }
-                    Err(e) => Err(e),
-                };
-                if effect == TxEffect::Savepoint && result.is_ok() {
-                    if let Some(l) = self.tx_legs.as_mut() {
-                        l.begin.push_str(unit.sql.trim_end().trim_end_matches(';'));
-                        l.begin.push(';');
-                    }
-                }
-                self.restore_legs(legs, current);
-                self.answer_in_tx(result, Some(&unit))
+                self.on_every_leg(unit, effect == TxEffect::Savepoint).await
             }
             _ => self.answer_in_tx(
                 Err(ShardError::router(
@@ -594,8 +627,51 @@ impl Session {
                      shards are not supported (the router commits such transactions with two-phase commit itself)",
                 )),
                 Some(&unit),
-            ),
+            ).await,
         }
+    }
+
+    /// Runs `unit` (a savepoint command or a SET) on every leg of the
+    /// transaction, answering with the first leg's answer; with `remember`,
+    /// legs that join later run it too.
+    async fn on_every_leg(&mut self, unit: Unit, remember: bool) -> Result<(), SessionEnd> {
+        let current = self.server.as_ref().map(|h| h.shard);
+        let mut legs = self.all_legs();
+        let mut request = bytes::BytesMut::new();
+        unit.request(&unit.sql, &mut request);
+        let result = match self.ask_all(&mut legs, &request, 1).await? {
+            Ok(answers) => {
+                let failed = answers
+                    .iter()
+                    .flatten()
+                    .find(|(t, _)| *t == b'E')
+                    .map(|(_, b)| ShardError::Server(b.clone()));
+                match failed {
+                    Some(e) => Err(e),
+                    None => {
+                        let mut first = answers.into_iter().next().unwrap_or_default();
+                        first
+                            .retain(|(t, _)| !matches!(t, b'1' | b'2' | b'T' | b'n' | b'Z' | b'S'));
+                        unit.preamble(&mut self.to_client);
+                        for (t, b) in first {
+                            backend::put_message(&mut self.to_client, t, |o| {
+                                o.extend_from_slice(&b)
+                            });
+                        }
+                        Ok(())
+                    }
+                }
+            }
+            Err(e) => Err(e),
+        };
+        if remember && result.is_ok() {
+            if let Some(l) = self.tx_legs.as_mut() {
+                l.begin.push_str(unit.sql.trim_end().trim_end_matches(';'));
+                l.begin.push(';');
+            }
+        }
+        self.restore_legs(legs, current);
+        self.answer_in_tx(result, Some(&unit)).await
     }
 
     /// Commits a transaction's legs: those that wrote together (two-phase
@@ -645,6 +721,27 @@ impl Session {
 }
 
 /// The one transaction-control effect of a unit, if it is one.
+/// A SET or RESET of a server setting (not the router's own `pgrouter.*`,
+/// not SET TRANSACTION, which a joining leg gets from its BEGIN).
+fn is_setting(analysis: &Analysis) -> bool {
+    let name = match analysis.statements.as_slice() {
+        [s] => match &s.kind {
+            StatementKind::Set(set) => set.name.as_str(),
+            StatementKind::Reset(pgrouter_parser::ResetTarget::Name(name)) => name.as_str(),
+            StatementKind::Reset(pgrouter_parser::ResetTarget::All) => "all",
+            _ => return false,
+        },
+        _ => return false,
+    };
+    !name.starts_with("pgrouter.")
+        && !name.starts_with("transaction")
+        && name != "session characteristics"
+}
+
+fn is_begin(effect: Option<&TxEffect>) -> bool {
+    matches!(effect, Some(TxEffect::Begin { .. }))
+}
+
 fn tx_effect(analysis: &Analysis) -> Option<TxEffect> {
     match analysis.statements.as_slice() {
         [s] => match &s.kind {
