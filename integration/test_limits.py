@@ -157,3 +157,21 @@ def test_max_db_and_user_connections_cap_across_pools(routers, primary):
         assert errors == [], cap
         assert 0 < seen.peak <= 3, f"{cap}: {seen.peak} connections on the server"
         router.stop()
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_client_idle_timeout_closes_idle_clients_in_both_pool_modes(routers, mode):
+    """client_idle_timeout_ms ends a client idle between transactions with
+    57P05, in session mode too (where the idle client holds its server
+    connection); a client that keeps working is never cut off."""
+    router = routers.start(general={"client_idle_timeout_ms": 600, "pool_mode": mode})
+    idle = connect(router.dsn())
+    idle.execute("SELECT 1")
+    with connect(router.dsn()) as busy:
+        for _ in range(6):
+            busy.execute("SELECT pg_sleep(0.2)")
+        assert busy.execute("SELECT 1").fetchone() == (1,)
+    with pytest.raises(psycopg.Error) as err:
+        idle.execute("SELECT 1")
+    assert sqlstate(err.value) == "57P05"
+    idle.close()

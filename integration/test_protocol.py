@@ -13,7 +13,7 @@ import psycopg
 import pytest
 
 from harness import wire
-from harness.clients import connect
+from harness.clients import connect, sqlstate
 
 SMALL_MAX = 1024 * 1024  # max_message_size for these tests
 
@@ -173,6 +173,25 @@ def test_oversize_length_only(small_router):
     assert time.monotonic() - start < 5
     assert errors and errors[0]["C"] == "08P01"
     conn.close()
+    assert router.alive()
+
+
+def test_oversize_message_behind_others_in_one_read(routers):
+    """Drivers send Parse, Bind, Execute and Sync in one write: a Bind over
+    max_message_size behind a small Parse still ends the client with 08P01
+    (the router used to wait forever for the batch's Sync)."""
+    router = routers.start(general={"max_message_size": 10_000})
+    conn = wire.connect(router.port, "app", "app", "app-secret")
+    start = time.monotonic()
+    conn.send(wire.describe_message(b"S", "") + wire.query_message("SELECT '" + "x" * 20_000 + "'"))
+    errors = assert_ended_with_08P01_or_closed(conn, timeout=10)
+    assert time.monotonic() - start < 5
+    assert errors and errors[0]["C"] == "08P01"
+    conn.close()
+    with pytest.raises(psycopg.Error) as err:
+        with connect(router.dsn()) as c:
+            c.execute("SELECT %s::text", ("z" * 20_000,))
+    assert sqlstate(err.value) == "08P01"
     assert router.alive()
 
 

@@ -229,7 +229,15 @@ fn general(src: &mut Source, sec: &Section, at: &mut RouterLines) -> General {
     );
     at.admin_database = sec.line_of(src, "admin_database");
     set(&mut g.admin_user, sec.non_empty_string(src, "admin_user"));
-    set(&mut g.admin_password, sec.string(src, "admin_password"));
+    let admin_password = sec.string(src, "admin_password");
+    if admin_password.as_deref() == Some("") {
+        sec.report(
+            src,
+            "admin_password",
+            "is empty: an empty password would let any client into the admin console (SHUTDOWN included); set one",
+        );
+    }
+    set(&mut g.admin_password, admin_password);
     if let Some(metrics) = sec.string(src, "metrics_listen") {
         match check_listen(&metrics) {
             Ok(()) => g.metrics_listen = metrics,

@@ -64,7 +64,12 @@ fn user(src: &mut Source, sec: &Section) -> Option<User> {
     set(&mut login, sec.boolean(src, "login"));
     let auth = auth.unwrap_or(AuthMethod::Scram);
 
-    if let Some(pw) = &password {
+    if password.as_deref() == Some("") {
+        // PostgreSQL refuses an empty password too: it would let anyone in.
+        let msg = "is empty: an empty password would let any client log in as this user; set one \
+                   (or login = false, or auth = \"jwt\")";
+        sec.report(src, "password", msg);
+    } else if let Some(pw) = &password {
         check_password(src, sec, pw, auth);
     } else if login
         && matches!(

@@ -822,3 +822,11 @@ pool_sise = 3
         "users.toml:6: users.pool_sise: unknown key \"pool_sise\"; did you mean \"pool_size\"?"
     );
 }
+
+#[test]
+fn empty_passwords_are_refused() {
+    let users = "[[users]]\nname = \"a\"\ndatabase = \"app\"\npassword = \"\"\n";
+    let ps = problems("[general]\nadmin_password = \"\"\n", users);
+    has(&ps, R, 2, "general.admin_password", "is empty");
+    has(&ps, U, 4, "users.password", "is empty");
+}

@@ -27,14 +27,16 @@ impl Session {
             return true;
         }
         let mut at = 0;
-        while let Ok(Some(frame)) = next_frame(self.cbuf.get(at..).unwrap_or(&[]), self.max_message)
-        {
-            if matches!(frame.tag, b'S' | b'H') {
-                return true;
+        loop {
+            match next_frame(self.cbuf.get(at..).unwrap_or(&[]), self.max_message) {
+                Ok(Some(frame)) if matches!(frame.tag, b'S' | b'H') => return true,
+                Ok(Some(frame)) => at += frame.total_len,
+                Ok(None) => return false,
+                // A malformed (or too large) message ahead: nothing more is
+                // worth waiting for; it ends the session (08P01) once reached.
+                Err(_) => return true,
             }
-            at += frame.total_len;
         }
-        false
     }
 
     /// The session's routing settings, recomputed only when its parameters change.

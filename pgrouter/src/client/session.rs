@@ -474,9 +474,13 @@ impl Session {
 impl Session {
     /// The next timeout while a server is held, and what it means: the
     /// query timeout while the server owes an answer, the idle-in-transaction
-    /// timeout while the client owes the next statement of its transaction.
+    /// timeout while the client owes the next statement of its transaction,
+    /// the client idle timeout between transactions (session mode).
     fn server_deadline(&self) -> Option<(std::time::Instant, Event)> {
-        if self.idle_tx_timeout.is_none() && self.query_timeout.is_none() {
+        if self.idle_tx_timeout.is_none()
+            && self.query_timeout.is_none()
+            && self.idle_timeout.is_none()
+        {
             return None;
         }
         let held = self.server.as_ref()?;
@@ -490,10 +494,18 @@ impl Session {
                 Some(cancelled) => (cancelled + timeout, Event::ServerUnresponsive),
             });
         }
-        let idle_tx = self.idle_tx_timeout?;
+        if self.flow.unsynced() {
+            return None;
+        }
         let in_tx = self.flow.in_tx() || held.conn.tx_status != b'I';
-        (in_tx && !self.flow.unsynced())
-            .then(|| (held.last_answer + idle_tx, Event::IdleInTransaction))
+        if in_tx {
+            let idle_tx = self.idle_tx_timeout?;
+            return Some((held.last_answer + idle_tx, Event::IdleInTransaction));
+        }
+        // Between transactions with a server held (session mode, a pinned
+        // client): `client_idle_timeout_ms` as without one.
+        let idle = self.idle_timeout?;
+        Some((held.last_answer + idle, Event::IdleTimeout))
     }
 
     /// `query_timeout_ms` ran out: the server is asked to cancel the
