@@ -96,3 +96,33 @@ def test_exit_code_zero_on_clean_shutdown(routers):
         c.execute("SELECT 1")
     router.terminate()
     assert router.wait(10) == 0
+
+
+def test_a_client_held_by_pause_gets_57p01_at_shutdown(routers):
+    """A client whose statement waits for RESUME has no transaction open:
+    a shutdown ends it at once with 57P01 (it used to wait out
+    shutdown_timeout_ms and be dropped without an error)."""
+    from harness.ops import admin_general, psql_admin
+    import threading
+    router = routers.start(general=admin_general(shutdown_timeout_ms=20000))
+    assert psql_admin(router, "PAUSE").stdout.strip() == "PAUSE"
+    held = connect(router.dsn())
+    got = {}
+
+    def run():
+        try:
+            held.execute("SELECT 1")
+            got["r"] = "ran"
+        except psycopg.Error as e:
+            got["r"] = e.sqlstate
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    time.sleep(0.5)
+    assert "r" not in got, "PAUSE did not hold the statement"
+    start = time.monotonic()
+    router.terminate()
+    assert router.wait(10) == 0
+    t.join(5)
+    assert time.monotonic() - start < 5
+    assert got.get("r") == "57P01"
+    held.close()

@@ -52,7 +52,9 @@ impl Session {
         }
     }
 
-    /// Admin PAUSE: new transactions wait until RESUME.
+    /// Admin PAUSE: new transactions wait until RESUME. A shutdown ends
+    /// the wait (nothing of the client's runs): the client gets 57P01 at
+    /// once, like an idle one, instead of waiting out the shutdown timeout.
     async fn wait_while_paused(&mut self) -> Result<(), SessionEnd> {
         while self.state.is_paused(&self.database) {
             let resumed = self.state.resumed.notified();
@@ -60,7 +62,14 @@ impl Session {
                 break;
             }
             self.registered.info.set_state(ClientState::Waiting);
-            resumed.await;
+            if self.shutdown.is_fired() {
+                return Err(SessionEnd::fatal("57P01", "pgrouter is shutting down"));
+            }
+            let watch_shutdown = !self.shutdown_seen;
+            tokio::select! {
+                _ = resumed => {}
+                _ = &mut self.shutdown, if watch_shutdown => self.shutdown_seen = true,
+            }
         }
         Ok(())
     }

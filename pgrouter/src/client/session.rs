@@ -78,8 +78,8 @@ pub struct Session {
     /// or cut off by the network: the cancel cannot reach it either) is
     /// given up on like a lost connection, so the client is not held.
     pub(super) query_cancelled: Option<std::time::Instant>,
-    shutdown: super::shutdown::ShutdownListener,
-    shutdown_seen: bool,
+    pub(super) shutdown: super::shutdown::ShutdownListener,
+    pub(super) shutdown_seen: bool,
 
     pub(super) server: Option<Held>,
     /// A transaction on several shards: its legs other than `server`.
