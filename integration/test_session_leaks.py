@@ -284,6 +284,17 @@ def test_sequence_state_is_discarded_before_any_first_statement(routers, roles, 
         b.execute("VACUUM leak_serial2")
         with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
             b.execute("SELECT currval('leak_serial2_id_seq')")
+        # So is CLUSTER of a partitioned table (the regression suite's
+        # cluster test): B gets PostgreSQL's own answer, not "cannot be
+        # executed within a pipeline".
+        b.execute("CREATE TABLE leak_part (a int) PARTITION BY RANGE (a)")
+        b.execute("CREATE TABLE leak_part1 PARTITION OF leak_part FOR VALUES FROM (0) TO (10)")
+        b.execute("CREATE INDEX leak_part_idx ON leak_part (a)")
+        a.execute("INSERT INTO leak_serial2 (note) VALUES ('a')")
+        psycopg.ClientCursor(b).execute("CLUSTER leak_part USING leak_part_idx")
+        with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
+            b.execute("SELECT currval('leak_serial2_id_seq')")
+        b.execute("DROP TABLE leak_part")
         # A writes, then B's transaction sets its isolation level after
         # BEGIN (PostgreSQL refuses that once the transaction took a
         # snapshot: the discard must not come before it), then reads.
@@ -310,6 +321,6 @@ def test_sequence_state_is_discarded_before_any_first_statement(routers, roles, 
         a.execute("INSERT INTO leak_serial2 (note) VALUES ('a')")
         with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
             psycopg.ClientCursor(b).execute("SHOW work_mem; SELECT lastval()")
-        assert a.execute("SELECT count(*) FROM leak_serial2").fetchone() == (8,)
+        assert a.execute("SELECT count(*) FROM leak_serial2").fetchone() == (9,)
     with primary.connect(APP_DB) as direct:
         direct.execute("DROP TABLE leak_serial2")

@@ -28,7 +28,10 @@ fn discard_way<'a>(
     sql: impl FnOnce() -> Result<&'a str, SessionEnd>,
 ) -> Result<DiscardWay, SessionEnd> {
     use crate::router::{may_run_outside_transactions, runs_outside_transactions};
-    if may_run_outside_transactions(analysis) && runs_outside_transactions(analysis, sql()?) {
+    if may_run_outside_transactions(analysis) && {
+        let sql = sql()?;
+        runs_outside_transactions(analysis, sql) || is_cluster(sql)
+    } {
         // Refused in a pipeline: mid-batch PostgreSQL refuses it anyway.
         return Ok(if at_start {
             DiscardWay::Alone
@@ -48,6 +51,15 @@ fn discard_way<'a>(
         }
         _ => DiscardWay::Later,
     })
+}
+
+/// CLUSTER of a partitioned table runs each partition in a transaction of
+/// its own, so PostgreSQL refuses it in a pipeline; whether the table is
+/// partitioned is not in the text, so no CLUSTER shares one.
+fn is_cluster(sql: &str) -> bool {
+    sql.trim_start()
+        .get(..7)
+        .is_some_and(|w| w.eq_ignore_ascii_case("cluster"))
 }
 
 /// Statements PostgreSQL runs without a snapshot (`PlannedStmtRequiresSnapshot`):
