@@ -233,13 +233,30 @@ def keys_on_distinct_shards(servers, n=3):
     return [found[i] for i in range(n)]
 
 
+def keyed_empty_table(conn, servers):
+    """fo_orders created (through the router) and left empty, and one key
+    on each shard."""
+    conn.execute(CREATE)
+    load(conn, 30)
+    keys = keys_on_distinct_shards(servers)
+    conn.execute("DELETE FROM fo_orders")
+    return keys
+
+
+def assert_failed_transaction(conn, keys):
+    """Statements on the shards of `keys` get 25P02, and COMMIT answers
+    ROLLBACK: the transaction failed as a PostgreSQL one does."""
+    for k in keys:
+        with pytest.raises(psycopg.Error) as err:
+            conn.execute("SELECT * FROM fo_orders WHERE customer_id = %s", (k,))
+        assert sqlstate(err.value) == "25P02"
+    assert conn.execute("COMMIT").statusmessage == "ROLLBACK"
+
+
 def test_transactions_span_shards_and_commit_together(srouter, shards):
     servers, _ = shards
     with connect(srouter.dsn()) as conn:
-        conn.execute(CREATE)
-        load(conn, 30)
-        a, b, c = keys_on_distinct_shards(servers)
-        conn.execute("DELETE FROM fo_orders")
+        a, b, c = keyed_empty_table(conn, servers)
     # psycopg's own transactions (a bare BEGIN first), committed.
     with connect(srouter.dsn(), autocommit=False) as conn:
         conn.execute("INSERT INTO fo_orders (customer_id, id, note) VALUES (%s, 1, 'tx')", (a,))
@@ -263,10 +280,7 @@ def test_transactions_span_shards_and_commit_together(srouter, shards):
 def test_a_failed_statement_fails_the_whole_transaction(srouter, shards):
     servers, _ = shards
     with connect(srouter.dsn()) as conn:
-        conn.execute(CREATE)
-        load(conn, 30)
-        a, b, c = keys_on_distinct_shards(servers)
-        conn.execute("DELETE FROM fo_orders")
+        a, b, c = keyed_empty_table(conn, servers)
         conn.execute("INSERT INTO fo_orders (customer_id, id) VALUES (%s, 1)", (b,))
         conn.execute("BEGIN")
         conn.execute("INSERT INTO fo_orders (customer_id, id) VALUES (%s, 7)", (a,))
@@ -274,11 +288,7 @@ def test_a_failed_statement_fails_the_whole_transaction(srouter, shards):
             conn.execute("INSERT INTO fo_orders (customer_id, id) VALUES (%s, 1)", (b,))
         assert sqlstate(err.value) == "23505"
         # Any shard now answers as PostgreSQL does in a failed transaction.
-        for k in (a, c):
-            with pytest.raises(psycopg.Error) as err:
-                conn.execute("SELECT * FROM fo_orders WHERE customer_id = %s", (k,))
-            assert sqlstate(err.value) == "25P02"
-        assert conn.execute("COMMIT").statusmessage == "ROLLBACK"
+        assert_failed_transaction(conn, (a, c))
         assert conn.execute("SELECT count(*) FROM fo_orders WHERE customer_id = %s", (a,)).fetchone()[0] == 0
         # Every leg ended with the transaction: none is left in it.
         for s in servers:
@@ -293,10 +303,7 @@ def test_a_refused_statement_fails_the_transaction_and_a_nested_begin_warns(srou
     before it commits); a redundant BEGIN gets PostgreSQL's warning."""
     servers, _ = shards
     with connect(srouter.dsn()) as conn:
-        conn.execute(CREATE)
-        load(conn, 30)
-        a, b, c = keys_on_distinct_shards(servers)
-        conn.execute("DELETE FROM fo_orders")
+        a, b, c = keyed_empty_table(conn, servers)
         notices = []
         conn.add_notice_handler(lambda d: notices.append((d.sqlstate, d.severity_nonlocalized)))
         conn.execute("BEGIN")
@@ -307,11 +314,7 @@ def test_a_refused_statement_fails_the_transaction_and_a_nested_begin_warns(srou
         with pytest.raises(psycopg.Error) as err:
             conn.execute("SELECT customer_id, row_number() OVER () FROM fo_orders")
         assert sqlstate(err.value) == "0A000"
-        for k in (a, c):
-            with pytest.raises(psycopg.Error) as err:
-                conn.execute("SELECT * FROM fo_orders WHERE customer_id = %s", (k,))
-            assert sqlstate(err.value) == "25P02"
-        assert conn.execute("COMMIT").statusmessage == "ROLLBACK"
+        assert_failed_transaction(conn, (a, c))
         assert per_shard_counts(servers) == [0, 0, 0]
         # Rolled back to a savepoint before the refusal, the transaction goes on.
         conn.execute("BEGIN")
@@ -371,10 +374,7 @@ def test_a_batch_refused_inside_a_transaction_is_answered_whatever_its_pace(srou
     one (as a pipelining driver sends them); it used to hang."""
     servers, _ = shards
     with connect(srouter.dsn()) as conn:
-        conn.execute(CREATE)
-        load(conn, 30)
-        a, b, c = keys_on_distinct_shards(servers)
-        conn.execute("DELETE FROM fo_orders")
+        a, b, c = keyed_empty_table(conn, servers)
 
     def unit(sql, params):
         return [wire.parse_message(sql), wire.bind_message(params), wire.describe_message(b"P"),
@@ -403,10 +403,7 @@ def test_a_batch_refused_inside_a_transaction_is_answered_whatever_its_pace(srou
 def test_savepoints_and_isolation_reach_every_leg(srouter, shards):
     servers, _ = shards
     with connect(srouter.dsn()) as conn:
-        conn.execute(CREATE)
-        load(conn, 30)
-        a, b, c = keys_on_distinct_shards(servers)
-        conn.execute("DELETE FROM fo_orders")
+        a, b, c = keyed_empty_table(conn, servers)
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
         conn.execute("INSERT INTO fo_orders (customer_id, id) VALUES (%s, 1)", (a,))
         conn.execute("SAVEPOINT s1")
@@ -427,10 +424,7 @@ def test_savepoints_and_isolation_reach_every_leg(srouter, shards):
 def test_asyncpg_transaction_over_shards(srouter, shards):
     servers, _ = shards
     with connect(srouter.dsn()) as conn:
-        conn.execute(CREATE)
-        load(conn, 30)
-        a, b, c = keys_on_distinct_shards(servers)
-        conn.execute("DELETE FROM fo_orders")
+        a, b, c = keyed_empty_table(conn, servers)
     async def go():
         con = await aconnect(srouter)
         try:
