@@ -293,3 +293,29 @@ def test_pool_size_is_a_hard_limit_health_checks_included(routers, primary):
         time.sleep(0.3)  # a few more health checks with every client gone
     assert errors == []
     assert 0 < seen.peak <= 10, f"{seen.peak} backends of {APP_USER} seen"
+
+
+def test_min_pool_size_connections_are_kept_past_the_idle_timeout(routers, primary):
+    """server_idle_timeout_ms closes idle connections above min_pool_size;
+    those min_pool_size wants are kept, not closed and opened again each
+    maintenance cycle (PgBouncer keeps them too)."""
+    router = routers.start(general={"min_pool_size": 2, "server_idle_timeout_ms": 500,
+                                    "default_pool_size": 5})
+
+    def backends():
+        return set(r[0] for r in primary.sql(
+            "SELECT pid FROM pg_stat_activity WHERE usename = 'app' AND backend_type = 'client backend'"))
+    # Five connections in use at once, then idle.
+    conns = [connect(router.dsn(), autocommit=False) for _ in range(5)]
+    for c in conns:
+        c.execute("SELECT 1")
+    for c in conns:
+        c.rollback()
+        c.close()
+    deadline = time.monotonic() + 10
+    while len(backends()) != 2:
+        assert time.monotonic() < deadline, backends()
+        time.sleep(0.2)
+    kept = backends()
+    time.sleep(3)  # several idle timeouts and maintenance cycles
+    assert backends() == kept

@@ -240,6 +240,12 @@ fn general(src: &mut Source, sec: &Section, at: &mut RouterLines) -> General {
     set(&mut g.admin_password, admin_password);
     if let Some(metrics) = sec.string(src, "metrics_listen") {
         match check_listen(&metrics) {
+            // Port 0 (any free port) on both is no clash.
+            Ok(()) if metrics == g.listen && !metrics.ends_with(":0") => sec.report(
+                src,
+                "metrics_listen",
+                "is the same address as listen: give the metrics endpoint a port of its own",
+            ),
             Ok(()) => g.metrics_listen = metrics,
             Err(_) if metrics.is_empty() => g.metrics_listen = metrics,
             Err(m) => sec.report(

@@ -389,8 +389,9 @@ fn listen_addresses() {
         one(&ps, R, 2, "general.listen", needle);
     }
     for good in ["localhost:6432", "0.0.0.0:0", "[::]:6432"] {
-        let router =
-            format!("[general]\nlisten = \"{good}\"\nmetrics_listen = \"{good}\"\n{MIN_ROUTER}");
+        let router = format!(
+            "[general]\nlisten = \"{good}\"\nmetrics_listen = \"127.0.0.1:0\"\n{MIN_ROUTER}"
+        );
         assert_eq!(ok(&router, MIN_USERS).general.listen, good);
     }
     let router = format!("[general]\nmetrics_listen = \"9930\"\n{MIN_ROUTER}");
@@ -829,4 +830,19 @@ fn empty_passwords_are_refused() {
     let ps = problems("[general]\nadmin_password = \"\"\n", users);
     has(&ps, R, 2, "general.admin_password", "is empty");
     has(&ps, U, 4, "users.password", "is empty");
+}
+
+#[test]
+fn metrics_on_the_clients_address_is_refused() {
+    let ps = problems(
+        "[general]\nlisten = \"127.0.0.1:7000\"\nmetrics_listen = \"127.0.0.1:7000\"\n",
+        MIN_USERS,
+    );
+    has(
+        &ps,
+        R,
+        3,
+        "general.metrics_listen",
+        "same address as listen",
+    );
 }

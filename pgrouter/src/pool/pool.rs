@@ -636,10 +636,27 @@ impl Pool {
 
     async fn maintain_part(self: &Arc<Self>, k: usize) {
         let part = self.part(k);
+        let min = share(self.settings.min_size, self.parts.len(), k)
+            .min(part.size.load(Ordering::Relaxed));
         let expired: Vec<Box<ServerConn>> = {
             let mut slots = part.slots.lock();
-            let (keep, expired): (Vec<_>, Vec<_>) =
-                slots.idle.drain(..).partition(|c| self.is_reusable(c));
+            let now = Instant::now();
+            let mut open = part.open.load(Ordering::Relaxed);
+            let (mut keep, mut expired) = (Vec::new(), Vec::new());
+            // Oldest first: the least recently used go before the others.
+            for conn in slots.idle.drain(..) {
+                // Idle past server_idle_timeout, but min_pool_size wants it:
+                // kept, rather than closed and opened again at once.
+                let spared = open <= min
+                    && !past(conn.created, self.settings.lifetime, now)
+                    && conn.stream.is_idle_and_open();
+                if self.is_reusable(&conn) || spared {
+                    keep.push(conn);
+                } else {
+                    open = open.saturating_sub(1);
+                    expired.push(conn);
+                }
+            }
             slots.idle = keep;
             expired
         };
@@ -658,8 +675,6 @@ impl Pool {
         for conn in excess {
             self.close(k, conn);
         }
-        let min = share(self.settings.min_size, self.parts.len(), k)
-            .min(part.size.load(Ordering::Relaxed));
         while part.open.load(Ordering::Relaxed) < min {
             match self.connect(k).await {
                 Ok(mut conn) => {
