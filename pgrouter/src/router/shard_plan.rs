@@ -342,55 +342,44 @@ impl<'a> Planner<'a> {
     ) -> Result<(), Refusal> {
         let others = std::mem::take(&mut self.shards);
         let keyless_before = self.keyless.is_some();
-        let planned = self.statement_alone(kind, keys, sharded);
+        let mut planned = self.statement_alone(kind, keys, sharded);
+        if planned.is_ok() && keys.nested_writes && !matches!(kind, StatementKind::Prepare { .. }) {
+            planned = self.nested_writes(keys, keyless_before);
+        }
         let mine = std::mem::replace(&mut self.shards, others);
         planned?;
-        if keys.nested_writes && !matches!(kind, StatementKind::Prepare { .. }) {
-            self.nested_writes(keys, &mine, keyless_before)?;
-        }
         self.shards.extend(mine);
         Ok(())
     }
 
-    /// The rules for a data-modifying WITH: its INSERTs' rows and its
-    /// UPDATEs' key assignments on the statement's one shard (`mine`).
-    fn nested_writes(
-        &mut self,
-        keys: &StatementKeys,
-        mine: &BTreeSet<usize>,
-        keyless_before: bool,
-    ) -> Result<(), Refusal> {
-        let mut shards = mine.clone();
-        let saved = std::mem::take(&mut self.shards);
+    /// The rules for a data-modifying WITH: its INSERTs' rows add to the
+    /// statement's shards (`self.shards`, this statement's alone here),
+    /// which must be one, and its UPDATEs' key assignments must keep rows
+    /// there.
+    fn nested_writes(&mut self, keys: &StatementKeys, keyless_before: bool) -> Result<(), Refusal> {
         for rows in &keys.nested_inserts {
             let Some(table) = self.insert_table(rows) else {
                 continue;
             };
             self.touched = true;
             if rows.from_query {
-                self.shards = saved;
                 return Err(unsupported(format!(
                     "pgrouter: INSERT ... SELECT into sharded table \"{}\" is not supported yet; \
                      HINT: insert VALUES with the shard key",
                     rows.relation.name
                 )));
             }
-            let planned = self.insert_rows(rows, table);
-            shards.extend(std::mem::take(&mut self.shards));
-            if let Err(e) = planned {
-                self.shards = saved;
-                return Err(e);
-            }
+            self.insert_rows(rows, table)?;
         }
-        self.shards = saved;
         let keyless = !keyless_before && self.keyless.is_some();
-        if keyless || shards.len() > 1 {
+        if keyless || self.shards.len() > 1 {
             return Err(unsupported(
                 "pgrouter: a data-modifying WITH (INSERT, UPDATE or DELETE inside WITH) on sharded tables \
                  must run on one shard, and this one needs several; HINT: add the shard key of every \
                  sharded table it touches, or send the statements separately",
             ));
         }
+        let shards = self.shards.clone();
         for (target, column, value) in &keys.nested_assignments {
             if let Some(table) = self.map.relation(target) {
                 self.check_key_assignment(
@@ -402,8 +391,6 @@ impl<'a> Planner<'a> {
                 )?;
             }
         }
-        // Its rows count for the statement: the shard it runs on.
-        self.shards.extend(shards);
         Ok(())
     }
 

@@ -720,7 +720,6 @@ impl Session {
     }
 }
 
-/// The one transaction-control effect of a unit, if it is one.
 /// A SET or RESET of a server setting (not the router's own `pgrouter.*`,
 /// not SET TRANSACTION, which a joining leg gets from its BEGIN).
 fn is_setting(analysis: &Analysis) -> bool {
@@ -742,6 +741,7 @@ fn is_begin(effect: Option<&TxEffect>) -> bool {
     matches!(effect, Some(TxEffect::Begin { .. }))
 }
 
+/// The one transaction-control effect of a unit, if it is one.
 fn tx_effect(analysis: &Analysis) -> Option<TxEffect> {
     match analysis.statements.as_slice() {
         [s] => match &s.kind {
