@@ -363,11 +363,7 @@ impl<'a> Planner<'a> {
             };
             self.touched = true;
             if rows.from_query {
-                return Err(unsupported(format!(
-                    "pgrouter: INSERT ... SELECT into sharded table \"{}\" is not supported yet; \
-                     HINT: insert VALUES with the shard key",
-                    rows.relation.name
-                )));
+                return Err(insert_select_refusal(&rows.relation.name));
             }
             self.insert_rows(rows, table)?;
         }
@@ -449,11 +445,7 @@ impl<'a> Planner<'a> {
                 if let Some(table) = self.insert_table(rows) {
                     self.touched = true;
                     if rows.from_query {
-                        return Err(unsupported(format!(
-                            "pgrouter: INSERT ... SELECT into sharded table \"{}\" is not supported yet; \
-                             HINT: insert VALUES with the shard key",
-                            rows.relation.name
-                        )));
+                        return Err(insert_select_refusal(&rows.relation.name));
                     }
                     self.insert_rows(rows, table)?;
                     // ON CONFLICT ... DO UPDATE SET key = ...: the row
@@ -883,6 +875,13 @@ fn find(class: &mut [usize], mut x: usize) -> usize {
         x = class[x];
     }
     x
+}
+
+fn insert_select_refusal(table: &str) -> Refusal {
+    unsupported(format!(
+        "pgrouter: INSERT ... SELECT into sharded table \"{table}\" is not supported yet; \
+         HINT: insert VALUES with the shard key"
+    ))
 }
 
 pub(super) fn unsupported(message: impl Into<String>) -> Refusal {
