@@ -15,8 +15,8 @@ import pytest
 from harness import tomlw, wire
 from harness.clients import connect, in_thread
 from harness.ops import (ADMIN_DB, ADMIN_PASSWORD, ADMIN_USER, admin_columns, admin_general,
-                         admin_rows, config_map, pools, psql_admin, reload_marks, wait_reload,
-                         write_in_place)
+                         admin_rows, config_map, pools, psql_admin, reload_marks, scrape,
+                         wait_reload, write_in_place)
 from harness.pg import APP_DB, APP_USER
 from harness.router import app_user, router_binary
 from harness.util import port_open, wait_until
@@ -295,7 +295,7 @@ def test_reload_command(routers):
 def test_pause_waits_for_open_transactions_and_holds_new_ones(routers, primary, table):
     primary.sql(f"CREATE TABLE {table} (id int)")
     primary.sql(f"ALTER TABLE {table} OWNER TO app")
-    r = routers.start(general=admin_general(checkout_timeout_ms=3000))
+    r = routers.start(general=admin_general(metrics=True, checkout_timeout_ms=3000))
     in_tx = connect(r.dsn(), autocommit=False)
     idle = connect(r.dsn())
     idle.execute("SELECT 1")
@@ -334,6 +334,11 @@ def test_pause_waits_for_open_transactions_and_holds_new_ones(routers, primary, 
         time.sleep(3.5)
         assert served == {}, f"transactions ran while paused: {served}"
         assert len([c for c in admin_rows(r, "SHOW CLIENTS") if c["state"] == "waiting"]) == 2
+        # SHOW POOLS and the metrics count them as waiting too, once (on the primary).
+        app_pools = pools(r, database=APP_DB)
+        assert sum(int(p["cl_waiting"]) for p in app_pools) == 2, app_pools
+        assert max(int(p["maxwait_ms"]) for p in app_pools) >= 3000, app_pools
+        assert scrape(r).value("pgrouter_pool_clients", state="waiting") == 2
         resumed_at = time.monotonic()
         out = ok(psql_admin(r, "RESUME app"))
         assert out.stdout.strip() == "RESUME"

@@ -23,8 +23,14 @@ impl Ops {
         let clients = self.state.registry.all();
         let mut out = Vec::new();
         for ((user, database), pools) in &rt.cluster.entries() {
+            let held = held_by_pause(&clients, user, database);
+            let counts_held = first_primary(pools);
             for shard in &pools.shards {
                 for slot in &shard.servers {
+                    let held = match counts_held {
+                        Some(p) if std::ptr::eq(p, slot) => held,
+                        _ => (0, Duration::ZERO),
+                    };
                     let pool = &slot.pool;
                     let stats = pool.stats();
                     let active = pool.checked_out() as u64;
@@ -33,17 +39,16 @@ impl Ops {
                             .is_some_and(|(addr, _)| addr == pool.target.addr())
                             && c.database == *database
                     };
-                    let _ = user;
                     out.push(PoolSnapshot {
                         labels: pool.labels.clone(),
                         pool_mode: pools.mode.as_str().to_string(),
                         cl_active: clients.iter().filter(on_pool).count() as u64,
-                        cl_waiting: stats.waiting as u64,
+                        cl_waiting: stats.waiting as u64 + held.0,
                         sv_active: active,
                         sv_idle: stats.idle as u64,
                         sv_used: (stats.active as u64).saturating_sub(active),
                         pool_size: pool.size() as u64,
-                        maxwait_ms: pool.max_wait().as_millis() as u64,
+                        maxwait_ms: pool.max_wait().max(held.1).as_millis() as u64,
                         paused: self.state.is_paused(database),
                         banned: slot.health.is_banned(),
                     });
@@ -68,6 +73,33 @@ impl Ops {
         });
         out
     }
+}
+
+/// Clients of `user` on `database` held by admin PAUSE: how many, and the
+/// longest wait. They have not chosen a pool yet (their statement is not
+/// routed until RESUME), so they are shown on the database's first primary.
+fn held_by_pause(
+    clients: &[Arc<crate::client::registry::ClientInfo>],
+    user: &str,
+    database: &str,
+) -> (u64, Duration) {
+    clients
+        .iter()
+        .filter(|c| c.pools_user == user && c.database == database)
+        .filter_map(|c| c.paused_for())
+        .fold((0, Duration::ZERO), |(n, longest), waited| {
+            (n + 1, longest.max(waited))
+        })
+}
+
+/// The pool that shows PAUSE-held clients: the first shard's primary.
+fn first_primary(pools: &crate::pool::UserPools) -> Option<&crate::pool::ServerSlot> {
+    let first = pools.shards.first()?;
+    first
+        .servers
+        .iter()
+        .find(|s| s.health.is_primary())
+        .or(first.servers.first())
 }
 
 impl MetricsSource for Ops {

@@ -379,6 +379,7 @@ async fn login(
     let registered = state.registry.register(registry::ClientInfo::new(
         id,
         user.clone(),
+        logged_in.pools_user.clone(),
         database.clone(),
         transport.peer.to_string(),
         logged_in.method,

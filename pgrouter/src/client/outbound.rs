@@ -56,12 +56,15 @@ impl Session {
     /// the wait (nothing of the client's runs): the client gets 57P01 at
     /// once, like an idle one, instead of waiting out the shutdown timeout.
     async fn wait_while_paused(&mut self) -> Result<(), SessionEnd> {
+        let mut held = false;
         while self.state.is_paused(&self.database) {
             let resumed = self.state.resumed.notified();
             if !self.state.is_paused(&self.database) {
                 break;
             }
             self.registered.info.set_state(ClientState::Waiting);
+            self.registered.info.set_paused(true);
+            held = true;
             if self.shutdown.is_fired() {
                 return Err(SessionEnd::fatal("57P01", "pgrouter is shutting down"));
             }
@@ -70,6 +73,9 @@ impl Session {
                 _ = resumed => {}
                 _ = &mut self.shutdown, if watch_shutdown => self.shutdown_seen = true,
             }
+        }
+        if held {
+            self.registered.info.set_paused(false);
         }
         Ok(())
     }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
 use pgrouter_parser::SessionState;
@@ -24,6 +24,8 @@ pub enum ClientState {
 pub struct ClientInfo {
     pub id: u64,
     pub user: String,
+    /// The user its pools belong to (the `connect_as` user for JWT logins).
+    pub pools_user: String,
     pub database: String,
     pub addr: String,
     pub auth: &'static str,
@@ -40,6 +42,10 @@ pub struct ClientInfo {
     pinned: AtomicU8,
     /// The server held now: (host:port, backend pid, TLS).
     server: Mutex<Option<(Arc<str>, i32, bool)>>,
+    /// Since when the client has been held by admin PAUSE, if it is: such a
+    /// client waits for its database, not yet for one pool, so SHOW POOLS
+    /// counts it on the database's first primary pool (as `cl_waiting`).
+    paused_since: Mutex<Option<Instant>>,
 }
 
 impl ClientInfo {
@@ -47,6 +53,7 @@ impl ClientInfo {
     pub fn new(
         id: u64,
         user: String,
+        pools_user: String,
         database: String,
         addr: String,
         auth: &'static str,
@@ -58,6 +65,7 @@ impl ClientInfo {
         ClientInfo {
             id,
             user,
+            pools_user,
             database,
             addr,
             auth,
@@ -70,6 +78,7 @@ impl ClientInfo {
             state: AtomicU8::new(ClientState::Idle as u8),
             pinned: AtomicU8::new(0),
             server: Mutex::new(None),
+            paused_since: Mutex::new(None),
         }
     }
 
@@ -103,6 +112,21 @@ impl ClientInfo {
             .lock()
             .as_ref()
             .map(|(a, p, _)| (a.to_string(), *p))
+    }
+
+    /// Marks the client as held by admin PAUSE (or no longer held).
+    pub fn set_paused(&self, paused: bool) {
+        let mut since = self.paused_since.lock();
+        match (paused, since.is_some()) {
+            (true, false) => *since = Some(Instant::now()),
+            (false, true) => *since = None,
+            _ => {}
+        }
+    }
+
+    /// How long the client has been held by admin PAUSE, if it is.
+    pub fn paused_for(&self) -> Option<Duration> {
+        self.paused_since.lock().map(|t| t.elapsed())
     }
 
     /// Whether the server held now is reached over TLS.
