@@ -275,6 +275,41 @@ def test_set_forms(routers):
         assert row[4] != "ISO, DMY"
 
 
+def test_session_characteristics_are_carried_and_never_leak(routers, cluster, schema):
+    """`SET SESSION CHARACTERISTICS AS TRANSACTION ...` is the SQL-standard
+    spelling of SET default_transaction_isolation / _read_only / _deferrable:
+    the client keeps it on every server connection (its later transactions
+    run at that level; a READ ONLY session's INSERT gets PostgreSQL's 25006),
+    and the next client of the connection never inherits it. Pool size 1:
+    one connection per server, shared by both clients."""
+    router = routers.start(general={"default_pool_size": 1}, with_replica=True)
+    defaults = ("read committed", "off", "off")
+    shown = ("SELECT current_setting('default_transaction_isolation'), "
+             "current_setting('default_transaction_read_only'), "
+             "current_setting('default_transaction_deferrable')")
+    with connect(router.dsn()) as a, connect(router.dsn()) as b:
+        a.execute("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL REPEATABLE READ, "
+                  "DEFERRABLE")
+        for _ in range(3):
+            assert b.execute(shown).fetchone() == defaults
+            with b.transaction():
+                b.execute("INSERT INTO ss_schema.ss_t (tz) VALUES ('b')")
+                assert b.execute("SHOW transaction_isolation").fetchone() == ("read committed",)
+            with a.transaction():
+                a.execute("INSERT INTO ss_schema.ss_t (tz) VALUES ('a')")
+                assert a.execute("SHOW transaction_isolation").fetchone() == ("repeatable read",)
+            assert a.execute(shown).fetchone() == ("repeatable read", "off", "on")
+        a.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+        for _ in range(3):
+            with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+                a.execute("INSERT INTO ss_schema.ss_t (tz) VALUES ('a')")
+            assert b.execute(shown).fetchone() == defaults
+            b.execute("INSERT INTO ss_schema.ss_t (tz) VALUES ('b')")
+        a.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE, ISOLATION LEVEL READ COMMITTED")
+        a.execute("INSERT INTO ss_schema.ss_t (tz) VALUES ('a')")
+        assert a.execute(shown).fetchone() == ("read committed", "off", "on")
+
+
 def test_set_config_session_does_not_leak(routers):
     """`SELECT set_config(name, value, false)` is a session-level change made
     through a function: the next client of that server connection must not

@@ -76,6 +76,17 @@ impl Session {
                     value: setting.value.clone(),
                 });
             }
+            if let StatementKind::Set(set) = &s.kind {
+                if set.kind == SetKind::SessionCharacteristics {
+                    for (name, value) in characteristics_settings(set.value.as_deref()) {
+                        self.sets.sent(SetChange::Set {
+                            name: name.into(),
+                            value,
+                        });
+                    }
+                    continue;
+                }
+            }
             let change = match &s.kind {
                 StatementKind::Set(set) if !set.local => match (&set.kind, &set.value) {
                     (SetKind::Value | SetKind::TimeZone, Some(v)) => SetChange::Set {
@@ -119,5 +130,54 @@ impl Session {
             };
             self.sets.sent(change);
         }
+    }
+}
+
+/// The settings `SET SESSION CHARACTERISTICS AS TRANSACTION <modes>` sets,
+/// as PostgreSQL stores them: it is another spelling of SET
+/// `default_transaction_isolation` / `_read_only` / `_deferrable`, so it is
+/// carried to other server connections (and reset before another client
+/// gets this one) like those. `modes` is the parser's text, e.g.
+/// `ISOLATION LEVEL SERIALIZABLE, READ ONLY, NOT DEFERRABLE`.
+fn characteristics_settings(modes: Option<&str>) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    for mode in modes.unwrap_or_default().split(", ") {
+        let setting = match mode {
+            "READ ONLY" => ("default_transaction_read_only", "on".to_string()),
+            "READ WRITE" => ("default_transaction_read_only", "off".to_string()),
+            "DEFERRABLE" => ("default_transaction_deferrable", "on".to_string()),
+            "NOT DEFERRABLE" => ("default_transaction_deferrable", "off".to_string()),
+            _ => match mode.strip_prefix("ISOLATION LEVEL ") {
+                Some(level) => ("default_transaction_isolation", level.to_ascii_lowercase()),
+                None => continue,
+            },
+        };
+        out.push(setting);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::characteristics_settings;
+
+    #[test]
+    fn session_characteristics_are_the_default_transaction_settings() {
+        assert_eq!(
+            characteristics_settings(Some("ISOLATION LEVEL REPEATABLE READ, READ ONLY, DEFERRABLE")),
+            vec![
+                ("default_transaction_isolation", "repeatable read".to_string()),
+                ("default_transaction_read_only", "on".to_string()),
+                ("default_transaction_deferrable", "on".to_string()),
+            ]
+        );
+        assert_eq!(
+            characteristics_settings(Some("READ WRITE, NOT DEFERRABLE")),
+            vec![
+                ("default_transaction_read_only", "off".to_string()),
+                ("default_transaction_deferrable", "off".to_string()),
+            ]
+        );
+        assert!(characteristics_settings(None).is_empty());
     }
 }
