@@ -177,6 +177,22 @@ ESCAPES_SIMPLE = [
     "SELECT 1; RESET ROLE; SELECT current_user",
     "SELECT 1; SELECT set_config('role', 'web_admin', false)",
     "PREPARE esc AS SELECT set_config('role', 'web_admin', false)",
+    # SQL run from text by built-ins (the text can be computed, so it is not read).
+    "SELECT query_to_xml('select set_config(''role'',''web_admin'',false)', true, true, '')",
+    "SELECT query_to_xml(convert_from(decode('c2VsZWN0IDE=', 'base64'), 'UTF8'), true, true, '')",
+    "SELECT pg_catalog.QUERY_TO_XMLSCHEMA('select 1', true, true, '')",
+    "SELECT query_to_xml_and_xmlschema('select 1', true, true, '')",
+    "SELECT * FROM ts_stat('select set_config(''role'',''web_admin'',false)::tsvector')",
+    "SELECT ts_rewrite('a'::tsquery, 'select ''a''::tsquery, ''b''::tsquery')",
+    # Functions whose bodies would change the role when called (temporary or not).
+    "CREATE FUNCTION pg_temp.esc() RETURNS void LANGUAGE plpgsql AS "
+    "$$BEGIN SET ROLE web_admin; END$$",
+    "CREATE FUNCTION pg_temp.esc() RETURNS text LANGUAGE sql AS "
+    "$$SELECT set_config('role', 'web_admin', false)$$",
+    "CREATE PROCEDURE pg_temp.esc() LANGUAGE plpgsql AS $$BEGIN EXECUTE 'RESET ROLE'; END$$",
+    "CREATE OR REPLACE FUNCTION pg_temp.esc() RETURNS void LANGUAGE plpgsql AS "
+    "$$BEGIN PERFORM set_config('default_transaction_read_only', 'off', false); END$$",
+    "CREATE FUNCTION pg_temp.esc() RETURNS xml LANGUAGE sql AS $$SELECT query_to_xml('x', true, true, '')$$",
 ]
 
 
@@ -203,6 +219,31 @@ def test_escape_refused_simple(session, sql):
         if sql.startswith("PREPARE"):
             session.execute("EXECUTE esc")
     assert err.value.sqlstate == "42501", f"{err.value.sqlstate}: {err.value}"
+    assert_still_web_user(session)
+
+
+def test_the_temp_function_escape_writes_nothing(session, primary):
+    """The attack end to end: create the function, call it, then write to
+    a table only web_admin may write. Every step is refused (42501) or
+    fails; nothing is written and the session stays web_user."""
+    before = primary.scalar(f"SELECT count(*) FROM {TABLE}")
+    with pytest.raises(psycopg.Error) as err:
+        session.execute("BEGIN; CREATE FUNCTION pg_temp.esc() RETURNS void LANGUAGE plpgsql AS "
+                        "$$BEGIN SET ROLE web_admin; END$$; SELECT pg_temp.esc(); "
+                        f"INSERT INTO {TABLE} (note) VALUES ('escaped'); COMMIT")
+    assert err.value.sqlstate == "42501", f"{err.value.sqlstate}: {err.value}"
+    session.execute("ROLLBACK")
+    assert primary.scalar(f"SELECT count(*) FROM {TABLE}") == before
+    assert_still_web_user(session)
+
+
+def test_functions_that_cannot_change_the_role_may_be_created(session):
+    """Ordinary function bodies are allowed: SQL and PL/pgSQL that name
+    none of the role, set_config, EXECUTE or SQL-running built-ins."""
+    session.execute("CREATE FUNCTION pg_temp.add1(a int) RETURNS int LANGUAGE sql AS $$SELECT a + 1$$")
+    session.execute("CREATE FUNCTION pg_temp.twice(a int) RETURNS int LANGUAGE plpgsql AS "
+                    "$$DECLARE r int; BEGIN r := a * 2; RETURN r; END$$")
+    assert session.execute("SELECT pg_temp.add1(1), pg_temp.twice(3)").fetchone() == (2, 6)
     assert_still_web_user(session)
 
 

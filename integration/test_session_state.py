@@ -386,6 +386,28 @@ def test_uncertain_set_config_never_leaks(routers):
         assert a.execute("SHOW application_name").fetchone() == ("via_fn",)
 
 
+def test_settings_changed_by_sql_run_from_text_never_leak(routers):
+    """SQL given as text to a built-in (`query_to_xml`) is not read by the
+    router, like a DO block: the client is pinned to its connection (so it
+    keeps what that SQL set, as on PostgreSQL), and the connection is reset
+    before any other client gets it."""
+    router = routers.start(general={"default_pool_size": 2})
+    with connect(router.dsn()) as b:
+        default = b.execute("SHOW statement_timeout").fetchone()[0]
+        with connect(router.dsn()) as a:
+            a.execute("SELECT query_to_xml('select set_config(''statement_timeout'', ''1234'', false), "
+                      "set_config(''myapp.secret'', ''a-data'', false)', true, true, '')")
+            for _ in range(3):
+                assert a.execute("SHOW statement_timeout").fetchone() == ("1234ms",)
+                assert b.execute("SHOW statement_timeout").fetchone() == (default,)
+        for _ in range(3):
+            with connect(router.dsn()) as c:
+                for conn in (b, c):
+                    assert conn.execute("SHOW statement_timeout").fetchone() == (default,)
+                    assert conn.execute("SELECT current_setting('myapp.secret', true)").fetchone() in [
+                        (None,), ("",)]
+
+
 def test_set_config_of_router_settings_is_not_a_router_setting(routers, cluster):
     """Only `SET pgrouter.role` steers routing (where the session's policy
     checks it); `set_config('pgrouter.role', ...)` just sets a custom

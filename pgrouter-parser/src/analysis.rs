@@ -302,6 +302,12 @@ pub struct Escalation {
     pub read_only_change: bool,
     /// `DO` block: anonymous code that could do any of the above.
     pub do_block: bool,
+    /// A call of a built-in that runs SQL given as text (`query_to_xml`,
+    /// `ts_stat`, `ts_rewrite`): that SQL could do any of the above.
+    pub runs_sql_text: bool,
+    /// `CREATE FUNCTION` / `PROCEDURE` whose body could do any of the above
+    /// when it runs (see `function_body.rs`).
+    pub function_body: bool,
 }
 
 impl Escalation {
@@ -312,5 +318,7 @@ impl Escalation {
             || self.set_config_sensitive
             || self.read_only_change
             || self.do_block
+            || self.runs_sql_text
+            || self.function_body
     }
 }

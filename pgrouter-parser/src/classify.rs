@@ -48,6 +48,7 @@ fn statement(node: &N, write_functions: &[String], a: &mut Analysis) -> Statemen
             }
         }
         a.escalation.set_config_sensitive |= facts.set_config_sensitive;
+        a.escalation.runs_sql_text |= facts.runs_sql_text;
         a.literal_sensitive |= facts.set_config;
         a.calls_set_config |= facts.set_config;
         for s in &facts.settings {
@@ -157,6 +158,11 @@ fn statement(node: &N, write_functions: &[String], a: &mut Analysis) -> Statemen
         N::DropStmt(d) => {
             look(a);
             dropped_tables(d, a);
+            (StatementKind::Ddl, true)
+        }
+        N::CreateFunctionStmt(f) => {
+            look(a);
+            a.escalation.function_body |= crate::function_body::may_escalate(f);
             (StatementKind::Ddl, true)
         }
         // CREATE/ALTER/DROP/GRANT/..., CREATE TABLE AS, REFRESH, CLUSTER, REINDEX.

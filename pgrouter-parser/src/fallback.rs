@@ -71,6 +71,7 @@ fn deep_statement(sql: &str, write_functions: &[String], a: &mut Analysis) {
         writes |= functions::is_write_function(&name, write_functions);
         // The first argument is not known here.
         a.escalation.set_config_sensitive |= functions::is_set_config(&name);
+        a.escalation.runs_sql_text |= functions::runs_sql_text(&name);
         a.calls_set_config |= functions::is_set_config(&name);
     }
     for t in &summary.protobuf.tables {

@@ -69,6 +69,17 @@ pub(crate) fn is_set_config(name: &[String]) -> bool {
     name.last().is_some_and(|n| n.eq_ignore_ascii_case("set_config"))
 }
 
+/// Built-ins that run SQL given to them as text (`query_to_xml('...')`,
+/// `ts_stat('...')`, `ts_rewrite(q, '...')`): the router cannot see what
+/// that SQL does, as with a DO block.
+pub(crate) const RUNS_SQL_TEXT: &[&str] =
+    &["query_to_xml", "query_to_xmlschema", "query_to_xml_and_xmlschema", "ts_stat", "ts_rewrite"];
+
+/// Whether `name`, in any schema and any case, runs SQL given as text.
+pub(crate) fn runs_sql_text(name: &[String]) -> bool {
+    name.last().is_some_and(|n| RUNS_SQL_TEXT.iter().any(|f| n.eq_ignore_ascii_case(f)))
+}
+
 /// Settings that decide who the session is or whether it may write: a JWT
 /// session must not change them, by SET or by `set_config`.
 pub(crate) fn is_guarded_setting(setting: &str) -> bool {

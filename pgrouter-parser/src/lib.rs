@@ -48,6 +48,7 @@ mod classify;
 /// COPY statements' table, columns and data format, for splitting COPY rows per shard.
 pub mod copy;
 mod fallback;
+mod function_body;
 mod functions;
 mod hint;
 pub use hint::{shard_number, NO_SUCH_SHARD};

@@ -232,6 +232,8 @@ pub(crate) fn of_function(name: &[String]) -> SessionStateChange {
         "pg_advisory_unlock_all" => c.ends |= SessionState::ADVISORY_LOCK,
         "pg_advisory_unlock" | "pg_advisory_unlock_shared" => c.may_end |= SessionState::ADVISORY_LOCK,
         "nextval" | "setval" => c.creates |= SessionState::SEQUENCE,
+        // SQL run from text is as unseen as a DO block's.
+        _ if crate::functions::runs_sql_text(name) => c.creates |= SessionState::DO_BLOCK,
         _ => {}
     }
     c

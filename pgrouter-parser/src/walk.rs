@@ -34,6 +34,8 @@ pub(crate) struct Facts {
     /// Some call of `set_config` (or an UPDATE of `pg_settings`, which
     /// PostgreSQL turns into one).
     pub set_config: bool,
+    /// A call of a built-in that runs SQL given as text (`query_to_xml`).
+    pub runs_sql_text: bool,
     /// How many `set_config` calls the statement has, wherever they are.
     pub set_config_calls: usize,
     /// A `set_config` call whose first argument is a guarded setting or not a literal.
@@ -184,6 +186,7 @@ impl<'w> State<'w> {
                 if functions::is_write_function(&name, self.write_functions) {
                     self.facts.write_function = true;
                 }
+                self.facts.runs_sql_text |= functions::runs_sql_text(&name);
                 self.facts.session_state.merge(crate::session_state::of_function(&name));
             }
             Frame::RangeVar { parts } => {

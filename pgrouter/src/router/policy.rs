@@ -78,6 +78,18 @@ impl Policy {
                 "pgrouter: DO blocks are not allowed in JWT sessions",
             ));
         }
+        if e.runs_sql_text {
+            return Err(refuse(
+                PRIVILEGE,
+                "pgrouter: a JWT session cannot run SQL given as text (query_to_xml, query_to_xmlschema, query_to_xml_and_xmlschema, ts_stat, ts_rewrite): the router cannot check it",
+            ));
+        }
+        if e.function_body {
+            return Err(refuse(
+                PRIVILEGE,
+                "pgrouter: a JWT session cannot create a function or procedure whose body could change its role or read-only state (it names ROLE, SESSION AUTHORIZATION, set_config, a read-only setting, EXECUTE, DO or a function that runs SQL text, or is not in LANGUAGE sql or plpgsql)",
+            ));
+        }
         for s in &analysis.statements {
             match &s.kind {
                 StatementKind::Set(set)
