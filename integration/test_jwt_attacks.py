@@ -409,3 +409,55 @@ def test_role_not_allowed_is_refused_at_login(router, keys):
     # The allowed ones log in.
     with connect(router.dsn(user=u, password=keys["rsa"].sign(claims(u, "web_reader")))) as c:
         assert whoami(c) == ("web_reader", AUTHENTICATOR)
+
+
+def test_discard_all_in_a_pipeline_keeps_the_role(session):
+    """DISCARD ALL followed by other statements in one extended batch (a
+    psycopg pipeline): the statements after it still run as the token's
+    role, never as the connect_as user."""
+    try:
+        with session.pipeline():
+            session.execute("DISCARD ALL")
+            cur = session.execute("SELECT current_user")
+        got = cur.fetchone()
+    except psycopg.Error as exc:
+        got = exc.sqlstate
+    assert got == "42501", got
+    assert_still_web_user(session)
+
+
+@pytest.mark.parametrize("mode,pin", [("session", False), ("transaction", True)])
+@pytest.mark.parametrize("command,tag", [("RESET ALL", "RESET"), ("DISCARD ALL", "DISCARD ALL")])
+def test_reset_all_and_discard_all_on_a_held_connection(routers, jwt_db, keys, mode, pin, command, tag):
+    """On a server connection the client holds (session mode, or pinned by a
+    temporary table) RESET ALL and DISCARD ALL reset the server too: the
+    settings go back to the startup values, DISCARD ALL drops the temporary
+    table and advisory locks; the role stays the token's. Both protocols."""
+    r = start_jwt_router(routers, keys["rsa"], general={"pool_mode": mode})
+    u = uname()
+    shown = ("SELECT current_setting('search_path'), current_setting('application_name'), "
+             "current_setting('statement_timeout')")
+    startup = ('"$user", public', "startup_app", "0")
+    for binary in (False, True):
+        with connect(r.dsn(user=u, password=keys["rsa"].sign(claims(u, "web_user")),
+                           application_name="startup_app")) as conn:
+            if pin:
+                conn.execute("CREATE TEMP TABLE held_tt (x int)")
+            conn.execute("SELECT pg_advisory_lock(4242)")
+            conn.execute("SET search_path = public, pg_temp")
+            conn.execute("SET statement_timeout = '7s'")
+            conn.execute("SET application_name = 'changed'")
+            cur = conn.cursor(binary=binary)
+            cur.execute(command)
+            assert cur.statusmessage == tag
+            assert conn.execute(shown).fetchone() == startup
+            assert_still_web_user(conn)
+            temp = conn.execute("SELECT count(*) FROM pg_class WHERE relpersistence = 't' "
+                                "AND relname = 'held_tt'").fetchone()[0]
+            locks = conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                                 "AND pid = pg_backend_pid()").fetchone()[0]
+            if command == "DISCARD ALL":
+                assert (temp, locks) == (0, 0)
+            else:
+                assert temp == (1 if pin else 0) and locks == 1
+                conn.execute("SELECT pg_advisory_unlock_all()")

@@ -25,12 +25,10 @@ pub(crate) fn may_escalate(f: &CreateFunctionStmt) -> bool {
         let arg = d.arg.as_ref().and_then(|a| a.node.as_ref());
         match (d.defname.as_str(), arg) {
             ("language", Some(N::String(s))) => language = Some(s.sval.to_ascii_lowercase()),
-            ("as", Some(N::List(l))) => {
-                bodies.extend(l.items.iter().filter_map(|i| match &i.node {
-                    Some(N::String(s)) => Some(s.sval.as_str()),
-                    _ => None,
-                }))
-            }
+            ("as", Some(N::List(l))) => bodies.extend(l.items.iter().filter_map(|i| match &i.node {
+                Some(N::String(s)) => Some(s.sval.as_str()),
+                _ => None,
+            })),
             _ => {}
         }
     }
@@ -51,17 +49,13 @@ fn body_may_escalate(body: &str) -> bool {
     scan.tokens.iter().any(|t| {
         let text = body.get(t.start as usize..t.end as usize).unwrap_or_default();
         if t.keyword_kind != KeywordKind::NoKeyword as i32 {
-            return [Token::Role, Token::Authorization, Token::Execute, Token::Do]
-                .iter()
-                .any(|k| t.token == *k as i32);
+            return [Token::Role, Token::Authorization, Token::Execute, Token::Do].iter().any(|k| t.token == *k as i32);
         }
         if t.token != Token::Ident as i32 {
             return false;
         }
         let name = text.trim_matches('"').to_ascii_lowercase();
-        name == "set_config"
-            || is_guarded_setting(&name)
-            || RUNS_SQL_TEXT.contains(&name.as_str())
+        name == "set_config" || is_guarded_setting(&name) || RUNS_SQL_TEXT.contains(&name.as_str())
     })
 }
 

@@ -64,18 +64,22 @@ impl Session {
             // its role: the router resets the client's own state instead.
             // A pinned client's session state lives on its connection: its
             // DISCARD ALL must run there (and unpins it).
+            StatementKind::Discard(DiscardKind::All) if jwt => {
+                self.reset_client_state("DISCARD ALL");
+                "DISCARD ALL"
+            }
+            StatementKind::Reset(ResetTarget::All) if jwt => {
+                self.reset_client_state("RESET");
+                "RESET"
+            }
             StatementKind::Discard(DiscardKind::All)
-                if (self.mode == PoolMode::Transaction && !self.pins.is_pinned()) || jwt =>
+                if self.mode == PoolMode::Transaction && !self.pins.is_pinned() =>
             {
                 self.sql_prepared.clear();
                 self.statements.clear();
                 self.local_explains.clear();
                 self.params.apply(SetChange::ResetAll);
                 "DISCARD ALL"
-            }
-            StatementKind::Reset(ResetTarget::All) if jwt => {
-                self.params.apply(SetChange::ResetAll);
-                "RESET"
             }
             _ => return Ok(false),
         };
@@ -99,48 +103,98 @@ impl Session {
     /// optional Describe, Execute, Sync — answered by the router, which
     /// resets the client's own state and keeps its role.
     pub(super) fn try_answer_batch_locally(&mut self) -> Result<bool, SessionEnd> {
-        if self.policy.jwt.is_none() {
+        let LoneReset::Answerable { tag, tags, at } = self.jwt_lone_reset()? else {
             return Ok(false);
-        }
-        let Some(frame) = next_frame(&self.cbuf, self.max_message)? else {
-            return Ok(false);
-        };
-        let p = parse_parse(frame.body(&self.cbuf))?;
-        if !p.name.is_empty() {
-            return Ok(false);
-        }
-        let analysis = self.analyze(p.sql);
-        let tag = match analysis.statements.as_slice() {
-            [s] if matches!(s.kind, StatementKind::Discard(DiscardKind::All)) => "DISCARD ALL",
-            [s] if matches!(s.kind, StatementKind::Reset(ResetTarget::All)) => "RESET",
-            _ => return Ok(false),
         };
         let mut answer = BytesMut::new();
         backend::parse_complete(&mut answer);
-        let Some((tags, at)) = self.batch_to_sync(frame.total_len)? else {
-            return Ok(false); // wait for the rest of the batch
-        };
         for f in tags {
             match f {
                 b'B' => backend::put_message(&mut answer, b'2', |_| {}),
                 b'D' => backend::put_message(&mut answer, b'n', |_| {}),
                 b'E' => backend::command_complete(&mut answer, tag),
-                b'H' | b'S' => {}
-                _ => return Ok(false),
+                _ => {}
             }
         }
-        if !self.is_quiet() || self.flow.in_tx() {
-            return Ok(false);
-        }
-        self.sql_prepared.clear();
-        self.statements.clear();
-        self.local_explains.clear();
-        self.params.apply(SetChange::ResetAll);
+        self.reset_client_state(tag);
         let status = self.server.as_ref().map_or(b'I', |h| h.conn.tx_status);
         backend::ready_for_query(&mut answer, status);
-        self.to_client.extend_from_slice(&answer);
+        if let Some(made) = self.expect().synthesize(answer.freeze()) {
+            self.to_client.extend_from_slice(&made);
+        }
         self.cbuf.advance(at);
         Ok(true)
+    }
+
+    /// Whether the buffer starts with a JWT session's `DISCARD ALL` / `RESET
+    /// ALL` batch, and whether the router can answer it. A `DISCARD ALL`
+    /// it cannot answer is refused (see `check_policy_now`): on the server
+    /// it would end the `SET ROLE`, and the statements after it in the same
+    /// batch would run as the `connect_as` user.
+    pub(super) fn jwt_lone_reset(&self) -> Result<LoneReset, SessionEnd> {
+        if self.policy.jwt.is_none() {
+            return Ok(LoneReset::NotOne);
+        }
+        let Some(frame) = next_frame(&self.cbuf, self.max_message)? else {
+            return Ok(LoneReset::NotOne);
+        };
+        if frame.tag != b'P' {
+            return Ok(LoneReset::NotOne);
+        }
+        let p = parse_parse(frame.body(&self.cbuf))?;
+        let analysis = self.analyze(p.sql);
+        let (tag, discard) = match analysis.statements.as_slice() {
+            [s] if matches!(s.kind, StatementKind::Discard(DiscardKind::All)) => {
+                ("DISCARD ALL", true)
+            }
+            [s] if matches!(s.kind, StatementKind::Reset(ResetTarget::All)) => ("RESET", false),
+            _ => return Ok(LoneReset::NotOne),
+        };
+        let Some((tags, at)) = self.batch_to_sync(frame.total_len)? else {
+            return Ok(LoneReset::Incomplete);
+        };
+        let alone = tags
+            .iter()
+            .all(|t| matches!(t, b'B' | b'D' | b'E' | b'H' | b'S'))
+            && tags.iter().filter(|t| **t == b'E').count() <= 1;
+        if !p.name.is_empty() || !alone || !self.is_quiet() || self.flow.in_tx() {
+            return Ok(LoneReset::Unanswerable { discard });
+        }
+        Ok(LoneReset::Answerable { tag, tags, at })
+    }
+
+    /// A JWT session's `DISCARD ALL` (`tag`) or `RESET ALL`, performed by
+    /// the router: the client's own settings go back to its startup values
+    /// (its role and read-only state stay), and for `DISCARD ALL` its
+    /// prepared statements go. A server held for the client (session mode,
+    /// or pinned) is reset too, with the parts of `DISCARD ALL` that keep
+    /// the role: its temporary objects, cursors, LISTENs, advisory locks and
+    /// sequence state are the client's.
+    fn reset_client_state(&mut self, tag: &str) {
+        let discard = tag == "DISCARD ALL";
+        if discard {
+            self.sql_prepared.clear();
+            self.statements.clear();
+            self.local_explains.clear();
+        }
+        self.params.apply(SetChange::ResetAll);
+        let Some(held) = self.server.as_mut() else {
+            return;
+        };
+        if discard {
+            held.queue_own_query(
+                "CLOSE ALL;DEALLOCATE ALL;UNLISTEN *;SELECT pg_advisory_unlock_all();DISCARD PLANS;DISCARD TEMP;DISCARD SEQUENCES",
+            );
+            held.conn.statements.clear();
+            self.pins.forget();
+            self.registered.info.set_pinned(self.pins.held());
+            self.unnamed_here = false;
+        }
+        // The settings: the server is brought in line with the client's
+        // (now its startup values, and a read-only session's pinned
+        // setting) before its next statement, by the settings replay.
+        held.conn.params_fingerprint = 0;
+        held.resync_params = true;
     }
 
     /// The tags of the messages from `from` in the buffer up to its Sync
@@ -217,4 +271,21 @@ impl Session {
         self.cbuf.advance(at);
         Ok(true)
     }
+}
+
+/// A JWT session's `DISCARD ALL` / `RESET ALL` sent with the extended
+/// protocol (see `Session::jwt_lone_reset`).
+pub(super) enum LoneReset {
+    /// The batch does not start with one.
+    NotOne,
+    /// It does; the rest of the batch is not here yet.
+    Incomplete,
+    /// Alone in its batch, between transactions: the router answers it.
+    Answerable {
+        tag: &'static str,
+        tags: Vec<u8>,
+        at: usize,
+    },
+    /// Named, in a batch with other statements, or inside a transaction.
+    Unanswerable { discard: bool },
 }

@@ -121,6 +121,15 @@ impl Session {
                 }
                 GuardGate::Pass => {}
             }
+            if tag == b'P'
+                && self.policy.jwt.is_some()
+                && matches!(
+                    self.jwt_lone_reset()?,
+                    super::local_answers::LoneReset::Incomplete
+                )
+            {
+                break; // a DISCARD ALL / RESET ALL is judged on its whole batch
+            }
             if let Err(refusal) = self.check_policy(tag, frame.total_len)? {
                 self.refuse(tag, frame.total_len, refusal);
                 continue;

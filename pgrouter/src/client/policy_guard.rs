@@ -40,6 +40,16 @@ impl Session {
         if let Some(Err(refusal)) = analysis.as_ref().map(|a| self.policy.check(a)) {
             return Ok(Err(refusal));
         }
+        if tag == b'P' {
+            if let super::local_answers::LoneReset::Unanswerable { discard: true } =
+                self.jwt_lone_reset()?
+            {
+                return Ok(Err(Refusal {
+                    sqlstate: "42501",
+                    message: "pgrouter: in a JWT session DISCARD ALL must be sent alone: an unnamed statement, the only one of its batch, outside a transaction".into(),
+                }));
+            }
+        }
         if let Some(a) = analysis.as_ref() {
             if self.refuse_session_state && !a.session_state.creates.is_empty() {
                 let kinds: Vec<&str> = a.session_state.creates.names().collect();

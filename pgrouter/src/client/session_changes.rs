@@ -164,9 +164,14 @@ mod tests {
     #[test]
     fn session_characteristics_are_the_default_transaction_settings() {
         assert_eq!(
-            characteristics_settings(Some("ISOLATION LEVEL REPEATABLE READ, READ ONLY, DEFERRABLE")),
+            characteristics_settings(Some(
+                "ISOLATION LEVEL REPEATABLE READ, READ ONLY, DEFERRABLE"
+            )),
             vec![
-                ("default_transaction_isolation", "repeatable read".to_string()),
+                (
+                    "default_transaction_isolation",
+                    "repeatable read".to_string()
+                ),
                 ("default_transaction_read_only", "on".to_string()),
                 ("default_transaction_deferrable", "on".to_string()),
             ]
