@@ -308,6 +308,35 @@ def test_default_transaction_read_only_session(routers, objects, places):
         conn.execute("COMMIT")
 
 
+def test_serializable_transactions_go_to_the_primary(routers, objects, places):
+    """A hot standby refuses serializable transactions ("cannot use
+    serializable mode in a hot standby"), so they run on the primary, as
+    they would with one server: BEGIN ISOLATION LEVEL SERIALIZABLE (READ ONLY
+    too) and every statement of a session whose default isolation is
+    serializable, however it was set. Other levels keep using the replica."""
+    router = split_router(routers)
+    with connect(router.dsn()) as conn:
+        for begin in ("BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY",
+                      "START TRANSACTION READ ONLY, ISOLATION LEVEL SERIALIZABLE"):
+            conn.execute(begin)
+            assert places.row(where(conn)) == "primary", begin
+            assert conn.execute("SHOW transaction_isolation").fetchone() == ("serializable",)
+            conn.execute("COMMIT")
+        for setting in ("SET default_transaction_isolation = 'serializable'",
+                        "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+                        "SELECT set_config('default_transaction_isolation', 'serializable', false)"):
+            conn.execute(setting)
+            for _ in range(3):
+                assert places.row(where(conn, f"SELECT v, {WHERE} FROM rt_t WHERE id = 1")) == "primary"
+                conn.execute("BEGIN READ ONLY")
+                assert places.row(where(conn)) == "primary", setting
+                conn.execute("COMMIT")
+            conn.execute("RESET default_transaction_isolation")
+            assert places.row(where(conn)) == "replica"
+    with connect(router.dsn(options="-c default_transaction_isolation=serializable")) as conn:
+        assert places.row(where(conn)) == "primary"
+
+
 # ------------------------------------------------------------------ hints --
 def test_comment_hints(routers, objects, places):
     router = split_router(routers)

@@ -176,6 +176,10 @@ pub enum TxEffect {
     Begin {
         /// Some(true) for READ ONLY, Some(false) for READ WRITE.
         read_only: Option<bool>,
+        /// Some(true) for ISOLATION LEVEL SERIALIZABLE, Some(false) for
+        /// another level (None when not given: the session default applies).
+        /// A hot standby refuses serializable transactions.
+        serializable: Option<bool>,
     },
     /// COMMIT / END (also `AND CHAIN`).
     Commit,

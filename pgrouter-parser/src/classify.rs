@@ -221,7 +221,19 @@ fn transaction(t: &TransactionStmt, a: &mut Analysis) -> TxEffect {
             if read_only == Some(false) {
                 a.escalation.read_only_change = true;
             }
-            TxEffect::Begin { read_only }
+            let serializable = t.options.iter().find_map(|o| match &o.node {
+                Some(N::DefElem(d)) if d.defname == "transaction_isolation" => {
+                    match d.arg.as_ref().and_then(|n| n.node.as_ref()) {
+                        Some(N::AConst(c)) => match &c.val {
+                            Some(Val::Sval(s)) => Some(s.sval.eq_ignore_ascii_case("serializable")),
+                            _ => None,
+                        },
+                        _ => None,
+                    }
+                }
+                _ => None,
+            });
+            TxEffect::Begin { read_only, serializable }
         }
         K::TransStmtCommit => TxEffect::Commit,
         K::TransStmtRollback | K::Undefined => TxEffect::Rollback,

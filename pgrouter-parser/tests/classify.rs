@@ -142,13 +142,13 @@ fn transactions() {
     use TxEffect as T;
     // (statement, effect, read_only_change)
     let table: Vec<(&str, TxEffect, bool)> = vec![
-        ("BEGIN", T::Begin { read_only: None }, false),
-        ("BEGIN READ ONLY", T::Begin { read_only: Some(true) }, false),
-        ("BEGIN ISOLATION LEVEL REPEATABLE READ", T::Begin { read_only: None }, false),
-        ("BEGIN READ WRITE", T::Begin { read_only: Some(false) }, true),
-        ("START TRANSACTION READ ONLY", T::Begin { read_only: Some(true) }, false),
-        ("START TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ WRITE", T::Begin { read_only: Some(false) }, true),
-        ("START TRANSACTION", T::Begin { read_only: None }, false),
+        ("BEGIN", T::Begin { read_only: None, serializable: None }, false),
+        ("BEGIN READ ONLY", T::Begin { read_only: Some(true), serializable: None }, false),
+        ("BEGIN ISOLATION LEVEL REPEATABLE READ", T::Begin { read_only: None, serializable: Some(false) }, false),
+        ("BEGIN READ WRITE", T::Begin { read_only: Some(false), serializable: None }, true),
+        ("START TRANSACTION READ ONLY", T::Begin { read_only: Some(true), serializable: None }, false),
+        ("START TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ WRITE", T::Begin { read_only: Some(false), serializable: Some(true) }, true),
+        ("START TRANSACTION", T::Begin { read_only: None, serializable: None }, false),
         ("COMMIT", T::Commit, false),
         ("END", T::Commit, false),
         ("COMMIT AND CHAIN", T::Commit, false),
@@ -409,7 +409,7 @@ fn deep_but_valid() {
     assert_eq!(mixed.parse_error, None);
     let kinds: Vec<_> = mixed.statements.iter().map(|s| (s.kind.clone(), s.is_write)).collect();
     assert_eq!(kinds, vec![
-        (K::Transaction(TxEffect::Begin { read_only: None }), false),
+        (K::Transaction(TxEffect::Begin { read_only: None, serializable: None }), false),
         (K::Insert, true),
         (K::Select, false),
         (K::Set(SetStatement { name: "work_mem".into(), value: Some("1".into()), local: false, kind: SetKind::Value }), false),

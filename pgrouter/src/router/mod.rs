@@ -45,6 +45,9 @@ pub struct SessionRouting {
     pub shard_override: Option<u32>,
     /// The session has `default_transaction_read_only = on`.
     pub default_read_only: bool,
+    /// The session has `default_transaction_isolation = serializable`:
+    /// its transactions cannot run on a hot standby.
+    pub default_serializable: bool,
     /// `SET pgrouter.sharding_key` is in force (its value is read only then).
     pub has_sharding_key: bool,
     /// `SET pgrouter.shard` is in force, whatever its value (a value that
@@ -65,10 +68,13 @@ impl SessionRouting {
         // 22023 at the next statement, like a number past the last shard.
         let shard_override = get("pgrouter.shard").map(|v| pgrouter_parser::shard_number(&v));
         let default_read_only = get("default_transaction_read_only").is_some_and(|v| is_on(&v));
+        let default_serializable = get("default_transaction_isolation")
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("serializable"));
         SessionRouting {
             role_override,
             shard_override,
             default_read_only,
+            default_serializable,
             has_sharding_key: get("pgrouter.sharding_key").is_some(),
             has_shard_setting: get("pgrouter.shard").is_some(),
         }
@@ -110,12 +116,21 @@ pub fn route(analysis: &Analysis, session: &SessionRouting) -> Route {
         Role::Primary
     } else {
         match analysis.statements.first().map(|s| &s.kind) {
-            Some(StatementKind::Transaction(TxEffect::Begin { read_only })) => match read_only {
-                Some(true) => Role::Replica,
-                Some(false) => Role::Primary,
-                None if session.default_read_only => Role::Replica,
-                None => Role::Primary,
-            },
+            // A hot standby refuses serializable transactions.
+            Some(StatementKind::Transaction(TxEffect::Begin { serializable, .. }))
+                if serializable.unwrap_or(session.default_serializable) =>
+            {
+                Role::Primary
+            }
+            Some(StatementKind::Transaction(TxEffect::Begin { read_only, .. })) => {
+                match read_only {
+                    Some(true) => Role::Replica,
+                    Some(false) => Role::Primary,
+                    None if session.default_read_only => Role::Replica,
+                    None => Role::Primary,
+                }
+            }
+            _ if session.default_serializable => Role::Primary,
             // Two-phase commit statements act on the primary's prepared transactions.
             Some(StatementKind::Transaction(
                 TxEffect::CommitPrepared

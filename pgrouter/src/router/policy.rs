@@ -136,6 +136,7 @@ impl Policy {
             match &s.kind {
                 StatementKind::Transaction(TxEffect::Begin {
                     read_only: Some(false),
+                    ..
                 }) => {
                     return Err(refuse(
                         READ_ONLY,

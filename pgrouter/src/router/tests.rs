@@ -97,6 +97,7 @@ fn session_routing_from_params() {
         "pgrouter.role" => Some("Primary".to_string()),
         "pgrouter.shard" => Some("3".to_string()),
         "default_transaction_read_only" => Some("on".to_string()),
+        "default_transaction_isolation" => Some("Serializable".to_string()),
         _ => None,
     };
     let s = SessionRouting::from_params(get);
@@ -106,6 +107,7 @@ fn session_routing_from_params() {
             role_override: Some(RoleHint::Primary),
             shard_override: Some(3),
             default_read_only: true,
+            default_serializable: true,
             has_sharding_key: false,
             has_shard_setting: true,
         }
@@ -158,4 +160,29 @@ fn statements_refused_in_a_pipeline() {
     ] {
         assert!(!outside(sql), "{sql}");
     }
+}
+
+#[test]
+fn serializable_transactions_go_to_the_primary() {
+    let plain = SessionRouting::default();
+    let serializable = SessionRouting {
+        default_serializable: true,
+        ..SessionRouting::default()
+    };
+    let role = |sql: &str, s: &SessionRouting| route(&analyze(sql, &[]), s).role;
+    assert_eq!(role("SELECT 1", &plain), Role::Replica);
+    assert_eq!(role("SELECT 1", &serializable), Role::Primary);
+    assert_eq!(role("BEGIN READ ONLY", &serializable), Role::Primary);
+    assert_eq!(
+        role(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+            &serializable
+        ),
+        Role::Replica
+    );
+    assert_eq!(
+        role("BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY", &plain),
+        Role::Primary
+    );
+    assert_eq!(role("BEGIN READ ONLY", &plain), Role::Replica);
 }
