@@ -206,6 +206,31 @@ def test_refuse_mode_answers_0A000(routers, roles):
         assert conn.execute("CREATE TABLE IF NOT EXISTS t_not_temp (a int)") is not None
 
 
+def test_refuse_mode_allows_sequences_inside_a_transaction_block(routers, roles, primary):
+    """`session_state = "refuse"`: `nextval` outside a transaction block is
+    refused (its `currval` state would outlive the statement), but inside
+    one it runs and `currval` works there, as ORMs need. The state is
+    discarded once the transaction ends: neither the client (whichever
+    connection it gets next) nor the next client of that connection reads
+    an old value; they get PostgreSQL's "not yet defined" error."""
+    with primary.connect(APP_DB) as direct:
+        direct.execute("DROP SEQUENCE IF EXISTS refuse_seq")
+        direct.execute("CREATE SEQUENCE refuse_seq")
+        direct.execute(f"GRANT ALL ON refuse_seq TO {APP_USER}")
+    router = one_connection_router(routers, session_state="refuse")
+    with connect(router.dsn()) as a, connect(router.dsn()) as b:
+        with pytest.raises(psycopg.errors.FeatureNotSupported):
+            a.execute("SELECT nextval('refuse_seq')")
+        for _ in range(2):
+            with a.transaction():
+                n = a.execute("SELECT nextval('refuse_seq')").fetchone()[0]
+                assert a.execute("SELECT currval('refuse_seq'), lastval()").fetchone() == (n, n)
+            assert pinned(router) == [None, None]
+            for conn in (b, a):
+                with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
+                    conn.execute("SELECT currval('refuse_seq')")
+
+
 def test_a_failed_deallocate_does_not_undo_the_reset(routers, roles, primary):
     """Before a client's first statement the router resets what the last
     client left that it could not follow (an untracked set_config) and drops

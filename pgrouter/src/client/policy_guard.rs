@@ -13,6 +13,7 @@ use super::session::Session;
 use crate::protocol::backend::{self, Severity};
 use crate::protocol::frontend::{self, parse_parse, parse_query};
 use crate::router::{self, Refusal};
+use pgrouter_parser::SessionState;
 
 impl Session {
     /// The session's policy (JWT role, read-only) applied to a Query or Parse.
@@ -51,8 +52,14 @@ impl Session {
             }
         }
         if let Some(a) = analysis.as_ref() {
-            if self.refuse_session_state && !a.session_state.creates.is_empty() {
-                let kinds: Vec<&str> = a.session_state.creates.names().collect();
+            // Sequence state made inside a transaction block is used there
+            // and discarded after it (see `sequence_state_in_tx`).
+            let creates = match self.flow.in_tx() {
+                true => a.session_state.creates.without(SessionState::SEQUENCE),
+                false => a.session_state.creates,
+            };
+            if self.refuse_session_state && !creates.is_empty() {
+                let kinds: Vec<&str> = creates.names().collect();
                 return Ok(Err(Refusal {
                     sqlstate: "0A000",
                     message: format!(

@@ -109,6 +109,11 @@ pub struct Session {
     /// `session_state = "refuse"` in transaction mode: statements creating
     /// such state are refused with 0A000 instead of pinning.
     pub(super) refuse_session_state: bool,
+    /// With `refuse_session_state`: this transaction called `nextval` /
+    /// `setval` (allowed inside a transaction block, where `currval` works
+    /// on the same connection). Its sequence state is discarded before the
+    /// connection serves anything that could read it again.
+    pub(super) sequence_state_in_tx: bool,
 
     /// The client's named statements (protocol level).
     pub(super) statements: ahash::AHashMap<String, Arc<SharedStatement>>,
@@ -228,6 +233,7 @@ impl Session {
             pins: Default::default(),
             ryw: Default::default(),
             refuse_session_state,
+            sequence_state_in_tx: false,
             statements: ahash::AHashMap::new(),
             local_explains: HashMap::new(),
             sql_prepared: HashMap::new(),
@@ -441,6 +447,9 @@ impl Session {
             if !held.conn.read_buf.is_empty() {
                 self.server = Some(held);
                 return;
+            }
+            if std::mem::take(&mut self.sequence_state_in_tx) {
+                held.conn.discard_due = true;
             }
             self.cancel.slot.set(None);
             self.flow.server_released();

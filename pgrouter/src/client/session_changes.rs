@@ -3,7 +3,9 @@
 //! `set_config` calls) as pending changes, and changes the router cannot
 //! follow, which get the server connection reset.
 
-use pgrouter_parser::{Analysis, DiscardKind, ResetTarget, SetKind, StatementKind, TxEffect};
+use pgrouter_parser::{
+    Analysis, DiscardKind, ResetTarget, SessionState, SetKind, StatementKind, TxEffect,
+};
 
 use super::session::Session;
 use super::tracking::SetChange;
@@ -48,6 +50,12 @@ impl Session {
         if !self.sql_prepared.is_empty() {
             let executed = self.query_analysis(analysis.clone());
             change.merge(executed.session_state);
+        }
+        if self.refuse_session_state && change.creates.intersects(SessionState::SEQUENCE) {
+            // Allowed only inside a transaction block (`check_policy_now`):
+            // discarded after it instead of pinning.
+            change.creates = change.creates.without(SessionState::SEQUENCE);
+            self.sequence_state_in_tx = true;
         }
         if !change.is_empty() {
             self.pins.sent(change);
