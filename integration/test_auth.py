@@ -117,6 +117,29 @@ def test_stored_scram_secret_from_pg_authid(routers, primary):
     assert login_error(router, "app", "app-secret-not").sqlstate == "28P01"
 
 
+def test_a_secret_without_server_password_logs_in_to_servers_with_the_clients_proof(routers, primary):
+    """users.toml `password` = the SCRAM secret from pg_authid and no
+    `server_password` (PgBouncer's auth_file of secrets): the router logs
+    in to PostgreSQL with the keys recovered from the client's SCRAM proof,
+    for every new server connection. An md5 hash
+    answers a server's md5 challenge the same way."""
+    secret = primary.scalar("SELECT rolpassword FROM pg_authid WHERE rolname = 'app'")
+    router = routers.start(users=[app_user(password=secret)], general={"default_pool_size": 3})
+    conns = [connect(router.dsn(password="app-secret"), autocommit=False) for _ in range(3)]
+    try:
+        pids = {c.execute("SELECT pg_backend_pid()").fetchone()[0] for c in conns}
+        assert len(pids) == 3  # three server connections, each logged in with the keys
+    finally:
+        for c in conns:
+            c.close()
+    assert whoami_asyncpg(router, "app", "app-secret") == "app"
+    assert login_error(router, "app", "wrong").sqlstate == "28P01"
+    md5 = wire.md5_secret("md5-secret", "md5user")
+    router = routers.start(users=[{"name": "md5user", "database": "app", "password": md5,
+                                   "auth": "md5"}])
+    assert whoami(router, "md5user", "md5-secret") == ("md5user", "app")
+
+
 def test_stored_md5_secret(routers):
     secret = wire.md5_secret("client-md5-pw", "app")
     router = routers.start(users=[app_user(password=secret, auth="md5",

@@ -15,6 +15,7 @@ use super::io::{read_message, write_all};
 use super::login_checks;
 use crate::auth::jwt::looks_like_jwt;
 use crate::auth::md5::verify_md5;
+use crate::auth::pass_through::PassThrough;
 use crate::auth::scram::ScramServer;
 use crate::auth::{verify_cleartext_off_loop, StoredPassword};
 use crate::net::ClientStream;
@@ -138,6 +139,21 @@ pub async fn authenticate(
                 (AuthMethod::Scram, StoredPassword::Md5(_)) | (AuthMethod::Md5, _) => {
                     let (salt, response) = md5_exchange(stream, buf).await?;
                     (verify_md5(&stored, &user.name, salt, &response), "md5")
+                }
+                (AuthMethod::Scram, StoredPassword::Scram(secret)) => {
+                    let server = ScramServer::new(secret.clone());
+                    let proved = scram_exchange_with(stream, buf, server).await?;
+                    let keys = proved.as_ref().and_then(|s| s.recovered_keys());
+                    let result = password_result(&rt, user, proved.is_some(), "scram-sha-256")?;
+                    // Servers of a user whose password is a secret are
+                    // logged in to with the keys this client proved.
+                    if let (Some(slot), Some(keys)) = (&result.pools.credential, keys) {
+                        slot.update(PassThrough {
+                            scram: Some(keys),
+                            ..PassThrough::default()
+                        });
+                    }
+                    return Ok(result);
                 }
                 (AuthMethod::Scram, _) => {
                     (scram_exchange(stream, buf, &stored).await?, "scram-sha-256")

@@ -22,6 +22,12 @@ pub struct UserPools {
     pub mode: PoolMode,
     pub shards: Vec<ShardPools>,
     pub balancing: Balancing,
+    /// What its server connections log in with when the files have no
+    /// password for that: learnt users, and users.toml entries whose
+    /// `password` is a SCRAM secret or md5 hash with no `server_password`
+    /// (filled by their clients' logins, as PgBouncer does with an
+    /// auth_file of secrets).
+    pub credential: Option<Arc<CredentialSlot>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -195,7 +201,15 @@ impl Cluster {
         let mut users = HashMap::new();
         let mut caps = HashMap::new();
         for user in &config.users {
-            let pools = user_pools(config, user, &health, previous, metrics, None);
+            let credential = secret_credential(user, previous);
+            let pools = user_pools(
+                config,
+                user,
+                &health,
+                previous,
+                metrics,
+                credential.as_ref(),
+            );
             for pool in pools
                 .shards
                 .iter()
@@ -498,5 +512,31 @@ fn user_pools(
             split: g.read_write_split,
             method: g.load_balancing,
         },
+        credential: learnt.cloned(),
     }
+}
+
+/// The credential slot of a users.toml entry whose servers are logged in to
+/// with what its clients prove (see [`UserPools::credential`]): the one of
+/// the previous cluster when there is one, so a reload keeps what was
+/// learnt. An md5 hash answers md5 challenges from the start.
+fn secret_credential(user: &User, previous: Option<&Cluster>) -> Option<Arc<CredentialSlot>> {
+    if user.server_password.is_some() || user.auth == AuthMethod::Jwt {
+        return None;
+    }
+    let stored = crate::auth::StoredPassword::parse(user.password.as_deref()?);
+    let md5_hash = match stored {
+        crate::auth::StoredPassword::Plain(_) => return None,
+        crate::auth::StoredPassword::Md5(hash) => Some(hash),
+        crate::auth::StoredPassword::Scram(_) => None,
+    };
+    let slot = previous
+        .and_then(|p| p.users.get(&(user.name.clone(), user.database.clone())))
+        .and_then(|pools| pools.credential.clone())
+        .unwrap_or_default();
+    slot.update(PassThrough {
+        md5_hash,
+        ..PassThrough::default()
+    });
+    Some(slot)
 }
