@@ -185,6 +185,20 @@ def test_unknown_token_is_refused(jit_cluster, api, jit_routers):
     assert err.sqlstate == "28P01" and "token not granted" in err.message
 
 
+def test_a_token_no_http_header_can_carry_is_refused_without_asking_the_api(
+        jit_cluster, api, jit_routers):
+    """A token with a newline cannot be put in an Authorization header: the
+    API is not called, and the refusal says why (not an HTTP status)."""
+    r = start(jit_routers, jit_cluster, api.url)
+    role = jit_role(jit_cluster)
+    tok = token() + "\r\nX-Injected: 1"
+    before = len(api.calls_from("router"))
+    err = refusal(r, role, tok)
+    assert err.sqlstate == "28P01" and "token not granted" in err.message
+    assert "HTTP header" in err.message and "HTTP 400" not in err.message, err.message
+    assert len(api.calls_from("router")) == before
+
+
 # ------------------------------------------------------------ API failing --
 def test_api_down_refuses_within_the_timeout_and_password_logins_still_work(
         jit_cluster, api, jit_routers):

@@ -38,6 +38,8 @@ pub enum Verdict {
     NotGranted(String),
     /// 401 or 403.
     Rejected(u16),
+    /// Not asked: the token has bytes no HTTP header may hold (a newline).
+    Unsendable,
     /// No decision: timeout, connection failure, another status, bad JSON.
     Unavailable(String),
 }
@@ -48,7 +50,7 @@ impl Verdict {
         match self {
             Verdict::Granted => "granted",
             Verdict::NotGranted(_) => "not_granted",
-            Verdict::Rejected(_) => "rejected",
+            Verdict::Rejected(_) | Verdict::Unsendable => "rejected",
             Verdict::Unavailable(_) => "unavailable",
         }
     }
@@ -63,6 +65,9 @@ impl Verdict {
             Verdict::Rejected(status) => Some(format!(
                 "token not granted: token rejected by the JIT API (HTTP {status})"
             )),
+            Verdict::Unsendable => Some(
+                "token not granted: the token has characters an HTTP header cannot carry, so it was not sent to the JIT API".into(),
+            ),
             Verdict::Unavailable(why) => Some(format!("JIT API unavailable: {why}")),
         }
     }
@@ -166,7 +171,7 @@ impl JitClient {
         let req = match req {
             Ok(r) => r,
             // A token with bytes no header may hold (e.g. a newline).
-            Err(_) => return Verdict::Rejected(400),
+            Err(_) => return Verdict::Unsendable,
         };
         let resp = match self.client.request(req).await {
             Ok(r) => r,
