@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use crate::client::params::quote_literal;
-use crate::server::ServerConn;
+use crate::server::{ServerConn, ServerError};
 use crate::state::Runtime;
 
 /// What the preflight found: errors make the set-up unusable; warnings are
@@ -61,10 +61,19 @@ async fn check_jwt(rt: &Runtime, findings: &mut Findings) {
                 let mut conn = match ServerConn::connect(target, timeout).await {
                     Ok(c) => c,
                     Err(e) => {
-                        findings.warnings.push(format!(
+                        let problem = format!(
                             "connect_as \"{}\" cannot log in to {server} (database \"{}\"): {e}",
                             target.user, target.database
-                        ));
+                        );
+                        // A server that answered and refused the login (a
+                        // wrong password, a role that may not log in) is a
+                        // set-up error; one that did not answer may be back.
+                        match e {
+                            ServerError::Auth(_) | ServerError::Postgres(_) => {
+                                findings.errors.push(problem)
+                            }
+                            _ => findings.warnings.push(problem),
+                        }
                         continue;
                     }
                 };
