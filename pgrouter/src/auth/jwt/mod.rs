@@ -13,8 +13,10 @@
 //!    with `leeway_s`, then `iss` (required and equal when `issuer` is set)
 //!    and `aud` (required and containing `audience` when set).
 //! 4. The username claim equals the startup user; the role claim (or the
-//!    username when absent) is in `allowed_roles` when that is non-empty;
-//!    the read-only claim is `true` or `"true"`.
+//!    username when absent) can be applied with `SET ROLE` (not "none", no
+//!    NUL byte) and is in `allowed_roles` when that is non-empty; the
+//!    read-only claim fails closed: any value but absent/null, `false`, 0 or
+//!    a string PostgreSQL reads as false makes the session read-only.
 //!
 //! Signature checks take microseconds and run inline; the only network
 //! I/O (JWKS fetches) is async.
@@ -52,7 +54,8 @@ pub struct VerifiedToken {
     pub username: String,
     /// The role claim, or the username when the claim is missing.
     pub role: String,
-    /// The read-only claim is `true` (boolean, or the string "true").
+    /// The read-only claim is set to anything but a false value (see
+    /// `verify::read_only_value`).
     pub read_only: bool,
     /// `exp` (for `disconnect_on_expiry`).
     pub expires_at: Option<SystemTime>,
