@@ -409,7 +409,7 @@ async fn bad_urls_are_configuration_errors() {
             ..JwtSettings::default()
         };
         let err = JwtVerifier::new(s).await.unwrap_err();
-        assert!(err.contains("jwks_url"), "{url}: {err}");
+        assert_eq!(err.key, "jwks_url", "{url}: {err}");
     }
 }
 
