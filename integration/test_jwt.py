@@ -80,6 +80,31 @@ def test_psql_login(routers, jwt_db, keys):
     assert out.stdout.strip() == f"web_admin/{AUTHENTICATOR}"
 
 
+def test_large_token_and_the_login_message_limit(routers, jwt_db, keys):
+    """Tokens with many group claims run to tens of KiB: one that fits in a
+    password message (64 KiB, as in PostgreSQL) logs in. A bigger message
+    is refused with 08P01 naming the limit that applied — the login one,
+    not max_message_size, which is for sessions."""
+    key = keys["rsa"]
+    router = start_jwt_router(routers, key, general={"max_message_size": 1 << 20})
+    user = uname()
+    groups = [f"group-{i:05}" for i in range(2500)]
+    tok = token(key, user, "web_user", groups=groups)
+    assert 32 * 1024 < len(tok) < 64 * 1024 - 5, len(tok)
+    with connect(router.dsn(user=user, password=tok)) as conn:
+        assert whoami(conn) == ("web_user", AUTHENTICATOR)
+    huge = token(key, user, "web_user", groups=groups * 2)
+    assert len(huge) > 64 * 1024
+    try:
+        wire.connect(router.port, user, "app", huge).close()
+        raise AssertionError("a login message over 64 KiB was accepted")
+    except wire.ServerError as exc:
+        assert exc.sqlstate == "08P01", exc
+        assert "login message limit (65536 bytes)" in exc.message, exc.message
+        assert "max_message_size" not in exc.message, exc.message
+    assert router.alive()
+
+
 def test_role_name_with_quote_and_space(routers, jwt_db, keys):
     router = start_jwt_router(routers, keys["rsa"])
     user = uname()

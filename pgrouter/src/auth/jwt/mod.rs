@@ -42,7 +42,7 @@ use jsonwebtoken::{Algorithm, Validation};
 pub use error::JwtError;
 pub use keys::KeyKind;
 pub use settings::JwtSettings;
-pub use verify::looks_like_jwt;
+pub use verify::{looks_like_jwt, MAX_TOKEN_LEN};
 
 use jwks::Jwks;
 use keys::VerifyKey;

@@ -16,9 +16,13 @@ use super::keys::VerifyKey;
 use super::settings::JwtSettings;
 use super::VerifiedToken;
 
-/// Tokens longer than this are refused before any decoding work; real JWTs
-/// are well under 8 KiB.
-const MAX_TOKEN_LEN: usize = 16 * 1024;
+/// Tokens longer than this are refused before any decoding work. Most JWTs
+/// are under 8 KiB, but tokens carrying many group or permission claims
+/// grow well past 16 KiB, so the limit is the login message's (a token
+/// arrives as the password message, at most 64 KiB — PostgreSQL's own limit
+/// for it): whatever the client could send is verified. Decoding and
+/// hashing 64 KiB takes microseconds.
+pub const MAX_TOKEN_LEN: usize = 64 * 1024;
 /// Larger leeways are clamped: jsonwebtoken computes `now - leeway` in u64,
 /// and a year of skew is already meaningless.
 pub const MAX_LEEWAY_S: u64 = 365 * 24 * 3600;

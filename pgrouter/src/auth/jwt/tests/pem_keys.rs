@@ -259,7 +259,7 @@ async fn malformed_tokens() {
             parts[2]
         ),
         format!("{}.{}.!!!", parts[0], parts[1]),
-        "x".repeat(20_000),
+        "x".repeat(70_000),
     ];
     for token in cases {
         match v.verify(&token, "alice").await {
@@ -269,6 +269,19 @@ async fn malformed_tokens() {
     }
     // Signature checked before the payload is parsed.
     assert_eq!(v.verify(&not_json, "alice").await, Err(JwtError::Signature));
+}
+
+#[tokio::test]
+async fn large_tokens_up_to_the_login_message_limit_are_verified() {
+    // Tokens with many group claims reach tens of KiB; one that fits in a
+    // password message (64 KiB) is verified like any other.
+    let v = pem_verifier(RSA_PUB, |_| {}).await;
+    let groups: Vec<String> = (0..2000).map(|i| format!("group-{i:05}")).collect();
+    let token = rs256(&claims_with(json!({ "groups": groups })));
+    assert!(token.len() > 32 * 1024, "{}", token.len());
+    assert!(token.len() < 64 * 1024 - 5);
+    assert!(v.verify(&token, "alice").await.is_ok());
+    assert!(super::super::looks_like_jwt(&token));
 }
 
 #[test]
