@@ -164,3 +164,46 @@ def test_run_with_bad_config_exits_nonzero(tmp_path):
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode != 0
     assert "pool_mode" in proc.stdout + proc.stderr
+
+
+JWT_USERS = GOOD_USERS + """
+[[users]]
+name = "authenticator"
+database = "app"
+server_password = "auth-secret"
+login = false
+"""
+
+
+@pytest.mark.parametrize("case", ["missing", "not_pem"])
+def test_bad_jwt_key_file_reported_with_line_and_key(tmp_path, case):
+    """`check` loads [jwt] public_key_file (it would stop the router) and
+    reports it like any other problem: file, line, key. Starting the router
+    reports it the same way."""
+    key = tmp_path / "jwt.pem"
+    if case == "not_pem":
+        key.write_text("not a key\n")
+    text = good_router() + f'\n[jwt]\nleeway_s = 0\npublic_key_file = "{key}"\n'
+    r, u = write(tmp_path, text, JWT_USERS)
+    code, out = check(r, u)
+    assert code == 1, out
+    assert_reported(out, r, line_of(text, "public_key_file"), "jwt.public_key_file")
+    assert str(key) in out, out
+    proc = subprocess.run([str(router_binary()), "--config", str(r), "--users", str(u)],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode != 0
+    assert_reported(proc.stdout + proc.stderr, r, line_of(text, "public_key_file"),
+                    "jwt.public_key_file")
+
+
+def test_good_jwt_key_file_and_jwks_url_pass_check(tmp_path):
+    """A loadable PEM passes; a JWKS URL is not fetched by `check`."""
+    from harness.jwt_tokens import SigningKey
+    key = SigningKey("rsa").write_public_pem(tmp_path / "jwt.pem")
+    text = good_router() + f'\n[jwt]\npublic_key_file = "{key}"\n'
+    r, u = write(tmp_path, text, JWT_USERS)
+    assert check(r, u)[0] == 0
+    text = good_router() + f'\n[jwt]\njwks_url = "http://127.0.0.1:{free_port()}/jwks.json"\n'
+    r, u = write(tmp_path, text, JWT_USERS)
+    code, out = check(r, u)
+    assert code == 0, out

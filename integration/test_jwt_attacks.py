@@ -461,3 +461,25 @@ def test_reset_all_and_discard_all_on_a_held_connection(routers, jwt_db, keys, m
             else:
                 assert temp == (1 if pin else 0) and locks == 1
                 conn.execute("SELECT pg_advisory_unlock_all()")
+
+
+@pytest.mark.parametrize("role", ["none", "web_user\u0000x", ""])
+def test_role_set_role_cannot_apply_is_refused_at_login(routers, jwt_db, keys, role):
+    """With no allowed_roles every role claim is taken as given — except
+    those `SET ROLE "<role>"` cannot apply: "none" (PostgreSQL reads even
+    the quoted `SET ROLE "none"` as SET ROLE NONE, so the session would run
+    as connect_as) and a NUL byte (it would cut the router's own query
+    short); an empty claim names no role. All refused at login with 28P01."""
+    r = start_jwt_router(routers, keys["rsa"])
+    u = uname()
+    err = login_error(r, u, keys["rsa"].sign(claims(u, role)))
+    assert err.sqlstate == "28P01", err
+    word = "missing claim" if role == "" else "role not allowed"
+    assert word in err.message, err.message
+    # The username fallback (no role claim) is held to the same rule.
+    if role == "none":
+        err = login_error(r, "none", keys["rsa"].sign(claims("none")))
+        assert err.sqlstate == "28P01" and "role not allowed" in err.message, err
+    # The control: an ordinary role logs in.
+    with connect(r.dsn(user=u, password=keys["rsa"].sign(claims(u, "web_user")))) as c:
+        assert whoami(c) == ("web_user", AUTHENTICATOR)

@@ -88,6 +88,35 @@ def test_control_user_writes(ro_router, keys, places, primary):
     assert primary.scalar(f"SELECT count(*) FROM {TABLE} WHERE note = %s", (note,)) == 1
 
 
+# Claim values: fails closed. Only an absent/null claim, JSON false, 0 and the
+# strings PostgreSQL reads as false give a writable session.
+READ_ONLY_CLAIMS = [True, "true", 1, "1", "on", "yes", "t", "", "maybe", [True], {"x": 1}]
+WRITABLE_CLAIMS = [None, False, 0, "false", "f", "off", "No", "n", "0"]
+
+
+@pytest.mark.parametrize("value", READ_ONLY_CLAIMS, ids=repr)
+def test_read_only_claim_fails_closed(ro_router, keys, primary, value):
+    """Any claim value that is not clearly false makes the session read-only
+    (1, "on", "yes" and "t" are true to PostgreSQL, and garbage must not
+    grant writes)."""
+    note = f"roc_{uuid.uuid4().hex[:8]}"
+    tok = keys["rsa"].sign(claims("ro_claim", "web_user", read_only=value))
+    with connect(ro_router.dsn(user="ro_claim", password=tok)) as conn:
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            conn.execute(f"INSERT INTO {TABLE} (note) VALUES (%s)", (note,))
+    assert primary.scalar(f"SELECT count(*) FROM {TABLE} WHERE note = %s", (note,)) == 0
+
+
+@pytest.mark.parametrize("value", WRITABLE_CLAIMS, ids=repr)
+def test_read_only_claim_false_values_write(ro_router, keys, primary, value):
+    note = f"rwc_{uuid.uuid4().hex[:8]}"
+    extra = {} if value is None else {"read_only": value}
+    tok = keys["rsa"].sign(claims("rw_jwt", "web_user", **extra))
+    with connect(ro_router.dsn(user="rw_jwt", password=tok)) as conn:
+        conn.execute(f"INSERT INTO {TABLE} (note) VALUES (%s)", (note,))
+    assert primary.scalar(f"SELECT count(*) FROM {TABLE} WHERE note = %s", (note,)) == 1
+
+
 # ----------------------------------------------------------------- writes --
 def write_attempts(marker: str) -> list[tuple[str, object]]:
     """(sql, params) pairs, each carrying `marker` so that server logs and

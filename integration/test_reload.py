@@ -19,6 +19,8 @@ from harness.ops import (ConfigMapDir, admin_general, admin_rows, config_map, fu
                          pools, psql_admin, reload_error_text, reload_marks, scrape,
                          set_router_docs, use_config_map, wait_reload, write_by_rename,
                          write_in_place)
+from harness.jwt_setup import jwt_db, keys, start_jwt_router  # noqa: F401  (fixtures)
+from harness.jwt_tokens import claims
 from harness.pg import APP_DB, APP_PASSWORD, APP_USER
 from harness.router import app_user
 from harness.util import free_port, wait_until
@@ -427,6 +429,47 @@ def test_bad_edit_keeps_running_config_and_is_reported(routers, case):
         assert m.value("pgrouter_reloads_total", result="ok") == 1
         assert m.value("pgrouter_last_reload_successful") == 1
         assert config_map(router)["last_reload"][0] == "ok"
+
+
+BAD_KEY_FILES = {
+    # name: (file contents, or None for no file; words expected in the message)
+    "missing": (None, "cannot read"),
+    "not_pem": ("this is not a key\n", "PEM"),
+    "unusable": (None, "Ed25519"),  # an Ed25519 key with algorithms = ["RS256"]
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_KEY_FILES))
+def test_bad_jwt_key_file_is_reported_with_file_line_and_key(routers, jwt_db, keys, case):
+    """[jwt] public_key_file is read by the router, not by the config
+    loader, but a reload it breaks is reported like any bad edit:
+    `router.toml:<line>: jwt.public_key_file: ...`, and nothing changes."""
+    router = start_jwt_router(routers, keys["rsa"])
+    contents, word = BAD_KEY_FILES[case]
+    bad = routers.base_dir / f"bad-{case}.pem"
+    if case == "unusable":
+        keys["ed25519"].write_public_pem(bad)
+    elif contents is not None:
+        bad.write_text(contents)
+    cfg = copy.deepcopy(router.config)
+    cfg["jwt"]["public_key_file"] = str(bad)
+    if case == "unusable":
+        cfg["jwt"]["algorithms"] = ["RS256"]
+    cfg["jwt"]["leeway_s"] = 7  # a valid change riding along: must not apply
+    router.write_files(config=cfg)
+    text = router.config_path.read_text()
+    line = line_of(text, "public_key_file")
+    before = reload_marks(router)
+    router.reload()
+    assert wait_reload(router, before) == "error"
+    logged = reload_error_text(router, before[1])
+    assert f"router.toml:{line}: jwt.public_key_file: " in logged, logged
+    assert str(bad) in logged and word in logged, logged
+    # The running verifier stays: tokens still log in.
+    user = "keyfile_user"
+    tok = keys["rsa"].sign(claims(user, "web_user"))
+    with connect(router.dsn(user=user, password=tok)) as c:
+        assert c.execute("SELECT current_user").fetchone() == ("web_user",)
 
 
 # ------------------------------------------------------------------ triggers --

@@ -105,7 +105,7 @@ impl ConfigDiff {
 pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
     let mut d = ConfigDiff {
         general: general_changes(&old.general, &new.general),
-        jwt_changed: old.jwt != new.jwt,
+        jwt_changed: !same_jwt(old.jwt.as_ref(), new.jwt.as_ref()),
         sharded_tables_changed: old.sharded_tables != new.sharded_tables
             || old.reference_tables != new.reference_tables
             || old.sharding != new.sharding,
@@ -152,6 +152,21 @@ pub fn diff(old: &Config, new: &Config) -> ConfigDiff {
         }
     }
     d
+}
+
+/// `[jwt]` settings equal, wherever they are in the file (moving the
+/// section is no reason to rebuild the verifier).
+fn same_jwt(old: Option<&Jwt>, new: Option<&Jwt>) -> bool {
+    match (old, new) {
+        (Some(o), Some(n)) => {
+            *o == Jwt {
+                lines: o.lines,
+                ..n.clone()
+            }
+        }
+        (None, None) => true,
+        _ => false,
+    }
 }
 
 fn key(u: &User) -> UserKey {

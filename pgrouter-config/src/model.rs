@@ -386,6 +386,19 @@ pub struct Jwt {
     pub auto_provision_read_only: bool,
     pub allow_insecure_transport: bool,
     pub disconnect_on_expiry: bool,
+    /// Where the section and its key-source keys are in router.toml, for
+    /// problems only the server can find (see [`Config::jwt_problem`]);
+    /// ignored by [`crate::diff`].
+    pub lines: JwtLines,
+}
+
+/// Lines of `[jwt]` in router.toml (0 = unknown, e.g. a hand-built config).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JwtLines {
+    /// The `[jwt]` header.
+    pub section: usize,
+    pub public_key_file: usize,
+    pub jwks_url: usize,
 }
 
 impl Default for Jwt {
@@ -411,6 +424,7 @@ impl Default for Jwt {
             auto_provision_read_only: true,
             allow_insecure_transport: false,
             disconnect_on_expiry: true,
+            lines: JwtLines::default(),
         }
     }
 }
@@ -612,5 +626,32 @@ impl Config {
     /// `user.pool_mode`, else `[general] pool_mode`.
     pub fn pool_mode_for(&self, user: &User) -> PoolMode {
         user.pool_mode.unwrap_or(self.general.pool_mode)
+    }
+
+    /// A problem with `[jwt]` key `key` (e.g. "public_key_file") that only
+    /// the server can find — this crate reads no other files, and a PEM
+    /// key is parsed by the verifier — located like the problems [`load`]
+    /// reports, so a DBA sees `router.toml:31: jwt.public_key_file: ...`
+    /// at start-up, in `pgrouter check` and in the log of a refused reload.
+    /// Keys without a recorded line are reported at the `[jwt]` header.
+    ///
+    /// [`load`]: crate::load
+    pub fn jwt_problem(&self, key: &str, message: impl Into<String>) -> crate::Problem {
+        let lines = self.jwt.as_ref().map(|j| j.lines).unwrap_or_default();
+        let line = match key {
+            "public_key_file" if lines.public_key_file != 0 => lines.public_key_file,
+            "jwks_url" if lines.jwks_url != 0 => lines.jwks_url,
+            _ => lines.section,
+        };
+        crate::Problem {
+            file: self.router_path.clone(),
+            line,
+            key: if key.is_empty() {
+                "jwt".into()
+            } else {
+                format!("jwt.{key}")
+            },
+            message: message.into(),
+        }
     }
 }

@@ -356,6 +356,11 @@ fn jwt(src: &mut Source, sec: &Section, at: &mut RouterLines) -> Jwt {
     let mut j = Jwt::default();
     set(&mut j.public_key_file, sec.string(src, "public_key_file"));
     set(&mut j.jwks_url, sec.string(src, "jwks_url"));
+    j.lines = JwtLines {
+        section: sec.line,
+        public_key_file: sec.line_of(src, "public_key_file"),
+        jwks_url: sec.line_of(src, "jwks_url"),
+    };
     match (j.public_key_file.is_empty(), j.jwks_url.is_empty()) {
         (true, true) => src.report(
             sec.line,

@@ -155,3 +155,17 @@ fn restart_keys_jwt_and_sharding() {
     let d = diff(&old, &ok(&router, USERS));
     assert!(d.jwt_changed && d.general.is_empty());
 }
+
+#[test]
+fn moving_the_jwt_section_is_no_change() {
+    let jwt = "[jwt]\njwks_url = \"https://x/jwks\"\nconnect_as = \"app\"\n";
+    let old = ok(&format!("{ROUTER}\n{jwt}"), USERS);
+    let moved = ok(&format!("# a comment\n\n{jwt}{ROUTER}"), USERS);
+    assert_ne!(
+        old.jwt.as_ref().unwrap().lines,
+        moved.jwt.as_ref().unwrap().lines
+    );
+    assert!(!diff(&old, &moved).jwt_changed);
+    let edited = ok(&format!("{ROUTER}\n{jwt}leeway_s = 5\n"), USERS);
+    assert!(diff(&old, &edited).jwt_changed);
+}

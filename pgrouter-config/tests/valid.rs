@@ -329,9 +329,18 @@ fn jwt_defaults() {
     assert_eq!(
         Jwt {
             public_key_file: String::new(),
+            lines: JwtLines::default(),
             ..j.clone()
         },
         Jwt::default()
+    );
+    assert_eq!(
+        j.lines,
+        JwtLines {
+            section: 6,
+            public_key_file: 7,
+            jwks_url: 6
+        }
     );
     assert_eq!(j.jwks_cache_ttl_s, 300);
     assert_eq!(j.jwks_min_refresh_interval_s, 10);
@@ -463,4 +472,24 @@ fn repo_example_files_are_valid() {
         (app.auth, app.password.as_deref()),
         (AuthMethod::Scram, Some("app-secret"))
     );
+}
+
+#[test]
+fn jwt_problems_found_by_the_server_carry_file_line_and_key() {
+    // The config crate reads no key files; the server reports what it finds
+    // in them through `jwt_problem`, located like any other problem.
+    let router =
+        format!("{MIN_ROUTER}\n[jwt]\nleeway_s = 1\npublic_key_file = \"/nonexistent.pem\"\n");
+    let users = format!(
+        "{MIN_USERS}\n[[users]]\nname = \"authenticator\"\ndatabase = \"app\"\nlogin = false\n"
+    );
+    let c = ok(&router, &users);
+    let p = c.jwt_problem("public_key_file", "cannot read \"/nonexistent.pem\"");
+    assert_eq!(
+        p.to_string(),
+        "router.toml:8: jwt.public_key_file: cannot read \"/nonexistent.pem\""
+    );
+    // A key with no recorded line is reported at the [jwt] header.
+    assert_eq!(c.jwt_problem("algorithms", "x").line, 6);
+    assert_eq!(c.jwt_problem("", "x").key, "jwt");
 }

@@ -80,14 +80,14 @@ fn main() -> ExitCode {
         }
     };
     if args.check {
-        // The certificate files are part of the configuration: a router that
-        // would refuse to start must not be reported valid.
-        if let Err(e) = pgrouter::net::tls::ClientTlsSetup::from_general(&config.general) {
-            eprintln!(
-                "{}: tls_certificate / tls_private_key: {e}",
-                args.config.display()
-            );
-            eprintln!("1 problem(s) found; config is invalid");
+        // The key and certificate files are part of the configuration: a
+        // router that would refuse to start must not be reported valid.
+        let problems = file_problems(&args.config, &config);
+        if !problems.is_empty() {
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            eprintln!("{} problem(s) found; config is invalid", problems.len());
             return ExitCode::from(1);
         }
         println!(
@@ -127,6 +127,25 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Problems in the files router.toml names (the `[jwt]` public key, the
+/// TLS certificate and key), which `pgrouter_config::load` does not read.
+/// Nothing here touches the network: a JWKS is fetched only by the router.
+fn file_problems(router_path: &std::path::Path, config: &pgrouter_config::Config) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Some(j) = &config.jwt {
+        if let Err(e) = pgrouter::auth::jwt::check_offline(&j.into()) {
+            problems.push(config.jwt_problem(e.key, e.message).to_string());
+        }
+    }
+    if let Err(e) = pgrouter::net::tls::ClientTlsSetup::from_general(&config.general) {
+        problems.push(format!(
+            "{}: tls_certificate / tls_private_key: {e}",
+            router_path.display()
+        ));
+    }
+    problems
 }
 
 fn init_logging(format: &LogFormat) {

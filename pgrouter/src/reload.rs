@@ -57,11 +57,11 @@ async fn try_reload(state: &Arc<State>) -> Result<String, String> {
     let jwt = match (&new.jwt, changes.jwt_changed) {
         (None, _) => None,
         (Some(_), false) => old.jwt.clone(),
-        (Some(j), true) => Some(Arc::new(
-            JwtVerifier::new(j.into())
-                .await
-                .map_err(|e| format!("[jwt]: {e}"))?,
-        )),
+        (Some(j), true) => {
+            Some(Arc::new(JwtVerifier::new(j.into()).await.map_err(|e| {
+                new.jwt_problem(e.key, e.message).to_string()
+            })?))
+        }
     };
     let jit = match (&new.jit, changes.login_checks_changed) {
         (None, _) => None,

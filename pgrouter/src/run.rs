@@ -23,7 +23,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Some(j) => Some(Arc::new(
             crate::auth::jwt::JwtVerifier::new(j.into())
                 .await
-                .map_err(|e| anyhow::anyhow!("[jwt]: {e}"))?,
+                .map_err(|e| anyhow::anyhow!("{}", config.jwt_problem(e.key, e.message)))?,
         )),
         None => None,
     };

@@ -24,7 +24,7 @@ use crate::metrics::snapshot::{
 };
 use crate::protocol::backend::{command_complete, error_response, ready_for_query, Severity};
 use crate::protocol::frontend::parse_query;
-use crate::protocol::next_frame;
+use crate::protocol::next_frame_within;
 
 /// A boxed `Send` future, for the trait's asynchronous commands.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -82,19 +82,20 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     // is skipped (as PostgreSQL does after an error).
     let mut skipping_to_sync = false;
     loop {
-        let frame = match next_frame(&buf, MAX_ADMIN_MESSAGE) {
-            Ok(Some(frame)) => frame,
-            Ok(None) => {
-                if !out.is_empty() {
-                    send(stream, &mut out).await?;
+        let frame =
+            match next_frame_within(&buf, MAX_ADMIN_MESSAGE, "the admin console's message limit") {
+                Ok(Some(frame)) => frame,
+                Ok(None) => {
+                    if !out.is_empty() {
+                        send(stream, &mut out).await?;
+                    }
+                    if stream.read_buf(&mut buf).await? == 0 {
+                        return Ok(AdminEnd::Quit);
+                    }
+                    continue;
                 }
-                if stream.read_buf(&mut buf).await? == 0 {
-                    return Ok(AdminEnd::Quit);
-                }
-                continue;
-            }
-            Err(e) => return fatal(stream, &mut out, e.sqlstate, &e.message).await,
-        };
+                Err(e) => return fatal(stream, &mut out, e.sqlstate, &e.message).await,
+            };
         let msg = buf.split_to(frame.total_len);
         let body = frame.body(&msg);
         match frame.tag {

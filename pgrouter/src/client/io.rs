@@ -6,17 +6,24 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::error::SessionEnd;
 use crate::net::ClientStream;
 use crate::protocol::backend::{error_response, Severity};
-use crate::protocol::next_frame;
+use crate::protocol::next_frame_within;
 
-/// Messages during login are small; a bigger one is not a password.
+/// Messages during login are small; a bigger one is not a password. It
+/// applies whatever `max_message_size` says (that setting is for the
+/// session), and is what PostgreSQL allows a password message (65535
+/// bytes). A JWT sent as the password must fit in it (README "JWT login").
 pub const MAX_LOGIN_MESSAGE: usize = 64 * 1024;
+
+// Every token that fits in a password message gets verified, not refused
+// as "too long" by a smaller limit of the verifier.
+const _: () = assert!(crate::auth::jwt::MAX_TOKEN_LEN >= MAX_LOGIN_MESSAGE);
 
 pub async fn read_message(
     stream: &mut ClientStream,
     buf: &mut BytesMut,
 ) -> Result<(u8, Bytes), SessionEnd> {
     loop {
-        if let Some(frame) = next_frame(buf, MAX_LOGIN_MESSAGE)? {
+        if let Some(frame) = next_frame_within(buf, MAX_LOGIN_MESSAGE, "the login message limit")? {
             let mut msg = buf.split_to(frame.total_len).freeze();
             msg.advance(5);
             return Ok((frame.tag, msg));

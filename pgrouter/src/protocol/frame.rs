@@ -21,7 +21,20 @@ impl Frame {
 /// Finds the first message in `buf`. `Ok(None)` means more bytes are needed.
 /// A length below 4 or above `max_len` is a protocol violation, detected from
 /// the header alone so an oversize message is refused before it is buffered.
+/// `max_len` is a session's `max_message_size`; see [`next_frame_within`]
+/// for other limits.
 pub fn next_frame(buf: &[u8], max_len: usize) -> Result<Option<Frame>, ProtocolError> {
+    next_frame_within(buf, max_len, "max_message_size")
+}
+
+/// [`next_frame`] with a limit other than `max_message_size`; `limit` names
+/// it in the error, so a client refused during login is not told about a
+/// setting that did not apply.
+pub fn next_frame_within(
+    buf: &[u8],
+    max_len: usize,
+    limit: &str,
+) -> Result<Option<Frame>, ProtocolError> {
     let Some(header) = buf.get(..5) else {
         return Ok(None);
     };
@@ -35,7 +48,7 @@ pub fn next_frame(buf: &[u8], max_len: usize) -> Result<Option<Frame>, ProtocolE
     let len = len as usize;
     if len > max_len {
         return Err(ProtocolError::violation(format!(
-            "message of {len} bytes exceeds max_message_size ({max_len})"
+            "message of {len} bytes exceeds {limit} ({max_len} bytes)"
         )));
     }
     let total_len = len + 1;
@@ -62,6 +75,22 @@ mod tests {
             }
         );
         assert_eq!(f.body(b"Q\0\0\0\x06a\0rest"), b"a\0");
+    }
+
+    #[test]
+    fn oversize_errors_name_the_limit_that_applied() {
+        let err = next_frame(b"Q\0\0\x10\0", 100).unwrap_err().to_string();
+        assert!(
+            err.contains("message of 4096 bytes exceeds max_message_size (100 bytes)"),
+            "{err}"
+        );
+        let err = next_frame_within(b"p\0\0\x10\0", 100, "the login message limit")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("exceeds the login message limit (100 bytes)") && !err.contains("max_"),
+            "{err}"
+        );
     }
 
     #[test]

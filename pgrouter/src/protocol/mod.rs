@@ -11,7 +11,7 @@ pub mod frontend;
 pub mod reader;
 pub mod startup;
 
-pub use frame::{next_frame, Frame};
+pub use frame::{next_frame, next_frame_within, Frame};
 
 /// A protocol violation by the peer. It carries the SQLSTATE the client sees.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -9,7 +9,7 @@ use super::{CancelTarget, MAX_SERVER_MESSAGE};
 use crate::net::tls::{ServerTlsError, ServerTlsPolicy};
 use crate::net::ServerStream;
 use crate::protocol::backend::{parse_error_fields, parse_parameter_status, ErrorFields};
-use crate::protocol::{frontend, next_frame, ProtocolError};
+use crate::protocol::{frontend, next_frame_within, ProtocolError};
 
 /// Where and as whom to connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,7 +156,11 @@ impl ServerConn {
     /// Reads one whole message: (tag, body).
     pub async fn read_message(&mut self) -> Result<(u8, Bytes), ServerError> {
         loop {
-            if let Some(frame) = next_frame(&self.read_buf, MAX_SERVER_MESSAGE)? {
+            if let Some(frame) = next_frame_within(
+                &self.read_buf,
+                MAX_SERVER_MESSAGE,
+                "the server message limit",
+            )? {
                 let msg = self.read_buf.split_to(frame.total_len).freeze();
                 return Ok((frame.tag, msg.slice(5..)));
             }

@@ -38,18 +38,14 @@ impl Fetcher {
     pub fn new(url: &str) -> Result<Fetcher, String> {
         let uri: Uri = url
             .parse()
-            .map_err(|e| format!("jwks_url {url:?} is not a URL: {e}"))?;
+            .map_err(|e| format!("{url:?} is not a URL: {e}"))?;
         if uri.host().is_none_or(str::is_empty) {
-            return Err(format!("jwks_url {url:?} has no host"));
+            return Err(format!("{url:?} has no host"));
         }
         let https = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
-            _ => {
-                return Err(format!(
-                    "jwks_url {url:?} must start with http:// or https://"
-                ))
-            }
+            _ => return Err(format!("{url:?} must start with http:// or https://")),
         };
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let builder = rustls::ClientConfig::builder_with_provider(provider)

@@ -2,10 +2,14 @@
 //!
 //! Rules (SPEC §3/§5):
 //! - The set is fetched at start-up; a failure there is logged, not fatal.
-//! - A set older than `jwks_cache_ttl_s` is still used, and the login that
-//!   notices it starts one background refresh (stale-while-revalidate), so
-//!   logins never wait for a routine refresh.
-//! - A `kid` the set does not hold makes the login wait for a refresh.
+//! - A set older than `jwks_cache_ttl_s` is not trusted as is: the login
+//!   that finds it expired waits for a refresh (bounded by the fetch
+//!   timeout), so a key the issuer removed is refused as soon as the TTL is
+//!   over. Only when that refresh fails (or the rate limit below allows
+//!   none yet) is the login checked against the last good keys — a JWKS
+//!   server that is down does not lock everybody out.
+//! - A `kid` the set does not hold makes the login wait for a refresh too
+//!   (unless the expired-set refresh just ran for this login).
 //! - Every refresh attempt, whatever triggered it (unknown `kid`, expiry,
 //!   retry after a failure), is at least `jwks_min_refresh_interval_s` after
 //!   the previous one (the start-up fetch does not count): a client spraying
@@ -14,12 +18,13 @@
 //! - Single flight: fetches are serialised by an async mutex held across the
 //!   fetch, and a login that waited on that mutex while another fetch
 //!   completed uses that result instead of fetching again. A burst of logins
-//!   needing a refresh therefore causes one fetch.
+//!   needing a refresh (an unknown `kid`, or the first logins after the TTL)
+//!   therefore causes one fetch.
 //! - A failed fetch (network, HTTP status, bad JSON, no usable key) keeps the
 //!   last good keys.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -67,8 +72,6 @@ pub struct Jwks {
     last_attempt: Mutex<Option<Instant>>,
     /// Incremented when a fetch attempt completes (success or not).
     attempts_done: AtomicU64,
-    /// A background (TTL) refresh task is running.
-    background: AtomicBool,
     last_error: Mutex<String>,
     ok: AtomicU64,
     failed: AtomicU64,
@@ -86,7 +89,6 @@ impl Jwks {
             fetch_lock: tokio::sync::Mutex::new(()),
             last_attempt: Mutex::new(None),
             attempts_done: AtomicU64::new(0),
-            background: AtomicBool::new(false),
             last_error: Mutex::new("not fetched yet".into()),
             ok: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -106,17 +108,24 @@ impl Jwks {
         )
     }
 
-    /// The key for a token's `kid`, refreshing the set when needed.
-    pub async fn key_for(self: &Arc<Self>, kid: Option<&str>) -> Result<Arc<VerifyKey>, JwtError> {
-        let set = self.snapshot();
+    /// The key for a token's `kid`, refreshing the set when needed: first
+    /// when it is older than the TTL, else when it lacks the `kid`.
+    pub async fn key_for(&self, kid: Option<&str>) -> Result<Arc<VerifyKey>, JwtError> {
+        let mut set = self.snapshot();
+        let expired = self.is_stale(&set);
+        if expired {
+            tracing::debug!(url = %self.url, "cached JWKS older than jwks_cache_ttl_s; refreshing");
+            set = self.refresh(|s| !self.is_stale(s)).await;
+        }
         if let Some(key) = set.lookup(kid) {
-            if self.is_stale(&set) {
-                self.spawn_background_refresh();
-            }
             return Ok(key);
         }
-        tracing::debug!(url = %self.url, kid = ?kid, "JWT kid not in the cached JWKS; refreshing");
-        let set = self.refresh(|s| s.lookup(kid).is_some()).await;
+        if !expired {
+            // The refresh of an expired set was this login's one chance; a
+            // second fetch right after it would find nothing new.
+            tracing::debug!(url = %self.url, kid = ?kid, "JWT kid not in the cached JWKS; refreshing");
+            set = self.refresh(|s| s.lookup(kid).is_some()).await;
+        }
         match set.lookup(kid) {
             Some(key) => Ok(key),
             None if set.fetched_at.is_none() => {
@@ -140,18 +149,6 @@ impl Jwks {
     /// Whether the rate limit allows a fetch attempt now.
     fn may_fetch(&self) -> bool {
         lock(&self.last_attempt).is_none_or(|t| t.elapsed() >= self.min_interval)
-    }
-
-    /// Starts one background refresh unless one runs or the rate limit says no.
-    fn spawn_background_refresh(self: &Arc<Self>) {
-        if !self.may_fetch() || self.background.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let this = Arc::clone(self);
-        tokio::spawn(async move {
-            this.refresh(|s| !this.is_stale(s)).await;
-            this.background.store(false, Ordering::Release);
-        });
     }
 
     /// Single-flight, rate-limited refresh. `satisfied` says whether the set

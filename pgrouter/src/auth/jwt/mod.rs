@@ -13,8 +13,10 @@
 //!    with `leeway_s`, then `iss` (required and equal when `issuer` is set)
 //!    and `aud` (required and containing `audience` when set).
 //! 4. The username claim equals the startup user; the role claim (or the
-//!    username when absent) is in `allowed_roles` when that is non-empty;
-//!    the read-only claim is `true` or `"true"`.
+//!    username when absent) can be applied with `SET ROLE` (not "none", no
+//!    NUL byte) and is in `allowed_roles` when that is non-empty; the
+//!    read-only claim fails closed: any value but absent/null, `false`, 0 or
+//!    a string PostgreSQL reads as false makes the session read-only.
 //!
 //! Signature checks take microseconds and run inline; the only network
 //! I/O (JWKS fetches) is async.
@@ -40,7 +42,7 @@ use jsonwebtoken::{Algorithm, Validation};
 pub use error::JwtError;
 pub use keys::KeyKind;
 pub use settings::JwtSettings;
-pub use verify::looks_like_jwt;
+pub use verify::{looks_like_jwt, MAX_TOKEN_LEN};
 
 use jwks::Jwks;
 use keys::VerifyKey;
@@ -52,7 +54,8 @@ pub struct VerifiedToken {
     pub username: String,
     /// The role claim, or the username when the claim is missing.
     pub role: String,
-    /// The read-only claim is `true` (boolean, or the string "true").
+    /// The read-only claim is set to anything but a false value (see
+    /// `verify::read_only_value`).
     pub read_only: bool,
     /// `exp` (for `disconnect_on_expiry`).
     pub expires_at: Option<SystemTime>,
@@ -81,12 +84,9 @@ impl JwtVerifier {
     /// detected) or prepares the JWKS cache and fetches the JWKS once. A
     /// failed first fetch is logged, not fatal: later logins retry (at most
     /// once per `jwks_min_refresh_interval_s`). Errors are configuration
-    /// problems, worded for the operator.
-    pub async fn new(settings: JwtSettings) -> Result<JwtVerifier, String> {
-        let algorithms = parse_algorithms(&settings.algorithms)?;
-        if settings.username_claim.is_empty() {
-            return Err("[jwt] username_claim must not be empty".into());
-        }
+    /// problems, worded for the operator and naming the `[jwt]` key.
+    pub async fn new(settings: JwtSettings) -> Result<JwtVerifier, JwtConfigError> {
+        let algorithms = check_settings(&settings)?;
         if settings.leeway_s > verify::MAX_LEEWAY_S {
             tracing::warn!(
                 leeway_s = settings.leeway_s,
@@ -94,36 +94,17 @@ impl JwtVerifier {
                 verify::MAX_LEEWAY_S
             );
         }
-        let source = match (
-            settings.public_key_file.is_empty(),
-            settings.jwks_url.is_empty(),
-        ) {
-            (false, true) => {
-                let path = &settings.public_key_file;
-                let text = std::fs::read(path)
-                    .map_err(|e| format!("[jwt] public_key_file {path:?}: {e}"))?;
-                let key = keys::from_pem(&text)
-                    .map_err(|e| format!("[jwt] public_key_file {path:?}: {e}"))?;
-                if !algorithms.iter().any(|a| key.kind.supports(*a)) {
-                    return Err(format!(
-                        "[jwt] public_key_file {path:?} is an {} key, but no algorithm in \
-                         algorithms = {:?} can be verified with it",
-                        key.kind.name(),
-                        settings.algorithms
-                    ));
-                }
-                KeySource::Pem(Arc::new(key))
-            }
-            (true, false) => KeySource::Jwks(
+        let source = match load_pem(&settings, &algorithms)? {
+            Some(key) => KeySource::Pem(Arc::new(key)),
+            None => KeySource::Jwks(
                 Jwks::new(
                     &settings.jwks_url,
                     settings.jwks_cache_ttl_s,
                     settings.jwks_min_refresh_interval_s,
                 )
                 .await
-                .map_err(|e| format!("[jwt] {e}"))?,
+                .map_err(|e| JwtConfigError::new("jwks_url", e))?,
             ),
-            _ => return Err("[jwt] set exactly one of public_key_file and jwks_url".into()),
         };
         let validations = algorithms
             .iter()
@@ -199,27 +180,106 @@ impl std::fmt::Debug for JwtVerifier {
     }
 }
 
+/// A `[jwt]` setting the verifier cannot use: the key (as written in
+/// router.toml, e.g. "public_key_file") and why. Callers locate it with
+/// `pgrouter_config::Config::jwt_problem`, so it is reported with file,
+/// line and key like the problems the config crate finds itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtConfigError {
+    pub key: &'static str,
+    pub message: String,
+}
+
+impl JwtConfigError {
+    fn new(key: &'static str, message: impl Into<String>) -> JwtConfigError {
+        JwtConfigError {
+            key,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for JwtConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[jwt] {}: {}", self.key, self.message)
+    }
+}
+
+impl std::error::Error for JwtConfigError {}
+
+/// What `pgrouter check` can verify of `[jwt]` without the network: the
+/// settings and, in PEM mode, that the key file loads and fits
+/// `algorithms` (a JWKS is only fetched by the running router).
+pub fn check_offline(settings: &JwtSettings) -> Result<(), JwtConfigError> {
+    let algorithms = check_settings(settings)?;
+    load_pem(settings, &algorithms).map(|_| ())
+}
+
+/// The checks that need no key: the allow-list, the username claim, and
+/// exactly one key source. Returns the parsed allow-list.
+fn check_settings(settings: &JwtSettings) -> Result<Vec<Algorithm>, JwtConfigError> {
+    let algorithms =
+        parse_algorithms(&settings.algorithms).map_err(|e| JwtConfigError::new("algorithms", e))?;
+    if settings.username_claim.is_empty() {
+        return Err(JwtConfigError::new("username_claim", "must not be empty"));
+    }
+    match (
+        settings.public_key_file.is_empty(),
+        settings.jwks_url.is_empty(),
+    ) {
+        (false, true) | (true, false) => Ok(algorithms),
+        _ => Err(JwtConfigError::new(
+            "public_key_file",
+            "set exactly one of public_key_file and jwks_url",
+        )),
+    }
+}
+
+/// Reads and parses `public_key_file`; `None` in JWKS mode. A key that no
+/// algorithm of the allow-list can use is refused here rather than making
+/// every login fail.
+fn load_pem(
+    settings: &JwtSettings,
+    algorithms: &[Algorithm],
+) -> Result<Option<VerifyKey>, JwtConfigError> {
+    let path = &settings.public_key_file;
+    if path.is_empty() {
+        return Ok(None);
+    }
+    let fail = |msg: String| JwtConfigError::new("public_key_file", msg);
+    let text = std::fs::read(path).map_err(|e| fail(format!("cannot read {path:?}: {e}")))?;
+    let key = keys::from_pem(&text).map_err(|e| fail(format!("{path:?}: {e}")))?;
+    if !algorithms.iter().any(|a| key.kind.supports(*a)) {
+        return Err(fail(format!(
+            "{path:?} is an {} key, but no algorithm in algorithms = {:?} can be verified with it",
+            key.kind.name(),
+            settings.algorithms
+        )));
+    }
+    Ok(Some(key))
+}
+
 /// Parses the allow-list. HMAC algorithms and "none" are configuration
 /// errors: the router verifies with public keys only, and allowing HS* next
 /// to a public key is exactly what the key-confusion attack needs.
 fn parse_algorithms(names: &[String]) -> Result<Vec<Algorithm>, String> {
     if names.is_empty() {
-        return Err("[jwt] algorithms must not be empty".into());
+        return Err("must not be empty".into());
     }
     let mut out = Vec::new();
     for name in names {
         let alg = match name.parse::<Algorithm>() {
             Ok(Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) => {
                 return Err(format!(
-                    "[jwt] algorithms: {name} is refused: HMAC needs a shared secret, and pgrouter \
+                    "{name} is refused: HMAC needs a shared secret, and pgrouter \
                      verifies with public keys only"
                 ))
             }
             Ok(alg) => alg,
             Err(_) if name.eq_ignore_ascii_case("none") => {
-                return Err("[jwt] algorithms: \"none\" is always refused".into())
+                return Err("\"none\" is always refused".into())
             }
-            Err(_) => return Err(format!("[jwt] algorithms: unknown algorithm {name:?}")),
+            Err(_) => return Err(format!("unknown algorithm {name:?}")),
         };
         if !out.contains(&alg) {
             out.push(alg);

@@ -16,9 +16,13 @@ use super::keys::VerifyKey;
 use super::settings::JwtSettings;
 use super::VerifiedToken;
 
-/// Tokens longer than this are refused before any decoding work; real JWTs
-/// are well under 8 KiB.
-const MAX_TOKEN_LEN: usize = 16 * 1024;
+/// Tokens longer than this are refused before any decoding work. Most JWTs
+/// are under 8 KiB, but tokens carrying many group or permission claims
+/// grow well past 16 KiB, so the limit is the login message's (a token
+/// arrives as the password message, at most 64 KiB — PostgreSQL's own limit
+/// for it): whatever the client could send is verified. Decoding and
+/// hashing 64 KiB takes microseconds.
+pub const MAX_TOKEN_LEN: usize = 64 * 1024;
 /// Larger leeways are clamped: jsonwebtoken computes `now - leeway` in u64,
 /// and a year of skew is already meaningless.
 pub const MAX_LEEWAY_S: u64 = 365 * 24 * 3600;
@@ -201,16 +205,20 @@ pub fn check_claims(
             Some(_) => return Err(JwtError::MissingClaim(s.role_claim.clone())),
         }
     };
+    if let Some(why) = unusable_role(&role) {
+        tracing::debug!(
+            role,
+            why,
+            "JWT refused: role cannot be applied with SET ROLE"
+        );
+        return Err(JwtError::RoleNotAllowed(role));
+    }
     if !allowed_roles.is_empty() && !allowed_roles.contains(&role) {
         tracing::debug!(role, "JWT refused: role not in allowed_roles");
         return Err(JwtError::RoleNotAllowed(role));
     }
     let read_only = !s.read_only_claim.is_empty()
-        && match claims.get(&s.read_only_claim) {
-            Some(Value::Bool(b)) => *b,
-            Some(Value::String(v)) => v.eq_ignore_ascii_case("true"),
-            _ => false,
-        };
+        && read_only_value(claims.get(&s.read_only_claim).unwrap_or(&Value::Null));
     let expires_at = claims.get("exp").and_then(numeric_date);
     Ok(VerifiedToken {
         username: username.clone(),
@@ -218,6 +226,55 @@ pub fn check_claims(
         read_only,
         expires_at,
     })
+}
+
+/// Why a role (from the claim, or the username fallback) cannot be the
+/// session's role, or `None` when it can. Every transaction runs under
+/// `SET ROLE "<role>"`, and two values do not name a role there:
+/// - "none": PostgreSQL's `check_role` compares the value itself, so even
+///   the quoted `SET ROLE "none"` means `SET ROLE NONE` — the session would
+///   run as the connect_as user. (Other spellings such as "NONE" stay
+///   quoted role names and are looked up like any other.)
+/// - a NUL byte: it would end the query string inside the protocol message
+///   and break every statement with a protocol error.
+///
+/// The username needs no such check: it equals the startup user, which is
+/// read from NUL-terminated strings and never reaches SQL.
+fn unusable_role(role: &str) -> Option<&'static str> {
+    if role == "none" {
+        Some("\"none\" means SET ROLE NONE in PostgreSQL")
+    } else if role.contains('\0') {
+        Some("contains a NUL byte")
+    } else {
+        None
+    }
+}
+
+/// Whether a read-only claim value makes the session read-only. Fails
+/// closed: read-write only for the values that clearly mean "no" — an
+/// absent or null claim, JSON `false`, the number 0, and the strings
+/// PostgreSQL's boolean input reads as false; anything else (true, 1, "on",
+/// "yes", but also "maybe", `[]` or `{}`) is read-only, so an issuer that
+/// spells "true" differently never grants writes by accident.
+fn read_only_value(v: &Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64() != Some(0.0),
+        Value::String(s) => !pg_false(s),
+        Value::Array(_) | Value::Object(_) => true,
+    }
+}
+
+/// Whether PostgreSQL's boolean input (`parse_bool`, after trimming
+/// whitespace as `boolin` does) reads `s` as false: any prefix of "false"
+/// or "no", "of"/"off", or "0", case-insensitive.
+fn pg_false(s: &str) -> bool {
+    let s = s
+        .trim_matches(|c: char| c.is_ascii_whitespace() || c == '\x0b')
+        .to_ascii_lowercase();
+    let prefix_of = |word: &str, min: usize| s.len() >= min && word.starts_with(s.as_str());
+    prefix_of("false", 1) || prefix_of("no", 1) || prefix_of("off", 2) || s == "0"
 }
 
 /// A NumericDate (seconds since the epoch, possibly fractional) as a time.

@@ -179,6 +179,35 @@ async fn role_claim() {
 }
 
 #[tokio::test]
+async fn roles_that_set_role_cannot_apply_are_refused() {
+    let v = rsa().await;
+    // SET ROLE "none" is SET ROLE NONE: the session would run as connect_as.
+    // A NUL byte would cut the SET ROLE query short inside its message.
+    for bad in ["none", "web_user\u{0}x", "\u{0}"] {
+        let token = rs256(&claims_with(json!({ "role": bad })));
+        assert_eq!(
+            v.verify(&token, "alice").await,
+            Err(JwtError::RoleNotAllowed(bad.into())),
+            "{bad:?}"
+        );
+    }
+    // The username fallback is checked too.
+    let token = rs256(&json!({ "sub": "none", "exp": now() + 300 }));
+    assert_eq!(
+        v.verify(&token, "none").await,
+        Err(JwtError::RoleNotAllowed("none".into()))
+    );
+    // Other spellings are quoted role names like any other.
+    for fine in ["NONE", "None", "none ", "public"] {
+        let token = rs256(&claims_with(json!({ "role": fine })));
+        assert_eq!(v.verify(&token, "alice").await.unwrap().role, fine);
+    }
+    // The refusal names the cause and does not echo the NUL.
+    let err = JwtError::RoleNotAllowed("web_user\u{0}x".into()).to_string();
+    assert_eq!(err, "token role not allowed: \"web_userx\"");
+}
+
+#[tokio::test]
 async fn allowed_roles() {
     let v = pem_verifier(RSA_PUB, |s| {
         s.allowed_roles = vec!["reader".into(), "writer".into()]
@@ -206,10 +235,37 @@ async fn read_only_claim() {
         (json!(true), true),
         (json!("true"), true),
         (json!("TRUE"), true),
+        // Fails closed: whatever is not clearly false is read-only.
+        (json!(1), true),
+        (json!(-1), true),
+        (json!(0.5), true),
+        (json!("1"), true),
+        (json!("on"), true),
+        (json!("yes"), true),
+        (json!("t"), true),
+        (json!("y"), true),
+        (json!(""), true),
+        (json!("o"), true),
+        (json!("maybe"), true),
+        (json!("falsey"), true),
+        (json!([true]), true),
+        (json!([]), true),
+        (json!({ "x": 1 }), true),
+        // The false values: JSON false, 0 and what PostgreSQL reads as false.
         (json!(false), false),
-        (json!("false"), false),
-        (json!(1), false),
+        (json!(0), false),
+        (json!(0.0), false),
         (json!(null), false),
+        (json!("false"), false),
+        (json!("False"), false),
+        (json!("f"), false),
+        (json!("fal"), false),
+        (json!("off"), false),
+        (json!("OF"), false),
+        (json!("no"), false),
+        (json!("N"), false),
+        (json!("0"), false),
+        (json!(" false\n"), false),
     ] {
         let token = rs256(&claims_with(json!({ "read_only": value })));
         assert_eq!(
@@ -221,6 +277,9 @@ async fn read_only_claim() {
     // Claim not configured: never read-only.
     let token = rs256(&claims_with(json!({ "read_only": true })));
     assert!(!rsa().await.verify(&token, "alice").await.unwrap().read_only);
+    // Claim absent: read-write.
+    let token = rs256(&base_claims());
+    assert!(!v.verify(&token, "alice").await.unwrap().read_only);
 }
 
 #[tokio::test]

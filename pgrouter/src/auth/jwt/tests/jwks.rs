@@ -1,6 +1,7 @@
 //! JWKS: lookup by kid, refresh on unknown kid, single flight, rate limit,
-//! TTL refresh and keeping the last good keys. The set is served by a tiny
-//! HTTP/1.1 server on 127.0.0.1 that counts requests.
+//! refresh before a login once the TTL is over, and keeping the last good
+//! keys. The set is served by a tiny HTTP/1.1 server on 127.0.0.1 that
+//! counts requests.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -277,22 +278,76 @@ async fn endpoint_down_keeps_the_last_good_keys() {
 }
 
 #[tokio::test]
-async fn expired_cache_is_refreshed_in_the_background() {
+async fn expired_cache_is_refreshed_before_the_login() {
     let server = Server::start(vec![jwk(RSA_PUB, Some("k"), None)], Duration::ZERO).await;
     let v = JwtVerifier::new(server.settings(0, 0)).await.unwrap();
-    // Same kid, new key material: only a TTL refresh can pick it up.
+    // Same kid, new key material: only a TTL refresh can pick it up, and
+    // the login that finds the set expired waits for it.
     server.serve(vec![jwk(RSA2_PUB, Some("k"), None)]);
-    assert_eq!(
-        v.verify(&rsa2_token(Some("k")), "alice").await,
-        Err(JwtError::Signature)
-    );
-    for _ in 0..100 {
-        if v.jwks_fetches().0 >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     assert!(v.verify(&rsa2_token(Some("k")), "alice").await.is_ok());
+    assert_eq!(v.jwks_fetches(), (2, 0));
+}
+
+#[tokio::test]
+async fn key_removed_from_the_jwks_is_refused_once_the_ttl_is_over() {
+    let server = Server::start(
+        vec![
+            jwk(RSA_PUB, Some("k1"), None),
+            jwk(RSA2_PUB, Some("k2"), None),
+        ],
+        Duration::ZERO,
+    )
+    .await;
+    // A long rate-limit interval: the TTL refresh is the first attempt
+    // after start-up, so the interval does not hold it back.
+    let v = JwtVerifier::new(server.settings(1, 60)).await.unwrap();
+    assert!(v.verify(&rsa_token(Some("k1")), "alice").await.is_ok());
+    server.serve(vec![jwk(RSA2_PUB, Some("k2"), None)]);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        v.verify(&rsa_token(Some("k1")), "alice").await,
+        Err(JwtError::UnknownKey)
+    );
+    assert_eq!(server.hits(), 2);
+    assert!(v.verify(&rsa2_token(Some("k2")), "alice").await.is_ok());
+    assert_eq!(server.hits(), 2, "the refreshed set is fresh again");
+}
+
+#[tokio::test]
+async fn logins_after_the_ttl_share_one_fetch() {
+    let server = Server::start(
+        vec![jwk(RSA_PUB, Some("k"), None)],
+        Duration::from_millis(200),
+    )
+    .await;
+    // TTL 0 and no rate limit: every login finds the set expired; those
+    // that arrive while a fetch is in flight wait for it and share it.
+    let v = Arc::new(JwtVerifier::new(server.settings(0, 0)).await.unwrap());
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let v = v.clone();
+            tokio::spawn(async move { v.verify(&rsa_token(Some("k")), "alice").await })
+        })
+        .collect();
+    for t in tasks {
+        assert!(t.await.unwrap().is_ok());
+    }
+    assert_eq!(server.hits(), 2, "startup fetch + one shared refresh");
+}
+
+#[tokio::test]
+async fn expired_cache_and_endpoint_down_use_the_last_good_keys() {
+    let server = Server::start(vec![jwk(RSA_PUB, Some("k"), None)], Duration::ZERO).await;
+    let v = JwtVerifier::new(server.settings(0, 0)).await.unwrap();
+    server.up.store(false, Ordering::SeqCst);
+    assert!(v.verify(&rsa_token(Some("k")), "alice").await.is_ok());
+    assert_eq!(v.jwks_fetches(), (1, 1), "the login tried, then fell back");
+    // An unknown kid gets no second attempt in the same login.
+    assert_eq!(
+        v.verify(&rsa_token(Some("other")), "alice").await,
+        Err(JwtError::UnknownKey)
+    );
+    assert_eq!(v.jwks_fetches(), (1, 2));
 }
 
 #[tokio::test]
@@ -354,7 +409,7 @@ async fn bad_urls_are_configuration_errors() {
             ..JwtSettings::default()
         };
         let err = JwtVerifier::new(s).await.unwrap_err();
-        assert!(err.contains("jwks_url"), "{url}: {err}");
+        assert_eq!(err.key, "jwks_url", "{url}: {err}");
     }
 }
 

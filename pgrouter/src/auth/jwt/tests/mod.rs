@@ -131,7 +131,7 @@ pub async fn try_pem_verifier(
     };
     tweak(&mut s);
     // The key is read at construction; the file is not needed afterwards.
-    let v = JwtVerifier::new(s).await;
+    let v = JwtVerifier::new(s).await.map_err(|e| e.to_string());
     let _ = std::fs::remove_file(path);
     v
 }

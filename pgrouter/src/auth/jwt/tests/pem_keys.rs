@@ -70,7 +70,15 @@ async fn bad_key_files_are_configuration_errors() {
     })
     .await
     .unwrap_err();
-    assert!(missing.contains("/nonexistent/jwt.pem"), "{missing}");
+    // The key is named apart from the message, so the caller can report
+    // it with file and line (router.toml:N: jwt.public_key_file: ...).
+    assert_eq!(missing.key, "public_key_file");
+    assert!(
+        missing
+            .message
+            .starts_with("cannot read \"/nonexistent/jwt.pem\": "),
+        "{missing}"
+    );
     // An Ed25519 key with algorithms = ["RS256", "ES256"] can verify nothing.
     let unusable = try_pem_verifier(ED_PUB, |s| {
         s.algorithms = vec!["RS256".into(), "ES256".into()]
@@ -82,6 +90,41 @@ async fn bad_key_files_are_configuration_errors() {
     assert!(JwtVerifier::new(JwtSettings::default()).await.is_err());
     let both = try_pem_verifier(RSA_PUB, |s| s.jwks_url = "http://127.0.0.1:1/jwks".into()).await;
     assert!(both.is_err());
+}
+
+#[test]
+fn check_offline_loads_the_key_file_without_the_network() {
+    let path = temp_file("not a key");
+    let pem = |file: &std::path::Path| JwtSettings {
+        public_key_file: file.to_string_lossy().into_owned(),
+        ..JwtSettings::default()
+    };
+    let err = super::super::check_offline(&pem(&path)).unwrap_err();
+    assert_eq!(err.key, "public_key_file");
+    assert!(err.message.contains("no PEM block"), "{err}");
+    std::fs::write(&path, RSA_PUB).unwrap();
+    assert_eq!(super::super::check_offline(&pem(&path)), Ok(()));
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(
+        super::super::check_offline(&pem(std::path::Path::new("/nonexistent.pem")))
+            .unwrap_err()
+            .key,
+        "public_key_file"
+    );
+    // A JWKS is not fetched (nothing listens there), and that is no problem.
+    let jwks = JwtSettings {
+        jwks_url: "http://127.0.0.1:1/jwks.json".into(),
+        ..JwtSettings::default()
+    };
+    assert_eq!(super::super::check_offline(&jwks), Ok(()));
+    let bad_alg = JwtSettings {
+        algorithms: vec!["HS256".into()],
+        ..jwks
+    };
+    assert_eq!(
+        super::super::check_offline(&bad_alg).unwrap_err().key,
+        "algorithms"
+    );
 }
 
 #[tokio::test]
@@ -216,7 +259,7 @@ async fn malformed_tokens() {
             parts[2]
         ),
         format!("{}.{}.!!!", parts[0], parts[1]),
-        "x".repeat(20_000),
+        "x".repeat(70_000),
     ];
     for token in cases {
         match v.verify(&token, "alice").await {
@@ -226,6 +269,19 @@ async fn malformed_tokens() {
     }
     // Signature checked before the payload is parsed.
     assert_eq!(v.verify(&not_json, "alice").await, Err(JwtError::Signature));
+}
+
+#[tokio::test]
+async fn large_tokens_up_to_the_login_message_limit_are_verified() {
+    // Tokens with many group claims reach tens of KiB; one that fits in a
+    // password message (64 KiB) is verified like any other.
+    let v = pem_verifier(RSA_PUB, |_| {}).await;
+    let groups: Vec<String> = (0..2000).map(|i| format!("group-{i:05}")).collect();
+    let token = rs256(&claims_with(json!({ "groups": groups })));
+    assert!(token.len() > 32 * 1024, "{}", token.len());
+    assert!(token.len() < 64 * 1024 - 5);
+    assert!(v.verify(&token, "alice").await.is_ok());
+    assert!(super::super::looks_like_jwt(&token));
 }
 
 #[test]
