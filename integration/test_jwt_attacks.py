@@ -463,13 +463,15 @@ def test_reset_all_and_discard_all_on_a_held_connection(routers, jwt_db, keys, m
                 conn.execute("SELECT pg_advisory_unlock_all()")
 
 
-@pytest.mark.parametrize("role", ["none", "web_user\u0000x", ""])
+@pytest.mark.parametrize("role", ["none", "web_user\u0000x", "", "web_user" + "x" * 56])
 def test_role_set_role_cannot_apply_is_refused_at_login(routers, jwt_db, keys, role):
     """With no allowed_roles every role claim is taken as given — except
     those `SET ROLE "<role>"` cannot apply: "none" (PostgreSQL reads even
     the quoted `SET ROLE "none"` as SET ROLE NONE, so the session would run
-    as connect_as) and a NUL byte (it would cut the router's own query
-    short); an empty claim names no role. All refused at login with 28P01."""
+    as connect_as), a NUL byte (it would cut the router's own query short)
+    and more than 63 bytes (PostgreSQL would cut the name, perhaps to
+    another role's); an empty claim names no role. All refused at login
+    with 28P01."""
     r = start_jwt_router(routers, keys["rsa"])
     u = uname()
     err = login_error(r, u, keys["rsa"].sign(claims(u, role)))

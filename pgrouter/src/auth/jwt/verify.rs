@@ -228,15 +228,21 @@ pub fn check_claims(
     })
 }
 
+/// PostgreSQL keeps the first 63 bytes of an identifier (NAMEDATALEN - 1)
+/// and drops the rest, with only a notice.
+const MAX_IDENTIFIER_BYTES: usize = 63;
+
 /// Why a role (from the claim, or the username fallback) cannot be the
 /// session's role, or `None` when it can. Every transaction runs under
-/// `SET ROLE "<role>"`, and two values do not name a role there:
+/// `SET ROLE "<role>"`, and three kinds of value do not name a role there:
 /// - "none": PostgreSQL's `check_role` compares the value itself, so even
 ///   the quoted `SET ROLE "none"` means `SET ROLE NONE` — the session would
 ///   run as the connect_as user. (Other spellings such as "NONE" stay
 ///   quoted role names and are looked up like any other.)
 /// - a NUL byte: it would end the query string inside the protocol message
 ///   and break every statement with a protocol error.
+/// - more than 63 bytes: PostgreSQL would apply the first 63, which may be
+///   the name of another role.
 ///
 /// The username needs no such check: it equals the startup user, which is
 /// read from NUL-terminated strings and never reaches SQL.
@@ -245,6 +251,8 @@ fn unusable_role(role: &str) -> Option<&'static str> {
         Some("\"none\" means SET ROLE NONE in PostgreSQL")
     } else if role.contains('\0') {
         Some("contains a NUL byte")
+    } else if role.len() > MAX_IDENTIFIER_BYTES {
+        Some("is longer than 63 bytes: PostgreSQL would cut it to another role's name")
     } else {
         None
     }

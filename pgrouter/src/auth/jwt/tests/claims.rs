@@ -197,8 +197,16 @@ async fn roles_that_set_role_cannot_apply_are_refused() {
         v.verify(&token, "none").await,
         Err(JwtError::RoleNotAllowed("none".into()))
     );
+    // PostgreSQL would keep only the first 63 bytes of a longer name.
+    let long = format!("web_user{}", "x".repeat(56));
+    let token = rs256(&claims_with(json!({ "role": long })));
+    assert_eq!(
+        v.verify(&token, "alice").await,
+        Err(JwtError::RoleNotAllowed(long.clone()))
+    );
     // Other spellings are quoted role names like any other.
-    for fine in ["NONE", "None", "none ", "public"] {
+    let longest = "r".repeat(63);
+    for fine in ["NONE", "None", "none ", "public", longest.as_str()] {
         let token = rs256(&claims_with(json!({ "role": fine })));
         assert_eq!(v.verify(&token, "alice").await.unwrap().role, fine);
     }
