@@ -86,6 +86,7 @@ impl Session {
     /// server first when one is needed. Stops early (`blocked`) when the next
     /// unit of work needs a different server than the one still held.
     pub(super) async fn handle_client_messages(&mut self) -> Result<(), SessionEnd> {
+        self.check_arrived_messages()?;
         while let Some(frame) = next_frame(&self.cbuf, self.max_message)? {
             let tag = frame.tag;
             self.message_seq.set(self.message_seq.get().wrapping_add(1));
@@ -226,6 +227,24 @@ impl Session {
         }
         self.flush_server().await?;
         self.flush_client().await
+    }
+
+    /// Checks each client message once, when it has arrived whole, before
+    /// any of the paths that take messages from the buffer (one at a time,
+    /// or a batch at once for several shards) sees it: a malformed one ends
+    /// the session with 08P01 instead of reaching a server, which would
+    /// answer with an ERROR and keep the connection. Messages already
+    /// checked are not looked at again (`checked_to`).
+    fn check_arrived_messages(&mut self) -> Result<(), SessionEnd> {
+        let front = self.front_offset();
+        let mut at = (self.checked_to.max(front) - front) as usize;
+        while let Some(frame) = next_frame(self.cbuf.get(at..).unwrap_or(&[]), self.max_message)? {
+            let msg = &self.cbuf[at..at + frame.total_len];
+            frontend::check_message(frame.tag, &msg[5..])?;
+            at += frame.total_len;
+        }
+        self.checked_to = front + at as u64;
+        Ok(())
     }
 
     /// A message that needs no server while none is held: Sync gets its

@@ -161,6 +161,9 @@ pub struct Session {
     /// front of the buffer is, however messages were taken from it. Every
     /// read into `cbuf` adds to it (`note_client_read`).
     pub(super) client_bytes_in: u64,
+    /// Where in the client's stream the messages checked on arrival end
+    /// (see `check_arrived_messages`).
+    pub(super) checked_to: u64,
     /// The batch the routing planned whole (see `shard_routing.rs`,
     /// `VettedBatch`).
     pub(super) vetted: std::cell::Cell<Option<super::shard_routing::VettedBatch>>,
@@ -245,6 +248,7 @@ impl Session {
             routing_cache: Default::default(),
             plan_memo: Default::default(),
             client_bytes_in,
+            checked_to: 0,
             vetted: Default::default(),
             shard_map,
             memo: Default::default(),
