@@ -375,6 +375,17 @@ def test_pause_all_and_resume_all_and_unknown_database(routers):
     ok(psql_admin(r, "RESUME app"))
 
 
+def test_resume_unknown_database_is_an_error_like_pause(routers):
+    """`RESUME nosuchdb` used to answer RESUME: a typo silently resumed
+    nothing. It is the same error as `PAUSE nosuchdb`."""
+    r = routers.start(general=admin_general())
+    paused = psql_admin(r, "PAUSE nosuchdb")
+    resumed = psql_admin(r, "RESUME nosuchdb")
+    assert resumed.returncode == 1, resumed.stdout
+    assert 'ERROR:  55000: pgrouter: no such database "nosuchdb"' in resumed.stderr, resumed.stderr
+    assert resumed.stderr.replace("RESUME", "PAUSE") == paused.stderr.replace("RESUME", "PAUSE")
+
+
 # ------------------------------------------------------------------ SHUTDOWN --
 def test_shutdown_command_stops_the_router(routers):
     r = routers.start(general=admin_general())

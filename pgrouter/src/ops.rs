@@ -18,6 +18,15 @@ pub struct Ops {
 }
 
 impl Ops {
+    /// PAUSE and RESUME name a logical database of the running configuration.
+    fn known_database(&self, db: &str) -> Result<(), String> {
+        if self.state.rt().config.logical_databases().contains(&db) {
+            Ok(())
+        } else {
+            Err(format!("no such database \"{db}\""))
+        }
+    }
+
     fn pool_snapshots(&self) -> Vec<PoolSnapshot> {
         let rt = self.state.rt();
         let clients = self.state.registry.all();
@@ -406,9 +415,7 @@ impl AdminContext for Ops {
         Box::pin(async move {
             let key = database.unwrap_or("*").to_string();
             if let Some(db) = database {
-                if !self.state.rt().config.logical_databases().contains(&db) {
-                    return Err(format!("no such database \"{db}\""));
-                }
+                self.known_database(db)?;
             }
             self.state.paused.lock().insert(key);
             // Wait for transactions in progress to finish.
@@ -434,8 +441,13 @@ impl AdminContext for Ops {
     fn resume(&self, database: Option<&str>) -> Result<(), String> {
         let mut paused = self.state.paused.lock();
         match database {
+            // A database paused and then removed by a reload can still be
+            // resumed; any other unknown name is a typo, refused as by PAUSE
+            // (answering RESUME would hide that nothing was resumed).
             Some(db) => {
-                paused.remove(db);
+                if !paused.remove(db) {
+                    self.known_database(db)?;
+                }
             }
             None => paused.clear(),
         }
