@@ -19,7 +19,7 @@ from harness.ops import (ADMIN_DB, ADMIN_PASSWORD, ADMIN_USER, admin_columns, ad
                          wait_reload, write_in_place)
 from harness.pg import APP_DB, APP_USER
 from harness.router import app_user, router_binary
-from harness.util import port_open, wait_until
+from harness.util import free_port, port_open, wait_until
 
 COMMANDS = ["SHOW POOLS", "SHOW CLIENTS", "SHOW SERVERS", "SHOW STATS", "SHOW CONFIG",
             "SHOW VERSION", "RELOAD", "PAUSE", "RESUME", "SHUTDOWN"]
@@ -207,6 +207,66 @@ def test_show_config(routers):
     assert conf["default_pool_size"][0] == "6"
 
 
+# Every [general] key of SPEC §3.
+SPEC_GENERAL_KEYS = [
+    "listen", "workers", "pool_mode", "session_state", "default_pool_size", "min_pool_size",
+    "connect_timeout_ms", "checkout_timeout_ms", "server_idle_timeout_ms", "server_lifetime_ms",
+    "client_idle_timeout_ms", "shutdown_timeout_ms", "max_clients", "max_message_size",
+    "read_write_split", "load_balancing", "healthcheck_interval_ms", "ban_time_ms",
+    "write_functions", "parse_cache_size", "admin_database", "admin_user", "admin_password",
+    "metrics_listen", "hot_reload", "tls_certificate", "tls_private_key", "client_tls",
+    "server_tls", "server_tls_ca", "log_format", "client_login_timeout_ms",
+    "idle_transaction_timeout_ms", "query_timeout_ms", "max_db_connections",
+    "max_user_connections", "max_replica_lag_ms", "read_your_writes", "cross_shard",
+    "two_phase_commit", "coordinator_database",
+]
+
+
+def test_show_config_lists_every_general_key(routers):
+    r = routers.start(general=admin_general(query_timeout_ms=1234, session_state="refuse",
+                                            cross_shard="refuse"))
+    conf = config_map(r)
+    missing = [k for k in SPEC_GENERAL_KEYS if k not in conf]
+    assert not missing, missing
+    assert conf["query_timeout_ms"][0] == "1234" and conf["query_timeout_ms"][1].endswith("router.toml")
+    assert conf["session_state"][0] == "refuse"
+    assert conf["cross_shard"][0] == "refuse"
+    assert conf["two_phase_commit"] == ("true", "default")
+    assert conf["read_your_writes"] == ("false", "default")
+
+
+def test_show_config_after_reload_of_listen_shows_the_address_in_effect(routers):
+    """A reload cannot move the listening socket: SHOW CONFIG keeps showing
+    the address the router listens on, and says a restart is pending; the
+    RELOAD answer is a sentence saying so (not a debug dump)."""
+    r = routers.start(general=admin_general())
+    old = r.config["general"]["listen"]
+    cfg = copy.deepcopy(r.config)
+    new = f"127.0.0.1:{free_port()}"
+    cfg["general"]["listen"] = new
+    cfg["general"]["default_pool_size"] = 7
+    write_in_place(r.config_path, tomlw.dumps(cfg))
+    out = ok(psql_admin(r, "RELOAD"))
+    notice = out.stderr
+    assert "ConfigDiff" not in notice and "jwt_changed" not in notice, notice
+    assert "changed: [general] listen, default_pool_size" in notice, notice
+    assert f'Not applied until the router restarts: listen (still "{old}")' in notice, notice
+    assert port_open(r.port) and not port_open(int(new.rsplit(":", 1)[1]))
+    conf = config_map(r)
+    value, source = conf["listen"]
+    assert value == old, conf["listen"]
+    assert "restart pending" in source and new in source, source
+    assert conf["default_pool_size"][0] == "7"
+    assert "listen" in conf["last_reload_message"][0]
+    # A later reload that changes something else still says listen is pending.
+    cfg["general"]["default_pool_size"] = 8
+    write_in_place(r.config_path, tomlw.dumps(cfg))
+    notice = ok(psql_admin(r, "RELOAD")).stderr
+    assert "changed: [general] default_pool_size." in notice, notice
+    assert "restarts: listen" in notice, notice
+    assert config_map(r)["listen"][0] == old
+
+
 def test_show_version(admin_router):
     out = ok(psql_admin(admin_router, "SHOW VERSION", "-At")).stdout.strip()
     binary = subprocess.run([str(router_binary()), "--version"], capture_output=True, text=True,
@@ -373,6 +433,17 @@ def test_pause_all_and_resume_all_and_unknown_database(routers):
     assert all(p["paused"] == "f" for p in pools(r))
     # RESUME of a database that is not paused is harmless.
     ok(psql_admin(r, "RESUME app"))
+
+
+def test_resume_unknown_database_is_an_error_like_pause(routers):
+    """`RESUME nosuchdb` used to answer RESUME: a typo silently resumed
+    nothing. It is the same error as `PAUSE nosuchdb`."""
+    r = routers.start(general=admin_general())
+    paused = psql_admin(r, "PAUSE nosuchdb")
+    resumed = psql_admin(r, "RESUME nosuchdb")
+    assert resumed.returncode == 1, resumed.stdout
+    assert 'ERROR:  55000: pgrouter: no such database "nosuchdb"' in resumed.stderr, resumed.stderr
+    assert resumed.stderr.replace("RESUME", "PAUSE") == paused.stderr.replace("RESUME", "PAUSE")
 
 
 # ------------------------------------------------------------------ SHUTDOWN --

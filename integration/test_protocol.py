@@ -195,6 +195,92 @@ def test_oversize_message_behind_others_in_one_read(routers):
     assert router.alive()
 
 
+_H = struct.Struct("!h")
+_I = struct.Struct("!i")
+
+
+@pytest.mark.parametrize("msg", [
+    pytest.param(wire.message(b"E", b"\0\0") + wire.sync_message(), id="execute-without-row-limit"),
+    pytest.param(wire.message(b"E", b"\0" + _I.pack(0) + b"x") + wire.sync_message(), id="execute-trailing-bytes"),
+    pytest.param(wire.message(b"Q", b"SELECT 1\0xx"), id="query-bytes-after-nul"),
+    pytest.param(wire.message(b"Q", b"SELECT 1\0xx\0"), id="query-two-strings"),
+    pytest.param(wire.message(b"B", b"\0\0" + _H.pack(-1) + _H.pack(0) + _H.pack(0) + _H.pack(0))
+                 + wire.sync_message(), id="bind-65535-formats-none-sent"),
+    pytest.param(wire.parse_message("SELECT $1::int")
+                 + wire.message(b"B", b"\0\0" + _H.pack(0) + _H.pack(1) + _I.pack(10) + b"1" + _H.pack(0))
+                 + wire.sync_message(), id="bind-value-longer-than-message"),
+    pytest.param(wire.parse_message("SELECT $1::int")
+                 + wire.message(b"B", b"\0\0" + _H.pack(0) + _H.pack(1) + _I.pack(-2) + _H.pack(0))
+                 + wire.sync_message(), id="bind-negative-value-length"),
+    pytest.param(wire.parse_message("SELECT 1")
+                 + wire.message(b"B", b"\0\0" + _H.pack(0) + _H.pack(0) + _H.pack(0) + b"zz")
+                 + wire.sync_message(), id="bind-trailing-bytes"),
+    pytest.param(wire.parse_message("SELECT $1::int, $2::int")
+                 + wire.message(b"B", b"\0\0" + _H.pack(2) + _H.pack(0) * 2 + _H.pack(1) + _I.pack(1) + b"1"
+                                + _H.pack(0)) + wire.sync_message(), id="bind-formats-not-one-per-value"),
+    pytest.param(wire.message(b"P", b"\0SELECT 1\0" + _H.pack(1)) + wire.sync_message(), id="parse-missing-type"),
+    pytest.param(wire.message(b"P", b"\0SELECT 1\0" + _H.pack(0) + b"x") + wire.sync_message(), id="parse-trailing-bytes"),
+    pytest.param(wire.message(b"P", b"s1\0SELECT 1\0" + _H.pack(0) + b"x") + wire.sync_message(), id="named-parse-trailing-bytes"),
+    pytest.param(wire.message(b"D", b"Sx\0y") + wire.sync_message(), id="describe-trailing-bytes"),
+    pytest.param(wire.message(b"C", b"P\0\0") + wire.sync_message(), id="close-trailing-bytes"),
+    pytest.param(wire.message(b"S", b"x"), id="sync-with-body"),
+    pytest.param(wire.message(b"H", b"x") + wire.sync_message(), id="flush-with-body"),
+])
+def test_malformed_message_ends_session_with_08P01(small_router, msg):
+    """SPEC Errors: a malformed protocol message gets FATAL 08P01 from the
+    router and the connection closes; it never reaches PostgreSQL (which
+    answers such a message with a plain ERROR and keeps the connection)."""
+    router = small_router
+    bystander = connect(router.dsn())
+    try:
+        conn = wire.connect(router.port, "app", "app", "app-secret")
+        conn.send(msg)
+        msgs = conn.read_until_eof(10)
+        errors = wire.errors_in(msgs)
+        assert [(e.get("S"), e.get("C")) for e in errors] == [("FATAL", "08P01")], errors
+        assert "F" not in errors[0], f"the error came from PostgreSQL: {errors[0]}"
+        conn.close()
+        assert_others_fine(router, bystander)
+    finally:
+        bystander.close()
+
+
+@pytest.mark.parametrize("bad", [
+    pytest.param(wire.message(b"c", b"x"), id="copy-done-with-body"),
+    pytest.param(wire.message(b"f", b"no nul"), id="copy-fail-unterminated"),
+])
+def test_malformed_copy_message_ends_session_with_08P01(routers, table, bad):
+    """CopyDone with a body and CopyFail without a terminated string are
+    malformed too. (A router of its own: the abandoned COPY's server
+    connection is not used again by this test.)"""
+    router = routers.start()
+    with connect(router.dsn()) as c:
+        c.execute(f"CREATE TABLE {table} (x int)")
+    conn = wire.connect(router.port, "app", "app", "app-secret")
+    conn.send(wire.query_message(f"COPY {table} FROM STDIN"))
+    assert conn.read_msg().kind == b"G"
+    conn.send(wire.message(b"d", b"1\n") + bad)
+    errors = wire.errors_in(conn.read_until_eof(10))
+    assert [(e.get("S"), e.get("C")) for e in errors] == [("FATAL", "08P01")], errors
+    conn.close()
+
+
+def test_well_formed_extended_messages_still_work(small_router):
+    """The strict checks accept what drivers send: NULL and binary
+    parameters, one format code for all, named portals with a row limit."""
+    conn = wire.connect(small_router.port, "app", "app", "app-secret")
+    bind = wire.message(b"B", b"p1\0s1\0" + _H.pack(1) + _H.pack(0) + _H.pack(2)
+                        + _I.pack(-1) + _I.pack(1) + b"5" + _H.pack(1) + _H.pack(0))
+    conn.send(wire.parse_message("SELECT $1::int IS NULL, $2::int", name="s1") + bind
+              + wire.describe_message(b"P", "p1") + wire.execute_message("p1", 2)
+              + wire.close_message(b"P", "p1") + wire.close_message(b"S", "s1") + wire.sync_message())
+    batches = conn.read_batches(1)
+    kinds = [m.kind for m in batches[0]]
+    assert kinds == [b"1", b"2", b"T", b"D", b"C", b"3", b"3", b"Z"], kinds
+    assert conn.simple_query("SELECT 'still here'")[0] == [["still here"]]
+    conn.close()
+
+
 def test_message_below_limit_is_fine(small_router):
     with connect(small_router.dsn()) as conn:
         value = "y" * (SMALL_MAX // 2)

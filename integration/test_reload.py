@@ -252,6 +252,48 @@ def test_removed_user_ends_its_clients_at_next_transaction(routers):
         stays.close()
 
 
+def test_read_only_change_ends_open_sessions_at_next_transaction(routers, primary, table):
+    """A session pins its read-only policy at login (default_transaction_read_only,
+    routing to replicas): a reload that changes its user's `read_only`, either
+    way, ends it at its next transaction boundary with 08006, as a removed
+    user's; the transaction in progress finishes. Session mode included (its
+    server connection is never released)."""
+    primary.sql(f"CREATE TABLE {table} (x text)")
+    primary.sql(f"GRANT ALL ON {table} TO PUBLIC")
+    router = routers.start(general=admin_general(),
+                           users=[app_user(), md5user(), plainuser(read_only=True, pool_mode="session")])
+    tx = connect(router.dsn(user="md5user", password="md5-secret"))
+    session = connect(router.dsn(user="plainuser", password="plain-secret"))
+    stays = connect(router.dsn())
+    try:
+        assert session.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
+        tx.execute("BEGIN")
+        tx.execute(f"INSERT INTO {table} VALUES ('before')")
+        edit(router, users={"users": [app_user(), md5user(read_only=True),
+                                      plainuser(read_only=False, pool_mode="session")]})
+        assert reload_and_wait(router) == "ok"
+        # The transaction in progress is not cut short.
+        tx.execute(f"INSERT INTO {table} VALUES ('in the open transaction')")
+        tx.execute("COMMIT")
+        for conn, user in ((tx, "md5user"), (session, "plainuser")):
+            with pytest.raises(psycopg.OperationalError) as err:
+                conn.execute(f"INSERT INTO {table} VALUES ('after')")
+            assert sqlstate(err.value) == "08006", repr(err.value)
+            assert "read_only" in str(err.value) and user in str(err.value), str(err.value)
+        assert stays.execute("SELECT 1").fetchone() == (1,)
+        assert sorted(primary.sql(f"SELECT x FROM {table}")) == [("before",), ("in the open transaction",)]
+        with connect(router.dsn(user="md5user", password="md5-secret")) as again:
+            with pytest.raises(psycopg.Error) as err:
+                again.execute(f"INSERT INTO {table} VALUES ('new session')")
+            assert sqlstate(err.value) == "25006", repr(err.value)
+        with connect(router.dsn(user="plainuser", password="plain-secret")) as again:
+            assert again.execute("SHOW default_transaction_read_only").fetchone() == ("off",)
+    finally:
+        tx.close()
+        session.close()
+        stays.close()
+
+
 def test_pool_size_change_applies_in_place(routers, primary):
     """A waiting client of a pool that grows is served by the new capacity,
     without anyone releasing a connection; a shrunk pool closes its surplus."""

@@ -22,9 +22,26 @@ pub const POOL_SETTING_KEYS: &[&str] = &[
     "ban_time_ms",
 ];
 
-/// `[general]` keys that only take effect when the process restarts
-/// (the listening socket and the runtime's thread count).
-pub const RESTART_KEYS: &[&str] = &["listen", "workers"];
+/// `[general]` keys that only take effect when the process restarts: the
+/// listening sockets, the runtime's thread count, the log format and
+/// whether the files are watched are all set up once, at start.
+pub const RESTART_KEYS: &[&str] = &[
+    "listen",
+    "workers",
+    "metrics_listen",
+    "hot_reload",
+    "log_format",
+];
+
+/// [`RESTART_KEYS`] whose value in `now` differs from the one the process
+/// started with (`started`): the router still runs with the latter. Unlike
+/// [`ConfigDiff::needs_restart`] this stays true across later reloads.
+pub fn restart_pending(started: &General, now: &General) -> Vec<&'static str> {
+    general_changes(started, now)
+        .into_iter()
+        .filter(|k| RESTART_KEYS.contains(k))
+        .collect()
+}
 
 /// Identifies a users.toml entry.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -98,6 +115,52 @@ impl ConfigDiff {
             .copied()
             .filter(|k| RESTART_KEYS.contains(k))
             .collect()
+    }
+
+    /// What changed, as a sentence for people (the admin RELOAD's NOTICE,
+    /// the log, SHOW CONFIG's `last_reload_message`); "no changes" when
+    /// nothing did. Keys a reload cannot apply are said by the caller,
+    /// who knows what the process started with (see [`restart_pending`]).
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.general.is_empty() {
+            parts.push(format!("[general] {}", self.general.join(", ")));
+        }
+        if self.jwt_changed {
+            parts.push("[jwt]".to_string());
+        }
+        if self.login_checks_changed {
+            parts.push("[auth_query] or [jit]".to_string());
+        }
+        if self.sharded_tables_changed {
+            parts.push("sharding (tables or [general] sharding keys)".to_string());
+        }
+        let users = |list: &mut dyn Iterator<Item = &UserKey>| {
+            list.map(|u| format!("{} (database {})", u.name, u.database))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut listed = |what: &str, items: String| {
+            if !items.is_empty() {
+                parts.push(format!("{what} {items}"));
+            }
+        };
+        listed("databases added:", self.databases_added.join(", "));
+        listed("databases removed:", self.databases_removed.join(", "));
+        listed(
+            "servers changed of databases",
+            self.databases_changed.join(", "),
+        );
+        listed("users added:", users(&mut self.users_added.iter()));
+        listed("users removed:", users(&mut self.users_removed.iter()));
+        listed(
+            "users changed:",
+            users(&mut self.users_changed.iter().map(|c| &c.user)),
+        );
+        if parts.is_empty() {
+            return "no changes".to_string();
+        }
+        format!("changed: {}", parts.join("; "))
     }
 }
 

@@ -37,14 +37,18 @@ mod sharding;
 mod suggest;
 mod users;
 mod validate;
+mod values;
 
 use std::path::Path;
 
-pub use diff::{diff, ConfigDiff, UserChange, UserKey, POOL_SETTING_KEYS, RESTART_KEYS};
+pub use diff::{
+    diff, restart_pending, ConfigDiff, UserChange, UserKey, POOL_SETTING_KEYS, RESTART_KEYS,
+};
 pub use login_checks::{AuthQuery, Jit, DEFAULT_AUTH_QUERY};
 pub use model::*;
 pub use problem::Problem;
 pub use sharding::shard_count_changes;
+pub use values::general_values;
 
 /// Reads and validates both files. A file that cannot be read is a [`Problem`]
 /// with line 0; the other file is still checked on its own.

@@ -146,7 +146,15 @@ fn restart_keys_jwt_and_sharding() {
     );
     let d = diff(&old, &ok(&router, USERS));
     assert_eq!(d.general, vec!["listen", "workers", "log_format"]);
-    assert_eq!(d.needs_restart(), vec!["listen", "workers"]);
+    assert_eq!(d.needs_restart(), vec!["listen", "workers", "log_format"]);
+    assert_eq!(
+        pgrouter_config::restart_pending(&old.general, &ok(&router, USERS).general),
+        vec!["listen", "workers", "log_format"]
+    );
+    assert_eq!(
+        d.describe(),
+        "changed: [general] listen, workers, log_format; sharding (tables or [general] sharding keys)"
+    );
     assert!(d.sharded_tables_changed);
     assert!(!d.jwt_changed);
     assert!(!d.only_pool_settings());

@@ -18,6 +18,15 @@ pub struct Ops {
 }
 
 impl Ops {
+    /// PAUSE and RESUME name a logical database of the running configuration.
+    fn known_database(&self, db: &str) -> Result<(), String> {
+        if self.state.rt().config.logical_databases().contains(&db) {
+            Ok(())
+        } else {
+            Err(format!("no such database \"{db}\""))
+        }
+    }
+
     fn pool_snapshots(&self) -> Vec<PoolSnapshot> {
         let rt = self.state.rt();
         let clients = self.state.registry.all();
@@ -73,6 +82,52 @@ impl Ops {
         });
         out
     }
+}
+
+/// SHOW CONFIG's `[general]` rows: every key with the value in effect and
+/// where it came from (`default` or the file). A key only read at start
+/// (`RESTART_KEYS`) that a reload changed shows the value the router still
+/// runs with, its source saying what the file has now: showing the file's
+/// value would claim, say, a `listen` address nobody listens on.
+fn general_rows(
+    now: &pgrouter_config::General,
+    sharding: &pgrouter_config::Sharding,
+    started: &pgrouter_config::General,
+    file: &str,
+) -> Vec<ConfigRow> {
+    let defaults = pgrouter_config::general_values(&Default::default(), &Default::default());
+    let at_start = pgrouter_config::general_values(started, sharding);
+    let pending = pgrouter_config::restart_pending(started, now);
+    pgrouter_config::general_values(now, sharding)
+        .into_iter()
+        .zip(at_start)
+        .zip(defaults)
+        .map(|(((key, value), (_, started)), (_, default))| {
+            let source = |v: &str| {
+                if v == default {
+                    "default".to_string()
+                } else {
+                    file.to_string()
+                }
+            };
+            if pending.contains(&key) {
+                ConfigRow {
+                    key: key.to_string(),
+                    source: format!(
+                        "{} (restart pending: {file} now has {value:?})",
+                        source(&started)
+                    ),
+                    value: started,
+                }
+            } else {
+                ConfigRow {
+                    key: key.to_string(),
+                    source: source(&value),
+                    value,
+                }
+            }
+        })
+        .collect()
 }
 
 /// Clients of `user` on `database` held by admin PAUSE: how many, and the
@@ -227,159 +282,12 @@ impl AdminContext for Ops {
 
     fn config(&self) -> Vec<ConfigRow> {
         let rt = self.state.rt();
-        let g = &rt.config.general;
         let file = rt.config.router_path.display().to_string();
-        let d = pgrouter_config::General::default();
-        let mut rows = Vec::new();
-        let mut row = |key: &str, value: String, default: String| {
-            let source = if value == default {
-                "default".to_string()
-            } else {
-                file.clone()
-            };
-            rows.push(ConfigRow {
-                key: key.to_string(),
-                value,
-                source,
-            });
-        };
-        row("listen", g.listen.clone(), d.listen.clone());
-        row("workers", g.workers.to_string(), d.workers.to_string());
-        row(
-            "pool_mode",
-            g.pool_mode.as_str().into(),
-            d.pool_mode.as_str().into(),
-        );
-        row(
-            "default_pool_size",
-            g.default_pool_size.to_string(),
-            d.default_pool_size.to_string(),
-        );
-        row(
-            "min_pool_size",
-            g.min_pool_size.to_string(),
-            d.min_pool_size.to_string(),
-        );
-        row(
-            "connect_timeout_ms",
-            g.connect_timeout_ms.to_string(),
-            d.connect_timeout_ms.to_string(),
-        );
-        row(
-            "checkout_timeout_ms",
-            g.checkout_timeout_ms.to_string(),
-            d.checkout_timeout_ms.to_string(),
-        );
-        row(
-            "server_idle_timeout_ms",
-            g.server_idle_timeout_ms.to_string(),
-            d.server_idle_timeout_ms.to_string(),
-        );
-        row(
-            "server_lifetime_ms",
-            g.server_lifetime_ms.to_string(),
-            d.server_lifetime_ms.to_string(),
-        );
-        row(
-            "client_idle_timeout_ms",
-            g.client_idle_timeout_ms.to_string(),
-            d.client_idle_timeout_ms.to_string(),
-        );
-        row(
-            "shutdown_timeout_ms",
-            g.shutdown_timeout_ms.to_string(),
-            d.shutdown_timeout_ms.to_string(),
-        );
-        row(
-            "max_clients",
-            g.max_clients.to_string(),
-            d.max_clients.to_string(),
-        );
-        row(
-            "max_message_size",
-            g.max_message_size.to_string(),
-            d.max_message_size.to_string(),
-        );
-        row(
-            "read_write_split",
-            g.read_write_split.as_str().into(),
-            d.read_write_split.as_str().into(),
-        );
-        row(
-            "load_balancing",
-            g.load_balancing.as_str().into(),
-            d.load_balancing.as_str().into(),
-        );
-        row(
-            "healthcheck_interval_ms",
-            g.healthcheck_interval_ms.to_string(),
-            d.healthcheck_interval_ms.to_string(),
-        );
-        row(
-            "ban_time_ms",
-            g.ban_time_ms.to_string(),
-            d.ban_time_ms.to_string(),
-        );
-        row(
-            "write_functions",
-            g.write_functions.join(","),
-            d.write_functions.join(","),
-        );
-        row(
-            "parse_cache_size",
-            g.parse_cache_size.to_string(),
-            d.parse_cache_size.to_string(),
-        );
-        row(
-            "admin_database",
-            g.admin_database.clone(),
-            d.admin_database.clone(),
-        );
-        row("admin_user", g.admin_user.clone(), d.admin_user.clone());
-        row(
-            "admin_password",
-            g.admin_password.clone(),
-            d.admin_password.clone(),
-        );
-        row(
-            "metrics_listen",
-            g.metrics_listen.clone(),
-            d.metrics_listen.clone(),
-        );
-        row(
-            "hot_reload",
-            g.hot_reload.to_string(),
-            d.hot_reload.to_string(),
-        );
-        row(
-            "tls_certificate",
-            g.tls_certificate.clone(),
-            d.tls_certificate.clone(),
-        );
-        row(
-            "tls_private_key",
-            g.tls_private_key.clone(),
-            d.tls_private_key.clone(),
-        );
-        row(
-            "client_tls",
-            g.client_tls.as_str().into(),
-            d.client_tls.as_str().into(),
-        );
-        row(
-            "server_tls",
-            g.server_tls.as_str().into(),
-            d.server_tls.as_str().into(),
-        );
-        row(
-            "server_tls_ca",
-            g.server_tls_ca.clone(),
-            d.server_tls_ca.clone(),
-        );
-        row(
-            "log_format",
-            g.log_format.as_str().into(),
-            d.log_format.as_str().into(),
+        let mut rows = general_rows(
+            &rt.config.general,
+            &rt.config.sharding,
+            &self.state.started,
+            &file,
         );
         rows.push(ConfigRow {
             key: "databases".into(),
@@ -406,9 +314,7 @@ impl AdminContext for Ops {
         Box::pin(async move {
             let key = database.unwrap_or("*").to_string();
             if let Some(db) = database {
-                if !self.state.rt().config.logical_databases().contains(&db) {
-                    return Err(format!("no such database \"{db}\""));
-                }
+                self.known_database(db)?;
             }
             self.state.paused.lock().insert(key);
             // Wait for transactions in progress to finish.
@@ -434,8 +340,13 @@ impl AdminContext for Ops {
     fn resume(&self, database: Option<&str>) -> Result<(), String> {
         let mut paused = self.state.paused.lock();
         match database {
+            // A database paused and then removed by a reload can still be
+            // resumed; any other unknown name is a typo, refused as by PAUSE
+            // (answering RESUME would hide that nothing was resumed).
             Some(db) => {
-                paused.remove(db);
+                if !paused.remove(db) {
+                    self.known_database(db)?;
+                }
             }
             None => paused.clear(),
         }

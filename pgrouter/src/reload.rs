@@ -118,14 +118,41 @@ async fn try_reload(state: &Arc<State>) -> Result<String, String> {
         .filter(|h| !old.cluster.health.iter().any(|o| Arc::ptr_eq(o, h)));
     let timeout = std::time::Duration::from_millis(candidate.config.general.connect_timeout_ms);
     crate::pool::check_auto_roles(new_servers, timeout).await;
-    let restart = changes.needs_restart();
+    let restart = pgrouter_config::restart_pending(&state.started, &candidate.config.general);
     if !restart.is_empty() {
         tracing::warn!(keys = ?restart, "these settings take effect only after a restart");
     }
-    let summary = format!("{changes:?}");
+    let summary = summary(&changes, &restart, &state.started);
     state.tls.replace(tls);
     state.install(candidate);
     Ok(summary)
+}
+
+/// What a reload did, for people: what changed, then the keys that keep
+/// the value the process started with until a restart (a `listen` edited
+/// in an earlier reload is still pending, so it is said again).
+fn summary(
+    changes: &pgrouter_config::ConfigDiff,
+    restart: &[&str],
+    started: &pgrouter_config::General,
+) -> String {
+    let mut out = changes.describe();
+    if changes.is_empty() {
+        out = "no settings changed; TLS certificate files re-read".to_string();
+    }
+    if restart.is_empty() {
+        return out;
+    }
+    let empty = pgrouter_config::Sharding::default();
+    let in_effect: Vec<String> = pgrouter_config::general_values(started, &empty)
+        .into_iter()
+        .filter(|(k, _)| restart.contains(k))
+        .map(|(k, v)| format!("{k} (still {v:?})"))
+        .collect();
+    format!(
+        "{out}. Not applied until the router restarts: {}",
+        in_effect.join(", ")
+    )
 }
 
 /// Reloads on SIGHUP until shutdown.

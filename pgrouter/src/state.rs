@@ -67,6 +67,9 @@ pub struct State {
     pub registry: Arc<crate::client::registry::ClientRegistry>,
     /// Secrets found by `[auth_query]` (kept across reloads).
     pub secrets: crate::auth::auth_query::SecretCache,
+    /// `[general]` as the process started: what is in effect for the keys
+    /// a reload cannot apply (`pgrouter_config::RESTART_KEYS`).
+    pub started: pgrouter_config::General,
 }
 
 impl State {
@@ -85,6 +88,7 @@ impl State {
         let jit = jit_client(&config);
         let router_path = config.router_path.clone();
         let users_path = config.users_path.clone();
+        let started = config.general.clone();
         let shard_maps = crate::router::ShardMaps::build(&config);
         let twophase = crate::twophase::Coordinators::build(&config, &cluster, &metrics, None);
         let runtime = Runtime {
@@ -115,6 +119,7 @@ impl State {
             registry: Default::default(),
             secrets: Default::default(),
             tls,
+            started,
         })
     }
 

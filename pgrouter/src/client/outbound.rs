@@ -26,29 +26,83 @@ use crate::server::ServerError;
 
 impl Session {
     /// After a reload, a session moves to the new runtime at its next
-    /// transaction boundary: same user and database, new pools. If its user
-    /// or database was removed, the session ends here with a clear FATAL.
+    /// transaction boundary: same user and database, new pools (unless
+    /// `check_login_still_valid` ends it first).
     fn refresh_runtime(&mut self) -> Result<(), SessionEnd> {
         if self.state.generation() == self.rt.generation {
             return Ok(());
         }
+        self.check_login_still_valid()?;
         let rt = self.state.rt();
-        match rt.cluster.pools_for(&self.pools_user, &self.database) {
-            Some(pools) => {
-                self.pools = pools.clone();
-                self.shard_map = rt.shard_maps.get(&self.database).cloned();
-                self.rt = rt;
-                // Analyses depend on the configuration (`write_functions`).
-                self.memo.borrow_mut().clear();
-                Ok(())
-            }
-            None => Err(SessionEnd::fatal(
+        let Some(pools) = rt.cluster.pools_for(&self.pools_user, &self.database) else {
+            return Err(self.removed_from_configuration());
+        };
+        self.pools = pools;
+        self.shard_map = rt.shard_maps.get(&self.database).cloned();
+        self.rt = rt;
+        // Analyses depend on the configuration (`write_functions`).
+        self.memo.borrow_mut().clear();
+        Ok(())
+    }
+
+    /// Ends the session (FATAL 08006) when a reload removed its user or
+    /// database, or changed a setting it was logged in with (see
+    /// `changed_login_settings`): the client reconnects under the new
+    /// configuration. Checked at each transaction boundary, once per
+    /// configuration generation (an atomic load otherwise), whether or not
+    /// a server is held: session mode and pinned clients keep theirs.
+    pub(super) fn check_login_still_valid(&mut self) -> Result<(), SessionEnd> {
+        if self.state.generation() == self.vetted_generation {
+            return Ok(());
+        }
+        let rt = self.state.rt();
+        let Some(pools) = rt.cluster.pools_for(&self.pools_user, &self.database) else {
+            return Err(self.removed_from_configuration());
+        };
+        if let Some(changed) = self.changed_login_settings(&rt, &pools) {
+            return Err(SessionEnd::fatal(
                 "08006",
                 format!(
-                    "pgrouter: user \"{}\" or database \"{}\" was removed from the configuration",
-                    self.pools_user, self.database
+                    "pgrouter: the configuration of user \"{}\" for database \"{}\" changed ({changed}); reconnect to use it",
+                    self.registered.info.user, self.database
                 ),
-            )),
+            ));
+        }
+        self.vetted_generation = rt.generation;
+        Ok(())
+    }
+
+    fn removed_from_configuration(&self) -> SessionEnd {
+        SessionEnd::fatal(
+            "08006",
+            format!(
+                "pgrouter: user \"{}\" or database \"{}\" was removed from the configuration",
+                self.pools_user, self.database
+            ),
+        )
+    }
+
+    /// The settings fixed at login that a reload changed, which an open
+    /// session cannot take on: its users.toml entry's `read_only` (a
+    /// read-only session pins `default_transaction_read_only` and is routed
+    /// to replicas from login on) and `login`, the entry itself (added or
+    /// removed: the login would have been checked otherwise), or its pool
+    /// mode. Compared with the runtime the session is on. None when the
+    /// session can move on.
+    fn changed_login_settings(
+        &self,
+        rt: &crate::state::Runtime,
+        pools: &crate::pool::UserPools,
+    ) -> Option<&'static str> {
+        let user = &self.registered.info.user;
+        let before = self.rt.config.user(user, &self.database);
+        let after = rt.config.user(user, &self.database);
+        match (before, after) {
+            (Some(b), Some(a)) if b.read_only != a.read_only => Some("read_only"),
+            (Some(b), Some(a)) if b.login != a.login => Some("login"),
+            (Some(_), None) | (None, Some(_)) => Some("its users.toml entry was added or removed"),
+            _ if pools.mode != self.mode => Some("pool_mode"),
+            _ => None,
         }
     }
 
@@ -86,6 +140,7 @@ impl Session {
     /// server first when one is needed. Stops early (`blocked`) when the next
     /// unit of work needs a different server than the one still held.
     pub(super) async fn handle_client_messages(&mut self) -> Result<(), SessionEnd> {
+        self.check_arrived_messages()?;
         while let Some(frame) = next_frame(&self.cbuf, self.max_message)? {
             let tag = frame.tag;
             self.message_seq.set(self.message_seq.get().wrapping_add(1));
@@ -120,6 +175,10 @@ impl Session {
                     continue;
                 }
                 GuardGate::Pass => {}
+            }
+            if self.flow.batch_start() && !self.flow.in_tx() {
+                // Before the policy: it may be the one that changed.
+                self.check_login_still_valid()?;
             }
             if tag == b'P'
                 && self.policy.jwt.is_some()
@@ -235,6 +294,24 @@ impl Session {
         }
         self.flush_server().await?;
         self.flush_client().await
+    }
+
+    /// Checks each client message once, when it has arrived whole, before
+    /// any of the paths that take messages from the buffer (one at a time,
+    /// or a batch at once for several shards) sees it: a malformed one ends
+    /// the session with 08P01 instead of reaching a server, which would
+    /// answer with an ERROR and keep the connection. Messages already
+    /// checked are not looked at again (`checked_to`).
+    fn check_arrived_messages(&mut self) -> Result<(), SessionEnd> {
+        let front = self.front_offset();
+        let mut at = (self.checked_to.max(front) - front) as usize;
+        while let Some(frame) = next_frame(self.cbuf.get(at..).unwrap_or(&[]), self.max_message)? {
+            let msg = &self.cbuf[at..at + frame.total_len];
+            frontend::check_message(frame.tag, &msg[5..])?;
+            at += frame.total_len;
+        }
+        self.checked_to = front + at as u64;
+        Ok(())
     }
 
     /// A message that needs no server while none is held: Sync gets its

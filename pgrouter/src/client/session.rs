@@ -166,6 +166,12 @@ pub struct Session {
     /// front of the buffer is, however messages were taken from it. Every
     /// read into `cbuf` adds to it (`note_client_read`).
     pub(super) client_bytes_in: u64,
+    /// Where in the client's stream the messages checked on arrival end
+    /// (see `check_arrived_messages`).
+    pub(super) checked_to: u64,
+    /// The configuration generation the session's login was last found
+    /// still valid for (see `check_login_still_valid`).
+    pub(super) vetted_generation: u64,
     /// The batch the routing planned whole (see `shard_routing.rs`,
     /// `VettedBatch`).
     pub(super) vetted: std::cell::Cell<Option<super::shard_routing::VettedBatch>>,
@@ -200,6 +206,7 @@ impl Session {
         let query_timeout = millis(g.query_timeout_ms);
         let client_bytes_in = setup.cbuf.len() as u64;
         let shard_map = setup.rt.shard_maps.get(&setup.database).cloned();
+        let vetted_generation = setup.rt.generation;
         Session {
             client,
             cbuf: setup.cbuf,
@@ -251,6 +258,8 @@ impl Session {
             routing_cache: Default::default(),
             plan_memo: Default::default(),
             client_bytes_in,
+            checked_to: 0,
+            vetted_generation,
             vetted: Default::default(),
             shard_map,
             memo: Default::default(),

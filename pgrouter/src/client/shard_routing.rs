@@ -204,7 +204,7 @@ impl Session {
     }
 
     /// Where the front of the client buffer is in the client's stream.
-    fn front_offset(&self) -> u64 {
+    pub(super) fn front_offset(&self) -> u64 {
         self.client_bytes_in - self.cbuf.len() as u64
     }
 

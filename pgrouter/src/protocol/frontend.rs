@@ -100,9 +100,105 @@ pub fn parse_password(body: &[u8]) -> Result<&str, ProtocolError> {
     Reader::new(body).cstr()
 }
 
-/// The SQL text of a simple Query message.
+/// The SQL text of a simple Query message: one string filling the body
+/// (bytes after its NUL would reach the server as a malformed message).
 pub fn parse_query(body: &[u8]) -> Result<&str, ProtocolError> {
-    Reader::new(body).cstr()
+    let mut r = Reader::new(body);
+    let sql = r.cstr()?;
+    r.end("Query")?;
+    Ok(sql)
+}
+
+/// Checks the layout of a client message the router may pass on without
+/// reading it whole (Bind, Execute, Describe, Close, Sync, Flush,
+/// Terminate, CopyDone, CopyFail, FunctionCall): PostgreSQL answers a
+/// malformed one with an ERROR and keeps the connection, where the router
+/// must end it (08P01). One pass over the fixed fields, no allocation.
+/// Query and Parse are checked where their SQL text is read anyway
+/// (`parse_query`, `parse_parse`, the session's analysis); CopyData is
+/// opaque.
+pub fn check_message(tag: u8, body: &[u8]) -> Result<(), ProtocolError> {
+    let mut r = Reader::new(body);
+    let name = match tag {
+        b'B' => {
+            r.cstr()?;
+            r.cstr()?;
+            skip_values(&mut r, "Bind")?;
+            skip_formats(&mut r, "Bind")?;
+            "Bind"
+        }
+        b'E' => {
+            r.cstr()?;
+            r.i32()?;
+            "Execute"
+        }
+        b'D' | b'C' => {
+            parse_target_fields(&mut r)?;
+            if tag == b'D' {
+                "Describe"
+            } else {
+                "Close"
+            }
+        }
+        b'f' => {
+            r.cstr()?;
+            "CopyFail"
+        }
+        b'F' => {
+            r.i32()?; // the function's OID
+            skip_values(&mut r, "FunctionCall")?;
+            r.i16()?; // the result's format
+            "FunctionCall"
+        }
+        b'S' => "Sync",
+        b'H' => "Flush",
+        b'X' => "Terminate",
+        b'c' => "CopyDone",
+        _ => return Ok(()),
+    };
+    r.end(name)
+}
+
+/// Skips format codes then values with their lengths (-1 = NULL), as in
+/// Bind and FunctionCall. Several format codes must be one per value.
+fn skip_values(r: &mut Reader<'_>, message: &str) -> Result<(), ProtocolError> {
+    let formats = skip_formats(r, message)?;
+    let values = count(r, message)?;
+    if formats > 1 && formats != values {
+        return Err(ProtocolError::violation(format!(
+            "{message} message has {formats} parameter formats but {values} parameters"
+        )));
+    }
+    for _ in 0..values {
+        let len = r.i32()?;
+        if len < -1 {
+            return Err(ProtocolError::violation(format!(
+                "invalid value length {len} in {message} message"
+            )));
+        }
+        if len > 0 {
+            r.bytes(len as usize)?;
+        }
+    }
+    Ok(())
+}
+
+/// Skips a count of format codes and the codes; returns the count.
+fn skip_formats(r: &mut Reader<'_>, message: &str) -> Result<usize, ProtocolError> {
+    let n = count(r, message)?;
+    r.bytes(2 * n)?;
+    Ok(n)
+}
+
+/// An Int16 count, which cannot be negative.
+fn count(r: &mut Reader<'_>, message: &str) -> Result<usize, ProtocolError> {
+    let n = r.i16()?;
+    if n < 0 {
+        return Err(ProtocolError::violation(format!(
+            "negative count in {message} message"
+        )));
+    }
+    Ok(n as usize)
 }
 
 /// A Parse message: statement name, SQL text, parameter type OIDs.
@@ -127,6 +223,7 @@ pub fn parse_parse(body: &[u8]) -> Result<ParseMsg<'_>, ProtocolError> {
     for _ in 0..n {
         param_types.push(r.i32()?);
     }
+    r.end("Parse")?;
     Ok(ParseMsg {
         name,
         sql,
@@ -175,6 +272,12 @@ pub fn write_bind(out: &mut BytesMut, portal: &str, statement: &str, rest: &[u8]
 /// Describe and Close both name a statement ('S') or a portal ('P').
 pub fn parse_target(body: &[u8]) -> Result<(u8, &str), ProtocolError> {
     let mut r = Reader::new(body);
+    let target = parse_target_fields(&mut r)?;
+    r.end("Describe/Close")?;
+    Ok(target)
+}
+
+fn parse_target_fields<'a>(r: &mut Reader<'a>) -> Result<(u8, &'a str), ProtocolError> {
     let kind = r.u8()?;
     if kind != b'S' && kind != b'P' {
         return Err(ProtocolError::violation(format!(
@@ -217,6 +320,59 @@ mod tests {
             ("", "s1", &b"\0\0\0\0\0\0"[..])
         );
         assert!(parse_parse(b"x\0y\0\xff\xff").is_err());
+        assert!(parse_parse(b"x\0y\0\0\0z").is_err());
         assert!(parse_target(b"Q\0").is_err());
+        assert!(parse_target(b"S\0\0").is_err());
+        assert!(parse_query(b"SELECT 1\0").is_ok());
+        assert!(parse_query(b"SELECT 1\0xx").is_err());
+    }
+
+    #[test]
+    fn messages_passed_on_unread_must_be_exact() {
+        let ok: &[(u8, &[u8])] = &[
+            (b'E', b"\0\0\0\0\0"),
+            (b'E', b"p\0\0\0\0\x01"),
+            (b'S', b""),
+            (b'H', b""),
+            (b'X', b""),
+            (b'c', b""),
+            (b'f', b"why\0"),
+            (b'D', b"Ss1\0"),
+            (b'C', b"P\0"),
+            // Bind: one text format for both, NULL and "5", one result format.
+            (
+                b'B',
+                b"\0s\0\0\x01\0\0\0\x02\xff\xff\xff\xff\0\0\0\x015\0\x01\0\0",
+            ),
+            (b'B', b"\0\0\0\0\0\0\0\0"),
+            (b'd', b"anything"),
+            (b'Q', b"not checked here"),
+        ];
+        for (tag, body) in ok {
+            assert!(check_message(*tag, body).is_ok(), "{}", *tag as char);
+        }
+        let bad: &[(u8, &[u8])] = &[
+            (b'E', b"\0\0"),
+            (b'E', b"\0\0\0\0\0x"),
+            (b'S', b"x"),
+            (b'H', b"x"),
+            (b'X', b"x"),
+            (b'c', b"x"),
+            (b'f', b"no nul"),
+            (b'D', b"Ss\0x"),
+            (b'C', b"Q\0"),
+            (b'B', b"\0\0\xff\xff\0\0\0\0"),
+            (b'B', b"\0\0\0\0\0\0\0\0x"),
+            (b'B', b"\0\0\0\0\0\x01\0\0\0\x09a\0\0"),
+            (b'B', b"\0\0\0\0\0\x01\xff\xff\xff\xfe\0\0"),
+            (b'B', b"\0\0\0\x02\0\0\0\0\0\x01\0\0\0\0\0\0"),
+        ];
+        for (tag, body) in bad {
+            assert!(
+                check_message(*tag, body).is_err(),
+                "{} {body:?}",
+                *tag as char
+            );
+        }
     }
 }

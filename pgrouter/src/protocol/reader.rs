@@ -19,6 +19,18 @@ impl<'a> Reader<'a> {
         self.buf.is_empty()
     }
 
+    /// The message must end here: bytes after its last field are a
+    /// violation (PostgreSQL would refuse them, keeping the connection).
+    pub fn end(&self, message: &str) -> Result<(), ProtocolError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        Err(ProtocolError::violation(format!(
+            "invalid {message} message: {} bytes after its last field",
+            self.buf.len()
+        )))
+    }
+
     pub fn u8(&mut self) -> Result<u8, ProtocolError> {
         let (&b, rest) = self.buf.split_first().ok_or_else(short)?;
         self.buf = rest;

@@ -137,6 +137,7 @@ impl Session {
             };
             let msg = self.cbuf.split_to(frame.total_len).freeze();
             let body = &msg[5..];
+            frontend::check_message(frame.tag, body)?;
             match frame.tag {
                 b'd' => {
                     if let Err(e) = splitter.feed(body) {

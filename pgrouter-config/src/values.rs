@@ -1,0 +1,122 @@
+//! Every `[general]` key with its value spelled as in `router.toml`: what
+//! the admin console's SHOW CONFIG lists and a reload's message quotes.
+
+use crate::model::{General, Sharding};
+
+/// A setting's value as the files spell it (lists joined with commas).
+trait Spelled {
+    fn spelled(&self) -> String;
+}
+
+macro_rules! spelled_by_to_string {
+    ($($t:ty),+) => {
+        $(impl Spelled for $t {
+            fn spelled(&self) -> String {
+                self.to_string()
+            }
+        })+
+    };
+}
+
+spelled_by_to_string!(
+    String,
+    bool,
+    u32,
+    u64,
+    usize,
+    crate::PoolMode,
+    crate::SessionStateMode,
+    crate::ReadWriteSplit,
+    crate::LoadBalancing,
+    crate::ClientTls,
+    crate::ServerTls,
+    crate::LogFormat,
+    crate::CrossShard
+);
+
+impl Spelled for Vec<String> {
+    fn spelled(&self) -> String {
+        self.join(",")
+    }
+}
+
+/// `[general]` keys and values, the sharding keys (kept in [`Sharding`])
+/// last. Destructuring makes a key added to either struct without being
+/// listed here a compile error, so SHOW CONFIG cannot leave one out.
+pub fn general_values(g: &General, s: &Sharding) -> Vec<(&'static str, String)> {
+    let mut out = Vec::with_capacity(48);
+    macro_rules! list {
+        ($v:ident: $ty:ident { $($field:ident),+ $(,)? }) => {
+            let $ty { $($field: _),+ } = $v;
+            $(out.push((stringify!($field), $v.$field.spelled()));)+
+        };
+    }
+    list!(g: General {
+        listen,
+        workers,
+        pool_mode,
+        default_pool_size,
+        min_pool_size,
+        connect_timeout_ms,
+        checkout_timeout_ms,
+        server_idle_timeout_ms,
+        server_lifetime_ms,
+        client_idle_timeout_ms,
+        shutdown_timeout_ms,
+        max_clients,
+        max_message_size,
+        read_write_split,
+        load_balancing,
+        healthcheck_interval_ms,
+        ban_time_ms,
+        write_functions,
+        parse_cache_size,
+        admin_database,
+        admin_user,
+        admin_password,
+        metrics_listen,
+        hot_reload,
+        tls_certificate,
+        tls_private_key,
+        client_tls,
+        server_tls,
+        server_tls_ca,
+        log_format,
+        session_state,
+        client_login_timeout_ms,
+        idle_transaction_timeout_ms,
+        query_timeout_ms,
+        max_db_connections,
+        max_user_connections,
+        max_replica_lag_ms,
+        read_your_writes,
+    });
+    list!(s: Sharding {
+        cross_shard,
+        two_phase_commit,
+        coordinator_database,
+        instance_id,
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_once_with_its_spelling() {
+        let rows = general_values(&General::default(), &Sharding::default());
+        let keys: Vec<_> = rows.iter().map(|(k, _)| *k).collect();
+        let mut unique = keys.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), keys.len());
+        let get = |k: &str| rows.iter().find(|(key, _)| *key == k).unwrap().1.clone();
+        assert_eq!(get("pool_mode"), "transaction");
+        assert_eq!(get("session_state"), "pin");
+        assert_eq!(get("cross_shard"), "allow");
+        assert_eq!(get("two_phase_commit"), "true");
+        assert_eq!(get("query_timeout_ms"), "0");
+    }
+}
