@@ -133,3 +133,30 @@ def test_copy_inside_transaction(router, primary, table):
                     copy.write_row((i, row_text(i)))
         conn.commit()
     assert tuple(primary.sql(checksum_sql(table))[0]) == expected_checksum(range(1, 51))
+
+
+@pytest.mark.parametrize("in_tx", [False, True])
+@pytest.mark.parametrize("reset", [False, True])
+def test_client_gone_mid_copy_never_hands_the_copy_to_another_client(routers, primary, table,
+                                                                       in_tx, reset):
+    """A client that goes away in the middle of COPY FROM STDIN (after some
+    data, without CopyDone or CopyFail): the server connection is never
+    given to another client still inside that COPY, and nothing the gone
+    client sent is committed."""
+    from harness import wire
+    from harness.pg import APP_DB, APP_PASSWORD, APP_USER
+    create(primary, table)
+    router = routers.start(general={"default_pool_size": 1})
+    raw = wire.RawConn.open(router.port)
+    raw.startup(APP_USER, APP_DB, APP_PASSWORD)
+    sql = f"COPY {table} (id, val) FROM STDIN"
+    raw.send(wire.query_message(f"BEGIN; {sql}" if in_tx else sql))
+    kinds = []
+    while not kinds or kinds[-1] != b"G":
+        kinds.append(raw.read_msg().kind)
+    raw.send(wire.message(b"d", b"1\tone\n2\ttwo\n"))
+    raw.close(reset=reset)
+    with connect(router.dsn()) as c:
+        for _ in range(3):
+            assert c.execute("SELECT 1").fetchone() == (1,)
+            assert c.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,)

@@ -271,15 +271,12 @@ impl Session {
     /// server held at that point is cleaned up and returned, or discarded.
     pub async fn run(mut self) -> (ClientStream, SessionEnd) {
         let end = self.serve().await;
+        // Asked before the server is taken: with none held, nothing is due.
+        let quiet = self.is_quiet() && !self.flow.copy_in();
         if let Some(held) = self.server.take() {
             self.cancel.slot.set(None);
             self.registered.info.set_state(ClientState::Idle);
-            release_after_session(
-                held.conn,
-                !self.answers_due() && !self.flow.unsynced(),
-                self.mode,
-                self.pins.is_pinned(),
-            );
+            release_after_session(held.conn, quiet, self.mode, self.pins.is_pinned());
         }
         (self.client, end)
     }
