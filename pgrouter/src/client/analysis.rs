@@ -18,74 +18,53 @@ impl Session {
         }
     }
 
-    /// The analysis of a simple Query's text, which must fill the body
-    /// (a malformed Query ends the session instead of reaching a server).
+    /// The analysis of a simple Query's text.
     pub(super) fn analyze_query(&self, body: &[u8]) -> Result<Arc<Analysis>, ProtocolError> {
-        let (analysis, len) = self.analyze_cstr(body)?;
-        if len + 1 != body.len() {
-            return Err(ProtocolError::violation(
-                "invalid Query message: bytes after its SQL text",
-            ));
-        }
-        Ok(analysis)
+        self.analyze_cstr(body)
     }
 
-    /// The analysis of a Parse message's text. The parameter types after
-    /// it must fill the rest of the body exactly: checked here, where the
-    /// text's end is known anyway, since the common (unnamed) Parse is
-    /// forwarded without being read further.
+    /// The analysis of a Parse message's text.
     pub(super) fn analyze_parse(&self, body: &[u8]) -> Result<Arc<Analysis>, ProtocolError> {
         let mut r = Reader::new(body);
         r.cstr()?; // the statement name
-        let at = r.remaining();
-        let (analysis, len) = self.analyze_cstr(at)?;
-        let types = at.get(len + 1..).unwrap_or(&[]);
-        let n = types.get(..2).map(|b| i16::from_be_bytes([b[0], b[1]]));
-        if !n.is_some_and(|n| n >= 0 && types.len() == 2 + 4 * n as usize) {
-            return Err(ProtocolError::violation(
-                "invalid Parse message: parameter types do not fill it",
-            ));
-        }
-        Ok(analysis)
+        self.analyze_cstr(r.remaining())
     }
 
-    /// The analysis of the NUL-terminated SQL text at the start of `at`,
-    /// and the text's length (its NUL is at that index).
+    /// The analysis of the NUL-terminated SQL text at the start of `at`.
     /// The bytes are compared with the memo before anything else: its text
     /// was valid UTF-8 without a NUL, so equal bytes followed by a NUL need
     /// neither a search for the NUL nor a second UTF-8 check. Then with the
     /// templates, which check the bytes they do not know.
-    fn analyze_cstr(&self, at: &[u8]) -> Result<(Arc<Analysis>, usize), ProtocolError> {
+    fn analyze_cstr(&self, at: &[u8]) -> Result<Arc<Analysis>, ProtocolError> {
         if let Some(analysis) = self.remembered_analysis(at, true) {
-            return Ok((analysis, self.memo.borrow().text.len()));
+            return Ok(analysis);
         }
-        if let Some(found) = self.exact_analysis(at) {
-            return Ok(found);
+        if let Some(analysis) = self.exact_analysis(at) {
+            return Ok(analysis);
         }
-        if let Some(found) = self.templated_analysis(at) {
-            return Ok(found);
+        if let Some(analysis) = self.templated_analysis(at) {
+            return Ok(analysis);
         }
-        let sql = Reader::new(at).cstr()?;
-        Ok((self.analyze_anew(sql), sql.len()))
+        Ok(self.analyze_anew(Reader::new(at).cstr()?))
     }
 
     /// The analysis of a text the session found by its exact key before.
-    fn exact_analysis(&self, at: &[u8]) -> Option<(Arc<Analysis>, usize)> {
+    fn exact_analysis(&self, at: &[u8]) -> Option<Arc<Analysis>> {
         let mut memo = self.memo.borrow_mut();
         let (len, analysis) = memo.exact_match(at)?;
         memo.remember(&at[..len], &analysis, self.message_seq.get());
         self.rt.cache.note_hit();
-        Some((analysis, len))
+        Some(analysis)
     }
 
     /// The analysis of a template the text at the start of `at` fits.
-    fn templated_analysis(&self, at: &[u8]) -> Option<(Arc<Analysis>, usize)> {
+    fn templated_analysis(&self, at: &[u8]) -> Option<Arc<Analysis>> {
         let mut memo = self.memo.borrow_mut();
         let (len, analysis, spans) = memo.template_match(at)?;
         memo.remember(&at[..len], &analysis, self.message_seq.get());
         memo.literal_spans = Some(spans);
         self.rt.cache.note_hit();
-        Some((analysis, len))
+        Some(analysis)
     }
 
     /// Asks the shared cache and remembers the answer.

@@ -103,6 +103,9 @@ impl Session {
     /// optional Describe, Execute, Sync — answered by the router, which
     /// resets the client's own state and keeps its role.
     pub(super) fn try_answer_batch_locally(&mut self) -> Result<bool, SessionEnd> {
+        if self.policy.jwt.is_none() {
+            return Ok(false);
+        }
         let LoneReset::Answerable { tag, tags, at } = self.jwt_lone_reset()? else {
             return Ok(false);
         };

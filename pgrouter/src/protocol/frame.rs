@@ -22,7 +22,9 @@ impl Frame {
 /// A length below 4 or above `max_len` is a protocol violation, detected from
 /// the header alone so an oversize message is refused before it is buffered.
 /// `max_len` is a session's `max_message_size`; see [`next_frame_within`]
-/// for other limits.
+/// for other limits. Inlined: it runs several times per message, and the
+/// error paths are kept out of line (`bad_length`, `oversize`).
+#[inline]
 pub fn next_frame(buf: &[u8], max_len: usize) -> Result<Option<Frame>, ProtocolError> {
     next_frame_within(buf, max_len, "max_message_size")
 }
@@ -30,6 +32,7 @@ pub fn next_frame(buf: &[u8], max_len: usize) -> Result<Option<Frame>, ProtocolE
 /// [`next_frame`] with a limit other than `max_message_size`; `limit` names
 /// it in the error, so a client refused during login is not told about a
 /// setting that did not apply.
+#[inline]
 pub fn next_frame_within(
     buf: &[u8],
     max_len: usize,
@@ -41,21 +44,31 @@ pub fn next_frame_within(
     let tag = header[0];
     let len = i32::from_be_bytes([header[1], header[2], header[3], header[4]]);
     if len < 4 {
-        return Err(ProtocolError::violation(format!(
-            "invalid message length {len}"
-        )));
+        return Err(bad_length(len));
     }
     let len = len as usize;
     if len > max_len {
-        return Err(ProtocolError::violation(format!(
-            "message of {len} bytes exceeds {limit} ({max_len} bytes)"
-        )));
+        return Err(oversize(len, max_len, limit));
     }
     let total_len = len + 1;
     if buf.len() < total_len {
         return Ok(None);
     }
     Ok(Some(Frame { tag, total_len }))
+}
+
+#[cold]
+#[inline(never)]
+fn bad_length(len: i32) -> ProtocolError {
+    ProtocolError::violation(format!("invalid message length {len}"))
+}
+
+#[cold]
+#[inline(never)]
+fn oversize(len: usize, max_len: usize, limit: &str) -> ProtocolError {
+    ProtocolError::violation(format!(
+        "message of {len} bytes exceeds {limit} ({max_len} bytes)"
+    ))
 }
 
 #[cfg(test)]

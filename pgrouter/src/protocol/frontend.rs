@@ -110,25 +110,38 @@ pub fn parse_query(body: &[u8]) -> Result<&str, ProtocolError> {
 }
 
 /// Checks the layout of a client message the router may pass on without
-/// reading it whole (Bind, Execute, Describe, Close, Sync, Flush,
-/// Terminate, CopyDone, CopyFail, FunctionCall): PostgreSQL answers a
-/// malformed one with an ERROR and keeps the connection, where the router
-/// must end it (08P01). One pass over the fixed fields, no allocation.
-/// Query and Parse are checked where their SQL text is read anyway
-/// (`parse_query`, `parse_parse`, the session's analysis); CopyData is
+/// reading it whole (Query, Parse, Bind, Execute, Describe, Close, Sync,
+/// Flush, Terminate, CopyDone, CopyFail, FunctionCall): PostgreSQL answers
+/// a malformed one with an ERROR and keeps the connection, where the router
+/// must end it (08P01). One pass over the fixed fields, no allocation; a
+/// string is only searched for its end (UTF-8 is checked where the router
+/// reads it). Done once per message as it arrives, so the analyses that
+/// read a Query or Parse several times need not check again. CopyData is
 /// opaque.
+#[inline]
 pub fn check_message(tag: u8, body: &[u8]) -> Result<(), ProtocolError> {
     let mut r = Reader::new(body);
     let name = match tag {
+        b'Q' => {
+            r.skip_cstr()?;
+            "Query"
+        }
+        b'P' => {
+            r.skip_cstr()?;
+            r.skip_cstr()?;
+            let types = count(&mut r, "Parse")?;
+            r.bytes(4 * types)?;
+            "Parse"
+        }
         b'B' => {
-            r.cstr()?;
-            r.cstr()?;
+            r.skip_cstr()?;
+            r.skip_cstr()?;
             skip_values(&mut r, "Bind")?;
             skip_formats(&mut r, "Bind")?;
             "Bind"
         }
         b'E' => {
-            r.cstr()?;
+            r.skip_cstr()?;
             r.i32()?;
             "Execute"
         }
@@ -141,7 +154,7 @@ pub fn check_message(tag: u8, body: &[u8]) -> Result<(), ProtocolError> {
             }
         }
         b'f' => {
-            r.cstr()?;
+            r.skip_cstr()?;
             "CopyFail"
         }
         b'F' => {
@@ -161,6 +174,7 @@ pub fn check_message(tag: u8, body: &[u8]) -> Result<(), ProtocolError> {
 
 /// Skips format codes then values with their lengths (-1 = NULL), as in
 /// Bind and FunctionCall. Several format codes must be one per value.
+#[inline]
 fn skip_values(r: &mut Reader<'_>, message: &str) -> Result<(), ProtocolError> {
     let formats = skip_formats(r, message)?;
     let values = count(r, message)?;
@@ -184,6 +198,7 @@ fn skip_values(r: &mut Reader<'_>, message: &str) -> Result<(), ProtocolError> {
 }
 
 /// Skips a count of format codes and the codes; returns the count.
+#[inline]
 fn skip_formats(r: &mut Reader<'_>, message: &str) -> Result<usize, ProtocolError> {
     let n = count(r, message)?;
     r.bytes(2 * n)?;
@@ -277,6 +292,7 @@ pub fn parse_target(body: &[u8]) -> Result<(u8, &str), ProtocolError> {
     Ok(target)
 }
 
+#[inline]
 fn parse_target_fields<'a>(r: &mut Reader<'a>) -> Result<(u8, &'a str), ProtocolError> {
     let kind = r.u8()?;
     if kind != b'S' && kind != b'P' {

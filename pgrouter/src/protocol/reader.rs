@@ -56,6 +56,19 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
+    /// Steps over a NUL-terminated string without reading it (no UTF-8
+    /// check): for a message that is checked for its shape and passed on.
+    #[inline]
+    pub fn skip_cstr(&mut self) -> Result<(), ProtocolError> {
+        let end = match self.buf.first() {
+            Some(0) => 0,
+            _ => memchr::memchr(0, self.buf)
+                .ok_or_else(|| ProtocolError::violation("unterminated string in message"))?,
+        };
+        self.buf = &self.buf[end + 1..];
+        Ok(())
+    }
+
     /// A NUL-terminated string, which must be UTF-8.
     pub fn cstr(&mut self) -> Result<&'a str, ProtocolError> {
         if let Some((0, rest)) = self.buf.split_first() {
