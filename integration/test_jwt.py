@@ -26,6 +26,7 @@ from harness.jwt_setup import (AUTHENTICATOR, TABLE, UNGRANTED_ROLE, WEIRD_ROLE,
                                start_jwt_router, whoami)
 from harness.jwt_tokens import SigningKey, claims
 from harness.netns import netns  # noqa: F401  (pytest fixture)
+from harness.ops import reload_marks, wait_reload
 from harness.pg import pg_tool
 from harness.routes import WHERE, Places, where
 from harness.util import wait_until
@@ -590,3 +591,23 @@ def test_jwt_over_plain_tcp_from_non_loopback(routers, jwt_db, keys, netns, allo
     # Loopback still works.
     with connect(router.dsn(user=u, password=tok)) as c:
         assert whoami(c) == ("web_user", AUTHENTICATOR)
+
+
+def test_a_key_file_rotated_in_place_is_read_again_at_reload(routers, jwt_db, keys):
+    """The PEM file replaced under the same name (key rotation) and the
+    router reloaded: tokens signed with the new key log in, those of the old
+    key are refused — without a restart, and without any other edit."""
+    old_key, new_key = keys["rsa"], SigningKey("rsa")
+    r = start_jwt_router(routers, old_key)
+    path = Path(r.config["jwt"]["public_key_file"])
+    u = uname()
+    with connect(r.dsn(user=u, password=token(old_key, u))) as c:
+        assert whoami(c) == ("web_user", AUTHENTICATOR)
+    new_key.write_public_pem(path)
+    before = reload_marks(r)
+    r.reload()
+    assert wait_reload(r, before) == "ok"
+    with connect(r.dsn(user=u, password=token(new_key, u))) as c:
+        assert whoami(c) == ("web_user", AUTHENTICATOR)
+    err = login_error(r, u, token(old_key, u))
+    assert err.sqlstate == "28P01" and "signature" in err.message, err

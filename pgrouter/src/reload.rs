@@ -51,13 +51,15 @@ async fn try_reload(state: &Arc<State>) -> Result<String, String> {
         return Err(lines.join("\n"));
     }
     let changes = diff(&old.config, &new);
-    if changes.is_empty() && !tls_files_present(&new) {
+    if changes.is_empty() && !tls_files_present(&new) && !jwt_key_file_present(&new) {
         return Ok("no changes".into());
     }
     let jwt = match (&new.jwt, changes.jwt_changed) {
         (None, _) => None,
-        (Some(_), false) => old.jwt.clone(),
-        (Some(j), true) => {
+        // A PEM key is read again at every reload, as TLS files are: a key
+        // rotated in place (same file name) takes effect without a restart.
+        (Some(j), false) if j.public_key_file.is_empty() => old.jwt.clone(),
+        (Some(j), _) => {
             Some(Arc::new(JwtVerifier::new(j.into()).await.map_err(|e| {
                 new.jwt_problem(e.key, e.message).to_string()
             })?))
@@ -241,6 +243,13 @@ fn dir_of(path: &Path) -> PathBuf {
 
 /// With a certificate configured, a reload with no config change still
 /// re-reads it (certificate renewal keeps the file names).
+fn jwt_key_file_present(config: &pgrouter_config::Config) -> bool {
+    config
+        .jwt
+        .as_ref()
+        .is_some_and(|j| !j.public_key_file.is_empty())
+}
+
 fn tls_files_present(config: &pgrouter_config::Config) -> bool {
     !config.general.tls_certificate.is_empty()
 }

@@ -362,7 +362,10 @@ mod tests {
             ),
             (b'B', b"\0\0\0\0\0\0\0\0"),
             (b'd', b"anything"),
-            (b'Q', b"not checked here"),
+            (b'Q', b"SELECT 1\0"),
+            // Parse: name, text, two parameter types.
+            (b'P', b"s\0SELECT $1, $2\0\0\x02\0\0\0\x17\0\0\0\0"),
+            (b'P', b"\0SELECT 1\0\0\0"),
         ];
         for (tag, body) in ok {
             assert!(check_message(*tag, body).is_ok(), "{}", *tag as char);
@@ -378,6 +381,10 @@ mod tests {
             (b'D', b"Ss\0x"),
             (b'C', b"Q\0"),
             (b'B', b"\0\0\xff\xff\0\0\0\0"),
+            (b'Q', b"SELECT 1\0xx"),
+            (b'Q', b"SELECT 1"),
+            (b'P', b"\0SELECT 1\0\0\x01"),
+            (b'P', b"\0SELECT 1\0\0\0\0"),
             (b'B', b"\0\0\0\0\0\0\0\0x"),
             (b'B', b"\0\0\0\0\0\x01\0\0\0\x09a\0\0"),
             (b'B', b"\0\0\0\0\0\x01\xff\xff\xff\xfe\0\0"),
