@@ -276,45 +276,6 @@ fn general_changes(a: &General, b: &General) -> Vec<&'static str> {
             $(if a.$field != b.$field { out.push(stringify!($field)); })+
         };
     }
-    cmp!(
-        listen,
-        workers,
-        pool_mode,
-        default_pool_size,
-        min_pool_size,
-        connect_timeout_ms,
-        checkout_timeout_ms,
-        server_idle_timeout_ms,
-        server_lifetime_ms,
-        client_idle_timeout_ms,
-        shutdown_timeout_ms,
-        max_clients,
-        max_message_size,
-        read_write_split,
-        load_balancing,
-        healthcheck_interval_ms,
-        ban_time_ms,
-        write_functions,
-        parse_cache_size,
-        admin_database,
-        admin_user,
-        admin_password,
-        metrics_listen,
-        hot_reload,
-        tls_certificate,
-        tls_private_key,
-        client_tls,
-        server_tls,
-        server_tls_ca,
-        log_format,
-        session_state,
-        client_login_timeout_ms,
-        idle_transaction_timeout_ms,
-        query_timeout_ms,
-        max_db_connections,
-        max_user_connections,
-        max_replica_lag_ms,
-        read_your_writes,
-    );
+    crate::general_fields::with_general_fields!(cmp);
     out
 }

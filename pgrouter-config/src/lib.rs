@@ -27,6 +27,7 @@
 //!   sense at 0 (connect, checkout, server idle/lifetime, health check) must be ≥ 1.
 
 mod diff;
+mod general_fields;
 mod keys;
 mod login_checks;
 mod model;

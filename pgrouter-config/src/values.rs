@@ -51,46 +51,12 @@ pub fn general_values(g: &General, s: &Sharding) -> Vec<(&'static str, String)> 
             $(out.push((stringify!($field), $v.$field.spelled()));)+
         };
     }
-    list!(g: General {
-        listen,
-        workers,
-        pool_mode,
-        default_pool_size,
-        min_pool_size,
-        connect_timeout_ms,
-        checkout_timeout_ms,
-        server_idle_timeout_ms,
-        server_lifetime_ms,
-        client_idle_timeout_ms,
-        shutdown_timeout_ms,
-        max_clients,
-        max_message_size,
-        read_write_split,
-        load_balancing,
-        healthcheck_interval_ms,
-        ban_time_ms,
-        write_functions,
-        parse_cache_size,
-        admin_database,
-        admin_user,
-        admin_password,
-        metrics_listen,
-        hot_reload,
-        tls_certificate,
-        tls_private_key,
-        client_tls,
-        server_tls,
-        server_tls_ca,
-        log_format,
-        session_state,
-        client_login_timeout_ms,
-        idle_transaction_timeout_ms,
-        query_timeout_ms,
-        max_db_connections,
-        max_user_connections,
-        max_replica_lag_ms,
-        read_your_writes,
-    });
+    macro_rules! list_general {
+        ($($field:ident),+ $(,)?) => {
+            list!(g: General { $($field),+ });
+        };
+    }
+    crate::general_fields::with_general_fields!(list_general);
     list!(s: Sharding {
         cross_shard,
         two_phase_commit,
