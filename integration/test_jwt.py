@@ -383,6 +383,23 @@ def test_preflight_bad_allowed_roles_stop_startup(routers, jwt_db, keys):
     assert UNGRANTED_ROLE in log, log
 
 
+def test_preflight_connect_as_refused_by_the_server_stops_startup(routers, jwt_db, keys):
+    """SPEC: connect_as "must be able to log in to every primary". A server
+    that answers and refuses the login (here a wrong server_password) stops
+    the start; only a server that does not answer is a warning."""
+    from harness.jwt_setup import jwt_section, password_user
+    pem = routers.base_dir / "preflight-refused.pem"
+    keys["rsa"].write_public_pem(pem)
+    with pytest.raises(RuntimeError):
+        routers.start(users=[password_user(), authenticator_user(server_password="not-the-password")],
+                      jwt=jwt_section(public_key_file=str(pem)))
+    r = routers.routers[-1]
+    r.stop_requested = True  # it exited on purpose
+    assert r.proc.returncode not in (None, 0)
+    log = r.log()
+    assert "cannot log in" in log and AUTHENTICATOR in log, log
+
+
 def test_preflight_warns_about_inherit(routers, jwt_db, keys, cluster):
     with cluster.primary.connect("postgres") as conn:
         conn.execute("DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'auth_inherit') "
