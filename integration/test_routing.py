@@ -335,6 +335,15 @@ def test_serializable_transactions_go_to_the_primary(routers, objects, places):
             assert places.row(where(conn)) == "replica"
     with connect(router.dsn(options="-c default_transaction_isolation=serializable")) as conn:
         assert places.row(where(conn)) == "primary"
+    # Session mode picks the server at the first statement: a read-only
+    # session goes to a replica, unless it is serializable too.
+    session = split_router(routers, pool_mode="session")
+    read_only = "-c default_transaction_read_only=on"
+    with connect(session.dsn(options=read_only)) as conn:
+        assert places.row(where(conn)) == "replica"
+    with connect(session.dsn(options=f"{read_only} -c default_transaction_isolation=serializable")) as conn:
+        assert places.row(where(conn)) == "primary"
+        assert conn.execute("SHOW transaction_isolation").fetchone() == ("serializable",)
 
 
 # ------------------------------------------------------------------ hints --

@@ -81,7 +81,8 @@ impl Session {
         if self.mode == PoolMode::Session {
             let role = match session.role_override {
                 Some(pgrouter_parser::RoleHint::Replica) => Role::Replica,
-                _ if session.default_read_only => Role::Replica,
+                // A hot standby refuses serializable transactions.
+                _ if session.default_read_only && !session.default_serializable => Role::Replica,
                 _ => Role::Primary,
             };
             let route = Route {
