@@ -349,3 +349,119 @@ def test_sequence_state_is_discarded_before_any_first_statement(routers, roles, 
         assert a.execute("SELECT count(*) FROM leak_serial2").fetchone() == (9,)
     with primary.connect(APP_DB) as direct:
         direct.execute("DROP TABLE leak_serial2")
+
+
+SEARCH_PATH_TEMP_CREATES = [
+    "CREATE TABLE sp_obj (v text)",
+    "SELECT 'a-data'::text AS v INTO sp_obj",
+    "CREATE TABLE sp_obj AS SELECT 'a-data'::text AS v",
+    "CREATE SEQUENCE sp_obj",
+    "CREATE VIEW sp_obj AS SELECT 'a-data'::text AS v",
+]
+
+
+@pytest.mark.parametrize("set_path", [
+    "SET search_path = pg_temp, public",
+    "SELECT set_config('search_path', 'pg_temp,public', false)",
+    'SET search_path = "$user", pg_temp, public',
+])
+@pytest.mark.parametrize("create", SEARCH_PATH_TEMP_CREATES)
+def test_unqualified_create_under_a_temp_search_path_pins(routers, roles, set_path, create):
+    """With `pg_temp` on the search_path, an unqualified CREATE makes a
+    temporary object: the client is pinned like after CREATE TEMP, and the
+    next client of the connection never sees the object."""
+    router = one_connection_router(routers)
+    with connect(router.dsn()) as a:
+        a.execute(set_path)
+        a.execute(create)
+        assert a.execute("SELECT relpersistence FROM pg_class WHERE relname = 'sp_obj'").fetchone() == ("t",)
+        assert pinned(router)[0] == "temp"
+        pid = backend(a)
+    with connect(router.dsn()) as b:
+        assert backend(b) == pid, "pool of one: B gets A's connection"
+        assert b.execute("SELECT count(*) FROM pg_class WHERE relpersistence = 't'").fetchone() == (0,)
+
+
+def test_the_temp_schema_by_its_real_name_pins(routers, roles):
+    """`pg_temp_<n>` is the temporary schema too, as a qualifier or on the
+    search_path."""
+    router = one_connection_router(routers)
+    with connect(router.dsn()) as a:
+        a.execute("CREATE TEMP TABLE sp_first (a int)")  # makes the schema exist
+        schema = a.execute("SELECT nspname FROM pg_namespace WHERE oid = pg_my_temp_schema()").fetchone()[0]
+        a.execute("DROP TABLE sp_first")
+        assert pinned(router) == [None], "the DROP ended the pin (checked with the server)"
+        a.execute(f"CREATE TABLE {schema}.sp_named (v text)")
+        assert pinned(router) == ["temp"]
+        a.execute("DROP TABLE sp_named")
+        assert pinned(router) == [None]
+        a.execute(f"SET search_path = {schema}, public")
+        a.execute("CREATE TABLE sp_path (v text)")
+        assert pinned(router) == ["temp"]
+
+
+def test_an_unqualified_create_without_pg_temp_does_not_pin(routers, roles, primary):
+    """The control: ordinary DDL under an ordinary search_path pins nothing."""
+    router = one_connection_router(routers)
+    with connect(router.dsn()) as a:
+        a.execute("SET search_path = public")
+        a.execute("CREATE TABLE IF NOT EXISTS sp_plain (v text)")
+        assert pinned(router) == [None]
+    with primary.connect(APP_DB) as direct:
+        direct.execute("DROP TABLE sp_plain")
+
+
+def test_refuse_mode_refuses_a_create_under_a_temp_search_path(routers, roles):
+    router = routers.start(general={"session_state": "refuse", "default_pool_size": 1})
+    with connect(router.dsn()) as conn:
+        conn.execute("SET search_path = pg_temp, public")
+        with pytest.raises(psycopg.errors.FeatureNotSupported) as err:
+            conn.execute("CREATE TABLE sp_refused (a int)")
+        assert "temp" in str(err.value)
+        assert conn.execute("SELECT count(*) FROM pg_class WHERE relname = 'sp_refused'").fetchone() == (0,)
+
+
+@pytest.fixture
+def stateful_function(primary):
+    """A function of the database's own that leaves every kind of session
+    state behind: a setting, a temporary table, an advisory lock, a LISTEN
+    and a search_path."""
+    with primary.connect(APP_DB) as direct:
+        direct.execute("""
+            CREATE OR REPLACE FUNCTION leave_state() RETURNS void LANGUAGE plpgsql AS $$
+            BEGIN
+              PERFORM set_config('app.tenant', 'alice', false);
+              CREATE TEMP TABLE IF NOT EXISTS fn_scratch AS SELECT 'alice-scratch'::text AS v;
+              PERFORM pg_advisory_lock(7777);
+              LISTEN fn_channel;
+              PERFORM set_config('search_path', 'pg_catalog, public', false);
+            END $$""")
+        direct.execute(f"GRANT EXECUTE ON FUNCTION leave_state() TO {APP_USER}")
+    yield
+    with primary.connect(APP_DB) as direct:
+        direct.execute("DROP FUNCTION leave_state()")
+
+
+@pytest.mark.parametrize("call", ["SELECT leave_state()", "SELECT public.leave_state()",
+                                  "SELECT 1 FROM (SELECT leave_state()) s"])
+def test_state_a_function_left_never_reaches_the_next_client(routers, roles, primary, stateful_function, call):
+    """The router cannot see what a function of the database's own does: a
+    connection that ran one is cleaned (DISCARD ALL) before its next
+    statement, so B, on the same connection, sees none of A's state."""
+    router = one_connection_router(routers)
+    with connect(router.dsn()) as a:
+        a.execute(call)
+        pid = backend(a)
+    with connect(router.dsn()) as b:
+        assert backend(b) == pid, "pool of one: B gets A's connection"
+        row = b.execute("""SELECT current_setting('app.tenant', true),
+                                  to_regclass('pg_temp.fn_scratch'),
+                                  (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()),
+                                  (SELECT count(*) FROM pg_listening_channels()),
+                                  current_setting('search_path')""").fetchone()
+        assert row[0] in (None, "")
+        assert row[1:4] == (None, 0, 0)
+        assert row[4] == '"$user", public'
+    with primary.connect(APP_DB) as direct:
+        assert direct.execute("SELECT pg_try_advisory_lock(7777)").fetchone() == (True,)
+        direct.execute("SELECT pg_advisory_unlock(7777)")

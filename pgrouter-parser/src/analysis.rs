@@ -40,6 +40,20 @@ pub struct Analysis {
     /// behind the router's back, so the server connection must be reset
     /// before another client uses it.
     pub calls_set_config: bool,
+    /// Some call of a function that is not one of PostgreSQL's own (see
+    /// `functions::is_builtin_function`): it may leave any session state
+    /// behind, unseen, so the server connection is cleaned (`DISCARD ALL`)
+    /// before another client uses it.
+    pub calls_unknown_function: bool,
+    /// Some statement creates an object under an unqualified name (CREATE
+    /// TABLE t, SELECT ... INTO t, CREATE FUNCTION f, ...): it lands in the
+    /// temporary schema when the session's search_path names `pg_temp`
+    /// first, which the router must then treat as temporary state.
+    pub creates_by_search_path: bool,
+    /// Some statement may put the temporary schema on the session's
+    /// search_path (`SET search_path = pg_temp, public`, a `set_config` of
+    /// it, or a `set_config` call whose arguments are not known).
+    pub temp_search_path: bool,
     /// `set_config(name, value, false)` calls known to run, in order (see
     /// the `set_config` module): the router tracks them like `SET`. Calls
     /// it cannot be sure of leave `calls_set_config` set instead.

@@ -17,8 +17,25 @@ pub(crate) fn add_tree(stmts: &[RawStmt], write_functions: &[String], a: &mut An
         };
         let info = statement(node, write_functions, a);
         a.is_write |= info.is_write;
+        a.creates_by_search_path |= crate::session_state::creates_by_search_path(node);
         a.statements.push(info);
     }
+    a.temp_search_path = may_set_temp_search_path(a);
+}
+
+/// Whether the text may put the temporary schema on the search_path: a SET
+/// of it naming `pg_temp`, a `set_config` of it, or a `set_config` the
+/// router cannot read (see `Analysis::temp_search_path`).
+fn may_set_temp_search_path(a: &Analysis) -> bool {
+    use crate::session_state::mentions_temp_schema;
+    let set = a.statements.iter().any(|s| match &s.kind {
+        StatementKind::Set(SetStatement { name, value: Some(v), .. }) => {
+            name == "search_path" && mentions_temp_schema(v)
+        }
+        _ => false,
+    });
+    let set_config = a.session_settings.iter().any(|s| s.name == "search_path" && mentions_temp_schema(&s.value));
+    set || set_config || a.calls_set_config
 }
 
 /// Finds where each statement's shard keys are (see [`crate::shard`]).
@@ -51,6 +68,7 @@ fn statement(node: &N, write_functions: &[String], a: &mut Analysis) -> Statemen
         a.escalation.runs_sql_text |= facts.runs_sql_text;
         a.literal_sensitive |= facts.set_config;
         a.calls_set_config |= facts.set_config;
+        a.calls_unknown_function |= facts.unknown_function;
         for s in &facts.settings {
             set::flag_nested(s, &mut a.escalation);
         }

@@ -34,7 +34,8 @@ pub(crate) fn too_deep(sql: &str, write_functions: &[String]) -> Analysis {
         Ok(Err(e)) => return failed(e.to_string()),
         Err(_) => return failed("pg_query panicked while splitting this statement".to_string()),
     };
-    let mut a = Analysis { literal_sensitive: true, ..Analysis::default() };
+    // What the statements create, and where, is not fully known.
+    let mut a = Analysis { literal_sensitive: true, creates_by_search_path: true, ..Analysis::default() };
     for piece in pieces {
         match parse(piece) {
             Parsed::Tree(result) => add_tree(&result.protobuf.stmts, write_functions, &mut a),
@@ -61,6 +62,8 @@ fn deep_statement(sql: &str, write_functions: &[String], a: &mut Analysis) {
         let calls = calls_set_config(sql, &tokens);
         a.escalation.set_config_sensitive |= calls;
         a.calls_set_config |= calls;
+        // Its function calls are not known: any may be someone's own.
+        a.calls_unknown_function = true;
         push(a, kind, true);
         return;
     };
@@ -73,6 +76,7 @@ fn deep_statement(sql: &str, write_functions: &[String], a: &mut Analysis) {
         a.escalation.set_config_sensitive |= functions::is_set_config(&name);
         a.escalation.runs_sql_text |= functions::runs_sql_text(&name);
         a.calls_set_config |= functions::is_set_config(&name);
+        a.calls_unknown_function |= !functions::is_builtin_function(&name);
     }
     for t in &summary.protobuf.tables {
         writes |= t.context == Context::Dml as i32;

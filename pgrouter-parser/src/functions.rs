@@ -80,6 +80,31 @@ pub(crate) fn runs_sql_text(name: &[String]) -> bool {
     name.last().is_some_and(|n| RUNS_SQL_TEXT.iter().any(|f| n.eq_ignore_ascii_case(f)))
 }
 
+/// PostgreSQL's own function names, one per line (see the file's header).
+const BUILTIN_FUNCTIONS: &str = include_str!("builtin_functions.txt");
+
+/// Whether a call of `name` is one of PostgreSQL's own functions: a
+/// built-in's name, unqualified or in `pg_catalog` / `information_schema`.
+/// Any other function may leave session state behind that the router
+/// cannot see (a setting, a temporary table, a lock, a LISTEN), so a
+/// connection that ran one is cleaned before another client gets it. The
+/// built-ins that do leave state are known by name elsewhere
+/// (`set_config`, the advisory locks, `nextval`, [`RUNS_SQL_TEXT`]).
+pub(crate) fn is_builtin_function(name: &[String]) -> bool {
+    static NAMES: std::sync::OnceLock<std::collections::HashSet<&'static str>> = std::sync::OnceLock::new();
+    let names = NAMES.get_or_init(|| {
+        BUILTIN_FUNCTIONS.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect()
+    });
+    let (schema, function) = match name {
+        [function] => (None, function),
+        [schema, function] | [_, schema, function] => (Some(schema), function),
+        _ => return false,
+    };
+    let builtin_schema =
+        schema.is_none_or(|s| s.eq_ignore_ascii_case("pg_catalog") || s.eq_ignore_ascii_case("information_schema"));
+    builtin_schema && names.contains(function.to_ascii_lowercase().as_str())
+}
+
 /// Settings that decide who the session is or whether it may write: a JWT
 /// session must not change them, by SET or by `set_config`.
 pub(crate) fn is_guarded_setting(setting: &str) -> bool {
@@ -127,6 +152,25 @@ mod tests {
         assert!(is_write_function(&n("log_event"), &cfg));
         assert!(!is_write_function(&n("other.log_event"), &cfg));
         assert!(!is_write_function(&n("my_read_fn"), &cfg));
+    }
+
+    #[test]
+    fn builtin_functions_are_known_by_name_and_schema() {
+        for f in [
+            "now",
+            "pg_catalog.NOW",
+            "count",
+            "set_config",
+            "pg_advisory_lock",
+            "jsonb_build_object",
+            "information_schema._pg_expandarray",
+            "generate_series",
+        ] {
+            assert!(is_builtin_function(&n(f)), "{f}");
+        }
+        for f in ["my_func", "public.now", "app.set_tenant", "db.pg_catalog.nope", "", "a.b.c.d"] {
+            assert!(!is_builtin_function(&n(f)), "{f}");
+        }
     }
 
     #[test]

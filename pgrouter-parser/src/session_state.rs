@@ -201,8 +201,49 @@ pub(crate) fn of_statement(node: &N) -> SessionStateChange {
 /// `pg_temp.x` or `CREATE TEMP ...`.
 fn temp_if(rel: Option<&RangeVar>) -> SessionState {
     match rel {
-        Some(r) if r.relpersistence == "t" || r.schemaname.eq_ignore_ascii_case("pg_temp") => SessionState::TEMP,
+        Some(r) if r.relpersistence == "t" || is_temp_schema(&r.schemaname) => SessionState::TEMP,
         _ => SessionState::NONE,
+    }
+}
+
+/// The session's temporary schema: `pg_temp`, or its real name
+/// `pg_temp_<n>` (which a client can read from `pg_namespace`).
+pub(crate) fn is_temp_schema(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    match lower.strip_prefix("pg_temp") {
+        Some("") => true,
+        Some(rest) => rest.strip_prefix('_').is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())),
+        None => false,
+    }
+}
+
+/// Whether a `search_path` value may name the temporary schema: an
+/// unqualified CREATE then makes a temporary object when it comes first
+/// (or when the schemas before it do not exist).
+pub fn mentions_temp_schema(search_path: &str) -> bool {
+    search_path.to_ascii_lowercase().contains("pg_temp")
+}
+
+/// Whether the statement creates an object under an unqualified name,
+/// which PostgreSQL puts in the first existing schema of the search_path:
+/// the temporary schema if the search_path names it first.
+pub(crate) fn creates_by_search_path(node: &N) -> bool {
+    let unqualified = |rel: Option<&RangeVar>| rel.is_some_and(|r| r.schemaname.is_empty() && r.relpersistence != "t");
+    let unqualified_name = |name: &[pg_query::Node]| name.len() == 1;
+    match node {
+        N::CreateStmt(s) => unqualified(s.relation.as_ref()),
+        N::CreateTableAsStmt(s) => unqualified(s.into.as_ref().and_then(|i| i.rel.as_ref())),
+        N::ViewStmt(s) => unqualified(s.view.as_ref()),
+        N::CreateSeqStmt(s) => unqualified(s.sequence.as_ref()),
+        N::SelectStmt(s) => unqualified(s.into_clause.as_ref().and_then(|i| i.rel.as_ref())),
+        N::CompositeTypeStmt(s) => unqualified(s.typevar.as_ref()),
+        N::CreateStatsStmt(s) => unqualified_name(&s.defnames),
+        N::CreateFunctionStmt(s) => unqualified_name(&s.funcname),
+        N::DefineStmt(s) => unqualified_name(&s.defnames),
+        N::CreateDomainStmt(s) => unqualified_name(&s.domainname),
+        N::CreateEnumStmt(s) => unqualified_name(&s.type_name),
+        N::CreateRangeStmt(s) => unqualified_name(&s.type_name),
+        _ => false,
     }
 }
 
@@ -213,7 +254,7 @@ fn temp_name_if(name: &[pg_query::Node]) -> SessionState {
         _ => return SessionState::NONE,
     };
     match &schema.node {
-        Some(N::String(s)) if s.sval.eq_ignore_ascii_case("pg_temp") => SessionState::TEMP,
+        Some(N::String(s)) if is_temp_schema(&s.sval) => SessionState::TEMP,
         _ => SessionState::NONE,
     }
 }
@@ -243,6 +284,87 @@ pub(crate) fn of_function(name: &[String]) -> SessionStateChange {
 mod tests {
     use super::*;
     use crate::analyze;
+
+    #[test]
+    fn the_temp_schema_by_either_name() {
+        for name in ["pg_temp", "PG_TEMP", "pg_temp_3", "pg_temp_12"] {
+            assert!(is_temp_schema(name), "{name}");
+        }
+        for name in ["pg_temp_", "pg_temp_x", "pg_temporary", "public", "pg_toast_temp_3", ""] {
+            assert!(!is_temp_schema(name), "{name}");
+        }
+        assert_eq!(change("CREATE TABLE pg_temp_3.t (a int)").creates, SessionState::TEMP);
+        assert_eq!(
+            change("CREATE FUNCTION pg_temp_3.f() RETURNS int LANGUAGE sql AS 'SELECT 1'").creates,
+            SessionState::TEMP
+        );
+    }
+
+    #[test]
+    fn unqualified_creates_and_temp_search_paths() {
+        for sql in [
+            "CREATE TABLE t (a int)",
+            "SELECT 1 AS a INTO t",
+            "CREATE TABLE t AS SELECT 1",
+            "CREATE VIEW v AS SELECT 1",
+            "CREATE SEQUENCE s",
+            "CREATE TYPE c AS (a int)",
+            "CREATE TYPE e AS ENUM ('a')",
+            "CREATE DOMAIN d AS int",
+            "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+            "SELECT 1; CREATE MATERIALIZED VIEW m AS SELECT 1",
+        ] {
+            assert!(analyze(sql, &[]).creates_by_search_path, "{sql}");
+        }
+        for sql in [
+            "CREATE TABLE public.t (a int)",
+            "CREATE TEMP TABLE t (a int)",
+            "SELECT 1",
+            "CREATE INDEX ON t (a)",
+            "INSERT INTO t VALUES (1)",
+        ] {
+            assert!(!analyze(sql, &[]).creates_by_search_path, "{sql}");
+        }
+        for sql in [
+            "SET search_path = pg_temp, public",
+            "SET LOCAL search_path TO \"$user\", pg_temp",
+            "SET search_path = PG_TEMP_4",
+            "SELECT set_config('search_path', 'pg_temp,public', false)",
+            "SELECT set_config('search_path', $1, false)",
+            "SELECT set_config($1, $2, false)",
+        ] {
+            assert!(analyze(sql, &[]).temp_search_path, "{sql}");
+        }
+        for sql in [
+            "SET search_path = public",
+            "SELECT set_config('search_path', 'public', false)",
+            "SET work_mem = '4MB'",
+            "RESET search_path",
+        ] {
+            assert!(!analyze(sql, &[]).temp_search_path, "{sql}");
+        }
+    }
+
+    #[test]
+    fn calls_of_functions_that_are_not_postgres_own() {
+        for sql in [
+            "SELECT my_func()",
+            "SELECT public.now()",
+            "CALL my_proc()",
+            "SELECT 1 FROM t WHERE a = app.f(1)",
+            "INSERT INTO t VALUES (f())",
+        ] {
+            assert!(analyze(sql, &[]).calls_unknown_function, "{sql}");
+        }
+        for sql in [
+            "SELECT now(), count(*), lower('A') FROM t",
+            "SELECT pg_catalog.set_config('a.b', 'c', false)",
+            "SELECT 1",
+            "SET x.y = 1",
+        ] {
+            assert!(!analyze(sql, &[]).calls_unknown_function, "{sql}");
+        }
+    }
 
     fn change(sql: &str) -> SessionStateChange {
         analyze(sql, &[]).session_state

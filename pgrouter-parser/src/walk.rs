@@ -36,6 +36,8 @@ pub(crate) struct Facts {
     pub set_config: bool,
     /// A call of a built-in that runs SQL given as text (`query_to_xml`).
     pub runs_sql_text: bool,
+    /// A call of a function that is not one of PostgreSQL's own.
+    pub unknown_function: bool,
     /// How many `set_config` calls the statement has, wherever they are.
     pub set_config_calls: usize,
     /// A `set_config` call whose first argument is a guarded setting or not a literal.
@@ -187,6 +189,7 @@ impl<'w> State<'w> {
                     self.facts.write_function = true;
                 }
                 self.facts.runs_sql_text |= functions::runs_sql_text(&name);
+                self.facts.unknown_function |= !functions::is_builtin_function(&name);
                 self.facts.session_state.merge(crate::session_state::of_function(&name));
             }
             Frame::RangeVar { parts } => {

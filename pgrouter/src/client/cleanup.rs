@@ -42,6 +42,7 @@ pub fn release_after_session(mut server: PooledConn, quiet: bool, mode: PoolMode
                 // role with it; RESET ROLE makes sure of the latter.
                 server.run_simple("RESET ROLE").await.ok()?.ok()?;
                 server.statements.clear();
+                server.needs_discard = false;
                 // Every setting is back at the server's login value, and no
                 // client's parameters are in force any more (the next one's
                 // must be sent even if they look like the last one's).

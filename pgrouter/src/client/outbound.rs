@@ -415,6 +415,17 @@ impl Session {
         // The connection's hygiene, each query on its own (a simple query of
         // several statements is one transaction: a DEALLOCATE that failed
         // would take the RESETs before it back).
+        if held.conn.needs_discard {
+            // A function the router does not know ran here (see
+            // `note_untracked_changes`). DISCARD ALL resets the session
+            // authorization, and the role with it; RESET ROLE makes sure.
+            held.conn.needs_discard = false;
+            held.conn.statements.clear();
+            held.conn.forget_session_state();
+            held.conn.discard_due = false;
+            held.queue_own_query("DISCARD ALL");
+            held.queue_own_query("RESET ROLE");
+        }
         if held.conn.needs_reset {
             held.conn.forget_session_state();
             held.conn.discard_due = false;

@@ -235,6 +235,7 @@ impl Session {
         }
         held.conn.statements.clear();
         held.conn.forget_session_state();
+        held.conn.needs_discard = false;
         self.unnamed_here = false;
         Ok(())
     }

@@ -54,9 +54,10 @@ impl Session {
         if let Some(a) = analysis.as_ref() {
             // Sequence state made inside a transaction block is used there
             // and discarded after it (see `sequence_state_in_tx`).
+            let created = self.session_state_of(a).creates;
             let creates = match self.flow.in_tx() {
-                true => a.session_state.creates.without(SessionState::SEQUENCE),
-                false => a.session_state.creates,
+                true => created.without(SessionState::SEQUENCE),
+                false => created,
             };
             if self.refuse_session_state && !creates.is_empty() {
                 let kinds: Vec<&str> = creates.names().collect();

@@ -114,6 +114,10 @@ pub struct Session {
     /// on the same connection). Its sequence state is discarded before the
     /// connection serves anything that could read it again.
     pub(super) sequence_state_in_tx: bool,
+    /// The client may have put the temporary schema on its search_path
+    /// (at login or since): its unqualified CREATEs may then make temporary
+    /// objects (see `Analysis::creates_by_search_path`). Never cleared.
+    pub(super) temp_search_path: bool,
 
     /// The client's named statements (protocol level).
     pub(super) statements: ahash::AHashMap<String, Arc<SharedStatement>>,
@@ -207,6 +211,10 @@ impl Session {
         let client_bytes_in = setup.cbuf.len() as u64;
         let shard_map = setup.rt.shard_maps.get(&setup.database).cloned();
         let vetted_generation = setup.rt.generation;
+        let temp_search_path = setup
+            .params
+            .get("search_path")
+            .is_some_and(pgrouter_parser::mentions_temp_schema);
         Session {
             client,
             cbuf: setup.cbuf,
@@ -241,6 +249,7 @@ impl Session {
             ryw: Default::default(),
             refuse_session_state,
             sequence_state_in_tx: false,
+            temp_search_path,
             statements: ahash::AHashMap::new(),
             local_explains: HashMap::new(),
             sql_prepared: HashMap::new(),

@@ -4,7 +4,8 @@
 //! follow, which get the server connection reset.
 
 use pgrouter_parser::{
-    Analysis, DiscardKind, ResetTarget, SessionState, SetKind, StatementKind, TxEffect,
+    Analysis, DiscardKind, ResetTarget, SessionState, SessionStateChange, SetKind, StatementKind,
+    TxEffect,
 };
 
 use super::session::Session;
@@ -16,21 +17,29 @@ impl Session {
     /// `Analysis::session_settings` for those it can) may change any
     /// setting, so the server is reset before its next client.
     /// That includes SQL `EXECUTE` of a statement PREPAREd with such a call.
+    ///
+    /// A call of a function that is not one of PostgreSQL's own may leave
+    /// any session state at all (`set_config`, a temporary table, an
+    /// advisory lock, LISTEN): the connection is cleaned with `DISCARD ALL`
+    /// before its next statement, whoever sends it.
     pub(super) fn note_untracked_changes(&mut self, analysis: &Analysis) {
         // Most clients have no SQL-level prepared statements: no scan then.
-        let executes_unknown = || {
+        let executes = |unseen: fn(&Analysis) -> bool| {
             !self.sql_prepared.is_empty()
                 && analysis.statements.iter().any(|s| match &s.kind {
                     StatementKind::Execute { name } => self
                         .sql_prepared
                         .get(name)
-                        .is_some_and(|p| p.analysis.calls_set_config),
+                        .is_some_and(|p| unseen(&p.analysis)),
                     _ => false,
                 })
         };
-        if analysis.calls_set_config || executes_unknown() {
+        let reset = analysis.calls_set_config || executes(|a| a.calls_set_config);
+        let discard = analysis.calls_unknown_function || executes(|a| a.calls_unknown_function);
+        if reset || discard {
             if let Some(held) = self.server.as_mut() {
-                held.conn.needs_reset = true;
+                held.conn.needs_reset |= reset;
+                held.conn.needs_discard |= discard;
             }
         }
     }
@@ -46,10 +55,11 @@ impl Session {
                 held.conn.wrote = true;
             }
         }
-        let mut change = analysis.session_state;
+        self.temp_search_path |= analysis.temp_search_path;
+        let mut change = self.session_state_of(analysis);
         if !self.sql_prepared.is_empty() {
             let executed = self.query_analysis(analysis.clone());
-            change.merge(executed.session_state);
+            change.merge(self.session_state_of(&executed));
         }
         if self.refuse_session_state && change.creates.intersects(SessionState::SEQUENCE) {
             // Allowed only inside a transaction block (`check_policy_now`):
@@ -60,6 +70,20 @@ impl Session {
         if !change.is_empty() {
             self.pins.sent(change);
         }
+    }
+
+    /// The session state `analysis` creates or ends in this session: its
+    /// own, plus a temporary object for an unqualified CREATE once the
+    /// client may have put `pg_temp` on its search_path. Whether it did is
+    /// then asked of the server after the transaction (`may_end`), so a
+    /// CREATE that made an ordinary table does not keep the client pinned.
+    pub(super) fn session_state_of(&self, analysis: &Analysis) -> SessionStateChange {
+        let mut change = analysis.session_state;
+        if analysis.creates_by_search_path && (self.temp_search_path || analysis.temp_search_path) {
+            change.creates |= SessionState::TEMP;
+            change.may_end |= SessionState::TEMP;
+        }
+        change
     }
 
     /// Keeps the predicted transaction state current as statements are sent.

@@ -109,6 +109,11 @@ pub struct ServerConn {
     /// A client changed settings in a way the router cannot follow (a
     /// `set_config()` call): RESET ALL before the next client.
     pub needs_reset: bool,
+    /// A client ran a function that is not one of PostgreSQL's own (see
+    /// `Analysis::calls_unknown_function`): it may have left any session
+    /// state (settings, temporary objects, locks, LISTEN) that the router
+    /// cannot see. `DISCARD ALL` before the next statement on it.
+    pub needs_discard: bool,
     /// The client that used this connection last (its id) and whether it
     /// wrote: an INSERT may have called `nextval` through a column default,
     /// leaving `currval`/`lastval` for the next client to read, so another

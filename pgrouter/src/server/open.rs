@@ -60,6 +60,7 @@ impl ServerConn {
             params_fingerprint: 0,
             startup_params: HashMap::new(),
             needs_reset: false,
+            needs_discard: false,
             last_client: 0,
             wrote: false,
             discard_due: false,
