@@ -3,6 +3,7 @@
 //! that moment, so a cancel reaches the right backend and nobody else's.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -11,24 +12,69 @@ use rand::Rng;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use super::current_server::CurrentServer;
 use crate::protocol::frontend;
 use crate::server::CancelTarget;
 
 /// The servers a client is using right now: none, one, or one per shard
 /// of a statement on several shards.
 #[derive(Default)]
-pub struct CancelSlot(Mutex<Vec<CancelTarget>>);
+pub struct CancelSlot {
+    /// The usual case, changed every transaction: one server.
+    one: CurrentServer,
+    /// A statement on several shards: each leg's server.
+    many: Mutex<Vec<CancelTarget>>,
+    /// `many` is not empty (saves its lock when it is).
+    has_many: AtomicBool,
+}
 
 impl CancelSlot {
     pub fn set(&self, target: Option<CancelTarget>) {
-        let mut targets = self.0.lock();
-        targets.clear();
-        targets.extend(target);
+        match target {
+            Some(t) => self.set_server(&t.addr, t.pid, t.secret),
+            None => {
+                self.one.clear();
+                self.clear_many();
+            }
+        }
+    }
+
+    /// The client now uses the backend `pid` (secret `secret`) at `addr`.
+    pub fn set_server(&self, addr: &Arc<str>, pid: i32, secret: i32) {
+        self.clear_many();
+        self.one.set(addr, pid, secret, false);
     }
 
     /// Every leg of a statement on several shards.
     pub fn set_many(&self, targets: Vec<CancelTarget>) {
-        *self.0.lock() = targets;
+        self.one.clear();
+        self.has_many.store(!targets.is_empty(), Ordering::Release);
+        *self.many.lock() = targets;
+    }
+
+    fn clear_many(&self) {
+        // A load first: the usual answer, no, needs no locked instruction.
+        if self.has_many.load(Ordering::Acquire) && self.has_many.swap(false, Ordering::AcqRel) {
+            self.many.lock().clear();
+        }
+    }
+
+    /// Where a cancel goes now.
+    fn targets(&self) -> Vec<CancelTarget> {
+        let mut targets: Vec<CancelTarget> = self
+            .one
+            .get()
+            .map(|s| CancelTarget {
+                addr: s.addr,
+                pid: s.pid,
+                secret: s.secret,
+            })
+            .into_iter()
+            .collect();
+        if self.has_many.load(Ordering::Acquire) {
+            targets.extend(self.many.lock().iter().cloned());
+        }
+        targets
     }
 }
 
@@ -79,7 +125,7 @@ impl CancelRegistry {
         let targets = {
             let keys = self.keys.lock();
             match keys.get(&pid) {
-                Some((s, slot)) if *s == secret => slot.0.lock().clone(),
+                Some((s, slot)) if *s == secret => slot.targets(),
                 _ => Vec::new(),
             }
         };

@@ -29,6 +29,7 @@ mod admin_login;
 mod analysis;
 pub mod cancel;
 mod cleanup;
+mod current_server;
 mod error;
 mod expect;
 mod explain_route;

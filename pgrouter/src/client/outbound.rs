@@ -373,11 +373,9 @@ impl Session {
         };
         let now = std::time::Instant::now();
         self.registered.info.set_state(ClientState::Active);
-        self.registered.info.set_server(Some((
-            conn.addr.clone(),
-            conn.backend_pid,
-            conn.stream.is_tls(),
-        )));
+        self.registered
+            .info
+            .set_server(&conn.addr, conn.backend_pid, conn.stream.is_tls());
         self.state
             .metrics
             .record_routed(if slot.health.is_primary() {
@@ -385,7 +383,9 @@ impl Session {
             } else {
                 Role::Replica
             });
-        self.cancel.slot.set(Some(conn.cancel_target()));
+        self.cancel
+            .slot
+            .set_server(&conn.addr, conn.backend_pid, conn.backend_secret);
         let mut held = Held::new(
             conn,
             &slot,

@@ -249,7 +249,7 @@ impl Session {
             self.cancel.slot.set(None);
             self.pins.forget();
             self.registered.info.set_pinned(Default::default());
-            self.registered.info.set_server(None);
+            self.registered.info.clear_server();
             self.registered
                 .info
                 .set_state(super::registry::ClientState::Idle);

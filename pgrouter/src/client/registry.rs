@@ -41,7 +41,7 @@ pub struct ClientInfo {
     /// [`SessionState`] (see `pinning.rs`); 0 when it is not.
     pinned: AtomicU8,
     /// The server held now: (host:port, backend pid, TLS).
-    server: Mutex<Option<(Arc<str>, i32, bool)>>,
+    server: super::current_server::CurrentServer,
     /// Since when the client has been held by admin PAUSE, if it is: such a
     /// client waits for its database, not yet for one pool, so SHOW POOLS
     /// counts it on the database's first primary pool (as `cl_waiting`).
@@ -77,7 +77,7 @@ impl ClientInfo {
             worker: crate::worker::index(),
             state: AtomicU8::new(ClientState::Idle as u8),
             pinned: AtomicU8::new(0),
-            server: Mutex::new(None),
+            server: Default::default(),
             paused_since: Mutex::new(None),
         }
     }
@@ -103,15 +103,18 @@ impl ClientInfo {
         SessionState::from_bits(self.pinned.load(Ordering::Relaxed))
     }
 
-    pub fn set_server(&self, server: Option<(Arc<str>, i32, bool)>) {
-        *self.server.lock() = server;
+    /// The client now uses the backend `pid` at `addr`.
+    pub fn set_server(&self, addr: &Arc<str>, pid: i32, tls: bool) {
+        self.server.set(addr, pid, 0, tls);
+    }
+
+    /// The client has no server now.
+    pub fn clear_server(&self) {
+        self.server.clear();
     }
 
     pub fn server(&self) -> Option<(String, i32)> {
-        self.server
-            .lock()
-            .as_ref()
-            .map(|(a, p, _)| (a.to_string(), *p))
+        self.server.get().map(|s| (s.addr.to_string(), s.pid))
     }
 
     /// Marks the client as held by admin PAUSE (or no longer held).
@@ -131,7 +134,7 @@ impl ClientInfo {
 
     /// Whether the server held now is reached over TLS.
     pub fn server_tls(&self) -> bool {
-        self.server.lock().as_ref().is_some_and(|(_, _, tls)| *tls)
+        self.server.get().is_some_and(|s| s.tls)
     }
 }
 

@@ -476,7 +476,7 @@ impl Session {
                 self.ryw.wrote(held.shard, held.last_answer);
             }
             self.registered.info.set_state(ClientState::Idle);
-            self.registered.info.set_server(None);
+            self.registered.info.clear_server();
             self.registered.info.set_pinned(Default::default());
             // Empty here (at a boundary): kept for the next server.
             std::mem::swap(&mut self.spare_expect, &mut held.expect);

@@ -298,11 +298,11 @@ impl Session {
             });
         }
         self.cancel.slot.set(Some(leg.held.conn.cancel_target()));
-        self.registered.info.set_server(Some((
-            leg.held.conn.addr.clone(),
+        self.registered.info.set_server(
+            &leg.held.conn.addr,
             leg.held.conn.backend_pid,
             leg.held.conn.stream.is_tls(),
-        )));
+        );
         self.server = Some(leg.held);
         self.unnamed_here = false;
         self.flow.attached();
@@ -716,7 +716,7 @@ impl Session {
         self.registered
             .info
             .set_state(crate::client::registry::ClientState::Idle);
-        self.registered.info.set_server(None);
+        self.registered.info.clear_server();
     }
 }
 
