@@ -331,7 +331,9 @@ impl Session {
 
     /// Checks out a server for `route`. A replica that cannot be reached is
     /// banned and the next candidate is tried: nothing was sent yet, so the
-    /// client does not notice.
+    /// client does not notice. A replica that refuses this user's login is
+    /// not banned (other users' logins there succeed): the next candidate
+    /// is tried all the same.
     pub(super) async fn attach(
         &mut self,
         route: Route,
@@ -354,13 +356,24 @@ impl Session {
         } else {
             Default::default()
         };
+        // A replica's refusal of this user's login, reported if no other
+        // server takes the statement either.
+        let mut refused = None;
         let (conn, slot) = loop {
             let Some(slot) = shard.pick(route.role, pools.balancing, &tried, limits) else {
                 self.registered.info.set_state(ClientState::Idle);
-                return Err(PoolError::NoServer);
+                return Err(refused.unwrap_or(PoolError::NoServer));
             };
             match slot.pool.checkout().await {
                 Ok(conn) => break (conn, slot),
+                // The server answered and refused this user's login (its
+                // pg_hba.conf, a role not yet replayed there): only this
+                // pool backs off (`Pool::note_login_outcome`); the server
+                // stays in for everyone else.
+                Err(PoolError::Connect(e)) if !slot.health.is_primary() && e.is_login_refusal() => {
+                    tried.push(Arc::as_ptr(&slot.pool) as usize);
+                    refused = Some(PoolError::Connect(e));
+                }
                 Err(PoolError::Connect(e)) if !slot.health.is_primary() => {
                     slot.health.ban(&format!("connect failed: {e}"));
                     tried.push(Arc::as_ptr(&slot.pool) as usize);
