@@ -114,6 +114,32 @@ def test_bad_value(tmp_path, old, new, key):
     assert_reported(out, r, line_of(text, new.split("=")[0].strip() + " ="), key)
 
 
+@pytest.mark.parametrize("size", [1, 4095])
+def test_max_message_size_too_small(tmp_path, size):
+    """A max_message_size too small for ordinary statements is refused (it would
+    end every client with 08P01); 4096 bytes is the least accepted."""
+    text = good_router().replace("[general]\n", f"[general]\nmax_message_size = {size}\n")
+    r, u = write(tmp_path, text, GOOD_USERS)
+    code, out = check(r, u)
+    assert code == 1, out
+    assert_reported(out, r, line_of(text, "max_message_size ="), "max_message_size")
+    assert "at least 4096" in out, out
+    r, u = write(tmp_path, text.replace(f"max_message_size = {size}", "max_message_size = 4096"),
+                 GOOD_USERS)
+    code, out = check(r, u)
+    assert code == 0, out
+
+
+def test_no_databases_reported_on_a_real_line(tmp_path):
+    text = good_router()
+    text = text[:text.index("[[databases]]")]
+    r, u = write(tmp_path, text, GOOD_USERS)
+    code, out = check(r, u)
+    assert code == 1, out
+    assert_reported(out, r, 1, "databases")
+    assert not re.search(re.escape(r.name) + r":0\b", out), out
+
+
 def test_user_for_unknown_database(tmp_path):
     users = GOOD_USERS.replace('database = "app"', 'database = "nope"')
     r, u = write(tmp_path, good_router(), users)

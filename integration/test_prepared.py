@@ -409,3 +409,90 @@ def test_unnamed_statement_described_in_a_later_transaction(routers, sql, column
             assert column.encode() + b"\0" in described.body
     finally:
         conn.close()
+
+
+# ------------------------------------------------- duplicate protocol Parse --
+def _dup_parse_transcript(port: int) -> list:
+    """Protocol-level Parse of names that exist, do not, or no longer exist,
+    sent over the raw wire; the answers, normalized for comparison."""
+    W = wire
+
+    def norm(msgs):
+        out = []
+        for m in msgs:
+            if m.kind == b"E":
+                f = W.parse_error_fields(m.body)
+                out.append(("E", f.get("C"), f.get("M") if f.get("C") == "42P05" else None))
+            elif m.kind == b"D":
+                out.append(("D", W.data_row_values(m.body)))
+            elif m.kind in (b"C", b"Z"):
+                out.append((m.kind.decode(), m.body.rstrip(b"\0").decode()))
+            elif m.kind in (b"S", b"N", b"K"):
+                continue
+            else:
+                out.append(m.kind.decode())
+        return out
+
+    def execute(name):
+        return W.bind_message([], statement=name) + W.execute_message()
+
+    steps = [
+        ("parse s1", W.parse_message("SELECT 'first'", "s1") + W.sync_message()),
+        ("parse s1 again", W.parse_message("SELECT 'second'", "s1") + W.sync_message()),
+        ("execute s1", execute("s1") + W.sync_message()),
+        # The rest of the batch is skipped after the error, up to Sync.
+        ("dup in one batch", W.parse_message("SELECT 'x'", "s2") + W.parse_message("SELECT 'y'", "s2")
+         + execute("s2") + W.sync_message()),
+        ("execute s2", execute("s2") + W.sync_message()),
+        # The unnamed statement may be parsed again freely.
+        ("unnamed twice", W.parse_message("SELECT 1") + W.parse_message("SELECT 2") + execute("")
+         + W.sync_message()),
+        # A Parse that failed created nothing: the name is free.
+        ("failed parse", W.parse_message("SELEC 3", "s3") + W.sync_message()),
+        ("parse s3", W.parse_message("SELECT 3", "s3") + W.sync_message()),
+        ("execute s3", execute("s3") + W.sync_message()),
+        # Nor did one skipped after an error.
+        ("skipped parse", W.parse_message("SELEC 4", "s4") + W.parse_message("SELECT 5", "s5")
+         + W.sync_message()),
+        ("parse s5", W.parse_message("SELECT 55", "s5") + W.sync_message()),
+        ("execute s5", execute("s5") + W.sync_message()),
+        # Close frees the name.
+        ("close s1, parse s1", W.close_message(b"S", "s1") + W.parse_message("SELECT 'third'", "s1")
+         + W.sync_message()),
+        ("execute s1 again", execute("s1") + W.sync_message()),
+        # In a transaction block the error aborts it.
+        ("begin", W.query_message("BEGIN")),
+        ("dup in a transaction", W.parse_message("SELECT 'tx'", "s1") + W.sync_message()),
+        ("rollback", W.query_message("ROLLBACK")),
+        ("execute s1 after rollback", execute("s1") + W.sync_message()),
+        # DEALLOCATE ALL frees every name.
+        ("deallocate all", W.query_message("DEALLOCATE ALL")),
+        ("parse s1 after deallocate", W.parse_message("SELECT 'fourth'", "s1") + W.sync_message()),
+        ("execute s1 last", execute("s1") + W.sync_message()),
+    ]
+    conn = W.connect(port, "app", "app", "app-secret")
+    try:
+        transcript = []
+        for label, data in steps:
+            conn.send(data)
+            transcript.append((label, norm(conn.read_batches(1, 10)[0])))
+        return transcript
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("pool_mode", ["transaction", "session"])
+def test_parse_of_an_existing_statement_name_fails_like_postgres(routers, cluster, pool_mode):
+    """A second Parse of a named statement without a Close in between gets
+    42P05 `prepared statement "s1" already exists` (the rest of the batch is
+    skipped up to Sync) and the first statement stays, exactly as on
+    PostgreSQL; the unnamed statement, a name whose Parse failed or was
+    skipped, and a closed or deallocated name may be parsed again."""
+    expected = _dup_parse_transcript(cluster.primary.port)
+    assert ("parse s1 again", [("E", "42P05", 'prepared statement "s1" already exists'),
+                               ("Z", "I")]) in expected, expected
+    router = routers.start(general={"pool_mode": pool_mode, "default_pool_size": 1})
+    got = _dup_parse_transcript(router.port)
+    for (label, want), (_, have) in zip(expected, got):
+        assert have == want, f"{label}: router {have} != PostgreSQL {want}"
+    assert len(got) == len(expected)

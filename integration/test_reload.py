@@ -404,6 +404,10 @@ BAD_EDITS = {
                   "sometimes", "pool_mode"),
     "wrong_type": ("router.toml", lambda t: t.replace("default_pool_size = 9", 'default_pool_size = "nine"'),
                    '"nine"', "default_pool_size"),
+    # Accepted once, this would end every client with 08P01 at its next query.
+    "tiny_max_message_size": ("router.toml",
+                              lambda t: t.replace("max_message_size = 268435456", "max_message_size = 1"),
+                              "max_message_size = 1", "max_message_size"),
     "users_bad_value": ("users.toml", lambda t: t.replace('auth = "scram"', 'auth = "kerberos"'),
                         "kerberos", "auth"),
     "users_unknown_key": ("users.toml", lambda t: t.replace('auth = "scram"', 'auth = "scram"\npasword = "x"'),

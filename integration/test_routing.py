@@ -492,3 +492,41 @@ def test_pipeline_with_a_write_goes_to_primary(routers, objects, places):
             if got != ("primary", {"primary"}):
                 wrong.append(f"{reads} reads, then INSERT: ran on {got}")
         assert wrong == [], "\n".join(wrong)
+
+
+# ------------------------------------------- one user's login refused --
+def test_one_users_refused_login_on_the_replica_bans_nothing(routers, cluster):
+    """The replica's pg_hba.conf rejects one role (as for a role it has not
+    replayed yet): that user's reads go to the primary, with no error, and
+    only its own pool backs off; the replica stays in for every other user,
+    whose reads still go there (SHOW POOLS: nothing banned)."""
+    from harness.ops import admin_general, pools
+
+    replica = cluster.replica
+    hba = replica.datadir / "pg_hba.conf"
+    original = hba.read_text()
+    router = routers.start(
+        general=admin_general(ban_time_ms=60000, healthcheck_interval_ms=60000),
+        users=[{"name": APP_USER, "database": APP_DB, "password": APP_PASSWORD, "auth": "scram"},
+               {"name": "md5user", "database": APP_DB, "password": "md5-secret", "auth": "scram"}],
+        with_replica=True)
+    try:
+        hba.write_text("host all md5user 127.0.0.1/32 reject\n" + original)
+        replica.sql("SELECT pg_reload_conf()", db="postgres")
+        time.sleep(0.5)
+        with connect(router.dsn(user="md5user", password="md5-secret")) as refused:
+            # Twice: the second read meets the pool's back-off, not the server.
+            for _ in range(2):
+                assert refused.execute("SELECT pg_is_in_recovery()").fetchone() == (False,)
+        with connect(router.dsn()) as app:
+            for _ in range(4):
+                assert app.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
+        rows = pools(router, database=APP_DB)
+        assert rows, rows
+        assert all(r["banned"] == "f" for r in rows), rows
+        # A new client of another user still reads from the replica.
+        with connect(router.dsn()) as app2:
+            assert app2.execute("SELECT pg_is_in_recovery()").fetchone() == (True,)
+    finally:
+        hba.write_text(original)
+        replica.sql("SELECT pg_reload_conf()", db="postgres")

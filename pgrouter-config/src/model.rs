@@ -232,6 +232,12 @@ pub struct Config {
     pub users_path: PathBuf,
 }
 
+/// The smallest `max_message_size` accepted (bytes). Below this, ordinary
+/// statements (a short query, a Parse/Bind of a few parameters) would end
+/// the client with 08P01, so a smaller value is a mistake (bytes taken for
+/// kilobytes, say), refused by `pgrouter check` and RELOAD.
+pub const MIN_MESSAGE_SIZE: u32 = 4096;
+
 /// `[general]`. Field docs give the meaning; defaults are in [`General::default`]
 /// and follow SPEC §3.
 #[derive(Debug, Clone, PartialEq)]
@@ -260,7 +266,8 @@ pub struct General {
     pub shutdown_timeout_ms: u64,
     /// More clients get SQLSTATE 53300. At least 1.
     pub max_clients: u32,
-    /// Bytes; a larger protocol message ends that client with 08P01. At least 1.
+    /// Bytes; a larger protocol message ends that client with 08P01. At least
+    /// [`MIN_MESSAGE_SIZE`].
     pub max_message_size: u32,
     pub read_write_split: ReadWriteSplit,
     pub load_balancing: LoadBalancing,

@@ -26,6 +26,9 @@ pub(crate) struct RouterFile {
 
 #[derive(Default)]
 pub(crate) struct RouterLines {
+    /// The first `[[databases]]` header; 1 when there is none, so that "no
+    /// [[databases]] entries" is reported against the file's first line.
+    pub databases: usize,
     pub min_pool_size: usize,
     pub admin_database: usize,
     pub jwt: usize,
@@ -69,6 +72,7 @@ pub(crate) fn read(src: &mut Source, text: &str) -> Option<RouterFile> {
     });
 
     let mut databases = Vec::new();
+    at.databases = root.line_of(src, "databases").max(1);
     if let Some(item) = doc.get("databases") {
         for sec in entries(src, item, root.line_of(src, "databases"), "databases") {
             if let Some(entry) = server(src, &sec) {
@@ -198,7 +202,10 @@ fn general(src: &mut Source, sec: &Section, at: &mut RouterLines) -> General {
         sec.u64(src, "shutdown_timeout_ms", 0),
     );
     set(&mut g.max_clients, sec.u32(src, "max_clients", 1));
-    set(&mut g.max_message_size, sec.u32(src, "max_message_size", 1));
+    set(
+        &mut g.max_message_size,
+        sec.u32(src, "max_message_size", MIN_MESSAGE_SIZE),
+    );
     let rw = sec.choice(
         src,
         "read_write_split",

@@ -14,7 +14,7 @@ use crate::users::UsersFile;
 pub(crate) fn router(src: &mut Source, r: &RouterFile) {
     if r.databases.is_empty() {
         src.report(
-            0,
+            r.at.databases,
             "databases",
             "no [[databases]] entries: at least one server is needed",
         );

@@ -352,6 +352,45 @@ shard = -2
 }
 
 #[test]
+fn max_message_size_too_small_to_use() {
+    // Anything below 4096 bytes would end clients with 08P01 for ordinary
+    // statements: refused like other unusable values.
+    for bad in [0, 1, 13, 4095] {
+        let router = format!("[general]\nworkers = 1\nmax_message_size = {bad}\n{MIN_ROUTER}");
+        one(
+            &problems(&router, MIN_USERS),
+            R,
+            3,
+            "general.max_message_size",
+            &format!("must be at least 4096 (got {bad})"),
+        );
+    }
+    let router = format!("[general]\nmax_message_size = 4096\n{MIN_ROUTER}");
+    let cfg = ok(&router, MIN_USERS);
+    assert_eq!(cfg.general.max_message_size, 4096);
+}
+
+#[test]
+fn no_databases_is_reported_on_a_real_line() {
+    // No [[databases]] at all: the file's first line, never line 0.
+    for router in ["", "\n", "[general]\nworkers = 1\n"] {
+        let ps = problems(router, MIN_USERS);
+        let p = has(&ps, R, 1, "databases", "no [[databases]] entries");
+        assert!(
+            p.to_string()
+                .starts_with("router.toml:1: databases: no [[databases]]"),
+            "{p}"
+        );
+        assert!(ps.iter().all(|p| p.line != 0), "{}", render(&ps));
+    }
+    // Entries that are all unusable: the first [[databases]] header.
+    let router = "[general]\nworkers = 1\n\n[[databases]]\nport = 5432\n";
+    let ps = problems(router, MIN_USERS);
+    has(&ps, R, 4, "databases.name", "missing required key \"name\"");
+    has(&ps, R, 4, "databases", "no [[databases]] entries");
+}
+
+#[test]
 fn min_pool_size_above_default_and_above_user_pool_size() {
     let router = format!("[general]\ndefault_pool_size = 5\nmin_pool_size = 6\n{MIN_ROUTER}");
     let ps = problems(&router, MIN_USERS);
@@ -456,7 +495,7 @@ fn required_keys() {
         "missing required key \"database\"",
     );
     // No entry had a usable name, so there is no logical database at all.
-    has(&ps, R, 0, "databases", "no [[databases]] entries");
+    has(&ps, R, 1, "databases", "no [[databases]] entries");
     assert_eq!(ps.len(), 8, "{}", render(&ps));
 }
 

@@ -94,6 +94,10 @@ pub struct Verdict {
     pub synthesize_after: Vec<Bytes>,
     /// A shared statement whose Parse failed: the server does not have it.
     pub failed_parse: Option<u64>,
+    /// Client statement names whose Parse failed or was skipped after the
+    /// error: PostgreSQL did not create them, so the client may parse them
+    /// again (see [`Expectations::client_parse`]).
+    pub failed_names: Vec<Arc<str>>,
     /// A guard failed before a simple query the server now ignores while it
     /// waits for a Sync: the router must send one, whose ReadyForQuery
     /// answers the client's query.
@@ -113,6 +117,13 @@ pub struct Expectations {
     /// The server hit an error in an extended batch and ignores everything up
     /// to the next Sync it receives.
     server_skipping: bool,
+    /// Entries ever queued and ever taken off the queue: an entry's index
+    /// is the value of `pushed` when it was queued.
+    pushed: u64,
+    popped: u64,
+    /// Client Parses of named statements still unanswered: (index of the
+    /// entry that answers it, the client's name).
+    named_parses: VecDeque<(u64, Arc<str>)>,
 }
 
 impl Expectations {
@@ -135,7 +146,31 @@ impl Expectations {
         if reply == Reply::Sync {
             self.server_skipping = false;
         }
+        self.pushed += 1;
         self.queue.push_back(Entry::Forward(reply));
+    }
+
+    /// Index the next queued entry will have (see [`Self::client_parse`]).
+    pub fn next_index(&self) -> u64 {
+        self.pushed
+    }
+
+    /// The client's Parse of statement `name` is answered by the entry
+    /// queued at `index` (taken from [`Self::next_index`] before queuing it);
+    /// nothing when it was answered at once. Should that Parse fail, or be
+    /// skipped after an earlier error, the name comes back in
+    /// [`Verdict::failed_names`].
+    pub fn client_parse(&mut self, index: u64, name: &str) {
+        while self
+            .named_parses
+            .front()
+            .is_some_and(|&(i, _)| i < self.popped)
+        {
+            self.named_parses.pop_front();
+        }
+        if index >= self.popped && index < self.pushed {
+            self.named_parses.push_back((index, Arc::from(name)));
+        }
     }
 
     pub fn swallow(&mut self, reply: Reply) {
@@ -143,11 +178,13 @@ impl Expectations {
             self.server_skipping = false;
         }
         self.special += 1;
+        self.pushed += 1;
         self.queue.push_back(Entry::Swallow(reply));
     }
 
     pub fn guard(&mut self, reply: Reply, purpose: GuardFor) {
         self.special += 1;
+        self.pushed += 1;
         self.queue.push_back(Entry::Guard(reply, purpose));
     }
 
@@ -162,6 +199,7 @@ impl Expectations {
             return Some(answer);
         }
         self.special += 1;
+        self.pushed += 1;
         self.queue.push_back(Entry::Synthesize(answer));
         None
     }
@@ -175,6 +213,7 @@ impl Expectations {
         while let Some(Entry::Synthesize(_)) = self.queue.front() {
             if let Some(Entry::Synthesize(answer)) = self.queue.pop_front() {
                 self.special -= 1;
+                self.popped += 1;
                 out.push(answer);
             }
         }
@@ -206,6 +245,7 @@ impl Expectations {
         if let Some(Entry::Forward(reply)) = self.queue.front() {
             if !matches!(tag, b'N' | b'A' | b'S') && reply.ends_with(tag) {
                 self.queue.pop_front();
+                self.popped += 1;
             }
         }
         true
@@ -262,11 +302,21 @@ impl Expectations {
             return verdict;
         }
         if tag == b'E' && reply.is_extended() {
+            let failed_from = self.popped;
             self.pop_head();
             if let Reply::Parse(id) = reply {
                 verdict.failed_parse = id;
             }
             self.skip_to_sync(&mut verdict);
+            if !self.named_parses.is_empty() {
+                let failed = failed_from..self.popped;
+                self.named_parses.retain(|(i, name)| {
+                    if failed.contains(i) {
+                        verdict.failed_names.push(name.clone());
+                    }
+                    *i >= failed.end
+                });
+            }
             verdict.synthesize_after = self.take_ready_synthesized();
             // An error the client would have got from its own message had the
             // router not rewritten the stream: it must see it.
@@ -290,9 +340,11 @@ impl Expectations {
     }
 
     fn pop_head(&mut self) {
-        if let Some(Entry::Swallow(_) | Entry::Synthesize(_) | Entry::Guard(..)) =
-            self.queue.pop_front()
-        {
+        let Some(entry) = self.queue.pop_front() else {
+            return;
+        };
+        self.popped += 1;
+        if let Entry::Swallow(_) | Entry::Synthesize(_) | Entry::Guard(..) = entry {
             self.special -= 1;
         }
     }
@@ -420,6 +472,46 @@ mod tests {
         let v = e.on_server_message(b'Z');
         assert!(v.forward && v.synthesize_before.is_empty());
         assert!(e.is_empty() && e.is_plain());
+    }
+
+    #[test]
+    fn failed_and_skipped_client_parses_give_their_names_back() {
+        let mut e = Expectations::default();
+        // Batch 1: Parse ok (answered), Parse bad (fails), Parse skipped
+        // (made up: the server has it), Sync. Batch 2: Parse, Sync.
+        let i = e.next_index();
+        e.forward(Reply::Parse(Some(1)));
+        e.client_parse(i, "ok");
+        let i = e.next_index();
+        e.forward(Reply::Parse(Some(2)));
+        e.client_parse(i, "bad");
+        e.forward(Reply::Bind);
+        let i = e.next_index();
+        assert_eq!(e.synthesize(made(b'1')), None);
+        e.client_parse(i, "skipped");
+        e.forward(Reply::Sync);
+        let i = e.next_index();
+        e.forward(Reply::Parse(Some(3)));
+        e.client_parse(i, "later");
+        e.forward(Reply::Sync);
+        assert!(e.on_server_message(b'1').forward);
+        let v = e.on_server_message(b'E');
+        assert!(v.forward);
+        assert_eq!(v.failed_parse, Some(2));
+        let names: Vec<&str> = v.failed_names.iter().map(|n| &**n).collect();
+        assert_eq!(names, ["bad", "skipped"]);
+        assert!(e.on_server_message(b'Z').forward);
+        assert!(e.on_server_message(b'1').forward);
+        assert!(e.on_server_message(b'Z').forward);
+        assert!(e.is_empty());
+        // Answered at once: nothing to track.
+        let i = e.next_index();
+        assert_eq!(e.synthesize(made(b'1')), Some(made(b'1')));
+        e.client_parse(i, "now");
+        e.forward(Reply::Bind);
+        e.forward(Reply::Sync);
+        let v = e.on_server_message(b'E');
+        assert!(v.failed_names.is_empty());
     }
 
     #[test]

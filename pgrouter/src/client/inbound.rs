@@ -236,6 +236,11 @@ impl Session {
                     if let Some(id) = verdict.failed_parse {
                         held.conn.statements.remove(id);
                     }
+                    // PostgreSQL did not create them: the client may parse
+                    // these names again.
+                    for name in &verdict.failed_names {
+                        self.statements.remove(&**name);
+                    }
                     if verdict.guard_failed.is_some() || !verdict.guards_skipped.is_empty() {
                         super::replay::undo_replay(
                             &mut held.conn,

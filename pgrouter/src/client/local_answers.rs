@@ -51,13 +51,19 @@ impl Session {
         let tag = match &statement.kind {
             StatementKind::Deallocate { .. } if on_held_server => return Ok(false),
             StatementKind::Deallocate { name: Some(name) } => {
-                if self.sql_prepared.remove(name).is_none() {
+                // SQL and protocol-level statements share one namespace.
+                if self.sql_prepared.remove(name).is_none()
+                    && self.statements.remove(name.as_str()).is_none()
+                    && self.local_explains.remove(name.as_str()).is_none()
+                {
                     return Ok(false); // let PostgreSQL report the unknown name
                 }
                 "DEALLOCATE"
             }
             StatementKind::Deallocate { name: None } => {
                 self.sql_prepared.clear();
+                self.statements.clear();
+                self.local_explains.clear();
                 "DEALLOCATE ALL"
             }
             // The shared server keeps its statements and (for JWT sessions)

@@ -21,7 +21,7 @@ use crate::pool::PoolError;
 use crate::protocol::backend::{self, Severity};
 use crate::protocol::frontend::{self, parse_bind_names, parse_parse, parse_query, parse_target};
 use crate::protocol::next_frame;
-use crate::router::{Role, Route};
+use crate::router::{Refusal, Role, Route};
 use crate::server::ServerError;
 
 impl Session {
@@ -193,6 +193,12 @@ impl Session {
                 self.refuse(tag, frame.total_len, refusal);
                 continue;
             }
+            if tag == b'P' {
+                if let Some(refusal) = self.duplicate_statement(frame.total_len)? {
+                    self.refuse(tag, frame.total_len, refusal);
+                    continue;
+                }
+            }
             if self.flow.batch_start() && !self.flow.in_tx() {
                 self.check_token_expiry()?;
             }
@@ -331,7 +337,9 @@ impl Session {
 
     /// Checks out a server for `route`. A replica that cannot be reached is
     /// banned and the next candidate is tried: nothing was sent yet, so the
-    /// client does not notice.
+    /// client does not notice. A replica that refuses this user's login is
+    /// not banned (other users' logins there succeed): the next candidate
+    /// is tried all the same.
     pub(super) async fn attach(
         &mut self,
         route: Route,
@@ -354,13 +362,24 @@ impl Session {
         } else {
             Default::default()
         };
+        // A replica's refusal of this user's login, reported if no other
+        // server takes the statement either.
+        let mut refused = None;
         let (conn, slot) = loop {
             let Some(slot) = shard.pick(route.role, pools.balancing, &tried, limits) else {
                 self.registered.info.set_state(ClientState::Idle);
-                return Err(PoolError::NoServer);
+                return Err(refused.unwrap_or(PoolError::NoServer));
             };
             match slot.pool.checkout().await {
                 Ok(conn) => break (conn, slot),
+                // The server answered and refused this user's login (its
+                // pg_hba.conf, a role not yet replayed there): only this
+                // pool backs off (`Pool::note_login_outcome`); the server
+                // stays in for everyone else.
+                Err(PoolError::Connect(e)) if !slot.health.is_primary() && e.is_login_refusal() => {
+                    tried.push(Arc::as_ptr(&slot.pool) as usize);
+                    refused = Some(PoolError::Connect(e));
+                }
                 Err(PoolError::Connect(e)) if !slot.health.is_primary() => {
                     slot.health.ban(&format!("connect failed: {e}"));
                     tried.push(Arc::as_ptr(&slot.pool) as usize);
@@ -532,6 +551,25 @@ impl Session {
         Ok(())
     }
 
+    /// A Parse of a named statement the client already has (no Close in
+    /// between): PostgreSQL answers 42P05 and keeps the old statement, so
+    /// the router refuses it the same way (error, then skip to Sync). The
+    /// unnamed statement may be parsed again freely.
+    fn duplicate_statement(&self, len: usize) -> Result<Option<Refusal>, SessionEnd> {
+        let body = self.cbuf.get(5..len).unwrap_or(&[]);
+        if body.first() == Some(&0) {
+            return Ok(None);
+        }
+        let name = parse_parse(body)?.name;
+        if !self.statements.contains_key(name) && !self.local_explains.contains_key(name) {
+            return Ok(None);
+        }
+        Ok(Some(Refusal {
+            sqlstate: "42P05",
+            message: format!("prepared statement \"{name}\" already exists"),
+        }))
+    }
+
     /// Queues one client message for the held server, rewritten as needed.
     pub(super) fn forward_message(&mut self, tag: u8, msg: &[u8]) -> Result<(), SessionEnd> {
         let body = msg.get(5..).unwrap_or(&[]);
@@ -564,6 +602,9 @@ impl Session {
                     self.inject_fixups(&analysis, p.sql, boundary);
                 }
                 match p.filter(|p| !p.name.is_empty()) {
+                    // The server skips it after an error: PostgreSQL does
+                    // not create the statement.
+                    Some(_) if skipping => {}
                     Some(p) => {
                         let stmt = self
                             .state
@@ -571,9 +612,11 @@ impl Session {
                             .intern(p.sql, &p.param_types, analysis);
                         self.local_explains.remove(p.name);
                         self.statements.insert(p.name.to_string(), stmt.clone());
-                        if !skipping {
-                            self.prepare_on_server(&stmt, true);
-                        }
+                        // Should this Parse fail (or be skipped after an
+                        // error), the name is forgotten again (`inbound.rs`).
+                        let index = self.expect().next_index();
+                        self.prepare_on_server(&stmt, true);
+                        self.expect().client_parse(index, p.name);
                     }
                     None => {
                         self.unnamed = Some(analysis);

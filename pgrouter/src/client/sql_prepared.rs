@@ -116,6 +116,8 @@ impl Session {
                 }
                 StatementKind::Deallocate { name: None } => {
                     self.sql_prepared.clear();
+                    self.statements.clear();
+                    self.local_explains.clear();
                     server.clear();
                 }
                 StatementKind::Discard(DiscardKind::All) => {

@@ -483,11 +483,7 @@ impl Pool {
                 *self.refused.lock() = None;
                 return;
             }
-            Err(ServerError::Postgres(f))
-                if matches!(f.code.as_str(), "28P01" | "28000" | "3D000") =>
-            {
-                f.clone()
-            }
+            Err(e @ ServerError::Postgres(f)) if e.is_login_refusal() => f.clone(),
             Err(ServerError::Auth(message)) => crate::protocol::backend::ErrorFields {
                 severity: "FATAL".into(),
                 code: "28P01".into(),

@@ -70,6 +70,26 @@ pub enum ServerError {
     CapReached(String),
 }
 
+impl ServerError {
+    /// The server answered the login and refused it for this user or
+    /// database (a class 28 authentication failure, 3D000 no such database,
+    /// a role that does not exist, the router's own check of the server's
+    /// authentication): other users' logins may well succeed, so the
+    /// server is not to be left out for everyone, only this pool backed
+    /// off. Refusals that concern the whole server (class 57: starting up,
+    /// shutting down; class 53: too many connections; class 08) are not
+    /// such refusals, and neither is a failure to connect.
+    pub fn is_login_refusal(&self) -> bool {
+        match self {
+            ServerError::Postgres(f) => {
+                !(f.code.starts_with("57") || f.code.starts_with("53") || f.code.starts_with("08"))
+            }
+            ServerError::Auth(_) => true,
+            _ => false,
+        }
+    }
+}
+
 /// A logged-in server connection that is idle between uses.
 pub struct ServerConn {
     pub id: u64,
