@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from harness.clients import connect, run_async
+from harness.pg import APP_DB
 from harness.jwt_setup import (AUTHENTICATOR, TABLE, WEIRD_ROLE, jwt_db, keys,  # noqa: F401
                                login_error, module_routers, start_jwt_router, whoami)
 from harness.jwt_tokens import (AUDIENCE, SigningKey, alg_none_token, claims,
@@ -485,3 +486,54 @@ def test_role_set_role_cannot_apply_is_refused_at_login(routers, jwt_db, keys, r
     # The control: an ordinary role logs in.
     with connect(r.dsn(user=u, password=keys["rsa"].sign(claims(u, "web_user")))) as c:
         assert whoami(c) == ("web_user", AUTHENTICATOR)
+
+
+# ------------------------------------------- state planted for another role --
+def test_a_temp_table_planted_through_the_search_path_never_reaches_another_role(routers, jwt_db, keys):
+    """Alice puts pg_temp first on her search_path and creates an unqualified
+    table shadowing a real one: she is pinned like after CREATE TEMP, so Bob
+    (another role, same one-connection pool) reads the real table, never
+    hers."""
+    router = start_jwt_router(routers, keys["rsa"], auth_pool_size=1,
+                              general={"checkout_timeout_ms": 1500})
+    ua, ub = uname(), uname()
+    alice = connect(router.dsn(user=ua, password=keys["rsa"].sign(claims(ua, "web_user"))))
+    try:
+        alice.execute("SET search_path = pg_temp, public")
+        alice.execute(f"CREATE TABLE {TABLE} (id int, note text)")
+        alice.execute(f"INSERT INTO {TABLE} VALUES (1, 'planted by alice')")
+        alice.execute(f"GRANT ALL ON {TABLE} TO PUBLIC")
+        bob = connect(router.dsn(user=ub, password=keys["rsa"].sign(claims(ub, WEIRD_ROLE))))
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            bob.execute("SELECT 1")  # alice holds the only connection
+        bob.close()
+    finally:
+        alice.close()
+    bob = connect(router.dsn(user=ub, password=keys["rsa"].sign(claims(ub, WEIRD_ROLE))))
+    try:
+        assert whoami(bob) == (WEIRD_ROLE, AUTHENTICATOR)
+        assert bob.execute("SELECT count(*) FROM pg_class WHERE relpersistence = 't'").fetchone() == (0,)
+    finally:
+        bob.close()
+
+
+def test_settings_a_function_left_never_reach_another_role(routers, jwt_db, keys, primary):
+    """A function of the database's own sets a tenant setting with
+    set_config(..., false): the connection is cleaned before Bob's next
+    statement on it, and Alice keeps her role."""
+    with primary.connect(APP_DB) as direct:
+        direct.execute("""CREATE OR REPLACE FUNCTION jwt_set_tenant(t text) RETURNS void
+                          LANGUAGE sql AS $$SELECT set_config('app.tenant', t, false)$$""")
+        direct.execute("GRANT EXECUTE ON FUNCTION jwt_set_tenant(text) TO PUBLIC")
+    router = start_jwt_router(routers, keys["rsa"], auth_pool_size=1)
+    ua, ub = uname(), uname()
+    try:
+        with connect(router.dsn(user=ua, password=keys["rsa"].sign(claims(ua, "web_user")))) as alice:
+            alice.execute("SELECT jwt_set_tenant('alice')")
+            assert whoami(alice) == ("web_user", AUTHENTICATOR)
+        with connect(router.dsn(user=ub, password=keys["rsa"].sign(claims(ub, WEIRD_ROLE)))) as bob:
+            assert bob.execute("SELECT current_setting('app.tenant', true)").fetchone()[0] in (None, "")
+            assert whoami(bob) == (WEIRD_ROLE, AUTHENTICATOR)
+    finally:
+        with primary.connect(APP_DB) as direct:
+            direct.execute("DROP FUNCTION jwt_set_tenant(text)")
