@@ -510,6 +510,16 @@ impl<'a> Planner<'a> {
         table: &ShardedTable,
     ) -> Result<(), Refusal> {
         let name = &rows.relation.name;
+        if rows.rows.is_empty() {
+            // DEFAULT VALUES: the key is the column's default (a sequence,
+            // a function), computed by whichever shard runs the INSERT, so
+            // no shard is known to be the one PostgreSQL would place it on.
+            return Err(unsupported(format!(
+                "pgrouter: INSERT ... DEFAULT VALUES into sharded table \"{name}\" does not give its shard \
+                 key \"{}\"; HINT: add the shard key (INSERT INTO {name} ({}) VALUES (...))",
+                table.column, table.column
+            )));
+        }
         let learnt;
         let columns: &[String] = if rows.columns.is_empty() {
             learnt = self.map.known_columns(&rows.relation);
