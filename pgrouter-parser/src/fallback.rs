@@ -73,6 +73,9 @@ fn deep_statement(sql: &str, write_functions: &[String], a: &mut Analysis) {
         a.escalation.set_config_sensitive |= functions::is_set_config(&name);
         a.escalation.runs_sql_text |= functions::runs_sql_text(&name);
         a.calls_set_config |= functions::is_set_config(&name);
+        if a.varies_by_server.is_none() && functions::varies_by_server(&name) {
+            a.varies_by_server = Some(f.name.clone());
+        }
     }
     for t in &summary.protobuf.tables {
         writes |= t.context == Context::Dml as i32;
