@@ -65,6 +65,11 @@ pub struct Analysis {
     /// entry per statement. Empty when the text was not fully analysed
     /// (a parse error, or too deeply nested): then no key can be found.
     pub keys: Vec<crate::shard::StatementKeys>,
+    /// The first call in the string whose value may differ between servers
+    /// (`random()`, `now()`, `CURRENT_TIMESTAMP`, `nextval(...)`, ...): a
+    /// write to a reference table must not use one, or the copies on the
+    /// shards would differ. User-defined functions are not recognised.
+    pub varies_by_server: Option<String>,
     /// `EXPLAIN (ROUTE) statement`, which the router answers itself (PostgreSQL
     /// has no such option): `Some(w)`, where `w` says the explained
     /// statement is a write.

@@ -66,6 +66,9 @@ fn statement(node: &N, write_functions: &[String], a: &mut Analysis) -> Statemen
         }
         a.escalation.set_config_sensitive |= facts.set_config_sensitive;
         a.escalation.runs_sql_text |= facts.runs_sql_text;
+        if a.varies_by_server.is_none() {
+            a.varies_by_server.clone_from(&facts.varies_by_server);
+        }
         a.literal_sensitive |= facts.set_config;
         a.calls_set_config |= facts.set_config;
         a.calls_unknown_function |= facts.unknown_function;

@@ -77,6 +77,9 @@ fn deep_statement(sql: &str, write_functions: &[String], a: &mut Analysis) {
         a.escalation.runs_sql_text |= functions::runs_sql_text(&name);
         a.calls_set_config |= functions::is_set_config(&name);
         a.calls_unknown_function |= !functions::is_builtin_function(&name);
+        if a.varies_by_server.is_none() && functions::varies_by_server(&name) {
+            a.varies_by_server = Some(f.name.clone());
+        }
     }
     for t in &summary.protobuf.tables {
         writes |= t.context == Context::Dml as i32;

@@ -64,6 +64,75 @@ pub(crate) fn is_write_function(name: &[String], configured: &[String]) -> bool 
     })
 }
 
+/// Built-ins whose result can differ between two servers running the same
+/// statement at about the same time: random values, clocks (each shard's
+/// transaction starts at its own instant), sequences and transaction ids
+/// (each shard has its own), and facts of the server itself. A write to a
+/// reference table runs on every shard, so a value from one of these would
+/// leave the copies different.
+const VARIES_BY_SERVER: &[&str] = &[
+    "random",
+    "random_normal",
+    "setseed",
+    "gen_random_uuid",
+    "uuidv4",
+    "uuidv7",
+    "uuid_generate_v1",
+    "uuid_generate_v1mc",
+    "uuid_generate_v4",
+    "gen_random_bytes",
+    "gen_salt",
+    "now",
+    "statement_timestamp",
+    "transaction_timestamp",
+    "clock_timestamp",
+    "timeofday",
+    "age",
+    "nextval",
+    "currval",
+    "lastval",
+    "setval",
+    "txid_current",
+    "txid_current_if_assigned",
+    "txid_current_snapshot",
+    "txid_status",
+    "pg_current_xact_id",
+    "pg_current_xact_id_if_assigned",
+    "pg_current_snapshot",
+    "pg_xact_status",
+    "pg_xact_commit_timestamp",
+    "mxid_age",
+    "pg_backend_pid",
+    "inet_server_addr",
+    "inet_server_port",
+    "inet_client_addr",
+    "inet_client_port",
+    "pg_postmaster_start_time",
+    "pg_conf_load_time",
+    "current_database",
+    "version",
+    "pg_current_wal_lsn",
+    "pg_current_wal_insert_lsn",
+    "pg_current_wal_flush_lsn",
+    "pg_sequence_last_value",
+    "pg_database_size",
+    "pg_relation_size",
+    "pg_total_relation_size",
+    "pg_table_size",
+    "pg_indexes_size",
+    "pg_tablespace_size",
+];
+
+/// Whether a call of `name`, in any schema and any case, may give each
+/// server a different value (see [`VARIES_BY_SERVER`]; also every
+/// `pg_stat*` function). User-defined functions are not known here.
+pub(crate) fn varies_by_server(name: &[String]) -> bool {
+    name.last().is_some_and(|n| {
+        let lower = n.to_ascii_lowercase();
+        VARIES_BY_SERVER.contains(&lower.as_str()) || lower.starts_with("pg_stat")
+    })
+}
+
 /// Whether `name` is `set_config` in any schema and any case.
 pub(crate) fn is_set_config(name: &[String]) -> bool {
     name.last().is_some_and(|n| n.eq_ignore_ascii_case("set_config"))
@@ -170,6 +239,16 @@ mod tests {
         }
         for f in ["my_func", "public.now", "app.set_tenant", "db.pg_catalog.nope", "", "a.b.c.d"] {
             assert!(!is_builtin_function(&n(f)), "{f}");
+        }
+    }
+
+    #[test]
+    fn varying() {
+        for f in ["random", "pg_catalog.NOW", "clock_timestamp", "gen_random_uuid", "nextval", "pg_stat_get_xact_tuples_inserted"] {
+            assert!(varies_by_server(&n(f)), "{f}");
+        }
+        for f in ["md5", "lower", "coalesce", "to_timestamp", "my_fn"] {
+            assert!(!varies_by_server(&n(f)), "{f}");
         }
     }
 

@@ -38,6 +38,10 @@ pub(crate) struct Facts {
     pub runs_sql_text: bool,
     /// A call of a function that is not one of PostgreSQL's own.
     pub unknown_function: bool,
+    /// The first call (function name, or the SQL keyword of a value function
+    /// such as `CURRENT_TIMESTAMP`) whose value may differ between servers
+    /// (see [`functions::varies_by_server`]).
+    pub varies_by_server: Option<String>,
     /// How many `set_config` calls the statement has, wherever they are.
     pub set_config_calls: usize,
     /// A `set_config` call whose first argument is a guarded setting or not a literal.
@@ -55,6 +59,25 @@ impl Facts {
     }
 }
 
+/// The SQL keyword of a SQLValueFunction whose value may differ between
+/// servers, by pg_query's `SqlValueFunctionOp` number: the date/time ones
+/// (each server's transaction has its own start) and `CURRENT_CATALOG`
+/// (each shard's database may have its own name). The user and schema
+/// ones are the same on every shard's connection.
+fn varying_value_function(op: i64) -> Option<&'static str> {
+    use pg_query::protobuf::SqlValueFunctionOp as Op;
+    let op = Op::try_from(i32::try_from(op).ok()?).ok()?;
+    Some(match op {
+        Op::SvfopCurrentDate => "CURRENT_DATE",
+        Op::SvfopCurrentTime | Op::SvfopCurrentTimeN => "CURRENT_TIME",
+        Op::SvfopCurrentTimestamp | Op::SvfopCurrentTimestampN => "CURRENT_TIMESTAMP",
+        Op::SvfopLocaltime | Op::SvfopLocaltimeN => "LOCALTIME",
+        Op::SvfopLocaltimestamp | Op::SvfopLocaltimestampN => "LOCALTIMESTAMP",
+        Op::SvfopCurrentCatalog => "CURRENT_CATALOG",
+        _ => return None,
+    })
+}
+
 /// Walks `node` (any pg_query protobuf value).
 pub(crate) fn walk<T: Serialize + ?Sized>(node: &T, write_functions: &[String]) -> Facts {
     let mut st = State {
@@ -63,6 +86,7 @@ pub(crate) fn walk<T: Serialize + ?Sized>(node: &T, write_functions: &[String]) 
         strings: Vec::new(),
         arg: Arg::Missing,
         update_target: false,
+        int: 0,
     };
     // The serializer never fails; a failure could only cut the walk short.
     let _ = node.serialize(V { st: &mut st, mode: Mode::Walk });
@@ -78,6 +102,8 @@ struct State<'w> {
     arg: Arg,
     /// Visiting the target relation of an UPDATE.
     update_target: bool,
+    /// Result of [`Mode::Int`].
+    int: i64,
 }
 
 /// The first argument of a function call, as far as `set_config` cares.
@@ -102,6 +128,8 @@ enum Mode {
     /// Inspect the first element of an argument list, at the given point of
     /// the shape `[Node{node: AConst{val: Sval(String{sval})}} | TypeCast{arg: ...}, ...]`.
     Arg(At),
+    /// Read an integer field (an enum's number) into `State::int`.
+    Int,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -125,6 +153,8 @@ enum Frame {
     Cte,
     VarSet,
     Update,
+    /// `CURRENT_TIMESTAMP`, `CURRENT_USER`, ... (pg_query's SQLValueFunction).
+    SqlValue,
 }
 
 /// The serializer: a mutable borrow of the walk's state and what to do here.
@@ -190,6 +220,9 @@ impl<'w> State<'w> {
                 }
                 self.facts.runs_sql_text |= functions::runs_sql_text(&name);
                 self.facts.unknown_function |= !functions::is_builtin_function(&name);
+                if self.facts.varies_by_server.is_none() && functions::varies_by_server(&name) {
+                    self.facts.varies_by_server = Some(name.join("."));
+                }
                 self.facts.session_state.merge(crate::session_state::of_function(&name));
             }
             Frame::RangeVar { parts } => {
@@ -203,7 +236,7 @@ impl<'w> State<'w> {
                     self.facts.tables.push(name);
                 }
             }
-            Frame::Plain | Frame::Cte | Frame::VarSet | Frame::Update => {}
+            Frame::Plain | Frame::Cte | Frame::VarSet | Frame::Update | Frame::SqlValue => {}
         }
     }
 }
@@ -212,6 +245,7 @@ impl<'a, 'w> C<'a, 'w> {
     fn field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> R {
         match self.mode {
             Mode::Walk => {}
+            Mode::Int => return Ok(()),
             Mode::Strings => return value.serialize(V { st: self.st, mode: Mode::Strings }),
             Mode::Arg(at) => {
                 let next = match (at, key) {
@@ -255,6 +289,14 @@ impl<'a, 'w> C<'a, 'w> {
                 self.st.update_target = true;
                 let _ = value.serialize(V { st: self.st, mode: Mode::Walk });
                 self.st.update_target = false;
+                return Ok(());
+            }
+            Frame::SqlValue if key == "op" => {
+                self.st.int = -1;
+                let _ = value.serialize(V { st: self.st, mode: Mode::Int });
+                if let Some(keyword) = varying_value_function(self.st.int) {
+                    self.st.facts.varies_by_server.get_or_insert_with(|| keyword.to_string());
+                }
                 return Ok(());
             }
             Frame::VarSet if key == "name" => {
@@ -309,7 +351,10 @@ impl<'a, 'w> ser::Serializer for V<'a, 'w> {
     fn serialize_i16(self, _: i16) -> R {
         Ok(())
     }
-    fn serialize_i32(self, _: i32) -> R {
+    fn serialize_i32(self, v: i32) -> R {
+        if self.mode == Mode::Int {
+            self.st.int = i64::from(v);
+        }
         Ok(())
     }
     fn serialize_i64(self, _: i64) -> R {
@@ -414,6 +459,7 @@ impl<'a, 'w> ser::Serializer for V<'a, 'w> {
                 "FuncCall" => Frame::Func { name: Vec::new(), arg: Arg::Missing },
                 "RangeVar" => Frame::RangeVar { parts: Default::default() },
                 "CommonTableExpr" => Frame::Cte,
+                "SqlValueFunction" => Frame::SqlValue,
                 "VariableSetStmt" => Frame::VarSet,
                 "UpdateStmt" => {
                     facts.dml = true;

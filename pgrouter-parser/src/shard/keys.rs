@@ -17,8 +17,9 @@
 use pg_query::protobuf::{self as pb, a_const::Val, node::Node as N};
 use pg_query::protobuf::{AExprKind, BoolExprType, JoinType, NullTestType};
 
+use super::casts;
 use super::literals::{literal_values, Literal};
-use super::value::{type_name, KeyType};
+use super::value::KeyType;
 
 /// The shard-key facts of one statement.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -434,9 +435,17 @@ impl Extract<'_> {
             }
             AExprKind::AexprOpAny => {
                 let c = column(l)?;
-                match strip_casts(r) {
-                    Some(N::AArrayExpr(a)) => {
+                match r.node.as_ref()? {
+                    N::AArrayExpr(a) => {
                         let values = a.elements.iter().map(|v| self.value(v)).collect::<Option<Vec<_>>>()?;
+                        Cond::Values { column: c, values }
+                    }
+                    // ARRAY[...]::type[]: the cast applies to each element.
+                    N::TypeCast(t) if matches!(t.arg.as_deref()?.node, Some(N::AArrayExpr(_))) => {
+                        let to = casts::exact_target(t)?;
+                        let Some(N::AArrayExpr(a)) = t.arg.as_deref()?.node.as_ref() else { return None };
+                        let values =
+                            a.elements.iter().map(|v| self.cast_value(v, to)).collect::<Option<Vec<_>>>()?;
                         Cond::Values { column: c, values }
                     }
                     _ => Cond::Array { column: c, array: self.value(r)? },
@@ -462,17 +471,20 @@ impl Extract<'_> {
                 };
                 Some(self.literal(usize::try_from(c.location).ok()?, Literal { text, numeric }))
             }
-            N::TypeCast(t) => {
-                let to = t.type_name.as_ref().and_then(|n| n.names.last()).and_then(|n| match &n.node {
-                    Some(N::String(s)) => type_name(&s.sval),
-                    _ => None,
-                })?;
-                match self.value(t.arg.as_deref()?)? {
-                    ValueRef::Param { number, .. } => Some(ValueRef::Param { number, cast: Some(to) }),
-                    other => Some(other),
-                }
-            }
+            N::TypeCast(t) => self.cast_value(t.arg.as_deref()?, casts::exact_target(t)?),
             _ => None,
+        }
+    }
+
+    /// `arg` cast to `to`: its value when the cast keeps it as the router
+    /// reads it, else unknown (see [`casts`]).
+    fn cast_value(&mut self, arg: &pg_query::protobuf::Node, to: KeyType) -> Option<ValueRef> {
+        if !casts::keeps_value(arg, to) {
+            return None;
+        }
+        match self.value(arg)? {
+            ValueRef::Param { number, .. } => Some(ValueRef::Param { number, cast: Some(to) }),
+            other => Some(other),
         }
     }
 
@@ -523,13 +535,6 @@ fn op_name(name: &[pg_query::protobuf::Node]) -> Option<&str> {
     match &name.last()?.node {
         Some(N::String(s)) => Some(s.sval.as_str()),
         _ => None,
-    }
-}
-
-fn strip_casts(node: &pg_query::protobuf::Node) -> Option<&N> {
-    match node.node.as_ref()? {
-        N::TypeCast(t) => strip_casts(t.arg.as_deref()?),
-        other => Some(other),
     }
 }
 

@@ -8,6 +8,7 @@
 //! parameter `$n` — never the value itself; [`literal_values`] reads the
 //! literals of the text at hand for each execution.
 
+mod casts;
 mod hash;
 mod insert_split;
 mod keys;

@@ -202,63 +202,101 @@ pub fn parse_binary(ty: KeyType, sent: KeyType, bytes: &[u8]) -> Result<KeyValue
 }
 
 /// The values of an array parameter or literal (`key = ANY(...)`) in text
-/// format: `{1,2,"3",NULL}` (one dimension).
+/// format: `{1,2,"3",NULL}`, flattened when it has several dimensions
+/// (`{{1,2},{3,4}}`, `[0:1]={1,2}`), as `= ANY` compares with every element.
+///
+/// Lenient about shapes PostgreSQL refuses (sub-arrays of unequal lengths):
+/// the text still reaches PostgreSQL, which reports its own error.
 pub fn parse_text_array(ty: KeyType, text: &str) -> Result<Vec<KeyValue>, KeyError> {
     let malformed = || KeyError::new("22P02", format!("malformed array literal: \"{text}\""));
-    let t = text.trim();
-    let inner = t.strip_prefix('{').and_then(|r| r.strip_suffix('}')).ok_or_else(malformed)?;
-    let mut out = Vec::new();
-    if inner.trim().is_empty() {
-        return Ok(out);
+    let mut t = text.trim();
+    // Explicit bounds: `[1:2][1:2]={...}`.
+    if t.starts_with('[') {
+        t = t.split_once('=').map(|(_, rest)| rest.trim_start()).ok_or_else(malformed)?;
     }
-    let mut chars = inner.chars().peekable();
-    loop {
+    let mut chars = t.chars().peekable();
+    if chars.next() != Some('{') {
+        return Err(malformed());
+    }
+    let mut out = Vec::new();
+    array_items(ty, &mut chars, &mut out, 1, &malformed)?;
+    if chars.any(|c| !c.is_whitespace()) {
+        return Err(malformed());
+    }
+    Ok(out)
+}
+
+/// PostgreSQL's MAXDIM.
+const MAX_DIMENSIONS: usize = 6;
+
+/// The items of one `{...}` (its `{` already read) up to its `}`.
+fn array_items(
+    ty: KeyType,
+    chars: &mut std::iter::Peekable<std::str::Chars>,
+    out: &mut Vec<KeyValue>,
+    depth: usize,
+    malformed: &dyn Fn() -> KeyError,
+) -> Result<(), KeyError> {
+    let skip_blanks = |chars: &mut std::iter::Peekable<std::str::Chars>| {
         while chars.peek().is_some_and(|c| c.is_whitespace()) {
             chars.next();
         }
-        let mut item = String::new();
-        let quoted = chars.peek() == Some(&'"');
-        if quoted {
+    };
+    skip_blanks(chars);
+    if chars.peek() == Some(&'}') {
+        chars.next();
+        return Ok(());
+    }
+    loop {
+        skip_blanks(chars);
+        if chars.peek() == Some(&'{') {
+            if depth >= MAX_DIMENSIONS {
+                return Err(KeyError::new(
+                    "54000",
+                    format!("number of array dimensions exceeds the maximum allowed ({MAX_DIMENSIONS})"),
+                ));
+            }
             chars.next();
-            loop {
-                match chars.next().ok_or_else(malformed)? {
-                    '"' => break,
-                    '\\' => item.push(chars.next().ok_or_else(malformed)?),
-                    c => item.push(c),
-                }
-            }
-            while chars.peek().is_some_and(|c| c.is_whitespace()) {
-                chars.next();
-            }
+            array_items(ty, chars, out, depth + 1, malformed)?;
+            skip_blanks(chars);
         } else {
-            while let Some(&c) = chars.peek() {
-                if c == ',' {
-                    break;
+            let mut item = String::new();
+            let quoted = chars.peek() == Some(&'"');
+            if quoted {
+                chars.next();
+                loop {
+                    match chars.next().ok_or_else(malformed)? {
+                        '"' => break,
+                        '\\' => item.push(chars.next().ok_or_else(malformed)?),
+                        c => item.push(c),
+                    }
                 }
-                if matches!(c, '{' | '}' | '"') {
-                    return Err(malformed());
-                }
-                if c == '\\' {
+                skip_blanks(chars);
+            } else {
+                while let Some(&c) = chars.peek() {
+                    if matches!(c, ',' | '}') {
+                        break;
+                    }
+                    if matches!(c, '{' | '"') {
+                        return Err(malformed());
+                    }
                     chars.next();
-                    item.push(chars.next().ok_or_else(malformed)?);
-                    continue;
+                    item.push(if c == '\\' { chars.next().ok_or_else(malformed)? } else { c });
                 }
-                item.push(c);
-                chars.next();
+                item = item.trim_end().to_string();
             }
-            item = item.trim_end().to_string();
-        }
-        if !quoted && item.eq_ignore_ascii_case("null") {
-            out.push(KeyValue::Null);
-        } else if item.is_empty() && !quoted {
-            return Err(malformed());
-        } else {
-            out.push(parse_text(ty, &item)?);
+            if !quoted && item.eq_ignore_ascii_case("null") {
+                out.push(KeyValue::Null);
+            } else if item.is_empty() && !quoted {
+                return Err(malformed());
+            } else {
+                out.push(parse_text(ty, &item)?);
+            }
         }
         match chars.next() {
-            None => return Ok(out),
+            Some('}') => return Ok(()),
             Some(',') => {}
-            Some(_) => return Err(malformed()),
+            _ => return Err(malformed()),
         }
     }
 }
@@ -280,13 +318,22 @@ pub fn parse_binary_array(ty: KeyType, bytes: &[u8]) -> Result<Vec<KeyValue>, Ke
     if ndim == 0 {
         return Ok(Vec::new());
     }
-    if ndim != 1 {
-        return Err(KeyError::new("0A000", "pgrouter: a multi-dimensional array of shard keys is not supported"));
+    if !(1..=6).contains(&ndim) {
+        return Err(bad());
     }
-    let count = int(&mut r)?;
-    let _lower = int(&mut r)?;
+    // Several dimensions: `= ANY` compares with every element, in order.
+    let mut count: usize = 1;
+    for _ in 0..ndim {
+        let size = usize::try_from(int(&mut r)?).map_err(|_| bad())?;
+        let _lower = int(&mut r)?;
+        count = count.checked_mul(size).ok_or_else(bad)?;
+    }
+    // Each element takes at least its 4-byte length.
+    if count > r.len() / 4 {
+        return Err(bad());
+    }
     let mut out = Vec::new();
-    for _ in 0..count.max(0) {
+    for _ in 0..count {
         let len = int(&mut r)?;
         if len < 0 {
             out.push(KeyValue::Null);
@@ -415,6 +462,16 @@ mod tests {
         assert_eq!(parse_text_array(KeyType::Bigint, "{}").unwrap(), vec![]);
         assert_eq!(parse_text_array(KeyType::Bigint, "1,2").unwrap_err().sqlstate, "22P02");
         assert_eq!(parse_text_array(KeyType::Bigint, "{x}").unwrap_err().sqlstate, "22P02");
+        let flat = |t: &str| parse_text_array(KeyType::Bigint, t).map(|v| v.len()).map_err(|e| e.sqlstate);
+        assert_eq!(flat("{{1,2},{3,4}}"), Ok(4));
+        assert_eq!(flat(" { {1, 2} , { 3 ,NULL } } "), Ok(4));
+        assert_eq!(flat("[0:1]={1,2}"), Ok(2));
+        assert_eq!(flat("[1:2][1:1]={{1},{2}}"), Ok(2));
+        assert_eq!(flat("{{{{{{{1}}}}}}}"), Err("54000"));
+        assert_eq!(flat("{{1,2}"), Err("22P02"));
+        assert_eq!(flat("{1,2}}"), Err("22P02"));
+        assert_eq!(flat("{1{2}}"), Err("22P02"));
+        assert_eq!(flat("[0:1]"), Err("22P02"));
         let mut bin = Vec::new();
         for w in [1i32, 0, 20, 2, 1] {
             bin.extend_from_slice(&w.to_be_bytes());
@@ -423,5 +480,17 @@ mod tests {
         bin.extend_from_slice(&9i64.to_be_bytes());
         bin.extend_from_slice(&(-1i32).to_be_bytes());
         assert_eq!(parse_binary_array(KeyType::Bigint, &bin).unwrap(), vec![KeyValue::Int(9), KeyValue::Null]);
+        // Two dimensions, 2 x 1: flattened.
+        let mut bin = Vec::new();
+        for w in [2i32, 0, 20, 2, 1, 1, 1] {
+            bin.extend_from_slice(&w.to_be_bytes());
+        }
+        for k in [4i64, 5] {
+            bin.extend_from_slice(&8i32.to_be_bytes());
+            bin.extend_from_slice(&k.to_be_bytes());
+        }
+        assert_eq!(parse_binary_array(KeyType::Bigint, &bin).unwrap(), vec![KeyValue::Int(4), KeyValue::Int(5)]);
+        bin.truncate(bin.len() - 12);
+        assert_eq!(parse_binary_array(KeyType::Bigint, &bin).unwrap_err().sqlstate, "22P03");
     }
 }

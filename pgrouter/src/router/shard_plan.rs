@@ -263,12 +263,23 @@ fn everywhere(
                         .and_then(|sc| sc.relations.first())
                         .map(qualified),
                 };
+                if keys.is_none() {
+                    if let Some(r) = reference.first() {
+                        return Err(unsupported(format!(
+                            "pgrouter: cannot tell whether this statement writes reference table \"{r}\" \
+                             (too deeply nested to analyse); HINT: simplify it"
+                        )));
+                    }
+                }
                 let replicate = target.filter(|t| map.is_reference(t));
                 if let (Some(t), true) = (&replicate, keys.is_some_and(|k| k.nested_writes)) {
                     return Err(unsupported(format!(
                         "pgrouter: a write to reference table \"{t}\" with a data-modifying WITH is not \
                          supported (it would run on every shard); HINT: send the statements separately"
                     )));
+                }
+                if let (Some(t), Some(keys)) = (&replicate, keys) {
+                    replicated_write_is_exact(analysis, map, keys, t, sharded)?;
                 }
                 replicate.map(|_| ManyKind::Replicate)
             }
@@ -302,6 +313,49 @@ fn everywhere(
         )),
         (None, _) => Ok(None),
     }
+}
+
+/// A write to a reference table runs on every shard: each copy changes
+/// alike only when every shard computes the same rows and values. A shard
+/// sees only its own rows of a sharded table, and a call such as `random()`
+/// or `now()` gives each server its own value, so either would leave the
+/// copies different (and the command tag, one shard's, wrong): refused.
+fn replicated_write_is_exact(
+    analysis: &Analysis,
+    map: &ShardMap,
+    keys: &StatementKeys,
+    target: &str,
+    sharded: &[&str],
+) -> Result<(), Refusal> {
+    let nameless = || {
+        keys.scopes.iter().find_map(|scope| {
+            scope.relations.iter().find_map(|r| {
+                if map.is_reference(&qualified(r)) || map.table(&qualified(r)).is_some() {
+                    return None;
+                }
+                map.tables
+                    .iter()
+                    .filter(|t| t.name.is_none())
+                    .find(|t| mentions(&scope.filter, r, &t.column, scope.relations.len() == 1))
+                    .map(|_| r.name.clone())
+            })
+        })
+    };
+    if let Some(t) = sharded.first().map(|t| t.to_string()).or_else(nameless) {
+        return Err(unsupported(format!(
+            "pgrouter: a write to reference table \"{target}\" that reads sharded table \"{t}\" is not \
+             supported (each shard would see only its own rows, and the copies would differ); HINT: read \
+             the rows first, then write them as constants"
+        )));
+    }
+    if let Some(f) = &analysis.varies_by_server {
+        return Err(unsupported(format!(
+            "pgrouter: a write to reference table \"{target}\" must be deterministic, and {f} may give \
+             each shard a different value (the copies would differ); HINT: compute the value first and \
+             write it as a constant"
+        )));
+    }
+    Ok(())
 }
 
 fn qualified(r: &Relation) -> String {
@@ -510,6 +564,16 @@ impl<'a> Planner<'a> {
         table: &ShardedTable,
     ) -> Result<(), Refusal> {
         let name = &rows.relation.name;
+        if rows.rows.is_empty() {
+            // DEFAULT VALUES: the key is the column's default (a sequence,
+            // a function), computed by whichever shard runs the INSERT, so
+            // no shard is known to be the one PostgreSQL would place it on.
+            return Err(unsupported(format!(
+                "pgrouter: INSERT ... DEFAULT VALUES into sharded table \"{name}\" does not give its shard \
+                 key \"{}\"; HINT: add the shard key (INSERT INTO {name} ({}) VALUES (...))",
+                table.column, table.column
+            )));
+        }
         let learnt;
         let columns: &[String] = if rows.columns.is_empty() {
             learnt = self.map.known_columns(&rows.relation);

@@ -1,0 +1,120 @@
+"""Statements whose shard keys or replicated effects the router cannot see
+as written (SPEC §5 "Sharding"): the answer must still be exact, or 0A000.
+
+- A write to a reference table runs on every shard: reading a sharded table
+  (each shard sees only its rows) or calling random()/now() (each server its
+  own value) would leave the copies different, so it is refused.
+- INSERT ... DEFAULT VALUES into a sharded table: the key is computed by the
+  shard that runs it, so no shard is known to be right: refused.
+- A key literal under a cast that changes it (`'abc'::varchar(2)` is 'ab')
+  is routed by the cast's value, or not routed by it at all.
+- `key = ANY('{{1,2},{3,4}}')`: PostgreSQL compares with every element.
+
+Shares the three-shard setup of test_sharding_routing.py."""
+from __future__ import annotations
+
+import psycopg
+
+from harness.clients import connect
+from harness.pg import APP_DB
+from test_sharding_routing import hash_shard, refused, shards, srouter  # noqa: F401 (fixtures)
+
+
+def copies(shards, sql):
+    out = []
+    for s in shards:
+        with s.connect(APP_DB) as conn:
+            out.append(conn.execute(sql).fetchall())
+    return out
+
+
+def test_reference_table_writes_that_would_differ_per_shard_are_refused(srouter, shards):
+    with connect(srouter.dsn()) as conn:
+        conn.execute("INSERT INTO sh_countries VALUES ('de'), ('fr'), ('it')")
+        conn.execute("INSERT INTO sh_items (customer_id, item) VALUES (1, 'de'), (2, 'fr'), (3, 'it')")
+        for sql in ["UPDATE sh_countries SET code = 'x' WHERE code IN (SELECT item FROM sh_items WHERE customer_id = 1)",
+                    "DELETE FROM sh_countries WHERE code IN (SELECT item FROM sh_items WHERE customer_id > 1)",
+                    "DELETE FROM sh_countries c USING sh_items i WHERE i.item = c.code",
+                    "INSERT INTO sh_countries SELECT item || '2' FROM sh_items"]:
+            assert "reads sharded table \"sh_items\"" in refused(conn, sql), sql
+        for sql in ["UPDATE sh_countries SET code = md5(random()::text) WHERE code = 'de'",
+                    "INSERT INTO sh_countries VALUES (gen_random_uuid()::text)",
+                    "INSERT INTO sh_countries VALUES (now()::text)",
+                    "UPDATE sh_countries SET code = CURRENT_TIMESTAMP::text WHERE code = 'de'",
+                    "INSERT INTO sh_countries VALUES (current_database())",
+                    "DELETE FROM sh_countries WHERE random() < 0.5"]:
+            assert "must be deterministic" in refused(conn, sql), sql
+        # Deterministic writes, reading only reference tables: every copy alike.
+        cur = conn.execute("UPDATE sh_countries SET code = upper(code) WHERE code IN ('de', 'fr')")
+        assert cur.statusmessage == "UPDATE 2"
+        cur = conn.execute("INSERT INTO sh_countries SELECT lower(code) FROM sh_countries WHERE code = 'DE'")
+        assert cur.statusmessage == "INSERT 0 1"
+        conn.execute("UPDATE sh_countries SET code = code || current_user WHERE code = 'it'")
+    want = [("DE",), ("FR",), ("de",), ("itapp",)]
+    assert copies(shards, "SELECT code FROM sh_countries ORDER BY code COLLATE \"C\"") == [want] * 3
+
+
+def test_insert_default_values_into_a_sharded_table_is_refused(srouter, shards):
+    with connect(srouter.dsn()) as conn:
+        msg = refused(conn, "INSERT INTO sh_orders DEFAULT VALUES")
+        assert "DEFAULT VALUES" in msg and "customer_id" in msg
+        refused(conn, "WITH w AS (INSERT INTO sh_orders DEFAULT VALUES RETURNING *) SELECT * FROM w")
+        refused(conn, "EXPLAIN (ROUTE) INSERT INTO sh_orders DEFAULT VALUES")
+        # A reference table has no key: DEFAULT VALUES is written everywhere.
+        conn.execute("INSERT INTO sh_countries DEFAULT VALUES")
+    assert copies(shards, "SELECT count(*) FROM sh_orders") == [[(0,)]] * 3
+    assert copies(shards, "SELECT count(*) FROM sh_countries") == [[(1,)]] * 3
+
+
+def test_key_literals_under_value_changing_casts(srouter, shards):
+    with connect(srouter.dsn()) as conn:
+        # Text key: 'ab' and 'abc', 'x' and 'xyz' are on different shards.
+        conn.execute("INSERT INTO sh_users (name, age) VALUES ('ab', 1), ('abc', 2), ('x', 3)")
+        conn.execute("INSERT INTO sh_orders (customer_id, note) VALUES (3, 'three'), (1000, 'k')")
+        for sql, want in [("SELECT age FROM sh_users WHERE name = 'abc'::varchar(2)", [1]),
+                          ("SELECT age FROM sh_users WHERE name = CAST('abc' AS character varying(2))", [1]),
+                          ("SELECT age FROM sh_users WHERE name = 'xyz'::char(1)", [3]),
+                          ("SELECT age FROM sh_users WHERE name = 'xyz'::char", [3]),
+                          ("SELECT age FROM sh_users WHERE name = 'abc   '::char(6)", [2]),
+                          ("SELECT age FROM sh_users WHERE name = 'x  '::bpchar", [3]),
+                          ("SELECT age FROM sh_users WHERE name IN ('abq'::varchar(2), 'x')", [1, 3]),
+                          ("SELECT age FROM sh_users WHERE name = ANY(ARRAY['abcd', 'xy']::varchar(1)[])", [3]),
+                          ("SELECT age FROM sh_users WHERE name = ANY('{abcd}'::varchar(3)[])", [2]),
+                          ("SELECT age FROM sh_users WHERE name = 'abc'::varchar", [2])]:
+            got = sorted(r[0] for r in conn.execute(sql).fetchall())
+            assert got == want, sql
+        for sql, want in [("SELECT note FROM sh_orders WHERE customer_id = 2.7::int", ["three"]),
+                          ("SELECT note FROM sh_orders WHERE customer_id = 1e3::bigint", ["k"])]:
+            assert [r[0] for r in conn.execute(sql).fetchall()] == want, sql
+        with conn.cursor() as cur:
+            cur.execute("SELECT age FROM sh_users WHERE name = %s::varchar(2)", ("abc",))
+            assert cur.fetchall() == [(1,)]
+        # A write whose key is unknown is refused, not misplaced.
+        refused(conn, "INSERT INTO sh_users (name, age) VALUES ('xyz'::varchar(1), 4)")
+        refused(conn, "INSERT INTO sh_users (name, age) VALUES (%s::varchar(1), 4)", ("xyz",))
+        refused(conn, "INSERT INTO sh_orders (customer_id, note) VALUES (2.7::int, 'r')")
+        # Casts that keep the value still route to one shard.
+        conn.execute("INSERT INTO sh_users (name, age) VALUES ('q'::varchar, 5), (CAST('r' AS text), 6)")
+        assert conn.execute("SELECT age FROM sh_users WHERE name IN ('q', 'r') ORDER BY age").fetchall() == [(5,), (6,)]
+    assert sum(c for [(c,)] in copies(shards, "SELECT count(*) FROM sh_users WHERE age >= 4")) == 2
+
+
+def test_any_with_a_multidimensional_array(srouter, shards):
+    with connect(srouter.dsn()) as conn:
+        for k in range(1, 6):
+            conn.execute("INSERT INTO sh_orders (customer_id, note) VALUES (%s, 'n')", (k,))
+        for sql in ["SELECT customer_id FROM sh_orders WHERE customer_id = ANY('{{1,2},{3,4}}') ORDER BY 1",
+                    "SELECT customer_id FROM sh_orders WHERE customer_id = ANY('{{1,2},{3,4}}'::bigint[]) ORDER BY 1",
+                    "SELECT customer_id FROM sh_orders WHERE customer_id = ANY('[0:1][1:2]={{1,2},{3,4}}') "
+                    "ORDER BY 1"]:
+            assert conn.execute(sql).fetchall() == [(1,), (2,), (3,), (4,)], sql
+        for fmt in ("%s", "%b"):
+            got = conn.execute(f"SELECT customer_id FROM sh_orders WHERE customer_id = ANY({fmt}::bigint[]) "
+                               "ORDER BY 1", ([[1, 5], [3, 4]],)).fetchall()
+            assert got == [(1,), (3,), (4,), (5,)], fmt
+        # Malformed: PostgreSQL's own error.
+        try:
+            conn.execute("SELECT 1 FROM sh_orders WHERE customer_id = ANY('{{1,2},3}')")
+            raise AssertionError("accepted")
+        except psycopg.Error as e:
+            assert e.sqlstate == "22P02"
