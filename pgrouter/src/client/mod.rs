@@ -36,6 +36,7 @@ mod explain_route_prepared;
 mod flow;
 mod inbound;
 mod io;
+mod kept;
 mod lease;
 #[cfg(test)]
 mod lease_tests;

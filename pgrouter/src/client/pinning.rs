@@ -235,6 +235,7 @@ impl Session {
         }
         held.conn.statements.clear();
         held.conn.forget_session_state();
+        held.kept = false;
         self.unnamed_here = false;
         Ok(())
     }
