@@ -156,3 +156,21 @@ def test_unsharded_tables_and_sequences_in_a_transaction_stay_on_shard_0(routers
         assert conn.execute("SELECT nextval('ss_seq')").fetchone() == (2,)
         conn.execute("COMMIT")
     assert per_shard(shards, "SELECT a FROM ss_plain ORDER BY 1") == [[(1,), (2,)], [], []]
+
+
+def test_a_temp_table_is_the_sessions_own_on_shard_0(routers, shards):
+    r = start(routers, shards)
+    with connect(r.dsn()) as conn:
+        conn.execute("CREATE TEMP TABLE ss_tmp (a int)")
+        conn.execute("INSERT INTO ss_tmp VALUES (1), (2)")
+        assert conn.execute("SELECT count(*) FROM ss_items").fetchone() == (3,)
+        assert conn.execute("SELECT a FROM ss_tmp ORDER BY a").fetchall() == [(1,), (2,)]
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO ss_tmp VALUES (3)")
+        assert conn.execute("SELECT count(*) FROM ss_tmp").fetchone() == (3,)
+        conn.execute("COMMIT")
+        # Made from a sharded table it would hold one shard's rows: refused.
+        with pytest.raises(psycopg.Error) as err:
+            conn.execute("CREATE TEMP TABLE ss_tmp2 AS SELECT * FROM ss_items")
+        assert err.value.sqlstate == "0A000"
+    assert per_shard(shards, "SELECT count(*) FROM pg_class WHERE relname = 'ss_tmp'") == [[(0,)]] * 3
