@@ -78,12 +78,13 @@ impl Session {
 
     fn route_by_statements(&self) -> (Result<Routed, Refusal>, bool) {
         let session = self.session_routing();
-        let session_role = (self.mode == PoolMode::Session).then(|| match session.role_override {
-            Some(pgrouter_parser::RoleHint::Replica) => Role::Replica,
-            // A hot standby refuses serializable transactions.
-            _ if session.default_read_only && !session.default_serializable => Role::Replica,
-            _ => Role::Primary,
-        });
+        let session_role =
+            (self.mode == PoolMode::Session).then_some(match session.role_override {
+                Some(pgrouter_parser::RoleHint::Replica) => Role::Replica,
+                // A hot standby refuses serializable transactions.
+                _ if session.default_read_only && !session.default_serializable => Role::Replica,
+                _ => Role::Primary,
+            });
         if let (Some(role), None) = (session_role, self.shard_map.as_ref()) {
             let route = Route {
                 shard: session.shard_override.unwrap_or(0) as usize,
@@ -98,7 +99,9 @@ impl Session {
         match (routed, session_role) {
             (Ok(Routed::One(r)), Some(role)) => (Ok(Routed::One(Route { role, ..r })), ended),
             (Ok(Routed::Keyed(r)), Some(role)) => (Ok(Routed::Keyed(Route { role, ..r })), ended),
-            (Ok(Routed::Many(r, c)), Some(role)) => (Ok(Routed::Many(Route { role, ..r }, c)), ended),
+            (Ok(Routed::Many(r, c)), Some(role)) => {
+                (Ok(Routed::Many(Route { role, ..r }, c)), ended)
+            }
             (routed, _) => (routed, ended),
         }
     }

@@ -447,8 +447,7 @@ impl Session {
         {
             return;
         }
-        let elsewhere = self.shard_map.is_some()
-            && self.server.as_ref().is_some_and(|h| !h.kept);
+        let elsewhere = self.shard_map.is_some() && self.server.as_ref().is_some_and(|h| !h.kept);
         if self.pins.is_pinned() && !elsewhere {
             // Kept: the client's session state lives on this connection.
             self.registered.info.set_pinned(self.pins.held());

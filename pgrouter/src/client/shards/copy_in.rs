@@ -11,7 +11,7 @@ use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 
 use super::held::Leg;
-use super::legs::{cancel_targets};
+use super::legs::cancel_targets;
 use super::unit::Unit;
 use super::ShardError;
 use crate::client::error::SessionEnd;

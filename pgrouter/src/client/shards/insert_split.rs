@@ -8,7 +8,7 @@ use bytes::BytesMut;
 use pgrouter_parser::shard::split_insert;
 
 use super::held::Leg;
-use super::legs::{cancel_targets};
+use super::legs::cancel_targets;
 use super::unit::Unit;
 use super::write::merge_answers;
 use super::ShardError;

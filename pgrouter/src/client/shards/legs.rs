@@ -48,7 +48,12 @@ impl Session {
                 match held.conn.run_simple(&sql).await {
                     Ok(Ok(())) => {}
                     Ok(Err(fields)) => {
-                        self.give_back(vec![Leg { shard, held, ready: true, cancelled: false }]);
+                        self.give_back(vec![Leg {
+                            shard,
+                            held,
+                            ready: true,
+                            cancelled: false,
+                        }]);
                         return Err(ShardError::from_fields(shard, fields));
                     }
                     Err(e) => return Err(ShardError::lost(shard, &e)),

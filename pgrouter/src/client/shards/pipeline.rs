@@ -12,7 +12,7 @@
 use bytes::{Bytes, BytesMut};
 
 use super::held::Pipeline;
-use super::legs::{cancel_targets};
+use super::legs::cancel_targets;
 use super::ShardError;
 use crate::client::error::SessionEnd;
 use crate::client::session::Session;

@@ -47,9 +47,7 @@ impl Session {
         tag: u8,
         len: usize,
     ) -> Result<TxStep, SessionEnd> {
-        if !matches!(tag, b'Q' | b'P' | b'B')
-            || self.shard_map.as_ref().is_none()
-        {
+        if !matches!(tag, b'Q' | b'P' | b'B') || self.shard_map.as_ref().is_none() {
             return Ok(TxStep::Forward);
         }
         if self.flow.unsynced() {
