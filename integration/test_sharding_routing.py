@@ -506,7 +506,9 @@ def test_null_keys_and_array_literals(srouter, shards):
             == want
 
 
-def test_session_mode_stays_on_its_shard(routers, shards):
+def test_session_mode_routes_by_key_on_every_shard(routers, shards):
+    """Session mode keeps one connection per shard it used (it used to
+    stay on its first shard and refuse keys elsewhere)."""
     from harness.router import app_user
     dbs = [{"name": "app", "host": "127.0.0.1", "port": s.port, "database_name": "app", "role": "primary",
             "shard": i} for i, s in enumerate(shards)]
@@ -516,8 +518,11 @@ def test_session_mode_stays_on_its_shard(routers, shards):
     with connect(r.dsn()) as conn:
         assert conn.execute(f"SELECT {PORT} FROM sh_orders WHERE customer_id = {a} UNION ALL SELECT {PORT}"
                             ).fetchone()[0] == shards[0].port
-        msg = refused(conn, f"SELECT * FROM sh_orders WHERE customer_id = {b}")
-        assert "this session runs on shard 0" in msg
+        assert conn.execute(f"SELECT {PORT} FROM sh_orders WHERE customer_id = {b} UNION ALL SELECT {PORT}"
+                            ).fetchone()[0] == shards[1].port
+        pids = {conn.execute(f"SELECT pg_backend_pid() FROM sh_orders WHERE customer_id = {k} UNION ALL "
+                             f"SELECT pg_backend_pid()").fetchone()[0] for k in (a, b, a, b)}
+        assert len(pids) == 2, "one connection per shard, kept for the session"
 
 
 def test_a_bind_sent_after_its_batch_was_routed_is_checked_against_the_held_shard(srouter, shards):

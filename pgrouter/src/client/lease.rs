@@ -42,6 +42,10 @@ pub(super) struct Held {
     /// A RESET took it back to its own defaults: the client's startup
     /// values are set again before the client's next statement.
     pub resync_params: bool,
+    /// Session state the router cannot carry elsewhere was created on this
+    /// connection (sharded databases: it comes back to the session, see
+    /// `kept.rs`).
+    pub kept: bool,
 }
 
 impl Held {
@@ -70,6 +74,7 @@ impl Held {
             sync_undo: None,
             settings_replayed: false,
             resync_params: false,
+            kept: false,
         }
     }
 

@@ -37,6 +37,7 @@ mod explain_route_prepared;
 mod flow;
 mod inbound;
 mod io;
+mod kept;
 mod lease;
 #[cfg(test)]
 mod lease_tests;

@@ -202,6 +202,9 @@ impl Session {
             if self.flow.batch_start() && !self.flow.in_tx() {
                 self.check_token_expiry()?;
             }
+            // A connection kept between transactions (sharded: session
+            // mode, pinned state) does not decide where the next unit runs.
+            self.set_aside_if_elsewhere(tag);
             if (self.server.is_none() || (self.is_quiet() && !self.flow.in_tx()))
                 && self.try_answer_locally(frame.total_len)?
             {
@@ -298,6 +301,7 @@ impl Session {
                 self.stop_replay();
             }
         }
+        self.restore_kept();
         self.flush_server().await?;
         self.flush_client().await
     }
@@ -345,6 +349,9 @@ impl Session {
         route: Route,
         exclude: &[usize],
     ) -> Result<(), PoolError> {
+        if self.attach_kept(route.shard) {
+            return Ok(());
+        }
         let pools = self.pools.clone();
         let shard = pools
             .shards

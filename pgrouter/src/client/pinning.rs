@@ -236,6 +236,7 @@ impl Session {
         held.conn.statements.clear();
         held.conn.forget_session_state();
         held.conn.needs_discard = false;
+        held.kept = false;
         self.unnamed_here = false;
         Ok(())
     }

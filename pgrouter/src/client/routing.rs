@@ -53,7 +53,7 @@ impl Session {
     /// Routes the unit of work at the front of the buffer. An extended batch
     /// runs as one implicit transaction up to its Sync, so it goes to the
     /// primary if any statement in it (as far as it has arrived) needs to.
-    fn route_next_batch(&self) -> Result<Routed, Refusal> {
+    pub(super) fn route_next_batch(&self) -> Result<Routed, Refusal> {
         self.route_batch().0
     }
 
@@ -78,19 +78,36 @@ impl Session {
 
     fn route_by_statements(&self) -> (Result<Routed, Refusal>, bool) {
         let session = self.session_routing();
-        if self.mode == PoolMode::Session {
-            let role = match session.role_override {
+        let session_role =
+            (self.mode == PoolMode::Session).then_some(match session.role_override {
                 Some(pgrouter_parser::RoleHint::Replica) => Role::Replica,
                 // A hot standby refuses serializable transactions.
                 _ if session.default_read_only && !session.default_serializable => Role::Replica,
                 _ => Role::Primary,
-            };
+            });
+        if let (Some(role), None) = (session_role, self.shard_map.as_ref()) {
             let route = Route {
                 shard: session.shard_override.unwrap_or(0) as usize,
                 role,
             };
             return (Ok(Routed::One(route)), false);
         }
+        // Session mode on a sharded database: the session's role, and the
+        // shards its statements need (a connection kept per shard, see
+        // `kept.rs`).
+        let (routed, ended) = self.route_by_keys(&session);
+        match (routed, session_role) {
+            (Ok(Routed::One(r)), Some(role)) => (Ok(Routed::One(Route { role, ..r })), ended),
+            (Ok(Routed::Keyed(r)), Some(role)) => (Ok(Routed::Keyed(Route { role, ..r })), ended),
+            (Ok(Routed::Many(r, c)), Some(role)) => {
+                (Ok(Routed::Many(Route { role, ..r }, c)), ended)
+            }
+            (routed, _) => (routed, ended),
+        }
+    }
+
+    fn route_by_keys(&self, session: &SessionRouting) -> (Result<Routed, Refusal>, bool) {
+        let session = *session;
         let mut ended = false;
         let mut route: Option<Route> = None;
         let mut unnamed = self.unnamed.clone();

@@ -82,6 +82,9 @@ pub struct Session {
     pub(super) shutdown_seen: bool,
 
     pub(super) server: Option<Held>,
+    /// Connections this session keeps between transactions besides the
+    /// held one (sharded databases, in shard order; see `kept.rs`).
+    pub(super) kept: Vec<Held>,
     /// A transaction on several shards: its legs other than `server`.
     pub(super) tx_legs: Option<super::shards::held::TxLegs>,
     /// SAVEPOINTs sent in the transaction of the held server (identified
@@ -237,6 +240,7 @@ impl Session {
             policy: setup.policy,
             shutdown_seen: false,
             server: None,
+            kept: Vec::new(),
             tx_legs: None,
             tx_savepoints: (None, Vec::new()),
             deferred_begin: None,
@@ -285,8 +289,10 @@ impl Session {
         if let Some(held) = self.server.take() {
             self.cancel.slot.set(None);
             self.registered.info.set_state(ClientState::Idle);
-            release_after_session(held.conn, quiet, self.mode, self.pins.is_pinned());
+            let pinned = self.pins.is_pinned() || held.kept;
+            release_after_session(held.conn, quiet, self.mode, pinned);
         }
+        self.release_kept();
         (self.client, end)
     }
 
@@ -450,7 +456,8 @@ impl Session {
         {
             return;
         }
-        if self.pins.is_pinned() {
+        let elsewhere = self.shard_map.is_some() && self.server.as_ref().is_some_and(|h| !h.kept);
+        if self.pins.is_pinned() && !elsewhere {
             // Kept: the client's session state lives on this connection.
             self.registered.info.set_pinned(self.pins.held());
             return;
@@ -480,7 +487,16 @@ impl Session {
             self.registered.info.set_pinned(Default::default());
             // Empty here (at a boundary): kept for the next server.
             std::mem::swap(&mut self.spare_expect, &mut held.expect);
-            Pool::checkin_at(held.conn, held.last_answer);
+            if held.kept {
+                // Its session state is gone, but it was not cleaned (the
+                // server was lost meanwhile?): closed, never shared.
+                drop(held);
+            } else {
+                Pool::checkin_at(held.conn, held.last_answer);
+            }
+            // A pinned session on a sharded database holds its pinned
+            // connection again (see `kept.rs`).
+            self.restore_kept();
         }
     }
 

@@ -67,6 +67,12 @@ impl Session {
             change.creates = change.creates.without(SessionState::SEQUENCE);
             self.sequence_state_in_tx = true;
         }
+        if !change.creates.is_empty() && self.shard_map.is_some() {
+            // Its shard's connection comes back to the session (`kept.rs`).
+            if let Some(held) = self.server.as_mut() {
+                held.kept = true;
+            }
+        }
         if !change.is_empty() {
             self.pins.sent(change);
         }

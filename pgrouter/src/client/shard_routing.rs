@@ -8,7 +8,6 @@
 use std::cell::{OnceCell, RefCell};
 use std::sync::Arc;
 
-use pgrouter_config::PoolMode;
 use pgrouter_parser::{Analysis, StatementKind};
 
 use super::session::Session;
@@ -423,12 +422,10 @@ impl Session {
         // otherwise `unsynced_batch_moves` moves it.
         let mid_batch =
             self.flow.unsynced() && (self.flow.executed_unsynced() || self.answers_due());
-        if !(self.flow.in_tx() || self.mode == PoolMode::Session || mid_batch) {
-            return None;
-        }
         // A transaction moves between shards' legs at its statements'
-        // boundaries (`shards::tx_legs`).
-        if self.flow.in_tx() && self.mode == PoolMode::Transaction && !mid_batch {
+        // boundaries (`shards::tx_legs`), and a session between the
+        // connections it keeps per shard (`kept.rs`), in either pool mode.
+        if !mid_batch {
             return None;
         }
         if self.in_vetted_batch(len, held.shard, map) {
@@ -461,8 +458,6 @@ impl Session {
                      the transaction",
                     if self.flow.in_tx() {
                         "transaction"
-                    } else if self.mode == PoolMode::Session {
-                        "session"
                     } else {
                         "batch"
                     },

@@ -247,6 +247,27 @@ fn everywhere(
             )));
         }
         let this = match &s.kind {
+            // A temp object is the session's own, on the one connection
+            // that creates it (shard 0 unless a hint says otherwise), which
+            // the session is then pinned to: never on every shard (nor
+            // committed with PREPARE TRANSACTION, which refuses temp
+            // objects).
+            StatementKind::Ddl
+                if analysis
+                    .session_state
+                    .creates
+                    .intersects(pgrouter_parser::SessionState::TEMP) =>
+            {
+                if !sharded.is_empty() {
+                    return Err(unsupported(format!(
+                        "pgrouter: a temporary object made from sharded table \"{}\" is not supported (it \
+                         would hold one shard's rows only); HINT: create it empty and INSERT ... SELECT \
+                         with the shard key, or use a regular table",
+                        sharded[0]
+                    )));
+                }
+                None
+            }
             StatementKind::Ddl => Some(ManyKind::Ddl),
             StatementKind::Vacuum | StatementKind::Analyze
                 if !sharded.is_empty() || !reference.is_empty() || analysis.tables.is_empty() =>

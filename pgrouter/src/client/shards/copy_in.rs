@@ -11,7 +11,7 @@ use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 
 use super::held::Leg;
-use super::legs::{cancel_targets, give_back};
+use super::legs::cancel_targets;
 use super::unit::Unit;
 use super::ShardError;
 use crate::client::error::SessionEnd;
@@ -33,12 +33,12 @@ impl Session {
         let result = match self.copy_in(unit, &mut legs, &mut splitter, false).await {
             Ok(r) => r,
             Err(end) => {
-                give_back(legs);
+                self.give_back(legs);
                 return Err(ShardError::router("08006", format!("pgrouter: {end:?}")));
             }
         };
         self.cancel.slot.set(None);
-        give_back(legs);
+        self.give_back(legs);
         result
     }
 

@@ -5,7 +5,7 @@
 use bytes::BytesMut;
 
 use super::held::Leg;
-use super::legs::{cancel_targets, cancel_unfinished, drain_unfinished, give_back};
+use super::legs::{cancel_targets, cancel_unfinished, drain_unfinished};
 use super::unit::Unit;
 use super::ShardError;
 use crate::client::error::SessionEnd;
@@ -29,7 +29,7 @@ impl Session {
         let mut joiner = CopyOutJoiner::new(&info, shards.len());
         let mut legs = self.take_legs(shards, role).await?;
         if let Err(e) = self.check_query_copy(unit, &info, &mut legs).await {
-            give_back(legs);
+            self.give_back(legs);
             return Err(e);
         }
         self.cancel.slot.set_many(cancel_targets(&legs));
@@ -41,7 +41,7 @@ impl Session {
             cancel_unfinished(&mut legs);
         }
         self.cancel.slot.set(None);
-        give_back(legs);
+        self.give_back(legs);
         result
     }
 

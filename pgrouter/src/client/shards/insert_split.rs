@@ -8,7 +8,7 @@ use bytes::BytesMut;
 use pgrouter_parser::shard::split_insert;
 
 use super::held::Leg;
-use super::legs::{cancel_targets, give_back};
+use super::legs::cancel_targets;
 use super::unit::Unit;
 use super::write::merge_answers;
 use super::ShardError;
@@ -32,7 +32,7 @@ impl Session {
         self.cancel.slot.set_many(cancel_targets(&legs));
         let result = self.run_insert_parts(unit, &parts, &mut legs, false).await;
         self.cancel.slot.set(None);
-        give_back(legs);
+        self.give_back(legs);
         result.unwrap_or_else(|end| Err(ShardError::router("08006", format!("pgrouter: {end:?}"))))
     }
 

@@ -32,7 +32,7 @@ impl Session {
             match self.take_leg(shard, role).await {
                 Ok(leg) => legs.push(leg),
                 Err(e) => {
-                    give_back(legs);
+                    self.give_back(legs);
                     return Err(e);
                 }
             }
@@ -41,6 +41,32 @@ impl Session {
     }
 
     async fn take_leg(&mut self, shard: usize, role: Role) -> Result<Leg, ShardError> {
+        if let Some(mut held) = self.take_kept(shard) {
+            // The session's own connection of that shard (see `kept.rs`).
+            let sql = self.leg_prologue(&mut held.conn);
+            if !sql.is_empty() {
+                match held.conn.run_simple(&sql).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(fields)) => {
+                        self.give_back(vec![Leg {
+                            shard,
+                            held,
+                            ready: true,
+                            cancelled: false,
+                        }]);
+                        return Err(ShardError::from_fields(shard, fields));
+                    }
+                    Err(e) => return Err(ShardError::lost(shard, &e)),
+                }
+            }
+            held.attached_at = std::time::Instant::now();
+            return Ok(Leg {
+                shard,
+                held,
+                ready: true,
+                cancelled: false,
+            });
+        }
         let pools = self.pools.clone();
         let shard_pools = pools.shards.get(shard).ok_or_else(|| {
             ShardError::from_pool(PoolError::NoSuchShard {
@@ -145,7 +171,7 @@ impl Session {
 
 /// Gives legs back to their pools: those outside a transaction with
 /// nothing owed are reused, the others are closed.
-pub(super) fn give_back(legs: Vec<Leg>) {
+pub(in crate::client) fn give_back_to_pools(legs: Vec<Leg>) {
     for leg in legs {
         let conn = leg.held.conn;
         if leg.ready && !leg.cancelled && conn.tx_status == b'I' && conn.read_buf.is_empty() {

@@ -36,6 +36,7 @@ use crate::server::ServerError;
 pub(in crate::client) use deferred_begin::Deferred;
 pub(in crate::client) use held::Leg;
 pub(in crate::client) use held::Pipeline;
+pub(in crate::client) use legs::give_back_to_pools;
 pub(in crate::client) use tx_legs::TxStep;
 
 /// Why a statement on several shards failed: a server's own error

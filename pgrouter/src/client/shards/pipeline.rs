@@ -12,7 +12,7 @@
 use bytes::{Bytes, BytesMut};
 
 use super::held::Pipeline;
-use super::legs::{cancel_targets, give_back};
+use super::legs::cancel_targets;
 use super::ShardError;
 use crate::client::error::SessionEnd;
 use crate::client::session::Session;
@@ -110,7 +110,7 @@ impl Session {
             }
         }
         self.cancel.slot.set(None);
-        give_back(legs);
+        self.give_back(legs);
         backend::ready_for_query(&mut self.to_client, b'I');
         Ok(())
     }
@@ -143,7 +143,7 @@ impl Session {
                 match leg.held.conn.run_simple("BEGIN").await {
                     Ok(Ok(())) => {}
                     Ok(Err(f)) => {
-                        give_back(vec![leg]);
+                        self.give_back(vec![leg]);
                         return Ok(Err(ShardError::from_fields(step.shard, f)));
                     }
                     Err(e) => return Ok(Err(ShardError::lost(step.shard, &e))),

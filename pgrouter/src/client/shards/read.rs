@@ -9,7 +9,7 @@ use bytes::{Bytes, BytesMut};
 use pgrouter_parser::fanout::{plan_read, ReadPlan};
 
 use super::held::Leg;
-use super::legs::{cancel_targets, cancel_unfinished, give_back, lower_low_water, poll_fill_any};
+use super::legs::{cancel_targets, cancel_unfinished, lower_low_water, poll_fill_any};
 use super::unit::Unit;
 use super::{next_message, ShardError};
 use crate::client::error::SessionEnd;
@@ -39,7 +39,7 @@ impl Session {
         self.cancel.slot.set_many(cancel_targets(&legs));
         let result = self.read_with_legs_planned(unit, plan, &mut legs).await;
         self.cancel.slot.set(None);
-        give_back(legs);
+        self.give_back(legs);
         result
     }
 

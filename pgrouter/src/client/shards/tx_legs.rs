@@ -13,7 +13,6 @@
 
 use std::sync::Arc;
 
-use pgrouter_config::PoolMode;
 use pgrouter_parser::{Analysis, StatementKind, TxEffect};
 
 use super::held::{Leg, TxLegs};
@@ -48,10 +47,7 @@ impl Session {
         tag: u8,
         len: usize,
     ) -> Result<TxStep, SessionEnd> {
-        if self.mode != PoolMode::Transaction
-            || !matches!(tag, b'Q' | b'P' | b'B')
-            || self.shard_map.as_ref().is_none()
-        {
+        if !matches!(tag, b'Q' | b'P' | b'B') || self.shard_map.as_ref().is_none() {
             return Ok(TxStep::Forward);
         }
         if self.flow.unsynced() {
@@ -119,6 +115,17 @@ impl Session {
         let wanted = match &routed {
             Routed::Keyed(route) if Some(route.shard) != held_shard => Some(route.shard),
             Routed::Many(..) => None,
+            // Unsharded tables, sequences, a hint: their shard (0 unless a
+            // hint says otherwise), as outside a transaction — not the
+            // shard the transaction used last.
+            Routed::One(route)
+                if Some(route.shard) != held_shard
+                    && effect.is_none()
+                    && !setting
+                    && self.follows_its_shard(&analysis) =>
+            {
+                Some(route.shard)
+            }
             // A BEGIN inside the transaction: the held leg answers it as
             // PostgreSQL does (WARNING 25001, or 25P02 once failed).
             _ if self.tx_legs.is_some() && effect.is_some() && !is_begin(effect.as_ref()) => None,
@@ -309,6 +316,27 @@ impl Session {
         Ok(Ok(()))
     }
 
+    /// Whether a statement without shard keys runs on the shard its route
+    /// names rather than on the leg held now: one that names a table other
+    /// than a reference table (unsharded tables live on shard 0), a SELECT
+    /// of no table at all (sequences: `nextval`, `currval`), or one a hint
+    /// routes. Reads of reference tables stay where they are (every leg of
+    /// the transaction sees its writes to them), and so do statements on
+    /// the leg's own objects (FETCH of a cursor, ...).
+    fn follows_its_shard(&self, analysis: &Analysis) -> bool {
+        let Some(map) = self.shard_map.as_ref() else {
+            return false;
+        };
+        analysis.hint.shard.is_some()
+            || self.session_routing().has_shard_setting
+            || (analysis.tables.is_empty()
+                && analysis
+                    .statements
+                    .iter()
+                    .all(|s| s.kind == StatementKind::Select))
+            || analysis.tables.iter().any(|t| !map.is_reference(t))
+    }
+
     fn tx_role(&self) -> Role {
         let primary = self.server.as_ref().map_or(true, |h| h.is_primary);
         if primary {
@@ -344,7 +372,7 @@ impl Session {
             Ok(Ok(())) => Ok(leg),
             Ok(Err(fields)) => {
                 leg.held.conn.tx_status = b'E';
-                super::legs::give_back(vec![leg]);
+                self.give_back(vec![leg]);
                 Err(ShardError::from_fields(shard, fields))
             }
             Err(e) => Err(ShardError::lost(shard, &e)),
@@ -602,7 +630,7 @@ impl Session {
                     self.roll_back(&mut legs).await;
                     Ok("ROLLBACK")
                 };
-                super::legs::give_back(legs);
+                self.give_back(legs);
                 self.leave_transaction();
                 match result {
                     Ok(tag) => {

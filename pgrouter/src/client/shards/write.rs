@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use pgrouter_parser::StatementKind;
 
 use super::held::Leg;
-use super::legs::{cancel_targets, cancel_unfinished, fill_any, give_back};
+use super::legs::{cancel_targets, cancel_unfinished, fill_any};
 use super::unit::Unit;
 use super::{next_message, put_tag, split_tag, ShardError};
 use crate::client::error::SessionEnd;
@@ -55,7 +55,7 @@ impl Session {
             self.all_shards_at_once(&mut legs, unit, kind).await
         };
         self.cancel.slot.set(None);
-        give_back(legs);
+        self.give_back(legs);
         result.unwrap_or_else(|end| Err(ShardError::router("08006", format!("pgrouter: {end:?}"))))
     }
 

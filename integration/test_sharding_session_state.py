@@ -1,0 +1,176 @@
+"""Sharding with connections the session keeps (SPEC §5 "Sharding":
+"Everything else still holds on sharded databases"), against three real
+PostgreSQL primaries (the session cluster's primary is shard 0).
+
+A session pinned by session state (`nextval`, LISTEN, a session advisory
+lock) and a session in `pool_mode = "session"` hold a server connection
+between their transactions; the statements after must still run on the
+shards their keys need — never on the held connection's shard alone —
+while the pinned state stays where it was made. Inside a transaction,
+statements on unsharded tables and sequences go to shard 0 as they do
+outside one, not to the shard the transaction used last.
+
+Keys (bigint, hash, 3 shards): 1 is on shard 2, 2 on shard 0, 3 on shard 1.
+"""
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from harness.clients import connect
+from harness.pg import APP_DB, PgCluster
+
+TABLES = """
+DROP TABLE IF EXISTS ss_items, ss_countries, ss_plain;
+DROP SEQUENCE IF EXISTS ss_seq;
+CREATE TABLE ss_items (customer_id bigint, item text);
+CREATE TABLE ss_countries (code text, name text);
+CREATE TABLE ss_plain (a int);
+CREATE SEQUENCE ss_seq;
+GRANT ALL ON ss_items, ss_countries, ss_plain, ss_seq TO app;
+"""
+
+SHARDED = [{"database": "app", "name": "ss_items", "column": "customer_id", "data_type": "bigint"}]
+
+
+@pytest.fixture(scope="module")
+def shards(cluster):
+    with PgCluster(with_replica=False, prefix="pgrouter-ss1-") as s1, \
+            PgCluster(with_replica=False, prefix="pgrouter-ss2-") as s2:
+        servers = [cluster.primary, s1.primary, s2.primary]
+        for s in servers:
+            with s.connect(APP_DB) as conn:
+                conn.execute(TABLES)
+        yield servers
+        with cluster.primary.connect(APP_DB) as conn:
+            conn.execute("DROP TABLE IF EXISTS ss_items, ss_countries, ss_plain; DROP SEQUENCE IF EXISTS ss_seq")
+
+
+def start(routers, shards, general=None):
+    dbs = [{"name": "app", "host": "127.0.0.1", "port": s.port, "database_name": "app", "role": "primary",
+            "shard": i} for i, s in enumerate(shards)]
+    return routers.start(databases=dbs, general=general or {}, sharded_tables=SHARDED,
+                         reference_tables=[{"database": "app", "names": ["ss_countries"]}])
+
+
+@pytest.fixture(autouse=True)
+def clean(shards):
+    def reset():
+        for s in shards:
+            with s.connect(APP_DB) as conn:
+                conn.execute("TRUNCATE ss_items, ss_countries, ss_plain; ALTER SEQUENCE ss_seq RESTART")
+                conn.execute("INSERT INTO ss_countries VALUES ('de', 'Germany')")
+    reset()
+    for i, s in enumerate(shards):
+        with s.connect(APP_DB) as conn:
+            conn.execute("INSERT INTO ss_items VALUES (%s, 'seed')", ({0: 2, 1: 3, 2: 1}[i],))
+    yield
+    reset()
+
+
+def per_shard(shards, sql):
+    out = []
+    for s in shards:
+        with s.connect(APP_DB) as conn:
+            out.append(conn.execute(sql).fetchall())
+    return out
+
+
+def check_sharding_works(conn, shards):
+    """What a session must get whatever connection it holds."""
+    assert conn.execute("SELECT count(*) FROM ss_items").fetchone() == (3,)
+    for key in (1, 2, 3):
+        assert conn.execute("SELECT item FROM ss_items WHERE customer_id = %s", (key,)).fetchall() == [("seed",)]
+    conn.execute("INSERT INTO ss_items VALUES (1, 'new'), (3, 'new'), (2, 'new')")
+    assert per_shard(shards, "SELECT customer_id FROM ss_items WHERE item = 'new'") == [[(2,)], [(3,)], [(1,)]]
+    conn.execute("UPDATE ss_countries SET name = 'changed'")
+    assert per_shard(shards, "SELECT name FROM ss_countries") == [[("changed",)]] * 3
+
+
+@pytest.mark.parametrize("pin", ["SELECT nextval('ss_seq')", "LISTEN ss_channel", "SELECT pg_advisory_lock(4711)"])
+def test_a_pinned_session_keeps_sharding_and_its_state(routers, shards, pin):
+    r = start(routers, shards)
+    with connect(r.dsn()) as conn:
+        conn.execute(pin)
+        check_sharding_works(conn, shards)
+        # A transaction on several shards, then the pinned state is still
+        # there (on shard 0's connection, which was not given away).
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO ss_items VALUES (1, 'tx'), (3, 'tx')")
+        conn.execute("INSERT INTO ss_items VALUES (2, 'tx')")
+        conn.execute("COMMIT")
+        assert conn.execute("SELECT count(*) FROM ss_items").fetchone() == (9,)
+        if "nextval" in pin:
+            assert conn.execute("SELECT currval('ss_seq')").fetchone() == (1,)
+        elif "LISTEN" in pin:
+            assert conn.execute("SELECT pg_listening_channels()").fetchall() == [("ss_channel",)]
+        else:
+            held = conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                                "AND pid = pg_backend_pid()").fetchone()
+            assert held == (1,)
+    # Nobody else got the pinned state.
+    with connect(r.dsn()) as other:
+        assert other.execute("SELECT pg_listening_channels()").fetchall() == []
+
+
+def test_a_refusing_cross_shard_setting_still_refuses_when_pinned(routers, shards):
+    r = start(routers, shards, general={"cross_shard": "refuse"})
+    with connect(r.dsn()) as conn:
+        conn.execute("SELECT nextval('ss_seq')")
+        with pytest.raises(psycopg.Error) as err:
+            conn.execute("SELECT count(*) FROM ss_items")
+        assert err.value.sqlstate == "0A000"
+
+
+def test_session_mode_routes_every_statement_by_its_keys(routers, shards):
+    r = start(routers, shards, general={"pool_mode": "session"})
+    with connect(r.dsn()) as conn:
+        check_sharding_works(conn, shards)
+        conn.execute("SET application_name = 'ss-session'")
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO ss_items VALUES (1, 'tx')")
+        conn.execute("INSERT INTO ss_items VALUES (2, 'tx')")
+        assert conn.execute("SELECT count(*) FROM ss_items WHERE item = 'tx'").fetchone() == (2,)
+        conn.execute("COMMIT")
+        assert per_shard(shards, "SELECT customer_id FROM ss_items WHERE item = 'tx'") == [[(2,)], [], [(1,)]]
+        # The session's settings hold on every shard's connection.
+        got = conn.execute("SELECT current_setting('application_name') FROM ss_items WHERE customer_id = 1")
+        assert got.fetchall() == [("ss-session",)] * 3
+
+
+def test_unsharded_tables_and_sequences_in_a_transaction_stay_on_shard_0(routers, shards):
+    r = start(routers, shards)
+    with connect(r.dsn()) as conn:
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO ss_plain VALUES (1)")
+        conn.execute("INSERT INTO ss_items VALUES (1, 'w')")
+        assert conn.execute("SELECT a FROM ss_plain").fetchall() == [(1,)]
+        conn.execute("COMMIT")
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO ss_items VALUES (3, 'w')")
+        conn.execute("INSERT INTO ss_plain VALUES (2)")
+        assert conn.execute("SELECT nextval('ss_seq')").fetchone() == (1,)
+        conn.execute("COMMIT")
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO ss_items VALUES (1, 'w')")
+        assert conn.execute("SELECT nextval('ss_seq')").fetchone() == (2,)
+        conn.execute("COMMIT")
+    assert per_shard(shards, "SELECT a FROM ss_plain ORDER BY 1") == [[(1,), (2,)], [], []]
+
+
+def test_a_temp_table_is_the_sessions_own_on_shard_0(routers, shards):
+    r = start(routers, shards)
+    with connect(r.dsn()) as conn:
+        conn.execute("CREATE TEMP TABLE ss_tmp (a int)")
+        conn.execute("INSERT INTO ss_tmp VALUES (1), (2)")
+        assert conn.execute("SELECT count(*) FROM ss_items").fetchone() == (3,)
+        assert conn.execute("SELECT a FROM ss_tmp ORDER BY a").fetchall() == [(1,), (2,)]
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO ss_tmp VALUES (3)")
+        assert conn.execute("SELECT count(*) FROM ss_tmp").fetchone() == (3,)
+        conn.execute("COMMIT")
+        # Made from a sharded table it would hold one shard's rows: refused.
+        with pytest.raises(psycopg.Error) as err:
+            conn.execute("CREATE TEMP TABLE ss_tmp2 AS SELECT * FROM ss_items")
+        assert err.value.sqlstate == "0A000"
+    assert per_shard(shards, "SELECT count(*) FROM pg_class WHERE relname = 'ss_tmp'") == [[(0,)]] * 3
