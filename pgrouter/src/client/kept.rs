@@ -66,7 +66,7 @@ impl Session {
         self.cancel.slot.set(None);
         self.flow.server_released();
         self.stop_replay();
-        self.registered.info.set_server(None);
+        self.registered.info.clear_server();
         self.registered.info.set_state(ClientState::Idle);
         self.unnamed_here = false;
         self.keep_or_release(held);
@@ -144,11 +144,11 @@ impl Session {
         }
         let held = self.kept.remove(0);
         self.cancel.slot.set(Some(held.conn.cancel_target()));
-        self.registered.info.set_server(Some((
-            held.conn.addr.clone(),
+        self.registered.info.set_server(
+            &held.conn.addr,
             held.conn.backend_pid,
             held.conn.stream.is_tls(),
-        )));
+        );
         self.registered.info.set_pinned(self.pins.held());
         self.server = Some(held);
         self.unnamed_here = false;
@@ -169,11 +169,11 @@ impl Session {
             tracing::warn!("dropped messages queued with no server held");
         }
         self.registered.info.set_state(ClientState::Active);
-        self.registered.info.set_server(Some((
-            held.conn.addr.clone(),
+        self.registered.info.set_server(
+            &held.conn.addr,
             held.conn.backend_pid,
             held.conn.stream.is_tls(),
-        )));
+        );
         self.cancel.slot.set(Some(held.conn.cancel_target()));
         self.server = Some(held);
         if self.replay_settings() {
