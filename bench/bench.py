@@ -105,6 +105,7 @@ class Run:
     failed: int = 0
     cpu_s: float | None = None
     cpu_us_per_txn: float | None = None
+    user_us_per_txn: float | None = None  # the user-space part of cpu_us_per_txn
     server_logins: int | None = None   # sessions PostgreSQL saw start during the measured run
     timed_out: bool = False
     exit_code: int = 0
@@ -143,10 +144,16 @@ class Scenario:
 
 def proc_cpu_seconds(pid: int) -> float:
     """utime + stime of a process (all its threads), in seconds."""
+    return sum(proc_cpu_split(pid))
+
+
+def proc_cpu_split(pid: int) -> tuple[float, float]:
+    """utime and stime of a process (all its threads), in seconds: user
+    space (the proxy's own code) and the kernel (sockets, wake-ups)."""
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat.rsplit(")", 1)[1].split()
     # fields[0] is field 3 (state); utime/stime are fields 14/15.
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
 def log(msg: str) -> None:
@@ -481,10 +488,10 @@ def one_run(cluster, scenario: str, target: Target, workload: str, rnd: int, arg
     during = target.during() if target.during else contextlib.nullcontext(None)
     sessions0 = server_sessions(cluster)
     with during as note_fn:
-        cpu0 = proc_cpu_seconds(pid) if pid else None
+        cpu0 = proc_cpu_split(pid) if pid else None
         code, text, timed_out, run.cmd = pgbench(target, workload, args.duration, args.clients,
                                                  args.jobs)
-        cpu1 = proc_cpu_seconds(pid) if pid else None
+        cpu1 = proc_cpu_split(pid) if pid else None
     time.sleep(1.0)  # let backends flush their session counts
     run.server_logins = server_sessions(cluster) - sessions0
     if note_fn:
@@ -492,9 +499,10 @@ def one_run(cluster, scenario: str, target: Target, workload: str, rnd: int, arg
     run.tps, run.processed, run.failed = parse_pgbench(text)
     run.exit_code, run.timed_out = code, timed_out
     if pid:
-        run.cpu_s = cpu1 - cpu0
+        run.cpu_s = sum(cpu1) - sum(cpu0)
         if run.processed:
             run.cpu_us_per_txn = run.cpu_s / run.processed * 1e6
+            run.user_us_per_txn = (cpu1[0] - cpu0[0]) / run.processed * 1e6
     if code != 0:
         lines = [ln for ln in text.splitlines() if "error" in ln.lower() or "abort" in ln.lower()
                  or "fatal" in ln.lower()]
@@ -873,10 +881,10 @@ def report(scn: Scenario, runs: list[Run], rounds: int) -> str:
     targets = list(scn.targets)
     out.append("")
     out.append(f"Medians over {rounds} rounds (tps = pgbench tps without connection time; "
-               "cpu = proxy utime+stime per transaction; failed = sum over rounds; srv logins = "
+               "cpu = proxy utime+stime per transaction, user = its utime part; failed = sum over rounds; srv logins = "
                "sessions PostgreSQL saw start during the run, median)")
     header = (f"{'workload':<16} {'target':<18} {'server':<16} {'tps':>8} {'cpu µs/txn':>11} "
-              f"{'failed':>7} {'srv logins':>10}")
+              f"{'user':>6} {'failed':>7} {'srv logins':>10}")
     out.append(header)
     out.append("-" * len(header))
     for w in scn.workloads:
@@ -890,7 +898,8 @@ def report(scn: Scenario, runs: list[Run], rounds: int) -> str:
                 continue
             failed = sum(r.failed for r in rs)
             line = (f"{w:<16} {t:<18} {rs[0].server:<16} {fmt(med([r.tps for r in rs])):>8} "
-                    f"{fmt(med([r.cpu_us_per_txn for r in rs]), '.1f'):>11} {failed:>7} "
+                    f"{fmt(med([r.cpu_us_per_txn for r in rs]), '.1f'):>11} "
+                    f"{fmt(med([r.user_us_per_txn for r in rs]), '.1f'):>6} {failed:>7} "
                     f"{fmt(med([r.server_logins for r in rs])):>10}")
             if any(r.note for r in rs):
                 line += "  ! " + "; ".join(sorted({r.note for r in rs if r.note}))[:110]
@@ -900,14 +909,14 @@ def report(scn: Scenario, runs: list[Run], rounds: int) -> str:
                 out.append(f"{'':<16} {'':<18}   " + "   ".join(extras))
     out.append("")
     out.append("Ratios of A to B (median of per-round ratios, then each round): "
-               "tps A÷B, cpu µs/txn A÷B and A−B")
+               "tps A÷B, cpu µs/txn A÷B and A−B, and its user-space part A÷B")
     header = (f"{'workload':<16} {'A ÷ B':<38} {'tps':>5}  {'per round':<20} {'cpu':>5} "
-              f"{'cpu A−B':>8}  {'per round (cpu A−B µs)':<24}")
+              f"{'cpu A−B':>8}  {'per round (cpu A−B µs)':<24} {'user':>5}")
     out.append(header)
     out.append("-" * len(header))
     for w in scn.workloads:
         for a, b in scn.comparisons:
-            tr, cr, cd = [], [], []
+            tr, cr, cd, ur = [], [], [], []
             for i in range(rounds):
                 ra, rb = by.get((w, a, i)), by.get((w, b, i))
                 if not ra or not rb or ra.note.startswith("skipped") or rb.note.startswith("skipped"):
@@ -916,12 +925,15 @@ def report(scn: Scenario, runs: list[Run], rounds: int) -> str:
                 if ra.cpu_us_per_txn is not None and rb.cpu_us_per_txn:
                     cr.append(ra.cpu_us_per_txn / rb.cpu_us_per_txn)
                     cd.append(ra.cpu_us_per_txn - rb.cpu_us_per_txn)
+                if ra.user_us_per_txn is not None and rb.user_us_per_txn:
+                    ur.append(ra.user_us_per_txn / rb.user_us_per_txn)
             if not tr:
                 continue
             per_round = " ".join(fmt(x, ".2f") for x in tr)
             per_cpu = " ".join(fmt(x, "+.1f") for x in cd) if cd else ""
             out.append(f"{w:<16} {a + ' ÷ ' + b:<38} {fmt(med(tr), '.2f'):>5}  {per_round:<20} "
-                       f"{fmt(med(cr), '.2f'):>5} {fmt(med(cd), '+.1f'):>8}  {per_cpu:<24}")
+                       f"{fmt(med(cr), '.2f'):>5} {fmt(med(cd), '+.1f'):>8}  {per_cpu:<24} "
+                       f"{fmt(med(ur), '.2f'):>5}")
     out.append("")
     out.append("Command lines (as run; -T is the measured duration, the warm-up uses -T --warmup)")
     seen = set()

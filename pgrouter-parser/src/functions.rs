@@ -244,7 +244,14 @@ mod tests {
 
     #[test]
     fn varying() {
-        for f in ["random", "pg_catalog.NOW", "clock_timestamp", "gen_random_uuid", "nextval", "pg_stat_get_xact_tuples_inserted"] {
+        for f in [
+            "random",
+            "pg_catalog.NOW",
+            "clock_timestamp",
+            "gen_random_uuid",
+            "nextval",
+            "pg_stat_get_xact_tuples_inserted",
+        ] {
             assert!(varies_by_server(&n(f)), "{f}");
         }
         for f in ["md5", "lower", "coalesce", "to_timestamp", "my_fn"] {

@@ -148,8 +148,13 @@ enum At {
 /// Per-struct state while its fields are visited.
 enum Frame {
     Plain,
-    Func { name: Vec<String>, arg: Arg },
-    RangeVar { parts: [String; 3] },
+    Func {
+        name: Vec<String>,
+        arg: Arg,
+    },
+    RangeVar {
+        parts: [String; 3],
+    },
     Cte,
     VarSet,
     Update,

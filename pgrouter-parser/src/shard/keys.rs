@@ -444,8 +444,7 @@ impl Extract<'_> {
                     N::TypeCast(t) if matches!(t.arg.as_deref()?.node, Some(N::AArrayExpr(_))) => {
                         let to = casts::exact_target(t)?;
                         let Some(N::AArrayExpr(a)) = t.arg.as_deref()?.node.as_ref() else { return None };
-                        let values =
-                            a.elements.iter().map(|v| self.cast_value(v, to)).collect::<Option<Vec<_>>>()?;
+                        let values = a.elements.iter().map(|v| self.cast_value(v, to)).collect::<Option<Vec<_>>>()?;
                         Cond::Values { column: c, values }
                     }
                     _ => Cond::Array { column: c, array: self.value(r)? },

@@ -340,7 +340,9 @@ fn everywhere(
 /// alike only when every shard computes the same rows and values. A shard
 /// sees only its own rows of a sharded table, and a call such as `random()`
 /// or `now()` gives each server its own value, so either would leave the
-/// copies different (and the command tag, one shard's, wrong): refused.
+/// copies different (and the command tag, one shard's, wrong): refused. So
+/// is a call of a function of the database's own: whether it gives every
+/// server the same value is not known.
 fn replicated_write_is_exact(
     analysis: &Analysis,
     map: &ShardMap,
@@ -374,6 +376,13 @@ fn replicated_write_is_exact(
             "pgrouter: a write to reference table \"{target}\" must be deterministic, and {f} may give \
              each shard a different value (the copies would differ); HINT: compute the value first and \
              write it as a constant"
+        )));
+    }
+    if analysis.calls_unknown_function {
+        return Err(unsupported(format!(
+            "pgrouter: a write to reference table \"{target}\" must be deterministic, and it calls a \
+             function that is not one of PostgreSQL's own, which may give each shard a different value \
+             (the copies would differ); HINT: compute the value first and write it as a constant"
         )));
     }
     Ok(())
