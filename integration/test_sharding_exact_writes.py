@@ -17,15 +17,7 @@ import psycopg
 
 from harness.clients import connect
 from harness.pg import APP_DB
-from test_sharding_routing import hash_shard, refused, shards, srouter  # noqa: F401 (fixtures)
-
-
-def copies(shards, sql):
-    out = []
-    for s in shards:
-        with s.connect(APP_DB) as conn:
-            out.append(conn.execute(sql).fetchall())
-    return out
+from test_sharding_routing import hash_shard, per_shard, refused, shards, srouter  # noqa: F401 (fixtures)
 
 
 def test_reference_table_writes_that_would_differ_per_shard_are_refused(srouter, shards):
@@ -54,7 +46,7 @@ def test_reference_table_writes_that_would_differ_per_shard_are_refused(srouter,
         assert cur.statusmessage == "INSERT 0 1"
         conn.execute("UPDATE sh_countries SET code = code || current_user WHERE code = 'it'")
     want = [("DE",), ("FR",), ("de",), ("itapp",)]
-    assert copies(shards, "SELECT code FROM sh_countries ORDER BY code COLLATE \"C\"") == [want] * 3
+    assert per_shard(shards, "SELECT code FROM sh_countries ORDER BY code COLLATE \"C\"") == [want] * 3
 
 
 def test_insert_default_values_into_a_sharded_table_is_refused(srouter, shards):
@@ -65,8 +57,8 @@ def test_insert_default_values_into_a_sharded_table_is_refused(srouter, shards):
         refused(conn, "EXPLAIN (ROUTE) INSERT INTO sh_orders DEFAULT VALUES")
         # A reference table has no key: DEFAULT VALUES is written everywhere.
         conn.execute("INSERT INTO sh_countries DEFAULT VALUES")
-    assert copies(shards, "SELECT count(*) FROM sh_orders") == [[(0,)]] * 3
-    assert copies(shards, "SELECT count(*) FROM sh_countries") == [[(1,)]] * 3
+    assert per_shard(shards, "SELECT count(*) FROM sh_orders") == [[(0,)]] * 3
+    assert per_shard(shards, "SELECT count(*) FROM sh_countries") == [[(1,)]] * 3
 
 
 def test_key_literals_under_value_changing_casts(srouter, shards):
@@ -99,7 +91,7 @@ def test_key_literals_under_value_changing_casts(srouter, shards):
         # Casts that keep the value still route to one shard.
         conn.execute("INSERT INTO sh_users (name, age) VALUES ('q'::varchar, 5), (CAST('r' AS text), 6)")
         assert conn.execute("SELECT age FROM sh_users WHERE name IN ('q', 'r') ORDER BY age").fetchall() == [(5,), (6,)]
-    assert sum(c for [(c,)] in copies(shards, "SELECT count(*) FROM sh_users WHERE age >= 4")) == 2
+    assert sum(c for [(c,)] in per_shard(shards, "SELECT count(*) FROM sh_users WHERE age >= 4")) == 2
 
 
 def test_any_with_a_multidimensional_array(srouter, shards):

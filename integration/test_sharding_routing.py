@@ -93,6 +93,15 @@ def port_of(shards, i):
     return shards[i].port
 
 
+def per_shard(shards, sql):
+    """`sql`'s rows on each shard, read directly."""
+    out = []
+    for s in shards:
+        with s.connect(APP_DB) as conn:
+            out.append(conn.execute(sql).fetchall())
+    return out
+
+
 def refused(conn, sql, params=None, code="0A000"):
     with pytest.raises(psycopg.Error) as err:
         conn.execute(sql, params)

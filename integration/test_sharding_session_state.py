@@ -19,6 +19,7 @@ import pytest
 
 from harness.clients import connect
 from harness.pg import APP_DB, PgCluster
+from test_sharding_routing import per_shard
 
 TABLES = """
 DROP TABLE IF EXISTS ss_items, ss_countries, ss_plain;
@@ -66,14 +67,6 @@ def clean(shards):
             conn.execute("INSERT INTO ss_items VALUES (%s, 'seed')", ({0: 2, 1: 3, 2: 1}[i],))
     yield
     reset()
-
-
-def per_shard(shards, sql):
-    out = []
-    for s in shards:
-        with s.connect(APP_DB) as conn:
-            out.append(conn.execute(sql).fetchall())
-    return out
 
 
 def check_sharding_works(conn, shards):
