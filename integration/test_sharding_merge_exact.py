@@ -133,3 +133,43 @@ def test_an_icu_database_default_is_not_taken_for_bytes(routers, shards):
         for s in servers + [truth]:
             with s.connect("postgres") as c:
                 c.execute("DROP DATABASE IF EXISTS mxicu WITH (FORCE)")
+
+
+def test_split_insert_returns_rows_in_values_order(srouter, shards):
+    """ORMs pair RETURNING rows with their objects by position."""
+    _, truth = shards
+    rc, tc = both(srouter, truth)
+    with rc, tc:
+        for c in (rc, tc):
+            c.execute("CREATE TABLE mx_orders (customer_id bigint PRIMARY KEY, item text)")
+        sql = ("INSERT INTO mx_orders VALUES (1,'a'),(2,'b'),(3,'c'),(4,'d'),(5,'e'),(6,'f'),(7,'g') "
+               "RETURNING customer_id, item")
+        cur = rc.execute(sql)
+        assert cur.fetchall() == tc.execute(sql).fetchall() == [(k, "abcdefg"[k - 1]) for k in range(1, 8)]
+        assert cur.statusmessage == "INSERT 0 7"
+        sql = "INSERT INTO mx_orders VALUES (%s, 'x'), (%s, 'y'), (%s, 'z') RETURNING customer_id, item"
+        assert rc.execute(sql, (13, 11, 12)).fetchall() == [(13, "x"), (11, "y"), (12, "z")]
+        # ON CONFLICT DO NOTHING inserting every row: still exact.
+        sql = ("INSERT INTO mx_orders VALUES (21,'a'),(22,'b'),(23,'c'),(24,'d') "
+               "ON CONFLICT DO NOTHING RETURNING customer_id")
+        assert rc.execute(sql).fetchall() == [(21,), (22,), (23,), (24,)]
+        # A row skipped while several shards return rows: which positions
+        # the rows had is unknown, so refused and nothing inserted.
+        with pytest.raises(psycopg.Error) as err:
+            rc.execute("INSERT INTO mx_orders VALUES (31,'a'),(1,'b'),(32,'c'),(33,'d'),(34,'e') "
+                       "ON CONFLICT DO NOTHING RETURNING customer_id").fetchall()
+        assert sqlstate(err.value) == "0A000"
+        assert rc.execute("SELECT count(*) FROM mx_orders WHERE customer_id > 30").fetchone() == (0,)
+        # Without RETURNING nothing is refused.
+        rc.execute("INSERT INTO mx_orders VALUES (31,'a'),(1,'b'),(32,'c') ON CONFLICT DO NOTHING")
+        assert rc.execute("SELECT count(*) FROM mx_orders WHERE customer_id > 30").fetchone() == (2,)
+
+    async def go():
+        c = await aconnect(srouter)
+        try:
+            stmt = await c.prepare("INSERT INTO mx_orders VALUES ($1, 'a'), ($2, 'b'), ($3, 'c') "
+                                   "RETURNING customer_id")
+            return [r[0] for r in await stmt.fetch(41, 42, 43)] + [r[0] for r in await stmt.fetch(46, 45, 44)]
+        finally:
+            await c.close()
+    assert run_async(go()) == [41, 42, 43, 46, 45, 44]

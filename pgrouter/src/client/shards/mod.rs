@@ -19,6 +19,7 @@ mod insert_split;
 mod legs;
 mod pipeline;
 mod read;
+mod returning_order;
 mod tx_legs;
 mod unit;
 mod write;
