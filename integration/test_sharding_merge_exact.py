@@ -34,11 +34,11 @@ def shards(cluster):
 
 @pytest.fixture
 def srouter(routers, shards):
-    servers, _ = shards
+    servers, truth = shards
     dbs = [{"name": "app", "host": "127.0.0.1", "port": s.port, "database_name": "app", "role": "primary",
             "shard": i} for i, s in enumerate(servers)]
     yield routers.start(databases=dbs, sharded_tables=SHARDED)
-    for s in servers:
+    for s in servers + [truth]:
         with s.connect(APP_DB) as conn:
             conn.execute(f"DROP TABLE IF EXISTS {TABLES}")
 
@@ -77,6 +77,10 @@ def test_text_in_a_non_byte_collation_is_refused_not_merged_by_bytes(srouter, sh
                     "SELECT t COLLATE mx_ci, count(*) FROM mx_orders GROUP BY 1",
                     "SELECT DISTINCT t COLLATE mx_ci FROM mx_orders"]:
             refused(rc, sql)
+        # The statement's own error comes through as it is.
+        with pytest.raises(psycopg.Error) as err:
+            rc.execute("SELECT nosuch FROM mx_orders ORDER BY icu").fetchall()
+        assert sqlstate(err.value) == "42703"
         # Extended protocol with parameters: the same answer.
         refused(rc, "SELECT icu FROM mx_orders WHERE customer_id <> %s ORDER BY icu", (0,))
         # Inside a transaction the refusal leaves the transaction usable up to it.
@@ -173,3 +177,24 @@ def test_split_insert_returns_rows_in_values_order(srouter, shards):
         finally:
             await c.close()
     assert run_async(go()) == [41, 42, 43, 46, 45, 44]
+
+
+def test_bytea_merges_by_its_bytes_in_either_output_format(srouter, shards):
+    _, truth = shards
+    rc, tc = both(srouter, truth)
+    values = [b"A", b"\x0b", b"\\", b"z", b"\x00\x01", b"~", b"\xff", b"\x7f"]
+    with rc, tc:
+        for c in (rc, tc):
+            c.execute("CREATE TABLE mx_orders (customer_id bigint, b bytea)")
+            for k, v in enumerate(values, 1):
+                c.execute("INSERT INTO mx_orders VALUES (%s, %s)", (k, v))
+        for output in ("hex", "escape"):
+            for c in (rc, tc):
+                c.execute(f"SET bytea_output = {output}")
+            for sql in ["SELECT customer_id, b FROM mx_orders ORDER BY b",
+                        "SELECT customer_id, b FROM mx_orders ORDER BY b DESC",
+                        "SELECT b, count(*) FROM mx_orders GROUP BY b ORDER BY b DESC",
+                        "SELECT DISTINCT b FROM mx_orders ORDER BY b"]:
+                assert rc.execute(sql).fetchall() == tc.execute(sql).fetchall(), (output, sql)
+                with rc.cursor(binary=True) as rb, tc.cursor(binary=True) as tb:
+                    assert rb.execute(sql).fetchall() == tb.execute(sql).fetchall(), (output, sql)

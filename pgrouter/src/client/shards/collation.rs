@@ -20,7 +20,7 @@ use super::held::Leg;
 use super::unit::{execute_all, Unit};
 use super::ShardError;
 use crate::fanout::merge::Collation;
-use crate::protocol::frontend;
+use crate::protocol::{backend, frontend};
 use crate::server::ServerError;
 
 /// The collations of the columns `plan` depends on, as `leg`'s server
@@ -55,8 +55,12 @@ pub(super) async fn probe(
     }
     let rows = match leg.held.conn.request_rows(&request).await {
         Ok(rows) => rows,
-        // The statement's own error (the probe is the statement).
-        Err(ServerError::Postgres(f)) => return Err(ShardError::from_fields(leg.shard, f)),
+        // The statement's own error (the probe is the statement), as is.
+        Err(ServerError::Postgres(f)) => {
+            let mut m = BytesMut::new();
+            backend::error_response(&mut m, backend::Severity::Error, &f.code, &f.message);
+            return Err(ShardError::Server(m.freeze().slice(5..)));
+        }
         Err(e) => return Err(ShardError::lost(leg.shard, &e)),
     };
     let row = rows.into_iter().next().unwrap_or_default();
