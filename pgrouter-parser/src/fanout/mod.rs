@@ -30,6 +30,7 @@
 //! aggregates cannot be told from functions without the catalog: they
 //! would be taken for plain functions.
 
+mod collation;
 mod exprs;
 mod having;
 mod limit;
@@ -38,6 +39,7 @@ mod spec;
 #[cfg(test)]
 mod tests;
 
+pub use collation::CollationUse;
 pub use plan::plan_read;
 pub use spec::{Agg, Aggregation, CmpOp, Col, Count, MergeSpec, Operand, Predicate, Role, SortKey};
 

@@ -343,8 +343,11 @@ impl Planner {
         };
         let node = sort.node.as_deref().ok_or_else(|| Unsupported::new("an empty ORDER BY item", ONE_SHARD))?;
         let mut collate_c = exprs::collate_c(node);
+        // Only a byte-ordered COLLATE is looked through: any other one
+        // stays part of the key's expression, so that the key gets a
+        // column of its own whose collation the executor asks the shards.
         let inner = match &node.node {
-            Some(N::CollateClause(c)) => c.arg.as_deref().unwrap_or(node),
+            Some(N::CollateClause(c)) if collate_c => c.arg.as_deref().unwrap_or(node),
             _ => node,
         };
         let column = if let Some(pos) = exprs::position(node) {

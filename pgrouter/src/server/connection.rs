@@ -259,7 +259,13 @@ impl ServerConn {
     pub async fn query_rows(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>, ServerError> {
         let mut out = BytesMut::new();
         frontend::query(&mut out, sql);
-        self.send(&out).await?;
+        self.request_rows(&out).await
+    }
+
+    /// Like [`Self::query_rows`] for a request already written (a simple
+    /// Query, or Parse/Bind/Execute/Sync with text results).
+    pub async fn request_rows(&mut self, request: &[u8]) -> Result<Vec<Vec<Option<String>>>, ServerError> {
+        self.send(request).await?;
         let mut rows = Vec::new();
         let mut error = None;
         loop {

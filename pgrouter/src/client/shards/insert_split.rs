@@ -2,13 +2,15 @@
 //! an INSERT of its own rows only (`pgrouter_parser::shard::split_insert`;
 //! in the extended protocol with its parameters renumbered), in one
 //! transaction block per shard committed together; RETURNING rows are
-//! relayed and the tag is the total (`INSERT 0 n`).
+//! relayed in VALUES order (`returning_order`) and the tag is the total
+//! (`INSERT 0 n`).
 
 use bytes::BytesMut;
 use pgrouter_parser::shard::split_insert;
 
 use super::held::Leg;
 use super::legs::cancel_targets;
+use super::returning_order::returning_in_values_order;
 use super::unit::Unit;
 use super::write::merge_answers;
 use super::ShardError;
@@ -23,11 +25,17 @@ struct Part {
     request: BytesMut,
 }
 
+/// The parts, and the shard of every VALUES row in order.
+struct Parts {
+    parts: Vec<Part>,
+    row_shards: Vec<usize>,
+}
+
 impl Session {
     /// Outside a transaction block: legs taken, parts run, committed together.
     pub(super) async fn insert_on_shards(&mut self, unit: &Unit) -> Result<(), ShardError> {
         let parts = self.insert_parts(unit)?;
-        let shards: Vec<usize> = parts.iter().map(|p| p.shard).collect();
+        let shards: Vec<usize> = parts.parts.iter().map(|p| p.shard).collect();
         let mut legs = self.take_legs(&shards, Role::Primary).await?;
         self.cancel.slot.set_many(cancel_targets(&legs));
         let result = self.run_insert_parts(unit, &parts, &mut legs, false).await;
@@ -48,7 +56,7 @@ impl Session {
     }
 
     /// Each shard's INSERT: its rows, its parameters.
-    fn insert_parts(&self, unit: &Unit) -> Result<Vec<Part>, ShardError> {
+    fn insert_parts(&self, unit: &Unit) -> Result<Parts, ShardError> {
         let map = self
             .shard_map
             .as_ref()
@@ -104,7 +112,7 @@ impl Session {
                 request,
             });
         }
-        Ok(parts)
+        Ok(Parts { parts, row_shards })
     }
 
     /// Runs each part on its leg (`legs` are the parts' shards, ascending,
@@ -113,10 +121,11 @@ impl Session {
     async fn run_insert_parts(
         &mut self,
         unit: &Unit,
-        parts: &[Part],
+        all: &Parts,
         legs: &mut [Leg],
         in_tx: bool,
     ) -> Result<Result<(), ShardError>, SessionEnd> {
+        let parts = &all.parts[..];
         if legs.len() != parts.len() || legs.iter().zip(parts).any(|(l, p)| l.shard != p.shard) {
             return Ok(Err(ShardError::router(
                 "XX000",
@@ -152,6 +161,10 @@ impl Session {
             .flatten()
             .find(|(t, _)| *t == b'E')
             .map(|(_, body)| ShardError::Server(body.clone()));
+        let failed = failed.or_else(|| {
+            let shards: Vec<usize> = parts.iter().map(|p| p.shard).collect();
+            returning_in_values_order(&mut answers, &shards, &all.row_shards).err()
+        });
         if let Err(e) = self.end_legs_statement(legs, in_tx, failed).await {
             return Ok(Err(e));
         }

@@ -9,6 +9,7 @@
 //! - statements that cannot run in a transaction block (`CREATE INDEX
 //!   CONCURRENTLY`, `VACUUM`): shard by shard, naming the shards that failed.
 
+mod collation;
 mod columns;
 mod copy_in;
 mod copy_out;
@@ -18,6 +19,7 @@ mod insert_split;
 mod legs;
 mod pipeline;
 mod read;
+mod returning_order;
 mod tx_legs;
 mod unit;
 mod write;

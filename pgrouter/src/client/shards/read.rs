@@ -74,7 +74,14 @@ impl Session {
             .extended
             .as_ref()
             .map_or(0, |e| e.max_rows.max(0) as u64);
+        let leg = legs
+            .first_mut()
+            .ok_or_else(|| ShardError::router("XX000", "no shard"))?;
+        let collations = super::collation::probe(leg, unit, &plan).await?;
         let mut merger = Merger::new(spec, legs.len(), ctx).with_portal_rows(portal_rows);
+        if let Some(c) = collations {
+            merger = merger.with_collations(c);
+        }
         let mut request = BytesMut::new();
         match &unit.extended {
             None => unit.request(&plan.shard_sql, &mut request),
@@ -117,7 +124,9 @@ impl Session {
                 .map(|f| super::super::params::quote_literal(f))
                 .collect();
             let sql = format!(
-                "SELECT (SELECT datcollate IN ('C', 'POSIX') OR datcollate ILIKE 'C.%' FROM pg_database \
+                "SELECT (SELECT coalesce(to_jsonb(d) ->> 'datlocprovider', 'c') = 'b' \
+                 OR (coalesce(to_jsonb(d) ->> 'datlocprovider', 'c') = 'c' \
+                 AND (datcollate IN ('C', 'POSIX') OR datcollate ILIKE 'C.%')) FROM pg_database d \
                  WHERE datname = current_database())::text, \
                  (SELECT string_agg(DISTINCT proname, ',') FROM pg_proc WHERE prokind = 'a' \
                  AND proname = ANY(ARRAY[{}]::text[]))",

@@ -16,8 +16,6 @@ pub struct Group<'a> {
     pub values: &'a [Option<Vec<u8>>],
     pub types: &'a [ColType],
     pub resolve: &'a dyn Fn(Col) -> usize,
-    /// Text orders by bytes in this database (else `<` on text is refused).
-    pub text_orders_by_bytes: bool,
 }
 
 pub fn eval(p: &Predicate, g: &Group) -> Result<Option<bool>, MergeError> {
@@ -77,13 +75,6 @@ pub fn eval(p: &Predicate, g: &Group) -> Result<Option<bool>, MergeError> {
             };
             let i = (g.resolve)(*c);
             let t = g.types[i];
-            if t.is_text() && !matches!(op, CmpOp::Eq | CmpOp::Ne) && !g.text_orders_by_bytes {
-                return Err(MergeError::unsupported(
-                    "HAVING comparing text by order across shards needs a byte-ordered collation \
-                     (hint: compare with = or <>)"
-                        .into(),
-                ));
-            }
             let Some(lv) = &g.values[i] else {
                 return Ok(None);
             };

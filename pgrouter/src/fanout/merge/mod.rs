@@ -79,6 +79,19 @@ pub struct MergeContext {
     pub send_row_description: bool,
 }
 
+/// What a shard said of one result column's collation (see
+/// `pgrouter_parser::fanout::CollationUse`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Collation {
+    /// Orders by bytes (C, POSIX, C.UTF-8, builtin): merged by bytes exactly.
+    Bytes,
+    /// Another deterministic collation: equal means byte-equal, but the
+    /// order is the locale's, which the router cannot reproduce.
+    Deterministic,
+    /// Nondeterministic, or unknown: neither order nor equality by bytes.
+    Other,
+}
+
 /// Why a merge failed: the ErrorResponse the client gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MergeError {
@@ -186,6 +199,10 @@ pub struct Merger {
     finished: bool,
     /// An error found before any message (unresolved parameters, negative LIMIT).
     failure: Option<MergeError>,
+    /// The collations of the columns the shards were asked about
+    /// ([`Merger::with_collations`]); `None`: the database's default
+    /// (`MergeContext::text_orders_by_bytes`) is assumed for every column.
+    collations: Option<HashMap<Col, Collation>>,
 }
 
 impl Merger {
@@ -234,6 +251,27 @@ impl Merger {
             sent: 0,
             finished: false,
             failure,
+            collations: None,
+        }
+    }
+
+    /// The collations of the result columns (as a shard reported them);
+    /// a column missing here is taken as [`Collation::Other`].
+    pub fn with_collations(mut self, collations: HashMap<Col, Collation>) -> Merger {
+        self.collations = Some(collations);
+        self
+    }
+
+    /// The collation of column `col` for a value compared by order (`order`)
+    /// or for equality: whether comparing its bytes is exact.
+    pub(crate) fn bytes_exact(&self, col: Col, order: bool) -> bool {
+        match &self.collations {
+            None => !order || self.ctx.text_orders_by_bytes,
+            Some(m) => match m.get(&col) {
+                Some(Collation::Bytes) => true,
+                Some(Collation::Deterministic) => !order,
+                Some(Collation::Other) | None => false,
+            },
         }
     }
 

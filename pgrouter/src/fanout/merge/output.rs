@@ -5,13 +5,22 @@
 
 use std::cmp::Ordering;
 
-use pgrouter_parser::fanout::{Agg, Role, SortKey};
+use pgrouter_parser::fanout::{Agg, CmpOp, Col, Operand, Predicate, Role, SortKey};
 
 use super::agg::{self, Acc};
 use super::having;
 use super::row::{self, Description, Row};
 use super::types::{self, key, ColType, Key};
 use super::{Head, Layout, MergeError, Merger};
+
+/// The [`Col`] of column `i` of a row whose first `visible` are visible.
+fn column_at(i: usize, visible: usize) -> Col {
+    if i < visible {
+        Col::Visible(i)
+    } else {
+        Col::Hidden(i - visible)
+    }
+}
 
 /// The sort keys of a row.
 pub(super) fn sort_keys(layout: &Layout, row: &Row) -> Result<Vec<Option<Key>>, MergeError> {
@@ -91,7 +100,7 @@ impl Merger {
         let mut sort = Vec::new();
         for k in &self.spec.order_by {
             let i = in_range(k.column.index(total, hidden))?;
-            self.check_ordered(types[i], k.collate_c, "ORDER BY")?;
+            self.check_ordered(types[i], k.collate_c, k.column, "ORDER BY")?;
             sort.push((i, k.clone()));
         }
         let layout = Layout {
@@ -110,18 +119,26 @@ impl Merger {
             for (i, role) in a.columns.iter().enumerate() {
                 agg::check(role, types[i], &types, &|c| layout.resolve(c))?;
                 if let Role::Agg(Agg::Min { collate_c } | Agg::Max { collate_c }) = role {
-                    self.check_ordered(types[i], *collate_c, "min()/max()")?;
+                    let col = column_at(i, layout.visible);
+                    self.check_ordered(types[i], *collate_c, col, "min()/max()")?;
                 }
             }
             for c in &a.group_by {
                 let t = types[in_range(layout.resolve(*c))?];
                 t.check_keyable()?;
+                self.check_equality(t, *c, "GROUP BY")?;
                 self.check_date_style(t)?;
+            }
+            if let Some(p) = &a.having {
+                self.check_having(p, &types, &layout)?;
             }
         }
         if self.spec.distinct {
-            for &t in &types[..layout.visible] {
+            for (i, &t) in types[..layout.visible].iter().enumerate() {
                 t.check_keyable()?;
+                if self.spec.visible.is_some() {
+                    self.check_equality(t, Col::Visible(i), "DISTINCT")?;
+                }
                 self.check_date_style(t)?;
             }
         }
@@ -148,19 +165,70 @@ impl Merger {
         Ok(())
     }
 
-    fn check_ordered(&self, t: ColType, collate_c: bool, what: &str) -> Result<(), MergeError> {
+    fn check_ordered(
+        &self,
+        t: ColType,
+        collate_c: bool,
+        col: Col,
+        what: &str,
+    ) -> Result<(), MergeError> {
         if !t.is_ordered() {
             return Err(MergeError::unsupported(format!(
                 "{what} on type {} across shards is not supported",
                 types::type_name(t.oid)
             )));
         }
-        if t.is_text() && !collate_c && !self.ctx.text_orders_by_bytes {
+        if t.is_text() && !collate_c && !self.bytes_exact(col, true) {
             return Err(MergeError::unsupported(format!(
-                "{what} text across shards needs a byte-ordered collation (hint: add COLLATE \"C\" to the expression)"
+                "{what} text across shards needs a byte-ordered collation (C, POSIX or C.UTF-8; \
+                 hint: add COLLATE \"C\" to the expression)"
             )));
         }
         self.check_date_style(t)
+    }
+
+    /// GROUP BY / DISTINCT on text merge equal bytes: exact unless the
+    /// collation is nondeterministic (equal strings with other bytes).
+    fn check_equality(&self, t: ColType, col: Col, what: &str) -> Result<(), MergeError> {
+        if t.is_text() && !self.bytes_exact(col, false) {
+            return Err(MergeError::unsupported(format!(
+                "{what} on text in a nondeterministic collation across shards is not supported"
+            )));
+        }
+        Ok(())
+    }
+
+    /// HAVING `<`, `>` ... on text columns needs them ordered by bytes.
+    fn check_having(
+        &self,
+        p: &Predicate,
+        types: &[ColType],
+        layout: &Layout,
+    ) -> Result<(), MergeError> {
+        match p {
+            Predicate::And(v) | Predicate::Or(v) => {
+                v.iter().try_for_each(|p| self.check_having(p, types, layout))
+            }
+            Predicate::Not(p) => self.check_having(p, types, layout),
+            Predicate::Compare { left, op, right } => {
+                for o in [left, right] {
+                    let Operand::Column(c) = o else { continue };
+                    let Some(&t) = types.get(layout.resolve(*c)) else {
+                        continue;
+                    };
+                    let order = !matches!(op, CmpOp::Eq | CmpOp::Ne);
+                    if t.is_text() && !self.bytes_exact(*c, order) {
+                        return Err(MergeError::unsupported(
+                            "HAVING comparing text by order across shards needs a byte-ordered \
+                             collation (hint: compare with = or <>)"
+                                .into(),
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            Predicate::IsNull { .. } | Predicate::Truth(_) => Ok(()),
+        }
     }
 
     /// DISTINCT, OFFSET and LIMIT, then the row goes out.
@@ -292,7 +360,6 @@ impl Merger {
                     values: &values,
                     types: &layout.types,
                     resolve: &resolve,
-                    text_orders_by_bytes: self.ctx.text_orders_by_bytes,
                 };
                 if having::eval(p, &g)? != Some(true) {
                     continue;

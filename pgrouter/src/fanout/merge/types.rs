@@ -268,10 +268,55 @@ pub fn key(t: ColType, b: &[u8], datestyle_iso: bool) -> Result<Key, MergeError>
             })?),
             UUID => Key::Bytes(b.to_ascii_lowercase()),
             BPCHAR => Key::Bytes(trim_spaces(b).to_vec()),
+            BYTEA => Key::Bytes(bytea_text(b).ok_or_else(|| bad(t))?),
             _ => Key::Bytes(b.to_vec()),
         }
     };
     Ok(k)
+}
+
+/// The bytes of a bytea in text format, in either `bytea_output`: hex
+/// (`\x0aff`) or escape (`\\` for a backslash, `\ooo` octal, other bytes
+/// as they are). Its text does not order as its bytes do in escape format.
+fn bytea_text(b: &[u8]) -> Option<Vec<u8>> {
+    if let Some(hex) = b.strip_prefix(b"\\x") {
+        let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+        return hex
+            .chunks(2)
+            .map(|p| match p {
+                [h, l] => Some(digit(*h)? << 4 | digit(*l)?),
+                _ => None,
+            })
+            .collect();
+    }
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'\\' {
+            out.push(b[i]);
+            i += 1;
+        } else if b.get(i + 1) == Some(&b'\\') {
+            out.push(b'\\');
+            i += 2;
+        } else {
+            let oct = b.get(i + 1..i + 4)?;
+            if !oct.iter().all(|c| (b'0'..=b'7').contains(c)) {
+                return None;
+            }
+            let v = oct.iter().fold(0u32, |v, c| v * 8 + u32::from(c - b'0'));
+            out.push(u8::try_from(v).ok()?);
+            i += 4;
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+#[test]
+fn bytea_text_reads_hex_and_escape() {
+    assert_eq!(bytea_text(b"\\x000141ff").unwrap(), [0, 1, 0x41, 0xff]);
+    assert_eq!(bytea_text(b"\\000\\001A\\\\z\\013").unwrap(), [0, 1, b'A', b'\\', b'z', 11]);
+    assert!(bytea_text(b"\\x0").is_none() && bytea_text(b"\\9").is_none());
 }
 
 /// bpchar compares without its trailing spaces.
