@@ -567,3 +567,47 @@ def test_a_bind_sent_after_its_batch_was_routed_is_checked_against_the_held_shar
         with s.connect(APP_DB) as c:
             counts.append(c.execute("SELECT count(*) FROM sh_orders WHERE note = 'g'").fetchone()[0])
     assert counts == [2, 0, 0], counts
+
+
+def test_key_parameters_declared_bpchar_or_name_are_placed_by_the_value_postgresql_sees(srouter, shards):
+    """A text key sent as a parameter declared `bpchar` in Parse loses its
+    trailing blanks when PostgreSQL compares or stores it as text, and one
+    declared `name` keeps 63 bytes: the router must place the key by that
+    value, not by the bytes sent, in the point path and the general one
+    (`= ANY` arrays). `"char"` (one byte kept) is refused."""
+    def shard_of(v):
+        return hash_shard(shards[0], "sh_hp_text", 3, v)
+    base = next(f"bp{i}" for i in range(200) if shard_of(f"bp{i}") != shard_of(f"bp{i}   "))
+    padded = base + "   "
+    long = next(f"{'n' * 63}{i}" for i in range(200) if shard_of(f"{'n' * 63}{i}") != shard_of("n" * 63))
+    BPCHAR, BPCHAR_ARRAY, NAME, CHAR = 1042, 1014, 19, 18
+    conn = wire.RawConn.open(srouter.port)
+    try:
+        conn.startup(APP_USER, APP_DB, APP_PASSWORD)
+
+        def run(sql, types, params):
+            conn.send(wire.parse_message(sql, param_types=types) + wire.bind_message(params)
+                      + wire.execute_message() + wire.sync_message())
+            return conn.read_results()
+
+        _, tags, _ = run("INSERT INTO sh_users (name, age) VALUES ($1, 1)", (BPCHAR,), [padded])
+        assert tags == ["INSERT 0 1"]
+        _, tags, _ = run("INSERT INTO sh_users (name, age) VALUES ($1, 2)", (NAME,), [long])
+        assert tags == ["INSERT 0 1"]
+        rows, _, _ = run("SELECT age, " + PORT + " FROM sh_users WHERE name = $1", (BPCHAR,), [padded])
+        assert rows == [["1", str(port_of(shards, shard_of(base)))]], rows
+        rows, _, _ = run("SELECT age FROM sh_users WHERE name = ANY($1)", (BPCHAR_ARRAY,), ['{"' + padded + '"}'])
+        assert rows == [["1"]], rows
+        rows, _, _ = run("SELECT age FROM sh_users WHERE name = $1", (NAME,), [long])
+        assert rows == [["2"]], rows
+        with pytest.raises(wire.ServerError) as err:
+            run("SELECT age FROM sh_users WHERE name = $1::text", (CHAR,), ["bp"])
+        assert err.value.sqlstate == "0A000", err.value.message
+    finally:
+        conn.close()
+    # Each row is where PostgreSQL's hash of the stored value puts it.
+    placed = per_shard(shards, "SELECT name FROM sh_users ORDER BY age")
+    expected = [[], [], []]
+    expected[shard_of(base)].append((base,))
+    expected[shard_of("n" * 63)].append(("n" * 63,))
+    assert placed == expected, placed

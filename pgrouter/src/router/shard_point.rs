@@ -93,7 +93,9 @@ impl PointPlan {
             (KeyAt::Param { number, cast }, PointValues::Bind { rest, statement }) => {
                 let (format, bytes) = BindParams::value_at(rest, number)?;
                 bytes?; // NULL: the general planner's rule
-                let declared = if format == 0 {
+                        // Integer keys read in text need no declared type; text keys
+                        // may (bpchar, name), binary values always do.
+                let declared = if format == 0 && ty.is_integer() {
                     0
                 } else {
                     statement().1.get(number - 1).copied().unwrap_or(0)

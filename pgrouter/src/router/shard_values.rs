@@ -61,19 +61,23 @@ pub(super) fn param_values(
     let Some(bytes) = bytes else {
         return Ok(vec![KeyValue::Null]);
     };
-    if format == 0 {
-        let text = std::str::from_utf8(bytes).map_err(|_| invalid_utf8())?;
-        return if array {
-            parse_text_array(ty, text).map_err(key_error)
-        } else {
-            parse_text(ty, text).map(|v| vec![v]).map_err(key_error)
-        };
-    }
-    if array {
-        return parse_binary_array(ty, bytes).map_err(key_error);
-    }
     let declared = param_types.get(number - 1).copied().unwrap_or(0);
-    binary_param_value(bytes, declared, number, cast, ty).map(|v| vec![v])
+    let found = if format == 0 {
+        let text = std::str::from_utf8(bytes).map_err(|_| invalid_utf8())?;
+        if array {
+            parse_text_array(ty, text).map_err(key_error)?
+        } else {
+            vec![parse_text(ty, text).map_err(key_error)?]
+        }
+    } else if array {
+        parse_binary_array(ty, bytes).map_err(key_error)?
+    } else {
+        vec![binary_param_value(bytes, declared, number, cast, ty)?]
+    };
+    found
+        .into_iter()
+        .map(|value| as_declared(value, declared, number))
+        .collect()
 }
 
 /// One parameter's value for the key, as [`param_values`] reads a
@@ -89,11 +93,54 @@ pub(super) fn param_value(
     let Some(bytes) = bytes else {
         return Ok(KeyValue::Null);
     };
-    if format == 0 {
+    let value = if format == 0 {
         let text = std::str::from_utf8(bytes).map_err(|_| invalid_utf8())?;
-        return parse_text(ty, text).map_err(key_error);
+        parse_text(ty, text).map_err(key_error)?
+    } else {
+        binary_param_value(bytes, declared, number, cast, ty)?
+    };
+    as_declared(value, declared, number)
+}
+
+/// A text value as PostgreSQL compares or stores it when the client
+/// declared the parameter's type in Parse: `bpchar` loses its trailing
+/// blanks when it meets text, `name` keeps at most 63 bytes; `"char"` keeps
+/// one byte, which the router does not follow (refused). Hashing the value
+/// as sent would place the key on the wrong shard.
+fn as_declared(value: KeyValue, declared: i32, number: usize) -> Result<KeyValue, Refusal> {
+    const BPCHAR: i32 = 1042;
+    const BPCHAR_ARRAY: i32 = 1014;
+    const NAME: i32 = 19;
+    const NAME_ARRAY: i32 = 1003;
+    const CHAR: i32 = 18;
+    const CHAR_ARRAY: i32 = 1002;
+    /// NAMEDATALEN - 1.
+    const NAME_BYTES: usize = 63;
+    let KeyValue::Text(mut bytes) = value else {
+        return Ok(value);
+    };
+    match declared {
+        BPCHAR | BPCHAR_ARRAY => {
+            let kept = bytes.iter().rposition(|&b| b != b' ').map_or(0, |i| i + 1);
+            bytes.truncate(kept);
+        }
+        NAME | NAME_ARRAY if bytes.len() > NAME_BYTES => {
+            let mut kept = NAME_BYTES;
+            // Never split a UTF-8 character, as PostgreSQL's clipping does not.
+            while kept > 0 && (bytes[kept] & 0xC0) == 0x80 {
+                kept -= 1;
+            }
+            bytes.truncate(kept);
+        }
+        CHAR | CHAR_ARRAY => {
+            return Err(unsupported(format!(
+                "pgrouter: the shard key parameter ${number} is declared as type \"char\", \
+                 which keeps only its first byte; HINT: declare it as text"
+            )))
+        }
+        _ => {}
     }
-    binary_param_value(bytes, declared, number, cast, ty)
+    Ok(KeyValue::Text(bytes))
 }
 
 fn binary_param_value(

@@ -264,7 +264,10 @@ impl ServerConn {
 
     /// Like [`Self::query_rows`] for a request already written (a simple
     /// Query, or Parse/Bind/Execute/Sync with text results).
-    pub async fn request_rows(&mut self, request: &[u8]) -> Result<Vec<Vec<Option<String>>>, ServerError> {
+    pub async fn request_rows(
+        &mut self,
+        request: &[u8],
+    ) -> Result<Vec<Vec<Option<String>>>, ServerError> {
         self.send(request).await?;
         let mut rows = Vec::new();
         let mut error = None;

@@ -44,9 +44,8 @@ pub(super) async fn probe(
     match &unit.extended {
         None => frontend::query(&mut request, &sql),
         Some(e) => {
-            let rest = without_result_formats(&e.bind_rest).ok_or_else(|| {
-                ShardError::router("08P01", "pgrouter: malformed Bind message")
-            })?;
+            let rest = without_result_formats(&e.bind_rest)
+                .ok_or_else(|| ShardError::router("08P01", "pgrouter: malformed Bind message"))?;
             frontend::write_parse(&mut request, "", &sql, &e.param_types);
             frontend::write_bind(&mut request, "", "", &rest);
             execute_all(&mut request);
@@ -83,7 +82,8 @@ fn classify(v: Option<&str>) -> Collation {
 /// Whether the database default orders by bytes: a libc default of C,
 /// POSIX or C.* or the builtin provider ('b' when so, else 'd'). The
 /// provider column exists from PostgreSQL 15 on; before, it is libc.
-const DATABASE_DEFAULT: &str = "(SELECT CASE WHEN COALESCE(pg_catalog.to_jsonb(d) ->> 'datlocprovider', 'c') = 'b' \
+const DATABASE_DEFAULT: &str =
+    "(SELECT CASE WHEN COALESCE(pg_catalog.to_jsonb(d) ->> 'datlocprovider', 'c') = 'b' \
      OR (COALESCE(pg_catalog.to_jsonb(d) ->> 'datlocprovider', 'c') = 'c' \
      AND (d.datcollate IN ('C', 'POSIX') OR d.datcollate ILIKE 'C.%')) THEN 'b' ELSE 'd' END \
      FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database())";
@@ -155,9 +155,18 @@ mod tests {
     #[test]
     fn probe_names_visible_and_hidden_columns() {
         let sql = probe_sql("SELECT a, b FROM t", &[Col::Visible(1), Col::Hidden(0)]);
-        assert!(sql.contains("AS pgrouter_s(pgrouter_c1, pgrouter_c2) ON true"), "{sql}");
-        assert!(sql.contains("pgrouter_s.pgrouter_c2::pg_catalog.text"), "{sql}");
-        assert!(sql.contains("pgrouter_s.pgrouter_hidden_1::pg_catalog.text"), "{sql}");
+        assert!(
+            sql.contains("AS pgrouter_s(pgrouter_c1, pgrouter_c2) ON true"),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("pgrouter_s.pgrouter_c2::pg_catalog.text"),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("pgrouter_s.pgrouter_hidden_1::pg_catalog.text"),
+            "{sql}"
+        );
     }
 
     #[test]

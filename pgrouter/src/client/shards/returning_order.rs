@@ -28,7 +28,12 @@ pub(super) fn returning_in_values_order(
 ) -> Result<(), ShardError> {
     let mut rows: Vec<VecDeque<Bytes>> = answers
         .iter()
-        .map(|a| a.iter().filter(|(t, _)| *t == b'D').map(|(_, b)| b.clone()).collect())
+        .map(|a| {
+            a.iter()
+                .filter(|(t, _)| *t == b'D')
+                .map(|(_, b)| b.clone())
+                .collect()
+        })
         .collect();
     let with_rows = rows.iter().filter(|r| !r.is_empty()).count();
     if with_rows <= 1 {
@@ -51,14 +56,22 @@ pub(super) fn returning_in_values_order(
         let leg = shards.iter().position(|x| x == s);
         match leg.and_then(|l| rows[l].pop_front()) {
             Some(b) => ordered.push((b'D', b)),
-            None => return Err(ShardError::router("XX000", "pgrouter: RETURNING rows do not match the VALUES rows")),
+            None => {
+                return Err(ShardError::router(
+                    "XX000",
+                    "pgrouter: RETURNING rows do not match the VALUES rows",
+                ))
+            }
         }
     }
     for a in answers.iter_mut() {
         a.retain(|(t, _)| *t != b'D');
     }
     let first = &mut answers[0];
-    let at = first.iter().rposition(|(t, _)| *t == b'C').unwrap_or(first.len());
+    let at = first
+        .iter()
+        .rposition(|(t, _)| *t == b'C')
+        .unwrap_or(first.len());
     first.splice(at..at, ordered);
     Ok(())
 }
@@ -69,20 +82,30 @@ mod tests {
 
     fn answer(rows: &[&str]) -> Answer {
         let mut a: Answer = vec![(b'T', Bytes::from_static(b"t"))];
-        a.extend(rows.iter().map(|r| (b'D', Bytes::copy_from_slice(r.as_bytes()))));
+        a.extend(
+            rows.iter()
+                .map(|r| (b'D', Bytes::copy_from_slice(r.as_bytes()))),
+        );
         a.push((b'C', Bytes::from_static(b"INSERT 0 n")));
         a.push((b'Z', Bytes::from_static(b"I")));
         a
     }
 
     fn rows(a: &Answer) -> Vec<&[u8]> {
-        a.iter().filter(|(t, _)| *t == b'D').map(|(_, b)| &b[..]).collect()
+        a.iter()
+            .filter(|(t, _)| *t == b'D')
+            .map(|(_, b)| &b[..])
+            .collect()
     }
 
     #[test]
     fn rows_interleave_back_into_values_order() {
         // Rows 1..6 on shards 2, 0, 1, 0, 2, 0.
-        let mut answers = vec![answer(&["2", "4", "6"]), answer(&["3"]), answer(&["1", "5"])];
+        let mut answers = vec![
+            answer(&["2", "4", "6"]),
+            answer(&["3"]),
+            answer(&["1", "5"]),
+        ];
         assert!(returning_in_values_order(&mut answers, &[0, 1, 2], &[2, 0, 1, 0, 2, 0]).is_ok());
         assert_eq!(rows(&answers[0]), [b"1", b"2", b"3", b"4", b"5", b"6"]);
         assert!(rows(&answers[1]).is_empty() && rows(&answers[2]).is_empty());
@@ -94,7 +117,13 @@ mod tests {
     fn missing_rows_on_several_shards_are_refused() {
         let mut answers = vec![answer(&["2"]), answer(&["3"])];
         let e = returning_in_values_order(&mut answers, &[0, 1], &[0, 1, 0]);
-        assert!(matches!(e, Err(ShardError::Router { sqlstate: "0A000", .. })));
+        assert!(matches!(
+            e,
+            Err(ShardError::Router {
+                sqlstate: "0A000",
+                ..
+            })
+        ));
         // One shard's rows only: their order is exact.
         let mut answers = vec![answer(&["2"]), answer(&[])];
         assert!(returning_in_values_order(&mut answers, &[0, 1], &[0, 1, 0]).is_ok());

@@ -206,9 +206,9 @@ impl Merger {
         layout: &Layout,
     ) -> Result<(), MergeError> {
         match p {
-            Predicate::And(v) | Predicate::Or(v) => {
-                v.iter().try_for_each(|p| self.check_having(p, types, layout))
-            }
+            Predicate::And(v) | Predicate::Or(v) => v
+                .iter()
+                .try_for_each(|p| self.check_having(p, types, layout)),
             Predicate::Not(p) => self.check_having(p, types, layout),
             Predicate::Compare { left, op, right } => {
                 for o in [left, right] {

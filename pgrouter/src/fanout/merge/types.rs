@@ -315,7 +315,10 @@ fn bytea_text(b: &[u8]) -> Option<Vec<u8>> {
 #[test]
 fn bytea_text_reads_hex_and_escape() {
     assert_eq!(bytea_text(b"\\x000141ff").unwrap(), [0, 1, 0x41, 0xff]);
-    assert_eq!(bytea_text(b"\\000\\001A\\\\z\\013").unwrap(), [0, 1, b'A', b'\\', b'z', 11]);
+    assert_eq!(
+        bytea_text(b"\\000\\001A\\\\z\\013").unwrap(),
+        [0, 1, b'A', b'\\', b'z', 11]
+    );
     assert!(bytea_text(b"\\x0").is_none() && bytea_text(b"\\9").is_none());
 }
 
