@@ -167,3 +167,50 @@ def test_a_temp_table_is_the_sessions_own_on_shard_0(routers, shards):
             conn.execute("CREATE TEMP TABLE ss_tmp2 AS SELECT * FROM ss_items")
         assert err.value.sqlstate == "0A000"
     assert per_shard(shards, "SELECT count(*) FROM pg_class WHERE relname = 'ss_tmp'") == [[(0,)]] * 3
+
+
+def test_ddl_on_a_temp_table_runs_on_its_shard_only(routers, shards):
+    """DDL runs on every shard, but a temporary table lives on the one
+    shard that created it: ALTER/DROP/TRUNCATE naming only the session's
+    temporary tables run there. A temporary table hiding an ordinary one
+    of the same name must not make the router drop or change the ordinary
+    one anywhere; once the temporary one is dropped, the name is the
+    ordinary table's again (on every shard). Mixed DDL is refused."""
+    r = start(routers, shards)
+    with connect(r.dsn()) as conn:
+        conn.execute("CREATE TEMP TABLE ss_tmp (a int)")
+        conn.execute("ALTER TABLE ss_tmp ADD COLUMN b int")
+        conn.execute("INSERT INTO ss_tmp VALUES (1, 2)")
+        assert conn.execute("SELECT a, b FROM ss_tmp").fetchall() == [(1, 2)]
+        conn.execute("CREATE INDEX ON ss_tmp (b)")
+        conn.execute("TRUNCATE ss_tmp")
+        with pytest.raises(psycopg.Error) as err:
+            conn.execute("DROP TABLE ss_tmp, ss_plain")
+        assert err.value.sqlstate == "0A000", err.value
+        conn.execute("DROP TABLE ss_tmp")
+        # A temporary table hiding the ordinary ss_plain of every shard.
+        conn.execute("CREATE TEMP TABLE ss_plain (z int)")
+        conn.execute("ALTER TABLE ss_plain ADD COLUMN y int")
+        conn.execute("DROP TABLE ss_plain")
+        # Created by a transaction that rolled back: never a temp table.
+        conn.execute("CREATE TEMP TABLE ss_keep (k int)")  # keeps the session pinned
+        conn.execute("CREATE TABLE ss_own (o int)")  # on every shard, owned by app
+        conn.execute("BEGIN")
+        conn.execute("CREATE TEMP TABLE ss_own (z int)")
+        conn.execute("ROLLBACK")
+        conn.execute("ALTER TABLE ss_own ADD COLUMN extra int")
+        # Created on a hinted shard: its DDL goes there.
+        conn.execute("DROP TABLE ss_keep")
+        conn.execute("/* pgrouter: shard=2 */ CREATE TEMP TABLE ss_far (f int)")
+        conn.execute("ALTER TABLE ss_far ADD COLUMN g int")
+        conn.execute("DROP TABLE ss_far")
+    # The ordinary ss_plain is intact on every shard; no temp tables left.
+    assert per_shard(shards, "SELECT count(*) FROM pg_attribute WHERE attrelid = 'ss_plain'::regclass "
+                             "AND attnum > 0 AND NOT attisdropped") == [[(1,)]] * 3
+    assert per_shard(shards, "SELECT count(*) FROM pg_attribute WHERE attrelid = 'ss_own'::regclass "
+                             "AND attnum > 0 AND NOT attisdropped") == [[(2,)]] * 3
+    for s in shards:
+        with s.connect(APP_DB) as c:
+            c.execute("DROP TABLE ss_own")
+    assert per_shard(shards, "SELECT count(*) FROM pg_class WHERE relpersistence = 't' "
+                             "AND relname LIKE 'ss\\_%'") == [[(0,)]] * 3

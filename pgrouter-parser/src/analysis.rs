@@ -54,6 +54,11 @@ pub struct Analysis {
     /// search_path (`SET search_path = pg_temp, public`, a `set_config` of
     /// it, or a `set_config` call whose arguments are not known).
     pub temp_search_path: bool,
+    /// Relations the text creates as temporary (`CREATE TEMP TABLE t`,
+    /// `CREATE VIEW pg_temp.v`, `SELECT ... INTO TEMP t`, ...), by name
+    /// without schema: on a sharded database they live on one shard only,
+    /// so later DDL naming them must run there, not on every shard.
+    pub temp_relations: Vec<String>,
     /// `set_config(name, value, false)` calls known to run, in order (see
     /// the `set_config` module): the router tracks them like `SET`. Calls
     /// it cannot be sure of leave `calls_set_config` set instead.

@@ -18,6 +18,7 @@ pub(crate) fn add_tree(stmts: &[RawStmt], write_functions: &[String], a: &mut An
         let info = statement(node, write_functions, a);
         a.is_write |= info.is_write;
         a.creates_by_search_path |= crate::session_state::creates_by_search_path(node);
+        a.temp_relations.extend(crate::session_state::temp_relation(node));
         a.statements.push(info);
     }
     a.temp_search_path = may_set_temp_search_path(a);

@@ -79,7 +79,7 @@ pub use analysis::{
 pub use analyze::analyze;
 pub use cache::{AnalysisCache, Lookup};
 pub use normalize::normalize_key;
-pub use session_state::{mentions_temp_schema, SessionState, SessionStateChange};
+pub use session_state::{is_temp_schema, mentions_temp_schema, SessionState, SessionStateChange};
 pub use template::Template;
 
 /// The text of each statement of a query string, as PostgreSQL's parser

@@ -198,6 +198,26 @@ pub(crate) fn of_statement(node: &N) -> SessionStateChange {
     c
 }
 
+/// The name of the relation `node` creates as temporary, if it does.
+pub(crate) fn temp_relation(node: &N) -> Option<String> {
+    let rel = match node {
+        N::CreateStmt(s) => s.relation.as_ref(),
+        N::CreateTableAsStmt(s) => s.into.as_ref().and_then(|i| i.rel.as_ref()),
+        N::ViewStmt(s) => s.view.as_ref(),
+        N::CreateSeqStmt(s) => s.sequence.as_ref(),
+        N::SelectStmt(s) => s.into_clause.as_ref().and_then(|i| i.rel.as_ref()),
+        _ => None,
+    }?;
+    // An ON COMMIT DROP table is gone with its transaction.
+    let on_commit_drop = |on_commit: i32| on_commit == pg_query::protobuf::OnCommitAction::OncommitDrop as i32;
+    let dropped = match node {
+        N::CreateStmt(s) => on_commit_drop(s.oncommit),
+        N::CreateTableAsStmt(s) => s.into.as_ref().is_some_and(|i| on_commit_drop(i.on_commit)),
+        _ => false,
+    };
+    (!dropped && temp_if(Some(rel)) == SessionState::TEMP).then(|| rel.relname.clone())
+}
+
 /// `pg_temp.x` or `CREATE TEMP ...`.
 fn temp_if(rel: Option<&RangeVar>) -> SessionState {
     match rel {
@@ -208,7 +228,7 @@ fn temp_if(rel: Option<&RangeVar>) -> SessionState {
 
 /// The session's temporary schema: `pg_temp`, or its real name
 /// `pg_temp_<n>` (which a client can read from `pg_namespace`).
-pub(crate) fn is_temp_schema(name: &str) -> bool {
+pub fn is_temp_schema(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
     match lower.strip_prefix("pg_temp") {
         Some("") => true,

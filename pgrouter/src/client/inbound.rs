@@ -86,6 +86,9 @@ impl Session {
                     }
                     if clients {
                         self.pins.on_ready(status);
+                        if !self.temps.is_idle() {
+                            self.temps.on_ready(status);
+                        }
                         self.query_cancelled = None;
                         if !self.pending_prepares.is_empty() {
                             self.pending_prepares.on_ready();
@@ -175,6 +178,7 @@ impl Session {
                     if clients {
                         self.sets.on_error();
                         self.pins.on_error();
+                        self.temps.on_error();
                         if let Ok(f) = parse_error_fields(body) {
                             self.state.metrics.record_error(&f.code);
                         }
@@ -200,6 +204,9 @@ impl Session {
                         self.sets.on_command_complete(body);
                     }
                     self.pins.on_command_complete(body);
+                    if !self.temps.is_idle() && body.starts_with(b"ROLLBACK") {
+                        self.temps.on_error();
+                    }
                     if !self.pending_prepares.is_empty() {
                         self.pending_prepares.on_command_complete(body);
                     }

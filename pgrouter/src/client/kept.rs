@@ -86,6 +86,7 @@ impl Session {
             // Session state nobody tracks any more: closed, never shared.
             if held.kept && self.pins.is_pinned() {
                 self.pins.forget();
+                self.temps.forget_all();
                 self.registered.info.set_pinned(Default::default());
             }
             drop(held);
@@ -113,6 +114,7 @@ impl Session {
             } else if leg.held.kept && self.pins.is_pinned() {
                 // The pinned state went with a failed leg.
                 self.pins.forget();
+                self.temps.forget_all();
                 self.registered.info.set_pinned(Default::default());
                 drop(leg);
             } else {

@@ -196,6 +196,7 @@ impl Session {
             );
             held.conn.statements.clear();
             self.pins.forget();
+            self.temps.forget_all();
             self.registered.info.set_pinned(self.pins.held());
             self.unnamed_here = false;
         }

@@ -63,6 +63,7 @@ mod shard_routing;
 mod shards;
 pub mod shutdown;
 mod sql_prepared;
+mod temp_objects;
 mod tracking;
 
 use std::sync::atomic::Ordering;

@@ -249,6 +249,7 @@ impl Session {
             tracing::warn!(server = %held.conn.addr, pid = held.conn.backend_pid, "server connection lost between transactions");
             self.cancel.slot.set(None);
             self.pins.forget();
+            self.temps.forget_all();
             self.registered.info.set_pinned(Default::default());
             self.registered.info.clear_server();
             self.registered

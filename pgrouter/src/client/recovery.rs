@@ -46,6 +46,7 @@ impl Session {
         let failed_pool = held.pool_id;
         // Whatever session state the client had there is gone with it.
         self.pins.forget();
+        self.temps.forget_all();
         self.registered.info.set_pinned(Default::default());
         let shard = held.shard;
         // ReadyForQuery messages the lost server owed the client (one per

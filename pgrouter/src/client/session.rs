@@ -121,6 +121,9 @@ pub struct Session {
     /// (at login or since): its unqualified CREATEs may then make temporary
     /// objects (see `Analysis::creates_by_search_path`). Never cleared.
     pub(super) temp_search_path: bool,
+    /// Sharded databases: the temporary relations the session created and
+    /// their shard, where DDL naming them runs (see `temp_objects.rs`).
+    pub(super) temps: super::temp_objects::TempObjects,
 
     /// The client's named statements (protocol level).
     pub(super) statements: ahash::AHashMap<String, Arc<SharedStatement>>,
@@ -254,6 +257,7 @@ impl Session {
             refuse_session_state,
             sequence_state_in_tx: false,
             temp_search_path,
+            temps: Default::default(),
             statements: ahash::AHashMap::new(),
             local_explains: HashMap::new(),
             sql_prepared: HashMap::new(),

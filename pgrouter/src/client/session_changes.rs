@@ -47,6 +47,13 @@ impl Session {
     /// Session state the statement creates or ends (transaction mode): see
     /// `pinning.rs`. A lone SQL `EXECUTE` counts as its prepared statement.
     pub(super) fn note_session_state(&mut self, analysis: &std::sync::Arc<Analysis>) {
+        if self.shard_map.is_some() {
+            self.temps.sent(analysis);
+            if !analysis.temp_relations.is_empty() {
+                let shard = self.server.as_ref().map_or(0, |held| held.shard);
+                self.temps.created(analysis, shard);
+            }
+        }
         if self.mode != pgrouter_config::PoolMode::Transaction {
             return;
         }

@@ -17,6 +17,8 @@ use crate::router::{
     self, BindParams, PointPlan, PointValues, Refusal, ShardChoice, ShardMap, Values,
 };
 
+use super::temp_objects::TempRoute;
+
 type Planned = Result<Option<ShardChoice>, Refusal>;
 
 /// The last shard plan and what it was made from. A batch is planned when
@@ -252,6 +254,9 @@ impl Session {
         if self.shard_hinted(analysis) {
             return Ok(None);
         }
+        if let TempRoute::Shard(shard) = self.temps.route(analysis)? {
+            return Ok(Some(ShardChoice::one(shard, "temporary table")));
+        }
         // `EXECUTE name(...)` of a SQL-level PREPARE: its values are in the
         // EXECUTE's text, where the prepared statement's keys are not.
         let prepared = self.query_analysis(analysis.clone());
@@ -317,6 +322,9 @@ impl Session {
         };
         if self.shard_hinted(analysis) {
             return Ok(None);
+        }
+        if let TempRoute::Shard(shard) = self.temps.route(analysis)? {
+            return Ok(Some(ShardChoice::one(shard, "temporary table")));
         }
         let statement = || -> (&str, &[i32]) {
             let named = (!bind.statement.is_empty())
