@@ -198,3 +198,52 @@ def test_bytea_merges_by_its_bytes_in_either_output_format(srouter, shards):
                 assert rc.execute(sql).fetchall() == tc.execute(sql).fetchall(), (output, sql)
                 with rc.cursor(binary=True) as rb, tc.cursor(binary=True) as tb:
                     assert rb.execute(sql).fetchall() == tb.execute(sql).fetchall(), (output, sql)
+
+
+def test_merged_floats_and_intervals_follow_the_sessions_output_settings(srouter, shards):
+    """sum()/avg() of floats computed by the router are written as
+    PostgreSQL writes them with extra_float_digits >= 1; below that,
+    PostgreSQL rounds (and the shards' rounded partial sums no longer add
+    up to the true sum), so text results are refused while binary ones,
+    which carry every bit, are merged. Likewise intervals in text need
+    IntervalStyle postgres."""
+    _, truth = shards
+    rc, tc = both(srouter, truth)
+    with rc, tc:
+        for c in (rc, tc):
+            c.execute("CREATE TABLE mx_orders (customer_id bigint, f float8, r real, iv interval)")
+            c.execute("INSERT INTO mx_orders VALUES (1, 1234567.5, 1.5, '1 day'), "
+                      "(2, 0.25, 2.25, '2 hours'), (3, 3456789.125, 3.125, '1 mon 3 sec')")
+        q = "SELECT sum(f), avg(f), sum(r), sum(iv) FROM mx_orders"
+        def texts(c):
+            result = psycopg.ClientCursor(c).execute(q).pgresult
+            return [result.get_value(0, i).decode() for i in range(4)]
+        assert texts(rc) == texts(tc)
+        for efd in (0, -10):
+            for c in (rc, tc):
+                c.execute(f"SET extra_float_digits = {efd}")
+            with pytest.raises(psycopg.Error) as err:
+                psycopg.ClientCursor(rc).execute("SELECT sum(f) FROM mx_orders")
+            assert sqlstate(err.value) == "0A000", err.value
+            assert "extra_float_digits" in str(err.value)
+            for sql in ("SELECT avg(f) FROM mx_orders", "SELECT sum(r) FROM mx_orders"):
+                with pytest.raises(psycopg.Error) as err:
+                    rc.execute(sql).fetchall()
+                assert sqlstate(err.value) == "0A000", (sql, err.value)
+            # Binary results carry every bit: merged as ever.
+            got = rc.cursor(binary=True).execute("SELECT sum(r), min(f), max(f) FROM mx_orders").fetchall()
+            assert got == tc.cursor(binary=True).execute("SELECT sum(r), min(f), max(f) FROM mx_orders").fetchall()
+            # The shards' own values pass through as PostgreSQL wrote them.
+            assert rc.execute("SELECT min(f) FROM mx_orders").pgresult.get_value(0, 0) == \
+                tc.execute("SELECT min(f) FROM mx_orders").pgresult.get_value(0, 0)
+        for c in (rc, tc):
+            c.execute("RESET extra_float_digits")
+            c.execute("SET IntervalStyle = iso_8601")
+        for sql in ("SELECT sum(iv) FROM mx_orders", "SELECT max(iv) FROM mx_orders",
+                    "SELECT customer_id FROM mx_orders ORDER BY iv"):
+            with pytest.raises(psycopg.Error) as err:
+                rc.execute(sql).fetchall()
+            assert sqlstate(err.value) == "0A000", (sql, err.value)
+            assert "IntervalStyle" in str(err.value)
+        got = rc.cursor(binary=True).execute("SELECT sum(iv) FROM mx_orders").fetchall()
+        assert got == tc.cursor(binary=True).execute("SELECT sum(iv) FROM mx_orders").fetchall()

@@ -179,7 +179,19 @@ impl Session {
                     .and_then(|l| l.held.conn.params.get("DateStyle").map(String::as_str))
             })
             .unwrap_or("ISO");
+        let setting = |name: &str| {
+            self.params.get(name).map(str::to_owned).or_else(|| {
+                legs.first()
+                    .and_then(|l| l.held.conn.params.get(name).cloned())
+            })
+        };
+        let intervalstyle_postgres =
+            setting("IntervalStyle").is_none_or(|s| s.trim().eq_ignore_ascii_case("postgres"));
+        let float_digits_exact = setting("extra_float_digits")
+            .is_none_or(|s| s.trim().parse::<i32>().is_ok_and(|d| d >= 1));
         Ok(MergeContext {
+            intervalstyle_postgres,
+            float_digits_exact,
             text_orders_by_bytes: text_bytes.unwrap_or(false),
             datestyle_iso: datestyle
                 .trim_start()

@@ -73,6 +73,15 @@ pub struct MergeContext {
     pub text_orders_by_bytes: bool,
     /// DateStyle is ISO: date/time values in text format can be read.
     pub datestyle_iso: bool,
+    /// IntervalStyle is postgres: interval values in text format can be
+    /// read, and sums of them written as PostgreSQL would.
+    pub intervalstyle_postgres: bool,
+    /// extra_float_digits is 1 or more: float values in text format are
+    /// exact (shortest round-trip digits), so partial sums read from the
+    /// shards are the shards' values and merged ones can be written as
+    /// PostgreSQL would. Below 1 PostgreSQL rounds to 15 (float8) or 6
+    /// (float4) digits plus the setting.
+    pub float_digits_exact: bool,
     /// Send the client a RowDescription (false when the client did not
     /// Describe the portal; the executor still makes every shard send one,
     /// since the merger needs the column types).

@@ -118,6 +118,9 @@ impl Merger {
             }
             for (i, role) in a.columns.iter().enumerate() {
                 agg::check(role, types[i], &types, &|c| layout.resolve(c))?;
+                if let Role::Agg(Agg::Sum | Agg::Avg { .. }) = role {
+                    self.check_computed_text(types[i])?;
+                }
                 if let Role::Agg(Agg::Min { collate_c } | Agg::Max { collate_c }) = role {
                     let col = column_at(i, layout.visible);
                     self.check_ordered(types[i], *collate_c, col, "min()/max()")?;
@@ -149,7 +152,31 @@ impl Merger {
         Ok(())
     }
 
+    /// A value the router computes (sum, avg) and writes in text format:
+    /// float and interval text depend on settings it follows only at
+    /// their defaults.
+    fn check_computed_text(&self, t: ColType) -> Result<(), MergeError> {
+        if t.binary {
+            return Ok(());
+        }
+        if matches!(t.oid, types::FLOAT4 | types::FLOAT8) && !self.ctx.float_digits_exact {
+            return Err(MergeError::unsupported(
+                "merging sum()/avg() of float values in text format across shards needs \
+                 extra_float_digits 1 or more (hint: SET extra_float_digits = 1, or use binary format)"
+                    .into(),
+            ));
+        }
+        self.check_date_style(t)
+    }
+
     fn check_date_style(&self, t: ColType) -> Result<(), MergeError> {
+        if !t.binary && t.oid == types::INTERVAL && !self.ctx.intervalstyle_postgres {
+            return Err(MergeError::unsupported(
+                "merging interval values in text format across shards needs IntervalStyle postgres \
+                 (hint: SET IntervalStyle = postgres)"
+                    .into(),
+            ));
+        }
         if !t.binary
             && !self.ctx.datestyle_iso
             && matches!(

@@ -10,6 +10,8 @@ use super::{MergeContext, MergeError, Merger};
 pub(super) const CTX: MergeContext = MergeContext {
     text_orders_by_bytes: false,
     datestyle_iso: true,
+    intervalstyle_postgres: true,
+    float_digits_exact: true,
     send_row_description: true,
 };
 

@@ -13,6 +13,8 @@ use super::{MergeContext, Merger};
 const CTX: MergeContext = MergeContext {
     text_orders_by_bytes: true,
     datestyle_iso: true,
+    intervalstyle_postgres: true,
+    float_digits_exact: true,
     send_row_description: true,
 };
 
