@@ -17,8 +17,10 @@ import time
 import pytest
 
 from harness.pg import PgCluster
-from harness.twophase import (GRACE_S, clean, commit_tool, coordinator_id, drop_all, make_tables, notes, prepared,
-                              records, start, wait_drained, TABLE)
+from harness.router import app_user
+from harness.twophase import (GRACE_S, PLAIN, clean, commit_tool, coordinator_id, databases, drop_all,
+                              fresh_decision_tables, make_tables, notes, prepared, records, start,
+                              wait_drained, TABLE)
 from harness.util import wait_until
 
 
@@ -95,6 +97,34 @@ def test_unwritable_decision_record_fails_cleanly(routers, fresh):
     assert "ERROR 58000" in out and "no_such_database" in out and "rolled back" in out, out
     assert notes(shards[0]) == set() and notes(shards[1]) == set()
     assert not any(prepared(s) for s in shards)
+
+
+def test_coordinator_without_create_is_told_what_to_grant(routers, fresh):
+    """The decision tables are missing and the coordinator user (here the
+    first users.toml entry, plainuser) may not create in schema public — the
+    PostgreSQL 15 default, which broke the quickstart's sharded demo: the
+    error names the user, where, and the GRANT that fixes it."""
+    shards = fresh
+    fresh_decision_tables(shards[0])
+    shards[0].sql("REVOKE CREATE ON SCHEMA public FROM plainuser")
+    try:
+        r = routers.start(databases=databases(shards), users=[PLAIN, app_user()])
+        code, out = commit_tool(r, [(0, insert("g0")), (1, insert("g1"))])
+        assert code == 3, out
+        assert "ERROR 58000" in out and "rolled back on every shard" in out, out
+        assert 'as the coordinator user "plainuser"' in out, out
+        assert f'database "app" on 127.0.0.1:{shards[0].port}' in out, out
+        assert 'GRANT CREATE ON SCHEMA public TO "plainuser"' in out, out
+        assert notes(shards[0]) == set() and notes(shards[1]) == set()
+        # The GRANT named is enough.
+        shards[0].sql('GRANT CREATE ON SCHEMA public TO "plainuser"')
+        code, out = commit_tool(r, [(0, insert("h0")), (1, insert("h1"))])
+        assert code == 0 and out.strip().endswith("COMMIT"), out
+        assert notes(shards[0]) == {"h0"} and notes(shards[1]) == {"h1"}
+    finally:
+        shards[0].sql("GRANT CREATE ON SCHEMA public TO plainuser")
+        # Made by plainuser: later tests' coordinator (app) makes its own.
+        fresh_decision_tables(shards[0])
 
 
 def test_decision_record_refused_after_prepare_rolls_back_every_shard(routers, fresh):

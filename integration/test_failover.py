@@ -6,6 +6,7 @@ when the old primary comes back still believing it is the primary."""
 from __future__ import annotations
 
 import copy
+import threading
 import time
 
 import psycopg
@@ -103,3 +104,97 @@ def test_role_auto_servers_added_by_a_reload_are_checked_at_once(routers, cluste
     wait_until(lambda: server_port(router, read) == cluster.replica.port, 10,
                what="the reload applied")
     assert server_port(router, write) == cluster.primary.port
+
+
+# ------------------------------------------- a replica shut down mid-read --
+def _lock_on_replica(c, table: str) -> psycopg.Connection:
+    """A primary session holding an ACCESS EXCLUSIVE lock on `table`, replayed
+    on the replica: a read of `table` there waits, with nothing answered."""
+    locker = c.primary.connect("app", autocommit=False)
+    locker.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+    locker.execute("SELECT pg_current_xact_id()")
+    # Another commit flushes the WAL holding the lock record to the replica.
+    c.primary.sql("INSERT INTO mid_read_flush VALUES (1)")
+    wait_until(lambda: c.replica.scalar(
+        "SELECT count(*) FROM pg_locks WHERE relation = %s::regclass"
+        " AND mode = 'AccessExclusiveLock'", (table,)) == 1,
+        20, what="the lock replayed on the replica")
+    return locker
+
+
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_read_replayed_when_the_replica_shuts_down_immediately(routers, own_cluster, protocol):
+    """SPEC §5 "Routing": a read outside a transaction that fails on a
+    replica before anything reached the client is replayed once on another
+    server. `pg_ctl stop -m immediate` (like a crash of another backend) makes
+    the server send a WARNING 57P01 before it closes the connection: that
+    notice is not an answer, the read must still be replayed (before the fix
+    the client got the WARNING and then 08006), and the client does not see
+    the dead server's notice."""
+    c = own_cluster
+    c.primary.sql("CREATE TABLE mid_read (x int)")
+    c.primary.sql("INSERT INTO mid_read VALUES (1)")
+    c.primary.sql("CREATE TABLE mid_read_flush (x int)")
+    c.primary.sql("GRANT SELECT ON mid_read TO app")
+    c.wait_replayed()
+    dbs = [{"name": "app", "host": "127.0.0.1", "port": s.port, "database_name": "app",
+            "role": role} for s, role in ((c.primary, "primary"), (c.replica, "replica"))]
+    router = routers.start(general=FAST_HEALTH, databases=dbs)
+    read_port = "SELECT inet_server_port()"
+    wait_until(lambda: server_port(router, read_port) == c.replica.port, 20,
+               what="reads on the replica")
+
+    conn = connect(router.dsn())
+    notices = []
+    conn.add_notice_handler(lambda d: notices.append((d.severity, d.sqlstate, d.message_primary)))
+    cur = psycopg.ClientCursor(conn) if protocol == "simple" else conn.cursor()
+    locker = _lock_on_replica(c, "mid_read")
+    got = {}
+
+    def read():
+        try:
+            got["row"] = cur.execute(
+                "SELECT count(*), inet_server_port() FROM mid_read WHERE x = %s", (1,)).fetchone()
+        except psycopg.Error as exc:
+            got["error"] = (exc.sqlstate, str(exc).strip())
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    try:
+        time.sleep(1.0)
+        assert t.is_alive(), f"the read did not wait on the replica: {got}"
+        c.replica.stop(mode="immediate", check=True)
+        # The replay waits on the primary for the lock: released a moment later.
+        time.sleep(0.5)
+        locker.rollback()
+        t.join(15)
+        assert not t.is_alive(), "the read hung"
+        assert got == {"row": (1, c.primary.port)}, got
+        assert not notices, notices
+        # The session goes on.
+        assert cur.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        locker.close()
+        conn.close()
+
+
+def test_a_shutdown_notice_the_server_survives_is_relayed(routers, cluster):
+    """The other side of the replay rule: a 57P01 WARNING a replica sends
+    without closing the connection (here raised by a function) is held only
+    until the server goes on, then relayed to the client before the answer."""
+    cluster.primary.sql(
+        "CREATE OR REPLACE FUNCTION fo_warn_57p01() RETURNS int LANGUAGE plpgsql AS $$"
+        " BEGIN RAISE WARNING USING ERRCODE = '57P01', MESSAGE = 'only a warning';"
+        " RETURN inet_server_port(); END $$")
+    wait_until(lambda: cluster.replica.scalar(
+        "SELECT count(*) FROM pg_proc WHERE proname = 'fo_warn_57p01'") == 1,
+        20, what="the function on the replica")
+    router = routers.start(general=FAST_HEALTH, with_replica=True)
+    with connect(router.dsn()) as conn:
+        notices = []
+        conn.add_notice_handler(lambda d: notices.append((d.severity, d.sqlstate,
+                                                          d.message_primary)))
+        for cur in (psycopg.ClientCursor(conn), conn.cursor()):
+            notices.clear()
+            assert cur.execute("SELECT fo_warn_57p01()").fetchone() == (cluster.replica.port,)
+            assert notices == [("WARNING", "57P01", "only a warning")], notices

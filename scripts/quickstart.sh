@@ -17,7 +17,9 @@
 #     above (with its replica), shards 1 and 2 are two more primaries
 #     (127.0.0.1:15434 and 127.0.0.1:15435, same roles and passwords); on each,
 #     database `shop` owned by `app` with the sharded table `orders` (key
-#     customer_id) and the reference table `countries` (the same rows everywhere)
+#     customer_id) and the reference table `countries` (the same rows everywhere);
+#     on shard 0, CREATE on schema public for `authenticator`, the two-phase
+#     commit coordinator user, which makes the router's decision tables there
 #   - max_prepared_transactions = 10 on every primary (and the replica): the
 #     router commits writes on several shards with two-phase commit
 #   - pgrouter on 127.0.0.1:6432 with ./example.router.toml and ./users.toml,
@@ -262,6 +264,15 @@ GRANT USAGE ON SCHEMA public TO app_reader, app_writer;
 GRANT SELECT ON orders, countries TO app_reader;
 GRANT SELECT, INSERT, UPDATE, DELETE ON orders, countries TO app_writer;
 EOF
+    if [ "$1" = "$PRIMARY_PORT" ]; then
+        # Shard 0 holds the two-phase commit records (coordinator_database
+        # "" = shop), which the router makes on the first write on several
+        # shards, logged in as the database's coordinator user: the [jwt]
+        # connect_as user, authenticator. PostgreSQL 15 no longer lets every
+        # role create in schema public, so it gets CREATE there (README
+        # "Two-phase commit"); without it every cross-shard write fails 58000.
+        psql_at "$1" -d shop -c "GRANT USAGE, CREATE ON SCHEMA public TO authenticator"
+    fi
 }
 
 setup_primary() {
@@ -482,6 +493,6 @@ case "${1:-start}" in
     stop) stop_router; stop_clusters ;;
     status) status ;;
     clean) stop_router; stop_clusters; rm -rf "$DEMO" "$PGROOT"; say "removed demo/" ;;
-    -h|--help|help) sed -n '2,39p' "$0" ;;
+    -h|--help|help) sed -n '2,41p' "$0" ;;
     *) die "unknown command '$1' (start | stop | status | clean)" ;;
 esac

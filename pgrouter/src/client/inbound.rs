@@ -50,6 +50,26 @@ impl Session {
                 held.conn.read_buf.truncate(pos);
                 break;
             }
+            if tag == b'N'
+                && self.replay.is_some()
+                && announces_end(&held.conn.read_buf[body_range.clone()])
+            {
+                // The server says it is going away (an immediate shutdown
+                // sends a WARNING, not a FATAL, before closing): not yet an
+                // answer, or the read could not be replayed. Relayed ahead
+                // of the next answer should the server go on after all.
+                self.held_notices
+                    .extend_from_slice(&held.conn.read_buf[msg_range]);
+                if verbatim && pos == start {
+                    start = pos + frame.total_len;
+                } else if verbatim {
+                    verbatim = false;
+                    self.to_client
+                        .extend_from_slice(&held.conn.read_buf[start..pos]);
+                }
+                pos += frame.total_len;
+                continue;
+            }
             // None: the usual case, forwarded as is (see `Expectations::pass`);
             // `dropped`: the answer to a message of the router's own.
             let mut dropped = false;
@@ -216,6 +236,13 @@ impl Session {
             if clients {
                 // The client has seen an answer: no replay now.
                 super::replay_buffer::stop_replay(&mut self.replay, &mut self.replay_spare);
+                if !self.held_notices.is_empty() {
+                    // The server went on after its notice: the client gets
+                    // it, in the order it was sent.
+                    let mut ahead = std::mem::take(&mut self.held_notices);
+                    ahead.extend_from_slice(&announce);
+                    announce = ahead;
+                }
             }
             if !announce.is_empty() {
                 if verbatim {
@@ -345,6 +372,13 @@ fn reported_names(params: &super::params::ClientParams, change: &SetChange) -> V
 /// A FATAL or PANIC error: the server closes the connection after it.
 fn is_fatal(body: &[u8]) -> bool {
     parse_error_fields(body).is_ok_and(|f| f.severity == "FATAL" || f.severity == "PANIC")
+}
+
+/// A notice announcing that the server ends the connection: an immediate
+/// shutdown (57P01), another backend's crash (57P02) or a cannot-connect-now
+/// (57P03) come as a WARNING before the server closes the socket.
+fn announces_end(body: &[u8]) -> bool {
+    parse_error_fields(body).is_ok_and(|f| matches!(f.code.as_str(), "57P01" | "57P02" | "57P03"))
 }
 
 /// A session change the client made on this server: later clients of the

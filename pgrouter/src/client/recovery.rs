@@ -40,6 +40,9 @@ impl Session {
         let in_tx = self.flow.in_tx() || held.conn.tx_status != b'I';
         tracing::warn!(server = %held.conn.addr, pid = held.conn.backend_pid, in_tx, "server connection lost");
         let replay = self.replay.take();
+        // The lost server's notice of its own end, held back while the read
+        // could still be replayed (see `inbound.rs`).
+        let notices = std::mem::take(&mut self.held_notices);
         if !held.is_primary {
             held.health.ban("connection lost mid-request");
         }
@@ -90,7 +93,10 @@ impl Session {
             }
             self.flow.replay_failed(unsynced);
         }
+        // No replay: the client learns what the server said before failing.
+        self.to_client.extend_from_slice(&notices);
         if in_tx {
+            self.flush_client().await?;
             return Err(SessionEnd::fatal(
                 "08006",
                 "pgrouter: the server connection was lost during a transaction",

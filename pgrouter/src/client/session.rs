@@ -158,6 +158,11 @@ pub struct Session {
     pub(super) replay: Option<Replay>,
     /// The buffer of the last replay, kept for the next one.
     pub(super) replay_spare: BytesMut,
+    /// Notices announcing the held server's end (an immediate shutdown's
+    /// WARNING 57P01) that came before any answer to a replayable read:
+    /// relayed ahead of the next answer, dropped if the read is replayed
+    /// elsewhere (see `inbound.rs`, `recovery.rs`).
+    pub(super) held_notices: BytesMut,
 
     /// Where messages meant for a server go while none is held: dropped at
     /// the next flush, as nothing can be sent (see `Session::to_server`).
@@ -270,6 +275,7 @@ impl Session {
             last_bound: None,
             replay: None,
             replay_spare: BytesMut::new(),
+            held_notices: BytesMut::new(),
             unsent: BytesMut::new(),
             to_client: BytesMut::new(),
             routing_cache: Default::default(),

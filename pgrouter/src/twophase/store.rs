@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use super::decide::Record;
 use super::wire;
-use crate::client::params::quote_literal;
+use crate::client::params::{quote_ident, quote_literal};
 use crate::pool::{ReadLimits, UserPools};
 use crate::protocol::backend::ErrorFields;
 use crate::router::Role;
@@ -193,16 +193,28 @@ impl DecisionStore {
                 .await
                 .map_err(|e| StoreError::NotDone(e.to_string()))?;
             if let Some(e) = r.error {
-                return Err(StoreError::NotDone(format!(
-                    "cannot create the two-phase commit tables pgrouter_2pc_meta and pgrouter_2pc_decisions \
-                     (create them as README \"Two-phase commit\" shows, or grant CREATE on schema public): {}",
-                    e.message
-                )));
+                return Err(StoreError::NotDone(self.cannot_create(&e.message)));
             }
             tracing::info!(at = %self.describe(), "created the two-phase commit decision tables");
         }
         self.schema_ready.store(true, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Why the tables could not be made, naming who needs which privilege
+    /// where: the operator fixes it with one GRANT (PostgreSQL 15 grants
+    /// CREATE on schema public to no one but its owner).
+    fn cannot_create(&self, cause: &str) -> String {
+        let user = match self.target() {
+            Ok(t) => quote_ident(&t.user),
+            Err(_) => "the coordinator user".into(),
+        };
+        format!(
+            "cannot create the two-phase commit tables pgrouter_2pc_meta and pgrouter_2pc_decisions \
+             in {} as the coordinator user {user}: {cause} (GRANT CREATE ON SCHEMA public TO {user} \
+             there, or create the tables beforehand as README \"Two-phase commit\" shows)",
+            self.describe()
+        )
     }
 
     /// A connection from the idle list (or a new one), with the tables in
