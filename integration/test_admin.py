@@ -15,8 +15,8 @@ import pytest
 from harness import tomlw, wire
 from harness.clients import connect, in_thread
 from harness.ops import (ADMIN_DB, ADMIN_PASSWORD, ADMIN_USER, admin_columns, admin_general,
-                         admin_rows, config_map, pools, psql_admin, reload_marks, scrape,
-                         wait_reload, write_in_place)
+                         admin_rows, config_map, metrics_port, pools, psql_admin,
+                         reload_marks, scrape, wait_reload, write_in_place)
 from harness.pg import APP_DB, APP_USER
 from harness.router import app_user, router_binary
 from harness.util import free_port, port_open, wait_until
@@ -110,6 +110,9 @@ def test_show_clients(admin_router, primary):
         assert row["auth"].startswith("scram"), row
         assert TIME_RE.match(row["connect_time"]), row
         assert row["tls"] == "f" and row["read_only"] == "f", row
+        # The role its statements run as: for a password login, the role
+        # its pools log in as (server_user, by default the user itself).
+        assert row["role"] == APP_USER, row
         # docs/operations.md: `host:port`; the router may add the backend pid.
         assert row["server"] in (f"127.0.0.1:{primary.port}", f"127.0.0.1:{primary.port} pid {pid}"), row
         assert int(row["id"]) > 0
@@ -149,6 +152,45 @@ def test_show_servers(admin_router, primary):
         b.close()
     rows = [x for x in admin_rows(r, "SHOW SERVERS") if int(x["backend_pid"]) in pids]
     assert rows and all(x["state"] == "idle" and x["client_id"] is None for x in rows), rows
+
+
+def test_show_servers_lists_each_connection_once_in_its_own_pool(routers, primary):
+    """Two users of one database on one server: each busy server connection
+    is one SHOW SERVERS row, in the pool of the user whose client holds it
+    (the router used to match connections to pools by server address only,
+    listing each under every user's pool), and SHOW POOLS and the metrics
+    count the client as cl_active only in that pool."""
+    r = routers.start(general=admin_general(metrics=True),
+                      users=[app_user(), {"name": "plainuser", "database": APP_DB,
+                                          "password": "plain-secret", "auth": "plain"}])
+    a = connect(r.dsn(), autocommit=False)
+    b = connect(r.dsn(user="plainuser", password="plain-secret"), autocommit=False)
+    try:
+        pid_a = a.execute("SELECT pg_backend_pid()").fetchone()[0]
+        pid_b = b.execute("SELECT pg_backend_pid()").fetchone()[0]
+        rows = admin_rows(r, "SHOW SERVERS")
+        by_pid = {}
+        for x in rows:
+            by_pid.setdefault(int(x["backend_pid"]), []).append(x)
+        assert all(len(v) == 1 for v in by_pid.values()), rows
+        assert by_pid[pid_a][0]["pool"] == f"{APP_USER}@{APP_DB}/0", rows
+        assert by_pid[pid_b][0]["pool"] == f"plainuser@{APP_DB}/0", rows
+        assert all(x["state"] == "active" for x in (by_pid[pid_a][0], by_pid[pid_b][0])), rows
+        # Every row's pid is a backend of that row's user.
+        for user in (APP_USER, "plainuser"):
+            on_server = {x["pid"] for x in primary.backends(user=user, db=APP_DB)}
+            assert {int(x["backend_pid"]) for x in rows if x["user"] == user} <= on_server, rows
+        for user in (APP_USER, "plainuser"):
+            (p,) = pools(r, database=APP_DB, user=user)
+            assert (p["cl_active"], p["sv_active"]) == ("1", "1"), p
+            m = scrape(metrics_port(r))
+            assert m.one("pgrouter_pool_clients", database=APP_DB, user=user,
+                         state="active") == 1, m
+    finally:
+        a.rollback()
+        b.rollback()
+        a.close()
+        b.close()
 
 
 def test_show_stats(admin_router):

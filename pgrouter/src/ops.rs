@@ -43,10 +43,10 @@ impl Ops {
                     let pool = &slot.pool;
                     let stats = pool.stats();
                     let active = pool.checked_out() as u64;
+                    let addr = pool.target.addr();
+                    let shard_no = pool.labels.shard as usize;
                     let on_pool = |c: &&Arc<crate::client::registry::ClientInfo>| {
-                        c.server()
-                            .is_some_and(|(addr, _)| addr == pool.target.addr())
-                            && c.database == *database
+                        c.server_of_pool(user, database, shard_no, &addr).is_some()
                     };
                     out.push(PoolSnapshot {
                         labels: pool.labels.clone(),
@@ -241,8 +241,10 @@ impl AdminContext for Ops {
         let rt = self.state.rt();
         let clients = self.state.registry.all();
         let mut out = Vec::new();
-        for (_, pools) in &rt.cluster.entries() {
+        for ((user, database), pools) in &rt.cluster.entries() {
             for slot in pools.shards.iter().flat_map(|s| s.servers.iter()) {
+                let addr = slot.pool.target.addr();
+                let shard = slot.pool.labels.shard as usize;
                 for info in slot.pool.idle_snapshot() {
                     out.push(ServerSnapshot {
                         pool: slot.pool.labels.clone(),
@@ -255,20 +257,16 @@ impl AdminContext for Ops {
                     });
                 }
                 for c in &clients {
-                    if let Some((addr, pid)) = c.server() {
-                        if addr == slot.pool.target.addr()
-                            && c.database == slot.pool.labels.database
-                        {
-                            out.push(ServerSnapshot {
-                                pool: slot.pool.labels.clone(),
-                                backend_pid: pid,
-                                state: "active".into(),
-                                connect_time: c.connect_time,
-                                last_used: None,
-                                client_id: Some(c.id),
-                                tls: c.server_tls(),
-                            });
-                        }
+                    if let Some(pid) = c.server_of_pool(user, database, shard, &addr) {
+                        out.push(ServerSnapshot {
+                            pool: slot.pool.labels.clone(),
+                            backend_pid: pid,
+                            state: "active".into(),
+                            connect_time: c.connect_time,
+                            last_used: None,
+                            client_id: Some(c.id),
+                            tls: c.server_tls(),
+                        });
                     }
                 }
             }
