@@ -408,6 +408,12 @@ BAD_EDITS = {
     "tiny_max_message_size": ("router.toml",
                               lambda t: t.replace("max_message_size = 268435456", "max_message_size = 1"),
                               "max_message_size = 1", "max_message_size"),
+    # A CA file that does not load: refused with file, line and key, as
+    # `pgrouter check` and start-up refuse it (test_config_check.py).
+    "server_tls_ca_missing": ("router.toml",
+                              lambda t: t.replace("[general]\n", '[general]\nserver_tls = "verify-full"\n'
+                                                  'server_tls_ca = "/nonexistent/ca.pem"\n'),
+                              "server_tls_ca =", "general.server_tls_ca"),
     "users_bad_value": ("users.toml", lambda t: t.replace('auth = "scram"', 'auth = "kerberos"'),
                         "kerberos", "auth"),
     "users_unknown_key": ("users.toml", lambda t: t.replace('auth = "scram"', 'auth = "scram"\npasword = "x"'),

@@ -83,7 +83,13 @@ async fn try_reload(state: &Arc<State>) -> Result<String, String> {
         ))
     };
     // Certificates are re-read on every reload (they may have been renewed
-    // under the same names); a file that does not load is a bad edit.
+    // under the same names); a file that does not load is a bad edit,
+    // reported as `pgrouter check` and start-up report it.
+    let tls_problems = crate::net::tls::file_problems(&new);
+    if !tls_problems.is_empty() {
+        let lines: Vec<String> = tls_problems.iter().map(|p| p.to_string()).collect();
+        return Err(lines.join("\n"));
+    }
     let tls = crate::net::tls::ClientTlsSetup::from_general(&new.general)
         .map_err(|e| format!("TLS: {e}"))?;
     if new.general.server_tls == pgrouter_config::ServerTls::VerifyFull {
@@ -251,5 +257,5 @@ fn jwt_key_file_present(config: &pgrouter_config::Config) -> bool {
 }
 
 fn tls_files_present(config: &pgrouter_config::Config) -> bool {
-    !config.general.tls_certificate.is_empty()
+    !config.general.tls_certificate.is_empty() || !config.general.server_tls_ca.is_empty()
 }

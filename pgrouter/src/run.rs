@@ -33,6 +33,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics_listen = config.general.metrics_listen.clone();
     let hot_reload = config.general.hot_reload;
     let metrics = Arc::new(crate::metrics::Metrics::new());
+    // The TLS files, checked as `pgrouter check` and reload check them.
+    let tls_problems = crate::net::tls::file_problems(&config);
+    if !tls_problems.is_empty() {
+        let lines: Vec<String> = tls_problems.iter().map(|p| p.to_string()).collect();
+        anyhow::bail!("{}", lines.join("\n"));
+    }
     let tls = crate::net::tls::ClientTlsSetup::from_general(&config.general)
         .map_err(anyhow::Error::msg)?;
     let state = State::new(
