@@ -18,7 +18,6 @@ const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let listen = config.general.listen.clone();
-    let shutdown_timeout = Duration::from_millis(config.general.shutdown_timeout_ms);
     let jwt = match &config.jwt {
         Some(j) => Some(Arc::new(
             crate::auth::jwt::JwtVerifier::new(j.into())
@@ -93,6 +92,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         _ = wait_for_shutdown_signal() => {}
         _ = state.shutdown_request.notified() => tracing::info!("SHUTDOWN from the admin console"),
     }
+    // Read now, not at start: a reload may have changed it (it is not one
+    // of the keys that need a restart).
+    let shutdown_timeout = Duration::from_millis(state.rt().config.general.shutdown_timeout_ms);
     tracing::info!(
         timeout_ms = shutdown_timeout.as_millis() as u64,
         "shutting down: waiting for open transactions"
