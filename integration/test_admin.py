@@ -249,6 +249,27 @@ def test_show_config(routers):
     assert conf["default_pool_size"][0] == "6"
 
 
+def test_show_config_source_is_the_file_when_it_sets_a_key_to_its_default(routers):
+    """docs/operations.md: source says where a value came from. A key written
+    in router.toml is from router.toml even when its value is the default
+    (it used to say "default" then, hiding which file to edit)."""
+    r = routers.start(general=admin_general(pool_mode="transaction", two_phase_commit=True))
+    text = r.config_path.read_text()
+    assert 'pool_mode = "transaction"' in text and "two_phase_commit = true" in text, text
+    conf = config_map(r)
+    assert conf["pool_mode"][0] == "transaction" and conf["pool_mode"][1].endswith("router.toml")
+    assert conf["two_phase_commit"][0] == "true", conf["two_phase_commit"]
+    assert conf["two_phase_commit"][1].endswith("router.toml"), conf["two_phase_commit"]
+    # Keys the file does not set are defaults.
+    assert conf["read_your_writes"] == ("false", "default")
+    # A reload that removes the key makes it a default again.
+    cfg = copy.deepcopy(r.config)
+    del cfg["general"]["two_phase_commit"]
+    r.write_files(config=cfg)
+    ok(psql_admin(r, "RELOAD"))
+    assert config_map(r)["two_phase_commit"] == ("true", "default")
+
+
 # Every [general] key of SPEC §3.
 SPEC_GENERAL_KEYS = [
     "listen", "workers", "pool_mode", "session_state", "default_pool_size", "min_pool_size",

@@ -85,44 +85,45 @@ impl Ops {
 }
 
 /// SHOW CONFIG's `[general]` rows: every key with the value in effect and
-/// where it came from (`default` or the file). A key only read at start
+/// where it came from: the file when it sets the key (even to the default
+/// value: it is the file a DBA has to edit), else `default`. A key only read at start
 /// (`RESTART_KEYS`) that a reload changed shows the value the router still
 /// runs with, its source saying what the file has now: showing the file's
 /// value would claim, say, a `listen` address nobody listens on.
 fn general_rows(
     now: &pgrouter_config::General,
+    now_set: &pgrouter_config::GeneralLines,
     sharding: &pgrouter_config::Sharding,
     started: &pgrouter_config::General,
+    started_set: &pgrouter_config::GeneralLines,
     file: &str,
 ) -> Vec<ConfigRow> {
-    let defaults = pgrouter_config::general_values(&Default::default(), &Default::default());
     let at_start = pgrouter_config::general_values(started, sharding);
     let pending = pgrouter_config::restart_pending(started, now);
+    let source = |set: &pgrouter_config::GeneralLines, key: &str| {
+        if set.is_set(key) {
+            file.to_string()
+        } else {
+            "default".to_string()
+        }
+    };
     pgrouter_config::general_values(now, sharding)
         .into_iter()
         .zip(at_start)
-        .zip(defaults)
-        .map(|(((key, value), (_, started)), (_, default))| {
-            let source = |v: &str| {
-                if v == default {
-                    "default".to_string()
-                } else {
-                    file.to_string()
-                }
-            };
+        .map(|((key, value), (_, started))| {
             if pending.contains(&key) {
                 ConfigRow {
                     key: key.to_string(),
                     source: format!(
                         "{} (restart pending: {file} now has {value:?})",
-                        source(&started)
+                        source(started_set, key)
                     ),
                     value: started,
                 }
             } else {
                 ConfigRow {
                     key: key.to_string(),
-                    source: source(&value),
+                    source: source(now_set, key),
                     value,
                 }
             }
@@ -283,8 +284,10 @@ impl AdminContext for Ops {
         let file = rt.config.router_path.display().to_string();
         let mut rows = general_rows(
             &rt.config.general,
+            &self.state.general_lines.lock().clone(),
             &rt.config.sharding,
             &self.state.started,
+            &self.state.started_lines,
             &file,
         );
         rows.push(ConfigRow {

@@ -52,6 +52,7 @@ async fn try_reload(state: &Arc<State>) -> Result<String, String> {
     }
     let changes = diff(&old.config, &new);
     if changes.is_empty() && !tls_files_present(&new) && !jwt_key_file_present(&new) {
+        *state.general_lines.lock() = new.general_lines.clone();
         return Ok("no changes".into());
     }
     let jwt = match (&new.jwt, changes.jwt_changed) {
@@ -132,6 +133,7 @@ async fn try_reload(state: &Arc<State>) -> Result<String, String> {
     }
     let summary = summary(&changes, &restart, &state.started);
     state.tls.replace(tls);
+    *state.general_lines.lock() = candidate.config.general_lines.clone();
     state.install(candidate);
     Ok(summary)
 }
