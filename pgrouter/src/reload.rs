@@ -19,10 +19,16 @@ use crate::auth::jwt::JwtVerifier;
 use crate::pool::Cluster;
 use crate::state::{Runtime, State};
 
+mod fingerprint;
+
 /// Reloads both files. `Ok` says what changed; `Err` why nothing did.
 pub async fn reload(state: &Arc<State>, trigger: &str) -> Result<String, String> {
     let _one_at_a_time = state.reload_lock.lock().await;
+    // Taken before reading: an edit made while this reload runs differs
+    // from it, and the watcher's reload for that edit is not skipped.
+    let files = fingerprint::of_files(&state.router_path, &state.users_path, &state.rt().config);
     let result = try_reload(state).await;
+    *state.last_reload_files.lock() = Some(files);
     match &result {
         Ok(summary) => tracing::info!(trigger, %summary, "configuration reloaded"),
         Err(e) => tracing::error!(
@@ -238,8 +244,25 @@ pub async fn watch_files(state: Arc<State>) {
                 Err(_) => break,
             }
         }
+        if files_unchanged(&state).await {
+            tracing::debug!("configuration files unchanged since the last reload; not reloading");
+            continue;
+        }
         let _ = reload(&state, "file change").await;
     }
+}
+
+/// Nothing a reload reads differs from what the last one read (a SIGHUP or
+/// RELOAD already applied the edit this event is about): see `fingerprint`.
+async fn files_unchanged(state: &Arc<State>) -> bool {
+    // Waits for a reload in progress, so that its result is the last one.
+    let _one_at_a_time = state.reload_lock.lock().await;
+    let last = *state.last_reload_files.lock();
+    last == Some(fingerprint::of_files(
+        &state.router_path,
+        &state.users_path,
+        &state.rt().config,
+    ))
 }
 
 fn dir_of(path: &Path) -> PathBuf {

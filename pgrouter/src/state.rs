@@ -78,6 +78,9 @@ pub struct State {
     /// reload that changes no setting (a key written out at its default
     /// value, or deleted) keeps the running config but updates this.
     pub general_lines: parking_lot::Mutex<pgrouter_config::GeneralLines>,
+    /// What the last reload read (see `reload/fingerprint.rs`); `None`
+    /// before the first, so the watcher's first event always reloads.
+    pub last_reload_files: parking_lot::Mutex<Option<u64>>,
 }
 
 impl State {
@@ -131,6 +134,7 @@ impl State {
             started,
             general_lines: parking_lot::Mutex::new(started_lines.clone()),
             started_lines,
+            last_reload_files: Default::default(),
         })
     }
 
