@@ -17,6 +17,8 @@ from harness.clients import connect, in_thread
 from harness.ops import (ADMIN_DB, ADMIN_PASSWORD, ADMIN_USER, admin_columns, admin_general,
                          admin_rows, config_map, metrics_port, pools, psql_admin,
                          reload_marks, scrape, wait_reload, write_in_place)
+from harness.jwt_setup import AUTHENTICATOR, jwt_db, keys, start_jwt_router  # noqa: F401 (fixtures)
+from harness.jwt_tokens import claims
 from harness.pg import APP_DB, APP_USER
 from harness.router import app_user, router_binary
 from harness.util import free_port, port_open, wait_until
@@ -191,6 +193,33 @@ def test_show_servers_lists_each_connection_once_in_its_own_pool(routers, primar
         b.rollback()
         a.close()
         b.close()
+
+
+def test_jwt_only_user_has_no_pools_of_its_own(routers, jwt_db, keys):
+    """A users.toml entry with auth = "jwt" runs its sessions on the
+    connect_as user's connections (docs/operations.md: JWT sessions share
+    the pools of their connect_as user). It used to get SHOW POOLS rows and
+    metric series of its own that never moved; now its clients are counted
+    in connect_as's pool and it has none."""
+    r = start_jwt_router(routers, keys["rsa"], general=admin_general(metrics=True),
+                         users=[{"name": "jwt_only", "database": APP_DB, "auth": "jwt"}])
+    token = keys["rsa"].sign(claims("jwt_only", "web_user"))
+    c = connect(r.dsn(user="jwt_only", password=token), autocommit=False)
+    try:
+        assert c.execute("SELECT current_user").fetchone() == ("web_user",)
+        assert pools(r, user="jwt_only") == []
+        (p,) = pools(r, database=APP_DB, user=AUTHENTICATOR)
+        assert (p["cl_active"], p["sv_active"]) == ("1", "1"), p
+        m = scrape(metrics_port(r))
+        assert m.find("pgrouter_queries_total", user="jwt_only") == [], m.text
+        assert m.find("pgrouter_pool_clients", user="jwt_only") == [], m.text
+        (row,) = [x for x in admin_rows(r, "SHOW CLIENTS") if x["user"] == "jwt_only"]
+        assert (row["auth"], row["role"]) == ("jwt", "web_user"), row
+        (srv,) = [x for x in admin_rows(r, "SHOW SERVERS") if x["client_id"] == row["id"]]
+        assert srv["pool"] == f"{AUTHENTICATOR}@{APP_DB}/0", srv
+    finally:
+        c.rollback()
+        c.close()
 
 
 def test_show_stats(admin_router):
