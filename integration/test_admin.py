@@ -15,8 +15,10 @@ import pytest
 from harness import tomlw, wire
 from harness.clients import connect, in_thread
 from harness.ops import (ADMIN_DB, ADMIN_PASSWORD, ADMIN_USER, admin_columns, admin_general,
-                         admin_rows, config_map, pools, psql_admin, reload_marks, scrape,
-                         wait_reload, write_in_place)
+                         admin_rows, config_map, metrics_port, pools, psql_admin,
+                         reload_marks, scrape, wait_reload, write_in_place)
+from harness.jwt_setup import AUTHENTICATOR, jwt_db, keys, start_jwt_router  # noqa: F401 (fixtures)
+from harness.jwt_tokens import claims
 from harness.pg import APP_DB, APP_USER
 from harness.router import app_user, router_binary
 from harness.util import free_port, port_open, wait_until
@@ -110,6 +112,9 @@ def test_show_clients(admin_router, primary):
         assert row["auth"].startswith("scram"), row
         assert TIME_RE.match(row["connect_time"]), row
         assert row["tls"] == "f" and row["read_only"] == "f", row
+        # The role its statements run as: for a password login, the role
+        # its pools log in as (server_user, by default the user itself).
+        assert row["role"] == APP_USER, row
         # docs/operations.md: `host:port`; the router may add the backend pid.
         assert row["server"] in (f"127.0.0.1:{primary.port}", f"127.0.0.1:{primary.port} pid {pid}"), row
         assert int(row["id"]) > 0
@@ -149,6 +154,72 @@ def test_show_servers(admin_router, primary):
         b.close()
     rows = [x for x in admin_rows(r, "SHOW SERVERS") if int(x["backend_pid"]) in pids]
     assert rows and all(x["state"] == "idle" and x["client_id"] is None for x in rows), rows
+
+
+def test_show_servers_lists_each_connection_once_in_its_own_pool(routers, primary):
+    """Two users of one database on one server: each busy server connection
+    is one SHOW SERVERS row, in the pool of the user whose client holds it
+    (the router used to match connections to pools by server address only,
+    listing each under every user's pool), and SHOW POOLS and the metrics
+    count the client as cl_active only in that pool."""
+    r = routers.start(general=admin_general(metrics=True),
+                      users=[app_user(), {"name": "plainuser", "database": APP_DB,
+                                          "password": "plain-secret", "auth": "plain"}])
+    a = connect(r.dsn(), autocommit=False)
+    b = connect(r.dsn(user="plainuser", password="plain-secret"), autocommit=False)
+    try:
+        pid_a = a.execute("SELECT pg_backend_pid()").fetchone()[0]
+        pid_b = b.execute("SELECT pg_backend_pid()").fetchone()[0]
+        rows = admin_rows(r, "SHOW SERVERS")
+        by_pid = {}
+        for x in rows:
+            by_pid.setdefault(int(x["backend_pid"]), []).append(x)
+        assert all(len(v) == 1 for v in by_pid.values()), rows
+        assert by_pid[pid_a][0]["pool"] == f"{APP_USER}@{APP_DB}/0", rows
+        assert by_pid[pid_b][0]["pool"] == f"plainuser@{APP_DB}/0", rows
+        assert all(x["state"] == "active" for x in (by_pid[pid_a][0], by_pid[pid_b][0])), rows
+        # Every row's pid is a backend of that row's user.
+        for user in (APP_USER, "plainuser"):
+            on_server = {x["pid"] for x in primary.backends(user=user, db=APP_DB)}
+            assert {int(x["backend_pid"]) for x in rows if x["user"] == user} <= on_server, rows
+        for user in (APP_USER, "plainuser"):
+            (p,) = pools(r, database=APP_DB, user=user)
+            assert (p["cl_active"], p["sv_active"]) == ("1", "1"), p
+            m = scrape(metrics_port(r))
+            assert m.one("pgrouter_pool_clients", database=APP_DB, user=user,
+                         state="active") == 1, m
+    finally:
+        a.rollback()
+        b.rollback()
+        a.close()
+        b.close()
+
+
+def test_jwt_only_user_has_no_pools_of_its_own(routers, jwt_db, keys):
+    """A users.toml entry with auth = "jwt" runs its sessions on the
+    connect_as user's connections (docs/operations.md: JWT sessions share
+    the pools of their connect_as user). It used to get SHOW POOLS rows and
+    metric series of its own that never moved; now its clients are counted
+    in connect_as's pool and it has none."""
+    r = start_jwt_router(routers, keys["rsa"], general=admin_general(metrics=True),
+                         users=[{"name": "jwt_only", "database": APP_DB, "auth": "jwt"}])
+    token = keys["rsa"].sign(claims("jwt_only", "web_user"))
+    c = connect(r.dsn(user="jwt_only", password=token), autocommit=False)
+    try:
+        assert c.execute("SELECT current_user").fetchone() == ("web_user",)
+        assert pools(r, user="jwt_only") == []
+        (p,) = pools(r, database=APP_DB, user=AUTHENTICATOR)
+        assert (p["cl_active"], p["sv_active"]) == ("1", "1"), p
+        m = scrape(metrics_port(r))
+        assert m.find("pgrouter_queries_total", user="jwt_only") == [], m.text
+        assert m.find("pgrouter_pool_clients", user="jwt_only") == [], m.text
+        (row,) = [x for x in admin_rows(r, "SHOW CLIENTS") if x["user"] == "jwt_only"]
+        assert (row["auth"], row["role"]) == ("jwt", "web_user"), row
+        (srv,) = [x for x in admin_rows(r, "SHOW SERVERS") if x["client_id"] == row["id"]]
+        assert srv["pool"] == f"{AUTHENTICATOR}@{APP_DB}/0", srv
+    finally:
+        c.rollback()
+        c.close()
 
 
 def test_show_stats(admin_router):
@@ -205,6 +276,27 @@ def test_show_config(routers):
     assert "router.toml:2" in conf["last_reload_message"][0], conf["last_reload_message"]
     assert "max_clientz" in conf["last_reload_message"][0]
     assert conf["default_pool_size"][0] == "6"
+
+
+def test_show_config_source_is_the_file_when_it_sets_a_key_to_its_default(routers):
+    """docs/operations.md: source says where a value came from. A key written
+    in router.toml is from router.toml even when its value is the default
+    (it used to say "default" then, hiding which file to edit)."""
+    r = routers.start(general=admin_general(pool_mode="transaction", two_phase_commit=True))
+    text = r.config_path.read_text()
+    assert 'pool_mode = "transaction"' in text and "two_phase_commit = true" in text, text
+    conf = config_map(r)
+    assert conf["pool_mode"][0] == "transaction" and conf["pool_mode"][1].endswith("router.toml")
+    assert conf["two_phase_commit"][0] == "true", conf["two_phase_commit"]
+    assert conf["two_phase_commit"][1].endswith("router.toml"), conf["two_phase_commit"]
+    # Keys the file does not set are defaults.
+    assert conf["read_your_writes"] == ("false", "default")
+    # A reload that removes the key makes it a default again.
+    cfg = copy.deepcopy(r.config)
+    del cfg["general"]["two_phase_commit"]
+    r.write_files(config=cfg)
+    ok(psql_admin(r, "RELOAD"))
+    assert config_map(r)["two_phase_commit"] == ("true", "default")
 
 
 # Every [general] key of SPEC §3.

@@ -233,3 +233,56 @@ def test_good_jwt_key_file_and_jwks_url_pass_check(tmp_path):
     r, u = write(tmp_path, text, JWT_USERS)
     code, out = check(r, u)
     assert code == 0, out
+
+
+@pytest.mark.parametrize("mode,case", [("verify-full", "missing"), ("verify-full", "not_pem"),
+                                       ("require", "missing")])
+def test_bad_server_tls_ca_reported_by_check_and_start(tmp_path, mode, case):
+    """A `server_tls_ca` that does not load: `check` used to call the files
+    valid while the router started and then failed every login (reload
+    refused the same edit). `check` and start-up now both refuse it with
+    file, line and key, as reload does (test_reload.py)."""
+    ca = tmp_path / "ca.pem"
+    if case == "not_pem":
+        ca.write_text("id,name\n1,not a certificate\n")
+    text = good_router().replace(
+        "[general]\n", f'[general]\nserver_tls = "{mode}"\nserver_tls_ca = "{ca}"\n')
+    r, u = write(tmp_path, text, GOOD_USERS)
+    code, out = check(r, u)
+    assert code == 1, out
+    assert_reported(out, r, line_of(text, "server_tls_ca ="), "general.server_tls_ca")
+    assert str(ca) in out, out
+    proc = subprocess.run([str(router_binary()), "--config", str(r), "--users", str(u)],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert_reported(proc.stdout + proc.stderr, r, line_of(text, "server_tls_ca ="),
+                    "general.server_tls_ca")
+
+
+def test_good_server_tls_ca_and_client_certificate_pass_check(tmp_path):
+    from harness.certs import CertAuthority
+    ca = CertAuthority.create(tmp_path)
+    leaf = ca.issue(tmp_path, "localhost", dns=["localhost"])
+    text = good_router().replace(
+        "[general]\n",
+        f'[general]\nserver_tls = "verify-full"\nserver_tls_ca = "{ca.cert_path}"\n'
+        f'tls_certificate = "{leaf.cert_path}"\ntls_private_key = "{leaf.key_path}"\n')
+    r, u = write(tmp_path, text, GOOD_USERS)
+    code, out = check(r, u)
+    assert code == 0, out
+
+
+def test_bad_tls_private_key_reported_at_its_line(tmp_path):
+    """The client-side TLS files are reported at their own key and line too."""
+    from harness.certs import CertAuthority
+    ca = CertAuthority.create(tmp_path)
+    leaf = ca.issue(tmp_path, "localhost", dns=["localhost"])
+    bad_key = tmp_path / "bad.key"
+    bad_key.write_text("not a key\n")
+    text = good_router().replace(
+        "[general]\n",
+        f'[general]\ntls_certificate = "{leaf.cert_path}"\ntls_private_key = "{bad_key}"\n')
+    r, u = write(tmp_path, text, GOOD_USERS)
+    code, out = check(r, u)
+    assert code == 1, out
+    assert_reported(out, r, line_of(text, "tls_private_key ="), "general.tls_private_key")

@@ -408,6 +408,12 @@ BAD_EDITS = {
     "tiny_max_message_size": ("router.toml",
                               lambda t: t.replace("max_message_size = 268435456", "max_message_size = 1"),
                               "max_message_size = 1", "max_message_size"),
+    # A CA file that does not load: refused with file, line and key, as
+    # `pgrouter check` and start-up refuse it (test_config_check.py).
+    "server_tls_ca_missing": ("router.toml",
+                              lambda t: t.replace("[general]\n", '[general]\nserver_tls = "verify-full"\n'
+                                                  'server_tls_ca = "/nonexistent/ca.pem"\n'),
+                              "server_tls_ca =", "general.server_tls_ca"),
     "users_bad_value": ("users.toml", lambda t: t.replace('auth = "scram"', 'auth = "kerberos"'),
                         "kerberos", "auth"),
     "users_unknown_key": ("users.toml", lambda t: t.replace('auth = "scram"', 'auth = "scram"\npasword = "x"'),
@@ -582,6 +588,37 @@ def test_file_watch_reloads(routers, how):
     write(router.config_path, tomlw.dumps(cfg))
     assert wait_reload(router, before) == "ok"
     wait_pool_size(router, 5)
+
+
+@pytest.mark.parametrize("how", ["sighup", "admin"])
+def test_watcher_does_not_hide_the_message_of_a_reload_that_applied_the_edit(routers, how):
+    """Edit, then SIGHUP (or RELOAD) with hot_reload on: the signal applies
+    the edit, then the watcher sees the same edit. Its follow-up reload used
+    to find "no changes" and overwrite last_reload_message; the watcher now
+    skips a reload when nothing it would read changed since the last one."""
+    router = routers.start(general=admin_general(default_pool_size=3, hot_reload=True))
+    time.sleep(0.5)  # let the watcher start
+    cfg = copy.deepcopy(router.config)
+    cfg["general"]["default_pool_size"] = 6
+    before = reload_marks(router)
+    edit(router, config=cfg)
+    if how == "sighup":
+        router.reload()
+    else:
+        psql_admin(router, "RELOAD")
+    assert_one_reload(router, before, timeout=5)
+    time.sleep(1.0)  # the watcher's debounce is 300 ms
+    assert reload_marks(router) == (before[0] + 1, before[1]), full_log(router)[-3000:]
+    conf = config_map(router)
+    assert conf["last_reload"][0] == "ok"
+    assert "default_pool_size" in conf["last_reload_message"][0], conf["last_reload_message"]
+    assert pool_size(router) == 6
+    # The watcher still reloads an edit nobody signalled.
+    cfg["general"]["default_pool_size"] = 4
+    before = reload_marks(router)
+    write_in_place(router.config_path, tomlw.dumps(cfg))
+    assert_one_reload(router, before)
+    wait_pool_size(router, 4)
 
 
 def test_file_watch_configmap_symlink_swap(routers):

@@ -1,6 +1,7 @@
 """Graceful shutdown on SIGTERM / SIGINT."""
 from __future__ import annotations
 
+import copy
 import signal
 import time
 
@@ -8,6 +9,7 @@ import psycopg
 import pytest
 
 from harness.clients import connect
+from harness.ops import reload_marks, wait_reload
 from harness.util import port_open, wait_until
 
 
@@ -69,6 +71,31 @@ def test_shutdown_timeout_ends_stuck_transaction(routers, primary, table):
         "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND state LIKE 'idle in transaction%'",
         db="postgres") == 0, 10, what="server transaction to end")
     assert primary.scalar(f"SELECT count(*) FROM {table}") == 0
+
+
+def test_shutdown_timeout_changed_by_reload_is_the_one_used(routers, primary):
+    """shutdown_timeout_ms is not a restart key: a reload that changes it
+    (reported as changed) must also change how long a later SIGTERM waits;
+    it used to keep waiting the value read at start-up."""
+    router = routers.start(general={"shutdown_timeout_ms": 20000})
+    cfg = copy.deepcopy(router.config)
+    cfg["general"]["shutdown_timeout_ms"] = 1000
+    router.write_files(config=cfg)
+    before = reload_marks(router)
+    router.reload()
+    assert wait_reload(router, before) == "ok"
+    assert "shutdown_timeout_ms" in router.log()
+    conn = connect(router.dsn(), autocommit=False)
+    try:
+        conn.execute("SELECT 1")  # an open transaction delays shutdown
+        start = time.monotonic()
+        router.terminate()
+        code = router.wait(30)
+        took = time.monotonic() - start
+        assert code is not None, "router did not exit"
+        assert 0.8 <= took < 8, took
+    finally:
+        conn.close()
 
 
 def test_idle_clients_do_not_delay_shutdown(routers):

@@ -144,6 +144,7 @@ fn check(
             jit: r.jit,
             router_path: router_path.to_path_buf(),
             users_path: users_path.to_path_buf(),
+            general_lines: r.general_lines,
         }),
         _ => Err(problems),
     }

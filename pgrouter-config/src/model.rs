@@ -230,6 +230,34 @@ pub struct Config {
     /// Where the config came from, so reload can read the same files again.
     pub router_path: PathBuf,
     pub users_path: PathBuf,
+    /// Where `[general]` and its keys are in router.toml.
+    pub general_lines: GeneralLines,
+}
+
+/// Where `[general]` and each key written in it are in router.toml. Two
+/// uses after loading: problems found later (a TLS file that does not load)
+/// are reported at `file:line: general.key`, like every other problem; and
+/// SHOW CONFIG says a key comes from router.toml whenever the file sets it,
+/// even to its default value.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GeneralLines {
+    /// The `[general]` header; 0 when the file has none.
+    pub section: usize,
+    /// Each key the section sets, with the line of its value.
+    pub keys: std::collections::BTreeMap<String, usize>,
+}
+
+impl GeneralLines {
+    /// Whether router.toml sets `key` in `[general]`.
+    pub fn is_set(&self, key: &str) -> bool {
+        self.keys.contains_key(key)
+    }
+
+    /// The line to report `key` at: its own, else the section's, else the
+    /// file's first.
+    pub fn line_of(&self, key: &str) -> usize {
+        self.keys.get(key).copied().unwrap_or(self.section).max(1)
+    }
 }
 
 /// The smallest `max_message_size` accepted (bytes). Below this, ordinary
@@ -643,6 +671,20 @@ impl Config {
     /// Keys without a recorded line are reported at the `[jwt]` header.
     ///
     /// [`load`]: crate::load
+    /// A problem with `[general]`'s `key` found after loading (a file it
+    /// names does not load), located as [`load`] locates its own:
+    /// `router.toml:12: general.server_tls_ca: ...`.
+    ///
+    /// [`load`]: crate::load
+    pub fn general_problem(&self, key: &str, message: impl Into<String>) -> crate::Problem {
+        crate::Problem {
+            file: self.router_path.clone(),
+            line: self.general_lines.line_of(key),
+            key: format!("general.{key}"),
+            message: message.into(),
+        }
+    }
+
     pub fn jwt_problem(&self, key: &str, message: impl Into<String>) -> crate::Problem {
         let lines = self.jwt.as_ref().map(|j| j.lines).unwrap_or_default();
         let line = match key {

@@ -22,6 +22,7 @@ pub(crate) struct RouterFile {
     pub auth_query: Option<AuthQuery>,
     pub jit: Option<Jit>,
     pub login_checks_at: LoginCheckLines,
+    pub general_lines: GeneralLines,
 }
 
 #[derive(Default)]
@@ -55,9 +56,18 @@ pub(crate) fn read(src: &mut Source, text: &str) -> Option<RouterFile> {
     let mut at = RouterLines::default();
 
     let mut sharding = Sharding::default();
+    let mut general_lines = GeneralLines::default();
     let general = match doc.get("general") {
         Some(item) => match table(src, item, root.line_of(src, "general"), "general") {
             Some(sec) => {
+                general_lines = GeneralLines {
+                    section: sec.line,
+                    keys: sec
+                        .table
+                        .iter()
+                        .map(|(k, _)| (k.to_string(), sec.line_of(src, k)))
+                        .collect(),
+                };
                 sharding = crate::sharding::general(src, &sec);
                 general(src, &sec, &mut at)
             }
@@ -128,6 +138,7 @@ pub(crate) fn read(src: &mut Source, text: &str) -> Option<RouterFile> {
         auth_query,
         jit,
         login_checks_at,
+        general_lines,
     })
 }
 

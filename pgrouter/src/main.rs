@@ -82,7 +82,7 @@ fn main() -> ExitCode {
     if args.check {
         // The key and certificate files are part of the configuration: a
         // router that would refuse to start must not be reported valid.
-        let problems = file_problems(&args.config, &config);
+        let problems = file_problems(&config);
         if !problems.is_empty() {
             for p in &problems {
                 eprintln!("{p}");
@@ -130,21 +130,21 @@ fn main() -> ExitCode {
 }
 
 /// Problems in the files router.toml names (the `[jwt]` public key, the
-/// TLS certificate and key), which `pgrouter_config::load` does not read.
+/// TLS certificate and key, `server_tls_ca`), which `pgrouter_config::load` does not read.
 /// Nothing here touches the network: a JWKS is fetched only by the router.
-fn file_problems(router_path: &std::path::Path, config: &pgrouter_config::Config) -> Vec<String> {
+fn file_problems(config: &pgrouter_config::Config) -> Vec<String> {
     let mut problems = Vec::new();
     if let Some(j) = &config.jwt {
         if let Err(e) = pgrouter::auth::jwt::check_offline(&j.into()) {
             problems.push(config.jwt_problem(e.key, e.message).to_string());
         }
     }
-    if let Err(e) = pgrouter::net::tls::ClientTlsSetup::from_general(&config.general) {
-        problems.push(format!(
-            "{}: tls_certificate / tls_private_key: {e}",
-            router_path.display()
-        ));
-    }
+    // The same check start-up and reload make (see `net/tls/files.rs`).
+    problems.extend(
+        pgrouter::net::tls::file_problems(config)
+            .iter()
+            .map(|p| p.to_string()),
+    );
     problems
 }
 

@@ -43,10 +43,10 @@ impl Ops {
                     let pool = &slot.pool;
                     let stats = pool.stats();
                     let active = pool.checked_out() as u64;
+                    let addr = pool.target.addr();
+                    let shard_no = pool.labels.shard as usize;
                     let on_pool = |c: &&Arc<crate::client::registry::ClientInfo>| {
-                        c.server()
-                            .is_some_and(|(addr, _)| addr == pool.target.addr())
-                            && c.database == *database
+                        c.server_of_pool(user, database, shard_no, &addr).is_some()
                     };
                     out.push(PoolSnapshot {
                         labels: pool.labels.clone(),
@@ -85,44 +85,45 @@ impl Ops {
 }
 
 /// SHOW CONFIG's `[general]` rows: every key with the value in effect and
-/// where it came from (`default` or the file). A key only read at start
+/// where it came from: the file when it sets the key (even to the default
+/// value: it is the file a DBA has to edit), else `default`. A key only read at start
 /// (`RESTART_KEYS`) that a reload changed shows the value the router still
 /// runs with, its source saying what the file has now: showing the file's
 /// value would claim, say, a `listen` address nobody listens on.
 fn general_rows(
     now: &pgrouter_config::General,
+    now_set: &pgrouter_config::GeneralLines,
     sharding: &pgrouter_config::Sharding,
     started: &pgrouter_config::General,
+    started_set: &pgrouter_config::GeneralLines,
     file: &str,
 ) -> Vec<ConfigRow> {
-    let defaults = pgrouter_config::general_values(&Default::default(), &Default::default());
     let at_start = pgrouter_config::general_values(started, sharding);
     let pending = pgrouter_config::restart_pending(started, now);
+    let source = |set: &pgrouter_config::GeneralLines, key: &str| {
+        if set.is_set(key) {
+            file.to_string()
+        } else {
+            "default".to_string()
+        }
+    };
     pgrouter_config::general_values(now, sharding)
         .into_iter()
         .zip(at_start)
-        .zip(defaults)
-        .map(|(((key, value), (_, started)), (_, default))| {
-            let source = |v: &str| {
-                if v == default {
-                    "default".to_string()
-                } else {
-                    file.to_string()
-                }
-            };
+        .map(|((key, value), (_, started))| {
             if pending.contains(&key) {
                 ConfigRow {
                     key: key.to_string(),
                     source: format!(
                         "{} (restart pending: {file} now has {value:?})",
-                        source(&started)
+                        source(started_set, key)
                     ),
                     value: started,
                 }
             } else {
                 ConfigRow {
                     key: key.to_string(),
-                    source: source(&value),
+                    source: source(now_set, key),
                     value,
                 }
             }
@@ -241,8 +242,10 @@ impl AdminContext for Ops {
         let rt = self.state.rt();
         let clients = self.state.registry.all();
         let mut out = Vec::new();
-        for (_, pools) in &rt.cluster.entries() {
+        for ((user, database), pools) in &rt.cluster.entries() {
             for slot in pools.shards.iter().flat_map(|s| s.servers.iter()) {
+                let addr = slot.pool.target.addr();
+                let shard = slot.pool.labels.shard as usize;
                 for info in slot.pool.idle_snapshot() {
                     out.push(ServerSnapshot {
                         pool: slot.pool.labels.clone(),
@@ -255,20 +258,16 @@ impl AdminContext for Ops {
                     });
                 }
                 for c in &clients {
-                    if let Some((addr, pid)) = c.server() {
-                        if addr == slot.pool.target.addr()
-                            && c.database == slot.pool.labels.database
-                        {
-                            out.push(ServerSnapshot {
-                                pool: slot.pool.labels.clone(),
-                                backend_pid: pid,
-                                state: "active".into(),
-                                connect_time: c.connect_time,
-                                last_used: None,
-                                client_id: Some(c.id),
-                                tls: c.server_tls(),
-                            });
-                        }
+                    if let Some(pid) = c.server_of_pool(user, database, shard, &addr) {
+                        out.push(ServerSnapshot {
+                            pool: slot.pool.labels.clone(),
+                            backend_pid: pid,
+                            state: "active".into(),
+                            connect_time: c.connect_time,
+                            last_used: None,
+                            client_id: Some(c.id),
+                            tls: c.server_tls(),
+                        });
                     }
                 }
             }
@@ -285,8 +284,10 @@ impl AdminContext for Ops {
         let file = rt.config.router_path.display().to_string();
         let mut rows = general_rows(
             &rt.config.general,
+            &self.state.general_lines.lock().clone(),
             &rt.config.sharding,
             &self.state.started,
+            &self.state.started_lines,
             &file,
         );
         rows.push(ConfigRow {

@@ -19,10 +19,16 @@ use crate::auth::jwt::JwtVerifier;
 use crate::pool::Cluster;
 use crate::state::{Runtime, State};
 
+mod fingerprint;
+
 /// Reloads both files. `Ok` says what changed; `Err` why nothing did.
 pub async fn reload(state: &Arc<State>, trigger: &str) -> Result<String, String> {
     let _one_at_a_time = state.reload_lock.lock().await;
+    // Taken before reading: an edit made while this reload runs differs
+    // from it, and the watcher's reload for that edit is not skipped.
+    let files = fingerprint::of_files(&state.router_path, &state.users_path, &state.rt().config);
     let result = try_reload(state).await;
+    *state.last_reload_files.lock() = Some(files);
     match &result {
         Ok(summary) => tracing::info!(trigger, %summary, "configuration reloaded"),
         Err(e) => tracing::error!(
@@ -52,6 +58,7 @@ async fn try_reload(state: &Arc<State>) -> Result<String, String> {
     }
     let changes = diff(&old.config, &new);
     if changes.is_empty() && !tls_files_present(&new) && !jwt_key_file_present(&new) {
+        *state.general_lines.lock() = new.general_lines.clone();
         return Ok("no changes".into());
     }
     let jwt = match (&new.jwt, changes.jwt_changed) {
@@ -83,7 +90,13 @@ async fn try_reload(state: &Arc<State>) -> Result<String, String> {
         ))
     };
     // Certificates are re-read on every reload (they may have been renewed
-    // under the same names); a file that does not load is a bad edit.
+    // under the same names); a file that does not load is a bad edit,
+    // reported as `pgrouter check` and start-up report it.
+    let tls_problems = crate::net::tls::file_problems(&new);
+    if !tls_problems.is_empty() {
+        let lines: Vec<String> = tls_problems.iter().map(|p| p.to_string()).collect();
+        return Err(lines.join("\n"));
+    }
     let tls = crate::net::tls::ClientTlsSetup::from_general(&new.general)
         .map_err(|e| format!("TLS: {e}"))?;
     if new.general.server_tls == pgrouter_config::ServerTls::VerifyFull {
@@ -126,6 +139,7 @@ async fn try_reload(state: &Arc<State>) -> Result<String, String> {
     }
     let summary = summary(&changes, &restart, &state.started);
     state.tls.replace(tls);
+    *state.general_lines.lock() = candidate.config.general_lines.clone();
     state.install(candidate);
     Ok(summary)
 }
@@ -230,8 +244,25 @@ pub async fn watch_files(state: Arc<State>) {
                 Err(_) => break,
             }
         }
+        if files_unchanged(&state).await {
+            tracing::debug!("configuration files unchanged since the last reload; not reloading");
+            continue;
+        }
         let _ = reload(&state, "file change").await;
     }
+}
+
+/// Nothing a reload reads differs from what the last one read (a SIGHUP or
+/// RELOAD already applied the edit this event is about): see `fingerprint`.
+async fn files_unchanged(state: &Arc<State>) -> bool {
+    // Waits for a reload in progress, so that its result is the last one.
+    let _one_at_a_time = state.reload_lock.lock().await;
+    let last = *state.last_reload_files.lock();
+    last == Some(fingerprint::of_files(
+        &state.router_path,
+        &state.users_path,
+        &state.rt().config,
+    ))
 }
 
 fn dir_of(path: &Path) -> PathBuf {
@@ -251,5 +282,5 @@ fn jwt_key_file_present(config: &pgrouter_config::Config) -> bool {
 }
 
 fn tls_files_present(config: &pgrouter_config::Config) -> bool {
-    !config.general.tls_certificate.is_empty()
+    !config.general.tls_certificate.is_empty() || !config.general.server_tls_ca.is_empty()
 }

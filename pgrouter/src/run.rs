@@ -18,7 +18,6 @@ const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let listen = config.general.listen.clone();
-    let shutdown_timeout = Duration::from_millis(config.general.shutdown_timeout_ms);
     let jwt = match &config.jwt {
         Some(j) => Some(Arc::new(
             crate::auth::jwt::JwtVerifier::new(j.into())
@@ -33,6 +32,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics_listen = config.general.metrics_listen.clone();
     let hot_reload = config.general.hot_reload;
     let metrics = Arc::new(crate::metrics::Metrics::new());
+    // The TLS files, checked as `pgrouter check` and reload check them.
+    let tls_problems = crate::net::tls::file_problems(&config);
+    if !tls_problems.is_empty() {
+        let lines: Vec<String> = tls_problems.iter().map(|p| p.to_string()).collect();
+        anyhow::bail!("{}", lines.join("\n"));
+    }
     let tls = crate::net::tls::ClientTlsSetup::from_general(&config.general)
         .map_err(anyhow::Error::msg)?;
     let state = State::new(
@@ -87,6 +92,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         _ = wait_for_shutdown_signal() => {}
         _ = state.shutdown_request.notified() => tracing::info!("SHUTDOWN from the admin console"),
     }
+    // Read now, not at start: a reload may have changed it (it is not one
+    // of the keys that need a restart).
+    let shutdown_timeout = Duration::from_millis(state.rt().config.general.shutdown_timeout_ms);
     tracing::info!(
         timeout_ms = shutdown_timeout.as_millis() as u64,
         "shutting down: waiting for open transactions"

@@ -70,6 +70,17 @@ pub struct State {
     /// `[general]` as the process started: what is in effect for the keys
     /// a reload cannot apply (`pgrouter_config::RESTART_KEYS`).
     pub started: pgrouter_config::General,
+    /// Which `[general]` keys router.toml set at start (SHOW CONFIG's
+    /// source for a key whose restart is pending).
+    pub started_lines: pgrouter_config::GeneralLines,
+    /// Which `[general]` keys router.toml sets now, for SHOW CONFIG's
+    /// source column. Kept here, not only in the runtime's config: a
+    /// reload that changes no setting (a key written out at its default
+    /// value, or deleted) keeps the running config but updates this.
+    pub general_lines: parking_lot::Mutex<pgrouter_config::GeneralLines>,
+    /// What the last reload read (see `reload/fingerprint.rs`); `None`
+    /// before the first, so the watcher's first event always reloads.
+    pub last_reload_files: parking_lot::Mutex<Option<u64>>,
 }
 
 impl State {
@@ -89,6 +100,7 @@ impl State {
         let router_path = config.router_path.clone();
         let users_path = config.users_path.clone();
         let started = config.general.clone();
+        let started_lines = config.general_lines.clone();
         let shard_maps = crate::router::ShardMaps::build(&config);
         let twophase = crate::twophase::Coordinators::build(&config, &cluster, &metrics, None);
         let runtime = Runtime {
@@ -120,6 +132,9 @@ impl State {
             secrets: Default::default(),
             tls,
             started,
+            general_lines: parking_lot::Mutex::new(started_lines.clone()),
+            started_lines,
+            last_reload_files: Default::default(),
         })
     }
 

@@ -150,6 +150,7 @@ impl Session {
             &held.conn.addr,
             held.conn.backend_pid,
             held.conn.stream.is_tls(),
+            held.shard,
         );
         self.registered.info.set_pinned(self.pins.held());
         self.server = Some(held);
@@ -175,6 +176,7 @@ impl Session {
             &held.conn.addr,
             held.conn.backend_pid,
             held.conn.stream.is_tls(),
+            held.shard,
         );
         self.cancel.slot.set(Some(held.conn.cancel_target()));
         self.server = Some(held);

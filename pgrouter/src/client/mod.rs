@@ -387,7 +387,15 @@ async fn login(
         transport.peer.to_string(),
         logged_in.method,
         logged_in.policy.read_only,
-        logged_in.policy.jwt.as_ref().map(|j| j.role.clone()),
+        // The role its statements run as: a token's role (SET ROLE on the
+        // connect_as connections), else the role the pools log in as.
+        Some(
+            logged_in
+                .policy
+                .jwt
+                .as_ref()
+                .map_or_else(|| logged_in.pools.server_user.clone(), |j| j.role.clone()),
+        ),
         transport.tls,
         params.get("application_name").unwrap_or("").to_string(),
     ));

@@ -399,9 +399,12 @@ impl Session {
         };
         let now = std::time::Instant::now();
         self.registered.info.set_state(ClientState::Active);
-        self.registered
-            .info
-            .set_server(&conn.addr, conn.backend_pid, conn.stream.is_tls());
+        self.registered.info.set_server(
+            &conn.addr,
+            conn.backend_pid,
+            conn.stream.is_tls(),
+            route.shard,
+        );
         self.state
             .metrics
             .record_routed(if slot.health.is_primary() {

@@ -3,7 +3,7 @@
 //! updates at transaction boundaries, so the hot path takes no lock.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -42,6 +42,11 @@ pub struct ClientInfo {
     pinned: AtomicU8,
     /// The server held now: (host:port, backend pid, TLS).
     server: super::current_server::CurrentServer,
+    /// The shard of the server held now. With the client's `pools_user`
+    /// and `database` and the server's address it names the one pool the
+    /// connection came from: the address alone is shared by the pools of
+    /// every user (and of every shard kept on that server).
+    server_shard: AtomicUsize,
     /// Since when the client has been held by admin PAUSE, if it is: such a
     /// client waits for its database, not yet for one pool, so SHOW POOLS
     /// counts it on the database's first primary pool (as `cl_waiting`).
@@ -78,6 +83,7 @@ impl ClientInfo {
             state: AtomicU8::new(ClientState::Idle as u8),
             pinned: AtomicU8::new(0),
             server: Default::default(),
+            server_shard: AtomicUsize::new(0),
             paused_since: Mutex::new(None),
         }
     }
@@ -103,8 +109,11 @@ impl ClientInfo {
         SessionState::from_bits(self.pinned.load(Ordering::Relaxed))
     }
 
-    /// The client now uses the backend `pid` at `addr`.
-    pub fn set_server(&self, addr: &Arc<str>, pid: i32, tls: bool) {
+    /// The client now uses the backend `pid` at `addr`, a connection of
+    /// its pool for `shard`.
+    pub fn set_server(&self, addr: &Arc<str>, pid: i32, tls: bool, shard: usize) {
+        // Before the server: a reader that sees the new server sees its shard.
+        self.server_shard.store(shard, Ordering::Release);
         self.server.set(addr, pid, 0, tls);
     }
 
@@ -113,8 +122,27 @@ impl ClientInfo {
         self.server.clear();
     }
 
+    /// The server held now: (host:port, backend pid).
     pub fn server(&self) -> Option<(String, i32)> {
         self.server.get().map(|s| (s.addr.to_string(), s.pid))
+    }
+
+    /// The backend pid of the server held now, if it is a connection of the
+    /// pool of (`user`, `database`, `shard`, `addr`): each connection shows
+    /// in its own pool only, not in every pool of the same address.
+    pub fn server_of_pool(
+        &self,
+        user: &str,
+        database: &str,
+        shard: usize,
+        addr: &str,
+    ) -> Option<i32> {
+        if self.pools_user != user || self.database != database {
+            return None;
+        }
+        let seen = self.server.get()?;
+        (&*seen.addr == addr && self.server_shard.load(Ordering::Acquire) == shard)
+            .then_some(seen.pid)
     }
 
     /// Marks the client as held by admin PAUSE (or no longer held).

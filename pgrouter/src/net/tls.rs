@@ -395,5 +395,8 @@ pub async fn connect_server(
     Ok(ServerStream::Tls(Box::new(WriteThrough::new(tls))))
 }
 
+mod files;
+pub use files::file_problems;
+
 #[cfg(test)]
 mod tests;

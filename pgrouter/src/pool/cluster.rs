@@ -142,6 +142,19 @@ struct LearntPools {
     credential: Arc<CredentialSlot>,
 }
 
+/// Whether a users.toml entry gets pools of its own. A JWT-only entry
+/// (`auth = "jwt"`) does not: its sessions run on the connect_as user's
+/// pools (`client/login.rs`), and it has no server credentials, so pools
+/// of its own would only show as SHOW POOLS rows and metric series that
+/// never move. `password_or_jwt` entries keep theirs (for password logins).
+fn has_own_pools(config: &Config, user: &User) -> bool {
+    user.auth != AuthMethod::Jwt
+        || config
+            .jwt
+            .as_ref()
+            .is_some_and(|j| j.connect_as == user.name)
+}
+
 /// The name learnt pools go by (in SHOW POOLS, metrics, and sessions'
 /// `pools_user`): the user's own name, or `"<name> (jit)"` for JIT logins of
 /// a user that also has a users.toml entry (whose pools keep the name).
@@ -200,7 +213,7 @@ impl Cluster {
         }
         let mut users = HashMap::new();
         let mut caps = HashMap::new();
-        for user in &config.users {
+        for user in config.users.iter().filter(|u| has_own_pools(config, u)) {
             let credential = secret_credential(user, previous);
             let pools = user_pools(
                 config,

@@ -302,6 +302,8 @@ impl Recovery {
             .users
             .iter()
             .filter(|u| u.database == self.database && u.server_user == owner)
+            // JWT-only entries have no server login (nor pools).
+            .filter(|u| u.auth != pgrouter_config::AuthMethod::Jwt)
             .find(|u| u.server_password.is_some() || u.password.is_none())
             .ok_or_else(|| {
                 format!(

@@ -309,6 +309,7 @@ impl Session {
             &leg.held.conn.addr,
             leg.held.conn.backend_pid,
             leg.held.conn.stream.is_tls(),
+            leg.held.shard,
         );
         self.server = Some(leg.held);
         self.unnamed_here = false;
