@@ -254,3 +254,57 @@ def test_pipelined_syncs_all_answered_when_the_server_dies(routers, primary):
     finally:
         conn.close()
     assert router.alive()
+
+
+def test_a_cancel_never_stops_another_clients_query(routers):
+    """A CancelRequest travels on its own connection: by the time
+    PostgreSQL acts on it, the client's query may be over and its server
+    (transaction mode, a small pool) running another client's query. The
+    router must not let a cancel reach a server the client no longer uses,
+    nor give a server with a cancel on its way to anyone else. Client A
+    cancels itself at random moments while B clients share A's servers;
+    directly to PostgreSQL no B query is ever cancelled, nor may one be
+    here."""
+    import random
+    router = routers.start(general={"default_pool_size": 2})
+    a = connect(router.dsn())
+    stop = threading.Event()
+    b_cancelled, b_done, a_cancelled, errors = [], [0], [0], []
+
+    def b_client(i):
+        with connect(router.dsn()) as c:
+            while not stop.is_set():
+                try:
+                    c.execute("SELECT pg_sleep(0.02)")
+                    b_done[0] += 1
+                except psycopg.errors.QueryCanceled as e:
+                    b_cancelled.append((i, str(e)))
+                except psycopg.Error as e:  # noqa: PERF203
+                    errors.append(repr(e))
+
+    def a_client():
+        while not stop.is_set():
+            try:
+                a.execute("SELECT pg_sleep(0.01)")
+            except psycopg.errors.QueryCanceled:
+                a_cancelled[0] += 1
+            except psycopg.Error as e:
+                errors.append(repr(e))
+
+    threads = [threading.Thread(target=b_client, args=(i,), daemon=True) for i in range(3)]
+    threads.append(threading.Thread(target=a_client, daemon=True))
+    for t in threads:
+        t.start()
+    rng = random.Random(7)
+    deadline = time.monotonic() + 6
+    while time.monotonic() < deadline:
+        time.sleep(rng.uniform(0.001, 0.02))
+        a.cancel()
+    stop.set()
+    for t in threads:
+        t.join(10)
+    a.close()
+    assert errors == []
+    assert b_done[0] > 50
+    assert a_cancelled[0] > 5, "A's own cancels must still work"
+    assert b_cancelled == [], f"{len(b_cancelled)} of B's queries were cancelled by A's cancels"

@@ -12,6 +12,7 @@ use rand::Rng;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use super::cancel_in_flight as in_flight;
 use super::current_server::CurrentServer;
 use crate::protocol::frontend;
 use crate::server::CancelTarget;
@@ -120,22 +121,35 @@ impl CancelRegistry {
     }
 
     /// Forwards a cancel for a client key. Wrong keys are ignored silently, as
-    /// PostgreSQL does, so keys cannot be probed.
+    /// PostgreSQL does, so keys cannot be probed. A cancel is sent only to a
+    /// server the client still uses once the cancel is registered, and the
+    /// server is not given to anyone else until PostgreSQL has acted on it
+    /// (see `cancel_in_flight.rs`).
     pub async fn cancel(&self, pid: i32, secret: i32) {
-        let targets = {
+        let slot = {
             let keys = self.keys.lock();
             match keys.get(&pid) {
-                Some((s, slot)) if *s == secret => slot.targets(),
-                _ => Vec::new(),
+                Some((s, slot)) if *s == secret => Some(slot.clone()),
+                _ => None,
             }
         };
-        if targets.is_empty() {
-            tracing::debug!(pid, "cancel request for an unknown key or an idle client");
+        let Some(slot) = slot else {
+            tracing::debug!(pid, "cancel request for an unknown key");
+            return;
+        };
+        let seen = slot.targets();
+        let registered: Vec<_> = seen.iter().map(in_flight::register).collect();
+        let still = slot.targets();
+        if !seen.iter().any(|t| still.contains(t)) {
+            tracing::debug!(pid, "cancel request for an idle client");
         }
-        for target in targets {
-            if let Err(e) = send_cancel(&target).await {
-                tracing::warn!(server = %target.addr, error = %e, "could not forward a cancel request");
+        for (target, registered) in seen.into_iter().zip(registered) {
+            if still.contains(&target) {
+                if let Err(e) = send_cancel(&target).await {
+                    tracing::warn!(server = %target.addr, error = %e, "could not forward a cancel request");
+                }
             }
+            drop(registered);
         }
     }
 }
@@ -152,10 +166,26 @@ pub async fn send_cancel(target: &CancelTarget) -> std::io::Result<()> {
     }
 }
 
-async fn send_all<S: tokio::io::AsyncWrite + Unpin>(
+/// Writes the request, then waits (at most `CANCEL_ACTED_ON`) for
+/// PostgreSQL to close the connection, which it does once it has signalled
+/// the backend: until then the backend may still be interrupted.
+async fn send_all<S: tokio::io::AsyncWrite + tokio::io::AsyncRead + Unpin>(
     mut stream: S,
     bytes: &[u8],
 ) -> std::io::Result<()> {
+    use tokio::io::AsyncReadExt;
     stream.write_all(bytes).await?;
-    stream.shutdown().await
+    let mut sink = [0u8; 64];
+    let closed = async {
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<(), std::io::Error>(())
+    };
+    match tokio::time::timeout(CANCEL_ACTED_ON, closed).await {
+        Ok(r) => r,
+        Err(_) => Ok(()),
+    }
 }
+
+/// How long a forwarded cancel keeps its server from other clients at
+/// most, should PostgreSQL not close the cancel connection.
+const CANCEL_ACTED_ON: std::time::Duration = std::time::Duration::from_secs(5);

@@ -51,9 +51,11 @@ impl CurrentServer {
         self.key.store(pack(pid, secret), Ordering::Release);
     }
 
-    /// The client has no server now.
+    /// The client has no server now. Sequentially consistent: a cancel
+    /// registered after it sees the server gone, or the check-in after it
+    /// sees the cancel (see `cancel_in_flight.rs`).
     pub fn clear(&self) {
-        self.key.store(0, Ordering::Release);
+        self.key.store(0, Ordering::SeqCst);
     }
 
     /// The server in use, if any. The key is read before and after the

@@ -28,6 +28,7 @@
 mod admin_login;
 mod analysis;
 pub mod cancel;
+pub mod cancel_in_flight;
 mod cleanup;
 mod current_server;
 mod error;

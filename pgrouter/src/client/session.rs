@@ -565,8 +565,12 @@ impl Session {
         if let Some(held) = &self.server {
             tracing::info!(server = %held.conn.addr, "query_timeout_ms reached: cancelling the request");
             let target = held.conn.cancel_target();
+            // Registered while the session holds the server: it goes to
+            // nobody else before PostgreSQL has acted on the cancel.
+            let registered = super::cancel_in_flight::register(&target);
             tokio::spawn(async move {
                 let _ = super::cancel::send_cancel(&target).await;
+                drop(registered);
             });
         }
     }

@@ -553,7 +553,11 @@ impl Pool {
         // raised (`net/low_water.rs`): the next client's small answers
         // would never wake it.
         let stuck = conn.low_water.lower(&conn.stream).is_err();
-        if expired || conn.tx_status != b'I' || in_flight || stuck {
+        // A cancel on its way to this backend would stop the next client's
+        // query (see `client/cancel_in_flight.rs`).
+        let cancelling =
+            crate::client::cancel_in_flight::is_cancelling(&conn.addr, conn.backend_pid);
+        if expired || conn.tx_status != b'I' || in_flight || stuck || cancelling {
             pool.close(k, conn);
             return; // dropping `pooled` passes its lease on
         }
