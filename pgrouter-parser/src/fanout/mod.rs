@@ -33,6 +33,7 @@
 mod collation;
 mod exprs;
 mod having;
+mod input_names;
 mod limit;
 mod plan;
 mod spec;
@@ -40,7 +41,7 @@ mod spec;
 mod tests;
 
 pub use collation::CollationUse;
-pub use plan::plan_read;
+pub use plan::{plan_read, plan_read_knowing};
 pub use spec::{Agg, Aggregation, CmpOp, Col, Count, MergeSpec, Operand, Predicate, Role, SortKey};
 
 /// The rewritten statement and how to merge its results.
@@ -54,6 +55,12 @@ pub struct ReadPlan {
     /// looks just like one: if any of these names is an aggregate in the
     /// database (`pg_aggregate`), the plan is wrong and must be refused.
     pub functions: Vec<String>,
+    /// A query for one shard when a GROUP BY name is an output name and
+    /// may also be an input column (PostgreSQL then groups by the input
+    /// column): it returns one row per such name that is an input column.
+    /// The statement must then be planned again with
+    /// [`plan_read_knowing`] and those names.
+    pub input_probe: Option<String>,
 }
 
 /// Why a statement cannot be answered across shards: the whole message of

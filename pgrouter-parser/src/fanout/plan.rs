@@ -5,11 +5,24 @@
 use pg_query::protobuf::{self as pb, node::Node as N};
 
 use super::exprs::{self, AggFn};
+use super::input_names;
 use super::spec::{Agg, Aggregation, Col, MergeSpec, Role, SortKey};
 use super::{ReadPlan, Unsupported, ONE_SHARD};
 
-/// Plans one SELECT (the whole text of `sql`) for several shards.
+/// Plans one SELECT (the whole text of `sql`) for several shards. A GROUP
+/// BY name that may be an input column as well as an output name is taken
+/// for the output name, and [`ReadPlan::input_probe`] asks which it is.
 pub fn plan_read(sql: &str) -> Result<ReadPlan, Unsupported> {
+    plan(sql, None)
+}
+
+/// [`plan_read`] knowing which of the names its `input_probe` asked about
+/// are input columns (the names the probe returned).
+pub fn plan_read_knowing(sql: &str, input_columns: &[String]) -> Result<ReadPlan, Unsupported> {
+    plan(sql, Some(input_columns))
+}
+
+fn plan(sql: &str, known_inputs: Option<&[String]>) -> Result<ReadPlan, Unsupported> {
     let parsed = match std::panic::catch_unwind(|| pg_query::parse(sql, 0)) {
         Ok(Ok(p)) => p,
         Ok(Err(e)) => return Err(Unsupported::new(&format!("a statement the router cannot parse ({e})"), ONE_SHARD)),
@@ -24,7 +37,9 @@ pub fn plan_read(sql: &str) -> Result<ReadPlan, Unsupported> {
     };
     refuse_shape(select, sql)?;
     let mut p = Planner::new(select)?;
+    p.known_inputs = known_inputs.map(<[String]>::to_vec);
     let merge = p.plan(select)?;
+    let input_probe = if p.unsure.is_empty() { None } else { input_names::probe(select, &p.unsure)? };
     for (i, node) in p.hidden.drain(..).enumerate() {
         let target = pb::ResTarget {
             name: format!("pgrouter_hidden_{}", i + 1),
@@ -36,7 +51,7 @@ pub fn plan_read(sql: &str) -> Result<ReadPlan, Unsupported> {
     let shard_sql = std::panic::catch_unwind(|| pg_query::deparse(&tree, Default::default()))
         .map_err(|_| Unsupported::new("a statement the router cannot rewrite", ONE_SHARD))?
         .map_err(|e| Unsupported::new(&format!("a statement the router cannot rewrite ({e})"), ONE_SHARD))?;
-    Ok(ReadPlan { shard_sql, merge, functions: exprs::scan(sql).calls })
+    Ok(ReadPlan { shard_sql, merge, functions: exprs::scan(sql).calls, input_probe })
 }
 
 /// Refuses what no merge can make exact, before looking closer.
@@ -125,6 +140,10 @@ pub(super) struct Planner {
     hidden_roles: Vec<Role>,
     /// The statement aggregates (aggregates, GROUP BY or HAVING).
     pub(super) grouped: bool,
+    /// Which names are input columns, when a shard was asked.
+    known_inputs: Option<Vec<String>>,
+    /// GROUP BY names taken for output names that may be input columns.
+    unsure: Vec<String>,
 }
 
 impl Planner {
@@ -166,7 +185,16 @@ impl Planner {
         if grouped && star_at.is_some() {
             return Err(Unsupported::new("SELECT * with aggregates or GROUP BY", "list the columns"));
         }
-        Ok(Planner { targets, star_at, hidden: Vec::new(), hidden_keys: Vec::new(), hidden_roles: Vec::new(), grouped })
+        Ok(Planner {
+            targets,
+            star_at,
+            hidden: Vec::new(),
+            hidden_keys: Vec::new(),
+            hidden_roles: Vec::new(),
+            grouped,
+            known_inputs: None,
+            unsure: Vec::new(),
+        })
     }
 
     fn plan(&mut self, s: &mut pb::SelectStmt) -> Result<MergeSpec, Unsupported> {
@@ -287,6 +315,12 @@ impl Planner {
         if let Some(i) = self.visible_with(&key, agg.is_some()) {
             return Ok((Col::Visible(i), collate_c || self.targets[i].collate_c));
         }
+        if collate_c {
+            // `x COLLATE "C"` orders the select-list item `x` by its bytes.
+            if let Some(i) = self.visible_with(&exprs::text(inner)?, agg.is_some()) {
+                return Ok((Col::Visible(i), true));
+            }
+        }
         if let Some(agg) = agg.filter(|_| self.grouped) {
             let arg_c = matches!(&inner.node, Some(N::FuncCall(f)) if f.args.first().is_some_and(exprs::collate_c));
             let role = Role::Agg(self.agg_role(inner, agg, arg_c)?);
@@ -308,13 +342,22 @@ impl Planner {
         if let Some(i) = self.visible_with(&key, false) {
             return Ok(Col::Visible(i));
         }
-        // A bare name that is no input column of the select list but an
-        // output alias: PostgreSQL groups by that output column.
+        // A bare name is an input column if the FROM clause has one of
+        // that name, else an output name (PostgreSQL's order for GROUP BY,
+        // the reverse of ORDER BY's). Only the catalog knows the FROM
+        // clause's columns: until a shard was asked, the output name is
+        // assumed and the name recorded for the probe.
         if let Some(name) = exprs::bare_name(g) {
-            let is_input = self.targets.iter().any(|t| t.key == key);
-            if !is_input {
-                if let Some(i) = self.targets.iter().position(|t| t.agg.is_none() && t.name.as_deref() == Some(name)) {
-                    return Ok(Col::Visible(i));
+            if let Some(i) = self.targets.iter().position(|t| t.agg.is_none() && t.name.as_deref() == Some(name)) {
+                match &self.known_inputs {
+                    Some(inputs) if inputs.iter().any(|n| n == name) => {}
+                    Some(_) => return Ok(Col::Visible(i)),
+                    None => {
+                        if !self.unsure.iter().any(|n| n == name) {
+                            self.unsure.push(name.to_string());
+                        }
+                        return Ok(Col::Visible(i));
+                    }
                 }
             }
         }
@@ -350,16 +393,20 @@ impl Planner {
             Some(N::CollateClause(c)) if collate_c => c.arg.as_deref().unwrap_or(node),
             _ => node,
         };
+        // A bare name is an output name first; anything else, even `name
+        // COLLATE "C"`, is an expression of the input columns only (as
+        // PostgreSQL resolves ORDER BY items).
+        let bare = exprs::bare_name(node);
         let column = if let Some(pos) = exprs::position(node) {
             let col = self.position(pos, "ORDER BY")?;
             if let Col::Visible(i) = col {
                 collate_c |= self.targets.get(i).is_some_and(|t| t.collate_c);
             }
             col
-        } else if let Some(i) = exprs::bare_name(inner).and_then(|name| self.named(name)) {
+        } else if let Some(i) = bare.and_then(|name| self.named(name)) {
             collate_c |= self.targets[i].collate_c;
             Col::Visible(i)
-        } else if let Some(i) = exprs::bare_name(inner).and_then(|name| self.named_after_star(name)) {
+        } else if let Some(i) = bare.and_then(|name| self.named_after_star(name)) {
             // An output column after `*`: its position is unknown, so its
             // expression is repeated as a hidden column.
             collate_c |= self.targets[i].collate_c;

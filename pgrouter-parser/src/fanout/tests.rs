@@ -319,3 +319,41 @@ fn quoted_names_and_columns_named_like_keywords_are_not_calls() {
     assert_eq!(p.functions, ["max", "MyAgg", "lower", "f", "g"]);
     assert!(plan("SELECT count(*), coalesce(sum(x), 0) FROM t").functions.is_empty());
 }
+
+#[test]
+fn group_by_an_output_name_asks_whether_it_is_an_input_column() {
+    let sql = "SELECT k % 2 AS k, count(*) FROM w JOIN s.\"T\" t USING (id) GROUP BY k";
+    let p = plan(sql);
+    assert_eq!(p.merge.aggregate.as_ref().unwrap().group_by, [Col::Visible(0)]);
+    let probe = p.input_probe.expect("a probe");
+    assert!(probe.contains("to_regclass('\"w\"'), pg_catalog.to_regclass('\"s\".\"T\"')"), "{probe}");
+    assert!(probe.contains("attname IN ('k')"), "{probe}");
+    // An input column: grouped by it, as PostgreSQL does.
+    let p = plan_read_knowing(sql, &["k".to_string()]).unwrap();
+    assert_eq!(p.input_probe, None);
+    assert_eq!(p.merge.aggregate.as_ref().unwrap().group_by, [Col::Hidden(0)]);
+    assert!(p.shard_sql.contains("k AS pgrouter_hidden_1"), "{}", p.shard_sql);
+    // No such input column: the output column.
+    let p = plan_read_knowing(sql, &[]).unwrap();
+    assert_eq!(p.merge.aggregate.as_ref().unwrap().group_by, [Col::Visible(0)]);
+    // Nothing to ask: the name is the column itself, a position, or no FROM.
+    for sql in
+        ["SELECT k, count(*) FROM w GROUP BY k", "SELECT k % 2 AS k FROM w GROUP BY 1", "SELECT 1 AS k GROUP BY k"]
+    {
+        assert_eq!(plan(sql).input_probe, None, "{sql}");
+    }
+    // Column aliases or functions in FROM: the catalog cannot tell.
+    refused("SELECT a % 2 AS k, count(*) FROM w AS x(k, a) GROUP BY k", "may also be an input column");
+    refused("SELECT k % 2 AS k, count(*) FROM generate_series(1, 3) k GROUP BY k", "may also be an input column");
+}
+
+#[test]
+fn order_by_an_expression_of_a_name_sees_input_columns_only() {
+    let p = plan("SELECT k, id AS v FROM w ORDER BY v COLLATE \"C\"");
+    assert_eq!(p.merge.order_by[0].column, Col::Hidden(0));
+    assert!(p.merge.order_by[0].collate_c);
+    let p = plan("SELECT k, v FROM w ORDER BY v COLLATE \"C\"");
+    assert_eq!(p.merge.order_by[0].column, Col::Visible(1));
+    let p = plan("SELECT upper(v) AS v, count(*) FROM w GROUP BY upper(v) ORDER BY upper(v) COLLATE \"C\"");
+    assert_eq!(p.merge.order_by[0].column, Col::Visible(0));
+}

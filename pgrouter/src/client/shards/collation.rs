@@ -23,13 +23,21 @@ use crate::fanout::merge::Collation;
 use crate::protocol::{backend, frontend};
 use crate::server::ServerError;
 
+/// What one shard says of the result columns before a merged read.
+pub(super) struct Probed {
+    pub collations: HashMap<Col, Collation>,
+    /// The enum types among the probed columns (their OIDs).
+    pub enums: Vec<u32>,
+}
+
 /// The collations of the columns `plan` depends on, as `leg`'s server
-/// derives them; `None` when the merge depends on no collation.
+/// derives them, and which of them are enums; `None` when the merge
+/// depends on no collation (so compares no GROUP BY or DISTINCT keys).
 pub(super) async fn probe(
     leg: &mut Leg,
     unit: &Unit,
     plan: &ReadPlan,
-) -> Result<Option<HashMap<Col, Collation>>, ShardError> {
+) -> Result<Option<Probed>, ShardError> {
     let cols: Vec<Col> = plan
         .merge
         .collation_columns()
@@ -63,12 +71,18 @@ pub(super) async fn probe(
         Err(e) => return Err(ShardError::lost(leg.shard, &e)),
     };
     let row = rows.into_iter().next().unwrap_or_default();
-    let map = cols
+    let collations = cols
         .iter()
         .zip(row.iter().chain(std::iter::repeat(&None)))
         .map(|(c, v)| (*c, classify(v.as_deref())))
         .collect();
-    Ok(Some(map))
+    let enums = row
+        .get(cols.len())
+        .cloned()
+        .flatten()
+        .map(|s| s.split(',').filter_map(|o| o.parse().ok()).collect())
+        .unwrap_or_default();
+    Ok(Some(Probed { collations, enums }))
 }
 
 fn classify(v: Option<&str>) -> Collation {
@@ -123,8 +137,18 @@ fn probe_sql(shard_sql: &str, cols: &[Col]) -> String {
             )
         })
         .collect();
+    // Last, the enum types among the columns: their labels are keys.
+    let types: Vec<String> = cols
+        .iter()
+        .map(|c| format!("pg_catalog.pg_typeof(pgrouter_s.{})", name(c)))
+        .collect();
+    let enums = format!(
+        "(SELECT pg_catalog.string_agg(t.oid::pg_catalog.text, ',') FROM pg_catalog.pg_type t \
+         WHERE t.typtype = 'e' AND t.oid IN ({}))",
+        types.join(", ")
+    );
     format!(
-        "SELECT {} FROM (SELECT 1) AS pgrouter_one LEFT JOIN \
+        "SELECT {}, {enums} FROM (SELECT 1) AS pgrouter_one LEFT JOIN \
          (SELECT * FROM ({shard_sql}) AS pgrouter_q LIMIT 0) AS pgrouter_s{aliases} ON true",
         exprs.join(", ")
     )

@@ -6,7 +6,7 @@
 //! before anything runs (`pgrouter_parser::fanout::plan_read`).
 
 use bytes::{Bytes, BytesMut};
-use pgrouter_parser::fanout::{plan_read, ReadPlan};
+use pgrouter_parser::fanout::{plan_read, plan_read_knowing, ReadPlan};
 
 use super::held::Leg;
 use super::legs::{cancel_targets, cancel_unfinished, lower_low_water, poll_fill_any};
@@ -59,6 +59,7 @@ impl Session {
         plan: ReadPlan,
         legs: &mut [Leg],
     ) -> Result<(), ShardError> {
+        let plan = resolve_input_names(unit, plan, legs).await?;
         let ctx = self.merge_context(unit, &plan, legs).await?;
         let spec = match &unit.extended {
             None => plan.merge.clone(),
@@ -80,7 +81,7 @@ impl Session {
         let collations = super::collation::probe(leg, unit, &plan).await?;
         let mut merger = Merger::new(spec, legs.len(), ctx).with_portal_rows(portal_rows);
         if let Some(c) = collations {
-            merger = merger.with_collations(c);
+            merger = merger.with_collations(c.collations).with_enums(c.enums);
         }
         let mut request = BytesMut::new();
         match &unit.extended {
@@ -453,6 +454,34 @@ fn read_plan(unit: &Unit) -> Result<ReadPlan, ShardError> {
         ));
     }
     plan_read(&unit.sql).map_err(|u| ShardError::router("0A000", format!("pgrouter: {}", u.0)))
+}
+
+/// The plan again when a GROUP BY name may be an input column as well as
+/// an output name: one shard's catalog tells which names are input columns
+/// (which PostgreSQL groups by), and the statement is planned knowing it.
+async fn resolve_input_names(
+    unit: &Unit,
+    plan: ReadPlan,
+    legs: &mut [Leg],
+) -> Result<ReadPlan, ShardError> {
+    let Some(probe) = &plan.input_probe else {
+        return Ok(plan);
+    };
+    let leg = legs
+        .first_mut()
+        .ok_or_else(|| ShardError::router("XX000", "no shard"))?;
+    let rows = leg
+        .held
+        .conn
+        .query_rows(probe)
+        .await
+        .map_err(|e| ShardError::lost(leg.shard, &e))?;
+    let inputs: Vec<String> = rows
+        .into_iter()
+        .filter_map(|r| r.into_iter().next().flatten())
+        .collect();
+    plan_read_knowing(&unit.sql, &inputs)
+        .map_err(|u| ShardError::router("0A000", format!("pgrouter: {}", u.0)))
 }
 
 /// Parameter `$n` as text, for LIMIT/OFFSET/HAVING values (binary

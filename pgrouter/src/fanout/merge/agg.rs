@@ -359,13 +359,25 @@ fn interval_parts(t: ColType, b: &[u8]) -> Result<(i32, i32, i64), MergeError> {
         .ok_or_else(bad)
 }
 
-/// `a + b`, or PostgreSQL's error when finite values overflowed.
-fn float_add<F: std::ops::Add<Output = F>>(a: F, b: F, overflowed: bool) -> Result<F, MergeError> {
+/// `a + b`, or PostgreSQL's error when finite values overflowed. A NaN
+/// partial `b` is the result as it is: it is the NaN PostgreSQL read
+/// (positive), which its own sum keeps whatever comes next, while the
+/// hardware's `a + b` keeps the negative NaN of an earlier `inf + -inf`.
+fn float_add<F: std::ops::Add<Output = F> + PartialEq + Copy>(
+    a: F,
+    b: F,
+    overflowed: bool,
+) -> Result<F, MergeError> {
     if overflowed {
         return Err(MergeError {
             sqlstate: "22003",
             message: "value out of range: overflow".into(),
         });
+    }
+    #[allow(clippy::eq_op)]
+    let b_is_nan = b != b;
+    if b_is_nan {
+        return Ok(b);
     }
     Ok(a + b)
 }
@@ -428,4 +440,14 @@ fn numeric(v: &Numeric, t: ColType) -> Vec<u8> {
     } else {
         v.to_text().into_bytes()
     }
+}
+
+#[cfg(test)]
+#[test]
+fn a_nan_partial_stays_postgresqls_nan() {
+    // inf + -inf is the hardware's negative NaN; a shard's NaN is positive.
+    let sum = float_add(f64::INFINITY, f64::NEG_INFINITY, false).unwrap();
+    let nan = f64::from_bits(0x7ff8_0000_0000_0000);
+    assert_eq!(float_add(sum, nan, false).unwrap().to_bits(), nan.to_bits());
+    assert!(float_add(nan, 1.0, false).unwrap().is_nan());
 }

@@ -212,6 +212,9 @@ pub struct Merger {
     /// ([`Merger::with_collations`]); `None`: the database's default
     /// (`MergeContext::text_orders_by_bytes`) is assumed for every column.
     collations: Option<HashMap<Col, Collation>>,
+    /// Enum type OIDs among the columns, as a shard named them
+    /// ([`Merger::with_enums`]): keys compared by their labels.
+    enums: Vec<u32>,
 }
 
 impl Merger {
@@ -261,7 +264,15 @@ impl Merger {
             finished: false,
             failure,
             collations: None,
+            enums: Vec::new(),
         }
+    }
+
+    /// The enum types among the result columns (user types are refused as
+    /// GROUP BY / DISTINCT keys unless named here).
+    pub fn with_enums(mut self, enums: Vec<u32>) -> Merger {
+        self.enums = enums;
+        self
     }
 
     /// The collations of the result columns (as a shard reported them);

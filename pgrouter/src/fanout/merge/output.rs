@@ -128,7 +128,7 @@ impl Merger {
             }
             for c in &a.group_by {
                 let t = types[in_range(layout.resolve(*c))?];
-                t.check_keyable()?;
+                t.check_keyable(&self.enums)?;
                 self.check_equality(t, *c, "GROUP BY")?;
                 self.check_date_style(t)?;
             }
@@ -138,7 +138,7 @@ impl Merger {
         }
         if self.spec.distinct {
             for (i, &t) in types[..layout.visible].iter().enumerate() {
-                t.check_keyable()?;
+                t.check_keyable(&self.enums)?;
                 if self.spec.visible.is_some() {
                     self.check_equality(t, Col::Visible(i), "DISTINCT")?;
                 }

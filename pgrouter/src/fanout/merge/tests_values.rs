@@ -276,3 +276,22 @@ fn garbage_from_a_shard_is_an_error_never_a_panic() {
         let _ = datetime::timetz(&format!("10:00:00{s}"));
     }
 }
+
+#[test]
+fn only_types_with_one_form_per_value_are_group_keys() {
+    use super::types::ColType;
+    let t = |oid| ColType { oid, binary: false };
+    for oid in [
+        16, 17, 18, 19, 20, 23, 25, 700, 1042, 1043, 1186, 1700, 2950, 1007, 1016, 1000,
+    ] {
+        assert!(t(oid).check_keyable(&[]).is_ok(), "{oid}");
+    }
+    // record, a table's row type, jsonb, numeric[], text[], inet, int4range.
+    for oid in [2249, 16500, 3802, 1231, 1009, 869, 3904] {
+        let err = t(oid).check_keyable(&[]).unwrap_err();
+        assert_eq!(err.sqlstate, "0A000", "{oid}");
+    }
+    // An enum a shard named: its labels are its values.
+    assert!(t(16500).check_keyable(&[16500]).is_ok());
+    assert!(t(2249).check_keyable(&[2249]).is_err());
+}

@@ -31,18 +31,14 @@ pub const TIMETZ: u32 = 1266;
 pub const NUMERIC: u32 = 1700;
 pub const UUID: u32 = 2950;
 
-/// Types whose equal values can have different representations and that
-/// this module does not read: refused as GROUP BY / DISTINCT keys.
-const UNCANONICAL: &[(u32, &str)] = &[
-    (3802, "jsonb"),
-    (1231, "numeric[]"),
-    (1021, "float4[]"),
-    (1022, "float8[]"),
-    (1187, "interval[]"),
-    (1014, "bpchar[]"),
-    (1185, "timestamptz[]"),
-    (790, "money"),
-];
+/// Arrays whose equality is equality of their text and binary forms:
+/// elements of types with one representation per value, and dimensions
+/// and lower bounds that `=` compares as well. int2[], int4[], int8[],
+/// bool[], oid[], "char"[], uuid[].
+const BYTE_EQUAL_ARRAYS: &[u32] = &[1005, 1007, 1016, 1000, 1028, 1002, 2951];
+
+/// The first OID of objects created by users (enums, composites, ...).
+const FIRST_USER_OID: u32 = 16384;
 
 /// One column's type and format, from a RowDescription.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,14 +87,22 @@ impl ColType {
         )
     }
 
-    /// Refuses types whose values cannot be keyed by their bytes.
-    pub fn check_keyable(self) -> Result<(), MergeError> {
-        match UNCANONICAL.iter().find(|(oid, _)| *oid == self.oid) {
-            Some((_, name)) => Err(MergeError::unsupported(format!(
-                "GROUP BY or DISTINCT on type {name} across shards is not supported"
-            ))),
-            None => Ok(()),
+    /// Refuses GROUP BY / DISTINCT keys of types whose equal values may
+    /// differ in their text or binary form (records, numeric[], jsonb,
+    /// ranges, inet, ...): an allow-list of the types [`key`] reads
+    /// exactly, arrays of byte-equal elements and the `enums` (user types
+    /// a shard named as enums: equal labels are equal values).
+    pub fn check_keyable(self, enums: &[u32]) -> Result<(), MergeError> {
+        if self.is_ordered()
+            || BYTE_EQUAL_ARRAYS.contains(&self.oid)
+            || (self.oid >= FIRST_USER_OID && enums.contains(&self.oid))
+        {
+            return Ok(());
         }
+        Err(MergeError::unsupported(format!(
+            "GROUP BY or DISTINCT on type {} across shards is not supported",
+            type_name(self.oid)
+        )))
     }
 }
 
@@ -353,6 +357,14 @@ pub fn type_name(oid: u32) -> String {
         NUMERIC => "numeric",
         UUID => "uuid",
         3802 => "jsonb",
+        2249 => "record",
+        1231 => "numeric[]",
+        1021 => "real[]",
+        1022 => "double precision[]",
+        1187 => "interval[]",
+        1014 => "character[]",
+        1009 => "text[]",
+        1185 => "timestamptz[]",
         114 => "json",
         790 => "money",
         _ => return format!("with OID {oid}"),
