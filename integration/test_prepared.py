@@ -496,3 +496,24 @@ def test_parse_of_an_existing_statement_name_fails_like_postgres(routers, cluste
     for (label, want), (_, have) in zip(expected, got):
         assert have == want, f"{label}: router {have} != PostgreSQL {want}"
     assert len(got) == len(expected)
+
+
+def test_another_clients_protocol_statement_cannot_be_executed_or_deallocated(routers):
+    """The router names protocol-level statements `pgrouter_<n>` on the
+    shared server; another client naming one in SQL (EXECUTE, DEALLOCATE)
+    gets what PostgreSQL gives for a statement it never prepared (26000),
+    and the owner's statement keeps working."""
+    router = routers.start(general={"default_pool_size": 1})
+    hint = "/* pgrouter: role=primary */ "
+    q = hint + "SELECT %s::text || ' (B private)' AS b_col"
+    with connect(router.dsn(), prepare_threshold=0) as b, connect(router.dsn()) as a:
+        assert b.execute(q, ("x",)).fetchone() == ("x (B private)",)
+        names = [r[0] for r in a.execute(
+            hint + "SELECT name FROM pg_prepared_statements WHERE statement LIKE '%(B private)%'")]
+        assert names and all(n.startswith("pgrouter_") for n in names), names
+        for sql in (f"EXECUTE {names[0]}('run by A')", f"DEALLOCATE {names[0]}"):
+            with pytest.raises(psycopg.Error) as err:
+                a.execute(hint + sql)
+            assert err.value.sqlstate == "26000", (sql, err.value)
+        for _ in range(3):
+            assert b.execute(q, ("x",)).fetchone() == ("x (B private)",)

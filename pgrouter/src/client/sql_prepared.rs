@@ -93,10 +93,14 @@ impl Session {
                     let on_server = server.sql_prepared.get(name).cloned();
                     let Some(p) = self.sql_prepared.get(name) else {
                         // Not this client's: another client's statement of
-                        // that name must not run; PostgreSQL reports 26000.
+                        // that name (its SQL PREPARE, or a protocol-level
+                        // statement the router named `pgrouter_<n>`) must
+                        // not run; PostgreSQL reports 26000.
                         if on_server.is_some() {
                             inject.push((deallocate(name), undo(name, &on_server)));
                             server.sql_prepared.remove(name);
+                        } else if server.take_shared_named(name) {
+                            inject.push((deallocate(name), GuardFor::Policy));
                         }
                         continue;
                     };
@@ -111,8 +115,14 @@ impl Session {
                     }
                 }
                 StatementKind::Deallocate { name: Some(n) } => {
-                    self.sql_prepared.remove(n);
+                    let mine = self.sql_prepared.remove(n).is_some();
                     server.sql_prepared.remove(n);
+                    if !mine && server.take_shared_named(n) {
+                        // Another client's protocol-level statement: gone
+                        // before the client's DEALLOCATE, which then fails
+                        // (26000) as the client never prepared it.
+                        inject.push((deallocate(n), GuardFor::Policy));
+                    }
                 }
                 StatementKind::Deallocate { name: None } => {
                     self.sql_prepared.clear();

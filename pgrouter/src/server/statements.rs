@@ -56,6 +56,22 @@ impl ServerStatements {
         self.last_use.remove(&id);
     }
 
+    /// Forgets the shared statement a client named in SQL (`EXECUTE
+    /// pgrouter_7`, `DEALLOCATE pgrouter_7`), if the server has it: the
+    /// router then deallocates it first, so that the client gets what
+    /// PostgreSQL gives for a statement it never prepared (26000), and the
+    /// statement's owners prepare it again when they next use it.
+    pub fn take_shared_named(&mut self, name: &str) -> bool {
+        let id = name
+            .strip_prefix("pgrouter_")
+            .filter(|digits| digits.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|digits| digits.parse::<u64>().ok());
+        match id {
+            Some(id) if self.last_use.remove(&id).is_some() => true,
+            _ => false,
+        }
+    }
+
     /// After DISCARD ALL / DEALLOCATE ALL the server has nothing prepared.
     pub fn clear(&mut self) {
         self.last_use.clear();
