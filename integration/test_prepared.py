@@ -517,3 +517,37 @@ def test_another_clients_protocol_statement_cannot_be_executed_or_deallocated(ro
             assert err.value.sqlstate == "26000", (sql, err.value)
         for _ in range(3):
             assert b.execute(q, ("x",)).fetchone() == ("x (B private)",)
+
+
+def test_statements_prepared_after_a_table_changed_are_planned_afresh(routers, cluster, table):
+    """After ALTER TABLE changes a table's columns, PostgreSQL refuses to
+    run statements planned before (0A000 "cached plan must not change
+    result type"); asyncpg then prepares the statement again, and a new
+    client prepares it anew. Through the router's shared statements that
+    new Parse must not land on the stale one again (it did: every
+    execution failed, for every client)."""
+    router = routers.start(general={"default_pool_size": 2})
+    q = f"SELECT * FROM {table} WHERE a = $1"
+
+    async def main():
+        c = await aconnect(router)
+        await c.execute(f"CREATE TABLE {table} (a int, b text); INSERT INTO {table} VALUES (1, 'x')")
+        await asyncio.get_running_loop().run_in_executor(None, wait_replayed, cluster)
+        assert [tuple(r) for r in await c.fetch(q, 1)] == [(1, "x")]
+        warm = [await aconnect(router) for _ in range(4)]
+        for _ in range(3):
+            await asyncio.gather(*[w.fetch(q, 1) for w in warm])
+        for w in warm:
+            await w.close()
+        await c.execute(f"ALTER TABLE {table} ADD COLUMN c int DEFAULT 7")
+        await asyncio.get_running_loop().run_in_executor(None, wait_replayed, cluster)
+        for _ in range(3):
+            assert [tuple(r) for r in await c.fetch(q, 1)] == [(1, "x", 7)]
+        for _ in range(3):
+            n = await aconnect(router)
+            try:
+                assert [tuple(r) for r in await n.fetch(q, 1)] == [(1, "x", 7)]
+            finally:
+                await n.close()
+        await c.close()
+    run_async(main())

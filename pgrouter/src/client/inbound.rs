@@ -201,6 +201,9 @@ impl Session {
                         self.temps.on_error();
                         if let Ok(f) = parse_error_fields(body) {
                             self.state.metrics.record_error(&f.code);
+                            if is_stale_plan(&f) {
+                                self.state.statements.forget_texts();
+                            }
                         }
                         if !self.pending_prepares.is_empty() {
                             // PREPAREs of the failed request did not happen.
@@ -412,4 +415,12 @@ fn note_change_on_server(
             }
         }
     }
+}
+
+/// PostgreSQL's error for a prepared statement whose result columns changed
+/// since it was planned (`RevalidateCachedQuery`, 0A000).
+fn is_stale_plan(f: &crate::protocol::backend::ErrorFields) -> bool {
+    f.code == "0A000"
+        && (f.routine == "RevalidateCachedQuery"
+            || f.message == "cached plan must not change result type")
 }

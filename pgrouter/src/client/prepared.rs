@@ -61,6 +61,16 @@ impl StatementRegistry {
         stmt
     }
 
+    /// A server found a statement's plan no longer valid ("cached plan
+    /// must not change result type", after DDL changed a table's columns):
+    /// statements prepared from now on get new server names, so they are
+    /// planned afresh, as a new PREPARE is on PostgreSQL. Those prepared
+    /// before keep failing, as they would on PostgreSQL (drivers such as
+    /// asyncpg then prepare them again).
+    pub fn forget_texts(&self) {
+        self.by_text.lock().clear();
+    }
+
     pub fn len(&self) -> usize {
         self.by_text.lock().len()
     }

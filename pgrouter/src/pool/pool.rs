@@ -488,6 +488,7 @@ impl Pool {
                 severity: "FATAL".into(),
                 code: "28P01".into(),
                 message: message.clone(),
+                routine: String::new(),
             },
             Err(_) => return,
         };

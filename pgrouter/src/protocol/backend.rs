@@ -125,6 +125,8 @@ pub struct ErrorFields {
     pub severity: String,
     pub code: String,
     pub message: String,
+    /// The server function that raised it (`R`), e.g. `RevalidateCachedQuery`.
+    pub routine: String,
 }
 
 pub fn parse_error_fields(body: &[u8]) -> Result<ErrorFields, ProtocolError> {
@@ -141,6 +143,7 @@ pub fn parse_error_fields(body: &[u8]) -> Result<ErrorFields, ProtocolError> {
             b'S' if fields.severity.is_empty() => fields.severity = value.to_string(),
             b'C' => fields.code = value.to_string(),
             b'M' => fields.message = value.to_string(),
+            b'R' => fields.routine = value.to_string(),
             _ => {}
         }
     }
