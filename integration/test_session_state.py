@@ -456,3 +456,52 @@ def test_many_clients_own_settings(routers, cluster):
     for t in threads:
         t.join(60)
     assert errors == []
+
+
+def test_discard_all_in_a_transaction_block_fails_and_discards_nothing(routers):
+    """PostgreSQL refuses DISCARD ALL inside a transaction block (25001, or
+    25P02 once the transaction failed) and discards nothing: the client's
+    prepared statements (protocol-level and SQL PREPARE) and settings stay,
+    whether DISCARD ALL is sent as a simple query or as a named statement."""
+    router = routers.start(general={"default_pool_size": 1})
+
+    def code(conn, sql):
+        with pytest.raises(psycopg.Error) as err:
+            conn.execute(sql)
+        return err.value.sqlstate
+
+    # a: every statement prepared (named); s: simple queries.
+    with connect(router.dsn(), prepare_threshold=0) as a, connect(router.dsn()) as s, \
+            connect(router.dsn()) as b:
+        # A) as a named prepared statement, in an open transaction.
+        assert a.execute("SELECT 42").fetchone() == (42,)
+        a.execute("BEGIN")
+        assert code(a, "DISCARD ALL") == "25001"
+        a.execute("ROLLBACK")
+        b.execute("SELECT 1")
+        assert a.execute("SELECT 42").fetchone() == (42,)
+        # B) as a simple query, in a failed transaction.
+        a.execute("BEGIN")
+        assert code(a, "SELECT 1/0") == "22012"
+        a.prepare_threshold = None
+        assert code(a, "DISCARD ALL") == "25P02"
+        a.prepare_threshold = 0
+        assert code(a, "SELECT 42") == "25P02"
+        a.execute("ROLLBACK")
+        assert a.execute("SELECT 42").fetchone() == (42,)
+        # C) as a simple query, in an open transaction: SQL prepared
+        # statements and settings stay.
+        s.execute("PREPARE ss_keep AS SELECT 7")
+        s.execute("SET application_name = 'kept'")
+        s.execute("BEGIN")
+        assert code(s, "DISCARD ALL") == "25001"
+        s.execute("ROLLBACK")
+        b.execute("SELECT 1")
+        assert s.execute("EXECUTE ss_keep").fetchone() == (7,)
+        assert s.execute("SHOW application_name").fetchone() == ("kept",)
+        # Outside a transaction it discards everything, as before.
+        s.execute("DISCARD ALL")
+        assert code(s, "EXECUTE ss_keep") == "26000"
+        assert s.execute("SHOW application_name").fetchone() != ("kept",)
+        a.execute("DISCARD ALL")
+        assert a.execute("SELECT 42").fetchone() == (42,)

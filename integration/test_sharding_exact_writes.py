@@ -14,6 +14,7 @@ Shares the three-shard setup of test_sharding_routing.py."""
 from __future__ import annotations
 
 import psycopg
+import pytest
 
 from harness.clients import connect
 from harness.pg import APP_DB
@@ -113,3 +114,39 @@ def test_any_with_a_multidimensional_array(srouter, shards):
             raise AssertionError("accepted")
         except psycopg.Error as e:
             assert e.sqlstate == "22P02"
+
+
+def test_pipeline_failing_on_one_shard_of_a_transaction_reports_failed_status(srouter, shards):
+    """A pipeline inside a transaction with statements on two shards, one
+    failing (23505): every ReadyForQuery after it — the explicit Sync's and
+    the one psycopg sends at the pipeline's end — says the transaction
+    failed (E), as PostgreSQL's would; later statements get 25P02."""
+    on = {}
+    for k in range(1, 50):
+        on.setdefault(hash_shard(shards[0], "sh_hp_int8", 3, k), k)
+    a, b, c3 = on[0], on[1], on[2]
+    for s in shards:
+        with s.connect(APP_DB) as c:
+            c.execute("CREATE UNIQUE INDEX IF NOT EXISTS sh_orders_key ON sh_orders (customer_id)")
+    try:
+        with connect(srouter.dsn(), autocommit=False) as conn:
+            conn.execute("INSERT INTO sh_orders (customer_id, note) VALUES (%s, 'a'), (%s, 'b'), (%s, 'c')",
+                         (a, b, c3))
+            conn.commit()
+            with pytest.raises(psycopg.errors.UniqueViolation):
+                with conn.pipeline() as p:
+                    conn.execute("UPDATE sh_orders SET note = 'a2' WHERE customer_id = %s", (a,))
+                    conn.execute("INSERT INTO sh_orders (customer_id, note) VALUES (%s, 'dup')", (b,))
+                    conn.execute("UPDATE sh_orders SET note = 'c3' WHERE customer_id = %s", (c3,))
+                    p.sync()
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INERROR
+            with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+                conn.execute("SELECT note FROM sh_orders WHERE customer_id = %s", (a,))
+            conn.rollback()
+            got = conn.execute("SELECT customer_id, note FROM sh_orders ORDER BY 1").fetchall()
+            assert got == sorted([(a, "a"), (b, "b"), (c3, "c")])
+            conn.rollback()
+    finally:
+        for s in shards:
+            with s.connect(APP_DB) as c:
+                c.execute("DROP INDEX IF EXISTS sh_orders_key")

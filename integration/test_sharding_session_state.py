@@ -214,3 +214,18 @@ def test_ddl_on_a_temp_table_runs_on_its_shard_only(routers, shards):
             c.execute("DROP TABLE ss_own")
     assert per_shard(shards, "SELECT count(*) FROM pg_class WHERE relpersistence = 't' "
                              "AND relname LIKE 'ss\\_%'") == [[(0,)]] * 3
+
+
+def test_discard_all_in_a_transaction_block_is_refused_as_by_postgresql(routers, shards):
+    """BEGIN on a sharded database is answered before a shard is chosen;
+    a DISCARD ALL after it must still fail as PostgreSQL's does (25001)
+    and discard nothing, not be answered "DISCARD ALL" by the router."""
+    r = start(routers, shards)
+    with connect(r.dsn()) as conn:
+        conn.execute("PREPARE ss_p AS SELECT 7")
+        conn.execute("BEGIN")
+        with pytest.raises(psycopg.Error) as err:
+            conn.execute("DISCARD ALL")
+        assert err.value.sqlstate == "25001", err.value
+        conn.execute("ROLLBACK")
+        assert conn.execute("EXECUTE ss_p").fetchone() == (7,)

@@ -48,6 +48,11 @@ pub struct StatementKeys {
     /// Tables of the statement that are in no scope: their keys cannot be
     /// found (qualified as written, like [`crate::Analysis::tables`]).
     pub unplaced: Vec<String>,
+    /// CREATE TABLE ... AS, CREATE MATERIALIZED VIEW, CREATE VIEW: the
+    /// object is defined by a query (named here), whose tables are among
+    /// `unplaced`. DDL runs on every shard, where such a query sees only
+    /// that shard's rows of a sharded table.
+    pub defined_by_query: Option<&'static str>,
 }
 
 /// One query level: the tables it reads and what its WHERE clause says.
@@ -205,6 +210,18 @@ impl Extract<'_> {
                 self.own_scope(scope);
                 self.with(d.with_clause.as_ref());
             }
+            N::CreateTableAsStmt(c) => {
+                // A table made WITH NO DATA stores nothing of the query; a
+                // materialized view's REFRESH would fill it shard by shard.
+                let matview = c.objtype == pb::ObjectType::ObjectMatview as i32;
+                let no_data = c.into.as_ref().is_some_and(|i| i.skip_data);
+                self.keys.defined_by_query = match (matview, no_data) {
+                    (true, _) => Some("CREATE MATERIALIZED VIEW"),
+                    (false, false) => Some("CREATE TABLE ... AS"),
+                    (false, true) => None,
+                };
+            }
+            N::ViewStmt(_) => self.keys.defined_by_query = Some("CREATE VIEW"),
             N::CopyStmt(c) => {
                 if let Some(q) = c.query.as_deref().and_then(|q| q.node.as_ref()) {
                     self.statement(q);

@@ -50,6 +50,12 @@ impl Session {
         let on_held_server = self.server.is_some();
         let tag = match &statement.kind {
             StatementKind::Deallocate { .. } if on_held_server => return Ok(false),
+            // In a transaction block (BEGIN answered without a server on a
+            // sharded database) PostgreSQL refuses it: it reports 25001 or
+            // 25P02 and nothing is discarded.
+            StatementKind::Discard(DiscardKind::All) if !self.discard_all_runs(&analysis) => {
+                return Ok(false)
+            }
             StatementKind::Deallocate { name: Some(name) } => {
                 // SQL and protocol-level statements share one namespace.
                 if self.sql_prepared.remove(name).is_none()

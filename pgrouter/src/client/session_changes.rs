@@ -157,8 +157,10 @@ impl Session {
                 StatementKind::Reset(ResetTarget::Name(name)) => {
                     SetChange::Reset { name: name.clone() }
                 }
-                StatementKind::Reset(ResetTarget::All)
-                | StatementKind::Discard(DiscardKind::All) => SetChange::ResetAll,
+                StatementKind::Reset(ResetTarget::All) => SetChange::ResetAll,
+                StatementKind::Discard(DiscardKind::All) if self.discard_all_runs(analysis) => {
+                    SetChange::ResetAll
+                }
                 StatementKind::Transaction(TxEffect::Savepoint) if self.flow.in_tx() => {
                     self.sets.savepoint();
                     continue;

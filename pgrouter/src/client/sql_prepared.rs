@@ -42,6 +42,7 @@ impl Session {
         if !touches_sql_prepared(analysis) {
             return inject;
         }
+        let discard_all_runs = self.discard_all_runs(analysis);
         let mut prepare_texts = self.prepare_texts(analysis, sql);
         let Some(held) = self.server.as_mut() else {
             return inject;
@@ -130,7 +131,7 @@ impl Session {
                     self.local_explains.clear();
                     server.clear();
                 }
-                StatementKind::Discard(DiscardKind::All) => {
+                StatementKind::Discard(DiscardKind::All) if discard_all_runs => {
                     self.sql_prepared.clear();
                     self.statements.clear();
                     self.local_explains.clear();
@@ -236,6 +237,19 @@ impl PendingPrepares {
 
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()
+    }
+}
+
+impl Session {
+    /// Whether a `DISCARD ALL` of `analysis` will discard anything.
+    /// PostgreSQL runs it only alone in its query string and outside a
+    /// transaction block (`PreventInTransactionBlock`); anywhere else it
+    /// fails (25001, or 25P02 in a failed transaction) and changes nothing,
+    /// so the router must keep the client's statements and settings too.
+    /// (A `BEGIN` the router answered itself on a sharded database, see
+    /// `deferred_begin.rs`, opened a block as well.)
+    pub(super) fn discard_all_runs(&self, analysis: &Analysis) -> bool {
+        analysis.statements.len() == 1 && !self.flow.in_tx() && self.deferred_begin.is_none()
     }
 }
 

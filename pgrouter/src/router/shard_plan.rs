@@ -173,6 +173,14 @@ pub fn plan(
     if !p.touched {
         return Ok(None);
     }
+    if let Some(target) = analysis
+        .statements
+        .iter()
+        .zip(&analysis.keys)
+        .find_map(|(s, keys)| p.unsharded_target(&s.kind, keys))
+    {
+        p.unsharded_write_on_shard_0(&target, sharded.first().copied())?;
+    }
     if let Some(why) = p.keyless.take() {
         let kind = p.kind.unwrap_or(ManyKind::Read);
         return many(map, (0..map.shards).collect(), kind, why);
@@ -268,7 +276,12 @@ fn everywhere(
                 }
                 None
             }
-            StatementKind::Ddl => Some(ManyKind::Ddl),
+            StatementKind::Ddl => {
+                if let Some(keys) = keys {
+                    defined_by_sharded_query(map, keys)?;
+                }
+                Some(ManyKind::Ddl)
+            }
             StatementKind::Vacuum | StatementKind::Analyze
                 if !sharded.is_empty() || !reference.is_empty() || analysis.tables.is_empty() =>
             {
@@ -334,6 +347,30 @@ fn everywhere(
         )),
         (None, _) => Ok(None),
     }
+}
+
+/// CREATE TABLE ... AS, CREATE MATERIALIZED VIEW and CREATE VIEW run on
+/// every shard like all DDL, where their query sees only that shard's rows
+/// of a sharded table; and the new object is an unsharded table, read on
+/// shard 0 alone: its reads would be silently partial. Refused (as is
+/// `SELECT ... INTO`). REFRESH MATERIALIZED VIEW needs no check: a view
+/// over a sharded table is never created through the router.
+fn defined_by_sharded_query(map: &ShardMap, keys: &StatementKeys) -> Result<(), Refusal> {
+    let Some(what) = keys.defined_by_query else {
+        return Ok(());
+    };
+    let Some(t) = keys.unplaced.iter().find(|t| map.table(t).is_some()) else {
+        return Ok(());
+    };
+    let hint = if what == "CREATE VIEW" {
+        "query the sharded table directly (the router routes and merges such reads)"
+    } else {
+        "create the table empty (or WITH NO DATA) and insert the rows read through the router"
+    };
+    Err(unsupported(format!(
+        "pgrouter: {what} reading sharded table \"{t}\" is not supported (each shard would see only its own \
+         rows, and reads of the new object go to shard 0 alone); HINT: {hint}"
+    )))
 }
 
 /// A write to a reference table runs on every shard: each copy changes
@@ -576,6 +613,80 @@ impl<'a> Planner<'a> {
             self.check_key_update(keys, first.as_ref())?;
         }
         Ok(())
+    }
+
+    /// The unsharded table (neither sharded nor reference) the statement
+    /// writes, if any: its rows live on shard 0, where statements on it
+    /// alone go (SPEC §5), so a write to it anywhere else is lost to later
+    /// reads.
+    fn unsharded_target(&self, kind: &StatementKind, keys: &StatementKeys) -> Option<String> {
+        let plain = |r: &Relation| !self.map.is_reference(&qualified(r));
+        // As `statement_alone` plans them: an explained INSERT or UPDATE as one
+        // (EXPLAIN ANALYZE runs it; EXPLAIN (ROUTE) shows where it would).
+        let kind = match kind {
+            StatementKind::Explain { .. }
+                if !keys.assignments.is_empty() && keys.insert.is_none() =>
+            {
+                &StatementKind::Update
+            }
+            other => other,
+        };
+        let top = match kind {
+            StatementKind::Insert | StatementKind::Explain { .. } if keys.insert.is_some() => keys
+                .insert
+                .as_ref()
+                .filter(|rows| self.insert_table(rows).is_none() && plain(&rows.relation))
+                .map(|rows| rows.relation.name.clone()),
+            StatementKind::Update | StatementKind::Delete => {
+                keys.scopes.first().and_then(|scope| {
+                    let target = scope.relations.first()?;
+                    (self.table_of(scope, target).is_none() && plain(target))
+                        .then(|| target.name.clone())
+                })
+            }
+            _ => None,
+        };
+        let nameless = self.map.tables.iter().any(|t| t.name.is_none());
+        let nested = || {
+            let inserts = keys
+                .nested_inserts
+                .iter()
+                .find(|rows| self.insert_table(rows).is_none() && plain(&rows.relation))
+                .map(|rows| rows.relation.name.clone());
+            // A name-less entry may make any target sharded: not judged.
+            inserts.or_else(|| {
+                keys.nested_targets
+                    .iter()
+                    .find(|r| !nameless && self.map.relation(r).is_none() && plain(r))
+                    .map(|r| r.name.clone())
+            })
+        };
+        top.or_else(nested)
+    }
+
+    /// A statement writing unsharded table `target` must run on shard 0
+    /// alone; one that reads sharded rows of another shard (or of several)
+    /// would write them where no later statement on `target` looks.
+    fn unsharded_write_on_shard_0(
+        &self,
+        target: &str,
+        sharded: Option<&str>,
+    ) -> Result<(), Refusal> {
+        let elsewhere = match (&self.keyless, self.shards.iter().find(|&&s| s != 0)) {
+            (Some(_), _) => "every shard".to_string(),
+            (None, Some(_)) if self.shards.len() > 1 => format!("{} shards", self.shards.len()),
+            (None, Some(s)) => format!("shard {s}"),
+            (None, None) => return Ok(()),
+        };
+        let source = sharded.map_or_else(
+            || "a sharded table".to_string(),
+            |t| format!("sharded table \"{t}\""),
+        );
+        Err(unsupported(format!(
+            "pgrouter: a write to unsharded table \"{target}\" must run on shard 0 (where statements on it \
+             alone go), and this one reads {source} on {elsewhere}; HINT: read the rows first and write them \
+             as constants, or make \"{target}\" a sharded or reference table"
+        )))
     }
 
     /// The sharded-table entry of an INSERT's target.

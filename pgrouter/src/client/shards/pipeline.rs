@@ -96,7 +96,13 @@ impl Session {
             }
         }
         if let Some(held) = pipe.in_tx {
-            // The transaction goes on (failed if a statement failed).
+            // The transaction goes on (failed if a statement failed). A
+            // failed leg is held from now on, as `step_in_sharded_tx` does
+            // for the next statement: what the client sends before it (a
+            // lone Sync, as psycopg sends at a pipeline's end) is answered
+            // there, and its ReadyForQuery says E as PostgreSQL's would.
+            let failed = legs.iter().find(|l| l.held.conn.tx_status == b'E');
+            let held = failed.map(|l| l.shard).or(held);
             self.restore_legs(legs, held);
             return self.answer_in_tx(Ok(()), None).await;
         }
