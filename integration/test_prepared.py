@@ -551,3 +551,29 @@ def test_statements_prepared_after_a_table_changed_are_planned_afresh(routers, c
                 await n.close()
         await c.close()
     run_async(main())
+
+
+def test_create_table_as_execute_and_explain_execute_find_the_prepared_statement(routers, table):
+    """`CREATE TABLE t AS EXECUTE p` and `EXPLAIN EXECUTE p` run a SQL
+    prepared statement like `EXECUTE p` does: the router must make sure
+    the server running them has it. (Here another client's DEALLOCATE of
+    that name on the one shared connection took it off the server: the
+    router re-creates it there for the owner, as for a plain EXECUTE.)"""
+    router = routers.start(general={"default_pool_size": 1})
+    primary = "/* pgrouter: role=primary */ "
+    with connect(router.dsn()) as conn, connect(router.dsn()) as other:
+        simple = psycopg.ClientCursor(conn)  # psql's simple query protocol
+        simple.execute(primary + "PREPARE ctas_p(int) AS SELECT g AS n FROM generate_series(1, $1) g")
+        assert simple.execute(primary + "EXECUTE ctas_p(1)").fetchall() == [(1,)]
+        with pytest.raises(psycopg.Error) as err:
+            other.execute(primary + "DEALLOCATE ctas_p")
+        assert err.value.sqlstate == "26000", err.value
+        assert simple.execute(f"CREATE TABLE {table} AS EXECUTE ctas_p(3)").statusmessage == "SELECT 3"
+        assert conn.execute(primary + "SELECT count(*) FROM " + table).fetchone() == (3,)
+        other.execute(primary + "PREPARE ctas_p AS SELECT 'other'")
+        plan = simple.execute(primary + "EXPLAIN EXECUTE ctas_p(2)").fetchall()
+        assert plan and "Function Scan" in plan[0][0], plan
+        # Not this client's statement: 26000 as on PostgreSQL.
+        with pytest.raises(psycopg.Error) as err:
+            psycopg.ClientCursor(other).execute(f"CREATE TABLE {table}_x AS EXECUTE nobody_p(1)")
+        assert err.value.sqlstate == "26000", err.value

@@ -59,6 +59,10 @@ pub struct Analysis {
     /// without schema: on a sharded database they live on one shard only,
     /// so later DDL naming them must run there, not on every shard.
     pub temp_relations: Vec<String>,
+    /// SQL-level prepared statements run from inside another statement
+    /// (`CREATE TABLE t AS EXECUTE p`, `EXPLAIN EXECUTE p`): the router
+    /// must have them on the server like a plain `EXECUTE p`.
+    pub nested_executes: Vec<String>,
     /// `set_config(name, value, false)` calls known to run, in order (see
     /// the `set_config` module): the router tracks them like `SET`. Calls
     /// it cannot be sure of leave `calls_set_config` set instead.

@@ -19,9 +19,23 @@ pub(crate) fn add_tree(stmts: &[RawStmt], write_functions: &[String], a: &mut An
         a.is_write |= info.is_write;
         a.creates_by_search_path |= crate::session_state::creates_by_search_path(node);
         a.temp_relations.extend(crate::session_state::temp_relation(node));
+        a.nested_executes.extend(nested_execute(node));
         a.statements.push(info);
     }
     a.temp_search_path = may_set_temp_search_path(a);
+}
+
+/// The prepared statement a CREATE TABLE AS or EXPLAIN runs (`... EXECUTE p`).
+fn nested_execute(node: &N) -> Option<String> {
+    let query = match node {
+        N::CreateTableAsStmt(s) => s.query.as_ref(),
+        N::ExplainStmt(e) => e.query.as_ref(),
+        _ => None,
+    }?;
+    match query.node.as_ref()? {
+        N::ExecuteStmt(e) => Some(e.name.clone()),
+        _ => None,
+    }
 }
 
 /// Whether the text may put the temporary schema on the search_path: a SET

@@ -9,6 +9,7 @@ use pgrouter_parser::{Analysis, DiscardKind, StatementKind};
 use super::expect::GuardFor;
 use super::prepared::SqlPrepared;
 use super::session::Session;
+use crate::server::ServerStatements;
 
 impl Session {
     /// Runs the fixups a statement needs (see [`Self::sql_prepared_fixups`])
@@ -91,29 +92,7 @@ impl Session {
                     }
                 }
                 StatementKind::Execute { name } => {
-                    let on_server = server.sql_prepared.get(name).cloned();
-                    let Some(p) = self.sql_prepared.get(name) else {
-                        // Not this client's: another client's statement of
-                        // that name (its SQL PREPARE, or a protocol-level
-                        // statement the router named `pgrouter_<n>`) must
-                        // not run; PostgreSQL reports 26000.
-                        if on_server.is_some() {
-                            inject.push((deallocate(name), undo(name, &on_server)));
-                            server.sql_prepared.remove(name);
-                        } else if server.take_shared_named(name) {
-                            inject.push((deallocate(name), GuardFor::Policy));
-                        }
-                        continue;
-                    };
-                    if on_server.as_deref() != Some(&*p.prepare_sql) {
-                        if on_server.is_some() {
-                            inject.push((deallocate(name), undo(name, &on_server)));
-                        }
-                        inject.push((p.prepare_sql.to_string(), undo(name, &on_server)));
-                        server
-                            .sql_prepared
-                            .insert(name.clone(), p.prepare_sql.clone());
-                    }
+                    executable_here(name, self.sql_prepared.get(name), server, &mut inject);
                 }
                 StatementKind::Deallocate { name: Some(n) } => {
                     let mine = self.sql_prepared.remove(n).is_some();
@@ -140,6 +119,10 @@ impl Session {
                 }
                 _ => {}
             }
+        }
+        // `CREATE TABLE t AS EXECUTE p`, `EXPLAIN EXECUTE p`: as `EXECUTE p`.
+        for name in &analysis.nested_executes {
+            executable_here(name, self.sql_prepared.get(name), server, &mut inject);
         }
         if discarded {
             // DISCARD ALL takes every setting back to the server's login
@@ -255,16 +238,54 @@ impl Session {
 
 /// Whether a statement of `analysis` creates, runs or drops SQL prepared
 /// statements (the only ones [`Session::sql_prepared_fixups`] looks at).
+/// Makes `EXECUTE name` on the held server run the client's own statement
+/// (`mine`): re-created there when missing or different. Not the client's,
+/// another client's statement of that name (its SQL PREPARE, or a
+/// protocol-level statement the router named `pgrouter_<n>`) must not run:
+/// it is removed first, and PostgreSQL reports 26000 as it would.
+fn executable_here(
+    name: &str,
+    mine: Option<&SqlPrepared>,
+    server: &mut ServerStatements,
+    inject: &mut Vec<(String, GuardFor)>,
+) {
+    let deallocate = format!("DEALLOCATE {}", super::params::quote_ident(name));
+    let on_server = server.sql_prepared.get(name).cloned();
+    let undo = GuardFor::SqlPrepared {
+        name: name.into(),
+        before: on_server.clone(),
+    };
+    let Some(p) = mine else {
+        if on_server.is_some() {
+            inject.push((deallocate, undo));
+            server.sql_prepared.remove(name);
+        } else if server.take_shared_named(name) {
+            inject.push((deallocate, GuardFor::Policy));
+        }
+        return;
+    };
+    if on_server.as_deref() != Some(&*p.prepare_sql) {
+        if on_server.is_some() {
+            inject.push((deallocate, undo.clone()));
+        }
+        inject.push((p.prepare_sql.to_string(), undo));
+        server
+            .sql_prepared
+            .insert(name.to_string(), p.prepare_sql.clone());
+    }
+}
+
 pub(super) fn touches_sql_prepared(analysis: &Analysis) -> bool {
-    analysis.statements.iter().any(|s| {
-        matches!(
-            s.kind,
-            StatementKind::Prepare { .. }
-                | StatementKind::Execute { .. }
-                | StatementKind::Deallocate { .. }
-                | StatementKind::Discard(DiscardKind::All)
-        )
-    })
+    !analysis.nested_executes.is_empty()
+        || analysis.statements.iter().any(|s| {
+            matches!(
+                s.kind,
+                StatementKind::Prepare { .. }
+                    | StatementKind::Execute { .. }
+                    | StatementKind::Deallocate { .. }
+                    | StatementKind::Discard(DiscardKind::All)
+            )
+        })
 }
 
 #[cfg(test)]
