@@ -262,6 +262,8 @@ fn check(data: &[u8]) {
     let ctx = MergeContext {
         text_orders_by_bytes: shape & 4 != 0,
         datestyle_iso: shape & 8 == 0,
+        intervalstyle_postgres: shape & 64 == 0,
+        float_digits_exact: shape & 128 == 0,
         send_row_description: shape & 16 == 0,
     };
     let oracle = shape & 32 != 0;
