@@ -20,6 +20,10 @@ const KEEP_TEXT_BYTES: usize = 64 * 1024;
 /// 16 KiB per session). pgbench's TPC-B alone has nine shapes (a negative
 /// delta is an operator and a literal, a positive one a literal), so
 /// eight thrashed: every statement went to the normalized key.
+/// What [`AnalysisMemo::template_match`] finds: the byte length of the matched
+/// statement, its analysis, and where its literals are (start, end).
+type TemplateMatch = (usize, Arc<Analysis>, Vec<(usize, usize)>);
+
 const TEMPLATES: usize = 16;
 const TEMPLATE_TEXT_BYTES: usize = 1024;
 
@@ -120,10 +124,7 @@ impl AnalysisMemo {
     /// that fits a kept template, its analysis, and where its literals are.
     /// The template moves to the front, so the statements a client cycles
     /// through are found first and the one unused longest is replaced.
-    pub(super) fn template_match(
-        &mut self,
-        at: &[u8],
-    ) -> Option<(usize, Arc<Analysis>, Vec<(usize, usize)>)> {
+    pub(super) fn template_match(&mut self, at: &[u8]) -> Option<TemplateMatch> {
         let mut spans = self.literal_spans.take().unwrap_or_default();
         let (index, len) = self
             .templates

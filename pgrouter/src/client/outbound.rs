@@ -417,7 +417,7 @@ impl Session {
             .set_server(&conn.addr, conn.backend_pid, conn.backend_secret);
         let mut held = Held::new(
             conn,
-            &slot,
+            slot,
             route.shard,
             route.role == Role::Primary,
             now,

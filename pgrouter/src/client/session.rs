@@ -368,10 +368,11 @@ impl Session {
         }
     }
 
-    /// Every request answered and no extended batch open.
     /// The queue of messages for the held server (its connection's
     /// `write_buf`, sent by `Held::flush`). With no server held, a scratch
     /// buffer dropped at the next flush: nothing can be sent.
+    // "to the server", not a conversion: the name reads as the direction.
+    #[allow(clippy::wrong_self_convention)]
     pub(super) fn to_server(&mut self) -> &mut BytesMut {
         match self.server.as_mut() {
             Some(held) => &mut held.conn.write_buf,

@@ -6,6 +6,8 @@
 mod cap;
 mod cluster;
 pub mod health;
+// The `Pool` type lives in its own file; `pool::Pool` reads as intended.
+#[allow(clippy::module_inception)]
 mod pool;
 mod queue;
 #[cfg(test)]

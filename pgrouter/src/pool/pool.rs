@@ -11,6 +11,10 @@ use crate::metrics::snapshot::PoolLabels;
 use crate::metrics::PoolMetrics;
 use crate::server::{ServerConn, ServerError, ServerTarget};
 
+/// Name-value pairs a server reports at login, shared by every client
+/// that logs in through the pool.
+type ServerParams = Arc<Vec<(String, String)>>;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PoolSettings {
     pub size: u32,
@@ -89,7 +93,7 @@ pub struct Pool {
     coord: Mutex<()>,
     /// Parameters a fresh server reports (server_version, encodings, ...),
     /// sent to clients at login.
-    default_params: Mutex<Option<Arc<Vec<(String, String)>>>>,
+    default_params: Mutex<Option<ServerParams>>,
     /// The server's last login refusal and until when it stands (see
     /// `PoolSettings::login_backoff`).
     refused: Mutex<Option<(Instant, crate::protocol::backend::ErrorFields)>>,

@@ -37,6 +37,9 @@ pub(super) struct Waiter {
 pub(super) struct Slots {
     /// Idle connections; the most recently used last (LIFO keeps the rest
     /// idle long enough to be closed by the idle timeout).
+    // Boxed on purpose: a ServerConn is large and moves between the
+    // pool and sessions many times; a box moves as one pointer.
+    #[allow(clippy::vec_box)]
     pub idle: Vec<Box<ServerConn>>,
     /// Checkouts outstanding: a connection in use or being opened. At most
     /// the pool's size, except after a reload shrank it.

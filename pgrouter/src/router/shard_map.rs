@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 use pgrouter_config::{Config, CrossShard, ShardKeyType, ShardMapping};
 use pgrouter_parser::shard::{KeyType, Mapping, Placement, Relation};
 
+/// A table's column list and when it was learnt.
+type LearntColumns = (Instant, Arc<Vec<String>>);
+
 /// Shard maps by logical database; a database without sharded or
 /// reference tables has none (its statements route as before).
 #[derive(Debug, Default)]
@@ -46,7 +49,7 @@ pub struct ShardMap {
     pub refuse_cross_shard: bool,
     /// Column lists of sharded tables, learnt from shard 0's catalog for
     /// INSERTs without a column list (see [`Self::known_columns`]).
-    pub(super) columns: parking_lot::Mutex<HashMap<String, (Instant, Arc<Vec<String>>)>>,
+    pub(super) columns: parking_lot::Mutex<HashMap<String, LearntColumns>>,
     /// Facts of the database a merge depends on, learnt from shard 0 once:
     /// whether its collation orders text by bytes, and which function
     /// names are aggregates (user-defined ones look like plain calls).

@@ -66,10 +66,7 @@ impl ServerStatements {
             .strip_prefix("pgrouter_")
             .filter(|digits| digits.bytes().all(|b| b.is_ascii_digit()))
             .and_then(|digits| digits.parse::<u64>().ok());
-        match id {
-            Some(id) if self.last_use.remove(&id).is_some() => true,
-            _ => false,
-        }
+        id.is_some_and(|id| self.last_use.remove(&id).is_some())
     }
 
     /// After DISCARD ALL / DEALLOCATE ALL the server has nothing prepared.

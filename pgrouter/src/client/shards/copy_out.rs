@@ -117,14 +117,14 @@ impl Session {
         }
         let mut started = false;
         let mut total = 0u64;
-        for i in 0..legs.len() {
+        for (i, leg) in legs.iter_mut().enumerate() {
             loop {
-                let (tag, body) = match legs[i].held.conn.read_message().await {
+                let (tag, body) = match leg.held.conn.read_message().await {
                     Ok(m) => m,
                     Err(e) => {
-                        legs[i].held.conn.tx_status = b'E';
-                        legs[i].ready = true;
-                        return Ok(Err(ShardError::lost(legs[i].shard, &e)));
+                        leg.held.conn.tx_status = b'E';
+                        leg.ready = true;
+                        return Ok(Err(ShardError::lost(leg.shard, &e)));
                     }
                 };
                 match tag {
@@ -150,13 +150,13 @@ impl Session {
                     }
                     b'C' => total += super::split_tag(&body).1.unwrap_or(0),
                     b'E' => {
-                        let _ = legs[i].held.conn.read_until_ready().await;
-                        legs[i].ready = true;
+                        let _ = leg.held.conn.read_until_ready().await;
+                        leg.ready = true;
                         return Ok(Err(ShardError::Server(body)));
                     }
                     b'Z' => {
-                        legs[i].ready = true;
-                        legs[i].held.conn.tx_status = body.first().copied().unwrap_or(b'I');
+                        leg.ready = true;
+                        leg.held.conn.tx_status = body.first().copied().unwrap_or(b'I');
                         break;
                     }
                     _ => {}

@@ -124,7 +124,7 @@ impl Session {
         let now = std::time::Instant::now();
         let held = Held::new(
             conn,
-            &slot,
+            slot,
             shard,
             role == Role::Primary,
             now,

@@ -273,10 +273,8 @@ impl Session {
         let mut at = 0;
         let mut frames = Vec::new();
         let mut bad = None;
-        loop {
-            let Some(f) = next_frame(self.cbuf.get(at..).unwrap_or(&[]), self.max_message)? else {
-                break; // a part that arrived without its Flush (a large one)
-            };
+        // Ends early at a part that arrived without its Flush (a large one).
+        while let Some(f) = next_frame(self.cbuf.get(at..).unwrap_or(&[]), self.max_message)? {
             let body = f.body(&self.cbuf[at..]);
             let ok = match f.tag {
                 b'P' | b'B' | b'E' | b'S' | b'H' => true,

@@ -339,7 +339,7 @@ impl Session {
     }
 
     fn tx_role(&self) -> Role {
-        let primary = self.server.as_ref().map_or(true, |h| h.is_primary);
+        let primary = self.server.as_ref().is_none_or(|h| h.is_primary);
         if primary {
             Role::Primary
         } else {

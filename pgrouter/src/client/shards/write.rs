@@ -252,10 +252,12 @@ impl Session {
     /// Rolls back every leg still in a transaction block.
     pub(super) async fn roll_back(&mut self, legs: &mut [Leg]) {
         for leg in legs.iter_mut() {
-            if leg.ready && leg.held.conn.tx_status != b'I' && !leg.cancelled {
-                if leg.held.conn.run_simple("ROLLBACK").await.is_err() {
-                    leg.held.conn.tx_status = b'E';
-                }
+            if leg.ready
+                && leg.held.conn.tx_status != b'I'
+                && !leg.cancelled
+                && leg.held.conn.run_simple("ROLLBACK").await.is_err()
+            {
+                leg.held.conn.tx_status = b'E';
             }
         }
     }
