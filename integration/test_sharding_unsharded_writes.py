@@ -101,3 +101,32 @@ def test_objects_defined_by_a_query_on_a_sharded_table_are_refused(srouter, shar
     assert per_shard(shards, "SELECT count(*) FROM pg_class WHERE relname IN ('shw_mv', 'shw_v')") == [[(0,)]] * 3
     assert per_shard(shards, "SELECT count(*) FROM shw_copy") == [[(0,)]] * 3
     assert per_shard(shards, "SELECT count(*) FROM shw_ref_copy") == [[(1,)]] * 3
+
+
+def test_reads_joining_an_unsharded_table_run_on_shard_0_or_are_refused(srouter, shards, cleanup):
+    """A read of a sharded table together with an unsharded one (join,
+    subquery) must see the unsharded table's rows, which live on shard 0:
+    it runs when its keys name shard 0 only, and is refused (0A000) when it
+    would run elsewhere and read another shard's copy. Reference tables and
+    the system catalogs are alike on every shard."""
+    k0, far = keys_by_shard(shards)
+    with connect(srouter.dsn(), autocommit=True) as conn:
+        conn.execute("CREATE TABLE shw_plain (customer_id bigint, note text)")
+        conn.execute(f"INSERT INTO sh_orders (customer_id, note) VALUES ({k0}, 'zero'), ({far}, 'far')")
+        conn.execute(f"INSERT INTO shw_plain VALUES ({k0}, 'p0'), ({far}, 'pfar')")
+        conn.execute("INSERT INTO sh_countries VALUES ('de')")
+        join = "SELECT o.note, p.note FROM sh_orders o JOIN shw_plain p USING (customer_id)"
+        assert conn.execute(f"{join} WHERE o.customer_id = {k0}").fetchall() == [("zero", "p0")]
+        assert conn.execute(f"{join} WHERE o.customer_id = %s", (k0,)).fetchall() == [("zero", "p0")]
+        for sql, params in [(f"{join} WHERE o.customer_id = {far}", None),
+                            (f"{join} WHERE o.customer_id = %s", (far,)),
+                            (join, None),
+                            ("SELECT note FROM sh_orders WHERE customer_id = (SELECT max(customer_id) FROM shw_plain "
+                             f"WHERE customer_id = {far}) AND customer_id = {far}", None)]:
+            msg = refused(conn, sql, params)
+            assert 'unsharded table "shw_plain"' in msg, (sql, msg)
+        # Reference tables and catalogs: fine on any shard.
+        assert conn.execute(f"SELECT o.note, c.code FROM sh_orders o, sh_countries c "
+                            f"WHERE o.customer_id = {far}").fetchall() == [("far", "de")]
+        assert conn.execute(f"SELECT o.note FROM sh_orders o WHERE o.customer_id = {far} AND EXISTS "
+                            "(SELECT 1 FROM pg_catalog.pg_class WHERE relname = 'sh_orders')").fetchall() == [("far",)]

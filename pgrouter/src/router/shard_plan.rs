@@ -181,6 +181,9 @@ pub fn plan(
     {
         p.unsharded_write_on_shard_0(&target, sharded.first().copied())?;
     }
+    if let Some(table) = unsharded_read(analysis, map) {
+        p.unsharded_read_on_shard_0(table, sharded.first().copied())?;
+    }
     if let Some(why) = p.keyless.take() {
         let kind = p.kind.unwrap_or(ManyKind::Read);
         return many(map, (0..map.shards).collect(), kind, why);
@@ -346,6 +349,35 @@ fn everywhere(
              writes) with others; HINT: send them separately",
         )),
         (None, _) => Ok(None),
+    }
+}
+
+/// A table the text reads that is neither sharded nor a reference table
+/// (nor a system catalog): its rows live on shard 0, where statements on
+/// it alone go, so a statement reading it on another shard reads that
+/// shard's copy — not where its rows are. (A name-less sharded-table entry
+/// may make any table sharded: not judged.)
+pub(super) fn unsharded_read<'a>(analysis: &'a Analysis, map: &ShardMap) -> Option<&'a str> {
+    if map.tables.iter().any(|t| t.name.is_none()) {
+        return None;
+    }
+    analysis
+        .tables
+        .iter()
+        .map(String::as_str)
+        .find(|t| map.table(t).is_none() && !map.is_reference(t) && !is_catalog(t))
+}
+
+/// `pg_catalog.x`, `information_schema.x`, or an unqualified `pg_x`: the
+/// server's own, alike (for the router's purposes) on every shard.
+fn is_catalog(table: &str) -> bool {
+    match table.rsplit_once('.') {
+        Some((schema, _)) => {
+            let schema = schema.rsplit('.').next().unwrap_or(schema);
+            schema.eq_ignore_ascii_case("pg_catalog")
+                || schema.eq_ignore_ascii_case("information_schema")
+        }
+        None => table.starts_with("pg_"),
     }
 }
 
@@ -686,6 +718,25 @@ impl<'a> Planner<'a> {
             "pgrouter: a write to unsharded table \"{target}\" must run on shard 0 (where statements on it \
              alone go), and this one reads {source} on {elsewhere}; HINT: read the rows first and write them \
              as constants, or make \"{target}\" a sharded or reference table"
+        )))
+    }
+
+    /// A statement reading unsharded table `table` must run on shard 0
+    /// alone (see [`unsharded_read`]).
+    fn unsharded_read_on_shard_0(&self, table: &str, sharded: Option<&str>) -> Result<(), Refusal> {
+        let elsewhere = match (&self.keyless, self.shards.iter().find(|&&s| s != 0)) {
+            (Some(_), _) => "every shard".to_string(),
+            (None, Some(_)) if self.shards.len() > 1 => format!("{} shards", self.shards.len()),
+            (None, Some(s)) => format!("shard {s}"),
+            (None, None) => return Ok(()),
+        };
+        let with = sharded.map_or_else(
+            || "a sharded table".to_string(),
+            |t| format!("sharded table \"{t}\""),
+        );
+        Err(unsupported(format!(
+            "pgrouter: unsharded table \"{table}\" has its rows on shard 0, and this statement reads it with \
+             {with} on {elsewhere}; HINT: make \"{table}\" a reference table, or query the two separately"
         )))
     }
 

@@ -119,6 +119,9 @@ pub fn compile(analysis: &Analysis, map: &ShardMap) -> Option<PointPlan> {
     if !keys.unplaced.is_empty() || keys.nested_writes || analysis.hint.shard.is_some() {
         return None;
     }
+    if super::shard_plan::unsharded_read(analysis, map).is_some() {
+        return None; // the general planner judges where it may run
+    }
     let (table, value) = match statement.kind {
         StatementKind::Insert => one_row_insert(keys, map)?,
         StatementKind::Select | StatementKind::Update | StatementKind::Delete => {
