@@ -17,7 +17,7 @@ import pytest
 
 from harness import wire
 from harness.clients import aconnect, connect, run_async
-from harness.pg import pg_tool
+from harness.pg import APP_DB, APP_PASSWORD, APP_USER, pg_tool
 from harness.routes import WHERE, Places, wait_replayed, where
 
 
@@ -577,3 +577,112 @@ def test_create_table_as_execute_and_explain_execute_find_the_prepared_statement
         with pytest.raises(psycopg.Error) as err:
             psycopg.ClientCursor(other).execute(f"CREATE TABLE {table}_x AS EXECUTE nobody_p(1)")
         assert err.value.sqlstate == "26000", err.value
+
+
+
+def test_sql_prepare_failing_at_execute_in_extended_protocol(routers, ptable, cluster):
+    """A PREPARE sent with the extended protocol (asyncpg prepares every
+    statement) is checked by PostgreSQL only at Execute. Through the router
+    (pool_size 1, another client on the same server connection in between)
+    every step answers as on a direct connection: a failed PREPARE leaves
+    the name free, a second PREPARE of it succeeds, EXECUTE runs it."""
+    router = routers.start(general={"default_pool_size": 1})
+    # (statement, whether another client uses the server right after it:
+    # not while the first one's transaction holds it, pool_size being 1).
+    steps = [
+        ("PREPARE xp AS SELECT nosuchcol FROM ps_t", True),
+        ("EXECUTE xp", True),
+        ("PREPARE xp AS SELECT 42", True),
+        ("EXECUTE xp", True),
+        ("BEGIN", False),
+        ("PREPARE xq AS SELECT * FROM no_such_table", False),
+        ("SELECT 1", False),
+        ("ROLLBACK", True),
+        ("PREPARE xq AS SELECT 'q'", True),
+        ("EXECUTE xq", True),
+        ("DEALLOCATE xq", True),
+        ("EXECUTE xq", True),
+    ]
+
+    async def outcomes(connect_a, connect_b):
+        a, b = await connect_a(), await connect_b()
+        seen = []
+        try:
+            for sql, interleave in steps:
+                try:
+                    seen.append(await a.fetch(sql))
+                except asyncpg.PostgresError as e:
+                    seen.append(e.sqlstate)
+                except Exception as e:  # noqa: BLE001 (a driver-side failure is an outcome too)
+                    seen.append(type(e).__name__)
+                if interleave:  # another client takes the server connection
+                    assert await b.fetchval("SELECT 7") == 7
+        finally:
+            await a.close()
+            await b.close()
+        return [[tuple(r) for r in x] if isinstance(x, list) else x for x in seen]
+
+    def direct():
+        p = cluster.primary
+        return asyncpg.connect(host=p.host, port=p.port, user=APP_USER,
+                               password=APP_PASSWORD, database=APP_DB)
+
+    async def main():
+        want = await outcomes(direct, direct)
+        got = await outcomes(lambda: aconnect(router), lambda: aconnect(router))
+        return want, got
+
+    want, got = run_async(main())
+    assert want[0] == "42703" and want[2] == [] and want[9] == [("q",)], want
+    assert got == want
+
+
+def test_sql_prepare_parsed_and_bound_in_two_round_trips(routers, ptable, cluster):
+    """A driver may Parse a PREPARE / DEALLOCATE (Parse + Describe + Sync)
+    and Bind + Execute it in a second round trip, with another client on
+    the server connection in between (pool_size 1). Only the Execute makes
+    or drops the statement — every step answers as directly on PostgreSQL."""
+    router = routers.start(general={"default_pool_size": 1})
+
+    def parse_then_bind(conn, sql, between):
+        conn.send(wire.parse_message(sql) + wire.describe_message(b"S") + wire.sync_message())
+        first = conn.read_batches(1)[0]
+        between()
+        conn.send(wire.bind_message() + wire.execute_message() + wire.sync_message())
+        second = conn.read_batches(1)[0]
+        errors = wire.errors_in(first + second)
+        if errors:
+            return errors[0]["C"]
+        return [m.body.rstrip(b"\0").decode() for m in second if m.kind == b"C"]
+
+    def simple(conn, sql):
+        try:
+            rows, tags, _ = conn.simple_query(sql)
+            return rows or tags
+        except wire.ServerError as e:
+            return e.sqlstate
+
+    def outcomes(port):
+        a = wire.connect(port, APP_USER, APP_DB, APP_PASSWORD)
+        with connect(f"host=127.0.0.1 port={port} user={APP_USER} "
+                     f"password={APP_PASSWORD} dbname={APP_DB}") as b:
+            def between():
+                assert b.execute("SELECT 7").fetchone() == (7,)
+            try:
+                return [
+                    parse_then_bind(a, "PREPARE tw AS SELECT 5", between),
+                    simple(a, "EXECUTE tw"),
+                    parse_then_bind(a, "PREPARE tw AS SELECT 6", between),  # 42P05
+                    simple(a, "EXECUTE tw"),
+                    parse_then_bind(a, "DEALLOCATE tw", between),
+                    simple(a, "EXECUTE tw"),  # 26000
+                    parse_then_bind(a, "PREPARE tw AS SELECT 8", between),
+                    (between(), simple(a, "EXECUTE tw"))[1],
+                ]
+            finally:
+                a.close()
+
+    want = outcomes(cluster.primary.port)
+    assert want == [["PREPARE"], [["5"]], "42P05", [["5"]], ["DEALLOCATE"], "26000",
+                    ["PREPARE"], [["8"]]], want
+    assert outcomes(router.port) == want

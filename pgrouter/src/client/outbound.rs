@@ -609,7 +609,7 @@ impl Session {
                     Some(parse_parse(body)?)
                 };
                 if let (Some(p), false) = (&p, skipping) {
-                    self.inject_fixups(&analysis, p.sql, boundary);
+                    self.inject_fixups(&analysis, p.sql, boundary, false);
                 }
                 match p.filter(|p| !p.name.is_empty()) {
                     // The server skips it after an error: PostgreSQL does
@@ -655,7 +655,7 @@ impl Session {
                     Some(stmt) => {
                         self.note_untracked_changes(&stmt.analysis);
                         if !skipping {
-                            self.inject_fixups(&stmt.analysis, &stmt.sql, boundary);
+                            self.inject_fixups(&stmt.analysis, &stmt.sql, boundary, true);
                         }
                         if !skipping {
                             self.prepare_on_server(&stmt, false);
@@ -664,6 +664,7 @@ impl Session {
                     }
                     None => {
                         if b.statement.is_empty() && !skipping {
+                            self.unnamed_runs(boundary)?;
                             self.parse_unnamed_here(boundary);
                         }
                         self.to_server().extend_from_slice(msg)
@@ -747,7 +748,7 @@ impl Session {
         self.track_session_changes(&analysis);
         self.note_session_state(&analysis);
         if touches_sql_prepared(&analysis) {
-            self.inject_fixups(&analysis, parse_query(body)?, boundary);
+            self.inject_fixups(&analysis, parse_query(body)?, boundary, true);
         }
         self.to_server().extend_from_slice(msg);
         self.expect().forward(Reply::Query);
@@ -773,13 +774,32 @@ impl Session {
             parse_parse(parse.get(5..).unwrap_or(&[])),
         ) {
             if touches_sql_prepared(&analysis) {
-                self.inject_fixups(&analysis, p.sql, boundary);
+                self.inject_fixups(&analysis, p.sql, boundary, false);
             }
         }
         self.to_server().extend_from_slice(&parse);
         self.unnamed_parse = parse;
         self.expect().swallow(Reply::Parse(None));
         self.unnamed_here = true;
+    }
+
+    /// The client's unnamed statement is bound, so it runs: a PREPARE,
+    /// DEALLOCATE or DISCARD ALL in it changes the client's SQL prepared
+    /// statements now (see `sql_prepared_fixups`; its Parse only prepared
+    /// it). The fixups replace the server's unnamed statement, which
+    /// `parse_unnamed_here` then parses again.
+    fn unnamed_runs(&mut self, boundary: bool) -> Result<(), SessionEnd> {
+        let Some(analysis) = self.unnamed.clone() else {
+            return Ok(());
+        };
+        if !touches_sql_prepared(&analysis) {
+            return Ok(());
+        }
+        let parse = std::mem::take(&mut self.unnamed_parse);
+        let sql = parse_parse(parse.get(5..).unwrap_or(&[])).map(|p| p.sql.to_string());
+        self.unnamed_parse = parse;
+        self.inject_fixups(&analysis, &sql?, boundary, true);
+        Ok(())
     }
 
     /// Makes sure the held server has `stmt` prepared. For the client's own

@@ -16,8 +16,17 @@ impl Session {
     /// ahead of it, as guards: should one fail, its error is the client's
     /// statement's (see `replay.rs`). `boundary`: nothing of the client's is
     /// in the server's current transaction, so the fixups commit on their own.
-    pub(super) fn inject_fixups(&mut self, analysis: &Analysis, sql: &str, boundary: bool) {
-        let fixups = self.sql_prepared_fixups(analysis, sql);
+    /// `executes`: the statement runs now (a Query, a Bind); a Parse only
+    /// prepares it, and may run on another server than its Bind (asyncpg
+    /// parses and binds in two round trips).
+    pub(super) fn inject_fixups(
+        &mut self,
+        analysis: &Analysis,
+        sql: &str,
+        boundary: bool,
+        executes: bool,
+    ) {
+        let fixups = self.sql_prepared_fixups(analysis, sql, executes);
         if fixups.is_empty() {
             return;
         }
@@ -34,10 +43,16 @@ impl Session {
     /// (PostgreSQL then reports 26000 as it would), and lets a duplicate
     /// PREPARE fail with 42P05. Returns statements to run first, each with
     /// what it changes on the server (to take back should it not run).
+    ///
+    /// Only an `EXECUTE` needs its statement at Parse (a Describe of it
+    /// describes that statement's result); PREPARE, DEALLOCATE and DISCARD
+    /// ALL change the client's set when they run (`executes`), on the
+    /// server that runs them.
     pub(super) fn sql_prepared_fixups(
         &mut self,
         analysis: &Analysis,
         sql: &str,
+        executes: bool,
     ) -> Vec<(String, GuardFor)> {
         let mut inject = Vec::new();
         if !touches_sql_prepared(analysis) {
@@ -57,6 +72,10 @@ impl Session {
         let mut discarded = false;
         for (index, s) in analysis.statements.iter().enumerate() {
             match &s.kind {
+                StatementKind::Execute { name } => {
+                    executable_here(name, self.sql_prepared.get(name), server, &mut inject);
+                }
+                _ if !executes => {}
                 StatementKind::Prepare { name } => {
                     let on_server = server.sql_prepared.get(name).cloned();
                     if let Some(mine) = self.sql_prepared.get(name) {
@@ -91,13 +110,16 @@ impl Session {
                         }
                     }
                 }
-                StatementKind::Execute { name } => {
-                    executable_here(name, self.sql_prepared.get(name), server, &mut inject);
-                }
                 StatementKind::Deallocate { name: Some(n) } => {
-                    let mine = self.sql_prepared.remove(n).is_some();
+                    let mine = self.sql_prepared.remove(n);
+                    if let Some(mine) = &mine {
+                        // Gone from this server since (another client had
+                        // it): made again, so that the DEALLOCATE succeeds
+                        // as on the client's own connection.
+                        executable_here(n, Some(mine), server, &mut inject);
+                    }
                     server.sql_prepared.remove(n);
-                    if !mine && server.take_shared_named(n) {
+                    if mine.is_none() && server.take_shared_named(n) {
                         // Another client's protocol-level statement: gone
                         // before the client's DEALLOCATE, which then fails
                         // (26000) as the client never prepared it.
