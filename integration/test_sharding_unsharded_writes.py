@@ -130,3 +130,27 @@ def test_reads_joining_an_unsharded_table_run_on_shard_0_or_are_refused(srouter,
                             f"WHERE o.customer_id = {far}").fetchall() == [("far", "de")]
         assert conn.execute(f"SELECT o.note FROM sh_orders o WHERE o.customer_id = {far} AND EXISTS "
                             "(SELECT 1 FROM pg_catalog.pg_class WHERE relname = 'sh_orders')").fetchall() == [("far",)]
+
+
+def test_reference_table_writes_reading_an_unsharded_table_are_refused(srouter, shards, cleanup):
+    """A write to a reference table runs on every shard; an unsharded
+    table's rows are on shard 0 only, so reading one there would give every
+    other shard's copy different rows: refused (0A000), nothing written.
+    Reading constants or reference tables stays exact on every shard."""
+    with connect(srouter.dsn(), autocommit=True) as conn:
+        conn.execute("CREATE TABLE shw_plain (customer_id bigint, note text)")
+        conn.execute("INSERT INTO shw_plain VALUES (1, 'xx')")
+        conn.execute("INSERT INTO sh_countries VALUES ('de')")
+        for sql in ["INSERT INTO sh_countries SELECT note FROM shw_plain",
+                    "INSERT INTO sh_countries VALUES ((SELECT note FROM shw_plain LIMIT 1))",
+                    "UPDATE sh_countries c SET code = p.note FROM shw_plain p",
+                    "DELETE FROM sh_countries c USING shw_plain p WHERE p.note <> c.code",
+                    "WITH x AS (SELECT note FROM shw_plain) INSERT INTO sh_countries SELECT note FROM x"]:
+            msg = refused(conn, sql)
+            assert 'reference table "sh_countries"' in msg and 'unsharded table "shw_plain"' in msg, (sql, msg)
+        msg = refused(conn, "INSERT INTO sh_countries SELECT note FROM shw_plain WHERE customer_id = %s", (1,))
+        assert 'unsharded table "shw_plain"' in msg
+        assert per_shard(shards, "SELECT code FROM sh_countries") == [[("de",)]] * 3
+        cur = conn.execute("INSERT INTO sh_countries SELECT code || '2' FROM sh_countries")
+        assert cur.statusmessage == "INSERT 0 1"
+    assert per_shard(shards, "SELECT code FROM sh_countries ORDER BY 1") == [[("de",), ("de2",)]] * 3

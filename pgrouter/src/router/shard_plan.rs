@@ -410,8 +410,9 @@ fn defined_by_sharded_query(map: &ShardMap, keys: &StatementKeys) -> Result<(), 
 /// sees only its own rows of a sharded table, and a call such as `random()`
 /// or `now()` gives each server its own value, so either would leave the
 /// copies different (and the command tag, one shard's, wrong): refused. So
-/// is a call of a function of the database's own: whether it gives every
-/// server the same value is not known.
+/// is a read of an unsharded table (its rows are on shard 0 only), and a
+/// call of a function of the database's own: whether it gives every server
+/// the same value is not known.
 fn replicated_write_is_exact(
     analysis: &Analysis,
     map: &ShardMap,
@@ -438,6 +439,15 @@ fn replicated_write_is_exact(
             "pgrouter: a write to reference table \"{target}\" that reads sharded table \"{t}\" is not \
              supported (each shard would see only its own rows, and the copies would differ); HINT: read \
              the rows first, then write them as constants"
+        )));
+    }
+    if let Some(t) = unsharded_read(analysis, map) {
+        // Its rows are on shard 0 (see `unsharded_read`): every other shard
+        // would read its own, empty or stale, copy.
+        return Err(unsupported(format!(
+            "pgrouter: a write to reference table \"{target}\" that reads unsharded table \"{t}\" is not \
+             supported (its rows are on shard 0 only, and the copies would differ); HINT: make \"{t}\" a \
+             reference table, or read the rows first, then write them as constants"
         )));
     }
     if let Some(f) = &analysis.varies_by_server {

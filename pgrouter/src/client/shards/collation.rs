@@ -26,8 +26,8 @@ use crate::server::ServerError;
 /// What one shard says of the result columns before a merged read.
 pub(super) struct Probed {
     pub collations: HashMap<Col, Collation>,
-    /// The enum types among the probed columns (their OIDs).
-    pub enums: Vec<u32>,
+    /// The probed columns of enum types.
+    pub enums: Vec<Col>,
 }
 
 /// The collations of the columns `plan` depends on, as `leg`'s server
@@ -80,7 +80,11 @@ pub(super) async fn probe(
         .get(cols.len())
         .cloned()
         .flatten()
-        .map(|s| s.split(',').filter_map(|o| o.parse().ok()).collect())
+        .map(|s| {
+            s.split(',')
+                .filter_map(|i| cols.get(i.parse::<usize>().ok()?).copied())
+                .collect()
+        })
         .unwrap_or_default();
     Ok(Some(Probed { collations, enums }))
 }
@@ -137,16 +141,20 @@ fn probe_sql(shard_sql: &str, cols: &[Col]) -> String {
             )
         })
         .collect();
-    // Last, the enum types among the columns: their labels are keys.
-    let types: Vec<String> = cols
+    // Last, which of the columns (by position in `cols`) are of enum
+    // types: their labels are keys.
+    let is_enum: Vec<String> = cols
         .iter()
-        .map(|c| format!("pg_catalog.pg_typeof(pgrouter_s.{})", name(c)))
+        .enumerate()
+        .map(|(i, c)| {
+            format!(
+                "CASE WHEN (SELECT t.typtype FROM pg_catalog.pg_type t \
+                 WHERE t.oid = pg_catalog.pg_typeof(pgrouter_s.{})) = 'e' THEN '{i}' END",
+                name(c)
+            )
+        })
         .collect();
-    let enums = format!(
-        "(SELECT pg_catalog.string_agg(t.oid::pg_catalog.text, ',') FROM pg_catalog.pg_type t \
-         WHERE t.typtype = 'e' AND t.oid IN ({}))",
-        types.join(", ")
-    );
+    let enums = format!("pg_catalog.concat_ws(',', {})", is_enum.join(", "));
     format!(
         "SELECT {}, {enums} FROM (SELECT 1) AS pgrouter_one LEFT JOIN \
          (SELECT * FROM ({shard_sql}) AS pgrouter_q LIMIT 0) AS pgrouter_s{aliases} ON true",

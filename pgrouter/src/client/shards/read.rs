@@ -81,7 +81,9 @@ impl Session {
         let collations = super::collation::probe(leg, unit, &plan).await?;
         let mut merger = Merger::new(spec, legs.len(), ctx).with_portal_rows(portal_rows);
         if let Some(c) = collations {
-            merger = merger.with_collations(c.collations).with_enums(c.enums);
+            merger = merger
+                .with_collations(c.collations)
+                .with_enum_columns(c.enums);
         }
         let mut request = BytesMut::new();
         match &unit.extended {

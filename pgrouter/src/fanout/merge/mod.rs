@@ -212,8 +212,11 @@ pub struct Merger {
     /// ([`Merger::with_collations`]); `None`: the database's default
     /// (`MergeContext::text_orders_by_bytes`) is assumed for every column.
     collations: Option<HashMap<Col, Collation>>,
-    /// Enum type OIDs among the columns, as a shard named them
-    /// ([`Merger::with_enums`]): keys compared by their labels.
+    /// The columns of enum types ([`Merger::with_enum_columns`]): keys
+    /// compared by their labels.
+    enum_columns: Vec<Col>,
+    /// Their OIDs, in the first description that arrived (each shard has
+    /// its own).
     enums: Vec<u32>,
 }
 
@@ -264,14 +267,16 @@ impl Merger {
             finished: false,
             failure,
             collations: None,
+            enum_columns: Vec::new(),
             enums: Vec::new(),
         }
     }
 
-    /// The enum types among the result columns (user types are refused as
-    /// GROUP BY / DISTINCT keys unless named here).
-    pub fn with_enums(mut self, enums: Vec<u32>) -> Merger {
-        self.enums = enums;
+    /// The result columns of enum types (user types are refused as
+    /// GROUP BY / DISTINCT keys unless named here). By column, not OID:
+    /// an enum's OID differs from shard to shard.
+    pub fn with_enum_columns(mut self, columns: Vec<Col>) -> Merger {
+        self.enum_columns = columns;
         self
     }
 

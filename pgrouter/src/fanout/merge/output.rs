@@ -9,7 +9,7 @@ use pgrouter_parser::fanout::{Agg, CmpOp, Col, Operand, Predicate, Role, SortKey
 
 use super::agg::{self, Acc};
 use super::having;
-use super::row::{self, Description, Row};
+use super::row::{self, Description, Mismatch, Row};
 use super::types::{self, key, ColType, Key};
 use super::{Head, Layout, MergeError, Merger};
 
@@ -73,12 +73,18 @@ impl Merger {
     pub(super) fn describe(&mut self, body: &[u8]) -> Result<(), MergeError> {
         let desc = Description::parse(body)?;
         if let Some(layout) = &self.layout {
-            if !layout.desc.agrees(&desc) {
-                return Err(MergeError::internal(
+            return match layout.desc.compare(&desc, &self.enums) {
+                Ok(()) => Ok(()),
+                Err(Mismatch::Columns) => Err(MergeError::internal(
                     "the shards' results have different columns".into(),
-                ));
-            }
-            return Ok(());
+                )),
+                Err(Mismatch::BinaryUserType(i)) => Err(MergeError::unsupported(format!(
+                    "pgrouter: result column {} is of a user-defined type in binary format across shards, \
+                     which is not supported (its type has another OID on each shard); HINT: ask for it in \
+                     text format, or cast it to a built-in type",
+                    i + 1
+                ))),
+            };
         }
         let types = desc.types();
         let hidden = self.spec.hidden;
@@ -110,6 +116,13 @@ impl Merger {
             hidden,
             sort,
         };
+        // The probed shard's enum columns, under the OIDs of the shard
+        // that described the result first.
+        self.enums = self
+            .enum_columns
+            .iter()
+            .filter_map(|&c| types.get(layout.resolve(c)).map(|t| t.oid))
+            .collect();
         if let Some(a) = &self.spec.aggregate {
             if a.columns.len() != total {
                 return Err(MergeError::internal(

@@ -46,14 +46,31 @@ impl Description {
         Ok(Description { fields })
     }
 
-    /// Same columns, types and formats (names may differ: they do not).
-    pub fn agrees(&self, other: &Description) -> bool {
-        self.fields.len() == other.fields.len()
-            && self
-                .fields
-                .iter()
-                .zip(&other.fields)
-                .all(|(a, b)| a.1 == b.1)
+    /// Whether another shard's description has the same columns: as many,
+    /// in the same formats, of the same types (names may differ: they do
+    /// not). A user-defined type has an OID of each server's own, so
+    /// another OID there is the same type in text format (the text is the
+    /// value as its server renders it); in binary format the value may
+    /// carry the OID inside (arrays, composites), which this shard's
+    /// clients would read under another shard's OID — except an enum's
+    /// (`enums`, this description's OIDs), whose binary form is its label.
+    pub fn compare(&self, other: &Description, enums: &[u32]) -> Result<(), Mismatch> {
+        if self.fields.len() != other.fields.len() {
+            return Err(Mismatch::Columns);
+        }
+        for (i, (a, b)) in self.fields.iter().zip(&other.fields).enumerate() {
+            let (a, b) = (a.1, b.1);
+            if a == b {
+                continue;
+            }
+            if a.binary != b.binary || !a.is_user_defined() || !b.is_user_defined() {
+                return Err(Mismatch::Columns);
+            }
+            if a.binary && !enums.contains(&a.oid) {
+                return Err(Mismatch::BinaryUserType(i));
+            }
+        }
+        Ok(())
     }
 
     pub fn types(&self) -> Vec<ColType> {
@@ -70,6 +87,14 @@ impl Description {
             out.put_slice(&f.0);
         }
     }
+}
+
+/// How two shards' descriptions of a result differ.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Mismatch {
+    Columns,
+    /// Column `i`, of a user-defined type in binary format.
+    BinaryUserType(usize),
 }
 
 /// One DataRow: its body and where each value's length word is (the
@@ -190,6 +215,51 @@ pub fn write_values(values: &[Option<Vec<u8>>], out: &mut BytesMut) {
                 out.put_slice(v);
             }
             None => out.put_i32(-1),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn desc(cols: &[(u32, bool)]) -> Description {
+        Description {
+            fields: cols
+                .iter()
+                .map(|&(oid, binary)| (Vec::new(), ColType { oid, binary }))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn user_types_agree_across_shards_in_text_or_as_known_enums() {
+        let first = desc(&[(20, false), (16429, false), (16500, true)]);
+        // Another OID of a user type, in text: the same column.
+        assert_eq!(
+            first.compare(&desc(&[(20, false), (16441, false), (16500, true)]), &[]),
+            Ok(())
+        );
+        // In binary, only a known enum's.
+        assert_eq!(
+            first.compare(&desc(&[(20, false), (16429, false), (16512, true)]), &[]),
+            Err(Mismatch::BinaryUserType(2))
+        );
+        assert_eq!(
+            first.compare(
+                &desc(&[(20, false), (16429, false), (16512, true)]),
+                &[16500]
+            ),
+            Ok(())
+        );
+        // Built-in types, formats and column counts must match.
+        for other in [
+            desc(&[(23, false), (16429, false), (16500, true)]),
+            desc(&[(20, true), (16429, false), (16500, true)]),
+            desc(&[(20, false), (25, false), (16500, true)]),
+            desc(&[(20, false), (16429, false)]),
+        ] {
+            assert_eq!(first.compare(&other, &[16500]), Err(Mismatch::Columns));
         }
     }
 }

@@ -53,6 +53,12 @@ impl ColType {
         matches!(self.oid, TEXT | VARCHAR | BPCHAR)
     }
 
+    /// A type created in the database (an enum, a domain, a composite):
+    /// its OID is each server's own, so shards name it differently.
+    pub fn is_user_defined(self) -> bool {
+        self.oid >= FIRST_USER_OID
+    }
+
     /// Types this module reads and orders.
     pub fn is_ordered(self) -> bool {
         matches!(
