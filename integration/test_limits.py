@@ -13,6 +13,7 @@ import pytest
 
 from harness import wire
 from harness.clients import BackendPeak, Timer, connect, run_clients, sqlstate
+from harness.ops import ADMIN_DB, ADMIN_USER, admin_general
 from harness.pg import APP_DB, APP_USER
 from harness.router import app_user
 from harness.util import wait_until
@@ -51,6 +52,21 @@ def test_stalled_logins_are_closed_and_free_their_slots(routers):
     assert timer.elapsed < 3, f"stalled logins closed after {timer.elapsed:.1f}s"
     for s in stalled:
         s.close()
+    with connect(router.dsn()) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_stalled_admin_console_logins_are_closed(routers):
+    """The admin console's login is a login too: a client that asks for
+    the admin database and then never answers the password request is
+    closed at client_login_timeout_ms, and its max_clients slot freed."""
+    router = routers.start(general=admin_general(client_login_timeout_ms=1000, max_clients=1))
+    s = socket.create_connection(("127.0.0.1", router.port))
+    s.sendall(wire.startup_message({"user": ADMIN_USER, "database": ADMIN_DB}))
+    with Timer() as timer:
+        assert closed_by_peer(s, 10), "the stalled admin login was never closed"
+    s.close()
+    assert timer.elapsed < 5, f"stalled admin login closed after {timer.elapsed:.1f}s"
     with connect(router.dsn()) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
 

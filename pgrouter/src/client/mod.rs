@@ -135,7 +135,7 @@ pub async fn handle(
             .iter()
             .any(|(k, v)| k == "database" && *v == admin_db)
         {
-            return admin_login::serve(stream, buf, state, startup.1, transport).await;
+            return admin_login::serve(stream, buf, state, startup.1, transport, deadline).await;
         }
         let make_session = match tokio::time::timeout_at(
             deadline,
