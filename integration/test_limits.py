@@ -14,7 +14,7 @@ import pytest
 from harness import wire
 from harness.clients import BackendPeak, Timer, connect, run_clients, sqlstate
 from harness.ops import ADMIN_DB, ADMIN_USER, admin_general
-from harness.pg import APP_DB, APP_USER
+from harness.pg import APP_DB, APP_PASSWORD, APP_USER
 from harness.router import app_user
 from harness.util import wait_until
 
@@ -115,6 +115,28 @@ def test_query_timeout_cancels_the_statement(routers, primary):
     wait_until(lambda: not any("pg_sleep(10)" in (b["query"] or "") and b["state"] == "active"
                                for b in primary.backends(user=APP_USER)), 5,
                what="the cancelled sleep gone from the server")
+
+
+def test_query_timeout_cancels_a_statement_pipelined_behind_another(routers, primary):
+    """Two Syncs sent at once: the second statement starts when the first
+    is answered, and query_timeout_ms times it from there (it used to run
+    untimed, the clock stopping at the first ReadyForQuery)."""
+    router = routers.start(general={"query_timeout_ms": 800})
+    conn = wire.RawConn.open(router.port)
+    try:
+        conn.startup(APP_USER, APP_DB, APP_PASSWORD)
+        sync = wire.sync_message()
+        with Timer() as timer:
+            conn.send(wire.extended_query("SELECT pg_sleep(0.1)") + sync
+                      + wire.extended_query("SELECT pg_sleep(20)") + sync)
+            first, second = conn.read_batches(2, timeout=15)
+        assert wire.errors_in(first) == []
+        assert [e["C"] for e in wire.errors_in(second)] == ["57014"]
+        assert timer.elapsed < 8, f"the pipelined statement ran {timer.elapsed:.1f}s"
+        rows, _tags, _ = conn.simple_query("SELECT 'still usable'")
+        assert rows == [["still usable"]]
+    finally:
+        conn.close()
 
 
 def test_a_refused_server_login_is_not_retried_by_every_client(routers, primary):
