@@ -13,7 +13,7 @@ import pytest
 
 from harness import wire
 from harness.clients import BackendPeak, Timer, connect, run_clients, sqlstate
-from harness.ops import ADMIN_DB, ADMIN_USER, admin_general
+from harness.ops import ADMIN_DB, ADMIN_USER, admin_general, reload_marks, wait_reload
 from harness.pg import APP_DB, APP_PASSWORD, APP_USER
 from harness.router import app_user
 from harness.util import wait_until
@@ -137,6 +137,35 @@ def test_query_timeout_cancels_a_statement_pipelined_behind_another(routers, pri
         assert rows == [["still usable"]]
     finally:
         conn.close()
+
+
+def test_reloaded_timeouts_bind_clients_already_connected(routers):
+    """As after PgBouncer's RELOAD, query_timeout_ms and
+    idle_transaction_timeout_ms set by a reload apply to clients connected
+    before it (from their next transaction), not only to new ones."""
+    router = routers.start()
+    slow = connect(router.dsn())
+    idle = connect(router.dsn())
+    for conn in (slow, idle):
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    config = router.config
+    config["general"].update(query_timeout_ms=800, idle_transaction_timeout_ms=800)
+    router.write_files(config)
+    before = reload_marks(router)
+    router.reload()
+    assert wait_reload(router, before) == "ok"
+    with Timer() as timer, pytest.raises(psycopg.errors.QueryCanceled):
+        slow.execute("SELECT pg_sleep(20)")
+    assert timer.elapsed < 8, f"the statement ran {timer.elapsed:.1f}s"
+    assert slow.execute("SELECT 2").fetchone() == (2,)
+    slow.close()
+    idle.execute("BEGIN")
+    idle.execute("SELECT 1")
+    time.sleep(2)
+    with pytest.raises(psycopg.Error) as err:
+        idle.execute("SELECT 1")
+    assert sqlstate(err.value) == "25P03", err.value
+    idle.close()
 
 
 def test_a_refused_server_login_is_not_retried_by_every_client(routers, primary):

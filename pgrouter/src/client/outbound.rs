@@ -69,6 +69,7 @@ impl Session {
             ));
         }
         self.vetted_generation = rt.generation;
+        self.apply_reloaded_timeouts(&rt.config.general);
         Ok(())
     }
 
