@@ -168,6 +168,44 @@ def test_reloaded_timeouts_bind_clients_already_connected(routers):
     idle.close()
 
 
+@pytest.mark.parametrize("cap", ["max_db_connections", "max_user_connections"])
+def test_a_login_waiting_on_a_connection_cap_gets_the_checkout_timeout(routers, cap):
+    """A pool's first client needs a server connection at login (for the
+    server's parameters). When a cap leaves no room, the login waits
+    checkout_timeout_ms and then gets SPEC's checkout-timeout error (it
+    used to get 08006 "could not connect to the server ... cap")."""
+    router = routers.start(general={cap: 1, "checkout_timeout_ms": 800},
+                           users=[app_user(),
+                                  app_user(name="app2", password="app2-secret",
+                                           server_user=APP_USER, server_password="app-secret")])
+    holder = connect(router.dsn(), autocommit=False)
+    try:
+        holder.execute("SELECT 1")  # the cap's only connection, in a transaction
+        with Timer() as timer, pytest.raises(wire.ServerError) as err:
+            wire.connect(router.port, "app2", APP_DB, "app2-secret")
+        assert "timed out waiting for a server connection" in err.value.message, err.value.message
+        assert err.value.sqlstate == "57014"
+        assert 0.7 < timer.elapsed < 8, timer.elapsed
+    finally:
+        holder.commit()
+        holder.close()
+    # With the connection idle again, the other pool gets room.
+    with connect(router.dsn(user="app2", password="app2-secret")) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_a_refused_server_login_keeps_its_sqlstate_for_the_client(routers):
+    """Clients waiting at login while the server refuses the router get the
+    server's error with its SQLSTATE (28P01 here), not a generic 08006."""
+    router = routers.start(general={"ban_time_ms": 60000},
+                           users=[app_user(server_password="wrong-password")])
+    for _ in range(2):  # the refusal itself, then the back-off's copy of it
+        with pytest.raises(wire.ServerError) as err:
+            wire.connect(router.port, APP_USER, APP_DB, APP_PASSWORD)
+        assert err.value.sqlstate == "28P01", err.value.message
+        assert "password authentication failed" in err.value.message
+
+
 def test_a_refused_server_login_is_not_retried_by_every_client(routers, primary):
     """200 clients while the router's server password is wrong: the server
     sees at most a pool's worth of failed logins per ban_time_ms, and every
