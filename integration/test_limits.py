@@ -14,7 +14,7 @@ import pytest
 from harness import wire
 from harness.clients import BackendPeak, Timer, connect, run_clients, sqlstate
 from harness.ops import ADMIN_DB, ADMIN_USER, admin_general, reload_marks, wait_reload
-from harness.pg import APP_DB, APP_PASSWORD, APP_USER
+from harness.pg import APP_DB, APP_PASSWORD, APP_USER, PgCluster
 from harness.router import app_user
 from harness.util import wait_until
 
@@ -280,3 +280,48 @@ def test_client_idle_timeout_closes_idle_clients_in_both_pool_modes(routers, mod
         idle.execute("SELECT 1")
     assert sqlstate(err.value) == "57P05"
     idle.close()
+
+
+# ------------------------------------------------------- sharded databases --
+SHARDED_ORDERS = [{"database": APP_DB, "name": "lim_orders", "column": "customer_id",
+                   "data_type": "bigint"}]
+
+
+@pytest.fixture(scope="module")
+def two_shards(cluster):
+    """The suite's primary as shard 0 and a server of its own as shard 1,
+    each with an empty `lim_orders`."""
+    with PgCluster(with_replica=False, prefix="pgrouter-lim1-") as s1:
+        servers = [cluster.primary, s1.primary]
+        for s in servers:
+            with s.connect(APP_DB) as conn:
+                conn.execute("DROP TABLE IF EXISTS lim_orders")
+                conn.execute("CREATE TABLE lim_orders (customer_id bigint, v int)")
+                conn.execute("ALTER TABLE lim_orders OWNER TO app")
+        yield servers
+        with cluster.primary.connect(APP_DB) as conn:
+            conn.execute("DROP TABLE IF EXISTS lim_orders")
+
+
+def start_sharded(routers, servers, **general):
+    dbs = [{"name": APP_DB, "host": "127.0.0.1", "port": s.port, "database_name": APP_DB,
+            "role": "primary", "shard": i} for i, s in enumerate(servers)]
+    return routers.start(databases=dbs, sharded_tables=SHARDED_ORDERS, general=general)
+
+
+def test_query_timeout_cancels_a_read_on_several_shards(routers, two_shards):
+    """A read fanned out to every shard is one statement: query_timeout_ms
+    cancels it on every shard still running it (57014), and the session
+    goes on (the fan-out used to run to its end, however long)."""
+    router = start_sharded(routers, two_shards, query_timeout_ms=800)
+    with connect(router.dsn()) as conn:
+        conn.execute("INSERT INTO lim_orders VALUES (1, 1), (2, 2), (3, 3), (4, 4)")
+        with Timer() as timer, pytest.raises(psycopg.errors.QueryCanceled):
+            conn.execute("SELECT pg_sleep(10), customer_id FROM lim_orders").fetchall()
+        assert timer.elapsed < 8, f"the fan-out ran {timer.elapsed:.1f}s"
+        assert conn.execute("SELECT count(*) FROM lim_orders").fetchone() == (4,)
+    for server in two_shards:
+        wait_until(lambda s=server: not any("pg_sleep(10)" in (b["query"] or "") and b["state"] == "active"
+                                            for b in s.backends(user=APP_USER)), 5,
+                   what="the cancelled sleeps gone from the shards")
+

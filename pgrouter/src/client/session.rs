@@ -540,6 +540,13 @@ impl Session {
         (self.idle_timeout, self.idle_tx_timeout, self.query_timeout) = session_timeouts(g);
     }
 
+    /// When a statement sent now is due to be cancelled for
+    /// `query_timeout_ms` (None: never). For statements on several shards,
+    /// which wait on their servers outside [`Session::wait`].
+    pub(in crate::client) fn query_deadline(&self) -> Option<std::time::Instant> {
+        self.query_timeout.map(|t| std::time::Instant::now() + t)
+    }
+
     /// The next timeout while a server is held, and what it means: the
     /// query timeout while the server owes an answer, the idle-in-transaction
     /// timeout while the client owes the next statement of its transaction,
