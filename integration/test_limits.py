@@ -325,3 +325,22 @@ def test_query_timeout_cancels_a_read_on_several_shards(routers, two_shards):
                                             for b in s.backends(user=APP_USER)), 5,
                    what="the cancelled sleeps gone from the shards")
 
+
+def test_idle_transaction_timeout_after_a_lone_begin_on_a_sharded_database(routers, two_shards):
+    """On a sharded database the router answers a lone BEGIN itself (the
+    shards are not known yet) and holds no server: the client is inside a
+    transaction all the same, and idle_transaction_timeout_ms closes it."""
+    router = start_sharded(routers, two_shards, idle_transaction_timeout_ms=500)
+    conn = connect(router.dsn())
+    conn.execute("BEGIN")
+    time.sleep(1.5)
+    with pytest.raises(psycopg.Error) as err:
+        conn.execute("SELECT 1")
+    assert sqlstate(err.value) == "25P03", err.value
+    conn.close()
+    # Between transactions nobody is cut off.
+    with connect(router.dsn()) as other:
+        other.execute("BEGIN")
+        other.execute("COMMIT")
+        time.sleep(1)
+        assert other.execute("SELECT 1").fetchone() == (1,)

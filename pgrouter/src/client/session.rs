@@ -443,12 +443,18 @@ impl Session {
                 }
             }
             None => {
-                let idle = self.idle_timeout;
+                // A BEGIN the router answered itself (sharded databases,
+                // `deferred_begin.rs`) holds no server, but the client is
+                // inside a transaction: `idle_transaction_timeout_ms` holds.
+                let (idle, timed_out) = match self.idle_tx_timeout {
+                    Some(t) if self.deferred_begin.is_some() => (Some(t), Event::IdleInTransaction),
+                    _ => (self.idle_timeout, Event::IdleTimeout),
+                };
                 tokio::select! {
                     biased;
                     r = self.client.read_buf(&mut self.cbuf) => Event::Client(r),
                     _ = &mut self.shutdown, if watch_shutdown => Event::Shutdown,
-                    _ = sleep_or_forever(idle) => Event::IdleTimeout,
+                    _ = sleep_or_forever(idle) => timed_out,
                 }
             }
         }
