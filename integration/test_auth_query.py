@@ -180,6 +180,31 @@ def test_unreachable_server_for_the_lookup_is_08006(aq_cluster, aq_routers):
     assert "auth_query" in str(err)
 
 
+# ------------------------------------------------------- connection caps --
+def test_connection_caps_cover_auth_query_users(aq_cluster, aq_routers):
+    """max_db_connections counts every pool's server connections, those
+    made at login for auth_query users too (their pools were left out: such
+    a user could open connections past the cap)."""
+    r = start(aq_routers, max_db_connections=1, checkout_timeout_ms=800)
+    name, pw = aq_cluster.make_role("scram")
+    assert who_am_i(r, name, pw) == (name, name)  # lookup cached, its pool made
+    holder = connect(r.dsn(), autocommit=False)
+    try:
+        holder.execute("SELECT 1")  # the database's only connection, in a transaction
+        with connect(r.dsn(user=name, password=pw)) as c:
+            with pytest.raises(psycopg.Error) as err:
+                c.execute("SELECT 1")
+        assert "timed out waiting for a server connection" in str(err.value), str(err.value)
+        routed = [b for b in aq_cluster.primary.backends(db=APP_DB)
+                  if b["user"] in ("app", "pgrouter_auth", name)]
+        assert len(routed) <= 1, routed
+    finally:
+        holder.commit()
+        holder.close()
+    # With the connection idle again, the auth_query user gets it.
+    assert who_am_i(r, name, pw) == (name, name)
+
+
 # -------------------------------------------------------- password change --
 def test_changed_password_works_after_the_ttl(aq_cluster, aq_routers):
     r = start(aq_routers, cache_ttl_s=1)

@@ -13,7 +13,8 @@ import pytest
 
 from harness import wire
 from harness.clients import BackendPeak, Timer, connect, run_clients, sqlstate
-from harness.pg import APP_DB, APP_USER
+from harness.ops import ADMIN_DB, ADMIN_USER, admin_general, reload_marks, wait_reload
+from harness.pg import APP_DB, APP_PASSWORD, APP_USER, PgCluster
 from harness.router import app_user
 from harness.util import wait_until
 
@@ -51,6 +52,21 @@ def test_stalled_logins_are_closed_and_free_their_slots(routers):
     assert timer.elapsed < 3, f"stalled logins closed after {timer.elapsed:.1f}s"
     for s in stalled:
         s.close()
+    with connect(router.dsn()) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_stalled_admin_console_logins_are_closed(routers):
+    """The admin console's login is a login too: a client that asks for
+    the admin database and then never answers the password request is
+    closed at client_login_timeout_ms, and its max_clients slot freed."""
+    router = routers.start(general=admin_general(client_login_timeout_ms=1000, max_clients=1))
+    s = socket.create_connection(("127.0.0.1", router.port))
+    s.sendall(wire.startup_message({"user": ADMIN_USER, "database": ADMIN_DB}))
+    with Timer() as timer:
+        assert closed_by_peer(s, 10), "the stalled admin login was never closed"
+    s.close()
+    assert timer.elapsed < 5, f"stalled admin login closed after {timer.elapsed:.1f}s"
     with connect(router.dsn()) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
 
@@ -99,6 +115,95 @@ def test_query_timeout_cancels_the_statement(routers, primary):
     wait_until(lambda: not any("pg_sleep(10)" in (b["query"] or "") and b["state"] == "active"
                                for b in primary.backends(user=APP_USER)), 5,
                what="the cancelled sleep gone from the server")
+
+
+def test_query_timeout_cancels_a_statement_pipelined_behind_another(routers, primary):
+    """Two Syncs sent at once: the second statement starts when the first
+    is answered, and query_timeout_ms times it from there (it used to run
+    untimed, the clock stopping at the first ReadyForQuery)."""
+    router = routers.start(general={"query_timeout_ms": 800})
+    conn = wire.RawConn.open(router.port)
+    try:
+        conn.startup(APP_USER, APP_DB, APP_PASSWORD)
+        sync = wire.sync_message()
+        with Timer() as timer:
+            conn.send(wire.extended_query("SELECT pg_sleep(0.1)") + sync
+                      + wire.extended_query("SELECT pg_sleep(20)") + sync)
+            first, second = conn.read_batches(2, timeout=15)
+        assert wire.errors_in(first) == []
+        assert [e["C"] for e in wire.errors_in(second)] == ["57014"]
+        assert timer.elapsed < 8, f"the pipelined statement ran {timer.elapsed:.1f}s"
+        rows, _tags, _ = conn.simple_query("SELECT 'still usable'")
+        assert rows == [["still usable"]]
+    finally:
+        conn.close()
+
+
+def test_reloaded_timeouts_bind_clients_already_connected(routers):
+    """As after PgBouncer's RELOAD, query_timeout_ms and
+    idle_transaction_timeout_ms set by a reload apply to clients connected
+    before it (from their next transaction), not only to new ones."""
+    router = routers.start()
+    slow = connect(router.dsn())
+    idle = connect(router.dsn())
+    for conn in (slow, idle):
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    config = router.config
+    config["general"].update(query_timeout_ms=800, idle_transaction_timeout_ms=800)
+    router.write_files(config)
+    before = reload_marks(router)
+    router.reload()
+    assert wait_reload(router, before) == "ok"
+    with Timer() as timer, pytest.raises(psycopg.errors.QueryCanceled):
+        slow.execute("SELECT pg_sleep(20)")
+    assert timer.elapsed < 8, f"the statement ran {timer.elapsed:.1f}s"
+    assert slow.execute("SELECT 2").fetchone() == (2,)
+    slow.close()
+    idle.execute("BEGIN")
+    idle.execute("SELECT 1")
+    time.sleep(2)
+    with pytest.raises(psycopg.Error) as err:
+        idle.execute("SELECT 1")
+    assert sqlstate(err.value) == "25P03", err.value
+    idle.close()
+
+
+@pytest.mark.parametrize("cap", ["max_db_connections", "max_user_connections"])
+def test_a_login_waiting_on_a_connection_cap_gets_the_checkout_timeout(routers, cap):
+    """A pool's first client needs a server connection at login (for the
+    server's parameters). When a cap leaves no room, the login waits
+    checkout_timeout_ms and then gets SPEC's checkout-timeout error (it
+    used to get 08006 "could not connect to the server ... cap")."""
+    router = routers.start(general={cap: 1, "checkout_timeout_ms": 800},
+                           users=[app_user(),
+                                  app_user(name="app2", password="app2-secret",
+                                           server_user=APP_USER, server_password="app-secret")])
+    holder = connect(router.dsn(), autocommit=False)
+    try:
+        holder.execute("SELECT 1")  # the cap's only connection, in a transaction
+        with Timer() as timer, pytest.raises(wire.ServerError) as err:
+            wire.connect(router.port, "app2", APP_DB, "app2-secret")
+        assert "timed out waiting for a server connection" in err.value.message, err.value.message
+        assert err.value.sqlstate == "57014"
+        assert 0.7 < timer.elapsed < 8, timer.elapsed
+    finally:
+        holder.commit()
+        holder.close()
+    # With the connection idle again, the other pool gets room.
+    with connect(router.dsn(user="app2", password="app2-secret")) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_a_refused_server_login_keeps_its_sqlstate_for_the_client(routers):
+    """Clients waiting at login while the server refuses the router get the
+    server's error with its SQLSTATE (28P01 here), not a generic 08006."""
+    router = routers.start(general={"ban_time_ms": 60000},
+                           users=[app_user(server_password="wrong-password")])
+    for _ in range(2):  # the refusal itself, then the back-off's copy of it
+        with pytest.raises(wire.ServerError) as err:
+            wire.connect(router.port, APP_USER, APP_DB, APP_PASSWORD)
+        assert err.value.sqlstate == "28P01", err.value.message
+        assert "password authentication failed" in err.value.message
 
 
 def test_a_refused_server_login_is_not_retried_by_every_client(routers, primary):
@@ -175,3 +280,67 @@ def test_client_idle_timeout_closes_idle_clients_in_both_pool_modes(routers, mod
         idle.execute("SELECT 1")
     assert sqlstate(err.value) == "57P05"
     idle.close()
+
+
+# ------------------------------------------------------- sharded databases --
+SHARDED_ORDERS = [{"database": APP_DB, "name": "lim_orders", "column": "customer_id",
+                   "data_type": "bigint"}]
+
+
+@pytest.fixture(scope="module")
+def two_shards(cluster):
+    """The suite's primary as shard 0 and a server of its own as shard 1,
+    each with an empty `lim_orders`."""
+    with PgCluster(with_replica=False, prefix="pgrouter-lim1-") as s1:
+        servers = [cluster.primary, s1.primary]
+        for s in servers:
+            with s.connect(APP_DB) as conn:
+                conn.execute("DROP TABLE IF EXISTS lim_orders")
+                conn.execute("CREATE TABLE lim_orders (customer_id bigint, v int)")
+                conn.execute("ALTER TABLE lim_orders OWNER TO app")
+        yield servers
+        with cluster.primary.connect(APP_DB) as conn:
+            conn.execute("DROP TABLE IF EXISTS lim_orders")
+
+
+def start_sharded(routers, servers, **general):
+    dbs = [{"name": APP_DB, "host": "127.0.0.1", "port": s.port, "database_name": APP_DB,
+            "role": "primary", "shard": i} for i, s in enumerate(servers)]
+    return routers.start(databases=dbs, sharded_tables=SHARDED_ORDERS, general=general)
+
+
+def test_query_timeout_cancels_a_read_on_several_shards(routers, two_shards):
+    """A read fanned out to every shard is one statement: query_timeout_ms
+    cancels it on every shard still running it (57014), and the session
+    goes on (the fan-out used to run to its end, however long)."""
+    router = start_sharded(routers, two_shards, query_timeout_ms=800)
+    with connect(router.dsn()) as conn:
+        conn.execute("INSERT INTO lim_orders VALUES (1, 1), (2, 2), (3, 3), (4, 4)")
+        with Timer() as timer, pytest.raises(psycopg.errors.QueryCanceled):
+            conn.execute("SELECT pg_sleep(10), customer_id FROM lim_orders").fetchall()
+        assert timer.elapsed < 8, f"the fan-out ran {timer.elapsed:.1f}s"
+        assert conn.execute("SELECT count(*) FROM lim_orders").fetchone() == (4,)
+    for server in two_shards:
+        wait_until(lambda s=server: not any("pg_sleep(10)" in (b["query"] or "") and b["state"] == "active"
+                                            for b in s.backends(user=APP_USER)), 5,
+                   what="the cancelled sleeps gone from the shards")
+
+
+def test_idle_transaction_timeout_after_a_lone_begin_on_a_sharded_database(routers, two_shards):
+    """On a sharded database the router answers a lone BEGIN itself (the
+    shards are not known yet) and holds no server: the client is inside a
+    transaction all the same, and idle_transaction_timeout_ms closes it."""
+    router = start_sharded(routers, two_shards, idle_transaction_timeout_ms=500)
+    conn = connect(router.dsn())
+    conn.execute("BEGIN")
+    time.sleep(1.5)
+    with pytest.raises(psycopg.Error) as err:
+        conn.execute("SELECT 1")
+    assert sqlstate(err.value) == "25P03", err.value
+    conn.close()
+    # Between transactions nobody is cut off.
+    with connect(router.dsn()) as other:
+        other.execute("BEGIN")
+        other.execute("COMMIT")
+        time.sleep(1)
+        assert other.execute("SELECT 1").fetchone() == (1,)

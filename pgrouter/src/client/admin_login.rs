@@ -14,13 +14,49 @@ use crate::ops::Ops;
 use crate::protocol::backend;
 use crate::state::State;
 
+/// Logs the admin in, then runs the console. The login (SCRAM included)
+/// must end by `deadline` (`client_login_timeout_ms`) like any other
+/// client's: a client stalling there would otherwise hold its connection
+/// and its `max_clients` slot for ever.
 pub async fn serve(
     mut stream: ClientStream,
     mut buf: BytesMut,
     state: Arc<State>,
     startup: Vec<(String, String)>,
     transport: Transport,
+    deadline: tokio::time::Instant,
 ) {
+    let logged_in = tokio::time::timeout_at(
+        deadline,
+        log_in(&mut stream, &mut buf, &state, &startup, &transport),
+    )
+    .await;
+    match logged_in {
+        Ok(true) => {}
+        Ok(false) => return,
+        Err(_) => {
+            state.metrics.record_login("error");
+            return send_fatal(&mut stream, "08P01", super::LOGIN_TIMED_OUT).await;
+        }
+    }
+    let ops = Ops {
+        state: state.clone(),
+    };
+    match crate::admin::run(&mut stream, buf, &ops).await {
+        Ok(end) => tracing::info!(?end, "admin console session ended"),
+        Err(e) => tracing::debug!(error = %e, "admin console i/o error"),
+    }
+}
+
+/// Checks the admin's user and password and greets the client; false when
+/// the login failed (the client has been told why) or the client left.
+async fn log_in(
+    stream: &mut ClientStream,
+    buf: &mut BytesMut,
+    state: &State,
+    startup: &[(String, String)],
+    transport: &Transport,
+) -> bool {
     let user = startup
         .iter()
         .find(|(k, _)| k == "user")
@@ -31,30 +67,33 @@ pub async fn serve(
     if user != g.admin_user {
         tracing::warn!(user, peer = %transport.peer, "admin console login refused: not the admin user");
         state.metrics.record_login("unknown_user");
-        return send_fatal(
-            &mut stream,
+        send_fatal(
+            stream,
             "28000",
             &format!("role \"{user}\" may not use the admin console"),
         )
         .await;
+        return false;
     }
     let stored = StoredPassword::parse(&g.admin_password);
-    match scram_exchange(&mut stream, &mut buf, &stored).await {
+    match scram_exchange(stream, buf, &stored).await {
         Ok(true) => {}
         Ok(false) => {
             tracing::warn!(user, peer = %transport.peer, "admin console login failed");
             state.metrics.record_login("bad_password");
-            return send_fatal(
-                &mut stream,
+            send_fatal(
+                stream,
                 "28P01",
                 &format!("password authentication failed for user \"{user}\""),
             )
             .await;
+            return false;
         }
         Err(SessionEnd::Fatal { sqlstate, message }) => {
-            return send_fatal(&mut stream, sqlstate, &message).await
+            send_fatal(stream, sqlstate, &message).await;
+            return false;
         }
-        Err(_) => return,
+        Err(_) => return false,
     }
     state.metrics.record_login("ok");
     tracing::info!(user, peer = %transport.peer, "admin console login");
@@ -76,14 +115,5 @@ pub async fn serve(
     }
     backend::backend_key_data(&mut out, 0, 0);
     backend::ready_for_query(&mut out, b'I');
-    if write_all(&mut stream, &out).await.is_err() {
-        return;
-    }
-    let ops = Ops {
-        state: state.clone(),
-    };
-    match crate::admin::run(&mut stream, buf, &ops).await {
-        Ok(end) => tracing::info!(?end, "admin console session ended"),
-        Err(e) => tracing::debug!(error = %e, "admin console i/o error"),
-    }
+    write_all(stream, &out).await.is_ok()
 }

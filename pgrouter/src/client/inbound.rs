@@ -102,6 +102,12 @@ impl Session {
                             let now = std::time::Instant::now();
                             held.last_answer = now;
                             held.conn.pool().metrics.record_query(now - started);
+                            // Requests pipelined behind this one (several
+                            // Syncs sent at once) now run: `query_timeout_ms`
+                            // times the next from here, not never.
+                            if !held.expect.is_empty() {
+                                self.request_started = Some(now);
+                            }
                         }
                     }
                     if clients {

@@ -135,7 +135,7 @@ pub async fn handle(
             .iter()
             .any(|(k, v)| k == "database" && *v == admin_db)
         {
-            return admin_login::serve(stream, buf, state, startup.1, transport).await;
+            return admin_login::serve(stream, buf, state, startup.1, transport, deadline).await;
         }
         let make_session = match tokio::time::timeout_at(
             deadline,
@@ -166,6 +166,13 @@ pub async fn handle(
 /// The login result label for a failed login (metrics).
 fn login_result(end: &SessionEnd) -> &'static str {
     match end {
+        // The server refused the router (its SQLSTATE passed on, 28P01
+        // included): not the client's bad password.
+        SessionEnd::Fatal { message, .. }
+            if message.starts_with("pgrouter: server refused the connection") =>
+        {
+            "refused"
+        }
         SessionEnd::Fatal {
             sqlstate: "28P01",
             message,
@@ -341,10 +348,8 @@ async fn login(
         .map(|slot| slot.pool.clone());
     let defaults = match primary {
         Some(pool) => pool.default_params().await.map_err(|e| {
-            SessionEnd::fatal(
-                "08006",
-                format!("pgrouter: could not connect to the server: {e}"),
-            )
+            let (code, message) = error::checkout_refusal(&e);
+            SessionEnd::fatal(code, message)
         })?,
         None => {
             return Err(SessionEnd::fatal(

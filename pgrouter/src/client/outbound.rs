@@ -22,7 +22,6 @@ use crate::protocol::backend::{self, Severity};
 use crate::protocol::frontend::{self, parse_bind_names, parse_parse, parse_query, parse_target};
 use crate::protocol::next_frame;
 use crate::router::{Refusal, Role, Route};
-use crate::server::ServerError;
 
 impl Session {
     /// After a reload, a session moves to the new runtime at its next
@@ -69,6 +68,7 @@ impl Session {
             ));
         }
         self.vetted_generation = rt.generation;
+        self.apply_reloaded_timeouts(&rt.config.general);
         Ok(())
     }
 
@@ -510,29 +510,7 @@ impl Session {
     /// terms (a simple query ends with ReadyForQuery; an extended batch is
     /// skipped up to its Sync, as PostgreSQL does after an error).
     fn refuse_after_checkout_error(&mut self, tag: u8, e: PoolError) {
-        let (code, message) = match &e {
-            PoolError::CheckoutTimeout => ("57014", e.to_string()),
-            // The value of the client's hint or setting is out of range.
-            PoolError::NoSuchShard { .. } => ("22023", e.to_string()),
-            PoolError::NoServer => ("08006", e.to_string()),
-            PoolError::Connect(ServerError::CapReached(cap)) => (
-                "57014",
-                format!(
-                    "pgrouter: timed out waiting for a server connection ({cap} is at max_db_connections / max_user_connections)"
-                ),
-            ),
-            PoolError::Connect(ServerError::Postgres(fields)) => (
-                known_code(&fields.code),
-                format!(
-                    "pgrouter: server refused the connection: {}",
-                    fields.message
-                ),
-            ),
-            PoolError::Connect(other) => (
-                "08006",
-                format!("pgrouter: could not connect to the server: {other}"),
-            ),
-        };
+        let (code, message) = super::error::checkout_refusal(&e);
         tracing::warn!(error = %message, "could not get a server connection");
         self.state.metrics.record_error(code);
         backend::error_response(&mut self.to_client, Severity::Error, code, &message);
@@ -835,18 +813,5 @@ impl Session {
             frontend::write_target(self.to_server(), b'C', b'S', &format!("pgrouter_{old}"));
             self.expect().swallow(Reply::Close);
         }
-    }
-}
-
-/// Keeps PostgreSQL's SQLSTATE for common login failures of the server;
-/// anything else is reported as a connection failure.
-fn known_code(code: &str) -> &'static str {
-    match code {
-        "3D000" => "3D000",
-        "28P01" => "28P01",
-        "28000" => "28000",
-        "53300" => "53300",
-        "57P03" => "57P03",
-        _ => "08006",
     }
 }

@@ -213,12 +213,8 @@ impl Session {
         let g = &setup.rt.config.general;
         let refuse_session_state = setup.pools.mode == PoolMode::Transaction
             && g.session_state == pgrouter_config::SessionStateMode::Refuse;
-        let idle_timeout =
-            (g.client_idle_timeout_ms > 0).then(|| Duration::from_millis(g.client_idle_timeout_ms));
         let max_message = g.max_message_size as usize;
-        let millis = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
-        let idle_tx_timeout = millis(g.idle_transaction_timeout_ms);
-        let query_timeout = millis(g.query_timeout_ms);
+        let (idle_timeout, idle_tx_timeout, query_timeout) = session_timeouts(g);
         let client_bytes_in = setup.cbuf.len() as u64;
         let shard_map = setup.rt.shard_maps.get(&setup.database).cloned();
         let vetted_generation = setup.rt.generation;
@@ -461,12 +457,18 @@ impl Session {
                 }
             }
             None => {
-                let idle = self.idle_timeout;
+                // A BEGIN the router answered itself (sharded databases,
+                // `deferred_begin.rs`) holds no server, but the client is
+                // inside a transaction: `idle_transaction_timeout_ms` holds.
+                let (idle, timed_out) = match self.idle_tx_timeout {
+                    Some(t) if self.deferred_begin.is_some() => (Some(t), Event::IdleInTransaction),
+                    _ => (self.idle_timeout, Event::IdleTimeout),
+                };
                 tokio::select! {
                     biased;
                     r = self.client.read_buf(&mut self.cbuf) => Event::Client(r),
                     _ = &mut self.shutdown, if watch_shutdown => Event::Shutdown,
-                    _ = sleep_or_forever(idle) => Event::IdleTimeout,
+                    _ = sleep_or_forever(idle) => timed_out,
                 }
             }
         }
@@ -536,7 +538,35 @@ impl Session {
     }
 }
 
+/// The session's timeouts from `[general]`: `client_idle_timeout_ms`,
+/// `idle_transaction_timeout_ms`, `query_timeout_ms` (0 = none).
+fn session_timeouts(
+    g: &pgrouter_config::General,
+) -> (Option<Duration>, Option<Duration>, Option<Duration>) {
+    let millis = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
+    (
+        millis(g.client_idle_timeout_ms),
+        millis(g.idle_transaction_timeout_ms),
+        millis(g.query_timeout_ms),
+    )
+}
+
 impl Session {
+    /// A reload's timeouts apply to open sessions too, from their next
+    /// transaction, as PgBouncer's do after RELOAD: a client connected
+    /// before `query_timeout_ms` or `idle_transaction_timeout_ms` was set
+    /// (or lowered) is bound by it like one connecting afterwards.
+    pub(super) fn apply_reloaded_timeouts(&mut self, g: &pgrouter_config::General) {
+        (self.idle_timeout, self.idle_tx_timeout, self.query_timeout) = session_timeouts(g);
+    }
+
+    /// When a statement sent now is due to be cancelled for
+    /// `query_timeout_ms` (None: never). For statements on several shards,
+    /// which wait on their servers outside [`Session::wait`].
+    pub(in crate::client) fn query_deadline(&self) -> Option<std::time::Instant> {
+        self.query_timeout.map(|t| std::time::Instant::now() + t)
+    }
+
     /// The next timeout while a server is held, and what it means: the
     /// query timeout while the server owes an answer, the idle-in-transaction
     /// timeout while the client owes the next statement of its transaction,

@@ -129,7 +129,8 @@ pub struct Cluster {
     pub health: Vec<Arc<ServerHealth>>,
     /// `max_db_connections` / `max_user_connections` caps by what they cap
     /// (kept across reloads, so connections already open stay counted).
-    caps: HashMap<String, Arc<super::ConnectionCap>>,
+    /// Behind a lock: learnt pools, made at logins, join (or add) caps too.
+    caps: parking_lot::Mutex<HashMap<String, Arc<super::ConnectionCap>>>,
     /// Pools made at login for users the files do not give credentials
     /// for: auth_query users and JIT token logins. Keyed like `users`, by
     /// [`learnt_pools_name`]; kept across reloads.
@@ -223,13 +224,7 @@ impl Cluster {
                 metrics,
                 credential.as_ref(),
             );
-            for pool in pools
-                .shards
-                .iter()
-                .flat_map(|s| s.servers.iter().map(|s| &s.pool))
-            {
-                pool.set_caps(caps_of(pool, config, previous, &mut caps));
-            }
+            put_under_caps(&pools, config, previous, &mut caps);
             users.insert((user.name.clone(), user.database.clone()), Arc::new(pools));
         }
         let mut learnt = HashMap::new();
@@ -252,13 +247,14 @@ impl Cluster {
             }
             let user = learnt_user(&key.0, &key.1, &server_user);
             let pools = user_pools(config, &user, &health, previous, metrics, Some(&credential));
+            put_under_caps(&pools, config, previous, &mut caps);
             let pools = Arc::new(pools);
             learnt.insert(key, LearntPools { pools, credential });
         }
         Cluster {
             users,
             health: health_list,
-            caps,
+            caps: parking_lot::Mutex::new(caps),
             learnt: parking_lot::Mutex::new(learnt),
         }
     }
@@ -290,14 +286,11 @@ impl Cluster {
             .map(|h| (h.name.clone(), h.clone()))
             .collect();
         let user = learnt_user(name, database, server_user);
-        let pools = Arc::new(user_pools(
-            config,
-            &user,
-            &health,
-            None,
-            metrics,
-            Some(&slot),
-        ));
+        let pools = user_pools(config, &user, &health, None, metrics, Some(&slot));
+        // Their server connections count against `max_db_connections` /
+        // `max_user_connections` like those of users.toml entries.
+        put_under_caps(&pools, config, None, &mut self.caps.lock());
+        let pools = Arc::new(pools);
         learnt.insert(
             key,
             LearntPools {
@@ -361,6 +354,22 @@ impl Cluster {
     }
 }
 
+/// Puts every pool of `pools` under the caps it belongs to (see [`caps_of`]).
+fn put_under_caps(
+    pools: &UserPools,
+    config: &Config,
+    previous: Option<&Cluster>,
+    caps: &mut HashMap<String, Arc<super::ConnectionCap>>,
+) {
+    for pool in pools
+        .shards
+        .iter()
+        .flat_map(|s| s.servers.iter().map(|s| &s.pool))
+    {
+        pool.set_caps(caps_of(pool, config, previous, caps));
+    }
+}
+
 /// The caps `pool` is under, made (or taken from the previous cluster) as
 /// needed: per database and server, and per server user and server.
 fn caps_of(
@@ -390,7 +399,7 @@ fn caps_of(
             .entry(key.clone())
             .or_insert_with(|| {
                 previous
-                    .and_then(|p| p.caps.get(&key).cloned())
+                    .and_then(|p| p.caps.lock().get(&key).cloned())
                     .unwrap_or_else(|| super::ConnectionCap::new(key.clone(), max as usize))
             })
             .clone();

@@ -235,6 +235,7 @@ impl Session {
             }
         }
         let mut failure: Option<ShardError> = None;
+        let mut cancel_at = self.query_deadline();
         loop {
             let mut progressed = false;
             for i in 0..legs.len() {
@@ -303,9 +304,27 @@ impl Session {
             let wanted: Vec<bool> = (0..legs.len())
                 .map(|i| !legs[i].ready && (draining || merge.wants(i)))
                 .collect();
-            match relay_wait(&mut self.client, &mut self.to_client, legs, &wanted).await {
+            match relay_wait(
+                &mut self.client,
+                &mut self.to_client,
+                legs,
+                &wanted,
+                cancel_at,
+            )
+            .await
+            {
                 Ok(()) => {}
                 Err(Waited::ClientLost(e)) => return Err(SessionEnd::ClientIo(e)),
+                Err(Waited::QueryTimeout) => {
+                    // `query_timeout_ms`: every shard still running the
+                    // statement is cancelled; their 57014 ends it as one
+                    // shard's error would.
+                    tracing::info!(
+                        "query_timeout_ms reached: cancelling the statement on its shards"
+                    );
+                    cancel_unfinished(legs);
+                    cancel_at = None;
+                }
                 Err(Waited::LegLost(i)) => {
                     legs[i].ready = true;
                     legs[i].held.conn.tx_status = b'E'; // unusable: closed at give-back
@@ -324,6 +343,8 @@ enum Waited {
     ClientLost(std::io::Error),
     /// Leg `i` closed or failed.
     LegLost(usize),
+    /// The statement's `query_timeout_ms` deadline passed.
+    QueryTimeout,
 }
 
 /// Waits until the client took some of the merged output or a wanted leg
@@ -338,11 +359,15 @@ enum Waited {
 /// the server's sends; when such a leg has sent nothing for [`TAIL_WAIT`]
 /// (the end of its result, or a pause) its mark is lowered, which wakes
 /// the read if bytes are already waiting.
+///
+/// `cancel_at`: the statement's `query_timeout_ms` deadline, reported as
+/// [`Waited::QueryTimeout`] when it passes first.
 async fn relay_wait(
     client: &mut crate::net::ClientStream,
     out: &mut BytesMut,
     legs: &mut [Leg],
     wanted: &[bool],
+    cancel_at: Option<std::time::Instant>,
 ) -> Result<(), Waited> {
     use std::future::Future;
     use std::task::Poll;
@@ -352,7 +377,13 @@ async fn relay_wait(
         .zip(wanted)
         .any(|(l, &w)| w && l.held.conn.low_water.is_raised());
     let mut tail = raised.then(|| Box::pin(tokio::time::sleep(TAIL_WAIT)));
+    let mut timeout = cancel_at.map(|at| Box::pin(tokio::time::sleep_until(at.into())));
     std::future::poll_fn(|cx| {
+        if let Some(timer) = timeout.as_mut() {
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(Waited::QueryTimeout));
+            }
+        }
         let mut wrote = false;
         if out.len() >= FLUSH_AT {
             while !out.is_empty() {
