@@ -32,6 +32,16 @@ def closed_by_peer(sock: socket.socket, timeout: float) -> bool:
         return False
 
 
+
+def assert_closed_idle_in_transaction(conn, after: float) -> None:
+    """`conn`, left idle inside a transaction for `after` seconds, was
+    closed with 25P03 (idle_transaction_timeout_ms)."""
+    time.sleep(after)
+    with pytest.raises(psycopg.Error) as err:
+        conn.execute("SELECT 1")
+    assert sqlstate(err.value) == "25P03", err.value
+    conn.close()
+
 def test_stalled_logins_are_closed_and_free_their_slots(routers):
     router = routers.start(general={"client_login_timeout_ms": 1000, "max_clients": 4})
     stalled = []
@@ -161,11 +171,7 @@ def test_reloaded_timeouts_bind_clients_already_connected(routers):
     slow.close()
     idle.execute("BEGIN")
     idle.execute("SELECT 1")
-    time.sleep(2)
-    with pytest.raises(psycopg.Error) as err:
-        idle.execute("SELECT 1")
-    assert sqlstate(err.value) == "25P03", err.value
-    idle.close()
+    assert_closed_idle_in_transaction(idle, after=2)
 
 
 @pytest.mark.parametrize("cap", ["max_db_connections", "max_user_connections"])
@@ -333,11 +339,7 @@ def test_idle_transaction_timeout_after_a_lone_begin_on_a_sharded_database(route
     router = start_sharded(routers, two_shards, idle_transaction_timeout_ms=500)
     conn = connect(router.dsn())
     conn.execute("BEGIN")
-    time.sleep(1.5)
-    with pytest.raises(psycopg.Error) as err:
-        conn.execute("SELECT 1")
-    assert sqlstate(err.value) == "25P03", err.value
-    conn.close()
+    assert_closed_idle_in_transaction(conn, after=1.5)
     # Between transactions nobody is cut off.
     with connect(router.dsn()) as other:
         other.execute("BEGIN")

@@ -109,7 +109,12 @@ pub struct MergeError {
 }
 
 impl MergeError {
+    /// 0A000, said to come from the router (as its other refusals are).
     pub(crate) fn unsupported(message: String) -> MergeError {
+        let message = match message.starts_with("pgrouter: ") {
+            true => message,
+            false => format!("pgrouter: {message}"),
+        };
         MergeError {
             sqlstate: "0A000",
             message,
