@@ -25,11 +25,15 @@ pub struct SharedStatement {
     pub analysis: Arc<Analysis>,
 }
 
+/// A statement's identity: its text and the parameter types its Parse
+/// declared.
+type StatementKey = (String, Vec<i32>);
+
 /// De-duplicates statements across clients. Holds weak references so a
 /// statement no client uses any more is forgotten.
 #[derive(Default)]
 pub struct StatementRegistry {
-    by_text: Mutex<HashMap<(String, Vec<i32>), Weak<SharedStatement>>>,
+    by_text: Mutex<HashMap<StatementKey, Weak<SharedStatement>>>,
     next_id: AtomicU64,
 }
 

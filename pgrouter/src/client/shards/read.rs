@@ -238,6 +238,9 @@ impl Session {
         let mut cancel_at = self.query_deadline();
         loop {
             let mut progressed = false;
+            // By index: a leg is read and updated while `legs` is lent to
+            // the helpers that cancel or inspect every leg.
+            #[allow(clippy::needless_range_loop)]
             for i in 0..legs.len() {
                 while !legs[i].ready && (failure.is_some() || merge.is_done() || merge.wants(i)) {
                     // The merger's messages are read in place (a fan-out
@@ -266,11 +269,8 @@ impl Session {
                             legs[i].ready = true;
                             legs[i].held.conn.tx_status = body.first().copied().unwrap_or(b'I');
                         }
-                        b'E' => {
-                            if failure.is_none() {
-                                failure = Some(ShardError::Server(body));
-                            }
-                        }
+                        b'E' if failure.is_none() => failure = Some(ShardError::Server(body)),
+                        b'E' => {}
                         b'S' => legs[i].held.conn.note_parameter_status(&body),
                         b'N' if i == 0 => {
                             crate::protocol::backend::put_message(&mut self.to_client, b'N', |b| {
