@@ -467,6 +467,14 @@ fn replicated_write_is_exact(
     Ok(())
 }
 
+/// "sharded table \"t\"", or "a sharded table" when it is not known.
+fn sharded_table(sharded: Option<&str>) -> String {
+    sharded.map_or_else(
+        || "a sharded table".to_string(),
+        |t| format!("sharded table \"{t}\""),
+    )
+}
+
 fn qualified(r: &Relation) -> String {
     match &r.schema {
         Some(s) => format!("{s}.{}", r.name),
@@ -709,21 +717,28 @@ impl<'a> Planner<'a> {
     /// A statement writing unsharded table `target` must run on shard 0
     /// alone; one that reads sharded rows of another shard (or of several)
     /// would write them where no later statement on `target` looks.
+    /// Where the statement runs besides shard 0, for a refusal ("every
+    /// shard", "2 shards", "shard 1"); None when on shard 0 alone.
+    fn beyond_shard_0(&self) -> Option<String> {
+        match (&self.keyless, self.shards.iter().find(|&&s| s != 0)) {
+            (Some(_), _) => Some("every shard".to_string()),
+            (None, Some(_)) if self.shards.len() > 1 => {
+                Some(format!("{} shards", self.shards.len()))
+            }
+            (None, Some(s)) => Some(format!("shard {s}")),
+            (None, None) => None,
+        }
+    }
+
     fn unsharded_write_on_shard_0(
         &self,
         target: &str,
         sharded: Option<&str>,
     ) -> Result<(), Refusal> {
-        let elsewhere = match (&self.keyless, self.shards.iter().find(|&&s| s != 0)) {
-            (Some(_), _) => "every shard".to_string(),
-            (None, Some(_)) if self.shards.len() > 1 => format!("{} shards", self.shards.len()),
-            (None, Some(s)) => format!("shard {s}"),
-            (None, None) => return Ok(()),
+        let Some(elsewhere) = self.beyond_shard_0() else {
+            return Ok(());
         };
-        let source = sharded.map_or_else(
-            || "a sharded table".to_string(),
-            |t| format!("sharded table \"{t}\""),
-        );
+        let source = sharded_table(sharded);
         Err(unsupported(format!(
             "pgrouter: a write to unsharded table \"{target}\" must run on shard 0 (where statements on it \
              alone go), and this one reads {source} on {elsewhere}; HINT: read the rows first and write them \
@@ -734,16 +749,10 @@ impl<'a> Planner<'a> {
     /// A statement reading unsharded table `table` must run on shard 0
     /// alone (see [`unsharded_read`]).
     fn unsharded_read_on_shard_0(&self, table: &str, sharded: Option<&str>) -> Result<(), Refusal> {
-        let elsewhere = match (&self.keyless, self.shards.iter().find(|&&s| s != 0)) {
-            (Some(_), _) => "every shard".to_string(),
-            (None, Some(_)) if self.shards.len() > 1 => format!("{} shards", self.shards.len()),
-            (None, Some(s)) => format!("shard {s}"),
-            (None, None) => return Ok(()),
+        let Some(elsewhere) = self.beyond_shard_0() else {
+            return Ok(());
         };
-        let with = sharded.map_or_else(
-            || "a sharded table".to_string(),
-            |t| format!("sharded table \"{t}\""),
-        );
+        let with = sharded_table(sharded);
         Err(unsupported(format!(
             "pgrouter: unsharded table \"{table}\" has its rows on shard 0, and this statement reads it with \
              {with} on {elsewhere}; HINT: make \"{table}\" a reference table, or query the two separately"
