@@ -767,12 +767,11 @@ impl Session {
     /// it). The fixups replace the server's unnamed statement, which
     /// `parse_unnamed_here` then parses again.
     fn unnamed_runs(&mut self, boundary: bool) -> Result<(), SessionEnd> {
-        let Some(analysis) = self.unnamed.clone() else {
-            return Ok(());
+        // Checked before the clone: this runs for every unnamed Bind.
+        let analysis = match &self.unnamed {
+            Some(a) if touches_sql_prepared(a) => a.clone(),
+            _ => return Ok(()),
         };
-        if !touches_sql_prepared(&analysis) {
-            return Ok(());
-        }
         let parse = std::mem::take(&mut self.unnamed_parse);
         let sql = parse_parse(parse.get(5..).unwrap_or(&[])).map(|p| p.sql.to_string());
         self.unnamed_parse = parse;
