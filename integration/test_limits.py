@@ -4,6 +4,8 @@ issue 19 item 4): `client_login_timeout_ms`, `idle_transaction_timeout_ms`,
 logins."""
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import threading
 import time
@@ -346,3 +348,127 @@ def test_idle_transaction_timeout_after_a_lone_begin_on_a_sharded_database(route
         other.execute("COMMIT")
         time.sleep(1)
         assert other.execute("SELECT 1").fetchone() == (1,)
+
+
+def sleep_on_shard(port: int, seconds: int) -> str:
+    """A condition true on every row that sleeps `seconds` on the shard
+    listening on `port` only: one statement, slow on one shard."""
+    return (f"pg_sleep(CASE WHEN inet_server_port() = {port} "
+            f"THEN {seconds} ELSE 0 END)::text = ''")
+
+
+def shard_rows(servers) -> list[list[tuple]]:
+    out = []
+    for s in servers:
+        with s.connect(APP_DB) as conn:
+            out.append(conn.execute("SELECT customer_id, v FROM lim_orders ORDER BY 1").fetchall())
+    return out
+
+
+def assert_sleeps_gone(servers) -> None:
+    for server in servers:
+        wait_until(lambda s=server: not any("pg_sleep" in (b["query"] or "") and b["state"] == "active"
+                                            for b in s.backends(user=APP_USER)), 5,
+                   what="the cancelled sleeps gone from the shards")
+
+
+@pytest.mark.parametrize("two_phase", [False, True])
+def test_query_timeout_cancels_a_write_on_several_shards(routers, two_shards, two_phase):
+    """A keyless UPDATE runs on every shard: query_timeout_ms cancels it
+    where it still runs (57014), and no shard keeps its part — not even
+    one that had finished before the timeout (it used to run to its end,
+    however long)."""
+    router = start_sharded(routers, two_shards, query_timeout_ms=800,
+                           two_phase_commit=two_phase)
+    with connect(router.dsn()) as conn:
+        conn.execute("DELETE FROM lim_orders")
+        conn.execute("INSERT INTO lim_orders VALUES (1, 1), (2, 2), (3, 3), (4, 4)")
+        before = shard_rows(two_shards)
+        assert all(before), f"rows on every shard: {before}"
+        slow = sleep_on_shard(two_shards[1].port, 10)
+        with Timer() as timer, pytest.raises(psycopg.errors.QueryCanceled):
+            conn.execute(f"UPDATE lim_orders SET v = v + 100 WHERE {slow}")
+        assert timer.elapsed < 8, f"the write ran {timer.elapsed:.1f}s"
+        assert shard_rows(two_shards) == before
+        # The session goes on, and so does a quick write on every shard.
+        conn.execute("UPDATE lim_orders SET v = v + 1")
+        assert conn.execute("SELECT sum(v) FROM lim_orders").fetchone() == (14,)
+    assert_sleeps_gone(two_shards)
+
+
+def test_query_timeout_cancels_a_write_in_a_transaction_on_several_shards(routers, two_shards):
+    """Inside a transaction already on both shards, a statement on every
+    shard is cancelled by query_timeout_ms (57014): the transaction is
+    failed as in PostgreSQL, ROLLBACK ends it, nothing of it stays."""
+    router = start_sharded(routers, two_shards, query_timeout_ms=800)
+    with connect(router.dsn()) as conn:
+        conn.execute("DELETE FROM lim_orders")
+        conn.execute("INSERT INTO lim_orders VALUES (1, 1), (2, 2), (3, 3), (4, 4)")
+        before = shard_rows(two_shards)
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO lim_orders VALUES (5, 5), (6, 6), (7, 7), (8, 8)")
+        slow = sleep_on_shard(two_shards[0].port, 10)
+        with Timer() as timer, pytest.raises(psycopg.errors.QueryCanceled):
+            conn.execute(f"DELETE FROM lim_orders WHERE {slow}")
+        assert timer.elapsed < 8, f"the write ran {timer.elapsed:.1f}s"
+        with pytest.raises(psycopg.errors.InFailedSqlTransaction):
+            conn.execute("SELECT 1")
+        conn.execute("ROLLBACK")
+        assert shard_rows(two_shards) == before
+        assert conn.execute("SELECT count(*) FROM lim_orders").fetchone() == (4,)
+    assert_sleeps_gone(two_shards)
+
+
+def test_query_timeout_cancels_a_split_insert(routers, two_shards):
+    """A multi-row INSERT split over the shards is one statement:
+    query_timeout_ms cancels it, and no shard keeps its rows."""
+    router = start_sharded(routers, two_shards, query_timeout_ms=800)
+    with connect(router.dsn()) as conn:
+        conn.execute("DELETE FROM lim_orders")
+        values = ", ".join(f"({k}, length(pg_sleep(CASE WHEN inet_server_port() = "
+                           f"{two_shards[1].port} THEN 10 ELSE 0 END)::text) + {k})"
+                           for k in range(1, 9))
+        with Timer() as timer, pytest.raises(psycopg.errors.QueryCanceled):
+            conn.execute(f"INSERT INTO lim_orders VALUES {values}")
+        assert timer.elapsed < 8, f"the insert ran {timer.elapsed:.1f}s"
+        assert shard_rows(two_shards) == [[], []]
+        conn.execute("INSERT INTO lim_orders VALUES (1, 1), (2, 2), (3, 3), (4, 4)")
+        assert conn.execute("SELECT count(*) FROM lim_orders").fetchone() == (4,)
+    assert_sleeps_gone(two_shards)
+
+
+def test_a_shard_answering_neither_a_write_nor_its_cancel_is_given_up(routers, two_shards):
+    """A shard whose backend is frozen (SIGSTOP) answers neither the write
+    nor its cancel: another query_timeout_ms later the router gives up on
+    it (08006 naming the shard), rolls the other shards back, and the
+    session goes on."""
+    router = start_sharded(routers, two_shards, query_timeout_ms=2000)
+    with connect(router.dsn()) as conn:
+        conn.execute("DELETE FROM lim_orders")
+        conn.execute("INSERT INTO lim_orders VALUES (1, 1), (2, 2), (3, 3), (4, 4)")
+        before = shard_rows(two_shards)
+        slow = sleep_on_shard(two_shards[1].port, 30)
+        failure: list[BaseException] = []
+
+        def write():
+            try:
+                conn.execute(f"UPDATE lim_orders SET v = v + 100 WHERE {slow}")
+            except psycopg.Error as e:
+                failure.append(e)
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        pid = wait_until(lambda: next((b["pid"] for b in two_shards[1].backends(user=APP_USER)
+                                       if "pg_sleep" in (b["query"] or "") and b["state"] == "active"),
+                                      None), 1.5, interval=0.02, what="the sleep on shard 1")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            writer.join(15)
+            assert not writer.is_alive(), "the write was never given up"
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert failure and sqlstate(failure[0]) == "08006", failure
+        assert "shard 1" in str(failure[0]), failure[0]
+        assert conn.execute("SELECT count(*) FROM lim_orders").fetchone() == (4,)
+    assert shard_rows(two_shards) == before
+    assert_sleeps_gone(two_shards)

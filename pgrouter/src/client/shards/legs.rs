@@ -237,6 +237,42 @@ pub(super) fn cancel_unfinished(legs: &mut [Leg]) {
     }
 }
 
+/// Cancels what the legs not yet answered are running and waits until
+/// PostgreSQL has acted on every cancel (`query_timeout_ms` on a
+/// statement on several shards). The legs stay usable: a cancel that
+/// arrives after its statement ended finds the backend idle, where
+/// PostgreSQL ignores it, and it has arrived before the router sends the
+/// leg anything else — it can never stop the ROLLBACK, PREPARE
+/// TRANSACTION or COMMIT that follows.
+pub(super) async fn cancel_and_wait(legs: &[Leg]) {
+    let cancels: Vec<_> = legs
+        .iter()
+        .filter(|l| !l.ready)
+        .map(|leg| {
+            let target = leg.held.conn.cancel_target();
+            tokio::spawn(async move {
+                let _ = super::super::cancel::send_cancel(&target).await;
+            })
+        })
+        .collect();
+    for cancel in cancels {
+        let _ = cancel.await;
+    }
+}
+
+/// Marks the legs not yet answered as lost (closed at give-back) and
+/// returns the first one's shard.
+pub(super) fn give_up_unfinished(legs: &mut [Leg]) -> usize {
+    let mut first = None;
+    for leg in legs.iter_mut().filter(|l| !l.ready) {
+        leg.ready = true;
+        leg.cancelled = true;
+        leg.held.conn.tx_status = b'E';
+        first.get_or_insert(leg.shard);
+    }
+    first.unwrap_or_default()
+}
+
 /// Reads what the legs not yet answered still send, up to their
 /// ReadyForQuery, so that they can go on in their transaction (a leg
 /// that cannot is closed at give-back).

@@ -10,7 +10,9 @@ use bytes::{Bytes, BytesMut};
 use pgrouter_parser::StatementKind;
 
 use super::held::Leg;
-use super::legs::{cancel_targets, cancel_unfinished, fill_any};
+use super::legs::{
+    cancel_and_wait, cancel_targets, cancel_unfinished, fill_any, give_up_unfinished,
+};
 use super::unit::Unit;
 use super::{next_message, put_tag, split_tag, ShardError};
 use crate::client::error::SessionEnd;
@@ -193,6 +195,8 @@ impl Session {
         }
         let mut answers: Vec<Answer> = vec![Vec::new(); legs.len()];
         let mut seen = vec![0usize; legs.len()];
+        let mut deadline = self.query_deadline();
+        let mut cancelled = false;
         loop {
             for (i, leg) in legs.iter_mut().enumerate() {
                 while !leg.ready {
@@ -215,7 +219,35 @@ impl Session {
                 return Ok(Ok(answers));
             }
             let wanted: Vec<bool> = legs.iter().map(|l| !l.ready).collect();
-            if let Err(i) = fill_any(legs, &wanted).await {
+            let filled = match deadline {
+                None => fill_any(legs, &wanted).await,
+                Some(at) => match tokio::time::timeout_at(at.into(), fill_any(legs, &wanted)).await
+                {
+                    Ok(filled) => filled,
+                    Err(_) if !cancelled => {
+                        // `query_timeout_ms`: the statement is cancelled
+                        // on every shard still running it, and their
+                        // answers (57014) are read as any error's.
+                        tracing::info!(
+                            "query_timeout_ms reached: cancelling the statement on its shards"
+                        );
+                        cancel_and_wait(legs).await;
+                        cancelled = true;
+                        deadline = self.query_deadline();
+                        continue;
+                    }
+                    Err(_) => {
+                        // Neither the statement nor its cancel answered
+                        // within another `query_timeout_ms`.
+                        let shard = give_up_unfinished(legs);
+                        return Ok(Err(ShardError::lost(
+                            shard,
+                            &"it answered neither the statement nor its cancel within query_timeout_ms",
+                        )));
+                    }
+                },
+            };
+            if let Err(i) = filled {
                 legs[i].ready = true;
                 legs[i].held.conn.tx_status = b'E';
                 let e = ShardError::lost(legs[i].shard, &"connection closed");
