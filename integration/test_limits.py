@@ -272,6 +272,39 @@ def test_max_db_and_user_connections_cap_across_pools(routers, primary):
         router.stop()
 
 
+def test_a_cap_set_by_reload_counts_connections_already_open(routers, primary):
+    """max_db_connections set by a reload (from 0) counts the server
+    connections already open, idle ones and one in use across the reload:
+    the pool does not open the cap's worth on top of them."""
+    router = routers.start(general={"default_pool_size": 5, "checkout_timeout_ms": 20000})
+    held = [connect(router.dsn()) for _ in range(3)]
+    for conn in held:
+        conn.execute("BEGIN")
+        conn.execute("SELECT 1")
+    for conn in held[1:]:
+        conn.execute("COMMIT")
+    assert len(primary.backends(user=APP_USER, db=APP_DB)) >= 3
+    config = router.config
+    config["general"]["max_db_connections"] = 3
+    router.write_files(config)
+    before = reload_marks(router)
+    router.reload()
+    assert wait_reload(router, before) == "ok"
+    held[0].execute("COMMIT")  # in use during the reload, back now
+
+    def client():
+        with connect(router.dsn()) as conn:
+            for _ in range(5):
+                conn.execute("SELECT pg_sleep(0.05)")
+
+    with BackendPeak(primary, APP_USER, APP_DB) as seen:
+        errors = run_clients(client, [()] * 8)
+    for conn in held:
+        conn.close()
+    assert errors == []
+    assert 0 < seen.peak <= 3, f"{seen.peak} connections on the server"
+
+
 @pytest.mark.parametrize("mode", ["transaction", "session"])
 def test_client_idle_timeout_closes_idle_clients_in_both_pool_modes(routers, mode):
     """client_idle_timeout_ms ends a client idle between transactions with

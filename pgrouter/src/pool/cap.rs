@@ -34,6 +34,24 @@ pub struct CapPermit {
     cap: Arc<ConnectionCap>,
 }
 
+impl CapPermit {
+    /// Whether this is a share of `cap`.
+    pub fn is_of(&self, cap: &Arc<ConnectionCap>) -> bool {
+        Arc::ptr_eq(&self.cap, cap)
+    }
+}
+
+/// Makes `permits` the shares of exactly `caps`: those of other caps are
+/// given back, missing ones adopted ([`ConnectionCap::adopt`]).
+pub fn match_permits(permits: &mut Vec<CapPermit>, caps: &[Arc<ConnectionCap>]) {
+    permits.retain(|p| caps.iter().any(|c| p.is_of(c)));
+    for cap in caps {
+        if !permits.iter().any(|p| p.is_of(cap)) {
+            permits.push(cap.adopt());
+        }
+    }
+}
+
 impl Drop for CapPermit {
     fn drop(&mut self) {
         self.cap.open.fetch_sub(1, Ordering::AcqRel);
@@ -71,6 +89,14 @@ impl ConnectionCap {
     /// Connections open under the cap.
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Acquire)
+    }
+
+    /// A permit for a connection already open when its pool came under
+    /// this cap (a reload set the cap): it is counted even over the cap,
+    /// since it exists on the server either way.
+    pub fn adopt(self: &Arc<Self>) -> CapPermit {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        CapPermit { cap: self.clone() }
     }
 
     fn try_acquire(self: &Arc<Self>) -> Option<CapPermit> {
@@ -127,6 +153,25 @@ mod tests {
         assert!(cap.acquire(Duration::ZERO).await.is_none(), "lowered cap");
         drop(c);
         assert!(cap.acquire(Duration::ZERO).await.is_some());
+    }
+
+    #[test]
+    fn permits_match_the_caps_a_reload_set() {
+        let old = ConnectionCap::new("old".into(), 1);
+        let new = ConnectionCap::new("new".into(), 1);
+        let mut permits = vec![old.adopt()];
+        match_permits(&mut permits, std::slice::from_ref(&new));
+        assert_eq!(
+            (old.open(), new.open()),
+            (0, 1),
+            "old given back, new adopted"
+        );
+        match_permits(&mut permits, std::slice::from_ref(&new));
+        assert_eq!(new.open(), 1, "matched already: nothing more taken");
+        let _over = new.adopt();
+        assert_eq!(new.open(), 2, "adopted over the cap: it exists either way");
+        drop(permits);
+        assert_eq!(new.open(), 1);
     }
 
     #[tokio::test]

@@ -1,4 +1,4 @@
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -99,6 +99,10 @@ pub struct Pool {
     refused: Mutex<Option<(Instant, crate::protocol::backend::ErrorFields)>>,
     /// Caps shared with other pools (see `cap.rs`); set by each cluster build.
     caps: Mutex<Vec<Arc<super::ConnectionCap>>>,
+    /// Bumped when `caps` changes: a connection whose `caps_epoch` differs
+    /// has its permits matched to the caps when it comes back (one atomic
+    /// load per check-in otherwise).
+    caps_epoch: AtomicU64,
 }
 
 /// How long a client of a split pool waits in its own part before it may
@@ -205,6 +209,7 @@ impl Pool {
             default_params: Mutex::new(None),
             refused: Mutex::new(None),
             caps: Mutex::new(Vec::new()),
+            caps_epoch: AtomicU64::new(0),
         })
     }
 
@@ -426,7 +431,10 @@ impl Pool {
         if let Some(fields) = self.refusal_standing() {
             return Err(ServerError::Postgres(fields));
         }
-        let caps = self.caps.lock().clone();
+        let (caps, epoch) = {
+            let caps = self.caps.lock();
+            (caps.clone(), self.caps_epoch.load(Ordering::Acquire))
+        };
         let mut permits = Vec::with_capacity(caps.len());
         for cap in caps {
             match cap.acquire(self.settings.checkout_timeout).await {
@@ -441,12 +449,37 @@ impl Pool {
         self.note_login_outcome(&result);
         let mut conn = result?;
         conn.permits = permits;
+        conn.caps_epoch = epoch;
         Ok(conn)
     }
 
-    /// Puts the pool under these caps (replacing any earlier ones).
+    /// Puts the pool under these caps (replacing any earlier ones). Its
+    /// open connections count against a cap new to it (a reload set
+    /// `max_db_connections` / `max_user_connections` from 0): idle ones
+    /// now, those in use when they come back.
     pub fn set_caps(&self, caps: Vec<Arc<super::ConnectionCap>>) {
-        *self.caps.lock() = caps;
+        let mut current = self.caps.lock();
+        let same = current.len() == caps.len()
+            && current.iter().zip(&caps).all(|(a, b)| Arc::ptr_eq(a, b));
+        if same {
+            return;
+        }
+        *current = caps;
+        let epoch = self.caps_epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        for part in &self.parts {
+            for conn in part.slots.lock().idle.iter_mut() {
+                super::cap::match_permits(&mut conn.permits, &current);
+                conn.caps_epoch = epoch;
+            }
+        }
+    }
+
+    /// A connection back from a client after the pool's caps changed
+    /// shares exactly the current caps.
+    fn match_caps(&self, conn: &mut ServerConn) {
+        let caps = self.caps.lock();
+        super::cap::match_permits(&mut conn.permits, &caps);
+        conn.caps_epoch = self.caps_epoch.load(Ordering::Acquire);
     }
 
     /// Closes one idle connection, if the pool has one: a cap shared with
@@ -565,6 +598,9 @@ impl Pool {
         if expired || conn.tx_status != b'I' || in_flight || stuck || cancelling {
             pool.close(k, conn);
             return; // dropping `pooled` passes its lease on
+        }
+        if conn.caps_epoch != pool.caps_epoch.load(Ordering::Relaxed) {
+            pool.match_caps(&mut conn);
         }
         conn.last_used = last_used;
         pooled.leased = false;

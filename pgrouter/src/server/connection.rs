@@ -148,6 +148,8 @@ pub struct ServerConn {
     /// Shares of `max_db_connections` / `max_user_connections` this
     /// connection holds; given back when it is dropped.
     pub permits: Vec<crate::pool::CapPermit>,
+    /// The pool's caps epoch `permits` were matched to (`pool/pool.rs`).
+    pub caps_epoch: u64,
     /// `SO_RCVLOWAT` raised while a fan-out streams from here
     /// (`net/low_water.rs`); lowered before anyone else reads.
     pub low_water: crate::net::low_water::LowWater,

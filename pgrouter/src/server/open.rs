@@ -65,6 +65,7 @@ impl ServerConn {
             wrote: false,
             discard_due: false,
             permits: Vec::new(),
+            caps_epoch: 0,
             low_water: Default::default(),
         };
         super::login::login(&mut conn, target).await?;
