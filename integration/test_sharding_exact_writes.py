@@ -17,7 +17,8 @@ import psycopg
 import pytest
 
 from harness.clients import connect
-from harness.pg import APP_DB
+from harness import wire
+from harness.pg import APP_DB, APP_PASSWORD, APP_USER
 from test_sharding_routing import hash_shard, per_shard, refused, shards, srouter  # noqa: F401 (fixtures)
 
 
@@ -150,3 +151,58 @@ def test_pipeline_failing_on_one_shard_of_a_transaction_reports_failed_status(sr
         for s in shards:
             with s.connect(APP_DB) as c:
                 c.execute("DROP INDEX IF EXISTS sh_orders_key")
+
+
+WRITES_ON_SEVERAL_SHARDS = [
+    "UPDATE sh_orders SET note = 'u'",
+    "DELETE FROM sh_orders WHERE note = 'nobody'",
+    "INSERT INTO sh_orders (customer_id, note) VALUES (1, 'a'), (2, 'b'), (3, 'c')",
+    "UPDATE sh_orders SET note = 'r' RETURNING customer_id",
+    "INSERT INTO sh_orders (customer_id, note) VALUES (4, 'd'), (5, 'e'), (6, 'f') RETURNING note",
+]
+
+
+DDL_ON_EVERY_SHARD = ["CREATE TABLE sh_ddl_probe (a int)", "DROP TABLE sh_ddl_probe"]
+
+
+def kinds(conn: wire.RawConn, sql: str) -> list[bytes]:
+    """The message kinds answering Parse/Bind/Describe portal/Execute/Sync
+    of `sql` (DataRows left out: the row counts differ), with the command
+    tag's verb and ReadyForQuery's status."""
+    conn.send(wire.extended_query(sql) + wire.sync_message())
+    out = []
+    for m in conn.read_batches(1)[0]:
+        if m.kind == b"D":
+            continue
+        if m.kind == b"E":
+            raise AssertionError(wire.parse_error_fields(m.body))
+        extra = {b"C": m.body.split(b" ")[0], b"Z": m.body[:1]}.get(m.kind, b"")
+        out.append(m.kind + extra)
+    return out
+
+
+@pytest.mark.parametrize("in_transaction", [False, True])
+def test_writes_on_several_shards_answer_describe_as_postgresql(srouter, shards, in_transaction):
+    """A Describe of the portal of a statement on several shards (write,
+    DDL, savepoint, SET) is answered as PostgreSQL answers it: NoData
+    without a result (it was left out), the RowDescription with one."""
+    more = ["SAVEPOINT sp", "SET LOCAL work_mem = '8MB'", "RELEASE SAVEPOINT sp"] if in_transaction else []
+    statements = WRITES_ON_SEVERAL_SHARDS + DDL_ON_EVERY_SHARD + more
+
+    def answers(port: int) -> list[list[bytes]]:
+        conn = wire.RawConn.open(port)
+        conn.startup(APP_USER, APP_DB, APP_PASSWORD)
+        try:
+            if in_transaction:
+                conn.simple_query("BEGIN")
+            # Through the router: on every shard of the transaction already.
+            conn.simple_query("INSERT INTO sh_orders (customer_id, note) VALUES (7, 'x'), (8, 'y'), (9, 'z')")
+            return [kinds(conn, sql) for sql in statements]
+        finally:
+            conn.simple_query("ROLLBACK" if in_transaction else "DELETE FROM sh_orders")
+            conn.close()
+
+    direct = answers(shards[1].port)
+    routed = answers(srouter.port)
+    for sql, d, r in zip(statements, direct, routed):
+        assert r == d, sql

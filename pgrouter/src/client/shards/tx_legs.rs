@@ -679,8 +679,9 @@ impl Session {
                     Some(e) => Err(e),
                     None => {
                         let mut first = answers.into_iter().next().unwrap_or_default();
-                        first
-                            .retain(|(t, _)| !matches!(t, b'1' | b'2' | b'T' | b'n' | b'Z' | b'S'));
+                        // NoData stays when the client described the portal.
+                        unit.client_part(&mut first);
+                        first.retain(|(t, _)| !matches!(t, b'Z' | b'S'));
                         unit.preamble(&mut self.to_client);
                         for (t, b) in first {
                             backend::put_message(&mut self.to_client, t, |o| {

@@ -426,7 +426,9 @@ pub(super) fn merge_answers(answers: &[Answer], out: &mut BytesMut) {
     let Some(first) = results.first() else { return };
     for (k, part) in first.iter().enumerate() {
         for (tag, body) in part.iter() {
-            if matches!(tag, b'T' | b'N') {
+            // The description (RowDescription, or NoData for a write
+            // without RETURNING) and notices come from the first leg.
+            if matches!(tag, b'T' | b'n' | b'N') {
                 backend::put_message(out, *tag, |b| b.extend_from_slice(body));
             }
         }
