@@ -206,3 +206,73 @@ def test_writes_on_several_shards_answer_describe_as_postgresql(srouter, shards,
     routed = answers(srouter.port)
     for sql, d, r in zip(statements, direct, routed):
         assert r == d, sql
+
+
+def test_a_read_on_several_shards_whose_bind_fails_answers_as_postgresql(srouter, shards):
+    """A Bind the shards refuse (too few parameters, a value that is not
+    an integer) gets ParseComplete and the ErrorResponse, as PostgreSQL
+    answers: no BindComplete first (the router used to say it before the
+    shards answered)."""
+    batches = [
+        wire.parse_message("SELECT note FROM sh_orders WHERE note = $1") + wire.bind_message(),
+        wire.parse_message("SELECT note FROM sh_orders WHERE customer_id > $1::int")
+        + wire.bind_message(["abc"]),
+        wire.parse_message("SELECT note FROM sh_orders WHERE customer_id > $1::int")
+        + wire.bind_message(["1"]),
+    ]
+
+    def answers(port: int) -> list[list[bytes]]:
+        conn = wire.RawConn.open(port)
+        conn.startup(APP_USER, APP_DB, APP_PASSWORD)
+        out = []
+        try:
+            for batch in batches:
+                conn.send(batch + wire.describe_message() + wire.execute_message() + wire.sync_message())
+                out.append([m.kind + (wire.parse_error_fields(m.body)["C"].encode() if m.kind == b"E" else b"")
+                            for m in conn.read_batches(1)[0] if m.kind != b"D"])
+        finally:
+            conn.close()
+        return out
+
+    direct, routed = answers(shards[1].port), answers(srouter.port)
+    assert routed == direct
+    assert [a[:2] for a in routed] == [[b"1", b"E08P01"], [b"1", b"E22P02"], [b"1", b"2"]]
+
+
+def test_a_named_statement_parsed_and_bound_in_one_batch_is_routed_by_its_keys(srouter, shards):
+    """pgjdbc (past prepareThreshold) and Npgsql send Parse of a named
+    statement and its Bind in one batch. The router planned such a Bind
+    without the statement (it learns named statements as their Parse is
+    forwarded): a read on several shards ran on one shard only (a silently
+    partial result), an INSERT went to shard 0 whatever its key, a keyless
+    UPDATE changed one shard's rows."""
+    keys = list(range(1, 13))
+    placed = {k: hash_shard(shards[0], "sh_hp_int8", 3, k) for k in keys}
+    assert len(set(placed.values())) == 3
+    conn = wire.RawConn.open(srouter.port)
+    conn.startup(APP_USER, APP_DB, APP_PASSWORD)
+
+    def batch(sql: str, name: str, params: list[str], portal: str = "") -> list[wire.Msg]:
+        conn.send(wire.parse_message(sql, name) + wire.bind_message(params, portal=portal, statement=name)
+                  + wire.describe_message(b"P", portal) + wire.execute_message(portal) + wire.sync_message())
+        msgs = conn.read_batches(1)[0]
+        errors = [wire.parse_error_fields(m.body) for m in msgs if m.kind == b"E"]
+        assert not errors, errors
+        return msgs
+
+    try:
+        for k in keys:
+            batch("INSERT INTO sh_orders (customer_id, note) VALUES ($1, 'n')", f"S_ins{k}", [str(k)])
+        for shard, server in enumerate(shards):
+            with server.connect(APP_DB) as c:
+                got = {r[0] for r in c.execute("SELECT customer_id FROM sh_orders")}
+            assert got == {k for k in keys if placed[k] == shard}, f"shard {shard}"
+        rows = batch("SELECT customer_id FROM sh_orders ORDER BY 1", "S_read", [], portal="C_1")
+        assert [int(wire.data_row_values(m.body)[0]) for m in rows if m.kind == b"D"] == keys
+        done = batch("UPDATE sh_orders SET note = 'u'", "S_upd", [])
+        assert [m.body for m in done if m.kind == b"C"] == [b"UPDATE 12\0"]
+        for server in shards:
+            with server.connect(APP_DB) as c:
+                assert c.execute("SELECT count(*) FROM sh_orders WHERE note <> 'u'").fetchone() == (0,)
+    finally:
+        conn.close()

@@ -113,6 +113,10 @@ impl Session {
         let mut unnamed = self.unnamed.clone();
         let mut keyed = KeyedShard::default();
         let mut unnamed_parse = UnnamedText::None;
+        // Named statements parsed earlier in this batch: the session knows
+        // them only once their Parse is forwarded, after this scan.
+        let mut named_here: Vec<(&[u8], Arc<Analysis>, &[u8])> = Vec::new();
+        let no_text = UnnamedText::None;
         let mut at = 0;
         let mut last_tag = 0;
         while let Ok(Some(frame)) = next_frame(self.cbuf.get(at..).unwrap_or(&[]), self.max_message)
@@ -134,12 +138,25 @@ impl Session {
                             // for the Bind's keys (read only if needed).
                             unnamed = Some(a.clone());
                             unnamed_parse = UnnamedText::parse(body);
+                        } else if let Some(end) = body.iter().position(|&b| b == 0) {
+                            named_here.push((&body[..end], a.clone(), body));
                         }
                     })
                     .map(Ok),
                 b'B' => parse_bind_names(body).ok().and_then(|b| {
-                    let a = self.statement_analysis(b.statement, &unnamed)?;
-                    if let Err(refusal) = keyed.add(self.plan_bind(&a, &b, &unnamed_parse)) {
+                    let here = named_here.iter().rev().find(|(name, _, _)| {
+                        !b.statement.is_empty() && *name == b.statement.as_bytes()
+                    });
+                    let parsed_here;
+                    let (a, text) = match here {
+                        Some((_, a, parse)) => {
+                            parsed_here = UnnamedText::parse(parse);
+                            (a.clone(), &parsed_here)
+                        }
+                        None if b.statement.is_empty() => (unnamed.clone()?, &unnamed_parse),
+                        None => (self.statement_analysis(b.statement, &unnamed)?, &no_text),
+                    };
+                    if let Err(refusal) = keyed.add(self.plan_bind(&a, &b, text)) {
                         return Some(Err(refusal));
                     }
                     Some(Ok(a))

@@ -298,8 +298,9 @@ impl Session {
         })
     }
 
-    /// The shard a Bind's execution needs. `unnamed` is the unnamed Parse of
-    /// the same batch (its text and declared types), when there is one.
+    /// The shard a Bind's execution needs. `unnamed` is the Parse of the
+    /// Bind's statement in the same batch (its text and declared types),
+    /// when there is one.
     pub(super) fn plan_bind(
         &self,
         analysis: &Arc<Analysis>,
@@ -326,14 +327,16 @@ impl Session {
         if let TempRoute::Shard(shard) = self.temps.route(analysis)? {
             return Ok(Some(ShardChoice::one(shard, "temporary table")));
         }
+        // The text the caller read (the Parse of this batch, named or
+        // not), else the named statement as the session keeps it.
         let statement = || -> (&str, &[i32]) {
-            let named = (!bind.statement.is_empty())
-                .then(|| self.statements.get(bind.statement))
-                .flatten();
-            match named {
-                Some(s) => (&s.sql, &s.param_types),
-                None => unnamed.get().unwrap_or(("", &[])),
+            if let Some(text) = unnamed.get() {
+                return text;
             }
+            (!bind.statement.is_empty())
+                .then(|| self.statements.get(bind.statement))
+                .flatten()
+                .map_or(("", &[]), |s| (&s.sql, &s.param_types))
         };
         let key = self.sharding_key(analysis);
         let point = PointValues::Bind {

@@ -10,7 +10,7 @@ use pgrouter_parser::fanout::{plan_read, plan_read_knowing, ReadPlan};
 
 use super::held::Leg;
 use super::legs::{cancel_targets, cancel_unfinished, lower_low_water, poll_fill_any};
-use super::unit::Unit;
+use super::unit::{OwedPreamble, Unit};
 use super::{next_message, ShardError};
 use crate::client::error::SessionEnd;
 use crate::client::session::Session;
@@ -95,8 +95,8 @@ impl Session {
                 unit.request_with_bind(&plan.shard_sql, &rest, &mut request)
             }
         }
-        unit.preamble(&mut self.to_client);
-        let result = match self.run_read(legs, &request, &mut merger).await {
+        let mut owed = unit.owed_preamble();
+        let result = match self.run_read(legs, &request, &mut merger, &mut owed).await {
             Ok(r) => r,
             Err(end) => Err(ShardError::router("08006", format!("pgrouter: {end:?}"))),
         };
@@ -212,8 +212,9 @@ impl Session {
         legs: &mut [Leg],
         request: &[u8],
         merge: &mut Merger,
+        owed: &mut OwedPreamble,
     ) -> Result<Result<(), ShardError>, SessionEnd> {
-        let relayed = self.relay_read(legs, request, merge).await;
+        let relayed = self.relay_read(legs, request, merge, owed).await;
         lower_low_water(legs);
         relayed
     }
@@ -223,6 +224,7 @@ impl Session {
         legs: &mut [Leg],
         request: &[u8],
         merge: &mut Merger,
+        owed: &mut OwedPreamble,
     ) -> Result<Result<(), ShardError>, SessionEnd> {
         for i in 0..legs.len() {
             legs[i].ready = false;
@@ -268,6 +270,9 @@ impl Session {
                         b'Z' => {
                             legs[i].ready = true;
                             legs[i].held.conn.tx_status = body.first().copied().unwrap_or(b'I');
+                        }
+                        b'1' | b'2' if failure.is_none() => {
+                            owed.on_leg_message(tag, &mut self.to_client)
                         }
                         b'E' if failure.is_none() => failure = Some(ShardError::Server(body)),
                         b'E' => {}

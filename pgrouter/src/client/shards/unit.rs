@@ -80,9 +80,41 @@ impl Unit {
         }
     }
 
+    /// The preamble of a merged read, said when a leg has said it: a Bind
+    /// the shards refuse (wrong parameter count, a bad value) gets the
+    /// ErrorResponse alone, as from PostgreSQL, not a BindComplete first.
+    pub fn owed_preamble(&self) -> OwedPreamble {
+        OwedPreamble {
+            parse: self.extended.as_ref().is_some_and(|e| e.parsed),
+            bind: self.extended.is_some(),
+        }
+    }
+
     /// Whether a leg's RowDescription/NoData reaches the client.
     pub fn describes(&self) -> bool {
         self.extended.as_ref().is_none_or(|e| e.describe)
+    }
+}
+
+/// ParseComplete / BindComplete still owed to the client (see
+/// [`Unit::owed_preamble`]).
+pub(super) struct OwedPreamble {
+    parse: bool,
+    bind: bool,
+}
+
+impl OwedPreamble {
+    /// A leg's ParseComplete or BindComplete, before any failure: the
+    /// client gets it once, from the first leg to send it.
+    pub fn on_leg_message(&mut self, tag: u8, out: &mut BytesMut) {
+        let owed = match tag {
+            b'1' => &mut self.parse,
+            b'2' => &mut self.bind,
+            _ => return,
+        };
+        if std::mem::take(owed) {
+            backend::put_message(out, tag, |_| {});
+        }
     }
 }
 
