@@ -487,7 +487,7 @@ fn read_plan(unit: &Unit) -> Result<ReadPlan, ShardError> {
     if unit.analysis.statements.len() != 1 {
         return Err(ShardError::router(
             "0A000",
-            "pgrouter: a query string with several statements cannot read several shards; \
+            "pgrouter: a query string with several statements cannot run on several shards; \
              HINT: send the statements one by one",
         ));
     }
