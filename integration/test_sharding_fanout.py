@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 
+import asyncpg
 import psycopg
 import pytest
 
@@ -1062,3 +1063,34 @@ def test_asyncpg_copy_records_and_queries_after_prepare_split_by_key(srouter, sh
     assert found == [1] * 60  # each key found on the shard its key names
     counts = per_shard_counts(servers)
     assert sum(counts) == 60 and all(c > 0 for c in counts), counts
+
+
+def test_asyncpg_cursor_over_shards_is_refused_naming_the_cursor(srouter, shards):
+    """asyncpg's `cursor()` binds a named portal (Bind + Sync) and fetches
+    it in parts: reading a merged result in parts is not supported, and the
+    refusal (0A000) says it is the cursor, not a batch shape the user
+    never wrote. A cursor on one shard (its key given) works."""
+    servers, truth = shards
+    with connect(srouter.dsn()) as conn, truth.connect(APP_DB) as t:
+        conn.execute(CREATE)
+        load_both(conn, t, 30)
+        key = t.execute("SELECT customer_id FROM fo_orders LIMIT 1").fetchone()[0]
+        want_key_rows = t.execute("SELECT count(*) FROM fo_orders WHERE customer_id = %s", (key,)).fetchone()[0]
+
+    async def go():
+        c = await aconnect(srouter)
+        try:
+            async with c.transaction():
+                cur = await c.cursor("SELECT id FROM fo_orders WHERE customer_id = $1", key)
+                one_shard = len(await cur.fetch(100))
+            with pytest.raises(asyncpg.exceptions.FeatureNotSupportedError) as err:
+                async with c.transaction():
+                    cur = await c.cursor("SELECT id FROM fo_orders")
+                    await cur.fetch(5)
+            return one_shard, str(err.value), await c.fetchval("SELECT 1")
+        finally:
+            await c.close()
+    one_shard, refusal, after = run_async(go())
+    assert one_shard == want_key_rows
+    assert "cursor" in refusal, refusal
+    assert after == 1

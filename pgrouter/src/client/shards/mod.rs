@@ -200,16 +200,30 @@ fn row_limit_refusal(unit: &Unit, kind: ManyKind) -> Option<ShardError> {
     let what = if kind != ManyKind::Read {
         "a write on several shards executed with a row limit"
     } else if e.named_portal {
-        "reading a result on several shards in parts (a cursor: Execute of a named portal with a row limit)"
+        CURSOR_READ
     } else {
         return None;
     };
-    Some(ShardError::router(
+    Some(row_limit_error(what))
+}
+
+/// What a cursor on several shards is, for its refusal.
+const CURSOR_READ: &str =
+    "reading a result on several shards in parts (a cursor: Execute of a named portal with a row limit)";
+
+fn row_limit_error(what: &str) -> ShardError {
+    ShardError::router(
         "0A000",
         format!(
             "pgrouter: {what} is not supported; HINT: fetch all rows at once, or add the shard key"
         ),
-    ))
+    )
+}
+
+/// The refusal of a cursor read on several shards whose batch ends with
+/// Flush (asyncpg's `cursor()`: Bind, Execute with a row limit, Flush).
+pub(super) fn cursor_refusal() -> ShardError {
+    row_limit_error(CURSOR_READ)
 }
 
 /// COPY of a sharded table sent through the extended query protocol: the

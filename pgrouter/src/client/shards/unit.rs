@@ -163,6 +163,12 @@ impl Session {
             let Some(f) = next_frame(self.cbuf.get(at..).unwrap_or(&[]), self.max_message)? else {
                 return Ok(Taken::Refused(unsupported_shape()));
             };
+            if f.tag == b'E' {
+                let body = f.body(&self.cbuf[at..]);
+                if body.first().is_some_and(|&b| b != 0) && execute_max_rows(body) > 0 {
+                    return Ok(Taken::Refused(super::cursor_refusal()));
+                }
+            }
             if f.tag == b'D' && parse_target(f.body(&self.cbuf[at..]))?.0 != b'P' {
                 return Ok(Taken::Refused(unsupported_shape()));
             }
@@ -181,6 +187,14 @@ impl Session {
                 | [b'B', b'D', b'E', b'S']
         );
         if !ok {
+            // A named portal bound now and executed in parts later
+            // (asyncpg's `cursor()` sends Bind + Sync): a cursor.
+            let binds_portal = frames.iter().any(|&(tag, start, _)| {
+                tag == b'B' && self.cbuf.get(start + 5).is_some_and(|&b| b != 0)
+            });
+            if binds_portal && !shape.contains(&b'E') {
+                return Ok(Taken::Refused(super::cursor_refusal()));
+            }
             return Ok(Taken::Refused(unsupported_shape()));
         }
         let batch = self.cbuf.split_to(at).freeze();
