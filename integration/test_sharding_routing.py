@@ -335,6 +335,43 @@ def test_bad_key_values_get_postgresqls_errors(srouter, shards):
         assert conn.execute(f"SELECT {PORT} FROM sh_regions WHERE region = 'us'").fetchone()[0] == shards[2].port
 
 
+def test_text_keys_in_another_client_encoding_are_placed_right_or_refused(srouter, shards):
+    """A session in client_encoding LATIN1: PostgreSQL converts its text to
+    the database's UTF-8 and hashes that. The router hashes keys as UTF-8
+    and does not convert, so a non-ASCII key must be refused (0A000), never
+    hashed as the client's bytes — 'Ã©' is C3 A9 in LATIN1, which read as
+    UTF-8 is 'é': it was placed as 'é' would be, away from where
+    PostgreSQL's hash puts it (and where a UTF8 session looks for it)."""
+    names = ["Ã©", "Ã¼x", "Ã±a", "Ã¶", "Ã§b", "Ã¤c"]
+    with connect(srouter.dsn()) as conn:
+        conn.execute("SET client_encoding = 'LATIN1'")
+        for name in names:
+            # A literal (simple query), then a text parameter.
+            refused(conn, f"INSERT INTO sh_users (name, age) VALUES ('{name}', 1)")
+            msg = refused(conn, "INSERT INTO sh_users (name, age) VALUES (%s, 2)", (name,))
+            assert "client_encoding" in msg and "LATIN1" in msg.upper(), msg
+            refused(conn, "SELECT age FROM sh_users WHERE name = %s", (name,))
+        # Bytes that are not UTF-8 at all are LATIN1 too, not malformed.
+        refused(conn, "INSERT INTO sh_users (name, age) VALUES (%s, 3)", ("é",))
+        conn.execute("SET pgrouter.sharding_key = 'Ã©'")
+        refused(conn, "SELECT age FROM sh_users")
+        conn.execute("RESET pgrouter.sharding_key")
+        # ASCII keys are the same bytes in either encoding: placed as ever.
+        conn.execute("INSERT INTO sh_users (name, age) VALUES ('plain', 4), (%s, 5)", ("ascii",))
+        assert conn.execute("SELECT name FROM sh_users WHERE name = %s", ("plain",)).fetchall() == [("plain",)]
+        conn.execute("SET client_encoding = 'UTF8'")
+        for name in names:
+            conn.execute("INSERT INTO sh_users (name, age) VALUES (%s, 6)", (name,))
+    for i, s in enumerate(shards):
+        with s.connect(APP_DB) as c:
+            bad = c.execute("SELECT name FROM sh_users WHERE NOT satisfies_hash_partition("
+                            "'sh_hp_text'::regclass, 3, %s, name)", (i,)).fetchall()
+            assert bad == [], f"rows on shard {i} that PostgreSQL would place elsewhere: {bad}"
+    with connect(srouter.dsn()) as conn:
+        got = sorted(r[0] for r in conn.execute("SELECT name FROM sh_users").fetchall())
+    assert got == sorted(names + ["plain", "ascii"])
+
+
 def test_hints_and_sharding_key_setting(srouter, shards):
     with connect(srouter.dsn()) as conn:
         assert conn.execute(f"/* pgrouter: shard=2 */ SELECT {PORT} FROM sh_orders LIMIT 1").fetchall() == []

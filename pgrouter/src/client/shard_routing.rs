@@ -272,6 +272,21 @@ impl Session {
             });
         }
         let key = self.sharding_key(analysis);
+        if let Some(encoding) = self.foreign_encoding() {
+            // Neither the point plans nor the memo know the encoding.
+            let Ok(sql) = parse_query(body) else {
+                return Ok(None);
+            };
+            let values = Values::Text(sql);
+            return router::plan_shard_encoded(
+                analysis,
+                &values,
+                map,
+                key,
+                explain,
+                Some(encoding),
+            );
+        }
         let known = |index| self.memo.borrow().literal_token(body, index);
         let text = PointValues::Text {
             sql: &|| parse_query(body).ok(),
@@ -336,6 +351,26 @@ impl Session {
             }
         };
         let key = self.sharding_key(analysis);
+        if let Some(encoding) = self.foreign_encoding() {
+            // Neither the point plans nor the memo know the encoding.
+            let Some(params) = BindParams::parse(bind.rest) else {
+                return Ok(None);
+            };
+            let (sql, types) = statement();
+            let values = Values::Bind {
+                sql,
+                params: &params,
+                param_types: types,
+            };
+            return router::plan_shard_encoded(
+                analysis,
+                &values,
+                map,
+                key,
+                explain,
+                Some(encoding),
+            );
+        }
         let point = PointValues::Bind {
             rest: bind.rest,
             statement: &statement,
@@ -381,6 +416,17 @@ impl Session {
             return None;
         }
         self.plan_memo.points.get(analysis, map)?.shard(values)
+    }
+
+    /// The session's `client_encoding` when it is not UTF8: text keys are
+    /// then placed only when ASCII (`router::plan_shard_encoded`).
+    fn foreign_encoding(&self) -> Option<&str> {
+        if !self.session_routing().foreign_encoding {
+            return None; // no lookup by name on every statement
+        }
+        self.params
+            .get("client_encoding")
+            .filter(|e| !crate::fanout::copy_split::is_utf8(e))
     }
 
     /// A hint comment or `SET pgrouter.shard` overrides the keys.
