@@ -485,6 +485,44 @@ def test_explain_route_names_the_replica_a_read_would_use(routers, shards, clust
             (2, "primary", f"127.0.0.1:{shards[2].port}")]
 
 
+def test_read_only_transactions_run_on_each_shards_replica(routers, shards, cluster):
+    """`BEGIN READ ONLY` (or a session with default_transaction_read_only)
+    runs its transaction on a replica, per shard: shard 0's replica here,
+    the primary of shards without one (read-only all the same). The
+    transaction's BEGIN used to be sent to shard 0's primary."""
+    from harness.routes import wait_replayed
+    dbs = [{"name": "app", "host": "127.0.0.1", "port": s.port, "database_name": "app", "role": "primary",
+            "shard": i} for i, s in enumerate(shards)]
+    dbs.append({"name": "app", "host": "127.0.0.1", "port": cluster.replica.port, "database_name": "app",
+                "role": "replica", "shard": 0})
+    r = routers.start(databases=dbs, sharded_tables=SHARDED)
+    wait_replayed(cluster)
+    a = next(k for k in range(1, 50) if hash_shard(shards[0], "sh_hp_int8", 3, k) == 0)
+    b = next(k for k in range(1, 50) if hash_shard(shards[0], "sh_hp_int8", 3, k) == 1)
+    probe = (f"SELECT {PORT}, current_setting('transaction_read_only') FROM sh_orders WHERE customer_id = %s "
+             f"UNION ALL SELECT {PORT}, current_setting('transaction_read_only')")
+    with connect(r.dsn()) as conn:
+        for begin, setting in [("BEGIN READ ONLY", None), ("START TRANSACTION READ ONLY", None),
+                               ("BEGIN", "default_transaction_read_only = on")]:
+            if setting:
+                conn.execute(f"SET {setting}")
+            conn.execute(begin)
+            assert conn.execute(probe, (a,)).fetchall() == [(cluster.replica.port, "on")], begin
+            assert conn.execute(probe, (b,)).fetchall() == [(shards[1].port, "on")], begin
+            refused(conn, "INSERT INTO sh_orders (customer_id) VALUES (%s)", (b,), code="25006")
+            conn.execute("ROLLBACK")
+            # Its first statement on shard 1, then shard 0 joins: a replica there too.
+            conn.execute(begin)
+            assert conn.execute(probe, (b,)).fetchall() == [(shards[1].port, "on")], begin
+            assert conn.execute(probe, (a,)).fetchall() == [(cluster.replica.port, "on")], begin
+            conn.execute("COMMIT")
+        conn.execute("RESET default_transaction_read_only")
+        # A read-write transaction stays on the primaries.
+        conn.execute("BEGIN")
+        assert conn.execute(probe, (a,)).fetchall() == [(shards[0].port, "off")]
+        conn.execute("COMMIT")
+
+
 def test_reload_cannot_change_the_shard_count(srouter, shards):
     from harness.ops import reload_error_text, reload_marks, wait_reload
     cfg = dict(srouter.config)

@@ -338,8 +338,12 @@ impl Session {
             || analysis.tables.iter().any(|t| !map.is_reference(t))
     }
 
+    /// The role the transaction's legs are taken for: the one its first
+    /// server was routed for (`for_writes`), not what that server turned
+    /// out to be — a read-only transaction whose first shard has no replica
+    /// (its primary stood in) still reads from the replicas of the others.
     fn tx_role(&self) -> Role {
-        let primary = self.server.as_ref().is_none_or(|h| h.is_primary);
+        let primary = self.server.as_ref().is_none_or(|h| h.for_writes);
         if primary {
             Role::Primary
         } else {
@@ -418,7 +422,7 @@ impl Session {
             // shard's leg of the transaction (joining new ones).
             let held = self.server.as_ref().map(|h| h.shard);
             let legs = self.all_legs();
-            let role = if legs.iter().all(|l| l.held.is_primary) {
+            let role = if legs.iter().all(|l| l.held.for_writes) {
                 Role::Primary
             } else {
                 Role::Replica
@@ -471,7 +475,7 @@ impl Session {
         // Join the shards not in the transaction yet, in shard order.
         let current = self.server.as_ref().map(|h| h.shard);
         let mut legs = self.all_legs();
-        let role = if legs.iter().all(|l| l.held.is_primary) {
+        let role = if legs.iter().all(|l| l.held.for_writes) {
             Role::Primary
         } else {
             Role::Replica
