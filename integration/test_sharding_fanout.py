@@ -421,6 +421,36 @@ def test_savepoints_and_isolation_reach_every_leg(srouter, shards):
         assert got == sorted([(a, 1), (c, 2)])
 
 
+def test_savepoints_and_settings_in_the_extended_protocol_reach_joining_legs(srouter, shards):
+    """SAVEPOINT and SET LOCAL sent as Parse/Bind/Execute (psycopg's
+    pipeline mode, JDBC, prepared by the driver) while the transaction is
+    on one shard hold on shards joining it later, as in the simple
+    protocol: a ROLLBACK TO SAVEPOINT then works on every shard (it failed
+    with 3B001 on the joining shard, failing the transaction)."""
+    servers, _ = shards
+    with connect(srouter.dsn()) as conn:
+        a, b, c = keyed_empty_table(conn, servers)
+        for prepare in (False, True, True):  # the third run Binds the named statements only
+            conn.execute("BEGIN")
+            conn.execute("INSERT INTO fo_orders (customer_id, id) VALUES (%s, 1)", (a,))
+            with conn.pipeline():
+                conn.execute("SAVEPOINT s", prepare=prepare)
+                conn.execute("SET LOCAL work_mem = '7MB'", prepare=prepare)
+            conn.execute("INSERT INTO fo_orders (customer_id, id) VALUES (%s, 2)", (a,))
+            got = conn.execute("SELECT current_setting('work_mem') FROM fo_orders WHERE customer_id = %s "
+                               "UNION ALL SELECT current_setting('work_mem')", (c,)).fetchall()
+            assert got == [("7MB",)], prepare
+            conn.execute("INSERT INTO fo_orders (customer_id, id) VALUES (%s, 2)", (c,))
+            with conn.pipeline():
+                conn.execute("ROLLBACK TO SAVEPOINT s", prepare=prepare)
+            conn.execute("INSERT INTO fo_orders (customer_id, id) VALUES (%s, 3)", (b,))
+            assert conn.execute("COMMIT").statusmessage == "COMMIT"
+            got = sorted(conn.execute("SELECT customer_id, id FROM fo_orders").fetchall())
+            assert got == sorted([(a, 1), (b, 3)]), prepare
+            conn.execute("DELETE FROM fo_orders")
+    assert per_shard_counts(servers) == [0, 0, 0]
+
+
 def test_asyncpg_transaction_over_shards(srouter, shards):
     servers, _ = shards
     with connect(srouter.dsn()) as conn:
