@@ -451,6 +451,32 @@ def test_savepoints_and_settings_in_the_extended_protocol_reach_joining_legs(sro
     assert per_shard_counts(servers) == [0, 0, 0]
 
 
+def test_a_pipeline_moving_shards_midway_is_refused_for_what_it_is(srouter, shards):
+    """A pipeline that started on one shard (a SAVEPOINT ran) and then needs
+    another cannot move: 0A000 naming that — not the old claim that
+    transactions on several shards need an unsupported two-phase commit.
+    The same statements in batches of their own run, two-phase committed."""
+    servers, _ = shards
+    with connect(srouter.dsn()) as conn:
+        a, b, c = keyed_empty_table(conn, servers)
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO fo_orders (customer_id, id) VALUES (%s, 1)", (a,))
+        with pytest.raises(psycopg.Error) as err:
+            with conn.pipeline():
+                conn.execute("SAVEPOINT s")
+                conn.execute("INSERT INTO fo_orders (customer_id, id) VALUES (%s, 1)", (c,))
+        msg = str(err.value)
+        assert sqlstate(err.value) == "0A000", msg
+        assert "two-phase commit" not in msg and "batch" in msg and "Sync" in msg, msg
+        conn.execute("ROLLBACK")
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO fo_orders (customer_id, id) VALUES (%s, 1)", (a,))
+        conn.execute("SAVEPOINT s")
+        conn.execute("INSERT INTO fo_orders (customer_id, id) VALUES (%s, 1)", (c,))
+        assert conn.execute("COMMIT").statusmessage == "COMMIT"
+    assert sorted(per_shard_counts(servers)) == [0, 1, 1]
+
+
 def test_asyncpg_transaction_over_shards(srouter, shards):
     servers, _ = shards
     with connect(srouter.dsn()) as conn:

@@ -495,26 +495,25 @@ impl Session {
         };
         match planned {
             Err(refusal) => Some(refusal),
+            // What is unsupported here is moving a batch that has started
+            // running on the held shard (transactions do span shards, with
+            // two-phase commit, at statement boundaries): say so.
             Ok(Some(choice)) if choice.many.is_some() => Some(Refusal {
                 sqlstate: "0A000",
                 message: format!(
-                    "pgrouter: this statement needs several shards ({}), which is not supported inside a \
-                     transaction block yet; HINT: run it outside the transaction (it is atomic on its own)",
-                    reason()
+                    "pgrouter: this statement needs several shards ({}), which is not supported after other \
+                     statements of the same batch (pipeline) ran on shard {}; HINT: send it in a batch of its \
+                     own (a Sync before it)",
+                    reason(),
+                    held.shard
                 ),
             }),
             Ok(Some(choice)) if choice.shard != held.shard => Some(Refusal {
                 sqlstate: "0A000",
                 message: format!(
-                    "pgrouter: this {} runs on shard {}, but the statement's shard key ({}) is on shard {}; \
-                     a transaction on several shards needs two-phase commit, which is not supported yet; \
-                     HINT: SET pgrouter.sharding_key to the key before BEGIN, or send the statement outside \
-                     the transaction",
-                    if self.flow.in_tx() {
-                        "transaction"
-                    } else {
-                        "batch"
-                    },
+                    "pgrouter: this batch (pipeline) ran on shard {} already, but the statement's shard key \
+                     ({}) is on shard {}: a batch cannot move to another shard once part of it has run; \
+                     HINT: end the batch (Sync) before statements on another shard",
                     held.shard,
                     reason(),
                     choice.shard
