@@ -440,6 +440,33 @@ def test_explain_route_answers_without_running(srouter, shards):
         assert conn.execute(f"SELECT count(*) FROM sh_orders WHERE customer_id = {k}").fetchone()[0] == 0
 
 
+def test_explain_route_of_statements_postgresql_cannot_explain(srouter, shards):
+    """DDL, TRUNCATE, COPY, VACUUM: PostgreSQL's EXPLAIN does not take them
+    (a syntax error), but EXPLAIN (ROUTE) is the router's: it shows where
+    they run — every shard — and runs nothing, in either protocol."""
+    everywhere = [(i, "primary", f"127.0.0.1:{s.port}") for i, s in enumerate(shards)]
+    with connect(srouter.dsn()) as conn:
+        cur = psycopg.ClientCursor(conn)  # the simple query protocol
+        for sql in ["CREATE TABLE sh_never (a int)", "CREATE INDEX CONCURRENTLY sh_never_i ON sh_orders (note)",
+                    "TRUNCATE sh_orders", "ALTER TABLE sh_orders ADD COLUMN never int",
+                    "COPY sh_orders (customer_id, note) FROM STDIN", "VACUUM sh_orders"]:
+            for c in (cur, conn.cursor()):
+                c.execute(f"EXPLAIN (ROUTE) {sql}")
+                assert [d.name for d in c.description] == ["shard", "role", "server", "reason"], sql
+                assert [r[:3] for r in c.fetchall()] == everywhere, sql
+        cur.execute("-- why\nexplain ( route ) DROP TABLE sh_orders")
+        assert len(cur.fetchall()) == 3
+        # Not the option: PostgreSQL's own answer.
+        with pytest.raises(psycopg.Error) as err:
+            cur.execute("EXPLAIN (ROUTE) CREATE TABLE")
+        assert sqlstate(err.value) == "42601"
+        assert conn.execute("SELECT 1").fetchone()[0] == 1
+    for s in shards:
+        with s.connect(APP_DB) as c:
+            assert c.execute("SELECT to_regclass('sh_never') IS NULL AND to_regclass('sh_orders') IS NOT NULL "
+                             "AND to_regclass('sh_never_i') IS NULL").fetchone()[0]
+
+
 def test_explain_route_through_asyncpg_named_statements(srouter, shards):
     """asyncpg prepares every statement by name (Parse, Describe, Flush),
     then Binds and Executes it: the router answers both batches, again on
