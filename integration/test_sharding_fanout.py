@@ -876,6 +876,41 @@ def test_copy_from_stdin_splits_rows_by_key(srouter, shards):
         assert conn.execute("SELECT count(*) FROM fo_orders").fetchone() == (70,)
 
 
+def test_a_client_gone_mid_copy_leaves_no_shard_connection_in_copy(srouter, shards):
+    """A client that vanishes in the middle of COPY FROM STDIN into a sharded
+    table: its shards' connections are still in COPY, so they are closed
+    (PostgreSQL aborts the COPY) — never checked in, where the next clients'
+    first messages landed in that COPY (08P01 "unexpected message type 0x50
+    during COPY from stdin")."""
+    servers, _ = shards
+    with connect(srouter.dsn()) as conn:
+        a, b, c = keyed_empty_table(conn, servers)
+    w = wire.connect(srouter.port, APP_USER, APP_DB, APP_PASSWORD)
+    w.send(wire.query_message("COPY fo_orders (customer_id, id) FROM STDIN"))
+    time.sleep(0.3)
+    data = "".join(f"{k}\t1\n" for k in range(1, 50)).encode()
+    w.send(wire.message(b"d", data))
+    time.sleep(0.3)
+    w.close()
+    time.sleep(0.1)
+    for i in range(10):
+        with connect(srouter.dsn()) as conn:
+            for k in (a, b, c):
+                conn.execute("SELECT count(*) FROM fo_orders WHERE customer_id = %s", (k,)).fetchall()
+            conn.execute("INSERT INTO fo_orders (customer_id, id) VALUES (%s, %s), (%s, %s)", (a, i, c, i))
+    assert sum(per_shard_counts(servers)) == 20, "none of the gone client's rows"
+
+    def in_copy():
+        n = 0
+        for s in servers:
+            with s.connect(APP_DB) as conn:
+                n += conn.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' "
+                                  "AND query LIKE 'COPY%' AND state = 'active'").fetchone()[0]
+        return n == 0
+    from harness.util import wait_until
+    wait_until(in_copy, 3, what="the gone client's COPY ended on every shard")
+
+
 def test_copy_to_stdout_joins_every_shard(srouter, shards):
     with connect(srouter.dsn()) as conn:
         conn.execute(CREATE)
