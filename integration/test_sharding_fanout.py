@@ -422,6 +422,62 @@ def test_savepoints_and_isolation_reach_every_leg(srouter, shards):
         assert got == sorted([(a, 1), (c, 2)])
 
 
+def test_savepoints_and_settings_in_the_extended_protocol_reach_joining_legs(srouter, shards):
+    """SAVEPOINT and SET LOCAL sent as Parse/Bind/Execute (psycopg's
+    pipeline mode, JDBC, prepared by the driver) while the transaction is
+    on one shard hold on shards joining it later, as in the simple
+    protocol: a ROLLBACK TO SAVEPOINT then works on every shard (it failed
+    with 3B001 on the joining shard, failing the transaction)."""
+    servers, _ = shards
+    with connect(srouter.dsn()) as conn:
+        a, b, c = keyed_empty_table(conn, servers)
+        for prepare in (False, True, True):  # the third run Binds the named statements only
+            conn.execute("BEGIN")
+            conn.execute("INSERT INTO fo_orders (customer_id, id) VALUES (%s, 1)", (a,))
+            with conn.pipeline():
+                conn.execute("SAVEPOINT s", prepare=prepare)
+                conn.execute("SET LOCAL work_mem = '7MB'", prepare=prepare)
+            conn.execute("INSERT INTO fo_orders (customer_id, id) VALUES (%s, 2)", (a,))
+            got = conn.execute("SELECT current_setting('work_mem') FROM fo_orders WHERE customer_id = %s "
+                               "UNION ALL SELECT current_setting('work_mem')", (c,)).fetchall()
+            assert got == [("7MB",)], prepare
+            conn.execute("INSERT INTO fo_orders (customer_id, id) VALUES (%s, 2)", (c,))
+            with conn.pipeline():
+                conn.execute("ROLLBACK TO SAVEPOINT s", prepare=prepare)
+            conn.execute("INSERT INTO fo_orders (customer_id, id) VALUES (%s, 3)", (b,))
+            assert conn.execute("COMMIT").statusmessage == "COMMIT"
+            got = sorted(conn.execute("SELECT customer_id, id FROM fo_orders").fetchall())
+            assert got == sorted([(a, 1), (b, 3)]), prepare
+            conn.execute("DELETE FROM fo_orders")
+    assert per_shard_counts(servers) == [0, 0, 0]
+
+
+def test_a_pipeline_moving_shards_midway_is_refused_for_what_it_is(srouter, shards):
+    """A pipeline that started on one shard (a SAVEPOINT ran) and then needs
+    another cannot move: 0A000 naming that — not the old claim that
+    transactions on several shards need an unsupported two-phase commit.
+    The same statements in batches of their own run, two-phase committed."""
+    servers, _ = shards
+    with connect(srouter.dsn()) as conn:
+        a, b, c = keyed_empty_table(conn, servers)
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO fo_orders (customer_id, id) VALUES (%s, 1)", (a,))
+        with pytest.raises(psycopg.Error) as err:
+            with conn.pipeline():
+                conn.execute("SAVEPOINT s")
+                conn.execute("INSERT INTO fo_orders (customer_id, id) VALUES (%s, 1)", (c,))
+        msg = str(err.value)
+        assert sqlstate(err.value) == "0A000", msg
+        assert "two-phase commit" not in msg and "batch" in msg and "Sync" in msg, msg
+        conn.execute("ROLLBACK")
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO fo_orders (customer_id, id) VALUES (%s, 1)", (a,))
+        conn.execute("SAVEPOINT s")
+        conn.execute("INSERT INTO fo_orders (customer_id, id) VALUES (%s, 1)", (c,))
+        assert conn.execute("COMMIT").statusmessage == "COMMIT"
+    assert sorted(per_shard_counts(servers)) == [0, 1, 1]
+
+
 def test_asyncpg_transaction_over_shards(srouter, shards):
     servers, _ = shards
     with connect(srouter.dsn()) as conn:
@@ -819,6 +875,41 @@ def test_copy_from_stdin_splits_rows_by_key(srouter, shards):
                 copy.write("100\t1\nnot-a-number\t1\n")
         assert sqlstate(err.value) == "22P02"
         assert conn.execute("SELECT count(*) FROM fo_orders").fetchone() == (70,)
+
+
+def test_a_client_gone_mid_copy_leaves_no_shard_connection_in_copy(srouter, shards):
+    """A client that vanishes in the middle of COPY FROM STDIN into a sharded
+    table: its shards' connections are still in COPY, so they are closed
+    (PostgreSQL aborts the COPY) — never checked in, where the next clients'
+    first messages landed in that COPY (08P01 "unexpected message type 0x50
+    during COPY from stdin")."""
+    servers, _ = shards
+    with connect(srouter.dsn()) as conn:
+        a, b, c = keyed_empty_table(conn, servers)
+    w = wire.connect(srouter.port, APP_USER, APP_DB, APP_PASSWORD)
+    w.send(wire.query_message("COPY fo_orders (customer_id, id) FROM STDIN"))
+    time.sleep(0.3)
+    data = "".join(f"{k}\t1\n" for k in range(1, 50)).encode()
+    w.send(wire.message(b"d", data))
+    time.sleep(0.3)
+    w.close()
+    time.sleep(0.1)
+    for i in range(10):
+        with connect(srouter.dsn()) as conn:
+            for k in (a, b, c):
+                conn.execute("SELECT count(*) FROM fo_orders WHERE customer_id = %s", (k,)).fetchall()
+            conn.execute("INSERT INTO fo_orders (customer_id, id) VALUES (%s, %s), (%s, %s)", (a, i, c, i))
+    assert sum(per_shard_counts(servers)) == 20, "none of the gone client's rows"
+
+    def in_copy():
+        n = 0
+        for s in servers:
+            with s.connect(APP_DB) as conn:
+                n += conn.execute("SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' "
+                                  "AND query LIKE 'COPY%' AND state = 'active'").fetchone()[0]
+        return n == 0
+    from harness.util import wait_until
+    wait_until(in_copy, 3, what="the gone client's COPY ended on every shard")
 
 
 def test_copy_to_stdout_joins_every_shard(srouter, shards):

@@ -335,6 +335,43 @@ def test_bad_key_values_get_postgresqls_errors(srouter, shards):
         assert conn.execute(f"SELECT {PORT} FROM sh_regions WHERE region = 'us'").fetchone()[0] == shards[2].port
 
 
+def test_text_keys_in_another_client_encoding_are_placed_right_or_refused(srouter, shards):
+    """A session in client_encoding LATIN1: PostgreSQL converts its text to
+    the database's UTF-8 and hashes that. The router hashes keys as UTF-8
+    and does not convert, so a non-ASCII key must be refused (0A000), never
+    hashed as the client's bytes — 'Ã©' is C3 A9 in LATIN1, which read as
+    UTF-8 is 'é': it was placed as 'é' would be, away from where
+    PostgreSQL's hash puts it (and where a UTF8 session looks for it)."""
+    names = ["Ã©", "Ã¼x", "Ã±a", "Ã¶", "Ã§b", "Ã¤c"]
+    with connect(srouter.dsn()) as conn:
+        conn.execute("SET client_encoding = 'LATIN1'")
+        for name in names:
+            # A literal (simple query), then a text parameter.
+            refused(conn, f"INSERT INTO sh_users (name, age) VALUES ('{name}', 1)")
+            msg = refused(conn, "INSERT INTO sh_users (name, age) VALUES (%s, 2)", (name,))
+            assert "client_encoding" in msg and "LATIN1" in msg.upper(), msg
+            refused(conn, "SELECT age FROM sh_users WHERE name = %s", (name,))
+        # Bytes that are not UTF-8 at all are LATIN1 too, not malformed.
+        refused(conn, "INSERT INTO sh_users (name, age) VALUES (%s, 3)", ("é",))
+        conn.execute("SET pgrouter.sharding_key = 'Ã©'")
+        refused(conn, "SELECT age FROM sh_users")
+        conn.execute("RESET pgrouter.sharding_key")
+        # ASCII keys are the same bytes in either encoding: placed as ever.
+        conn.execute("INSERT INTO sh_users (name, age) VALUES ('plain', 4), (%s, 5)", ("ascii",))
+        assert conn.execute("SELECT name FROM sh_users WHERE name = %s", ("plain",)).fetchall() == [("plain",)]
+        conn.execute("SET client_encoding = 'UTF8'")
+        for name in names:
+            conn.execute("INSERT INTO sh_users (name, age) VALUES (%s, 6)", (name,))
+    for i, s in enumerate(shards):
+        with s.connect(APP_DB) as c:
+            bad = c.execute("SELECT name FROM sh_users WHERE NOT satisfies_hash_partition("
+                            "'sh_hp_text'::regclass, 3, %s, name)", (i,)).fetchall()
+            assert bad == [], f"rows on shard {i} that PostgreSQL would place elsewhere: {bad}"
+    with connect(srouter.dsn()) as conn:
+        got = sorted(r[0] for r in conn.execute("SELECT name FROM sh_users").fetchall())
+    assert got == sorted(names + ["plain", "ascii"])
+
+
 def test_hints_and_sharding_key_setting(srouter, shards):
     with connect(srouter.dsn()) as conn:
         assert conn.execute(f"/* pgrouter: shard=2 */ SELECT {PORT} FROM sh_orders LIMIT 1").fetchall() == []
@@ -403,6 +440,33 @@ def test_explain_route_answers_without_running(srouter, shards):
         assert conn.execute(f"SELECT count(*) FROM sh_orders WHERE customer_id = {k}").fetchone()[0] == 0
 
 
+def test_explain_route_of_statements_postgresql_cannot_explain(srouter, shards):
+    """DDL, TRUNCATE, COPY, VACUUM: PostgreSQL's EXPLAIN does not take them
+    (a syntax error), but EXPLAIN (ROUTE) is the router's: it shows where
+    they run — every shard — and runs nothing, in either protocol."""
+    everywhere = [(i, "primary", f"127.0.0.1:{s.port}") for i, s in enumerate(shards)]
+    with connect(srouter.dsn()) as conn:
+        cur = psycopg.ClientCursor(conn)  # the simple query protocol
+        for sql in ["CREATE TABLE sh_never (a int)", "CREATE INDEX CONCURRENTLY sh_never_i ON sh_orders (note)",
+                    "TRUNCATE sh_orders", "ALTER TABLE sh_orders ADD COLUMN never int",
+                    "COPY sh_orders (customer_id, note) FROM STDIN", "VACUUM sh_orders"]:
+            for c in (cur, conn.cursor()):
+                c.execute(f"EXPLAIN (ROUTE) {sql}")
+                assert [d.name for d in c.description] == ["shard", "role", "server", "reason"], sql
+                assert [r[:3] for r in c.fetchall()] == everywhere, sql
+        cur.execute("-- why\nexplain ( route ) DROP TABLE sh_orders")
+        assert len(cur.fetchall()) == 3
+        # Not the option: PostgreSQL's own answer.
+        with pytest.raises(psycopg.Error) as err:
+            cur.execute("EXPLAIN (ROUTE) CREATE TABLE")
+        assert sqlstate(err.value) == "42601"
+        assert conn.execute("SELECT 1").fetchone()[0] == 1
+    for s in shards:
+        with s.connect(APP_DB) as c:
+            assert c.execute("SELECT to_regclass('sh_never') IS NULL AND to_regclass('sh_orders') IS NOT NULL "
+                             "AND to_regclass('sh_never_i') IS NULL").fetchone()[0]
+
+
 def test_explain_route_through_asyncpg_named_statements(srouter, shards):
     """asyncpg prepares every statement by name (Parse, Describe, Flush),
     then Binds and Executes it: the router answers both batches, again on
@@ -446,6 +510,44 @@ def test_explain_route_names_the_replica_a_read_would_use(routers, shards, clust
             (0, "replica", f"127.0.0.1:{cluster.replica.port}"),
             (1, "primary", f"127.0.0.1:{shards[1].port}"),
             (2, "primary", f"127.0.0.1:{shards[2].port}")]
+
+
+def test_read_only_transactions_run_on_each_shards_replica(routers, shards, cluster):
+    """`BEGIN READ ONLY` (or a session with default_transaction_read_only)
+    runs its transaction on a replica, per shard: shard 0's replica here,
+    the primary of shards without one (read-only all the same). The
+    transaction's BEGIN used to be sent to shard 0's primary."""
+    from harness.routes import wait_replayed
+    dbs = [{"name": "app", "host": "127.0.0.1", "port": s.port, "database_name": "app", "role": "primary",
+            "shard": i} for i, s in enumerate(shards)]
+    dbs.append({"name": "app", "host": "127.0.0.1", "port": cluster.replica.port, "database_name": "app",
+                "role": "replica", "shard": 0})
+    r = routers.start(databases=dbs, sharded_tables=SHARDED)
+    wait_replayed(cluster)
+    a = next(k for k in range(1, 50) if hash_shard(shards[0], "sh_hp_int8", 3, k) == 0)
+    b = next(k for k in range(1, 50) if hash_shard(shards[0], "sh_hp_int8", 3, k) == 1)
+    probe = (f"SELECT {PORT}, current_setting('transaction_read_only') FROM sh_orders WHERE customer_id = %s "
+             f"UNION ALL SELECT {PORT}, current_setting('transaction_read_only')")
+    with connect(r.dsn()) as conn:
+        for begin, setting in [("BEGIN READ ONLY", None), ("START TRANSACTION READ ONLY", None),
+                               ("BEGIN", "default_transaction_read_only = on")]:
+            if setting:
+                conn.execute(f"SET {setting}")
+            conn.execute(begin)
+            assert conn.execute(probe, (a,)).fetchall() == [(cluster.replica.port, "on")], begin
+            assert conn.execute(probe, (b,)).fetchall() == [(shards[1].port, "on")], begin
+            refused(conn, "INSERT INTO sh_orders (customer_id) VALUES (%s)", (b,), code="25006")
+            conn.execute("ROLLBACK")
+            # Its first statement on shard 1, then shard 0 joins: a replica there too.
+            conn.execute(begin)
+            assert conn.execute(probe, (b,)).fetchall() == [(shards[1].port, "on")], begin
+            assert conn.execute(probe, (a,)).fetchall() == [(cluster.replica.port, "on")], begin
+            conn.execute("COMMIT")
+        conn.execute("RESET default_transaction_read_only")
+        # A read-write transaction stays on the primaries.
+        conn.execute("BEGIN")
+        assert conn.execute(probe, (a,)).fetchall() == [(shards[0].port, "off")]
+        conn.execute("COMMIT")
 
 
 def test_reload_cannot_change_the_shard_count(srouter, shards):

@@ -6,7 +6,7 @@
 use crate::analysis::{Analysis, Hint};
 use crate::classify::{add_keys, add_tree};
 use crate::parse::{failed, parse, Parsed};
-use crate::{fallback, hint};
+use crate::{explain_route, fallback, hint};
 
 /// Analyses one query string: statement kinds, read/write, tables, hints and
 /// escalation attempts. `write_functions` are the configured extra function
@@ -26,7 +26,22 @@ pub fn analyze(sql: &str, write_functions: &[String]) -> Analysis {
             a
         }
         Parsed::TooDeep => fallback::too_deep(sql, write_functions),
-        Parsed::Error(message) => failed(message),
+        Parsed::Error(message) => match explain_route::explained(sql) {
+            // `EXPLAIN (ROUTE)` of a statement PostgreSQL cannot EXPLAIN
+            // (DDL, COPY, ...): the statement's analysis, answered by the
+            // router. Its literals are those of the whole text in the same
+            // order (the words before it hold none), as planning reads them.
+            Some(inner) => {
+                let mut a = analyze(inner, write_functions);
+                if a.parse_error.is_some() {
+                    failed(message)
+                } else {
+                    a.explain_route = Some(true);
+                    a
+                }
+            }
+            None => failed(message),
+        },
     };
     analysis.hint = hint::extract(sql);
     if analysis.hint != Hint::default() {

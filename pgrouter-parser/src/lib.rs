@@ -47,6 +47,7 @@ mod cache;
 mod classify;
 /// COPY statements' table, columns and data format, for splitting COPY rows per shard.
 pub mod copy;
+mod explain_route;
 mod fallback;
 mod function_body;
 mod functions;

@@ -272,6 +272,21 @@ impl Session {
             });
         }
         let key = self.sharding_key(analysis);
+        if let Some(encoding) = self.foreign_encoding() {
+            // Neither the point plans nor the memo know the encoding.
+            let Ok(sql) = parse_query(body) else {
+                return Ok(None);
+            };
+            let values = Values::Text(sql);
+            return router::plan_shard_encoded(
+                analysis,
+                &values,
+                map,
+                key,
+                explain,
+                Some(encoding),
+            );
+        }
         let known = |index| self.memo.borrow().literal_token(body, index);
         let text = PointValues::Text {
             sql: &|| parse_query(body).ok(),
@@ -339,6 +354,26 @@ impl Session {
                 .map_or(("", &[]), |s| (&s.sql, &s.param_types))
         };
         let key = self.sharding_key(analysis);
+        if let Some(encoding) = self.foreign_encoding() {
+            // Neither the point plans nor the memo know the encoding.
+            let Some(params) = BindParams::parse(bind.rest) else {
+                return Ok(None);
+            };
+            let (sql, types) = statement();
+            let values = Values::Bind {
+                sql,
+                params: &params,
+                param_types: types,
+            };
+            return router::plan_shard_encoded(
+                analysis,
+                &values,
+                map,
+                key,
+                explain,
+                Some(encoding),
+            );
+        }
         let point = PointValues::Bind {
             rest: bind.rest,
             statement: &statement,
@@ -384,6 +419,17 @@ impl Session {
             return None;
         }
         self.plan_memo.points.get(analysis, map)?.shard(values)
+    }
+
+    /// The session's `client_encoding` when it is not UTF8: text keys are
+    /// then placed only when ASCII (`router::plan_shard_encoded`).
+    fn foreign_encoding(&self) -> Option<&str> {
+        if !self.session_routing().foreign_encoding {
+            return None; // no lookup by name on every statement
+        }
+        self.params
+            .get("client_encoding")
+            .filter(|e| !crate::fanout::copy_split::is_utf8(e))
     }
 
     /// A hint comment or `SET pgrouter.shard` overrides the keys.
@@ -452,26 +498,25 @@ impl Session {
         };
         match planned {
             Err(refusal) => Some(refusal),
+            // What is unsupported here is moving a batch that has started
+            // running on the held shard (transactions do span shards, with
+            // two-phase commit, at statement boundaries): say so.
             Ok(Some(choice)) if choice.many.is_some() => Some(Refusal {
                 sqlstate: "0A000",
                 message: format!(
-                    "pgrouter: this statement needs several shards ({}), which is not supported inside a \
-                     transaction block yet; HINT: run it outside the transaction (it is atomic on its own)",
-                    reason()
+                    "pgrouter: this statement needs several shards ({}), which is not supported after other \
+                     statements of the same batch (pipeline) ran on shard {}; HINT: send it in a batch of its \
+                     own (a Sync before it)",
+                    reason(),
+                    held.shard
                 ),
             }),
             Ok(Some(choice)) if choice.shard != held.shard => Some(Refusal {
                 sqlstate: "0A000",
                 message: format!(
-                    "pgrouter: this {} runs on shard {}, but the statement's shard key ({}) is on shard {}; \
-                     a transaction on several shards needs two-phase commit, which is not supported yet; \
-                     HINT: SET pgrouter.sharding_key to the key before BEGIN, or send the statement outside \
-                     the transaction",
-                    if self.flow.in_tx() {
-                        "transaction"
-                    } else {
-                        "batch"
-                    },
+                    "pgrouter: this batch (pipeline) ran on shard {} already, but the statement's shard key \
+                     ({}) is on shard {}: a batch cannot move to another shard once part of it has run; \
+                     HINT: end the batch (Sync) before statements on another shard",
                     held.shard,
                     reason(),
                     choice.shard

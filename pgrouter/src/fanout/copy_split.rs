@@ -499,7 +499,7 @@ impl Sink {
 
 /// Whether an encoding name is PostgreSQL's UTF8 (names compare without
 /// case and punctuation, as PostgreSQL compares them).
-fn is_utf8(name: &str) -> bool {
+pub fn is_utf8(name: &str) -> bool {
     let key: String = name.chars().filter(char::is_ascii_alphanumeric).collect();
     key.eq_ignore_ascii_case("utf8") || key.eq_ignore_ascii_case("unicode")
 }

@@ -17,7 +17,8 @@ pub use policy::{JwtIdentity, Policy, Refusal};
 pub use rebind::{part_types, rebind};
 pub use shard_map::{ShardMap, ShardMaps};
 pub use shard_plan::{
-    plan as plan_shard, Many, ManyKind, ShardChoice, Values, COLUMNS_UNKNOWN, UNREADABLE_LITERAL,
+    plan as plan_shard, plan_encoded as plan_shard_encoded, Many, ManyKind, ShardChoice, Values,
+    COLUMNS_UNKNOWN, UNREADABLE_LITERAL,
 };
 pub use shard_point::{compile as compile_point, PointPlan, PointValues};
 
@@ -53,6 +54,9 @@ pub struct SessionRouting {
     /// `SET pgrouter.shard` is in force, whatever its value (a value that
     /// names no shard still overrides the keys, and is refused later).
     pub has_shard_setting: bool,
+    /// `client_encoding` is set to something other than UTF8 (its value is
+    /// read only then): text shard keys must be ASCII.
+    pub foreign_encoding: bool,
 }
 
 impl SessionRouting {
@@ -77,6 +81,8 @@ impl SessionRouting {
             default_serializable,
             has_sharding_key: get("pgrouter.sharding_key").is_some(),
             has_shard_setting: get("pgrouter.shard").is_some(),
+            foreign_encoding: get("client_encoding")
+                .is_some_and(|e| !crate::fanout::copy_split::is_utf8(&e)),
         }
     }
 }

@@ -99,13 +99,30 @@ impl ShardChoice {
 }
 
 /// The shard the statement needs, `None` when it touches no sharded or
-/// reference table (it routes as before: shard 0 or a hint).
+/// reference table (it routes as before: shard 0 or a hint). The values
+/// are in the client encoding UTF8; see [`plan_encoded`] for others.
 pub fn plan(
     analysis: &Analysis,
     values: &Values,
     map: &ShardMap,
     sharding_key: Option<&str>,
     explain: bool,
+) -> Result<Option<ShardChoice>, Refusal> {
+    plan_encoded(analysis, values, map, sharding_key, explain, None)
+}
+
+/// [`plan`] for a session whose `client_encoding` is `foreign` (not UTF8,
+/// `None`: UTF8). Keys are hashed as the database's UTF-8 bytes, and the
+/// router does not convert from other encodings: a text key with a
+/// non-ASCII byte is refused (0A000) rather than hashed as the client's
+/// bytes, which would place it on a shard PostgreSQL's hash does not name.
+pub fn plan_encoded(
+    analysis: &Analysis,
+    values: &Values,
+    map: &ShardMap,
+    sharding_key: Option<&str>,
+    explain: bool,
+    foreign: Option<&str>,
 ) -> Result<Option<ShardChoice>, Refusal> {
     let sharded: Vec<&str> = analysis
         .tables
@@ -135,6 +152,7 @@ pub fn plan(
             return Ok(None);
         };
         let value = parse_text(placement.key_type, key).map_err(key_error)?;
+        check_encoding(&value, foreign)?;
         let shard = placement.shard_of(&value).map_err(key_error)?;
         let why = if explain {
             format!("pgrouter.sharding_key = {value}")
@@ -166,6 +184,7 @@ pub fn plan(
         kind: None,
         reasons: Vec::new(),
         explain,
+        foreign,
     };
     for (s, keys) in analysis.statements.iter().zip(&analysis.keys) {
         p.statement(&s.kind, keys, &sharded)?;
@@ -498,6 +517,8 @@ struct Planner<'a> {
     /// Whether to spell out the keys in `reasons`: only EXPLAIN (ROUTE) and
     /// error messages read them, and a point query should not pay for it.
     explain: bool,
+    /// The session's client encoding when it is not UTF8 (see [`plan_encoded`]).
+    foreign: Option<&'a str>,
 }
 
 impl<'a> Planner<'a> {
@@ -1081,8 +1102,23 @@ impl<'a> Planner<'a> {
         Ok(())
     }
 
-    /// The key values a [`ValueRef`] stands for in this execution.
+    /// The key values a [`ValueRef`] stands for in this execution, each
+    /// one placeable in the session's client encoding.
     fn values_of(
+        &mut self,
+        v: &ValueRef,
+        ty: KeyType,
+        array: bool,
+    ) -> Result<Vec<KeyValue>, Refusal> {
+        let found = self.values_read(v, ty, array)?;
+        for value in &found {
+            check_encoding(value, self.foreign)?;
+        }
+        Ok(found)
+    }
+
+    /// The key values a [`ValueRef`] stands for in this execution.
+    fn values_read(
         &mut self,
         v: &ValueRef,
         ty: KeyType,
@@ -1114,9 +1150,14 @@ impl<'a> Planner<'a> {
                     ))),
                 }
             }
-            ValueRef::Param { number, cast } => {
-                super::shard_values::param_values(self.values, *number, *cast, ty, array)
-            }
+            ValueRef::Param { number, cast } => super::shard_values::param_values_in(
+                self.values,
+                *number,
+                *cast,
+                ty,
+                array,
+                self.foreign,
+            ),
         }
     }
 }
@@ -1157,6 +1198,19 @@ fn insert_select_refusal(table: &str) -> Refusal {
         "pgrouter: INSERT ... SELECT into sharded table \"{table}\" is not supported yet; \
          HINT: insert VALUES with the shard key"
     ))
+}
+
+/// A text key read in a client encoding other than UTF8 is placed only
+/// when it is ASCII (the same bytes in every encoding PostgreSQL allows on
+/// the client side): PostgreSQL converts the others to the database's
+/// UTF-8 before hashing them, and the router does not.
+fn check_encoding(value: &KeyValue, foreign: Option<&str>) -> Result<(), Refusal> {
+    match (value, foreign) {
+        (KeyValue::Text(bytes), Some(encoding)) if !bytes.is_ascii() => {
+            Err(super::shard_values::foreign_key(encoding))
+        }
+        _ => Ok(()),
+    }
 }
 
 pub(super) fn unsupported(message: impl Into<String>) -> Refusal {

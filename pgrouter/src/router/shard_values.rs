@@ -41,6 +41,20 @@ pub(super) fn param_values(
     ty: KeyType,
     array: bool,
 ) -> Result<Vec<KeyValue>, Refusal> {
+    param_values_in(values, number, cast, ty, array, None)
+}
+
+/// [`param_values`] for a session whose client encoding is `foreign` (not
+/// UTF8): a text parameter with a non-ASCII byte is in that encoding, not
+/// malformed UTF-8, and cannot be placed (0A000, see `plan_encoded`).
+pub(super) fn param_values_in(
+    values: &Values,
+    number: usize,
+    cast: Option<KeyType>,
+    ty: KeyType,
+    array: bool,
+    foreign: Option<&str>,
+) -> Result<Vec<KeyValue>, Refusal> {
     let Values::Bind {
         params,
         param_types,
@@ -63,6 +77,9 @@ pub(super) fn param_values(
     };
     let declared = param_types.get(number - 1).copied().unwrap_or(0);
     let found = if format == 0 {
+        if let Some(encoding) = foreign.filter(|_| !bytes.is_ascii()) {
+            return Err(foreign_key(encoding));
+        }
         let text = std::str::from_utf8(bytes).map_err(|_| invalid_utf8())?;
         if array {
             parse_text_array(ty, text).map_err(key_error)?
@@ -162,6 +179,17 @@ fn binary_param_value(
         cast.unwrap_or(ty)
     };
     parse_binary(ty, sent, bytes).map_err(key_error)
+}
+
+/// The refusal of a non-ASCII text key in a client encoding other than UTF8.
+pub(super) fn foreign_key(encoding: &str) -> Refusal {
+    Refusal {
+        sqlstate: "0A000",
+        message: format!(
+            "pgrouter: a shard key with non-ASCII characters in client_encoding {encoding} cannot be placed \
+             (keys are hashed as UTF-8); HINT: SET client_encoding = 'UTF8'"
+        ),
+    }
 }
 
 fn invalid_utf8() -> Refusal {

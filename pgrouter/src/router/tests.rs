@@ -110,6 +110,7 @@ fn session_routing_from_params() {
             default_serializable: true,
             has_sharding_key: false,
             has_shard_setting: true,
+            foreign_encoding: false,
         }
     );
 }

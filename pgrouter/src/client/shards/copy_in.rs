@@ -33,6 +33,7 @@ impl Session {
         let result = match self.copy_in(unit, &mut legs, &mut splitter, false).await {
             Ok(r) => r,
             Err(end) => {
+                abandon(&mut legs);
                 self.give_back(legs);
                 return Err(ShardError::router("08006", format!("pgrouter: {end:?}")));
             }
@@ -90,7 +91,10 @@ impl Session {
         let mut splitter = self.copy_splitter(unit)?;
         match self.copy_in(unit, legs, &mut splitter, true).await {
             Ok(r) => r,
-            Err(end) => Err(ShardError::router("08006", format!("pgrouter: {end:?}"))),
+            Err(end) => {
+                abandon(legs);
+                Err(ShardError::router("08006", format!("pgrouter: {end:?}")))
+            }
         }
     }
 
@@ -236,6 +240,20 @@ impl Session {
             }
         }
         Ok(())
+    }
+}
+
+/// The client left (or broke the protocol) in the middle of the COPY: the
+/// legs are still in COPY IN, waiting for data, so none may serve anyone
+/// again. Marked so that giving them back closes them (PostgreSQL then
+/// aborts the COPY and its transaction); checked in as they were, the next
+/// client's first message landed in this COPY ("unexpected message type
+/// during COPY from stdin").
+fn abandon(legs: &mut [Leg]) {
+    for leg in legs.iter_mut() {
+        leg.ready = false;
+        leg.cancelled = true;
+        leg.held.conn.tx_status = b'E';
     }
 }
 

@@ -12,7 +12,7 @@ use crate::client::expect::Reply;
 use crate::client::routing::Routed;
 use crate::client::session::Session;
 use crate::protocol::{backend, frontend, next_frame};
-use crate::router::{Role, Route};
+use crate::router::{self, Role, Route};
 
 /// What [`Session::deferred_begin_step`] did.
 pub(in crate::client) enum Deferred {
@@ -90,8 +90,12 @@ impl Session {
                 role: Role::Primary,
             },
         };
+        // The BEGIN's own role, as on an unsharded database: `BEGIN READ
+        // ONLY` (or `default_transaction_read_only`) runs on a replica of
+        // each shard it joins, a role hint or `pgrouter.role` is followed.
+        let begin_role = router::route(&self.analyze(&begin), &self.session_routing()).role;
         let route = Route {
-            role: if self.policy.read_only {
+            role: if self.policy.read_only || begin_role == Role::Replica {
                 Role::Replica
             } else {
                 Role::Primary

@@ -23,7 +23,7 @@ use crate::client::error::SessionEnd;
 use crate::client::routing::Routed;
 use crate::client::session::Session;
 use crate::protocol::backend;
-use crate::protocol::frontend::{parse_bind_names, parse_query};
+use crate::protocol::frontend::{parse_bind_names, parse_parse, parse_query};
 use crate::router::{ManyKind, Role, ShardChoice};
 
 /// What the session does with the unit of work at the front of its buffer.
@@ -92,8 +92,12 @@ impl Session {
         // that join later, like a savepoint.
         let setting = tag == b'Q' && is_setting(&analysis);
         if self.tx_legs.is_none() {
-            if (effect == Some(TxEffect::Savepoint) || setting) && tag == b'Q' {
-                self.note_savepoint(len);
+            // In either protocol: drivers such as JDBC and psycopg's
+            // pipeline mode send SAVEPOINT and SET as Parse/Bind/Execute.
+            if (effect == Some(TxEffect::Savepoint) || is_setting(&analysis))
+                && !self.note_savepoint(tag, len)
+            {
+                return Ok(TxStep::NeedMore);
             }
             if effect.is_some() {
                 return Ok(TxStep::Forward);
@@ -225,18 +229,85 @@ impl Session {
         }
     }
 
-    /// Remembers a SAVEPOINT sent on the held server (legs joining later
-    /// get it too).
-    fn note_savepoint(&mut self, len: usize) {
+    /// Remembers the SAVEPOINTs and SETs of the unit at the front, sent on
+    /// the held server (legs joining later get them too): a Query's text,
+    /// or those of the statements an extended batch executes (a pipeline
+    /// may hold several; such statements take no parameters). False: the
+    /// batch has not arrived up to its Sync or Flush yet (a driver may
+    /// write a pipeline in several pieces), nothing noted.
+    fn note_savepoint(&mut self, tag: u8, len: usize) -> bool {
         let Some(held) = self.server.as_ref() else {
-            return;
+            return true;
         };
-        if self.tx_savepoints.0 != Some(held.attached_at) {
-            self.tx_savepoints = (Some(held.attached_at), Vec::new());
+        let attached_at = held.attached_at;
+        let texts = match tag {
+            b'Q' => parse_query(self.cbuf.get(5..len).unwrap_or(&[]))
+                .map(|sql| vec![sql.to_string()])
+                .unwrap_or_default(),
+            _ => match self.batch_texts() {
+                Some(texts) => texts,
+                None => return false,
+            }
+            .into_iter()
+            .filter(|sql| {
+                let a = self.analyze(sql);
+                tx_effect(&a) == Some(TxEffect::Savepoint) || is_setting(&a)
+            })
+            .collect(),
+        };
+        if self.tx_savepoints.0 != Some(attached_at) {
+            self.tx_savepoints = (Some(attached_at), Vec::new());
         }
-        if let Ok(sql) = parse_query(self.cbuf.get(5..len).unwrap_or(&[])) {
-            self.tx_savepoints.1.push(sql.to_string());
+        self.tx_savepoints.1.extend(texts);
+        true
+    }
+
+    /// The statement text of each Bind of the extended batch at the front
+    /// of the buffer (up to its Sync or Flush), in order: from a Parse of
+    /// the same batch, else the session's prepared (or unnamed) statement.
+    /// `None` while the batch has not arrived that far (and fits the
+    /// router's look-ahead; a longer one counts as ending there).
+    fn batch_texts(&self) -> Option<Vec<String>> {
+        let mut texts = Vec::new();
+        let mut parsed: Vec<(&str, &str)> = Vec::new();
+        let mut at = 0;
+        loop {
+            let rest = self.cbuf.get(at..).unwrap_or(&[]);
+            let f = match crate::protocol::next_frame(rest, self.max_message) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                // Malformed: whoever forwards it reports that.
+                Err(_) => return Some(texts),
+            };
+            let body = self.cbuf.get(at + 5..at + f.total_len).unwrap_or(&[]);
+            at += f.total_len;
+            match f.tag {
+                b'P' => {
+                    if let Ok(p) = parse_parse(body) {
+                        parsed.retain(|(name, _)| *name != p.name);
+                        parsed.push((p.name, p.sql));
+                    }
+                }
+                b'B' => {
+                    let Ok(b) = parse_bind_names(body) else {
+                        continue;
+                    };
+                    let text = match parsed.iter().find(|(name, _)| *name == b.statement) {
+                        Some((_, sql)) => Some(sql.to_string()),
+                        None if b.statement.is_empty() => self
+                            .unnamed_parse
+                            .get(5..)
+                            .and_then(|p| parse_parse(p).ok())
+                            .map(|p| p.sql.to_string()),
+                        None => self.statements.get(b.statement).map(|s| s.sql.to_string()),
+                    };
+                    texts.extend(text);
+                }
+                b'S' | b'H' => return Some(texts),
+                _ => {}
+            }
         }
+        (self.cbuf.len() > crate::client::routing::MAX_LOOKAHEAD).then_some(texts)
     }
 
     /// The held server becomes the transaction's first leg.
@@ -338,8 +409,12 @@ impl Session {
             || analysis.tables.iter().any(|t| !map.is_reference(t))
     }
 
+    /// The role the transaction's legs are taken for: the one its first
+    /// server was routed for (`for_writes`), not what that server turned
+    /// out to be — a read-only transaction whose first shard has no replica
+    /// (its primary stood in) still reads from the replicas of the others.
     fn tx_role(&self) -> Role {
-        let primary = self.server.as_ref().is_none_or(|h| h.is_primary);
+        let primary = self.server.as_ref().is_none_or(|h| h.for_writes);
         if primary {
             Role::Primary
         } else {
@@ -418,7 +493,7 @@ impl Session {
             // shard's leg of the transaction (joining new ones).
             let held = self.server.as_ref().map(|h| h.shard);
             let legs = self.all_legs();
-            let role = if legs.iter().all(|l| l.held.is_primary) {
+            let role = if legs.iter().all(|l| l.held.for_writes) {
                 Role::Primary
             } else {
                 Role::Replica
@@ -471,7 +546,7 @@ impl Session {
         // Join the shards not in the transaction yet, in shard order.
         let current = self.server.as_ref().map(|h| h.shard);
         let mut legs = self.all_legs();
-        let role = if legs.iter().all(|l| l.held.is_primary) {
+        let role = if legs.iter().all(|l| l.held.for_writes) {
             Role::Primary
         } else {
             Role::Replica
