@@ -215,6 +215,18 @@ pub fn check_offline(settings: &JwtSettings) -> Result<(), JwtConfigError> {
     load_pem(settings, &algorithms).map(|_| ())
 }
 
+/// Every problem `check_offline` can find, for `pgrouter check`, which
+/// reports them all at once: a bad setting does not hide the key file's
+/// own problem (unreadable, not a key). Whether the key suits
+/// `algorithms` is judged only once they are valid.
+pub fn check_offline_all(settings: &JwtSettings) -> Vec<JwtConfigError> {
+    match check_settings(settings) {
+        Ok(algorithms) => load_pem(settings, &algorithms).err().into_iter().collect(),
+        Err(e) if e.key == "public_key_file" => vec![e],
+        Err(e) => std::iter::once(e).chain(read_pem(settings).err()).collect(),
+    }
+}
+
 /// The checks that need no key: the allow-list, the username claim, and
 /// exactly one key source. Returns the parsed allow-list.
 fn check_settings(settings: &JwtSettings) -> Result<Vec<Algorithm>, JwtConfigError> {
@@ -242,13 +254,11 @@ fn load_pem(
     settings: &JwtSettings,
     algorithms: &[Algorithm],
 ) -> Result<Option<VerifyKey>, JwtConfigError> {
-    let path = &settings.public_key_file;
-    if path.is_empty() {
+    let Some(key) = read_pem(settings)? else {
         return Ok(None);
-    }
+    };
+    let path = &settings.public_key_file;
     let fail = |msg: String| JwtConfigError::new("public_key_file", msg);
-    let text = std::fs::read(path).map_err(|e| fail(format!("cannot read {path:?}: {e}")))?;
-    let key = keys::from_pem(&text).map_err(|e| fail(format!("{path:?}: {e}")))?;
     if !algorithms.iter().any(|a| key.kind.supports(*a)) {
         return Err(fail(format!(
             "{path:?} is an {} key, but no algorithm in algorithms = {:?} can be verified with it",
@@ -256,6 +266,19 @@ fn load_pem(
             settings.algorithms
         )));
     }
+    Ok(Some(key))
+}
+
+/// Reads and parses `public_key_file`, whatever the allow-list; `None`
+/// in JWKS mode.
+fn read_pem(settings: &JwtSettings) -> Result<Option<VerifyKey>, JwtConfigError> {
+    let path = &settings.public_key_file;
+    if path.is_empty() {
+        return Ok(None);
+    }
+    let fail = |msg: String| JwtConfigError::new("public_key_file", msg);
+    let text = std::fs::read(path).map_err(|e| fail(format!("cannot read {path:?}: {e}")))?;
+    let key = keys::from_pem(&text).map_err(|e| fail(format!("{path:?}: {e}")))?;
     Ok(Some(key))
 }
 
