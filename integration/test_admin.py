@@ -538,6 +538,67 @@ def test_resume_unknown_database_is_an_error_like_pause(routers):
     assert resumed.stderr.replace("RESUME", "PAUSE") == paused.stderr.replace("RESUME", "PAUSE")
 
 
+def test_cancel_of_a_statement_held_by_pause_cancels_it(routers, primary, table):
+    """Ctrl-C on a statement held by PAUSE used to be dropped (no server
+    had it yet): the client kept waiting, and after RESUME the statement the
+    user had cancelled ran. It is cancelled at once (57014) and never runs."""
+    primary.sql(f"CREATE TABLE {table} (id int)")
+    primary.sql(f"ALTER TABLE {table} OWNER TO app")
+    r = routers.start(general=admin_general())
+    c = connect(r.dsn())
+    try:
+        ok(psql_admin(r, "PAUSE app"))
+        threading.Timer(1.0, c.cancel_safe).start()
+        started = time.monotonic()
+        with pytest.raises(psycopg.errors.QueryCanceled) as err:
+            c.execute(f"INSERT INTO {table} VALUES (1)")
+        assert err.value.sqlstate == "57014"
+        assert time.monotonic() - started < 5
+        assert not [x for x in admin_rows(r, "SHOW CLIENTS") if x["state"] == "waiting"]
+        ok(psql_admin(r, "RESUME app"))
+        assert c.execute("SELECT 'after'").fetchone() == ("after",)
+    finally:
+        psql_admin(r, "RESUME")
+        c.close()
+    time.sleep(0.5)
+    assert primary.scalar(f"SELECT count(*) FROM {table}") == 0
+
+
+def test_pause_holds_clients_already_queued_for_a_server(routers):
+    """A client queued for a busy pool when PAUSE came used to get the
+    connection the finishing transaction returned, and start a new
+    transaction while the pool was paused. PAUSE waits for transactions in
+    progress only; a client that has not started one waits for RESUME, as
+    in PgBouncer."""
+    r = routers.start(general=admin_general(default_pool_size=1, checkout_timeout_ms=15000))
+    holder = connect(r.dsn(), autocommit=False)
+    waiter = connect(r.dsn())
+    served, paused = {}, {}
+    try:
+        holder.execute("SELECT 1")
+        th = in_thread(lambda: served.setdefault(
+            "at", (waiter.execute("SELECT 'ran'").fetchone(), time.monotonic())))
+        time.sleep(0.5)
+        assert served == {}, "the pool of one should be busy"
+        pt = in_thread(lambda: paused.setdefault("out", psql_admin(r, "PAUSE")))
+        time.sleep(0.5)
+        assert paused == {}, "PAUSE returned while a transaction was open"
+        holder.commit()
+        pt.join(10)
+        assert "out" in paused, "PAUSE did not return once the transaction ended"
+        ok(paused["out"])
+        time.sleep(1.0)
+        assert served == {}, f"a queued client ran a transaction while paused: {served}"
+        resumed_at = time.monotonic()
+        ok(psql_admin(r, "RESUME"))
+        th.join(10)
+        row, at = served["at"]
+        assert row == ("ran",) and at >= resumed_at
+    finally:
+        psql_admin(r, "RESUME")
+        holder.close()
+        waiter.close()
+
 # ------------------------------------------------------------------ SHUTDOWN --
 def test_shutdown_command_stops_the_router(routers):
     r = routers.start(general=admin_general())

@@ -318,6 +318,7 @@ impl AdminContext for Ops {
                 self.known_database(db)?;
             }
             self.state.paused.lock().insert(key);
+            self.state.pausing.notify_waiters();
             // Wait for transactions in progress to finish.
             let deadline = tokio::time::Instant::now()
                 + Duration::from_millis(self.state.rt().config.general.shutdown_timeout_ms);

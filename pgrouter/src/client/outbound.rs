@@ -109,10 +109,16 @@ impl Session {
     /// Admin PAUSE: new transactions wait until RESUME. A shutdown ends
     /// the wait (nothing of the client's runs): the client gets 57P01 at
     /// once, like an idle one, instead of waiting out the shutdown timeout.
-    async fn wait_while_paused(&mut self) -> Result<(), SessionEnd> {
+    /// A cancel ends it too: `Err(PoolError::Cancelled)` inside `Ok`, for
+    /// the caller to answer (the statement never runs, as PostgreSQL
+    /// would have cancelled it).
+    async fn wait_while_paused(&mut self) -> Result<Result<(), PoolError>, SessionEnd> {
         let mut held = false;
+        let mut outcome = Ok(());
         while self.state.is_paused(&self.database) {
             let resumed = self.state.resumed.notified();
+            let cancel_slot = self.cancel.slot.clone();
+            let cancelled = cancel_slot.cancelled();
             if !self.state.is_paused(&self.database) {
                 break;
             }
@@ -125,13 +131,41 @@ impl Session {
             let watch_shutdown = !self.shutdown_seen;
             tokio::select! {
                 _ = resumed => {}
+                _ = cancelled => {
+                    self.registered.info.set_state(ClientState::Idle);
+                    outcome = Err(PoolError::Cancelled);
+                    break;
+                }
                 _ = &mut self.shutdown, if watch_shutdown => self.shutdown_seen = true,
             }
         }
         if held {
             self.registered.info.set_paused(false);
         }
-        Ok(())
+        Ok(outcome)
+    }
+
+    /// Checks out a server for a new unit of work, as `attach` does, but a
+    /// client queued for a busy pool does not stay queued through an admin
+    /// PAUSE (it waits for RESUME, then queues again: PAUSE lets only
+    /// transactions already running finish, as in PgBouncer) nor through a
+    /// cancel of its statement (57014 at once instead of waiting out
+    /// `checkout_timeout_ms`, and the statement never runs).
+    async fn attach_new_unit(&mut self, route: Route) -> Result<Result<(), PoolError>, SessionEnd> {
+        // Inside a transaction nothing waits for RESUME (PAUSE waits for
+        // the transaction to end).
+        let watched = !self.flow.in_tx();
+        Ok(loop {
+            match self.attach_watched(route, &[], watched).await {
+                Err(PoolError::Paused) => {
+                    if let Err(e) = self.wait_while_paused().await? {
+                        break Err(e);
+                    }
+                    self.refresh_runtime()?;
+                }
+                other => break other,
+            }
+        })
     }
 }
 
@@ -221,7 +255,11 @@ impl Session {
                     continue;
                 }
                 self.refresh_runtime()?;
-                self.wait_while_paused().await?;
+                if let Err(e) = self.wait_while_paused().await? {
+                    self.cbuf.advance(frame.total_len);
+                    self.refuse_after_checkout_error(tag, e);
+                    continue;
+                }
                 self.learn_insert_columns(tag, frame.total_len).await;
                 match self.deferred_begin_step(tag, frame.total_len).await? {
                     Deferred::No => {}
@@ -247,7 +285,7 @@ impl Session {
                         continue;
                     }
                 };
-                if let Err(e) = self.attach(route, &[]).await {
+                if let Err(e) = self.attach_new_unit(route).await? {
                     self.cbuf.advance(frame.total_len);
                     self.refuse_after_checkout_error(tag, e);
                     continue;
@@ -349,6 +387,18 @@ impl Session {
         route: Route,
         exclude: &[usize],
     ) -> Result<(), PoolError> {
+        self.attach_watched(route, exclude, false).await
+    }
+
+    /// `attach`; with `watched`, a wait for a busy pool also ends at a
+    /// cancel (`PoolError::Cancelled`) or an admin PAUSE
+    /// (`PoolError::Paused`), see `attach_new_unit`.
+    async fn attach_watched(
+        &mut self,
+        route: Route,
+        exclude: &[usize],
+        watched: bool,
+    ) -> Result<(), PoolError> {
         if self.attach_kept(route.shard) {
             return Ok(());
         }
@@ -377,7 +427,13 @@ impl Session {
                 self.registered.info.set_state(ClientState::Idle);
                 return Err(refused.unwrap_or(PoolError::NoServer));
             };
-            match slot.pool.checkout().await {
+            let checkout = if watched {
+                let (state, slot_of_cancel) = (self.state.clone(), self.cancel.slot.clone());
+                watched_checkout(&slot.pool, &state, &self.database, &slot_of_cancel).await
+            } else {
+                slot.pool.checkout().await
+            };
+            match checkout {
                 Ok(conn) => break (conn, slot),
                 // The server answered and refused this user's login (its
                 // pg_hba.conf, a role not yet replayed there): only this
@@ -811,6 +867,36 @@ impl Session {
         if let Some(old) = evicted {
             frontend::write_target(self.to_server(), b'C', b'S', &format!("pgrouter_{old}"));
             self.expect().swallow(Reply::Close);
+        }
+    }
+}
+
+/// A checkout that gives up when the client's statement is cancelled or
+/// its database paused (dropping the checkout leaves the pool's queue,
+/// handing on a connection granted meanwhile). A free function: a
+/// `&Session` held across the wait would make the session's future need
+/// `Sync`.
+async fn watched_checkout(
+    pool: &Arc<crate::pool::Pool>,
+    state: &crate::state::State,
+    database: &str,
+    cancel: &super::cancel::CancelSlot,
+) -> Result<crate::pool::PooledConn, PoolError> {
+    let checkout = pool.checkout();
+    tokio::pin!(checkout);
+    loop {
+        // Both armed before the check: a PAUSE or cancel in between is
+        // not missed.
+        let pausing = state.pausing.notified();
+        let cancelled = cancel.cancelled();
+        if state.is_paused(database) {
+            return Err(PoolError::Paused);
+        }
+        tokio::select! {
+            granted = &mut checkout => return granted,
+            _ = cancelled => return Err(PoolError::Cancelled),
+            // Another database's PAUSE wakes everyone: look again.
+            _ = pausing => {}
         }
     }
 }

@@ -56,6 +56,14 @@ pub enum PoolError {
     /// Every server that could take the statement is left out.
     #[error("pgrouter: no server is available for this statement")]
     NoServer,
+    /// The client cancelled (CancelRequest) while it waited for a
+    /// connection: PostgreSQL's own words for a cancelled statement.
+    #[error("canceling statement due to user request")]
+    Cancelled,
+    /// Admin PAUSE came while the client waited for a connection it had
+    /// not got yet: it waits for RESUME instead (never shown to a client).
+    #[error("pgrouter: the database was paused")]
+    Paused,
 }
 
 /// How an error names a shard: its number, or what a value that was not
