@@ -599,6 +599,31 @@ def test_pause_holds_clients_already_queued_for_a_server(routers):
         holder.close()
         waiter.close()
 
+def test_a_client_that_leaves_while_held_by_pause_is_gone_and_its_statement_never_runs(
+        routers, primary, table):
+    """A client that closed its connection while PAUSE held its statement
+    (an application's own timeout, a killed process) used to stay in SHOW
+    CLIENTS as waiting, and at RESUME the statement it had given up on ran
+    (a retried INSERT ran twice). The router notices the client leave, as
+    PgBouncer does: it is gone at once and its statement never runs."""
+    primary.sql(f"CREATE TABLE {table} (id int)")
+    primary.sql(f"ALTER TABLE {table} OWNER TO app")
+    r = routers.start(general=admin_general())
+    ok(psql_admin(r, "PAUSE app"))
+    try:
+        for reset in (False, True):
+            raw = wire.connect(r.port, APP_USER, APP_DB, "app-secret")
+            raw.send(wire.query_message(f"INSERT INTO {table} VALUES (1)"))
+            wait_until(lambda: any(c["state"] == "waiting" for c in admin_rows(r, "SHOW CLIENTS")),
+                       5, what="the client held by PAUSE")
+            raw.close(reset=reset)
+            wait_until(lambda: not admin_rows(r, "SHOW CLIENTS"), 5,
+                       what="the client that left to be gone from SHOW CLIENTS")
+    finally:
+        ok(psql_admin(r, "RESUME app"))
+    time.sleep(0.5)
+    assert primary.scalar(f"SELECT count(*) FROM {table}") == 0
+
 # ------------------------------------------------------------------ SHUTDOWN --
 def test_shutdown_command_stops_the_router(routers):
     r = routers.start(general=admin_general())

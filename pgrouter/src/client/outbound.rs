@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
 use pgrouter_config::PoolMode;
+use tokio::io::AsyncReadExt;
 
 use super::error::SessionEnd;
 use super::expect::{Reply, CLOSE_COMPLETE, PARSE_COMPLETE};
@@ -111,7 +112,9 @@ impl Session {
     /// once, like an idle one, instead of waiting out the shutdown timeout.
     /// A cancel ends it too: `Err(PoolError::Cancelled)` inside `Ok`, for
     /// the caller to answer (the statement never runs, as PostgreSQL
-    /// would have cancelled it).
+    /// would have cancelled it). The client is read meanwhile, so that one
+    /// that leaves is gone at once (`ClientGone`) instead of having the
+    /// statement it gave up on run at RESUME (see `read_while_held`).
     async fn wait_while_paused(&mut self) -> Result<Result<(), PoolError>, SessionEnd> {
         let mut held = false;
         let mut outcome = Ok(());
@@ -129,20 +132,41 @@ impl Session {
                 return Err(SessionEnd::fatal("57P01", "pgrouter is shutting down"));
             }
             let watch_shutdown = !self.shutdown_seen;
-            tokio::select! {
-                _ = resumed => {}
+            let read_client = self.cbuf.len() < HELD_READ_LIMIT;
+            let read = tokio::select! {
+                _ = resumed => None,
                 _ = cancelled => {
                     self.registered.info.set_state(ClientState::Idle);
                     outcome = Err(PoolError::Cancelled);
                     break;
                 }
-                _ = &mut self.shutdown, if watch_shutdown => self.shutdown_seen = true,
+                _ = &mut self.shutdown, if watch_shutdown => {
+                    self.shutdown_seen = true;
+                    None
+                }
+                r = self.client.read_buf(&mut self.cbuf), if read_client => Some(r),
+            };
+            if let Some(read) = read {
+                self.read_while_held(read)?;
             }
         }
         if held {
             self.registered.info.set_paused(false);
         }
         Ok(outcome)
+    }
+
+    /// What the client sent while its statement was held: more messages
+    /// (kept, and checked like any that arrive), or its leaving.
+    fn read_while_held(&mut self, read: std::io::Result<usize>) -> Result<(), SessionEnd> {
+        match read {
+            Ok(0) => Err(SessionEnd::ClientGone),
+            Ok(n) => {
+                self.note_client_read(n);
+                self.check_arrived_messages()
+            }
+            Err(e) => Err(SessionEnd::ClientIo(e)),
+        }
     }
 
     /// Checks out a server for a new unit of work, as `attach` does, but a
@@ -870,6 +894,11 @@ impl Session {
         }
     }
 }
+
+/// While a statement is held by PAUSE, the client is read (to notice it
+/// leave) only while its buffer is below this: a client that keeps
+/// sending is not buffered without bound, as when it waits for an answer.
+const HELD_READ_LIMIT: usize = 1 << 20;
 
 /// A checkout that gives up when the client's statement is cancelled or
 /// its database paused (dropping the checkout leaves the pool's queue,
