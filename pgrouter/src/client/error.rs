@@ -50,6 +50,7 @@ pub(super) fn checkout_refusal(e: &PoolError) -> (&'static str, String) {
         PoolError::CheckoutTimeout | PoolError::Cancelled | PoolError::Paused => {
             ("57014", e.to_string())
         }
+        PoolError::ShuttingDown => ("57P01", e.to_string()),
         // The value of the client's hint or setting is out of range.
         PoolError::NoSuchShard { .. } => ("22023", e.to_string()),
         PoolError::NoServer => ("08006", e.to_string()),

@@ -187,6 +187,12 @@ impl Session {
                     }
                     self.refresh_runtime()?;
                 }
+                // Nothing of the statement ran: the session ends as an
+                // idle one does at shutdown.
+                Err(PoolError::ShuttingDown) => {
+                    self.shutdown_seen = true;
+                    return Err(SessionEnd::fatal("57P01", "pgrouter is shutting down"));
+                }
                 other => break other,
             }
         })
@@ -453,7 +459,15 @@ impl Session {
             };
             let checkout = if watched {
                 let (state, slot_of_cancel) = (self.state.clone(), self.cancel.slot.clone());
-                watched_checkout(&slot.pool, &state, &self.database, &slot_of_cancel).await
+                let shutdown = (!self.shutdown_seen).then_some(&mut self.shutdown);
+                watched_checkout(
+                    &slot.pool,
+                    &state,
+                    &self.database,
+                    &slot_of_cancel,
+                    shutdown,
+                )
+                .await
             } else {
                 slot.pool.checkout().await
             };
@@ -910,7 +924,11 @@ async fn watched_checkout(
     state: &crate::state::State,
     database: &str,
     cancel: &super::cancel::CancelSlot,
+    mut shutdown: Option<&mut super::shutdown::ShutdownListener>,
 ) -> Result<crate::pool::PooledConn, PoolError> {
+    if state.session_shutdown.is_fired() {
+        return Err(PoolError::ShuttingDown);
+    }
     let checkout = pool.checkout();
     tokio::pin!(checkout);
     loop {
@@ -926,6 +944,16 @@ async fn watched_checkout(
             _ = cancelled => return Err(PoolError::Cancelled),
             // Another database's PAUSE wakes everyone: look again.
             _ = pausing => {}
+            _ = shutdown_fired(shutdown.as_deref_mut()) => return Err(PoolError::ShuttingDown),
         }
+    }
+}
+
+/// Completes at shutdown; never without a listener (one that has already
+/// completed must not be polled again).
+async fn shutdown_fired(listener: Option<&mut super::shutdown::ShutdownListener>) {
+    match listener {
+        Some(l) => l.await,
+        None => std::future::pending().await,
     }
 }

@@ -54,6 +54,10 @@ pub enum PoolError {
     /// not got yet: it waits for RESUME instead (never shown to a client).
     #[error("pgrouter: the database was paused")]
     Paused,
+    /// The router began shutting down while the client waited for a
+    /// connection: nothing of its statement ran (the session ends, 57P01).
+    #[error("pgrouter is shutting down")]
+    ShuttingDown,
 }
 
 /// How an error names a shard: its number, or what a value that was not
