@@ -261,6 +261,13 @@ def test_named_files_are_checked_even_when_the_files_have_other_problems(tmp_pat
     assert len(problem_lines) == len(set(problem_lines)), out
     assert f"{len(problem_lines)} problem(s) found" in out, out
     assert out.index("public_key_file") < out.index("users.pool_size"), out
+    # A [jwt] with no key source at all, next to another problem: said once.
+    text = (good_router().replace('pool_mode = "transaction"', 'pool_mode = "sideways"')
+            + '\n[jwt]\nleeway_s = 0\n')
+    r, u = write(tmp_path, text, JWT_USERS)
+    code, out = check(r, u)
+    assert code == 1, out
+    assert "2 problem(s) found" in out, out
 
 @pytest.mark.parametrize("mode,case", [("verify-full", "missing"), ("verify-full", "not_pem"),
                                        ("require", "missing")])

@@ -109,12 +109,18 @@ fn main() -> ExitCode {
 /// `pgrouter check`: every problem, in both files and in the files
 /// router.toml names. The named files are checked even when the two files
 /// have problems of their own (reporting only the first batch made a DBA
-/// fix, re-run and find more); a named file's problem is left out when its
-/// key was already reported (a bad `[jwt] algorithms` would be found twice).
+/// fix, re-run and find more): with other problems, only whether each named
+/// file loads (see `named_file_problems`), and a named file's problem is
+/// left out when its key was already reported.
 fn check(args: &Args) -> ExitCode {
     let (config, mut problems) = pgrouter_config::load_lenient(&args.config, &args.users);
     if let Some(config) = &config {
-        for p in file_problems(config) {
+        let named = if problems.is_empty() {
+            file_problems(config)
+        } else {
+            named_file_problems(config)
+        };
+        for p in named {
             if !problems.iter().any(|q| q.file == p.file && q.key == p.key) {
                 problems.push(p);
             }
@@ -144,11 +150,25 @@ fn check(args: &Args) -> ExitCode {
 fn file_problems(config: &pgrouter_config::Config) -> Vec<pgrouter_config::Problem> {
     let mut problems = Vec::new();
     if let Some(j) = &config.jwt {
-        for e in pgrouter::auth::jwt::check_offline_all(&j.into()) {
+        if let Err(e) = pgrouter::auth::jwt::check_offline(&j.into()) {
             problems.push(config.jwt_problem(e.key, e.message));
         }
     }
     // The same check start-up and reload make (see `net/tls/files.rs`).
+    problems.extend(pgrouter::net::tls::file_problems(config));
+    problems
+}
+
+/// Only whether the files router.toml names load (not whether they suit
+/// its settings): for a configuration with problems of its own, whose
+/// settings the validation has already reported on.
+fn named_file_problems(config: &pgrouter_config::Config) -> Vec<pgrouter_config::Problem> {
+    let mut problems = Vec::new();
+    if let Some(j) = &config.jwt {
+        if let Err(e) = pgrouter::auth::jwt::check_key_file(&j.into()) {
+            problems.push(config.jwt_problem(e.key, e.message));
+        }
+    }
     problems.extend(pgrouter::net::tls::file_problems(config));
     problems
 }

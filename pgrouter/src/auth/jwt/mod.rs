@@ -215,16 +215,12 @@ pub fn check_offline(settings: &JwtSettings) -> Result<(), JwtConfigError> {
     load_pem(settings, &algorithms).map(|_| ())
 }
 
-/// Every problem `check_offline` can find, for `pgrouter check`, which
-/// reports them all at once: a bad setting does not hide the key file's
-/// own problem (unreadable, not a key). Whether the key suits
-/// `algorithms` is judged only once they are valid.
-pub fn check_offline_all(settings: &JwtSettings) -> Vec<JwtConfigError> {
-    match check_settings(settings) {
-        Ok(algorithms) => load_pem(settings, &algorithms).err().into_iter().collect(),
-        Err(e) if e.key == "public_key_file" => vec![e],
-        Err(e) => std::iter::once(e).chain(read_pem(settings).err()).collect(),
-    }
+/// The key file's own problem (unreadable, not a key), whatever the
+/// other settings: for `pgrouter check` when the files have problems of
+/// their own (those are reported by the config's validation, and whether
+/// the key suits `algorithms` is judged once they are fixed).
+pub fn check_key_file(settings: &JwtSettings) -> Result<(), JwtConfigError> {
+    read_pem(settings).map(|_| ())
 }
 
 /// The checks that need no key: the allow-list, the username claim, and
