@@ -624,6 +624,35 @@ def test_a_client_that_leaves_while_held_by_pause_is_gone_and_its_statement_neve
     time.sleep(0.5)
     assert primary.scalar(f"SELECT count(*) FROM {table}") == 0
 
+def test_pause_reload_resume_sends_held_statements_to_the_new_server(routers, primary, replica):
+    """The PgBouncer failover routine: PAUSE, point the config at the new
+    server, RELOAD, RESUME. Statements held by the PAUSE used to run on the
+    server of the configuration they arrived under (the old primary, in a
+    failover the one that must not take writes any more); they run on the
+    one the configuration names at RESUME, as every later one does."""
+    r = routers.start(general=admin_general())
+    held = connect(r.dsn())
+    try:
+        assert held.execute("SELECT pg_is_in_recovery()").fetchone() == (False,)
+        ok(psql_admin(r, "PAUSE"))
+        got = {}
+        th = in_thread(lambda: got.setdefault("row", held.execute(
+            "SELECT inet_server_port(), pg_is_in_recovery()").fetchone()))
+        time.sleep(0.5)
+        assert got == {}
+        cfg = copy.deepcopy(r.config)
+        cfg["databases"][0]["port"] = replica.port  # "the new primary"
+        r.write_files(config=cfg)
+        ok(psql_admin(r, "RELOAD"))
+        ok(psql_admin(r, "RESUME"))
+        th.join(10)
+        assert got.get("row") == (replica.port, True), \
+            f"the held statement ran on the old server: {got}"
+        assert held.execute("SELECT inet_server_port()").fetchone() == (replica.port,)
+    finally:
+        psql_admin(r, "RESUME")
+        held.close()
+
 # ------------------------------------------------------------------ SHUTDOWN --
 def test_shutdown_command_stops_the_router(routers):
     r = routers.start(general=admin_general())

@@ -290,6 +290,9 @@ impl Session {
                     self.refuse_after_checkout_error(tag, e);
                     continue;
                 }
+                // PAUSE, edit, RELOAD, RESUME (a failover): the statement
+                // held meanwhile goes where the configuration now says.
+                self.refresh_runtime()?;
                 self.learn_insert_columns(tag, frame.total_len).await;
                 match self.deferred_begin_step(tag, frame.total_len).await? {
                     Deferred::No => {}
