@@ -942,7 +942,12 @@ async fn watched_checkout(
         if state.is_paused(database) {
             return Err(PoolError::Paused);
         }
+        // `biased`, the checkout first: when a connection is free (the
+        // usual case) the other futures are never polled, so they never
+        // register with their notifiers (the PAUSE one is shared by all
+        // sessions; registering takes its lock).
         tokio::select! {
+            biased;
             granted = &mut checkout => return granted,
             _ = cancelled => return Err(PoolError::Cancelled),
             // Another database's PAUSE wakes everyone: look again.
