@@ -653,6 +653,30 @@ def test_pause_reload_resume_sends_held_statements_to_the_new_server(routers, pr
         psql_admin(r, "RESUME")
         held.close()
 
+def test_pause_undone_by_resume_before_it_completes_is_an_error(routers):
+    """A RESUME while PAUSE still waited for a transaction used to leave the
+    PAUSE answering `PAUSE` once the transaction ended, though nothing was
+    paused: a script running `PAUSE` then maintenance went on with clients
+    running. That PAUSE now fails (55000) and says why."""
+    r = routers.start(general=admin_general(shutdown_timeout_ms=20000))
+    tx = connect(r.dsn(), autocommit=False)
+    got = {}
+    try:
+        tx.execute("SELECT 1")
+        th = in_thread(lambda: got.setdefault("out", psql_admin(r, "PAUSE")))
+        time.sleep(0.5)
+        assert got == {}, "PAUSE returned while a transaction was open"
+        ok(psql_admin(r, "RESUME"))
+        th.join(5)
+        tx.commit()
+        th.join(5)
+        out = got["out"]
+        assert out.returncode == 1, out.stdout
+        assert "ERROR:  55000" in out.stderr and "RESUME" in out.stderr, out.stderr
+        assert all(p["paused"] == "f" for p in pools(r))
+    finally:
+        tx.close()
+
 # ------------------------------------------------------------------ SHUTDOWN --
 def test_shutdown_command_stops_the_router(routers):
     r = routers.start(general=admin_general())
