@@ -538,6 +538,145 @@ def test_resume_unknown_database_is_an_error_like_pause(routers):
     assert resumed.stderr.replace("RESUME", "PAUSE") == paused.stderr.replace("RESUME", "PAUSE")
 
 
+def test_cancel_of_a_statement_held_by_pause_cancels_it(routers, primary, table):
+    """Ctrl-C on a statement held by PAUSE used to be dropped (no server
+    had it yet): the client kept waiting, and after RESUME the statement the
+    user had cancelled ran. It is cancelled at once (57014) and never runs."""
+    primary.sql(f"CREATE TABLE {table} (id int)")
+    primary.sql(f"ALTER TABLE {table} OWNER TO app")
+    r = routers.start(general=admin_general())
+    c = connect(r.dsn())
+    try:
+        ok(psql_admin(r, "PAUSE app"))
+        threading.Timer(1.0, c.cancel_safe).start()
+        started = time.monotonic()
+        with pytest.raises(psycopg.errors.QueryCanceled) as err:
+            c.execute(f"INSERT INTO {table} VALUES (1)")
+        assert err.value.sqlstate == "57014"
+        assert time.monotonic() - started < 5
+        assert not [x for x in admin_rows(r, "SHOW CLIENTS") if x["state"] == "waiting"]
+        ok(psql_admin(r, "RESUME app"))
+        assert c.execute("SELECT 'after'").fetchone() == ("after",)
+    finally:
+        psql_admin(r, "RESUME")
+        c.close()
+    time.sleep(0.5)
+    assert primary.scalar(f"SELECT count(*) FROM {table}") == 0
+
+
+def test_pause_holds_clients_already_queued_for_a_server(routers):
+    """A client queued for a busy pool when PAUSE came used to get the
+    connection the finishing transaction returned, and start a new
+    transaction while the pool was paused. PAUSE waits for transactions in
+    progress only; a client that has not started one waits for RESUME, as
+    in PgBouncer."""
+    r = routers.start(general=admin_general(default_pool_size=1, checkout_timeout_ms=15000))
+    holder = connect(r.dsn(), autocommit=False)
+    waiter = connect(r.dsn())
+    served, paused = {}, {}
+    try:
+        holder.execute("SELECT 1")
+        th = in_thread(lambda: served.setdefault(
+            "at", (waiter.execute("SELECT 'ran'").fetchone(), time.monotonic())))
+        time.sleep(0.5)
+        assert served == {}, "the pool of one should be busy"
+        pt = in_thread(lambda: paused.setdefault("out", psql_admin(r, "PAUSE")))
+        time.sleep(0.5)
+        assert paused == {}, "PAUSE returned while a transaction was open"
+        holder.commit()
+        pt.join(10)
+        assert "out" in paused, "PAUSE did not return once the transaction ended"
+        ok(paused["out"])
+        time.sleep(1.0)
+        assert served == {}, f"a queued client ran a transaction while paused: {served}"
+        resumed_at = time.monotonic()
+        ok(psql_admin(r, "RESUME"))
+        th.join(10)
+        row, at = served["at"]
+        assert row == ("ran",) and at >= resumed_at
+    finally:
+        psql_admin(r, "RESUME")
+        holder.close()
+        waiter.close()
+
+def test_a_client_that_leaves_while_held_by_pause_is_gone_and_its_statement_never_runs(
+        routers, primary, table):
+    """A client that closed its connection while PAUSE held its statement
+    (an application's own timeout, a killed process) used to stay in SHOW
+    CLIENTS as waiting, and at RESUME the statement it had given up on ran
+    (a retried INSERT ran twice). The router notices the client leave, as
+    PgBouncer does: it is gone at once and its statement never runs."""
+    primary.sql(f"CREATE TABLE {table} (id int)")
+    primary.sql(f"ALTER TABLE {table} OWNER TO app")
+    r = routers.start(general=admin_general())
+    ok(psql_admin(r, "PAUSE app"))
+    try:
+        for reset in (False, True):
+            raw = wire.connect(r.port, APP_USER, APP_DB, "app-secret")
+            raw.send(wire.query_message(f"INSERT INTO {table} VALUES (1)"))
+            wait_until(lambda: any(c["state"] == "waiting" for c in admin_rows(r, "SHOW CLIENTS")),
+                       5, what="the client held by PAUSE")
+            raw.close(reset=reset)
+            wait_until(lambda: not admin_rows(r, "SHOW CLIENTS"), 5,
+                       what="the client that left to be gone from SHOW CLIENTS")
+    finally:
+        ok(psql_admin(r, "RESUME app"))
+    time.sleep(0.5)
+    assert primary.scalar(f"SELECT count(*) FROM {table}") == 0
+
+def test_pause_reload_resume_sends_held_statements_to_the_new_server(routers, primary, replica):
+    """The PgBouncer failover routine: PAUSE, point the config at the new
+    server, RELOAD, RESUME. Statements held by the PAUSE used to run on the
+    server of the configuration they arrived under (the old primary, in a
+    failover the one that must not take writes any more); they run on the
+    one the configuration names at RESUME, as every later one does."""
+    r = routers.start(general=admin_general())
+    held = connect(r.dsn())
+    try:
+        assert held.execute("SELECT pg_is_in_recovery()").fetchone() == (False,)
+        ok(psql_admin(r, "PAUSE"))
+        got = {}
+        th = in_thread(lambda: got.setdefault("row", held.execute(
+            "SELECT inet_server_port(), pg_is_in_recovery()").fetchone()))
+        time.sleep(0.5)
+        assert got == {}
+        cfg = copy.deepcopy(r.config)
+        cfg["databases"][0]["port"] = replica.port  # "the new primary"
+        r.write_files(config=cfg)
+        ok(psql_admin(r, "RELOAD"))
+        ok(psql_admin(r, "RESUME"))
+        th.join(10)
+        assert got.get("row") == (replica.port, True), \
+            f"the held statement ran on the old server: {got}"
+        assert held.execute("SELECT inet_server_port()").fetchone() == (replica.port,)
+    finally:
+        psql_admin(r, "RESUME")
+        held.close()
+
+def test_pause_undone_by_resume_before_it_completes_is_an_error(routers):
+    """A RESUME while PAUSE still waited for a transaction used to leave the
+    PAUSE answering `PAUSE` once the transaction ended, though nothing was
+    paused: a script running `PAUSE` then maintenance went on with clients
+    running. That PAUSE now fails (55000) and says why."""
+    r = routers.start(general=admin_general(shutdown_timeout_ms=20000))
+    tx = connect(r.dsn(), autocommit=False)
+    got = {}
+    try:
+        tx.execute("SELECT 1")
+        th = in_thread(lambda: got.setdefault("out", psql_admin(r, "PAUSE")))
+        time.sleep(0.5)
+        assert got == {}, "PAUSE returned while a transaction was open"
+        ok(psql_admin(r, "RESUME"))
+        th.join(5)
+        tx.commit()
+        th.join(5)
+        out = got["out"]
+        assert out.returncode == 1, out.stdout
+        assert "ERROR:  55000" in out.stderr and "RESUME" in out.stderr, out.stderr
+        assert all(p["paused"] == "f" for p in pools(r))
+    finally:
+        tx.close()
+
 # ------------------------------------------------------------------ SHUTDOWN --
 def test_shutdown_command_stops_the_router(routers):
     r = routers.start(general=admin_general())

@@ -235,6 +235,40 @@ def test_good_jwt_key_file_and_jwks_url_pass_check(tmp_path):
     assert code == 0, out
 
 
+
+def test_named_files_are_checked_even_when_the_files_have_other_problems(tmp_path):
+    """A missing `[jwt] public_key_file` or `server_tls_ca` used to be
+    reported only once router.toml and users.toml had no other problem:
+    `check` said "1 problem(s)" for the bad pool_mode, the DBA fixed it and
+    ran it again to learn about the key file. It reports every problem at
+    once, each once, router file first."""
+    key = tmp_path / "absent-jwt.pem"
+    ca = tmp_path / "absent-ca.pem"
+    text = (good_router().replace('pool_mode = "transaction"', 'pool_mode = "sideways"')
+            .replace('hot_reload = false', f'hot_reload = false\nserver_tls = "verify-full"\n'
+                                           f'server_tls_ca = "{ca}"')
+            + f'\n[jwt]\nalgorithms = ["HS256"]\npublic_key_file = "{key}"\n')
+    users = JWT_USERS.replace("pool_size = 5", "pool_size = 0")
+    r, u = write(tmp_path, text, users)
+    code, out = check(r, u)
+    assert code == 1, out
+    assert_reported(out, r, line_of(text, "pool_mode"), "general.pool_mode")
+    assert_reported(out, r, line_of(text, "server_tls_ca"), "general.server_tls_ca")
+    assert_reported(out, r, line_of(text, "algorithms"), "jwt.algorithms")
+    assert_reported(out, r, line_of(text, "public_key_file"), "jwt.public_key_file")
+    assert_reported(out, u, line_of(users, "pool_size = 0"), "users.pool_size")
+    problem_lines = [ln for ln in out.splitlines() if re.match(r".*\.toml:\d+: ", ln)]
+    assert len(problem_lines) == len(set(problem_lines)), out
+    assert f"{len(problem_lines)} problem(s) found" in out, out
+    assert out.index("public_key_file") < out.index("users.pool_size"), out
+    # A [jwt] with no key source at all, next to another problem: said once.
+    text = (good_router().replace('pool_mode = "transaction"', 'pool_mode = "sideways"')
+            + '\n[jwt]\nleeway_s = 0\n')
+    r, u = write(tmp_path, text, JWT_USERS)
+    code, out = check(r, u)
+    assert code == 1, out
+    assert "2 problem(s) found" in out, out
+
 @pytest.mark.parametrize("mode,case", [("verify-full", "missing"), ("verify-full", "not_pem"),
                                        ("require", "missing")])
 def test_bad_server_tls_ca_reported_by_check_and_start(tmp_path, mode, case):

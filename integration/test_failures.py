@@ -308,3 +308,33 @@ def test_a_cancel_never_stops_another_clients_query(routers):
     assert b_done[0] > 50
     assert a_cancelled[0] > 5, "A's own cancels must still work"
     assert b_cancelled == [], f"{len(b_cancelled)} of B's queries were cancelled by A's cancels"
+
+
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_cancel_while_waiting_for_a_server_ends_the_wait(routers, protocol):
+    """A client queued for a server connection (the pool is busy) and
+    cancelled (Ctrl-C in psql, a driver's timeout) used to wait out the whole
+    checkout_timeout_ms: no server had the statement yet, so the cancel was
+    dropped. PostgreSQL answers a cancel with 57014 at once; so does the
+    router, and the statement never runs."""
+    r = routers.start(general={"default_pool_size": 1, "checkout_timeout_ms": 15000})
+    holder = connect(r.dsn(), autocommit=False)
+    waiter = connect(r.dsn())
+    try:
+        holder.execute("SELECT 1")  # holds the pool's only connection
+        threading.Timer(1.0, waiter.cancel_safe).start()
+        with Timer() as timer, pytest.raises(psycopg.errors.QueryCanceled) as err:
+            if protocol == "simple":
+                waiter.execute("SELECT 'should not run'", prepare=False)
+            else:
+                waiter.execute("SELECT %s::text", ["should not run"], prepare=True)
+        assert err.value.sqlstate == "57014"
+        assert "canceling statement due to user request" in str(err.value)
+        assert timer.elapsed < 5, f"the cancel took {timer.elapsed:.1f}s"
+        holder.commit()
+        # The session goes on, and the pool was not left short.
+        assert waiter.execute("SELECT 'after cancel'").fetchone() == ("after cancel",)
+        assert holder.execute("SELECT 2").fetchone() == (2,)
+    finally:
+        holder.close()
+        waiter.close()

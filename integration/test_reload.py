@@ -371,6 +371,43 @@ def test_unchanged_pools_keep_their_server_connections(routers, primary):
     assert open_both() == pids
 
 
+
+@pytest.mark.parametrize("key,value", [("checkout_timeout_ms", 1000), ("connect_timeout_ms", 4000),
+                                       ("server_idle_timeout_ms", 500000),
+                                       ("server_lifetime_ms", 3000000), ("ban_time_ms", 20000),
+                                       ("min_pool_size", 1)])
+def test_pool_timeout_change_keeps_server_connections_and_applies(routers, primary, key, value):
+    """A reload that changed only a pool timeout (or `min_pool_size`)
+    replaced every pool: all server connections were closed and opened
+    again, and clients queued for the old pool stayed there. Like a size
+    change, it applies in place: the pools keep their connections and use
+    the new value."""
+    router = routers.start(general=admin_general(checkout_timeout_ms=15000, ban_time_ms=10000),
+                           users=[app_user(pool_size=2)])
+    cs = [connect(router.dsn(), autocommit=False) for _ in range(2)]
+    pids = {c.execute("SELECT pg_backend_pid()").fetchone()[0] for c in cs}
+    for c in cs:
+        c.rollback()
+    cfg = copy.deepcopy(router.config)
+    cfg["general"][key] = value
+    edit(router, config=cfg)
+    assert reload_and_wait(router) == "ok"
+    assert config_map(router)[key][0] == str(value)
+    try:
+        assert {c.execute("SELECT pg_backend_pid()").fetchone()[0] for c in cs} == pids, \
+            f"changing {key} replaced the pool's server connections"
+        if key == "checkout_timeout_ms":
+            # The pool (both connections held) uses the new timeout.
+            with connect(router.dsn()) as waiter, Timer() as t:
+                with pytest.raises(psycopg.errors.QueryCanceled):
+                    waiter.execute("SELECT 1")
+            assert t.elapsed < 5, f"the old checkout_timeout_ms still applies ({t.elapsed:.1f}s)"
+    finally:
+        for c in cs:
+            c.rollback()
+            c.close()
+    assert {b["pid"] for b in primary.pool_backends(user=APP_USER, db=APP_DB)} >= pids
+
 def test_unreachable_server_does_not_block_reload(routers):
     router = routers.start(general=admin_general(connect_timeout_ms=8000))
     cfg = copy.deepcopy(router.config)

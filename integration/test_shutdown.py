@@ -153,3 +153,42 @@ def test_a_client_held_by_pause_gets_57p01_at_shutdown(routers):
     assert time.monotonic() - start < 5
     assert got.get("r") == "57P01"
     held.close()
+
+
+def test_a_client_queued_for_a_busy_pool_gets_57p01_at_shutdown(routers, primary, table):
+    """A client queued for a server (the pool busy with an open
+    transaction) has not started anything: at shutdown it used to get the
+    connection the finishing transaction returned and run its statement, a
+    new transaction begun after SIGTERM. It gets 57P01 at once, as an idle
+    client or one held by PAUSE does; the open transaction still commits."""
+    import threading
+    make_table(primary, table)
+    router = routers.start(general={"shutdown_timeout_ms": 10000, "default_pool_size": 1,
+                                    "checkout_timeout_ms": 15000})
+    holder = connect(router.dsn(), autocommit=False)
+    queued = connect(router.dsn())
+    got = {}
+
+    def run():
+        try:
+            queued.execute(f"INSERT INTO {table} VALUES (2)")
+            got["r"] = "ran"
+        except psycopg.Error as e:
+            got["r"] = e.sqlstate
+    try:
+        holder.execute(f"INSERT INTO {table} VALUES (1)")
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        time.sleep(0.5)
+        assert "r" not in got, "the pool of one should be busy"
+        router.stop_requested = True
+        router.signal(signal.SIGTERM)
+        t.join(5)
+        assert got.get("r") == "57P01", got
+        holder.execute(f"INSERT INTO {table} VALUES (3)")
+        holder.commit()
+    finally:
+        holder.close()
+        queued.close()
+    assert router.wait(8) == 0
+    assert primary.scalar(f"SELECT array_agg(id ORDER BY id) FROM {table}") == [1, 3]

@@ -54,6 +54,17 @@ pub use values::general_values;
 /// Reads and validates both files. A file that cannot be read is a [`Problem`]
 /// with line 0; the other file is still checked on its own.
 pub fn load(router_path: &Path, users_path: &Path) -> Result<Config, Vec<Problem>> {
+    match load_lenient(router_path, users_path) {
+        (Some(config), problems) if problems.is_empty() => Ok(config),
+        (_, problems) => Err(problems),
+    }
+}
+
+/// For `pgrouter check`, which reports every problem: the problems, and
+/// the configuration as read despite them (when both files parsed), so
+/// that the files it names (keys, certificates) can be checked too. A
+/// configuration with problems must not be run.
+pub fn load_lenient(router_path: &Path, users_path: &Path) -> (Option<Config>, Vec<Problem>) {
     let read = |path: &Path| {
         std::fs::read_to_string(path).map_err(|e| Problem {
             file: path.to_path_buf(),
@@ -76,7 +87,10 @@ pub fn parse(
     users_path: &Path,
     users_text: &str,
 ) -> Result<Config, Vec<Problem>> {
-    check(router_path, Ok(router_text), users_path, Ok(users_text))
+    match check(router_path, Ok(router_text), users_path, Ok(users_text)) {
+        (Some(config), problems) if problems.is_empty() => Ok(config),
+        (_, problems) => Err(problems),
+    }
 }
 
 fn check(
@@ -84,7 +98,7 @@ fn check(
     router_text: Result<&str, &Problem>,
     users_path: &Path,
     users_text: Result<&str, &Problem>,
-) -> Result<Config, Vec<Problem>> {
+) -> (Option<Config>, Vec<Problem>) {
     let mut rsrc = reader::Source::new(router_path, router_text.unwrap_or(""));
     let mut usrc = reader::Source::new(users_path, users_text.unwrap_or(""));
     let r = match router_text {
@@ -131,8 +145,8 @@ fn check(
     users_problems.sort_by_key(|p| p.line);
     problems.extend(users_problems);
 
-    match (r, u) {
-        (Some(r), Some(u)) if problems.is_empty() => Ok(Config {
+    let config = match (r, u) {
+        (Some(r), Some(u)) => Some(Config {
             general: r.general,
             jwt: r.jwt,
             databases: r.databases,
@@ -146,6 +160,7 @@ fn check(
             users_path: users_path.to_path_buf(),
             general_lines: r.general_lines,
         }),
-        _ => Err(problems),
-    }
+        _ => None,
+    };
+    (config, problems)
 }

@@ -61,42 +61,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.check {
+        return check(&args);
+    }
     let config = match pgrouter_config::load(&args.config, &args.users) {
         Ok(c) => c,
         Err(problems) => {
             for p in &problems {
                 eprintln!("{p}");
             }
-            eprintln!(
-                "{} problem(s) found; {}",
-                problems.len(),
-                if args.check {
-                    "config is invalid"
-                } else {
-                    "not starting"
-                }
-            );
+            eprintln!("{} problem(s) found; not starting", problems.len());
             return ExitCode::from(1);
         }
     };
-    if args.check {
-        // The key and certificate files are part of the configuration: a
-        // router that would refuse to start must not be reported valid.
-        let problems = file_problems(&config);
-        if !problems.is_empty() {
-            for p in &problems {
-                eprintln!("{p}");
-            }
-            eprintln!("{} problem(s) found; config is invalid", problems.len());
-            return ExitCode::from(1);
-        }
-        println!(
-            "{} and {} are valid",
-            args.config.display(),
-            args.users.display()
-        );
-        return ExitCode::SUCCESS;
-    }
     init_logging(&config.general.log_format);
     // The accepting thread runs a single-threaded runtime. With one worker
     // it serves the clients too, like PgBouncer's one process; with more,
@@ -129,22 +106,70 @@ fn main() -> ExitCode {
     }
 }
 
+/// `pgrouter check`: every problem, in both files and in the files
+/// router.toml names. The named files are checked even when the two files
+/// have problems of their own (reporting only the first batch made a DBA
+/// fix, re-run and find more): with other problems, only whether each named
+/// file loads (see `named_file_problems`), and a named file's problem is
+/// left out when its key was already reported.
+fn check(args: &Args) -> ExitCode {
+    let (config, mut problems) = pgrouter_config::load_lenient(&args.config, &args.users);
+    if let Some(config) = &config {
+        let named = if problems.is_empty() {
+            file_problems(config)
+        } else {
+            named_file_problems(config)
+        };
+        for p in named {
+            if !problems.iter().any(|q| q.file == p.file && q.key == p.key) {
+                problems.push(p);
+            }
+        }
+    }
+    if problems.is_empty() {
+        println!(
+            "{} and {} are valid",
+            args.config.display(),
+            args.users.display()
+        );
+        return ExitCode::SUCCESS;
+    }
+    // Router file first, then the users file, each by line (stable: the
+    // order of problems on one line is kept).
+    problems.sort_by_key(|p| (p.file != args.config, p.line));
+    for p in &problems {
+        eprintln!("{p}");
+    }
+    eprintln!("{} problem(s) found; config is invalid", problems.len());
+    ExitCode::from(1)
+}
+
 /// Problems in the files router.toml names (the `[jwt]` public key, the
 /// TLS certificate and key, `server_tls_ca`), which `pgrouter_config::load` does not read.
 /// Nothing here touches the network: a JWKS is fetched only by the router.
-fn file_problems(config: &pgrouter_config::Config) -> Vec<String> {
+fn file_problems(config: &pgrouter_config::Config) -> Vec<pgrouter_config::Problem> {
     let mut problems = Vec::new();
     if let Some(j) = &config.jwt {
         if let Err(e) = pgrouter::auth::jwt::check_offline(&j.into()) {
-            problems.push(config.jwt_problem(e.key, e.message).to_string());
+            problems.push(config.jwt_problem(e.key, e.message));
         }
     }
     // The same check start-up and reload make (see `net/tls/files.rs`).
-    problems.extend(
-        pgrouter::net::tls::file_problems(config)
-            .iter()
-            .map(|p| p.to_string()),
-    );
+    problems.extend(pgrouter::net::tls::file_problems(config));
+    problems
+}
+
+/// Only whether the files router.toml names load (not whether they suit
+/// its settings): for a configuration with problems of its own, whose
+/// settings the validation has already reported on.
+fn named_file_problems(config: &pgrouter_config::Config) -> Vec<pgrouter_config::Problem> {
+    let mut problems = Vec::new();
+    if let Some(j) = &config.jwt {
+        if let Err(e) = pgrouter::auth::jwt::check_key_file(&j.into()) {
+            problems.push(config.jwt_problem(e.key, e.message));
+        }
+    }
+    problems.extend(pgrouter::net::tls::file_problems(config));
     problems
 }
 

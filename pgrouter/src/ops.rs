@@ -317,11 +317,20 @@ impl AdminContext for Ops {
             if let Some(db) = database {
                 self.known_database(db)?;
             }
-            self.state.paused.lock().insert(key);
+            self.state.paused.lock().insert(key.clone());
+            self.state.pausing.notify_waiters();
             // Wait for transactions in progress to finish.
             let deadline = tokio::time::Instant::now()
                 + Duration::from_millis(self.state.rt().config.general.shutdown_timeout_ms);
             loop {
+                // A RESUME meanwhile undid this PAUSE: answering PAUSE would
+                // tell a script that goes on to maintenance that the
+                // database is paused when it is not.
+                if !self.state.paused.lock().contains(&key) {
+                    return Err(
+                        "PAUSE was undone by a RESUME before open transactions finished".into(),
+                    );
+                }
                 let busy = self.state.registry.all().iter().any(|c| {
                     c.state() == ClientState::Active && database.is_none_or(|db| c.database == db)
                 });

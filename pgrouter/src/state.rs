@@ -61,6 +61,9 @@ pub struct State {
     /// Logical databases paused by the admin console.
     pub paused: parking_lot::Mutex<std::collections::HashSet<String>>,
     pub resumed: tokio::sync::Notify,
+    /// Admin PAUSE began: clients queued for a connection stop waiting for
+    /// it and wait for RESUME instead (see `client/outbound.rs`).
+    pub pausing: tokio::sync::Notify,
     /// Client TLS (certificate and mode); replaced by a reload.
     pub tls: Arc<crate::net::tls::ClientTlsHandle>,
     /// Connected clients, for SHOW CLIENTS and the metrics.
@@ -128,6 +131,7 @@ impl State {
             users_path,
             paused: Default::default(),
             resumed: tokio::sync::Notify::new(),
+            pausing: tokio::sync::Notify::new(),
             registry: Default::default(),
             secrets: Default::default(),
             tls,

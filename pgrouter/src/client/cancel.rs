@@ -27,6 +27,11 @@ pub struct CancelSlot {
     many: Mutex<Vec<CancelTarget>>,
     /// `many` is not empty (saves its lock when it is).
     has_many: AtomicBool,
+    /// Woken by a cancel that finds no server: a client waiting for one
+    /// (queued for a busy pool, or held by PAUSE) gives up its statement,
+    /// as PostgreSQL would cancel it. Only sessions waiting at that moment
+    /// are woken: a cancel of an idle client is dropped, as before.
+    waiting: tokio::sync::Notify,
 }
 
 impl CancelSlot {
@@ -58,6 +63,13 @@ impl CancelSlot {
         if self.has_many.load(Ordering::Acquire) && self.has_many.swap(false, Ordering::AcqRel) {
             self.many.lock().clear();
         }
+    }
+
+    /// Resolves when a cancel arrives while no server is in use. Create it
+    /// before checking whether the wait is needed: a cancel in between is
+    /// not lost.
+    pub fn cancelled(&self) -> tokio::sync::futures::Notified<'_> {
+        self.waiting.notified()
     }
 
     /// Where a cancel goes now.
@@ -138,6 +150,11 @@ impl CancelRegistry {
             return;
         };
         let seen = slot.targets();
+        if seen.is_empty() {
+            // No server has the statement yet: end its wait, if it waits.
+            slot.waiting.notify_waiters();
+            return;
+        }
         let registered: Vec<_> = seen.iter().map(in_flight::register).collect();
         let still = slot.targets();
         if !seen.iter().any(|t| still.contains(t)) {

@@ -47,7 +47,10 @@ impl From<ProtocolError> for SessionEnd {
 /// on its own SQLSTATE (28P01, 3D000, 53300...) and message.
 pub(super) fn checkout_refusal(e: &PoolError) -> (&'static str, String) {
     match e {
-        PoolError::CheckoutTimeout => ("57014", e.to_string()),
+        PoolError::CheckoutTimeout | PoolError::Cancelled | PoolError::Paused => {
+            ("57014", e.to_string())
+        }
+        PoolError::ShuttingDown => ("57P01", e.to_string()),
         // The value of the client's hint or setting is out of range.
         PoolError::NoSuchShard { .. } => ("22023", e.to_string()),
         PoolError::NoServer => ("08006", e.to_string()),

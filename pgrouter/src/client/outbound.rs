@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
 use pgrouter_config::PoolMode;
+use tokio::io::AsyncReadExt;
 
 use super::error::SessionEnd;
 use super::expect::{Reply, CLOSE_COMPLETE, PARSE_COMPLETE};
@@ -109,10 +110,18 @@ impl Session {
     /// Admin PAUSE: new transactions wait until RESUME. A shutdown ends
     /// the wait (nothing of the client's runs): the client gets 57P01 at
     /// once, like an idle one, instead of waiting out the shutdown timeout.
-    async fn wait_while_paused(&mut self) -> Result<(), SessionEnd> {
+    /// A cancel ends it too: `Err(PoolError::Cancelled)` inside `Ok`, for
+    /// the caller to answer (the statement never runs, as PostgreSQL
+    /// would have cancelled it). The client is read meanwhile, so that one
+    /// that leaves is gone at once (`ClientGone`) instead of having the
+    /// statement it gave up on run at RESUME (see `read_while_held`).
+    async fn wait_while_paused(&mut self) -> Result<Result<(), PoolError>, SessionEnd> {
         let mut held = false;
+        let mut outcome = Ok(());
         while self.state.is_paused(&self.database) {
             let resumed = self.state.resumed.notified();
+            let cancel_slot = self.cancel.slot.clone();
+            let cancelled = cancel_slot.cancelled();
             if !self.state.is_paused(&self.database) {
                 break;
             }
@@ -123,15 +132,70 @@ impl Session {
                 return Err(SessionEnd::fatal("57P01", "pgrouter is shutting down"));
             }
             let watch_shutdown = !self.shutdown_seen;
-            tokio::select! {
-                _ = resumed => {}
-                _ = &mut self.shutdown, if watch_shutdown => self.shutdown_seen = true,
+            let read_client = self.cbuf.len() < HELD_READ_LIMIT;
+            let read = tokio::select! {
+                _ = resumed => None,
+                _ = cancelled => {
+                    self.registered.info.set_state(ClientState::Idle);
+                    outcome = Err(PoolError::Cancelled);
+                    break;
+                }
+                _ = &mut self.shutdown, if watch_shutdown => {
+                    self.shutdown_seen = true;
+                    None
+                }
+                r = self.client.read_buf(&mut self.cbuf), if read_client => Some(r),
+            };
+            if let Some(read) = read {
+                self.read_while_held(read)?;
             }
         }
         if held {
             self.registered.info.set_paused(false);
         }
-        Ok(())
+        Ok(outcome)
+    }
+
+    /// What the client sent while its statement was held: more messages
+    /// (kept, and checked like any that arrive), or its leaving.
+    fn read_while_held(&mut self, read: std::io::Result<usize>) -> Result<(), SessionEnd> {
+        match read {
+            Ok(0) => Err(SessionEnd::ClientGone),
+            Ok(n) => {
+                self.note_client_read(n);
+                self.check_arrived_messages()
+            }
+            Err(e) => Err(SessionEnd::ClientIo(e)),
+        }
+    }
+
+    /// Checks out a server for a new unit of work, as `attach` does, but a
+    /// client queued for a busy pool does not stay queued through an admin
+    /// PAUSE (it waits for RESUME, then queues again: PAUSE lets only
+    /// transactions already running finish, as in PgBouncer) nor through a
+    /// cancel of its statement (57014 at once instead of waiting out
+    /// `checkout_timeout_ms`, and the statement never runs).
+    async fn attach_new_unit(&mut self, route: Route) -> Result<Result<(), PoolError>, SessionEnd> {
+        // Inside a transaction nothing waits for RESUME (PAUSE waits for
+        // the transaction to end).
+        let watched = !self.flow.in_tx();
+        Ok(loop {
+            match self.attach_watched(route, &[], watched).await {
+                Err(PoolError::Paused) => {
+                    if let Err(e) = self.wait_while_paused().await? {
+                        break Err(e);
+                    }
+                    self.refresh_runtime()?;
+                }
+                // Nothing of the statement ran: the session ends as an
+                // idle one does at shutdown.
+                Err(PoolError::ShuttingDown) => {
+                    self.shutdown_seen = true;
+                    return Err(SessionEnd::fatal("57P01", "pgrouter is shutting down"));
+                }
+                other => break other,
+            }
+        })
     }
 }
 
@@ -221,7 +285,14 @@ impl Session {
                     continue;
                 }
                 self.refresh_runtime()?;
-                self.wait_while_paused().await?;
+                if let Err(e) = self.wait_while_paused().await? {
+                    self.cbuf.advance(frame.total_len);
+                    self.refuse_after_checkout_error(tag, e);
+                    continue;
+                }
+                // PAUSE, edit, RELOAD, RESUME (a failover): the statement
+                // held meanwhile goes where the configuration now says.
+                self.refresh_runtime()?;
                 self.learn_insert_columns(tag, frame.total_len).await;
                 match self.deferred_begin_step(tag, frame.total_len).await? {
                     Deferred::No => {}
@@ -247,7 +318,7 @@ impl Session {
                         continue;
                     }
                 };
-                if let Err(e) = self.attach(route, &[]).await {
+                if let Err(e) = self.attach_new_unit(route).await? {
                     self.cbuf.advance(frame.total_len);
                     self.refuse_after_checkout_error(tag, e);
                     continue;
@@ -349,6 +420,18 @@ impl Session {
         route: Route,
         exclude: &[usize],
     ) -> Result<(), PoolError> {
+        self.attach_watched(route, exclude, false).await
+    }
+
+    /// `attach`; with `watched`, a wait for a busy pool also ends at a
+    /// cancel (`PoolError::Cancelled`) or an admin PAUSE
+    /// (`PoolError::Paused`), see `attach_new_unit`.
+    async fn attach_watched(
+        &mut self,
+        route: Route,
+        exclude: &[usize],
+        watched: bool,
+    ) -> Result<(), PoolError> {
         if self.attach_kept(route.shard) {
             return Ok(());
         }
@@ -377,7 +460,21 @@ impl Session {
                 self.registered.info.set_state(ClientState::Idle);
                 return Err(refused.unwrap_or(PoolError::NoServer));
             };
-            match slot.pool.checkout().await {
+            let checkout = if watched {
+                let (state, slot_of_cancel) = (self.state.clone(), self.cancel.slot.clone());
+                let shutdown = (!self.shutdown_seen).then_some(&mut self.shutdown);
+                watched_checkout(
+                    &slot.pool,
+                    &state,
+                    &self.database,
+                    &slot_of_cancel,
+                    shutdown,
+                )
+                .await
+            } else {
+                slot.pool.checkout().await
+            };
+            match checkout {
                 Ok(conn) => break (conn, slot),
                 // The server answered and refused this user's login (its
                 // pg_hba.conf, a role not yet replayed there): only this
@@ -812,5 +909,59 @@ impl Session {
             frontend::write_target(self.to_server(), b'C', b'S', &format!("pgrouter_{old}"));
             self.expect().swallow(Reply::Close);
         }
+    }
+}
+
+/// While a statement is held by PAUSE, the client is read (to notice it
+/// leave) only while its buffer is below this: a client that keeps
+/// sending is not buffered without bound, as when it waits for an answer.
+const HELD_READ_LIMIT: usize = 1 << 20;
+
+/// A checkout that gives up when the client's statement is cancelled or
+/// its database paused (dropping the checkout leaves the pool's queue,
+/// handing on a connection granted meanwhile). A free function: a
+/// `&Session` held across the wait would make the session's future need
+/// `Sync`.
+async fn watched_checkout(
+    pool: &Arc<crate::pool::Pool>,
+    state: &crate::state::State,
+    database: &str,
+    cancel: &super::cancel::CancelSlot,
+    mut shutdown: Option<&mut super::shutdown::ShutdownListener>,
+) -> Result<crate::pool::PooledConn, PoolError> {
+    if state.session_shutdown.is_fired() {
+        return Err(PoolError::ShuttingDown);
+    }
+    let checkout = pool.checkout();
+    tokio::pin!(checkout);
+    loop {
+        // Both armed before the check: a PAUSE or cancel in between is
+        // not missed.
+        let pausing = state.pausing.notified();
+        let cancelled = cancel.cancelled();
+        if state.is_paused(database) {
+            return Err(PoolError::Paused);
+        }
+        // `biased`, the checkout first: when a connection is free (the
+        // usual case) the other futures are never polled, so they never
+        // register with their notifiers (the PAUSE one is shared by all
+        // sessions; registering takes its lock).
+        tokio::select! {
+            biased;
+            granted = &mut checkout => return granted,
+            _ = cancelled => return Err(PoolError::Cancelled),
+            // Another database's PAUSE wakes everyone: look again.
+            _ = pausing => {}
+            _ = shutdown_fired(shutdown.as_deref_mut()) => return Err(PoolError::ShuttingDown),
+        }
+    }
+}
+
+/// Completes at shutdown; never without a listener (one that has already
+/// completed must not be polled again).
+async fn shutdown_fired(listener: Option<&mut super::shutdown::ShutdownListener>) {
+    match listener {
+        Some(l) => l.await,
+        None => std::future::pending().await,
     }
 }

@@ -485,12 +485,12 @@ fn user_pools(
         };
         let mut target = target_for(server, user, g);
         target.pass_through = learnt.cloned();
-        let kept = previous
-            .and_then(|p| p.find_pool(&user.name, &user.database, &target))
-            .filter(|p| p.settings_except_size() == settings.without_size());
+        // A pool for the same server and credentials is kept whatever its
+        // sizes and timeouts: they change in place.
+        let kept = previous.and_then(|p| p.find_pool(&user.name, &user.database, &target));
         let pool = match kept {
             Some(pool) => {
-                pool.resize(settings.size);
+                pool.reconfigure(settings.clone());
                 pool
             }
             None => {

@@ -32,16 +32,6 @@ pub struct PoolSettings {
     pub login_backoff: Duration,
 }
 
-impl PoolSettings {
-    /// Everything but the size: what must match for a reload to keep a pool.
-    pub fn without_size(&self) -> PoolSettings {
-        PoolSettings {
-            size: 0,
-            ..self.clone()
-        }
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
     #[error("pgrouter: timed out waiting for a server connection")]
@@ -56,6 +46,18 @@ pub enum PoolError {
     /// Every server that could take the statement is left out.
     #[error("pgrouter: no server is available for this statement")]
     NoServer,
+    /// The client cancelled (CancelRequest) while it waited for a
+    /// connection: PostgreSQL's own words for a cancelled statement.
+    #[error("canceling statement due to user request")]
+    Cancelled,
+    /// Admin PAUSE came while the client waited for a connection it had
+    /// not got yet: it waits for RESUME instead (never shown to a client).
+    #[error("pgrouter: the database was paused")]
+    Paused,
+    /// The router began shutting down while the client waited for a
+    /// connection: nothing of its statement ran (the session ends, 57P01).
+    #[error("pgrouter is shutting down")]
+    ShuttingDown,
 }
 
 /// How an error names a shard: its number, or what a value that was not
@@ -81,7 +83,10 @@ pub struct Pool {
     /// "user@database/shard/host:port", for logs.
     pub name: String,
     pub target: ServerTarget,
-    pub settings: PoolSettings,
+    /// Timeouts and `min_size` in force: a reload replaces them in place
+    /// (see [`Pool::reconfigure`]). The `size` here is the one the pool was
+    /// made with; the size in force is `size` below.
+    settings: arc_swap::ArcSwap<PoolSettings>,
     /// The size in force (a reload may change it in place).
     size: std::sync::atomic::AtomicU32,
     pub metrics: Arc<PoolMetrics>,
@@ -203,7 +208,7 @@ impl Pool {
             size: std::sync::atomic::AtomicU32::new(settings.size),
             metrics,
             labels,
-            settings,
+            settings: arc_swap::ArcSwap::from_pointee(settings),
             parts,
             coord: Mutex::new(()),
             default_params: Mutex::new(None),
@@ -381,7 +386,7 @@ impl Pool {
             loop {
                 let wake = {
                     let Some(pool) = pool.upgrade() else { return };
-                    let timeout = pool.settings.checkout_timeout;
+                    let timeout = pool.settings.load().checkout_timeout;
                     let now = Instant::now();
                     let oldest = {
                         let mut slots = pool.part(k).slots.lock();
@@ -437,7 +442,7 @@ impl Pool {
         };
         let mut permits = Vec::with_capacity(caps.len());
         for cap in caps {
-            match cap.acquire(self.settings.checkout_timeout).await {
+            match cap.acquire(self.settings.load().checkout_timeout).await {
                 Some(permit) => permits.push(permit),
                 None => {
                     tracing::warn!(pool = %self.name, cap = %cap.name, "server connection cap reached");
@@ -529,16 +534,17 @@ impl Pool {
             },
             Err(_) => return,
         };
-        if self.settings.login_backoff.is_zero() {
+        let backoff = self.settings.load().login_backoff;
+        if backoff.is_zero() {
             return;
         }
-        tracing::warn!(pool = %self.name, error = %refusal.message, backoff_ms = self.settings.login_backoff.as_millis() as u64, "server refused the login; backing off");
-        *self.refused.lock() = Some((Instant::now() + self.settings.login_backoff, refusal));
+        tracing::warn!(pool = %self.name, error = %refusal.message, backoff_ms = backoff.as_millis() as u64, "server refused the login; backing off");
+        *self.refused.lock() = Some((Instant::now() + backoff, refusal));
     }
 
     /// Opens the connection (see [`Self::connect`]).
     async fn open(&self, k: usize) -> Result<Box<ServerConn>, ServerError> {
-        let timeout = self.settings.connect_timeout;
+        let timeout = self.settings.load().connect_timeout;
         let here = match crate::worker::current() {
             Some(w) => self.parts.len() == 1 || w == k,
             None => crate::worker::count() == 1,
@@ -582,7 +588,7 @@ impl Pool {
             return;
         };
         let pool = pooled.pool.clone();
-        let expired = past(conn.created, pool.settings.lifetime, last_used);
+        let expired = past(conn.created, pool.settings.load().lifetime, last_used);
         let k = pooled.part;
         // Bytes left unread or unsent: what the server was asked and
         // answered is not known, so the connection is not reused.
@@ -652,7 +658,7 @@ impl Pool {
     }
 
     fn is_reusable(&self, conn: &ServerConn) -> bool {
-        let s = &self.settings;
+        let s = self.settings.load();
         let now = Instant::now();
         if past(conn.created, s.lifetime, now) || past(conn.last_used, s.idle_timeout, now) {
             return false;
@@ -677,7 +683,8 @@ impl Pool {
 
     async fn maintain_part(self: &Arc<Self>, k: usize) {
         let part = self.part(k);
-        let min = share(self.settings.min_size, self.parts.len(), k)
+        let lifetime = self.settings.load().lifetime;
+        let min = share(self.settings.load().min_size, self.parts.len(), k)
             .min(part.size.load(Ordering::Relaxed));
         let expired: Vec<Box<ServerConn>> = {
             let mut slots = part.slots.lock();
@@ -689,7 +696,7 @@ impl Pool {
                 // Idle past server_idle_timeout, but min_pool_size wants it:
                 // kept, rather than closed and opened again at once.
                 let spared = open <= min
-                    && !past(conn.created, self.settings.lifetime, now)
+                    && !past(conn.created, lifetime, now)
                     && conn.stream.is_idle_and_open();
                 if self.is_reusable(&conn) || spared {
                     keep.push(conn);
@@ -730,9 +737,16 @@ impl Pool {
         }
     }
 
-    /// Settings other than the size (see [`PoolSettings::without_size`]).
-    pub fn settings_except_size(&self) -> PoolSettings {
-        self.settings.without_size()
+    /// A reload's settings for a pool it keeps: the size is applied as by
+    /// [`Pool::resize`], the timeouts and `min_size` from now on (a waiter
+    /// already queued gets the new `checkout_timeout` too, counted from
+    /// when it started waiting). Changing them keeps the pool's server
+    /// connections: reopening every connection of every pool because
+    /// `checkout_timeout_ms` was raised would cost each pool a reconnection
+    /// storm for nothing.
+    pub fn reconfigure(&self, settings: PoolSettings) {
+        self.resize(settings.size);
+        self.settings.store(Arc::new(settings));
     }
 
     pub fn size(&self) -> u32 {

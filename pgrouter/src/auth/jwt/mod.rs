@@ -215,6 +215,14 @@ pub fn check_offline(settings: &JwtSettings) -> Result<(), JwtConfigError> {
     load_pem(settings, &algorithms).map(|_| ())
 }
 
+/// The key file's own problem (unreadable, not a key), whatever the
+/// other settings: for `pgrouter check` when the files have problems of
+/// their own (those are reported by the config's validation, and whether
+/// the key suits `algorithms` is judged once they are fixed).
+pub fn check_key_file(settings: &JwtSettings) -> Result<(), JwtConfigError> {
+    read_pem(settings).map(|_| ())
+}
+
 /// The checks that need no key: the allow-list, the username claim, and
 /// exactly one key source. Returns the parsed allow-list.
 fn check_settings(settings: &JwtSettings) -> Result<Vec<Algorithm>, JwtConfigError> {
@@ -242,13 +250,11 @@ fn load_pem(
     settings: &JwtSettings,
     algorithms: &[Algorithm],
 ) -> Result<Option<VerifyKey>, JwtConfigError> {
-    let path = &settings.public_key_file;
-    if path.is_empty() {
+    let Some(key) = read_pem(settings)? else {
         return Ok(None);
-    }
+    };
+    let path = &settings.public_key_file;
     let fail = |msg: String| JwtConfigError::new("public_key_file", msg);
-    let text = std::fs::read(path).map_err(|e| fail(format!("cannot read {path:?}: {e}")))?;
-    let key = keys::from_pem(&text).map_err(|e| fail(format!("{path:?}: {e}")))?;
     if !algorithms.iter().any(|a| key.kind.supports(*a)) {
         return Err(fail(format!(
             "{path:?} is an {} key, but no algorithm in algorithms = {:?} can be verified with it",
@@ -256,6 +262,19 @@ fn load_pem(
             settings.algorithms
         )));
     }
+    Ok(Some(key))
+}
+
+/// Reads and parses `public_key_file`, whatever the allow-list; `None`
+/// in JWKS mode.
+fn read_pem(settings: &JwtSettings) -> Result<Option<VerifyKey>, JwtConfigError> {
+    let path = &settings.public_key_file;
+    if path.is_empty() {
+        return Ok(None);
+    }
+    let fail = |msg: String| JwtConfigError::new("public_key_file", msg);
+    let text = std::fs::read(path).map_err(|e| fail(format!("cannot read {path:?}: {e}")))?;
+    let key = keys::from_pem(&text).map_err(|e| fail(format!("{path:?}: {e}")))?;
     Ok(Some(key))
 }
 

@@ -61,7 +61,10 @@ impl ShardError {
 
     fn from_pool(e: PoolError) -> ShardError {
         let sqlstate = match &e {
-            PoolError::CheckoutTimeout | PoolError::Connect(ServerError::CapReached(_)) => "57014",
+            PoolError::CheckoutTimeout
+            | PoolError::Cancelled
+            | PoolError::Paused
+            | PoolError::Connect(ServerError::CapReached(_)) => "57014",
             PoolError::NoSuchShard { .. } => "22023",
             _ => "08006",
         };
