@@ -267,6 +267,67 @@ def test_other_passwords_are_users_toml_or_auth_query(jit_cluster, api, jit_rout
     assert len(api.calls_from("router")) == before  # passwords never go to the API
 
 
+def test_a_role_named_like_the_jit_pools_of_an_entry_gets_its_own_server_connections(
+        jit_cluster, api, jit_routers):
+    """The JIT pools of users.toml entry `u` are named "u (jit)", which is
+    also a valid PostgreSQL role name. A role of that name logging in with
+    its own password (auth_query) must run as itself, never on the pools
+    that log in as `u` (it was handed them: a session as another role)."""
+    entry = f"u{uuid.uuid4().hex[:8]}"
+    twin = f"{entry} (jit)"
+    for sql in (f"CREATE ROLE {entry} LOGIN PASSWORD 'entry-pw'",
+                f"GRANT CONNECT ON DATABASE {APP_DB} TO {entry}",
+                f"CREATE ROLE \"{twin}\" LOGIN PASSWORD 'twin-pw'",
+                f"GRANT CONNECT ON DATABASE {APP_DB} TO \"{twin}\""):
+        jit_cluster.primary.sql(sql, db="postgres")
+    users = [app_user(), lookup_user_entry(),
+             app_user(name=entry, password="entry-pw", auth="scram")]
+    r = start(jit_routers, jit_cluster, api.url, users=users)
+    tok = token()
+    api.grant(tok, entry)
+    assert session_user(r, entry, tok) == entry  # its JIT pools, "<entry> (jit)"
+    assert session_user(r, twin, "twin-pw") == twin
+    assert session_user(r, entry, tok) == entry
+    names = {(p["user"]) for p in admin_rows(r, "SHOW POOLS")}
+    assert twin in names and f"{twin} #2" in names, names
+
+
+def test_an_open_jit_session_never_moves_to_an_entry_a_reload_names_like_its_pools(
+        jit_cluster, api, jit_routers):
+    """A reload that adds users.toml entry "u (jit)" (a real role) must not
+    move the open JIT session of `u`, whose pools have that name, onto the
+    new entry's pools: the session keeps running as `u` or ends, never as
+    the other role."""
+    from harness.ops import reload_marks, wait_reload
+    entry = f"u{uuid.uuid4().hex[:8]}"
+    twin = f"{entry} (jit)"
+    for sql in (f"CREATE ROLE {entry} LOGIN PASSWORD 'entry-pw'",
+                f"GRANT CONNECT ON DATABASE {APP_DB} TO {entry}",
+                f"CREATE ROLE \"{twin}\" LOGIN PASSWORD 'twin-pw'",
+                f"GRANT CONNECT ON DATABASE {APP_DB} TO \"{twin}\""):
+        jit_cluster.primary.sql(sql, db="postgres")
+    users = [app_user(), lookup_user_entry(),
+             app_user(name=entry, password="entry-pw", auth="scram")]
+    r = start(jit_routers, jit_cluster, api.url, users=users)
+    tok = token()
+    api.grant(tok, entry)
+    with connect(r.dsn(user=entry, password=tok)) as c:
+        assert c.execute("SELECT session_user::text").fetchone() == (entry,)
+        marks = reload_marks(r)
+        r.write_files(users={"users": users + [app_user(name=twin, password="twin-pw",
+                                                         auth="scram")]})
+        r.reload()
+        wait_reload(r, marks)
+        try:
+            who = c.execute("SELECT session_user::text").fetchone()
+        except psycopg.OperationalError as exc:
+            assert "removed from the configuration" in str(exc), exc
+        else:
+            assert who == (entry,)
+    assert session_user(r, twin, "twin-pw") == twin
+    assert session_user(r, entry, tok) == entry
+
+
 # ------------------------------------------------------------ JWT-shaped --
 def test_jwt_shaped_token_goes_to_the_api_without_a_jwt_section(jit_cluster, api, jit_routers):
     r = start(jit_routers, jit_cluster, api.url)
