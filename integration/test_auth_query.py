@@ -161,6 +161,54 @@ def test_a_role_that_may_not_log_in_is_refused(aq_cluster, aq_routers):
     assert sqlstate(login_error(r, name, pw)) == "28P01"
 
 
+# The SPEC's default query: no rolvaliduntil condition (a SECURITY DEFINER
+# twin of it, so that the non-superuser lookup role may run it).
+NO_EXPIRY_QUERY = "SELECT rolname, rolpassword FROM pgrouter.lookup_any($1)"
+NO_EXPIRY_FUNCTION = """
+CREATE OR REPLACE FUNCTION pgrouter.lookup_any(p_user text)
+  RETURNS TABLE (rolname name, rolpassword text)
+  LANGUAGE sql STABLE SECURITY DEFINER
+  SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT rolname, rolpassword FROM pg_catalog.pg_authid WHERE rolname = p_user AND rolcanlogin
+$$;
+GRANT EXECUTE ON FUNCTION pgrouter.lookup_any(text) TO pgrouter_auth;
+"""
+
+
+@pytest.mark.parametrize("kind", ["scram", "md5"])
+def test_an_expired_role_is_refused_as_postgres_refuses_it(aq_cluster, aq_routers, kind):
+    """With a lookup that does not look at rolvaliduntil (the default query),
+    the router accepts the password of an expired role and then cannot log
+    in to the server (PostgreSQL answers an expired role with a made-up
+    SCRAM salt). The client must read what PostgreSQL says, 28P01
+    "password authentication failed", at every attempt (it got 08006 "could
+    not connect to the server ... SCRAM salt", then 28P01 with that text)."""
+    aq_cluster.primary.sql(NO_EXPIRY_FUNCTION, db=APP_DB)
+    r = start(aq_routers, query=NO_EXPIRY_QUERY)
+    name, pw = aq_cluster.make_role(kind)
+    aq_cluster.primary.sql(f"ALTER ROLE {name} VALID UNTIL '2000-01-01'", db="postgres")
+    for _ in range(2):
+        err = login_error(r, name, pw)
+        assert sqlstate(err) == "28P01", err
+        assert f'password authentication failed for user "{name}"' in str(err), err
+        assert "salt" not in str(err) and "pg_hba" not in str(err), err
+    assert "server login with the client's credentials is impossible" in full_log(r)
+
+
+def test_a_server_login_the_router_cannot_make_gets_the_same_answer_every_time(aq_routers):
+    """plainuser's server login asks a cleartext password over plain TCP,
+    which the router does not send for auth_query users. The first client
+    got 08006 "could not connect to the server", the ones during the
+    back-off 28P01 "server refused the connection": the same error now."""
+    r = start(aq_routers)
+    first = login_error(r, "plainuser", "plain-secret")
+    second = login_error(r, "plainuser", "plain-secret")
+    assert sqlstate(first) == sqlstate(second) == "08006", (first, second)
+    assert str(first) == str(second)
+    assert "cleartext" in str(first), first
+
+
 def test_lookup_failure_names_auth_query(aq_routers):
     r = start(aq_routers, query="SELECT rolname, rolpassword FROM no_such_function($1)")
     err = login_error(r, "someone", "pw")

@@ -96,7 +96,7 @@ pub struct Pool {
     default_params: Mutex<Option<ServerParams>>,
     /// The server's last login refusal and until when it stands (see
     /// `PoolSettings::login_backoff`).
-    refused: Mutex<Option<(Instant, crate::protocol::backend::ErrorFields)>>,
+    refused: Mutex<Option<(Instant, Refusal)>>,
     /// Caps shared with other pools (see `cap.rs`); set by each cluster build.
     caps: Mutex<Vec<Arc<super::ConnectionCap>>>,
     /// Bumped when `caps` changes: a connection whose `caps_epoch` differs
@@ -428,8 +428,8 @@ impl Pool {
     /// the lease uses it across threads this once, the part's own clients
     /// from then on without. (A pool of one part opens on any worker.)
     async fn connect(&self, k: usize) -> Result<Box<ServerConn>, ServerError> {
-        if let Some(fields) = self.refusal_standing() {
-            return Err(ServerError::Postgres(fields));
+        if let Some(refusal) = self.refusal_standing() {
+            return Err(refusal.into_error());
         }
         let (caps, epoch) = {
             let caps = self.caps.lock();
@@ -499,7 +499,7 @@ impl Pool {
     }
 
     /// The server's login refusal, while the back-off after it lasts.
-    fn refusal_standing(&self) -> Option<crate::protocol::backend::ErrorFields> {
+    fn refusal_standing(&self) -> Option<Refusal> {
         let mut refused = self.refused.lock();
         match &*refused {
             Some((until, fields)) if Instant::now() < *until => Some(fields.clone()),
@@ -520,19 +520,14 @@ impl Pool {
                 *self.refused.lock() = None;
                 return;
             }
-            Err(e @ ServerError::Postgres(f)) if e.is_login_refusal() => f.clone(),
-            Err(ServerError::Auth(message)) => crate::protocol::backend::ErrorFields {
-                severity: "FATAL".into(),
-                code: "28P01".into(),
-                message: message.clone(),
-                routine: String::new(),
-            },
+            Err(e @ ServerError::Postgres(f)) if e.is_login_refusal() => Refusal::Server(f.clone()),
+            Err(ServerError::Auth(message)) => Refusal::Router(message.clone()),
             Err(_) => return,
         };
         if self.settings.login_backoff.is_zero() {
             return;
         }
-        tracing::warn!(pool = %self.name, error = %refusal.message, backoff_ms = self.settings.login_backoff.as_millis() as u64, "server refused the login; backing off");
+        tracing::warn!(pool = %self.name, error = %refusal, backoff_ms = self.settings.login_backoff.as_millis() as u64, "server refused the login; backing off");
         *self.refused.lock() = Some((Instant::now() + self.settings.login_backoff, refusal));
     }
 
@@ -923,6 +918,36 @@ impl Drop for WaitingClient<'_> {
             Ok(Grant::Conn(conn, k)) => self.pool.release(k, Some(conn)),
             Ok(Grant::Open(k)) => self.pool.release(k, None),
             Err(_) => {}
+        }
+    }
+}
+
+/// A login refusal that stands during the back-off. Clients arriving then
+/// get the very error the first one got (same SQLSTATE, same words).
+#[derive(Clone)]
+enum Refusal {
+    /// PostgreSQL refused the login with this error.
+    Server(crate::protocol::backend::ErrorFields),
+    /// The router could not complete the server's authentication
+    /// (`ServerError::Auth`: no password configured, a method it cannot
+    /// answer...).
+    Router(String),
+}
+
+impl Refusal {
+    fn into_error(self) -> ServerError {
+        match self {
+            Refusal::Server(fields) => ServerError::Postgres(fields),
+            Refusal::Router(message) => ServerError::Auth(message),
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Server(fields) => f.write_str(&fields.message),
+            Refusal::Router(message) => f.write_str(message),
         }
     }
 }
