@@ -461,6 +461,38 @@ def test_no_cleartext_over_plain_tcp_from_another_host(jit_cluster, api, jit_rou
     assert session_user(r, role, tok) == role
 
 
+def test_ipv4_loopback_clients_of_a_dual_stack_listener_are_loopback(jit_cluster, api,
+                                                                     jit_routers):
+    """With `listen = "[::]:port"` an IPv4 client's address is IPv4-mapped
+    (::ffff:127.0.0.1). A client on 127.0.0.1 is still on loopback: its token
+    is taken without TLS (it was asked for SCRAM and refused with 28P01
+    "password authentication failed"), the API reads rhost 127.0.0.1, and a
+    JWT is accepted too (it was "JWT login requires TLS")."""
+    from harness.util import free_port
+    key = SigningKey("rsa")
+    pem = jit_routers.base_dir / "jwt.pem"
+    key.write_public_pem(pem)
+    port = free_port()
+    r = jit_routers.start(
+        general=admin_general(listen=f"[::]:{port}"),
+        users=[app_user(), lookup_user_entry(), authenticator_user()],
+        databases=socket_db(jit_cluster), jit={"api_url": api.url},
+        auth_query={"user": "pgrouter_auth", "query": LOOKUP_QUERY},
+        jwt=jwt_section(public_key_file=str(pem)), wait=False)
+    r.port = port
+    r.start()
+    role, tok = jit_role(jit_cluster), token()
+    api.grant(tok, role)
+    assert session_user(r, role, tok) == role
+    (call,) = router_calls(api, tok)
+    assert call.body["rhost"] == "127.0.0.1"
+    jwt = key.sign(claims("jwt_person", role="web_user"))
+    with connect(r.dsn(user="jwt_person", password=jwt)) as c:
+        assert c.execute("SELECT current_user::text").fetchone() == ("web_user",)
+        addrs = {x["addr"] for x in admin_rows(r, "SHOW CLIENTS") if "addr" in x}
+    assert all(not a.startswith("::ffff:") for a in addrs), addrs
+
+
 # --------------------------------------------------------- configuration --
 def test_jit_added_by_a_reload_and_limited_to_its_databases(jit_cluster, api, jit_routers):
     from harness.ops import reload_marks, wait_reload
