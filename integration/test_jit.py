@@ -392,6 +392,31 @@ def test_https_api_with_a_private_ca(jit_cluster, api, jit_routers, tmp_path):
         secure.stop()
 
 
+def test_a_valid_token_after_one_postgres_refused_logs_in_at_once(jit_cluster, api,
+                                                                  jit_routers, tmp_path):
+    """PostgreSQL refusing a token (PAM) backs the user's pools off for
+    ban_time_ms, so that a crowd with that token does not hammer it. A
+    login with another token is another credential: it is tried at once
+    (it was answered with the old token's refusal until the back-off ended)."""
+    ca = CertAuthority.create(tmp_path / "ca", "jit test CA")
+    leaf = ca.issue(tmp_path / "api", "jit api", dns=["localhost"], ips=["127.0.0.1"])
+    routers_api = JitApi(tls=(leaf.cert_path, leaf.key_path)).start()
+    try:
+        r = start(jit_routers, jit_cluster, routers_api.url, jit={"api_ca": str(ca.cert_path)})
+        role, refused_by_pam = jit_role(jit_cluster), token()
+        routers_api.grant(refused_by_pam, role)  # PAM asks `api`, which does not grant it
+        for _ in range(2):
+            err = refusal(r, role, refused_by_pam)
+            assert "PAM authentication failed" in err.message, err
+        assert len([s for s in jit_cluster.pam.seen() if s["user"] == role]) == 1  # backed off
+        good = token()
+        routers_api.grant(good, role)
+        api.grant(good, role)
+        assert session_user(r, role, good) == role
+    finally:
+        routers_api.stop()
+
+
 # ----------------------------------------------------------------- storms --
 def test_a_burst_of_token_logins_one_api_call_each_and_pool_bounded(jit_cluster, api,
                                                                       jit_routers):

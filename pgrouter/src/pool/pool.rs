@@ -96,7 +96,7 @@ pub struct Pool {
     default_params: Mutex<Option<ServerParams>>,
     /// The server's last login refusal and until when it stands (see
     /// `PoolSettings::login_backoff`).
-    refused: Mutex<Option<(Instant, Refusal)>>,
+    refused: Mutex<Option<Standing>>,
     /// Caps shared with other pools (see `cap.rs`); set by each cluster build.
     caps: Mutex<Vec<Arc<super::ConnectionCap>>>,
     /// Bumped when `caps` changes: a connection whose `caps_epoch` differs
@@ -445,8 +445,9 @@ impl Pool {
                 }
             }
         }
+        let credentials = self.credential_generation();
         let result = self.open(k).await;
-        self.note_login_outcome(&result);
+        self.note_login_outcome(&result, credentials);
         let mut conn = result?;
         conn.permits = permits;
         conn.caps_epoch = epoch;
@@ -498,11 +499,19 @@ impl Pool {
         false
     }
 
-    /// The server's login refusal, while the back-off after it lasts.
+    /// The server's login refusal, while the back-off after it lasts and
+    /// the credentials it refused are still the ones the pool logs in
+    /// with: credentials learnt from clients' logins (`[auth_query]`,
+    /// `[jit]`, users.toml secrets) that a later login changed (a new token,
+    /// a new password) get their own try at once.
     fn refusal_standing(&self) -> Option<Refusal> {
         let mut refused = self.refused.lock();
         match &*refused {
-            Some((until, fields)) if Instant::now() < *until => Some(fields.clone()),
+            Some(s)
+                if Instant::now() < s.until && s.credentials == self.credential_generation() =>
+            {
+                Some(s.refusal.clone())
+            }
             Some(_) => {
                 *refused = None;
                 None
@@ -511,10 +520,20 @@ impl Pool {
         }
     }
 
+    /// Which credentials a login uses now (see `CredentialSlot::generation`);
+    /// 0 for a pool whose credentials come from the files only.
+    fn credential_generation(&self) -> u64 {
+        self.target
+            .pass_through
+            .as_ref()
+            .map_or(0, |slot| slot.generation())
+    }
+
     /// A refused login starts the back-off (so 200 clients arriving while
     /// the router's server password is wrong cost the server one failed
     /// login per `ban_time_ms`, not 200); a successful one ends it.
-    fn note_login_outcome(&self, result: &Result<Box<ServerConn>, ServerError>) {
+    /// `credentials`: the credential generation the login started with.
+    fn note_login_outcome(&self, result: &Result<Box<ServerConn>, ServerError>, credentials: u64) {
         let refusal = match result {
             Ok(_) => {
                 *self.refused.lock() = None;
@@ -528,7 +547,11 @@ impl Pool {
             return;
         }
         tracing::warn!(pool = %self.name, error = %refusal, backoff_ms = self.settings.login_backoff.as_millis() as u64, "server refused the login; backing off");
-        *self.refused.lock() = Some((Instant::now() + self.settings.login_backoff, refusal));
+        *self.refused.lock() = Some(Standing {
+            until: Instant::now() + self.settings.login_backoff,
+            refusal,
+            credentials,
+        });
     }
 
     /// Opens the connection (see [`Self::connect`]).
@@ -920,6 +943,14 @@ impl Drop for WaitingClient<'_> {
             Err(_) => {}
         }
     }
+}
+
+/// A refused login's back-off: until when, the refusal, and the
+/// credential generation it was made with (see `Pool::refusal_standing`).
+struct Standing {
+    until: Instant,
+    refusal: Refusal,
+    credentials: u64,
 }
 
 /// A login refusal that stands during the back-off. Clients arriving then
