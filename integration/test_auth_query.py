@@ -217,6 +217,28 @@ def test_lookup_failure_names_auth_query(aq_routers):
     assert lookups(r, "error") >= 1
 
 
+def test_a_hung_lookup_is_named_and_cancelled_on_the_server(aq_cluster, aq_routers):
+    """A lookup that does not answer (a lock, a slow function) used to hold
+    the login until client_login_timeout_ms ("login timed out", 08P01, not
+    naming auth_query) and to keep running on the server after the client
+    had gone: one busy backend per login. It is given up in time to say so,
+    and cancelled."""
+    from harness.util import wait_until
+    sleepy = "SELECT rolname, rolpassword FROM pgrouter.lookup($1), pg_sleep(60)"
+    r = start(aq_routers, query=sleepy, client_login_timeout_ms=2000)
+    started = time.monotonic()
+    err = login_error(r, "someone", "pw")
+    assert time.monotonic() - started < 2.0
+    assert sqlstate(err) == "08006", err
+    assert "auth_query" in str(err) and "did not answer" in str(err), err
+
+    def sleeping():
+        return [b for b in aq_cluster.primary.backends(user="pgrouter_auth")
+                if b["state"] == "active" and "pg_sleep" in (b["query"] or "")]
+    wait_until(lambda: not sleeping(), 5, what="the hung lookup to be cancelled")
+    assert who_am_i(r, "app", "app-secret") == ("app", "app")
+
+
 def test_unreachable_server_for_the_lookup_is_08006(aq_cluster, aq_routers):
     dead = {"name": APP_DB, "host": "127.0.0.1", "port": 1, "database_name": APP_DB,
             "role": "primary"}
