@@ -312,6 +312,24 @@ def test_changed_password_works_before_the_ttl_once_the_cached_secret_fails(aq_c
     assert first == (name, name)
 
 
+@pytest.mark.parametrize("kind", ["scram", "md5"])
+def test_a_role_created_after_a_failed_login_logs_in_at_its_first_attempt(aq_cluster,
+                                                                          aq_routers, kind):
+    """"Not found" was cached for cache_ttl_s like a secret: a role created
+    after someone tried its name was refused at its first login with the
+    right password (PostgreSQL accepts it); only the next attempt worked."""
+    r = start(aq_routers, cache_ttl_s=3600)
+    name = f"late_{uuid.uuid4().hex[:8]}"
+    assert sqlstate(login_error(r, name, "late-pw")) == "28P01"
+    with aq_cluster.primary.connect("postgres") as conn:
+        conn.execute(f"SET password_encryption = '{'md5' if kind == 'md5' else 'scram-sha-256'}'")
+        conn.execute(f"CREATE ROLE {name} LOGIN PASSWORD 'late-pw'")
+        if kind == "md5":
+            conn.execute(f"GRANT md5_users TO {name}")
+    time.sleep(1.1)  # re-fetches are at least 1 s apart
+    assert who_am_i(r, name, "late-pw") == (name, name)
+
+
 # ------------------------------------------------------------- one lookup --
 def test_a_burst_of_first_logins_runs_one_lookup(aq_cluster, aq_routers):
     r = start(aq_routers, max_clients=500)

@@ -116,7 +116,14 @@ pub(super) async fn auth_query_login(
     stream: &mut ClientStream,
     buf: &mut BytesMut,
 ) -> Result<LoggedIn, SessionEnd> {
-    let stored = lookup(who, Need::Cached).await?;
+    let mut stored = lookup(who, Need::Cached).await?;
+    if stored.is_none() {
+        // "No such user" may be stale: the role may have been created since
+        // an earlier login failed. Fetch again (at most once a second per
+        // user) before the exchange, which cannot be replayed, so that the
+        // role's first login works, as it does with PostgreSQL.
+        stored = lookup(who, Need::AfterFailure).await?;
+    }
     match stored {
         Some(StoredPassword::Md5(hash)) => {
             let (salt, response) = md5_exchange(stream, buf).await?;
@@ -192,7 +199,6 @@ pub(super) async fn auth_query_login(
             // Same exchange as for a real user, with a secret nobody can match.
             let _ =
                 scram_exchange_with(stream, buf, ScramServer::new(mock_secret(who.user))).await?;
-            let _ = lookup(who, Need::AfterFailure).await;
             Err(refused(
                 who,
                 "unknown user (auth_query found no password)",
