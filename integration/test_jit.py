@@ -328,6 +328,30 @@ def test_an_open_jit_session_never_moves_to_an_entry_a_reload_names_like_its_poo
     assert session_user(r, entry, tok) == entry
 
 
+def test_jit_logins_of_a_user_with_an_entry_keep_its_pool_mode_and_size(jit_cluster, api,
+                                                                       jit_routers):
+    """A token login of a users.toml user runs on pools of its own, which
+    took [general]'s pool_mode and default_pool_size: a user whose entry
+    says session pooling got transaction pooling when logging in with a
+    token. They follow the entry."""
+    entry = f"u{uuid.uuid4().hex[:8]}"
+    for sql in (f"CREATE ROLE {entry} LOGIN PASSWORD 'entry-pw'",
+                f"GRANT CONNECT ON DATABASE {APP_DB} TO {entry}"):
+        jit_cluster.primary.sql(sql, db="postgres")
+    users = [app_user(), lookup_user_entry(),
+             app_user(name=entry, password="entry-pw", auth="scram", pool_mode="session",
+                      pool_size=2)]
+    r = start(jit_routers, jit_cluster, api.url, users=users)
+    tok = token()
+    api.grant(tok, entry)
+    with connect(r.dsn(user=entry, password=tok)) as c:
+        pid = c.execute("SELECT pg_backend_pid()").fetchone()
+        for _ in range(3):
+            assert c.execute("SELECT pg_backend_pid()").fetchone() == pid
+        (pool,) = [p for p in admin_rows(r, "SHOW POOLS") if p["user"] == f"{entry} (jit)"]
+    assert pool["pool_mode"] == "session" and pool["pool_size"] == "2", pool
+
+
 # ------------------------------------------------------------ JWT-shaped --
 def test_jwt_shaped_token_goes_to_the_api_without_a_jwt_section(jit_cluster, api, jit_routers):
     r = start(jit_routers, jit_cluster, api.url)

@@ -255,7 +255,7 @@ impl Cluster {
             if !learning || !databases.contains(&key.1.as_str()) || users.contains_key(&key) {
                 continue;
             }
-            let user = learnt_user(&key.0, &key.1, &server_user);
+            let user = learnt_user(config, &key.0, &key.1, &server_user);
             let mut pools =
                 user_pools(config, &user, &health, previous, metrics, Some(&credential));
             pools.learnt = true;
@@ -316,7 +316,7 @@ impl Cluster {
                 .iter()
                 .map(|h| (h.name.clone(), h.clone()))
                 .collect();
-            let user = learnt_user(&key.0, database, server_user);
+            let user = learnt_user(config, &key.0, database, server_user);
             let mut pools = user_pools(config, &user, &health, None, metrics, Some(&slot));
             pools.learnt = true;
             // Their server connections count against `max_db_connections` /
@@ -452,8 +452,12 @@ fn health_key(server: &ServerEntry) -> String {
 }
 
 /// A stand-in users.toml entry for a learnt user: no password in the files,
-/// every setting from `[general]`.
-fn learnt_user(name: &str, database: &str, server_user: &str) -> User {
+/// every setting from `[general]`, except for the JIT logins of a user that
+/// has an entry: its `pool_size` and `pool_mode` are the entry's (a user
+/// whose entry says `pool_mode = "session"` gets session pooling however
+/// it logs in).
+fn learnt_user(config: &Config, name: &str, database: &str, server_user: &str) -> User {
+    let entry = config.user(server_user, database);
     User {
         name: name.to_string(),
         database: database.to_string(),
@@ -461,8 +465,8 @@ fn learnt_user(name: &str, database: &str, server_user: &str) -> User {
         auth: AuthMethod::Scram,
         server_user: server_user.to_string(),
         server_password: None,
-        pool_size: None,
-        pool_mode: None,
+        pool_size: entry.and_then(|e| e.pool_size),
+        pool_mode: entry.and_then(|e| e.pool_mode),
         read_only: false,
         login: true,
         line: 0,
