@@ -161,12 +161,82 @@ def test_a_role_that_may_not_log_in_is_refused(aq_cluster, aq_routers):
     assert sqlstate(login_error(r, name, pw)) == "28P01"
 
 
+# The SPEC's default query: no rolvaliduntil condition (a SECURITY DEFINER
+# twin of it, so that the non-superuser lookup role may run it).
+NO_EXPIRY_QUERY = "SELECT rolname, rolpassword FROM pgrouter.lookup_any($1)"
+NO_EXPIRY_FUNCTION = """
+CREATE OR REPLACE FUNCTION pgrouter.lookup_any(p_user text)
+  RETURNS TABLE (rolname name, rolpassword text)
+  LANGUAGE sql STABLE SECURITY DEFINER
+  SET search_path = pg_catalog, pg_temp
+AS $$
+  SELECT rolname, rolpassword FROM pg_catalog.pg_authid WHERE rolname = p_user AND rolcanlogin
+$$;
+GRANT EXECUTE ON FUNCTION pgrouter.lookup_any(text) TO pgrouter_auth;
+"""
+
+
+@pytest.mark.parametrize("kind", ["scram", "md5"])
+def test_an_expired_role_is_refused_as_postgres_refuses_it(aq_cluster, aq_routers, kind):
+    """With a lookup that does not look at rolvaliduntil (the default query),
+    the router accepts the password of an expired role and then cannot log
+    in to the server (PostgreSQL answers an expired role with a made-up
+    SCRAM salt). The client must read what PostgreSQL says, 28P01
+    "password authentication failed", at every attempt (it got 08006 "could
+    not connect to the server ... SCRAM salt", then 28P01 with that text)."""
+    aq_cluster.primary.sql(NO_EXPIRY_FUNCTION, db=APP_DB)
+    r = start(aq_routers, query=NO_EXPIRY_QUERY)
+    name, pw = aq_cluster.make_role(kind)
+    aq_cluster.primary.sql(f"ALTER ROLE {name} VALID UNTIL '2000-01-01'", db="postgres")
+    for _ in range(2):
+        err = login_error(r, name, pw)
+        assert sqlstate(err) == "28P01", err
+        assert f'password authentication failed for user "{name}"' in str(err), err
+        assert "salt" not in str(err) and "pg_hba" not in str(err), err
+    assert "server login with the client's credentials is impossible" in full_log(r)
+
+
+def test_a_server_login_the_router_cannot_make_gets_the_same_answer_every_time(aq_routers):
+    """plainuser's server login asks a cleartext password over plain TCP,
+    which the router does not send for auth_query users. The first client
+    got 08006 "could not connect to the server", the ones during the
+    back-off 28P01 "server refused the connection": the same error now."""
+    r = start(aq_routers)
+    first = login_error(r, "plainuser", "plain-secret")
+    second = login_error(r, "plainuser", "plain-secret")
+    assert sqlstate(first) == sqlstate(second) == "08006", (first, second)
+    assert str(first) == str(second)
+    assert "cleartext" in str(first), first
+
+
 def test_lookup_failure_names_auth_query(aq_routers):
     r = start(aq_routers, query="SELECT rolname, rolpassword FROM no_such_function($1)")
     err = login_error(r, "someone", "pw")
     assert sqlstate(err) == "28000"
     assert "auth_query" in str(err) and "no_such_function" in str(err)
     assert lookups(r, "error") >= 1
+
+
+def test_a_hung_lookup_is_named_and_cancelled_on_the_server(aq_cluster, aq_routers):
+    """A lookup that does not answer (a lock, a slow function) used to hold
+    the login until client_login_timeout_ms ("login timed out", 08P01, not
+    naming auth_query) and to keep running on the server after the client
+    had gone: one busy backend per login. It is given up in time to say so,
+    and cancelled."""
+    from harness.util import wait_until
+    sleepy = "SELECT rolname, rolpassword FROM pgrouter.lookup($1), pg_sleep(60)"
+    r = start(aq_routers, query=sleepy, client_login_timeout_ms=2000)
+    started = time.monotonic()
+    err = login_error(r, "someone", "pw")
+    assert time.monotonic() - started < 2.0
+    assert sqlstate(err) == "08006", err
+    assert "auth_query" in str(err) and "did not answer" in str(err), err
+
+    def sleeping():
+        return [b for b in aq_cluster.primary.backends(user="pgrouter_auth")
+                if b["state"] == "active" and "pg_sleep" in (b["query"] or "")]
+    wait_until(lambda: not sleeping(), 5, what="the hung lookup to be cancelled")
+    assert who_am_i(r, "app", "app-secret") == ("app", "app")
 
 
 def test_unreachable_server_for_the_lookup_is_08006(aq_cluster, aq_routers):
@@ -240,6 +310,24 @@ def test_changed_password_works_before_the_ttl_once_the_cached_secret_fails(aq_c
         assert "password authentication failed" in str(exc)
         first = who_am_i(r, name, "scram-new-password")
     assert first == (name, name)
+
+
+@pytest.mark.parametrize("kind", ["scram", "md5"])
+def test_a_role_created_after_a_failed_login_logs_in_at_its_first_attempt(aq_cluster,
+                                                                          aq_routers, kind):
+    """"Not found" was cached for cache_ttl_s like a secret: a role created
+    after someone tried its name was refused at its first login with the
+    right password (PostgreSQL accepts it); only the next attempt worked."""
+    r = start(aq_routers, cache_ttl_s=3600)
+    name = f"late_{uuid.uuid4().hex[:8]}"
+    assert sqlstate(login_error(r, name, "late-pw")) == "28P01"
+    with aq_cluster.primary.connect("postgres") as conn:
+        conn.execute(f"SET password_encryption = '{'md5' if kind == 'md5' else 'scram-sha-256'}'")
+        conn.execute(f"CREATE ROLE {name} LOGIN PASSWORD 'late-pw'")
+        if kind == "md5":
+            conn.execute(f"GRANT md5_users TO {name}")
+    time.sleep(1.1)  # re-fetches are at least 1 s apart
+    assert who_am_i(r, name, "late-pw") == (name, name)
 
 
 # ------------------------------------------------------------- one lookup --

@@ -267,6 +267,91 @@ def test_other_passwords_are_users_toml_or_auth_query(jit_cluster, api, jit_rout
     assert len(api.calls_from("router")) == before  # passwords never go to the API
 
 
+def test_a_role_named_like_the_jit_pools_of_an_entry_gets_its_own_server_connections(
+        jit_cluster, api, jit_routers):
+    """The JIT pools of users.toml entry `u` are named "u (jit)", which is
+    also a valid PostgreSQL role name. A role of that name logging in with
+    its own password (auth_query) must run as itself, never on the pools
+    that log in as `u` (it was handed them: a session as another role)."""
+    entry = f"u{uuid.uuid4().hex[:8]}"
+    twin = f"{entry} (jit)"
+    for sql in (f"CREATE ROLE {entry} LOGIN PASSWORD 'entry-pw'",
+                f"GRANT CONNECT ON DATABASE {APP_DB} TO {entry}",
+                f"CREATE ROLE \"{twin}\" LOGIN PASSWORD 'twin-pw'",
+                f"GRANT CONNECT ON DATABASE {APP_DB} TO \"{twin}\""):
+        jit_cluster.primary.sql(sql, db="postgres")
+    users = [app_user(), lookup_user_entry(),
+             app_user(name=entry, password="entry-pw", auth="scram")]
+    r = start(jit_routers, jit_cluster, api.url, users=users)
+    tok = token()
+    api.grant(tok, entry)
+    assert session_user(r, entry, tok) == entry  # its JIT pools, "<entry> (jit)"
+    assert session_user(r, twin, "twin-pw") == twin
+    assert session_user(r, entry, tok) == entry
+    names = {(p["user"]) for p in admin_rows(r, "SHOW POOLS")}
+    assert twin in names and f"{twin} #2" in names, names
+
+
+def test_an_open_jit_session_never_moves_to_an_entry_a_reload_names_like_its_pools(
+        jit_cluster, api, jit_routers):
+    """A reload that adds users.toml entry "u (jit)" (a real role) must not
+    move the open JIT session of `u`, whose pools have that name, onto the
+    new entry's pools: the session keeps running as `u` or ends, never as
+    the other role."""
+    from harness.ops import reload_marks, wait_reload
+    entry = f"u{uuid.uuid4().hex[:8]}"
+    twin = f"{entry} (jit)"
+    for sql in (f"CREATE ROLE {entry} LOGIN PASSWORD 'entry-pw'",
+                f"GRANT CONNECT ON DATABASE {APP_DB} TO {entry}",
+                f"CREATE ROLE \"{twin}\" LOGIN PASSWORD 'twin-pw'",
+                f"GRANT CONNECT ON DATABASE {APP_DB} TO \"{twin}\""):
+        jit_cluster.primary.sql(sql, db="postgres")
+    users = [app_user(), lookup_user_entry(),
+             app_user(name=entry, password="entry-pw", auth="scram")]
+    r = start(jit_routers, jit_cluster, api.url, users=users)
+    tok = token()
+    api.grant(tok, entry)
+    with connect(r.dsn(user=entry, password=tok)) as c:
+        assert c.execute("SELECT session_user::text").fetchone() == (entry,)
+        marks = reload_marks(r)
+        r.write_files(users={"users": users + [app_user(name=twin, password="twin-pw",
+                                                         auth="scram")]})
+        r.reload()
+        wait_reload(r, marks)
+        try:
+            who = c.execute("SELECT session_user::text").fetchone()
+        except psycopg.OperationalError as exc:
+            assert "removed from the configuration" in str(exc), exc
+        else:
+            assert who == (entry,)
+    assert session_user(r, twin, "twin-pw") == twin
+    assert session_user(r, entry, tok) == entry
+
+
+def test_jit_logins_of_a_user_with_an_entry_keep_its_pool_mode_and_size(jit_cluster, api,
+                                                                       jit_routers):
+    """A token login of a users.toml user runs on pools of its own, which
+    took [general]'s pool_mode and default_pool_size: a user whose entry
+    says session pooling got transaction pooling when logging in with a
+    token. They follow the entry."""
+    entry = f"u{uuid.uuid4().hex[:8]}"
+    for sql in (f"CREATE ROLE {entry} LOGIN PASSWORD 'entry-pw'",
+                f"GRANT CONNECT ON DATABASE {APP_DB} TO {entry}"):
+        jit_cluster.primary.sql(sql, db="postgres")
+    users = [app_user(), lookup_user_entry(),
+             app_user(name=entry, password="entry-pw", auth="scram", pool_mode="session",
+                      pool_size=2)]
+    r = start(jit_routers, jit_cluster, api.url, users=users)
+    tok = token()
+    api.grant(tok, entry)
+    with connect(r.dsn(user=entry, password=tok)) as c:
+        pid = c.execute("SELECT pg_backend_pid()").fetchone()
+        for _ in range(3):
+            assert c.execute("SELECT pg_backend_pid()").fetchone() == pid
+        (pool,) = [p for p in admin_rows(r, "SHOW POOLS") if p["user"] == f"{entry} (jit)"]
+    assert pool["pool_mode"] == "session" and pool["pool_size"] == "2", pool
+
+
 # ------------------------------------------------------------ JWT-shaped --
 def test_jwt_shaped_token_goes_to_the_api_without_a_jwt_section(jit_cluster, api, jit_routers):
     r = start(jit_routers, jit_cluster, api.url)
@@ -329,6 +414,31 @@ def test_https_api_with_a_private_ca(jit_cluster, api, jit_routers, tmp_path):
         assert "certificate" in err.message.lower() or "issuer" in err.message.lower()
     finally:
         secure.stop()
+
+
+def test_a_valid_token_after_one_postgres_refused_logs_in_at_once(jit_cluster, api,
+                                                                  jit_routers, tmp_path):
+    """PostgreSQL refusing a token (PAM) backs the user's pools off for
+    ban_time_ms, so that a crowd with that token does not hammer it. A
+    login with another token is another credential: it is tried at once
+    (it was answered with the old token's refusal until the back-off ended)."""
+    ca = CertAuthority.create(tmp_path / "ca", "jit test CA")
+    leaf = ca.issue(tmp_path / "api", "jit api", dns=["localhost"], ips=["127.0.0.1"])
+    routers_api = JitApi(tls=(leaf.cert_path, leaf.key_path)).start()
+    try:
+        r = start(jit_routers, jit_cluster, routers_api.url, jit={"api_ca": str(ca.cert_path)})
+        role, refused_by_pam = jit_role(jit_cluster), token()
+        routers_api.grant(refused_by_pam, role)  # PAM asks `api`, which does not grant it
+        for _ in range(2):
+            err = refusal(r, role, refused_by_pam)
+            assert "PAM authentication failed" in err.message, err
+        assert len([s for s in jit_cluster.pam.seen() if s["user"] == role]) == 1  # backed off
+        good = token()
+        routers_api.grant(good, role)
+        api.grant(good, role)
+        assert session_user(r, role, good) == role
+    finally:
+        routers_api.stop()
 
 
 # ----------------------------------------------------------------- storms --
@@ -398,6 +508,38 @@ def test_no_cleartext_over_plain_tcp_from_another_host(jit_cluster, api, jit_rou
     assert remote("app", "app-secret") == {"row": ["app"]}
     # From loopback the same token is accepted.
     assert session_user(r, role, tok) == role
+
+
+def test_ipv4_loopback_clients_of_a_dual_stack_listener_are_loopback(jit_cluster, api,
+                                                                     jit_routers):
+    """With `listen = "[::]:port"` an IPv4 client's address is IPv4-mapped
+    (::ffff:127.0.0.1). A client on 127.0.0.1 is still on loopback: its token
+    is taken without TLS (it was asked for SCRAM and refused with 28P01
+    "password authentication failed"), the API reads rhost 127.0.0.1, and a
+    JWT is accepted too (it was "JWT login requires TLS")."""
+    from harness.util import free_port
+    key = SigningKey("rsa")
+    pem = jit_routers.base_dir / "jwt.pem"
+    key.write_public_pem(pem)
+    port = free_port()
+    r = jit_routers.start(
+        general=admin_general(listen=f"[::]:{port}"),
+        users=[app_user(), lookup_user_entry(), authenticator_user()],
+        databases=socket_db(jit_cluster), jit={"api_url": api.url},
+        auth_query={"user": "pgrouter_auth", "query": LOOKUP_QUERY},
+        jwt=jwt_section(public_key_file=str(pem)), wait=False)
+    r.port = port
+    r.start()
+    role, tok = jit_role(jit_cluster), token()
+    api.grant(tok, role)
+    assert session_user(r, role, tok) == role
+    (call,) = router_calls(api, tok)
+    assert call.body["rhost"] == "127.0.0.1"
+    jwt = key.sign(claims("jwt_person", role="web_user"))
+    with connect(r.dsn(user="jwt_person", password=jwt)) as c:
+        assert c.execute("SELECT current_user::text").fetchone() == ("web_user",)
+        addrs = {x["addr"] for x in admin_rows(r, "SHOW CLIENTS") if "addr" in x}
+    assert all(not a.startswith("::ffff:") for a in addrs), addrs
 
 
 # --------------------------------------------------------- configuration --

@@ -43,6 +43,16 @@ pub enum AuthError {
     /// A valid feature we do not implement (channel binding, authzid, ...).
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// Client side, answering from keys recovered from a client's proof:
+    /// the server's salt or iteration count is not the one of the secret
+    /// the client proved, so the server holds another password for the
+    /// user (changed since, different on this server, or none at all: an
+    /// expired role gets a made-up salt from PostgreSQL).
+    #[error(
+        "the server's SCRAM salt or iteration count differs from the secret the client logged \
+         in with (the password differs on this server, or has expired)"
+    )]
+    SecretDiffers,
 }
 
 /// What users.toml stores as a password.

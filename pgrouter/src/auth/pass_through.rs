@@ -7,6 +7,8 @@
 //! login refreshes it, so connections opened later log in with what the
 //! latest client proved (after a password change, the new password's keys).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use parking_lot::RwLock;
 
 use super::scram::ScramKeys;
@@ -28,20 +30,23 @@ pub struct PassThrough {
 }
 
 impl PassThrough {
-    /// Copies in what `newer` knows, keeping what it does not say.
-    fn merge(&mut self, newer: PassThrough) {
-        if newer.scram.is_some() {
-            self.scram = newer.scram;
+    /// Copies in what `newer` knows, keeping what it does not say. True
+    /// when that changed anything.
+    fn merge(&mut self, newer: PassThrough) -> bool {
+        fn take<T: PartialEq>(mine: &mut Option<T>, newer: Option<T>) -> bool {
+            match newer {
+                Some(v) if mine.as_ref() != Some(&v) => {
+                    *mine = Some(v);
+                    true
+                }
+                _ => false,
+            }
         }
-        if newer.md5_hash.is_some() {
-            self.md5_hash = newer.md5_hash;
-        }
-        if newer.password.is_some() {
-            self.password = newer.password;
-        }
-        if newer.token.is_some() {
-            self.token = newer.token;
-        }
+        let scram = take(&mut self.scram, newer.scram);
+        let md5 = take(&mut self.md5_hash, newer.md5_hash);
+        let password = take(&mut self.password, newer.password);
+        let token = take(&mut self.token, newer.token);
+        scram || md5 || password || token
     }
 
     /// For a server asking a cleartext password (`password` or `pam` in
@@ -62,23 +67,40 @@ impl std::fmt::Debug for PassThrough {
     }
 }
 
-/// The credentials of one (user, database), shared by its pools.
+/// The credentials of one (user, database), shared by its pools, and a
+/// count of their changes.
 #[derive(Default)]
-pub struct CredentialSlot(RwLock<PassThrough>);
+pub struct CredentialSlot {
+    current: RwLock<PassThrough>,
+    /// Bumped whenever a login brings credentials that differ from those
+    /// held. A pool's login back-off holds for the credentials the server
+    /// refused, not for the next client's (see `Pool::refusal_standing`):
+    /// after a token PostgreSQL refused, the user's next, valid token must
+    /// not be answered with that refusal.
+    generation: AtomicU64,
+}
 
 impl CredentialSlot {
     pub fn update(&self, newer: PassThrough) {
-        self.0.write().merge(newer);
+        let mut current = self.current.write();
+        if current.merge(newer) {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     pub fn get(&self) -> PassThrough {
-        self.0.read().clone()
+        self.current.read().clone()
+    }
+
+    /// Changes so far (see the field).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 }
 
 impl std::fmt::Debug for CredentialSlot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.read().fmt(f)
+        self.current.read().fmt(f)
     }
 }
 
@@ -117,5 +139,21 @@ mod tests {
         });
         assert_eq!(slot.get().cleartext(), Some("sbp_2"));
         assert!(!format!("{slot:?}").contains("sbp_2"));
+    }
+
+    #[test]
+    fn generation_counts_changes_only() {
+        let slot = CredentialSlot::default();
+        let token = |t: &str| PassThrough {
+            token: Some(t.into()),
+            ..Default::default()
+        };
+        slot.update(token("sbp_1"));
+        let first = slot.generation();
+        slot.update(token("sbp_1"));
+        slot.update(PassThrough::default());
+        assert_eq!(slot.generation(), first);
+        slot.update(token("sbp_2"));
+        assert_eq!(slot.generation(), first + 1);
     }
 }

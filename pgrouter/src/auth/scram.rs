@@ -519,13 +519,7 @@ impl ScramClient {
                 server: k.server_key,
             },
             (_, Some(password)) => derived_keys(password, &salt, iterations),
-            (Some(_), None) => {
-                return Err(AuthError::Unsupported(
-                    "the server's SCRAM salt or iteration count differs from the secret the \
-                     client logged in with (the password differs on this server)"
-                        .into(),
-                ))
-            }
+            (Some(_), None) => return Err(AuthError::SecretDiffers),
             (None, None) => return Err(AuthError::Unsupported("no password".into())),
         };
         let without_proof = format!("c=biws,r={nonce}"); // biws = base64("n,,")
@@ -634,7 +628,7 @@ mod tests {
             .unwrap();
         assert!(matches!(
             client.client_final(first.as_bytes()),
-            Err(AuthError::Unsupported(_))
+            Err(AuthError::SecretDiffers)
         ));
         let mut server = ScramServer::new(other);
         let mut client = ScramClient::from_keys(Some(keys), Some("pass-through"));

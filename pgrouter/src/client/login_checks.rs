@@ -27,7 +27,6 @@ use crate::auth::pass_through::PassThrough;
 use crate::auth::scram::{ScramKeys, ScramSecret, ScramServer, DEFAULT_ITERATIONS};
 use crate::auth::{verify_cleartext_off_loop, StoredPassword};
 use crate::net::ClientStream;
-use crate::pool::learnt_pools_name;
 use crate::router::Policy;
 
 /// Where a token goes.
@@ -107,7 +106,7 @@ async fn jit_login(who: &Who<'_>, token: &str) -> Result<LoggedIn, SessionEnd> {
         token: Some(token.to_string()),
         ..PassThrough::default()
     };
-    Ok(learnt_login(who, credential, "jit"))
+    learnt_login(who, credential, "jit")
 }
 
 /// `[auth_query]` for a client asked for SCRAM or md5: the secret's kind
@@ -117,7 +116,14 @@ pub(super) async fn auth_query_login(
     stream: &mut ClientStream,
     buf: &mut BytesMut,
 ) -> Result<LoggedIn, SessionEnd> {
-    let stored = lookup(who, Need::Cached).await?;
+    let mut stored = lookup(who, Need::Cached).await?;
+    if stored.is_none() {
+        // "No such user" may be stale: the role may have been created since
+        // an earlier login failed. Fetch again (at most once a second per
+        // user) before the exchange, which cannot be replayed, so that the
+        // role's first login works, as it does with PostgreSQL.
+        stored = lookup(who, Need::AfterFailure).await?;
+    }
     match stored {
         Some(StoredPassword::Md5(hash)) => {
             let (salt, response) = md5_exchange(stream, buf).await?;
@@ -148,7 +154,7 @@ pub(super) async fn auth_query_login(
                 md5_hash: Some(hash),
                 ..PassThrough::default()
             };
-            Ok(learnt_login(who, credential, "auth_query/md5"))
+            learnt_login(who, credential, "auth_query/md5")
         }
         Some(StoredPassword::Scram(secret)) => {
             match scram_exchange_with(stream, buf, ScramServer::new(secret)).await? {
@@ -157,7 +163,7 @@ pub(super) async fn auth_query_login(
                         scram: server.recovered_keys(),
                         ..PassThrough::default()
                     };
-                    Ok(learnt_login(who, credential, "auth_query/scram-sha-256"))
+                    learnt_login(who, credential, "auth_query/scram-sha-256")
                 }
                 None => {
                     // A SCRAM exchange cannot be replayed against a new salt:
@@ -181,7 +187,7 @@ pub(super) async fn auth_query_login(
                         password: Some(password),
                         ..PassThrough::default()
                     };
-                    Ok(learnt_login(who, credential, "auth_query/scram-sha-256"))
+                    learnt_login(who, credential, "auth_query/scram-sha-256")
                 }
                 None => {
                     let _ = lookup(who, Need::AfterFailure).await;
@@ -193,7 +199,6 @@ pub(super) async fn auth_query_login(
             // Same exchange as for a real user, with a secret nobody can match.
             let _ =
                 scram_exchange_with(stream, buf, ScramServer::new(mock_secret(who.user))).await?;
-            let _ = lookup(who, Need::AfterFailure).await;
             Err(refused(
                 who,
                 "unknown user (auth_query found no password)",
@@ -256,7 +261,7 @@ pub(super) async fn auth_query_cleartext(
         Some(StoredPassword::Md5(hash)) => credential.md5_hash = Some(hash),
         _ => {}
     }
-    Ok(learnt_login(who, credential, "auth_query/password"))
+    learnt_login(who, credential, "auth_query/password")
 }
 
 async fn lookup(who: &Who<'_>, need: Need) -> Result<Option<StoredPassword>, SessionEnd> {
@@ -281,19 +286,32 @@ async fn lookup(who: &Who<'_>, need: Need) -> Result<Option<StoredPassword>, Ses
     })
 }
 
-/// The pools of a user logged in with learnt credentials.
-fn learnt_login(who: &Who<'_>, credential: PassThrough, method: &'static str) -> LoggedIn {
+/// The pools of a user logged in with learnt credentials: always pools
+/// that log in as that very user (see [`crate::pool::Cluster::learnt_pools`]).
+fn learnt_login(
+    who: &Who<'_>,
+    credential: PassThrough,
+    method: &'static str,
+) -> Result<LoggedIn, SessionEnd> {
     let config = &who.rt.config;
-    let name = learnt_pools_name(config, who.user, who.database);
-    let pools = who.rt.cluster.learnt_pools(
+    let Some((name, pools)) = who.rt.cluster.learnt_pools(
         config,
         &who.state.metrics,
-        &name,
         who.user,
         who.database,
         credential,
-    );
-    LoggedIn {
+    ) else {
+        tracing::error!(
+            user = who.user,
+            database = who.database,
+            "login refused: no free name for the user's pools"
+        );
+        return Err(SessionEnd::fatal(
+            "53300",
+            format!("pgrouter: no pools can be made for user \"{}\"", who.user),
+        ));
+    };
+    Ok(LoggedIn {
         pools_user: name,
         pools,
         policy: Policy {
@@ -301,7 +319,7 @@ fn learnt_login(who: &Who<'_>, credential: PassThrough, method: &'static str) ->
             read_only: who.entry.is_some_and(|u| u.read_only),
         },
         method,
-    }
+    })
 }
 
 /// The one answer for a wrong password and an unknown user.

@@ -34,7 +34,7 @@ impl Session {
         }
         self.check_login_still_valid()?;
         let rt = self.state.rt();
-        let Some(pools) = rt.cluster.pools_for(&self.pools_user, &self.database) else {
+        let Some(pools) = self.own_pools_in(&rt) else {
             return Err(self.removed_from_configuration());
         };
         self.pools = pools;
@@ -56,7 +56,7 @@ impl Session {
             return Ok(());
         }
         let rt = self.state.rt();
-        let Some(pools) = rt.cluster.pools_for(&self.pools_user, &self.database) else {
+        let Some(pools) = self.own_pools_in(&rt) else {
             return Err(self.removed_from_configuration());
         };
         if let Some(changed) = self.changed_login_settings(&rt, &pools) {
@@ -71,6 +71,20 @@ impl Session {
         self.vetted_generation = rt.generation;
         self.apply_reloaded_timeouts(&rt.config.general);
         Ok(())
+    }
+
+    /// The session's pools in `rt`, found by name. A session on learnt
+    /// pools (`[auth_query]`, `[jit]`) only takes learnt pools of the same
+    /// server role: a reload may have added a users.toml entry with the
+    /// same name (e.g. `"app (jit)"`), whose pools log in as someone else.
+    fn own_pools_in(
+        &self,
+        rt: &crate::state::Runtime,
+    ) -> Option<std::sync::Arc<crate::pool::UserPools>> {
+        let pools = rt.cluster.pools_for(&self.pools_user, &self.database)?;
+        let same_kind =
+            !self.pools.learnt || (pools.learnt && pools.server_user == self.pools.server_user);
+        same_kind.then_some(pools)
     }
 
     fn removed_from_configuration(&self) -> SessionEnd {

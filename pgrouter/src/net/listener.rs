@@ -47,6 +47,13 @@ pub async fn serve_with_tls(listener: TcpListener, state: Arc<State>, tls: Arc<C
                 continue;
             }
         };
+        // On a dual-stack listener (`listen = "[::]:6432"`) an IPv4 client
+        // shows as an IPv4-mapped IPv6 address (`::ffff:127.0.0.1`), which
+        // is not a loopback address to `is_loopback`: loopback clients would
+        // lose what only loopback allows without TLS (JWT and JIT tokens),
+        // and the JIT API, SHOW CLIENTS and the log would see the mapped
+        // form. The client's own IPv4 address is what it is.
+        let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         let tls = tls.current();

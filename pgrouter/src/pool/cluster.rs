@@ -28,6 +28,10 @@ pub struct UserPools {
     /// (filled by their clients' logins, as PgBouncer does with an
     /// auth_file of secrets).
     pub credential: Option<Arc<CredentialSlot>>,
+    /// Made at a login (`[auth_query]`, `[jit]`), not from a users.toml
+    /// entry. A session on such pools never moves to an entry's pools that
+    /// a reload gave the same name (see `client/outbound.rs`).
+    pub learnt: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -133,7 +137,7 @@ pub struct Cluster {
     caps: parking_lot::Mutex<HashMap<String, Arc<super::ConnectionCap>>>,
     /// Pools made at login for users the files do not give credentials
     /// for: auth_query users and JIT token logins. Keyed like `users`, by
-    /// [`learnt_pools_name`]; kept across reloads.
+    /// [`Cluster::learnt_pools`]; kept across reloads.
     learnt: parking_lot::Mutex<HashMap<(String, String), LearntPools>>,
 }
 
@@ -156,15 +160,21 @@ fn has_own_pools(config: &Config, user: &User) -> bool {
             .is_some_and(|j| j.connect_as == user.name)
 }
 
-/// The name learnt pools go by (in SHOW POOLS, metrics, and sessions'
-/// `pools_user`): the user's own name, or `"<name> (jit)"` for JIT logins of
-/// a user that also has a users.toml entry (whose pools keep the name).
-pub fn learnt_pools_name(config: &Config, user: &str, database: &str) -> String {
+/// The name learnt pools would rather go by (in SHOW POOLS, metrics, and
+/// sessions' `pools_user`): the user's own name, or `"<name> (jit)"` for JIT
+/// logins of a user that also has a users.toml entry (whose pools keep the
+/// name). A PostgreSQL role may itself be called `"<name> (jit)"`, so the
+/// name is only a wish: [`Cluster::learnt_pools`] settles the real one.
+fn learnt_pools_name(config: &Config, user: &str, database: &str) -> String {
     match config.user(user, database) {
         Some(_) => format!("{user} (jit)"),
         None => user.to_string(),
     }
 }
+
+/// How many names [`Cluster::learnt_pools`] tries before giving up (only a
+/// crowd of roles named `"x (jit)"`, `"x (jit) #2"`... gets that far).
+const LEARNT_NAME_TRIES: usize = 100;
 
 impl Cluster {
     /// One pool per (user, database, shard, server) for every users.toml
@@ -245,8 +255,10 @@ impl Cluster {
             if !learning || !databases.contains(&key.1.as_str()) || users.contains_key(&key) {
                 continue;
             }
-            let user = learnt_user(&key.0, &key.1, &server_user);
-            let pools = user_pools(config, &user, &health, previous, metrics, Some(&credential));
+            let user = learnt_user(config, &key.0, &key.1, &server_user);
+            let mut pools =
+                user_pools(config, &user, &health, previous, metrics, Some(&credential));
+            pools.learnt = true;
             put_under_caps(&pools, config, previous, &mut caps);
             let pools = Arc::new(pools);
             learnt.insert(key, LearntPools { pools, credential });
@@ -261,44 +273,66 @@ impl Cluster {
 
     /// The pools of a user who just logged in with credentials the files
     /// do not have (`[auth_query]`, `[jit]`), made at the first login, sized
-    /// by `default_pool_size`. `credential` (what this login proved) becomes
-    /// what new server connections of these pools log in with.
+    /// by `default_pool_size`, and the name they go by. `credential` (what
+    /// this login proved) becomes what new server connections of these
+    /// pools log in with.
+    ///
+    /// Pools are found by name, but a name alone does not say whose they
+    /// are: the JIT pools of entry `app` are named `app (jit)`, which is
+    /// also a valid PostgreSQL role name. Pools are only ever shared by
+    /// logins of the role they log in as (`server_user`); a name taken by
+    /// another role, or by a users.toml entry, is passed over for
+    /// `"<name> #2"`, `"<name> #3"`... `None` when every try is taken.
     pub fn learnt_pools(
         &self,
         config: &Config,
         metrics: &Arc<Metrics>,
-        name: &str,
         server_user: &str,
         database: &str,
         credential: PassThrough,
-    ) -> Arc<UserPools> {
+    ) -> Option<(String, Arc<UserPools>)> {
+        let base = learnt_pools_name(config, server_user, database);
         let mut learnt = self.learnt.lock();
-        let key = (name.to_string(), database.to_string());
-        if let Some(l) = learnt.get(&key) {
-            l.credential.update(credential);
-            return l.pools.clone();
+        for n in 1..=LEARNT_NAME_TRIES {
+            let name = match n {
+                1 => base.clone(),
+                _ => format!("{base} #{n}"),
+            };
+            let key = (name, database.to_string());
+            if self.users.contains_key(&key) {
+                continue;
+            }
+            if let Some(l) = learnt.get(&key) {
+                if l.pools.server_user != server_user {
+                    continue;
+                }
+                l.credential.update(credential);
+                return Some((key.0, l.pools.clone()));
+            }
+            let slot = Arc::new(CredentialSlot::default());
+            slot.update(credential);
+            let health: HashMap<String, Arc<ServerHealth>> = self
+                .health
+                .iter()
+                .map(|h| (h.name.clone(), h.clone()))
+                .collect();
+            let user = learnt_user(config, &key.0, database, server_user);
+            let mut pools = user_pools(config, &user, &health, None, metrics, Some(&slot));
+            pools.learnt = true;
+            // Their server connections count against `max_db_connections` /
+            // `max_user_connections` like those of users.toml entries.
+            put_under_caps(&pools, config, None, &mut self.caps.lock());
+            let pools = Arc::new(pools);
+            learnt.insert(
+                key.clone(),
+                LearntPools {
+                    pools: pools.clone(),
+                    credential: slot,
+                },
+            );
+            return Some((key.0, pools));
         }
-        let slot = Arc::new(CredentialSlot::default());
-        slot.update(credential);
-        let health: HashMap<String, Arc<ServerHealth>> = self
-            .health
-            .iter()
-            .map(|h| (h.name.clone(), h.clone()))
-            .collect();
-        let user = learnt_user(name, database, server_user);
-        let pools = user_pools(config, &user, &health, None, metrics, Some(&slot));
-        // Their server connections count against `max_db_connections` /
-        // `max_user_connections` like those of users.toml entries.
-        put_under_caps(&pools, config, None, &mut self.caps.lock());
-        let pools = Arc::new(pools);
-        learnt.insert(
-            key,
-            LearntPools {
-                pools: pools.clone(),
-                credential: slot,
-            },
-        );
-        pools
+        None
     }
 
     /// A pool of the previous cluster for the same user, database and server.
@@ -336,7 +370,7 @@ impl Cluster {
     }
 
     /// The pools of a users.toml entry, else of a learnt user (by its
-    /// [`learnt_pools_name`]).
+    /// [`Cluster::learnt_pools`]).
     pub fn pools_for(&self, user: &str, database: &str) -> Option<Arc<UserPools>> {
         let key = (user.to_string(), database.to_string());
         match self.users.get(&key) {
@@ -418,8 +452,12 @@ fn health_key(server: &ServerEntry) -> String {
 }
 
 /// A stand-in users.toml entry for a learnt user: no password in the files,
-/// every setting from `[general]`.
-fn learnt_user(name: &str, database: &str, server_user: &str) -> User {
+/// every setting from `[general]`, except for the JIT logins of a user that
+/// has an entry: its `pool_size` and `pool_mode` are the entry's (a user
+/// whose entry says `pool_mode = "session"` gets session pooling however
+/// it logs in).
+fn learnt_user(config: &Config, name: &str, database: &str, server_user: &str) -> User {
+    let entry = config.user(server_user, database);
     User {
         name: name.to_string(),
         database: database.to_string(),
@@ -427,8 +465,8 @@ fn learnt_user(name: &str, database: &str, server_user: &str) -> User {
         auth: AuthMethod::Scram,
         server_user: server_user.to_string(),
         server_password: None,
-        pool_size: None,
-        pool_mode: None,
+        pool_size: entry.and_then(|e| e.pool_size),
+        pool_mode: entry.and_then(|e| e.pool_mode),
         read_only: false,
         login: true,
         line: 0,
@@ -535,6 +573,7 @@ fn user_pools(
             method: g.load_balancing,
         },
         credential: learnt.cloned(),
+        learnt: false,
     }
 }
 

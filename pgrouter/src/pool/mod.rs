@@ -16,8 +16,6 @@ pub(crate) mod test_support;
 mod tests;
 
 pub use cap::{CapPermit, ConnectionCap};
-pub use cluster::{
-    learnt_pools_name, Balancing, Cluster, ReadLimits, ServerSlot, ShardPools, UserPools,
-};
+pub use cluster::{Balancing, Cluster, ReadLimits, ServerSlot, ShardPools, UserPools};
 pub use health::{check_auto_roles, ServerHealth};
 pub use pool::{Pool, PoolError, PoolSettings, PoolStats, PooledConn};

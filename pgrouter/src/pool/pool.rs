@@ -101,7 +101,7 @@ pub struct Pool {
     default_params: Mutex<Option<ServerParams>>,
     /// The server's last login refusal and until when it stands (see
     /// `PoolSettings::login_backoff`).
-    refused: Mutex<Option<(Instant, crate::protocol::backend::ErrorFields)>>,
+    refused: Mutex<Option<Standing>>,
     /// Caps shared with other pools (see `cap.rs`); set by each cluster build.
     caps: Mutex<Vec<Arc<super::ConnectionCap>>>,
     /// Bumped when `caps` changes: a connection whose `caps_epoch` differs
@@ -433,8 +433,8 @@ impl Pool {
     /// the lease uses it across threads this once, the part's own clients
     /// from then on without. (A pool of one part opens on any worker.)
     async fn connect(&self, k: usize) -> Result<Box<ServerConn>, ServerError> {
-        if let Some(fields) = self.refusal_standing() {
-            return Err(ServerError::Postgres(fields));
+        if let Some(refusal) = self.refusal_standing() {
+            return Err(refusal.into_error());
         }
         let (caps, epoch) = {
             let caps = self.caps.lock();
@@ -450,8 +450,9 @@ impl Pool {
                 }
             }
         }
+        let credentials = self.credential_generation();
         let result = self.open(k).await;
-        self.note_login_outcome(&result);
+        self.note_login_outcome(&result, credentials);
         let mut conn = result?;
         conn.permits = permits;
         conn.caps_epoch = epoch;
@@ -503,11 +504,19 @@ impl Pool {
         false
     }
 
-    /// The server's login refusal, while the back-off after it lasts.
-    fn refusal_standing(&self) -> Option<crate::protocol::backend::ErrorFields> {
+    /// The server's login refusal, while the back-off after it lasts and
+    /// the credentials it refused are still the ones the pool logs in
+    /// with: credentials learnt from clients' logins (`[auth_query]`,
+    /// `[jit]`, users.toml secrets) that a later login changed (a new token,
+    /// a new password) get their own try at once.
+    fn refusal_standing(&self) -> Option<Refusal> {
         let mut refused = self.refused.lock();
         match &*refused {
-            Some((until, fields)) if Instant::now() < *until => Some(fields.clone()),
+            Some(s)
+                if Instant::now() < s.until && s.credentials == self.credential_generation() =>
+            {
+                Some(s.refusal.clone())
+            }
             Some(_) => {
                 *refused = None;
                 None
@@ -516,30 +525,39 @@ impl Pool {
         }
     }
 
+    /// Which credentials a login uses now (see `CredentialSlot::generation`);
+    /// 0 for a pool whose credentials come from the files only.
+    fn credential_generation(&self) -> u64 {
+        self.target
+            .pass_through
+            .as_ref()
+            .map_or(0, |slot| slot.generation())
+    }
+
     /// A refused login starts the back-off (so 200 clients arriving while
     /// the router's server password is wrong cost the server one failed
     /// login per `ban_time_ms`, not 200); a successful one ends it.
-    fn note_login_outcome(&self, result: &Result<Box<ServerConn>, ServerError>) {
+    /// `credentials`: the credential generation the login started with.
+    fn note_login_outcome(&self, result: &Result<Box<ServerConn>, ServerError>, credentials: u64) {
         let refusal = match result {
             Ok(_) => {
                 *self.refused.lock() = None;
                 return;
             }
-            Err(e @ ServerError::Postgres(f)) if e.is_login_refusal() => f.clone(),
-            Err(ServerError::Auth(message)) => crate::protocol::backend::ErrorFields {
-                severity: "FATAL".into(),
-                code: "28P01".into(),
-                message: message.clone(),
-                routine: String::new(),
-            },
+            Err(e @ ServerError::Postgres(f)) if e.is_login_refusal() => Refusal::Server(f.clone()),
+            Err(ServerError::Auth(message)) => Refusal::Router(message.clone()),
             Err(_) => return,
         };
         let backoff = self.settings.load().login_backoff;
         if backoff.is_zero() {
             return;
         }
-        tracing::warn!(pool = %self.name, error = %refusal.message, backoff_ms = backoff.as_millis() as u64, "server refused the login; backing off");
-        *self.refused.lock() = Some((Instant::now() + backoff, refusal));
+        tracing::warn!(pool = %self.name, error = %refusal, backoff_ms = backoff.as_millis() as u64, "server refused the login; backing off");
+        *self.refused.lock() = Some(Standing {
+            until: Instant::now() + backoff,
+            refusal,
+            credentials,
+        });
     }
 
     /// Opens the connection (see [`Self::connect`]).
@@ -937,6 +955,44 @@ impl Drop for WaitingClient<'_> {
             Ok(Grant::Conn(conn, k)) => self.pool.release(k, Some(conn)),
             Ok(Grant::Open(k)) => self.pool.release(k, None),
             Err(_) => {}
+        }
+    }
+}
+
+/// A refused login's back-off: until when, the refusal, and the
+/// credential generation it was made with (see `Pool::refusal_standing`).
+struct Standing {
+    until: Instant,
+    refusal: Refusal,
+    credentials: u64,
+}
+
+/// A login refusal that stands during the back-off. Clients arriving then
+/// get the very error the first one got (same SQLSTATE, same words).
+#[derive(Clone)]
+enum Refusal {
+    /// PostgreSQL refused the login with this error.
+    Server(crate::protocol::backend::ErrorFields),
+    /// The router could not complete the server's authentication
+    /// (`ServerError::Auth`: no password configured, a method it cannot
+    /// answer...).
+    Router(String),
+}
+
+impl Refusal {
+    fn into_error(self) -> ServerError {
+        match self {
+            Refusal::Server(fields) => ServerError::Postgres(fields),
+            Refusal::Router(message) => ServerError::Auth(message),
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Server(fields) => f.write_str(&fields.message),
+            Refusal::Router(message) => f.write_str(message),
         }
     }
 }

@@ -8,7 +8,8 @@ use super::connection::{ServerConn, ServerError, ServerTarget};
 use crate::auth::md5::{md5_response, md5_response_from_hash};
 use crate::auth::pass_through::PassThrough;
 use crate::auth::scram::ScramClient;
-use crate::protocol::backend::{parse_auth_request, parse_error_fields, AuthRequest};
+use crate::auth::AuthError;
+use crate::protocol::backend::{parse_auth_request, parse_error_fields, AuthRequest, ErrorFields};
 use crate::protocol::frontend;
 use crate::protocol::reader::Reader;
 
@@ -52,12 +53,12 @@ pub(super) async fn login(conn: &mut ServerConn, target: &ServerTarget) -> Resul
                     }
                     let client = match &learnt {
                         Some(l) if l.scram.is_none() && l.cleartext().is_none() => {
-                            return Err(ServerError::Auth(format!(
-                                "server asks SCRAM-SHA-256 for user \"{}\", but its client logged \
-                                 in with md5 (the lookup found an md5 hash: use md5 in \
-                                 pg_hba.conf for this user)",
-                                target.user
-                            )))
+                            return Err(refused_like_postgres(
+                                target,
+                                "the server asks SCRAM-SHA-256, but the client logged in with md5 \
+                                 (the role's password has expired, or PostgreSQL stores an md5 \
+                                 hash and pg_hba.conf should say md5 for this user)",
+                            ));
                         }
                         Some(l) => ScramClient::from_keys(
                             l.scram.clone(),
@@ -87,7 +88,10 @@ pub(super) async fn login(conn: &mut ServerConn, target: &ServerTarget) -> Resul
                     })
                     .await;
                     scram = Some(client);
-                    let reply = reply.map_err(|e| ServerError::Auth(e.to_string()))?;
+                    let reply = reply.map_err(|e| match e {
+                        AuthError::SecretDiffers => refused_like_postgres(target, &e.to_string()),
+                        e => ServerError::Auth(e.to_string()),
+                    })?;
                     out.clear();
                     frontend::sasl_response(&mut out, reply.as_bytes());
                     conn.send(&out).await?;
@@ -169,10 +173,31 @@ fn md5_of(
     }
     match learnt.password.as_deref().or(learnt.token.as_deref()) {
         Some(p) => Ok(md5_response(&target.user, p, salt)),
-        None => Err(ServerError::Auth(format!(
-            "server asks md5 for user \"{}\", but its client logged in with SCRAM (PostgreSQL \
-             stores a SCRAM secret: use scram-sha-256 in pg_hba.conf for this user)",
-            target.user
-        ))),
+        None => Err(refused_like_postgres(
+            target,
+            "the server asks md5, but the client logged in with SCRAM (PostgreSQL stores a \
+             SCRAM secret: use scram-sha-256 in pg_hba.conf for this user)",
+        )),
     }
+}
+
+/// For a user whose server credentials come from its client's login: the
+/// server holds another secret than the one the client proved (changed
+/// since, different on this server, or expired: PostgreSQL then answers
+/// with a made-up salt), or asks for a method those credentials cannot
+/// answer. Any answer could only fail, and PostgreSQL would have refused
+/// that client's password: so the client is told what PostgreSQL tells it
+/// (28P01, its wording), the same at every attempt, and `why` is logged
+/// for the operator.
+fn refused_like_postgres(target: &ServerTarget, why: &str) -> ServerError {
+    tracing::warn!(user = %target.user, server = %target.addr(), why, "server login with the client's credentials is impossible");
+    ServerError::Postgres(ErrorFields {
+        severity: "FATAL".into(),
+        code: "28P01".into(),
+        message: format!(
+            "password authentication failed for user \"{}\"",
+            target.user
+        ),
+        routine: String::new(),
+    })
 }

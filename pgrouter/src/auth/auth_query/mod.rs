@@ -44,6 +44,11 @@ pub enum LookupError {
     Unreachable(String),
     #[error("auth_query: the lookup failed: {0}")]
     Query(String),
+    #[error(
+        "auth_query: the lookup did not answer within {0} ms (three quarters of \
+         client_login_timeout_ms); it was cancelled"
+    )]
+    TimedOut(u64),
 }
 
 impl LookupError {
@@ -51,7 +56,9 @@ impl LookupError {
     /// wrong (no lookup user, the query fails).
     pub fn sqlstate(&self) -> &'static str {
         match self {
-            LookupError::NoPrimary | LookupError::Unreachable(_) => "08006",
+            LookupError::NoPrimary | LookupError::Unreachable(_) | LookupError::TimedOut(_) => {
+                "08006"
+            }
             LookupError::NoLookupUser { .. } | LookupError::Query(_) => "28000",
         }
     }
@@ -186,21 +193,47 @@ async fn lookup_on_primary(rt: &Runtime, cfg: &AuthQuery, database: &str, user: 
         .first()
         .and_then(|s| s.pick(Role::Primary, pools.balancing, &[], Default::default()))
         .ok_or(LookupError::NoPrimary)?;
-    let mut conn = slot
-        .pool
-        .checkout()
+    let budget = lookup_budget(rt.config.general.client_login_timeout_ms);
+    let deadline = tokio::time::Instant::now() + budget;
+    let timed_out = || LookupError::TimedOut(budget.as_millis() as u64);
+    let mut conn = tokio::time::timeout_at(deadline, slot.pool.checkout())
         .await
+        .map_err(|_| timed_out())?
         .map_err(|e| LookupError::Unreachable(e.to_string()))?;
-    match fetch_secret(&mut conn, &cfg.query, user).await {
-        Ok(secret) => {
+    let cancel = conn.cancel_target();
+    let fetched =
+        tokio::time::timeout_at(deadline, fetch_secret(&mut conn, &cfg.query, user)).await;
+    match fetched {
+        Ok(Ok(secret)) => {
             crate::pool::Pool::checkin(conn);
             Ok(secret.map(|s| StoredPassword::parse(&s)))
         }
-        Err(FetchError::Query(e)) => {
+        Ok(Err(FetchError::Query(e))) => {
             crate::pool::Pool::checkin(conn);
             Err(LookupError::Query(e))
         }
         // Dropping the connection closes it.
-        Err(FetchError::Broken(e)) => Err(LookupError::Unreachable(e.to_string())),
+        Ok(Err(FetchError::Broken(e))) => Err(LookupError::Unreachable(e.to_string())),
+        Err(_) => {
+            // Closing the connection does not stop the query: PostgreSQL
+            // would run it to its end. Cancel it, so that a hung lookup
+            // does not pile up busy backends, one per login.
+            drop(conn);
+            tokio::spawn(async move {
+                let _ = crate::client::cancel::send_cancel(&cancel).await;
+            });
+            Err(timed_out())
+        }
+    }
+}
+
+/// How long a lookup (a connection, then the query) may take: three
+/// quarters of `client_login_timeout_ms`, so that the client is still there
+/// to be told it was the lookup (08006 naming auth_query) rather than just
+/// "login timed out"; a year when that timeout is 0 (never).
+fn lookup_budget(client_login_timeout_ms: u64) -> Duration {
+    match client_login_timeout_ms {
+        0 => Duration::from_secs(365 * 24 * 3600),
+        ms => Duration::from_millis(ms / 4 * 3),
     }
 }
