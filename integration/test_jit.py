@@ -267,12 +267,10 @@ def test_other_passwords_are_users_toml_or_auth_query(jit_cluster, api, jit_rout
     assert len(api.calls_from("router")) == before  # passwords never go to the API
 
 
-def test_a_role_named_like_the_jit_pools_of_an_entry_gets_its_own_server_connections(
-        jit_cluster, api, jit_routers):
-    """The JIT pools of users.toml entry `u` are named "u (jit)", which is
-    also a valid PostgreSQL role name. A role of that name logging in with
-    its own password (auth_query) must run as itself, never on the pools
-    that log in as `u` (it was handed them: a session as another role)."""
+def start_with_an_entry_and_its_pools_twin(jit_cluster, api, jit_routers):
+    """Roles `u…` (a users.toml entry, password 'entry-pw') and `u… (jit)`
+    (named like that entry's JIT pools, password 'twin-pw'), and a router
+    with the entry: (entry, twin, users.toml entries, router)."""
     entry = f"u{uuid.uuid4().hex[:8]}"
     twin = f"{entry} (jit)"
     for sql in (f"CREATE ROLE {entry} LOGIN PASSWORD 'entry-pw'",
@@ -282,7 +280,16 @@ def test_a_role_named_like_the_jit_pools_of_an_entry_gets_its_own_server_connect
         jit_cluster.primary.sql(sql, db="postgres")
     users = [app_user(), lookup_user_entry(),
              app_user(name=entry, password="entry-pw", auth="scram")]
-    r = start(jit_routers, jit_cluster, api.url, users=users)
+    return entry, twin, users, start(jit_routers, jit_cluster, api.url, users=users)
+
+
+def test_a_role_named_like_the_jit_pools_of_an_entry_gets_its_own_server_connections(
+        jit_cluster, api, jit_routers):
+    """The JIT pools of users.toml entry `u` are named "u (jit)", which is
+    also a valid PostgreSQL role name. A role of that name logging in with
+    its own password (auth_query) must run as itself, never on the pools
+    that log in as `u` (it was handed them: a session as another role)."""
+    entry, twin, users, r = start_with_an_entry_and_its_pools_twin(jit_cluster, api, jit_routers)
     tok = token()
     api.grant(tok, entry)
     assert session_user(r, entry, tok) == entry  # its JIT pools, "<entry> (jit)"
@@ -299,16 +306,7 @@ def test_an_open_jit_session_never_moves_to_an_entry_a_reload_names_like_its_poo
     new entry's pools: the session keeps running as `u` or ends, never as
     the other role."""
     from harness.ops import reload_marks, wait_reload
-    entry = f"u{uuid.uuid4().hex[:8]}"
-    twin = f"{entry} (jit)"
-    for sql in (f"CREATE ROLE {entry} LOGIN PASSWORD 'entry-pw'",
-                f"GRANT CONNECT ON DATABASE {APP_DB} TO {entry}",
-                f"CREATE ROLE \"{twin}\" LOGIN PASSWORD 'twin-pw'",
-                f"GRANT CONNECT ON DATABASE {APP_DB} TO \"{twin}\""):
-        jit_cluster.primary.sql(sql, db="postgres")
-    users = [app_user(), lookup_user_entry(),
-             app_user(name=entry, password="entry-pw", auth="scram")]
-    r = start(jit_routers, jit_cluster, api.url, users=users)
+    entry, twin, users, r = start_with_an_entry_and_its_pools_twin(jit_cluster, api, jit_routers)
     tok = token()
     api.grant(tok, entry)
     with connect(r.dsn(user=entry, password=tok)) as c:
