@@ -11,6 +11,7 @@ pub mod fanout;
 pub mod metrics;
 pub mod net;
 pub mod ops;
+pub mod paused;
 pub mod pool;
 pub mod preflight;
 pub mod protocol;

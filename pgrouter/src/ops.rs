@@ -317,7 +317,7 @@ impl AdminContext for Ops {
             if let Some(db) = database {
                 self.known_database(db)?;
             }
-            self.state.paused.lock().insert(key.clone());
+            self.state.paused.insert(key.clone());
             self.state.pausing.notify_waiters();
             // Wait for transactions in progress to finish.
             let deadline = tokio::time::Instant::now()
@@ -326,7 +326,7 @@ impl AdminContext for Ops {
                 // A RESUME meanwhile undid this PAUSE: answering PAUSE would
                 // tell a script that goes on to maintenance that the
                 // database is paused when it is not.
-                if !self.state.paused.lock().contains(&key) {
+                if !self.state.paused.contains(&key) {
                     return Err(
                         "PAUSE was undone by a RESUME before open transactions finished".into(),
                     );
@@ -348,7 +348,7 @@ impl AdminContext for Ops {
     }
 
     fn resume(&self, database: Option<&str>) -> Result<(), String> {
-        let mut paused = self.state.paused.lock();
+        let paused = &self.state.paused;
         match database {
             // A database paused and then removed by a reload can still be
             // resumed; any other unknown name is a typo, refused as by PAUSE
@@ -360,7 +360,6 @@ impl AdminContext for Ops {
             }
             None => paused.clear(),
         }
-        drop(paused);
         self.state.resumed.notify_waiters();
         Ok(())
     }

@@ -59,7 +59,7 @@ pub struct State {
     pub router_path: PathBuf,
     pub users_path: PathBuf,
     /// Logical databases paused by the admin console.
-    pub paused: parking_lot::Mutex<std::collections::HashSet<String>>,
+    pub paused: crate::paused::PausedDatabases,
     pub resumed: tokio::sync::Notify,
     /// Admin PAUSE began: clients queued for a connection stop waiting for
     /// it and wait for RESUME instead (see `client/outbound.rs`).
@@ -166,8 +166,7 @@ impl State {
     }
 
     pub fn is_paused(&self, database: &str) -> bool {
-        let paused = self.paused.lock();
-        !paused.is_empty() && (paused.contains(database) || paused.contains("*"))
+        self.paused.is_paused(database)
     }
 }
 

@@ -26,6 +26,11 @@ impl Session {
         len: usize,
     ) -> Result<Result<(), Refusal>, SessionEnd> {
         if self.policy.jwt.is_none() && !self.policy.read_only && !self.refuse_session_state {
+            // Unsharded (the usual case, checked for every message): nothing
+            // to refuse, without a call.
+            if self.shard_map.is_none() && !self.unnamed_portal_suspended_on_shards {
+                return Ok(Ok(()));
+            }
             return Ok(self.held_shard_refusal(tag, len).map_or(Ok(()), Err));
         }
         self.check_policy_now(tag, len)

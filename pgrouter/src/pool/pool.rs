@@ -87,6 +87,9 @@ pub struct Pool {
     /// (see [`Pool::reconfigure`]). The `size` here is the one the pool was
     /// made with; the size in force is `size` below.
     settings: arc_swap::ArcSwap<PoolSettings>,
+    /// `settings`' lifetime and idle timeout, read at every checkout and
+    /// check-in: two plain loads instead of an `ArcSwap` load each.
+    reuse: ReuseLimits,
     /// The size in force (a reload may change it in place).
     size: std::sync::atomic::AtomicU32,
     pub metrics: Arc<PoolMetrics>,
@@ -208,6 +211,7 @@ impl Pool {
             size: std::sync::atomic::AtomicU32::new(settings.size),
             metrics,
             labels,
+            reuse: ReuseLimits::new(&settings),
             settings: arc_swap::ArcSwap::from_pointee(settings),
             parts,
             coord: Mutex::new(()),
@@ -606,7 +610,7 @@ impl Pool {
             return;
         };
         let pool = pooled.pool.clone();
-        let expired = past(conn.created, pool.settings.load().lifetime, last_used);
+        let expired = past(conn.created, pool.reuse.lifetime(), last_used);
         let k = pooled.part;
         // Bytes left unread or unsent: what the server was asked and
         // answered is not known, so the connection is not reused.
@@ -676,9 +680,10 @@ impl Pool {
     }
 
     fn is_reusable(&self, conn: &ServerConn) -> bool {
-        let s = self.settings.load();
         let now = Instant::now();
-        if past(conn.created, s.lifetime, now) || past(conn.last_used, s.idle_timeout, now) {
+        if past(conn.created, self.reuse.lifetime(), now)
+            || past(conn.last_used, self.reuse.idle_timeout(), now)
+        {
             return false;
         }
         // A server that closed (or said anything) while idle is dead to us: a
@@ -764,6 +769,7 @@ impl Pool {
     /// storm for nothing.
     pub fn reconfigure(&self, settings: PoolSettings) {
         self.resize(settings.size);
+        self.reuse.set(&settings);
         self.settings.store(Arc::new(settings));
     }
 
@@ -856,6 +862,38 @@ impl Pool {
 }
 
 /// Whether `limit` has run out at `now` since `since`; a zero limit never does.
+/// A pool's `server_lifetime` and `server_idle_timeout`, in nanoseconds
+/// (a reload replaces them in place, as it does `settings`).
+struct ReuseLimits {
+    lifetime_ns: AtomicU64,
+    idle_timeout_ns: AtomicU64,
+}
+
+impl ReuseLimits {
+    fn new(settings: &PoolSettings) -> ReuseLimits {
+        let limits = ReuseLimits {
+            lifetime_ns: AtomicU64::new(0),
+            idle_timeout_ns: AtomicU64::new(0),
+        };
+        limits.set(settings);
+        limits
+    }
+
+    fn set(&self, settings: &PoolSettings) {
+        let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.lifetime_ns.store(ns(settings.lifetime), Ordering::Relaxed);
+        self.idle_timeout_ns.store(ns(settings.idle_timeout), Ordering::Relaxed);
+    }
+
+    fn lifetime(&self) -> Duration {
+        Duration::from_nanos(self.lifetime_ns.load(Ordering::Relaxed))
+    }
+
+    fn idle_timeout(&self) -> Duration {
+        Duration::from_nanos(self.idle_timeout_ns.load(Ordering::Relaxed))
+    }
+}
+
 fn past(since: Instant, limit: Duration, now: Instant) -> bool {
     !limit.is_zero() && now.saturating_duration_since(since) >= limit
 }
