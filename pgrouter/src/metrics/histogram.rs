@@ -1,12 +1,16 @@
 //! A latency histogram cheap enough for every query: an hdrhistogram split
-//! into a few shards, each behind its own mutex, so that tokio worker threads
-//! recording into the same pool rarely meet. A scrape merges the shards.
+//! into a few shards, each behind its own mutex and on cache lines of its
+//! own (with its sum and its count of the fastest values), so that worker
+//! threads recording into the same pool neither meet nor share a line
+//! (see `striped.rs`). A scrape merges the shards.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
+
+use super::striped::{stripes_for_this_machine, thread_stripe, Padded};
 
 /// Largest value kept exactly: one hour, in microseconds. Longer values are
 /// recorded as one hour (they still land in the `+Inf` bucket).
@@ -36,20 +40,18 @@ pub const BUCKETS: &[(&str, u64)] = &[
     ("60", 60_000_000),
 ];
 
-/// Hands each thread a shard index once; the counter is a shard picker, not
-/// metric state.
-static NEXT_THREAD: AtomicUsize = AtomicUsize::new(0);
-thread_local! {
-    static THREAD_INDEX: usize = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
-}
-
 fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, HIGHEST_US, SIGFIG).expect("static histogram bounds are valid")
 }
 
 pub struct ShardedHistogram {
+    shards: Box<[Padded<Shard>]>,
+}
+
+#[derive(Default)]
+struct Shard {
     /// Allocated on first use, so a pool that never serves costs nothing.
-    shards: Box<[Mutex<Option<Histogram<u64>>>]>,
+    histogram: Mutex<Option<Histogram<u64>>>,
     /// Exact sum of the recorded values in µs (hdrhistogram keeps no sum).
     sum_us: AtomicU64,
     /// Values of at most 1 µs (recorded as 1 µs), counted apart: a
@@ -71,18 +73,13 @@ impl ShardedHistogram {
     pub fn new(shards: usize) -> ShardedHistogram {
         let shards = shards.clamp(1, 64);
         ShardedHistogram {
-            shards: (0..shards).map(|_| Mutex::new(None)).collect(),
-            sum_us: AtomicU64::new(0),
-            lowest: AtomicU64::new(0),
+            shards: (0..shards).map(|_| Padded::default()).collect(),
         }
     }
 
     /// One shard per core, at most 8.
     pub fn for_this_machine() -> ShardedHistogram {
-        let cores = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
-        ShardedHistogram::new(cores.min(8))
+        ShardedHistogram::new(stripes_for_this_machine())
     }
 
     pub fn record(&self, d: Duration) {
@@ -91,24 +88,24 @@ impl ShardedHistogram {
     }
 
     pub fn record_us(&self, us: u64) {
+        let n = self.shards.len();
+        let home = thread_stripe(n);
+        let own = &self.shards[home].0;
+        own.sum_us.fetch_add(us, Ordering::Relaxed);
         if us <= 1 {
-            self.sum_us.fetch_add(us, Ordering::Relaxed);
-            self.lowest.fetch_add(1, Ordering::Relaxed);
+            own.lowest.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        self.sum_us.fetch_add(us, Ordering::Relaxed);
-        let n = self.shards.len();
-        let home = THREAD_INDEX.try_with(|i| *i).unwrap_or(0) % n;
         // Our own shard first; if another thread holds it, any free one.
         for k in 0..n {
-            if let Some(mut shard) = self.shards[(home + k) % n].try_lock() {
+            if let Some(mut shard) = self.shards[(home + k) % n].0.histogram.try_lock() {
                 shard
                     .get_or_insert_with(new_histogram)
                     .saturating_record(us.clamp(1, HIGHEST_US));
                 return;
             }
         }
-        self.shards[home]
+        own.histogram
             .lock()
             .get_or_insert_with(new_histogram)
             .saturating_record(us.clamp(1, HIGHEST_US));
@@ -117,8 +114,11 @@ impl ShardedHistogram {
     /// Merges the shards. Values below 1 µs are counted as 1 µs.
     pub fn snapshot(&self) -> HistogramSnapshot {
         let mut merged: Option<Histogram<u64>> = None;
-        for shard in self.shards.iter() {
-            let guard = shard.lock();
+        let (mut lowest, mut sum_us) = (0u64, 0u64);
+        for Padded(shard) in self.shards.iter() {
+            lowest = lowest.wrapping_add(shard.lowest.load(Ordering::Relaxed));
+            sum_us = sum_us.wrapping_add(shard.sum_us.load(Ordering::Relaxed));
+            let guard = shard.histogram.lock();
             if let Some(h) = guard.as_ref() {
                 match merged.as_mut() {
                     Some(m) => {
@@ -128,11 +128,10 @@ impl ShardedHistogram {
                 }
             }
         }
-        let lowest = self.lowest.load(Ordering::Relaxed);
         if lowest > 0 {
             let _ = merged.get_or_insert_with(new_histogram).record_n(1, lowest);
         }
-        HistogramSnapshot::from_merged(merged, self.sum_us.load(Ordering::Relaxed))
+        HistogramSnapshot::from_merged(merged, sum_us)
     }
 }
 

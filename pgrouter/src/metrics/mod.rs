@@ -12,6 +12,7 @@
 //! user, shard, role, server), SQLSTATE class, role, and fixed result words.
 
 pub mod histogram;
+pub mod striped;
 mod http;
 pub mod login_checks;
 mod render;
@@ -47,8 +48,9 @@ pub struct Metrics {
     started: SystemTime,
     pools: RwLock<HashMap<PoolLabels, Arc<PoolMetrics>>>,
     errors: Box<[AtomicU64]>,
-    routed_primary: AtomicU64,
-    routed_replica: AtomicU64,
+    /// Units routed to a primary and to a replica (per thread: one add per
+    /// transaction, see `striped.rs`).
+    routed: striped::Striped<RoutedCounts>,
     /// Statements on sharded databases by how many shards they needed:
     /// index 0 = one shard, 1 = two, ..., the last = 16 or more.
     by_shards: [AtomicU64; SHARD_SLOTS],
@@ -68,13 +70,26 @@ pub struct Metrics {
 /// sharded histogram record for the latency ones).
 pub struct PoolMetrics {
     labels: PoolLabels,
+    /// Added to on every query: per thread (see `striped.rs`).
+    counts: striped::Striped<PoolCounts>,
+    query_time: ShardedHistogram,
+    checkout_wait: ShardedHistogram,
+}
+
+#[derive(Default)]
+struct RoutedCounts {
+    primary: AtomicU64,
+    replica: AtomicU64,
+}
+
+/// One thread's share of a pool's counters.
+#[derive(Default)]
+struct PoolCounts {
     queries: AtomicU64,
     transactions: AtomicU64,
     xact_time_us: AtomicU64,
     bytes_received: AtomicU64,
     bytes_sent: AtomicU64,
-    query_time: ShardedHistogram,
-    checkout_wait: ShardedHistogram,
 }
 
 /// Counts by a fixed result word (`&'static str` keeps the label set bounded).
@@ -103,8 +118,7 @@ impl Metrics {
             started: SystemTime::now(),
             pools: RwLock::new(HashMap::new()),
             errors: (0..ERROR_SLOTS).map(|_| AtomicU64::new(0)).collect(),
-            routed_primary: AtomicU64::new(0),
-            routed_replica: AtomicU64::new(0),
+            routed: striped::Striped::for_this_machine(),
             by_shards: Default::default(),
             bans: Mutex::new(BTreeMap::new()),
             jwt_logins: ResultCounts::default(),
@@ -134,11 +148,7 @@ impl Metrics {
             .or_insert_with(|| {
                 Arc::new(PoolMetrics {
                     labels: labels.clone(),
-                    queries: AtomicU64::new(0),
-                    transactions: AtomicU64::new(0),
-                    xact_time_us: AtomicU64::new(0),
-                    bytes_received: AtomicU64::new(0),
-                    bytes_sent: AtomicU64::new(0),
+                    counts: striped::Striped::for_this_machine(),
                     query_time: ShardedHistogram::for_this_machine(),
                     checkout_wait: ShardedHistogram::for_this_machine(),
                 })
@@ -166,9 +176,10 @@ impl Metrics {
 
     /// A statement (or transaction) routed to a server of `role`.
     pub fn record_routed(&self, role: Role) {
+        let mine = self.routed.mine();
         match role {
-            Role::Primary => &self.routed_primary,
-            Role::Replica => &self.routed_replica,
+            Role::Primary => &mine.primary,
+            Role::Replica => &mine.replica,
         }
         .fetch_add(1, Ordering::Relaxed);
     }
@@ -229,11 +240,11 @@ impl Metrics {
             });
             let q = p.query_time.snapshot();
             let w = p.checkout_wait.snapshot();
-            s.total_query_count += p.queries.load(Ordering::Relaxed);
-            s.total_xact_count += p.transactions.load(Ordering::Relaxed);
-            s.total_xact_time_us += p.xact_time_us.load(Ordering::Relaxed);
-            s.total_received += p.bytes_received.load(Ordering::Relaxed);
-            s.total_sent += p.bytes_sent.load(Ordering::Relaxed);
+            s.total_query_count += p.counts.sum(|c| &c.queries);
+            s.total_xact_count += p.counts.sum(|c| &c.transactions);
+            s.total_xact_time_us += p.counts.sum(|c| &c.xact_time_us);
+            s.total_received += p.counts.sum(|c| &c.bytes_received);
+            s.total_sent += p.counts.sum(|c| &c.bytes_sent);
             s.total_query_time_us += q.sum_us;
             s.total_wait_time_us += w.sum_us;
             s.total_wait_count += w.count;
@@ -279,15 +290,16 @@ impl PoolMetrics {
     /// ErrorResponse / EmptyQueryResponse) with the time from sending it to
     /// the server to that answer. An extended-protocol Execute counts as one.
     pub fn record_query(&self, duration: Duration) {
-        self.queries.fetch_add(1, Ordering::Relaxed);
+        self.counts.mine().queries.fetch_add(1, Ordering::Relaxed);
         self.query_time.record(duration);
     }
 
     /// One transaction ended (ReadyForQuery 'I' after work on this pool);
     /// a statement outside a transaction is a transaction too.
     pub fn record_transaction(&self, duration: Duration) {
-        self.transactions.fetch_add(1, Ordering::Relaxed);
-        self.xact_time_us
+        let mine = self.counts.mine();
+        mine.transactions.fetch_add(1, Ordering::Relaxed);
+        mine.xact_time_us
             .fetch_add(micros(duration), Ordering::Relaxed);
     }
 
@@ -301,24 +313,24 @@ impl PoolMetrics {
     /// Bytes the pool's servers were sent so far.
     #[cfg(test)]
     pub fn bytes_received(&self) -> u64 {
-        self.bytes_received.load(Ordering::Relaxed)
+        self.counts.sum(|c| &c.bytes_received)
     }
 
     pub fn add_bytes_received(&self, n: u64) {
-        self.bytes_received.fetch_add(n, Ordering::Relaxed);
+        self.counts.mine().bytes_received.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Bytes of this pool's server answers sent on to the client.
     pub fn add_bytes_sent(&self, n: u64) {
-        self.bytes_sent.fetch_add(n, Ordering::Relaxed);
+        self.counts.mine().bytes_sent.fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn queries(&self) -> u64 {
-        self.queries.load(Ordering::Relaxed)
+        self.counts.sum(|c| &c.queries)
     }
 
     pub fn transactions(&self) -> u64 {
-        self.transactions.load(Ordering::Relaxed)
+        self.counts.sum(|c| &c.transactions)
     }
 }
 

@@ -60,22 +60,22 @@ pub fn render(metrics: &Metrics, source: &dyn MetricsSource) -> String {
         (
             "pgrouter_queries_total",
             "Statements answered, per pool.",
-            |p| p.queries.load(Ordering::Relaxed),
+            |p| p.counts.sum(|c| &c.queries),
         ),
         (
             "pgrouter_transactions_total",
             "Transactions completed (a statement outside a transaction counts as one), per pool.",
-            |p| p.transactions.load(Ordering::Relaxed),
+            |p| p.counts.sum(|c| &c.transactions),
         ),
         (
             "pgrouter_bytes_received_total",
             "Bytes received from clients and forwarded to the pool's server.",
-            |p| p.bytes_received.load(Ordering::Relaxed),
+            |p| p.counts.sum(|c| &c.bytes_received),
         ),
         (
             "pgrouter_bytes_sent_total",
             "Bytes of the pool's server answers sent to clients.",
-            |p| p.bytes_sent.load(Ordering::Relaxed),
+            |p| p.counts.sum(|c| &c.bytes_sent),
         ),
     ];
     for (name, help, get) in counters {
@@ -238,12 +238,12 @@ pub fn render(metrics: &Metrics, source: &dyn MetricsSource) -> String {
     out.sample(
         "pgrouter_routed_total",
         &[("role", "primary")],
-        metrics.routed_primary.load(Ordering::Relaxed),
+        metrics.routed.sum(|r| &r.primary),
     );
     out.sample(
         "pgrouter_routed_total",
         &[("role", "replica")],
-        metrics.routed_replica.load(Ordering::Relaxed),
+        metrics.routed.sum(|r| &r.replica),
     );
 
     out.family(
