@@ -12,11 +12,11 @@
 //! user, shard, role, server), SQLSTATE class, role, and fixed result words.
 
 pub mod histogram;
-pub mod striped;
 mod http;
 pub mod login_checks;
 mod render;
 pub mod snapshot;
+pub mod striped;
 #[cfg(test)]
 mod tests;
 pub mod twophase;
@@ -317,12 +317,18 @@ impl PoolMetrics {
     }
 
     pub fn add_bytes_received(&self, n: u64) {
-        self.counts.mine().bytes_received.fetch_add(n, Ordering::Relaxed);
+        self.counts
+            .mine()
+            .bytes_received
+            .fetch_add(n, Ordering::Relaxed);
     }
 
     /// Bytes of this pool's server answers sent on to the client.
     pub fn add_bytes_sent(&self, n: u64) {
-        self.counts.mine().bytes_sent.fetch_add(n, Ordering::Relaxed);
+        self.counts
+            .mine()
+            .bytes_sent
+            .fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn queries(&self) -> u64 {
