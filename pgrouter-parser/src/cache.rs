@@ -31,8 +31,42 @@ const UNIT: usize = 4096;
 pub struct AnalysisCache {
     map: Option<Cache<Key, Arc<Analysis>, KeyWeight>>,
     write_functions: Vec<String>,
-    hits: AtomicU64,
+    /// Counted for nearly every statement: one counter per thread stripe
+    /// (see [`HitCounter`]).
+    hits: HitCounter,
     misses: AtomicU64,
+}
+
+/// A counter every worker thread adds to: each thread adds to its own
+/// stripe, on cache lines of its own, so that two threads counting do not
+/// pass the counter's cache line back and forth on every statement.
+struct HitCounter {
+    stripes: Box<[PaddedCount]>,
+}
+
+#[repr(align(128))]
+#[derive(Default)]
+struct PaddedCount(AtomicU64);
+
+static NEXT_THREAD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+thread_local! {
+    static STRIPE: usize = NEXT_THREAD.fetch_add(1, Ordering::Relaxed);
+}
+
+impl HitCounter {
+    fn new() -> HitCounter {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+        HitCounter { stripes: (0..n).map(|_| PaddedCount::default()).collect() }
+    }
+
+    fn fetch_add(&self, n: u64, order: Ordering) {
+        let k = STRIPE.try_with(|i| *i).unwrap_or(0) % self.stripes.len();
+        self.stripes[k].0.fetch_add(n, order);
+    }
+
+    fn load(&self, order: Ordering) -> u64 {
+        self.stripes.iter().map(|s| s.0.load(order)).fold(0, u64::wrapping_add)
+    }
 }
 
 impl AnalysisCache {
@@ -40,7 +74,7 @@ impl AnalysisCache {
     /// analyses), with the configured extra write functions.
     pub fn new(capacity: usize, write_functions: Vec<String>) -> Self {
         let map = (capacity > 0).then(|| Cache::with_weighter(capacity, capacity as u64, KeyWeight));
-        AnalysisCache { map, write_functions, hits: AtomicU64::new(0), misses: AtomicU64::new(0) }
+        AnalysisCache { map, write_functions, hits: HitCounter::new(), misses: AtomicU64::new(0) }
     }
 
     /// The analysis of `sql`, from the cache when possible: first by exact
