@@ -127,7 +127,10 @@ const SPARE_AFTER: Duration = Duration::from_millis(10);
 /// (either rule above may have come true meanwhile).
 const LEND_CHECK_EVERY: Duration = Duration::from_millis(10);
 
-/// A worker's share of a pool.
+/// A worker's share of a pool. On cache lines of its own: the parts sit
+/// side by side, and each worker locks its own part at every checkout and
+/// check-in; sharing a line, two workers would pass it back and forth.
+#[repr(align(128))]
 struct Part {
     /// Idle connections, leases and waiters. Connections are boxed: one
     /// changes hands (pool, client, pool) every transaction, and moving a
