@@ -11,14 +11,13 @@ use std::time::Instant;
 
 use super::expect::Expectations;
 use super::replay::SyncUndo;
-use crate::pool::{PooledConn, ServerHealth, ServerSlot};
+use crate::pool::{PooledConn, ServerSlot};
 
 /// The server a session holds, and what it is.
 pub(super) struct Held {
     pub conn: PooledConn,
     pub is_primary: bool,
     pub shard: usize,
-    pub health: Arc<ServerHealth>,
     /// Identifies the pool, to leave it out when retrying elsewhere.
     pub pool_id: usize,
     /// Routed to the primary (a write, or a transaction that may write).
@@ -64,7 +63,6 @@ impl Held {
             conn,
             is_primary: slot.health.is_primary(),
             shard,
-            health: slot.health.clone(),
             pool_id: Arc::as_ptr(&slot.pool) as usize,
             for_writes,
             attached_at: now,

@@ -449,7 +449,10 @@ impl Session {
         if self.attach_kept(route.shard) {
             return Ok(());
         }
-        let pools = self.pools.clone();
+        // Fields borrowed apart, no `Arc` cloned: the pools, the state and
+        // the cancel slot are shared by every client of both workers, and
+        // each clone and drop would move a cache line between cores.
+        let pools = &*self.pools;
         let shard = pools
             .shards
             .get(route.shard)
@@ -475,13 +478,12 @@ impl Session {
                 return Err(refused.unwrap_or(PoolError::NoServer));
             };
             let checkout = if watched {
-                let (state, slot_of_cancel) = (self.state.clone(), self.cancel.slot.clone());
                 let shutdown = (!self.shutdown_seen).then_some(&mut self.shutdown);
                 watched_checkout(
                     &slot.pool,
-                    &state,
+                    &self.state,
                     &self.database,
-                    &slot_of_cancel,
+                    &self.cancel.slot,
                     shutdown,
                 )
                 .await

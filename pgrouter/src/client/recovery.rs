@@ -44,7 +44,17 @@ impl Session {
         // could still be replayed (see `inbound.rs`).
         let notices = std::mem::take(&mut self.held_notices);
         if !held.is_primary {
-            held.health.ban("connection lost mid-request");
+            // Found by its pool (a held server keeps no `Arc` of its health:
+            // one clone per transaction of an object every worker shares).
+            // A server a reload dropped meanwhile is no longer picked.
+            let slot = self.pools.shards.get(held.shard).and_then(|s| {
+                s.servers
+                    .iter()
+                    .find(|slot| std::sync::Arc::as_ptr(&slot.pool) as usize == held.pool_id)
+            });
+            if let Some(slot) = slot {
+                slot.health.ban("connection lost mid-request");
+            }
         }
         let failed_pool = held.pool_id;
         // Whatever session state the client had there is gone with it.
