@@ -612,7 +612,9 @@ impl Pool {
         let Some(mut conn) = pooled.conn.take() else {
             return;
         };
-        let pool = pooled.pool.clone();
+        // Borrowed, not cloned: every worker's clients share the pool's
+        // reference count.
+        let pool = &*pooled.pool;
         let expired = past(conn.created, pool.reuse.lifetime(), last_used);
         let k = pooled.part;
         // Bytes left unread or unsent: what the server was asked and
