@@ -67,10 +67,19 @@ impl Session {
         Some(analysis)
     }
 
-    /// Asks the shared cache and remembers the answer.
+    /// Asks the shared cache and remembers the answer. A statement the
+    /// memo keeps gets the session's own copy: its analysis is cloned (an
+    /// `Arc`) several times per message, and the cache's `Arc` is shared by
+    /// every client running that statement on every worker thread, so each
+    /// clone and drop would move its reference count between cores.
     fn analyze_anew(&self, sql: &str) -> Arc<Analysis> {
         let mut memo = self.memo.borrow_mut();
-        let analysis = self.rt.cache.analyze_preferring(sql, &mut memo.order);
+        let shared = self.rt.cache.analyze_preferring(sql, &mut memo.order);
+        let analysis = if super::memo::may_keep(sql) {
+            Arc::new(Analysis::clone(&shared))
+        } else {
+            shared
+        };
         memo.remember(sql.as_bytes(), &analysis, self.message_seq.get());
         if memo.order == Lookup::NormalizedFirst {
             memo.add_template(sql, &analysis);

@@ -88,7 +88,7 @@ impl AnalysisMemo {
 
     /// Keeps a template of `sql`, whose analysis came from its normalized key.
     pub(super) fn add_template(&mut self, sql: &str, analysis: &Arc<Analysis>) {
-        if sql.len() > TEMPLATE_TEXT_BYTES || analysis.literal_sensitive {
+        if !may_keep(sql) || analysis.literal_sensitive {
             return;
         }
         let Some(template) = Template::new(sql) else {
@@ -102,7 +102,7 @@ impl AnalysisMemo {
 
     /// Keeps `sql`, whose analysis came from its exact text.
     pub(super) fn add_exact(&mut self, sql: &str, analysis: &Arc<Analysis>) {
-        if sql.len() > TEMPLATE_TEXT_BYTES {
+        if !may_keep(sql) {
             return;
         }
         keep_in_front(&mut self.exact, (sql.as_bytes().into(), analysis.clone()));
@@ -137,6 +137,11 @@ impl AnalysisMemo {
 }
 
 pub(super) type Memo = RefCell<AnalysisMemo>;
+
+/// Whether the memo may keep `sql` (as an exact text or a template).
+pub(super) fn may_keep(sql: &str) -> bool {
+    sql.len() <= TEMPLATE_TEXT_BYTES
+}
 
 /// Adds `item` as the most recently used of at most `TEMPLATES`, dropping
 /// the one unused longest (the last).
