@@ -275,7 +275,8 @@ impl Session {
         for (name, sql, types, analysis) in parses {
             let stmt = self.state.statements.intern(&sql, &types, analysis);
             self.local_explains.remove(&name);
-            self.statements.insert(name, stmt);
+            self.statements
+                .insert(name, super::prepared::SessionStatement::new(stmt));
             backend::parse_complete(&mut self.to_client);
         }
         let status = if self.deferred_begin.is_some() {

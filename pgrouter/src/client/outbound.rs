@@ -12,7 +12,7 @@ use tokio::io::AsyncReadExt;
 use super::error::SessionEnd;
 use super::expect::{Reply, CLOSE_COMPLETE, PARSE_COMPLETE};
 use super::flow::GuardGate;
-use super::prepared::SharedStatement;
+use super::prepared::{SessionStatement, SharedStatement};
 use super::registry::ClientState;
 use super::routing::Routed;
 use super::session::{GuardState, Held, Session};
@@ -712,7 +712,8 @@ impl Session {
                             .statements
                             .intern(p.sql, &p.param_types, analysis);
                         self.local_explains.remove(p.name);
-                        self.statements.insert(p.name.to_string(), stmt.clone());
+                        self.statements
+                            .insert(p.name.to_string(), SessionStatement::new(stmt.clone()));
                         // Should this Parse fail (or be skipped after an
                         // error), the name is forgotten again (`inbound.rs`).
                         let index = self.expect().next_index();

@@ -25,6 +25,34 @@ pub struct SharedStatement {
     pub analysis: Arc<Analysis>,
 }
 
+/// A session's handle on a [`SharedStatement`]: an `Arc` of the session's
+/// own (cloned at every Bind and Describe) and its own copy of the
+/// analysis (cloned at every Bind). The shared statement's `Arc`s are used
+/// by every client of that statement on every worker thread: each clone
+/// and drop would move their reference counts between cores.
+pub struct SessionStatement {
+    pub shared: Arc<SharedStatement>,
+    /// Shadows `shared.analysis`: the same analysis, the session's `Arc`.
+    pub analysis: Arc<Analysis>,
+}
+
+impl SessionStatement {
+    pub fn new(shared: Arc<SharedStatement>) -> Arc<SessionStatement> {
+        Arc::new(SessionStatement {
+            analysis: Arc::new(Analysis::clone(&shared.analysis)),
+            shared,
+        })
+    }
+}
+
+impl std::ops::Deref for SessionStatement {
+    type Target = SharedStatement;
+
+    fn deref(&self) -> &SharedStatement {
+        &self.shared
+    }
+}
+
 /// A statement's identity: its text and the parameter types its Parse
 /// declared.
 type StatementKey = (String, Vec<i32>);

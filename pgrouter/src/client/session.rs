@@ -21,7 +21,7 @@ use super::cleanup::release_after_session;
 use super::error::SessionEnd;
 use super::expect::Expectations;
 use super::params::ClientParams;
-use super::prepared::{SharedStatement, SqlPrepared};
+use super::prepared::{SessionStatement, SqlPrepared};
 use super::registry::{ClientState, Registered};
 use super::replay_buffer::Replay;
 use super::tracking::SetTracker;
@@ -126,7 +126,7 @@ pub struct Session {
     pub(super) temps: super::temp_objects::TempObjects,
 
     /// The client's named statements (protocol level).
-    pub(super) statements: ahash::AHashMap<String, Arc<SharedStatement>>,
+    pub(super) statements: ahash::AHashMap<String, Arc<SessionStatement>>,
     /// The client's SQL-level PREPAREd statements.
     pub(super) sql_prepared: HashMap<String, SqlPrepared>,
     /// Named statements of `EXPLAIN (ROUTE) ...` the router answers itself

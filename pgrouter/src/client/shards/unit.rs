@@ -135,7 +135,10 @@ impl Session {
                 .state
                 .statements
                 .intern(p.sql, &p.param_types, analysis);
-            self.statements.insert(p.name.to_string(), stmt);
+            self.statements.insert(
+                p.name.to_string(),
+                crate::client::prepared::SessionStatement::new(stmt),
+            );
         }
         Ok(())
     }
