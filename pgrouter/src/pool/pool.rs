@@ -79,6 +79,11 @@ fn shard_name(shard: usize) -> String {
 /// 2 workers: 10 each). A client checks out from its own worker's part, so
 /// the server connections it uses belong to its own thread's event loop
 /// (see `worker.rs`). A smaller pool is one part that every worker uses.
+// Aligned to a cache line pair: every checkout clones the pool's `Arc`
+// (the lease holds it), so its reference count changes hands between the
+// workers' cores at every transaction; the fields each transaction reads
+// live on lines of their own, past the count.
+#[repr(align(128))]
 pub struct Pool {
     /// "user@database/shard/host:port", for logs.
     pub name: String,
