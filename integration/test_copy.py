@@ -160,3 +160,137 @@ def test_client_gone_mid_copy_never_hands_the_copy_to_another_client(routers, pr
         for _ in range(3):
             assert c.execute("SELECT 1").fetchone() == (1,)
             assert c.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,)
+
+
+# ------------------------------------------- COPY in the extended protocol --
+def libpq_conn(dsn: str):
+    """A bare libpq connection (psycopg.pq): COPY sent with PQsendQueryParams
+    goes as Parse/Bind/Describe/Execute/Sync, and PQputCopyEnd then sends
+    CopyDone *and* a second Sync — the server ignores the first Sync while
+    in COPY mode and answers only the second (tokio-postgres does the same)."""
+    from psycopg import pq
+    conn = pq.PGconn.connect(dsn.encode())
+    assert conn.status == pq.ConnStatus.OK, conn.error_message
+    return conn
+
+
+def libpq_wait(conn, timeout: float = 10.0) -> None:
+    """Wait until libpq has a whole result (or COPY data) to hand out;
+    fail instead of blocking forever when the answer never comes."""
+    import select
+    import time
+    deadline = time.monotonic() + timeout
+    while conn.is_busy():
+        left = deadline - time.monotonic()
+        assert left > 0, "no answer within the timeout"
+        select.select([conn.socket], [], [], left)
+        conn.consume_input()
+
+
+def libpq_wait_readable(conn, timeout: float = 10.0) -> None:
+    import select
+    assert select.select([conn.socket], [], [], timeout)[0], "no COPY data within the timeout"
+    conn.consume_input()
+
+
+def libpq_results(conn) -> list:
+    """Every result of the request in flight, up to the end (None)."""
+    out = []
+    while True:
+        libpq_wait(conn)
+        res = conn.get_result()
+        if res is None:
+            return out
+        out.append(res)
+
+
+def libpq_copy_in(conn, sql: str, chunks: list[bytes], fail: str | None = None) -> list:
+    """COPY ... FROM STDIN through the extended protocol; returns the
+    results after the end of the data (CopyFail with `fail` if given)."""
+    from psycopg import pq
+    conn.send_query_params(sql.encode(), None)
+    libpq_wait(conn)
+    res = conn.get_result()
+    assert res.status == pq.ExecStatus.COPY_IN, (res.status, res.error_message)
+    for chunk in chunks:
+        assert conn.put_copy_data(chunk) == 1
+    assert conn.put_copy_end(fail.encode() if fail else None) == 1
+    return libpq_results(conn)
+
+
+def libpq_value(conn, sql: str):
+    from psycopg import pq
+    conn.send_query_params(sql.encode(), None)
+    results = libpq_results(conn)
+    assert [r.status for r in results] == [pq.ExecStatus.TUPLES_OK], \
+        [(r.status, r.error_message) for r in results]
+    return results[0].get_value(0, 0).decode()
+
+
+@pytest.mark.parametrize("pool_mode", ["transaction", "session"])
+def test_copy_from_stdin_in_the_extended_protocol(routers, primary, table, pool_mode):
+    """libpq's PQsendQueryParams("COPY ... FROM STDIN"): the Sync sent
+    before the data is ignored by the server (it is in COPY mode), so the
+    whole COPY has one ReadyForQuery. The client gets its COPY tag, its
+    next statements answered, and (pool of 1, transaction mode) the server
+    goes back to the pool for another client — also after a bad row and
+    after a CopyFail."""
+    from psycopg import pq
+    create(primary, table)
+    router = routers.start(general={"default_pool_size": 1, "pool_mode": pool_mode,
+                                    "checkout_timeout_ms": 2000})
+    conn = libpq_conn(router.dsn())
+    try:
+        sql = f"COPY {table} (id, val) FROM STDIN"
+        results = libpq_copy_in(conn, sql, [f"{i}\t{row_text(i)}\n".encode() for i in range(1, 101)])
+        assert [(r.status, r.command_status) for r in results] == [(pq.ExecStatus.COMMAND_OK, b"COPY 100")]
+        assert libpq_value(conn, f"SELECT count(*) FROM {table}") == "100"
+        # A bad row: the COPY fails with the server's error, the session goes on.
+        results = libpq_copy_in(conn, sql, [b"101\tok\n", b"oops\tbad\n"])
+        assert [r.status for r in results] == [pq.ExecStatus.FATAL_ERROR]
+        assert results[0].error_field(pq.DiagnosticField.SQLSTATE) == b"22P02"
+        assert libpq_value(conn, f"SELECT count(*) FROM {table}") == "100"
+        # The client gives up: CopyFail.
+        results = libpq_copy_in(conn, sql, [b"102\tok\n"], fail="client gave up")
+        assert [r.status for r in results] == [pq.ExecStatus.FATAL_ERROR]
+        assert b"client gave up" in results[0].error_message
+        assert libpq_value(conn, "SELECT 'usable'") == "usable"
+        if pool_mode == "transaction":
+            with connect(router.dsn()) as other:
+                assert other.execute(f"SELECT count(*) FROM {table}").fetchone() == (100,)
+    finally:
+        conn.finish()
+    assert tuple(primary.sql(checksum_sql(table))[0]) == expected_checksum(range(1, 101))
+
+
+def test_copy_to_stdout_in_the_extended_protocol(routers, primary, table):
+    """COPY ... TO STDOUT through PQsendQueryParams: the data, the tag, and
+    the server back in the pool for the next client."""
+    from psycopg import pq
+    create(primary, table)
+    primary.sql(f"INSERT INTO {table} SELECT g, 'v' || g FROM generate_series(1, 1000) g")
+    router = routers.start(general={"default_pool_size": 1, "checkout_timeout_ms": 2000})
+    conn = libpq_conn(router.dsn())
+    try:
+        conn.send_query_params(f"COPY (SELECT id, val FROM {table} ORDER BY id) TO STDOUT (FORMAT csv)".encode(),
+                               None)
+        libpq_wait(conn)
+        res = conn.get_result()
+        assert res.status == pq.ExecStatus.COPY_OUT, (res.status, res.error_message)
+        data = b""
+        while True:
+            n, chunk = conn.get_copy_data(1)
+            if n == 0:
+                libpq_wait_readable(conn)
+                continue
+            if n < 0:
+                break
+            data += bytes(chunk)
+        results = libpq_results(conn)
+        assert [(r.status, r.command_status) for r in results] == [(pq.ExecStatus.COMMAND_OK, b"COPY 1000")]
+        assert data == "".join(f"{i},v{i}\n" for i in range(1, 1001)).encode()
+        assert libpq_value(conn, "SELECT 'usable'") == "usable"
+        with connect(router.dsn()) as other:
+            assert other.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        conn.finish()

@@ -816,7 +816,11 @@ impl Session {
                 self.queue_for_server(msg, Some(Reply::Sync));
             }
             b'F' => self.queue_for_server(msg, Some(Reply::FunctionCall)),
-            b'H' | b'd' | b'c' | b'f' => self.queue_for_server(msg, None),
+            b'c' | b'f' => {
+                self.expect().copy_data_ended();
+                self.queue_for_server(msg, None);
+            }
+            b'H' | b'd' => self.queue_for_server(msg, None),
             other => {
                 return Err(SessionEnd::fatal(
                     "08P01",
