@@ -359,6 +359,31 @@ def test_disconnect_on_expiry(routers, jwt_db, keys):
         holder.close()
 
 
+def test_token_expiring_during_copy_from_stdin_ends_the_session_after_it(routers, jwt_db, keys, primary):
+    """A token that expires while its COPY FROM STDIN streams: the COPY is
+    one statement, not a transaction boundary, so it completes (every row
+    stored, as the token's role) and the session is closed at its next
+    statement with 28P01 "expired"."""
+    import psycopg
+    router = start_jwt_router(routers, keys["rsa"])
+    u = uname()
+    note = f"cpx_{uuid.uuid4().hex[:6]}"
+    exp = int(time.time()) + 2
+    with connect(router.dsn(user=u, password=token(keys["rsa"], u, exp=exp))) as conn:
+        with conn.cursor() as cur:
+            with cur.copy(f"COPY {TABLE} (note) FROM STDIN") as copy:
+                copy.write_row((f"{note}_0",))
+                time.sleep(max(0.0, exp - time.time()) + 1.2)
+                for i in range(1, 50):
+                    copy.write_row((f"{note}_{i}",))
+            assert cur.rowcount == 50
+        with pytest.raises(psycopg.OperationalError) as err:
+            conn.execute("SELECT 1")
+        assert err.value.sqlstate == "28P01" and "expired" in str(err.value), err.value
+    assert primary.sql(f"SELECT count(*), min(who), max(who) FROM {TABLE} WHERE note LIKE %s",
+                       (note + "%",))[0] == (50, "web_user", "web_user")
+
+
 def test_no_disconnect_on_expiry_when_off(routers, jwt_db, keys):
     router = start_jwt_router(routers, keys["rsa"], jwt={"disconnect_on_expiry": False})
     u = uname()
