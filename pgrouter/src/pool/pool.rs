@@ -881,8 +881,10 @@ impl ReuseLimits {
 
     fn set(&self, settings: &PoolSettings) {
         let ns = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        self.lifetime_ns.store(ns(settings.lifetime), Ordering::Relaxed);
-        self.idle_timeout_ns.store(ns(settings.idle_timeout), Ordering::Relaxed);
+        self.lifetime_ns
+            .store(ns(settings.lifetime), Ordering::Relaxed);
+        self.idle_timeout_ns
+            .store(ns(settings.idle_timeout), Ordering::Relaxed);
     }
 
     fn lifetime(&self) -> Duration {
