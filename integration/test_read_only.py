@@ -395,3 +395,14 @@ def test_jwt_session_may_turn_read_only_on_and_choose_its_isolation(routers, jwt
         with pytest.raises(psycopg.Error) as err:
             conn.execute(f"INSERT INTO {TABLE} (note) VALUES (%s)", (note,))
         assert err.value.sqlstate == "25006"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_copy_to_stdout_runs_on_the_replica(routers, jwt_db, keys, places, kind):
+    """COPY ... TO STDOUT is a read: a read-only session runs it on the replica."""
+    router = start_ro_router(routers, keys)
+    with connect(dsn_for(router, keys, kind)) as conn:
+        with conn.cursor().copy(f"COPY (SELECT {WHERE}) TO STDOUT") as copy:
+            rows = list(copy.rows())
+        port, in_recovery = rows[0]
+        assert places.of(int(port), in_recovery == "t") == "replica", rows
