@@ -115,6 +115,50 @@ def test_role_name_with_quote_and_space(routers, jwt_db, keys):
         assert row == (WEIRD_ROLE,)
 
 
+@pytest.mark.parametrize("role", ["r\u00f4le \u00fcn\u00ef", "it's", "back\\slash", "$1", "Mixed Case",
+                                  "r" * 60 + "\u20ac"])
+def test_role_names_that_need_quoting(routers, jwt_db, keys, role):
+    """`SET ROLE "<role>"` with the identifier quoted and escaped: unicode,
+    a quote, a backslash, a dollar, upper case, and a name of exactly 63
+    bytes (the longest PostgreSQL keeps) ending in a 3-byte character."""
+    with jwt_db.primary.connect("postgres") as c:
+        q = '"' + role.replace('"', '""') + '"'
+        if c.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None:
+            c.execute(f"CREATE ROLE {q} NOLOGIN")
+        c.execute(f"GRANT {q} TO {AUTHENTICATOR}")
+    router = start_jwt_router(routers, keys["rsa"])
+    u = uname()
+    with connect(router.dsn(user=u, password=token(keys["rsa"], u, role))) as c:
+        assert whoami(c) == (role, AUTHENTICATOR)
+        c.execute("BEGIN")
+        assert whoami(c) == (role, AUTHENTICATOR)
+        c.execute("COMMIT")
+
+
+def test_copy_runs_under_the_role(routers, jwt_db, keys, primary):
+    """COPY both ways (asyncpg: copy_records_to_table, copy_from_query) runs
+    as the token's role like any other statement."""
+    router = start_jwt_router(routers, keys["rsa"], auth_pool_size=1)
+    u = uname()
+    note = f"jcp_{uuid.uuid4().hex[:6]}"
+
+    async def main():
+        conn = await asyncpg.connect(**router.connect_kwargs(user=u, password=token(keys["rsa"], u)))
+        try:
+            tag = await conn.copy_records_to_table(TABLE, records=[(note,)] * 10, columns=["note"])
+            out = []
+
+            async def sink(chunk):
+                out.append(chunk)
+            await conn.copy_from_query("SELECT current_user, session_user", output=sink)
+            return tag, b"".join(out)
+        finally:
+            await conn.close()
+    assert run_async(main()) == ("COPY 10", b"web_user\tauthenticator\n")
+    assert primary.sql(f"SELECT count(*), min(who), max(who) FROM {TABLE} WHERE note = %s",
+                       (note,))[0] == (10, "web_user", "web_user")
+
+
 def test_missing_role_claim_means_username(routers, jwt_db, keys):
     router = start_jwt_router(routers, keys["rsa"])
     tok = token(keys["rsa"], "web_admin", role=None)
@@ -357,6 +401,31 @@ def test_disconnect_on_expiry(routers, jwt_db, keys):
     finally:
         conn.close()
         holder.close()
+
+
+def test_token_expiring_during_copy_from_stdin_ends_the_session_after_it(routers, jwt_db, keys, primary):
+    """A token that expires while its COPY FROM STDIN streams: the COPY is
+    one statement, not a transaction boundary, so it completes (every row
+    stored, as the token's role) and the session is closed at its next
+    statement with 28P01 "expired"."""
+    import psycopg
+    router = start_jwt_router(routers, keys["rsa"])
+    u = uname()
+    note = f"cpx_{uuid.uuid4().hex[:6]}"
+    exp = int(time.time()) + 2
+    with connect(router.dsn(user=u, password=token(keys["rsa"], u, exp=exp))) as conn:
+        with conn.cursor() as cur:
+            with cur.copy(f"COPY {TABLE} (note) FROM STDIN") as copy:
+                copy.write_row((f"{note}_0",))
+                time.sleep(max(0.0, exp - time.time()) + 1.2)
+                for i in range(1, 50):
+                    copy.write_row((f"{note}_{i}",))
+            assert cur.rowcount == 50
+        with pytest.raises(psycopg.OperationalError) as err:
+            conn.execute("SELECT 1")
+        assert err.value.sqlstate == "28P01" and "expired" in str(err.value), err.value
+    assert primary.sql(f"SELECT count(*), min(who), max(who) FROM {TABLE} WHERE note LIKE %s",
+                       (note + "%",))[0] == (50, "web_user", "web_user")
 
 
 def test_no_disconnect_on_expiry_when_off(routers, jwt_db, keys):

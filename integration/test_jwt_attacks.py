@@ -194,6 +194,14 @@ ESCAPES_SIMPLE = [
     "CREATE OR REPLACE FUNCTION pg_temp.esc() RETURNS void LANGUAGE plpgsql AS "
     "$$BEGIN PERFORM set_config('default_transaction_read_only', 'off', false); END$$",
     "CREATE FUNCTION pg_temp.esc() RETURNS xml LANGUAGE sql AS $$SELECT query_to_xml('x', true, true, '')$$",
+    # A function's SET clause changes the role while it runs, whatever its body.
+    "CREATE FUNCTION pg_temp.esc() RETURNS text LANGUAGE sql SET role = 'web_admin' AS $$SELECT 'x'$$",
+    "CREATE FUNCTION pg_temp.esc() RETURNS text LANGUAGE sql SET session_authorization = 'authenticator' "
+    "AS $$SELECT 'x'$$",
+    # Spellings: a quoted setting name, set_config() in FROM.
+    "SET \"role\" = 'web_admin'",
+    "RESET \"role\"",
+    "SELECT * FROM set_config('role', 'web_admin', false)",
 ]
 
 

@@ -355,3 +355,54 @@ def hidden_write_function(jwt_db):
         conn.execute(f"CREATE OR REPLACE FUNCTION jwt_ro_hidden_write(n text) RETURNS int "
                      f"LANGUAGE plpgsql AS $$ BEGIN INSERT INTO {TABLE} (note) VALUES (n); RETURN 1; END $$")
     wait_replayed(jwt_db)
+
+
+# ------------------------------------------ restricting is not escaping --
+def test_jwt_session_may_turn_read_only_on_and_choose_its_isolation(routers, jwt_db, keys, places, primary):
+    """SPEC refuses JWT sessions turning the read-only settings *off*.
+    Turning them on, and choosing an isolation level (pgjdbc's
+    setTransactionIsolation sends SET SESSION CHARACTERISTICS AS TRANSACTION
+    ISOLATION LEVEL ...), give nothing the token did not: they run, and last
+    across transactions. Turning read-only off again is refused (42501);
+    RESET ALL goes back to the session's own start."""
+    ro_router = start_ro_router(routers, keys)
+    note = f"ron_{uuid.uuid4().hex[:8]}"
+    with connect(dsn_for(ro_router, keys, "rw_jwt")) as conn:
+        conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+        for _ in range(2):
+            assert conn.execute("SHOW default_transaction_isolation").fetchone() == ("serializable",)
+        conn.execute("SET default_transaction_read_only = on")
+        conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+        for _ in range(2):
+            assert conn.execute("SHOW transaction_read_only").fetchone() == ("on",)
+        with pytest.raises(psycopg.Error) as err:
+            conn.execute(f"INSERT INTO {TABLE} (note) VALUES (%s)", (note,))
+        assert err.value.sqlstate == "25006", err.value
+        for sql in ("SET default_transaction_read_only = off",
+                    "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE"):
+            with pytest.raises(psycopg.Error) as err:
+                conn.execute(sql)
+            assert err.value.sqlstate == "42501", (sql, err.value)
+        assert conn.execute("RESET ALL").statusmessage == "RESET"
+        row = where(conn, f"INSERT INTO {TABLE} (note) VALUES (%s) RETURNING who, {WHERE}", (note,))
+        assert row[0] == "web_user" and places.row(row) == "primary"
+    assert primary.scalar(f"SELECT count(*) FROM {TABLE} WHERE note = %s", (note,)) == 1
+    # A read-only session may say so itself; it stays read-only.
+    with connect(dsn_for(ro_router, keys, "jwt_claim")) as conn:
+        conn.execute("SET default_transaction_read_only = on")
+        conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        assert places.row(where(conn)) == "replica"
+        with pytest.raises(psycopg.Error) as err:
+            conn.execute(f"INSERT INTO {TABLE} (note) VALUES (%s)", (note,))
+        assert err.value.sqlstate == "25006"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_copy_to_stdout_runs_on_the_replica(routers, jwt_db, keys, places, kind):
+    """COPY ... TO STDOUT is a read: a read-only session runs it on the replica."""
+    router = start_ro_router(routers, keys)
+    with connect(dsn_for(router, keys, kind)) as conn:
+        with conn.cursor().copy(f"COPY (SELECT {WHERE}) TO STDOUT") as copy:
+            rows = list(copy.rows())
+        port, in_recovery = rows[0]
+        assert places.of(int(port), in_recovery == "t") == "replica", rows

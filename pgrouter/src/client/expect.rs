@@ -62,6 +62,10 @@ enum Entry {
     /// client's settings or SQL prepared statements): the answer is dropped,
     /// but an error goes to the client.
     Guard(Reply, GuardFor),
+    /// A client Sync the server read while in COPY FROM STDIN mode: it
+    /// ignores Sync (and Flush) there, so no ReadyForQuery answers it (see
+    /// [`Expectations::copy_in_started`]).
+    Unanswered,
 }
 
 /// What a guarded message of the router's is for: when it fails, or is
@@ -124,6 +128,13 @@ pub struct Expectations {
     /// Client Parses of named statements still unanswered: (index of the
     /// entry that answers it, the client's name).
     named_parses: VecDeque<(u64, Arc<str>)>,
+    /// The server is in COPY FROM STDIN mode for the entry at the head and
+    /// the client has not ended the data yet: a Sync it sends now is
+    /// ignored by the server.
+    copy_data_open: bool,
+    /// `pushed` when the client last sent CopyDone or CopyFail: entries
+    /// queued from that index on were read by the server after the COPY.
+    copy_end_at: u64,
 }
 
 impl Expectations {
@@ -144,10 +155,47 @@ impl Expectations {
 
     pub fn forward(&mut self, reply: Reply) {
         if reply == Reply::Sync {
+            if self.copy_data_open {
+                self.special += 1;
+                self.pushed += 1;
+                self.queue.push_back(Entry::Unanswered);
+                return;
+            }
             self.server_skipping = false;
         }
         self.pushed += 1;
         self.queue.push_back(Entry::Forward(reply));
+    }
+
+    /// The server answered the head entry with CopyInResponse: it now reads
+    /// COPY data and ignores Sync until the client's CopyDone or CopyFail.
+    /// Clients that send COPY through the extended protocol (libpq's
+    /// `PQexecParams`, tokio-postgres) pipeline a Sync behind the Execute
+    /// and send another after CopyDone; only the second is answered. Syncs
+    /// already queued behind the head and sent before the client ended the
+    /// data get no answer, nor do those sent until it does.
+    pub fn copy_in_started(&mut self) {
+        let head = self.popped;
+        // The client may have sent its CopyDone already (data pipelined
+        // without waiting for CopyInResponse): Syncs after it are answered.
+        let ended_at = (self.copy_end_at > head).then_some(self.copy_end_at);
+        for (k, entry) in self.queue.iter_mut().enumerate().skip(1) {
+            if ended_at.is_some_and(|end| head + k as u64 >= end) {
+                break;
+            }
+            if *entry != Entry::Forward(Reply::Sync) {
+                break;
+            }
+            *entry = Entry::Unanswered;
+            self.special += 1;
+        }
+        self.copy_data_open = ended_at.is_none() && !self.queue.is_empty();
+    }
+
+    /// The client sent CopyDone or CopyFail: a Sync from now on is answered.
+    pub fn copy_data_ended(&mut self) {
+        self.copy_data_open = false;
+        self.copy_end_at = self.pushed;
     }
 
     /// Index the next queued entry will have (see [`Self::client_parse`]).
@@ -246,6 +294,8 @@ impl Expectations {
             if !matches!(tag, b'N' | b'A' | b'S') && reply.ends_with(tag) {
                 self.queue.pop_front();
                 self.popped += 1;
+                // The head's COPY (if any) is over.
+                self.copy_data_open = false;
             }
         }
         true
@@ -295,6 +345,7 @@ impl Expectations {
             Entry::Swallow(r) => (r, true, None),
             Entry::Guard(r, purpose) => (r, true, Some(purpose)),
             Entry::Synthesize(_) => unreachable!("synthesized entries were taken above"),
+            Entry::Unanswered => unreachable!("unanswered entries never stay at the head"),
         };
         // Asynchronous messages belong to no request.
         if matches!(tag, b'N' | b'A' | b'S') {
@@ -344,7 +395,15 @@ impl Expectations {
             return;
         };
         self.popped += 1;
+        self.copy_data_open = false;
         if let Entry::Swallow(_) | Entry::Synthesize(_) | Entry::Guard(..) = entry {
+            self.special -= 1;
+        }
+        // Syncs the server ignored during the head's COPY: nothing will
+        // answer them, so they never wait at the head.
+        while self.queue.front() == Some(&Entry::Unanswered) {
+            self.queue.pop_front();
+            self.popped += 1;
             self.special -= 1;
         }
     }
@@ -633,6 +692,81 @@ mod tests {
         assert!(!e.on_server_message(b'Z').forward);
         assert!(e.on_server_message(b'E').forward);
         assert!(e.on_server_message(b'Z').forward);
+        assert!(e.is_empty());
+    }
+
+    /// COPY FROM STDIN through the extended protocol (libpq, tokio-postgres):
+    /// Parse/Bind/Execute/Sync, then data, CopyDone and a second Sync. The
+    /// server ignores the first Sync (it is in COPY mode when it reads it)
+    /// and answers only the second.
+    fn extended_copy() -> Expectations {
+        let mut e = Expectations::default();
+        for r in [Reply::Parse(None), Reply::Bind, Reply::Execute, Reply::Sync] {
+            e.forward(r);
+        }
+        for tag in [b'1', b'2'] {
+            assert!(e.on_server_message(tag).forward);
+        }
+        assert!(e.on_server_message(b'G').forward);
+        e.copy_in_started();
+        e
+    }
+
+    #[test]
+    fn a_sync_read_during_copy_in_gets_no_ready_for_query() {
+        let mut e = extended_copy();
+        e.forward(Reply::Sync); // sent in COPY mode too: ignored as well
+        e.copy_data_ended();
+        e.forward(Reply::Sync);
+        assert_eq!(e.outstanding_ready(), 1);
+        assert!(e.on_server_message(b'C').forward);
+        assert!(!e.is_empty(), "the Sync after CopyDone is answered");
+        assert!(e.on_server_message(b'Z').forward);
+        assert!(e.is_empty());
+        // The queue is plain again.
+        e.forward(Reply::Query);
+        assert!(e.pass(b'Z') && e.is_empty() && e.is_plain());
+    }
+
+    #[test]
+    fn an_error_in_the_copy_data_waits_for_the_sync_after_copy_done() {
+        let mut e = extended_copy();
+        let v = e.on_server_message(b'E');
+        assert!(v.forward);
+        assert!(e.is_empty() && e.server_skipping());
+        e.copy_data_ended();
+        e.forward(Reply::Sync);
+        assert!(!e.server_skipping());
+        assert!(e.on_server_message(b'Z').forward);
+        assert!(e.is_empty() && e.is_plain());
+    }
+
+    #[test]
+    fn syncs_after_a_copy_done_sent_before_copy_in_response_are_answered() {
+        let mut e = Expectations::default();
+        e.forward(Reply::Query);
+        e.copy_data_ended(); // data and CopyDone pipelined behind the COPY
+        e.forward(Reply::Sync);
+        assert!(e.on_server_message(b'G').forward);
+        e.copy_in_started();
+        assert_eq!(e.outstanding_ready(), 2);
+        for tag in [b'C', b'Z', b'Z'] {
+            assert!(e.on_server_message(tag).forward);
+        }
+        assert!(e.is_empty());
+    }
+
+    #[test]
+    fn simple_copy_without_syncs_is_unchanged() {
+        let mut e = Expectations::default();
+        e.forward(Reply::Query);
+        assert!(e.pass(b'G'));
+        e.copy_in_started();
+        e.copy_data_ended();
+        assert!(e.is_plain());
+        for tag in [b'C', b'Z'] {
+            assert!(e.pass(tag));
+        }
         assert!(e.is_empty());
     }
 }

@@ -90,7 +90,12 @@ impl Session {
             // ParameterStatus the router owes the client before this message.
             let mut announce = bytes::BytesMut::new();
             match tag {
-                b'G' | b'W' if clients => self.flow.copy_started(),
+                b'G' | b'W' if clients => {
+                    self.flow.copy_started();
+                    if tag == b'G' {
+                        held.expect.copy_in_started();
+                    }
+                }
                 b'Z' => {
                     let status = body.first().copied().unwrap_or(b'I');
                     let whole_request = self.flow.ready_for_query(status, !held.expect.is_empty());

@@ -213,6 +213,15 @@ impl Session {
     }
 }
 
+/// CopyData, CopyDone and CopyFail continue the COPY statement in progress:
+/// they are never the start of a unit of work, so a session is not ended
+/// between them (an expired token, a changed login) — the end comes at the
+/// next transaction boundary, after the COPY, as it would for any other
+/// statement already running.
+fn is_copy_data(tag: u8) -> bool {
+    matches!(tag, b'd' | b'c' | b'f')
+}
+
 impl Session {
     /// Forwards every complete client message in the buffer, checking out a
     /// server first when one is needed. Stops early (`blocked`) when the next
@@ -254,7 +263,8 @@ impl Session {
                 }
                 GuardGate::Pass => {}
             }
-            if self.flow.batch_start() && !self.flow.in_tx() {
+            let unit_boundary = self.flow.batch_start() && !self.flow.in_tx() && !is_copy_data(tag);
+            if unit_boundary {
                 // Before the policy: it may be the one that changed.
                 self.check_login_still_valid()?;
             }
@@ -277,7 +287,7 @@ impl Session {
                     continue;
                 }
             }
-            if self.flow.batch_start() && !self.flow.in_tx() {
+            if unit_boundary {
                 self.check_token_expiry()?;
             }
             // A connection kept between transactions (sharded: session
@@ -819,7 +829,11 @@ impl Session {
                 self.queue_for_server(msg, Some(Reply::Sync));
             }
             b'F' => self.queue_for_server(msg, Some(Reply::FunctionCall)),
-            b'H' | b'd' | b'c' | b'f' => self.queue_for_server(msg, None),
+            b'c' | b'f' => {
+                self.expect().copy_data_ended();
+                self.queue_for_server(msg, None);
+            }
+            b'H' | b'd' => self.queue_for_server(msg, None),
             other => {
                 return Err(SessionEnd::fatal(
                     "08P01",

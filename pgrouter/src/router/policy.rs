@@ -5,7 +5,7 @@
 use std::time::SystemTime;
 
 use pgrouter_parser::{
-    Analysis, DiscardKind, ResetTarget, RoleHint, SetKind, StatementKind, TxEffect,
+    Analysis, DiscardKind, ResetTarget, RoleHint, SetKind, SetStatement, StatementKind, TxEffect,
 };
 
 /// The identity a verified token gave a session.
@@ -92,10 +92,7 @@ impl Policy {
         }
         for s in &analysis.statements {
             match &s.kind {
-                StatementKind::Set(set)
-                    if is_read_only_setting(&set.name)
-                        || set.kind == SetKind::SessionCharacteristics =>
-                {
+                StatementKind::Set(set) if turns_read_only_off(set) => {
                     return Err(refuse(
                         PRIVILEGE,
                         "pgrouter: a JWT session cannot change its read-only settings",
@@ -203,6 +200,30 @@ fn is_read_only_setting(name: &str) -> bool {
     name == "default_transaction_read_only" || name == "transaction_read_only"
 }
 
+/// A SET a JWT session may not run: one that may leave the read-only
+/// settings off — `default_transaction_read_only` / `transaction_read_only`
+/// set to anything but a clear "on" (DEFAULT and FROM CURRENT included), or
+/// `SET SESSION CHARACTERISTICS AS TRANSACTION ... READ WRITE`. Turning
+/// read-only on, or choosing an isolation level, changes nothing the token
+/// granted: drivers do it on their own (pgjdbc's `setTransactionIsolation`
+/// sends `SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL ...`,
+/// `setReadOnly(true)` may send `... READ ONLY`), so those run.
+fn turns_read_only_off(set: &SetStatement) -> bool {
+    match set.kind {
+        // `SET TRANSACTION READ WRITE` is `BEGIN READ WRITE`, which a
+        // writable session may run (read-only ones get 25006 for both).
+        SetKind::TransactionCharacteristics => false,
+        SetKind::SessionCharacteristics => set
+            .value
+            .as_deref()
+            .is_some_and(|v| v.to_ascii_uppercase().contains("READ WRITE")),
+        _ if is_read_only_setting(&set.name) => {
+            !set.value.as_deref().is_some_and(crate::router::is_on)
+        }
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,7 +263,13 @@ mod tests {
             "DO $$ BEGIN EXECUTE 'SET ROLE postgres'; END $$",
             "SELECT 1; SET ROLE postgres",
             "SET default_transaction_read_only = off",
+            "SET default_transaction_read_only = DEFAULT",
+            "SET SESSION default_transaction_read_only TO false",
+            "SET LOCAL transaction_read_only = off",
             "SET transaction_read_only = off",
+            "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE",
+            "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ WRITE",
+            "SELECT set_config('default_transaction_read_only', 'on', false)",
             "RESET default_transaction_read_only",
             "SELECT 1; RESET ALL",
             "SELECT 1; DISCARD ALL",
@@ -256,6 +283,11 @@ mod tests {
             "RESET ALL",
             "DISCARD ALL",
             "INSERT INTO t VALUES (1)",
+            "SET default_transaction_read_only = on",
+            "SET transaction_read_only TO true",
+            "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+            "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+            "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
         ] {
             assert_eq!(code(&p, sql), None, "{sql}");
         }
