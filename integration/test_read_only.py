@@ -88,6 +88,20 @@ def test_control_user_writes(ro_router, keys, places, primary):
     assert primary.scalar(f"SELECT count(*) FROM {TABLE} WHERE note = %s", (note,)) == 1
 
 
+@pytest.mark.parametrize("kind", KINDS + ["rw_jwt"])
+def test_write_with_text_not_utf8_gets_22021_and_never_runs(ro_router, keys, primary, kind):
+    """A statement whose text is not UTF-8 cannot be analysed, so it must
+    not reach a server: PostgreSQL's 22021, as a direct connection gets,
+    nothing written, and the session goes on (it ended with 08P01)."""
+    note = f"nu_{uuid.uuid4().hex[:8]}"
+    sql = f"INSERT INTO {TABLE} (note) VALUES ('{note}') --".encode() + b" \xff"
+    with connect(dsn_for(ro_router, keys, kind)) as conn:
+        with pytest.raises(psycopg.errors.CharacterNotInRepertoire):
+            conn.execute(sql)
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert primary.scalar(f"SELECT count(*) FROM {TABLE} WHERE note = %s", (note,)) == 0
+
+
 # Claim values: fails closed. Only an absent/null claim, JSON false, 0 and the
 # strings PostgreSQL reads as false give a writable session.
 READ_ONLY_CLAIMS = [True, "true", 1, "1", "on", "yes", "t", "", "maybe", [True], {"x": 1}]

@@ -258,6 +258,12 @@ impl Session {
                 // Before the policy: it may be the one that changed.
                 self.check_login_still_valid()?;
             }
+            if let Some(refusal) = self.unreadable_text(tag, frame.total_len) {
+                if !self.begin_before_refusal(tag).await? {
+                    self.refuse(tag, frame.total_len, refusal);
+                }
+                continue;
+            }
             if tag == b'P'
                 && self.policy.jwt.is_some()
                 && matches!(
