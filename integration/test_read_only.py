@@ -11,7 +11,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from harness.clients import connect, run_async
+from harness.clients import connect, refusal_in_and_out_of_transaction, run_async
 from harness.jwt_setup import (SEQ, TABLE, authenticator_user, jwt_db, jwt_section,  # noqa: F401
                                keys, module_routers, password_user)
 from harness.jwt_tokens import claims
@@ -202,6 +202,22 @@ def test_writes_refused_before_any_server(ro_router, keys, cluster, kind):
     # fails, and the replica would have failed them).
     seen_by = logs_mention(cluster, marker)
     assert wrong == [] and seen_by == [], "\n".join(wrong + [f"statements seen by: {seen_by}"])
+
+
+@pytest.mark.parametrize("kind", ["password", "jwt_claim"])
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_write_refused_in_a_transaction_gets_the_same_error(ro_router, keys, kind, protocol):
+    """Inside a transaction the refusal is raised through the server so
+    that the transaction fails (25P02 until ROLLBACK); the client still gets
+    the router's error exactly as outside one: no PL/pgSQL CONTEXT line nor
+    source fields of the raise."""
+    sql, params = f"INSERT INTO {TABLE} (note) VALUES ('ro_tx')", None
+    if protocol == "extended":
+        sql, params = f"INSERT INTO {TABLE} (note) VALUES (%s)", ("ro_tx",)
+    with connect(dsn_for(ro_router, keys, kind)) as conn:
+        outside, inside = refusal_in_and_out_of_transaction(conn, sql, params, binary=protocol == "extended")
+    assert outside["sqlstate"] == "25006" and outside["context"] is None, outside
+    assert inside == outside
 
 
 @pytest.mark.parametrize("kind", ["password", "jwt_claim"])

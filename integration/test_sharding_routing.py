@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from harness import wire
-from harness.clients import aconnect, connect, run_async, sqlstate
+from harness.clients import aconnect, connect, refusal_in_and_out_of_transaction, run_async, sqlstate
 from harness.pg import APP_DB, APP_PASSWORD, APP_USER, PgCluster
 
 PORT = "inet_server_port()"
@@ -421,6 +421,35 @@ def test_query_text_not_utf8_is_22021_and_fails_the_transaction(srouter, shards)
         raw.close()
     with connect(srouter.dsn()) as conn:
         assert conn.execute("SELECT customer_id FROM sh_orders").fetchall() == []
+
+
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_refusal_in_a_transaction_gets_the_same_error(srouter, shards, protocol):
+    """A key value no rule covers (22023), refused inside a transaction:
+    raised through the server so that the transaction fails, but the
+    client gets the router's error exactly as outside a transaction (no
+    PL/pgSQL CONTEXT line, no source fields of the raise)."""
+    sql, params = "INSERT INTO sh_regions (region, v) VALUES ('jp', 1)", None
+    if protocol == "extended":
+        sql, params = "INSERT INTO sh_regions (region, v) VALUES (%s, 1)", ("jp",)
+    with connect(srouter.dsn()) as conn:
+        outside, inside = refusal_in_and_out_of_transaction(conn, sql, params)
+    assert outside["sqlstate"] == "22023" and outside["context"] is None, outside
+    assert inside == outside
+
+
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_refusal_right_after_a_deferred_begin_fails_the_transaction(routers, shards, protocol):
+    """The router holds a BEGIN back until a statement picks the shard: a
+    statement refused before routing (session_state = "refuse") right after
+    it must still fail the transaction (it stayed open: the next statement
+    ran), with the router's error as outside a transaction."""
+    router = start_router(routers, shards, general={"session_state": "refuse"})
+    with connect(router.dsn()) as conn:
+        outside, inside = refusal_in_and_out_of_transaction(conn, "LISTEN sh_chan", first=None,
+                                                            binary=protocol == "extended")
+    assert outside["sqlstate"] == "0A000" and "session_state" in outside["message_primary"], outside
+    assert inside == outside
 
 
 def test_hints_and_sharding_key_setting(srouter, shards):

@@ -93,11 +93,12 @@ impl Session {
         self.send_deferred_begin(tag, begin, route, many).await
     }
 
-    /// A statement the router refuses before routing it (text that is not
-    /// UTF-8) right after a deferred BEGIN: the BEGIN goes to
-    /// the first shard now, so that the refusal is raised through the
-    /// server inside the transaction, which fails as PostgreSQL's would
-    /// (25P02 until ROLLBACK). False: no BEGIN is deferred.
+    /// A statement the router refuses before routing it (policy, text that
+    /// is not UTF-8, a duplicate statement name) right after a deferred
+    /// BEGIN: the BEGIN goes to the first shard now, so that the refusal
+    /// is raised through the server inside the transaction, which fails as
+    /// PostgreSQL's would (25P02 until ROLLBACK). False: no BEGIN is
+    /// deferred.
     pub(in crate::client) async fn begin_before_refusal(
         &mut self,
         tag: u8,
