@@ -10,9 +10,12 @@ use crate::reader::{set, Section, Source};
 use crate::users::UsersFile;
 
 /// PostgreSQL's own table, readable by superusers only; the README shows a
-/// `SECURITY DEFINER` function for a lookup user that is not one.
+/// `SECURITY DEFINER` function for a lookup user that is not one. Roles
+/// that may not log in are returned with `rolcanlogin` false rather than
+/// left out, so that the router refuses them as PostgreSQL does (28000
+/// once the password is proved) instead of as unknown (28P01).
 pub const DEFAULT_AUTH_QUERY: &str =
-    "SELECT rolname, rolpassword FROM pg_catalog.pg_authid WHERE rolname = $1 AND rolcanlogin";
+    "SELECT rolname, rolpassword, rolcanlogin FROM pg_catalog.pg_authid WHERE rolname = $1";
 
 /// `[auth_query]`: present = a user with no users.toml entry logs in with the
 /// password PostgreSQL stores for it.
@@ -21,7 +24,8 @@ pub struct AuthQuery {
     /// users.toml entry (of the database being logged in to) whose server
     /// credentials run the lookup.
     pub user: String,
-    /// Takes the user name as `$1`, returns one row: name and `rolpassword`.
+    /// Takes the user name as `$1`, returns one row: name and `rolpassword`,
+    /// and optionally a column named `rolcanlogin`.
     pub query: String,
     /// Secrets found are kept this long; 0 = look up at every login.
     pub cache_ttl_s: u64,

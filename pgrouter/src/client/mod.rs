@@ -187,6 +187,11 @@ fn login_result(end: &SessionEnd) -> &'static str {
         SessionEnd::Fatal {
             sqlstate: "28P01", ..
         } => "bad_password",
+        // A role that exists but may not log in (its password was right).
+        SessionEnd::Fatal {
+            sqlstate: "28000",
+            message,
+        } if message.ends_with("is not permitted to log in") => "refused",
         SessionEnd::Fatal {
             sqlstate: "28000", ..
         } => "unknown_user",
