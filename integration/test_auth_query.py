@@ -154,23 +154,59 @@ def test_wrong_password_and_unknown_user_get_the_same_answer(aq_cluster, aq_rout
     assert who_am_i(r, name, pw) == (name, name)
 
 
-def test_a_role_that_may_not_log_in_is_refused(aq_cluster, aq_routers):
+def direct_login_error(server, user: str, password: str) -> Exception:
+    """The error of an asyncpg login to PostgreSQL itself."""
+    async def main():
+        try:
+            conn = await asyncpg.connect(host=server.host, port=server.port, user=user,
+                                         password=password, database=APP_DB)
+        except Exception as exc:  # noqa: BLE001
+            return exc
+        await conn.close()
+        return None
+    exc = run_async(main())
+    assert exc is not None, f"PostgreSQL accepted the login as {user}"
+    return exc
+
+
+@pytest.mark.parametrize("kind", ["scram", "md5"])
+def test_a_role_that_may_not_log_in_is_refused_as_postgres_refuses_it(aq_cluster, aq_routers, kind):
+    """PostgreSQL refuses a NOLOGIN role once its password is proved, with
+    28000 `role "…" is not permitted to log in`; a wrong password gets 28P01
+    as for any user, so that nobody without the password learns the role
+    exists. The router answered 28P01 to the right password too. Nothing of
+    the role's reaches a server; after ALTER ROLE … LOGIN it logs in at
+    once (the refusal is looked up again, at most once a second), not
+    after cache_ttl_s."""
     r = start(aq_routers)
-    name, pw = aq_cluster.make_role("scram")
+    name, pw = aq_cluster.make_role(kind)
     aq_cluster.primary.sql(f"ALTER ROLE {name} NOLOGIN", db="postgres")
-    assert sqlstate(login_error(r, name, pw)) == "28P01"
+    direct = direct_login_error(aq_cluster.primary, name, pw)
+    direct_wrong = direct_login_error(aq_cluster.primary, name, "nope")
+    assert (sqlstate(direct), str(direct)) == ("28000", f'role "{name}" is not permitted to log in')
+    assert sqlstate(direct_wrong) == "28P01"
+    for _ in range(2):  # the lookup's answer, then the cached one
+        err = login_error(r, name, pw)
+        assert (sqlstate(err), str(err)) == (sqlstate(direct), str(direct))
+        wrong = login_error(r, name, "nope")
+        assert (sqlstate(wrong), str(wrong)) == (sqlstate(direct_wrong), str(direct_wrong))
+    assert aq_cluster.primary.backends(user=name) == []
+    assert "the role may not log in" in full_log(r)
+    aq_cluster.primary.sql(f"ALTER ROLE {name} LOGIN", db="postgres")
+    time.sleep(1.1)  # past the once-a-second limit of lookups after a refusal
+    assert who_am_i(r, name, pw) == (name, name)
 
 
-# The SPEC's default query: no rolvaliduntil condition (a SECURITY DEFINER
-# twin of it, so that the non-superuser lookup role may run it).
-NO_EXPIRY_QUERY = "SELECT rolname, rolpassword FROM pgrouter.lookup_any($1)"
+# The default query: no rolvaliduntil condition (a SECURITY DEFINER twin of
+# it, so that the non-superuser lookup role may run it).
+NO_EXPIRY_QUERY = "SELECT rolname, rolpassword, rolcanlogin FROM pgrouter.lookup_any($1)"
 NO_EXPIRY_FUNCTION = """
 CREATE OR REPLACE FUNCTION pgrouter.lookup_any(p_user text)
-  RETURNS TABLE (rolname name, rolpassword text)
+  RETURNS TABLE (rolname name, rolpassword text, rolcanlogin boolean)
   LANGUAGE sql STABLE SECURITY DEFINER
   SET search_path = pg_catalog, pg_temp
 AS $$
-  SELECT rolname, rolpassword FROM pg_catalog.pg_authid WHERE rolname = p_user AND rolcanlogin
+  SELECT rolname, rolpassword, rolcanlogin FROM pg_catalog.pg_authid WHERE rolname = p_user
 $$;
 GRANT EXECUTE ON FUNCTION pgrouter.lookup_any(text) TO pgrouter_auth;
 """
@@ -416,3 +452,10 @@ def test_with_jwt_auto_provision_passwords_go_to_auth_query_and_jwts_to_jwt(aq_c
     jwt = key.sign(claims("jwt_person", role="web_user"))
     with connect(r.dsn(user="jwt_person", password=jwt)) as c:
         assert c.execute("SELECT current_user::text").fetchone() == ("web_user",)
+    # A role that may not log in, its password checked in cleartext:
+    # PostgreSQL's 28000 once the password is right, 28P01 otherwise.
+    nologin, nologin_pw = aq_cluster.make_role("scram")
+    aq_cluster.primary.sql(f"ALTER ROLE {nologin} NOLOGIN", db="postgres")
+    err = login_error(r, nologin, nologin_pw)
+    assert (sqlstate(err), str(err)) == ("28000", f'role "{nologin}" is not permitted to log in')
+    assert sqlstate(login_error(r, nologin, "wrong")) == "28P01"

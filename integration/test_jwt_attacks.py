@@ -12,7 +12,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from harness.clients import connect, run_async
+from harness.clients import connect, refusal_in_and_out_of_transaction, run_async
 from harness.pg import APP_DB
 from harness.jwt_setup import (AUTHENTICATOR, TABLE, WEIRD_ROLE, jwt_db, keys,  # noqa: F401
                                login_error, module_routers, start_jwt_router, whoami)
@@ -347,6 +347,18 @@ def test_escape_inside_transaction(session):
     except psycopg.errors.InFailedSqlTransaction:
         pass  # the transaction is aborted, as after any error: also fine
     session.execute("ROLLBACK")
+    assert_still_web_user(session)
+
+
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_escape_refused_in_a_transaction_gets_the_same_error(session, protocol):
+    """The refusal inside a transaction fails it (raised through the
+    server) but reaches the client exactly as outside one: the router's
+    error, without the PL/pgSQL CONTEXT line and source fields of the raise."""
+    outside, inside = refusal_in_and_out_of_transaction(session, "SET ROLE web_admin",
+                                                        binary=protocol == "extended")
+    assert outside["sqlstate"] == "42501" and outside["context"] is None, outside
+    assert inside == outside
     assert_still_web_user(session)
 
 

@@ -322,3 +322,98 @@ def test_terminate_message_closes_cleanly(router, primary):
     conn.close()
     with connect(router.dsn()) as c:
         assert c.execute("SELECT 1").fetchone() == (1,)
+
+
+# ------------------------------------------------ query text that is not UTF-8 --
+# Texts whose bytes are not UTF-8 (a stray byte, a lead byte before ASCII, a
+# UTF-16 surrogate, a character cut short), in a UTF8 session: PostgreSQL
+# answers ERROR 22021 naming the bytes, and the connection goes on.
+NOT_UTF8 = [b"SELECT 'a\xff'", b"SELECT 'a\xc3\x28b'", b"SELECT '\xed\xa0\x80'", b"SELECT 1 /* \xf0\x9f */"]
+
+
+def _error(fn) -> tuple[str | None, str | None]:
+    try:
+        fn()
+    except psycopg.Error as e:
+        return sqlstate(e), e.diag.message_primary
+    return None, None
+
+
+def _not_utf8_answers(dsn: str) -> list:
+    """What each text gets, simple and extended, with `SELECT 1` after
+    each on the same connection; then in a transaction block."""
+    seen = []
+    with connect(dsn) as conn:
+        for text in NOT_UTF8:
+            seen.append(_error(lambda: conn.execute(text)))
+            seen.append(conn.execute("SELECT 1").fetchone())
+            seen.append(_error(lambda: conn.execute(text + b" WHERE %s::int = 1", (1,))))
+            seen.append(conn.execute("SELECT 1").fetchone())
+        conn.execute("BEGIN")
+        conn.execute("SELECT 1")
+        seen.append(_error(lambda: conn.execute(NOT_UTF8[0])))
+        seen.append(_error(lambda: conn.execute("SELECT 1")))
+        seen.append(conn.info.transaction_status.name)
+        conn.execute("ROLLBACK")
+        seen.append(conn.execute("SELECT 2").fetchone())
+    return seen
+
+
+def test_query_text_not_utf8_is_an_error_and_the_connection_goes_on(router, primary):
+    """The router ended the session with 08P01 at such a text; PostgreSQL
+    answers 22021 (the transaction fails, 25P02 until ROLLBACK), and so
+    must the router."""
+    direct = _not_utf8_answers(primary.dsn())
+    assert direct[:2] == [("22021", 'invalid byte sequence for encoding "UTF8": 0xff'), (1,)], direct
+    assert direct[-4:] == [("22021", 'invalid byte sequence for encoding "UTF8": 0xff'),
+                           ("25P02", "current transaction is aborted, commands ignored until end of "
+                                     "transaction block"), "INERROR", (2,)], direct
+    assert _not_utf8_answers(router.dsn()) == direct
+
+
+def _batch_with_bad_parse(bad_parse: bytes) -> bytes:
+    """A good statement, then a Parse whose strings are not UTF-8 with its
+    Bind and Execute, one Sync; then a good batch."""
+    good = wire.extended_query("SELECT 1") + wire.message(b"P", bad_parse)
+    good += wire.bind_message([], statement="") + wire.execute_message() + wire.sync_message()
+    return good + wire.extended_query("SELECT 'after'") + wire.sync_message()
+
+
+def _batch_answers(port: int, bad_parse: bytes):
+    conn = wire.connect(port, "app", "app", "app-secret")
+    try:
+        conn.send(_batch_with_bad_parse(bad_parse))
+        batches = conn.read_batches(2)
+        # Message kinds, with the rows and transaction states.
+        out = [[(m.kind, m.body if m.kind in (b"D", b"Z") else None) for m in b] for b in batches]
+        errors = [{k: v for k, v in e.items() if k in "SVCM"} for b in batches for e in wire.errors_in(b)]
+        return out, errors, conn.simple_query("SELECT 'still here'")[0]
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("bad_parse", [
+    pytest.param(b"\0SELECT 'a\xc3\x28b'\0" + _H.pack(0), id="text"),
+    pytest.param(b"s\xfe\0SELECT 1\0" + _H.pack(0), id="statement-name"),
+])
+def test_parse_text_not_utf8_skips_the_batch_to_sync(router, primary, bad_parse):
+    """The extended protocol: the batch fails at that Parse (its earlier
+    statement ran, the rest is skipped up to the Sync) and the next batch
+    runs, as with PostgreSQL."""
+    direct = _batch_answers(primary.port, bad_parse)
+    assert [e["C"] for e in direct[1]] == ["22021"], direct
+    assert direct[2] == [["still here"]]
+    assert _batch_answers(router.port, bad_parse) == direct
+
+
+def test_query_text_not_utf8_in_another_client_encoding_keeps_the_connection(router):
+    """In client_encoding LATIN1 any byte is text the server converts; the
+    router analyses only UTF-8, so it refuses such a text (0A000, never
+    forwarded unchecked) but no longer ends the session; text that is also
+    valid UTF-8 runs as before."""
+    with connect(router.dsn()) as conn:
+        conn.execute("SET client_encoding = 'LATIN1'")
+        assert conn.execute(b"SELECT 'caf\xc3\xa9'").fetchone() == ("cafÃ©",)
+        code, message = _error(lambda: conn.execute(b"SELECT 'caf\xe9'"))
+        assert code == "0A000" and "client_encoding LATIN1" in message, (code, message)
+        assert conn.execute("SELECT 1").fetchone() == (1,)

@@ -11,7 +11,7 @@ import asyncpg
 import psycopg
 import pytest
 
-from harness.clients import connect, run_async
+from harness.clients import connect, refusal_in_and_out_of_transaction, run_async
 from harness.jwt_setup import (SEQ, TABLE, authenticator_user, jwt_db, jwt_section,  # noqa: F401
                                keys, module_routers, password_user)
 from harness.jwt_tokens import claims
@@ -86,6 +86,20 @@ def test_control_user_writes(ro_router, keys, places, primary):
         row = where(conn, f"INSERT INTO {TABLE} (note) VALUES (%s) RETURNING who, {WHERE}", (note,))
         assert row[0] == "web_user" and places.row(row) == "primary"
     assert primary.scalar(f"SELECT count(*) FROM {TABLE} WHERE note = %s", (note,)) == 1
+
+
+@pytest.mark.parametrize("kind", KINDS + ["rw_jwt"])
+def test_write_with_text_not_utf8_gets_22021_and_never_runs(ro_router, keys, primary, kind):
+    """A statement whose text is not UTF-8 cannot be analysed, so it must
+    not reach a server: PostgreSQL's 22021, as a direct connection gets,
+    nothing written, and the session goes on (it ended with 08P01)."""
+    note = f"nu_{uuid.uuid4().hex[:8]}"
+    sql = f"INSERT INTO {TABLE} (note) VALUES ('{note}') --".encode() + b" \xff"
+    with connect(dsn_for(ro_router, keys, kind)) as conn:
+        with pytest.raises(psycopg.errors.CharacterNotInRepertoire):
+            conn.execute(sql)
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert primary.scalar(f"SELECT count(*) FROM {TABLE} WHERE note = %s", (note,)) == 0
 
 
 # Claim values: fails closed. Only an absent/null claim, JSON false, 0 and the
@@ -188,6 +202,22 @@ def test_writes_refused_before_any_server(ro_router, keys, cluster, kind):
     # fails, and the replica would have failed them).
     seen_by = logs_mention(cluster, marker)
     assert wrong == [] and seen_by == [], "\n".join(wrong + [f"statements seen by: {seen_by}"])
+
+
+@pytest.mark.parametrize("kind", ["password", "jwt_claim"])
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_write_refused_in_a_transaction_gets_the_same_error(ro_router, keys, kind, protocol):
+    """Inside a transaction the refusal is raised through the server so
+    that the transaction fails (25P02 until ROLLBACK); the client still gets
+    the router's error exactly as outside one: no PL/pgSQL CONTEXT line nor
+    source fields of the raise."""
+    sql, params = f"INSERT INTO {TABLE} (note) VALUES ('ro_tx')", None
+    if protocol == "extended":
+        sql, params = f"INSERT INTO {TABLE} (note) VALUES (%s)", ("ro_tx",)
+    with connect(dsn_for(ro_router, keys, kind)) as conn:
+        outside, inside = refusal_in_and_out_of_transaction(conn, sql, params, binary=protocol == "extended")
+    assert outside["sqlstate"] == "25006" and outside["context"] is None, outside
+    assert inside == outside
 
 
 @pytest.mark.parametrize("kind", ["password", "jwt_claim"])

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from harness import wire
-from harness.clients import aconnect, connect, run_async, sqlstate
+from harness.clients import aconnect, connect, refusal_in_and_out_of_transaction, run_async, sqlstate
 from harness.pg import APP_DB, APP_PASSWORD, APP_USER, PgCluster
 
 PORT = "inet_server_port()"
@@ -370,6 +370,86 @@ def test_text_keys_in_another_client_encoding_are_placed_right_or_refused(sroute
     with connect(srouter.dsn()) as conn:
         got = sorted(r[0] for r in conn.execute("SELECT name FROM sh_users").fetchall())
     assert got == sorted(names + ["plain", "ascii"])
+
+
+def test_query_text_not_utf8_is_22021_and_fails_the_transaction(srouter, shards):
+    """Text that is not UTF-8 (client_encoding UTF8) gets PostgreSQL's 22021
+    and the connection goes on; in a transaction block the transaction
+    fails, even right after a BEGIN the router has not sent yet, and in an
+    extended batch the statements before it run and the rest is skipped
+    to the Sync, on one shard or several."""
+    bad = b"SELECT 'a\xff' FROM sh_orders"
+    message = 'invalid byte sequence for encoding "UTF8": 0xff'
+    with connect(srouter.dsn()) as conn:
+        assert refused(conn, bad, code="22021") == message
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+        for first in [None, "INSERT INTO sh_orders VALUES (1, 'x')"]:
+            conn.execute("BEGIN")
+            if first:
+                conn.execute(first)
+            refused(conn, bad, code="22021")
+            refused(conn, "SELECT 1", code="25P02")
+            assert conn.info.transaction_status.name == "INERROR"
+            conn.execute("ROLLBACK")
+        assert conn.execute("SELECT count(*) FROM sh_orders").fetchone() == (0,)
+
+    def insert(key: str) -> bytes:
+        return (wire.parse_message("INSERT INTO sh_orders VALUES ($1::bigint, 'y')")
+                + wire.bind_message([key]) + wire.execute_message())
+    bad_parse = wire.message(b"P", b"\0" + bad + b"\0\0\0") + wire.bind_message([]) + wire.execute_message()
+    raw = wire.connect(srouter.port, APP_USER, APP_DB, APP_PASSWORD)
+    try:
+        # One shard: as PostgreSQL answers it.
+        raw.send(insert("1") + bad_parse + insert("2") + wire.sync_message())
+        [batch] = raw.read_batches(1)
+        assert [m.kind for m in batch] == [b"1", b"2", b"C", b"E", b"Z"], batch
+        assert wire.errors_in(batch)[0]["M"] == message and batch[-1].body == b"I"
+        # Several shards in a transaction block: the batch fails whole
+        # (its statements on several shards are taken together), and so
+        # does the transaction.
+        raw.simple_query("BEGIN")
+        raw.send(insert("1") + insert("2") + bad_parse + wire.sync_message())
+        [batch] = raw.read_batches(1)
+        assert [e["C"] for e in wire.errors_in(batch)] == ["22021"], batch
+        assert batch[-1].body == b"E", batch
+        with pytest.raises(wire.ServerError) as err:
+            raw.simple_query("SELECT 1")
+        assert err.value.sqlstate == "25P02"
+        raw.simple_query("ROLLBACK")
+        assert raw.simple_query("SELECT 'still here'")[0] == [["still here"]]
+    finally:
+        raw.close()
+    with connect(srouter.dsn()) as conn:
+        assert conn.execute("SELECT customer_id FROM sh_orders").fetchall() == []
+
+
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_refusal_in_a_transaction_gets_the_same_error(srouter, shards, protocol):
+    """A key value no rule covers (22023), refused inside a transaction:
+    raised through the server so that the transaction fails, but the
+    client gets the router's error exactly as outside a transaction (no
+    PL/pgSQL CONTEXT line, no source fields of the raise)."""
+    sql, params = "INSERT INTO sh_regions (region, v) VALUES ('jp', 1)", None
+    if protocol == "extended":
+        sql, params = "INSERT INTO sh_regions (region, v) VALUES (%s, 1)", ("jp",)
+    with connect(srouter.dsn()) as conn:
+        outside, inside = refusal_in_and_out_of_transaction(conn, sql, params)
+    assert outside["sqlstate"] == "22023" and outside["context"] is None, outside
+    assert inside == outside
+
+
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_refusal_right_after_a_deferred_begin_fails_the_transaction(routers, shards, protocol):
+    """The router holds a BEGIN back until a statement picks the shard: a
+    statement refused before routing (session_state = "refuse") right after
+    it must still fail the transaction (it stayed open: the next statement
+    ran), with the router's error as outside a transaction."""
+    router = start_router(routers, shards, general={"session_state": "refuse"})
+    with connect(router.dsn()) as conn:
+        outside, inside = refusal_in_and_out_of_transaction(conn, "LISTEN sh_chan", first=None,
+                                                            binary=protocol == "extended")
+    assert outside["sqlstate"] == "0A000" and "session_state" in outside["message_primary"], outside
+    assert inside == outside
 
 
 def test_hints_and_sharding_key_setting(srouter, shards):

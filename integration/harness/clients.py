@@ -43,6 +43,49 @@ def sqlstate(exc: BaseException) -> str | None:
     return getattr(diag, "sqlstate", None) if diag is not None else None
 
 
+DIAG_FIELDS = ("severity", "severity_nonlocalized", "sqlstate", "message_primary", "message_detail",
+               "message_hint", "statement_position", "internal_position", "internal_query", "context",
+               "schema_name", "table_name", "column_name", "datatype_name", "constraint_name",
+               "source_file", "source_line", "source_function")
+
+
+def diag_fields(exc: psycopg.Error) -> dict[str, str | None]:
+    """Every field of a psycopg error's ErrorResponse, by psycopg's names."""
+    return {name: getattr(exc.diag, name) for name in DIAG_FIELDS}
+
+
+def refusal_in_and_out_of_transaction(conn: psycopg.Connection, sql, params=None,
+                                      binary: bool = False,
+                                      first: str | None = "SELECT 1") -> tuple[dict, dict]:
+    """The error fields of a refused statement (`binary` sends it with the
+    extended protocol even without parameters): outside a transaction, then
+    inside one, after `first` (None: right after BEGIN). The transaction
+    must be failed by it (25P02 for the next statement) and ROLLBACK must
+    end it."""
+    def refused() -> dict:
+        try:
+            conn.execute(sql, params, binary=binary)
+        except psycopg.Error as e:
+            return diag_fields(e)
+        raise AssertionError(f"{sql!r} was not refused")
+    outside = refused()
+    assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    conn.execute("BEGIN")
+    if first is not None:
+        conn.execute(first)
+    inside = refused()
+    status = conn.info.transaction_status
+    assert status == psycopg.pq.TransactionStatus.INERROR, f"the refusal left the transaction {status.name}"
+    try:
+        conn.execute("SELECT 1")
+        raise AssertionError("the transaction went on after the refusal")
+    except psycopg.errors.InFailedSqlTransaction:
+        pass
+    conn.execute("ROLLBACK")
+    assert conn.execute("SELECT 1").fetchone() == (1,)
+    return outside, inside
+
+
 class Timer:
     def __enter__(self):
         self.start = time.monotonic()

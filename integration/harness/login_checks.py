@@ -12,8 +12,8 @@ before the harness's own lines:
 
 and the worked example of the README: a lookup role `pgrouter_auth` (no
 superuser) allowed to run `pgrouter.lookup(name)`, a `SECURITY DEFINER`
-function owned by the superuser that returns `rolname, rolpassword` from
-pg_authid for roles that may log in.
+function owned by the superuser that returns `rolname, rolpassword,
+rolcanlogin` from pg_authid.
 
 `make_role()` creates a role in PostgreSQL only (never in users.toml) with a
 unique name, its password stored as SCRAM or md5.
@@ -26,17 +26,17 @@ from .pg import APP_DB, PgCluster
 
 LOOKUP_USER = "pgrouter_auth"
 LOOKUP_PASSWORD = "lookup-secret"
-LOOKUP_QUERY = "SELECT rolname, rolpassword FROM pgrouter.lookup($1)"
+LOOKUP_QUERY = "SELECT rolname, rolpassword, rolcanlogin FROM pgrouter.lookup($1)"
 
 LOOKUP_FUNCTION = """
 CREATE SCHEMA IF NOT EXISTS pgrouter;
 CREATE OR REPLACE FUNCTION pgrouter.lookup(p_user text)
-  RETURNS TABLE (rolname name, rolpassword text)
+  RETURNS TABLE (rolname name, rolpassword text, rolcanlogin boolean)
   LANGUAGE sql STABLE SECURITY DEFINER
   SET search_path = pg_catalog, pg_temp
 AS $$
-  SELECT rolname, rolpassword FROM pg_catalog.pg_authid
-  WHERE rolname = p_user AND rolcanlogin
+  SELECT rolname, rolpassword, rolcanlogin FROM pg_catalog.pg_authid
+  WHERE rolname = p_user
     AND (rolvaliduntil IS NULL OR rolvaliduntil > now())
 $$;
 REVOKE ALL ON FUNCTION pgrouter.lookup(text) FROM PUBLIC;

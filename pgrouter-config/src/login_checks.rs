@@ -10,7 +10,11 @@ use crate::reader::{set, Section, Source};
 use crate::users::UsersFile;
 
 /// PostgreSQL's own table, readable by superusers only; the README shows a
-/// `SECURITY DEFINER` function for a lookup user that is not one.
+/// `SECURITY DEFINER` function for a lookup user that is not one. The text
+/// is SPEC.md's: roles that may not log in are left out, so they are
+/// answered as unknown users (28P01). A query returning a `rolcanlogin`
+/// column instead gets PostgreSQL's own answer for them (28000 once the
+/// password is proved).
 pub const DEFAULT_AUTH_QUERY: &str =
     "SELECT rolname, rolpassword FROM pg_catalog.pg_authid WHERE rolname = $1 AND rolcanlogin";
 
@@ -21,7 +25,8 @@ pub struct AuthQuery {
     /// users.toml entry (of the database being logged in to) whose server
     /// credentials run the lookup.
     pub user: String,
-    /// Takes the user name as `$1`, returns one row: name and `rolpassword`.
+    /// Takes the user name as `$1`, returns one row: name and `rolpassword`,
+    /// and optionally a column named `rolcanlogin`.
     pub query: String,
     /// Secrets found are kept this long; 0 = look up at every login.
     pub cache_ttl_s: u64,

@@ -52,6 +52,10 @@ impl Reply {
 enum Entry {
     /// The client sent it; the server's answer goes to the client.
     Forward(Reply),
+    /// The client sent it, and the router sent its refusal of it, raised
+    /// through the server (`raise_sql`), in its place: answered as
+    /// `Forward`, but the error in the answer is the router's.
+    Refused(Reply),
     /// The router sent it; the answer is dropped.
     Swallow(Reply),
     /// The router did not send the client's message and answers it itself
@@ -68,13 +72,26 @@ enum Entry {
     Unanswered,
 }
 
+impl Entry {
+    /// The reply whose answer goes to the client, if it does.
+    fn to_client(&self) -> Option<Reply> {
+        match self {
+            Entry::Forward(r) | Entry::Refused(r) => Some(*r),
+            _ => None,
+        }
+    }
+}
+
 /// What a guarded message of the router's is for: when it fails, or is
 /// skipped because something before it failed, the router's bookkeeping of
 /// what it did must be taken back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GuardFor {
-    /// The session's policy (the JWT role, a refusal): nothing to take back.
+    /// The session's policy (the JWT role): nothing to take back.
     Policy,
+    /// The router's refusal of the client's message, raised through the
+    /// server: nothing to take back, and its error is the router's.
+    Refusal,
     /// `DISCARD SEQUENCES` owed on this connection: still owed if it did not
     /// run.
     Sequences,
@@ -110,6 +127,10 @@ pub struct Verdict {
     pub guard_failed: Option<GuardFor>,
     /// Guards that did not run: the server skipped them after the error.
     pub guards_skipped: Vec<GuardFor>,
+    /// The error answers the router's refusal raised through the server:
+    /// the client gets it as the router makes its errors, as it would
+    /// outside a transaction (not with the raise's PL/pgSQL context).
+    pub refusal: bool,
 }
 
 #[derive(Debug, Default)]
@@ -230,6 +251,14 @@ impl Expectations {
         self.queue.push_back(Entry::Swallow(reply));
     }
 
+    /// The router's refusal of the client's message is sent in its place
+    /// and answers it (see [`Entry::Refused`]).
+    pub fn refused(&mut self, reply: Reply) {
+        self.special += 1;
+        self.pushed += 1;
+        self.queue.push_back(Entry::Refused(reply));
+    }
+
     pub fn guard(&mut self, reply: Reply, purpose: GuardFor) {
         self.special += 1;
         self.pushed += 1;
@@ -275,8 +304,8 @@ impl Expectations {
             .iter()
             .filter(|e| {
                 matches!(
-                    e,
-                    Entry::Forward(Reply::Sync | Reply::Query | Reply::FunctionCall)
+                    e.to_client(),
+                    Some(Reply::Sync | Reply::Query | Reply::FunctionCall)
                 )
             })
             .count()
@@ -340,8 +369,9 @@ impl Expectations {
             verdict.forward = true; // unsolicited (e.g. a FATAL before close)
             return verdict;
         };
+        verdict.refusal = tag == b'E' && matches!(head, Entry::Refused(_));
         let (reply, swallowing, guard) = match head {
-            Entry::Forward(r) => (r, false, None),
+            Entry::Forward(r) | Entry::Refused(r) => (r, false, None),
             Entry::Swallow(r) => (r, true, None),
             Entry::Guard(r, purpose) => (r, true, Some(purpose)),
             Entry::Synthesize(_) => unreachable!("synthesized entries were taken above"),
@@ -377,6 +407,7 @@ impl Expectations {
                     reply,
                     Reply::Parse(_) | Reply::Bind | Reply::DescribeStatement
                 );
+            verdict.refusal |= guard == Some(GuardFor::Refusal);
             verdict.guard_failed = guard;
             return verdict;
         }
@@ -396,7 +427,9 @@ impl Expectations {
         };
         self.popped += 1;
         self.copy_data_open = false;
-        if let Entry::Swallow(_) | Entry::Synthesize(_) | Entry::Guard(..) = entry {
+        if let Entry::Swallow(_) | Entry::Synthesize(_) | Entry::Guard(..) | Entry::Refused(_) =
+            entry
+        {
             self.special -= 1;
         }
         // Syncs the server ignored during the head's COPY: nothing will
@@ -422,7 +455,10 @@ impl Expectations {
                     self.server_skipping = true;
                     return;
                 }
-                Some(Entry::Forward(Reply::Query | Reply::FunctionCall)) => {
+                Some(
+                    Entry::Forward(Reply::Query | Reply::FunctionCall)
+                    | Entry::Refused(Reply::Query),
+                ) => {
                     skipped_simple = true;
                     self.pop_head();
                 }
@@ -612,6 +648,38 @@ mod tests {
         assert!(!e.on_server_message(b'2').forward);
         let v = e.on_server_message(b'E');
         assert!(v.forward && v.inject_sync);
+        e.forward(Reply::Sync);
+        assert!(e.on_server_message(b'Z').forward);
+        assert!(e.is_empty() && e.is_plain());
+    }
+
+    /// The error answering a refusal raised through the server is marked
+    /// (the relay remakes it as the router's own); nothing else is.
+    #[test]
+    fn a_refusal_raised_through_the_server_is_marked() {
+        let mut e = Expectations::default();
+        e.refused(Reply::Query);
+        let v = e.on_server_message(b'E');
+        assert!(v.forward && v.refusal);
+        let v = e.on_server_message(b'Z');
+        assert!(v.forward && !v.refusal);
+        assert!(e.is_empty() && e.is_plain());
+        // Extended: the raise is a guard of its own kind.
+        e.swallow(Reply::Parse(None));
+        e.swallow(Reply::Bind);
+        e.guard(Reply::Execute, GuardFor::Refusal);
+        e.forward(Reply::Sync);
+        assert!(!e.on_server_message(b'1').forward);
+        assert!(!e.on_server_message(b'2').forward);
+        let v = e.on_server_message(b'E');
+        assert!(v.forward && v.refusal && v.guard_failed == Some(GuardFor::Refusal));
+        assert!(!e.on_server_message(b'Z').refusal);
+        // A failed role guard ahead of a refused query: the role's error is
+        // the server's, and the refused query is skipped (a Sync answers it).
+        e.guard(Reply::Execute, GuardFor::Policy);
+        e.refused(Reply::Query);
+        let v = e.on_server_message(b'E');
+        assert!(v.forward && !v.refusal && v.inject_sync);
         e.forward(Reply::Sync);
         assert!(e.on_server_message(b'Z').forward);
         assert!(e.is_empty() && e.is_plain());

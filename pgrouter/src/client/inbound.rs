@@ -9,7 +9,7 @@ use super::error::SessionEnd;
 use super::expect::Reply;
 use super::session::Session;
 use super::tracking::SetChange;
-use crate::protocol::backend::{parse_error_fields, parse_parameter_status};
+use crate::protocol::backend::{parse_error_fields, parse_parameter_status, remake_raised_error};
 use crate::protocol::frontend;
 use crate::protocol::next_frame;
 use crate::server::MAX_SERVER_MESSAGE;
@@ -309,9 +309,15 @@ impl Session {
                         frontend::sync(&mut held.conn.write_buf);
                         held.expect.forward(Reply::Sync);
                     }
+                    // The router's refusal raised through the server: the
+                    // client gets it as the router makes its own errors.
+                    let mut own_error = bytes::BytesMut::new();
+                    let remade = verdict.forward
+                        && verdict.refusal
+                        && remake_raised_error(&mut own_error, &held.conn.read_buf[body_range]);
                     let made_up = !verdict.synthesize_before.is_empty()
                         || !verdict.synthesize_after.is_empty();
-                    let plain = verdict.forward && !made_up;
+                    let plain = verdict.forward && !made_up && !remade;
                     if verbatim && !verdict.forward && !made_up && pos == start {
                         start = pos + frame.total_len;
                     } else if verbatim && !plain {
@@ -323,7 +329,9 @@ impl Session {
                         for made in &verdict.synthesize_before {
                             self.to_client.extend_from_slice(made);
                         }
-                        if verdict.forward {
+                        if remade {
+                            self.to_client.extend_from_slice(&own_error);
+                        } else if verdict.forward {
                             self.to_client
                                 .extend_from_slice(&held.conn.read_buf[msg_range]);
                         }

@@ -255,7 +255,11 @@ impl Session {
                     if body.first() == Some(&0) {
                         return Ok(false); // the unnamed statement
                     }
-                    let p = parse_parse(body)?;
+                    // Text that is not UTF-8 is refused when its turn comes
+                    // (`unreadable_text`), after the statements before it.
+                    let Ok(p) = parse_parse(body) else {
+                        return Ok(false);
+                    };
                     let analysis = self.analyze(p.sql);
                     if analysis.parse_error.is_some() || self.policy.check(&analysis).is_err() {
                         return Ok(false);

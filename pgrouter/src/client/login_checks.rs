@@ -9,7 +9,9 @@
 //!
 //! Unknown users and wrong passwords get the same answer (28P01, same
 //! message, and for SCRAM the same exchange with a made-up salt), so a
-//! client cannot probe which roles exist; the log says which it was.
+//! client cannot probe which roles exist; the log says which it was. A
+//! role that exists but may not log in gets PostgreSQL's 28000 only once
+//! the client proved its password, as PostgreSQL answers it.
 
 use std::sync::LazyLock;
 
@@ -20,7 +22,7 @@ use sha2::Sha256;
 
 use super::error::SessionEnd;
 use super::login::{jwt_login, md5_exchange, scram_exchange_with, LoggedIn, Who};
-use crate::auth::auth_query::{Answer, Need};
+use crate::auth::auth_query::{Answer, Found, Need};
 use crate::auth::jwt::looks_like_jwt;
 use crate::auth::md5::verify_md5;
 use crate::auth::pass_through::PassThrough;
@@ -116,16 +118,32 @@ pub(super) async fn auth_query_login(
     stream: &mut ClientStream,
     buf: &mut BytesMut,
 ) -> Result<LoggedIn, SessionEnd> {
-    let mut stored = lookup(who, Need::Cached).await?;
-    if stored.is_none() {
+    let mut found = lookup(who, Need::Cached).await?;
+    if found.is_none() {
         // "No such user" may be stale: the role may have been created since
         // an earlier login failed. Fetch again (at most once a second per
         // user) before the exchange, which cannot be replayed, so that the
         // role's first login works, as it does with PostgreSQL.
-        stored = lookup(who, Need::AfterFailure).await?;
+        found = lookup(who, Need::AfterFailure).await?;
     }
-    match stored {
-        Some(StoredPassword::Md5(hash)) => {
+    let Some(Found {
+        password,
+        mut can_login,
+    }) = found
+    else {
+        // Same exchange as for a real user, with a secret nobody can match.
+        let _ = scram_exchange_with(stream, buf, ScramServer::new(mock_secret(who.user))).await?;
+        return Err(refused(
+            who,
+            "unknown user (auth_query found no password)",
+            "scram-sha-256",
+        ));
+    };
+    // The secret the client's password is checked against (the md5 path
+    // may check it against a fresh one).
+    let mut verified = password.clone();
+    match password {
+        StoredPassword::Md5(hash) => {
             let (salt, response) = md5_exchange(stream, buf).await?;
             let mut hash = hash;
             if !verify_md5(
@@ -137,15 +155,19 @@ pub(super) async fn auth_query_login(
                 // The password may have changed since the lookup: the md5
                 // answer can be checked again against a fresh hash.
                 match lookup(who, Need::AfterFailure).await? {
-                    Some(StoredPassword::Md5(fresh))
-                        if verify_md5(
-                            &StoredPassword::Md5(fresh.clone()),
-                            who.user,
-                            salt,
-                            &response,
-                        ) =>
+                    Some(Found {
+                        password: StoredPassword::Md5(fresh),
+                        can_login: fresh_can_login,
+                    }) if verify_md5(
+                        &StoredPassword::Md5(fresh.clone()),
+                        who.user,
+                        salt,
+                        &response,
+                    ) =>
                     {
-                        hash = fresh
+                        verified = StoredPassword::Md5(fresh.clone());
+                        hash = fresh;
+                        can_login = fresh_can_login;
                     }
                     _ => return Err(refused(who, "wrong password", "md5")),
                 }
@@ -154,16 +176,22 @@ pub(super) async fn auth_query_login(
                 md5_hash: Some(hash),
                 ..PassThrough::default()
             };
-            learnt_login(who, credential, "auth_query/md5")
+            admitted(who, (&verified, can_login), credential, "auth_query/md5").await
         }
-        Some(StoredPassword::Scram(secret)) => {
+        StoredPassword::Scram(secret) => {
             match scram_exchange_with(stream, buf, ScramServer::new(secret)).await? {
                 Some(server) => {
                     let credential = PassThrough {
                         scram: server.recovered_keys(),
                         ..PassThrough::default()
                     };
-                    learnt_login(who, credential, "auth_query/scram-sha-256")
+                    admitted(
+                        who,
+                        (&verified, can_login),
+                        credential,
+                        "auth_query/scram-sha-256",
+                    )
+                    .await
                 }
                 None => {
                     // A SCRAM exchange cannot be replayed against a new salt:
@@ -173,7 +201,7 @@ pub(super) async fn auth_query_login(
                 }
             }
         }
-        Some(StoredPassword::Plain(password)) => {
+        StoredPassword::Plain(password) => {
             let server = match ScramServer::from_plain_if_derived(&password) {
                 Some(server) => server,
                 None => {
@@ -187,23 +215,19 @@ pub(super) async fn auth_query_login(
                         password: Some(password),
                         ..PassThrough::default()
                     };
-                    learnt_login(who, credential, "auth_query/scram-sha-256")
+                    admitted(
+                        who,
+                        (&verified, can_login),
+                        credential,
+                        "auth_query/scram-sha-256",
+                    )
+                    .await
                 }
                 None => {
                     let _ = lookup(who, Need::AfterFailure).await;
                     Err(refused(who, "wrong password", "scram-sha-256"))
                 }
             }
-        }
-        None => {
-            // Same exchange as for a real user, with a secret nobody can match.
-            let _ =
-                scram_exchange_with(stream, buf, ScramServer::new(mock_secret(who.user))).await?;
-            Err(refused(
-                who,
-                "unknown user (auth_query found no password)",
-                "scram-sha-256",
-            ))
         }
     }
 }
@@ -230,9 +254,9 @@ pub(super) async fn auth_query_cleartext(
         ));
     }
     let mut stored = lookup(who, Need::Cached).await?;
-    async fn matches(s: &Option<StoredPassword>, user: &str, password: &str) -> bool {
+    async fn matches(s: &Option<Found>, user: &str, password: &str) -> bool {
         match s {
-            Some(s) => verify_cleartext_off_loop(s, user, password).await,
+            Some(s) => verify_cleartext_off_loop(&s.password, user, password).await,
             None => false,
         }
     }
@@ -247,24 +271,34 @@ pub(super) async fn auth_query_cleartext(
             return Err(refused(who, why, "password"));
         }
     }
+    // Matched, so found (never a panic on a login).
+    let Some(found) = stored else {
+        return Err(refused(who, "unknown user", "password"));
+    };
     let mut credential = PassThrough {
         password: Some(password.to_string()),
         ..PassThrough::default()
     };
-    match stored {
-        Some(StoredPassword::Scram(secret)) => {
+    match found.password.clone() {
+        StoredPassword::Scram(secret) => {
             let plain = password.to_string();
             let keys =
                 crate::auth::derive_off_loop(move || ScramKeys::from_password(&plain, &secret));
             credential.scram = Some(keys.await);
         }
-        Some(StoredPassword::Md5(hash)) => credential.md5_hash = Some(hash),
-        _ => {}
+        StoredPassword::Md5(hash) => credential.md5_hash = Some(hash),
+        StoredPassword::Plain(_) => {}
     }
-    learnt_login(who, credential, "auth_query/password")
+    admitted(
+        who,
+        (&found.password, found.can_login),
+        credential,
+        "auth_query/password",
+    )
+    .await
 }
 
-async fn lookup(who: &Who<'_>, need: Need) -> Result<Option<StoredPassword>, SessionEnd> {
+async fn lookup(who: &Who<'_>, need: Need) -> Result<Option<Found>, SessionEnd> {
     let Some(cfg) = who.rt.config.auth_query.as_ref() else {
         return Err(SessionEnd::fatal("28000", "auth_query is not configured"));
     };
@@ -284,6 +318,40 @@ async fn lookup(who: &Who<'_>, need: Need) -> Result<Option<StoredPassword>, Ses
         tracing::warn!(user = who.user, database = who.database, error = %e, "login failed: auth_query lookup");
         SessionEnd::fatal(e.sqlstate(), e.to_string())
     })
+}
+
+/// The client proved the password (`verified`, the secret it was checked
+/// against) of a role the lookup found: one that may not log in is
+/// refused now, as PostgreSQL refuses it once the client is authenticated
+/// (28000, its wording); any other gets its pools.
+async fn admitted(
+    who: &Who<'_>,
+    (verified, can_login): (&StoredPassword, bool),
+    credential: PassThrough,
+    method: &'static str,
+) -> Result<LoggedIn, SessionEnd> {
+    if !can_login && !may_log_in_now(who, verified).await? {
+        tracing::warn!(
+            user = who.user,
+            database = who.database,
+            method,
+            "login refused: the role may not log in (rolcanlogin is false)"
+        );
+        return Err(SessionEnd::fatal(
+            "28000",
+            format!("role \"{}\" is not permitted to log in", who.user),
+        ));
+    }
+    learnt_login(who, credential, method)
+}
+
+/// A role refused as one that may not log in is looked up again (at most
+/// once a second, as after a failed login), so that `ALTER ROLE … LOGIN`
+/// takes effect at the next attempt, as with PostgreSQL, not after
+/// `cache_ttl_s`. Admitted only with the very secret the client proved.
+async fn may_log_in_now(who: &Who<'_>, verified: &StoredPassword) -> Result<bool, SessionEnd> {
+    let fresh = lookup(who, Need::AfterFailure).await?;
+    Ok(fresh.is_some_and(|f| f.can_login && f.password == *verified))
 }
 
 /// The pools of a user logged in with learnt credentials: always pools

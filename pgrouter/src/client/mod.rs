@@ -9,15 +9,16 @@
 //!    transaction, COPY, skipping to Sync, role guard pending); a Query's
 //!    or Parse's analysis comes from `analysis.rs` (the session's memo of
 //!    the last text and of recent ones, `memo.rs`, then the shared cache).
-//! 3. The steps, in order: `policy_guard.rs` (`check_policy`: JWT role,
-//!    read-only, the held shard), `local_answers.rs` (what the router
-//!    answers itself), `routing.rs` (`route_learning_columns` →
-//!    `route_batch`: which server or shards), `outbound.rs` (`attach`:
-//!    checkout and the connection's hygiene), `policy_guard.rs` (the role
-//!    guard), then `outbound.rs` `forward_message`, which queues the
-//!    message on the held connection (`Session::to_server`) and records
-//!    the answers owed in `expect.rs`; `lease.rs` `Held::flush` is the one
-//!    write to the server.
+//! 3. The steps, in order: `unreadable_text.rs` (text that is not UTF-8
+//!    is refused as PostgreSQL refuses it), `policy_guard.rs`
+//!    (`check_policy`: JWT role, read-only, the held shard),
+//!    `local_answers.rs` (what the router answers itself), `routing.rs`
+//!    (`route_learning_columns` → `route_batch`: which server or shards),
+//!    `outbound.rs` (`attach`: checkout and the connection's hygiene),
+//!    `policy_guard.rs` (the role guard), then `outbound.rs`
+//!    `forward_message`, which queues the message on the held connection
+//!    (`Session::to_server`) and records the answers owed in `expect.rs`;
+//!    `lease.rs` `Held::flush` is the one write to the server.
 //! 4. `inbound.rs` — `handle_server_messages` relays the server's answers,
 //!    asking `expect.rs` which are the client's and which the router's own,
 //!    and updates the flow, settings (`tracking.rs`) and pins (`pinning.rs`).
@@ -66,6 +67,7 @@ pub mod shutdown;
 mod sql_prepared;
 mod temp_objects;
 mod tracking;
+mod unreadable_text;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -185,6 +187,11 @@ fn login_result(end: &SessionEnd) -> &'static str {
         SessionEnd::Fatal {
             sqlstate: "28P01", ..
         } => "bad_password",
+        // A role that exists but may not log in (its password was right).
+        SessionEnd::Fatal {
+            sqlstate: "28000",
+            message,
+        } if message.ends_with("is not permitted to log in") => "refused",
         SessionEnd::Fatal {
             sqlstate: "28000", ..
         } => "unknown_user",

@@ -268,6 +268,10 @@ impl Session {
                 // Before the policy: it may be the one that changed.
                 self.check_login_still_valid()?;
             }
+            if let Some(refusal) = self.unreadable_text(tag, frame.total_len) {
+                self.refuse_in_turn(tag, frame.total_len, refusal).await?;
+                continue;
+            }
             if tag == b'P'
                 && self.policy.jwt.is_some()
                 && matches!(
@@ -278,12 +282,12 @@ impl Session {
                 break; // a DISCARD ALL / RESET ALL is judged on its whole batch
             }
             if let Err(refusal) = self.check_policy(tag, frame.total_len)? {
-                self.refuse(tag, frame.total_len, refusal);
+                self.refuse_in_turn(tag, frame.total_len, refusal).await?;
                 continue;
             }
             if tag == b'P' {
                 if let Some(refusal) = self.duplicate_statement(frame.total_len)? {
-                    self.refuse(tag, frame.total_len, refusal);
+                    self.refuse_in_turn(tag, frame.total_len, refusal).await?;
                     continue;
                 }
             }
@@ -658,6 +662,22 @@ impl Session {
         }
         if held.flush().await.is_err() {
             self.recover_server_loss().await?;
+        }
+        Ok(())
+    }
+
+    /// Refuses the message at the front of the buffer before it is routed.
+    /// Right after a deferred BEGIN (no server held yet), the BEGIN is sent
+    /// first and the message is left to be handled again: its refusal is
+    /// then raised through the server, so the transaction fails.
+    async fn refuse_in_turn(
+        &mut self,
+        tag: u8,
+        len: usize,
+        refusal: Refusal,
+    ) -> Result<(), SessionEnd> {
+        if !self.begin_before_refusal(tag).await? {
+            self.refuse(tag, len, refusal);
         }
         Ok(())
     }

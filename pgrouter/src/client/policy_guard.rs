@@ -107,13 +107,15 @@ impl Session {
         }
         let raise = raise_sql(refusal.sqlstate, &refusal.message);
         self.inject_role_guard_if_due(tag);
+        // Its error reaches the client as the router's own (see
+        // `Verdict::refusal`), not with the PL/pgSQL context of the raise.
         if tag == b'Q' {
             frontend::query(self.to_server(), &raise);
-            self.expect().forward(Reply::Query);
+            self.expect().refused(Reply::Query);
             self.flow.query_sent();
         } else {
             self.flow.extended_sent();
-            self.pipeline_guarded(&raise);
+            self.pipeline_guard_for(&raise, GuardFor::Refusal);
         }
     }
 

@@ -157,6 +157,6 @@ pub(super) fn undo_replay(
         Some(GuardFor::SqlPrepared { name, .. }) => {
             conn.statements.sql_prepared.remove(&**name);
         }
-        Some(GuardFor::Policy | GuardFor::Sequences) | None => {}
+        Some(GuardFor::Policy | GuardFor::Refusal | GuardFor::Sequences) | None => {}
     }
 }

@@ -129,10 +129,12 @@ impl Session {
                     keyed.add(self.plan_query(&a, body))?;
                     Ok(self.query_analysis(a))
                 }),
-                b'P' => self
-                    .analyze_parse(body)
-                    .ok()
-                    .inspect(|a| {
+                b'P' => match self.analyze_parse(body) {
+                    // Text that is not UTF-8: the batch fails at it
+                    // (`unreadable_text`), nothing after it runs, so what
+                    // comes before decides the route.
+                    Err(_) => break,
+                    Ok(a) => {
                         if body.first() == Some(&0) {
                             // The unnamed statement, and its text and types
                             // for the Bind's keys (read only if needed).
@@ -141,8 +143,9 @@ impl Session {
                         } else if let Some(end) = body.iter().position(|&b| b == 0) {
                             named_here.push((&body[..end], a.clone(), body));
                         }
-                    })
-                    .map(Ok),
+                        Some(Ok(a))
+                    }
+                },
                 b'B' => parse_bind_names(body).ok().and_then(|b| {
                     let here = named_here.iter().rev().find(|(name, _, _)| {
                         !b.statement.is_empty() && *name == b.statement.as_bytes()

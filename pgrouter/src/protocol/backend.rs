@@ -119,6 +119,48 @@ pub fn error_response(out: &mut BytesMut, severity: Severity, sqlstate: &str, me
     });
 }
 
+/// The router's refusal as the server raised it (`RAISE` in a DO block,
+/// known by its routine field), remade as the router makes its own errors:
+/// severity ERROR, its SQLSTATE and message, without the PL/pgSQL context
+/// and source fields of the raise. False (nothing written) for any other
+/// error: a 25P02 when the transaction had failed before is the server's
+/// own, as PostgreSQL would answer it. The bytes are copied, not decoded
+/// (the server may have converted the message to the client's encoding).
+pub fn remake_raised_error(out: &mut BytesMut, body: &[u8]) -> bool {
+    let (mut code, mut message, mut raised) = (None, None, false);
+    let mut rest = body;
+    while let Some((&kind, tail)) = rest.split_first() {
+        let Some(end) = (kind != 0).then(|| memchr::memchr(0, tail)).flatten() else {
+            break;
+        };
+        let value = &tail[..end];
+        match kind {
+            b'C' => code = Some(value),
+            b'M' => message = Some(value),
+            b'R' => raised = value == b"exec_stmt_raise",
+            _ => {}
+        }
+        rest = &tail[end + 1..];
+    }
+    let (Some(code), Some(message), true) = (code, message, raised) else {
+        return false;
+    };
+    put_message(out, b'E', |b| {
+        for (kind, value) in [
+            (b'S', &b"ERROR"[..]),
+            (b'V', b"ERROR"),
+            (b'C', code),
+            (b'M', message),
+        ] {
+            b.put_u8(kind);
+            b.put_slice(value);
+            b.put_u8(0);
+        }
+        b.put_u8(0);
+    });
+    true
+}
+
 /// The fields of an ErrorResponse or NoticeResponse the router cares about.
 #[derive(Debug, Default, Clone)]
 pub struct ErrorFields {
@@ -217,6 +259,25 @@ mod tests {
             (f.severity.as_str(), f.code.as_str(), f.message.as_str()),
             ("FATAL", "08P01", "bad")
         );
+    }
+
+    #[test]
+    fn a_raised_refusal_is_remade_as_the_routers_own_error() {
+        let raised = b"SERROR\0VERROR\0C25006\0Mpgrouter: no\0WPL/pgSQL function inline_code_block line 1 at RAISE\0Fpl_exec.c\0L3911\0Rexec_stmt_raise\0\0";
+        let mut out = BytesMut::new();
+        assert!(remake_raised_error(&mut out, raised));
+        let mut own = BytesMut::new();
+        error_response(&mut own, Severity::Error, "25006", "pgrouter: no");
+        assert_eq!(out, own);
+        // Any other error is the server's: left alone.
+        let aborted = b"SERROR\0VERROR\0C25P02\0Mcurrent transaction is aborted\0Fpostgres.c\0L1100\0Rexec_simple_query\0\0";
+        assert!(!remake_raised_error(&mut out, aborted));
+        assert!(!remake_raised_error(
+            &mut out,
+            b"SERROR\0Rexec_stmt_raise\0\0"
+        ));
+        assert!(!remake_raised_error(&mut out, b"Mno end"));
+        assert_eq!(out, own);
     }
 
     #[test]

@@ -109,6 +109,42 @@ pub fn parse_query(body: &[u8]) -> Result<&str, ProtocolError> {
     Ok(sql)
 }
 
+/// For a Query or Parse whose strings are not all UTF-8, the bytes
+/// PostgreSQL names in its 22021 error ("invalid byte sequence for
+/// encoding"): it checks each string as it reads it (a Parse's statement
+/// name, then its text), and names the character the first bad byte
+/// starts, by that byte's length, cut at the string's end. None when the
+/// strings are UTF-8. The message's layout was checked before
+/// (`check_message`).
+pub fn invalid_utf8_in_text(tag: u8, body: &[u8]) -> Option<&[u8]> {
+    let strings = match tag {
+        b'Q' => 1,
+        b'P' => 2,
+        _ => return None,
+    };
+    body.split(|&b| b == 0)
+        .take(strings)
+        .find_map(invalid_utf8_bytes)
+}
+
+/// The bytes PostgreSQL would name for the first invalid UTF-8 in `s`.
+fn invalid_utf8_bytes(s: &[u8]) -> Option<&[u8]> {
+    let rest = &s[std::str::from_utf8(s).err()?.valid_up_to()..];
+    let len = utf8_char_len(rest[0]).min(rest.len());
+    Some(&rest[..len])
+}
+
+/// A UTF-8 character's length by its first byte, as PostgreSQL's
+/// `pg_utf_mblen` reads it (a byte no character starts with counts as one).
+fn utf8_char_len(first: u8) -> usize {
+    match first {
+        b if b & 0xe0 == 0xc0 => 2,
+        b if b & 0xf0 == 0xe0 => 3,
+        b if b & 0xf8 == 0xf0 => 4,
+        _ => 1,
+    }
+}
+
 /// Checks the layout of a client message the router may pass on without
 /// reading it whole (Query, Parse, Bind, Execute, Describe, Close, Sync,
 /// Flush, Terminate, CopyDone, CopyFail, FunctionCall): PostgreSQL answers
@@ -314,6 +350,35 @@ pub fn write_target(out: &mut BytesMut, tag: u8, kind: u8, name: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_invalid_utf8_as_postgresql_does() {
+        let bad = |tag, body: &[u8]| invalid_utf8_in_text(tag, body).map(<[u8]>::to_vec);
+        assert_eq!(bad(b'Q', b"SELECT '\xc3\xa9'\0"), None);
+        assert_eq!(bad(b'Q', b"SELECT 'a\xff'\0"), Some(b"\xff".to_vec()));
+        // A lead byte names as many bytes as its character would have...
+        assert_eq!(
+            bad(b'Q', b"SELECT 'a\xc3\x28b'\0"),
+            Some(b"\xc3\x28".to_vec())
+        );
+        assert_eq!(
+            bad(b'Q', b"'\xed\xa0\x80'\0"),
+            Some(b"\xed\xa0\x80".to_vec())
+        );
+        // ... cut at the end of the string.
+        assert_eq!(bad(b'Q', b"x\xf0\x9f\0"), Some(b"\xf0\x9f".to_vec()));
+        // A Parse: its name, then its text; not the parameter types.
+        assert_eq!(
+            bad(b'P', b"s\xfe\0SELECT '\xff'\0\0\0"),
+            Some(b"\xfe".to_vec())
+        );
+        assert_eq!(
+            bad(b'P', b"s\0SELECT '\xe9'\0\0\0"),
+            Some(b"\xe9'".to_vec())
+        );
+        assert_eq!(bad(b'P', b"s\0SELECT 1\0\0\x01\xff\xff\xff\xff"), None);
+        assert_eq!(bad(b'B', b"\xff\0\0\0\0\0\0\0\0"), None);
+    }
 
     #[test]
     fn parse_and_bind_round_trip() {

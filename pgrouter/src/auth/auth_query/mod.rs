@@ -64,9 +64,21 @@ impl LookupError {
     }
 }
 
-/// A lookup's answer: the stored secret, or `None` for a user that does not
-/// exist, may not log in, or has no password.
-pub type Answer = Result<Option<StoredPassword>, LookupError>;
+/// A lookup's answer: what it found, or `None` for a user that does not
+/// exist (or that the query leaves out) or has no password.
+pub type Answer = Result<Option<Found>, LookupError>;
+
+/// A user the lookup found.
+#[derive(Debug, Clone)]
+pub struct Found {
+    /// The secret PostgreSQL stores for it.
+    pub password: StoredPassword,
+    /// False when the query's `rolcanlogin` column says the role may not
+    /// log in: refused as PostgreSQL refuses it (28000), and only once the
+    /// client proved the password, so that nobody without it learns that
+    /// the role exists.
+    pub can_login: bool,
+}
 
 struct Cached {
     answer: Answer,
@@ -204,9 +216,12 @@ async fn lookup_on_primary(rt: &Runtime, cfg: &AuthQuery, database: &str, user: 
     let fetched =
         tokio::time::timeout_at(deadline, fetch_secret(&mut conn, &cfg.query, user)).await;
     match fetched {
-        Ok(Ok(secret)) => {
+        Ok(Ok(row)) => {
             crate::pool::Pool::checkin(conn);
-            Ok(secret.map(|s| StoredPassword::parse(&s)))
+            Ok(row.map(|r| Found {
+                password: StoredPassword::parse(&r.secret),
+                can_login: r.can_login,
+            }))
         }
         Ok(Err(FetchError::Query(e))) => {
             crate::pool::Pool::checkin(conn);

@@ -90,6 +90,43 @@ impl Session {
                 role: Role::Primary,
             },
         };
+        self.send_deferred_begin(tag, begin, route, many).await
+    }
+
+    /// A statement the router refuses before routing it (policy, text that
+    /// is not UTF-8, a duplicate statement name) right after a deferred
+    /// BEGIN: the BEGIN goes to the first shard now, so that the refusal
+    /// is raised through the server inside the transaction, which fails as
+    /// PostgreSQL's would (25P02 until ROLLBACK). False: no BEGIN is
+    /// deferred.
+    pub(in crate::client) async fn begin_before_refusal(
+        &mut self,
+        tag: u8,
+    ) -> Result<bool, SessionEnd> {
+        let Some(begin) = self
+            .deferred_begin
+            .clone()
+            .filter(|_| self.server.is_none())
+        else {
+            return Ok(false);
+        };
+        let route = Route {
+            shard: 0,
+            role: Role::Primary,
+        };
+        self.send_deferred_begin(tag, begin, route, false).await?;
+        Ok(true)
+    }
+
+    /// Attaches the server of `route` and queues the deferred `begin`
+    /// ahead of the unit at the front of the buffer.
+    async fn send_deferred_begin(
+        &mut self,
+        tag: u8,
+        begin: String,
+        route: Route,
+        many: bool,
+    ) -> Result<Deferred, SessionEnd> {
         // The BEGIN's own role, as on an unsharded database: `BEGIN READ
         // ONLY` (or `default_transaction_read_only`) runs on a replica of
         // each shard it joins, a role hint or `pgrouter.role` is followed.

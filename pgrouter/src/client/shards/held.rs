@@ -35,6 +35,10 @@ pub(in crate::client) struct Pipeline {
     pub(super) role: Role,
     /// A statement failed: the rest up to the Sync is skipped.
     pub(super) failed: Option<Bytes>,
+    /// The router's own error that failed it, inside a transaction block:
+    /// raised on a leg at the Sync, so that the transaction fails as
+    /// PostgreSQL's would (no server saw an error).
+    pub(super) refusal: Option<super::ShardError>,
     /// Inside the client's transaction block: the legs are the
     /// transaction's (`Some(shard held before)`); its Sync commits nothing.
     pub(super) in_tx: Option<Option<usize>>,
@@ -47,6 +51,7 @@ impl Pipeline {
             legs,
             role,
             failed: None,
+            refusal: None,
             in_tx: Some(held),
         }
     }

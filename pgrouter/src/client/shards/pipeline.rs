@@ -54,15 +54,14 @@ impl Session {
             legs: Vec::new(),
             role,
             failed: None,
+            refusal: None,
             in_tx: None,
         });
         let (order, steps, synced) = match self.take_pipeline()? {
             Taken::Steps(order, steps, synced) => (order, steps, synced),
             Taken::Failed(e, synced) => {
                 if pipe.failed.is_none() {
-                    self.state.metrics.record_error(&e.sqlstate());
-                    e.write(&mut self.to_client);
-                    pipe.failed = Some(Bytes::new());
+                    self.pipeline_failed(&mut pipe, e);
                 }
                 (Vec::new(), Vec::new(), synced)
             }
@@ -70,9 +69,7 @@ impl Session {
         if pipe.failed.is_none() && !steps.is_empty() {
             self.state.metrics.record_shards(pipe.legs.len().max(1));
             if let Err(e) = self.run_pipeline_part(&mut pipe, &order, &steps).await? {
-                self.state.metrics.record_error(&e.sqlstate());
-                e.write(&mut self.to_client);
-                pipe.failed = Some(Bytes::new());
+                self.pipeline_failed(&mut pipe, e);
             }
         }
         if !synced {
@@ -104,6 +101,9 @@ impl Session {
             let failed = legs.iter().find(|l| l.held.conn.tx_status == b'E');
             let held = failed.map(|l| l.shard).or(held);
             self.restore_legs(legs, held);
+            if let Some(e) = pipe.refusal.take() {
+                self.fail_transaction(&e).await;
+            }
             return self.answer_in_tx(Ok(()), None).await;
         }
         if pipe.failed.is_some() {
@@ -119,6 +119,18 @@ impl Session {
         self.give_back(legs);
         backend::ready_for_query(&mut self.to_client, b'I');
         Ok(())
+    }
+
+    /// A part of the pipeline failed with `e`, which the client gets now;
+    /// the rest up to the Sync is skipped. The router's own error inside a
+    /// transaction block is kept to fail the transaction at the Sync.
+    fn pipeline_failed(&mut self, pipe: &mut Pipeline, e: ShardError) {
+        self.state.metrics.record_error(&e.sqlstate());
+        e.write(&mut self.to_client);
+        pipe.failed = Some(Bytes::new());
+        if pipe.in_tx.is_some() && matches!(e, ShardError::Router { .. }) {
+            pipe.refusal = Some(e);
+        }
     }
 
     /// One part: each step on its shard's leg (joining new shards in the
@@ -311,6 +323,13 @@ impl Session {
             let body = &batch[start + 5..start + len];
             match tag {
                 b'P' => {
+                    // The batch fails at it, as PostgreSQL's would.
+                    if let Some(r) = self.unreadable_text_in(tag, body) {
+                        return Ok(Taken::Failed(
+                            ShardError::router(r.sqlstate, r.message),
+                            synced,
+                        ));
+                    }
                     let p = parse_parse(body)?;
                     if p.name.is_empty() {
                         unnamed = Some((p.sql.to_string(), p.param_types.clone()));

@@ -629,7 +629,7 @@ impl Session {
     /// later statements get 25P02 and COMMIT answers ROLLBACK, and nothing
     /// written before the refusal commits. A server's own error failed its
     /// leg already.
-    async fn fail_transaction(&mut self, e: &ShardError) {
+    pub(super) async fn fail_transaction(&mut self, e: &ShardError) {
         let ShardError::Router { sqlstate, message } = e else {
             return;
         };
