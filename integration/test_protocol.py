@@ -406,6 +406,25 @@ def test_parse_text_not_utf8_skips_the_batch_to_sync(router, primary, bad_parse)
     assert _batch_answers(router.port, bad_parse) == direct
 
 
+def test_text_beyond_ascii_in_sjis_is_refused_even_when_it_reads_as_utf8(router):
+    """In SJIS (and BIG5, GBK, ...) a character's second byte may be an
+    ASCII byte: `E3 81 81 5C` is two SJIS characters to the server, while
+    read as UTF-8 it is "ぁ" and a backslash. The router would check a
+    statement that is not the one the server runs (a quote it thinks is
+    escaped ends the literal on the server), so such text is refused
+    (0A000, never forwarded); ASCII text runs, and the session goes on."""
+    with connect(router.dsn()) as conn:
+        conn.execute("SET client_encoding = 'SJIS'")
+        assert conn.execute("SELECT 'plain'").fetchone() == ("plain",)
+        for text in (b"SELECT '\xe3\x81\x81\x5c'", b"SELECT '\x83\x5c'"):
+            code, message = _error(lambda: conn.execute(text))
+            assert code == "0A000" and "client_encoding SJIS" in message, (text, code, message)
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        code, _ = _error(lambda: conn.execute(b"SELECT '\xe3\x81\x81\x5c'", prepare=True))
+        assert code == "0A000"
+        assert conn.execute("SELECT 2").fetchone() == (2,)
+
+
 def test_query_text_not_utf8_in_another_client_encoding_keeps_the_connection(router):
     """In client_encoding LATIN1 any byte is text the server converts; the
     router analyses only UTF-8, so it refuses such a text (0A000, never

@@ -27,8 +27,23 @@ impl Session {
     /// [`Self::unreadable_text`] of a message `body` anywhere (a batch on
     /// several shards is read whole, ahead of its messages' turns).
     pub(super) fn unreadable_text_in(&self, tag: u8, body: &[u8]) -> Option<Refusal> {
-        let bytes = invalid_utf8_in_text(tag, body)?;
-        Some(self.text_refusal(bytes))
+        if let Some(bytes) = invalid_utf8_in_text(tag, body) {
+            return Some(self.text_refusal(bytes));
+        }
+        if self.session_routing().foreign_encoding && !text_strings_are_ascii(tag, body) {
+            let client = self.params.get("client_encoding").unwrap_or_default();
+            if hides_ascii_in_characters(client) {
+                return Some(Refusal {
+                    sqlstate: "0A000",
+                    message: format!(
+                        "pgrouter: query text with characters beyond ASCII is not supported in client_encoding {client} \
+                         (its characters may contain bytes the router would read as quotes or backslashes); \
+                         HINT: SET client_encoding = 'UTF8'"
+                    ),
+                });
+            }
+        }
+        None
     }
 
     /// What PostgreSQL answers for the bad `bytes` when the server reads
@@ -53,6 +68,45 @@ impl Session {
     }
 }
 
+/// Client encodings whose characters may have a second byte in the ASCII
+/// range (PostgreSQL's client-only encodings: it converts them before
+/// lexing, and never stores them). Text in them that happens to be valid
+/// UTF-8 reads differently to the router: in SJIS `E3 81 81 5C` is two
+/// characters, while read as UTF-8 it ends in a backslash, so the router
+/// and the server would disagree on where a string literal ends, and a
+/// statement the router checked would not be the one the server runs.
+fn hides_ascii_in_characters(encoding: &str) -> bool {
+    const NAMES: &[&str] = &[
+        "SJIS",
+        "SHIFTJIS",
+        "MSKANJI",
+        "WIN932",
+        "WINDOWS932",
+        "SHIFT_JIS_2004",
+        "BIG5",
+        "WIN950",
+        "WINDOWS950",
+        "GBK",
+        "WIN936",
+        "WINDOWS936",
+        "CP936",
+        "GB18030",
+        "UHC",
+        "WIN949",
+        "WINDOWS949",
+        "JOHAB",
+    ];
+    let name = encoding.trim();
+    NAMES.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
+/// Whether the SQL strings of a Query (its text) or Parse (its name and
+/// text) are plain ASCII. Parse's parameter types after them are binary.
+fn text_strings_are_ascii(tag: u8, body: &[u8]) -> bool {
+    let strings = if tag == b'P' { 2 } else { 1 };
+    body.split(|&b| b == 0).take(strings).all(<[u8]>::is_ascii)
+}
+
 /// PostgreSQL's error for bad UTF-8 (`report_invalid_encoding`), word for word.
 fn invalid_byte_sequence(bytes: &[u8]) -> Refusal {
     let named: Vec<String> = bytes.iter().map(|b| format!("0x{b:02x}")).collect();
@@ -68,6 +122,21 @@ fn invalid_byte_sequence(bytes: &[u8]) -> Refusal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encodings_with_ascii_trail_bytes_are_known_by_any_spelling() {
+        for e in ["SJIS", "sjis", " Big5 ", "GB18030", "UHC", "win932"] {
+            assert!(hides_ascii_in_characters(e), "{e}");
+        }
+        for e in ["UTF8", "LATIN1", "EUC_JP", "WIN1252", "SQL_ASCII"] {
+            assert!(!hides_ascii_in_characters(e), "{e}");
+        }
+        assert!(text_strings_are_ascii(
+            b'P',
+            b"s1\0select 1\0\0\x01\x00\x00\x80\x00"
+        ));
+        assert!(!text_strings_are_ascii(b'Q', "select 'ぁ'\0".as_bytes()));
+    }
 
     #[test]
     fn names_the_bytes_as_postgresql_does() {
