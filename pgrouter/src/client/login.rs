@@ -22,7 +22,7 @@ use crate::net::ClientStream;
 use crate::pool::UserPools;
 use crate::protocol::backend;
 use crate::protocol::frontend::{parse_password, parse_sasl_initial};
-use crate::router::{JwtIdentity, Policy};
+use crate::router::{JwtIdentity, Policy, SessionToken};
 use crate::state::{Runtime, State};
 
 /// Who is logging in, where, and with which runtime: what every check needs.
@@ -309,6 +309,7 @@ pub(super) async fn jwt_login(
             username: verified.username,
             role: verified.role,
             expires_at: verified.expires_at,
+            token: SessionToken::new(token),
         }),
         read_only,
     };

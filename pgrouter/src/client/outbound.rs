@@ -48,18 +48,22 @@ impl Session {
     /// Ends the session (FATAL 08006) when a reload removed its user or
     /// database, or changed a setting it was logged in with (see
     /// `changed_login_settings`): the client reconnects under the new
-    /// configuration. Checked at each transaction boundary, once per
-    /// configuration generation (an atomic load otherwise), whether or not
-    /// a server is held: session mode and pinned clients keep theirs.
+    /// configuration. A JWT session whose login would now be refused ends
+    /// with 28000 instead (see `check_jwt_still_accepted`). Checked at each
+    /// transaction boundary, once per configuration generation (an atomic
+    /// load otherwise), whether or not a server is held: session mode and
+    /// pinned clients keep theirs.
     pub(super) fn check_login_still_valid(&mut self) -> Result<(), SessionEnd> {
         if self.state.generation() == self.vetted_generation {
             return Ok(());
         }
         let rt = self.state.rt();
+        // First: a JWT session whose token is now refused cannot reconnect.
+        let jwt_changed = self.check_jwt_still_accepted(&rt)?;
         let Some(pools) = self.own_pools_in(&rt) else {
             return Err(self.removed_from_configuration());
         };
-        if let Some(changed) = self.changed_login_settings(&rt, &pools) {
+        if let Some(changed) = self.changed_login_settings(&rt, &pools).or(jwt_changed) {
             return Err(SessionEnd::fatal(
                 "08006",
                 format!(

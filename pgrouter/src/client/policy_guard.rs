@@ -142,6 +142,95 @@ impl Session {
         Ok(())
     }
 
+    /// After a reload, a JWT session whose login would now be refused
+    /// ends (FATAL 28000, the cause in the words login uses): its token is
+    /// checked again by the new verifier — a role taken out of
+    /// `allowed_roles`, a replaced PEM key (or a `kid` gone from a fetched
+    /// JWKS), a changed `issuer`, `audience`, `algorithms` or
+    /// `username_claim` — except for time (see `JwtVerifier::recheck`),
+    /// and so are `[jwt]` itself, its `databases`, and whether the user
+    /// may still log in with a token (its users.toml entry's `login` and
+    /// `auth`, or `auto_provision` for a user without one). A token still accepted
+    /// that now maps to another role or read-only state, or a changed
+    /// `connect_as`, ends it as a changed setting does (`Ok(Some(what))`,
+    /// reported as 08006 by the caller): the same token logs in again
+    /// under the new configuration. Called once per configuration
+    /// generation, at a transaction boundary.
+    pub(super) fn check_jwt_still_accepted(
+        &self,
+        rt: &crate::state::Runtime,
+    ) -> Result<Option<&'static str>, SessionEnd> {
+        let Some(jwt) = &self.policy.jwt else {
+            return Ok(None);
+        };
+        let revoked = |cause: &str| {
+            tracing::info!(
+                user = %jwt.username,
+                database = %self.database,
+                role = %jwt.role,
+                cause,
+                "JWT session ended: its login would now be refused"
+            );
+            SessionEnd::fatal(
+                "28000",
+                format!("pgrouter: a configuration reload revoked this JWT session: {cause}"),
+            )
+        };
+        let (Some(cfg), Some(verifier)) = (rt.config.jwt.as_ref(), rt.jwt.as_ref()) else {
+            return Err(revoked("JWT login is no longer configured"));
+        };
+        if !cfg.databases.is_empty() && !cfg.databases.contains(&self.database) {
+            return Err(revoked(&format!(
+                "JWT login is not allowed for database \"{}\"",
+                self.database
+            )));
+        }
+        let entry = rt.config.user(&jwt.username, &self.database);
+        match entry {
+            Some(u) if !u.login => {
+                return Err(revoked(&format!(
+                    "user \"{}\" cannot log in directly",
+                    jwt.username
+                )));
+            }
+            Some(u)
+                if !matches!(
+                    u.auth,
+                    pgrouter_config::AuthMethod::Jwt | pgrouter_config::AuthMethod::PasswordOrJwt
+                ) =>
+            {
+                return Err(revoked(&format!(
+                    "user \"{}\" no longer logs in with a JWT",
+                    jwt.username
+                )));
+            }
+            None if !cfg.auto_provision => {
+                return Err(revoked(&format!(
+                    "user \"{}\" has no users.toml entry and auto_provision is off",
+                    jwt.username
+                )));
+            }
+            _ => {}
+        }
+        let verified = match verifier.recheck(jwt.token.expose(), &jwt.username) {
+            Ok(v) => v,
+            Err(e) => return Err(revoked(&e.to_string())),
+        };
+        if cfg.connect_as != self.pools_user {
+            return Ok(Some("connect_as"));
+        }
+        if verified.role != jwt.role {
+            return Ok(Some("the role its token maps to"));
+        }
+        let read_only = verified.read_only
+            || entry.is_some_and(|u| u.read_only)
+            || (entry.is_none() && cfg.auto_provision_read_only);
+        if read_only != self.policy.read_only {
+            return Ok(Some("read_only"));
+        }
+        Ok(None)
+    }
+
     /// JWT sessions: every unit of work outside a transaction block starts
     /// with `SET ROLE` of the token's role, pipelined ahead of the client's
     /// messages without a Sync. If it fails, PostgreSQL skips the client's

@@ -13,7 +13,7 @@ mod shard_values;
 
 pub use bind::BindParams;
 pub use insert_rows::insert_row_shards;
-pub use policy::{JwtIdentity, Policy, Refusal};
+pub use policy::{JwtIdentity, Policy, Refusal, SessionToken};
 pub use rebind::{part_types, rebind};
 pub use shard_map::{ShardMap, ShardMaps};
 pub use shard_plan::{

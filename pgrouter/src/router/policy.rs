@@ -15,6 +15,30 @@ pub struct JwtIdentity {
     /// The role every transaction runs under (`SET ROLE`).
     pub role: String,
     pub expires_at: Option<SystemTime>,
+    /// The token itself, checked again after a reload (see
+    /// `Session::check_jwt_still_accepted`).
+    pub token: SessionToken,
+}
+
+/// A session's JWT, kept to be checked again under a reloaded
+/// configuration. A credential: `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct SessionToken(std::sync::Arc<str>);
+
+impl SessionToken {
+    pub fn new(token: &str) -> SessionToken {
+        SessionToken(token.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for SessionToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionToken(..)")
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -235,6 +259,7 @@ mod tests {
                 username: "u".into(),
                 role: "r".into(),
                 expires_at: None,
+                token: SessionToken::default(),
             }),
             read_only,
         }

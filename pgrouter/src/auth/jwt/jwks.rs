@@ -135,6 +135,17 @@ impl Jwks {
         }
     }
 
+    /// The cached key for `kid`, without fetching (see
+    /// [`super::JwtVerifier::recheck`]): `Ok(None)` when no set was ever
+    /// fetched, `UnknownKey` when the fetched set lacks it.
+    pub fn cached_key(&self, kid: Option<&str>) -> Result<Option<Arc<VerifyKey>>, JwtError> {
+        let set = self.snapshot();
+        if set.fetched_at.is_none() {
+            return Ok(None);
+        }
+        set.lookup(kid).map(Some).ok_or(JwtError::UnknownKey)
+    }
+
     fn snapshot(&self) -> Arc<KeySet> {
         self.current
             .read()

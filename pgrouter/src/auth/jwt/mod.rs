@@ -147,6 +147,41 @@ impl JwtVerifier {
         verify::check_claims(&claims, user, &self.settings, &self.allowed_roles)
     }
 
+    /// Checks again, against this verifier's settings and keys, a token
+    /// that logged a session in under an earlier configuration (after a
+    /// reload): what login would check now, except time (`exp` is
+    /// `disconnect_on_expiry`'s business, `nbf` was met at login) and
+    /// without any network I/O. The key: the PEM key (a replaced key file
+    /// fails the signature check); in JWKS mode the cached key for the
+    /// token's `kid` — absent from a fetched set is "unknown key", and with
+    /// no set fetched yet (the endpoint is down) the signature checked at
+    /// login stands and only the claims are checked again.
+    pub fn recheck(&self, token: &str, user: &str) -> Result<VerifiedToken, JwtError> {
+        let header = verify::parse_header(token, &self.algorithms)?;
+        let key = match &self.source {
+            KeySource::Pem(key) => Some(key.clone()),
+            KeySource::Jwks(jwks) => jwks.cached_key(header.kid.as_deref())?,
+        };
+        let claims = match key {
+            Some(key) => {
+                if !key.accepts(header.alg) {
+                    return Err(JwtError::Algorithm);
+                }
+                let mut validation = self
+                    .validations
+                    .iter()
+                    .find(|(a, _)| *a == header.alg)
+                    .map(|(_, v)| v.clone())
+                    .ok_or(JwtError::Algorithm)?;
+                validation.validate_exp = false;
+                validation.validate_nbf = false;
+                verify::decode(token, &key, &validation)?
+            }
+            None => verify::unverified_claims(token, &self.settings)?,
+        };
+        verify::check_claims(&claims, user, &self.settings, &self.allowed_roles)
+    }
+
     /// (successful, failed) JWKS fetches, for `pgrouter_jwks_fetches_total`;
     /// (0, 0) with a PEM key.
     pub fn jwks_fetches(&self) -> (u64, u64) {

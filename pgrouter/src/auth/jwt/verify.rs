@@ -146,6 +146,31 @@ pub fn decode(
     }
 }
 
+/// The claims of a token whose signature was verified at login and whose
+/// key is not at hand now (JWKS endpoint down since): `iss` and `aud`
+/// checked as [`validation_for`] has jsonwebtoken check them, nothing else.
+pub fn unverified_claims(token: &str, s: &JwtSettings) -> Result<Map<String, Value>, JwtError> {
+    let claims: Map<String, Value> =
+        jsonwebtoken::dangerous::insecure_decode_claims(token).map_err(|e| map_error(e.kind()))?;
+    if !s.issuer.is_empty() {
+        match claims.get("iss") {
+            Some(Value::String(iss)) if *iss == s.issuer => {}
+            None => return Err(JwtError::MissingClaim("iss".into())),
+            Some(_) => return Err(JwtError::Issuer),
+        }
+    }
+    if !s.audience.is_empty() {
+        let fits = |v: &Value| v.as_str() == Some(s.audience.as_str());
+        match claims.get("aud") {
+            Some(Value::Array(auds)) if auds.iter().any(fits) => {}
+            Some(aud) if fits(aud) => {}
+            None => return Err(JwtError::MissingClaim("aud".into())),
+            Some(_) => return Err(JwtError::Audience),
+        }
+    }
+    Ok(claims)
+}
+
 fn map_error(kind: &ErrorKind) -> JwtError {
     match kind {
         ErrorKind::ExpiredSignature => JwtError::Expired,

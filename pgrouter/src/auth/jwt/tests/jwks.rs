@@ -447,3 +447,62 @@ async fn https_to_a_plain_http_server_fails_cleanly() {
     assert_eq!(v.jwks_fetches(), (0, 1));
     assert!(started.elapsed() < Duration::from_secs(5));
 }
+
+#[tokio::test]
+async fn recheck_uses_the_cached_set_without_fetching() {
+    let server = Server::start(
+        vec![
+            jwk(RSA_PUB, Some("k1"), None),
+            jwk(RSA2_PUB, Some("k2"), None),
+        ],
+        Duration::ZERO,
+    )
+    .await;
+    let v = JwtVerifier::new(server.settings(300, 0)).await.unwrap();
+    assert!(v.recheck(&rsa_token(Some("k1")), "alice").is_ok());
+    // A kid the fetched set lacks is refused at once, without a fetch.
+    assert_eq!(
+        v.recheck(&rsa_token(Some("k3")), "alice"),
+        Err(JwtError::UnknownKey)
+    );
+    // The key of the kid must verify the signature.
+    assert_eq!(
+        v.recheck(&rsa_token(Some("k2")), "alice"),
+        Err(JwtError::Signature)
+    );
+    assert_eq!(server.hits(), 1);
+    // A verifier built (at a reload) from a set without k1 refuses it.
+    server.serve(vec![jwk(RSA2_PUB, Some("k2"), None)]);
+    let reloaded = JwtVerifier::new(server.settings(300, 0)).await.unwrap();
+    assert_eq!(
+        reloaded.recheck(&rsa_token(Some("k1")), "alice"),
+        Err(JwtError::UnknownKey)
+    );
+}
+
+#[tokio::test]
+async fn recheck_with_no_set_fetched_checks_only_the_claims() {
+    let server = Server::start(vec![jwk(RSA_PUB, Some("k1"), None)], Duration::ZERO).await;
+    server.up.store(false, Ordering::SeqCst);
+    let mut settings = server.settings(300, 0);
+    settings.allowed_roles = vec!["reader".into()];
+    let v = JwtVerifier::new(settings).await.unwrap();
+    let reader = sign(
+        Algorithm::RS256,
+        RSA_PRIV,
+        Some("k1"),
+        &claims_with(json!({ "role": "reader" })),
+    );
+    let writer = sign(
+        Algorithm::RS256,
+        RSA_PRIV,
+        Some("k1"),
+        &claims_with(json!({ "role": "writer" })),
+    );
+    // The endpoint is down: the signature checked at login stands.
+    assert!(v.recheck(&reader, "alice").is_ok());
+    assert_eq!(
+        v.recheck(&writer, "alice"),
+        Err(JwtError::RoleNotAllowed("writer".into()))
+    );
+}

@@ -5,6 +5,7 @@
 mod claims;
 mod jwks;
 mod pem_keys;
+mod recheck;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
