@@ -1,7 +1,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 use super::tls::{ClientTlsHandle, ClientTlsSetup};
 use super::ClientStream;
@@ -59,23 +59,30 @@ pub async fn serve_with_tls(listener: TcpListener, state: Arc<State>, tls: Arc<C
         let tls = tls.current();
         state.clients.fetch_add(1, Ordering::Relaxed);
         let id = NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed);
-        let Some((worker, seat)) = crate::worker::next() else {
-            tokio::spawn(serve_client(stream, peer, state, id, tls));
-            continue;
-        };
-        // The socket moves to the worker's event loop: taken off this one
-        // here, registered with the worker's when its task starts there.
+        // The socket moves to the event loop its session runs on (a
+        // worker's, if any): taken off this one here, registered with that
+        // one when its task starts there (`ClientStream::plain`).
         let moved = stream.into_std();
-        worker.spawn(async move {
-            let _seat = seat;
-            match moved.and_then(TcpStream::from_std) {
+        let session = async move {
+            match moved.and_then(ClientStream::plain) {
                 Ok(stream) => serve_client(stream, peer, state, id, tls).await,
                 Err(e) => {
-                    tracing::error!(error = %e, "cannot hand a client to a worker");
+                    tracing::error!(error = %e, "cannot register a client's socket");
                     state.clients.fetch_sub(1, Ordering::Relaxed);
                 }
             }
-        });
+        };
+        match crate::worker::next() {
+            Some((worker, seat)) => {
+                worker.spawn(async move {
+                    let _seat = seat;
+                    session.await
+                });
+            }
+            None => {
+                tokio::spawn(session);
+            }
+        }
     }
     tracing::info!("stopped accepting new clients");
 }
@@ -83,12 +90,12 @@ pub async fn serve_with_tls(listener: TcpListener, state: Arc<State>, tls: Arc<C
 /// One client from its first byte to its last, counted in `state.clients`
 /// (incremented when it was accepted).
 async fn serve_client(
-    stream: TcpStream,
+    stream: ClientStream,
     peer: std::net::SocketAddr,
     state: Arc<State>,
     id: u64,
     tls: ClientTlsSetup,
 ) {
-    crate::client::handle(ClientStream::Plain(stream), peer, state.clone(), id, tls).await;
+    crate::client::handle(stream, peer, state.clone(), id, tls).await;
     state.clients.fetch_sub(1, Ordering::Relaxed);
 }

@@ -3,8 +3,9 @@
 
 mod listener;
 pub mod low_water;
+mod read_interest;
 mod stream;
 pub mod tls;
 
 pub use listener::{serve, serve_with_tls};
-pub use stream::{ClientStream, ServerStream, WriteThrough};
+pub use stream::{ClientStream, PlainTcp, PlainUnix, ServerStream, WriteThrough};

@@ -13,11 +13,19 @@ use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpStream, UnixStream};
+use tokio::net::TcpStream;
+
+use super::read_interest::ReadInterest;
+
+/// A plain TCP socket as the session reads and writes it (registered for
+/// readability only, see `read_interest.rs`).
+pub type PlainTcp = ReadInterest<std::net::TcpStream>;
+/// A Unix-domain socket to a server, likewise.
+pub type PlainUnix = ReadInterest<std::os::unix::net::UnixStream>;
 
 /// A client's connection: plain, or TLS after an SSLRequest.
 pub enum ClientStream {
-    Plain(TcpStream),
+    Plain(PlainTcp),
     Tls(Box<WriteThrough<tokio_rustls::server::TlsStream<TcpStream>>>),
     /// Only while the TCP stream is being handed to the TLS handshake (and
     /// after a failed one): every read and write fails.
@@ -27,9 +35,9 @@ pub enum ClientStream {
 /// A server connection: plain, or TLS after the server accepted our
 /// SSLRequest, or a Unix-domain socket (never TLS).
 pub enum ServerStream {
-    Plain(TcpStream),
+    Plain(PlainTcp),
     Tls(Box<WriteThrough<tokio_rustls::client::TlsStream<TcpStream>>>),
-    Unix(UnixStream),
+    Unix(PlainUnix),
 }
 
 impl ClientStream {
@@ -38,9 +46,10 @@ impl ClientStream {
     }
 }
 
-impl From<TcpStream> for ClientStream {
-    fn from(s: TcpStream) -> Self {
-        ClientStream::Plain(s)
+impl ClientStream {
+    /// A client's socket, registered with the current runtime.
+    pub fn plain(socket: std::net::TcpStream) -> io::Result<Self> {
+        Ok(ClientStream::Plain(ReadInterest::new(socket)?))
     }
 }
 
@@ -74,16 +83,22 @@ impl ServerStream {
     /// mark: nothing is set, and `Unsupported` says so.
     pub fn set_receive_low_water(&self, bytes: i32) -> io::Result<()> {
         match self {
-            ServerStream::Plain(s) => super::low_water::set(s, bytes),
+            ServerStream::Plain(s) => super::low_water::set(s.get_ref(), bytes),
             ServerStream::Tls(s) => super::low_water::set(s.inner.get_ref().0, bytes),
             ServerStream::Unix(_) => Err(io::ErrorKind::Unsupported.into()),
         }
     }
 }
 
-impl From<TcpStream> for ServerStream {
-    fn from(s: TcpStream) -> Self {
-        ServerStream::Plain(s)
+impl ServerStream {
+    /// A server's plain TCP socket, moved off tokio's own registration.
+    pub fn plain(socket: TcpStream) -> io::Result<Self> {
+        Ok(ServerStream::Plain(ReadInterest::new(socket.into_std()?)?))
+    }
+
+    /// A server's Unix-domain socket, likewise.
+    pub fn unix(socket: tokio::net::UnixStream) -> io::Result<Self> {
+        Ok(ServerStream::Unix(ReadInterest::new(socket.into_std()?)?))
     }
 }
 

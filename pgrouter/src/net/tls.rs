@@ -164,7 +164,7 @@ pub async fn accept_client(
     config: Arc<rustls::ServerConfig>,
 ) -> io::Result<()> {
     let tcp = match std::mem::replace(stream, ClientStream::Detached) {
-        ClientStream::Plain(tcp) => tcp,
+        ClientStream::Plain(tcp) => TcpStream::from_std(tcp.into_inner())?,
         other => {
             *stream = other;
             return Err(io::Error::other("TLS is already in use on this connection"));
@@ -367,7 +367,7 @@ pub async fn connect_server(
     policy: &ServerTlsPolicy,
 ) -> Result<ServerStream, ServerTlsError> {
     if policy.mode == ServerTls::Disable {
-        return Ok(ServerStream::Plain(tcp));
+        return Ok(ServerStream::plain(tcp)?);
     }
     // A bad CA file fails before anything is sent.
     let config = client_config(policy).map_err(ServerTlsError::Setup)?;
@@ -384,7 +384,7 @@ pub async fn connect_server(
     let answer = tcp.read_u8().await?;
     match answer {
         b'S' => {}
-        b'N' if policy.mode == ServerTls::Prefer => return Ok(ServerStream::Plain(tcp)),
+        b'N' if policy.mode == ServerTls::Prefer => return Ok(ServerStream::plain(tcp)?),
         b'N' => return Err(ServerTlsError::NotOffered(policy.mode)),
         other => return Err(ServerTlsError::BadAnswer(other)),
     }
