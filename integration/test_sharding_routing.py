@@ -903,6 +903,19 @@ def test_a_named_portal_bound_again_in_a_transaction_is_42P03(srouter, shards):
     direct = answers(shards[0].port, steps)
     assert [e for e in direct[1::2] if e] == [[{"S": "ERROR", "C": "42P03", "M": 'cursor "p" already exists'}]]
     assert answers(srouter.port, steps) == direct
+    # In a pipeline on two shards: the second Bind of the name.
+    a, b = two_shard_keys(shards)
+    pipeline = (PARSE_INSERT + wire.bind_message([str(a)], portal="q", statement="ins") + wire.execute_message("q")
+                + wire.bind_message([str(b)], portal="q", statement="ins") + wire.execute_message("q")
+                + wire.sync_message())
+    for steps in ([pipeline], [BEGIN, pipeline, ROLLBACK]):
+        direct = answers(shards[0].port, steps)
+        assert answers(srouter.port, steps) == direct
+    # Run on several shards, the portal is kept by none: executing or
+    # describing it again is refused (PostgreSQL answers from its portal).
+    for again in (wire.execute_message("p"), wire.describe_message(b"P", "p")):
+        got = answers(srouter.port, [BEGIN, everywhere, again + wire.sync_message(), ROLLBACK])
+        assert got[5][0]["C"] == "0A000" and 'portal "p" ran on several shards' in got[5][0]["M"], got
 
 
 def test_metrics_count_every_statement_by_its_shards(routers, shards):

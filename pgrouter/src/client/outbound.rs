@@ -772,7 +772,7 @@ impl Session {
                 self.flow.extended_sent();
                 self.unnamed_portal_suspended_on_shards = false;
                 let b = parse_bind_names(body)?;
-                self.note_portal(b.portal);
+                self.note_portal(b.portal, true);
                 let stmt = if b.statement.is_empty() {
                     None
                 } else {

@@ -93,7 +93,7 @@ pub struct Session {
     /// Named portals bound in the client's transaction block on a sharded
     /// database (see `shard_portals.rs`); emptied at the next unit of work
     /// outside a transaction.
-    pub(super) shard_portals: Vec<String>,
+    pub(super) shard_portals: Vec<(String, bool)>,
     /// A bare BEGIN answered without a server (sharded databases): sent
     /// ahead of the next unit of work, on the shard that unit needs.
     pub(super) deferred_begin: Option<String>,

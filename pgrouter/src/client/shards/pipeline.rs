@@ -354,6 +354,7 @@ impl Session {
         let batch = self.cbuf.split_to(at).freeze();
         let mut order = Vec::new();
         let mut steps: Vec<Step> = Vec::new();
+        let mut portals: Vec<&str> = Vec::new();
         // The unnamed statement as of each point of the batch.
         let mut unnamed: Option<(String, Vec<i32>)> =
             parse_parse(self.unnamed_parse.get(5..).unwrap_or(&[]))
@@ -393,6 +394,18 @@ impl Session {
                 }
                 b'B' => {
                     let b = parse_bind_names(body)?;
+                    // A portal name bound before (42P03): in the client's
+                    // transaction, or earlier in this part.
+                    let again = self.bound_again(b.portal).or_else(|| {
+                        (!b.portal.is_empty() && portals.contains(&b.portal))
+                            .then(|| crate::client::shard_portals::portal_refusal(b.portal))
+                    });
+                    if let Some(r) = again {
+                        order.push(Message::Fails(ShardError::router(r.sqlstate, r.message)));
+                        break;
+                    }
+                    portals.push(b.portal);
+                    self.note_portal(b.portal, false);
                     let (sql, types) = match self.bound(&b, &unnamed) {
                         Ok(st) => st,
                         Err(e) => {

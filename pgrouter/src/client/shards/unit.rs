@@ -238,7 +238,7 @@ impl Session {
             let before: &[u8] = if parsed { b"P" } else { b"" };
             return Ok(self.fails_after(before, ShardError::router(r.sqlstate, r.message)));
         }
-        self.note_portal(b.portal);
+        self.note_portal(b.portal, false);
         let (sql, param_types, analysis) = if b.statement.is_empty() {
             let Ok(p) = parse_parse(self.unnamed_parse.get(5..).unwrap_or(&[])) else {
                 return Ok(Taken::Failed(ShardError::router(
