@@ -578,3 +578,31 @@ def test_unreadable_api_ca_stops_the_start(jit_cluster, api, jit_routers, tmp_pa
               jit={"api_ca": str(tmp_path / "missing.pem")})
     assert "[jit]: api_ca" in str(info.value) and "missing.pem" in str(info.value)
     jit_routers.routers[-1].stop_requested = True  # exiting was the point
+
+
+@pytest.mark.parametrize("edit", ["removed", "api-moved"])
+def test_a_reload_that_takes_jit_away_ends_no_open_session(jit_cluster, api, jit_routers, edit):
+    """SPEC [jit]: tokens are checked at every login and never cached, so a
+    revocation takes effect at the next login. A reload that removes `[jit]`
+    (or limits it to other databases) is the same for a session already
+    logged in with a token: it goes on (its server connections logged in
+    with the token, which PostgreSQL checks again for each new one), while
+    the token's next login is refused. Unlike [jwt] (see
+    test_jwt_reload.py), there is no token the router could check again
+    without calling the API."""
+    from harness.ops import reload_marks, wait_reload
+    r = start(jit_routers, jit_cluster, api.url)
+    role, tok = jit_role(jit_cluster), token()
+    api.grant(tok, role)
+    with connect(r.dsn(user=role, password=tok)) as c:
+        assert c.execute("SELECT session_user::text").fetchone() == (role,)
+        marks = reload_marks(r)
+        config = {k: v for k, v in r.config.items() if k != "jit"}
+        if edit == "api-moved":
+            config["jit"] = dict(r.config["jit"], api_url="http://127.0.0.1:9/check")
+        r.write_files(config=config)
+        r.reload()
+        assert wait_reload(r, marks) == "ok"
+        for _ in range(3):
+            assert c.execute("SELECT session_user::text").fetchone() == (role,)
+    assert refusal(r, role, tok).sqlstate == "28P01"

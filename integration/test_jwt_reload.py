@@ -27,6 +27,7 @@ from harness.jwt_setup import (AUTHENTICATOR, TABLE, authenticator_user, jwt_db,
                                keys, login_error, password_user, qident, qliteral,
                                start_jwt_router, whoami)
 from harness.jwt_tokens import SigningKey, claims
+from harness.netns import netns  # noqa: F401  (pytest fixture)
 from harness.ops import reload_marks, wait_reload
 from harness.pg import APP_DB, APP_PASSWORD, APP_USER
 
@@ -297,3 +298,65 @@ def test_reload_does_not_end_an_expired_session_when_disconnect_on_expiry_is_off
             assert whoami(conn) == ("web_user", AUTHENTICATOR)
     finally:
         conn.close()
+
+
+# A JWT session of another host, over plain TCP: a raw wire client run in
+# the test host's network namespace (harness/netns.py; the router listens
+# on 0.0.0.0 and sees the peer 198.18.0.2). It logs in, runs a statement,
+# prints "ready", and after a line on stdin runs another, printing as JSON
+# the first error's fields (or the kinds of the messages) up to the end of
+# the connection.
+REMOTE_SESSION = r"""
+import json, sys
+from harness import wire
+host, port, user, password = sys.argv[1:]
+conn = wire.RawConn.open(int(port), host=host)
+try:
+    conn.startup(user, "app", password)
+    conn.simple_query("SELECT 1")
+    print("ready", flush=True)
+    sys.stdin.readline()
+    conn.send(wire.query_message("SELECT current_user"))
+    msgs = conn.read_until_eof(10)
+    errors = wire.errors_in(msgs)
+    print(json.dumps({"error": errors[0]} if errors else {"kinds": [m.kind.decode() for m in msgs]}),
+          flush=True)
+finally:
+    conn.close()
+"""
+
+
+def test_insecure_transport_turned_off_ends_jwt_sessions_of_other_hosts_on_plain_tcp(
+        routers, jwt_db, keys, netns):
+    """`allow_insecure_transport` true -> false: a JWT session logged in
+    without TLS from another host would now be refused at login ("JWT login
+    requires TLS"), so it ends at its next transaction boundary with 28000
+    naming that, as other revoked logins do; a loopback session carries on."""
+    import json
+    import subprocess
+    import sys
+    from harness.netns import _ip
+    from harness.util import free_port
+    key = keys["rsa"]
+    port = free_port()
+    router = start_jwt_router(routers, key, general={"listen": f"0.0.0.0:{port}"},
+                              jwt={"allow_insecure_transport": True})
+    u = uname()
+    env = dict(PYTHONPATH=str(Path(__file__).resolve().parent), PATH="/usr/bin:/bin")
+    remote = subprocess.Popen([_ip(), "netns", "exec", netns.name, sys.executable, "-c", REMOTE_SESSION,
+                               netns.host_ip, str(port), u, token(key, u)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env)
+    local = connect(router.dsn(user=u, password=token(key, u)))
+    try:
+        assert remote.stdout.readline().strip() == "ready", remote.stderr.read()
+        reload(router, with_jwt(router, allow_insecure_transport=False))
+        out, err = remote.communicate("go\n", timeout=30)
+        fields = json.loads(out.strip().splitlines()[-1]).get("error")
+        assert fields and fields["C"] == "28000" and fields["S"] == "FATAL", out
+        assert REVOKED in fields["M"] and "requires TLS" in fields["M"], fields
+        assert whoami(local) == ("web_user", AUTHENTICATOR)
+    finally:
+        local.close()
+        if remote.poll() is None:
+            remote.kill()

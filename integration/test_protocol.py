@@ -436,3 +436,53 @@ def test_query_text_not_utf8_in_another_client_encoding_keeps_the_connection(rou
         code, message = _error(lambda: conn.execute(b"SELECT 'caf\xe9'"))
         assert code == "0A000" and "client_encoding LATIN1" in message, (code, message)
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+# Names that are not UTF-8: PostgreSQL reads a Bind's portal then its
+# statement, the name after a Describe's or Close's kind, an Execute's
+# portal, and answers each as it answers such text (22021, the batch
+# skipped to its Sync, the connection kept).
+BAD_NAMES = [
+    pytest.param(wire.parse_message("SELECT 1") + wire.message(b"B", b"p\xfe\0\0" + _H.pack(0) * 3)
+                 + wire.execute_message(), id="bind-portal"),
+    pytest.param(wire.message(b"B", b"\0s\xc3\x28\0" + _H.pack(0) * 3) + wire.execute_message(),
+                 id="bind-statement"),
+    pytest.param(wire.message(b"D", b"Ss\xff\0"), id="describe-statement"),
+    pytest.param(wire.message(b"D", b"Pp\xe2\x82\0"), id="describe-portal"),
+    pytest.param(wire.message(b"C", b"Ss\xff\0"), id="close-statement"),
+    pytest.param(wire.message(b"C", b"P\xed\xa0\x80\0"), id="close-portal"),
+    pytest.param(wire.message(b"E", b"p\xff\0" + _I.pack(0)), id="execute"),
+]
+
+
+def _bad_name_answers(port: int, bad: bytes, in_tx: bool):
+    """Kinds and errors (S, V, C, M) of: a good statement, the bad message,
+    a Sync; a good batch after it; a simple query after that."""
+    conn = wire.connect(port, "app", "app", "app-secret")
+    try:
+        if in_tx:
+            conn.simple_query("BEGIN")
+        conn.send(wire.extended_query("SELECT 1") + bad + wire.sync_message()
+                  + wire.extended_query("SELECT 'after'") + wire.sync_message())
+        batches = conn.read_batches(2)
+        out = [[(m.kind, m.body if m.kind in (b"D", b"Z") else None) for m in b] for b in batches]
+        errors = [{k: v for k, v in e.items() if k in "SVCM"} for b in batches for e in wire.errors_in(b)]
+        if in_tx:
+            conn.simple_query("ROLLBACK")
+        return out, errors, conn.simple_query("SELECT 'still here'")[0]
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("in_tx", [False, True], ids=["batch", "transaction"])
+@pytest.mark.parametrize("bad", BAD_NAMES)
+def test_names_not_utf8_are_22021_and_the_connection_goes_on(router, primary, bad, in_tx):
+    """The router ended the session with 08P01 at a Bind, Describe or Close
+    whose name is not UTF-8; PostgreSQL answers 22021 naming the bytes
+    (after the answers to the messages before it), skips to the Sync, and
+    keeps the connection (in a transaction block, the transaction fails:
+    the next batch gets 25P02). So must the router."""
+    direct = _bad_name_answers(primary.port, bad, in_tx)
+    assert direct[1][0]["C"] == "22021", direct
+    assert direct[2] == [["still here"]]
+    assert _bad_name_answers(router.port, bad, in_tx) == direct

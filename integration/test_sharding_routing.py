@@ -10,6 +10,7 @@ would need several shards is refused with 0A000 rather than answered from
 one shard."""
 from __future__ import annotations
 
+import struct
 import uuid
 
 import psycopg
@@ -793,3 +794,156 @@ def test_key_parameters_declared_bpchar_or_name_are_placed_by_the_value_postgres
     expected[shard_of(base)].append((base,))
     expected[shard_of("n" * 63)].append(("n" * 63,))
     assert placed == expected, placed
+
+
+# ---------------------------------- batches compared with one PostgreSQL --
+# The same messages sent to shard 0 directly (a PostgreSQL that has the
+# tables) and through the router: the same answers, message for message
+# (the rows differ: only kinds, command tags and errors are compared).
+def answers(port: int, steps: list[bytes]) -> list:
+    """Per step (its messages, up to one ReadyForQuery): the kinds, the
+    command tags and ReadyForQuery states, and the errors' S, C and M."""
+    conn = wire.connect(port, APP_USER, APP_DB, APP_PASSWORD)
+    out = []
+    try:
+        for step in steps:
+            conn.send(step)
+            [batch] = conn.read_batches(1)
+            out.append([(m.kind, m.body if m.kind in (b"C", b"Z") else None) for m in batch])
+            out.append([{k: v for k, v in e.items() if k in "SCM"} for e in wire.errors_in(batch)])
+        return out
+    finally:
+        conn.close()
+
+
+def two_shard_keys(shards) -> tuple[int, int]:
+    """Keys of sh_orders on shards 0 and 1."""
+    a = next(k for k in range(1, 50) if hash_shard(shards[0], "sh_hp_int8", 3, k) == 0)
+    b = next(k for k in range(1, 50) if hash_shard(shards[0], "sh_hp_int8", 3, k) == 1)
+    return a, b
+
+
+def insert_key(key: int) -> bytes:
+    return (wire.bind_message([str(key)], statement="ins") + wire.execute_message())
+
+
+PARSE_INSERT = wire.parse_message("INSERT INTO sh_orders VALUES ($1, 'b')", name="ins", param_types=(20,))
+BEGIN, ROLLBACK = wire.query_message("BEGIN"), wire.query_message("ROLLBACK")
+
+
+@pytest.mark.parametrize("in_tx", [False, True], ids=["batch", "transaction"])
+def test_a_syntax_error_in_a_batch_on_several_shards_is_answered_in_turn(srouter, shards, in_tx):
+    """A batch on two shards whose third statement does not parse: the
+    router answered ParseComplete for that Parse (the statement was parsed
+    again with its Bind, on a shard) and only then the error. PostgreSQL
+    answers the earlier statements, then the syntax error in place of the
+    ParseComplete, skips the rest, ReadyForQuery; the router must too. A
+    Parse-only part of such a batch gets its ParseCompletes."""
+    a, b = two_shard_keys(shards)
+    batch = (PARSE_INSERT + insert_key(a) + insert_key(b)
+             + wire.parse_message("SELEC oops") + wire.bind_message([]) + wire.execute_message()
+             + insert_key(a) + wire.sync_message())
+    first_bad = (wire.parse_message("SELEC oops") + insert_key(a) + wire.sync_message())
+    steps = [batch, wire.query_message("SELECT 1"), PARSE_INSERT + wire.bind_message([str(a)], statement="ins")
+             + wire.execute_message() + first_bad]
+    if in_tx:
+        steps = [BEGIN] + steps + [ROLLBACK]
+    direct = answers(shards[0].port, steps)
+    at = 2 if in_tx else 0
+    assert [k for k, _ in direct[at]] == [b"1", b"2", b"C", b"2", b"C", b"E", b"Z"], direct
+    assert direct[at + 1][0]["C"] == "42601", direct
+    assert answers(srouter.port, steps) == direct
+    with connect(srouter.dsn()) as conn:
+        assert conn.execute("SELECT count(*) FROM sh_orders").fetchone() == (0,)
+
+
+def test_names_not_utf8_in_batches_on_several_shards(srouter, shards):
+    """A Bind or Execute whose portal name is not UTF-8, in a batch whose
+    statements need several shards (a pipeline, or one statement on all
+    shards): 22021 after the answers to the messages before it, the rest
+    skipped, the connection kept — as PostgreSQL answers."""
+    a, b = two_shard_keys(shards)
+    bad_bind = wire.message(b"B", b"p\xfe\0\0" + struct.pack("!hhh", 0, 0, 0)) + wire.execute_message()
+    pipeline = PARSE_INSERT + insert_key(a) + insert_key(b) + bad_bind + wire.sync_message()
+    everywhere = wire.parse_message("SELECT count(*) FROM sh_orders") + bad_bind + wire.sync_message()
+    bad_execute = (wire.parse_message("SELECT count(*) FROM sh_orders") + wire.bind_message([])
+                   + wire.message(b"E", b"p\xff\0" + struct.pack("!i", 0)) + wire.sync_message())
+    for batch in (pipeline, everywhere, bad_execute):
+        for steps in ([batch, wire.query_message("SELECT 1")],
+                      [BEGIN, batch, wire.query_message("SELECT 1"), ROLLBACK]):
+            direct = answers(shards[0].port, steps)
+            errors = direct[1] if len(steps) == 2 else direct[3]  # the batch's
+            assert [e["C"] for e in errors] == ["22021"], direct
+            assert answers(srouter.port, steps) == direct
+    with connect(srouter.dsn()) as conn:
+        assert conn.execute("SELECT count(*) FROM sh_orders").fetchone() == (0,)
+
+
+def test_a_named_portal_bound_again_in_a_transaction_is_42P03(srouter, shards):
+    """A named portal lives until its transaction ends (or a Close), and a
+    second Bind of its name gets 42P03. A statement on several shards runs
+    there as the unnamed portal, so the router let a second Bind of the
+    name through; it now answers as PostgreSQL does — whether the portal
+    ran on several shards or one, before or after — and a Close, or the
+    transaction's end, frees the name."""
+    a, _ = two_shard_keys(shards)
+
+    def bind_run(sql: str) -> bytes:
+        return (wire.parse_message(sql) + wire.bind_message([], portal="p")
+                + wire.execute_message("p") + wire.sync_message())
+    everywhere, one = bind_run("SELECT count(*) FROM sh_orders"), bind_run(
+        f"SELECT count(*) FROM sh_orders WHERE customer_id = {a}")
+    for first, second in [(everywhere, everywhere), (everywhere, one), (one, everywhere), (one, one)]:
+        steps = [BEGIN, first, second, wire.query_message("SELECT 1"), ROLLBACK, second]
+        direct = answers(shards[0].port, steps)
+        assert direct[5] == [{"S": "ERROR", "C": "42P03", "M": 'cursor "p" already exists'}], direct
+        assert answers(srouter.port, steps) == direct
+    close = wire.close_message(b"P", "p") + wire.sync_message()
+    steps = [BEGIN, everywhere, close, everywhere, one, ROLLBACK]
+    direct = answers(shards[0].port, steps)
+    assert [e for e in direct[1::2] if e] == [[{"S": "ERROR", "C": "42P03", "M": 'cursor "p" already exists'}]]
+    assert answers(srouter.port, steps) == direct
+    # In a pipeline on two shards: the second Bind of the name.
+    a, b = two_shard_keys(shards)
+    pipeline = (PARSE_INSERT + wire.bind_message([str(a)], portal="q", statement="ins") + wire.execute_message("q")
+                + wire.bind_message([str(b)], portal="q", statement="ins") + wire.execute_message("q")
+                + wire.sync_message())
+    for steps in ([pipeline], [BEGIN, pipeline, ROLLBACK]):
+        direct = answers(shards[0].port, steps)
+        assert answers(srouter.port, steps) == direct
+    # Run on several shards, the portal is kept by none: executing or
+    # describing it again is refused (PostgreSQL answers from its portal).
+    for again in (wire.execute_message("p"), wire.describe_message(b"P", "p")):
+        got = answers(srouter.port, [BEGIN, everywhere, again + wire.sync_message(), ROLLBACK])
+        assert got[5][0]["C"] == "0A000" and 'portal "p" ran on several shards' in got[5][0]["M"], got
+
+
+def test_metrics_count_every_statement_by_its_shards(routers, shards):
+    """pgrouter_sharded_statements_total{shards}: statements on one shard
+    inside a transaction block were not counted at all (only those outside
+    one, and those on several shards). Each statement counts once, with
+    the number of shards it needed; BEGIN and COMMIT are not statements
+    of their own there (outside a transaction each statement is one)."""
+    from harness.ops import scrape
+    from harness.util import free_port
+    r = start_router(routers, shards, general={"metrics_listen": f"127.0.0.1:{free_port()}"})
+    a, b = two_shard_keys(shards)
+
+    def counts():
+        s = scrape(r)
+        return {n: s.value("pgrouter_sharded_statements_total", shards=str(n)) for n in (1, 3)}
+    try:
+        with connect(r.dsn()) as conn:
+            before = counts()
+            with conn.transaction():
+                conn.execute(f"SELECT * FROM sh_orders WHERE customer_id = {a}").fetchall()
+                conn.execute("SELECT * FROM sh_orders WHERE customer_id = %s", (b,)).fetchall()
+                conn.execute(f"INSERT INTO sh_orders VALUES ({a}, 'm')")
+                conn.execute("SELECT count(*) FROM sh_orders").fetchall()
+            assert counts() == {1: before[1] + 3, 3: before[3] + 1}
+            conn.execute(f"SELECT * FROM sh_orders WHERE customer_id = {b}").fetchall()
+            assert counts() == {1: before[1] + 4, 3: before[3] + 1}
+    finally:
+        for s in shards:
+            with s.connect(APP_DB) as c:
+                c.execute("TRUNCATE sh_orders")

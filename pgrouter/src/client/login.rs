@@ -252,6 +252,12 @@ fn password_result(
     })
 }
 
+/// Why a JWT login over plain TCP from another host is refused (and a
+/// session logged in so ends when a reload refuses it, see
+/// `check_jwt_still_accepted`).
+pub(super) const JWT_NEEDS_TLS: &str =
+    "JWT login requires TLS (or a loopback connection, or allow_insecure_transport = true)";
+
 /// Verifies a token and maps it to the connect_as pools and a policy.
 pub(super) async fn jwt_login(
     state: &State,
@@ -271,11 +277,9 @@ pub(super) async fn jwt_login(
             format!("JWT login is not allowed for database \"{database}\""),
         ));
     }
-    if !transport.tls && !transport.peer.ip().is_loopback() && !cfg.allow_insecure_transport {
-        return Err(SessionEnd::fatal(
-            "28000",
-            "JWT login requires TLS (or a loopback connection, or allow_insecure_transport = true)",
-        ));
+    let insecure_transport = !transport.tls && !transport.peer.ip().is_loopback();
+    if insecure_transport && !cfg.allow_insecure_transport {
+        return Err(SessionEnd::fatal("28000", JWT_NEEDS_TLS));
     }
     let verified = match verifier.verify(token, user_name).await {
         Ok(v) => v,
@@ -310,6 +314,7 @@ pub(super) async fn jwt_login(
             role: verified.role,
             expires_at: verified.expires_at,
             token: SessionToken::new(token),
+            insecure_transport,
         }),
         read_only,
     };

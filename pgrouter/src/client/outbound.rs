@@ -271,6 +271,7 @@ impl Session {
             if unit_boundary {
                 // Before the policy: it may be the one that changed.
                 self.check_login_still_valid()?;
+                self.shard_portals.clear();
             }
             if let Some(refusal) = self.unreadable_text(tag, frame.total_len) {
                 self.refuse_in_turn(tag, frame.total_len, refusal).await?;
@@ -294,6 +295,10 @@ impl Session {
                     self.refuse_in_turn(tag, frame.total_len, refusal).await?;
                     continue;
                 }
+            }
+            if let Some(refusal) = self.portal_exists(tag, frame.total_len) {
+                self.refuse_in_turn(tag, frame.total_len, refusal).await?;
+                continue;
             }
             if unit_boundary {
                 self.check_token_expiry()?;
@@ -767,6 +772,7 @@ impl Session {
                 self.flow.extended_sent();
                 self.unnamed_portal_suspended_on_shards = false;
                 let b = parse_bind_names(body)?;
+                self.note_portal(b.portal, true);
                 let stmt = if b.statement.is_empty() {
                     None
                 } else {

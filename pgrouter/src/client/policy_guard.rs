@@ -144,7 +144,8 @@ impl Session {
 
     /// After a reload, a JWT session whose login would now be refused
     /// ends (FATAL 28000, the cause in the words login uses): its token is
-    /// checked again by the new verifier — a role taken out of
+    /// checked again by the new verifier — `allow_insecure_transport`
+    /// turned off for a session on plain TCP from another host, a role taken out of
     /// `allowed_roles`, a replaced PEM key (or a `kid` gone from a fetched
     /// JWKS), a changed `issuer`, `audience`, `algorithms` or
     /// `username_claim` — except for time (see `JwtVerifier::recheck`),
@@ -184,6 +185,9 @@ impl Session {
                 "JWT login is not allowed for database \"{}\"",
                 self.database
             )));
+        }
+        if jwt.insecure_transport && !cfg.allow_insecure_transport {
+            return Err(revoked(super::login::JWT_NEEDS_TLS));
         }
         let entry = rt.config.user(&jwt.username, &self.database);
         match entry {

@@ -124,6 +124,11 @@ impl Session {
             let body = frame.body(&self.cbuf[at..]);
             at += frame.total_len;
             last_tag = frame.tag;
+            if matches!(frame.tag, b'B' | b'D' | b'C' | b'E')
+                && crate::protocol::frontend::invalid_utf8_in_text(frame.tag, body).is_some()
+            {
+                break; // a name that is not UTF-8: as such a Parse, below
+            }
             let analysis = match frame.tag {
                 b'Q' => self.analyze_query(body).ok().map(|a| {
                     keyed.add(self.plan_query(&a, body))?;

@@ -90,6 +90,10 @@ pub struct Session {
     /// SAVEPOINTs sent in the transaction of the held server (identified
     /// by its `attached_at`), for legs that join it later.
     pub(super) tx_savepoints: (Option<std::time::Instant>, Vec<String>),
+    /// Named portals bound in the client's transaction block on a sharded
+    /// database (see `shard_portals.rs`); emptied at the next unit of work
+    /// outside a transaction.
+    pub(super) shard_portals: Vec<(String, bool)>,
     /// A bare BEGIN answered without a server (sharded databases): sent
     /// ahead of the next unit of work, on the shard that unit needs.
     pub(super) deferred_begin: Option<String>,
@@ -247,6 +251,7 @@ impl Session {
             kept: Vec::new(),
             tx_legs: None,
             tx_savepoints: (None, Vec::new()),
+            shard_portals: Vec::new(),
             deferred_begin: None,
             pipeline: None,
             unsent_expect: Expectations::default(),

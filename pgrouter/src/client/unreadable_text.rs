@@ -1,10 +1,12 @@
-//! Query text that is not UTF-8. PostgreSQL checks the strings of a Query or
-//! Parse against the client encoding as it reads them: in UTF8, bad bytes
+//! Query text that is not UTF-8. PostgreSQL checks the strings of a Query,
+//! Parse, Bind, Describe, Close or Execute (SQL text, statement and portal
+//! names) against the client encoding as it reads them: in UTF8, bad bytes
 //! are an ERROR (22021) that fails the transaction (or the batch, up to its
 //! Sync) and keeps the connection. The router answers the same way, as a
 //! refusal, without forwarding the message: it analyses only UTF-8 text,
 //! and a statement it could not analyse must not reach a server (a JWT or
-//! read-only session must never run what the router did not check).
+//! read-only session must never run what the router did not check); it
+//! keeps statements by name, and reads names as UTF-8 to find them.
 
 use super::session::Session;
 use crate::fanout::copy_split::is_utf8;
@@ -12,13 +14,14 @@ use crate::protocol::frontend::invalid_utf8_in_text;
 use crate::router::Refusal;
 
 impl Session {
-    /// The refusal of a Query or Parse whose strings are not UTF-8, before
-    /// anything reads it (the router's readers of SQL text end the session
-    /// at bad UTF-8, as they would at a malformed message). Inline: it runs
-    /// for every client message.
+    /// The refusal of a message whose strings are not UTF-8 (see
+    /// `invalid_utf8_in_text`), before anything reads it (the router's
+    /// readers of SQL text and names end the session at bad UTF-8, as they
+    /// would at a malformed message). Inline: it runs for every client
+    /// message.
     #[inline]
     pub(super) fn unreadable_text(&self, tag: u8, len: usize) -> Option<Refusal> {
-        if !matches!(tag, b'Q' | b'P') {
+        if !matches!(tag, b'Q' | b'P' | b'B' | b'D' | b'C' | b'E') {
             return None;
         }
         self.unreadable_text_in(tag, self.cbuf.get(5..len).unwrap_or(&[]))
@@ -30,7 +33,11 @@ impl Session {
         if let Some(bytes) = invalid_utf8_in_text(tag, body) {
             return Some(self.text_refusal(bytes));
         }
-        if self.session_routing().foreign_encoding && !text_strings_are_ascii(tag, body) {
+        // Names are only looked up, never analysed: this is about SQL text.
+        if matches!(tag, b'Q' | b'P')
+            && self.session_routing().foreign_encoding
+            && !text_strings_are_ascii(tag, body)
+        {
             let client = self.params.get("client_encoding").unwrap_or_default();
             if hides_ascii_in_characters(client) {
                 return Some(Refusal {

@@ -109,20 +109,24 @@ pub fn parse_query(body: &[u8]) -> Result<&str, ProtocolError> {
     Ok(sql)
 }
 
-/// For a Query or Parse whose strings are not all UTF-8, the bytes
+/// For a Query, Parse, Bind, Describe, Close or Execute whose strings
+/// (SQL text, statement and portal names) are not all UTF-8, the bytes
 /// PostgreSQL names in its 22021 error ("invalid byte sequence for
 /// encoding"): it checks each string as it reads it (a Parse's statement
-/// name, then its text), and names the character the first bad byte
-/// starts, by that byte's length, cut at the string's end. None when the
-/// strings are UTF-8. The message's layout was checked before
-/// (`check_message`).
+/// name, then its text; a Bind's portal, then its statement; the name
+/// after a Describe's or Close's kind byte), and names the character the
+/// first bad byte starts, by that byte's length, cut at the string's end.
+/// None when the strings are UTF-8. The message's layout was checked
+/// before (`check_message`).
 pub fn invalid_utf8_in_text(tag: u8, body: &[u8]) -> Option<&[u8]> {
-    let strings = match tag {
-        b'Q' => 1,
-        b'P' => 2,
+    let (skip, strings) = match tag {
+        b'Q' | b'E' => (0, 1),
+        b'P' | b'B' => (0, 2),
+        b'D' | b'C' => (1, 1),
         _ => return None,
     };
-    body.split(|&b| b == 0)
+    body.get(skip..)?
+        .split(|&b| b == 0)
         .take(strings)
         .find_map(invalid_utf8_bytes)
 }
@@ -182,7 +186,8 @@ pub fn check_message(tag: u8, body: &[u8]) -> Result<(), ProtocolError> {
             "Execute"
         }
         b'D' | b'C' => {
-            parse_target_fields(&mut r)?;
+            target_kind(&mut r)?;
+            r.skip_cstr()?;
             if tag == b'D' {
                 "Describe"
             } else {
@@ -330,6 +335,13 @@ pub fn parse_target(body: &[u8]) -> Result<(u8, &str), ProtocolError> {
 
 #[inline]
 fn parse_target_fields<'a>(r: &mut Reader<'a>) -> Result<(u8, &'a str), ProtocolError> {
+    let kind = target_kind(r)?;
+    Ok((kind, r.cstr()?))
+}
+
+/// A Describe's or Close's kind byte: 'S' (statement) or 'P' (portal).
+#[inline]
+fn target_kind(r: &mut Reader<'_>) -> Result<u8, ProtocolError> {
     let kind = r.u8()?;
     if kind != b'S' && kind != b'P' {
         return Err(ProtocolError::violation(format!(
@@ -337,7 +349,7 @@ fn parse_target_fields<'a>(r: &mut Reader<'a>) -> Result<(u8, &'a str), Protocol
             kind as char
         )));
     }
-    Ok((kind, r.cstr()?))
+    Ok(kind)
 }
 
 pub fn write_target(out: &mut BytesMut, tag: u8, kind: u8, name: &str) {
@@ -377,7 +389,22 @@ mod tests {
             Some(b"\xe9'".to_vec())
         );
         assert_eq!(bad(b'P', b"s\0SELECT 1\0\0\x01\xff\xff\xff\xff"), None);
-        assert_eq!(bad(b'B', b"\xff\0\0\0\0\0\0\0\0"), None);
+        // A Bind: its portal, then its statement; not the values after them.
+        assert_eq!(bad(b'B', b"\xff\0\0\0\0\0\0\0\0"), Some(b"\xff".to_vec()));
+        assert_eq!(
+            bad(b'B', b"p\0s\xc3\x28\0\0\0\0\0\0\0"),
+            Some(b"\xc3\x28".to_vec())
+        );
+        assert_eq!(bad(b'B', b"\0\0\0\0\0\x01\0\0\0\x01\xff\0\0"), None);
+        // Describe and Close: the name after the kind byte; Execute: its portal.
+        assert_eq!(bad(b'D', b"Ss\xff\0"), Some(b"\xff".to_vec()));
+        assert_eq!(bad(b'C', b"P\xe2\x82\0"), Some(b"\xe2\x82".to_vec()));
+        assert_eq!(
+            bad(b'E', b"p\xff\0\xff\xff\xff\xff"),
+            Some(b"\xff".to_vec())
+        );
+        assert_eq!(bad(b'E', b"\0\xff\xff\xff\xff"), None);
+        assert_eq!(bad(b'S', b""), None);
     }
 
     #[test]

@@ -18,6 +18,10 @@ pub struct JwtIdentity {
     /// The token itself, checked again after a reload (see
     /// `Session::check_jwt_still_accepted`).
     pub token: SessionToken,
+    /// Logged in without TLS from a non-loopback address, which only
+    /// `allow_insecure_transport = true` lets through: a reload that turns
+    /// it off ends the session as it would refuse the login.
+    pub insecure_transport: bool,
 }
 
 /// A session's JWT, kept to be checked again under a reloaded
@@ -260,6 +264,7 @@ mod tests {
                 role: "r".into(),
                 expires_at: None,
                 token: SessionToken::default(),
+                insecure_transport: false,
             }),
             read_only,
         }

@@ -17,7 +17,7 @@ use super::ShardError;
 use crate::client::error::SessionEnd;
 use crate::client::session::Session;
 use crate::client::shard_routing::UnnamedText;
-use crate::protocol::frontend::{self, parse_bind_names, parse_parse, parse_target, BindNames};
+use crate::protocol::frontend::{self, parse_bind_names, parse_parse, BindNames};
 use crate::protocol::{backend, next_frame};
 use crate::router::Role;
 
@@ -29,6 +29,9 @@ struct Step {
     bind_rest: Bytes,
     describe: bool,
     execute: bool,
+    /// A Parse the router's parser refused (a syntax error): sent alone to
+    /// a leg, so the client gets PostgreSQL's own answer in its turn.
+    parse_only: bool,
 }
 
 /// What [`Session::take_pipeline`] found; the bool: the part ended with
@@ -39,10 +42,14 @@ enum Taken {
     Failed(ShardError, bool),
 }
 
-/// The client's messages in order: a Parse, or a step (index into steps).
+/// The client's messages in order: a Parse, a step (index into steps), or
+/// the router's error for a message it cannot run (a name that is not
+/// UTF-8, an unknown statement): the batch fails there, after the answers
+/// to the messages before it, as PostgreSQL's would.
 enum Message {
     Parse,
     Step(usize),
+    Fails(ShardError),
 }
 
 impl Session {
@@ -57,7 +64,7 @@ impl Session {
             refusal: None,
             in_tx: None,
         });
-        let (order, steps, synced) = match self.take_pipeline()? {
+        let (order, mut steps, synced) = match self.take_pipeline()? {
             Taken::Steps(order, steps, synced) => (order, steps, synced),
             Taken::Failed(e, synced) => {
                 if pipe.failed.is_none() {
@@ -66,9 +73,9 @@ impl Session {
                 (Vec::new(), Vec::new(), synced)
             }
         };
-        if pipe.failed.is_none() && !steps.is_empty() {
+        if pipe.failed.is_none() && !order.is_empty() {
             self.state.metrics.record_shards(pipe.legs.len().max(1));
-            if let Err(e) = self.run_pipeline_part(&mut pipe, &order, &steps).await? {
+            if let Err(e) = self.run_pipeline_part(&mut pipe, order, &mut steps).await? {
                 self.pipeline_failed(&mut pipe, e);
             }
         }
@@ -138,10 +145,19 @@ impl Session {
     async fn run_pipeline_part(
         &mut self,
         pipe: &mut Pipeline,
-        order: &[Message],
-        steps: &[Step],
+        order: Vec<Message>,
+        steps: &mut [Step],
     ) -> Result<Result<(), ShardError>, SessionEnd> {
-        for step in steps {
+        // A Parse checked alone runs on a leg the part uses anyway.
+        let check_on = pipe
+            .legs
+            .first()
+            .map(|l| l.shard)
+            .or(steps.iter().find(|s| !s.parse_only).map(|s| s.shard));
+        for step in steps.iter_mut().filter(|s| s.parse_only) {
+            step.shard = check_on.unwrap_or(step.shard);
+        }
+        for step in steps.iter() {
             if pipe.legs.iter().any(|l| l.shard == step.shard) {
                 continue;
             }
@@ -175,10 +191,14 @@ impl Session {
         let legs = &mut pipe.legs;
         let mut requests: Vec<BytesMut> = legs.iter().map(|_| BytesMut::new()).collect();
         let mut expected = vec![0usize; legs.len()];
-        for step in steps {
+        for step in steps.iter() {
             let i = legs.iter().position(|l| l.shard == step.shard).unwrap_or(0);
             let r = &mut requests[i];
             frontend::write_parse(r, "", &step.sql, &step.types);
+            if step.parse_only {
+                expected[i] += 1;
+                continue;
+            }
             frontend::write_bind(r, "", "", &step.bind_rest);
             expected[i] += 2;
             if step.describe {
@@ -229,23 +249,31 @@ impl Session {
                 queues[i].push_back((tag, body));
             }
         }
-        for q in queues.iter_mut() {
-            q.retain(|(t, _)| *t != b'1');
-        }
-        let mut failed: Option<Bytes> = None;
+        let mut failed: Option<ShardError> = None;
         'messages: for m in order {
             let step_no = match m {
                 Message::Parse => {
                     backend::parse_complete(&mut self.to_client);
                     continue;
                 }
-                Message::Step(s) => *s,
+                Message::Fails(e) => {
+                    failed = Some(e);
+                    break 'messages;
+                }
+                Message::Step(s) => s,
             };
             let step = &steps[step_no];
             let i = legs.iter().position(|l| l.shard == step.shard).unwrap_or(0);
             let q = &mut queues[i];
-            // BindComplete, then the description asked for, then rows and tag.
-            let wanted = 1 + usize::from(step.describe) + usize::from(step.execute);
+            // A Parse checked alone: its ParseComplete (or error). Else
+            // BindComplete (the ParseComplete before it is the router's,
+            // sent at the client's Parse), then the description asked for,
+            // then rows and tag.
+            let wanted = if step.parse_only {
+                1
+            } else {
+                1 + usize::from(step.describe) + usize::from(step.execute)
+            };
             let mut done = 0;
             while done < wanted {
                 let Some((tag, body)) = q.pop_front() else {
@@ -253,9 +281,10 @@ impl Session {
                 };
                 match tag {
                     b'E' => {
-                        failed = Some(body);
+                        failed = Some(ShardError::Server(body));
                         break 'messages;
                     }
+                    b'1' if !step.parse_only => {}
                     b'N' | b'D' => backend::put_message(&mut self.to_client, tag, |b| {
                         b.extend_from_slice(&body)
                     }),
@@ -267,15 +296,25 @@ impl Session {
                     }
                 }
             }
+            if step.parse_only {
+                // The rest of the batch was not taken: it must not pass
+                // as done.
+                failed = Some(ShardError::router(
+                    "0A000",
+                    "pgrouter: a statement the router could not parse was accepted by the server; \
+                     HINT: Sync after it",
+                ));
+                break;
+            }
         }
         if failed.is_none() {
             failed = queues
                 .iter()
                 .flatten()
                 .find(|(t, _)| *t == b'E')
-                .map(|(_, b)| b.clone());
+                .map(|(_, b)| ShardError::Server(b.clone()));
         }
-        Ok(failed.map_or(Ok(()), |body| Err(ShardError::Server(body))))
+        Ok(failed.map_or(Ok(()), Err))
     }
 
     /// Takes the batch up to its next Flush or Sync: `[Parse] (Bind
@@ -290,7 +329,8 @@ impl Session {
             let body = f.body(&self.cbuf[at..]);
             let ok = match f.tag {
                 b'P' | b'B' | b'E' | b'S' | b'H' => true,
-                b'D' => parse_target(body)?.0 == b'P',
+                // Its kind only: a name that is not UTF-8 fails in turn.
+                b'D' => body.first() == Some(&b'P'),
                 _ => false,
             };
             frames.push((f.tag, at, f.total_len));
@@ -314,6 +354,7 @@ impl Session {
         let batch = self.cbuf.split_to(at).freeze();
         let mut order = Vec::new();
         let mut steps: Vec<Step> = Vec::new();
+        let mut portals: Vec<&str> = Vec::new();
         // The unnamed statement as of each point of the batch.
         let mut unnamed: Option<(String, Vec<i32>)> =
             parse_parse(self.unnamed_parse.get(5..).unwrap_or(&[]))
@@ -321,16 +362,30 @@ impl Session {
                 .map(|p| (p.sql.to_string(), p.param_types));
         for &(tag, start, len) in &frames {
             let body = &batch[start + 5..start + len];
+            // Text or a name that is not UTF-8: the batch fails at it, as
+            // PostgreSQL's would, after the answers to what came before.
+            if let Some(r) = self.unreadable_text_in(tag, body) {
+                order.push(Message::Fails(ShardError::router(r.sqlstate, r.message)));
+                break;
+            }
             match tag {
                 b'P' => {
-                    // The batch fails at it, as PostgreSQL's would.
-                    if let Some(r) = self.unreadable_text_in(tag, body) {
-                        return Ok(Taken::Failed(
-                            ShardError::router(r.sqlstate, r.message),
-                            synced,
-                        ));
-                    }
                     let p = parse_parse(body)?;
+                    if self.analyze(p.sql).parse_error.is_some() {
+                        // PostgreSQL's own error, from a leg (the rest of
+                        // the batch is skipped there).
+                        steps.push(Step {
+                            shard: self.session_routing().shard_override.unwrap_or(0) as usize,
+                            sql: p.sql.to_string(),
+                            types: p.param_types,
+                            bind_rest: Bytes::new(),
+                            describe: false,
+                            execute: false,
+                            parse_only: true,
+                        });
+                        order.push(Message::Step(steps.len() - 1));
+                        break;
+                    }
                     if p.name.is_empty() {
                         unnamed = Some((p.sql.to_string(), p.param_types.clone()));
                     }
@@ -339,13 +394,31 @@ impl Session {
                 }
                 b'B' => {
                     let b = parse_bind_names(body)?;
+                    // A portal name bound before (42P03): in the client's
+                    // transaction, or earlier in this part.
+                    let again = self.bound_again(b.portal).or_else(|| {
+                        (!b.portal.is_empty() && portals.contains(&b.portal))
+                            .then(|| crate::client::shard_portals::portal_refusal(b.portal))
+                    });
+                    if let Some(r) = again {
+                        order.push(Message::Fails(ShardError::router(r.sqlstate, r.message)));
+                        break;
+                    }
+                    portals.push(b.portal);
+                    self.note_portal(b.portal, false);
                     let (sql, types) = match self.bound(&b, &unnamed) {
                         Ok(st) => st,
-                        Err(e) => return Ok(Taken::Failed(e, synced)),
+                        Err(e) => {
+                            order.push(Message::Fails(e));
+                            break;
+                        }
                     };
                     let shard = match self.step_shard(&b, &sql, &types) {
                         Ok(s) => s,
-                        Err(e) => return Ok(Taken::Failed(e, synced)),
+                        Err(e) => {
+                            order.push(Message::Fails(e));
+                            break;
+                        }
                     };
                     let rest_at = b.rest.as_ptr() as usize - batch.as_ptr() as usize;
                     steps.push(Step {
@@ -355,11 +428,12 @@ impl Session {
                         bind_rest: batch.slice(rest_at..start + len),
                         describe: false,
                         execute: false,
+                        parse_only: false,
                     });
                     order.push(Message::Step(steps.len() - 1));
                 }
                 b'D' => match steps.last_mut() {
-                    Some(s) if !s.execute => s.describe = true,
+                    Some(s) if !s.execute && !s.parse_only => s.describe = true,
                     _ => {
                         return Ok(Taken::Failed(
                             unsupported("Describe or Execute out of place"),
@@ -370,7 +444,7 @@ impl Session {
                 b'E' => {
                     let max_rows = super::unit::execute_max_rows(body);
                     match steps.last_mut() {
-                        Some(s) if !s.execute && max_rows == 0 => s.execute = true,
+                        Some(s) if !s.execute && !s.parse_only && max_rows == 0 => s.execute = true,
                         _ => {
                             return Ok(Taken::Failed(
                                 unsupported("Describe or Execute out of place"),

@@ -58,13 +58,17 @@ impl Session {
                 return Ok(TxStep::Forward);
             }
             let held_shard = self.server.as_ref().map(|h| h.shard);
-            let moves = match self.route_learning_columns(tag).await {
+            let (moves, counts) = match self.route_learning_columns(tag).await {
                 None => return Ok(TxStep::NeedMore),
-                Some(Ok(Routed::Keyed(r))) => Some(r.shard) != held_shard,
-                Some(Ok(Routed::Many(..))) => true,
-                Some(_) => false,
+                Some(Ok(Routed::Keyed(r))) => (Some(r.shard) != held_shard, true),
+                Some(Ok(Routed::Many(..))) => (true, false),
+                Some(Ok(_)) => (false, true),
+                Some(Err(_)) => (false, false),
             };
             if !moves {
+                if counts {
+                    self.state.metrics.record_shards(1);
+                }
                 return Ok(TxStep::Forward);
             }
             crate::protocol::frontend::sync(self.to_server());
@@ -115,6 +119,10 @@ impl Session {
                 return Ok(TxStep::Answered);
             }
         };
+        // A statement that runs on one shard's leg is counted here, as one
+        // outside a transaction is when routed (those on several shards,
+        // where they run).
+        let one_shard = !matches!(routed, Routed::Many(..)) && effect.is_none();
         let held_shard = self.server.as_ref().map(|h| h.shard);
         let wanted = match &routed {
             Routed::Keyed(route) if Some(route.shard) != held_shard => Some(route.shard),
@@ -142,6 +150,9 @@ impl Session {
                     }
                     let _ = self.swap_to(failed).await?;
                 }
+                if one_shard {
+                    self.state.metrics.record_shards(1);
+                }
                 return Ok(TxStep::Forward);
             }
         };
@@ -168,6 +179,7 @@ impl Session {
                 self.answer_unit_error(tag, len, e).await;
                 return Ok(TxStep::Answered);
             }
+            self.state.metrics.record_shards(1);
             return Ok(TxStep::Forward);
         }
         match (routed, effect) {
@@ -176,8 +188,15 @@ impl Session {
             _ if setting => {
                 let unit = match self.take_unit(tag)? {
                     Taken::Unit(u) => u,
-                    Taken::Refused(e) | Taken::Failed(e) => {
+                    Taken::Refused(e) => {
                         self.skip_unit(tag);
+                        return self
+                            .answer_in_tx(Err(e), None)
+                            .await
+                            .map(|_| TxStep::Answered);
+                    }
+                    // Taken from the buffer already: nothing to skip.
+                    Taken::Failed(e) => {
                         return self
                             .answer_in_tx(Err(e), None)
                             .await
@@ -503,10 +522,12 @@ impl Session {
         }
         let unit = match self.take_unit(tag)? {
             Taken::Unit(u) => u,
-            Taken::Refused(e) | Taken::Failed(e) => {
+            Taken::Refused(e) => {
                 self.skip_unit(tag);
                 return self.answer_in_tx(Err(e), None).await;
             }
+            // Taken from the buffer already: nothing to skip.
+            Taken::Failed(e) => return self.answer_in_tx(Err(e), None).await,
         };
         if let Some(e) = super::row_limit_refusal(&unit, many.kind) {
             return self.answer_in_tx(Err(e), Some(&unit)).await;
@@ -687,10 +708,12 @@ impl Session {
     async fn end_or_mark(&mut self, tag: u8, effect: TxEffect) -> Result<(), SessionEnd> {
         let unit = match self.take_unit(tag)? {
             Taken::Unit(u) => u,
-            Taken::Refused(e) | Taken::Failed(e) => {
+            Taken::Refused(e) => {
                 self.skip_unit(tag);
                 return self.answer_in_tx(Err(e), None).await;
             }
+            // Taken from the buffer already: nothing to skip.
+            Taken::Failed(e) => return self.answer_in_tx(Err(e), None).await,
         };
         let sql = unit.sql.trim().to_ascii_uppercase();
         match effect {

@@ -12,7 +12,7 @@ use pgrouter_parser::Analysis;
 use super::ShardError;
 use crate::client::error::SessionEnd;
 use crate::client::session::Session;
-use crate::protocol::frontend::{self, parse_bind_names, parse_parse, parse_query, parse_target};
+use crate::protocol::frontend::{self, parse_bind_names, parse_parse, parse_query};
 use crate::protocol::{backend, next_frame};
 
 /// What [`Session::take_unit`] found.
@@ -172,7 +172,8 @@ impl Session {
                     return Ok(Taken::Refused(super::cursor_refusal()));
                 }
             }
-            if f.tag == b'D' && parse_target(f.body(&self.cbuf[at..]))?.0 != b'P' {
+            // Its kind only: a name that is not UTF-8 fails in turn.
+            if f.tag == b'D' && f.body(&self.cbuf[at..]).first() != Some(&b'P') {
                 return Ok(Taken::Refused(unsupported_shape()));
             }
             frames.push((f.tag, at, f.total_len));
@@ -206,8 +207,14 @@ impl Session {
         let mut max_rows = 0;
         let mut named_portal = false;
         let mut bind = None;
-        for &(tag, start, len) in &frames {
+        for (n, &(tag, start, len)) in frames.iter().enumerate() {
             let body = &batch[start + 5..start + len];
+            // Text or a name that is not UTF-8: the batch fails at it, as
+            // PostgreSQL's would, after the completions of what came before.
+            if let Some(r) = self.unreadable_text_in(tag, body) {
+                let before: Vec<u8> = frames[..n].iter().map(|f| f.0).collect();
+                return Ok(self.fails_after(&before, ShardError::router(r.sqlstate, r.message)));
+            }
             match tag {
                 b'P' => {
                     parsed = true;
@@ -227,6 +234,11 @@ impl Session {
         };
         self.unnamed_portal_suspended_on_shards = false;
         let b = parse_bind_names(&batch[start + 5..start + len])?;
+        if let Some(r) = self.bound_again(b.portal) {
+            let before: &[u8] = if parsed { b"P" } else { b"" };
+            return Ok(self.fails_after(before, ShardError::router(r.sqlstate, r.message)));
+        }
+        self.note_portal(b.portal, false);
         let (sql, param_types, analysis) = if b.statement.is_empty() {
             let Ok(p) = parse_parse(self.unnamed_parse.get(5..).unwrap_or(&[])) else {
                 return Ok(Taken::Failed(ShardError::router(
@@ -265,6 +277,22 @@ impl Session {
                 named_portal,
             }),
         }))
+    }
+}
+
+impl Session {
+    /// A batch that fails at a message after `before` (their tags): the
+    /// client gets their completions first, as from PostgreSQL — a Parse's
+    /// and a Bind's (a description asked for needs a server: not sent).
+    fn fails_after(&mut self, before: &[u8], e: ShardError) -> Taken {
+        for &tag in before {
+            match tag {
+                b'P' => backend::parse_complete(&mut self.to_client),
+                b'B' => backend::put_message(&mut self.to_client, b'2', |_| {}),
+                _ => {}
+            }
+        }
+        Taken::Failed(e)
     }
 }
 
