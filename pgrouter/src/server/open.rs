@@ -32,11 +32,11 @@ impl ServerConn {
         // bytes do not leave the machine.
         let named = |e: std::io::Error| std::io::Error::new(e.kind(), format!("{addr}: {e}"));
         let stream = if target.unix_socket().is_some() {
-            ServerStream::Unix(
+            ServerStream::unix(
                 tokio::net::UnixStream::connect(&addr)
                     .await
                     .map_err(named)?,
-            )
+            )?
         } else {
             let tcp = TcpStream::connect(&addr).await.map_err(named)?;
             tcp.set_nodelay(true)?;
