@@ -99,7 +99,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let (client, _server) =
             tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
-        let stream = ServerStream::Plain(client.unwrap());
+        let stream = ServerStream::plain(client.unwrap()).unwrap();
         let read_mark = |s: &ServerStream| {
             let ServerStream::Plain(tcp) = s else {
                 unreachable!()
@@ -109,7 +109,7 @@ mod tests {
             // SAFETY: `getsockopt` writes at most `len` bytes to `value`.
             let rc = unsafe {
                 libc::getsockopt(
-                    tcp.as_raw_fd(),
+                    tcp.get_ref().as_raw_fd(),
                     libc::SOL_SOCKET,
                     libc::SO_RCVLOWAT,
                     (&mut value as *mut libc::c_int).cast(),

@@ -125,7 +125,24 @@ pub fn invalid_utf8_in_text(tag: u8, body: &[u8]) -> Option<&[u8]> {
         b'D' | b'C' => (1, 1),
         _ => return None,
     };
-    body.get(skip..)?
+    let body = body.get(skip..)?;
+    // The strings end at their last NUL. Plain ASCII, nearly always (an
+    // empty name is one NUL), needs no closer look.
+    let mut end = 0;
+    for _ in 0..strings {
+        match memchr::memchr(0, &body[end..]) {
+            Some(at) => end += at + 1,
+            None => {
+                end = body.len();
+                break;
+            }
+        }
+    }
+    let strings_part = &body[..end];
+    if strings_part.is_ascii() {
+        return None;
+    }
+    strings_part
         .split(|&b| b == 0)
         .take(strings)
         .find_map(invalid_utf8_bytes)

@@ -153,7 +153,7 @@ fn fake_server_with(
         tcp.read_exact(&mut request).await?;
         assert_eq!(request, SSL_REQUEST);
         tcp.write_all(&[answer]).await?;
-        let mut stream = ClientStream::Plain(tcp);
+        let mut stream = ClientStream::plain(tcp.into_std()?)?;
         if answer == b'S' {
             let config =
                 load_server_config(&data("server.pem"), &data("server_pkcs8.key")).unwrap();
