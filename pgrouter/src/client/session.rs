@@ -444,7 +444,7 @@ impl Session {
                     r = self.client.read_buf(&mut self.cbuf) => Event::Client(r),
                     r = server.stream.read_buf(&mut server.read_buf) => Event::Server(r),
                     _ = &mut self.shutdown, if watch_shutdown => Event::Shutdown,
-                    event = sleep_until_or_forever(deadline) => event,
+                    event = sleep_until_or_forever(deadline), if deadline.is_some() => event,
                 }
             }
             Some(held) => {
@@ -458,7 +458,7 @@ impl Session {
                     r = server.stream.read_buf(&mut server.read_buf) => Event::Server(r),
                     r = self.client.read_buf(&mut self.cbuf), if !blocked => Event::Client(r),
                     _ = &mut self.shutdown, if watch_shutdown => Event::Shutdown,
-                    event = sleep_until_or_forever(deadline) => event,
+                    event = sleep_until_or_forever(deadline), if deadline.is_some() => event,
                 }
             }
             None => {
@@ -473,7 +473,7 @@ impl Session {
                     biased;
                     r = self.client.read_buf(&mut self.cbuf) => Event::Client(r),
                     _ = &mut self.shutdown, if watch_shutdown => Event::Shutdown,
-                    _ = sleep_or_forever(idle) => timed_out,
+                    _ = sleep_or_forever(idle), if idle.is_some() => timed_out,
                 }
             }
         }
@@ -626,6 +626,10 @@ impl Session {
     }
 }
 
+/// The timer branch of `wait`. Enabled only with a deadline (`if
+/// deadline.is_some()`): without one (no timeouts configured, the usual
+/// case) the branch is never polled, which spares a poll of this future at
+/// every wake-up of the session.
 async fn sleep_until_or_forever(deadline: Option<(std::time::Instant, Event)>) -> Event {
     match deadline {
         Some((at, event)) => {
