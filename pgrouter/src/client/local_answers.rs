@@ -23,7 +23,11 @@ impl Session {
             return self.try_execute_explain_route();
         }
         if self.cbuf.first() == Some(&b'P') {
-            if self.try_answer_explain_route_batch()? || self.try_prepare_explain_route()? {
+            // Most Parses are no EXPLAIN (ROUTE): one look at the analysis
+            // spares both readers of the batch.
+            if self.parse_explains_route(len)?
+                && (self.try_answer_explain_route_batch()? || self.try_prepare_explain_route()?)
+            {
                 return Ok(true);
             }
             return self.try_answer_batch_locally();
@@ -139,6 +143,13 @@ impl Session {
         }
         self.cbuf.advance(at);
         Ok(true)
+    }
+
+    /// Whether the Parse at the buffer's start (`len` bytes) holds an
+    /// EXPLAIN (ROUTE).
+    fn parse_explains_route(&self, len: usize) -> Result<bool, SessionEnd> {
+        let body = self.cbuf.get(5..len).unwrap_or(&[]);
+        Ok(self.analyze_parse(body)?.explain_route.is_some())
     }
 
     /// Whether the buffer starts with a JWT session's `DISCARD ALL` / `RESET

@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use pgrouter_config::PoolMode;
 use pgrouter_parser::Analysis;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use super::cancel::CancelKey;
 use super::cleanup::release_after_session;
@@ -441,8 +441,8 @@ impl Session {
                 let server = &mut *held.conn;
                 tokio::select! {
                     biased;
-                    r = self.client.read_buf(&mut self.cbuf) => Event::Client(r),
-                    r = server.stream.read_buf(&mut server.read_buf) => Event::Server(r),
+                    r = self.client.read_into(&mut self.cbuf) => Event::Client(r),
+                    r = server.stream.read_into(&mut server.read_buf) => Event::Server(r),
                     _ = &mut self.shutdown, if watch_shutdown => Event::Shutdown,
                     event = sleep_until_or_forever(deadline), if deadline.is_some() => event,
                 }
@@ -455,8 +455,8 @@ impl Session {
                 // be polled (and re-registered) again to find that out.
                 tokio::select! {
                     biased;
-                    r = server.stream.read_buf(&mut server.read_buf) => Event::Server(r),
-                    r = self.client.read_buf(&mut self.cbuf), if !blocked => Event::Client(r),
+                    r = server.stream.read_into(&mut server.read_buf) => Event::Server(r),
+                    r = self.client.read_into(&mut self.cbuf), if !blocked => Event::Client(r),
                     _ = &mut self.shutdown, if watch_shutdown => Event::Shutdown,
                     event = sleep_until_or_forever(deadline), if deadline.is_some() => event,
                 }
@@ -471,7 +471,7 @@ impl Session {
                 };
                 tokio::select! {
                     biased;
-                    r = self.client.read_buf(&mut self.cbuf) => Event::Client(r),
+                    r = self.client.read_into(&mut self.cbuf) => Event::Client(r),
                     _ = &mut self.shutdown, if watch_shutdown => Event::Shutdown,
                     _ = sleep_or_forever(idle), if idle.is_some() => timed_out,
                 }

@@ -169,40 +169,76 @@ fn send_vectored(fd: i32, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
     }
 }
 
-impl<S: OwnsSocket + Unpin> AsyncRead for ReadInterest<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
+impl<S: OwnsSocket> ReadInterest<S> {
+    /// Waits until the socket is readable, then `recv`s into the `len`
+    /// bytes at `dst`; the count read (0: the peer closed).
+    ///
+    /// # Safety
+    /// `dst` must be valid for writes of `len` bytes, `len` > 0.
+    unsafe fn poll_recv(
+        &self,
         cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
+        dst: *mut u8,
+        len: usize,
+    ) -> Poll<io::Result<usize>> {
         loop {
-            let mut guard = ready!(this.io.poll_read_ready(cx))?;
-            // SAFETY: `recv` only writes into the unfilled part, and the
-            // bytes it reports written are marked initialized below.
-            let unfilled = unsafe { buf.unfilled_mut() };
-            let len = unfilled.len();
-            if len == 0 {
-                return Poll::Ready(Ok(()));
-            }
-            // SAFETY: `unfilled` is valid for writes of `len` bytes.
-            match unsafe { recv(this.fd(), unfilled.as_mut_ptr().cast(), len) } {
+            let mut guard = ready!(self.io.poll_read_ready(cx))?;
+            // SAFETY: the caller's promise.
+            match unsafe { recv(self.fd(), dst, len) } {
                 Ok(n) => {
-                    // SAFETY: `recv` initialized the first `n` bytes.
-                    unsafe { buf.assume_init(n) };
-                    buf.advance(n);
                     if n > 0 && n < len {
                         // The socket had less than asked for: it is empty
                         // now, and the next bytes to arrive raise a new
                         // event. Spares the `recv` that would say so.
                         guard.clear_ready();
                     }
-                    return Poll::Ready(Ok(()));
+                    return Poll::Ready(Ok(n));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }
+    }
+
+    /// Reads what the socket holds into `buf`'s spare room (64 more bytes
+    /// are made when it has none, as tokio's `read_buf` does): the
+    /// session's reads, without `ReadBuf`'s bookkeeping in between.
+    pub fn poll_read_into(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut bytes::BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        if buf.capacity() == buf.len() {
+            buf.reserve(64);
+        }
+        let spare = buf.spare_capacity_mut();
+        // SAFETY: `spare` is valid for writes of its length (not zero).
+        let n = ready!(unsafe { self.poll_recv(cx, spare.as_mut_ptr().cast(), spare.len()) })?;
+        // SAFETY: `recv` initialized the first `n` bytes of the spare room.
+        unsafe { buf.set_len(buf.len() + n) };
+        Poll::Ready(Ok(n))
+    }
+}
+
+impl<S: OwnsSocket + Unpin> AsyncRead for ReadInterest<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        // SAFETY: `recv` only writes into the unfilled part, and the bytes
+        // it reports written are marked initialized below.
+        let unfilled = unsafe { buf.unfilled_mut() };
+        let len = unfilled.len();
+        if len == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        // SAFETY: `unfilled` is valid for writes of `len` bytes.
+        let n = ready!(unsafe { self.poll_recv(cx, unfilled.as_mut_ptr().cast(), len) })?;
+        // SAFETY: `recv` initialized the first `n` bytes.
+        unsafe { buf.assume_init(n) };
+        buf.advance(n);
+        Poll::Ready(Ok(()))
     }
 }
 

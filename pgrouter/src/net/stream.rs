@@ -8,10 +8,12 @@
 //! records are in the socket, as a TCP write does, so a `write_all` followed
 //! by a read cannot leave the peer waiting for bytes still in our buffer.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -153,6 +155,57 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteThrough<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Reads what `stream` holds into `buf` as tokio's `read_buf` does, for
+/// the TLS streams (a plain socket reads straight into `buf`, see
+/// `ReadInterest::poll_read_into`).
+fn poll_read_buf<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
+    if buf.capacity() == buf.len() {
+        buf.reserve(64);
+    }
+    let spare = buf.spare_capacity_mut();
+    let mut read = ReadBuf::uninit(spare);
+    ready!(Pin::new(stream).poll_read(cx, &mut read))?;
+    let n = read.filled().len();
+    // SAFETY: the reader initialized (filled) the first `n` spare bytes.
+    unsafe { buf.set_len(buf.len() + n) };
+    Poll::Ready(Ok(n))
+}
+
+impl ClientStream {
+    /// Reads what the client sent into `buf`; 0 when it closed. The
+    /// session's one read of its client (a plain socket without tokio's
+    /// `ReadBuf` layers: it runs for every request).
+    pub fn read_into<'a>(
+        &'a mut self,
+        buf: &'a mut BytesMut,
+    ) -> impl Future<Output = io::Result<usize>> + 'a {
+        std::future::poll_fn(move |cx| match self {
+            ClientStream::Plain(s) => s.poll_read_into(cx, buf),
+            ClientStream::Tls(s) => poll_read_buf(&mut **s, cx, buf),
+            ClientStream::Detached => Poll::Ready(Err(detached())),
+        })
+    }
+}
+
+impl ServerStream {
+    /// Reads what the server sent into `buf`; 0 when it closed (as
+    /// [`ClientStream::read_into`]).
+    pub fn read_into<'a>(
+        &'a mut self,
+        buf: &'a mut BytesMut,
+    ) -> impl Future<Output = io::Result<usize>> + 'a {
+        std::future::poll_fn(move |cx| match self {
+            ServerStream::Plain(s) => s.poll_read_into(cx, buf),
+            ServerStream::Tls(s) => poll_read_buf(&mut **s, cx, buf),
+            ServerStream::Unix(s) => s.poll_read_into(cx, buf),
+        })
     }
 }
 

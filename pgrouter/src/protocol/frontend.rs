@@ -130,6 +130,12 @@ pub fn invalid_utf8_in_text(tag: u8, body: &[u8]) -> Option<&[u8]> {
     // empty name is one NUL), needs no closer look.
     let mut end = 0;
     for _ in 0..strings {
+        // An empty name (the unnamed statement or portal) is most names:
+        // one byte, not worth memchr's set-up.
+        if body.get(end) == Some(&0) {
+            end += 1;
+            continue;
+        }
         match memchr::memchr(0, &body[end..]) {
             Some(at) => end += at + 1,
             None => {
