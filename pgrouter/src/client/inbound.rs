@@ -2,6 +2,8 @@
 //! router's own messages, insert the answers the router makes up, and keep
 //! the session's bookkeeping (transaction status, parameters, SET outcomes).
 
+use std::hint::cold_path;
+
 use bytes::Buf;
 use pgrouter_config::PoolMode;
 
@@ -45,6 +47,7 @@ impl Session {
                 && self.replay.is_some()
                 && is_fatal(&held.conn.read_buf[pos + 5..pos + frame.total_len])
             {
+                cold_path();
                 // The server is going away before answering a replayable
                 // read: keep quiet, the replay on another server answers.
                 held.conn.read_buf.truncate(pos);
@@ -54,6 +57,7 @@ impl Session {
                 && self.replay.is_some()
                 && announces_end(&held.conn.read_buf[body_range.clone()])
             {
+                cold_path();
                 // The server says it is going away (an immediate shutdown
                 // sends a WARNING, not a FATAL, before closing): not yet an
                 // answer, or the read could not be replayed. Relayed ahead
@@ -130,6 +134,7 @@ impl Session {
                     // have been to another client (see `replay.rs`).
                     let replayed = clients && std::mem::take(&mut held.settings_replayed);
                     if clients && !self.sets.is_idle() {
+                        cold_path();
                         for change in self.sets.on_ready(status) {
                             // A reported setting is carried as the server
                             // reported it: `SET datestyle TO ymd` changes
@@ -195,6 +200,7 @@ impl Session {
                     }
                 }
                 b'S' => {
+                    cold_path();
                     if let Ok((name, value)) = parse_parameter_status(body) {
                         let (name, value) = (name.to_string(), value.to_string());
                         if held.conn.params.get(&name) != Some(&value) {
@@ -206,6 +212,7 @@ impl Session {
                     }
                 }
                 b'E' => {
+                    cold_path();
                     if clients {
                         self.sets.on_error();
                         self.pins.on_error();
@@ -259,6 +266,7 @@ impl Session {
                 }
             }
             if !announce.is_empty() {
+                cold_path();
                 if verbatim {
                     verbatim = false;
                     self.to_client
@@ -281,6 +289,7 @@ impl Session {
                     .to_client
                     .extend_from_slice(&held.conn.read_buf[msg_range]),
                 Some(verdict) => {
+                    cold_path();
                     if let Some(id) = verdict.failed_parse {
                         held.conn.statements.remove(id);
                     }

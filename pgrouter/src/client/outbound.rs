@@ -3,6 +3,7 @@
 //! preparing statements the server lacks — while recording what answers the
 //! server owes in [`Expectations`].
 
+use std::hint::cold_path;
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
@@ -236,10 +237,12 @@ impl Session {
             let tag = frame.tag;
             self.message_seq.set(self.message_seq.get().wrapping_add(1));
             if tag == b'X' {
+                cold_path();
                 self.flush_server().await?;
                 return Err(SessionEnd::ClientGone);
             }
             if self.pipeline.is_some() {
+                cold_path();
                 // A batch on several shards: its next part, once it is here.
                 if !self.batch_has_arrived(tag) {
                     break;
@@ -250,13 +253,18 @@ impl Session {
             if self.flow.skip_to_sync()
                 || (self.server.is_none() && matches!(tag, b'S' | b'H' | b'd' | b'c' | b'f'))
             {
+                cold_path();
                 self.cbuf.advance(frame.total_len);
                 self.answer_without_server(tag);
                 continue;
             }
             match self.flow.guard_gate(tag) {
-                GuardGate::Hold => break,
+                GuardGate::Hold => {
+                    cold_path();
+                    break;
+                }
                 GuardGate::Drop { answer_query } => {
+                    cold_path();
                     // The role could not be set: the held request never runs.
                     self.cbuf.advance(frame.total_len);
                     if answer_query {
@@ -274,6 +282,7 @@ impl Session {
                 self.shard_portals.clear();
             }
             if let Some(refusal) = self.unreadable_text(tag, frame.total_len) {
+                cold_path();
                 self.refuse_in_turn(tag, frame.total_len, refusal).await?;
                 continue;
             }
@@ -284,19 +293,23 @@ impl Session {
                     super::local_answers::LoneReset::Incomplete
                 )
             {
+                cold_path();
                 break; // a DISCARD ALL / RESET ALL is judged on its whole batch
             }
             if let Err(refusal) = self.check_policy(tag, frame.total_len)? {
+                cold_path();
                 self.refuse_in_turn(tag, frame.total_len, refusal).await?;
                 continue;
             }
             if tag == b'P' {
                 if let Some(refusal) = self.duplicate_statement(frame.total_len)? {
+                    cold_path();
                     self.refuse_in_turn(tag, frame.total_len, refusal).await?;
                     continue;
                 }
             }
             if let Some(refusal) = self.portal_exists(tag, frame.total_len) {
+                cold_path();
                 self.refuse_in_turn(tag, frame.total_len, refusal).await?;
                 continue;
             }
@@ -309,9 +322,11 @@ impl Session {
             if (self.server.is_none() || (self.is_quiet() && !self.flow.in_tx()))
                 && self.try_answer_locally(frame.total_len)?
             {
+                cold_path();
                 continue;
             }
             if let Some(analysis) = self.explain_wants_columns.clone() {
+                cold_path();
                 self.learn_columns_for(&[analysis]).await;
                 if self.try_answer_locally(frame.total_len)? {
                     continue;
@@ -323,6 +338,7 @@ impl Session {
                 }
                 self.refresh_runtime()?;
                 if let Err(e) = self.wait_while_paused().await? {
+                    cold_path();
                     self.cbuf.advance(frame.total_len);
                     self.refuse_after_checkout_error(tag, e);
                     continue;
@@ -333,8 +349,14 @@ impl Session {
                 self.learn_insert_columns(tag, frame.total_len).await;
                 match self.deferred_begin_step(tag, frame.total_len).await? {
                     Deferred::No => {}
-                    Deferred::Answered | Deferred::Attached => continue,
-                    Deferred::NeedMore => break,
+                    Deferred::Answered | Deferred::Attached => {
+                        cold_path();
+                        continue;
+                    }
+                    Deferred::NeedMore => {
+                        cold_path();
+                        break;
+                    }
                 }
                 let route = match self.route_learning_columns(tag).await {
                     None => break, // route the batch once its Sync (or Flush) is here
@@ -345,17 +367,20 @@ impl Session {
                         route
                     }
                     Some(Ok(Routed::Many(route, choice))) => {
+                        cold_path();
                         if self.run_on_shards(tag, route.role, choice).await? {
                             continue;
                         }
                         break; // the rest of the batch is still coming
                     }
                     Some(Err(refusal)) => {
+                        cold_path();
                         self.refuse(tag, frame.total_len, refusal);
                         continue;
                     }
                 };
                 if let Err(e) = self.attach_new_unit(route).await? {
+                    cold_path();
                     self.cbuf.advance(frame.total_len);
                     self.refuse_after_checkout_error(tag, e);
                     continue;
@@ -379,6 +404,7 @@ impl Session {
                     }
                 }
             } else if self.needs_other_server(tag) {
+                cold_path();
                 self.flow.wait_for_release();
                 break;
             }
@@ -716,6 +742,7 @@ impl Session {
         if self.server.as_ref().is_some_and(|h| h.conn.discard_due)
             && !matches!(tag, b'S' | b'H' | b'd' | b'c' | b'f')
         {
+            cold_path();
             self.discard_sequences(tag, body)?;
         }
         self.inject_role_guard_if_due(tag);

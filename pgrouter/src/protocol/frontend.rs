@@ -118,7 +118,26 @@ pub fn parse_query(body: &[u8]) -> Result<&str, ProtocolError> {
 /// first bad byte starts, by that byte's length, cut at the string's end.
 /// None when the strings are UTF-8. The message's layout was checked
 /// before (`check_message`).
+///
+/// Inline: it runs for several messages of every request, and most have
+/// nothing to check (the unnamed statement and portal).
+#[inline]
 pub fn invalid_utf8_in_text(tag: u8, body: &[u8]) -> Option<&[u8]> {
+    let unnamed = match tag {
+        b'E' => body.first() == Some(&0),
+        b'D' | b'C' => body.get(1) == Some(&0),
+        b'B' => body.starts_with(&[0, 0]),
+        b'Q' | b'P' => false,
+        _ => return None,
+    };
+    if unnamed {
+        return None;
+    }
+    invalid_utf8_in_strings(tag, body)
+}
+
+/// [`invalid_utf8_in_text`] of a message with a name or SQL text.
+fn invalid_utf8_in_strings(tag: u8, body: &[u8]) -> Option<&[u8]> {
     let (skip, strings) = match tag {
         b'Q' | b'E' => (0, 1),
         b'P' | b'B' => (0, 2),
