@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -536,6 +537,28 @@ def test_resume_unknown_database_is_an_error_like_pause(routers):
     assert resumed.returncode == 1, resumed.stdout
     assert 'ERROR:  55000: pgrouter: no such database "nosuchdb"' in resumed.stderr, resumed.stderr
     assert resumed.stderr.replace("RESUME", "PAUSE") == paused.stderr.replace("RESUME", "PAUSE")
+
+
+def test_sigusr1_pauses_and_sigusr2_resumes_as_pgbouncer_does(routers):
+    """PgBouncer's signals for a maintenance window: SIGUSR1 is PAUSE and
+    SIGUSR2 is RESUME. Both used to end the router (their default action),
+    dropping every client, when sent by a script written for PgBouncer."""
+    r = routers.start(general=admin_general())
+    with connect(r.dsn()) as c:
+        assert c.execute("SELECT 1").fetchone() == (1,)
+        r.signal(signal.SIGUSR1)
+        wait_until(lambda: pools(r) and all(p["paused"] == "t" for p in pools(r)), 5,
+                   what="SHOW POOLS paused after SIGUSR1")
+        assert r.alive()
+        result = {}
+        th = in_thread(lambda: result.setdefault("row", c.execute("SELECT 5").fetchone()))
+        time.sleep(0.8)
+        assert result == {}, "a statement ran while paused"
+        r.signal(signal.SIGUSR2)
+        th.join(5)
+        assert result == {"row": (5,)}
+        assert r.alive()
+    assert all(p["paused"] == "f" for p in pools(r))
 
 
 def test_cancel_of_a_statement_held_by_pause_cancels_it(routers, primary, table):

@@ -19,6 +19,7 @@ pub mod reload;
 pub mod router;
 pub mod run;
 pub mod server;
+pub mod signals;
 pub mod state;
 pub mod twophase;
 pub mod worker;

@@ -171,21 +171,6 @@ fn summary(
     )
 }
 
-/// Reloads on SIGHUP until shutdown.
-pub async fn on_sighup(state: Arc<State>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot watch SIGHUP");
-            return;
-        }
-    };
-    while hup.recv().await.is_some() {
-        let _ = reload(&state, "SIGHUP").await;
-    }
-}
-
 /// With `hot_reload = true`: watches the directories of both files and
 /// reloads shortly after a change settles. Watching directories (not files)
 /// sees editors that save by writing a new file and renaming it, and

@@ -1,5 +1,5 @@
 //! The router's life cycle: start listening, keep pools in shape, shut down
-//! gracefully on SIGINT/SIGTERM.
+//! gracefully on SIGINT/SIGTERM (the other signals are in `signals.rs`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,6 +16,10 @@ use crate::state::State;
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // Before anything is bound: from the moment the port accepts
+    // connections, a SIGHUP or SIGUSR1 must not end the process.
+    let signals =
+        crate::signals::Signals::install().context("cannot watch SIGHUP/SIGUSR1/SIGUSR2")?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let listen = config.general.listen.clone();
     let jwt = match &config.jwt {
@@ -78,7 +82,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tokio::spawn(maintain_pools(state.clone()));
     tokio::spawn(check_health(state.clone()));
     tokio::spawn(crate::twophase::run_recovery(state.clone()));
-    tokio::spawn(crate::reload::on_sighup(state.clone()));
+    tokio::spawn(signals.serve(state.clone()));
     if hot_reload {
         tokio::spawn(crate::reload::watch_files(state.clone()));
     }
