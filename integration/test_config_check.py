@@ -293,6 +293,26 @@ def test_bad_server_tls_ca_reported_by_check_and_start(tmp_path, mode, case):
                     "general.server_tls_ca")
 
 
+@pytest.mark.parametrize("case", ["missing", "not_pem"])
+def test_bad_jit_api_ca_reported_by_check_and_start(tmp_path, case):
+    """`[jit] api_ca` that does not load: `check` used to call the files
+    valid, and start-up failed with "[jit]: api_ca ..." naming no file,
+    line or key. Both now report `router.toml:LINE: jit.api_ca: ...`."""
+    ca = tmp_path / "jit-ca.pem"
+    if case == "not_pem":
+        ca.write_text("id,name\n1,not a certificate\n")
+    text = good_router() + f'\n[jit]\napi_url = "https://127.0.0.1:9/check"\napi_ca = "{ca}"\n'
+    r, u = write(tmp_path, text, GOOD_USERS)
+    code, out = check(r, u)
+    assert code == 1, out
+    assert_reported(out, r, line_of(text, "api_ca ="), "jit.api_ca")
+    assert str(ca) in out, out
+    proc = subprocess.run([str(router_binary()), "--config", str(r), "--users", str(u)],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert_reported(proc.stdout + proc.stderr, r, line_of(text, "api_ca ="), "jit.api_ca")
+
+
 def test_good_server_tls_ca_and_client_certificate_pass_check(tmp_path):
     from harness.certs import CertAuthority
     ca = CertAuthority.create(tmp_path)

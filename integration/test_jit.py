@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sys
 import time
 import uuid
@@ -576,7 +577,9 @@ def test_unreadable_api_ca_stops_the_start(jit_cluster, api, jit_routers, tmp_pa
     with pytest.raises(RuntimeError) as info:
         start(jit_routers, jit_cluster, "https://127.0.0.1:9/check",
               jit={"api_ca": str(tmp_path / "missing.pem")})
-    assert "[jit]: api_ca" in str(info.value) and "missing.pem" in str(info.value)
+    # Located as every config problem is: router.toml:LINE: jit.api_ca.
+    assert re.search(r"router\.toml:\d+: jit\.api_ca: ", str(info.value)), str(info.value)
+    assert "missing.pem" in str(info.value)
     jit_routers.routers[-1].stop_requested = True  # exiting was the point
 
 

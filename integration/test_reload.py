@@ -451,6 +451,13 @@ BAD_EDITS = {
                               lambda t: t.replace("[general]\n", '[general]\nserver_tls = "verify-full"\n'
                                                   'server_tls_ca = "/nonexistent/ca.pem"\n'),
                               "server_tls_ca =", "general.server_tls_ca"),
+    # [jit] api_ca is read by the router, not by the config loader: a
+    # reload it breaks used to be logged as "[jit]: api_ca ..." with no
+    # file, line or key.
+    "jit_api_ca_missing": ("router.toml",
+                           lambda t: t + '\n[jit]\napi_url = "https://127.0.0.1:9/check"\n'
+                                         'api_ca = "/nonexistent/jit-ca.pem"\n',
+                           "api_ca =", "jit.api_ca"),
     "users_bad_value": ("users.toml", lambda t: t.replace('auth = "scram"', 'auth = "kerberos"'),
                         "kerberos", "auth"),
     "users_unknown_key": ("users.toml", lambda t: t.replace('auth = "scram"', 'auth = "scram"\npasword = "x"'),

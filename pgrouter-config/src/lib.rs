@@ -45,7 +45,7 @@ use std::path::Path;
 pub use diff::{
     diff, restart_pending, ConfigDiff, UserChange, UserKey, POOL_SETTING_KEYS, RESTART_KEYS,
 };
-pub use login_checks::{AuthQuery, Jit, DEFAULT_AUTH_QUERY};
+pub use login_checks::{AuthQuery, Jit, JitLines, DEFAULT_AUTH_QUERY};
 pub use model::*;
 pub use problem::Problem;
 pub use sharding::shard_count_changes;
@@ -159,6 +159,7 @@ fn check(
             router_path: router_path.to_path_buf(),
             users_path: users_path.to_path_buf(),
             general_lines: r.general_lines,
+            jit_lines: r.login_checks_at.jit,
         }),
         _ => None,
     };

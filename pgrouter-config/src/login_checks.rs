@@ -88,6 +88,19 @@ impl Jit {
 pub(crate) struct LoginCheckLines {
     pub auth_query_user: usize,
     pub jit_databases: usize,
+    pub jit: JitLines,
+}
+
+/// Where `[jit]` and the keys naming what the server reads (the URL, the
+/// CA file) are in router.toml, so that a problem only the server finds
+/// (a CA file that does not load) is reported at `file:line: jit.key`,
+/// as every other problem is (see [`crate::Config::jit_problem`]).
+/// 0 = unknown (no `[jit]`, or a key left out: its section's line is used).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JitLines {
+    pub section: usize,
+    pub api_url: usize,
+    pub api_ca: usize,
 }
 
 pub(crate) const AUTH_QUERY_KEYS: &[&str] = &["user", "query", "cache_ttl_s"];
@@ -125,6 +138,11 @@ pub(crate) fn read_auth_query(
 
 pub(crate) fn read_jit(src: &mut Source, sec: &Section, at: &mut LoginCheckLines) -> Jit {
     sec.check_unknown(src, JIT_KEYS, "[jit]");
+    at.jit = JitLines {
+        section: sec.line,
+        api_url: sec.line_of(src, "api_url"),
+        api_ca: sec.line_of(src, "api_ca"),
+    };
     let mut j = Jit::default();
     match sec.non_empty_string(src, "api_url") {
         Some(url) if url.starts_with("https://") || url.starts_with("http://") => {

@@ -232,6 +232,8 @@ pub struct Config {
     pub users_path: PathBuf,
     /// Where `[general]` and its keys are in router.toml.
     pub general_lines: GeneralLines,
+    /// Where `[jit]` and its file-naming keys are in router.toml.
+    pub jit_lines: crate::JitLines,
 }
 
 /// Where `[general]` and each key written in it are in router.toml. Two
@@ -681,6 +683,26 @@ impl Config {
             file: self.router_path.clone(),
             line: self.general_lines.line_of(key),
             key: format!("general.{key}"),
+            message: message.into(),
+        }
+    }
+
+    /// A problem with `[jit]`'s `key` ("api_url" or "api_ca") that only the
+    /// server finds (the CA file does not load), located as [`load`]
+    /// locates its own: `router.toml:40: jit.api_ca: ...`.
+    ///
+    /// [`load`]: crate::load
+    pub fn jit_problem(&self, key: &str, message: impl Into<String>) -> crate::Problem {
+        let lines = self.jit_lines;
+        let line = match key {
+            "api_url" if lines.api_url != 0 => lines.api_url,
+            "api_ca" if lines.api_ca != 0 => lines.api_ca,
+            _ => lines.section,
+        };
+        crate::Problem {
+            file: self.router_path.clone(),
+            line,
+            key: format!("jit.{key}"),
             message: message.into(),
         }
     }

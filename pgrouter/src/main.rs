@@ -145,7 +145,7 @@ fn check(args: &Args) -> ExitCode {
 }
 
 /// Problems in the files router.toml names (the `[jwt]` public key, the
-/// TLS certificate and key, `server_tls_ca`), which `pgrouter_config::load` does not read.
+/// TLS certificate and key, `server_tls_ca`, `[jit] api_ca`), which `pgrouter_config::load` does not read.
 /// Nothing here touches the network: a JWKS is fetched only by the router.
 fn file_problems(config: &pgrouter_config::Config) -> Vec<pgrouter_config::Problem> {
     let mut problems = Vec::new();
@@ -156,7 +156,15 @@ fn file_problems(config: &pgrouter_config::Config) -> Vec<pgrouter_config::Probl
     }
     // The same check start-up and reload make (see `net/tls/files.rs`).
     problems.extend(pgrouter::net::tls::file_problems(config));
+    problems.extend(jit_problem(config));
     problems
+}
+
+/// `[jit]`'s URL and CA file, checked as start-up and reload check them.
+fn jit_problem(config: &pgrouter_config::Config) -> Option<pgrouter_config::Problem> {
+    let jit = config.jit.as_ref()?;
+    let (key, message) = pgrouter::auth::jit::check_offline(jit).err()?;
+    Some(config.jit_problem(key, message))
 }
 
 /// Only whether the files router.toml names load (not whether they suit
@@ -170,6 +178,7 @@ fn named_file_problems(config: &pgrouter_config::Config) -> Vec<pgrouter_config:
         }
     }
     problems.extend(pgrouter::net::tls::file_problems(config));
+    problems.extend(jit_problem(config));
     problems
 }
 

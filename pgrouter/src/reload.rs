@@ -57,7 +57,11 @@ async fn try_reload(state: &Arc<State>) -> Result<String, String> {
         return Err(lines.join("\n"));
     }
     let changes = diff(&old.config, &new);
-    if changes.is_empty() && !tls_files_present(&new) && !jwt_key_file_present(&new) {
+    if changes.is_empty()
+        && !tls_files_present(&new)
+        && !jwt_key_file_present(&new)
+        && !jit_ca_present(&new)
+    {
         *state.general_lines.lock() = new.general_lines.clone();
         return Ok("no changes".into());
     }
@@ -72,10 +76,16 @@ async fn try_reload(state: &Arc<State>) -> Result<String, String> {
             })?))
         }
     };
+    if let Some(j) = &new.jit {
+        crate::auth::jit::check_offline(j)
+            .map_err(|(key, e)| new.jit_problem(key, e).to_string())?;
+    }
     let jit = match (&new.jit, changes.login_checks_changed) {
         (None, _) => None,
-        (Some(_), false) => old.jit.clone(),
-        (Some(j), true) => Some(Arc::new(
+        // An `api_ca` is read again at every reload, as the TLS files are:
+        // a CA bundle renewed under the same name takes effect.
+        (Some(j), false) if j.api_ca.is_empty() => old.jit.clone(),
+        (Some(j), _) => Some(Arc::new(
             crate::auth::jit::JitClient::new(j).map_err(|e| format!("[jit]: {e}"))?,
         )),
     };
@@ -264,6 +274,10 @@ fn jwt_key_file_present(config: &pgrouter_config::Config) -> bool {
         .jwt
         .as_ref()
         .is_some_and(|j| !j.public_key_file.is_empty())
+}
+
+fn jit_ca_present(config: &pgrouter_config::Config) -> bool {
+    config.jit.as_ref().is_some_and(|j| !j.api_ca.is_empty())
 }
 
 fn tls_files_present(config: &pgrouter_config::Config) -> bool {

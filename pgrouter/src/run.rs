@@ -31,6 +31,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         None => None,
     };
     if let Some(j) = &config.jit {
+        crate::auth::jit::check_offline(j)
+            .map_err(|(key, e)| anyhow::anyhow!("{}", config.jit_problem(key, e)))?;
         crate::auth::jit::JitClient::new(j).map_err(|e| anyhow::anyhow!("[jit]: {e}"))?;
     }
     let metrics_listen = config.general.metrics_listen.clone();

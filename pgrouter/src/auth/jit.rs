@@ -80,6 +80,33 @@ pub struct JitClient {
     turns: tokio::sync::Semaphore,
 }
 
+/// What [`JitClient::new`] would refuse in `[jit]`, without building a
+/// client or touching the network: an `api_url` that does not parse, an
+/// `api_ca` (used with https) that does not load. Returns the key at fault
+/// and why, so that `pgrouter check`, start-up and a refused reload all
+/// report it at `router.toml:LINE: jit.KEY` (see `Config::jit_problem`).
+pub fn check_offline(cfg: &Jit) -> Result<(), (&'static str, String)> {
+    let uri: Uri = cfg
+        .api_url
+        .parse()
+        .map_err(|e| ("api_url", format!("{:?} is not a URL: {e}", cfg.api_url)))?;
+    if uri.scheme_str() == Some("https") && !cfg.api_ca.is_empty() {
+        ca_roots(&cfg.api_ca).map_err(|e| ("api_ca", e))?;
+    }
+    Ok(())
+}
+
+/// The CA certificates of the PEM bundle at `path`; errors name the file.
+fn ca_roots(path: &str) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in crate::net::tls::read_certificates("api_ca", path)? {
+        roots
+            .add(cert)
+            .map_err(|e| format!("api_ca \"{path}\": unusable CA certificate: {e}"))?;
+    }
+    Ok(roots)
+}
+
 impl JitClient {
     /// Prepares the client: the URL is parsed and `api_ca` read now, so a
     /// bad file stops a start or a reload instead of every login.
@@ -98,13 +125,9 @@ impl JitClient {
                 .with_root_certificates(rustls::RootCertStore::empty())
                 .with_no_client_auth()
         } else if !cfg.api_ca.is_empty() {
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in crate::net::tls::read_certificates("api_ca", &cfg.api_ca)? {
-                roots.add(cert).map_err(|e| {
-                    format!("api_ca \"{}\": unusable CA certificate: {e}", cfg.api_ca)
-                })?;
-            }
-            builder.with_root_certificates(roots).with_no_client_auth()
+            builder
+                .with_root_certificates(ca_roots(&cfg.api_ca)?)
+                .with_no_client_auth()
         } else {
             match builder.clone().with_native_roots() {
                 Ok(b) => b.with_no_client_auth(),

@@ -1,5 +1,6 @@
 //! What a reload read, as one hash: both files and every file they name
-//! (TLS certificate and key, `server_tls_ca`, the `[jwt]` public key).
+//! (TLS certificate and key, `server_tls_ca`, the `[jwt]` public key, the
+//! `[jit]` CA bundle).
 //!
 //! Why: the file watcher fires after an edit that SIGHUP or the admin
 //! RELOAD has already applied (the PgBouncer habit: edit, then SIGHUP).
@@ -29,6 +30,7 @@ pub fn of_files(router: &Path, users: &Path, config: &Config) -> u64 {
             .jwt
             .as_ref()
             .map_or("", |j| j.public_key_file.as_str()),
+        config.jit.as_ref().map_or("", |j| j.api_ca.as_str()),
     ];
     let files = [router, users]
         .into_iter()
