@@ -3,6 +3,7 @@ and router -> server (the server's pg_hba method for each role)."""
 from __future__ import annotations
 
 import struct
+import subprocess
 
 import asyncpg
 import psycopg
@@ -10,7 +11,7 @@ import pytest
 
 from harness import wire
 from harness.clients import aconnect, connect, run_async
-from harness.router import app_user
+from harness.router import app_user, router_binary
 
 
 def login_error(router, user, password, db="app") -> Exception:
@@ -115,6 +116,28 @@ def test_stored_scram_secret_from_pg_authid(routers, primary):
     router = routers.start(users=[app_user(password=secret, server_password="app-secret")])
     assert whoami(router, "app", "app-secret") == ("app", "app")
     assert login_error(router, "app", "app-secret-not").sqlstate == "28P01"
+
+
+def test_a_scram_secret_cut_short_is_refused_with_file_line_and_key(routers, primary):
+    """A secret copied from pg_authid with a key cut short (or any key
+    that is not 32 bytes): PostgreSQL's parse_scram_secret refuses it. The
+    router used to start with it and fail every login with a bare 28P01
+    naming no cause; it is a config problem at users.toml's line and key."""
+    secret = primary.scalar("SELECT rolpassword FROM pg_authid WHERE rolname = 'app'")
+    head, server_key = secret.rsplit(":", 1)
+    cut = f"{head}:{server_key[:40]}"  # base64 still, of 30 bytes
+    router = routers.start(users=[app_user(password=cut, server_password="app-secret")],
+                           wait=False)
+    with pytest.raises(RuntimeError) as err:
+        router.start()
+    router.stop_requested = True  # it exited on purpose
+    log = str(err.value)
+    assert "users.toml:4: users.password: malformed SCRAM secret" in log, log
+    proc = subprocess.run([str(router_binary()), "check", "--config", str(router.config_path),
+                           "--users", str(router.users_path)],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "users.toml:4: users.password: malformed SCRAM secret" in proc.stderr, proc.stderr
 
 
 def test_a_secret_without_server_password_logs_in_to_servers_with_the_clients_proof(routers, primary):

@@ -117,7 +117,8 @@ fn check_password(src: &mut Source, sec: &Section, pw: &str, auth: AuthMethod) {
     let kind = password_kind(pw);
     if kind == PasswordKind::Scram && !scram_secret_well_formed(pw) {
         let msg = "malformed SCRAM secret: expected \
-                   SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>";
+                   SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey> \
+                   (base64; each key 32 bytes), as pg_authid.rolpassword holds it";
         sec.report(src, "password", msg);
     }
     let clash = match (auth, kind) {
@@ -134,13 +135,12 @@ fn check_password(src: &mut Source, sec: &Section, pw: &str, auth: AuthMethod) {
 }
 
 /// `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>` with a positive
-/// iteration count and base64 parts, as `pg_authid.rolpassword` holds it.
+/// iteration count, a base64 salt and two base64 keys of 32 bytes (SHA-256),
+/// as `pg_authid.rolpassword` holds it and as PostgreSQL's own
+/// `parse_scram_secret` requires. A key cut short in copying (or any other
+/// length) used to pass here and then fail every login with a bare 28P01
+/// that named no cause.
 fn scram_secret_well_formed(pw: &str) -> bool {
-    let is_b64 = |s: &str| {
-        !s.is_empty()
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b))
-    };
     let Some(rest) = pw.strip_prefix("SCRAM-SHA-256$") else {
         return false;
     };
@@ -153,5 +153,49 @@ fn scram_secret_well_formed(pw: &str) -> bool {
     let Some((stored, server)) = keys.split_once(':') else {
         return false;
     };
-    iter.parse::<u32>().is_ok_and(|n| n > 0) && is_b64(salt) && is_b64(stored) && is_b64(server)
+    iter.parse::<u32>().is_ok_and(|n| n > 0)
+        && b64_decoded_len(salt).is_some_and(|n| n > 0)
+        && b64_decoded_len(stored) == Some(32)
+        && b64_decoded_len(server) == Some(32)
+}
+
+/// The number of bytes padded standard base64 `s` decodes to; `None` when
+/// it is not such base64 (wrong alphabet, length not a multiple of 4,
+/// `=` other than at the end).
+fn b64_decoded_len(s: &str) -> Option<usize> {
+    let b = s.as_bytes();
+    if !b.len().is_multiple_of(4) {
+        return None;
+    }
+    let pad = b.iter().rev().take_while(|&&c| c == b'=').count();
+    let body = &b[..b.len() - pad];
+    if pad > 2
+        || !body
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"+/".contains(c))
+    {
+        return None;
+    }
+    Some(b.len() / 4 * 3 - pad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scram_secret_keys_must_be_32_bytes_of_base64() {
+        let key = "A".repeat(43) + "=";
+        let good = format!("SCRAM-SHA-256$4096:c2FsdA==${key}:{key}");
+        assert!(scram_secret_well_formed(&good));
+        assert!(!scram_secret_well_formed(
+            "SCRAM-SHA-256$4096:c2FsdA==$AAAA:BBBB"
+        ));
+        let short = format!("SCRAM-SHA-256$4096:c2FsdA==${key}:{}", &key[4..]);
+        assert!(!scram_secret_well_formed(&short));
+        let bad_salt = format!("SCRAM-SHA-256$4096:c2FsdA=${key}:{key}");
+        assert!(!scram_secret_well_formed(&bad_salt));
+        assert_eq!(b64_decoded_len("c2FsdA=="), Some(4));
+        assert_eq!(b64_decoded_len("a=bc"), None);
+    }
 }

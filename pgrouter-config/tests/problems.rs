@@ -750,14 +750,14 @@ password = "md5e8c6b9c1a3d1b5f0a2c4e6f8a0b2c4d6"
 name = "scrammed"
 database = "app"
 auth = "md5"
-password = "SCRAM-SHA-256$4096:c2FsdA==$a2V5:a2V5"
+password = "SCRAM-SHA-256$4096:c2FsdA==$bpSY5Ze9NUH+I35LC3gVq+DpBfK46iXBxvhAKqVu9pE=:bpSY5Ze9NUH+I35LC3gVq+DpBfK46iXBxvhAKqVu9pE="
 
 [[users]]
 name = "broken"
 database = "app"
 auth = "plain"
 password = "SCRAM-SHA-256$nope"
-server_password = "SCRAM-SHA-256$4096:c2FsdA==$a2V5:a2V5"
+server_password = "SCRAM-SHA-256$4096:c2FsdA==$bpSY5Ze9NUH+I35LC3gVq+DpBfK46iXBxvhAKqVu9pE=:bpSY5Ze9NUH+I35LC3gVq+DpBfK46iXBxvhAKqVu9pE="
 
 [[users]]
 name = "token"

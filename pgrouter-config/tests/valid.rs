@@ -391,10 +391,28 @@ fn well_formed_scram_secret_accepted() {
 [[users]]
 name = "app"
 database = "app"
-password = "SCRAM-SHA-256$4096:c2FsdHNhbHQ=$c3RvcmVka2V5:c2VydmVya2V5"
+password = "SCRAM-SHA-256$4096:c2FsdHNhbHQ=$bpSY5Ze9NUH+I35LC3gVq+DpBfK46iXBxvhAKqVu9pE=:bpSY5Ze9NUH+I35LC3gVq+DpBfK46iXBxvhAKqVu9pE="
 "#;
     let c = ok(MIN_ROUTER, users);
     assert_eq!(c.users[0].server_password, None);
+}
+
+#[test]
+fn scram_secret_with_keys_that_are_not_32_bytes_is_malformed() {
+    // PostgreSQL's parse_scram_secret refuses these; every login with one
+    // would fail with a bare 28P01.
+    let users = r#"
+[[users]]
+name = "app"
+database = "app"
+password = "SCRAM-SHA-256$4096:c2FsdHNhbHQ=$c3RvcmVka2V5:c2VydmVya2V5"
+"#;
+    let ps = problems(MIN_ROUTER, users);
+    assert!(
+        ps.iter()
+            .any(|p| p.key == "users.password" && p.message.contains("malformed SCRAM secret")),
+        "{ps:?}"
+    );
 }
 
 #[test]
