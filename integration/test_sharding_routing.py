@@ -195,6 +195,46 @@ def test_asyncpg_prepared_statements_route_by_each_execution(srouter, shards):
     assert len(set(seen.values())) == 3
 
 
+def test_sql_prepare_execute_routes_by_the_execute_arguments(srouter, shards):
+    """SPEC: prepared statements, PREPARE/EXECUTE included, still work on
+    sharded databases. An EXECUTE's key values are its arguments."""
+    with connect(srouter.dsn()) as conn:
+        conn.execute("PREPARE ins(bigint, text) AS INSERT INTO sh_orders (customer_id, note) VALUES ($1, $2)")
+        conn.execute(f"PREPARE sel(bigint) AS SELECT {PORT}, note FROM sh_orders WHERE customer_id = $1")
+        conn.execute("PREPARE upd(text, bigint) AS UPDATE sh_orders SET note = $1 WHERE customer_id = $2 "
+                     "RETURNING customer_id, note")
+        conn.execute("PREPARE uins(text) AS INSERT INTO sh_users (name, age) VALUES ($1, 1)")
+        conn.execute(f"PREPARE usel(text) AS SELECT {PORT}, age FROM sh_users WHERE name = $1")
+        for k in range(1, 13):
+            conn.execute(f"EXECUTE ins({k}, 'n{k}')")
+        for k in range(1, 13):
+            want = port_of(shards, hash_shard(shards[0], "sh_hp_int8", 3, k))
+            assert conn.execute(f"EXECUTE sel({k})").fetchall() == [(want, f"n{k}")], k
+        assert conn.execute("EXECUTE sel('7'::bigint)").fetchall()[0][1] == "n7"
+        assert conn.execute("EXECUTE upd('u', 5)").fetchall() == [(5, "u")]
+        assert conn.execute("EXECUTE sel(5)").fetchall()[0][1] == "u"
+        for name in ["a", "zz", "grüße"]:
+            conn.execute(f"EXECUTE uins('{name}')")
+            want = port_of(shards, hash_shard(shards[0], "sh_hp_text", 3, name))
+            assert conn.execute(f"EXECUTE usel('{name}')").fetchall() == [(want, 1)]
+        # Inside a transaction writing on several shards, too.
+        conn.execute("BEGIN")
+        conn.execute("EXECUTE ins(20, 'tx')")
+        conn.execute("EXECUTE ins(21, 'tx')")
+        assert conn.execute("EXECUTE sel(21)").fetchall()[0][1] == "tx"
+        conn.execute("COMMIT")
+        assert conn.execute("SELECT count(*) FROM sh_orders WHERE note = 'tx'").fetchone() == (2,)
+        # A bad key value gets PostgreSQL's own error.
+        refused(conn, "EXECUTE sel('x')", code="22P02")
+        # What would need several shards is still refused, never answered
+        # from one shard.
+        conn.execute("PREPARE all_rows(int) AS SELECT count(*) FROM sh_orders WHERE length(note) > $1")
+        assert "several shards" in refused(conn, "EXECUTE all_rows(0)")
+        assert "constant" in refused(conn, "EXECUTE sel(1 + 2)")
+    placed = per_shard(shards, "SELECT customer_id FROM sh_orders")
+    assert sorted(k for rows in placed for (k,) in rows) == list(range(1, 13)) + [20, 21]
+
+
 def test_statements_that_cannot_be_answered_exactly_are_refused(srouter, shards):
     """What needs several shards and is not answered exactly is refused with
     0A000 (what several shards do answer is in test_sharding_fanout.py)."""

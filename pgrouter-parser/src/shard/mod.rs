@@ -9,6 +9,7 @@
 //! literals of the text at hand for each execution.
 
 mod casts;
+mod execute;
 mod hash;
 mod insert_split;
 mod keys;
@@ -16,6 +17,7 @@ mod literals;
 mod placement;
 mod value;
 
+pub use execute::{execute_params, prepared_query};
 pub use insert_split::{split_insert, InsertPart, InsertTemplate, Unsupported};
 pub use keys::{Column, Cond, Filter, InsertRows, Relation, Scope, StatementKeys, ValueRef};
 pub use literals::{literal_of_token, literal_value_at, literal_values, Literal};

@@ -61,6 +61,7 @@ mod routing;
 mod sequence_discard;
 mod session;
 mod session_changes;
+mod shard_execute;
 mod shard_portals;
 mod shard_routing;
 mod shards;

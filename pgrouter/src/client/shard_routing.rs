@@ -257,21 +257,16 @@ impl Session {
         if let TempRoute::Shard(shard) = self.temps.route(analysis)? {
             return Ok(Some(ShardChoice::one(shard, "temporary table")));
         }
+        let key = self.sharding_key(analysis);
         // `EXECUTE name(...)` of a SQL-level PREPARE: its values are in the
         // EXECUTE's text, where the prepared statement's keys are not.
         let prepared = self.query_analysis(analysis.clone());
         if !Arc::ptr_eq(&prepared, analysis)
             && prepared.tables.iter().any(|t| map.table(t).is_some())
         {
-            return Err(Refusal {
-                sqlstate: "0A000",
-                message: "pgrouter: EXECUTE of a SQL-level prepared statement on a sharded table is not \
-                          supported; HINT: use the extended protocol (driver-prepared statements) or add \
-                          /* pgrouter: shard=N */ to the EXECUTE"
-                    .into(),
-            });
+            let sql = parse_query(body).ok();
+            return self.plan_execute(analysis, sql, map, key, explain);
         }
-        let key = self.sharding_key(analysis);
         if let Some(encoding) = self.foreign_encoding() {
             // Neither the point plans nor the memo know the encoding.
             let Ok(sql) = parse_query(body) else {
