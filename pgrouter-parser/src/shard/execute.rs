@@ -10,9 +10,7 @@ use crate::lexer::{Lexer, Tok};
 /// `AS`, whose `$n` the EXECUTE's arguments fill. `None` when the text is
 /// not shaped so.
 pub fn prepared_query(sql: &str) -> Option<&str> {
-    let mut tokens = Lexer::new(sql)
-        .map_while(Result::ok)
-        .filter(|(t, _, _)| !matches!(t, Tok::Space | Tok::Comment));
+    let mut tokens = Lexer::new(sql).map_while(Result::ok).filter(|(t, _, _)| !matches!(t, Tok::Space | Tok::Comment));
     let word = |(t, s, e): (Tok, usize, usize), w: &str| t == Tok::Ident && sql[s..e].eq_ignore_ascii_case(w);
     if !word(tokens.next()?, "prepare") || !matches!(tokens.next()?.0, Tok::Ident | Tok::QuotedIdent) {
         return None;
@@ -98,7 +96,10 @@ mod tests {
     #[test]
     fn constants_casts_signs_and_nulls() {
         assert_eq!(execute_params("EXECUTE q(5, 'a''b', NULL)"), some(&[Some("5"), Some("a'b"), None]));
-        assert_eq!(execute_params("execute q('7'::bigint, -3, - 4, 1.5)"), some(&[Some("7"), Some("-3"), Some("-4"), Some("1.5")]));
+        assert_eq!(
+            execute_params("execute q('7'::bigint, -3, - 4, 1.5)"),
+            some(&[Some("7"), Some("-3"), Some("-4"), Some("1.5")])
+        );
         assert_eq!(execute_params("EXECUTE q"), some(&[]));
         assert_eq!(execute_params("EXECUTE q(99999999999999999999)"), some(&[Some("99999999999999999999")]));
     }
@@ -106,7 +107,10 @@ mod tests {
     #[test]
     fn the_statement_of_a_prepare() {
         use super::prepared_query;
-        assert_eq!(prepared_query("PREPARE q(bigint) AS SELECT * FROM o WHERE k = $1"), Some("SELECT * FROM o WHERE k = $1"));
+        assert_eq!(
+            prepared_query("PREPARE q(bigint) AS SELECT * FROM o WHERE k = $1"),
+            Some("SELECT * FROM o WHERE k = $1")
+        );
         assert_eq!(
             prepared_query("prepare \"Q\" (numeric(10, 2), text) /* c */ as\n  UPDATE o SET v = $2 WHERE k = $1 "),
             Some("UPDATE o SET v = $2 WHERE k = $1")

@@ -24,7 +24,9 @@ impl Session {
     ) -> Result<Option<ShardChoice>, Refusal> {
         let prepare_sql = match analysis.statements.as_slice() {
             [s] => match &s.kind {
-                StatementKind::Execute { name } => self.sql_prepared.get(name).map(|p| p.prepare_sql.clone()),
+                StatementKind::Execute { name } => {
+                    self.sql_prepared.get(name).map(|p| p.prepare_sql.clone())
+                }
                 _ => None,
             },
             _ => None,
