@@ -1022,6 +1022,19 @@ async fn watched_checkout(
     }
     let checkout = pool.checkout();
     tokio::pin!(checkout);
+    // The usual case, a connection free now: taken with one poll, before
+    // the PAUSE and cancel notifications are armed (making and dropping
+    // them and the `select!` cost ~100 instructions per transaction).
+    // Polled without a waker (a no-op one): should it wait, the loop below
+    // polls it again with the task's, which every future on the way to a
+    // connection (the pool's queue, a connect, a login) then keeps, as the
+    // `Future` contract asks.
+    if state.is_paused(database) {
+        return Err(PoolError::Paused);
+    }
+    if let std::task::Poll::Ready(granted) = poll_once_without_waker(checkout.as_mut()) {
+        return granted;
+    }
     loop {
         // Both armed before the check: a PAUSE or cancel in between is
         // not missed.
@@ -1043,6 +1056,15 @@ async fn watched_checkout(
             _ = shutdown_fired(shutdown.as_deref_mut()) => return Err(PoolError::ShuttingDown),
         }
     }
+}
+
+/// Polls `future` once with a no-op waker (see `watched_checkout`). A
+/// function of its own: a `Context` held across an `.await` would make the
+/// session's future not `Send`.
+fn poll_once_without_waker<F: std::future::Future>(
+    future: std::pin::Pin<&mut F>,
+) -> std::task::Poll<F::Output> {
+    future.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
 }
 
 /// Completes at shutdown; never without a listener (one that has already

@@ -15,6 +15,28 @@ use crate::net::ServerStream;
 
 static NEXT_SERVER_ID: AtomicU64 = AtomicU64::new(1);
 
+/// One shared `Arc` per server address, for every connection to it. The
+/// session tells the readers of its current server (`CancelSlot`, SHOW
+/// CLIENTS: `client/current_server.rs`) at every checkout, and the address
+/// is replaced (a lock and an `Arc` clone) only when its pointer differs:
+/// with an `Arc` per connection it differed at almost every checkout of a
+/// pool. Addresses come from the configuration, so the set stays small.
+fn shared_addr(addr: String) -> std::sync::Arc<str> {
+    use std::collections::HashSet;
+    use std::sync::{Arc, Mutex, OnceLock};
+    static ADDRS: OnceLock<Mutex<HashSet<Arc<str>>>> = OnceLock::new();
+    let mut addrs = ADDRS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(known) = addrs.get(addr.as_str()) {
+        return known.clone();
+    }
+    let shared: Arc<str> = addr.into();
+    addrs.insert(shared.clone());
+    shared
+}
+
 impl ServerConn {
     pub async fn connect(
         target: &ServerTarget,
@@ -47,7 +69,7 @@ impl ServerConn {
             stream,
             read_buf: BytesMut::with_capacity(16 * 1024),
             write_buf: BytesMut::new(),
-            addr: addr.into(),
+            addr: shared_addr(addr),
             backend_pid: 0,
             backend_secret: 0,
             params: HashMap::new(),
