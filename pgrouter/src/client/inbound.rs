@@ -92,7 +92,9 @@ impl Session {
             let body = &held.conn.read_buf[body_range.clone()];
             let clients = !dropped && verdict.as_ref().is_none_or(|v| v.forward);
             // ParameterStatus the router owes the client before this message.
-            let mut announce = bytes::BytesMut::new();
+            // Made only when there is something to announce (rare): a
+            // buffer made and dropped for each server message cost more.
+            let mut announce: Option<bytes::BytesMut> = None;
             match tag {
                 b'G' | b'W' if clients => {
                     self.flow.copy_started();
@@ -171,7 +173,7 @@ impl Session {
                             for name in names {
                                 if let Some(value) = self.params.get(&name) {
                                     crate::protocol::backend::parameter_status(
-                                        &mut announce,
+                                        announce.get_or_insert_with(Default::default),
                                         &name,
                                         value,
                                     );
@@ -261,11 +263,13 @@ impl Session {
                     // The server went on after its notice: the client gets
                     // it, in the order it was sent.
                     let mut ahead = std::mem::take(&mut self.held_notices);
-                    ahead.extend_from_slice(&announce);
-                    announce = ahead;
+                    if let Some(owed) = &announce {
+                        ahead.extend_from_slice(owed);
+                    }
+                    announce = Some(ahead);
                 }
             }
-            if !announce.is_empty() {
+            if let Some(announce) = announce.filter(|a| !a.is_empty()) {
                 cold_path();
                 if verbatim {
                     verbatim = false;

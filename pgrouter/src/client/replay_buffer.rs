@@ -44,7 +44,13 @@ impl Replay {
 }
 
 /// [`Session::stop_replay`] for callers holding a borrow of another field.
+/// Runs for every server message the client gets, nearly always with no
+/// replay kept: looked at first, as `take` would write `None` back anyway.
+#[inline]
 pub(super) fn stop_replay(replay: &mut Option<Replay>, spare: &mut BytesMut) {
+    if replay.is_none() {
+        return;
+    }
     if let Some(replay) = replay.take() {
         *spare = replay.frames;
     }
