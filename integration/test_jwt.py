@@ -26,7 +26,7 @@ from harness.jwt_setup import (AUTHENTICATOR, TABLE, UNGRANTED_ROLE, WEIRD_ROLE,
                                start_jwt_router, whoami)
 from harness.jwt_tokens import SigningKey, claims
 from harness.netns import netns  # noqa: F401  (pytest fixture)
-from harness.ops import reload_marks, wait_reload
+from harness.ops import line_of, reload_marks, wait_reload
 from harness.pg import pg_tool
 from harness.routes import WHERE, Places, where
 from harness.util import wait_until
@@ -450,6 +450,9 @@ def test_preflight_bad_allowed_roles_stop_startup(routers, jwt_db, keys):
     assert missing in log, log
     # Problems are reported together: the role not granted to connect_as too.
     assert UNGRANTED_ROLE in log, log
+    # At file, line and key, as every other configuration problem.
+    line = line_of(r.config_path.read_text(), "allowed_roles")
+    assert f"router.toml:{line}: jwt.allowed_roles: " in log, log
 
 
 def test_preflight_connect_as_refused_by_the_server_stops_startup(routers, jwt_db, keys):
@@ -467,6 +470,7 @@ def test_preflight_connect_as_refused_by_the_server_stops_startup(routers, jwt_d
     assert r.proc.returncode not in (None, 0)
     log = r.log()
     assert "cannot log in" in log and AUTHENTICATOR in log, log
+    assert "router.toml:" in log and ": jwt.connect_as: " in log, log
 
 
 def test_preflight_warns_about_inherit(routers, jwt_db, keys, cluster):

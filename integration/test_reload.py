@@ -9,6 +9,7 @@ import copy
 import json
 import threading
 import time
+import uuid
 
 import psycopg
 import pytest
@@ -565,6 +566,32 @@ def test_bad_jwt_key_file_is_reported_with_file_line_and_key(routers, jwt_db, ke
     user = "keyfile_user"
     tok = keys["rsa"].sign(claims(user, "web_user"))
     with connect(router.dsn(user=user, password=tok)) as c:
+        assert c.execute("SELECT current_user").fetchone() == ("web_user",)
+
+
+def test_bad_jwt_preflight_edit_is_reported_with_file_line_and_key(routers, jwt_db, keys):
+    """The preflight the servers answer (SPEC: each role in `allowed_roles`
+    must exist and be granted to `connect_as`) refuses a reload like any bad
+    edit: logged at `router.toml:<line>: jwt.allowed_roles: ...` naming the
+    role, nothing applied, the running config keeps logging tokens in."""
+    from harness.jwt_setup import UNGRANTED_ROLE
+    router = start_jwt_router(routers, keys["rsa"], jwt={"allowed_roles": ["web_user"]},
+                              general=admin_general(metrics=True))
+    missing = "no_such_role_" + uuid.uuid4().hex[:6]
+    cfg = copy.deepcopy(router.config)
+    cfg["jwt"]["allowed_roles"] = ["web_user", missing, UNGRANTED_ROLE]
+    cfg["jwt"]["leeway_s"] = 7  # a valid change riding along: must not apply
+    router.write_files(config=cfg)
+    line = line_of(router.config_path.read_text(), "allowed_roles")
+    before = reload_marks(router)
+    router.reload()
+    assert wait_reload(router, before) == "error"
+    logged = reload_error_text(router, before[1])
+    assert f"router.toml:{line}: jwt.allowed_roles: " in logged and missing in logged, logged
+    assert UNGRANTED_ROLE in logged, logged
+    assert scrape(router).value("pgrouter_reloads_total", result="error") == 1
+    user = "preflight_user"
+    with connect(router.dsn(user=user, password=keys["rsa"].sign(claims(user, "web_user")))) as c:
         assert c.execute("SELECT current_user").fetchone() == ("web_user",)
 
 

@@ -436,6 +436,10 @@ pub struct JwtLines {
     pub section: usize,
     pub public_key_file: usize,
     pub jwks_url: usize,
+    /// `connect_as` and `allowed_roles`: the start-up and reload preflight
+    /// reports what the servers say about them at these lines.
+    pub connect_as: usize,
+    pub allowed_roles: usize,
 }
 
 impl Default for Jwt {
@@ -712,6 +716,8 @@ impl Config {
         let line = match key {
             "public_key_file" if lines.public_key_file != 0 => lines.public_key_file,
             "jwks_url" if lines.jwks_url != 0 => lines.jwks_url,
+            "connect_as" if lines.connect_as != 0 => lines.connect_as,
+            "allowed_roles" if lines.allowed_roles != 0 => lines.allowed_roles,
             _ => lines.section,
         };
         crate::Problem {

@@ -378,6 +378,8 @@ fn jwt(src: &mut Source, sec: &Section, at: &mut RouterLines) -> Jwt {
         section: sec.line,
         public_key_file: sec.line_of(src, "public_key_file"),
         jwks_url: sec.line_of(src, "jwks_url"),
+        connect_as: sec.line_of(src, "connect_as"),
+        allowed_roles: sec.line_of(src, "allowed_roles"),
     };
     match (j.public_key_file.is_empty(), j.jwks_url.is_empty()) {
         (true, true) => src.report(

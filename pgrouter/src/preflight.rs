@@ -18,6 +18,13 @@ pub struct Findings {
     pub warnings: Vec<String>,
 }
 
+/// Where a `[jwt]` finding is reported: `router.toml:<line>: jwt.<key>: ...`,
+/// as every other bad edit is (SPEC: a bad edit is logged with file, line
+/// and key), so a DBA sees which line the servers objected to.
+fn at(rt: &Runtime, key: &str, message: String) -> String {
+    rt.config.jwt_problem(key, message).to_string()
+}
+
 /// Checks `rt` (at start-up, or a reload's candidate before it is put in
 /// force). An unreachable server is only a warning: it must not block a
 /// start or a reload, and its sessions will see errors until it is back.
@@ -48,9 +55,13 @@ async fn check_jwt(rt: &Runtime, findings: &mut Findings) {
             continue;
         }
         let Some(pools) = rt.cluster.pools_for(&jwt.connect_as, db) else {
-            findings.errors.push(format!(
-                "[jwt] connect_as \"{}\" has no users.toml entry for database \"{db}\"",
-                jwt.connect_as
+            findings.errors.push(at(
+                rt,
+                "connect_as",
+                format!(
+                    "\"{}\" has no users.toml entry for database \"{db}\"",
+                    jwt.connect_as
+                ),
             ));
             continue;
         };
@@ -61,9 +72,13 @@ async fn check_jwt(rt: &Runtime, findings: &mut Findings) {
                 let mut conn = match ServerConn::connect(target, timeout).await {
                     Ok(c) => c,
                     Err(e) => {
-                        let problem = format!(
-                            "connect_as \"{}\" cannot log in to {server} (database \"{}\"): {e}",
-                            target.user, target.database
+                        let problem = at(
+                            rt,
+                            "connect_as",
+                            format!(
+                                "connect_as \"{}\" cannot log in to {server} (database \"{}\"): {e}",
+                                target.user, target.database
+                            ),
                         );
                         // A server that answered and refused the login (a
                         // wrong password, a role that may not log in) is a
@@ -78,6 +93,7 @@ async fn check_jwt(rt: &Runtime, findings: &mut Findings) {
                     }
                 };
                 check_connect_as(
+                    rt,
                     &mut conn,
                     &target.user,
                     &server,
@@ -92,6 +108,7 @@ async fn check_jwt(rt: &Runtime, findings: &mut Findings) {
 }
 
 async fn check_connect_as(
+    rt: &Runtime,
     conn: &mut ServerConn,
     user: &str,
     server: &str,
@@ -102,18 +119,18 @@ async fn check_connect_as(
         Ok(rows) => {
             if let Some(row) = rows.first() {
                 if row.first().and_then(|v| v.as_deref()) == Some("true") {
-                    findings.warnings.push(format!(
+                    findings.warnings.push(at(rt, "connect_as", format!(
                         "connect_as \"{user}\" is a superuser on {server}: a JWT session could regain superuser rights through a function that runs RESET ROLE"
-                    ));
+                    )));
                 }
                 if row.get(1).and_then(|v| v.as_deref()) == Some("true") {
-                    findings.warnings.push(format!(
+                    findings.warnings.push(at(rt, "connect_as", format!(
                         "connect_as \"{user}\" has INHERIT on {server}: it holds the privileges of every role granted to it; NOINHERIT is safer"
-                    ));
+                    )));
                 }
             }
         }
-        Err(e) => findings.errors.push(format!("cannot inspect connect_as \"{user}\" on {server}: {e}")),
+        Err(e) => findings.errors.push(at(rt, "connect_as", format!("cannot inspect connect_as \"{user}\" on {server}: {e}"))),
     }
     for role in roles {
         let sql = format!(
@@ -122,13 +139,13 @@ async fn check_connect_as(
         );
         match conn.query_rows(&sql).await {
             Ok(rows) => match rows.first().and_then(|r| r.first()).and_then(|v| v.as_deref()) {
-                None => findings.errors.push(format!("allowed role \"{role}\" does not exist on {server}")),
+                None => findings.errors.push(at(rt, "allowed_roles", format!("allowed role \"{role}\" does not exist on {server}"))),
                 Some("true") => {}
-                Some(_) => findings.errors.push(format!(
+                Some(_) => findings.errors.push(at(rt, "allowed_roles", format!(
                     "allowed role \"{role}\" is not granted to connect_as \"{user}\" on {server} (GRANT \"{role}\" TO \"{user}\")"
-                )),
+                ))),
             },
-            Err(e) => findings.errors.push(format!("cannot check allowed role \"{role}\" on {server}: {e}")),
+            Err(e) => findings.errors.push(at(rt, "allowed_roles", format!("cannot check allowed role \"{role}\" on {server}: {e}"))),
         }
     }
 }

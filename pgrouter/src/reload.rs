@@ -132,7 +132,8 @@ async fn try_reload(state: &Arc<State>) -> Result<String, String> {
     };
     let findings = crate::preflight::run(&candidate).await;
     if !findings.errors.is_empty() {
-        return Err(format!("preflight: {}", findings.errors.join("; ")));
+        // One located problem a line, as the loader's problems are logged.
+        return Err(findings.errors.join("\n"));
     }
     // Servers new to this config with `role = "auto"`: learn their roles
     // before clients are routed with it.
