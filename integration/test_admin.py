@@ -10,11 +10,12 @@ import subprocess
 import threading
 import time
 
+import asyncpg
 import psycopg
 import pytest
 
 from harness import tomlw, wire
-from harness.clients import connect, in_thread
+from harness.clients import connect, in_thread, run_async
 from harness.ops import (ADMIN_DB, ADMIN_PASSWORD, ADMIN_USER, admin_columns, admin_general,
                          admin_rows, config_map, metrics_port, pools, psql_admin,
                          reload_marks, scrape, wait_reload, write_in_place)
@@ -418,6 +419,43 @@ def test_extended_protocol_is_refused_politely(admin_router):
                              autocommit=True) as c:
             c.execute("SHOW POOLS WHERE %s", (1,))
     assert "simple query protocol" in str(err.value), str(err.value)
+
+
+def test_extended_protocol_clients_prepare_and_run_commands(admin_router):
+    """Drivers that always prepare (asyncpg's fetch, psycopg with
+    prepare=True) get the same answers as psql: typed columns (int8 in
+    binary for asyncpg), commands without rows, errors that leave the
+    session usable."""
+    r = admin_router
+
+    async def go():
+        c = await asyncpg.connect(host="127.0.0.1", port=r.port, user=ADMIN_USER,
+                                  password=ADMIN_PASSWORD, database=ADMIN_DB)
+        try:
+            rows = await c.fetch("SHOW POOLS")
+            assert set(POOL_COLUMNS) <= set(rows[0].keys()), rows[0].keys()
+            row = next(x for x in rows if x["database"] == APP_DB and x["role"] == "primary")
+            assert row["pool_size"] == 4 and isinstance(row["cl_active"], int), dict(row)
+            assert (await c.fetchval("SHOW VERSION")).startswith("pgrouter ")
+            stmt = await c.prepare("SHOW STATS")
+            assert any(x["database"] == APP_DB for x in await stmt.fetch())
+            with pytest.raises(asyncpg.PostgresError) as err:
+                await c.fetch("SHOW NOTHING")
+            assert err.value.sqlstate == "0A000", err.value
+            await c.execute("PAUSE")  # simple protocol
+            await (await c.prepare("RESUME")).fetch()  # extended, no rows
+            assert (await c.fetchval("SHOW VERSION")).startswith("pgrouter ")
+        finally:
+            await c.close()
+
+    run_async(go())
+    with psycopg.connect(r.dsn(user=ADMIN_USER, password=ADMIN_PASSWORD, db=ADMIN_DB),
+                         autocommit=True) as c:
+        rows = c.execute("SHOW POOLS", prepare=True).fetchall()
+        assert any(row[0] == APP_DB for row in rows), rows
+    # The app still runs after the PAUSE/RESUME pair.
+    with connect(r.dsn()) as app:
+        assert app.execute("SELECT 1").fetchone() == (1,)
 
 
 # -------------------------------------------------------------------- RELOAD --

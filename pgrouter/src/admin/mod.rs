@@ -7,6 +7,7 @@
 //! comes from an [`AdminContext`] the router implements.
 
 pub mod command;
+mod extended;
 mod tables;
 #[cfg(test)]
 mod tests;
@@ -81,6 +82,7 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     // After an extended-protocol message was refused, the rest up to Sync
     // is skipped (as PostgreSQL does after an error).
     let mut skipping_to_sync = false;
+    let mut extended = extended::Extended::default();
     loop {
         let frame =
             match next_frame_within(&buf, MAX_ADMIN_MESSAGE, "the admin console's message limit") {
@@ -117,20 +119,23 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
                 return Ok(AdminEnd::Quit);
             }
             b'P' | b'B' | b'D' | b'E' | b'C' => {
-                if !skipping_to_sync {
-                    skipping_to_sync = true;
-                    wire::error(
-                        &mut out,
-                        "0A000",
-                        "admin console supports the simple query protocol only",
-                        None,
-                    );
-                    send(stream, &mut out).await?;
+                if skipping_to_sync {
+                    continue;
+                }
+                match extended.handle(frame.tag, body, ctx, &mut out).await {
+                    Ok(extended::Step::Done) => {}
+                    Ok(extended::Step::Failed) => skipping_to_sync = true,
+                    Ok(extended::Step::Shutdown) => {
+                        send(stream, &mut out).await?;
+                        return Ok(AdminEnd::Shutdown);
+                    }
+                    Err(e) => return fatal(stream, &mut out, e.sqlstate, &e.message).await,
                 }
             }
             b'H' => send(stream, &mut out).await?,
             b'S' => {
                 skipping_to_sync = false;
+                extended.sync();
                 ready_for_query(&mut out, b'I');
                 send(stream, &mut out).await?;
             }
@@ -182,37 +187,79 @@ async fn simple_query(sql: &str, ctx: &dyn AdminContext, out: &mut BytesMut) -> 
         return None;
     }
     for statement in &statements {
-        let command = match parse(statement) {
-            Ok(c) => c,
-            Err(e) => {
-                let message = format!(
-                    "pgrouter admin: {}; commands: {}",
-                    e.message,
-                    command_list()
-                );
-                wire::error(
-                    out,
-                    e.sqlstate,
-                    &message,
-                    Some("SHOW HELP describes each command."),
-                );
-                return None;
-            }
+        let command = match parse_or_explain(statement, out) {
+            Some(c) => c,
+            None => return None,
         };
-        match command {
-            Command::Show(what) => {
-                let (set, tag) = match what {
-                    Show::Pools => (tables::pools(ctx.pools()), "SHOW"),
-                    Show::Clients => (tables::clients(ctx.clients()), "SHOW"),
-                    Show::Servers => (tables::servers(ctx.servers()), "SHOW"),
-                    Show::Stats => (tables::stats(ctx.stats()), "SHOW"),
-                    Show::Config => (tables::config(ctx.config(), ctx.last_reload()), "SHOW"),
-                    Show::Version => (tables::version(), "SHOW"),
-                    Show::Help => (tables::help(), "SHOW"),
-                };
-                set.write(out, tag);
+        match run_command(command, ctx, out, None).await {
+            Ok(None) => {}
+            Ok(end) => return end,
+            Err(()) => return None,
+        }
+    }
+    None
+}
+
+/// `statement` as a command, or the error (listing the commands) written
+/// to `out`.
+fn parse_or_explain(statement: &str, out: &mut BytesMut) -> Option<Command> {
+    match parse(statement) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            let message = format!(
+                "pgrouter admin: {}; commands: {}",
+                e.message,
+                command_list()
+            );
+            wire::error(
+                out,
+                e.sqlstate,
+                &message,
+                Some("SHOW HELP describes each command."),
+            );
+            None
+        }
+    }
+}
+
+/// The result set a SHOW command answers with.
+fn show_table(what: Show, ctx: &dyn AdminContext) -> wire::ResultSet {
+    match what {
+        Show::Pools => tables::pools(ctx.pools()),
+        Show::Clients => tables::clients(ctx.clients()),
+        Show::Servers => tables::servers(ctx.servers()),
+        Show::Stats => tables::stats(ctx.stats()),
+        Show::Config => tables::config(ctx.config(), ctx.last_reload()),
+        Show::Version => tables::version(),
+        Show::Help => tables::help(),
+    }
+}
+
+/// Runs one command, its answer written to `out`: with `formats` `None`
+/// (simple query) a SHOW's RowDescription too; with `Some` (an extended
+/// protocol Execute, whose Describe sent the RowDescription) only its rows,
+/// in the formats the Bind asked for. `Err` once an error was written.
+async fn run_command(
+    command: Command,
+    ctx: &dyn AdminContext,
+    out: &mut BytesMut,
+    formats: Option<&[i16]>,
+) -> Result<Option<AdminEnd>, ()> {
+    match command {
+        Command::Show(what) => {
+            let set = show_table(what, ctx);
+            match formats {
+                None => set.write(out, "SHOW"),
+                Some(formats) => {
+                    for row in &set.rows {
+                        wire::data_row_in(out, row, |i| wire::format_of(formats, i));
+                    }
+                    command_complete(out, "SHOW");
+                }
             }
-            Command::Reload => match ctx.reload().await {
+        }
+        Command::Reload => {
+            match ctx.reload().await {
                 Ok(message) => {
                     if !message.is_empty() {
                         wire::notice(out, &message);
@@ -222,30 +269,30 @@ async fn simple_query(sql: &str, ctx: &dyn AdminContext, out: &mut BytesMut) -> 
                 Err(message) => {
                     let message = format!("pgrouter: reload failed, the running configuration is unchanged: {message}");
                     wire::error(out, "F0000", &message, None);
-                    return None;
+                    return Err(());
                 }
-            },
-            Command::Pause(db) => match ctx.pause(db.as_deref()).await {
-                Ok(()) => command_complete(out, "PAUSE"),
-                Err(message) => {
-                    wire::error(out, "55000", &format!("pgrouter: {message}"), None);
-                    return None;
-                }
-            },
-            Command::Resume(db) => match ctx.resume(db.as_deref()) {
-                Ok(()) => command_complete(out, "RESUME"),
-                Err(message) => {
-                    wire::error(out, "55000", &format!("pgrouter: {message}"), None);
-                    return None;
-                }
-            },
-            Command::Set => command_complete(out, "SET"),
-            Command::Shutdown => {
-                ctx.shutdown();
-                command_complete(out, "SHUTDOWN");
-                return Some(AdminEnd::Shutdown);
             }
         }
+        Command::Pause(db) => match ctx.pause(db.as_deref()).await {
+            Ok(()) => command_complete(out, "PAUSE"),
+            Err(message) => {
+                wire::error(out, "55000", &format!("pgrouter: {message}"), None);
+                return Err(());
+            }
+        },
+        Command::Resume(db) => match ctx.resume(db.as_deref()) {
+            Ok(()) => command_complete(out, "RESUME"),
+            Err(message) => {
+                wire::error(out, "55000", &format!("pgrouter: {message}"), None);
+                return Err(());
+            }
+        },
+        Command::Set => command_complete(out, "SET"),
+        Command::Shutdown => {
+            ctx.shutdown();
+            command_complete(out, "SHUTDOWN");
+            return Ok(Some(AdminEnd::Shutdown));
+        }
     }
-    None
+    Ok(None)
 }

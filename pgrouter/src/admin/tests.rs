@@ -172,6 +172,9 @@ enum Msg {
     },
     Notice(String),
     Empty,
+    /// ParseComplete '1', BindComplete '2', CloseComplete '3', NoData 'n',
+    /// ParameterDescription 't' (its body).
+    Other(u8, Vec<u8>),
 }
 
 fn decode(mut bytes: &[u8]) -> Vec<Msg> {
@@ -224,6 +227,7 @@ fn decode(mut bytes: &[u8]) -> Vec<Msg> {
                 }
             }
             b'N' => Msg::Notice(parse_error_fields(body).unwrap().message),
+            tag @ (b'1' | b'2' | b'3' | b'n' | b't') => Msg::Other(tag, body.to_vec()),
             other => panic!("unexpected message {}", other as char),
         });
         bytes = &bytes[frame.total_len..];
@@ -559,9 +563,11 @@ async fn several_statements_empty_queries_and_pipelined_input() {
 }
 
 #[tokio::test]
-async fn extended_protocol_gets_one_error_per_sync() {
+async fn extended_protocol_with_parameters_gets_one_error_per_sync() {
+    // Admin commands take no parameters: refused once, the rest up to Sync
+    // skipped; the session goes on.
     let mut input = BytesMut::new();
-    frontend::write_parse(&mut input, "", "SHOW POOLS", &[]);
+    frontend::write_parse(&mut input, "", "SHOW POOLS WHERE $1", &[23]);
     frontend::write_bind(&mut input, "", "", &[0, 0, 0, 0, 0, 0]);
     frontend::write_target(&mut input, b'D', b'P', "");
     input.put_slice(&[b'E', 0, 0, 0, 9, 0, 0, 0, 0, 0]);
@@ -575,10 +581,64 @@ async fn extended_protocol_gets_one_error_per_sync() {
         panic!("{msgs:?}")
     };
     assert_eq!(code, "0A000");
-    assert!(message.contains("simple query protocol only"));
+    assert!(message.contains("simple query protocol"));
     assert_eq!(&msgs[1..3], [Msg::Ready(b'I'), Msg::Ready(b'I')]);
     assert!(matches!(&msgs[3], Msg::Row(_)));
     assert_eq!(msgs.len(), 7);
+}
+
+#[tokio::test]
+async fn extended_protocol_prepares_and_executes_commands() {
+    // As asyncpg's fetch does: Parse + Describe statement + Sync, then
+    // Bind + Execute + Sync; a command without rows describes as NoData.
+    let mut input = BytesMut::new();
+    frontend::write_parse(&mut input, "s1", "SHOW VERSION", &[]);
+    frontend::write_target(&mut input, b'D', b'S', "s1");
+    input.put_slice(&[b'S', 0, 0, 0, 4]);
+    frontend::write_bind(&mut input, "", "s1", &[0, 0, 0, 0, 0, 0]);
+    input.put_slice(&[b'E', 0, 0, 0, 9, 0, 0, 0, 0, 0]);
+    input.put_slice(&[b'S', 0, 0, 0, 4]);
+    frontend::write_parse(&mut input, "", "SET application_name = 'x'", &[]);
+    frontend::write_bind(&mut input, "", "", &[0, 0, 0, 0, 0, 0]);
+    frontend::write_target(&mut input, b'D', b'P', "");
+    input.put_slice(&[b'E', 0, 0, 0, 9, 0, 0, 0, 0, 0]);
+    frontend::write_target(&mut input, b'C', b'S', "s1");
+    input.put_slice(&[b'S', 0, 0, 0, 4]);
+    // A closed statement is gone.
+    frontend::write_bind(&mut input, "", "s1", &[0, 0, 0, 0, 0, 0]);
+    input.put_slice(&[b'S', 0, 0, 0, 4]);
+    let (end, msgs) = session(Arc::default(), &input).await;
+    assert_eq!(end, AdminEnd::Quit);
+    assert_eq!(msgs[0], Msg::Other(b'1', vec![]));
+    assert_eq!(msgs[1], Msg::Other(b't', vec![0, 0]));
+    assert!(
+        matches!(&msgs[2], Msg::Row(cols) if cols.len() == 1),
+        "{msgs:?}"
+    );
+    assert_eq!(msgs[3], Msg::Ready(b'I'));
+    assert_eq!(msgs[4], Msg::Other(b'2', vec![]));
+    assert!(
+        matches!(&msgs[5], Msg::Data(cells) if cells[0].as_deref().unwrap().starts_with("pgrouter "))
+    );
+    assert_eq!(msgs[6], Msg::Complete("SHOW".into()));
+    assert_eq!(msgs[7], Msg::Ready(b'I'));
+    assert_eq!(
+        &msgs[8..13],
+        [
+            Msg::Other(b'1', vec![]),
+            Msg::Other(b'2', vec![]),
+            Msg::Other(b'n', vec![]),
+            Msg::Complete("SET".into()),
+            Msg::Other(b'3', vec![]),
+        ]
+    );
+    assert_eq!(msgs[13], Msg::Ready(b'I'));
+    assert!(
+        matches!(&msgs[14], Msg::Error { code, .. } if code == "26000"),
+        "{msgs:?}"
+    );
+    assert_eq!(msgs[15], Msg::Ready(b'I'));
+    assert_eq!(msgs.len(), 16);
 }
 
 #[tokio::test]

@@ -168,6 +168,41 @@ pub fn data_row(out: &mut BytesMut, cells: &[Cell]) {
     });
 }
 
+/// A DataRow whose column `i` is in format `format_of(i)`: 0 text, 1
+/// binary (int8 as 8 bytes big-endian, bool as one byte, text as is), as an
+/// extended-protocol client's Bind asks (asyncpg asks binary for all three).
+pub fn data_row_in(out: &mut BytesMut, cells: &[Cell], format_of: impl Fn(usize) -> i16) {
+    put_message(out, b'D', |b| {
+        b.put_i16(cells.len() as i16);
+        for (i, cell) in cells.iter().enumerate() {
+            let binary = format_of(i) == 1;
+            let value: std::borrow::Cow<'_, [u8]> = match cell {
+                Cell::Null => {
+                    b.put_i32(-1);
+                    continue;
+                }
+                Cell::Text(s) => s.as_bytes().into(),
+                Cell::Int(n) if binary => n.to_be_bytes().to_vec().into(),
+                Cell::Int(n) => n.to_string().into_bytes().into(),
+                Cell::Bool(v) if binary => vec![u8::from(*v)].into(),
+                Cell::Bool(v) => (if *v { &b"t"[..] } else { &b"f"[..] }).into(),
+            };
+            b.put_i32(value.len() as i32);
+            b.put_slice(&value);
+        }
+    });
+}
+
+/// Column `i`'s format under a Bind's result format codes: none = all
+/// text, one = all columns, else one per column.
+pub fn format_of(formats: &[i16], i: usize) -> i16 {
+    match formats {
+        [] => 0,
+        [f] => *f,
+        many => many.get(i).copied().unwrap_or(0),
+    }
+}
+
 pub fn empty_query_response(out: &mut BytesMut) {
     put_message(out, b'I', |_| {});
 }
