@@ -324,6 +324,23 @@ def test_changed_password_works_after_the_ttl(aq_cluster, aq_routers):
     assert lookups(r) >= 2
 
 
+@pytest.mark.parametrize("kind", ["scram", "md5"])
+def test_cache_ttl_0_looks_up_at_every_login(aq_cluster, aq_routers, kind):
+    """SPEC: cache_ttl_s = 0 means "look up at every login": a changed
+    password is the only one accepted at the very next login, and a dropped
+    role can no longer log in."""
+    r = start(aq_routers, cache_ttl_s=0)
+    name, old = aq_cluster.make_role(kind)
+    before = lookups(r)
+    assert who_am_i(r, name, old) == (name, name)
+    assert who_am_i(r, name, old) == (name, name)
+    assert lookups(r) - before == 2
+    new = old + "-new"
+    aq_cluster.set_password(name, new, **({"kind": "md5"} if kind == "md5" else {}))
+    assert sqlstate(login_error(r, name, old)) == "28P01"
+    assert who_am_i(r, name, new) == (name, name)
+
+
 def test_changed_password_works_before_the_ttl_once_the_cached_secret_fails(aq_cluster,
                                                                              aq_routers):
     r = start(aq_routers, cache_ttl_s=3600)
