@@ -329,6 +329,28 @@ def test_show_config_lists_every_general_key(routers):
     assert conf["read_your_writes"] == ("false", "default")
 
 
+def test_show_config_lists_the_login_sections_in_force(routers, jwt_db, keys):
+    """SHOW CONFIG shows every effective setting: the keys of [jwt] (and of
+    [auth_query] and [jit] when present) as `jwt.<key>`, with the values a
+    reload put in force; a router without the section has no such rows."""
+    plain = routers.start(general=admin_general())
+    assert not [k for k in config_map(plain) if k.startswith(("jwt.", "jit.", "auth_query."))]
+    r = start_jwt_router(routers, keys["rsa"], general=admin_general(),
+                         jwt={"leeway_s": 5, "allowed_roles": ["web_user", "web_reader"]})
+    conf = config_map(r)
+    assert conf["jwt.leeway_s"][0] == "5" and conf["jwt.leeway_s"][1].endswith("router.toml")
+    assert conf["jwt.connect_as"][0] == AUTHENTICATOR
+    assert conf["jwt.allowed_roles"][0] == "web_user,web_reader"
+    assert conf["jwt.algorithms"][0] == "RS256,ES256,EdDSA"
+    assert conf["jwt.disconnect_on_expiry"][0] == "true"  # the default
+    assert conf["jwt.read_only_claim"][0] == ""  # not set: the default
+    cfg = copy.deepcopy(r.config)
+    cfg["jwt"]["leeway_s"] = 7
+    r.write_files(config=cfg)
+    ok(psql_admin(r, "RELOAD"))
+    assert config_map(r)["jwt.leeway_s"][0] == "7"
+
+
 def test_show_config_after_reload_of_listen_shows_the_address_in_effect(routers):
     """A reload cannot move the listening socket: SHOW CONFIG keeps showing
     the address the router listens on, and says a restart is pending; the

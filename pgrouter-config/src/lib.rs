@@ -49,7 +49,7 @@ pub use login_checks::{AuthQuery, Jit, JitLines, DEFAULT_AUTH_QUERY};
 pub use model::*;
 pub use problem::Problem;
 pub use sharding::shard_count_changes;
-pub use values::general_values;
+pub use values::{general_values, login_section_values};
 
 /// Reads and validates both files. A file that cannot be read is a [`Problem`]
 /// with line 0; the other file is still checked on its own.

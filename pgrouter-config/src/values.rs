@@ -66,6 +66,50 @@ pub fn general_values(g: &General, s: &Sharding) -> Vec<(&'static str, String)> 
     out
 }
 
+/// The keys of `[jwt]`, `[auth_query]` and `[jit]`, for the sections
+/// present, as `section.key` (e.g. `jwt.leeway_s`), so SHOW CONFIG shows
+/// what login checks are in force after a reload. Destructured as
+/// [`general_values`] is: a new key cannot be left out.
+pub fn login_section_values(c: &crate::Config) -> Vec<(String, String)> {
+    use crate::{AuthQuery, Jit, Jwt};
+    let mut out = Vec::new();
+    macro_rules! list {
+        ($prefix:literal, $v:ident: $ty:ident { $($field:ident),+ $(,)? } $(, ignore $($skip:ident),+)?) => {
+            let $ty { $($field: _,)+ $($($skip: _,)+)? } = $v;
+            $(out.push((concat!($prefix, ".", stringify!($field)).to_string(), $v.$field.spelled()));)+
+        };
+    }
+    if let Some(j) = &c.jwt {
+        list!("jwt", j: Jwt {
+            public_key_file,
+            jwks_url,
+            jwks_cache_ttl_s,
+            jwks_min_refresh_interval_s,
+            algorithms,
+            issuer,
+            audience,
+            leeway_s,
+            username_claim,
+            role_claim,
+            read_only_claim,
+            connect_as,
+            allowed_roles,
+            databases,
+            auto_provision,
+            auto_provision_read_only,
+            allow_insecure_transport,
+            disconnect_on_expiry,
+        }, ignore lines);
+    }
+    if let Some(a) = &c.auth_query {
+        list!("auth_query", a: AuthQuery { user, query, cache_ttl_s });
+    }
+    if let Some(j) = &c.jit {
+        list!("jit", j: Jit { api_url, timeout_ms, token_prefixes, api_ca, databases });
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

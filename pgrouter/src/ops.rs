@@ -290,6 +290,16 @@ impl AdminContext for Ops {
             &self.state.started_lines,
             &file,
         );
+        // [jwt], [auth_query], [jit] when present: `jwt.leeway_s`, ...
+        rows.extend(
+            pgrouter_config::login_section_values(&rt.config)
+                .into_iter()
+                .map(|(key, value)| ConfigRow {
+                    key,
+                    value,
+                    source: file.clone(),
+                }),
+        );
         rows.push(ConfigRow {
             key: "databases".into(),
             value: rt.config.logical_databases().join(","),
