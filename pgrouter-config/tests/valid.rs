@@ -339,7 +339,9 @@ fn jwt_defaults() {
         JwtLines {
             section: 6,
             public_key_file: 7,
-            jwks_url: 6
+            jwks_url: 6,
+            connect_as: 6,
+            allowed_roles: 6,
         }
     );
     assert_eq!(j.jwks_cache_ttl_s, 300);
