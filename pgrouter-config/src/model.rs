@@ -669,14 +669,6 @@ impl Config {
         user.pool_mode.unwrap_or(self.general.pool_mode)
     }
 
-    /// A problem with `[jwt]` key `key` (e.g. "public_key_file") that only
-    /// the server can find — this crate reads no other files, and a PEM
-    /// key is parsed by the verifier — located like the problems [`load`]
-    /// reports, so a DBA sees `router.toml:31: jwt.public_key_file: ...`
-    /// at start-up, in `pgrouter check` and in the log of a refused reload.
-    /// Keys without a recorded line are reported at the `[jwt]` header.
-    ///
-    /// [`load`]: crate::load
     /// A problem with `[general]`'s `key` found after loading (a file it
     /// names does not load), located as [`load`] locates its own:
     /// `router.toml:12: general.server_tls_ca: ...`.
@@ -711,6 +703,16 @@ impl Config {
         }
     }
 
+    /// A problem with `[jwt]` key `key` (e.g. "public_key_file") that only
+    /// the server can find — this crate reads no other files, a PEM key is
+    /// parsed by the verifier, and the preflight asks the servers about
+    /// `connect_as` and `allowed_roles` — located like the problems
+    /// [`load`] reports, so a DBA sees `router.toml:31:
+    /// jwt.public_key_file: ...` at start-up, in `pgrouter check` and in
+    /// the log of a refused reload. Keys without a recorded line are
+    /// reported at the `[jwt]` header; an empty `key` names the section.
+    ///
+    /// [`load`]: crate::load
     pub fn jwt_problem(&self, key: &str, message: impl Into<String>) -> crate::Problem {
         let lines = self.jwt.as_ref().map(|j| j.lines).unwrap_or_default();
         let line = match key {
