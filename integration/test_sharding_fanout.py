@@ -6,6 +6,7 @@ unsharded copy of the data (`fo_all` on a server of its own)."""
 from __future__ import annotations
 
 import time
+from decimal import Decimal
 
 import asyncpg
 import psycopg
@@ -742,6 +743,48 @@ def test_asyncpg_merged_reads(srouter, shards):
     rows, top = run_async(go())
     assert rows == [tuple(r) for r in want]
     assert top == [tuple(r) for r in want_top]
+
+
+def test_having_parameters_in_binary_format_are_read_by_their_type(srouter, shards):
+    """asyncpg sends parameters in binary format: a HAVING `$1` compared
+    with numeric, float8, text or date aggregates is a numeric, float8, ...
+    value, not an integer guessed from its byte count (which returned no
+    group at all, silently). One under a cast whose type the router cannot
+    know is refused with 0A000, never guessed."""
+    servers, truth = shards
+    queries = [
+        ("SELECT note, max(amount) FROM fo_orders GROUP BY note HAVING max(amount) > $1 "
+         "ORDER BY note COLLATE \"C\" NULLS FIRST", [Decimal("140.5")]),
+        ("SELECT id, sum(amount) FROM fo_orders GROUP BY id HAVING sum(amount) <= $1 ORDER BY id",
+         [Decimal("1000")]),
+        ("SELECT id, avg(id) FROM fo_orders GROUP BY id HAVING avg(id) >= $1 ORDER BY id", [Decimal("4")]),
+        ("SELECT id, count(*) FROM fo_orders GROUP BY id HAVING count(*) > $1 ORDER BY id", [13]),
+        ("SELECT id FROM fo_orders GROUP BY id HAVING max(note) = $1 ORDER BY id", ["n5"]),
+        ("SELECT id FROM fo_orders GROUP BY id HAVING min(amount::float8) < $1 ORDER BY id", [5.5]),
+        ("SELECT id FROM fo_orders GROUP BY id HAVING bool_or(customer_id > 100) = $1 ORDER BY id", [True]),
+    ]
+    with connect(srouter.dsn()) as conn, truth.connect(APP_DB) as t:
+        conn.execute(CREATE)
+        load_both(conn, t, 120)
+        want = [t.execute(sql.replace("$1", "%s"), args).fetchall() for sql, args in queries]
+    async def go():
+        c = await aconnect(srouter)
+        try:
+            out = [[tuple(r) for r in await c.fetch(sql, *args)] for sql, args in queries]
+            try:
+                await c.fetch("SELECT id FROM fo_orders GROUP BY id HAVING max(amount) > $1::numeric",
+                              Decimal("1"))
+                out.append("ran")
+            except asyncpg.PostgresError as e:
+                out.append(e.sqlstate)
+            return out
+        finally:
+            await c.close()
+    got = run_async(go())
+    for (sql, _), g, w in zip(queries, got, want):
+        assert w, sql  # the data makes every query return groups
+        assert g == w, sql
+    assert got[-1] == "0A000"
 
 
 def test_router_killed_between_prepare_and_commit_is_finished_by_another(routers, shards):

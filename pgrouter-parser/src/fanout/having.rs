@@ -108,7 +108,10 @@ fn constant(node: &pb::Node) -> Option<Operand> {
             Val::Bsval(_) => return None,
         })),
         N::ParamRef(p) => Some(Operand::Param(usize::try_from(p.number).ok()?)),
-        N::TypeCast(c) => constant(c.arg.as_deref()?),
+        N::TypeCast(c) => match constant(c.arg.as_deref()?)? {
+            Operand::Param(n) => Some(Operand::CastParam(n)),
+            other => Some(other),
+        },
         N::AExpr(e) if e.lexpr.is_none() => {
             let minus = matches!(e.name.last().and_then(|n| n.node.as_ref()), Some(N::String(s)) if s.sval == "-");
             match constant(e.rexpr.as_deref()?)? {

@@ -141,6 +141,15 @@ pub enum Operand {
     Const(String),
     /// Parameter `$n`: resolved per execution.
     Param(usize),
+    /// Parameter `$n` under a cast (`$1::numeric`): PostgreSQL gives it the
+    /// cast's type, not the other side's, so a value sent in binary format
+    /// without a type declared in Parse cannot be read (refused).
+    CastParam(usize),
+    /// A parameter's value sent in binary format, and the type declared for
+    /// it in Parse (0: none; PostgreSQL then infers the other side's type,
+    /// which the merge reads it as). Reading the bytes as text, or guessing
+    /// an integer from their length, would compare against a wrong value.
+    Bound { declared: u32, bytes: Vec<u8> },
     Null,
 }
 
@@ -182,20 +191,48 @@ impl MergeSpec {
         out
     }
 
+    /// HAVING parameters under a cast still unresolved after
+    /// [`Self::resolve_bound_params`]: sent in binary format with no type
+    /// declared, so their value cannot be read.
+    pub fn unreadable_params(&self) -> Vec<usize> {
+        let mut out = Vec::new();
+        if let Some(p) = self.aggregate.as_ref().and_then(|a| a.having.as_ref()) {
+            p.params(&mut out);
+        }
+        out.retain(|n| self.aggregate.as_ref().and_then(|a| a.having.as_ref()).is_some_and(|p| p.casts(*n)));
+        out
+    }
+
     /// The spec with every `$n` replaced by its value for one execution:
     /// `value(n)` gives the parameter's text (`None` for NULL). A LIMIT or
     /// OFFSET that is not an integer is the error PostgreSQL would give.
     pub fn resolve_params(&self, value: &dyn Fn(usize) -> Option<String>) -> Result<MergeSpec, (&'static str, String)> {
+        self.resolve_bound_params(&|n| value(n).map(Operand::Const))
+    }
+
+    /// Like [`Self::resolve_params`], with each value as the Bind sent it:
+    /// [`Operand::Const`] for text format, [`Operand::Bound`] for binary.
+    pub fn resolve_bound_params(
+        &self,
+        value: &dyn Fn(usize) -> Option<Operand>,
+    ) -> Result<MergeSpec, (&'static str, String)> {
         let mut spec = self.clone();
         for c in [&mut spec.limit, &mut spec.offset] {
             if let Some(Count::Param(n)) = c {
                 *c = match value(*n) {
-                    None => None,
-                    Some(text) => Some(Count::Const(
+                    None | Some(Operand::Null) => None,
+                    Some(Operand::Bound { bytes, .. }) => Some(Count::Const(match bytes.len() {
+                        2 => i16::from_be_bytes([bytes[0], bytes[1]]).into(),
+                        4 => i32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]).into(),
+                        8 => i64::from_be_bytes(bytes[..8].try_into().unwrap_or([0; 8])),
+                        _ => return Err(("22P03", "incorrect binary data format in bind parameter".to_string())),
+                    })),
+                    Some(Operand::Const(text)) => Some(Count::Const(
                         text.trim()
                             .parse::<i64>()
                             .map_err(|_| ("22P02", format!("invalid input syntax for type bigint: \"{text}\"")))?,
                     )),
+                    Some(_) => None,
                 };
             }
         }
@@ -207,30 +244,45 @@ impl MergeSpec {
 }
 
 impl Predicate {
+    /// `$n` appears under a cast ([`Operand::CastParam`]).
+    fn casts(&self, n: usize) -> bool {
+        match self {
+            Predicate::And(v) | Predicate::Or(v) => v.iter().any(|p| p.casts(n)),
+            Predicate::Not(p) => p.casts(n),
+            Predicate::Compare { left, right, .. } => [left, right].iter().any(|o| **o == Operand::CastParam(n)),
+            Predicate::IsNull { operand: o, .. } | Predicate::Truth(o) => *o == Operand::CastParam(n),
+        }
+    }
+
     fn params(&self, out: &mut Vec<usize>) {
         match self {
             Predicate::And(v) | Predicate::Or(v) => v.iter().for_each(|p| p.params(out)),
             Predicate::Not(p) => p.params(out),
             Predicate::Compare { left, right, .. } => {
                 for o in [left, right] {
-                    if let Operand::Param(n) = o {
+                    if let Operand::Param(n) | Operand::CastParam(n) = o {
                         out.push(*n);
                     }
                 }
             }
             Predicate::IsNull { operand: o, .. } | Predicate::Truth(o) => {
-                if let Operand::Param(n) = o {
+                if let Operand::Param(n) | Operand::CastParam(n) = o {
                     out.push(*n);
                 }
             }
         }
     }
 
-    fn resolve(&mut self, value: &dyn Fn(usize) -> Option<String>) {
-        let fix = |o: &mut Operand| {
-            if let Operand::Param(n) = o {
-                *o = value(*n).map(Operand::Const).unwrap_or(Operand::Null);
-            }
+    fn resolve(&mut self, value: &dyn Fn(usize) -> Option<Operand>) {
+        let fix = |o: &mut Operand| match o {
+            Operand::Param(n) => *o = value(*n).unwrap_or(Operand::Null),
+            Operand::CastParam(n) => match value(*n) {
+                // Binary without a declared type: its type is the cast's,
+                // unknown here; left unresolved, the merge refuses it.
+                Some(Operand::Bound { declared: 0, .. }) => {}
+                v => *o = v.unwrap_or(Operand::Null),
+            },
+            _ => {}
         };
         match self {
             Predicate::And(v) | Predicate::Or(v) => v.iter_mut().for_each(|p| p.resolve(value)),

@@ -6,7 +6,7 @@
 //! before anything runs (`pgrouter_parser::fanout::plan_read`).
 
 use bytes::{Bytes, BytesMut};
-use pgrouter_parser::fanout::{plan_read, plan_read_knowing, ReadPlan};
+use pgrouter_parser::fanout::{plan_read, plan_read_knowing, Operand, ReadPlan};
 
 use super::held::Leg;
 use super::legs::{cancel_targets, cancel_unfinished, lower_low_water, poll_fill_any};
@@ -66,7 +66,9 @@ impl Session {
             Some(e) => {
                 let params = BindParams::parse(&e.bind_rest);
                 plan.merge
-                    .resolve_params(&|n| params.as_ref().and_then(|p| param_text(p, n)))
+                    .resolve_bound_params(&|n| {
+                        params.as_ref().and_then(|p| param_operand(p, n, &e.param_types))
+                    })
                     .map_err(|(sqlstate, message)| ShardError::router(sqlstate, message))?
             }
         };
@@ -522,19 +524,20 @@ async fn resolve_input_names(
         .map_err(|u| ShardError::router("0A000", format!("pgrouter: {}", u.0)))
 }
 
-/// Parameter `$n` as text, for LIMIT/OFFSET/HAVING values (binary
-/// integers read as PostgreSQL sends them).
-fn param_text(params: &BindParams, n: usize) -> Option<String> {
+/// Parameter `$n` for LIMIT/OFFSET/HAVING: its text, or its bytes when
+/// sent in binary format (None: NULL or missing).
+fn param_operand(params: &BindParams, n: usize, declared: &[i32]) -> Option<Operand> {
     let (format, value) = params.get(n)?;
     let value = value?;
     if format == 0 {
-        return Some(String::from_utf8_lossy(value).into_owned());
+        return Some(Operand::Const(String::from_utf8_lossy(value).into_owned()));
     }
-    Some(match value.len() {
-        2 => i16::from_be_bytes([value[0], value[1]]).to_string(),
-        4 => i32::from_be_bytes(value.try_into().ok()?).to_string(),
-        8 => i64::from_be_bytes(value.try_into().ok()?).to_string(),
-        _ => return None,
+    // Binary: read by its type (declared in Parse, else the one PostgreSQL
+    // infers), never guessed from its length: 8 bytes may be a float8 or a
+    // numeric as well as a bigint.
+    Some(Operand::Bound {
+        declared: declared.get(n - 1).copied().unwrap_or(0) as u32,
+        bytes: value.to_vec(),
     })
 }
 

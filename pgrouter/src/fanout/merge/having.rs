@@ -67,6 +67,8 @@ pub fn eval(p: &Predicate, g: &Group) -> Result<Option<bool>, MergeError> {
                 }
             }
             Operand::Const(c) => Some(matches!(c.as_str(), "t" | "true")),
+            Operand::Bound { bytes, .. } => Some(bytes.first().is_some_and(|b| *b != 0)),
+            Operand::Param(n) | Operand::CastParam(n) => return Err(unresolved(*n)),
             _ => None,
         },
         Predicate::Compare { left, op, right } => {
@@ -80,10 +82,16 @@ pub fn eval(p: &Predicate, g: &Group) -> Result<Option<bool>, MergeError> {
             };
             let ord = match right {
                 Operand::Null => return Ok(None),
-                Operand::Param(n) => {
-                    return Err(MergeError::internal(format!(
-                        "HAVING parameter ${n} was not resolved"
-                    )))
+                Operand::Param(n) | Operand::CastParam(n) => return Err(unresolved(*n)),
+                // PostgreSQL gives a parameter without a declared type the
+                // type of the other side (numeric for `max(amount) > $1`),
+                // and the client encoded it so.
+                Operand::Bound { declared, bytes } => {
+                    let u = ColType {
+                        oid: if *declared == 0 { t.oid } else { *declared },
+                        binary: true,
+                    };
+                    compare_values(t, lv, u, bytes)?
                 }
                 Operand::Column(c2) => {
                     let j = (g.resolve)(*c2);
@@ -104,6 +112,15 @@ pub fn eval(p: &Predicate, g: &Group) -> Result<Option<bool>, MergeError> {
             })
         }
     })
+}
+
+/// A parameter whose value could not be read: sent in binary format under
+/// a cast, with no type declared in Parse.
+fn unresolved(n: usize) -> MergeError {
+    MergeError::unsupported(format!(
+        "HAVING parameter ${n} in binary format under a cast across shards (its type is unknown to \
+         the router); hint: declare the parameter's type or send it in text format"
+    ))
 }
 
 /// A number column's value as an exact decimal (None: not a number type).

@@ -249,6 +249,12 @@ impl Merger {
         };
         let limit = count(&spec.limit, "2201W", "LIMIT");
         let offset = count(&spec.offset, "2201X", "OFFSET").unwrap_or(0);
+        if let Some(n) = spec.unreadable_params().first() {
+            failure.get_or_insert(MergeError::unsupported(format!(
+                "HAVING parameter ${n} in binary format under a cast across shards (its type is \
+                 unknown to the router); hint: declare the parameter's type or send it in text format"
+            )));
+        }
         if let Some(n) = spec.params().first() {
             failure.get_or_insert(MergeError::internal(format!(
                 "parameter ${n} was not resolved"
