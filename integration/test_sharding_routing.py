@@ -561,6 +561,36 @@ def test_explain_route_answers_without_running(srouter, shards):
         assert conn.execute(f"SELECT count(*) FROM sh_orders WHERE customer_id = {k}").fetchone()[0] == 0
 
 
+def test_explain_route_with_parameters_routes_by_the_bound_values(srouter, shards):
+    """psycopg sends `EXPLAIN (ROUTE) ... = %s` as Parse/Bind/Execute with
+    the key as $1: the route is the one the statement would take with those
+    values (it was refused with 0A000 "parameter $1, whose value the router
+    does not see here"). Nothing runs."""
+    k, j = 9, 4
+    sk, sj = hash_shard(shards[0], "sh_hp_int8", 3, k), hash_shard(shards[0], "sh_hp_int8", 3, j)
+    with connect(srouter.dsn()) as conn:
+        for binary in (False, True):
+            got = conn.cursor(binary=binary).execute(
+                "EXPLAIN (ROUTE) SELECT * FROM sh_orders WHERE customer_id = %s", (k,)).fetchall()
+            assert got == [(sk, "primary", f"127.0.0.1:{shards[sk].port}", f"sh_orders.customer_id = {k}")]
+        got = conn.execute("EXPLAIN (ROUTE) DELETE FROM sh_orders WHERE customer_id = %b", (k,)).fetchall()
+        assert [r[:2] for r in got] == [(sk, "primary")]
+        got = conn.execute("EXPLAIN (ROUTE) INSERT INTO sh_orders (customer_id, note) VALUES (%s, %s), (%s, %s)",
+                           (k, "a", j, "b")).fetchall()
+        assert sorted(r[0] for r in got) == sorted({sk, sj})
+        got = conn.execute("EXPLAIN (ROUTE) SELECT * FROM sh_orders WHERE note = %s", ("x",)).fetchall()
+        assert [r[0] for r in got] == [0, 1, 2]
+        # Errors are the statement's own.
+        with pytest.raises(psycopg.Error) as err:
+            conn.execute("EXPLAIN (ROUTE) SELECT * FROM sh_regions WHERE region = %s", ("jp",))
+        assert sqlstate(err.value) == "22023" and "jp" in str(err.value)
+        with pytest.raises(psycopg.Error) as err:
+            conn.execute("EXPLAIN (ROUTE) SELECT * FROM sh_orders WHERE customer_id = %s", ("x",))
+        assert sqlstate(err.value) == "22P02"
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+        assert conn.execute("SELECT count(*) FROM sh_orders").fetchone() == (0,)
+
+
 def test_explain_route_of_statements_postgresql_cannot_explain(srouter, shards):
     """DDL, TRUNCATE, COPY, VACUUM: PostgreSQL's EXPLAIN does not take them
     (a syntax error), but EXPLAIN (ROUTE) is the router's: it shows where

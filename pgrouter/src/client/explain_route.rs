@@ -13,7 +13,8 @@ use super::error::SessionEnd;
 use super::session::Session;
 use crate::admin::wire::{row_description_in, Cell, ColumnType, ResultSet};
 use crate::protocol::backend::{self, Severity};
-use crate::protocol::frontend::{parse_bind_names, parse_parse};
+use super::shard_routing::UnnamedText;
+use crate::protocol::frontend::{parse_bind_names, parse_parse, BindNames};
 use crate::protocol::next_frame;
 use crate::router::{Refusal, Role};
 
@@ -33,9 +34,35 @@ impl Session {
         sql: &str,
         writes: bool,
     ) -> Result<Vec<Vec<Cell>>, Refusal> {
-        let mut body = sql.as_bytes().to_vec();
-        body.push(0);
-        let choice = self.plan_query_as(analysis, &body, true)?;
+        self.explain_route_rows_bound(analysis, sql, writes, None)
+    }
+
+    /// [`Self::explain_route_rows`] with the Bind of an extended-protocol
+    /// batch (its parameters after the names, and the Parse's declared
+    /// types): keys given as `$n` are routed by the values bound, as the
+    /// statement itself would be.
+    fn explain_route_rows_bound(
+        &self,
+        analysis: &Arc<Analysis>,
+        sql: &str,
+        writes: bool,
+        bind: Option<(&[u8], &[i32])>,
+    ) -> Result<Vec<Vec<Cell>>, Refusal> {
+        let choice = match bind {
+            None => {
+                let mut body = sql.as_bytes().to_vec();
+                body.push(0);
+                self.plan_query_as(analysis, &body, true)?
+            }
+            Some((rest, types)) => {
+                let names = BindNames {
+                    portal: "",
+                    statement: "",
+                    rest,
+                };
+                self.plan_bind_as(analysis, &names, &UnnamedText::Read(sql, types), true)?
+            }
+        };
         match choice {
             Some(c) if c.many.is_some() => {
                 let many = c.many.clone().unwrap_or_else(|| unreachable!());
@@ -158,7 +185,16 @@ impl Session {
         }
         let body = frame.body(&self.cbuf);
         let p = parse_parse(body)?;
-        let row = self.explain_route_rows(&analysis, p.sql, writes);
+        let (sql, types) = (p.sql.to_string(), p.param_types.clone());
+        // With parameters the route depends on the Bind's values: planned
+        // when the Bind comes (planning the text alone would refuse a key
+        // given as `$n`, or take a keyless statement for one on every shard).
+        let params = sql.contains('$');
+        let mut row = if params {
+            Ok(Vec::new())
+        } else {
+            self.explain_route_rows(&analysis, &sql, writes)
+        };
         let mut answer = BytesMut::new();
         let mut at = frame.total_len;
         match &row {
@@ -181,6 +217,13 @@ impl Session {
                         return Ok(false); // malformed: PostgreSQL's error, via the usual path
                     };
                     formats = asked;
+                    if params {
+                        row = self.explain_route_rows_bound(&analysis, &sql, writes, Some((b.rest, &types)));
+                        if let Err(refusal) = &row {
+                            self.refusal_into(&mut answer, refusal);
+                            continue;
+                        }
+                    }
                     backend::put_message(&mut answer, b'2', |_| {});
                 }
                 (b'D', Ok(_)) => self.explain_route_description(&mut answer, &formats),
