@@ -561,6 +561,21 @@ def test_explain_route_answers_without_running(srouter, shards):
         assert conn.execute(f"SELECT count(*) FROM sh_orders WHERE customer_id = {k}").fetchone()[0] == 0
 
 
+def test_explain_route_of_a_hinted_statement_shows_the_hint(srouter, shards):
+    """`EXPLAIN (ROUTE) /* pgrouter: shard=2 */ SELECT ...` explains the
+    statement after it, which, run, goes to shard 2 by its hint: the route
+    said shard 0 ("no sharded table") or every shard, ignoring the hint."""
+    with connect(srouter.dsn()) as conn:
+        cur = psycopg.ClientCursor(conn)  # the simple query protocol
+        for c in (cur, conn.cursor()):
+            got = c.execute("EXPLAIN (ROUTE) /* pgrouter: shard=2 */ SELECT 1").fetchall()
+            assert [r[:3] for r in got] == [(2, "primary", f"127.0.0.1:{shards[2].port}")]
+            assert "hint" in got[0][3]
+            got = c.execute("EXPLAIN (ROUTE) /* pgrouter: shard=1 */ SELECT * FROM sh_orders").fetchall()
+            assert [r[0] for r in got] == [1] and "hint" in got[0][3]
+        assert conn.execute(f"/* pgrouter: shard=2 */ SELECT {PORT}").fetchone()[0] == shards[2].port
+
+
 def test_explain_route_with_parameters_routes_by_the_bound_values(srouter, shards):
     """psycopg sends `EXPLAIN (ROUTE) ... = %s` as Parse/Bind/Execute with
     the key as $1: the route is the one the statement would take with those

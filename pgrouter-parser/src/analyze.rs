@@ -44,6 +44,13 @@ pub fn analyze(sql: &str, write_functions: &[String]) -> Analysis {
         },
     };
     analysis.hint = hint::extract(sql);
+    // `EXPLAIN (ROUTE) /* pgrouter: shard=2 */ SELECT ...`: the statement
+    // explained, run, would follow its own leading hint, so its route does.
+    if analysis.explain_route.is_some() && analysis.hint == Hint::default() {
+        if let Some(inner) = explain_route::explained(sql) {
+            analysis.hint = hint::extract(inner);
+        }
+    }
     if analysis.hint != Hint::default() {
         analysis.literal_sensitive = true;
     }
