@@ -604,6 +604,14 @@ def test_explain_route_with_parameters_routes_by_the_bound_values(srouter, shard
         assert sqlstate(err.value) == "22P02"
         assert conn.execute("SELECT 1").fetchone() == (1,)
         assert conn.execute("SELECT count(*) FROM sh_orders").fetchone() == (0,)
+    # psycopg prepares a statement run often (prepare_threshold, 5 by
+    # default) by name, with Parse and Sync first: that name is answered too
+    # (it got PostgreSQL's 42601 "unrecognized EXPLAIN option").
+    with connect(srouter.dsn(), prepare_threshold=1) as conn:
+        for key, shard in [(k, sk), (j, sj), (k, sk)] * 2:
+            got = conn.execute("EXPLAIN (ROUTE) SELECT * FROM sh_orders WHERE customer_id = %s", (key,)).fetchall()
+            assert [r[:2] for r in got] == [(shard, "primary")], key
+        assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
 def test_explain_route_of_statements_postgresql_cannot_explain(srouter, shards):

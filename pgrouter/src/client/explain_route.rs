@@ -261,10 +261,11 @@ impl Session {
         analysis: &Arc<Analysis>,
         sql: &str,
         writes: bool,
+        bind: Option<(&[u8], &[i32])>,
         formats: &[i16],
         answer: &mut BytesMut,
     ) {
-        match self.explain_route_rows(analysis, sql, writes) {
+        match self.explain_route_rows_bound(analysis, sql, writes, bind) {
             Ok(rows) => data_rows(answer, &rows, formats),
             Err(refusal) => self.refusal_into(answer, &refusal),
         }

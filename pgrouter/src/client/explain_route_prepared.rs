@@ -3,8 +3,10 @@
 //! Execute and Sync. PostgreSQL has no ROUTE option, so the statement is
 //! never prepared on a server: the router answers both batches and
 //! remembers the name until it is parsed again or the client's statements
-//! are discarded. Only statements without parameters (`$n`): their route
-//! is known from the text alone.
+//! are discarded. A statement with parameters (`$n`) is answered when its
+//! Parse comes alone (psycopg prepares with Parse and Sync): the route is
+//! planned from each Bind's values. Described first (asyncpg), it would
+//! need the parameters' types, which only a server infers: not answered.
 
 use bytes::{Buf, BytesMut};
 
@@ -31,10 +33,8 @@ impl Session {
             return Ok(false);
         }
         let p = parse_parse(body)?;
-        if p.sql.contains('$') {
-            return Ok(false);
-        }
-        let (name, sql) = (p.name.to_string(), p.sql.to_string());
+        let params = p.sql.contains('$');
+        let (name, sql, types) = (p.name.to_string(), p.sql.to_string(), p.param_types.clone());
         let mut answer = BytesMut::new();
         backend::parse_complete(&mut answer);
         let mut at = frame.total_len;
@@ -45,7 +45,8 @@ impl Session {
             let body = f.body(&self.cbuf[at..]);
             at += f.total_len;
             match f.tag {
-                b'D' if body.first() == Some(&b'S')
+                b'D' if !params
+                    && body.first() == Some(&b'S')
                     && body[1..].strip_suffix(&[0]) == Some(name.as_bytes()) =>
                 {
                     backend::put_message(&mut answer, b't', |b| {
@@ -62,7 +63,7 @@ impl Session {
             backend::ready_for_query(&mut answer, self.idle_status());
         }
         self.statements.remove(&name);
-        self.local_explains.insert(name, sql);
+        self.local_explains.insert(name, (sql, types));
         self.to_client.extend_from_slice(&answer);
         self.cbuf.advance(at);
         Ok(true)
@@ -81,9 +82,10 @@ impl Session {
             return Ok(false);
         }
         let b = parse_bind_names(frame.body(&self.cbuf))?;
-        let Some(sql) = self.local_explains.get(b.statement).cloned() else {
+        let Some((sql, types)) = self.local_explains.get(b.statement).cloned() else {
             return Ok(false);
         };
+        let rest = b.rest.to_vec();
         let Some(formats) = super::explain_route::bind_result_formats(b.rest) else {
             return Ok(false); // malformed: PostgreSQL's error, via the usual path
         };
@@ -97,7 +99,10 @@ impl Session {
         for tag in tags {
             match tag {
                 b'D' => self.explain_route_description(&mut answer, &formats),
-                b'E' => self.explain_route_execute(&analysis, &sql, writes, &formats, &mut answer),
+                b'E' => {
+                    let bind = sql.contains('$').then_some((&rest[..], &types[..]));
+                    self.explain_route_execute(&analysis, &sql, writes, bind, &formats, &mut answer)
+                }
                 b'H' | b'S' => {}
                 _ => return Ok(false),
             }

@@ -134,8 +134,9 @@ pub struct Session {
     /// The client's SQL-level PREPAREd statements.
     pub(super) sql_prepared: HashMap<String, SqlPrepared>,
     /// Named statements of `EXPLAIN (ROUTE) ...` the router answers itself
-    /// (name → text; see `explain_route_prepared.rs`).
-    pub(super) local_explains: HashMap<String, String>,
+    /// (name → text and the Parse's declared parameter types; see
+    /// `explain_route_prepared.rs`).
+    pub(super) local_explains: HashMap<String, (String, Vec<i32>)>,
     /// The client's PREPAREs not answered yet.
     pub(super) pending_prepares: super::sql_prepared::PendingPrepares,
     /// Analysis of the last unnamed Parse, for routing the Bind after it.
