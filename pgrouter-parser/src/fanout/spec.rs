@@ -149,7 +149,10 @@ pub enum Operand {
     /// it in Parse (0: none; PostgreSQL then infers the other side's type,
     /// which the merge reads it as). Reading the bytes as text, or guessing
     /// an integer from their length, would compare against a wrong value.
-    Bound { declared: u32, bytes: Vec<u8> },
+    Bound {
+        declared: u32,
+        bytes: Vec<u8>,
+    },
     Null,
 }
 

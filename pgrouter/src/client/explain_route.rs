@@ -11,9 +11,9 @@ use pgrouter_parser::{Analysis, RoleHint};
 
 use super::error::SessionEnd;
 use super::session::Session;
+use super::shard_routing::UnnamedText;
 use crate::admin::wire::{row_description_in, Cell, ColumnType, ResultSet};
 use crate::protocol::backend::{self, Severity};
-use super::shard_routing::UnnamedText;
 use crate::protocol::frontend::{parse_bind_names, parse_parse, BindNames};
 use crate::protocol::next_frame;
 use crate::router::{Refusal, Role};
@@ -218,7 +218,12 @@ impl Session {
                     };
                     formats = asked;
                     if params {
-                        row = self.explain_route_rows_bound(&analysis, &sql, writes, Some((b.rest, &types)));
+                        row = self.explain_route_rows_bound(
+                            &analysis,
+                            &sql,
+                            writes,
+                            Some((b.rest, &types)),
+                        );
                         if let Err(refusal) = &row {
                             self.refusal_into(&mut answer, refusal);
                             continue;

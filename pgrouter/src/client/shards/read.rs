@@ -67,7 +67,9 @@ impl Session {
                 let params = BindParams::parse(&e.bind_rest);
                 plan.merge
                     .resolve_bound_params(&|n| {
-                        params.as_ref().and_then(|p| param_operand(p, n, &e.param_types))
+                        params
+                            .as_ref()
+                            .and_then(|p| param_operand(p, n, &e.param_types))
                     })
                     .map_err(|(sqlstate, message)| ShardError::router(sqlstate, message))?
             }
