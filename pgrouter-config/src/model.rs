@@ -675,12 +675,7 @@ impl Config {
     ///
     /// [`load`]: crate::load
     pub fn general_problem(&self, key: &str, message: impl Into<String>) -> crate::Problem {
-        crate::Problem {
-            file: self.router_path.clone(),
-            line: self.general_lines.line_of(key),
-            key: format!("general.{key}"),
-            message: message.into(),
-        }
+        self.router_problem("general", key, self.general_lines.line_of(key), message)
     }
 
     /// A problem with `[jit]`'s `key` ("api_url" or "api_ca") that only the
@@ -695,12 +690,7 @@ impl Config {
             "api_ca" if lines.api_ca != 0 => lines.api_ca,
             _ => lines.section,
         };
-        crate::Problem {
-            file: self.router_path.clone(),
-            line,
-            key: format!("jit.{key}"),
-            message: message.into(),
-        }
+        self.router_problem("jit", key, line, message)
     }
 
     /// A problem with `[jwt]` key `key` (e.g. "public_key_file") that only
@@ -722,13 +712,25 @@ impl Config {
             "allowed_roles" if lines.allowed_roles != 0 => lines.allowed_roles,
             _ => lines.section,
         };
+        self.router_problem("jwt", key, line, message)
+    }
+
+    /// A problem at `line` of router.toml with `section`'s `key`, named
+    /// `section.key` (the section alone for an empty key).
+    fn router_problem(
+        &self,
+        section: &str,
+        key: &str,
+        line: usize,
+        message: impl Into<String>,
+    ) -> crate::Problem {
         crate::Problem {
             file: self.router_path.clone(),
             line,
             key: if key.is_empty() {
-                "jwt".into()
+                section.into()
             } else {
-                format!("jwt.{key}")
+                format!("{section}.{key}")
             },
             message: message.into(),
         }
