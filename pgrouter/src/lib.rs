@@ -21,5 +21,6 @@ pub mod run;
 pub mod server;
 pub mod signals;
 pub mod state;
+pub mod timer;
 pub mod twophase;
 pub mod worker;

@@ -89,7 +89,7 @@ fn main() -> ExitCode {
         }
     }
     let mut builder = tokio::runtime::Builder::new_current_thread();
-    builder.enable_all();
+    builder.enable_io();
     let runtime = match builder.build() {
         Ok(r) => r,
         Err(e) => {
@@ -238,7 +238,7 @@ fn test_2pc_commit(argv: Vec<String>) -> ExitCode {
     };
     init_logging(&config.general.log_format);
     let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
+        .enable_io()
         .build()
     {
         Ok(r) => r,

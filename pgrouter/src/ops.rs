@@ -330,7 +330,7 @@ impl AdminContext for Ops {
             self.state.paused.insert(key.clone());
             self.state.pausing.notify_waiters();
             // Wait for transactions in progress to finish.
-            let deadline = tokio::time::Instant::now()
+            let deadline = std::time::Instant::now()
                 + Duration::from_millis(self.state.rt().config.general.shutdown_timeout_ms);
             loop {
                 // A RESUME meanwhile undid this PAUSE: answering PAUSE would
@@ -347,12 +347,12 @@ impl AdminContext for Ops {
                 if !busy {
                     return Ok(());
                 }
-                if tokio::time::Instant::now() >= deadline {
+                if std::time::Instant::now() >= deadline {
                     return Err(
                         "timed out waiting for transactions to finish; new ones stay paused".into(),
                     );
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                crate::timer::sleep(Duration::from_millis(20)).await;
             }
         })
     }

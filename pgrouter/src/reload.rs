@@ -234,7 +234,7 @@ pub async fn watch_files(state: Arc<State>) {
         }
         // Debounce: editors write in several steps.
         loop {
-            match tokio::time::timeout(Duration::from_millis(300), rx.recv()).await {
+            match crate::timer::timeout(Duration::from_millis(300), rx.recv()).await {
                 Ok(Some(())) => continue,
                 Ok(None) => return,
                 Err(_) => break,

@@ -110,7 +110,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _ = accept.await;
     let deadline = Instant::now() + shutdown_timeout;
     while state.clients.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        crate::timer::sleep(Duration::from_millis(20)).await;
     }
     let left = state.clients.load(Ordering::Relaxed);
     if left > 0 {
@@ -122,16 +122,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     for pool in state.rt().cluster.all_pools() {
         pool.close_idle();
     }
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    crate::timer::sleep(Duration::from_millis(50)).await;
     tracing::info!("pgrouter stopped");
     Ok(())
 }
 
 async fn maintain_pools(state: Arc<State>) {
-    let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Every MAINTENANCE_INTERVAL from the start; a pass that overran
+    // delays the next instead of running several at once.
+    let mut next = Instant::now();
     loop {
-        tick.tick().await;
+        crate::timer::sleep_until(next).await;
+        next = (next + MAINTENANCE_INTERVAL).max(Instant::now());
         if *state.shutdown.borrow() {
             return;
         }
@@ -157,7 +159,7 @@ async fn check_health(state: Arc<State>) {
         let rt = state.rt();
         let interval = Duration::from_millis(rt.config.general.healthcheck_interval_ms.max(1));
         let timeout = Duration::from_millis(rt.config.general.connect_timeout_ms);
-        tokio::time::sleep(interval).await;
+        crate::timer::sleep(interval).await;
         if *state.shutdown.borrow() {
             return;
         }

@@ -80,7 +80,7 @@ pub fn start(n: usize) -> std::io::Result<()> {
             .spawn(move || {
                 INDEX.with(|c| c.set(Some(i)));
                 let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
+                    .enable_io()
                     .build();
                 match runtime {
                     Ok(runtime) => {

@@ -174,7 +174,7 @@ async fn fatal<S: AsyncWrite + Unpin>(
 ) -> Result<AdminEnd, std::io::Error> {
     error_response(out, Severity::Fatal, sqlstate, message);
     // Best effort: the peer may be gone or not reading.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), send(stream, out)).await;
+    let _ = crate::timer::timeout(std::time::Duration::from_secs(1), send(stream, out)).await;
     Ok(AdminEnd::ProtocolError)
 }
 

@@ -134,12 +134,7 @@ impl JitClient {
                 Err(_) => builder.with_webpki_roots().with_no_client_auth(),
             }
         };
-        // No Nagle: a request is small and waits for its answer, so a
-        // delayed ACK would add tens of milliseconds to every login.
-        let mut tcp = HttpConnector::new();
-        tcp.enforce_http(false);
-        tcp.set_nodelay(true);
-        tcp.set_connect_timeout(Some(Duration::from_millis(cfg.timeout_ms)));
+        let tcp = super::http_tcp::connector();
         let connector = HttpsConnectorBuilder::new().with_tls_config(tls);
         let connector = if https {
             connector.https_only()
@@ -163,7 +158,7 @@ impl JitClient {
     /// Asks the API whether `token` grants `role` to a client at `rhost`.
     pub async fn check(&self, metrics: &Metrics, token: &str, role: &str, rhost: &str) -> Verdict {
         let started = Instant::now();
-        let verdict = match tokio::time::timeout(self.timeout, self.call(token, role, rhost)).await
+        let verdict = match crate::timer::timeout(self.timeout, self.call(token, role, rhost)).await
         {
             Ok(v) => v,
             Err(_) => Verdict::Unavailable(format!(

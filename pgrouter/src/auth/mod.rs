@@ -18,6 +18,7 @@
 //! PostgreSQL computed.
 
 pub mod auth_query;
+pub mod http_tcp;
 pub mod jit;
 pub mod jwt;
 pub mod md5;

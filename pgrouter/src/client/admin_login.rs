@@ -24,9 +24,9 @@ pub async fn serve(
     state: Arc<State>,
     startup: Vec<(String, String)>,
     transport: Transport,
-    deadline: tokio::time::Instant,
+    deadline: std::time::Instant,
 ) {
-    let logged_in = tokio::time::timeout_at(
+    let logged_in = crate::timer::timeout_at(
         deadline,
         log_in(&mut stream, &mut buf, &state, &startup, &transport),
     )

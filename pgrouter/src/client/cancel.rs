@@ -197,7 +197,7 @@ async fn send_all<S: tokio::io::AsyncWrite + tokio::io::AsyncRead + Unpin>(
         while stream.read(&mut sink).await? > 0 {}
         Ok::<(), std::io::Error>(())
     };
-    match tokio::time::timeout(CANCEL_ACTED_ON, closed).await {
+    match crate::timer::timeout(CANCEL_ACTED_ON, closed).await {
         Ok(r) => r,
         Err(_) => Ok(()),
     }

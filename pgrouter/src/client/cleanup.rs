@@ -29,7 +29,7 @@ pub fn release_after_session(mut server: PooledConn, quiet: bool, mode: PoolMode
             // Something may be running: stop it, then close the connection.
             let target = server.cancel_target();
             drop(server);
-            let _ = tokio::time::timeout(RESET_TIMEOUT, send_cancel(&target)).await;
+            let _ = crate::timer::timeout(RESET_TIMEOUT, send_cancel(&target)).await;
             return;
         }
         let reset = async {
@@ -50,7 +50,7 @@ pub fn release_after_session(mut server: PooledConn, quiet: bool, mode: PoolMode
             }
             Some(())
         };
-        match tokio::time::timeout(RESET_TIMEOUT, reset).await {
+        match crate::timer::timeout(RESET_TIMEOUT, reset).await {
             Ok(Some(())) if server.tx_status == b'I' => Pool::checkin(server),
             _ => drop(server),
         }

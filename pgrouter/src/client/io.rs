@@ -45,5 +45,5 @@ pub async fn write_all(stream: &mut ClientStream, bytes: &[u8]) -> Result<(), Se
 pub async fn send_fatal(stream: &mut ClientStream, sqlstate: &str, message: &str) {
     let mut out = BytesMut::new();
     error_response(&mut out, Severity::Fatal, sqlstate, message);
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), stream.write_all(&out)).await;
+    let _ = crate::timer::timeout(std::time::Duration::from_secs(1), stream.write_all(&out)).await;
 }

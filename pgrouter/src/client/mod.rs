@@ -94,14 +94,14 @@ use crate::state::State;
 /// packet, TLS, authentication, remote token checks), so a client cannot
 /// stretch its login by taking each step slowly, and stalled logins never
 /// hold a `max_clients` slot for longer than this.
-fn login_deadline(state: &State) -> tokio::time::Instant {
+fn login_deadline(state: &State) -> std::time::Instant {
     let ms = state.rt().config.general.client_login_timeout_ms;
     let timeout = if ms == 0 {
         Duration::from_secs(365 * 24 * 3600)
     } else {
         Duration::from_millis(ms)
     };
-    tokio::time::Instant::now() + timeout
+    std::time::Instant::now() + timeout
 }
 
 const LOGIN_TIMED_OUT: &str = "pgrouter: login timed out (client_login_timeout_ms)";
@@ -118,7 +118,7 @@ pub async fn handle(
     async move {
         let mut buf = BytesMut::with_capacity(8 * 1024);
         let deadline = login_deadline(&state);
-        let startup = match tokio::time::timeout_at(
+        let startup = match crate::timer::timeout_at(
             deadline,
             read_startup(&mut stream, &mut buf, &state, &tls),
         )
@@ -141,7 +141,7 @@ pub async fn handle(
         {
             return admin_login::serve(stream, buf, state, startup.1, transport, deadline).await;
         }
-        let make_session = match tokio::time::timeout_at(
+        let make_session = match crate::timer::timeout_at(
             deadline,
             login(&mut stream, buf, &state, startup, transport, id),
         )

@@ -164,7 +164,7 @@ impl Session {
             self.pins.checked(kinds, kinds);
             return Ok(());
         };
-        let rows = match tokio::time::timeout(CHECK_TIMEOUT, held.conn.query_rows(&sql)).await {
+        let rows = match crate::timer::timeout(CHECK_TIMEOUT, held.conn.query_rows(&sql)).await {
             Ok(Ok(rows)) => rows,
             Ok(Err(ServerError::Postgres(e))) => {
                 // Staying pinned is the safe mistake.
@@ -214,7 +214,7 @@ impl Session {
             return Ok(());
         }
         for sql in ["DISCARD ALL", "RESET ROLE"] {
-            match tokio::time::timeout(CHECK_TIMEOUT, held.conn.query_rows(sql)).await {
+            match crate::timer::timeout(CHECK_TIMEOUT, held.conn.query_rows(sql)).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(ServerError::Postgres(e))) => {
                     // Not clean: the client stays pinned (its connection is

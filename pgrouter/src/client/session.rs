@@ -634,7 +634,7 @@ impl Session {
 async fn sleep_until_or_forever(deadline: Option<(std::time::Instant, Event)>) -> Event {
     match deadline {
         Some((at, event)) => {
-            tokio::time::sleep_until(at.into()).await;
+            crate::timer::sleep_until(at).await;
             event
         }
         None => std::future::pending().await,
@@ -643,7 +643,7 @@ async fn sleep_until_or_forever(deadline: Option<(std::time::Instant, Event)>) -
 
 async fn sleep_or_forever(d: Option<Duration>) {
     match d {
-        Some(d) => tokio::time::sleep(d).await,
+        Some(d) => crate::timer::sleep(d).await,
         None => std::future::pending().await,
     }
 }

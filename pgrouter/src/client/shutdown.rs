@@ -113,13 +113,13 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
         fanout.fire();
-        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+        crate::timer::timeout(std::time::Duration::from_secs(5), waiter)
             .await
             .expect("woken")
             .expect("no panic");
         let after = fanout.subscribe();
         assert!(after.is_fired());
-        tokio::time::timeout(std::time::Duration::from_secs(5), after)
+        crate::timer::timeout(std::time::Duration::from_secs(5), after)
             .await
             .expect("completes at once");
         assert!(fanout.listeners.lock().is_empty());

@@ -70,7 +70,7 @@ pub async fn serve_listener(
             Err(e) => {
                 // Out of file descriptors and the like: back off, keep serving.
                 tracing::warn!(error = %e, "metrics endpoint: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                crate::timer::sleep(Duration::from_millis(100)).await;
             }
         }
     }
@@ -78,13 +78,13 @@ pub async fn serve_listener(
 
 async fn handle(mut stream: TcpStream, metrics: &Metrics, source: &dyn MetricsSource) {
     let _ = stream.set_nodelay(true);
-    let response = match tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream)).await {
+    let response = match crate::timer::timeout(READ_TIMEOUT, read_head(&mut stream)).await {
         Ok(Ok(head)) => respond(&head, metrics, source),
         Ok(Err(HeadError::TooLarge)) => simple(431, "Request Header Fields Too Large"),
         Ok(Err(HeadError::Closed)) => return,
         Err(_) => simple(408, "Request Timeout"),
     };
-    let _ = tokio::time::timeout(WRITE_TIMEOUT, async {
+    let _ = crate::timer::timeout(WRITE_TIMEOUT, async {
         stream.write_all(&response).await?;
         stream.shutdown().await
     })

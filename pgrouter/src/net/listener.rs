@@ -43,7 +43,7 @@ pub async fn serve_with_tls(listener: TcpListener, state: Arc<State>, tls: Arc<C
             Err(e) => {
                 // Out of file descriptors and the like: wait a little, keep serving.
                 tracing::error!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                crate::timer::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }
         };

@@ -384,7 +384,7 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
         theirs.write_all(b"x").await.unwrap();
         theirs.flush().await.unwrap();
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        crate::timer::sleep(std::time::Duration::from_millis(20)).await;
         assert_eq!(ours.try_read(&mut probe).unwrap(), 1);
     }
 }

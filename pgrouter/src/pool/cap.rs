@@ -112,7 +112,7 @@ impl ConnectionCap {
     /// A permit, closing another pool's idle connection for room if need
     /// be, waiting at most `timeout`. `None`: the cap stayed full.
     pub async fn acquire(self: &Arc<Self>, timeout: Duration) -> Option<CapPermit> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = std::time::Instant::now() + timeout;
         loop {
             if let Some(permit) = self.try_acquire() {
                 return Some(permit);
@@ -124,10 +124,10 @@ impl ConnectionCap {
                 tokio::task::yield_now().await;
                 continue;
             }
-            if tokio::time::Instant::now() >= deadline {
+            if std::time::Instant::now() >= deadline {
                 return None;
             }
-            tokio::time::sleep(RETRY_EVERY.min(deadline - tokio::time::Instant::now())).await;
+            crate::timer::sleep(RETRY_EVERY.min(deadline - std::time::Instant::now())).await;
         }
     }
 }
@@ -182,7 +182,7 @@ mod tests {
             let cap = cap.clone();
             tokio::spawn(async move { cap.acquire(Duration::from_secs(5)).await.is_some() })
         };
-        tokio::time::sleep(Duration::from_millis(30)).await;
+        crate::timer::sleep(Duration::from_millis(30)).await;
         drop(held);
         assert!(waiter.await.expect("joined"));
     }

@@ -39,7 +39,7 @@ pub async fn check_auto_roles<'a>(
         .filter(|h| h.configured == ServerRole::Auto)
         .map(|h| tokio::spawn(h.clone().check_once(timeout)))
         .collect();
-    let _ = tokio::time::timeout(FIRST_CHECK_WAIT, async {
+    let _ = crate::timer::timeout(FIRST_CHECK_WAIT, async {
         for check in checks {
             let _ = check.await;
         }
@@ -273,7 +273,7 @@ impl ServerHealth {
                 Pool::checkin(lease);
                 Ok::<CheckResult, String>(r)
             };
-            let result = tokio::time::timeout(timeout * 2, check).await;
+            let result = crate::timer::timeout(timeout * 2, check).await;
             self.record_check(result, started);
             return;
         }
@@ -289,7 +289,7 @@ impl ServerHealth {
             let c = conn.as_mut().ok_or("no connection")?;
             run_check(c).await
         };
-        let result = tokio::time::timeout(timeout * 2, check).await;
+        let result = crate::timer::timeout(timeout * 2, check).await;
         if !matches!(result, Ok(Ok(_))) {
             *conn = None;
         }
@@ -300,7 +300,7 @@ impl ServerHealth {
     /// lag, ban on failure.
     fn record_check(
         &self,
-        result: Result<Result<CheckResult, String>, tokio::time::error::Elapsed>,
+        result: Result<Result<CheckResult, String>, crate::timer::Elapsed>,
         started: Instant,
     ) {
         self.reachable

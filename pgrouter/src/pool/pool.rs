@@ -424,7 +424,7 @@ impl Pool {
                         deadline(oldest, timeout).min(now + LEND_CHECK_EVERY)
                     }
                 };
-                tokio::time::sleep_until(wake.into()).await;
+                crate::timer::sleep_until(wake).await;
             }
         });
     }

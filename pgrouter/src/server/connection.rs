@@ -251,7 +251,8 @@ impl ServerConn {
     pub async fn terminate(mut self) {
         let mut out = BytesMut::new();
         frontend::terminate(&mut out);
-        let _ = tokio::time::timeout(Duration::from_millis(200), self.stream.write_all(&out)).await;
+        let _ =
+            crate::timer::timeout(Duration::from_millis(200), self.stream.write_all(&out)).await;
     }
 }
 

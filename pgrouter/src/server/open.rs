@@ -42,7 +42,7 @@ impl ServerConn {
         target: &ServerTarget,
         timeout: Duration,
     ) -> Result<ServerConn, ServerError> {
-        match tokio::time::timeout(timeout, Self::connect_inner(target)).await {
+        match crate::timer::timeout(timeout, Self::connect_inner(target)).await {
             Ok(r) => r,
             Err(_) => Err(ServerError::Timeout),
         }

@@ -32,7 +32,7 @@ impl TestHooks {
                 ms = d.as_millis() as u64,
                 "test hook: pausing before COMMIT PREPARED"
             );
-            tokio::time::sleep(d).await;
+            crate::timer::sleep(d).await;
         }
     }
 
@@ -42,7 +42,7 @@ impl TestHooks {
                 ms = d.as_millis() as u64,
                 "test hook: pausing before the decision record"
             );
-            tokio::time::sleep(d).await;
+            crate::timer::sleep(d).await;
         }
     }
 }

@@ -215,7 +215,7 @@ pub async fn run_recovery(state: Arc<State>) {
         }
         first = false;
         drop(rt);
-        tokio::time::sleep(RECOVERY_INTERVAL).await;
+        crate::timer::sleep(RECOVERY_INTERVAL).await;
     }
 }
 

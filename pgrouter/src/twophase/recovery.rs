@@ -97,7 +97,7 @@ impl Recovery {
     /// [`Self::pass`], abandoned after `limit`: then every connection of the
     /// pass is dropped (one may be waiting for an answer).
     pub async fn pass_within(&self, config: &Config, cluster: &Cluster, limit: Duration) -> usize {
-        match tokio::time::timeout(limit, self.pass(config, cluster)).await {
+        match crate::timer::timeout(limit, self.pass(config, cluster)).await {
             Ok(n) => n,
             Err(_) => {
                 tracing::warn!(database = %self.database, "2PC recovery: pass timed out; retrying with new connections");

@@ -150,7 +150,7 @@ mod tests {
             20
         });
         let both = on_every_leg(vec![first, second]);
-        let answers = tokio::time::timeout(Duration::from_secs(10), both).await;
+        let answers = crate::timer::timeout(Duration::from_secs(10), both).await;
         assert_eq!(answers.ok(), Some(vec![11, 20]));
     }
 

@@ -206,15 +206,15 @@ async fn lookup_on_primary(rt: &Runtime, cfg: &AuthQuery, database: &str, user: 
         .and_then(|s| s.pick(Role::Primary, pools.balancing, &[], Default::default()))
         .ok_or(LookupError::NoPrimary)?;
     let budget = lookup_budget(rt.config.general.client_login_timeout_ms);
-    let deadline = tokio::time::Instant::now() + budget;
+    let deadline = std::time::Instant::now() + budget;
     let timed_out = || LookupError::TimedOut(budget.as_millis() as u64);
-    let mut conn = tokio::time::timeout_at(deadline, slot.pool.checkout())
+    let mut conn = crate::timer::timeout_at(deadline, slot.pool.checkout())
         .await
         .map_err(|_| timed_out())?
         .map_err(|e| LookupError::Unreachable(e.to_string()))?;
     let cancel = conn.cancel_target();
     let fetched =
-        tokio::time::timeout_at(deadline, fetch_secret(&mut conn, &cfg.query, user)).await;
+        crate::timer::timeout_at(deadline, fetch_secret(&mut conn, &cfg.query, user)).await;
     match fetched {
         Ok(Ok(row)) => {
             crate::pool::Pool::checkin(conn);

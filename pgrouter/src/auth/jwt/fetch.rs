@@ -76,7 +76,7 @@ impl Fetcher {
             connector.https_or_http()
         }
         .enable_http1()
-        .build();
+        .wrap_connector(crate::auth::http_tcp::connector());
         // Fetches are minutes apart: do not keep idle connections around.
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(0)
@@ -87,7 +87,7 @@ impl Fetcher {
     /// GETs the URL; the body on a 200 answer, else a short description of
     /// what went wrong (for logs). Redirects are not followed.
     pub async fn get(&self) -> Result<Bytes, String> {
-        match tokio::time::timeout(FETCH_TIMEOUT, self.get_inner()).await {
+        match crate::timer::timeout(FETCH_TIMEOUT, self.get_inner()).await {
             Ok(r) => r,
             Err(_) => Err(format!(
                 "no complete answer within {}s",

@@ -385,8 +385,8 @@ async fn relay_wait(
         .iter()
         .zip(wanted)
         .any(|(l, &w)| w && l.held.conn.low_water.is_raised());
-    let mut tail = raised.then(|| Box::pin(tokio::time::sleep(TAIL_WAIT)));
-    let mut timeout = cancel_at.map(|at| Box::pin(tokio::time::sleep_until(at.into())));
+    let mut tail = raised.then(|| Box::pin(crate::timer::sleep(TAIL_WAIT)));
+    let mut timeout = cancel_at.map(|at| Box::pin(crate::timer::sleep_until(at)));
     std::future::poll_fn(|cx| {
         if let Some(timer) = timeout.as_mut() {
             if timer.as_mut().poll(cx).is_ready() {

@@ -221,31 +221,32 @@ impl Session {
             let wanted: Vec<bool> = legs.iter().map(|l| !l.ready).collect();
             let filled = match deadline {
                 None => fill_any(legs, &wanted).await,
-                Some(at) => match tokio::time::timeout_at(at.into(), fill_any(legs, &wanted)).await
-                {
-                    Ok(filled) => filled,
-                    Err(_) if !cancelled => {
-                        // `query_timeout_ms`: the statement is cancelled
-                        // on every shard still running it, and their
-                        // answers (57014) are read as any error's.
-                        tracing::info!(
-                            "query_timeout_ms reached: cancelling the statement on its shards"
-                        );
-                        cancel_and_wait(legs).await;
-                        cancelled = true;
-                        deadline = self.query_deadline();
-                        continue;
-                    }
-                    Err(_) => {
-                        // Neither the statement nor its cancel answered
-                        // within another `query_timeout_ms`.
-                        let shard = give_up_unfinished(legs);
-                        return Ok(Err(ShardError::lost(
+                Some(at) => {
+                    match crate::timer::timeout_at(at.into(), fill_any(legs, &wanted)).await {
+                        Ok(filled) => filled,
+                        Err(_) if !cancelled => {
+                            // `query_timeout_ms`: the statement is cancelled
+                            // on every shard still running it, and their
+                            // answers (57014) are read as any error's.
+                            tracing::info!(
+                                "query_timeout_ms reached: cancelling the statement on its shards"
+                            );
+                            cancel_and_wait(legs).await;
+                            cancelled = true;
+                            deadline = self.query_deadline();
+                            continue;
+                        }
+                        Err(_) => {
+                            // Neither the statement nor its cancel answered
+                            // within another `query_timeout_ms`.
+                            let shard = give_up_unfinished(legs);
+                            return Ok(Err(ShardError::lost(
                             shard,
                             &"it answered neither the statement nor its cancel within query_timeout_ms",
                         )));
+                        }
                     }
-                },
+                }
             };
             if let Err(i) = filled {
                 legs[i].ready = true;
