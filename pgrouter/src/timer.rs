@@ -156,10 +156,15 @@ pub fn sleep(duration: Duration) -> Sleep {
 
 /// `now + duration`, or a century from now when that does not fit.
 pub fn after(duration: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(duration)
-        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86_400)))
-        .unwrap_or(now)
+    after_instant(Instant::now(), duration)
+}
+
+/// `start + duration`, or a century after `start` when that does not fit.
+pub fn after_instant(start: Instant, duration: Duration) -> Instant {
+    start
+        .checked_add(duration)
+        .or_else(|| start.checked_add(Duration::from_secs(100 * 365 * 86_400)))
+        .unwrap_or(start)
 }
 
 impl Sleep {

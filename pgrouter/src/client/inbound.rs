@@ -110,9 +110,9 @@ impl Session {
                         if let Some(started) = self.request_started.take() {
                             // One clock read serves the query duration, the
                             // transaction duration and the pool's last use.
-                            let now = std::time::Instant::now();
+                            let now = crate::clock::Tick::now();
                             held.last_answer = now;
-                            held.conn.pool().metrics.record_query(now - started);
+                            held.conn.pool().metrics.record_query(now.since(started));
                             // Requests pipelined behind this one (several
                             // Syncs sent at once) now run: `query_timeout_ms`
                             // times the next from here, not never.

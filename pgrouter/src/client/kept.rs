@@ -164,7 +164,7 @@ impl Session {
         let Some(mut held) = self.take_kept(shard) else {
             return false;
         };
-        let now = std::time::Instant::now();
+        let now = crate::clock::Tick::now();
         held.attached_at = now;
         held.tx_counted = false;
         self.request_started.get_or_insert(now);

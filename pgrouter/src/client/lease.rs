@@ -7,8 +7,6 @@
 
 use std::sync::Arc;
 
-use std::time::Instant;
-
 use super::expect::Expectations;
 use super::replay::SyncUndo;
 use crate::pool::{PooledConn, ServerSlot};
@@ -22,9 +20,9 @@ pub(super) struct Held {
     pub pool_id: usize,
     /// Routed to the primary (a write, or a transaction that may write).
     pub for_writes: bool,
-    pub attached_at: std::time::Instant,
+    pub attached_at: crate::clock::Tick,
     /// When the server's last answer to the client's request arrived.
-    pub last_answer: std::time::Instant,
+    pub last_answer: crate::clock::Tick,
     /// The transaction that ends this lease is counted already (at its
     /// ReadyForQuery, before the answer reaches the client, so a client
     /// that reads the metrics next sees it).
@@ -55,7 +53,7 @@ impl Held {
         slot: &ServerSlot,
         shard: usize,
         for_writes: bool,
-        now: Instant,
+        now: crate::clock::Tick,
         expect: Expectations,
     ) -> Held {
         debug_assert!(expect.is_empty());
@@ -104,7 +102,7 @@ impl Held {
     /// Counts the transaction of this lease in its pool's metrics.
     pub fn record_transaction(&mut self) {
         self.tx_counted = true;
-        let took = self.last_answer.saturating_duration_since(self.attached_at);
+        let took = self.last_answer.since(self.attached_at);
         self.conn.pool().metrics.record_transaction(took);
     }
 }

@@ -5,7 +5,7 @@
 //! PostgreSQL (the integration suite runs against PostgreSQL).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BufMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -72,7 +72,14 @@ async fn leg(pool: &Arc<Pool>) -> Held {
         )),
     };
     let conn = pool.checkout().await.expect("checkout");
-    Held::new(conn, &slot, 0, true, Instant::now(), Default::default())
+    Held::new(
+        conn,
+        &slot,
+        0,
+        true,
+        crate::clock::Tick::now(),
+        Default::default(),
+    )
 }
 
 #[tokio::test]

@@ -559,7 +559,7 @@ impl Session {
                 }
             }
         };
-        let now = std::time::Instant::now();
+        let now = crate::clock::Tick::now();
         self.registered.info.set_state(ClientState::Active);
         self.registered.info.set_server(
             &conn.addr,
@@ -693,7 +693,7 @@ impl Session {
             return Ok(());
         }
         if self.request_started.is_none() {
-            self.request_started = Some(std::time::Instant::now());
+            self.request_started = Some(crate::clock::Tick::now());
         }
         if held.flush().await.is_err() {
             self.recover_server_loss().await?;

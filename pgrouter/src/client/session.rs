@@ -59,7 +59,7 @@ pub struct Session {
     pub(super) rt: Arc<Runtime>,
     pub(super) registered: Registered,
     /// When the request now in flight was sent (query duration metric).
-    pub(super) request_started: Option<std::time::Instant>,
+    pub(super) request_started: Option<crate::clock::Tick>,
     pub(super) mode: PoolMode,
     pub(super) params: ClientParams,
     pub(super) cancel: CancelKey,
@@ -89,7 +89,7 @@ pub struct Session {
     pub(super) tx_legs: Option<super::shards::held::TxLegs>,
     /// SAVEPOINTs sent in the transaction of the held server (identified
     /// by its `attached_at`), for legs that join it later.
-    pub(super) tx_savepoints: (Option<std::time::Instant>, Vec<String>),
+    pub(super) tx_savepoints: (Option<crate::clock::Tick>, Vec<String>),
     /// Named portals bound in the client's transaction block on a sharded
     /// database (see `shard_portals.rs`); emptied at the next unit of work
     /// outside a transaction.
@@ -513,7 +513,7 @@ impl Session {
                 held.record_transaction();
             }
             if held.for_writes && self.rt.config.general.read_your_writes {
-                self.ryw.wrote(held.shard, held.last_answer);
+                self.ryw.wrote(held.shard, held.last_answer.instant());
             }
             self.registered.info.set_state(ClientState::Idle);
             self.registered.info.clear_server();
@@ -591,7 +591,7 @@ impl Session {
                 return None;
             }
             return Some(match self.query_cancelled {
-                None => (started + timeout, Event::QueryTimeout),
+                None => (started.plus(timeout).instant(), Event::QueryTimeout),
                 Some(cancelled) => (cancelled + timeout, Event::ServerUnresponsive),
             });
         }
@@ -601,12 +601,15 @@ impl Session {
         let in_tx = self.flow.in_tx() || held.conn.tx_status != b'I';
         if in_tx {
             let idle_tx = self.idle_tx_timeout?;
-            return Some((held.last_answer + idle_tx, Event::IdleInTransaction));
+            return Some((
+                held.last_answer.plus(idle_tx).instant(),
+                Event::IdleInTransaction,
+            ));
         }
         // Between transactions with a server held (session mode, a pinned
         // client): `client_idle_timeout_ms` as without one.
         let idle = self.idle_timeout?;
-        Some((held.last_answer + idle, Event::IdleTimeout))
+        Some((held.last_answer.plus(idle).instant(), Event::IdleTimeout))
     }
 
     /// `query_timeout_ms` ran out: the server is asked to cancel the

@@ -7,6 +7,7 @@ use tokio::sync::oneshot;
 
 use super::queue::{Grant, Slots, Waiter};
 
+use crate::clock::Tick;
 use crate::metrics::snapshot::PoolLabels;
 use crate::metrics::PoolMetrics;
 use crate::server::{ServerConn, ServerError, ServerTarget};
@@ -608,19 +609,19 @@ impl Pool {
     /// Returns a connection for reuse. Only a connection that is outside any
     /// transaction and has nothing left to read is kept; anything else is closed.
     pub fn checkin(pooled: PooledConn) {
-        Pool::checkin_at(pooled, Instant::now());
+        Pool::checkin_at(pooled, Tick::now());
     }
 
     /// [`Pool::checkin`] with the time of the connection's last use, for a
     /// caller that has just read the clock.
-    pub fn checkin_at(mut pooled: PooledConn, last_used: Instant) {
+    pub fn checkin_at(mut pooled: PooledConn, last_used: Tick) {
         let Some(mut conn) = pooled.conn.take() else {
             return;
         };
         // Borrowed, not cloned: every worker's clients share the pool's
         // reference count.
         let pool = &*pooled.pool;
-        let expired = past(conn.created, pool.reuse.lifetime(), last_used);
+        let expired = conn.created.past(pool.reuse.lifetime(), last_used);
         let k = pooled.part;
         // Bytes left unread or unsent: what the server was asked and
         // answered is not known, so the connection is not reused.
@@ -690,9 +691,9 @@ impl Pool {
     }
 
     fn is_reusable(&self, conn: &ServerConn) -> bool {
-        let now = Instant::now();
-        if past(conn.created, self.reuse.lifetime(), now)
-            || past(conn.last_used, self.reuse.idle_timeout(), now)
+        let now = Tick::now();
+        if conn.created.past(self.reuse.lifetime(), now)
+            || conn.last_used.past(self.reuse.idle_timeout(), now)
         {
             return false;
         }
@@ -721,7 +722,7 @@ impl Pool {
             .min(part.size.load(Ordering::Relaxed));
         let expired: Vec<Box<ServerConn>> = {
             let mut slots = part.slots.lock();
-            let now = Instant::now();
+            let now = Tick::now();
             let mut open = part.open.load(Ordering::Relaxed);
             let (mut keep, mut expired) = (Vec::new(), Vec::new());
             // Oldest first: the least recently used go before the others.
@@ -729,7 +730,7 @@ impl Pool {
                 // Idle past server_idle_timeout, but min_pool_size wants it:
                 // kept, rather than closed and opened again at once.
                 let spared = open <= min
-                    && !past(conn.created, lifetime, now)
+                    && !conn.created.past(lifetime, now)
                     && conn.stream.is_idle_and_open();
                 if self.is_reusable(&conn) || spared {
                     keep.push(conn);
@@ -759,7 +760,7 @@ impl Pool {
         while part.open.load(Ordering::Relaxed) < min {
             match self.connect(k).await {
                 Ok(mut conn) => {
-                    conn.last_used = Instant::now();
+                    conn.last_used = Tick::now();
                     part.slots.lock().idle.push(conn);
                 }
                 Err(e) => {
@@ -819,14 +820,14 @@ impl Pool {
     /// (backend pid, connected at, last used, tls) of each idle connection.
     pub fn idle_snapshot(&self) -> Vec<(i32, std::time::SystemTime, std::time::SystemTime, bool)> {
         let now_sys = std::time::SystemTime::now();
-        let now = Instant::now();
+        let now = Tick::now();
         let mut out = Vec::new();
         for part in self.parts.iter() {
             out.extend(part.slots.lock().idle.iter().map(|c| {
                 (
                     c.backend_pid,
-                    now_sys - (now - c.created),
-                    now_sys - (now - c.last_used),
+                    now_sys - now.since(c.created),
+                    now_sys - now.since(c.last_used),
                     c.stream.is_tls(),
                 )
             }));
@@ -904,10 +905,6 @@ impl ReuseLimits {
     fn idle_timeout(&self) -> Duration {
         Duration::from_nanos(self.idle_timeout_ns.load(Ordering::Relaxed))
     }
-}
-
-fn past(since: Instant, limit: Duration, now: Instant) -> bool {
-    !limit.is_zero() && now.saturating_duration_since(since) >= limit
 }
 
 /// When a wait that began at `since` times out (a timeout too large to add

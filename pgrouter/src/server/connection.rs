@@ -1,6 +1,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -115,8 +115,8 @@ pub struct ServerConn {
     /// Parameters the router SET that the server does not report; a later
     /// client that did not ask for them gets them RESET.
     pub router_set: HashMap<String, String>,
-    pub created: Instant,
-    pub last_used: Instant,
+    pub created: crate::clock::Tick,
+    pub last_used: crate::clock::Tick,
     /// Transaction status of the last ReadyForQuery: b'I', b'T' or b'E'.
     pub tx_status: u8,
     /// Statements the router prepared here for its clients.

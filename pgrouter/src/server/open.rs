@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::net::TcpStream;
@@ -75,8 +75,8 @@ impl ServerConn {
             params: HashMap::new(),
             reported: HashMap::new(),
             router_set: HashMap::new(),
-            created: Instant::now(),
-            last_used: Instant::now(),
+            created: crate::clock::Tick::now(),
+            last_used: crate::clock::Tick::now(),
             tx_status: b'I',
             statements: super::ServerStatements::new(super::STATEMENTS_PER_SERVER),
             params_fingerprint: 0,

@@ -59,7 +59,7 @@ impl Session {
                     Err(e) => return Err(ShardError::lost(shard, &e)),
                 }
             }
-            held.attached_at = std::time::Instant::now();
+            held.attached_at = crate::clock::Tick::now();
             return Ok(Leg {
                 shard,
                 held,
@@ -121,7 +121,7 @@ impl Session {
                 Err(e) => return Err(ShardError::lost(shard, &e)),
             }
         }
-        let now = std::time::Instant::now();
+        let now = crate::clock::Tick::now();
         let held = Held::new(
             conn,
             slot,
