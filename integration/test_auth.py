@@ -173,6 +173,19 @@ def test_stored_md5_secret(routers):
     assert login_error(router, "app", "app-secret").sqlstate == "28P01"
 
 
+def test_stored_md5_secret_without_auth_key_uses_md5(routers):
+    """An entry with an md5 secret and no `auth` logs in with MD5: SCRAM
+    could not check the secret (PgBouncer picks the method by the secret)."""
+    secret = wire.md5_secret("client-md5-pw", "app")
+    user = app_user(password=secret, server_password="app-secret")
+    del user["auth"]
+    router = routers.start(users=[user])
+    assert first_auth_request(router, "app") == 5
+    assert whoami(router, "app", "client-md5-pw") == ("app", "app")
+    assert whoami_asyncpg(router, "app", "client-md5-pw") == "app"
+    assert login_error(router, "app", "wrong-pw").sqlstate == "28P01"
+
+
 def test_plain_password_with_separate_server_password(routers):
     router = routers.start(users=[app_user(password="client-only", server_password="app-secret")])
     assert whoami(router, "app", "client-only") == ("app", "app")

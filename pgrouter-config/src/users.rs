@@ -62,7 +62,12 @@ fn user(src: &mut Source, sec: &Section) -> Option<User> {
     set(&mut read_only, sec.boolean(src, "read_only"));
     let mut login = true;
     set(&mut login, sec.boolean(src, "login"));
-    let auth = auth.unwrap_or(AuthMethod::Scram);
+    // Without `auth`: SCRAM, unless the stored secret is an md5 hash, which
+    // only MD5 can check (as PgBouncer picks the method by the secret).
+    let auth = auth.unwrap_or(match password.as_deref().map(password_kind) {
+        Some(PasswordKind::Md5) => AuthMethod::Md5,
+        _ => AuthMethod::Scram,
+    });
 
     if password.as_deref() == Some("") {
         // PostgreSQL refuses an empty password too: it would let anyone in.

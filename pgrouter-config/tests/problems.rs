@@ -745,6 +745,7 @@ login = false
 name = "hashed"
 database = "app"
 password = "md5e8c6b9c1a3d1b5f0a2c4e6f8a0b2c4d6"
+auth = "scram"
 
 [[users]]
 name = "scrammed"
@@ -782,15 +783,15 @@ auth = "jwt"
     has(
         &ps,
         U,
-        20,
+        21,
         "users.password",
         "a SCRAM secret cannot be checked with auth = \"md5\"",
     );
-    has(&ps, U, 26, "users.password", "malformed SCRAM secret");
+    has(&ps, U, 27, "users.password", "malformed SCRAM secret");
     has(
         &ps,
         U,
-        27,
+        28,
         "users.server_password",
         "must be the plain password",
     );

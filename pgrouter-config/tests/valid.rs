@@ -513,3 +513,13 @@ fn jwt_problems_found_by_the_server_carry_file_line_and_key() {
     assert_eq!(c.jwt_problem("algorithms", "x").line, 6);
     assert_eq!(c.jwt_problem("", "x").key, "jwt");
 }
+
+#[test]
+fn an_md5_secret_without_auth_is_checked_with_md5() {
+    let router = "[[databases]]\nname = \"app\"\nhost = \"127.0.0.1\"\n";
+    let users = "[[users]]\nname = \"hashed\"\ndatabase = \"app\"\npassword = \"md5e8c6b9c1a3d1b5f0a2c4e6f8a0b2c4d6\"\n\
+                 \n[[users]]\nname = \"plain\"\ndatabase = \"app\"\npassword = \"secret\"\n";
+    let c = ok(router, users);
+    assert_eq!(c.users[0].auth, AuthMethod::Md5);
+    assert_eq!(c.users[1].auth, AuthMethod::Scram);
+}
