@@ -313,6 +313,28 @@ def test_bad_jit_api_ca_reported_by_check_and_start(tmp_path, case):
     assert_reported(proc.stdout + proc.stderr, r, line_of(text, "api_ca ="), "jit.api_ca")
 
 
+@pytest.mark.parametrize("query,says", [
+    ("SELEC rolname, rolpassword FROM pg_authid WHERE rolname = $1", "syntax error"),
+    ("DELETE FROM pg_authid WHERE rolname = $1", "must be a SELECT"),
+])
+def test_bad_auth_query_reported_by_check_and_start(tmp_path, query, says):
+    """`[auth_query] query` is parsed before use: a typo used to pass
+    `check` and start-up and then fail every lookup at login."""
+    text = good_router() + f'\n[auth_query]\nuser = "app"\nquery = "{query}"\n'
+    r, u = write(tmp_path, text, GOOD_USERS)
+    code, out = check(r, u)
+    assert code == 1, out
+    assert_reported(out, r, line_of(text, "query ="), "auth_query.query")
+    assert says in out, out
+    proc = subprocess.run([str(router_binary()), "--config", str(r), "--users", str(u)],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert_reported(proc.stdout + proc.stderr, r, line_of(text, "query ="), "auth_query.query")
+    good = text.replace(query, "SELECT rolname, rolpassword FROM pg_authid WHERE rolname = $1")
+    r, u = write(tmp_path, good, GOOD_USERS)
+    assert check(r, u)[0] == 0
+
+
 def test_good_server_tls_ca_and_client_certificate_pass_check(tmp_path):
     from harness.certs import CertAuthority
     ca = CertAuthority.create(tmp_path)

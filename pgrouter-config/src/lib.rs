@@ -160,6 +160,7 @@ fn check(
             users_path: users_path.to_path_buf(),
             general_lines: r.general_lines,
             jit_lines: r.login_checks_at.jit,
+            auth_query_line: r.login_checks_at.auth_query_query,
         }),
         _ => None,
     };

@@ -87,6 +87,8 @@ impl Jit {
 #[derive(Default)]
 pub(crate) struct LoginCheckLines {
     pub auth_query_user: usize,
+    /// `[auth_query] query` (its section's line when left out).
+    pub auth_query_query: usize,
     pub jit_databases: usize,
     pub jit: JitLines,
 }
@@ -121,6 +123,7 @@ pub(crate) fn read_auth_query(
     let mut a = AuthQuery::default();
     set(&mut a.user, sec.non_empty_string(src, "user"));
     at.auth_query_user = sec.line_of(src, "user");
+    at.auth_query_query = sec.line_of(src, "query");
     if let Some(query) = sec.non_empty_string(src, "query") {
         if query.contains("$1") {
             a.query = query;

@@ -234,6 +234,8 @@ pub struct Config {
     pub general_lines: GeneralLines,
     /// Where `[jit]` and its file-naming keys are in router.toml.
     pub jit_lines: crate::JitLines,
+    /// The line of `[auth_query] query` in router.toml (0: no `[auth_query]`).
+    pub auth_query_line: usize,
 }
 
 /// Where `[general]` and each key written in it are in router.toml. Two
@@ -691,6 +693,15 @@ impl Config {
             _ => lines.section,
         };
         self.router_problem("jit", key, line, message)
+    }
+
+    /// A problem with `[auth_query] query` that only the router finds (its
+    /// SQL is checked with the router's parser), located as [`load`]
+    /// locates its own: `router.toml:52: auth_query.query: ...`.
+    ///
+    /// [`load`]: crate::load
+    pub fn auth_query_problem(&self, message: impl Into<String>) -> crate::Problem {
+        self.router_problem("auth_query", "query", self.auth_query_line, message)
     }
 
     /// A problem with `[jwt]` key `key` (e.g. "public_key_file") that only

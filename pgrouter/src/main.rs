@@ -157,7 +157,15 @@ fn file_problems(config: &pgrouter_config::Config) -> Vec<pgrouter_config::Probl
     // The same check start-up and reload make (see `net/tls/files.rs`).
     problems.extend(pgrouter::net::tls::file_problems(config));
     problems.extend(jit_problem(config));
+    problems.extend(auth_query_problem(config));
     problems
+}
+
+/// `[auth_query] query`, checked as start-up and reload check it.
+fn auth_query_problem(config: &pgrouter_config::Config) -> Option<pgrouter_config::Problem> {
+    let a = config.auth_query.as_ref()?;
+    let message = pgrouter::auth::auth_query::check_offline(a).err()?;
+    Some(config.auth_query_problem(message))
 }
 
 /// `[jit]`'s URL and CA file, checked as start-up and reload check them.
@@ -179,6 +187,7 @@ fn named_file_problems(config: &pgrouter_config::Config) -> Vec<pgrouter_config:
     }
     problems.extend(pgrouter::net::tls::file_problems(config));
     problems.extend(jit_problem(config));
+    problems.extend(auth_query_problem(config));
     problems
 }
 

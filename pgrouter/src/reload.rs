@@ -76,6 +76,10 @@ async fn try_reload(state: &Arc<State>) -> Result<String, String> {
             })?))
         }
     };
+    if let Some(a) = &new.auth_query {
+        crate::auth::auth_query::check_offline(a)
+            .map_err(|e| new.auth_query_problem(e).to_string())?;
+    }
     if let Some(j) = &new.jit {
         crate::auth::jit::check_offline(j)
             .map_err(|(key, e)| new.jit_problem(key, e).to_string())?;

@@ -30,6 +30,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )),
         None => None,
     };
+    if let Some(a) = &config.auth_query {
+        crate::auth::auth_query::check_offline(a)
+            .map_err(|e| anyhow::anyhow!("{}", config.auth_query_problem(e)))?;
+    }
     if let Some(j) = &config.jit {
         crate::auth::jit::check_offline(j)
             .map_err(|(key, e)| anyhow::anyhow!("{}", config.jit_problem(key, e)))?;

@@ -9,7 +9,10 @@
 //! Failures are answered the same way, so a server that is down costs one
 //! connect timeout per burst, not one per login.
 
+mod check;
 mod lookup;
+
+pub use check::check_offline;
 
 use std::collections::HashMap;
 use std::sync::Arc;
