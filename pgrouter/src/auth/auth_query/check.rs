@@ -46,7 +46,10 @@ mod tests {
     fn typos_other_statements_and_several_are_refused() {
         let typo = check("SELEC rolname, rolpassword FROM pg_authid WHERE rolname = $1");
         let typo = typo.unwrap_err();
-        assert!(typo.starts_with("does not parse: ") && typo.contains("syntax error"), "{typo}");
+        assert!(
+            typo.starts_with("does not parse: ") && typo.contains("syntax error"),
+            "{typo}"
+        );
         let delete = check("DELETE FROM pg_authid WHERE rolname = $1");
         assert!(delete.unwrap_err().starts_with("must be a SELECT"));
         let two = check("SELECT 1 WHERE $1 = ''; SELECT 2");

@@ -222,7 +222,7 @@ impl Session {
             let filled = match deadline {
                 None => fill_any(legs, &wanted).await,
                 Some(at) => {
-                    match crate::timer::timeout_at(at.into(), fill_any(legs, &wanted)).await {
+                    match crate::timer::timeout_at(at, fill_any(legs, &wanted)).await {
                         Ok(filled) => filled,
                         Err(_) if !cancelled => {
                             // `query_timeout_ms`: the statement is cancelled
