@@ -8,6 +8,7 @@ pub mod admin;
 pub mod auth;
 pub mod client;
 pub mod clock;
+pub mod encoding;
 pub mod fanout;
 pub mod metrics;
 pub mod net;
