@@ -203,8 +203,15 @@ impl Session {
                 }
                 b'S' => {
                     cold_path();
-                    if let Ok((name, value)) = parse_parameter_status(body) {
-                        let (name, value) = (name.to_string(), value.to_string());
+                    let status = match parse_parameter_status(body) {
+                        Ok((name, value)) => Some((name.to_string(), value.to_string())),
+                        // A value in the session's encoding (`application_name`).
+                        Err(_) => held
+                            .conn
+                            .text_codec
+                            .and_then(|codec| crate::encoding::parameter_status(codec, body)),
+                    };
+                    if let Some((name, value)) = status {
                         if held.conn.params.get(&name) != Some(&value) {
                             held.conn.params_fingerprint = 0;
                         }

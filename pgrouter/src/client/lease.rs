@@ -86,6 +86,9 @@ impl Held {
         }
         self.conn.pool().metrics.add_bytes_received(queued as u64);
         let conn = &mut *self.conn;
+        if let Some(codec) = conn.text_codec {
+            crate::encoding::encode_messages(codec, &mut conn.write_buf);
+        }
         let sent = conn.stream.write_all(&conn.write_buf).await;
         conn.write_buf.clear();
         sent

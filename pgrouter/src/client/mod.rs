@@ -31,6 +31,7 @@ mod analysis;
 pub mod cancel;
 pub mod cancel_in_flight;
 mod cleanup;
+mod client_encoding;
 mod current_server;
 mod error;
 mod expect;

@@ -449,10 +449,14 @@ impl Session {
     fn check_arrived_messages(&mut self) -> Result<(), SessionEnd> {
         let front = self.front_offset();
         let mut at = (self.checked_to.max(front) - front) as usize;
+        let codec = self.text_codec();
         while let Some(frame) = next_frame(self.cbuf.get(at..).unwrap_or(&[]), self.max_message)? {
             let msg = &self.cbuf[at..at + frame.total_len];
             frontend::check_message(frame.tag, &msg[5..])?;
-            at += frame.total_len;
+            at += match codec {
+                Some(codec) => self.transcode_arrived(codec, at, frame.tag, frame.total_len),
+                None => frame.total_len,
+            };
         }
         self.checked_to = front + at as u64;
         Ok(())
@@ -590,6 +594,7 @@ impl Session {
         // Nothing another client queued travels with the connection, and
         // nothing is queued for a server before one is held.
         held.conn.write_buf.clear();
+        held.conn.text_codec = self.text_codec();
         if self.drop_unsent() {
             tracing::warn!("dropped messages queued with no server held");
         }
@@ -692,6 +697,16 @@ impl Session {
         if held.conn.write_buf.is_empty() {
             return Ok(());
         }
+        if held.conn.text_codec.is_some() || self.session_routing().foreign_encoding {
+            // The session's encoding may have changed while it held the server.
+            let codec = self.text_codec();
+            if let Some(held) = self.server.as_mut() {
+                held.conn.text_codec = codec;
+            }
+        }
+        let Some(held) = self.server.as_mut() else {
+            return Ok(());
+        };
         if self.request_started.is_none() {
             self.request_started = Some(crate::clock::Tick::now());
         }

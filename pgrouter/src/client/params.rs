@@ -225,6 +225,9 @@ impl ClientParams {
                 value: Some(value.clone()),
             });
         }
+        // The encoding first: each step after it is read in it, as the
+        // router writes them (`ServerConn::text_codec`).
+        steps.sort_by_key(|step| step.name != "client_encoding");
         (!steps.is_empty()).then_some(steps)
     }
 

@@ -349,7 +349,23 @@ impl Session {
                 .map_or(("", &[]), |s| (&s.sql, &s.param_types))
         };
         let key = self.sharding_key(analysis);
-        if let Some(encoding) = self.foreign_encoding() {
+        if let Some(codec) = self.text_codec() {
+            // Text values are the client's bytes; keys hash as UTF-8.
+            if let Some(rest) = crate::encoding::decode_bind_values(codec, bind.rest) {
+                let Some(params) = BindParams::parse(&rest) else {
+                    return Ok(None);
+                };
+                let (sql, types) = statement();
+                let values = Values::Bind {
+                    sql,
+                    params: &params,
+                    param_types: types,
+                };
+                return router::plan_shard_encoded(analysis, &values, map, key, explain, None);
+            }
+        }
+        let unreadable = self.text_codec().map(|codec| codec.name);
+        if let Some(encoding) = unreadable.or_else(|| self.foreign_encoding()) {
             // Neither the point plans nor the memo know the encoding.
             let Some(params) = BindParams::parse(bind.rest) else {
                 return Ok(None);
@@ -416,11 +432,16 @@ impl Session {
         self.plan_memo.points.get(analysis, map)?.shard(values)
     }
 
-    /// The session's `client_encoding` when it is not UTF8: text keys are
-    /// then placed only when ASCII (`router::plan_shard_encoded`).
+    /// The session's `client_encoding` when it is not UTF8 and not one the
+    /// router transcodes (its SQL text is UTF-8 then, see
+    /// `client_encoding.rs`): text keys are then placed only when ASCII
+    /// (`router::plan_shard_encoded`).
     fn foreign_encoding(&self) -> Option<&str> {
         if !self.session_routing().foreign_encoding {
             return None; // no lookup by name on every statement
+        }
+        if self.text_codec().is_some() {
+            return None;
         }
         self.params
             .get("client_encoding")

@@ -65,6 +65,16 @@ impl Session {
         if server_reads_utf8 {
             return invalid_byte_sequence(bytes);
         }
+        if let Some(codec) = self.text_codec() {
+            return Refusal {
+                sqlstate: "0A000",
+                message: format!(
+                    "pgrouter: text with bytes that are not characters of client_encoding {} \
+                     the router reads (see README.md) cannot be analysed",
+                    codec.name
+                ),
+            };
+        }
         Refusal {
             sqlstate: "0A000",
             message: format!(

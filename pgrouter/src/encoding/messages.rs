@@ -9,12 +9,12 @@ use bytes::{BufMut, BytesMut};
 
 use super::ClientCodec;
 
-/// The body of a client message with its strings in UTF-8, or None when
-/// it needs none (not a message with text, or all ASCII), or when a string
-/// is not text in `codec` (left as it is, the message is refused as text
-/// the router cannot read: `client/unreadable_text.rs`).
-pub fn decode_message(codec: &ClientCodec, tag: u8, body: &[u8]) -> Option<Vec<u8>> {
-    convert_body(tag, body, |s| codec.decode(s).map(String::into_bytes))?.ok()
+/// The body of a client message with its strings in UTF-8: Ok(None) when
+/// it needs none (not a message with text, or all ASCII), Err when a
+/// string is not text in `codec` (or none the router can write back as the
+/// same bytes).
+pub fn decode_message(codec: &ClientCodec, tag: u8, body: &[u8]) -> Result<Option<Vec<u8>>, ()> {
+    convert_body(tag, body, |s| codec.decode(s).map(String::into_bytes)).transpose()
 }
 
 /// Writes the strings of every client message in `buf` (whole messages,
@@ -154,4 +154,12 @@ fn refused(codec: &ClientCodec, tag: u8, body: &[u8]) -> Vec<u8> {
     }
     out.push(0);
     out
+}
+
+/// A ParameterStatus body (name, value) in `codec`'s encoding, in UTF-8.
+pub fn parameter_status(codec: &ClientCodec, body: &[u8]) -> Option<(String, String)> {
+    let mut parts = body.split(|&b| b == 0);
+    let name = codec.decode(parts.next()?)?;
+    let value = codec.decode(parts.next()?)?;
+    Some((name, value))
 }

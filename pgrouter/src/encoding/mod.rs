@@ -18,6 +18,7 @@
 //! EUC_TW, EUC_JIS_2004 and MULE_INTERNAL (no decoder that matches the
 //! server's); SQL_ASCII has no characters to convert.
 
+mod bind;
 mod messages;
 mod single_byte;
 #[cfg(test)]
@@ -25,7 +26,8 @@ mod tests;
 
 use encoding_rs::Encoding;
 
-pub use messages::{decode_message, encode_messages};
+pub use bind::decode_bind_values;
+pub use messages::{decode_message, encode_messages, parameter_status};
 use single_byte::SingleByte;
 
 /// How the router reads and writes text in one client encoding.

@@ -179,7 +179,7 @@ pub fn parse_error_fields(body: &[u8]) -> Result<ErrorFields, ProtocolError> {
         if kind == 0 {
             return Ok(fields);
         }
-        let value = r.cstr()?;
+        let value = r.cstr_lossy()?;
         match kind {
             b'V' => fields.severity = value.to_string(),
             b'S' if fields.severity.is_empty() => fields.severity = value.to_string(),

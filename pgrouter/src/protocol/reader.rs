@@ -69,6 +69,17 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
+    /// A NUL-terminated string in any encoding, bytes that are not UTF-8
+    /// replaced: a server's error text is in the session's client
+    /// encoding, which need not be UTF8.
+    pub fn cstr_lossy(&mut self) -> Result<std::borrow::Cow<'a, str>, ProtocolError> {
+        let end = memchr::memchr(0, self.buf)
+            .ok_or_else(|| ProtocolError::violation("unterminated string in message"))?;
+        let s = String::from_utf8_lossy(&self.buf[..end]);
+        self.buf = &self.buf[end + 1..];
+        Ok(s)
+    }
+
     /// A NUL-terminated string, which must be UTF-8.
     pub fn cstr(&mut self) -> Result<&'a str, ProtocolError> {
         if let Some((0, rest)) = self.buf.split_first() {

@@ -100,6 +100,10 @@ pub struct ServerConn {
     /// one write at its next flush (`client::lease::Held::flush`). Kept
     /// with the connection: its capacity serves every client that uses it.
     pub write_buf: BytesMut,
+    /// The client encoding of the session holding it, when the router
+    /// transcodes it: the strings of every client message written here go
+    /// back from the router's UTF-8 into it (`crate::encoding`).
+    pub text_codec: Option<&'static crate::encoding::ClientCodec>,
     pub addr: Arc<str>,
     pub backend_pid: i32,
     pub backend_secret: i32,
@@ -164,9 +168,26 @@ impl ServerConn {
         }
     }
 
+    /// The codec of the `client_encoding` this connection reports, when the
+    /// router transcodes it: the encoding it reads the next message in.
+    pub fn client_codec(&self) -> Option<&'static crate::encoding::ClientCodec> {
+        match crate::encoding::lookup(self.params.get("client_encoding")?) {
+            crate::encoding::Lookup::Codec(codec) => Some(codec),
+            _ => None,
+        }
+    }
+
     /// Writes `bytes` to the server, after whatever is queued in
     /// `write_buf` (sent with it and cleared).
     pub async fn send(&mut self, bytes: &[u8]) -> Result<(), ServerError> {
+        if let Some(codec) = self.text_codec {
+            self.write_buf.extend_from_slice(bytes);
+            crate::encoding::encode_messages(codec, &mut self.write_buf);
+            let sent = self.stream.write_all(&self.write_buf).await;
+            self.write_buf.clear();
+            sent?;
+            return Ok(());
+        }
         if self.write_buf.is_empty() {
             self.stream.write_all(bytes).await?;
             return Ok(());

@@ -69,6 +69,7 @@ impl ServerConn {
             stream,
             read_buf: BytesMut::with_capacity(16 * 1024),
             write_buf: BytesMut::new(),
+            text_codec: None,
             addr: shared_addr(addr),
             backend_pid: 0,
             backend_secret: 0,

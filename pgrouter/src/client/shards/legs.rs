@@ -60,6 +60,7 @@ impl Session {
                 }
             }
             held.attached_at = crate::clock::Tick::now();
+            held.conn.text_codec = self.text_codec();
             return Ok(Leg {
                 shard,
                 held,
@@ -109,6 +110,9 @@ impl Session {
                 Err(e) => return Err(ShardError::from_pool(e)),
             }
         };
+        // The prologue is one Query, which the server reads in the encoding
+        // it has now (before the prologue's own settings).
+        conn.text_codec = conn.client_codec();
         let sql = self.leg_prologue(&mut conn);
         if !sql.is_empty() {
             match conn.run_simple(&sql).await {
@@ -122,7 +126,7 @@ impl Session {
             }
         }
         let now = crate::clock::Tick::now();
-        let held = Held::new(
+        let mut held = Held::new(
             conn,
             slot,
             shard,
@@ -130,6 +134,7 @@ impl Session {
             now,
             Default::default(),
         );
+        held.conn.text_codec = self.text_codec();
         Ok(Leg {
             shard,
             held,
