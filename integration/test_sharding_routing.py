@@ -376,33 +376,38 @@ def test_bad_key_values_get_postgresqls_errors(srouter, shards):
         assert conn.execute(f"SELECT {PORT} FROM sh_regions WHERE region = 'us'").fetchone()[0] == shards[2].port
 
 
-def test_text_keys_in_another_client_encoding_are_placed_right_or_refused(srouter, shards):
+def test_text_keys_in_another_client_encoding_are_placed_where_postgresql_hashes_them(srouter, shards):
     """A session in client_encoding LATIN1: PostgreSQL converts its text to
-    the database's UTF-8 and hashes that. The router hashes keys as UTF-8
-    and does not convert, so a non-ASCII key must be refused (0A000), never
-    hashed as the client's bytes — 'Ã©' is C3 A9 in LATIN1, which read as
-    UTF-8 is 'é': it was placed as 'é' would be, away from where
-    PostgreSQL's hash puts it (and where a UTF8 session looks for it)."""
-    names = ["Ã©", "Ã¼x", "Ã±a", "Ã¶", "Ã§b", "Ã¤c"]
+    the database's UTF-8 and hashes that. The router reads the session's
+    text (literals and text parameters) as LATIN1 too, so a key lands
+    where a UTF8 session's same key lands, and where PostgreSQL's hash
+    puts it — 'Ã©' is C3 A9 in LATIN1, never the 'é' those bytes are in
+    UTF-8. In SQL_ASCII, which the router does not read, a non-ASCII key
+    is refused (0A000), never hashed as bytes the server may see as other
+    text."""
+    names = ["Ã©", "café", "naïve", "Ã±a", "grüße", "Øre"]
     with connect(srouter.dsn()) as conn:
         conn.execute("SET client_encoding = 'LATIN1'")
         for name in names:
             # A literal (simple query), then a text parameter.
-            refused(conn, f"INSERT INTO sh_users (name, age) VALUES ('{name}', 1)")
-            msg = refused(conn, "INSERT INTO sh_users (name, age) VALUES (%s, 2)", (name,))
-            assert "client_encoding" in msg and "LATIN1" in msg.upper(), msg
-            refused(conn, "SELECT age FROM sh_users WHERE name = %s", (name,))
-        # Bytes that are not UTF-8 at all are LATIN1 too, not malformed.
-        refused(conn, "INSERT INTO sh_users (name, age) VALUES (%s, 3)", ("é",))
-        conn.execute("SET pgrouter.sharding_key = 'Ã©'")
-        refused(conn, "SELECT age FROM sh_users")
+            conn.execute(f"INSERT INTO sh_users (name, age) VALUES ('{name}', 1)")
+            conn.execute("INSERT INTO sh_users (name, age) VALUES (%s, 2)", (name,))
+        conn.execute("SET pgrouter.sharding_key = 'café'")
+        assert conn.execute("SELECT count(*) FROM sh_users WHERE age < 3 AND name LIKE 'caf%'").fetchone()[0] == 2
         conn.execute("RESET pgrouter.sharding_key")
-        # ASCII keys are the same bytes in either encoding: placed as ever.
-        conn.execute("INSERT INTO sh_users (name, age) VALUES ('plain', 4), (%s, 5)", ("ascii",))
-        assert conn.execute("SELECT name FROM sh_users WHERE name = %s", ("plain",)).fetchall() == [("plain",)]
-        conn.execute("SET client_encoding = 'UTF8'")
+    with connect(srouter.dsn()) as utf8:
         for name in names:
-            conn.execute("INSERT INTO sh_users (name, age) VALUES (%s, 6)", (name,))
+            utf8.execute("INSERT INTO sh_users (name, age) VALUES (%s, 3)", (name,))
+    with connect(srouter.dsn()) as conn:
+        conn.execute("SET client_encoding = 'LATIN1'")
+        for name in names:
+            # A point query: one shard, which has all three rows.
+            rows = conn.execute(f"SELECT age, {PORT} FROM sh_users WHERE name = %s ORDER BY age",
+                                (name,)).fetchall()
+            assert [r[0] for r in rows] == [1, 2, 3], (name, rows)
+            assert len({r[1] for r in rows}) == 1, (name, rows)
+        conn.execute("SET client_encoding = 'SQL_ASCII'")
+        refused(conn, b"INSERT INTO sh_users (name, age) VALUES ('\xc3\xa9', 4)")
     for i, s in enumerate(shards):
         with s.connect(APP_DB) as c:
             bad = c.execute("SELECT name FROM sh_users WHERE NOT satisfies_hash_partition("
@@ -410,7 +415,25 @@ def test_text_keys_in_another_client_encoding_are_placed_right_or_refused(sroute
             assert bad == [], f"rows on shard {i} that PostgreSQL would place elsewhere: {bad}"
     with connect(srouter.dsn()) as conn:
         got = sorted(r[0] for r in conn.execute("SELECT name FROM sh_users").fetchall())
-    assert got == sorted(names + ["plain", "ascii"])
+    assert got == sorted(names * 3)
+
+
+def test_copy_text_keys_in_latin1_are_placed_where_postgresql_hashes_them(srouter, shards):
+    """COPY FROM STDIN split per shard in a LATIN1 session: each row's key
+    is read as LATIN1, as the server converts it."""
+    names = ["café", "naïve", "Ã©", "Øre", "plain"]
+    with connect(srouter.dsn()) as conn:
+        conn.execute("SET client_encoding = 'LATIN1'")
+        with conn.cursor().copy("COPY sh_users (name, age) FROM STDIN") as copy:
+            for name in names:
+                copy.write_row((name, 7))
+        for name in names:
+            assert conn.execute("SELECT age FROM sh_users WHERE name = %s", (name,)).fetchall() == [(7,)]
+    for i, s in enumerate(shards):
+        with s.connect(APP_DB) as c:
+            bad = c.execute("SELECT name FROM sh_users WHERE NOT satisfies_hash_partition("
+                            "'sh_hp_text'::regclass, 3, %s, name)", (i,)).fetchall()
+            assert bad == [], f"rows on shard {i} that PostgreSQL would place elsewhere: {bad}"
 
 
 def test_query_text_not_utf8_is_22021_and_fails_the_transaction(srouter, shards):

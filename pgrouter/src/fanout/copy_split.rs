@@ -125,8 +125,10 @@ impl CopySplitter {
     /// A splitter placing keys with a sharded table's [`Placement`]: text
     /// keys must be UTF-8 (the client encoding of a UTF8 database), binary
     /// keys in the key type's binary format. With `info.encoding` naming
-    /// another encoding only ASCII keys are placed (others 0A000); a caller
-    /// whose session `client_encoding` is not UTF8 sets `info.encoding` to it.
+    /// another encoding, text-format keys in an encoding the router reads
+    /// (`crate::encoding`) are read as the server converts them, and
+    /// otherwise only ASCII keys are placed (others 0A000); a caller whose
+    /// session `client_encoding` is not UTF8 sets `info.encoding` to it.
     pub fn for_placement(
         info: &CopyInfo,
         key_column: usize,
@@ -135,10 +137,19 @@ impl CopySplitter {
         let binary = info.format == CopyFormat::Binary;
         let shards = placement.shards;
         let foreign = info.encoding.clone().filter(|e| !is_utf8(e));
+        let codec = match foreign.as_deref().map(crate::encoding::lookup) {
+            Some(crate::encoding::Lookup::Codec(codec)) if !binary => Some(codec),
+            _ => None,
+        };
         let place: PlaceKey = Box::new(move |raw| {
             let ty = placement.key_type;
+            let decoded = match (codec, raw) {
+                (Some(codec), Some(bytes)) if !bytes.is_ascii() => codec.decode(bytes),
+                _ => None,
+            };
+            let raw = decoded.as_deref().map(str::as_bytes).or(raw);
             if let (Some(encoding), Some(bytes)) = (&foreign, raw) {
-                if !bytes.is_ascii() {
+                if decoded.is_none() && !bytes.is_ascii() {
                     return Err(KeyError {
                         sqlstate: "0A000",
                         message: format!(

@@ -400,16 +400,35 @@ fn text_keys_and_a_custom_placer() {
 }
 
 #[test]
-fn non_utf8_copy_encodings_place_only_ascii_keys() {
-    let info = copy_options("COPY users (name) FROM STDIN (ENCODING 'LATIN1')").unwrap();
-    let mut s = CopySplitter::for_placement(&info, 0, placement(KeyType::Text));
-    s.feed(b"plain\n").unwrap();
-    assert_eq!(s.feed(b"caf\xe9\n").unwrap_err().sqlstate, "0A000");
-    let info = copy_options("COPY users (name) FROM STDIN (ENCODING 'utf-8')").unwrap();
-    let mut s = CopySplitter::for_placement(&info, 0, placement(KeyType::Text));
-    s.feed("café\n".as_bytes()).unwrap();
-    s.finish().unwrap();
-    assert_eq!(s.rows(), 1);
+fn copy_encodings_the_router_reads_place_keys_as_their_utf8() {
+    let shard_of = |sql: &str, row: &[u8]| {
+        let info = copy_options(sql).unwrap();
+        let mut s = CopySplitter::for_placement(&info, 0, placement(KeyType::Text));
+        s.feed(row).unwrap();
+        s.finish().unwrap();
+        (0..3).find(|&i| !s.take(i).is_empty()).unwrap()
+    };
+    let utf8 = shard_of(
+        "COPY users (name) FROM STDIN (ENCODING 'utf-8')",
+        "café\n".as_bytes(),
+    );
+    let latin1 = shard_of(
+        "COPY users (name) FROM STDIN (ENCODING 'LATIN1')",
+        b"caf\xe9\n",
+    );
+    assert_eq!(latin1, utf8);
+    // Not a WIN1252 character, and SJIS is not read: refused, not placed.
+    for (encoding, row) in [("WIN1252", &b"caf\x81\n"[..]), ("SJIS", b"\x83\x5c\n")] {
+        let info = copy_options(&format!(
+            "COPY users (name) FROM STDIN (ENCODING '{encoding}')"
+        ));
+        let Ok(info) = info else {
+            continue; // refused when the statement is read (SJIS)
+        };
+        let mut s = CopySplitter::for_placement(&info, 0, placement(KeyType::Text));
+        s.feed(b"plain\n").unwrap();
+        assert_eq!(s.feed(row).unwrap_err().sqlstate, "0A000", "{encoding}");
+    }
 }
 
 /// Random bytes in any format and payload cuts: an error or a split, never a panic.
