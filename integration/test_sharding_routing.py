@@ -406,6 +406,8 @@ def test_text_keys_in_another_client_encoding_are_placed_where_postgresql_hashes
                                 (name,)).fetchall()
             assert [r[0] for r in rows] == [1, 2, 3], (name, rows)
             assert len({r[1] for r in rows}) == 1, (name, rows)
+        # On every shard: the statement goes out in LATIN1 to each.
+        assert conn.execute("SELECT count(*) FROM sh_users WHERE name LIKE '%é%'").fetchone() == (3,)
         conn.execute("SET client_encoding = 'SQL_ASCII'")
         refused(conn, b"INSERT INTO sh_users (name, age) VALUES ('\xc3\xa9', 4)")
     for i, s in enumerate(shards):

@@ -53,7 +53,7 @@ impl Session {
         let body = match encoding::decode_message(codec, tag, &self.cbuf[at + 5..at + len]) {
             Ok(Some(body)) => body,
             Ok(None) => return len,
-            Err(()) => {
+            Err(encoding::NotText) => {
                 if let Some(i) = self.cbuf[at + 5..at + len]
                     .iter()
                     .position(|b| !b.is_ascii())

@@ -6,7 +6,9 @@
 //! refusal, without forwarding the message: it analyses only UTF-8 text,
 //! and a statement it could not analyse must not reach a server (a JWT or
 //! read-only session must never run what the router did not check); it
-//! keeps statements by name, and reads names as UTF-8 to find them.
+//! keeps statements by name, and reads names as UTF-8 to find them. In the
+//! client encodings the router transcodes (`client_encoding.rs`) the text
+//! is UTF-8 by now, unless it was not text in that encoding: refused here.
 
 use super::session::Session;
 use crate::fanout::copy_split::is_utf8;

@@ -13,9 +13,17 @@ use super::ClientCodec;
 /// it needs none (not a message with text, or all ASCII), Err when a
 /// string is not text in `codec` (or none the router can write back as the
 /// same bytes).
-pub fn decode_message(codec: &ClientCodec, tag: u8, body: &[u8]) -> Result<Option<Vec<u8>>, ()> {
+pub fn decode_message(
+    codec: &ClientCodec,
+    tag: u8,
+    body: &[u8],
+) -> Result<Option<Vec<u8>>, NotText> {
     convert_body(tag, body, |s| codec.decode(s).map(String::into_bytes)).transpose()
 }
+
+/// A string of a client message that is not text in the session's encoding.
+#[derive(Debug, PartialEq, Eq)]
+pub struct NotText;
 
 /// Writes the strings of every client message in `buf` (whole messages,
 /// as queued for a server) in `codec`'s encoding. Text the router wrote
@@ -33,7 +41,7 @@ pub fn encode_messages(codec: &ClientCodec, buf: &mut BytesMut) {
         let tag = buf[at];
         let body = &buf[at + 5..at + len];
         let converted = convert_body(tag, body, |s| codec.encode(std::str::from_utf8(s).ok()?))
-            .map(|r| r.unwrap_or_else(|()| refused(codec, tag, body)));
+            .map(|r| r.unwrap_or_else(|NotText| refused(codec, tag, body)));
         match (converted, &mut out) {
             (Some(new), out) => {
                 let out = out.get_or_insert_with(|| BytesMut::from(&buf[..at]));
@@ -75,7 +83,7 @@ fn convert_body(
     tag: u8,
     body: &[u8],
     convert: impl Fn(&[u8]) -> Option<Vec<u8>>,
-) -> Option<Result<Vec<u8>, ()>> {
+) -> Option<Result<Vec<u8>, NotText>> {
     let (skip, count) = text_strings(tag)?;
     let mut strings = Vec::with_capacity(count);
     let mut end = skip;
@@ -91,7 +99,7 @@ fn convert_body(
     out.extend_from_slice(&body[..skip]);
     for s in strings {
         let Some(converted) = convert(s) else {
-            return Some(Err(()));
+            return Some(Err(NotText));
         };
         out.extend_from_slice(&converted);
         out.push(0);

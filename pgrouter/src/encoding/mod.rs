@@ -27,7 +27,7 @@ mod tests;
 use encoding_rs::Encoding;
 
 pub use bind::decode_bind_values;
-pub use messages::{decode_message, encode_messages, parameter_status};
+pub use messages::{decode_message, encode_messages, parameter_status, NotText};
 use single_byte::SingleByte;
 
 /// How the router reads and writes text in one client encoding.
@@ -37,6 +37,8 @@ pub struct ClientCodec {
     kind: Kind,
 }
 
+// Only in the static CODECS, one of each: the size of a table is no cost.
+#[allow(clippy::large_enum_variant)]
 enum Kind {
     /// ISO-8859-1: byte `b` is U+00`b` (encoding_rs has no such decoder:
     /// its "iso-8859-1" is windows-1252, as browsers read it).
@@ -69,7 +71,7 @@ impl ClientCodec {
     /// be written back as the same bytes.
     pub fn decode(&self, bytes: &[u8]) -> Option<String> {
         if bytes.is_ascii() {
-            return Some(String::from_utf8(bytes.to_vec()).ok()?);
+            return String::from_utf8(bytes.to_vec()).ok();
         }
         match &self.kind {
             Kind::Latin1 => Some(bytes.iter().map(|&b| char::from(b)).collect()),

@@ -154,7 +154,7 @@ fn messages_go_back_to_the_servers_byte_for_byte() {
     assert_eq!(buf, want);
     assert_eq!(decode_message(latin1, b'Q', b"select 1\0"), Ok(None));
     let undefined = decode_message(codec("WIN1252"), b'Q', b"select '\x81'\0");
-    assert_eq!(undefined, Err(()));
+    assert_eq!(undefined, Err(NotText));
 }
 
 #[test]
