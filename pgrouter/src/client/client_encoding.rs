@@ -12,25 +12,14 @@
 use bytes::{BufMut, BytesMut};
 
 use super::session::Session;
-use crate::encoding::{self, ClientCodec, Lookup};
+use crate::encoding::{self, ClientCodec};
 
 impl Session {
     /// The codec of the session's `client_encoding`, when the router
-    /// transcodes it. For a UTF8 session, one check of a cached flag.
+    /// transcodes it (one load: see `ClientParams::codec`).
     #[inline]
     pub(super) fn text_codec(&self) -> Option<&'static ClientCodec> {
-        if !self.session_routing().foreign_encoding {
-            return None;
-        }
-        self.foreign_codec()
-    }
-
-    #[cold]
-    fn foreign_codec(&self) -> Option<&'static ClientCodec> {
-        match encoding::lookup(self.params.get("client_encoding")?) {
-            Lookup::Codec(codec) => Some(codec),
-            Lookup::Utf8 | Lookup::Other => None,
-        }
+        self.params.codec()
     }
 
     /// Puts the strings of the whole message of `len` bytes at `at` in the

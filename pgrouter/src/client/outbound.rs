@@ -449,14 +449,32 @@ impl Session {
     fn check_arrived_messages(&mut self) -> Result<(), SessionEnd> {
         let front = self.front_offset();
         let mut at = (self.checked_to.max(front) - front) as usize;
-        let codec = self.text_codec();
+        if let Some(codec) = self.text_codec() {
+            cold_path();
+            return self.check_and_transcode_arrived(codec, front, at);
+        }
         while let Some(frame) = next_frame(self.cbuf.get(at..).unwrap_or(&[]), self.max_message)? {
             let msg = &self.cbuf[at..at + frame.total_len];
             frontend::check_message(frame.tag, &msg[5..])?;
-            at += match codec {
-                Some(codec) => self.transcode_arrived(codec, at, frame.tag, frame.total_len),
-                None => frame.total_len,
-            };
+            at += frame.total_len;
+        }
+        self.checked_to = front + at as u64;
+        Ok(())
+    }
+
+    /// [`Self::check_arrived_messages`] for a session in a client encoding
+    /// the router transcodes: each message is put into UTF-8 once checked.
+    #[inline(never)]
+    fn check_and_transcode_arrived(
+        &mut self,
+        codec: &'static crate::encoding::ClientCodec,
+        front: u64,
+        mut at: usize,
+    ) -> Result<(), SessionEnd> {
+        while let Some(frame) = next_frame(self.cbuf.get(at..).unwrap_or(&[]), self.max_message)? {
+            let msg = &self.cbuf[at..at + frame.total_len];
+            frontend::check_message(frame.tag, &msg[5..])?;
+            at += self.transcode_arrived(codec, at, frame.tag, frame.total_len);
         }
         self.checked_to = front + at as u64;
         Ok(())
@@ -697,16 +715,8 @@ impl Session {
         if held.conn.write_buf.is_empty() {
             return Ok(());
         }
-        if held.conn.text_codec.is_some() || self.session_routing().foreign_encoding {
-            // The session's encoding may have changed while it held the server.
-            let codec = self.text_codec();
-            if let Some(held) = self.server.as_mut() {
-                held.conn.text_codec = codec;
-            }
-        }
-        let Some(held) = self.server.as_mut() else {
-            return Ok(());
-        };
+        // The session's encoding may have changed while it held the server.
+        held.conn.text_codec = self.params.codec();
         if self.request_started.is_none() {
             self.request_started = Some(crate::clock::Tick::now());
         }

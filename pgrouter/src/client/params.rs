@@ -40,6 +40,10 @@ pub struct ClientParams {
     version: u64,
     /// Hash of the settable values, recomputed after a change (0 = stale).
     fingerprint: std::cell::Cell<u64>,
+    /// The codec of `client_encoding` when the router transcodes it (None:
+    /// UTF8, or an encoding it does not read), kept in step with `values`
+    /// so that the relay path asks with one load (see `client_encoding.rs`).
+    codec: Option<&'static crate::encoding::ClientCodec>,
 }
 
 impl ClientParams {
@@ -60,18 +64,27 @@ impl ClientParams {
             }
         }
         let known_names = defaults.iter().map(|(k, _)| k.clone()).collect();
-        ClientParams {
+        let mut params = ClientParams {
             initial: values.clone(),
             values,
             known_names,
             version: 1,
             fingerprint: Default::default(),
-        }
+            codec: None,
+        };
+        params.changed();
+        params
+    }
+
+    /// The codec of the session's `client_encoding`, when the router
+    /// transcodes it.
+    #[inline]
+    pub fn codec(&self) -> Option<&'static crate::encoding::ClientCodec> {
+        self.codec
     }
 
     /// Applies a SET/RESET that took effect on the server.
     pub fn apply(&mut self, change: SetChange) {
-        self.changed();
         match change {
             SetChange::Set { name, value } => {
                 let name = self.canonical(&name);
@@ -90,6 +103,7 @@ impl ClientParams {
             }
             SetChange::ResetAll => self.values = self.initial.clone(),
         }
+        self.changed();
     }
 
     /// The client has its own value to return to on `RESET name` (a startup
@@ -100,9 +114,9 @@ impl ClientParams {
 
     /// Fixes a parameter for the whole session (RESET returns to it too).
     pub fn pin(&mut self, name: &str, value: &str) {
-        self.changed();
         self.values.insert(name.to_string(), value.to_string());
         self.initial.insert(name.to_string(), value.to_string());
+        self.changed();
     }
 
     /// The value of a parameter as the client last set it.
@@ -144,9 +158,17 @@ impl ClientParams {
         self.changed();
     }
 
+    /// After every change of `values`.
     fn changed(&mut self) {
         self.version += 1;
         self.fingerprint.set(0);
+        self.codec = match self.values.get("client_encoding") {
+            Some(name) => match crate::encoding::lookup(name) {
+                crate::encoding::Lookup::Codec(codec) => Some(codec),
+                crate::encoding::Lookup::Utf8 | crate::encoding::Lookup::Other => None,
+            },
+            None => None,
+        };
     }
 
     /// Changes whenever any value changes.
@@ -236,7 +258,6 @@ impl ClientParams {
     /// goes on with the value it had at login, or with the server's default
     /// when even that is refused now.
     pub fn drop_failed(&mut self, name: &str) {
-        self.changed();
         let initial = self.initial.get(name).cloned();
         match initial {
             Some(v) if self.values.get(name) != Some(&v) => {
@@ -247,6 +268,7 @@ impl ClientParams {
                 self.initial.remove(name);
             }
         }
+        self.changed();
     }
 
     /// Records on `server` what [`sync_sql`] is about to set, for parameters

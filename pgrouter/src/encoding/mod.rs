@@ -37,6 +37,12 @@ pub struct ClientCodec {
     kind: Kind,
 }
 
+impl std::fmt::Debug for ClientCodec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
 // Only in the static CODECS, one of each: the size of a table is no cost.
 #[allow(clippy::large_enum_variant)]
 enum Kind {

@@ -200,7 +200,7 @@ fn utf8_char_len(first: u8) -> usize {
 /// reads it). Done once per message as it arrives, so the analyses that
 /// read a Query or Parse several times need not check again. CopyData is
 /// opaque.
-#[inline]
+#[inline(always)]
 pub fn check_message(tag: u8, body: &[u8]) -> Result<(), ProtocolError> {
     let mut r = Reader::new(body);
     let name = match tag {
