@@ -349,25 +349,10 @@ impl Session {
                 .map_or(("", &[]), |s| (&s.sql, &s.param_types))
         };
         let key = self.sharding_key(analysis);
-        if let Some(codec) = self.text_codec() {
-            // Text values are the client's bytes; keys hash as UTF-8.
-            if let Some(rest) = crate::encoding::decode_bind_values(codec, bind.rest) {
-                let Some(params) = BindParams::parse(&rest) else {
-                    return Ok(None);
-                };
-                let (sql, types) = statement();
-                let values = Values::Bind {
-                    sql,
-                    params: &params,
-                    param_types: types,
-                };
-                return router::plan_shard_encoded(analysis, &values, map, key, explain, None);
-            }
-        }
-        let unreadable = self.text_codec().map(|codec| codec.name);
-        if let Some(encoding) = unreadable.or_else(|| self.foreign_encoding()) {
-            // Neither the point plans nor the memo know the encoding.
-            let Some(params) = BindParams::parse(bind.rest) else {
+        // Neither the point plans nor the memo know the encoding: the plan
+        // reads the values `rest` holds, in `encoding` (None: UTF-8).
+        let plan_encoded = |rest: &[u8], encoding: Option<&str>| {
+            let Some(params) = BindParams::parse(rest) else {
                 return Ok(None);
             };
             let (sql, types) = statement();
@@ -376,14 +361,17 @@ impl Session {
                 params: &params,
                 param_types: types,
             };
-            return router::plan_shard_encoded(
-                analysis,
-                &values,
-                map,
-                key,
-                explain,
-                Some(encoding),
-            );
+            router::plan_shard_encoded(analysis, &values, map, key, explain, encoding)
+        };
+        if let Some(codec) = self.text_codec() {
+            // Text values are the client's bytes; keys hash as UTF-8.
+            if let Some(rest) = crate::encoding::decode_bind_values(codec, bind.rest) {
+                return plan_encoded(&rest, None);
+            }
+        }
+        let unreadable = self.text_codec().map(|codec| codec.name);
+        if let Some(encoding) = unreadable.or_else(|| self.foreign_encoding()) {
+            return plan_encoded(bind.rest, Some(encoding));
         }
         let point = PointValues::Bind {
             rest: bind.rest,
