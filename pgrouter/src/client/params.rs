@@ -162,13 +162,10 @@ impl ClientParams {
     fn changed(&mut self) {
         self.version += 1;
         self.fingerprint.set(0);
-        self.codec = match self.values.get("client_encoding") {
-            Some(name) => match crate::encoding::lookup(name) {
-                crate::encoding::Lookup::Codec(codec) => Some(codec),
-                crate::encoding::Lookup::Utf8 | crate::encoding::Lookup::Other => None,
-            },
-            None => None,
-        };
+        self.codec = self
+            .values
+            .get("client_encoding")
+            .and_then(|name| crate::encoding::codec_named(name));
     }
 
     /// Changes whenever any value changes.

@@ -164,6 +164,15 @@ pub fn lookup(name: &str) -> Lookup {
         .map_or(Lookup::Other, Lookup::Codec)
 }
 
+/// The codec of a `client_encoding` value when the router transcodes it
+/// (None: UTF8, or an encoding it does not read).
+pub fn codec_named(name: &str) -> Option<&'static ClientCodec> {
+    match lookup(name) {
+        Lookup::Codec(codec) => Some(codec),
+        Lookup::Utf8 | Lookup::Other => None,
+    }
+}
+
 /// PostgreSQL's name as `lookup` compares it.
 fn clean(name: &str) -> String {
     name.chars()

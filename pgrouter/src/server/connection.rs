@@ -171,10 +171,7 @@ impl ServerConn {
     /// The codec of the `client_encoding` this connection reports, when the
     /// router transcodes it: the encoding it reads the next message in.
     pub fn client_codec(&self) -> Option<&'static crate::encoding::ClientCodec> {
-        match crate::encoding::lookup(self.params.get("client_encoding")?) {
-            crate::encoding::Lookup::Codec(codec) => Some(codec),
-            _ => None,
-        }
+        crate::encoding::codec_named(self.params.get("client_encoding")?)
     }
 
     /// Writes `bytes` to the server, after whatever is queued in
