@@ -18,6 +18,32 @@ impl Session {
         }
     }
 
+    /// The analysis of the Query or Parse of `len` bytes at `at` in the
+    /// client buffer, made once per message: every reader of it after the
+    /// first (policy check, local answers, routing, forwarding) gets the
+    /// same `Arc` by the message's place in the client's byte stream, which
+    /// no other message has, without comparing its text again.
+    pub(super) fn message_analysis(
+        &self,
+        tag: u8,
+        at: usize,
+        len: usize,
+    ) -> Result<Arc<Analysis>, ProtocolError> {
+        let place = self.front_offset() + at as u64;
+        if let Some((seen, analysis)) = &self.memo.borrow().message {
+            if *seen == place {
+                return Ok(analysis.clone());
+            }
+        }
+        let body = self.cbuf.get(at + 5..at + len).unwrap_or(&[]);
+        let analysis = match tag {
+            b'Q' => self.analyze_query(body)?,
+            _ => self.analyze_parse(body)?,
+        };
+        self.memo.borrow_mut().message = Some((place, analysis.clone()));
+        Ok(analysis)
+    }
+
     /// The analysis of a simple Query's text.
     pub(super) fn analyze_query(&self, body: &[u8]) -> Result<Arc<Analysis>, ProtocolError> {
         self.analyze_cstr(body)

@@ -35,7 +35,7 @@ impl Session {
         if self.cbuf.first() != Some(&b'Q') {
             return Ok(false);
         }
-        let analysis = self.analyze_query(self.cbuf.get(5..len).unwrap_or(&[]))?;
+        let analysis = self.message_analysis(b'Q', 0, len)?;
         let [statement] = analysis.statements.as_slice() else {
             return Ok(false);
         };
@@ -148,8 +148,7 @@ impl Session {
     /// Whether the Parse at the buffer's start (`len` bytes) holds an
     /// EXPLAIN (ROUTE).
     fn parse_explains_route(&self, len: usize) -> Result<bool, SessionEnd> {
-        let body = self.cbuf.get(5..len).unwrap_or(&[]);
-        Ok(self.analyze_parse(body)?.explain_route.is_some())
+        Ok(self.message_analysis(b'P', 0, len)?.explain_route.is_some())
     }
 
     /// Whether the buffer starts with a JWT session's `DISCARD ALL` / `RESET

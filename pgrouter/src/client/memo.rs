@@ -46,6 +46,10 @@ pub(super) struct AnalysisMemo {
     /// Where the literals of `text` are, when a template gave them (the
     /// shard planner reads a key literal there instead of lexing the text).
     pub(super) literal_spans: Option<Vec<(usize, usize)>>,
+    /// The last client message analysed, by where it starts in the client's
+    /// byte stream, and its analysis: the readers of one message (policy
+    /// check, local answers, routing, forwarding) share one analysis.
+    pub(super) message: Option<(u64, Arc<Analysis>)>,
 }
 
 impl AnalysisMemo {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
 use pgrouter_config::PoolMode;
+use pgrouter_parser::Analysis;
 use tokio::io::AsyncReadExt;
 
 use super::error::SessionEnd;
@@ -421,9 +422,13 @@ impl Session {
             }
             // The message is read in place: the buffer is set aside while
             // it is forwarded (nothing on that path reads `cbuf`).
+            let analysis = match tag {
+                b'Q' | b'P' => Some(self.message_analysis(tag, 0, frame.total_len)?),
+                _ => None,
+            };
             let cbuf = std::mem::take(&mut self.cbuf);
             let msg = cbuf.get(..frame.total_len).unwrap_or(&[]);
-            let forwarded = self.forward_message(tag, msg);
+            let forwarded = self.forward_message(tag, msg, analysis);
             let keep = match self.replay.as_mut() {
                 Some(replay) => !self.flow.in_tx() && replay.keep(msg),
                 None => true,
@@ -762,7 +767,14 @@ impl Session {
     }
 
     /// Queues one client message for the held server, rewritten as needed.
-    pub(super) fn forward_message(&mut self, tag: u8, msg: &[u8]) -> Result<(), SessionEnd> {
+    /// `analysis`: a Query's or Parse's, when its reader already has it
+    /// (else it is looked up here).
+    pub(super) fn forward_message(
+        &mut self,
+        tag: u8,
+        msg: &[u8],
+        analysis: Option<Arc<Analysis>>,
+    ) -> Result<(), SessionEnd> {
         let body = msg.get(5..).unwrap_or(&[]);
         if self.server.as_ref().is_some_and(|h| h.conn.discard_due)
             && !matches!(tag, b'S' | b'H' | b'd' | b'c' | b'f')
@@ -776,10 +788,13 @@ impl Session {
         // replay the message needs can commit on its own (see `replay.rs`).
         let boundary = self.flow.at_unit_boundary();
         match tag {
-            b'Q' => self.forward_query(msg, boundary)?,
+            b'Q' => self.forward_query(msg, boundary, analysis)?,
             b'P' => {
                 self.flow.extended_sent();
-                let analysis = self.analyze_parse(body)?;
+                let analysis = match analysis {
+                    Some(analysis) => analysis,
+                    None => self.analyze_parse(body)?,
+                };
                 self.predict_tx(&analysis);
                 self.note_untracked_changes(&analysis);
                 // The common case (unnamed, no SQL PREPARE/EXECUTE) does not
@@ -928,9 +943,17 @@ impl Session {
 
     /// A simple query: track what it changes in the session, make sure the
     /// statements it EXECUTEs exist on this server, then send it.
-    fn forward_query(&mut self, msg: &[u8], boundary: bool) -> Result<(), SessionEnd> {
+    fn forward_query(
+        &mut self,
+        msg: &[u8],
+        boundary: bool,
+        analysis: Option<Arc<Analysis>>,
+    ) -> Result<(), SessionEnd> {
         let body = msg.get(5..).unwrap_or(&[]);
-        let analysis = self.analyze_query(body)?;
+        let analysis = match analysis {
+            Some(analysis) => analysis,
+            None => self.analyze_query(body)?,
+        };
         self.predict_tx(&analysis);
         self.note_untracked_changes(&analysis);
         self.track_session_changes(&analysis);

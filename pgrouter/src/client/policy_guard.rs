@@ -37,10 +37,9 @@ impl Session {
     }
 
     fn check_policy_now(&self, tag: u8, len: usize) -> Result<Result<(), Refusal>, SessionEnd> {
-        let body = self.cbuf.get(5..len).unwrap_or(&[]);
         let analysis = match tag {
-            b'Q' => Some(self.query_analysis(self.analyze_query(body)?)),
-            b'P' => Some(self.analyze_parse(body)?),
+            b'Q' => Some(self.query_analysis(self.message_analysis(tag, 0, len)?)),
+            b'P' => Some(self.message_analysis(tag, 0, len)?),
             _ => None,
         };
         if let Some(Err(refusal)) = analysis.as_ref().map(|a| self.policy.check(a)) {

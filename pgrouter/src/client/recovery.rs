@@ -86,7 +86,7 @@ impl Session {
             {
                 tracing::info!("replaying the request on another server");
                 for (tag, msg) in replay.messages() {
-                    self.forward_message(tag, msg)?;
+                    self.forward_message(tag, msg, None)?;
                 }
                 let sent = match self.server.as_mut() {
                     Some(h) => h.flush().await.is_ok(),

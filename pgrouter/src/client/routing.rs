@@ -122,6 +122,7 @@ impl Session {
         while let Ok(Some(frame)) = next_frame(self.cbuf.get(at..).unwrap_or(&[]), self.max_message)
         {
             let body = frame.body(&self.cbuf[at..]);
+            let start = at;
             at += frame.total_len;
             last_tag = frame.tag;
             if matches!(frame.tag, b'B' | b'D' | b'C' | b'E')
@@ -130,11 +131,14 @@ impl Session {
                 break; // a name that is not UTF-8: as such a Parse, below
             }
             let analysis = match frame.tag {
-                b'Q' => self.analyze_query(body).ok().map(|a| {
-                    keyed.add(self.plan_query(&a, body))?;
-                    Ok(self.query_analysis(a))
-                }),
-                b'P' => match self.analyze_parse(body) {
+                b'Q' => self
+                    .message_analysis(b'Q', start, frame.total_len)
+                    .ok()
+                    .map(|a| {
+                        keyed.add(self.plan_query(&a, body))?;
+                        Ok(self.query_analysis(a))
+                    }),
+                b'P' => match self.message_analysis(b'P', start, frame.total_len) {
                     // Text that is not UTF-8: the batch fails at it
                     // (`unreadable_text`), nothing after it runs, so what
                     // comes before decides the route.

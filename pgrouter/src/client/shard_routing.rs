@@ -536,11 +536,11 @@ impl Session {
         let body = self.cbuf.get(5..len)?;
         let planned = match tag {
             b'Q' => {
-                let analysis = self.analyze_query(body).ok()?;
+                let analysis = self.message_analysis(tag, 0, len).ok()?;
                 self.plan_query_as(&analysis, body, explain)
             }
             b'P' if body.first() == Some(&0) => {
-                let analysis = self.analyze_parse(body).ok()?;
+                let analysis = self.message_analysis(tag, 0, len).ok()?;
                 let unnamed = UnnamedText::parse(body);
                 let mut at = len;
                 loop {

@@ -60,14 +60,18 @@ impl Session {
         while let Ok(Some(frame)) = next_frame(self.cbuf.get(at..).unwrap_or(&[]), self.max_message)
         {
             let body = frame.body(&self.cbuf[at..]);
+            let start = at;
             at += frame.total_len;
             let analysis = match frame.tag {
-                b'Q' => self.analyze_query(body).ok(),
-                b'P' => self.analyze_parse(body).ok().inspect(|a| {
-                    if body.first() == Some(&0) {
-                        unnamed = Some(a.clone());
-                    }
-                }),
+                b'Q' => self.message_analysis(b'Q', start, frame.total_len).ok(),
+                b'P' => self
+                    .message_analysis(b'P', start, frame.total_len)
+                    .ok()
+                    .inspect(|a| {
+                        if body.first() == Some(&0) {
+                            unnamed = Some(a.clone());
+                        }
+                    }),
                 b'B' => parse_bind_names(body)
                     .ok()
                     .and_then(|b| self.statement_analysis(b.statement, &unnamed)),

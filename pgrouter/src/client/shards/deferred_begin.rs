@@ -45,11 +45,11 @@ impl Session {
             if tag != b'Q' || self.pins.is_pinned() {
                 return Ok(Deferred::No);
             }
-            let body = self.cbuf.get(5..len).unwrap_or(&[]);
-            let analysis = self.analyze_query(body)?;
+            let analysis = self.message_analysis(tag, 0, len)?;
             if !is_lone_begin(&analysis) {
                 return Ok(Deferred::No);
             }
+            let body = self.cbuf.get(5..len).unwrap_or(&[]);
             let sql = crate::protocol::frontend::parse_query(body)?.to_string();
             self.skip_query(len);
             self.deferred_begin = Some(sql);
@@ -59,8 +59,7 @@ impl Session {
         };
         // COMMIT or ROLLBACK of a transaction that ran nothing.
         if tag == b'Q' {
-            let body = self.cbuf.get(5..len).unwrap_or(&[]);
-            let analysis = self.analyze_query(body)?;
+            let analysis = self.message_analysis(tag, 0, len)?;
             if let [s] = analysis.statements.as_slice() {
                 let ends = match &s.kind {
                     StatementKind::Transaction(TxEffect::Commit) => Some("COMMIT"),

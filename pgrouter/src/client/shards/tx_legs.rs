@@ -236,10 +236,10 @@ impl Session {
         let body = self.cbuf.get(5..len)?;
         match tag {
             b'Q' => self
-                .analyze_query(body)
+                .message_analysis(tag, 0, len)
                 .ok()
                 .map(|a| self.query_analysis(a)),
-            b'P' => self.analyze_parse(body).ok(),
+            b'P' => self.message_analysis(tag, 0, len).ok(),
             b'B' => {
                 let b = parse_bind_names(body).ok()?;
                 self.statement_analysis(b.statement, &self.unnamed)
