@@ -276,6 +276,16 @@ impl Session {
                 }
                 GuardGate::Pass => {}
             }
+            if self.continues_batch(tag) {
+                if let Some(refusal) = self.unreadable_text(tag, frame.total_len) {
+                    cold_path();
+                    self.refuse_in_turn(tag, frame.total_len, refusal).await?;
+                    continue;
+                }
+                self.flow.guard_used();
+                self.forward_front(tag, frame.total_len)?;
+                continue;
+            }
             let unit_boundary = self.flow.batch_start() && !self.flow.in_tx() && !is_copy_data(tag);
             if unit_boundary {
                 // Before the policy: it may be the one that changed.
@@ -420,29 +430,54 @@ impl Session {
             if resync && self.flow.batch_start() && !self.flow.unsynced() {
                 self.resync_held_params();
             }
-            // The message is read in place: the buffer is set aside while
-            // it is forwarded (nothing on that path reads `cbuf`).
-            let analysis = match tag {
-                b'Q' | b'P' => Some(self.message_analysis(tag, 0, frame.total_len)?),
-                _ => None,
-            };
-            let cbuf = std::mem::take(&mut self.cbuf);
-            let msg = cbuf.get(..frame.total_len).unwrap_or(&[]);
-            let forwarded = self.forward_message(tag, msg, analysis);
-            let keep = match self.replay.as_mut() {
-                Some(replay) => !self.flow.in_tx() && replay.keep(msg),
-                None => true,
-            };
-            self.cbuf = cbuf;
-            self.cbuf.advance(frame.total_len);
-            forwarded?;
-            if !keep {
-                self.stop_replay();
-            }
+            self.forward_front(tag, frame.total_len)?;
         }
         self.restore_kept();
         self.flush_server().await?;
         self.flush_client().await
+    }
+
+    /// A Describe, Execute, Sync or Flush inside an extended batch already
+    /// on the held server of an unsharded session: of the checks a message
+    /// passes on its way, only the UTF-8 of its names applies to it. The
+    /// policy checks SQL (in the Parse before it), a local answer or a new
+    /// route begins a batch, and the role guard and parameter sync come
+    /// before a batch's first message.
+    #[inline]
+    fn continues_batch(&self, tag: u8) -> bool {
+        matches!(tag, b'D' | b'E' | b'S' | b'H')
+            && self.flow.unsynced()
+            && !self.flow.batch_start()
+            && self.server.is_some()
+            && self.shard_map.is_none()
+            && !self.unnamed_portal_suspended_on_shards
+            && self.shard_portals.is_empty()
+            && self.explain_wants_columns.is_none()
+    }
+
+    /// Forwards the message of `len` bytes at the front of the buffer to the
+    /// held server and takes it from the buffer. It is read in place: the
+    /// buffer is set aside while it is forwarded (nothing on that path reads
+    /// `cbuf`).
+    fn forward_front(&mut self, tag: u8, len: usize) -> Result<(), SessionEnd> {
+        let analysis = match tag {
+            b'Q' | b'P' => Some(self.message_analysis(tag, 0, len)?),
+            _ => None,
+        };
+        let cbuf = std::mem::take(&mut self.cbuf);
+        let msg = cbuf.get(..len).unwrap_or(&[]);
+        let forwarded = self.forward_message(tag, msg, analysis);
+        let keep = match self.replay.as_mut() {
+            Some(replay) => !self.flow.in_tx() && replay.keep(msg),
+            None => true,
+        };
+        self.cbuf = cbuf;
+        self.cbuf.advance(len);
+        forwarded?;
+        if !keep {
+            self.stop_replay();
+        }
+        Ok(())
     }
 
     /// Checks each client message once, when it has arrived whole, before
