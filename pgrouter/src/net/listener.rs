@@ -23,6 +23,7 @@ pub async fn serve(listener: TcpListener, state: Arc<State>) {
             ClientTlsSetup {
                 mode: config.general.client_tls,
                 config: None,
+                end_point: None,
             }
         }
     };

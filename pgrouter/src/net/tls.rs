@@ -2,7 +2,8 @@
 //!
 //! - towards clients: the router's certificate and key (`tls_certificate`,
 //!   `tls_private_key`) and whether TLS is refused, offered or required
-//!   (`client_tls`); the handshake after an SSLRequest is answered 'S';
+//!   (`client_tls`); the handshake after an SSLRequest is answered 'S'; the
+//!   certificate's SCRAM channel binding data (`end_point.rs`);
 //! - towards servers: `server_tls` (disable, prefer, require, verify-full)
 //!   and `server_tls_ca`; the SSLRequest and the handshake after the server's
 //!   'S'.
@@ -70,7 +71,23 @@ pub fn load_server_config(
     cert_path: &str,
     key_path: &str,
 ) -> Result<Arc<rustls::ServerConfig>, String> {
+    load_server_config_and_end_point(cert_path, key_path).map(|(config, _)| config)
+}
+
+/// [`load_server_config`], and the `tls-server-end-point` channel binding
+/// data of the leaf certificate it serves (`None` when its signature
+/// algorithm names no hash), both from one reading of the file so that
+/// they cannot belong to different certificates.
+fn load_server_config_and_end_point(
+    cert_path: &str,
+    key_path: &str,
+) -> Result<(Arc<rustls::ServerConfig>, Option<end_point::EndPoint>), String> {
     let certs = read_certificates("tls_certificate", cert_path)?;
+    // read_certificates returns at least one certificate, the leaf first.
+    let end_point = certs
+        .first()
+        .and_then(|leaf| end_point::certificate_hash(leaf))
+        .map(Arc::from);
     let key_pem = read_file("tls_private_key", key_path)?;
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
         rustls::pki_types::pem::Error::NoItemsFound => {
@@ -87,7 +104,7 @@ pub fn load_server_config(
             format!("tls_certificate \"{cert_path}\" with tls_private_key \"{key_path}\": {e}")
         })?;
     config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
-    Ok(Arc::new(config))
+    Ok((Arc::new(config), end_point))
 }
 
 /// What a client connection needs to answer an SSLRequest: the mode and,
@@ -96,6 +113,11 @@ pub fn load_server_config(
 pub struct ClientTlsSetup {
     pub mode: ClientTls,
     pub config: Option<Arc<rustls::ServerConfig>>,
+    /// The `tls-server-end-point` channel binding data of `config`'s
+    /// certificate: with it, SCRAM logins over TLS offer
+    /// SCRAM-SHA-256-PLUS. `None` without a certificate, or when the
+    /// certificate's signature algorithm names no hash (Ed25519).
+    pub end_point: Option<end_point::EndPoint>,
 }
 
 impl ClientTlsSetup {
@@ -104,22 +126,32 @@ impl ClientTlsSetup {
         ClientTlsSetup {
             mode: ClientTls::Disable,
             config: None,
+            end_point: None,
         }
     }
 
     /// Loads `tls_certificate`/`tls_private_key` when both are set.
     pub fn from_general(general: &General) -> Result<Self, String> {
-        let config = if general.tls_certificate.is_empty() || general.tls_private_key.is_empty() {
-            None
-        } else {
-            Some(load_server_config(
-                &general.tls_certificate,
-                &general.tls_private_key,
-            )?)
-        };
+        if general.tls_certificate.is_empty() || general.tls_private_key.is_empty() {
+            return Ok(ClientTlsSetup {
+                mode: general.client_tls,
+                config: None,
+                end_point: None,
+            });
+        }
+        let (config, end_point) =
+            load_server_config_and_end_point(&general.tls_certificate, &general.tls_private_key)?;
+        if end_point.is_none() {
+            tracing::warn!(
+                tls_certificate = %general.tls_certificate,
+                "the certificate's signature algorithm names no hash for SCRAM channel binding \
+                 (tls-server-end-point): SCRAM-SHA-256-PLUS is not offered"
+            );
+        }
         Ok(ClientTlsSetup {
             mode: general.client_tls,
-            config,
+            config: Some(config),
+            end_point,
         })
     }
 
@@ -395,6 +427,7 @@ pub async fn connect_server(
     Ok(ServerStream::Tls(Box::new(WriteThrough::new(tls))))
 }
 
+pub mod end_point;
 mod files;
 pub use files::file_problems;
 

@@ -61,6 +61,7 @@ fn client_setup_offers_tls_only_when_allowed_and_configured() {
     let mut g = General::default();
     let setup = ClientTlsSetup::from_general(&g).unwrap();
     assert!(setup.acceptor().is_none() && !setup.required());
+    assert!(setup.end_point.is_none());
     g.tls_certificate = data("server.pem");
     g.tls_private_key = data("server_sec1.key");
     assert!(ClientTlsSetup::from_general(&g)
@@ -75,6 +76,15 @@ fn client_setup_offers_tls_only_when_allowed_and_configured() {
     g.client_tls = ClientTls::Require;
     let setup = ClientTlsSetup::from_general(&g).unwrap();
     assert!(setup.acceptor().is_some() && setup.required());
+    // SCRAM channel binding data of server.pem (ecdsa-with-SHA256), as
+    // `openssl x509 -noout -fingerprint -sha256` gives it.
+    let hex: String = (setup.end_point.as_deref().unwrap().iter())
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        hex,
+        "0687f799a4d9c2d691f26d2558ec34e8a584c7322323f3bd8f7df719a770b1b5"
+    );
     g.tls_private_key = "/nonexistent/key.pem".into();
     assert!(ClientTlsSetup::from_general(&g).is_err());
 }
