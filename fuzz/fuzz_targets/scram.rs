@@ -4,7 +4,9 @@
 //! Input: a mode byte, then pieces (see `Pieces`). `%N` in a piece stands for
 //! the nonce the other side chose, so the fuzzer gets past the nonce checks.
 //! - server: client-first and client-final from the input, against a
-//!   secret whose password the input does not know;
+//!   secret whose password the input does not know; the mode byte's higher
+//!   bits say whether the connection is TLS (SCRAM-SHA-256-PLUS offered) and
+//!   which mechanism the client took;
 //! - client: server-first and server-final from the input (iteration counts
 //!   above 16 are skipped: the client allows up to 10 million, seconds of
 //!   PBKDF2 that the fuzzer would only report as hangs, and even PostgreSQL's
@@ -29,8 +31,9 @@ fn main() {
 
 fn check(data: &[u8]) {
     let mut input = Pieces::new(data);
-    match input.byte() % 4 {
-        0 => server(&mut input),
+    let mode = input.byte();
+    match mode % 4 {
+        0 => server(&mut input, mode / 4 % 3),
         1 => client(&mut input),
         2 => tamper(&mut input),
         _ => stored(&mut input),
@@ -53,8 +56,18 @@ fn secret() -> ScramSecret {
     ScramSecret::from_password(PASSWORD, b"fuzz-salt", 2)
 }
 
-fn server(input: &mut Pieces) {
+/// A made-up certificate hash: the TLS connection's channel binding data.
+const END_POINT: [u8; 32] = [0x5a; 32];
+
+/// `binding`: 0 plain TCP (SCRAM-SHA-256 only), 1 TLS and the client took
+/// SCRAM-SHA-256, 2 TLS and SCRAM-SHA-256-PLUS.
+fn server(input: &mut Pieces, binding: u8) {
     let mut server = ScramServer::new(secret());
+    if binding > 0 {
+        server = server.bind_to(Some(END_POINT.as_slice().into()));
+        let mechanism = server.mechanisms()[usize::from(binding == 1)];
+        server.choose(mechanism).expect("an offered mechanism");
+    }
     let client_first = input.piece();
     let Ok(server_first) = server.server_first(client_first) else {
         // A failed step ends the exchange.

@@ -41,9 +41,22 @@ pub enum AuthError {
     /// The server could not prove it knows the password (client side).
     #[error("server signature mismatch")]
     BadServerSignature,
-    /// A valid feature we do not implement (channel binding, authzid, ...).
+    /// A valid feature we do not implement (authzid, extensions, ...).
     #[error("unsupported: {0}")]
     Unsupported(String),
+    /// SCRAM-SHA-256-PLUS: the client bound its proof to another TLS
+    /// connection's certificate than ours, so someone is in between.
+    #[error("SCRAM channel binding check failed")]
+    ChannelBindingMismatch,
+    /// The client could bind (gs2 flag `y`) but believes the server cannot,
+    /// although SCRAM-SHA-256-PLUS was offered: someone in between removed
+    /// it from the offer (RFC 5802 section 6). PostgreSQL's message.
+    #[error("SCRAM channel binding negotiation error")]
+    ChannelBindingDowngrade,
+    /// SCRAM-SHA-256-PLUS with a channel binding type other than
+    /// tls-server-end-point, the only one PostgreSQL has. Its message.
+    #[error("unsupported SCRAM channel-binding type \"{0}\"")]
+    UnsupportedChannelBinding(String),
     /// Client side, answering from keys recovered from a client's proof:
     /// the server's salt or iteration count is not the one of the secret
     /// the client proved, so the server holds another password for the

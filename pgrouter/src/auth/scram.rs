@@ -1,9 +1,13 @@
 //! SCRAM-SHA-256 (RFC 5802, RFC 7677) as PostgreSQL uses it.
 //!
 //! PostgreSQL specifics:
-//! * No channel binding: we accept the gs2 flags `n` and `y` and refuse `p=`
-//!   with [`AuthError::Unsupported`]. Accepting `y` is only safe because we
-//!   never advertise `SCRAM-SHA-256-PLUS`; the caller must not offer it.
+//! * Channel binding (server side, SCRAM-SHA-256-PLUS): only
+//!   `tls-server-end-point` (RFC 5929), offered when the client's connection
+//!   is TLS and [`ScramServer::bind_to`] was given the certificate's hash.
+//!   The gs2 flag must agree with the mechanism chosen, and `y` ("I could
+//!   bind but you cannot") is refused when PLUS was offered, since then
+//!   someone removed it from the offer (RFC 5802 section 6). Our client
+//!   side (router -> PostgreSQL) does not bind: it sends `n`.
 //! * The user name inside SCRAM is ignored (the startup packet already
 //!   names the user), so our client sends `n=` and our server skips it.
 //! * Authorization identities (`a=`) and mandatory extensions (`m=`) are
@@ -25,6 +29,13 @@ use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 use super::{ct_eq, AuthError};
+
+/// The SASL mechanism without channel binding.
+pub const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
+/// The SASL mechanism with channel binding.
+pub const SCRAM_SHA_256_PLUS: &str = "SCRAM-SHA-256-PLUS";
+/// The one channel binding type PostgreSQL (and so libpq) uses.
+const TLS_SERVER_END_POINT: &str = "tls-server-end-point";
 
 /// Upper bound on the iteration count a server may ask our client for, so a
 /// hostile server cannot make us burn minutes of CPU per login.
@@ -216,6 +227,11 @@ pub struct ScramServer {
     secret: ScramSecret,
     server_nonce: String,
     state: ServerState,
+    /// The `tls-server-end-point` data of the client's TLS connection, when
+    /// SCRAM-SHA-256-PLUS is offered (see [`Self::bind_to`]).
+    end_point: Option<std::sync::Arc<[u8]>>,
+    /// The client chose SCRAM-SHA-256-PLUS (see [`Self::choose`]).
+    plus: bool,
     /// Set when the client's proof checked out (see [`Self::recovered_keys`]).
     client_key: Option<[u8; 32]>,
 }
@@ -315,8 +331,42 @@ impl ScramServer {
             secret,
             server_nonce,
             state: ServerState::Initial,
+            end_point: None,
+            plus: false,
             client_key: None,
         }
+    }
+
+    /// Offers channel binding to the client's TLS connection, whose
+    /// certificate hash (RFC 5929 `tls-server-end-point`) is `end_point`;
+    /// `None` (plain TCP, Unix socket, or a certificate without one) offers
+    /// only SCRAM-SHA-256.
+    pub fn bind_to(mut self, end_point: Option<std::sync::Arc<[u8]>>) -> Self {
+        self.end_point = end_point;
+        self
+    }
+
+    /// The mechanisms for `AuthenticationSASL`, preferred first (as
+    /// PostgreSQL lists them).
+    pub fn mechanisms(&self) -> &'static [&'static str] {
+        if self.end_point.is_some() {
+            &[SCRAM_SHA_256_PLUS, SCRAM_SHA_256]
+        } else {
+            &[SCRAM_SHA_256]
+        }
+    }
+
+    /// Takes the mechanism the client's `SASLInitialResponse` names; one
+    /// that was not offered is refused. Call before [`Self::server_first`].
+    pub fn choose(&mut self, mechanism: &str) -> Result<(), AuthError> {
+        if !matches!(self.state, ServerState::Initial) || !self.mechanisms().contains(&mechanism) {
+            return Err(AuthError::Unsupported(format!(
+                "SASL mechanism \"{}\"",
+                mechanism.escape_debug()
+            )));
+        }
+        self.plus = mechanism == SCRAM_SHA_256_PLUS;
+        Ok(())
     }
 
     /// client-first-message (the `SASLInitialResponse` data) ->
@@ -333,13 +383,7 @@ impl ScramServer {
         let (flag, rest) = text
             .split_once(',')
             .ok_or(AuthError::Malformed("missing gs2 header"))?;
-        match flag {
-            "n" | "y" => {}
-            f if f.starts_with("p=") => {
-                return Err(AuthError::Unsupported("SCRAM channel binding".into()))
-            }
-            _ => return Err(AuthError::Malformed("invalid channel-binding flag")),
-        }
+        self.check_cbind_flag(flag)?;
         let (authzid, bare) = rest
             .split_once(',')
             .ok_or(AuthError::Malformed("missing gs2 header"))?;
@@ -398,9 +442,15 @@ impl ScramServer {
 
         let mut fields = without_proof.split(',');
         let cbind = attr(fields.next(), "c=", "missing channel binding")?;
-        // Without channel binding, c= must echo the gs2 header exactly.
+        // c= is the gs2 header followed, with channel binding, by the
+        // connection's binding data (RFC 5802 section 7, cbind-input).
+        let mut expected = gs2_header.into_bytes();
+        if let Some(end_point) = self.end_point.as_ref().filter(|_| self.plus) {
+            expected.extend_from_slice(end_point);
+        }
         match B64.decode(cbind) {
-            Ok(c) if c == gs2_header.as_bytes() => {}
+            Ok(c) if c == expected => {}
+            _ if self.plus => return Err(AuthError::ChannelBindingMismatch),
             _ => return Err(AuthError::Malformed("channel binding mismatch")),
         }
         if attr(fields.next(), "r=", "missing nonce")? != nonce {
@@ -416,6 +466,33 @@ impl ScramServer {
         self.client_key = Some(client_key);
         let server_signature = hmac(&self.secret.server_key, auth_message.as_bytes());
         Ok(format!("v={}", B64.encode(server_signature)))
+    }
+
+    /// The gs2 cbind-flag must agree with the mechanism chosen, as
+    /// PostgreSQL's `read_client_first_message` checks.
+    fn check_cbind_flag(&self, flag: &str) -> Result<(), AuthError> {
+        match flag {
+            "n" | "y" if self.plus => Err(AuthError::Malformed(
+                "the client selected SCRAM-SHA-256-PLUS, but the SCRAM message does not include \
+                 channel binding data",
+            )),
+            "n" => Ok(()),
+            // The client can bind and believes we cannot, yet we offered
+            // PLUS: the offer was tampered with on the way.
+            "y" if self.end_point.is_some() => Err(AuthError::ChannelBindingDowngrade),
+            "y" => Ok(()),
+            f => match f.strip_prefix("p=") {
+                Some(_) if !self.plus => Err(AuthError::Malformed(
+                    "the client selected SCRAM-SHA-256 without channel binding, but the SCRAM \
+                     message includes channel binding data",
+                )),
+                Some(TLS_SERVER_END_POINT) => Ok(()),
+                Some(other) => Err(AuthError::UnsupportedChannelBinding(
+                    other.escape_debug().to_string(),
+                )),
+                None => Err(AuthError::Malformed("invalid channel-binding flag")),
+            },
+        }
     }
 
     /// After a successful [`Self::server_final`]: the keys that let the
@@ -772,17 +849,15 @@ mod tests {
             b"n,,n=,r=a\x01b",
             b"n,,n=,r=\xff",
             b"\xff\xfe",
+            // Binding data although SCRAM-SHA-256 (not PLUS) was chosen.
+            b"p=tls-server-end-point,,n=,r=abc",
         ] {
             assert!(
                 matches!(server_first_err(msg), AuthError::Malformed(_)),
                 "{msg:?}"
             );
         }
-        for msg in [
-            &b"p=tls-server-end-point,,n=,r=abc"[..],
-            b"n,a=bob,n=,r=abc",
-            b"n,,m=x,n=,r=abc",
-        ] {
+        for msg in [&b"n,a=bob,n=,r=abc"[..], b"n,,m=x,n=,r=abc"] {
             assert!(
                 matches!(server_first_err(msg), AuthError::Unsupported(_)),
                 "{msg:?}"
@@ -805,6 +880,141 @@ mod tests {
             server.server_final(msg.as_bytes()),
             Err(AuthError::Malformed(_))
         ));
+    }
+
+    /// The end-point data of a made-up certificate, and of another one.
+    const END_POINT: [u8; 32] = [0x5a; 32];
+    const OTHER_END_POINT: [u8; 32] = [0xa5; 32];
+
+    /// A server on a TLS connection whose certificate hash is [`END_POINT`],
+    /// with the client's choice of `mechanism` taken.
+    fn bound_server(password: &str, mechanism: &str) -> ScramServer {
+        let secret = ScramSecret::from_password(password, b"bound-salt", 64);
+        let mut server = ScramServer::new(secret).bind_to(Some(END_POINT.as_slice().into()));
+        server.choose(mechanism).unwrap();
+        server
+    }
+
+    /// A client as libpq runs it: gs2 header `gs2`, and in `c=` that header
+    /// followed by `cbind_data` (the certificate hash it saw, or nothing).
+    /// Returns the server's verdict on the client-final-message.
+    fn bound_exchange(
+        server: &mut ScramServer,
+        password: &str,
+        gs2: &str,
+        cbind_data: &[u8],
+    ) -> Result<String, AuthError> {
+        let bare = "n=,r=client-nonce";
+        let first = server.server_first(format!("{gs2}{bare}").as_bytes())?;
+        let mut fields = first.split(',');
+        let nonce = fields.next().unwrap().strip_prefix("r=").unwrap();
+        let salt = B64
+            .decode(fields.next().unwrap().strip_prefix("s=").unwrap())
+            .unwrap();
+        let iterations = fields.next().unwrap().strip_prefix("i=").unwrap();
+        let keys = Keys::derive(password, &salt, iterations.parse().unwrap());
+        let cbind_input = [gs2.as_bytes(), cbind_data].concat();
+        let without_proof = format!("c={},r={nonce}", B64.encode(cbind_input));
+        let auth_message = format!("{bare},{first},{without_proof}");
+        let proof = xor32(&keys.client, &hmac(&keys.stored, auth_message.as_bytes()));
+        server.server_final(format!("{without_proof},p={}", B64.encode(proof)).as_bytes())
+    }
+
+    const PLUS_GS2: &str = "p=tls-server-end-point,,";
+
+    #[test]
+    fn plus_is_offered_first_only_with_binding_data() {
+        let secret = || ScramSecret::from_password("pw", b"salt", 16);
+        let plain = ScramServer::new(secret());
+        assert_eq!(plain.mechanisms(), [SCRAM_SHA_256]);
+        let bound = ScramServer::new(secret()).bind_to(Some(END_POINT.as_slice().into()));
+        assert_eq!(bound.mechanisms(), [SCRAM_SHA_256_PLUS, SCRAM_SHA_256]);
+        // A mechanism not offered is refused.
+        assert!(ScramServer::new(secret())
+            .choose(SCRAM_SHA_256_PLUS)
+            .is_err());
+        assert!(ScramServer::new(secret()).choose("SCRAM-SHA-1").is_err());
+        assert!(ScramServer::new(secret()).bind_to(None).choose("").is_err());
+        ScramServer::new(secret()).choose(SCRAM_SHA_256).unwrap();
+    }
+
+    #[test]
+    fn plus_checks_the_binding_data_and_the_proof() {
+        let mut server = bound_server("pw", SCRAM_SHA_256_PLUS);
+        bound_exchange(&mut server, "pw", PLUS_GS2, &END_POINT).unwrap();
+        // The proof covers c=, so the keys recovered are the usual ones.
+        assert!(server.recovered_keys().is_some());
+
+        // Bound to another certificate: someone terminated TLS in between.
+        let mut server = bound_server("pw", SCRAM_SHA_256_PLUS);
+        let r = bound_exchange(&mut server, "pw", PLUS_GS2, &OTHER_END_POINT);
+        assert!(matches!(r, Err(AuthError::ChannelBindingMismatch)), "{r:?}");
+        assert!(server.recovered_keys().is_none());
+        // The gs2 header without the data, or the data without the header.
+        for (gs2, data) in [(PLUS_GS2, &[][..]), ("", &END_POINT[..])] {
+            let mut server = bound_server("pw", SCRAM_SHA_256_PLUS);
+            server
+                .server_first(b"p=tls-server-end-point,,n=,r=x")
+                .unwrap();
+            let nonce = format!("r=x{}", server.server_nonce);
+            let c = B64.encode([gs2.as_bytes(), data].concat());
+            let msg = format!("c={c},{nonce},p={}", B64.encode([0u8; 32]));
+            let r = server.server_final(msg.as_bytes());
+            assert!(matches!(r, Err(AuthError::ChannelBindingMismatch)), "{r:?}");
+        }
+        // Right binding, wrong password.
+        let mut server = bound_server("pw", SCRAM_SHA_256_PLUS);
+        let r = bound_exchange(&mut server, "wrong", PLUS_GS2, &END_POINT);
+        assert!(matches!(r, Err(AuthError::BadPassword)), "{r:?}");
+    }
+
+    #[test]
+    fn the_gs2_flag_must_agree_with_the_mechanism() {
+        // PLUS chosen, but no binding in the message.
+        for gs2 in ["n,,", "y,,"] {
+            let r = bound_exchange(&mut bound_server("pw", SCRAM_SHA_256_PLUS), "pw", gs2, &[]);
+            assert!(matches!(r, Err(AuthError::Malformed(_))), "{gs2}: {r:?}");
+        }
+        // A channel binding type PostgreSQL does not have.
+        let r = bound_exchange(
+            &mut bound_server("pw", SCRAM_SHA_256_PLUS),
+            "pw",
+            "p=tls-unique,,",
+            &END_POINT,
+        );
+        assert!(
+            matches!(&r, Err(AuthError::UnsupportedChannelBinding(t)) if t == "tls-unique"),
+            "{r:?}"
+        );
+        // SCRAM-SHA-256 chosen although PLUS was offered: fine without
+        // binding ("n"), a downgrade with "y", malformed with "p=".
+        bound_exchange(&mut bound_server("pw", SCRAM_SHA_256), "pw", "n,,", &[]).unwrap();
+        let r = bound_exchange(&mut bound_server("pw", SCRAM_SHA_256), "pw", "y,,", &[]);
+        assert!(
+            matches!(r, Err(AuthError::ChannelBindingDowngrade)),
+            "{r:?}"
+        );
+        assert_eq!(
+            AuthError::ChannelBindingDowngrade.to_string(),
+            "SCRAM channel binding negotiation error"
+        );
+        let r = bound_exchange(
+            &mut bound_server("pw", SCRAM_SHA_256),
+            "pw",
+            PLUS_GS2,
+            &END_POINT,
+        );
+        assert!(matches!(r, Err(AuthError::Malformed(_))), "{r:?}");
+        // Without TLS nothing was offered to bind to: "y" is honest.
+        let mut server = ScramServer::new(ScramSecret::from_password("pw", b"s", 64));
+        server.choose(SCRAM_SHA_256).unwrap();
+        bound_exchange(&mut server, "pw", "y,,", &[]).unwrap();
+        // The mechanism is chosen once, before the exchange starts.
+        let mut server = bound_server("pw", SCRAM_SHA_256_PLUS);
+        server
+            .server_first(b"p=tls-server-end-point,,n=,r=x")
+            .unwrap();
+        assert!(server.choose(SCRAM_SHA_256).is_err());
     }
 
     #[test]
