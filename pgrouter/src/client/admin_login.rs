@@ -76,7 +76,7 @@ async fn log_in(
         return false;
     }
     let stored = StoredPassword::parse(&g.admin_password);
-    match scram_exchange(stream, buf, &stored).await {
+    match scram_exchange(stream, buf, transport, &stored).await {
         Ok(true) => {}
         Ok(false) => {
             tracing::warn!(user, peer = %transport.peer, "admin console login failed");

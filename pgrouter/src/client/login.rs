@@ -45,10 +45,15 @@ pub struct LoggedIn {
     pub method: &'static str,
 }
 
-/// How the client is reaching us, for deciding whether a JWT may be sent.
+/// How the client is reaching us, for deciding whether a JWT may be sent
+/// and whether SCRAM can be bound to the connection.
 pub struct Transport {
     pub peer: SocketAddr,
     pub tls: bool,
+    /// With TLS: the `tls-server-end-point` data of the certificate the
+    /// client's handshake used, so that SCRAM-SHA-256-PLUS is offered
+    /// (`None` without TLS, or for a certificate that has none).
+    pub end_point: Option<crate::net::tls::end_point::EndPoint>,
 }
 
 /// Resolves the user and database, then runs the password or token exchange.
@@ -142,7 +147,7 @@ pub async fn authenticate(
                 }
                 (AuthMethod::Scram, StoredPassword::Scram(secret)) => {
                     let server = ScramServer::new(secret.clone());
-                    let proved = scram_exchange_with(stream, buf, server).await?;
+                    let proved = scram_exchange_with(stream, buf, transport, server).await?;
                     let keys = proved.as_ref().and_then(|s| s.recovered_keys());
                     let result = password_result(&rt, user, proved.is_some(), "scram-sha-256")?;
                     // Servers of a user whose password is a secret are
@@ -156,7 +161,8 @@ pub async fn authenticate(
                     return Ok(result);
                 }
                 (AuthMethod::Scram, _) => {
-                    (scram_exchange(stream, buf, &stored).await?, "scram-sha-256")
+                    let proved = scram_exchange(stream, buf, transport, &stored).await?;
+                    (proved, "scram-sha-256")
                 }
                 _ => {
                     let secret = cleartext_exchange(stream, buf).await?;
@@ -369,6 +375,7 @@ pub(super) async fn md5_exchange(
 pub(super) async fn scram_exchange(
     stream: &mut ClientStream,
     buf: &mut BytesMut,
+    transport: &Transport,
     stored: &StoredPassword,
 ) -> Result<bool, SessionEnd> {
     let server = match stored {
@@ -382,23 +389,30 @@ pub(super) async fn scram_exchange(
         },
         StoredPassword::Md5(_) => return Ok(false),
     };
-    Ok(scram_exchange_with(stream, buf, server).await?.is_some())
+    Ok(scram_exchange_with(stream, buf, transport, server)
+        .await?
+        .is_some())
 }
 
-/// Runs the SCRAM exchange against `server`'s secret; on success returns
+/// Runs the SCRAM exchange against `server`'s secret, bound to the TLS
+/// connection when the client takes SCRAM-SHA-256-PLUS; on success returns
 /// the server, whose [`ScramServer::recovered_keys`] the caller may want.
+/// A wrong password is `Ok(None)`, for the caller to report; a proof bound
+/// to another connection fails here with 28P01 (a man in the middle).
 pub(super) async fn scram_exchange_with(
     stream: &mut ClientStream,
     buf: &mut BytesMut,
-    mut server: ScramServer,
+    transport: &Transport,
+    server: ScramServer,
 ) -> Result<Option<ScramServer>, SessionEnd> {
+    let mut server = server.bind_to(transport.end_point.clone());
     let mut out = BytesMut::new();
-    backend::authentication_sasl(&mut out, &["SCRAM-SHA-256"]);
+    backend::authentication_sasl(&mut out, server.mechanisms());
     write_all(stream, &out).await?;
 
     let body = read_password_message(stream, buf).await?;
     let (mechanism, data) = parse_sasl_initial(&body)?;
-    if mechanism != "SCRAM-SHA-256" {
+    if server.choose(mechanism).is_err() {
         return Err(SessionEnd::fatal(
             "28000",
             format!("unsupported SASL mechanism \"{mechanism}\""),
@@ -406,7 +420,7 @@ pub(super) async fn scram_exchange_with(
     }
     let server_first = server
         .server_first(data)
-        .map_err(|e| SessionEnd::fatal("08P01", e.to_string()))?;
+        .map_err(|e| scram_failure(transport, e))?;
     out.clear();
     backend::authentication_sasl_continue(&mut out, server_first.as_bytes());
     write_all(stream, &out).await?;
@@ -420,6 +434,26 @@ pub(super) async fn scram_exchange_with(
             Ok(Some(server))
         }
         Err(crate::auth::AuthError::BadPassword) => Ok(None),
-        Err(e) => Err(SessionEnd::fatal("08P01", e.to_string())),
+        Err(e) => Err(scram_failure(transport, e)),
+    }
+}
+
+/// The error a failed SCRAM step ends the login with. Channel binding
+/// failures hint at someone between client and router, so they are logged.
+fn scram_failure(transport: &Transport, e: crate::auth::AuthError) -> SessionEnd {
+    use crate::auth::AuthError;
+    match e {
+        // PostgreSQL says 28000; 28P01 keeps it with failed proofs (the
+        // login metrics count it as a bad password).
+        AuthError::ChannelBindingMismatch => {
+            tracing::warn!(peer = %transport.peer, "SCRAM channel binding check failed: the client bound its proof to another TLS connection");
+            SessionEnd::fatal("28P01", e.to_string())
+        }
+        // PostgreSQL's SQLSTATE for it.
+        AuthError::ChannelBindingDowngrade => {
+            tracing::warn!(peer = %transport.peer, "SCRAM channel binding negotiation error: the client can bind but was told the router cannot");
+            SessionEnd::fatal("28000", e.to_string())
+        }
+        e => SessionEnd::fatal("08P01", e.to_string()),
     }
 }

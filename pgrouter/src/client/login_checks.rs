@@ -132,7 +132,13 @@ pub(super) async fn auth_query_login(
     }) = found
     else {
         // Same exchange as for a real user, with a secret nobody can match.
-        let _ = scram_exchange_with(stream, buf, ScramServer::new(mock_secret(who.user))).await?;
+        let _ = scram_exchange_with(
+            stream,
+            buf,
+            who.transport,
+            ScramServer::new(mock_secret(who.user)),
+        )
+        .await?;
         return Err(refused(
             who,
             "unknown user (auth_query found no password)",
@@ -179,7 +185,7 @@ pub(super) async fn auth_query_login(
             admitted(who, (&verified, can_login), credential, "auth_query/md5").await
         }
         StoredPassword::Scram(secret) => {
-            match scram_exchange_with(stream, buf, ScramServer::new(secret)).await? {
+            match scram_exchange_with(stream, buf, who.transport, ScramServer::new(secret)).await? {
                 Some(server) => {
                     let credential = PassThrough {
                         scram: server.recovered_keys(),
@@ -209,7 +215,7 @@ pub(super) async fn auth_query_login(
                     crate::auth::derive_off_loop(move || ScramServer::from_plain(&plain)).await
                 }
             };
-            match scram_exchange_with(stream, buf, server).await? {
+            match scram_exchange_with(stream, buf, who.transport, server).await? {
                 Some(_) => {
                     let credential = PassThrough {
                         password: Some(password),

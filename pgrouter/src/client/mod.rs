@@ -133,6 +133,8 @@ pub async fn handle(
         let transport = login::Transport {
             peer,
             tls: stream.is_tls(),
+            // The certificate of the set-up this connection's handshake used.
+            end_point: tls.end_point.clone().filter(|_| stream.is_tls()),
         };
         let admin_db = state.rt().config.general.admin_database.clone();
         if startup
@@ -201,6 +203,11 @@ fn login_result(end: &SessionEnd) -> &'static str {
             sqlstate: "28000",
             message,
         } if message.ends_with("is not permitted to log in") => "refused",
+        // A SCRAM channel binding downgrade: the user exists or not, unknown.
+        SessionEnd::Fatal {
+            sqlstate: "28000",
+            message,
+        } if message.starts_with("SCRAM channel binding") => "refused",
         SessionEnd::Fatal {
             sqlstate: "28000", ..
         } => "unknown_user",
