@@ -19,6 +19,7 @@ import asyncpg
 import psycopg
 import pytest
 
+from harness.certs import CertAuthority
 from harness.clients import connect, run_async, sqlstate
 from harness.login_checks import LOOKUP_QUERY, LoginChecksCluster, lookup_user_entry
 from harness.ops import admin_general, admin_rows, full_log, pools, scrape
@@ -104,6 +105,26 @@ def test_scram_role_known_only_to_postgres_logs_in_with_every_client(aq_cluster,
     # Its pool is sized by default_pool_size.
     (pool,) = pools(r, user=name)
     assert pool["pool_size"] == "10"
+
+
+def test_scram_role_over_tls_with_channel_binding(aq_cluster, aq_routers, tmp_path):
+    """Over TLS the lookup's SCRAM exchange offers SCRAM-SHA-256-PLUS: libpq's
+    channel_binding=require logs in, and the keys recovered from the bound
+    proof log in to the server. An unknown role is answered the same way as
+    a wrong password (the made-up exchange offers PLUS too)."""
+    ca = CertAuthority.create(tmp_path / "ca")
+    leaf = ca.issue(tmp_path / "router", "pgrouter", dns=["localhost"], ips=["127.0.0.1"])
+    r = start(aq_routers, tls_certificate=str(leaf.cert_path), tls_private_key=str(leaf.key_path))
+    name, pw = aq_cluster.make_role("scram")
+    with connect(r.dsn(user=name, password=pw, sslmode="require",
+                       channel_binding="require")) as c:
+        assert c.execute("SELECT session_user::text").fetchone()[0] == name
+    assert aq_cluster.primary.backends(user=name), "no server connection of the role"
+    for user, password in ((name, "wrong"), ("no_such_role_cb", pw)):
+        with pytest.raises(psycopg.OperationalError) as err:
+            connect(r.dsn(user=user, password=password, sslmode="require",
+                          channel_binding="require"))
+        assert f'password authentication failed for user "{user}"' in str(err.value), err.value
 
 
 def test_md5_role_logs_in_and_the_router_answers_md5_from_the_stored_hash(aq_cluster, aq_routers):
