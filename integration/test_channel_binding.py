@@ -286,7 +286,7 @@ def test_a_certificate_without_a_signature_hash_offers_no_plus(routers, certdir)
 
 
 def test_a_reloaded_certificate_is_the_one_bound_to(routers, ca, certdir):
-    router, leaf_a = start_tls_router(routers, ca, certdir)
+    router, _ = start_tls_router(routers, ca, certdir)
     with connect(router.dsn(sslmode="require", channel_binding="require")) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
     # Renewal under the same file names with another hash (SHA-384), then SIGHUP.
