@@ -443,11 +443,11 @@ pub(super) async fn scram_exchange_with(
 fn scram_failure(transport: &Transport, e: crate::auth::AuthError) -> SessionEnd {
     use crate::auth::AuthError;
     match e {
-        // PostgreSQL says 28000; 28P01 keeps it with failed proofs (the
-        // login metrics count it as a bad password).
+        // PostgreSQL's SQLSTATE for it: not a wrong password, but a proof
+        // bound to another TLS connection (a relay in between).
         AuthError::ChannelBindingMismatch => {
             tracing::warn!(peer = %transport.peer, "SCRAM channel binding check failed: the client bound its proof to another TLS connection");
-            SessionEnd::fatal("28P01", e.to_string())
+            SessionEnd::fatal("28000", e.to_string())
         }
         // PostgreSQL's SQLSTATE for it.
         AuthError::ChannelBindingDowngrade => {
