@@ -7,8 +7,11 @@
 //! 2. `outbound.rs` — `handle_client_messages` takes each message from the
 //!    buffer. `flow.rs` says where the conversation stands (batch open,
 //!    transaction, COPY, skipping to Sync, role guard pending); a Query's
-//!    or Parse's analysis comes from `analysis.rs` (the session's memo of
-//!    the last text and of recent ones, `memo.rs`, then the shared cache).
+//!    or Parse's analysis is made once per message (`analysis.rs`
+//!    `message_analysis`, from the session's memo of recent texts,
+//!    `memo.rs`, then the shared cache) and shared by the steps below. A
+//!    Describe, Execute, Sync or Flush inside a batch already on the held
+//!    server goes straight to `forward_front` (`continues_batch`).
 //! 3. The steps, in order: `unreadable_text.rs` (text that is not UTF-8
 //!    is refused as PostgreSQL refuses it), `policy_guard.rs`
 //!    (`check_policy`: JWT role, read-only, the held shard),
