@@ -4,7 +4,7 @@
 
 use std::hint::cold_path;
 
-use bytes::Buf;
+use bytes::{Buf, BytesMut};
 use pgrouter_config::PoolMode;
 
 use super::error::SessionEnd;
@@ -363,6 +363,11 @@ impl Session {
             }
             pos += frame.total_len;
         }
+        // State that may have ended with these answers (a temp table
+        // dropped, an UNLISTEN) is asked about before the client has them:
+        // once it has its answer, SHOW CLIENTS and the metrics say whether
+        // it is still pinned.
+        let check_first = !self.pins.to_check().is_empty();
         if pos > 0 {
             let result = if verbatim && pos > start {
                 use tokio::io::AsyncWriteExt;
@@ -370,7 +375,15 @@ impl Session {
                     .pool()
                     .metrics
                     .add_bytes_sent((pos - start) as u64);
-                self.client.write_all(&held.conn.read_buf[start..pos]).await
+                if check_first {
+                    cold_path();
+                    let mut answers = BytesMut::from(&held.conn.read_buf[start..pos]);
+                    answers.extend_from_slice(&self.to_client);
+                    self.to_client = answers;
+                    Ok(())
+                } else {
+                    self.client.write_all(&held.conn.read_buf[start..pos]).await
+                }
             } else {
                 Ok(())
             };
@@ -379,9 +392,12 @@ impl Session {
         }
         let quiet = self.is_quiet();
         self.flow.answers_relayed(self.answers_due(), quiet);
-        self.flush_client().await?;
+        if !check_first {
+            self.flush_client().await?;
+        }
         let held = self.server.as_mut().expect("held while relaying");
         if !held.conn.write_buf.is_empty() && held.flush().await.is_err() {
+            self.flush_client().await?;
             return self.recover_server_loss().await;
         }
         if !self.pins.to_check().is_empty() {
@@ -390,6 +406,7 @@ impl Session {
         if self.pins.is_unpinned() {
             self.clean_after_pin().await?;
         }
+        self.flush_client().await?;
         self.release_if_done();
         Ok(())
     }
