@@ -9,13 +9,10 @@
 //!
 //! ## Password normalisation
 //! PostgreSQL runs passwords through SASLprep (RFC 4013) before SCRAM hashing,
-//! and falls back to the raw bytes when SASLprep fails. We do not implement
-//! SASLprep: passwords are always used as their raw UTF-8 bytes. For ASCII
-//! passwords SASLprep is the identity, so the result is identical. Non-ASCII
-//! passwords interoperate only when SASLprep would leave them unchanged or
-//! reject them; a password that SASLprep would rewrite (e.g. one containing
-//! non-ASCII spaces or compatibility characters) will not match a secret that
-//! PostgreSQL computed.
+//! and falls back to the raw bytes when SASLprep fails; so does the router,
+//! for every password it hashes itself (see [`saslprep`]). SCRAM exchanges
+//! in which the client proves its password need nothing: the client
+//! prepared it.
 
 pub mod auth_query;
 pub mod http_tcp;
@@ -23,6 +20,7 @@ pub mod jit;
 pub mod jwt;
 pub mod md5;
 pub mod pass_through;
+pub mod saslprep;
 pub mod scram;
 
 pub use scram::{ScramClient, ScramSecret, ScramServer};

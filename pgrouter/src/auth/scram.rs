@@ -12,8 +12,8 @@
 //!   names the user), so our client sends `n=` and our server skips it.
 //! * Authorization identities (`a=`) and mandatory extensions (`m=`) are
 //!   refused, as PostgreSQL does.
-//! * Passwords are used as raw UTF-8 (no SASLprep): see the module docs of
-//!   [`crate::auth`].
+//! * Passwords go through SASLprep before hashing, falling back to their
+//!   raw bytes as PostgreSQL does: see [`crate::auth::saslprep`].
 //!
 //! Each step parses arbitrary network bytes without panicking. A failed
 //! step ends the exchange: calling the next step afterwards is an error.
@@ -151,8 +151,11 @@ struct Keys {
 }
 
 impl Keys {
+    /// Every key the router derives from a password comes from here, so
+    /// every such password is prepared as PostgreSQL and libpq prepare it.
     fn derive(password: &str, salt: &[u8], iterations: u32) -> Self {
-        let salted = pbkdf2::pbkdf2_hmac_array::<Sha256, 32>(password.as_bytes(), salt, iterations);
+        let password = super::saslprep::prepare(password.as_bytes());
+        let salted = pbkdf2::pbkdf2_hmac_array::<Sha256, 32>(&password, salt, iterations);
         let client = hmac(&salted, b"Client Key");
         Keys {
             client,
@@ -659,6 +662,45 @@ mod tests {
         assert!(ScramServer::from_plain_if_derived("plain-cache-test").is_none());
         let _ = ScramServer::from_plain("plain-cache-test");
         assert!(ScramServer::from_plain_if_derived("plain-cache-test").is_some());
+    }
+
+    /// Secrets PostgreSQL 15 stored for `CREATE ROLE ... PASSWORD`:
+    /// `E'pass\u00ADword\u00A0x'` (SASLprep removes the soft hyphen and maps
+    /// the no-break space to a space), and `E'a\u0007b'` (a control
+    /// character: SASLprep refuses it, so the raw bytes were hashed).
+    const PG_SOFT_HYPHEN: &str = "SCRAM-SHA-256$4096:e6xMFZCxN3OwTCbjNVvwUg==$\
+        YlLSIMVbmDqC3vG7Fd7r2rv4+ZLrBtH1GY2mDcg5jhM=:32NJ9CYlv42NuttBvhFZxDanjGKt1ehuyvG23DmJzGc=";
+    const PG_CONTROL: &str = "SCRAM-SHA-256$4096:Xlw3ZsdTvKV6GDUSZXChCA==$\
+        nhUSbJak6EvgDHYriz4sq0QlR9KmCAZa5AHke/W1bLU=:UlHOkDQhLj13dUL/2IRQtzy/Bl8zTPs+w03mYr9IWG0=";
+
+    #[test]
+    fn passwords_are_saslprepped_as_postgres_does() {
+        let pg = ScramSecret::parse(PG_SOFT_HYPHEN).unwrap();
+        let ours = ScramSecret::from_password("pass\u{AD}word\u{A0}x", &pg.salt, 4096);
+        assert!(ours == pg, "the router's secret is PostgreSQL's");
+        // The prepared form is what both hash: it proves the same password.
+        assert!(ScramSecret::from_password("password x", &pg.salt, 4096) == pg);
+        let keys = ScramKeys::from_password("pass\u{AD}word\u{A0}x", &pg);
+        assert_eq!(keys.server_key, pg.server_key);
+        // A prohibited character: the raw bytes, as PostgreSQL hashed them.
+        let pg = ScramSecret::parse(PG_CONTROL).unwrap();
+        assert!(ScramSecret::from_password("a\u{7}b", &pg.salt, 4096) == pg);
+        assert!(ScramSecret::from_password("ab", &pg.salt, 4096) != pg);
+    }
+
+    #[test]
+    fn a_plain_password_and_a_client_prepare_alike() {
+        // The router's client (to a server storing PostgreSQL's secret) and
+        // its server (a users.toml plain password) against libpq-like peers.
+        let mut server = ScramServer::new(ScramSecret::parse(PG_SOFT_HYPHEN).unwrap());
+        exchange(&mut server, "pass\u{AD}word\u{A0}x").unwrap();
+        let mut server = ScramServer::from_plain("saslprep-\u{AD}plain\u{A0}test");
+        exchange(&mut server, "saslprep-plain test").unwrap();
+        let mut server = ScramServer::from_plain("saslprep-\u{AD}plain\u{A0}test");
+        assert!(matches!(
+            exchange(&mut server, "saslprep-plain\u{A0}tes"),
+            Err(AuthError::BadPassword)
+        ));
     }
 
     /// Runs a full exchange; returns the server's verdict and, on success,
