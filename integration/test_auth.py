@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 import subprocess
+import uuid
 
 import asyncpg
 import psycopg
@@ -12,6 +13,7 @@ import pytest
 from harness import wire
 from harness.clients import aconnect, connect, run_async
 from harness.router import app_user, router_binary
+from harness.util import SASLPREP_PASSWORD, SASLPREP_PREPARED
 
 
 def login_error(router, user, password, db="app") -> Exception:
@@ -249,3 +251,51 @@ def test_several_users_same_router(routers):
         assert whoami(router, "plainuser", "plain-secret")[0] == "plainuser"
     # A user's password does not open another user's entry.
     assert login_error(router, "md5user", "app-secret").sqlstate == "28P01"
+
+
+# ---------------------------------------------------------------- SASLprep --
+@pytest.fixture
+def saslprep_role(primary):
+    """A role whose password SASLprep rewrites (PostgreSQL stores the SCRAM
+    secret of its prepared form); dropped afterwards."""
+    name = f"sp_{uuid.uuid4().hex[:8]}"
+    primary.sql(f"CREATE ROLE {name} LOGIN PASSWORD '{SASLPREP_PASSWORD}'")
+    yield name
+    primary.sql(f"DROP ROLE {name}")
+
+
+def test_a_plain_password_saslprep_rewrites_logs_in_to_the_router_and_the_server(
+        routers, primary, saslprep_role):
+    """The users.toml plain password, as the router's SCRAM secret for
+    clients (libpq and asyncpg prepare what they send) and as what it logs
+    in to PostgreSQL with. Both sides prepare it, so its prepared form is
+    the same password, as it is for PostgreSQL itself."""
+    name = saslprep_role
+    assert whoami(primary, name, SASLPREP_PASSWORD) == (name, "app")  # PostgreSQL itself
+    router = routers.start(users=[{"name": name, "database": "app", "auth": "scram",
+                                   "password": SASLPREP_PASSWORD}])
+    assert whoami(router, name, SASLPREP_PASSWORD) == (name, "app")
+    assert whoami_asyncpg(router, name, SASLPREP_PASSWORD) == name
+    assert whoami(router, name, SASLPREP_PREPARED) == (name, "app")
+    assert login_error(router, name, "password\u00a0fi").sqlstate == "28P01"
+
+
+def test_a_server_password_saslprep_rewrites(routers, saslprep_role):
+    """Only the router's own login to PostgreSQL uses the password."""
+    name = saslprep_role
+    router = routers.start(users=[{"name": name, "database": "app", "auth": "scram",
+                                   "password": "client-pw", "server_password": SASLPREP_PASSWORD}])
+    assert whoami(router, name, "client-pw") == (name, "app")
+
+
+def test_a_cleartext_password_checked_against_postgres_secret(routers, primary, saslprep_role):
+    """`auth = "plain"` with the SCRAM secret from pg_authid: the router
+    hashes the cleartext password it receives with the secret's salt."""
+    name = saslprep_role
+    secret = primary.scalar("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (name,))
+    router = routers.start(users=[{"name": name, "database": "app", "auth": "plain",
+                                   "password": secret, "server_password": SASLPREP_PASSWORD}])
+    assert first_auth_request(router, name) == 3
+    assert whoami(router, name, SASLPREP_PASSWORD) == (name, "app")
+    assert whoami_asyncpg(router, name, SASLPREP_PASSWORD) == name
+    assert login_error(router, name, "pass\u00adword").sqlstate == "28P01"

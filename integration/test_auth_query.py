@@ -25,6 +25,7 @@ from harness.login_checks import LOOKUP_QUERY, LoginChecksCluster, lookup_user_e
 from harness.ops import admin_general, admin_rows, full_log, pools, scrape
 from harness.pg import APP_DB, pg_tool
 from harness.router import RouterFactory, app_user
+from harness.util import SASLPREP_PASSWORD, SASLPREP_PREPARED
 
 
 @pytest.fixture(scope="module")
@@ -497,3 +498,30 @@ def test_with_jwt_auto_provision_passwords_go_to_auth_query_and_jwts_to_jwt(aq_c
     err = login_error(r, nologin, nologin_pw)
     assert (sqlstate(err), str(err)) == ("28000", f'role "{nologin}" is not permitted to log in')
     assert sqlstate(login_error(r, nologin, "wrong")) == "28P01"
+
+
+# ---------------------------------------------------------------- SASLprep --
+def test_a_password_saslprep_rewrites(aq_cluster, aq_routers):
+    """A role whose password SASLprep rewrites, known only to PostgreSQL:
+    proved by SCRAM (the client prepared it), and sent in cleartext where
+    [jwt] with auto_provision takes passwords so (the router hashes it with
+    the stored secret's salt to check it, and logs in to the server with
+    the keys it derives)."""
+    from harness.jwt_setup import authenticator_user, ensure_roles, jwt_section
+    from harness.jwt_tokens import SigningKey
+    name, pw = aq_cluster.make_role("scram", password=SASLPREP_PASSWORD)
+    assert who_am_i(start(aq_routers), name, pw) == (name, name)
+    ensure_roles(aq_cluster)
+    key = SigningKey("rsa")
+    pem = aq_routers.base_dir / "jwt.pem"
+    key.write_public_pem(pem)
+    r = aq_routers.start(
+        general=admin_general(), users=[app_user(), lookup_user_entry(), authenticator_user()],
+        auth_query={"user": "pgrouter_auth", "query": LOOKUP_QUERY},
+        jwt=jwt_section(public_key_file=str(pem)))
+    for password in (pw, SASLPREP_PREPARED):
+        with connect(r.dsn(user=name, password=password)) as c:
+            assert c.execute("SELECT session_user::text").fetchone() == (name,)
+            auth = {x["user"]: x["auth"] for x in admin_rows(r, "SHOW CLIENTS")}
+        assert auth[name] == "auth_query/password"
+    assert sqlstate(login_error(r, name, "pass\u00adword")) == "28P01"

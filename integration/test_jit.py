@@ -36,6 +36,7 @@ from harness.pam import PamService
 from harness.netns import netns  # noqa: F401  (pytest fixture)
 from harness.pg import APP_DB
 from harness.router import RouterFactory, app_user
+from harness.util import SASLPREP_PASSWORD, SASLPREP_PREPARED
 
 
 @pytest.fixture(scope="module")
@@ -266,6 +267,19 @@ def test_other_passwords_are_users_toml_or_auth_query(jit_cluster, api, jit_rout
     assert refusal(r, "app", "wrong").sqlstate == "28P01"
     assert refusal(r, name, "wrong").sqlstate == "28P01"
     assert len(api.calls_from("router")) == before  # passwords never go to the API
+
+
+
+def test_a_password_saslprep_rewrites_is_checked_as_postgres_checks_it(jit_cluster, api,
+                                                                      jit_routers):
+    """With [jit] the router asks for cleartext, and checks a password that
+    is not a token against the SCRAM secret the lookup finds: hashed after
+    SASLprep, as PostgreSQL hashed it when the role's password was set."""
+    r = start(jit_routers, jit_cluster, api.url)
+    name, pw = jit_cluster.make_role("scram", password=SASLPREP_PASSWORD)
+    assert session_user(r, name, pw) == name
+    assert session_user(r, name, SASLPREP_PREPARED) == name
+    assert refusal(r, name, "pass\u00adword").sqlstate == "28P01"
 
 
 def start_with_an_entry_and_its_pools_twin(jit_cluster, api, jit_routers):
