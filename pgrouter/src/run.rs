@@ -145,6 +145,27 @@ async fn maintain_pools(state: Arc<State>) {
         for pool in rt.cluster.all_pools() {
             pool.maintain().await;
         }
+        drop_unused_learnt_pools(&state, &rt);
+    }
+}
+
+/// Drops the pools of `[auth_query]` / `[jit]` users nobody uses any more
+/// (see `pool/learnt_sweep.rs`).
+fn drop_unused_learnt_pools(state: &State, rt: &crate::state::Runtime) {
+    let sessions = || {
+        state
+            .registry
+            .all()
+            .iter()
+            .map(|c| (c.pools_user.clone(), c.database.clone()))
+            .collect()
+    };
+    let keep_for = crate::pool::learnt_keep_for(&rt.config.general);
+    let gone = rt
+        .cluster
+        .drop_unused_learnt(sessions, &state.metrics, Instant::now(), keep_for);
+    for (user, database) in gone {
+        tracing::info!(%user, %database, "dropped the unused pools of a learnt user");
     }
 }
 

@@ -69,7 +69,7 @@ pub struct Metrics {
 /// `Arc` next to the pool: every method is a few relaxed atomic adds (and a
 /// sharded histogram record for the latency ones).
 pub struct PoolMetrics {
-    labels: PoolLabels,
+    pub(crate) labels: PoolLabels,
     /// Added to on every query: per thread (see `striped.rs`).
     counts: striped::Striped<PoolCounts>,
     query_time: ShardedHistogram,
@@ -154,6 +154,17 @@ impl Metrics {
                 })
             })
             .clone()
+    }
+
+    /// Forgets the counters of a pool that was dropped (a learnt user's, see
+    /// `pool/learnt_sweep.rs`), so its series leave the metrics, unless a
+    /// pool still counts with them. Checked under the write lock, where no
+    /// [`Metrics::pool`] can hand them out meanwhile.
+    pub fn forget_pool(&self, labels: &PoolLabels) {
+        let mut pools = self.pools.write();
+        if pools.get(labels).is_some_and(|p| Arc::strong_count(p) == 1) {
+            pools.remove(labels);
+        }
     }
 
     /// Convenience for callers without a [`PoolMetrics`] handle (one hash
@@ -262,7 +273,7 @@ impl Metrics {
     }
 
     /// Every pool's counters, sorted by labels.
-    fn pool_list(&self) -> Vec<Arc<PoolMetrics>> {
+    pub(crate) fn pool_list(&self) -> Vec<Arc<PoolMetrics>> {
         let mut pools: Vec<_> = self.pools.read().values().cloned().collect();
         pools.sort_by(|a, b| a.labels.cmp(&b.labels));
         pools

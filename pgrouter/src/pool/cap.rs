@@ -74,6 +74,13 @@ impl ConnectionCap {
         self.max.store(max, Ordering::Relaxed);
     }
 
+    /// No connection holds a share of it and every pool it covered is gone:
+    /// a cluster may forget it (see `learnt_sweep.rs`).
+    pub fn is_unused(&self) -> bool {
+        self.open.load(Ordering::Acquire) == 0
+            && self.pools.lock().iter().all(|p| p.strong_count() == 0)
+    }
+
     /// Puts `pool` under this cap.
     pub fn add_pool(&self, pool: &Arc<Pool>) {
         let mut pools = self.pools.lock();

@@ -1,7 +1,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pgrouter_config::{
     AuthMethod, Config, LoadBalancing, PoolMode, ReadWriteSplit, ServerEntry, User,
@@ -134,17 +134,21 @@ pub struct Cluster {
     /// `max_db_connections` / `max_user_connections` caps by what they cap
     /// (kept across reloads, so connections already open stay counted).
     /// Behind a lock: learnt pools, made at logins, join (or add) caps too.
-    caps: parking_lot::Mutex<HashMap<String, Arc<super::ConnectionCap>>>,
+    pub(super) caps: parking_lot::Mutex<HashMap<String, Arc<super::ConnectionCap>>>,
     /// Pools made at login for users the files do not give credentials
     /// for: auth_query users and JIT token logins. Keyed like `users`, by
-    /// [`Cluster::learnt_pools`]; kept across reloads.
-    learnt: parking_lot::Mutex<HashMap<(String, String), LearntPools>>,
+    /// [`Cluster::learnt_pools`]; kept across reloads, dropped once unused
+    /// (see `learnt_sweep.rs`).
+    pub(super) learnt: parking_lot::Mutex<HashMap<(String, String), LearntPools>>,
 }
 
 /// The pools of one learnt user, and the credentials they log in with.
-struct LearntPools {
-    pools: Arc<UserPools>,
-    credential: Arc<CredentialSlot>,
+pub(super) struct LearntPools {
+    pub(super) pools: Arc<UserPools>,
+    pub(super) credential: Arc<CredentialSlot>,
+    /// The last login that took these pools (kept across reloads): they are
+    /// dropped only once unused for a while after it.
+    pub(super) last_login: Instant,
 }
 
 /// Whether a users.toml entry gets pools of its own. A JWT-only entry
@@ -246,11 +250,14 @@ impl Cluster {
                 p.learnt
                     .lock()
                     .iter()
-                    .map(|(k, l)| (k.clone(), l.pools.server_user.clone(), l.credential.clone()))
+                    .map(|(k, l)| {
+                        let server_user = l.pools.server_user.clone();
+                        (k.clone(), server_user, l.credential.clone(), l.last_login)
+                    })
                     .collect()
             })
             .unwrap_or_default();
-        for ((name, db), server_user, credential) in carried {
+        for ((name, db), server_user, credential, last_login) in carried {
             let key = (name, db);
             if !learning || !databases.contains(&key.1.as_str()) || users.contains_key(&key) {
                 continue;
@@ -261,7 +268,14 @@ impl Cluster {
             pools.learnt = true;
             put_under_caps(&pools, config, previous, &mut caps);
             let pools = Arc::new(pools);
-            learnt.insert(key, LearntPools { pools, credential });
+            learnt.insert(
+                key,
+                LearntPools {
+                    pools,
+                    credential,
+                    last_login,
+                },
+            );
         }
         Cluster {
             users,
@@ -302,11 +316,12 @@ impl Cluster {
             if self.users.contains_key(&key) {
                 continue;
             }
-            if let Some(l) = learnt.get(&key) {
+            if let Some(l) = learnt.get_mut(&key) {
                 if l.pools.server_user != server_user {
                     continue;
                 }
                 l.credential.update(credential);
+                l.last_login = Instant::now();
                 return Some((key.0, l.pools.clone()));
             }
             let slot = Arc::new(CredentialSlot::default());
@@ -328,6 +343,7 @@ impl Cluster {
                 LearntPools {
                     pools: pools.clone(),
                     credential: slot,
+                    last_login: Instant::now(),
                 },
             );
             return Some((key.0, pools));

@@ -6,6 +6,7 @@
 mod cap;
 mod cluster;
 pub mod health;
+mod learnt_sweep;
 // The `Pool` type lives in its own file; `pool::Pool` reads as intended.
 #[allow(clippy::module_inception)]
 mod pool;
@@ -18,4 +19,5 @@ mod tests;
 pub use cap::{CapPermit, ConnectionCap};
 pub use cluster::{Balancing, Cluster, ReadLimits, ServerSlot, ShardPools, UserPools};
 pub use health::{check_auto_roles, ServerHealth};
+pub use learnt_sweep::learnt_keep_for;
 pub use pool::{Pool, PoolError, PoolSettings, PoolStats, PooledConn};

@@ -861,6 +861,15 @@ impl Pool {
         stats
     }
 
+    /// No connection open (idle, in use or being opened), none checked out
+    /// and nobody waiting for one: a pool that could go away unnoticed.
+    pub fn is_unused(&self) -> bool {
+        self.parts.iter().all(|part| {
+            let slots = part.slots.lock();
+            part.open.load(Ordering::Relaxed) == 0 && slots.leased == 0 && slots.waiters.is_empty()
+        })
+    }
+
     /// Closes every idle connection (shutdown).
     pub fn close_idle(&self) {
         for (k, part) in self.parts.iter().enumerate() {
