@@ -25,7 +25,7 @@ from harness.login_checks import LOOKUP_QUERY, LoginChecksCluster, lookup_user_e
 from harness.ops import admin_general, admin_rows, full_log, pools, scrape
 from harness.pg import APP_DB, pg_tool
 from harness.router import RouterFactory, app_user
-from harness.util import SASLPREP_PASSWORD, SASLPREP_PREPARED
+from harness.util import SASLPREP_PASSWORD, SASLPREP_PREPARED, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -332,6 +332,57 @@ def test_connection_caps_cover_auth_query_users(aq_cluster, aq_routers):
     # With the connection idle again, the auth_query user gets it.
     assert who_am_i(r, name, pw) == (name, name)
 
+
+
+# ------------------------------------------------------ unused pools go --
+def user_series(router, name: str) -> list:
+    """The metric samples labelled with user `name`."""
+    return [s for s in scrape(router).samples if s.labels.get("user") == name]
+
+
+def pool_is_bounded(router, name: str, pw: str, size: int) -> None:
+    """`size` clients holding a server connection in a transaction each
+    leave none for one more: it times out waiting, and PostgreSQL never saw
+    more than `size` backends of the role."""
+    holders = [connect(router.dsn(user=name, password=pw), autocommit=False)
+               for _ in range(size)]
+    try:
+        for h in holders:
+            h.execute("SELECT 1")
+        assert pools(router, user=name), "listed in SHOW POOLS while used"
+        assert user_series(router, name), "and in the metrics"
+        with connect(router.dsn(user=name, password=pw)) as c:
+            with pytest.raises(psycopg.Error) as err:
+                c.execute("SELECT 1")
+        assert "timed out waiting for a server connection" in str(err.value), str(err.value)
+    finally:
+        for h in holders:
+            h.close()
+
+
+def test_an_unused_users_pools_are_dropped_and_made_again_at_its_next_login(aq_cluster,
+                                                                          aq_routers):
+    """Once server_idle_timeout_ms has closed its last server connection
+    and no client is on them, an auth_query user's pools leave SHOW POOLS
+    and the metrics; its next login makes new ones, as bounded."""
+    r = start(aq_routers, server_idle_timeout_ms=500, default_pool_size=2,
+              checkout_timeout_ms=800)
+    name, pw = aq_cluster.make_role("scram")
+    other, other_pw = aq_cluster.make_role("scram")
+    other_session = connect(r.dsn(user=other, password=other_pw))
+    try:
+        for _round in range(2):
+            pool_is_bounded(r, name, pw, 2)
+            wait_until(lambda: not pools(r, user=name), timeout=10,
+                       what="the unused pools to be dropped")
+            assert user_series(r, name) == []
+            # A client on its pools keeps them, connection or not.
+            assert pools(r, user=other)
+            assert who_am_i(r, name, pw) == (name, name)
+        assert other_session.execute("SELECT session_user::text").fetchone() == (other,)
+    finally:
+        other_session.close()
+    assert "dropped the unused pools of a learnt user" in full_log(r)
 
 # -------------------------------------------------------- password change --
 def test_changed_password_works_after_the_ttl(aq_cluster, aq_routers):
