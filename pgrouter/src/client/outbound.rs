@@ -351,7 +351,7 @@ impl Session {
                 }
             }
             if self.server.is_none() {
-                if self.try_prepare_locally().await? {
+                if self.try_prepare_locally()? {
                     continue;
                 }
                 self.refresh_runtime()?;

@@ -38,10 +38,6 @@ struct Step {
     /// That Parse is one the router's parser refused (a syntax error): the
     /// rest of the batch was not taken.
     unparsed: bool,
-    /// The statement name of that Parse (empty: the unnamed statement, or
-    /// a Bind's step): forgotten again when PostgreSQL rejects it, as
-    /// PostgreSQL keeps no statement whose Parse failed.
-    name: String,
 }
 
 /// What [`Session::take_pipeline`] found; the bool: the part ended with
@@ -286,9 +282,6 @@ impl Session {
                 };
                 match tag {
                     b'E' => {
-                        if !step.name.is_empty() {
-                            self.statements.remove(&step.name);
-                        }
                         failed = Some(ShardError::Server(body));
                         break 'messages;
                     }
@@ -391,7 +384,6 @@ impl Session {
                         execute: false,
                         parse_only: true,
                         unparsed,
-                        name: p.name.to_string(),
                     });
                     order.push(Message::Step(steps.len() - 1));
                     if unparsed {
@@ -440,7 +432,6 @@ impl Session {
                         execute: false,
                         parse_only: false,
                         unparsed: false,
-                        name: String::new(),
                     });
                     order.push(Message::Step(steps.len() - 1));
                 }
