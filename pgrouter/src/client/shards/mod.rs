@@ -20,7 +20,6 @@ mod legs;
 pub(in crate::client) mod parse_check;
 mod pipeline;
 mod read;
-mod refusal_check;
 mod returning_order;
 mod tx_legs;
 mod unit;
