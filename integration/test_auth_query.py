@@ -521,10 +521,11 @@ def test_pgrouter_check_reports_both_sections(tmp_path):
 
 
 # ----------------------------------------------------------- with [jwt] --
-def test_with_jwt_auto_provision_passwords_go_to_auth_query_and_jwts_to_jwt(aq_cluster,
-                                                                         aq_routers):
+def start_with_jwt_auto_provision(aq_cluster, aq_routers):
+    """A router with `[auth_query]` and `[jwt]` (auto_provision: passwords
+    that are not tokens are checked in cleartext), and the token key."""
     from harness.jwt_setup import authenticator_user, ensure_roles, jwt_section
-    from harness.jwt_tokens import SigningKey, claims
+    from harness.jwt_tokens import SigningKey
     ensure_roles(aq_cluster)
     key = SigningKey("rsa")
     pem = aq_routers.base_dir / "jwt.pem"
@@ -533,6 +534,13 @@ def test_with_jwt_auto_provision_passwords_go_to_auth_query_and_jwts_to_jwt(aq_c
         general=admin_general(), users=[app_user(), lookup_user_entry(), authenticator_user()],
         auth_query={"user": "pgrouter_auth", "query": LOOKUP_QUERY},
         jwt=jwt_section(public_key_file=str(pem)))
+    return r, key
+
+
+def test_with_jwt_auto_provision_passwords_go_to_auth_query_and_jwts_to_jwt(aq_cluster,
+                                                                         aq_routers):
+    from harness.jwt_tokens import claims
+    r, key = start_with_jwt_auto_provision(aq_cluster, aq_routers)
     name, pw = aq_cluster.make_role("scram")
     with connect(r.dsn(user=name, password=pw)) as c:
         assert c.execute("SELECT session_user::text").fetchone() == (name,)
@@ -558,18 +566,9 @@ def test_a_password_saslprep_rewrites(aq_cluster, aq_routers):
     [jwt] with auto_provision takes passwords so (the router hashes it with
     the stored secret's salt to check it, and logs in to the server with
     the keys it derives)."""
-    from harness.jwt_setup import authenticator_user, ensure_roles, jwt_section
-    from harness.jwt_tokens import SigningKey
     name, pw = aq_cluster.make_role("scram", password=SASLPREP_PASSWORD)
     assert who_am_i(start(aq_routers), name, pw) == (name, name)
-    ensure_roles(aq_cluster)
-    key = SigningKey("rsa")
-    pem = aq_routers.base_dir / "jwt.pem"
-    key.write_public_pem(pem)
-    r = aq_routers.start(
-        general=admin_general(), users=[app_user(), lookup_user_entry(), authenticator_user()],
-        auth_query={"user": "pgrouter_auth", "query": LOOKUP_QUERY},
-        jwt=jwt_section(public_key_file=str(pem)))
+    r, _ = start_with_jwt_auto_provision(aq_cluster, aq_routers)
     for password in (pw, SASLPREP_PREPARED):
         with connect(r.dsn(user=name, password=password)) as c:
             assert c.execute("SELECT session_user::text").fetchone() == (name,)
