@@ -95,6 +95,61 @@ def test_many_clients_over_a_small_split_pool(routers, primary):
     assert max(peak, default=0) <= 3, peak
 
 
+def test_a_waiter_borrows_room_that_turns_spare_while_it_waits(routers, primary):
+    """Pool 2 over 2 workers. c1 and c3 share a worker, c2 has the other.
+    c1 holds its part's lease; c2 has just given its connection back, so
+    the other part has room, but a connection used a moment ago is not
+    spare yet. c3 must still be served once it is (10 ms idle) or once it
+    has waited 50 ms: nothing else happens in the pool that could wake its
+    wait, so without a timed look it would wait out its 4 s and fail."""
+    router = routers.start(general=admin_general(**TWO_WORKERS), users=[app_user(pool_size=2)])
+    c1, c2, c3 = (connect(router.dsn(), autocommit=False) for _ in range(3))
+    try:
+        c1.execute("SELECT 1")  # holds its worker's lease
+        for attempt in range(5):
+            assert c2.execute("SELECT 2").fetchone() == (2,)
+            c2.commit()
+            with Timer() as t:
+                assert c3.execute("SELECT 3").fetchone() == (3,)
+            c3.rollback()
+            assert t.elapsed < 1.0, (attempt, t.elapsed)
+        assert len(primary.pool_backends(user=APP_USER, db=APP_DB)) == 2
+    finally:
+        for c in (c1, c2, c3):
+            c.rollback()
+            c.close()
+
+
+def test_a_waiter_is_woken_by_room_made_in_another_part(routers, primary):
+    """Pool 2 over 2 workers: c1 and c3 share a worker, c2 has the other.
+    Both leases are held when c3 starts waiting, so no rule of time can
+    serve it; c2's commit makes room in the other part, and that must wake
+    c3's wait at once rather than leave it to its 4 s timeout."""
+    router = routers.start(general=admin_general(**TWO_WORKERS), users=[app_user(pool_size=2)])
+    c1, c2, c3 = (connect(router.dsn(), autocommit=False) for _ in range(3))
+    try:
+        c1.execute("SELECT 1")
+        c2.execute("SELECT 2")
+        result = {}
+
+        def c3_query():
+            result["row"] = c3.execute("SELECT 3").fetchone()
+            result["at"] = time.monotonic()
+        th = in_thread(c3_query)
+        wait_until(lambda: int(pools(router)[0]["cl_waiting"]) == 1, 5, what="c3 to wait")
+        time.sleep(0.2)  # past the 50 ms after which any room is lent
+        assert "row" not in result
+        made_room = time.monotonic()
+        c2.commit()
+        th.join(3)
+        assert result.get("row") == (3,), result
+        assert result["at"] - made_room < 1.0, result["at"] - made_room
+    finally:
+        for c in (c1, c2, c3):
+            c.rollback()
+            c.close()
+
+
 # Shorter than the 50 ms after which any room is lent: only lending at once
 # can serve a client in time.
 IMPATIENT = {"workers": 2, "checkout_timeout_ms": 25}
