@@ -31,12 +31,12 @@ from harness.jit_api import JitApi
 from harness.jwt_setup import AUTHENTICATOR, authenticator_user, ensure_roles, jwt_section
 from harness.jwt_tokens import SigningKey, b64url, b64url_json, claims
 from harness.login_checks import LOOKUP_QUERY, LoginChecksCluster, lookup_user_entry
-from harness.ops import admin_general, admin_rows, scrape
+from harness.ops import admin_general, admin_rows, full_log, pools, scrape
 from harness.pam import PamService
 from harness.netns import netns  # noqa: F401  (pytest fixture)
 from harness.pg import APP_DB
 from harness.router import RouterFactory, app_user
-from harness.util import SASLPREP_PASSWORD, SASLPREP_PREPARED
+from harness.util import SASLPREP_PASSWORD, SASLPREP_PREPARED, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -79,11 +79,12 @@ def socket_db(cluster) -> list[dict]:
              "database_name": APP_DB, "role": "primary"}]
 
 
-def start(routers, cluster, api_url: str, jit: dict | None = None, users=None, **sections):
+def start(routers, cluster, api_url: str, jit: dict | None = None, users=None,
+          general: dict | None = None, **sections):
     section = {"api_url": api_url, "timeout_ms": 2000, "token_prefixes": ["sbp_"]}
     section.update(jit or {})
     return routers.start(
-        general=admin_general(metrics=True),
+        general=admin_general(metrics=True, **(general or {})),
         users=users if users is not None else [app_user(), lookup_user_entry()],
         databases=socket_db(cluster), jit=section,
         auth_query={"user": "pgrouter_auth", "query": LOOKUP_QUERY}, **sections)
@@ -149,6 +150,27 @@ def test_tokens_are_checked_at_every_login(jit_cluster, api, jit_routers):
     for _ in range(3):
         assert session_user(r, role, tok) == role
     assert len(router_calls(api, tok)) == 3
+
+
+def test_an_unused_jit_users_pools_are_dropped_and_made_again_at_its_next_login(
+        jit_cluster, api, jit_routers):
+    """The pools a token login made for its role go once no client is on
+    them and server_idle_timeout_ms has passed since their last use: they
+    leave SHOW POOLS and the metrics. The role's next login makes new ones
+    (and the API is asked again, as at every login)."""
+    r = start(jit_routers, jit_cluster, api.url, general={"server_idle_timeout_ms": 500})
+    role, tok = jit_role(jit_cluster), token()
+    api.grant(tok, role)
+    for _round in range(2):
+        with connect(r.dsn(user=role, password=tok)) as c:
+            assert c.execute("SELECT session_user::text").fetchone() == (role,)
+            assert pools(r, user=role), "listed in SHOW POOLS while used"
+        wait_until(lambda: not pools(r, user=role), timeout=10,
+                   what="the unused pools to be dropped")
+        assert [s for s in scrape(r).samples if s.labels.get("user") == role] == []
+    assert session_user(r, role, tok) == role
+    assert len(router_calls(api, tok)) == 3
+    assert "dropped the unused pools of a learnt user" in full_log(r)
 
 
 # ---------------------------------------------------------------- refused --
