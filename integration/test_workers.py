@@ -11,6 +11,7 @@ part.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -21,6 +22,20 @@ from harness.router import app_user
 from harness.util import wait_until
 
 TWO_WORKERS = {"workers": 2, "checkout_timeout_ms": 4000}
+
+
+@contextmanager
+def three_clients(router):
+    """Three clients in transactions of their own. Each new client goes to
+    the worker with fewer clients, in turn on a tie: c1 and c3 share a
+    worker, c2 has the other."""
+    clients = [connect(router.dsn(), autocommit=False) for _ in range(3)]
+    try:
+        yield clients
+    finally:
+        for c in clients:
+            c.rollback()
+            c.close()
 
 
 def thread_names(pid: int) -> list[str]:
@@ -41,8 +56,7 @@ def test_split_pool_lends_and_hands_over_between_workers(routers, primary):
     worker with fewer clients, in turn on a tie, so c1 and c3 share a worker
     and c2 has the other one."""
     router = routers.start(general=admin_general(**TWO_WORKERS), users=[app_user(pool_size=2)])
-    c1, c2, c3 = (connect(router.dsn(), autocommit=False) for _ in range(3))
-    try:
+    with three_clients(router) as (c1, c2, c3):
         c1.execute("SELECT 1")  # holds its worker's lease
         # c3's part is full: it borrows the other part's unopened lease
         # (without lending it would wait and time out after 4 s).
@@ -65,10 +79,6 @@ def test_split_pool_lends_and_hands_over_between_workers(routers, primary):
         th.join(3)
         assert result.get("row") == (2,), f"c2 was not served from the other part ({result})"
         assert len(primary.pool_backends(user=APP_USER, db=APP_DB)) == 2
-    finally:
-        for c in (c1, c2, c3):
-            c.rollback()
-            c.close()
 
 
 def test_many_clients_over_a_small_split_pool(routers, primary):
@@ -103,8 +113,7 @@ def test_a_waiter_borrows_room_that_turns_spare_while_it_waits(routers, primary)
     has waited 50 ms: nothing else happens in the pool that could wake its
     wait, so without a timed look it would wait out its 4 s and fail."""
     router = routers.start(general=admin_general(**TWO_WORKERS), users=[app_user(pool_size=2)])
-    c1, c2, c3 = (connect(router.dsn(), autocommit=False) for _ in range(3))
-    try:
+    with three_clients(router) as (c1, c2, c3):
         c1.execute("SELECT 1")  # holds its worker's lease
         for attempt in range(5):
             assert c2.execute("SELECT 2").fetchone() == (2,)
@@ -114,10 +123,6 @@ def test_a_waiter_borrows_room_that_turns_spare_while_it_waits(routers, primary)
             c3.rollback()
             assert t.elapsed < 1.0, (attempt, t.elapsed)
         assert len(primary.pool_backends(user=APP_USER, db=APP_DB)) == 2
-    finally:
-        for c in (c1, c2, c3):
-            c.rollback()
-            c.close()
 
 
 def test_a_waiter_is_woken_by_room_made_in_another_part(routers, primary):
@@ -126,8 +131,7 @@ def test_a_waiter_is_woken_by_room_made_in_another_part(routers, primary):
     serve it; c2's commit makes room in the other part, and that must wake
     c3's wait at once rather than leave it to its 4 s timeout."""
     router = routers.start(general=admin_general(**TWO_WORKERS), users=[app_user(pool_size=2)])
-    c1, c2, c3 = (connect(router.dsn(), autocommit=False) for _ in range(3))
-    try:
+    with three_clients(router) as (c1, c2, c3):
         c1.execute("SELECT 1")
         c2.execute("SELECT 2")
         result = {}
@@ -144,10 +148,6 @@ def test_a_waiter_is_woken_by_room_made_in_another_part(routers, primary):
         th.join(3)
         assert result.get("row") == (3,), result
         assert result["at"] - made_room < 1.0, result["at"] - made_room
-    finally:
-        for c in (c1, c2, c3):
-            c.rollback()
-            c.close()
 
 
 # Shorter than the 50 ms after which any room is lent: only lending at once
@@ -161,8 +161,7 @@ def test_spare_room_is_lent_at_once(routers, primary):
     never opened, and when its connection has been idle for 10 ms: c3
     borrows it at once both times, instead of timing out."""
     router = routers.start(general=admin_general(**IMPATIENT), users=[app_user(pool_size=2)])
-    c1, c2, c3 = (connect(router.dsn(), autocommit=False) for _ in range(3))
-    try:
+    with three_clients(router) as (c1, c2, c3):
         c1.execute("SELECT 1")  # holds its worker's lease
         # The other part never opened its room.
         assert c3.execute("SELECT inet_server_port()").fetchone()[0] is not None
@@ -176,10 +175,6 @@ def test_spare_room_is_lent_at_once(routers, primary):
         # The lent lease went back to its own part: c2 still gets it.
         assert c2.execute("SELECT 2").fetchone() == (2,)
         assert len(primary.pool_backends(user=APP_USER, db=APP_DB)) == 2
-    finally:
-        for c in (c1, c2, c3):
-            c.rollback()
-            c.close()
 
 
 
