@@ -249,8 +249,15 @@ impl Session {
     /// server for it would stall clients that prepare inside their
     /// transactions while every server is busy (pgbench -M prepared).
     /// Statements pg_query cannot parse still go to a server, so PostgreSQL
-    /// reports their errors where the client expects them.
+    /// reports their errors where the client expects them. On a sharded
+    /// database every such Parse goes to a shard (shard 0, or the session's
+    /// shard), so that what PostgreSQL's analysis rejects (a missing table
+    /// or column) answers the Parse, as PostgreSQL answers it, and not the
+    /// Bind after it (SPEC §5: PostgreSQL's error, at PostgreSQL's step).
     pub(super) fn try_prepare_locally(&mut self) -> Result<bool, SessionEnd> {
+        if self.shard_map.is_some() {
+            return Ok(false);
+        }
         let mut at = 0;
         let mut parses = Vec::new();
         loop {

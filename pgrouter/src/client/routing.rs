@@ -347,41 +347,35 @@ struct KeyedShard {
 }
 
 impl KeyedShard {
+    /// Adds the plan of the batch's next statement. A statement needing
+    /// several shards among others makes the batch a pipeline all the
+    /// same: that statement fails at its Bind (0A000, `shards/pipeline.rs`)
+    /// after the answers to the statements before it — unless PostgreSQL
+    /// rejects one of the batch's Parses first, whose error then comes in
+    /// its turn, as from one PostgreSQL.
     fn add(&mut self, planned: Result<Option<ShardChoice>, Refusal>) -> Result<(), Refusal> {
         let Some(next) = planned? else { return Ok(()) };
         let Some(first) = self.choice.take() else {
             self.choice = Some(next);
             return Ok(());
         };
-        let pipeline = |c: &ShardChoice| {
-            c.many
-                .as_ref()
-                .is_some_and(|m| m.kind == crate::router::ManyKind::Pipeline)
-        };
-        let several = |c: &ShardChoice| c.many.is_some() && !pipeline(c);
-        if several(&first) || several(&next) {
-            return Err(Refusal {
-                sqlstate: "0A000",
-                message: format!(
-                    "pgrouter: a statement of this batch (up to its Sync) needs several shards ({}); such a \
-                     statement must be alone in its batch; HINT: Sync after each statement",
-                    if several(&first) { &first.reason } else { &next.reason }
-                ),
-            });
-        }
-        if first.shard == next.shard && !pipeline(&first) {
+        if first.shard == next.shard && first.many.is_none() && next.many.is_none() {
             self.choice = Some(first);
             return Ok(());
         }
         // Statements of one batch on different shards: a pipeline.
-        let mut shards: Vec<usize> = first
-            .many
-            .as_ref()
-            .map_or_else(|| vec![first.shard], |m| m.shards.clone());
-        if !shards.contains(&next.shard) {
-            shards.push(next.shard);
-            shards.sort_unstable();
+        let shards_of = |c: &ShardChoice| {
+            c.many
+                .as_ref()
+                .map_or_else(|| vec![c.shard], |m| m.shards.clone())
+        };
+        let mut shards = shards_of(&first);
+        for s in shards_of(&next) {
+            if !shards.contains(&s) {
+                shards.push(s);
+            }
         }
+        shards.sort_unstable();
         self.choice = Some(ShardChoice {
             shard: shards[0],
             reason: format!("a batch of statements on shards {shards:?}"),

@@ -29,9 +29,15 @@ struct Step {
     bind_rest: Bytes,
     describe: bool,
     execute: bool,
-    /// A Parse the router's parser refused (a syntax error): sent alone to
-    /// a leg, so the client gets PostgreSQL's own answer in its turn.
+    /// A client's Parse, checked on a leg as it comes (`Parse` of the
+    /// unnamed statement there): the client gets PostgreSQL's answer to it
+    /// in its turn — ParseComplete, or the error of a statement PostgreSQL
+    /// rejects (a missing table or column), never a ParseComplete of the
+    /// router's and the error at the Bind after it.
     parse_only: bool,
+    /// That Parse is one the router's parser refused (a syntax error): the
+    /// rest of the batch was not taken.
+    unparsed: bool,
 }
 
 /// What [`Session::take_pipeline`] found; the bool: the part ended with
@@ -42,12 +48,11 @@ enum Taken {
     Failed(ShardError, bool),
 }
 
-/// The client's messages in order: a Parse, a step (index into steps), or
-/// the router's error for a message it cannot run (a name that is not
+/// The client's messages in order: a step (index into steps; a Parse is a
+/// step of its own), or the router's error for a message it cannot run (a name that is not
 /// UTF-8, an unknown statement): the batch fails there, after the answers
 /// to the messages before it, as PostgreSQL's would.
 enum Message {
-    Parse,
     Step(usize),
     Fails(ShardError),
 }
@@ -252,10 +257,6 @@ impl Session {
         let mut failed: Option<ShardError> = None;
         'messages: for m in order {
             let step_no = match m {
-                Message::Parse => {
-                    backend::parse_complete(&mut self.to_client);
-                    continue;
-                }
                 Message::Fails(e) => {
                     failed = Some(e);
                     break 'messages;
@@ -265,10 +266,10 @@ impl Session {
             let step = &steps[step_no];
             let i = legs.iter().position(|l| l.shard == step.shard).unwrap_or(0);
             let q = &mut queues[i];
-            // A Parse checked alone: its ParseComplete (or error). Else
-            // BindComplete (the ParseComplete before it is the router's,
-            // sent at the client's Parse), then the description asked for,
-            // then rows and tag.
+            // A client's Parse: its ParseComplete (or error). Else
+            // BindComplete (the ParseComplete of the Parse sent with it is
+            // not the client's), then the description asked for, then rows
+            // and tag.
             let wanted = if step.parse_only {
                 1
             } else {
@@ -296,7 +297,7 @@ impl Session {
                     }
                 }
             }
-            if step.parse_only {
+            if step.unparsed {
                 // The rest of the batch was not taken: it must not pass
                 // as done.
                 failed = Some(ShardError::router(
@@ -371,26 +372,27 @@ impl Session {
             match tag {
                 b'P' => {
                     let p = parse_parse(body)?;
-                    if self.analyze(p.sql).parse_error.is_some() {
-                        // PostgreSQL's own error, from a leg (the rest of
-                        // the batch is skipped there).
-                        steps.push(Step {
-                            shard: self.session_routing().shard_override.unwrap_or(0) as usize,
-                            sql: p.sql.to_string(),
-                            types: p.param_types,
-                            bind_rest: Bytes::new(),
-                            describe: false,
-                            execute: false,
-                            parse_only: true,
-                        });
-                        order.push(Message::Step(steps.len() - 1));
+                    let unparsed = self.analyze(p.sql).parse_error.is_some();
+                    // PostgreSQL's answer, from a leg (after an error the
+                    // rest of the batch is skipped there).
+                    steps.push(Step {
+                        shard: self.session_routing().shard_override.unwrap_or(0) as usize,
+                        sql: p.sql.to_string(),
+                        types: p.param_types.clone(),
+                        bind_rest: Bytes::new(),
+                        describe: false,
+                        execute: false,
+                        parse_only: true,
+                        unparsed,
+                    });
+                    order.push(Message::Step(steps.len() - 1));
+                    if unparsed {
                         break;
                     }
                     if p.name.is_empty() {
-                        unnamed = Some((p.sql.to_string(), p.param_types.clone()));
+                        unnamed = Some((p.sql.to_string(), p.param_types));
                     }
                     self.note_parse(&batch[start..start + len])?;
-                    order.push(Message::Parse);
                 }
                 b'B' => {
                     let b = parse_bind_names(body)?;
@@ -429,6 +431,7 @@ impl Session {
                         describe: false,
                         execute: false,
                         parse_only: false,
+                        unparsed: false,
                     });
                     order.push(Message::Step(steps.len() - 1));
                 }
