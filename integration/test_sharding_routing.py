@@ -13,6 +13,7 @@ from __future__ import annotations
 import struct
 import uuid
 
+import asyncpg
 import psycopg
 import pytest
 
@@ -694,6 +695,51 @@ def test_explain_route_through_asyncpg_named_statements(srouter, shards):
     assert row[:2] == (0, "primary")
     assert one == [(0, "primary", f"127.0.0.1:{shards[0].port}", "no sharded table: shard 0")]
     assert cols == ["shard", "role", "server", "reason"]
+    assert plain == 0
+
+
+def test_explain_route_with_parameters_through_asyncpg(srouter, shards):
+    """asyncpg prepares `EXPLAIN (ROUTE) ... = $1` with Parse, Describe
+    statement and Flush, and encodes its arguments by the parameter types
+    it is told: the router asks a shard for them (a Parse of the explained
+    statement; nothing runs) and answers the route for the bound values —
+    it used to pass the statement on, and PostgreSQL answered 42601
+    (unrecognized EXPLAIN option "route"). A statement PostgreSQL rejects
+    fails at the prepare, with PostgreSQL's error."""
+    k, j = 9, 4
+    sk, sj = hash_shard(shards[0], "sh_hp_int8", 3, k), hash_shard(shards[0], "sh_hp_int8", 3, j)
+
+    async def go():
+        c = await aconnect(srouter)
+        try:
+            sql = "EXPLAIN (ROUTE) SELECT * FROM sh_orders WHERE customer_id = $1"
+            got = [tuple(r) for r in await c.fetch(sql, k)]
+            again = [tuple(r) for r in await c.fetch(sql, j)]  # the cached statement
+            stmt = await c.prepare("EXPLAIN (ROUTE) UPDATE sh_orders SET note = $2 WHERE customer_id = $1")
+            types = [t.name for t in stmt.get_parameters()]
+            upd = [tuple(r) for r in await stmt.fetch(k, "x")]
+            text = [tuple(r) for r in await c.fetch(
+                "EXPLAIN (ROUTE) SELECT * FROM sh_users WHERE name = $1", "a")]
+            every = [tuple(r) for r in await c.fetch(
+                "EXPLAIN (ROUTE) SELECT * FROM sh_orders WHERE note = $1", "x")]
+            with pytest.raises(asyncpg.PostgresError) as err:
+                await c.fetch("EXPLAIN (ROUTE) SELECT * FROM sh_no_such_table WHERE a = $1", 1)
+            missing = sqlstate(err.value)
+            with pytest.raises(asyncpg.PostgresError) as err:
+                await c.fetch("EXPLAIN (ROUTE) SELECT no_such_col FROM sh_orders WHERE customer_id = $1", 1)
+            no_col = sqlstate(err.value)
+            plain = await c.fetchval("SELECT count(*) FROM sh_orders WHERE customer_id = $1", k)
+            return got, again, types, upd, text, every, missing, no_col, plain
+        finally:
+            await c.close()
+    got, again, types, upd, text, every, missing, no_col, plain = run_async(go())
+    assert got == [(sk, "primary", f"127.0.0.1:{shards[sk].port}", f"sh_orders.customer_id = {k}")]
+    assert again == [(sj, "primary", f"127.0.0.1:{shards[sj].port}", f"sh_orders.customer_id = {j}")]
+    assert types == ["int8", "text"]
+    assert [r[:2] for r in upd] == [(sk, "primary")]
+    assert [r[3] for r in text] == ["sh_users.name = 'a'"], text
+    assert [r[0] for r in every] == [0, 1, 2]
+    assert (missing, no_col) == ("42P01", "42703")
     assert plain == 0
 
 

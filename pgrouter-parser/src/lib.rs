@@ -78,6 +78,14 @@ pub use analysis::{
     StatementInfo, StatementKind, TxEffect,
 };
 pub use analyze::analyze;
+
+/// The statement after a leading `EXPLAIN (ROUTE)` (blanks and comments
+/// around the words skipped), or `None` when the text does not start so:
+/// what the router asks PostgreSQL about when it answers such a statement
+/// prepared with parameters (their types).
+pub fn explained_statement(sql: &str) -> Option<&str> {
+    explain_route::explained(sql)
+}
 pub use cache::{AnalysisCache, Lookup};
 pub use normalize::normalize_key;
 pub use session_state::{is_temp_schema, mentions_temp_schema, SessionState, SessionStateChange};

@@ -5,8 +5,12 @@
 //! remembers the name until it is parsed again or the client's statements
 //! are discarded. A statement with parameters (`$n`) is answered when its
 //! Parse comes alone (psycopg prepares with Parse and Sync): the route is
-//! planned from each Bind's values. Described first (asyncpg), it would
-//! need the parameters' types, which only a server infers: not answered.
+//! planned from each Bind's values. Described first (asyncpg, which then
+//! encodes its arguments by their types), it needs the parameters' types,
+//! which only PostgreSQL infers: one shard is asked, with a Parse of the
+//! explained statement (`shards/parse_check.rs`, nothing runs), and the
+//! batch is answered with them — or with PostgreSQL's error for a statement
+//! it rejects, in answer to the Parse.
 
 use bytes::{Buf, BytesMut};
 
@@ -38,6 +42,8 @@ impl Session {
         let mut answer = BytesMut::new();
         backend::parse_complete(&mut answer);
         let mut at = frame.total_len;
+        let mut declared = types.clone();
+        let mut rejected = None;
         let synced = loop {
             let Some(f) = next_frame(self.cbuf.get(at..).unwrap_or(&[]), self.max_message)? else {
                 return Ok(false); // wait for the rest of the batch
@@ -45,13 +51,34 @@ impl Session {
             let body = f.body(&self.cbuf[at..]);
             at += f.total_len;
             match f.tag {
-                b'D' if !params
-                    && body.first() == Some(&b'S')
+                b'D' if body.first() == Some(&b'S')
                     && body[1..].strip_suffix(&[0]) == Some(name.as_bytes()) =>
                 {
-                    backend::put_message(&mut answer, b't', |b| {
-                        b.extend_from_slice(&0u16.to_be_bytes())
-                    });
+                    let inferred = if params {
+                        match self.explain_params.as_ref() {
+                            Some(l) if l.sql == sql && l.declared == types => l.answer.clone(),
+                            _ => {
+                                // Asked of a shard (an await), then again.
+                                self.explain_wants_params = Some((sql, types));
+                                return Ok(false);
+                            }
+                        }
+                    } else {
+                        Ok(Vec::new())
+                    };
+                    match inferred {
+                        Ok(oids) => {
+                            super::shards::parse_check::put_parameter_description(
+                                &mut answer,
+                                &oids,
+                            );
+                            declared = oids.iter().map(|&t| t as i32).collect();
+                        }
+                        Err(error) => {
+                            rejected = Some(error);
+                            continue;
+                        }
+                    }
                     self.explain_route_description(&mut answer, &[]);
                 }
                 b'H' => break false,
@@ -59,12 +86,44 @@ impl Session {
                 _ => return Ok(false),
             }
         };
+        if let Some(error) = rejected {
+            return self.explain_route_rejected(name, error, at, synced);
+        }
         if synced {
             backend::ready_for_query(&mut answer, self.idle_status());
         }
         self.statements.remove(&name);
-        self.local_explains.insert(name, (sql, types));
+        // The types PostgreSQL inferred read the Bind's binary values.
+        self.local_explains.insert(name, (sql, declared));
         self.to_client.extend_from_slice(&answer);
+        self.cbuf.advance(at);
+        Ok(true)
+    }
+
+    /// The explained statement is one PostgreSQL rejects: its error answers
+    /// the Parse, as PostgreSQL's would, and the batch (up to `at`, its
+    /// Flush or Sync) is skipped up to its Sync; the name is not kept.
+    fn explain_route_rejected(
+        &mut self,
+        name: String,
+        error: bytes::Bytes,
+        at: usize,
+        synced: bool,
+    ) -> Result<bool, SessionEnd> {
+        self.statements.remove(&name);
+        self.local_explains.remove(&name);
+        self.state.metrics.record_error(
+            &crate::protocol::backend::parse_error_fields(error.get(5..).unwrap_or(&[]))
+                .map(|f| f.code)
+                .unwrap_or_default(),
+        );
+        self.to_client.extend_from_slice(&error);
+        if synced {
+            let status = self.idle_status();
+            backend::ready_for_query(&mut self.to_client, status);
+        } else {
+            self.flow.batch_failed();
+        }
         self.cbuf.advance(at);
         Ok(true)
     }

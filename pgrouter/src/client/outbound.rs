@@ -343,6 +343,13 @@ impl Session {
                     continue;
                 }
             }
+            if self.explain_wants_params.is_some() {
+                cold_path();
+                self.learn_explain_params().await;
+                if self.try_answer_locally(frame.total_len)? {
+                    continue;
+                }
+            }
             if self.server.is_none() {
                 if self.try_prepare_locally()? {
                     continue;

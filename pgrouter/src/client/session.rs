@@ -155,6 +155,12 @@ pub struct Session {
     /// sharded table whose columns are not known yet: learnt, then the
     /// EXPLAIN is answered (see `learn_columns_for_explain`).
     pub(super) explain_wants_columns: Option<Arc<Analysis>>,
+    /// An `EXPLAIN (ROUTE)` with `$n` prepared and described (asyncpg):
+    /// its text and declared types, whose parameter types one shard is
+    /// asked for, then it is answered (`explain_route_prepared.rs`).
+    pub(super) explain_wants_params: Option<(String, Vec<i32>)>,
+    /// What PostgreSQL said of the last such statement.
+    pub(super) explain_params: Option<super::shards::parse_check::LearntParams>,
     /// Analysis of the statement bound by the last Bind, for SET tracking at Execute.
     pub(super) last_bound: Option<Arc<Analysis>>,
 
@@ -273,6 +279,8 @@ impl Session {
             unnamed_parse: BytesMut::new(),
             unnamed_portal_suspended_on_shards: false,
             explain_wants_columns: None,
+            explain_wants_params: None,
+            explain_params: None,
             unnamed_here: false,
             last_bound: None,
             replay: None,

@@ -17,6 +17,7 @@ mod deferred_begin;
 pub(in crate::client) mod held;
 mod insert_split;
 mod legs;
+pub(in crate::client) mod parse_check;
 mod pipeline;
 mod read;
 mod returning_order;

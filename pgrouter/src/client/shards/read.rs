@@ -34,7 +34,16 @@ impl Session {
         role: Role,
         shards: &[usize],
     ) -> Result<(), ShardError> {
-        let plan = read_plan(unit)?;
+        let plan = match read_plan(unit) {
+            Ok(plan) => plan,
+            Err(refusal) => {
+                // PostgreSQL's own error first, when it has one.
+                let mut legs = self.take_legs(&shards[..1.min(shards.len())], role).await?;
+                let result = postgres_error_first(unit, refusal, &mut legs).await;
+                self.give_back(legs);
+                return result;
+            }
+        };
         let mut legs = self.take_legs(shards, role).await?;
         self.cancel.slot.set_many(cancel_targets(&legs));
         let result = self.read_with_legs_planned(unit, plan, &mut legs).await;
@@ -49,7 +58,10 @@ impl Session {
         unit: &Unit,
         legs: &mut [Leg],
     ) -> Result<(), ShardError> {
-        let plan = read_plan(unit)?;
+        let plan = match read_plan(unit) {
+            Ok(plan) => plan,
+            Err(refusal) => return postgres_error_first(unit, refusal, legs).await,
+        };
         self.read_with_legs_planned(unit, plan, legs).await
     }
 
@@ -496,6 +508,30 @@ fn read_plan(unit: &Unit) -> Result<ReadPlan, ShardError> {
         ));
     }
     plan_read(&unit.sql).map_err(|u| ShardError::router("0A000", format!("pgrouter: {}", u.0)))
+}
+
+/// A read the merge planner refused: when PostgreSQL rejects the
+/// statement anyway (`SELECT DISTINCT a ... ORDER BY b` is 42P10, an
+/// aggregate in WHERE 42803), the client gets PostgreSQL's error, as from
+/// one server holding all rows — asked of the first leg with a Parse
+/// (`parse_check.rs`: analysis only, nothing runs). Else the router's
+/// refusal stands.
+async fn postgres_error_first(
+    unit: &Unit,
+    refusal: ShardError,
+    legs: &mut [Leg],
+) -> Result<(), ShardError> {
+    let (Some(leg), [_]) = (legs.first_mut(), unit.analysis.statements.as_slice()) else {
+        return Err(refusal);
+    };
+    let types = unit
+        .extended
+        .as_ref()
+        .map_or(&[][..], |e| &e.param_types[..]);
+    match super::parse_check::parse_on_leg(leg, &unit.sql, types).await {
+        Err(e @ ShardError::Server(_)) => Err(e),
+        _ => Err(refusal),
+    }
 }
 
 /// The plan again when a GROUP BY name may be an input column as well as
