@@ -188,7 +188,7 @@ def test_a_parse_postgresql_accepts_still_answers_as_before(srouter, shards):
     assert answers(srouter.port, batches) == answers(shards[1].port, batches)
 
 
-# Reads the merge planner refuses on several shards that PostgreSQL rejects
+# Statements the router refuses on several shards that PostgreSQL rejects
 # anyway: PostgreSQL's error, not the router's 0A000.
 REJECTED_BY_ANALYSIS = [
     ("SELECT DISTINCT customer_id FROM pe_orders ORDER BY id", "42P10"),
@@ -197,13 +197,21 @@ REJECTED_BY_ANALYSIS = [
     ("SELECT * FROM pe_orders WHERE count(*) > 1", "42803"),
     ("SELECT * FROM pe_orders WHERE row_number() OVER () > 1", "42P20"),
     ("SELECT DISTINCT ON (id) customer_id FROM pe_orders ORDER BY customer_id", "42P10"),
+    # Refused by the shard planner (a join not on the keys, a key moving
+    # shards, INSERT ... SELECT and a subquery across shards, FOR UPDATE).
+    ("SELECT * FROM pe_orders a JOIN pe_orders b ON a.id = b.no_col", "42703"),
+    ("SELECT * FROM pe_orders FOR UPDATE OF nosuch", "42P01"),
+    ("UPDATE pe_orders SET customer_id = no_col", "42703"),
+    ("INSERT INTO pe_orders SELECT * FROM pe_orders WHERE no_col = 1", "42703"),
+    ("SELECT * FROM pe_orders WHERE customer_id = (SELECT max(no_col) FROM pe_orders)", "42703"),
 ]
 
 
 @pytest.mark.parametrize("sql,code", REJECTED_BY_ANALYSIS)
-def test_reads_postgresql_rejects_get_postgresqls_error(srouter, shards, sql, code):
-    """psycopg (simple and extended protocol, inside a transaction too) and
-    asyncpg get PostgreSQL's SQLSTATE and message, as from one server."""
+def test_statements_postgresql_rejects_get_postgresqls_error(srouter, shards, sql, code):
+    """psycopg (simple and extended protocol, as the first statement of a
+    transaction too) and asyncpg get PostgreSQL's SQLSTATE and message, as
+    from one server."""
     def errors(dsn):
         got = []
         with connect(dsn) as conn:
@@ -233,3 +241,23 @@ def test_reads_postgresql_rejects_get_postgresqls_error(srouter, shards, sql, co
         finally:
             await c.close()
     assert run_async(go()) == (code, 12)
+
+
+def test_a_refusal_postgresql_would_not_give_stands(srouter, shards):
+    """What PostgreSQL accepts keeps the router's 0A000 (the statement
+    cannot be answered exactly), in and out of a transaction block; the
+    check ran nothing (no row moved)."""
+    with connect(srouter.dsn()) as conn:
+        for sql in ["SELECT DISTINCT ON (customer_id) customer_id, id FROM pe_orders ORDER BY customer_id",
+                    "UPDATE pe_orders SET customer_id = customer_id + 1",
+                    "SELECT * FROM pe_orders a JOIN pe_orders b ON a.id = b.id"]:
+            with pytest.raises(psycopg.Error) as err:
+                conn.execute(sql)
+            assert sqlstate(err.value) == "0A000", sql
+        with conn.transaction():
+            conn.execute("SELECT count(*) FROM pe_orders")
+            with pytest.raises(psycopg.Error) as err:
+                conn.execute("UPDATE pe_orders SET customer_id = customer_id + 1")
+            assert sqlstate(err.value) == "0A000"
+            raise psycopg.Rollback()
+        assert conn.execute("SELECT sum(customer_id) FROM pe_orders").fetchone()[0] == sum(range(1, 13))

@@ -159,6 +159,11 @@ pub struct Session {
     /// its text and declared types, whose parameter types one shard is
     /// asked for, then it is answered (`explain_route_prepared.rs`).
     pub(super) explain_wants_params: Option<(String, Vec<i32>)>,
+    /// A refusal checked with PostgreSQL (`shards/refusal_check.rs`) just
+    /// before a deferred BEGIN was sent, by the statement's offset in the
+    /// client's stream: the same statement, refused again inside the
+    /// transaction it began, gets the same answer.
+    pub(super) refusal_checked: Option<(u64, crate::router::Refusal)>,
     /// What PostgreSQL said of the last such statement.
     pub(super) explain_params: Option<super::shards::parse_check::LearntParams>,
     /// Analysis of the statement bound by the last Bind, for SET tracking at Execute.
@@ -281,6 +286,7 @@ impl Session {
             explain_wants_columns: None,
             explain_wants_params: None,
             explain_params: None,
+            refusal_checked: None,
             unnamed_here: false,
             last_bound: None,
             replay: None,

@@ -42,13 +42,20 @@ impl Session {
         tag: u8,
     ) -> Option<Result<Routed, Refusal>> {
         let routed = self.route_arrived_batch(tag);
-        match &routed {
-            Some(Err(r)) if r.message.contains(router::COLUMNS_UNKNOWN) => {}
-            _ => return routed,
+        let routed = match routed {
+            Some(Err(r)) if r.message.contains(router::COLUMNS_UNKNOWN) => {
+                let analyses = self.batch_analyses();
+                self.learn_columns_for(&analyses).await;
+                self.route_arrived_batch(tag)
+            }
+            routed => routed,
+        };
+        match routed {
+            // PostgreSQL's own error, when it rejects the statement anyway
+            // (`refusal_check.rs`).
+            Some(Err(r)) => Some(Err(self.prefer_postgres_error(r).await)),
+            routed => routed,
         }
-        let analyses = self.batch_analyses();
-        self.learn_columns_for(&analyses).await;
-        self.route_arrived_batch(tag)
     }
 
     /// The analyses of the statements of the batch at the front of the

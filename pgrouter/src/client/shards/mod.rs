@@ -20,6 +20,7 @@ mod legs;
 pub(in crate::client) mod parse_check;
 mod pipeline;
 mod read;
+mod refusal_check;
 mod returning_order;
 mod tx_legs;
 mod unit;
