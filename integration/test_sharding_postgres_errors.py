@@ -133,6 +133,9 @@ def test_a_rejected_parse_fails_at_the_parse_in_every_batch_shape(srouter, shard
         statement(sql, "s_bad3") + wire.sync_message(),
         statement(sql) + wire.sync_message(),
         statement(good, "", ["1"]) + statement(sql) + statement(good, "", ["2"]) + wire.sync_message(),
+        # Named in a pipeline: PostgreSQL keeps no statement whose Parse failed.
+        statement(good, "", ["1"]) + statement(sql, "s_pipe") + statement(good, "", ["2"]) + wire.sync_message(),
+        wire.bind_message([], statement="s_pipe") + wire.execute_message() + wire.sync_message(),
         statement(good, "", ["3"]) + wire.sync_message(),
     ]
     direct, routed = answers(shards[1].port, batches), answers(srouter.port, batches)

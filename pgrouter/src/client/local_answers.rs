@@ -250,14 +250,12 @@ impl Session {
     /// transactions while every server is busy (pgbench -M prepared).
     /// Statements pg_query cannot parse still go to a server, so PostgreSQL
     /// reports their errors where the client expects them. On a sharded
-    /// database every such Parse goes to a shard (shard 0, or the session's
-    /// shard), so that what PostgreSQL's analysis rejects (a missing table
-    /// or column) answers the Parse, as PostgreSQL answers it, and not the
-    /// Bind after it (SPEC §5: PostgreSQL's error, at PostgreSQL's step).
-    pub(super) fn try_prepare_locally(&mut self) -> Result<bool, SessionEnd> {
-        if self.shard_map.is_some() {
-            return Ok(false);
-        }
+    /// database each statement is first Parsed on a shard's connection
+    /// taken only for that (`shards/parse_check.rs`), so that what
+    /// PostgreSQL's analysis rejects (a missing table or column) answers the
+    /// Parse, as PostgreSQL answers it, and not the Bind after it (SPEC §5):
+    /// such a batch goes to a server the usual way.
+    pub(super) async fn try_prepare_locally(&mut self) -> Result<bool, SessionEnd> {
         let mut at = 0;
         let mut parses = Vec::new();
         loop {
@@ -292,6 +290,13 @@ impl Session {
                 b'S' if !parses.is_empty() => break,
                 _ => return Ok(false),
             }
+        }
+        let checks: Vec<(&str, &[i32])> = parses
+            .iter()
+            .map(|(_, sql, types, _)| (sql.as_str(), types.as_slice()))
+            .collect();
+        if !self.postgres_accepts(&checks).await {
+            return Ok(false);
         }
         for (name, sql, types, analysis) in parses {
             let stmt = self.state.statements.intern(&sql, &types, analysis);

@@ -351,7 +351,7 @@ impl Session {
                 }
             }
             if self.server.is_none() {
-                if self.try_prepare_locally()? {
+                if self.try_prepare_locally().await? {
                     continue;
                 }
                 self.refresh_runtime()?;

@@ -84,6 +84,43 @@ pub(in crate::client) async fn parse_on_leg(
 }
 
 impl Session {
+    /// Whether PostgreSQL accepts the Parse of each statement (text,
+    /// declared types), asked on a connection of the session's shard (else
+    /// shard 0) taken for that only: the router answers a client's
+    /// `PQprepare` itself on a sharded database only then. Not asked
+    /// (true) on an unsharded database, or with legs of a transaction
+    /// held (waiting for another connection then could stall clients that
+    /// wait for these); true too when no connection comes (the Bind
+    /// reports what PostgreSQL says, as before).
+    pub(in crate::client) async fn postgres_accepts(
+        &mut self,
+        statements: &[(&str, &[i32])],
+    ) -> bool {
+        if self.shard_map.is_none() || self.tx_legs.is_some() || self.server.is_some() {
+            return true;
+        }
+        let shard = self.session_routing().shard_override.unwrap_or(0) as usize;
+        let role = if self.policy.read_only {
+            Role::Replica
+        } else {
+            Role::Primary
+        };
+        let Ok(mut legs) = self.take_legs(&[shard], role).await else {
+            return true;
+        };
+        let mut accepted = true;
+        if let Some(leg) = legs.first_mut() {
+            for (sql, types) in statements {
+                if let Err(ShardError::Server(_)) = parse_on_leg(leg, sql, types).await {
+                    accepted = false;
+                    break;
+                }
+            }
+        }
+        self.give_back(legs);
+        accepted
+    }
+
     /// Asks one shard (the session's, else shard 0) for the parameter
     /// types of the statement an `EXPLAIN (ROUTE)` prepared with `$n`
     /// explains (see [`Session::explain_wants_params`]): only PostgreSQL

@@ -38,6 +38,10 @@ struct Step {
     /// That Parse is one the router's parser refused (a syntax error): the
     /// rest of the batch was not taken.
     unparsed: bool,
+    /// The statement name of that Parse (empty: the unnamed statement, or
+    /// a Bind's step): forgotten again when PostgreSQL rejects it, as
+    /// PostgreSQL keeps no statement whose Parse failed.
+    name: String,
 }
 
 /// What [`Session::take_pipeline`] found; the bool: the part ended with
@@ -282,6 +286,9 @@ impl Session {
                 };
                 match tag {
                     b'E' => {
+                        if !step.name.is_empty() {
+                            self.statements.remove(&step.name);
+                        }
                         failed = Some(ShardError::Server(body));
                         break 'messages;
                     }
@@ -384,6 +391,7 @@ impl Session {
                         execute: false,
                         parse_only: true,
                         unparsed,
+                        name: p.name.to_string(),
                     });
                     order.push(Message::Step(steps.len() - 1));
                     if unparsed {
@@ -432,6 +440,7 @@ impl Session {
                         execute: false,
                         parse_only: false,
                         unparsed: false,
+                        name: String::new(),
                     });
                     order.push(Message::Step(steps.len() - 1));
                 }
