@@ -13,6 +13,7 @@ pub mod fanout;
 pub mod metrics;
 pub mod net;
 pub mod ops;
+pub mod parse_verdicts;
 pub mod paused;
 pub mod pool;
 pub mod preflight;

@@ -63,6 +63,8 @@ async fn try_reload(state: &Arc<State>) -> Result<String, String> {
         && !jit_ca_present(&new)
     {
         *state.general_lines.lock() = new.general_lines.clone();
+        // Statements are asked about again (the schema may have changed).
+        old.parse_verdicts.clear();
         return Ok("no changes".into());
     }
     let jwt = match (&new.jwt, changes.jwt_changed) {
@@ -132,6 +134,7 @@ async fn try_reload(state: &Arc<State>) -> Result<String, String> {
         jwt,
         jit,
         cache,
+        parse_verdicts: Default::default(),
         generation: 0,
     };
     let findings = crate::preflight::run(&candidate).await;

@@ -31,6 +31,9 @@ pub struct Runtime {
     pub jit: Option<Arc<crate::auth::jit::JitClient>>,
     /// Every statement's analysis, by text, shared by all clients.
     pub cache: Arc<AnalysisCache>,
+    /// Statements a shard accepted at their Parse (sharded databases);
+    /// a reload starts an empty memo.
+    pub parse_verdicts: crate::parse_verdicts::ParseVerdicts,
     /// Increases with every successful reload.
     pub generation: u64,
     /// Each sharded logical database's tables and placements.
@@ -114,6 +117,7 @@ impl State {
             jit,
             jwt,
             cache,
+            parse_verdicts: Default::default(),
             generation: 1,
         };
         Arc::new(State {
