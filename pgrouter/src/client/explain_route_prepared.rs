@@ -10,7 +10,9 @@
 //! which only PostgreSQL infers: one shard is asked, with a Parse of the
 //! explained statement (`shards/parse_check.rs`, nothing runs), and the
 //! batch is answered with them — or with PostgreSQL's error for a statement
-//! it rejects, in answer to the Parse.
+//! it rejects, in answer to the Parse. When no connection is free to ask
+//! on (the router never waits for one there), the statement goes to a
+//! server as it is, as before the router learnt this.
 
 use bytes::{Buf, BytesMut};
 
@@ -55,9 +57,21 @@ impl Session {
                     && body[1..].strip_suffix(&[0]) == Some(name.as_bytes()) =>
                 {
                     let inferred = if params {
-                        match self.explain_params.as_ref() {
-                            Some(l) if l.sql == sql && l.declared == types => l.answer.clone(),
-                            _ => {
+                        let learnt = self
+                            .explain_params
+                            .as_ref()
+                            .filter(|l| l.sql == sql && l.declared == types)
+                            .map(|l| l.answer.clone());
+                        match learnt {
+                            Some(Some(answer)) => answer,
+                            Some(None) => {
+                                // No shard could be asked without waiting
+                                // for a connection: the statement goes on
+                                // as it is (asked again next time).
+                                self.explain_params = None;
+                                return Ok(false);
+                            }
+                            None => {
                                 // Asked of a shard (an await), then again.
                                 self.explain_wants_params = Some((sql, types));
                                 return Ok(false);

@@ -250,11 +250,14 @@ impl Session {
     /// transactions while every server is busy (pgbench -M prepared).
     /// Statements pg_query cannot parse still go to a server, so PostgreSQL
     /// reports their errors where the client expects them. On a sharded
-    /// database each statement is first Parsed on a shard's connection
-    /// taken only for that (`shards/parse_check.rs`), so that what
-    /// PostgreSQL's analysis rejects (a missing table or column) answers the
-    /// Parse, as PostgreSQL answers it, and not the Bind after it (SPEC §5):
-    /// such a batch goes to a server the usual way.
+    /// database each statement is first Parsed on a shard
+    /// (`shards/parse_check.rs`), so that what PostgreSQL's analysis
+    /// rejects (a missing table or column) answers the Parse, as PostgreSQL
+    /// answers it, and not the Bind after it (SPEC §5): such a batch goes
+    /// to a server the usual way. The check never waits for a connection
+    /// (`shards/check_leg.rs`) and each accepted statement is asked about
+    /// once for all clients; unchecked, the batch is answered here as on an
+    /// unsharded database.
     pub(super) async fn try_prepare_locally(&mut self) -> Result<bool, SessionEnd> {
         let mut at = 0;
         let mut parses = Vec::new();

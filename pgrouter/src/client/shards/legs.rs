@@ -41,6 +41,31 @@ impl Session {
     }
 
     async fn take_leg(&mut self, shard: usize, role: Role) -> Result<Leg, ShardError> {
+        self.take_leg_with(shard, role, Checkout::Wait)
+            .await?
+            .ok_or_else(|| ShardError::from_pool(PoolError::CheckoutTimeout))
+    }
+
+    /// `shard`'s connection for a short errand of the router's own (a
+    /// Parse check, `parse_check.rs`): the session's kept one, else one
+    /// from the pool only if one is free right now. `Ok(None)`: none is.
+    /// A session that holds a connection must never wait for another (two
+    /// such sessions could each wait for the other's), and the errand is
+    /// not worth queueing for.
+    pub(super) async fn take_leg_if_free(
+        &mut self,
+        shard: usize,
+        role: Role,
+    ) -> Result<Option<Leg>, ShardError> {
+        self.take_leg_with(shard, role, Checkout::IfFree).await
+    }
+
+    async fn take_leg_with(
+        &mut self,
+        shard: usize,
+        role: Role,
+        checkout: Checkout,
+    ) -> Result<Option<Leg>, ShardError> {
         if let Some(mut held) = self.take_kept(shard) {
             // The session's own connection of that shard (see `kept.rs`).
             let sql = self.leg_prologue(&mut held.conn);
@@ -61,12 +86,12 @@ impl Session {
             }
             held.attached_at = crate::clock::Tick::now();
             held.conn.text_codec = self.text_codec();
-            return Ok(Leg {
+            return Ok(Some(Leg {
                 shard,
                 held,
                 ready: true,
                 cancelled: false,
-            });
+            }));
         }
         let pools = self.pools.clone();
         let shard_pools = pools.shards.get(shard).ok_or_else(|| {
@@ -92,7 +117,14 @@ impl Session {
             let Some(slot) = shard_pools.pick(role, pools.balancing, &tried, limits) else {
                 return Err(ShardError::from_pool(PoolError::NoServer));
             };
-            match slot.pool.checkout().await {
+            let got = match checkout {
+                Checkout::Wait => slot.pool.checkout().await,
+                Checkout::IfFree => match slot.pool.try_checkout().await {
+                    Some(got) => got,
+                    None => return Ok(None),
+                },
+            };
+            match got {
                 Ok(conn) => {
                     self.state
                         .metrics
@@ -135,17 +167,17 @@ impl Session {
             Default::default(),
         );
         held.conn.text_codec = self.text_codec();
-        Ok(Leg {
+        Ok(Some(Leg {
             shard,
             held,
             ready: true,
             cancelled: false,
-        })
+        }))
     }
 
     /// What a connection needs before this session's statement: the reset
     /// a previous client left owed, this client's parameters, its role.
-    fn leg_prologue(&self, conn: &mut ServerConn) -> String {
+    pub(super) fn leg_prologue(&self, conn: &mut ServerConn) -> String {
         let mut sql = String::new();
         if conn.needs_reset {
             conn.forget_session_state();
@@ -172,6 +204,15 @@ impl Session {
         }
         sql
     }
+}
+
+/// How a leg's connection is got from its pool.
+#[derive(Clone, Copy)]
+enum Checkout {
+    /// Queue for one (a statement's legs, taken in shard order).
+    Wait,
+    /// Only one free right now (see [`Session::take_leg_if_free`]).
+    IfFree,
 }
 
 /// Gives legs back to their pools: those outside a transaction with

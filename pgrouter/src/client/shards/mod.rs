@@ -9,6 +9,7 @@
 //! - statements that cannot run in a transaction block (`CREATE INDEX
 //!   CONCURRENTLY`, `VACUUM`): shard by shard, naming the shards that failed.
 
+mod check_leg;
 mod collation;
 mod columns;
 mod copy_in;

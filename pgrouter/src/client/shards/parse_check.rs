@@ -1,15 +1,20 @@
 //! PostgreSQL's own verdict on a statement, asked of one shard: the text
-//! is sent as a Parse of the unnamed statement, closed again, and synced.
-//! A Parse runs PostgreSQL's parse analysis and rewrite only — nothing is
-//! planned or executed, so no write ever happens as a side effect — and
-//! fails exactly where the statement itself would fail at its Parse
-//! (42P01, 42703, 42P10, 42803, ...).
+//! is sent as a Parse of a statement of the router's, described, closed
+//! again and synced, so the connection is left as it was. A Parse runs
+//! PostgreSQL's parse analysis and rewrite only — nothing is planned or
+//! executed, so no write ever happens as a side effect — and fails exactly
+//! where the statement itself would fail at its Parse (42P01, 42703,
+//! 42P10, 42803, ...).
 //!
 //! Used where the router would otherwise answer for a statement that
-//! PostgreSQL rejects anyway: a read the merge planner refuses with 0A000
-//! gets PostgreSQL's error when there is one (`read.rs`), and `EXPLAIN
-//! (ROUTE)` prepared with `$n` learns its parameters' types
-//! (`explain_route_prepared.rs`).
+//! PostgreSQL rejects anyway: a `PQprepare` the router answers itself
+//! (`local_answers.rs`), a refusal of the shard planner (`read.rs`,
+//! `refusal_check.rs`), and `EXPLAIN (ROUTE)` prepared with `$n`, which
+//! learns its parameters' types (`explain_route_prepared.rs`). Where the
+//! check runs is `check_leg.rs` (never a wait for a connection); accepted
+//! statements are remembered for every client (`crate::parse_verdicts`).
+
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 
@@ -17,7 +22,12 @@ use super::held::Leg;
 use super::ShardError;
 use crate::client::session::Session;
 use crate::protocol::{backend, frontend};
-use crate::router::Role;
+
+/// The statement a check prepares, closed again at once: not a name the
+/// router gives the statements it shares (`pgrouter_<n>`), and one a
+/// client is most unlikely to use (if it did, on its own connection, the
+/// check is simply not answered: 42P05).
+const CHECK_NAME: &str = "pgrouter_parse_check";
 
 /// What PostgreSQL said of a Parse (see [`parse_on_leg`]).
 pub(in crate::client) struct Parsed {
@@ -33,23 +43,35 @@ pub(in crate::client) struct LearntParams {
     /// The types the client declared in its Parse.
     pub declared: Vec<i32>,
     /// The parameter types PostgreSQL inferred for the explained
-    /// statement, or its ErrorResponse (the whole message).
-    pub answer: Result<Vec<u32>, Bytes>,
+    /// statement, or its ErrorResponse (the whole message); `None`: not
+    /// asked (no connection free), the statement goes on as it is.
+    pub answer: Option<Result<Vec<u32>, Bytes>>,
 }
 
-/// Parses `sql` (with the client's declared `types`) as the unnamed
-/// statement on `leg` and closes it. `Err(ShardError::Server)`: PostgreSQL's
-/// ErrorResponse, whole. Inside a transaction block a failure fails the
-/// leg's transaction, as the statement's own Parse would.
+/// PostgreSQL's verdict on one statement's Parse.
+pub(in crate::client) enum Verdict {
+    /// Accepted, with the parameter types it inferred.
+    Accepted(Arc<[u32]>),
+    /// Rejected: PostgreSQL's ErrorResponse (its body).
+    Rejected(Bytes),
+    /// Not asked: no connection to ask on without waiting, or it was lost.
+    Unknown,
+}
+
+/// Parses `sql` (with the client's declared `types`) as the router's
+/// statement on `leg`, describes it and closes it, then syncs.
+/// `Err(ShardError::Server)`: PostgreSQL's ErrorResponse (body). Inside a
+/// transaction block a failure fails the leg's transaction, as the
+/// statement's own Parse would.
 pub(in crate::client) async fn parse_on_leg(
     leg: &mut Leg,
     sql: &str,
     types: &[i32],
 ) -> Result<Parsed, ShardError> {
     let mut request = BytesMut::new();
-    frontend::write_parse(&mut request, "", sql, types);
-    frontend::write_target(&mut request, b'D', b'S', "");
-    frontend::write_target(&mut request, b'C', b'S', "");
+    frontend::write_parse(&mut request, CHECK_NAME, sql, types);
+    frontend::write_target(&mut request, b'D', b'S', CHECK_NAME);
+    frontend::write_target(&mut request, b'C', b'S', CHECK_NAME);
     frontend::sync(&mut request);
     let conn = &mut leg.held.conn;
     if let Err(e) = conn.send(&request).await {
@@ -84,41 +106,70 @@ pub(in crate::client) async fn parse_on_leg(
 }
 
 impl Session {
-    /// Whether PostgreSQL accepts the Parse of each statement (text,
-    /// declared types), asked on a connection of the session's shard (else
-    /// shard 0) taken for that only: the router answers a client's
-    /// `PQprepare` itself on a sharded database only then. Not asked
-    /// (true) on an unsharded database, or with legs of a transaction
-    /// held (waiting for another connection then could stall clients that
-    /// wait for these); true too when no connection comes (the Bind
-    /// reports what PostgreSQL says, as before).
+    /// PostgreSQL's verdicts on the Parse of each statement (text, declared
+    /// types), in order: remembered ones first, the others asked of the
+    /// session's shard (else shard 0) on a connection `check_leg.rs` finds
+    /// without waiting. After a rejection the rest are not asked. All
+    /// `Unknown` on an unsharded database, and when no connection is free.
+    pub(in crate::client) async fn parse_verdicts(
+        &mut self,
+        statements: &[(&str, &[i32])],
+    ) -> Vec<Verdict> {
+        let context = self.verdict_context();
+        let mut verdicts: Vec<Verdict> = statements
+            .iter()
+            .map(
+                |(sql, types)| match self.rt.parse_verdicts.accepted(context, sql, types) {
+                    Some(params) => Verdict::Accepted(params),
+                    None => Verdict::Unknown,
+                },
+            )
+            .collect();
+        let asked = verdicts.iter().any(|v| matches!(v, Verdict::Unknown));
+        if self.shard_map.is_none() || !asked {
+            return verdicts;
+        }
+        let Some(mut check) = self.check_leg().await else {
+            return verdicts;
+        };
+        for ((sql, types), verdict) in statements.iter().zip(verdicts.iter_mut()) {
+            if matches!(verdict, Verdict::Accepted(_)) {
+                continue;
+            }
+            match parse_on_leg(check.leg(), sql, types).await {
+                Ok(parsed) => {
+                    let params: Arc<[u32]> = parsed.param_types.into();
+                    self.rt.parse_verdicts.accept(context, sql, types, &params);
+                    *verdict = Verdict::Accepted(params);
+                }
+                // The router's own statement name is taken: not an answer
+                // about the client's statement.
+                Err(ShardError::Server(body)) if sqlstate_of(&body) != "42P05" => {
+                    *verdict = Verdict::Rejected(body);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        self.return_check_leg(check);
+        verdicts
+    }
+
+    /// Whether the router may answer the Parse of each statement itself (a
+    /// client's `PQprepare`): false when PostgreSQL rejects one, and the
+    /// batch then goes to a server the usual way, which gives PostgreSQL's
+    /// error at the Parse. True when it accepts them all, on an unsharded
+    /// database, and when it could not be asked without waiting for a
+    /// connection (the Bind then reports what PostgreSQL says).
     pub(in crate::client) async fn postgres_accepts(
         &mut self,
         statements: &[(&str, &[i32])],
     ) -> bool {
-        if self.shard_map.is_none() || self.tx_legs.is_some() || self.server.is_some() {
+        if self.shard_map.is_none() {
             return true;
         }
-        let shard = self.session_routing().shard_override.unwrap_or(0) as usize;
-        let role = if self.policy.read_only {
-            Role::Replica
-        } else {
-            Role::Primary
-        };
-        let Ok(mut legs) = self.take_legs(&[shard], role).await else {
-            return true;
-        };
-        let mut accepted = true;
-        if let Some(leg) = legs.first_mut() {
-            for (sql, types) in statements {
-                if let Err(ShardError::Server(_)) = parse_on_leg(leg, sql, types).await {
-                    accepted = false;
-                    break;
-                }
-            }
-        }
-        self.give_back(legs);
-        accepted
+        let verdicts = self.parse_verdicts(statements).await;
+        !verdicts.iter().any(|v| matches!(v, Verdict::Rejected(_)))
     }
 
     /// Asks one shard (the session's, else shard 0) for the parameter
@@ -126,40 +177,37 @@ impl Session {
     /// explains (see [`Session::explain_wants_params`]): only PostgreSQL
     /// infers them, and a client that describes the statement (asyncpg)
     /// encodes its arguments by them. What PostgreSQL said — the types, or
-    /// its error — is kept for the answer.
+    /// its error — is kept for the answer; nothing when it could not be
+    /// asked without waiting (the statement then goes to a server as it
+    /// is).
     pub(in crate::client) async fn learn_explain_params(&mut self) {
         let Some((sql, types)) = self.explain_wants_params.take() else {
             return;
         };
         let inner = pgrouter_parser::explained_statement(&sql).unwrap_or(&sql);
-        let shard = self.session_routing().shard_override.unwrap_or(0) as usize;
-        let role = if self.policy.read_only {
-            Role::Replica
-        } else {
-            Role::Primary
-        };
-        let parsed = match self.take_legs(&[shard], role).await {
-            Ok(mut legs) => {
-                let parsed = match legs.first_mut() {
-                    Some(leg) => parse_on_leg(leg, inner, &types).await,
-                    None => Err(ShardError::router("XX000", "no shard")),
-                };
-                self.give_back(legs);
-                parsed
+        let verdict = self.parse_verdicts(&[(inner, &types)]).await;
+        let answer = match verdict.into_iter().next() {
+            Some(Verdict::Accepted(params)) => Some(Ok(params.to_vec())),
+            Some(Verdict::Rejected(body)) => {
+                let mut m = BytesMut::new();
+                ShardError::Server(body).write(&mut m);
+                Some(Err(m.freeze()))
             }
-            Err(e) => Err(e),
+            _ => None,
         };
-        let answer = parsed.map(|p| p.param_types).map_err(|e| {
-            let mut m = BytesMut::new();
-            e.write(&mut m);
-            m.freeze()
-        });
         self.explain_params = Some(LearntParams {
             sql,
             declared: types,
             answer,
         });
     }
+}
+
+/// The SQLSTATE of an ErrorResponse's body.
+fn sqlstate_of(body: &[u8]) -> String {
+    backend::parse_error_fields(body)
+        .map(|f| f.code)
+        .unwrap_or_default()
 }
 
 /// The OIDs of a ParameterDescription's body.

@@ -10,6 +10,7 @@ use pgrouter_parser::fanout::{plan_read, plan_read_knowing, Operand, ReadPlan};
 
 use super::held::Leg;
 use super::legs::{cancel_targets, cancel_unfinished, lower_low_water, poll_fill_any};
+use super::parse_check::Verdict;
 use super::unit::{OwedPreamble, Unit};
 use super::{next_message, ShardError};
 use crate::client::error::SessionEnd;
@@ -37,11 +38,19 @@ impl Session {
         let plan = match read_plan(unit) {
             Ok(plan) => plan,
             Err(refusal) => {
-                // PostgreSQL's own error first, when it has one.
-                let mut legs = self.take_legs(&shards[..1.min(shards.len())], role).await?;
-                let result = postgres_error_first(unit, refusal, &mut legs).await;
-                self.give_back(legs);
-                return result;
+                // PostgreSQL's own error first, when it has one (asked
+                // without waiting for a connection: `check_leg.rs`).
+                if let [_] = unit.analysis.statements.as_slice() {
+                    let types = unit
+                        .extended
+                        .as_ref()
+                        .map_or(&[][..], |e| &e.param_types[..]);
+                    let verdict = self.parse_verdicts(&[(&unit.sql, types)]).await;
+                    if let Some(Verdict::Rejected(body)) = verdict.into_iter().next() {
+                        return Err(ShardError::Server(body));
+                    }
+                }
+                return Err(refusal);
             }
         };
         let mut legs = self.take_legs(shards, role).await?;

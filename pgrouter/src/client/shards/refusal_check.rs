@@ -7,19 +7,19 @@
 //! only, nothing runs or is written), and the router's refusal stands
 //! only when PostgreSQL accepts the statement.
 //!
-//! Asked on a connection of its own, so only outside a transaction block
-//! that has run anything: inside one, the statement may name what the
+//! Asked without waiting for a connection (`check_leg.rs`; when none is
+//! free the refusal stands), so only outside a transaction block that has
+//! run anything: inside one, the statement may name what the
 //! transaction created, which another connection cannot see. The first
 //! statement after a `BEGIN` (which the router defers, psycopg's
 //! transactions) is checked before the BEGIN is sent, and refused inside
 //! the transaction with the answer found then.
 
-use super::parse_check::parse_on_leg;
-use super::ShardError;
+use super::parse_check::Verdict;
 use crate::client::session::Session;
 use crate::protocol::frontend::{parse_parse, parse_query};
 use crate::protocol::{backend, next_frame};
-use crate::router::{Refusal, Role};
+use crate::router::Refusal;
 
 impl Session {
     /// `refusal`, or PostgreSQL's error for the statement it refuses when
@@ -37,22 +37,9 @@ impl Session {
         let Some((sql, types)) = self.first_statement() else {
             return refusal;
         };
-        let shard = self.session_routing().shard_override.unwrap_or(0) as usize;
-        let role = if self.policy.read_only {
-            Role::Replica
-        } else {
-            Role::Primary
-        };
-        let Ok(mut legs) = self.take_legs(&[shard], role).await else {
-            return refusal;
-        };
-        let parsed = match legs.first_mut() {
-            Some(leg) => parse_on_leg(leg, &sql, &types).await.err(),
-            None => None,
-        };
-        self.give_back(legs);
-        let answer = match parsed {
-            Some(ShardError::Server(body)) => postgres_refusal(&body).unwrap_or(refusal),
+        let verdict = self.parse_verdicts(&[(&sql, &types)]).await;
+        let answer = match verdict.into_iter().next() {
+            Some(Verdict::Rejected(body)) => postgres_refusal(&body).unwrap_or(refusal),
             _ => refusal,
         };
         if self.deferred_begin.is_some() {
