@@ -1228,3 +1228,78 @@ def test_asyncpg_cursor_over_shards_is_refused_naming_the_cursor(srouter, shards
     assert one_shard == want_key_rows
     assert "cursor" in refusal, refusal
     assert after == 1
+
+
+def copy_failure(conn, sql: str, data) -> tuple[str, str, str]:
+    """(SQLSTATE, message, CONTEXT) of a COPY FROM STDIN of `data` that fails."""
+    with pytest.raises(psycopg.Error) as err:
+        with conn.cursor().copy(sql) as copy:
+            copy.write(data)
+    d = err.value.diag
+    return d.sqlstate, d.message_primary, d.context
+
+
+def shard_of_keys(servers, keys) -> dict[int, int]:
+    """Which shard each key's row is on (the rows are there already)."""
+    out = {}
+    for i, s in enumerate(servers):
+        with s.connect(APP_DB) as c:
+            for (k,) in c.execute("SELECT customer_id FROM fo_orders WHERE customer_id = ANY(%s)",
+                                  (list(keys),)):
+                out[k] = i
+    return out
+
+
+def binary_copy(rows) -> bytes:
+    """COPY binary data of (customer_id int8, id) rows; an `id` given as
+    bytes is sent as they are (a malformed int4 when not 4 bytes)."""
+    import struct
+    out = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
+    for k, v in rows:
+        field = v if isinstance(v, bytes) else struct.pack("!i", v)
+        out += struct.pack("!hiq", 2, 8, k) + struct.pack("!i", len(field)) + field
+    return out + struct.pack("!h", -1)
+
+
+def test_a_shards_copy_error_names_the_clients_line(srouter, shards):
+    """A bad value in COPY FROM data split across shards gets the error one
+    PostgreSQL gives for the client's data: its CONTEXT names the row's line
+    in what the client sent, not among the rows its shard got, and of two
+    bad rows on different shards the first one in the client's data. Text,
+    CSV with a header and rows spanning several lines, and binary."""
+    servers, truth = shards
+    keys = range(1, 61)
+    with connect(srouter.dsn()) as conn, truth.connect(APP_DB) as t:
+        t.autocommit = True
+        t.execute("DROP TABLE IF EXISTS fo_orders")
+        t.execute(CREATE)
+        conn.execute(CREATE)
+        conn.execute("INSERT INTO fo_orders (customer_id, id) VALUES "
+                     + ", ".join(f"({k}, 0)" for k in keys))
+        on = shard_of_keys(servers, keys)
+        conn.execute("DELETE FROM fo_orders")
+        # Two bad rows, the later one on shard 0 (whose error came first
+        # when the shards' errors were taken in shard order): 40th and a
+        # later row of shard 0, the earlier one on another shard.
+        late = [k for k in keys if on[k] == 0 and k > 40][0]
+        early = [k for k in keys if on[k] != 0 and k > 20][0]
+        assert early < late
+        def bad(k):
+            return k in (early, late)
+        text = "".join(f"{k}\t{'x' if bad(k) else 1}\tn{k}\n" for k in keys)
+        csv = "customer_id,id,note\n" + "".join(
+            f'{k},{"x" if bad(k) else 1},"two\nlines {k}"\n' if k % 3 == 0 else f"{k},{'x' if bad(k) else 1},one\n"
+            for k in keys)
+        binary = binary_copy([(k, b"\x00\x01" if bad(k) else 1) for k in keys])
+        cases = [
+            ("COPY fo_orders (customer_id, id, note) FROM STDIN", text),
+            ("COPY fo_orders (customer_id, id, note) FROM STDIN (FORMAT csv, HEADER)", csv),
+            ("COPY fo_orders (customer_id, id) FROM STDIN (FORMAT binary)", binary),
+        ]
+        for sql, data in cases:
+            ours = copy_failure(conn, sql, data)
+            theirs = copy_failure(t, sql, data)
+            assert ours == theirs, (sql, ours, theirs)
+            assert f"line {early + (1 if 'HEADER' in sql else 0)}" in ours[2] or "csv" in sql, ours
+        assert sum(per_shard_counts(servers)) == 0
+        t.execute("DROP TABLE fo_orders")

@@ -19,6 +19,7 @@ use pgrouter_parser::copy::{CopyFormat, CopyHeader, CopyInfo};
 use pgrouter_parser::shard::{parse_binary, parse_text, KeyError, KeyType, KeyValue, Placement};
 
 use super::copy_binary::{BinaryReader, Item, Where, TRAILER};
+use super::copy_lines::RowLog;
 use super::copy_text::{csv_fields, text_fields, Field, TextReader};
 
 /// Places one row's raw key field: de-escaped text / dequoted CSV bytes,
@@ -68,6 +69,9 @@ struct Sink {
     place: PlaceKey,
     out: Vec<BytesMut>,
     rows: u64,
+    /// Which shard each row went to: a shard's error names its own line
+    /// numbers, the client's are found from this (`copy_lines.rs`).
+    log: RowLog,
 }
 
 enum Reader {
@@ -111,6 +115,7 @@ impl CopySplitter {
             place,
             out: (0..shards).map(|_| BytesMut::new()).collect(),
             rows: 0,
+            log: RowLog::new(shards),
         };
         sink.set_key_name(info, key_name);
         CopySplitter {
@@ -282,6 +287,12 @@ impl CopySplitter {
         self.sink.rows
     }
 
+    /// The client's line number for line `line` of the data sent to
+    /// output `shard`; None when that row is past what was logged.
+    pub fn client_line(&self, shard: usize, line: u64) -> Option<u64> {
+        self.sink.log.client_line(shard, line)
+    }
+
     fn run(&mut self, eof: bool) -> Result<(), CopySplitError> {
         let result = match &mut self.reader {
             Reader::Text(r) => self.sink.run_text(r, eof, &mut self.ended),
@@ -326,11 +337,13 @@ impl Sink {
                 for out in &mut self.out {
                     out.extend_from_slice(raw);
                 }
+                self.log.header(r.line_no);
             } else if !(line.end_of_data && line.len == 0) {
                 let shard = self.row_shard(&r.buf[..line.len], r.line_no)?;
                 let shard = self.checked(shard, r.line_no)?;
                 self.out[shard].extend_from_slice(raw);
                 self.rows += 1;
+                self.log.row(shard, r.line_no);
             }
             r.consume(&line);
             if line.end_of_data {
@@ -474,6 +487,7 @@ impl Sink {
                     let shard = self.checked(shard, r.tuple_no)?;
                     self.out[shard].extend_from_slice(&r.buf[..*len]);
                     self.rows += 1;
+                    self.log.row(shard, r.tuple_no);
                 }
                 Item::Trailer => {}
             }

@@ -4,6 +4,7 @@
 //! FROM STDIN split per shard, COPY TO STDOUT joined from the shards.
 
 mod copy_binary;
+pub mod copy_lines;
 pub mod copy_options;
 pub mod copy_out;
 pub mod copy_split;

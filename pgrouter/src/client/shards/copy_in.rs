@@ -16,6 +16,7 @@ use super::unit::Unit;
 use super::ShardError;
 use crate::client::error::SessionEnd;
 use crate::client::session::Session;
+use crate::fanout::copy_lines;
 use crate::fanout::copy_options::{copy_options, key_column};
 use crate::fanout::copy_split::CopySplitter;
 use crate::protocol::{backend, frontend, next_frame};
@@ -184,8 +185,8 @@ impl Session {
             }),
         }
         let mut total = 0u64;
-        let mut server_error = None;
-        for leg in legs.iter_mut() {
+        let mut server_errors = Vec::new();
+        for (i, leg) in legs.iter_mut().enumerate() {
             if leg.held.conn.send(&end).await.is_err() {
                 leg.held.conn.tx_status = b'E';
                 continue;
@@ -193,9 +194,7 @@ impl Session {
             loop {
                 match leg.held.conn.read_message().await {
                     Ok((b'C', body)) => total += super::split_tag(&body).1.unwrap_or(0),
-                    Ok((b'E', body)) => {
-                        server_error.get_or_insert(body);
-                    }
+                    Ok((b'E', body)) => server_errors.push((i, body)),
                     Ok((b'Z', body)) => {
                         leg.held.conn.tx_status = body.first().copied().unwrap_or(b'E');
                         break;
@@ -209,7 +208,7 @@ impl Session {
             }
         }
         let failure = failure
-            .or(server_error.map(ShardError::Server))
+            .or(first_in_clients_order(server_errors, splitter).map(ShardError::Server))
             .or_else(|| {
                 legs.iter()
                     .any(|l| l.held.conn.tx_status != b'T')
@@ -320,6 +319,39 @@ async fn start_copy(legs: &mut [Leg], request: &[u8]) -> Result<bytes::Bytes, Sh
         leg.ready = true;
     }
     Err(failure)
+}
+
+/// Of the shards' COPY errors (by output index), the one PostgreSQL alone
+/// would have reported: the one on the client's earliest line, with the
+/// shard's line number turned into the client's. A line past the rows
+/// logged keeps its number, said to be the shard's (`copy_lines.rs`).
+fn first_in_clients_order(
+    errors: Vec<(usize, bytes::Bytes)>,
+    splitter: &CopySplitter,
+) -> Option<bytes::Bytes> {
+    let mut first: Option<(u64, bytes::Bytes)> = None;
+    for (shard, body) in errors {
+        let (rank, body) = match copy_lines::error_copy_line(&body) {
+            Some(line) => match splitter.client_line(shard, line) {
+                Some(client) => (
+                    client,
+                    copy_lines::renumber_error(&body, &client.to_string()),
+                ),
+                None => (
+                    u64::MAX - 1,
+                    copy_lines::renumber_error(
+                        &body,
+                        &format!("{line} (of the rows pgrouter sent to shard {shard})"),
+                    ),
+                ),
+            },
+            None => (u64::MAX, body),
+        };
+        if first.as_ref().is_none_or(|(r, _)| rank < *r) {
+            first = Some((rank, body));
+        }
+    }
+    first.map(|(_, body)| body)
 }
 
 fn split_error(e: crate::fanout::copy_split::CopySplitError) -> ShardError {
