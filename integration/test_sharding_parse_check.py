@@ -18,7 +18,8 @@ import pytest
 from harness import wire
 from harness.clients import connect, sqlstate
 from harness.ops import reload_marks, wait_reload
-from harness.pg import APP_DB, APP_PASSWORD, APP_USER, PgCluster
+from harness.pg import APP_DB, APP_PASSWORD, APP_USER
+from harness.shards import shard_databases, three_shards
 
 SHARDED = [{"database": "app", "name": "pc_orders", "column": "customer_id", "data_type": "bigint"}]
 
@@ -33,21 +34,14 @@ PROMPT = 3.0  # seconds; a wait for a held connection would take 10
 
 @pytest.fixture(scope="module")
 def shards(cluster):
-    with PgCluster(with_replica=False, prefix="pgrouter-pc1-") as s1, \
-            PgCluster(with_replica=False, prefix="pgrouter-pc2-") as s2:
-        servers = [cluster.primary, s1.primary, s2.primary]
-        for s in servers:
-            with s.connect(APP_DB) as conn:
-                conn.execute(TABLES)
+    with three_shards(cluster, "pc", TABLES,
+                      "DROP TABLE IF EXISTS pc_orders, pc_gone") as servers:
         yield servers
-        with cluster.primary.connect(APP_DB) as conn:
-            conn.execute("DROP TABLE IF EXISTS pc_orders, pc_gone")
 
 
 @pytest.fixture
 def prouter(routers, shards):
-    dbs = [{"name": "app", "host": "127.0.0.1", "port": s.port, "database_name": "app", "role": "primary",
-            "shard": i} for i, s in enumerate(shards)]
+    dbs = shard_databases(shards)
     r = routers.start(databases=dbs, sharded_tables=SHARDED,
                       general={"default_pool_size": 1, "checkout_timeout_ms": 10000})
     with connect(r.dsn()) as conn:

@@ -13,7 +13,8 @@ import pytest
 
 from harness import wire
 from harness.clients import aconnect, connect, run_async, sqlstate
-from harness.pg import APP_DB, APP_PASSWORD, APP_USER, PgCluster
+from harness.pg import APP_DB, APP_PASSWORD, APP_USER
+from harness.shards import shard_databases, three_shards
 
 SHARDED = [{"database": "app", "name": "pe_orders", "column": "customer_id", "data_type": "bigint"}]
 
@@ -26,21 +27,14 @@ GRANT ALL ON pe_orders TO app;
 
 @pytest.fixture(scope="module")
 def shards(cluster):
-    with PgCluster(with_replica=False, prefix="pgrouter-pe1-") as s1, \
-            PgCluster(with_replica=False, prefix="pgrouter-pe2-") as s2:
-        servers = [cluster.primary, s1.primary, s2.primary]
-        for s in servers:
-            with s.connect(APP_DB) as conn:
-                conn.execute(TABLES)
+    with three_shards(cluster, "pe", TABLES,
+                      "DROP TABLE IF EXISTS pe_orders") as servers:
         yield servers
-        with cluster.primary.connect(APP_DB) as conn:
-            conn.execute("DROP TABLE IF EXISTS pe_orders")
 
 
 @pytest.fixture
 def srouter(routers, shards):
-    dbs = [{"name": "app", "host": "127.0.0.1", "port": s.port, "database_name": "app", "role": "primary",
-            "shard": i} for i, s in enumerate(shards)]
+    dbs = shard_databases(shards)
     r = routers.start(databases=dbs, sharded_tables=SHARDED)
     with connect(r.dsn()) as conn:
         for k in range(1, 13):

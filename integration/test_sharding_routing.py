@@ -19,7 +19,8 @@ import pytest
 
 from harness import wire
 from harness.clients import aconnect, connect, refusal_in_and_out_of_transaction, run_async, sqlstate
-from harness.pg import APP_DB, APP_PASSWORD, APP_USER, PgCluster
+from harness.pg import APP_DB, APP_PASSWORD, APP_USER
+from harness.shards import shard_databases, three_shards
 
 PORT = "inet_server_port()"
 
@@ -42,16 +43,10 @@ CREATE TABLE sh_hp_uuid (k uuid) PARTITION BY HASH (k);
 
 @pytest.fixture(scope="module")
 def shards(cluster):
-    with PgCluster(with_replica=False, prefix="pgrouter-shard1-") as s1, \
-            PgCluster(with_replica=False, prefix="pgrouter-shard2-") as s2:
-        servers = [cluster.primary, s1.primary, s2.primary]
-        for s in servers:
-            with s.connect(APP_DB) as conn:
-                conn.execute(TABLES)
+    with three_shards(cluster, "shard", TABLES,
+                      "DROP TABLE IF EXISTS sh_orders, sh_users, sh_devices, sh_regions, sh_countries, "
+                      "sh_items, sh_hp_int8, sh_hp_text, sh_hp_uuid") as servers:
         yield servers
-        with cluster.primary.connect(APP_DB) as conn:
-            conn.execute("DROP TABLE IF EXISTS sh_orders, sh_users, sh_devices, sh_regions, sh_countries, "
-                         "sh_items, sh_hp_int8, sh_hp_text, sh_hp_uuid")
 
 
 SHARDED = [
@@ -65,8 +60,7 @@ SHARDED = [
 
 
 def start_router(routers, shards, general=None):
-    dbs = [{"name": "app", "host": "127.0.0.1", "port": s.port, "database_name": "app", "role": "primary",
-            "shard": i} for i, s in enumerate(shards)]
+    dbs = shard_databases(shards)
     return routers.start(databases=dbs, general=general or {}, sharded_tables=SHARDED,
                          reference_tables=[{"database": "app", "names": ["sh_countries"]}])
 
@@ -744,8 +738,7 @@ def test_explain_route_with_parameters_through_asyncpg(srouter, shards):
 
 
 def test_explain_route_names_the_replica_a_read_would_use(routers, shards, cluster):
-    dbs = [{"name": "app", "host": "127.0.0.1", "port": s.port, "database_name": "app", "role": "primary",
-            "shard": i} for i, s in enumerate(shards)]
+    dbs = shard_databases(shards)
     dbs.append({"name": "app", "host": "127.0.0.1", "port": cluster.replica.port, "database_name": "app",
                 "role": "replica", "shard": 0})
     r = routers.start(databases=dbs, sharded_tables=SHARDED)
@@ -763,8 +756,7 @@ def test_read_only_transactions_run_on_each_shards_replica(routers, shards, clus
     the primary of shards without one (read-only all the same). The
     transaction's BEGIN used to be sent to shard 0's primary."""
     from harness.routes import wait_replayed
-    dbs = [{"name": "app", "host": "127.0.0.1", "port": s.port, "database_name": "app", "role": "primary",
-            "shard": i} for i, s in enumerate(shards)]
+    dbs = shard_databases(shards)
     dbs.append({"name": "app", "host": "127.0.0.1", "port": cluster.replica.port, "database_name": "app",
                 "role": "replica", "shard": 0})
     r = routers.start(databases=dbs, sharded_tables=SHARDED)
@@ -815,8 +807,7 @@ def test_reload_cannot_change_the_shard_count(srouter, shards):
 
 def test_read_only_sessions_per_shard(routers, shards):
     from harness.router import app_user
-    dbs = [{"name": "app", "host": "127.0.0.1", "port": s.port, "database_name": "app", "role": "primary",
-            "shard": i} for i, s in enumerate(shards)]
+    dbs = shard_databases(shards)
     r = routers.start(databases=dbs, sharded_tables=SHARDED, users=[{**app_user(), "read_only": True}])
     k = next(k for k in range(1, 50) if hash_shard(shards[0], "sh_hp_int8", 3, k) == 1)
     with connect(r.dsn()) as conn:
@@ -866,8 +857,7 @@ def test_session_mode_routes_by_key_on_every_shard(routers, shards):
     """Session mode keeps one connection per shard it used (it used to
     stay on its first shard and refuse keys elsewhere)."""
     from harness.router import app_user
-    dbs = [{"name": "app", "host": "127.0.0.1", "port": s.port, "database_name": "app", "role": "primary",
-            "shard": i} for i, s in enumerate(shards)]
+    dbs = shard_databases(shards)
     r = routers.start(databases=dbs, sharded_tables=SHARDED, users=[{**app_user(), "pool_mode": "session"}])
     a = next(k for k in range(1, 50) if hash_shard(shards[0], "sh_hp_int8", 3, k) == 0)
     b = next(k for k in range(1, 50) if hash_shard(shards[0], "sh_hp_int8", 3, k) == 1)

@@ -18,7 +18,8 @@ import psycopg
 import pytest
 
 from harness.clients import connect
-from harness.pg import APP_DB, PgCluster
+from harness.pg import APP_DB
+from harness.shards import shard_databases, three_shards
 from test_sharding_routing import per_shard
 
 TABLES = """
@@ -36,20 +37,13 @@ SHARDED = [{"database": "app", "name": "ss_items", "column": "customer_id", "dat
 
 @pytest.fixture(scope="module")
 def shards(cluster):
-    with PgCluster(with_replica=False, prefix="pgrouter-ss1-") as s1, \
-            PgCluster(with_replica=False, prefix="pgrouter-ss2-") as s2:
-        servers = [cluster.primary, s1.primary, s2.primary]
-        for s in servers:
-            with s.connect(APP_DB) as conn:
-                conn.execute(TABLES)
+    with three_shards(cluster, "ss", TABLES,
+                      "DROP TABLE IF EXISTS ss_items, ss_countries, ss_plain; DROP SEQUENCE IF EXISTS ss_seq") as servers:
         yield servers
-        with cluster.primary.connect(APP_DB) as conn:
-            conn.execute("DROP TABLE IF EXISTS ss_items, ss_countries, ss_plain; DROP SEQUENCE IF EXISTS ss_seq")
 
 
 def start(routers, shards, general=None):
-    dbs = [{"name": "app", "host": "127.0.0.1", "port": s.port, "database_name": "app", "role": "primary",
-            "shard": i} for i, s in enumerate(shards)]
+    dbs = shard_databases(shards)
     return routers.start(databases=dbs, general=general or {}, sharded_tables=SHARDED,
                          reference_tables=[{"database": "app", "names": ["ss_countries"]}])
 
