@@ -3,9 +3,11 @@
 //! session's extended-protocol form of them), and batches of named Parse
 //! messages, which are prepared on a server only when a Bind needs them.
 
+use std::sync::Arc;
+
 use bytes::{Buf, BytesMut};
 use pgrouter_config::PoolMode;
-use pgrouter_parser::{DiscardKind, ResetTarget, StatementKind};
+use pgrouter_parser::{Analysis, DiscardKind, ResetTarget, StatementKind};
 
 use super::error::SessionEnd;
 use super::session::Session;
@@ -258,29 +260,32 @@ impl Session {
     /// (`shards/check_leg.rs`) and each accepted statement is asked about
     /// once for all clients; unchecked, the batch is answered here as on an
     /// unsharded database.
-    pub(super) async fn try_prepare_locally(&mut self) -> Result<bool, SessionEnd> {
+    ///
+    /// This half reads the batch: `None` when it is not such a batch (or
+    /// has not arrived whole). [`Self::answer_prepares`] answers it.
+    pub(super) fn local_prepares(&mut self) -> Result<Option<LocalPrepares>, SessionEnd> {
         let mut at = 0;
         let mut parses = Vec::new();
         loop {
             let Some(frame) = next_frame(self.cbuf.get(at..).unwrap_or(&[]), self.max_message)?
             else {
-                return Ok(false); // the batch has not arrived whole
+                return Ok(None); // the batch has not arrived whole
             };
             let body = frame.body(&self.cbuf[at..]);
             at += frame.total_len;
             match frame.tag {
                 b'P' => {
                     if body.first() == Some(&0) {
-                        return Ok(false); // the unnamed statement
+                        return Ok(None); // the unnamed statement
                     }
                     // Text that is not UTF-8 is refused when its turn comes
                     // (`unreadable_text`), after the statements before it.
                     let Ok(p) = parse_parse(body) else {
-                        return Ok(false);
+                        return Ok(None);
                     };
                     let analysis = self.analyze(p.sql);
                     if analysis.parse_error.is_some() || self.policy.check(&analysis).is_err() {
-                        return Ok(false);
+                        return Ok(None);
                     }
                     parses.push((
                         p.name.to_string(),
@@ -291,17 +296,27 @@ impl Session {
                 }
                 b'H' => {}
                 b'S' if !parses.is_empty() => break,
-                _ => return Ok(false),
+                _ => return Ok(None),
             }
         }
-        let checks: Vec<(&str, &[i32])> = parses
+        Ok(Some(LocalPrepares { parses, len: at }))
+    }
+
+    /// On a sharded database, whether a shard accepts every statement of
+    /// `batch` (see above); always on an unsharded one. Boxed where it is
+    /// awaited: its future is large and rarely made.
+    pub(super) async fn shards_accept(&mut self, batch: &LocalPrepares) -> bool {
+        let checks: Vec<(&str, &[i32])> = batch
+            .parses
             .iter()
             .map(|(_, sql, types, _)| (sql.as_str(), types.as_slice()))
             .collect();
-        if !self.postgres_accepts(&checks).await {
-            return Ok(false);
-        }
-        for (name, sql, types, analysis) in parses {
+        self.postgres_accepts(&checks).await
+    }
+
+    /// Records the batch's statements for the client and answers it.
+    pub(super) fn answer_prepares(&mut self, batch: LocalPrepares) {
+        for (name, sql, types, analysis) in batch.parses {
             let stmt = self.state.statements.intern(&sql, &types, analysis);
             self.local_explains.remove(&name);
             self.statements
@@ -314,9 +329,16 @@ impl Session {
             b'I'
         };
         backend::ready_for_query(&mut self.to_client, status);
-        self.cbuf.advance(at);
-        Ok(true)
+        self.cbuf.advance(batch.len);
     }
+}
+
+/// A `PQprepare` batch the router answers (see
+/// [`Session::local_prepares`]): each statement's name, text, declared
+/// types and analysis, and the batch's length up to its Sync.
+pub(super) struct LocalPrepares {
+    parses: Vec<(String, String, Vec<i32>, Arc<Analysis>)>,
+    len: usize,
 }
 
 /// A JWT session's `DISCARD ALL` / `RESET ALL` sent with the extended

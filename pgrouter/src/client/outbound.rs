@@ -343,17 +343,29 @@ impl Session {
                     continue;
                 }
             }
-            if self.explain_wants_params.is_some() {
+            let question = if self.explain_wants_params.is_some() {
+                Some(ShardQuestion::ExplainParams)
+            } else if self.server.is_none() {
+                match self.local_prepares()? {
+                    Some(batch) if self.shard_map.is_none() => {
+                        self.answer_prepares(batch);
+                        continue;
+                    }
+                    Some(batch) => Some(ShardQuestion::Prepares(batch)),
+                    None => None,
+                }
+            } else {
+                None
+            };
+            if let Some(question) = question {
                 cold_path();
-                self.learn_explain_params().await;
-                if self.try_answer_locally(frame.total_len)? {
+                // Boxed: a large future, rarely made, kept out of this
+                // loop's own state (and code).
+                if Box::pin(self.ask_shard_first(question, frame.total_len)).await? {
                     continue;
                 }
             }
             if self.server.is_none() {
-                if self.try_prepare_locally().await? {
-                    continue;
-                }
                 self.refresh_runtime()?;
                 if let Err(e) = self.wait_while_paused().await? {
                     cold_path();
@@ -1163,5 +1175,45 @@ async fn shutdown_fired(listener: Option<&mut super::shutdown::ShutdownListener>
     match listener {
         Some(l) => l.await,
         None => std::future::pending().await,
+    }
+}
+
+/// What a sharded session asks a shard before the router may answer a
+/// batch itself (see [`Session::ask_shard_first`]).
+enum ShardQuestion {
+    /// The parameter types of an `EXPLAIN (ROUTE)` prepared with `$n`.
+    ExplainParams,
+    /// Whether PostgreSQL accepts each Parse of a `PQprepare` batch.
+    Prepares(super::local_answers::LocalPrepares),
+}
+
+impl Session {
+    /// Asks a shard `question` (`shards/parse_check.rs`), then answers the
+    /// batch when the answer allows; true when it was answered.
+    async fn ask_shard_first(
+        &mut self,
+        question: ShardQuestion,
+        len: usize,
+    ) -> Result<bool, SessionEnd> {
+        let batch = match question {
+            ShardQuestion::ExplainParams => {
+                self.learn_explain_params().await;
+                if self.try_answer_locally(len)? {
+                    return Ok(true);
+                }
+                match self.server.is_none().then(|| self.local_prepares()) {
+                    Some(batch) => batch?,
+                    None => None,
+                }
+            }
+            ShardQuestion::Prepares(batch) => Some(batch),
+        };
+        match batch {
+            Some(batch) if self.shards_accept(&batch).await => {
+                self.answer_prepares(batch);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 }
