@@ -53,7 +53,9 @@ impl Session {
         match routed {
             // PostgreSQL's own error, when it rejects the statement anyway
             // (`refusal_check.rs`).
-            Some(Err(r)) => Some(Err(self.prefer_postgres_error(r).await)),
+            // Boxed: a large future on a rare path, kept out of the state
+            // of this one, which every batch polls.
+            Some(Err(r)) => Some(Err(Box::pin(self.prefer_postgres_error(r)).await)),
             routed => routed,
         }
     }
