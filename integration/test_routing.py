@@ -439,7 +439,10 @@ def test_replica_down_reads_move_to_primary_and_back(routers, objects, places, c
     for t in threads:
         t.start()
     try:
-        time.sleep(0.8)
+        # Every reader has read on the replica (logins take a while on a
+        # loaded machine: a fixed wait here once ended with no read at all).
+        wait_until(lambda: sum(p == "replica" for _, p in list(results)) >= 2 * len(threads), 15,
+                   what="reads on the replica before it stops")
         stopping_at = time.monotonic()
         with replica_stopped(cluster):
             stopped_at = time.monotonic()
