@@ -664,6 +664,14 @@ MERGE_QUERIES = [
     "SELECT customer_id FROM fo_orders WHERE customer_id IN (3, 4, 5, 6) ORDER BY customer_id",
     "SELECT count(*) FROM fo_orders WHERE note = 'nothing'",
     "SELECT max(amount) FROM fo_orders WHERE note = 'nothing'",
+    # FILTER: each shard keeps its own rows, the partials merge as usual.
+    "SELECT count(*) FILTER (WHERE amount > 50), sum(amount) FILTER (WHERE id < 4), "
+    "avg(amount) FILTER (WHERE note = 'n1'), avg(amount), min(id) FILTER (WHERE amount IS NULL), "
+    "max(amount) FILTER (WHERE id = 0), bool_and(id > 2) FILTER (WHERE id > 0) FROM fo_orders",
+    "SELECT note, count(*) FILTER (WHERE id > 4), avg(amount) FILTER (WHERE id % 2 = 0) FROM fo_orders "
+    "GROUP BY note HAVING count(*) FILTER (WHERE id > 4) > 1 ORDER BY note COLLATE \"C\"",
+    "SELECT count(*) FILTER (WHERE false), sum(amount) FILTER (WHERE false), "
+    "avg(amount) FILTER (WHERE false), coalesce(sum(id) FILTER (WHERE false), 0) FROM fo_orders",
 ]
 
 
@@ -710,6 +718,8 @@ def test_reads_a_merge_cannot_answer_are_refused(srouter, shards):
         for sql in ["SELECT count(DISTINCT note) FROM fo_orders",
                     "SELECT customer_id, rank() OVER (ORDER BY amount) FROM fo_orders",
                     "SELECT * FROM fo_orders WHERE amount > (SELECT avg(amount) FROM fo_orders)",
+                    "SELECT count(*) FILTER (WHERE amount > (SELECT avg(amount) FROM fo_orders)) "
+                    "FROM fo_orders",
                     "SELECT string_agg(note, ',') FROM fo_orders",
                     "SELECT DISTINCT ON (note) customer_id FROM fo_orders",
                     "SELECT * FROM fo_orders FOR UPDATE"]:

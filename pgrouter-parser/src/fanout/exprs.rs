@@ -202,10 +202,12 @@ pub(crate) fn aggregate(call: &pb::FuncCall) -> Result<Option<AggFn>, Unsupporte
     if call.over.is_some() {
         return Err(window());
     }
+    // FILTER (WHERE ...) is kept: each shard applies it to its own rows
+    // as it applies the statement's WHERE, and the partials of the rows
+    // it keeps merge like any others (avg's hidden sum and count carry it
+    // too, `renamed`). A subquery in it is refused with every other one.
     let what = if call.agg_distinct {
         Some("DISTINCT")
-    } else if call.agg_filter.is_some() {
-        Some("FILTER")
     } else if !call.agg_order.is_empty() {
         Some("ORDER BY")
     } else if call.agg_within_group {

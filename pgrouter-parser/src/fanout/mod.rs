@@ -14,7 +14,8 @@
 //! Merged: plain rows; ORDER BY any expressions (by output name, alias,
 //! position or expression; ASC/DESC, NULLS FIRST/LAST, `COLLATE "C"`
 //! recorded); LIMIT/OFFSET as constants or `$n`; DISTINCT; `count`,
-//! `sum`, `min`, `max`, `avg`, `bool_and`/`every`, `bool_or` at the top of
+//! `sum`, `min`, `max`, `avg`, `bool_and`/`every`, `bool_or` (with or
+//! without `FILTER (WHERE ...)`) at the top of
 //! a select-list item (also `count(...)::int`-style casts and
 //! `coalesce(sum(x), 0)`), GROUP BY expressions, HAVING comparisons of
 //! aggregates and grouping expressions with constants or `$n` (AND, OR,
@@ -23,7 +24,7 @@
 //!
 //! Refused: window functions, DISTINCT ON, UNION/INTERSECT/EXCEPT, WITH,
 //! subqueries anywhere, VALUES, SELECT INTO, FOR UPDATE/SHARE, GROUPING
-//! SETS/ROLLUP/CUBE, aggregates with DISTINCT/FILTER/ORDER BY/WITHIN GROUP,
+//! SETS/ROLLUP/CUBE, aggregates with DISTINCT/ORDER BY/WITHIN GROUP,
 //! PostgreSQL's other aggregates by name, aggregates inside expressions,
 //! ORDER BY ... USING, FETCH ... WITH TIES, LIMIT/OFFSET expressions,
 //! `*` with aggregates, ORDER BY a position after `*`. User-defined

@@ -132,6 +132,31 @@ fn aggregates_without_group_by() {
 }
 
 #[test]
+fn aggregates_with_filter_merge_like_the_plain_ones() {
+    let p = plan(
+        "SELECT count(*) FILTER (WHERE x > 0), avg(x) FILTER (WHERE b), avg(x) FROM t \
+         ORDER BY count(*) FILTER (WHERE x > 0)",
+    );
+    // Each hidden partial of an avg keeps its own FILTER, and the
+    // unfiltered avg gets partials of its own.
+    assert_eq!(
+        p.shard_sql,
+        "SELECT count(*) FILTER (WHERE x > 0), avg(x) FILTER (WHERE b), avg(x), \
+         sum(x) FILTER (WHERE b) AS pgrouter_hidden_1, count(x) FILTER (WHERE b) AS pgrouter_hidden_2, \
+         sum(x) AS pgrouter_hidden_3, count(x) AS pgrouter_hidden_4 FROM t \
+         ORDER BY count(*) FILTER (WHERE x > 0)"
+    );
+    use Agg::*;
+    let columns = p.merge.aggregate.unwrap().columns;
+    assert_eq!(columns[0], Role::Agg(Count));
+    assert_eq!(columns[1], Role::Agg(Avg { sum: Col::Hidden(0), count: Col::Hidden(1) }));
+    assert_eq!(columns[2], Role::Agg(Avg { sum: Col::Hidden(2), count: Col::Hidden(3) }));
+    assert_eq!(p.merge.order_by[0].column, Col::Visible(0));
+    let p = plan("SELECT g FROM t GROUP BY g HAVING sum(x) FILTER (WHERE x < 5) > 2");
+    assert!(p.merge.aggregate.unwrap().having.is_some());
+}
+
+#[test]
 fn count_cast_to_an_integer_type_is_still_a_count() {
     let p = plan("SELECT count(*)::int, count(x)::bigint, count(*)::numeric FROM t ORDER BY count(*)::int");
     let a = p.merge.aggregate.unwrap();
@@ -273,7 +298,8 @@ fn refusals_name_the_feature_and_give_a_hint() {
     refused("SELECT sum(x) OVER (PARTITION BY g) FROM t", "window");
     refused("SELECT x FROM t WINDOW w AS (ORDER BY x)", "window");
     refused("SELECT count(DISTINCT x) FROM t", "count(DISTINCT");
-    refused("SELECT sum(x) FILTER (WHERE x > 0) FROM t", "FILTER");
+    refused("SELECT count(*) FILTER (WHERE a IN (SELECT a FROM u)) FROM t", "subqueries");
+    refused("SELECT count(*) FILTER (WHERE x > 0) OVER () FROM t", "window");
     refused("SELECT string_agg(x, ',' ORDER BY x) FROM t", "string_agg");
     refused("SELECT array_agg(x) FROM t", "array_agg");
     refused("SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY x) FROM t", "percentile_cont");
