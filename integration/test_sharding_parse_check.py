@@ -5,7 +5,7 @@ router's own errand and must never make a client wait for a connection
 (pgbench -M prepared stalled when it did: one pgbench thread holds every
 connection through its other clients while it waits in a PQprepare), must
 leave nothing on the connection it used, and is asked once per statement
-for all clients (until a reload).
+for all clients (until DDL through the router, or a reload).
 
 Pool size 1 per shard throughout, so that any wait for a connection another
 client holds shows up as a stall (the checkout timeout is 10 s)."""
@@ -166,3 +166,26 @@ def test_accepted_statements_are_asked_about_once_until_a_reload(prouter, shards
     for s in shards[1:]:
         with s.connect(APP_DB) as conn:
             conn.execute("DROP TABLE pc_gone")
+
+
+@pytest.mark.parametrize("in_transaction", [False, True], ids=["autocommit", "transaction"])
+def test_ddl_through_the_router_forgets_the_verdicts(prouter, shards, in_transaction):
+    """DDL sent through the router (on every shard) forgets what was
+    accepted: a prepare of a statement the DDL broke fails at its Parse
+    again, with PostgreSQL's error, without a reload."""
+    with connect(prouter.dsn()) as conn:
+        conn.execute("CREATE TABLE pc_gone (k int)")
+        conn.execute("GRANT ALL ON pc_gone TO app")
+    sql = "SELECT k FROM pc_gone"
+    assert parse_answer(prouter.port, sql) == [b"1", b"Z"]
+    with connect(prouter.dsn()) as conn:
+        if in_transaction:
+            with conn.transaction():
+                conn.execute("ALTER TABLE pc_gone RENAME COLUMN k TO k2")
+        else:
+            conn.execute("ALTER TABLE pc_gone RENAME COLUMN k TO k2")
+    assert parse_answer(prouter.port, sql) == [b"E42703", b"Z"]
+    assert parse_answer(prouter.port, "SELECT k2 FROM pc_gone") == [b"1", b"Z"]
+    with connect(prouter.dsn()) as conn:
+        conn.execute("DROP TABLE pc_gone")
+    assert parse_answer(prouter.port, "SELECT k2 FROM pc_gone") == [b"E42P01", b"Z"]

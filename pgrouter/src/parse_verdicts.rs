@@ -15,7 +15,8 @@
 //! the session's settings (`search_path` decides what a name means), the
 //! text and the declared parameter types. An accepted statement that fails
 //! later (a table dropped meanwhile) fails at its Bind, with PostgreSQL's
-//! error, as it did before the check existed. The memo belongs to the
+//! error, as it did before the check existed. DDL sent through the router
+//! clears the memo (`client/shards/write.rs`). The memo belongs to the
 //! [`crate::state::Runtime`], so a reload starts an empty one (a reload
 //! that changes nothing clears it).
 

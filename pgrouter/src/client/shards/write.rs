@@ -44,9 +44,7 @@ impl Session {
             ));
         }
         if kind == ManyKind::Ddl {
-            if let Some(map) = self.shard_map.as_ref() {
-                map.forget_columns();
-            }
+            self.forget_schema();
         }
         let in_turn = router::runs_outside_transactions(analysis, &unit.sql);
         let mut legs = self.take_legs(shards, Role::Primary).await?;
@@ -58,7 +56,23 @@ impl Session {
         };
         self.cancel.slot.set(None);
         self.give_back(legs);
+        if kind == ManyKind::Ddl {
+            self.forget_schema();
+        }
         result.unwrap_or_else(|end| Err(ShardError::router("08006", format!("pgrouter: {end:?}"))))
+    }
+
+    /// What the router learnt of the schema, forgotten before DDL runs and
+    /// again once it answered: the columns of sharded tables (INSERT
+    /// splitting), and PostgreSQL's acceptance of Parses (`parse_check.rs`),
+    /// which another client could have recorded while the DDL ran. A
+    /// statement that no longer parses then fails at its Parse again, not
+    /// at its Bind.
+    fn forget_schema(&self) {
+        if let Some(map) = self.shard_map.as_ref() {
+            map.forget_columns();
+        }
+        self.rt.parse_verdicts.clear();
     }
 
     /// One transaction block per shard, committed together.
@@ -372,13 +386,17 @@ impl Session {
         legs: &mut [Leg],
     ) -> Result<(), ShardError> {
         if kind == ManyKind::Ddl {
-            if let Some(map) = self.shard_map.as_ref() {
-                map.forget_columns();
-            }
+            self.forget_schema();
         }
         let mut request = BytesMut::new();
         unit.request(&unit.sql, &mut request);
-        let mut answers = match self.ask_all(legs, &request, 1).await {
+        let answers = self.ask_all(legs, &request, 1).await;
+        if kind == ManyKind::Ddl {
+            // Until the COMMIT, the DDL's locks make other clients' Parses
+            // of its tables wait for the new schema.
+            self.forget_schema();
+        }
+        let mut answers = match answers {
             Ok(Ok(a)) => a,
             Ok(Err(e)) => return Err(e),
             Err(end) => return Err(ShardError::router("08006", format!("pgrouter: {end:?}"))),
