@@ -672,6 +672,10 @@ MERGE_QUERIES = [
     "GROUP BY note HAVING count(*) FILTER (WHERE id > 4) > 1 ORDER BY note COLLATE \"C\"",
     "SELECT count(*) FILTER (WHERE false), sum(amount) FILTER (WHERE false), "
     "avg(amount) FILTER (WHERE false), coalesce(sum(id) FILTER (WHERE false), 0) FROM fo_orders",
+    # DISTINCT and ORDER BY inside aggregates whose result ignores them.
+    "SELECT min(DISTINCT amount), max(DISTINCT note ORDER BY note), bool_and(DISTINCT id > 0), "
+    "bool_or(id > 7 ORDER BY id), count(amount ORDER BY id DESC) FROM fo_orders",
+    "SELECT id, max(DISTINCT amount), count(note ORDER BY note) FROM fo_orders GROUP BY id ORDER BY id",
 ]
 
 
@@ -720,6 +724,8 @@ def test_reads_a_merge_cannot_answer_are_refused(srouter, shards):
                     "SELECT * FROM fo_orders WHERE amount > (SELECT avg(amount) FROM fo_orders)",
                     "SELECT count(*) FILTER (WHERE amount > (SELECT avg(amount) FROM fo_orders)) "
                     "FROM fo_orders",
+                    "SELECT sum(DISTINCT amount) FROM fo_orders",
+                    "SELECT sum(amount ORDER BY id) FROM fo_orders",
                     "SELECT string_agg(note, ',') FROM fo_orders",
                     "SELECT DISTINCT ON (note) customer_id FROM fo_orders",
                     "SELECT * FROM fo_orders FOR UPDATE"]:

@@ -206,9 +206,13 @@ pub(crate) fn aggregate(call: &pb::FuncCall) -> Result<Option<AggFn>, Unsupporte
     // as it applies the statement's WHERE, and the partials of the rows
     // it keeps merge like any others (avg's hidden sum and count carry it
     // too, `renamed`). A subquery in it is refused with every other one.
-    let what = if call.agg_distinct {
+    // min, max, bool_and and bool_or give the same over distinct values
+    // and in any order, and a count does not depend on the order; a sum
+    // in a given order (floats round) cannot be kept across shards.
+    let any_order = matches!(agg, AggFn::Min | AggFn::Max | AggFn::BoolAnd | AggFn::BoolOr);
+    let what = if call.agg_distinct && !any_order {
         Some("DISTINCT")
-    } else if !call.agg_order.is_empty() {
+    } else if !call.agg_order.is_empty() && !(any_order || agg == AggFn::Count) {
         Some("ORDER BY")
     } else if call.agg_within_group {
         Some("WITHIN GROUP")

@@ -15,7 +15,8 @@
 //! position or expression; ASC/DESC, NULLS FIRST/LAST, `COLLATE "C"`
 //! recorded); LIMIT/OFFSET as constants or `$n`; DISTINCT; `count`,
 //! `sum`, `min`, `max`, `avg`, `bool_and`/`every`, `bool_or` (with or
-//! without `FILTER (WHERE ...)`) at the top of
+//! without `FILTER (WHERE ...)`; min/max/bool_* also with DISTINCT or
+//! ORDER BY, count with ORDER BY) at the top of
 //! a select-list item (also `count(...)::int`-style casts and
 //! `coalesce(sum(x), 0)`), GROUP BY expressions, HAVING comparisons of
 //! aggregates and grouping expressions with constants or `$n` (AND, OR,
@@ -24,7 +25,8 @@
 //!
 //! Refused: window functions, DISTINCT ON, UNION/INTERSECT/EXCEPT, WITH,
 //! subqueries anywhere, VALUES, SELECT INTO, FOR UPDATE/SHARE, GROUPING
-//! SETS/ROLLUP/CUBE, aggregates with DISTINCT/ORDER BY/WITHIN GROUP,
+//! SETS/ROLLUP/CUBE, WITHIN GROUP, count/sum/avg with DISTINCT, sum/avg
+//! with ORDER BY,
 //! PostgreSQL's other aggregates by name, aggregates inside expressions,
 //! ORDER BY ... USING, FETCH ... WITH TIES, LIMIT/OFFSET expressions,
 //! `*` with aggregates, ORDER BY a position after `*`. User-defined

@@ -157,6 +157,19 @@ fn aggregates_with_filter_merge_like_the_plain_ones() {
 }
 
 #[test]
+fn aggregates_that_ignore_duplicates_or_order_keep_distinct_and_order_by() {
+    let p = plan(
+        "SELECT min(DISTINCT x), max(DISTINCT x ORDER BY x), bool_and(DISTINCT b), \
+         bool_or(b ORDER BY x), count(x ORDER BY y) FROM t",
+    );
+    use Agg::*;
+    assert_eq!(
+        p.merge.aggregate.unwrap().columns,
+        [Min { collate_c: false }, Max { collate_c: false }, BoolAnd, BoolOr, Count].map(Role::Agg)
+    );
+}
+
+#[test]
 fn count_cast_to_an_integer_type_is_still_a_count() {
     let p = plan("SELECT count(*)::int, count(x)::bigint, count(*)::numeric FROM t ORDER BY count(*)::int");
     let a = p.merge.aggregate.unwrap();
@@ -298,6 +311,10 @@ fn refusals_name_the_feature_and_give_a_hint() {
     refused("SELECT sum(x) OVER (PARTITION BY g) FROM t", "window");
     refused("SELECT x FROM t WINDOW w AS (ORDER BY x)", "window");
     refused("SELECT count(DISTINCT x) FROM t", "count(DISTINCT");
+    refused("SELECT sum(DISTINCT x) FROM t", "sum(DISTINCT");
+    refused("SELECT avg(DISTINCT x) FROM t", "avg(DISTINCT");
+    refused("SELECT sum(x ORDER BY y) FROM t", "sum(ORDER BY");
+    refused("SELECT avg(x ORDER BY y) FROM t", "avg(ORDER BY");
     refused("SELECT count(*) FILTER (WHERE a IN (SELECT a FROM u)) FROM t", "subqueries");
     refused("SELECT count(*) FILTER (WHERE x > 0) OVER () FROM t", "window");
     refused("SELECT string_agg(x, ',' ORDER BY x) FROM t", "string_agg");
