@@ -745,6 +745,9 @@ def test_asyncpg_merged_reads(srouter, shards):
                          "ORDER BY note COLLATE \"C\" NULLS FIRST").fetchall()
         want_top = t.execute("SELECT customer_id FROM fo_orders ORDER BY amount DESC NULLS LAST, customer_id "
                              "LIMIT 5").fetchall()
+        filtered = ("SELECT id, count(*) FILTER (WHERE amount > {0}), avg(amount) FILTER (WHERE amount > {0}) "
+                    "FROM fo_orders GROUP BY id HAVING count(*) FILTER (WHERE amount > {0}) > 0 ORDER BY id")
+        want_filtered = t.execute(filtered.format("%s"), (30,) * 3).fetchall()
     async def go():
         c = await aconnect(srouter)
         try:
@@ -753,12 +756,15 @@ def test_asyncpg_merged_reads(srouter, shards):
             stmt = await c.prepare("SELECT customer_id FROM fo_orders ORDER BY amount DESC NULLS LAST, "
                                    "customer_id LIMIT $1")
             top = await stmt.fetch(5)
-            return [tuple(r) for r in rows], [tuple(r) for r in top]
+            # A parameter inside FILTER reaches every shard with the Bind.
+            by_id = await c.fetch(filtered.format("$1"), 30)
+            return [tuple(r) for r in rows], [tuple(r) for r in top], [tuple(r) for r in by_id]
         finally:
             await c.close()
-    rows, top = run_async(go())
+    rows, top, by_id = run_async(go())
     assert rows == [tuple(r) for r in want]
     assert top == [tuple(r) for r in want_top]
+    assert by_id == [tuple(r) for r in want_filtered] and by_id
 
 
 def test_having_parameters_in_binary_format_are_read_by_their_type(srouter, shards):
