@@ -210,9 +210,10 @@ pub(crate) fn aggregate(call: &pb::FuncCall) -> Result<Option<AggFn>, Unsupporte
     // and in any order, and a count does not depend on the order; a sum
     // in a given order (floats round) cannot be kept across shards.
     let any_order = matches!(agg, AggFn::Min | AggFn::Max | AggFn::BoolAnd | AggFn::BoolOr);
+    let order_matters = !(any_order || agg == AggFn::Count);
     let what = if call.agg_distinct && !any_order {
         Some("DISTINCT")
-    } else if !call.agg_order.is_empty() && !(any_order || agg == AggFn::Count) {
+    } else if !call.agg_order.is_empty() && order_matters {
         Some("ORDER BY")
     } else if call.agg_within_group {
         Some("WITHIN GROUP")
