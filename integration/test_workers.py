@@ -21,7 +21,10 @@ from harness.pg import APP_DB, APP_USER
 from harness.router import app_user
 from harness.util import wait_until
 
-TWO_WORKERS = {"workers": 2, "checkout_timeout_ms": 4000}
+# worker_spread_percent = 0: every new client goes to the worker with the
+# fewest (test_worker_balance.py covers the default, which keeps clients
+# on one worker while load is light).
+TWO_WORKERS = {"workers": 2, "checkout_timeout_ms": 4000, "worker_spread_percent": 0}
 
 
 @contextmanager
@@ -152,7 +155,7 @@ def test_a_waiter_is_woken_by_room_made_in_another_part(routers, primary):
 
 # Shorter than the 50 ms after which any room is lent: only lending at once
 # can serve a client in time.
-IMPATIENT = {"workers": 2, "checkout_timeout_ms": 25}
+IMPATIENT = {"workers": 2, "checkout_timeout_ms": 25, "worker_spread_percent": 0}
 
 
 def test_spare_room_is_lent_at_once(routers, primary):

@@ -9,6 +9,7 @@ macro_rules! with_general_fields {
         $callback!(
             listen,
             workers,
+            worker_spread_percent,
             pool_mode,
             default_pool_size,
             min_pool_size,

@@ -16,6 +16,7 @@ pub(crate) const USERS_TOP: &[&str] = &["users"];
 pub(crate) const GENERAL: &[&str] = &[
     "listen",
     "workers",
+    "worker_spread_percent",
     "pool_mode",
     "default_pool_size",
     "min_pool_size",

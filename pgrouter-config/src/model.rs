@@ -279,6 +279,10 @@ pub struct General {
     /// Worker threads, each with its own event loop and its part of every
     /// pool; 0 = one per core (the server resolves it).
     pub workers: usize,
+    /// How busy a worker gets, in percent of one core, before clients are
+    /// spread over one more worker (see the server's `worker_balance.rs`).
+    /// 0 spreads them over every worker at once; 100 never spreads them.
+    pub worker_spread_percent: u32,
     pub pool_mode: PoolMode,
     /// Server connections per pool; at least 1.
     pub default_pool_size: u32,
@@ -352,6 +356,7 @@ impl Default for General {
         General {
             listen: "127.0.0.1:6432".into(),
             workers: 0,
+            worker_spread_percent: 70,
             pool_mode: PoolMode::Transaction,
             default_pool_size: 10,
             min_pool_size: 0,

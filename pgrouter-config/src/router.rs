@@ -172,6 +172,11 @@ fn general(src: &mut Source, sec: &Section, at: &mut RouterLines) -> General {
     }
     set(&mut g.workers, sec.usize(src, "workers", 0));
     set(
+        &mut g.worker_spread_percent,
+        sec.integer(src, "worker_spread_percent", 0, 100)
+            .and_then(|n| u32::try_from(n).ok()),
+    );
+    set(
         &mut g.pool_mode,
         sec.choice(src, "pool_mode", PoolMode::NAMES, PoolMode::from_name),
     );

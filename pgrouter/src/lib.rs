@@ -27,3 +27,4 @@ pub mod state;
 pub mod timer;
 pub mod twophase;
 pub mod worker;
+pub mod worker_balance;

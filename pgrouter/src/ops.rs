@@ -229,7 +229,7 @@ impl AdminContext for Ops {
                 tls: c.tls,
                 application_name: c.application_name.clone(),
                 server: c.server().map(|(addr, pid)| format!("{addr} pid {pid}")),
-                worker: c.worker,
+                worker: c.worker.load(std::sync::atomic::Ordering::Relaxed),
                 pinned: {
                     let held = c.pinned();
                     (!held.is_empty()).then(|| held.names().collect::<Vec<_>>().join(", "))

@@ -86,6 +86,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(%listen, "pgrouter is accepting clients");
 
     tokio::spawn(maintain_pools(state.clone()));
+    tokio::spawn(crate::worker_balance::run(state.clone()));
     tokio::spawn(check_health(state.clone()));
     tokio::spawn(crate::twophase::run_recovery(state.clone()));
     tokio::spawn(signals.serve(state.clone()));

@@ -51,6 +51,7 @@ mod local_answers;
 mod login;
 mod login_checks;
 mod memo;
+mod moving;
 mod outbound;
 pub mod params;
 pub mod pinning;
@@ -117,6 +118,7 @@ pub async fn handle(
     state: Arc<State>,
     id: u64,
     tls: ClientTlsSetup,
+    seat: Option<crate::worker::Seat>,
 ) {
     let span = tracing::info_span!("client", id, %peer, user = tracing::field::Empty, database = tracing::field::Empty);
     async move {
@@ -166,11 +168,11 @@ pub async fn handle(
                 return send_fatal(&mut stream, "08P01", LOGIN_TIMED_OUT).await;
             }
         };
-        // The session runs as a task of its own, so that each of its
-        // wake-ups polls it directly instead of through this function's and
-        // the accept loop's futures (~240 instructions per -S transaction).
-        let session = make_session(stream).run().in_current_span();
-        let Ok((mut stream, end)) = tokio::spawn(session).await else {
+        let mut session = make_session(stream);
+        session.take_seat(seat);
+        let (done, finished) = tokio::sync::oneshot::channel();
+        tokio::spawn(moving::drive(session, done, tracing::Span::current()));
+        let Ok((mut stream, end)) = finished.await else {
             return; // it panicked: its socket is closed with it
         };
         report_end(&mut stream, end, &state).await;

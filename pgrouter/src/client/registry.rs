@@ -34,8 +34,9 @@ pub struct ClientInfo {
     pub role: Option<String>,
     pub tls: bool,
     pub application_name: String,
-    /// The worker thread its session runs on (0 without worker threads).
-    pub worker: usize,
+    /// The worker thread its session runs on (0 without worker threads);
+    /// changes when the session moves (`client/moving.rs`).
+    pub worker: AtomicUsize,
     state: AtomicU8,
     /// Why the client is pinned to its server connection: the bits of a
     /// [`SessionState`] (see `pinning.rs`); 0 when it is not.
@@ -79,7 +80,7 @@ impl ClientInfo {
             role,
             tls,
             application_name,
-            worker: crate::worker::index(),
+            worker: AtomicUsize::new(crate::worker::index()),
             state: AtomicU8::new(ClientState::Idle as u8),
             pinned: AtomicU8::new(0),
             server: Default::default(),

@@ -209,6 +209,31 @@ pub struct Session {
     /// The database's shard map in `rt` (None: not sharded), looked up once
     /// per runtime instead of by name for every message.
     pub(super) shard_map: Option<Arc<crate::router::ShardMap>>,
+    /// The client's place on its worker thread (None without worker
+    /// threads); it moves with the session (`moving.rs`).
+    pub(super) seat: Option<crate::worker::Seat>,
+}
+
+/// Why [`Session::serve`] returned.
+enum Stop {
+    End(SessionEnd),
+    /// Its worker sheds clients: the session continues on worker `.0`
+    /// (see `moving.rs`).
+    Move(usize),
+}
+
+impl From<SessionEnd> for Stop {
+    fn from(end: SessionEnd) -> Stop {
+        Stop::End(end)
+    }
+}
+
+/// How [`Session::run`] returned.
+pub enum Ran {
+    /// The session is over: the client's socket and why.
+    Ended(ClientStream, SessionEnd),
+    /// The session is to continue on another worker (see `moving.rs`).
+    Moving(Box<Session>, usize),
 }
 
 enum Event {
@@ -303,13 +328,19 @@ impl Session {
             shard_map,
             memo: Default::default(),
             message_seq: Default::default(),
+            seat: None,
         }
     }
 
     /// Runs until the client leaves or the router ends the session. The
     /// server held at that point is cleaned up and returned, or discarded.
-    pub async fn run(mut self) -> (ClientStream, SessionEnd) {
-        let end = self.serve().await;
+    /// Returns early, holding nothing, when the session is to move to
+    /// another worker.
+    pub async fn run(mut self) -> Ran {
+        let end = match self.serve().await {
+            Stop::End(end) => end,
+            Stop::Move(to) => return Ran::Moving(Box::new(self), to),
+        };
         // Asked before the server is taken: with none held, nothing is due.
         let quiet = self.is_quiet() && !self.flow.copy_in();
         if let Some(held) = self.server.take() {
@@ -319,31 +350,36 @@ impl Session {
             release_after_session(held.conn, quiet, self.mode, pinned);
         }
         self.release_kept();
-        (self.client, end)
+        Ran::Ended(self.client, end)
     }
 
-    async fn serve(&mut self) -> SessionEnd {
+    async fn serve(&mut self) -> Stop {
         loop {
             if !self.flow.blocked() {
                 if let Err(end) = self.handle_client_messages().await {
-                    return end;
+                    return end.into();
                 }
             }
             if self.server.is_none() && self.shutdown.is_fired() {
-                return SessionEnd::fatal("57P01", "pgrouter is shutting down");
+                return SessionEnd::fatal("57P01", "pgrouter is shutting down").into();
+            }
+            if self.server.is_none() && crate::worker::asked_to_shed() {
+                if let Some(to) = self.may_move() {
+                    return Stop::Move(to);
+                }
             }
             match self.wait().await {
-                Event::Client(Ok(0)) => return SessionEnd::ClientGone,
+                Event::Client(Ok(0)) => return SessionEnd::ClientGone.into(),
                 Event::Client(Ok(n)) => self.note_client_read(n),
-                Event::Client(Err(e)) => return SessionEnd::ClientIo(e),
+                Event::Client(Err(e)) => return SessionEnd::ClientIo(e).into(),
                 Event::Server(Ok(0)) | Event::Server(Err(_)) => {
                     if let Err(end) = self.recover_server_loss().await {
-                        return end;
+                        return end.into();
                     }
                 }
                 Event::Server(Ok(_)) => {
                     if let Err(end) = self.handle_server_messages().await {
-                        return end;
+                        return end.into();
                     }
                 }
                 Event::Shutdown => self.shutdown_seen = true,
@@ -352,12 +388,14 @@ impl Session {
                         "57P05",
                         "terminating connection due to client_idle_timeout",
                     )
+                    .into()
                 }
                 Event::IdleInTransaction => {
                     return SessionEnd::fatal(
                         "25P03",
                         "pgrouter: terminating connection due to idle-in-transaction timeout (idle_transaction_timeout_ms)",
                     )
+                    .into()
                 }
                 Event::QueryTimeout => self.cancel_for_timeout(),
                 Event::ServerUnresponsive => {
@@ -366,12 +404,12 @@ impl Session {
                     );
                     self.query_cancelled = None;
                     if let Err(end) = self.recover_server_loss().await {
-                        return end;
+                        return end.into();
                     }
                 }
             }
             if self.shutdown.is_fired() && self.at_boundary() {
-                return SessionEnd::fatal("57P01", "pgrouter is shutting down");
+                return SessionEnd::fatal("57P01", "pgrouter is shutting down").into();
             }
         }
     }

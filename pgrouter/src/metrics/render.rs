@@ -126,6 +126,25 @@ pub fn render(metrics: &Metrics, source: &dyn MetricsSource) -> String {
     }
 
     out.family(
+        "pgrouter_workers",
+        "gauge",
+        "Worker threads (1 without worker threads).",
+    );
+    out.sample("pgrouter_workers", &[], crate::worker::count());
+    out.family(
+        "pgrouter_workers_active",
+        "gauge",
+        "Worker threads taking clients now (see worker_spread_percent).",
+    );
+    out.sample("pgrouter_workers_active", &[], crate::worker::active());
+    out.family(
+        "pgrouter_client_moves_total",
+        "counter",
+        "Clients moved from one worker thread to another between their transactions.",
+    );
+    out.sample("pgrouter_client_moves_total", &[], crate::worker::moves());
+
+    out.family(
         "pgrouter_pool_clients",
         "gauge",
         "Clients served by (active) or waiting for (waiting) a pool.",

@@ -64,21 +64,21 @@ pub async fn serve_with_tls(listener: TcpListener, state: Arc<State>, tls: Arc<C
         // worker's, if any): taken off this one here, registered with that
         // one when its task starts there (`ClientStream::plain`).
         let moved = stream.into_std();
+        // The client's place on its worker travels with its session (which
+        // may move to another worker between transactions).
+        let (worker, seat) = crate::worker::next().unzip();
         let session = async move {
             match moved.and_then(ClientStream::plain) {
-                Ok(stream) => serve_client(stream, peer, state, id, tls).await,
+                Ok(stream) => serve_client(stream, peer, state, id, tls, seat).await,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot register a client's socket");
                     state.clients.fetch_sub(1, Ordering::Relaxed);
                 }
             }
         };
-        match crate::worker::next() {
-            Some((worker, seat)) => {
-                worker.spawn(async move {
-                    let _seat = seat;
-                    session.await
-                });
+        match worker {
+            Some(worker) => {
+                worker.spawn(session);
             }
             None => {
                 tokio::spawn(session);
@@ -96,7 +96,8 @@ async fn serve_client(
     state: Arc<State>,
     id: u64,
     tls: ClientTlsSetup,
+    seat: Option<crate::worker::Seat>,
 ) {
-    crate::client::handle(stream, peer, state.clone(), id, tls).await;
+    crate::client::handle(stream, peer, state.clone(), id, tls, seat).await;
     state.clients.fetch_sub(1, Ordering::Relaxed);
 }

@@ -188,6 +188,19 @@ fn share(total: u32, parts: usize, k: usize) -> usize {
     total / parts + usize::from(k < total % parts)
 }
 
+/// Part `k`'s share of `total` when only the first `active` of `parts`
+/// parts' workers take clients (`worker_balance.rs`): the others get none,
+/// so that the connections are opened on the event loops that serve
+/// clients.
+fn active_share(total: u32, parts: usize, active: usize, k: usize) -> usize {
+    let active = active.clamp(1, parts.max(1));
+    if k < active {
+        share(total, active, k)
+    } else {
+        0
+    }
+}
+
 /// A server connection checked out of its pool. Give it back with
 /// [`Pool::checkin`]; dropping it instead closes the connection, which is the
 /// safe default when its state is unknown.
@@ -218,7 +231,7 @@ impl Pool {
             .map(|k| Part {
                 slots: Mutex::new(Slots::default()),
                 open: AtomicUsize::new(0),
-                size: AtomicUsize::new(share(settings.size, count, k)),
+                size: AtomicUsize::new(active_share(settings.size, count, crate::worker::active(), k)),
                 lend_watch: AtomicBool::new(false),
                 room_elsewhere: Arc::new(Notify::new()),
             })
@@ -241,14 +254,32 @@ impl Pool {
     }
 
     /// The part the current thread's clients use.
-    /// A pool shrunk below its number of parts leaves the last parts with
-    /// no share: their workers' clients use the first parts.
+    /// A pool shrunk below its number of parts, or whose last parts'
+    /// workers take no clients now, leaves those parts with no share:
+    /// their workers' clients (on their way to another worker) use the
+    /// first parts.
     #[inline]
     fn my_part(&self) -> usize {
         match self.parts.len() {
             1 => 0,
-            n => crate::worker::index() % (self.size() as usize).clamp(1, n),
+            n => {
+                let shared = (self.size() as usize).min(crate::worker::active());
+                crate::worker::index() % shared.clamp(1, n)
+            }
         }
+    }
+
+    /// Part `k`'s share of `total` among the parts whose workers take
+    /// clients now.
+    fn active_share(&self, total: u32, k: usize) -> usize {
+        active_share(total, self.parts.len(), crate::worker::active(), k)
+    }
+
+    /// Shares the pool out again among the parts whose workers take
+    /// clients now (after `worker_balance.rs` changed how many do), as a
+    /// reload's resize would.
+    pub fn reshare(&self) {
+        self.resize(self.size());
     }
 
     fn part(&self, k: usize) -> &Part {
@@ -790,7 +821,8 @@ impl Pool {
     async fn maintain_part(self: &Arc<Self>, k: usize) {
         let part = self.part(k);
         let lifetime = self.settings.load().lifetime;
-        let min = share(self.settings.load().min_size, self.parts.len(), k)
+        let min = self
+            .active_share(self.settings.load().min_size, k)
             .min(part.size.load(Ordering::Relaxed));
         let expired: Vec<Box<ServerConn>> = {
             let mut slots = part.slots.lock();
@@ -867,7 +899,7 @@ impl Pool {
     pub fn resize(&self, new_size: u32) {
         self.size.store(new_size, Ordering::Relaxed);
         for (k, part) in self.parts.iter().enumerate() {
-            let size = share(new_size, self.parts.len(), k);
+            let size = self.active_share(new_size, k);
             part.size.store(size, Ordering::Relaxed);
             let mut slots = part.slots.lock();
             while slots.leased < size && !slots.waiters.is_empty() {
@@ -1127,7 +1159,7 @@ impl std::fmt::Display for Refusal {
 
 #[cfg(test)]
 mod share_tests {
-    use super::share;
+    use super::{active_share, share};
 
     #[test]
     fn parts_share_the_whole_size_evenly() {
@@ -1147,5 +1179,16 @@ mod share_tests {
         assert_eq!((share(3, 2, 0), share(3, 2, 1)), (2, 1));
         // Shrunk below its number of parts: the last part has no share.
         assert_eq!((share(1, 2, 0), share(1, 2, 1)), (1, 0));
+    }
+
+    #[test]
+    fn parts_of_workers_taking_no_clients_get_no_share() {
+        let shares = |total, active| (0..3).map(|k| active_share(total, 3, active, k)).collect::<Vec<_>>();
+        assert_eq!(shares(20, 1), vec![20, 0, 0]);
+        assert_eq!(shares(20, 2), vec![10, 10, 0]);
+        assert_eq!(shares(20, 3), vec![7, 7, 6]);
+        // Never fewer than one part, never more than there are.
+        assert_eq!(shares(20, 0), vec![20, 0, 0]);
+        assert_eq!(shares(20, 9), vec![7, 7, 6]);
     }
 }

@@ -1,0 +1,218 @@
+"""Which workers take clients (`worker_spread_percent`), and clients moving
+between workers between their transactions.
+
+With several workers, one serves everyone while it is not busy; once an
+active worker stays busier than `worker_spread_percent` of a core for a
+second, another takes clients too and clients move to it; once the load
+fits on one worker fewer at half that, the last one sheds its clients.
+0 spreads clients over every worker at once, 100 never spreads them.
+
+A client moves only between transactions, holding no server connection.
+Everything of its session goes with it: tracked settings, prepared
+statements (protocol-level, and SQL PREPARE), its pool's limit.
+"""
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+
+from harness.clients import aconnect, connect, run_async
+from harness.ops import admin_general, admin_rows, reload_marks, scrape, wait_reload
+from harness.pg import APP_DB, APP_USER, pg_tool
+from harness.router import app_user
+from harness.util import wait_until
+from test_concurrency import _processed_and_failed
+
+POOL = 4
+
+
+def start(routers, percent: int, **general):
+    return routers.start(
+        general=admin_general(metrics=True, workers=2, worker_spread_percent=percent, **general),
+        users=[app_user(pool_size=POOL)])
+
+
+def set_percent(router, percent: int) -> None:
+    before = reload_marks(router)
+    router.config["general"]["worker_spread_percent"] = percent
+    router.write_files()
+    router.reload()
+    assert wait_reload(router, before) == "ok", router.log()
+
+
+def app_workers(router) -> list[int]:
+    """The worker of each of the app user's clients, by client id."""
+    rows = [r for r in admin_rows(router, "SHOW CLIENTS") if r["user"] == APP_USER]
+    return [int(r["worker"]) for r in sorted(rows, key=lambda r: int(r["id"]))]
+
+
+def active_workers(router) -> float:
+    return scrape(router).one("pgrouter_workers_active")
+
+
+def moves(router) -> float:
+    return scrape(router).one("pgrouter_client_moves_total")
+
+
+class Client:
+    """A psycopg client with a setting of its own, a protocol-level
+    prepared statement and an SQL prepared statement."""
+
+    def __init__(self, router, i: int):
+        self.i = i
+        self.conn = connect(router.dsn(), prepare_threshold=0)
+        self.conn.execute(f"SET work_mem = '{i + 1}MB'")
+        self.conn.execute(f"PREPARE mine AS SELECT {i} * 10 + $1::int")
+
+    def check(self) -> None:
+        """The client's own state, on whichever worker it is now."""
+        c, i = self.conn, self.i
+        assert c.execute("SHOW work_mem").fetchone() == (f"{i + 1}MB",)
+        # prepare_threshold=0: psycopg prepares it on the server (Parse with a
+        # name), then runs it by name.
+        assert c.execute("SELECT %s::int + 1", (i,), prepare=True).fetchone() == (i + 1,)
+        assert c.execute("EXECUTE mine(3)").fetchone() == (i * 10 + 3,)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def run_until(clients, what: str, condition, timeout: float = 15) -> None:
+    """Every client runs its checks, again and again, until `condition()`."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        for c in clients:
+            c.check()
+        time.sleep(0.05)
+
+
+def test_one_worker_takes_every_client_while_load_is_light(routers):
+    router = start(routers, 70)
+    clients = [Client(router, i) for i in range(6)]
+    try:
+        for _ in range(10):
+            for c in clients:
+                c.check()
+        assert app_workers(router) == [0] * 6
+        s = scrape(router)
+        assert s.one("pgrouter_workers") == 2
+        assert s.one("pgrouter_workers_active") == 1
+        assert s.one("pgrouter_client_moves_total") == 0
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_clients_move_to_a_new_worker_and_back_with_their_session(routers, primary):
+    router = start(routers, 100)
+    clients = [Client(router, i) for i in range(6)]
+    try:
+        for c in clients:
+            c.check()
+        assert app_workers(router) == [0] * 6
+        # 0: both workers take clients at once, and worker 0 sheds half of
+        # its clients as they finish their transactions.
+        set_percent(router, 0)
+        run_until(clients, "clients to spread over both workers",
+                  lambda: sorted(app_workers(router)) == [0, 0, 0, 1, 1, 1])
+        assert active_workers(router) == 2
+        assert moves(router) >= 3
+        for c in clients:
+            c.check()
+        # 100: the idle router fits on one worker; after two seconds worker
+        # 1 sheds its clients, which come back to worker 0.
+        set_percent(router, 100)
+        run_until(clients, "clients to come back to worker 0",
+                  lambda: app_workers(router) == [0] * 6)
+        assert active_workers(router) == 1
+        assert moves(router) >= 6
+        for c in clients:
+            c.check()
+        # Moving never opened more server connections than the pool allows.
+        assert len(primary.pool_backends(user=APP_USER, db=APP_DB)) <= POOL
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_a_client_in_a_transaction_stays_until_it_ends(routers, primary):
+    with connect(primary.dsn()) as direct:
+        direct.execute("DROP TABLE IF EXISTS balance_moves")
+        direct.execute("CREATE TABLE balance_moves (i int)")
+    router = start(routers, 100)
+    # Three idle clients, then the one in a transaction: with both workers
+    # taking clients, worker 0 sheds two; the idle ones take those turns
+    # while the transaction is open.
+    clients = [Client(router, i) for i in range(3)]
+    in_tx = connect(router.dsn(), autocommit=False)
+    try:
+        in_tx.execute("INSERT INTO balance_moves VALUES (1)")
+        pid = in_tx.execute("SELECT pg_backend_pid()").fetchone()[0]
+        set_percent(router, 0)
+        run_until(clients, "two idle clients to move",
+                  lambda: sorted(app_workers(router)[:3]) == [0, 1, 1])
+        # The transaction's client is still on worker 0, on its server.
+        assert app_workers(router)[3] == 0
+        assert in_tx.execute("SELECT pg_backend_pid(), count(*) FROM balance_moves").fetchone() == (pid, 1)
+        in_tx.commit()
+        assert primary.scalar("SELECT count(*) FROM balance_moves") == 1
+        for c in clients:
+            c.check()
+    finally:
+        for c in clients:
+            c.close()
+        in_tx.close()
+
+
+def test_asyncpg_clients_keep_their_statements_across_moves(routers):
+    router = start(routers, 100)
+
+    async def main():
+        conns = [await aconnect(router) for _ in range(4)]
+        try:
+            stmts = [await c.prepare("SELECT $1::int * 3") for c in conns]
+            set_percent(router, 0)
+            deadline = time.monotonic() + 15
+            while sorted(app_workers(router)) != [0, 0, 1, 1]:
+                assert time.monotonic() < deadline, app_workers(router)
+                for k, s in enumerate(stmts):
+                    assert await s.fetchval(k) == k * 3
+                await asyncio.sleep(0.05)
+            # Every connection at once, right after the moves: statements
+            # prepared before, and a pipeline (executemany).
+            async def use(k, c, s):
+                for n in range(5):
+                    assert await s.fetchval(k + n) == (k + n) * 3
+                await c.executemany("SELECT $1::int", [(n,) for n in range(20)])
+            await asyncio.gather(*(use(k, c, s) for k, (c, s) in enumerate(zip(conns, stmts))))
+        finally:
+            for c in conns:
+                await c.close()
+
+    run_async(main(), timeout=60)
+
+
+def test_a_busy_worker_brings_in_another_and_lets_it_go_when_idle(routers, tmp_path):
+    """5 % of a core: the load of eight pgbench clients is more than that
+    on one worker, so within seconds both workers take clients and clients
+    move; once pgbench is done the idle router folds back to one."""
+    router = start(routers, 5)
+    script = tmp_path / "select.sql"
+    script.write_text("SELECT 1;\n")
+    cmd = [pg_tool("pgbench"), "-n", "-c", "8", "-j", "2", "-T", "6", "-f", str(script),
+           "-h", "127.0.0.1", "-p", str(router.port), "-U", APP_USER, APP_DB]
+    bench = subprocess.Popen(cmd, env=router.psql_env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    seen_two = False
+    while bench.poll() is None:
+        seen_two = seen_two or active_workers(router) == 2
+        time.sleep(0.1)
+    text = bench.stdout.read()
+    assert bench.returncode == 0, text
+    processed, failed = _processed_and_failed(text)
+    assert failed == 0 and processed > 100, text
+    assert seen_two, router.log()
+    assert moves(router) >= 1
+    wait_until(lambda: active_workers(router) == 1, 10, what="the idle router to fold to one worker")
