@@ -365,7 +365,9 @@ class PgRouter:
 
     def start(self) -> None:
         env = dict(os.environ)
-        env.setdefault("RUST_LOG", "warn")
+        # The balancer's changes of how many workers take clients are
+        # counted at the end (see `stop`).
+        env.setdefault("RUST_LOG", "warn,pgrouter::worker_balance=info")
         log_f = open(self.logfile, "ab")
         # setsid: its own session, hence its own CPU autogroup, like a daemon
         # (see shared BENCHMARKING notes: a plain child measures ~13 % slower).
@@ -393,6 +395,10 @@ class PgRouter:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+            changes = [line for line in tail(self.logfile, 1 << 20).splitlines()
+                       if "workers taking clients changed" in line]
+            log(f"{self.workdir.name}: the workers taking clients changed {len(changes)} time(s)"
+                + "".join(f"\n    {line[-160:]}" for line in changes[-5:]))
 
     def log_tail(self, n: int = 4000) -> str:
         return tail(self.logfile, n)
