@@ -173,7 +173,9 @@ fn fewest_clients(workers: &[Worker], not: Option<usize>) -> Option<usize> {
 /// How many workers (the first ones) take clients (1 without worker
 /// threads).
 pub fn active() -> usize {
-    WORKERS.get().map_or(1, |w| ACTIVE.load(Ordering::Relaxed).clamp(1, w.len()))
+    WORKERS
+        .get()
+        .map_or(1, |w| ACTIVE.load(Ordering::Relaxed).clamp(1, w.len()))
 }
 
 /// Whether the current thread's worker is asked to shed clients: one
@@ -257,13 +259,19 @@ fn cpu_time(clock: Option<libc::clockid_t>) -> Duration {
     let Some(clock) = clock else {
         return Duration::ZERO;
     };
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid place for the answer; the worker threads
     // live as long as the process, so their clocks stay valid.
     if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
         return Duration::ZERO;
     }
-    Duration::new(ts.tv_sec.max(0) as u64, ts.tv_nsec.clamp(0, 999_999_999) as u32)
+    Duration::new(
+        ts.tv_sec.max(0) as u64,
+        ts.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
 }
 
 /// Runs `future` on worker `i`, so that sockets it opens belong to that

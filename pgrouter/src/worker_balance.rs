@@ -91,7 +91,13 @@ pub fn shed_counts(clients: &[usize], active: usize) -> Vec<usize> {
     clients
         .iter()
         .enumerate()
-        .map(|(i, &n)| if i < active { n.saturating_sub(share) } else { n })
+        .map(|(i, &n)| {
+            if i < active {
+                n.saturating_sub(share)
+            } else {
+                n
+            }
+        })
         .collect()
 }
 
@@ -158,7 +164,10 @@ mod tests {
     use super::*;
 
     fn run_samples(balance: &mut Balance, busy: &[f64], n: u32, percent: u32) -> usize {
-        (0..n).map(|_| balance.sample(busy, percent)).last().unwrap_or(balance.active)
+        (0..n)
+            .map(|_| balance.sample(busy, percent))
+            .last()
+            .unwrap_or(balance.active)
     }
 
     #[test]
@@ -230,7 +239,11 @@ mod tests {
             cpu: Duration::from_millis(ms),
             clients: 0,
         };
-        let busy = busy_between(&[at(100), at(0)], &[at(300), at(50)], Duration::from_millis(400));
+        let busy = busy_between(
+            &[at(100), at(0)],
+            &[at(300), at(50)],
+            Duration::from_millis(400),
+        );
         assert_eq!(busy, vec![0.5, 0.125]);
     }
 }

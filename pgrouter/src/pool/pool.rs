@@ -231,7 +231,12 @@ impl Pool {
             .map(|k| Part {
                 slots: Mutex::new(Slots::default()),
                 open: AtomicUsize::new(0),
-                size: AtomicUsize::new(active_share(settings.size, count, crate::worker::active(), k)),
+                size: AtomicUsize::new(active_share(
+                    settings.size,
+                    count,
+                    crate::worker::active(),
+                    k,
+                )),
                 lend_watch: AtomicBool::new(false),
                 room_elsewhere: Arc::new(Notify::new()),
             })
@@ -1183,7 +1188,11 @@ mod share_tests {
 
     #[test]
     fn parts_of_workers_taking_no_clients_get_no_share() {
-        let shares = |total, active| (0..3).map(|k| active_share(total, 3, active, k)).collect::<Vec<_>>();
+        let shares = |total, active| {
+            (0..3)
+                .map(|k| active_share(total, 3, active, k))
+                .collect::<Vec<_>>()
+        };
         assert_eq!(shares(20, 1), vec![20, 0, 0]);
         assert_eq!(shares(20, 2), vec![10, 10, 0]);
         assert_eq!(shares(20, 3), vec![7, 7, 6]);
