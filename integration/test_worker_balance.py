@@ -17,8 +17,8 @@ import asyncio
 import subprocess
 import time
 
-from harness.clients import aconnect, connect, run_async
-from harness.ops import admin_general, admin_rows, reload_marks, scrape, wait_reload
+from harness.clients import aconnect, connect, in_thread, run_async
+from harness.ops import admin_general, admin_rows, pools, reload_marks, scrape, wait_reload
 from harness.pg import APP_DB, APP_USER, pg_tool
 from harness.router import app_user
 from harness.util import wait_until
@@ -216,3 +216,61 @@ def test_a_busy_worker_brings_in_another_and_lets_it_go_when_idle(routers, tmp_p
     assert seen_two, router.log()
     assert moves(router) >= 1
     wait_until(lambda: active_workers(router) == 1, 10, what="the idle router to fold to one worker")
+
+
+def test_clients_queued_on_a_worker_that_stops_taking_clients_are_served_first(routers):
+    """Pool 2 over 2 workers taking clients: one connection each. A (worker
+    1) and B (worker 0) hold them; C waits on worker 1, E and F on worker 0.
+    Then worker 1 stops taking clients: worker 0's part gets the whole pool
+    and E the new room (E sleeps 3 s), worker 1's part none. C, queued
+    there, must get the next connection given back on worker 0 (B's), not
+    F behind it: otherwise it would wait for room nobody on worker 0 leaves
+    while worker 0 has waiters of its own (here until E's sleep ends)."""
+    router = routers.start(
+        general=admin_general(metrics=True, workers=2, worker_spread_percent=0,
+                              checkout_timeout_ms=20000),
+        users=[app_user(pool_size=2)])
+    conns = {f"c{i}": connect(router.dsn(), autocommit=False, application_name=f"c{i}")
+             for i in range(6)}
+    threads = []
+    try:
+        on = {r["application_name"]: int(r["worker"]) for r in admin_rows(router, "SHOW CLIENTS")
+              if r["application_name"] in conns}
+        w0 = [conns[n] for n in sorted(on) if on[n] == 0]
+        w1 = [conns[n] for n in sorted(on) if on[n] == 1]
+        assert len(w0) == 3 and len(w1) == 3, on
+        (b, e, f), (a, c, _) = w0, w1
+        a.execute("SELECT 1")
+        b.execute("SELECT 1")
+        done = {}
+
+        def run(name, conn, sql):
+            conn.execute(sql)
+            conn.commit()
+            done[name] = time.monotonic()
+        threads.append(in_thread(run, "c", c, "SELECT 'c'"))
+        wait_until(lambda: int(pools(router)[0]["cl_waiting"]) == 1, 5, what="C to wait")
+        threads.append(in_thread(run, "e", e, "SELECT pg_sleep(3)"))
+        wait_until(lambda: int(pools(router)[0]["cl_waiting"]) == 2, 5, what="E to wait")
+        threads.append(in_thread(run, "f", f, "SELECT 'f'"))
+        wait_until(lambda: int(pools(router)[0]["cl_waiting"]) == 3, 5, what="F to wait")
+        set_percent(router, 100)
+        wait_until(lambda: active_workers(router) == 1, 10, what="worker 1 to stop taking clients")
+        # E got worker 0's new room; C and F still wait.
+        wait_until(lambda: int(pools(router)[0]["cl_waiting"]) == 2, 5, what="E to be served")
+        assert "c" not in done and "f" not in done, done
+        gave_back = time.monotonic()
+        b.commit()
+        wait_until(lambda: "c" in done, 2.5, what="C to get B's connection")
+        assert done["c"] - gave_back < 2.0
+        for t in threads:
+            t.join(10)
+        assert set(done) == {"c", "e", "f"}, done
+        # F got the connection after C, who waited longer.
+        assert done["c"] < done["f"], done
+        a.commit()
+    finally:
+        for t in threads:
+            t.join(10)
+        for conn in conns.values():
+            conn.close()

@@ -72,8 +72,21 @@ impl Session {
             router_set: held.conn.router_set.clone(),
             fingerprint: held.conn.params_fingerprint,
         }));
+        // A connection left with a SERIALIZABLE session default by another
+        // client (being reset by these very steps) cannot take a snapshot
+        // on a hot standby, which each set_config's SELECT needs: the
+        // replay's own transaction, which reads nothing, runs READ
+        // COMMITTED. Only between transactions: inside one, the client's
+        // transaction is not the router's to change.
+        let reset_isolation = !self.flow.in_tx() && serializable_default(&held.conn);
         self.params.mark_synced(&mut held.conn);
         held.settings_replayed = true;
+        if reset_isolation {
+            self.pipeline_guard_for(
+                "SET TRANSACTION ISOLATION LEVEL READ COMMITTED",
+                GuardFor::Setting("default_transaction_isolation".into()),
+            );
+        }
         for step in steps {
             let sql = step.sql();
             self.pipeline_guard_for(&sql, GuardFor::Setting(step.name.into()));
@@ -101,6 +114,14 @@ impl Session {
         self.expect().swallow(Reply::Bind);
         self.expect().swallow(Reply::Execute);
     }
+}
+
+/// Whether `conn`'s session default isolation, as last known, is
+/// SERIALIZABLE.
+fn serializable_default(conn: &ServerConn) -> bool {
+    conn.params
+        .get("default_transaction_isolation")
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("serializable"))
 }
 
 /// A guard failed (`failed`) and the server skipped the guards after it

@@ -1,3 +1,4 @@
+use std::hint::cold_path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -117,6 +118,9 @@ pub struct Pool {
     /// has its permits matched to the caps when it comes back (one atomic
     /// load per check-in otherwise).
     caps_epoch: AtomicU64,
+    /// Some part with no share may have clients waiting in it (see
+    /// [`Pool::serve_stranded`]); one load per check-in otherwise.
+    stranded: AtomicBool,
 }
 
 /// How long a client of a split pool waits in its own part before it may
@@ -255,6 +259,7 @@ impl Pool {
             refused: Mutex::new(None),
             caps: Mutex::new(Vec::new()),
             caps_epoch: AtomicU64::new(0),
+            stranded: AtomicBool::new(false),
         })
     }
 
@@ -466,6 +471,10 @@ impl Pool {
             since,
             grant: tx,
         });
+        // A checkout that chose this part just before it lost its share.
+        if self.part(k).size.load(Ordering::Relaxed) == 0 {
+            self.stranded.store(true, Ordering::SeqCst);
+        }
         if !slots.expiry_running {
             slots.expiry_running = true;
             self.spawn_expiry(k);
@@ -760,6 +769,19 @@ impl Pool {
             slots.put_back(conn);
             return;
         }
+        let conn = if self.stranded.load(Ordering::Relaxed) {
+            cold_path();
+            drop(slots);
+            match self.serve_stranded(k, conn) {
+                Ok(()) => return,
+                Err(conn) => {
+                    slots = part.slots.lock();
+                    conn
+                }
+            }
+        } else {
+            conn
+        };
         // Nobody waits in this part: the lease goes idle here, and another
         // part's waiters may borrow it (see `lend_to_waiters`).
         if let Err(conn) = slots.hand_over(conn, k) {
@@ -769,6 +791,37 @@ impl Pool {
                 self.wake_lenders(k);
             }
         }
+    }
+
+    /// Passes part `k`'s lease to a client waiting in a part with no share,
+    /// oldest part first. A part loses its share when its worker stops
+    /// taking clients (`worker_balance.rs`); clients already queued there
+    /// would otherwise wait out `checkout_timeout_ms`, since a part over
+    /// its share keeps what comes back (see [`Pool::release`]). They are
+    /// served before part `k`'s own waiters: they waited longer. The flag
+    /// is cleared before looking, so a client queued meanwhile sets it
+    /// again (`enqueue`) or is seen.
+    fn serve_stranded(
+        &self,
+        k: usize,
+        mut conn: Option<Box<ServerConn>>,
+    ) -> Result<(), Option<Box<ServerConn>>> {
+        self.stranded.store(false, Ordering::SeqCst);
+        for (j, part) in self.parts.iter().enumerate() {
+            if j == k || part.size.load(Ordering::Relaxed) != 0 {
+                continue;
+            }
+            let mut slots = part.slots.lock();
+            match slots.hand_over(conn, k) {
+                Ok(()) => {
+                    // Others may still wait there.
+                    self.stranded.store(true, Ordering::SeqCst);
+                    return Ok(());
+                }
+                Err(back) => conn = back,
+            }
+        }
+        Err(conn)
     }
 
     /// Passes part `k`'s lease to a client waiting in another part (a
@@ -906,6 +959,10 @@ impl Pool {
         for (k, part) in self.parts.iter().enumerate() {
             let size = self.active_share(new_size, k);
             part.size.store(size, Ordering::Relaxed);
+            if size == 0 {
+                // Its waiters are served by the other parts' check-ins.
+                self.stranded.store(true, Ordering::SeqCst);
+            }
             let mut slots = part.slots.lock();
             while slots.leased < size && !slots.waiters.is_empty() {
                 slots.leased += 1;
