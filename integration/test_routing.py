@@ -19,6 +19,7 @@ from harness import wire
 from harness.clients import aconnect, connect, run_async
 from harness.ops import reload_marks, wait_reload
 from harness.pg import APP_DB, APP_PASSWORD, APP_USER
+from harness.router import app_user
 from harness.routes import WHERE, Places, last_rows, replica_stopped, wait_replayed, where
 from harness.util import wait_until
 
@@ -344,6 +345,28 @@ def test_serializable_transactions_go_to_the_primary(routers, objects, places):
     with connect(session.dsn(options=f"{read_only} -c default_transaction_isolation=serializable")) as conn:
         assert places.row(where(conn)) == "primary"
         assert conn.execute("SHOW transaction_isolation").fetchone() == ("serializable",)
+
+
+def test_a_replica_connection_left_serializable_serves_the_next_client(routers, objects, places):
+    """A client's SET that makes its session SERIALIZABLE runs where its
+    session is (here a replica, by `pgrouter.role`), and the connection goes
+    back to the pool with that default. The next client there, with settings
+    of its own to carry (its application_name), must get a working
+    connection: the router's statements that reset the default and set the
+    client's values run READ COMMITTED, since a hot standby refuses the
+    snapshot a SERIALIZABLE transaction would take."""
+    router = routers.start(general={**FAST_HEALTH, "workers": 1}, with_replica=True,
+                           users=[app_user(pool_size=1)])
+    with connect(router.dsn(application_name="first")) as first:
+        first.execute("SET pgrouter.role = 'replica'")
+        assert places.row(where(first)) == "replica"
+        first.execute("SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+    for name in ("second", "third"):
+        with connect(router.dsn(application_name=name)) as nxt:
+            row = nxt.execute("SELECT current_setting('transaction_isolation'), "
+                              f"current_setting('application_name'), {WHERE}").fetchone()
+            assert row[:2] == ("read committed", name)
+            assert places.row(row) == "replica"
 
 
 # ------------------------------------------------------------------ hints --
