@@ -23,6 +23,7 @@ from harness.pg import APP_DB, APP_USER, pg_tool
 from harness.router import app_user
 from harness.util import wait_until
 from test_concurrency import _processed_and_failed
+from test_tls import ca, certdir, router_cert, tls_general  # noqa: F401 - fixtures
 
 POOL = 4
 
@@ -59,9 +60,9 @@ class Client:
     """A psycopg client with a setting of its own, a protocol-level
     prepared statement and an SQL prepared statement."""
 
-    def __init__(self, router, i: int):
+    def __init__(self, router, i: int, **dsn):
         self.i = i
-        self.conn = connect(router.dsn(), prepare_threshold=0)
+        self.conn = connect(router.dsn(**dsn), prepare_threshold=0)
         self.conn.execute(f"SET work_mem = '{i + 1}MB'")
         self.conn.execute(f"PREPARE mine AS SELECT {i} * 10 + $1::int")
 
@@ -274,3 +275,30 @@ def test_clients_queued_on_a_worker_that_stops_taking_clients_are_served_first(r
             t.join(10)
         for conn in conns.values():
             conn.close()
+
+
+def test_tls_clients_move_with_their_tls_session(routers, ca, certdir):  # noqa: F811 - fixtures
+    router = routers.start(
+        general={**tls_general(router_cert(ca, certdir)),
+                 **admin_general(metrics=True, workers=2, worker_spread_percent=100)},
+        users=[app_user(pool_size=POOL)])
+    clients = [Client(router, i, sslmode="require") for i in range(4)]
+    try:
+        for c in clients:
+            c.check()
+        set_percent(router, 0)
+        run_until(clients, "TLS clients to spread over both workers",
+                  lambda: sorted(app_workers(router)) == [0, 0, 1, 1])
+        set_percent(router, 100)
+        run_until(clients, "TLS clients to come back to worker 0",
+                  lambda: app_workers(router) == [0] * 4)
+        assert moves(router) >= 4
+        for c in clients:
+            c.check()
+            # Still the TLS session it began with.
+            assert c.conn.pgconn.ssl_in_use
+        rows = [r for r in admin_rows(router, "SHOW CLIENTS") if r["user"] == APP_USER]
+        assert {r["tls"] for r in rows} == {"t"}, rows
+    finally:
+        for c in clients:
+            c.close()

@@ -10,9 +10,10 @@
 //! arrive) is plain data that travels with it; server connections it
 //! would use there come from that worker's part of each pool.
 //!
-//! Not moved: TLS clients (their socket is inside the TLS layer), and any
-//! session holding a server connection or with work in flight. They stay
-//! where they are, which is always correct, only a little dearer.
+//! A TLS client moves with its TLS state; its socket is registered there as
+//! a duplicate descriptor swapped into the TLS layer (`MovingClient`).
+//! Not moved: a session holding a server connection or with work in
+//! flight. It stays where it is, which is always correct, only dearer.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -56,14 +57,12 @@ pub(super) fn drive(
 /// session on worker `to`, where the socket is registered again.
 fn move_to(mut session: Session, to: usize, done: oneshot::Sender<Finished>) {
     let span = tracing::Span::current();
-    let socket = match std::mem::replace(&mut session.client, ClientStream::Detached) {
-        ClientStream::Plain(plain) => plain.into_inner(),
-        // `may_move` lets only plain sockets go.
-        other => {
-            session.client = other;
-            crate::worker::spawn_on(to, drive(session, done, span));
-            return;
-        }
+    let Some(moving) =
+        std::mem::replace(&mut session.client, ClientStream::Detached).start_moving()
+    else {
+        // `may_move` lets no detached stream go.
+        let _ = done.send((ClientStream::Detached, SessionEnd::ClientGone));
+        return;
     };
     if let Some(seat) = session.seat.as_mut() {
         seat.relocate(to);
@@ -71,7 +70,7 @@ fn move_to(mut session: Session, to: usize, done: oneshot::Sender<Finished>) {
     session.registered.info.worker.store(to, Ordering::Relaxed);
     tracing::debug!(to, "client moves to another worker");
     crate::worker::spawn_on(to, async move {
-        match ClientStream::plain(socket) {
+        match moving.register() {
             Ok(stream) => {
                 session.client = stream;
                 drive(session, done, span).await;
@@ -102,8 +101,8 @@ impl Session {
             && self.unsent.is_empty()
             && self.to_client.is_empty()
             && self.held_notices.is_empty();
-        let plain = matches!(self.client, ClientStream::Plain(_));
-        if holds_nothing && owes_nothing && plain && self.seat.is_some() {
+        let attached = !matches!(self.client, ClientStream::Detached);
+        if holds_nothing && owes_nothing && attached && self.seat.is_some() {
             crate::worker::leave_for()
         } else {
             None

@@ -8,4 +8,4 @@ mod stream;
 pub mod tls;
 
 pub use listener::{serve, serve_with_tls};
-pub use stream::{ClientStream, PlainTcp, PlainUnix, ServerStream, WriteThrough};
+pub use stream::{ClientStream, MovingClient, PlainTcp, PlainUnix, ServerStream, WriteThrough};

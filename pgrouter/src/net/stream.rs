@@ -10,6 +10,7 @@
 
 use std::future::Future;
 use std::io;
+use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
@@ -52,6 +53,49 @@ impl ClientStream {
     /// A client's socket, registered with the current runtime.
     pub fn plain(socket: std::net::TcpStream) -> io::Result<Self> {
         Ok(ClientStream::Plain(ReadInterest::new(socket)?))
+    }
+}
+
+/// A client's stream on its way to another event loop (see
+/// `client/moving.rs`): a plain socket off every loop, or a TLS stream whose
+/// socket is still registered with the loop it leaves.
+pub enum MovingClient {
+    Plain(std::net::TcpStream),
+    Tls(Box<WriteThrough<tokio_rustls::server::TlsStream<TcpStream>>>),
+}
+
+impl ClientStream {
+    /// Takes the stream off the current event loop (a TLS stream's socket
+    /// is taken off in [`MovingClient::register`], since the TLS layer
+    /// cannot give it up). None for a detached stream.
+    pub fn start_moving(self) -> Option<MovingClient> {
+        match self {
+            ClientStream::Plain(plain) => Some(MovingClient::Plain(plain.into_inner())),
+            ClientStream::Tls(tls) => Some(MovingClient::Tls(tls)),
+            ClientStream::Detached => None,
+        }
+    }
+}
+
+impl MovingClient {
+    /// Registers the stream with the current runtime. A TLS stream's
+    /// socket is duplicated and the duplicate registered here; the TLS
+    /// layer's own socket (registered with the loop left behind) is
+    /// swapped for it and closed, which takes it off that loop. Both refer
+    /// to one connection, so nothing in flight is lost.
+    pub fn register(self) -> io::Result<ClientStream> {
+        match self {
+            MovingClient::Plain(socket) => ClientStream::plain(socket),
+            MovingClient::Tls(mut tls) => {
+                let (socket, _) = tls.get_mut().get_mut();
+                let duplicate = socket.as_fd().try_clone_to_owned()?;
+                let duplicate = std::net::TcpStream::from(duplicate);
+                duplicate.set_nonblocking(true)?;
+                let left_behind = std::mem::replace(socket, TcpStream::from_std(duplicate)?);
+                drop(left_behind);
+                Ok(ClientStream::Tls(tls))
+            }
+        }
     }
 }
 
@@ -121,6 +165,10 @@ impl<S> WriteThrough<S> {
 
     pub fn get_ref(&self) -> &S {
         &self.inner
+    }
+
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
     }
 }
 
