@@ -302,3 +302,50 @@ def test_tls_clients_move_with_their_tls_session(routers, ca, certdir):  # noqa:
     finally:
         for c in clients:
             c.close()
+
+
+def test_clients_under_load_lose_nothing_while_workers_come_and_go(routers, primary):
+    """Eight asyncpg clients run prepared statements, pipelines and
+    transactions that write, without pause, while the workers taking
+    clients go from one to two and back three times: every answer is
+    right, every committed row is there, nobody waits out a timeout."""
+    with connect(primary.dsn()) as direct:
+        direct.execute("DROP TABLE IF EXISTS balance_load")
+        direct.execute("CREATE TABLE balance_load (client int, n int, PRIMARY KEY (client, n))")
+    router = start(routers, 100, checkout_timeout_ms=5000)
+    stop = asyncio.Event()
+    committed = {}
+
+    async def client(i):
+        conn = await aconnect(router)
+        try:
+            stmt = await conn.prepare("SELECT $1::int + $2::int")
+            n = 0
+            while not stop.is_set():
+                n += 1
+                assert await stmt.fetchval(i, n) == i + n
+                await conn.executemany("SELECT $1::int", [(k,) for k in range(5)])
+                async with conn.transaction():
+                    await conn.execute("INSERT INTO balance_load VALUES ($1, $2)", i, n)
+                    assert await conn.fetchval(
+                        "SELECT count(*) FROM balance_load WHERE client = $1", i) == n
+                committed[i] = n
+        finally:
+            await conn.close()
+
+    async def main():
+        tasks = [asyncio.create_task(client(i)) for i in range(8)]
+        loop = asyncio.get_running_loop()
+        for _ in range(3):
+            await loop.run_in_executor(None, set_percent, router, 0)
+            await asyncio.sleep(1)
+            await loop.run_in_executor(None, set_percent, router, 100)
+            await asyncio.sleep(3)
+        stop.set()
+        await asyncio.gather(*tasks)
+
+    run_async(main(), timeout=120)
+    assert moves(router) >= 6
+    assert len(committed) == 8 and min(committed.values()) > 10, committed
+    for i, n in committed.items():
+        assert primary.scalar("SELECT count(*) FROM balance_load WHERE client = %s", (i,)) == n
