@@ -171,7 +171,7 @@ pub async fn handle(
         let mut session = make_session(stream);
         session.take_seat(seat);
         let (done, finished) = tokio::sync::oneshot::channel();
-        tokio::spawn(moving::drive(session, done, tracing::Span::current()));
+        tokio::spawn(moving::drive(session, done).in_current_span());
         let Ok((mut stream, end)) = finished.await else {
             return; // it panicked: its socket is closed with it
         };

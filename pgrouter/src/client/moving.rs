@@ -15,8 +15,6 @@
 //! Not moved: a session holding a server connection or with work in
 //! flight. It stays where it is, which is always correct, only dearer.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 
 use tokio::sync::oneshot;
@@ -29,28 +27,19 @@ use crate::net::ClientStream;
 /// How a session ended: the client's socket, to tell it why.
 pub(super) type Finished = (ClientStream, SessionEnd);
 
-/// Runs `session` as a task of its own on the current thread; if it is
-/// to move, continues it on the other worker. Its end goes to `done`
+/// Runs `session` (as a task of its own: spawn what this returns); if it
+/// is to move, continues it on the other worker. Its end goes to `done`
 /// (dropped unsent if the session panicked: the socket closes with it).
 /// The task is its own, so each of its wake-ups polls it directly instead
 /// of through the login's and the accept loop's futures (~240 instructions
 /// per -S transaction).
-pub(super) fn drive(
-    session: Session,
-    done: oneshot::Sender<Finished>,
-    span: tracing::Span,
-) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-    Box::pin(
-        async move {
-            match session.run().await {
-                Ran::Ended(stream, end) => {
-                    let _ = done.send((stream, end));
-                }
-                Ran::Moving(session, to) => move_to(*session, to, done),
-            }
+pub(super) async fn drive(session: Session, done: oneshot::Sender<Finished>) {
+    match session.run().await {
+        Ran::Ended(stream, end) => {
+            let _ = done.send((stream, end));
         }
-        .instrument(span),
-    )
+        Ran::Moving(session, to) => move_to(*session, to, done),
+    }
 }
 
 /// Takes the client's socket off this event loop and continues the
@@ -73,14 +62,15 @@ fn move_to(mut session: Session, to: usize, done: oneshot::Sender<Finished>) {
         match moving.register() {
             Ok(stream) => {
                 session.client = stream;
-                drive(session, done, span).await;
+                drive(session, done).await;
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot register a moving client's socket");
                 let _ = done.send((ClientStream::Detached, SessionEnd::ClientIo(e)));
             }
         }
-    });
+    }
+    .instrument(span));
 }
 
 impl Session {
