@@ -621,12 +621,12 @@ def scenario_baseline(cluster, workdir: Path, args) -> Scenario:
             scn.stop.append(r.stop)
             where = "primary+replica" if args.router_with_replica else f"primary:{p.port}"
             scn.targets["pgrouter"] = Target("pgrouter", const(r.port), const(where), r.pid)
-            if args.compare_bin or args.compare_workers:
+            if args.compare_bin or args.compare_workers or args.compare_spread is not None:
                 # Another build of pgrouter (e.g. an older commit), or the
                 # same build with another `workers`: did a change cost anything?
                 base = PgRouter(workdir / "pgrouter-base", dbs, [app_user(args.auth)],
                                 args.pool_size,
-                                general={"workers": args.compare_workers} if args.compare_workers else None,
+                                general=compare_general(args),
                                 binary=Path(args.compare_bin) if args.compare_bin else None)
                 base.start()
                 scn.stop.append(base.stop)
@@ -634,6 +634,17 @@ def scenario_baseline(cluster, workdir: Path, args) -> Scenario:
                                                       base.pid)
                 scn.comparisons.append(("pgrouter", "pgrouter-base"))
     return scn
+
+
+def compare_general(args) -> dict | None:
+    """The [general] keys that set pgrouter-base apart (--compare-workers,
+    --compare-spread); None when it differs only by its binary."""
+    general = {}
+    if args.compare_workers:
+        general["workers"] = args.compare_workers
+    if args.compare_spread is not None:
+        general["worker_spread_percent"] = args.compare_spread
+    return general or None
 
 
 def scenario_routing(cluster, workdir: Path, args) -> Scenario:
@@ -986,6 +997,10 @@ def main() -> int:
     ap.add_argument("--compare-workers", type=int, default=0,
                     help="also run a second pgrouter (this build, or --compare-bin) with this many "
                          "workers, reported as pgrouter-base")
+    ap.add_argument("--compare-spread", type=int, default=None,
+                    help="also run a second pgrouter (this build, or --compare-bin) with this "
+                         "worker_spread_percent (0: clients over every worker at once), "
+                         "reported as pgrouter-base")
     ap.add_argument("--compare-bin", default=None,
                     help="baseline: also run this pgrouter binary (e.g. a build of an older commit) "
                          "as target pgrouter-base, with the same configuration, and report "
