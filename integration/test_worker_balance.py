@@ -101,6 +101,9 @@ def test_one_worker_takes_every_client_while_load_is_light(routers):
         assert s.one("pgrouter_workers") == 2
         assert s.one("pgrouter_workers_active") == 1
         assert s.one("pgrouter_client_moves_total") == 0
+        # The app clients on worker 0 (admin sessions may add to either).
+        assert s.one("pgrouter_worker_clients", worker=0) >= 6
+        assert 0 <= s.one("pgrouter_worker_busy_ratio", worker=1) < 0.05
     finally:
         for c in clients:
             c.close()
@@ -206,9 +209,11 @@ def test_a_busy_worker_brings_in_another_and_lets_it_go_when_idle(routers, tmp_p
            "-h", "127.0.0.1", "-p", str(router.port), "-U", APP_USER, APP_DB]
     bench = subprocess.Popen(cmd, env=router.psql_env(), stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
-    seen_two = False
+    seen_two, peak_busy = False, 0.0
     while bench.poll() is None:
-        seen_two = seen_two or active_workers(router) == 2
+        s = scrape(router)
+        seen_two = seen_two or s.one("pgrouter_workers_active") == 2
+        peak_busy = max(peak_busy, s.one("pgrouter_worker_busy_ratio", worker=0))
         time.sleep(0.1)
     text = bench.stdout.read()
     assert bench.returncode == 0, text
@@ -216,6 +221,8 @@ def test_a_busy_worker_brings_in_another_and_lets_it_go_when_idle(routers, tmp_p
     assert failed == 0 and processed > 100, text
     assert seen_two, router.log()
     assert moves(router) >= 1
+    # What was compared with the 5 %: worker 0's share of a core.
+    assert peak_busy >= 0.05, peak_busy
     wait_until(lambda: active_workers(router) == 1, 10, what="the idle router to fold to one worker")
 
 

@@ -25,7 +25,7 @@
 
 use std::cell::Cell;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -55,6 +55,9 @@ struct Worker {
     /// How many of its clients should move to another worker: each one
     /// that reaches a point where it can move takes one (see [`leave_for`]).
     shed: AtomicUsize,
+    /// The share of a core its thread used in the balancer's last sample,
+    /// in thousandths (metrics).
+    busy_permille: AtomicU32,
     /// The thread's CPU-time clock, for how busy it is (None if the
     /// system gave none: the worker then looks idle and is never a reason
     /// to spread clients).
@@ -139,6 +142,7 @@ pub fn start(n: usize) -> std::io::Result<()> {
             runtime: handle,
             clients: AtomicUsize::new(0),
             shed: AtomicUsize::new(0),
+            busy_permille: AtomicU32::new(0),
             cpu_clock,
         });
     }
@@ -238,6 +242,32 @@ pub fn set_shed(shed: &[usize]) {
             w.shed.store(n, Ordering::Relaxed);
         }
     }
+}
+
+/// Records each worker's share of a core in the balancer's last sample.
+pub fn set_busy(busy: &[f64]) {
+    if let Some(workers) = WORKERS.get() {
+        for (w, &b) in workers.iter().zip(busy) {
+            w.busy_permille.store(
+                (b * 1000.0).round().clamp(0.0, 1e6) as u32,
+                Ordering::Relaxed,
+            );
+        }
+    }
+}
+
+/// Each worker's clients now and share of a core in the balancer's last
+/// sample (empty without worker threads).
+pub fn snapshot() -> Vec<(usize, f64)> {
+    WORKERS.get().map_or_else(Vec::new, |workers| {
+        workers
+            .iter()
+            .map(|w| {
+                let busy = f64::from(w.busy_permille.load(Ordering::Relaxed)) / 1000.0;
+                (w.clients.load(Ordering::Relaxed), busy)
+            })
+            .collect()
+    })
 }
 
 /// Clients moved between workers since the start.

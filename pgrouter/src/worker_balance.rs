@@ -131,6 +131,7 @@ pub async fn run(state: Arc<State>) {
         }
         let (after, now) = (crate::worker::loads(), Instant::now());
         let busy = busy_between(&before, &after, now - at);
+        crate::worker::set_busy(&busy);
         let was = balance.active;
         let active = balance.sample(&busy, percent());
         if active != was {

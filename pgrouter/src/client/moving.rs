@@ -58,19 +58,22 @@ fn move_to(mut session: Session, to: usize, done: oneshot::Sender<Finished>) {
     }
     session.registered.info.worker.store(to, Ordering::Relaxed);
     tracing::debug!(to, "client moves to another worker");
-    crate::worker::spawn_on(to, async move {
-        match moving.register() {
-            Ok(stream) => {
-                session.client = stream;
-                drive(session, done).await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot register a moving client's socket");
-                let _ = done.send((ClientStream::Detached, SessionEnd::ClientIo(e)));
+    crate::worker::spawn_on(
+        to,
+        async move {
+            match moving.register() {
+                Ok(stream) => {
+                    session.client = stream;
+                    drive(session, done).await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot register a moving client's socket");
+                    let _ = done.send((ClientStream::Detached, SessionEnd::ClientIo(e)));
+                }
             }
         }
-    }
-    .instrument(span));
+        .instrument(span),
+    );
 }
 
 impl Session {

@@ -137,6 +137,31 @@ pub fn render(metrics: &Metrics, source: &dyn MetricsSource) -> String {
         "Worker threads taking clients now (see worker_spread_percent).",
     );
     out.sample("pgrouter_workers_active", &[], crate::worker::active());
+    let per_worker = crate::worker::snapshot();
+    out.family(
+        "pgrouter_worker_clients",
+        "gauge",
+        "Clients on each worker thread (those logging in and admin sessions included).",
+    );
+    for (i, (clients, _)) in per_worker.iter().enumerate() {
+        out.sample(
+            "pgrouter_worker_clients",
+            &[("worker", &i.to_string())],
+            clients,
+        );
+    }
+    out.family(
+        "pgrouter_worker_busy_ratio",
+        "gauge",
+        "Share of one core each worker thread used over the last 250 ms sample.",
+    );
+    for (i, (_, busy)) in per_worker.iter().enumerate() {
+        out.sample(
+            "pgrouter_worker_busy_ratio",
+            &[("worker", &i.to_string())],
+            busy,
+        );
+    }
     out.family(
         "pgrouter_client_moves_total",
         "counter",
