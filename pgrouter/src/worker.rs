@@ -69,11 +69,6 @@ struct Worker {
 pub struct Seat(usize);
 
 impl Seat {
-    /// The worker counting this client.
-    pub fn worker(&self) -> usize {
-        self.0
-    }
-
     /// Counts the client on worker `to` from now on.
     pub fn relocate(&mut self, to: usize) {
         if let Some(workers) = WORKERS.get() {
