@@ -456,15 +456,16 @@ impl Session {
         self.flush_client().await
     }
 
-    /// A Describe, Execute, Sync or Flush inside an extended batch already
-    /// on the held server of an unsharded session: of the checks a message
-    /// passes on its way, only the UTF-8 of its names applies to it. The
-    /// policy checks SQL (in the Parse before it), a local answer or a new
-    /// route begins a batch, and the role guard and parameter sync come
-    /// before a batch's first message.
+    /// A Bind, Describe, Execute, Sync or Flush inside an extended batch
+    /// already on the held server of an unsharded session: of the checks a
+    /// message passes on its way, only the UTF-8 of its names applies to
+    /// it. The policy checks SQL (in the Parse before it), a local answer
+    /// or a new route begins a batch, an unsharded batch's Bind never moves
+    /// it (`unsynced_batch_moves`), and the role guard and parameter sync
+    /// come before a batch's first message.
     #[inline]
     fn continues_batch(&self, tag: u8) -> bool {
-        matches!(tag, b'D' | b'E' | b'S' | b'H')
+        matches!(tag, b'B' | b'D' | b'E' | b'S' | b'H')
             && self.flow.unsynced()
             && !self.flow.batch_start()
             && self.server.is_some()
@@ -472,6 +473,7 @@ impl Session {
             && !self.unnamed_portal_suspended_on_shards
             && self.shard_portals.is_empty()
             && self.explain_wants_columns.is_none()
+            && self.explain_wants_params.is_none()
     }
 
     /// Forwards the message of `len` bytes at the front of the buffer to the
@@ -514,8 +516,11 @@ impl Session {
         }
         while let Some(frame) = next_frame(self.cbuf.get(at..).unwrap_or(&[]), self.max_message)? {
             let msg = &self.cbuf[at..at + frame.total_len];
-            frontend::check_message(frame.tag, &msg[5..])?;
+            let ascii = frontend::check_message_text(frame.tag, &msg[5..])?;
             at += frame.total_len;
+            if !ascii {
+                self.non_ascii_to = front + at as u64;
+            }
         }
         self.checked_to = front + at as u64;
         Ok(())
@@ -534,6 +539,8 @@ impl Session {
             let msg = &self.cbuf[at..at + frame.total_len];
             frontend::check_message(frame.tag, &msg[5..])?;
             at += self.transcode_arrived(codec, at, frame.tag, frame.total_len);
+            // Transcoded text: looked at closely, whatever its bytes.
+            self.non_ascii_to = front + at as u64;
         }
         self.checked_to = front + at as u64;
         Ok(())

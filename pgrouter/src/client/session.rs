@@ -8,7 +8,9 @@
 //! for its Sync, and the server says it is outside a transaction.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -200,6 +202,10 @@ pub struct Session {
     /// Where in the client's stream the messages checked on arrival end
     /// (see `check_arrived_messages`).
     pub(super) checked_to: u64,
+    /// Where in the client's stream the last message checked on arrival
+    /// whose strings are not all ASCII ends: none of the messages from
+    /// there on needs a look for unreadable text (`unreadable_text.rs`).
+    pub(super) non_ascii_to: u64,
     /// The configuration generation the session's login was last found
     /// still valid for (see `check_login_still_valid`).
     pub(super) vetted_generation: u64,
@@ -323,6 +329,7 @@ impl Session {
             plan_memo: Default::default(),
             client_bytes_in,
             checked_to: 0,
+            non_ascii_to: 0,
             vetted_generation,
             vetted: Default::default(),
             shard_map,
@@ -498,47 +505,60 @@ impl Session {
         // waker registration per statement (6 of 34 socket polls of a
         // TPC-B transaction).
         let watch_server = !(client_first && self.flow.in_tx());
-        match self.server.as_mut() {
-            Some(held) if client_first => {
-                let server = &mut *held.conn;
-                tokio::select! {
-                    biased;
-                    r = self.client.read_into(&mut self.cbuf) => Event::Client(r),
-                    r = server.stream.read_into(&mut server.read_buf), if watch_server => Event::Server(r),
-                    _ = &mut self.shutdown, if watch_shutdown => Event::Shutdown,
-                    event = sleep_until_or_forever(deadline), if deadline.is_some() => event,
+        // One hand-written poll rather than `tokio::select!`: no future is
+        // made (and dropped) per source at each wait, and a timer only when
+        // a deadline is set (none with the default configuration).
+        let shutdown = &mut self.shutdown;
+        let client = &mut self.client;
+        let cbuf = &mut self.cbuf;
+        let Some(held) = self.server.as_mut() else {
+            // A BEGIN the router answered itself (sharded databases,
+            // `deferred_begin.rs`) holds no server, but the client is
+            // inside a transaction: `idle_transaction_timeout_ms` holds.
+            let (idle, timed_out) = match self.idle_tx_timeout {
+                Some(t) if self.deferred_begin.is_some() => (Some(t), Event::IdleInTransaction),
+                _ => (self.idle_timeout, Event::IdleTimeout),
+            };
+            let mut timer = idle.map(|d| (crate::timer::sleep(d), timed_out));
+            return std::future::poll_fn(|cx| {
+                if let Poll::Ready(r) = client.poll_read_into(cx, cbuf) {
+                    return Poll::Ready(Event::Client(r));
+                }
+                poll_shutdown_or_timer(cx, watch_shutdown.then_some(&mut *shutdown), &mut timer)
+            })
+            .await;
+        };
+        let server = &mut *held.conn;
+        let (stream, read_buf) = (&mut server.stream, &mut server.read_buf);
+        let mut timer = deadline.map(|(at, event)| (crate::timer::sleep_until(at), event));
+        std::future::poll_fn(|cx| {
+            if client_first {
+                // Nothing owed: the client's next request is what wakes
+                // the session, so it is polled first.
+                if let Poll::Ready(r) = client.poll_read_into(cx, cbuf) {
+                    return Poll::Ready(Event::Client(r));
+                }
+                if watch_server {
+                    if let Poll::Ready(r) = stream.poll_read_into(cx, read_buf) {
+                        return Poll::Ready(Event::Server(r));
+                    }
+                }
+            } else {
+                // The server first: while a request is out its answer is
+                // what wakes the session, and the client need not be
+                // polled (and re-registered) again to find that out.
+                if let Poll::Ready(r) = stream.poll_read_into(cx, read_buf) {
+                    return Poll::Ready(Event::Server(r));
+                }
+                if !blocked {
+                    if let Poll::Ready(r) = client.poll_read_into(cx, cbuf) {
+                        return Poll::Ready(Event::Client(r));
+                    }
                 }
             }
-            Some(held) => {
-                let server = &mut *held.conn;
-                // `biased`: no random start (it costs a random number per
-                // wait), and the server first: while a request is out its
-                // answer is what wakes the session, and the client need not
-                // be polled (and re-registered) again to find that out.
-                tokio::select! {
-                    biased;
-                    r = server.stream.read_into(&mut server.read_buf) => Event::Server(r),
-                    r = self.client.read_into(&mut self.cbuf), if !blocked => Event::Client(r),
-                    _ = &mut self.shutdown, if watch_shutdown => Event::Shutdown,
-                    event = sleep_until_or_forever(deadline), if deadline.is_some() => event,
-                }
-            }
-            None => {
-                // A BEGIN the router answered itself (sharded databases,
-                // `deferred_begin.rs`) holds no server, but the client is
-                // inside a transaction: `idle_transaction_timeout_ms` holds.
-                let (idle, timed_out) = match self.idle_tx_timeout {
-                    Some(t) if self.deferred_begin.is_some() => (Some(t), Event::IdleInTransaction),
-                    _ => (self.idle_timeout, Event::IdleTimeout),
-                };
-                tokio::select! {
-                    biased;
-                    r = self.client.read_into(&mut self.cbuf) => Event::Client(r),
-                    _ = &mut self.shutdown, if watch_shutdown => Event::Shutdown,
-                    _ = sleep_or_forever(idle), if idle.is_some() => timed_out,
-                }
-            }
-        }
+            poll_shutdown_or_timer(cx, watch_shutdown.then_some(&mut *shutdown), &mut timer)
+        })
+        .await
     }
 
     /// Transaction mode: the server goes back to its pool as soon as the
@@ -695,19 +715,24 @@ impl Session {
 /// deadline.is_some()`): without one (no timeouts configured, the usual
 /// case) the branch is never polled, which spares a poll of this future at
 /// every wake-up of the session.
-async fn sleep_until_or_forever(deadline: Option<(std::time::Instant, Event)>) -> Event {
-    match deadline {
-        Some((at, event)) => {
-            crate::timer::sleep_until(at).await;
-            event
+/// The last sources of a session's wait: the router's shutdown (when
+/// watched), then the timer (when set), whose event it is.
+fn poll_shutdown_or_timer(
+    cx: &mut std::task::Context<'_>,
+    shutdown: Option<&mut super::shutdown::ShutdownListener>,
+    timer: &mut Option<(crate::timer::Sleep, Event)>,
+) -> Poll<Event> {
+    if let Some(shutdown) = shutdown {
+        if std::pin::Pin::new(shutdown).poll(cx).is_ready() {
+            return Poll::Ready(Event::Shutdown);
         }
-        None => std::future::pending().await,
     }
-}
-
-async fn sleep_or_forever(d: Option<Duration>) {
-    match d {
-        Some(d) => crate::timer::sleep(d).await,
-        None => std::future::pending().await,
+    if let Some((sleep, _)) = timer.as_mut() {
+        if std::pin::Pin::new(sleep).poll(cx).is_ready() {
+            if let Some((_, event)) = timer.take() {
+                return Poll::Ready(event);
+            }
+        }
     }
+    Poll::Pending
 }

@@ -23,7 +23,12 @@ impl Session {
     /// message.
     #[inline]
     pub(super) fn unreadable_text(&self, tag: u8, len: usize) -> Option<Refusal> {
-        if !matches!(tag, b'Q' | b'P' | b'B' | b'D' | b'C' | b'E') {
+        // This message was checked on arrival, and it and every message
+        // after it are plain ASCII: nothing to look at.
+        let front = self.front_offset();
+        if (self.non_ascii_to <= front && front + len as u64 <= self.checked_to)
+            || !matches!(tag, b'Q' | b'P' | b'B' | b'D' | b'C' | b'E')
+        {
             return None;
         }
         self.unreadable_text_in(tag, self.cbuf.get(5..len).unwrap_or(&[]))

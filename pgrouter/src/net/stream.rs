@@ -234,11 +234,21 @@ impl ClientStream {
         &'a mut self,
         buf: &'a mut BytesMut,
     ) -> impl Future<Output = io::Result<usize>> + 'a {
-        std::future::poll_fn(move |cx| match self {
+        std::future::poll_fn(move |cx| self.poll_read_into(cx, buf))
+    }
+
+    /// [`Self::read_into`] as a poll, for a wait on several sources at once.
+    #[inline]
+    pub fn poll_read_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        match self {
             ClientStream::Plain(s) => s.poll_read_into(cx, buf),
             ClientStream::Tls(s) => poll_read_buf(&mut **s, cx, buf),
             ClientStream::Detached => Poll::Ready(Err(detached())),
-        })
+        }
     }
 }
 
@@ -249,11 +259,21 @@ impl ServerStream {
         &'a mut self,
         buf: &'a mut BytesMut,
     ) -> impl Future<Output = io::Result<usize>> + 'a {
-        std::future::poll_fn(move |cx| match self {
+        std::future::poll_fn(move |cx| self.poll_read_into(cx, buf))
+    }
+
+    /// [`Self::read_into`] as a poll, for a wait on several sources at once.
+    #[inline]
+    pub fn poll_read_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+    ) -> Poll<io::Result<usize>> {
+        match self {
             ServerStream::Plain(s) => s.poll_read_into(cx, buf),
             ServerStream::Tls(s) => poll_read_buf(&mut **s, cx, buf),
             ServerStream::Unix(s) => s.poll_read_into(cx, buf),
-        })
+        }
     }
 }
 

@@ -202,15 +202,30 @@ fn utf8_char_len(first: u8) -> usize {
 /// opaque.
 #[inline(always)]
 pub fn check_message(tag: u8, body: &[u8]) -> Result<(), ProtocolError> {
+    check_message_text(tag, body).map(|_| ())
+}
+
+/// [`check_message`], and whether the strings [`invalid_utf8_in_text`]
+/// would look at are plain ASCII (true for a message with none): then
+/// they are UTF-8 in every encoding the router reads, and the message
+/// needs no closer look for unreadable text (`client/unreadable_text.rs`).
+/// Found in the same pass: the strings were just searched for their ends.
+#[inline(always)]
+pub fn check_message_text(tag: u8, body: &[u8]) -> Result<bool, ProtocolError> {
     let mut r = Reader::new(body);
+    // The strings: from `text_from` up to what is left after the last one.
+    let mut text_from = 0;
+    let mut text_left = body.len();
     let name = match tag {
         b'Q' => {
             r.skip_cstr()?;
+            text_left = r.remaining().len();
             "Query"
         }
         b'P' => {
             r.skip_cstr()?;
             r.skip_cstr()?;
+            text_left = r.remaining().len();
             let types = count(&mut r, "Parse")?;
             r.bytes(4 * types)?;
             "Parse"
@@ -218,18 +233,22 @@ pub fn check_message(tag: u8, body: &[u8]) -> Result<(), ProtocolError> {
         b'B' => {
             r.skip_cstr()?;
             r.skip_cstr()?;
+            text_left = r.remaining().len();
             skip_values(&mut r, "Bind")?;
             skip_formats(&mut r, "Bind")?;
             "Bind"
         }
         b'E' => {
             r.skip_cstr()?;
+            text_left = r.remaining().len();
             r.i32()?;
             "Execute"
         }
         b'D' | b'C' => {
             target_kind(&mut r)?;
+            text_from = 1;
             r.skip_cstr()?;
+            text_left = r.remaining().len();
             if tag == b'D' {
                 "Describe"
             } else {
@@ -250,9 +269,16 @@ pub fn check_message(tag: u8, body: &[u8]) -> Result<(), ProtocolError> {
         b'H' => "Flush",
         b'X' => "Terminate",
         b'c' => "CopyDone",
-        _ => return Ok(()),
+        _ => return Ok(true),
     };
-    r.end(name)
+    r.end(name)?;
+    // Mostly empty names (one NUL each): no call for those.
+    Ok(
+        match &body[text_from.min(body.len())..body.len() - text_left] {
+            [] | [0] | [0, 0] => true,
+            text => text.is_ascii(),
+        },
+    )
 }
 
 /// Skips format codes then values with their lengths (-1 = NULL), as in
@@ -447,6 +473,38 @@ mod tests {
         );
         assert_eq!(bad(b'E', b"\0\xff\xff\xff\xff"), None);
         assert_eq!(bad(b'S', b""), None);
+    }
+
+    /// The one-pass ASCII answer must agree with the closer look: every
+    /// message `invalid_utf8_in_text` would find bad text in is non-ASCII,
+    /// and bytes outside the strings (types, values, counts) never count.
+    #[test]
+    fn strings_found_ascii_on_arrival_need_no_closer_look() {
+        let ascii = |tag, body: &[u8]| check_message_text(tag, body).unwrap();
+        let cases: &[(u8, &[u8], bool)] = &[
+            (b'Q', b"SELECT 1\0", true),
+            (b'Q', b"SELECT '\xc3\xa9'\0", false),
+            (b'Q', b"SELECT 'a\xff'\0", false),
+            (b'P', b"s\xfe\0SELECT 1\0\0\0", false),
+            (b'P', b"s\0SELECT '\xe9'\0\0\0", false),
+            (b'P', b"s\0SELECT 1\0\0\x01\xff\xff\xff\xff", true),
+            (b'B', b"\xff\0\0\0\0\0\0\0\0", false),
+            (b'B', b"p\0s\xc3\x28\0\0\0\0\0\0\0", false),
+            (b'B', b"\0\0\0\0\0\x01\0\0\0\x01\xff\0\0", true),
+            (b'D', b"Ss\xff\0", false),
+            (b'D', b"S\0", true),
+            (b'C', b"P\xe2\x82\0", false),
+            (b'E', b"p\xff\0\xff\xff\xff\xff", false),
+            (b'E', b"\0\xff\xff\xff\xff", true),
+            (b'S', b"", true),
+            (b'f', b"\xff\0", true),
+        ];
+        for (tag, body, want) in cases {
+            assert_eq!(ascii(*tag, body), *want, "{} {:?}", *tag as char, body);
+            if invalid_utf8_in_text(*tag, body).is_some() {
+                assert!(!ascii(*tag, body), "{} {:?}", *tag as char, body);
+            }
+        }
     }
 
     #[test]
