@@ -48,7 +48,11 @@ impl Reply {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Small and `Copy`: the usual entry (`Forward`) is queued and taken off
+/// for every message, so it carries no payload to move and drop. The
+/// payloads of the rare kinds wait in queues of their own, in the same
+/// order (`Expectations::made`, `Expectations::guards`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Entry {
     /// The client sent it; the server's answer goes to the client.
     Forward(Reply),
@@ -59,13 +63,15 @@ enum Entry {
     /// The router sent it; the answer is dropped.
     Swallow(Reply),
     /// The router did not send the client's message and answers it itself
-    /// with these bytes (ParseComplete, CloseComplete, or a whole answer).
-    Synthesize(Bytes),
+    /// with bytes of its own (ParseComplete, CloseComplete, or a whole
+    /// answer), the next of `Expectations::made`.
+    Synthesize,
     /// The router sent it and the client's work depends on it (SET ROLE of
     /// a JWT session, a refusal raised through the server, the replay of the
     /// client's settings or SQL prepared statements): the answer is dropped,
-    /// but an error goes to the client.
-    Guard(Reply, GuardFor),
+    /// but an error goes to the client. What it is for is the next of
+    /// `Expectations::guards`.
+    Guard(Reply),
     /// A client Sync the server read while in COPY FROM STDIN mode: it
     /// ignores Sync (and Flush) there, so no ReadyForQuery answers it (see
     /// [`Expectations::copy_in_started`]).
@@ -136,6 +142,10 @@ pub struct Verdict {
 #[derive(Debug, Default)]
 pub struct Expectations {
     queue: VecDeque<Entry>,
+    /// The answers of the queued `Synthesize` entries, in order.
+    made: VecDeque<Bytes>,
+    /// The purposes of the queued `Guard` entries, in order.
+    guards: VecDeque<GuardFor>,
     /// Swallow and Synthesize entries queued; zero lets the relay take its
     /// fast path (every message forwarded verbatim).
     special: usize,
@@ -262,7 +272,8 @@ impl Expectations {
     pub fn guard(&mut self, reply: Reply, purpose: GuardFor) {
         self.special += 1;
         self.pushed += 1;
-        self.queue.push_back(Entry::Guard(reply, purpose));
+        self.queue.push_back(Entry::Guard(reply));
+        self.guards.push_back(purpose);
     }
 
     /// Queues a router-made answer. Returns it at once (to send now) when
@@ -277,7 +288,8 @@ impl Expectations {
         }
         self.special += 1;
         self.pushed += 1;
-        self.queue.push_back(Entry::Synthesize(answer));
+        self.queue.push_back(Entry::Synthesize);
+        self.made.push_back(answer);
         None
     }
 
@@ -287,12 +299,11 @@ impl Expectations {
         if self.special == 0 {
             return out; // no Synthesize entry queued (the usual case)
         }
-        while let Some(Entry::Synthesize(_)) = self.queue.front() {
-            if let Some(Entry::Synthesize(answer)) = self.queue.pop_front() {
-                self.special -= 1;
-                self.popped += 1;
-                out.push(answer);
-            }
+        while let Some(Entry::Synthesize) = self.queue.front() {
+            self.queue.pop_front();
+            self.special -= 1;
+            self.popped += 1;
+            out.extend(self.made.pop_front());
         }
         out
     }
@@ -340,13 +351,13 @@ impl Expectations {
             return false;
         }
         let reply = match self.queue.front() {
-            Some(Entry::Swallow(r) | Entry::Guard(r, _)) => *r,
+            Some(Entry::Swallow(r) | Entry::Guard(r)) => *r,
             _ => return false,
         };
         if matches!(tag, b'N' | b'A' | b'S') || !reply.ends_with(tag) {
             return true;
         }
-        if let Some(Entry::Synthesize(_)) = self.queue.get(1) {
+        if let Some(Entry::Synthesize) = self.queue.get(1) {
             return false;
         }
         self.pop_head();
@@ -365,7 +376,7 @@ impl Expectations {
             synthesize_before: self.take_ready_synthesized(),
             ..Verdict::default()
         };
-        let Some(head) = self.queue.front().cloned() else {
+        let Some(&head) = self.queue.front() else {
             verdict.forward = true; // unsolicited (e.g. a FATAL before close)
             return verdict;
         };
@@ -373,8 +384,8 @@ impl Expectations {
         let (reply, swallowing, guard) = match head {
             Entry::Forward(r) | Entry::Refused(r) => (r, false, None),
             Entry::Swallow(r) => (r, true, None),
-            Entry::Guard(r, purpose) => (r, true, Some(purpose)),
-            Entry::Synthesize(_) => unreachable!("synthesized entries were taken above"),
+            Entry::Guard(r) => (r, true, self.guards.front().cloned()),
+            Entry::Synthesize => unreachable!("synthesized entries were taken above"),
             Entry::Unanswered => unreachable!("unanswered entries never stay at the head"),
         };
         // Asynchronous messages belong to no request.
@@ -427,10 +438,19 @@ impl Expectations {
         };
         self.popped += 1;
         self.copy_data_open = false;
-        if let Entry::Swallow(_) | Entry::Synthesize(_) | Entry::Guard(..) | Entry::Refused(_) =
-            entry
-        {
-            self.special -= 1;
+        match entry {
+            Entry::Forward(_) => {}
+            Entry::Synthesize => {
+                self.made.pop_front();
+                self.special -= 1;
+            }
+            Entry::Guard(_) => {
+                self.guards.pop_front();
+                self.special -= 1;
+            }
+            Entry::Swallow(_) | Entry::Refused(_) => self.special -= 1,
+            // Never at the head (taken below, with the entry before it).
+            Entry::Unanswered => {}
         }
         // Syncs the server ignored during the head's COPY: nothing will
         // answer them, so they never wait at the head.
@@ -446,7 +466,7 @@ impl Expectations {
     fn skip_to_sync(&mut self, verdict: &mut Verdict) {
         let mut skipped_simple = false;
         loop {
-            match self.queue.front().cloned() {
+            match self.queue.front().copied() {
                 None if skipped_simple => {
                     verdict.inject_sync = true;
                     return;
@@ -464,12 +484,12 @@ impl Expectations {
                 }
                 Some(Entry::Forward(Reply::Sync) | Entry::Swallow(Reply::Sync)) => return,
                 Some(entry) => {
-                    if let Entry::Guard(_, purpose) = &entry {
+                    if let (Entry::Guard(_), Some(purpose)) = (entry, self.guards.front()) {
                         verdict.guards_skipped.push(purpose.clone());
                     }
                     if let Entry::Forward(Reply::Parse(Some(id)))
                     | Entry::Swallow(Reply::Parse(Some(id)))
-                    | Entry::Guard(Reply::Parse(Some(id)), _) = entry
+                    | Entry::Guard(Reply::Parse(Some(id))) = entry
                     {
                         // Only the first failed parse is reported; later ones never ran.
                         verdict.failed_parse.get_or_insert(id);
