@@ -30,10 +30,15 @@ impl Session {
     /// work at the front of the buffer needs another shard (or several, or
     /// is refused), the held connection is set aside so that the unit is
     /// routed as if none were held. Called before routing.
+    #[inline]
     pub(super) fn set_aside_if_elsewhere(&mut self, tag: u8) {
         if self.shard_map.is_none() || !matches!(tag, b'Q' | b'P' | b'B' | b'F') {
             return;
         }
+        self.set_aside_if_sharded_elsewhere();
+    }
+
+    fn set_aside_if_sharded_elsewhere(&mut self) {
         let Some(held) = self.server.as_ref() else {
             return;
         };

@@ -1060,12 +1060,21 @@ impl Session {
     /// statements now (see `sql_prepared_fixups`; its Parse only prepared
     /// it). The fixups replace the server's unnamed statement, which
     /// `parse_unnamed_here` then parses again.
+    #[inline]
     fn unnamed_runs(&mut self, boundary: bool) -> Result<(), SessionEnd> {
         // Checked before the clone: this runs for every unnamed Bind.
-        let analysis = match &self.unnamed {
-            Some(a) if touches_sql_prepared(a) => a.clone(),
-            _ => return Ok(()),
-        };
+        match &self.unnamed {
+            Some(a) if touches_sql_prepared(a) => self.unnamed_runs_fixups(a.clone(), boundary),
+            _ => Ok(()),
+        }
+    }
+
+    /// [`Self::unnamed_runs`] of a statement that uses SQL prepared ones.
+    fn unnamed_runs_fixups(
+        &mut self,
+        analysis: Arc<Analysis>,
+        boundary: bool,
+    ) -> Result<(), SessionEnd> {
         let parse = std::mem::take(&mut self.unnamed_parse);
         let sql = parse_parse(parse.get(5..).unwrap_or(&[])).map(|p| p.sql.to_string());
         self.unnamed_parse = parse;

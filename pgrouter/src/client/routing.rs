@@ -268,15 +268,21 @@ impl Session {
     /// A server is held but not inside a transaction (its last answers are
     /// still coming): a new unit of work that needs the primary, or another
     /// shard, must wait for it to be released.
+    /// Inline for its first checks: inside a transaction (most statements)
+    /// nothing moves.
+    #[inline]
     pub(super) fn needs_other_server(&mut self, tag: u8) -> bool {
+        if self.flow.in_tx() || self.mode == PoolMode::Session {
+            return false;
+        }
+        self.needs_other_server_between_transactions(tag)
+    }
+
+    fn needs_other_server_between_transactions(&mut self, tag: u8) -> bool {
         let Some(held) = &self.server else {
             return false;
         };
-        if self.mode == PoolMode::Session
-            || self.pins.is_pinned()
-            || self.flow.in_tx()
-            || held.conn.tx_status != b'I'
-        {
+        if self.pins.is_pinned() || held.conn.tx_status != b'I' {
             return false;
         }
         if self.flow.unsynced() {

@@ -77,6 +77,8 @@ impl Session {
 
     /// Session state the statement creates or ends (transaction mode): see
     /// `pinning.rs`. A lone SQL `EXECUTE` counts as its prepared statement.
+    /// Inline up to the usual outcome (a plain statement changes nothing).
+    #[inline]
     pub(super) fn note_session_state(&mut self, analysis: &std::sync::Arc<Analysis>) {
         if self.shard_map.is_some() {
             self.temps.sent(analysis);
@@ -96,6 +98,11 @@ impl Session {
         if leaves_session_alone(analysis) {
             return;
         }
+        self.note_session_state_changes(analysis);
+    }
+
+    /// [`Self::note_session_state`] of a statement that may change it.
+    fn note_session_state_changes(&mut self, analysis: &std::sync::Arc<Analysis>) {
         self.temp_search_path |= analysis.temp_search_path;
         let mut change = self.session_state_of(analysis);
         if !self.sql_prepared.is_empty() {
@@ -143,10 +150,16 @@ impl Session {
     /// Session-level SET/RESET statements become pending changes; they take
     /// effect for the session when their transaction ends well.
     /// `set_config(name, value, false)` calls known to run count as `SET`.
+    #[inline]
     pub(super) fn track_session_changes(&mut self, analysis: &Analysis) {
         if leaves_session_alone(analysis) {
             return;
         }
+        self.track_statement_changes(analysis);
+    }
+
+    /// [`Self::track_session_changes`] of a statement that may make some.
+    fn track_statement_changes(&mut self, analysis: &Analysis) {
         for (i, s) in analysis.statements.iter().enumerate() {
             for setting in analysis
                 .session_settings

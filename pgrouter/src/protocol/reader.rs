@@ -80,13 +80,21 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
 
-    /// A NUL-terminated string, which must be UTF-8.
+    /// A NUL-terminated string, which must be UTF-8. Inline for the empty
+    /// name (the unnamed statement or portal), the common case: several
+    /// are read per request.
+    #[inline]
     pub fn cstr(&mut self) -> Result<&'a str, ProtocolError> {
         if let Some((0, rest)) = self.buf.split_first() {
-            // The empty name (unnamed statement or portal): the common case.
             self.buf = rest;
             return Ok("");
         }
+        self.nonempty_cstr()
+    }
+
+    /// [`Self::cstr`] of a string with at least one byte before its NUL.
+    #[inline(never)]
+    fn nonempty_cstr(&mut self) -> Result<&'a str, ProtocolError> {
         let end = memchr::memchr(0, self.buf)
             .ok_or_else(|| ProtocolError::violation("unterminated string in message"))?;
         let s = std::str::from_utf8(&self.buf[..end])
