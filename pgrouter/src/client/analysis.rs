@@ -124,12 +124,13 @@ impl Session {
         let analysis = memo.analysis.as_ref()?;
         let text = &memo.text[..];
         let end = at.get(text.len());
-        let same = at.starts_with(text)
-            && if nul_terminated {
-                end == Some(&0)
-            } else {
-                end.is_none()
-            };
+        // The end first: a text of another length is told apart without
+        // comparing bytes.
+        let same = if nul_terminated {
+            end == Some(&0)
+        } else {
+            end.is_none()
+        } && at.starts_with(text);
         if !same {
             return None;
         }

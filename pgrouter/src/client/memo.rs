@@ -118,7 +118,9 @@ impl AnalysisMemo {
         let index = self
             .exact
             .iter()
-            .position(|(text, _)| at.starts_with(text) && at.get(text.len()) == Some(&0))?;
+            // The NUL first: texts of other lengths are passed over
+            // without comparing their bytes.
+            .position(|(text, _)| at.get(text.len()) == Some(&0) && at.starts_with(text))?;
         move_to_front(&mut self.exact, index);
         let (text, analysis) = &self.exact[0];
         Some((text.len(), analysis.clone()))
