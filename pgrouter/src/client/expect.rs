@@ -80,9 +80,9 @@ enum Entry {
 
 impl Entry {
     /// The reply whose answer goes to the client, if it does.
-    fn to_client(&self) -> Option<Reply> {
+    fn to_client(self) -> Option<Reply> {
         match self {
-            Entry::Forward(r) | Entry::Refused(r) => Some(*r),
+            Entry::Forward(r) | Entry::Refused(r) => Some(r),
             _ => None,
         }
     }
