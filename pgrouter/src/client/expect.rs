@@ -184,6 +184,7 @@ impl Expectations {
         self.server_skipping
     }
 
+    #[inline]
     pub fn forward(&mut self, reply: Reply) {
         if reply == Reply::Sync {
             if self.copy_data_open {
@@ -326,6 +327,7 @@ impl Expectations {
     /// Forward entries are queued and `tag` is not an error, so the message
     /// simply goes to the client (the queue advanced past it); false when
     /// [`Self::on_server_message`] must decide.
+    #[inline]
     pub fn pass(&mut self, tag: u8) -> bool {
         if self.special != 0 || tag == b'E' {
             return false;
