@@ -8,7 +8,6 @@
 //! records are in the socket, as a TCP write does, so a `write_all` followed
 //! by a read cannot leave the peer waiting for bytes still in our buffer.
 
-use std::future::Future;
 use std::io;
 use std::os::fd::AsFd;
 use std::pin::Pin;
@@ -229,15 +228,8 @@ fn poll_read_buf<R: AsyncRead + Unpin>(
 impl ClientStream {
     /// Reads what the client sent into `buf`; 0 when it closed. The
     /// session's one read of its client (a plain socket without tokio's
-    /// `ReadBuf` layers: it runs for every request).
-    pub fn read_into<'a>(
-        &'a mut self,
-        buf: &'a mut BytesMut,
-    ) -> impl Future<Output = io::Result<usize>> + 'a {
-        std::future::poll_fn(move |cx| self.poll_read_into(cx, buf))
-    }
-
-    /// [`Self::read_into`] as a poll, for a wait on several sources at once.
+    /// `ReadBuf` layers: it runs for every request), polled by the
+    /// session's wait together with its other sources.
     #[inline]
     pub fn poll_read_into(
         &mut self,
@@ -254,15 +246,7 @@ impl ClientStream {
 
 impl ServerStream {
     /// Reads what the server sent into `buf`; 0 when it closed (as
-    /// [`ClientStream::read_into`]).
-    pub fn read_into<'a>(
-        &'a mut self,
-        buf: &'a mut BytesMut,
-    ) -> impl Future<Output = io::Result<usize>> + 'a {
-        std::future::poll_fn(move |cx| self.poll_read_into(cx, buf))
-    }
-
-    /// [`Self::read_into`] as a poll, for a wait on several sources at once.
+    /// [`ClientStream::poll_read_into`]).
     #[inline]
     pub fn poll_read_into(
         &mut self,
