@@ -711,12 +711,10 @@ impl Session {
     }
 }
 
-/// The timer branch of `wait`. Enabled only with a deadline (`if
-/// deadline.is_some()`): without one (no timeouts configured, the usual
-/// case) the branch is never polled, which spares a poll of this future at
-/// every wake-up of the session.
 /// The last sources of a session's wait: the router's shutdown (when
-/// watched), then the timer (when set), whose event it is.
+/// watched), then the timer, whose event it is. The timer exists only with
+/// a deadline: without one (no timeouts configured, the usual case) it is
+/// neither made nor polled at the session's wake-ups.
 fn poll_shutdown_or_timer(
     cx: &mut std::task::Context<'_>,
     shutdown: Option<&mut super::shutdown::ShutdownListener>,
